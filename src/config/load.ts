@@ -1,0 +1,183 @@
+/**
+ * Resolves the daemon's configuration from, in rising precedence: embedded
+ * defaults, the YAML file, DWCP_* environment variables, command-line flags.
+ *
+ * Everything is validated by one schema pass after merging, so a bad value is
+ * reported the same way wherever it came from; the message names the field
+ * path, the value and what was expected, and says which flag or variable set it.
+ */
+import { readFileSync } from 'node:fs';
+import { hostname, homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import type { z } from 'zod';
+import { ConfigFileSchema, defaultTrust, type DwcpConfig } from './schema.ts';
+
+/** Settings that flags and environment variables may override. */
+export interface ConfigOverrides {
+  dataDir?: string;
+  listen?: string[];
+  adminSocket?: string;
+  metricsListen?: string;
+  logLevel?: string;
+}
+
+/** Where each override lives on the command line and in the environment. */
+export const OVERRIDE_SOURCES: Record<keyof ConfigOverrides, { flag: string; env: string }> = {
+  dataDir: { flag: '--data-dir', env: 'DWCP_DATA_DIR' },
+  listen: { flag: '--listen', env: 'DWCP_LISTEN' },
+  adminSocket: { flag: '--admin-socket', env: 'DWCP_ADMIN_SOCKET' },
+  metricsListen: { flag: '--metrics-listen', env: 'DWCP_METRICS_LISTEN' },
+  logLevel: { flag: '--log-level', env: 'DWCP_LOG_LEVEL' },
+};
+
+export class ConfigError extends Error {
+  readonly problems: string[];
+  constructor(source: string, problems: string[]) {
+    super(`invalid configuration (${source}):\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+function isRoot(): boolean {
+  return typeof process.getuid === 'function' && process.getuid() === 0;
+}
+
+/** The admin socket both dwcpd and dwcpctl use when none is given. */
+export function defaultAdminSocket(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.DWCP_SOCKET) return env.DWCP_SOCKET;
+  if (env.DWCP_ADMIN_SOCKET) return env.DWCP_ADMIN_SOCKET;
+  if (isRoot()) return '/run/dwcp/admin.sock';
+  if (env.XDG_RUNTIME_DIR) return join(env.XDG_RUNTIME_DIR, 'dwcp', 'admin.sock');
+  return join(tmpdir(), `dwcp-${process.getuid?.() ?? 'user'}`, 'admin.sock');
+}
+
+export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
+  // systemd's StateDirectory= sets STATE_DIRECTORY.
+  if (env.STATE_DIRECTORY) return env.STATE_DIRECTORY.split(':')[0]!;
+  if (isRoot()) return '/var/lib/dwcp';
+  return join(env.XDG_STATE_HOME ?? join(homedir(), '.local', 'state'), 'dwcp');
+}
+
+export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/4777';
+export const DEFAULT_METRICS_LISTEN = '127.0.0.1:9477';
+
+/** The file a lone first node runs with when given none. */
+export function defaultConfigFile(): Record<string, unknown> {
+  const host = hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '').slice(0, 63);
+  return { federation: 'local', node: { name: host || 'dwcp', region: 'local', provider: 'onprem' } };
+}
+
+/** Reads DWCP_* variables; DWCP_LISTEN takes a comma-separated list. */
+export function overridesFromEnv(env: NodeJS.ProcessEnv): ConfigOverrides {
+  const o: ConfigOverrides = {};
+  for (const [key, { env: name }] of Object.entries(OVERRIDE_SOURCES) as [keyof ConfigOverrides, { env: string }][]) {
+    const v = env[name];
+    if (v === undefined || v === '') continue;
+    if (key === 'listen') o.listen = v.split(',').map((s) => s.trim()).filter(Boolean);
+    else o[key] = v;
+  }
+  return o;
+}
+
+/** `members[2].trust: "maybe" is not one of trusted|untrusted` */
+export function formatIssue(issue: z.core.$ZodIssue, label: (path: PropertyKey[]) => string = pathString): string {
+  const at = label(issue.path) || '(top level)';
+  const input = 'input' in issue ? issue.input : undefined;
+  const shown = input === undefined ? 'missing' : JSON.stringify(input);
+  switch (issue.code) {
+    case 'invalid_value':
+      return `${at}: ${shown} is not one of ${issue.values.map(String).join('|')}`;
+    case 'unrecognized_keys':
+      return issue.keys.map((k) => `${label([...issue.path, k])}: unknown key (not part of the schema)`).join('; ');
+    case 'invalid_type':
+      return input === undefined ? `${at}: missing, expected ${issue.expected}` : `${at}: ${shown} is not ${article(issue.expected)}`;
+    case 'custom':
+      // Refinements in the schema state what was expected; superRefine checks say a whole sentence.
+      return issue.params?.sentence ? `${at}: ${shown} ${issue.message}` : `${at}: ${shown} is not ${issue.message}`;
+    case 'invalid_format':
+      return `${at}: ${shown} is not ${issue.message}`;
+    case 'too_small':
+    case 'too_big':
+      return `${at}: ${shown} is ${issue.code === 'too_small' ? 'too small' : 'too large'}: ${issue.message}`;
+    default:
+      return `${at}: ${shown}: ${issue.message}`;
+  }
+}
+
+function article(expected: string): string {
+  return /^[aeiou]/.test(expected) ? `an ${expected}` : `a ${expected}`;
+}
+
+export function pathString(path: PropertyKey[]): string {
+  let s = '';
+  for (const p of path) s += typeof p === 'number' ? `[${p}]` : s ? `.${String(p)}` : String(p);
+  return s;
+}
+
+export interface ResolveInput {
+  configPath?: string | undefined;
+  flags?: ConfigOverrides;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Reads and parses the YAML file, or throws ConfigError naming the file and line. */
+export function readConfigFile(path: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(path, [`cannot read: ${(err as NodeJS.ErrnoException).code ?? String(err)}`]);
+  }
+  try {
+    return parseYaml(text, { uniqueKeys: true }) ?? {};
+  } catch (err) {
+    const msg = err instanceof YAMLParseError ? err.message.split('\n')[0]! : String(err);
+    throw new ConfigError(path, [`not valid YAML: ${msg}`]);
+  }
+}
+
+export function resolveConfig(input: ResolveInput = {}): DwcpConfig {
+  const env = input.env ?? process.env;
+  const configPath = input.configPath ?? (env.DWCP_CONFIG || undefined);
+  const raw = configPath === undefined ? defaultConfigFile() : readConfigFile(configPath);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new ConfigError(configPath ?? 'defaults', ['(top level): expected a mapping of settings']);
+  }
+  const fromEnv = overridesFromEnv(env);
+  const fromFlags = input.flags ?? {};
+  const merged: Record<string, unknown> = { ...raw };
+  const origin = new Map<string, string>();
+  for (const [key, src] of Object.entries(OVERRIDE_SOURCES) as [keyof ConfigOverrides, { flag: string; env: string }][]) {
+    if (fromEnv[key] !== undefined) {
+      merged[key] = fromEnv[key];
+      origin.set(key, src.env);
+    }
+    if (fromFlags[key] !== undefined) {
+      merged[key] = fromFlags[key];
+      origin.set(key, src.flag);
+    }
+  }
+  const result = ConfigFileSchema.safeParse(merged, { reportInput: true });
+  if (!result.success) {
+    const label = (path: PropertyKey[]) => {
+      const head = typeof path[0] === 'string' ? origin.get(path[0]) : undefined;
+      return head ? `${head} (${pathString(path)})` : pathString(path);
+    };
+    throw new ConfigError(configPath ?? 'defaults', result.error.issues.map((i) => formatIssue(i, label)));
+  }
+  const f = result.data;
+  return {
+    federation: f.federation,
+    node: { ...f.node, trust: f.node.trust ?? defaultTrust(f.node.provider) },
+    listen: f.listen ?? [DEFAULT_LISTEN],
+    dataDir: f.dataDir ?? defaultDataDir(env),
+    adminSocket: f.adminSocket ?? defaultAdminSocket(env),
+    metricsListen: f.metricsListen ?? DEFAULT_METRICS_LISTEN,
+    logLevel: f.logLevel ?? 'info',
+    members: f.members.map((m) => ({ ...m, trust: m.trust ?? defaultTrust(m.provider) })),
+    network: f.network,
+    configPath,
+  };
+}

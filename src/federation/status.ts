@@ -1,0 +1,39 @@
+/**
+ * The daemon's view of itself and of each configured member, as reported by the
+ * admin API (`dwcpctl status|members`). Plain data, produced on demand by the
+ * mesh; nothing here is kept in sync by hand.
+ */
+import type { Provider, Trust } from '../config/schema.ts';
+import type { LinkMode } from './link-mode.ts';
+
+export interface MemberStatus {
+  name: string;
+  peerId: string;
+  region: string;
+  provider: Provider;
+  trust: Trust;
+  addrs: string[];
+  /** A libp2p connection is open and the hello exchange succeeded both ways. */
+  connected: boolean;
+  /** Latest ping round-trip time, null until one has been measured. */
+  rttMs: number | null;
+  linkMode: LinkMode;
+  /** ISO time the member was last connected (or connected since), null if never. */
+  lastSeen: string | null;
+  /** Why the last attempt to reach the member failed, if it did. */
+  lastError: string | null;
+}
+
+export interface NodeStatus {
+  name: string;
+  peerId: string;
+  region: string;
+  provider: Provider;
+  trust: Trust;
+  federation: string;
+  version: string;
+  listenAddrs: string[];
+  startedAt: string;
+  uptimeSeconds: number;
+  members: MemberStatus[];
+}

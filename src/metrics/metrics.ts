@@ -1,0 +1,101 @@
+/**
+ * Every Prometheus metric the daemon exports, defined in one place so names,
+ * units and label sets stay consistent (dwcp_ prefix, base units, _total on
+ * counters, histograms rather than summaries). Components receive the slice
+ * they need by injection; nothing registers metrics on the global registry,
+ * so several daemons can live in one test process.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Reasons a connection or peer is refused; bounded so label cardinality stays small. */
+export const REFUSAL_REASONS = ['not_member', 'hello_failed', 'federation_mismatch', 'identity_mismatch'] as const;
+export type RefusalReason = (typeof REFUSAL_REASONS)[number];
+
+/** Reasons a frame is rejected by the framing layer. */
+export const FRAME_REJECT_REASONS = ['oversized', 'truncated', 'malformed', 'schema', 'timeout'] as const;
+export type FrameRejectReason = (typeof FRAME_REJECT_REASONS)[number];
+
+export interface DwcpMetrics {
+  registry: Registry;
+  buildInfo: Gauge<'version' | 'node' | 'federation'>;
+  membersConfigured: Gauge;
+  membersConnected: Gauge;
+  connectionsRefused: Counter<'reason'>;
+  dialAttempts: Counter<'peer' | 'result'>;
+  protocolBytesReceived: Counter<'protocol'>;
+  protocolBytesSent: Counter<'protocol'>;
+  framesRejected: Counter<'protocol' | 'reason'>;
+  peerRtt: Histogram<'peer'>;
+  adminRequests: Counter<'method' | 'code'>;
+}
+
+export function createMetrics(opts: { defaultMetrics?: boolean } = {}): DwcpMetrics {
+  const registry = new Registry();
+  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+  const m: DwcpMetrics = {
+    registry,
+    buildInfo: new Gauge({
+      name: 'dwcp_build_info',
+      help: 'Constant 1, labelled with the daemon version, node name and federation id.',
+      labelNames: ['version', 'node', 'federation'],
+      registers,
+    }),
+    membersConfigured: new Gauge({
+      name: 'dwcp_members_configured',
+      help: 'Other members in the configured member list.',
+      registers,
+    }),
+    membersConnected: new Gauge({
+      name: 'dwcp_members_connected',
+      help: 'Configured members with an open connection that passed the hello exchange.',
+      registers,
+    }),
+    connectionsRefused: new Counter({
+      name: 'dwcp_connections_refused_total',
+      help: 'Connections refused, by reason (not_member: peer ID outside the member list).',
+      labelNames: ['reason'],
+      registers,
+    }),
+    dialAttempts: new Counter({
+      name: 'dwcp_dial_attempts_total',
+      help: 'Outbound connection attempts to members, by member name and result.',
+      labelNames: ['peer', 'result'],
+      registers,
+    }),
+    protocolBytesReceived: new Counter({
+      name: 'dwcp_protocol_received_bytes_total',
+      help: 'Framed bytes received, by libp2p protocol.',
+      labelNames: ['protocol'],
+      registers,
+    }),
+    protocolBytesSent: new Counter({
+      name: 'dwcp_protocol_sent_bytes_total',
+      help: 'Framed bytes sent, by libp2p protocol.',
+      labelNames: ['protocol'],
+      registers,
+    }),
+    framesRejected: new Counter({
+      name: 'dwcp_frames_rejected_total',
+      help: 'Inbound frames rejected (and their stream reset), by protocol and reason.',
+      labelNames: ['protocol', 'reason'],
+      registers,
+    }),
+    peerRtt: new Histogram({
+      name: 'dwcp_peer_rtt_seconds',
+      help: 'Ping round-trip time to each connected member.',
+      labelNames: ['peer'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers,
+    }),
+    adminRequests: new Counter({
+      name: 'dwcp_admin_requests_total',
+      help: 'Admin gRPC calls, by method and gRPC status code name.',
+      labelNames: ['method', 'code'],
+      registers,
+    }),
+  };
+  // Export zeroes for every bounded label value so rate() works from the first scrape.
+  for (const reason of REFUSAL_REASONS) m.connectionsRefused.inc({ reason }, 0);
+  return m;
+}
