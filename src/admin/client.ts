@@ -1,0 +1,218 @@
+/**
+ * The admin API's wire schema (loaded from the .proto files in this directory)
+ * and a typed client for it, used by dwcpctl and by tests.
+ *
+ * Invariants: every response a caller sees has every field present, with
+ * proto3 `optional` fields that were absent on the wire turned into null, so
+ * "unknown" is explicit and never confused with 0 or "". Every call carries a
+ * deadline. Every failure becomes one AdminClientError whose message is a
+ * single line saying what went wrong in operator terms (missing socket,
+ * daemon down, permission, timeout) rather than a raw gRPC status.
+ *
+ * The server imports the schema from here, not the other way round, so that
+ * dwcpctl does not load the server's dependencies.
+ */
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { loadSync, type MethodDefinition, type Options, type PackageDefinition, type ServiceDefinition } from '@grpc/proto-loader';
+import { probeSocket } from './socket.ts';
+
+/** Protobuf package of every admin service. */
+export const ADMIN_PACKAGE = 'dwcp.admin.v1';
+export const ADMIN_SERVICE = `${ADMIN_PACKAGE}.Admin`;
+
+/** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
+export const ADMIN_PROTO_FILES = ['admin.proto'];
+
+/**
+ * snake_case field names as in the .proto, int64 as strings (no silent
+ * precision loss above 2^53), defaults filled in for every non-optional field.
+ */
+export const PROTO_LOADER_OPTIONS: Options = {
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+};
+
+export function loadAdminPackage(): PackageDefinition {
+  return loadSync(
+    ADMIN_PROTO_FILES.map((f) => fileURLToPath(new URL(f, import.meta.url))),
+    PROTO_LOADER_OPTIONS,
+  );
+}
+
+/** A service definition from a loaded package, or a clear error if the name is not a service there. */
+export function serviceDefinition(pkg: PackageDefinition, name: string): ServiceDefinition {
+  const def = pkg[name];
+  if (def === undefined || 'format' in def) throw new Error(`admin service ${name} is not defined in the loaded .proto files`);
+  return def as ServiceDefinition;
+}
+
+export interface MemberInfo {
+  name: string;
+  peer_id: string;
+  region: string;
+  provider: string;
+  trust: string;
+  addrs: string[];
+  connected: boolean;
+  rtt_ms: number | null;
+  link_mode: string;
+  last_seen: string | null;
+  last_error: string | null;
+}
+
+export interface StatusResponse {
+  name: string;
+  peer_id: string;
+  region: string;
+  provider: string;
+  trust: string;
+  federation: string;
+  version: string;
+  listen_addrs: string[];
+  started_at: string;
+  uptime_seconds: number;
+  members: MemberInfo[];
+}
+
+export interface MembersResponse {
+  members: MemberInfo[];
+}
+
+export type StatusRequest = Record<string, never>;
+export type MembersRequest = Record<string, never>;
+
+/** A member as proto-loader decodes it: optional fields are absent rather than null. */
+type WireMember = Omit<MemberInfo, 'rtt_ms' | 'last_seen' | 'last_error'> & {
+  rtt_ms?: number;
+  last_seen?: string;
+  last_error?: string;
+};
+type WireStatus = Omit<StatusResponse, 'members'> & { members: WireMember[] };
+interface WireMembers {
+  members: WireMember[];
+}
+
+/** Rebuilt field by field so the key order is the .proto order and decoder extras (oneof markers) drop out. */
+function memberFromWire(m: WireMember): MemberInfo {
+  return {
+    name: m.name,
+    peer_id: m.peer_id,
+    region: m.region,
+    provider: m.provider,
+    trust: m.trust,
+    addrs: m.addrs,
+    connected: m.connected,
+    rtt_ms: m.rtt_ms ?? null,
+    link_mode: m.link_mode,
+    last_seen: m.last_seen ?? null,
+    last_error: m.last_error ?? null,
+  };
+}
+
+function statusFromWire(s: WireStatus): StatusResponse {
+  return {
+    name: s.name,
+    peer_id: s.peer_id,
+    region: s.region,
+    provider: s.provider,
+    trust: s.trust,
+    federation: s.federation,
+    version: s.version,
+    listen_addrs: s.listen_addrs,
+    started_at: s.started_at,
+    uptime_seconds: s.uptime_seconds,
+    members: s.members.map(memberFromWire),
+  };
+}
+
+export class AdminClientError extends Error {
+  /** The gRPC status of the failed call, null when the failure was before any call. */
+  readonly grpcCode: grpc.status | null;
+  constructor(message: string, grpcCode: grpc.status | null) {
+    super(message.replace(/\s*\n\s*/g, '; '));
+    this.name = 'AdminClientError';
+    this.grpcCode = grpcCode;
+  }
+}
+
+export interface AdminClient {
+  readonly socketPath: string;
+  status(): Promise<StatusResponse>;
+  members(): Promise<MembersResponse>;
+  close(): void;
+}
+
+export interface ConnectOptions {
+  /** Deadline of each call, from when it is made. */
+  timeoutMs: number;
+}
+
+function isServiceError(err: unknown): err is grpc.ServiceError {
+  return err instanceof Error && typeof (err as Partial<grpc.ServiceError>).code === 'number';
+}
+
+/**
+ * Turns a failed call into the reason an operator needs. UNAVAILABLE means the
+ * channel could not reach anything, so the socket itself is probed to say why.
+ */
+async function explainFailure(err: unknown, socketPath: string, method: string, timeoutMs: number): Promise<AdminClientError> {
+  if (!isServiceError(err)) return new AdminClientError(`${method} failed: ${String(err)}`, null);
+  if (err.code === grpc.status.DEADLINE_EXCEEDED) {
+    return new AdminClientError(`daemon at ${socketPath} did not answer ${method} within ${timeoutMs} ms (deadline exceeded)`, err.code);
+  }
+  if (err.code === grpc.status.UNAVAILABLE) {
+    const probe = await probeSocket(socketPath);
+    switch (probe.state) {
+      case 'missing':
+        return new AdminClientError(`no daemon socket at ${socketPath} (is dwcpd running? set --socket or DWCP_SOCKET)`, err.code);
+      case 'stale':
+        return new AdminClientError(`daemon is not running: connection refused at ${socketPath} (socket left by a stopped dwcpd)`, err.code);
+      case 'denied':
+        return new AdminClientError(`permission denied on admin socket ${socketPath} (run as the daemon's user or root)`, err.code);
+      case 'not-socket':
+        return new AdminClientError(`${socketPath} is ${probe.kind}, not a daemon socket (set --socket or DWCP_SOCKET)`, err.code);
+      default:
+        return new AdminClientError(`daemon at ${socketPath} is unavailable: ${err.details}`, err.code);
+    }
+  }
+  return new AdminClientError(`${method} failed with ${grpc.status[err.code]}: ${err.details}`, err.code);
+}
+
+/** Opens a channel to the daemon; connection happens on the first call, so this never throws on a bad path. */
+export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminClient {
+  const admin = serviceDefinition(loadAdminPackage(), ADMIN_SERVICE);
+  const client = new grpc.Client(`unix:${socketPath}`, grpc.credentials.createInsecure());
+
+  function unary<Req, Res>(methodName: string, request: Req): Promise<Res> {
+    const method = admin[methodName] as MethodDefinition<Req, Res> | undefined;
+    if (method === undefined) return Promise.reject(new AdminClientError(`${methodName} is not a method of ${ADMIN_SERVICE}`, null));
+    return new Promise<Res>((resolve, reject) => {
+      client.makeUnaryRequest(
+        method.path,
+        method.requestSerialize,
+        method.responseDeserialize,
+        request,
+        new grpc.Metadata(),
+        { deadline: Date.now() + opts.timeoutMs },
+        (err, value) => {
+          if (err || value === undefined) {
+            explainFailure(err ?? new Error('empty response'), socketPath, methodName, opts.timeoutMs).then(reject, reject);
+          } else {
+            resolve(value);
+          }
+        },
+      );
+    });
+  }
+
+  return {
+    socketPath,
+    status: async () => statusFromWire(await unary<StatusRequest, WireStatus>('Status', {})),
+    members: async () => ({ members: (await unary<MembersRequest, WireMembers>('Members', {})).members.map(memberFromWire) }),
+    close: () => client.close(),
+  };
+}

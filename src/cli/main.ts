@@ -1,0 +1,204 @@
+#!/usr/bin/env node
+/**
+ * dwcpctl: the operator's command line for a local dwcpd, over the admin
+ * socket.
+ *
+ *   dwcpctl [--socket PATH] [--timeout MS] <command> [--json]
+ *
+ * Contract with scripts: exit 0 on success; on failure exactly one line
+ * "dwcpctl: <reason>" on stderr and exit 1; a usage error (unknown command or
+ * flag, bad flag value) exits 2 with a short usage hint. Global flags may come
+ * before or after the command.
+ *
+ * Commands are rows of COMMANDS: a later `kv`, `raft`, `crdt` or `blob`
+ * command adds a row with its own flags and positional arguments and nothing
+ * else changes.
+ */
+import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
+import { defaultAdminSocket } from '../config/load.ts';
+import { connectAdmin, type AdminClient } from '../admin/client.ts';
+import { formatJson, formatMembers, formatStatus } from './format.ts';
+import pkg from '../../package.json' with { type: 'json' };
+
+const DEFAULT_TIMEOUT_MS = 5000;
+const MAX_TIMEOUT_MS = 3_600_000;
+const USAGE = 'usage: dwcpctl [--socket PATH] [--timeout MS] <command> [--json]';
+
+export interface CliIo {
+  stdout(text: string): void;
+  stderr(text: string): void;
+}
+
+export type FlagValues = Record<string, string | boolean | (string | boolean)[] | undefined>;
+
+export interface CommandContext {
+  /** Positional arguments after the command name (e.g. a subcommand and its key). */
+  args: string[];
+  /** Values of global and command-specific flags, by long name. */
+  flags: FlagValues;
+  json: boolean;
+  /** The admin client, connected on first use. */
+  admin(): AdminClient;
+  env: NodeJS.ProcessEnv;
+  io: CliIo;
+}
+
+export interface Command {
+  name: string;
+  /** One line for the help text. */
+  summary: string;
+  /** Argument synopsis after the name, for the help text; commands without it take no arguments. */
+  args?: string;
+  /** Flags only this command accepts. */
+  options?: ParseArgsOptionsConfig;
+  run(ctx: CommandContext): Promise<void> | void;
+}
+
+/** A mistake in how dwcpctl was invoked: exit 2 with the usage hint. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+const GLOBAL_OPTIONS = {
+  socket: { type: 'string' },
+  timeout: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsOptionsConfig;
+
+export const COMMANDS: readonly Command[] = [
+  {
+    name: 'status',
+    summary: 'this node and every configured member',
+    async run(ctx) {
+      const s = await ctx.admin().status();
+      ctx.io.stdout(ctx.json ? formatJson(s) : formatStatus(s));
+    },
+  },
+  {
+    name: 'members',
+    summary: 'the configured members: connection, RTT and link mode',
+    async run(ctx) {
+      const m = await ctx.admin().members();
+      ctx.io.stdout(ctx.json ? formatJson(m) : formatMembers(m.members));
+    },
+  },
+  {
+    name: 'version',
+    summary: 'print the dwcpctl version',
+    run(ctx) {
+      ctx.io.stdout(ctx.json ? formatJson({ version: pkg.version }) : `dwcpctl ${pkg.version}\n`);
+    },
+  },
+  {
+    name: 'help',
+    summary: 'show this help',
+    run(ctx) {
+      ctx.io.stdout(helpText(ctx.env));
+    },
+  },
+];
+
+export function helpText(env: NodeJS.ProcessEnv): string {
+  const width = Math.max(...COMMANDS.map((c) => (c.args ? `${c.name} ${c.args}` : c.name).length));
+  const commands = COMMANDS.map((c) => `  ${(c.args ? `${c.name} ${c.args}` : c.name).padEnd(width)}  ${c.summary}`);
+  return [
+    USAGE,
+    '',
+    'Talks to the local dwcpd over its admin socket.',
+    '',
+    'Commands:',
+    ...commands,
+    '',
+    'Global flags (before or after the command):',
+    `  --socket PATH   admin socket (env DWCP_SOCKET; now ${defaultAdminSocket(env)})`,
+    `  --timeout MS    deadline for each call in milliseconds (default ${DEFAULT_TIMEOUT_MS})`,
+    '  --json          print JSON (snake_case fields as in the admin API) instead of tables',
+    '  -h, --help      show this help',
+    '',
+  ].join('\n');
+}
+
+/** parseArgs errors carry a long explanation; keep the part an operator needs. */
+function usageErrorFrom(err: unknown): UsageError {
+  const e = err as NodeJS.ErrnoException;
+  const quoted = /'([^']+)'/.exec(e.message ?? '')?.[1];
+  if (e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && quoted) return new UsageError(`unknown flag ${quoted}`);
+  if (e.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && quoted) return new UsageError(`flag ${quoted.split(' ')[0]} needs a value`);
+  return new UsageError(String(e.message ?? err).split('. ')[0] ?? 'bad arguments');
+}
+
+function parse(argv: string[], options: ParseArgsOptionsConfig, strict: boolean): { values: FlagValues; positionals: string[] } {
+  try {
+    return parseArgs({ args: argv, options, strict, allowPositionals: true });
+  } catch (err) {
+    throw usageErrorFrom(err);
+  }
+}
+
+function parseTimeout(raw: string | boolean | (string | boolean)[] | undefined): number {
+  if (raw === undefined) return DEFAULT_TIMEOUT_MS;
+  const n = typeof raw === 'string' && /^\d+$/.test(raw) ? Number(raw) : NaN;
+  if (!(n >= 1 && n <= MAX_TIMEOUT_MS)) throw new UsageError(`--timeout: ${JSON.stringify(raw)} is not a whole number of milliseconds from 1 to ${MAX_TIMEOUT_MS}`);
+  return n;
+}
+
+function parseSocket(raw: string | boolean | (string | boolean)[] | undefined, env: NodeJS.ProcessEnv): string {
+  if (raw === undefined) return defaultAdminSocket(env); // reads DWCP_SOCKET first
+  if (typeof raw !== 'string' || raw === '') throw new UsageError('--socket needs a path');
+  return raw;
+}
+
+/** Runs one invocation and returns its exit code; never throws. */
+export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo): Promise<number> {
+  let client: AdminClient | null = null;
+  try {
+    // First pass only finds the command, so that the second can hold it to its own flags.
+    const name = parse(argv, GLOBAL_OPTIONS, false).positionals[0];
+    const command = name === undefined ? undefined : COMMANDS.find((c) => c.name === name);
+    const { values, positionals } = parse(argv, { ...GLOBAL_OPTIONS, ...command?.options }, true);
+    if (values.help === true) {
+      io.stdout(helpText(env));
+      return 0;
+    }
+    if (name === undefined) throw new UsageError('no command given');
+    if (command === undefined) throw new UsageError(`unknown command ${JSON.stringify(name)}`);
+    const args = positionals.slice(1);
+    if (command.args === undefined && args.length > 0) throw new UsageError(`${command.name} takes no arguments (got ${JSON.stringify(args[0])})`);
+    const timeoutMs = parseTimeout(values.timeout);
+    const socketPath = parseSocket(values.socket, env);
+    await command.run({
+      args,
+      flags: values,
+      json: values.json === true,
+      admin: () => (client ??= connectAdmin(socketPath, { timeoutMs })),
+      env,
+      io,
+    });
+    return 0;
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.stderr(`dwcpctl: ${err.message}\n${USAGE}\nRun 'dwcpctl help' for the commands.\n`);
+      return 2;
+    }
+    const reason = err instanceof Error ? err.message : String(err);
+    io.stderr(`dwcpctl: ${reason.replace(/\s*\n\s*/g, '; ')}\n`);
+    return 1;
+  } finally {
+    (client as AdminClient | null)?.close();
+  }
+}
+
+if (import.meta.main) {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    // `dwcpctl status | head` closing the pipe early is not a failure.
+    if (err.code !== 'EPIPE') throw err;
+  });
+  process.exitCode = await main(process.argv.slice(2), process.env, {
+    stdout: (text) => process.stdout.write(text),
+    stderr: (text) => process.stderr.write(text),
+  });
+}

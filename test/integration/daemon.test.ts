@@ -1,0 +1,200 @@
+/**
+ * Real dwcpd processes: start-up, the admin socket, readiness, signals, the
+ * member gater, hello and SIGHUP reloads. Each test waits on log lines the
+ * daemon writes when the awaited thing happens, never on a timer.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  baseConfig,
+  DaemonProcess,
+  metricValue,
+  prepareNode,
+  ROOT,
+  runCtl,
+  runDwcpd,
+  startDaemon,
+  tempRoot,
+  writeConfig,
+  type NodeFiles,
+} from './harness.ts';
+
+const running: DaemonProcess[] = [];
+const cleanups: (() => Promise<void>)[] = [];
+
+async function start(node: NodeFiles, config: Record<string, unknown> | null, env: NodeJS.ProcessEnv = {}): Promise<DaemonProcess> {
+  const d = await startDaemon(node, config, env);
+  running.push(d);
+  return d;
+}
+
+async function root(prefix: string): Promise<string> {
+  const r = await tempRoot(prefix);
+  cleanups.push(r.remove);
+  return r.path;
+}
+
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((d) => d.stop('SIGKILL')));
+  await Promise.all(cleanups.splice(0).map((f) => f()));
+});
+
+function connectedTo(name: string) {
+  return (l: Record<string, unknown>) => l.msg === 'member connected' && l.member === name;
+}
+
+describe('dwcpd process', () => {
+  it('serves dwcpctl on a 0600 socket and stops on SIGTERM, removing the socket', async () => {
+    const dir = await root('basic');
+    const a = await prepareNode(dir, 'a');
+    const d = await start(a, baseConfig(a));
+    await d.serving();
+    expect(statSync(a.socket).mode & 0o777).toBe(0o600);
+
+    const ctl = await runCtl(['--socket', a.socket, 'status', '--json']);
+    expect(ctl.code, ctl.stderr).toBe(0);
+    const status = JSON.parse(ctl.stdout) as Record<string, unknown>;
+    expect(status).toMatchObject({ name: 'a', peer_id: a.peerId, federation: 'test-fed', trust: 'trusted', provider: 'onprem' });
+    expect((status.listen_addrs as string[]).length).toBeGreaterThan(0);
+
+    const { code } = await d.stop('SIGTERM');
+    expect(code).toBe(0);
+    expect(existsSync(a.socket)).toBe(false);
+    expect(d.lines.some((l) => l.msg === 'dwcpd stopped')).toBe(true);
+  });
+
+  it('runs with no config file on embedded defaults overridden only by environment', async () => {
+    const dir = await root('defaults');
+    const a = await prepareNode(dir, 'a');
+    const d = await start(a, null, {
+      DWCP_DATA_DIR: a.dir,
+      DWCP_ADMIN_SOCKET: a.socket,
+      DWCP_METRICS_LISTEN: '127.0.0.1:0',
+      DWCP_LISTEN: '/ip4/127.0.0.1/tcp/0',
+    });
+    const serving = await d.waitForLog((l) => l.msg === 'dwcpd serving', 'serving');
+    expect(serving).toMatchObject({ federation: 'local', config: '(embedded defaults)', peerId: a.peerId, adminSocket: a.socket });
+    const ctl = await runCtl(['status', '--json'], { DWCP_SOCKET: a.socket });
+    expect(ctl.code, ctl.stderr).toBe(0);
+    expect((await fetch(`${String(serving.metrics).replace('/metrics', '/readyz')}`)).status).toBe(200);
+  });
+
+  it('tells systemd READY=1 once serving locally, with no peers reachable', async () => {
+    const dir = await root('notify');
+    const a = await prepareNode(dir, 'a');
+    const notifySocket = join(dir, 'notify.sock');
+    const listener = spawn('python3', [join(ROOT, 'test/integration/notify-listener.py'), notifySocket], { stdio: ['ignore', 'pipe', 'inherit'] });
+    cleanups.push(async () => void listener.kill());
+    const messages = createInterface({ input: listener.stdout })[Symbol.asyncIterator]();
+    expect((await messages.next()).value).toBe('listening');
+
+    // A member that will never answer: readiness must not wait for it.
+    const ghost = await prepareNode(dir, 'ghost');
+    const d = await start(
+      a,
+      baseConfig(a, { members: [{ name: 'ghost', peerId: ghost.peerId, region: 'x', provider: 'onprem', addrs: ['/ip4/127.0.0.1/tcp/9'] }] }),
+      { NOTIFY_SOCKET: notifySocket },
+    );
+    const first = (await messages.next()).value as string;
+    expect(first).toMatch(/^READY=1\|STATUS=serving/);
+    expect(d.lines.some((l) => l.msg === 'dwcpd serving')).toBe(true);
+    await d.stop('SIGTERM');
+    expect((await messages.next()).value).toBe('STOPPING=1');
+  });
+
+  it('replaces a stale socket and refuses to start on a live one', async () => {
+    const dir = await root('stale');
+    const a = await prepareNode(dir, 'a');
+    const first = await start(a, baseConfig(a));
+    await first.serving();
+    await first.stop('SIGKILL');
+    expect(existsSync(a.socket)).toBe(true);
+
+    const second = await start(a, baseConfig(a));
+    await second.serving();
+    expect(second.lines.some((l) => String(l.msg).includes('stale'))).toBe(true);
+
+    const b = await prepareNode(dir, 'b');
+    const third = await start(b, baseConfig(b, { adminSocket: a.socket }));
+    const { code } = await third.exited;
+    expect(code).toBe(1);
+    expect(third.stderr.join('\n')).toMatch(/in use/);
+    // The live daemon still answers on its socket.
+    expect((await runCtl(['--socket', a.socket, 'status'])).code).toBe(0);
+  });
+
+  it('exits 78 naming the bad field of an invalid config', async () => {
+    const dir = await root('badcfg');
+    const a = await prepareNode(dir, 'a');
+    await writeConfig(a, baseConfig(a, { members: [{ name: 'b', peerId: a.peerId.slice(0, -1) + 'x', region: 'r', provider: 'aws', trust: 'maybe' }] }));
+    const res = await runDwcpd(['--config', a.configPath]);
+    expect(res.code).toBe(78);
+    expect(res.stderr).toContain('members[0].trust: "maybe" is not one of trusted|untrusted');
+    expect(res.stderr).toContain('members[0].peerId');
+  });
+
+  it('connects members both ways, refuses and counts a non-member, admits it after SIGHUP', async () => {
+    const dir = await root('mesh');
+    const [a, b, c] = await Promise.all(['a', 'b', 'c'].map((n) => prepareNode(dir, n)));
+    const member = (n: NodeFiles, addrs: string[] = []) => ({ name: n.name, peerId: n.peerId, region: `r-${n.name}`, provider: 'onprem', addrs });
+
+    // a knows b without an address (b dials a); a does not know c at all.
+    const da = await start(a!, baseConfig(a!, { members: [member(b!)] }));
+    const aAddrs = (await da.serving()).listen;
+    const db = await start(b!, baseConfig(b!, { members: [member(a!, aAddrs)] }));
+    await Promise.all([da.waitForLog(connectedTo('b'), 'b connected'), db.waitForLog(connectedTo('a'), 'a connected')]);
+
+    const dc = await start(c!, baseConfig(c!, { members: [member(a!, aAddrs)] }));
+    await dc.serving();
+    await da.waitForLog((l) => l.reason === 'not_member' && l.peerId === c!.peerId, 'refusal of c');
+    expect(metricValue(await da.scrape(), 'dwcp_connections_refused_total', { reason: 'not_member' })).toBeGreaterThanOrEqual(1);
+
+    const status = JSON.parse((await runCtl(['--socket', a!.socket, 'status', '--json'])).stdout) as { members: Record<string, unknown>[] };
+    expect(status.members).toEqual([expect.objectContaining({ name: 'b', peer_id: b!.peerId, connected: true, link_mode: 'datacenter', trust: 'trusted' })]);
+
+    // Reload a's member list with c in it: the gater follows without a restart.
+    await writeConfig(a!, baseConfig(a!, { members: [member(b!), member(c!)] }));
+    da.child.kill('SIGHUP');
+    await da.waitForLog((l) => l.msg === 'configuration reloaded', 'reload');
+    await Promise.all([da.waitForLog(connectedTo('c'), 'c connected'), dc.waitForLog(connectedTo('a'), 'a connected')]);
+    const members = JSON.parse((await runCtl(['--socket', a!.socket, 'members', '--json'])).stdout) as { members: { name: string; connected: boolean }[] };
+    expect(members.members.map((m) => [m.name, m.connected])).toEqual([['b', true], ['c', true]]);
+  });
+
+  it('refuses a member whose hello disagrees with the member list, naming the field', async () => {
+    const dir = await root('hello');
+    const [a, b] = await Promise.all(['a', 'b'].map((n) => prepareNode(dir, n)));
+    // a expects b in region "r-b"; b says it is in "elsewhere".
+    const da = await start(a!, baseConfig(a!, { members: [{ name: 'b', peerId: b!.peerId, region: 'r-b', provider: 'onprem' }] }));
+    const aAddrs = (await da.serving()).listen;
+    const db = await start(
+      b!,
+      baseConfig(b!, {
+        node: { name: 'b', region: 'elsewhere', provider: 'onprem' },
+        members: [{ name: 'a', peerId: a!.peerId, region: 'r-a', provider: 'onprem', addrs: aAddrs }],
+      }),
+    );
+    const refused = await da.waitForLog((l) => l.msg === 'member connection refused by hello', 'hello refusal');
+    expect(refused).toMatchObject({ reason: 'identity_mismatch', member: 'b' });
+    expect(String(refused.err)).toContain('region is "elsewhere"');
+    await db.waitForLog((l) => l.msg === 'member dial failed' && String(l.err).includes('refused this node'), 'b learns why');
+    expect(metricValue(await da.scrape(), 'dwcp_connections_refused_total', { reason: 'identity_mismatch' })).toBeGreaterThanOrEqual(1);
+    expect(metricValue(await da.scrape(), 'dwcp_members_connected')).toBe(0);
+  });
+
+  it('dwcpd id prints the peer ID and init writes a key and a config that validates', async () => {
+    const dir = await root('init');
+    const res = await runDwcpd(['init', '--data-dir', join(dir, 'n'), '--name', 'dc9', '--region', 'eu-1', '--provider', 'private']);
+    expect(res.code, res.stderr).toBe(0);
+    const out = JSON.parse(res.stdout) as { peerId: string; config: string; key: string };
+    expect(statSync(out.key).mode & 0o777).toBe(0o600);
+    const id = await runDwcpd(['id', '--data-dir', join(dir, 'n')]);
+    expect(id.stdout.trim()).toBe(out.peerId);
+    const again = await runDwcpd(['init', '--data-dir', join(dir, 'n')]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toContain('already exists');
+  });
+});
