@@ -22,7 +22,7 @@
 import { chmod, stat, unlink } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { loadSync, type PackageDefinition } from '@grpc/proto-loader';
+import { loadSync, type PackageDefinition, type ServiceDefinition } from '@grpc/proto-loader';
 import { HealthImplementation, protoPath as healthProtoPath, type ServingStatus } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import type { Logger } from '../log.ts';
@@ -73,6 +73,10 @@ const SOCKET_MODE = 0o600;
 const DEFAULT_SHUTDOWN_GRACE_MS = 2000;
 const HEALTH_SERVICE = 'grpc.health.v1.Health';
 
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
 export function toMemberInfo(m: MemberStatus): MemberInfo {
   return {
     name: m.name,
@@ -113,7 +117,7 @@ function unaryHandler<Req, Res>(logger: Logger, method: string, produce: (reques
       response = produce(call.request);
     } catch (err) {
       logger.error({ err, method }, 'admin call failed');
-      callback({ code: grpc.status.INTERNAL, details: `${method}: ${err instanceof Error ? err.message : String(err)}` });
+      callback({ code: grpc.status.INTERNAL, details: `${method}: ${errorMessage(err)}` });
       return;
     }
     callback(null, response);
@@ -185,19 +189,20 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
   const { logger, metrics } = opts;
   const registrations = [adminServiceRegistration(opts.status, logger), ...(opts.services ?? [])];
 
-  const names = new Set<string>();
+  // Every registration is checked before the filesystem is touched.
+  const services: { registration: AdminServiceRegistration; definition: ServiceDefinition }[] = [];
   for (const r of registrations) {
     if (r.name === HEALTH_SERVICE) throw new Error(`admin service name ${r.name} is reserved for the built-in health service`);
-    if (names.has(r.name)) throw new Error(`admin service ${r.name} is registered twice`);
-    names.add(r.name);
+    if (services.some((s) => s.registration.name === r.name)) throw new Error(`admin service ${r.name} is registered twice`);
+    services.push({ registration: r, definition: serviceDefinition(r.packageDefinition, r.name) });
   }
+  const names = services.map((s) => s.registration.name);
 
   await claimSocketPath(socketPath, logger);
 
   const server = new grpc.Server({ interceptors: [countingInterceptor(metrics)] });
-  for (const r of registrations) {
-    const definition = serviceDefinition(r.packageDefinition, r.name);
-    server.addService(definition, r.implementation);
+  for (const { registration, definition } of services) {
+    server.addService(definition, registration.implementation);
     // Zero series for every method so rate() works from the first scrape.
     for (const m of Object.values(definition)) metrics.adminRequests.inc({ method: methodLabel(m.path), code: 'OK' }, 0);
   }
@@ -218,21 +223,26 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
   // parent directory, which claimSocketPath creates 0700. Narrowing the umask
   // around bind instead would change it for the whole process while bindAsync
   // is pending, affecting files other components create meanwhile.
-  let bound: { dev: number; ino: number };
   try {
     await bind(server, `unix:${socketPath}`);
+  } catch (err) {
+    server.forceShutdown();
+    throw new Error(`cannot bind admin socket ${socketPath}: ${errorMessage(err)}`);
+  }
+  let bound: { dev: number; ino: number };
+  try {
     await chmod(socketPath, SOCKET_MODE);
     const st = await stat(socketPath);
     bound = { dev: st.dev, ino: st.ino };
   } catch (err) {
     server.forceShutdown();
-    const reason = err instanceof Error ? err.message : String(err);
-    throw new Error(`cannot serve admin socket ${socketPath}: ${reason}`);
+    await unlink(socketPath).catch(() => {});
+    throw new Error(`cannot restrict admin socket ${socketPath} to mode 0600: ${errorMessage(err)}`);
   }
 
   let closing: Promise<void> | null = null;
   setHealth('SERVING');
-  logger.info({ socketPath, services: [...names] }, 'admin socket listening');
+  logger.info({ socketPath, services: names }, 'admin socket listening');
 
   return {
     socketPath,

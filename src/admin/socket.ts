@@ -93,7 +93,11 @@ export function checkSocketPathLength(path: string): void {
  */
 export async function claimSocketPath(path: string, logger: Logger): Promise<void> {
   checkSocketPathLength(path);
-  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+  try {
+    await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw new Error(`cannot create admin socket directory ${dirname(path)}: ${errnoCode(err)}`);
+  }
   const probe = await probeSocket(path);
   switch (probe.state) {
     case 'missing':

@@ -15,10 +15,10 @@
  * else changes.
  */
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
-import { defaultAdminSocket } from '../config/load.ts';
 import { connectAdmin, type AdminClient } from '../admin/client.ts';
 import { formatJson, formatMembers, formatStatus } from './format.ts';
-import pkg from '../../package.json' with { type: 'json' };
+import { VERSION } from '../daemon/version.ts';
+import { defaultAdminSocket } from '../config/paths.ts';
 
 const DEFAULT_TIMEOUT_MS = 5000;
 const MAX_TIMEOUT_MS = 3_600_000;
@@ -37,8 +37,8 @@ export interface CommandContext {
   /** Values of global and command-specific flags, by long name. */
   flags: FlagValues;
   json: boolean;
-  /** The admin client, connected on first use. */
-  admin(): AdminClient;
+  /** The admin client, connected on first use (the socket is only resolved then). */
+  admin(): Promise<AdminClient>;
   env: NodeJS.ProcessEnv;
   io: CliIo;
 }
@@ -74,7 +74,7 @@ export const COMMANDS: readonly Command[] = [
     name: 'status',
     summary: 'this node and every configured member',
     async run(ctx) {
-      const s = await ctx.admin().status();
+      const s = await (await ctx.admin()).status();
       ctx.io.stdout(ctx.json ? formatJson(s) : formatStatus(s));
     },
   },
@@ -82,7 +82,7 @@ export const COMMANDS: readonly Command[] = [
     name: 'members',
     summary: 'the configured members: connection, RTT and link mode',
     async run(ctx) {
-      const m = await ctx.admin().members();
+      const m = await (await ctx.admin()).members();
       ctx.io.stdout(ctx.json ? formatJson(m) : formatMembers(m.members));
     },
   },
@@ -90,19 +90,19 @@ export const COMMANDS: readonly Command[] = [
     name: 'version',
     summary: 'print the dwcpctl version',
     run(ctx) {
-      ctx.io.stdout(ctx.json ? formatJson({ version: pkg.version }) : `dwcpctl ${pkg.version}\n`);
+      ctx.io.stdout(ctx.json ? formatJson({ version: VERSION }) : `dwcpctl ${VERSION}\n`);
     },
   },
   {
     name: 'help',
     summary: 'show this help',
-    run(ctx) {
-      ctx.io.stdout(helpText(ctx.env));
+    async run(ctx) {
+      ctx.io.stdout(await helpText(ctx.env));
     },
   },
 ];
 
-export function helpText(env: NodeJS.ProcessEnv): string {
+export async function helpText(env: NodeJS.ProcessEnv): Promise<string> {
   const width = Math.max(...COMMANDS.map((c) => (c.args ? `${c.name} ${c.args}` : c.name).length));
   const commands = COMMANDS.map((c) => `  ${(c.args ? `${c.name} ${c.args}` : c.name).padEnd(width)}  ${c.summary}`);
   return [
@@ -114,7 +114,7 @@ export function helpText(env: NodeJS.ProcessEnv): string {
     ...commands,
     '',
     'Global flags (before or after the command):',
-    `  --socket PATH   admin socket (env DWCP_SOCKET; now ${defaultAdminSocket(env)})`,
+    `  --socket PATH   admin socket (env DWCP_SOCKET; default ${await resolveSocket(undefined, env)})`,
     `  --timeout MS    deadline for each call in milliseconds (default ${DEFAULT_TIMEOUT_MS})`,
     '  --json          print JSON (snake_case fields as in the admin API) instead of tables',
     '  -h, --help      show this help',
@@ -146,8 +146,9 @@ function parseTimeout(raw: string | boolean | (string | boolean)[] | undefined):
   return n;
 }
 
-function parseSocket(raw: string | boolean | (string | boolean)[] | undefined, env: NodeJS.ProcessEnv): string {
-  if (raw === undefined) return defaultAdminSocket(env); // reads DWCP_SOCKET first
+/** --socket, else $DWCP_SOCKET, else the daemon's built-in default. */
+async function resolveSocket(raw: string | boolean | (string | boolean)[] | undefined, env: NodeJS.ProcessEnv): Promise<string> {
+  if (raw === undefined) return env.DWCP_SOCKET || defaultAdminSocket(env);
   if (typeof raw !== 'string' || raw === '') throw new UsageError('--socket needs a path');
   return raw;
 }
@@ -157,24 +158,24 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo): P
   let client: AdminClient | null = null;
   try {
     // First pass only finds the command, so that the second can hold it to its own flags.
-    const name = parse(argv, GLOBAL_OPTIONS, false).positionals[0];
-    const command = name === undefined ? undefined : COMMANDS.find((c) => c.name === name);
-    const { values, positionals } = parse(argv, { ...GLOBAL_OPTIONS, ...command?.options }, true);
-    if (values.help === true) {
-      io.stdout(helpText(env));
+    const first = parse(argv, GLOBAL_OPTIONS, false);
+    const name = first.positionals[0];
+    if (first.values.help === true) {
+      io.stdout(await helpText(env));
       return 0;
     }
     if (name === undefined) throw new UsageError('no command given');
+    const command = COMMANDS.find((c) => c.name === name);
     if (command === undefined) throw new UsageError(`unknown command ${JSON.stringify(name)}`);
+    const { values, positionals } = parse(argv, { ...GLOBAL_OPTIONS, ...command.options }, true);
     const args = positionals.slice(1);
     if (command.args === undefined && args.length > 0) throw new UsageError(`${command.name} takes no arguments (got ${JSON.stringify(args[0])})`);
     const timeoutMs = parseTimeout(values.timeout);
-    const socketPath = parseSocket(values.socket, env);
     await command.run({
       args,
       flags: values,
       json: values.json === true,
-      admin: () => (client ??= connectAdmin(socketPath, { timeoutMs })),
+      admin: async () => (client ??= connectAdmin(await resolveSocket(values.socket, env), { timeoutMs })),
       env,
       io,
     });
@@ -188,6 +189,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo): P
     io.stderr(`dwcpctl: ${reason.replace(/\s*\n\s*/g, '; ')}\n`);
     return 1;
   } finally {
+    // The cast undoes TypeScript's narrowing to null: the assignment happens inside a closure.
     (client as AdminClient | null)?.close();
   }
 }

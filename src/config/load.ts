@@ -7,11 +7,13 @@
  * path, the value and what was expected, and says which flag or variable set it.
  */
 import { readFileSync } from 'node:fs';
-import { hostname, homedir, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { hostname } from 'node:os';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import type { z } from 'zod';
 import { ConfigFileSchema, defaultTrust, type DwcpConfig } from './schema.ts';
+import { defaultAdminSocket, defaultDataDir } from './paths.ts';
+
+export { defaultAdminSocket, defaultDataDir };
 
 /** Settings that flags and environment variables may override. */
 export interface ConfigOverrides {
@@ -38,26 +40,6 @@ export class ConfigError extends Error {
     this.name = 'ConfigError';
     this.problems = problems;
   }
-}
-
-function isRoot(): boolean {
-  return typeof process.getuid === 'function' && process.getuid() === 0;
-}
-
-/** The admin socket both dwcpd and dwcpctl use when none is given. */
-export function defaultAdminSocket(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.DWCP_SOCKET) return env.DWCP_SOCKET;
-  if (env.DWCP_ADMIN_SOCKET) return env.DWCP_ADMIN_SOCKET;
-  if (isRoot()) return '/run/dwcp/admin.sock';
-  if (env.XDG_RUNTIME_DIR) return join(env.XDG_RUNTIME_DIR, 'dwcp', 'admin.sock');
-  return join(tmpdir(), `dwcp-${process.getuid?.() ?? 'user'}`, 'admin.sock');
-}
-
-export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
-  // systemd's StateDirectory= sets STATE_DIRECTORY.
-  if (env.STATE_DIRECTORY) return env.STATE_DIRECTORY.split(':')[0]!;
-  if (isRoot()) return '/var/lib/dwcp';
-  return join(env.XDG_STATE_HOME ?? join(homedir(), '.local', 'state'), 'dwcp');
 }
 
 export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/4777';
@@ -91,19 +73,32 @@ export function formatIssue(issue: z.core.$ZodIssue, label: (path: PropertyKey[]
       return `${at}: ${shown} is not one of ${issue.values.map(String).join('|')}`;
     case 'unrecognized_keys':
       return issue.keys.map((k) => `${label([...issue.path, k])}: unknown key (not part of the schema)`).join('; ');
-    case 'invalid_type':
-      return input === undefined ? `${at}: missing, expected ${issue.expected}` : `${at}: ${shown} is not ${article(issue.expected)}`;
+    case 'invalid_type': {
+      const expected = article(TYPE_NAMES[issue.expected] ?? issue.expected);
+      return input === undefined ? `${at}: missing, expected ${expected}` : `${at}: ${shown} is not ${expected}`;
+    }
     case 'custom':
       // Refinements in the schema state what was expected; superRefine checks say a whole sentence.
       return issue.params?.sentence ? `${at}: ${shown} ${issue.message}` : `${at}: ${shown} is not ${issue.message}`;
     case 'invalid_format':
       return `${at}: ${shown} is not ${issue.message}`;
     case 'too_small':
+      return `${at}: ${shown} is ${issue.origin === 'number' ? 'too small' : 'too short'}: expected ${bound('at least', 'more than', issue.minimum, issue.inclusive, issue.origin)}`;
     case 'too_big':
-      return `${at}: ${shown} is ${issue.code === 'too_small' ? 'too small' : 'too large'}: ${issue.message}`;
+      return `${at}: ${shown} is ${issue.origin === 'number' ? 'too large' : 'too long'}: expected ${bound('at most', 'less than', issue.maximum, issue.inclusive, issue.origin)}`;
     default:
       return `${at}: ${shown}: ${issue.message}`;
   }
+}
+
+/** Schema type names as a YAML author knows them. */
+const TYPE_NAMES: Record<string, string> = { object: 'mapping', array: 'list', int: 'integer' };
+
+/** `at least 1 item`, `at most 64 characters`, `more than 0`. */
+function bound(inclusiveWord: string, exclusiveWord: string, limit: number | bigint, inclusive: boolean | undefined, origin: string): string {
+  const unit = origin === 'array' ? ' item' : origin === 'string' ? ' character' : '';
+  const plural = unit && limit !== 1 ? 's' : '';
+  return `${inclusive === false ? exclusiveWord : inclusiveWord} ${limit}${unit}${plural}`;
 }
 
 function article(expected: string): string {
@@ -128,12 +123,16 @@ export function readConfigFile(path: string): unknown {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new ConfigError(path, [`cannot read: ${(err as NodeJS.ErrnoException).code ?? String(err)}`]);
+    const e = err as NodeJS.ErrnoException;
+    // "ENOENT: no such file or directory, open '/x'" -> "no such file or directory (ENOENT)"; the path is in the header.
+    const why = e.code ? `${e.message.replace(/^[A-Z]+: /, '').replace(/, \w+( '.*')?$/, '')} (${e.code})` : String(err);
+    throw new ConfigError(path, [`cannot read: ${why}`]);
   }
   try {
     return parseYaml(text, { uniqueKeys: true }) ?? {};
   } catch (err) {
-    const msg = err instanceof YAMLParseError ? err.message.split('\n')[0]! : String(err);
+    // The parser's first line ends with ':' before a source excerpt that is left out.
+    const msg = err instanceof YAMLParseError ? err.message.split('\n')[0]!.replace(/:$/, '') : String(err);
     throw new ConfigError(path, [`not valid YAML: ${msg}`]);
   }
 }

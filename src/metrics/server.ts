@@ -31,6 +31,14 @@ export interface MetricsServer {
 
 const FLAG = '--metrics-listen';
 const TEXT = 'text/plain; charset=utf-8';
+const MAX_CONNECTIONS = 64;
+/** Bind failures an operator fixes by changing the flag, in plain words. */
+const BIND_ERRORS: Record<string, string> = {
+  EADDRINUSE: 'address already in use',
+  EADDRNOTAVAIL: 'no such address on this host',
+  EACCES: 'permission denied (ports below 1024 need privileges)',
+  ENOTFOUND: 'host name does not resolve',
+};
 
 /** Splits `host:port` / `[v6]:port`; throws naming the flag on anything else. */
 export function parseListenAddress(listen: string): { host: string; port: number } {
@@ -53,7 +61,7 @@ function reply(res: ServerResponse, status: number, body: string, headers: Recor
 
 export async function startMetricsServer(opts: MetricsServerOptions): Promise<MetricsServer> {
   const { host, port } = parseListenAddress(opts.listen);
-  const log = opts.logger.child({ component: 'metrics-http' });
+  const log = opts.logger;
 
   const routes: Record<string, (res: ServerResponse) => Promise<void> | void> = {
     '/metrics': async (res) => {
@@ -82,10 +90,17 @@ export async function startMetricsServer(opts: MetricsServerOptions): Promise<Me
     });
   });
 
+  // Scrapers and probes are few and quick; a client that trickles its request
+  // or opens connections by the hundred is cut off rather than served.
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 30_000;
+  server.maxConnections = MAX_CONNECTIONS;
+
   await new Promise<void>((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException) => {
-      const why = err.code === 'EADDRINUSE' ? 'address already in use' : err.message;
-      reject(new Error(`cannot serve metrics on ${opts.listen} (set by ${FLAG}): ${why}${err.code ? ` (${err.code})` : ''}`, { cause: err }));
+      const reason = BIND_ERRORS[err.code ?? ''];
+      const why = reason ? `${reason} (${err.code})` : err.message;
+      reject(new Error(`cannot serve metrics on ${opts.listen} (set by ${FLAG}): ${why}`, { cause: err }));
     };
     server.once('error', onError);
     server.listen({ host, port }, () => {

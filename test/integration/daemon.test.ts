@@ -88,7 +88,16 @@ describe('dwcpd process', () => {
     const notifySocket = join(dir, 'notify.sock');
     const listener = spawn('python3', [join(ROOT, 'test/integration/notify-listener.py'), notifySocket], { stdio: ['ignore', 'pipe', 'inherit'] });
     cleanups.push(async () => void listener.kill());
-    const messages = createInterface({ input: listener.stdout })[Symbol.asyncIterator]();
+    const lines = createInterface({ input: listener.stdout })[Symbol.asyncIterator]();
+    // systemd-notify follows each message with a BARRIER=1 sync message; only the states matter here.
+    const messages = {
+      async next(): Promise<{ value: string }> {
+        for (;;) {
+          const { value } = await lines.next();
+          if (value !== 'BARRIER=1') return { value: value as string };
+        }
+      },
+    };
     expect((await messages.next()).value).toBe('listening');
 
     // A member that will never answer: readiness must not wait for it.
@@ -129,7 +138,7 @@ describe('dwcpd process', () => {
   it('exits 78 naming the bad field of an invalid config', async () => {
     const dir = await root('badcfg');
     const a = await prepareNode(dir, 'a');
-    await writeConfig(a, baseConfig(a, { members: [{ name: 'b', peerId: a.peerId.slice(0, -1) + 'x', region: 'r', provider: 'aws', trust: 'maybe' }] }));
+    await writeConfig(a, baseConfig(a, { members: [{ name: 'b', peerId: 'not-a-peer-id', region: 'r', provider: 'aws', trust: 'maybe' }] }));
     const res = await runDwcpd(['--config', a.configPath]);
     expect(res.code).toBe(78);
     expect(res.stderr).toContain('members[0].trust: "maybe" is not one of trusted|untrusted');

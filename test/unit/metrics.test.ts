@@ -103,7 +103,10 @@ describe('metrics HTTP endpoint', () => {
     try {
       ({ server } = await start({ listen: '[::1]:0' }));
     } catch (err) {
-      ctx.skip(`no IPv6 loopback on this machine: ${(err as Error).message}`);
+      // Only a host without IPv6 excuses a failure; anything else is a bug.
+      const code = ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code;
+      if (code !== 'EADDRNOTAVAIL' && code !== 'EAFNOSUPPORT') throw err;
+      return ctx.skip(`no IPv6 loopback on this machine: ${(err as Error).message}`);
     }
     expect(server.address).toMatch(/^\[::1\]:\d+$/);
     expect((await fetch(`http://${server.address}/healthz`)).status).toBe(200);
@@ -129,6 +132,13 @@ describe('metrics HTTP endpoint', () => {
     } finally {
       blocker.close();
     }
+  });
+
+  it('rejects an address this host does not have', async () => {
+    // 192.0.2.0/24 is reserved for documentation, so no machine has it.
+    await expect(start({ listen: '192.0.2.1:0' })).rejects.toThrow(
+      'cannot serve metrics on 192.0.2.1:0 (set by --metrics-listen): no such address on this host (EADDRNOTAVAIL)',
+    );
   });
 
   it('rejects a malformed listen address naming --metrics-listen', async () => {
