@@ -104,32 +104,44 @@ async function federationDir(dir: string, create: boolean): Promise<string> {
 
 const HAVE_PROCFS = existsSync('/proc/self/cmdline');
 
-/**
- * Whether pid is still the daemon started with configPath. Without procfs only
- * existence can be checked; with it, an exited-but-unreaped process counts as
- * gone and a reused pid running something else is not ours.
- */
-function isDaemonRunning(pid: number, configPath: string): boolean {
+/** Whether pid exists and has not exited; one that exited but is not yet reaped (a zombie) has. */
+function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
   } catch {
-    // ESRCH: gone; EPERM: another user's process, so not one we started.
+    // ESRCH: gone; EPERM: another user's process, so none we started.
     return false;
   }
   if (!HAVE_PROCFS) return true;
   try {
     const procStat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    if (procStat.slice(procStat.lastIndexOf(')') + 2).startsWith('Z')) return false;
+    return !procStat.slice(procStat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Whether pid is still the daemon started with configPath, as far as the OS
+ * tells: with procfs, a reused pid running something else is not ours.
+ */
+function isDaemonRunning(pid: number, configPath: string): boolean {
+  if (!isAlive(pid)) return false;
+  if (!HAVE_PROCFS) return true;
+  try {
     return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(configPath);
   } catch {
     return false;
   }
 }
 
-/** Polls until pid is no longer our daemon or the deadline passes; true if it stopped. */
-async function waitForExit(pid: number, configPath: string, ms: number): Promise<boolean> {
+/**
+ * Polls until pid has exited or the deadline passes; true if it exited. Only
+ * liveness counts here: an exiting process's cmdline reads empty before it is gone.
+ */
+async function waitForExit(pid: number, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;
-  while (isDaemonRunning(pid, configPath)) {
+  while (isAlive(pid)) {
     if (Date.now() >= deadline) return false;
     await sleep(POLL_MS / 2);
   }
@@ -385,19 +397,19 @@ function adminSocketOf(node: NodeOnDisk): string {
 
 async function stopNode(node: NodeOnDisk): Promise<StopOutcome> {
   if (!node.running || node.pid === null) return 'not running';
-  const { pid, configPath } = node;
+  const { pid } = node;
   try {
     process.kill(pid, 'SIGTERM');
   } catch {
     return 'not running';
   }
-  if (await waitForExit(pid, configPath, GRACEFUL_STOP_MS)) return 'graceful';
+  if (await waitForExit(pid, GRACEFUL_STOP_MS)) return 'graceful';
   try {
     process.kill(pid, 'SIGKILL');
   } catch {
     // It exited between the last poll and the kill.
   }
-  if (!(await waitForExit(pid, configPath, KILL_WAIT_MS))) throw new LaunchError(`${node.name} (pid ${pid}) is still running ${KILL_WAIT_MS} ms after SIGKILL`);
+  if (!(await waitForExit(pid, KILL_WAIT_MS))) throw new LaunchError(`${node.name} (pid ${pid}) is still running ${KILL_WAIT_MS} ms after SIGKILL`);
   // A killed daemon cannot remove its socket; the next start would cope, but down leaves a clean directory.
   const socket = adminSocketOf(node);
   const st = await lstat(socket).catch(() => undefined);
