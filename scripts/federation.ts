@@ -376,7 +376,7 @@ async function up(flags: Flags): Promise<string> {
     const left = deadline - Date.now();
     if (left <= 0) {
       throw new LaunchError(
-        `not every node connected all ${nodes - 1} members within ${timeoutMs} ms: ${behind.join(', ')}; ` +
+        `not every node had its ${nodes - 1} other members connected within ${timeoutMs} ms: ${behind.join(', ')}; ` +
           `the daemons are left running (logs in ${dir}/<name>/dwcpd.log), ${downHint(dir)}`,
       );
     }

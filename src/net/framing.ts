@@ -14,8 +14,9 @@
  *   caller that is awaiting read().
  * - Reading is flow-controlled end to end: while decoded frames wait for a
  *   reader, the stream is paused, so the muxer (yamux) stops granting the
- *   remote send window and the remote's write() blocks in onDrain. Writing
- *   honours the local send buffer the same way.
+ *   remote send window and the remote's write() waits for drain. A write
+ *   queues its frame only once the stream's send buffer has drained, so at
+ *   most one frame per stream waits in it.
  * - A paused stream still accepts the send window the remote already holds.
  *   Yamux grows that window up to 16 MiB by default while its read buffer
  *   resets the stream above 4 MiB, so a paused bulk stream would be reset:

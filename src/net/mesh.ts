@@ -30,7 +30,7 @@ import { linkMode } from '../federation/link-mode.ts';
 import type { Logger } from '../log.ts';
 import type { DwcpMetrics } from '../metrics/metrics.ts';
 import { backoffDelay } from './backoff.ts';
-import { frameEventsFor } from './framing.ts';
+import { MUXER_STREAM_OPTIONS, frameEventsFor } from './framing.ts';
 import { memberGater } from './gater.ts';
 import { HELLO_PROTOCOL, exchangeHello, type HelloContext, type HelloOutcome } from './hello.ts';
 
@@ -84,7 +84,7 @@ export class MemberMesh {
       addresses: { listen: config.listen },
       transports: [tcp()],
       connectionEncrypters: [noise()],
-      streamMuxers: [yamux()],
+      streamMuxers: [yamux({ streamOptions: MUXER_STREAM_OPTIONS })],
       connectionGater: memberGater(members, metrics, log),
       connectionManager: {
         maxConnections: 64 + members.size * 4,
