@@ -79,7 +79,36 @@ async function run(flags: Flags): Promise<number> {
     process.exit(1);
   });
 
-  let daemon: Daemon;
+  // Signal handlers go in before start-up: systemd may send SIGTERM the moment READY=1 is out,
+  // and a stop requested mid-start must still be graceful once start-up finishes.
+  let daemon: Daemon | undefined;
+  const stopped = Promise.withResolvers<number>();
+  let stopSignal: string | undefined;
+  const stop = (signal: string) => {
+    if (stopSignal) {
+      log.warn({ signal }, 'second stop signal; exiting now');
+      process.exit(1);
+    }
+    stopSignal = signal;
+    log.info({ signal }, 'stopping');
+    const hard = setTimeout(() => {
+      log.error({ budgetMs: STOP_BUDGET_MS + 1_000 }, 'graceful stop took too long; exiting');
+      process.exit(1);
+    }, STOP_BUDGET_MS + 1_000);
+    hard.unref();
+    if (daemon) void daemon.stop().then(() => stopped.resolve(0));
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    if (!daemon) return log.warn('SIGHUP during start-up ignored');
+    try {
+      void daemon.reload(resolveConfig(resolveInput)).catch((err: Error) => log.error({ err: err.message }, 'reload failed'));
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'reload refused: the configuration is invalid; keeping the running one');
+    }
+  });
+
   try {
     daemon = await Daemon.start(config, log);
   } catch (err) {
@@ -87,32 +116,7 @@ async function run(flags: Flags): Promise<number> {
     process.stderr.write(`dwcpd: ${(err as Error).message}\n`);
     return 1;
   }
-
-  const stopped = Promise.withResolvers<number>();
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) {
-      log.warn({ signal }, 'second stop signal; exiting now');
-      process.exit(1);
-    }
-    stopping = true;
-    log.info({ signal }, 'stopping');
-    const hard = setTimeout(() => {
-      log.error({ budgetMs: STOP_BUDGET_MS + 1_000 }, 'graceful stop took too long; exiting');
-      process.exit(1);
-    }, STOP_BUDGET_MS + 1_000);
-    hard.unref();
-    void daemon.stop().then(() => stopped.resolve(0));
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGHUP', () => {
-    try {
-      void daemon.reload(resolveConfig(resolveInput)).catch((err: Error) => log.error({ err: err.message }, 'reload failed'));
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'reload refused: the configuration is invalid; keeping the running one');
-    }
-  });
+  if (stopSignal) void daemon.stop().then(() => stopped.resolve(0));
   return stopped.promise;
 }
 

@@ -110,7 +110,8 @@ describe('dwcpd process', () => {
     const first = (await messages.next()).value as string;
     expect(first).toMatch(/^READY=1\|STATUS=serving/);
     expect(d.lines.some((l) => l.msg === 'dwcpd serving')).toBe(true);
-    await d.stop('SIGTERM');
+    // SIGTERM right after READY=1 must already be a graceful stop.
+    expect(await d.stop('SIGTERM')).toEqual({ code: 0, signal: null });
     expect((await messages.next()).value).toBe('STOPPING=1');
   });
 
