@@ -30,6 +30,7 @@ import { linkMode } from '../federation/link-mode.ts';
 import type { Logger } from '../log.ts';
 import type { DwcpMetrics } from '../metrics/metrics.ts';
 import { backoffDelay } from './backoff.ts';
+import { RttEstimator } from './rtt.ts';
 import { MUXER_STREAM_OPTIONS, frameEventsFor } from './framing.ts';
 import { memberGater } from './gater.ts';
 import { HELLO_PROTOCOL, exchangeHello, type HelloContext, type HelloOutcome } from './hello.ts';
@@ -51,7 +52,7 @@ interface MemberLink {
   id: PeerId;
   /** Open connections that passed hello, by connection id. */
   verified: Set<string>;
-  rttMs: number | null;
+  rtt: RttEstimator;
   lastSeen: Date | null;
   lastError: string | null;
   failures: number;
@@ -147,8 +148,8 @@ export class MemberMesh {
       trust: l.member.trust,
       addrs: l.member.addrs,
       connected: l.verified.size > 0,
-      rttMs: l.rttMs,
-      linkMode: linkMode(node.trust, l.member.trust, l.rttMs, network),
+      rttMs: l.rtt.smoothed,
+      linkMode: linkMode(node.trust, l.member.trust, l.rtt.floor, network),
       lastSeen: l.verified.size > 0 ? new Date().toISOString() : (l.lastSeen?.toISOString() ?? null),
       lastError: l.lastError,
     }));
@@ -182,7 +183,7 @@ export class MemberMesh {
       member,
       id: peerIdFromString(member.peerId),
       verified: new Set(),
-      rttMs: null,
+      rtt: new RttEstimator(),
       lastSeen: null,
       lastError: null,
       failures: 0,
@@ -316,7 +317,8 @@ export class MemberMesh {
     try {
       const signal = AbortSignal.timeout(Math.min(10_000, this.#opts.config.network.pingIntervalMs));
       const rtt = await this.host.services.ping.ping(link.id, { signal });
-      link.rttMs = rtt;
+      if (link.rtt.samples === 0) this.#log.debug({ member: link.member.name, rttMs: rtt }, 'member rtt');
+      link.rtt.observe(rtt);
       this.#opts.metrics.peerRtt.observe({ peer: link.member.name }, rtt / 1000);
     } catch (err) {
       this.#log.debug({ member: link.member.name, err: (err as Error).message }, 'ping failed');

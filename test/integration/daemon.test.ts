@@ -8,6 +8,7 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterEach, describe, expect, it } from 'vitest';
+import { lintMetrics } from '../support/promtool.ts';
 import {
   baseConfig,
   DaemonProcess,
@@ -160,7 +161,9 @@ describe('dwcpd process', () => {
     const dc = await start(c!, baseConfig(c!, { members: [member(a!, aAddrs)] }));
     await dc.serving();
     await da.waitForLog((l) => l.reason === 'not_member' && l.peerId === c!.peerId, 'refusal of c');
-    expect(metricValue(await da.scrape(), 'dwcp_connections_refused_total', { reason: 'not_member' })).toBeGreaterThanOrEqual(1);
+    const scraped = await da.scrape();
+    expect(metricValue(scraped, 'dwcp_connections_refused_total', { reason: 'not_member' })).toBeGreaterThanOrEqual(1);
+    expect(metricValue(scraped, 'dwcp_members_connected')).toBe(1);
 
     const status = JSON.parse((await runCtl(['--socket', a!.socket, 'status', '--json'])).stdout) as { members: Record<string, unknown>[] };
     expect(status.members).toEqual([expect.objectContaining({ name: 'b', peer_id: b!.peerId, connected: true, link_mode: 'datacenter', trust: 'trusted' })]);
@@ -172,6 +175,21 @@ describe('dwcpd process', () => {
     await Promise.all([da.waitForLog(connectedTo('c'), 'c connected'), dc.waitForLog(connectedTo('a'), 'a connected')]);
     const members = JSON.parse((await runCtl(['--socket', a!.socket, 'members', '--json'])).stdout) as { members: { name: string; connected: boolean }[] };
     expect(members.members.map((m) => [m.name, m.connected])).toEqual([['b', true], ['c', true]]);
+  });
+
+  it('exports metrics of a live, connected daemon that pass promtool', async (ctx) => {
+    const dir = await root('promtool');
+    const [a, b] = await Promise.all(['a', 'b'].map((n) => prepareNode(dir, n)));
+    const da = await start(a!, baseConfig(a!, { members: [{ name: 'b', peerId: b!.peerId, region: 'r-b', provider: 'onprem' }] }));
+    const aAddrs = (await da.serving()).listen;
+    const db = await start(b!, baseConfig(b!, { members: [{ name: 'a', peerId: a!.peerId, region: 'r-a', provider: 'onprem', addrs: aAddrs }] }));
+    await db.waitForLog(connectedTo('a'), 'a connected');
+    // The first ping runs on connect; its RTT sample is what makes the histogram series appear.
+    await db.waitForLog((l) => l.msg === 'member rtt' && l.member === 'a', 'first rtt sample');
+    const text = await db.scrape();
+    expect(metricValue(text, 'dwcp_peer_rtt_seconds_count', { peer: 'a' })).toBeGreaterThanOrEqual(1);
+    expect(metricValue(text, 'dwcp_protocol_sent_bytes_total', { protocol: '/dwcp/hello/1.0.0' })).toBeGreaterThan(0);
+    expect(lintMetrics(text, ctx)).toEqual({ status: 0, output: '' });
   });
 
   it('refuses a member whose hello disagrees with the member list, naming the field', async () => {

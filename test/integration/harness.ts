@@ -46,7 +46,8 @@ export function baseConfig(node: NodeFiles, extra: Record<string, unknown> = {})
     adminSocket: node.socket,
     metricsListen: '127.0.0.1:0',
     logLevel: 'debug',
-    network: { reconnectInitialMs: 100, reconnectMaxMs: 1_000, pingIntervalMs: 500 },
+    // Loopback RTT on a loaded 2-core CI machine can reach tens of ms: wide thresholds keep trusted links "datacenter".
+    network: { reconnectInitialMs: 100, reconnectMaxMs: 1_000, pingIntervalMs: 500, datacenterMaxRttMs: 1_000, internetMinRttMs: 5_000 },
     ...extra,
   };
 }
