@@ -177,6 +177,32 @@ describe('dwcpd process', () => {
     expect(members.members.map((m) => [m.name, m.connected])).toEqual([['b', true], ['c', true]]);
   });
 
+  it('redials a member that went away, with back-off, until it is back', async () => {
+    const dir = await root('redial');
+    const [a, b] = await Promise.all(['a', 'b'].map((n) => prepareNode(dir, n)));
+    // Only a dials (b lists a without addresses), so reconnection is a's work alone.
+    const bConfig = baseConfig(b!, { members: [{ name: 'a', peerId: a!.peerId, region: 'r-a', provider: 'onprem' }] });
+    const first = await start(b!, bConfig);
+    const bAddr = (await first.serving()).listen[0]!;
+    const da = await start(a!, baseConfig(a!, { members: [{ name: 'b', peerId: b!.peerId, region: 'r-b', provider: 'onprem', addrs: [bAddr] }] }));
+    await da.waitForLog(connectedTo('b'), 'b connected');
+
+    const beforeKill = da.lines.length;
+    await first.stop('SIGKILL');
+    await da.waitForLog((l) => l.msg === 'member disconnected' && l.member === 'b', 'b disconnected');
+    await da.waitForLog((l) => l.msg === 'member dial failed' && l.member === 'b', 'a failed redial');
+
+    // b comes back on the same port; a's next redial must find it.
+    const port = /\/tcp\/(\d+)/.exec(bAddr)![1];
+    const second = await start(b!, { ...bConfig, listen: [`/ip4/127.0.0.1/tcp/${port}`] });
+    await Promise.all([second.waitForLog(connectedTo('a'), 'a reconnected'), da.waitForLog(connectedTo('b'), 'b reconnected', beforeKill)]);
+    expect(da.lines.filter(connectedTo('b')).length).toBe(2);
+    const retries = da.lines.filter((l) => l.msg === 'member dial failed' && l.member === 'b').map((l) => Number(l.retryInMs));
+    // Capped exponential: never above reconnectMaxMs (1000 in these tests).
+    expect(Math.max(...retries)).toBeLessThanOrEqual(1_000);
+    expect(metricValue(await da.scrape(), 'dwcp_dial_attempts_total', { peer: 'b', result: 'error' })).toBe(retries.length);
+  });
+
   it('exports metrics of a live, connected daemon that pass promtool', async (ctx) => {
     const dir = await root('promtool');
     const [a, b] = await Promise.all(['a', 'b'].map((n) => prepareNode(dir, n)));

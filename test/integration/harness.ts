@@ -77,9 +77,12 @@ export class DaemonProcess {
     createInterface({ input: child.stderr! }).on('line', (text) => this.stderr.push(text));
   }
 
-  /** Resolves with the first log line (past or future) that matches; rejects if the daemon exits first. */
-  waitForLog(match: (l: LogLine) => boolean, what: string): Promise<LogLine> {
-    const seen = this.lines.find(match);
+  /**
+   * Resolves with the first log line that matches, among lines from index `after` on
+   * (default: all, past and future); rejects if the daemon exits first.
+   */
+  waitForLog(match: (l: LogLine) => boolean, what: string, after = 0): Promise<LogLine> {
+    const seen = this.lines.slice(after).find(match);
     if (seen) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {
       this.#waiters.push({ match, resolve });
