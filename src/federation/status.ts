@@ -3,16 +3,11 @@
  * admin API (`dwcpctl status|members`). Plain data, produced on demand by the
  * mesh; nothing here is kept in sync by hand.
  */
-import type { Provider, Trust } from '../config/schema.ts';
+import type { MemberConfig, NodeConfig } from '../config/schema.ts';
 import type { LinkMode } from './link-mode.ts';
 
-export interface MemberStatus {
-  name: string;
-  peerId: string;
-  region: string;
-  provider: Provider;
-  trust: Trust;
-  addrs: string[];
+/** A configured member and what this node knows of its link right now. */
+export interface MemberStatus extends MemberConfig {
   /** A libp2p connection is open and the hello exchange succeeded both ways. */
   connected: boolean;
   /** Latest ping round-trip time, null until one has been measured. */
@@ -24,12 +19,8 @@ export interface MemberStatus {
   lastError: string | null;
 }
 
-export interface NodeStatus {
-  name: string;
+export interface NodeStatus extends NodeConfig {
   peerId: string;
-  region: string;
-  provider: Provider;
-  trust: Trust;
   federation: string;
   version: string;
   listenAddrs: string[];

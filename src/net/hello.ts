@@ -16,10 +16,9 @@ import type { DwcpConfig } from '../config/schema.ts';
 import type { MemberDirectory } from '../federation/members.ts';
 import type { RefusalReason } from '../metrics/metrics.ts';
 import { FrameError, FramedStream, type FrameEvents } from './framing.ts';
-import { HELLO_VERSION, HelloFrameSchema, type Hello, type HelloFrame } from './hello-schema.ts';
+import { HELLO_MAX_FRAME_BYTES, HELLO_VERSION, HelloFrameSchema, type Hello, type HelloFrame } from './hello-schema.ts';
 
 export const HELLO_PROTOCOL = '/dwcp/hello/1.0.0';
-const MAX_HELLO_FRAME_BYTES = 16 * 1024;
 
 export type HelloOutcome =
   | { accepted: true }
@@ -78,7 +77,7 @@ export function judgeHello(hello: Hello, remotePeer: string, ctx: HelloContext):
 export async function exchangeHello(stream: Stream, connection: Connection, ctx: HelloContext, signal: AbortSignal): Promise<HelloOutcome> {
   const framed = new FramedStream<HelloFrame, HelloFrame>(stream, {
     protocol: HELLO_PROTOCOL,
-    maxFrameBytes: MAX_HELLO_FRAME_BYTES,
+    maxFrameBytes: HELLO_MAX_FRAME_BYTES,
     inbound: HelloFrameSchema,
     outbound: HelloFrameSchema,
     events: ctx.events,

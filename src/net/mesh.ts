@@ -141,12 +141,7 @@ export class MemberMesh {
   status(): MemberStatus[] {
     const { node, network } = this.#opts.config;
     return [...this.#links.values()].map((l) => ({
-      name: l.member.name,
-      peerId: l.member.peerId,
-      region: l.member.region,
-      provider: l.member.provider,
-      trust: l.member.trust,
-      addrs: l.member.addrs,
+      ...l.member,
       connected: l.verified.size > 0,
       rttMs: l.rtt.smoothed,
       linkMode: linkMode(node.trust, l.member.trust, l.rtt.floor, network),

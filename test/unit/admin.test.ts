@@ -19,48 +19,8 @@ import { startAdminServer, type AdminServer, type AdminServerOptions } from '../
 import { AdminClientError, connectAdmin, PROTO_LOADER_OPTIONS, serviceDefinition } from '../../src/admin/client.ts';
 import { createLogger } from '../../src/log.ts';
 import { createMetrics, type DwcpMetrics } from '../../src/metrics/metrics.ts';
-import type { NodeStatus } from '../../src/federation/status.ts';
+import { NODE_STATUS } from '../support/status-fixture.ts';
 
-const NODE_STATUS: NodeStatus = {
-  name: 'alpha',
-  peerId: '12D3KooWAbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdef',
-  region: 'eu-west',
-  provider: 'onprem',
-  trust: 'trusted',
-  federation: 'acme',
-  version: '0.1.0',
-  listenAddrs: ['/ip4/127.0.0.1/tcp/4777'],
-  startedAt: '2026-01-02T03:04:05.000Z',
-  uptimeSeconds: 3725.5,
-  members: [
-    {
-      name: 'beta',
-      peerId: '12D3KooWZyXwVuTsRqPoNmLkJiHgFeDcBa9876543210zyxwvu',
-      region: 'us-east-1',
-      provider: 'aws',
-      trust: 'untrusted',
-      addrs: ['/dns4/beta.example/tcp/4777'],
-      connected: false,
-      rttMs: null,
-      linkMode: 'internet',
-      lastSeen: null,
-      lastError: 'dial timeout',
-    },
-    {
-      name: 'gamma',
-      peerId: '12D3KooWGammaGammaGammaGammaGammaGammaGammaGamma1',
-      region: 'eu-central',
-      provider: 'private',
-      trust: 'trusted',
-      addrs: [],
-      connected: true,
-      rttMs: 0,
-      linkMode: 'datacenter',
-      lastSeen: '2026-01-02T04:00:00.000Z',
-      lastError: null,
-    },
-  ],
-};
 
 const EXPECTED_MEMBERS = [
   {

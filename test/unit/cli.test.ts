@@ -24,60 +24,18 @@ import {
 import { main } from '../../src/cli/main.ts';
 import { VERSION } from '../../src/daemon/version.ts';
 import type { NodeStatus } from '../../src/federation/status.ts';
+import { BETA, GAMMA, NODE_STATUS } from '../support/status-fixture.ts';
 import { createLogger } from '../../src/log.ts';
 import { createMetrics } from '../../src/metrics/metrics.ts';
 
 const NODE: NodeStatus = {
-  name: 'alpha',
-  peerId: '12D3KooWAbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdef',
-  region: 'eu-west',
-  provider: 'onprem',
-  trust: 'trusted',
-  federation: 'acme',
-  version: '0.1.0',
+  ...NODE_STATUS,
   listenAddrs: ['/ip4/10.0.0.1/tcp/4777', '/ip6/::1/tcp/4777'],
-  startedAt: '2026-01-02T03:04:05.000Z',
   uptimeSeconds: 93784.9,
   members: [
-    {
-      name: 'beta',
-      peerId: '12D3KooWZyXwVuTsRqPoNmLkJiHgFeDcBa9876543210zyxwvu',
-      region: 'us-east-1',
-      provider: 'aws',
-      trust: 'untrusted',
-      addrs: ['/dns4/beta.example/tcp/4777'],
-      connected: false,
-      rttMs: null,
-      linkMode: 'internet',
-      lastSeen: null,
-      lastError: 'dial timeout',
-    },
-    {
-      name: 'gamma-long-name',
-      peerId: '12D3KooWGammaGammaGammaGammaGammaGammaGammaGamma1',
-      region: 'eu',
-      provider: 'private',
-      trust: 'trusted',
-      addrs: [],
-      connected: true,
-      rttMs: 0.4231,
-      linkMode: 'datacenter',
-      lastSeen: '2026-01-02T04:00:00.000Z',
-      lastError: null,
-    },
-    {
-      name: 'delta',
-      peerId: 'shortid',
-      region: 'ap-south',
-      provider: 'private',
-      trust: 'trusted',
-      addrs: [],
-      connected: true,
-      rttMs: 123.456,
-      linkMode: 'hybrid',
-      lastSeen: '2026-01-02T04:00:00.000Z',
-      lastError: null,
-    },
+    BETA,
+    { ...GAMMA, name: 'gamma-long-name', region: 'eu', rttMs: 0.4231 },
+    { ...GAMMA, name: 'delta', peerId: 'shortid', region: 'ap-south', rttMs: 123.456, linkMode: 'hybrid' },
   ],
 };
 
