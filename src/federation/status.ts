@@ -10,7 +10,7 @@ import type { LinkMode } from './link-mode.ts';
 export interface MemberStatus extends MemberConfig {
   /** A libp2p connection is open and the hello exchange succeeded both ways. */
   connected: boolean;
-  /** Latest ping round-trip time, null until one has been measured. */
+  /** Smoothed ping round-trip time (EWMA), null until one has been measured. */
   rttMs: number | null;
   linkMode: LinkMode;
   /** ISO time the member was last connected (or connected since), null if never. */
