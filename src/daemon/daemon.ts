@@ -124,13 +124,13 @@ export class Daemon {
    */
   async reload(next: DwcpConfig): Promise<void> {
     const prev = this.#config;
-    this.#log.level = next.logLevel;
     const needRestart = (['federation', 'node', 'listen', 'dataDir', 'adminSocket', 'metricsListen', 'network'] as const).filter(
       (k) => JSON.stringify(prev[k]) !== JSON.stringify(next[k]),
     );
     this.#config = { ...prev, logLevel: next.logLevel, members: next.members };
     const changes = this.members.replace(next.members);
     await this.mesh.applyMemberChanges(changes);
+    // Logged before the new level applies, so raising the level still records the reload itself.
     this.#log.info(
       {
         logLevel: next.logLevel,
@@ -141,6 +141,7 @@ export class Daemon {
       },
       needRestart.length ? 'configuration reloaded; some changed settings apply only after a restart' : 'configuration reloaded',
     );
+    this.#log.level = next.logLevel;
   }
 
   /** Idempotent; resolves when everything is closed and the socket removed. */

@@ -152,8 +152,8 @@ describe('dwcpd process', () => {
     const [a, b, c] = await Promise.all(['a', 'b', 'c'].map((n) => prepareNode(dir, n)));
     const member = (n: NodeFiles, addrs: string[] = []) => ({ name: n.name, peerId: n.peerId, region: `r-${n.name}`, provider: 'onprem', addrs });
 
-    // a knows b without an address (b dials a); a does not know c at all.
-    const da = await start(a!, baseConfig(a!, { members: [member(b!)] }));
+    // a knows b without an address (b dials a); a does not know c at all. a logs at info until the reload.
+    const da = await start(a!, baseConfig(a!, { members: [member(b!)], logLevel: 'info' }));
     const aAddrs = (await da.serving()).listen;
     const db = await start(b!, baseConfig(b!, { members: [member(a!, aAddrs)] }));
     await Promise.all([da.waitForLog(connectedTo('b'), 'b connected'), db.waitForLog(connectedTo('a'), 'a connected')]);
@@ -168,11 +168,20 @@ describe('dwcpd process', () => {
     const status = JSON.parse((await runCtl(['--socket', a!.socket, 'status', '--json'])).stdout) as { members: Record<string, unknown>[] };
     expect(status.members).toEqual([expect.objectContaining({ name: 'b', peer_id: b!.peerId, connected: true, link_mode: 'datacenter', trust: 'trusted' })]);
 
-    // Reload a's member list with c in it: the gater follows without a restart.
-    await writeConfig(a!, baseConfig(a!, { members: [member(b!), member(c!)] }));
+    // An invalid file on SIGHUP is refused and the running configuration kept.
+    await writeConfig(a!, baseConfig(a!, { members: [member(b!), { ...member(c!), trust: 'maybe' }] }));
+    da.child.kill('SIGHUP');
+    const refused = await da.waitForLog((l) => String(l.msg).startsWith('reload refused'), 'reload refused');
+    expect(String(refused.err)).toContain('members[1].trust: "maybe" is not one of trusted|untrusted');
+    expect(da.lines.some((l) => l.level === 'debug')).toBe(false);
+
+    // Reload a's member list with c in it and the log level at debug: the gater follows without a restart.
+    await writeConfig(a!, baseConfig(a!, { members: [member(b!), member(c!)], logLevel: 'debug' }));
     da.child.kill('SIGHUP');
     await da.waitForLog((l) => l.msg === 'configuration reloaded', 'reload');
     await Promise.all([da.waitForLog(connectedTo('c'), 'c connected'), dc.waitForLog(connectedTo('a'), 'a connected')]);
+    // The first RTT sample of the new member is a debug line: the new level is in force.
+    await da.waitForLog((l) => l.msg === 'member rtt' && l.member === 'c' && l.level === 'debug', 'debug line after reload');
     const members = JSON.parse((await runCtl(['--socket', a!.socket, 'members', '--json'])).stdout) as { members: { name: string; connected: boolean }[] };
     expect(members.members.map((m) => [m.name, m.connected])).toEqual([['b', true], ['c', true]]);
   });
