@@ -1,0 +1,213 @@
+/**
+ * Entry point of the benchmarks, `npm run bench -- <name> [options]`, and the
+ * few pieces every bench shares: flag parsing, order statistics, machine facts
+ * and the stderr table.
+ *
+ * Invariants:
+ * - A bench writes exactly one JSON document to stdout and everything meant
+ *   for people (progress, tables, errors) to stderr, so `> out.json` keeps
+ *   only the machine-readable result.
+ * - A bench measures its subject side by side with a reference in the same
+ *   process and run, and reports ratios: absolute numbers from one machine
+ *   say little about another, ratios from the same run do.
+ * - Bench modules are imported only when chosen, so one bench's dependencies
+ *   (libp2p, codecs, ...) never slow down or break another.
+ */
+import os from 'node:os';
+import { parseArgs } from 'node:util';
+
+export interface FlagSpec {
+  /** Default value, as it would be typed on the command line. */
+  default: string;
+  description: string;
+}
+
+export interface BenchDefinition<Options> {
+  flags: Record<string, FlagSpec>;
+  /** Turns parsed flag strings into the bench's options; throws a FlagError for bad input. */
+  parse(flags: Record<string, string>): Options;
+  /** Runs the bench, reporting progress and a table on stderr; resolves to the JSON document for stdout. */
+  run(options: Options): Promise<object>;
+}
+
+/** A bench with its option type erased, so the dispatch table can hold benches of every kind. */
+export interface RunnableBench {
+  flags: Record<string, FlagSpec>;
+  /** Parses flags (throwing a FlagError for bad input) and returns the run, not yet started. */
+  prepare(flags: Record<string, string>): () => Promise<object>;
+}
+
+export function defineBench<Options>(def: BenchDefinition<Options>): RunnableBench {
+  return {
+    flags: def.flags,
+    prepare(flags) {
+      const options = def.parse(flags);
+      return () => def.run(options);
+    },
+  };
+}
+
+interface BenchEntry {
+  summary: string;
+  load(): Promise<RunnableBench>;
+}
+
+/** The dispatch table: a new bench adds one entry here and its own module under bench/. */
+const BENCHES: Record<string, BenchEntry> = {
+  transport: {
+    summary: 'framed libp2p stream (TCP + Noise + Yamux + FramedStream) vs raw TCP on loopback: throughput and ping-pong latency',
+    load: async () => (await import('./transport.ts')).transportBench,
+  },
+};
+
+export class FlagError extends Error {
+  constructor(flag: string, problem: string) {
+    super(`--${flag}: ${problem}`);
+    this.name = 'FlagError';
+  }
+}
+
+function flagValue(flags: Record<string, string>, flag: string): string {
+  const value = flags[flag];
+  if (value === undefined) throw new FlagError(flag, 'is missing');
+  return value;
+}
+
+/** A whole number from `min` up, e.g. `--repeat 3`. */
+export function intFlag(flags: Record<string, string>, flag: string, min = 1): number {
+  const text = flagValue(flags, flag);
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min) {
+    throw new FlagError(flag, `must be a whole number of at least ${min}, got "${text}"`);
+  }
+  return value;
+}
+
+/** A positive number, fractions allowed, e.g. `--total-mb 0.5`. */
+export function positiveFlag(flags: Record<string, string>, flag: string): number {
+  const text = flagValue(flags, flag);
+  const value = Number(text);
+  if (text.trim() === '' || !Number.isFinite(value) || value <= 0) throw new FlagError(flag, `must be a positive number, got "${text}"`);
+  return value;
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 };
+
+/** A comma-separated list of byte sizes with optional binary suffixes: `1k,64k,1m` (k = KiB, m = MiB). */
+export function sizesFlag(flags: Record<string, string>, flag: string): number[] {
+  const text = flagValue(flags, flag);
+  return text.split(',').map((item) => {
+    const match = /^(\d+)([kmg]?)i?b?$/i.exec(item.trim());
+    const unit = SIZE_UNITS[match?.[2]?.toLowerCase() ?? ''];
+    const bytes = match === null || unit === undefined ? NaN : Number(match[1]) * unit;
+    if (!Number.isSafeInteger(bytes) || bytes < 1) throw new FlagError(flag, `"${item}" is not a byte size of at least 1 (e.g. 512, 64k, 1m)`);
+    return bytes;
+  });
+}
+
+/** `1024` → `1 KiB`; sizes that are not whole KiB/MiB stay in bytes. */
+export function formatBytes(bytes: number): string {
+  if (bytes >= 1024 ** 2 && bytes % 1024 ** 2 === 0) return `${bytes / 1024 ** 2} MiB`;
+  if (bytes >= 1024 && bytes % 1024 === 0) return `${bytes / 1024} KiB`;
+  return `${bytes} B`;
+}
+
+export function median(values: readonly number[]): number {
+  return quantile(values, 0.5);
+}
+
+/** Linear-interpolated quantile (q in 0..1) of unsorted values. */
+export function quantile(values: readonly number[], q: number): number {
+  if (values.length === 0) throw new RangeError('quantile of no values');
+  const sorted = [...values].sort((a, b) => a - b);
+  const pos = (sorted.length - 1) * q;
+  const lo = Math.floor(pos);
+  const below = sorted[lo] as number;
+  const above = sorted[Math.min(lo + 1, sorted.length - 1)] as number;
+  return below + (above - below) * (pos - lo);
+}
+
+/** Keeps `digits` significant digits, so JSON results stay readable without losing meaningful precision. */
+export function significant(value: number, digits = 4): number {
+  return Number(value.toPrecision(digits));
+}
+
+/** The facts that every result carries, so numbers from different runs can be told apart. */
+export function machineFacts(): { node: string; cpus: number; cpu_model: string; platform: string; date: string; loadavg: number[] } {
+  return {
+    node: process.version,
+    cpus: os.availableParallelism(),
+    cpu_model: os.cpus()[0]?.model ?? 'unknown',
+    platform: `${os.platform()} ${os.release()} ${os.arch()}`,
+    date: new Date().toISOString(),
+    loadavg: os.loadavg().map((l) => significant(l, 3)),
+  };
+}
+
+/** Left-aligned first column, right-aligned numbers; for stderr. */
+export function renderTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: readonly string[]): string =>
+    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
+  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+}
+
+export function progress(message: string): void {
+  process.stderr.write(`${message}\n`);
+}
+
+function usage(): string {
+  const names = Object.entries(BENCHES).map(([name, b]) => `  ${name.padEnd(12)} ${b.summary}`);
+  return ['usage: npm run bench -- <name> [--flag value ...]   (--help after a name lists its flags)', '', 'benches:', ...names].join('\n');
+}
+
+function flagHelp(name: string, def: RunnableBench): string {
+  const lines = Object.entries(def.flags).map(([flag, spec]) => `  --${flag.padEnd(10)} ${spec.description} (default ${spec.default})`);
+  return [`usage: npm run bench -- ${name} [--flag value ...]`, '', ...lines].join('\n');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h') {
+    progress(usage());
+    return name === undefined ? 2 : 0;
+  }
+  const entry = BENCHES[name];
+  if (entry === undefined) {
+    progress(`unknown bench "${name}"\n\n${usage()}`);
+    return 2;
+  }
+  const def = await entry.load();
+  if (rest.includes('--help') || rest.includes('-h')) {
+    progress(flagHelp(name, def));
+    return 0;
+  }
+  let run: () => Promise<object>;
+  try {
+    const { values } = parseArgs({
+      args: rest,
+      strict: true,
+      allowPositionals: false,
+      options: Object.fromEntries(Object.entries(def.flags).map(([flag, spec]) => [flag, { type: 'string', default: spec.default }])),
+    });
+    run = def.prepare(values as Record<string, string>);
+  } catch (err) {
+    progress(`${name}: ${err instanceof Error ? err.message : String(err)}\n\n${flagHelp(name, def)}`);
+    return 2;
+  }
+  const result = await run();
+  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  return 0;
+}
+
+if (import.meta.main) {
+  main(process.argv.slice(2)).then(
+    // Exit once stdout is flushed rather than when the event loop empties:
+    // libp2p 3.3 leaves a 1 s address-manager debounce timer armed after stop().
+    (code) => process.stdout.write('', () => process.exit(code)),
+    (err: unknown) => {
+      progress(err instanceof Error ? (err.stack ?? err.message) : String(err));
+      process.exitCode = 1;
+    },
+  );
+}
