@@ -58,6 +58,7 @@ const BENCHES: Record<string, BenchEntry> = {
     summary: 'framed libp2p stream (TCP + Noise + Yamux + FramedStream) vs raw TCP on loopback: throughput and ping-pong latency',
     load: async () => (await import('./transport.ts')).transportBench,
   },
+  codec: { summary: 'our LZ4 and zstd (levels 1, 3, 9) vs the lz4 and zstd CLIs on VM-image-like data: MiB/s and ratio', load: async () => (await import('./codec.ts')).codecBench },
 };
 
 export class FlagError extends Error {

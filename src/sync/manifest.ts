@@ -1,0 +1,121 @@
+/**
+ * Manifests and delta plans. A manifest describes one version of one key:
+ * its size, the SHA-256 of the whole value and its content-defined chunks
+ * (chunker.ts) with their SHA-256. Given the sender's manifest and the
+ * manifest of the baseline the receiver holds, `planDelta` says which chunks
+ * to send; the receiver rebuilds the value from its baseline plus the sent
+ * chunks with `assembleValue`.
+ *
+ * Invariants:
+ * - Correctness never depends on the baseline: `assembleValue` checks the
+ *   whole-value hash and the size before returning, so a stale, wrong or
+ *   partial baseline yields a SyncError (and the caller falls back to a full
+ *   transfer), never a wrong value.
+ * - No baseline, or a baseline chunked with other options (its chunks could
+ *   not match), plans a full transfer. A chunk that repeats inside a value
+ *   (zero runs) is sent once.
+ */
+import { createHash } from 'node:crypto';
+import { chunkValue, DEFAULT_CHUNKING, type ChunkingOptions } from './chunker.ts';
+
+export interface ChunkRef {
+  offset: number;
+  length: number;
+  /** SHA-256, hex. */
+  hash: string;
+}
+
+export interface Manifest {
+  key: string;
+  version: string;
+  size: number;
+  /** SHA-256 of the whole value, hex. */
+  hash: string;
+  chunking: ChunkingOptions;
+  chunks: ChunkRef[];
+}
+
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+export function buildManifest(key: string, version: string, value: Uint8Array, chunking: ChunkingOptions = DEFAULT_CHUNKING): Manifest {
+  const chunks = chunkValue(value, chunking).map((c) => ({ ...c, hash: sha256Hex(value.subarray(c.offset, c.offset + c.length)) }));
+  return { key, version, size: value.byteLength, hash: sha256Hex(value), chunking: { ...chunking }, chunks };
+}
+
+export type DeltaKind = 'delta' | 'full-no-baseline' | 'full-other-chunking';
+
+export interface DeltaPlan {
+  kind: DeltaKind;
+  /** The chunks to send, each distinct hash once, in order of first use. */
+  send: ChunkRef[];
+  /** Bytes of chunk data to send. */
+  sendBytes: number;
+  /** Bytes of the value the receiver takes from its baseline instead. */
+  reusedBytes: number;
+}
+
+function sameChunking(a: ChunkingOptions, b: ChunkingOptions): boolean {
+  return a.minSize === b.minSize && a.avgSize === b.avgSize && a.maxSize === b.maxSize;
+}
+
+/** What to send so a receiver holding `baseline` (undefined: nothing known) can rebuild `mine`. */
+export function planDelta(mine: Manifest, baseline: Manifest | undefined): DeltaPlan {
+  const kind: DeltaKind =
+    baseline === undefined ? 'full-no-baseline' : sameChunking(mine.chunking, baseline.chunking) ? 'delta' : 'full-other-chunking';
+  const held = new Set(kind === 'delta' && baseline !== undefined ? baseline.chunks.map((c) => c.hash) : []);
+  const queued = new Set<string>();
+  const send: ChunkRef[] = [];
+  let sendBytes = 0;
+  for (const chunk of mine.chunks) {
+    if (held.has(chunk.hash) || queued.has(chunk.hash)) continue;
+    queued.add(chunk.hash);
+    send.push(chunk);
+    sendBytes += chunk.length;
+  }
+  const reusedBytes = mine.chunks.reduce((sum, c) => sum + (held.has(c.hash) ? c.length : 0), 0);
+  return { kind, send, sendBytes, reusedBytes };
+}
+
+export const SYNC_ERROR_REASONS = ['missing-chunk', 'chunk-length', 'hash-mismatch'] as const;
+export type SyncErrorReason = (typeof SYNC_ERROR_REASONS)[number];
+
+export class SyncError extends Error {
+  readonly reason: SyncErrorReason;
+  constructor(reason: SyncErrorReason, message: string) {
+    super(message);
+    this.name = 'SyncError';
+    this.reason = reason;
+  }
+}
+
+/** Chunk bytes by hash: a value's chunks as views into it (the receiver's baseline), or chunks received. */
+export type ChunkSource = ReadonlyMap<string, Uint8Array>;
+
+export function chunksOf(manifest: Manifest, value: Uint8Array): Map<string, Uint8Array> {
+  return new Map(manifest.chunks.map((c) => [c.hash, value.subarray(c.offset, c.offset + c.length)]));
+}
+
+/**
+ * Rebuilds the value `target` describes from `sources` (looked up in order,
+ * e.g. received chunks then the baseline's), then verifies size and whole hash.
+ */
+export function assembleValue(target: Manifest, sources: readonly ChunkSource[]): Uint8Array {
+  const value = new Uint8Array(target.size);
+  for (const chunk of target.chunks) {
+    let bytes: Uint8Array | undefined;
+    for (const source of sources) {
+      bytes = source.get(chunk.hash);
+      if (bytes !== undefined) break;
+    }
+    if (bytes === undefined) throw new SyncError('missing-chunk', `${target.key}@${target.version}: chunk ${chunk.hash} at offset ${chunk.offset} is neither in the baseline nor received`);
+    if (bytes.byteLength !== chunk.length || chunk.offset + chunk.length > target.size) {
+      throw new SyncError('chunk-length', `${target.key}@${target.version}: chunk ${chunk.hash} at offset ${chunk.offset} is ${bytes.byteLength} bytes, the manifest says ${chunk.length} of a ${target.size}-byte value`);
+    }
+    value.set(bytes, chunk.offset);
+  }
+  const hash = sha256Hex(value);
+  if (hash !== target.hash) throw new SyncError('hash-mismatch', `${target.key}@${target.version}: rebuilt value hashes to ${hash}, the manifest says ${target.hash}`);
+  return value;
+}
