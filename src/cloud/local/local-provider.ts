@@ -1,0 +1,408 @@
+/**
+ * The `local` provider: simulated VMs for on-premises use and for running a
+ * whole federation on one machine without a cloud. Clearly labelled as local
+ * everywhere it shows (`kind: 'local'`, description "local (simulated VMs, no
+ * cloud)"); nothing here starts a real machine.
+ *
+ * A VM is a record in a small storage interface (`LocalVmStore`; in memory
+ * here, the daemon's own store later) with the same lifecycle and failure
+ * modes as the clouds: create → pending → running, stop → stopping → stopped,
+ * terminate → stopping → terminated (kept for `terminatedRetentionMs`, as EC2
+ * keeps terminated instances visible), capacity limits on vCPUs and memory
+ * (CapacityError), unavailable zones, unknown types, not found, and operations
+ * refused in the wrong state (IncorrectStateError).
+ *
+ * Invariants:
+ * - A transition is stored as "state S until time T, then state S'", and
+ *   settled lazily on every read. So records survive a restart of the daemon
+ *   mid-transition, and nothing needs a background timer; waiting for a state
+ *   is waiting until T.
+ * - Capacity counts every VM that is not stopped or terminated, so a start of a
+ *   stopped VM can fail for capacity, as on a real cloud.
+ * - Every store access is serialised per provider (reads settle and write
+ *   back too), so concurrent creates cannot both pass the capacity check and
+ *   no settle overwrites a newer change.
+ */
+import { randomBytes } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
+import {
+  CancelledError,
+  CapacityError,
+  checkCreateRequest,
+  IncorrectStateError,
+  InvalidRequestError,
+  matchesFilter,
+  NotFound,
+  progressReporter,
+  TARGET_STATE,
+  throwIfAborted,
+  type CallOptions,
+  type CloudProvider,
+  type CreateInstanceRequest,
+  type Instance,
+  type InstanceFilter,
+  type InstanceState,
+  type InstanceTypeInfo,
+  type InstanceTypeQuery,
+  type LongOperation,
+  type LongOperationOptions,
+  type Tags,
+  type ZoneHealth,
+  type ZoneStatus,
+} from '../provider.ts';
+
+export interface LocalVmRecord {
+  id: string;
+  name: string;
+  zone: string;
+  type: string;
+  image: string;
+  tags: Record<string, string>;
+  spot: boolean;
+  userData: string | null;
+  idempotencyToken: string | null;
+  state: InstanceState;
+  /** A transition under way: the state the VM reaches at time `at` (epoch ms). */
+  transition: { to: InstanceState; at: number } | null;
+  createdAt: number;
+  /** When the VM entered its current state (epoch ms); terminated VMs are purged by it. */
+  stateSince: number;
+  launchTime: number | null;
+  privateIp: string;
+}
+
+/** Where local VM records live. Implementations must return copies, not live objects. */
+export interface LocalVmStore {
+  list(): Promise<LocalVmRecord[]>;
+  get(id: string): Promise<LocalVmRecord | undefined>;
+  put(record: LocalVmRecord): Promise<void>;
+  delete(id: string): Promise<void>;
+}
+
+export class MemoryVmStore implements LocalVmStore {
+  readonly #records = new Map<string, LocalVmRecord>();
+
+  async list(): Promise<LocalVmRecord[]> {
+    return [...this.#records.values()].map((r) => structuredClone(r));
+  }
+
+  async get(id: string): Promise<LocalVmRecord | undefined> {
+    const record = this.#records.get(id);
+    return record && structuredClone(record);
+  }
+
+  async put(record: LocalVmRecord): Promise<void> {
+    this.#records.set(record.id, structuredClone(record));
+  }
+
+  async delete(id: string): Promise<void> {
+    this.#records.delete(id);
+  }
+}
+
+export interface LocalTypeSpec {
+  vcpus: number;
+  memoryMiB: number;
+}
+
+export const DEFAULT_LOCAL_TYPES: Readonly<Record<string, LocalTypeSpec>> = {
+  'local.small': { vcpus: 1, memoryMiB: 1024 },
+  'local.medium': { vcpus: 2, memoryMiB: 4096 },
+  'local.large': { vcpus: 4, memoryMiB: 8192 },
+  'local.xlarge': { vcpus: 8, memoryMiB: 16384 },
+};
+
+export interface LocalProviderOptions {
+  region?: string;
+  zones?: readonly string[];
+  store?: LocalVmStore;
+  types?: Readonly<Record<string, LocalTypeSpec>>;
+  /** Total that VMs not stopped or terminated may use; default 64 vCPUs and 256 GiB. */
+  capacity?: LocalTypeSpec;
+  /** How long pending and stopping last; default 500 ms. */
+  transitionDelayMs?: number;
+  /** How long terminated VMs stay listed; default one hour. */
+  terminatedRetentionMs?: number;
+  /** Clock (epoch ms), injectable for tests. */
+  now?: () => number;
+}
+
+const LOCAL_ID_RE = /^local-[0-9a-f]{12}$/;
+
+export class LocalProvider implements CloudProvider {
+  readonly kind = 'local' as const;
+  readonly region: string;
+  readonly description = 'local (simulated VMs, no cloud)';
+  readonly zones: readonly string[];
+
+  readonly #store: LocalVmStore;
+  readonly #types: Readonly<Record<string, LocalTypeSpec>>;
+  readonly #capacity: LocalTypeSpec;
+  readonly #transitionMs: number;
+  readonly #retentionMs: number;
+  readonly #now: () => number;
+  readonly #zoneStatus = new Map<string, ZoneStatus>();
+  #queue: Promise<unknown> = Promise.resolve();
+
+  constructor(options: LocalProviderOptions = {}) {
+    this.region = options.region ?? 'local';
+    this.zones = options.zones ?? [`${this.region}-a`];
+    if (this.zones.length === 0) throw new InvalidRequestError('local', 'configure', 'InvalidConfig', 'zones: at least one zone');
+    this.#store = options.store ?? new MemoryVmStore();
+    this.#types = options.types ?? DEFAULT_LOCAL_TYPES;
+    this.#capacity = options.capacity ?? { vcpus: 64, memoryMiB: 256 * 1024 };
+    this.#transitionMs = options.transitionDelayMs ?? 500;
+    this.#retentionMs = options.terminatedRetentionMs ?? 3_600_000;
+    this.#now = options.now ?? Date.now;
+    for (const zone of this.zones) this.#zoneStatus.set(zone, 'available');
+  }
+
+  /** Marks a zone impaired or unavailable: creates and starts there fail for capacity. */
+  setZoneStatus(zone: string, status: ZoneStatus): void {
+    if (!this.#zoneStatus.has(zone)) throw new InvalidRequestError('local', 'setZoneStatus', 'InvalidZone', `zone: ${zone} is not one of ${this.zones.join(', ')}`);
+    this.#zoneStatus.set(zone, status);
+  }
+
+  /** Runs `work` after every earlier operation of this provider has finished. */
+  #exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const result = this.#queue.then(work);
+    this.#queue = result.catch(() => undefined);
+    return result;
+  }
+
+  // --- reads -------------------------------------------------------------------
+
+  /** Applies a due transition and the retention of terminated VMs; persists what changed. Undefined: purged. */
+  async #settle(record: LocalVmRecord): Promise<LocalVmRecord | undefined> {
+    const now = this.#now();
+    let changed = false;
+    if (record.transition && record.transition.at <= now) {
+      if (record.transition.to === 'running') record.launchTime = record.transition.at;
+      record.state = record.transition.to;
+      record.stateSince = record.transition.at;
+      record.transition = null;
+      changed = true;
+    }
+    if (record.state === 'terminated' && record.stateSince + this.#retentionMs <= now) {
+      await this.#store.delete(record.id);
+      return undefined;
+    }
+    if (changed) await this.#store.put(record);
+    return record;
+  }
+
+  async #records(): Promise<LocalVmRecord[]> {
+    const settled = await Promise.all((await this.#store.list()).map((r) => this.#settle(r)));
+    return settled.filter((r): r is LocalVmRecord => r !== undefined).sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id));
+  }
+
+  async #record(id: string, operation: string): Promise<LocalVmRecord> {
+    if (typeof id !== 'string' || !LOCAL_ID_RE.test(id)) {
+      throw new InvalidRequestError('local', operation, 'InvalidInstanceID.Malformed', `id: ${JSON.stringify(id)} is not a local VM id (local- and 12 hex digits)`);
+    }
+    const stored = await this.#store.get(id);
+    const record = stored && (await this.#settle(stored));
+    if (!record) throw new NotFound('local', operation, 'InvalidInstanceID.NotFound', `local VM ${id} does not exist`);
+    return record;
+  }
+
+  async list(filter?: InstanceFilter, options: CallOptions = {}): Promise<Instance[]> {
+    throwIfAborted(options.signal, 'local', 'list');
+    return (await this.#exclusive(() => this.#records())).map((r) => this.#toInstance(r)).filter((i) => matchesFilter(i, filter));
+  }
+
+  async get(id: string, options: CallOptions = {}): Promise<Instance> {
+    throwIfAborted(options.signal, 'local', 'get');
+    return this.#toInstance(await this.#exclusive(() => this.#record(id, 'get')));
+  }
+
+  // --- lifecycle -------------------------------------------------------------------
+
+  async create(request: CreateInstanceRequest, options: LongOperationOptions = {}): Promise<Instance> {
+    checkCreateRequest('local', request);
+    throwIfAborted(options.signal, 'local', 'create');
+    const spec = this.#types[request.type];
+    if (!spec) throw new InvalidRequestError('local', 'create', 'InvalidInstanceType', `type: ${request.type} is not one of ${Object.keys(this.#types).join(', ')}`);
+    const zone = request.zone ?? this.zones[0] ?? '';
+    if (!this.#zoneStatus.has(zone)) throw new InvalidRequestError('local', 'create', 'InvalidZone', `zone: ${zone} is not one of ${this.zones.join(', ')}`);
+    const progress = progressReporter('create', '', options.onProgress);
+    const record = await this.#exclusive(async () => {
+      const records = await this.#records();
+      const existing = request.idempotencyToken ? records.find((r) => r.idempotencyToken === request.idempotencyToken) : undefined;
+      if (existing) return existing;
+      this.#checkCapacity('create', zone, spec, records);
+      const now = this.#now();
+      const created: LocalVmRecord = {
+        id: `local-${randomBytes(6).toString('hex')}`,
+        name: request.name,
+        zone,
+        type: request.type,
+        image: request.image,
+        tags: { ...request.tags },
+        spot: request.spot ?? false,
+        userData: request.userData ?? null,
+        idempotencyToken: request.idempotencyToken ?? null,
+        state: 'pending',
+        transition: { to: 'running', at: now + this.#transitionMs },
+        createdAt: now,
+        stateSince: now,
+        launchTime: null,
+        privateIp: `10.200.${randomBytes(1)[0] ?? 0}.${((randomBytes(1)[0] ?? 0) % 250) + 2}`,
+      };
+      await this.#store.put(created);
+      return created;
+    });
+    progress.setInstanceId(record.id);
+    progress.report('accepted', record.state, record.state);
+    return this.#finish('create', record.id, progress, options);
+  }
+
+  start(id: string, options: LongOperationOptions = {}): Promise<Instance> {
+    return this.#change('start', id, options, (record, records) => {
+      if (record.state === 'running' || record.state === 'pending') return;
+      if (record.state !== 'stopped') throw this.#wrongState('start', record);
+      const spec = this.#types[record.type];
+      if (spec) this.#checkCapacity('start', record.zone, spec, records);
+      return { now: 'pending', then: 'running' };
+    });
+  }
+
+  stop(id: string, options: LongOperationOptions = {}): Promise<Instance> {
+    return this.#change('stop', id, options, (record) => {
+      if (record.state === 'stopped' || (record.state === 'stopping' && record.transition?.to === 'stopped')) return;
+      if (record.state !== 'running') throw this.#wrongState('stop', record);
+      return { now: 'stopping', then: 'stopped' };
+    });
+  }
+
+  terminate(id: string, options: LongOperationOptions = {}): Promise<Instance> {
+    return this.#change('terminate', id, options, (record) => {
+      if (record.state === 'terminated' || record.transition?.to === 'terminated') return;
+      return { now: 'stopping', then: 'terminated' };
+    });
+  }
+
+  async #change(
+    operation: LongOperation,
+    id: string,
+    options: LongOperationOptions,
+    plan: (record: LocalVmRecord, all: LocalVmRecord[]) => { now: InstanceState; then: InstanceState } | undefined,
+  ): Promise<Instance> {
+    throwIfAborted(options.signal, 'local', operation);
+    const progress = progressReporter(operation, id, options.onProgress);
+    const record = await this.#exclusive(async () => {
+      const current = await this.#record(id, operation);
+      const step = plan(current, await this.#records());
+      if (step) {
+        current.state = step.now;
+        current.stateSince = this.#now();
+        current.transition = { to: step.then, at: this.#now() + this.#transitionMs };
+        await this.#store.put(current);
+      }
+      return current;
+    });
+    progress.report('accepted', record.state, record.state);
+    return this.#finish(operation, id, progress, options);
+  }
+
+  /** Waits until the stored transition is due, re-reading after each wait (another caller may have changed the VM). */
+  async #finish(operation: LongOperation, id: string, progress: ReturnType<typeof progressReporter>, options: LongOperationOptions): Promise<Instance> {
+    const target = TARGET_STATE[operation];
+    for (;;) {
+      if (options.wait !== false && options.signal?.aborted) {
+        throw new CancelledError('local', operation, 'Cancelled', `stopped waiting for ${id} to be ${target}; the request itself was accepted`, { cause: options.signal.reason, instanceId: id });
+      }
+      const record = await this.#exclusive(() => this.#record(id, operation));
+      if (options.wait === false) return this.#toInstance(record);
+      if (record.state === target) {
+        progress.report('done', record.state, record.state);
+        return this.#toInstance(record);
+      }
+      if (!record.transition || record.transition.to !== target) {
+        throw new IncorrectStateError('local', operation, 'UnexpectedState', `local VM ${id} is ${record.state} while waiting for ${target}`, { instanceId: id });
+      }
+      progress.report('waiting', record.state, record.state);
+      try {
+        await delay(Math.max(0, record.transition.at - this.#now()), undefined, { signal: options.signal });
+      } catch (error) {
+        throw new CancelledError('local', operation, 'Cancelled', `stopped waiting for ${id} to be ${target}; the request itself was accepted`, { cause: error, instanceId: id });
+      }
+    }
+  }
+
+  #checkCapacity(operation: string, zone: string, spec: LocalTypeSpec, records: LocalVmRecord[]): void {
+    const status = this.#zoneStatus.get(zone);
+    if (status !== 'available') {
+      throw new CapacityError('local', operation, 'ZoneUnavailable', `zone ${zone} is ${status}: no new VMs are placed there`, 'capacity');
+    }
+    let vcpus = spec.vcpus;
+    let memoryMiB = spec.memoryMiB;
+    for (const r of records) {
+      if (r.state === 'stopped' || r.state === 'terminated') continue;
+      vcpus += this.#types[r.type]?.vcpus ?? 0;
+      memoryMiB += this.#types[r.type]?.memoryMiB ?? 0;
+    }
+    if (vcpus > this.#capacity.vcpus || memoryMiB > this.#capacity.memoryMiB) {
+      throw new CapacityError(
+        'local',
+        operation,
+        'InsufficientCapacity',
+        `not enough local capacity: would use ${vcpus}/${this.#capacity.vcpus} vCPUs and ${memoryMiB}/${this.#capacity.memoryMiB} MiB`,
+        'capacity',
+      );
+    }
+  }
+
+  #wrongState(operation: string, record: LocalVmRecord): IncorrectStateError {
+    return new IncorrectStateError('local', operation, 'IncorrectInstanceState', `local VM ${record.id} is ${record.state}; cannot ${operation} it`);
+  }
+
+  async setTags(id: string, tags: Tags, options: CallOptions = {}): Promise<void> {
+    throwIfAborted(options.signal, 'local', 'setTags');
+    await this.#exclusive(async () => {
+      const record = await this.#record(id, 'setTags');
+      if (record.state === 'terminated') throw this.#wrongState('setTags', record);
+      record.tags = { ...record.tags, ...tags };
+      await this.#store.put(record);
+    });
+  }
+
+  async listInstanceTypes(query: InstanceTypeQuery = {}): Promise<InstanceTypeInfo[]> {
+    return Object.entries(this.#types)
+      .filter(([name]) => !query.types || query.types.length === 0 || query.types.includes(name))
+      .map(([name, spec]) => ({ name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, architectures: [process.arch === 'arm64' ? 'arm64' : 'x86_64'], spot: true }));
+  }
+
+  async zoneHealth(): Promise<ZoneHealth[]> {
+    return this.zones.map((zone) => {
+      const status = this.#zoneStatus.get(zone) ?? 'available';
+      return { zone, region: this.region, status, providerStatus: status, messages: [] };
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.#queue;
+  }
+
+  #toInstance(r: LocalVmRecord): Instance {
+    const spec = this.#types[r.type];
+    return {
+      id: r.id,
+      name: r.name,
+      provider: 'local',
+      region: this.region,
+      zone: r.zone,
+      type: r.type,
+      vcpus: spec?.vcpus ?? null,
+      memoryMiB: spec?.memoryMiB ?? null,
+      state: r.state,
+      providerState: r.transition ? `${r.state}->${r.transition.to}` : r.state,
+      tags: { ...r.tags },
+      spot: r.spot,
+      launchTime: r.launchTime === null ? null : new Date(r.launchTime),
+      image: r.image,
+      privateIp: r.privateIp,
+      publicIp: null,
+    };
+  }
+}
