@@ -1,0 +1,273 @@
+/**
+ * The core's in-memory view of its log: a snapshot base plus every entry
+ * after it, split by `stable` into what the driver has persisted and what a
+ * Ready still has to hand it.
+ *
+ * Invariants (asserted):
+ * - entries are contiguous from snapshot.index + 1 and their terms never decrease;
+ * - snapshot.index <= applied <= committed <= lastIndex;
+ * - committed entries are never truncated or overwritten;
+ * - committed never decreases, and applied never decreases;
+ * - stable <= lastIndex, and an overwrite below it pulls it back, so the next
+ *   Ready re-persists from the first changed index.
+ * The membership in force is the latest config entry in the log, committed
+ * or not (the dissertation's rule), falling back to the snapshot's.
+ */
+import type { Entry, Membership, Snapshot } from './types.ts';
+import { RaftInputError, entryBytes, invariant } from './types.ts';
+
+export interface Slice {
+  readonly entries: Entry[];
+  readonly bytes: number;
+}
+
+export class RaftLog {
+  #snapshot: Snapshot;
+  #entries: Entry[];
+  #stable: number;
+  #committed: number;
+  #applied: number;
+  /** Indices of the config entries in #entries, ascending. */
+  #configIndices: number[] = [];
+  /** A snapshot received from the leader that the driver has not persisted yet. */
+  #pendingSnapshot = false;
+
+  constructor(snapshot: Snapshot, entries: readonly Entry[], committed: number, applied: number) {
+    this.#snapshot = snapshot;
+    this.#entries = [];
+    let expected = snapshot.meta.index + 1;
+    let term = snapshot.meta.term;
+    for (const entry of entries) {
+      if (entry.index !== expected) {
+        throw new RaftInputError(`persisted entries: expected index ${expected}, found ${entry.index}`);
+      }
+      if (entry.term < term) {
+        throw new RaftInputError(`persisted entries: term ${entry.term} at index ${entry.index} is below ${term}`);
+      }
+      this.#push(entry);
+      expected++;
+      term = entry.term;
+    }
+    this.#stable = this.lastIndex;
+    this.#committed = Math.max(committed, snapshot.meta.index);
+    this.#applied = Math.max(applied, snapshot.meta.index);
+    if (this.#committed > this.lastIndex) {
+      throw new RaftInputError(`persisted hard state: commit ${committed} is past the last entry ${this.lastIndex}`);
+    }
+    if (this.#applied > this.#committed) {
+      throw new RaftInputError(`persisted state: applied ${applied} is past commit ${this.#committed}`);
+    }
+  }
+
+  get snapshot(): Snapshot {
+    return this.#snapshot;
+  }
+
+  get firstIndex(): number {
+    return this.#snapshot.meta.index + 1;
+  }
+
+  get lastIndex(): number {
+    return this.#snapshot.meta.index + this.#entries.length;
+  }
+
+  get lastTerm(): number {
+    return this.#entries.at(-1)?.term ?? this.#snapshot.meta.term;
+  }
+
+  get committed(): number {
+    return this.#committed;
+  }
+
+  get applied(): number {
+    return this.#applied;
+  }
+
+  get stable(): number {
+    return this.#stable;
+  }
+
+  get hasPendingSnapshot(): boolean {
+    return this.#pendingSnapshot;
+  }
+
+  /** Term of the entry at index, or undefined when compacted away or not yet there. */
+  term(index: number): number | undefined {
+    if (index === this.#snapshot.meta.index) return this.#snapshot.meta.term;
+    return this.entry(index)?.term;
+  }
+
+  entry(index: number): Entry | undefined {
+    if (index < this.firstIndex) return undefined;
+    return this.#entries[index - this.firstIndex];
+  }
+
+  matchTerm(index: number, term: number): boolean {
+    return this.term(index) === term;
+  }
+
+  /** Raft's election restriction: is a log ending at (lastIndex, lastTerm) at least as up to date as ours? */
+  isUpToDate(lastIndex: number, lastTerm: number): boolean {
+    return lastTerm > this.lastTerm || (lastTerm === this.lastTerm && lastIndex >= this.lastIndex);
+  }
+
+  /** Entries from `from` on, at most maxEntries and maxBytes (but at least one if there is one). */
+  slice(from: number, maxEntries: number, maxBytes: number): Slice {
+    invariant(from >= this.firstIndex, () => `slice from ${from} below first index ${this.firstIndex}`);
+    const entries: Entry[] = [];
+    let bytes = 0;
+    for (let i = from - this.firstIndex; i < this.#entries.length && entries.length < maxEntries; i++) {
+      const entry = this.#entries[i] as Entry;
+      const size = entryBytes(entry);
+      if (entries.length > 0 && bytes + size > maxBytes) break;
+      entries.push(entry);
+      bytes += size;
+    }
+    return { entries, bytes };
+  }
+
+  /** The leader's own append: no conflict is possible. */
+  append(entry: Entry): void {
+    invariant(entry.index === this.lastIndex + 1, () => `append at ${entry.index}, last is ${this.lastIndex}`);
+    invariant(entry.term >= this.lastTerm, () => `append term ${entry.term} below last term ${this.lastTerm}`);
+    this.#push(entry);
+  }
+
+  /**
+   * A follower's append: if our log holds (prevIndex, prevTerm), make it match
+   * the leader's through the given entries and return the last index now known
+   * to match; otherwise null.
+   */
+  maybeAppend(prevIndex: number, prevTerm: number, leaderCommit: number, entries: readonly Entry[]): number | null {
+    if (!this.matchTerm(prevIndex, prevTerm)) return null;
+    const lastNew = prevIndex + entries.length;
+    const conflict = this.#findConflict(entries);
+    if (conflict !== 0) {
+      invariant(conflict > this.#committed, () => `append would overwrite committed index ${conflict} (commit ${this.#committed})`);
+      this.#truncateAndAppend(entries.slice(conflict - (prevIndex + 1)));
+    }
+    this.commitTo(Math.min(leaderCommit, lastNew));
+    return lastNew;
+  }
+
+  /** First index where `entries` disagree with our log or extend it; 0 if they are all present. */
+  #findConflict(entries: readonly Entry[]): number {
+    for (const entry of entries) {
+      if (!this.matchTerm(entry.index, entry.term)) return entry.index;
+    }
+    return 0;
+  }
+
+  /**
+   * The largest index <= `index` whose term is <= `term`, with that term: the
+   * last place our log could still match a log whose entry at `index` has
+   * `term`. Term 0 means unknown (compacted, or past our end).
+   */
+  findConflictByTerm(index: number, term: number): { index: number; term: number } {
+    for (let i = index; i > 0; i--) {
+      const ours = this.term(i);
+      if (ours === undefined) return { index: i, term: 0 };
+      if (ours <= term) return { index: i, term: ours };
+    }
+    return { index: 0, term: 0 };
+  }
+
+  #truncateAndAppend(entries: readonly Entry[]): void {
+    const first = entries[0];
+    if (first === undefined) return;
+    invariant(first.index > this.#committed, () => `truncate at ${first.index} at or below commit ${this.#committed}`);
+    invariant(first.index >= this.firstIndex, () => `truncate at ${first.index} below first index ${this.firstIndex}`);
+    invariant(first.index <= this.lastIndex + 1, () => `append at ${first.index} leaves a gap after ${this.lastIndex}`);
+    if (first.index <= this.lastIndex) {
+      this.#entries.length = first.index - this.firstIndex;
+      while ((this.#configIndices.at(-1) ?? 0) >= first.index) this.#configIndices.pop();
+      this.#stable = Math.min(this.#stable, first.index - 1);
+    }
+    for (const entry of entries) {
+      invariant(entry.term >= this.lastTerm, () => `entry term ${entry.term} at ${entry.index} below ${this.lastTerm}`);
+      this.#push(entry);
+    }
+  }
+
+  #push(entry: Entry): void {
+    this.#entries.push(entry);
+    if (entry.kind === 'config') this.#configIndices.push(entry.index);
+  }
+
+  commitTo(index: number): void {
+    if (index <= this.#committed) return;
+    invariant(index <= this.lastIndex, () => `commit ${index} past last index ${this.lastIndex}`);
+    this.#committed = index;
+  }
+
+  unstableEntries(): Entry[] {
+    return this.#entries.slice(this.#stable + 1 - this.firstIndex);
+  }
+
+  /** The driver persisted entries through (index, term); ignored if the log has since changed there. */
+  stableTo(index: number, term: number): void {
+    if (index > this.#stable && this.matchTerm(index, term)) this.#stable = index;
+  }
+
+  /** The driver persisted the snapshot at `index`; a newer one received meanwhile stays pending. */
+  snapshotPersisted(index: number): void {
+    if (this.#snapshot.meta.index === index) this.#pendingSnapshot = false;
+  }
+
+  /** Committed entries not yet handed to the state machine, bounded by maxBytes (at least one). */
+  nextCommitted(maxBytes: number): Entry[] {
+    if (this.#applied >= this.#committed) return [];
+    return this.slice(this.#applied + 1, this.#committed - this.#applied, maxBytes).entries;
+  }
+
+  appliedTo(index: number): void {
+    invariant(index <= this.#committed, () => `applied ${index} past commit ${this.#committed}`);
+    if (index > this.#applied) this.#applied = index;
+  }
+
+  /** The state machine snapshotted itself at `index`: drop the entries it covers. */
+  compact(index: number, data: Uint8Array): void {
+    invariant(index <= this.#applied, () => `compact at ${index} past applied ${this.#applied}`);
+    invariant(index <= this.#stable, () => `compact at ${index} past stable ${this.#stable}`);
+    if (index <= this.#snapshot.meta.index) return;
+    const term = this.term(index) as number;
+    const membership = this.membershipAt(index);
+    this.#entries = this.#entries.slice(index + 1 - this.firstIndex);
+    this.#configIndices = this.#configIndices.filter((i) => i > index);
+    this.#snapshot = { meta: { index, term, membership }, data };
+  }
+
+  /** Replace the whole log with a snapshot from the leader (our log did not contain its last entry). */
+  restore(snapshot: Snapshot): void {
+    const { index } = snapshot.meta;
+    invariant(index > this.#committed, () => `restore of snapshot ${index} at or below commit ${this.#committed}`);
+    this.#snapshot = snapshot;
+    this.#entries = [];
+    this.#configIndices = [];
+    this.#committed = index;
+    this.#applied = index;
+    this.#stable = index;
+    this.#pendingSnapshot = true;
+  }
+
+  get membership(): Membership {
+    return this.membershipAt(this.lastIndex);
+  }
+
+  /** Index of the config entry in force (the snapshot's index when it is the snapshot's). */
+  get membershipIndex(): number {
+    return this.#configIndices.at(-1) ?? this.#snapshot.meta.index;
+  }
+
+  membershipAt(index: number): Membership {
+    for (let i = this.#configIndices.length - 1; i >= 0; i--) {
+      const at = this.#configIndices[i] as number;
+      if (at <= index) {
+        const entry = this.entry(at);
+        invariant(entry?.kind === 'config', () => `config index ${at} is not a config entry`);
+        return entry.membership;
+      }
+    }
+    return this.#snapshot.meta.membership;
+  }
+}

@@ -1,0 +1,751 @@
+/**
+ * Deterministic simulation of a Raft cluster (TigerBeetle's VOPR style).
+ *
+ * N RaftCores run in virtual time, driven by one seeded PRNG: the network
+ * drops, duplicates, delays and reorders; partitions and one-way cuts come
+ * and go; nodes crash and restart with only what they persisted; clients
+ * put and get on a few registers through whichever node they think leads;
+ * an operator transfers leadership and (in churn runs) walks the membership
+ * through random single-server changes: add a spare as learner, promote a
+ * learner, remove a learner or a voter (sometimes the leader), shutting
+ * removed nodes down for good.
+ * Each node's driver obeys the Ready contract, with a random fsync latency
+ * between handing out a Ready and acting on it: a crash in that window loses
+ * the Ready whole (its hard state, entries and messages), as a crash before
+ * fsync would.
+ *
+ * Checked as it runs: the safety invariants (invariants.ts); that every sent
+ * message is backed by the sender's disk (its term, a granted vote, an acked
+ * index). Checked at the end: the client history is linearizable; after the
+ * chaos phase, once the network is healed and stays calm, a leader emerges
+ * and a proposal commits within a bound; all nodes converge.
+ *
+ * Everything is a pure function of the seed: no wall clock, no Math.random.
+ */
+import { bootstrapState, joiningState } from '../../src/consensus/raft/bootstrap.ts';
+import { members } from '../../src/consensus/raft/membership.ts';
+import { RaftCore } from '../../src/consensus/raft/core.ts';
+import type {
+  ConfigChange,
+  Entry,
+  HardState,
+  Message,
+  NodeId,
+  PersistedState,
+  RaftConfig,
+  Ready,
+  Snapshot,
+} from '../../src/consensus/raft/types.ts';
+import { EventQueue } from './events.ts';
+import { InvariantChecker, InvariantViolation } from './invariants.ts';
+import { KvStore, encodeCommand } from './kv.ts';
+import type { RegisterOp } from './linearizability.ts';
+import { checkHistory } from './linearizability.ts';
+import type { LinkFaults } from './network.ts';
+import { CALM, SimNetwork } from './network.ts';
+import { Prng } from './prng.ts';
+
+export interface SimOptions {
+  readonly seed: number;
+  readonly nodes: number;
+  /** Virtual time with faults on. */
+  readonly chaosMs: number;
+  /** Calm tail after the chaos: liveness, then convergence. */
+  readonly calmMs: number;
+  readonly clients: number;
+  readonly keys: number;
+  /** Print every event (for replaying one seed). */
+  readonly trace?: (line: string) => void;
+}
+
+export interface SimReport {
+  readonly seed: number;
+  readonly nodes: number;
+  readonly events: number;
+  readonly messages: number;
+  readonly puts: number;
+  readonly gets: number;
+  readonly unknown: number;
+  readonly leaderTerms: number;
+  readonly crashes: number;
+  /** Config entries applied (membership changes that committed). */
+  readonly configChanges: number;
+  readonly transfers: number;
+  readonly snapshotsInstalled: number;
+  /** Virtual ms from the end of the chaos to the first commit. */
+  readonly livenessMs: number;
+  readonly config: string;
+}
+
+export class SimFailure extends Error {
+  readonly seed: number;
+  constructor(seed: number, at: number, problem: string) {
+    super(
+      `raft simulation seed ${seed} failed at ${at} ms: ${problem}\n` +
+        `  replay: npm run soak -- raft --from ${seed} --seeds 1 --trace`,
+    );
+    this.name = 'SimFailure';
+    this.seed = seed;
+  }
+}
+
+interface Disk {
+  hardState: HardState;
+  snapshot: Snapshot;
+  /** Entries after snapshot.meta.index, contiguous. */
+  entries: Entry[];
+}
+
+interface SimNode {
+  readonly id: NodeId;
+  readonly random: Prng;
+  up: boolean;
+  /** Bumped on crash so persistence completions of a dead incarnation are ignored. */
+  epoch: number;
+  core: RaftCore;
+  disk: Disk;
+  kv: KvStore;
+  /** The Ready being persisted, if any. */
+  inFlight: Ready | null;
+}
+
+type PendingOp =
+  | { kind: 'put'; key: string; value: string; invoke: number; node: NodeId; index: number; term: number; deadline: number }
+  | { kind: 'get'; key: string; ctx: string; invoke: number; node: NodeId; readIndex: number | null; deadline: number };
+
+interface SimClient {
+  readonly id: number;
+  seq: number;
+  pending: PendingOp | null;
+  leaderHint: NodeId | null;
+}
+
+type SimEvent =
+  | { kind: 'tick'; node: NodeId }
+  | { kind: 'deliver'; message: Message }
+  | { kind: 'persisted'; node: NodeId; epoch: number }
+  | { kind: 'client'; client: number }
+  | { kind: 'fault' }
+  | { kind: 'operator' }
+  | { kind: 'restart'; node: NodeId }
+  | { kind: 'calm' }
+  | { kind: 'probe' }
+  | { kind: 'finish' };
+
+const TICK_MS = 10;
+const OP_TIMEOUT_MS = 1000;
+/** After the chaos ends, a leader must commit a proposal within this. */
+const LIVENESS_BOUND_MS = 3000;
+/** Clients stop this long before the end so every node can catch up. */
+const QUIET_TAIL_MS = 1000;
+
+export class RaftSimulation {
+  readonly #options: SimOptions;
+  readonly #rng: Prng;
+  readonly #net: SimNetwork;
+  readonly #queue = new EventQueue<SimEvent>();
+  readonly #checker = new InvariantChecker();
+  readonly #nodes = new Map<NodeId, SimNode>();
+  readonly #clients: SimClient[] = [];
+  readonly #history: RegisterOp[] = [];
+  readonly #raftConfig: Partial<RaftConfig>;
+  readonly #snapshotEvery: number;
+  readonly #fsyncMaxMs: number;
+  /** Per persisted Ready, the chance of a crash just before the write (and again just after). */
+  readonly #crashPointRate: number;
+  #now = 0;
+  #events = 0;
+  #messages = 0;
+  #crashes = 0;
+  #snapshotsInstalled = 0;
+  #calm = false;
+  #calmAt = 0;
+  #livenessAt: number | null = null;
+  #probe: { node: NodeId; index: number; term: number } | null = null;
+  #probes = 0;
+  #finished = false;
+  /** Whether the operator changes membership in this run. */
+  readonly #churn: boolean;
+  /** Nodes that start outside the cluster, to be added by the operator. */
+  readonly #spares: NodeId[] = [];
+  /** Members per the latest committed config entry any node applied. */
+  #members: Set<NodeId>;
+  #membershipIndex = 0;
+  readonly #decommissioned = new Set<NodeId>();
+  #configChanges = 0;
+  #transfers = 0;
+
+  constructor(options: SimOptions) {
+    this.#options = options;
+    this.#rng = new Prng(options.seed);
+    const rng = this.#rng;
+    this.#raftConfig = {
+      electionTicks: 10,
+      heartbeatTicks: rng.between(1, 3),
+      preVote: rng.chance(0.85),
+      checkQuorum: rng.chance(0.85),
+      maxInflightAppends: rng.between(1, 8),
+      maxEntriesPerAppend: rng.between(1, 6),
+      maxBytesPerAppend: rng.between(100, 2000),
+      snapshotChunkBytes: rng.between(16, 256),
+      maxUncommittedEntries: rng.between(20, 200),
+      maxLearnerLag: 8,
+    };
+    this.#snapshotEvery = rng.between(8, 60);
+    this.#fsyncMaxMs = rng.between(0, 5);
+    this.#crashPointRate = rng.pick([0, 0.001, 0.003, 0.01]);
+    this.#net = new SimNetwork(rng.fork(), this.#randomFaults());
+    this.#churn = rng.chance(0.5);
+    const ids = Array.from({ length: options.nodes }, (_, i) => `n${i + 1}`);
+    this.#members = new Set(ids);
+    if (this.#churn) this.#spares.push(`n${options.nodes + 1}`, `n${options.nodes + 2}`, `n${options.nodes + 3}`);
+    for (const id of [...ids, ...this.#spares]) {
+      const storage: PersistedState = ids.includes(id) ? bootstrapState(ids) : joiningState();
+      const random = rng.fork();
+      const disk: Disk = { hardState: storage.hardState, snapshot: storage.snapshot, entries: [...storage.entries] };
+      const node: SimNode = {
+        id,
+        random,
+        up: true,
+        epoch: 0,
+        core: this.#startCore(id, disk, random),
+        disk,
+        kv: new KvStore(),
+        inFlight: null,
+      };
+      this.#nodes.set(id, node);
+      this.#queue.push(rng.int(TICK_MS), { kind: 'tick', node: id });
+    }
+    for (let c = 0; c < options.clients; c++) {
+      this.#clients.push({ id: c, seq: 0, pending: null, leaderHint: null });
+      this.#queue.push(rng.between(0, 50), { kind: 'client', client: c });
+    }
+    this.#queue.push(rng.between(50, 400), { kind: 'fault' });
+    this.#queue.push(rng.between(200, 600), { kind: 'operator' });
+    this.#queue.push(options.chaosMs, { kind: 'calm' });
+    this.#queue.push(options.chaosMs + options.calmMs, { kind: 'finish' });
+  }
+
+  #startCore(id: NodeId, disk: Disk, random: Prng): RaftCore {
+    return new RaftCore({
+      id,
+      storage: { hardState: disk.hardState, snapshot: disk.snapshot, entries: disk.entries },
+      random: () => random.next(),
+      config: this.#raftConfig,
+    });
+  }
+
+  #randomFaults(): LinkFaults {
+    const rng = this.#rng;
+    return {
+      dropRate: rng.pick([0, 0.01, 0.05, 0.1, 0.2]),
+      duplicateRate: rng.pick([0, 0.01, 0.05]),
+      minDelayMs: 1,
+      maxDelayMs: rng.between(2, 20),
+      spikeRate: rng.pick([0, 0.01, 0.05]),
+      spikeMs: 300,
+    };
+  }
+
+  #trace(line: () => string): void {
+    this.#options.trace?.(`${String(this.#now).padStart(7)} ${line()}`);
+  }
+
+  #fail(problem: string): never {
+    throw new SimFailure(this.#options.seed, this.#now, problem);
+  }
+
+  run(): SimReport {
+    try {
+      while (!this.#finished) {
+        const next = this.#queue.pop();
+        if (next === undefined) this.#fail('event queue ran dry');
+        this.#now = next.time;
+        this.#events++;
+        this.#handle(next.event);
+      }
+    } catch (error) {
+      if (error instanceof SimFailure) throw error;
+      const problem = error instanceof InvariantViolation ? error.message : `${String(error)}\n${(error as Error).stack ?? ''}`;
+      this.#fail(problem);
+    }
+    this.#checkHistory();
+    return {
+      seed: this.#options.seed,
+      nodes: this.#options.nodes,
+      events: this.#events,
+      messages: this.#messages,
+      puts: this.#history.filter((op) => op.kind === 'put' && op.response !== null).length,
+      gets: this.#history.filter((op) => op.kind === 'get').length,
+      unknown: this.#history.filter((op) => op.response === null).length,
+      leaderTerms: this.#checker.leaderTerms,
+      crashes: this.#crashes,
+      configChanges: this.#configChanges,
+      transfers: this.#transfers,
+      snapshotsInstalled: this.#snapshotsInstalled,
+      livenessMs: (this.#livenessAt ?? Infinity) - this.#calmAt,
+      config: JSON.stringify({
+        ...this.#raftConfig,
+        snapshotEvery: this.#snapshotEvery,
+        fsyncMaxMs: this.#fsyncMaxMs,
+        churn: this.#churn,
+        crashPointRate: this.#crashPointRate,
+      }),
+    };
+  }
+
+  #handle(event: SimEvent): void {
+    switch (event.kind) {
+      case 'tick': {
+        this.#queue.push(this.#now + TICK_MS, event);
+        const node = this.#node(event.node);
+        if (!node.up) return;
+        node.core.tick();
+        return this.#after(node);
+      }
+      case 'deliver': {
+        const { message } = event;
+        const node = this.#node(message.to);
+        if (!node.up || !this.#net.reachable(message.from, message.to)) return;
+        this.#trace(() => `${message.from}->${message.to} ${describe(message)}`);
+        node.core.step(message);
+        return this.#after(node);
+      }
+      case 'persisted':
+        return this.#persisted(event.node, event.epoch);
+      case 'client':
+        return this.#clientStep(this.#clients[event.client] as SimClient);
+      case 'fault':
+        if (this.#calm) return;
+        this.#injectFault();
+        this.#queue.push(this.#now + this.#rng.between(30, 300), event);
+        return;
+      case 'operator':
+        if (this.#calm) return;
+        this.#operatorStep();
+        this.#queue.push(this.#now + this.#rng.between(100, 600), event);
+        return;
+      case 'restart':
+        return this.#restart(this.#node(event.node));
+      case 'calm':
+        return this.#startCalm();
+      case 'probe':
+        return this.#probeStep();
+      case 'finish':
+        return this.#finish();
+    }
+  }
+
+  #node(id: NodeId): SimNode {
+    const node = this.#nodes.get(id);
+    if (node === undefined) this.#fail(`message for unknown node ${id}`);
+    return node;
+  }
+
+  /** After any input to a node: check it, and hand its next Ready to the disk. */
+  #after(node: SimNode): void {
+    this.#checker.observe(node.core);
+    if (!node.up || node.inFlight !== null) return;
+    const ready = node.core.ready();
+    if (ready === null) return;
+    const first = ready.entries[0];
+    if (first !== undefined) {
+      const prevTerm = ready.snapshot !== null && first.index === ready.snapshot.meta.index + 1
+        ? ready.snapshot.meta.term
+        : node.core.termAt(first.index - 1);
+      this.#checker.observeEntries(node.id, ready.entries, prevTerm);
+    }
+    node.inFlight = ready;
+    const delay = ready.mustSync ? this.#rng.between(0, this.#fsyncMaxMs) : 0;
+    this.#queue.push(this.#now + delay, { kind: 'persisted', node: node.id, epoch: node.epoch });
+  }
+
+  #persisted(id: NodeId, epoch: number): void {
+    const node = this.#node(id);
+    const ready = node.inFlight;
+    if (!node.up || node.epoch !== epoch || ready === null) return;
+    node.inFlight = null;
+    // Crash points: die just before the write or between the write and the sends,
+    // which leaves entries on a minority of disks (the figure-8 set-ups).
+    const crashPoint = this.#calm ? 1 : this.#rng.next();
+    if (crashPoint < this.#crashPointRate) return this.#crashAndRestart(node);
+    this.#writeDisk(node.disk, ready);
+    if (crashPoint < 2 * this.#crashPointRate) return this.#crashAndRestart(node);
+    for (const message of ready.messages) this.#send(node, message);
+    if (ready.snapshot !== null) {
+      node.kv = KvStore.restore(ready.snapshot.meta.index, ready.snapshot.data);
+      this.#snapshotsInstalled++;
+      this.#trace(() => `${id} installs snapshot at ${ready.snapshot?.meta.index}`);
+    }
+    for (const entry of ready.committed) this.#apply(node, entry);
+    for (const read of ready.readStates) this.#readConfirmed(node, read.ctx, read.index);
+    node.core.advance(ready);
+    this.#maybeCompact(node);
+    this.#serveReads(node);
+    this.#after(node);
+  }
+
+  #writeDisk(disk: Disk, ready: Ready): void {
+    if (ready.snapshot !== null) {
+      disk.snapshot = ready.snapshot;
+      disk.entries = [];
+    }
+    const first = ready.entries[0];
+    if (first !== undefined) {
+      const keep = first.index - disk.snapshot.meta.index - 1;
+      if (keep < 0 || keep > disk.entries.length) {
+        this.#fail(`disk write at ${first.index} does not fit a disk log after ${disk.snapshot.meta.index} with ${disk.entries.length} entries`);
+      }
+      disk.entries.length = keep;
+      disk.entries.push(...ready.entries);
+    }
+    if (ready.hardState !== null) disk.hardState = ready.hardState;
+  }
+
+  /** Every message must be backed by what its sender has durably stored. */
+  #checkDurable(node: SimNode, m: Message): void {
+    const disk = node.disk;
+    const isPreVote = (m.type === 'vote_request' || m.type === 'vote_response') && m.preVote;
+    if (!isPreVote && m.term > disk.hardState.term) {
+      this.#fail(`${node.id} sends ${m.type} at term ${m.term} with term ${disk.hardState.term} on disk`);
+    }
+    if (m.type === 'vote_response' && m.granted && !m.preVote) {
+      if (disk.hardState.vote !== m.to || disk.hardState.term !== m.term) {
+        this.#fail(`${node.id} grants its vote to ${m.to} in term ${m.term} before persisting it`);
+      }
+    }
+    if (m.type === 'append_response' && m.success) {
+      const diskLast = disk.snapshot.meta.index + disk.entries.length;
+      if (m.index > diskLast) this.#fail(`${node.id} acks index ${m.index} with only ${diskLast} on disk`);
+    }
+  }
+
+  #send(node: SimNode, message: Message): void {
+    this.#checkDurable(node, message);
+    this.#messages++;
+    for (const delay of this.#net.deliveries(message.from, message.to)) {
+      this.#queue.push(this.#now + delay, { kind: 'deliver', message });
+    }
+  }
+
+  #apply(node: SimNode, entry: Entry): void {
+    this.#checker.observeApplied(node.id, entry);
+    if (entry.kind === 'config' && entry.index > this.#membershipIndex) this.#membershipCommitted(entry.index, members(entry.membership));
+    const command = node.kv.apply(entry);
+    if (command?.op === 'probe' && this.#probe?.node === node.id && this.#probe.index === entry.index) {
+      if (this.#probe.term === entry.term && this.#livenessAt === null) {
+        this.#livenessAt = this.#now;
+        this.#trace(() => `liveness: probe committed at ${entry.index}`);
+      }
+      this.#probe = null;
+    }
+    for (const client of this.#clients) {
+      const op = client.pending;
+      if (op?.kind !== 'put' || op.node !== node.id || op.index !== entry.index) continue;
+      if (op.term === entry.term) {
+        this.#history.push({ client: client.id, kind: 'put', key: op.key, value: op.value, invoke: op.invoke, response: this.#now });
+      }
+      // A different entry at our index: ours was overwritten and can never commit.
+      this.#completeOp(client);
+    }
+  }
+
+  /** A config entry committed: nodes it removed are shut down for good (the operator's job). */
+  #membershipCommitted(index: number, current: readonly NodeId[]): void {
+    this.#membershipIndex = index;
+    if (index > 1) this.#configChanges++;
+    for (const id of this.#members) {
+      if (current.includes(id) || this.#decommissioned.has(id)) continue;
+      this.#trace(() => `decommission ${id}`);
+      this.#decommissioned.add(id);
+      this.#crash(this.#node(id));
+    }
+    this.#members = new Set(current);
+  }
+
+  #maybeCompact(node: SimNode): void {
+    const applied = node.kv.applied;
+    if (applied - node.disk.snapshot.meta.index < this.#snapshotEvery) return;
+    const data = node.kv.snapshot();
+    const meta = node.core.compact(applied, data);
+    const disk = node.disk;
+    disk.entries = disk.entries.slice(applied - disk.snapshot.meta.index);
+    disk.snapshot = { meta, data };
+  }
+
+  // ------------------------------------------------------------- faults
+
+  #upNodes(): SimNode[] {
+    return [...this.#nodes.values()].filter((n) => n.up);
+  }
+
+  #injectFault(): void {
+    const rng = this.#rng;
+    const ids = [...this.#nodes.keys()];
+    const roll = rng.int(100);
+    if (roll < 22) {
+      const up = this.#upNodes();
+      if (up.length === 0) return;
+      const victim = rng.chance(0.5) ? (up.find((n) => n.core.role === 'leader') ?? rng.pick(up)) : rng.pick(up);
+      this.#crashAndRestart(victim);
+    } else if (roll < 42) {
+      const shuffled = [...ids];
+      for (let i = shuffled.length - 1; i > 0; i--) {
+        const j = rng.int(i + 1);
+        [shuffled[i], shuffled[j]] = [shuffled[j] as NodeId, shuffled[i] as NodeId];
+      }
+      const cut = rng.between(1, ids.length - 1);
+      this.#net.partition([shuffled.slice(0, cut), shuffled.slice(cut)]);
+      this.#trace(() => `partition ${shuffled.slice(0, cut).join(',')} | ${shuffled.slice(cut).join(',')}`);
+    } else if (roll < 52) {
+      const leader = this.#upNodes().find((n) => n.core.role === 'leader');
+      if (leader === undefined) return;
+      this.#net.partition([[leader.id], ids.filter((id) => id !== leader.id)]);
+      this.#trace(() => `isolate leader ${leader.id}`);
+    } else if (roll < 60) {
+      const from = rng.pick(ids);
+      const to = rng.pick(ids.filter((id) => id !== from));
+      this.#net.cut(from, to);
+      this.#trace(() => `cut ${from}>${to}`);
+    } else if (roll < 85) {
+      this.#net.heal();
+      this.#trace(() => 'heal');
+    } else {
+      this.#net.faults = this.#randomFaults();
+    }
+  }
+
+  #crashAndRestart(node: SimNode): void {
+    this.#crash(node);
+    this.#queue.push(this.#now + this.#rng.between(20, 1000), { kind: 'restart', node: node.id });
+  }
+
+  #crash(node: SimNode): void {
+    if (!node.up) return;
+    this.#trace(() => `crash ${node.id} (${node.core.role}, term ${node.core.term})`);
+    this.#crashes++;
+    node.up = false;
+    node.epoch++;
+    node.inFlight = null;
+    for (const client of this.#clients) {
+      const op = client.pending;
+      if (op === null || op.node !== node.id) continue;
+      // The write may still commit through the others: its outcome is unknown.
+      if (op.kind === 'put') this.#recordUnknown(client.id, op);
+      this.#completeOp(client);
+    }
+  }
+
+  #restart(node: SimNode): void {
+    if (node.up || this.#decommissioned.has(node.id)) return;
+    this.#trace(() => `restart ${node.id}`);
+    node.up = true;
+    node.core = this.#startCore(node.id, node.disk, node.random);
+    node.kv = KvStore.restore(node.disk.snapshot.meta.index, node.disk.snapshot.data);
+    this.#after(node);
+  }
+
+  #leaderNode(): SimNode | undefined {
+    return this.#upNodes()
+      .filter((n) => n.core.role === 'leader')
+      .sort((a, b) => b.core.term - a.core.term)[0];
+  }
+
+  /**
+   * The operator: sometimes hands leadership to another voter; in churn runs
+   * proposes a random single-server step from the leader's view of
+   * membership. Refusals are fine: it looks again next time.
+   */
+  #operatorStep(): void {
+    const leader = this.#leaderNode();
+    if (leader === undefined) return;
+    const rng = this.#rng;
+    const { voters, learners } = leader.core.status().membership;
+    const others = voters.filter((id) => id !== leader.id);
+    if (others.length > 0 && rng.chance(0.25)) {
+      const to = rng.pick(others);
+      const result = leader.core.transferLeadership(to);
+      this.#trace(() => `operator: transfer ${leader.id} -> ${to}: ${result.kind}`);
+      if (result.kind === 'started') this.#transfers++;
+      return this.#after(leader);
+    }
+    if (!this.#churn) return;
+    const all = [...voters, ...learners];
+    const spare = this.#spares.find((id) => !all.includes(id) && !this.#decommissioned.has(id));
+    // Any valid step, at random, keeping 2..6 voters: even voter counts with a
+    // learner around are where a learner wrongly counted toward quorum would show.
+    const choices: ConfigChange[] = [];
+    for (const node of learners) {
+      if (voters.length < 6) choices.push({ type: 'promote', node });
+      if (rng.chance(0.2)) choices.push({ type: 'remove', node });
+    }
+    if (voters.length > 2) choices.push({ type: 'remove', node: others.length === 0 || rng.chance(0.3) ? leader.id : rng.pick(others) });
+    if (spare !== undefined) choices.push({ type: 'add_learner', node: spare });
+    if (choices.length === 0) return;
+    const change = rng.pick(choices);
+    const result = leader.core.proposeConfigChange(change);
+    this.#trace(() => `operator: ${change.type} ${change.node} at ${leader.id}: ${JSON.stringify(result)}`);
+    this.#after(leader);
+  }
+
+  #startCalm(): void {
+    this.#calm = true;
+    this.#calmAt = this.#now;
+    this.#net.heal();
+    this.#net.faults = CALM;
+    this.#trace(() => 'calm: network healed, every node restarted');
+    for (const node of this.#nodes.values()) this.#restart(node);
+    this.#queue.push(this.#now + TICK_MS, { kind: 'probe' });
+  }
+
+  /** Liveness: keep proposing a probe at the leader until one commits. */
+  #probeStep(): void {
+    if (this.#livenessAt !== null) return;
+    if (this.#now - this.#calmAt > LIVENESS_BOUND_MS) {
+      const roles = [...this.#nodes.values()].map((n) => `${n.id}:${n.core.role}@${n.core.term}`).join(' ');
+      this.#fail(`liveness: no proposal committed within ${LIVENESS_BOUND_MS} ms of a calm, healed network (${roles})`);
+    }
+    this.#queue.push(this.#now + TICK_MS, { kind: 'probe' });
+    const leader = this.#leaderNode();
+    if (leader === undefined) return;
+    if (this.#probe !== null && this.#probe.node === leader.id && this.#probe.term === leader.core.term) return;
+    const result = leader.core.propose(encodeCommand({ op: 'probe', n: ++this.#probes }));
+    if (result.kind === 'accepted') this.#probe = { node: leader.id, index: result.index, term: result.term };
+    this.#after(leader);
+  }
+
+  #finish(): void {
+    this.#finished = true;
+    if (this.#livenessAt === null) this.#fail('liveness: the probe never committed');
+    const up = this.#upNodes().filter((n) => this.#members.has(n.id));
+    const reference = up[0];
+    if (reference === undefined) this.#fail('no member is up at the end');
+    for (const node of up) {
+      if (node.kv.applied !== reference.kv.applied) {
+        const applied = up.map((n) => `${n.id}:${n.kv.applied}(${n.core.role}@${n.core.term})`).join(' ');
+        this.#fail(`convergence: nodes did not catch up after ${QUIET_TAIL_MS} quiet ms: ${applied}`);
+      }
+      const a = JSON.stringify([...node.kv.values].sort());
+      const b = JSON.stringify([...reference.kv.values].sort());
+      if (a !== b) this.#fail(`convergence: ${node.id} and ${reference.id} differ at index ${node.kv.applied}`);
+    }
+  }
+
+  // ------------------------------------------------------------- clients
+
+  #clientStep(client: SimClient): void {
+    const op = client.pending;
+    if (op !== null && this.#now >= op.deadline) {
+      if (op.kind === 'put') this.#recordUnknown(client.id, op);
+      this.#completeOp(client);
+      return;
+    }
+    if (op !== null) return;
+    const end = this.#options.chaosMs + this.#options.calmMs - QUIET_TAIL_MS;
+    if (this.#now >= end) return;
+    const up = this.#upNodes();
+    const hinted = client.leaderHint === null ? undefined : this.#nodes.get(client.leaderHint);
+    const node = hinted?.up === true ? hinted : up.length > 0 ? this.#rng.pick(up) : undefined;
+    if (node === undefined) {
+      this.#queue.push(this.#now + 20, { kind: 'client', client: client.id });
+      return;
+    }
+    const key = `k${this.#rng.int(this.#options.keys)}`;
+    client.seq++;
+    if (this.#rng.chance(0.5)) {
+      const value = `c${client.id}.${client.seq}`;
+      const result = node.core.propose(encodeCommand({ op: 'put', key, value, client: client.id }));
+      if (result.kind === 'accepted') {
+        client.pending = { kind: 'put', key, value, invoke: this.#now, node: node.id, index: result.index, term: result.term, deadline: this.#now + OP_TIMEOUT_MS };
+      } else {
+        this.#retryElsewhere(client, result.kind === 'not_leader' ? result.leaderHint : null);
+      }
+    } else {
+      const ctx = `c${client.id}.${client.seq}`;
+      const result = node.core.readIndex(ctx);
+      if (result.kind === 'pending') {
+        client.pending = { kind: 'get', key, ctx, invoke: this.#now, node: node.id, readIndex: null, deadline: this.#now + OP_TIMEOUT_MS };
+      } else {
+        this.#retryElsewhere(client, result.kind === 'not_leader' ? result.leaderHint : null);
+      }
+    }
+    this.#after(node);
+    if (client.pending !== null) this.#queue.push(client.pending.deadline, { kind: 'client', client: client.id });
+  }
+
+  #retryElsewhere(client: SimClient, hint: NodeId | null): void {
+    client.leaderHint = hint;
+    this.#queue.push(this.#now + this.#rng.between(5, 30), { kind: 'client', client: client.id });
+  }
+
+  #completeOp(client: SimClient): void {
+    client.pending = null;
+    this.#queue.push(this.#now + this.#rng.between(0, 20), { kind: 'client', client: client.id });
+  }
+
+  #recordUnknown(client: number, op: { key: string; value: string; invoke: number }): void {
+    this.#history.push({ client, kind: 'put', key: op.key, value: op.value, invoke: op.invoke, response: null });
+  }
+
+  #readConfirmed(node: SimNode, ctx: string, index: number): void {
+    for (const client of this.#clients) {
+      const op = client.pending;
+      if (op?.kind === 'get' && op.node === node.id && op.ctx === ctx) op.readIndex = index;
+    }
+  }
+
+  #serveReads(node: SimNode): void {
+    for (const client of this.#clients) {
+      const op = client.pending;
+      if (op?.kind !== 'get' || op.node !== node.id || op.readIndex === null || node.kv.applied < op.readIndex) continue;
+      const value = node.kv.values.get(op.key) ?? null;
+      this.#history.push({ client: client.id, kind: 'get', key: op.key, value, invoke: op.invoke, response: this.#now });
+      client.leaderHint = node.core.leader;
+      this.#completeOp(client);
+    }
+  }
+
+  #checkHistory(): void {
+    const result = checkHistory(this.#history);
+    if (result.kind === 'ok') return;
+    if (result.kind === 'inconclusive') {
+      this.#fail(`linearizability check inconclusive on ${result.key} after ${result.steps} steps`);
+    }
+    const lines = [...result.ops]
+      .sort((a, b) => a.invoke - b.invoke)
+      .map((op) => `    c${op.client} ${op.kind} ${op.value ?? 'null'} [${op.invoke}, ${op.response ?? '?'}]`);
+    this.#fail(`history of ${result.key} is not linearizable:\n${lines.join('\n')}`);
+  }
+}
+
+function describe(m: Message): string {
+  switch (m.type) {
+    case 'append':
+      return `append t${m.term} prev=${m.prevIndex}/${m.prevTerm} n=${m.entries.length} commit=${m.commit}`;
+    case 'append_response':
+      return `append_response t${m.term} ${m.success ? 'ok' : 'reject'} index=${m.index} hint=${m.hintIndex}/${m.hintTerm}`;
+    case 'vote_request':
+      return `${m.preVote ? 'pre' : ''}vote_request t${m.term} last=${m.lastIndex}/${m.lastTerm}${m.transfer ? ' transfer' : ''}`;
+    case 'vote_response':
+      return `${m.preVote ? 'pre' : ''}vote_response t${m.term} ${m.granted ? 'granted' : 'rejected'}`;
+    case 'snapshot_chunk':
+      return `snapshot_chunk t${m.term} at=${m.meta.index} offset=${m.offset}/${m.totalBytes}`;
+    case 'snapshot_response':
+      return `snapshot_response t${m.term} at=${m.index} next=${m.nextOffset}`;
+    default:
+      return `${m.type} t${m.term}`;
+  }
+}
+
+/** The scenario a seed stands for; shared by the test suite and the soak so a seed means one thing. */
+export function scenarioForSeed(seed: number, trace?: (line: string) => void): SimOptions {
+  return {
+    seed,
+    nodes: seed % 2 === 0 ? 5 : 3,
+    chaosMs: 6000,
+    calmMs: 4000,
+    clients: 3,
+    keys: 3,
+    ...(trace === undefined ? {} : { trace }),
+  };
+}
