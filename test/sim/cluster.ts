@@ -39,11 +39,12 @@ import type {
 import { EventQueue } from './events.ts';
 import { InvariantChecker, InvariantViolation } from './invariants.ts';
 import { KvStore, encodeCommand } from './kv.ts';
-import type { RegisterOp } from './linearizability.ts';
 import { checkHistory } from './linearizability.ts';
 import type { LinkFaults } from './network.ts';
 import { CALM, SimNetwork } from './network.ts';
 import { Prng } from './prng.ts';
+import type { ClientTarget } from './workload.ts';
+import { ClientWorkload } from './workload.ts';
 
 export interface SimOptions {
   readonly seed: number;
@@ -91,6 +92,8 @@ export class SimFailure extends Error {
 
 interface Disk {
   hardState: HardState;
+  /** The hard state as of the last fsync: a commit-only change is written without one and lost on crash. */
+  syncedHardState: HardState;
   snapshot: Snapshot;
   /** Entries after snapshot.meta.index, contiguous. */
   entries: Entry[];
@@ -109,17 +112,6 @@ interface SimNode {
   inFlight: Ready | null;
 }
 
-type PendingOp =
-  | { kind: 'put'; key: string; value: string; invoke: number; node: NodeId; index: number; term: number; deadline: number }
-  | { kind: 'get'; key: string; ctx: string; invoke: number; node: NodeId; readIndex: number | null; deadline: number };
-
-interface SimClient {
-  readonly id: number;
-  seq: number;
-  pending: PendingOp | null;
-  leaderHint: NodeId | null;
-}
-
 type SimEvent =
   | { kind: 'tick'; node: NodeId }
   | { kind: 'deliver'; message: Message }
@@ -133,7 +125,6 @@ type SimEvent =
   | { kind: 'finish' };
 
 const TICK_MS = 10;
-const OP_TIMEOUT_MS = 1000;
 /** After the chaos ends, a leader must commit a proposal within this. */
 const LIVENESS_BOUND_MS = 3000;
 /** Clients stop this long before the end so every node can catch up. */
@@ -146,8 +137,7 @@ export class RaftSimulation {
   readonly #queue = new EventQueue<SimEvent>();
   readonly #checker = new InvariantChecker();
   readonly #nodes = new Map<NodeId, SimNode>();
-  readonly #clients: SimClient[] = [];
-  readonly #history: RegisterOp[] = [];
+  readonly #workload: ClientWorkload;
   readonly #raftConfig: Partial<RaftConfig>;
   readonly #snapshotEvery: number;
   readonly #fsyncMaxMs: number;
@@ -202,7 +192,12 @@ export class RaftSimulation {
     for (const id of [...ids, ...this.#spares]) {
       const storage: PersistedState = ids.includes(id) ? bootstrapState(ids) : joiningState();
       const random = rng.fork();
-      const disk: Disk = { hardState: storage.hardState, snapshot: storage.snapshot, entries: [...storage.entries] };
+      const disk: Disk = {
+        hardState: storage.hardState,
+        syncedHardState: storage.hardState,
+        snapshot: storage.snapshot,
+        entries: [...storage.entries],
+      };
       const node: SimNode = {
         id,
         random,
@@ -216,10 +211,18 @@ export class RaftSimulation {
       this.#nodes.set(id, node);
       this.#queue.push(rng.int(TICK_MS), { kind: 'tick', node: id });
     }
-    for (let c = 0; c < options.clients; c++) {
-      this.#clients.push({ id: c, seq: 0, pending: null, leaderHint: null });
-      this.#queue.push(rng.between(0, 50), { kind: 'client', client: c });
-    }
+    this.#workload = new ClientWorkload(
+      {
+        rng,
+        now: () => this.#now,
+        wake: (client, at) => this.#queue.push(at, { kind: 'client', client }),
+        pickNode: (hint) => this.#pickNode(hint),
+        touched: (id) => this.#after(this.#node(id)),
+      },
+      options.clients,
+      options.keys,
+      options.chaosMs + options.calmMs - QUIET_TAIL_MS,
+    );
     this.#queue.push(rng.between(50, 400), { kind: 'fault' });
     this.#queue.push(rng.between(200, 600), { kind: 'operator' });
     this.#queue.push(options.chaosMs, { kind: 'calm' });
@@ -275,9 +278,9 @@ export class RaftSimulation {
       nodes: this.#options.nodes,
       events: this.#events,
       messages: this.#messages,
-      puts: this.#history.filter((op) => op.kind === 'put' && op.response !== null).length,
-      gets: this.#history.filter((op) => op.kind === 'get').length,
-      unknown: this.#history.filter((op) => op.response === null).length,
+      puts: this.#workload.history.filter((op) => op.kind === 'put' && op.response !== null).length,
+      gets: this.#workload.history.filter((op) => op.kind === 'get').length,
+      unknown: this.#workload.history.filter((op) => op.response === null).length,
       leaderTerms: this.#checker.leaderTerms,
       crashes: this.#crashes,
       configChanges: this.#configChanges,
@@ -314,7 +317,7 @@ export class RaftSimulation {
       case 'persisted':
         return this.#persisted(event.node, event.epoch);
       case 'client':
-        return this.#clientStep(this.#clients[event.client] as SimClient);
+        return this.#workload.step(event.client);
       case 'fault':
         if (this.#calm) return;
         this.#injectFault();
@@ -378,10 +381,10 @@ export class RaftSimulation {
       this.#trace(() => `${id} installs snapshot at ${ready.snapshot?.meta.index}`);
     }
     for (const entry of ready.committed) this.#apply(node, entry);
-    for (const read of ready.readStates) this.#readConfirmed(node, read.ctx, read.index);
+    for (const read of ready.readStates) this.#workload.readConfirmed(node.id, read.ctx, read.index);
     node.core.advance(ready);
     this.#maybeCompact(node);
-    this.#serveReads(node);
+    this.#workload.serveReads(node);
     this.#after(node);
   }
 
@@ -400,6 +403,7 @@ export class RaftSimulation {
       disk.entries.push(...ready.entries);
     }
     if (ready.hardState !== null) disk.hardState = ready.hardState;
+    if (ready.mustSync) disk.syncedHardState = disk.hardState;
   }
 
   /** Every message must be backed by what its sender has durably stored. */
@@ -439,15 +443,7 @@ export class RaftSimulation {
       }
       this.#probe = null;
     }
-    for (const client of this.#clients) {
-      const op = client.pending;
-      if (op?.kind !== 'put' || op.node !== node.id || op.index !== entry.index) continue;
-      if (op.term === entry.term) {
-        this.#history.push({ client: client.id, kind: 'put', key: op.key, value: op.value, invoke: op.invoke, response: this.#now });
-      }
-      // A different entry at our index: ours was overwritten and can never commit.
-      this.#completeOp(client);
-    }
+    this.#workload.applied(node.id, entry);
   }
 
   /** A config entry committed: nodes it removed are shut down for good (the operator's job). */
@@ -471,6 +467,7 @@ export class RaftSimulation {
     const disk = node.disk;
     disk.entries = disk.entries.slice(applied - disk.snapshot.meta.index);
     disk.snapshot = { meta, data };
+    disk.syncedHardState = disk.hardState; // the snapshot's fsync covers what was written before it
   }
 
   // ------------------------------------------------------------- faults
@@ -527,13 +524,8 @@ export class RaftSimulation {
     node.up = false;
     node.epoch++;
     node.inFlight = null;
-    for (const client of this.#clients) {
-      const op = client.pending;
-      if (op === null || op.node !== node.id) continue;
-      // The write may still commit through the others: its outcome is unknown.
-      if (op.kind === 'put') this.#recordUnknown(client.id, op);
-      this.#completeOp(client);
-    }
+    node.disk.hardState = node.disk.syncedHardState;
+    this.#workload.nodeCrashed(node.id);
   }
 
   #restart(node: SimNode): void {
@@ -633,80 +625,15 @@ export class RaftSimulation {
 
   // ------------------------------------------------------------- clients
 
-  #clientStep(client: SimClient): void {
-    const op = client.pending;
-    if (op !== null && this.#now >= op.deadline) {
-      if (op.kind === 'put') this.#recordUnknown(client.id, op);
-      this.#completeOp(client);
-      return;
-    }
-    if (op !== null) return;
-    const end = this.#options.chaosMs + this.#options.calmMs - QUIET_TAIL_MS;
-    if (this.#now >= end) return;
+  #pickNode(hint: NodeId | null): ClientTarget | undefined {
+    const hinted = hint === null ? undefined : this.#nodes.get(hint);
+    if (hinted?.up === true) return hinted;
     const up = this.#upNodes();
-    const hinted = client.leaderHint === null ? undefined : this.#nodes.get(client.leaderHint);
-    const node = hinted?.up === true ? hinted : up.length > 0 ? this.#rng.pick(up) : undefined;
-    if (node === undefined) {
-      this.#queue.push(this.#now + 20, { kind: 'client', client: client.id });
-      return;
-    }
-    const key = `k${this.#rng.int(this.#options.keys)}`;
-    client.seq++;
-    if (this.#rng.chance(0.5)) {
-      const value = `c${client.id}.${client.seq}`;
-      const result = node.core.propose(encodeCommand({ op: 'put', key, value, client: client.id }));
-      if (result.kind === 'accepted') {
-        client.pending = { kind: 'put', key, value, invoke: this.#now, node: node.id, index: result.index, term: result.term, deadline: this.#now + OP_TIMEOUT_MS };
-      } else {
-        this.#retryElsewhere(client, result.kind === 'not_leader' ? result.leaderHint : null);
-      }
-    } else {
-      const ctx = `c${client.id}.${client.seq}`;
-      const result = node.core.readIndex(ctx);
-      if (result.kind === 'pending') {
-        client.pending = { kind: 'get', key, ctx, invoke: this.#now, node: node.id, readIndex: null, deadline: this.#now + OP_TIMEOUT_MS };
-      } else {
-        this.#retryElsewhere(client, result.kind === 'not_leader' ? result.leaderHint : null);
-      }
-    }
-    this.#after(node);
-    if (client.pending !== null) this.#queue.push(client.pending.deadline, { kind: 'client', client: client.id });
-  }
-
-  #retryElsewhere(client: SimClient, hint: NodeId | null): void {
-    client.leaderHint = hint;
-    this.#queue.push(this.#now + this.#rng.between(5, 30), { kind: 'client', client: client.id });
-  }
-
-  #completeOp(client: SimClient): void {
-    client.pending = null;
-    this.#queue.push(this.#now + this.#rng.between(0, 20), { kind: 'client', client: client.id });
-  }
-
-  #recordUnknown(client: number, op: { key: string; value: string; invoke: number }): void {
-    this.#history.push({ client, kind: 'put', key: op.key, value: op.value, invoke: op.invoke, response: null });
-  }
-
-  #readConfirmed(node: SimNode, ctx: string, index: number): void {
-    for (const client of this.#clients) {
-      const op = client.pending;
-      if (op?.kind === 'get' && op.node === node.id && op.ctx === ctx) op.readIndex = index;
-    }
-  }
-
-  #serveReads(node: SimNode): void {
-    for (const client of this.#clients) {
-      const op = client.pending;
-      if (op?.kind !== 'get' || op.node !== node.id || op.readIndex === null || node.kv.applied < op.readIndex) continue;
-      const value = node.kv.values.get(op.key) ?? null;
-      this.#history.push({ client: client.id, kind: 'get', key: op.key, value, invoke: op.invoke, response: this.#now });
-      client.leaderHint = node.core.leader;
-      this.#completeOp(client);
-    }
+    return up.length > 0 ? this.#rng.pick(up) : undefined;
   }
 
   #checkHistory(): void {
-    const result = checkHistory(this.#history);
+    const result = checkHistory(this.#workload.history);
     if (result.kind === 'ok') return;
     if (result.kind === 'inconclusive') {
       this.#fail(`linearizability check inconclusive on ${result.key} after ${result.steps} steps`);

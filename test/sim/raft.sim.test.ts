@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import type { SimReport } from './cluster.ts';
 import { RaftSimulation, SimFailure, scenarioForSeed } from './cluster.ts';
 
-const SEEDS = Number(process.env['RAFT_SIM_SEEDS'] ?? 240);
+const SEEDS = Number(process.env['RAFT_SIM_SEEDS'] ?? 300);
 const reports: SimReport[] = [];
 
 describe('raft deterministic simulation', () => {

@@ -184,6 +184,26 @@ describe('raft replication', () => {
     expect(n2.applied.get(index)?.kind).toBe('normal');
   });
 
+  it('an ack queued in an old term never leaves after a newer leader overwrote what it acknowledged', () => {
+    const c = new ScriptedCluster(['n1', 'n2', 'n3']);
+    c.elect('n1');
+    const n2 = c.core('n2');
+    const last = n2.lastIndex;
+    // A Ready is out (being persisted) while more messages arrive.
+    n2.step({ type: 'heartbeat', from: 'n1', to: 'n2', term: 2, commit: last, readSeq: 0 });
+    const outstanding = n2.ready();
+    if (outstanding === null) throw new Error('expected a Ready');
+    const old = { kind: 'normal' as const, index: last + 1, term: 2, data: new Uint8Array([1]) };
+    n2.step({ type: 'append', from: 'n1', to: 'n2', term: 2, prevIndex: last, prevTerm: 2, entries: [old], commit: last });
+    const fresh = { kind: 'normal' as const, index: last + 1, term: 3, data: new Uint8Array([2]) };
+    n2.step({ type: 'append', from: 'n3', to: 'n2', term: 3, prevIndex: last, prevTerm: 2, entries: [fresh], commit: last });
+    n2.advance(outstanding);
+    const next = n2.ready();
+    expect(next?.entries).toEqual([fresh]);
+    const acks = next?.messages.filter((m) => m.type === 'append_response') ?? [];
+    expect(acks).toEqual([expect.objectContaining({ to: 'n3', term: 3, success: true, index: last + 1 })]);
+  });
+
   it('snapshot: a follower far behind gets the snapshot in chunks, installs it and catches up', () => {
     const c = new ScriptedCluster(['n1', 'n2', 'n3'], { snapshotChunkBytes: 32 });
     c.elect('n1');

@@ -32,6 +32,7 @@ import type {
   ConfigChange,
   Entry,
   HardState,
+  Heartbeat,
   Membership,
   Message,
   NodeId,
@@ -352,6 +353,11 @@ export class RaftCore {
       invariant(term > this.#term, () => `term would go back from ${this.#term} to ${term}`);
       this.#term = term;
       this.#vote = null;
+      // Messages of the old term still waiting for a Ready must not leave: an
+      // append ack queued in term T may name entries a leader of the new term
+      // is about to overwrite, and the old leader would count it (a safety
+      // bug the simulator found). Dropping a message is always safe.
+      this.#messages = this.#messages.filter((m) => m.term >= term);
     }
     this.#leader = null;
     this.#electionElapsed = 0;
@@ -535,7 +541,7 @@ export class RaftCore {
     this.#tally();
   }
 
-  #handleFromLeader(m: AppendRequest | SnapshotChunk | Extract<Message, { type: 'heartbeat' }>): void {
+  #handleFromLeader(m: AppendRequest | SnapshotChunk | Heartbeat): void {
     invariant(this.#role !== 'leader', () => `two leaders in term ${this.#term}: ${this.id} and ${m.from}`);
     if (this.#role !== 'follower') this.#becomeFollower(this.#term, m.from);
     invariant(

@@ -49,13 +49,14 @@ export class RaftLog {
       term = entry.term;
     }
     this.#stable = this.lastIndex;
-    this.#committed = Math.max(committed, snapshot.meta.index);
     this.#applied = Math.max(applied, snapshot.meta.index);
+    // Only committed entries are ever applied, so a durable state machine that
+    // got ahead of a commit index written without fsync proves the commit.
+    this.#committed = Math.max(committed, this.#applied);
     if (this.#committed > this.lastIndex) {
-      throw new RaftInputError(`persisted hard state: commit ${committed} is past the last entry ${this.lastIndex}`);
-    }
-    if (this.#applied > this.#committed) {
-      throw new RaftInputError(`persisted state: applied ${applied} is past commit ${this.#committed}`);
+      throw new RaftInputError(
+        `persisted state: commit ${this.#committed} (hard state ${committed}, applied ${applied}) is past the last entry ${this.lastIndex}`,
+      );
     }
   }
 

@@ -79,12 +79,15 @@ export function validateMessage(m: Message, self: NodeId): void {
       counter(m, 'index', m.index);
       counter(m, 'nextOffset', m.nextOffset);
       return;
+    case 'read_index':
+      if (typeof m.ctx !== 'string') fail(m, 'ctx', 'must be a string');
+      return;
     case 'read_index_response':
+      if (typeof m.ctx !== 'string') fail(m, 'ctx', 'must be a string');
       counter(m, 'index', m.index);
       return;
     case 'vote_response':
     case 'timeout_now':
-    case 'read_index':
       return;
   }
 }
