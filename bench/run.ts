@@ -58,6 +58,10 @@ const BENCHES: Record<string, BenchEntry> = {
     summary: 'framed libp2p stream (TCP + Noise + Yamux + FramedStream) vs raw TCP on loopback: throughput and ping-pong latency',
     load: async () => (await import('./transport.ts')).transportBench,
   },
+  raft: {
+    summary: '3-member dwcp vs 3-member etcd on this machine: closed-loop 256-byte puts at 1, 16 and 64 clients, ops/s and p50/p99 latency',
+    load: async () => (await import('./raft.ts')).raftBench,
+  },
   codec: { summary: 'our LZ4 and zstd (levels 1, 3, 9) vs the lz4 and zstd CLIs on VM-image-like data: MiB/s and ratio', load: async () => (await import('./codec.ts')).codecBench },
 };
 

@@ -20,9 +20,11 @@ import { probeSocket } from './socket.ts';
 /** Protobuf package of every admin service. */
 export const ADMIN_PACKAGE = 'dwcp.admin.v1';
 export const ADMIN_SERVICE = `${ADMIN_PACKAGE}.Admin`;
+export const KV_SERVICE = `${ADMIN_PACKAGE}.Kv`;
+export const RAFT_SERVICE = `${ADMIN_PACKAGE}.Raft`;
 
 /** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
-export const ADMIN_PROTO_FILES = ['admin.proto'];
+export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto'];
 
 /**
  * snake_case field names as in the .proto, int64 as strings (no silent
@@ -129,6 +131,135 @@ function statusFromWire(s: WireStatus): StatusResponse {
   };
 }
 
+// ---------------------------------------------------------------- Kv and Raft
+
+/** uint64 fields arrive as decimal strings (PROTO_LOADER_OPTIONS); log indices and revisions stay far below 2^53. */
+type Wire<T> = { [K in keyof T]: T[K] extends number ? string | number : T[K] };
+
+export interface KvWriteOptions {
+  scope: string;
+  client_id: string;
+  seq: number;
+  timeout_ms: number;
+}
+
+export interface KvItem {
+  key: string;
+  value: Uint8Array;
+  revision: number;
+  create_revision: number;
+}
+
+export interface KvWriteResponse {
+  ok: boolean;
+  revision: number;
+  reason: string;
+  current_revision: number;
+  prev: KvItem | null;
+  leader: string;
+}
+
+export interface KvGetRequest {
+  key: string;
+  consistency: string;
+  scope: string;
+  prefix: boolean;
+  limit: number;
+  timeout_ms: number;
+}
+
+export interface KvGetResponse {
+  items: KvItem[];
+  applied_index: number;
+}
+
+export interface RaftProgress {
+  id: string;
+  match: number;
+  next: number;
+  state: string;
+  learner: boolean;
+  recent_active: boolean;
+}
+
+export interface RaftStatusResponse {
+  id: string;
+  role: string;
+  term: number;
+  leader: string;
+  commit_index: number;
+  applied_index: number;
+  last_index: number;
+  last_term: number;
+  snapshot_index: number;
+  voters: string[];
+  learners: string[];
+  progress: RaftProgress[];
+  pending_proposals: number;
+}
+
+export interface RaftMember {
+  id: string;
+  role: string;
+  leader: boolean;
+}
+
+export interface RaftMembersResponse {
+  members: RaftMember[];
+}
+
+function num(value: string | number): number {
+  return typeof value === 'number' ? value : Number(value);
+}
+
+function itemFromWire(i: Wire<KvItem>): KvItem {
+  return { key: i.key, value: i.value, revision: num(i.revision), create_revision: num(i.create_revision) };
+}
+
+function writeFromWire(w: Omit<Wire<KvWriteResponse>, 'prev'> & { prev?: Wire<KvItem> }): KvWriteResponse {
+  return {
+    ok: w.ok,
+    revision: num(w.revision),
+    reason: w.reason,
+    current_revision: num(w.current_revision),
+    prev: w.prev === undefined ? null : itemFromWire(w.prev),
+    leader: w.leader,
+  };
+}
+
+function raftStatusFromWire(s: Omit<Wire<RaftStatusResponse>, 'progress'> & { progress: Wire<RaftProgress>[] }): RaftStatusResponse {
+  return {
+    id: s.id,
+    role: s.role,
+    term: num(s.term),
+    leader: s.leader,
+    commit_index: num(s.commit_index),
+    applied_index: num(s.applied_index),
+    last_index: num(s.last_index),
+    last_term: num(s.last_term),
+    snapshot_index: num(s.snapshot_index),
+    voters: s.voters,
+    learners: s.learners,
+    progress: s.progress.map((p) => ({ ...p, match: num(p.match), next: num(p.next) })),
+    pending_proposals: num(s.pending_proposals),
+  };
+}
+
+export interface KvClient {
+  put(key: string, value: Uint8Array, options: KvWriteOptions): Promise<KvWriteResponse>;
+  delete(key: string, options: KvWriteOptions): Promise<KvWriteResponse>;
+  cas(key: string, expectedRevision: number, value: Uint8Array, options: KvWriteOptions): Promise<KvWriteResponse>;
+  get(request: KvGetRequest): Promise<KvGetResponse>;
+}
+
+export interface RaftClient {
+  status(): Promise<RaftStatusResponse>;
+  members(): Promise<RaftMembersResponse>;
+  addMember(id: string, timeoutMs: number): Promise<RaftMembersResponse>;
+  removeMember(id: string, timeoutMs: number): Promise<RaftMembersResponse>;
+  transferLeader(to: string, timeoutMs: number): Promise<{ leader: string }>;
+}
+
 export class AdminClientError extends Error {
   /** The gRPC status of the failed call, null when the failure was before any call. */
   readonly grpcCode: grpc.status | null;
@@ -143,6 +274,8 @@ export interface AdminClient {
   readonly socketPath: string;
   status(): Promise<StatusResponse>;
   members(): Promise<MembersResponse>;
+  readonly kv: KvClient;
+  readonly raft: RaftClient;
   close(): void;
 }
 
@@ -184,12 +317,19 @@ async function explainFailure(err: unknown, socketPath: string, method: string, 
 
 /** Opens a channel to the daemon; connection happens on the first call, so this never throws on a bad path. */
 export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminClient {
-  const admin = serviceDefinition(loadAdminPackage(), ADMIN_SERVICE);
+  const pkg = loadAdminPackage();
+  const services = new Map([ADMIN_SERVICE, KV_SERVICE, RAFT_SERVICE].map((name) => [name, serviceDefinition(pkg, name)]));
   const client = new grpc.Client(`unix:${socketPath}`, grpc.credentials.createInsecure());
 
-  function unary<Req, Res>(methodName: string, request: Req): Promise<Res> {
-    const method = admin[methodName] as MethodDefinition<Req, Res> | undefined;
-    if (method === undefined) return Promise.reject(new AdminClientError(`${methodName} is not a method of ${ADMIN_SERVICE}`, null));
+  /**
+   * One call; `timeoutMs` is the request's own server-side timeout when it
+   * carries one, and the call's deadline then leaves the server room to say
+   * why it gave up rather than the client cutting it off first.
+   */
+  function call<Req, Res>(service: string, methodName: string, request: Req, timeoutMs = opts.timeoutMs): Promise<Res> {
+    const method = services.get(service)?.[methodName] as MethodDefinition<Req, Res> | undefined;
+    if (method === undefined) return Promise.reject(new AdminClientError(`${methodName} is not a method of ${service}`, null));
+    const deadlineMs = timeoutMs === opts.timeoutMs ? timeoutMs : timeoutMs + 1000;
     return new Promise<Res>((resolve, reject) => {
       client.makeUnaryRequest(
         method.path,
@@ -197,10 +337,10 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
         method.responseDeserialize,
         request,
         new grpc.Metadata(),
-        { deadline: Date.now() + opts.timeoutMs },
+        { deadline: Date.now() + deadlineMs },
         (err, value) => {
           if (err || value === undefined) {
-            explainFailure(err ?? new Error('empty response'), socketPath, methodName, opts.timeoutMs).then(reject, reject);
+            explainFailure(err ?? new Error('empty response'), socketPath, methodName, deadlineMs).then(reject, reject);
           } else {
             resolve(value);
           }
@@ -209,10 +349,33 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
     });
   }
 
+  const unary = <Req, Res>(methodName: string, request: Req) => call<Req, Res>(ADMIN_SERVICE, methodName, request);
+  type WireWrite = Parameters<typeof writeFromWire>[0];
+  const write = async <Req extends { key: string; options: KvWriteOptions }>(method: string, request: Req) =>
+    writeFromWire(await call<Req, WireWrite>(KV_SERVICE, method, request, request.options.timeout_ms || opts.timeoutMs));
+  type WireRaftMembers = RaftMembersResponse;
+  const raftCall = <Req, Res>(method: string, request: Req, timeoutMs?: number) => call<Req, Res>(RAFT_SERVICE, method, request, timeoutMs);
+
   return {
     socketPath,
     status: async () => statusFromWire(await unary<StatusRequest, WireStatus>('Status', {})),
     members: async () => ({ members: (await unary<MembersRequest, WireMembers>('Members', {})).members.map(memberFromWire) }),
+    kv: {
+      put: (key, value, options) => write('Put', { key, value, options }),
+      delete: (key, options) => write('Delete', { key, options }),
+      cas: (key, expectedRevision, value, options) => write('Cas', { key, expected_revision: expectedRevision, value, options }),
+      get: async (request) => {
+        const res = await call<KvGetRequest, { items: Wire<KvItem>[]; applied_index: string }>(KV_SERVICE, 'Get', request, request.timeout_ms || opts.timeoutMs);
+        return { items: res.items.map(itemFromWire), applied_index: num(res.applied_index) };
+      },
+    },
+    raft: {
+      status: async () => raftStatusFromWire(await raftCall('Status', {})),
+      members: () => raftCall<object, WireRaftMembers>('Members', {}),
+      addMember: (id, timeoutMs) => raftCall<object, WireRaftMembers>('AddMember', { id, timeout_ms: timeoutMs }, timeoutMs),
+      removeMember: (id, timeoutMs) => raftCall<object, WireRaftMembers>('RemoveMember', { id, timeout_ms: timeoutMs }, timeoutMs),
+      transferLeader: (to, timeoutMs) => raftCall<object, { leader: string }>('TransferLeader', { to, timeout_ms: timeoutMs }, timeoutMs),
+    },
     close: () => client.close(),
   };
 }

@@ -16,7 +16,9 @@
  */
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
 import { connectAdmin, type AdminClient } from '../admin/client.ts';
+import { UsageError, type CliIo, type Command, type FlagValues } from './command.ts';
 import { formatJson, formatMembers, formatStatus } from './format.ts';
+import { KV_COMMAND, RAFT_COMMAND } from './kv-raft.ts';
 import { VERSION } from '../daemon/version.ts';
 import { defaultAdminSocket } from '../config/paths.ts';
 
@@ -24,50 +26,15 @@ const DEFAULT_TIMEOUT_MS = 5000;
 const MAX_TIMEOUT_MS = 3_600_000;
 const USAGE = 'usage: dwcpctl [--socket PATH] [--timeout MS] <command> [--json]';
 
-export interface CliIo {
-  stdout(text: string): void;
-  stderr(text: string): void;
-}
-
-export type FlagValues = Record<string, string | boolean | (string | boolean)[] | undefined>;
-
-export interface CommandContext {
-  /** Positional arguments after the command name (e.g. a subcommand and its key). */
-  args: string[];
-  /** Values of global and command-specific flags, by long name. */
-  flags: FlagValues;
-  json: boolean;
-  /** The admin client, connected on first use (the socket is only resolved then). */
-  admin(): Promise<AdminClient>;
-  env: NodeJS.ProcessEnv;
-  io: CliIo;
-}
-
-export interface Command {
-  name: string;
-  /** One line for the help text. */
-  summary: string;
-  /** Argument synopsis after the name, for the help text; commands without it take no arguments. */
-  args?: string;
-  /** Flags only this command accepts. */
-  options?: ParseArgsOptionsConfig;
-  run(ctx: CommandContext): Promise<void> | void;
-}
-
-/** A mistake in how dwcpctl was invoked: exit 2 with the usage hint. */
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
-
 const GLOBAL_OPTIONS = {
   socket: { type: 'string' },
   timeout: { type: 'string' },
   json: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsOptionsConfig;
+
+export { UsageError } from './command.ts';
+export type { CliIo, Command, CommandContext, FlagValues } from './command.ts';
 
 export const COMMANDS: readonly Command[] = [
   {
@@ -86,6 +53,8 @@ export const COMMANDS: readonly Command[] = [
       ctx.io.stdout(ctx.json ? formatJson(m) : formatMembers(m.members));
     },
   },
+  KV_COMMAND,
+  RAFT_COMMAND,
   {
     name: 'version',
     summary: 'print the dwcpctl version',

@@ -177,6 +177,7 @@ export function resolveConfig(input: ResolveInput = {}): DwcpConfig {
     logLevel: f.logLevel ?? 'info',
     members: f.members.map((m) => ({ ...m, trust: m.trust ?? defaultTrust(m.provider) })),
     network: f.network,
+    raft: f.raft,
     configPath,
   };
 }

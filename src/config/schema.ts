@@ -92,6 +92,24 @@ const NetworkSchema = z.strictObject({
   internetMinRttMs: z.number().min(0).max(60_000).default(100),
 });
 
+const RaftSchema = z.strictObject({
+  /** Wall-clock length of one Raft tick; election and heartbeat timeouts are counted in ticks. */
+  tickMs: millis(10_000).default(100),
+  /** Followers wait a random 1–2× this many ticks without a leader before campaigning. */
+  electionTicks: z.number().int().min(3).max(10_000).default(10),
+  heartbeatTicks: z.number().int().min(1).max(10_000).default(1),
+  /** Snapshot the state machine and compact the log after this many applied entries. */
+  snapshotEntries: z.number().int().min(16).max(100_000_000).default(10_000),
+  /** Deadline for a client request (a write, a strong read) that names none. */
+  requestTimeoutMs: millis(600_000).default(5_000),
+  /**
+   * Start as a node to be added to an existing Raft group (dwcpctl raft
+   * add-member on a current member) instead of founding one with every trusted
+   * member listed in the config.
+   */
+  join: z.boolean().default(false),
+});
+
 export const ConfigFileSchema = z
   .strictObject({
     federation: name.describe('federation id'),
@@ -103,6 +121,7 @@ export const ConfigFileSchema = z
     logLevel: z.enum(LOG_LEVELS).optional(),
     members: z.array(MemberSchema).default([]),
     network: NetworkSchema.default(NetworkSchema.parse({})),
+    raft: RaftSchema.default(RaftSchema.parse({})),
   })
   .superRefine((cfg, ctx) => {
     const names = new Map<string, number>([[cfg.node.name, -1]]);
@@ -126,6 +145,15 @@ export const ConfigFileSchema = z
         message: `must not exceed network.reconnectMaxMs (${cfg.network.reconnectMaxMs})`,
       });
     }
+    if (cfg.raft.heartbeatTicks >= cfg.raft.electionTicks) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['raft', 'heartbeatTicks'],
+        input: cfg.raft.heartbeatTicks,
+        params: { sentence: true },
+        message: `must be below raft.electionTicks (${cfg.raft.electionTicks})`,
+      });
+    }
     if (cfg.network.datacenterMaxRttMs > cfg.network.internetMinRttMs) {
       ctx.addIssue({
         code: 'custom',
@@ -139,6 +167,7 @@ export const ConfigFileSchema = z
 
 export type ConfigFile = z.infer<typeof ConfigFileSchema>;
 export type NetworkConfig = z.infer<typeof NetworkSchema>;
+export type RaftSettings = z.infer<typeof RaftSchema>;
 
 /** A federation member as the rest of the daemon sees it: trust always resolved. */
 export interface MemberConfig {
@@ -168,6 +197,7 @@ export interface DwcpConfig {
   logLevel: LogLevel;
   members: MemberConfig[];
   network: NetworkConfig;
+  raft: RaftSettings;
   /** The file this came from, if any (SIGHUP re-reads it). */
   configPath: string | undefined;
 }

@@ -30,6 +30,67 @@ export interface DwcpMetrics {
   framesRejected: Counter<'protocol' | 'reason'>;
   peerRtt: Histogram<'peer'>;
   adminRequests: Counter<'method' | 'code'>;
+  raft: RaftMetrics;
+}
+
+/** Outcomes of a client proposal as the driver sees them; bounded for label cardinality. */
+export const PROPOSAL_RESULTS = ['committed', 'not_leader', 'no_leader', 'dropped', 'timeout', 'lost', 'stopped'] as const;
+export type ProposalResult = (typeof PROPOSAL_RESULTS)[number];
+
+export interface RaftMetrics {
+  term: Gauge;
+  isLeader: Gauge;
+  leaderChanges: Counter;
+  commitIndex: Gauge;
+  appliedIndex: Gauge;
+  proposals: Counter<'result'>;
+  appendDuration: Histogram;
+  fsyncDuration: Histogram;
+  snapshotsSent: Counter;
+  snapshotsInstalled: Counter;
+}
+
+/** Storage latencies from ~50 µs (page cache) to seconds (a stalled disk). */
+const STORAGE_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+
+function createRaftMetrics(registers: Registry[]): RaftMetrics {
+  const m: RaftMetrics = {
+    term: new Gauge({ name: 'dwcp_raft_term', help: 'Current Raft term of this node.', registers }),
+    isLeader: new Gauge({ name: 'dwcp_raft_is_leader', help: '1 while this node is the Raft leader, else 0.', registers }),
+    leaderChanges: new Counter({
+      name: 'dwcp_raft_leader_changes_total',
+      help: 'Times the leader this node knows of changed (including to none).',
+      registers,
+    }),
+    commitIndex: new Gauge({ name: 'dwcp_raft_commit_index', help: 'Highest log index known committed.', registers }),
+    appliedIndex: new Gauge({ name: 'dwcp_raft_applied_index', help: 'Highest log index applied to the state machine.', registers }),
+    proposals: new Counter({
+      name: 'dwcp_raft_proposals_total',
+      help: 'Client proposals handled by this node, by result.',
+      labelNames: ['result'],
+      registers,
+    }),
+    appendDuration: new Histogram({
+      name: 'dwcp_raft_append_duration_seconds',
+      help: 'Time to write one Ready batch of log entries and hard state, before the sync.',
+      buckets: STORAGE_BUCKETS,
+      registers,
+    }),
+    fsyncDuration: new Histogram({
+      name: 'dwcp_raft_fsync_duration_seconds',
+      help: 'Time to make one group-committed storage transaction durable.',
+      buckets: STORAGE_BUCKETS,
+      registers,
+    }),
+    snapshotsSent: new Counter({ name: 'dwcp_raft_snapshots_sent_total', help: 'Snapshots this leader started sending to a follower.', registers }),
+    snapshotsInstalled: new Counter({
+      name: 'dwcp_raft_snapshots_installed_total',
+      help: 'Snapshots received from a leader and installed.',
+      registers,
+    }),
+  };
+  for (const result of PROPOSAL_RESULTS) m.proposals.inc({ result }, 0);
+  return m;
 }
 
 export function createMetrics(opts: { defaultMetrics?: boolean } = {}): DwcpMetrics {
@@ -103,6 +164,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): DwcpMetr
       labelNames: ['method', 'code'],
       registers,
     }),
+    raft: createRaftMetrics(registers),
   };
   // Export zeroes for every bounded label value so rate() works from the first scrape.
   for (const reason of REFUSAL_REASONS) m.connectionsRefused.inc({ reason }, 0);

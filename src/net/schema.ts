@@ -7,6 +7,9 @@
  * Invariants: decode never returns an unvalidated value and throws only a
  * FrameError('schema') whose message names the message type and the field;
  * encode runs the same validation, so we never send what a peer must reject.
+ * Decoded bytes fields are views of the input frame: copy what you keep. A
+ * schema may opt into strictFields to refuse duplicated singular fields and
+ * doubly-set oneofs, which protobuf itself tolerates (last one wins).
  *
  * Conversion choices (toObject): proto3 defaults are filled in (a missing
  * string is '', so "required" means non-empty), repeated fields are always
@@ -52,39 +55,127 @@ function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-export function protoSchema<T extends object>(type: protobuf.Type, validate: (obj: Record<string, unknown>) => T): MessageSchema<T> {
-  const name = type.fullName.replace(/^\./, '');
-  const schemaError = (problem: string): FrameError => new FrameError('schema', `${name}: ${problem}`);
-  const check = (obj: Record<string, unknown>): T => {
-    try {
-      return validate(obj);
-    } catch (err) {
-      if (err instanceof FieldError) throw schemaError(`field ${err.field} ${err.problem}`);
-      throw err;
-    }
-  };
+export interface ProtoSchemaOptions {
+  /**
+   * Also refuse what protobuf itself tolerates but no correct peer of ours
+   * sends: a singular field that occurs twice (protobuf keeps the last), two
+   * members of one oneof, a known field with the wrong wire type (protobuf
+   * treats it as unknown). Unknown field numbers are still skipped, so a newer
+   * peer may add fields. Costs one extra pass over the frame.
+   */
+  strictFields?: boolean;
+}
+
+function schemaName(type: protobuf.Type): string {
+  return type.fullName.replace(/^\./, '');
+}
+
+function schemaErrorFor(type: protobuf.Type): (problem: string) => FrameError {
+  return (problem) => new FrameError('schema', `${schemaName(type)}: ${problem}`);
+}
+
+function checked<T>(type: protobuf.Type, run: () => T): T {
+  try {
+    return run();
+  } catch (err) {
+    if (err instanceof FieldError) throw schemaErrorFor(type)(`field ${err.field} ${err.problem}`);
+    throw err;
+  }
+}
+
+/** The encoding of `msg` (in the JS shape fromObject takes), after checking it with the validator the receiver runs. */
+export function encodeProto(type: protobuf.Type, msg: Record<string, unknown>, validate: (obj: Record<string, unknown>) => unknown): Uint8Array {
+  let wire: protobuf.Message;
+  try {
+    wire = type.fromObject(msg);
+  } catch (err) {
+    throw schemaErrorFor(type)(errorText(err));
+  }
+  checked(type, () => validate(type.toObject(wire, TO_OBJECT)));
+  return type.encode(wire).finish();
+}
+
+/** Decodes and validates one message: what protoSchema's decode does, for schemas whose validator needs more context than the bytes. */
+export function decodeProto<T>(type: protobuf.Type, bytes: Uint8Array, validate: (obj: Record<string, unknown>) => T, opts: ProtoSchemaOptions = {}): T {
+  let wire: protobuf.Message;
+  try {
+    wire = type.decode(bytes);
+  } catch (err) {
+    throw schemaErrorFor(type)(`not a valid protobuf encoding (${errorText(err)})`);
+  }
+  if (opts.strictFields === true) checked(type, () => checkFieldsOnce(type, bytes));
+  return checked(type, () => validate(type.toObject(wire, TO_OBJECT)));
+}
+
+export function protoSchema<T extends object>(
+  type: protobuf.Type,
+  validate: (obj: Record<string, unknown>) => T,
+  opts: ProtoSchemaOptions = {},
+): MessageSchema<T> {
   return {
-    name,
-    encode(msg) {
-      let wire: protobuf.Message;
-      try {
-        wire = type.fromObject(msg as Record<string, unknown>);
-      } catch (err) {
-        throw schemaError(errorText(err));
-      }
-      check(type.toObject(wire, TO_OBJECT));
-      return type.encode(wire).finish();
-    },
-    decode(bytes) {
-      let wire: protobuf.Message;
-      try {
-        wire = type.decode(bytes);
-      } catch (err) {
-        throw schemaError(`not a valid protobuf encoding (${errorText(err)})`);
-      }
-      return check(type.toObject(wire, TO_OBJECT));
-    },
+    name: schemaName(type),
+    encode: (msg) => encodeProto(type, msg as Record<string, unknown>, validate),
+    decode: (bytes) => decodeProto(type, bytes, validate, opts),
   };
+}
+
+const WIRE_LENGTH_DELIMITED = 2;
+
+function expectedWireTypes(field: protobuf.Field): readonly number[] {
+  if (field.map || field.resolvedType instanceof protobuf.Type) return [WIRE_LENGTH_DELIMITED];
+  const basic = field.resolvedType instanceof protobuf.Enum ? 0 : protobuf.types.basic[field.type as keyof typeof protobuf.types.basic];
+  // A repeated scalar may arrive packed or not, whatever the .proto says.
+  return field.repeated && basic !== WIRE_LENGTH_DELIMITED ? [basic, WIRE_LENGTH_DELIMITED] : [basic];
+}
+
+/**
+ * The strictFields pass: walks an encoding protobufjs has already accepted
+ * (so lengths are in range) and throws a FieldError naming the first field
+ * that breaks the rules, by its JS path (`messages[2].append.prevIndex`).
+ */
+function checkFieldsOnce(type: protobuf.Type, bytes: Uint8Array): void {
+  const reader = protobuf.Reader.create(bytes);
+  try {
+    walkFields(type, reader, reader.len, '');
+  } catch (err) {
+    if (err instanceof FieldError) throw err;
+    // Not expected after a successful decode; refused all the same rather than let a reader error escape.
+    throw new FieldError('(frame)', `is not a valid protobuf encoding (${errorText(err)})`);
+  }
+}
+
+function walkFields(type: protobuf.Type, reader: protobuf.Reader, end: number, path: string): void {
+  const seen = new Map<number, number>();
+  const oneofMember = new Map<string, string>();
+  while (reader.pos < end) {
+    const tag = reader.uint32();
+    const id = tag >>> 3;
+    const wireType = tag & 7;
+    const field = type.fieldsById[id]?.resolve();
+    if (field === undefined) {
+      reader.skipType(wireType);
+      continue;
+    }
+    const count = seen.get(id) ?? 0;
+    seen.set(id, count + 1);
+    const name = field.repeated ? `${path}${field.name}[${count}]` : `${path}${field.name}`;
+    if (!expectedWireTypes(field).includes(wireType)) {
+      throw new FieldError(name, `has wire type ${wireType}, expected ${expectedWireTypes(field).join(' or ')}`);
+    }
+    if (!field.repeated && count > 0) throw new FieldError(name, 'occurs more than once');
+    const oneof = field.partOf;
+    if (oneof !== null) {
+      const other = oneofMember.get(oneof.name);
+      if (other !== undefined) throw new FieldError(`${path}${oneof.name}`, `sets both ${other} and ${field.name}`);
+      oneofMember.set(oneof.name, field.name);
+    }
+    if (field.resolvedType instanceof protobuf.Type && !field.map) {
+      const length = reader.uint32();
+      walkFields(field.resolvedType, reader, reader.pos + length, `${name}.`);
+    } else {
+      reader.skipType(wireType);
+    }
+  }
 }
 
 /** Payload bytes as they are, for bulk protocols whose content is checked elsewhere. */
@@ -140,9 +231,7 @@ export function requireEnum<const V extends readonly string[]>(obj: Record<strin
   throw new FieldError(field, `is ${describe(value)}, not one of ${values.join(', ')}`);
 }
 
-/** A nested message, checked by `validate`; its errors name the path (`hello.federation`). */
-export function requireMessage<T>(obj: Record<string, unknown>, field: string, validate: (sub: Record<string, unknown>) => T): T {
-  const value = obj[field];
+function checkMessage<T>(field: string, value: unknown, validate: (sub: Record<string, unknown>) => T): T {
   if (value === undefined || value === null) throw new FieldError(field, 'is required');
   if (typeof value !== 'object' || Array.isArray(value) || value instanceof Uint8Array) return expect(field, value, 'a message');
   try {
@@ -151,6 +240,24 @@ export function requireMessage<T>(obj: Record<string, unknown>, field: string, v
     if (err instanceof FieldError) throw new FieldError(`${field}.${err.field}`, err.problem);
     throw err;
   }
+}
+
+/** A nested message, checked by `validate`; its errors name the path (`hello.federation`). */
+export function requireMessage<T>(obj: Record<string, unknown>, field: string, validate: (sub: Record<string, unknown>) => T): T {
+  return checkMessage(field, obj[field], validate);
+}
+
+/** A repeated nested message, each item checked by `validate`; errors name the item (`entries[3].index`). */
+export function requireMessages<T>(
+  obj: Record<string, unknown>,
+  field: string,
+  validate: (sub: Record<string, unknown>) => T,
+  { maxItems }: { maxItems: number },
+): T[] {
+  const value = obj[field];
+  if (!Array.isArray(value)) return expect(field, value, 'a list of messages');
+  if (value.length > maxItems) throw new FieldError(field, `has ${value.length} entries, above the ${maxItems}-entry limit`);
+  return value.map((item: unknown, i) => checkMessage(`${field}[${i}]`, item, validate));
 }
 
 export function requireUint(obj: Record<string, unknown>, field: string, { min = 0, max = 2 ** 32 - 1 } = {}): number {

@@ -1,0 +1,217 @@
+/**
+ * dwcpctl's `kv` and `raft` commands: the replicated key-value store and the
+ * Raft group behind it.
+ *
+ *   dwcpctl kv put KEY VALUE | get KEY | delete KEY | cas KEY VALUE --revision N
+ *   dwcpctl raft status | members | add-member ID | remove-member ID | transfer-leader [ID]
+ *
+ * A write carries a client id made up per invocation and sequence 1, so the
+ * daemon's own retries (leader changes during the call) apply it once. The
+ * global --timeout bounds the whole request on the daemon's side: with no
+ * leader or no quorum the command fails after it with a message that says so
+ * and that a retry may succeed, never hanging.
+ */
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { ParseArgsOptionsConfig } from 'node:util';
+import type { KvGetResponse, KvItem, KvWriteOptions, KvWriteResponse, RaftMembersResponse, RaftStatusResponse } from '../admin/client.ts';
+import { formatJson, renderFields, renderTable } from './format.ts';
+import type { Command, CommandContext } from './command.ts';
+import { UsageError } from './command.ts';
+
+const SCOPES = ['datacenter', 'federation'] as const;
+const CONSISTENCIES = ['strong', 'local'] as const;
+const DEFAULT_TIMEOUT_MS = 5000;
+
+const KV_OPTIONS = {
+  scope: { type: 'string' },
+  consistency: { type: 'string' },
+  revision: { type: 'string' },
+  prefix: { type: 'boolean' },
+  limit: { type: 'string' },
+} as const satisfies ParseArgsOptionsConfig;
+
+function oneOf<const V extends readonly string[]>(flag: string, raw: unknown, values: V, fallback: V[number]): V[number] {
+  if (raw === undefined) return fallback;
+  const match = values.find((v) => v === raw);
+  if (match === undefined) throw new UsageError(`--${flag}: ${JSON.stringify(raw)} is not one of ${values.join('|')}`);
+  return match;
+}
+
+function wholeNumber(flag: string, raw: unknown, min: number): number {
+  const n = typeof raw === 'string' && /^\d+$/.test(raw) ? Number(raw) : NaN;
+  if (!(n >= min && Number.isSafeInteger(n))) throw new UsageError(`--${flag}: ${JSON.stringify(raw)} is not a whole number >= ${min}`);
+  return n;
+}
+
+function args(ctx: CommandContext, sub: string, names: readonly string[]): string[] {
+  const given = ctx.args.slice(1);
+  if (given.length !== names.length) {
+    throw new UsageError(`${sub} takes ${names.length === 0 ? 'no arguments' : names.join(' ')} (got ${given.length} argument${given.length === 1 ? '' : 's'})`);
+  }
+  return given;
+}
+
+function timeoutOf(ctx: CommandContext): number {
+  const raw = ctx.flags.timeout;
+  return typeof raw === 'string' ? Number(raw) : DEFAULT_TIMEOUT_MS;
+}
+
+function writeOptions(ctx: CommandContext): KvWriteOptions {
+  return {
+    scope: oneOf('scope', ctx.flags.scope, SCOPES, 'datacenter'),
+    client_id: `dwcpctl-${hostname()}-${process.pid}-${randomBytes(6).toString('hex')}`,
+    seq: 1,
+    timeout_ms: timeoutOf(ctx),
+  };
+}
+
+const decoder = new TextDecoder('utf-8', { fatal: false });
+
+function itemJson(i: KvItem): Record<string, unknown> {
+  return { key: i.key, value: decoder.decode(i.value), revision: i.revision, create_revision: i.create_revision };
+}
+
+function printWrite(ctx: CommandContext, op: string, key: string, res: KvWriteResponse): void {
+  if (ctx.json) {
+    ctx.io.stdout(formatJson({ ...res, prev: res.prev === null ? null : itemJson(res.prev) }));
+  } else if (!res.ok) {
+    ctx.io.stdout(`${op} ${key}: not applied (${res.reason}; current revision ${res.current_revision || 'none: key absent'})\n`);
+  } else if (op === 'delete' && res.prev === null) {
+    ctx.io.stdout(`delete ${key}: key did not exist\n`);
+  } else {
+    ctx.io.stdout(`OK ${op} ${key} revision ${res.revision}\n`);
+  }
+  // A failed compare-and-swap is an answer, not an error, but scripts need to see it.
+  if (!res.ok) throw new Error(`${op} ${key}: ${res.reason}`);
+}
+
+function printGet(ctx: CommandContext, key: string, prefix: boolean, res: KvGetResponse): void {
+  if (ctx.json) {
+    ctx.io.stdout(formatJson({ items: res.items.map(itemJson), applied_index: res.applied_index }));
+    if (!prefix && res.items.length === 0) throw new Error(`key ${JSON.stringify(key)} not found`);
+    return;
+  }
+  if (prefix) {
+    ctx.io.stdout(renderTable(['KEY', 'REVISION', 'VALUE'], res.items.map((i) => [i.key, String(i.revision), decoder.decode(i.value)])));
+    return;
+  }
+  const item = res.items[0];
+  if (item === undefined) throw new Error(`key ${JSON.stringify(key)} not found`);
+  ctx.io.stdout(`${decoder.decode(item.value)}\n`);
+}
+
+const encoder = new TextEncoder();
+
+async function kv(ctx: CommandContext): Promise<void> {
+  const sub = ctx.args[0];
+  const client = async () => (await ctx.admin()).kv;
+  switch (sub) {
+    case 'put': {
+      const [key = '', value = ''] = args(ctx, 'kv put', ['KEY', 'VALUE']);
+      printWrite(ctx, 'put', key, await (await client()).put(key, encoder.encode(value), writeOptions(ctx)));
+      return;
+    }
+    case 'delete': {
+      const [key = ''] = args(ctx, 'kv delete', ['KEY']);
+      printWrite(ctx, 'delete', key, await (await client()).delete(key, writeOptions(ctx)));
+      return;
+    }
+    case 'cas': {
+      const [key = '', value = ''] = args(ctx, 'kv cas', ['KEY', 'VALUE']);
+      if (ctx.flags.revision === undefined) throw new UsageError('kv cas needs --revision N (the revision the key must have; 0: must not exist)');
+      const expected = wholeNumber('revision', ctx.flags.revision, 0);
+      printWrite(ctx, 'cas', key, await (await client()).cas(key, expected, encoder.encode(value), writeOptions(ctx)));
+      return;
+    }
+    case 'get': {
+      const [key = ''] = args(ctx, 'kv get', ['KEY']);
+      const prefix = ctx.flags.prefix === true;
+      const res = await (await client()).get({
+        key,
+        consistency: oneOf('consistency', ctx.flags.consistency, CONSISTENCIES, 'strong'),
+        scope: oneOf('scope', ctx.flags.scope, SCOPES, 'datacenter'),
+        prefix,
+        limit: ctx.flags.limit === undefined ? 0 : wholeNumber('limit', ctx.flags.limit, 1),
+        timeout_ms: timeoutOf(ctx),
+      });
+      printGet(ctx, key, prefix, res);
+      return;
+    }
+    default:
+      throw new UsageError(`kv needs a subcommand: put, get, delete or cas${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`);
+  }
+}
+
+export function formatRaftStatus(s: RaftStatusResponse): string {
+  const fields = renderFields([
+    ['Node', s.id],
+    ['Role', s.role],
+    ['Term', String(s.term)],
+    ['Leader', s.leader || '- (none known)'],
+    ['Commit', String(s.commit_index)],
+    ['Applied', String(s.applied_index)],
+    ['Last', `${s.last_index} (term ${s.last_term})`],
+    ['Snapshot', String(s.snapshot_index)],
+    ['Voters', s.voters.join(', ') || '-'],
+    ['Learners', s.learners.join(', ') || '-'],
+  ]);
+  if (s.progress.length === 0) return fields;
+  const rows = s.progress.map((p) => [p.id, p.learner ? 'learner' : 'voter', String(p.match), String(p.next), p.state, p.recent_active ? 'yes' : 'no']);
+  return `${fields}\n${renderTable(['FOLLOWER', 'ROLE', 'MATCH', 'NEXT', 'STATE', 'ACTIVE'], rows)}`;
+}
+
+export function formatRaftMembers(m: RaftMembersResponse): string {
+  return renderTable(['ID', 'ROLE', 'LEADER'], m.members.map((x) => [x.id, x.role, x.leader ? 'yes' : '']));
+}
+
+async function raft(ctx: CommandContext): Promise<void> {
+  const sub = ctx.args[0];
+  const client = async () => (await ctx.admin()).raft;
+  const print = <T>(value: T, table: (v: T) => string) => ctx.io.stdout(ctx.json ? formatJson(value) : table(value));
+  switch (sub) {
+    case 'status':
+      args(ctx, 'raft status', []);
+      print(await (await client()).status(), formatRaftStatus);
+      return;
+    case 'members':
+      args(ctx, 'raft members', []);
+      print(await (await client()).members(), formatRaftMembers);
+      return;
+    case 'add-member': {
+      const [id = ''] = args(ctx, 'raft add-member', ['ID']);
+      print(await (await client()).addMember(id, timeoutOf(ctx)), formatRaftMembers);
+      return;
+    }
+    case 'remove-member': {
+      const [id = ''] = args(ctx, 'raft remove-member', ['ID']);
+      print(await (await client()).removeMember(id, timeoutOf(ctx)), formatRaftMembers);
+      return;
+    }
+    case 'transfer-leader': {
+      const given = ctx.args.slice(1);
+      if (given.length > 1) throw new UsageError('raft transfer-leader takes at most one argument, the new leader');
+      print(await (await client()).transferLeader(given[0] ?? '', timeoutOf(ctx)), (r) => `leader is now ${r.leader}\n`);
+      return;
+    }
+    default:
+      throw new UsageError(
+        `raft needs a subcommand: status, members, add-member, remove-member or transfer-leader${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`,
+      );
+  }
+}
+
+export const KV_COMMAND: Command = {
+  name: 'kv',
+  args: 'put KEY VALUE | get KEY | delete KEY | cas KEY VALUE --revision N',
+  summary: 'the replicated key-value store (--scope datacenter|federation, --consistency strong|local, --prefix, --limit N)',
+  options: KV_OPTIONS,
+  run: kv,
+};
+
+export const RAFT_COMMAND: Command = {
+  name: 'raft',
+  args: 'status | members | add-member ID | remove-member ID | transfer-leader [ID]',
+  summary: 'the Raft group of trusted members',
+  run: raft,
+};

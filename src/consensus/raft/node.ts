@@ -1,0 +1,588 @@
+/**
+ * RaftNode: the driver that runs one RaftCore against real time, a durable
+ * log store, a transport and a state machine, and turns the core's batches
+ * into answers for clients (a proposal's result, a linearizable read).
+ *
+ * One Ready is in flight at a time and its steps run in the order the core's
+ * contract demands: persist (snapshot, entries, hard state; fsync'd when the
+ * Ready says so), then send, then install/apply, then advance. Inputs that
+ * arrive while a Ready is being persisted accumulate in the core and leave in
+ * the next Ready: that is the group commit, one fsync for everything that
+ * arrived during the previous one.
+ *
+ * Client-facing invariants:
+ * - Every wait is bounded by the caller's deadline and ends in a result or a
+ *   RaftClientError whose code says whether a retry can help.
+ * - A proposal resolves only when the entry it created is applied with the
+ *   term it was proposed in; an entry overwritten by another leader is
+ *   reported `lost` (retry with the same client id and sequence: the state
+ *   machine deduplicates).
+ * - A read resolves only after the state machine has applied the index the
+ *   leader confirmed (ReadIndex), so it reflects every write acknowledged
+ *   before the read began.
+ * - A storage failure is fatal: the node stops rather than send what it
+ *   could not persist.
+ */
+import type { Logger } from '../../log.ts';
+import type { ProposalResult, RaftMetrics } from '../../metrics/metrics.ts';
+import type { ConfigChangeResult, RaftStatus } from './core.ts';
+import { RaftCore } from './core.ts';
+import type {
+  ConfigChange,
+  DropReason,
+  Message,
+  NodeId,
+  PersistedState,
+  ProposeResult,
+  RaftConfig,
+  Ready,
+  Role,
+  Snapshot,
+} from './types.ts';
+import { RaftInputError, RaftInvariantError } from './types.ts';
+
+/** The replicated state machine; must be deterministic. */
+export interface RaftStateMachine<R> {
+  /** Applies a committed command (never the leader's empty no-op). */
+  apply(index: number, data: Uint8Array): R;
+  snapshot(): Uint8Array;
+  restore(data: Uint8Array): void;
+}
+
+/** The durable half of the driver (RaftStorage). */
+export interface RaftLogStore {
+  persist(ready: Pick<Ready, 'hardState' | 'snapshot' | 'entries' | 'mustSync'>): Promise<void>;
+  saveSnapshot(snapshot: Snapshot): Promise<void>;
+}
+
+/** Best-effort delivery of one Ready's messages for one peer; Raft tolerates loss. Must not throw. */
+export interface RaftSender {
+  send(to: NodeId, messages: readonly Message[]): void;
+}
+
+export type RaftClientErrorCode = 'not_leader' | 'no_leader' | 'timeout' | 'dropped' | 'lost' | 'rejected' | 'stopped';
+
+const RETRYABLE: ReadonlySet<RaftClientErrorCode> = new Set(['not_leader', 'no_leader', 'timeout', 'dropped', 'lost']);
+
+export class RaftClientError extends Error {
+  readonly code: RaftClientErrorCode;
+  readonly leaderHint: NodeId | null;
+  /** The same request may succeed later (with the same client id and sequence, so it applies once). */
+  readonly retryable: boolean;
+
+  constructor(code: RaftClientErrorCode, message: string, leaderHint: NodeId | null = null) {
+    super(message);
+    this.name = 'RaftClientError';
+    this.code = code;
+    this.leaderHint = leaderHint;
+    this.retryable = RETRYABLE.has(code);
+  }
+}
+
+export interface RaftNodeOptions<R> {
+  readonly id: NodeId;
+  readonly persisted: PersistedState;
+  readonly store: RaftLogStore;
+  readonly sender: RaftSender;
+  readonly machine: RaftStateMachine<R>;
+  readonly random: () => number;
+  readonly config?: Partial<RaftConfig>;
+  /** Wall-clock length of one core tick. */
+  readonly tickMs: number;
+  /** Take a snapshot and compact the log once this many entries were applied since the last one. */
+  readonly snapshotEntries: number;
+  readonly metrics?: RaftMetrics;
+  readonly log: Logger;
+}
+
+export interface RaftNodeStatus extends RaftStatus {
+  readonly tickMs: number;
+  readonly pendingProposals: number;
+  readonly pendingReads: number;
+}
+
+interface PendingProposal<R> {
+  readonly term: number;
+  resolve(result: R): void;
+  reject(err: RaftClientError): void;
+}
+
+interface PendingRead {
+  resolve(): void;
+  reject(err: RaftClientError): void;
+}
+
+/** Drop reasons that clear up by themselves (a new leader settling, a transfer or config change ending). */
+const TRANSIENT_DROPS: ReadonlySet<DropReason> = new Set([
+  'leader_not_ready',
+  'transferring',
+  'config_change_in_flight',
+  'uncommitted_limit',
+  'pending_read_limit',
+  'learner_behind',
+]);
+
+function deadlineError(what: string, ms: number, leader: NodeId | null): RaftClientError {
+  const state = leader === null ? 'no leader is known (no quorum reachable?)' : `the leader is ${leader}`;
+  return new RaftClientError('timeout', `${what} did not complete within ${ms} ms; ${state}`, leader);
+}
+
+export class RaftNode<R> {
+  readonly id: NodeId;
+  readonly #core: RaftCore;
+  readonly #opts: RaftNodeOptions<R>;
+  readonly #log: Logger;
+  readonly #metrics: RaftMetrics | undefined;
+  readonly #proposals = new Map<number, PendingProposal<R>>();
+  readonly #reads = new Map<string, PendingRead>();
+  /** Confirmed reads waiting for the state machine to reach their index. */
+  readonly #readsToServe: { index: number; read: PendingRead }[] = [];
+  #readSeq = 0;
+  #applied: number;
+  #ticker: NodeJS.Timeout | undefined;
+  #driving: Promise<void> | null = null;
+  #stopped = false;
+  #failure: Error | null = null;
+  /** Resolved (and replaced) whenever something a waiting client may care about changed. */
+  #progress = Promise.withResolvers<void>();
+  #role: Role = 'follower';
+  #leader: NodeId | null = null;
+
+  constructor(opts: RaftNodeOptions<R>) {
+    this.id = opts.id;
+    this.#opts = opts;
+    this.#log = opts.log;
+    this.#metrics = opts.metrics;
+    this.#core = new RaftCore({ id: opts.id, storage: opts.persisted, random: opts.random, config: opts.config });
+    const snapshot = opts.persisted.snapshot;
+    if (snapshot.meta.index > 0) opts.machine.restore(snapshot.data);
+    this.#applied = Math.max(snapshot.meta.index, opts.persisted.applied ?? 0);
+    this.#metrics?.term.set(this.#core.term);
+    this.#metrics?.isLeader.set(0);
+  }
+
+  start(): void {
+    if (this.#ticker !== undefined || this.#stopped) return;
+    this.#ticker = setInterval(() => {
+      this.#core.tick();
+      this.#schedule();
+      // Waiters re-check once per tick too: some conditions they wait on
+      // (a learner catching up, a transfer target's log) show no other event here.
+      this.#signalProgress();
+    }, this.#opts.tickMs);
+    this.#schedule();
+  }
+
+  get role(): Role {
+    return this.#role;
+  }
+
+  get leader(): NodeId | null {
+    return this.#leader;
+  }
+
+  get isLeader(): boolean {
+    return this.#role === 'leader';
+  }
+
+  get applied(): number {
+    return this.#applied;
+  }
+
+  status(): RaftNodeStatus {
+    return {
+      ...this.#core.status(),
+      tickMs: this.#opts.tickMs,
+      pendingProposals: this.#proposals.size,
+      pendingReads: this.#reads.size + this.#readsToServe.length,
+    };
+  }
+
+  /** Messages from `from`, already authenticated and schema-checked by the transport. */
+  receive(messages: readonly Message[]): void {
+    if (this.#stopped) return;
+    for (const m of messages) {
+      try {
+        this.#core.step(m);
+      } catch (err) {
+        if (err instanceof RaftInputError) {
+          this.#log.warn({ peer: m.from, type: m.type, err: err.message }, 'raft message refused');
+          continue;
+        }
+        this.#fail(err);
+        return;
+      }
+    }
+    this.#schedule();
+  }
+
+  /**
+   * Proposes a command and resolves with the state machine's result once it
+   * is applied. Only the leader takes proposals; others fail `not_leader`
+   * (with the leader to forward to) or `no_leader`.
+   */
+  async propose(data: Uint8Array, timeoutMs: number): Promise<R> {
+    const deadline = AbortSignal.timeout(timeoutMs);
+    const submitted = await this.#retryTransient(deadline, 'proposal', timeoutMs, () => this.#core.propose(data));
+    this.#schedule();
+    return this.#awaitApplied(submitted, deadline, 'proposal', timeoutMs);
+  }
+
+  /**
+   * Waits until this node's state machine reflects every write committed
+   * before the call (ReadIndex through the leader), then returns; the caller
+   * reads its state machine directly afterwards.
+   */
+  async readBarrier(timeoutMs: number): Promise<void> {
+    const deadline = AbortSignal.timeout(timeoutMs);
+    for (;;) {
+      this.#throwIfStopped();
+      const ctx = `${this.id}:${++this.#readSeq}`;
+      const result = this.#core.readIndex(ctx);
+      this.#schedule();
+      if (result.kind === 'not_leader') {
+        await this.#waitForProgress(deadline, () => deadlineError('read', timeoutMs, this.#leader));
+        continue;
+      }
+      if (result.kind === 'dropped') {
+        if (!TRANSIENT_DROPS.has(result.reason)) throw new RaftClientError('dropped', `read refused: ${result.reason}`);
+        await this.#waitForProgress(deadline, () => deadlineError('read', timeoutMs, this.#leader));
+        continue;
+      }
+      const confirmed = await this.#awaitRead(ctx, deadline, timeoutMs);
+      if (confirmed) return;
+      // The leader never answered this round (it was lost with a leader change): ask again.
+    }
+  }
+
+  async changeMembership(change: ConfigChange, timeoutMs: number): Promise<void> {
+    const deadline = AbortSignal.timeout(timeoutMs);
+    const what = `${change.type} ${change.node}`;
+    const submitted = await this.#retryTransient(deadline, what, timeoutMs, () => this.#core.proposeConfigChange(change));
+    this.#schedule();
+    await this.#awaitApplied(submitted, deadline, what, timeoutMs);
+  }
+
+  /** Hands leadership to `to` (or the most caught-up voter) and waits until this node is no longer leader. */
+  async transferLeadership(to: NodeId | null, timeoutMs: number): Promise<NodeId> {
+    const deadline = AbortSignal.timeout(timeoutMs);
+    const target = to ?? this.#bestTransferee();
+    if (target === null) throw new RaftClientError('rejected', 'no other voter to transfer leadership to');
+    const result = this.#core.transferLeadership(target);
+    this.#schedule();
+    if (result.kind === 'not_leader') throw this.#notLeader(result.leaderHint);
+    if (result.kind === 'rejected') throw new RaftClientError('rejected', result.reason);
+    while (this.#role === 'leader') {
+      await this.#waitForProgress(deadline, () => deadlineError(`leadership transfer to ${target}`, timeoutMs, this.#leader));
+    }
+    return target;
+  }
+
+  /**
+   * Stops ticking and taking input, lets the Ready being persisted finish
+   * (so what it acknowledged is on disk), and fails every waiting client.
+   * With `transferMs`, a leader first hands leadership to a caught-up voter.
+   */
+  async stop(opts: { transferMs?: number } = {}): Promise<void> {
+    if (opts.transferMs !== undefined && this.#role === 'leader' && !this.#stopped) {
+      try {
+        const to = await this.transferLeadership(null, opts.transferMs);
+        this.#log.info({ to }, 'raft leadership transferred for shutdown');
+      } catch (err) {
+        this.#log.warn({ err: err instanceof Error ? err.message : String(err) }, 'raft leadership transfer on shutdown failed');
+      }
+    }
+    this.#stopped = true;
+    clearInterval(this.#ticker);
+    await this.#driving;
+    this.#failAll(new RaftClientError('stopped', 'raft node is stopping'));
+  }
+
+  // ---------------------------------------------------------------- clients
+
+  async #retryTransient(
+    deadline: AbortSignal,
+    what: string,
+    timeoutMs: number,
+    attempt: () => ProposeResult | ConfigChangeResult,
+  ): Promise<{ index: number; term: number }> {
+    for (;;) {
+      this.#throwIfStopped();
+      const result = attempt();
+      switch (result.kind) {
+        case 'accepted':
+          return result;
+        case 'not_leader':
+          this.#countProposal(result.leaderHint === null ? 'no_leader' : 'not_leader');
+          throw this.#notLeader(result.leaderHint);
+        case 'rejected':
+          throw new RaftClientError('rejected', `${what} rejected: ${result.reason}`);
+        case 'dropped':
+          if (!TRANSIENT_DROPS.has(result.reason)) {
+            this.#countProposal('dropped');
+            throw new RaftClientError('dropped', `${what} refused: ${result.reason}`);
+          }
+          await this.#waitForProgress(deadline, () => {
+            this.#countProposal('timeout');
+            return new RaftClientError('timeout', `${what} not accepted within ${timeoutMs} ms (${result.reason})`, this.#leader);
+          });
+      }
+    }
+  }
+
+  #awaitApplied(submitted: { index: number; term: number }, deadline: AbortSignal, what: string, timeoutMs: number): Promise<R> {
+    const { promise, resolve, reject } = Promise.withResolvers<R>();
+    const onTimeout = () => {
+      if (this.#proposals.get(submitted.index) !== pending) return;
+      this.#proposals.delete(submitted.index);
+      this.#countProposal('timeout');
+      reject(deadlineError(what, timeoutMs, this.#leader));
+    };
+    const pending: PendingProposal<R> = {
+      term: submitted.term,
+      resolve: (r) => {
+        deadline.removeEventListener('abort', onTimeout);
+        resolve(r);
+      },
+      reject: (err) => {
+        deadline.removeEventListener('abort', onTimeout);
+        reject(err);
+      },
+    };
+    this.#proposals.get(submitted.index)?.reject(this.#lost(submitted.index));
+    this.#proposals.set(submitted.index, pending);
+    deadline.addEventListener('abort', onTimeout, { once: true });
+    return promise;
+  }
+
+  /** True once served; false if the round went unanswered until the leader changed. */
+  #awaitRead(ctx: string, deadline: AbortSignal, timeoutMs: number): Promise<boolean> {
+    const { promise, resolve, reject } = Promise.withResolvers<boolean>();
+    const cleanup = () => {
+      deadline.removeEventListener('abort', onTimeout);
+      this.#reads.delete(ctx);
+    };
+    const onTimeout = () => {
+      cleanup();
+      reject(deadlineError('read', timeoutMs, this.#leader));
+    };
+    this.#reads.set(ctx, {
+      resolve: () => {
+        cleanup();
+        resolve(true);
+      },
+      reject: (err) => {
+        cleanup();
+        if (err.code === 'lost') resolve(false);
+        else reject(err);
+      },
+    });
+    deadline.addEventListener('abort', onTimeout, { once: true });
+    return promise;
+  }
+
+  async #waitForProgress(deadline: AbortSignal, onTimeout: () => RaftClientError): Promise<void> {
+    if (deadline.aborted) throw onTimeout();
+    const { promise, resolve } = Promise.withResolvers<boolean>();
+    const abort = () => resolve(false);
+    deadline.addEventListener('abort', abort, { once: true });
+    void this.#progress.promise.then(() => resolve(true));
+    const progressed = await promise;
+    deadline.removeEventListener('abort', abort);
+    if (!progressed) throw onTimeout();
+    this.#throwIfStopped();
+  }
+
+  #notLeader(hint: NodeId | null): RaftClientError {
+    if (hint === null) return new RaftClientError('no_leader', `${this.id} is not the leader and knows of none (election in progress or no quorum)`);
+    return new RaftClientError('not_leader', `${this.id} is not the leader; the leader is ${hint}`, hint);
+  }
+
+  #lost(index: number): RaftClientError {
+    return new RaftClientError('lost', `the entry at index ${index} was replaced by another leader's; the outcome is unknown, retry`, this.#leader);
+  }
+
+  #throwIfStopped(): void {
+    if (this.#failure !== null) throw new RaftClientError('stopped', `raft node failed: ${this.#failure.message}`);
+    if (this.#stopped) throw new RaftClientError('stopped', 'raft node is stopping');
+  }
+
+  #countProposal(result: ProposalResult): void {
+    this.#metrics?.proposals.inc({ result });
+  }
+
+  #bestTransferee(): NodeId | null {
+    const status = this.#core.status();
+    let best: { id: NodeId; match: number } | null = null;
+    for (const [id, p] of status.progress ?? []) {
+      if (id === this.id || !status.membership.voters.includes(id)) continue;
+      if (best === null || p.match > best.match) best = { id, match: p.match };
+    }
+    return best?.id ?? null;
+  }
+
+  #signalProgress(): void {
+    const previous = this.#progress;
+    this.#progress = Promise.withResolvers<void>();
+    previous.resolve();
+  }
+
+  // ---------------------------------------------------------------- the loop
+
+  #schedule(): void {
+    if (this.#driving !== null || this.#stopped || this.#failure !== null) return;
+    // setImmediate rather than a microtask: inputs of the current turn (many
+    // proposals, a burst of messages) join the same Ready.
+    this.#driving = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.#drive());
+  }
+
+  async #drive(): Promise<void> {
+    try {
+      for (;;) {
+        if (this.#failure !== null) return;
+        const ready = this.#core.ready();
+        if (ready === null) break;
+        await this.#handle(ready);
+      }
+      await this.#maybeSnapshot();
+    } catch (err) {
+      this.#fail(err);
+    } finally {
+      this.#driving = null;
+    }
+    if (!this.#stopped && this.#core.hasReady()) this.#schedule();
+  }
+
+  async #handle(ready: Ready): Promise<void> {
+    if (ready.softState !== null) this.#onSoftState(ready.softState.role, ready.softState.leader);
+    if (ready.snapshot !== null || ready.entries.length > 0 || ready.hardState !== null) {
+      await this.#opts.store.persist(ready);
+    }
+    this.#sendAll(ready.messages);
+    if (ready.snapshot !== null) this.#install(ready.snapshot);
+    for (const entry of ready.committed) {
+      if (entry.kind === 'normal' && entry.data.length > 0) {
+        const result = this.#opts.machine.apply(entry.index, entry.data);
+        this.#settle(entry.index, entry.term, result);
+      } else {
+        this.#settle(entry.index, entry.term, undefined);
+      }
+      this.#applied = entry.index;
+    }
+    for (const rs of ready.readStates) {
+      const read = this.#reads.get(rs.ctx);
+      if (read !== undefined) this.#readsToServe.push({ index: rs.index, read });
+    }
+    this.#core.advance(ready);
+    this.#serveReads();
+    const m = this.#metrics;
+    if (m !== undefined) {
+      m.term.set(this.#core.term);
+      m.commitIndex.set(this.#core.commitIndex);
+      m.appliedIndex.set(this.#applied);
+    }
+    if (ready.committed.length > 0 || ready.softState !== null || ready.readStates.length > 0) this.#signalProgress();
+  }
+
+  #onSoftState(role: Role, leader: NodeId | null): void {
+    if (leader !== this.#leader) {
+      this.#metrics?.leaderChanges.inc();
+      this.#log.info({ term: this.#core.term, leader, role }, leader === null ? 'raft leader lost' : 'raft leader elected');
+      // A read round sent to a leader that is gone will never be answered.
+      for (const [ctx, read] of this.#reads) {
+        if (!this.#readsToServe.some((r) => r.read === read)) {
+          this.#reads.delete(ctx);
+          read.reject(new RaftClientError('lost', 'leader changed during the read'));
+        }
+      }
+    }
+    this.#role = role;
+    this.#leader = leader;
+    this.#metrics?.isLeader.set(role === 'leader' ? 1 : 0);
+  }
+
+  #sendAll(messages: readonly Message[]): void {
+    if (messages.length === 0) return;
+    const byPeer = new Map<NodeId, Message[]>();
+    for (const m of messages) {
+      if (m.type === 'snapshot_chunk' && m.offset === 0) this.#metrics?.snapshotsSent.inc();
+      let list = byPeer.get(m.to);
+      if (list === undefined) byPeer.set(m.to, (list = []));
+      list.push(m);
+    }
+    for (const [to, list] of byPeer) this.#opts.sender.send(to, list);
+  }
+
+  #install(snapshot: Snapshot): void {
+    this.#opts.machine.restore(snapshot.data);
+    this.#applied = snapshot.meta.index;
+    this.#metrics?.snapshotsInstalled.inc();
+    this.#log.info({ index: snapshot.meta.index, term: snapshot.meta.term, bytes: snapshot.data.byteLength }, 'raft snapshot installed');
+    // Proposals the snapshot covers were decided elsewhere; their results are unknown here.
+    for (const [index, p] of this.#proposals) {
+      if (index > snapshot.meta.index) continue;
+      this.#proposals.delete(index);
+      this.#countProposal('lost');
+      p.reject(this.#lost(index));
+    }
+  }
+
+  #settle(index: number, term: number, result: R | undefined): void {
+    const p = this.#proposals.get(index);
+    if (p === undefined) return;
+    this.#proposals.delete(index);
+    if (p.term !== term) {
+      this.#countProposal('lost');
+      p.reject(this.#lost(index));
+      return;
+    }
+    this.#countProposal('committed');
+    // Config changes and no-ops have no state machine result; their callers ignore it.
+    p.resolve(result as R);
+  }
+
+  #serveReads(): void {
+    for (let i = this.#readsToServe.length - 1; i >= 0; i--) {
+      const r = this.#readsToServe[i];
+      if (r === undefined || r.index > this.#applied) continue;
+      this.#readsToServe.splice(i, 1);
+      r.read.resolve();
+    }
+  }
+
+  async #maybeSnapshot(): Promise<void> {
+    const applied = this.#applied;
+    if (applied - this.#core.snapshotIndex < this.#opts.snapshotEntries) return;
+    const data = this.#opts.machine.snapshot();
+    const meta = this.#core.compact(applied, data);
+    await this.#opts.store.saveSnapshot({ meta, data });
+    this.#log.info({ index: meta.index, term: meta.term, bytes: data.byteLength }, 'raft snapshot taken; log compacted');
+  }
+
+  #fail(err: unknown): void {
+    const error = err instanceof Error ? err : new Error(String(err));
+    if (this.#failure !== null) return;
+    this.#failure = error;
+    this.#stopped = true;
+    clearInterval(this.#ticker);
+    const kind = error instanceof RaftInvariantError ? 'invariant broken' : 'storage or state machine failure';
+    this.#log.error({ err: error.message, stack: error.stack }, `raft node stopped: ${kind}`);
+    this.#failAll(new RaftClientError('stopped', `raft node failed: ${error.message}`));
+    this.#signalProgress();
+  }
+
+  #failAll(err: RaftClientError): void {
+    for (const p of this.#proposals.values()) p.reject(err);
+    this.#proposals.clear();
+    for (const r of this.#reads.values()) r.reject(err);
+    this.#reads.clear();
+    for (const r of this.#readsToServe) r.read.reject(err);
+    this.#readsToServe.length = 0;
+    this.#signalProgress();
+  }
+
+  /** Set after a fatal error; the daemon reports it and exits. */
+  get failure(): Error | null {
+    return this.#failure;
+  }
+}

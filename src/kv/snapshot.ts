@@ -1,0 +1,181 @@
+/**
+ * The key-value state machine's snapshot format, and what a valid state is.
+ *
+ * Layout: the 4 ASCII bytes "DWKV", a version byte (KV_SNAPSHOT_VERSION), a
+ * protobuf KvSnapshot body, and a CRC-32 (little-endian) of everything before
+ * it. The checksum catches corruption at rest or in transfer before any
+ * parsing; the schema then checks every field and the cross-field invariants:
+ * keys unique and in UTF-8 byte order, sessions in eviction order with unique
+ * client IDs, no revision after the applied index, the state within its own
+ * limits.
+ *
+ * Invariants: the encoding is canonical (entries by key, sessions by last
+ * index, protobuf fields in number order), so equal states give equal bytes
+ * and snapshot → restore → snapshot is byte-identical; encode validates too,
+ * so a snapshot this code writes is one it can restore.
+ */
+import zlib from 'node:zlib';
+import { Buffer } from 'node:buffer';
+import { FrameError } from '../net/framing.ts';
+import { FieldError, requireMessage, requireUint } from '../net/schema.ts';
+import type { KvEntry, KvWriteResult } from './command.ts';
+import { compareKeys, isKvWriteResult, kvEntryFootprint, kvProto, kvResultToWire, requireClientId, requireCount, requireMessages, reshapedSchema, validateKvEntry, validateKvResult } from './command.ts';
+
+export const KV_SNAPSHOT_VERSION = 1;
+const MAGIC = Buffer.from('DWKV', 'ascii');
+const HEADER_BYTES = MAGIC.byteLength + 1;
+const CHECKSUM_BYTES = 4;
+
+/**
+ * Part of the replicated state machine's definition: every replica must run
+ * with the same limits, so they are recorded in the snapshot and a restored
+ * replica keeps the ones it was created with.
+ */
+export interface KvLimits {
+  /** Client sessions kept for at-most-once writes; the least recently used is evicted beyond. */
+  readonly maxSessions: number;
+  /** Bound on the sum of kvEntryFootprint over all keys; a write past it fails with quota_exceeded. */
+  readonly maxStateBytes: number;
+}
+
+export const DEFAULT_KV_LIMITS: KvLimits = { maxSessions: 10_000, maxStateBytes: 256 * 1024 * 1024 };
+
+/**
+ * Caps that keep the largest snapshot (the state plus at most ~512 bytes per
+ * session) under RaftConfig.maxSnapshotBytes' default of 1 GiB, and far from
+ * protobuf's 2 GiB message limit.
+ */
+export const KV_LIMIT_CAPS: KvLimits = { maxSessions: 100_000, maxStateBytes: 512 * 1024 * 1024 };
+
+export interface KvSession {
+  readonly clientId: string;
+  /** The highest seq applied for this client. */
+  readonly lastSeq: number;
+  /** Log index of the client's last write command: the LRU eviction order. */
+  readonly lastIndex: number;
+  readonly result: KvWriteResult;
+}
+
+export interface KvSnapshotState {
+  readonly appliedIndex: number;
+  readonly limits: KvLimits;
+  /** In compareKeys order. */
+  readonly entries: readonly KvEntry[];
+  /** In lastIndex order, least recently used first. */
+  readonly sessions: readonly KvSession[];
+}
+
+export class KvSnapshotError extends Error {
+  constructor(message: string) {
+    super(`kv snapshot: ${message}`);
+    this.name = 'KvSnapshotError';
+  }
+}
+
+/** Throws RangeError naming the limit; fills in DEFAULT_KV_LIMITS. */
+export function resolveKvLimits(overrides: Partial<KvLimits> = {}): KvLimits {
+  const limits = { ...DEFAULT_KV_LIMITS, ...overrides };
+  for (const name of ['maxSessions', 'maxStateBytes'] as const) {
+    const value = limits[name];
+    if (!Number.isSafeInteger(value) || value < 1 || value > KV_LIMIT_CAPS[name]) {
+      throw new RangeError(`kv limits: ${name} must be an integer from 1 to ${KV_LIMIT_CAPS[name]}, got ${value}`);
+    }
+  }
+  return limits;
+}
+
+function validateSession(o: Record<string, unknown>): KvSession {
+  const session = {
+    clientId: requireClientId(o, 'clientId'),
+    lastSeq: requireCount(o, 'lastSeq', 1),
+    lastIndex: requireCount(o, 'lastIndex', 1),
+    result: requireMessage(o, 'result', validateKvResult),
+  };
+  const { result } = session;
+  if (!isKvWriteResult(result)) throw new FieldError('result', `is a ${result.ok ? result.op : result.reason} outcome; a session keeps only write outcomes`);
+  if (result.ok && result.revision > session.lastIndex) throw new FieldError('result.revision', `is ${result.revision}, after the session's last index ${session.lastIndex}`);
+  return { ...session, result };
+}
+
+function checkLimit(value: number, field: string, cap: number): number {
+  if (value < 1 || value > cap) throw new FieldError(field, `is ${value}, outside 1..${cap}`);
+  return value;
+}
+
+function validateSnapshot(o: Record<string, unknown>): KvSnapshotState {
+  const appliedIndex = requireCount(o, 'appliedIndex');
+  const limits: KvLimits = {
+    maxSessions: checkLimit(requireUint(o, 'maxSessions'), 'maxSessions', KV_LIMIT_CAPS.maxSessions),
+    maxStateBytes: checkLimit(requireCount(o, 'maxStateBytes'), 'maxStateBytes', KV_LIMIT_CAPS.maxStateBytes),
+  };
+  const entries = requireMessages(o, 'entries', limits.maxStateBytes, validateKvEntry);
+  let stateBytes = 0;
+  entries.forEach((entry, i) => {
+    const previous = entries[i - 1];
+    if (previous !== undefined && compareKeys(previous.key, entry.key) >= 0) {
+      throw new FieldError(`entries[${i}].key`, 'is not after the previous key (keys must be unique, in UTF-8 byte order)');
+    }
+    if (entry.revision > appliedIndex) throw new FieldError(`entries[${i}].revision`, `is ${entry.revision}, after the applied index ${appliedIndex}`);
+    stateBytes += kvEntryFootprint(Buffer.byteLength(entry.key, 'utf8'), entry.value.byteLength);
+  });
+  if (stateBytes > limits.maxStateBytes) throw new FieldError('entries', `take ${stateBytes} bytes, above maxStateBytes ${limits.maxStateBytes}`);
+  const sessions = requireMessages(o, 'sessions', limits.maxSessions, validateSession);
+  const clientIds = new Set<string>();
+  sessions.forEach((session, i) => {
+    const previous = sessions[i - 1];
+    if (previous !== undefined && previous.lastIndex >= session.lastIndex) {
+      throw new FieldError(`sessions[${i}].lastIndex`, `is ${session.lastIndex}, not after the previous session's ${previous.lastIndex}`);
+    }
+    if (session.lastIndex > appliedIndex) throw new FieldError(`sessions[${i}].lastIndex`, `is ${session.lastIndex}, after the applied index ${appliedIndex}`);
+    if (clientIds.has(session.clientId)) throw new FieldError(`sessions[${i}].clientId`, `repeats "${session.clientId}"`);
+    clientIds.add(session.clientId);
+  });
+  return { appliedIndex, limits, entries, sessions };
+}
+
+function snapshotToWire({ appliedIndex, limits, entries, sessions }: KvSnapshotState): object {
+  return { appliedIndex, ...limits, entries, sessions: sessions.map((session) => ({ ...session, result: kvResultToWire(session.result) })) };
+}
+
+const KvSnapshotSchema = reshapedSchema(kvProto.lookupType('dwcp.kv.v1.KvSnapshot'), snapshotToWire, validateSnapshot);
+
+/** Throws KvSnapshotError if `state` breaks an invariant (which is a bug in the caller). */
+export function encodeKvSnapshot(state: KvSnapshotState): Uint8Array {
+  let body: Uint8Array;
+  try {
+    body = KvSnapshotSchema.encode(state);
+  } catch (err) {
+    if (err instanceof FrameError) throw new KvSnapshotError(`refusing to write an invalid state: ${err.detail}`);
+    throw err;
+  }
+  const out = Buffer.allocUnsafe(HEADER_BYTES + body.byteLength + CHECKSUM_BYTES);
+  MAGIC.copy(out, 0);
+  out[MAGIC.byteLength] = KV_SNAPSHOT_VERSION;
+  out.set(body, HEADER_BYTES);
+  const end = HEADER_BYTES + body.byteLength;
+  out.writeUInt32LE(zlib.crc32(out.subarray(0, end)), end);
+  return out;
+}
+
+/** Throws KvSnapshotError naming what is wrong; entry values are views of `bytes`. */
+export function decodeKvSnapshot(bytes: Uint8Array): KvSnapshotState {
+  const data = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (data.byteLength < HEADER_BYTES + CHECKSUM_BYTES) {
+    throw new KvSnapshotError(`is ${data.byteLength} bytes, shorter than the ${HEADER_BYTES + CHECKSUM_BYTES}-byte envelope`);
+  }
+  if (!data.subarray(0, MAGIC.byteLength).equals(MAGIC)) throw new KvSnapshotError('does not start with "DWKV": not a key-value snapshot');
+  const version = data[MAGIC.byteLength];
+  if (version !== KV_SNAPSHOT_VERSION) throw new KvSnapshotError(`version is ${version}; this build reads version ${KV_SNAPSHOT_VERSION}`);
+  const end = data.byteLength - CHECKSUM_BYTES;
+  const expected = data.readUInt32LE(end);
+  const actual = zlib.crc32(data.subarray(0, end));
+  if (actual !== expected) {
+    throw new KvSnapshotError(`checksum is 0x${actual.toString(16)}, the snapshot says 0x${expected.toString(16)} (corrupted)`);
+  }
+  try {
+    return KvSnapshotSchema.decode(data.subarray(HEADER_BYTES, end));
+  } catch (err) {
+    if (err instanceof FrameError) throw new KvSnapshotError(err.detail);
+    throw err;
+  }
+}

@@ -1,0 +1,290 @@
+/**
+ * KvStateMachine: the deterministic, etcd-like register store that the Raft
+ * (and later PBFT) logs replicate. A log entry's data is an encoded KvCommand
+ * (command.ts); apply(index, data) executes it and returns its KvResult.
+ *
+ * Semantics:
+ * - Every key has a revision (log index of its last modification) and a
+ *   createRevision (index of the write that created it). A write's result
+ *   reports the key's previous revisions (`prev`), never its value, so a
+ *   session's remembered result stays small.
+ * - put creates or overwrites; cas writes only if the key's revision equals
+ *   expectedRevision (0: the key must not exist), else fails with
+ *   cas_mismatch and the current revision; deleting a missing key succeeds
+ *   with deleted: false. A write that would take the state past
+ *   limits.maxStateBytes fails with quota_exceeded; deletes always pass.
+ * - At-most-once writes: each client has a session holding its highest
+ *   applied seq and that write's result (failures included). A write with
+ *   that seq gets the stored result again without re-applying; a lower seq
+ *   gets stale_request. Reads (get, range) neither consult nor update
+ *   sessions: re-running a read is harmless. Beyond limits.maxSessions the
+ *   session least recently touched (by log index) is evicted; a client whose
+ *   session was evicted loses the guarantee for a retry still in flight.
+ * - Empty data is the new leader's no-op; an entry that is not a valid
+ *   command yields invalid_command. Neither changes anything but the
+ *   applied index.
+ *
+ * Determinism: no clock, no randomness; keys are kept in UTF-8 byte order in
+ * a sorted array (ranges, snapshots; binary search, and a memmove to insert
+ * or drop a key, which is cheap up to millions of keys) and the sessions map in LRU order, which
+ * is a function of the log alone because indices only grow (and restore
+ * rebuilds it from the snapshot's lastIndex order). Given the same entries,
+ * every replica returns the same results and writes the same snapshot bytes.
+ *
+ * apply() never throws for the content of an entry; it throws only when the
+ * driver breaks the log order (an index not after the last applied one), for
+ * continuing would apply an entry twice.
+ */
+import { Buffer } from 'node:buffer';
+import type { KvCommand, KvEntry, KvEntryMeta, KvResult, KvWriteResult } from './command.ts';
+import { FrameError } from '../net/framing.ts';
+import { KV_MAX_MESSAGE, KV_RANGE_MAX_BYTES, KV_RANGE_MAX_LIMIT, compareKeys, decodeKvCommand, kvEntryFootprint } from './command.ts';
+import type { KvLimits, KvSession } from './snapshot.ts';
+import { decodeKvSnapshot, encodeKvSnapshot, resolveKvLimits } from './snapshot.ts';
+
+export interface KvStats {
+  readonly keys: number;
+  /** Sum of kvEntryFootprint (key + value bytes + a fixed per-key overhead): what counts against maxStateBytes. */
+  readonly bytes: number;
+  readonly sessions: number;
+  readonly appliedIndex: number;
+}
+
+export interface KvRange {
+  readonly entries: KvEntry[];
+  /** More keys match after the last entry; continue with `after` set to its key. */
+  readonly more: boolean;
+}
+
+interface StoredValue {
+  readonly value: Uint8Array;
+  readonly revision: number;
+  readonly createRevision: number;
+  readonly footprint: number;
+}
+
+/** The state machine's own copy of a session, updated in place as the client writes. */
+type MutableSession = { -readonly [K in keyof KvSession]: KvSession[K] };
+
+type WriteCommand = Extract<KvCommand, { op: 'put' | 'delete' | 'cas' }>;
+
+/** A broken internal invariant: the state can no longer be trusted. */
+export class KvInvariantError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'KvInvariantError';
+  }
+}
+
+function invariant(condition: boolean, message: () => string): asserts condition {
+  if (!condition) throw new KvInvariantError(message());
+}
+
+function metaOf(stored: StoredValue | undefined): KvEntryMeta | null {
+  return stored === undefined ? null : { revision: stored.revision, createRevision: stored.createRevision };
+}
+
+function invalidCommand(err: unknown): KvResult {
+  const text = err instanceof FrameError ? err.detail : err instanceof Error ? err.message : String(err);
+  return { ok: false, reason: 'invalid_command', message: text.slice(0, KV_MAX_MESSAGE).toWellFormed() };
+}
+
+export class KvStateMachine {
+  readonly limits: KvLimits;
+  #values = new Map<string, StoredValue>();
+  /** Every key of #values, in compareKeys order. */
+  #keys: string[] = [];
+  /** Iteration order is lastIndex order: touching a session moves it to the end. */
+  #sessions = new Map<string, MutableSession>();
+  #appliedIndex = 0;
+  #bytes = 0;
+
+  constructor(limits: Partial<KvLimits> = {}) {
+    this.limits = resolveKvLimits(limits);
+  }
+
+  get appliedIndex(): number {
+    return this.#appliedIndex;
+  }
+
+  apply(index: number, data: Uint8Array): KvResult {
+    if (!Number.isSafeInteger(index) || index <= this.#appliedIndex) {
+      throw new RangeError(`kv apply: index ${index} is not after the applied index ${this.#appliedIndex} (entries apply once, in log order)`);
+    }
+    this.#appliedIndex = index;
+    if (data.byteLength === 0) return { ok: true, op: 'noop', revision: index };
+    let cmd: KvCommand;
+    try {
+      cmd = decodeKvCommand(data);
+    } catch (err) {
+      return invalidCommand(err);
+    }
+    switch (cmd.op) {
+      case 'get':
+        return { ok: true, op: 'get', revision: index, entry: this.get(cmd.key) };
+      case 'range':
+        return { ok: true, op: 'range', revision: index, ...this.range(cmd.prefix, cmd.limit, cmd.after) };
+      default:
+        return this.#applyWrite(index, cmd);
+    }
+  }
+
+  /** A copy: callers may keep or change it without touching the replicated state. */
+  get(key: string): KvEntry | null {
+    const stored = this.#values.get(key);
+    return stored === undefined ? null : { key, value: new Uint8Array(stored.value), revision: stored.revision, createRevision: stored.createRevision };
+  }
+
+  /**
+   * Keys starting with `prefix` ('' for all) and after `after` (exclusive),
+   * in UTF-8 byte order: at most `limit`, and no more than KV_RANGE_MAX_BYTES
+   * of footprint unless a single entry is larger.
+   */
+  range(prefix: string, limit: number, after = ''): KvRange {
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > KV_RANGE_MAX_LIMIT) {
+      throw new RangeError(`kv range: limit must be an integer from 1 to ${KV_RANGE_MAX_LIMIT}, got ${limit}`);
+    }
+    const entries: KvEntry[] = [];
+    let bytes = 0;
+    let i = this.#lowerBound(prefix);
+    if (after !== '') i = Math.max(i, this.#upperBound(after));
+    for (; i < this.#keys.length; i++) {
+      const key = this.#keyAt(i);
+      if (!key.startsWith(prefix)) break;
+      const stored = this.#stored(key);
+      if (entries.length === limit || (entries.length > 0 && bytes + stored.footprint > KV_RANGE_MAX_BYTES)) return { entries, more: true };
+      bytes += stored.footprint;
+      entries.push({ key, value: new Uint8Array(stored.value), revision: stored.revision, createRevision: stored.createRevision });
+    }
+    return { entries, more: false };
+  }
+
+  stats(): KvStats {
+    return { keys: this.#keys.length, bytes: this.#bytes, sessions: this.#sessions.size, appliedIndex: this.#appliedIndex };
+  }
+
+  snapshot(): Uint8Array {
+    const entries = this.#keys.map((key): KvEntry => {
+      const stored = this.#stored(key);
+      return { key, value: stored.value, revision: stored.revision, createRevision: stored.createRevision };
+    });
+    const sessions = [...this.#sessions.values()].sort((a, b) => a.lastIndex - b.lastIndex);
+    return encodeKvSnapshot({ appliedIndex: this.#appliedIndex, limits: this.limits, entries, sessions });
+  }
+
+  /** Throws KvSnapshotError naming what is wrong with `data`. */
+  static restore(data: Uint8Array): KvStateMachine {
+    const state = decodeKvSnapshot(data);
+    const machine = new KvStateMachine(state.limits);
+    machine.#appliedIndex = state.appliedIndex;
+    for (const { key, value, revision, createRevision } of state.entries) {
+      // A copy, so the state does not pin the whole snapshot buffer.
+      const stored = { value: new Uint8Array(value), revision, createRevision, footprint: kvEntryFootprint(Buffer.byteLength(key, 'utf8'), value.byteLength) };
+      machine.#values.set(key, stored);
+      machine.#keys.push(key);
+      machine.#bytes += stored.footprint;
+    }
+    for (const session of state.sessions) machine.#sessions.set(session.clientId, { ...session });
+    return machine;
+  }
+
+  #applyWrite(index: number, cmd: WriteCommand): KvResult {
+    const session = this.#sessions.get(cmd.clientId);
+    if (session !== undefined) {
+      this.#sessions.delete(cmd.clientId);
+      this.#sessions.set(cmd.clientId, session);
+      session.lastIndex = index;
+      if (cmd.seq < session.lastSeq) return { ok: false, reason: 'stale_request', lastSeq: session.lastSeq };
+      if (cmd.seq === session.lastSeq) return session.result;
+    }
+    const result = this.#execute(index, cmd);
+    if (session !== undefined) {
+      session.lastSeq = cmd.seq;
+      session.result = result;
+      return result;
+    }
+    if (this.#sessions.size >= this.limits.maxSessions) this.#evictOldestSession(index);
+    this.#sessions.set(cmd.clientId, { clientId: cmd.clientId, lastSeq: cmd.seq, lastIndex: index, result });
+    return result;
+  }
+
+  #evictOldestSession(index: number): void {
+    const oldest = this.#sessions.values().next();
+    invariant(!oldest.done, () => 'kv sessions: evicting from an empty session table');
+    invariant(oldest.value.lastIndex < index, () => `kv sessions: the oldest session was touched at ${oldest.value.lastIndex}, not before ${index}`);
+    this.#sessions.delete(oldest.value.clientId);
+  }
+
+  #execute(index: number, cmd: WriteCommand): KvWriteResult {
+    switch (cmd.op) {
+      case 'put':
+        return this.#write(index, 'put', cmd.key, cmd.value);
+      case 'cas': {
+        const currentRevision = this.#values.get(cmd.key)?.revision ?? 0;
+        if (currentRevision !== cmd.expectedRevision) return { ok: false, reason: 'cas_mismatch', currentRevision };
+        return this.#write(index, 'cas', cmd.key, cmd.value);
+      }
+      case 'delete': {
+        const prev = this.#values.get(cmd.key);
+        if (prev !== undefined) {
+          this.#values.delete(cmd.key);
+          this.#keys.splice(this.#indexOfKey(cmd.key), 1);
+          this.#bytes -= prev.footprint;
+        }
+        return { ok: true, op: 'delete', revision: index, deleted: prev !== undefined, prev: metaOf(prev) };
+      }
+    }
+  }
+
+  #write(index: number, op: 'put' | 'cas', key: string, value: Uint8Array): KvWriteResult {
+    const prev = this.#values.get(key);
+    const footprint = kvEntryFootprint(Buffer.byteLength(key, 'utf8'), value.byteLength);
+    const bytes = this.#bytes - (prev?.footprint ?? 0) + footprint;
+    if (bytes > this.limits.maxStateBytes) return { ok: false, reason: 'quota_exceeded', stateBytes: this.#bytes, limitBytes: this.limits.maxStateBytes };
+    // A copy: a decoded value is a view of the log entry's buffer.
+    this.#values.set(key, { value: new Uint8Array(value), revision: index, createRevision: prev?.createRevision ?? index, footprint });
+    if (prev === undefined) this.#keys.splice(this.#lowerBound(key), 0, key);
+    this.#bytes = bytes;
+    return { ok: true, op, revision: index, prev: metaOf(prev) };
+  }
+
+  /** First position whose key is not before `key`. */
+  #lowerBound(key: string): number {
+    return this.#search((probe) => compareKeys(probe, key) < 0);
+  }
+
+  /** First position whose key is after `key`. */
+  #upperBound(key: string): number {
+    return this.#search((probe) => compareKeys(probe, key) <= 0);
+  }
+
+  /** First position where `before` turns false (it is true on a prefix of #keys). */
+  #search(before: (probe: string) => boolean): number {
+    let lo = 0;
+    let hi = this.#keys.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (before(this.#keyAt(mid))) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  #indexOfKey(key: string): number {
+    const i = this.#lowerBound(key);
+    invariant(this.#keys[i] === key, () => `kv keys: "${key}" is stored but missing from the sorted key list`);
+    return i;
+  }
+
+  #keyAt(i: number): string {
+    const key = this.#keys[i];
+    invariant(key !== undefined, () => `kv keys: no key at position ${i} of ${this.#keys.length}`);
+    return key;
+  }
+
+  #stored(key: string): StoredValue {
+    const stored = this.#values.get(key);
+    invariant(stored !== undefined, () => `kv keys: "${key}" is in the sorted key list but has no value`);
+    return stored;
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * Keeps the raft bench working: the closed-loop harness against in-process
+ * fake targets (result shape, counting, errors), and, where etcd is installed,
+ * a real 3-member etcd cluster: values read back through another member
+ * (so the proto subset really speaks etcd's wire), a short 1-client run, and
+ * nothing left behind after close. Says nothing about performance.
+ */
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { connectEtcd, etcdKvTarget, findEtcd, startEtcdCluster } from '../../bench/etcd.ts';
+import { runClosedLoop, type KvTarget } from '../../bench/raft.ts';
+
+/** A store that acknowledges each put on the next turn of the event loop, recording which keys it saw. */
+function fakeTarget(fail?: (n: number) => boolean): KvTarget & { keys: string[]; inFlight: number; maxInFlight: number } {
+  let calls = 0;
+  const target = {
+    name: 'fake',
+    keys: [] as string[],
+    inFlight: 0,
+    maxInFlight: 0,
+    put(key: string, value: Uint8Array): Promise<void> {
+      const n = calls++;
+      target.inFlight++;
+      target.maxInFlight = Math.max(target.maxInFlight, target.inFlight);
+      return new Promise((resolve, reject) =>
+        setImmediate(() => {
+          target.inFlight--;
+          if (value.byteLength !== 256) reject(new Error(`value of ${value.byteLength} bytes`));
+          else if (fail?.(n) === true) reject(new Error(`put ${n} refused`));
+          else {
+            target.keys.push(key);
+            resolve();
+          }
+        }),
+      );
+    },
+    close: async () => {},
+  };
+  return target;
+}
+
+describe('runClosedLoop', () => {
+  it('keeps exactly `clients` puts in flight and reports ops, rate and percentiles', async () => {
+    const target = fakeTarget();
+    const started = performance.now();
+    const result = await runClosedLoop(target, { clients: 4, durationMs: 200, valueBytes: 256, keyspace: 1000 });
+    const elapsedS = (performance.now() - started) / 1000;
+    expect(result).toEqual({
+      system: 'fake',
+      clients: 4,
+      ops_per_s: expect.any(Number),
+      p50_ms: expect.any(Number),
+      p99_ms: expect.any(Number),
+      ops: target.keys.length,
+      errors: 0,
+      first_error: null,
+    });
+    expect(result.ops).toBeGreaterThan(0);
+    expect(target.maxInFlight).toBe(4);
+    // The rate is ops over the run's own wall time, which the caller's clock brackets.
+    expect(result.ops_per_s).toBeGreaterThanOrEqual(result.ops / elapsedS / 1.01);
+    expect(result.ops_per_s).toBeLessThanOrEqual((result.ops / 0.2) * 1.001);
+    expect(result.p50_ms as number).toBeLessThanOrEqual(result.p99_ms as number);
+    // Clients write disjoint keys: the first round is four distinct keys.
+    expect(new Set(target.keys.slice(0, 4)).size).toBe(4);
+    expect(target.keys.every((k) => /^dwcp-bench\/\d{8}$/.test(k))).toBe(true);
+  });
+
+  it('counts failed puts as errors, not as ops or latencies', async () => {
+    const target = fakeTarget((n) => n % 2 === 1);
+    const result = await runClosedLoop(target, { clients: 1, durationMs: 100, valueBytes: 256 });
+    expect(result.errors).toBeGreaterThan(0);
+    expect(result.ops).toBe(target.keys.length);
+    expect(Math.abs(result.ops - result.errors)).toBeLessThanOrEqual(1);
+    expect(result.first_error).toBe('put 1 refused');
+  });
+
+  it('reports null percentiles when nothing succeeded', async () => {
+    const result = await runClosedLoop(fakeTarget(() => true), { clients: 2, durationMs: 50, valueBytes: 256 });
+    expect(result).toMatchObject({ ops: 0, ops_per_s: 0, p50_ms: null, p99_ms: null });
+    expect(result.errors).toBeGreaterThan(0);
+  });
+
+  it('refuses a bad option, naming it', async () => {
+    await expect(runClosedLoop(fakeTarget(), { clients: 0, durationMs: 100, valueBytes: 256 })).rejects.toThrow(/clients must be a whole number of at least 1, got 0/);
+  });
+});
+
+const etcdBinary = await findEtcd();
+
+describe('etcd target', () => {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  });
+
+  it.skipIf(etcdBinary === null)('starts 3 members that replicate a put, runs 1 client for 1 s, and leaves nothing behind (needs etcd installed)', async () => {
+    const workDir = await fs.mkdtemp(path.join(os.tmpdir(), 'bench-raft-test-'));
+    cleanups.push(() => fs.rm(workDir, { recursive: true, force: true }));
+    const cluster = await startEtcdCluster({ binary: etcdBinary as string, members: 3, workDir });
+    cleanups.push(() => cluster.stop());
+    expect(cluster.endpoints).toHaveLength(3);
+    expect(cluster.endpoints).toContain(await cluster.leaderEndpoint());
+
+    const key = new TextEncoder().encode('bench-raft-test/roundtrip');
+    const value = new Uint8Array([0, 1, 2, 253, 254, 255]);
+    const writer = connectEtcd(cluster.endpoints[0] as string);
+    const reader = connectEtcd(cluster.endpoints[2] as string);
+    cleanups.push(async () => {
+      writer.close();
+      reader.close();
+    });
+    await writer.put(key, value, 5000);
+    expect(await reader.get(key, 5000)).toEqual(Buffer.from(value));
+    expect(await reader.get(new TextEncoder().encode('bench-raft-test/absent'), 5000)).toBeNull();
+
+    const target = await etcdKvTarget(cluster, 'all');
+    expect(target.version).toMatch(/^3\./);
+    const result = await runClosedLoop(target, { clients: 1, durationMs: 1000, valueBytes: 256 });
+    await target.close();
+    expect(result).toMatchObject({ system: 'etcd', clients: 1, errors: 0 });
+    expect(result.ops).toBeGreaterThan(0);
+    expect(result.p99_ms).toBeGreaterThan(0);
+    // close() stopped the cluster it owns: its data dir is gone.
+    expect(await fs.readdir(workDir)).toEqual([]);
+  });
+});

@@ -1,0 +1,452 @@
+/**
+ * KvStateMachine: register semantics and revisions, at-most-once writes
+ * through client sessions, deterministic LRU session eviction, malformed
+ * entries that change nothing, quotas, ranges, and snapshots that restore to
+ * a machine indistinguishable from the original (byte-identical snapshots,
+ * identical results afterwards), checked against a model by fast-check.
+ */
+import { Buffer } from 'node:buffer';
+import zlib from 'node:zlib';
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import type { KvCommand, KvOp, KvResult } from '../../src/kv/command.ts';
+import { KV_RANGE_MAX_BYTES, encodeKvCommand, kvEntryFootprint, kvProto } from '../../src/kv/command.ts';
+import { KvSnapshotError, KV_SNAPSHOT_VERSION } from '../../src/kv/snapshot.ts';
+import { KvStateMachine } from '../../src/kv/state-machine.ts';
+
+const text = (value: Uint8Array | undefined): string | undefined => (value === undefined ? undefined : Buffer.from(value).toString());
+
+/** Drives a machine with consecutive indices and one client per call site. */
+class Driver {
+  readonly machine: KvStateMachine;
+  index: number;
+
+  constructor(machine = new KvStateMachine()) {
+    this.machine = machine;
+    this.index = machine.appliedIndex;
+  }
+
+  run(clientId: string, seq: number, op: KvOp): KvResult {
+    return this.raw(encodeKvCommand({ clientId, seq, ...op } as KvCommand));
+  }
+
+  raw(data: Uint8Array): KvResult {
+    this.index += 1;
+    return this.machine.apply(this.index, data);
+  }
+}
+
+const put = (key: string, value: string): KvOp => ({ op: 'put', key, value: Buffer.from(value) });
+const cas = (key: string, expectedRevision: number, value: string): KvOp => ({ op: 'cas', key, expectedRevision, value: Buffer.from(value) });
+const del = (key: string): KvOp => ({ op: 'delete', key });
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0;
+}
+
+describe('KvStateMachine semantics', () => {
+  it('puts, gets and overwrites, tracking revision and createRevision', () => {
+    const d = new Driver();
+    expect(d.run('c', 1, put('a', '1'))).toEqual({ ok: true, op: 'put', revision: 1, prev: null });
+    expect(d.run('c', 2, put('a', '2'))).toEqual({ ok: true, op: 'put', revision: 2, prev: { revision: 1, createRevision: 1 } });
+    const entry = d.machine.get('a');
+    expect(entry).toMatchObject({ key: 'a', revision: 2, createRevision: 1 });
+    expect(text(entry?.value)).toBe('2');
+    expect(d.machine.get('missing')).toBeNull();
+  });
+
+  it('deletes, and deleting a missing key succeeds with deleted: false', () => {
+    const d = new Driver();
+    d.run('c', 1, put('a', '1'));
+    expect(d.run('c', 2, del('a'))).toEqual({ ok: true, op: 'delete', revision: 2, deleted: true, prev: { revision: 1, createRevision: 1 } });
+    expect(d.machine.get('a')).toBeNull();
+    expect(d.run('c', 3, del('a'))).toEqual({ ok: true, op: 'delete', revision: 3, deleted: false, prev: null });
+    // Recreated: a new life, a new createRevision.
+    d.run('c', 4, put('a', 'again'));
+    expect(d.machine.get('a')).toMatchObject({ revision: 4, createRevision: 4 });
+    expect(d.machine.stats()).toEqual({ keys: 1, bytes: kvEntryFootprint(1, 5), sessions: 1, appliedIndex: 4 });
+  });
+
+  it('compares and swaps on the revision; revision 0 means "must not exist"', () => {
+    const d = new Driver();
+    expect(d.run('c', 1, cas('k', 0, 'first'))).toEqual({ ok: true, op: 'cas', revision: 1, prev: null });
+    expect(d.run('c', 2, cas('k', 0, 'again'))).toEqual({ ok: false, reason: 'cas_mismatch', currentRevision: 1 });
+    expect(d.run('c', 3, cas('k', 2, 'wrong'))).toEqual({ ok: false, reason: 'cas_mismatch', currentRevision: 1 });
+    expect(d.run('c', 4, cas('k', 1, 'second'))).toEqual({ ok: true, op: 'cas', revision: 4, prev: { revision: 1, createRevision: 1 } });
+    expect(text(d.machine.get('k')?.value)).toBe('second');
+    expect(d.run('c', 5, cas('absent', 3, 'x'))).toEqual({ ok: false, reason: 'cas_mismatch', currentRevision: 0 });
+  });
+
+  it('accepts the leader no-op and ignores it', () => {
+    const d = new Driver();
+    d.run('c', 1, put('a', '1'));
+    const before = d.machine.get('a');
+    expect(d.raw(new Uint8Array())).toEqual({ ok: true, op: 'noop', revision: 2 });
+    expect(d.machine.get('a')).toEqual(before);
+    expect(d.machine.stats()).toMatchObject({ keys: 1, sessions: 1, appliedIndex: 2 });
+  });
+
+  it('serves reads in the log without touching sessions', () => {
+    const d = new Driver();
+    d.run('c', 1, put('a', '1'));
+    const got = d.run('reader', 1, { op: 'get', key: 'a' });
+    expect(got).toMatchObject({ ok: true, op: 'get', revision: 2, entry: { key: 'a', revision: 1 } });
+    expect(d.run('reader', 1, { op: 'get', key: 'nope' })).toEqual({ ok: true, op: 'get', revision: 3, entry: null });
+    expect(d.run('reader', 1, { op: 'range', prefix: '', limit: 10, after: '' })).toMatchObject({ op: 'range', revision: 4, more: false, entries: [{ key: 'a' }] });
+    expect(d.machine.stats().sessions).toBe(1);
+  });
+
+  it('hands out copies: changing a returned value does not change the state', () => {
+    const d = new Driver();
+    d.run('c', 1, put('a', 'abc'));
+    const entry = d.machine.get('a');
+    entry?.value.fill(0);
+    d.machine.range('', 10).entries[0]?.value.fill(0);
+    expect(text(d.machine.get('a')?.value)).toBe('abc');
+  });
+
+  it('stores a copy of the value, not a view of the log entry', () => {
+    const d = new Driver();
+    const data = encodeKvCommand({ clientId: 'c', seq: 1, ...put('a', 'abc') } as KvCommand);
+    d.raw(data);
+    data.fill(0);
+    expect(text(d.machine.get('a')?.value)).toBe('abc');
+  });
+
+  it('throws when the driver applies an index twice or out of order', () => {
+    const d = new Driver();
+    d.run('c', 1, put('a', '1'));
+    expect(() => d.machine.apply(1, new Uint8Array())).toThrow(/index 1 is not after the applied index 1/);
+    expect(() => d.machine.apply(0.5, new Uint8Array())).toThrow(RangeError);
+    // Gaps are fine: config entries take indices too.
+    expect(d.machine.apply(10, new Uint8Array())).toEqual({ ok: true, op: 'noop', revision: 10 });
+  });
+});
+
+describe('KvStateMachine sessions', () => {
+  it('applies a retried write once and answers it with the stored result', () => {
+    const d = new Driver();
+    const first = d.run('c', 1, put('a', 'mine'));
+    d.run('other', 1, put('a', 'theirs'));
+    expect(d.run('c', 1, put('a', 'mine'))).toEqual(first);
+    expect(text(d.machine.get('a')?.value)).toBe('theirs');
+  });
+
+  it('remembers failures too: a retried cas gets its mismatch, even once it would succeed', () => {
+    const d = new Driver();
+    d.run('c', 1, put('k', 'v'));
+    expect(d.run('c', 2, cas('k', 0, 'x'))).toEqual({ ok: false, reason: 'cas_mismatch', currentRevision: 1 });
+    d.run('other', 1, del('k'));
+    expect(d.run('c', 2, cas('k', 0, 'x'))).toEqual({ ok: false, reason: 'cas_mismatch', currentRevision: 1 });
+    expect(d.machine.get('k')).toBeNull();
+  });
+
+  it('refuses a seq below the last applied one as stale, and accepts gaps', () => {
+    const d = new Driver();
+    d.run('c', 5, put('a', '5'));
+    expect(d.run('c', 4, put('a', '4'))).toEqual({ ok: false, reason: 'stale_request', lastSeq: 5 });
+    expect(text(d.machine.get('a')?.value)).toBe('5');
+    expect(d.run('c', 9, put('a', '9'))).toMatchObject({ ok: true, revision: 3 });
+  });
+
+  it('evicts the least recently touched session when full', () => {
+    const d = new Driver(new KvStateMachine({ maxSessions: 3 }));
+    d.run('a', 1, put('x', 'a1'));
+    d.run('b', 1, put('x', 'b1'));
+    d.run('c', 1, put('x', 'c1'));
+    d.run('a', 1, put('x', 'a1')); // a retry still touches a's session
+    d.run('d', 1, put('x', 'd1')); // evicts b, the least recently touched
+    expect(d.machine.stats().sessions).toBe(3);
+    // a and c still deduplicate; b's session is gone, so its retry applies again.
+    expect(d.run('a', 1, put('x', 'a1'))).toEqual({ ok: true, op: 'put', revision: 1, prev: null });
+    expect(d.run('c', 1, put('x', 'c1'))).toMatchObject({ revision: 3 });
+    expect(d.run('b', 1, put('x', 'b1'))).toMatchObject({ ok: true, revision: 8 });
+  });
+
+  it('evicts the same sessions on two machines, one of them restored from a snapshot midway', () => {
+    const clients = Array.from({ length: 12 }, (_, i) => `client-${(i * 7) % 12}`);
+    const a = new Driver(new KvStateMachine({ maxSessions: 4 }));
+    let b = new Driver(new KvStateMachine({ maxSessions: 4 }));
+    clients.forEach((client, i) => {
+      const op = put(`k${i % 3}`, client);
+      expect(b.run(client, 1, op)).toEqual(a.run(client, 1, op));
+      if (i === 6) b = new Driver(KvStateMachine.restore(b.machine.snapshot()));
+    });
+    // Retries reveal which sessions survived: identical on both.
+    for (const client of clients) expect(b.run(client, 1, put('probe', client))).toEqual(a.run(client, 1, put('probe', client)));
+    expect(sameBytes(a.machine.snapshot(), b.machine.snapshot())).toBe(true);
+  });
+});
+
+describe('KvStateMachine malformed entries', () => {
+  const malformed: [string, Uint8Array][] = [
+    ['random bytes', Uint8Array.from([0xde, 0xad, 0xbe, 0xef])],
+    ['a command without an op', Uint8Array.from([0x0a, 0x01, 0x63, 0x10, 0x01])],
+    ['an oversized key', (() => {
+      const type = kvProto.lookupType('dwcp.kv.v1.KvCommand');
+      return type.encode(type.fromObject({ clientId: 'c', seq: 9, put: { key: 'k'.repeat(5000), value: Buffer.from('v') } })).finish();
+    })()],
+  ];
+
+  it.each(malformed)('answers %s with invalid_command and changes nothing but the applied index', (_name, data) => {
+    const build = (entry3: Uint8Array): { result: KvResult; snapshot: Uint8Array } => {
+      const d = new Driver();
+      d.run('c', 1, put('a', '1'));
+      d.run('c', 2, put('b', '2'));
+      const result = d.raw(entry3);
+      d.run('c', 3, put('a', '3'));
+      return { result, snapshot: d.machine.snapshot() };
+    };
+    const bad = build(data);
+    expect(bad.result).toMatchObject({ ok: false, reason: 'invalid_command' });
+    expect(bad.result.ok === false && bad.result.reason === 'invalid_command' && bad.result.message).toMatch(/^dwcp\.kv\.v1\.KvCommand: /);
+    expect(sameBytes(bad.snapshot, build(new Uint8Array()).snapshot)).toBe(true);
+  });
+
+  it('never throws on any bytes, valid commands mutated included', () => {
+    const valid = encodeKvCommand({ clientId: 'c', seq: 3, ...cas('key', 0, 'value') } as KvCommand);
+    const mutated = fc
+      .tuple(fc.nat({ max: valid.byteLength - 1 }), fc.integer({ min: 0, max: 255 }), fc.nat({ max: valid.byteLength }))
+      .map(([at, byte, cut]) => {
+        const copy = Uint8Array.from(valid);
+        copy[at] = byte;
+        return copy.subarray(0, Math.max(cut, 1));
+      });
+    fc.assert(
+      fc.property(fc.oneof(fc.uint8Array({ minLength: 1, maxLength: 64 }), mutated), (data) => {
+        const d = new Driver();
+        const result = d.raw(data);
+        if (!result.ok && result.reason === 'invalid_command') {
+          expect(d.machine.stats()).toEqual({ keys: 0, bytes: 0, sessions: 0, appliedIndex: 1 });
+        }
+      }),
+      { numRuns: 1000 },
+    );
+  });
+});
+
+describe('KvStateMachine quota', () => {
+  it('refuses a write past maxStateBytes with quota_exceeded, remembered for retries; deletes and shrinking writes pass', () => {
+    const limit = kvEntryFootprint(1, 10) + kvEntryFootprint(1, 5);
+    const d = new Driver(new KvStateMachine({ maxStateBytes: limit }));
+    d.run('c', 1, put('a', '0123456789'));
+    d.run('c', 2, put('b', '01234'));
+    const refused = d.run('c', 3, put('b', '012345'));
+    expect(refused).toEqual({ ok: false, reason: 'quota_exceeded', stateBytes: limit, limitBytes: limit });
+    expect(d.run('c', 3, put('b', '012345'))).toEqual(refused);
+    expect(d.run('c', 4, cas('z', 0, ''))).toMatchObject({ reason: 'quota_exceeded' });
+    expect(d.run('c', 5, put('a', '0'))).toMatchObject({ ok: true });
+    expect(d.run('c', 6, put('b', '012345'))).toMatchObject({ ok: true });
+    expect(d.run('c', 7, del('a'))).toMatchObject({ ok: true, deleted: true });
+    expect(d.machine.stats().bytes).toBe(kvEntryFootprint(1, 6));
+  });
+
+  it('refuses limits outside their range, naming them', () => {
+    expect(() => new KvStateMachine({ maxSessions: 0 })).toThrow(/maxSessions must be an integer from 1 to 100000, got 0/);
+    expect(() => new KvStateMachine({ maxStateBytes: 2 ** 40 })).toThrow(/maxStateBytes must be an integer/);
+  });
+});
+
+describe('KvStateMachine range', () => {
+  function filled(keys: string[]): KvStateMachine {
+    const d = new Driver();
+    keys.forEach((key, i) => d.run('c', i + 1, put(key, key)));
+    return d.machine;
+  }
+
+  it('lists a prefix in UTF-8 byte order, pages with limit and after', () => {
+    const machine = filled(['vm/\u{10000}', 'vm/b', 'vm/\uffff', 'vm/a', 'vn/x', 'vm', 'v']);
+    const page1 = machine.range('vm/', 2);
+    expect(page1.entries.map((e) => e.key)).toEqual(['vm/a', 'vm/b']);
+    expect(page1.more).toBe(true);
+    const page2 = machine.range('vm/', 2, 'vm/b');
+    expect(page2.entries.map((e) => e.key)).toEqual(['vm/\uffff', 'vm/\u{10000}']);
+    expect(page2.more).toBe(false);
+    expect(machine.range('', 100).entries.map((e) => e.key)).toEqual(['v', 'vm', 'vm/a', 'vm/b', 'vm/\uffff', 'vm/\u{10000}', 'vn/x']);
+    expect(machine.range('vm/', 5, 'vm/\u{10000}').entries).toEqual([]);
+    expect(machine.range('zzz', 5)).toEqual({ entries: [], more: false });
+    expect(() => machine.range('', 0)).toThrow(/limit must be an integer from 1 to 10000, got 0/);
+  });
+
+  it('stops at the byte budget but always returns one entry', () => {
+    const d = new Driver();
+    // Footprint KV_RANGE_MAX_BYTES - 7: no room for even the small entry after it.
+    const big = 'x'.repeat(KV_RANGE_MAX_BYTES - 40);
+    d.run('c', 1, put('a', big));
+    d.run('c', 2, put('b', 'small'));
+    d.run('c', 3, put('c', big));
+    const first = d.machine.range('', 10);
+    expect(first.entries.map((e) => e.key)).toEqual(['a']);
+    expect(first.more).toBe(true);
+    const second = d.machine.range('', 10, 'a');
+    expect(second.entries.map((e) => e.key)).toEqual(['b']);
+    expect(second.more).toBe(true);
+    expect(d.machine.range('', 10, 'b')).toMatchObject({ more: false, entries: [{ key: 'c' }] });
+  });
+});
+
+describe('KvStateMachine snapshots', () => {
+  function busy(): KvStateMachine {
+    const d = new Driver(new KvStateMachine({ maxSessions: 3 }));
+    d.run('a', 1, put('k/1', 'one'));
+    d.run('b', 1, put('k/2', 'two'));
+    d.run('c', 1, cas('k/1', 0, 'x')); // a remembered mismatch
+    d.run('d', 1, del('k/2')); // evicts a
+    d.run('b', 2, put('\u00e9', '\u00e9'));
+    d.raw(new Uint8Array());
+    return d.machine;
+  }
+
+  it('round-trips byte-identically, and the restored machine behaves the same', () => {
+    const original = busy();
+    const snapshot = original.snapshot();
+    const restored = KvStateMachine.restore(snapshot);
+    expect(sameBytes(restored.snapshot(), snapshot)).toBe(true);
+    expect(restored.stats()).toEqual(original.stats());
+    expect(restored.limits).toEqual({ maxSessions: 3, maxStateBytes: original.limits.maxStateBytes });
+    const a = new Driver(original);
+    const b = new Driver(restored);
+    for (const [client, seq] of [['c', 1], ['a', 1], ['b', 1], ['e', 1], ['d', 1]] as const) {
+      expect(b.run(client, seq, put('k/1', client))).toEqual(a.run(client, seq, put('k/1', client)));
+    }
+    expect(sameBytes(a.machine.snapshot(), b.machine.snapshot())).toBe(true);
+  });
+
+  it('starts with the version byte and ends with a CRC-32 of the rest', () => {
+    const snapshot = Buffer.from(busy().snapshot());
+    expect(snapshot.subarray(0, 4).toString('ascii')).toBe('DWKV');
+    expect(snapshot[4]).toBe(KV_SNAPSHOT_VERSION);
+    expect(snapshot.readUInt32LE(snapshot.byteLength - 4)).toBe(zlib.crc32(snapshot.subarray(0, -4)));
+  });
+
+  function sealed(body: Uint8Array, version = KV_SNAPSHOT_VERSION): Uint8Array {
+    const head = Buffer.concat([Buffer.from('DWKV'), Buffer.from([version]), body]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32LE(zlib.crc32(head));
+    return Buffer.concat([head, crc]);
+  }
+
+  function body(wire: object): Uint8Array {
+    const type = kvProto.lookupType('dwcp.kv.v1.KvSnapshot');
+    return type.encode(type.fromObject(wire)).finish();
+  }
+
+  const limits = { maxSessions: 10, maxStateBytes: 1000 };
+  const entry = (key: string, revision = 1) => ({ key, value: Buffer.from('v'), revision, createRevision: 1 });
+  const session = (clientId: string, lastIndex: number) => ({ clientId, lastSeq: 1, lastIndex, result: { put: { revision: lastIndex } } });
+
+  it.each([
+    ['a flipped bit', () => {
+      const s = Buffer.from(busy().snapshot());
+      s[10] = (s[10] ?? 0) ^ 1;
+      return s;
+    }, /checksum is 0x[0-9a-f]+, the snapshot says 0x[0-9a-f]+ \(corrupted\)/],
+    ['a truncation', () => busy().snapshot().subarray(0, 6), /is 6 bytes, shorter than the 9-byte envelope/],
+    ['another format', () => Buffer.from('{"json": true}'), /does not start with "DWKV"/],
+    ['a future version', () => sealed(body({ appliedIndex: 1, ...limits }), 2), /version is 2; this build reads version 1/],
+    ['unsorted keys', () => sealed(body({ appliedIndex: 5, ...limits, entries: [entry('b'), entry('a')] })), /field entries\[1\]\.key is not after the previous key/],
+    ['a revision from the future', () => sealed(body({ appliedIndex: 5, ...limits, entries: [entry('a', 6)] })), /field entries\[0\]\.revision is 6, after the applied index 5/],
+    ['too many bytes', () => sealed(body({ appliedIndex: 5, ...limits, maxStateBytes: 40, entries: [entry('a'), entry('b')] })), /field entries take 68 bytes, above maxStateBytes 40/],
+    ['sessions out of order', () => sealed(body({ appliedIndex: 5, ...limits, sessions: [session('x', 3), session('y', 2)] })), /field sessions\[1\]\.lastIndex is 2, not after the previous session's 3/],
+    ['a repeated client', () => sealed(body({ appliedIndex: 5, ...limits, sessions: [session('x', 2), session('x', 3)] })), /field sessions\[1\]\.clientId repeats "x"/],
+    ['a read kept in a session', () => sealed(body({ appliedIndex: 5, ...limits, sessions: [{ ...session('x', 2), result: { noop: { revision: 2 } } }] })), /field sessions\[0\]\.result is a noop outcome/],
+    ['no limits', () => sealed(body({ appliedIndex: 5 })), /field maxSessions is 0, outside 1\.\.100000/],
+  ] as [string, () => Uint8Array, RegExp][])('refuses to restore %s, saying why', (_name, make, message) => {
+    expect(() => KvStateMachine.restore(make())).toThrow(KvSnapshotError);
+    expect(() => KvStateMachine.restore(make())).toThrow(message);
+  });
+
+  it('restores a hand-built valid snapshot (the fixtures above differ from it in one field only)', () => {
+    const machine = KvStateMachine.restore(sealed(body({ appliedIndex: 5, ...limits, entries: [entry('a'), entry('b')], sessions: [session('x', 2), session('y', 3)] })));
+    expect(machine.stats()).toEqual({ keys: 2, bytes: 2 * kvEntryFootprint(1, 1), sessions: 2, appliedIndex: 5 });
+  });
+});
+
+// A model of the semantics, without session eviction (the property below keeps fewer clients than sessions).
+interface ModelState {
+  values: Map<string, { value: string; revision: number; createRevision: number }>;
+  sessions: Map<string, { seq: number; result: KvResult }>;
+}
+
+function modelApply(state: ModelState, index: number, cmd: KvCommand): KvResult {
+  if (cmd.op === 'get' || cmd.op === 'range') throw new Error('the model covers writes only');
+  const session = state.sessions.get(cmd.clientId);
+  if (session !== undefined && cmd.seq < session.seq) return { ok: false, reason: 'stale_request', lastSeq: session.seq };
+  if (session !== undefined && cmd.seq === session.seq) return session.result;
+  const prevStored = state.values.get(cmd.key);
+  const prev = prevStored === undefined ? null : { revision: prevStored.revision, createRevision: prevStored.createRevision };
+  let result: KvResult;
+  if (cmd.op === 'delete') {
+    state.values.delete(cmd.key);
+    result = { ok: true, op: 'delete', revision: index, deleted: prev !== null, prev };
+  } else if (cmd.op === 'cas' && (prev?.revision ?? 0) !== cmd.expectedRevision) {
+    result = { ok: false, reason: 'cas_mismatch', currentRevision: prev?.revision ?? 0 };
+  } else {
+    state.values.set(cmd.key, { value: Buffer.from(cmd.value).toString(), revision: index, createRevision: prev?.createRevision ?? index });
+    result = { ok: true, op: cmd.op, revision: index, prev };
+  }
+  state.sessions.set(cmd.clientId, { seq: cmd.seq, result });
+  return result;
+}
+
+const keyArb = fc.constantFrom('a', 'ab', 'b', '\u00e9', '\u{1F600}', 'a/\uffff');
+const valueArb = fc.string({ maxLength: 4 }).map((s) => Buffer.from(s));
+const writeArb: fc.Arbitrary<KvCommand> = fc
+  .tuple(
+    fc.constantFrom('c1', 'c2', 'c3', 'c4', 'c5'),
+    fc.integer({ min: 1, max: 6 }),
+    fc.oneof(
+      fc.record({ op: fc.constant('put' as const), key: keyArb, value: valueArb }),
+      fc.record({ op: fc.constant('delete' as const), key: keyArb }),
+      fc.record({ op: fc.constant('cas' as const), key: keyArb, expectedRevision: fc.integer({ min: 0, max: 12 }), value: valueArb }),
+    ),
+  )
+  .map(([clientId, seq, op]) => ({ clientId, seq, ...op }) as KvCommand);
+/** An entry as the log holds it: a command, the leader's no-op, or garbage; with a gap before its index. */
+const entryArb = fc.record({
+  gap: fc.integer({ min: 1, max: 3 }),
+  data: fc.oneof(
+    { weight: 8, arbitrary: writeArb.map(encodeKvCommand) },
+    { weight: 1, arbitrary: fc.constant(new Uint8Array()) },
+    { weight: 1, arbitrary: fc.uint8Array({ minLength: 1, maxLength: 8 }) },
+  ),
+});
+
+describe('KvStateMachine determinism (property)', () => {
+  it('two machines, one restored from a snapshot midway, return the same results and end with identical snapshots', () => {
+    fc.assert(
+      fc.property(fc.array(entryArb, { maxLength: 80 }), fc.nat(), fc.integer({ min: 1, max: 6 }), (entries, cutAt, maxSessions) => {
+        const cut = entries.length === 0 ? 0 : cutAt % entries.length;
+        const a = new KvStateMachine({ maxSessions });
+        let b = new KvStateMachine({ maxSessions });
+        let index = 0;
+        entries.forEach(({ gap, data }, i) => {
+          if (i === cut) b = KvStateMachine.restore(b.snapshot());
+          index += gap;
+          expect(b.apply(index, data)).toEqual(a.apply(index, data));
+        });
+        expect(sameBytes(b.snapshot(), a.snapshot())).toBe(true);
+        expect(b.stats()).toEqual(a.stats());
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('agrees with a model of the semantics', () => {
+    fc.assert(
+      fc.property(fc.array(writeArb, { maxLength: 80 }), (commands) => {
+        const machine = new KvStateMachine();
+        const model: ModelState = { values: new Map(), sessions: new Map() };
+        commands.forEach((cmd, i) => {
+          expect(machine.apply(i + 1, encodeKvCommand(cmd))).toEqual(modelApply(model, i + 1, cmd));
+        });
+        const expected = [...model.values.entries()]
+          .sort(([x], [y]) => Buffer.compare(Buffer.from(x), Buffer.from(y)))
+          .map(([key, v]) => ({ key, value: v.value, revision: v.revision, createRevision: v.createRevision }));
+        const actual = machine.range('', 100).entries.map((e) => ({ key: e.key, value: Buffer.from(e.value).toString(), revision: e.revision, createRevision: e.createRevision }));
+        expect(actual).toEqual(expected);
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
