@@ -97,7 +97,7 @@ export function raftServiceRegistration<R>(opts: RaftServiceOptions<R>): AdminSe
         const timeoutMs = requireTimeout(req.timeout_ms, opts.defaultTimeoutMs);
         const started = performance.now();
         if (!n.status().membership.learners.includes(id)) await n.changeMembership({ type: 'add_learner', node: id }, timeoutMs);
-        const left = Math.max(1, timeoutMs - (performance.now() - started));
+        const left = Math.max(1, Math.ceil(timeoutMs - (performance.now() - started)));
         await n.changeMembership({ type: 'promote', node: id }, left);
         return membersOf(n);
       }),

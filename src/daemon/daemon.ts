@@ -16,17 +16,27 @@ import { createMetrics, type DwcpMetrics } from '../metrics/metrics.ts';
 import { startMetricsServer, type MetricsServer } from '../metrics/server.ts';
 import { startAdminServer, type AdminServer } from '../admin/server.ts';
 import { MemberMesh } from '../net/mesh.ts';
+import { RaftGroup } from '../consensus/raft/group.ts';
+import { KV_MAX_COMMAND_BYTES, type KvResult } from '../kv/command.ts';
+import { KvReplica, KvService } from '../kv/service.ts';
+import { kvServiceRegistration } from '../admin/kv-service.ts';
+import { raftServiceRegistration } from '../admin/raft-service.ts';
 import { loadOrCreateIdentity, type Identity } from './identity.ts';
 import { notifySystemd } from './notify.ts';
 import { VERSION } from './version.ts';
 
 export const STOP_BUDGET_MS = 9_000;
+/** Part of the stop budget a Raft leader may spend handing leadership over. */
+const RAFT_TRANSFER_MS = 2_000;
 
 export class Daemon {
   readonly identity: Identity;
   readonly metrics: DwcpMetrics;
   readonly members: MemberDirectory;
   readonly mesh: MemberMesh;
+  /** This node's seat in the trusted members' Raft group; null on an untrusted node. */
+  readonly raft: RaftGroup<KvResult> | null;
+  readonly kv: KvService;
   readonly #log: Logger;
   readonly #startedAt = new Date();
   #config: DwcpConfig;
@@ -35,13 +45,24 @@ export class Daemon {
   #ready = false;
   #stopped: Promise<void> | undefined;
 
-  private constructor(config: DwcpConfig, log: Logger, identity: Identity, metrics: DwcpMetrics, members: MemberDirectory, mesh: MemberMesh) {
-    this.#config = config;
-    this.#log = log;
-    this.identity = identity;
-    this.metrics = metrics;
-    this.members = members;
-    this.mesh = mesh;
+  private constructor(parts: {
+    config: DwcpConfig;
+    log: Logger;
+    identity: Identity;
+    metrics: DwcpMetrics;
+    members: MemberDirectory;
+    mesh: MemberMesh;
+    raft: RaftGroup<KvResult> | null;
+    kv: KvService;
+  }) {
+    this.#config = parts.config;
+    this.#log = parts.log;
+    this.identity = parts.identity;
+    this.metrics = parts.metrics;
+    this.members = parts.members;
+    this.mesh = parts.mesh;
+    this.raft = parts.raft;
+    this.kv = parts.kv;
   }
 
   get config(): DwcpConfig {
@@ -55,7 +76,28 @@ export class Daemon {
     metrics.buildInfo.set({ version: VERSION, node: config.node.name, federation: config.federation }, 1);
     const members = new MemberDirectory(config.members);
     const mesh = await MemberMesh.create({ config, identity, members, metrics, log: log.child({ component: 'mesh' }) });
-    const daemon = new Daemon(config, log, identity, metrics, members, mesh);
+    const isConnected = (peerId: string) => mesh.isConnected(peerId);
+    const replica = new KvReplica();
+    const raft = await RaftGroup.open<KvResult>({
+      config,
+      host: mesh.host,
+      members,
+      isConnected,
+      machine: replica,
+      core: { maxProposalBytes: KV_MAX_COMMAND_BYTES },
+      metrics,
+      log: log.child({ component: 'raft' }),
+    });
+    const kv = new KvService({
+      node: raft?.node ?? null,
+      replica,
+      host: mesh.host,
+      members,
+      isConnected,
+      metrics,
+      log: log.child({ component: 'kv' }),
+    });
+    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, kv });
     try {
       await daemon.#serve();
     } catch (err) {
@@ -68,11 +110,19 @@ export class Daemon {
   async #serve(): Promise<void> {
     const config = this.#config;
     await this.mesh.start();
+    await this.raft?.start();
+    await this.kv.start();
+    const adminLog = this.#log.child({ component: 'admin' });
+    const defaultTimeoutMs = config.raft.requestTimeoutMs;
     this.#admin = await startAdminServer({
       socketPath: config.adminSocket,
       status: () => this.status(),
-      logger: this.#log.child({ component: 'admin' }),
+      logger: adminLog,
       metrics: this.metrics,
+      services: [
+        kvServiceRegistration({ service: this.kv, nodeName: config.node.name, defaultTimeoutMs, log: adminLog }),
+        raftServiceRegistration({ node: this.raft?.node ?? null, members: this.members, defaultTimeoutMs, log: adminLog }),
+      ],
     });
     this.#metricsServer = await startMetricsServer({
       listen: config.metricsListen,
@@ -166,9 +216,12 @@ export class Daemon {
         clearTimeout(timer);
       }
     };
-    await step('mesh', () => this.mesh.stop(), 4_000);
-    await step('admin', async () => this.#admin?.close(), 3_000);
-    await step('metrics', async () => this.#metricsServer?.close(), 1_000);
+    // Raft first, while the mesh is still up: a leader hands over before it goes.
+    await step('kv', () => this.kv.stop(), 500);
+    await step('raft', async () => this.raft?.stop(RAFT_TRANSFER_MS), RAFT_TRANSFER_MS + 1_000);
+    await step('mesh', () => this.mesh.stop(), 2_500);
+    await step('admin', async () => this.#admin?.close(), 2_000);
+    await step('metrics', async () => this.#metricsServer?.close(), 500);
     this.#log.info('dwcpd stopped');
   }
 }

@@ -24,7 +24,9 @@ import type { RaftStateMachine } from './node.ts';
 import { RaftNode } from './node.ts';
 import { RaftStorage } from './storage.ts';
 import { RaftTransport, type RaftPeerDirectory } from './transport.ts';
-import type { PersistedState } from './types.ts';
+import type { PersistedState, RaftConfig } from './types.ts';
+import { resolveRaftConfig } from './types.ts';
+import { checkRaftConfigForWire } from './wire.ts';
 
 export interface RaftGroupOptions<R> {
   config: DwcpConfig;
@@ -32,6 +34,8 @@ export interface RaftGroupOptions<R> {
   members: MemberDirectory;
   isConnected(peerId: string): boolean;
   machine: RaftStateMachine<R>;
+  /** Core settings the state machine needs (e.g. maxProposalBytes for its largest command). */
+  core?: Partial<RaftConfig>;
   metrics: DwcpMetrics;
   log: Logger;
   random?: () => number;
@@ -65,6 +69,9 @@ export class RaftGroup<R> {
   static async open<R>(opts: RaftGroupOptions<R>): Promise<RaftGroup<R> | null> {
     const { config, metrics, log } = opts;
     if (config.node.trust !== 'trusted') return null;
+    const core = resolveRaftConfig({ ...opts.core, electionTicks: config.raft.electionTicks, heartbeatTicks: config.raft.heartbeatTicks });
+    // A setting the wire cannot carry would stall replication on encode errors later: refuse it now.
+    checkRaftConfigForWire(core);
     const storage = await RaftStorage.open(join(config.dataDir, 'raft'), {
       onWrite: (t) => {
         metrics.raft.appendDuration.observe(t.appendSeconds);
@@ -72,7 +79,12 @@ export class RaftGroup<R> {
       },
     });
     try {
-      const persisted = storage.load() ?? RaftGroup.#initialState(config, log);
+      let persisted = storage.load();
+      if (persisted === null) {
+        persisted = RaftGroup.#initialState(config, log);
+        // The core takes its initial state as already durable: make it so before it starts.
+        await storage.persist({ hardState: persisted.hardState, snapshot: null, entries: persisted.entries, mustSync: true });
+      }
       const self = config.node.name;
       let deliver: (messages: Parameters<RaftNode<R>['receive']>[0]) => void = () => {};
       const transport = new RaftTransport({
@@ -92,7 +104,7 @@ export class RaftGroup<R> {
         sender: transport,
         machine: opts.machine,
         random: opts.random ?? Math.random,
-        config: { electionTicks: raft.electionTicks, heartbeatTicks: raft.heartbeatTicks },
+        config: core,
         tickMs: raft.tickMs,
         snapshotEntries: raft.snapshotEntries,
         metrics: metrics.raft,

@@ -382,15 +382,26 @@ export class RaftNode<R> {
   }
 
   async #waitForProgress(deadline: AbortSignal, onTimeout: () => RaftClientError): Promise<void> {
-    if (deadline.aborted) throw onTimeout();
+    if (!(await this.waitForChange(deadline))) throw onTimeout();
+    this.#throwIfStopped();
+  }
+
+  /**
+   * Resolves true at the next change a waiting client may care about (an
+   * applied entry, a leader change, a confirmed read, or the next tick), false
+   * once `deadline` aborts. For callers above the node that retry across
+   * leader changes (forwarding) without polling on a timer of their own.
+   */
+  waitForChange(deadline: AbortSignal): Promise<boolean> {
+    if (deadline.aborted) return Promise.resolve(false);
     const { promise, resolve } = Promise.withResolvers<boolean>();
     const abort = () => resolve(false);
     deadline.addEventListener('abort', abort, { once: true });
-    void this.#progress.promise.then(() => resolve(true));
-    const progressed = await promise;
-    deadline.removeEventListener('abort', abort);
-    if (!progressed) throw onTimeout();
-    this.#throwIfStopped();
+    void this.#progress.promise.then(() => {
+      deadline.removeEventListener('abort', abort);
+      resolve(true);
+    });
+    return promise;
   }
 
   #notLeader(hint: NodeId | null): RaftClientError {

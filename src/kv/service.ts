@@ -1,0 +1,313 @@
+/**
+ * KvService: the client path of the replicated key-value store on one
+ * daemon. A write is proposed on the Raft leader: here if this node leads,
+ * otherwise forwarded to the leader over `/dwcp/kv/1.0.0` (one request and
+ * one response per stream). A strong read waits for a ReadIndex barrier and
+ * then reads this node's state machine; a local read skips the barrier.
+ *
+ * Invariants:
+ * - Every call ends by its deadline, with a result or a KvServiceError whose
+ *   `retryable` says whether the same request may still succeed.
+ * - A write is retried inside its deadline across leader changes with the
+ *   same (client id, seq), so the state machine applies it at most once.
+ * - Only a trusted, connected member may forward to us; anything else on the
+ *   forward protocol is refused with its peer ID logged.
+ * - This node only answers a forward while it is leader; it never forwards
+ *   a forwarded request again (no loops).
+ */
+import type { Connection, Stream } from '@libp2p/interface';
+import type { Libp2p } from 'libp2p';
+import { peerIdFromString } from '@libp2p/peer-id';
+import type { Logger } from '../log.ts';
+import type { DwcpMetrics } from '../metrics/metrics.ts';
+import type { MemberDirectory } from '../federation/members.ts';
+import { FrameError, FramedStream, frameEventsFor, type FrameEvents } from '../net/framing.ts';
+import type { RaftNode, RaftStateMachine } from '../consensus/raft/node.ts';
+import { RaftClientError } from '../consensus/raft/node.ts';
+import type { KvCommand, KvEntry, KvForwardErrorCode, KvForwardRequest, KvForwardResponse, KvResult } from './command.ts';
+import {
+  KV_FORWARD_MAX_FRAME_BYTES,
+  KV_FORWARD_MAX_TIMEOUT_MS,
+  KV_FORWARD_PROTOCOL,
+  KV_RANGE_MAX_LIMIT,
+  KvForwardRequestSchema,
+  KvForwardResponseSchema,
+  encodeKvCommand,
+} from './command.ts';
+import { KvStateMachine } from './state-machine.ts';
+
+/** The KV state machine as Raft drives it; restore swaps in a new machine. */
+export class KvReplica implements RaftStateMachine<KvResult> {
+  machine: KvStateMachine;
+
+  constructor(machine = new KvStateMachine()) {
+    this.machine = machine;
+  }
+
+  apply(index: number, data: Uint8Array): KvResult {
+    return this.machine.apply(index, data);
+  }
+
+  snapshot(): Uint8Array {
+    return this.machine.snapshot();
+  }
+
+  restore(data: Uint8Array): void {
+    this.machine = KvStateMachine.restore(data);
+  }
+}
+
+export const KV_SCOPES = ['datacenter', 'federation'] as const;
+export type KvScope = (typeof KV_SCOPES)[number];
+export const KV_CONSISTENCIES = ['strong', 'local'] as const;
+export type KvConsistency = (typeof KV_CONSISTENCIES)[number];
+
+export type KvServiceErrorCode = 'unavailable' | 'invalid' | 'unsupported';
+
+export class KvServiceError extends Error {
+  readonly code: KvServiceErrorCode;
+  readonly retryable: boolean;
+  constructor(code: KvServiceErrorCode, message: string) {
+    super(message);
+    this.name = 'KvServiceError';
+    this.code = code;
+    this.retryable = code === 'unavailable';
+  }
+}
+
+export interface KvWriteOutcome {
+  result: KvResult;
+  /** The Raft node that committed the write. */
+  leader: string;
+}
+
+export interface KvReadRequest {
+  key: string;
+  prefix: boolean;
+  limit: number;
+  consistency: KvConsistency;
+  scope: KvScope;
+  timeoutMs: number;
+}
+
+export interface KvReadOutcome {
+  entries: KvEntry[];
+  appliedIndex: number;
+}
+
+export interface KvServiceOptions {
+  /** Null on an untrusted node, which has no Raft group. */
+  node: RaftNode<KvResult> | null;
+  replica: KvReplica;
+  host: Libp2p;
+  members: MemberDirectory;
+  isConnected(peerId: string): boolean;
+  metrics: DwcpMetrics;
+  log: Logger;
+}
+
+type ForwardStream = FramedStream<KvForwardResponse, KvForwardRequest>;
+type ForwardServerStream = FramedStream<KvForwardRequest, KvForwardResponse>;
+
+const FORWARD_OPEN_TIMEOUT_MS = 5000;
+const MAX_INBOUND_FORWARDS = 256;
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+export class KvService {
+  readonly #opts: KvServiceOptions;
+  readonly #events: FrameEvents;
+  #stopped = false;
+
+  constructor(opts: KvServiceOptions) {
+    this.#opts = opts;
+    this.#events = frameEventsFor(opts.metrics, KV_FORWARD_PROTOCOL);
+  }
+
+  async start(): Promise<void> {
+    await this.#opts.host.handle(KV_FORWARD_PROTOCOL, (stream, connection) => void this.#onForward(stream, connection), {
+      maxInboundStreams: MAX_INBOUND_FORWARDS,
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.#opts.host.unhandle(KV_FORWARD_PROTOCOL).catch(() => {});
+  }
+
+  /** Commits a write (put, delete or cas) and returns the state machine's result. */
+  async write(command: KvCommand, scope: KvScope, timeoutMs: number): Promise<KvWriteOutcome> {
+    const node = this.#nodeFor(scope);
+    const data = encodeKvCommand(command);
+    const deadline = AbortSignal.timeout(timeoutMs);
+    const started = performance.now();
+    let last: string | null = null;
+    for (;;) {
+      if (this.#stopped) throw new KvServiceError('unavailable', 'the daemon is stopping');
+      const remaining = () => Math.max(1, Math.ceil(timeoutMs - (performance.now() - started)));
+      const leader = node.leader;
+      try {
+        if (node.isLeader) return { result: await node.propose(data, remaining()), leader: node.id };
+        if (leader !== null) return { result: await this.#forward(leader, data, remaining(), deadline), leader };
+        last = 'no leader is known (election in progress, or no quorum reachable)';
+      } catch (err) {
+        if (err instanceof RaftClientError && !err.retryable) throw new KvServiceError('unavailable', err.message);
+        if (!(err instanceof RaftClientError) && !(err instanceof ForwardError)) throw err;
+        if (err instanceof ForwardError && !err.retryable) throw new KvServiceError('invalid', err.message);
+        last = err.message;
+      }
+      if (!(await node.waitForChange(deadline))) {
+        throw new KvServiceError('unavailable', `write not committed within ${timeoutMs} ms: ${last ?? 'no answer'}; retry`);
+      }
+    }
+  }
+
+  /** Reads one key (or a prefix) at the requested consistency. */
+  async read(req: KvReadRequest): Promise<KvReadOutcome> {
+    const node = this.#nodeFor(req.scope);
+    if (req.consistency === 'strong') {
+      try {
+        await node.readBarrier(req.timeoutMs);
+      } catch (err) {
+        if (err instanceof RaftClientError) {
+          throw new KvServiceError('unavailable', `strong read not confirmed by a leader: ${err.message}; retry, or read with --consistency local`);
+        }
+        throw err;
+      }
+    }
+    const machine = this.#opts.replica.machine;
+    if (!req.prefix) {
+      const entry = machine.get(req.key);
+      return { entries: entry === null ? [] : [entry], appliedIndex: node.applied };
+    }
+    const limit = req.limit === 0 ? KV_RANGE_MAX_LIMIT : req.limit;
+    if (limit > KV_RANGE_MAX_LIMIT) throw new KvServiceError('invalid', `limit ${limit} is above the ${KV_RANGE_MAX_LIMIT}-item maximum`);
+    return { entries: machine.range(req.key, limit).entries, appliedIndex: node.applied };
+  }
+
+  #nodeFor(scope: KvScope): RaftNode<KvResult> {
+    const node = this.#opts.node;
+    if (node === null) {
+      throw new KvServiceError('unsupported', 'this node is untrusted and holds no replica of the trusted members\' Raft log; ask a trusted member');
+    }
+    if (scope === 'federation') {
+      const untrusted = this.#opts.members.list().filter((m) => m.trust !== 'trusted');
+      if (untrusted.length > 0) {
+        throw new KvServiceError(
+          'unsupported',
+          `scope federation includes untrusted members (${untrusted.map((m) => m.name).join(', ')}) and needs PBFT, which this build does not have yet; use --scope datacenter`,
+        );
+      }
+    }
+    return node;
+  }
+
+  // ---------------------------------------------------------------- forwarding
+
+  async #forward(leader: string, command: Uint8Array, timeoutMs: number, deadline: AbortSignal): Promise<KvResult> {
+    const member = this.#opts.members.list().find((m) => m.name === leader);
+    if (member === undefined) throw new ForwardError('not_leader', `leader ${leader} is not in this node's member list`, true);
+    if (!this.#opts.isConnected(member.peerId)) throw new ForwardError('no_quorum', `leader ${leader} is not connected`, true);
+    let stream: Stream;
+    try {
+      stream = await this.#opts.host.dialProtocol(peerIdFromString(member.peerId), KV_FORWARD_PROTOCOL, {
+        signal: AbortSignal.any([deadline, AbortSignal.timeout(FORWARD_OPEN_TIMEOUT_MS)]),
+      });
+    } catch (err) {
+      throw new ForwardError('no_quorum', `cannot reach leader ${leader}: ${errorText(err)}`, true);
+    }
+    const framed: ForwardStream = new FramedStream(stream, {
+      protocol: KV_FORWARD_PROTOCOL,
+      maxFrameBytes: KV_FORWARD_MAX_FRAME_BYTES,
+      inbound: KvForwardResponseSchema,
+      outbound: KvForwardRequestSchema,
+      events: this.#events,
+    });
+    let response: KvForwardResponse | undefined;
+    try {
+      await framed.write({ command, timeoutMs: Math.min(timeoutMs, KV_FORWARD_MAX_TIMEOUT_MS) }, { signal: deadline });
+      response = await framed.read({ signal: deadline });
+      await framed.close().catch(() => {});
+    } catch (err) {
+      framed.stream.abort(err instanceof Error ? err : new Error(String(err)));
+      throw new ForwardError('timeout', `forward to leader ${leader} failed: ${errorText(err)}`, true);
+    }
+    if (response === undefined) throw new ForwardError('no_quorum', `leader ${leader} closed the stream without answering`, true);
+    if (response.kind === 'result') return response.result;
+    const { code, message, leaderHint } = response.error;
+    throw new ForwardError(code, `leader ${leader} answered ${code}: ${message}${leaderHint ? ` (leader hint ${leaderHint})` : ''}`, code !== 'invalid');
+  }
+
+  async #onForward(stream: Stream, connection: Connection): Promise<void> {
+    const peerId = connection.remotePeer.toString();
+    const member = this.#opts.members.get(peerId);
+    const { log } = this.#opts;
+    if (member === undefined || member.trust !== 'trusted' || !this.#opts.isConnected(peerId)) {
+      log.warn({ peerId, member: member?.name }, 'kv forward from a peer that is not a trusted connected member refused');
+      stream.abort(new Error('not a trusted member'));
+      return;
+    }
+    const framed: ForwardServerStream = new FramedStream(stream, {
+      protocol: KV_FORWARD_PROTOCOL,
+      maxFrameBytes: KV_FORWARD_MAX_FRAME_BYTES,
+      inbound: KvForwardRequestSchema,
+      outbound: KvForwardResponseSchema,
+      events: this.#events,
+    });
+    let request: KvForwardRequest | undefined;
+    try {
+      request = await framed.read({ signal: AbortSignal.timeout(FORWARD_OPEN_TIMEOUT_MS) });
+    } catch (err) {
+      // FramedStream counted the rejection and reset the stream.
+      if (err instanceof FrameError) log.warn({ peer: member.name, err: err.message }, 'kv forward request refused');
+      return;
+    }
+    if (request === undefined) return;
+    const response = await this.#serveForward(request);
+    try {
+      await framed.write(response);
+      await framed.close();
+    } catch (err) {
+      log.debug({ peer: member.name, err: errorText(err) }, 'kv forward response not delivered');
+    }
+  }
+
+  async #serveForward(request: KvForwardRequest): Promise<KvForwardResponse> {
+    const node = this.#opts.node;
+    const error = (code: KvForwardErrorCode, message: string): KvForwardResponse => ({
+      kind: 'error',
+      error: { code, message, leaderHint: node?.leader ?? '' },
+    });
+    if (node === null) return error('invalid', 'this node has no Raft group');
+    if (!node.isLeader) return error('not_leader', `${node.id} is not the leader`);
+    try {
+      return { kind: 'result', result: await node.propose(request.command, request.timeoutMs) };
+    } catch (err) {
+      if (!(err instanceof RaftClientError)) return error('invalid', errorText(err));
+      switch (err.code) {
+        case 'not_leader':
+        case 'no_leader':
+          return error('not_leader', err.message);
+        case 'timeout':
+          return error('timeout', err.message);
+        case 'rejected':
+          return error('invalid', err.message);
+        default:
+          return error('dropped', err.message);
+      }
+    }
+  }
+}
+
+class ForwardError extends Error {
+  readonly code: KvForwardErrorCode;
+  readonly retryable: boolean;
+  constructor(code: KvForwardErrorCode, message: string, retryable: boolean) {
+    super(message);
+    this.name = 'ForwardError';
+    this.code = code;
+    this.retryable = retryable;
+  }
+}
