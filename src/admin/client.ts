@@ -309,11 +309,15 @@ async function explainFailure(err: unknown, socketPath: string, method: string, 
       case 'not-socket':
         return new AdminClientError(`${socketPath} is ${probe.kind}, not a daemon socket (set --socket or DWCP_SOCKET)`, err.code);
       default:
-        return new AdminClientError(`daemon at ${socketPath} is unavailable: ${err.details}`, err.code);
+        // The daemon answered: UNAVAILABLE is its own verdict (no leader, no quorum), spelled out in the details.
+        return new AdminClientError(`${method}: ${err.details}`, err.code);
     }
   }
   return new AdminClientError(`${method} failed with ${grpc.status[err.code]}: ${err.details}`, err.code);
 }
+
+/** How much longer than a request's own timeout the client waits, so the daemon's explanation arrives first. */
+const SERVER_ANSWER_MARGIN_MS = 1000;
 
 /** Opens a channel to the daemon; connection happens on the first call, so this never throws on a bad path. */
 export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminClient {
@@ -326,10 +330,10 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
    * carries one, and the call's deadline then leaves the server room to say
    * why it gave up rather than the client cutting it off first.
    */
-  function call<Req, Res>(service: string, methodName: string, request: Req, timeoutMs = opts.timeoutMs): Promise<Res> {
+  function call<Req, Res>(service: string, methodName: string, request: Req, serverTimeoutMs?: number): Promise<Res> {
     const method = services.get(service)?.[methodName] as MethodDefinition<Req, Res> | undefined;
     if (method === undefined) return Promise.reject(new AdminClientError(`${methodName} is not a method of ${service}`, null));
-    const deadlineMs = timeoutMs === opts.timeoutMs ? timeoutMs : timeoutMs + 1000;
+    const deadlineMs = serverTimeoutMs === undefined ? opts.timeoutMs : serverTimeoutMs + SERVER_ANSWER_MARGIN_MS;
     return new Promise<Res>((resolve, reject) => {
       client.makeUnaryRequest(
         method.path,
