@@ -31,6 +31,7 @@ import type {
   ConfigChange,
   DropReason,
   Message,
+  MessageType,
   NodeId,
   PersistedState,
   ProposeResult,
@@ -121,6 +122,13 @@ const TRANSIENT_DROPS: ReadonlySet<DropReason> = new Set([
   'pending_read_limit',
   'learner_behind',
 ]);
+
+/**
+ * Leader messages that carry no promise about the sender's durable state.
+ * Everything else waits for the persist: a vote (granted or requested for
+ * oneself) and an append or snapshot ack each promise something is on disk.
+ */
+const SEND_BEFORE_PERSIST: ReadonlySet<MessageType> = new Set(['append', 'heartbeat', 'snapshot_chunk', 'timeout_now', 'read_index_response']);
 
 function deadlineError(what: string, ms: number, leader: NodeId | null): RaftClientError {
   const state = leader === null ? 'no leader is known (no quorum reachable?)' : `the leader is ${leader}`;
@@ -466,10 +474,20 @@ export class RaftNode<R> {
 
   async #handle(ready: Ready): Promise<void> {
     if (ready.softState !== null) this.#onSoftState(ready.softState.role, ready.softState.leader);
-    if (ready.snapshot !== null || ready.entries.length > 0 || ready.hardState !== null) {
+    const persisting = ready.snapshot !== null || ready.entries.length > 0 || ready.hardState !== null;
+    if (persisting && this.#role === 'leader') {
+      // A leader's appends and heartbeats promise nothing about its own disk,
+      // so they go out while it syncs (Raft thesis 10.2.1): the followers'
+      // fsyncs overlap the leader's. Safe because the core counts the
+      // leader's own match only after advance(), i.e. after this persist.
+      const early = ready.messages.filter((m) => SEND_BEFORE_PERSIST.has(m.type));
+      this.#sendAll(early);
       await this.#opts.store.persist(ready);
+      this.#sendAll(ready.messages.filter((m) => !SEND_BEFORE_PERSIST.has(m.type)));
+    } else {
+      if (persisting) await this.#opts.store.persist(ready);
+      this.#sendAll(ready.messages);
     }
-    this.#sendAll(ready.messages);
     if (ready.snapshot !== null) this.#install(ready.snapshot);
     for (const entry of ready.committed) {
       if (entry.kind === 'normal' && entry.data.length > 0) {
