@@ -25,6 +25,7 @@
 import { bootstrapState, joiningState } from '../../src/consensus/raft/bootstrap.ts';
 import { members } from '../../src/consensus/raft/membership.ts';
 import { RaftCore } from '../../src/consensus/raft/core.ts';
+import { sendsBeforePersist } from '../../src/consensus/raft/node.ts';
 import type {
   ConfigChange,
   Entry,
@@ -110,6 +111,8 @@ interface SimNode {
   kv: KvStore;
   /** The Ready being persisted, if any. */
   inFlight: Ready | null;
+  /** Messages of inFlight already sent before its persist. */
+  early: readonly Message[];
 }
 
 type SimEvent =
@@ -207,6 +210,7 @@ export class RaftSimulation {
         disk,
         kv: new KvStore(),
         inFlight: null,
+        early: [],
       };
       this.#nodes.set(id, node);
       this.#queue.push(rng.int(TICK_MS), { kind: 'tick', node: id });
@@ -359,6 +363,10 @@ export class RaftSimulation {
       this.#checker.observeEntries(node.id, ready.entries, prevTerm);
     }
     node.inFlight = ready;
+    // What the driver sends while the disk write runs (a leader's appends and heartbeats).
+    const role = node.core.role;
+    node.early = ready.messages.filter((m) => sendsBeforePersist(role, m));
+    for (const message of node.early) this.#send(node, message);
     const delay = ready.mustSync ? this.#rng.between(0, this.#fsyncMaxMs) : 0;
     this.#queue.push(this.#now + delay, { kind: 'persisted', node: node.id, epoch: node.epoch });
   }
@@ -374,7 +382,7 @@ export class RaftSimulation {
     if (crashPoint < this.#crashPointRate) return this.#crashAndRestart(node);
     this.#writeDisk(node.disk, ready);
     if (crashPoint < 2 * this.#crashPointRate) return this.#crashAndRestart(node);
-    for (const message of ready.messages) this.#send(node, message);
+    for (const message of ready.messages) if (!node.early.includes(message)) this.#send(node, message);
     if (ready.snapshot !== null) {
       node.kv = KvStore.restore(ready.snapshot.meta.index, ready.snapshot.data);
       this.#snapshotsInstalled++;

@@ -130,6 +130,11 @@ const TRANSIENT_DROPS: ReadonlySet<DropReason> = new Set([
  */
 const SEND_BEFORE_PERSIST: ReadonlySet<MessageType> = new Set(['append', 'heartbeat', 'snapshot_chunk', 'timeout_now', 'read_index_response']);
 
+/** Whether a message of a Ready made in `role` may leave before that Ready is persisted (shared with the simulator). */
+export function sendsBeforePersist(role: Role, m: Message): boolean {
+  return role === 'leader' && SEND_BEFORE_PERSIST.has(m.type);
+}
+
 function deadlineError(what: string, ms: number, leader: NodeId | null): RaftClientError {
   const state = leader === null ? 'no leader is known (no quorum reachable?)' : `the leader is ${leader}`;
   return new RaftClientError('timeout', `${what} did not complete within ${ms} ms; ${state}`, leader);
@@ -475,17 +480,16 @@ export class RaftNode<R> {
   async #handle(ready: Ready): Promise<void> {
     if (ready.softState !== null) this.#onSoftState(ready.softState.role, ready.softState.leader);
     const persisting = ready.snapshot !== null || ready.entries.length > 0 || ready.hardState !== null;
-    if (persisting && this.#role === 'leader') {
+    if (persisting) {
       // A leader's appends and heartbeats promise nothing about its own disk,
       // so they go out while it syncs (Raft thesis 10.2.1): the followers'
       // fsyncs overlap the leader's. Safe because the core counts the
       // leader's own match only after advance(), i.e. after this persist.
-      const early = ready.messages.filter((m) => SEND_BEFORE_PERSIST.has(m.type));
-      this.#sendAll(early);
+      const role = this.#role;
+      this.#sendAll(ready.messages.filter((m) => sendsBeforePersist(role, m)));
       await this.#opts.store.persist(ready);
-      this.#sendAll(ready.messages.filter((m) => !SEND_BEFORE_PERSIST.has(m.type)));
+      this.#sendAll(ready.messages.filter((m) => !sendsBeforePersist(role, m)));
     } else {
-      if (persisting) await this.#opts.store.persist(ready);
       this.#sendAll(ready.messages);
     }
     if (ready.snapshot !== null) this.#install(ready.snapshot);
