@@ -20,7 +20,7 @@ import { Buffer } from 'node:buffer';
 import type { Type } from 'protobufjs';
 import { FrameError } from '../net/framing.ts';
 import type { MessageSchema } from '../net/schema.ts';
-import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
+import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireMessages, requireString, requireUint, requireUint64 } from '../net/schema.ts';
 
 export const KV_FORWARD_PROTOCOL = '/dwcp/kv/1.0.0';
 
@@ -187,17 +187,6 @@ function requireValue(obj: Record<string, unknown>, field: string): Uint8Array {
   return requireBytes(obj, field, { max: KV_MAX_VALUE_BYTES, optional: true });
 }
 
-/** A repeated message field, each item checked by `validate`; errors name the item (`entries[3].key`). */
-export function requireMessages<T>(obj: Record<string, unknown>, field: string, maxItems: number, validate: (sub: Record<string, unknown>) => T): T[] {
-  const value = obj[field];
-  if (!Array.isArray(value)) throw new FieldError(field, 'must be a list of messages');
-  if (value.length > maxItems) throw new FieldError(field, `has ${value.length} entries, above the ${maxItems}-entry limit`);
-  return value.map((item: unknown, i) => {
-    const name = `${field}[${i}]`;
-    return requireMessage({ [name]: item }, name, validate);
-  });
-}
-
 /**
  * A schema whose TypeScript shape differs from its protobuf shape: `toWire`
  * rebuilds the protobuf object before the usual encode-and-validate, and
@@ -320,7 +309,7 @@ function validateDeleteResult(o: Record<string, unknown>): { revision: number; d
 function validateRangeResult(o: Record<string, unknown>): { revision: number; entries: KvEntry[]; more: boolean } {
   return {
     revision: requireCount(o, 'revision', 1),
-    entries: requireMessages(o, 'entries', KV_RANGE_MAX_LIMIT, validateKvEntry),
+    entries: requireMessages(o, 'entries', validateKvEntry, { maxItems: KV_RANGE_MAX_LIMIT }),
     more: requireBool(o, 'more'),
   };
 }

@@ -22,6 +22,7 @@ import type { Logger } from '../log.ts';
 import type { DwcpMetrics } from '../metrics/metrics.ts';
 import type { MemberDirectory } from '../federation/members.ts';
 import { FrameError, FramedStream, frameEventsFor, type FrameEvents } from '../net/framing.ts';
+import type { MessageSchema } from '../net/schema.ts';
 import type { RaftNode, RaftStateMachine } from '../consensus/raft/node.ts';
 import { RaftClientError } from '../consensus/raft/node.ts';
 import type { KvCommand, KvEntry, KvForwardErrorCode, KvForwardRequest, KvForwardResponse, KvResult } from './command.ts';
@@ -106,8 +107,6 @@ export interface KvServiceOptions {
   log: Logger;
 }
 
-type ForwardStream = FramedStream<KvForwardResponse, KvForwardRequest>;
-type ForwardServerStream = FramedStream<KvForwardRequest, KvForwardResponse>;
 
 const FORWARD_OPEN_TIMEOUT_MS = 5000;
 const MAX_INBOUND_FORWARDS = 256;
@@ -206,6 +205,10 @@ export class KvService {
 
   // ---------------------------------------------------------------- forwarding
 
+  #framed<In, Out>(stream: Stream, inbound: MessageSchema<In>, outbound: MessageSchema<Out>): FramedStream<In, Out> {
+    return new FramedStream(stream, { protocol: KV_FORWARD_PROTOCOL, maxFrameBytes: KV_FORWARD_MAX_FRAME_BYTES, inbound, outbound, events: this.#events });
+  }
+
   async #forward(leader: string, command: Uint8Array, timeoutMs: number, deadline: AbortSignal): Promise<KvResult> {
     const member = this.#opts.members.list().find((m) => m.name === leader);
     if (member === undefined) throw new ForwardError('not_leader', `leader ${leader} is not in this node's member list`, true);
@@ -218,13 +221,7 @@ export class KvService {
     } catch (err) {
       throw new ForwardError('no_quorum', `cannot reach leader ${leader}: ${errorText(err)}`, true);
     }
-    const framed: ForwardStream = new FramedStream(stream, {
-      protocol: KV_FORWARD_PROTOCOL,
-      maxFrameBytes: KV_FORWARD_MAX_FRAME_BYTES,
-      inbound: KvForwardResponseSchema,
-      outbound: KvForwardRequestSchema,
-      events: this.#events,
-    });
+    const framed = this.#framed(stream, KvForwardResponseSchema, KvForwardRequestSchema);
     let response: KvForwardResponse | undefined;
     try {
       await framed.write({ command, timeoutMs: Math.min(timeoutMs, KV_FORWARD_MAX_TIMEOUT_MS) }, { signal: deadline });
@@ -249,13 +246,7 @@ export class KvService {
       stream.abort(new Error('not a trusted member'));
       return;
     }
-    const framed: ForwardServerStream = new FramedStream(stream, {
-      protocol: KV_FORWARD_PROTOCOL,
-      maxFrameBytes: KV_FORWARD_MAX_FRAME_BYTES,
-      inbound: KvForwardRequestSchema,
-      outbound: KvForwardResponseSchema,
-      events: this.#events,
-    });
+    const framed = this.#framed(stream, KvForwardRequestSchema, KvForwardResponseSchema);
     let request: KvForwardRequest | undefined;
     try {
       request = await framed.read({ signal: AbortSignal.timeout(FORWARD_OPEN_TIMEOUT_MS) });

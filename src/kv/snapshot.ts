@@ -17,9 +17,9 @@
 import zlib from 'node:zlib';
 import { Buffer } from 'node:buffer';
 import { FrameError } from '../net/framing.ts';
-import { FieldError, requireMessage, requireUint } from '../net/schema.ts';
+import { FieldError, requireMessage, requireMessages, requireUint } from '../net/schema.ts';
 import type { KvEntry, KvWriteResult } from './command.ts';
-import { compareKeys, isKvWriteResult, kvEntryFootprint, kvProto, kvResultToWire, requireClientId, requireCount, requireMessages, reshapedSchema, validateKvEntry, validateKvResult } from './command.ts';
+import { compareKeys, isKvWriteResult, kvEntryFootprint, kvProto, kvResultToWire, requireClientId, requireCount, reshapedSchema, validateKvEntry, validateKvResult } from './command.ts';
 
 export const KV_SNAPSHOT_VERSION = 1;
 const MAGIC = Buffer.from('DWKV', 'ascii');
@@ -108,7 +108,7 @@ function validateSnapshot(o: Record<string, unknown>): KvSnapshotState {
     maxSessions: checkLimit(requireUint(o, 'maxSessions'), 'maxSessions', KV_LIMIT_CAPS.maxSessions),
     maxStateBytes: checkLimit(requireCount(o, 'maxStateBytes'), 'maxStateBytes', KV_LIMIT_CAPS.maxStateBytes),
   };
-  const entries = requireMessages(o, 'entries', limits.maxStateBytes, validateKvEntry);
+  const entries = requireMessages(o, 'entries', validateKvEntry, { maxItems: limits.maxStateBytes });
   let stateBytes = 0;
   entries.forEach((entry, i) => {
     const previous = entries[i - 1];
@@ -119,7 +119,7 @@ function validateSnapshot(o: Record<string, unknown>): KvSnapshotState {
     stateBytes += kvEntryFootprint(Buffer.byteLength(entry.key, 'utf8'), entry.value.byteLength);
   });
   if (stateBytes > limits.maxStateBytes) throw new FieldError('entries', `take ${stateBytes} bytes, above maxStateBytes ${limits.maxStateBytes}`);
-  const sessions = requireMessages(o, 'sessions', limits.maxSessions, validateSession);
+  const sessions = requireMessages(o, 'sessions', validateSession, { maxItems: limits.maxSessions });
   const clientIds = new Set<string>();
   sessions.forEach((session, i) => {
     const previous = sessions[i - 1];

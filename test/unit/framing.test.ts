@@ -24,6 +24,7 @@ import {
   type Hello,
   type HelloFrame,
 } from '../../src/net/hello-schema.ts';
+import { frameErrorOf } from '../support/frame-error.ts';
 
 const P = '/dwcp-test/frames/1.0.0';
 
@@ -40,17 +41,6 @@ function concat(parts: Uint8Array[]): Uint8Array {
   return new Uint8ArrayList(...parts).subarray();
 }
 
-/** Expects `fn` to throw a FrameError with `reason` and returns it. */
-function frameErrorOf(fn: () => unknown, reason: FrameRejectReason): FrameError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(FrameError);
-    expect((err as FrameError).reason).toBe(reason);
-    return err as FrameError;
-  }
-  throw new Error(`expected a ${reason} FrameError`);
-}
 
 describe('FrameDecoder', () => {
   const payloads = [0, 1, 127, 128, 300, 2000].map((n, i) => bytes(n, i + 1));

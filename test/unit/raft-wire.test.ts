@@ -27,21 +27,11 @@ import {
   decodeBatch,
   encodeBatches,
 } from '../../src/consensus/raft/wire.ts';
+import { frameErrorOf } from '../support/frame-error.ts';
 
 const AB = { from: 'a', to: 'b' };
 const BATCH = 'dwcp.raft.v1.RaftBatch';
 
-/** Expects `fn` to throw a FrameError with `reason` and returns it. */
-function frameErrorOf(fn: () => unknown, reason: FrameRejectReason): FrameError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(FrameError);
-    expect((err as FrameError).reason).toBe(reason);
-    return err as FrameError;
-  }
-  throw new Error(`expected a ${reason} FrameError`);
-}
 
 function roundTrip(messages: readonly Message[]): Message[] {
   const frames = encodeBatches(messages);

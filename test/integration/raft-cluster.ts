@@ -1,0 +1,376 @@
+/**
+ * A Raft cluster of real dwcpd processes for fault tests, and a register
+ * workload that records its history for the linearizability checker
+ * (test/sim/linearizability.ts).
+ *
+ * RaftCluster: N daemons, each listing every other as a trusted member, so
+ * the N found one Raft group. Each node's libp2p port is reserved once and
+ * kept across restarts, so a restarted daemon is found again at the address
+ * its peers were configured with (there is no discovery to tell them a new
+ * one). Every process ever started is kept, so the log checks at the end
+ * cover the incarnations that were killed too. The current leader is learnt
+ * from the daemons' own "raft leader elected" log lines (events, not
+ * polling), confirmed by one raft status call to the candidate.
+ *
+ * RegisterLoad: K clients, each with one operation in flight at a time,
+ * putting unique values to a few keys and reading them with strong
+ * consistency through a rotating daemon. A put that fails has an unknown
+ * outcome; the client retries that same write (same client id, seq and
+ * value: the state machine applies it at most once) on the next daemon
+ * until it is acknowledged, and records it once, from its first invoke to
+ * the acknowledgement; a write still unacknowledged when the load stops is
+ * recorded with no response (it may or may not have happened). A failed get
+ * tells nothing and is dropped. Times are performance.now() in the test
+ * process, taken just before a call and just after its answer.
+ */
+import { createServer, type AddressInfo, type Server } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
+import { connectAdmin, AdminClientError, type AdminClient } from '../../src/admin/client.ts';
+import type { RegisterOp } from '../sim/linearizability.ts';
+import { Prng } from '../sim/prng.ts';
+import { baseConfig, DaemonProcess, prepareNode, startDaemon, tempRoot, writeConfig, type LogLine, type NodeFiles } from './harness.ts';
+
+/** Fast elections: a follower campaigns after 500–1000 ms without a leader. */
+export const RAFT_TIMING = { tickMs: 50, electionTicks: 10, heartbeatTicks: 1 } as const;
+/** The longest election timeout a follower may draw (electionTicks is randomised up to 2×). */
+export const MAX_ELECTION_TIMEOUT_MS = 2 * RAFT_TIMING.electionTicks * RAFT_TIMING.tickMs;
+/** A control call (status, a final read) may wait out one election or two on a loaded machine. */
+const CONTROL_TIMEOUT_MS = 5_000;
+
+const GRPC_UNAVAILABLE = 14;
+const GRPC_DEADLINE_EXCEEDED = 4;
+
+/** Holds n distinct free ports at once, then frees them for the daemons to bind. */
+async function reservePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<Server>((resolve, reject) => {
+          const server = createServer();
+          server.once('error', reject);
+          server.listen({ host: '127.0.0.1', port: 0, exclusive: true }, () => resolve(server));
+        }),
+    ),
+  );
+  const ports = servers.map((s) => (s.address() as AddressInfo).port);
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+export interface Leader {
+  readonly index: number;
+  readonly name: string;
+  readonly term: number;
+}
+
+export class RaftCluster {
+  readonly nodes: readonly NodeFiles[];
+  /** Every process started, in start order, for the log checks. */
+  readonly processes: DaemonProcess[] = [];
+  readonly #ports: readonly number[];
+  readonly #current: (DaemonProcess | null)[];
+  readonly #remove: () => Promise<void>;
+
+  private constructor(nodes: NodeFiles[], ports: number[], remove: () => Promise<void>) {
+    this.nodes = nodes;
+    this.#ports = ports;
+    this.#current = nodes.map(() => null);
+    this.#remove = remove;
+  }
+
+  /** Prepares `size` nodes named n1..nN and starts them all; resolves when every one serves. */
+  static async start(prefix: string, size: number): Promise<RaftCluster> {
+    const root = await tempRoot(prefix);
+    const nodes = await Promise.all(Array.from({ length: size }, (_, i) => prepareNode(root.path, `n${i + 1}`)));
+    const cluster = new RaftCluster(nodes, await reservePorts(size), root.remove);
+    try {
+      await Promise.all(nodes.map((_, i) => cluster.startNode(i)));
+    } catch (err) {
+      await cluster.destroy();
+      throw err;
+    }
+    return cluster;
+  }
+
+  get size(): number {
+    return this.nodes.length;
+  }
+
+  /** Indexes of the nodes with a process (running or paused). */
+  get up(): number[] {
+    return this.nodes.flatMap((_, i) => (this.#current[i] === null ? [] : [i]));
+  }
+
+  daemon(i: number): DaemonProcess {
+    const d = this.#current[i];
+    if (d === null || d === undefined) throw new Error(`node n${i + 1} is not running`);
+    return d;
+  }
+
+  #address(i: number): string {
+    return `/ip4/127.0.0.1/tcp/${this.#ports[i]}`;
+  }
+
+  /** Node i's config; `isolated` lists no members, so its gater refuses every peer. */
+  config(i: number, isolated = false): Record<string, unknown> {
+    const node = this.nodes[i] as NodeFiles;
+    const members = isolated
+      ? []
+      : this.nodes.flatMap((m, j) =>
+          j === i ? [] : [{ name: m.name, peerId: m.peerId, region: `r-${m.name}`, provider: 'onprem', trust: 'trusted', addrs: [this.#address(j)] }],
+        );
+    return baseConfig(node, { logLevel: 'info', listen: [this.#address(i)], members, raft: { ...RAFT_TIMING, requestTimeoutMs: 2_000 } });
+  }
+
+  async startNode(i: number): Promise<DaemonProcess> {
+    if (this.#current[i] !== null) throw new Error(`node n${i + 1} is already running`);
+    const d = await startDaemon(this.nodes[i] as NodeFiles, this.config(i));
+    this.processes.push(d);
+    this.#current[i] = d;
+    await d.serving();
+    return d;
+  }
+
+  /** Sends `signal` and waits for the process to exit; a paused process is killed just the same by SIGKILL. */
+  async stopNode(i: number, signal: 'SIGKILL' | 'SIGTERM'): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    const d = this.daemon(i);
+    this.#current[i] = null;
+    return d.stop(signal);
+  }
+
+  signal(i: number, signal: 'SIGSTOP' | 'SIGCONT'): void {
+    this.daemon(i).child.kill(signal);
+  }
+
+  /** Rewrites node i's member list (empty when isolated) and reloads it with SIGHUP; resolves once the daemon says so. */
+  async setIsolated(i: number, isolated: boolean): Promise<void> {
+    const d = this.daemon(i);
+    const after = d.lines.length;
+    await writeConfig(this.nodes[i] as NodeFiles, this.config(i, isolated));
+    d.child.kill('SIGHUP');
+    await d.waitForLog((l) => l.msg === 'configuration reloaded', `reload of n${i + 1}`, after);
+  }
+
+  /** One call on a fresh admin connection (a restarted daemon's socket is a new one), closed afterwards. */
+  async admin<T>(i: number, call: (client: AdminClient) => Promise<T>): Promise<T> {
+    const client = connectAdmin(this.nodes[i]!.socket, { timeoutMs: CONTROL_TIMEOUT_MS });
+    try {
+      return await call(client);
+    } finally {
+      client.close();
+    }
+  }
+
+  /**
+   * The next leader among `among` (default: every running node) whose term is
+   * above `aboveTerm`, as its own log announces it, confirmed by its status
+   * (a leader already deposed again is skipped for the one after it).
+   */
+  async waitForLeader(aboveTerm = 0, among: readonly number[] = this.up): Promise<Leader> {
+    let floor = aboveTerm;
+    for (;;) {
+      const elected = (l: LogLine) => l.msg === 'raft leader elected' && l.role === 'leader' && Number(l.term) > floor;
+      const { index, line } = await Promise.race(
+        among.map((i) => this.daemon(i).waitForLog(elected, `a leader above term ${floor}`).then((l) => ({ index: i, line: l }))),
+      );
+      const status = await this.admin(index, (c) => c.raft.status());
+      if (status.role === 'leader') return { index, name: status.id, term: status.term };
+      floor = Number(line.term);
+    }
+  }
+
+  /** Log lines of any incarnation that show a fault in the daemon itself. */
+  problems(): string[] {
+    return this.processes.flatMap((d) =>
+      d.lines
+        .filter((l) => l.level === 'error' || l.level === 'fatal' || /raft node stopped|invariant/i.test(String(l.msg)))
+        .map((l) => `${d.node.name} (pid ${d.child.pid}): ${JSON.stringify(l)}`),
+    );
+  }
+
+  /** Kills every process (paused ones too) and removes the directories. */
+  async destroy(): Promise<void> {
+    await Promise.all(this.processes.map((d) => d.stop('SIGKILL')));
+    this.#current.fill(null);
+    await this.#remove();
+  }
+}
+
+// ---------------------------------------------------------------- load
+
+export interface LoadOptions {
+  readonly clients: number;
+  readonly keys: readonly string[];
+  readonly seed: number;
+  /** Share of operations that are puts; the rest are strong gets. */
+  readonly putRatio: number;
+  /** The daemon-side timeout of each put and get. */
+  readonly timeoutMs: number;
+}
+
+interface PendingPut {
+  readonly key: string;
+  readonly value: string;
+  readonly seq: number;
+  readonly invoke: number;
+}
+
+/** Pacing after a failed call, so a client facing a dead socket does not spin. */
+const RETRY_PAUSE_MS = 25;
+
+export class RegisterLoad {
+  readonly ops: RegisterOp[] = [];
+  readonly options: LoadOptions;
+  readonly #cluster: RaftCluster;
+  readonly #t0 = performance.now();
+  readonly #timeline: string[] = [];
+  /** Response times of acknowledged puts. */
+  readonly #acks: number[] = [];
+  readonly #ackWaiters: { count: number; resolve: () => void }[] = [];
+  /** Failed calls by gRPC status (or "none": failed before any call). */
+  readonly failures = new Map<string, number>();
+  /** Failures no fault should cause (a malformed request, an internal error), with their messages. */
+  readonly unexpected: string[] = [];
+  #clients: Promise<void>[] = [];
+  #stopping = false;
+
+  constructor(cluster: RaftCluster, options: LoadOptions) {
+    this.#cluster = cluster;
+    this.options = options;
+  }
+
+  start(): void {
+    const prng = new Prng(this.options.seed);
+    this.#clients = Array.from({ length: this.options.clients }, (_, c) => this.#runClient(c, prng.fork()));
+    this.mark('load started');
+  }
+
+  /** Milliseconds since the load was created, for the timeline. */
+  now(): number {
+    return performance.now() - this.#t0;
+  }
+
+  /** Notes an event on the timeline; returns its performance.now() time. */
+  mark(what: string): number {
+    const t = performance.now();
+    this.#timeline.push(`${(t - this.#t0).toFixed(0).padStart(6)} ms  ${what} (acked puts so far: ${this.#acks.length})`);
+    return t;
+  }
+
+  /** Puts acknowledged with a response inside [from, to]. */
+  ackedBetween(from: number, to = Infinity): number {
+    return this.#acks.filter((t) => t >= from && t <= to).length;
+  }
+
+  /** Resolves once `n` more puts are acknowledged; rejects after `timeoutMs` with the history summary. */
+  waitForAcks(n: number, what: string, timeoutMs: number): Promise<void> {
+    const target = this.#acks.length + n;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#ackWaiters.splice(this.#ackWaiters.indexOf(waiter), 1);
+        reject(new Error(`${what}: ${this.#acks.length - (target - n)} of ${n} puts acknowledged in ${timeoutMs} ms\n${this.summary()}`));
+      }, timeoutMs);
+      const waiter = {
+        count: target,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      };
+      this.#ackWaiters.push(waiter);
+    });
+  }
+
+  /** Stops the clients after their current call; a write still unacknowledged is recorded with an unknown outcome. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    await Promise.all(this.#clients);
+    this.mark('load stopped');
+  }
+
+  summary(): string {
+    const puts = this.ops.filter((o) => o.kind === 'put');
+    const unknown = puts.filter((o) => o.response === null).length;
+    const gets = this.ops.length - puts.length;
+    const failures = [...this.failures].map(([code, n]) => `${code}: ${n}`).join(', ');
+    return [
+      `seed ${this.options.seed}; ${puts.length} puts (${unknown} with unknown outcome), ${gets} gets; failed calls by code: {${failures}}`,
+      ...this.#timeline,
+      ...(this.unexpected.length > 0 ? ['unexpected failures:', ...this.unexpected.slice(0, 10)] : []),
+    ].join('\n');
+  }
+
+  #ack(t: number): void {
+    this.#acks.push(t);
+    for (let i = this.#ackWaiters.length - 1; i >= 0; i--) {
+      const w = this.#ackWaiters[i] as { count: number; resolve: () => void };
+      if (this.#acks.length >= w.count) {
+        this.#ackWaiters.splice(i, 1);
+        w.resolve();
+      }
+    }
+  }
+
+  #fail(err: unknown): void {
+    const code = err instanceof AdminClientError ? err.grpcCode : null;
+    const label = code === null ? 'none' : String(code);
+    this.failures.set(label, (this.failures.get(label) ?? 0) + 1);
+    // Anything but "try again" (and a client-side deadline, which is the same thing seen from here) is a bug.
+    if (code !== GRPC_UNAVAILABLE && code !== GRPC_DEADLINE_EXCEEDED) this.unexpected.push(`${this.now().toFixed(0)} ms: ${errorText(err)}`);
+  }
+
+  async #runClient(c: number, prng: Prng): Promise<void> {
+    const { keys, putRatio, timeoutMs, seed } = this.options;
+    const clientId = `load-${seed}-${c}`;
+    const connections = new Map<string, AdminClient>();
+    const connection = (socket: string) => {
+      let client = connections.get(socket);
+      if (client === undefined) connections.set(socket, (client = connectAdmin(socket, { timeoutMs: CONTROL_TIMEOUT_MS })));
+      return client;
+    };
+    let seq = 0;
+    let turn = c;
+    let pending: PendingPut | null = null;
+    while (!this.#stopping) {
+      const up = this.#cluster.up;
+      if (up.length === 0) {
+        await delay(RETRY_PAUSE_MS);
+        continue;
+      }
+      const target = this.#cluster.nodes[up[turn++ % up.length] as number] as NodeFiles;
+      if (pending === null && prng.chance(putRatio)) {
+        seq++;
+        pending = { key: prng.pick(keys), value: `c${c}-${seq}`, seq, invoke: performance.now() };
+      }
+      const key = pending?.key ?? prng.pick(keys);
+      const invoke = performance.now();
+      try {
+        if (pending !== null) {
+          const p = pending;
+          await connection(target.socket).kv.put(p.key, Buffer.from(p.value), { scope: 'datacenter', client_id: clientId, seq: p.seq, timeout_ms: timeoutMs });
+          const response = performance.now();
+          this.ops.push({ client: c, kind: 'put', key: p.key, value: p.value, invoke: p.invoke, response });
+          this.#ack(response);
+          pending = null;
+        } else {
+          const res = await connection(target.socket).kv.get({ key, consistency: 'strong', scope: 'datacenter', prefix: false, limit: 0, timeout_ms: timeoutMs });
+          const item = res.items[0];
+          this.ops.push({ client: c, kind: 'get', key, value: item === undefined ? null : Buffer.from(item.value).toString(), invoke, response: performance.now() });
+        }
+      } catch (err) {
+        this.#fail(err);
+        // The channel may be to a daemon that is gone; the next call to this socket opens a new one.
+        connections.get(target.socket)?.close();
+        connections.delete(target.socket);
+        await delay(RETRY_PAUSE_MS);
+      }
+    }
+    if (pending !== null) this.ops.push({ client: c, kind: 'put', key: pending.key, value: pending.value, invoke: pending.invoke, response: null });
+    for (const client of connections.values()) client.close();
+  }
+}
