@@ -64,6 +64,9 @@ function onlyFor(command: string, flags: Flags, allowed: (keyof Flags)[]): void 
   }
 }
 
+/** sysexits EX_SOFTWARE: an internal failure, not a config problem; systemd restarts it. */
+const EXIT_SOFTWARE = 70;
+
 async function run(flags: Flags): Promise<number> {
   onlyFor('run', flags, ['config', 'data-dir', 'listen', 'admin-socket', 'metrics-listen', 'log-level']);
   const resolveInput = { configPath: flags.config, flags: overrides(flags), env: process.env };
@@ -116,6 +119,10 @@ async function run(flags: Flags): Promise<number> {
     return 1;
   }
   if (stopSignal) void daemon.stop().then(() => stopped.resolve(0));
+  void daemon.fatal.then((err) => {
+    log.fatal({ err: err.message }, 'a component failed; stopping so the supervisor restarts dwcpd from its data');
+    void daemon.stop().then(() => stopped.resolve(EXIT_SOFTWARE));
+  });
   return stopped.promise;
 }
 

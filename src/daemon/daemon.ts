@@ -37,6 +37,12 @@ export class Daemon {
   /** This node's seat in the trusted members' Raft group; null on an untrusted node. */
   readonly raft: RaftGroup<KvResult> | null;
   readonly kv: KvService;
+  /**
+   * Settles if a component fails in a way the daemon cannot serve through
+   * (the Raft node lost its storage or broke an invariant): the caller stops
+   * the daemon and exits non-zero so the supervisor restarts it from disk.
+   */
+  readonly fatal: Promise<Error>;
   readonly #log: Logger;
   readonly #startedAt = new Date();
   #config: DwcpConfig;
@@ -54,7 +60,9 @@ export class Daemon {
     mesh: MemberMesh;
     raft: RaftGroup<KvResult> | null;
     kv: KvService;
+    fatal: Promise<Error>;
   }) {
+    this.fatal = parts.fatal;
     this.#config = parts.config;
     this.#log = parts.log;
     this.identity = parts.identity;
@@ -78,6 +86,7 @@ export class Daemon {
     const mesh = await MemberMesh.create({ config, identity, members, metrics, log: log.child({ component: 'mesh' }) });
     const isConnected = (peerId: string) => mesh.isConnected(peerId);
     const replica = new KvReplica();
+    const fatal = Promise.withResolvers<Error>();
     const raft = await RaftGroup.open<KvResult>({
       config,
       host: mesh.host,
@@ -87,6 +96,7 @@ export class Daemon {
       core: { maxProposalBytes: KV_MAX_COMMAND_BYTES },
       metrics,
       log: log.child({ component: 'raft' }),
+      onFatal: (err) => fatal.resolve(err),
     });
     const kv = new KvService({
       node: raft?.node ?? null,
@@ -97,7 +107,7 @@ export class Daemon {
       metrics,
       log: log.child({ component: 'kv' }),
     });
-    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, kv });
+    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, kv, fatal: fatal.promise });
     try {
       await daemon.#serve();
     } catch (err) {

@@ -62,6 +62,24 @@ function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+/** Final readers are history clients FINAL_READER + node index, apart from the load's. */
+export const FINAL_READER = 1000;
+const BARRIER_KEY = 'barrier';
+const BARRIER_BUDGET_MS = 15_000;
+
+export interface FinalRead {
+  readonly node: string;
+  /** The highest applied index the node reported while answering. */
+  readonly appliedIndex: number;
+  readonly values: ReadonlyMap<string, string | null>;
+}
+
+export interface Settled {
+  /** Log index of the barrier write. */
+  readonly barrierIndex: number;
+  readonly reads: readonly FinalRead[];
+}
+
 export interface Leader {
   readonly index: number;
   readonly name: string;
@@ -184,6 +202,54 @@ export class RaftCluster {
     }
   }
 
+  /**
+   * After the load has stopped: one write through the group (once it
+   * commits, every older entry that will ever commit has), then a strong read
+   * of every key through every running node, each recorded in `history`.
+   */
+  async settle(keys: readonly string[], history: RegisterOp[]): Promise<Settled> {
+    const barrier = await this.#barrier();
+    const reads: FinalRead[] = [];
+    for (const i of this.up) {
+      const values = new Map<string, string | null>();
+      let appliedIndex = 0;
+      await this.admin(i, async (client) => {
+        for (const key of keys) {
+          const invoke = performance.now();
+          const res = await client.kv
+            .get({ key, consistency: 'strong', scope: 'datacenter', prefix: false, limit: 0, timeout_ms: CONTROL_TIMEOUT_MS })
+            .catch((err: unknown) => {
+              throw new Error(`final strong read of ${key} through n${i + 1} failed: ${errorText(err)}`);
+            });
+          const item = res.items[0];
+          const value = item === undefined ? null : Buffer.from(item.value).toString();
+          history.push({ client: FINAL_READER + i, kind: 'get', key, value, invoke, response: performance.now() });
+          values.set(key, value);
+          appliedIndex = Math.max(appliedIndex, res.applied_index);
+        }
+      });
+      reads.push({ node: this.nodes[i]!.name, appliedIndex, values });
+    }
+    return { barrierIndex: barrier, reads };
+  }
+
+  /** Puts the barrier key through the running nodes in turn until one acknowledges it; its log index. */
+  async #barrier(): Promise<number> {
+    const deadline = performance.now() + BARRIER_BUDGET_MS;
+    const errors: string[] = [];
+    for (let turn = 0; performance.now() < deadline; turn++) {
+      const up = this.up;
+      const i = up[turn % up.length] as number;
+      try {
+        const res = await this.admin(i, (c) => c.kv.put(BARRIER_KEY, Buffer.from('barrier'), { scope: 'datacenter', client_id: 'barrier', seq: 1, timeout_ms: CONTROL_TIMEOUT_MS }));
+        return res.revision;
+      } catch (err) {
+        errors.push(`n${i + 1}: ${errorText(err)}`);
+      }
+    }
+    throw new Error(`no node acknowledged the barrier write within ${BARRIER_BUDGET_MS} ms:\n${errors.join('\n')}`);
+  }
+
   /** Log lines of any incarnation that show a fault in the daemon itself. */
   problems(): string[] {
     return this.processes.flatMap((d) =>
@@ -227,7 +293,8 @@ export class RegisterLoad {
   readonly ops: RegisterOp[] = [];
   readonly options: LoadOptions;
   readonly #cluster: RaftCluster;
-  readonly #t0 = performance.now();
+  /** performance.now() when the load was created: the timeline's zero. */
+  readonly t0 = performance.now();
   readonly #timeline: string[] = [];
   /** Response times of acknowledged puts. */
   readonly #acks: number[] = [];
@@ -252,13 +319,13 @@ export class RegisterLoad {
 
   /** Milliseconds since the load was created, for the timeline. */
   now(): number {
-    return performance.now() - this.#t0;
+    return performance.now() - this.t0;
   }
 
   /** Notes an event on the timeline; returns its performance.now() time. */
   mark(what: string): number {
     const t = performance.now();
-    this.#timeline.push(`${(t - this.#t0).toFixed(0).padStart(6)} ms  ${what} (acked puts so far: ${this.#acks.length})`);
+    this.#timeline.push(`${(t - this.t0).toFixed(0).padStart(6)} ms  ${what} (acked puts so far: ${this.#acks.length})`);
     return t;
   }
 

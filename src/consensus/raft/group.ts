@@ -39,6 +39,7 @@ export interface RaftGroupOptions<R> {
   metrics: DwcpMetrics;
   log: Logger;
   random?: () => number;
+  onFatal?: (err: Error) => void;
 }
 
 /** Trusted members by name and peer ID, read live so a reloaded member list applies at once. */
@@ -109,6 +110,7 @@ export class RaftGroup<R> {
         snapshotEntries: raft.snapshotEntries,
         metrics: metrics.raft,
         log,
+        onFatal: opts.onFatal,
       });
       deliver = (messages) => node.receive(messages);
       return new RaftGroup(node, storage, transport);

@@ -94,6 +94,8 @@ export interface RaftNodeOptions<R> {
   readonly snapshotEntries: number;
   readonly metrics?: RaftMetrics;
   readonly log: Logger;
+  /** Called once if the node stops on its own (storage or invariant failure); the daemon exits so it is restarted. */
+  readonly onFatal?: (err: Error) => void;
 }
 
 export interface RaftNodeStatus extends RaftStatus {
@@ -602,6 +604,7 @@ export class RaftNode<R> {
     this.#log.error({ err: error.message, stack: error.stack }, `raft node stopped: ${kind}`);
     this.#failAll(new RaftClientError('stopped', `raft node failed: ${error.message}`));
     this.#signalProgress();
+    this.#opts.onFatal?.(error);
   }
 
   #failAll(err: RaftClientError): void {
