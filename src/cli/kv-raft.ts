@@ -76,14 +76,18 @@ function printWrite(ctx: CommandContext, op: string, key: string, res: KvWriteRe
   if (ctx.json) {
     ctx.io.stdout(formatJson({ ...res, prev: res.prev === null ? null : itemJson(res.prev) }));
   } else if (!res.ok) {
-    ctx.io.stdout(`${op} ${key}: not applied (${res.reason}; current revision ${res.current_revision || 'none: key absent'})\n`);
+    ctx.io.stdout(`${op} ${key}: not applied (${res.reason}; current revision ${currentRevision(res)})\n`);
   } else if (op === 'delete' && res.prev === null) {
     ctx.io.stdout(`delete ${key}: key did not exist\n`);
   } else {
     ctx.io.stdout(`OK ${op} ${key} revision ${res.revision}\n`);
   }
-  // A failed compare-and-swap is an answer, not an error, but scripts need to see it.
-  if (!res.ok) throw new Error(`${op} ${key}: ${res.reason}`);
+  // A failed compare-and-swap is an answer, not an error, but scripts need to see it, and with what to retry.
+  if (!res.ok) throw new Error(`${op} ${key}: ${res.reason} (current revision ${currentRevision(res)})`);
+}
+
+function currentRevision(res: KvWriteResponse): string {
+  return res.current_revision === 0 ? 'none: key absent' : String(res.current_revision);
 }
 
 function printGet(ctx: CommandContext, key: string, prefix: boolean, res: KvGetResponse): void {

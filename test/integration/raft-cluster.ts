@@ -25,6 +25,7 @@
  */
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
+import * as grpc from '@grpc/grpc-js';
 import { connectAdmin, AdminClientError, type AdminClient } from '../../src/admin/client.ts';
 import type { RegisterOp } from '../sim/linearizability.ts';
 import { Prng } from '../sim/prng.ts';
@@ -34,11 +35,10 @@ import { baseConfig, DaemonProcess, prepareNode, startDaemon, tempRoot, writeCon
 export const RAFT_TIMING = { tickMs: 50, electionTicks: 10, heartbeatTicks: 1 } as const;
 /** The longest election timeout a follower may draw (electionTicks is randomised up to 2×). */
 export const MAX_ELECTION_TIMEOUT_MS = 2 * RAFT_TIMING.electionTicks * RAFT_TIMING.tickMs;
+/** Start-up of one daemon on a loaded 2-core machine: ~1.5 s idle, several seconds beside a busy cluster. */
+const START_MS = 20_000;
 /** A control call (status, a final read) may wait out one election or two on a loaded machine. */
 const CONTROL_TIMEOUT_MS = 5_000;
-
-const GRPC_UNAVAILABLE = 14;
-const GRPC_DEADLINE_EXCEEDED = 4;
 
 /** Holds n distinct free ports at once, then frees them for the daemons to bind. */
 async function reservePorts(n: number): Promise<number[]> {
@@ -56,6 +56,15 @@ async function reservePorts(n: number): Promise<number[]> {
   const ports = servers.map((s) => (s.address() as AddressInfo).port);
   await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
   return ports;
+}
+
+/** `promise`, or a rejection naming `what` (and the context) once `ms` pass first. */
+export function within<T>(promise: Promise<T>, ms: number, what: string, context: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not happen within ${ms} ms\n${context()}`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }
 
 function errorText(err: unknown): string {
@@ -119,7 +128,7 @@ export class RaftCluster {
     return this.nodes.length;
   }
 
-  /** Indexes of the nodes with a process (running or paused). */
+  /** Indexes of the nodes whose current process has served (running or paused), in index order. */
   get up(): number[] {
     return this.nodes.flatMap((_, i) => (this.#current[i] === null ? [] : [i]));
   }
@@ -130,27 +139,33 @@ export class RaftCluster {
     return d;
   }
 
+  #node(i: number): NodeFiles {
+    const node = this.nodes[i];
+    if (node === undefined) throw new RangeError(`no node at index ${i} of ${this.nodes.length}`);
+    return node;
+  }
+
   #address(i: number): string {
     return `/ip4/127.0.0.1/tcp/${this.#ports[i]}`;
   }
 
   /** Node i's config; `isolated` lists no members, so its gater refuses every peer. */
   config(i: number, isolated = false): Record<string, unknown> {
-    const node = this.nodes[i] as NodeFiles;
     const members = isolated
       ? []
       : this.nodes.flatMap((m, j) =>
           j === i ? [] : [{ name: m.name, peerId: m.peerId, region: `r-${m.name}`, provider: 'onprem', trust: 'trusted', addrs: [this.#address(j)] }],
         );
-    return baseConfig(node, { logLevel: 'info', listen: [this.#address(i)], members, raft: { ...RAFT_TIMING, requestTimeoutMs: 2_000 } });
+    return baseConfig(this.#node(i), { logLevel: 'info', listen: [this.#address(i)], members, raft: RAFT_TIMING });
   }
 
   async startNode(i: number): Promise<DaemonProcess> {
     if (this.#current[i] !== null) throw new Error(`node n${i + 1} is already running`);
-    const d = await startDaemon(this.nodes[i] as NodeFiles, this.config(i));
+    const d = await startDaemon(this.#node(i), this.config(i));
     this.processes.push(d);
+    // Counted as up only once it serves: the load would only hit a socket not there yet.
+    await within(d.serving(), START_MS, `n${i + 1} serving`, () => d.describe());
     this.#current[i] = d;
-    await d.serving();
     return d;
   }
 
@@ -169,14 +184,14 @@ export class RaftCluster {
   async setIsolated(i: number, isolated: boolean): Promise<void> {
     const d = this.daemon(i);
     const after = d.lines.length;
-    await writeConfig(this.nodes[i] as NodeFiles, this.config(i, isolated));
+    await writeConfig(this.#node(i), this.config(i, isolated));
     d.child.kill('SIGHUP');
     await d.waitForLog((l) => l.msg === 'configuration reloaded', `reload of n${i + 1}`, after);
   }
 
   /** One call on a fresh admin connection (a restarted daemon's socket is a new one), closed afterwards. */
   async admin<T>(i: number, call: (client: AdminClient) => Promise<T>): Promise<T> {
-    const client = connectAdmin(this.nodes[i]!.socket, { timeoutMs: CONTROL_TIMEOUT_MS });
+    const client = connectAdmin(this.#node(i).socket, { timeoutMs: CONTROL_TIMEOUT_MS });
     try {
       return await call(client);
     } finally {
@@ -190,6 +205,7 @@ export class RaftCluster {
    * (a leader already deposed again is skipped for the one after it).
    */
   async waitForLeader(aboveTerm = 0, among: readonly number[] = this.up): Promise<Leader> {
+    if (among.length === 0) throw new Error('waitForLeader: no running node to wait on');
     let floor = aboveTerm;
     for (;;) {
       const elected = (l: LogLine) => l.msg === 'raft leader elected' && l.role === 'leader' && Number(l.term) > floor;
@@ -228,7 +244,7 @@ export class RaftCluster {
           appliedIndex = Math.max(appliedIndex, res.applied_index);
         }
       });
-      reads.push({ node: this.nodes[i]!.name, appliedIndex, values });
+      reads.push({ node: this.#node(i).name, appliedIndex, values });
     }
     return { barrierIndex: barrier, reads };
   }
@@ -248,6 +264,18 @@ export class RaftCluster {
       }
     }
     throw new Error(`no node acknowledged the barrier write within ${BARRIER_BUDGET_MS} ms:\n${errors.join('\n')}`);
+  }
+
+  /** Every leader a daemon announced for itself, as term:name in term order: how many elections the run took. */
+  leaders(): string {
+    const byTerm = new Map<number, string>();
+    for (const d of this.processes) {
+      for (const l of d.lines) if (l.msg === 'raft leader elected' && l.role === 'leader') byTerm.set(Number(l.term), String(l.leader));
+    }
+    return [...byTerm]
+      .sort(([a], [b]) => a - b)
+      .map(([term, name]) => `${term}:${name}`)
+      .join(' ');
   }
 
   /** Log lines of any incarnation that show a fault in the daemon itself. */
@@ -299,7 +327,7 @@ export class RegisterLoad {
   /** Response times of acknowledged puts. */
   readonly #acks: number[] = [];
   readonly #ackWaiters: { count: number; resolve: () => void }[] = [];
-  /** Failed calls by gRPC status (or "none": failed before any call). */
+  /** Failed calls by gRPC status name ("none": failed before any call). */
   readonly failures = new Map<string, number>();
   /** Failures no fault should cause (a malformed request, an internal error), with their messages. */
   readonly unexpected: string[] = [];
@@ -336,21 +364,10 @@ export class RegisterLoad {
 
   /** Resolves once `n` more puts are acknowledged; rejects after `timeoutMs` with the history summary. */
   waitForAcks(n: number, what: string, timeoutMs: number): Promise<void> {
-    const target = this.#acks.length + n;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#ackWaiters.splice(this.#ackWaiters.indexOf(waiter), 1);
-        reject(new Error(`${what}: ${this.#acks.length - (target - n)} of ${n} puts acknowledged in ${timeoutMs} ms\n${this.summary()}`));
-      }, timeoutMs);
-      const waiter = {
-        count: target,
-        resolve: () => {
-          clearTimeout(timer);
-          resolve();
-        },
-      };
-      this.#ackWaiters.push(waiter);
-    });
+    const { promise, resolve } = Promise.withResolvers<void>();
+    // A waiter left behind by a timeout resolves later into nothing.
+    this.#ackWaiters.push({ count: this.#acks.length + n, resolve });
+    return within(promise, timeoutMs, `${n} more acknowledged puts (${what})`, () => this.summary());
   }
 
   /** Stops the clients after their current call; a write still unacknowledged is recorded with an unknown outcome. */
@@ -367,6 +384,7 @@ export class RegisterLoad {
     const failures = [...this.failures].map(([code, n]) => `${code}: ${n}`).join(', ');
     return [
       `seed ${this.options.seed}; ${puts.length} puts (${unknown} with unknown outcome), ${gets} gets; failed calls by code: {${failures}}`,
+      `leaders by term: ${this.#cluster.leaders()}`,
       ...this.#timeline,
       ...(this.unexpected.length > 0 ? ['unexpected failures:', ...this.unexpected.slice(0, 10)] : []),
     ].join('\n');
@@ -385,19 +403,20 @@ export class RegisterLoad {
 
   #fail(err: unknown): void {
     const code = err instanceof AdminClientError ? err.grpcCode : null;
-    const label = code === null ? 'none' : String(code);
+    const label = code === null ? 'none' : grpc.status[code];
     this.failures.set(label, (this.failures.get(label) ?? 0) + 1);
     // Anything but "try again" (and a client-side deadline, which is the same thing seen from here) is a bug.
-    if (code !== GRPC_UNAVAILABLE && code !== GRPC_DEADLINE_EXCEEDED) this.unexpected.push(`${this.now().toFixed(0)} ms: ${errorText(err)}`);
+    if (code !== grpc.status.UNAVAILABLE && code !== grpc.status.DEADLINE_EXCEEDED) this.unexpected.push(`${this.now().toFixed(0)} ms: ${errorText(err)}`);
   }
 
   async #runClient(c: number, prng: Prng): Promise<void> {
     const { keys, putRatio, timeoutMs, seed } = this.options;
     const clientId = `load-${seed}-${c}`;
-    const connections = new Map<string, AdminClient>();
-    const connection = (socket: string) => {
-      let client = connections.get(socket);
-      if (client === undefined) connections.set(socket, (client = connectAdmin(socket, { timeoutMs: CONTROL_TIMEOUT_MS })));
+    // One channel per daemon process: a restarted daemon gets a new one, a failed call on a live one keeps it.
+    const connections = new Map<DaemonProcess, AdminClient>();
+    const connection = (d: DaemonProcess) => {
+      let client = connections.get(d);
+      if (client === undefined) connections.set(d, (client = connectAdmin(d.node.socket, { timeoutMs: CONTROL_TIMEOUT_MS })));
       return client;
     };
     let seq = 0;
@@ -409,31 +428,33 @@ export class RegisterLoad {
         await delay(RETRY_PAUSE_MS);
         continue;
       }
-      const target = this.#cluster.nodes[up[turn++ % up.length] as number] as NodeFiles;
+      const target = this.#cluster.daemon(up[turn++ % up.length] as number);
       if (pending === null && prng.chance(putRatio)) {
         seq++;
         pending = { key: prng.pick(keys), value: `c${c}-${seq}`, seq, invoke: performance.now() };
       }
-      const key = pending?.key ?? prng.pick(keys);
-      const invoke = performance.now();
+      const client = connection(target);
       try {
         if (pending !== null) {
-          const p = pending;
-          await connection(target.socket).kv.put(p.key, Buffer.from(p.value), { scope: 'datacenter', client_id: clientId, seq: p.seq, timeout_ms: timeoutMs });
+          const { key, value } = pending;
+          await client.kv.put(key, Buffer.from(value), { scope: 'datacenter', client_id: clientId, seq: pending.seq, timeout_ms: timeoutMs });
           const response = performance.now();
-          this.ops.push({ client: c, kind: 'put', key: p.key, value: p.value, invoke: p.invoke, response });
+          this.ops.push({ client: c, kind: 'put', key, value, invoke: pending.invoke, response });
           this.#ack(response);
           pending = null;
         } else {
-          const res = await connection(target.socket).kv.get({ key, consistency: 'strong', scope: 'datacenter', prefix: false, limit: 0, timeout_ms: timeoutMs });
+          const key = prng.pick(keys);
+          const invoke = performance.now();
+          const res = await client.kv.get({ key, consistency: 'strong', scope: 'datacenter', prefix: false, limit: 0, timeout_ms: timeoutMs });
           const item = res.items[0];
           this.ops.push({ client: c, kind: 'get', key, value: item === undefined ? null : Buffer.from(item.value).toString(), invoke, response: performance.now() });
         }
       } catch (err) {
         this.#fail(err);
-        // The channel may be to a daemon that is gone; the next call to this socket opens a new one.
-        connections.get(target.socket)?.close();
-        connections.delete(target.socket);
+        if (target.child.exitCode !== null || target.child.signalCode !== null) {
+          client.close();
+          connections.delete(target);
+        }
         await delay(RETRY_PAUSE_MS);
       }
     }

@@ -1,16 +1,20 @@
 /**
  * Keeps the raft bench working: the closed-loop harness against in-process
- * fake targets (result shape, counting, errors), and, where etcd is installed,
- * a real 3-member etcd cluster: values read back through another member
- * (so the proto subset really speaks etcd's wire), a short 1-client run, and
- * nothing left behind after close. Says nothing about performance.
+ * fake targets (result shape, counting, errors); a real 3-member dwcp cluster:
+ * a bench put through a follower read back through another member, a short
+ * 1-client run, and nothing left behind after close; and, where etcd is
+ * installed, a real 3-member etcd cluster: values read back through another
+ * member (so the proto subset really speaks etcd's wire), a short 1-client
+ * run, and nothing left behind after close. Says nothing about performance.
  */
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { dwcpKvTarget, startDwcpCluster } from '../../bench/dwcp-cluster.ts';
 import { connectEtcd, etcdKvTarget, findEtcd, startEtcdCluster } from '../../bench/etcd.ts';
 import { runClosedLoop, type KvTarget } from '../../bench/raft.ts';
+import { connectAdmin } from '../../src/admin/client.ts';
 
 /** A store that acknowledges each put on the next turn of the event loop, recording which keys it saw. */
 function fakeTarget(fail?: (n: number) => boolean): KvTarget & { keys: string[]; inFlight: number; maxInFlight: number } {
@@ -85,6 +89,41 @@ describe('runClosedLoop', () => {
 
   it('refuses a bad option, naming it', async () => {
     await expect(runClosedLoop(fakeTarget(), { clients: 0, durationMs: 100, valueBytes: 256 })).rejects.toThrow(/clients must be a whole number of at least 1, got 0/);
+  });
+});
+
+describe('dwcp target', () => {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  });
+
+  it('starts 3 dwcpd members with one leader, replicates a forwarded put, runs 1 client for 1 s, and leaves nothing behind', async () => {
+    const workDir = await fs.mkdtemp(path.join(os.tmpdir(), 'bench-raft-test-'));
+    cleanups.push(() => fs.rm(workDir, { recursive: true, force: true }));
+    const cluster = await startDwcpCluster({ members: 3, workDir });
+    cleanups.push(() => cluster.stop());
+    expect(cluster.members.map((m) => m.name)).toEqual(['dc1', 'dc2', 'dc3']);
+    const leader = await cluster.leader();
+    const [follower, other] = cluster.members.filter((m) => m.name !== leader);
+
+    // Only the follower's socket: the put must be forwarded to the leader to succeed.
+    const target = await dwcpKvTarget({ ...cluster, members: [follower!] });
+    expect(target.version).toEqual(expect.any(String));
+    const value = new Uint8Array([0, 1, 2, 253, 254, 255]);
+    await target.put('bench-raft-test/roundtrip', value);
+    const reader = connectAdmin(other!.adminSocket, { timeoutMs: 5000 });
+    cleanups.push(async () => reader.close());
+    const read = await reader.kv.get({ key: 'bench-raft-test/roundtrip', consistency: 'strong', scope: 'datacenter', prefix: false, limit: 0, timeout_ms: 5000 });
+    expect(read.items.map((i) => Buffer.from(i.value))).toEqual([Buffer.from(value)]);
+
+    const result = await runClosedLoop(target, { clients: 1, durationMs: 1000, valueBytes: 256 });
+    expect(result).toMatchObject({ system: 'dwcp', clients: 1, errors: 0 });
+    expect(result.ops).toBeGreaterThan(0);
+    await target.close();
+    // close() stopped the cluster it owns: its processes are gone and its data dir with them.
+    for (const m of cluster.members) expect(() => process.kill(m.pid, 0)).toThrow();
+    expect(await fs.readdir(workDir)).toEqual([]);
   });
 });
 

@@ -481,7 +481,11 @@ export class RaftNode<R> {
 
   async #handle(ready: Ready): Promise<void> {
     if (ready.softState !== null) this.#onSoftState(ready.softState.role, ready.softState.leader);
-    const persisting = ready.snapshot !== null || ready.entries.length > 0 || ready.hardState !== null;
+    // A Ready whose only change is the commit index is not written: the commit
+    // index may be lost in a crash (it is relearned from the leader, or from
+    // the applied index), and an fsync for it would delay the next batch of
+    // entries. It reaches disk with the next Ready that must sync.
+    const persisting = ready.snapshot !== null || ready.entries.length > 0 || (ready.hardState !== null && ready.mustSync);
     if (persisting) {
       // A leader's appends and heartbeats promise nothing about its own disk,
       // so they go out while it syncs (Raft thesis 10.2.1): the followers'

@@ -1,0 +1,288 @@
+/**
+ * The dwcp side of the raft bench: a throwaway cluster of real dwcpd processes
+ * on loopback, each listing every other as a trusted member, so together they
+ * found one Raft group, and a KvTarget (bench/raft.ts) that puts through the
+ * KV admin service of every member in turn.
+ *
+ * Invariants:
+ * - fsync stays on: the daemons run with the production storage settings (the
+ *   config has no way to turn fsync off) and inherit no DWCP_* variable, which
+ *   could override the generated configs. Data dirs live under the caller's
+ *   work dir, so dwcp writes to the same filesystem as etcd.
+ * - A cluster is "started" only when every member names the same leader and a
+ *   put through every member's admin socket has succeeded, i.e. the leader
+ *   commits and every follower forwards; waiting has a deadline, and a member
+ *   that dies while we wait fails the start at once with the tail of its log.
+ * - Everything a cluster owns (processes, data dirs) is gone when stop()
+ *   resolves, also after a failed start; stop() is idempotent. Members never
+ *   outlive this process: if it exits without stop(), they are killed.
+ * - Each put runs in a KV session (client id, seq) that has no other put in
+ *   flight, so seqs reach the state machine in order and none is refused as
+ *   stale, as a real client's would not be.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
+import { connectAdmin, type AdminClient } from '../src/admin/client.ts';
+import { loadOrCreateIdentity } from '../src/daemon/identity.ts';
+import { DEFAULT_BASE_PORT, nodeConfig, planFederation, type PlannedNode } from '../scripts/federation-plan.ts';
+import { freePorts } from './etcd.ts';
+import type { KvTarget } from './raft.ts';
+
+const LOOPBACK = '127.0.0.1';
+const DAEMON_MAIN = fileURLToPath(new URL('../src/daemon/main.ts', import.meta.url));
+/** Bytes of each member's output kept to explain a failure. */
+const LOG_TAIL_BYTES = 8192;
+/** Longer than the daemon's own stop budget (9 s + 1 s hard exit), so a healthy daemon always stops by itself. */
+const STOP_GRACE_MS = 12_000;
+/** Polling processes we do not control: no event crosses from a daemon to us. */
+const POLL_MS = 100;
+/** Deadline of one control call (status, probe put) while starting. */
+const CONTROL_TIMEOUT_MS = 2_000;
+/** Deadline of one benchmark put, as etcd's: far above any healthy latency, so it only ends a stuck call. */
+const PUT_TIMEOUT_MS = 10_000;
+
+export interface DwcpClusterOptions {
+  /** Number of members; 3 unless told. */
+  members?: number;
+  /** Parent of the cluster's temporary data directory; os.tmpdir() unless told. */
+  workDir?: string;
+  /** How long the cluster gets to elect a leader and serve a put through every member. */
+  readyTimeoutMs?: number;
+  /** Extra node flags for every daemon, before the script (e.g. `--cpu-prof --cpu-prof-dir=DIR` to profile them). */
+  nodeArgs?: readonly string[];
+}
+
+export interface DwcpMember {
+  name: string;
+  pid: number;
+  adminSocket: string;
+  metricsUrl: string;
+  dataDir: string;
+}
+
+export interface DwcpCluster {
+  readonly members: readonly DwcpMember[];
+  /** The name of the member that leads now, as that member itself reports. */
+  leader(): Promise<string>;
+  /** SIGTERM to every member, awaits their exit (SIGKILL after a grace period), removes the data. */
+  stop(): Promise<void>;
+}
+
+interface MemberProcess {
+  member: DwcpMember;
+  child: ChildProcess;
+  exited: Promise<string>;
+  logTail(): string;
+}
+
+/** The daemons' environment without what would redirect them (DWCP_* overrides the config, NOTIFY_SOCKET talks to systemd). */
+function daemonEnv(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('DWCP_') && name !== 'NOTIFY_SOCKET'));
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * The launcher's plan (names, paths, socket-length check) with each node's
+ * libp2p and metrics port replaced by a free one, so a bench never collides
+ * with a local federation on the launcher's fixed ports.
+ */
+async function planCluster(root: string, size: number): Promise<PlannedNode[]> {
+  const ports = await freePorts(2 * size);
+  return planFederation({ nodes: size, untrusted: 0, dir: root, basePort: DEFAULT_BASE_PORT }).map((node, i) => {
+    const metricsListen = `${LOOPBACK}:${ports[2 * i + 1] as number}`;
+    return { ...node, listen: `/ip4/${LOOPBACK}/tcp/${ports[2 * i] as number}`, metricsListen, metricsUrl: `http://${metricsListen}/metrics` };
+  });
+}
+
+function spawnMember(node: PlannedNode, nodeArgs: readonly string[]): MemberProcess {
+  const child = spawn(process.execPath, [...nodeArgs, DAEMON_MAIN, '--config', node.configPath], { stdio: ['ignore', 'pipe', 'pipe'], env: daemonEnv() });
+  // Both pipes are drained, so a chatty member never blocks on a full pipe.
+  let tail = '';
+  const keep = (chunk: Buffer): void => {
+    tail = (tail + chunk.toString('utf8')).slice(-LOG_TAIL_BYTES);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  const exited = new Promise<string>((resolve) => {
+    child.once('error', (err) => resolve(`could not start ${process.execPath}: ${err.message}`));
+    child.once('exit', (code, signal) => resolve(signal !== null ? `killed by ${signal}` : `exit code ${code}`));
+  });
+  const member = { name: node.name, pid: child.pid ?? -1, adminSocket: node.adminSocket, metricsUrl: node.metricsUrl, dataDir: node.dir };
+  return { member, child, exited, logTail: () => tail.trim() };
+}
+
+async function stopMember(p: MemberProcess): Promise<void> {
+  if (p.child.exitCode === null && p.child.signalCode === null && p.child.pid !== undefined) {
+    p.child.kill('SIGTERM');
+    if ((await Promise.race([p.exited, delay(STOP_GRACE_MS, 'timeout' as const)])) === 'timeout') p.child.kill('SIGKILL');
+  }
+  await p.exited;
+}
+
+/** Rejects as soon as any member exits, naming it and quoting its output. */
+function firstExit(processes: readonly MemberProcess[]): Promise<never> {
+  return Promise.race(
+    processes.map((p) =>
+      p.exited.then((how) => {
+        throw new Error(`dwcpd member ${p.member.name} (pid ${p.member.pid}) exited while starting (${how}); its output ends:\n${p.logTail() || '(empty)'}`);
+      }),
+    ),
+  );
+}
+
+/** Retries `attempt` until it resolves, the deadline passes or `signal` aborts; the error names `what` and the last failure. */
+async function retryUntil<T>(what: string, deadline: number, signal: AbortSignal, attempt: () => Promise<T>): Promise<T> {
+  for (let lastError = 'none'; ; ) {
+    signal.throwIfAborted();
+    if (Date.now() >= deadline) throw new Error(`${what} before the start deadline; last error: ${lastError}`);
+    try {
+      return await attempt();
+    } catch (err) {
+      lastError = errorText(err);
+      await delay(Math.min(POLL_MS, Math.max(0, deadline - Date.now())), undefined, { signal });
+    }
+  }
+}
+
+/** Waits until every member names one leader that calls itself leader, then until a put through each member succeeds. */
+async function awaitWritable(members: readonly DwcpMember[], deadline: number, signal: AbortSignal): Promise<void> {
+  const clients = members.map((m) => connectAdmin(m.adminSocket, { timeoutMs: CONTROL_TIMEOUT_MS }));
+  try {
+    await retryUntil('the members did not agree on a Raft leader', deadline, signal, async () => {
+      const statuses = await Promise.all(clients.map((c) => c.raft.status()));
+      const named = new Set(statuses.map((s) => s.leader));
+      const leader = statuses.find((s) => s.role === 'leader');
+      if (named.size !== 1 || leader === undefined || !named.has(leader.id)) {
+        throw new Error(`leaders named: ${statuses.map((s) => `${s.id} (${s.role}) -> ${s.leader || 'none'}`).join(', ')}`);
+      }
+    });
+    for (const [i, client] of clients.entries()) {
+      await retryUntil(`member ${members[i]?.name ?? i} did not accept a put`, deadline, signal, async () => {
+        const res = await client.kv.put('dwcp-bench/ready', new Uint8Array([1]), { scope: 'datacenter', client_id: `dwcp-bench-ready-${i}`, seq: Date.now(), timeout_ms: CONTROL_TIMEOUT_MS });
+        if (!res.ok) throw new Error(`put refused: ${res.reason}`);
+      });
+    }
+  } finally {
+    for (const c of clients) c.close();
+  }
+}
+
+/** Starts a fresh dwcp cluster on loopback and resolves once every member serves writes. */
+export async function startDwcpCluster(opts: DwcpClusterOptions = {}): Promise<DwcpCluster> {
+  const size = opts.members ?? 3;
+  if (!Number.isInteger(size) || size < 1) throw new RangeError(`dwcp cluster members must be a whole number of at least 1, got ${size}`);
+  const root = await fs.mkdtemp(path.join(opts.workDir ?? os.tmpdir(), 'dwcp-bench-dwcp-'));
+  const processes: MemberProcess[] = [];
+  // If this process exits without stop() (a crash, process.exit), the members must not outlive it.
+  const killOnExit = (): void => {
+    for (const p of processes) p.child.kill('SIGKILL');
+    rmSync(root, { recursive: true, force: true });
+  };
+  process.once('exit', killOnExit);
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopped ??= (async () => {
+      await Promise.all(processes.map(stopMember));
+      await fs.rm(root, { recursive: true, force: true });
+      process.removeListener('exit', killOnExit);
+    })());
+
+  try {
+    const plan = await planCluster(root, size);
+    const peerIds: string[] = [];
+    for (const node of plan) {
+      await fs.mkdir(node.dir, { recursive: true, mode: 0o700 });
+      peerIds.push((await loadOrCreateIdentity(node.dir)).peerId.toString());
+    }
+    for (const [i, node] of plan.entries()) {
+      await fs.writeFile(node.configPath, stringify({ ...nodeConfig(plan, peerIds, i), logLevel: 'warn' }), { mode: 0o600 });
+      processes.push(spawnMember(node, opts.nodeArgs ?? []));
+    }
+    const members = processes.map((p) => p.member);
+    const died = firstExit(processes);
+    died.catch(() => {});
+    // Once a member has died, the probing must stop too, or it would hold the event loop until the deadline.
+    const probing = new AbortController();
+    const writable = awaitWritable(members, Date.now() + (opts.readyTimeoutMs ?? 30_000), probing.signal);
+    writable.catch(() => {});
+    await Promise.race([writable, died]).finally(() => probing.abort());
+    const leader = async (): Promise<string> => {
+      const statuses = await Promise.all(members.map((m) => withAdmin(m.adminSocket, (c) => c.raft.status())));
+      const found = statuses.find((s) => s.role === 'leader');
+      if (found === undefined) throw new Error(`no dwcp member of ${members.map((m) => m.name).join(', ')} reports itself as leader`);
+      return found.id;
+    };
+    return { members, leader, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+async function withAdmin<T>(socket: string, call: (client: AdminClient) => Promise<T>): Promise<T> {
+  const client = connectAdmin(socket, { timeoutMs: CONTROL_TIMEOUT_MS });
+  try {
+    return await call(client);
+  } finally {
+    client.close();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Bench target
+
+interface KvSession {
+  clientId: string;
+  seq: number;
+}
+
+/**
+ * A KvTarget over a running cluster, which it then owns: close() stops the
+ * cluster. Successive puts go to the members' admin sockets in turn, as
+ * etcd's go to its members in turn, and a follower forwards each to the
+ * leader. One admin client (one gRPC channel) per member carries every
+ * closed-loop client's puts, as one clientv3 connection per endpoint does.
+ */
+export async function dwcpKvTarget(cluster: DwcpCluster): Promise<KvTarget> {
+  const clients = cluster.members.map((m) => connectAdmin(m.adminSocket, { timeoutMs: PUT_TIMEOUT_MS }));
+  try {
+    const version = (await (clients[0] as AdminClient).status()).version;
+    // Sessions are handed to one put at a time, so the pool grows to the highest concurrency seen.
+    const idle: KvSession[] = [];
+    let sessions = 0;
+    const run = `dwcp-bench-${process.pid}-${Date.now()}`;
+    let next = 0;
+    return {
+      name: 'dwcp',
+      version,
+      async put(key, value) {
+        const client = clients[next++ % clients.length] as AdminClient;
+        const session = idle.pop() ?? { clientId: `${run}-${sessions++}`, seq: 0 };
+        session.seq++;
+        try {
+          const res = await client.kv.put(key, value, { scope: 'datacenter', client_id: session.clientId, seq: session.seq, timeout_ms: PUT_TIMEOUT_MS });
+          if (!res.ok) throw new Error(`dwcp put of ${key} through ${client.socketPath} refused: ${res.reason}`);
+        } finally {
+          idle.push(session);
+        }
+      },
+      async close() {
+        for (const c of clients) c.close();
+        await cluster.stop();
+      },
+    };
+  } catch (err) {
+    for (const c of clients) c.close();
+    await cluster.stop();
+    throw err;
+  }
+}

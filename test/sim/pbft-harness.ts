@@ -1,0 +1,323 @@
+/**
+ * Test scaffolding for the PBFT core, shared by the unit tests and the
+ * Byzantine simulator:
+ * - FakeKeys: a deterministic stand-in for Ed25519 (a keyed SHA-256,
+ *   H(secret || bytes), under a per-signer secret; plain hashing, because
+ *   HMAC's per-call key setup dominated the simulator's profile). Whoever
+ *   lacks a signer's secret cannot produce its signatures, which is all the
+ *   protocol relies on.
+ * - KvMachine: the state machine (put / get / add on string keys) with a
+ *   canonical snapshot, results that depend on history (so divergence shows).
+ * - ReplicaDriver: obeys the Ready contract for one core (persist, send,
+ *   install, execute, advance) and keeps the persisted state for restarts.
+ * - LockstepCluster: a hand-cranked cluster for scripted unit tests: messages
+ *   queue until delivered, with optional filters to drop or tamper.
+ */
+import { hash, timingSafeEqual } from 'node:crypto';
+import { PbftCore } from '../../src/consensus/pbft/core.ts';
+import { seal } from '../../src/consensus/pbft/encoding.ts';
+import { ReplyCollector } from '../../src/consensus/pbft/reply-collector.ts';
+import type {
+  ClientRequest,
+  ExecuteBatch,
+  ExecutionResult,
+  Outbound,
+  PbftConfig,
+  PbftMessage,
+  PbftPersistedState,
+  PbftReady,
+  ReplicaId,
+  Reply,
+  SlotRecord,
+} from '../../src/consensus/pbft/types.ts';
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export class FakeKeys {
+  readonly #secrets = new Map<string, Buffer>();
+  readonly #domain: string;
+
+  constructor(domain: string) {
+    this.#domain = domain;
+  }
+
+  #secret(id: string): Buffer {
+    let secret = this.#secrets.get(id);
+    if (secret === undefined) {
+      secret = hash('sha256', `${this.#domain}\u0000${id}`, 'buffer');
+      this.#secrets.set(id, secret);
+    }
+    return secret;
+  }
+
+  signer(id: string): (bytes: Uint8Array) => Uint8Array {
+    const secret = this.#secret(id);
+    return (bytes) => hash('sha256', Buffer.concat([secret, bytes]), 'buffer');
+  }
+
+  /** Known signers only: `known` is consulted so a non-member or unknown client never verifies. */
+  verifier(known: (id: string) => boolean): (signer: string, bytes: Uint8Array, signature: Uint8Array) => boolean {
+    return (signer, bytes, signature) => {
+      if (!known(signer) || signature.length !== 32) return false;
+      const expected = hash('sha256', Buffer.concat([this.#secret(signer), bytes]), 'buffer');
+      return timingSafeEqual(expected, signature);
+    };
+  }
+}
+
+export type KvOp =
+  | { readonly op: 'put'; readonly key: string; readonly value: string }
+  | { readonly op: 'get'; readonly key: string }
+  | { readonly op: 'add'; readonly key: string; readonly by: number };
+
+export function encodeOp(op: KvOp): Uint8Array {
+  return encoder.encode(JSON.stringify(op));
+}
+
+export function makeRequest(keys: FakeKeys, client: string, timestamp: number, op: KvOp): ClientRequest {
+  return seal<ClientRequest>(
+    { client, timestamp, operation: encodeOp(op), readOnly: op.op === 'get' },
+    keys.signer(client),
+  );
+}
+
+/** The state machine: results echo history (previous value, running sums) so a divergent replica answers differently. */
+export class KvMachine {
+  values = new Map<string, string>();
+
+  execute(request: ClientRequest): Uint8Array {
+    let op: KvOp;
+    try {
+      op = JSON.parse(decoder.decode(request.operation)) as KvOp;
+    } catch {
+      return encoder.encode('error: bad operation');
+    }
+    const before = this.values.get(op.key) ?? null;
+    switch (op.op) {
+      case 'put':
+        this.values.set(op.key, op.value);
+        return encoder.encode(JSON.stringify({ before }));
+      case 'get':
+        return encoder.encode(JSON.stringify({ value: before }));
+      case 'add': {
+        const next = String(Number(before ?? 0) + op.by);
+        this.values.set(op.key, next);
+        return encoder.encode(JSON.stringify({ value: next }));
+      }
+    }
+  }
+
+  snapshot(): Uint8Array {
+    return encoder.encode(JSON.stringify([...this.values].sort(([a], [b]) => (a < b ? -1 : 1))));
+  }
+
+  restore(snapshot: Uint8Array): void {
+    this.values = new Map(snapshot.length === 0 ? [] : (JSON.parse(decoder.decode(snapshot)) as [string, string][]));
+  }
+}
+
+export interface Disk {
+  view: PbftPersistedState['view'];
+  stableCheckpoint: PbftPersistedState['stableCheckpoint'];
+  slots: Map<number, SlotRecord>;
+}
+
+export interface DriverHooks {
+  /** Before executing: the batch and the seq, for the safety checker. */
+  onExecute?: (id: ReplicaId, batch: ExecuteBatch, results: readonly Uint8Array[]) => void;
+  onInstall?: (id: ReplicaId, seq: number, snapshot: Uint8Array) => void;
+  onCheckpointSnapshot?: (id: ReplicaId, seq: number, snapshot: Uint8Array) => void;
+}
+
+/** One replica's driver: the Ready contract, done synchronously. */
+export class ReplicaDriver {
+  readonly id: ReplicaId;
+  core: PbftCore;
+  readonly kv = new KvMachine();
+  readonly disk: Disk = { view: { view: 0, active: true }, stableCheckpoint: null, slots: new Map() };
+  readonly #make: (storage: PbftPersistedState | undefined) => PbftCore;
+  readonly #hooks: DriverHooks;
+
+  constructor(id: ReplicaId, make: (storage: PbftPersistedState | undefined) => PbftCore, hooks: DriverHooks = {}) {
+    this.id = id;
+    this.#make = make;
+    this.#hooks = hooks;
+    this.core = make(undefined);
+  }
+
+  /** Process every Ready the core has; returns what to send. */
+  pump(): { messages: Outbound[]; replies: Reply[] } {
+    const messages: Outbound[] = [];
+    const replies: Reply[] = [];
+    for (let ready = this.core.ready(); ready !== null; ready = this.core.ready()) {
+      this.#persist(ready);
+      messages.push(...ready.messages);
+      replies.push(...ready.replies);
+      this.core.advance(ready, this.#run(ready));
+    }
+    return { messages, replies };
+  }
+
+  #persist(ready: PbftReady): void {
+    const p = ready.persist;
+    if (p.view !== null) this.disk.view = p.view;
+    if (p.stableCheckpoint !== null) {
+      this.disk.stableCheckpoint = p.stableCheckpoint;
+      for (const seq of [...this.disk.slots.keys()]) if (seq <= p.stableCheckpoint.seq) this.disk.slots.delete(seq);
+    }
+    for (const record of p.slots) this.disk.slots.set(record.seq, record);
+  }
+
+  #run(ready: PbftReady): ExecutionResult[] {
+    if (ready.install !== null) {
+      this.kv.restore(ready.install.snapshot);
+      this.#hooks.onInstall?.(this.id, ready.install.seq, ready.install.snapshot);
+    }
+    return ready.execute.map((batch) => {
+      const results = batch.requests.map((r) => this.kv.execute(r));
+      this.#hooks.onExecute?.(this.id, batch, results);
+      const snapshot = batch.checkpoint ? this.kv.snapshot() : null;
+      if (snapshot !== null) this.#hooks.onCheckpointSnapshot?.(this.id, batch.seq, snapshot);
+      return { seq: batch.seq, results, snapshot };
+    });
+  }
+
+  /** Crash and restart from the disk: memory (the state machine included) is lost. */
+  restart(): void {
+    this.kv.restore(new Uint8Array(0));
+    this.core = this.#make({
+      view: this.disk.view,
+      stableCheckpoint: this.disk.stableCheckpoint,
+      slots: [...this.disk.slots.values()],
+    });
+  }
+}
+
+export interface Envelope {
+  readonly from: ReplicaId;
+  readonly to: ReplicaId;
+  readonly message: PbftMessage;
+}
+
+/** Decide a message's fate in a LockstepCluster: deliver, drop, or replace. */
+export type Filter = (e: Envelope) => PbftMessage | null;
+
+export function replicaIds(n: number): ReplicaId[] {
+  return Array.from({ length: n }, (_, i) => `r${i}`);
+}
+
+export class LockstepCluster {
+  readonly ids: readonly ReplicaId[];
+  readonly keys = new FakeKeys('lockstep');
+  readonly drivers = new Map<ReplicaId, ReplicaDriver>();
+  queue: Envelope[] = [];
+  readonly replies: Reply[] = [];
+  readonly clients = new Set<string>();
+  filter: Filter | null = null;
+  readonly down = new Set<ReplicaId>();
+  #timestamps = new Map<string, number>();
+
+  constructor(n: number, config: Partial<PbftConfig> = {}, hooks: DriverHooks = {}) {
+    this.ids = replicaIds(n);
+    const members = new Set(this.ids);
+    const verify = this.keys.verifier((id) => members.has(id) || this.clients.has(id));
+    for (const id of this.ids) {
+      const make = (storage: PbftPersistedState | undefined): PbftCore =>
+        new PbftCore({
+          id,
+          members: this.ids,
+          sign: this.keys.signer(id),
+          verify,
+          config,
+          ...(storage === undefined ? {} : { storage }),
+        });
+      this.drivers.set(id, new ReplicaDriver(id, make, hooks));
+    }
+  }
+
+  core(id: ReplicaId): PbftCore {
+    return this.driver(id).core;
+  }
+
+  driver(id: ReplicaId): ReplicaDriver {
+    const d = this.drivers.get(id);
+    if (d === undefined) throw new Error(`no replica ${id}`);
+    return d;
+  }
+
+  /** Run every driver's pending Ready and queue what it sends. */
+  pump(): void {
+    for (const [id, driver] of this.drivers) {
+      if (this.down.has(id)) continue;
+      const { messages, replies } = driver.pump();
+      this.replies.push(...replies);
+      for (const { to, message } of messages) {
+        for (const target of to === null ? this.ids.filter((x) => x !== id) : [to]) {
+          this.queue.push({ from: id, to: target, message });
+        }
+      }
+    }
+  }
+
+  /** Deliver queued messages (through the filter) until nothing is left; returns how many were delivered. */
+  stabilize(limit = 100_000): number {
+    let delivered = 0;
+    this.pump();
+    while (this.queue.length > 0) {
+      const batch = this.queue;
+      this.queue = [];
+      for (const e of batch) {
+        if (this.down.has(e.to) || this.down.has(e.from)) continue;
+        const message = this.filter === null ? e.message : this.filter(e);
+        if (message === null) continue;
+        this.driver(e.to).core.step(message);
+        if (++delivered > limit) throw new Error(`lockstep cluster did not settle within ${limit} deliveries`);
+      }
+      this.pump();
+    }
+    return delivered;
+  }
+
+  tick(id: ReplicaId, n = 1): void {
+    for (let i = 0; i < n; i++) {
+      this.driver(id).core.tick();
+      this.stabilize();
+    }
+  }
+
+  tickAll(n = 1): void {
+    for (let i = 0; i < n; i++) {
+      for (const id of this.ids) if (!this.down.has(id)) this.driver(id).core.tick();
+      this.stabilize();
+    }
+  }
+
+  request(client: string, op: KvOp, at: ReplicaId = this.ids[0] as ReplicaId): ClientRequest {
+    this.clients.add(client);
+    const timestamp = (this.#timestamps.get(client) ?? 0) + 1;
+    this.#timestamps.set(client, timestamp);
+    const request = makeRequest(this.keys, client, timestamp, op);
+    this.driver(at).core.request(request);
+    return request;
+  }
+
+  /** The result f + 1 replicas agree on for the request, or null. */
+  result(request: ClientRequest): string | null {
+    const collector = new ReplyCollector({
+      client: request.client,
+      timestamp: request.timestamp,
+      members: this.ids,
+      verify: this.keys.verifier((id) => this.ids.includes(id)),
+    });
+    for (const reply of this.replies) {
+      const outcome = collector.accept(reply);
+      if (outcome.kind === 'done') return decoder.decode(outcome.result);
+    }
+    return null;
+  }
+
+  executed(id: ReplicaId): number {
+    return this.core(id).lastExecuted;
+  }
+}

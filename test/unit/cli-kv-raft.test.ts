@@ -1,0 +1,280 @@
+/**
+ * dwcpctl's `kv` and `raft` commands in process, against a real admin gRPC
+ * server on a temp socket whose Kv and Raft services are scripted fakes: what
+ * each command puts on the wire (flags, client id and sequence, timeouts,
+ * uint64 fields), how it prints each answer, and its exit codes. The same
+ * commands against real daemons are in test/integration/kv-raft.test.ts.
+ */
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import * as grpc from '@grpc/grpc-js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { KV_SERVICE, RAFT_SERVICE, loadAdminPackage } from '../../src/admin/client.ts';
+import { startAdminServer, type AdminServer } from '../../src/admin/server.ts';
+import { main } from '../../src/cli/main.ts';
+import { createLogger } from '../../src/log.ts';
+import { createMetrics } from '../../src/metrics/metrics.ts';
+import { NODE_STATUS } from '../support/status-fixture.ts';
+
+type Wire = Record<string, unknown>;
+type Answer = Wire | grpc.ServiceError;
+
+/** Every request the fake services saw, by method, and the next answer each should give. */
+const seen: { method: string; request: Wire }[] = [];
+const answers = new Map<string, Answer>();
+
+function failure(code: grpc.status, details: string): grpc.ServiceError {
+  return Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
+}
+
+function scripted(methods: string[]): grpc.UntypedServiceImplementation {
+  return Object.fromEntries(
+    methods.map((method) => [
+      method,
+      (call: grpc.ServerUnaryCall<Wire, Wire>, callback: grpc.sendUnaryData<Wire>) => {
+        seen.push({ method, request: call.request });
+        const answer = answers.get(method);
+        if (answer === undefined) callback(failure(grpc.status.INTERNAL, `no scripted answer for ${method}`));
+        else if (answer instanceof Error) callback(answer);
+        else callback(null, answer);
+      },
+    ]),
+  );
+}
+
+let dir: string;
+let socket: string;
+let server: AdminServer;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'dwcp-cli-kv-'));
+  socket = join(dir, 'admin.sock');
+  const packageDefinition = loadAdminPackage();
+  server = await startAdminServer({
+    socketPath: socket,
+    status: () => NODE_STATUS,
+    logger: createLogger('silent'),
+    metrics: createMetrics({ defaultMetrics: false }),
+    services: [
+      { name: KV_SERVICE, packageDefinition, implementation: scripted(['Put', 'Delete', 'Cas', 'Get']) },
+      { name: RAFT_SERVICE, packageDefinition, implementation: scripted(['Status', 'Members', 'AddMember', 'RemoveMember', 'TransferLeader']) },
+    ],
+  });
+});
+
+afterAll(async () => {
+  await server.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+beforeEach(() => {
+  seen.length = 0;
+  answers.clear();
+});
+
+async function ctl(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const code = await main(['--socket', socket, ...argv], {}, { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) });
+  return { code, stdout, stderr };
+}
+
+const bytes = (s: string) => Buffer.from(s, 'utf8');
+const written = (over: Wire = {}): Wire => ({ ok: true, revision: 7, reason: '', current_revision: 0, leader: 'a', ...over });
+
+describe('dwcpctl kv', () => {
+  it('puts with a fresh client id per invocation, sequence 1, the --timeout as the request timeout', async () => {
+    answers.set('Put', written());
+    const first = await ctl('--timeout', '1234', 'kv', 'put', 'k', 'v a l');
+    const second = await ctl('kv', 'put', 'k', 'v2', '--scope', 'federation');
+    expect([first, second]).toEqual([0, 0].map((code) => ({ code, stdout: 'OK put k revision 7\n', stderr: '' })));
+    const [a, b] = seen.map((s) => s.request);
+    expect(a).toMatchObject({ key: 'k', value: bytes('v a l'), options: { scope: 'datacenter', seq: '1', timeout_ms: 1234 } });
+    expect(b).toMatchObject({ key: 'k', value: bytes('v2'), options: { scope: 'federation', seq: '1', timeout_ms: 5000 } });
+    const ids = [a, b].map((r) => (r?.options as Wire).client_id);
+    expect(ids[0]).toMatch(/^dwcpctl-.+-[0-9a-f]{12}$/);
+    expect(ids[0]).not.toBe(ids[1]);
+  });
+
+  it('prints a write as JSON with snake_case fields, the previous item decoded', async () => {
+    answers.set('Put', written({ prev: { key: 'k', value: bytes('old'), revision: 3, create_revision: 2 } }));
+    const res = await ctl('kv', 'put', 'k', 'new', '--json');
+    expect(res.code).toBe(0);
+    expect(JSON.parse(res.stdout)).toEqual({
+      ok: true,
+      revision: 7,
+      reason: '',
+      current_revision: 0,
+      prev: { key: 'k', value: 'old', revision: 3, create_revision: 2 },
+      leader: 'a',
+    });
+  });
+
+  it('sends the expected revision of a cas as uint64, and fails a mismatch naming the current revision', async () => {
+    answers.set('Cas', written({ ok: false, revision: 0, reason: 'cas_mismatch', current_revision: 9 }));
+    const mismatch = await ctl('kv', 'cas', 'k', 'v', '--revision', '8');
+    expect(seen[0]?.request).toMatchObject({ key: 'k', expected_revision: '8', value: bytes('v') });
+    expect(mismatch).toEqual({
+      code: 1,
+      stdout: 'cas k: not applied (cas_mismatch; current revision 9)\n',
+      stderr: 'dwcpctl: cas k: cas_mismatch (current revision 9)\n',
+    });
+    answers.set('Cas', written({ ok: false, revision: 0, reason: 'cas_mismatch', current_revision: 0 }));
+    expect((await ctl('kv', 'cas', 'k', 'v', '--revision', '8')).stderr).toBe('dwcpctl: cas k: cas_mismatch (current revision none: key absent)\n');
+    answers.set('Cas', written({ revision: 10 }));
+    expect(await ctl('kv', 'cas', 'k', 'v', '--revision', '0')).toEqual({ code: 0, stdout: 'OK cas k revision 10\n', stderr: '' });
+    expect(seen[2]?.request.expected_revision).toBe('0');
+  });
+
+  it('says when a delete found nothing', async () => {
+    answers.set('Delete', written({ revision: 0 }));
+    expect(await ctl('kv', 'delete', 'gone')).toEqual({ code: 0, stdout: 'delete gone: key did not exist\n', stderr: '' });
+    answers.set('Delete', written({ revision: 12, prev: { key: 'here', value: bytes(''), revision: 4, create_revision: 4 } }));
+    expect((await ctl('kv', 'delete', 'here')).stdout).toBe('OK delete here revision 12\n');
+  });
+
+  it('gets one key, a prefix as a table, or JSON, passing consistency, scope, prefix and limit through', async () => {
+    const item = (key: string, value: string, revision: number) => ({ key, value: bytes(value), revision, create_revision: revision });
+    answers.set('Get', { items: [item('k', 'hello', 5)], applied_index: 6 });
+    expect(await ctl('kv', 'get', 'k')).toEqual({ code: 0, stdout: 'hello\n', stderr: '' });
+    expect(seen[0]?.request).toEqual({ key: 'k', consistency: 'strong', scope: 'datacenter', prefix: false, limit: 0, timeout_ms: 5000 });
+
+    answers.set('Get', { items: [item('p/a', '1', 5), item('p/bb', 'two', 12)], applied_index: 12 });
+    const table = await ctl('kv', 'get', 'p/', '--prefix', '--limit', '2', '--consistency', 'local', '--scope', 'federation');
+    expect(table.stdout).toBe('KEY   REVISION  VALUE\np/a   5         1\np/bb  12        two\n');
+    expect(seen[1]?.request).toEqual({ key: 'p/', consistency: 'local', scope: 'federation', prefix: true, limit: 2, timeout_ms: 5000 });
+    const asJson = await ctl('kv', 'get', 'p/', '--prefix', '--json');
+    expect(JSON.parse(asJson.stdout)).toEqual({
+      items: [
+        { key: 'p/a', value: '1', revision: 5, create_revision: 5 },
+        { key: 'p/bb', value: 'two', revision: 12, create_revision: 12 },
+      ],
+      applied_index: 12,
+    });
+
+    answers.set('Get', { items: [], applied_index: 12 });
+    expect(await ctl('kv', 'get', 'nope')).toEqual({ code: 1, stdout: '', stderr: 'dwcpctl: key "nope" not found\n' });
+    // An empty prefix listing is an answer, not an error.
+    expect(await ctl('kv', 'get', 'nope/', '--prefix')).toEqual({ code: 0, stdout: 'KEY  REVISION  VALUE\n', stderr: '' });
+  });
+
+  it('passes the daemon\'s reason through: retryable unavailability, and other refusals with their code', async () => {
+    answers.set('Put', failure(grpc.status.UNAVAILABLE, 'write not committed within 1500 ms: no leader is known; retry (retryable)'));
+    expect(await ctl('kv', 'put', 'k', 'v')).toEqual({
+      code: 1,
+      stdout: '',
+      stderr: 'dwcpctl: Put: write not committed within 1500 ms: no leader is known; retry (retryable)\n',
+    });
+    answers.set('Get', failure(grpc.status.FAILED_PRECONDITION, 'this node is untrusted'));
+    expect((await ctl('kv', 'get', 'k')).stderr).toBe('dwcpctl: Get failed with FAILED_PRECONDITION: this node is untrusted\n');
+  });
+
+  it('refuses bad usage with exit 2 before calling the daemon', async () => {
+    const cases: [string[], string][] = [
+      [['kv'], 'kv needs a subcommand: put, get, delete or cas'],
+      [['kv', 'list'], 'kv needs a subcommand: put, get, delete or cas (got "list")'],
+      [['kv', 'put', 'k'], 'kv put takes KEY VALUE (got 1 argument)'],
+      [['kv', 'get', 'a', 'b'], 'kv get takes KEY (got 2 arguments)'],
+      [['kv', 'cas', 'k', 'v'], 'kv cas needs --revision N (the revision the key must have; 0: must not exist)'],
+      [['kv', 'cas', 'k', 'v', '--revision=-1'], '--revision: "-1" is not a whole number >= 0'],
+      [['kv', 'cas', 'k', 'v', '--revision', '1e3'], '--revision: "1e3" is not a whole number >= 0'],
+      [['kv', 'get', 'k', '--limit', '0'], '--limit: "0" is not a whole number >= 1'],
+      [['kv', 'put', 'k', 'v', '--scope', 'galaxy'], '--scope: "galaxy" is not one of datacenter|federation'],
+      [['kv', 'delete', 'k', '--scope', 'galaxy'], '--scope: "galaxy" is not one of datacenter|federation'],
+      [['kv', 'get', 'k', '--consistency', 'eventual'], '--consistency: "eventual" is not one of strong|local'],
+      [['kv', 'get', 'k', '--bogus'], 'unknown flag --bogus'],
+      [['raft'], 'raft needs a subcommand: status, members, add-member, remove-member or transfer-leader'],
+      [['raft', 'status', 'x'], 'raft status takes no arguments (got 1 argument)'],
+      [['raft', 'add-member'], 'raft add-member takes ID (got 0 arguments)'],
+      [['raft', 'transfer-leader', 'a', 'b'], 'raft transfer-leader takes at most one argument, the new leader'],
+      [['raft', 'status', '--prefix'], 'unknown flag --prefix'],
+    ];
+    for (const [argv, reason] of cases) {
+      const res = await ctl(...argv);
+      expect([res.code, res.stdout, res.stderr.split('\n')[0]], argv.join(' ')).toEqual([2, '', `dwcpctl: ${reason}`]);
+    }
+    expect(seen).toEqual([]);
+  });
+});
+
+describe('dwcpctl raft', () => {
+  const status = {
+    id: 'a',
+    role: 'leader',
+    term: 4,
+    leader: 'a',
+    commit_index: 120,
+    applied_index: 119,
+    last_index: 121,
+    last_term: 4,
+    snapshot_index: 100,
+    voters: ['a', 'b', 'c'],
+    learners: ['d'],
+    progress: [
+      { id: 'b', match: 121, next: 122, state: 'replicate', learner: false, recent_active: true },
+      { id: 'd', match: 0, next: 101, state: 'snapshot', learner: true, recent_active: false },
+    ],
+    pending_proposals: 2,
+  };
+
+  it('prints status as fields and a follower progress table, or as JSON', async () => {
+    answers.set('Status', status);
+    expect((await ctl('raft', 'status')).stdout).toBe(
+      [
+        'Node:      a',
+        'Role:      leader',
+        'Term:      4',
+        'Leader:    a',
+        'Commit:    120',
+        'Applied:   119',
+        'Last:      121 (term 4)',
+        'Snapshot:  100',
+        'Voters:    a, b, c',
+        'Learners:  d',
+        '',
+        'FOLLOWER  ROLE     MATCH  NEXT  STATE      ACTIVE',
+        'b         voter    121    122   replicate  yes',
+        'd         learner  0      101   snapshot   no',
+        '',
+      ].join('\n'),
+    );
+    expect(JSON.parse((await ctl('raft', 'status', '--json')).stdout)).toEqual(status);
+  });
+
+  it('says when a follower knows no leader, and shows no progress table', async () => {
+    answers.set('Status', { ...status, role: 'candidate', leader: '', learners: [], progress: [] });
+    const out = (await ctl('raft', 'status')).stdout;
+    expect(out).toContain('Leader:    - (none known)\n');
+    expect(out).toContain('Learners:  -\n');
+    expect(out).not.toContain('FOLLOWER');
+  });
+
+  it('lists members, changes membership and transfers leadership with the --timeout passed on', async () => {
+    const members = { members: [{ id: 'a', role: 'voter', leader: true }, { id: 'd', role: 'learner', leader: false }] };
+    for (const m of ['Members', 'AddMember', 'RemoveMember']) answers.set(m, members);
+    answers.set('TransferLeader', { leader: 'b' });
+    const table = 'ID  ROLE     LEADER\na   voter    yes\nd   learner\n';
+    expect((await ctl('raft', 'members')).stdout).toBe(table);
+    expect((await ctl('--timeout', '9000', 'raft', 'add-member', 'd')).stdout).toBe(table);
+    expect((await ctl('raft', 'remove-member', 'd', '--json')).stdout).toBe(`${JSON.stringify(members, null, 2)}\n`);
+    expect((await ctl('raft', 'transfer-leader')).stdout).toBe('leader is now b\n');
+    expect((await ctl('raft', 'transfer-leader', 'c', '--timeout', '700')).stdout).toBe('leader is now b\n');
+    expect(seen.map((s) => [s.method, s.request])).toEqual([
+      ['Members', {}],
+      ['AddMember', { id: 'd', timeout_ms: 9000 }],
+      ['RemoveMember', { id: 'd', timeout_ms: 5000 }],
+      ['TransferLeader', { to: '', timeout_ms: 5000 }],
+      ['TransferLeader', { to: 'c', timeout_ms: 700 }],
+    ]);
+  });
+
+  it('passes "not the leader" through with the leader it names', async () => {
+    answers.set('AddMember', failure(grpc.status.FAILED_PRECONDITION, 'b is not the leader; the leader is a (retryable)'));
+    expect(await ctl('raft', 'add-member', 'd')).toEqual({
+      code: 1,
+      stdout: '',
+      stderr: 'dwcpctl: AddMember failed with FAILED_PRECONDITION: b is not the leader; the leader is a (retryable)\n',
+    });
+  });
+});

@@ -1,0 +1,228 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { batchDigest, seal, stateDigest } from '../../src/consensus/pbft/encoding.ts';
+import type {
+  Checkpoint,
+  ClientRequest,
+  Commit,
+  Committed,
+  NewView,
+  PbftConfig,
+  PbftMessage,
+  PrePrepare,
+  Prepare,
+  StateMessage,
+  ViewChange,
+} from '../../src/consensus/pbft/types.ts';
+import { LockstepCluster, makeRequest } from '../sim/pbft-harness.ts';
+
+const SMALL: Partial<PbftConfig> = {
+  checkpointInterval: 4,
+  logWindow: 8,
+  maxCheckpointVotesPerPeer: 3,
+  maxInflightBatches: 4,
+  viewChangeTicks: 10,
+  retransmitTicks: 3,
+  maxBufferedPerPeer: 16,
+};
+
+const ZERO = '0'.repeat(64);
+
+/** A cluster with one request executed (seq 1) and helpers to speak as any member. */
+function setup() {
+  const c = new LockstepCluster(4, SMALL);
+  c.request('a', { op: 'add', key: 'x', by: 1 }, 'r1');
+  c.stabilize();
+  const as = <M extends PbftMessage>(from: string, body: Omit<M, 'from' | 'signature'>): M =>
+    seal<M>({ ...body, from } as Omit<M, 'signature'>, c.keys.signer(from));
+  const prePrepare = (from: string, view: number, seq: number, batch: ClientRequest[]): PrePrepare =>
+    as<PrePrepare>(from, { type: 'pre_prepare', view, seq, digest: batchDigest(batch), batch });
+  const vote = <T extends 'prepare' | 'commit'>(type: T, from: string, pp: PrePrepare) =>
+    as<Prepare | Commit>(from, { type, view: pp.view, seq: pp.seq, digest: pp.digest } as Omit<Prepare | Commit, 'from' | 'signature'>);
+  const request = (client: string, timestamp: number) => {
+    c.clients.add(client);
+    return makeRequest(c.keys, client, timestamp, { op: 'add', key: 'x', by: 1 });
+  };
+  return { c, as, prePrepare, vote, request };
+}
+
+describe('pbft core: hostile input is dropped and counted by kind', () => {
+  it('bad signature, non-member, malformed, duplicate', () => {
+    const { c, as, prePrepare, vote, request } = setup();
+    const r1 = c.core('r1');
+    const pp = prePrepare('r0', 0, 2, [request('b', 1)]);
+    const forged = { ...vote('prepare', 'r3', pp), signature: c.keys.signer('r2')(new Uint8Array([1])) };
+    expect(r1.step(forged)).toBe('bad_signature');
+    c.clients.add('mallory');
+    expect(r1.step(as<Prepare>('mallory', { type: 'prepare', view: 0, seq: 2, digest: pp.digest }))).toBe('non_member');
+    expect(r1.step({ ...vote('prepare', 'r3', pp), seq: -1 } as Prepare)).toBe('malformed');
+    expect(r1.step({ type: 'gossip', from: 'r3' } as unknown as PbftMessage)).toBe('malformed');
+    expect(r1.step(pp)).toBeNull();
+    expect(r1.step(pp)).toBe('duplicate');
+    const prepare = vote('prepare', 'r3', pp);
+    expect(r1.step(prepare)).toBeNull();
+    expect(r1.step(prepare)).toBe('duplicate');
+    // Our own message played back to us.
+    expect(r1.step(vote('prepare', 'r1', pp))).toBe('duplicate');
+    expect(r1.drops().get('bad_signature')).toBe(1);
+    expect(r1.drops().get('non_member')).toBe(1);
+    expect(r1.drops().get('malformed')).toBe(2);
+  });
+
+  it('outside the watermarks, stale view, not from the primary', () => {
+    const { c, prePrepare, vote, request } = setup();
+    const r1 = c.core('r1');
+    const far = prePrepare('r0', 0, 9, [request('b', 1)]); // h = 0, L = 8
+    expect(r1.step(far)).toBe('outside_watermarks');
+    expect(r1.step(vote('commit', 'r2', far))).toBe('outside_watermarks');
+    expect(r1.step(prePrepare('r2', 0, 2, [request('b', 1)]))).toBe('not_primary');
+    expect(r1.step(vote('prepare', 'r0', prePrepare('r0', 0, 2, [request('b', 2)])))).toBe('not_primary');
+    // Move everyone to view 1; a view-0 message is stale afterwards.
+    c.down.add('r0');
+    c.request('a', { op: 'add', key: 'x', by: 1 }, 'r1');
+    c.stabilize();
+    c.tickAll(13);
+    expect(r1.view).toBe(1);
+    expect(r1.step(vote('prepare', 'r3', prePrepare('r0', 0, 3, [request('b', 3)])))).toBe('stale_view');
+  });
+
+  it('a pre-prepare whose digest does not match its batch, or with a forged client request', () => {
+    const { c, as, request } = setup();
+    const r1 = c.core('r1');
+    const batch = [request('b', 1)];
+    const lying = as<PrePrepare>('r0', { type: 'pre_prepare', view: 0, seq: 2, digest: batchDigest([request('b', 2)]), batch });
+    expect(r1.step(lying)).toBe('digest_mismatch');
+    const forgedRequest = { ...request('b', 1), signature: new Uint8Array(32) };
+    const withForgery = as<PrePrepare>('r0', {
+      type: 'pre_prepare',
+      view: 0,
+      seq: 2,
+      digest: batchDigest([forgedRequest]),
+      batch: [forgedRequest],
+    });
+    expect(r1.step(withForgery)).toBe('bad_request');
+    expect(r1.request(forgedRequest)).toEqual({ kind: 'dropped', reason: 'bad_request' });
+    expect(c.core('r1').lastExecuted).toBe(1);
+  });
+
+  it('detects an equivocating primary (two pre-prepares for one view and seq) and starts a view change', () => {
+    const { c, prePrepare, request } = setup();
+    const r1 = c.core('r1');
+    expect(r1.step(prePrepare('r0', 0, 2, [request('b', 1)]))).toBeNull();
+    expect(r1.step(prePrepare('r0', 0, 2, [request('c', 1)]))).toBe('equivocation');
+    expect(r1.drops().get('equivocation')).toBe(1);
+    expect(r1.view).toBe(1);
+    expect(r1.active).toBe(false);
+  });
+
+  it('refuses certificates that do not prove what they claim', () => {
+    const { c, as, prePrepare, vote, request } = setup();
+    const r2 = c.core('r2');
+    const pp = prePrepare('r0', 0, 2, [request('b', 1)]);
+    // A prepared certificate whose 2f prepares are one replica's, twice.
+    const fakePrepared = { prePrepare: pp, prepares: [vote('prepare', 'r3', pp) as Prepare, vote('prepare', 'r3', pp) as Prepare] };
+    const genesis = stateDigest({ snapshot: new Uint8Array(0), clients: [] });
+    const viewChange = (prepared: ViewChange['prepared']) =>
+      as<ViewChange>('r3', { type: 'view_change', view: 1, checkpoint: { seq: 0, digest: genesis }, checkpointProof: [], prepared });
+    expect(r2.step(viewChange([fakePrepared]))).toBe('invalid_certificate');
+    const realPrepared = { prePrepare: pp, prepares: [vote('prepare', 'r3', pp) as Prepare, vote('prepare', 'r1', pp) as Prepare] };
+    expect(r2.step(viewChange([realPrepared]))).toBeNull();
+    // A commit certificate two commits short of 2f + 1.
+    const committed = as<Committed>('r3', {
+      type: 'committed',
+      certificate: { prePrepare: pp, commits: [vote('commit', 'r3', pp) as Commit, vote('commit', 'r0', pp) as Commit] },
+    });
+    expect(r2.step(committed)).toBe('invalid_certificate');
+    // A new-view from the right primary but with no view-changes behind it.
+    const nv = as<NewView>('r1', { type: 'new_view', view: 1, viewChanges: [], prePrepares: [] });
+    expect(r2.step(nv)).toBe('invalid_certificate');
+    expect(r2.step(as<NewView>('r3', { type: 'new_view', view: 1, viewChanges: [], prePrepares: [] }))).toBe('not_primary');
+    expect(r2.view).toBe(0);
+    expect(r2.lastExecuted).toBe(1);
+  });
+
+  it('refuses transferred state that does not match 2f + 1 signed checkpoints', () => {
+    const { c, as } = setup();
+    for (let i = 0; i < 4; i++) {
+      c.request('a', { op: 'add', key: 'x', by: 1 }, 'r1');
+      c.stabilize();
+    }
+    const r1 = c.core('r1');
+    expect(r1.stableCheckpoint).toBe(4);
+    const stable = c.driver('r1').disk.stableCheckpoint;
+    if (stable === null) throw new Error('no stable checkpoint persisted');
+    const r3 = c.core('r3');
+    const tampered = as<StateMessage>('r1', {
+      type: 'state',
+      checkpoint: { seq: 8, digest: stable.digest },
+      proof: stable.proof,
+      state: stable.state,
+      entries: [],
+    });
+    expect(r3.step(tampered)).toBe('invalid_certificate');
+    const wrongState = as<StateMessage>('r1', {
+      type: 'state',
+      checkpoint: { seq: 4, digest: stable.digest },
+      proof: stable.proof,
+      state: { ...stable.state, snapshot: new TextEncoder().encode('[["x","1000"]]') },
+      entries: [],
+    });
+    expect(r3.step(wrongState)).toBe('digest_mismatch');
+    const selfProved = as<StateMessage>('r1', {
+      type: 'state',
+      checkpoint: { seq: 4, digest: ZERO },
+      proof: [as<Checkpoint>('r1', { type: 'checkpoint', seq: 4, digest: ZERO })],
+      state: stable.state,
+      entries: [],
+    });
+    expect(r3.step(selfProved)).toBe('invalid_certificate');
+  });
+
+  it('never throws on arbitrary input, only counts it', () => {
+    const { c } = setup();
+    const r1 = c.core('r1');
+    fc.assert(
+      fc.property(fc.anything(), fc.constantFrom('request', 'pre_prepare', 'prepare', 'view_change', 'new_view', 'state', 'committed'), (junk, type) => {
+        const m = { ...(typeof junk === 'object' && junk !== null ? junk : { junk }), type, from: 'r2' } as unknown as PbftMessage;
+        expect(r1.step(m)).toBeTypeOf('string');
+      }),
+      { numRuns: 300 },
+    );
+    expect(r1.drops().get('malformed')).toBeGreaterThan(0);
+  });
+});
+
+describe('pbft core: flooding cannot grow memory past the per-peer bounds', () => {
+  it('a member flooding future-view votes, checkpoint votes and view-changes is held to its quota', () => {
+    const { c, as, prePrepare, vote, request } = setup();
+    const r1 = c.core('r1');
+    const pp = prePrepare('r0', 0, 2, [request('b', 1)]);
+    for (let i = 0; i < 5000; i++) {
+      r1.step(as<Prepare>('r3', { type: 'prepare', view: 2 + (i % 50), seq: 1 + (i % 8), digest: pp.digest }));
+      r1.step(as<Checkpoint>('r3', { type: 'checkpoint', seq: 4 * (1 + i), digest: ZERO }));
+      r1.step(vote('commit', 'r3', { ...pp, seq: 1 + (i % 200) }));
+    }
+    const held = r1.heldFor('r3');
+    expect(held.futureMessages).toBe(SMALL.maxBufferedPerPeer);
+    expect(held.checkpointVotes).toBe(SMALL.maxCheckpointVotesPerPeer);
+    expect(r1.drops().get('buffer_full')).toBeGreaterThan(4000);
+    expect(r1.drops().get('outside_watermarks')).toBeGreaterThan(0);
+    expect(r1.status().slots).toBeLessThanOrEqual(2 * (SMALL.logWindow as number));
+    // The cluster still works for everyone else.
+    const next = c.request('a', { op: 'add', key: 'x', by: 1 }, 'r2');
+    c.stabilize();
+    expect(c.result(next)).toBe('{"value":"2"}');
+  });
+
+  it('fetch, state and new-view answers are rate-limited per peer', () => {
+    const { c, as } = setup();
+    const r1 = c.core('r1');
+    expect(r1.step(as<PbftMessage>('r3', { type: 'fetch', seq: 1 } as Omit<PbftMessage, 'from' | 'signature'>))).toBeNull();
+    for (let i = 0; i < 100; i++) {
+      r1.step(as<PbftMessage>('r3', { type: 'fetch', seq: 1 } as Omit<PbftMessage, 'from' | 'signature'>));
+    }
+    expect(r1.drops().get('rate_limited')).toBe(100);
+    const answers = r1.ready()?.messages.filter((m) => m.to === 'r3') ?? [];
+    expect(answers).toHaveLength(1);
+  });
+});
