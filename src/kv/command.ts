@@ -121,6 +121,8 @@ export interface KvForwardRequest {
   /** An encoded KvCommand (checked to decode), proposed by the leader byte for byte. */
   readonly command: Uint8Array;
   readonly timeoutMs: number;
+  /** Pairs the response with this request on a stream shared by many. */
+  readonly id: number;
 }
 
 export interface KvForwardError {
@@ -130,7 +132,10 @@ export interface KvForwardError {
   readonly leaderHint: string;
 }
 
-export type KvForwardResponse = { readonly kind: 'result'; readonly result: KvResult } | { readonly kind: 'error'; readonly error: KvForwardError };
+export type KvForwardResponse = { readonly id: number } & (
+  | { readonly kind: 'result'; readonly result: KvResult }
+  | { readonly kind: 'error'; readonly error: KvForwardError }
+);
 
 /** Bytes a key/value pair counts against the state quota and a range's budget: at least what it takes in a snapshot. */
 export function kvEntryFootprint(keyBytes: number, valueBytes: number): number {
@@ -364,7 +369,7 @@ function validateForwardRequest(o: Record<string, unknown>): KvForwardRequest {
     if (err instanceof FrameError) throw new FieldError('command', `is not a valid command (${err.detail})`);
     throw err;
   }
-  return { command, timeoutMs: requireUint(o, 'timeoutMs', { min: 1, max: KV_FORWARD_MAX_TIMEOUT_MS }) };
+  return { command, timeoutMs: requireUint(o, 'timeoutMs', { min: 1, max: KV_FORWARD_MAX_TIMEOUT_MS }), id: requireUint(o, 'id') };
 }
 
 function validateForwardError(o: Record<string, unknown>): KvForwardError {
@@ -376,13 +381,14 @@ function validateForwardError(o: Record<string, unknown>): KvForwardError {
 }
 
 function validateForwardResponse(o: Record<string, unknown>): KvForwardResponse {
+  const id = requireUint(o, 'id');
   return requireEnum(o, 'kind', ['result', 'error']) === 'result'
-    ? { kind: 'result', result: requireMessage(o, 'result', validateKvResult) }
-    : { kind: 'error', error: requireMessage(o, 'error', validateForwardError) };
+    ? { id, kind: 'result', result: requireMessage(o, 'result', validateKvResult) }
+    : { id, kind: 'error', error: requireMessage(o, 'error', validateForwardError) };
 }
 
 function forwardResponseToWire(response: KvForwardResponse): object {
-  return response.kind === 'result' ? { result: kvResultToWire(response.result) } : { error: response.error };
+  return response.kind === 'result' ? { id: response.id, result: kvResultToWire(response.result) } : { id: response.id, error: response.error };
 }
 
 export const KvForwardRequestSchema: MessageSchema<KvForwardRequest> = protoSchema(kvProto.lookupType('dwcp.kv.v1.KvForwardRequest'), validateForwardRequest);

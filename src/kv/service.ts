@@ -1,8 +1,8 @@
 /**
  * KvService: the client path of the replicated key-value store on one
  * daemon. A write is proposed on the Raft leader: here if this node leads,
- * otherwise forwarded to the leader over `/dwcp/kv/1.0.0` (one request and
- * one response per stream). A strong read waits for a ReadIndex barrier and
+ * otherwise forwarded to the leader over `/dwcp/kv/1.0.0` (one long-lived
+ * stream per leader, requests tagged with ids and answered in any order). A strong read waits for a ReadIndex barrier and
  * then reads this node's state machine; a local read skips the barrier.
  *
  * Invariants:
@@ -109,7 +109,10 @@ export interface KvServiceOptions {
 
 
 const FORWARD_OPEN_TIMEOUT_MS = 5000;
-const MAX_INBOUND_FORWARDS = 256;
+/** Streams a peer may hold open to us; a healthy follower holds one per leader it forwards to. */
+const MAX_INBOUND_FORWARDS = 16;
+/** Forwarded writes one stream may have in flight; beyond it they are answered `dropped` at once. */
+const MAX_FORWARDS_IN_FLIGHT = 4096;
 
 function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
@@ -118,6 +121,8 @@ function errorText(err: unknown): string {
 export class KvService {
   readonly #opts: KvServiceOptions;
   readonly #events: FrameEvents;
+  /** One multiplexed stream per leader we forward to, by peer ID (opening or open). */
+  readonly #links = new Map<string, Promise<ForwardLink>>();
   #stopped = false;
 
   constructor(opts: KvServiceOptions) {
@@ -134,6 +139,8 @@ export class KvService {
   async stop(): Promise<void> {
     this.#stopped = true;
     await this.#opts.host.unhandle(KV_FORWARD_PROTOCOL).catch(() => {});
+    for (const link of this.#links.values()) void link.then((l) => l.close(new Error('kv service stopping')), () => {});
+    this.#links.clear();
   }
 
   /** Commits a write (put, delete or cas) and returns the state machine's result. */
@@ -213,28 +220,37 @@ export class KvService {
     const member = this.#opts.members.list().find((m) => m.name === leader);
     if (member === undefined) throw new ForwardError('not_leader', `leader ${leader} is not in this node's member list`, true);
     if (!this.#opts.isConnected(member.peerId)) throw new ForwardError('no_quorum', `leader ${leader} is not connected`, true);
-    let stream: Stream;
-    try {
-      stream = await this.#opts.host.dialProtocol(peerIdFromString(member.peerId), KV_FORWARD_PROTOCOL, {
-        signal: AbortSignal.any([deadline, AbortSignal.timeout(FORWARD_OPEN_TIMEOUT_MS)]),
-      });
-    } catch (err) {
-      throw new ForwardError('no_quorum', `cannot reach leader ${leader}: ${errorText(err)}`, true);
-    }
-    const framed = this.#framed(stream, KvForwardResponseSchema, KvForwardRequestSchema);
-    let response: KvForwardResponse | undefined;
-    try {
-      await framed.write({ command, timeoutMs: Math.min(timeoutMs, KV_FORWARD_MAX_TIMEOUT_MS) }, { signal: deadline });
-      response = await framed.read({ signal: deadline });
-      await framed.close().catch(() => {});
-    } catch (err) {
-      framed.stream.abort(err instanceof Error ? err : new Error(String(err)));
-      throw new ForwardError('timeout', `forward to leader ${leader} failed: ${errorText(err)}`, true);
-    }
-    if (response === undefined) throw new ForwardError('no_quorum', `leader ${leader} closed the stream without answering`, true);
+    const link = await this.#linkTo(member.peerId, leader, deadline);
+    const response = await link.request(command, Math.min(timeoutMs, KV_FORWARD_MAX_TIMEOUT_MS), deadline);
     if (response.kind === 'result') return response.result;
     const { code, message, leaderHint } = response.error;
     throw new ForwardError(code, `leader ${leader} answered ${code}: ${message}${leaderHint ? ` (leader hint ${leaderHint})` : ''}`, code !== 'invalid');
+  }
+
+  /** The shared stream to a leader, opened on first use and replaced once it fails. */
+  async #linkTo(peerId: string, leader: string, deadline: AbortSignal): Promise<ForwardLink> {
+    let opening = this.#links.get(peerId);
+    if (opening === undefined) {
+      opening = (async () => {
+        try {
+          const stream = await this.#opts.host.dialProtocol(peerIdFromString(peerId), KV_FORWARD_PROTOCOL, {
+            signal: AbortSignal.timeout(FORWARD_OPEN_TIMEOUT_MS),
+          });
+          return new ForwardLink(this.#framed(stream, KvForwardResponseSchema, KvForwardRequestSchema), leader, () => {
+            if (this.#links.get(peerId) === opening) this.#links.delete(peerId);
+          });
+        } catch (err) {
+          this.#links.delete(peerId);
+          throw new ForwardError('no_quorum', `cannot reach leader ${leader}: ${errorText(err)}`, true);
+        }
+      })();
+      this.#links.set(peerId, opening);
+    }
+    const { promise, resolve, reject } = Promise.withResolvers<ForwardLink>();
+    const abort = () => reject(new ForwardError('timeout', `no stream to leader ${leader} before the deadline`, true));
+    deadline.addEventListener('abort', abort, { once: true });
+    opening.then(resolve, reject).finally(() => deadline.removeEventListener('abort', abort));
+    return promise;
   }
 
   async #onForward(stream: Stream, connection: Connection): Promise<void> {
@@ -247,34 +263,37 @@ export class KvService {
       return;
     }
     const framed = this.#framed(stream, KvForwardRequestSchema, KvForwardResponseSchema);
-    let request: KvForwardRequest | undefined;
+    let inFlight = 0;
     try {
-      request = await framed.read({ signal: AbortSignal.timeout(FORWARD_OPEN_TIMEOUT_MS) });
+      for await (const request of framed) {
+        if (inFlight >= MAX_FORWARDS_IN_FLIGHT) {
+          void framed.write({ id: request.id, kind: 'error', error: { code: 'dropped', message: `more than ${MAX_FORWARDS_IN_FLIGHT} forwarded writes in flight`, leaderHint: '' } }).catch(() => {});
+          continue;
+        }
+        inFlight++;
+        void this.#serveForward(request)
+          .then((response) => framed.write(response))
+          .catch((err: unknown) => log.debug({ peer: member.name, err: errorText(err) }, 'kv forward response not delivered'))
+          .finally(() => inFlight--);
+      }
     } catch (err) {
       // FramedStream counted the rejection and reset the stream.
       if (err instanceof FrameError) log.warn({ peer: member.name, err: err.message }, 'kv forward request refused');
-      return;
-    }
-    if (request === undefined) return;
-    const response = await this.#serveForward(request);
-    try {
-      await framed.write(response);
-      await framed.close();
-    } catch (err) {
-      log.debug({ peer: member.name, err: errorText(err) }, 'kv forward response not delivered');
     }
   }
 
   async #serveForward(request: KvForwardRequest): Promise<KvForwardResponse> {
     const node = this.#opts.node;
+    const { id } = request;
     const error = (code: KvForwardErrorCode, message: string): KvForwardResponse => ({
+      id,
       kind: 'error',
       error: { code, message, leaderHint: node?.leader ?? '' },
     });
     if (node === null) return error('invalid', 'this node has no Raft group');
     if (!node.isLeader) return error('not_leader', `${node.id} is not the leader`);
     try {
-      return { kind: 'result', result: await node.propose(request.command, request.timeoutMs) };
+      return { id, kind: 'result', result: await node.propose(request.command, request.timeoutMs) };
     } catch (err) {
       if (!(err instanceof RaftClientError)) return error('invalid', errorText(err));
       switch (err.code) {
@@ -300,5 +319,71 @@ class ForwardError extends Error {
     this.name = 'ForwardError';
     this.code = code;
     this.retryable = retryable;
+  }
+}
+
+/**
+ * Requests to one leader over one long-lived stream, each tagged with an id
+ * and answered in any order: a forwarded write costs a frame each way, not a
+ * stream open (which costs a peer-store update and a protocol negotiation in
+ * libp2p). Any failure of the stream fails every request on it (retryable)
+ * and retires the link; the next request opens a new one.
+ */
+class ForwardLink {
+  readonly #framed: FramedStream<KvForwardResponse, KvForwardRequest>;
+  readonly #leader: string;
+  readonly #retire: () => void;
+  readonly #pending = new Map<number, PromiseWithResolvers<KvForwardResponse>>();
+  #nextId = 0;
+  #failure: Error | null = null;
+
+  constructor(framed: FramedStream<KvForwardResponse, KvForwardRequest>, leader: string, retire: () => void) {
+    this.#framed = framed;
+    this.#leader = leader;
+    this.#retire = retire;
+    void this.#readLoop();
+  }
+
+  async request(command: Uint8Array, timeoutMs: number, deadline: AbortSignal): Promise<KvForwardResponse> {
+    if (this.#failure !== null) throw new ForwardError('no_quorum', `stream to leader ${this.#leader} failed: ${this.#failure.message}`, true);
+    // Ids wrap at 2^32; a request is long answered or timed out before its id comes round again.
+    const id = (this.#nextId = (this.#nextId + 1) >>> 0);
+    const waiter = Promise.withResolvers<KvForwardResponse>();
+    this.#pending.set(id, waiter);
+    const abort = () => {
+      this.#pending.delete(id);
+      waiter.reject(new ForwardError('timeout', `leader ${this.#leader} did not answer before the deadline`, true));
+    };
+    deadline.addEventListener('abort', abort, { once: true });
+    try {
+      await this.#framed.write({ id, command, timeoutMs }, { signal: deadline });
+      return await waiter.promise;
+    } catch (err) {
+      if (err instanceof ForwardError) throw err;
+      this.close(err instanceof Error ? err : new Error(String(err)));
+      throw new ForwardError('timeout', `forward to leader ${this.#leader} failed: ${errorText(err)}`, true);
+    } finally {
+      this.#pending.delete(id);
+      deadline.removeEventListener('abort', abort);
+    }
+  }
+
+  close(err: Error): void {
+    if (this.#failure === null) this.#failure = err;
+    this.#retire();
+    this.#framed.stream.abort(err);
+    for (const waiter of this.#pending.values()) {
+      waiter.reject(new ForwardError('no_quorum', `stream to leader ${this.#leader} failed: ${err.message}`, true));
+    }
+    this.#pending.clear();
+  }
+
+  async #readLoop(): Promise<void> {
+    try {
+      for await (const response of this.#framed) this.#pending.get(response.id)?.resolve(response);
+      this.close(new Error('leader closed the stream'));
+    } catch (err) {
+      this.close(err instanceof Error ? err : new Error(String(err)));
+    }
   }
 }

@@ -126,7 +126,7 @@ describe('KvCommand schema', () => {
     const command = encodeKvCommand(largest);
     expect(command.byteLength).toBeGreaterThan(KV_MAX_VALUE_BYTES + 1400);
     expect(command.byteLength).toBeLessThanOrEqual(KV_MAX_COMMAND_BYTES);
-    const request = KvForwardRequestSchema.encode({ command, timeoutMs: 60_000 });
+    const request = KvForwardRequestSchema.encode({ command, timeoutMs: 60_000, id: 1 });
     expect(request.byteLength).toBeLessThanOrEqual(KV_FORWARD_MAX_FRAME_BYTES);
   });
 });
@@ -168,24 +168,24 @@ describe('KvForward schemas', () => {
   const command = encodeKvCommand({ clientId: 'c', seq: 1, op: 'put', key: 'k', value: bytes('v') });
 
   it('round-trips a request, keeping the command bytes as they are', () => {
-    const decoded = KvForwardRequestSchema.decode(KvForwardRequestSchema.encode({ command, timeoutMs: 2500 }));
+    const decoded = KvForwardRequestSchema.decode(KvForwardRequestSchema.encode({ command, timeoutMs: 2500, id: 1 }));
     expect(Buffer.compare(Buffer.from(decoded.command), Buffer.from(command))).toBe(0);
     expect(decoded.timeoutMs).toBe(2500);
   });
 
   it('rejects a request whose command does not decode, or without a timeout', () => {
-    expect(schemaError(() => KvForwardRequestSchema.encode({ command: Uint8Array.from([1, 2, 3]), timeoutMs: 10 })).message).toMatch(
+    expect(schemaError(() => KvForwardRequestSchema.encode({ command: Uint8Array.from([1, 2, 3]), timeoutMs: 10, id: 1 })).message).toMatch(
       /KvForwardRequest: field command is not a valid command \(dwcp\.kv\.v1\.KvCommand: /,
     );
-    expect(schemaError(() => KvForwardRequestSchema.encode({ command: new Uint8Array(), timeoutMs: 10 })).message).toMatch(/field command is required/);
-    expect(schemaError(() => KvForwardRequestSchema.encode({ command, timeoutMs: 0 })).message).toMatch(/field timeoutMs is 0, outside 1\.\.60000/);
+    expect(schemaError(() => KvForwardRequestSchema.encode({ command: new Uint8Array(), timeoutMs: 10, id: 1 })).message).toMatch(/field command is required/);
+    expect(schemaError(() => KvForwardRequestSchema.encode({ command, timeoutMs: 0, id: 1 })).message).toMatch(/field timeoutMs is 0, outside 1\.\.60000/);
   });
 
   it.each<KvForwardResponse>([
-    { kind: 'result', result: { ok: true, op: 'put', revision: 3, prev: meta } },
-    { kind: 'result', result: { ok: false, reason: 'stale_request', lastSeq: 2 } },
-    { kind: 'error', error: { code: 'not_leader', message: 'leader is elsewhere', leaderHint: '12D3KooWabc' } },
-    { kind: 'error', error: { code: 'timeout', message: '', leaderHint: '' } },
+    { id: 7, kind: 'result', result: { ok: true, op: 'put', revision: 3, prev: meta } },
+    { id: 7, kind: 'result', result: { ok: false, reason: 'stale_request', lastSeq: 2 } },
+    { id: 7, kind: 'error', error: { code: 'not_leader', message: 'leader is elsewhere', leaderHint: '12D3KooWabc' } },
+    { id: 7, kind: 'error', error: { code: 'timeout', message: '', leaderHint: '' } },
   ])('round-trips a response (%#)', (response) => {
     expect(KvForwardResponseSchema.decode(KvForwardResponseSchema.encode(response))).toEqual(response);
   });
@@ -204,7 +204,7 @@ describe('KvForward schemas', () => {
       { ok: true, op: 'range', revision: Number.MAX_SAFE_INTEGER, entries: [largest], more: true },
       { ok: true, op: 'get', revision: Number.MAX_SAFE_INTEGER, entry: largest },
     ] as KvResult[]) {
-      expect(KvForwardResponseSchema.encode({ kind: 'result', result }).byteLength).toBeLessThanOrEqual(KV_FORWARD_MAX_FRAME_BYTES);
+      expect(KvForwardResponseSchema.encode({ id: 2 ** 32 - 1, kind: 'result', result }).byteLength).toBeLessThanOrEqual(KV_FORWARD_MAX_FRAME_BYTES);
     }
   });
 });

@@ -1,0 +1,218 @@
+/**
+ * Canonical bytes for what PBFT signs and hashes. A signature or digest is
+ * only meaningful if every replica derives the same bytes from the same
+ * content, whatever order the fields were built in, so objects are encoded
+ * with sorted keys into a small tag-length-value format (not JSON: bytes stay
+ * bytes, and there is no escaping to get subtly different).
+ *
+ * Invariants: encode(a) equals encode(b) iff a and b are structurally equal
+ * values; signing bytes carry a domain prefix so a PBFT signature can never
+ * be replayed as some other protocol's. Results are memoised per object,
+ * which is sound because messages are immutable once built (types.ts).
+ *
+ * SHA-256 comes from node:crypto's one-shot hash(), a pure function of its input.
+ */
+import { hash } from 'node:crypto';
+import type { CheckpointState, ClientRequest, Digest, PbftMessage, Reply } from './types.ts';
+
+export type Canonical =
+  | null
+  | boolean
+  | number
+  | string
+  | Uint8Array
+  | readonly Canonical[]
+  | { readonly [key: string]: Canonical | undefined };
+
+const TAG_NULL = 0;
+const TAG_FALSE = 1;
+const TAG_TRUE = 2;
+const TAG_NUMBER = 3;
+const TAG_STRING = 4;
+const TAG_BYTES = 5;
+const TAG_ARRAY = 6;
+const TAG_OBJECT = 7;
+
+/** One growable scratch buffer, reused by every encoding (encoding never re-enters itself). */
+class Writer {
+  #buf = Buffer.allocUnsafe(4096);
+  #len = 0;
+
+  reset(): void {
+    this.#len = 0;
+  }
+
+  #reserve(n: number): void {
+    if (this.#len + n <= this.#buf.length) return;
+    const next = Buffer.allocUnsafe(Math.max(this.#buf.length * 2, this.#len + n));
+    this.#buf.copy(next, 0, 0, this.#len);
+    this.#buf = next;
+  }
+
+  tag(t: number): void {
+    this.#reserve(1);
+    this.#buf[this.#len++] = t;
+  }
+
+  /** A tag and a 32-bit big-endian count or length. */
+  head(t: number, n: number): void {
+    this.#reserve(5);
+    const b = this.#buf;
+    const at = this.#len;
+    b[at] = t;
+    b[at + 1] = n >>> 24;
+    b[at + 2] = (n >>> 16) & 0xff;
+    b[at + 3] = (n >>> 8) & 0xff;
+    b[at + 4] = n & 0xff;
+    this.#len = at + 5;
+  }
+
+  number(v: number): void {
+    this.#reserve(9);
+    this.#buf[this.#len] = TAG_NUMBER;
+    this.#buf.writeDoubleBE(v, this.#len + 1);
+    this.#len += 9;
+  }
+
+  /** A length-prefixed UTF-8 string, optionally tagged. */
+  string(s: string, tagged: boolean): void {
+    // Worst case 3 bytes per UTF-16 unit: reserve that, write, then fill in the real length.
+    const lead = tagged ? 5 : 4;
+    this.#reserve(lead + 3 * s.length);
+    const b = this.#buf;
+    const at = this.#len;
+    let n = -1;
+    if (s.length <= 64) {
+      // Short ASCII (keys, ids, digests) is most of what is encoded: copy it by hand, skipping Buffer.write's setup.
+      n = s.length;
+      for (let i = 0; i < s.length; i++) {
+        const c = s.charCodeAt(i);
+        if (c >= 0x80) {
+          n = -1;
+          break;
+        }
+        b[at + lead + i] = c;
+      }
+    }
+    if (n < 0) n = b.write(s, at + lead, 'utf8');
+    if (tagged) b[at] = TAG_STRING;
+    b.writeUInt32BE(n, at + lead - 4);
+    this.#len = at + lead + n;
+  }
+
+  bytes(bytes: Uint8Array): void {
+    this.head(TAG_BYTES, bytes.length);
+    this.#reserve(bytes.length);
+    this.#buf.set(bytes, this.#len);
+    this.#len += bytes.length;
+  }
+
+  /** A copy of what was written: the scratch buffer is reused. */
+  result(): Uint8Array {
+    return Uint8Array.prototype.slice.call(this.#buf, 0, this.#len);
+  }
+}
+
+function write(w: Writer, value: Canonical): void {
+  if (value === null) return w.tag(TAG_NULL);
+  switch (typeof value) {
+    case 'boolean':
+      return w.tag(value ? TAG_TRUE : TAG_FALSE);
+    case 'number':
+      if (!Number.isFinite(value)) throw new TypeError(`canonical encoding: ${value} is not a finite number`);
+      return w.number(value === 0 ? 0 : value); // -0 encodes as 0
+    case 'string':
+      return w.string(value, true);
+  }
+  if (value instanceof Uint8Array) return w.bytes(value);
+  if (Array.isArray(value)) {
+    const items = value as readonly Canonical[];
+    w.head(TAG_ARRAY, items.length);
+    for (const item of items) write(w, item);
+    return;
+  }
+  const record = value as { readonly [key: string]: Canonical | undefined };
+  const keys = Object.keys(record).sort();
+  let present = 0;
+  for (const key of keys) if (record[key] !== undefined) present++;
+  w.head(TAG_OBJECT, present);
+  for (const key of keys) {
+    const item = record[key];
+    if (item === undefined) continue;
+    w.string(key, false);
+    write(w, item);
+  }
+}
+
+const scratch = new Writer();
+
+export function encodeCanonical(value: Canonical): Uint8Array {
+  scratch.reset();
+  write(scratch, value);
+  return scratch.result();
+}
+
+export function sha256(bytes: Uint8Array): Digest {
+  return hash('sha256', bytes, 'hex');
+}
+
+const SIGNING_DOMAIN = 'dwcp/pbft/v1';
+const signingCache = new WeakMap<object, Uint8Array>();
+
+type Signable = PbftMessage | Reply | ClientRequest;
+
+function bodyBytes(kind: string, body: object): Uint8Array {
+  return encodeCanonical({ domain: SIGNING_DOMAIN, kind, body: body as unknown as Canonical });
+}
+
+function kindOf(message: object): string {
+  return 'type' in message && typeof message.type === 'string' ? message.type : 'client_request';
+}
+
+/** The bytes a signature covers: the message minus its own signature, under a domain prefix. */
+export function signingBytes(message: Signable): Uint8Array {
+  let bytes = signingCache.get(message);
+  if (bytes === undefined) {
+    const { signature: _signature, ...body } = message;
+    bytes = bodyBytes(kindOf(message), body);
+    signingCache.set(message, bytes);
+  }
+  return bytes;
+}
+
+/** Sign `body` and return the finished message (its signing bytes memoised for whoever verifies it). */
+export function seal<M extends Signable>(body: Omit<M, 'signature'>, sign: (bytes: Uint8Array) => Uint8Array): M {
+  const bytes = bodyBytes(kindOf(body), body);
+  const message = { ...body, signature: sign(bytes) } as M;
+  signingCache.set(message, bytes);
+  return message;
+}
+
+const batchCache = new WeakMap<readonly ClientRequest[], Digest>();
+
+/** The digest a pre-prepare names: the whole batch, client signatures included. */
+export function batchDigest(batch: readonly ClientRequest[]): Digest {
+  let digest = batchCache.get(batch);
+  if (digest === undefined) {
+    digest = sha256(encodeCanonical(batch as unknown as Canonical));
+    batchCache.set(batch, digest);
+  }
+  return digest;
+}
+
+export const NULL_BATCH_DIGEST: Digest = batchDigest([]);
+
+/** The checkpoint digest: the state machine's snapshot and the reply cache together. */
+export function stateDigest(state: CheckpointState): Digest {
+  return sha256(
+    encodeCanonical({
+      snapshot: sha256(state.snapshot),
+      clients: state.clients.map((c) => [c.client, c.timestamp, c.seq, sha256(c.result)]),
+    }),
+  );
+}
+
+/** Approximate wire size of a request, for the batch and request byte limits. */
+export function requestBytes(request: ClientRequest): number {
+  return 64 + request.client.length + request.operation.length + request.signature.length;
+}
