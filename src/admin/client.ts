@@ -282,6 +282,13 @@ export interface AdminClient {
 export interface ConnectOptions {
   /** Deadline of each call, from when it is made. */
   timeoutMs: number;
+  /**
+   * Let a call wait for the connection until its deadline instead of failing
+   * at once while the channel is between attempts (gRPC wait-for-ready). For
+   * callers that know the daemon is (re)starting; dwcpctl keeps the default
+   * so a missing daemon is reported at once.
+   */
+  waitForReady?: boolean;
 }
 
 function isServiceError(err: unknown): err is grpc.ServiceError {
@@ -340,7 +347,7 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
         method.requestSerialize,
         method.responseDeserialize,
         request,
-        new grpc.Metadata(),
+        new grpc.Metadata({ waitForReady: opts.waitForReady === true }),
         { deadline: Date.now() + deadlineMs },
         (err, value) => {
           if (err || value === undefined) {

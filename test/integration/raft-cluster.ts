@@ -191,7 +191,7 @@ export class RaftCluster {
 
   /** One call on a fresh admin connection (a restarted daemon's socket is a new one), closed afterwards. */
   async admin<T>(i: number, call: (client: AdminClient) => Promise<T>): Promise<T> {
-    const client = connectAdmin(this.#node(i).socket, { timeoutMs: CONTROL_TIMEOUT_MS });
+    const client = connectAdmin(this.#node(i).socket, { timeoutMs: CONTROL_TIMEOUT_MS, waitForReady: true });
     try {
       return await call(client);
     } finally {
