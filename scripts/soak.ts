@@ -1,11 +1,18 @@
 /**
- * Long runs of the deterministic simulators: `npm run soak -- raft [--seeds N]
+ * Long runs of the deterministic simulators: `npm run soak -- raft|pbft [--seeds N]
  * [--from S] [--trace]`. Seeds run in order from S; the first failure prints
  * its seed and replay command and exits non-zero. --trace prints every event
  * of the run (use with --seeds 1 to replay a failure).
  */
 import { parseArgs } from 'node:util';
 import { RaftSimulation, SimFailure, scenarioForSeed } from '../test/sim/cluster.ts';
+import { PbftSimFailure, PbftSimulation, pbftScenarioForSeed } from '../test/sim/pbft-cluster.ts';
+
+/** Each simulator: run one seed (throwing its failure type, whose message names the seed and the replay command). */
+const SIMULATORS: Record<string, { run(seed: number, trace?: (line: string) => void): { events: number }; failure: new (...args: never[]) => Error }> = {
+  raft: { run: (seed, trace) => new RaftSimulation(scenarioForSeed(seed, trace)).run(), failure: SimFailure },
+  pbft: { run: (seed, trace) => new PbftSimulation(pbftScenarioForSeed(seed, trace)).run(), failure: PbftSimFailure },
+};
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -25,9 +32,10 @@ function integer(name: string, text: string): number {
   return value;
 }
 
-const target = positionals[0];
-if (target !== 'raft') {
-  console.error(`soak: unknown simulator ${JSON.stringify(target ?? '')}; available: raft`);
+const target = positionals[0] ?? '';
+const simulator = SIMULATORS[target];
+if (simulator === undefined) {
+  console.error(`soak: unknown simulator ${JSON.stringify(target)}; available: ${Object.keys(SIMULATORS).join(', ')}`);
   process.exit(2);
 }
 const seeds = integer('seeds', values.seeds);
@@ -38,11 +46,11 @@ const started = performance.now();
 let events = 0;
 for (let seed = from; seed < from + seeds; seed++) {
   try {
-    const report = new RaftSimulation(scenarioForSeed(seed, trace)).run();
+    const report = simulator.run(seed, trace);
     events += report.events;
     if (trace !== undefined || seeds <= 20) console.log(JSON.stringify(report));
   } catch (error) {
-    if (error instanceof SimFailure) {
+    if (error instanceof simulator.failure) {
       console.error(error.message);
       process.exit(1);
     }
@@ -50,8 +58,8 @@ for (let seed = from; seed < from + seeds; seed++) {
   }
   if ((seed - from + 1) % 100 === 0) {
     const seconds = (performance.now() - started) / 1000;
-    console.log(`soak raft: ${seed - from + 1}/${seeds} seeds ok (${seconds.toFixed(1)} s, ${events} events)`);
+    console.log(`soak ${target}: ${seed - from + 1}/${seeds} seeds ok (${seconds.toFixed(1)} s, ${events} events)`);
   }
 }
 const seconds = (performance.now() - started) / 1000;
-console.log(`soak raft: ${seeds} seeds from ${from} ok in ${seconds.toFixed(1)} s (${events} events)`);
+console.log(`soak ${target}: ${seeds} seeds from ${from} ok in ${seconds.toFixed(1)} s (${events} events)`);

@@ -41,6 +41,8 @@ type Active = Exclude<BehaviourKind, 'silent' | 'mixed'>;
 const ACTIVE: readonly Active[] = ['equivocate', 'wrong_digest', 'forge', 'replay', 'flood'];
 
 const REPLAY_MEMORY = 256;
+/** A flooder bursts on this share of its ticks, FLOOD_PER_TICK junk messages to each peer: enough to fill every per-peer buffer within the first second. */
+const FLOOD_CHANCE = 0.3;
 const FLOOD_PER_TICK = 4;
 
 /** What each kind of misbehaviour was attempted, for the simulator's coverage check. */
@@ -214,7 +216,7 @@ export class ByzantineBehaviour {
   /** Spontaneous misbehaviour each tick (floods and replays). */
   tick(): Envelope[] {
     const how = this.#pick();
-    if (how === 'flood') {
+    if (how === 'flood' && this.#rng.chance(FLOOD_CHANCE)) {
       this.attempts.flood++;
       const out: Envelope[] = [];
       for (const to of this.#others()) out.push(...this.#junk(to, FLOOD_PER_TICK));

@@ -135,7 +135,7 @@ export class ReplicaDriver {
   readonly id: ReplicaId;
   core: PbftCore;
   readonly kv = new KvMachine();
-  readonly disk: Disk = { view: { view: 0, active: true }, stableCheckpoint: null, slots: new Map() };
+  readonly disk: Disk = { view: { view: 0, active: true, newView: null }, stableCheckpoint: null, slots: new Map() };
   readonly #make: (storage: PbftPersistedState | undefined) => PbftCore;
   readonly #hooks: DriverHooks;
 

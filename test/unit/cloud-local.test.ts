@@ -66,7 +66,8 @@ describe('local provider', () => {
   });
 
   it('fails like a cloud: unavailable zone, unknown type, wrong state, not found, malformed id', async () => {
-    const local = fast({ zones: ['lab-a', 'lab-b'] });
+    // Transitions slow enough that "pending" is still pending when stop() runs on a loaded machine.
+    const local = fast({ zones: ['lab-a', 'lab-b'], transitionDelayMs: 60_000 });
     local.setZoneStatus('lab-b', 'unavailable');
     await expect(local.create({ name: 'x', type: 'local.small', image: 'img', zone: 'lab-b' })).rejects.toThrow(/zone lab-b is unavailable/);
     await expect(local.create({ name: 'x', type: 'm5.large', image: 'img' })).rejects.toThrow(/type: m5.large is not one of local\.small/);
@@ -74,7 +75,7 @@ describe('local provider', () => {
 
     const pending = await local.create({ name: 'p', type: 'local.small', image: 'img' }, { wait: false });
     await expect(local.stop(pending.id)).rejects.toSatisfy((e) => e instanceof IncorrectStateError && /is pending; cannot stop/.test(e.message));
-    await local.terminate(pending.id);
+    await local.terminate(pending.id, { wait: false });
     await expect(local.start(pending.id)).rejects.toBeInstanceOf(IncorrectStateError);
     await expect(local.get('local-000000000000')).rejects.toBeInstanceOf(NotFound);
     await expect(local.get('i-0123')).rejects.toThrow(/id: "i-0123" is not a local VM id/);

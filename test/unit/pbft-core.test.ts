@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { PbftCore } from '../../src/consensus/pbft/core.ts';
 import { PbftInputError } from '../../src/consensus/pbft/types.ts';
-import type { PbftConfig } from '../../src/consensus/pbft/types.ts';
+import { seal } from '../../src/consensus/pbft/encoding.ts';
+import type { PbftConfig, StateMessage } from '../../src/consensus/pbft/types.ts';
+import type { Envelope } from '../sim/pbft-harness.ts';
 import { FakeKeys, LockstepCluster, makeRequest, replicaIds } from '../sim/pbft-harness.ts';
 
 const SMALL: Partial<PbftConfig> = {
@@ -226,6 +228,36 @@ describe('pbft core: state transfer and restart', () => {
     expect(c.core('r3').request(makeRequest(c.keys, 'a', 3, { op: 'add', key: 'x', by: 1 }))).toEqual({ kind: 'dropped', reason: 'duplicate' });
   });
 
+  it('a state transfer that lands while a Ready is being executed supersedes that Ready', () => {
+    const c = new LockstepCluster(4, SMALL);
+    const missed: Envelope[] = [];
+    c.filter = (e) => {
+      if (e.to !== 'r3') return e.message;
+      missed.push(e);
+      return null;
+    };
+    for (let i = 0; i < 18; i++) add(c, 'a');
+    const stable = c.driver('r1').disk.stableCheckpoint;
+    if (stable === null) throw new Error('no stable checkpoint');
+    const r3 = c.core('r3');
+    // Let r3 commit seqs 1 and 2 from what it missed, and take the Ready that executes them.
+    for (const e of missed) if ('seq' in e.message && e.message.seq <= 2 && e.message.type !== 'checkpoint') r3.step(e.message);
+    const outstanding = r3.ready();
+    expect(outstanding?.execute.map((b) => b.seq)).toEqual([1, 2]);
+    const state = seal<StateMessage>(
+      { type: 'state', from: 'r1', checkpoint: { seq: stable.seq, digest: stable.digest }, proof: stable.proof, state: stable.state, entries: [] },
+      c.keys.signer('r1'),
+    );
+    expect(r3.step(state)).toBeNull();
+    expect(r3.lastExecuted).toBe(16);
+    if (outstanding === null) throw new Error('no Ready');
+    r3.advance(outstanding, outstanding.execute.map((b) => ({ seq: b.seq, results: b.requests.map(() => new Uint8Array()), snapshot: null })));
+    expect(r3.lastExecuted).toBe(16);
+    const next = r3.ready();
+    expect(next?.install?.seq).toBe(16);
+    expect(next?.replies).toEqual([]);
+  });
+
   it('a restarted replica recovers from its disk and keeps ordering', () => {
     const c = new LockstepCluster(4, SMALL);
     for (let i = 0; i < 6; i++) add(c, 'a');
@@ -237,6 +269,31 @@ describe('pbft core: state transfer and restart', () => {
     c.tickAll(2);
     expect(new Set(values(c)).size).toBe(1);
     expect(c.core('r2').lastExecuted).toBe(9);
+  });
+
+  it('a restarted replica still hands the new-view of its view to a replica that missed it', () => {
+    const c = new LockstepCluster(4, SMALL);
+    add(c, 'a');
+    c.down.add('r0');
+    c.down.add('r3');
+    const request = c.request('a', { op: 'add', key: 'x', by: 1 }, 'r1');
+    c.stabilize();
+    c.down.delete('r3');
+    // r2 misses the new view (and every re-send of it) ...
+    c.filter = (e) => (e.to === 'r2' && e.message.type === 'new_view' ? null : e.message);
+    c.tickAll(13);
+    expect(c.core('r1').active).toBe(true);
+    expect(c.core('r2').active).toBe(false);
+    // ... and then the new primary restarts from its disk, the only one left to tell it.
+    c.down.add('r3');
+    c.driver('r1').restart();
+    c.filter = null;
+    c.tickAll(4);
+    expect(c.core('r2').view).toBe(1);
+    expect(c.core('r2').active).toBe(true);
+    c.down.delete('r3');
+    c.tickAll(4);
+    expect(c.result(request)).toBe('{"value":"2"}');
   });
 
   it('a primary restarted mid-view does not re-use a sequence number it already assigned', () => {

@@ -102,6 +102,11 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
     });
     expect(r1.step(withForgery)).toBe('bad_request');
     expect(r1.request(forgedRequest)).toEqual({ kind: 'dropped', reason: 'bad_request' });
+    // A genuine signature does not vouch for other content, even once its request was verified.
+    const genuine = request('d', 1);
+    expect(r1.request(genuine)).toEqual({ kind: 'accepted' });
+    const tampered = { ...genuine, operation: new TextEncoder().encode('{"op":"put","key":"x","value":"evil"}') };
+    expect(r1.request(tampered)).toEqual({ kind: 'dropped', reason: 'bad_request' });
     expect(c.core('r1').lastExecuted).toBe(1);
   });
 
@@ -143,6 +148,7 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
 
   it('refuses transferred state that does not match 2f + 1 signed checkpoints', () => {
     const { c, as } = setup();
+    c.down.add('r3'); // behind, so it would take a state
     for (let i = 0; i < 4; i++) {
       c.request('a', { op: 'add', key: 'x', by: 1 }, 'r1');
       c.stabilize();
@@ -176,6 +182,11 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
       entries: [],
     });
     expect(r3.step(selfProved)).toBe('invalid_certificate');
+    expect(r3.lastExecuted).toBe(1);
+    const genuine = as<StateMessage>('r1', { type: 'state', checkpoint: { seq: 4, digest: stable.digest }, proof: stable.proof, state: stable.state, entries: [] });
+    expect(r3.step(genuine)).toBeNull();
+    expect(r3.lastExecuted).toBe(4);
+    expect(r3.step(genuine)).toBe('duplicate');
   });
 
   it('never throws on arbitrary input, only counts it', () => {

@@ -14,9 +14,10 @@
  * - The O set of a new view is a deterministic function of its view-change
  *   messages in the order given, so every honest replica recomputes the same.
  * - Positive signature checks are memoised per message object (messages are
- *   immutable), so evidence forwarded many times is verified once.
+ *   immutable), so evidence forwarded many times is verified once; client
+ *   requests also by (content digest, signature), in a bounded cache.
  */
-import { batchDigest, requestBytes, signingBytes, stateDigest } from './encoding.ts';
+import { batchDigest, requestBytes, sha256, signingBytes, stateDigest } from './encoding.ts';
 import type {
   Checkpoint,
   CheckpointRef,
@@ -56,6 +57,9 @@ export class Authenticator {
   readonly #verify: Verify;
   readonly #config: PbftConfig;
   readonly #verified = new WeakSet<object>();
+  /** Keys of client requests known valid, oldest first; bounded by #requestCacheSize. */
+  readonly #verifiedRequests = new Set<string>();
+  readonly #requestCacheSize: number;
   /** Signatures checked (cache misses), for metrics and benchmarks. */
   verifications = 0;
 
@@ -66,6 +70,7 @@ export class Authenticator {
     this.#verify = verify;
     this.#config = config;
     this.genesis = { seq: 0, digest: stateDigest(genesis) };
+    this.#requestCacheSize = 2 * config.maxPendingRequests;
   }
 
   get quorum(): number {
@@ -100,7 +105,19 @@ export class Authenticator {
 
   /** A client request signed by its client. */
   request(r: ClientRequest): boolean {
-    return this.#check(r, r.client);
+    if (this.#verified.has(r)) return true;
+    // A request reaches a replica several times as different objects (relayed,
+    // then inside a pre-prepare, maybe again after a view change): remember
+    // valid ones by content and signature, so each costs one verification.
+    const key = `${r.client}\u0000${sha256(signingBytes(r))}\u0000${Buffer.from(r.signature).toString('base64')}`;
+    if (this.#verifiedRequests.has(key)) return true;
+    if (!this.#check(r, r.client)) return false;
+    this.#verifiedRequests.add(key);
+    if (this.#verifiedRequests.size > this.#requestCacheSize) {
+      const oldest = this.#verifiedRequests.values().next().value;
+      if (oldest !== undefined) this.#verifiedRequests.delete(oldest);
+    }
+    return true;
   }
 
   /** What is wrong with a pre-prepare's content (not its sender or view), or null. */

@@ -77,7 +77,6 @@ import type {
   RequestResult,
   SlotRecord,
   SoftState,
-  StableCheckpoint,
   StateMessage,
   StateRequest,
   ViewChange,
@@ -246,6 +245,8 @@ export class PbftCore {
     this.#install = stable === null ? null : { seq: stable.seq, snapshot: stable.state.snapshot };
     this.#view = storage?.view.view ?? 0;
     this.#active = storage?.view.active ?? true;
+    const newView = storage?.view.newView ?? null;
+    if (this.#active && newView?.view === this.#view) this.#newView = newView;
     this.#nextSeq = this.#stable.seq + 1;
     for (const record of storage?.slots ?? []) this.#restoreSlot(record);
     if (!this.#active) {
@@ -341,7 +342,7 @@ export class PbftCore {
     const stable = this.#stable;
     const ready: PbftReady = {
       persist: {
-        view: this.#viewDirty ? { view: this.#view, active: this.#active } : null,
+        view: this.#viewDirty ? { view: this.#view, active: this.#active, newView: this.#active ? this.#newView : null } : null,
         stableCheckpoint:
           this.#stableDirty && stable.state !== null
             ? { seq: stable.seq, digest: stable.digest, proof: stable.proof, state: stable.state }
@@ -787,6 +788,9 @@ export class PbftCore {
     );
     this.#stable = { seq, digest, proof, state: own?.state ?? null };
     this.#stableDirty = true;
+    // Only a primary cut off from a newer view can be this far behind (its
+    // view's sequence numbers were settled elsewhere); never reuse them.
+    this.#nextSeq = Math.max(this.#nextSeq, seq + 1);
     this.#checkpointVotes.discardThrough(seq);
     for (const s of [...this.#ownCheckpoints.keys()]) if (s <= seq) this.#ownCheckpoints.delete(s);
     // Slots at or below h only matter if they can still run here; a replica too far behind must fetch the state.
@@ -1021,6 +1025,8 @@ export class PbftCore {
 
   #onState(m: StateMessage): DropKind | null {
     const ref = m.checkpoint;
+    // Nothing here we lack: skip the proof and the (snapshot-sized) digest.
+    if (ref.seq <= this.#handedOut && !m.entries.some((c) => c.prePrepare.seq > this.#handedOut)) return 'duplicate';
     if (ref.seq === 0 || !this.#auth.checkpointProof(ref, m.proof)) return 'invalid_certificate';
     if (stateDigest(m.state) !== ref.digest) return 'digest_mismatch';
     let used = false;
@@ -1146,4 +1152,3 @@ export class PbftCore {
 }
 
 export type { Verify } from './certificates.ts';
-export type { StableCheckpoint };

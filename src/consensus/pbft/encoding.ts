@@ -109,7 +109,7 @@ class Writer {
 
   /** A copy of what was written: the scratch buffer is reused. */
   result(): Uint8Array {
-    return Uint8Array.prototype.slice.call(this.#buf, 0, this.#len);
+    return new Uint8Array(this.#buf.subarray(0, this.#len));
   }
 }
 
@@ -150,6 +150,100 @@ export function encodeCanonical(value: Canonical): Uint8Array {
   scratch.reset();
   write(scratch, value);
   return scratch.result();
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * The inverse of encodeCanonical, for a transport that wants this format on
+ * the wire. Input is hostile: it is refused (RangeError naming the byte
+ * offset) unless it is exactly the canonical encoding of some value (object
+ * keys strictly ascending, no trailing bytes, nesting within `maxDepth`), so
+ * decode(encode(v)) is v and re-encoding a decoded message gives the bytes
+ * its signature covers. Check the result's shape with messageProblem().
+ */
+export function decodeCanonical(bytes: Uint8Array, maxDepth = 16): Canonical {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let at = 0;
+  const fail = (problem: string): never => {
+    throw new RangeError(`canonical decoding: ${problem} at byte ${at}`);
+  };
+  const need = (n: number): void => {
+    if (n > bytes.length - at) fail(`${n} bytes needed, ${bytes.length - at} left`);
+  };
+  const u32 = (): number => {
+    need(4);
+    const n = view.getUint32(at);
+    at += 4;
+    return n;
+  };
+  const text = (): string => {
+    const n = u32();
+    need(n);
+    let s = '';
+    try {
+      s = strictUtf8.decode(bytes.subarray(at, at + n));
+    } catch {
+      fail('invalid UTF-8');
+    }
+    at += n;
+    return s;
+  };
+  const read = (depth: number): Canonical => {
+    if (depth > maxDepth) fail(`nesting deeper than ${maxDepth}`);
+    need(1);
+    const tag = bytes[at++];
+    switch (tag) {
+      case TAG_NULL:
+        return null;
+      case TAG_FALSE:
+        return false;
+      case TAG_TRUE:
+        return true;
+      case TAG_NUMBER: {
+        need(8);
+        const v = view.getFloat64(at);
+        if (!Number.isFinite(v) || Object.is(v, -0)) fail('non-canonical number');
+        at += 8;
+        return v;
+      }
+      case TAG_STRING:
+        return text();
+      case TAG_BYTES: {
+        const n = u32();
+        need(n);
+        at += n;
+        // A plain copy: a Buffer's slice() would alias the input.
+        return new Uint8Array(bytes.subarray(at - n, at));
+      }
+      case TAG_ARRAY: {
+        const n = u32();
+        // Every item takes at least one byte: a count beyond what is left is a lie.
+        need(n);
+        const items: Canonical[] = [];
+        for (let i = 0; i < n; i++) items.push(read(depth + 1));
+        return items;
+      }
+      case TAG_OBJECT: {
+        const n = u32();
+        need(n);
+        const entries: [string, Canonical][] = [];
+        for (let i = 0; i < n; i++) {
+          const key = text();
+          const previous = entries.at(-1)?.[0];
+          if (previous !== undefined && !(previous < key)) fail(`object key ${JSON.stringify(key)} out of order`);
+          entries.push([key, read(depth + 1)]);
+        }
+        // fromEntries defines own properties, so a "__proto__" key cannot reach the prototype.
+        return Object.fromEntries(entries) as { readonly [key: string]: Canonical };
+      }
+      default:
+        return fail(`unknown tag ${String(tag)}`);
+    }
+  };
+  const value = read(0);
+  if (at !== bytes.length) fail(`${bytes.length - at} trailing bytes`);
+  return value;
 }
 
 export function sha256(bytes: Uint8Array): Digest {

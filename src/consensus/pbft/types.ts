@@ -241,6 +241,11 @@ export interface ViewState {
   readonly view: number;
   /** False between sending a view-change for `view` and accepting its new-view. */
   readonly active: boolean;
+  /**
+   * The new-view that started `view` (null in view 0 or while changing): a
+   * replica forwards it to peers that missed it, also after a restart.
+   */
+  readonly newView: NewView | null;
 }
 
 /** What a driver loads to (re)start a core; all empty/null for a fresh replica. */
