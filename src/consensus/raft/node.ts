@@ -278,7 +278,7 @@ export class RaftNode<R> {
     await this.#awaitApplied(submitted, deadline, what, timeoutMs);
   }
 
-  /** Hands leadership to `to` (or the most caught-up voter) and waits until this node is no longer leader. */
+  /** Hands leadership to `to` (or the most caught-up voter) and resolves with the new leader once this node follows it. */
   async transferLeadership(to: NodeId | null, timeoutMs: number): Promise<NodeId> {
     const deadline = AbortSignal.timeout(timeoutMs);
     const target = to ?? this.#bestTransferee();
@@ -287,10 +287,12 @@ export class RaftNode<R> {
     this.#schedule();
     if (result.kind === 'not_leader') throw this.#notLeader(result.leaderHint);
     if (result.kind === 'rejected') throw new RaftClientError('rejected', result.reason);
-    while (this.#role === 'leader') {
+    // Done once this node has heard from a new leader (normally the target),
+    // not merely stepped down: the caller is told who actually leads.
+    while (this.#role === 'leader' || this.#leader === null) {
       await this.#waitForProgress(deadline, () => deadlineError(`leadership transfer to ${target}`, timeoutMs, this.#leader));
     }
-    return target;
+    return this.#leader;
   }
 
   /**
