@@ -42,7 +42,7 @@ import { InvariantChecker, InvariantViolation } from './invariants.ts';
 import { KvStore, encodeCommand } from './kv.ts';
 import { checkHistory } from './linearizability.ts';
 import type { LinkFaults } from './network.ts';
-import { CALM, SimNetwork } from './network.ts';
+import { CALM, SimNetwork, randomLinkFaults } from './network.ts';
 import { Prng } from './prng.ts';
 import type { ClientTarget } from './workload.ts';
 import { ClientWorkload } from './workload.ts';
@@ -187,7 +187,7 @@ export class RaftSimulation {
     this.#snapshotEvery = rng.between(8, 60);
     this.#fsyncMaxMs = rng.between(0, 5);
     this.#crashPointRate = rng.pick([0, 0.001, 0.003, 0.01]);
-    this.#net = new SimNetwork(rng.fork(), this.#randomFaults());
+    this.#net = new SimNetwork(rng.fork(), randomLinkFaults(this.#rng));
     this.#churn = rng.chance(0.5);
     const ids = Array.from({ length: options.nodes }, (_, i) => `n${i + 1}`);
     this.#members = new Set(ids);
@@ -240,18 +240,6 @@ export class RaftSimulation {
       random: () => random.next(),
       config: this.#raftConfig,
     });
-  }
-
-  #randomFaults(): LinkFaults {
-    const rng = this.#rng;
-    return {
-      dropRate: rng.pick([0, 0.01, 0.05, 0.1, 0.2]),
-      duplicateRate: rng.pick([0, 0.01, 0.05]),
-      minDelayMs: 1,
-      maxDelayMs: rng.between(2, 20),
-      spikeRate: rng.pick([0, 0.01, 0.05]),
-      spikeMs: 300,
-    };
   }
 
   #trace(line: () => string): void {
@@ -516,7 +504,7 @@ export class RaftSimulation {
       this.#net.heal();
       this.#trace(() => 'heal');
     } else {
-      this.#net.faults = this.#randomFaults();
+      this.#net.faults = randomLinkFaults(this.#rng);
     }
   }
 

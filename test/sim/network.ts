@@ -28,6 +28,18 @@ export const CALM: LinkFaults = {
   spikeMs: 0,
 };
 
+/** A link-fault regime drawn from `rng`: what both simulators use for their stormy phases. */
+export function randomLinkFaults(rng: Prng): LinkFaults {
+  return {
+    dropRate: rng.pick([0, 0.01, 0.05, 0.1, 0.2]),
+    duplicateRate: rng.pick([0, 0.01, 0.05]),
+    minDelayMs: 1,
+    maxDelayMs: rng.between(2, 20),
+    spikeRate: rng.pick([0, 0.01, 0.05]),
+    spikeMs: 300,
+  };
+}
+
 export class SimNetwork {
   readonly #rng: Prng;
   #faults: LinkFaults;

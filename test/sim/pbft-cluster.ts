@@ -33,7 +33,7 @@ import type { Envelope, KvOp } from './pbft-harness.ts';
 import { FakeKeys, ReplicaDriver, makeRequest, replicaIds } from './pbft-harness.ts';
 import { EventQueue } from './events.ts';
 import type { LinkFaults } from './network.ts';
-import { CALM, SimNetwork } from './network.ts';
+import { CALM, SimNetwork, randomLinkFaults } from './network.ts';
 import { Prng } from './prng.ts';
 
 export interface PbftSimOptions {
@@ -186,7 +186,7 @@ export class PbftSimulation {
     const cappedTimeoutMs = viewChangeTicks * 2 ** MAX_BACKOFF_SHIFT * TICK_MS;
     this.#livenessBoundMs = (this.#f + 2) * cappedTimeoutMs + 1000;
     this.#calmMs = this.#livenessBoundMs + PROBES * CLIENT_RETRY_MS + QUIET_TAIL_MS;
-    this.#faults = this.#randomFaults();
+    this.#faults = randomLinkFaults(this.#rng);
     this.#net = new SimNetwork(rng.fork(), this.#faults);
 
     const byzantine = new Set(shuffle(rng, this.#ids).slice(0, options.byzantine));
@@ -240,18 +240,6 @@ export class PbftSimulation {
     this.#clientIds.add(id);
     this.#clients.push({ id, probe, timestamp: 0, request: null, collector: null, token: 0, completed: 0 });
     this.#queue.push(at, { kind: 'client', client: this.#clients.length - 1, token: 0 });
-  }
-
-  #randomFaults(): LinkFaults {
-    const rng = this.#rng;
-    return {
-      dropRate: rng.pick([0, 0.01, 0.05, 0.1, 0.2]),
-      duplicateRate: rng.pick([0, 0.01, 0.05]),
-      minDelayMs: 1,
-      maxDelayMs: rng.between(2, 20),
-      spikeRate: rng.pick([0, 0.01, 0.05]),
-      spikeMs: 300,
-    };
   }
 
   #trace(line: () => string): void {
@@ -427,7 +415,7 @@ export class PbftSimulation {
       this.#net.heal();
       this.#trace(() => 'heal');
     } else {
-      this.#faults = this.#randomFaults();
+      this.#faults = randomLinkFaults(this.#rng);
       this.#net.faults = this.#faults;
     }
   }
