@@ -20,28 +20,22 @@
  *   flight, so seqs reach the state machine in order and none is refused as
  *   stale, as a real client's would not be.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { connectAdmin, type AdminClient } from '../src/admin/client.ts';
 import { loadOrCreateIdentity } from '../src/daemon/identity.ts';
 import { DEFAULT_BASE_PORT, nodeConfig, planFederation, type PlannedNode } from '../scripts/federation-plan.ts';
 import { freePorts } from './etcd.ts';
+import { awaitReady, ownMembers, retryUntil, spawnLogged, stopMembers, type MemberLabel, type MemberProcess } from './member-process.ts';
 import type { KvTarget } from './raft.ts';
 
 const LOOPBACK = '127.0.0.1';
 const DAEMON_MAIN = fileURLToPath(new URL('../src/daemon/main.ts', import.meta.url));
-/** Bytes of each member's output kept to explain a failure. */
-const LOG_TAIL_BYTES = 8192;
 /** Longer than the daemon's own stop budget (9 s + 1 s hard exit), so a healthy daemon always stops by itself. */
 const STOP_GRACE_MS = 12_000;
-/** Polling processes we do not control: no event crosses from a daemon to us. */
-const POLL_MS = 100;
 /** Deadline of one control call (status, probe put) while starting. */
 const CONTROL_TIMEOUT_MS = 2_000;
 /** Deadline of one benchmark put, as etcd's: far above any healthy latency, so it only ends a stuck call. */
@@ -74,20 +68,11 @@ export interface DwcpCluster {
   stop(): Promise<void>;
 }
 
-interface MemberProcess {
-  member: DwcpMember;
-  child: ChildProcess;
-  exited: Promise<string>;
-  logTail(): string;
-}
+const LABEL: MemberLabel<DwcpMember> = { describe: (m) => `dwcpd member ${m.name} (pid ${m.pid})`, logName: 'output' };
 
 /** The daemons' environment without what would redirect them (DWCP_* overrides the config, NOTIFY_SOCKET talks to systemd). */
 function daemonEnv(): NodeJS.ProcessEnv {
   return Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('DWCP_') && name !== 'NOTIFY_SOCKET'));
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 /**
@@ -103,54 +88,10 @@ async function planCluster(root: string, size: number): Promise<PlannedNode[]> {
   });
 }
 
-function spawnMember(node: PlannedNode, nodeArgs: readonly string[]): MemberProcess {
-  const child = spawn(process.execPath, [...nodeArgs, DAEMON_MAIN, '--config', node.configPath], { stdio: ['ignore', 'pipe', 'pipe'], env: daemonEnv() });
-  // Both pipes are drained, so a chatty member never blocks on a full pipe.
-  let tail = '';
-  const keep = (chunk: Buffer): void => {
-    tail = (tail + chunk.toString('utf8')).slice(-LOG_TAIL_BYTES);
-  };
-  child.stdout?.on('data', keep);
-  child.stderr?.on('data', keep);
-  const exited = new Promise<string>((resolve) => {
-    child.once('error', (err) => resolve(`could not start ${process.execPath}: ${err.message}`));
-    child.once('exit', (code, signal) => resolve(signal !== null ? `killed by ${signal}` : `exit code ${code}`));
-  });
-  const member = { name: node.name, pid: child.pid ?? -1, adminSocket: node.adminSocket, metricsUrl: node.metricsUrl, dataDir: node.dir };
-  return { member, child, exited, logTail: () => tail.trim() };
-}
-
-async function stopMember(p: MemberProcess): Promise<void> {
-  if (p.child.exitCode === null && p.child.signalCode === null && p.child.pid !== undefined) {
-    p.child.kill('SIGTERM');
-    if ((await Promise.race([p.exited, delay(STOP_GRACE_MS, 'timeout' as const)])) === 'timeout') p.child.kill('SIGKILL');
-  }
-  await p.exited;
-}
-
-/** Rejects as soon as any member exits, naming it and quoting its output. */
-function firstExit(processes: readonly MemberProcess[]): Promise<never> {
-  return Promise.race(
-    processes.map((p) =>
-      p.exited.then((how) => {
-        throw new Error(`dwcpd member ${p.member.name} (pid ${p.member.pid}) exited while starting (${how}); its output ends:\n${p.logTail() || '(empty)'}`);
-      }),
-    ),
-  );
-}
-
-/** Retries `attempt` until it resolves, the deadline passes or `signal` aborts; the error names `what` and the last failure. */
-async function retryUntil<T>(what: string, deadline: number, signal: AbortSignal, attempt: () => Promise<T>): Promise<T> {
-  for (let lastError = 'none'; ; ) {
-    signal.throwIfAborted();
-    if (Date.now() >= deadline) throw new Error(`${what} before the start deadline; last error: ${lastError}`);
-    try {
-      return await attempt();
-    } catch (err) {
-      lastError = errorText(err);
-      await delay(Math.min(POLL_MS, Math.max(0, deadline - Date.now())), undefined, { signal });
-    }
-  }
+function spawnMember(node: PlannedNode, nodeArgs: readonly string[]): MemberProcess<DwcpMember> {
+  const proc = spawnLogged(process.execPath, [...nodeArgs, DAEMON_MAIN, '--config', node.configPath], daemonEnv());
+  const member = { name: node.name, pid: proc.child.pid ?? -1, adminSocket: node.adminSocket, metricsUrl: node.metricsUrl, dataDir: node.dir };
+  return { ...proc, member };
 }
 
 /** Waits until every member names one leader that calls itself leader, then until a put through each member succeeds. */
@@ -181,20 +122,7 @@ export async function startDwcpCluster(opts: DwcpClusterOptions = {}): Promise<D
   const size = opts.members ?? 3;
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`dwcp cluster members must be a whole number of at least 1, got ${size}`);
   const root = await fs.mkdtemp(path.join(opts.workDir ?? os.tmpdir(), 'dwcp-bench-dwcp-'));
-  const processes: MemberProcess[] = [];
-  // If this process exits without stop() (a crash, process.exit), the members must not outlive it.
-  const killOnExit = (): void => {
-    for (const p of processes) p.child.kill('SIGKILL');
-    rmSync(root, { recursive: true, force: true });
-  };
-  process.once('exit', killOnExit);
-  let stopped: Promise<void> | undefined;
-  const stop = (): Promise<void> =>
-    (stopped ??= (async () => {
-      await Promise.all(processes.map(stopMember));
-      await fs.rm(root, { recursive: true, force: true });
-      process.removeListener('exit', killOnExit);
-    })());
+  const { processes, stop } = ownMembers<DwcpMember>(root, (ps) => stopMembers(ps, STOP_GRACE_MS));
 
   try {
     const plan = await planCluster(root, size);
@@ -208,13 +136,8 @@ export async function startDwcpCluster(opts: DwcpClusterOptions = {}): Promise<D
       processes.push(spawnMember(node, opts.nodeArgs ?? []));
     }
     const members = processes.map((p) => p.member);
-    const died = firstExit(processes);
-    died.catch(() => {});
-    // Once a member has died, the probing must stop too, or it would hold the event loop until the deadline.
-    const probing = new AbortController();
-    const writable = awaitWritable(members, Date.now() + (opts.readyTimeoutMs ?? 30_000), probing.signal);
-    writable.catch(() => {});
-    await Promise.race([writable, died]).finally(() => probing.abort());
+    const deadline = Date.now() + (opts.readyTimeoutMs ?? 30_000);
+    await awaitReady(processes, LABEL, (signal) => awaitWritable(members, deadline, signal));
     const leader = async (): Promise<string> => {
       const statuses = await Promise.all(members.map((m) => withAdmin(m.adminSocket, (c) => c.raft.status())));
       const found = statuses.find((s) => s.role === 'leader');

@@ -15,17 +15,16 @@
  *   resolves, also after a failed start; stop() is idempotent. Members never
  *   outlive this process: if it exits without stop(), they are killed.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { rmSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { loadSync, type MethodDefinition, type PackageDefinition, type ServiceDefinition } from '@grpc/proto-loader';
+import { awaitReady, ownMembers, retryUntil, spawnLogged, stopMembers, type MemberLabel, type MemberProcess } from './member-process.ts';
 import type { KvTarget } from './raft.ts';
 
 const LOOPBACK = '127.0.0.1';
@@ -33,8 +32,6 @@ const PROTO_FILE = fileURLToPath(new URL('proto/etcd-kv.proto', import.meta.url)
 /** Where Debian's etcd-server package puts the binary, looked at even when it is not on PATH. */
 const DEBIAN_ETCD = '/usr/bin/etcd';
 const INSTALL_COMMAND = 'apt-get install -y etcd-server';
-/** Bytes of each member's log kept to explain a failure. */
-const LOG_TAIL_BYTES = 8192;
 /** How long a member gets to exit after SIGTERM before it is killed. */
 const STOP_GRACE_MS = 10_000;
 
@@ -232,21 +229,16 @@ export interface EtcdCluster {
   stop(): Promise<void>;
 }
 
-interface MemberProcess {
-  member: EtcdMember;
-  child: ChildProcess;
-  exited: Promise<string>;
-  logTail(): string;
-}
+const LABEL: MemberLabel<EtcdMember> = { describe: (m) => `etcd member ${m.name} (${m.endpoint})`, logName: 'log' };
 
 /** The member's environment without ETCD_* variables, which etcd would read as flags. */
 function memberEnv(): NodeJS.ProcessEnv {
   return Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD_')));
 }
 
-function spawnMember(binary: string, member: EtcdMember, peerUrl: string, initialCluster: string, token: string): MemberProcess {
+function spawnMember(binary: string, member: EtcdMember, peerUrl: string, initialCluster: string, token: string): MemberProcess<EtcdMember> {
   const clientUrl = `http://${member.endpoint}`;
-  const child = spawn(
+  const proc = spawnLogged(
     binary,
     [
       `--name=${member.name}`,
@@ -262,42 +254,9 @@ function spawnMember(binary: string, member: EtcdMember, peerUrl: string, initia
       '--log-outputs=stderr',
       '--log-level=warn',
     ],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: memberEnv() },
+    memberEnv(),
   );
-  // Both pipes are drained, so a chatty member never blocks on a full pipe.
-  let tail = '';
-  const keep = (chunk: Buffer): void => {
-    tail = (tail + chunk.toString('utf8')).slice(-LOG_TAIL_BYTES);
-  };
-  child.stdout?.on('data', keep);
-  child.stderr?.on('data', keep);
-  const exited = new Promise<string>((resolve) => {
-    child.once('error', (err) => resolve(`could not start ${binary}: ${err.message}`));
-    child.once('exit', (code, signal) => resolve(signal !== null ? `killed by ${signal}` : `exit code ${code}`));
-  });
-  return { member, child, exited, logTail: () => tail.trim() };
-}
-
-async function stopMember(p: MemberProcess): Promise<void> {
-  if (p.child.exitCode === null && p.child.signalCode === null && p.child.pid !== undefined) {
-    p.child.kill('SIGTERM');
-    const grace = delay(STOP_GRACE_MS, 'timeout' as const);
-    if ((await Promise.race([p.exited, grace])) === 'timeout') {
-      p.child.kill('SIGKILL');
-    }
-  }
-  await p.exited;
-}
-
-/** Rejects as soon as any member exits, naming it and quoting its log. */
-function firstExit(processes: readonly MemberProcess[]): Promise<never> {
-  return Promise.race(
-    processes.map((p) =>
-      p.exited.then((how) => {
-        throw new Error(`etcd member ${p.member.name} (${p.member.endpoint}) exited while starting (${how}); its log ends:\n${p.logTail() || '(empty)'}`);
-      }),
-    ),
-  );
+  return { ...proc, member };
 }
 
 /** Retries a Put through every endpoint until each succeeds once, the deadline passes or `signal` aborts. */
@@ -306,18 +265,7 @@ async function awaitWritable(endpoints: readonly string[], deadline: number, sig
   for (const endpoint of endpoints) {
     const client = connectEtcd(endpoint);
     try {
-      for (let lastError = ''; ; ) {
-        signal.throwIfAborted();
-        const left = deadline - Date.now();
-        if (left <= 0) throw new Error(`etcd member at ${endpoint} did not accept a Put before the start deadline; last error: ${lastError || 'none'}`);
-        try {
-          await client.put(probeKey, new Uint8Array([1]), Math.min(2000, left));
-          break;
-        } catch (err) {
-          lastError = err instanceof Error ? err.message : String(err);
-          await delay(Math.min(100, Math.max(0, deadline - Date.now())), undefined, { signal });
-        }
-      }
+      await retryUntil(`etcd member at ${endpoint} did not accept a Put`, deadline, signal, (left) => client.put(probeKey, new Uint8Array([1]), Math.min(2000, left)));
     } finally {
       client.close();
     }
@@ -343,14 +291,14 @@ async function leaderOf(endpoints: readonly string[], timeoutMs: number): Promis
  * out etcd's shutdown timeout (about 7 s); a leader that stops last has no one
  * to hand over to and exits at once.
  */
-async function stopMembers(processes: readonly MemberProcess[]): Promise<void> {
+async function stopFollowersThenLeader(processes: readonly MemberProcess<EtcdMember>[]): Promise<void> {
   const leader = await leaderOf(
     processes.map((p) => p.member.endpoint),
     1000,
   ).catch(() => null);
-  const isLeader = (p: MemberProcess): boolean => p.member.endpoint === leader;
-  await Promise.all(processes.filter((p) => !isLeader(p)).map(stopMember));
-  await Promise.all(processes.filter(isLeader).map(stopMember));
+  const isLeader = (p: MemberProcess<EtcdMember>): boolean => p.member.endpoint === leader;
+  await stopMembers(processes.filter((p) => !isLeader(p)), STOP_GRACE_MS);
+  await stopMembers(processes.filter(isLeader), STOP_GRACE_MS);
 }
 
 /** Starts a fresh etcd cluster on loopback and resolves once every member serves writes. */
@@ -358,20 +306,7 @@ export async function startEtcdCluster(opts: EtcdClusterOptions): Promise<EtcdCl
   const size = opts.members ?? 3;
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`etcd cluster members must be a whole number of at least 1, got ${size}`);
   const root = await fs.mkdtemp(path.join(opts.workDir ?? os.tmpdir(), 'dwcp-bench-etcd-'));
-  const processes: MemberProcess[] = [];
-  // If this process exits without stop() (a crash, process.exit), the members must not outlive it.
-  const killOnExit = (): void => {
-    for (const p of processes) p.child.kill('SIGKILL');
-    rmSync(root, { recursive: true, force: true });
-  };
-  process.once('exit', killOnExit);
-  let stopped: Promise<void> | undefined;
-  const stop = (): Promise<void> =>
-    (stopped ??= (async () => {
-      await stopMembers(processes);
-      await fs.rm(root, { recursive: true, force: true });
-      process.removeListener('exit', killOnExit);
-    })());
+  const { processes, stop } = ownMembers<EtcdMember>(root, stopFollowersThenLeader);
 
   try {
     const ports = await freePorts(2 * size);
@@ -388,13 +323,7 @@ export async function startEtcdCluster(opts: EtcdClusterOptions): Promise<EtcdCl
 
     const deadline = Date.now() + (opts.readyTimeoutMs ?? 30_000);
     const endpoints = members.map((m) => m.endpoint);
-    const died = firstExit(processes);
-    died.catch(() => {});
-    // Once a member has died, the probing must stop too, or it would hold the event loop until the deadline.
-    const probing = new AbortController();
-    const writable = awaitWritable(endpoints, deadline, probing.signal);
-    writable.catch(() => {});
-    await Promise.race([writable, died]).finally(() => probing.abort());
+    await awaitReady(processes, LABEL, (signal) => awaitWritable(endpoints, deadline, signal));
     return { members, endpoints, leaderEndpoint: (timeoutMs = 5000) => leaderOf(endpoints, timeoutMs), stop };
   } catch (err) {
     await stop();
