@@ -252,6 +252,15 @@ export function isInstanceState(value: string): value is InstanceState {
   return (INSTANCE_STATES as readonly string[]).includes(value);
 }
 
+/**
+ * The message an SDK error carries, kept verbatim because operators search for
+ * it; the error's string form when it carries none (or an empty one).
+ */
+export function sdkErrorMessage(error: unknown): string {
+  const message: unknown = typeof error === 'object' && error !== null ? (error as { message?: unknown }).message : undefined;
+  return typeof message === 'string' && message !== '' ? message : String(error);
+}
+
 /** Throws `CancelledError` if the signal already fired, so no request is sent after a cancel. */
 export function throwIfAborted(signal: AbortSignal | undefined, provider: ProviderKind, operation: string): void {
   if (signal?.aborted) throw new CancelledError(provider, operation, 'Cancelled', 'cancelled by the caller', { cause: signal.reason });

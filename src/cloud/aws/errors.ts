@@ -15,6 +15,7 @@ import {
   InvalidRequestError,
   NotFound,
   ProviderError,
+  sdkErrorMessage,
   ThrottledError,
 } from '../provider.ts';
 
@@ -78,7 +79,7 @@ export function mapAwsError(error: unknown, operation: string, credentialSource:
   if (error instanceof ProviderError) return error;
   const code = awsErrorCode(error);
   const shape = (typeof error === 'object' && error !== null ? error : {}) as SdkErrorShape;
-  const message = typeof shape.message === 'string' && shape.message !== '' ? shape.message : String(error);
+  const message = sdkErrorMessage(error);
   const options = { cause: error, httpStatus: shape.$metadata?.httpStatusCode, instanceId };
   if (code === 'AbortError') return new CancelledError('aws', operation, 'Cancelled', 'cancelled by the caller', options);
   if (CREDENTIAL_CODES.has(code)) return new CredentialsError('aws', operation, code, message, credentialSource, options);

@@ -15,6 +15,7 @@ import {
   InvalidRequestError,
   NotFound,
   ProviderError,
+  sdkErrorMessage,
   ThrottledError,
   type ProviderErrorOptions,
 } from '../provider.ts';
@@ -62,8 +63,7 @@ export function httpStatusOf(error: unknown): number | undefined {
  */
 export function mapGcpError(error: unknown, operation: string, credentialSource: string, lastAttemptStatus?: number): ProviderError {
   if (error instanceof ProviderError) return error;
-  const shape = (typeof error === 'object' && error !== null ? error : {}) as GaxErrorShape;
-  const message = typeof shape.message === 'string' && shape.message !== '' ? shape.message : String(error);
+  const message = sdkErrorMessage(error);
   const httpStatus = httpStatusOf(error) ?? (gcpErrorCode(error) === 'DEADLINE_EXCEEDED' && lastAttemptStatus !== undefined && lastAttemptStatus >= 400 ? lastAttemptStatus : undefined);
   const code = gcpErrorCode(error);
   const options = { cause: error, httpStatus };
