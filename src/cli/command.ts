@@ -20,6 +20,8 @@ export interface CommandContext {
   /** Values of global and command-specific flags, by long name. */
   flags: FlagValues;
   json: boolean;
+  /** --timeout, parsed (or its default): each call's deadline, and a request's own timeout on the daemon. */
+  timeoutMs: number;
   /** The admin client, connected on first use (the socket is only resolved then). */
   admin(): Promise<AdminClient>;
   env: NodeJS.ProcessEnv;

@@ -21,7 +21,6 @@ import { UsageError } from './command.ts';
 
 const SCOPES = ['datacenter', 'federation'] as const;
 const CONSISTENCIES = ['strong', 'local'] as const;
-const DEFAULT_TIMEOUT_MS = 5000;
 
 const KV_OPTIONS = {
   scope: { type: 'string' },
@@ -52,17 +51,12 @@ function args(ctx: CommandContext, sub: string, names: readonly string[]): strin
   return given;
 }
 
-function timeoutOf(ctx: CommandContext): number {
-  const raw = ctx.flags.timeout;
-  return typeof raw === 'string' ? Number(raw) : DEFAULT_TIMEOUT_MS;
-}
-
 function writeOptions(ctx: CommandContext): KvWriteOptions {
   return {
     scope: oneOf('scope', ctx.flags.scope, SCOPES, 'datacenter'),
     client_id: `dwcpctl-${hostname()}-${process.pid}-${randomBytes(6).toString('hex')}`,
     seq: 1,
-    timeout_ms: timeoutOf(ctx),
+    timeout_ms: ctx.timeoutMs,
   };
 }
 
@@ -137,7 +131,7 @@ async function kv(ctx: CommandContext): Promise<void> {
         scope: oneOf('scope', ctx.flags.scope, SCOPES, 'datacenter'),
         prefix,
         limit: ctx.flags.limit === undefined ? 0 : wholeNumber('limit', ctx.flags.limit, 1),
-        timeout_ms: timeoutOf(ctx),
+        timeout_ms: ctx.timeoutMs,
       });
       printGet(ctx, key, prefix, res);
       return;
@@ -184,18 +178,18 @@ async function raft(ctx: CommandContext): Promise<void> {
       return;
     case 'add-member': {
       const [id = ''] = args(ctx, 'raft add-member', ['ID']);
-      print(await (await client()).addMember(id, timeoutOf(ctx)), formatRaftMembers);
+      print(await (await client()).addMember(id, ctx.timeoutMs), formatRaftMembers);
       return;
     }
     case 'remove-member': {
       const [id = ''] = args(ctx, 'raft remove-member', ['ID']);
-      print(await (await client()).removeMember(id, timeoutOf(ctx)), formatRaftMembers);
+      print(await (await client()).removeMember(id, ctx.timeoutMs), formatRaftMembers);
       return;
     }
     case 'transfer-leader': {
       const given = ctx.args.slice(1);
       if (given.length > 1) throw new UsageError('raft transfer-leader takes at most one argument, the new leader');
-      print(await (await client()).transferLeader(given[0] ?? '', timeoutOf(ctx)), (r) => `leader is now ${r.leader}\n`);
+      print(await (await client()).transferLeader(given[0] ?? '', ctx.timeoutMs), (r) => `leader is now ${r.leader}\n`);
       return;
     }
     default:

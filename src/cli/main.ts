@@ -144,6 +144,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo): P
       args,
       flags: values,
       json: values.json === true,
+      timeoutMs,
       admin: async () => (client ??= connectAdmin(await resolveSocket(values.socket, env), { timeoutMs })),
       env,
       io,
