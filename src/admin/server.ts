@@ -40,6 +40,7 @@ import {
   type StatusResponse,
 } from './client.ts';
 import { claimSocketPath } from './socket.ts';
+import { asyncUnary } from './call.ts';
 
 /** One gRPC service served on the admin socket. */
 export interface AdminServiceRegistration {
@@ -109,28 +110,13 @@ export function toStatusResponse(s: NodeStatus): StatusResponse {
   };
 }
 
-/** Answers a unary call from `produce`, turning a throw into INTERNAL with its message (and a log line). */
-function unaryHandler<Req, Res>(logger: Logger, method: string, produce: (request: Req) => Res): grpc.handleUnaryCall<Req, Res> {
-  return (call, callback) => {
-    let response: Res;
-    try {
-      response = produce(call.request);
-    } catch (err) {
-      logger.error({ err, method }, 'admin call failed');
-      callback({ code: grpc.status.INTERNAL, details: `${method}: ${errorMessage(err)}` });
-      return;
-    }
-    callback(null, response);
-  };
-}
-
 export function adminServiceRegistration(status: () => NodeStatus, logger: Logger): AdminServiceRegistration {
   return {
     name: ADMIN_SERVICE,
     packageDefinition: loadAdminPackage(),
     implementation: {
-      Status: unaryHandler<StatusRequest, StatusResponse>(logger, 'Status', () => toStatusResponse(status())),
-      Members: unaryHandler<MembersRequest, MembersResponse>(logger, 'Members', () => ({ members: status().members.map(toMemberInfo) })),
+      Status: asyncUnary<StatusRequest, StatusResponse>(logger, 'Status', async () => toStatusResponse(status())),
+      Members: asyncUnary<MembersRequest, MembersResponse>(logger, 'Members', async () => ({ members: status().members.map(toMemberInfo) })),
     },
   };
 }
