@@ -159,9 +159,8 @@ export class KvService {
         if (leader !== null) return { result: await this.#forward(leader, data, remaining(), deadline), leader };
         last = 'no leader is known (election in progress, or no quorum reachable)';
       } catch (err) {
-        if (err instanceof RaftClientError && !err.retryable) throw new KvServiceError('unavailable', err.message);
-        if (!(err instanceof RaftClientError) && !(err instanceof ForwardError)) throw err;
-        if (err instanceof ForwardError && !err.retryable) throw new KvServiceError('invalid', err.message);
+        if (!(err instanceof RaftClientError || err instanceof ForwardError)) throw err;
+        if (!err.retryable) throw new KvServiceError(err instanceof ForwardError ? 'invalid' : 'unavailable', err.message);
         last = err.message;
       }
       if (!(await node.waitForChange(deadline))) {

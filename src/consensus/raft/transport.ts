@@ -53,6 +53,8 @@ type RaftStream = FramedStream<Uint8Array, Uint8Array>;
 
 interface Outbox {
   readonly peerId: PeerId;
+  /** peerId as text, for the per-send connectivity check. */
+  readonly peerIdText: string;
   readonly name: NodeId;
   frames: Uint8Array[];
   bytes: number;
@@ -102,7 +104,7 @@ export class RaftTransport implements RaftSender {
   send(to: NodeId, messages: readonly Message[]): void {
     if (this.#stopped || messages.length === 0) return;
     const box = this.#outbox(to);
-    if (box === null || !this.#opts.isConnected(box.peerId.toString())) {
+    if (box === null || !this.#opts.isConnected(box.peerIdText)) {
       this.dropped++;
       return;
     }
@@ -131,7 +133,7 @@ export class RaftTransport implements RaftSender {
     if (box !== undefined) return box;
     const peerId = this.#opts.peers.peerIdOf(name);
     if (peerId === undefined) return null;
-    box = { peerId: peerIdFromString(peerId), name, frames: [], bytes: 0, stream: null, flushing: false };
+    box = { peerId: peerIdFromString(peerId), peerIdText: peerId, name, frames: [], bytes: 0, stream: null, flushing: false };
     this.#outboxes.set(name, box);
     return box;
   }
