@@ -321,3 +321,13 @@ export class LockstepCluster {
     return this.core(id).lastExecuted;
   }
 }
+
+/** Small windows so unit tests reach checkpoints, watermarks and view changes in a few steps. */
+export const SMALL_PBFT_CONFIG: Partial<PbftConfig> = {
+  checkpointInterval: 4,
+  logWindow: 8,
+  maxCheckpointVotesPerPeer: 3,
+  maxInflightBatches: 4,
+  viewChangeTicks: 10,
+  retransmitTicks: 3,
+};

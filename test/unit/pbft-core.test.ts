@@ -4,16 +4,9 @@ import { PbftInputError } from '../../src/consensus/pbft/types.ts';
 import { seal } from '../../src/consensus/pbft/encoding.ts';
 import type { PbftConfig, StateMessage } from '../../src/consensus/pbft/types.ts';
 import type { Envelope } from '../sim/pbft-harness.ts';
-import { FakeKeys, LockstepCluster, makeRequest, replicaIds } from '../sim/pbft-harness.ts';
+import { FakeKeys, LockstepCluster, SMALL_PBFT_CONFIG, makeRequest, replicaIds } from '../sim/pbft-harness.ts';
 
-const SMALL: Partial<PbftConfig> = {
-  checkpointInterval: 4,
-  logWindow: 8,
-  maxCheckpointVotesPerPeer: 3,
-  maxInflightBatches: 4,
-  viewChangeTicks: 10,
-  retransmitTicks: 3,
-};
+const SMALL = SMALL_PBFT_CONFIG;
 
 function add(c: LockstepCluster, client: string, at = 'r1') {
   const request = c.request(client, { op: 'add', key: 'x', by: 1 }, at);

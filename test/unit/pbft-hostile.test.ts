@@ -14,17 +14,9 @@ import type {
   StateMessage,
   ViewChange,
 } from '../../src/consensus/pbft/types.ts';
-import { LockstepCluster, makeRequest } from '../sim/pbft-harness.ts';
+import { LockstepCluster, SMALL_PBFT_CONFIG, makeRequest } from '../sim/pbft-harness.ts';
 
-const SMALL: Partial<PbftConfig> = {
-  checkpointInterval: 4,
-  logWindow: 8,
-  maxCheckpointVotesPerPeer: 3,
-  maxInflightBatches: 4,
-  viewChangeTicks: 10,
-  retransmitTicks: 3,
-  maxBufferedPerPeer: 16,
-};
+const SMALL: Partial<PbftConfig> = { ...SMALL_PBFT_CONFIG, maxBufferedPerPeer: 16 };
 
 const ZERO = '0'.repeat(64);
 
