@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { PbftCore } from '../../src/consensus/pbft/core.ts';
 import { PbftInputError } from '../../src/consensus/pbft/types.ts';
 import { seal } from '../../src/consensus/pbft/encoding.ts';
-import type { PbftConfig, StateMessage } from '../../src/consensus/pbft/types.ts';
+import type { StateMessage } from '../../src/consensus/pbft/types.ts';
 import type { Envelope } from '../sim/pbft-harness.ts';
 import { FakeKeys, LockstepCluster, SMALL_PBFT_CONFIG, makeRequest, replicaIds } from '../sim/pbft-harness.ts';
 
