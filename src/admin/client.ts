@@ -22,9 +22,10 @@ export const ADMIN_PACKAGE = 'dwcp.admin.v1';
 export const ADMIN_SERVICE = `${ADMIN_PACKAGE}.Admin`;
 export const KV_SERVICE = `${ADMIN_PACKAGE}.Kv`;
 export const RAFT_SERVICE = `${ADMIN_PACKAGE}.Raft`;
+export const PBFT_SERVICE = `${ADMIN_PACKAGE}.Pbft`;
 
 /** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
-export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto'];
+export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto'];
 
 /**
  * snake_case field names as in the .proto, int64 as strings (no silent
@@ -82,6 +83,14 @@ export interface StatusResponse {
   started_at: string;
   uptime_seconds: number;
   members: MemberInfo[];
+  scopes: ScopeInfo[];
+}
+
+/** Which log serves a write scope: raft | pbft | none. */
+export interface ScopeInfo {
+  scope: string;
+  protocol: string;
+  replicas: number;
 }
 
 export interface MembersResponse {
@@ -132,6 +141,7 @@ function statusFromWire(s: WireStatus): StatusResponse {
     started_at: s.started_at,
     uptime_seconds: s.uptime_seconds,
     members: s.members.map(memberFromWire),
+    scopes: s.scopes ?? [],
   };
 }
 
@@ -274,12 +284,33 @@ export class AdminClientError extends Error {
   }
 }
 
+export interface PbftStatusResponse {
+  id: string;
+  view: number;
+  active: boolean;
+  primary: string;
+  f: number;
+  replicas: string[];
+  last_executed: number;
+  stable_checkpoint: number;
+  high_watermark: number;
+  pending_requests: number;
+  view_changes: number;
+  client_in_flight: number;
+  drops: { kind: string; count: number; byzantine: boolean }[];
+}
+
+export interface PbftClient {
+  status(): Promise<PbftStatusResponse>;
+}
+
 export interface AdminClient {
   readonly socketPath: string;
   status(): Promise<StatusResponse>;
   members(): Promise<MembersResponse>;
   readonly kv: KvClient;
   readonly raft: RaftClient;
+  readonly pbft: PbftClient;
   close(): void;
 }
 
@@ -333,7 +364,8 @@ const SERVER_ANSWER_MARGIN_MS = 1000;
 /** Opens a channel to the daemon; connection happens on the first call, so this never throws on a bad path. */
 export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminClient {
   const pkg = loadAdminPackage();
-  const services = new Map([ADMIN_SERVICE, KV_SERVICE, RAFT_SERVICE].map((name) => [name, serviceDefinition(pkg, name)]));
+  // Every service of the loaded package: a sibling service needs only its file in ADMIN_PROTO_FILES.
+  const services = new Map(Object.keys(pkg).filter((name) => !('format' in (pkg[name] ?? {}))).map((name) => [name, serviceDefinition(pkg, name)]));
   const client = new grpc.Client(`unix:${socketPath}`, grpc.credentials.createInsecure());
 
   /**
@@ -390,6 +422,24 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
       addMember: (id, timeoutMs) => raftCall<object, WireRaftMembers>('AddMember', { id, timeout_ms: timeoutMs }, timeoutMs),
       removeMember: (id, timeoutMs) => raftCall<object, WireRaftMembers>('RemoveMember', { id, timeout_ms: timeoutMs }, timeoutMs),
       transferLeader: (to, timeoutMs) => raftCall<object, { leader: string }>('TransferLeader', { to, timeout_ms: timeoutMs }, timeoutMs),
+    },
+    pbft: {
+      status: async () => {
+        type WireDrop = Wire<PbftStatusResponse['drops'][number]>;
+        const s = await call<object, Omit<Wire<PbftStatusResponse>, 'drops'> & { drops: WireDrop[] }>(PBFT_SERVICE, 'Status', {});
+        return {
+          ...s,
+          view: num(s.view),
+          f: num(s.f),
+          last_executed: num(s.last_executed),
+          stable_checkpoint: num(s.stable_checkpoint),
+          high_watermark: num(s.high_watermark),
+          pending_requests: num(s.pending_requests),
+          view_changes: num(s.view_changes),
+          client_in_flight: num(s.client_in_flight),
+          drops: s.drops.map((d) => ({ ...d, count: num(d.count) })),
+        };
+      },
     },
     close: () => client.close(),
   };

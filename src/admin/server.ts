@@ -107,6 +107,7 @@ export function toStatusResponse(s: NodeStatus): StatusResponse {
     started_at: s.startedAt,
     uptime_seconds: s.uptimeSeconds,
     members: s.members.map(toMemberInfo),
+    scopes: s.scopes,
   };
 }
 

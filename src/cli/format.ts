@@ -7,7 +7,7 @@
  * null for unknown values; tables have no trailing whitespace and show an
  * unknown value as "-" rather than a misleading 0.
  */
-import type { MemberInfo, StatusResponse } from '../admin/client.ts';
+import type { MemberInfo, ScopeInfo, StatusResponse } from '../admin/client.ts';
 
 const COLUMN_GAP = '  ';
 const UNKNOWN = '-';
@@ -86,5 +86,14 @@ export function formatStatus(s: StatusResponse): string {
     ['Listen', s.listen_addrs.length > 0 ? s.listen_addrs.join('\n') : UNKNOWN],
     ['Uptime', `${formatDuration(s.uptime_seconds)} (since ${s.started_at})`],
   ]);
-  return `${header}\n${formatMembers(s.members)}`;
+  const scopes = s.scopes.length === 0 ? '' : `\n${formatScopes(s.scopes)}`;
+  return `${header}${scopes}\n${formatMembers(s.members)}`;
+}
+
+/** Which log serves each write scope here, e.g. "federation  pbft  5 replicas". */
+export function formatScopes(scopes: readonly ScopeInfo[]): string {
+  return renderTable(
+    ['SCOPE', 'PROTOCOL', 'REPLICAS'],
+    scopes.map((x) => [x.scope, x.protocol, x.protocol === 'none' ? UNKNOWN : String(x.replicas)]),
+  );
 }

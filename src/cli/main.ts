@@ -19,6 +19,7 @@ import { connectAdmin, type AdminClient } from '../admin/client.ts';
 import { UsageError, type CliIo, type Command, type FlagValues } from './command.ts';
 import { formatJson, formatMembers, formatStatus } from './format.ts';
 import { KV_COMMAND, RAFT_COMMAND } from './kv-raft.ts';
+import { PBFT_COMMAND } from './pbft.ts';
 import { VERSION } from '../daemon/version.ts';
 import { defaultAdminSocket } from '../config/paths.ts';
 
@@ -55,6 +56,7 @@ export const COMMANDS: readonly Command[] = [
   },
   KV_COMMAND,
   RAFT_COMMAND,
+  PBFT_COMMAND,
   {
     name: 'version',
     summary: 'print the dwcpctl version',

@@ -178,6 +178,8 @@ export function resolveConfig(input: ResolveInput = {}): DwcpConfig {
     members: f.members.map((m) => ({ ...m, trust: m.trust ?? defaultTrust(m.provider) })),
     network: f.network,
     raft: f.raft,
+    pbft: f.pbft,
+    clouds: f.clouds,
     configPath,
   };
 }

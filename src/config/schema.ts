@@ -10,6 +10,7 @@
 import { z } from 'zod';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
+import { CloudsSchema, type CloudsConfig } from '../cloud/config.ts';
 
 export const PROVIDERS = ['onprem', 'private', 'aws', 'gcp', 'azure', 'oracle'] as const;
 export type Provider = (typeof PROVIDERS)[number];
@@ -110,8 +111,25 @@ const RaftSchema = z.strictObject({
   join: z.boolean().default(false),
 });
 
-export const ConfigFileSchema = z
-  .strictObject({
+const PbftSchema = z.strictObject({
+  /** Wall-clock length of one PBFT tick; the view-change timeout is counted in ticks. */
+  tickMs: millis(10_000).default(100),
+  /** A backup waits this many ticks for its pending requests to execute before it votes the primary out; doubles on each successive view change. */
+  viewChangeTicks: z.number().int().min(2).max(100_000).default(20),
+  /** A checkpoint every this many sequence numbers; 2f + 1 matching ones make it stable and let the log be trimmed. */
+  checkpointInterval: z.number().int().min(2).max(100_000).default(64),
+  /** Sequence numbers accepted above the stable checkpoint; a multiple of checkpointInterval. */
+  logWindow: z.number().int().min(2).max(1_000_000).default(128),
+  maxBatchRequests: z.number().int().min(1).max(4096).default(64),
+  /** Byzantine members to tolerate; default the most the member count allows (n >= 3f + 1). */
+  f: z.number().int().min(1).max(1000).optional(),
+  /** Requests this node may have in flight as a PBFT client (PBFT orders one per client, so the node is this many clients). */
+  clientLanes: z.number().int().min(1).max(4096).default(64),
+  /** A client request without an answer is re-sent to every replica this often. */
+  requestRetryMs: millis(600_000).default(1_000),
+});
+
+const ConfigFileObject = z.strictObject({
     federation: name.describe('federation id'),
     node: NodeSchema,
     listen: z.array(multiaddrString).min(1).optional(),
@@ -122,8 +140,11 @@ export const ConfigFileSchema = z
     members: z.array(MemberSchema).default([]),
     network: NetworkSchema.default(NetworkSchema.parse({})),
     raft: RaftSchema.default(RaftSchema.parse({})),
-  })
-  .superRefine((cfg, ctx) => {
+    pbft: PbftSchema.default(PbftSchema.parse({})),
+    clouds: CloudsSchema,
+  });
+
+export const ConfigFileSchema = ConfigFileObject.superRefine((cfg, ctx) => {
     const names = new Map<string, number>([[cfg.node.name, -1]]);
     const ids = new Map<string, number>();
     cfg.members.forEach((m, i) => {
@@ -154,6 +175,7 @@ export const ConfigFileSchema = z
         message: `must be below raft.electionTicks (${cfg.raft.electionTicks})`,
       });
     }
+    checkPbftFederation(cfg, ctx);
     if (cfg.network.datacenterMaxRttMs > cfg.network.internetMinRttMs) {
       ctx.addIssue({
         code: 'custom',
@@ -165,7 +187,45 @@ export const ConfigFileSchema = z
     }
   });
 
+/**
+ * A federation with any untrusted member (this node included) runs PBFT for
+ * its federation scope, which tolerates f Byzantine members only with
+ * n >= 3f + 1: refuse a config that cannot, saying how many members it needs.
+ */
+function checkPbftFederation(cfg: z.infer<typeof ConfigFileObject>, ctx: z.RefinementCtx): void {
+  const { pbft } = cfg;
+  if (pbft.logWindow % pbft.checkpointInterval !== 0) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['pbft', 'logWindow'],
+      input: pbft.logWindow,
+      params: { sentence: true },
+      message: `must be a multiple of pbft.checkpointInterval (${pbft.checkpointInterval})`,
+    });
+  }
+  const untrusted = [
+    ...((cfg.node.trust ?? defaultTrust(cfg.node.provider)) === 'untrusted' ? [`${cfg.node.name} (this node)`] : []),
+    ...cfg.members.filter((m) => (m.trust ?? defaultTrust(m.provider)) === 'untrusted').map((m) => m.name),
+  ];
+  if (untrusted.length === 0) return;
+  const n = cfg.members.length + 1;
+  const f = pbft.f ?? Math.max(1, Math.floor((n - 1) / 3));
+  const needed = 3 * f + 1;
+  if (n >= needed) return;
+  ctx.addIssue({
+    code: 'custom',
+    path: pbft.f === undefined ? ['members'] : ['pbft', 'f'],
+    input: pbft.f ?? n,
+    params: { sentence: true },
+    message:
+      `lists untrusted members (${untrusted.join(', ')}), so the federation scope runs PBFT, which needs at least ${needed} members ` +
+      `to tolerate ${f} Byzantine member${f === 1 ? '' : 's'} (n >= 3f + 1); this federation has ${n} (this node and ${n - 1} member${n === 2 ? '' : 's'}): ` +
+      `add ${needed - n} more, or mark members trusted`,
+  });
+}
+
 export type ConfigFile = z.infer<typeof ConfigFileSchema>;
+export type PbftSettings = z.infer<typeof PbftSchema>;
 export type NetworkConfig = z.infer<typeof NetworkSchema>;
 export type RaftSettings = z.infer<typeof RaftSchema>;
 
@@ -198,6 +258,9 @@ export interface DwcpConfig {
   members: MemberConfig[];
   network: NetworkConfig;
   raft: RaftSettings;
+  pbft: PbftSettings;
+  /** Cloud providers this daemon manages VMs in (src/cloud/config.ts). */
+  clouds: CloudsConfig;
   /** The file this came from, if any (SIGHUP re-reads it). */
   configPath: string | undefined;
 }

@@ -21,6 +21,9 @@ import { KV_MAX_COMMAND_BYTES, type KvResult } from '../kv/command.ts';
 import { KvReplica, KvService } from '../kv/service.ts';
 import { kvServiceRegistration } from '../admin/kv-service.ts';
 import { raftServiceRegistration } from '../admin/raft-service.ts';
+import { PbftGroup } from '../consensus/pbft/group.ts';
+import { BYZANTINE_TEST_BEHAVIOURS, type ByzantineTestBehaviour } from '../consensus/pbft/node.ts';
+import { pbftServiceRegistration } from '../admin/pbft-service.ts';
 import { loadOrCreateIdentity, type Identity } from './identity.ts';
 import { notifySystemd } from './notify.ts';
 import { VERSION } from './version.ts';
@@ -36,6 +39,8 @@ export class Daemon {
   readonly mesh: MemberMesh;
   /** This node's seat in the trusted members' Raft group; null on an untrusted node. */
   readonly raft: RaftGroup<KvResult> | null;
+  /** This node's seat in the federation's PBFT group; null when every member is trusted. */
+  readonly pbft: PbftGroup | null;
   readonly kv: KvService;
   /**
    * Settles if a component fails in a way the daemon cannot serve through
@@ -59,6 +64,7 @@ export class Daemon {
     members: MemberDirectory;
     mesh: MemberMesh;
     raft: RaftGroup<KvResult> | null;
+    pbft: PbftGroup | null;
     kv: KvService;
     fatal: Promise<Error>;
   }) {
@@ -70,6 +76,7 @@ export class Daemon {
     this.members = parts.members;
     this.mesh = parts.mesh;
     this.raft = parts.raft;
+    this.pbft = parts.pbft;
     this.kv = parts.kv;
   }
 
@@ -98,8 +105,21 @@ export class Daemon {
       log: log.child({ component: 'raft' }),
       onFatal: (err) => fatal.resolve(err),
     });
+    const pbft = await PbftGroup.open({
+      config,
+      host: mesh.host,
+      identity,
+      members,
+      isConnected,
+      metrics,
+      log: log.child({ component: 'pbft' }),
+      onFatal: (err) => fatal.resolve(err),
+      ...testByzantine(process.env, log),
+    });
     const kv = new KvService({
       node: raft?.node ?? null,
+      pbft: pbft === null ? null : { client: pbft.client, replica: pbft.replica, primary: () => pbft.node.status().primary },
+      self: config.node.name,
       replica,
       host: mesh.host,
       members,
@@ -107,7 +127,7 @@ export class Daemon {
       metrics,
       log: log.child({ component: 'kv' }),
     });
-    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, kv, fatal: fatal.promise });
+    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, pbft, kv, fatal: fatal.promise });
     try {
       await daemon.#serve();
     } catch (err) {
@@ -121,6 +141,7 @@ export class Daemon {
     const config = this.#config;
     await this.mesh.start();
     await this.raft?.start();
+    await this.pbft?.start();
     await this.kv.start();
     const adminLog = this.#log.child({ component: 'admin' });
     const defaultTimeoutMs = config.raft.requestTimeoutMs;
@@ -132,6 +153,7 @@ export class Daemon {
       services: [
         kvServiceRegistration({ service: this.kv, nodeName: config.node.name, defaultTimeoutMs, log: adminLog }),
         raftServiceRegistration({ node: this.raft?.node ?? null, members: this.members, defaultTimeoutMs, log: adminLog }),
+        pbftServiceRegistration({ group: this.pbft, log: adminLog }),
       ],
     });
     this.#metricsServer = await startMetricsServer({
@@ -174,6 +196,11 @@ export class Daemon {
       startedAt: this.#startedAt.toISOString(),
       uptimeSeconds: (Date.now() - this.#startedAt.getTime()) / 1000,
       members: this.mesh.status(),
+      scopes: this.kv.scopePlan().map(({ scope, protocol }) => ({
+        scope,
+        protocol,
+        replicas: protocol === 'pbft' ? (this.pbft?.node.members.length ?? 0) : protocol === 'raft' ? (this.raft?.node.status().membership.voters.length ?? 0) : 0,
+      })),
     };
   }
 
@@ -228,10 +255,27 @@ export class Daemon {
     };
     // Raft first, while the mesh is still up: a leader hands over before it goes.
     await step('kv', () => this.kv.stop(), 500);
+    await step('pbft', async () => this.pbft?.stop(), 1_000);
     await step('raft', async () => this.raft?.stop(RAFT_TRANSFER_MS), RAFT_TRANSFER_MS + 1_000);
     await step('mesh', () => this.mesh.stop(), 2_500);
     await step('admin', async () => this.#admin?.close(), 2_000);
     await step('metrics', async () => this.#metricsServer?.close(), 500);
     this.#log.info('dwcpd stopped');
   }
+}
+
+/**
+ * The test-only Byzantine behaviour from DWCP_TEST_BYZANTINE (real-process
+ * tests start one member misbehaving with it); an unknown value stops the
+ * start rather than run a replica in some unintended mode.
+ */
+function testByzantine(env: NodeJS.ProcessEnv, log: Logger): { byzantine?: ByzantineTestBehaviour } {
+  const value = env['DWCP_TEST_BYZANTINE'];
+  if (value === undefined || value === '') return {};
+  const known = BYZANTINE_TEST_BEHAVIOURS.find((b) => b === value);
+  if (known === undefined) {
+    throw new Error(`DWCP_TEST_BYZANTINE=${value} is not a test behaviour (known: ${BYZANTINE_TEST_BEHAVIOURS.join(', ')})`);
+  }
+  log.warn({ behaviour: known }, 'DWCP_TEST_BYZANTINE is set: this daemon will misbehave on purpose (tests only)');
+  return { byzantine: known };
 }

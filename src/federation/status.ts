@@ -19,6 +19,14 @@ export interface MemberStatus extends MemberConfig {
   lastError: string | null;
 }
 
+/** Which log serves a write scope on this node (see KvService). */
+export interface ScopeStatus {
+  scope: 'datacenter' | 'federation';
+  protocol: 'raft' | 'pbft' | 'none';
+  /** Voters of the Raft group, or replicas of the PBFT group. */
+  replicas: number;
+}
+
 export interface NodeStatus extends NodeConfig {
   peerId: string;
   federation: string;
@@ -27,4 +35,5 @@ export interface NodeStatus extends NodeConfig {
   startedAt: string;
   uptimeSeconds: number;
   members: MemberStatus[];
+  scopes: ScopeStatus[];
 }

@@ -1,6 +1,11 @@
 /**
  * KvService: the client path of the replicated key-value store on one
- * daemon. A write is proposed on the Raft leader: here if this node leads,
+ * daemon, and the router that picks the log for a request's scope:
+ * `datacenter` is the Raft log of the trusted members; `federation` is the
+ * PBFT log of every member when any member is untrusted, and the same Raft
+ * log when all are trusted (scopePlan says which, for status).
+ *
+ * Raft path: a write is proposed on the Raft leader: here if this node leads,
  * otherwise forwarded to the leader over `/dwcp/kv/1.0.0` (one long-lived
  * stream per leader, requests tagged with ids and answered in any order). A strong read waits for a ReadIndex barrier and
  * then reads this node's state machine; a local read skips the barrier.
@@ -33,9 +38,12 @@ import {
   KV_RANGE_MAX_LIMIT,
   KvForwardRequestSchema,
   KvForwardResponseSchema,
+  KvResultSchema,
   encodeKvCommand,
 } from './command.ts';
 import { KvStateMachine } from './state-machine.ts';
+import type { KvPbftReplica } from './pbft-replica.ts';
+import { PbftClientError, type PbftClient } from '../consensus/pbft/client.ts';
 
 /** The KV state machine as Raft drives it; restore swaps in a new machine. */
 export class KvReplica implements RaftStateMachine<KvResult> {
@@ -96,9 +104,23 @@ export interface KvReadOutcome {
   appliedIndex: number;
 }
 
+/** The PBFT side of the federation scope: this member's client and its replica's state. */
+export interface KvPbftPath {
+  client: PbftClient;
+  replica: KvPbftReplica;
+  /** The primary of the replica's current view, for answers and status. */
+  primary(): string;
+}
+
+export type ScopeProtocol = 'raft' | 'pbft' | 'none';
+
 export interface KvServiceOptions {
   /** Null on an untrusted node, which has no Raft group. */
   node: RaftNode<KvResult> | null;
+  /** Set when the federation has untrusted members: the federation scope runs on PBFT. */
+  pbft: KvPbftPath | null;
+  /** This node's member name (the client id of ordered reads). */
+  self: string;
   replica: KvReplica;
   host: Libp2p;
   members: MemberDirectory;
@@ -145,6 +167,11 @@ export class KvService {
 
   /** Commits a write (put, delete or cas) and returns the state machine's result. */
   async write(command: KvCommand, scope: KvScope, timeoutMs: number): Promise<KvWriteOutcome> {
+    const pbft = this.#pbftFor(scope);
+    if (pbft !== null) {
+      const result = await this.#order(pbft, encodeKvCommand(command), false, timeoutMs);
+      return { result, leader: pbft.primary() };
+    }
     const node = this.#nodeFor(scope);
     const data = encodeKvCommand(command);
     const deadline = AbortSignal.timeout(timeoutMs);
@@ -171,6 +198,8 @@ export class KvService {
 
   /** Reads one key (or a prefix) at the requested consistency. */
   async read(req: KvReadRequest): Promise<KvReadOutcome> {
+    const pbft = this.#pbftFor(req.scope);
+    if (pbft !== null) return this.#pbftRead(pbft, req);
     const node = this.#nodeFor(req.scope);
     if (req.consistency === 'strong') {
       try {
@@ -187,9 +216,52 @@ export class KvService {
       const entry = machine.get(req.key);
       return { entries: entry === null ? [] : [entry], appliedIndex: node.applied };
     }
-    const limit = req.limit === 0 ? KV_RANGE_MAX_LIMIT : req.limit;
-    if (limit > KV_RANGE_MAX_LIMIT) throw new KvServiceError('invalid', `limit ${limit} is above the ${KV_RANGE_MAX_LIMIT}-item maximum`);
-    return { entries: machine.range(req.key, limit).entries, appliedIndex: node.applied };
+    return { entries: machine.range(req.key, rangeLimit(req)).entries, appliedIndex: node.applied };
+  }
+
+  /** Which log serves each scope on this node. */
+  scopePlan(): { scope: KvScope; protocol: ScopeProtocol }[] {
+    const federation: ScopeProtocol = this.#opts.pbft !== null ? 'pbft' : this.#opts.node !== null ? 'raft' : 'none';
+    return [
+      { scope: 'datacenter', protocol: this.#opts.node !== null ? 'raft' : 'none' },
+      { scope: 'federation', protocol: federation },
+    ];
+  }
+
+  /** The PBFT path when `scope` runs on PBFT here. */
+  #pbftFor(scope: KvScope): KvPbftPath | null {
+    return scope === 'federation' ? this.#opts.pbft : null;
+  }
+
+  /** Orders a command through PBFT and decodes the result f + 1 replicas agreed on. */
+  async #order(pbft: KvPbftPath, operation: Uint8Array, readOnly: boolean, timeoutMs: number): Promise<KvResult> {
+    if (this.#stopped) throw new KvServiceError('unavailable', 'the daemon is stopping');
+    let bytes: Uint8Array;
+    try {
+      bytes = await pbft.client.invoke(operation, readOnly, timeoutMs);
+    } catch (err) {
+      if (err instanceof PbftClientError) throw new KvServiceError('unavailable', `federation scope (PBFT): ${err.message}`);
+      throw err;
+    }
+    // f + 1 replicas, at least one honest, sent exactly these bytes: a decoding failure is a bug, not an attack.
+    return KvResultSchema.decode(bytes);
+  }
+
+  async #pbftRead(pbft: KvPbftPath, req: KvReadRequest): Promise<KvReadOutcome> {
+    const limit = rangeLimit(req);
+    if (req.consistency === 'local') {
+      const machine = pbft.replica.machine;
+      const entries = req.prefix ? machine.range(req.key, limit).entries : [machine.get(req.key)].filter((e): e is KvEntry => e !== null);
+      return { entries, appliedIndex: machine.appliedIndex };
+    }
+    // Read-only requests are ordered like writes (no read-only optimisation; see the PBFT core).
+    const op: KvCommand = req.prefix
+      ? { clientId: this.#opts.self, seq: 1, op: 'range', prefix: req.key, limit, after: '' }
+      : { clientId: this.#opts.self, seq: 1, op: 'get', key: req.key };
+    const result = await this.#order(pbft, encodeKvCommand(op), true, req.timeoutMs);
+    if (result.ok && result.op === 'get') return { entries: result.entry === null ? [] : [result.entry], appliedIndex: result.revision };
+    if (result.ok && result.op === 'range') return { entries: [...result.entries], appliedIndex: result.revision };
+    throw new KvServiceError('invalid', `federation read answered ${JSON.stringify(result)}`);
   }
 
   #nodeFor(scope: KvScope): RaftNode<KvResult> {
@@ -202,7 +274,7 @@ export class KvService {
       if (untrusted.length > 0) {
         throw new KvServiceError(
           'unsupported',
-          `scope federation includes untrusted members (${untrusted.map((m) => m.name).join(', ')}) and needs PBFT, which this build does not have yet; use --scope datacenter`,
+          `scope federation includes untrusted members (${untrusted.map((m) => m.name).join(', ')}) and runs on PBFT, which this node has not started; restart it with the current member list`,
         );
       }
     }
@@ -308,6 +380,12 @@ export class KvService {
       }
     }
   }
+}
+
+function rangeLimit(req: KvReadRequest): number {
+  const limit = req.limit === 0 ? KV_RANGE_MAX_LIMIT : req.limit;
+  if (limit > KV_RANGE_MAX_LIMIT) throw new KvServiceError('invalid', `limit ${limit} is above the ${KV_RANGE_MAX_LIMIT}-item maximum`);
+  return limit;
 }
 
 class ForwardError extends Error {

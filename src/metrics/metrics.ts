@@ -6,6 +6,8 @@
  * so several daemons can live in one test process.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { BYZANTINE_DROPS, DROP_KINDS } from '../consensus/pbft/types.ts';
+import { createCloudMetrics, type CloudMetrics } from '../cloud/metrics.ts';
 
 /** Reasons a connection or peer is refused; bounded so label cardinality stays small. */
 export const REFUSAL_REASONS = ['not_member', 'hello_failed', 'federation_mismatch', 'identity_mismatch'] as const;
@@ -31,6 +33,8 @@ export interface DwcpMetrics {
   peerRtt: Histogram<'peer'>;
   adminRequests: Counter<'method' | 'code'>;
   raft: RaftMetrics;
+  pbft: PbftMetrics;
+  cloud: CloudMetrics;
 }
 
 /** Outcomes of a client proposal as the driver sees them; bounded for label cardinality. */
@@ -90,6 +94,76 @@ function createRaftMetrics(registers: Registry[]): RaftMetrics {
     }),
   };
   for (const result of PROPOSAL_RESULTS) m.proposals.inc({ result }, 0);
+  return m;
+}
+
+/** Outcomes of a request this node's PBFT client sent; bounded for label cardinality. */
+export const PBFT_REQUEST_RESULTS = ['committed', 'timeout', 'dropped', 'stopped'] as const;
+export type PbftRequestResult = (typeof PBFT_REQUEST_RESULTS)[number];
+
+export interface PbftMetrics {
+  view: Gauge;
+  isPrimary: Gauge;
+  viewChanges: Counter;
+  executedSeq: Gauge;
+  stableCheckpoint: Gauge;
+  rejected: Counter<'kind'>;
+  byzantine: Counter<'kind'>;
+  verifyDuration: Histogram;
+  persistDuration: Histogram;
+  stateTransfers: Counter;
+  requests: Counter<'result'>;
+  requestDuration: Histogram;
+}
+
+function createPbftMetrics(registers: Registry[], dropKinds: readonly string[], byzantineKinds: readonly string[]): PbftMetrics {
+  const m: PbftMetrics = {
+    view: new Gauge({ name: 'dwcp_pbft_view', help: 'Current PBFT view of this replica.', registers }),
+    isPrimary: new Gauge({ name: 'dwcp_pbft_is_primary', help: '1 while this replica is the primary of its view, else 0.', registers }),
+    viewChanges: new Counter({ name: 'dwcp_pbft_view_changes_total', help: 'View changes this replica started or joined.', registers }),
+    executedSeq: new Gauge({ name: 'dwcp_pbft_executed_seq', help: 'Highest PBFT sequence number executed here.', registers }),
+    stableCheckpoint: new Gauge({ name: 'dwcp_pbft_stable_checkpoint', help: 'Sequence number of the latest stable checkpoint (the low watermark).', registers }),
+    rejected: new Counter({
+      name: 'dwcp_pbft_messages_rejected_total',
+      help: 'PBFT messages and requests dropped, by kind (bad signature, outside watermarks, stale view, ...).',
+      labelNames: ['kind'],
+      registers,
+    }),
+    byzantine: new Counter({
+      name: 'dwcp_pbft_byzantine_detected_total',
+      help: 'Dropped PBFT input that only a faulty member produces (forged signature, wrong digest, equivocation, ...), by kind.',
+      labelNames: ['kind'],
+      registers,
+    }),
+    verifyDuration: new Histogram({
+      name: 'dwcp_pbft_signature_verify_duration_seconds',
+      help: 'Time to verify one Ed25519 signature on a PBFT message, reply or request.',
+      buckets: [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005],
+      registers,
+    }),
+    persistDuration: new Histogram({
+      name: 'dwcp_pbft_persist_duration_seconds',
+      help: 'Time to make one PBFT Ready batch durable before its votes leave.',
+      buckets: STORAGE_BUCKETS,
+      registers,
+    }),
+    stateTransfers: new Counter({ name: 'dwcp_pbft_state_transfers_total', help: 'Checkpoint states installed from peers (state transfer).', registers }),
+    requests: new Counter({
+      name: 'dwcp_pbft_requests_total',
+      help: 'Requests this node submitted as a PBFT client, by result (committed: f + 1 matching replies).',
+      labelNames: ['result'],
+      registers,
+    }),
+    requestDuration: new Histogram({
+      name: 'dwcp_pbft_request_duration_seconds',
+      help: 'Time from submitting a PBFT request to f + 1 matching replies.',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    }),
+  };
+  for (const kind of dropKinds) m.rejected.inc({ kind }, 0);
+  for (const kind of byzantineKinds) m.byzantine.inc({ kind }, 0);
+  for (const result of PBFT_REQUEST_RESULTS) m.requests.inc({ result }, 0);
   return m;
 }
 
@@ -165,6 +239,8 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): DwcpMetr
       registers,
     }),
     raft: createRaftMetrics(registers),
+    pbft: createPbftMetrics(registers, DROP_KINDS, [...BYZANTINE_DROPS]),
+    cloud: createCloudMetrics(registers),
   };
   // Export zeroes for every bounded label value so rate() works from the first scrape.
   for (const reason of REFUSAL_REASONS) m.connectionsRefused.inc({ reason }, 0);

@@ -15,6 +15,9 @@
  * - The cache is only an optimisation: a miss means a full transfer, so
  *   dropping an entry is always safe.
  * - Counters are plain numbers that only grow; the daemon maps them to metrics.
+ * - `snapshot` and `restore` carry entries across a restart with the time
+ *   each was stored, so a restored entry expires when it would have; restoring
+ *   counts nothing and respects capacity (the most recently used win).
  */
 
 export interface BaselineCacheOptions {
@@ -34,11 +37,21 @@ export interface BaselineCacheStats {
   expiries: number;
   /** Bytes not sent thanks to a baseline, as reported by `recordSaved`. */
   bytesSaved: number;
+  /** Hits the receiver then refuted (it no longer held the baseline), each followed by a full transfer. */
+  refuted: number;
   /** Entries held now, over all regions. */
   entries: number;
 }
 
 interface Entry<V> {
+  value: V;
+  storedAtMs: number;
+}
+
+/** One entry as `snapshot` exports it, least recently used first within its region. */
+export interface BaselineCacheEntry<V> {
+  region: string;
+  key: string;
   value: V;
   storedAtMs: number;
 }
@@ -52,6 +65,7 @@ export class BaselineCache<V> {
   #evictions = 0;
   #expiries = 0;
   #bytesSaved = 0;
+  #refuted = 0;
   #entries = 0;
 
   constructor(options: Partial<BaselineCacheOptions> = {}) {
@@ -117,6 +131,41 @@ export class BaselineCache<V> {
     return true;
   }
 
+  /** A hit turned out wrong: the receiver does not hold the baseline. Forgets it and counts a refutation. */
+  refute(region: string, key: string): void {
+    this.delete(region, key);
+    this.#refuted++;
+  }
+
+  /** The live (unexpired) entries, for persisting; within a region least recently used first. */
+  snapshot(nowMs: number): BaselineCacheEntry<V>[] {
+    const out: BaselineCacheEntry<V>[] = [];
+    for (const [region, entries] of this.#regions) {
+      for (const [key, entry] of entries) {
+        if (!this.#expired(entry, nowMs)) out.push({ region, key, value: entry.value, storedAtMs: entry.storedAtMs });
+      }
+    }
+    return out;
+  }
+
+  /** Puts back what `snapshot` exported (in its order), skipping expired entries; counts nothing. Returns how many were kept. */
+  restore(entries: readonly BaselineCacheEntry<V>[], nowMs: number): number {
+    let kept = 0;
+    for (const e of entries) {
+      if (nowMs - e.storedAtMs >= this.ttlMs || e.storedAtMs > nowMs) continue;
+      const evictions = this.#evictions;
+      this.set(e.region, e.key, e.value, e.storedAtMs);
+      this.#evictions = evictions;
+      kept++;
+    }
+    return kept;
+  }
+
+  /** Every value held, expired or not: what the caller must keep (e.g. the manifests the entries name). */
+  *values(): IterableIterator<V> {
+    for (const entries of this.#regions.values()) for (const entry of entries.values()) yield entry.value;
+  }
+
   /** Drops every expired entry (counted as expiries); returns how many. */
   prune(nowMs: number): number {
     let dropped = 0;
@@ -143,6 +192,7 @@ export class BaselineCache<V> {
       evictions: this.#evictions,
       expiries: this.#expiries,
       bytesSaved: this.#bytesSaved,
+      refuted: this.#refuted,
       entries: this.#entries,
     };
   }

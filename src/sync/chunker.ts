@@ -89,8 +89,16 @@ function cutPoint(data: Uint8Array, start: number, end: number, o: ChunkingOptio
   return limit - start;
 }
 
-/** The chunks of `data`, in order, tiling it exactly; an empty value has no chunks. */
-export function chunkValue(data: Uint8Array, options: ChunkingOptions = DEFAULT_CHUNKING): Chunk[] {
+/**
+ * The chunks of `data`, in order, tiling it exactly; an empty value has no chunks.
+ *
+ * `final: false` says more bytes follow (a value read from a file or socket
+ * a window at a time): the last chunk, which the end of the window may have
+ * cut, is left out, so the caller passes its bytes again at the start of the
+ * next window. Since a cut depends only on the bytes since the chunk's start,
+ * windows of any size give the same chunks as the whole value at once.
+ */
+export function chunkValue(data: Uint8Array, options: ChunkingOptions = DEFAULT_CHUNKING, final = true): Chunk[] {
   validateChunking(options);
   const bits = Math.round(Math.log2(options.avgSize));
   const maskS = topBits(bits + NORMALIZATION);
@@ -101,5 +109,11 @@ export function chunkValue(data: Uint8Array, options: ChunkingOptions = DEFAULT_
     chunks.push({ offset, length });
     offset += length;
   }
+  if (!final) chunks.pop();
   return chunks;
+}
+
+/** Chunking options from an average size alone, with FastCDC's usual ratios (min = avg / 4, max = avg × 8). */
+export function chunkingForAverage(avgSize: number): ChunkingOptions {
+  return { minSize: Math.max(64, Math.floor(avgSize / 4)), avgSize, maxSize: avgSize * 8 };
 }

@@ -1,16 +1,25 @@
 /**
  * Manifests and delta plans. A manifest describes one version of one key:
- * its size, the SHA-256 of the whole value and its content-defined chunks
+ * its size, the hash of the whole value and its content-defined chunks
  * (chunker.ts) with their SHA-256. Given the sender's manifest and the
  * manifest of the baseline the receiver holds, `planDelta` says which chunks
  * to send; the receiver rebuilds the value from its baseline plus the sent
  * chunks with `assembleValue`.
  *
+ * The value hash is the root of a hash list (`valueHash`): SHA-256 over a
+ * domain tag, the size and every chunk's length and SHA-256, in order. Any
+ * change to any byte changes a chunk hash and so the root, like a plain
+ * SHA-256 of the bytes, but a receiver that reuses 99 % of a 1 GiB value
+ * from its baseline checks the result by hashing the 1 % it received and
+ * ~5 MB of chunk hashes, not the whole GiB again: verification costs what
+ * the delta costs. The root depends on the chunking options, so members
+ * that sync a key must chunk alike (they must anyway for a delta to match).
+ *
  * Invariants:
- * - Correctness never depends on the baseline: `assembleValue` checks the
- *   whole-value hash and the size before returning, so a stale, wrong or
- *   partial baseline yields a SyncError (and the caller falls back to a full
- *   transfer), never a wrong value.
+ * - Correctness never depends on the baseline: `assembleValue` checks every
+ *   chunk's bytes against its hash, the size and the root before returning,
+ *   so a stale, wrong or partial baseline yields a SyncError (and the caller
+ *   falls back to a full transfer), never a wrong value.
  * - No baseline, or a baseline chunked with other options (its chunks could
  *   not match), plans a full transfer. A chunk that repeats inside a value
  *   (zero runs) is sent once.
@@ -29,7 +38,7 @@ export interface Manifest {
   key: string;
   version: string;
   size: number;
-  /** SHA-256 of the whole value, hex. */
+  /** The value hash (`valueHash`: the root of the chunk hash list), hex. */
   hash: string;
   chunking: ChunkingOptions;
   chunks: ChunkRef[];
@@ -39,9 +48,26 @@ export function sha256Hex(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
+const VALUE_HASH_TAG = 'dwcp-value-hash-v1\0';
+const HASH_BYTES = 32;
+
+/** The root of the hash list: SHA-256(tag | size u64 | per chunk: length u32 | SHA-256), all big-endian. */
+export function valueHash(size: number, chunks: readonly { length: number; hash: string }[]): string {
+  const list = Buffer.allocUnsafe(8 + chunks.length * (4 + HASH_BYTES));
+  list.writeUInt32BE(Math.floor(size / 2 ** 32), 0);
+  list.writeUInt32BE(size >>> 0, 4);
+  let at = 8;
+  for (const c of chunks) {
+    list.writeUInt32BE(c.length, at);
+    if (list.write(c.hash, at + 4, HASH_BYTES, 'hex') !== HASH_BYTES) throw new RangeError(`chunk hash ${JSON.stringify(c.hash)} is not ${HASH_BYTES} bytes of hex`);
+    at += 4 + HASH_BYTES;
+  }
+  return createHash('sha256').update(VALUE_HASH_TAG).update(list).digest('hex');
+}
+
 export function buildManifest(key: string, version: string, value: Uint8Array, chunking: ChunkingOptions = DEFAULT_CHUNKING): Manifest {
   const chunks = chunkValue(value, chunking).map((c) => ({ ...c, hash: sha256Hex(value.subarray(c.offset, c.offset + c.length)) }));
-  return { key, version, size: value.byteLength, hash: sha256Hex(value), chunking: { ...chunking }, chunks };
+  return { key, version, size: value.byteLength, hash: valueHash(value.byteLength, chunks), chunking: { ...chunking }, chunks };
 }
 
 export type DeltaKind = 'delta' | 'full-no-baseline' | 'full-other-chunking';
@@ -99,10 +125,14 @@ export function chunksOf(manifest: Manifest, value: Uint8Array): Map<string, Uin
 
 /**
  * Rebuilds the value `target` describes from `sources` (looked up in order,
- * e.g. received chunks then the baseline's), then verifies size and whole hash.
+ * e.g. received chunks then the baseline's), verifying every chunk's bytes,
+ * the size and the value hash.
  */
 export function assembleValue(target: Manifest, sources: readonly ChunkSource[]): Uint8Array {
+  const root = valueHash(target.size, target.chunks);
+  if (root !== target.hash) throw new SyncError('hash-mismatch', `${target.key}@${target.version}: the chunk list hashes to ${root}, the manifest says ${target.hash}`);
   const value = new Uint8Array(target.size);
+  let covered = 0;
   for (const chunk of target.chunks) {
     let bytes: Uint8Array | undefined;
     for (const source of sources) {
@@ -113,9 +143,14 @@ export function assembleValue(target: Manifest, sources: readonly ChunkSource[])
     if (bytes.byteLength !== chunk.length || chunk.offset + chunk.length > target.size) {
       throw new SyncError('chunk-length', `${target.key}@${target.version}: chunk ${chunk.hash} at offset ${chunk.offset} is ${bytes.byteLength} bytes, the manifest says ${chunk.length} of a ${target.size}-byte value`);
     }
+    if (chunk.offset !== covered) throw new SyncError('chunk-length', `${target.key}@${target.version}: chunk ${chunk.hash} starts at ${chunk.offset}, the chunks before it end at ${covered}`);
+    const hash = sha256Hex(bytes);
+    if (hash !== chunk.hash) {
+      throw new SyncError('hash-mismatch', `${target.key}@${target.version} (value ${target.hash}): the bytes for chunk ${chunk.hash} at offset ${chunk.offset} hash to ${hash}`);
+    }
     value.set(bytes, chunk.offset);
+    covered += chunk.length;
   }
-  const hash = sha256Hex(value);
-  if (hash !== target.hash) throw new SyncError('hash-mismatch', `${target.key}@${target.version}: rebuilt value hashes to ${hash}, the manifest says ${target.hash}`);
+  if (covered !== target.size) throw new SyncError('chunk-length', `${target.key}@${target.version}: the chunks cover ${covered} bytes of a ${target.size}-byte value`);
   return value;
 }

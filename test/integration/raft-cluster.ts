@@ -40,6 +40,16 @@ const START_MS = 20_000;
 /** A control call (status, a final read) may wait out one election or two on a loaded machine. */
 const CONTROL_TIMEOUT_MS = 5_000;
 
+/** Fast PBFT view changes: a backup gives up on the primary after 1 s (doubling per successive view change); small checkpoints so state transfer is reachable in a test. */
+export const PBFT_TIMING = { tickMs: 50, viewChangeTicks: 20, checkpointInterval: 8, logWindow: 16, requestRetryMs: 500 } as const;
+
+export interface ClusterOptions {
+  /** Trust of node i (default trusted): any untrusted member makes the federation scope run on PBFT. */
+  trust?: (i: number) => 'trusted' | 'untrusted';
+  /** Extra environment of node i's processes (e.g. DWCP_TEST_BYZANTINE). */
+  env?: (i: number) => NodeJS.ProcessEnv;
+}
+
 /** Holds n distinct free ports at once, then frees them for the daemons to bind. */
 async function reservePorts(n: number): Promise<number[]> {
   const servers = await Promise.all(
@@ -102,19 +112,21 @@ export class RaftCluster {
   readonly #ports: readonly number[];
   readonly #current: (DaemonProcess | null)[];
   readonly #remove: () => Promise<void>;
+  readonly #opts: ClusterOptions;
 
-  private constructor(nodes: NodeFiles[], ports: number[], remove: () => Promise<void>) {
+  private constructor(nodes: NodeFiles[], ports: number[], remove: () => Promise<void>, opts: ClusterOptions) {
     this.nodes = nodes;
+    this.#opts = opts;
     this.#ports = ports;
     this.#current = nodes.map(() => null);
     this.#remove = remove;
   }
 
   /** Prepares `size` nodes named n1..nN and starts them all; resolves when every one serves. */
-  static async start(prefix: string, size: number): Promise<RaftCluster> {
+  static async start(prefix: string, size: number, opts: ClusterOptions = {}): Promise<RaftCluster> {
     const root = await tempRoot(prefix);
     const nodes = await Promise.all(Array.from({ length: size }, (_, i) => prepareNode(root.path, `n${i + 1}`)));
-    const cluster = new RaftCluster(nodes, await reservePorts(size), root.remove);
+    const cluster = new RaftCluster(nodes, await reservePorts(size), root.remove, opts);
     try {
       await Promise.all(nodes.map((_, i) => cluster.startNode(i)));
     } catch (err) {
@@ -151,17 +163,20 @@ export class RaftCluster {
 
   /** Node i's config; `isolated` lists no members, so its gater refuses every peer. */
   config(i: number, isolated = false): Record<string, unknown> {
+    const trust = (j: number) => this.#opts.trust?.(j) ?? 'trusted';
+    const provider = (j: number) => (trust(j) === 'trusted' ? 'onprem' : 'aws');
     const members = isolated
       ? []
       : this.nodes.flatMap((m, j) =>
-          j === i ? [] : [{ name: m.name, peerId: m.peerId, region: `r-${m.name}`, provider: 'onprem', trust: 'trusted', addrs: [this.#address(j)] }],
+          j === i ? [] : [{ name: m.name, peerId: m.peerId, region: `r-${m.name}`, provider: provider(j), trust: trust(j), addrs: [this.#address(j)] }],
         );
-    return baseConfig(this.#node(i), { logLevel: 'info', listen: [this.#address(i)], members, raft: RAFT_TIMING });
+    const config = baseConfig(this.#node(i), { logLevel: 'info', listen: [this.#address(i)], members, raft: RAFT_TIMING, pbft: PBFT_TIMING });
+    return { ...config, node: { ...(config['node'] as object), provider: provider(i), trust: trust(i) } };
   }
 
   async startNode(i: number): Promise<DaemonProcess> {
     if (this.#current[i] !== null) throw new Error(`node n${i + 1} is already running`);
-    const d = await startDaemon(this.#node(i), this.config(i));
+    const d = await startDaemon(this.#node(i), this.config(i), this.#opts.env?.(i) ?? {});
     this.processes.push(d);
     // Counted as up only once it serves: the load would only hit a socket not there yet.
     await within(d.serving(), START_MS, `n${i + 1} serving`, () => d.describe());

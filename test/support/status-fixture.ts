@@ -41,4 +41,8 @@ export const NODE_STATUS: NodeStatus = {
   startedAt: '2026-01-02T03:04:05.000Z',
   uptimeSeconds: 3725.5,
   members: [BETA, GAMMA],
+  scopes: [
+    { scope: 'datacenter', protocol: 'raft', replicas: 3 },
+    { scope: 'federation', protocol: 'raft', replicas: 3 },
+  ],
 };

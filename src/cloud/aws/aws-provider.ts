@@ -12,8 +12,9 @@
  *   inventory polling delay an urgent DR terminate, and AWS still documents it
  *   as experimental. It stays available through `retryMode`.
  * - Credentials come from the SDK's standard chain (environment, shared files
- *   and profiles, SSO, web identity, container and instance roles) unless the
- *   config gives static keys; errors name the source that was used.
+ *   and profiles, SSO, web identity, container and instance roles), from the
+ *   environment only, or from static keys; errors name the source that was
+ *   used.
  * - Every RunInstances carries a ClientToken, so the SDK's retry of a request
  *   that did reach EC2 (a timeout, a 5xx) cannot launch a second instance.
  * - State waits use the SDK waiters (waitUntilInstanceRunning/Stopped/
@@ -49,7 +50,6 @@ import {
 } from '@aws-sdk/client-ec2';
 import {
   checkCreateRequest,
-  checkTags,
   IncorrectStateError,
   InvalidRequestError,
   matchesFilter,
@@ -79,9 +79,12 @@ import {
   ProviderError,
 } from '../provider.ts';
 import { awsErrorCode, isCredentialsCode, mapAwsError, THROTTLING_CODES } from './errors.ts';
+import { checkAwsTags } from './tags.ts';
 
 export type AwsCredentialSource =
   | { source: 'chain'; profile?: string }
+  /** Only AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, never files or roles. */
+  | { source: 'env' }
   | { source: 'static'; accessKeyId: string; secretAccessKey: string; sessionToken?: string };
 
 export interface WaiterTiming {
@@ -113,7 +116,6 @@ export interface AwsProviderOptions {
 export const DEFAULT_AWS_WAITER: WaiterTiming = { minDelaySeconds: 5, maxDelaySeconds: 30, maxWaitSeconds: 600 };
 export const DEFAULT_AWS_MAX_ATTEMPTS = 5;
 const USER_DATA_LIMIT_BYTES = 16 * 1024;
-const MAX_TAGS = 50;
 
 const EC2_TO_STATE: Readonly<Record<string, InstanceState>> = {
   pending: 'pending',
@@ -176,6 +178,8 @@ export class AwsProvider implements CloudProvider {
     if (options.endpoint) config.endpoint = options.endpoint;
     if (credentials.source === 'static') {
       config.credentials = { accessKeyId: credentials.accessKeyId, secretAccessKey: credentials.secretAccessKey, sessionToken: credentials.sessionToken };
+    } else if (credentials.source === 'env') {
+      config.credentials = credentialsFromEnv;
     } else if (credentials.profile) {
       config.profile = credentials.profile;
     }
@@ -542,25 +546,31 @@ export class AwsProvider implements CloudProvider {
 
 function describeCredentialSource(credentials: AwsCredentialSource): string {
   if (credentials.source === 'static') return `static access key ${credentials.accessKeyId.slice(0, 4)}… from the dwcp config`;
+  if (credentials.source === 'env') return 'the environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)';
   const profile = credentials.profile ?? process.env.AWS_PROFILE ?? 'default';
   return `the AWS default credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profile '${profile}' in ~/.aws/credentials and ~/.aws/config, SSO, web identity, container or instance role)`;
+}
+
+/**
+ * The `env` source. Read when the SDK first needs credentials, not at
+ * construction, and failing as the SDK's own providers fail (a
+ * CredentialsProviderError), so the error mapping names the source.
+ */
+async function credentialsFromEnv(): Promise<{ accessKeyId: string; secretAccessKey: string; sessionToken?: string }> {
+  const accessKeyId = process.env.AWS_ACCESS_KEY_ID;
+  const secretAccessKey = process.env.AWS_SECRET_ACCESS_KEY;
+  if (!accessKeyId || !secretAccessKey) {
+    const error = new Error('AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not both set');
+    error.name = 'CredentialsProviderError';
+    throw error;
+  }
+  const sessionToken = process.env.AWS_SESSION_TOKEN;
+  return sessionToken ? { accessKeyId, secretAccessKey, sessionToken } : { accessKeyId, secretAccessKey };
 }
 
 function checkInstanceId(id: string, operation: string): void {
   if (typeof id !== 'string' || !/^i-[0-9a-f]{8,17}$/.test(id)) {
     throw new InvalidRequestError('aws', operation, 'InvalidInstanceID.Malformed', `id: ${JSON.stringify(id)} is not an EC2 instance id (i- and 8 or 17 hex digits)`);
-  }
-}
-
-function checkAwsTags(operation: string, tags: Tags): void {
-  checkTags('aws', operation, tags);
-  const entries = Object.entries(tags);
-  const fail = (why: string): InvalidRequestError => new InvalidRequestError('aws', operation, 'InvalidParameterValue', why);
-  if (entries.length > MAX_TAGS) throw fail(`tags: ${entries.length} tags, over EC2's limit of ${MAX_TAGS} per instance`);
-  for (const [key, value] of entries) {
-    if (key.toLowerCase().startsWith('aws:')) throw fail(`tags.${key}: keys starting with "aws:" are reserved by AWS`);
-    if (key.length > 128) throw fail(`tags.${key.slice(0, 20)}…: key longer than 128 characters`);
-    if (value.length > 256) throw fail(`tags.${key}: value longer than 256 characters`);
   }
 }
 

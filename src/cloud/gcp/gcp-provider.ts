@@ -36,7 +36,6 @@ import { InstancesClient, MachineTypesClient, ZoneOperationsClient, ZonesClient,
 import {
   CancelledError,
   checkCreateRequest,
-  checkTags,
   CredentialsError,
   InvalidRequestError,
   matchesFilter,
@@ -62,6 +61,7 @@ import {
   type ZoneHealth,
 } from '../provider.ts';
 import { gcpErrorCode, httpStatusOf, mapGcpError, mapOperationError } from './errors.ts';
+import { checkLabels } from './labels.ts';
 
 type IInstance = protos.google.cloud.compute.v1.IInstance;
 type IOperation = protos.google.cloud.compute.v1.IOperation;
@@ -122,8 +122,6 @@ const STATE_TO_STATUS: Readonly<Record<InstanceState, readonly string[]>> = {
 const TRANSITIONAL: Readonly<Record<LongOperation, InstanceState>> = { create: 'pending', start: 'pending', stop: 'stopping', terminate: 'stopping' };
 
 const NAME_RE = /^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$/;
-const LABEL_KEY_RE = /^[a-z][a-z0-9_-]{0,62}$/;
-const LABEL_VALUE_RE = /^[a-z0-9_-]{0,63}$/;
 const CUSTOM_TYPE_RE = /^(?:[a-z0-9]+-)?custom-(\d+)-(\d+)(?:-ext)?$/;
 
 const RETRYABLE = ['UNAVAILABLE', 'RESOURCE_EXHAUSTED', 'DEADLINE_EXCEEDED'];
@@ -605,17 +603,6 @@ function filterExpression(filter: InstanceFilter | undefined): string | null | u
 
 function quote(value: string): string {
   return `"${value.replace(/["\\]/g, '\\$&')}"`;
-}
-
-function checkLabels(operation: string, tags: Tags): void {
-  checkTags('gcp', operation, tags);
-  const fail = (why: string): InvalidRequestError => new InvalidRequestError('gcp', operation, 'INVALID_ARGUMENT', why);
-  const entries = Object.entries(tags);
-  if (entries.length > 64) throw fail(`tags: ${entries.length} labels, over GCE's limit of 64`);
-  for (const [key, value] of entries) {
-    if (!LABEL_KEY_RE.test(key)) throw fail(`tags.${key}: GCE label keys start with a lowercase letter and hold only a-z, 0-9, "_" and "-" (at most 63)`);
-    if (!LABEL_VALUE_RE.test(value)) throw fail(`tags.${key}: GCE label values hold only a-z, 0-9, "_" and "-" (at most 63), got ${JSON.stringify(value)}`);
-  }
 }
 
 function lastSegment(value: string | null | undefined): string | undefined {

@@ -202,6 +202,8 @@ export class PbftCore {
   #viewChangeTimerRunning = false;
   #attempts = 0;
   #retransmitElapsed = 0;
+  #beaconElapsed = 0;
+  #beaconMessage: Checkpoint | null = null;
   #lastRoundExecuted = 0;
   #stateRequests = 0;
   readonly #served = new Map<string, number>();
@@ -288,7 +290,24 @@ export class PbftCore {
       this.#retransmitElapsed = 0;
       this.#retransmitRound();
     }
+    if (++this.#beaconElapsed >= this.#config.checkpointBeaconTicks) {
+      this.#beaconElapsed = 0;
+      this.#beacon();
+    }
     this.#assertState();
+  }
+
+  /**
+   * Announces this replica's stable checkpoint now and then. Without it a
+   * replica that was down while the checkpoint formed (its checkpoint votes
+   * lost) hears of it only when requests flow again; with it, 2f + 1 beacons
+   * make the checkpoint stable there too and it fetches the state at once.
+   */
+  #beacon(): void {
+    const { seq, digest, state } = this.#stable;
+    if (seq === 0 || state === null) return;
+    if (this.#beaconMessage?.seq !== seq) this.#beaconMessage = this.#seal<Checkpoint>({ type: 'checkpoint', seq, digest });
+    this.#broadcast(this.#beaconMessage);
   }
 
   /** A message from a peer. Returns why it was dropped (also counted in drops()), or null if used. */
@@ -767,6 +786,8 @@ export class PbftCore {
 
   #onCheckpoint(m: Checkpoint): DropKind | null {
     if (m.seq === 0 || m.seq % this.#config.checkpointInterval !== 0) return 'malformed';
+    // A beacon for the checkpoint we hold as stable agrees with us: nothing to do, nothing wrong.
+    if (m.seq === this.#h && m.digest === this.#stable.digest) return null;
     if (m.seq <= this.#h) return 'outside_watermarks';
     const outcome = this.#checkpointVotes.add(m);
     if (outcome !== 'added') return outcome;

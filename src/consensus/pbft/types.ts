@@ -361,6 +361,8 @@ export interface PbftConfig {
   readonly maxBackoffShift: number;
   /** A stalled replica retransmits and fetches every this many ticks. */
   readonly retransmitTicks: number;
+  /** Every this many ticks a replica re-announces its stable checkpoint (see PbftCore's beacon). */
+  readonly checkpointBeaconTicks: number;
   /** Sequence numbers above the last executed one retransmitted per stall. */
   readonly maxRetransmitSlots: number;
   /** Messages for a view this replica has not entered yet, buffered per peer. */
@@ -387,6 +389,7 @@ export const DEFAULT_PBFT_CONFIG: PbftConfig = {
   viewChangeTicks: 20,
   maxBackoffShift: 5,
   retransmitTicks: 5,
+  checkpointBeaconTicks: 50,
   maxRetransmitSlots: 8,
   maxBufferedPerPeer: 256,
   maxCheckpointVotesPerPeer: 4,

@@ -11,7 +11,7 @@
  *   1 MiB chunk records (a snapshot of hundreds of MB never needs one huge
  *   LMDB overflow run, and a damaged chunk is named by number).
  * Every record is `crc32 u32 | kind u8 | body`, big-endian, the CRC (zlib's
- * CRC-32) over kind and body. Bodies (u64 = safe integer as two u32):
+ * CRC-32) over kind and body (src/storage/lmdb-records.ts). Bodies (u64 = safe integer as two u32):
  * - normal entry (kind 1): index u64, term u64, data (the rest);
  * - config entry (kind 2): index u64, term u64, membership;
  * - hard state (kind 3): term u64, commit u64, hasVote u8, [vote text];
@@ -26,8 +26,9 @@
  *   wrong key fails like a bad checksum does.
  * - One persist() or saveSnapshot() lands whole or not at all. The calls made
  *   in one event-loop turn, and those arriving while a commit is in flight,
- *   share one LMDB transaction and one fsync (group commit); each resolves only
- *   once that transaction is on disk. The environment is opened without
+ *   share one LMDB transaction and one fsync (group commit,
+ *   src/storage/group-commit.ts); each resolves only once that transaction is
+ *   on disk. The environment is opened without
  *   lmdb-js's overlappingSync, so its commit promise means "synced", not just
  *   "visible" (with overlappingSync the promise resolves before the fsync).
  * - Stored entries are contiguous from snapshot index + 1; a snapshot replaces
@@ -39,10 +40,21 @@
  *   log from there and says so through onRepair, because that is safe only if
  *   this node never acknowledged those entries, which storage cannot know.
  */
-import { mkdir } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
-import { open } from 'lmdb';
 import type { Database, RootDatabase } from 'lmdb';
+import { GroupCommit } from '../../storage/group-commit.ts';
+import type { CommitTimings } from '../../storage/group-commit.ts';
+import {
+  hex32,
+  openEnvironment,
+  RECORD_HEADER_BYTES,
+  recordBuffer,
+  recordHeaderProblem,
+  removeKeys,
+  stampChecksum,
+  u64FromKey,
+  u64Key,
+} from '../../storage/lmdb-records.ts';
 import type { Entry, HardState, Membership, PersistedState, Ready, Snapshot, SnapshotMeta } from './types.ts';
 import { EMPTY_MEMBERSHIP, RaftInputError } from './types.ts';
 
@@ -89,33 +101,19 @@ export const STORAGE_LAYOUT = {
 const Kind = { normal: 1, config: 2, hardState: 3, snapshotMeta: 4, snapshotChunk: 5 } as const;
 type Kind = (typeof Kind)[keyof typeof Kind];
 
-const HEADER_BYTES = 5;
 const MAX_TEXT_BYTES = 0xffff;
 const TWO_POW_32 = 2 ** 32;
 
-export function entryKey(index: number): Buffer {
-  const key = Buffer.allocUnsafe(8);
-  key.writeUInt32BE(Math.floor(index / TWO_POW_32), 0);
-  key.writeUInt32BE(index >>> 0, 4);
-  return key;
-}
-
-function keyIndex(key: Buffer): number | null {
-  if (key.length !== 8) return null;
-  const high = key.readUInt32BE(0);
-  if (high > 0x1fffff) return null;
-  return high * TWO_POW_32 + key.readUInt32BE(4);
-}
+export const entryKey = u64Key;
 
 // ------------------------------------------------------------------ records
 
 class RecordWriter {
   #buf: Buffer;
-  #pos = HEADER_BYTES;
+  #pos = RECORD_HEADER_BYTES;
 
   constructor(kind: Kind, bodyBytesHint: number) {
-    this.#buf = Buffer.allocUnsafe(HEADER_BYTES + bodyBytesHint);
-    this.#buf[4] = kind;
+    this.#buf = recordBuffer(kind, bodyBytesHint);
   }
 
   #reserve(bytes: number): void {
@@ -166,9 +164,7 @@ class RecordWriter {
   }
 
   finish(): Buffer {
-    const record = this.#buf.subarray(0, this.#pos);
-    record.writeUInt32BE(crc32(record.subarray(4)), 0);
-    return record;
+    return stampChecksum(this.#buf.subarray(0, this.#pos));
   }
 }
 
@@ -176,18 +172,14 @@ class RecordReader {
   readonly kind: Kind;
   readonly #buf: Buffer;
   readonly #record: string;
-  #pos = HEADER_BYTES;
+  #pos = RECORD_HEADER_BYTES;
 
   constructor(buf: Buffer, record: string, kinds: readonly Kind[]) {
     this.#buf = buf;
     this.#record = record;
-    if (buf.length < HEADER_BYTES) this.fail(`record is ${buf.length} bytes, shorter than its ${HEADER_BYTES}-byte header`);
-    const stored = buf.readUInt32BE(0);
-    const computed = crc32(buf.subarray(4));
-    if (stored !== computed) this.fail(`checksum mismatch (stored 0x${hex32(stored)}, computed 0x${hex32(computed)})`);
-    const kind = kinds.find((k) => k === buf[4]);
-    if (kind === undefined) this.fail(`record kind ${buf[4]}, expected ${kinds.join(' or ')}`);
-    this.kind = kind;
+    const problem = recordHeaderProblem(buf, kinds);
+    if (problem !== null) this.fail(problem);
+    this.kind = buf[4] as Kind;
   }
 
   fail(problem: string): never {
@@ -243,10 +235,6 @@ class RecordReader {
   end(): void {
     if (this.#pos !== this.#buf.length) this.fail(`${this.#buf.length - this.#pos} unexpected trailing bytes`);
   }
-}
-
-function hex32(value: number): string {
-  return value.toString(16).padStart(8, '0');
 }
 
 function checkCount(value: number, field: string, min: number): void {
@@ -348,7 +336,7 @@ function encodeSnapshot(snapshot: Snapshot): EncodedSnapshot {
       yield w.finish();
     }
   }
-  const bytes = metaRecord.length + chunks * (HEADER_BYTES + 12) + data.length;
+  const bytes = metaRecord.length + chunks * (RECORD_HEADER_BYTES + 12) + data.length;
   return { index: meta.index, meta: metaRecord, chunks: chunkRecords, bytes };
 }
 
@@ -369,8 +357,6 @@ interface QueuedWrite {
   readonly entries: number;
   readonly bytes: number;
   readonly encodeSeconds: number;
-  readonly resolve: () => void;
-  readonly reject: (error: Error) => void;
 }
 
 type PersistInput = Pick<Ready, 'hardState' | 'snapshot' | 'entries' | 'mustSync'>;
@@ -379,14 +365,8 @@ export class RaftStorage {
   readonly #dir: string;
   readonly #root: RootDatabase<Buffer, string>;
   readonly #tables: Tables;
-  readonly #onWrite: ((timings: StorageTimings) => void) | undefined;
+  readonly #commits: GroupCommit<QueuedWrite>;
   readonly #onRepair: (message: string) => void;
-  #pending: QueuedWrite[] = [];
-  #flushScheduled = false;
-  #inFlight = false;
-  #drained: (() => void)[] = [];
-  #failure: Error | null = null;
-  #closed = false;
   #closing: Promise<void> | null = null;
 
   private constructor(dir: string, root: RootDatabase<Buffer, string>, options: RaftStorageOptions) {
@@ -397,14 +377,18 @@ export class RaftStorage {
       meta: root.openDB<Buffer, string>(STORAGE_LAYOUT.meta, { encoding: 'binary' }),
       snapshot: root.openDB<Buffer, number>(STORAGE_LAYOUT.snapshot, { keyEncoding: 'uint32', encoding: 'binary' }),
     };
-    this.#onWrite = options.onWrite;
+    const { onWrite } = options;
+    this.#commits = new GroupCommit<QueuedWrite>({
+      env: root,
+      label: `raft storage ${dir}`,
+      apply: (write) => write.apply(this.#tables),
+      ...(onWrite === undefined ? {} : { onCommit: (writes, timings) => onWrite(storageTimings(writes, timings)) }),
+    });
     this.#onRepair = options.onRepair ?? ((message) => process.emitWarning(message, 'RaftStorageRepair'));
   }
 
   static async open(dir: string, options: RaftStorageOptions = {}): Promise<RaftStorage> {
-    await mkdir(dir, { recursive: true });
-    const noSync = options.noSync === true;
-    const root = open<Buffer, string>(dir, { encoding: 'binary', overlappingSync: false, noSync });
+    const root = await openEnvironment(dir, options.noSync === true ? { noSync: true } : {});
     return new RaftStorage(dir, root, options);
   }
 
@@ -463,7 +447,7 @@ export class RaftStorage {
     let damage: { index: number; problem: string } | null = null;
     // Entries at or below the snapshot index are covered by it; none should be stored, and none matters.
     for (const { key, value } of this.#tables.entries.getRange({ start: entryKey(expected) })) {
-      const index = keyIndex(key);
+      const index = u64FromKey(key);
       if (index === null) {
         damage = { index: expected, problem: `missing (the next stored key, 0x${key.toString('hex')}, is malformed)` };
         break;
@@ -580,81 +564,26 @@ export class RaftStorage {
 
   /** Waits for queued writes, then closes the environment; later calls are refused. */
   close(): Promise<void> {
-    this.#closed = true;
     this.#closing ??= (async () => {
-      if (this.#pending.length > 0 || this.#inFlight || this.#flushScheduled) {
-        await new Promise<void>((resolve) => this.#drained.push(resolve));
-      }
+      await this.#commits.close();
       await this.#root.close();
     })();
     return this.#closing;
   }
 
   #enqueue(apply: (tables: Tables) => void, entries: number, bytes: number, encodeSeconds: number): Promise<void> {
-    if (this.#closed) return Promise.reject(new Error(`raft storage ${this.#dir} is closed`));
-    if (this.#failure !== null) {
-      return Promise.reject(new Error(`raft storage ${this.#dir} refuses writes after a failed commit: ${this.#failure.message}`));
-    }
-    return new Promise<void>((resolve, reject) => {
-      this.#pending.push({ apply, entries, bytes, encodeSeconds, resolve, reject });
-      this.#scheduleFlush();
-    });
-  }
-
-  #scheduleFlush(): void {
-    if (this.#flushScheduled || this.#inFlight) return;
-    this.#flushScheduled = true;
-    // setImmediate, not a microtask: writes issued anywhere in this turn, including after awaits
-    // that resolve within it, join the same transaction.
-    setImmediate(() => {
-      this.#flushScheduled = false;
-      void this.#flush();
-    });
-  }
-
-  async #flush(): Promise<void> {
-    const group = this.#pending;
-    this.#pending = [];
-    if (group.length === 0) return this.#settle();
-    this.#inFlight = true;
-    let appendSeconds = 0;
-    let committedAt = 0;
-    try {
-      await this.#root.childTransaction(() => {
-        const started = performance.now();
-        for (const write of group) write.apply(this.#tables);
-        committedAt = performance.now();
-        appendSeconds = (committedAt - started) / 1000;
-      });
-    } catch (error) {
-      this.#failure = error instanceof Error ? error : new Error(String(error));
-      for (const write of [...group, ...this.#pending.splice(0)]) write.reject(this.#failure);
-      this.#inFlight = false;
-      this.#settle();
-      return;
-    }
-    const timings: StorageTimings = { appendSeconds, syncSeconds: (performance.now() - committedAt) / 1000, entries: 0, bytes: 0 };
-    for (const write of group) {
-      timings.appendSeconds += write.encodeSeconds;
-      timings.entries += write.entries;
-      timings.bytes += write.bytes;
-      write.resolve();
-    }
-    this.#inFlight = false;
-    if (this.#pending.length > 0) this.#scheduleFlush();
-    else this.#settle();
-    this.#onWrite?.(timings);
-  }
-
-  #settle(): void {
-    if (this.#pending.length > 0 || this.#inFlight || this.#flushScheduled) return;
-    for (const resolve of this.#drained.splice(0)) resolve();
+    return this.#commits.enqueue({ apply, entries, bytes, encodeSeconds });
   }
 }
 
-function removeKeys<K extends Buffer | number>(db: Database<Buffer, K>, keys: Iterable<K>): void {
-  // Collected first: deleting under a live cursor would move it.
-  for (const key of [...keys]) db.removeSync(key);
+function storageTimings(writes: readonly QueuedWrite[], commit: CommitTimings): StorageTimings {
+  const timings: StorageTimings = { appendSeconds: commit.applySeconds, syncSeconds: commit.syncSeconds, entries: 0, bytes: 0 };
+  for (const write of writes) {
+    timings.appendSeconds += write.encodeSeconds;
+    timings.entries += write.entries;
+    timings.bytes += write.bytes;
+  }
+  return timings;
 }
 
 function writeSnapshot(tables: Tables, snapshot: EncodedSnapshot): void {

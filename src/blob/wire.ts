@@ -1,0 +1,312 @@
+/**
+ * The messages of /dwcp/blob/1.0.0 (proto/blob.proto) as typed, bounded
+ * values, the chunk-list encoding that travels in ManifestParts, and the
+ * need bitmap of an Accept.
+ *
+ * Invariants:
+ * - A message that decodes is well-formed and within the bounds below; what
+ *   it claims (sizes that add up, a chunk list that hashes to the version) is
+ *   checked by `decodeManifest` and the receiver, before anything is written.
+ * - The chunk list is encoded against the baseline the offer names: a run of
+ *   chunks the baseline has in the same order is one BASE op (start, count),
+ *   any other chunk is a NEW op (length, SHA-256). A 1 GiB value with 1 % of
+ *   its blocks rewritten then needs ~100 KB of manifest instead of ~4.7 MB.
+ *   The decoder refuses any op that is truncated, out of the baseline's
+ *   range, longer than the chunking's maximum, or that overruns the declared
+ *   count or size.
+ */
+import type { ChunkingOptions } from '../sync/chunker.ts';
+import { validateChunking } from '../sync/chunker.ts';
+import { valueHash, type ChunkRef, type Manifest } from '../sync/manifest.ts';
+import type { MessageSchema } from '../net/schema.ts';
+import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
+import { FRAME_HEADER_BYTES } from '../codec/frame.ts';
+
+export const BLOB_PROTOCOL = '/dwcp/blob/1.0.0';
+
+/** Largest chunk any member may cut (chunking.maxSize); keeps one chunk well inside a batch. */
+export const BLOB_MAX_CHUNK_BYTES = 1024 * 1024;
+/** Largest raw size of one Batch frame: the decompression-bomb bound on the data streams. */
+export const BLOB_MAX_BATCH_RAW_BYTES = 4 * 1024 * 1024;
+/** Largest ManifestPart payload. */
+export const BLOB_MANIFEST_PART_BYTES = 1024 * 1024;
+/** Largest chunk count of one value (a 64 GiB value at 256-byte minimum chunks would need more; the limit says so). */
+export const BLOB_MAX_CHUNKS = 64 * 1024 * 1024;
+/**
+ * Fits the largest message: a Batch of BLOB_MAX_BATCH_RAW_BYTES that did not
+ * compress (sent as `none`, so raw + frame header) plus tags and lengths, or
+ * an Accept whose need bitmap covers BLOB_MAX_CHUNKS (8 MiB).
+ */
+export const BLOB_MAX_FRAME_BYTES = 8 * 1024 * 1024 + 64 * 1024;
+const MAX_TEXT = 1024;
+export const BLOB_REJECT_CODES = ['baseline_missing', 'busy', 'too_large', 'invalid'] as const;
+export type BlobRejectCode = (typeof BLOB_REJECT_CODES)[number];
+
+const HEX64 = /^[0-9a-f]{64}$/;
+const HEX32 = /^[0-9a-f]{32}$/;
+
+export interface Offer {
+  transferId: string;
+  attempt: number;
+  key: string;
+  version: string;
+  size: number;
+  chunking: ChunkingOptions;
+  chunkCount: number;
+  /** '' for a full transfer. */
+  baselineVersion: string;
+  manifestBytes: number;
+}
+
+export interface Accept {
+  need: Uint8Array;
+  resumed: boolean;
+  needChunks: number;
+  needBytes: number;
+}
+
+export type BlobMessage =
+  | { kind: 'offer'; offer: Offer }
+  | { kind: 'manifestPart'; manifestPart: { data: Uint8Array } }
+  | { kind: 'accept'; accept: Accept }
+  | { kind: 'reject'; reject: { code: BlobRejectCode; message: string } }
+  | { kind: 'join'; join: { transferId: string; attempt: number } }
+  | { kind: 'batch'; batch: { first: number; count: number; frame: Uint8Array } }
+  | { kind: 'ack'; ack: { first: number; count: number } }
+  | { kind: 'finish'; finish: Record<string, never> }
+  | { kind: 'committed'; committed: { version: string } }
+  | { kind: 'failed'; failed: { code: string; message: string } };
+
+export type BlobMessageKind = BlobMessage['kind'];
+
+const proto = loadProto(new URL('./proto/blob.proto', import.meta.url));
+
+function matching(o: Record<string, unknown>, field: string, pattern: RegExp, what: string, optional = false): string {
+  const value = requireString(o, field, { max: 64, optional });
+  if (value !== '' && !pattern.test(value)) throw new FieldError(field, `must be ${what}, got ${JSON.stringify(value)}`);
+  return value;
+}
+
+function safeUint64(o: Record<string, unknown>, field: string): number {
+  const value = requireUint64(o, field);
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw new FieldError(field, `is ${value}, above 2^53`);
+  return Number(value);
+}
+
+function validateChunkingField(o: Record<string, unknown>): ChunkingOptions {
+  const c = { minSize: requireUint(o, 'minSize', { min: 64 }), avgSize: requireUint(o, 'avgSize', { min: 65 }), maxSize: requireUint(o, 'maxSize', { min: 66, max: BLOB_MAX_CHUNK_BYTES }) };
+  try {
+    validateChunking(c);
+  } catch (err) {
+    throw new FieldError('minSize', (err as Error).message);
+  }
+  return c;
+}
+
+function validateOffer(o: Record<string, unknown>): Offer {
+  const offer: Offer = {
+    transferId: matching(o, 'transferId', HEX32, '32 hex digits'),
+    attempt: requireUint(o, 'attempt', { min: 1, max: 1_000_000 }),
+    key: requireString(o, 'key', { max: MAX_TEXT }),
+    version: matching(o, 'version', HEX64, '64 hex digits (a value hash)'),
+    size: safeUint64(o, 'size'),
+    chunking: requireMessage(o, 'chunking', validateChunkingField),
+    chunkCount: requireUint(o, 'chunkCount', { max: BLOB_MAX_CHUNKS }),
+    baselineVersion: matching(o, 'baselineVersion', HEX64, '64 hex digits or empty', true),
+    manifestBytes: requireUint(o, 'manifestBytes'),
+  };
+  // Every chunk but the last is at least minSize and none exceeds maxSize, so the count is bounded both ways by the size.
+  const { minSize, maxSize } = offer.chunking;
+  const fewest = Math.ceil(offer.size / maxSize);
+  const most = offer.size === 0 ? 0 : Math.floor(offer.size / minSize) + 1;
+  if (offer.chunkCount < fewest || offer.chunkCount > most) {
+    throw new FieldError('chunkCount', `is ${offer.chunkCount}, but a ${offer.size}-byte value cut into chunks of ${minSize}..${maxSize} bytes has ${fewest}..${most}`);
+  }
+  const longest = offer.chunkCount * (1 + 5 + 32);
+  if (offer.manifestBytes > longest) throw new FieldError('manifestBytes', `is ${offer.manifestBytes}, above the ${longest} bytes ${offer.chunkCount} chunks can take`);
+  return offer;
+}
+
+function validateAccept(o: Record<string, unknown>): Accept {
+  return {
+    need: requireBytes(o, 'need', { max: BLOB_MAX_CHUNKS / 8, optional: true }),
+    resumed: requireBool(o, 'resumed'),
+    needChunks: requireUint(o, 'needChunks', { max: BLOB_MAX_CHUNKS }),
+    needBytes: safeUint64(o, 'needBytes'),
+  };
+}
+
+function validateBlobMessage(o: Record<string, unknown>): BlobMessage {
+  const kind = requireEnum(o, 'kind', ['offer', 'manifestPart', 'accept', 'reject', 'join', 'batch', 'ack', 'finish', 'committed', 'failed']);
+  switch (kind) {
+    case 'offer':
+      return { kind, offer: requireMessage(o, kind, validateOffer) };
+    case 'manifestPart':
+      return { kind, manifestPart: requireMessage(o, kind, (m) => ({ data: requireBytes(m, 'data', { max: BLOB_MANIFEST_PART_BYTES }) })) };
+    case 'accept':
+      return { kind, accept: requireMessage(o, kind, validateAccept) };
+    case 'reject':
+      return {
+        kind,
+        reject: requireMessage(o, kind, (m) => ({ code: requireEnum(m, 'code', BLOB_REJECT_CODES), message: requireString(m, 'message', { max: MAX_TEXT, optional: true }) })),
+      };
+    case 'join':
+      return { kind, join: requireMessage(o, kind, (m) => ({ transferId: matching(m, 'transferId', HEX32, '32 hex digits'), attempt: requireUint(m, 'attempt', { min: 1, max: 1_000_000 }) })) };
+    case 'batch':
+      return {
+        kind,
+        batch: requireMessage(o, kind, (m) => ({
+          first: requireUint(m, 'first', { max: BLOB_MAX_CHUNKS }),
+          count: requireUint(m, 'count', { min: 1, max: BLOB_MAX_CHUNKS }),
+          frame: requireBytes(m, 'frame', { max: BLOB_MAX_BATCH_RAW_BYTES + FRAME_HEADER_BYTES }),
+        })),
+      };
+    case 'ack':
+      return { kind, ack: requireMessage(o, kind, (m) => ({ first: requireUint(m, 'first', { max: BLOB_MAX_CHUNKS }), count: requireUint(m, 'count', { min: 1, max: BLOB_MAX_CHUNKS }) })) };
+    case 'finish':
+      return { kind, finish: {} };
+    case 'committed':
+      return { kind, committed: requireMessage(o, kind, (m) => ({ version: matching(m, 'version', HEX64, '64 hex digits') })) };
+    case 'failed':
+      return { kind, failed: requireMessage(o, kind, (m) => ({ code: requireString(m, 'code', { max: 64 }), message: requireString(m, 'message', { max: MAX_TEXT, optional: true }) })) };
+  }
+}
+
+/** Both directions of both stream kinds share one union; each side checks the kinds it expects where it expects them. */
+export const BlobMessageSchema: MessageSchema<BlobMessage> = protoSchema(proto.lookupType('dwcp.blob.v1.BlobMessage'), validateBlobMessage, { strictFields: true });
+
+// ------------------------------------------------------------------ chunk list encoding
+
+const OP_NEW = 0;
+const OP_BASE = 1;
+const HASH_BYTES = 32;
+
+function writeVarint(out: number[], value: number): void {
+  let rest = value;
+  while (rest >= 0x80) {
+    out.push((rest % 0x80) | 0x80);
+    rest = Math.floor(rest / 0x80);
+  }
+  out.push(rest);
+}
+
+/** The chunk list of `target` as ops against `baseline` (all NEW without one). */
+export function encodeManifest(target: Manifest, baseline: Manifest | undefined): Uint8Array {
+  const at = new Map<string, number>();
+  if (baseline !== undefined) {
+    for (const [i, c] of baseline.chunks.entries()) if (!at.has(c.hash)) at.set(c.hash, i);
+  }
+  const head: number[] = [];
+  const parts: Uint8Array[] = [];
+  const flush = () => {
+    if (head.length > 0) parts.push(Uint8Array.from(head.splice(0)));
+  };
+  const chunks = target.chunks;
+  for (let i = 0; i < chunks.length; ) {
+    const c = chunks[i] as ChunkRef;
+    const start = at.get(c.hash);
+    if (start !== undefined && baseline !== undefined) {
+      let n = 1;
+      while (i + n < chunks.length && start + n < baseline.chunks.length && (baseline.chunks[start + n] as ChunkRef).hash === (chunks[i + n] as ChunkRef).hash) n++;
+      head.push(OP_BASE);
+      writeVarint(head, start);
+      writeVarint(head, n);
+      i += n;
+      continue;
+    }
+    head.push(OP_NEW);
+    writeVarint(head, c.length);
+    flush();
+    parts.push(Buffer.from(c.hash, 'hex'));
+    i++;
+  }
+  flush();
+  return Buffer.concat(parts);
+}
+
+export class ManifestDecodeError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ManifestDecodeError';
+  }
+}
+
+/** Rebuilds and checks the manifest an offer describes; throws ManifestDecodeError naming the problem. */
+export function decodeManifest(offer: Offer, bytes: Uint8Array, baseline: Manifest | undefined): Manifest {
+  const fail = (problem: string): never => {
+    throw new ManifestDecodeError(`chunk list of ${offer.key}@${offer.version}: ${problem}`);
+  };
+  const { maxSize } = offer.chunking;
+  const chunks: ChunkRef[] = [];
+  let pos = 0;
+  let offset = 0;
+  const varint = (): number => {
+    let value = 0;
+    for (let i = 0; i < 8; i++) {
+      if (pos >= bytes.byteLength) return fail(`truncated inside a number at byte ${pos}`);
+      const b = bytes[pos++] as number;
+      value += (b & 0x7f) * 2 ** (7 * i);
+      if (b < 0x80) return value;
+    }
+    return fail(`number longer than 8 bytes at byte ${pos}`);
+  };
+  while (pos < bytes.byteLength) {
+    if (chunks.length >= offer.chunkCount) fail(`more than the ${offer.chunkCount} chunks the offer declares`);
+    const op = bytes[pos++];
+    if (op === OP_NEW) {
+      const length = varint();
+      if (length < 1 || length > maxSize) fail(`chunk ${chunks.length} is ${length} bytes, outside 1..${maxSize}`);
+      if (pos + HASH_BYTES > bytes.byteLength) fail(`truncated inside the hash of chunk ${chunks.length}`);
+      chunks.push({ offset, length, hash: Buffer.from(bytes.buffer, bytes.byteOffset + pos, HASH_BYTES).toString('hex') });
+      pos += HASH_BYTES;
+      offset += length;
+    } else if (op === OP_BASE) {
+      if (baseline === undefined) fail(`refers to a baseline at byte ${pos - 1}, but the offer names none`);
+      const base = baseline as Manifest;
+      const start = varint();
+      const count = varint();
+      if (count < 1 || start + count > base.chunks.length) fail(`baseline run ${start}+${count} is outside its ${base.chunks.length} chunks`);
+      if (chunks.length + count > offer.chunkCount) fail(`more than the ${offer.chunkCount} chunks the offer declares`);
+      for (let k = start; k < start + count; k++) {
+        const c = base.chunks[k] as ChunkRef;
+        chunks.push({ offset, length: c.length, hash: c.hash });
+        offset += c.length;
+      }
+    } else {
+      fail(`unknown op ${op} at byte ${pos - 1}`);
+    }
+    if (offset > offer.size) fail(`chunks run past the declared ${offer.size} bytes`);
+  }
+  if (chunks.length !== offer.chunkCount) fail(`${chunks.length} chunks, the offer declares ${offer.chunkCount}`);
+  if (offset !== offer.size) fail(`chunks cover ${offset} bytes, the offer declares ${offer.size}`);
+  const hash = valueHash(offset, chunks);
+  if (hash !== offer.version) fail(`hashes to ${hash}, not the offered version`);
+  return { key: offer.key, version: hash, size: offset, hash, chunking: { ...offer.chunking }, chunks };
+}
+
+// ------------------------------------------------------------------ need bitmap
+
+export function bitmapBytes(bits: number): number {
+  return Math.ceil(bits / 8);
+}
+
+export function setBit(map: Uint8Array, i: number): void {
+  map[i >> 3] = (map[i >> 3] as number) | (1 << (i & 7));
+}
+
+/** The chunk indices whose bits are set, in order; bits past `count` must be clear. */
+export function setBits(map: Uint8Array, count: number): number[] {
+  if (map.byteLength !== bitmapBytes(count)) throw new RangeError(`need bitmap is ${map.byteLength} bytes, ${count} chunks take ${bitmapBytes(count)}`);
+  const out: number[] = [];
+  for (let byte = 0; byte < map.byteLength; byte++) {
+    const b = map[byte] as number;
+    if (b === 0) continue;
+    for (let bit = 0; bit < 8; bit++) {
+      if ((b & (1 << bit)) === 0) continue;
+      const i = byte * 8 + bit;
+      if (i >= count) throw new RangeError(`need bitmap sets bit ${i}, past the ${count} chunks`);
+      out.push(i);
+    }
+  }
+  return out;
+}

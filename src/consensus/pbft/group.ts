@@ -1,0 +1,156 @@
+/**
+ * PbftGroup: this node's seat in the federation's PBFT group, assembled from
+ * the pieces: durable storage under `<data-dir>/pbft`, the PbftNode driver,
+ * the libp2p transport, Ed25519 signing with the node key, the client lanes
+ * the daemon sends requests through, and the KV state machine.
+ *
+ * Who takes part: when any member (this node included) is untrusted, every
+ * member is a replica, trusted or not; replica ids are member names, sorted,
+ * so every member derives the same order (which fixes the primary of each
+ * view). Unlike the Raft group, PBFT membership comes from the config and
+ * does not change at run time: every member must list the same members, and
+ * a change takes a coordinated restart (config validation refuses a
+ * federation too small for n >= 3f + 1 before anything starts).
+ */
+import { join } from 'node:path';
+import type { Libp2p } from 'libp2p';
+import type { DwcpConfig } from '../../config/schema.ts';
+import type { MemberDirectory } from '../../federation/members.ts';
+import type { Logger } from '../../log.ts';
+import type { DwcpMetrics } from '../../metrics/metrics.ts';
+import type { Identity } from '../../daemon/identity.ts';
+import { KvPbftReplica } from '../../kv/pbft-replica.ts';
+import { PbftClient } from './client.ts';
+import { MemberKeys, ed25519Signer } from './keys.ts';
+import { PbftNode, type ByzantineTestBehaviour } from './node.ts';
+import { PbftStorage } from './storage.ts';
+import { PbftTransport } from './transport.ts';
+import { resolvePbftConfig, type PbftConfig } from './types.ts';
+import { PBFT_MAX_SNAPSHOT_BYTES, checkPbftConfigForWire } from './wire.ts';
+
+export interface PbftGroupOptions {
+  config: DwcpConfig;
+  host: Libp2p;
+  identity: Identity;
+  members: MemberDirectory;
+  isConnected(peerId: string): boolean;
+  metrics: DwcpMetrics;
+  log: Logger;
+  onFatal?: (err: Error) => void;
+  byzantine?: ByzantineTestBehaviour;
+}
+
+/** Calls waiting for a free client lane before new ones are refused. */
+const MAX_WAITING_CALLS = 4096;
+
+/** Whether the federation scope needs PBFT: some member, or this node, is untrusted. */
+export function federationNeedsPbft(config: DwcpConfig): boolean {
+  return config.node.trust === 'untrusted' || config.members.some((m) => m.trust === 'untrusted');
+}
+
+export class PbftGroup {
+  readonly node: PbftNode;
+  readonly client: PbftClient;
+  readonly replica: KvPbftReplica;
+  readonly #storage: PbftStorage;
+  readonly #transport: PbftTransport;
+
+  private constructor(node: PbftNode, client: PbftClient, replica: KvPbftReplica, storage: PbftStorage, transport: PbftTransport) {
+    this.node = node;
+    this.client = client;
+    this.replica = replica;
+    this.#storage = storage;
+    this.#transport = transport;
+  }
+
+  /** Null when every member is trusted (the federation scope then runs on Raft). */
+  static async open(opts: PbftGroupOptions): Promise<PbftGroup | null> {
+    const { config, metrics, log, members, identity } = opts;
+    if (!federationNeedsPbft(config)) return null;
+    const self = config.node.name;
+    const { pbft } = config;
+    const core: Partial<PbftConfig> = {
+      checkpointInterval: pbft.checkpointInterval,
+      logWindow: pbft.logWindow,
+      maxBatchRequests: pbft.maxBatchRequests,
+      viewChangeTicks: pbft.viewChangeTicks,
+      maxSnapshotBytes: PBFT_MAX_SNAPSHOT_BYTES,
+    };
+    // A setting the wire cannot carry would stall state transfer later: refuse it now.
+    checkPbftConfigForWire(resolvePbftConfig(core));
+    const replicas = [self, ...config.members.map((m) => m.name)].sort();
+    const peerIdOf = (name: string): string | undefined =>
+      name === self ? identity.peerId.toString() : members.list().find((m) => m.name === name)?.peerId;
+    const keys = new MemberKeys(peerIdOf, (seconds) => metrics.pbft.verifyDuration.observe(seconds));
+    const sign = ed25519Signer(identity.privateKey);
+    const storage = await PbftStorage.open(join(config.dataDir, 'pbft'));
+    try {
+      const persisted = storage.load();
+      let node: PbftNode | null = null;
+      const transport = new PbftTransport({
+        host: opts.host,
+        peers: {
+          peerIdOf: (name) => (name === self ? undefined : peerIdOf(name)),
+          nameOf: (peerId) => members.get(peerId)?.name,
+        },
+        isConnected: opts.isConnected,
+        deliver: (_from, frame) => node?.receive(frame.messages, frame.replies),
+        metrics,
+        log,
+      });
+      const replica = new KvPbftReplica();
+      node = new PbftNode({
+        id: self,
+        members: replicas,
+        ...(pbft.f === undefined ? {} : { f: pbft.f }),
+        sign,
+        verify: keys.verify,
+        config: core,
+        persisted,
+        initialSnapshot: KvPbftReplica.genesis(),
+        store: storage,
+        sender: { send: (to, frame) => transport.send(to, [frame]) },
+        machine: replica,
+        tickMs: pbft.tickMs,
+        metrics: metrics.pbft,
+        log,
+        ...(opts.onFatal === undefined ? {} : { onFatal: opts.onFatal }),
+        ...(opts.byzantine === undefined ? {} : { byzantine: opts.byzantine }),
+      });
+      const client = new PbftClient({
+        member: self,
+        members: replicas,
+        f: node.f,
+        lanes: pbft.clientLanes,
+        maxWaiting: MAX_WAITING_CALLS,
+        retryMs: pbft.requestRetryMs,
+        sign,
+        verify: keys.verify,
+        replica: node,
+        onResult: (result, seconds) => {
+          metrics.pbft.requests.inc({ result });
+          if (result === 'committed') metrics.pbft.requestDuration.observe(seconds);
+        },
+      });
+      const n = node;
+      n.onReply = (reply) => client.onReply(reply);
+      log.info({ replicas, f: n.f, view: n.status().view, lastExecuted: n.status().lastExecuted }, 'pbft: replica of the federation scope');
+      return new PbftGroup(n, client, replica, storage, transport);
+    } catch (err) {
+      await storage.close();
+      throw err;
+    }
+  }
+
+  async start(): Promise<void> {
+    await this.#transport.start();
+    this.node.start();
+  }
+
+  async stop(): Promise<void> {
+    this.client.stop();
+    await this.node.stop();
+    await this.#transport.stop();
+    await this.#storage.close();
+  }
+}

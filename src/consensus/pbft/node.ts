@@ -1,0 +1,331 @@
+/**
+ * PbftNode: the driver that runs one PbftCore against real time, durable
+ * storage, the libp2p transport and a deterministic state machine.
+ *
+ * One Ready is in flight at a time, handled in the order the core's contract
+ * demands (types.ts PbftReady): persist (fsync'd) → send messages and
+ * replies → install/execute → advance. Inputs arriving during the fsync
+ * accumulate in the core and leave with the next Ready (group commit).
+ *
+ * Outbound: a Ready's messages and the replies for clients on other members
+ * are grouped into one frame per peer. Replies for this member's own client
+ * lanes go straight to `onReply`.
+ *
+ * A storage or state-machine failure, or a broken core invariant, is fatal:
+ * the node stops (so it never sends a vote it could not persist) and reports
+ * through onFatal; the daemon exits and restarts from disk.
+ *
+ * Test-only Byzantine behaviour (`byzantine: 'equivocate'`): as primary, the
+ * node sends half of its peers a different, validly signed pre-prepare (the
+ * null batch) for each sequence number. It exists so real-process tests can
+ * show honest members agree through an equivocating one; the daemon enables
+ * it only from the DWCP_TEST_BYZANTINE environment variable and says so
+ * loudly in its log.
+ */
+import type { Logger } from '../../log.ts';
+import type { PbftMetrics } from '../../metrics/metrics.ts';
+import type { PbftStatus } from './core.ts';
+import { PbftCore } from './core.ts';
+import type { Verify } from './certificates.ts';
+import { NULL_BATCH_DIGEST, seal } from './encoding.ts';
+import type {
+  ClientRequest,
+  DropKind,
+  ExecutionResult,
+  PbftConfig,
+  PbftMessage,
+  PbftPersistedState,
+  PbftReady,
+  PersistDelta,
+  PrePrepare,
+  ReplicaId,
+  Reply,
+  RequestMessage,
+  RequestResult,
+} from './types.ts';
+import { BYZANTINE_DROPS, PbftInvariantError } from './types.ts';
+import { signerMember } from './keys.ts';
+
+/** The replicated state machine; must be deterministic, its snapshot canonical. */
+export interface PbftStateMachine {
+  /** Executes one committed request and returns the reply bytes. */
+  execute(request: ClientRequest): Uint8Array;
+  snapshot(): Uint8Array;
+  restore(snapshot: Uint8Array): void;
+}
+
+/** The durable half of the driver (PbftStorage). */
+export interface PbftStore {
+  persist(delta: PersistDelta): Promise<void>;
+}
+
+/** What one peer gets from one Ready. */
+export interface PbftOutboundFrame {
+  messages: PbftMessage[];
+  replies: Reply[];
+}
+
+/** Best-effort delivery; PBFT retransmits what matters. Must not throw. */
+export interface PbftSender {
+  send(to: ReplicaId, frame: PbftOutboundFrame): void;
+}
+
+export const BYZANTINE_TEST_BEHAVIOURS = ['equivocate'] as const;
+export type ByzantineTestBehaviour = (typeof BYZANTINE_TEST_BEHAVIOURS)[number];
+
+export interface PbftNodeOptions {
+  readonly id: ReplicaId;
+  readonly members: readonly ReplicaId[];
+  readonly f?: number;
+  readonly sign: (bytes: Uint8Array) => Uint8Array;
+  readonly verify: Verify;
+  readonly config: Partial<PbftConfig>;
+  readonly persisted: PbftPersistedState | null;
+  readonly initialSnapshot: Uint8Array;
+  readonly store: PbftStore;
+  readonly sender: PbftSender;
+  readonly machine: PbftStateMachine;
+  readonly tickMs: number;
+  readonly metrics?: PbftMetrics;
+  readonly log: Logger;
+  readonly onFatal?: (err: Error) => void;
+  readonly byzantine?: ByzantineTestBehaviour;
+}
+
+function isEmpty(delta: PersistDelta): boolean {
+  return delta.view === null && delta.stableCheckpoint === null && delta.slots.length === 0;
+}
+
+export class PbftNode {
+  readonly id: ReplicaId;
+  readonly f: number;
+  readonly members: readonly ReplicaId[];
+  /** Replies for this member's client lanes; set by the client that owns them. */
+  onReply: (reply: Reply) => void = () => {};
+  readonly #opts: PbftNodeOptions;
+  readonly #core: PbftCore;
+  readonly #log: Logger;
+  readonly #metrics: PbftMetrics | undefined;
+  #ticker: NodeJS.Timeout | undefined;
+  #driving: Promise<void> | null = null;
+  #stopped = false;
+  #failure: Error | null = null;
+  #reportedDrops = new Map<string, number>();
+  #viewChangesReported = 0;
+  /** The install of our own checkpoint on restart, which is not a state transfer. */
+  #restartInstall: number | null;
+
+  constructor(opts: PbftNodeOptions) {
+    this.#opts = opts;
+    this.id = opts.id;
+    this.members = opts.members;
+    this.#log = opts.log;
+    this.#metrics = opts.metrics;
+    this.#core = new PbftCore({
+      id: opts.id,
+      members: opts.members,
+      ...(opts.f === undefined ? {} : { f: opts.f }),
+      sign: opts.sign,
+      verify: opts.verify,
+      config: opts.config,
+      ...(opts.persisted === null ? {} : { storage: opts.persisted }),
+      initialSnapshot: opts.initialSnapshot,
+    });
+    this.f = this.#core.f;
+    // With a stable checkpoint the core's first Ready installs it; without one the machine starts at genesis.
+    const checkpoint = opts.persisted?.stableCheckpoint ?? null;
+    if (checkpoint === null) opts.machine.restore(opts.initialSnapshot);
+    this.#restartInstall = checkpoint?.seq ?? null;
+    if (opts.byzantine !== undefined) {
+      this.#log.warn({ behaviour: opts.byzantine }, 'PBFT TEST MODE: this replica misbehaves on purpose (DWCP_TEST_BYZANTINE); never use in production');
+    }
+    this.#updateGauges();
+  }
+
+  start(): void {
+    if (this.#ticker !== undefined || this.#stopped) return;
+    this.#ticker = setInterval(() => {
+      if (this.#failure !== null) return;
+      this.#guard(() => this.#core.tick());
+      this.#schedule();
+    }, this.#opts.tickMs);
+    this.#schedule();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearInterval(this.#ticker);
+    await this.#driving;
+  }
+
+  get failure(): Error | null {
+    return this.#failure;
+  }
+
+  /** Authenticated messages and replies from peer `from` (the transport checked `from` at top level). */
+  receive(messages: readonly PbftMessage[], replies: readonly Reply[]): void {
+    if (this.#stopped) return;
+    for (const m of messages) {
+      const drop = this.#guard(() => this.#core.step(m));
+      if (drop !== null && drop !== undefined) this.#countDrop(drop);
+    }
+    for (const r of replies) if (signerMember(r.client) === this.id) this.onReply(r);
+    this.#schedule();
+  }
+
+  /** A client request from this member's own client (see PbftClient). */
+  request(request: ClientRequest): RequestResult {
+    if (this.#stopped || this.#failure !== null) return { kind: 'dropped', reason: 'buffer_full' };
+    const result = this.#guard(() => this.#core.request(request)) ?? { kind: 'dropped', reason: 'buffer_full' };
+    if (result.kind === 'dropped') this.#countDrop(result.reason);
+    this.#schedule();
+    return result;
+  }
+
+  /** Re-sends a client request to every other replica (the client's retransmission). */
+  relay(request: ClientRequest): void {
+    if (this.#stopped) return;
+    const message = seal<RequestMessage>({ type: 'request', from: this.id, request }, this.#opts.sign);
+    for (const peer of this.members) if (peer !== this.id) this.#opts.sender.send(peer, { messages: [message], replies: [] });
+  }
+
+  status(): PbftStatus {
+    return this.#core.status();
+  }
+
+  drops(): ReadonlyMap<DropKind, number> {
+    return this.#core.drops();
+  }
+
+  // ---------------------------------------------------------------- the loop
+
+  /** Runs a core input; a thrown invariant is fatal (the core's state can no longer be trusted). */
+  #guard<T>(fn: () => T): T | undefined {
+    try {
+      return fn();
+    } catch (err) {
+      this.#fail(err);
+      return undefined;
+    }
+  }
+
+  #schedule(): void {
+    if (this.#driving !== null || this.#stopped || this.#failure !== null) return;
+    // setImmediate, not a microtask: inputs of this turn join the same Ready.
+    this.#driving = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.#drive());
+  }
+
+  async #drive(): Promise<void> {
+    try {
+      for (;;) {
+        if (this.#failure !== null) return;
+        const ready = this.#core.ready();
+        if (ready === null) break;
+        await this.#handle(ready);
+      }
+    } catch (err) {
+      this.#fail(err);
+    } finally {
+      this.#driving = null;
+    }
+    if (!this.#stopped && this.#core.hasReady()) this.#schedule();
+  }
+
+  async #handle(ready: PbftReady): Promise<void> {
+    if (!isEmpty(ready.persist)) {
+      const started = performance.now();
+      await this.#opts.store.persist(ready.persist);
+      this.#metrics?.persistDuration.observe((performance.now() - started) / 1000);
+    }
+    this.#send(ready);
+    const results = this.#execute(ready);
+    this.#core.advance(ready, results);
+    this.#updateGauges();
+  }
+
+  #send(ready: PbftReady): void {
+    const frames = new Map<ReplicaId, { messages: PbftMessage[]; replies: Reply[] }>();
+    const frameFor = (peer: ReplicaId) => {
+      let frame = frames.get(peer);
+      if (frame === undefined) frames.set(peer, (frame = { messages: [], replies: [] }));
+      return frame;
+    };
+    for (const out of ready.messages) {
+      if (out.to !== null) {
+        frameFor(out.to).messages.push(out.message);
+        continue;
+      }
+      const peers = this.members.filter((p) => p !== this.id);
+      const twin = this.#opts.byzantine === 'equivocate' ? this.#equivocation(out.message) : null;
+      peers.forEach((peer, i) => frameFor(peer).messages.push(twin !== null && i % 2 === 1 ? twin : out.message));
+    }
+    for (const reply of ready.replies) {
+      const member = signerMember(reply.client);
+      if (member === this.id) this.onReply(reply);
+      else if (this.members.includes(member)) frameFor(member).replies.push(reply);
+    }
+    for (const [peer, frame] of frames) this.#opts.sender.send(peer, frame);
+  }
+
+  /** Test-only: a second, conflicting pre-prepare for the same view and sequence number. */
+  #equivocation(m: PbftMessage): PrePrepare | null {
+    if (m.type !== 'pre_prepare' || m.batch.length === 0) return null;
+    return seal<PrePrepare>({ type: 'pre_prepare', from: this.id, view: m.view, seq: m.seq, digest: NULL_BATCH_DIGEST, batch: [] }, this.#opts.sign);
+  }
+
+  #execute(ready: PbftReady): ExecutionResult[] {
+    const { machine } = this.#opts;
+    if (ready.install !== null) {
+      machine.restore(ready.install.snapshot);
+      const transfer = ready.install.seq !== this.#restartInstall;
+      this.#restartInstall = null;
+      if (transfer) this.#metrics?.stateTransfers.inc();
+      this.#log.info(
+        { seq: ready.install.seq, bytes: ready.install.snapshot.byteLength },
+        transfer ? 'pbft state transfer: checkpoint state from peers installed' : 'pbft own stable checkpoint restored',
+      );
+    }
+    return ready.execute.map((batch) => ({
+      seq: batch.seq,
+      results: batch.requests.map((r) => machine.execute(r)),
+      snapshot: batch.checkpoint ? machine.snapshot() : null,
+    }));
+  }
+
+  #countDrop(kind: DropKind): void {
+    this.#metrics?.rejected.inc({ kind });
+    if (BYZANTINE_DROPS.has(kind)) {
+      this.#metrics?.byzantine.inc({ kind });
+      const seen = (this.#reportedDrops.get(kind) ?? 0) + 1;
+      this.#reportedDrops.set(kind, seen);
+      // Log the first few, then every thousandth: a flooding peer must not flood the log.
+      if (seen <= 5 || seen % 1000 === 0) this.#log.warn({ kind, seen }, 'pbft input only a faulty member produces was dropped');
+    }
+  }
+
+  #updateGauges(): void {
+    const m = this.#metrics;
+    if (m === undefined) return;
+    const s = this.#core.status();
+    m.view.set(s.view);
+    m.isPrimary.set(s.primary === this.id && s.active ? 1 : 0);
+    m.executedSeq.set(s.lastExecuted);
+    m.stableCheckpoint.set(s.stableCheckpoint);
+    if (s.viewChangesStarted > this.#viewChangesReported) {
+      m.viewChanges.inc(s.viewChangesStarted - this.#viewChangesReported);
+      this.#log.info({ view: s.view, primary: s.primary }, 'pbft view change');
+      this.#viewChangesReported = s.viewChangesStarted;
+    }
+  }
+
+  #fail(err: unknown): void {
+    const error = err instanceof Error ? err : new Error(String(err));
+    if (this.#failure !== null) return;
+    this.#failure = error;
+    this.#stopped = true;
+    clearInterval(this.#ticker);
+    const kind = error instanceof PbftInvariantError ? 'invariant broken' : 'storage or state machine failure';
+    this.#log.error({ err: error.message, stack: error.stack }, `pbft replica stopped: ${kind}`);
+    this.#opts.onFatal?.(error);
+  }
+}

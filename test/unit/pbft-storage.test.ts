@@ -1,0 +1,466 @@
+/**
+ * PbftStorage on a real LMDB environment in a temp dir: round trips of a real
+ * replica's deltas (LockstepCluster) and of fixtures covering every field,
+ * reopen, stable checkpoint garbage collection, load-time checks against
+ * records written through a raw lmdb handle (bypassing the encoder), empty
+ * deltas and the order of concurrent persists.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { open } from 'lmdb';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { PbftCore } from '../../src/consensus/pbft/core.ts';
+import type { Verify } from '../../src/consensus/pbft/core.ts';
+import { encodeCanonical, signingBytes } from '../../src/consensus/pbft/encoding.ts';
+import type { Canonical } from '../../src/consensus/pbft/encoding.ts';
+import { PBFT_STORAGE_LAYOUT, PbftStorage, PbftStorageCorruptionError } from '../../src/consensus/pbft/storage.ts';
+import type { PbftStorageTimings } from '../../src/consensus/pbft/storage.ts';
+import type { PbftMessage, PbftPersistedState, PersistDelta, SlotRecord } from '../../src/consensus/pbft/types.ts';
+import { PbftInputError } from '../../src/consensus/pbft/types.ts';
+import { recordBuffer, stampChecksum, u64FromKey, u64Key } from '../../src/storage/lmdb-records.ts';
+import { LockstepCluster, SMALL_PBFT_CONFIG } from '../sim/pbft-harness.ts';
+import { FIXTURE_KEYS, fixtureCheckpoint, fixturePrePrepare, fixtureSlot, fixtureView } from '../support/pbft-storage-writer.ts';
+
+let dir: string;
+const opened: PbftStorage[] = [];
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'pbft-storage-'));
+});
+
+afterEach(async () => {
+  for (const storage of opened.splice(0)) await storage.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function openStorage(onWrite?: (t: PbftStorageTimings) => void): Promise<PbftStorage> {
+  const storage = await PbftStorage.open(dir, onWrite === undefined ? {} : { onWrite });
+  opened.push(storage);
+  return storage;
+}
+
+async function reopen(storage: PbftStorage): Promise<PbftStorage> {
+  await storage.close();
+  return openStorage();
+}
+
+const EMPTY: PersistDelta = { view: null, stableCheckpoint: null, slots: [] };
+
+function slotsDelta(seqs: number[], view = 0): PersistDelta {
+  return { view: null, stableCheckpoint: null, slots: seqs.map((seq) => fixtureSlot(seq, view)) };
+}
+
+function range(from: number, to: number): number[] {
+  return Array.from({ length: to - from + 1 }, (_, i) => from + i);
+}
+
+/** The exact bytes of a state: equal iff every field, every byte and every signature came back. */
+function bytesOf(state: PbftPersistedState | null): string {
+  return Buffer.from(encodeCanonical(state as unknown as Canonical)).toString('hex');
+}
+
+function seqs(state: PbftPersistedState | null): number[] {
+  return (state?.slots ?? []).map((s) => s.seq);
+}
+
+/** Every signed message in a state, found by walking it. */
+function messagesIn(value: unknown, into: PbftMessage[] = []): PbftMessage[] {
+  if (value instanceof Uint8Array || typeof value !== 'object' || value === null) return into;
+  if (Array.isArray(value)) {
+    for (const item of value) messagesIn(item, into);
+    return into;
+  }
+  if ('signature' in value && 'type' in value) into.push(value as PbftMessage);
+  for (const item of Object.values(value)) messagesIn(item, into);
+  return into;
+}
+
+function expectSignaturesHold(state: PbftPersistedState, verify: Verify, atLeast: number): void {
+  const messages = messagesIn(state);
+  expect(messages.length).toBeGreaterThan(atLeast);
+  for (const m of messages) {
+    expect(m.signature).toBeInstanceOf(Uint8Array);
+    expect(verify(m.from, signingBytes(m), m.signature), `${m.type} from ${m.from}`).toBe(true);
+  }
+}
+
+/** Edits stored records through a plain lmdb handle, as media damage or a stray writer would. */
+async function tamper(edit: (raw: ReturnType<typeof rawTables>) => void): Promise<void> {
+  const raw = rawTables();
+  raw.root.transactionSync(() => edit(raw));
+  await raw.root.close();
+}
+
+function rawTables() {
+  const root = open<Buffer, string>(dir, { encoding: 'binary', overlappingSync: false });
+  return {
+    root,
+    slots: root.openDB<Buffer, Buffer>(PBFT_STORAGE_LAYOUT.slots, { keyEncoding: 'binary', encoding: 'binary' }),
+    meta: root.openDB<Buffer, string>(PBFT_STORAGE_LAYOUT.meta, { encoding: 'binary' }),
+  };
+}
+
+function flipLastByte(value: Buffer | undefined, what: string): Buffer {
+  if (value === undefined) throw new Error(`${what} is not stored`);
+  const copy = Buffer.from(value);
+  copy[copy.length - 1] = (copy[copy.length - 1] ?? 0) ^ 0x5a;
+  return copy;
+}
+
+/** A record with a valid checksum around `value`: what a buggy writer, not the disk, would leave. */
+function wellSealed(kind: number, value: unknown): Buffer {
+  const body = encodeCanonical(value as Canonical);
+  const record = recordBuffer(kind, body.length);
+  record.set(body, 5);
+  return stampChecksum(record);
+}
+
+async function storedFixtures(): Promise<void> {
+  const storage = await PbftStorage.open(dir);
+  await storage.persist({ view: fixtureView(2), stableCheckpoint: fixtureCheckpoint(4), slots: range(5, 12).map((s) => fixtureSlot(s, 2)) });
+  await storage.close();
+}
+
+function loadError(storage: PbftStorage, context = ''): PbftStorageCorruptionError {
+  try {
+    storage.load();
+  } catch (error) {
+    if (error instanceof PbftStorageCorruptionError) return error;
+    throw error;
+  }
+  throw new Error(`load() did not throw ${context}`);
+}
+
+describe('PbftStorage round trip', () => {
+  it('returns null on a fresh directory, and after only empty deltas', async () => {
+    const storage = await openStorage();
+    expect(storage.load()).toBeNull();
+    await storage.persist(EMPTY);
+    expect(storage.load()).toBeNull();
+  });
+
+  it("stores a real replica's deltas through checkpoints and a view change; the core restarts from what it loads", async () => {
+    const c = new LockstepCluster(4, SMALL_PBFT_CONFIG);
+    const deltas: PersistDelta[] = [];
+    const core = c.core('r2');
+    const ready = core.ready.bind(core);
+    core.ready = () => {
+      const r = ready();
+      if (r !== null) deltas.push(r.persist);
+      return r;
+    };
+    for (let i = 0; i < 6; i++) {
+      c.request(`client-${i % 2}`, { op: 'add', key: 'x', by: 1 }, 'r1');
+      c.stabilize();
+    }
+    c.down.add('r0');
+    c.request('client-0', { op: 'put', key: 'y', value: 'after the primary died' }, 'r1');
+    c.stabilize();
+    c.tickAll(13);
+    for (let i = 0; i < 2; i++) {
+      c.request('client-1', { op: 'add', key: 'x', by: 1 }, 'r2');
+      c.stabilize();
+    }
+
+    const disk = c.driver('r2').disk;
+    const low = disk.stableCheckpoint?.seq ?? 0;
+    const expected: PbftPersistedState = {
+      view: disk.view,
+      stableCheckpoint: disk.stableCheckpoint,
+      slots: [...disk.slots.values()].filter((s) => s.seq > low).sort((a, b) => a.seq - b.seq),
+    };
+    // The run reached every field worth storing.
+    expect(core.view).toBe(1);
+    expect(expected.view.newView?.viewChanges.length).toBeGreaterThanOrEqual(3);
+    expect(expected.stableCheckpoint?.proof.length).toBeGreaterThanOrEqual(3);
+    expect(expected.stableCheckpoint?.state.clients.length).toBe(2);
+    expect(expected.slots.some((s) => s.committed !== null && s.prePrepare !== null && s.prePrepare.batch.length > 0)).toBe(true);
+
+    let storage = await openStorage();
+    for (const delta of deltas) await storage.persist(delta);
+    expect(bytesOf(storage.load())).toBe(bytesOf(expected));
+    storage = await reopen(storage);
+    const loaded = storage.load();
+    expect(bytesOf(loaded)).toBe(bytesOf(expected));
+    if (loaded === null) throw new Error('nothing loaded');
+
+    // Messages come back as bytes their signatures still cover.
+    expectSignaturesHold(loaded, c.keys.verifier(() => true), 20);
+
+    const restarted = new PbftCore({
+      id: 'r2',
+      members: c.ids,
+      sign: c.keys.signer('r2'),
+      verify: c.keys.verifier((id) => c.ids.includes(id) || c.clients.has(id)),
+      config: SMALL_PBFT_CONFIG,
+      storage: loaded,
+    });
+    expect(restarted.view).toBe(core.view);
+    expect(restarted.active).toBe(true);
+    expect(restarted.stableCheckpoint).toBe(core.stableCheckpoint);
+    expect(restarted.status().slots).toBe(loaded.slots.length);
+  });
+
+  it('round-trips every slot shape, a view with its new-view and a stable checkpoint with its state, byte for byte', async () => {
+    let storage = await openStorage();
+    const state: PbftPersistedState = {
+      view: fixtureView(3),
+      stableCheckpoint: fixtureCheckpoint(8),
+      slots: range(9, 16).map((s) => fixtureSlot(s, 3)),
+    };
+    await storage.persist(state);
+    storage = await reopen(storage);
+    const loaded = storage.load();
+    expect(bytesOf(loaded)).toBe(bytesOf(state));
+    expect(loaded?.stableCheckpoint?.state.snapshot).toBeInstanceOf(Uint8Array);
+    if (loaded === null) throw new Error('nothing loaded');
+    expectSignaturesHold(loaded, FIXTURE_KEYS.verifier(() => true), 30);
+    const shapes = new Set(loaded?.slots.map((s) => `${s.prePrepare !== null}/${s.prepared !== null}/${s.committed !== null}/${s.view}`));
+    expect(shapes).toEqual(new Set(['true/false/false/3', 'true/true/false/3', 'true/true/true/3', 'false/true/false/4']));
+  });
+
+  it('keeps the view state and checkpoint when later deltas carry none, and upserts slots by seq', async () => {
+    let storage = await openStorage();
+    await storage.persist({ view: fixtureView(1), stableCheckpoint: null, slots: [fixtureSlot(1, 0), fixtureSlot(2, 0)] });
+    await storage.persist({ view: null, stableCheckpoint: null, slots: [fixtureSlot(2, 1), fixtureSlot(3, 1)] });
+    storage = await reopen(storage);
+    const loaded = storage.load();
+    expect(bytesOf(loaded)).toBe(
+      bytesOf({ view: fixtureView(1), stableCheckpoint: null, slots: [fixtureSlot(1, 0), fixtureSlot(2, 1), fixtureSlot(3, 1)] }),
+    );
+  });
+
+  it('loads a store without a view record as view 0, active', async () => {
+    const storage = await openStorage();
+    await storage.persist(slotsDelta([1]));
+    expect(storage.load()?.view).toEqual({ view: 0, active: true, newView: null });
+  });
+});
+
+describe('PbftStorage stable checkpoint', () => {
+  it('deletes the slots at or below it in the same transaction, and skips those in its own delta', async () => {
+    const writes: PbftStorageTimings[] = [];
+    let storage = await openStorage((t) => writes.push(t));
+    await storage.persist(slotsDelta(range(1, 10)));
+    await storage.persist({ view: null, stableCheckpoint: fixtureCheckpoint(4), slots: [fixtureSlot(3, 0), fixtureSlot(11, 0)] });
+    expect(writes).toHaveLength(2);
+    storage = await reopen(storage);
+    const loaded = storage.load();
+    expect(loaded?.stableCheckpoint?.seq).toBe(4);
+    expect(seqs(loaded)).toEqual(range(5, 11));
+    await storage.close();
+    opened.splice(0);
+    await tamper(({ slots }) => expect([...slots.getKeys()].map((k) => u64FromKey(k))).toEqual(range(5, 11)));
+
+    // A later checkpoint replaces the earlier one.
+    storage = await openStorage();
+    await storage.persist({ view: null, stableCheckpoint: fixtureCheckpoint(8), slots: [] });
+    expect(bytesOf(storage.load())).toBe(
+      bytesOf({ view: { view: 0, active: true, newView: null }, stableCheckpoint: fixtureCheckpoint(8), slots: range(9, 11).map((s) => fixtureSlot(s, 0)) }),
+    );
+  });
+
+  it('leaves out of load() a slot a later delta wrote below the checkpoint, and the next checkpoint deletes it', async () => {
+    const storage = await openStorage();
+    await storage.persist({ view: null, stableCheckpoint: fixtureCheckpoint(4), slots: [fixtureSlot(5, 0)] });
+    await storage.persist(slotsDelta([2]));
+    expect(seqs(storage.load())).toEqual([5]);
+    await storage.persist({ view: null, stableCheckpoint: fixtureCheckpoint(5), slots: [] });
+    await storage.close();
+    opened.splice(0);
+    await tamper(({ slots }) => expect([...slots.getKeys()]).toEqual([]));
+  });
+});
+
+describe('PbftStorage load-time checks', () => {
+  it('throws naming the slot, with what to do, when a slot record is damaged', async () => {
+    await storedFixtures();
+    await tamper(({ slots }) => slots.putSync(u64Key(7), flipLastByte(slots.get(u64Key(7)), 'slot 7')));
+    const error = loadError(await openStorage());
+    expect(error.record).toBe('slot 7');
+    expect(error.problem).toMatch(/^checksum mismatch \(stored 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}\)$/);
+    expect(error.message).toContain(`pbft storage ${dir}: slot 7 is damaged (checksum mismatch`);
+    expect(error.message).toMatch(/cannot vouch for the votes it cast/);
+    expect(error.message).toMatch(/nothing here is safe to drop/);
+    expect(error.message).toContain(`remove ${dir}`);
+  });
+
+  it('throws naming the view state or the stable checkpoint when one of them is damaged', async () => {
+    await storedFixtures();
+    await tamper(({ meta }) => meta.putSync(PBFT_STORAGE_LAYOUT.viewKey, flipLastByte(meta.get(PBFT_STORAGE_LAYOUT.viewKey), 'view')));
+    let storage = await openStorage();
+    expect(loadError(storage).record).toBe('view state');
+    await storage.close();
+    opened.splice(0);
+    await tamper(({ meta }) => {
+      meta.putSync(PBFT_STORAGE_LAYOUT.viewKey, wellSealed(2, fixtureView(2)));
+      const key = PBFT_STORAGE_LAYOUT.stableCheckpointKey;
+      const raw = meta.get(key);
+      if (raw === undefined) throw new Error('no stable checkpoint stored');
+      meta.putSync(key, raw.subarray(0, raw.length - 10)); // torn
+    });
+    storage = await openStorage();
+    const error = loadError(storage);
+    expect(error.record).toBe('stable checkpoint');
+    expect(error.problem).toMatch(/checksum mismatch/);
+  });
+
+  it('catches a slot stored under the wrong key, and a record of the wrong kind', async () => {
+    await storedFixtures();
+    await tamper(({ slots }) => slots.putSync(u64Key(8), slots.get(u64Key(9)) ?? Buffer.alloc(0)));
+    let storage = await openStorage();
+    expect(loadError(storage).message).toMatch(/slot 8 is damaged \(record holds seq 9\)/);
+    await storage.close();
+    opened.splice(0);
+    await tamper(({ slots, meta }) => slots.putSync(u64Key(8), meta.get(PBFT_STORAGE_LAYOUT.viewKey) ?? Buffer.alloc(0)));
+    storage = await openStorage();
+    expect(loadError(storage).problem).toBe('record kind 2, expected 1');
+  });
+
+  it('validates the shape of records with a good checksum, naming the field', async () => {
+    await storedFixtures();
+    const slot = fixtureSlot(6, 2);
+    const cases: [string, (raw: ReturnType<typeof rawTables>) => void, RegExp][] = [
+      [
+        'slot 6',
+        ({ slots }) => slots.putSync(u64Key(6), wellSealed(1, { ...slot, committed: { prePrepare: slot.prePrepare, commits: slot.prepared?.prepares } })),
+        /^committed\.commits\[0\]\.type must be commit$/,
+      ],
+      ['slot 6', ({ slots }) => slots.putSync(u64Key(6), wellSealed(1, { ...slot, sentCommit: 'yes' })), /^sentCommit must be a boolean$/],
+      ['slot 6', ({ slots }) => slots.putSync(u64Key(6), wellSealed(1, { ...slot, extra: 1 })), /^slot has fields .*extra/],
+      [
+        'slot 6',
+        ({ slots }) => slots.putSync(u64Key(6), wellSealed(1, { ...slot, prePrepare: fixturePrePrepare(7, 2) })),
+        /^prePrepare\.seq is not the slot's seq 6$/,
+      ],
+      [
+        'slot 6',
+        ({ slots }) => slots.putSync(u64Key(6), wellSealed(1, { ...slot, prePrepare: { ...slot.prePrepare, digest: 'nope' } })),
+        /^prePrepare: pre_prepare\.digest must be a hex SHA-256 digest$/,
+      ],
+      ['slot 6', ({ slots }) => slots.putSync(u64Key(6), stampChecksum(Buffer.from([0, 0, 0, 0, 1, 99]))), /^canonical decoding: unknown tag 99/],
+      [
+        'view state',
+        ({ meta }) => meta.putSync(PBFT_STORAGE_LAYOUT.viewKey, wellSealed(2, { ...fixtureView(2), newView: fixtureCheckpoint(4).proof[0] })),
+        /^newView\.type must be new_view$/,
+      ],
+      [
+        'stable checkpoint',
+        ({ meta }) => {
+          const checkpoint = fixtureCheckpoint(4);
+          const clients = [{ ...checkpoint.state.clients[0], result: 'text' }];
+          meta.putSync(PBFT_STORAGE_LAYOUT.stableCheckpointKey, wellSealed(3, { ...checkpoint, state: { ...checkpoint.state, clients } }));
+        },
+        /^state\.clients\[0\]\.result must be bytes$/,
+      ],
+      [
+        'stable checkpoint',
+        ({ meta }) => meta.putSync(PBFT_STORAGE_LAYOUT.stableCheckpointKey, wellSealed(3, { ...fixtureCheckpoint(4), digest: 'x' })),
+        /^digest must be a hex SHA-256 digest$/,
+      ],
+    ];
+    for (const [record, edit, problem] of cases) {
+      await rm(dir, { recursive: true, force: true });
+      await storedFixtures();
+      await tamper(edit);
+      const storage = await PbftStorage.open(dir);
+      try {
+        const error = loadError(storage, String(problem));
+        expect(error.record, String(problem)).toBe(record);
+        expect(error.problem).toMatch(problem);
+      } finally {
+        await storage.close();
+      }
+    }
+  });
+
+  it('refuses keys it does not write', async () => {
+    await storedFixtures();
+    await tamper(({ meta }) => meta.putSync('leftover', Buffer.from('x')));
+    let storage = await openStorage();
+    expect(loadError(storage).message).toMatch(/meta key "leftover" is damaged \(not a key this store writes\)/);
+    await storage.close();
+    opened.splice(0);
+    await tamper(({ meta, slots }) => {
+      meta.removeSync('leftover');
+      slots.putSync(Buffer.from('garbage'), Buffer.from('x'));
+    });
+    storage = await openStorage();
+    expect(loadError(storage).record).toBe(`slot key 0x${Buffer.from('garbage').toString('hex')}`);
+  });
+});
+
+describe('PbftStorage writes', () => {
+  it('an empty delta writes nothing, but resolves only after the persists called before it', async () => {
+    const writes: PbftStorageTimings[] = [];
+    const storage = await openStorage((t) => writes.push(t));
+    await storage.persist(EMPTY);
+    expect(writes).toEqual([]);
+
+    const order: string[] = [];
+    const first = storage.persist(slotsDelta([1])).then(() => order.push('slot 1'));
+    await new Promise((resolve) => setImmediate(resolve)); // the commit is in flight now
+    const empty = storage.persist(EMPTY).then(() => order.push('empty'));
+    await Promise.all([first, empty]);
+    expect(order).toEqual(['slot 1', 'empty']);
+    expect(writes).toHaveLength(1);
+    expect(writes[0]?.bytes).toBeGreaterThan(100);
+    expect(writes[0]?.writeSeconds).toBeGreaterThan(0);
+    expect(writes[0]?.syncSeconds).toBeGreaterThan(0);
+  });
+
+  it('commits the persists of one turn in one transaction, applied and resolved in call order', async () => {
+    const writes: PbftStorageTimings[] = [];
+    let storage = await openStorage((t) => writes.push(t));
+    const order: number[] = [];
+    const calls: Promise<unknown>[] = [];
+    for (let i = 0; i < 30; i++) {
+      // Every call rewrites slot 1 (the last one must win) and adds one slot of its own.
+      const delta: PersistDelta = { view: fixtureView(i % 3), stableCheckpoint: null, slots: [fixtureSlot(1, i), fixtureSlot(10 + i, 0)] };
+      calls.push(storage.persist(delta).then(() => order.push(i)));
+      if (i === 14) await Promise.resolve(); // calls after an await within the same turn join too
+    }
+    // A checkpoint in the middle of a group deletes what earlier deltas wrote, not what later ones write.
+    calls.push(storage.persist({ view: null, stableCheckpoint: fixtureCheckpoint(20), slots: [] }));
+    calls.push(storage.persist(slotsDelta([41])));
+    await Promise.all(calls);
+    expect(order).toEqual(range(0, 29));
+    expect(writes).toHaveLength(1);
+    storage = await reopen(storage);
+    const loaded = storage.load();
+    expect(seqs(loaded)).toEqual([...range(21, 39), 41]);
+    expect(loaded?.view.view).toBe(29 % 3);
+  });
+
+  it('gives the calls that arrive during a commit the next transaction, and slot 1 the last value', async () => {
+    const writes: PbftStorageTimings[] = [];
+    const storage = await openStorage((t) => writes.push(t));
+    const first = storage.persist(slotsDelta([1], 0));
+    await new Promise((resolve) => setImmediate(resolve));
+    const rest = range(1, 20).map((view) => storage.persist(slotsDelta([1], view)));
+    await Promise.all([first, ...rest]);
+    expect(writes).toHaveLength(2);
+    const slot = storage.load()?.slots[0] as SlotRecord;
+    expect(bytesOf({ view: fixtureView(0), stableCheckpoint: null, slots: [slot] })).toBe(
+      bytesOf({ view: fixtureView(0), stableCheckpoint: null, slots: [fixtureSlot(1, 20)] }),
+    );
+  });
+
+  it('rejects a delta it cannot store, naming the field, and stores nothing of it', async () => {
+    const storage = await openStorage();
+    await expect(storage.persist(slotsDelta([0]))).rejects.toThrow(PbftInputError);
+    await expect(storage.persist(slotsDelta([0]))).rejects.toThrow(/slot seq must be an integer >= 1, got 0/);
+    await expect(
+      storage.persist({ view: { view: Number.NaN, active: true, newView: null }, stableCheckpoint: null, slots: [fixtureSlot(1, 0)] }),
+    ).rejects.toThrow(/view state cannot be stored: canonical encoding: NaN is not a finite number/);
+    expect(storage.load()).toBeNull();
+  });
+
+  it('refuses writes after close', async () => {
+    const storage = await PbftStorage.open(dir);
+    await storage.close();
+    await expect(storage.persist(slotsDelta([1]))).rejects.toThrow(/pbft storage .* is closed/);
+    await expect(storage.persist(EMPTY)).rejects.toThrow(/is closed/);
+  });
+});
