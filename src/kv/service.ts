@@ -240,7 +240,7 @@ export class KvService {
     try {
       bytes = await pbft.client.invoke(operation, readOnly, timeoutMs);
     } catch (err) {
-      if (err instanceof PbftClientError) throw new KvServiceError('unavailable', `federation scope (PBFT): ${err.message}`);
+      if (err instanceof PbftClientError) throw new KvServiceError(err.code === 'too_large' ? 'invalid' : 'unavailable', `federation scope (PBFT): ${err.message}`);
       throw err;
     }
     // f + 1 replicas, at least one honest, sent exactly these bytes: a decoding failure is a bug, not an attack.

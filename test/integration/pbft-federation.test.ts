@@ -89,6 +89,9 @@ describe('PBFT among four untrusted daemons', () => {
       const values = await Promise.all(keys.map((key) => localValue(c, i, key)));
       expect(values, `n${i + 1}`).toEqual(keys.map((_, k) => `v${k}`));
     }
+    // The member that got the conflicting pre-prepares proved it with the commit certificate it fetched.
+    const evidence = await Promise.all(honest.map(async (i) => metricValue(await c.daemon(i).scrape(), 'dwcp_pbft_byzantine_detected_total', { kind: 'equivocation' }) ?? 0));
+    expect(evidence.reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
     expect(c.processes[0]?.lines.some((l) => /PBFT TEST MODE/.test(String(l.msg)))).toBe(true);
     expect(c.problems().filter((p) => !p.startsWith('n1'))).toEqual([]);
   }, 120_000);
@@ -118,7 +121,8 @@ describe('PBFT among four untrusted daemons', () => {
     expect(await localValue(c, p, `after/${writes - 1}`)).toBe(`a${writes - 1}`);
     // Back in service: a write through it commits (it learns the new view from the traffic if it has not yet).
     expect((await put(c, p, 'after/restart', 'r')).ok).toBe(true);
-    expect((await pbftStatus(c, p)).view).toBeGreaterThan(0);
+    // Peers' messages for the newer view make it ask for the new-view it missed.
+    await eventually(`${primary} entering the new view`, 30_000, async () => ((await pbftStatus(c, p)).view > 0 ? true : null));
     expect(metricValue(await restarted.scrape(), 'dwcp_pbft_state_transfers_total')).toBeGreaterThanOrEqual(1);
     expect(c.problems()).toEqual([]);
   }, 180_000);

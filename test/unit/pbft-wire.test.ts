@@ -32,6 +32,7 @@ import {
   PBFT_MAX_DEPTH,
   PBFT_MAX_FRAME_BYTES,
   PBFT_MAX_FRAME_ITEMS,
+  PBFT_MAX_FRAME_VALUES,
   PBFT_MAX_SNAPSHOT_BYTES,
   checkPbftConfigForWire,
   decodePbftFrame,
@@ -289,6 +290,18 @@ describe('pbft wire: hostile frames', () => {
     for (let i = 0; i < PBFT_MAX_DEPTH; i++) deep = [deep];
     expect(frameErrorOf(() => decodePbftFrame(raw({ messages: deep, replies: [] }), { from: 'r1' }), 'malformed').message).toMatch(
       new RegExp(`nesting deeper than ${PBFT_MAX_DEPTH}`),
+    );
+  });
+
+  it('stops decoding a frame of cheap values at the value budget, before building it all', () => {
+    // {messages: [null × (budget + 1)], replies: []}: six bytes of header per field, one byte per null.
+    const count = PBFT_MAX_FRAME_VALUES + 1;
+    const header = raw({ messages: [], replies: [] });
+    const nulls = encodeCanonical(new Array<null>(count).fill(null));
+    const messagesAt = header.indexOf(6); // the empty list's tag: replace it by the long one
+    const frame = Uint8Array.from([...header.subarray(0, messagesAt), ...nulls, ...header.subarray(messagesAt + 5)]);
+    expect(frameErrorOf(() => decodePbftFrame(frame, { from: 'r1' }), 'malformed').message).toMatch(
+      new RegExp(`more than ${PBFT_MAX_FRAME_VALUES} values`),
     );
   });
 

@@ -22,12 +22,12 @@
  *   (messages may be lost; a backup that never saw it cannot time the
  *   primary on it).
  */
-import { seal } from './encoding.ts';
+import { requestBytes, seal } from './encoding.ts';
 import { ReplyCollector } from './reply-collector.ts';
 import type { Verify } from './certificates.ts';
 import type { ClientRequest, ReplicaId, Reply, RequestResult } from './types.ts';
 
-export type PbftClientErrorCode = 'timeout' | 'busy' | 'stopped';
+export type PbftClientErrorCode = 'timeout' | 'busy' | 'stopped' | 'too_large';
 
 export class PbftClientError extends Error {
   readonly code: PbftClientErrorCode;
@@ -55,6 +55,8 @@ export interface PbftClientOptions {
   /** Calls waiting for a lane beyond this fail at once with `busy`. */
   readonly maxWaiting: number;
   readonly retryMs: number;
+  /** Replicas refuse larger requests (requestBytes in encoding.ts); refused here at once with a clear error. */
+  readonly maxRequestBytes: number;
   readonly sign: (bytes: Uint8Array) => Uint8Array;
   readonly verify: Verify;
   readonly replica: PbftClientReplica;
@@ -97,10 +99,15 @@ export class PbftClient {
    */
   async invoke(operation: Uint8Array, readOnly: boolean, timeoutMs: number): Promise<Uint8Array> {
     const started = performance.now();
+    const size = requestBytes({ client: `${this.#opts.member}/${this.#lanes.size}`, timestamp: 0, operation, readOnly, signature: SIGNATURE_PLACEHOLDER });
+    if (size > this.#opts.maxRequestBytes) {
+      this.#opts.onResult?.('dropped', 0);
+      throw new PbftClientError('too_large', `request of ${size} bytes is above the ${this.#opts.maxRequestBytes}-byte limit of a PBFT request in this federation`);
+    }
     const deadline = AbortSignal.timeout(timeoutMs);
     const finish = (result: 'committed' | 'timeout' | 'dropped' | 'stopped') => this.#opts.onResult?.(result, (performance.now() - started) / 1000);
     const lane = await this.#acquire(deadline, timeoutMs).catch((err: unknown) => {
-      if (err instanceof PbftClientError) finish(err.code === 'busy' ? 'dropped' : err.code);
+      if (err instanceof PbftClientError) finish(err.code === 'timeout' || err.code === 'stopped' ? err.code : 'dropped');
       throw err;
     });
     try {
@@ -108,7 +115,7 @@ export class PbftClient {
       finish('committed');
       return result;
     } catch (err) {
-      if (err instanceof PbftClientError) finish(err.code === 'busy' ? 'dropped' : err.code);
+      if (err instanceof PbftClientError) finish(err.code === 'timeout' || err.code === 'stopped' ? err.code : 'dropped');
       throw err;
     } finally {
       this.#release(lane);
@@ -195,3 +202,4 @@ export class PbftClient {
 }
 
 const STOPPED = new Uint8Array(0);
+const SIGNATURE_PLACEHOLDER = new Uint8Array(64);

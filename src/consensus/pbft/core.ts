@@ -1015,6 +1015,10 @@ export class PbftCore {
       invariant(slot.committed.prePrepare.digest === certificate.prePrepare.digest, () => `two commit certificates for seq ${seq}`);
       return 'duplicate';
     }
+    // Its primary signed a different pre-prepare for the same view and seq than the one it sent us: proof of equivocation.
+    const ours = slot.prePrepare;
+    const theirs = certificate.prePrepare;
+    if (ours !== null && ours.from === theirs.from && ours.view === theirs.view && ours.digest !== theirs.digest) this.#count('equivocation');
     slot.commit(certificate);
     this.#dirtySlots.add(seq);
     return null;

@@ -161,8 +161,11 @@ const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
  * keys strictly ascending, no trailing bytes, nesting within `maxDepth`), so
  * decode(encode(v)) is v and re-encoding a decoded message gives the bytes
  * its signature covers. Check the result's shape with messageProblem().
+ * `maxValues` bounds the values decoded (every null, number, string, byte
+ * string, list and object counts one): a frame of a hundred million one-byte
+ * nulls would otherwise cost gigabytes of heap before any check ran.
  */
-export function decodeCanonical(bytes: Uint8Array, maxDepth = 16): Canonical {
+export function decodeCanonical(bytes: Uint8Array, maxDepth = 16, maxValues = Number.MAX_SAFE_INTEGER): Canonical {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let at = 0;
   const fail = (problem: string): never => {
@@ -189,8 +192,10 @@ export function decodeCanonical(bytes: Uint8Array, maxDepth = 16): Canonical {
     at += n;
     return s;
   };
+  let values = 0;
   const read = (depth: number): Canonical => {
     if (depth > maxDepth) fail(`nesting deeper than ${maxDepth}`);
+    if (++values > maxValues) fail(`more than ${maxValues} values`);
     need(1);
     const tag = bytes[at++];
     switch (tag) {

@@ -25,8 +25,8 @@ import { MemberKeys, ed25519Signer } from './keys.ts';
 import { PbftNode, type ByzantineTestBehaviour } from './node.ts';
 import { PbftStorage } from './storage.ts';
 import { PbftTransport } from './transport.ts';
-import { resolvePbftConfig, type PbftConfig } from './types.ts';
-import { PBFT_MAX_SNAPSHOT_BYTES, checkPbftConfigForWire } from './wire.ts';
+import { DEFAULT_PBFT_CONFIG, maxFaulty, resolvePbftConfig, type PbftConfig } from './types.ts';
+import { PBFT_MAX_FRAME_BYTES, PBFT_MAX_SNAPSHOT_BYTES, checkPbftConfigForWire } from './wire.ts';
 
 export interface PbftGroupOptions {
   config: DwcpConfig;
@@ -69,16 +69,24 @@ export class PbftGroup {
     if (!federationNeedsPbft(config)) return null;
     const self = config.node.name;
     const { pbft } = config;
+    const replicas = [self, ...config.members.map((m) => m.name)].sort();
+    const f = pbft.f ?? maxFaulty(replicas.length);
+    // A new-view carries 2f + 1 view-changes, each with up to logWindow
+    // prepared batches: size batches so that the worst case still fits one
+    // frame, or a view change under full load could never be delivered.
+    const maxBatchBytes = Math.min(DEFAULT_PBFT_CONFIG.maxBatchBytes, Math.floor((PBFT_MAX_FRAME_BYTES * 0.8) / ((2 * f + 1) * pbft.logWindow)));
     const core: Partial<PbftConfig> = {
       checkpointInterval: pbft.checkpointInterval,
       logWindow: pbft.logWindow,
       maxBatchRequests: pbft.maxBatchRequests,
+      maxBatchBytes,
+      maxRequestBytes: Math.min(DEFAULT_PBFT_CONFIG.maxRequestBytes, maxBatchBytes),
       viewChangeTicks: pbft.viewChangeTicks,
       maxSnapshotBytes: PBFT_MAX_SNAPSHOT_BYTES,
     };
     // A setting the wire cannot carry would stall state transfer later: refuse it now.
-    checkPbftConfigForWire(resolvePbftConfig(core));
-    const replicas = [self, ...config.members.map((m) => m.name)].sort();
+    const resolved = resolvePbftConfig(core);
+    checkPbftConfigForWire(resolved);
     const peerIdOf = (name: string): string | undefined =>
       name === self ? identity.peerId.toString() : members.list().find((m) => m.name === name)?.peerId;
     const keys = new MemberKeys(peerIdOf, (seconds) => metrics.pbft.verifyDuration.observe(seconds));
@@ -102,7 +110,7 @@ export class PbftGroup {
       node = new PbftNode({
         id: self,
         members: replicas,
-        ...(pbft.f === undefined ? {} : { f: pbft.f }),
+        f,
         sign,
         verify: keys.verify,
         config: core,
@@ -124,6 +132,7 @@ export class PbftGroup {
         lanes: pbft.clientLanes,
         maxWaiting: MAX_WAITING_CALLS,
         retryMs: pbft.requestRetryMs,
+        maxRequestBytes: resolved.maxRequestBytes,
         sign,
         verify: keys.verify,
         replica: node,

@@ -110,7 +110,7 @@ export class PbftNode {
   #driving: Promise<void> | null = null;
   #stopped = false;
   #failure: Error | null = null;
-  #reportedDrops = new Map<string, number>();
+  #reportedDrops = new Map<DropKind, number>();
   #viewChangesReported = 0;
   /** The install of our own checkpoint on restart, which is not a state transfer. */
   #restartInstall: number | null;
@@ -147,6 +147,8 @@ export class PbftNode {
     this.#ticker = setInterval(() => {
       if (this.#failure !== null) return;
       this.#guard(() => this.#core.tick());
+      // Drops of input that produced no Ready show up here, within a tick.
+      this.#updateGauges();
       this.#schedule();
     }, this.#opts.tickMs);
     this.#schedule();
@@ -165,10 +167,7 @@ export class PbftNode {
   /** Authenticated messages and replies from peer `from` (the transport checked `from` at top level). */
   receive(messages: readonly PbftMessage[], replies: readonly Reply[]): void {
     if (this.#stopped) return;
-    for (const m of messages) {
-      const drop = this.#guard(() => this.#core.step(m));
-      if (drop !== null && drop !== undefined) this.#countDrop(drop);
-    }
+    for (const m of messages) this.#guard(() => this.#core.step(m));
     for (const r of replies) if (signerMember(r.client) === this.id) this.onReply(r);
     this.#schedule();
   }
@@ -177,7 +176,6 @@ export class PbftNode {
   request(request: ClientRequest): RequestResult {
     if (this.#stopped || this.#failure !== null) return { kind: 'dropped', reason: 'buffer_full' };
     const result = this.#guard(() => this.#core.request(request)) ?? { kind: 'dropped', reason: 'buffer_full' };
-    if (result.kind === 'dropped') this.#countDrop(result.reason);
     this.#schedule();
     return result;
   }
@@ -270,6 +268,7 @@ export class PbftNode {
   /** Test-only: a second, conflicting pre-prepare for the same view and sequence number. */
   #equivocation(m: PbftMessage): PrePrepare | null {
     if (m.type !== 'pre_prepare' || m.batch.length === 0) return null;
+    this.#log.info({ view: m.view, seq: m.seq }, 'pbft test mode: sending conflicting pre-prepares');
     return seal<PrePrepare>({ type: 'pre_prepare', from: this.id, view: m.view, seq: m.seq, digest: NULL_BATCH_DIGEST, batch: [] }, this.#opts.sign);
   }
 
@@ -292,18 +291,28 @@ export class PbftNode {
     }));
   }
 
-  #countDrop(kind: DropKind): void {
-    this.#metrics?.rejected.inc({ kind });
-    if (BYZANTINE_DROPS.has(kind)) {
-      this.#metrics?.byzantine.inc({ kind });
-      const seen = (this.#reportedDrops.get(kind) ?? 0) + 1;
-      this.#reportedDrops.set(kind, seen);
-      // Log the first few, then every thousandth: a flooding peer must not flood the log.
-      if (seen <= 5 || seen % 1000 === 0) this.#log.warn({ kind, seen }, 'pbft input only a faulty member produces was dropped');
+  /**
+   * Brings the drop counters to the core's own (the core counts some
+   * evidence, such as an equivocation proved by a fetched certificate, while
+   * using the message, so step()'s answer alone would miss it).
+   */
+  #reportDrops(): void {
+    for (const [kind, count] of this.#core.drops()) {
+      const before = this.#reportedDrops.get(kind) ?? 0;
+      if (count <= before) continue;
+      this.#reportedDrops.set(kind, count);
+      this.#metrics?.rejected.inc({ kind }, count - before);
+      if (!BYZANTINE_DROPS.has(kind)) continue;
+      this.#metrics?.byzantine.inc({ kind }, count - before);
+      // The first few, then every thousandth: a flooding peer must not flood the log.
+      if (before < 5 || Math.floor(count / 1000) > Math.floor(before / 1000)) {
+        this.#log.warn({ kind, total: count }, 'pbft: input only a faulty member produces was seen and dropped');
+      }
     }
   }
 
   #updateGauges(): void {
+    this.#reportDrops();
     const m = this.#metrics;
     if (m === undefined) return;
     const s = this.#core.status();

@@ -73,6 +73,13 @@ export const PBFT_MAX_FRAME_ITEMS = 4096;
  * batch > request > operation is 10 levels below the frame object.
  */
 export const PBFT_MAX_DEPTH = 10;
+/**
+ * Values decoded per frame, checked while decoding (a frame of 100 MiB of
+ * one-byte nulls would otherwise take gigabytes of heap before the item cap
+ * is looked at). The largest legitimate frame, a full state message, has
+ * about 120 000; a Ready's worth of agreement messages far fewer.
+ */
+export const PBFT_MAX_FRAME_VALUES = 1_000_000;
 
 export interface PbftFrame {
   readonly messages: readonly PbftMessage[];
@@ -166,7 +173,7 @@ export function decodePbftFrame(bytes: Uint8Array, expect: { from: ReplicaId }):
   }
   let value: Canonical;
   try {
-    value = decodeCanonical(bytes, PBFT_MAX_DEPTH);
+    value = decodeCanonical(bytes, PBFT_MAX_DEPTH, PBFT_MAX_FRAME_VALUES);
   } catch (err) {
     if (err instanceof RangeError) throw new FrameError('malformed', `${FRAME_NAME}: ${err.message}`);
     throw err;
