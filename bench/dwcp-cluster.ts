@@ -50,7 +50,13 @@ export interface DwcpClusterOptions {
   readyTimeoutMs?: number;
   /** Extra node flags for every daemon, before the script (e.g. `--cpu-prof --cpu-prof-dir=DIR` to profile them). */
   nodeArgs?: readonly string[];
+  /** Members started as untrusted public-cloud regions (the federation scope then runs PBFT); 0 unless told. */
+  untrusted?: number;
+  /** The scope the cluster is made ready for and the target writes to: datacenter (Raft) unless told. */
+  scope?: BenchScope;
 }
+
+export type BenchScope = 'datacenter' | 'federation';
 
 export interface DwcpMember {
   name: string;
@@ -62,7 +68,8 @@ export interface DwcpMember {
 
 export interface DwcpCluster {
   readonly members: readonly DwcpMember[];
-  /** The name of the member that leads now, as that member itself reports. */
+  readonly scope: BenchScope;
+  /** The name of the member that leads now (the Raft leader, or the PBFT primary), as that member itself reports. */
   leader(): Promise<string>;
   /** SIGTERM to every member, awaits their exit (SIGKILL after a grace period), removes the data. */
   stop(): Promise<void>;
@@ -80,9 +87,9 @@ function daemonEnv(): NodeJS.ProcessEnv {
  * libp2p and metrics port replaced by a free one, so a bench never collides
  * with a local federation on the launcher's fixed ports.
  */
-async function planCluster(root: string, size: number): Promise<PlannedNode[]> {
+async function planCluster(root: string, size: number, untrusted: number): Promise<PlannedNode[]> {
   const ports = await freePorts(2 * size);
-  return planFederation({ nodes: size, untrusted: 0, dir: root, basePort: DEFAULT_BASE_PORT }).map((node, i) => {
+  return planFederation({ nodes: size, untrusted, dir: root, basePort: DEFAULT_BASE_PORT }).map((node, i) => {
     const metricsListen = `${LOOPBACK}:${ports[2 * i + 1] as number}`;
     return { ...node, listen: `/ip4/${LOOPBACK}/tcp/${ports[2 * i] as number}`, metricsListen, metricsUrl: `http://${metricsListen}/metrics` };
   });
@@ -94,11 +101,15 @@ function spawnMember(node: PlannedNode, nodeArgs: readonly string[]): MemberProc
   return { ...proc, member };
 }
 
-/** Waits until every member names one leader that calls itself leader, then until a put through each member succeeds. */
-async function awaitWritable(members: readonly DwcpMember[], deadline: number, signal: AbortSignal): Promise<void> {
+/**
+ * For the datacenter scope, waits until every member names one leader that
+ * calls itself leader; then, for either scope, until a put through each
+ * member succeeds.
+ */
+async function awaitWritable(members: readonly DwcpMember[], scope: BenchScope, deadline: number, signal: AbortSignal): Promise<void> {
   const clients = members.map((m) => connectAdmin(m.adminSocket, { timeoutMs: CONTROL_TIMEOUT_MS }));
   try {
-    await retryUntil('the members did not agree on a Raft leader', deadline, signal, async () => {
+    if (scope === 'datacenter') await retryUntil('the members did not agree on a Raft leader', deadline, signal, async () => {
       const statuses = await Promise.all(clients.map((c) => c.raft.status()));
       const named = new Set(statuses.map((s) => s.leader));
       const leader = statuses.find((s) => s.role === 'leader');
@@ -108,7 +119,7 @@ async function awaitWritable(members: readonly DwcpMember[], deadline: number, s
     });
     for (const [i, client] of clients.entries()) {
       await retryUntil(`member ${members[i]?.name ?? i} did not accept a put`, deadline, signal, async () => {
-        const res = await client.kv.put('dwcp-bench/ready', new Uint8Array([1]), { scope: 'datacenter', client_id: `dwcp-bench-ready-${i}`, seq: Date.now(), timeout_ms: CONTROL_TIMEOUT_MS });
+        const res = await client.kv.put('dwcp-bench/ready', new Uint8Array([1]), { scope, client_id: `dwcp-bench-ready-${i}`, seq: Date.now(), timeout_ms: CONTROL_TIMEOUT_MS });
         if (!res.ok) throw new Error(`put refused: ${res.reason}`);
       });
     }
@@ -125,7 +136,8 @@ export async function startDwcpCluster(opts: DwcpClusterOptions = {}): Promise<D
   const { processes, stop } = ownMembers<DwcpMember>(root, (ps) => stopMembers(ps, STOP_GRACE_MS));
 
   try {
-    const plan = await planCluster(root, size);
+    const scope = opts.scope ?? 'datacenter';
+    const plan = await planCluster(root, size, opts.untrusted ?? 0);
     const peerIds: string[] = [];
     for (const node of plan) {
       await fs.mkdir(node.dir, { recursive: true, mode: 0o700 });
@@ -137,14 +149,15 @@ export async function startDwcpCluster(opts: DwcpClusterOptions = {}): Promise<D
     }
     const members = processes.map((p) => p.member);
     const deadline = Date.now() + (opts.readyTimeoutMs ?? 30_000);
-    await awaitReady(processes, LABEL, (signal) => awaitWritable(members, deadline, signal));
+    await awaitReady(processes, LABEL, (signal) => awaitWritable(members, scope, deadline, signal));
     const leader = async (): Promise<string> => {
+      if (scope === 'federation' && (opts.untrusted ?? 0) > 0) return (await withAdmin((members[0] as DwcpMember).adminSocket, (c) => c.pbft.status())).primary;
       const statuses = await Promise.all(members.map((m) => withAdmin(m.adminSocket, (c) => c.raft.status())));
       const found = statuses.find((s) => s.role === 'leader');
       if (found === undefined) throw new Error(`no dwcp member of ${members.map((m) => m.name).join(', ')} reports itself as leader`);
       return found.id;
     };
-    return { members, leader, stop };
+    return { members, scope, leader, stop };
   } catch (err) {
     await stop();
     throw err;
@@ -175,7 +188,7 @@ interface KvSession {
  * leader. One admin client (one gRPC channel) per member carries every
  * closed-loop client's puts, as one clientv3 connection per endpoint does.
  */
-export async function dwcpKvTarget(cluster: DwcpCluster): Promise<KvTarget> {
+export async function dwcpKvTarget(cluster: DwcpCluster, name = 'dwcp'): Promise<KvTarget> {
   const clients = cluster.members.map((m) => connectAdmin(m.adminSocket, { timeoutMs: PUT_TIMEOUT_MS }));
   try {
     const version = (await (clients[0] as AdminClient).status()).version;
@@ -185,14 +198,14 @@ export async function dwcpKvTarget(cluster: DwcpCluster): Promise<KvTarget> {
     const run = `dwcp-bench-${process.pid}-${Date.now()}`;
     let next = 0;
     return {
-      name: 'dwcp',
+      name,
       version,
       async put(key, value) {
         const client = clients[next++ % clients.length] as AdminClient;
         const session = idle.pop() ?? { clientId: `${run}-${sessions++}`, seq: 0 };
         session.seq++;
         try {
-          const res = await client.kv.put(key, value, { scope: 'datacenter', client_id: session.clientId, seq: session.seq, timeout_ms: PUT_TIMEOUT_MS });
+          const res = await client.kv.put(key, value, { scope: cluster.scope, client_id: session.clientId, seq: session.seq, timeout_ms: PUT_TIMEOUT_MS });
           if (!res.ok) throw new Error(`dwcp put of ${key} through ${client.socketPath} refused: ${res.reason}`);
         } finally {
           idle.push(session);

@@ -62,6 +62,10 @@ const BENCHES: Record<string, BenchEntry> = {
     summary: '3-member dwcp vs 3-member etcd on this machine: closed-loop 256-byte puts at 1, 16 and 64 clients, ops/s and p50/p99 latency',
     load: async () => (await import('./raft.ts')).raftBench,
   },
+  pbft: {
+    summary: 'federation scope on PBFT (4 untrusted dwcpd) vs datacenter scope on Raft (3 trusted) on this machine: closed-loop puts at 1, 16, 64 clients, PBFT/Raft ratio, Ed25519 verifications/s per core',
+    load: async () => (await import('./pbft.ts')).pbftBench,
+  },
   codec: { summary: 'our LZ4 and zstd (levels 1, 3, 9) vs the lz4 and zstd CLIs on VM-image-like data: MiB/s and ratio', load: async () => (await import('./codec.ts')).codecBench },
 };
 

@@ -1,0 +1,151 @@
+/**
+ * `npm run bench -- pbft`: the federation scope on PBFT (4 untrusted dwcpd
+ * members, f = 1) against the datacenter scope on Raft (3 trusted members),
+ * both real processes on this machine in the same run, on the same
+ * closed-loop workload of bench/raft.ts (puts of 256 bytes at 1, 16 and 64
+ * clients, spread over the members' admin sockets). Prints JSON lines
+ * {system, clients, ops_per_s, p50_ms, p99_ms}, the PBFT/Raft ratios, and
+ * the Ed25519 verifications per second one core does on messages of a
+ * typical PBFT size (the known cost of PBFT: every message is verified).
+ *
+ * The issue's floor: PBFT throughput at least 30 % of Raft's at 64 clients.
+ */
+import { generateKeyPairSync, sign, verify } from 'node:crypto';
+import os from 'node:os';
+import { dwcpKvTarget, startDwcpCluster, type BenchScope } from './dwcp-cluster.ts';
+import { runClosedLoop, type ClosedLoopResult } from './raft.ts';
+import { defineBench, intFlag, machineFacts, progress, renderTable, significant } from './run.ts';
+
+export interface PbftBenchOptions {
+  durationMs: number;
+  warmupMs: number;
+  clients: number[];
+  valueBytes: number;
+  workDir: string;
+  verifyMs: number;
+}
+
+const FLOOR = { clients: 64, minRatio: 0.3 } as const;
+
+interface SystemPlan {
+  readonly system: 'dwcp-raft' | 'dwcp-pbft';
+  readonly members: number;
+  readonly untrusted: number;
+  readonly scope: BenchScope;
+}
+
+const SYSTEMS: readonly SystemPlan[] = [
+  { system: 'dwcp-raft', members: 3, untrusted: 0, scope: 'datacenter' },
+  { system: 'dwcp-pbft', members: 4, untrusted: 4, scope: 'federation' },
+];
+
+async function measure(plan: SystemPlan, opts: PbftBenchOptions): Promise<ClosedLoopResult[]> {
+  progress(`pbft: starting ${plan.system}: ${plan.members} members (${plan.untrusted} untrusted), scope ${plan.scope}`);
+  const cluster = await startDwcpCluster({ members: plan.members, untrusted: plan.untrusted, scope: plan.scope, workDir: opts.workDir, readyTimeoutMs: 60_000 });
+  const target = await dwcpKvTarget(cluster, plan.system);
+  try {
+    progress(`pbft: ${plan.system} is led by ${await cluster.leader()}`);
+    const results: ClosedLoopResult[] = [];
+    for (const clients of opts.clients) {
+      const level = { clients, valueBytes: opts.valueBytes };
+      if (opts.warmupMs > 0) await runClosedLoop(target, { ...level, durationMs: opts.warmupMs });
+      const result = await runClosedLoop(target, { ...level, durationMs: opts.durationMs });
+      progress(JSON.stringify({ system: result.system, clients, ops_per_s: result.ops_per_s, p50_ms: result.p50_ms, p99_ms: result.p99_ms }));
+      if (result.errors > 0) progress(`pbft: warning: ${result.errors} ${plan.system} puts failed at ${clients} clients; first: ${result.first_error ?? ''}`);
+      results.push(result);
+    }
+    return results;
+  } finally {
+    await target.close();
+  }
+}
+
+/**
+ * Ed25519 verifications per second on one core (this thread), over a
+ * 300-byte message (a prepare or commit with its signing envelope), with the
+ * same node:crypto calls the daemon makes.
+ */
+export function ed25519VerificationsPerSecond(durationMs: number): { verifications_per_s: number; signs_per_s: number; message_bytes: number } {
+  const { privateKey: key, publicKey: pub } = generateKeyPairSync('ed25519');
+  const message = Buffer.alloc(300, 7);
+  const rate = (fn: () => void): number => {
+    let n = 0;
+    const start = performance.now();
+    const end = start + durationMs;
+    while (performance.now() < end) {
+      for (let i = 0; i < 100; i++) fn();
+      n += 100;
+    }
+    return significant(n / ((performance.now() - start) / 1000), 3);
+  };
+  const signature = sign(null, message, key);
+  let ok = true;
+  const verifications = rate(() => {
+    ok &&= verify(null, message, pub, signature);
+  });
+  if (!ok) throw new Error('ed25519 bench: a valid signature failed to verify');
+  return { verifications_per_s: verifications, signs_per_s: rate(() => sign(null, message, key)), message_bytes: message.length };
+}
+
+function cell(value: number | null): string {
+  return value === null ? '-' : String(value);
+}
+
+export async function runPbftBench(opts: PbftBenchOptions) {
+  const facts = machineFacts();
+  const results: ClosedLoopResult[] = [];
+  for (const plan of SYSTEMS) results.push(...(await measure(plan, opts)));
+  const ratios = opts.clients.flatMap((clients) => {
+    const raft = results.find((r) => r.system === 'dwcp-raft' && r.clients === clients);
+    const pbft = results.find((r) => r.system === 'dwcp-pbft' && r.clients === clients);
+    if (raft === undefined || pbft === undefined || raft.ops_per_s === 0) return [];
+    const p99 = raft.p99_ms === null || pbft.p99_ms === null ? null : significant(pbft.p99_ms / raft.p99_ms, 3);
+    return [{ ratio: 'pbft/raft' as const, clients, throughput: significant(pbft.ops_per_s / raft.ops_per_s, 3), p99 }];
+  });
+  for (const row of ratios) progress(JSON.stringify(row));
+  const crypto = ed25519VerificationsPerSecond(opts.verifyMs);
+  progress(JSON.stringify({ ed25519: crypto }));
+  const atFloor = ratios.find((r) => r.clients === FLOOR.clients);
+  const met = atFloor === undefined ? null : atFloor.throughput >= FLOOR.minRatio;
+
+  progress(`\npbft: closed-loop puts of ${opts.valueBytes} B, ${opts.durationMs} ms per level after ${opts.warmupMs} ms warm-up, ${facts.cpus} cpus, load ${facts.loadavg.join(' ')} -> ${machineFacts().loadavg.join(' ')}`);
+  progress(renderTable(['system', 'clients', 'ops/s', 'p50 ms', 'p99 ms', 'errors'], results.map((r) => [r.system, String(r.clients), String(r.ops_per_s), cell(r.p50_ms), cell(r.p99_ms), String(r.errors)])));
+  progress(`\n${renderTable(['pbft/raft', 'throughput', 'p99 (>1 = slower)'], ratios.map((r) => [`${r.clients} clients`, String(r.throughput), cell(r.p99)]))}`);
+  progress(`ed25519 on one core: ${crypto.verifications_per_s} verifications/s, ${crypto.signs_per_s} signatures/s (${crypto.message_bytes}-byte messages)`);
+  progress(`floor (PBFT throughput >= ${FLOOR.minRatio * 100} % of Raft's at ${FLOOR.clients} clients): ${met === null ? 'not evaluated' : met ? 'met' : 'NOT met'}${atFloor === undefined ? '' : ` (${atFloor.throughput})`}`);
+
+  return {
+    bench: 'pbft',
+    ...facts,
+    options: { duration_ms: opts.durationMs, warmup_ms: opts.warmupMs, clients: opts.clients, value_bytes: opts.valueBytes, work_dir: opts.workDir, fsync: true },
+    systems: SYSTEMS,
+    results,
+    ratios,
+    ed25519: crypto,
+    floor: { clients: FLOOR.clients, min_throughput_ratio: FLOOR.minRatio, met },
+    loadavg_after: machineFacts().loadavg,
+  };
+}
+
+export const pbftBench = defineBench<PbftBenchOptions>({
+  flags: {
+    'duration-ms': { default: '10000', description: 'measured time per system and client level, ms' },
+    'warmup-ms': { default: '1000', description: 'discarded run before each measured one, ms (0 for none)' },
+    clients: { default: '1,16,64', description: 'concurrent closed-loop clients, comma-separated levels' },
+    'value-bytes': { default: '256', description: 'bytes per put value' },
+    'verify-ms': { default: '2000', description: 'time spent measuring Ed25519 verifications per second, ms' },
+    'work-dir': { default: os.tmpdir(), description: "parent of the clusters' data dirs; must be a real disk for fsync to count" },
+  },
+  parse(flags) {
+    const levels = (flags['clients'] ?? '').split(',').map((item) => intFlag({ clients: item.trim() }, 'clients'));
+    return {
+      durationMs: intFlag(flags, 'duration-ms'),
+      warmupMs: intFlag(flags, 'warmup-ms', 0),
+      clients: [...new Set(levels)],
+      valueBytes: intFlag(flags, 'value-bytes'),
+      workDir: flags['work-dir'] ?? os.tmpdir(),
+      verifyMs: intFlag(flags, 'verify-ms'),
+    };
+  },
+  run: runPbftBench,
+});
