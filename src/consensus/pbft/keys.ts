@@ -14,10 +14,13 @@
  * imported once per peer ID and cached; a peer ID that is not Ed25519 or an
  * unknown name verifies nothing.
  */
-import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, hash, sign, verify, type KeyObject } from 'node:crypto';
 import { peerIdFromString } from '@libp2p/peer-id';
 import type { Ed25519PrivateKey } from '@libp2p/interface';
 import type { Verify } from './certificates.ts';
+
+/** About 200 bytes each: ~13 MB at most. */
+const VERIFIED_CACHE_ENTRIES = 65_536;
 
 const b64url = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64url');
 
@@ -50,11 +53,22 @@ function publicKeyOf(peerId: string): KeyObject | null {
  * Verifies signatures of members, looked up by name through `peerIdOf` at
  * each call (so a reloaded member list applies at once); counts and times
  * verifications for metrics.
+ *
+ * Verified signatures are remembered (bounded, least recently used first
+ * out): PBFT forwards messages as evidence, so the same prepare or
+ * checkpoint arrives again inside certificates, view-changes, new-views and
+ * state transfers, and a SHA-256 of the signed bytes costs a fraction of an
+ * Ed25519 verification. Only successes are cached, keyed by signer, digest
+ * of the bytes and the signature itself, so a cache hit is exactly a
+ * verification that succeeded before.
  */
 export class MemberKeys {
   readonly #peerIdOf: (member: string) => string | undefined;
   readonly #keys = new Map<string, KeyObject | null>();
   readonly #observe: ((seconds: number, ok: boolean) => void) | undefined;
+  readonly #verified = new Map<string, true>();
+  /** Verifications answered from the cache (for tests and status). */
+  cacheHits = 0;
 
   constructor(peerIdOf: (member: string) => string | undefined, observe?: (seconds: number, ok: boolean) => void) {
     this.#peerIdOf = peerIdOf;
@@ -70,9 +84,19 @@ export class MemberKeys {
       this.#keys.set(peerId, key);
     }
     if (key === null || signature.length !== 64) return false;
+    const memo = `${peerId}:${hash('sha256', bytes, 'base64')}:${Buffer.from(signature.buffer, signature.byteOffset, 64).toString('base64')}`;
+    if (this.#verified.delete(memo)) {
+      this.#verified.set(memo, true);
+      this.cacheHits++;
+      return true;
+    }
     const started = this.#observe === undefined ? 0 : performance.now();
     const ok = verify(null, bytes, key, signature);
     this.#observe?.((performance.now() - started) / 1000, ok);
+    if (ok) {
+      this.#verified.set(memo, true);
+      if (this.#verified.size > VERIFIED_CACHE_ENTRIES) this.#verified.delete(this.#verified.keys().next().value as string);
+    }
     return ok;
   };
 }
