@@ -180,6 +180,7 @@ describe('admin server', () => {
       started_at: '2026-01-02T03:04:05.000Z',
       uptime_seconds: 3725.5,
       members: EXPECTED_MEMBERS,
+      scopes: NODE_STATUS.scopes,
     });
     expect(await client.members()).toEqual({ members: EXPECTED_MEMBERS });
   });

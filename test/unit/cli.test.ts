@@ -41,7 +41,7 @@ const NODE: NodeStatus = {
 
 const STATUS: StatusResponse = toStatusResponse(NODE);
 const MEMBER_KEYS = ['name', 'peer_id', 'region', 'provider', 'trust', 'addrs', 'connected', 'rtt_ms', 'link_mode', 'last_seen', 'last_error'];
-const STATUS_KEYS = ['name', 'peer_id', 'region', 'provider', 'trust', 'federation', 'version', 'listen_addrs', 'started_at', 'uptime_seconds', 'members'];
+const STATUS_KEYS = ['name', 'peer_id', 'region', 'provider', 'trust', 'federation', 'version', 'listen_addrs', 'started_at', 'uptime_seconds', 'members', 'scopes'];
 
 const MEMBERS_TABLE = [
   'NAME             PEER                   REGION     TRUST      CONNECTED  RTT      LINK',
@@ -69,6 +69,10 @@ describe('formatting', () => {
         'Listen:      /ip4/10.0.0.1/tcp/4777',
         '             /ip6/::1/tcp/4777',
         'Uptime:      1d 2h 3m 4s (since 2026-01-02T03:04:05.000Z)',
+        '',
+        'SCOPE       PROTOCOL  REPLICAS',
+        'datacenter  raft      3',
+        'federation  raft      3',
         '',
         MEMBERS_TABLE,
       ].join('\n'),

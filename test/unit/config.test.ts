@@ -23,6 +23,7 @@ const EXAMPLES = new URL('../../config/examples/', import.meta.url).pathname;
 const PEER_A = '12D3KooWFkrCMFg9Uw7CJsV6RV7VMFZPKDANzhrYW2Pwe3k23VCj';
 const PEER_B = '12D3KooWQfocgcAZPDj6P525WjJTGeP9SFLw2HJy3HZb85CC39wp';
 const PEER_C = '12D3KooWBp6cjg1PwA6hoCUQ5LbghaQBTToKXb7preKQaHFcaT5Z';
+const PEER_D = '12D3KooWF4Lft3CUseRwKWW46cnsQpANBpDjfNf39gsBAEWeUE3c';
 const NODE = 'federation: acme\nnode: {name: dc1, region: fra1, provider: onprem}\n';
 
 const scratch = mkdtempSync(join(tmpdir(), 'dwcp-config-'));
@@ -94,11 +95,13 @@ describe('config/examples', () => {
 });
 
 describe('trust', () => {
+  // Any untrusted member makes the federation scope run PBFT, which needs n >= 4: two trusted members fill the count.
+  const filler = member('dc-a', PEER_C, 'onprem') + member('dc-b', PEER_D, 'onprem');
   it.each(PROVIDERS.map((p) => [p, p === 'onprem' || p === 'private' ? 'trusted' : 'untrusted']))(
     'defaults from provider %s to %s, for the node and members',
     (provider, trust) => {
       const config = resolveConfig({
-        configPath: configFile(`federation: f\nnode: {name: n, region: r, provider: ${provider}}\nmembers:\n${member('m', PEER_A, provider)}`),
+        configPath: configFile(`federation: f\nnode: {name: n, region: r, provider: ${provider}}\nmembers:\n${member('m', PEER_A, provider)}${filler}`),
         env: {},
       });
       expect([config.node.trust, config.members[0]?.trust]).toEqual([trust, trust]);
@@ -110,11 +113,12 @@ describe('trust', () => {
       configPath: configFile(
         `federation: f\nnode: {name: n, region: r, provider: aws, trust: trusted}\nmembers:\n` +
           member('dc', PEER_A, 'onprem', ', trust: untrusted') +
-          member('cloud', PEER_B, 'gcp', ', trust: trusted'),
+          member('cloud', PEER_B, 'gcp', ', trust: trusted') +
+          filler,
       ),
       env: {},
     });
-    expect([config.node.trust, ...config.members.map((m) => m.trust)]).toEqual(['trusted', 'untrusted', 'trusted']);
+    expect([config.node.trust, ...config.members.map((m) => m.trust)]).toEqual(['trusted', 'untrusted', 'trusted', 'trusted', 'trusted']);
   });
 });
 
