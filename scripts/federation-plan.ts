@@ -100,6 +100,9 @@ export function planFederation(input: PlanInput): PlannedNode[] {
   if (highest > 65535) {
     throw new PlanError(`--base-port: ${basePort} puts the last metrics port at ${highest}, above 65535; use at most ${65535 - METRICS_PORT_OFFSET - nodes + 1}`);
   }
+  if (untrusted > 0 && nodes < 4) {
+    throw new PlanError(`--untrusted ${untrusted} with --nodes ${nodes}: untrusted members make the federation scope run PBFT, which needs at least 4 members (n >= 3f + 1); use --nodes 4 or more`);
+  }
   if (!isAbsolute(dir)) throw new PlanError(`--dir: ${JSON.stringify(dir)} must be an absolute path`);
 
   const trusted = nodes - untrusted;

@@ -152,6 +152,7 @@ describe('federation plan', () => {
     expect(() => planFederation({ ...ok, nodes: 0 })).toThrow('--nodes: 0 is not an integer from 1 to 1000');
     expect(() => planFederation({ ...ok, basePort: 64_535 })).toThrow(/--base-port: 64535 puts the last metrics port at 65537/);
     expect(() => planFederation({ ...ok, dir: 'fed' })).toThrow(/must be an absolute path/);
+    expect(() => planFederation({ ...ok, untrusted: 1 })).toThrow('--untrusted 1 with --nodes 3: untrusted members make the federation scope run PBFT, which needs at least 4 members (n >= 3f + 1); use --nodes 4 or more');
     expect(() => planFederation({ ...ok, dir: `/${'d'.repeat(100)}` })).toThrow(/over the 10[37]-byte Unix socket path limit/);
   });
 });
