@@ -152,8 +152,10 @@ export class PbftClient {
     const onAbort = () => resolve(null);
     deadline.addEventListener('abort', onAbort, { once: true });
     const retry = setInterval(() => {
-      // The local replica may have refused it (full) or lost it in a restart; peers may have missed the relay.
-      if (replica.request(request).kind === 'dropped') replica.relay(request);
+      // The local replica may have refused it (full) or lost it in a restart; peers may have missed the relay,
+      // or their replies may have been lost (a peer re-sends its cached reply only when the request reaches it
+      // again). Only an 'accepted' request was just broadcast by the local replica itself.
+      if (replica.request(request).kind !== 'accepted') replica.relay(request);
     }, retryMs);
     try {
       replica.request(request);
