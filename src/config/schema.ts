@@ -11,6 +11,8 @@ import { z } from 'zod';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { CloudsSchema, type CloudsConfig } from '../cloud/config.ts';
+import { BlobSchema, type BlobSettings } from '../blob/config.ts';
+import { StateSchema, type StateSettings } from '../state/config.ts';
 
 export const PROVIDERS = ['onprem', 'private', 'aws', 'gcp', 'azure', 'oracle'] as const;
 export type Provider = (typeof PROVIDERS)[number];
@@ -142,6 +144,8 @@ const ConfigFileObject = z.strictObject({
     raft: RaftSchema.default(RaftSchema.parse({})),
     pbft: PbftSchema.default(PbftSchema.parse({})),
     clouds: CloudsSchema,
+    blob: BlobSchema.default(BlobSchema.parse({})),
+    state: StateSchema.default(StateSchema.parse({})),
   });
 
 export const ConfigFileSchema = ConfigFileObject.superRefine((cfg, ctx) => {
@@ -207,7 +211,8 @@ function checkPbftFederation(cfg: z.infer<typeof ConfigFileObject>, ctx: z.Refin
     ...((cfg.node.trust ?? defaultTrust(cfg.node.provider)) === 'untrusted' ? [`${cfg.node.name} (this node)`] : []),
     ...cfg.members.filter((m) => (m.trust ?? defaultTrust(m.provider)) === 'untrusted').map((m) => m.name),
   ];
-  if (untrusted.length === 0) return;
+  // A lone node replicates with nobody: there is no federation log to order.
+  if (untrusted.length === 0 || cfg.members.length === 0) return;
   const n = cfg.members.length + 1;
   const f = pbft.f ?? Math.max(1, Math.floor((n - 1) / 3));
   const needed = 3 * f + 1;
@@ -218,9 +223,10 @@ function checkPbftFederation(cfg: z.infer<typeof ConfigFileObject>, ctx: z.Refin
     input: pbft.f ?? n,
     params: { sentence: true },
     message:
-      `lists untrusted members (${untrusted.join(', ')}), so the federation scope runs PBFT, which needs at least ${needed} members ` +
-      `to tolerate ${f} Byzantine member${f === 1 ? '' : 's'} (n >= 3f + 1); this federation has ${n} (this node and ${n - 1} member${n === 2 ? '' : 's'}): ` +
-      `add ${needed - n} more, or mark members trusted`,
+      `${pbft.f === undefined ? 'members are too few' : 'is too many Byzantine members to tolerate'}: the federation has untrusted members (${untrusted.join(', ')}), ` +
+      `so its federation scope runs PBFT, which needs at least ${needed} members to tolerate ${f} Byzantine member${f === 1 ? '' : 's'} (n >= 3f + 1); ` +
+      `this federation has ${n} (this node and ${n - 1} member${n === 2 ? '' : 's'}): add ${needed - n} more` +
+      (pbft.f === undefined ? ', or mark members trusted' : ', or lower pbft.f'),
   });
 }
 
@@ -261,6 +267,10 @@ export interface DwcpConfig {
   pbft: PbftSettings;
   /** Cloud providers this daemon manages VMs in (src/cloud/config.ts). */
   clouds: CloudsConfig;
+  /** Large values: store, delta sync and bulk transfer (src/blob/config.ts). */
+  blob: BlobSettings;
+  /** Geo-distributed state and failure detection (src/state/config.ts). */
+  state: StateSettings;
   /** The file this came from, if any (SIGHUP re-reads it). */
   configPath: string | undefined;
 }

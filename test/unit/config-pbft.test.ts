@@ -41,7 +41,7 @@ describe('config: a federation with untrusted members needs n >= 3f + 1', () => 
   it('refuses 3 members with an untrusted one, on members: needs 4, has 3, add 1 more', () => {
     const [problem, ...rest] = problems(federation('onprem', ['onprem', 'aws']));
     expect(rest).toEqual([]);
-    expect(problem).toMatch(/^members: /);
+    expect(problem).toMatch(/^members: 3 members are too few: /);
     expect(problem).toContain('untrusted members (m2)');
     expect(problem).toContain('needs at least 4 members to tolerate 1 Byzantine member (n >= 3f + 1)');
     expect(problem).toContain('this federation has 3 (this node and 2 members)');
@@ -59,7 +59,8 @@ describe('config: a federation with untrusted members needs n >= 3f + 1', () => 
   it('refuses pbft.f = 2 with 5 members, on pbft.f: needs 7, add 2 more', () => {
     const [problem, ...rest] = problems(federation('onprem', ['aws', 'onprem', 'onprem', 'onprem'], 'pbft: {f: 2}\n'));
     expect(rest).toEqual([]);
-    expect(problem).toMatch(/^pbft\.f: /);
+    expect(problem).toMatch(/^pbft\.f: 2 is too many Byzantine members to tolerate: /);
+    expect(problem).toContain('or lower pbft.f');
     expect(problem).toContain('needs at least 7 members to tolerate 2 Byzantine members');
     expect(problem).toContain('this federation has 5 (this node and 4 members)');
     expect(problem).toContain('add 2 more');
@@ -124,5 +125,13 @@ describe('config: the pbft section', () => {
   it('keeps the other defaults when some are set', () => {
     const { pbft } = resolve(federation('onprem', ['private'], 'pbft: {clientLanes: 8, f: 1}\n'));
     expect(pbft).toMatchObject({ clientLanes: 8, f: 1, tickMs: 100, logWindow: 128 });
+  });
+});
+
+describe('config: a lone node', () => {
+  it('starts untrusted with no members: nothing to order with anybody, so no PBFT', () => {
+    const config = resolve('federation: acme\nnode: {name: solo, region: us-east-1, provider: aws}\n');
+    expect(config.node.trust).toBe('untrusted');
+    expect(federationNeedsPbft(config)).toBe(false);
   });
 });

@@ -43,8 +43,9 @@ export interface PbftGroupOptions {
 /** Calls waiting for a free client lane before new ones are refused. */
 const MAX_WAITING_CALLS = 4096;
 
-/** Whether the federation scope needs PBFT: some member, or this node, is untrusted. */
+/** Whether the federation scope needs PBFT: there are members, and some member, or this node, is untrusted. */
 export function federationNeedsPbft(config: DwcpConfig): boolean {
+  if (config.members.length === 0) return false;
   return config.node.trust === 'untrusted' || config.members.some((m) => m.trust === 'untrusted');
 }
 
