@@ -16,6 +16,9 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { loadSync, type MethodDefinition, type Options, type PackageDefinition, type ServiceDefinition } from '@grpc/proto-loader';
 import { probeSocket } from './socket.ts';
+import { VM_SERVICE, vmClient, type VmClient } from './vm-client.ts';
+import { BLOB_SERVICE, blobClient, type BlobClient } from './blob-client.ts';
+import { STATE_SERVICE, stateClient, type StateClient } from './state-client.ts';
 
 /** Protobuf package of every admin service. */
 export const ADMIN_PACKAGE = 'dwcp.admin.v1';
@@ -25,7 +28,7 @@ export const RAFT_SERVICE = `${ADMIN_PACKAGE}.Raft`;
 export const PBFT_SERVICE = `${ADMIN_PACKAGE}.Pbft`;
 
 /** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
-export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto'];
+export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto'];
 
 /**
  * snake_case field names as in the .proto, int64 as strings (no silent
@@ -69,6 +72,8 @@ export interface MemberInfo {
   link_mode: string;
   last_seen: string | null;
   last_error: string | null;
+  phi: number | null;
+  health: string;
 }
 
 export interface StatusResponse {
@@ -101,10 +106,11 @@ export type StatusRequest = Record<string, never>;
 export type MembersRequest = Record<string, never>;
 
 /** A member as proto-loader decodes it: optional fields are absent rather than null. */
-type WireMember = Omit<MemberInfo, 'rtt_ms' | 'last_seen' | 'last_error'> & {
+type WireMember = Omit<MemberInfo, 'rtt_ms' | 'last_seen' | 'last_error' | 'phi'> & {
   rtt_ms?: number;
   last_seen?: string;
   last_error?: string;
+  phi?: number;
 };
 type WireStatus = Omit<StatusResponse, 'members'> & { members: WireMember[] };
 interface WireMembers {
@@ -125,6 +131,8 @@ function memberFromWire(m: WireMember): MemberInfo {
     link_mode: m.link_mode,
     last_seen: m.last_seen ?? null,
     last_error: m.last_error ?? null,
+    phi: m.phi ?? null,
+    health: m.health,
   };
 }
 
@@ -155,6 +163,10 @@ export interface KvWriteOptions {
   client_id: string;
   seq: number;
   timeout_ms: number;
+  /** strong (default) | quorum | local | eventual: see kv.proto. */
+  consistency?: string;
+  /** Geo levels only: expire the value this many ms after the write (0: never). */
+  ttl_ms?: number;
 }
 
 export interface KvItem {
@@ -162,6 +174,9 @@ export interface KvItem {
   value: Uint8Array;
   revision: number;
   create_revision: number;
+  /** Geo levels: the region whose write the value is, and its HLC stamp ("wallMs.logical"); "" otherwise. */
+  region: string;
+  hlc: string;
 }
 
 export interface KvWriteResponse {
@@ -171,6 +186,10 @@ export interface KvWriteResponse {
   current_revision: number;
   prev: KvItem | null;
   leader: string;
+  consistency: string;
+  /** Geo levels: regions holding the write durably when it returned, of all regions. */
+  regions_acked: number;
+  regions_total: number;
 }
 
 export interface KvGetRequest {
@@ -185,6 +204,9 @@ export interface KvGetRequest {
 export interface KvGetResponse {
   items: KvItem[];
   applied_index: number;
+  /** Geo levels: regions whose copies the answer merges, of all regions. */
+  regions_answered: number;
+  regions_total: number;
 }
 
 export interface RaftProgress {
@@ -227,7 +249,7 @@ function num(value: string | number): number {
 }
 
 function itemFromWire(i: Wire<KvItem>): KvItem {
-  return { key: i.key, value: i.value, revision: num(i.revision), create_revision: num(i.create_revision) };
+  return { key: i.key, value: i.value, revision: num(i.revision), create_revision: num(i.create_revision), region: i.region, hlc: i.hlc };
 }
 
 function writeFromWire(w: Omit<Wire<KvWriteResponse>, 'prev'> & { prev?: Wire<KvItem> }): KvWriteResponse {
@@ -238,6 +260,9 @@ function writeFromWire(w: Omit<Wire<KvWriteResponse>, 'prev'> & { prev?: Wire<Kv
     current_revision: num(w.current_revision),
     prev: w.prev === undefined ? null : itemFromWire(w.prev),
     leader: w.leader,
+    consistency: w.consistency,
+    regions_acked: num(w.regions_acked),
+    regions_total: num(w.regions_total),
   };
 }
 
@@ -311,6 +336,9 @@ export interface AdminClient {
   readonly kv: KvClient;
   readonly raft: RaftClient;
   readonly pbft: PbftClient;
+  readonly vm: VmClient;
+  readonly blob: BlobClient;
+  readonly state: StateClient;
   close(): void;
 }
 
@@ -412,8 +440,13 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
       delete: (key, options) => write('Delete', { key, options }),
       cas: (key, expectedRevision, value, options) => write('Cas', { key, expected_revision: expectedRevision, value, options }),
       get: async (request) => {
-        const res = await call<KvGetRequest, { items: Wire<KvItem>[]; applied_index: string }>(KV_SERVICE, 'Get', request, request.timeout_ms || opts.timeoutMs);
-        return { items: res.items.map(itemFromWire), applied_index: num(res.applied_index) };
+        const res = await call<KvGetRequest, { items: Wire<KvItem>[]; applied_index: string; regions_answered: number; regions_total: number }>(
+          KV_SERVICE,
+          'Get',
+          request,
+          request.timeout_ms || opts.timeoutMs,
+        );
+        return { items: res.items.map(itemFromWire), applied_index: num(res.applied_index), regions_answered: res.regions_answered, regions_total: res.regions_total };
       },
     },
     raft: {
@@ -441,6 +474,15 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
         };
       },
     },
+    vm: vmClient(<Req, Res>(method: string, request: Req, timeoutMs?: number) => call<Req, Res>(VM_SERVICE, method, request, timeoutMs)),
+    blob: blobClient({
+      client,
+      method: (name) => services.get(BLOB_SERVICE)?.[name] as MethodDefinition<unknown, unknown> | undefined,
+      unary: (method, request) => call(BLOB_SERVICE, method, request),
+      explain: (err, method, timeoutMs) => explainFailure(err, socketPath, method, timeoutMs),
+      timeoutMs: opts.timeoutMs,
+    }),
+    state: stateClient(<Req, Res>(method: string, request: Req, timeoutMs?: number) => call<Req, Res>(STATE_SERVICE, method, request, timeoutMs)),
     close: () => client.close(),
   };
 }

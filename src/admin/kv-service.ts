@@ -5,6 +5,10 @@
  * and maps failures to gRPC codes (see call.ts): UNAVAILABLE when a retry may
  * succeed (no leader, no quorum, deadline), FAILED_PRECONDITION when this
  * node cannot serve the scope, INVALID_ARGUMENT for a bad request.
+ *
+ * Consistency strong (and serializable, for reads) is the consensus log's
+ * keyspace; quorum, local and eventual go to the geo-distributed store
+ * (kv-geo.ts).
  */
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
@@ -13,9 +17,11 @@ import type { KvCommand, KvEntry, KvEntryMeta, KvOp } from '../kv/command.ts';
 import { KV_MAX_CLIENT_ID } from '../kv/command.ts';
 import { FrameError } from '../net/framing.ts';
 import type { KvService, KvScope, KvWriteOutcome } from '../kv/service.ts';
-import { KV_CONSISTENCIES, KV_SCOPES, KvServiceError } from '../kv/service.ts';
+import { KV_SCOPES, KvServiceError } from '../kv/service.ts';
 import { KV_SERVICE, loadAdminPackage, type KvWriteOptions } from './client.ts';
 import { AdminCallError, asyncUnary, requireTimeout } from './call.ts';
+import type { GeoState } from '../state/geo-state.ts';
+import { KV_READ_LEVELS, KV_WRITE_LEVELS, KvGeo, isGeoLevel } from './kv-geo.ts';
 import type { AdminServiceRegistration } from './server.ts';
 
 interface WireItem {
@@ -35,7 +41,7 @@ interface WireWriteResponse {
 }
 
 /** uint64 arrives as a decimal string (longs: String). */
-type WireOptions = Omit<KvWriteOptions, 'seq'> & { seq: string };
+type WireOptions = Omit<KvWriteOptions, 'seq' | 'ttl_ms'> & { seq: string; ttl_ms?: string };
 
 function invalid(message: string): AdminCallError {
   return new AdminCallError(grpc.status.INVALID_ARGUMENT, message);
@@ -103,15 +109,24 @@ export interface KvAdminOptions {
   nodeName: string;
   defaultTimeoutMs: number;
   log: Logger;
+  /** The geo-distributed store behind the quorum, local and eventual levels; absent: those levels are refused. */
+  geo?: GeoState | null;
 }
 
 export function kvServiceRegistration(opts: KvAdminOptions): AdminServiceRegistration {
   const { service, log } = opts;
   let anonymous = 0;
   const anonymousClient = `${opts.nodeName}-admin-${randomBytes(4).toString('hex')}`;
+  const geo = new KvGeo({ geo: opts.geo ?? null, nodeName: opts.nodeName, defaultTimeoutMs: opts.defaultTimeoutMs });
 
-  async function write(key: string, op: KvOp, options: WireOptions | undefined): Promise<WireWriteResponse> {
+  async function write(key: string, op: KvOp, options: WireOptions | undefined): Promise<WireWriteResponse | Record<string, unknown>> {
     const o = options ?? { scope: '', client_id: '', seq: '0', timeout_ms: 0 };
+    const level = oneOf('options.consistency', o.consistency ?? '', KV_WRITE_LEVELS, 'strong');
+    if (isGeoLevel(level)) {
+      if (op.op === 'cas') throw invalid(`options.consistency: compare-and-swap needs strong (geo keys have no revisions), not ${level}`);
+      return geo.write(key, op.op === 'put' ? op.value : null, level, o);
+    }
+    if (uint('options.ttl_ms', o.ttl_ms ?? 0) > 0) throw invalid('options.ttl_ms: only geo levels (quorum, local, eventual) expire values');
     const scope: KvScope = oneOf('options.scope', o.scope, KV_SCOPES, 'datacenter');
     if (o.client_id.length > KV_MAX_CLIENT_ID) throw invalid(`options.client_id: ${o.client_id.length} characters, above the ${KV_MAX_CLIENT_ID}-character limit`);
     let identity: { clientId: string; seq: number };
@@ -141,19 +156,22 @@ export function kvServiceRegistration(opts: KvAdminOptions): AdminServiceRegistr
     name: KV_SERVICE,
     packageDefinition: loadAdminPackage(),
     implementation: {
-      Put: asyncUnary<Put, WireWriteResponse>(log, 'Put', (r) => write(r.key, { op: 'put', key: r.key, value: r.value }, r.options)),
-      Delete: asyncUnary<Del, WireWriteResponse>(log, 'Delete', (r) => write(r.key, { op: 'delete', key: r.key }, r.options)),
-      Cas: asyncUnary<Cas, WireWriteResponse>(log, 'Cas', (r) =>
+      Put: asyncUnary<Put, WireWriteResponse | Record<string, unknown>>(log, 'Put', (r) => write(r.key, { op: 'put', key: r.key, value: r.value }, r.options)),
+      Delete: asyncUnary<Del, WireWriteResponse | Record<string, unknown>>(log, 'Delete', (r) => write(r.key, { op: 'delete', key: r.key }, r.options)),
+      Cas: asyncUnary<Cas, WireWriteResponse | Record<string, unknown>>(log, 'Cas', (r) =>
         write(r.key, { op: 'cas', key: r.key, value: r.value, expectedRevision: uint('expected_revision', r.expected_revision) }, r.options),
       ),
-      Get: asyncUnary<Get, { items: WireItem[]; applied_index: number }>(log, 'Get', async (r) => {
+      Get: asyncUnary<Get, { items: WireItem[]; applied_index: number } | Record<string, unknown>>(log, 'Get', async (r) => {
         if (r.key === '' && !r.prefix) throw invalid('key: required (or set prefix to list keys)');
+        const level = oneOf('consistency', r.consistency, KV_READ_LEVELS, 'strong');
+        if (isGeoLevel(level)) return geo.read(r, level);
         try {
           const out = await service.read({
             key: r.key,
             prefix: r.prefix,
             limit: r.limit,
-            consistency: oneOf('consistency', r.consistency, KV_CONSISTENCIES, 'strong'),
+            // serializable: this replica's applied state, without the leader's barrier.
+            consistency: level === 'serializable' ? 'local' : 'strong',
             scope: oneOf('scope', r.scope, KV_SCOPES, 'datacenter'),
             timeoutMs: requireTimeout(r.timeout_ms, opts.defaultTimeoutMs),
           });

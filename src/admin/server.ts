@@ -91,6 +91,8 @@ export function toMemberInfo(m: MemberStatus): MemberInfo {
     link_mode: m.linkMode,
     last_seen: m.lastSeen,
     last_error: m.lastError,
+    phi: m.phi ?? null,
+    health: m.health ?? 'unknown',
   };
 }
 

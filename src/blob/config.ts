@@ -31,7 +31,7 @@ export const BlobSchema = z.strictObject({
    */
   streams: z.number().int().min(1).max(16).default(4),
   /** Average content-defined chunk size; a power of two works best (the chunker rounds its masks to one). */
-  chunkAvgBytes: z.number().int().min(256).max(MIB).default(8 * KIB),
+  chunkAvgBytes: z.number().int().min(256).max(128 * KIB).default(8 * KIB),
   /** Raw bytes per compressed frame on the wire (several chunks each); also the unit of acknowledgement. */
   batchBytes: z.number().int().min(64 * KIB).max(4 * MIB).default(MIB),
   /** Largest value this node stores or accepts from a member. */

@@ -268,9 +268,8 @@ export class BlobStore {
       await this.#startPack(1);
       return;
     }
-    this.#active = last;
-    this.#activeSize = (await stat(join(this.#packsDir, packName(last)))).size;
-    if (this.#activeSize >= PACK_BYTES) await this.#startPack(last + 1);
+    if ((await stat(join(this.#packsDir, packName(last)))).size >= PACK_BYTES) await this.#startPack(last + 1);
+    else await this.#startPack(last);
   }
 
   async #packNumbers(): Promise<number[]> {
@@ -282,11 +281,14 @@ export class BlobStore {
       .sort((a, b) => a - b);
   }
 
+  /** Makes pack `n` (new, or the last one after a restart) the one appends go to, at its end. */
   async #startPack(n: number): Promise<void> {
-    const fh = await open(join(this.#packsDir, packName(n)), 'a+', 0o600);
+    // Read-write without O_APPEND, so writes land at the offsets we track (Linux ignores pwrite's offset under O_APPEND).
+    const fh = await open(join(this.#packsDir, packName(n)), fsConstants.O_RDWR | fsConstants.O_CREAT, 0o600);
+    await this.#handles.get(n)?.close();
     this.#handles.set(n, fh);
     this.#active = n;
-    this.#activeSize = 0;
+    this.#activeSize = (await fh.stat()).size;
   }
 
   async #handle(pack: number): Promise<FileHandle> {
@@ -540,7 +542,7 @@ export class BlobStore {
         this.#manifests.putSync(hashKey(manifest.hash), encodeManifestRecord(manifest));
         this.#keys.putSync(keyBytes, Buffer.from(JSON.stringify(record), 'utf8'));
       });
-      if (previous !== undefined && previous !== manifest.hash) this.#opts.log?.debug({ key, previous, version: manifest.hash }, 'blob version replaced');
+      if (previous !== undefined && previous !== manifest.hash) this.#opts.log?.debug({ blobKey: key, previous, version: manifest.hash }, 'blob version replaced');
       return { key, ...record };
     });
   }

@@ -64,13 +64,18 @@ export function formatDuration(totalSeconds: number): string {
   return parts.join(' ');
 }
 
-export const MEMBER_COLUMNS = ['NAME', 'PEER', 'REGION', 'TRUST', 'CONNECTED', 'RTT', 'LINK'] as const;
+export const MEMBER_COLUMNS = ['NAME', 'PEER', 'REGION', 'TRUST', 'CONNECTED', 'RTT', 'LINK', 'HEALTH', 'PHI'] as const;
+
+/** Suspicion with one decimal, "-" before the first heartbeat. */
+export function formatPhi(phi: number | null): string {
+  return phi === null ? UNKNOWN : phi.toFixed(1);
+}
 
 export function formatMembers(members: readonly MemberInfo[]): string {
   if (members.length === 0) return '(no members configured)\n';
   return renderTable(
     MEMBER_COLUMNS,
-    members.map((m) => [m.name, shortPeerId(m.peer_id), m.region, m.trust, m.connected ? 'yes' : 'no', formatRtt(m.rtt_ms), m.link_mode]),
+    members.map((m) => [m.name, shortPeerId(m.peer_id), m.region, m.trust, m.connected ? 'yes' : 'no', formatRtt(m.rtt_ms), m.link_mode, m.health, formatPhi(m.phi)]),
   );
 }
 

@@ -20,6 +20,8 @@ import { UsageError, type CliIo, type Command, type FlagValues } from './command
 import { formatJson, formatMembers, formatStatus } from './format.ts';
 import { KV_COMMAND, RAFT_COMMAND } from './kv-raft.ts';
 import { PBFT_COMMAND } from './pbft.ts';
+import { COST_COMMAND, VM_COMMAND } from './vm.ts';
+import { BLOB_COMMAND, CACHE_COMMAND } from './blob.ts';
 import { VERSION } from '../daemon/version.ts';
 import { defaultAdminSocket } from '../config/paths.ts';
 
@@ -57,6 +59,10 @@ export const COMMANDS: readonly Command[] = [
   KV_COMMAND,
   RAFT_COMMAND,
   PBFT_COMMAND,
+  VM_COMMAND,
+  COST_COMMAND,
+  BLOB_COMMAND,
+  CACHE_COMMAND,
   {
     name: 'version',
     summary: 'print the dwcpctl version',

@@ -35,6 +35,8 @@
  * - Syncs of one provider never overlap (a second request joins the running
  *   one); each provider's next sync is scheduled after the previous one
  *   ends, jittered ±20 %, so providers and daemons do not poll in lockstep.
+ * - An operation's result is in the inventory as soon as it returns, and a
+ *   sync whose listing was taken before that does not undo it.
  * - stop() aborts running syncs and operations (their AbortSignals fire) and
  *   resolves once they have ended; nothing is scheduled after it.
  */
@@ -155,6 +157,10 @@ interface Slot {
   spotRefreshedAt: number | null;
   storedKey: string | null;
   readonly warnedOrphans: Set<string>;
+  /** A sync is listing: operation results arriving now are newer than its listing. */
+  listing: boolean;
+  /** Those results, laid over the listing when it ends. */
+  readonly changedDuringSync: Map<string, Instance>;
 }
 
 export class CloudInventory {
@@ -230,6 +236,8 @@ export class CloudInventory {
       spotRefreshedAt: null,
       storedKey: null,
       warnedOrphans: new Set(),
+      listing: false,
+      changedDuringSync: new Map(),
     };
     const read = await readSnapshot(snapshotPath);
     if (read.state === 'ok') {
@@ -328,9 +336,11 @@ export class CloudInventory {
   async #sync(slot: Slot): Promise<void> {
     const signal = this.#lifetime.signal;
     const started = performance.now();
+    slot.listing = true;
     try {
       const listed = await slot.provider.list(undefined, { signal });
-      const instances = await this.#reconcile(slot, listed, signal);
+      const reconciled = await this.#reconcile(slot, listed, signal);
+      const instances = [...new Map([...reconciled, ...slot.changedDuringSync.values()].map((i) => [i.id, i])).values()];
       slot.instances = instances;
       slot.syncedAt = new Date();
       slot.restored = false;
@@ -345,6 +355,9 @@ export class CloudInventory {
       this.#metrics.syncErrors.inc({ provider: slot.name });
       this.#log.warn({ provider: slot.name, err: slot.lastError, code: err instanceof ProviderError ? err.code : undefined }, 'inventory sync failed; keeping the previous inventory');
       return;
+    } finally {
+      slot.listing = false;
+      slot.changedDuringSync.clear();
     }
     await this.#refreshSpotPrices(slot, signal);
   }
@@ -554,6 +567,7 @@ export class CloudInventory {
 
   /** Puts an operation's result into the inventory at once, so a list right after it shows it. */
   #remember(slot: Slot, instance: Instance): void {
+    if (slot.listing) slot.changedDuringSync.set(instance.id, instance);
     const others = (slot.instances ?? []).filter((i) => i.id !== instance.id);
     slot.instances = [...others, instance];
     recordInstances(this.#metrics, slot.name, slot.instances);
@@ -568,8 +582,12 @@ export class CloudInventory {
     return this.#slots.filter((s) => chosen.has(s));
   }
 
-  /** A provider by its configured name, or by kind when only one provider has that kind. */
+  /** A provider by its configured name, or by kind when only one provider has that kind; "" when only one is configured. */
   #one(name: string): Slot {
+    if (name === '' && this.#slots.length === 1) return this.#slots[0] as Slot;
+    if (name === '' && this.#slots.length > 1) {
+      throw new InventoryError('invalid', `provider: required, as several are configured (${this.#slots.map((s) => s.name).join(', ')})`);
+    }
     const matches = this.#matching(name);
     if (matches.length > 1) {
       throw new InventoryError('invalid', `provider ${JSON.stringify(name)} is ambiguous: ${matches.map((s) => s.name).join(', ')} are all ${name}; name one`);

@@ -14,7 +14,10 @@
  * - Payloads below `minCompressBytes`, and payloads of a kind whose measured
  *   ratio (wire / raw) is at or above `incompressibleRatio` for every codec,
  *   go uncompressed in every mode: the header and CPU would cost more than
- *   they save.
+ *   they save. Uncompressed payloads measure nothing, so a caller that sent
+ *   some data as "incompressible" must now and then pass `probe` to compress
+ *   one anyway, or a stretch of random bytes would switch compression off for
+ *   good.
  * - Until a codec has been measured, hybrid uses the prior in
  *   `CODEC_PRIORS` (rough single-thread figures for VM-image-like data), so the
  *   choice is sensible from the first payload and sharpens as traffic flows;
@@ -143,6 +146,8 @@ export interface CodecChoiceInput {
   link: { bandwidth: number | null };
   codecs: CodecMeasurements;
   options?: CodecChoiceOptions;
+  /** Ignore the "incompressible" verdict for this payload, to measure again. */
+  probe?: boolean;
 }
 
 /** Seconds to compress and send `bytes` with `perf` over `bandwidth` bytes/s. */
@@ -163,7 +168,7 @@ export function chooseCodec(input: CodecChoiceInput): CodecSpec {
   const lz4: CodecSpec = { name: 'lz4' };
   if (input.payloadBytes < o.minCompressBytes) return NONE;
   const considered = input.mode === 'datacenter' ? [lz4] : input.mode === 'internet' ? [internet] : o.hybridCandidates;
-  if (incompressible(input.codecs, considered, o.incompressibleRatio)) return NONE;
+  if (input.probe !== true && incompressible(input.codecs, considered, o.incompressibleRatio)) return NONE;
   if (input.mode === 'datacenter') return lz4;
   if (input.mode === 'internet') return internet;
   const bandwidth = input.link.bandwidth;

@@ -180,6 +180,8 @@ export function resolveConfig(input: ResolveInput = {}): DwcpConfig {
     raft: f.raft,
     pbft: f.pbft,
     clouds: f.clouds,
+    blob: f.blob,
+    state: f.state,
     configPath,
   };
 }

@@ -132,64 +132,64 @@ const PbftSchema = z.strictObject({
 });
 
 const ConfigFileObject = z.strictObject({
-    federation: name.describe('federation id'),
-    node: NodeSchema,
-    listen: z.array(multiaddrString).min(1).optional(),
-    dataDir: z.string().min(1).optional(),
-    adminSocket: z.string().min(1).optional(),
-    metricsListen: hostPort.optional(),
-    logLevel: z.enum(LOG_LEVELS).optional(),
-    members: z.array(MemberSchema).default([]),
-    network: NetworkSchema.default(NetworkSchema.parse({})),
-    raft: RaftSchema.default(RaftSchema.parse({})),
-    pbft: PbftSchema.default(PbftSchema.parse({})),
-    clouds: CloudsSchema,
-    blob: BlobSchema.default(BlobSchema.parse({})),
-    state: StateSchema.default(StateSchema.parse({})),
-  });
+  federation: name.describe('federation id'),
+  node: NodeSchema,
+  listen: z.array(multiaddrString).min(1).optional(),
+  dataDir: z.string().min(1).optional(),
+  adminSocket: z.string().min(1).optional(),
+  metricsListen: hostPort.optional(),
+  logLevel: z.enum(LOG_LEVELS).optional(),
+  members: z.array(MemberSchema).default([]),
+  network: NetworkSchema.default(NetworkSchema.parse({})),
+  raft: RaftSchema.default(RaftSchema.parse({})),
+  pbft: PbftSchema.default(PbftSchema.parse({})),
+  clouds: CloudsSchema,
+  blob: BlobSchema.default(BlobSchema.parse({})),
+  state: StateSchema.default(StateSchema.parse({})),
+});
 
 export const ConfigFileSchema = ConfigFileObject.superRefine((cfg, ctx) => {
-    const names = new Map<string, number>([[cfg.node.name, -1]]);
-    const ids = new Map<string, number>();
-    cfg.members.forEach((m, i) => {
-      if (names.has(m.name)) {
-        ctx.addIssue({ code: 'custom', path: ['members', i, 'name'], input: m.name, message: 'is already the name of another member or of this node', params: { sentence: true } });
-      }
-      names.set(m.name, i);
-      if (ids.has(m.peerId)) {
-        ctx.addIssue({ code: 'custom', path: ['members', i, 'peerId'], input: m.peerId, message: 'is already the peer ID of another member', params: { sentence: true } });
-      }
-      ids.set(m.peerId, i);
-    });
-    if (cfg.network.reconnectInitialMs > cfg.network.reconnectMaxMs) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['network', 'reconnectInitialMs'],
-        input: cfg.network.reconnectInitialMs,
-        params: { sentence: true },
-        message: `must not exceed network.reconnectMaxMs (${cfg.network.reconnectMaxMs})`,
-      });
+  const names = new Map<string, number>([[cfg.node.name, -1]]);
+  const ids = new Map<string, number>();
+  cfg.members.forEach((m, i) => {
+    if (names.has(m.name)) {
+      ctx.addIssue({ code: 'custom', path: ['members', i, 'name'], input: m.name, message: 'is already the name of another member or of this node', params: { sentence: true } });
     }
-    if (cfg.raft.heartbeatTicks >= cfg.raft.electionTicks) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['raft', 'heartbeatTicks'],
-        input: cfg.raft.heartbeatTicks,
-        params: { sentence: true },
-        message: `must be below raft.electionTicks (${cfg.raft.electionTicks})`,
-      });
+    names.set(m.name, i);
+    if (ids.has(m.peerId)) {
+      ctx.addIssue({ code: 'custom', path: ['members', i, 'peerId'], input: m.peerId, message: 'is already the peer ID of another member', params: { sentence: true } });
     }
-    checkPbftFederation(cfg, ctx);
-    if (cfg.network.datacenterMaxRttMs > cfg.network.internetMinRttMs) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['network', 'datacenterMaxRttMs'],
-        input: cfg.network.datacenterMaxRttMs,
-        params: { sentence: true },
-        message: `must not exceed network.internetMinRttMs (${cfg.network.internetMinRttMs})`,
-      });
-    }
+    ids.set(m.peerId, i);
   });
+  if (cfg.network.reconnectInitialMs > cfg.network.reconnectMaxMs) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['network', 'reconnectInitialMs'],
+      input: cfg.network.reconnectInitialMs,
+      params: { sentence: true },
+      message: `must not exceed network.reconnectMaxMs (${cfg.network.reconnectMaxMs})`,
+    });
+  }
+  if (cfg.raft.heartbeatTicks >= cfg.raft.electionTicks) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['raft', 'heartbeatTicks'],
+      input: cfg.raft.heartbeatTicks,
+      params: { sentence: true },
+      message: `must be below raft.electionTicks (${cfg.raft.electionTicks})`,
+    });
+  }
+  checkPbftFederation(cfg, ctx);
+  if (cfg.network.datacenterMaxRttMs > cfg.network.internetMinRttMs) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['network', 'datacenterMaxRttMs'],
+      input: cfg.network.datacenterMaxRttMs,
+      params: { sentence: true },
+      message: `must not exceed network.internetMinRttMs (${cfg.network.internetMinRttMs})`,
+    });
+  }
+});
 
 /**
  * A federation with any untrusted member (this node included) runs PBFT for

@@ -24,6 +24,13 @@ import { raftServiceRegistration } from '../admin/raft-service.ts';
 import { PbftGroup } from '../consensus/pbft/group.ts';
 import { BYZANTINE_TEST_BEHAVIOURS, type ByzantineTestBehaviour } from '../consensus/pbft/node.ts';
 import { pbftServiceRegistration } from '../admin/pbft-service.ts';
+import { CloudInventory } from '../cloud/inventory.ts';
+import { vmServiceRegistration } from '../admin/vm-service.ts';
+import { BlobService } from '../blob/service.ts';
+import { blobServiceRegistration } from '../admin/blob-service.ts';
+import { GeoState } from '../state/geo-state.ts';
+import { TestFaults } from '../state/test-faults.ts';
+import { stateServiceRegistration } from '../admin/state-service.ts';
 import { loadOrCreateIdentity, type Identity } from './identity.ts';
 import { notifySystemd } from './notify.ts';
 import { VERSION } from './version.ts';
@@ -42,6 +49,12 @@ export class Daemon {
   /** This node's seat in the federation's PBFT group; null when every member is trusted. */
   readonly pbft: PbftGroup | null;
   readonly kv: KvService;
+  /** The VMs of the configured cloud providers, synced periodically (src/cloud/inventory.ts). */
+  readonly cloud: CloudInventory;
+  /** Large values: the store under <dataDir>/blobs and /dwcp/blob/1.0.0 (src/blob/service.ts). */
+  readonly blob: BlobService;
+  /** The geo-distributed store (CRDTs, quorum/local/eventual levels) and member failure detection (src/state/geo-state.ts). */
+  readonly geo: GeoState;
   /**
    * Settles if a component fails in a way the daemon cannot serve through
    * (the Raft node lost its storage or broke an invariant): the caller stops
@@ -66,6 +79,9 @@ export class Daemon {
     raft: RaftGroup<KvResult> | null;
     pbft: PbftGroup | null;
     kv: KvService;
+    cloud: CloudInventory;
+    blob: BlobService;
+    geo: GeoState;
     fatal: Promise<Error>;
   }) {
     this.fatal = parts.fatal;
@@ -78,6 +94,9 @@ export class Daemon {
     this.raft = parts.raft;
     this.pbft = parts.pbft;
     this.kv = parts.kv;
+    this.cloud = parts.cloud;
+    this.blob = parts.blob;
+    this.geo = parts.geo;
   }
 
   get config(): DwcpConfig {
@@ -89,9 +108,13 @@ export class Daemon {
     if (identity.created) log.info({ peerId: identity.peerId.toString(), keyPath: identity.keyPath }, 'created a new node identity');
     const metrics = createMetrics();
     metrics.buildInfo.set({ version: VERSION, node: config.node.name, federation: config.federation }, 1);
+    // First, so a bad pricing file stops the start before any port is bound.
+    const cloud = await CloudInventory.open({ clouds: config.clouds, dataDir: config.dataDir, metrics: metrics.cloud, log: log.child({ component: 'cloud' }) });
     const members = new MemberDirectory(config.members);
     const mesh = await MemberMesh.create({ config, identity, members, metrics, log: log.child({ component: 'mesh' }) });
-    const isConnected = (peerId: string) => mesh.isConnected(peerId);
+    // DWCP_TEST_FAULTS=1 lets a test cut members off without changing the member list (src/state/test-faults.ts).
+    const faults = TestFaults.fromEnv(process.env);
+    const isConnected = (peerId: string) => mesh.isConnected(peerId) && !faults.blocks(peerId);
     const replica = new KvReplica();
     const fatal = Promise.withResolvers<Error>();
     const raft = await RaftGroup.open<KvResult>({
@@ -127,7 +150,19 @@ export class Daemon {
       metrics,
       log: log.child({ component: 'kv' }),
     });
-    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, pbft, kv, fatal: fatal.promise });
+    const blob = await BlobService.forDaemon({ config, mesh, members, metrics, log: log.child({ component: 'blob' }) });
+    const geo = await GeoState.open({
+      config,
+      host: mesh.host,
+      members,
+      isConnected,
+      memberLinks: () => mesh.status(),
+      metrics,
+      log: log.child({ component: 'state' }),
+      onFatal: (err) => fatal.resolve(err),
+      faults,
+    });
+    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, pbft, kv, cloud, blob, geo, fatal: fatal.promise });
     try {
       await daemon.#serve();
     } catch (err) {
@@ -143,6 +178,9 @@ export class Daemon {
     await this.raft?.start();
     await this.pbft?.start();
     await this.kv.start();
+    await this.geo.start();
+    this.cloud.start();
+    await this.blob.start();
     const adminLog = this.#log.child({ component: 'admin' });
     const defaultTimeoutMs = config.raft.requestTimeoutMs;
     this.#admin = await startAdminServer({
@@ -151,9 +189,12 @@ export class Daemon {
       logger: adminLog,
       metrics: this.metrics,
       services: [
-        kvServiceRegistration({ service: this.kv, nodeName: config.node.name, defaultTimeoutMs, log: adminLog }),
+        kvServiceRegistration({ service: this.kv, nodeName: config.node.name, defaultTimeoutMs, log: adminLog, geo: this.geo }),
+        stateServiceRegistration({ geo: this.geo, members: this.members, faults: this.geo.faults, defaultTimeoutMs: config.state.quorumTimeoutMs, log: adminLog }),
         raftServiceRegistration({ node: this.raft?.node ?? null, members: this.members, defaultTimeoutMs, log: adminLog }),
         pbftServiceRegistration({ group: this.pbft, log: adminLog }),
+        vmServiceRegistration({ inventory: this.cloud, log: adminLog }),
+        blobServiceRegistration({ service: this.blob, log: adminLog }),
       ],
     });
     this.#metricsServer = await startMetricsServer({
@@ -195,7 +236,7 @@ export class Daemon {
       listenAddrs: this.mesh.listenAddrs(),
       startedAt: this.#startedAt.toISOString(),
       uptimeSeconds: (Date.now() - this.#startedAt.getTime()) / 1000,
-      members: this.mesh.status(),
+      members: this.mesh.status().map((m) => ({ ...m, ...this.geo.health(m.peerId) })),
       scopes: this.kv.scopePlan().map(({ scope, protocol }) => ({
         scope,
         protocol,
@@ -211,12 +252,13 @@ export class Daemon {
    */
   async reload(next: DwcpConfig): Promise<void> {
     const prev = this.#config;
-    const needRestart = (['federation', 'node', 'listen', 'dataDir', 'adminSocket', 'metricsListen', 'network'] as const).filter(
+    const needRestart = (['federation', 'node', 'listen', 'dataDir', 'adminSocket', 'metricsListen', 'network', 'clouds', 'blob'] as const).filter(
       (k) => JSON.stringify(prev[k]) !== JSON.stringify(next[k]),
     );
     this.#config = { ...prev, logLevel: next.logLevel, members: next.members };
     const changes = this.members.replace(next.members);
     await this.mesh.applyMemberChanges(changes);
+    this.geo.applyMemberChanges();
     // Logged before the new level applies, so raising the level still records the reload itself.
     this.#log.info(
       {
@@ -253,10 +295,14 @@ export class Daemon {
         clearTimeout(timer);
       }
     };
+    // Cloud operations first: their callers get an answer before the admin socket closes.
+    await step('cloud', () => this.cloud.stop(), 500);
     // Raft first, while the mesh is still up: a leader hands over before it goes.
     await step('kv', () => this.kv.stop(), 500);
     await step('pbft', async () => this.pbft?.stop(), 1_000);
     await step('raft', async () => this.raft?.stop(RAFT_TRANSFER_MS), RAFT_TRANSFER_MS + 1_000);
+    await step('state', () => this.geo.stop(), 1_000);
+    await step('blob', () => this.blob.stop(), 1_000);
     await step('mesh', () => this.mesh.stop(), 2_500);
     await step('admin', async () => this.#admin?.close(), 2_000);
     await step('metrics', async () => this.#metricsServer?.close(), 500);

@@ -5,6 +5,7 @@
  */
 import type { MemberConfig, NodeConfig } from '../config/schema.ts';
 import type { LinkMode } from './link-mode.ts';
+import type { MemberHealth } from './failure-detector.ts';
 
 /** A configured member and what this node knows of its link right now. */
 export interface MemberStatus extends MemberConfig {
@@ -17,6 +18,10 @@ export interface MemberStatus extends MemberConfig {
   lastSeen: string | null;
   /** Why the last attempt to reach the member failed, if it did. */
   lastError: string | null;
+  /** Phi-accrual suspicion from sync heartbeats (failure-detector.ts); null before the first one. Absent when nothing detects. */
+  phi?: number | null;
+  /** alive | suspected (phi above state.phiThreshold) | unknown (no heartbeat yet). */
+  health?: MemberHealth;
 }
 
 /** Which log serves a write scope on this node (see KvService). */

@@ -8,6 +8,8 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { BYZANTINE_DROPS, DROP_KINDS } from '../consensus/pbft/types.ts';
 import { createCloudMetrics, type CloudMetrics } from '../cloud/metrics.ts';
+import { createBlobMetrics, type BlobMetrics } from '../blob/metrics.ts';
+import { createStateMetrics, type StateMetrics } from '../state/metrics.ts';
 
 /** Reasons a connection or peer is refused; bounded so label cardinality stays small. */
 export const REFUSAL_REASONS = ['not_member', 'hello_failed', 'federation_mismatch', 'identity_mismatch'] as const;
@@ -35,6 +37,8 @@ export interface DwcpMetrics {
   raft: RaftMetrics;
   pbft: PbftMetrics;
   cloud: CloudMetrics;
+  blob: BlobMetrics;
+  state: StateMetrics;
 }
 
 /** Outcomes of a client proposal as the driver sees them; bounded for label cardinality. */
@@ -241,6 +245,8 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): DwcpMetr
     raft: createRaftMetrics(registers),
     pbft: createPbftMetrics(registers, DROP_KINDS, [...BYZANTINE_DROPS]),
     cloud: createCloudMetrics(registers),
+    blob: createBlobMetrics(registers),
+    state: createStateMetrics(registers),
   };
   // Export zeroes for every bounded label value so rate() works from the first scrape.
   for (const reason of REFUSAL_REASONS) m.connectionsRefused.inc({ reason }, 0);

@@ -81,7 +81,8 @@ export interface ReplicaOptions {
 export interface ReplicaObserver {
   /** An update from a peer was merged (`stale`: we already had it; `behind`: a delta we could not apply yet). */
   onUpdate?(from: ReplicaId, outcome: 'merged' | 'stale' | 'behind' | 'expired'): void;
-  onRoundDone?(peer: ReplicaId, outcome: 'done' | 'timeout' | 'peer_down', sent: number, received: number): void;
+  /** A round this node started ended; `truncated`: it hit its byte budget and another follows. */
+  onRoundDone?(peer: ReplicaId, outcome: 'done' | 'timeout' | 'peer_down', round: { sent: number; received: number; truncated: boolean }): void;
   /** An LWW write from `from` carried an HLC too far ahead; its state merged but our clock did not follow. */
   onClockDrift?(from: ReplicaId, error: HlcDriftError): void;
 }
@@ -111,7 +112,7 @@ export interface Ready {
 
 export type Completion =
   | { readonly id: number; readonly kind: 'write'; readonly ok: true; readonly key: string; readonly entry: Entry; readonly answered: number; readonly total: number }
-  | { readonly id: number; readonly kind: 'read'; readonly ok: true; readonly key: string; readonly entry: Entry | undefined; readonly answered: number; readonly total: number }
+  | { readonly id: number; readonly kind: 'read'; readonly ok: true; readonly entries: ReadonlyMap<string, Entry>; readonly answered: number; readonly total: number }
   | { readonly id: number; readonly kind: 'status'; readonly ok: true; readonly statuses: ReadonlyMap<ReplicaId, ReplicaStatus>; readonly answered: number; readonly total: number }
   | { readonly id: number; readonly kind: 'write' | 'read' | 'status'; readonly ok: false; readonly error: string; readonly answered: number; readonly total: number };
 
@@ -142,7 +143,8 @@ interface Session {
 interface PendingOp {
   readonly id: number;
   readonly kind: 'write' | 'read' | 'status';
-  readonly key: string;
+  /** The written key, or the keys read. */
+  readonly keys: readonly string[];
   readonly level: GeoLevel;
   readonly deadline: number;
   readonly answered: Set<ReplicaId>;
@@ -266,6 +268,11 @@ export class StateReplica {
     return { digest: this.#index.storeDigest(), entries: this.#entries.size, clock };
   }
 
+  /** Entries held. */
+  get size(): number {
+    return this.#entries.size;
+  }
+
   get writeCounter(): number {
     return this.#writeCounter;
   }
@@ -299,7 +306,7 @@ export class StateReplica {
     this.#set(key, written);
     const update: EntryUpdate = { key, type: chosen, state: delta, clock, expiresAt, since };
     if (level === 'quorum') {
-      const id = this.#newOp('write', key, level, physicalMs + opts.timeoutMs);
+      const id = this.#newOp('write', [key], level, physicalMs + opts.timeoutMs);
       this.#awaitingDurable.push(id);
       const full = fullUpdate(key, written);
       for (const peer of this.#peers) {
@@ -311,24 +318,24 @@ export class StateReplica {
     }
     for (const peer of this.#peers) this.#queuePush(peer, update);
     if (level === 'eventual') return { key, entry: written, id: null };
-    const id = this.#newOp('write', key, level, Number.POSITIVE_INFINITY);
+    const id = this.#newOp('write', [key], level, Number.POSITIVE_INFINITY);
     this.#awaitingDurable.push(id);
     return { key, entry: written, id };
   }
 
-  /** Starts a quorum read of `key`; its completion carries the merged entry. */
-  readQuorum(key: string, physicalMs: number, timeoutMs: number): number {
-    const id = this.#newOp('read', key, 'quorum', physicalMs + timeoutMs);
+  /** Starts a quorum read of `keys`; its completion carries the merged entries (those that exist). */
+  readQuorum(keys: readonly string[], physicalMs: number, timeoutMs: number): number {
+    const id = this.#newOp('read', keys, 'quorum', physicalMs + timeoutMs);
     const op = this.#ops.get(id) as PendingOp;
     op.selfDone = true;
-    for (const peer of this.#peers) this.#send(peer, { kind: 'read', id, keys: [key] });
+    for (const peer of this.#peers) this.#send(peer, { kind: 'read', id, keys });
     this.#checkOp(op);
     return id;
   }
 
   /** Asks every region for its status; completes when all answered or at the deadline (with those that did). */
   requestStatus(physicalMs: number, timeoutMs: number): number {
-    const id = this.#newOp('status', '', 'quorum', physicalMs + timeoutMs);
+    const id = this.#newOp('status', [], 'quorum', physicalMs + timeoutMs);
     const op = this.#ops.get(id) as PendingOp;
     op.selfDone = true;
     op.statuses.set(this.self, this.status());
@@ -346,7 +353,7 @@ export class StateReplica {
     const session = this.#sessions.get(peer);
     if (session !== undefined) {
       this.#sessions.delete(peer);
-      this.#observer.onRoundDone?.(peer, 'peer_down', session.sent, session.received);
+      this.#observer.onRoundDone?.(peer, 'peer_down', session);
     }
     for (const op of this.#ops.values()) {
       if (!op.answered.has(peer)) {
@@ -375,7 +382,7 @@ export class StateReplica {
     for (const [peer, session] of this.#sessions) {
       if (physicalMs - session.startedAt >= this.limits.sessionTimeoutMs) {
         this.#sessions.delete(peer);
-        this.#observer.onRoundDone?.(peer, 'timeout', session.sent, session.received);
+        this.#observer.onRoundDone?.(peer, 'timeout', session);
       }
     }
     for (const [peer, box] of this.#outboxes) {
@@ -408,7 +415,7 @@ export class StateReplica {
   /** Starts an anti-entropy round with `peer` unless one is running. */
   startRound(peer: ReplicaId, physicalMs: number): boolean {
     if (this.#sessions.has(peer) || !this.#peers.includes(peer)) return false;
-    const id = this.#nextId++;
+    const id = this.#newId();
     this.#sessions.set(peer, { id, startedAt: physicalMs, summaries: [], phase: 'summaries', truncated: false, sent: 0, received: 0 });
     this.#send(peer, { kind: 'digest', session: id, buckets: this.#index.digests() });
     return true;
@@ -444,7 +451,7 @@ export class StateReplica {
       case 'read-reply': {
         const op = this.#ops.get(message.id);
         if (op === undefined || op.kind !== 'read') return;
-        for (const u of message.updates) if (u.key === op.key && u.since === null) this.#apply(from, u, physicalMs);
+        for (const u of message.updates) if (op.keys.includes(u.key) && u.since === null) this.#apply(from, u, physicalMs);
         op.answered.add(from);
         this.#checkOp(op);
         return;
@@ -513,9 +520,16 @@ export class StateReplica {
 
   // ------------------------------------------------------------ internals
 
-  #newOp(kind: PendingOp['kind'], key: string, level: GeoLevel, deadline: number): number {
-    const id = this.#nextId++;
-    this.#ops.set(id, { id, kind, key, level, deadline, answered: new Set(), unreachable: new Set(), statuses: new Map(), selfDone: false });
+  #newOp(kind: PendingOp['kind'], keys: readonly string[], level: GeoLevel, deadline: number): number {
+    const id = this.#newId();
+    this.#ops.set(id, { id, kind, keys, level, deadline, answered: new Set(), unreachable: new Set(), statuses: new Map(), selfDone: false });
+    return id;
+  }
+
+  /** Ids of operations, pushes and rounds: 32 bits on the wire, so they wrap (skipping 0); none lives that long. */
+  #newId(): number {
+    const id = this.#nextId;
+    this.#nextId = this.#nextId >= 0xffff_ffff ? 1 : this.#nextId + 1;
     return id;
   }
 
@@ -547,11 +561,19 @@ export class StateReplica {
       this.#completions.push({ id: op.id, kind: op.kind, ok: false, error: failure, answered, total });
       return;
     }
-    const entry = this.#entries.get(op.key);
     if (op.kind === 'read') {
-      this.#completions.push({ id: op.id, kind: 'read', ok: true, key: op.key, entry, answered, total });
-    } else if (entry !== undefined) {
-      this.#completions.push({ id: op.id, kind: 'write', ok: true, key: op.key, entry, answered, total });
+      const entries = new Map<string, Entry>();
+      for (const key of op.keys) {
+        const entry = this.#entries.get(key);
+        if (entry !== undefined) entries.set(key, entry);
+      }
+      this.#completions.push({ id: op.id, kind: 'read', ok: true, entries, answered, total });
+      return;
+    }
+    const key = op.keys[0] as string;
+    const entry = this.#entries.get(key);
+    if (entry !== undefined) {
+      this.#completions.push({ id: op.id, kind: 'write', ok: true, key, entry, answered, total });
     } else {
       // Collected as garbage before it was acknowledged: only possible with a TTL shorter than the wait.
       this.#completions.push({ id: op.id, kind: 'write', ok: false, error: 'the entry expired and was collected before the write was acknowledged', answered, total });
@@ -601,7 +623,7 @@ export class StateReplica {
         bytes += size;
         box.pending.delete(key);
       }
-      const id = this.#nextId++;
+      const id = this.#newId();
       box.inFlight.set(id, { bytes, sentAt: physicalMs });
       box.inFlightBytes += bytes;
       this.#send(peer, { kind: 'push', id, updates });
@@ -644,14 +666,25 @@ export class StateReplica {
     // An entry every region is collecting by now is not taken in again (a copy we hold still merges).
     if (local === undefined && u.expiresAt !== null && compareHlc(this.#gcHorizon(physicalMs), u.expiresAt) >= 0) return 'expired';
     if (local !== undefined && local.type !== u.type) return 'stale';
-    if (local !== undefined && dominates(local.clock, u.clock)) return 'stale';
+    if (local !== undefined && dominates(local.clock, u.clock)) {
+      // Clocks say we have it all. A full entry is merged all the same when it differs: clocks can
+      // overstate after an entry was collected and written again (see expiry in docs/state.md), and
+      // full-state merges are what makes every region converge regardless.
+      if (u.since !== null) return 'stale';
+      const merged = mergeEntries(local, asEntry(u));
+      const hash = entryHash(u.key, merged);
+      if (Buffer.compare(hash, this.#index.hash(u.key) as Uint8Array) === 0) return 'stale';
+      this.#set(u.key, merged, hash);
+      return 'merged';
+    }
     if (u.since !== null) {
       const ready = local === undefined ? u.since.size === 0 : dominates(local.clock, u.since);
       if (!ready) return 'behind';
     }
     const incoming = asEntry(u);
     this.#followClock(from, incoming, physicalMs);
-    this.#set(u.key, local === undefined ? { ...incoming, state: mergeStates(u.type, emptyState(u.type), u.state) } : mergeEntries(local, incoming));
+    // States arrive canonical (decoded, or from our own modules), so a new key takes the update as it is.
+    this.#set(u.key, local === undefined ? incoming : mergeEntries(local, incoming));
     return 'merged';
   }
 
@@ -672,15 +705,15 @@ export class StateReplica {
     return (entry.state as LwwRegisterState)?.ts ?? HLC_ZERO;
   }
 
-  #install(key: string, entry: Entry): void {
+  #install(key: string, entry: Entry, hash = entryHash(key, entry)): void {
     this.#entries.set(key, entry);
-    this.#index.set(key, entryHash(key, entry));
+    this.#index.set(key, hash);
     if (entry.expiresAt === null) this.#expiring.delete(key);
     else this.#expiring.add(key);
   }
 
-  #set(key: string, entry: Entry): void {
-    this.#install(key, entry);
+  #set(key: string, entry: Entry, hash?: Uint8Array): void {
+    this.#install(key, entry, hash);
     this.#dirty.set(key, entry);
   }
 
@@ -835,8 +868,9 @@ export class StateReplica {
     // Updates on a round the peer started are merged all the same; only our own round ends here.
     if (!mine || !message.done || session.phase !== 'updates') return;
     this.#sessions.delete(from);
-    if (session.truncated || message.truncated) this.#reconcileDue.add(from);
-    this.#observer.onRoundDone?.(from, 'done', session.sent, session.received);
+    session.truncated ||= message.truncated;
+    if (session.truncated) this.#reconcileDue.add(from);
+    this.#observer.onRoundDone?.(from, 'done', session);
   }
 }
 

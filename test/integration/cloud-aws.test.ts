@@ -19,6 +19,7 @@ import {
   IncorrectStateError,
   InvalidRequestError,
   NotFound,
+  ThrottledError,
   type ApiCallEvent,
   type ProgressEvent,
 } from '../../src/cloud/provider.ts';
@@ -161,6 +162,18 @@ describe('AWS provider failures', () => {
     expect(events.find((e) => e.call === 'DescribeInstances')).toMatchObject({ ok: true, attempts: 3, throttledAttempts: 2 });
   });
 
+  it('gives up with ThrottledError once throttling outlasts the SDK attempts', async () => {
+    const events: ApiCallEvent[] = [];
+    const aws = provider({ maxAttempts: 2, observer: (e) => events.push(e) });
+    server.faults.inject('DescribeInstances', 'throttle', 5);
+    const error = await aws.list().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ThrottledError);
+    expect(error).toMatchObject({ provider: 'aws', operation: 'list', code: 'RequestLimitExceeded', httpStatus: 503 });
+    expect((error as Error).message).toBe("aws list: Request limit exceeded. (still throttled after the SDK's retries) [RequestLimitExceeded]");
+    expect(server.calls.count('DescribeInstances', 503)).toBe(2);
+    expect(events.find((e) => e.call === 'DescribeInstances')).toMatchObject({ ok: false, code: 'RequestLimitExceeded', attempts: 2, throttledAttempts: 2 });
+  });
+
   it('surfaces a capacity error with the provider message once the SDK gives up', async () => {
     const aws = provider({ maxAttempts: 2 });
     server.faults.inject('RunInstances', 'capacity', 2);
@@ -214,6 +227,24 @@ describe('AWS provider failures', () => {
     } finally {
       restore();
       rmSync(scratch, { recursive: true, force: true });
+    }
+  });
+
+  it('with the env source reads only the environment, and names it when the keys are missing', async () => {
+    const restore = setEnv({ AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_SESSION_TOKEN: undefined });
+    try {
+      const error = await provider({ credentials: { source: 'env' } }).list().catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(CredentialsError);
+      expect((error as Error).message).toBe(
+        'aws list: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not both set (credentials from the environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)) [CredentialsProviderError]',
+      );
+      expect(server.calls.count()).toBe(0);
+      process.env.AWS_ACCESS_KEY_ID = 'AKIDFROMENV00002';
+      process.env.AWS_SECRET_ACCESS_KEY = 'env-secret';
+      server.seed(1);
+      expect(await provider({ credentials: { source: 'env' } }).list()).toHaveLength(1);
+    } finally {
+      restore();
     }
   });
 

@@ -16,7 +16,9 @@
  * - during the run, sampled: two regions' copies of a key with equal clocks
  *   are equal, and a copy whose clock dominates another's contains it
  *   (merging the other changes nothing): the clock/state invariant that
- *   lets anti-entropy trust clocks;
+ *   lets anti-entropy trust clocks (keys with a TTL are left out: one
+ *   written again after it was collected may revive state its clock does
+ *   not show, which full-state merges still reconcile);
  * - a quorum read that starts after a quorum write of the same key was
  *   acknowledged sees that write (its clock dominates the write's);
  * - after the final heal: every region has the same digest and the same
@@ -55,6 +57,7 @@ export interface StateSimReport {
   readonly writes: Readonly<Record<GeoLevel, number>>;
   readonly acked: number;
   readonly quorumFailures: number;
+  readonly wire: boolean;
   readonly quorumReads: number;
   readonly quorumReadsChecked: number;
   readonly crashes: number;
@@ -82,14 +85,15 @@ export class StateSimFailure extends Error {
 export const CONVERGENCE_BOUND_MS = 8_000;
 const TICK_MS = 25;
 const ROUND_EVERY_MS = 300;
-const DETECT_MS = 40;
+/** Keys compared per invariant check (random ones; comparing all of them dominated the run time). */
+const CHECKED_KEYS = 6;
 
 export function stateScenarioForSeed(seed: number, trace?: (line: string) => void): StateScenario {
   const rng = new Prng(seed ^ 0x5eed);
   return {
     seed,
     regions: seed % 2 === 0 ? 5 : 3,
-    chaosMs: rng.between(1_500, 3_000),
+    chaosMs: rng.between(1_000, 2_000),
     limits: {
       maxBatchEntries: rng.pick([2, 4, 16]),
       maxBatchBytes: rng.pick([1024, 4096, 65536]),
@@ -225,6 +229,7 @@ export class StateSimulation {
     return {
       seed: this.#s.seed,
       regions: this.#s.regions,
+      wire: this.#s.wire,
       ...this.#stats,
       writes: { ...this.#stats.writes },
       convergenceMs: this.#convergedAt - this.#healedAt,
@@ -249,8 +254,9 @@ export class StateSimulation {
           onUpdate: (_from, outcome) => {
             if (outcome === 'behind') this.#stats.behind++;
           },
-          onRoundDone: (_peer, outcome) => {
+          onRoundDone: (_peer, outcome, round) => {
             if (outcome === 'done') this.#stats.rounds++;
+            if (round.truncated) this.#stats.truncatedRounds++;
           },
         },
       },
@@ -289,7 +295,7 @@ export class StateSimulation {
     this.#stats.messages++;
     const target = this.#region(to);
     let carried = message;
-    if (this.#s.wire) carried = decodeSyncMessage(encodeSyncMessage(message), from.id);
+    if (this.#s.wire) carried = decodeSyncMessage(encodeSyncMessage(message)) as SyncMessage;
     for (const delay of this.#net.deliveries(from.id, to)) {
       this.#queue.push(this.#now + delay, { kind: 'deliver', from: from.id, to, incarnation: target.incarnation, message: carried });
     }
@@ -344,7 +350,7 @@ export class StateSimulation {
 
   #randomOp(): { type: CrdtType; op: CrdtOp } {
     const seq = ++this.#opSeq;
-    switch (this.#rng.int(9)) {
+    switch (this.#rng.int(12)) {
       case 0:
       case 1:
         return { type: 'lww-register', op: { op: 'put', value: `v${seq}` } };
@@ -357,7 +363,13 @@ export class StateSimulation {
       case 5:
         return { type: 'or-set', op: this.#rng.chance(0.6) ? { op: 'add', element: this.#rng.pick(ELEMENTS) } : { op: 'remove', element: this.#rng.pick(ELEMENTS) } };
       case 6:
+      case 7:
         return { type: 'g-set', op: { op: 'add', element: this.#rng.pick(ELEMENTS) } };
+      case 8:
+      case 9:
+        return { type: 'or-set', op: { op: 'add', element: this.#rng.pick(ELEMENTS) } };
+      case 10:
+        return { type: 'lww-register', op: { op: 'put', value: `v${seq}` } };
       default: {
         const field = this.#rng.pick(FIELDS);
         const value: JsonValue = { n: seq };
@@ -386,7 +398,7 @@ export class StateSimulation {
     const names = [...NAMES];
     const type = this.#rng.pick(['lww-register', 'pn-counter', 'or-set', 'yjs-record', 'g-counter', 'g-set'] as const);
     const key = `${type}:${this.#rng.pick(names)}`;
-    const id = replica.readQuorum(key, this.#physical(r), this.#rng.between(200, 800));
+    const id = replica.readQuorum([key], this.#physical(r), this.#rng.between(200, 800));
     this.#stats.quorumReads++;
     this.#pendingReads.set(`${r.id}#${r.incarnation}#${id}`, { key, startedAt: this.#now });
     this.#collect(r);
@@ -418,8 +430,9 @@ export class StateSimulation {
       this.#stats.quorumReadsChecked++;
       for (const w of this.#acked) {
         if (w.level !== 'quorum' || w.key !== read.key || w.at >= read.startedAt) continue;
-        if (c.entry === undefined || !dominates(c.entry.clock, w.clock)) {
-          this.#fail(`quorum read of ${read.key} at ${r.id} (started ${read.startedAt} ms) missed a quorum write acknowledged at ${w.at} ms (${clockText(w.clock)}); read saw ${c.entry === undefined ? 'nothing' : clockText(c.entry.clock)}`);
+        const seen = c.entries.get(read.key);
+        if (seen === undefined || !dominates(seen.clock, w.clock)) {
+          this.#fail(`quorum read of ${read.key} at ${r.id} (started ${read.startedAt} ms) missed a quorum write acknowledged at ${w.at} ms (${clockText(w.clock)}); read saw ${seen === undefined ? 'nothing' : clockText(seen.clock)}`);
         }
       }
     }
@@ -431,24 +444,24 @@ export class StateSimulation {
     if (this.#calm) return;
     const roll = this.#rng.int(10);
     const ids = this.#regions.map((r) => r.id);
-    if (roll < 3 && !this.#net.partitioned) {
+    if (roll < 4 && !this.#net.partitioned) {
       const shuffled = [...ids].sort(() => this.#rng.next() - 0.5);
       const cut = this.#rng.between(1, ids.length - 1);
       this.#net.partition([shuffled.slice(0, cut), shuffled.slice(cut)]);
       this.#stats.partitions++;
       this.#trace(`partition ${shuffled.slice(0, cut).join(',')} | ${shuffled.slice(cut).join(',')}`);
       this.#notifyLinks();
-    } else if (roll < 5) {
+    } else if (roll < 6) {
       this.#net.heal();
       this.#trace('heal');
       this.#notifyLinks();
-    } else if (roll < 7) {
+    } else if (roll < 8) {
       const up = this.#regions.filter((r) => r.replica !== null);
       if (up.length > 1) this.#crash(this.#rng.pick(up));
     } else {
       this.#net.faults = this.#rng.chance(0.5) ? CALM : randomLinkFaults(this.#rng);
     }
-    this.#queue.push(this.#now + this.#rng.between(100, 500), { kind: 'fault' });
+    this.#queue.push(this.#now + this.#rng.between(80, 300), { kind: 'fault' });
   }
 
   /** What the mesh does: each region learns, after a detection delay, which peers it can reach. */
@@ -498,9 +511,13 @@ export class StateSimulation {
     if (up.length < 2) return;
     const a = this.#rng.pick(up).replica as StateReplica;
     const b = this.#rng.pick(up).replica as StateReplica;
-    for (const [key, ea] of a.entries()) {
+    const keys = [...a.entries()].map(([key]) => key);
+    for (let i = 0; i < CHECKED_KEYS && keys.length > 0; i++) {
+      const key = this.#rng.pick(keys);
+      const ea = a.entry(key) as Entry;
       const eb = b.entry(key);
-      if (eb === undefined) continue;
+      // A TTL key written again after it was collected may hold writes its clock does not show (docs/state.md).
+      if (eb === undefined || key.includes(':ttl-')) continue;
       this.#stats.invariantChecks++;
       this.#checkContainment(key, ea, eb, a.self, b.self);
       this.#checkContainment(key, eb, ea, b.self, a.self);
@@ -509,6 +526,10 @@ export class StateSimulation {
 
   #checkContainment(key: string, big: Entry, small: Entry, bigAt: string, smallAt: string): void {
     if (!dominates(big.clock, small.clock)) return;
+    if (dominates(small.clock, big.clock)) {
+      if (Buffer.compare(entryHash(key, small), entryHash(key, big)) !== 0) this.#fail(`${key}: the copies at ${bigAt} and ${smallAt} have equal clocks (${clockText(big.clock)}) but differ`);
+      return;
+    }
     const merged = mergeEntries(big, small);
     if (Buffer.compare(entryHash(key, merged), entryHash(key, big)) !== 0) {
       this.#fail(`${key}: the copy at ${bigAt} (${clockText(big.clock)}) dominates the one at ${smallAt} (${clockText(small.clock)}) but does not contain it`);

@@ -35,6 +35,8 @@ const EXPECTED_MEMBERS = [
     link_mode: 'internet',
     last_seen: null,
     last_error: 'dial timeout',
+    phi: null,
+    health: 'unknown',
   },
   {
     name: 'gamma',
@@ -49,6 +51,8 @@ const EXPECTED_MEMBERS = [
     link_mode: 'datacenter',
     last_seen: '2026-01-02T04:00:00.000Z',
     last_error: null,
+    phi: null,
+    health: 'unknown',
   },
 ];
 

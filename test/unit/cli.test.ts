@@ -34,25 +34,25 @@ const NODE: NodeStatus = {
   uptimeSeconds: 93784.9,
   members: [
     BETA,
-    { ...GAMMA, name: 'gamma-long-name', region: 'eu', rttMs: 0.4231 },
-    { ...GAMMA, name: 'delta', peerId: 'shortid', region: 'ap-south', rttMs: 123.456, linkMode: 'hybrid' },
+    { ...GAMMA, name: 'gamma-long-name', region: 'eu', rttMs: 0.4231, phi: 0.43, health: 'alive' },
+    { ...GAMMA, name: 'delta', peerId: 'shortid', region: 'ap-south', rttMs: 123.456, linkMode: 'hybrid', phi: 12.345, health: 'suspected' },
   ],
 };
 
 const STATUS: StatusResponse = toStatusResponse(NODE);
-const MEMBER_KEYS = ['name', 'peer_id', 'region', 'provider', 'trust', 'addrs', 'connected', 'rtt_ms', 'link_mode', 'last_seen', 'last_error'];
+const MEMBER_KEYS = ['name', 'peer_id', 'region', 'provider', 'trust', 'addrs', 'connected', 'rtt_ms', 'link_mode', 'last_seen', 'last_error', 'phi', 'health'];
 const STATUS_KEYS = ['name', 'peer_id', 'region', 'provider', 'trust', 'federation', 'version', 'listen_addrs', 'started_at', 'uptime_seconds', 'members', 'scopes'];
 
 const MEMBERS_TABLE = [
-  'NAME             PEER                   REGION     TRUST      CONNECTED  RTT      LINK',
-  'beta             12D3KooWZyXw...zyxwvu  us-east-1  untrusted  no         -        internet',
-  'gamma-long-name  12D3KooWGamm...Gamma1  eu         trusted    yes        0.42 ms  datacenter',
-  'delta            shortid                ap-south   trusted    yes        123 ms   hybrid',
+  'NAME             PEER                   REGION     TRUST      CONNECTED  RTT      LINK        HEALTH     PHI',
+  'beta             12D3KooWZyXw...zyxwvu  us-east-1  untrusted  no         -        internet    unknown    -',
+  'gamma-long-name  12D3KooWGamm...Gamma1  eu         trusted    yes        0.42 ms  datacenter  alive      0.4',
+  'delta            shortid                ap-south   trusted    yes        123 ms   hybrid      suspected  12.3',
   '',
 ].join('\n');
 
 describe('formatting', () => {
-  it('renders the members table aligned, with "-" for an unknown RTT', () => {
+  it('renders the members table aligned, with "-" for an unknown RTT or phi', () => {
     expect(formatMembers(STATUS.members)).toBe(MEMBERS_TABLE);
   });
 

@@ -79,6 +79,35 @@ describe('BaselineCache', () => {
     expect(cache.stats()).toMatchObject({ evictions: 0, entries: 0, bytesSaved: 1024 });
   });
 
+  it('refute forgets the entry and counts a refutation, not an eviction', () => {
+    const cache = new BaselineCache<string>();
+    cache.set('eu', 'k', 'v', T0);
+    expect(cache.get('eu', 'k', T0)).toBe('v');
+    cache.refute('eu', 'k');
+    expect(cache.get('eu', 'k', T0)).toBeUndefined();
+    expect(cache.stats()).toMatchObject({ hits: 1, misses: 1, refuted: 1, evictions: 0, entries: 0 });
+  });
+
+  it('snapshot and restore carry live entries across a restart with their stored time, counting nothing', () => {
+    const cache = new BaselineCache<string>({ capacity: 2, ttlMs: 1000 });
+    cache.set('eu', 'old', 'v0', T0);
+    cache.set('eu', 'a', 'v1', T0 + 600);
+    cache.set('us', 'b', 'v2', T0 + 700);
+    const saved = cache.snapshot(T0 + 900);
+    expect(saved.map((e) => `${e.region}/${e.key}`)).toEqual(['eu/old', 'eu/a', 'us/b']);
+    expect([...cache.values()].sort()).toEqual(['v0', 'v1', 'v2']);
+    const after = new BaselineCache<string>({ capacity: 1, ttlMs: 1000 });
+    // At T0 + 1100 "old" has expired; capacity 1 keeps eu's most recently used.
+    expect(after.restore(saved, T0 + 1100)).toBe(2);
+    expect(after.stats()).toMatchObject({ hits: 0, misses: 0, evictions: 0, expiries: 0, entries: 2 });
+    expect(after.get('eu', 'a', T0 + 1100)).toBe('v1');
+    expect(after.get('us', 'b', T0 + 1100)).toBe('v2');
+    // Still expires when it would have: stored at T0 + 600.
+    expect(after.get('eu', 'a', T0 + 1600)).toBeUndefined();
+    // An entry from the future (the clock went back) is not trusted.
+    expect(new BaselineCache<string>().restore([{ region: 'eu', key: 'x', value: 'v', storedAtMs: T0 + 10 }], T0)).toBe(0);
+  });
+
   it('refuses a bad capacity or TTL by name', () => {
     expect(() => new BaselineCache({ capacity: 0 })).toThrow(/capacity .* got 0/);
     expect(() => new BaselineCache({ ttlMs: -1 })).toThrow(/ttlMs .* got -1/);

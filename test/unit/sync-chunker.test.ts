@@ -3,7 +3,7 @@
  * and a small insert near the start leaves almost every chunk unchanged.
  */
 import { describe, expect, it } from 'vitest';
-import { chunkValue, DEFAULT_CHUNKING, type Chunk, type ChunkingOptions } from '../../src/sync/chunker.ts';
+import { chunkingForAverage, chunkValue, DEFAULT_CHUNKING, type Chunk, type ChunkingOptions } from '../../src/sync/chunker.ts';
 import { sha256Hex } from '../../src/sync/manifest.ts';
 import { Prng, vmImageLike } from '../../bench/codec.ts';
 
@@ -70,6 +70,34 @@ describe('chunkValue', () => {
     const shared = before.filter((h) => after.has(h)).length;
     expect(before.length).toBeGreaterThan(200);
     expect(shared / before.length).toBeGreaterThanOrEqual(0.9);
+  });
+
+  it('window by window (final: false, re-feeding the left-over bytes) gives the same chunks as the whole value at once', () => {
+    for (const window of [4096, 65_537, 1024 * 1024]) {
+      const chunks: Chunk[] = [];
+      let carried = new Uint8Array(0);
+      let offset = 0;
+      for (let pos = 0; ; pos += window) {
+        const fresh = image.subarray(pos, pos + window);
+        const buf = new Uint8Array(carried.byteLength + fresh.byteLength);
+        buf.set(carried);
+        buf.set(fresh, carried.byteLength);
+        const eof = pos + window >= image.byteLength;
+        const cuts = chunkValue(buf, DEFAULT_CHUNKING, eof);
+        for (const c of cuts) chunks.push({ offset: offset + c.offset, length: c.length });
+        const used = cuts.reduce((sum, c) => sum + c.length, 0);
+        carried = buf.slice(used);
+        offset += used;
+        if (eof) break;
+      }
+      expect(chunks).toEqual(chunkValue(image));
+    }
+    expect(chunkValue(new Uint8Array(100), DEFAULT_CHUNKING, false)).toEqual([]);
+  });
+
+  it('derives min and max from an average with FastCDC\'s ratios', () => {
+    expect(chunkingForAverage(8192)).toEqual(DEFAULT_CHUNKING);
+    expect(chunkingForAverage(256)).toEqual({ minSize: 64, avgSize: 256, maxSize: 2048 });
   });
 
   it('refuses inconsistent options by name', () => {

@@ -5,7 +5,7 @@
  * committed.
  */
 import { describe, expect, it } from 'vitest';
-import { assembleValue, buildManifest, chunksOf, planDelta, sha256Hex, SyncError, type DeltaPlan, type Manifest } from '../../src/sync/manifest.ts';
+import { assembleValue, buildManifest, chunksOf, planDelta, sha256Hex, SyncError, valueHash, type DeltaPlan, type Manifest } from '../../src/sync/manifest.ts';
 import { Prng, vmImageLike } from '../../bench/codec.ts';
 import { codecFor } from '../../src/codec/codecs.ts';
 
@@ -35,13 +35,28 @@ function expectSame(a: Uint8Array, b: Uint8Array): void {
 }
 
 describe('buildManifest', () => {
-  it('records size, whole hash and chunk hashes that tile the value', () => {
+  it('records size, the value hash (root of the chunk hash list) and chunk hashes that tile the value', () => {
     const value = vmImageLike(1 * MIB, 2);
     const m = buildManifest('vm/disk0', 'v1', value);
-    expect(m).toMatchObject({ key: 'vm/disk0', version: 'v1', size: MIB, hash: sha256Hex(value) });
+    expect(m).toMatchObject({ key: 'vm/disk0', version: 'v1', size: MIB, hash: valueHash(MIB, m.chunks) });
     expect(m.chunks.reduce((sum, c) => sum + c.length, 0)).toBe(MIB);
     const first = m.chunks[0];
     expect(first?.hash).toBe(sha256Hex(value.subarray(0, first?.length)));
+  });
+
+  it('the value hash changes with any byte, any boundary and the size, and is fixed for fixed input', () => {
+    const value = vmImageLike(256 * 1024, 3);
+    const m = buildManifest('k', 'v', value);
+    const flipped = value.slice();
+    flipped[200_000] = (flipped[200_000] as number) ^ 1;
+    expect(buildManifest('k', 'v', flipped).hash).not.toBe(m.hash);
+    // Same chunk hashes, boundaries moved: the lengths are in the list.
+    const moved = m.chunks.map((c, i) => (i === 0 ? { ...c, length: c.length + 1 } : i === 1 ? { ...c, length: c.length - 1 } : c));
+    expect(valueHash(m.size, moved)).not.toBe(m.hash);
+    expect(valueHash(m.size + 1, m.chunks)).not.toBe(m.hash);
+    // Pins the definition (computed independently: Python hashlib, struct.pack('>Q', 3) + struct.pack('>I', 3) + sha256(1,2,3)).
+    expect(valueHash(3, [{ length: 3, hash: sha256Hex(new Uint8Array([1, 2, 3])) }])).toBe('b555fae8fad632d75562880b328f965fcab9015bab0520a3e9c98b3dc3aeb319');
+    expect(() => valueHash(1, [{ length: 1, hash: 'nothex' }])).toThrow(/not 32 bytes of hex/);
   });
 });
 
@@ -101,6 +116,7 @@ describe('planDelta + assembleValue', () => {
     expect(err).toBeInstanceOf(SyncError);
     expect((err as SyncError).reason).toBe('hash-mismatch');
     expect((err as SyncError).message).toContain(m2.hash);
+    expect((err as SyncError).message).toContain(`offset ${at}`);
   });
 
   it('a chunk neither received nor in the baseline is named in the error', () => {
@@ -109,6 +125,11 @@ describe('planDelta + assembleValue', () => {
     const partial = sent(plan, v2);
     if (missing !== undefined) partial.delete(missing.hash);
     expect(() => assembleValue(m2, [partial, chunksOf(m1, v1)])).toThrow(new RegExp(`chunk ${missing?.hash}.*neither in the baseline nor received`));
+  });
+
+  it('a manifest whose chunk list does not hash to its value hash is refused before any chunk is used', () => {
+    const forged: Manifest = { ...m2, hash: m1.hash };
+    expect(() => assembleValue(forged, [chunksOf(m2, v2)])).toThrow(/chunk list hashes to/);
   });
 
   it('a received chunk of the wrong length is refused', () => {

@@ -87,7 +87,7 @@ const PricingFileSchema = z
             path: ['models', field],
             input: undefined,
             params: { sentence: true },
-            message: `must say what the ${field} prices mean (regions.${region}.${priced}.${field} is given)`,
+            message: `(required: regions.${region}.${priced}.${field} is given, so say what the ${field} prices mean)`,
           });
           return;
         }
@@ -151,9 +151,14 @@ export interface LiveSpotPrice {
   observedAt: Date;
 }
 
-/** A question the catalog cannot answer; the message lists what it does know there. */
+/** A question the catalog cannot answer (`unknown`: the message lists what it does know there) or a malformed one (`invalid`). */
 export class PricingError extends Error {
   override name = 'PricingError';
+  readonly reason: 'unknown' | 'invalid';
+  constructor(reason: 'unknown' | 'invalid', message: string) {
+    super(message);
+    this.reason = reason;
+  }
 }
 
 const MODEL_FIELD: Readonly<Record<PricingModel, 'onDemand' | 'spot' | 'reserved'>> = { 'on-demand': 'onDemand', spot: 'spot', reserved: 'reserved' };
@@ -233,13 +238,13 @@ export class PricingCatalog {
 
   quote(query: PriceQuery): PriceQuote {
     const { provider, region, type, model } = query;
-    if (!(PRICING_MODELS as readonly string[]).includes(model)) throw new PricingError(`model: ${JSON.stringify(model)} is not one of ${PRICING_MODELS.join('|')}`);
+    if (!(PRICING_MODELS as readonly string[]).includes(model)) throw new PricingError('invalid', `model: ${JSON.stringify(model)} is not one of ${PRICING_MODELS.join('|')}`);
     const regions = this.#prices.get(provider);
-    if (!regions) throw new PricingError(`no prices for provider ${JSON.stringify(provider)}; the catalog prices ${listOf(this.providers())}`);
+    if (!regions) throw new PricingError('unknown', `no prices for provider ${JSON.stringify(provider)}; the catalog prices ${listOf(this.providers())}`);
     const types = regions.get(region);
-    if (!types) throw new PricingError(`no ${provider} prices for region ${JSON.stringify(region)}; the catalog prices ${provider} in ${listOf([...regions.keys()])}`);
+    if (!types) throw new PricingError('unknown', `no ${provider} prices for region ${JSON.stringify(region)}; the catalog prices ${provider} in ${listOf([...regions.keys()])}`);
     const entry = types.get(type);
-    if (!entry) throw new PricingError(`no ${provider} price for type ${JSON.stringify(type)} in ${region}; the catalog prices there ${listOf([...types.keys()])}`);
+    if (!entry) throw new PricingError('unknown', `no ${provider} price for type ${JSON.stringify(type)} in ${region}; the catalog prices there ${listOf([...types.keys()])}`);
     const base = { provider, region, type, model, currency: 'USD' as const };
     const live = model === 'spot' ? this.#liveSpot.get(liveKey(provider, region, type)) : undefined;
     if (live) {
@@ -248,7 +253,7 @@ export class PricingCatalog {
     const price = entry[MODEL_FIELD[model]];
     if (price === undefined) {
       const offered = PRICING_MODELS.filter((m) => entry[MODEL_FIELD[m]] !== undefined);
-      throw new PricingError(`no ${model} price for ${provider} ${type} in ${region} (${entry.origin.file}); priced models: ${offered.join(', ')}`);
+      throw new PricingError('unknown', `no ${model} price for ${provider} ${type} in ${region} (${entry.origin.file}); priced models: ${offered.join(', ')}`);
     }
     const origin = entry.origin;
     return { ...base, hourly: price, asOf: origin.asOf, source: `${origin.file}: ${origin.source}`, basis: origin.models[MODEL_FIELD[model]] ?? model, live: false };
@@ -257,7 +262,7 @@ export class PricingCatalog {
   estimate(query: PriceQuery & { hours?: number }): CostEstimate {
     const hours = query.hours ?? HOURS_PER_MONTH;
     if (!Number.isFinite(hours) || hours <= 0 || hours > MAX_ESTIMATE_HOURS) {
-      throw new PricingError(`hours: ${hours} is not a number of hours above 0 and at most ${MAX_ESTIMATE_HOURS}`);
+      throw new PricingError('invalid', `hours: ${hours} is not a number of hours above 0 and at most ${MAX_ESTIMATE_HOURS}`);
     }
     const quote = this.quote(query);
     return { ...quote, hours, total: roundCents(quote.hourly * hours), monthly: roundCents(quote.hourly * HOURS_PER_MONTH) };

@@ -36,7 +36,8 @@ export function regionClientId(region: RegionId): number {
 }
 
 function load(...updates: readonly YjsRecordState[]): Y.Doc {
-  const doc = new Y.Doc();
+  // A fixed guid: the default draws a random UUID per document, and documents are made per merge.
+  const doc = new Y.Doc({ guid: MAP_NAME });
   for (const update of updates) Y.applyUpdate(doc, update);
   return doc;
 }

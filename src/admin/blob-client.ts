@@ -1,0 +1,284 @@
+/**
+ * The Blob admin service (blob.proto) as the admin client exposes it: the
+ * `.blob` sub-client, with the .proto's snake_case types.
+ *
+ * Invariants (as for the rest of the admin client): every response has
+ * every field, proto3 `optional` fields absent on the wire become null,
+ * uint64 fields are numbers (sizes and counters stay far below 2^53), and
+ * every failure is an AdminClientError with a one-line reason. A streaming
+ * call (Put, Get) has no overall deadline, since a large value takes as long
+ * as it takes; instead `timeoutMs` bounds the wait between two messages (the
+ * daemon sends Put progress about every 250 ms), so a stuck daemon is
+ * reported, not waited for.
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { MethodDefinition } from '@grpc/proto-loader';
+
+export const BLOB_SERVICE = 'dwcp.admin.v1.Blob';
+
+export interface BlobProgress {
+  phase: string;
+  bytes_done: number;
+  bytes_total: number;
+  wire_bytes: number;
+  rate_bytes_per_s: number | null;
+  eta_seconds: number | null;
+  elapsed_seconds: number;
+}
+
+export interface BlobValue {
+  key: string;
+  version: string;
+  size: number;
+  chunks: number;
+  stored_at: string;
+  source: string;
+}
+
+export interface BlobSendResult {
+  transfer_id: string;
+  member: string;
+  kind: string;
+  needed_bytes: number;
+  raw_bytes_sent: number;
+  wire_bytes_sent: number;
+  manifest_bytes_sent: number;
+  reused_bytes: number;
+  attempts: number;
+  resumed: number;
+  seconds: number;
+  baseline_refuted: boolean;
+  codecs: Record<string, number>;
+}
+
+export interface BlobPutResult {
+  stored: BlobValue;
+  ingest_seconds: number;
+  sent: BlobSendResult | null;
+}
+
+export interface BlobTransfer {
+  transfer_id: string;
+  direction: string;
+  member: string;
+  key: string;
+  version: string;
+  kind: string;
+  state: string;
+  bytes_done: number;
+  bytes_total: number;
+  wire_bytes: number;
+  rate_bytes_per_s: number | null;
+  eta_seconds: number | null;
+  elapsed_seconds: number;
+  attempt: number;
+  resumed: number;
+  started_at: string;
+  error: string | null;
+}
+
+export interface BlobStatusResponse {
+  transfers: BlobTransfer[];
+  values: BlobValue[];
+  pack_bytes: number;
+  packs: number;
+  chunks: number;
+}
+
+export interface BlobCacheStatsResponse {
+  hits: number;
+  misses: number;
+  evictions: number;
+  expiries: number;
+  refuted: number;
+  bytes_saved: number;
+  entries: number;
+  capacity: number;
+  ttl_ms: number;
+  persist: boolean;
+  hit_ratio: number | null;
+}
+
+export interface BlobPutRequest {
+  path: string;
+  key: string;
+  to: string;
+  streams: number;
+}
+
+export interface BlobClient {
+  /** Stores (and with `to`, sends) a file; `onProgress` sees each progress message. */
+  put(request: BlobPutRequest, onProgress?: (p: BlobProgress) => void): Promise<BlobPutResult>;
+  /** The value's metadata, then each piece of its bytes in order, to `onData`. */
+  get(key: string, onData: (bytes: Uint8Array) => Promise<void> | void, onValue?: (v: BlobValue) => void): Promise<BlobValue>;
+  status(): Promise<BlobStatusResponse>;
+  cacheStats(): Promise<BlobCacheStatsResponse>;
+}
+
+export interface BlobClientTransport {
+  client: grpc.Client;
+  method(name: string): MethodDefinition<unknown, unknown> | undefined;
+  unary<Req, Res>(method: string, request: Req): Promise<Res>;
+  /** Turns a failed call into the client's one-line error. */
+  explain(err: unknown, method: string, timeoutMs: number): Promise<Error>;
+  timeoutMs: number;
+}
+
+type Num = string | number;
+/** As proto-loader decodes it: uint64 as a string, proto3 `optional` fields absent rather than null. */
+type WireOf<T> = { [K in keyof T]: null extends T[K] ? (NonNullable<T[K]> extends number ? Num : NonNullable<T[K]>) | undefined : T[K] extends number ? Num : T[K] };
+
+function num(v: Num | undefined): number {
+  return typeof v === 'number' ? v : Number(v ?? 0);
+}
+
+function optionalNum(v: Num | undefined | null): number | null {
+  return v === undefined || v === null ? null : num(v);
+}
+
+export function blobValueFromWire(v: WireOf<BlobValue>): BlobValue {
+  return { key: v.key, version: v.version, size: num(v.size), chunks: num(v.chunks), stored_at: v.stored_at, source: v.source };
+}
+
+function progressFromWire(p: WireOf<BlobProgress>): BlobProgress {
+  return {
+    phase: p.phase,
+    bytes_done: num(p.bytes_done),
+    bytes_total: num(p.bytes_total),
+    wire_bytes: num(p.wire_bytes),
+    rate_bytes_per_s: optionalNum(p.rate_bytes_per_s),
+    eta_seconds: optionalNum(p.eta_seconds),
+    elapsed_seconds: num(p.elapsed_seconds),
+  };
+}
+
+function sendFromWire(s: Omit<WireOf<BlobSendResult>, 'codecs'> & { codecs: Record<string, Num> }): BlobSendResult {
+  return {
+    transfer_id: s.transfer_id,
+    member: s.member,
+    kind: s.kind,
+    needed_bytes: num(s.needed_bytes),
+    raw_bytes_sent: num(s.raw_bytes_sent),
+    wire_bytes_sent: num(s.wire_bytes_sent),
+    manifest_bytes_sent: num(s.manifest_bytes_sent),
+    reused_bytes: num(s.reused_bytes),
+    attempts: num(s.attempts),
+    resumed: num(s.resumed),
+    seconds: num(s.seconds),
+    baseline_refuted: s.baseline_refuted,
+    codecs: Object.fromEntries(Object.entries(s.codecs).map(([k, v]) => [k, num(v)])),
+  };
+}
+
+function transferFromWire(t: WireOf<BlobTransfer>): BlobTransfer {
+  return {
+    transfer_id: t.transfer_id,
+    direction: t.direction,
+    member: t.member,
+    key: t.key,
+    version: t.version,
+    kind: t.kind,
+    state: t.state,
+    bytes_done: num(t.bytes_done),
+    bytes_total: num(t.bytes_total),
+    wire_bytes: num(t.wire_bytes),
+    rate_bytes_per_s: optionalNum(t.rate_bytes_per_s),
+    eta_seconds: optionalNum(t.eta_seconds),
+    elapsed_seconds: num(t.elapsed_seconds),
+    attempt: num(t.attempt),
+    resumed: num(t.resumed),
+    started_at: t.started_at,
+    error: t.error ?? null,
+  };
+}
+
+type WirePutEvent =
+  | { event: 'progress'; progress: WireOf<BlobProgress> }
+  | { event: 'result'; result: { stored: WireOf<BlobValue>; ingest_seconds: Num; sent?: Parameters<typeof sendFromWire>[0] } };
+type WireGetPart = { part: 'value'; value: WireOf<BlobValue> } | { part: 'data'; data: Uint8Array };
+
+/**
+ * Runs one server-streaming call, handing each message to `onMessage` (which
+ * may apply back-pressure by returning a promise); fails if the daemon is
+ * silent for `timeoutMs` between two messages.
+ */
+async function serverStream<Res>(t: BlobClientTransport, name: string, request: unknown, onMessage: (msg: Res) => Promise<void> | void): Promise<void> {
+  const method = t.method(name);
+  if (method === undefined) throw new Error(`${name} is not a method of ${BLOB_SERVICE}`);
+  const call = t.client.makeServerStreamRequest(method.path, method.requestSerialize, method.responseDeserialize as (b: Buffer) => Res, request, new grpc.Metadata(), {});
+  let idle: NodeJS.Timeout | undefined;
+  let silent = false;
+  const arm = () => {
+    clearTimeout(idle);
+    idle = setTimeout(() => {
+      silent = true;
+      call.cancel();
+    }, t.timeoutMs);
+  };
+  try {
+    arm();
+    for await (const msg of call as AsyncIterable<Res>) {
+      clearTimeout(idle);
+      await onMessage(msg);
+      arm();
+    }
+  } catch (err) {
+    if (silent) throw await t.explain(Object.assign(new Error('silent'), { code: grpc.status.DEADLINE_EXCEEDED, details: 'no message', metadata: new grpc.Metadata() }), name, t.timeoutMs);
+    call.cancel();
+    throw await t.explain(err, name, t.timeoutMs);
+  } finally {
+    clearTimeout(idle);
+  }
+}
+
+export function blobClient(t: BlobClientTransport): BlobClient {
+  return {
+    async put(request, onProgress) {
+      let result: BlobPutResult | null = null;
+      await serverStream<WirePutEvent>(t, 'Put', request, (e) => {
+        if (e.event === 'progress') onProgress?.(progressFromWire(e.progress));
+        else
+          result = {
+            stored: blobValueFromWire(e.result.stored),
+            ingest_seconds: num(e.result.ingest_seconds),
+            sent: e.result.sent === undefined ? null : sendFromWire(e.result.sent),
+          };
+      });
+      if (result === null) throw new Error('Put: the daemon ended the call without a result');
+      return result;
+    },
+    async get(key, onData, onValue) {
+      let value: BlobValue | null = null;
+      await serverStream<WireGetPart>(t, 'Get', { key }, async (p) => {
+        if (p.part === 'value') {
+          value = blobValueFromWire(p.value);
+          onValue?.(value);
+        } else {
+          await onData(p.data);
+        }
+      });
+      if (value === null) throw new Error('Get: the daemon sent no value metadata');
+      return value;
+    },
+    status: async () => {
+      const s = await t.unary<object, { transfers: WireOf<BlobTransfer>[]; values: WireOf<BlobValue>[]; pack_bytes: Num; packs: Num; chunks: Num }>('Status', {});
+      return { transfers: s.transfers.map(transferFromWire), values: s.values.map(blobValueFromWire), pack_bytes: num(s.pack_bytes), packs: num(s.packs), chunks: num(s.chunks) };
+    },
+    cacheStats: async () => {
+      const s = await t.unary<object, WireOf<BlobCacheStatsResponse>>('CacheStats', {});
+      return {
+        hits: num(s.hits),
+        misses: num(s.misses),
+        evictions: num(s.evictions),
+        expiries: num(s.expiries),
+        refuted: num(s.refuted),
+        bytes_saved: num(s.bytes_saved),
+        entries: num(s.entries),
+        capacity: num(s.capacity),
+        ttl_ms: num(s.ttl_ms),
+        persist: s.persist,
+        hit_ratio: optionalNum(s.hit_ratio),
+      };
+    },
+  };
+}

@@ -1,0 +1,232 @@
+/**
+ * The admin socket's Blob service (blob.proto) over BlobService: Put and Get
+ * stream (progress, value bytes), Status and CacheStats are unary.
+ *
+ * Invariants:
+ * - Put reads the file by path with the daemon's privileges. The socket is
+ *   mode 0600 and owned by the daemon's user, so only that user (or root)
+ *   can ask; the path must be absolute, and the store refuses anything but a
+ *   regular file and does not follow a symbolic link (docs/blob.md).
+ * - Failures map to gRPC codes as in call.ts: INVALID_ARGUMENT for a bad
+ *   request (the details name the field), NOT_FOUND for an unknown key or
+ *   member, UNAVAILABLE when a retry may succeed (member not connected,
+ *   connection lost beyond the resumes), FAILED_PRECONDITION when the member
+ *   refused or failed the transfer; anything else is INTERNAL and logged.
+ * - A client that cancels a Put (Ctrl-C) aborts its ingest or transfer; Get
+ *   writes no faster than the client reads (the stream's back-pressure).
+ */
+import { isAbsolute } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from '../log.ts';
+import { BlobServiceError, type BlobService, type SendOutcome } from '../blob/service.ts';
+import { BlobStoreError, type StoredValue } from '../blob/store.ts';
+import type { TransferProgress } from '../blob/progress.ts';
+import { AdminCallError, asyncUnary } from './call.ts';
+import { BLOB_SERVICE } from './blob-client.ts';
+import { loadAdminPackage } from './client.ts';
+import type { AdminServiceRegistration } from './server.ts';
+
+const PROGRESS_EVERY_MS = 250;
+/** Bytes of value per Get message. */
+const GET_PART_BYTES = 1024 * 1024;
+
+export interface BlobAdminOptions {
+  service: BlobService;
+  log: Logger;
+}
+
+function statusOf(err: unknown): AdminCallError | null {
+  if (err instanceof AdminCallError) return err;
+  if (err instanceof BlobServiceError) {
+    const code = { 'not-found': grpc.status.NOT_FOUND, invalid: grpc.status.INVALID_ARGUMENT, unavailable: grpc.status.UNAVAILABLE, failed: grpc.status.FAILED_PRECONDITION }[err.code];
+    return new AdminCallError(code, err.message);
+  }
+  if (err instanceof BlobStoreError) {
+    const code = { invalid: grpc.status.INVALID_ARGUMENT, 'not-found': grpc.status.NOT_FOUND, 'too-large': grpc.status.INVALID_ARGUMENT, corrupt: grpc.status.DATA_LOSS, closed: grpc.status.UNAVAILABLE }[err.reason];
+    return new AdminCallError(code, err.message);
+  }
+  return null;
+}
+
+/** Sends a streaming call's failure as its status; unexpected errors are INTERNAL and logged. */
+function failStream(call: grpc.ServerWritableStream<unknown, unknown>, log: Logger, method: string, err: unknown): void {
+  const typed = statusOf(err);
+  if (typed === null) log.error({ method, err: err instanceof Error ? err.message : String(err) }, 'admin call failed');
+  const status: Partial<grpc.StatusObject> = typed === null ? { code: grpc.status.INTERNAL, details: `${method}: ${err instanceof Error ? err.message : String(err)}` } : { code: typed.code, details: typed.message };
+  call.emit('error', status);
+}
+
+/** Writes one message, waiting for the client to take it when the stream's buffer is full. */
+async function send(call: grpc.ServerWritableStream<unknown, unknown>, message: unknown): Promise<void> {
+  if (call.write(message)) return;
+  await new Promise<void>((resolve, reject) => {
+    const onDrain = () => {
+      call.off('error', onError);
+      resolve();
+    };
+    const onError = (err: Error) => {
+      call.off('drain', onDrain);
+      reject(err);
+    };
+    call.once('drain', onDrain);
+    call.once('error', onError);
+  });
+}
+
+export function blobValue(v: StoredValue): Record<string, unknown> {
+  return { key: v.key, version: v.version, size: v.size, chunks: v.chunks, stored_at: v.storedAt, source: v.source };
+}
+
+function sendResult(s: SendOutcome): Record<string, unknown> {
+  return {
+    transfer_id: s.transferId,
+    member: s.member,
+    kind: s.kind,
+    needed_bytes: s.neededBytes,
+    raw_bytes_sent: s.rawBytesSent,
+    wire_bytes_sent: s.wireBytesSent,
+    manifest_bytes_sent: s.manifestBytesSent,
+    reused_bytes: s.reusedBytes,
+    attempts: s.attempts,
+    resumed: s.resumed,
+    seconds: s.seconds,
+    baseline_refuted: s.baselineRefuted,
+    codecs: s.codecs,
+  };
+}
+
+function progressMessage(phase: string, p: TransferProgress): Record<string, unknown> {
+  const s = p.snapshot(performance.now());
+  return {
+    phase,
+    bytes_done: s.bytesDone,
+    bytes_total: s.bytesTotal,
+    wire_bytes: s.wireBytes,
+    ...(s.rateBytesPerS === null ? {} : { rate_bytes_per_s: s.rateBytesPerS }),
+    ...(s.etaSeconds === null ? {} : { eta_seconds: s.etaSeconds }),
+    elapsed_seconds: s.elapsedSeconds,
+  };
+}
+
+export function blobServiceRegistration(opts: BlobAdminOptions): AdminServiceRegistration {
+  const { service, log } = opts;
+  type PutRequest = { path: string; key: string; to: string; streams: number };
+
+  const put = async (call: grpc.ServerWritableStream<PutRequest, unknown>): Promise<void> => {
+    const r = call.request;
+    if (!isAbsolute(r.path)) throw new AdminCallError(grpc.status.INVALID_ARGUMENT, `path: ${JSON.stringify(r.path)} is not an absolute path`);
+    if (r.key === '') throw new AdminCallError(grpc.status.INVALID_ARGUMENT, 'key: required');
+    const cancelled = new AbortController();
+    call.on('cancelled', () => cancelled.abort(new AdminCallError(grpc.status.CANCELLED, 'the client cancelled the put')));
+    const live: { phase: string; progress: TransferProgress | null } = { phase: '', progress: null };
+    const report = () => {
+      if (live.progress !== null) call.write({ progress: progressMessage(live.phase, live.progress) });
+    };
+    const tick = setInterval(report, PROGRESS_EVERY_MS);
+    try {
+      const out = await service.put(r.path, r.key, {
+        ...(r.to === '' ? {} : { to: r.to }),
+        ...(r.streams === 0 ? {} : { streams: r.streams }),
+        signal: cancelled.signal,
+        onPhase: (phase, progress) => {
+          report();
+          live.phase = phase;
+          live.progress = progress;
+        },
+      });
+      report();
+      await send(call, { result: { stored: blobValue(out.stored), ingest_seconds: out.ingestSeconds, ...(out.sent === null ? {} : { sent: sendResult(out.sent) }) } });
+      call.end();
+    } finally {
+      clearInterval(tick);
+    }
+  };
+
+  const get = async (call: grpc.ServerWritableStream<{ key: string }, unknown>): Promise<void> => {
+    if (call.request.key === '') throw new AdminCallError(grpc.status.INVALID_ARGUMENT, 'key: required');
+    const { value, read } = service.open(call.request.key);
+    await send(call, { value: blobValue(value) });
+    let parts: Uint8Array[] = [];
+    let bytes = 0;
+    for await (const chunk of read()) {
+      if (call.cancelled) return;
+      parts.push(chunk);
+      bytes += chunk.byteLength;
+      if (bytes >= GET_PART_BYTES) {
+        await send(call, { data: Buffer.concat(parts) });
+        parts = [];
+        bytes = 0;
+      }
+    }
+    if (bytes > 0) await send(call, { data: Buffer.concat(parts) });
+    call.end();
+  };
+
+  const streaming = <Req>(method: string, run: (call: grpc.ServerWritableStream<Req, unknown>) => Promise<void>): grpc.handleServerStreamingCall<Req, unknown> => {
+    return (call) => {
+      run(call).catch((err: unknown) => failStream(call as grpc.ServerWritableStream<unknown, unknown>, log, method, err));
+    };
+  };
+
+  const unary = <Res>(method: string, fn: () => Promise<Res>) =>
+    asyncUnary<object, Res>(log, method, async () => {
+      try {
+        return await fn();
+      } catch (err) {
+        throw statusOf(err) ?? err;
+      }
+    });
+
+  return {
+    name: BLOB_SERVICE,
+    packageDefinition: loadAdminPackage(),
+    implementation: {
+      Put: streaming<PutRequest>('Put', put),
+      Get: streaming<{ key: string }>('Get', get),
+      Status: unary('Status', async () => {
+        const s = await service.status();
+        return {
+          transfers: s.transfers.map((t) => ({
+            transfer_id: t.transferId,
+            direction: t.direction,
+            member: t.member,
+            key: t.key,
+            version: t.version,
+            kind: t.kind,
+            state: t.state,
+            bytes_done: t.bytesDone,
+            bytes_total: t.bytesTotal,
+            wire_bytes: t.wireBytes,
+            ...(t.rateBytesPerS === null ? {} : { rate_bytes_per_s: t.rateBytesPerS }),
+            ...(t.etaSeconds === null ? {} : { eta_seconds: t.etaSeconds }),
+            elapsed_seconds: t.elapsedSeconds,
+            attempt: t.attempt,
+            resumed: t.resumed,
+            started_at: t.startedAt,
+            ...(t.error === null ? {} : { error: t.error }),
+          })),
+          values: s.values.map(blobValue),
+          pack_bytes: s.store.packBytes,
+          packs: s.store.packs,
+          chunks: s.store.chunks,
+        };
+      }),
+      CacheStats: unary('CacheStats', async () => {
+        const c = service.cacheStats();
+        return {
+          hits: c.hits,
+          misses: c.misses,
+          evictions: c.evictions,
+          expiries: c.expiries,
+          refuted: c.refuted,
+          bytes_saved: c.bytesSaved,
+          entries: c.entries,
+          capacity: c.capacity,
+          ttl_ms: c.ttlMs,
+          persist: c.persist,
+          ...(c.hitRatio === null ? {} : { hit_ratio: c.hitRatio }),
+        };
+      }),
+    },
+  };
+}

@@ -1,0 +1,121 @@
+/**
+ * The State admin service (state.proto) as the admin client exposes it:
+ * request and response types in the .proto's snake_case, and the `.state`
+ * sub-client built on the client's call function.
+ *
+ * Invariant (as for the rest of the admin client): every response has every
+ * field, proto3 `optional` fields absent on the wire become null, uint64
+ * counts arrive as decimal strings and are returned as numbers (they stay far
+ * below 2^53), and each message is rebuilt field by field in .proto order.
+ */
+
+export const STATE_SERVICE = 'dwcp.admin.v1.State';
+
+export interface RegionCount {
+  region: string;
+  count: number;
+}
+
+export interface CrdtEntry {
+  key: string;
+  type: string;
+  value_json: string;
+  clock: RegionCount[];
+  expires_at: string | null;
+}
+
+export interface CrdtUpdateRequest {
+  key: string;
+  op: string;
+  type: string;
+  amount: number;
+  element: string;
+  field: string;
+  value_json: string;
+  consistency: string;
+  timeout_ms: number;
+  ttl_ms: number;
+}
+
+export interface CrdtUpdateResponse {
+  entry: CrdtEntry;
+  consistency: string;
+  regions_acked: number;
+  regions_total: number;
+}
+
+export interface CrdtGetRequest {
+  key: string;
+  type: string;
+  consistency: string;
+  timeout_ms: number;
+}
+
+export interface CrdtGetResponse {
+  entries: CrdtEntry[];
+  regions_answered: number;
+  regions_total: number;
+}
+
+export interface RegionDigest {
+  name: string;
+  region: string;
+  answered: boolean;
+  digest: string;
+  entries: number;
+  clock: RegionCount[];
+}
+
+export interface StateDigestResponse {
+  regions: RegionDigest[];
+  converged: boolean;
+}
+
+export interface StateClient {
+  update(request: CrdtUpdateRequest): Promise<CrdtUpdateResponse>;
+  get(request: CrdtGetRequest): Promise<CrdtGetResponse>;
+  digest(timeoutMs: number): Promise<StateDigestResponse>;
+  setTestPartition(members: string[]): Promise<{ blocked: string[] }>;
+}
+
+/** One call of the State service; `timeoutMs` is the request's own server-side timeout, if it has one. */
+export type StateCall = <Req, Res>(method: string, request: Req, timeoutMs?: number) => Promise<Res>;
+
+type WireCount = { region: string; count: string | number };
+type WireEntry = Omit<CrdtEntry, 'clock' | 'expires_at'> & { clock: WireCount[]; expires_at?: string };
+
+function countsFromWire(clock: WireCount[]): RegionCount[] {
+  return clock.map((c) => ({ region: c.region, count: Number(c.count) }));
+}
+
+function entryFromWire(e: WireEntry): CrdtEntry {
+  return { key: e.key, type: e.type, value_json: e.value_json, clock: countsFromWire(e.clock), expires_at: e.expires_at ?? null };
+}
+
+export function stateClient(call: StateCall): StateClient {
+  return {
+    update: async (request) => {
+      const r = await call<CrdtUpdateRequest, Omit<CrdtUpdateResponse, 'entry'> & { entry: WireEntry }>('Update', request, request.timeout_ms || undefined);
+      return { entry: entryFromWire(r.entry), consistency: r.consistency, regions_acked: r.regions_acked, regions_total: r.regions_total };
+    },
+    get: async (request) => {
+      const r = await call<CrdtGetRequest, Omit<CrdtGetResponse, 'entries'> & { entries: WireEntry[] }>('Get', request, request.timeout_ms || undefined);
+      return { entries: r.entries.map(entryFromWire), regions_answered: r.regions_answered, regions_total: r.regions_total };
+    },
+    digest: async (timeoutMs) => {
+      const r = await call<{ timeout_ms: number }, { regions: (Omit<RegionDigest, 'clock' | 'entries'> & { clock: WireCount[]; entries: string | number })[]; converged: boolean }>(
+        'Digest',
+        { timeout_ms: timeoutMs },
+        timeoutMs,
+      );
+      return {
+        regions: r.regions.map((d) => ({ name: d.name, region: d.region, answered: d.answered, digest: d.digest, entries: Number(d.entries), clock: countsFromWire(d.clock) })),
+        converged: r.converged,
+      };
+    },
+    setTestPartition: async (members) => {
+      const r = await call<{ members: string[] }, { blocked: string[] }>('SetTestPartition', { members });
+      return { blocked: r.blocked };
+    },
+  };
+}

@@ -1,0 +1,233 @@
+/**
+ * The Vm admin service (vm.proto) as the admin client exposes it: request
+ * and response types in the .proto's snake_case, and the `.vm` sub-client
+ * built on the client's call function.
+ *
+ * Invariant (as for the rest of the admin client): every response has every
+ * field, proto3 `optional` fields absent on the wire become null, and the
+ * decoder's extras (oneof markers) are dropped by rebuilding each message
+ * field by field in .proto order.
+ */
+
+export const VM_SERVICE = 'dwcp.admin.v1.Vm';
+
+export interface VmInstance {
+  provider: string;
+  kind: string;
+  id: string;
+  name: string;
+  region: string;
+  zone: string;
+  type: string;
+  vcpus: number | null;
+  memory_mib: number | null;
+  state: string;
+  provider_state: string;
+  tags: Record<string, string>;
+  spot: boolean;
+  launch_time: string | null;
+  image: string | null;
+  private_ip: string | null;
+  public_ip: string | null;
+}
+
+export interface VmProviderStatus {
+  name: string;
+  kind: string;
+  region: string;
+  description: string;
+  synced_at: string | null;
+  restored: boolean;
+  last_error: string | null;
+  instances: number;
+  pending_creates: number;
+}
+
+export interface ListInstancesRequest {
+  providers: string[];
+  states: string[];
+  refresh: boolean;
+  timeout_ms: number;
+}
+
+export interface ListInstancesResponse {
+  instances: VmInstance[];
+  providers: VmProviderStatus[];
+}
+
+export interface CreateInstanceRequest {
+  provider: string;
+  name: string;
+  type: string;
+  image: string;
+  zone: string;
+  tags: Record<string, string>;
+  spot: boolean;
+  user_data: string;
+  timeout_ms: number;
+}
+
+export interface VmInstanceRequest {
+  provider: string;
+  id: string;
+  timeout_ms: number;
+}
+
+export interface VmInstanceResponse {
+  instance: VmInstance;
+  warning: string | null;
+}
+
+export interface VmInstanceType {
+  provider: string;
+  kind: string;
+  region: string;
+  name: string;
+  vcpus: number;
+  memory_mib: number;
+  architectures: string[];
+  spot: boolean;
+  on_demand_hourly: number | null;
+}
+
+export interface ListTypesRequest {
+  providers: string[];
+  timeout_ms: number;
+}
+
+export interface ListTypesResponse {
+  types: VmInstanceType[];
+  failures: { provider: string; message: string }[];
+}
+
+export interface EstimateCostRequest {
+  provider: string;
+  region: string;
+  type: string;
+  model: string;
+  hours: number;
+}
+
+export interface EstimateCostResponse {
+  provider: string;
+  region: string;
+  type: string;
+  model: string;
+  currency: string;
+  hourly: number;
+  hours: number;
+  total: number;
+  monthly: number;
+  as_of: string;
+  source: string;
+  basis: string;
+  live: boolean;
+}
+
+export interface VmClient {
+  listInstances(request: ListInstancesRequest): Promise<ListInstancesResponse>;
+  createInstance(request: CreateInstanceRequest): Promise<VmInstanceResponse>;
+  startInstance(request: VmInstanceRequest): Promise<VmInstanceResponse>;
+  stopInstance(request: VmInstanceRequest): Promise<VmInstanceResponse>;
+  terminateInstance(request: VmInstanceRequest): Promise<VmInstanceResponse>;
+  listTypes(request: ListTypesRequest): Promise<ListTypesResponse>;
+  estimateCost(request: EstimateCostRequest): Promise<EstimateCostResponse>;
+}
+
+/** One unary call on the Vm service; `serverTimeoutMs` is the request's own timeout, when it carries one. */
+export type VmCall = <Req, Res>(method: string, request: Req, serverTimeoutMs?: number) => Promise<Res>;
+
+/** A message as proto-loader decodes it: proto3 optional fields may be missing. */
+type Wire<T> = { [K in keyof T]: null extends T[K] ? Exclude<T[K], null> | undefined : T[K] };
+
+function instanceFromWire(i: Wire<VmInstance>): VmInstance {
+  return {
+    provider: i.provider,
+    kind: i.kind,
+    id: i.id,
+    name: i.name,
+    region: i.region,
+    zone: i.zone,
+    type: i.type,
+    vcpus: i.vcpus ?? null,
+    memory_mib: i.memory_mib ?? null,
+    state: i.state,
+    provider_state: i.provider_state,
+    tags: { ...i.tags },
+    spot: i.spot,
+    launch_time: i.launch_time ?? null,
+    image: i.image ?? null,
+    private_ip: i.private_ip ?? null,
+    public_ip: i.public_ip ?? null,
+  };
+}
+
+function statusFromWire(s: Wire<VmProviderStatus>): VmProviderStatus {
+  return {
+    name: s.name,
+    kind: s.kind,
+    region: s.region,
+    description: s.description,
+    synced_at: s.synced_at ?? null,
+    restored: s.restored,
+    last_error: s.last_error ?? null,
+    instances: s.instances,
+    pending_creates: s.pending_creates,
+  };
+}
+
+function instanceResponseFromWire(r: { instance: Wire<VmInstance>; warning?: string }): VmInstanceResponse {
+  return { instance: instanceFromWire(r.instance), warning: r.warning ?? null };
+}
+
+function typeFromWire(t: Wire<VmInstanceType>): VmInstanceType {
+  return {
+    provider: t.provider,
+    kind: t.kind,
+    region: t.region,
+    name: t.name,
+    vcpus: t.vcpus,
+    memory_mib: t.memory_mib,
+    architectures: t.architectures,
+    spot: t.spot,
+    on_demand_hourly: t.on_demand_hourly ?? null,
+  };
+}
+
+export function vmClient(call: VmCall): VmClient {
+  type InstanceWire = { instance: Wire<VmInstance>; warning?: string };
+  const instanceCall = async <Req extends { timeout_ms: number }>(method: string, request: Req) =>
+    instanceResponseFromWire(await call<Req, InstanceWire>(method, request, request.timeout_ms || undefined));
+  return {
+    listInstances: async (request) => {
+      const res = await call<ListInstancesRequest, { instances: Wire<VmInstance>[]; providers: Wire<VmProviderStatus>[] }>('ListInstances', request, request.timeout_ms || undefined);
+      return { instances: res.instances.map(instanceFromWire), providers: res.providers.map(statusFromWire) };
+    },
+    createInstance: (request) => instanceCall('CreateInstance', request),
+    startInstance: (request) => instanceCall('StartInstance', request),
+    stopInstance: (request) => instanceCall('StopInstance', request),
+    terminateInstance: (request) => instanceCall('TerminateInstance', request),
+    listTypes: async (request) => {
+      const res = await call<ListTypesRequest, { types: Wire<VmInstanceType>[]; failures: { provider: string; message: string }[] }>('ListTypes', request, request.timeout_ms || undefined);
+      return { types: res.types.map(typeFromWire), failures: res.failures.map((f) => ({ provider: f.provider, message: f.message })) };
+    },
+    estimateCost: async (request) => {
+      const r = await call<EstimateCostRequest, EstimateCostResponse>('EstimateCost', request);
+      return {
+        provider: r.provider,
+        region: r.region,
+        type: r.type,
+        model: r.model,
+        currency: r.currency,
+        hourly: r.hourly,
+        hours: r.hours,
+        total: r.total,
+        monthly: r.monthly,
+        as_of: r.as_of,
+        source: r.source,
+        basis: r.basis,
+        live: r.live,
+      };
+    },
+  };
+}

@@ -1,0 +1,892 @@
+/**
+ * /dwcp/blob/1.0.0, both ends: `pushValue` sends one stored value to a
+ * member, `BlobReceiver` takes values members send. The exchange
+ * (proto/blob.proto): on a control stream the sender offers the value's
+ * chunk list, encoded against the baseline the sender believes the receiver
+ * holds; the receiver answers which chunks it needs; the sender stripes
+ * those, several chunks per compressed frame ("batch"), over parallel data
+ * streams; each batch is acknowledged once written; Finish → Committed.
+ *
+ * Invariants:
+ * - Nothing a member sends is applied before the whole value checks out:
+ *   chunks are verified against their hashes as they arrive and stay pending
+ *   in the store; the key changes only at commit, after the chunk list was
+ *   found to hash to the offered version. A refused frame, chunk, chunk list
+ *   or exchange aborts the transfer (counted by reason) and drops its staging.
+ * - Correctness never depends on the baseline: a receiver that does not hold
+ *   the offered baseline (or holds it chunked otherwise) answers
+ *   baseline_missing and the sender starts over with a full transfer.
+ * - A dropped connection is resumed: the sender offers the same transfer id
+ *   again (a new attempt) and the receiver, which keeps the staging of an
+ *   interrupted transfer for `resumeIdleMs`, leaves out every chunk it
+ *   already acknowledged. Only unacknowledged batches are sent again.
+ * - Back-pressure end to end: a data stream has at most WINDOW batches
+ *   unacknowledged, each FramedStream write waits for the stream to drain,
+ *   and a receiver reads its next batch only after writing the last, so
+ *   memory on both ends is bounded by streams × WINDOW × batch size.
+ * - Only a configured, connected member may open a blob stream, checked on
+ *   every inbound stream (the gater already refuses strangers' connections).
+ * - The codec of each batch follows the link's mode at the moment it is
+ *   sent (chooseCodec); compression that would not shrink a batch is undone
+ *   (sent as `none`), so a frame never grows the data by more than its header.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Connection, Stream } from '@libp2p/interface';
+import type { Libp2p } from 'libp2p';
+import { peerIdFromString } from '@libp2p/peer-id';
+import type { MemberConfig } from '../config/schema.ts';
+import type { MemberDirectory } from '../federation/members.ts';
+import type { LinkMode } from '../federation/link-mode.ts';
+import type { Logger } from '../log.ts';
+import { chooseCodec, DEFAULT_CODEC_CHOICE, type CodecChoiceOptions, type CodecMeasurements, type LinkEstimate } from '../codec/choice.ts';
+import { CodecError, codecFor, codecLabel, type CodecSpec } from '../codec/codecs.ts';
+import { decodeFrame, encodeFrame, FRAME_HEADER_BYTES, frameFromPayload, readFrameHeader } from '../codec/frame.ts';
+import { FrameError, FramedStream, type FrameEvents } from '../net/framing.ts';
+import type { ChunkRef, Manifest } from '../sync/manifest.ts';
+import { BlobStoreError, checkBlobKey, type BlobStore, type StagedValue } from './store.ts';
+import type { BlobMetrics, BlobRejectReason, TransferKind } from './metrics.ts';
+import { TransferProgress } from './progress.ts';
+import {
+  BLOB_MANIFEST_PART_BYTES,
+  BLOB_MAX_BATCH_RAW_BYTES,
+  BLOB_MAX_FRAME_BYTES,
+  BLOB_PROTOCOL,
+  BlobMessageSchema,
+  bitmapBytes,
+  decodeManifest,
+  encodeManifest,
+  ManifestDecodeError,
+  setBit,
+  setBits,
+  type Accept,
+  type BlobMessage,
+  type BlobRejectCode,
+  type Offer,
+} from './wire.ts';
+
+/** Unacknowledged batches per data stream: enough to keep one compressing while another is on the wire. */
+const WINDOW = 3;
+/** Deadlines for a peer that stops answering mid-exchange (the connection itself may look fine). */
+const ANSWER_TIMEOUT_MS = 60_000;
+/** A commit fsyncs the value's packs; on a slow disk a large value takes a while. */
+const COMMIT_TIMEOUT_MS = 10 * 60_000;
+const FIRST_MESSAGE_TIMEOUT_MS = 10_000;
+const RESUME_BACKOFF_MS = 200;
+const RESUME_BACKOFF_MAX_MS = 5_000;
+/** Streams one connection may open to us for blobs: a few transfers' worth. */
+export const BLOB_MAX_INBOUND_STREAMS = 128;
+
+export type BlobChannel = FramedStream<BlobMessage, BlobMessage>;
+
+export function blobChannel(stream: Stream, events: FrameEvents | undefined): BlobChannel {
+  return new FramedStream(stream, { protocol: BLOB_PROTOCOL, maxFrameBytes: BLOB_MAX_FRAME_BYTES, inbound: BlobMessageSchema, outbound: BlobMessageSchema, ...(events ? { events } : {}) });
+}
+
+export interface LinkInfo {
+  mode: LinkMode;
+  rttMs: number | null;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** A transfer failed in a way a new attempt would not fix (or the receiver said so). */
+export class BlobTransferError extends Error {
+  readonly code: string;
+  readonly retryable: boolean;
+  constructor(code: string, message: string, retryable = false) {
+    super(message);
+    this.name = 'BlobTransferError';
+    this.code = code;
+    this.retryable = retryable;
+  }
+}
+
+/** The receiver does not hold the baseline the sender's cache named: start over without one. */
+export class BaselineRefusedError extends BlobTransferError {
+  constructor(message: string) {
+    super('baseline_missing', message);
+    this.name = 'BaselineRefusedError';
+  }
+}
+
+/** What the receiver broke; the sender reports it and gives up. */
+class ProtocolError extends Error {}
+
+async function readExpecting<K extends BlobMessage['kind']>(ch: BlobChannel, kinds: readonly K[], what: string, timeoutMs: number, signal?: AbortSignal): Promise<Extract<BlobMessage, { kind: K }>> {
+  const deadline = AbortSignal.timeout(timeoutMs);
+  const msg = await ch.read({ signal: signal === undefined ? deadline : AbortSignal.any([deadline, signal]) });
+  if (msg === undefined) throw new Error(`${what}: the stream ended`);
+  if (!(kinds as readonly string[]).includes(msg.kind)) throw new ProtocolError(`${what}: got ${msg.kind}, expected ${kinds.join(' or ')}`);
+  return msg as Extract<BlobMessage, { kind: K }>;
+}
+
+/** At most `size` holders at once; `drained` resolves when none is held. */
+class Window {
+  readonly #size: number;
+  #held = 0;
+  #waiters: (() => void)[] = [];
+  #idle: (() => void)[] = [];
+  #failure: Error | null = null;
+  constructor(size: number) {
+    this.#size = size;
+  }
+  async acquire(): Promise<void> {
+    while (this.#held >= this.#size) {
+      if (this.#failure) throw this.#failure;
+      await new Promise<void>((resolve) => this.#waiters.push(resolve));
+    }
+    if (this.#failure) throw this.#failure;
+    this.#held++;
+  }
+  release(): void {
+    this.#held--;
+    this.#waiters.shift()?.();
+    if (this.#held === 0) for (const f of this.#idle.splice(0)) f();
+  }
+  async drained(): Promise<void> {
+    while (this.#held > 0) {
+      if (this.#failure) throw this.#failure;
+      await new Promise<void>((resolve) => this.#idle.push(resolve));
+    }
+    if (this.#failure) throw this.#failure;
+  }
+  fail(err: Error): void {
+    this.#failure ??= err;
+    for (const f of this.#waiters.splice(0)) f();
+    for (const f of this.#idle.splice(0)) f();
+  }
+}
+
+// ================================================================== sender
+
+export interface PushSettings {
+  streams: number;
+  batchBytes: number;
+  maxResumes: number;
+  codecChoice: CodecChoiceOptions;
+}
+
+export interface PushRequest {
+  host: Libp2p;
+  store: BlobStore;
+  member: MemberConfig;
+  manifest: Manifest;
+  /** The manifest the receiver is believed to hold for this key; undefined: full transfer. */
+  baseline: Manifest | undefined;
+  settings: PushSettings;
+  /** The link's mode and RTT now (asked before every batch, so a mode change applies mid-transfer). */
+  link: () => LinkInfo;
+  estimate: LinkEstimate;
+  codecs: CodecMeasurements;
+  metrics: BlobMetrics;
+  progress: TransferProgress;
+  events?: FrameEvents;
+  log: Logger;
+  signal?: AbortSignal;
+  /** The id to use (a test may pick one); random otherwise. */
+  transferId?: string;
+  /** Called after each acknowledged batch (progress reporting; tests cut connections from here). */
+  onAck?: () => void;
+  /** Called when an attempt's offer was accepted, with the resumes so far. */
+  onAttempt?: (attempt: number, resumed: number) => void;
+}
+
+export interface PushResult {
+  transferId: string;
+  kind: TransferKind;
+  /** Raw chunk bytes the receiver needed (over all attempts, counting resent batches once). */
+  neededBytes: number;
+  /** Raw bytes of batches sent, resends included. */
+  rawBytesSent: number;
+  /** Frame bytes on the wire, resends included. */
+  wireBytesSent: number;
+  /** Bytes of the encoded chunk list sent (all attempts). */
+  manifestBytesSent: number;
+  /** Value bytes the receiver took from its baseline. */
+  reusedBytes: number;
+  attempts: number;
+  resumed: number;
+  /** Raw bytes sent per codec label. */
+  codecs: Record<string, number>;
+  seconds: number;
+}
+
+interface PlannedBatch {
+  /** Ordinal of the first chunk in the need list. */
+  first: number;
+  refs: ChunkRef[];
+  rawBytes: number;
+}
+
+function planBatches(manifest: Manifest, need: readonly number[], batchBytes: number): PlannedBatch[] {
+  const batches: PlannedBatch[] = [];
+  let current: PlannedBatch | null = null;
+  for (const [ordinal, index] of need.entries()) {
+    const ref = manifest.chunks[index] as ChunkRef;
+    if (current === null || current.rawBytes + ref.length > batchBytes) {
+      current = { first: ordinal, refs: [], rawBytes: 0 };
+      batches.push(current);
+    }
+    current.refs.push(ref);
+    current.rawBytes += ref.length;
+  }
+  return batches;
+}
+
+const NONE: CodecSpec = { name: 'none' };
+
+/**
+ * When to stop trying to compress: after two batches in a row that did not
+ * shrink, skip compression for 1, then 2, 4 … up to 16 batches before trying
+ * again; any batch that shrinks resets it. Encrypted or already compressed
+ * values then cost no codec time, and a random stretch inside a compressible
+ * image costs one or two wasted attempts, not the rest of the transfer.
+ */
+export class CompressionSkip {
+  #misses = 0;
+  #skip = 0;
+  #backoff = 1;
+  worthTrying(): boolean {
+    if (this.#skip === 0) return true;
+    this.#skip--;
+    return false;
+  }
+  record(shrank: boolean): void {
+    if (shrank) {
+      this.#misses = 0;
+      this.#backoff = 1;
+    } else if (++this.#misses >= 2) {
+      this.#skip = this.#backoff;
+      this.#backoff = Math.min(16, this.#backoff * 2);
+      this.#misses = 0;
+    }
+  }
+}
+
+/** Sends one value to one member; resumes after dropped connections; throws BaselineRefusedError for the caller to retry in full. */
+export async function pushValue(req: PushRequest): Promise<PushResult> {
+  const started = performance.now();
+  const result: PushResult = {
+    transferId: req.transferId ?? randomBytes(16).toString('hex'),
+    kind: req.baseline === undefined ? 'full' : 'delta',
+    neededBytes: 0,
+    rawBytesSent: 0,
+    wireBytesSent: 0,
+    manifestBytesSent: 0,
+    reusedBytes: 0,
+    attempts: 0,
+    resumed: 0,
+    codecs: {},
+    seconds: 0,
+  };
+  const encoded = encodeManifest(req.manifest, req.baseline);
+  const baselineHashes = new Set(req.baseline?.chunks.map((c) => c.hash) ?? []);
+  result.reusedBytes = req.manifest.chunks.reduce((sum, c) => sum + (baselineHashes.has(c.hash) ? c.length : 0), 0);
+  const release = req.store.pin(req.manifest.chunks.map((c) => c.hash));
+  try {
+    for (let attempt = 1; ; attempt++) {
+      result.attempts = attempt;
+      try {
+        await pushAttempt(req, attempt, encoded, result);
+        result.seconds = (performance.now() - started) / 1000;
+        return result;
+      } catch (err) {
+        req.signal?.throwIfAborted();
+        if (err instanceof BlobTransferError && !err.retryable) throw err;
+        if (err instanceof ProtocolError) throw new BlobTransferError('protocol', `${req.member.name}: ${err.message}`);
+        if (err instanceof CodecError || err instanceof BlobStoreError) throw err;
+        if (attempt > req.settings.maxResumes) {
+          throw new BlobTransferError('unreachable', `${req.member.name}: transfer ${result.transferId} failed after ${attempt} attempts: ${errorText(err)}`, true);
+        }
+        const delay = Math.min(RESUME_BACKOFF_MAX_MS, RESUME_BACKOFF_MS * 2 ** (attempt - 1));
+        req.log.info({ member: req.member.name, transferId: result.transferId, attempt, err: errorText(err), retryInMs: delay }, 'blob transfer interrupted; resuming');
+        await new Promise((resolve) => setTimeout(resolve, delay).unref());
+      }
+    }
+  } finally {
+    release();
+  }
+}
+
+async function pushAttempt(req: PushRequest, attempt: number, encoded: Uint8Array, result: PushResult): Promise<void> {
+  const { manifest, baseline, member, host } = req;
+  const peer = peerIdFromString(member.peerId);
+  const abort = new AbortController();
+  const signal = req.signal === undefined ? abort.signal : AbortSignal.any([abort.signal, req.signal]);
+  const open = async () => blobChannel(await host.dialProtocol(peer, BLOB_PROTOCOL, { signal: AbortSignal.any([signal, AbortSignal.timeout(ANSWER_TIMEOUT_MS)]) }), req.events);
+  const control = await open();
+  const channels: BlobChannel[] = [control];
+  try {
+    const offer: Offer = {
+      transferId: result.transferId,
+      attempt,
+      key: manifest.key,
+      version: manifest.hash,
+      size: manifest.size,
+      chunking: manifest.chunking,
+      chunkCount: manifest.chunks.length,
+      baselineVersion: baseline?.hash ?? '',
+      manifestBytes: encoded.byteLength,
+    };
+    await control.write({ kind: 'offer', offer }, { signal });
+    for (let at = 0; at < encoded.byteLength; at += BLOB_MANIFEST_PART_BYTES) {
+      await control.write({ kind: 'manifestPart', manifestPart: { data: encoded.subarray(at, at + BLOB_MANIFEST_PART_BYTES) } }, { signal });
+    }
+    result.manifestBytesSent += encoded.byteLength;
+    const answer = await readExpecting(control, ['accept', 'reject'], `${member.name}: answer to the offer`, ANSWER_TIMEOUT_MS, signal);
+    if (answer.kind === 'reject') throw rejection(member, answer.reject.code, answer.reject.message);
+    const need = checkedNeed(manifest, answer.accept, member);
+    if (answer.accept.resumed) {
+      result.resumed++;
+      req.metrics.resumed.inc({ direction: 'sent' });
+    }
+    if (attempt === 1) result.neededBytes = answer.accept.needBytes;
+    req.onAttempt?.(attempt, result.resumed);
+    req.progress.retarget(req.progress.bytesDone + answer.accept.needBytes);
+    const queue = planBatches(manifest, need, req.settings.batchBytes);
+    const skip = new CompressionSkip();
+    const streams = Math.max(1, Math.min(req.settings.streams, queue.length));
+    const sending = Array.from({ length: queue.length === 0 ? 0 : streams }, async () => {
+      const ch = await open();
+      channels.push(ch);
+      await sendBatches(req, ch, queue, { transferId: result.transferId, attempt }, result, skip, signal);
+    });
+    // One failed stream fails the attempt at once: the others are aborted rather than left to time out.
+    await Promise.all(sending.map((p) => p.catch((err: unknown) => {
+      abort.abort(err);
+      throw err;
+    })));
+    await control.write({ kind: 'finish', finish: {} }, { signal });
+    const done = await readExpecting(control, ['committed', 'failed'], `${member.name}: answer to finish`, COMMIT_TIMEOUT_MS, signal);
+    if (done.kind === 'failed') throw new BlobTransferError(done.failed.code, `${member.name} did not commit ${manifest.key}: ${done.failed.message}`, done.failed.code === 'stopping');
+    if (done.committed.version !== manifest.hash) throw new ProtocolError(`committed ${done.committed.version}, offered ${manifest.hash}`);
+    await control.close().catch(() => {});
+  } finally {
+    abort.abort(new Error('transfer attempt over'));
+    for (const ch of channels) if (ch.stream.status === 'open') ch.stream.abort(new Error('transfer attempt over'));
+  }
+}
+
+function rejection(member: MemberConfig, code: BlobRejectCode, message: string): BlobTransferError {
+  if (code === 'baseline_missing') return new BaselineRefusedError(`${member.name}: ${message}`);
+  return new BlobTransferError(code, `${member.name} refused the transfer (${code}): ${message}`, code === 'busy');
+}
+
+/** The receiver's need list, held to the manifest: bits only within it and counts that agree. */
+function checkedNeed(manifest: Manifest, accept: Accept, member: MemberConfig): number[] {
+  let need: number[];
+  try {
+    need = setBits(accept.need, manifest.chunks.length);
+  } catch (err) {
+    throw new ProtocolError(`${member.name}: ${errorText(err)}`);
+  }
+  const bytes = need.reduce((sum, i) => sum + (manifest.chunks[i] as ChunkRef).length, 0);
+  if (need.length !== accept.needChunks || bytes !== accept.needBytes) {
+    throw new ProtocolError(`${member.name}: accept says ${accept.needChunks} chunks / ${accept.needBytes} bytes, its bitmap ${need.length} / ${bytes}`);
+  }
+  return need;
+}
+
+/**
+ * One data stream: takes batches off the shared queue while it has fewer
+ * than WINDOW unacknowledged, then half-closes; the receiver closes its end
+ * after its last ack, which ends the ack reader.
+ */
+async function sendBatches(
+  req: PushRequest,
+  ch: BlobChannel,
+  queue: PlannedBatch[],
+  join: { transferId: string; attempt: number },
+  result: PushResult,
+  skip: CompressionSkip,
+  signal: AbortSignal,
+): Promise<void> {
+  await ch.write({ kind: 'join', join }, { signal });
+  const window = new Window(WINDOW);
+  const inFlight = new Map<number, { count: number; raw: number; wire: number }>();
+  let lastSample = performance.now();
+  let sampleWire = 0;
+  const acks = (async () => {
+    try {
+      for (;;) {
+        const msg = await ch.read({ signal: AbortSignal.any([signal, AbortSignal.timeout(ANSWER_TIMEOUT_MS)]) });
+        if (msg === undefined) {
+          if (inFlight.size > 0) throw new Error(`${req.member.name} closed a data stream with ${inFlight.size} batches unacknowledged`);
+          return;
+        }
+        if (msg.kind !== 'ack') throw new ProtocolError(`data stream carried ${msg.kind}, expected ack`);
+        const sent = inFlight.get(msg.ack.first);
+        if (sent === undefined || sent.count !== msg.ack.count) throw new ProtocolError(`acknowledged batch ${msg.ack.first}+${msg.ack.count}, which is not in flight on this stream`);
+        inFlight.delete(msg.ack.first);
+        const now = performance.now();
+        req.progress.add(sent.raw, sent.wire, now);
+        sampleWire += sent.wire;
+        if (now - lastSample >= 200) {
+          req.estimate.observeTransfer(sampleWire, (now - lastSample) / 1000);
+          lastSample = now;
+          sampleWire = 0;
+        }
+        window.release();
+        req.onAck?.();
+      }
+    } catch (err) {
+      window.fail(err instanceof Error ? err : new Error(String(err)));
+      throw err;
+    }
+  })();
+  acks.catch(() => {});
+  for (let batch = queue.shift(); batch !== undefined; batch = queue.shift()) {
+    await window.acquire();
+    const { frame, codec } = await compressBatch(req, batch, skip);
+    result.codecs[codec] = (result.codecs[codec] ?? 0) + batch.rawBytes;
+    inFlight.set(batch.first, { count: batch.refs.length, raw: batch.rawBytes, wire: frame.byteLength });
+    await ch.write({ kind: 'batch', batch: { first: batch.first, count: batch.refs.length, frame } }, { signal });
+    result.rawBytesSent += batch.rawBytes;
+    result.wireBytesSent += frame.byteLength;
+  }
+  await window.drained();
+  await ch.close({ signal });
+  await acks;
+}
+
+/** One batch read from the store and framed with the codec its link calls for now; `codec` is the label actually used. */
+async function compressBatch(req: PushRequest, batch: PlannedBatch, skip: CompressionSkip): Promise<{ frame: Uint8Array; codec: string }> {
+  const parts = await req.store.readChunks(batch.refs);
+  const raw = parts.length === 1 ? (parts[0] as Uint8Array) : Buffer.concat(parts);
+  const link = req.link();
+  if (link.rttMs !== null) req.estimate.observeRtt(link.rttMs);
+  // chooseCodec's own "incompressible" verdict (a ratio EWMA over all traffic) is bypassed with probe: a random
+  // stretch would hold it above the threshold long after the data turned compressible; CompressionSkip decides instead.
+  const spec = skip.worthTrying()
+    ? chooseCodec({ mode: link.mode, payloadBytes: raw.byteLength, link: { bandwidth: req.estimate.bandwidth }, codecs: req.codecs, options: req.settings.codecChoice, probe: true })
+    : NONE;
+  const t0 = performance.now();
+  let frame = await encodeFrame(raw, spec);
+  const seconds = (performance.now() - t0) / 1000;
+  let used = spec;
+  if (spec.name !== 'none') {
+    const label = codecLabel(spec);
+    req.codecs.observe(spec, raw.byteLength, frame.byteLength - FRAME_HEADER_BYTES, seconds);
+    req.metrics.compressSeconds.observe({ codec: label }, seconds);
+    req.metrics.compressionRatio.observe({ codec: label }, (frame.byteLength - FRAME_HEADER_BYTES) / Math.max(1, raw.byteLength));
+    const shrank = frame.byteLength - FRAME_HEADER_BYTES < raw.byteLength * DEFAULT_CODEC_CHOICE.incompressibleRatio;
+    skip.record(shrank);
+    if (frame.byteLength - FRAME_HEADER_BYTES >= raw.byteLength) {
+      frame = frameFromPayload(codecFor(NONE), raw.byteLength, raw);
+      used = NONE;
+    }
+  }
+  const label = codecLabel(used);
+  req.metrics.rawBytes.inc({ codec: label, link_mode: link.mode, direction: 'sent' }, raw.byteLength);
+  req.metrics.wireBytes.inc({ codec: label, link_mode: link.mode, direction: 'sent' }, frame.byteLength);
+  return { frame, codec: label };
+}
+
+// ================================================================== receiver
+
+export interface ReceivedValue {
+  member: MemberConfig;
+  manifest: Manifest;
+  kind: TransferKind;
+  /** Raw bytes that crossed the wire (over all attempts). */
+  receivedBytes: number;
+  reusedBytes: number;
+  resumed: number;
+  seconds: number;
+}
+
+export interface InboundStatus {
+  transferId: string;
+  member: string;
+  key: string;
+  version: string;
+  kind: TransferKind;
+  progress: TransferProgress;
+  attempt: number;
+  resumed: number;
+  startedAt: Date;
+}
+
+export interface BlobReceiverOptions {
+  host: Libp2p;
+  store: BlobStore;
+  members: MemberDirectory;
+  isConnected(peerId: string): boolean;
+  link(peerId: string): LinkInfo;
+  metrics: BlobMetrics;
+  log: Logger;
+  events?: FrameEvents;
+  /** Inbound transfers staged at once (running or waiting to be resumed); more are answered busy. */
+  maxInbound?: number;
+  /** How long the staging of an interrupted transfer waits for a resume. */
+  resumeIdleMs?: number;
+  onStart?(status: InboundStatus): void;
+  onEnd?(status: InboundStatus, outcome: { ok: true; value: ReceivedValue } | { ok: false; error: string }): void;
+}
+
+const DEFAULT_MAX_INBOUND = 8;
+const DEFAULT_RESUME_IDLE_MS = 10 * 60_000;
+
+class HostileInput extends Error {
+  readonly reason: BlobRejectReason;
+  constructor(reason: BlobRejectReason, message: string) {
+    super(message);
+    this.name = 'HostileInput';
+    this.reason = reason;
+  }
+}
+
+interface Inbound {
+  id: string;
+  peerId: string;
+  member: MemberConfig;
+  offer: Offer;
+  baseline: Manifest | undefined;
+  manifest: Manifest | null;
+  staged: StagedValue;
+  /** Hashes written and acknowledged, over all attempts. */
+  received: Set<string>;
+  /** Chunk indices asked for in the current attempt, in order. */
+  need: number[];
+  attempt: number;
+  /** Streams of the current attempt, aborted when it is replaced or the transfer ends. */
+  channels: Set<BlobChannel>;
+  status: InboundStatus;
+  receivedBytes: number;
+  reusedBytes: number;
+  idle: NodeJS.Timeout | undefined;
+  started: number;
+  ended: boolean;
+}
+
+export class BlobReceiver {
+  readonly #opts: BlobReceiverOptions;
+  readonly #transfers = new Map<string, Inbound>();
+  #stopped = false;
+
+  constructor(opts: BlobReceiverOptions) {
+    this.#opts = opts;
+  }
+
+  /** The libp2p stream handler for BLOB_PROTOCOL. */
+  readonly handle = (stream: Stream, connection: Connection): void => {
+    void this.#onStream(stream, connection);
+  };
+
+  active(): InboundStatus[] {
+    return [...this.#transfers.values()].map((t) => t.status);
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    for (const t of [...this.#transfers.values()]) this.#end(t, { ok: false, error: 'the daemon is stopping' }, 'stopping');
+  }
+
+  async #onStream(stream: Stream, connection: Connection): Promise<void> {
+    const { log, members } = this.#opts;
+    const peerId = connection.remotePeer.toString();
+    const member = members.get(peerId);
+    const ch = blobChannel(stream, this.#opts.events);
+    // The peer passed the gater when it connected, so it is authenticated: say why rather than reset.
+    if (member === undefined || this.#stopped) {
+      log.warn({ peerId, member: member?.name }, 'blob stream from a peer that is not a member refused');
+      await this.#reject(ch, this.#stopped ? 'busy' : 'invalid', this.#stopped ? 'this member is stopping' : "you are not in this member's member list");
+      return;
+    }
+    if (!this.#opts.isConnected(peerId)) {
+      // A member whose new connection has not finished hello yet (e.g. a resume right after a reconnect): retryable.
+      await this.#reject(ch, 'busy', 'this connection has not passed the hello exchange yet');
+      return;
+    }
+    let first: BlobMessage | undefined;
+    try {
+      first = await ch.read({ signal: AbortSignal.timeout(FIRST_MESSAGE_TIMEOUT_MS) });
+    } catch (err) {
+      // FramedStream counted a bad frame and reset the stream.
+      log.warn({ member: member.name, err: errorText(err) }, 'blob stream refused');
+      return;
+    }
+    if (first?.kind === 'offer') await this.#control(ch, peerId, member, first.offer);
+    else if (first?.kind === 'join') await this.#data(ch, peerId, member, first.join);
+    else if (first !== undefined) this.#refuseStream(ch, member, new HostileInput('protocol', `a blob stream must start with offer or join, not ${first.kind}`));
+  }
+
+  #refuseStream(ch: BlobChannel, member: MemberConfig, err: HostileInput): void {
+    this.#opts.metrics.rejected.inc({ reason: err.reason });
+    this.#opts.log.warn({ member: member.name, reason: err.reason, err: err.message }, 'blob input refused');
+    ch.reset(err);
+  }
+
+  async #reject(ch: BlobChannel, code: BlobRejectCode, message: string): Promise<void> {
+    await ch.write({ kind: 'reject', reject: { code, message } }).catch(() => {});
+    await ch.close().catch(() => {});
+  }
+
+  async #control(ch: BlobChannel, peerId: string, member: MemberConfig, offer: Offer): Promise<void> {
+    const { store, log } = this.#opts;
+    try {
+      checkBlobKey(offer.key);
+    } catch (err) {
+      await this.#reject(ch, 'invalid', errorText(err));
+      return;
+    }
+    if (offer.size > store.maxValueBytes) {
+      await this.#reject(ch, 'too_large', `${offer.key}: ${offer.size} bytes, above this member's blob.maxValueBytes (${store.maxValueBytes})`);
+      return;
+    }
+    let t = this.#transfers.get(offer.transferId);
+    if (t !== undefined) {
+      const same = t.peerId === peerId && t.offer.key === offer.key && t.offer.version === offer.version && t.offer.baselineVersion === offer.baselineVersion;
+      if (!same || offer.attempt <= t.attempt) {
+        await this.#reject(ch, 'invalid', `transfer ${offer.transferId} is already attempt ${t.attempt} of ${t.offer.key}@${t.offer.version} from ${t.member.name}`);
+        return;
+      }
+      for (const old of t.channels) old.reset(new Error(`superseded by attempt ${offer.attempt}`));
+      t.channels.clear();
+    } else {
+      if (this.#transfers.size >= (this.#opts.maxInbound ?? DEFAULT_MAX_INBOUND)) {
+        await this.#reject(ch, 'busy', `${this.#transfers.size} inbound transfers are staged; retry later`);
+        return;
+      }
+      let baseline: Manifest | undefined;
+      if (offer.baselineVersion !== '') {
+        const held = store.current(offer.key);
+        baseline = held?.version === offer.baselineVersion ? store.manifest(held.version, offer.key) : undefined;
+        if (baseline === undefined || baseline.chunking.minSize !== offer.chunking.minSize || baseline.chunking.avgSize !== offer.chunking.avgSize || baseline.chunking.maxSize !== offer.chunking.maxSize) {
+          await this.#reject(ch, 'baseline_missing', `${offer.key}: this member holds ${held === undefined ? 'no version' : `version ${held.version}`}, not baseline ${offer.baselineVersion}`);
+          return;
+        }
+      }
+      t = this.#start(offer, peerId, member, baseline);
+    }
+    t.attempt = offer.attempt;
+    t.status.attempt = offer.attempt;
+    t.need = [];
+    t.channels.add(ch);
+    clearTimeout(t.idle);
+    const inbound = t;
+    try {
+      const bytes = new Uint8Array(offer.manifestBytes);
+      for (let got = 0; got < offer.manifestBytes; ) {
+        const part = await readExpecting(ch, ['manifestPart'], `${member.name}: chunk list`, ANSWER_TIMEOUT_MS);
+        if (got + part.manifestPart.data.byteLength > offer.manifestBytes) throw new HostileInput('manifest', `chunk list parts exceed the declared ${offer.manifestBytes} bytes`);
+        bytes.set(part.manifestPart.data, got);
+        got += part.manifestPart.data.byteLength;
+      }
+      if (inbound.manifest === null) {
+        try {
+          inbound.manifest = decodeManifest(offer, bytes, inbound.baseline);
+        } catch (err) {
+          if (err instanceof ManifestDecodeError) throw new HostileInput('manifest', err.message);
+          throw err;
+        }
+      }
+      const accept = this.#accept(inbound);
+      await ch.write({ kind: 'accept', accept });
+      if (accept.resumed) {
+        inbound.status.resumed++;
+        this.#opts.metrics.resumed.inc({ direction: 'received' });
+        log.info({ member: member.name, blobKey: offer.key, transferId: offer.transferId, attempt: offer.attempt, needBytes: accept.needBytes }, 'blob transfer resumed');
+      }
+      // No deadline: the data streams may take hours on a thin link; a dropped connection ends this read.
+      const finish = await ch.read();
+      if (finish === undefined) throw new Error('control stream ended before finish');
+      if (finish.kind !== 'finish') throw new HostileInput('protocol', `control stream carried ${finish.kind}, expected finish`);
+      const missing = inbound.need.filter((i) => !inbound.received.has((inbound.manifest?.chunks[i] as ChunkRef).hash));
+      if (missing.length > 0) throw new HostileInput('protocol', `finish with ${missing.length} needed chunks not received (first: chunk ${missing[0]})`);
+      await this.#commit(inbound, ch);
+    } catch (err) {
+      if (err instanceof HostileInput || err instanceof ProtocolError) {
+        this.#fail(inbound, err instanceof HostileInput ? err : new HostileInput('protocol', err.message), ch);
+      } else if (err instanceof FrameError && err.reason !== 'timeout') {
+        this.#fail(inbound, new HostileInput('protocol', err.message), ch, false);
+      } else if (!inbound.ended && inbound.attempt === offer.attempt) {
+        // The connection dropped or the sender went quiet: keep the staging for a resume.
+        inbound.channels.delete(ch);
+        log.info({ member: member.name, blobKey: offer.key, transferId: offer.transferId, err: errorText(err) }, 'blob transfer interrupted; staging kept for a resume');
+        this.#armIdle(inbound);
+      }
+    }
+  }
+
+  #start(offer: Offer, peerId: string, member: MemberConfig, baseline: Manifest | undefined): Inbound {
+    const staged = this.#opts.store.stage();
+    if (baseline !== undefined) staged.rely(baseline.chunks.map((c) => c.hash));
+    const now = performance.now();
+    const status: InboundStatus = {
+      transferId: offer.transferId,
+      member: member.name,
+      key: offer.key,
+      version: offer.version,
+      kind: baseline === undefined ? 'full' : 'delta',
+      progress: new TransferProgress(0, now),
+      attempt: offer.attempt,
+      resumed: 0,
+      startedAt: new Date(),
+    };
+    const t: Inbound = {
+      id: offer.transferId,
+      peerId,
+      member,
+      offer,
+      baseline,
+      manifest: null,
+      staged,
+      received: new Set(),
+      need: [],
+      attempt: offer.attempt,
+      channels: new Set(),
+      status,
+      receivedBytes: 0,
+      reusedBytes: 0,
+      idle: undefined,
+      started: now,
+      ended: false,
+    };
+    this.#transfers.set(t.id, t);
+    this.#opts.metrics.activeTransfers.inc({ direction: 'received' });
+    this.#opts.onStart?.(status);
+    return t;
+  }
+
+  /** What this attempt needs: chunks neither in the baseline nor acknowledged before, each distinct hash once. */
+  #accept(t: Inbound): Accept {
+    const manifest = t.manifest as Manifest;
+    const inBaseline = new Set(t.baseline?.chunks.map((c) => c.hash) ?? []);
+    const need = new Uint8Array(bitmapBytes(manifest.chunks.length));
+    const seen = new Set<string>();
+    t.need = [];
+    let needBytes = 0;
+    let reused = 0;
+    for (const [i, c] of manifest.chunks.entries()) {
+      if (inBaseline.has(c.hash)) reused += c.length;
+      if (seen.has(c.hash) || inBaseline.has(c.hash) || t.received.has(c.hash)) continue;
+      seen.add(c.hash);
+      setBit(need, i);
+      t.need.push(i);
+      needBytes += c.length;
+    }
+    t.reusedBytes = reused;
+    t.status.progress.retarget(t.status.progress.bytesDone + needBytes);
+    return { need, resumed: t.received.size > 0, needChunks: t.need.length, needBytes };
+  }
+
+  async #data(ch: BlobChannel, peerId: string, member: MemberConfig, join: { transferId: string; attempt: number }): Promise<void> {
+    const t = this.#transfers.get(join.transferId);
+    if (t === undefined || t.peerId !== peerId || t.attempt !== join.attempt || t.manifest === null) {
+      // A stale stream of a superseded attempt is normal after a resume; anything else is not.
+      ch.reset(new Error(`no transfer ${join.transferId} attempt ${join.attempt} from ${member.name} is waiting for data`));
+      return;
+    }
+    t.channels.add(ch);
+    const manifest = t.manifest;
+    const mode = this.#opts.link(peerId).mode;
+    try {
+      for (;;) {
+        const msg = await ch.read();
+        if (msg === undefined) break;
+        if (msg.kind !== 'batch') throw new HostileInput('protocol', `data stream carried ${msg.kind}, only batches belong there`);
+        const { first, count, frame } = msg.batch;
+        if (first + count > t.need.length) throw new HostileInput('protocol', `batch ${first}+${count} is past the ${t.need.length} chunks asked for`);
+        const refs = t.need.slice(first, first + count).map((i) => manifest.chunks[i] as ChunkRef);
+        const expected = refs.reduce((sum, r) => sum + r.length, 0);
+        if (expected > BLOB_MAX_BATCH_RAW_BYTES) throw new HostileInput('protocol', `batch ${first}+${count} holds ${expected} bytes, above the ${BLOB_MAX_BATCH_RAW_BYTES}-byte batch limit`);
+        const chunks = await this.#unpack(frame, refs, expected, mode);
+        await t.staged.writeVerified(chunks);
+        for (const c of chunks) t.received.add(c.hash);
+        t.receivedBytes += expected;
+        t.status.progress.add(expected, frame.byteLength, performance.now());
+        await ch.write({ kind: 'ack', ack: { first, count } });
+      }
+      await ch.close().catch(() => {});
+    } catch (err) {
+      if (err instanceof CodecError) this.#fail(t, new HostileInput(err.reason, err.message), ch);
+      else if (err instanceof BlobStoreError && err.reason === 'corrupt') this.#fail(t, new HostileInput('chunk-hash', err.message), ch);
+      else if (err instanceof HostileInput) this.#fail(t, err, ch);
+      else if (err instanceof FrameError && err.reason !== 'timeout') this.#fail(t, new HostileInput('protocol', err.message), ch, false);
+      else t.channels.delete(ch);
+    }
+  }
+
+  /** Checks and decompresses one batch frame into its chunks (hashes still to be verified by the store). */
+  async #unpack(frame: Uint8Array, refs: readonly ChunkRef[], expected: number, mode: LinkMode): Promise<{ hash: string; bytes: Uint8Array }[]> {
+    const header = readFrameHeader(frame, BLOB_MAX_BATCH_RAW_BYTES);
+    if (header.rawLength !== expected) throw new CodecError('length-mismatch', `batch frame declares ${header.rawLength} raw bytes, its ${refs.length} chunks are ${expected}`);
+    const t0 = performance.now();
+    const { raw, codec } = await decodeFrame(frame, BLOB_MAX_BATCH_RAW_BYTES);
+    const label = codecLabel({ name: codec.name, level: header.level === 0 ? undefined : header.level });
+    const m = this.#opts.metrics;
+    m.decompressSeconds.observe({ codec: label }, (performance.now() - t0) / 1000);
+    m.rawBytes.inc({ codec: label, link_mode: mode, direction: 'received' }, raw.byteLength);
+    m.wireBytes.inc({ codec: label, link_mode: mode, direction: 'received' }, frame.byteLength);
+    const out: { hash: string; bytes: Uint8Array }[] = [];
+    let at = 0;
+    for (const r of refs) {
+      out.push({ hash: r.hash, bytes: raw.subarray(at, at + r.length) });
+      at += r.length;
+    }
+    return out;
+  }
+
+  async #commit(t: Inbound, ch: BlobChannel): Promise<void> {
+    const manifest = t.manifest as Manifest;
+    let value: ReceivedValue;
+    try {
+      await t.staged.commit(t.offer.key, manifest, t.member.name);
+      value = {
+        member: t.member,
+        manifest,
+        kind: t.status.kind,
+        receivedBytes: t.receivedBytes,
+        reusedBytes: t.reusedBytes,
+        resumed: t.status.resumed,
+        seconds: (performance.now() - t.started) / 1000,
+      };
+    } catch (err) {
+      await ch.write({ kind: 'failed', failed: { code: 'commit', message: errorText(err) } }).catch(() => {});
+      this.#end(t, { ok: false, error: `commit failed: ${errorText(err)}` });
+      throw err;
+    }
+    await ch.write({ kind: 'committed', committed: { version: manifest.hash } }).catch(() => {});
+    await ch.close().catch(() => {});
+    this.#end(t, { ok: true, value });
+  }
+
+  /** Refuses hostile input: counted by reason, the transfer's staging dropped, its streams reset. */
+  #fail(t: Inbound, err: HostileInput, ch: BlobChannel, count = true): void {
+    if (count) this.#opts.metrics.rejected.inc({ reason: err.reason });
+    this.#opts.log.warn({ member: t.member.name, blobKey: t.offer.key, transferId: t.id, reason: err.reason, err: err.message }, 'blob input refused; transfer aborted, nothing applied');
+    ch.reset(err);
+    this.#end(t, { ok: false, error: `${err.reason}: ${err.message}` });
+  }
+
+  #end(t: Inbound, outcome: { ok: true; value: ReceivedValue } | { ok: false; error: string }, code = 'aborted'): void {
+    if (t.ended) return;
+    t.ended = true;
+    clearTimeout(t.idle);
+    this.#transfers.delete(t.id);
+    t.staged.release();
+    for (const ch of t.channels) {
+      if (!outcome.ok) void ch.write({ kind: 'failed', failed: { code, message: outcome.error } }).catch(() => {});
+      if (!outcome.ok && ch.stream.status === 'open') ch.reset(new Error(outcome.error));
+    }
+    t.channels.clear();
+    const m = this.#opts.metrics;
+    m.activeTransfers.dec({ direction: 'received' });
+    m.transfers.inc({ direction: 'received', kind: t.status.kind, result: outcome.ok ? 'ok' : 'failed' });
+    if (outcome.ok) {
+      m.transferSeconds.observe({ direction: 'received', kind: t.status.kind }, outcome.value.seconds);
+      if (t.receivedBytes > 0 && outcome.value.seconds > 0) m.transferThroughput.observe({ direction: 'received' }, t.receivedBytes / outcome.value.seconds);
+    }
+    this.#opts.onEnd?.(t.status, outcome);
+  }
+
+  #armIdle(t: Inbound): void {
+    clearTimeout(t.idle);
+    const ms = this.#opts.resumeIdleMs ?? DEFAULT_RESUME_IDLE_MS;
+    t.idle = setTimeout(() => this.#end(t, { ok: false, error: `no resume within ${ms} ms` }), ms);
+    t.idle.unref();
+  }
+}

@@ -1,0 +1,284 @@
+/**
+ * dwcpctl's `vm` and `cost` commands: the VMs of the clouds the daemon
+ * manages, and what a type costs.
+ *
+ *   dwcpctl vm list [--provider P]... [--state S]... [--refresh] [--json]
+ *   dwcpctl vm create --provider P --type T --image I [--zone Z] [--name N] [--tag k=v]... [--spot] [--json]
+ *   dwcpctl vm start|stop|terminate ID [--provider P] [--json]
+ *   dwcpctl vm types [--provider P]... [--json]
+ *   dwcpctl cost estimate --provider aws --region us-east-1 --type t3.medium [--hours 720] [--spot|--reserved] [--json]
+ *
+ * The `local` provider's VMs are simulated records, and every table says so
+ * next to the provider name. Long operations wait for the target state, up
+ * to 10 minutes unless --timeout says otherwise; reads default to 30 s. A
+ * listing whose provider failed to sync still prints what is known, then
+ * exits 1 with the reason; a create whose tags the next sync must finish
+ * exits 0 with a warning on stderr.
+ */
+import { randomBytes } from 'node:crypto';
+import type { ParseArgsOptionsConfig } from 'node:util';
+import type { EstimateCostResponse, ListInstancesResponse, VmInstance, VmInstanceType, VmProviderStatus } from '../admin/vm-client.ts';
+import { formatDuration, formatJson, renderFields, renderTable } from './format.ts';
+import type { Command, CommandContext, FlagValues } from './command.ts';
+import { UsageError } from './command.ts';
+
+const READ_TIMEOUT_MS = 30_000;
+const OPERATION_TIMEOUT_MS = 600_000;
+const UNKNOWN = '-';
+
+const VM_OPTIONS = {
+  provider: { type: 'string', multiple: true },
+  state: { type: 'string', multiple: true },
+  refresh: { type: 'boolean' },
+  type: { type: 'string' },
+  image: { type: 'string' },
+  zone: { type: 'string' },
+  name: { type: 'string' },
+  tag: { type: 'string', multiple: true },
+  spot: { type: 'boolean' },
+} as const satisfies ParseArgsOptionsConfig;
+
+const COST_OPTIONS = {
+  provider: { type: 'string' },
+  region: { type: 'string' },
+  type: { type: 'string' },
+  hours: { type: 'string' },
+  spot: { type: 'boolean' },
+  reserved: { type: 'boolean' },
+} as const satisfies ParseArgsOptionsConfig;
+
+/** --timeout when given, else the default for this kind of call. */
+function timeout(ctx: CommandContext, fallbackMs: number): number {
+  return ctx.flags.timeout === undefined ? fallbackMs : ctx.timeoutMs;
+}
+
+function strings(flags: FlagValues, name: string): string[] {
+  const raw = flags[name];
+  if (raw === undefined) return [];
+  return (Array.isArray(raw) ? raw : [raw]).filter((v): v is string => typeof v === 'string');
+}
+
+function single(flags: FlagValues, name: string): string | undefined {
+  const values = strings(flags, name);
+  if (values.length > 1) throw new UsageError(`--${name} given ${values.length} times; give it once`);
+  return values[0];
+}
+
+function needed(flags: FlagValues, name: string, what: string): string {
+  const value = single(flags, name);
+  if (value === undefined || value === '') throw new UsageError(`--${name} is required (${what})`);
+  return value;
+}
+
+function noArguments(ctx: CommandContext, sub: string): void {
+  if (ctx.args.length > 1) throw new UsageError(`${sub} takes no arguments (got ${JSON.stringify(ctx.args[1])})`);
+}
+
+function tags(flags: FlagValues): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const raw of strings(flags, 'tag')) {
+    const eq = raw.indexOf('=');
+    if (eq < 1) throw new UsageError(`--tag ${JSON.stringify(raw)}: expected KEY=VALUE`);
+    out[raw.slice(0, eq)] = raw.slice(eq + 1);
+  }
+  return out;
+}
+
+/** The provider column: the configured name, with its kind when they differ; local VMs are marked simulated. */
+export function providerLabel(name: string, kind: string): string {
+  if (kind === 'local') return name === 'local' ? 'local (simulated)' : `${name} (local, simulated)`;
+  return name === kind ? name : `${name} (${kind})`;
+}
+
+function memory(mib: number | null): string {
+  if (mib === null) return UNKNOWN;
+  return mib >= 1024 ? `${(mib / 1024).toFixed(mib % 1024 === 0 ? 0 : 1)} GiB` : `${mib} MiB`;
+}
+
+function dollars(value: number, digits = 2): string {
+  return `$${value.toFixed(digits)}`;
+}
+
+export function formatInstances(res: ListInstancesResponse, now: Date = new Date()): string {
+  if (res.providers.length === 0) return '(no cloud providers configured: add clouds.providers to the dwcpd config, see docs/clouds.md)\n';
+  const kinds = new Map(res.providers.map((p) => [p.name, p.kind]));
+  const table =
+    res.instances.length === 0
+      ? '(no instances)\n'
+      : renderTable(
+          ['PROVIDER', 'ID', 'NAME', 'TYPE', 'ZONE', 'STATE', 'VCPU', 'MEMORY', 'SPOT', 'PRIVATE IP', 'PUBLIC IP'],
+          res.instances.map((i) => [
+            providerLabel(i.provider, kinds.get(i.provider) ?? i.kind),
+            i.id,
+            i.name,
+            i.type,
+            i.zone,
+            i.state,
+            i.vcpus === null ? UNKNOWN : String(i.vcpus),
+            memory(i.memory_mib),
+            i.spot ? 'yes' : 'no',
+            i.private_ip ?? UNKNOWN,
+            i.public_ip ?? UNKNOWN,
+          ]),
+        );
+  return `${table}\n${formatProviders(res.providers, now)}`;
+}
+
+export function formatProviders(providers: readonly VmProviderStatus[], now: Date = new Date()): string {
+  return renderTable(
+    ['PROVIDER', 'DESCRIPTION', 'INSTANCES', 'PENDING CREATES', 'SYNCED'],
+    providers.map((p) => [providerLabel(p.name, p.kind), p.description, String(p.instances), String(p.pending_creates), syncState(p, now)]),
+  );
+}
+
+function syncState(p: VmProviderStatus, now: Date): string {
+  const age = p.synced_at === null ? null : `${formatDuration((now.getTime() - Date.parse(p.synced_at)) / 1000)} ago`;
+  if (p.last_error !== null) return `FAILED (last good: ${age ?? 'never'})`;
+  if (age === null) return 'not yet';
+  return p.restored ? `${age} (restored from disk)` : age;
+}
+
+export function formatInstance(i: VmInstance, kind: string = i.kind): string {
+  return renderFields([
+    ['Provider', providerLabel(i.provider, kind)],
+    ['ID', i.id],
+    ['Name', i.name],
+    ['Type', `${i.type} (${i.vcpus ?? UNKNOWN} vCPU, ${memory(i.memory_mib)})`],
+    ['Zone', `${i.zone} (${i.region})`],
+    ['State', i.state === i.provider_state ? i.state : `${i.state} (${i.provider_state})`],
+    ['Spot', i.spot ? 'yes' : 'no'],
+    ['Image', i.image ?? UNKNOWN],
+    ['Private IP', i.private_ip ?? UNKNOWN],
+    ['Public IP', i.public_ip ?? UNKNOWN],
+    ['Launched', i.launch_time ?? UNKNOWN],
+    ['Tags', Object.entries(i.tags).map(([k, v]) => `${k}=${v}`).join('\n') || UNKNOWN],
+  ]);
+}
+
+export function formatTypes(types: readonly VmInstanceType[]): string {
+  if (types.length === 0) return '(no instance types)\n';
+  return renderTable(
+    ['PROVIDER', 'TYPE', 'VCPU', 'MEMORY', 'ARCH', 'SPOT', 'ON-DEMAND/H'],
+    types.map((t) => [
+      providerLabel(t.provider, t.kind),
+      t.name,
+      String(t.vcpus),
+      memory(t.memory_mib),
+      t.architectures.join(',') || UNKNOWN,
+      t.spot ? 'yes' : 'no',
+      t.on_demand_hourly === null ? UNKNOWN : dollars(t.on_demand_hourly, 4),
+    ]),
+  );
+}
+
+export function formatEstimate(e: EstimateCostResponse): string {
+  return renderFields([
+    ['Provider', `${e.provider} ${e.region}`],
+    ['Type', e.type],
+    ['Model', `${e.model} (${e.basis})`],
+    ['Hourly', `${dollars(e.hourly, 4)} ${e.currency}`],
+    ['Total', `${dollars(e.total)} for ${e.hours} h`],
+    ['Monthly', `${dollars(e.monthly)} (730 h)`],
+    ['Price of', e.as_of],
+    ['Source', `${e.source}${e.live ? '' : ' (indicative list price)'}`],
+  ]);
+}
+
+/** Prints the listing first, then fails on any provider whose last sync failed: the table is what is known, not all there is. */
+function failIfStale(providers: readonly { name: string; last_error: string | null }[]): void {
+  const failed = providers.filter((p) => p.last_error !== null);
+  if (failed.length > 0) throw new Error(failed.map((p) => `inventory of ${p.name} may be stale: its last sync failed: ${p.last_error}`).join('; '));
+}
+
+async function vm(ctx: CommandContext): Promise<void> {
+  const sub = ctx.args[0];
+  const client = async () => (await ctx.admin()).vm;
+  const { flags } = ctx;
+  switch (sub) {
+    case 'list': {
+      noArguments(ctx, 'vm list');
+      const res = await (await client()).listInstances({
+        providers: strings(flags, 'provider'),
+        states: strings(flags, 'state'),
+        refresh: flags.refresh === true,
+        timeout_ms: timeout(ctx, READ_TIMEOUT_MS),
+      });
+      ctx.io.stdout(ctx.json ? formatJson(res) : formatInstances(res));
+      failIfStale(res.providers);
+      return;
+    }
+    case 'create': {
+      noArguments(ctx, 'vm create');
+      const res = await (await client()).createInstance({
+        provider: single(flags, 'provider') ?? '',
+        name: single(flags, 'name') ?? `dwcp-${randomBytes(3).toString('hex')}`,
+        type: needed(flags, 'type', 'the instance type, e.g. t3.medium; see dwcpctl vm types'),
+        image: needed(flags, 'image', 'an AMI id on AWS, an image on GCP, anything on local'),
+        zone: single(flags, 'zone') ?? '',
+        tags: tags(flags),
+        spot: flags.spot === true,
+        user_data: '',
+        timeout_ms: timeout(ctx, OPERATION_TIMEOUT_MS),
+      });
+      ctx.io.stdout(ctx.json ? formatJson(res) : formatInstance(res.instance));
+      if (res.warning !== null) ctx.io.stderr(`dwcpctl: warning: ${res.warning}\n`);
+      return;
+    }
+    case 'start':
+    case 'stop':
+    case 'terminate': {
+      const [id, extra] = ctx.args.slice(1);
+      if (id === undefined || extra !== undefined) throw new UsageError(`vm ${sub} takes one argument, the instance ID`);
+      const request = { provider: single(flags, 'provider') ?? '', id, timeout_ms: timeout(ctx, OPERATION_TIMEOUT_MS) };
+      const c = await client();
+      const res = await (sub === 'start' ? c.startInstance(request) : sub === 'stop' ? c.stopInstance(request) : c.terminateInstance(request));
+      const i = res.instance;
+      ctx.io.stdout(ctx.json ? formatJson(res) : `${i.id} ${i.state} (${providerLabel(i.provider, i.kind)}, ${i.name})\n`);
+      return;
+    }
+    case 'types': {
+      noArguments(ctx, 'vm types');
+      const res = await (await client()).listTypes({ providers: strings(flags, 'provider'), timeout_ms: timeout(ctx, READ_TIMEOUT_MS) });
+      ctx.io.stdout(ctx.json ? formatJson(res) : formatTypes(res.types));
+      if (res.failures.length > 0) throw new Error(res.failures.map((f) => `${f.provider}: ${f.message}`).join('; '));
+      return;
+    }
+    default:
+      throw new UsageError(`vm needs a subcommand: list, create, start, stop, terminate or types${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`);
+  }
+}
+
+async function cost(ctx: CommandContext): Promise<void> {
+  const sub = ctx.args[0];
+  if (sub !== 'estimate') throw new UsageError(`cost needs a subcommand: estimate${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`);
+  noArguments(ctx, 'cost estimate');
+  const { flags } = ctx;
+  if (flags.spot === true && flags.reserved === true) throw new UsageError('--spot and --reserved exclude each other');
+  const rawHours = single(flags, 'hours');
+  const hours = rawHours === undefined ? 0 : Number(rawHours);
+  if (rawHours !== undefined && !(hours > 0 && Number.isFinite(hours))) throw new UsageError(`--hours: ${JSON.stringify(rawHours)} is not a number of hours above 0`);
+  const res = await (await ctx.admin()).vm.estimateCost({
+    provider: needed(flags, 'provider', 'aws, gcp, azure or oracle'),
+    region: needed(flags, 'region', 'e.g. us-east-1'),
+    type: needed(flags, 'type', 'e.g. t3.medium'),
+    model: flags.spot === true ? 'spot' : flags.reserved === true ? 'reserved' : 'on-demand',
+    hours,
+  });
+  ctx.io.stdout(ctx.json ? formatJson(res) : formatEstimate(res));
+}
+
+export const VM_COMMAND: Command = {
+  name: 'vm',
+  args: 'list | create | start ID | stop ID | terminate ID | types',
+  summary: 'VMs of the configured clouds (--provider P, --state S, --refresh; create: --type --image [--zone --name --tag k=v --spot])',
+  options: VM_OPTIONS,
+  run: vm,
+};
+
+export const COST_COMMAND: Command = {
+  name: 'cost',
+  args: 'estimate',
+  summary: 'cost of an instance type from the pricing catalog (--provider --region --type [--hours N] [--spot|--reserved])',
+  options: COST_OPTIONS,
+  run: cost,
+};
