@@ -116,7 +116,8 @@ async function run(flags: Flags): Promise<number> {
   } catch (err) {
     log.fatal({ err: (err as Error).message }, 'dwcpd failed to start');
     process.stderr.write(`dwcpd: ${(err as Error).message}\n`);
-    return 1;
+    // A bad file found while starting (the pricing catalog, say) is a config problem too: systemd must not restart into it.
+    return err instanceof ConfigError ? EXIT_CONFIG : 1;
   }
   if (stopSignal) void daemon.stop().then(() => stopped.resolve(0));
   void daemon.fatal.then((err) => {

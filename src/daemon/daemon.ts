@@ -283,8 +283,11 @@ export class Daemon {
     this.#ready = false;
     this.#admin?.setServing(false);
     await notifySystemd({ stopping: true }, this.#log);
-    const step = async (name: string, fn: () => Promise<void>, budgetMs: number) => {
+    // Each step has its own budget, clamped to what is left of the whole stop's: the sum may exceed it, the stop may not.
+    const stopBy = performance.now() + STOP_BUDGET_MS;
+    const step = async (name: string, fn: () => Promise<void>, stepBudgetMs: number) => {
       let timer: NodeJS.Timeout | undefined;
+      const budgetMs = Math.max(0, Math.min(stepBudgetMs, stopBy - performance.now()));
       const deadline = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), budgetMs)));
       try {
         const result = await Promise.race([fn().then(() => 'done' as const), deadline]);
