@@ -45,6 +45,7 @@ import type {
 } from './types.ts';
 import { BYZANTINE_DROPS, PbftInvariantError } from './types.ts';
 import { signerMember } from './keys.ts';
+import { ReadyLoop } from '../ready-loop.ts';
 
 /** The replicated state machine; must be deterministic, its snapshot canonical. */
 export interface PbftStateMachine {
@@ -107,7 +108,6 @@ export class PbftNode {
   readonly #log: Logger;
   readonly #metrics: PbftMetrics | undefined;
   #ticker: NodeJS.Timeout | undefined;
-  #driving: Promise<void> | null = null;
   #stopped = false;
   #failure: Error | null = null;
   #reportedDrops = new Map<DropKind, number>();
@@ -157,7 +157,7 @@ export class PbftNode {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearInterval(this.#ticker);
-    await this.#driving;
+    await this.#loop.idle();
   }
 
   get failure(): Error | null {
@@ -207,26 +207,17 @@ export class PbftNode {
     }
   }
 
-  #schedule(): void {
-    if (this.#driving !== null || this.#stopped || this.#failure !== null) return;
-    // setImmediate, not a microtask: inputs of this turn join the same Ready.
-    this.#driving = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.#drive());
-  }
+  readonly #loop = new ReadyLoop<PbftReady>({
+    next: () => this.#core.ready(),
+    handle: (ready) => this.#handle(ready),
+    pending: () => this.#core.hasReady(),
+    halted: () => this.#stopped || this.#failure !== null,
+    failed: () => this.#failure !== null,
+    fail: (err) => this.#fail(err),
+  });
 
-  async #drive(): Promise<void> {
-    try {
-      for (;;) {
-        if (this.#failure !== null) return;
-        const ready = this.#core.ready();
-        if (ready === null) break;
-        await this.#handle(ready);
-      }
-    } catch (err) {
-      this.#fail(err);
-    } finally {
-      this.#driving = null;
-    }
-    if (!this.#stopped && this.#core.hasReady()) this.#schedule();
+  #schedule(): void {
+    this.#loop.schedule();
   }
 
   async #handle(ready: PbftReady): Promise<void> {

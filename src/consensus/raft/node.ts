@@ -41,6 +41,7 @@ import type {
   Snapshot,
 } from './types.ts';
 import { RaftInputError, RaftInvariantError } from './types.ts';
+import { ReadyLoop } from '../ready-loop.ts';
 
 /** The replicated state machine; must be deterministic. */
 export interface RaftStateMachine<R> {
@@ -155,7 +156,6 @@ export class RaftNode<R> {
   #readSeq = 0;
   #applied: number;
   #ticker: NodeJS.Timeout | undefined;
-  #driving: Promise<void> | null = null;
   #stopped = false;
   #failure: Error | null = null;
   /** Resolved (and replaced) whenever something a waiting client may care about changed. */
@@ -311,7 +311,7 @@ export class RaftNode<R> {
     }
     this.#stopped = true;
     clearInterval(this.#ticker);
-    await this.#driving;
+    await this.#loop.idle();
     this.#failAll(new RaftClientError('stopped', 'raft node is stopping'));
   }
 
@@ -457,28 +457,18 @@ export class RaftNode<R> {
 
   // ---------------------------------------------------------------- the loop
 
-  #schedule(): void {
-    if (this.#driving !== null || this.#stopped || this.#failure !== null) return;
-    // setImmediate rather than a microtask: inputs of the current turn (many
-    // proposals, a burst of messages) join the same Ready.
-    this.#driving = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.#drive());
-  }
+  readonly #loop = new ReadyLoop<Ready>({
+    next: () => this.#core.ready(),
+    handle: (ready) => this.#handle(ready),
+    afterBatch: () => this.#maybeSnapshot(),
+    pending: () => this.#core.hasReady(),
+    halted: () => this.#stopped || this.#failure !== null,
+    failed: () => this.#failure !== null,
+    fail: (err) => this.#fail(err),
+  });
 
-  async #drive(): Promise<void> {
-    try {
-      for (;;) {
-        if (this.#failure !== null) return;
-        const ready = this.#core.ready();
-        if (ready === null) break;
-        await this.#handle(ready);
-      }
-      await this.#maybeSnapshot();
-    } catch (err) {
-      this.#fail(err);
-    } finally {
-      this.#driving = null;
-    }
-    if (!this.#stopped && this.#core.hasReady()) this.#schedule();
+  #schedule(): void {
+    this.#loop.schedule();
   }
 
   async #handle(ready: Ready): Promise<void> {
