@@ -48,6 +48,8 @@ export interface DwcpClusterOptions {
   workDir?: string;
   /** How long the cluster gets to elect a leader and serve a put through every member. */
   readyTimeoutMs?: number;
+  /** Top-level config sections merged into every member's config (e.g. `network` thresholds for the delta bench). */
+  config?: Record<string, unknown>;
   /** Extra node flags for every daemon, before the script (e.g. `--cpu-prof --cpu-prof-dir=DIR` to profile them). */
   nodeArgs?: readonly string[];
   /** Members started as untrusted public-cloud regions (the federation scope then runs PBFT); 0 unless told. */
@@ -144,7 +146,7 @@ export async function startDwcpCluster(opts: DwcpClusterOptions = {}): Promise<D
       peerIds.push((await loadOrCreateIdentity(node.dir)).peerId.toString());
     }
     for (const [i, node] of plan.entries()) {
-      await fs.writeFile(node.configPath, stringify({ ...nodeConfig(plan, peerIds, i), logLevel: 'warn' }), { mode: 0o600 });
+      await fs.writeFile(node.configPath, stringify({ ...nodeConfig(plan, peerIds, i), logLevel: 'warn', ...opts.config }), { mode: 0o600 });
       processes.push(spawnMember(node, opts.nodeArgs ?? []));
     }
     const members = processes.map((p) => p.member);

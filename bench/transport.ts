@@ -77,7 +77,7 @@ export interface TransportResult extends ReturnType<typeof machineFacts> {
 }
 
 /** One way of moving bytes between two endpoints of this process. */
-interface Transport {
+export interface Transport {
   readonly name: 'tcp' | 'framed';
   /** Sends `messages` messages of `size` bytes; resolves to the seconds until the receiver had them all. */
   throughput(size: number, messages: number): Promise<number>;
@@ -136,8 +136,8 @@ async function tcpPair(serve: (socket: net.Socket) => void): Promise<{ client: n
   };
 }
 
-/** The reference: plain node:net sockets, no encryption, muxing or framing. */
-function rawTcp(): Transport {
+/** The reference: plain node:net sockets, no encryption, muxing or framing (bench/delta.ts measures bulk transfers against it too). */
+export function rawTcp(): Transport {
   return {
     name: 'tcp',
     async throughput(size, messages) {

@@ -40,7 +40,9 @@ const REGISTER = 'lww-register' as const;
 
 /** Scope belongs to the consensus keyspace; a geo call may leave it empty or at its default. */
 function checkNoScope(field: string, scope: string): void {
-  if (scope !== '' && scope !== 'datacenter') throw invalidArgument(`${field}: geo levels have no scope (scope applies to consistency strong)`);
+  if (scope !== '' && scope !== 'datacenter') {
+    throw invalidArgument(`${field}: ${scope} is a scope of the consensus log; geo levels have none (for this node's replica of the log, read at consistency serializable)`);
+  }
 }
 
 export interface KvGeoOptions {

@@ -6,7 +6,7 @@
  * Invariants: every field has a default, so the section may be left out;
  * bounds keep a typo from turning into a 1-byte chunk or a 1000-stream
  * transfer. Chunking is derived from `chunkAvgBytes` alone (min = avg / 4,
- * max = avg × 8): members that sync a key must use the same value, since the
+ * max = avg × 4, sync/chunker.ts chunkingForAverage): members that sync a key must use the same value, since the
  * chunk boundaries and the value hash depend on it.
  */
 import { z } from 'zod';
@@ -30,8 +30,12 @@ export const BlobSchema = z.strictObject({
    * loopback between two daemons on a 2-core machine (bench/RESULTS.md, delta).
    */
   streams: z.number().int().min(1).max(16).default(4),
-  /** Average content-defined chunk size; a power of two works best (the chunker rounds its masks to one). */
-  chunkAvgBytes: z.number().int().min(256).max(128 * KIB).default(8 * KIB),
+  /**
+   * Average content-defined chunk size; a power of two works best (the chunker
+   * rounds its masks to one). 4 KiB matches the block size of the disk images
+   * this moves: a rewritten block then dirties ~6 KiB on average.
+   */
+  chunkAvgBytes: z.number().int().min(256).max(128 * KIB).default(4 * KIB),
   /** Raw bytes per compressed frame on the wire (several chunks each); also the unit of acknowledgement. */
   batchBytes: z.number().int().min(64 * KIB).max(4 * MIB).default(MIB),
   /** Largest value this node stores or accepts from a member. */

@@ -433,10 +433,14 @@ export class BlobService {
     }
   }
 
+  /** GC is background work: it waits until no transfer is running, so it never takes CPU from one. */
   #scheduleGc(): void {
     if (this.#stopping.signal.aborted) return;
     clearTimeout(this.#gcTimer);
-    this.#gcTimer = setTimeout(() => void this.gc(), GC_DELAY_MS);
+    this.#gcTimer = setTimeout(() => {
+      if (this.#outbound.size > 0 || this.#receiver.active().length > 0) this.#scheduleGc();
+      else void this.gc();
+    }, GC_DELAY_MS);
     this.#gcTimer.unref();
   }
 

@@ -222,6 +222,9 @@ export class BlobStore {
   /** Written but not yet indexed: by hash, with how many staged writes hold it. */
   readonly #pending = new Map<string, { loc: Location; holders: number }>();
   readonly #pins = new Map<string, number>();
+  /** Whole manifests pinned (a value being sent or read, a baseline being relied on): O(1) to pin, expanded only by GC. */
+  readonly #pinnedManifests = new Map<number, Manifest>();
+  #nextPin = 0;
   readonly #dirtyPacks = new Set<number>();
   readonly #decoded = new Map<string, Manifest>();
   readonly #indexLock = new Mutex();
@@ -328,9 +331,15 @@ export class BlobStore {
     if (raw === undefined) return undefined;
     const m = decodeManifestRecord(key, raw);
     if (m.hash !== version) throw new BlobStoreError('corrupt', `manifest stored under ${version} hashes to ${m.hash}`);
-    this.#decoded.set(version, m);
-    if (this.#decoded.size > DECODED_MANIFESTS_KEPT) this.#decoded.delete(this.#decoded.keys().next().value as string);
+    this.#remember(m);
     return { ...m, key };
+  }
+
+  /** Keeps a decoded manifest for the next lookups (a 1 GiB value's takes ~100 ms to decode). */
+  #remember(m: Manifest): void {
+    this.#decoded.delete(m.hash);
+    this.#decoded.set(m.hash, m);
+    if (this.#decoded.size > DECODED_MANIFESTS_KEPT) this.#decoded.delete(this.#decoded.keys().next().value as string);
   }
 
   list(): StoredValue[] {
@@ -401,7 +410,7 @@ export class BlobStore {
 
   /** Streams `manifest`'s value out in order, every chunk checked against its hash. */
   async *readValue(manifest: Manifest): AsyncGenerator<Uint8Array> {
-    const release = this.pin(manifest.chunks.map((c) => c.hash));
+    const release = this.pinManifest(manifest);
     try {
       for (let i = 0; i < manifest.chunks.length; ) {
         const run: ChunkRef[] = [];
@@ -421,6 +430,13 @@ export class BlobStore {
     } finally {
       release();
     }
+  }
+
+  /** Keeps every chunk of `m` from garbage collection until the returned function is called. */
+  pinManifest(m: Manifest): () => void {
+    const id = this.#nextPin++;
+    this.#pinnedManifests.set(id, m);
+    return () => void this.#pinnedManifests.delete(id);
   }
 
   /** Keeps these chunks from garbage collection until the returned function is called. */
@@ -510,11 +526,13 @@ export class BlobStore {
       append: (chunks) => this.#append(chunks),
       drop: (hash) => this.#dropPending(hash),
       pin: (hashes) => this.pin(hashes),
-      commit: (key, manifest, source) => this.#commit(key, manifest, source),
+      pinManifest: (m) => this.pinManifest(m),
+      commit: (key, manifest, source, known) => this.#commit(key, manifest, source, known),
     });
   }
 
-  async #commit(key: string, manifest: Manifest, source: string): Promise<StoredValue> {
+  /** `known[i]` set: chunk i comes from a committed manifest the caller pinned, so it is indexed and not looked up again. */
+  async #commit(key: string, manifest: Manifest, source: string, known: Uint8Array | undefined): Promise<StoredValue> {
     checkBlobKey(key);
     if (manifest.size > this.maxValueBytes) throw new BlobStoreError('too-large', `${key}: ${manifest.size} bytes, above the ${this.maxValueBytes}-byte limit`);
     const root = valueHash(manifest.size, manifest.chunks);
@@ -523,7 +541,8 @@ export class BlobStore {
       this.#checkOpen();
       const fresh: [string, Location][] = [];
       const seen = new Set<string>();
-      for (const c of manifest.chunks) {
+      for (const [i, c] of manifest.chunks.entries()) {
+        if (known !== undefined && ((known[i >> 3] as number) & (1 << (i & 7))) !== 0) continue;
         if (seen.has(c.hash)) continue;
         seen.add(c.hash);
         const p = this.#pending.get(c.hash);
@@ -542,6 +561,7 @@ export class BlobStore {
         this.#manifests.putSync(hashKey(manifest.hash), encodeManifestRecord(manifest));
         this.#keys.putSync(keyBytes, Buffer.from(JSON.stringify(record), 'utf8'));
       });
+      this.#remember({ ...manifest, key: '', version: manifest.hash });
       if (previous !== undefined && previous !== manifest.hash) this.#opts.log?.debug({ blobKey: key, previous, version: manifest.hash }, 'blob version replaced');
       return { key, ...record };
     });
@@ -637,6 +657,7 @@ export class BlobStore {
       const retained = new Set([...currentVersions, ...(this.#opts.retainedVersions?.() ?? [])]);
       const live = new Set<string>();
       for (const version of currentVersions) for (const c of this.manifest(version)?.chunks ?? []) live.add(c.hash);
+      for (const m of this.#pinnedManifests.values()) for (const c of m.chunks) live.add(c.hash);
       const deadChunks: Buffer[] = [];
       const liveBytes = new Map<number, number>();
       for (const { key, value } of this.#chunks.getRange({})) {
@@ -745,7 +766,8 @@ interface StagingHooks {
   append(chunks: readonly HashedChunk[]): Promise<Location[]>;
   drop(hash: string): void;
   pin(hashes: Iterable<string>): () => void;
-  commit(key: string, manifest: Manifest, source: string): Promise<StoredValue>;
+  pinManifest(m: Manifest): () => void;
+  commit(key: string, manifest: Manifest, source: string, known: Uint8Array | undefined): Promise<StoredValue>;
 }
 
 /**
@@ -765,9 +787,9 @@ export class StagedValue {
     this.#hooks = hooks;
   }
 
-  /** Keeps chunks this value will reuse (a baseline's) from GC until release. */
-  rely(hashes: Iterable<string>): void {
-    this.#unpins.push(this.#hooks.pin(hashes));
+  /** Keeps the chunks of a committed manifest this value reuses (its baseline) from GC until release. */
+  rely(baseline: Manifest): void {
+    this.#unpins.push(this.#hooks.pinManifest(baseline));
   }
 
   /** Chunks whose hashes the caller computed from the bytes itself. */
@@ -799,9 +821,15 @@ export class StagedValue {
     await this.writeTrusted(chunks);
   }
 
-  async commit(key: string, manifest: Manifest, source: string): Promise<StoredValue> {
+  /**
+   * Makes `manifest` the key's current version once every chunk it names is
+   * on disk. `fromRelied` (a bitmap over the chunks) marks chunks taken from
+   * a manifest passed to `rely`: those are indexed and pinned already, so a
+   * delta's commit looks up only what it received.
+   */
+  async commit(key: string, manifest: Manifest, source: string, fromRelied?: Uint8Array): Promise<StoredValue> {
     if (this.#released) throw new BlobStoreError('closed', 'this staged value was released');
-    return this.#hooks.commit(key, manifest, source);
+    return this.#hooks.commit(key, manifest, source, fromRelied);
   }
 
   /** Lets go of pending chunks and pins; chunks written but never indexed become garbage for compaction. */

@@ -71,6 +71,8 @@ const ANSWER_TIMEOUT_MS = 60_000;
 /** A commit fsyncs the value's packs; on a slow disk a large value takes a while. */
 const COMMIT_TIMEOUT_MS = 10 * 60_000;
 const FIRST_MESSAGE_TIMEOUT_MS = 10_000;
+/** Well inside yamux's 120 s stream inactivity limit (docs/wire.md). */
+const KEEPALIVE_MS = 30_000;
 const RESUME_BACKOFF_MS = 200;
 const RESUME_BACKOFF_MAX_MS = 5_000;
 /** Streams one connection may open to us for blobs: a few transfers' worth. */
@@ -281,10 +283,9 @@ export async function pushValue(req: PushRequest): Promise<PushResult> {
     codecs: {},
     seconds: 0,
   };
-  const encoded = encodeManifest(req.manifest, req.baseline);
-  const baselineHashes = new Set(req.baseline?.chunks.map((c) => c.hash) ?? []);
-  result.reusedBytes = req.manifest.chunks.reduce((sum, c) => sum + (baselineHashes.has(c.hash) ? c.length : 0), 0);
-  const release = req.store.pin(req.manifest.chunks.map((c) => c.hash));
+  const { bytes: encoded, reusedBytes } = encodeManifest(req.manifest, req.baseline);
+  result.reusedBytes = reusedBytes;
+  const release = req.store.pinManifest(req.manifest);
   try {
     for (let attempt = 1; ; attempt++) {
       result.attempts = attempt;
@@ -353,11 +354,20 @@ async function pushAttempt(req: PushRequest, attempt: number, encoded: Uint8Arra
       channels.push(ch);
       await sendBatches(req, ch, queue, { transferId: result.transferId, attempt }, result, skip, signal);
     });
-    // One failed stream fails the attempt at once: the others are aborted rather than left to time out.
-    await Promise.all(sending.map((p) => p.catch((err: unknown) => {
-      abort.abort(err);
-      throw err;
-    })));
+    const keepAlive = setInterval(() => void control.write({ kind: 'keepAlive', keepAlive: {} }, { signal }).catch(() => {}), KEEPALIVE_MS);
+    try {
+      // One failed stream fails the attempt at once: the others are aborted rather than left to time out.
+      await Promise.all(
+        sending.map((p) =>
+          p.catch((err: unknown) => {
+            abort.abort(err);
+            throw err;
+          }),
+        ),
+      );
+    } finally {
+      clearInterval(keepAlive);
+    }
     await control.write({ kind: 'finish', finish: {} }, { signal });
     const done = await readExpecting(control, ['committed', 'failed'], `${member.name}: answer to finish`, COMMIT_TIMEOUT_MS, signal);
     if (done.kind === 'failed') throw new BlobTransferError(done.failed.code, `${member.name} did not commit ${manifest.key}: ${done.failed.message}`, done.failed.code === 'stopping');
@@ -522,7 +532,6 @@ export interface BlobReceiverOptions {
   maxInbound?: number;
   /** How long the staging of an interrupted transfer waits for a resume. */
   resumeIdleMs?: number;
-  onStart?(status: InboundStatus): void;
   onEnd?(status: InboundStatus, outcome: { ok: true; value: ReceivedValue } | { ok: false; error: string }): void;
 }
 
@@ -545,6 +554,8 @@ interface Inbound {
   offer: Offer;
   baseline: Manifest | undefined;
   manifest: Manifest | null;
+  /** Bit i set: chunk i is taken from the baseline. */
+  fromBaseline: Uint8Array;
   staged: StagedValue;
   /** Hashes written and acknowledged, over all attempts. */
   received: Set<string>;
@@ -677,7 +688,7 @@ export class BlobReceiver {
       }
       if (inbound.manifest === null) {
         try {
-          inbound.manifest = decodeManifest(offer, bytes, inbound.baseline);
+          ({ manifest: inbound.manifest, fromBaseline: inbound.fromBaseline } = decodeManifest(offer, bytes, inbound.baseline));
         } catch (err) {
           if (err instanceof ManifestDecodeError) throw new HostileInput('manifest', err.message);
           throw err;
@@ -690,8 +701,9 @@ export class BlobReceiver {
         this.#opts.metrics.resumed.inc({ direction: 'received' });
         log.info({ member: member.name, blobKey: offer.key, transferId: offer.transferId, attempt: offer.attempt, needBytes: accept.needBytes }, 'blob transfer resumed');
       }
-      // No deadline: the data streams may take hours on a thin link; a dropped connection ends this read.
-      const finish = await ch.read();
+      // No deadline: the data streams may take hours on a thin link (the sender keeps this stream alive); a dropped connection ends this read.
+      let finish = await ch.read();
+      while (finish?.kind === 'keepAlive') finish = await ch.read();
       if (finish === undefined) throw new Error('control stream ended before finish');
       if (finish.kind !== 'finish') throw new HostileInput('protocol', `control stream carried ${finish.kind}, expected finish`);
       const missing = inbound.need.filter((i) => !inbound.received.has((inbound.manifest?.chunks[i] as ChunkRef).hash));
@@ -713,7 +725,7 @@ export class BlobReceiver {
 
   #start(offer: Offer, peerId: string, member: MemberConfig, baseline: Manifest | undefined): Inbound {
     const staged = this.#opts.store.stage();
-    if (baseline !== undefined) staged.rely(baseline.chunks.map((c) => c.hash));
+    if (baseline !== undefined) staged.rely(baseline);
     const now = performance.now();
     const status: InboundStatus = {
       transferId: offer.transferId,
@@ -733,6 +745,7 @@ export class BlobReceiver {
       offer,
       baseline,
       manifest: null,
+      fromBaseline: new Uint8Array(0),
       staged,
       received: new Set(),
       need: [],
@@ -747,22 +760,27 @@ export class BlobReceiver {
     };
     this.#transfers.set(t.id, t);
     this.#opts.metrics.activeTransfers.inc({ direction: 'received' });
-    this.#opts.onStart?.(status);
     return t;
   }
 
-  /** What this attempt needs: chunks neither in the baseline nor acknowledged before, each distinct hash once. */
+  /**
+   * What this attempt needs: chunks neither taken from the baseline nor
+   * acknowledged before, each distinct hash once. The decoder marked the
+   * baseline's chunks, so a delta of a large value looks up only its new ones.
+   */
   #accept(t: Inbound): Accept {
     const manifest = t.manifest as Manifest;
-    const inBaseline = new Set(t.baseline?.chunks.map((c) => c.hash) ?? []);
     const need = new Uint8Array(bitmapBytes(manifest.chunks.length));
     const seen = new Set<string>();
     t.need = [];
     let needBytes = 0;
     let reused = 0;
     for (const [i, c] of manifest.chunks.entries()) {
-      if (inBaseline.has(c.hash)) reused += c.length;
-      if (seen.has(c.hash) || inBaseline.has(c.hash) || t.received.has(c.hash)) continue;
+      if (((t.fromBaseline[i >> 3] as number) & (1 << (i & 7))) !== 0) {
+        reused += c.length;
+        continue;
+      }
+      if (seen.has(c.hash) || t.received.has(c.hash)) continue;
       seen.add(c.hash);
       setBit(need, i);
       t.need.push(i);
@@ -834,7 +852,7 @@ export class BlobReceiver {
     const manifest = t.manifest as Manifest;
     let value: ReceivedValue;
     try {
-      await t.staged.commit(t.offer.key, manifest, t.member.name);
+      await t.staged.commit(t.offer.key, manifest, t.member.name, t.fromBaseline);
       value = {
         member: t.member,
         manifest,

@@ -3,7 +3,16 @@
  * Raft group behind it.
  *
  *   dwcpctl kv put KEY VALUE | get KEY | delete KEY | cas KEY VALUE --revision N
+ *              [--consistency strong|quorum|local|eventual] [--ttl MS]
  *   dwcpctl raft status | members | add-member ID | remove-member ID | transfer-leader [ID]
+ *
+ * --consistency picks the keyspace (docs/state.md): strong (the default) is
+ * the consensus log; quorum, local and eventual are the geo-distributed
+ * store's last-writer-wins keys, so `kv put --consistency local` is read back
+ * by `kv get --consistency local` (or quorum, or eventual). A read of the
+ * consensus keyspace without the leader's barrier is `--consistency
+ * serializable` (what `local` meant before the geo levels). --scope belongs
+ * to the consensus keyspace, --ttl to the geo levels.
  *
  * A write carries a client id made up per invocation and sequence 1, so the
  * daemon's own retries (leader changes during the call) apply it once. The
@@ -20,7 +29,9 @@ import type { Command, CommandContext } from './command.ts';
 import { UsageError } from './command.ts';
 
 const SCOPES = ['datacenter', 'federation'] as const;
-const CONSISTENCIES = ['strong', 'local'] as const;
+const GEO_LEVELS = ['quorum', 'local', 'eventual'] as const;
+const WRITE_LEVELS = ['strong', ...GEO_LEVELS] as const;
+const READ_LEVELS = ['strong', 'serializable', ...GEO_LEVELS] as const;
 
 const KV_OPTIONS = {
   scope: { type: 'string' },
@@ -28,22 +39,29 @@ const KV_OPTIONS = {
   revision: { type: 'string' },
   prefix: { type: 'boolean' },
   limit: { type: 'string' },
+  ttl: { type: 'string' },
 } as const satisfies ParseArgsOptionsConfig;
 
-function oneOf<const V extends readonly string[]>(flag: string, raw: unknown, values: V, fallback: V[number]): V[number] {
+function isGeo(level: string): boolean {
+  return (GEO_LEVELS as readonly string[]).includes(level);
+}
+
+/** The value of a flag that takes one of `values`; `fallback` when absent. */
+export function oneOf<const V extends readonly string[]>(flag: string, raw: unknown, values: V, fallback: V[number]): V[number] {
   if (raw === undefined) return fallback;
   const match = values.find((v) => v === raw);
   if (match === undefined) throw new UsageError(`--${flag}: ${JSON.stringify(raw)} is not one of ${values.join('|')}`);
   return match;
 }
 
-function wholeNumber(flag: string, raw: unknown, min: number): number {
+export function wholeNumber(flag: string, raw: unknown, min: number): number {
   const n = typeof raw === 'string' && /^\d+$/.test(raw) ? Number(raw) : NaN;
   if (!(n >= min && Number.isSafeInteger(n))) throw new UsageError(`--${flag}: ${JSON.stringify(raw)} is not a whole number >= ${min}`);
   return n;
 }
 
-function args(ctx: CommandContext, sub: string, names: readonly string[]): string[] {
+/** Exactly the positional arguments `names` after the subcommand. */
+export function args(ctx: CommandContext, sub: string, names: readonly string[]): string[] {
   const given = ctx.args.slice(1);
   if (given.length !== names.length) {
     throw new UsageError(`${sub} takes ${names.length === 0 ? 'no arguments' : names.join(' ')} (got ${given.length} argument${given.length === 1 ? '' : 's'})`);
@@ -51,12 +69,28 @@ function args(ctx: CommandContext, sub: string, names: readonly string[]): strin
   return given;
 }
 
-function writeOptions(ctx: CommandContext): KvWriteOptions {
+/** --scope for the consensus keyspace; refused with a geo level, which has none. */
+function scopeFor(ctx: CommandContext, level: string): string {
+  if (!isGeo(level)) return oneOf('scope', ctx.flags.scope, SCOPES, 'datacenter');
+  if (ctx.flags.scope !== undefined) throw new UsageError(`--scope applies to --consistency strong or serializable only, not ${level}`);
+  return '';
+}
+
+/** --ttl in ms for a geo level (0: none); refused with strong, whose keys do not expire. */
+function ttlFor(ctx: CommandContext, level: string): number {
+  if (ctx.flags.ttl === undefined) return 0;
+  if (!isGeo(level)) throw new UsageError(`--ttl applies to --consistency quorum, local or eventual, not ${level}`);
+  return wholeNumber('ttl', ctx.flags.ttl, 1);
+}
+
+function writeOptions(ctx: CommandContext, level: string): KvWriteOptions {
   return {
-    scope: oneOf('scope', ctx.flags.scope, SCOPES, 'datacenter'),
+    scope: scopeFor(ctx, level),
     client_id: `dwcpctl-${hostname()}-${process.pid}-${randomBytes(6).toString('hex')}`,
     seq: 1,
     timeout_ms: ctx.timeoutMs,
+    consistency: level,
+    ttl_ms: ttlFor(ctx, level),
   };
 }
 
@@ -66,9 +100,26 @@ function itemJson(i: KvItem): Record<string, unknown> {
   return { key: i.key, value: decoder.decode(i.value), revision: i.revision, create_revision: i.create_revision };
 }
 
+/** A geo item: no revisions, but the writing region and its HLC stamp. */
+function geoItemJson(i: KvItem): Record<string, unknown> {
+  return { key: i.key, value: decoder.decode(i.value), region: i.region, hlc: i.hlc };
+}
+
+/** "quorum: 3 of 5 regions hold it", "local: durable here", "eventual: applied here". */
+export function describeGeoWrite(level: string, acked: number, total: number): string {
+  if (level === 'quorum') return `quorum: ${acked} of ${total} regions hold it`;
+  return level === 'local' ? 'local: durable here' : 'eventual: applied here';
+}
+
 function printWrite(ctx: CommandContext, op: string, key: string, res: KvWriteResponse): void {
+  if (isGeo(res.consistency)) {
+    const { ok, consistency, regions_acked, regions_total, leader } = res;
+    ctx.io.stdout(ctx.json ? formatJson({ ok, consistency, regions_acked, regions_total, leader }) : `OK ${op} ${key} (${describeGeoWrite(consistency, regions_acked, regions_total)})\n`);
+    return;
+  }
   if (ctx.json) {
-    ctx.io.stdout(formatJson({ ...res, prev: res.prev === null ? null : itemJson(res.prev) }));
+    const { ok, revision, reason, current_revision, prev, leader } = res;
+    ctx.io.stdout(formatJson({ ok, revision, reason, current_revision, prev: prev === null ? null : itemJson(prev), leader }));
   } else if (!res.ok) {
     ctx.io.stdout(`${op} ${key}: not applied (${res.reason}; current revision ${currentRevision(res)})\n`);
   } else if (op === 'delete' && res.prev === null) {
@@ -84,14 +135,18 @@ function currentRevision(res: KvWriteResponse): string {
   return res.current_revision === 0 ? 'none: key absent' : String(res.current_revision);
 }
 
-function printGet(ctx: CommandContext, key: string, prefix: boolean, res: KvGetResponse): void {
+function printGet(ctx: CommandContext, key: string, prefix: boolean, geo: boolean, res: KvGetResponse): void {
   if (ctx.json) {
-    ctx.io.stdout(formatJson({ items: res.items.map(itemJson), applied_index: res.applied_index }));
+    const { regions_answered, regions_total } = res;
+    ctx.io.stdout(
+      formatJson(geo ? { items: res.items.map(geoItemJson), regions_answered, regions_total } : { items: res.items.map(itemJson), applied_index: res.applied_index }),
+    );
     if (!prefix && res.items.length === 0) throw new Error(`key ${JSON.stringify(key)} not found`);
     return;
   }
   if (prefix) {
-    ctx.io.stdout(renderTable(['KEY', 'REVISION', 'VALUE'], res.items.map((i) => [i.key, String(i.revision), decoder.decode(i.value)])));
+    const rows = res.items.map((i) => [i.key, geo ? i.region : String(i.revision), decoder.decode(i.value)]);
+    ctx.io.stdout(renderTable(['KEY', geo ? 'REGION' : 'REVISION', 'VALUE'], rows));
     return;
   }
   const item = res.items[0];
@@ -107,33 +162,39 @@ async function kv(ctx: CommandContext): Promise<void> {
   switch (sub) {
     case 'put': {
       const [key = '', value = ''] = args(ctx, 'kv put', ['KEY', 'VALUE']);
-      printWrite(ctx, 'put', key, await (await client()).put(key, encoder.encode(value), writeOptions(ctx)));
+      const options = writeOptions(ctx, oneOf('consistency', ctx.flags.consistency, WRITE_LEVELS, 'strong'));
+      printWrite(ctx, 'put', key, await (await client()).put(key, encoder.encode(value), options));
       return;
     }
     case 'delete': {
       const [key = ''] = args(ctx, 'kv delete', ['KEY']);
-      printWrite(ctx, 'delete', key, await (await client()).delete(key, writeOptions(ctx)));
+      const options = writeOptions(ctx, oneOf('consistency', ctx.flags.consistency, WRITE_LEVELS, 'strong'));
+      printWrite(ctx, 'delete', key, await (await client()).delete(key, options));
       return;
     }
     case 'cas': {
       const [key = '', value = ''] = args(ctx, 'kv cas', ['KEY', 'VALUE']);
       if (ctx.flags.revision === undefined) throw new UsageError('kv cas needs --revision N (the revision the key must have; 0: must not exist)');
       const expected = wholeNumber('revision', ctx.flags.revision, 0);
-      printWrite(ctx, 'cas', key, await (await client()).cas(key, expected, encoder.encode(value), writeOptions(ctx)));
+      const level = oneOf('consistency', ctx.flags.consistency, WRITE_LEVELS, 'strong');
+      if (level !== 'strong') throw new UsageError(`kv cas needs --consistency strong (geo keys have no revisions), not ${level}`);
+      printWrite(ctx, 'cas', key, await (await client()).cas(key, expected, encoder.encode(value), writeOptions(ctx, level)));
       return;
     }
     case 'get': {
       const [key = ''] = args(ctx, 'kv get', ['KEY']);
       const prefix = ctx.flags.prefix === true;
+      const consistency = oneOf('consistency', ctx.flags.consistency, READ_LEVELS, 'strong');
+      if (ctx.flags.ttl !== undefined) throw new UsageError('--ttl applies to writes (put), not to get');
       const res = await (await client()).get({
         key,
-        consistency: oneOf('consistency', ctx.flags.consistency, CONSISTENCIES, 'strong'),
-        scope: oneOf('scope', ctx.flags.scope, SCOPES, 'datacenter'),
+        consistency,
+        scope: scopeFor(ctx, consistency),
         prefix,
         limit: ctx.flags.limit === undefined ? 0 : wholeNumber('limit', ctx.flags.limit, 1),
         timeout_ms: ctx.timeoutMs,
       });
-      printGet(ctx, key, prefix, res);
+      printGet(ctx, key, prefix, isGeo(consistency), res);
       return;
     }
     default:
@@ -202,7 +263,8 @@ async function raft(ctx: CommandContext): Promise<void> {
 export const KV_COMMAND: Command = {
   name: 'kv',
   args: 'put KEY VALUE | get KEY | delete KEY | cas KEY VALUE --revision N',
-  summary: 'the replicated key-value store (--scope datacenter|federation, --consistency strong|local, --prefix, --limit N)',
+  summary:
+    'the replicated key-value store: --consistency strong (consensus log; --scope datacenter|federation) | quorum|local|eventual (geo keys; --ttl MS); get also serializable; --prefix, --limit N',
   options: KV_OPTIONS,
   run: kv,
 };

@@ -22,6 +22,7 @@ import { KV_COMMAND, RAFT_COMMAND } from './kv-raft.ts';
 import { PBFT_COMMAND } from './pbft.ts';
 import { COST_COMMAND, VM_COMMAND } from './vm.ts';
 import { BLOB_COMMAND, CACHE_COMMAND } from './blob.ts';
+import { CRDT_COMMAND, STATE_COMMAND } from './state.ts';
 import { VERSION } from '../daemon/version.ts';
 import { defaultAdminSocket } from '../config/paths.ts';
 
@@ -63,6 +64,8 @@ export const COMMANDS: readonly Command[] = [
   COST_COMMAND,
   BLOB_COMMAND,
   CACHE_COMMAND,
+  CRDT_COMMAND,
+  STATE_COMMAND,
   {
     name: 'version',
     summary: 'print the dwcpctl version',

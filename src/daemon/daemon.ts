@@ -252,7 +252,7 @@ export class Daemon {
    */
   async reload(next: DwcpConfig): Promise<void> {
     const prev = this.#config;
-    const needRestart = (['federation', 'node', 'listen', 'dataDir', 'adminSocket', 'metricsListen', 'network', 'clouds', 'blob'] as const).filter(
+    const needRestart = (['federation', 'node', 'listen', 'dataDir', 'adminSocket', 'metricsListen', 'network', 'clouds', 'blob', 'state'] as const).filter(
       (k) => JSON.stringify(prev[k]) !== JSON.stringify(next[k]),
     );
     this.#config = { ...prev, logLevel: next.logLevel, members: next.members };

@@ -114,10 +114,10 @@ export function entryKey(type: CrdtType, name: string): string {
   return `${type}${SEPARATOR}${name}`;
 }
 
-export function splitKey(key: string): { type: CrdtType; name: string } {
+export function splitKey(key: string, field = 'key'): { type: CrdtType; name: string } {
   const at = key.indexOf(SEPARATOR);
   const type = at < 0 ? '' : key.slice(0, at);
-  if (!isCrdtType(type)) throw new StateDecodeError('key', `${JSON.stringify(key.slice(0, 60))} does not start with a CRDT type and ":"`);
+  if (!isCrdtType(type)) throw new StateDecodeError(field, `${JSON.stringify(key.slice(0, 60))} does not start with a CRDT type and ":"`);
   return { type, name: key.slice(at + 1) };
 }
 
@@ -133,7 +133,7 @@ export function nameProblem(name: string): string | null {
 /** A store key received from a peer or read from disk: a known type and a valid name. */
 export function readKey(raw: unknown, field: string): string {
   const key = readString(raw, field, MAX_NAME_BYTES + 32);
-  const { name } = splitKey(key);
+  const { name } = splitKey(key, field);
   const problem = nameProblem(name);
   if (problem !== null) throw new StateDecodeError(field, `name ${problem}`);
   return key;

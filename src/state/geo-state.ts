@@ -115,6 +115,8 @@ export class GeoState {
   readonly #log: Logger;
   readonly #detectors = new Map<ReplicaId, PhiAccrualDetector>();
   readonly #connected = new Set<ReplicaId>();
+  /** Members whose connectivity the core has been told, so the first tick reports every member once. */
+  readonly #reported = new Set<ReplicaId>();
   readonly #lastRound = new Map<ReplicaId, number>();
   readonly #waiting = new Map<number, Waiting>();
   #linkModes = new Map<ReplicaId, LinkMode>();
@@ -218,6 +220,11 @@ export class GeoState {
     const names = this.#opts.members.list().map((m) => m.name);
     this.#replica.setPeers(names);
     for (const name of [...this.#detectors.keys()]) if (!names.includes(name)) this.#forget(name);
+    for (const name of [...this.#reported]) {
+      if (names.includes(name)) continue;
+      this.#reported.delete(name);
+      this.#connected.delete(name);
+    }
   }
 
   // ------------------------------------------------------------ client calls
@@ -270,13 +277,12 @@ export class GeoState {
       return { entries, level, answered: 1, total };
     }
     const id = this.#replica.readQuorum(keys, Date.now(), timeoutMs);
-    this.#pump();
     const done = await this.#wait(id);
     if (!done.ok) {
       this.#opts.metrics.state.quorumFailures.inc({ op: 'read' });
       throw new GeoStateError(
         'unavailable',
-        `quorum read of ${keys.join(', ')} not possible: ${done.answered} of ${done.total} regions answered, a majority is ${this.#replica.majority} (${done.error}, timeout ${timeoutMs} ms)`,
+        `quorum read of ${keys.length === 1 ? keys[0] : `${keys.length} keys`} not possible: ${done.answered} of ${done.total} regions answered, a majority is ${this.#replica.majority} (${done.error}, timeout ${timeoutMs} ms)`,
       );
     }
     if (done.kind !== 'read') throw new Error(`read ${id} completed as a ${done.kind}`);
@@ -302,7 +308,6 @@ export class GeoState {
   async digests(timeoutMs: number): Promise<RegionDigest[]> {
     this.#checkOpen();
     const id = this.#replica.requestStatus(Date.now(), timeoutMs);
-    this.#pump();
     const done = await this.#wait(id);
     const statuses = done.kind === 'status' && done.ok ? done.statuses : new Map<string, ReplicaStatus>();
     const self: RegionDigest = { name: this.self, region: this.#opts.config.node.region, status: statuses.get(this.self) ?? this.#replica.status() };
@@ -358,6 +363,8 @@ export class GeoState {
   #wait(id: number): Promise<Completion> {
     const { promise, resolve, reject } = Promise.withResolvers<Completion>();
     this.#waiting.set(id, { resolve, reject });
+    // It may be complete already (no peers to ask).
+    this.#settle();
     this.#pump();
     return promise;
   }
@@ -435,12 +442,14 @@ export class GeoState {
     }
     for (const m of members.list()) {
       const up = this.#opts.isConnected(m.peerId);
+      const first = !this.#reported.has(m.name);
+      this.#reported.add(m.name);
       if (up && !this.#connected.has(m.name)) {
         this.#connected.add(m.name);
         // A new history: the outage must not become one long interval.
         this.#detectors.get(m.name)?.reset();
         this.#replica.peerUp(m.name);
-      } else if (!up && this.#connected.delete(m.name)) {
+      } else if (!up && (this.#connected.delete(m.name) || first)) {
         this.#replica.peerDown(m.name);
       }
     }

@@ -14,6 +14,8 @@ export const UPDATE_OUTCOMES = ['merged', 'stale', 'behind', 'expired'] as const
 export const ROUND_OUTCOMES = ['done', 'timeout', 'peer_down'] as const;
 export const QUORUM_OPS = ['write', 'read'] as const;
 const DIRECTIONS = ['sent', 'received'] as const;
+/** The kinds of frame on /dwcp/sync/1.0.0 (wire.ts SyncFrame), the label of the byte counters. */
+export const SYNC_FRAME_KINDS = ['heartbeat', 'push', 'push-ack', 'read', 'read-reply', 'digest', 'summaries', 'want', 'updates', 'status-request', 'status-reply'] as const;
 
 export interface StateMetrics {
   memberPhi: Gauge<'peer'>;
@@ -25,9 +27,9 @@ export interface StateMetrics {
   updatesReceived: Counter<'outcome'>;
   rounds: Counter<'outcome'>;
   roundEntries: Counter<'direction'>;
-  /** Sync payload bytes before the codec, and on the wire after it. */
-  syncRawBytes: Counter<'direction'>;
-  syncWireBytes: Counter<'direction'>;
+  /** Sync payload bytes before the codec, and on the wire after it, by message kind. */
+  syncRawBytes: Counter<'direction' | 'kind'>;
+  syncWireBytes: Counter<'direction' | 'kind'>;
   persistDuration: Histogram;
   clockDrift: Counter;
   collected: Counter;
@@ -79,14 +81,14 @@ export function createStateMetrics(registers: Registry[]): StateMetrics {
     }),
     syncRawBytes: new Counter({
       name: 'dwcp_state_sync_raw_bytes_total',
-      help: 'Sync protocol payload bytes before compression, by direction.',
-      labelNames: ['direction'],
+      help: 'Sync protocol payload bytes before compression, by direction and message kind.',
+      labelNames: ['direction', 'kind'],
       registers,
     }),
     syncWireBytes: new Counter({
       name: 'dwcp_state_sync_wire_bytes_total',
-      help: 'Sync protocol payload bytes after compression (codec frames), by direction.',
-      labelNames: ['direction'],
+      help: 'Sync protocol payload bytes after compression (codec frames, header included), by direction and message kind.',
+      labelNames: ['direction', 'kind'],
       registers,
     }),
     persistDuration: new Histogram({
@@ -108,8 +110,10 @@ export function createStateMetrics(registers: Registry[]): StateMetrics {
   for (const outcome of ROUND_OUTCOMES) m.rounds.inc({ outcome }, 0);
   for (const direction of DIRECTIONS) {
     m.roundEntries.inc({ direction }, 0);
-    m.syncRawBytes.inc({ direction }, 0);
-    m.syncWireBytes.inc({ direction }, 0);
+    for (const kind of SYNC_FRAME_KINDS) {
+      m.syncRawBytes.inc({ direction, kind }, 0);
+      m.syncWireBytes.inc({ direction, kind }, 0);
+    }
   }
   return m;
 }

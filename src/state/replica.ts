@@ -202,8 +202,12 @@ export class StateReplica {
   /** Bytes already answered per (peer, session) this node serves as responder; one entry per peer. */
   readonly #serving = new Map<ReplicaId, { session: number; bytes: number; truncated: boolean }>();
   readonly #reconcileDue = new Set<ReplicaId>();
+  /** Peers the driver reported unreachable and not back since: new quorum operations count them out at once. */
+  readonly #down = new Set<ReplicaId>();
   #completions: Completion[] = [];
   #nextId = 1;
+  /** Pointwise max of every entry's clock, kept as entries change; null until computed (or after a removal). */
+  #clock: VectorClock | null = null;
 
   constructor(options: ReplicaOptions, persisted: PersistedReplica = { entries: [], writeCounter: 0, hlc: HLC_ZERO }) {
     this.self = options.self;
@@ -263,9 +267,12 @@ export class StateReplica {
   }
 
   status(): ReplicaStatus {
-    let clock: VectorClock = new Map();
-    for (const entry of this.#entries.values()) clock = mergeClocks(clock, entry.clock);
-    return { digest: this.#index.storeDigest(), entries: this.#entries.size, clock };
+    if (this.#clock === null) {
+      let clock: VectorClock = new Map();
+      for (const entry of this.#entries.values()) clock = mergeClocks(clock, entry.clock);
+      this.#clock = clock;
+    }
+    return { digest: this.#index.storeDigest(), entries: this.#entries.size, clock: this.#clock };
   }
 
   /** Entries held. */
@@ -309,14 +316,16 @@ export class StateReplica {
       const id = this.#newOp('write', [key], level, physicalMs + opts.timeoutMs);
       this.#awaitingDurable.push(id);
       const full = fullUpdate(key, written);
-      for (const peer of this.#peers) {
+      // Peers known down get it when they are back (peerUp resends to waiting quorum writes).
+      for (const peer of this.#reachablePeers()) {
         this.#outbox(peer).pending.delete(key);
         this.#send(peer, { kind: 'push', id, updates: [full] });
       }
       this.#quorumPushes.add(id);
       return { key, entry: written, id };
     }
-    for (const peer of this.#peers) this.#queuePush(peer, update);
+    // A peer known down catches up by a round once it is back, rather than by a queue that grows meanwhile.
+    for (const peer of this.#reachablePeers()) this.#queuePush(peer, update);
     if (level === 'eventual') return { key, entry: written, id: null };
     const id = this.#newOp('write', [key], level, Number.POSITIVE_INFINITY);
     this.#awaitingDurable.push(id);
@@ -355,6 +364,7 @@ export class StateReplica {
       this.#sessions.delete(peer);
       this.#observer.onRoundDone?.(peer, 'peer_down', session);
     }
+    this.#down.add(peer);
     for (const op of this.#ops.values()) {
       if (!op.answered.has(peer)) {
         op.unreachable.add(peer);
@@ -364,9 +374,25 @@ export class StateReplica {
     this.#reconcileDue.add(peer);
   }
 
-  /** `peer` is (re)connected: reconcile with it at once. */
+  /**
+   * `peer` is (re)connected: reconcile with it at once, and resend it what
+   * waiting quorum operations asked of it (the first copy was dropped while
+   * it was unreachable).
+   */
   peerUp(peer: ReplicaId): void {
+    this.#down.delete(peer);
     this.#reconcileDue.add(peer);
+    for (const op of this.#ops.values()) {
+      if (op.answered.has(peer) || !this.#peers.includes(peer)) continue;
+      op.unreachable.delete(peer);
+      if (op.kind === 'read') this.#send(peer, { kind: 'read', id: op.id, keys: op.keys });
+      else if (op.kind === 'status') this.#send(peer, { kind: 'status-request', id: op.id });
+      else if (op.level === 'quorum' && this.#quorumPushes.has(op.id)) {
+        const key = op.keys[0] as string;
+        const entry = this.#entries.get(key);
+        if (entry !== undefined) this.#send(peer, { kind: 'push', id: op.id, updates: [fullUpdate(key, entry)] });
+      }
+    }
   }
 
   /** Peers a round should be started with now (rounds cut short, new or reconnected peers, repairs). */
@@ -453,6 +479,7 @@ export class StateReplica {
         if (op === undefined || op.kind !== 'read') return;
         for (const u of message.updates) if (op.keys.includes(u.key) && u.since === null) this.#apply(from, u, physicalMs);
         op.answered.add(from);
+        op.unreachable.delete(from);
         this.#checkOp(op);
         return;
       }
@@ -464,6 +491,7 @@ export class StateReplica {
         if (op === undefined || op.kind !== 'status') return;
         op.statuses.set(from, message.status);
         op.answered.add(from);
+        op.unreachable.delete(from);
         this.#checkOp(op);
         return;
       }
@@ -522,8 +550,13 @@ export class StateReplica {
 
   #newOp(kind: PendingOp['kind'], keys: readonly string[], level: GeoLevel, deadline: number): number {
     const id = this.#newId();
-    this.#ops.set(id, { id, kind, keys, level, deadline, answered: new Set(), unreachable: new Set(), statuses: new Map(), selfDone: false });
+    const unreachable = new Set([...this.#down].filter((p) => this.#peers.includes(p)));
+    this.#ops.set(id, { id, kind, keys, level, deadline, answered: new Set(), unreachable, statuses: new Map(), selfDone: false });
     return id;
+  }
+
+  #reachablePeers(): ReplicaId[] {
+    return this.#peers.filter((p) => !this.#down.has(p));
   }
 
   /** Ids of operations, pushes and rounds: 32 bits on the wire, so they wrap (skipping 0); none lives that long. */
@@ -541,11 +574,13 @@ export class StateReplica {
       return;
     }
     const needed = op.level === 'quorum' ? this.majority : 1;
-    if (op.selfDone && answered >= needed) {
+    if (!op.selfDone) return;
+    if (answered >= needed) {
       this.#finish(op, null);
       return;
     }
-    if (op.level === 'quorum' && total - op.unreachable.size < needed) this.#finish(op, `${op.unreachable.size} of ${total} regions are unreachable`);
+    // Every region has answered or is unreachable, and too few answered: say so now rather than at the deadline.
+    if (answered + op.unreachable.size >= total) this.#finish(op, `${op.unreachable.size} of ${total} regions are unreachable`);
   }
 
   #finish(op: PendingOp, failure: string | null): void {
@@ -645,6 +680,7 @@ export class StateReplica {
     const op = this.#quorumPushes.has(id) ? this.#ops.get(id) : undefined;
     if (op !== undefined && op.kind === 'write') {
       op.answered.add(from);
+      op.unreachable.delete(from);
       this.#checkOp(op);
     }
   }
@@ -707,6 +743,7 @@ export class StateReplica {
 
   #install(key: string, entry: Entry, hash = entryHash(key, entry)): void {
     this.#entries.set(key, entry);
+    if (this.#clock !== null) this.#clock = mergeClocks(this.#clock, entry.clock);
     this.#index.set(key, hash);
     if (entry.expiresAt === null) this.#expiring.delete(key);
     else this.#expiring.add(key);
@@ -719,6 +756,8 @@ export class StateReplica {
 
   #remove(key: string): void {
     this.#entries.delete(key);
+    // The max over the remaining entries may be lower now: recomputed when next asked for.
+    this.#clock = null;
     this.#index.set(key, null);
     this.#expiring.delete(key);
     this.#dirty.set(key, null);

@@ -107,8 +107,8 @@ export class SyncTransport {
     const next = previous.then(async () => {
       try {
         const sealed = await sealSyncFrame(frame, linkMode(to));
-        metrics.state.syncRawBytes.inc({ direction: 'sent' }, sealed.rawBytes);
-        metrics.state.syncWireBytes.inc({ direction: 'sent' }, sealed.bytes.byteLength);
+        metrics.state.syncRawBytes.inc({ direction: 'sent', kind: frame.kind }, sealed.rawBytes);
+        metrics.state.syncWireBytes.inc({ direction: 'sent', kind: frame.kind }, sealed.bytes.byteLength);
         this.#frames.send(to, [sealed.bytes]);
       } catch (err) {
         // Our own core produced something the wire cannot carry: a bug, but not one worth stopping for.
@@ -134,8 +134,8 @@ export class SyncTransport {
         log.warn({ peer: from, err: errorText(err) }, 'sync frame refused');
         return;
       }
-      metrics.state.syncWireBytes.inc({ direction: 'received' }, bytes.byteLength);
-      metrics.state.syncRawBytes.inc({ direction: 'received' }, opened.rawBytes);
+      metrics.state.syncWireBytes.inc({ direction: 'received', kind: opened.frame.kind }, bytes.byteLength);
+      metrics.state.syncRawBytes.inc({ direction: 'received', kind: opened.frame.kind }, opened.rawBytes);
       if (!this.#stopped) deliver(from, opened.frame);
     });
     this.#opening.set(from, next);

@@ -87,19 +87,25 @@ function requireCount(o: Record<string, unknown>, field: string): number {
   return Number(value);
 }
 
-/** A decode error of the state layer as a schema error at `field`. */
-function asField<T>(field: string, run: () => T): T {
+/** A decode error of the state layer (whose field path starts at what `run` was given) as a schema error. */
+function asField<T>(run: () => T): T {
   try {
     return run();
   } catch (err) {
-    if (err instanceof StateDecodeError) throw new FieldError(field, err.message);
-    throw err;
+    if (!(err instanceof StateDecodeError)) throw err;
+    const prefix = `${err.field}: `;
+    throw new FieldError(err.field, err.message.startsWith(prefix) ? err.message.slice(prefix.length) : err.message);
   }
+}
+
+/** A plain copy: decoded byte fields are views of the frame (and Buffers, whose slice() is a view too). */
+function copied(bytes: Uint8Array): Uint8Array {
+  return new Uint8Array(bytes);
 }
 
 function requireKey(o: Record<string, unknown>, field: string): string {
   const raw = requireString(o, field, { max: 2048 });
-  return asField(field, () => readKey(raw, 'key'));
+  return asField(() => readKey(raw, field));
 }
 
 function validateCounter(o: Record<string, unknown>): [string, number] {
@@ -126,7 +132,7 @@ function validateUpdate(o: Record<string, unknown>): EntryUpdate {
   const key = requireKey(o, 'key');
   const { type } = splitKey(key);
   const bytes = requireBytes(o, 'state', { max: MAX_ENTRY_BYTES, optional: true });
-  const state = asField('state', () => stateFromBytes(type, Uint8Array.prototype.slice.call(bytes), 'state'));
+  const state = asField(() => stateFromBytes(type, copied(bytes), 'state'));
   const delta = requireBool(o, 'delta');
   return {
     key,
@@ -141,11 +147,11 @@ function validateUpdate(o: Record<string, unknown>): EntryUpdate {
 function requireHash(o: Record<string, unknown>, field: string): Uint8Array {
   const hash = requireBytes(o, field, { max: ENTRY_HASH_BYTES });
   if (hash.byteLength !== ENTRY_HASH_BYTES) throw new FieldError(field, `is ${hash.byteLength} bytes, expected ${ENTRY_HASH_BYTES}`);
-  return Uint8Array.prototype.slice.call(hash);
+  return copied(hash);
 }
 
 function requireStateVector(o: Record<string, unknown>): Uint8Array {
-  return Uint8Array.prototype.slice.call(requireBytes(o, 'stateVector', { max: MAX_STATE_VECTOR_BYTES, optional: true }));
+  return copied(requireBytes(o, 'stateVector', { max: MAX_STATE_VECTOR_BYTES, optional: true }));
 }
 
 function validateSummary(o: Record<string, unknown>): EntrySummary {
@@ -163,7 +169,7 @@ function requireUpdates(o: Record<string, unknown>): EntryUpdate[] {
 }
 
 function requireKeys(o: Record<string, unknown>, field: string): string[] {
-  return requireStrings(o, field, { max: 2048, maxItems: SYNC_MAX_ITEMS }).map((raw, i) => asField(`${field}[${i}]`, () => readKey(raw, 'key')));
+  return requireStrings(o, field, { max: 2048, maxItems: SYNC_MAX_ITEMS }).map((raw, i) => asField(() => readKey(raw, `${field}[${i}]`)));
 }
 
 function requireBuckets(o: Record<string, unknown>): number[] {
@@ -194,7 +200,7 @@ function validateBody(name: WireName, o: Record<string, unknown>): SyncFrame {
     case 'digest': {
       const buckets = requireBytes(o, 'buckets', { max: DIGEST_BYTES });
       if (buckets.byteLength !== DIGEST_BYTES) throw new FieldError('buckets', `is ${buckets.byteLength} bytes, expected ${DIGEST_BYTES} (${NUM_BUCKETS} digests)`);
-      return { kind: 'digest', session: requireId(o, 'session'), buckets: Uint8Array.prototype.slice.call(buckets) };
+      return { kind: 'digest', session: requireId(o, 'session'), buckets: copied(buckets) };
     }
     case 'summaries':
       return {
@@ -221,7 +227,7 @@ function validateBody(name: WireName, o: Record<string, unknown>): SyncFrame {
     case 'statusReply': {
       const digest = requireBytes(o, 'digest', { max: 32 });
       if (digest.byteLength !== 32) throw new FieldError('digest', `is ${digest.byteLength} bytes, expected 32`);
-      const status: ReplicaStatus = { digest: Uint8Array.prototype.slice.call(digest), entries: requireCount(o, 'entries'), clock: requireClock(o, 'clock') };
+      const status: ReplicaStatus = { digest: copied(digest), entries: requireCount(o, 'entries'), clock: requireClock(o, 'clock') };
       return { kind: 'status-reply', id: requireId(o), status };
     }
   }

@@ -11,7 +11,7 @@
  * change to any byte changes a chunk hash and so the root, like a plain
  * SHA-256 of the bytes, but a receiver that reuses 99 % of a 1 GiB value
  * from its baseline checks the result by hashing the 1 % it received and
- * ~5 MB of chunk hashes, not the whole GiB again: verification costs what
+ * ~6 MB of chunk hashes, not the whole GiB again: verification costs what
  * the delta costs. The root depends on the chunking options, so members
  * that sync a key must chunk alike (they must anyway for a delta to match).
  *

@@ -359,7 +359,7 @@ describe('one node', () => {
       ctl(n, 'kv'),
       ctl(n, 'kv', 'cas', 'k', 'v'),
       ctl(n, 'kv', 'put', 'k', 'v', '--scope', 'galaxy'),
-      ctl(n, 'kv', 'get', 'k', '--consistency', 'eventual'),
+      ctl(n, 'kv', 'get', 'k', '--consistency', 'linearizable'),
       ctl(n, 'kv', 'put', 'k'),
     ]);
     expect(listed.code, listed.stderr).toBe(0);
@@ -378,7 +378,7 @@ describe('one node', () => {
       [2, '', 'dwcpctl: kv needs a subcommand: put, get, delete or cas'],
       [2, '', 'dwcpctl: kv cas needs --revision N (the revision the key must have; 0: must not exist)'],
       [2, '', 'dwcpctl: --scope: "galaxy" is not one of datacenter|federation'],
-      [2, '', 'dwcpctl: --consistency: "eventual" is not one of strong|local'],
+      [2, '', 'dwcpctl: --consistency: "linearizable" is not one of strong|serializable|quorum|local|eventual'],
       [2, '', 'dwcpctl: kv put takes KEY VALUE (got 1 argument)'],
     ]);
     for (const u of usage) expect(u.stderr).toContain('usage: dwcpctl');
@@ -498,7 +498,7 @@ describe('three founding members', () => {
     expect(lintMetrics(text, ctx)).toEqual({ status: 0, output: '' });
   });
 
-  it('fails writes and strong reads within the timeout once quorum is gone, and still answers local reads', async () => {
+  it('fails writes and strong reads within the timeout once quorum is gone, and still answers serializable reads', async () => {
     const survivor = cluster.running().find((n) => n !== leader)!;
     await new Writer(cluster.node(survivor), scope).put('last', 'before-the-outage');
     await Promise.all(cluster.running().filter((n) => n !== survivor).map((n) => cluster.stop(n, 'SIGKILL')));
@@ -508,7 +508,8 @@ describe('three founding members', () => {
       const res = await ctl(cluster.node(survivor), '--timeout', String(timeoutMs), ...args);
       return { ...res, elapsed: performance.now() - started };
     };
-    const [put, strong, local] = await Promise.all([timed('kv', 'put', 'after', 'the-outage'), timed('kv', 'get', 'last'), timed('kv', 'get', 'last', '--consistency', 'local')]);
+    // serializable: this node's replica of the log without the leader's barrier (--consistency local is the geo keyspace).
+    const [put, strong, local] = await Promise.all([timed('kv', 'put', 'after', 'the-outage'), timed('kv', 'get', 'last'), timed('kv', 'get', 'last', '--consistency', 'serializable')]);
     expect([put.code, put.stderr]).toEqual([1, expect.stringMatching(/^dwcpctl: Put: write not committed within 1500 ms: .*\(retryable\)\n$/)]);
     expect([strong.code, strong.stderr]).toEqual([1, expect.stringMatching(/^dwcpctl: Get: strong read not confirmed by a leader: .*\(retryable\)\n$/)]);
     expect([local.code, local.stdout, local.stderr]).toEqual([0, 'before-the-outage\n', '']);

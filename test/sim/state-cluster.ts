@@ -414,7 +414,8 @@ export class StateSimulation {
       if (!c.ok) {
         if (w.level !== 'quorum') this.#fail(`a ${w.level} write of ${w.key} at ${r.id} failed: ${c.error}`);
         this.#stats.quorumFailures++;
-        if (!/of \d+ regions|within the deadline/.test(c.error)) this.#fail(`quorum failure without the count of regions: ${c.error}`);
+        const collected = w.ttl && /expired and was collected/.test(c.error);
+        if (!collected && !/of \d+ regions|within the deadline/.test(c.error)) this.#fail(`quorum failure without the count of regions: ${c.error}`);
         return;
       }
       if (w.level === 'quorum' && c.answered < r.replica!.majority) this.#fail(`quorum write of ${w.key} acknowledged by only ${c.answered} regions`);

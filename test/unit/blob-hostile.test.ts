@@ -48,7 +48,7 @@ async function next(ch: BlobChannel): Promise<BlobMessage | undefined> {
 }
 
 /** Offers `m` (a full transfer) and returns the control stream, the transfer id and the chunk indices b asked for. */
-async function offer(m: Manifest, list: Uint8Array = encodeManifest(m, undefined)): Promise<{ control: BlobChannel; transferId: string; need: number[]; answer: BlobMessage | undefined }> {
+async function offer(m: Manifest, list: Uint8Array = encodeManifest(m, undefined).bytes): Promise<{ control: BlobChannel; transferId: string; need: number[]; answer: BlobMessage | undefined }> {
   const control = await open();
   const transferId = randomBytes(16).toString('hex');
   await control.write({
@@ -127,7 +127,7 @@ describe('hostile batches are refused, counted and never applied', () => {
   it('a chunk list that does not hash to the offered version is refused before anything is asked for', async () => {
     const before = await rejected('manifest');
     const forged: Manifest = { ...manifest, hash: 'f'.repeat(64), version: 'f'.repeat(64) };
-    const { answer } = await offer(forged, encodeManifest(manifest, undefined));
+    const { answer } = await offer(forged, encodeManifest(manifest, undefined).bytes);
     expect(answer?.kind === 'accept').toBe(false);
     expect(await rejected('manifest')).toBe(before + 1);
     expect(pair.b.service.store.current('hostile')).toBeUndefined();

@@ -1,9 +1,10 @@
 /**
- * dwcpctl's `kv` and `raft` commands in process, against a real admin gRPC
- * server on a temp socket whose Kv and Raft services are scripted fakes: what
- * each command puts on the wire (flags, client id and sequence, timeouts,
- * uint64 fields), how it prints each answer, and its exit codes. The same
- * commands against real daemons are in test/integration/kv-raft.test.ts.
+ * dwcpctl's `kv`, `raft`, `crdt` and `state` commands in process, against a
+ * real admin gRPC server on a temp socket whose Kv, Raft and State services
+ * are scripted fakes: what each command puts on the wire (flags, client id
+ * and sequence, consistency levels, timeouts, uint64 fields), how it prints
+ * each answer, and its exit codes. The same commands against real daemons
+ * are in test/integration/kv-raft.test.ts and state-geo.test.ts.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
@@ -11,6 +12,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KV_SERVICE, RAFT_SERVICE, loadAdminPackage } from '../../src/admin/client.ts';
+import { STATE_SERVICE } from '../../src/admin/state-client.ts';
 import { startAdminServer, type AdminServer } from '../../src/admin/server.ts';
 import { main } from '../../src/cli/main.ts';
 import { createLogger } from '../../src/log.ts';
@@ -28,11 +30,13 @@ function failure(code: grpc.status, details: string): grpc.ServiceError {
   return Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
 }
 
-function scripted(methods: string[]): grpc.UntypedServiceImplementation {
+/** `prefix` tells apart methods of one name in two services (State.Get, Kv's Get). */
+function scripted(methods: string[], prefix = ''): grpc.UntypedServiceImplementation {
   return Object.fromEntries(
-    methods.map((method) => [
-      method,
+    methods.map((name) => [
+      name,
       (call: grpc.ServerUnaryCall<Wire, Wire>, callback: grpc.sendUnaryData<Wire>) => {
+        const method = `${prefix}${name}`;
         seen.push({ method, request: call.request });
         const answer = answers.get(method);
         if (answer === undefined) callback(failure(grpc.status.INTERNAL, `no scripted answer for ${method}`));
@@ -59,6 +63,7 @@ beforeAll(async () => {
     services: [
       { name: KV_SERVICE, packageDefinition, implementation: scripted(['Put', 'Delete', 'Cas', 'Get']) },
       { name: RAFT_SERVICE, packageDefinition, implementation: scripted(['Status', 'Members', 'AddMember', 'RemoveMember', 'TransferLeader']) },
+      { name: STATE_SERVICE, packageDefinition, implementation: scripted(['Update', 'Get', 'Digest', 'SetTestPartition'], 'State.') },
     ],
   });
 });
@@ -141,9 +146,9 @@ describe('dwcpctl kv', () => {
     expect(seen[0]?.request).toEqual({ key: 'k', consistency: 'strong', scope: 'datacenter', prefix: false, limit: 0, timeout_ms: 5000 });
 
     answers.set('Get', { items: [item('p/a', '1', 5), item('p/bb', 'two', 12)], applied_index: 12 });
-    const table = await ctl('kv', 'get', 'p/', '--prefix', '--limit', '2', '--consistency', 'local', '--scope', 'federation');
+    const table = await ctl('kv', 'get', 'p/', '--prefix', '--limit', '2', '--consistency', 'serializable', '--scope', 'federation');
     expect(table.stdout).toBe('KEY   REVISION  VALUE\np/a   5         1\np/bb  12        two\n');
-    expect(seen[1]?.request).toEqual({ key: 'p/', consistency: 'local', scope: 'federation', prefix: true, limit: 2, timeout_ms: 5000 });
+    expect(seen[1]?.request).toEqual({ key: 'p/', consistency: 'serializable', scope: 'federation', prefix: true, limit: 2, timeout_ms: 5000 });
     const asJson = await ctl('kv', 'get', 'p/', '--prefix', '--json');
     expect(JSON.parse(asJson.stdout)).toEqual({
       items: [
@@ -182,13 +187,124 @@ describe('dwcpctl kv', () => {
       [['kv', 'get', 'k', '--limit', '0'], '--limit: "0" is not a whole number >= 1'],
       [['kv', 'put', 'k', 'v', '--scope', 'galaxy'], '--scope: "galaxy" is not one of datacenter|federation'],
       [['kv', 'delete', 'k', '--scope', 'galaxy'], '--scope: "galaxy" is not one of datacenter|federation'],
-      [['kv', 'get', 'k', '--consistency', 'eventual'], '--consistency: "eventual" is not one of strong|local'],
+      [['kv', 'get', 'k', '--consistency', 'linearizable'], '--consistency: "linearizable" is not one of strong|serializable|quorum|local|eventual'],
+      [['kv', 'put', 'k', 'v', '--consistency', 'serializable'], '--consistency: "serializable" is not one of strong|quorum|local|eventual'],
+      [['kv', 'put', 'k', 'v', '--consistency', 'local', '--scope', 'federation'], '--scope applies to --consistency strong or serializable only, not local'],
+      [['kv', 'put', 'k', 'v', '--ttl', '100'], '--ttl applies to --consistency quorum, local or eventual, not strong'],
+      [['kv', 'put', 'k', 'v', '--consistency', 'eventual', '--ttl', '0'], '--ttl: "0" is not a whole number >= 1'],
+      [['kv', 'cas', 'k', 'v', '--revision', '1', '--consistency', 'quorum'], 'kv cas needs --consistency strong (geo keys have no revisions), not quorum'],
+      [['kv', 'get', 'k', '--consistency', 'quorum', '--ttl', '5'], '--ttl applies to writes (put), not to get'],
       [['kv', 'get', 'k', '--bogus'], 'unknown flag --bogus'],
       [['raft'], 'raft needs a subcommand: status, members, add-member, remove-member or transfer-leader'],
       [['raft', 'status', 'x'], 'raft status takes no arguments (got 1 argument)'],
       [['raft', 'add-member'], 'raft add-member takes ID (got 0 arguments)'],
       [['raft', 'transfer-leader', 'a', 'b'], 'raft transfer-leader takes at most one argument, the new leader'],
       [['raft', 'status', '--prefix'], 'unknown flag --prefix'],
+    ];
+    for (const [argv, reason] of cases) {
+      const res = await ctl(...argv);
+      expect([res.code, res.stdout, res.stderr.split('\n')[0]], argv.join(' ')).toEqual([2, '', `dwcpctl: ${reason}`]);
+    }
+    expect(seen).toEqual([]);
+  });
+});
+
+describe('dwcpctl kv at geo levels', () => {
+  it('writes to the geo keyspace with the level and TTL, no scope, and says how many regions hold it', async () => {
+    answers.set('Put', written({ revision: 0, consistency: 'quorum', regions_acked: 3, regions_total: 5, leader: 'me' }));
+    const quorum = await ctl('kv', 'put', 'k', 'v', '--consistency', 'quorum', '--ttl', '60000');
+    expect(quorum).toEqual({ code: 0, stdout: 'OK put k (quorum: 3 of 5 regions hold it)\n', stderr: '' });
+    expect(seen[0]?.request).toMatchObject({ key: 'k', options: { consistency: 'quorum', ttl_ms: '60000', scope: '' } });
+    answers.set('Delete', written({ revision: 0, consistency: 'eventual', regions_acked: 0, regions_total: 5 }));
+    expect((await ctl('kv', 'delete', 'k', '--consistency', 'eventual')).stdout).toBe('OK delete k (eventual: applied here)\n');
+    answers.set('Put', written({ revision: 0, consistency: 'local', regions_acked: 1, regions_total: 5, leader: 'me' }));
+    const asJson = await ctl('kv', 'put', 'k', 'v', '--consistency', 'local', '--json');
+    expect(JSON.parse(asJson.stdout)).toEqual({ ok: true, consistency: 'local', regions_acked: 1, regions_total: 5, leader: 'me' });
+  });
+
+  it('reads the geo keyspace: the value, a prefix with the writing region, or JSON with the regions that answered', async () => {
+    const item = (key: string, value: string, region: string) => ({ key, value: bytes(value), revision: 0, create_revision: 0, region, hlc: '1700000000000.0' });
+    answers.set('Get', { items: [item('k', 'hello', 'eu')], applied_index: 0, regions_answered: 3, regions_total: 5 });
+    expect(await ctl('kv', 'get', 'k', '--consistency', 'quorum')).toEqual({ code: 0, stdout: 'hello\n', stderr: '' });
+    expect(seen[0]?.request).toEqual({ key: 'k', consistency: 'quorum', scope: '', prefix: false, limit: 0, timeout_ms: 5000 });
+    expect(JSON.parse((await ctl('kv', 'get', 'k', '--consistency', 'quorum', '--json')).stdout)).toEqual({
+      items: [{ key: 'k', value: 'hello', region: 'eu', hlc: '1700000000000.0' }],
+      regions_answered: 3,
+      regions_total: 5,
+    });
+    answers.set('Get', { items: [item('p/a', '1', 'eu'), item('p/b', '2', 'us')], applied_index: 0, regions_answered: 1, regions_total: 5 });
+    expect((await ctl('kv', 'get', 'p/', '--prefix', '--consistency', 'local')).stdout).toBe('KEY  REGION  VALUE\np/a  eu      1\np/b  us      2\n');
+  });
+
+  it('passes a quorum failure through with the count of regions', async () => {
+    answers.set('Put', failure(grpc.status.UNAVAILABLE, 'quorum write of lww-register:k not confirmed: 2 of 5 regions hold it durably, a majority is 3 (retryable)'));
+    expect(await ctl('kv', 'put', 'k', 'v', '--consistency', 'quorum')).toEqual({
+      code: 1,
+      stdout: '',
+      stderr: 'dwcpctl: Put: quorum write of lww-register:k not confirmed: 2 of 5 regions hold it durably, a majority is 3 (retryable)\n',
+    });
+  });
+});
+
+describe('dwcpctl crdt and state', () => {
+  const entry = (over: Wire = {}): Wire => ({ key: 'hits', type: 'pn-counter', value_json: '5', clock: [{ region: 'eu', count: 4 }], ...over });
+
+  it('sends each operation with its arguments, local by default, and prints the new value', async () => {
+    answers.set('State.Update', { entry: entry(), consistency: 'local', regions_acked: 1, regions_total: 3 });
+    expect(await ctl('crdt', 'incr', 'hits')).toEqual({ code: 0, stdout: 'OK incr hits = 5 (pn-counter; local: durable here)\n', stderr: '' });
+    await ctl('crdt', 'decr', 'hits', '3', '--consistency', 'quorum', '--timeout', '900');
+    await ctl('crdt', 'add', 'vms', 'vm-1', '--type', 'g-set', '--ttl', '5000');
+    await ctl('crdt', 'set', 'vm-1', 'cpu', '8');
+    await ctl('crdt', 'unset', 'vm-1', 'cpu', '--consistency', 'eventual');
+    expect(seen.map((x) => x.request)).toEqual([
+      expect.objectContaining({ key: 'hits', op: 'incr', type: '', amount: '1', consistency: 'local', timeout_ms: 5000, ttl_ms: '0' }),
+      expect.objectContaining({ key: 'hits', op: 'decr', amount: '3', consistency: 'quorum', timeout_ms: 900 }),
+      expect.objectContaining({ key: 'vms', op: 'add', type: 'g-set', element: 'vm-1', ttl_ms: '5000' }),
+      expect.objectContaining({ key: 'vm-1', op: 'set', field: 'cpu', value_json: '8' }),
+      expect.objectContaining({ key: 'vm-1', op: 'unset', field: 'cpu', consistency: 'eventual' }),
+    ]);
+  });
+
+  it('prints one entry as its value, several as a table, and fails when there is none', async () => {
+    answers.set('State.Get', { entries: [entry()], regions_answered: 1, regions_total: 3 });
+    expect(await ctl('crdt', 'get', 'hits')).toEqual({ code: 0, stdout: '5\n', stderr: '' });
+    answers.set('State.Get', {
+      entries: [entry(), entry({ type: 'or-set', value_json: '["a","b"]', clock: [{ region: 'eu', count: 2 }, { region: 'us', count: 7 }], expires_at: '2030-01-01T00:00:00.000Z' })],
+      regions_answered: 2,
+      regions_total: 3,
+    });
+    expect((await ctl('crdt', 'get', 'hits', '--consistency', 'quorum')).stdout).toBe(
+      ['TYPE        VALUE      CLOCK      EXPIRES', 'pn-counter  5          eu:4       -', 'or-set      ["a","b"]  eu:2 us:7  2030-01-01T00:00:00.000Z', ''].join('\n'),
+    );
+    answers.set('State.Get', { entries: [], regions_answered: 3, regions_total: 3 });
+    expect(await ctl('crdt', 'get', 'nope', '--type', 'or-set')).toEqual({ code: 1, stdout: '', stderr: 'dwcpctl: key "nope" not found as a or-set\n' });
+  });
+
+  it('shows every region\'s digest and clock, and says whether they agree', async () => {
+    const region = (name: string, digest: string, answered = true) => ({ name, region: `r-${name}`, answered, digest, entries: answered ? 12 : 0, clock: answered ? [{ region: 'a', count: 9 }] : [] });
+    answers.set('State.Digest', { regions: [region('a', 'ab'.repeat(32)), region('b', 'ab'.repeat(32))], converged: true });
+    expect((await ctl('state', 'digest')).stdout).toBe(
+      ['NAME  REGION  ENTRIES  DIGEST            CLOCK', 'a     r-a     12       abababababababab  a:9', 'b     r-b     12       abababababababab  a:9', 'converged: all 2 regions hold the same entries', ''].join('\n'),
+    );
+    answers.set('State.Digest', { regions: [region('a', 'ab'.repeat(32)), region('b', 'cd'.repeat(32)), region('c', '', false)], converged: false });
+    const split = await ctl('state', 'digest');
+    expect(split.code).toBe(0);
+    expect(split.stdout).toContain('c     r-c     -        (no answer)       -\n');
+    expect(split.stdout).toContain('not converged: 2 distinct digests among the 2 of 3 regions that answered\n');
+    expect(seen.at(-1)?.request).toEqual({ timeout_ms: 5000 });
+  });
+
+  it('refuses bad usage with exit 2 before calling the daemon', async () => {
+    const cases: [string[], string][] = [
+      [['crdt'], 'crdt needs a subcommand: incr, decr, add, remove, set, unset or get'],
+      [['crdt', 'incr'], 'crdt incr takes KEY [N] (got 0 arguments)'],
+      [['crdt', 'incr', 'k', '0'], '--amount: "0" is not a whole number >= 1'],
+      [['crdt', 'add', 'k'], 'crdt add takes KEY ELEMENT (got 1 argument)'],
+      [['crdt', 'set', 'k', 'f', 'not json'], 'crdt set: "not json" is not JSON (quote strings: \'"text"\')'],
+      [['crdt', 'get', 'k', '--consistency', 'strong'], '--consistency: "strong" is not one of quorum|local|eventual'],
+      [['crdt', 'get', 'k', '--type', 'counter'], '--type: "counter" is not one of lww-register|g-counter|pn-counter|g-set|or-set|yjs-record'],
+      [['state'], 'state needs a subcommand: digest'],
+      [['state', 'digest', 'x'], 'state digest takes no arguments (got 1 argument)'],
     ];
     for (const [argv, reason] of cases) {
       const res = await ctl(...argv);

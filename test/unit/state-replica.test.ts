@@ -220,6 +220,29 @@ describe('quorum', () => {
     expect(entryValue(net.r('a').entry('pn-counter:k'), net.r('a').now(T0))).toBe(1);
   });
 
+  it('counts regions already known unreachable from the start, and asks one again once it is back', () => {
+    const net = new Lockstep(['a', 'b', 'c']);
+    net.r('a').peerDown('b');
+    net.r('a').peerDown('c');
+    net.down.add('b');
+    net.down.add('c');
+    // Both peers are known down: the write fails as soon as it is durable here, not at its deadline.
+    const doomed = net.r('a').update('k', null, { op: 'put', value: 1 }, 'quorum', T0, ttl);
+    net.flush();
+    expect(net.completed('a')).toEqual([{ id: doomed.id, kind: 'write', ok: false, error: '2 of 3 regions are unreachable', answered: 1, total: 3 }]);
+    // b is back but silent; c comes back while a second write waits: c gets the write again, and its ack completes it.
+    net.r('a').peerUp('b');
+    net.down.delete('b');
+    const w = net.r('a').update('k', null, { op: 'put', value: 2 }, 'quorum', T0, { ttlMs: null, timeoutMs: 5000 });
+    net.deliver((to) => to === 'a');
+    expect(net.completed('a')).toHaveLength(1);
+    net.down.delete('c');
+    net.r('a').peerUp('c');
+    net.deliver((to) => to !== 'b');
+    expect(net.completed('a')[1]).toMatchObject({ id: w.id, kind: 'write', ok: true, answered: 2, total: 3 });
+    expect(entryValue(net.r('c').entry('lww-register:k'), net.r('c').now(T0))).toBe(2);
+  });
+
   it('reads the merge of a majority', () => {
     const net = new Lockstep(['a', 'b', 'c', 'd', 'e']);
     net.r('b').update('n', null, { op: 'incr', by: 5 }, 'local', T0, ttl);

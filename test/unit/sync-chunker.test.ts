@@ -95,9 +95,9 @@ describe('chunkValue', () => {
     expect(chunkValue(new Uint8Array(100), DEFAULT_CHUNKING, false)).toEqual([]);
   });
 
-  it('derives min and max from an average with FastCDC\'s ratios', () => {
-    expect(chunkingForAverage(8192)).toEqual(DEFAULT_CHUNKING);
-    expect(chunkingForAverage(256)).toEqual({ minSize: 64, avgSize: 256, maxSize: 2048 });
+  it('derives min (avg / 4, at least 64) and max (avg × 4) from an average', () => {
+    expect(chunkingForAverage(4096)).toEqual({ minSize: 1024, avgSize: 4096, maxSize: 16384 });
+    expect(chunkingForAverage(128)).toEqual({ minSize: 64, avgSize: 128, maxSize: 512 });
   });
 
   it('refuses inconsistent options by name', () => {

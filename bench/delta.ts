@@ -1,0 +1,376 @@
+/**
+ * The delta bench: delta sync against the regional baseline cache and bulk
+ * transfer of large values, against the issue's floors.
+ *
+ * - delta (two real dwcpd processes on loopback, trusted, so LZ4): a VM-image
+ *   -like value (bench/codec.ts vmImageLike) is `blob put --to` the other
+ *   daemon (a full transfer), then the same image with `--rewrite` (1 %) of
+ *   its 4 KiB blocks overwritten with random bytes (a delta against the
+ *   cached baseline). Floors: the second sync's wire bytes (frames + chunk
+ *   list) ≤ 3 % of the value, its time ≤ 10 % of the first's. "Sync time" is
+ *   the transfer (offer to commit at the receiver, as the sender measures
+ *   it); storing the file locally first ("ingest") is the same work for both
+ *   and is reported beside it. The receiver's copy is read back and compared.
+ * - cache (in this process): `--cache-regions` regions each sync
+ *   `--cache-keys` keys over `--cache-rounds` rounds through one real
+ *   BaselineCache (default capacity and TTL) and real manifests and delta
+ *   plans: each round a region syncs ~80 % of the keys (a random subset),
+ *   10 % of keys change between rounds, rounds are 30 s of simulated time.
+ *   Floor: hit ratio ≥ 95 %.
+ * - bulk: `--bulk-mb` of random bytes (nothing to compress or deduplicate,
+ *   so this measures the transfer machinery) between the two daemons for
+ *   each `--streams` count, against raw TCP on loopback (bench/transport.ts)
+ *   moving as many bytes in 1 MiB writes, as a ratio (< 1: slower).
+ *
+ * Invariants: data comes from fixed seeds; everything the bench starts (two
+ * daemons, their data dirs, the generated files) is gone when it returns,
+ * and the daemons are killed if this process exits first (member-process.ts).
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { connectAdmin, type AdminClient } from '../src/admin/client.ts';
+import type { BlobPutResult } from '../src/admin/blob-client.ts';
+import { BaselineCache } from '../src/sync/baseline-cache.ts';
+import { chunkingForAverage } from '../src/sync/chunker.ts';
+import { buildManifest, planDelta, type Manifest } from '../src/sync/manifest.ts';
+import { DEFAULT_BLOB_SETTINGS } from '../src/blob/config.ts';
+import { Prng, vmImageLike } from './codec.ts';
+import { startDwcpCluster, type DwcpCluster } from './dwcp-cluster.ts';
+import { rawTcp } from './transport.ts';
+import { defineBench, FlagError, intFlag, machineFacts, positiveFlag, progress, renderTable, significant } from './run.ts';
+
+const MIB = 1024 ** 2;
+const BLOCK = 4096;
+const FLOORS = { wire: 0.03, time: 0.1, hitRatio: 0.95 };
+/** The admin calls' idle deadline: a put sends progress every 250 ms, so only a stuck daemon waits this long. */
+const CALL_IDLE_MS = 120_000;
+
+export interface DeltaBenchOptions {
+  sizeBytes: number;
+  rewrite: number;
+  bulkBytes: number;
+  streams: number[];
+  cacheRegions: number;
+  cacheKeys: number;
+  cacheRounds: number;
+  seed: number;
+  workDir: string;
+}
+
+interface SyncFigures {
+  ingest_seconds: number;
+  transfer_seconds: number;
+  kind: string;
+  raw_bytes_sent: number;
+  wire_bytes_sent: number;
+  manifest_bytes_sent: number;
+  reused_bytes: number;
+  codecs: Record<string, number>;
+}
+
+export interface DeltaResult extends ReturnType<typeof machineFacts> {
+  bench: 'delta';
+  options: Record<string, unknown>;
+  ratios: Record<string, string>;
+  delta: {
+    size_bytes: number;
+    rewritten_blocks: number;
+    full: SyncFigures;
+    delta: SyncFigures;
+    /** (frames + chunk list) of the delta sync / value size; floor ≤ 0.03. */
+    wire_ratio: number;
+    /** delta transfer seconds / full transfer seconds; floor ≤ 0.1. */
+    time_ratio: number;
+    /** The same with each side's ingest included. */
+    end_to_end_time_ratio: number;
+    verified: boolean;
+    meets_floor: { wire: boolean; time: boolean };
+  };
+  cache: { regions: number; keys: number; rounds: number; lookups: number; hits: number; misses: number; expiries: number; evictions: number; hit_ratio: number; bytes_saved: number; meets_floor: boolean };
+  bulk: { bytes: number; tcp_mib_s: number; runs: { streams: number; seconds: number; mib_s: number; ratio: number }[]; best_streams: number };
+  loadavg_after: number[];
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+function randomBytes(size: number, seed: number): Uint8Array {
+  const rng = new Prng(seed);
+  const out = new Uint8Array(size);
+  const words = new Uint32Array(out.buffer, 0, Math.floor(size / 4));
+  for (let i = 0; i < words.length; i++) words[i] = rng.next();
+  for (let i = words.length * 4; i < size; i++) out[i] = rng.below(256);
+  return out;
+}
+
+/** Overwrites `fraction` of the 4 KiB blocks (distinct, chosen at random) with random bytes; returns how many. */
+export function rewriteBlocks(image: Uint8Array, fraction: number, seed: number): number {
+  const rng = new Prng(seed);
+  const blocks = Math.floor(image.byteLength / BLOCK);
+  const picked = new Set<number>();
+  const want = Math.min(blocks, Math.round(blocks * fraction));
+  while (picked.size < want) picked.add(rng.below(blocks));
+  for (const b of picked) image.set(randomBytes(BLOCK, rng.next()), b * BLOCK);
+  return picked.size;
+}
+
+function figures(r: BlobPutResult): SyncFigures {
+  const s = r.sent;
+  if (s === null) throw new Error('delta bench: a put with --to returned no transfer');
+  return {
+    ingest_seconds: significant(r.ingest_seconds),
+    transfer_seconds: significant(s.seconds),
+    kind: s.kind,
+    raw_bytes_sent: s.raw_bytes_sent,
+    wire_bytes_sent: s.wire_bytes_sent,
+    manifest_bytes_sent: s.manifest_bytes_sent,
+    reused_bytes: s.reused_bytes,
+    codecs: s.codecs,
+  };
+}
+
+async function put(client: AdminClient, file: string, key: string, to: string, streams = 0): Promise<BlobPutResult> {
+  let last = 0;
+  return client.blob.put({ path: file, key, to, streams }, (p) => {
+    const now = Date.now();
+    if (now - last < 2000) return;
+    last = now;
+    progress(`    ${p.phase}: ${significant((100 * p.bytes_done) / Math.max(1, p.bytes_total), 3)} %`);
+  });
+}
+
+async function readBackHash(client: AdminClient, key: string): Promise<string> {
+  const hash = createHash('sha256');
+  await client.blob.get(key, (bytes) => void hash.update(bytes));
+  return hash.digest('hex');
+}
+
+async function deltaPart(cluster: DwcpCluster, opts: DeltaBenchOptions, dir: string): Promise<DeltaResult['delta']> {
+  const [a, b] = cluster.members;
+  if (a === undefined || b === undefined) throw new Error('delta bench: the cluster has fewer than two members');
+  progress(`delta: generating ${significant(opts.sizeBytes / MIB)} MiB of VM-image-like data and a copy with ${opts.rewrite * 100} % of its blocks rewritten`);
+  const image = vmImageLike(opts.sizeBytes, opts.seed);
+  const v1 = path.join(dir, 'v1.img');
+  const v2 = path.join(dir, 'v2.img');
+  await fs.writeFile(v1, image);
+  const rewritten = rewriteBlocks(image, opts.rewrite, opts.seed + 1);
+  await fs.writeFile(v2, image);
+  const v2Hash = sha256(image);
+  const ca = connectAdmin(a.adminSocket, { timeoutMs: CALL_IDLE_MS });
+  const cb = connectAdmin(b.adminSocket, { timeoutMs: CALL_IDLE_MS });
+  try {
+    progress(`delta: first version ${a.name} → ${b.name} (no baseline: full transfer)`);
+    const full = figures(await put(ca, v1, 'vm/disk0', b.name));
+    progress(`  full: ${full.transfer_seconds} s, ${full.wire_bytes_sent + full.manifest_bytes_sent} bytes on the wire`);
+    progress(`delta: second version ${a.name} → ${b.name} (against the cached baseline)`);
+    const delta = figures(await put(ca, v2, 'vm/disk0', b.name));
+    progress(`  delta: ${delta.transfer_seconds} s, ${delta.wire_bytes_sent + delta.manifest_bytes_sent} bytes on the wire`);
+    progress(`delta: reading the receiver's copy back`);
+    const verified = (await readBackHash(cb, 'vm/disk0')) === v2Hash;
+    if (!verified) throw new Error(`delta bench: ${b.name}'s copy of vm/disk0 differs from the second version`);
+    const wireRatio = (delta.wire_bytes_sent + delta.manifest_bytes_sent) / opts.sizeBytes;
+    const timeRatio = delta.transfer_seconds / full.transfer_seconds;
+    return {
+      size_bytes: opts.sizeBytes,
+      rewritten_blocks: rewritten,
+      full,
+      delta,
+      wire_ratio: significant(wireRatio, 3),
+      time_ratio: significant(timeRatio, 3),
+      end_to_end_time_ratio: significant((delta.ingest_seconds + delta.transfer_seconds) / (full.ingest_seconds + full.transfer_seconds), 3),
+      verified,
+      meets_floor: { wire: wireRatio <= FLOORS.wire, time: timeRatio <= FLOORS.time },
+    };
+  } finally {
+    ca.close();
+    cb.close();
+    await fs.rm(v1, { force: true });
+    await fs.rm(v2, { force: true });
+  }
+}
+
+/** Repeated syncs of many keys to several regions through one BaselineCache with real manifests and delta plans. */
+export function cachePart(opts: Pick<DeltaBenchOptions, 'cacheRegions' | 'cacheKeys' | 'cacheRounds' | 'seed'>): DeltaResult['cache'] {
+  const chunking = chunkingForAverage(1024);
+  const rng = new Prng(opts.seed);
+  const cache = new BaselineCache<Manifest>();
+  const values = Array.from({ length: opts.cacheKeys }, (_, i) => vmImageLike(16 * 1024, opts.seed * 1000 + i));
+  const manifests = values.map((v, i) => buildManifest(`key-${i}`, '0', v, chunking));
+  /** What each region really holds, per key: the ground truth a hit must match. */
+  const held = Array.from({ length: opts.cacheRegions }, () => new Map<number, string>());
+  const ROUND_MS = 30_000;
+  let now = 1_700_000_000_000;
+  for (let round = 0; round < opts.cacheRounds; round++, now += ROUND_MS) {
+    // Between rounds a tenth of the keys get a new version (one rewritten block).
+    if (round > 0) {
+      for (let i = 0; i < opts.cacheKeys; i++) {
+        if (rng.below(10) !== 0) continue;
+        const v = (values[i] as Uint8Array).slice();
+        rewriteBlocks(v, 1 / 4, rng.next());
+        values[i] = v;
+        manifests[i] = buildManifest(`key-${i}`, String(round), v, chunking);
+      }
+    }
+    for (let region = 0; region < opts.cacheRegions; region++) {
+      for (let i = 0; i < opts.cacheKeys; i++) {
+        if (rng.below(5) === 0) continue; // this region skips the key this round
+        const mine = manifests[i] as Manifest;
+        const base = cache.get(`region-${region}`, `key-${i}`, now);
+        if (base !== undefined && base.hash !== held[region]?.get(i)) throw new Error(`cache bench: a hit named a baseline region-${region} does not hold`);
+        const plan = planDelta(mine, base);
+        cache.recordSaved(plan.reusedBytes);
+        held[region]?.set(i, mine.hash);
+        cache.set(`region-${region}`, `key-${i}`, mine, now);
+      }
+    }
+  }
+  const s = cache.stats();
+  const lookups = s.hits + s.misses;
+  return {
+    regions: opts.cacheRegions,
+    keys: opts.cacheKeys,
+    rounds: opts.cacheRounds,
+    lookups,
+    hits: s.hits,
+    misses: s.misses,
+    expiries: s.expiries,
+    evictions: s.evictions,
+    hit_ratio: significant(s.hits / Math.max(1, lookups), 4),
+    bytes_saved: s.bytesSaved,
+    meets_floor: s.hits / Math.max(1, lookups) >= FLOORS.hitRatio,
+  };
+}
+
+async function bulkPart(cluster: DwcpCluster, opts: DeltaBenchOptions, dir: string): Promise<DeltaResult['bulk']> {
+  const [a, b] = cluster.members;
+  if (a === undefined || b === undefined) throw new Error('delta bench: the cluster has fewer than two members');
+  progress(`bulk: raw TCP on loopback, ${significant(opts.bulkBytes / MIB)} MiB in 1 MiB writes`);
+  const tcp = rawTcp();
+  const messages = Math.max(1, Math.floor(opts.bulkBytes / MIB));
+  await tcp.throughput(MIB, Math.min(messages, 64));
+  const tcpSeconds = await tcp.throughput(MIB, messages);
+  const tcpMibS = (messages * MIB) / MIB / tcpSeconds;
+  const ca = connectAdmin(a.adminSocket, { timeoutMs: CALL_IDLE_MS });
+  const runs: DeltaResult['bulk']['runs'] = [];
+  try {
+    for (const streams of opts.streams) {
+      const file = path.join(dir, `bulk-${streams}.bin`);
+      await fs.writeFile(file, randomBytes(opts.bulkBytes, opts.seed * 7919 + streams));
+      progress(`bulk: ${streams} stream${streams === 1 ? '' : 's'} ${a.name} → ${b.name}`);
+      const r = await put(ca, file, `bulk/${streams}`, b.name, streams);
+      await fs.rm(file, { force: true });
+      const seconds = r.sent?.seconds ?? NaN;
+      const mibS = opts.bulkBytes / MIB / seconds;
+      runs.push({ streams, seconds: significant(seconds), mib_s: significant(mibS), ratio: significant(mibS / tcpMibS, 3) });
+      progress(`  ${significant(mibS)} MiB/s (tcp ${significant(tcpMibS)} MiB/s)`);
+    }
+  } finally {
+    ca.close();
+  }
+  const best = runs.reduce((x, y) => (y.mib_s > x.mib_s ? y : x), runs[0] as DeltaResult['bulk']['runs'][number]);
+  return { bytes: opts.bulkBytes, tcp_mib_s: significant(tcpMibS), runs, best_streams: best.streams };
+}
+
+function report(r: DeltaResult): string {
+  const d = r.delta;
+  const row = (name: string, f: SyncFigures) => [
+    name,
+    f.kind,
+    String(f.ingest_seconds),
+    String(f.transfer_seconds),
+    String(f.raw_bytes_sent),
+    String(f.wire_bytes_sent + f.manifest_bytes_sent),
+    Object.keys(f.codecs).join('+') || '-',
+  ];
+  return [
+    `delta: ${significant(d.size_bytes / MIB)} MiB VM-image-like value, ${d.rewritten_blocks} of its 4 KiB blocks rewritten, two dwcpd on loopback; ${r.node}, ${r.cpus} cpus, load ${r.loadavg.join(' ')} -> ${r.loadavg_after.join(' ')}`,
+    renderTable(['sync', 'kind', 'ingest s', 'transfer s', 'chunk bytes', 'wire bytes', 'codecs'], [row('first', d.full), row('second', d.delta)]),
+    `wire ratio ${d.wire_ratio} (floor ≤ ${FLOORS.wire}: ${d.meets_floor.wire ? 'met' : 'NOT met'}); time ratio ${d.time_ratio} (floor ≤ ${FLOORS.time}: ${d.meets_floor.time ? 'met' : 'NOT met'}); with ingest ${d.end_to_end_time_ratio}; receiver's copy verified: ${d.verified}`,
+    '',
+    `cache: ${r.cache.regions} regions × ${r.cache.keys} keys × ${r.cache.rounds} rounds: ${r.cache.hits} hits / ${r.cache.lookups} lookups = ${r.cache.hit_ratio} (floor ≥ ${FLOORS.hitRatio}: ${r.cache.meets_floor ? 'met' : 'NOT met'}); ${r.cache.expiries} expiries, ${r.cache.evictions} evictions`,
+    '',
+    `bulk: ${significant(r.bulk.bytes / MIB)} MiB of random bytes, raw TCP ${r.bulk.tcp_mib_s} MiB/s`,
+    renderTable(['streams', 'seconds', 'MiB/s', 'ratio to tcp'], r.bulk.runs.map((x) => [String(x.streams), String(x.seconds), String(x.mib_s), String(x.ratio)])),
+    `best: ${r.bulk.best_streams} streams (blob.streams default: ${DEFAULT_BLOB_SETTINGS.streams})`,
+  ].join('\n');
+}
+
+export async function runDeltaBench(opts: DeltaBenchOptions): Promise<DeltaResult> {
+  const facts = machineFacts();
+  progress(`cache: ${opts.cacheRegions} regions × ${opts.cacheKeys} keys × ${opts.cacheRounds} rounds`);
+  const cache = cachePart(opts);
+  progress(`  hit ratio ${cache.hit_ratio}`);
+  const dir = await fs.mkdtemp(path.join(opts.workDir, 'dwcp-bench-delta-'));
+  let cluster: DwcpCluster | undefined;
+  try {
+    progress('starting two dwcpd on loopback');
+    // Two members on one machine are a datacenter link; a loaded machine's loopback RTT must not make it hybrid.
+    cluster = await startDwcpCluster({ members: 2, workDir: opts.workDir, readyTimeoutMs: 60_000, config: { network: { datacenterMaxRttMs: 1000, internetMinRttMs: 5000 } } });
+    const delta = await deltaPart(cluster, opts, dir);
+    const bulk = await bulkPart(cluster, opts, dir);
+    const result: DeltaResult = {
+      bench: 'delta',
+      ...facts,
+      options: {
+        size_bytes: opts.sizeBytes,
+        rewrite: opts.rewrite,
+        bulk_bytes: opts.bulkBytes,
+        streams: opts.streams,
+        cache_regions: opts.cacheRegions,
+        cache_keys: opts.cacheKeys,
+        cache_rounds: opts.cacheRounds,
+        seed: opts.seed,
+      },
+      ratios: {
+        delta_wire: `delta.wire_ratio = second sync's (frame + chunk list) bytes / value size; the floor is ≤ ${FLOORS.wire}`,
+        delta_time: `delta.time_ratio = second sync's transfer seconds / first sync's; the floor is ≤ ${FLOORS.time}`,
+        cache: `cache.hit_ratio = hits / lookups; the floor is ≥ ${FLOORS.hitRatio}`,
+        bulk: 'bulk.runs[].ratio = value MiB/s between two daemons / raw TCP MiB/s on loopback; below 1 means slower',
+      },
+      delta,
+      cache,
+      bulk,
+      loadavg_after: machineFacts().loadavg,
+    };
+    progress(`\n${report(result)}`);
+    return result;
+  } finally {
+    await cluster?.stop();
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+export const deltaBench = defineBench<DeltaBenchOptions>({
+  flags: {
+    'size-mb': { default: '1024', description: 'MiB of the VM-image-like value synced twice' },
+    rewrite: { default: '0.01', description: 'share of 4 KiB blocks rewritten for the second version' },
+    'bulk-mb': { default: '1024', description: 'MiB of random bytes per bulk run' },
+    streams: { default: '1,2,4,8', description: 'parallel streams per bulk run, comma-separated' },
+    'cache-regions': { default: '5', description: 'regions of the cache workload' },
+    'cache-keys': { default: '500', description: 'keys of the cache workload' },
+    'cache-rounds': { default: '40', description: 'rounds of syncs in the cache workload' },
+    seed: { default: '1', description: 'seed of the generated data' },
+    'work-dir': { default: os.tmpdir(), description: 'where the daemons and generated files live (needs ~4 × size-mb + bulk-mb × streams free)' },
+  },
+  parse: (flags) => {
+    const rewrite = positiveFlag(flags, 'rewrite');
+    if (rewrite > 1) throw new FlagError('rewrite', `must be at most 1, got "${flags.rewrite}"`);
+    const streams = (flags.streams ?? '').split(',').map((t) => Number(t.trim()));
+    for (const s of streams) if (!Number.isInteger(s) || s < 1 || s > 16) throw new FlagError('streams', `stream counts must be whole numbers from 1 to 16, got "${flags.streams}"`);
+    return {
+      sizeBytes: Math.max(64 * 1024, Math.floor((positiveFlag(flags, 'size-mb') * MIB) / BLOCK) * BLOCK),
+      rewrite,
+      bulkBytes: Math.max(64 * 1024, Math.floor(positiveFlag(flags, 'bulk-mb') * MIB)),
+      streams,
+      cacheRegions: intFlag(flags, 'cache-regions'),
+      cacheKeys: intFlag(flags, 'cache-keys'),
+      cacheRounds: intFlag(flags, 'cache-rounds'),
+      seed: intFlag(flags, 'seed', 0),
+      workDir: flags['work-dir'] ?? os.tmpdir(),
+    };
+  },
+  run: runDeltaBench,
+});

@@ -1,0 +1,47 @@
+/**
+ * Keeps bench/delta.ts from rotting: runs it through the bench CLI at a tiny
+ * size (two real daemons, a few MiB) and checks the JSON document's shape
+ * and its own arithmetic (flag refusal is bench/run.ts's, tested there). Says
+ * nothing about performance: the floors are for the 1 GiB run
+ * (bench/RESULTS.md).
+ */
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+
+const RUN = fileURLToPath(new URL('../../bench/run.ts', import.meta.url));
+
+function bench(args: string[], timeout: number): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [RUN, ...args], { timeout, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
+      if (err !== null && typeof err.code !== 'number') reject(err);
+      else resolve({ code: err === null ? 0 : Number(err.code), stdout, stderr });
+    });
+  });
+}
+
+const positive = expect.toSatisfy((v: unknown) => typeof v === 'number' && Number.isFinite(v) && v > 0);
+
+describe('bench delta', () => {
+  it('prints one JSON document with the delta, cache and bulk parts', async () => {
+    const { code, stdout, stderr } = await bench(['delta', '--size-mb', '4', '--bulk-mb', '1', '--streams', '2', '--cache-keys', '20', '--cache-rounds', '5'], 90_000);
+    expect(code, stderr).toBe(0);
+    const r = JSON.parse(stdout) as {
+      delta: { size_bytes: number; full: { kind: string; transfer_seconds: number }; delta: { kind: string; transfer_seconds: number; wire_bytes_sent: number; manifest_bytes_sent: number }; wire_ratio: number; time_ratio: number; verified: boolean };
+      cache: { lookups: number; hits: number; misses: number; hit_ratio: number };
+      bulk: { runs: { streams: number; mib_s: number; ratio: number }[]; tcp_mib_s: number; best_streams: number };
+    };
+    expect(r).toMatchObject({
+      bench: 'delta',
+      options: { size_bytes: 4 * 1024 * 1024, streams: [2], cache_regions: 5, cache_keys: 20, cache_rounds: 5 },
+      delta: { full: { kind: 'full', transfer_seconds: positive }, delta: { kind: 'delta', transfer_seconds: positive }, verified: true },
+      bulk: { runs: [{ streams: 2, mib_s: positive, ratio: positive }], tcp_mib_s: positive, best_streams: 2 },
+    });
+    const d = r.delta;
+    expect(Math.abs(d.wire_ratio / ((d.delta.wire_bytes_sent + d.delta.manifest_bytes_sent) / d.size_bytes) - 1)).toBeLessThan(0.01);
+    expect(Math.abs(d.time_ratio / (d.delta.transfer_seconds / d.full.transfer_seconds) - 1)).toBeLessThan(0.01);
+    expect(r.cache.hits + r.cache.misses).toBe(r.cache.lookups);
+    expect(r.cache.hit_ratio).toBeCloseTo(r.cache.hits / r.cache.lookups, 3);
+    expect(stderr).toContain('wire ratio');
+  }, 100_000);
+});
