@@ -11,6 +11,8 @@
  *   the transfer (offer to commit at the receiver, as the sender measures
  *   it); storing the file locally first ("ingest") is the same work for both
  *   and is reported beside it. The receiver's copy is read back and compared.
+ *   `--repeat` rounds, each with fresh data and a fresh key, and the median
+ *   ratios: on a shared machine one round's ratio moves with the load.
  * - cache (in this process): `--cache-regions` regions each sync
  *   `--cache-keys` keys over `--cache-rounds` rounds through one real
  *   BaselineCache (default capacity and TTL) and real manifests and delta
@@ -39,7 +41,7 @@ import { DEFAULT_BLOB_SETTINGS } from '../src/blob/config.ts';
 import { Prng, vmImageLike } from './codec.ts';
 import { startDwcpCluster, type DwcpCluster } from './dwcp-cluster.ts';
 import { rawTcp } from './transport.ts';
-import { defineBench, FlagError, intFlag, machineFacts, positiveFlag, progress, renderTable, significant } from './run.ts';
+import { defineBench, FlagError, intFlag, machineFacts, median, positiveFlag, progress, renderTable, significant } from './run.ts';
 
 const MIB = 1024 ** 2;
 const BLOCK = 4096;
@@ -50,6 +52,8 @@ const CALL_IDLE_MS = 120_000;
 export interface DeltaBenchOptions {
   sizeBytes: number;
   rewrite: number;
+  /** Rounds of (full, delta) with fresh data each; medians are reported. */
+  repeat: number;
   bulkBytes: number;
   streams: number[];
   cacheRegions: number;
@@ -68,6 +72,7 @@ interface SyncFigures {
   manifest_bytes_sent: number;
   reused_bytes: number;
   codecs: Record<string, number>;
+  phase_seconds: Record<string, number>;
 }
 
 export interface DeltaResult extends ReturnType<typeof machineFacts> {
@@ -77,20 +82,28 @@ export interface DeltaResult extends ReturnType<typeof machineFacts> {
   delta: {
     size_bytes: number;
     rewritten_blocks: number;
-    full: SyncFigures;
-    delta: SyncFigures;
-    /** (frames + chunk list) of the delta sync / value size; floor ≤ 0.03. */
+    rounds: DeltaRound[];
+    /** Medians over the rounds. */
     wire_ratio: number;
-    /** delta transfer seconds / full transfer seconds; floor ≤ 0.1. */
     time_ratio: number;
-    /** The same with each side's ingest included. */
     end_to_end_time_ratio: number;
     verified: boolean;
     meets_floor: { wire: boolean; time: boolean };
   };
   cache: { regions: number; keys: number; rounds: number; lookups: number; hits: number; misses: number; expiries: number; evictions: number; hit_ratio: number; bytes_saved: number; meets_floor: boolean };
-  bulk: { bytes: number; tcp_mib_s: number; runs: { streams: number; seconds: number; mib_s: number; ratio: number }[]; best_streams: number };
+  bulk: { bytes: number; tcp_mib_s: number; runs: { streams: number; seconds: number; mib_s: number; ratio: number; attempts: number }[]; best_streams: number };
   loadavg_after: number[];
+}
+
+interface DeltaRound {
+  full: SyncFigures;
+  delta: SyncFigures;
+  /** (frames + chunk list) of the delta sync / value size; floor ≤ 0.03. */
+  wire_ratio: number;
+  /** delta transfer seconds / full transfer seconds; floor ≤ 0.1. */
+  time_ratio: number;
+  /** The same with each side's ingest included. */
+  end_to_end_time_ratio: number;
 }
 
 function sha256(bytes: Uint8Array): string {
@@ -129,6 +142,7 @@ function figures(r: BlobPutResult): SyncFigures {
     manifest_bytes_sent: s.manifest_bytes_sent,
     reused_bytes: s.reused_bytes,
     codecs: s.codecs,
+    phase_seconds: Object.fromEntries(Object.entries(s.phase_seconds).map(([k, v]) => [k, significant(v, 3)])),
   };
 }
 
@@ -148,47 +162,66 @@ async function readBackHash(client: AdminClient, key: string): Promise<string> {
   return hash.digest('hex');
 }
 
+/**
+ * One round: a fresh image (seed + round) synced in full under a fresh key,
+ * then its copy with `rewrite` of the blocks rewritten, synced as a delta;
+ * the receiver's copy is read back and compared.
+ */
+async function deltaRound(ca: AdminClient, cb: AdminClient, to: string, opts: DeltaBenchOptions, dir: string, round: number): Promise<DeltaRound & { rewritten: number }> {
+  const key = `vm/disk-${round}`;
+  progress(`delta round ${round + 1}/${opts.repeat}: generating ${significant(opts.sizeBytes / MIB)} MiB of VM-image-like data and a copy with ${opts.rewrite * 100} % of its blocks rewritten`);
+  const image = vmImageLike(opts.sizeBytes, opts.seed + round);
+  const v1 = path.join(dir, 'v1.img');
+  const v2 = path.join(dir, 'v2.img');
+  try {
+    await fs.writeFile(v1, image);
+    const rewritten = rewriteBlocks(image, opts.rewrite, opts.seed + 1000 + round);
+    await fs.writeFile(v2, image);
+    const v2Hash = sha256(image);
+    progress(`  first version → ${to} (no baseline: full transfer)`);
+    const full = figures(await put(ca, v1, key, to));
+    progress(`  full: ${full.transfer_seconds} s (${JSON.stringify(full.phase_seconds)}), ${full.wire_bytes_sent + full.manifest_bytes_sent} bytes on the wire`);
+    progress(`  second version → ${to} (against the cached baseline)`);
+    const delta = figures(await put(ca, v2, key, to));
+    progress(`  delta: ${delta.transfer_seconds} s (${JSON.stringify(delta.phase_seconds)}), ${delta.wire_bytes_sent + delta.manifest_bytes_sent} bytes on the wire`);
+    if ((await readBackHash(cb, key)) !== v2Hash) throw new Error(`delta bench: ${to}'s copy of ${key} differs from the second version`);
+    return {
+      full,
+      delta,
+      rewritten,
+      wire_ratio: significant((delta.wire_bytes_sent + delta.manifest_bytes_sent) / opts.sizeBytes, 3),
+      time_ratio: significant(delta.transfer_seconds / full.transfer_seconds, 3),
+      end_to_end_time_ratio: significant((delta.ingest_seconds + delta.transfer_seconds) / (full.ingest_seconds + full.transfer_seconds), 3),
+    };
+  } finally {
+    await fs.rm(v1, { force: true });
+    await fs.rm(v2, { force: true });
+  }
+}
+
 async function deltaPart(cluster: DwcpCluster, opts: DeltaBenchOptions, dir: string): Promise<DeltaResult['delta']> {
   const [a, b] = cluster.members;
   if (a === undefined || b === undefined) throw new Error('delta bench: the cluster has fewer than two members');
-  progress(`delta: generating ${significant(opts.sizeBytes / MIB)} MiB of VM-image-like data and a copy with ${opts.rewrite * 100} % of its blocks rewritten`);
-  const image = vmImageLike(opts.sizeBytes, opts.seed);
-  const v1 = path.join(dir, 'v1.img');
-  const v2 = path.join(dir, 'v2.img');
-  await fs.writeFile(v1, image);
-  const rewritten = rewriteBlocks(image, opts.rewrite, opts.seed + 1);
-  await fs.writeFile(v2, image);
-  const v2Hash = sha256(image);
   const ca = connectAdmin(a.adminSocket, { timeoutMs: CALL_IDLE_MS });
   const cb = connectAdmin(b.adminSocket, { timeoutMs: CALL_IDLE_MS });
   try {
-    progress(`delta: first version ${a.name} → ${b.name} (no baseline: full transfer)`);
-    const full = figures(await put(ca, v1, 'vm/disk0', b.name));
-    progress(`  full: ${full.transfer_seconds} s, ${full.wire_bytes_sent + full.manifest_bytes_sent} bytes on the wire`);
-    progress(`delta: second version ${a.name} → ${b.name} (against the cached baseline)`);
-    const delta = figures(await put(ca, v2, 'vm/disk0', b.name));
-    progress(`  delta: ${delta.transfer_seconds} s, ${delta.wire_bytes_sent + delta.manifest_bytes_sent} bytes on the wire`);
-    progress(`delta: reading the receiver's copy back`);
-    const verified = (await readBackHash(cb, 'vm/disk0')) === v2Hash;
-    if (!verified) throw new Error(`delta bench: ${b.name}'s copy of vm/disk0 differs from the second version`);
-    const wireRatio = (delta.wire_bytes_sent + delta.manifest_bytes_sent) / opts.sizeBytes;
-    const timeRatio = delta.transfer_seconds / full.transfer_seconds;
+    const rounds: (DeltaRound & { rewritten: number })[] = [];
+    for (let round = 0; round < opts.repeat; round++) rounds.push(await deltaRound(ca, cb, b.name, opts, dir, round));
+    const wireRatio = median(rounds.map((r) => r.wire_ratio));
+    const timeRatio = median(rounds.map((r) => r.time_ratio));
     return {
       size_bytes: opts.sizeBytes,
-      rewritten_blocks: rewritten,
-      full,
-      delta,
+      rewritten_blocks: rounds[0]?.rewritten ?? 0,
+      rounds: rounds.map(({ rewritten: _, ...r }) => r),
       wire_ratio: significant(wireRatio, 3),
       time_ratio: significant(timeRatio, 3),
-      end_to_end_time_ratio: significant((delta.ingest_seconds + delta.transfer_seconds) / (full.ingest_seconds + full.transfer_seconds), 3),
-      verified,
+      end_to_end_time_ratio: significant(median(rounds.map((r) => r.end_to_end_time_ratio)), 3),
+      verified: true,
       meets_floor: { wire: wireRatio <= FLOORS.wire, time: timeRatio <= FLOORS.time },
     };
   } finally {
     ca.close();
     cb.close();
-    await fs.rm(v1, { force: true });
-    await fs.rm(v2, { force: true });
   }
 }
 
@@ -256,16 +289,18 @@ async function bulkPart(cluster: DwcpCluster, opts: DeltaBenchOptions, dir: stri
   const ca = connectAdmin(a.adminSocket, { timeoutMs: CALL_IDLE_MS });
   const runs: DeltaResult['bulk']['runs'] = [];
   try {
-    for (const streams of opts.streams) {
-      const file = path.join(dir, `bulk-${streams}.bin`);
-      await fs.writeFile(file, randomBytes(opts.bulkBytes, opts.seed * 7919 + streams));
+    for (const [i, streams] of opts.streams.entries()) {
+      const file = path.join(dir, `bulk-${i}.bin`);
+      // Fresh bytes and key each run: the receiver must hold nothing of it yet.
+      await fs.writeFile(file, randomBytes(opts.bulkBytes, opts.seed * 7919 + i));
       progress(`bulk: ${streams} stream${streams === 1 ? '' : 's'} ${a.name} → ${b.name}`);
-      const r = await put(ca, file, `bulk/${streams}`, b.name, streams);
+      const r = await put(ca, file, `bulk/${i}`, b.name, streams);
       await fs.rm(file, { force: true });
       const seconds = r.sent?.seconds ?? NaN;
       const mibS = opts.bulkBytes / MIB / seconds;
-      runs.push({ streams, seconds: significant(seconds), mib_s: significant(mibS), ratio: significant(mibS / tcpMibS, 3) });
-      progress(`  ${significant(mibS)} MiB/s (tcp ${significant(tcpMibS)} MiB/s)`);
+      const attempts = r.sent?.attempts ?? 0;
+      runs.push({ streams, seconds: significant(seconds), mib_s: significant(mibS), ratio: significant(mibS / tcpMibS, 3), attempts });
+      progress(`  ${significant(mibS)} MiB/s (tcp ${significant(tcpMibS)} MiB/s)${attempts > 1 ? `; ${attempts} attempts (the connection stalled or dropped)` : ''}`);
     }
   } finally {
     ca.close();
@@ -287,13 +322,19 @@ function report(r: DeltaResult): string {
   ];
   return [
     `delta: ${significant(d.size_bytes / MIB)} MiB VM-image-like value, ${d.rewritten_blocks} of its 4 KiB blocks rewritten, two dwcpd on loopback; ${r.node}, ${r.cpus} cpus, load ${r.loadavg.join(' ')} -> ${r.loadavg_after.join(' ')}`,
-    renderTable(['sync', 'kind', 'ingest s', 'transfer s', 'chunk bytes', 'wire bytes', 'codecs'], [row('first', d.full), row('second', d.delta)]),
-    `wire ratio ${d.wire_ratio} (floor ≤ ${FLOORS.wire}: ${d.meets_floor.wire ? 'met' : 'NOT met'}); time ratio ${d.time_ratio} (floor ≤ ${FLOORS.time}: ${d.meets_floor.time ? 'met' : 'NOT met'}); with ingest ${d.end_to_end_time_ratio}; receiver's copy verified: ${d.verified}`,
+    renderTable(
+      ['round', 'sync', 'kind', 'ingest s', 'transfer s', 'chunk bytes', 'wire bytes', 'codecs', 'wire ratio', 'time ratio'],
+      d.rounds.flatMap((r, i) => [
+        [String(i + 1), ...row('first', r.full), '', ''],
+        [String(i + 1), ...row('second', r.delta), String(r.wire_ratio), String(r.time_ratio)],
+      ]),
+    ),
+    `median of ${d.rounds.length}: wire ratio ${d.wire_ratio} (floor ≤ ${FLOORS.wire}: ${d.meets_floor.wire ? 'met' : 'NOT met'}); time ratio ${d.time_ratio} (floor ≤ ${FLOORS.time}: ${d.meets_floor.time ? 'met' : 'NOT met'}); with ingest ${d.end_to_end_time_ratio}; receivers' copies verified: ${d.verified}`,
     '',
     `cache: ${r.cache.regions} regions × ${r.cache.keys} keys × ${r.cache.rounds} rounds: ${r.cache.hits} hits / ${r.cache.lookups} lookups = ${r.cache.hit_ratio} (floor ≥ ${FLOORS.hitRatio}: ${r.cache.meets_floor ? 'met' : 'NOT met'}); ${r.cache.expiries} expiries, ${r.cache.evictions} evictions`,
     '',
     `bulk: ${significant(r.bulk.bytes / MIB)} MiB of random bytes, raw TCP ${r.bulk.tcp_mib_s} MiB/s`,
-    renderTable(['streams', 'seconds', 'MiB/s', 'ratio to tcp'], r.bulk.runs.map((x) => [String(x.streams), String(x.seconds), String(x.mib_s), String(x.ratio)])),
+    renderTable(['streams', 'seconds', 'MiB/s', 'ratio to tcp', 'attempts'], r.bulk.runs.map((x) => [String(x.streams), String(x.seconds), String(x.mib_s), String(x.ratio), String(x.attempts)])),
     `best: ${r.bulk.best_streams} streams (blob.streams default: ${DEFAULT_BLOB_SETTINGS.streams})`,
   ].join('\n');
 }
@@ -317,6 +358,7 @@ export async function runDeltaBench(opts: DeltaBenchOptions): Promise<DeltaResul
       options: {
         size_bytes: opts.sizeBytes,
         rewrite: opts.rewrite,
+        repeat: opts.repeat,
         bulk_bytes: opts.bulkBytes,
         streams: opts.streams,
         cache_regions: opts.cacheRegions,
@@ -347,6 +389,7 @@ export const deltaBench = defineBench<DeltaBenchOptions>({
   flags: {
     'size-mb': { default: '1024', description: 'MiB of the VM-image-like value synced twice' },
     rewrite: { default: '0.01', description: 'share of 4 KiB blocks rewritten for the second version' },
+    repeat: { default: '3', description: 'rounds of (full, delta) sync with fresh data each; medians are reported' },
     'bulk-mb': { default: '1024', description: 'MiB of random bytes per bulk run' },
     streams: { default: '1,2,4,8', description: 'parallel streams per bulk run, comma-separated' },
     'cache-regions': { default: '5', description: 'regions of the cache workload' },
@@ -363,6 +406,7 @@ export const deltaBench = defineBench<DeltaBenchOptions>({
     return {
       sizeBytes: Math.max(64 * 1024, Math.floor((positiveFlag(flags, 'size-mb') * MIB) / BLOCK) * BLOCK),
       rewrite,
+      repeat: intFlag(flags, 'repeat'),
       bulkBytes: Math.max(64 * 1024, Math.floor(positiveFlag(flags, 'bulk-mb') * MIB)),
       streams,
       cacheRegions: intFlag(flags, 'cache-regions'),

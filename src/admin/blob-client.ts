@@ -49,6 +49,7 @@ export interface BlobSendResult {
   seconds: number;
   baseline_refuted: boolean;
   codecs: Record<string, number>;
+  phase_seconds: Record<string, number>;
 }
 
 export interface BlobPutResult {
@@ -152,7 +153,7 @@ function progressFromWire(p: WireOf<BlobProgress>): BlobProgress {
   };
 }
 
-function sendFromWire(s: Omit<WireOf<BlobSendResult>, 'codecs'> & { codecs: Record<string, Num> }): BlobSendResult {
+function sendFromWire(s: Omit<WireOf<BlobSendResult>, 'codecs' | 'phase_seconds'> & { codecs: Record<string, Num>; phase_seconds: Record<string, Num> }): BlobSendResult {
   return {
     transfer_id: s.transfer_id,
     member: s.member,
@@ -167,6 +168,7 @@ function sendFromWire(s: Omit<WireOf<BlobSendResult>, 'codecs'> & { codecs: Reco
     seconds: num(s.seconds),
     baseline_refuted: s.baseline_refuted,
     codecs: Object.fromEntries(Object.entries(s.codecs).map(([k, v]) => [k, num(v)])),
+    phase_seconds: Object.fromEntries(Object.entries(s.phase_seconds).map(([k, v]) => [k, num(v)])),
   };
 }
 

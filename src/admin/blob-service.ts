@@ -92,6 +92,7 @@ function sendResult(s: SendOutcome): Record<string, unknown> {
     seconds: s.seconds,
     baseline_refuted: s.baselineRefuted,
     codecs: s.codecs,
+    phase_seconds: s.phases,
   };
 }
 

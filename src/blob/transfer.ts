@@ -68,6 +68,8 @@ import {
 const WINDOW = 3;
 /** Deadlines for a peer that stops answering mid-exchange (the connection itself may look fine). */
 const ANSWER_TIMEOUT_MS = 60_000;
+/** Batches in flight and none acknowledged for this long: the attempt is stuck; end it and resume. */
+const STALL_TIMEOUT_MS = 20_000;
 /** A commit fsyncs the value's packs; on a slow disk a large value takes a while. */
 const COMMIT_TIMEOUT_MS = 10 * 60_000;
 const FIRST_MESSAGE_TIMEOUT_MS = 10_000;
@@ -116,9 +118,35 @@ export class BaselineRefusedError extends BlobTransferError {
 /** What the receiver broke; the sender reports it and gives up. */
 class ProtocolError extends Error {}
 
+/**
+ * A signal that aborts with a TimeoutError after `ms`, or with `parent`'s
+ * reason; `done()` clears it. A plain timer on purpose: an AbortSignal.timeout
+ * that only an AbortSignal.any refers to may be collected before it fires,
+ * and a transfer must never wait forever.
+ */
+function deadline(ms: number, parent?: AbortSignal): { signal: AbortSignal; done: () => void } {
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(new DOMException(`no answer within ${ms} ms`, 'TimeoutError')), ms);
+  const onParent = (): void => ctl.abort(parent?.reason);
+  if (parent?.aborted === true) onParent();
+  else parent?.addEventListener('abort', onParent, { once: true });
+  return {
+    signal: ctl.signal,
+    done: () => {
+      clearTimeout(timer);
+      parent?.removeEventListener('abort', onParent);
+    },
+  };
+}
+
 async function readExpecting<K extends BlobMessage['kind']>(ch: BlobChannel, kinds: readonly K[], what: string, timeoutMs: number, signal?: AbortSignal): Promise<Extract<BlobMessage, { kind: K }>> {
-  const deadline = AbortSignal.timeout(timeoutMs);
-  const msg = await ch.read({ signal: signal === undefined ? deadline : AbortSignal.any([deadline, signal]) });
+  const limit = deadline(timeoutMs, signal);
+  let msg: BlobMessage | undefined;
+  try {
+    msg = await ch.read({ signal: limit.signal });
+  } finally {
+    limit.done();
+  }
   if (msg === undefined) throw new Error(`${what}: the stream ended`);
   if (!(kinds as readonly string[]).includes(msg.kind)) throw new ProtocolError(`${what}: got ${msg.kind}, expected ${kinds.join(' or ')}`);
   return msg as Extract<BlobMessage, { kind: K }>;
@@ -213,6 +241,8 @@ export interface PushResult {
   /** Raw bytes sent per codec label. */
   codecs: Record<string, number>;
   seconds: number;
+  /** Where the time went, summed over attempts: plan (chunk list), offer (until accepted), data (batches), commit (finish to committed). */
+  phases: { plan: number; offer: number; data: number; commit: number };
 }
 
 interface PlannedBatch {
@@ -282,9 +312,11 @@ export async function pushValue(req: PushRequest): Promise<PushResult> {
     resumed: 0,
     codecs: {},
     seconds: 0,
+    phases: { plan: 0, offer: 0, data: 0, commit: 0 },
   };
   const { bytes: encoded, reusedBytes } = encodeManifest(req.manifest, req.baseline);
   result.reusedBytes = reusedBytes;
+  result.phases.plan = (performance.now() - started) / 1000;
   const release = req.store.pinManifest(req.manifest);
   try {
     for (let attempt = 1; ; attempt++) {
@@ -316,9 +348,32 @@ async function pushAttempt(req: PushRequest, attempt: number, encoded: Uint8Arra
   const peer = peerIdFromString(member.peerId);
   const abort = new AbortController();
   const signal = req.signal === undefined ? abort.signal : AbortSignal.any([abort.signal, req.signal]);
-  const open = async () => blobChannel(await host.dialProtocol(peer, BLOB_PROTOCOL, { signal: AbortSignal.any([signal, AbortSignal.timeout(ANSWER_TIMEOUT_MS)]) }), req.events);
+  const open = async (): Promise<BlobChannel> => {
+    const limit = deadline(ANSWER_TIMEOUT_MS, signal);
+    try {
+      return blobChannel(await host.dialProtocol(peer, BLOB_PROTOCOL, { signal: limit.signal }), req.events);
+    } finally {
+      limit.done();
+    }
+  };
   const control = await open();
   const channels: BlobChannel[] = [control];
+  // Liveness whatever stalls (a lost drain, a silent peer): no acknowledgement for STALL_TIMEOUT_MS ends the attempt, and it resumes.
+  let lastProgress = performance.now();
+  const watchdog = setInterval(() => {
+    if (performance.now() - lastProgress <= STALL_TIMEOUT_MS || abort.signal.aborted) return;
+    const stuck = channels.map((ch) => `${ch.stream.id}:${ch.stream.status}/${ch.stream.writeStatus}${ch.stream.writableNeedsDrain ? '/needs-drain' : ''}/${ch.stream.readStatus}`);
+    req.log.warn({ member: member.name, transferId: result.transferId, attempt, streams: stuck }, 'blob transfer stalled; ending the attempt to resume it');
+    abort.abort(new Error(`no acknowledgement from ${member.name} for ${STALL_TIMEOUT_MS / 1000} s`));
+  }, 1000);
+  const onAck = req.onAck;
+  const progressReq: PushRequest = {
+    ...req,
+    onAck: () => {
+      lastProgress = performance.now();
+      onAck?.();
+    },
+  };
   try {
     const offer: Offer = {
       transferId: result.transferId,
@@ -331,6 +386,8 @@ async function pushAttempt(req: PushRequest, attempt: number, encoded: Uint8Arra
       baselineVersion: baseline?.hash ?? '',
       manifestBytes: encoded.byteLength,
     };
+    const since = (t: number): number => (performance.now() - t) / 1000;
+    const offered = performance.now();
     await control.write({ kind: 'offer', offer }, { signal });
     for (let at = 0; at < encoded.byteLength; at += BLOB_MANIFEST_PART_BYTES) {
       await control.write({ kind: 'manifestPart', manifestPart: { data: encoded.subarray(at, at + BLOB_MANIFEST_PART_BYTES) } }, { signal });
@@ -338,6 +395,8 @@ async function pushAttempt(req: PushRequest, attempt: number, encoded: Uint8Arra
     result.manifestBytesSent += encoded.byteLength;
     const answer = await readExpecting(control, ['accept', 'reject'], `${member.name}: answer to the offer`, ANSWER_TIMEOUT_MS, signal);
     if (answer.kind === 'reject') throw rejection(member, answer.reject.code, answer.reject.message);
+    result.phases.offer += since(offered);
+    const dataStarted = performance.now();
     const need = checkedNeed(manifest, answer.accept, member);
     if (answer.accept.resumed) {
       result.resumed++;
@@ -349,10 +408,11 @@ async function pushAttempt(req: PushRequest, attempt: number, encoded: Uint8Arra
     const queue = planBatches(manifest, need, req.settings.batchBytes);
     const skip = new CompressionSkip();
     const streams = Math.max(1, Math.min(req.settings.streams, queue.length));
+    lastProgress = performance.now();
     const sending = Array.from({ length: queue.length === 0 ? 0 : streams }, async () => {
       const ch = await open();
       channels.push(ch);
-      await sendBatches(req, ch, queue, { transferId: result.transferId, attempt }, result, skip, signal);
+      await sendBatches(progressReq, ch, queue, { transferId: result.transferId, attempt }, result, skip, signal);
     });
     const keepAlive = setInterval(() => void control.write({ kind: 'keepAlive', keepAlive: {} }, { signal }).catch(() => {}), KEEPALIVE_MS);
     try {
@@ -367,13 +427,19 @@ async function pushAttempt(req: PushRequest, attempt: number, encoded: Uint8Arra
       );
     } finally {
       clearInterval(keepAlive);
+      // From here on the commit has its own deadline.
+      clearInterval(watchdog);
     }
+    result.phases.data += since(dataStarted);
+    const finished = performance.now();
     await control.write({ kind: 'finish', finish: {} }, { signal });
     const done = await readExpecting(control, ['committed', 'failed'], `${member.name}: answer to finish`, COMMIT_TIMEOUT_MS, signal);
     if (done.kind === 'failed') throw new BlobTransferError(done.failed.code, `${member.name} did not commit ${manifest.key}: ${done.failed.message}`, done.failed.code === 'stopping');
     if (done.committed.version !== manifest.hash) throw new ProtocolError(`committed ${done.committed.version}, offered ${manifest.hash}`);
+    result.phases.commit += since(finished);
     await control.close().catch(() => {});
   } finally {
+    clearInterval(watchdog);
     abort.abort(new Error('transfer attempt over'));
     for (const ch of channels) if (ch.stream.status === 'open') ch.stream.abort(new Error('transfer attempt over'));
   }
@@ -413,7 +479,10 @@ async function sendBatches(
   skip: CompressionSkip,
   signal: AbortSignal,
 ): Promise<void> {
-  await ch.write({ kind: 'join', join }, { signal });
+  // This stream's writes stop as soon as its acknowledgements fail, not only when the whole attempt does.
+  const stop = new AbortController();
+  const streamSignal = AbortSignal.any([signal, stop.signal]);
+  await ch.write({ kind: 'join', join }, { signal: streamSignal });
   const window = new Window(WINDOW);
   const inFlight = new Map<number, { count: number; raw: number; wire: number }>();
   let lastSample = performance.now();
@@ -421,7 +490,13 @@ async function sendBatches(
   const acks = (async () => {
     try {
       for (;;) {
-        const msg = await ch.read({ signal: AbortSignal.any([signal, AbortSignal.timeout(ANSWER_TIMEOUT_MS)]) });
+        const limit = deadline(ANSWER_TIMEOUT_MS, signal);
+        let msg: BlobMessage | undefined;
+        try {
+          msg = await ch.read({ signal: limit.signal });
+        } finally {
+          limit.done();
+        }
         if (msg === undefined) {
           if (inFlight.size > 0) throw new Error(`${req.member.name} closed a data stream with ${inFlight.size} batches unacknowledged`);
           return;
@@ -442,7 +517,9 @@ async function sendBatches(
         req.onAck?.();
       }
     } catch (err) {
-      window.fail(err instanceof Error ? err : new Error(String(err)));
+      const e = err instanceof Error ? err : new Error(String(err));
+      window.fail(e);
+      stop.abort(e);
       throw err;
     }
   })();
@@ -452,12 +529,12 @@ async function sendBatches(
     const { frame, codec } = await compressBatch(req, batch, skip);
     result.codecs[codec] = (result.codecs[codec] ?? 0) + batch.rawBytes;
     inFlight.set(batch.first, { count: batch.refs.length, raw: batch.rawBytes, wire: frame.byteLength });
-    await ch.write({ kind: 'batch', batch: { first: batch.first, count: batch.refs.length, frame } }, { signal });
+    await ch.write({ kind: 'batch', batch: { first: batch.first, count: batch.refs.length, frame } }, { signal: streamSignal });
     result.rawBytesSent += batch.rawBytes;
     result.wireBytesSent += frame.byteLength;
   }
   await window.drained();
-  await ch.close({ signal });
+  await ch.close({ signal: streamSignal });
   await acks;
 }
 

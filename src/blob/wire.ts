@@ -186,14 +186,20 @@ const OP_NEW = 0;
 const OP_BASE = 1;
 const HASH_BYTES = 32;
 
-function writeVarint(out: number[], value: number): void {
+/** Writes `value` as an unsigned LEB128 varint at `at`; returns the position after it. */
+function writeVarint(out: Buffer, at: number, value: number): number {
   let rest = value;
+  let pos = at;
   while (rest >= 0x80) {
-    out.push((rest % 0x80) | 0x80);
+    out[pos++] = (rest % 0x80) | 0x80;
     rest = Math.floor(rest / 0x80);
   }
-  out.push(rest);
+  out[pos++] = rest;
+  return pos;
 }
+
+/** Longest op: tag + two 8-byte varints (BASE) or tag + a 5-byte varint + a hash (NEW). */
+const MAX_OP_BYTES = 1 + 5 + HASH_BYTES;
 
 export interface EncodedManifest {
   bytes: Uint8Array;
@@ -227,12 +233,9 @@ export function encodeManifest(target: Manifest, baseline: Manifest | undefined)
     }
     return undefined;
   };
-  const head: number[] = [];
-  const parts: Uint8Array[] = [];
-  const flush = () => {
-    if (head.length > 0) parts.push(Uint8Array.from(head.splice(0)));
-  };
   const chunks = target.chunks;
+  const out = Buffer.allocUnsafe(chunks.length * MAX_OP_BYTES);
+  let pos = 0;
   let reusedBytes = 0;
   /** Where the baseline would continue if the target kept following it. */
   let expected = 0;
@@ -246,23 +249,21 @@ export function encodeManifest(target: Manifest, baseline: Manifest | undefined)
         reusedBytes += (chunks[i + n] as ChunkRef).length;
         n++;
       }
-      head.push(OP_BASE);
-      writeVarint(head, start);
-      writeVarint(head, n);
+      out[pos++] = OP_BASE;
+      pos = writeVarint(out, pos, start);
+      pos = writeVarint(out, pos, n);
       i += n;
       expected = start + n;
       continue;
     }
-    head.push(OP_NEW);
-    writeVarint(head, c.length);
-    flush();
-    parts.push(Buffer.from(c.hash, 'hex'));
+    out[pos++] = OP_NEW;
+    pos = writeVarint(out, pos, c.length);
+    pos += out.write(c.hash, pos, HASH_BYTES, 'hex');
     i++;
     // A rewritten chunk usually replaces one of the same place: look there first for the next.
     expected++;
   }
-  flush();
-  return { bytes: Buffer.concat(parts), reusedBytes };
+  return { bytes: out.subarray(0, pos), reusedBytes };
 }
 
 export class ManifestDecodeError extends Error {

@@ -11,16 +11,19 @@
  * `node.region` labels it for people), so quorums count daemons.
  *
  * Invariants:
- * - The Ready contract is kept: one Ready at a time is persisted (awaited,
- *   fsynced), then its messages are sent, then it is advanced. Nothing leaves
- *   this region before it is durable here.
+ * - The Ready contract is kept (ReadyLoop, shared with the consensus
+ *   drivers): one Ready at a time is persisted (awaited, fsynced), then its
+ *   messages are sent, then it is advanced. Nothing leaves this region before
+ *   it is durable here.
  * - Every client call ends by its deadline (quorum) or once durable (local),
  *   or at once (eventual), with a result or a GeoStateError whose `code`
  *   says whether retrying may help. A storage failure fails every waiting
  *   call and every later one, and is reported through onFatal.
  * - Only configured members take part (FrameTransport's check), and a member
- *   that is not connected is reported down to the core, which writes off what
- *   it owed and reconciles when the member is back.
+ *   that is not connected, or whose heartbeats stopped (suspected by the
+ *   failure detector), is reported down to the core, which writes off what it
+ *   owed and reconciles when the member is back. Heartbeats go to connected
+ *   members whether suspected or not, so a recovered member is noticed.
  */
 import type { Libp2p } from 'libp2p';
 import type { DwcpConfig } from '../config/schema.ts';
@@ -33,9 +36,10 @@ import type { JsonValue } from './crdt/types.ts';
 import { CRDT_TYPES, entryKey, nameProblem, type CrdtType, type Entry, type ReplicaId } from './entry.ts';
 import type { ReplicaStatus } from './messages.ts';
 import { OpError, entryValue, type CrdtOp } from './ops.ts';
-import { StateReplica, type Completion, type GeoLevel, type Ready, type ReplicaLimits } from './replica.ts';
+import { StateReplica, type Completion, type GeoLevel, type Ready, type ReplicaLimits, type WriteOutcome } from './replica.ts';
 import { StateStore } from './store.ts';
 import { SyncTransport } from './sync-protocol.ts';
+import { ReadyLoop } from '../consensus/ready-loop.ts';
 import type { SyncFrame } from './wire.ts';
 import { TestFaults } from './test-faults.ts';
 
@@ -124,7 +128,6 @@ export class GeoState {
   #timer: NodeJS.Timeout | undefined;
   #lastGc = 0;
   #lastHeartbeat = 0;
-  #persisting = false;
   #failure: Error | null = null;
   #stopped = false;
 
@@ -211,6 +214,7 @@ export class GeoState {
     clearInterval(this.#timer);
     for (const w of this.#waiting.values()) w.reject(new GeoStateError('stopped', 'the daemon is stopping'));
     this.#waiting.clear();
+    await this.#loop.idle();
     await this.#transport.stop();
     await this.#store.close();
   }
@@ -235,7 +239,7 @@ export class GeoState {
     const problem = nameProblem(name);
     if (problem !== null) throw new GeoStateError('invalid', `key: ${problem}`);
     const started = performance.now();
-    let out;
+    let out: WriteOutcome;
     try {
       out = this.#replica.update(name, type, op, level, Date.now(), opts);
     } catch (err) {
@@ -389,36 +393,27 @@ export class GeoState {
     }
   }
 
-  /** Runs Readies one at a time: persist (awaited), send, advance. */
-  #pump(): void {
-    while (!this.#persisting && !this.#stopped && this.#failure === null && this.#replica.hasReady()) {
-      const ready = this.#replica.ready(Date.now());
-      if (ready.persist.size === 0 && ready.meta === null) {
-        this.#finish(ready);
-        continue;
-      }
-      this.#persisting = true;
-      this.#store.persist(ready).then(
-        () => {
-          this.#persisting = false;
-          if (this.#stopped) return;
-          this.#finish(ready);
-          this.#pump();
-        },
-        (err: unknown) => this.#fail(err instanceof Error ? err : new Error(String(err))),
-      );
-    }
-  }
+  /** Readies one at a time (ReadyLoop): persist (awaited, fsynced), then send, then advance. */
+  readonly #loop = new ReadyLoop<Ready>({
+    next: () => (this.#replica.hasReady() ? this.#replica.ready(Date.now()) : null),
+    handle: async (ready) => {
+      if (ready.persist.size > 0 || ready.meta !== null) await this.#store.persist(ready);
+      for (const { to, message } of ready.messages) this.#transport.send(to, message);
+      this.#replica.advance(ready);
+      this.#settle();
+    },
+    pending: () => this.#replica.hasReady(),
+    halted: () => this.#stopped || this.#failure !== null,
+    failed: () => this.#failure !== null,
+    fail: (err) => this.#fail(err instanceof Error ? err : new Error(String(err))),
+  });
 
-  #finish(ready: Ready): void {
-    for (const { to, message } of ready.messages) this.#transport.send(to, message);
-    this.#replica.advance(ready);
-    this.#settle();
+  #pump(): void {
+    this.#loop.schedule();
   }
 
   #fail(err: Error): void {
     this.#failure = err;
-    this.#persisting = false;
     this.#log.error({ err: err.message }, 'state store write failed; refusing geo state operations until a restart');
     for (const w of this.#waiting.values()) w.reject(new GeoStateError('unavailable', `the state store failed: ${err.message}`));
     this.#waiting.clear();
@@ -441,7 +436,8 @@ export class GeoState {
       if (collected > 0) metrics.state.collected.inc(collected);
     }
     for (const m of members.list()) {
-      const up = this.#opts.isConnected(m.peerId);
+      // A suspected member counts as down too: its rounds and quorum calls would only wait for their deadlines.
+      const up = this.#opts.isConnected(m.peerId) && this.health(m.peerId).health !== 'suspected';
       const first = !this.#reported.has(m.name);
       this.#reported.add(m.name);
       if (up && !this.#connected.has(m.name)) {
@@ -456,12 +452,9 @@ export class GeoState {
     const heartbeat = config.state.heartbeatIntervalMs;
     if (mono - this.#lastHeartbeat >= heartbeat) {
       this.#lastHeartbeat = mono;
-      for (const name of this.#connected) this.#transport.send(name, { kind: 'heartbeat', intervalMs: heartbeat });
+      for (const m of members.list()) if (this.#opts.isConnected(m.peerId)) this.#transport.send(m.name, { kind: 'heartbeat', intervalMs: heartbeat });
     }
-    for (const peer of this.#replica.takeReconcileDue()) this.#startRound(peer, now, mono);
-    for (const peer of this.#connected) {
-      if (mono - (this.#lastRound.get(peer) ?? 0) >= config.state.antiEntropyIntervalMs) this.#startRound(peer, now, mono);
-    }
+    this.#nextRound(now, mono);
     for (const m of members.list()) {
       const { phi, health } = this.health(m.peerId);
       if (phi === null) {
@@ -476,9 +469,25 @@ export class GeoState {
     this.#pump();
   }
 
-  #startRound(peer: ReplicaId, now: number, mono: number): void {
-    if (!this.#connected.has(peer)) return;
-    if (this.#replica.startRound(peer, now)) this.#lastRound.set(peer, mono);
+  /**
+   * One anti-entropy round at a time: after a partition heals, every peer
+   * has the same missing entries to offer, and rounds with all of them at
+   * once would move them all several times. Due peers (new, reconnected,
+   * cut short) first, then the connected peer reconciled longest ago once its
+   * interval has passed.
+   */
+  #nextRound(now: number, mono: number): void {
+    if (this.#replica.roundsRunning > 0) return;
+    const [due] = this.#replica.takeReconcileDue(1);
+    // A due peer that is not connected is reconciled when it is (peerUp marks it due again).
+    if (due !== undefined && this.#connected.has(due) && this.#replica.startRound(due, now)) {
+      this.#lastRound.set(due, mono);
+      return;
+    }
+    let oldest: ReplicaId | undefined;
+    for (const peer of this.#connected) if (oldest === undefined || (this.#lastRound.get(peer) ?? 0) < (this.#lastRound.get(oldest) ?? 0)) oldest = peer;
+    if (oldest === undefined || mono - (this.#lastRound.get(oldest) ?? 0) < this.#opts.config.state.antiEntropyIntervalMs) return;
+    if (this.#replica.startRound(oldest, now)) this.#lastRound.set(oldest, mono);
   }
 
   #typesOf(name: string): CrdtType[] {

@@ -395,11 +395,19 @@ export class StateReplica {
     }
   }
 
-  /** Peers a round should be started with now (rounds cut short, new or reconnected peers, repairs). */
-  takeReconcileDue(): ReplicaId[] {
-    const due = [...this.#reconcileDue].filter((p) => this.#peers.includes(p) && !this.#sessions.has(p));
+  /**
+   * Peers a round should be started with now (rounds cut short, new or
+   * reconnected peers, repairs), at most `limit`; the rest stay due.
+   */
+  takeReconcileDue(limit = Number.POSITIVE_INFINITY): ReplicaId[] {
+    const due = [...this.#reconcileDue].filter((p) => this.#peers.includes(p) && !this.#sessions.has(p)).slice(0, limit);
     for (const p of due) this.#reconcileDue.delete(p);
     return due;
+  }
+
+  /** A round this node started is still running (with any peer). */
+  get roundsRunning(): number {
+    return this.#sessions.size;
   }
 
   /** Deadlines: quorum operations, rounds, unacknowledged pushes. */

@@ -24,22 +24,25 @@ const positive = expect.toSatisfy((v: unknown) => typeof v === 'number' && Numbe
 
 describe('bench delta', () => {
   it('prints one JSON document with the delta, cache and bulk parts', async () => {
-    const { code, stdout, stderr } = await bench(['delta', '--size-mb', '4', '--bulk-mb', '1', '--streams', '2', '--cache-keys', '20', '--cache-rounds', '5'], 90_000);
+    const { code, stdout, stderr } = await bench(['delta', '--size-mb', '4', '--repeat', '1', '--bulk-mb', '1', '--streams', '2', '--cache-keys', '20', '--cache-rounds', '5'], 90_000);
     expect(code, stderr).toBe(0);
+    type Figures = { kind: string; transfer_seconds: number; wire_bytes_sent: number; manifest_bytes_sent: number };
     const r = JSON.parse(stdout) as {
-      delta: { size_bytes: number; full: { kind: string; transfer_seconds: number }; delta: { kind: string; transfer_seconds: number; wire_bytes_sent: number; manifest_bytes_sent: number }; wire_ratio: number; time_ratio: number; verified: boolean };
+      delta: { size_bytes: number; rounds: { full: Figures; delta: Figures; wire_ratio: number; time_ratio: number }[]; wire_ratio: number; time_ratio: number; verified: boolean };
       cache: { lookups: number; hits: number; misses: number; hit_ratio: number };
       bulk: { runs: { streams: number; mib_s: number; ratio: number }[]; tcp_mib_s: number; best_streams: number };
     };
     expect(r).toMatchObject({
       bench: 'delta',
-      options: { size_bytes: 4 * 1024 * 1024, streams: [2], cache_regions: 5, cache_keys: 20, cache_rounds: 5 },
-      delta: { full: { kind: 'full', transfer_seconds: positive }, delta: { kind: 'delta', transfer_seconds: positive }, verified: true },
-      bulk: { runs: [{ streams: 2, mib_s: positive, ratio: positive }], tcp_mib_s: positive, best_streams: 2 },
+      options: { size_bytes: 4 * 1024 * 1024, repeat: 1, streams: [2], cache_regions: 5, cache_keys: 20, cache_rounds: 5 },
+      delta: { rounds: [{ full: { kind: 'full', transfer_seconds: positive }, delta: { kind: 'delta', transfer_seconds: positive } }], verified: true },
+      bulk: { runs: [{ streams: 2, mib_s: positive, ratio: positive, attempts: 1 }], tcp_mib_s: positive, best_streams: 2 },
     });
-    const d = r.delta;
-    expect(Math.abs(d.wire_ratio / ((d.delta.wire_bytes_sent + d.delta.manifest_bytes_sent) / d.size_bytes) - 1)).toBeLessThan(0.01);
-    expect(Math.abs(d.time_ratio / (d.delta.transfer_seconds / d.full.transfer_seconds) - 1)).toBeLessThan(0.01);
+    const [round] = r.delta.rounds;
+    if (round === undefined) throw new Error('no round');
+    expect(Math.abs(round.wire_ratio / ((round.delta.wire_bytes_sent + round.delta.manifest_bytes_sent) / r.delta.size_bytes) - 1)).toBeLessThan(0.01);
+    expect(Math.abs(round.time_ratio / (round.delta.transfer_seconds / round.full.transfer_seconds) - 1)).toBeLessThan(0.01);
+    expect(r.delta.time_ratio).toBe(round.time_ratio);
     expect(r.cache.hits + r.cache.misses).toBe(r.cache.lookups);
     expect(r.cache.hit_ratio).toBeCloseTo(r.cache.hits / r.cache.lookups, 3);
     expect(stderr).toContain('wire ratio');

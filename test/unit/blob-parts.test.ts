@@ -190,6 +190,7 @@ describe('dwcpctl blob formatting', () => {
         seconds: 0.5,
         baseline_refuted: false,
         codecs: { lz4: 30 * 1024 ** 2 },
+        phase_seconds: { plan: 0.01, offer: 0.05, data: 0.4, commit: 0.04 },
       },
     });
     expect(put).toContain('stored vm: version abababababababab, 1.0 GiB in 131072 chunks (4.25 s)');
