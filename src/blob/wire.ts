@@ -180,8 +180,10 @@ export const BlobMessageSchema: MessageSchema<BlobMessage> = protoSchema(proto.l
 
 // ------------------------------------------------------------------ chunk list encoding
 
-/** How far from where the baseline would continue encodeManifest looks before it indexes the whole baseline. */
+/** How far from where the baseline would continue encodeManifest looks for a chunk. */
 const NEAR = 4;
+/** NEW chunks in a row after which encodeManifest also searches the whole baseline (content moved, not rewritten). */
+const SEARCH_AFTER_MISSES = 8;
 const OP_NEW = 0;
 const OP_BASE = 1;
 const HASH_BYTES = 32;
@@ -210,10 +212,12 @@ export interface EncodedManifest {
 /**
  * The chunk list of `target` as ops against `baseline` (all NEW without one).
  * Walks both lists side by side, looking a few places around where the
- * baseline would continue; only a chunk not found there makes it index the
- * whole baseline by hash (content moved far, or the first NEW chunk that is
- * an old one elsewhere). A 1 GiB value with local rewrites thus costs a few
- * string comparisons per chunk, not a hash-table insert and lookup each.
+ * baseline would continue (a rewrite or insert resumes the old content
+ * nearby); only after SEARCH_AFTER_MISSES new chunks in a row does it index
+ * the whole baseline by hash, to find content that moved far. A 1 GiB value
+ * with scattered rewrites thus costs a few string comparisons per chunk and
+ * no index of 170 000 hashes; a chunk that exists only far away in the
+ * baseline may then go as NEW, which costs bytes, never correctness.
  */
 export function encodeManifest(target: Manifest, baseline: Manifest | undefined): EncodedManifest {
   const base = baseline?.chunks ?? [];
@@ -239,9 +243,10 @@ export function encodeManifest(target: Manifest, baseline: Manifest | undefined)
   let reusedBytes = 0;
   /** Where the baseline would continue if the target kept following it. */
   let expected = 0;
+  let misses = 0;
   for (let i = 0; i < chunks.length; ) {
     const c = chunks[i] as ChunkRef;
-    const start = base.length === 0 ? undefined : (near(expected, c.hash) ?? find(c.hash));
+    const start = base.length === 0 ? undefined : (near(expected, c.hash) ?? (misses >= SEARCH_AFTER_MISSES ? find(c.hash) : undefined));
     if (start !== undefined) {
       let n = 1;
       reusedBytes += c.length;
@@ -254,8 +259,10 @@ export function encodeManifest(target: Manifest, baseline: Manifest | undefined)
       pos = writeVarint(out, pos, n);
       i += n;
       expected = start + n;
+      misses = 0;
       continue;
     }
+    misses++;
     out[pos++] = OP_NEW;
     pos = writeVarint(out, pos, c.length);
     pos += out.write(c.hash, pos, HASH_BYTES, 'hex');

@@ -143,6 +143,7 @@ export class Daemon {
       node: raft?.node ?? null,
       pbft: pbft === null ? null : { client: pbft.client, replica: pbft.replica, primary: () => pbft.node.status().primary },
       self: config.node.name,
+      minorityGraceMs: 4 * config.raft.electionTicks * config.raft.tickMs,
       replica,
       host: mesh.host,
       members,

@@ -121,6 +121,8 @@ export interface KvServiceOptions {
   pbft: KvPbftPath | null;
   /** This node's member name (the client id of ordered reads). */
   self: string;
+  /** After start, how long a write without a leader waits before a minority partition fails it at once (a few election timeouts). */
+  minorityGraceMs: number;
   replica: KvReplica;
   host: Libp2p;
   members: MemberDirectory;
@@ -146,6 +148,7 @@ export class KvService {
   /** One multiplexed stream per leader we forward to, by peer ID (opening or open). */
   readonly #links = new Map<string, Promise<ForwardLink>>();
   #stopped = false;
+  #startedAt = Number.POSITIVE_INFINITY;
 
   constructor(opts: KvServiceOptions) {
     this.#opts = opts;
@@ -153,6 +156,7 @@ export class KvService {
   }
 
   async start(): Promise<void> {
+    this.#startedAt = performance.now();
     await this.#opts.host.handle(KV_FORWARD_PROTOCOL, (stream, connection) => void this.#onForward(stream, connection), {
       maxInboundStreams: MAX_INBOUND_FORWARDS,
     });
@@ -185,6 +189,8 @@ export class KvService {
         if (node.isLeader) return { result: await node.propose(data, remaining()), leader: node.id };
         if (leader !== null) return { result: await this.#forward(leader, data, remaining(), deadline), leader };
         last = 'no leader is known (election in progress, or no quorum reachable)';
+        const cutOff = this.#minority(node);
+        if (cutOff !== null) throw new KvServiceError('unavailable', `write refused at once: ${cutOff}; retry once the partition heals`);
       } catch (err) {
         if (!(err instanceof RaftClientError || err instanceof ForwardError)) throw err;
         if (!err.retryable) throw new KvServiceError(err instanceof ForwardError ? 'invalid' : 'unavailable', err.message);
@@ -226,6 +232,22 @@ export class KvService {
       { scope: 'datacenter', protocol: this.#opts.node !== null ? 'raft' : 'none' },
       { scope: 'federation', protocol: federation },
     ];
+  }
+
+  /**
+   * Why this node cannot be on the majority side, or null: with no leader
+   * and fewer than a majority of voters connected (this node counted), no
+   * leader can appear here before the partition heals, so a write fails at
+   * once rather than at its deadline. Not in the first `minorityGraceMs`
+   * after start, while connections are still being made.
+   */
+  #minority(node: RaftNode<KvResult>): string | null {
+    if (performance.now() - this.#startedAt < this.#opts.minorityGraceMs) return null;
+    const voters = node.status().membership.voters;
+    const peerIds = new Map(this.#opts.members.list().map((m) => [m.name, m.peerId]));
+    const reachable = voters.filter((v) => v === node.id || (peerIds.has(v) && this.#opts.isConnected(peerIds.get(v) ?? ''))).length;
+    const majority = Math.floor(voters.length / 2) + 1;
+    return reachable >= majority ? null : `no Raft quorum reachable: ${reachable} of ${voters.length} voters connected to ${node.id}, a majority is ${majority}`;
   }
 
   /** The PBFT path when `scope` runs on PBFT here. */

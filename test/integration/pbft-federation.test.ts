@@ -39,7 +39,7 @@ function put(c: RaftCluster, i: number, key: string, value: string) {
 }
 
 async function localValue(c: RaftCluster, i: number, key: string): Promise<string | null> {
-  const res = await c.admin(i, (a) => a.kv.get({ key, consistency: 'local', scope: 'federation', prefix: false, limit: 0, timeout_ms: CALL_TIMEOUT_MS }));
+  const res = await c.admin(i, (a) => a.kv.get({ key, consistency: 'serializable', scope: 'federation', prefix: false, limit: 0, timeout_ms: CALL_TIMEOUT_MS }));
   const item = res.items[0];
   return item === undefined ? null : decoder.decode(item.value);
 }

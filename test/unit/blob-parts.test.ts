@@ -68,6 +68,19 @@ describe('chunk list encoding', () => {
     expect(decodeManifest(offerFor(m3, delta.bytes, m1.hash), delta.bytes, m1).manifest.chunks).toEqual(m3.chunks);
   });
 
+  it('finds content that moved far (halves swapped) once a run of new chunks makes it search the whole baseline', () => {
+    const half = v1.byteLength / 2;
+    const swapped = new Uint8Array(v1.byteLength);
+    swapped.set(v1.subarray(half));
+    swapped.set(v1.subarray(0, half), half);
+    const m4 = buildManifest('k', 'v4', swapped, CHUNKING);
+    const delta = encodeManifest(m4, m1);
+    // The 8 chunks before the search starts go as NEW: ~50 KiB of this 512 KiB value.
+    expect(delta.reusedBytes).toBeGreaterThan(swapped.byteLength * 0.8);
+    expect(delta.reusedBytes).toBeLessThan(swapped.byteLength);
+    expect(decodeManifest(offerFor(m4, delta.bytes, m1.hash), delta.bytes, m1).manifest.chunks).toEqual(m4.chunks);
+  });
+
   it('refuses a list that is truncated, points outside the baseline, overruns or falls short, or hashes to another version', () => {
     const delta = encodeManifest(m2, m1).bytes;
     const offer = offerFor(m2, delta, m1.hash);
