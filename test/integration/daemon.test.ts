@@ -184,7 +184,8 @@ describe('dwcpd process', () => {
     await da.waitForLog((l) => l.msg === 'member rtt' && l.member === 'c' && l.level === 'debug', 'debug line after reload');
     const members = JSON.parse((await runCtl(['--socket', a!.socket, 'members', '--json'])).stdout) as { members: { name: string; connected: boolean }[] };
     expect(members.members.map((m) => [m.name, m.connected])).toEqual([['b', true], ['c', true]]);
-  });
+    // Three daemon starts, two reloads and three dwcpctl runs in sequence: 30 s is tight on a loaded 2-core machine.
+  }, 60_000);
 
   it('redials a member that went away, with back-off, until it is back', async () => {
     const dir = await root('redial');

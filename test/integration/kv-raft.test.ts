@@ -613,7 +613,8 @@ describe('snapshot catch-up, membership changes and graceful hand-over', () => {
     const started = performance.now();
     const puts = await Promise.all(others.map((n) => ctl(cluster.node(n), '--timeout', '2000', 'kv', 'put', `after-${leader}`, n)));
     expect(puts.map((p) => [p.code, p.stderr])).toEqual(others.map(() => [0, '']));
-    expect(performance.now() - started).toBeLessThan(4_000);
+    // An election and two dwcpctl starts: seconds, not the 10 s a lost quorum would take, even on a loaded 2-core machine.
+    expect(performance.now() - started).toBeLessThan(8_000);
     await cluster.stop(leader, 'SIGTERM');
     expect(await cluster.leader()).toBe(handed.to);
   });
