@@ -36,7 +36,7 @@ export const RAFT_TIMING = { tickMs: 50, electionTicks: 10, heartbeatTicks: 1 } 
 /** The longest election timeout a follower may draw (electionTicks is randomised up to 2×). */
 export const MAX_ELECTION_TIMEOUT_MS = 2 * RAFT_TIMING.electionTicks * RAFT_TIMING.tickMs;
 /** Start-up of one daemon on a loaded 2-core machine: ~1.5 s idle, several seconds beside a busy cluster. */
-const START_MS = 20_000;
+const START_MS = 45_000;
 /** A control call (status, a final read) may wait out one election or two on a loaded machine. */
 const CONTROL_TIMEOUT_MS = 5_000;
 
