@@ -355,6 +355,14 @@ describe('pbft wire: hostile frames', () => {
     expect(decodePbftFrame(raw({ messages: [as<Committed>('r1', { type: 'committed', certificate })], replies: [] }), { from: 'r1' }).messages).toHaveLength(1);
   });
 
+  it('lets a member forward a new-view made by another (a peer that missed it gets it from whoever holds it)', () => {
+    const newView = everyType.find((m): m is NewView => m.type === 'new_view') as NewView;
+    expect(newView.from).toBe('r1');
+    const forwarded = { messages: [vote('prepare', 'r3'), newView], replies: [] };
+    expect(decodePbftFrame(raw(forwarded), { from: 'r3' }).messages.map((m) => [m.type, m.from])).toEqual([['prepare', 'r3'], ['new_view', 'r1']]);
+    expect(encodePbftFrames(forwarded)).toHaveLength(1);
+  });
+
   it('refuses more items than a frame may carry', () => {
     const prepare = vote('prepare', 'r1');
     const over = { messages: Array.from({ length: PBFT_MAX_FRAME_ITEMS }, () => prepare), replies: [reply('r1', 1)] };

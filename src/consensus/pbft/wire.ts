@@ -136,9 +136,17 @@ function schemaError(detail: string): FrameError {
 }
 
 /**
+ * Top-level messages a replica forwards on another's behalf: a new-view is
+ * sent on to peers that missed it by whoever holds it, signed by the primary
+ * that made it (and carrying the 2f + 1 view-changes that justify it), all of
+ * which the core verifies. Every other top-level message is the sender's own.
+ */
+const FORWARDED_TYPES: ReadonlySet<string> = new Set(['new_view']);
+
+/**
  * Checks each item's shape and that every top-level `from` is `sender`
- * (when given; else that they all agree). Throws FrameError('schema') naming
- * the field.
+ * (when given; else that they all agree), forwarded evidence aside.
+ * Throws FrameError('schema') naming the field.
  */
 function checkItems(messages: readonly unknown[], replies: readonly unknown[], sender: ReplicaId | undefined): void {
   let from = sender;
@@ -147,6 +155,7 @@ function checkItems(messages: readonly unknown[], replies: readonly unknown[], s
       const problem = problemOf(item);
       if (problem !== null) throw schemaError(`field ${field}[${i}]: ${problem}`);
       const itemFrom = (item as { from: string }).from;
+      if (FORWARDED_TYPES.has((item as { type: string }).type)) continue;
       from ??= itemFrom;
       if (itemFrom !== from) {
         const who = sender === undefined ? 'the frame is from' : 'the authenticated sender is';
