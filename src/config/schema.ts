@@ -131,6 +131,11 @@ const PbftSchema = z.strictObject({
   requestRetryMs: millis(600_000).default(1_000),
 });
 
+/** A cross-field problem, worded as a sentence about the value at `path`. */
+function refuse(ctx: z.RefinementCtx, path: (string | number)[], input: unknown, message: string): void {
+  ctx.addIssue({ code: 'custom', path, input, params: { sentence: true }, message });
+}
+
 const ConfigFileObject = z.strictObject({
   federation: name.describe('federation id'),
   node: NodeSchema,
@@ -162,32 +167,14 @@ export const ConfigFileSchema = ConfigFileObject.superRefine((cfg, ctx) => {
     ids.set(m.peerId, i);
   });
   if (cfg.network.reconnectInitialMs > cfg.network.reconnectMaxMs) {
-    ctx.addIssue({
-      code: 'custom',
-      path: ['network', 'reconnectInitialMs'],
-      input: cfg.network.reconnectInitialMs,
-      params: { sentence: true },
-      message: `must not exceed network.reconnectMaxMs (${cfg.network.reconnectMaxMs})`,
-    });
+    refuse(ctx, ['network', 'reconnectInitialMs'], cfg.network.reconnectInitialMs, `must not exceed network.reconnectMaxMs (${cfg.network.reconnectMaxMs})`);
   }
   if (cfg.raft.heartbeatTicks >= cfg.raft.electionTicks) {
-    ctx.addIssue({
-      code: 'custom',
-      path: ['raft', 'heartbeatTicks'],
-      input: cfg.raft.heartbeatTicks,
-      params: { sentence: true },
-      message: `must be below raft.electionTicks (${cfg.raft.electionTicks})`,
-    });
+    refuse(ctx, ['raft', 'heartbeatTicks'], cfg.raft.heartbeatTicks, `must be below raft.electionTicks (${cfg.raft.electionTicks})`);
   }
   checkPbftFederation(cfg, ctx);
   if (cfg.network.datacenterMaxRttMs > cfg.network.internetMinRttMs) {
-    ctx.addIssue({
-      code: 'custom',
-      path: ['network', 'datacenterMaxRttMs'],
-      input: cfg.network.datacenterMaxRttMs,
-      params: { sentence: true },
-      message: `must not exceed network.internetMinRttMs (${cfg.network.internetMinRttMs})`,
-    });
+    refuse(ctx, ['network', 'datacenterMaxRttMs'], cfg.network.datacenterMaxRttMs, `must not exceed network.internetMinRttMs (${cfg.network.internetMinRttMs})`);
   }
 });
 
@@ -199,13 +186,7 @@ export const ConfigFileSchema = ConfigFileObject.superRefine((cfg, ctx) => {
 function checkPbftFederation(cfg: z.infer<typeof ConfigFileObject>, ctx: z.RefinementCtx): void {
   const { pbft } = cfg;
   if (pbft.logWindow % pbft.checkpointInterval !== 0) {
-    ctx.addIssue({
-      code: 'custom',
-      path: ['pbft', 'logWindow'],
-      input: pbft.logWindow,
-      params: { sentence: true },
-      message: `must be a multiple of pbft.checkpointInterval (${pbft.checkpointInterval})`,
-    });
+    refuse(ctx, ['pbft', 'logWindow'], pbft.logWindow, `must be a multiple of pbft.checkpointInterval (${pbft.checkpointInterval})`);
   }
   const untrusted = [
     ...((cfg.node.trust ?? defaultTrust(cfg.node.provider)) === 'untrusted' ? [`${cfg.node.name} (this node)`] : []),
@@ -217,17 +198,16 @@ function checkPbftFederation(cfg: z.infer<typeof ConfigFileObject>, ctx: z.Refin
   const f = pbft.f ?? Math.max(1, Math.floor((n - 1) / 3));
   const needed = 3 * f + 1;
   if (n >= needed) return;
-  ctx.addIssue({
-    code: 'custom',
-    path: pbft.f === undefined ? ['members'] : ['pbft', 'f'],
-    input: pbft.f ?? n,
-    params: { sentence: true },
-    message:
-      `${pbft.f === undefined ? 'members are too few' : 'is too many Byzantine members to tolerate'}: the federation has untrusted members (${untrusted.join(', ')}), ` +
+  const byCount = pbft.f === undefined;
+  refuse(
+    ctx,
+    byCount ? ['members'] : ['pbft', 'f'],
+    pbft.f ?? n,
+    `${byCount ? 'members are too few' : 'is too many Byzantine members to tolerate'}: the federation has untrusted members (${untrusted.join(', ')}), ` +
       `so its federation scope runs PBFT, which needs at least ${needed} members to tolerate ${f} Byzantine member${f === 1 ? '' : 's'} (n >= 3f + 1); ` +
       `this federation has ${n} (this node and ${n - 1} member${n === 2 ? '' : 's'}): add ${needed - n} more` +
-      (pbft.f === undefined ? ', or mark members trusted' : ', or lower pbft.f'),
-  });
+      (byCount ? ', or mark members trusted' : ', or lower pbft.f'),
+  );
 }
 
 export type ConfigFile = z.infer<typeof ConfigFileSchema>;
