@@ -37,7 +37,7 @@ import { crc32 } from 'node:zlib';
 import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
 import type { Logger } from '../log.ts';
 import { chunkValue, validateChunking, type ChunkingOptions } from '../sync/chunker.ts';
-import { sha256Hex, valueHash, type ChunkRef, type Manifest } from '../sync/manifest.ts';
+import { adoptHashList, chunkHashList, sha256Hex, valueHash, type ChunkRef, type Manifest } from '../sync/manifest.ts';
 
 const HASH_BYTES = 32;
 const RECORD_HEADER_BYTES = HASH_BYTES + 4;
@@ -134,7 +134,9 @@ function decodeLocation(b: Buffer): Location {
 
 /** crc32 u32 | version u8 | size u64 | min u32 | avg u32 | max u32 | count u32 | per chunk: length u32 | hash 32, all BE. */
 export function encodeManifestRecord(m: Manifest): Buffer {
-  const b = Buffer.allocUnsafe(4 + 1 + 8 + 12 + 4 + m.chunks.length * (4 + HASH_BYTES));
+  // The per-chunk part is the value hash's own list (computed once per manifest, see chunkHashList).
+  const perChunk = chunkHashList(m.size, m.chunks).list.subarray(8);
+  const b = Buffer.allocUnsafe(4 + 1 + 8 + 12 + 4 + perChunk.byteLength);
   b.writeUInt8(MANIFEST_RECORD_VERSION, 4);
   b.writeUInt32BE(Math.floor(m.size / 2 ** 32), 5);
   b.writeUInt32BE(m.size >>> 0, 9);
@@ -142,12 +144,7 @@ export function encodeManifestRecord(m: Manifest): Buffer {
   b.writeUInt32BE(m.chunking.avgSize, 17);
   b.writeUInt32BE(m.chunking.maxSize, 21);
   b.writeUInt32BE(m.chunks.length, 25);
-  let at = 29;
-  for (const c of m.chunks) {
-    b.writeUInt32BE(c.length, at);
-    b.write(c.hash, at + 4, HASH_BYTES, 'hex');
-    at += 4 + HASH_BYTES;
-  }
+  b.set(perChunk, 29);
   b.writeUInt32BE(crc32(b.subarray(4)), 0);
   return b;
 }
@@ -169,7 +166,12 @@ export function decodeManifestRecord(key: string, b: Buffer): Manifest {
     offset += length;
   }
   if (offset !== size) throw bad(`chunks cover ${offset} bytes of ${size}`);
-  const hash = valueHash(size, chunks);
+  // The record's per-chunk part is the hash list's: the root comes from it without converting 170 000 hashes back.
+  const list = Buffer.allocUnsafe(8 + b.length - 29);
+  list.writeUInt32BE(Math.floor(size / 2 ** 32), 0);
+  list.writeUInt32BE(size >>> 0, 4);
+  b.copy(list, 8, 29);
+  const hash = adoptHashList(size, chunks, list);
   return { key, version: hash, size, hash, chunking, chunks };
 }
 

@@ -38,7 +38,7 @@ import type { MemberConfig } from '../config/schema.ts';
 import type { MemberDirectory } from '../federation/members.ts';
 import type { LinkMode } from '../federation/link-mode.ts';
 import type { Logger } from '../log.ts';
-import { chooseCodec, DEFAULT_CODEC_CHOICE, type CodecChoiceOptions, type CodecMeasurements, type LinkEstimate } from '../codec/choice.ts';
+import { chooseCodec, type CodecChoiceOptions, type CodecMeasurements, type LinkEstimate } from '../codec/choice.ts';
 import { CodecError, codecFor, codecLabel, type CodecSpec } from '../codec/codecs.ts';
 import { decodeFrame, encodeFrame, FRAME_HEADER_BYTES, frameFromPayload, readFrameHeader } from '../codec/frame.ts';
 import { FrameError, FramedStream, type FrameEvents } from '../net/framing.ts';
@@ -558,7 +558,7 @@ async function compressBatch(req: PushRequest, batch: PlannedBatch, skip: Compre
     req.codecs.observe(spec, raw.byteLength, frame.byteLength - FRAME_HEADER_BYTES, seconds);
     req.metrics.compressSeconds.observe({ codec: label }, seconds);
     req.metrics.compressionRatio.observe({ codec: label }, (frame.byteLength - FRAME_HEADER_BYTES) / Math.max(1, raw.byteLength));
-    const shrank = frame.byteLength - FRAME_HEADER_BYTES < raw.byteLength * DEFAULT_CODEC_CHOICE.incompressibleRatio;
+    const shrank = frame.byteLength - FRAME_HEADER_BYTES < raw.byteLength * req.settings.codecChoice.incompressibleRatio;
     skip.record(shrank);
     if (frame.byteLength - FRAME_HEADER_BYTES >= raw.byteLength) {
       frame = frameFromPayload(codecFor(NONE), raw.byteLength, raw);
@@ -689,12 +689,15 @@ export class BlobReceiver {
       return;
     }
     let first: BlobMessage | undefined;
+    const limit = deadline(FIRST_MESSAGE_TIMEOUT_MS);
     try {
-      first = await ch.read({ signal: AbortSignal.timeout(FIRST_MESSAGE_TIMEOUT_MS) });
+      first = await ch.read({ signal: limit.signal });
     } catch (err) {
       // FramedStream counted a bad frame and reset the stream.
       log.warn({ member: member.name, err: errorText(err) }, 'blob stream refused');
       return;
+    } finally {
+      limit.done();
     }
     if (first?.kind === 'offer') await this.#control(ch, peerId, member, first.offer);
     else if (first?.kind === 'join') await this.#data(ch, peerId, member, first.join);
@@ -872,7 +875,9 @@ export class BlobReceiver {
     const t = this.#transfers.get(join.transferId);
     if (t === undefined || t.peerId !== peerId || t.attempt !== join.attempt || t.manifest === null) {
       // A stale stream of a superseded attempt is normal after a resume; anything else is not.
-      ch.reset(new Error(`no transfer ${join.transferId} attempt ${join.attempt} from ${member.name} is waiting for data`));
+      const why = `no transfer ${join.transferId} attempt ${join.attempt} from ${member.name} is waiting for data${t === undefined ? '' : ` (it is at attempt ${t.attempt})`}`;
+      this.#opts.log.info({ member: member.name, transferId: join.transferId }, why);
+      ch.reset(new Error(why));
       return;
     }
     t.channels.add(ch);
@@ -901,7 +906,10 @@ export class BlobReceiver {
       else if (err instanceof BlobStoreError && err.reason === 'corrupt') this.#fail(t, new HostileInput('chunk-hash', err.message), ch);
       else if (err instanceof HostileInput) this.#fail(t, err, ch);
       else if (err instanceof FrameError && err.reason !== 'timeout') this.#fail(t, new HostileInput('protocol', err.message), ch, false);
-      else t.channels.delete(ch);
+      else {
+        this.#opts.log.info({ member: member.name, transferId: t.id, attempt: join.attempt, err: errorText(err) }, 'blob data stream ended early');
+        t.channels.delete(ch);
+      }
     }
   }
 
@@ -960,6 +968,7 @@ export class BlobReceiver {
   #end(t: Inbound, outcome: { ok: true; value: ReceivedValue } | { ok: false; error: string }, code = 'aborted'): void {
     if (t.ended) return;
     t.ended = true;
+    if (!outcome.ok) this.#opts.log.info({ member: t.member.name, blobKey: t.offer.key, transferId: t.id, attempt: t.attempt, err: outcome.error }, 'blob transfer ended without a commit');
     clearTimeout(t.idle);
     this.#transfers.delete(t.id);
     t.staged.release();

@@ -17,7 +17,7 @@
  */
 import type { ChunkingOptions } from '../sync/chunker.ts';
 import { validateChunking } from '../sync/chunker.ts';
-import { valueHash, type ChunkRef, type Manifest } from '../sync/manifest.ts';
+import { adoptHashList, chunkHashList, type ChunkRef, type Manifest } from '../sync/manifest.ts';
 import type { MessageSchema } from '../net/schema.ts';
 import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
 import { FRAME_HEADER_BYTES } from '../codec/frame.ts';
@@ -187,6 +187,8 @@ const SEARCH_AFTER_MISSES = 8;
 const OP_NEW = 0;
 const OP_BASE = 1;
 const HASH_BYTES = 32;
+/** One chunk in a hash list: length u32 | SHA-256. */
+const ENTRY_BYTES = 4 + HASH_BYTES;
 
 /** Writes `value` as an unsigned LEB128 varint at `at`; returns the position after it. */
 function writeVarint(out: Buffer, at: number, value: number): number {
@@ -286,7 +288,12 @@ export interface DecodedManifest {
   fromBaseline: Uint8Array;
 }
 
-/** Rebuilds and checks the manifest an offer describes; throws ManifestDecodeError naming the problem. */
+/**
+ * Rebuilds and checks the manifest an offer describes; throws
+ * ManifestDecodeError naming the problem. The value hash's binary list is
+ * built as it goes, from the wire's hashes and the baseline's own list, so
+ * checking a 1 GiB value's root converts no hex.
+ */
 export function decodeManifest(offer: Offer, bytes: Uint8Array, baseline: Manifest | undefined): DecodedManifest {
   const fail = (problem: string): never => {
     throw new ManifestDecodeError(`chunk list of ${offer.key}@${offer.version}: ${problem}`);
@@ -294,6 +301,8 @@ export function decodeManifest(offer: Offer, bytes: Uint8Array, baseline: Manife
   const { maxSize } = offer.chunking;
   const chunks: ChunkRef[] = [];
   const fromBaseline = new Uint8Array(bitmapBytes(offer.chunkCount));
+  const list = Buffer.allocUnsafe(8 + offer.chunkCount * ENTRY_BYTES);
+  const baseList = baseline === undefined ? undefined : chunkHashList(baseline.size, baseline.chunks).list;
   let pos = 0;
   let offset = 0;
   const varint = (): number => {
@@ -313,18 +322,21 @@ export function decodeManifest(offer: Offer, bytes: Uint8Array, baseline: Manife
       const length = varint();
       if (length < 1 || length > maxSize) fail(`chunk ${chunks.length} is ${length} bytes, outside 1..${maxSize}`);
       if (pos + HASH_BYTES > bytes.byteLength) fail(`truncated inside the hash of chunk ${chunks.length}`);
+      const at = 8 + chunks.length * ENTRY_BYTES;
+      list.writeUInt32BE(length, at);
+      list.set(bytes.subarray(pos, pos + HASH_BYTES), at + 4);
       chunks.push({ offset, length, hash: Buffer.from(bytes.buffer, bytes.byteOffset + pos, HASH_BYTES).toString('hex') });
       pos += HASH_BYTES;
       offset += length;
     } else if (op === OP_BASE) {
-      if (baseline === undefined) fail(`refers to a baseline at byte ${pos - 1}, but the offer names none`);
-      const base = baseline as Manifest;
+      if (baseline === undefined || baseList === undefined) return fail(`refers to a baseline at byte ${pos - 1}, but the offer names none`);
       const start = varint();
       const count = varint();
-      if (count < 1 || start + count > base.chunks.length) fail(`baseline run ${start}+${count} is outside its ${base.chunks.length} chunks`);
+      if (count < 1 || start + count > baseline.chunks.length) fail(`baseline run ${start}+${count} is outside its ${baseline.chunks.length} chunks`);
       if (chunks.length + count > offer.chunkCount) fail(`more than the ${offer.chunkCount} chunks the offer declares`);
+      baseList.copy(list, 8 + chunks.length * ENTRY_BYTES, 8 + start * ENTRY_BYTES, 8 + (start + count) * ENTRY_BYTES);
       for (let k = start; k < start + count; k++) {
-        const c = base.chunks[k] as ChunkRef;
+        const c = baseline.chunks[k] as ChunkRef;
         setBit(fromBaseline, chunks.length);
         chunks.push({ offset, length: c.length, hash: c.hash });
         offset += c.length;
@@ -336,7 +348,9 @@ export function decodeManifest(offer: Offer, bytes: Uint8Array, baseline: Manife
   }
   if (chunks.length !== offer.chunkCount) fail(`${chunks.length} chunks, the offer declares ${offer.chunkCount}`);
   if (offset !== offer.size) fail(`chunks cover ${offset} bytes, the offer declares ${offer.size}`);
-  const hash = valueHash(offset, chunks);
+  list.writeUInt32BE(Math.floor(offset / 2 ** 32), 0);
+  list.writeUInt32BE(offset >>> 0, 4);
+  const hash = adoptHashList(offset, chunks, list);
   if (hash !== offer.version) fail(`hashes to ${hash}, not the offered version`);
   return { manifest: { key: offer.key, version: hash, size: offset, hash, chunking: { ...offer.chunking }, chunks }, fromBaseline };
 }

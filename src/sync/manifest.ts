@@ -51,8 +51,25 @@ export function sha256Hex(bytes: Uint8Array): string {
 const VALUE_HASH_TAG = 'dwcp-value-hash-v1\0';
 const HASH_BYTES = 32;
 
-/** The root of the hash list: SHA-256(tag | size u64 | per chunk: length u32 | SHA-256), all big-endian. */
-export function valueHash(size: number, chunks: readonly { length: number; hash: string }[]): string {
+/** A chunk list in binary (size u64 | per chunk: length u32 | SHA-256, big-endian) and its root. */
+export interface HashList {
+  size: number;
+  /** The bytes the root hashes after its tag; also the per-chunk part of the store's manifest record. */
+  list: Buffer;
+  root: string;
+}
+
+/**
+ * Chunk lists are never changed once built, so the binary form of one (and
+ * its root) is kept per list object: a 1 GiB value's 170 000 hex hashes are
+ * converted once, not once for every check of the same list (decode, commit,
+ * the stored record).
+ */
+const hashLists = new WeakMap<readonly { length: number; hash: string }[], HashList>();
+
+export function chunkHashList(size: number, chunks: readonly { length: number; hash: string }[]): HashList {
+  const cached = hashLists.get(chunks);
+  if (cached !== undefined && cached.size === size) return cached;
   const list = Buffer.allocUnsafe(8 + chunks.length * (4 + HASH_BYTES));
   list.writeUInt32BE(Math.floor(size / 2 ** 32), 0);
   list.writeUInt32BE(size >>> 0, 4);
@@ -62,7 +79,27 @@ export function valueHash(size: number, chunks: readonly { length: number; hash:
     if (list.write(c.hash, at + 4, HASH_BYTES, 'hex') !== HASH_BYTES) throw new RangeError(`chunk hash ${JSON.stringify(c.hash)} is not ${HASH_BYTES} bytes of hex`);
     at += 4 + HASH_BYTES;
   }
-  return createHash('sha256').update(VALUE_HASH_TAG).update(list).digest('hex');
+  const computed = { size, list, root: createHash('sha256').update(VALUE_HASH_TAG).update(list).digest('hex') };
+  hashLists.set(chunks, computed);
+  return computed;
+}
+
+/**
+ * Records the binary form of `chunks` built by the caller straight from
+ * binary input (a stored record, a wire chunk list) and returns its root, so
+ * the list is never converted from hex at all. `list` must be exactly what
+ * chunkHashList would build for (size, chunks); the caller builds both from
+ * the same bytes.
+ */
+export function adoptHashList(size: number, chunks: readonly { length: number; hash: string }[], list: Buffer): string {
+  const root = createHash('sha256').update(VALUE_HASH_TAG).update(list).digest('hex');
+  hashLists.set(chunks, { size, list, root });
+  return root;
+}
+
+/** The root of the hash list: SHA-256(tag | size u64 | per chunk: length u32 | SHA-256), all big-endian. */
+export function valueHash(size: number, chunks: readonly { length: number; hash: string }[]): string {
+  return chunkHashList(size, chunks).root;
 }
 
 export function buildManifest(key: string, version: string, value: Uint8Array, chunking: ChunkingOptions = DEFAULT_CHUNKING): Manifest {

@@ -16,6 +16,8 @@ import { createBlobMetrics } from '../../src/blob/metrics.ts';
 import { BLOB_COMMAND, describePut, formatBlobStatus, formatBytes, formatCacheStats, formatEta, renderBar, renderProgress } from '../../src/cli/blob.ts';
 import { main } from '../../src/cli/main.ts';
 import { FrameError } from '../../src/net/framing.ts';
+import { ConfigFileSchema } from '../../src/config/schema.ts';
+import { formatIssue } from '../../src/config/load.ts';
 
 const KIB = 1024;
 const CHUNKING = chunkingForAverage(4 * KIB);
@@ -166,6 +168,30 @@ describe('blob metrics', () => {
     expect(text).toMatch(/^dwcp_baseline_cache_entries 3$/m);
     expect(text).toMatch(/^dwcp_blob_rejected_total\{reason="bad-checksum"\} 0$/m);
     expect(text).toMatch(/^dwcp_blob_transfers_resumed_total\{direction="sent"\} 0$/m);
+  });
+});
+
+describe('blob config', () => {
+  it('defaults every field and names a bad one with its path and bound', () => {
+    const cfg = ConfigFileSchema.parse({ federation: 'f', node: { name: 'a', region: 'r', provider: 'onprem' } });
+    expect(cfg.blob).toEqual({
+      streams: 4,
+      chunkAvgBytes: 4096,
+      batchBytes: 1024 * 1024,
+      maxValueBytes: 64 * 1024 ** 3,
+      internetZstdLevel: 9,
+      maxResumes: 5,
+      baselineCache: { capacity: 1000, ttlMs: 300_000, persist: false },
+    });
+    const bad = ConfigFileSchema.safeParse(
+      { federation: 'f', node: { name: 'a', region: 'r', provider: 'onprem' }, blob: { streams: 99, baselineCache: { ttlMs: 0 }, typo: 1 } },
+      { reportInput: true },
+    );
+    expect(bad.success).toBe(false);
+    const problems = bad.error?.issues.map((i) => formatIssue(i)) ?? [];
+    expect(problems).toContain('blob.streams: 99 is too large: expected at most 16');
+    expect(problems).toContain('blob.baselineCache.ttlMs: 0 is too small: expected at least 1');
+    expect(problems).toContain('blob.typo: unknown key (not part of the schema)');
   });
 });
 
