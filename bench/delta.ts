@@ -335,7 +335,7 @@ function report(r: DeltaResult): string {
     '',
     `bulk: ${significant(r.bulk.bytes / MIB)} MiB of random bytes, raw TCP ${r.bulk.tcp_mib_s} MiB/s`,
     renderTable(['streams', 'seconds', 'MiB/s', 'ratio to tcp', 'attempts'], r.bulk.runs.map((x) => [String(x.streams), String(x.seconds), String(x.mib_s), String(x.ratio), String(x.attempts)])),
-    `best: ${r.bulk.best_streams} streams (blob.streams default: ${DEFAULT_BLOB_SETTINGS.streams})`,
+    `best: ${r.bulk.best_streams} streams (the sender picks by bandwidth × RTT, at most blob.maxStreams = ${DEFAULT_BLOB_SETTINGS.maxStreams})`,
   ].join('\n');
 }
 

@@ -26,10 +26,13 @@ export const BlobBaselineCacheSchema = z.strictObject({
 
 export const BlobSchema = z.strictObject({
   /**
-   * Parallel libp2p streams one transfer is striped over. 4 measured best on
-   * loopback between two daemons on a 2-core machine (bench/RESULTS.md, delta).
+   * Most parallel libp2p streams one transfer is striped over. Each stream
+   * moves at most its 4 MiB window per round trip, so the sender uses as many
+   * as the link's measured bandwidth × RTT needs (BlobService.streamsFor), up
+   * to this. On loopback one stream was fastest (bench/RESULTS.md, delta):
+   * more add contention and queueing, not throughput.
    */
-  streams: z.number().int().min(1).max(16).default(4),
+  maxStreams: z.number().int().min(1).max(16).default(8),
   /**
    * Average content-defined chunk size; a power of two works best (the chunker
    * rounds its masks to one). 4 KiB matches the block size of the disk images

@@ -29,7 +29,7 @@ import type { DwcpConfig, MemberConfig } from '../config/schema.ts';
 import type { MemberDirectory } from '../federation/members.ts';
 import type { Logger } from '../log.ts';
 import { CodecMeasurements, DEFAULT_CODEC_CHOICE, LinkEstimate, type CodecChoiceOptions } from '../codec/choice.ts';
-import { frameEventsFor, type FrameEvents } from '../net/framing.ts';
+import { frameEventsFor, MUXER_STREAM_OPTIONS, type FrameEvents } from '../net/framing.ts';
 import type { MemberMesh } from '../net/mesh.ts';
 import type { DwcpMetrics } from '../metrics/metrics.ts';
 import { BaselineCache, type BaselineCacheEntry, type BaselineCacheStats } from '../sync/baseline-cache.ts';
@@ -43,6 +43,8 @@ import { BaselineRefusedError, BLOB_MAX_INBOUND_STREAMS, BlobReceiver, BlobTrans
 import { BLOB_PROTOCOL } from './wire.ts';
 
 const RECENT_KEPT = 32;
+/** What one stream can have in flight per round trip: the muxer's stream window (MUXER_STREAM_OPTIONS). */
+const STREAM_WINDOW_BYTES = MUXER_STREAM_OPTIONS.maxStreamWindowSize;
 const PERSIST_EVERY_MS = 30_000;
 const GC_DELAY_MS = 2_000;
 const CACHE_FILE = 'baseline-cache.json';
@@ -252,7 +254,7 @@ export class BlobService {
     const manifest = this.store.currentManifest(key);
     if (manifest === undefined) throw new BlobServiceError('not-found', `no value stored under key ${JSON.stringify(key)}`);
     if (!this.#opts.isConnected(member.peerId)) throw new BlobServiceError('unavailable', `member ${member.name} is not connected (retryable)`);
-    const streams = opts.streams ?? this.#opts.settings.streams;
+    const streams = opts.streams ?? this.streamsFor(member.peerId);
     if (!Number.isInteger(streams) || streams < 1 || streams > 16) throw new BlobServiceError('invalid', `streams: ${streams} is not a whole number from 1 to 16`);
     const hit = this.cache.get(member.region, key, this.#now());
     let baseline: Manifest | undefined = hit === undefined ? undefined : this.store.manifest(hit.version, key);
@@ -338,6 +340,22 @@ export class BlobService {
       this.#outbound.delete(transferId);
       metrics.activeTransfers.dec({ direction: 'sent' });
     }
+  }
+
+  /**
+   * Streams for the next transfer to a member: enough that their windows
+   * (STREAM_WINDOW_BYTES each) cover the link's bandwidth × RTT, with half
+   * again as headroom so a window-bound link measures faster next time and
+   * earns another stream; 2 before anything is measured; at most
+   * blob.maxStreams. A loopback or LAN link needs one.
+   */
+  streamsFor(peerId: string): number {
+    const estimate = this.linkEstimate(peerId);
+    const rttMs = this.#opts.link(peerId).rttMs ?? estimate.rttMs;
+    const max = this.#opts.settings.maxStreams;
+    if (rttMs === null || estimate.bandwidth === null) return Math.min(2, max);
+    const bdp = (estimate.bandwidth * rttMs) / 1000;
+    return Math.max(1, Math.min(max, Math.ceil((1.5 * bdp) / STREAM_WINDOW_BYTES)));
   }
 
   /** The bandwidth and RTT estimate of the link to a member, fed by our transfers to it; hybrid links choose codecs by it. */

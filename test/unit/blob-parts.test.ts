@@ -175,7 +175,7 @@ describe('blob config', () => {
   it('defaults every field and names a bad one with its path and bound', () => {
     const cfg = ConfigFileSchema.parse({ federation: 'f', node: { name: 'a', region: 'r', provider: 'onprem' } });
     expect(cfg.blob).toEqual({
-      streams: 4,
+      maxStreams: 8,
       chunkAvgBytes: 4096,
       batchBytes: 1024 * 1024,
       maxValueBytes: 64 * 1024 ** 3,
@@ -184,12 +184,12 @@ describe('blob config', () => {
       baselineCache: { capacity: 1000, ttlMs: 300_000, persist: false },
     });
     const bad = ConfigFileSchema.safeParse(
-      { federation: 'f', node: { name: 'a', region: 'r', provider: 'onprem' }, blob: { streams: 99, baselineCache: { ttlMs: 0 }, typo: 1 } },
+      { federation: 'f', node: { name: 'a', region: 'r', provider: 'onprem' }, blob: { maxStreams: 99, baselineCache: { ttlMs: 0 }, typo: 1 } },
       { reportInput: true },
     );
     expect(bad.success).toBe(false);
     const problems = bad.error?.issues.map((i) => formatIssue(i)) ?? [];
-    expect(problems).toContain('blob.streams: 99 is too large: expected at most 16');
+    expect(problems).toContain('blob.maxStreams: 99 is too large: expected at most 16');
     expect(problems).toContain('blob.baselineCache.ttlMs: 0 is too small: expected at least 1');
     expect(problems).toContain('blob.typo: unknown key (not part of the schema)');
   });

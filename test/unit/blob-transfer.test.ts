@@ -19,7 +19,7 @@ import { blobPair, type BlobNode, type BlobPair } from './blob-pair.ts';
 
 const KIB = 1024;
 const MIB = 1024 * KIB;
-const SETTINGS = { chunkAvgBytes: 4 * KIB, batchBytes: 256 * KIB, streams: 3 };
+const SETTINGS = { chunkAvgBytes: 4 * KIB, batchBytes: 256 * KIB };
 
 function random(size: number, seed: number): Uint8Array {
   const rng = new Prng(seed);
@@ -100,6 +100,18 @@ describe('round trips, deltas and the baseline cache', () => {
     // Later batches also weigh what this transfer measured; the first is the computed choice.
     expect(Object.keys(slow.codecs)).toContain(expected);
     pair.a.mode = 'datacenter';
+  });
+
+  it('stripes over as many streams as bandwidth × RTT needs (4 MiB windows), 2 before a measurement, at most maxStreams', async () => {
+    await pair.restartService(pair.a, { baselineCache: { capacity: 1000, ttlMs: 60_000, persist: true } });
+    expect(pair.a.service.streamsFor(pair.b.peerId)).toBe(2);
+    const link = pair.a.service.linkEstimate(pair.b.peerId);
+    link.observeTransfer(100 * MIB, 1); // the pair's link reports 1 ms: 100 KiB in flight, one stream's worth
+    expect(pair.a.service.streamsFor(pair.b.peerId)).toBe(1);
+    for (let i = 0; i < 30; i++) link.observeTransfer(12 * 1024 * MIB, 1); // 12 GiB/s × 1 ms = 12 MiB: 1.5 × 12 / 4 → 5
+    expect(pair.a.service.streamsFor(pair.b.peerId)).toBe(5);
+    for (let i = 0; i < 30; i++) link.observeTransfer(1024 * 1024 * MIB, 1);
+    expect(pair.a.service.streamsFor(pair.b.peerId)).toBe(8);
   });
 
   it('incompressible and tiny values go uncompressed (none) and still round-trip', async () => {
@@ -188,7 +200,7 @@ describe('round trips, deltas and the baseline cache', () => {
 describe('resuming after the connection is cut mid-transfer', () => {
   let pair: BlobPair;
   beforeAll(async () => {
-    pair = await blobPair({ settings: { ...SETTINGS, streams: 2, maxResumes: 5 } });
+    pair = await blobPair({ settings: { ...SETTINGS, maxResumes: 5 } });
   });
   afterAll(async () => {
     await pair?.close();
@@ -200,6 +212,7 @@ describe('resuming after the connection is cut mid-transfer', () => {
     let acked = 0;
     let cut = false;
     const out = await pair.a.service.send('big', 'b', {
+      streams: 3,
       onAck: () => {
         acked++;
         // About a third of the way: kill the TCP connection under every stream.
