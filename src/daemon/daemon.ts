@@ -141,7 +141,7 @@ export class Daemon {
     });
     const kv = new KvService({
       node: raft?.node ?? null,
-      pbft: pbft === null ? null : { client: pbft.client, replica: pbft.replica, primary: () => pbft.node.status().primary },
+      pbft,
       self: config.node.name,
       minorityGraceMs: 4 * config.raft.electionTicks * config.raft.tickMs,
       replica,
@@ -238,11 +238,7 @@ export class Daemon {
       startedAt: this.#startedAt.toISOString(),
       uptimeSeconds: (Date.now() - this.#startedAt.getTime()) / 1000,
       members: this.mesh.status().map((m) => ({ ...m, ...this.geo.health(m.peerId) })),
-      scopes: this.kv.scopePlan().map(({ scope, protocol }) => ({
-        scope,
-        protocol,
-        replicas: protocol === 'pbft' ? (this.pbft?.node.members.length ?? 0) : protocol === 'raft' ? (this.raft?.node.status().membership.voters.length ?? 0) : 0,
-      })),
+      scopes: this.kv.scopePlan(),
     };
   }
 

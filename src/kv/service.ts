@@ -43,6 +43,7 @@ import {
 } from './command.ts';
 import { KvStateMachine } from './state-machine.ts';
 import type { KvPbftReplica } from './pbft-replica.ts';
+import type { ScopeStatus } from '../federation/status.ts';
 import { PbftClientError, type PbftClient } from '../consensus/pbft/client.ts';
 
 /** The KV state machine as Raft drives it; restore swaps in a new machine. */
@@ -104,15 +105,15 @@ export interface KvReadOutcome {
   appliedIndex: number;
 }
 
-/** The PBFT side of the federation scope: this member's client and its replica's state. */
+/** The PBFT side of the federation scope (PbftGroup): this member's client, its replica's state, and the group. */
 export interface KvPbftPath {
-  client: PbftClient;
-  replica: KvPbftReplica;
-  /** The primary of the replica's current view, for answers and status. */
-  primary(): string;
+  readonly client: PbftClient;
+  readonly replica: KvPbftReplica;
+  /** The primary of the replica's current view, for answers. */
+  readonly primary: string;
+  /** Replicas of the PBFT group, for status. */
+  readonly replicas: number;
 }
-
-export type ScopeProtocol = 'raft' | 'pbft' | 'none';
 
 export interface KvServiceOptions {
   /** Null on an untrusted node, which has no Raft group. */
@@ -174,7 +175,7 @@ export class KvService {
     const pbft = this.#pbftFor(scope);
     if (pbft !== null) {
       const result = await this.#order(pbft, encodeKvCommand(command), false, timeoutMs);
-      return { result, leader: pbft.primary() };
+      return { result, leader: pbft.primary };
     }
     const node = this.#nodeFor(scope);
     const data = encodeKvCommand(command);
@@ -225,12 +226,14 @@ export class KvService {
     return { entries: machine.range(req.key, rangeLimit(req)).entries, appliedIndex: node.applied };
   }
 
-  /** Which log serves each scope on this node. */
-  scopePlan(): { scope: KvScope; protocol: ScopeProtocol }[] {
-    const federation: ScopeProtocol = this.#opts.pbft !== null ? 'pbft' : this.#opts.node !== null ? 'raft' : 'none';
+  /** Which log serves each scope on this node, and how many replicas it has. */
+  scopePlan(): ScopeStatus[] {
+    const { node, pbft } = this.#opts;
+    const raft: ScopeStatus['protocol'] = node !== null ? 'raft' : 'none';
+    const voters = node?.status().membership.voters.length ?? 0;
     return [
-      { scope: 'datacenter', protocol: this.#opts.node !== null ? 'raft' : 'none' },
-      { scope: 'federation', protocol: federation },
+      { scope: 'datacenter', protocol: raft, replicas: voters },
+      pbft !== null ? { scope: 'federation', protocol: 'pbft', replicas: pbft.replicas } : { scope: 'federation', protocol: raft, replicas: voters },
     ];
   }
 

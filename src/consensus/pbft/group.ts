@@ -20,6 +20,7 @@ import type { Logger } from '../../log.ts';
 import type { DwcpMetrics } from '../../metrics/metrics.ts';
 import type { Identity } from '../../daemon/identity.ts';
 import { KvPbftReplica } from '../../kv/pbft-replica.ts';
+import type { KvPbftPath } from '../../kv/service.ts';
 import { PbftClient } from './client.ts';
 import { MemberKeys, ed25519Signer } from './keys.ts';
 import { PbftNode, type ByzantineTestBehaviour } from './node.ts';
@@ -49,7 +50,7 @@ export function federationNeedsPbft(config: DwcpConfig): boolean {
   return config.node.trust === 'untrusted' || config.members.some((m) => m.trust === 'untrusted');
 }
 
-export class PbftGroup {
+export class PbftGroup implements KvPbftPath {
   readonly node: PbftNode;
   readonly client: PbftClient;
   readonly replica: KvPbftReplica;
@@ -150,6 +151,14 @@ export class PbftGroup {
       await storage.close();
       throw err;
     }
+  }
+
+  get primary(): string {
+    return this.node.primary;
+  }
+
+  get replicas(): number {
+    return this.node.members.length;
   }
 
   async start(): Promise<void> {

@@ -191,6 +191,11 @@ export class PbftNode {
     return this.#core.status();
   }
 
+  /** The primary of this replica's current view. */
+  get primary(): ReplicaId {
+    return this.#core.primary;
+  }
+
   drops(): ReadonlyMap<DropKind, number> {
     return this.#core.drops();
   }
