@@ -13,6 +13,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { MethodDefinition } from '@grpc/proto-loader';
+import type { ServiceCall } from './client.ts';
 
 export const BLOB_SERVICE = 'dwcp.admin.v1.Blob';
 
@@ -119,7 +120,7 @@ export interface BlobClient {
 export interface BlobClientTransport {
   client: grpc.Client;
   method(name: string): MethodDefinition<unknown, unknown> | undefined;
-  unary<Req, Res>(method: string, request: Req): Promise<Res>;
+  unary: ServiceCall;
   /** Turns a failed call into the client's one-line error. */
   explain(err: unknown, method: string, timeoutMs: number): Promise<Error>;
   timeoutMs: number;

@@ -386,6 +386,13 @@ async function explainFailure(err: unknown, socketPath: string, method: string, 
   return new AdminClientError(`${method} failed with ${grpc.status[err.code]}: ${err.details}`, err.code);
 }
 
+/**
+ * One unary call on one admin service, as a sub-client module (vm-client.ts,
+ * blob-client.ts, state-client.ts) receives it; `serverTimeoutMs` is the
+ * request's own timeout, when it carries one.
+ */
+export type ServiceCall = <Req, Res>(method: string, request: Req, serverTimeoutMs?: number) => Promise<Res>;
+
 /** How much longer than a request's own timeout the client waits, so the daemon's explanation arrives first. */
 const SERVER_ANSWER_MARGIN_MS = 1000;
 
@@ -424,12 +431,16 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
     });
   }
 
+  const serviceCall =
+    (service: string): ServiceCall =>
+    (method, request, serverTimeoutMs) =>
+      call(service, method, request, serverTimeoutMs);
   const unary = <Req, Res>(methodName: string, request: Req) => call<Req, Res>(ADMIN_SERVICE, methodName, request);
   type WireWrite = Parameters<typeof writeFromWire>[0];
   const write = async <Req extends { key: string; options: KvWriteOptions }>(method: string, request: Req) =>
     writeFromWire(await call<Req, WireWrite>(KV_SERVICE, method, request, request.options.timeout_ms || opts.timeoutMs));
   type WireRaftMembers = RaftMembersResponse;
-  const raftCall = <Req, Res>(method: string, request: Req, timeoutMs?: number) => call<Req, Res>(RAFT_SERVICE, method, request, timeoutMs);
+  const raftCall = serviceCall(RAFT_SERVICE);
 
   return {
     socketPath,
@@ -474,15 +485,15 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
         };
       },
     },
-    vm: vmClient(<Req, Res>(method: string, request: Req, timeoutMs?: number) => call<Req, Res>(VM_SERVICE, method, request, timeoutMs)),
+    vm: vmClient(serviceCall(VM_SERVICE)),
     blob: blobClient({
       client,
       method: (name) => services.get(BLOB_SERVICE)?.[name] as MethodDefinition<unknown, unknown> | undefined,
-      unary: (method, request) => call(BLOB_SERVICE, method, request),
+      unary: serviceCall(BLOB_SERVICE),
       explain: (err, method, timeoutMs) => explainFailure(err, socketPath, method, timeoutMs),
       timeoutMs: opts.timeoutMs,
     }),
-    state: stateClient(<Req, Res>(method: string, request: Req, timeoutMs?: number) => call<Req, Res>(STATE_SERVICE, method, request, timeoutMs)),
+    state: stateClient(serviceCall(STATE_SERVICE)),
     close: () => client.close(),
   };
 }

@@ -8,6 +8,7 @@
  * counts arrive as decimal strings and are returned as numbers (they stay far
  * below 2^53), and each message is rebuilt field by field in .proto order.
  */
+import type { ServiceCall } from './client.ts';
 
 export const STATE_SERVICE = 'dwcp.admin.v1.State';
 
@@ -78,9 +79,6 @@ export interface StateClient {
   setTestPartition(members: string[]): Promise<{ blocked: string[] }>;
 }
 
-/** One call of the State service; `timeoutMs` is the request's own server-side timeout, if it has one. */
-export type StateCall = <Req, Res>(method: string, request: Req, timeoutMs?: number) => Promise<Res>;
-
 type WireCount = { region: string; count: string | number };
 type WireEntry = Omit<CrdtEntry, 'clock' | 'expires_at'> & { clock: WireCount[]; expires_at?: string };
 
@@ -92,7 +90,7 @@ function entryFromWire(e: WireEntry): CrdtEntry {
   return { key: e.key, type: e.type, value_json: e.value_json, clock: countsFromWire(e.clock), expires_at: e.expires_at ?? null };
 }
 
-export function stateClient(call: StateCall): StateClient {
+export function stateClient(call: ServiceCall): StateClient {
   return {
     update: async (request) => {
       const r = await call<CrdtUpdateRequest, Omit<CrdtUpdateResponse, 'entry'> & { entry: WireEntry }>('Update', request, request.timeout_ms || undefined);

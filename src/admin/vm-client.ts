@@ -8,6 +8,7 @@
  * decoder's extras (oneof markers) are dropped by rebuilding each message
  * field by field in .proto order.
  */
+import type { ServiceCall } from './client.ts';
 
 export const VM_SERVICE = 'dwcp.admin.v1.Vm';
 
@@ -134,9 +135,6 @@ export interface VmClient {
   estimateCost(request: EstimateCostRequest): Promise<EstimateCostResponse>;
 }
 
-/** One unary call on the Vm service; `serverTimeoutMs` is the request's own timeout, when it carries one. */
-export type VmCall = <Req, Res>(method: string, request: Req, serverTimeoutMs?: number) => Promise<Res>;
-
 /** A message as proto-loader decodes it: proto3 optional fields may be missing. */
 type Wire<T> = { [K in keyof T]: null extends T[K] ? Exclude<T[K], null> | undefined : T[K] };
 
@@ -194,7 +192,7 @@ function typeFromWire(t: Wire<VmInstanceType>): VmInstanceType {
   };
 }
 
-export function vmClient(call: VmCall): VmClient {
+export function vmClient(call: ServiceCall): VmClient {
   type InstanceWire = { instance: Wire<VmInstance>; warning?: string };
   const instanceCall = async <Req extends { timeout_ms: number }>(method: string, request: Req) =>
     instanceResponseFromWire(await call<Req, InstanceWire>(method, request, request.timeout_ms || undefined));
