@@ -4,15 +4,15 @@
  * lifecycle (a VM pending at shutdown settles to running on the next read).
  *
  * Invariants: the file is rewritten whole and atomically on every change
- * (state-file.ts); reads come from memory, as copies; the provider already
- * serialises its store accesses, and writes are queued besides, so the file
- * always holds the latest change. A corrupt file is moved aside and reported
+ * (state-file.ts); reads come from memory, as copies (MemoryVmStore); the
+ * provider already serialises its store accesses, and writes are queued
+ * besides, so the file always holds the latest change. A corrupt file is moved aside and reported
  * by `open`, and the store starts empty.
  */
 import { z } from 'zod';
 import { INSTANCE_STATES } from '../provider.ts';
 import { readStateFile, writeStateFile, WriteQueue } from '../state-file.ts';
-import type { LocalVmRecord, LocalVmStore } from './local-provider.ts';
+import { MemoryVmStore, type LocalVmRecord } from './local-provider.ts';
 
 const state = z.enum(INSTANCE_STATES);
 const RecordSchema = z.object({
@@ -34,14 +34,13 @@ const RecordSchema = z.object({
 });
 const FileSchema = z.object({ version: z.literal(1), vms: z.array(RecordSchema) });
 
-export class FileVmStore implements LocalVmStore {
+export class FileVmStore extends MemoryVmStore {
   readonly path: string;
-  readonly #records = new Map<string, LocalVmRecord>();
   readonly #writes = new WriteQueue();
 
   private constructor(path: string, records: LocalVmRecord[]) {
+    super(records);
     this.path = path;
-    for (const r of records) this.#records.set(r.id, r);
   }
 
   /** `corrupt` says where an unreadable file was moved and why; the store then starts empty. */
@@ -51,26 +50,19 @@ export class FileVmStore implements LocalVmStore {
     return { store: new FileVmStore(path, read.state === 'ok' ? read.value.vms : []), corrupt: null };
   }
 
-  async list(): Promise<LocalVmRecord[]> {
-    return [...this.#records.values()].map((r) => structuredClone(r));
-  }
-
-  async get(id: string): Promise<LocalVmRecord | undefined> {
-    const record = this.#records.get(id);
-    return record && structuredClone(record);
-  }
-
-  async put(record: LocalVmRecord): Promise<void> {
-    this.#records.set(record.id, structuredClone(record));
+  override async put(record: LocalVmRecord): Promise<void> {
+    await super.put(record);
     await this.#save();
   }
 
-  async delete(id: string): Promise<void> {
-    if (this.#records.delete(id)) await this.#save();
+  override async delete(id: string): Promise<void> {
+    if ((await this.get(id)) === undefined) return;
+    await super.delete(id);
+    await this.#save();
   }
 
   #save(): Promise<void> {
-    // The snapshot is taken when the write runs, so queued writes never store an older state over a newer one.
-    return this.#writes.run(() => writeStateFile(this.path, { version: 1, vms: [...this.#records.values()] }));
+    // The records are read when the write runs, so queued writes never store an older state over a newer one.
+    return this.#writes.run(async () => writeStateFile(this.path, { version: 1, vms: await this.list() }));
   }
 }

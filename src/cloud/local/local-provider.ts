@@ -82,6 +82,10 @@ export interface LocalVmStore {
 export class MemoryVmStore implements LocalVmStore {
   readonly #records = new Map<string, LocalVmRecord>();
 
+  constructor(records: readonly LocalVmRecord[] = []) {
+    for (const r of records) this.#records.set(r.id, structuredClone(r));
+  }
+
   async list(): Promise<LocalVmRecord[]> {
     return [...this.#records.values()].map((r) => structuredClone(r));
   }
