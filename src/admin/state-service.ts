@@ -14,7 +14,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
 import type { MemberDirectory } from '../federation/members.ts';
-import type { VectorClock } from '../state/clock/vector-clock.ts';
+import { clockCounters } from '../state/clock/vector-clock.ts';
 import { readJson, StateDecodeError } from '../state/crdt/decode.ts';
 import { canonicalJson, type JsonValue } from '../state/crdt/types.ts';
 import { CRDT_TYPES, entryKey, isCrdtType, splitKey, type CrdtType, type Entry } from '../state/entry.ts';
@@ -25,7 +25,7 @@ import type { TestFaults } from '../state/test-faults.ts';
 import { loadAdminPackage } from './client.ts';
 import { AdminCallError, asyncUnary, requireTimeout } from './call.ts';
 import type { AdminServiceRegistration } from './server.ts';
-import { STATE_SERVICE, type CrdtGetRequest, type CrdtUpdateRequest, type RegionCount, type StateDigestResponse } from './state-client.ts';
+import { STATE_SERVICE, type CrdtGetRequest, type CrdtUpdateRequest, type StateDigestResponse } from './state-client.ts';
 
 export function invalidArgument(message: string): AdminCallError {
   return new AdminCallError(grpc.status.INVALID_ARGUMENT, message);
@@ -53,17 +53,13 @@ export function geoFailure(err: unknown): unknown {
   return new AdminCallError(grpc.status.UNAVAILABLE, err.code === 'unavailable' ? `${err.message} (retryable)` : err.message);
 }
 
-export function clockToWire(clock: VectorClock): RegionCount[] {
-  return [...clock].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([region, count]) => ({ region, count }));
-}
-
 /** An entry as CrdtEntry (uint64 counts as numbers; the proto loader encodes them). */
 export function entryToWire(key: string, entry: Entry, value: JsonValue | undefined): Record<string, unknown> {
   return {
     key: splitKey(key).name,
     type: entry.type,
     value_json: value === undefined ? 'null' : canonicalJson(value),
-    clock: clockToWire(entry.clock),
+    clock: clockCounters(entry.clock),
     ...(entry.expiresAt === null ? {} : { expires_at: new Date(entry.expiresAt.wallMs).toISOString() }),
   };
 }
@@ -159,7 +155,7 @@ export function stateServiceRegistration(opts: StateAdminOptions): AdminServiceR
     const regions = rows.map((row) =>
       row.status === null
         ? { name: row.name, region: row.region, answered: false, digest: '', entries: 0, clock: [] }
-        : { name: row.name, region: row.region, answered: true, digest: Buffer.from(row.status.digest).toString('hex'), entries: row.status.entries, clock: clockToWire(row.status.clock) },
+        : { name: row.name, region: row.region, answered: true, digest: Buffer.from(row.status.digest).toString('hex'), entries: row.status.entries, clock: clockCounters(row.status.clock) },
     );
     const digests = new Set(regions.map((x) => x.digest));
     return { regions, converged: regions.every((x) => x.answered) && digests.size === 1 };

@@ -37,7 +37,7 @@ import { crc32 } from 'node:zlib';
 import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
 import type { Logger } from '../log.ts';
 import { chunkValue, validateChunking, type ChunkingOptions } from '../sync/chunker.ts';
-import { adoptHashList, chunkHashList, sha256Hex, valueHash, type ChunkRef, type Manifest } from '../sync/manifest.ts';
+import { adoptHashList, chunkHashList, sameChunking, sha256Hex, valueHash, type ChunkRef, type Manifest } from '../sync/manifest.ts';
 
 const HASH_BYTES = 32;
 const RECORD_HEADER_BYTES = HASH_BYTES + 4;
@@ -198,10 +198,6 @@ class Mutex {
 
 function packName(n: number): string {
   return `${String(n).padStart(8, '0')}.pack`;
-}
-
-function sameChunking(a: ChunkingOptions, b: ChunkingOptions): boolean {
-  return a.minSize === b.minSize && a.avgSize === b.avgSize && a.maxSize === b.maxSize;
 }
 
 /** A chunk with its hash, as appended to a pack. */

@@ -42,7 +42,7 @@ import { chooseCodec, type CodecChoiceOptions, type CodecMeasurements, type Link
 import { CodecError, codecFor, codecLabel, type CodecSpec } from '../codec/codecs.ts';
 import { decodeFrame, encodeFrame, FRAME_HEADER_BYTES, frameFromPayload, readFrameHeader } from '../codec/frame.ts';
 import { FrameError, FramedStream, type FrameEvents } from '../net/framing.ts';
-import type { ChunkRef, Manifest } from '../sync/manifest.ts';
+import { sameChunking, type ChunkRef, type Manifest } from '../sync/manifest.ts';
 import { BlobStoreError, checkBlobKey, type BlobStore, type StagedValue } from './store.ts';
 import type { BlobMetrics, BlobRejectReason, TransferKind } from './metrics.ts';
 import { TransferProgress } from './progress.ts';
@@ -745,7 +745,7 @@ export class BlobReceiver {
       if (offer.baselineVersion !== '') {
         const held = store.current(offer.key);
         baseline = held?.version === offer.baselineVersion ? store.manifest(held.version, offer.key) : undefined;
-        if (baseline === undefined || baseline.chunking.minSize !== offer.chunking.minSize || baseline.chunking.avgSize !== offer.chunking.avgSize || baseline.chunking.maxSize !== offer.chunking.maxSize) {
+        if (baseline === undefined || !sameChunking(baseline.chunking, offer.chunking)) {
           await this.#reject(ch, 'baseline_missing', `${offer.key}: this member holds ${held === undefined ? 'no version' : `version ${held.version}`}, not baseline ${offer.baselineVersion}`);
           return;
         }

@@ -218,12 +218,7 @@ export class KvService {
         throw err;
       }
     }
-    const machine = this.#opts.replica.machine;
-    if (!req.prefix) {
-      const entry = machine.get(req.key);
-      return { entries: entry === null ? [] : [entry], appliedIndex: node.applied };
-    }
-    return { entries: machine.range(req.key, rangeLimit(req)).entries, appliedIndex: node.applied };
+    return readMachine(this.#opts.replica.machine, req, node.applied);
   }
 
   /** Which log serves each scope on this node, and how many replicas it has. */
@@ -274,11 +269,7 @@ export class KvService {
 
   async #pbftRead(pbft: KvPbftPath, req: KvReadRequest): Promise<KvReadOutcome> {
     const limit = rangeLimit(req);
-    if (req.consistency === 'local') {
-      const machine = pbft.replica.machine;
-      const entries = req.prefix ? machine.range(req.key, limit).entries : [machine.get(req.key)].filter((e): e is KvEntry => e !== null);
-      return { entries, appliedIndex: machine.appliedIndex };
-    }
+    if (req.consistency === 'local') return readMachine(pbft.replica.machine, req, pbft.replica.machine.appliedIndex);
     // Read-only requests are ordered like writes (no read-only optimisation; see the PBFT core).
     const op: KvCommand = req.prefix
       ? { clientId: this.#opts.self, seq: 1, op: 'range', prefix: req.key, limit, after: '' }
@@ -405,6 +396,15 @@ export class KvService {
       }
     }
   }
+}
+
+/** A key or a prefix straight from a replica's state machine (no ordering, no barrier). */
+function readMachine(machine: KvStateMachine, req: KvReadRequest, appliedIndex: number): KvReadOutcome {
+  if (!req.prefix) {
+    const entry = machine.get(req.key);
+    return { entries: entry === null ? [] : [entry], appliedIndex };
+  }
+  return { entries: machine.range(req.key, rangeLimit(req)).entries, appliedIndex };
 }
 
 function rangeLimit(req: KvReadRequest): number {

@@ -73,8 +73,20 @@ export function judgeHello(hello: Hello, remotePeer: string, ctx: HelloContext):
   return null;
 }
 
-/** Runs the exchange on an open hello stream; never throws, always closes or resets the stream. */
-export async function exchangeHello(stream: Stream, connection: Connection, ctx: HelloContext, signal: AbortSignal): Promise<HelloOutcome> {
+/**
+ * Runs the exchange on an open hello stream; never throws, always closes or
+ * resets the stream. `onRefused` hears this node's own refusal the moment it
+ * is judged, before anything more is sent: the refused peer may close the
+ * connection as soon as it reads the verdict, and a caller that also listens
+ * for the connection closing must already know the real reason by then.
+ */
+export async function exchangeHello(
+  stream: Stream,
+  connection: Connection,
+  ctx: HelloContext,
+  signal: AbortSignal,
+  onRefused?: (outcome: HelloOutcome) => void,
+): Promise<HelloOutcome> {
   const framed = new FramedStream<HelloFrame, HelloFrame>(stream, {
     protocol: HELLO_PROTOCOL,
     maxFrameBytes: HELLO_MAX_FRAME_BYTES,
@@ -83,16 +95,25 @@ export async function exchangeHello(stream: Stream, connection: Connection, ctx:
     events: ctx.events,
   });
   const remotePeer = connection.remotePeer.toString();
+  // This node's own judgement, once made, is the outcome whatever the peer
+  // does next: a peer we refused may close before its verdict reaches us, and
+  // reporting that as a failed read would hide the real reason.
+  let verdict: { reason: RefusalReason; message: string } | null | undefined;
   try {
     await framed.write({ kind: 'hello', hello: localHello(ctx) }, { signal });
     const theirs = await framed.read({ signal });
     if (theirs?.kind !== 'hello') throw new HelloProtocolError(`expected a hello from ${remotePeer}, got ${theirs ? theirs.kind : 'end of stream'}`);
-    const verdict = judgeHello(theirs.hello, remotePeer, ctx);
+    verdict = judgeHello(theirs.hello, remotePeer, ctx);
+    if (verdict) onRefused?.({ accepted: false, ...verdict, by: 'local' });
     await framed.write({ kind: 'result', result: { accepted: verdict === null, reason: verdict?.message ?? '' } }, { signal });
+    if (verdict) {
+      // Our refusal stands; the peer's verdict no longer matters, so do not wait on it.
+      await framed.close().catch(() => {});
+      return { accepted: false, ...verdict, by: 'local' };
+    }
     const answer = await framed.read({ signal });
     if (answer?.kind !== 'result') throw new HelloProtocolError(`expected a hello verdict from ${remotePeer}, got ${answer ? answer.kind : 'end of stream'}`);
     await framed.close().catch(() => {});
-    if (verdict) return { accepted: false, ...verdict, by: 'local' };
     if (!answer.result.accepted) {
       return { accepted: false, reason: 'hello_failed', message: `peer ${remotePeer} refused this node: ${answer.result.reason}`, by: 'remote' };
     }
@@ -100,6 +121,7 @@ export async function exchangeHello(stream: Stream, connection: Connection, ctx:
   } catch (err) {
     const message = err instanceof FrameError || err instanceof HelloProtocolError ? err.message : `hello with ${remotePeer} failed: ${(err as Error).message}`;
     framed.reset(err instanceof Error ? err : new Error(String(err)));
+    if (verdict) return { accepted: false, ...verdict, by: 'local' };
     return { accepted: false, reason: 'hello_failed', message, by: 'local' };
   }
 }

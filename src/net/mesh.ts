@@ -238,7 +238,7 @@ export class MemberMesh {
       const signal = AbortSignal.timeout(timeoutMs);
       connection
         .newStream(HELLO_PROTOCOL, { signal })
-        .then((stream) => exchangeHello(stream, connection, this.#helloContext, signal))
+        .then((stream) => exchangeHello(stream, connection, this.#helloContext, signal, hello.resolve))
         .catch((err: Error): HelloOutcome => ({ accepted: false, reason: 'hello_failed', message: `cannot open hello stream: ${err.message}`, by: 'local' }))
         .then((outcome) => hello.resolve(outcome));
     } else {
@@ -255,7 +255,7 @@ export class MemberMesh {
   #onHelloStream(stream: Stream, connection: Connection): void {
     const hello = this.#helloFor(connection);
     const signal = AbortSignal.timeout(this.#opts.config.network.helloTimeoutMs);
-    void exchangeHello(stream, connection, this.#helloContext, signal).then((outcome) => hello.resolve(outcome));
+    void exchangeHello(stream, connection, this.#helloContext, signal, hello.resolve).then((outcome) => hello.resolve(outcome));
   }
 
   #onHelloDone(connection: Connection, outcome: HelloOutcome): void {

@@ -34,7 +34,7 @@ import { decodeFrame, encodeFrame } from '../codec/frame.ts';
 import { CodecError, type CodecSpec } from '../codec/codecs.ts';
 import type { LinkMode } from '../federation/link-mode.ts';
 import type { Hlc } from './clock/hlc.ts';
-import type { VectorClock } from './clock/vector-clock.ts';
+import { clockCounters, type VectorClock } from './clock/vector-clock.ts';
 import { MAX_REGION_LENGTH, StateDecodeError } from './crdt/decode.ts';
 import { ENTRY_HASH_BYTES, MAX_ENTRY_BYTES, readKey, splitKey, stateBytes, stateFromBytes } from './entry.ts';
 import type { EntrySummary, EntryUpdate, EntryWant, ReplicaStatus, SyncMessage } from './messages.ts';
@@ -245,18 +245,14 @@ export function decodeSyncMessage(bytes: Uint8Array): SyncFrame {
 
 // ------------------------------------------------------------ core -> wire
 
-function counters(clock: VectorClock): { region: string; count: number }[] {
-  return [...clock].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([region, count]) => ({ region, count }));
-}
-
 function updateToWire(u: EntryUpdate): Record<string, unknown> {
   return {
     key: u.key,
     state: stateBytes(u.type, u.state),
-    clock: counters(u.clock),
+    clock: clockCounters(u.clock),
     ...(u.expiresAt === null ? {} : { expiresAt: { wallMs: u.expiresAt.wallMs, logical: u.expiresAt.logical } }),
     delta: u.since !== null,
-    since: u.since === null ? [] : counters(u.since),
+    since: u.since === null ? [] : clockCounters(u.since),
   };
 }
 
@@ -284,21 +280,21 @@ function bodyToWire(frame: SyncFrame): Record<string, unknown> {
       checkItems('summaries', frame.summaries.length);
       return {
         session: frame.session,
-        summaries: frame.summaries.map((s) => ({ key: s.key, clock: counters(s.clock), hash: s.hash, stateVector: s.stateVector })),
+        summaries: frame.summaries.map((s) => ({ key: s.key, clock: clockCounters(s.clock), hash: s.hash, stateVector: s.stateVector })),
         buckets: frame.buckets,
         done: frame.done,
         truncated: frame.truncated,
       };
     case 'want':
       checkItems('wants', frame.wants.length);
-      return { session: frame.session, wants: frame.wants.map((w) => ({ key: w.key, clock: counters(w.clock), stateVector: w.stateVector })), done: frame.done };
+      return { session: frame.session, wants: frame.wants.map((w) => ({ key: w.key, clock: clockCounters(w.clock), stateVector: w.stateVector })), done: frame.done };
     case 'updates':
       checkItems('updates', frame.updates.length);
       return { session: frame.session, reply: frame.reply, updates: frame.updates.map(updateToWire), done: frame.done, truncated: frame.truncated };
     case 'status-request':
       return { id: frame.id };
     case 'status-reply':
-      return { id: frame.id, digest: frame.status.digest, entries: frame.status.entries, clock: counters(frame.status.clock) };
+      return { id: frame.id, digest: frame.status.digest, entries: frame.status.entries, clock: clockCounters(frame.status.clock) };
   }
 }
 

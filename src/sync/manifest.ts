@@ -119,7 +119,8 @@ export interface DeltaPlan {
   reusedBytes: number;
 }
 
-function sameChunking(a: ChunkingOptions, b: ChunkingOptions): boolean {
+/** Whether two chunkings are the same, so that chunks cut with them can match. */
+export function sameChunking(a: ChunkingOptions, b: ChunkingOptions): boolean {
   return a.minSize === b.minSize && a.avgSize === b.avgSize && a.maxSize === b.maxSize;
 }
 

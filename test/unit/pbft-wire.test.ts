@@ -38,9 +38,9 @@ import {
   decodePbftFrame,
   encodePbftFrames,
   pbftStateMessageBytes,
-  replyProblem,
   type PbftFrame,
 } from '../../src/consensus/pbft/wire.ts';
+import { replyProblem } from '../../src/consensus/pbft/validate.ts';
 import { FakeKeys, encodeOp, type KvOp } from '../sim/pbft-harness.ts';
 import { frameErrorOf } from '../support/frame-error.ts';
 

@@ -1,7 +1,8 @@
 /**
- * Structural checks on a PBFT message before the core looks at it. Peers may
- * be Byzantine, so a malformed message is never an exception: it is dropped
- * and counted ('malformed') with the field named for logs and tests. Nested
+ * Structural checks on a PBFT message or reply before the core or the wire
+ * looks at it. Peers may be Byzantine, so a malformed message is never an
+ * exception: it is dropped and counted ('malformed') with the field named for
+ * logs and tests. Nested
  * messages (certificates, batches) are checked as deeply as the outer one,
  * so the rest of the core may trust field types.
  * Semantics (views, windows, quorums, signatures) are not this module's job.
@@ -67,6 +68,18 @@ export function clientRequestProblem(v: unknown, field = 'request'): Problem {
     bytes(v['operation'], `${field}.operation`),
     typeof v['readOnly'] === 'boolean' ? null : `${field}.readOnly must be a boolean`,
     bytes(v['signature'], `${field}.signature`),
+  );
+}
+
+/** Null if `v` has the shape of a Reply, else the first problem, naming the field (as messageProblem does). */
+export function replyProblem(v: unknown, field = 'reply'): Problem {
+  if (!isRecord(v)) return `${field} must be an object`;
+  return first(
+    signed(v, field, 'reply'),
+    counter(v['view'], `${field}.view`),
+    text(v['client'], `${field}.client`),
+    counter(v['timestamp'], `${field}.timestamp`),
+    bytes(v['result'], `${field}.result`),
   );
 }
 

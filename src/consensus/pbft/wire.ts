@@ -24,7 +24,7 @@ import { FrameError } from '../../net/framing.ts';
 import { decodeCanonical, encodeCanonical, type Canonical } from './encoding.ts';
 import type { PbftConfig, PbftMessage, ReplicaId, Reply } from './types.ts';
 import { PbftInputError } from './types.ts';
-import { messageProblem } from './validate.ts';
+import { messageProblem, replyProblem } from './validate.ts';
 
 export const PBFT_PROTOCOL = '/dwcp/pbft/1.0.0';
 
@@ -111,21 +111,6 @@ export function checkPbftConfigForWire(config: PbftConfig, maxFrameBytes: number
 // ------------------------------------------------------------ shape checks
 
 type Problem = string | null;
-
-/** Null if `v` has the shape of a Reply, else the first problem, naming the field (as messageProblem does). */
-export function replyProblem(v: unknown, field = 'reply'): Problem {
-  if (typeof v !== 'object' || v === null || Array.isArray(v) || v instanceof Uint8Array) return `${field} must be an object`;
-  const r = v as Record<string, unknown>;
-  const counter = (key: string): Problem =>
-    typeof r[key] === 'number' && Number.isSafeInteger(r[key]) && r[key] >= 0 ? null : `${field}.${key} must be a non-negative integer`;
-  const text = (key: string): Problem => {
-    const s = r[key];
-    return typeof s === 'string' && s.length > 0 && s.length <= 256 ? null : `${field}.${key} must be a non-empty string of at most 256 characters`;
-  };
-  const bytes = (key: string): Problem => (r[key] instanceof Uint8Array ? null : `${field}.${key} must be bytes`);
-  if (r['type'] !== 'reply') return `${field}.type must be reply`;
-  return text('from') ?? bytes('signature') ?? counter('view') ?? text('client') ?? counter('timestamp') ?? bytes('result');
-}
 
 function isPlainObject(v: Canonical): v is { readonly [key: string]: Canonical | undefined } {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);

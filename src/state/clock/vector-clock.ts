@@ -70,6 +70,11 @@ export function dominates(a: VectorClock, b: VectorClock): boolean {
   return true;
 }
 
+/** The clock as a list in region order, the shape the sync wire and the admin API carry. */
+export function clockCounters(clock: VectorClock): { region: RegionId; count: number }[] {
+  return sortedEntries(clock).map(([region, count]) => ({ region, count }));
+}
+
 /** JSON object with regions in sorted order (zero counters never appear). */
 export function encodeClock(clock: VectorClock): Record<RegionId, number> {
   return Object.fromEntries(sortedEntries(clock));
