@@ -34,6 +34,7 @@ import { stateServiceRegistration } from '../admin/state-service.ts';
 import { loadOrCreateIdentity, type Identity } from './identity.ts';
 import { notifySystemd } from './notify.ts';
 import { VERSION } from './version.ts';
+import { planReload } from './reload.ts';
 
 export const STOP_BUDGET_MS = 9_000;
 /** Part of the stop budget a Raft leader may spend handing leadership over. */
@@ -243,15 +244,21 @@ export class Daemon {
   }
 
   /**
-   * Applies what can change without a restart: log level and the member list
-   * (the gater reads the directory, so it follows at once). Other changed
-   * settings are reported as needing a restart.
+   * Applies what can change without a restart (log level, member list: the
+   * gater reads the directory, so it follows at once), or refuses the whole
+   * reload when it would change trust or consensus membership (src/daemon/reload.ts).
    */
   async reload(next: DwcpConfig): Promise<void> {
     const prev = this.#config;
-    const needRestart = (['federation', 'node', 'listen', 'dataDir', 'adminSocket', 'metricsListen', 'network', 'clouds', 'blob', 'state'] as const).filter(
-      (k) => JSON.stringify(prev[k]) !== JSON.stringify(next[k]),
-    );
+    const plan = planReload(prev, next);
+    if (plan.kind === 'refuse') {
+      this.#log.error(
+        { changes: plan.changes },
+        `reload refused: ${plan.changes.join('; ')} changes who runs which consensus log, which needs a coordinated restart of every member; keeping the running configuration`,
+      );
+      return;
+    }
+    const { needRestart } = plan;
     this.#config = { ...prev, logLevel: next.logLevel, members: next.members };
     const changes = this.members.replace(next.members);
     await this.mesh.applyMemberChanges(changes);

@@ -249,6 +249,35 @@ describe('dwcpd process', () => {
     expect(metricValue(await da.scrape(), 'dwcp_members_connected')).toBe(0);
   });
 
+  it('refuses, whole, a SIGHUP that flips a member\'s trust, and keeps the running configuration', async () => {
+    const dir = await root('trustflip');
+    const [a, b, c, d] = await Promise.all(['a', 'b', 'c', 'd'].map((n) => prepareNode(dir, n)));
+    const member = (n: NodeFiles, extra: Record<string, unknown> = {}) => ({ name: n.name, peerId: n.peerId, region: `r-${n.name}`, provider: 'onprem', ...extra });
+    // Four trusted members (c and d never start): enough that d turning untrusted is a valid file (n >= 3f + 1 for PBFT).
+    const da = await start(a!, baseConfig(a!, { members: [member(b!), member(c!), member(d!)], logLevel: 'info' }));
+    const aAddrs = (await da.serving()).listen;
+    const db = await start(b!, baseConfig(b!, { members: [member(a!, { addrs: aAddrs }), member(c!), member(d!)] }));
+    await Promise.all([da.waitForLog(connectedTo('b'), 'b connected'), db.waitForLog(connectedTo('a'), 'a connected')]);
+
+    await writeConfig(a!, baseConfig(a!, { members: [member(b!), member(c!), member(d!, { trust: 'untrusted' })], logLevel: 'debug' }));
+    const mark = da.lines.length;
+    da.child.kill('SIGHUP');
+    const refused = await da.waitForLog((l) => String(l.msg).startsWith('reload refused'), 'reload refused', mark);
+    expect(refused.changes).toEqual(['member d: trust trusted -> untrusted', 'federation scope: Raft -> PBFT']);
+    expect(String(refused.msg)).toContain('coordinated restart');
+    expect(da.lines.slice(mark).some((l) => String(l.msg).startsWith('configuration reloaded'))).toBe(false);
+
+    // Nothing of the refused file applied: d still trusted, the federation scope still on Raft, the log level unchanged.
+    const status = JSON.parse((await runCtl(['--socket', a!.socket, 'status', '--json'])).stdout) as {
+      members: { name: string; trust: string; connected: boolean }[];
+      scopes: { scope: string; protocol: string }[];
+    };
+    expect(status.members.map((m) => [m.name, m.trust])).toEqual([['b', 'trusted'], ['c', 'trusted'], ['d', 'trusted']]);
+    expect(status.members.find((m) => m.name === 'b')?.connected).toBe(true);
+    expect(status.scopes).toEqual(expect.arrayContaining([expect.objectContaining({ scope: 'federation', protocol: 'raft' })]));
+    expect(da.lines.slice(mark).some((l) => l.level === 'debug')).toBe(false);
+  }, 60_000);
+
   it('dwcpd id prints the peer ID and init writes a key and a config that validates', async () => {
     const dir = await root('init');
     const res = await runDwcpd(['init', '--data-dir', join(dir, 'n'), '--name', 'dc9', '--region', 'eu-1', '--provider', 'private']);
