@@ -102,3 +102,25 @@ export function formatScopes(scopes: readonly ScopeInfo[]): string {
     scopes.map((x) => [x.scope, x.protocol, x.protocol === 'none' ? UNKNOWN : String(x.replicas)]),
   );
 }
+
+/**
+ * Word-wraps `text` to `width` columns: the first line after `firstIndent`,
+ * the rest after `restIndent`. A word longer than a line (a socket path) gets
+ * a line of its own rather than being cut.
+ */
+export function wrapText(text: string, width: number, firstIndent: string, restIndent: string): string[] {
+  const lines: string[] = [];
+  let line = firstIndent;
+  let empty = true;
+  for (const word of text.split(/ +/)) {
+    if (!empty && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = restIndent;
+      empty = true;
+    }
+    line += empty ? word : ` ${word}`;
+    empty = false;
+  }
+  lines.push(line);
+  return lines;
+}

@@ -3,7 +3,7 @@
  * dwcpctl: the operator's command line for a local dwcpd, over the admin
  * socket.
  *
- *   dwcpctl [--socket PATH] [--timeout MS] <command> [--json]
+ *   dwcpctl [--socket PATH] [--timeout DURATION] <command> [--json]
  *
  * Contract with scripts: exit 0 on success; on failure exactly one line
  * "dwcpctl: <reason>" on stderr and exit 1; a usage error (unknown command or
@@ -16,8 +16,8 @@
  */
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
 import { connectAdmin, type AdminClient } from '../admin/client.ts';
-import { UsageError, type CliIo, type Command, type FlagValues } from './command.ts';
-import { formatJson, formatMembers, formatStatus } from './format.ts';
+import { durationFlag, UsageError, type CliIo, type Command, type FlagValues } from './command.ts';
+import { formatJson, formatMembers, formatStatus, wrapText } from './format.ts';
 import { KV_COMMAND, RAFT_COMMAND } from './kv-raft.ts';
 import { PBFT_COMMAND } from './pbft.ts';
 import { COST_COMMAND, VM_COMMAND } from './vm.ts';
@@ -28,7 +28,7 @@ import { defaultAdminSocket } from '../config/paths.ts';
 
 const DEFAULT_TIMEOUT_MS = 5000;
 const MAX_TIMEOUT_MS = 3_600_000;
-const USAGE = 'usage: dwcpctl [--socket PATH] [--timeout MS] <command> [--json]';
+const USAGE = 'usage: dwcpctl [--socket PATH] [--timeout DURATION] <command> [--json]';
 
 const GLOBAL_OPTIONS = {
   socket: { type: 'string' },
@@ -82,9 +82,18 @@ export const COMMANDS: readonly Command[] = [
   },
 ];
 
+/** Help lines are wrapped to the terminal ($COLUMNS), at most HELP_MAX_COLUMNS and never narrower than HELP_MIN_COLUMNS. */
+const HELP_MAX_COLUMNS = 100;
+const HELP_MIN_COLUMNS = 40;
+
 export async function helpText(env: NodeJS.ProcessEnv): Promise<string> {
-  const width = Math.max(...COMMANDS.map((c) => (c.args ? `${c.name} ${c.args}` : c.name).length));
-  const commands = COMMANDS.map((c) => `  ${(c.args ? `${c.name} ${c.args}` : c.name).padEnd(width)}  ${c.summary}`);
+  const columns = Number(env.COLUMNS);
+  const width = Number.isInteger(columns) && columns > 0 ? Math.max(HELP_MIN_COLUMNS, Math.min(columns, HELP_MAX_COLUMNS)) : HELP_MAX_COLUMNS;
+  // Synopsis on its own line, the summary indented under it: a long synopsis never pushes the text off screen.
+  const commands = COMMANDS.flatMap((c) => [
+    ...wrapText(c.args ? `${c.name} ${c.args}` : c.name, width, '  ', '      '),
+    ...wrapText(c.summary, width, '      ', '      '),
+  ]);
   return [
     USAGE,
     '',
@@ -94,9 +103,9 @@ export async function helpText(env: NodeJS.ProcessEnv): Promise<string> {
     ...commands,
     '',
     'Global flags (before or after the command):',
-    `  --socket PATH   admin socket (env DWCP_SOCKET; default ${await resolveSocket(undefined, env)})`,
-    `  --timeout MS    deadline for each call in milliseconds (default ${DEFAULT_TIMEOUT_MS})`,
-    '  --json          print JSON (snake_case fields as in the admin API) instead of tables',
+    ...wrapText(`--socket PATH   admin socket (env DWCP_SOCKET; default ${await resolveSocket(undefined, env)})`, width, '  ', '                  '),
+    ...wrapText(`--timeout D     deadline for each call: 500ms, 2s, 1m or plain milliseconds (default ${DEFAULT_TIMEOUT_MS / 1000}s)`, width, '  ', '                  '),
+    ...wrapText('--json          print JSON (snake_case fields as in the admin API) instead of tables', width, '  ', '                  '),
     '  -h, --help      show this help',
     '',
   ].join('\n');
@@ -120,10 +129,7 @@ function parse(argv: string[], options: ParseArgsOptionsConfig, strict: boolean)
 }
 
 function parseTimeout(raw: string | boolean | (string | boolean)[] | undefined): number {
-  if (raw === undefined) return DEFAULT_TIMEOUT_MS;
-  const n = typeof raw === 'string' && /^\d+$/.test(raw) ? Number(raw) : NaN;
-  if (!(n >= 1 && n <= MAX_TIMEOUT_MS)) throw new UsageError(`--timeout: ${JSON.stringify(raw)} is not a whole number of milliseconds from 1 to ${MAX_TIMEOUT_MS}`);
-  return n;
+  return raw === undefined ? DEFAULT_TIMEOUT_MS : durationFlag('timeout', raw, 1, MAX_TIMEOUT_MS);
 }
 
 /** --socket, else $DWCP_SOCKET, else the daemon's built-in default. */

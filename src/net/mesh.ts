@@ -67,6 +67,14 @@ export class MemberMesh {
   readonly #links = new Map<string, MemberLink>();
   /** Hello outcome per connection id, created by whichever of dial or handler sees it first. */
   readonly #hellos = new Map<string, PromiseWithResolvers<HelloOutcome>>();
+  /**
+   * This node's own refusal of a connection, noted the moment hello judges it
+   * and before the verdict is sent: the refused peer may close the connection
+   * as soon as it reads the verdict, and the close must then report the real
+   * reason, not "closed during hello". Noting it must not close anything: the
+   * peer has yet to read the verdict that tells it why.
+   */
+  readonly #refusals = new Map<string, HelloOutcome>();
   readonly #log: Logger;
   #pingTimer: NodeJS.Timeout | undefined;
   #stopping = false;
@@ -238,7 +246,7 @@ export class MemberMesh {
       const signal = AbortSignal.timeout(timeoutMs);
       connection
         .newStream(HELLO_PROTOCOL, { signal })
-        .then((stream) => exchangeHello(stream, connection, this.#helloContext, signal, hello.resolve))
+        .then((stream) => exchangeHello(stream, connection, this.#helloContext, signal, this.#noteRefusal(connection)))
         .catch((err: Error): HelloOutcome => ({ accepted: false, reason: 'hello_failed', message: `cannot open hello stream: ${err.message}`, by: 'local' }))
         .then((outcome) => hello.resolve(outcome));
     } else {
@@ -255,7 +263,11 @@ export class MemberMesh {
   #onHelloStream(stream: Stream, connection: Connection): void {
     const hello = this.#helloFor(connection);
     const signal = AbortSignal.timeout(this.#opts.config.network.helloTimeoutMs);
-    void exchangeHello(stream, connection, this.#helloContext, signal, hello.resolve).then((outcome) => hello.resolve(outcome));
+    void exchangeHello(stream, connection, this.#helloContext, signal, this.#noteRefusal(connection)).then((outcome) => hello.resolve(outcome));
+  }
+
+  #noteRefusal(connection: Connection): (outcome: HelloOutcome) => void {
+    return (outcome) => this.#refusals.set(connection.id, outcome);
   }
 
   #onHelloDone(connection: Connection, outcome: HelloOutcome): void {
@@ -285,8 +297,10 @@ export class MemberMesh {
   }
 
   #onConnectionClose(connection: Connection): void {
-    this.#hellos.get(connection.id)?.resolve({ accepted: false, reason: 'hello_failed', message: 'connection closed during hello', by: 'local' });
+    const refusal = this.#refusals.get(connection.id);
+    this.#hellos.get(connection.id)?.resolve(refusal ?? { accepted: false, reason: 'hello_failed', message: 'connection closed during hello', by: 'local' });
     this.#hellos.delete(connection.id);
+    this.#refusals.delete(connection.id);
     const link = this.#links.get(connection.remotePeer.toString());
     if (!link || !link.verified.delete(connection.id) || link.verified.size > 0) return;
     link.lastSeen = new Date();

@@ -144,6 +144,9 @@ describe('dwcpctl kv', () => {
     answers.set('Get', { items: [item('k', 'hello', 5)], applied_index: 6 });
     expect(await ctl('kv', 'get', 'k')).toEqual({ code: 0, stdout: 'hello\n', stderr: '' });
     expect(seen[0]?.request).toEqual({ key: 'k', consistency: 'strong', scope: 'datacenter', prefix: false, limit: 0, timeout_ms: 5000 });
+    // --timeout takes a duration as etcdctl's --command-timeout does.
+    expect(await ctl('--timeout', '2s', 'kv', 'get', 'k')).toEqual({ code: 0, stdout: 'hello\n', stderr: '' });
+    expect(seen.splice(1, 1)[0]?.request).toMatchObject({ key: 'k', timeout_ms: 2000 });
 
     answers.set('Get', { items: [item('p/a', '1', 5), item('p/bb', 'two', 12)], applied_index: 12 });
     const table = await ctl('kv', 'get', 'p/', '--prefix', '--limit', '2', '--consistency', 'serializable', '--scope', 'federation');

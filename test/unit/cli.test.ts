@@ -146,8 +146,11 @@ async function mainInProcess(args: string[]): Promise<CliRun> {
 
 describe('dwcpctl argument checks', () => {
   it.each([
-    [['--timeout', 'soon', 'status'], /^dwcpctl: --timeout: "soon" is not a whole number of milliseconds from 1 to 3600000$/],
+    [['--timeout', 'soon', 'status'], /^dwcpctl: --timeout: "soon" is not a duration from 1 ms to 3600000 ms \(e\.g\. 500ms, 2s, 1m, or milliseconds\)$/],
     [['status', '--timeout', '0'], /^dwcpctl: --timeout: "0" is not/],
+    [['status', '--timeout', '2d'], /^dwcpctl: --timeout: "2d" is not/],
+    [['status', '--timeout', '0.5ms'], /^dwcpctl: --timeout: "0.5ms" is not/],
+    [['status', '--timeout', '2h'], /^dwcpctl: --timeout: "2h" is not/],
     [['status', '--timeout'], /^dwcpctl: flag --timeout needs a value$/],
     [['members', 'beta'], /^dwcpctl: members takes no arguments \(got "beta"\)$/],
     [['--socket', '', 'status'], /^dwcpctl: --socket needs a path$/],
@@ -241,8 +244,22 @@ describe('dwcpctl end to end', () => {
   it('prints help and version, exit 0', async () => {
     const help = await dwcpctl(['--help']);
     expect(help.code).toBe(0);
-    for (const command of ['status', 'members', 'version', 'help']) expect(help.stdout).toMatch(new RegExp(`^  ${command} `, 'm'));
+    for (const command of ['status', 'members', 'version', 'help']) expect(help.stdout).toMatch(new RegExp(`^  ${command}( |$)`, 'm'));
+    // Wrapped for a terminal: no line past 100 columns (socket paths aside, which are never cut).
+    for (const line of help.stdout.split('\n')) if (!line.includes('/')) expect(line.length, line).toBeLessThanOrEqual(100);
     expect((await dwcpctl(['help'])).stdout).toBe(help.stdout);
     expect(await dwcpctl(['version'])).toEqual({ code: 0, stdout: `dwcpctl ${VERSION}\n`, stderr: '' });
+  });
+});
+
+describe('durationFlag', () => {
+  it('reads units and plain milliseconds, and refuses what is not a whole millisecond in range', async () => {
+    const { durationFlag } = await import('../../src/cli/command.ts');
+    expect(durationFlag('t', '500ms', 1, 10_000)).toBe(500);
+    expect(durationFlag('t', '2s', 1, 10_000)).toBe(2000);
+    expect(durationFlag('t', '1.5s', 1, 10_000)).toBe(1500);
+    expect(durationFlag('t', '250', 1, 10_000)).toBe(250);
+    expect(durationFlag('t', '1m', 1, 3_600_000)).toBe(60_000);
+    for (const bad of ['', 's', '-1s', '1.0001s', '11s', '1 s', '0']) expect(() => durationFlag('t', bad, 1, 10_000), bad).toThrow(/^--t: /);
   });
 });
