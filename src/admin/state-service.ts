@@ -21,7 +21,7 @@ import { CRDT_TYPES, entryKey, isCrdtType, splitKey, type CrdtType, type Entry }
 import { GeoStateError, type GeoState } from '../state/geo-state.ts';
 import type { CrdtOp } from '../state/ops.ts';
 import { GEO_LEVELS, type GeoLevel } from '../state/replica.ts';
-import type { TestFaults } from '../state/test-faults.ts';
+import type { TestFaults } from '../net/test-faults.ts';
 import { loadAdminPackage } from './client.ts';
 import { AdminCallError, asyncUnary, requireTimeout } from './call.ts';
 import type { AdminServiceRegistration } from './server.ts';

@@ -15,7 +15,7 @@
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { CODEC_ERROR_REASONS } from '../codec/codecs.ts';
-import type { BaselineCacheStats } from '../sync/baseline-cache.ts';
+import type { BaselineCacheStats } from './baseline-cache.ts';
 
 /** Why a member's blob input was refused: a codec frame's reason, or a chunk, chunk list or exchange that breaks the protocol. */
 export const BLOB_REJECT_REASONS = [...CODEC_ERROR_REASONS, 'chunk-hash', 'manifest', 'protocol'] as const;

@@ -32,9 +32,9 @@ import { CodecMeasurements, DEFAULT_CODEC_CHOICE, LinkEstimate, type CodecChoice
 import { frameEventsFor, MUXER_STREAM_OPTIONS, type FrameEvents } from '../net/framing.ts';
 import type { MemberMesh } from '../net/mesh.ts';
 import type { DwcpMetrics } from '../metrics/metrics.ts';
-import { BaselineCache, type BaselineCacheEntry, type BaselineCacheStats } from '../sync/baseline-cache.ts';
-import { chunkingForAverage } from '../sync/chunker.ts';
-import type { Manifest } from '../sync/manifest.ts';
+import { BaselineCache, type BaselineCacheEntry, type BaselineCacheStats } from './baseline-cache.ts';
+import { chunkingForAverage } from './chunker.ts';
+import type { Manifest } from './manifest.ts';
 import type { BlobSettings } from './config.ts';
 import type { BlobMetrics, TransferDirection, TransferKind } from './metrics.ts';
 import { TransferProgress, type ProgressSnapshot } from './progress.ts';

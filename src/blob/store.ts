@@ -36,8 +36,8 @@ import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
 import type { Logger } from '../log.ts';
-import { chunkValue, validateChunking, type ChunkingOptions } from '../sync/chunker.ts';
-import { adoptHashList, chunkHashList, sameChunking, sha256Hex, valueHash, type ChunkRef, type Manifest } from '../sync/manifest.ts';
+import { chunkValue, validateChunking, type ChunkingOptions } from './chunker.ts';
+import { adoptHashList, chunkHashList, sameChunking, sha256Hex, valueHash, type ChunkRef, type Manifest } from './manifest.ts';
 
 const HASH_BYTES = 32;
 const RECORD_HEADER_BYTES = HASH_BYTES + 4;

@@ -40,9 +40,9 @@ import type { LinkMode } from '../federation/link-mode.ts';
 import type { Logger } from '../log.ts';
 import { chooseCodec, type CodecChoiceOptions, type CodecMeasurements, type LinkEstimate } from '../codec/choice.ts';
 import { CodecError, codecFor, codecLabel, type CodecSpec } from '../codec/codecs.ts';
-import { decodeFrame, encodeFrame, FRAME_HEADER_BYTES, frameFromPayload, readFrameHeader } from '../codec/frame.ts';
+import { decompressFrame, compressFrame, FRAME_HEADER_BYTES, frameFromPayload, readFrameHeader } from '../codec/frame.ts';
 import { FrameError, FramedStream, type FrameEvents } from '../net/framing.ts';
-import { sameChunking, type ChunkRef, type Manifest } from '../sync/manifest.ts';
+import { sameChunking, type ChunkRef, type Manifest } from './manifest.ts';
 import { BlobStoreError, checkBlobKey, type BlobStore, type StagedValue } from './store.ts';
 import type { BlobMetrics, BlobRejectReason, TransferKind } from './metrics.ts';
 import { TransferProgress } from './progress.ts';
@@ -550,7 +550,7 @@ async function compressBatch(req: PushRequest, batch: PlannedBatch, skip: Compre
     ? chooseCodec({ mode: link.mode, payloadBytes: raw.byteLength, link: { bandwidth: req.estimate.bandwidth }, codecs: req.codecs, options: req.settings.codecChoice, probe: true })
     : NONE;
   const t0 = performance.now();
-  let frame = await encodeFrame(raw, spec);
+  let frame = await compressFrame(raw, spec);
   const seconds = (performance.now() - t0) / 1000;
   let used = spec;
   if (spec.name !== 'none') {
@@ -918,7 +918,7 @@ export class BlobReceiver {
     const header = readFrameHeader(frame, BLOB_MAX_BATCH_RAW_BYTES);
     if (header.rawLength !== expected) throw new CodecError('length-mismatch', `batch frame declares ${header.rawLength} raw bytes, its ${refs.length} chunks are ${expected}`);
     const t0 = performance.now();
-    const { raw, codec } = await decodeFrame(frame, BLOB_MAX_BATCH_RAW_BYTES);
+    const { raw, codec } = await decompressFrame(frame, BLOB_MAX_BATCH_RAW_BYTES);
     const label = codecLabel({ name: codec.name, level: header.level === 0 ? undefined : header.level });
     const m = this.#opts.metrics;
     m.decompressSeconds.observe({ codec: label }, (performance.now() - t0) / 1000);

@@ -15,9 +15,9 @@
  *   range, longer than the chunking's maximum, or that overruns the declared
  *   count or size.
  */
-import type { ChunkingOptions } from '../sync/chunker.ts';
-import { validateChunking } from '../sync/chunker.ts';
-import { adoptHashList, chunkHashList, type ChunkRef, type Manifest } from '../sync/manifest.ts';
+import type { ChunkingOptions } from './chunker.ts';
+import { validateChunking } from './chunker.ts';
+import { adoptHashList, chunkHashList, type ChunkRef, type Manifest } from './manifest.ts';
 import type { MessageSchema } from '../net/schema.ts';
 import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
 import { FRAME_HEADER_BYTES } from '../codec/frame.ts';

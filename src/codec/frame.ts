@@ -56,7 +56,7 @@ function frameChecksum(frame: Uint8Array, payload: Uint8Array): number {
 }
 
 /** Compresses `raw` with `spec` into a frame. */
-export async function encodeFrame(raw: Uint8Array, spec: CodecSpec): Promise<Uint8Array> {
+export async function compressFrame(raw: Uint8Array, spec: CodecSpec): Promise<Uint8Array> {
   const codec = codecFor(spec);
   return frameFromPayload(codec, raw.byteLength, await codec.compress(raw));
 }
@@ -108,7 +108,7 @@ export function readFrameHeader(frame: Uint8Array, maxRawBytes: number = DEFAULT
 }
 
 /** Checks and decompresses one whole frame; throws a CodecError for anything refused. */
-export async function decodeFrame(frame: Uint8Array, maxRawBytes: number = DEFAULT_MAX_RAW_BYTES): Promise<DecodedFrame> {
+export async function decompressFrame(frame: Uint8Array, maxRawBytes: number = DEFAULT_MAX_RAW_BYTES): Promise<DecodedFrame> {
   const header = readFrameHeader(frame, maxRawBytes);
   const codec = codecById(header.codecId) as Codec;
   const payload = frame.subarray(FRAME_HEADER_BYTES);

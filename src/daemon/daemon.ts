@@ -29,7 +29,7 @@ import { vmServiceRegistration } from '../admin/vm-service.ts';
 import { BlobService } from '../blob/service.ts';
 import { blobServiceRegistration } from '../admin/blob-service.ts';
 import { GeoState } from '../state/geo-state.ts';
-import { TestFaults } from '../state/test-faults.ts';
+import { TestFaults } from '../net/test-faults.ts';
 import { stateServiceRegistration } from '../admin/state-service.ts';
 import { loadOrCreateIdentity, type Identity } from './identity.ts';
 import { notifySystemd } from './notify.ts';
@@ -113,7 +113,7 @@ export class Daemon {
     const cloud = await CloudInventory.open({ clouds: config.clouds, dataDir: config.dataDir, metrics: metrics.cloud, log: log.child({ component: 'cloud' }) });
     const members = new MemberDirectory(config.members);
     const mesh = await MemberMesh.create({ config, identity, members, metrics, log: log.child({ component: 'mesh' }) });
-    // DWCP_TEST_FAULTS=1 lets a test cut members off without changing the member list (src/state/test-faults.ts).
+    // DWCP_TEST_FAULTS=1 lets a test cut members off without changing the member list (src/net/test-faults.ts).
     const faults = TestFaults.fromEnv(process.env);
     const isConnected = (peerId: string) => mesh.isConnected(peerId) && !faults.blocks(peerId);
     const replica = new KvReplica();

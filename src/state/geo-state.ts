@@ -1,7 +1,7 @@
 /**
  * GeoState: the daemon's geo-distributed store, the driver of one
  * StateReplica (replica.ts). It loads the replica from the durable store
- * (store.ts), carries its messages over `/dwcp/sync/1.0.0` (sync-protocol.ts),
+ * (store.ts), carries its messages over `/dwcp/sync/1.0.0` (anti-entropy.ts),
  * runs its timers (deadlines, garbage collection, heartbeats, anti-entropy
  * rounds), feeds a phi-accrual failure detector per member from the
  * heartbeats, and turns client calls into operations whose promises settle
@@ -38,10 +38,10 @@ import type { ReplicaStatus } from './messages.ts';
 import { OpError, entryValue, type CrdtOp } from './ops.ts';
 import { StateReplica, type Completion, type GeoLevel, type Ready, type ReplicaLimits, type WriteOutcome } from './replica.ts';
 import { StateStore } from './store.ts';
-import { SyncTransport } from './sync-protocol.ts';
-import { ReadyLoop } from '../consensus/ready-loop.ts';
+import { SyncTransport } from './anti-entropy.ts';
+import { ReadyLoop } from '../driver/ready-loop.ts';
 import type { SyncFrame } from './wire.ts';
-import { TestFaults } from './test-faults.ts';
+import { TestFaults } from '../net/test-faults.ts';
 
 export type GeoStateErrorCode = 'unavailable' | 'invalid' | 'stopped';
 

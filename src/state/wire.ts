@@ -30,7 +30,7 @@ import {
   requireUint,
   requireUint64,
 } from '../net/schema.ts';
-import { decodeFrame, encodeFrame } from '../codec/frame.ts';
+import { decompressFrame, compressFrame } from '../codec/frame.ts';
 import { CodecError, type CodecSpec } from '../codec/codecs.ts';
 import type { LinkMode } from '../federation/link-mode.ts';
 import type { Hlc } from './clock/hlc.ts';
@@ -314,14 +314,14 @@ export function syncCodecFor(mode: LinkMode, rawBytes: number): CodecSpec {
 /** A frame ready for the stream: the message's protobuf inside a codec frame. */
 export async function sealSyncFrame(frame: SyncFrame, mode: LinkMode): Promise<{ bytes: Uint8Array; rawBytes: number }> {
   const raw = encodeSyncMessage(frame);
-  return { bytes: await encodeFrame(raw, syncCodecFor(mode, raw.byteLength)), rawBytes: raw.byteLength };
+  return { bytes: await compressFrame(raw, syncCodecFor(mode, raw.byteLength)), rawBytes: raw.byteLength };
 }
 
 /** Unwraps and decodes one received frame; a bad codec frame is a FrameError('malformed'). */
 export async function openSyncFrame(bytes: Uint8Array): Promise<{ frame: SyncFrame; rawBytes: number }> {
   let raw: Uint8Array;
   try {
-    raw = (await decodeFrame(bytes, SYNC_MAX_FRAME_BYTES)).raw;
+    raw = (await decompressFrame(bytes, SYNC_MAX_FRAME_BYTES)).raw;
   } catch (err) {
     if (err instanceof CodecError) throw new FrameError('malformed', `codec frame refused: ${err.message}`);
     throw err;

@@ -14,9 +14,9 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { vmImageLike } from '../../bench/codec.ts';
 import { codecFor } from '../../src/codec/codecs.ts';
-import { encodeFrame, frameFromPayload, FRAME_HEADER_BYTES } from '../../src/codec/frame.ts';
-import { chunkingForAverage } from '../../src/sync/chunker.ts';
-import { buildManifest, type Manifest } from '../../src/sync/manifest.ts';
+import { compressFrame, frameFromPayload, FRAME_HEADER_BYTES } from '../../src/codec/frame.ts';
+import { chunkingForAverage } from '../../src/blob/chunker.ts';
+import { buildManifest, type Manifest } from '../../src/blob/manifest.ts';
 import { blobChannel, type BlobChannel } from '../../src/blob/transfer.ts';
 import { BLOB_PROTOCOL, encodeManifest, setBits, type BlobMessage } from '../../src/blob/wire.ts';
 import type { BlobRejectReason } from '../../src/blob/metrics.ts';
@@ -90,7 +90,7 @@ async function expectRefused(reason: BlobRejectReason, frameFor: (raw: Uint8Arra
 describe('hostile batches are refused, counted and never applied', () => {
   it('an unknown codec id', async () => {
     await expectRefused('unknown-codec', async (raw) => {
-      const frame = (await encodeFrame(raw, { name: 'lz4' })).slice();
+      const frame = (await compressFrame(raw, { name: 'lz4' })).slice();
       frame[5] = 9;
       return frame;
     });
@@ -98,7 +98,7 @@ describe('hostile batches are refused, counted and never applied', () => {
 
   it('a bad checksum', async () => {
     await expectRefused('bad-checksum', async (raw) => {
-      const frame = (await encodeFrame(raw, { name: 'lz4' })).slice();
+      const frame = (await compressFrame(raw, { name: 'lz4' })).slice();
       frame[frame.byteLength - 1] = (frame[frame.byteLength - 1] as number) ^ 0xff;
       return frame;
     });
@@ -109,18 +109,18 @@ describe('hostile batches are refused, counted and never applied', () => {
   });
 
   it('a declared raw length other than the chunks it carries', async () => {
-    await expectRefused('length-mismatch', async (raw) => encodeFrame(raw.subarray(0, raw.byteLength - 1), { name: 'zstd', level: 3 }));
+    await expectRefused('length-mismatch', async (raw) => compressFrame(raw.subarray(0, raw.byteLength - 1), { name: 'zstd', level: 3 }));
   });
 
   it('a truncated frame', async () => {
-    await expectRefused('truncated', async (raw) => (await encodeFrame(raw, { name: 'none' })).subarray(0, FRAME_HEADER_BYTES + 10));
+    await expectRefused('truncated', async (raw) => (await compressFrame(raw, { name: 'none' })).subarray(0, FRAME_HEADER_BYTES + 10));
   });
 
   it('chunk bytes that do not match their hashes', async () => {
     await expectRefused('chunk-hash', async (raw) => {
       const wrong = raw.slice();
       wrong[0] = (wrong[0] as number) ^ 0x01;
-      return encodeFrame(wrong, { name: 'lz4' });
+      return compressFrame(wrong, { name: 'lz4' });
     });
   });
 

@@ -7,8 +7,8 @@
 import { describe, expect, it } from 'vitest';
 import { Registry } from 'prom-client';
 import { Prng, vmImageLike } from '../../bench/codec.ts';
-import { chunkingForAverage } from '../../src/sync/chunker.ts';
-import { buildManifest, type Manifest } from '../../src/sync/manifest.ts';
+import { chunkingForAverage } from '../../src/blob/chunker.ts';
+import { buildManifest, type Manifest } from '../../src/blob/manifest.ts';
 import { BlobMessageSchema, bitmapBytes, decodeManifest, encodeManifest, setBit, setBits, type Offer } from '../../src/blob/wire.ts';
 import { TransferProgress } from '../../src/blob/progress.ts';
 import { CompressionSkip } from '../../src/blob/transfer.ts';

@@ -12,8 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Prng, vmImageLike } from '../../bench/codec.ts';
-import { chunkingForAverage } from '../../src/sync/chunker.ts';
-import { buildManifest } from '../../src/sync/manifest.ts';
+import { chunkingForAverage } from '../../src/blob/chunker.ts';
+import { buildManifest } from '../../src/blob/manifest.ts';
 import { BlobStore, BlobStoreError, decodeManifestRecord, encodeManifestRecord } from '../../src/blob/store.ts';
 
 const KIB = 1024;

@@ -8,7 +8,7 @@ import { compress as zstdLibraryCompress } from '@mongodb-js/zstd';
 import { compress as lz4Compress } from 'lz4-napi';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CodecError, codecById, codecFor, CODEC_IDS, type CodecErrorReason, type CodecSpec } from '../../src/codec/codecs.ts';
-import { decodeFrame, encodeFrame, FRAME_HEADER_BYTES, frameFromPayload, readFrameHeader } from '../../src/codec/frame.ts';
+import { decompressFrame, compressFrame, FRAME_HEADER_BYTES, frameFromPayload, readFrameHeader } from '../../src/codec/frame.ts';
 import { vmImageLike } from '../../bench/codec.ts';
 
 const GIB = 1024 ** 3;
@@ -58,23 +58,23 @@ describe('frame round trips', () => {
   const data = vmImageLike(1 * MIB, 7);
 
   it.each(SPECS)('$name $level: decodes to the same bytes, with its codec id, level and raw length in the header', async (spec) => {
-    const frame = await encodeFrame(data, spec);
+    const frame = await compressFrame(data, spec);
     const header = readFrameHeader(frame);
     expect(header).toMatchObject({ version: 1, codecId: CODEC_IDS[spec.name], level: spec.level ?? 0, rawLength: data.byteLength, flags: 0 });
     if (spec.name !== 'none') expect(frame.byteLength).toBeLessThan(data.byteLength * 0.6);
-    const decoded = await decodeFrame(frame);
+    const decoded = await decompressFrame(frame);
     expect(Buffer.from(decoded.raw).equals(Buffer.from(data))).toBe(true);
     expect(decoded.codec.name).toBe(spec.name);
   });
 
   it.each(SPECS)('$name $level: an empty value round-trips', async (spec) => {
-    const decoded = await decodeFrame(await encodeFrame(new Uint8Array(0), spec));
+    const decoded = await decompressFrame(await compressFrame(new Uint8Array(0), spec));
     expect(decoded.raw.byteLength).toBe(0);
   });
 
   it('zstd levels really differ: level 9 is smaller than level 1 on the same data', async () => {
-    const one = await encodeFrame(data, { name: 'zstd', level: 1 });
-    const nine = await encodeFrame(data, { name: 'zstd', level: 9 });
+    const one = await compressFrame(data, { name: 'zstd', level: 1 });
+    const nine = await compressFrame(data, { name: 'zstd', level: 9 });
     expect(nine.byteLength).toBeLessThan(one.byteLength);
   });
 
@@ -100,27 +100,27 @@ describe('decompression bombs', () => {
     const payload = name === 'lz4' ? lz4Bomb : zstdWithContentSize(zstdBomb, GIB);
     const frame = frameFromPayload(codec, GIB, payload);
     const decompress = vi.spyOn(codecById(codec.id) as typeof codec, 'decompress');
-    await expectRefused(decodeFrame(frame, LIMIT), 'too-large', String(GIB), String(LIMIT));
+    await expectRefused(decompressFrame(frame, LIMIT), 'too-large', String(GIB), String(LIMIT));
     expect(decompress).not.toHaveBeenCalled();
   });
 
   it('lz4: a bomb in a frame declaring 1 MiB is refused on its size prefix', async () => {
-    await expectRefused(decodeFrame(frameFromPayload(codecFor({ name: 'lz4' }), MIB, lz4Bomb), LIMIT), 'length-mismatch', 'size prefix', String(GIB), String(MIB));
+    await expectRefused(decompressFrame(frameFromPayload(codecFor({ name: 'lz4' }), MIB, lz4Bomb), LIMIT), 'length-mismatch', 'size prefix', String(GIB), String(MIB));
   });
 
   it('zstd: a bomb without a content size is refused undecoded', async () => {
-    await expectRefused(decodeFrame(frameFromPayload(codecFor({ name: 'zstd' }), MIB, zstdBomb), LIMIT), 'corrupt', 'no content size');
+    await expectRefused(decompressFrame(frameFromPayload(codecFor({ name: 'zstd' }), MIB, zstdBomb), LIMIT), 'corrupt', 'no content size');
   });
 
   it('zstd: a bomb whose content size disagrees with the frame is refused undecoded', async () => {
     const frame = frameFromPayload(codecFor({ name: 'zstd' }), MIB, zstdWithContentSize(zstdBomb, GIB));
-    await expectRefused(decodeFrame(frame, LIMIT), 'length-mismatch', 'content size', String(GIB), String(MIB));
+    await expectRefused(decompressFrame(frame, LIMIT), 'length-mismatch', 'content size', String(GIB), String(MIB));
   });
 
   it('zstd: a bomb that lies about its content size stops at that size inside libzstd', async () => {
     const frame = frameFromPayload(codecFor({ name: 'zstd' }), MIB, zstdWithContentSize(zstdBomb, MIB));
     const before = process.memoryUsage().arrayBuffers;
-    await expectRefused(decodeFrame(frame, LIMIT), 'corrupt', 'zstd');
+    await expectRefused(decompressFrame(frame, LIMIT), 'corrupt', 'zstd');
     expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(256 * MIB);
   });
 });
@@ -130,16 +130,16 @@ describe('hostile frames', () => {
 
   it('a frame whose payload decompresses to other than the declared length is refused with both values', async () => {
     const none = codecFor({ name: 'none' });
-    await expectRefused(decodeFrame(frameFromPayload(none, 100, new Uint8Array(90))), 'length-mismatch', '90', '100');
+    await expectRefused(decompressFrame(frameFromPayload(none, 100, new Uint8Array(90))), 'length-mismatch', '90', '100');
     const lz4 = codecFor({ name: 'lz4' });
     const payload = await lz4.compress(data);
-    await expectRefused(decodeFrame(frameFromPayload(lz4, data.byteLength - 1, payload)), 'length-mismatch', String(data.byteLength));
+    await expectRefused(decompressFrame(frameFromPayload(lz4, data.byteLength - 1, payload)), 'length-mismatch', String(data.byteLength));
   });
 
   it('zstd: a content size larger than what the blocks hold is refused', async () => {
     const library = await zstdLibraryCompress(Buffer.from(data));
     const frame = frameFromPayload(codecFor({ name: 'zstd' }), data.byteLength + 10, zstdWithContentSize(library, data.byteLength + 10));
-    const err = await refusal(decodeFrame(frame));
+    const err = await refusal(decompressFrame(frame));
     expect(['corrupt', 'length-mismatch']).toContain(err.reason);
   });
 
@@ -149,48 +149,48 @@ describe('hostile frames', () => {
     const two = new Uint8Array(one.byteLength * 2);
     two.set(one);
     two.set(one, one.byteLength);
-    await expectRefused(decodeFrame(frameFromPayload(zstd, data.byteLength, two)), 'corrupt', 'after the frame');
+    await expectRefused(decompressFrame(frameFromPayload(zstd, data.byteLength, two)), 'corrupt', 'after the frame');
   });
 
   it('a flipped payload byte fails the checksum, naming both checksums, before the codec runs', async () => {
-    const frame = await encodeFrame(data, { name: 'lz4' });
+    const frame = await compressFrame(data, { name: 'lz4' });
     const decompress = vi.spyOn(codecById(CODEC_IDS.lz4) as ReturnType<typeof codecFor>, 'decompress');
     const last = frame.byteLength - 1;
     const corrupted = withHeaderByte(frame, last, (frame[last] as number) ^ 0x01);
-    await expectRefused(decodeFrame(corrupted), 'bad-checksum', 'checksum is 0x');
+    await expectRefused(decompressFrame(corrupted), 'bad-checksum', 'checksum is 0x');
     expect(decompress).not.toHaveBeenCalled();
   });
 
   it('refuses an unknown codec id, a bad magic, another version and unknown flags, naming the value', async () => {
-    const frame = await encodeFrame(data, { name: 'zstd', level: 3 });
-    await expectRefused(decodeFrame(withHeaderByte(frame, 5, 9)), 'unknown-codec', 'id 9');
-    await expectRefused(decodeFrame(withHeaderByte(frame, 0, 0)), 'bad-magic', 'DWCF');
-    await expectRefused(decodeFrame(withHeaderByte(frame, 4, 2)), 'unsupported-version', 'version 2');
-    await expectRefused(decodeFrame(withHeaderByte(frame, 6, 0x80)), 'bad-flags', '0x80');
+    const frame = await compressFrame(data, { name: 'zstd', level: 3 });
+    await expectRefused(decompressFrame(withHeaderByte(frame, 5, 9)), 'unknown-codec', 'id 9');
+    await expectRefused(decompressFrame(withHeaderByte(frame, 0, 0)), 'bad-magic', 'DWCF');
+    await expectRefused(decompressFrame(withHeaderByte(frame, 4, 2)), 'unsupported-version', 'version 2');
+    await expectRefused(decompressFrame(withHeaderByte(frame, 6, 0x80)), 'bad-flags', '0x80');
   });
 
   it('refuses truncated frames at every cut, and trailing bytes', async () => {
-    const frame = await encodeFrame(data, { name: 'zstd', level: 1 });
+    const frame = await compressFrame(data, { name: 'zstd', level: 1 });
     for (const cut of [0, 10, FRAME_HEADER_BYTES - 1, FRAME_HEADER_BYTES, frame.byteLength - 1]) {
-      await expectRefused(decodeFrame(frame.subarray(0, cut)), 'truncated', String(cut));
+      await expectRefused(decompressFrame(frame.subarray(0, cut)), 'truncated', String(cut));
     }
     const longer = new Uint8Array(frame.byteLength + 1);
     longer.set(frame);
-    await expectRefused(decodeFrame(longer), 'length-mismatch', String(longer.byteLength));
+    await expectRefused(decompressFrame(longer), 'length-mismatch', String(longer.byteLength));
   });
 
   it('zstd: a payload truncated inside the frame (checksum made valid) is refused, not half-decoded', async () => {
     const zstd = codecFor({ name: 'zstd' });
     const payload = await zstd.compress(data);
-    await expectRefused(decodeFrame(frameFromPayload(zstd, data.byteLength, payload.subarray(0, payload.byteLength - 5))), 'truncated');
-    await expectRefused(decodeFrame(frameFromPayload(zstd, data.byteLength, payload.subarray(0, 3))), 'truncated');
+    await expectRefused(decompressFrame(frameFromPayload(zstd, data.byteLength, payload.subarray(0, payload.byteLength - 5))), 'truncated');
+    await expectRefused(decompressFrame(frameFromPayload(zstd, data.byteLength, payload.subarray(0, 3))), 'truncated');
   });
 
   it('lz4: a garbled block (checksum made valid) is a CodecError, not a crash', async () => {
     const lz4 = codecFor({ name: 'lz4' });
     const payload = (await lz4.compress(data)).slice();
     payload.fill(0xff, 4, 64);
-    const err = await refusal(decodeFrame(frameFromPayload(lz4, data.byteLength, payload)));
+    const err = await refusal(decompressFrame(frameFromPayload(lz4, data.byteLength, payload)));
     expect(['corrupt', 'length-mismatch']).toContain(err.reason);
   });
 });

@@ -45,7 +45,7 @@ import type {
 } from './types.ts';
 import { BYZANTINE_DROPS, PbftInvariantError } from './types.ts';
 import { signerMember } from './keys.ts';
-import { ReadyLoop } from '../ready-loop.ts';
+import { ReadyLoop } from '../../driver/ready-loop.ts';
 
 /** The replicated state machine; must be deterministic, its snapshot canonical. */
 export interface PbftStateMachine {

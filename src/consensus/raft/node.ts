@@ -41,7 +41,7 @@ import type {
   Snapshot,
 } from './types.ts';
 import { RaftInputError, RaftInvariantError } from './types.ts';
-import { ReadyLoop } from '../ready-loop.ts';
+import { ReadyLoop } from '../../driver/ready-loop.ts';
 
 /** The replicated state machine; must be deterministic. */
 export interface RaftStateMachine<R> {

@@ -4,8 +4,8 @@
  * expiry or eviction turning into a full transfer that still rebuilds the value.
  */
 import { describe, expect, it } from 'vitest';
-import { BaselineCache, DEFAULT_BASELINE_CACHE } from '../../src/sync/baseline-cache.ts';
-import { assembleValue, buildManifest, chunksOf, planDelta, type Manifest } from '../../src/sync/manifest.ts';
+import { BaselineCache, DEFAULT_BASELINE_CACHE } from '../../src/blob/baseline-cache.ts';
+import { assembleValue, buildManifest, chunksOf, planDelta, type Manifest } from '../../src/blob/manifest.ts';
 import { vmImageLike } from '../../bench/codec.ts';
 
 const T0 = 1_000_000;

@@ -3,8 +3,8 @@
  * and a small insert near the start leaves almost every chunk unchanged.
  */
 import { describe, expect, it } from 'vitest';
-import { chunkingForAverage, chunkValue, DEFAULT_CHUNKING, type Chunk, type ChunkingOptions } from '../../src/sync/chunker.ts';
-import { sha256Hex } from '../../src/sync/manifest.ts';
+import { chunkingForAverage, chunkValue, DEFAULT_CHUNKING, type Chunk, type ChunkingOptions } from '../../src/blob/chunker.ts';
+import { sha256Hex } from '../../src/blob/manifest.ts';
 import { Prng, vmImageLike } from '../../bench/codec.ts';
 
 const MIB = 1024 ** 2;

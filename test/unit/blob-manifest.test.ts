@@ -5,7 +5,7 @@
  * committed.
  */
 import { describe, expect, it } from 'vitest';
-import { assembleValue, buildManifest, chunksOf, planDelta, sha256Hex, SyncError, valueHash, type DeltaPlan, type Manifest } from '../../src/sync/manifest.ts';
+import { assembleValue, buildManifest, chunksOf, planDelta, sha256Hex, SyncError, valueHash, type DeltaPlan, type Manifest } from '../../src/blob/manifest.ts';
 import { Prng, vmImageLike } from '../../bench/codec.ts';
 import { codecFor } from '../../src/codec/codecs.ts';
 
