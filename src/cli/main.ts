@@ -10,9 +10,10 @@
  * flag, bad flag value) exits 2 with a short usage hint. Global flags may come
  * before or after the command.
  *
- * Commands are rows of COMMANDS: a later `kv`, `raft`, `crdt` or `blob`
- * command adds a row with its own flags and positional arguments and nothing
- * else changes.
+ * Commands are rows of COMMANDS (status, members, kv, raft, pbft, vm, cost,
+ * blob, cache, crdt, state, version, help); each brings its own flags and
+ * positional arguments (kv-raft.ts, pbft.ts, vm.ts, blob.ts, state.ts), so a
+ * new command adds a row and nothing else changes.
  */
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
 import { connectAdmin, type AdminClient } from '../admin/client.ts';

@@ -1,7 +1,9 @@
 /**
  * The one interface every cloud provider implements (AWS EC2, Google Compute,
- * the `local` simulated provider), shaped by what the federation needs —
- * inventory, placement, bursting, DR — rather than by one cloud's API.
+ * the `local` simulated provider), shaped by what the federation needs rather
+ * than by one cloud's API: today the inventory and the VM lifecycle behind
+ * `dwcpctl vm` and `cost`; placement, bursting and DR are the fleet control
+ * plane's (issue 13) and will call the same interface.
  *
  * Invariants:
  * - Every instance crosses this boundary as a normalised `Instance`: one state

@@ -1,6 +1,9 @@
 /**
- * The mode of a link between this node and a member, which later picks the
- * consensus protocol and the codec (ARCHITECTURE.md, "Trust, modes and consensus").
+ * The mode of a link between this node and a member, which picks the codec of
+ * what is sent on it (src/codec/choice.ts: blob batches, geo sync frames) and
+ * is shown by `dwcpctl members`. It does not pick the consensus protocol:
+ * member trust does (any untrusted member puts the federation scope on PBFT;
+ * src/consensus/pbft/group.ts). ARCHITECTURE.md, "Trust, modes and consensus".
  *
  * An untrusted end always makes the link `internet`. Between two trusted ends
  * the measured RTT decides: up to `datacenterMaxRttMs` is `datacenter`, from

@@ -1,6 +1,7 @@
 /**
- * KvStateMachine: the deterministic, etcd-like register store that the Raft
- * (and later PBFT) logs replicate. A log entry's data is an encoded KvCommand
+ * KvStateMachine: the deterministic, etcd-like register store that both
+ * consensus logs replicate (Raft, and PBFT when untrusted members take part).
+ * A log entry's data is an encoded KvCommand
  * (command.ts); apply(index, data) executes it and returns its KvResult.
  *
  * Semantics:
