@@ -104,12 +104,19 @@ export async function helpText(env: NodeJS.ProcessEnv): Promise<string> {
     ...commands,
     '',
     'Global flags (before or after the command):',
-    ...wrapText(`--socket PATH   admin socket (env DWCP_SOCKET; default ${await resolveSocket(undefined, env)})`, width, '  ', '                  '),
-    ...wrapText(`--timeout D     deadline for each call: 500ms, 2s, 1m or plain milliseconds (default ${DEFAULT_TIMEOUT_MS / 1000}s)`, width, '  ', '                  '),
-    ...wrapText('--json          print JSON (snake_case fields as in the admin API) instead of tables', width, '  ', '                  '),
-    '  -h, --help      show this help',
+    ...globalFlag('--socket PATH', `admin socket (env DWCP_SOCKET; default ${await resolveSocket(undefined, env)})`, width),
+    ...globalFlag('--timeout D', `deadline for each call: 500ms, 2s, 1m or plain milliseconds (default ${DEFAULT_TIMEOUT_MS / 1000}s)`, width),
+    ...globalFlag('--json', 'print JSON (snake_case fields as in the admin API) instead of tables', width),
+    ...globalFlag('-h, --help', 'show this help', width),
     '',
   ].join('\n');
+}
+
+/** A global flag's help: the flag in a fixed column, its text beside it, wrapped under the text. */
+function globalFlag(flag: string, text: string, width: number): string[] {
+  const FLAG_COLUMN = 16;
+  const [first = '', ...rest] = wrapText(text, width - FLAG_COLUMN - 2, '', '');
+  return [`  ${flag.padEnd(FLAG_COLUMN)}${first}`, ...rest.map((line) => `${' '.repeat(FLAG_COLUMN + 2)}${line}`)];
 }
 
 /** parseArgs errors carry a long explanation; keep the part an operator needs. */

@@ -247,6 +247,9 @@ describe('dwcpctl end to end', () => {
     for (const command of ['status', 'members', 'version', 'help']) expect(help.stdout).toMatch(new RegExp(`^  ${command}( |$)`, 'm'));
     // Wrapped for a terminal: no line past 100 columns (socket paths aside, which are never cut).
     for (const line of help.stdout.split('\n')) if (!line.includes('/')) expect(line.length, line).toBeLessThanOrEqual(100);
+    // The global flags' texts start in one column.
+    expect(help.stdout).toContain('\n  --json          print JSON');
+    expect(help.stdout).toContain('\n  -h, --help      show this help');
     expect((await dwcpctl(['help'])).stdout).toBe(help.stdout);
     expect(await dwcpctl(['version'])).toEqual({ code: 0, stdout: `dwcpctl ${VERSION}\n`, stderr: '' });
   });
