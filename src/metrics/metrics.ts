@@ -22,17 +22,30 @@ export type FrameRejectReason = (typeof FRAME_REJECT_REASONS)[number];
 /** prom-client default metrics that are dropped; see createMetrics. */
 const MISNAMED_DEFAULT_GAUGES = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
 
-export interface DwcpMetrics {
-  registry: Registry;
-  buildInfo: Gauge<'version' | 'node' | 'federation'>;
+/** What every framed protocol counts, labelled by protocol (src/net/framing.ts frameEventsFor). */
+export interface FrameMetrics {
+  protocolBytesReceived: Counter<'protocol'>;
+  protocolBytesSent: Counter<'protocol'>;
+  framesRejected: Counter<'protocol' | 'reason'>;
+}
+
+/** The member mesh's own (src/net/mesh.ts), plus the frame counters of its hello protocol. */
+export interface MeshMetrics extends FrameMetrics {
   membersConfigured: Gauge;
   membersConnected: Gauge;
   connectionsRefused: Counter<'reason'>;
   dialAttempts: Counter<'peer' | 'result'>;
-  protocolBytesReceived: Counter<'protocol'>;
-  protocolBytesSent: Counter<'protocol'>;
-  framesRejected: Counter<'protocol' | 'reason'>;
   peerRtt: Histogram<'peer'>;
+}
+
+/**
+ * The whole set, held by the daemon alone (src/daemon/daemon.ts); a component
+ * declares the part it uses (MeshMetrics, FrameMetrics, a section such as
+ * RaftMetrics), which this satisfies.
+ */
+export interface DwcpMetrics extends MeshMetrics {
+  registry: Registry;
+  buildInfo: Gauge<'version' | 'node' | 'federation'>;
   adminRequests: Counter<'method' | 'code'>;
   raft: RaftMetrics;
   pbft: PbftMetrics;

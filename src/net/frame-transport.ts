@@ -19,12 +19,12 @@
  *   member name; a FrameError resets the stream, is counted in
  *   dwcp_frames_rejected_total{protocol} and is logged with that name.
  */
-import type { Libp2p } from 'libp2p';
 import type { Connection, PeerId, Stream } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import type { Logger } from '../log.ts';
-import type { DwcpMetrics } from '../metrics/metrics.ts';
+import type { FrameMetrics } from '../metrics/metrics.ts';
 import { FrameError, FramedStream, frameEventsFor, type FrameEvents } from './framing.ts';
+import type { ProtocolHost } from './host.ts';
 import { BytesSchema } from './schema.ts';
 
 /** Who may take part, by member name and peer ID; consulted on every send and every inbound stream. */
@@ -34,7 +34,7 @@ export interface FramePeerDirectory {
 }
 
 export interface FrameTransportOptions<M> {
-  host: Libp2p;
+  host: ProtocolHost;
   protocol: string;
   /** Short protocol name that starts log messages ("raft frame refused; ..."). */
   label: string;
@@ -52,7 +52,7 @@ export interface FrameTransportOptions<M> {
   decode(frame: Uint8Array, from: string): M[];
   /** Hands authenticated, validated items to the protocol. */
   deliver(from: string, items: M[]): void;
-  metrics: DwcpMetrics;
+  metrics: FrameMetrics;
   log: Logger;
 }
 

@@ -25,7 +25,7 @@
  */
 import { Uint8ArrayList } from 'uint8arraylist';
 import type { Stream, StreamCloseEvent, StreamMessageEvent } from '@libp2p/interface';
-import type { DwcpMetrics, FrameRejectReason } from '../metrics/metrics.ts';
+import type { FrameMetrics, FrameRejectReason } from '../metrics/metrics.ts';
 import { FRAME_REJECT_REASONS } from '../metrics/metrics.ts';
 import type { MessageSchema } from './schema.ts';
 
@@ -185,7 +185,7 @@ export interface FrameEvents {
 }
 
 /** FrameEvents that feed the daemon's per-protocol byte and reject counters. */
-export function frameEventsFor(metrics: DwcpMetrics, protocol: string): FrameEvents {
+export function frameEventsFor(metrics: FrameMetrics, protocol: string): FrameEvents {
   // Export zeroes for every reason so rate() works before the first reject.
   for (const reason of FRAME_REJECT_REASONS) metrics.framesRejected.inc({ protocol, reason }, 0);
   return {

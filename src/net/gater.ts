@@ -10,9 +10,9 @@
 import type { ConnectionGater, PeerId } from '@libp2p/interface';
 import type { MemberDirectory } from '../federation/members.ts';
 import type { Logger } from '../log.ts';
-import type { DwcpMetrics } from '../metrics/metrics.ts';
+import type { MeshMetrics } from '../metrics/metrics.ts';
 
-export function memberGater(members: MemberDirectory, metrics: DwcpMetrics, log: Logger): ConnectionGater {
+export function memberGater(members: MemberDirectory, metrics: Pick<MeshMetrics, 'connectionsRefused'>, log: Logger): ConnectionGater {
   const refuse = (peerId: PeerId, direction: 'inbound' | 'outbound', remoteAddr?: string): boolean => {
     if (members.has(peerId.toString())) return false;
     metrics.connectionsRefused.inc({ reason: 'not_member' });

@@ -28,7 +28,7 @@ import type { MemberChanges, MemberDirectory } from '../federation/members.ts';
 import type { MemberStatus } from '../federation/status.ts';
 import { linkMode } from '../federation/link-mode.ts';
 import type { Logger } from '../log.ts';
-import type { DwcpMetrics } from '../metrics/metrics.ts';
+import type { MeshMetrics } from '../metrics/metrics.ts';
 import { backoffDelay } from './backoff.ts';
 import { RttEstimator } from './rtt.ts';
 import { MUXER_STREAM_OPTIONS, frameEventsFor } from './framing.ts';
@@ -37,11 +37,15 @@ import { HELLO_PROTOCOL, exchangeHello, type HelloContext, type HelloOutcome } f
 
 export type MeshServices = { identify: Identify; ping: Ping };
 
+/** What the mesh reads of the config: where to listen, the network timings, and who this node says it is in hello. */
+export type MeshConfig = Pick<DwcpConfig, 'federation' | 'node' | 'listen' | 'network'>;
+
 export interface MeshOptions {
-  config: DwcpConfig;
-  identity: Identity;
+  config: MeshConfig;
+  /** The node key, which is the host's libp2p identity. */
+  identity: Pick<Identity, 'privateKey'>;
   members: MemberDirectory;
-  metrics: DwcpMetrics;
+  metrics: MeshMetrics;
   log: Logger;
   /** Jitter source for back-off; injectable for tests. */
   random?: () => number;
@@ -337,7 +341,7 @@ export class MemberMesh {
   }
 }
 
-function backoffPolicy(config: DwcpConfig): { initialMs: number; maxMs: number } {
+function backoffPolicy(config: MeshConfig): { initialMs: number; maxMs: number } {
   return { initialMs: config.network.reconnectInitialMs, maxMs: config.network.reconnectMaxMs };
 }
 
