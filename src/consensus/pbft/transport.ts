@@ -9,22 +9,22 @@
  * the connection authenticated, and a refused frame resets the stream and is
  * counted. Signatures are the core's to check.
  */
-import type { Libp2p } from 'libp2p';
 import type { Logger } from '../../log.ts';
-import type { DwcpMetrics } from '../../metrics/metrics.ts';
+import type { FrameMetrics } from '../../metrics/metrics.ts';
 import { FrameTransport, type FramePeerDirectory } from '../../net/frame-transport.ts';
+import type { ProtocolHost } from '../../net/host.ts';
 import type { ReplicaId } from './types.ts';
 import { PBFT_MAX_FRAME_BYTES, PBFT_PROTOCOL, decodePbftFrame, encodePbftFrames, type PbftFrame } from './wire.ts';
 
 export interface PbftTransportOptions {
-  host: Libp2p;
+  host: ProtocolHost;
   /** Every member of the PBFT group, trusted or not, by replica id (member name) and peer ID. */
   peers: FramePeerDirectory;
   /** Whether a member's connection has passed the hello exchange. */
   isConnected(peerId: string): boolean;
   /** Hands an authenticated, shape-checked frame to the driver. */
   deliver(from: ReplicaId, frame: PbftFrame): void;
-  metrics: DwcpMetrics;
+  metrics: FrameMetrics;
   log: Logger;
   /** Bytes queued per peer before new batches are dropped; at least one largest frame. */
   maxQueuedBytes?: number;

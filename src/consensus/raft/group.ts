@@ -14,11 +14,11 @@
  * Only trusted nodes take part; an untrusted node has no RaftGroup.
  */
 import { join } from 'node:path';
-import type { Libp2p } from 'libp2p';
 import type { DwcpConfig } from '../../config/schema.ts';
 import type { MemberDirectory } from '../../federation/members.ts';
 import type { Logger } from '../../log.ts';
-import type { DwcpMetrics } from '../../metrics/metrics.ts';
+import type { FrameMetrics, RaftMetrics } from '../../metrics/metrics.ts';
+import type { ProtocolHost } from '../../net/host.ts';
 import { bootstrapState, joiningState } from './bootstrap.ts';
 import type { RaftStateMachine } from './node.ts';
 import { RaftNode } from './node.ts';
@@ -28,15 +28,19 @@ import type { PersistedState, RaftConfig } from './types.ts';
 import { resolveRaftConfig } from './types.ts';
 import { checkRaftConfigForWire } from './wire.ts';
 
+/** What the group reads of the config: who this node is, the trusted members that found a group, where its log lives, the raft: section. */
+export type RaftGroupConfig = Pick<DwcpConfig, 'node' | 'members' | 'dataDir' | 'raft'>;
+
 export interface RaftGroupOptions<R> {
-  config: DwcpConfig;
-  host: Libp2p;
+  config: RaftGroupConfig;
+  host: ProtocolHost;
   members: MemberDirectory;
   isConnected(peerId: string): boolean;
   machine: RaftStateMachine<R>;
   /** Core settings the state machine needs (e.g. maxProposalBytes for its largest command). */
   core?: Partial<RaftConfig>;
-  metrics: DwcpMetrics;
+  /** The raft section, and the frame counters of /dwcp/raft/1.0.0. */
+  metrics: FrameMetrics & { raft: RaftMetrics };
   log: Logger;
   random?: () => number;
   onFatal?: (err: Error) => void;
@@ -120,7 +124,7 @@ export class RaftGroup<R> {
     }
   }
 
-  static #initialState(config: DwcpConfig, log: Logger): PersistedState {
+  static #initialState(config: RaftGroupConfig, log: Logger): PersistedState {
     if (config.raft.join) {
       log.info('raft: starting empty, waiting to be added to an existing group (raft.join)');
       return joiningState();

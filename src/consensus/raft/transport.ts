@@ -11,10 +11,10 @@
  * schema-checked against the authenticated sender (`from` must be that
  * member, `to` this node).
  */
-import type { Libp2p } from 'libp2p';
 import type { Logger } from '../../log.ts';
-import type { DwcpMetrics } from '../../metrics/metrics.ts';
+import type { FrameMetrics } from '../../metrics/metrics.ts';
 import { FrameTransport, type FramePeerDirectory } from '../../net/frame-transport.ts';
+import type { ProtocolHost } from '../../net/host.ts';
 import type { RaftSender } from './node.ts';
 import type { Message, NodeId } from './types.ts';
 import { RAFT_MAX_FRAME_BYTES, RAFT_PROTOCOL, decodeBatch, encodeBatches } from './wire.ts';
@@ -23,14 +23,14 @@ import { RAFT_MAX_FRAME_BYTES, RAFT_PROTOCOL, decodeBatch, encodeBatches } from 
 export type RaftPeerDirectory = FramePeerDirectory;
 
 export interface RaftTransportOptions {
-  host: Libp2p;
+  host: ProtocolHost;
   self: NodeId;
   peers: RaftPeerDirectory;
   /** Whether a member's connection has passed the hello exchange. */
   isConnected(peerId: string): boolean;
   /** Hands authenticated, validated messages to the node. */
   deliver(messages: Message[]): void;
-  metrics: DwcpMetrics;
+  metrics: FrameMetrics;
   log: Logger;
   /** Bytes queued per peer before new batches are dropped. */
   maxQueuedBytes?: number;
