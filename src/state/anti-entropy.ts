@@ -19,18 +19,19 @@
  * payload that fails later (checksum, schema) is counted in
  * dwcp_frames_rejected_total and dropped.
  */
-import type { Libp2p } from 'libp2p';
 import { readFrameHeader } from '../codec/frame.ts';
 import { CodecError } from '../codec/codecs.ts';
 import type { LinkMode } from '../federation/link-mode.ts';
 import type { Logger } from '../log.ts';
-import type { DwcpMetrics } from '../metrics/metrics.ts';
+import type { FrameMetrics } from '../metrics/metrics.ts';
 import { FrameTransport, type FramePeerDirectory } from '../net/frame-transport.ts';
 import { FrameError } from '../net/framing.ts';
+import type { ProtocolHost } from '../net/host.ts';
+import type { StateMetrics } from './metrics.ts';
 import { SYNC_MAX_FRAME_BYTES, SYNC_PROTOCOL, openSyncFrame, sealSyncFrame, type SyncFrame } from './wire.ts';
 
 export interface SyncTransportOptions {
-  host: Libp2p;
+  host: ProtocolHost;
   peers: FramePeerDirectory;
   isConnected(peerId: string): boolean;
   /** The mode of the link to a member, which picks the codec. */
@@ -38,7 +39,8 @@ export interface SyncTransportOptions {
   /** Bytes of sealed frames queued per member before new ones are dropped. */
   maxQueuedBytes: number;
   deliver(from: string, frame: SyncFrame): void;
-  metrics: DwcpMetrics;
+  /** The frame counters of /dwcp/sync/1.0.0, and the geo store's raw and wire byte counters. */
+  metrics: FrameMetrics & { state: Pick<StateMetrics, 'syncRawBytes' | 'syncWireBytes'> };
   log: Logger;
 }
 

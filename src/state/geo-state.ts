@@ -25,13 +25,14 @@
  *   owed and reconciles when the member is back. Heartbeats go to connected
  *   members whether suspected or not, so a recovered member is noticed.
  */
-import type { Libp2p } from 'libp2p';
 import type { DwcpConfig } from '../config/schema.ts';
 import type { LinkMode } from '../federation/link-mode.ts';
 import type { MemberDirectory } from '../federation/members.ts';
 import { PhiAccrualDetector, healthOf, type HealthReport } from '../federation/failure-detector.ts';
 import type { Logger } from '../log.ts';
-import type { DwcpMetrics } from '../metrics/metrics.ts';
+import type { FrameMetrics } from '../metrics/metrics.ts';
+import type { ProtocolHost } from '../net/host.ts';
+import type { StateMetrics } from './metrics.ts';
 import type { JsonValue } from './crdt/types.ts';
 import { CRDT_TYPES, entryKey, nameProblem, type CrdtType, type Entry, type ReplicaId } from './entry.ts';
 import type { ReplicaStatus } from './messages.ts';
@@ -56,14 +57,18 @@ export class GeoStateError extends Error {
   }
 }
 
+/** What the geo store reads of the config: this node's name and region, where its store lives, the state: section. */
+export type GeoStateConfig = Pick<DwcpConfig, 'node' | 'dataDir' | 'state'>;
+
 export interface GeoStateOptions {
-  config: DwcpConfig;
-  host: Libp2p;
+  config: GeoStateConfig;
+  host: ProtocolHost;
   members: MemberDirectory;
   isConnected(peerId: string): boolean;
   /** Each member's current link mode (the mesh's view), which picks the sync codec; read about once a second. */
   memberLinks(): readonly { readonly name: string; readonly linkMode: LinkMode }[];
-  metrics: DwcpMetrics;
+  /** The state section, and the frame counters of /dwcp/sync/1.0.0. */
+  metrics: FrameMetrics & { state: StateMetrics };
   log: Logger;
   /** The store failed: the daemon should stop and be restarted from disk. */
   onFatal?(err: Error): void;
