@@ -24,14 +24,14 @@
 import { randomBytes } from 'node:crypto';
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Libp2p } from 'libp2p';
 import type { DwcpConfig, MemberConfig } from '../config/schema.ts';
 import type { MemberDirectory } from '../federation/members.ts';
 import type { Logger } from '../log.ts';
 import { CodecMeasurements, DEFAULT_CODEC_CHOICE, LinkEstimate, type CodecChoiceOptions } from '../codec/choice.ts';
 import { frameEventsFor, MUXER_STREAM_OPTIONS, type FrameEvents } from '../net/framing.ts';
 import type { MemberMesh } from '../net/mesh.ts';
-import type { DwcpMetrics } from '../metrics/metrics.ts';
+import type { FrameMetrics } from '../metrics/metrics.ts';
+import type { ProtocolHost } from '../net/host.ts';
 import { BaselineCache, type BaselineCacheEntry, type BaselineCacheStats } from './baseline-cache.ts';
 import { chunkingForAverage } from './chunker.ts';
 import type { Manifest } from './manifest.ts';
@@ -99,7 +99,8 @@ export type PutPhase = 'ingest' | 'transfer';
 export interface BlobServiceOptions {
   settings: BlobSettings;
   dataDir: string;
-  host: Libp2p;
+  /** Answers /dwcp/blob/1.0.0 and dials it to send. */
+  host: ProtocolHost;
   members: MemberDirectory;
   isConnected(peerId: string): boolean;
   /** The link's mode and smoothed RTT (the mesh's view); called per batch. */
@@ -148,7 +149,6 @@ export class BlobService {
     this.#now = opts.now ?? Date.now;
     this.#codecChoice = { ...DEFAULT_CODEC_CHOICE, internetZstdLevel: opts.settings.internetZstdLevel };
     this.#receiver = new BlobReceiver({
-      host: opts.host,
       store,
       members: opts.members,
       isConnected: opts.isConnected,
@@ -187,7 +187,14 @@ export class BlobService {
   }
 
   /** The daemon's service: settings from `config.blob`, links as the mesh sees them. */
-  static forDaemon(d: { config: DwcpConfig; mesh: MemberMesh; members: MemberDirectory; metrics: DwcpMetrics; log: Logger }): Promise<BlobService> {
+  static forDaemon(d: {
+    config: Pick<DwcpConfig, 'blob' | 'dataDir'>;
+    mesh: Pick<MemberMesh, 'host' | 'isConnected' | 'status'>;
+    members: MemberDirectory;
+    /** The blob section, and the frame counters of /dwcp/blob/1.0.0. */
+    metrics: FrameMetrics & { blob: BlobMetrics };
+    log: Logger;
+  }): Promise<BlobService> {
     return BlobService.open({
       settings: d.config.blob,
       dataDir: d.config.dataDir,

@@ -32,7 +32,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Connection, Stream } from '@libp2p/interface';
-import type { Libp2p } from 'libp2p';
 import { peerIdFromString } from '@libp2p/peer-id';
 import type { MemberConfig } from '../config/schema.ts';
 import type { MemberDirectory } from '../federation/members.ts';
@@ -42,6 +41,7 @@ import { chooseCodec, type CodecChoiceOptions, type CodecMeasurements, type Link
 import { CodecError, codecFor, codecLabel, type CodecSpec } from '../codec/codecs.ts';
 import { decompressFrame, compressFrame, FRAME_HEADER_BYTES, frameFromPayload, readFrameHeader } from '../codec/frame.ts';
 import { FrameError, FramedStream, type FrameEvents } from '../net/framing.ts';
+import type { StreamDialer } from '../net/host.ts';
 import { sameChunking, type ChunkRef, type Manifest } from './manifest.ts';
 import { BlobStoreError, checkBlobKey, type BlobStore, type StagedValue } from './store.ts';
 import type { BlobMetrics, BlobRejectReason, TransferKind } from './metrics.ts';
@@ -199,7 +199,7 @@ export interface PushSettings {
 }
 
 export interface PushRequest {
-  host: Libp2p;
+  host: StreamDialer;
   store: BlobStore;
   member: MemberConfig;
   manifest: Manifest;
@@ -597,7 +597,6 @@ export interface InboundStatus {
 }
 
 export interface BlobReceiverOptions {
-  host: Libp2p;
   store: BlobStore;
   members: MemberDirectory;
   isConnected(peerId: string): boolean;
