@@ -3,6 +3,11 @@
  * the admin socket and the metrics endpoint together, and takes them down in
  * reverse order.
  *
+ * This is the one place that holds the whole configuration, the whole metrics
+ * set and the libp2p host: each component's options type names the slice it
+ * reads (config sections, metric families, the few host operations of
+ * src/net/host.ts), and the daemon hands it these objects, which satisfy it.
+ *
  * Readiness means "serving locally": the admin socket and /metrics answer and
  * libp2p listens. It never waits for peers, so the first member of a new
  * federation becomes ready alone. Stop is bounded: each step has a deadline

@@ -10,8 +10,9 @@
  * each is verified on its own and the member stays connected while any is.
  * Peers outside the member list never get past the Noise handshake (gater).
  *
- * Other protocols reach libp2p through `host` and should only open streams to
- * members `isConnected` reports.
+ * Other protocols reach libp2p through `host`, which the daemon hands them as
+ * the few operations they use (src/net/host.ts), and should only open streams
+ * to members `isConnected` reports.
  */
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { tcp } from '@libp2p/tcp';
