@@ -8,13 +8,13 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConfigFileSchema, type DwcpConfig, type MemberConfig, type Trust } from '../../src/config/schema.ts';
+import { ConfigFileSchema, type MemberConfig, type Trust } from '../../src/config/schema.ts';
 import { loadOrCreateIdentity } from '../../src/daemon/identity.ts';
 import { MemberDirectory } from '../../src/federation/members.ts';
 import type { LinkMode } from '../../src/federation/link-mode.ts';
 import { createLogger } from '../../src/log.ts';
 import { createMetrics, type DwcpMetrics } from '../../src/metrics/metrics.ts';
-import { MemberMesh } from '../../src/net/mesh.ts';
+import { MemberMesh, type MeshConfig } from '../../src/net/mesh.ts';
 import { frameEventsFor } from '../../src/net/framing.ts';
 import { BlobSchema, type BlobSettings } from '../../src/blob/config.ts';
 import type { BlobMetrics } from '../../src/blob/metrics.ts';
@@ -56,7 +56,7 @@ export interface PairOptions {
 
 const log = createLogger('silent');
 
-function config(name: string, dataDir: string, members: MemberConfig[], trust: Trust): DwcpConfig {
+function meshConfig(name: string, trust: Trust): MeshConfig {
   const file = ConfigFileSchema.parse({
     federation: 'blob-test',
     node: { name, region: `r-${name}`, provider: 'onprem', trust },
@@ -66,15 +66,8 @@ function config(name: string, dataDir: string, members: MemberConfig[], trust: T
     federation: file.federation,
     node: { ...file.node, trust },
     listen: ['/ip4/127.0.0.1/tcp/0'],
-    dataDir,
-    adminSocket: join(dataDir, 'admin.sock'),
-    metricsListen: '127.0.0.1:0',
-    logLevel: 'silent',
-    members,
     network: file.network,
-    raft: file.raft,
-    configPath: undefined,
-  } as DwcpConfig;
+  };
 }
 
 export async function waitFor(what: string, check: () => boolean, ms = 15_000): Promise<void> {
@@ -115,7 +108,7 @@ export async function blobPair(opts: PairOptions = {}): Promise<BlobPair> {
     const dataDir = join(root, name);
     const members = new MemberDirectory([other]);
     const metrics = createMetrics({ defaultMetrics: false });
-    const mesh = await MemberMesh.create({ config: config(name, dataDir, [other], self.trust), identity: id, members, metrics, log });
+    const mesh = await MemberMesh.create({ config: meshConfig(name, self.trust), identity: id, members, metrics, log });
     await mesh.start();
     // One object: the service's link() reads node.mode, which the test sets.
     const node = { name, region: self.region, peerId: self.peerId, dataDir, mesh, metrics, blobMetrics: metrics.blob, mode: 'datacenter' as LinkMode, member: self, members } as BlobNode;
