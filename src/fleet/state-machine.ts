@@ -1,0 +1,435 @@
+/**
+ * FleetStateMachine: the fleet's desired state, replicated by the federation
+ * log (Raft or PBFT). Every replica applies the same fleet commands in the
+ * same order and reaches the same state and the same results.
+ *
+ * What it holds: the region catalogue (each region's declared providers,
+ * capacity or quota, prices, labels, jurisdiction, compliance, registered by
+ * register-region), the VMs (spec, desired power, current assignment, the
+ * highest generation ever assigned, deleted or not), the capacity ledger and
+ * per-group counts for anti-affinity and spread.
+ *
+ * Rules enforced at apply (each refusal has a FleetRejectCode and a sentence):
+ * - VM names are unique among live VMs; a create over a deleted VM's
+ *   tombstone starts a new incarnation that keeps the generation, so
+ *   generations of one name only grow and a stale copy stays fenced.
+ * - An assignment names a registered region and provider, a generation above
+ *   every generation the VM had, satisfies the spec's declared-state
+ *   constraints (regions, providers, jurisdictions, labels, compliance, spot,
+ *   max $/h), keeps its anti-affinity group to one VM per region, and fits the
+ *   ledger (declared limits minus what is assigned there, the VM's own current
+ *   reservation given back first). So the ledger never over-commits.
+ * - A re-registration may not drop a provider that has VMs assigned nor
+ *   shrink a limit below current usage.
+ * - Bounds: limits.maxVms VM records (tombstones included), limits.maxRegions
+ *   regions, FLEET_MAX_PROVIDERS_PER_REGION providers per region.
+ *
+ * Determinism: no clock, no randomness; maps are only iterated where order
+ * does not matter, or after sorting (snapshots, read API lists). apply never
+ * throws for a command's content; it throws FleetInvariantError only if the
+ * state is already broken.
+ *
+ * Snapshot: FLEET_SNAPSHOT_MAGIC then canonical JSON of the limits, the
+ * regions (as register-region commands, by name) and the VMs (by name). The
+ * same state gives the same bytes on every replica; restore validates every
+ * record and rebuilds the ledger and group counts, refusing a snapshot whose
+ * assignments would over-commit.
+ */
+import { z } from 'zod';
+import { formatIssue, pathString } from '../config/load.ts';
+import {
+  FLEET_MAX_GENERATION,
+  FLEET_MAX_MESSAGE,
+  FleetCommandSchema,
+  POWER_STATES,
+  canonicalJson,
+  decodeFleetCommand,
+  parseFleetCommand,
+  type FleetCommand,
+  type FleetProviderKind,
+  type FleetRejectCode,
+  type FleetResult,
+  type PowerState,
+  type ProviderPrices,
+  type RegisterRegionCommand,
+} from './commands.ts';
+import type { ProviderFacts, RegionFacts, ResourceAmounts, ResourceLimits } from './ledger.ts';
+import { CapacityLedger, RESOURCES, ZERO_AMOUNTS, demandOf, describeShortfall, formatAmount, invariant, limitsOf, providerConstraintProblem, regionConstraintProblem } from './ledger.ts';
+import { FleetVmSpecSchema, fleetName, normaliseSpec, type FleetVmSpec } from './spec.ts';
+
+export const FLEET_DEFAULT_MAX_VMS = 1_048_576;
+export const FLEET_DEFAULT_MAX_REGIONS = 4096;
+/** 0x00 'f' 'l' 's' and the snapshot format version. */
+export const FLEET_SNAPSHOT_MAGIC: Uint8Array = Uint8Array.of(0x00, 0x66, 0x6c, 0x73, 0x01);
+
+export interface FleetLimits {
+  readonly maxVms: number;
+  readonly maxRegions: number;
+}
+
+export interface FleetRegionProvider extends ProviderFacts {
+  readonly name: string;
+  readonly kind: FleetProviderKind;
+  readonly spot: boolean;
+  readonly prices: ProviderPrices;
+  readonly limits: ResourceLimits;
+}
+
+export interface FleetRegion extends RegionFacts {
+  /** Sorted by name. */
+  readonly providers: readonly FleetRegionProvider[];
+}
+
+export interface FleetAssignment {
+  readonly region: string;
+  readonly provider: string;
+  readonly generation: number;
+}
+
+export interface FleetVm {
+  readonly name: string;
+  readonly spec: FleetVmSpec;
+  readonly power: PowerState;
+  /** Where the VM should run; null until placed. Kept on a tombstone: it says where the copy to terminate is. */
+  readonly assignment: FleetAssignment | null;
+  /** The highest generation ever assigned to this name (0: never); the next assignment must exceed it. */
+  readonly generation: number;
+  /** Deleted: reserves nothing; the region's reconciler terminates the copy, then a purge drops the record. */
+  readonly deleted: boolean;
+}
+
+export type FleetGroupKind = 'anti-affinity' | 'spread';
+
+/**
+ * The read API over desired state, for placement views, the reconciler,
+ * `fleet status` and simulators. Every answer is a copy or immutable.
+ */
+export interface FleetState {
+  readonly limits: FleetLimits;
+  readonly regionCount: number;
+  /** VM records, tombstones included. */
+  readonly vmCount: number;
+  /** Sorted by name. */
+  regions(): readonly FleetRegion[];
+  region(name: string): FleetRegion | undefined;
+  /** Sorted by name; O(n log n): for listings, not per decision. */
+  vms(): readonly FleetVm[];
+  vm(name: string): FleetVm | undefined;
+  /** Usage of one provider of a region; undefined when not registered. */
+  usage(region: string, provider: string): ResourceAmounts | undefined;
+  /** Usage summed over a region's providers. */
+  regionUsage(region: string): ResourceAmounts;
+  /** Live assigned VMs of a group per region (regions with none are absent). */
+  groupCounts(kind: FleetGroupKind, group: string): ReadonlyMap<string, number>;
+}
+
+type MutableVm = { -readonly [K in keyof FleetVm]: FleetVm[K] };
+
+function reject(code: FleetRejectCode, message: string): FleetResult {
+  return { ok: false, code, message: message.length > FLEET_MAX_MESSAGE ? `${message.slice(0, FLEET_MAX_MESSAGE - 1)}…` : message };
+}
+
+function regionFromCommand(cmd: RegisterRegionCommand): FleetRegion {
+  return {
+    name: cmd.region,
+    jurisdiction: cmd.jurisdiction ?? null,
+    compliance: [...cmd.compliance],
+    labels: { ...cmd.labels },
+    providers: cmd.providers.map((p) => ({ name: p.name, kind: p.kind, spot: p.spot, prices: { ...p.prices }, limits: limitsOf(p) })),
+  };
+}
+
+function copyVm(vm: MutableVm): FleetVm {
+  return { name: vm.name, spec: vm.spec, power: vm.power, assignment: vm.assignment, generation: vm.generation, deleted: vm.deleted };
+}
+
+export class FleetStateMachine implements FleetState {
+  readonly limits: FleetLimits;
+  #regions = new Map<string, FleetRegion>();
+  /** The register-region command each region was last declared by (normalised): what snapshots store. */
+  #declarations = new Map<string, RegisterRegionCommand>();
+  #sortedRegions: FleetRegion[] | null = null;
+  #vms = new Map<string, MutableVm>();
+  #ledger = new CapacityLedger();
+  #groups: Record<FleetGroupKind, Map<string, Map<string, number>>> = { 'anti-affinity': new Map(), spread: new Map() };
+
+  constructor(limits: Partial<FleetLimits> = {}) {
+    const resolved = { maxVms: limits.maxVms ?? FLEET_DEFAULT_MAX_VMS, maxRegions: limits.maxRegions ?? FLEET_DEFAULT_MAX_REGIONS };
+    for (const [key, value] of Object.entries(resolved)) {
+      if (!Number.isSafeInteger(value) || value < 1) throw new RangeError(`fleet limits: ${key} must be a positive integer, got ${value}`);
+    }
+    this.limits = resolved;
+  }
+
+  get regionCount(): number {
+    return this.#regions.size;
+  }
+
+  get vmCount(): number {
+    return this.#vms.size;
+  }
+
+  regions(): readonly FleetRegion[] {
+    this.#sortedRegions ??= [...this.#regions.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return this.#sortedRegions;
+  }
+
+  region(name: string): FleetRegion | undefined {
+    return this.#regions.get(name);
+  }
+
+  vms(): readonly FleetVm[] {
+    return [...this.#vms.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map(copyVm);
+  }
+
+  vm(name: string): FleetVm | undefined {
+    const vm = this.#vms.get(name);
+    return vm === undefined ? undefined : copyVm(vm);
+  }
+
+  usage(region: string, provider: string): ResourceAmounts | undefined {
+    return this.#ledger.usage(region, provider);
+  }
+
+  regionUsage(region: string): ResourceAmounts {
+    return this.#ledger.regionUsage(region);
+  }
+
+  groupCounts(kind: FleetGroupKind, group: string): ReadonlyMap<string, number> {
+    return new Map(this.#groups[kind].get(group));
+  }
+
+  /** The live count of a group in one region, without copying (placement views call this per region). */
+  groupCount(kind: FleetGroupKind, group: string, region: string): number {
+    return this.#groups[kind].get(group)?.get(region) ?? 0;
+  }
+
+  /** Applies one log entry: decodes it (an undecodable entry is refused as invalid_command) and applies it. */
+  applyEntry(bytes: Uint8Array): FleetResult {
+    let cmd: FleetCommand;
+    try {
+      cmd = decodeFleetCommand(bytes);
+    } catch (err) {
+      return reject('invalid_command', err instanceof Error ? err.message : String(err));
+    }
+    return this.apply(cmd);
+  }
+
+  /**
+   * Applies a command that came through decodeFleetCommand or
+   * parseFleetCommand (schema-valid and normalised); semantic rules are
+   * checked here. Nothing changes when the result is a refusal.
+   */
+  apply(cmd: FleetCommand): FleetResult {
+    switch (cmd.kind) {
+      case 'register-region':
+        return this.#registerRegion(cmd);
+      case 'create':
+        return this.#create(cmd.spec, cmd.power);
+      case 'assign':
+        return this.#assign(cmd.vm, cmd.region, cmd.provider, cmd.generation);
+      case 'set-power': {
+        const vm = this.#live(cmd.vm);
+        if ('code' in vm) return vm;
+        vm.power = cmd.power;
+        return { ok: true, kind: cmd.kind, vm: vm.name };
+      }
+      case 'delete':
+        return this.#delete(cmd.vm);
+      case 'purge': {
+        const vm = this.#vms.get(cmd.vm);
+        if (vm === undefined) return reject('unknown_vm', `no VM named ${cmd.vm}`);
+        if (!vm.deleted) return reject('not_deleted', `${cmd.vm} is not deleted; delete it before purging its record`);
+        this.#vms.delete(cmd.vm);
+        return { ok: true, kind: cmd.kind, vm: cmd.vm };
+      }
+    }
+  }
+
+  #live(name: string): MutableVm | Extract<FleetResult, { ok: false }> {
+    const vm = this.#vms.get(name);
+    if (vm === undefined) return { ok: false, code: 'unknown_vm', message: `no VM named ${name}` };
+    if (vm.deleted) return { ok: false, code: 'vm_deleted', message: `${name} is deleted` };
+    return vm;
+  }
+
+  #registerRegion(cmd: RegisterRegionCommand): FleetResult {
+    const existing = this.#regions.get(cmd.region);
+    if (existing === undefined && this.#regions.size >= this.limits.maxRegions) {
+      return reject('limit_reached', `the fleet holds ${this.#regions.size} regions, its limit; ${cmd.region} cannot be added`);
+    }
+    const region = regionFromCommand(cmd);
+    const declared = new Map(region.providers.map((p) => [p.name, p]));
+    for (const old of existing?.providers ?? []) {
+      const used = this.#ledger.usage(cmd.region, old.name) ?? ZERO_AMOUNTS;
+      const next = declared.get(old.name);
+      if (next === undefined) {
+        if (used.instances > 0) return reject('provider_in_use', `${cmd.region}/${old.name} has ${used.instances} VMs assigned and cannot be dropped from the region`);
+        continue;
+      }
+      for (const r of RESOURCES) {
+        const limit = next.limits[r];
+        if (limit !== null && used[r] > limit) {
+          return reject('capacity_below_usage', `${cmd.region}/${old.name} would declare ${formatAmount(r, limit)} but ${formatAmount(r, used[r])} are assigned there`);
+        }
+      }
+    }
+    for (const old of existing?.providers ?? []) if (!declared.has(old.name)) this.#ledger.remove(cmd.region, old.name);
+    for (const p of region.providers) this.#ledger.declare(cmd.region, p.name, p.limits);
+    this.#regions.set(cmd.region, region);
+    this.#declarations.set(cmd.region, cmd);
+    this.#sortedRegions = null;
+    return { ok: true, kind: 'register-region', region: cmd.region };
+  }
+
+  #create(spec: FleetVmSpec, power: PowerState): FleetResult {
+    const old = this.#vms.get(spec.name);
+    if (old !== undefined && !old.deleted) return reject('name_taken', `a VM named ${spec.name} already exists`);
+    if (old === undefined && this.#vms.size >= this.limits.maxVms) return reject('limit_reached', `the fleet holds ${this.#vms.size} VM records, its limit; purge deleted VMs or raise the limit`);
+    // A new incarnation over a tombstone keeps the generation floor, so a copy of the old one is still fenced off.
+    this.#vms.set(spec.name, { name: spec.name, spec, power, assignment: null, generation: old?.generation ?? 0, deleted: false });
+    return { ok: true, kind: 'create', vm: spec.name };
+  }
+
+  #assign(name: string, regionName: string, providerName: string, generation: number): FleetResult {
+    const vm = this.#live(name);
+    if ('code' in vm) return vm;
+    if (generation <= vm.generation) return reject('stale_generation', `generation ${generation} is not above ${name}'s current generation ${vm.generation}`);
+    const region = this.#regions.get(regionName);
+    if (region === undefined) return reject('unknown_region', `no region named ${regionName} is registered`);
+    const provider = region.providers.find((p) => p.name === providerName);
+    if (provider === undefined) return reject('unknown_provider', `region ${regionName} has no provider ${providerName} (it has ${region.providers.map((p) => p.name).join(', ')})`);
+    const problem = regionConstraintProblem(vm.spec, region) ?? providerConstraintProblem(vm.spec, provider);
+    if (problem !== null) return reject('constraint_violated', `${name} may not run in ${regionName}: ${problem}`);
+    const current = vm.assignment;
+    const group = vm.spec.constraints.antiAffinityGroup;
+    if (group !== undefined) {
+      const others = this.groupCount('anti-affinity', group, regionName) - (current?.region === regionName ? 1 : 0);
+      if (others > 0) return reject('anti_affinity', `${regionName} already holds ${others} VM${others === 1 ? '' : 's'} of anti-affinity group ${group}`);
+    }
+    const demand = demandOf(vm.spec);
+    const credit = current !== null && current.region === regionName && current.provider === providerName ? demand : ZERO_AMOUNTS;
+    const short = this.#ledger.check(regionName, providerName, demand, credit);
+    if (short !== null) return reject('insufficient_capacity', `${regionName}/${providerName} cannot take ${name}: ${describeShortfall(short)}`);
+    if (current !== null) this.#unassign(vm, current);
+    this.#ledger.reserve(regionName, providerName, demand);
+    this.#count(vm.spec, regionName, +1);
+    vm.assignment = { region: regionName, provider: providerName, generation };
+    vm.generation = generation;
+    return { ok: true, kind: 'assign', vm: name, region: regionName, generation };
+  }
+
+  #delete(name: string): FleetResult {
+    const vm = this.#vms.get(name);
+    if (vm === undefined) return reject('unknown_vm', `no VM named ${name}`);
+    // Deleting twice is a retry, not a mistake.
+    if (vm.deleted) return { ok: true, kind: 'delete', vm: name };
+    if (vm.assignment !== null) this.#unassign(vm, vm.assignment);
+    vm.deleted = true;
+    return { ok: true, kind: 'delete', vm: name };
+  }
+
+  /** Gives back a live VM's reservation and group counts (its assignment record is the caller's to change). */
+  #unassign(vm: MutableVm, at: FleetAssignment): void {
+    this.#ledger.release(at.region, at.provider, demandOf(vm.spec));
+    this.#count(vm.spec, at.region, -1);
+  }
+
+  #count(spec: FleetVmSpec, region: string, delta: 1 | -1): void {
+    const { antiAffinityGroup, spreadGroup } = spec.constraints;
+    if (antiAffinityGroup !== undefined) this.#bump('anti-affinity', antiAffinityGroup, region, delta);
+    if (spreadGroup !== undefined) this.#bump('spread', spreadGroup, region, delta);
+  }
+
+  #bump(kind: FleetGroupKind, group: string, region: string, delta: 1 | -1): void {
+    const groups = this.#groups[kind];
+    let regions = groups.get(group);
+    if (regions === undefined) {
+      regions = new Map();
+      groups.set(group, regions);
+    }
+    const next = (regions.get(region) ?? 0) + delta;
+    invariant(next >= 0, () => `fleet: ${kind} group ${group} count in ${region} went negative`);
+    if (next === 0) regions.delete(region);
+    else regions.set(region, next);
+    if (regions.size === 0) groups.delete(group);
+  }
+
+  // Snapshots.
+
+  snapshot(): Uint8Array {
+    const regions = [...this.#declarations.keys()].sort().map((name) => this.#declarations.get(name));
+    const vms = [...this.#vms.keys()].sort().map((name) => this.#vms.get(name));
+    const body = new TextEncoder().encode(canonicalJson({ limits: this.limits, regions, vms }));
+    const bytes = new Uint8Array(FLEET_SNAPSHOT_MAGIC.byteLength + body.byteLength);
+    bytes.set(FLEET_SNAPSHOT_MAGIC, 0);
+    bytes.set(body, FLEET_SNAPSHOT_MAGIC.byteLength);
+    return bytes;
+  }
+
+  /** Throws FleetSnapshotError naming what is wrong with `bytes`. */
+  static restore(bytes: Uint8Array): FleetStateMachine {
+    for (let i = 0; i < FLEET_SNAPSHOT_MAGIC.byteLength; i++) {
+      if (bytes[i] !== FLEET_SNAPSHOT_MAGIC[i]) throw new FleetSnapshotError('does not start with the fleet snapshot magic 00 66 6c 73 01');
+    }
+    let raw: unknown;
+    try {
+      raw = JSON.parse(new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes.subarray(FLEET_SNAPSHOT_MAGIC.byteLength)));
+    } catch (err) {
+      throw new FleetSnapshotError(`is not UTF-8 JSON (${err instanceof Error ? err.message : String(err)})`);
+    }
+    const parsed = SnapshotSchema.safeParse(raw, { reportInput: true });
+    if (!parsed.success) throw new FleetSnapshotError(parsed.error.issues.map((issue) => formatIssue(issue, (path) => pathString(['snapshot', ...path]))).join('; '));
+    const { limits, regions, vms } = parsed.data;
+    const machine = new FleetStateMachine(limits);
+    if (regions.length > limits.maxRegions || vms.length > limits.maxVms) throw new FleetSnapshotError(`holds ${regions.length} regions and ${vms.length} VMs, above its own limits`);
+    for (const region of regions) {
+      const result = machine.#registerRegion(parseFleetCommand(region) as RegisterRegionCommand);
+      if (!result.ok) throw new FleetSnapshotError(`region ${region.region}: ${result.message}`);
+    }
+    let previous = '';
+    for (const record of vms) {
+      if (record.name <= previous) throw new FleetSnapshotError(`VM ${record.name} is out of order or repeated`);
+      previous = record.name;
+      if (record.spec.name !== record.name) throw new FleetSnapshotError(`VM ${record.name} holds the spec of ${record.spec.name}`);
+      const spec = normaliseSpec(record.spec);
+      const vm: MutableVm = { name: record.name, spec, power: record.power, assignment: null, generation: record.generation, deleted: record.deleted };
+      if (record.assignment !== null) {
+        if (record.assignment.generation > record.generation) throw new FleetSnapshotError(`VM ${record.name} is assigned at generation ${record.assignment.generation}, above its generation ${record.generation}`);
+        vm.assignment = { ...record.assignment };
+        if (!record.deleted) {
+          const { region, provider } = record.assignment;
+          if (!machine.#ledger.has(region, provider)) throw new FleetSnapshotError(`VM ${record.name} is assigned to ${region}/${provider}, which is not registered`);
+          const short = machine.#ledger.check(region, provider, demandOf(spec));
+          if (short !== null) throw new FleetSnapshotError(`VM ${record.name} over-commits ${region}/${provider}: ${describeShortfall(short)}`);
+          machine.#ledger.reserve(region, provider, demandOf(spec));
+          machine.#count(spec, region, +1);
+        }
+      }
+      machine.#vms.set(record.name, vm);
+    }
+    return machine;
+  }
+}
+
+export class FleetSnapshotError extends Error {
+  constructor(problem: string) {
+    super(`fleet snapshot ${problem}`);
+    this.name = 'FleetSnapshotError';
+  }
+}
+
+const SnapshotVmSchema = z.strictObject({
+  name: fleetName,
+  spec: FleetVmSpecSchema,
+  power: z.enum(POWER_STATES),
+  assignment: z.strictObject({ region: fleetName, provider: fleetName, generation: z.number().int().min(1).max(FLEET_MAX_GENERATION) }).nullable(),
+  generation: z.number().int().min(0).max(FLEET_MAX_GENERATION),
+  deleted: z.boolean(),
+});
+
+const SnapshotSchema = z.strictObject({
+  limits: z.strictObject({ maxVms: z.number().int().min(1), maxRegions: z.number().int().min(1) }),
+  regions: z.array(FleetCommandSchema.refine((c) => c.kind === 'register-region', { message: 'a register-region declaration' })).transform((list) => list as RegisterRegionCommand[]),
+  vms: z.array(SnapshotVmSchema),
+});
