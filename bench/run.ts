@@ -72,6 +72,10 @@ const BENCHES: Record<string, BenchEntry> = {
     summary: 'geo state on 5 local daemons: eventual propagation p50/p99, quorum put latency, convergence after a 2|3 partition, wire bytes per Yjs update',
     load: async () => (await import('./sync.ts')).syncBench,
   },
+  placement: {
+    summary: 'the pure placement function on 20, 200 and 1 000 regions with 100 000 existing VMs and 5 constraints, binpack and spread: decisions/s and p50/p99',
+    load: async () => (await import('./placement.ts')).placementBench,
+  },
 };
 
 export class FlagError extends Error {

@@ -141,18 +141,31 @@ export function regionConstraintProblem(spec: FleetVmSpec, region: RegionFacts):
   return null;
 }
 
-/** Why the spec excludes this provider of an allowed region (provider list, spot, price), or null. */
-export function providerConstraintProblem(spec: FleetVmSpec, provider: ProviderFacts): string | null {
+/** Which check turned a provider down: the allowed-provider list, spot, or the price limit. */
+export type ProviderFilter = 'constraint' | 'spot' | 'price';
+
+export interface ProviderProblem {
+  readonly filter: ProviderFilter;
+  readonly reason: string;
+}
+
+/** Why the spec excludes this provider of an allowed region (provider list, spot, max $/h), or null. */
+export function providerConstraintProblem(spec: FleetVmSpec, provider: ProviderFacts): ProviderProblem | null {
   const c = spec.constraints;
   if (c.providers !== undefined && !c.providers.includes(provider.name) && !c.providers.includes(provider.kind)) {
-    return `provider ${provider.name} (${provider.kind}) is not among the allowed ones (${c.providers.join(', ')})`;
+    return { filter: 'constraint', reason: `provider ${provider.name} (${provider.kind}) is not among the allowed ones (${c.providers.join(', ')})` };
   }
-  if (provider.spot && !spec.spot) return `provider ${provider.name} is spot capacity and the spec does not allow spot`;
+  if (provider.spot && !spec.spot) return { filter: 'spot', reason: `provider ${provider.name} is spot capacity and the spec does not allow spot` };
   if (c.maxHourlyUsd !== undefined) {
     const price = hourlyUsd(spec, provider.prices);
-    if (price > c.maxHourlyUsd) return `provider ${provider.name} costs $${price.toFixed(4)}/h, above the limit $${c.maxHourlyUsd}/h`;
+    if (price > c.maxHourlyUsd) return { filter: 'price', reason: `provider ${provider.name} costs $${formatUsd(price)}/h, above the limit $${c.maxHourlyUsd}/h` };
   }
   return null;
+}
+
+/** Dollars with up to 4 decimals, trailing zeros dropped. */
+export function formatUsd(value: number): string {
+  return String(Number(value.toFixed(4)));
 }
 
 interface LedgerEntry {

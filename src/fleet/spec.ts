@@ -85,7 +85,7 @@ export const FleetVmSpecSchema = z.strictObject({
   vcpus: z.number().int().min(1).max(FLEET_MAX_VCPUS),
   memoryBytes: z.number().int().min(1024 ** 2).max(FLEET_MAX_MEMORY_BYTES),
   diskBytes: z.number().int().min(0).max(FLEET_MAX_DISK_BYTES).default(0),
-  image: z.string().min(1).max(FLEET_MAX_IMAGE_LENGTH).regex(/^[\x21-\x7e]+$/, 'an image name or URL (printable ASCII, no spaces)'),
+  image: z.string().min(1, { abort: true }).max(FLEET_MAX_IMAGE_LENGTH).regex(/^[\x21-\x7e]+$/, 'an image name or URL (printable ASCII, no spaces)'),
   labels: labels.default({}),
   /** Spot/preemptible capacity is acceptable for this VM. */
   spot: z.boolean().default(false),

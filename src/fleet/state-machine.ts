@@ -121,6 +121,8 @@ export interface FleetState {
   regionUsage(region: string): ResourceAmounts;
   /** Live assigned VMs of a group per region (regions with none are absent). */
   groupCounts(kind: FleetGroupKind, group: string): ReadonlyMap<string, number>;
+  /** The live assigned VMs of a group in one region, without copying (placement calls it per region). */
+  groupCount(kind: FleetGroupKind, group: string, region: string): number;
 }
 
 type MutableVm = { -readonly [K in keyof FleetVm]: FleetVm[K] };
@@ -299,7 +301,7 @@ export class FleetStateMachine implements FleetState {
     if (region === undefined) return reject('unknown_region', `no region named ${regionName} is registered`);
     const provider = region.providers.find((p) => p.name === providerName);
     if (provider === undefined) return reject('unknown_provider', `region ${regionName} has no provider ${providerName} (it has ${region.providers.map((p) => p.name).join(', ')})`);
-    const problem = regionConstraintProblem(vm.spec, region) ?? providerConstraintProblem(vm.spec, provider);
+    const problem = regionConstraintProblem(vm.spec, region) ?? providerConstraintProblem(vm.spec, provider)?.reason ?? null;
     if (problem !== null) return reject('constraint_violated', `${name} may not run in ${regionName}: ${problem}`);
     const current = vm.assignment;
     const group = vm.spec.constraints.antiAffinityGroup;

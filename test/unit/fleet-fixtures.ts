@@ -1,0 +1,47 @@
+/**
+ * Builders for the fleet tests: regions and specs with small, readable
+ * defaults, always through the real parsers (so a fixture is a valid command).
+ */
+import type { FleetCommand, FleetCommandInput } from '../../src/fleet/commands.ts';
+import { parseFleetCommand } from '../../src/fleet/commands.ts';
+import type { FleetVmSpec, FleetVmSpecInput } from '../../src/fleet/spec.ts';
+import { parseFleetVmSpec } from '../../src/fleet/spec.ts';
+import { FleetStateMachine } from '../../src/fleet/state-machine.ts';
+
+export const GIB = 1024 ** 3;
+
+type ProviderInput = Extract<FleetCommandInput, { kind: 'register-region' }>['providers'][number];
+
+export function localProvider(vcpus: number, memoryGiB: number, vcpuHourUsd = 0.02, extra: Partial<ProviderInput> = {}): ProviderInput {
+  return { name: 'local', kind: 'local', capacity: { vcpus, memoryBytes: memoryGiB * GIB, diskBytes: 1000 * GIB }, prices: { vcpuHourUsd, memoryGiBHourUsd: 0.002 }, ...extra };
+}
+
+export function registerRegion(
+  region: string,
+  providers: ProviderInput[],
+  facts: { jurisdiction?: string; compliance?: string[]; labels?: Record<string, string> } = {},
+): FleetCommand {
+  return parseFleetCommand({ kind: 'register-region', region, providers, ...facts });
+}
+
+export function spec(name: string, extra: Partial<FleetVmSpecInput> = {}): FleetVmSpec {
+  return parseFleetVmSpec({ name, vcpus: 2, memoryBytes: 4 * GIB, image: 'base', ...extra });
+}
+
+export function create(s: FleetVmSpec): FleetCommand {
+  return parseFleetCommand({ kind: 'create', spec: s });
+}
+
+export function assign(vm: string, region: string, generation: number, provider = 'local'): FleetCommand {
+  return parseFleetCommand({ kind: 'assign', vm, region, provider, generation });
+}
+
+/** A machine with the given regions registered; throws if any is refused. */
+export function machineWith(...regions: FleetCommand[]): FleetStateMachine {
+  const m = new FleetStateMachine();
+  for (const r of regions) {
+    const result = m.apply(r);
+    if (!result.ok) throw new Error(`fixture: ${result.message}`);
+  }
+  return m;
+}
