@@ -55,7 +55,7 @@ export type PlacementFilter = (typeof PLACEMENT_FILTERS)[number];
 /** Largest view place() accepts; larger views are a mistake upstream. */
 export const PLACEMENT_MAX_REGIONS = 10_000;
 
-export const DEFAULT_PLACEMENT_WEIGHTS: PlacementWeights = { cost: 1, rtt: 0.5, headroom: 0.5, health: 1, priority: 0.5, spread: 1 };
+export const DEFAULT_PLACEMENT_WEIGHTS: PlacementWeights = { cost: 1, rtt: 0.5, headroom: 0.5, health: 1, priority: 1, spread: 1 };
 
 export interface PlacementOptions {
   readonly strategy: PlacementStrategy;

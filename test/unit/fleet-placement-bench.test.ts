@@ -1,0 +1,63 @@
+/**
+ * Keeps bench/placement.ts from rotting: runs it through the bench CLI with
+ * small sizes and checks the JSON document, and that a bad flag is refused
+ * by name. Says nothing about speed.
+ */
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+
+const RUN = fileURLToPath(new URL('../../bench/run.ts', import.meta.url));
+
+function bench(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [RUN, ...args], { timeout: 20_000 }, (err, stdout, stderr) => {
+      if (err !== null && typeof err.code !== 'number') reject(err);
+      else resolve({ code: err === null ? 0 : Number(err.code), stdout, stderr });
+    });
+  });
+}
+
+const positive = expect.toSatisfy((v: unknown) => typeof v === 'number' && Number.isFinite(v) && v > 0);
+const count = expect.toSatisfy((v: unknown) => typeof v === 'number' && Number.isInteger(v) && v >= 0);
+
+describe('bench placement', () => {
+  it('prints one JSON document with a case per region count and strategy', async () => {
+    const { code, stdout, stderr } = await bench(['placement', '--regions', '5,12', '--vms', '300', '--decisions', '50', '--warmup', '5']);
+    expect(code, stderr).toBe(0);
+    const result = JSON.parse(stdout) as { cases: { placed: number; refused: number; decisions: number }[] };
+    const oneCase = {
+      vms: 300,
+      constraints: 5,
+      decisions: 50,
+      placed: count,
+      refused: count,
+      decisions_per_s: positive,
+      p50_ms: positive,
+      p99_ms: positive,
+      cpu_ms_per_decision: expect.any(Number),
+      view_build_ms: expect.any(Number),
+    };
+    expect(result).toMatchObject({
+      bench: 'placement',
+      loadavg: expect.any(Array),
+      options: { regions: [5, 12], vms: 300, decisions: 50, warmup: 5, seed: 1, constraints: 5 },
+      cases: [
+        { regions: 5, strategy: 'binpack', ...oneCase },
+        { regions: 5, strategy: 'spread', ...oneCase },
+        { regions: 12, strategy: 'binpack', ...oneCase },
+        { regions: 12, strategy: 'spread', ...oneCase },
+      ],
+      floor: { regions: 1000, decisions_per_s: 1000, p99_ms: 5, met: null },
+    });
+    for (const c of result.cases) expect(c.placed + c.refused).toBe(c.decisions);
+    // Some decisions land and some do not: the 5 constraints bite without excluding everything.
+    expect(result.cases.some((c) => c.placed > 0)).toBe(true);
+  });
+
+  it('refuses a bad flag by name', async () => {
+    const { code, stderr } = await bench(['placement', '--regions', '0']);
+    expect(code).toBe(2);
+    expect(stderr).toContain('--regions: region counts must be whole numbers from 1 to 5000');
+  });
+});
