@@ -116,7 +116,7 @@ export function buildBenchFleet(regionCount: number, vmCount: number, seed: numb
     // Round robin; anti-affinity members move on to the next region that has none of their group.
     let r = v % regionCount;
     const group = spec.constraints.antiAffinityGroup;
-    for (let tries = 0; group !== undefined && tries < regionCount && state.groupCount('anti-affinity', group, regionName(r)) > 0; tries++) r = (r + 1) % regionCount;
+    for (let tries = 0; group !== undefined && tries < regionCount && state.groupCounts('anti-affinity', group).has(regionName(r)); tries++) r = (r + 1) % regionCount;
     const result = state.apply({ kind: 'assign', vm, region: regionName(r), provider: 'local', generation: 1 });
     // A full or anti-affine region leaves the VM unplaced, as a real fleet would have some.
     if (!result.ok && result.code !== 'insufficient_capacity' && result.code !== 'anti_affinity') expectOk(result, vm);

@@ -120,25 +120,53 @@ export interface ProviderFacts {
   readonly prices: ProviderPrices;
 }
 
-/** Why the spec's declared-state constraints exclude this region, or null. RTT is not declared state: placement checks it. */
-export function regionConstraintProblem(spec: FleetVmSpec, region: RegionFacts): string | null {
+/** Which of the spec's region constraints a region fails. */
+export type RegionConstraint = 'regions' | 'jurisdictions' | 'regionLabels' | 'compliance';
+
+/**
+ * The first of the spec's declared-state region constraints this region
+ * fails, or null; builds no text (placement runs it on every region per
+ * decision). RTT is not declared state: placement checks it.
+ */
+export function failedRegionConstraint(spec: FleetVmSpec, region: RegionFacts): RegionConstraint | null {
   const c = spec.constraints;
-  if (c.regions !== undefined && !c.regions.includes(region.name)) return `not among the allowed regions (${c.regions.join(', ')})`;
-  if (c.jurisdictions !== undefined && (region.jurisdiction === null || !c.jurisdictions.includes(region.jurisdiction))) {
-    return `jurisdiction ${region.jurisdiction ?? '(none declared)'} is not among the allowed ones (${c.jurisdictions.join(', ')})`;
-  }
+  if (c.regions !== undefined && !c.regions.includes(region.name)) return 'regions';
+  if (c.jurisdictions !== undefined && (region.jurisdiction === null || !c.jurisdictions.includes(region.jurisdiction))) return 'jurisdictions';
   if (c.regionLabels !== undefined) {
-    for (const key in c.regionLabels) {
-      const want = c.regionLabels[key];
-      const have = region.labels[key];
-      if (have !== want) return `label ${key}=${want} required, the region has ${have === undefined ? 'no such label' : `${key}=${have}`}`;
-    }
+    for (const key in c.regionLabels) if (region.labels[key] !== c.regionLabels[key]) return 'regionLabels';
   }
   if (c.compliance !== undefined) {
-    const missing = c.compliance.filter((m) => !region.compliance.includes(m));
-    if (missing.length > 0) return `lacks compliance ${missing.join(', ')} (has ${region.compliance.length === 0 ? 'none' : region.compliance.join(', ')})`;
+    for (const mark of c.compliance) if (!region.compliance.includes(mark)) return 'compliance';
   }
   return null;
+}
+
+/** The sentence for a failed region constraint: `jurisdiction eu is not among the allowed ones (us)`. */
+export function describeRegionConstraint(spec: FleetVmSpec, region: RegionFacts, failed: RegionConstraint): string {
+  const c = spec.constraints;
+  switch (failed) {
+    case 'regions':
+      return `not among the allowed regions (${(c.regions ?? []).join(', ')})`;
+    case 'jurisdictions':
+      return `jurisdiction ${region.jurisdiction ?? '(none declared)'} is not among the allowed ones (${(c.jurisdictions ?? []).join(', ')})`;
+    case 'regionLabels': {
+      for (const [key, want] of Object.entries(c.regionLabels ?? {})) {
+        const have = region.labels[key];
+        if (have !== want) return `label ${key}=${want} required, the region has ${have === undefined ? 'no such label' : `${key}=${have}`}`;
+      }
+      return 'region labels differ';
+    }
+    case 'compliance': {
+      const missing = (c.compliance ?? []).filter((m) => !region.compliance.includes(m));
+      return `lacks compliance ${missing.join(', ')} (has ${region.compliance.length === 0 ? 'none' : region.compliance.join(', ')})`;
+    }
+  }
+}
+
+/** Why the spec's declared-state constraints exclude this region, or null. */
+export function regionConstraintProblem(spec: FleetVmSpec, region: RegionFacts): string | null {
+  const failed = failedRegionConstraint(spec, region);
+  return failed === null ? null : describeRegionConstraint(spec, region, failed);
 }
 
 /** Which check turned a provider down: the allowed-provider list, spot, or the price limit. */
@@ -165,7 +193,7 @@ export function providerConstraintProblem(spec: FleetVmSpec, provider: ProviderF
 
 /** Dollars with up to 4 decimals, trailing zeros dropped. */
 export function formatUsd(value: number): string {
-  return String(Number(value.toFixed(4)));
+  return String(Math.round(value * 10_000) / 10_000);
 }
 
 interface LedgerEntry {

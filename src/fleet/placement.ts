@@ -39,7 +39,7 @@ import type { FleetConstraints, FleetVmSpec } from './spec.ts';
 import { FLEET_MAX_PRIORITY } from './spec.ts';
 import type { FleetGroupKind, FleetState } from './state-machine.ts';
 import type { ProviderFacts, RegionFacts, Resource, ResourceAmounts, ResourceLimits } from './ledger.ts';
-import { RESOURCES, demandOf, describeShortfall, formatAmount, formatUsd, hourlyUsd, providerConstraintProblem, regionConstraintProblem, shortfallOf } from './ledger.ts';
+import { RESOURCES, ZERO_AMOUNTS, demandOf, describeRegionConstraint, describeShortfall, failedRegionConstraint, formatAmount, formatUsd, hourlyUsd, providerConstraintProblem, shortfallOf } from './ledger.ts';
 
 export const PLACEMENT_STRATEGIES = ['binpack', 'spread'] as const;
 export type PlacementStrategy = (typeof PLACEMENT_STRATEGIES)[number];
@@ -89,10 +89,10 @@ export interface PlacementView {
   /** Sorted by name. */
   readonly regions: readonly PlacementRegionView[];
   readonly byName: ReadonlyMap<string, PlacementRegionView>;
-  /** RTT in milliseconds, rttMs(from, to); undefined when not measured. A region is 0 ms from itself. */
-  rttMs(from: string, to: string): number | undefined;
-  /** Live VMs of the group in the region (anti-affinity and spread). */
-  groupCount(kind: FleetGroupKind, group: string, region: string): number;
+  /** RTT in milliseconds from one region to every other it has measured; a region is 0 ms from itself. */
+  rttFrom(region: string): ReadonlyMap<string, number> | undefined;
+  /** Live VMs of the group per region (anti-affinity and spread); read once per decision. */
+  groupCounts(kind: FleetGroupKind, group: string): ReadonlyMap<string, number>;
 }
 
 export interface RegionHealth {
@@ -125,25 +125,20 @@ export function buildPlacementView(state: FleetState, observed: ObservedFleet = 
       providers: region.providers.map((p) => ({ ...p, used: state.usage(region.name, p.name) ?? { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 } })),
     };
   });
-  return makePlacementView(regions, observed.rttMs ?? new Map(), (kind, group, region) => state.groupCount(kind, group, region));
+  return makePlacementView(regions, observed.rttMs ?? new Map(), (kind, group) => state.groupCounts(kind, group));
 }
 
 /** A view from parts (tests, simulators, a driver with its own sources). Regions are sorted here. */
 export function makePlacementView(
   regions: readonly PlacementRegionView[],
   rtt: ReadonlyMap<string, ReadonlyMap<string, number>>,
-  groupCount: (kind: FleetGroupKind, group: string, region: string) => number,
+  groupCounts: (kind: FleetGroupKind, group: string) => ReadonlyMap<string, number>,
 ): PlacementView {
   if (regions.length > PLACEMENT_MAX_REGIONS) throw new RangeError(`placement view: ${regions.length} regions, above the ${PLACEMENT_MAX_REGIONS} limit`);
   const sorted = [...regions].sort((a, b) => compareNames(a.name, b.name));
   const byName = new Map(sorted.map((r) => [r.name, r]));
   if (byName.size !== sorted.length) throw new RangeError('placement view: two regions share a name');
-  return {
-    regions: sorted,
-    byName,
-    rttMs: (from, to) => (from === to ? 0 : rtt.get(from)?.get(to)),
-    groupCount,
-  };
+  return { regions: sorted, byName, rttFrom: (region) => rtt.get(region), groupCounts };
 }
 
 export interface FactorScore {
@@ -152,8 +147,38 @@ export interface FactorScore {
   readonly weight: number;
   /** value × weight. */
   readonly contribution: number;
-  /** The inputs, for people: `$0.0420/h, cheapest $0.0210/h`. */
+  /** The inputs, for people: `$0.042/h, cheapest $0.021/h`. */
   readonly detail: string;
+}
+
+/**
+ * A factor's detail is text for people, built only when read (and by
+ * toJSON for `--json`): a decision where 1 000 regions are eligible scores
+ * 6 000 factors, and formatting all of them up front costs more than the
+ * arithmetic. Compare factors by value (toMatchObject, JSON), not by class.
+ */
+class Factor implements FactorScore {
+  readonly value: number;
+  readonly weight: number;
+  readonly contribution: number;
+  #detail: string | (() => string);
+  constructor(value: number, weight: number, detail: string | (() => string)) {
+    this.value = value < 0 ? 0 : value > 1 ? 1 : value;
+    this.weight = weight;
+    this.contribution = this.value * weight;
+    this.#detail = detail;
+  }
+  get detail(): string {
+    if (typeof this.#detail !== 'string') this.#detail = this.#detail();
+    return this.#detail;
+  }
+  toJSON(): FactorScore {
+    return { value: this.value, weight: this.weight, contribution: this.contribution, detail: this.detail };
+  }
+}
+
+function factor(value: number, weight: number, detail: string | (() => string)): FactorScore {
+  return new Factor(value, weight, detail);
 }
 
 export interface ProviderExclusion {
@@ -172,9 +197,21 @@ export interface ScoredCandidate {
   readonly otherProviders: readonly (ProviderExclusion | { readonly provider: string; readonly score: number })[];
 }
 
-export type CandidateExplanation =
-  | ({ readonly status: 'eligible' } & ScoredCandidate)
-  | { readonly status: 'excluded'; readonly region: string; readonly filter: PlacementFilter; readonly reason: string; readonly providers: readonly ProviderExclusion[] };
+export interface ExcludedCandidate {
+  readonly status: 'excluded';
+  readonly region: string;
+  readonly filter: PlacementFilter;
+  /** A sentence with the numbers that decided. */
+  readonly reason: string;
+  /** When a provider filter decided: each provider and why. */
+  readonly providers: readonly ProviderExclusion[];
+}
+
+function exclusion(region: string, filter: PlacementFilter, reason: string, providers: readonly ProviderExclusion[] = []): ExcludedCandidate {
+  return { status: 'excluded', region, filter, reason, providers };
+}
+
+export type CandidateExplanation = ({ readonly status: 'eligible' } & ScoredCandidate) | ExcludedCandidate;
 
 export type PlacementDecision =
   | {
@@ -194,6 +231,7 @@ export type PlacementDecision =
 
 /** Raw measurements of a surviving (region, provider), before normalisation across candidates. */
 interface Survivor {
+  regionIndex: number;
   region: PlacementRegionView;
   provider: PlacementProviderView;
   price: number;
@@ -228,6 +266,8 @@ function unknownRegions(c: FleetConstraints, view: PlacementView, origin: string
   return unknown;
 }
 
+const NO_COUNTS: ReadonlyMap<string, number> = new Map();
+
 export function place(spec: FleetVmSpec, view: PlacementView, options: PlacementOptions = DEFAULT_PLACEMENT_OPTIONS): PlacementDecision {
   const c = spec.constraints;
   const unknown = unknownRegions(c, view, options.origin);
@@ -236,64 +276,72 @@ export function place(spec: FleetVmSpec, view: PlacementView, options: Placement
   }
   const demand = demandOf(spec);
   const rttFrom = c.maxRtt?.region ?? options.origin;
-  const antiGroup = c.antiAffinityGroup;
-  const explanations: (CandidateExplanation | null)[] = new Array<CandidateExplanation | null>(view.regions.length).fill(null);
-  /** Per region index: its surviving providers (empty when excluded). */
-  const survivors: Survivor[][] = [];
-  /** Per region index: the providers excluded inside a region that survived, for its explanation. */
-  const providerExclusionsOf: ProviderExclusion[][] = [];
+  const rttRow = rttFrom === null ? undefined : view.rttFrom(rttFrom);
+  const maxRtt = c.maxRtt;
+  const antiCounts = c.antiAffinityGroup === undefined ? NO_COUNTS : view.groupCounts('anti-affinity', c.antiAffinityGroup);
+  const spreadCounts = c.spreadGroup === undefined ? NO_COUNTS : view.groupCounts('spread', c.spreadGroup);
+  const candidates = new Array<CandidateExplanation>(view.regions.length);
+  /** Every surviving (region, provider), in region then provider order. */
+  const survivors: Survivor[] = [];
+  /** Providers excluded inside regions that survived, by region index, for their explanations. */
+  const partial = new Map<number, ProviderExclusion[]>();
   let cheapest = Infinity;
+  const constraintText = new Map<string, string>();
 
   for (let i = 0; i < view.regions.length; i++) {
     const region = view.regions[i] as PlacementRegionView;
-    const kept: Survivor[] = [];
-    survivors.push(kept);
-    const excluded = (filter: PlacementFilter, reason: string, providers: readonly ProviderExclusion[] = []): void => {
-      explanations[i] = { status: 'excluded', region: region.name, filter, reason, providers };
-    };
-    const constraint = regionConstraintProblem(spec, region);
-    if (constraint !== null) {
-      excluded('constraint', constraint);
+    const failed = failedRegionConstraint(spec, region);
+    if (failed !== null) {
+      // Most regions fail the same way (not in the list, the wrong jurisdiction): build each sentence once per decision.
+      const key = failed === 'regions' ? failed : failed === 'jurisdictions' ? `j:${region.jurisdiction ?? ''}` : null;
+      let reason = key === null ? undefined : constraintText.get(key);
+      if (reason === undefined) {
+        reason = describeRegionConstraint(spec, region, failed);
+        if (key !== null) constraintText.set(key, reason);
+      }
+      candidates[i] = exclusion(region.name, 'constraint', reason);
       continue;
     }
     if (region.suspected || region.phi > options.maxPhi) {
-      excluded('health', region.suspected ? `suspected down (phi ${region.phi.toFixed(1)})` : `phi ${region.phi.toFixed(1)} above the limit ${options.maxPhi}`);
+      candidates[i] = exclusion(
+        region.name,
+        'health',
+        region.suspected ? `suspected down (phi ${region.phi.toFixed(1)})` : `phi ${region.phi.toFixed(1)} above the limit ${options.maxPhi}`,
+      );
       continue;
     }
-    const rtt = rttFrom === null ? undefined : view.rttMs(rttFrom, region.name);
-    if (c.maxRtt !== undefined) {
+    const rtt = rttFrom === null ? undefined : rttFrom === region.name ? 0 : rttRow?.get(region.name);
+    if (maxRtt !== undefined) {
       if (rtt === undefined) {
-        excluded('rtt', `no RTT measured from ${c.maxRtt.region}`);
+        candidates[i] = exclusion(region.name, 'rtt', `no RTT measured from ${maxRtt.region}`);
         continue;
       }
-      if (rtt > c.maxRtt.ms) {
-        excluded('rtt', `RTT from ${c.maxRtt.region} is ${rtt.toFixed(1)} ms, above the limit ${c.maxRtt.ms} ms`);
-        continue;
-      }
-    }
-    if (antiGroup !== undefined) {
-      const n = view.groupCount('anti-affinity', antiGroup, region.name);
-      if (n > 0) {
-        excluded('anti-affinity', `already holds ${n} VM${n === 1 ? '' : 's'} of anti-affinity group ${antiGroup}`);
+      if (rtt > maxRtt.ms) {
+        candidates[i] = exclusion(region.name, 'rtt', `RTT from ${maxRtt.region} is ${rtt.toFixed(1)} ms, above the limit ${maxRtt.ms} ms`);
         continue;
       }
     }
-    const providerExclusions: ProviderExclusion[] = [];
-    providerExclusionsOf[i] = providerExclusions;
+    const anti = antiCounts.get(region.name) ?? 0;
+    if (anti > 0) {
+      candidates[i] = exclusion(region.name, 'anti-affinity', `already holds ${anti} VM${anti === 1 ? '' : 's'} of anti-affinity group ${c.antiAffinityGroup ?? ''}`);
+      continue;
+    }
+    let out: ProviderExclusion[] | null = null;
+    let kept = 0;
     for (const provider of region.providers) {
       const problem = providerConstraintProblem(spec, provider);
       // Capacity goes before price: "full" is the more useful thing to know about a region.
       if (problem !== null && problem.filter !== 'price') {
-        providerExclusions.push({ provider: provider.name, ...problem });
+        (out ??= []).push({ provider: provider.name, filter: problem.filter, reason: problem.reason });
         continue;
       }
       const short = shortfallOf(provider.limits, provider.used, demand);
       if (short !== null) {
-        providerExclusions.push({ provider: provider.name, filter: 'capacity', reason: `${provider.name} ${describeShortfall(short)}` });
+        (out ??= []).push({ provider: provider.name, filter: 'capacity', reason: `${provider.name} ${describeShortfall(short)}` });
         continue;
       }
       if (problem !== null) {
-        providerExclusions.push({ provider: provider.name, ...problem });
+        (out ??= []).push({ provider: provider.name, filter: problem.filter, reason: problem.reason });
         continue;
       }
       let headroom = 1;
@@ -309,32 +357,42 @@ export function place(spec: FleetVmSpec, view: PlacementView, options: Placement
       }
       const price = hourlyUsd(spec, provider.prices);
       if (price < cheapest) cheapest = price;
-      kept.push({ region, provider, price, headroom, headroomResource, rtt });
+      survivors.push({ regionIndex: i, region, provider, price, headroom, headroomResource, rtt });
+      kept++;
     }
-    if (kept.length === 0) {
-      const first = providerExclusions[0];
-      const same = first !== undefined && providerExclusions.every((e) => e.filter === first.filter);
-      excluded(same ? first.filter : 'providers', providerExclusions.map((e) => e.reason).join('; ') || 'declares no provider', providerExclusions);
-      continue;
+    if (kept === 0) {
+      const exclusions = out ?? [];
+      const first = exclusions[0];
+      const same = first !== undefined && exclusions.every((e) => e.filter === first.filter);
+      candidates[i] = exclusion(region.name, same ? first.filter : 'providers', exclusions.map((e) => e.reason).join('; ') || 'declares no provider', exclusions);
+    } else if (out !== null) {
+      partial.set(i, out);
     }
-    // Scored in the second pass, once the cheapest eligible price is known.
   }
 
-  // Second pass: scores, the best provider per region, and the top three regions.
+  // Second pass, once the cheapest eligible price is known: scores, each region's best provider, the top three.
   const top: ScoredCandidate[] = [];
-  for (let i = 0; i < view.regions.length; i++) {
-    const kept = survivors[i] as Survivor[];
-    if (kept.length === 0) continue;
-    const scored = kept.map((s) => scoreSurvivor(spec, s, cheapest, options, rttFrom, view));
-    let best = scored[0] as ScoredCandidate;
-    for (const s of scored) if (s.score > best.score) best = s; // providers are sorted by name: the first of equals wins
-    const others: (ProviderExclusion | { provider: string; score: number })[] = [...(providerExclusionsOf[i] ?? [])];
-    for (const s of scored) if (s !== best) others.push({ provider: s.provider, score: s.score });
-    const candidate: ScoredCandidate = { ...best, otherProviders: others };
-    explanations[i] = { status: 'eligible', ...candidate };
+  const cheapestText = `$${formatUsd(cheapest)}`;
+  for (let k = 0; k < survivors.length; ) {
+    const regionIndex = (survivors[k] as Survivor).regionIndex;
+    let best: ScoredCandidate | null = null;
+    const outscored: { provider: string; score: number }[] = [];
+    for (; k < survivors.length && (survivors[k] as Survivor).regionIndex === regionIndex; k++) {
+      const scored = scoreSurvivor(spec, survivors[k] as Survivor, cheapest, cheapestText, options, rttFrom, spreadCounts);
+      // Providers come sorted by name: the first of equal scores wins.
+      if (best === null || scored.score > best.score) {
+        if (best !== null) outscored.push({ provider: best.provider, score: best.score });
+        best = scored;
+      } else {
+        outscored.push({ provider: scored.provider, score: scored.score });
+      }
+    }
+    if (best === null) continue;
+    const others = partial.get(regionIndex);
+    const candidate: ScoredCandidate = others === undefined && outscored.length === 0 ? best : { ...best, otherProviders: [...(others ?? []), ...outscored] };
+    candidates[regionIndex] = { status: 'eligible', ...candidate };
     insertTop(top, candidate);
   }
-  const candidates = explanations as CandidateExplanation[];
   const choice = top[0];
   if (choice !== undefined) return { ok: true, choice, alternatives: top.slice(1), candidates };
   const tooLarge = largerThanEveryRegion(demand, view);
@@ -352,48 +410,44 @@ function insertTop(top: ScoredCandidate[], candidate: ScoredCandidate): void {
   if (top.length > 3) top.pop();
 }
 
-function factor(value: number, weight: number, detail: string): FactorScore {
-  const v = Math.min(1, Math.max(0, value));
-  return { value: v, weight, contribution: v * weight, detail };
-}
-
-function scoreSurvivor(spec: FleetVmSpec, s: Survivor, cheapest: number, options: PlacementOptions, rttFrom: string | null, view: PlacementView): ScoredCandidate {
+function scoreSurvivor(spec: FleetVmSpec, s: Survivor, cheapest: number, cheapestText: string, options: PlacementOptions, rttFrom: string | null, spreadCounts: ReadonlyMap<string, number>): ScoredCandidate {
   const w = options.weights;
   const c = spec.constraints;
-  const cost = factor(s.price === 0 ? 1 : cheapest / s.price, w.cost, `$${formatUsd(s.price)}/h, cheapest $${formatUsd(cheapest)}/h`);
+  const cost = factor(s.price === 0 ? 1 : cheapest / s.price, w.cost, () => `$${formatUsd(s.price)}/h, cheapest ${cheapestText}/h`);
   let rtt: FactorScore;
+  const measured = s.rtt;
   if (rttFrom === null) rtt = factor(1, w.rtt, 'no reference region');
-  else if (s.rtt === undefined) rtt = factor(0.5, w.rtt, `not measured from ${rttFrom}`);
+  else if (measured === undefined) rtt = factor(0.5, w.rtt, () => `not measured from ${rttFrom}`);
   else {
     const scale = c.maxRtt !== undefined && c.maxRtt.ms > 0 ? c.maxRtt.ms : options.rttScaleMs;
-    rtt = factor(1 - s.rtt / scale, w.rtt, `${s.rtt.toFixed(1)} ms from ${rttFrom}, scale ${scale} ms`);
+    rtt = factor(1 - measured / scale, w.rtt, () => `${measured.toFixed(1)} ms from ${rttFrom}, scale ${scale} ms`);
   }
-  const headroomDetail = s.headroomResource === null ? 'no declared limit' : `${(s.headroom * 100).toFixed(1)}% of ${s.headroomResource} free after placing (${options.strategy})`;
-  const headroom = factor(options.strategy === 'binpack' ? 1 - s.headroom : s.headroom, w.headroom, headroomDetail);
-  const health = factor(1 - s.region.phi / options.maxPhi, w.health, `phi ${s.region.phi.toFixed(1)} of ${options.maxPhi}`);
+  const headroom = factor(options.strategy === 'binpack' ? 1 - s.headroom : s.headroom, w.headroom, () =>
+    s.headroomResource === null ? 'no declared limit' : `${(s.headroom * 100).toFixed(1)}% of ${s.headroomResource} free after placing (${options.strategy})`,
+  );
+  const phi = s.region.phi;
+  const health = factor(1 - phi / options.maxPhi, w.health, () => `phi ${phi.toFixed(1)} of ${options.maxPhi}`);
   const priority = s.provider.spot
-    ? factor(1 - spec.priority / FLEET_MAX_PRIORITY, w.priority, `spot capacity, priority ${spec.priority}`)
+    ? factor(1 - spec.priority / FLEET_MAX_PRIORITY, w.priority, () => `spot capacity, priority ${spec.priority}`)
     : factor(1, w.priority, 'on-demand capacity');
   let spread: FactorScore;
-  if (c.spreadGroup === undefined) spread = factor(1, w.spread, 'no spread group');
+  const group = c.spreadGroup;
+  if (group === undefined) spread = factor(1, w.spread, 'no spread group');
   else {
-    const n = view.groupCount('spread', c.spreadGroup, s.region.name);
-    spread = factor(1 / (1 + n), w.spread, `${n} VM${n === 1 ? '' : 's'} of spread group ${c.spreadGroup} here`);
+    const n = spreadCounts.get(s.region.name) ?? 0;
+    spread = factor(1 / (1 + n), w.spread, () => `${n} VM${n === 1 ? '' : 's'} of spread group ${group} here`);
   }
-  const factors = { cost, rtt, headroom, health, priority, spread };
   // A fixed order of addition: the same inputs give the same float on every replica.
   const score = cost.contribution + rtt.contribution + headroom.contribution + health.contribution + priority.contribution + spread.contribution;
-  return { region: s.region.name, provider: s.provider.name, hourlyUsd: s.price, score, factors, otherProviders: [] };
+  return { region: s.region.name, provider: s.provider.name, hourlyUsd: s.price, score, factors: { cost, rtt, headroom, health, priority, spread }, otherProviders: [] };
 }
 
-/** `needs 64 vCPUs, larger than every region: the largest is eu-west/local with 32 vCPUs`, or null when some provider could hold it empty. */
+/** `needs 64 vCPUs, larger than every region's capacity: the largest is eu-west/local with 32 vCPUs`, or null when some provider could hold it empty. */
 function largerThanEveryRegion(demand: ResourceAmounts, view: PlacementView): string | null {
   if (view.regions.length === 0) return 'cannot be placed: the fleet has no registered region';
-  let anyFitsEmpty = false;
   for (const region of view.regions) {
-    for (const p of region.providers) if (shortfallOf(p.limits, { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 }, demand) === null) anyFitsEmpty = true;
+    for (const p of region.providers) if (shortfallOf(p.limits, ZERO_AMOUNTS, demand) === null) return null;
   }
-  if (anyFitsEmpty) return null;
   // Name the resource that fails at the largest provider for it.
   for (const r of RESOURCES) {
     let largest: { region: string; provider: string; limit: number } | null = null;

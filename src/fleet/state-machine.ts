@@ -119,11 +119,15 @@ export interface FleetState {
   usage(region: string, provider: string): ResourceAmounts | undefined;
   /** Usage summed over a region's providers. */
   regionUsage(region: string): ResourceAmounts;
-  /** Live assigned VMs of a group per region (regions with none are absent). */
+  /**
+   * Live assigned VMs of a group per region (regions with none are absent).
+   * Not a copy: read it before the next apply (placement reads one group's
+   * map per decision instead of copying it).
+   */
   groupCounts(kind: FleetGroupKind, group: string): ReadonlyMap<string, number>;
-  /** The live assigned VMs of a group in one region, without copying (placement calls it per region). */
-  groupCount(kind: FleetGroupKind, group: string, region: string): number;
 }
+
+const NO_GROUP: ReadonlyMap<string, number> = new Map();
 
 type MutableVm = { -readonly [K in keyof FleetVm]: FleetVm[K] };
 
@@ -198,12 +202,7 @@ export class FleetStateMachine implements FleetState {
   }
 
   groupCounts(kind: FleetGroupKind, group: string): ReadonlyMap<string, number> {
-    return new Map(this.#groups[kind].get(group));
-  }
-
-  /** The live count of a group in one region, without copying (placement views call this per region). */
-  groupCount(kind: FleetGroupKind, group: string, region: string): number {
-    return this.#groups[kind].get(group)?.get(region) ?? 0;
+    return this.#groups[kind].get(group) ?? NO_GROUP;
   }
 
   /** Applies one log entry: decodes it (an undecodable entry is refused as invalid_command) and applies it. */
@@ -306,7 +305,7 @@ export class FleetStateMachine implements FleetState {
     const current = vm.assignment;
     const group = vm.spec.constraints.antiAffinityGroup;
     if (group !== undefined) {
-      const others = this.groupCount('anti-affinity', group, regionName) - (current?.region === regionName ? 1 : 0);
+      const others = (this.groupCounts('anti-affinity', group).get(regionName) ?? 0) - (current?.region === regionName ? 1 : 0);
       if (others > 0) return reject('anti_affinity', `${regionName} already holds ${others} VM${others === 1 ? '' : 's'} of anti-affinity group ${group}`);
     }
     const demand = demandOf(vm.spec);

@@ -160,6 +160,9 @@ describe('placement', () => {
     const d2 = place(spec('a'), buildPlacementView(m2));
     expect(chosen(d1)).toBe('aa/local');
     expect(d1).toEqual(d2);
+    // Factor details are built on read; JSON carries them, and they agree too.
+    expect(JSON.stringify(d1)).toBe(JSON.stringify(d2));
+    expect(JSON.stringify(d1)).toContain('"detail":"$0.028/h, cheapest $0.028/h"');
     if (d1.ok) expect(d1.alternatives.map((a) => a.region)).toEqual(['mm', 'zz']);
     expect(place(spec('a'), buildPlacementView(m1))).toEqual(d1);
   });
@@ -211,6 +214,6 @@ describe('placement', () => {
 
   it('makePlacementView refuses duplicate region names', () => {
     const r: PlacementRegionView = { name: 'a', jurisdiction: null, compliance: [], labels: {}, providers: [], phi: 0, suspected: false };
-    expect(() => makePlacementView([r, r], new Map(), () => 0)).toThrow('two regions share a name');
+    expect(() => makePlacementView([r, r], new Map(), () => new Map())).toThrow('two regions share a name');
   });
 });
