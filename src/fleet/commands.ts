@@ -214,26 +214,40 @@ export function parseFleetCommand(input: unknown): FleetCommand {
 }
 
 /**
- * JSON with object keys in code-unit order and no whitespace. Refuses what
- * JSON cannot carry exactly (non-finite numbers, undefined inside arrays),
- * so encoding never silently changes a value.
+ * JSON with object keys in code-unit order and no whitespace (one
+ * exception: integer-like keys, say a label named "10", come first in numeric
+ * order, as JavaScript orders an object's keys; encoder and decoder share
+ * this function, so a command still has exactly one encoding). Refuses what
+ * JSON cannot carry exactly (non-finite numbers, undefined inside arrays,
+ * functions), so encoding never silently changes a value. Built as a
+ * key-sorted copy handed to JSON.stringify (which keeps insertion order):
+ * the native serialiser is several times faster than concatenating strings
+ * here, which matters for snapshots of 10⁵–10⁶ VMs.
  */
 export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value === 'boolean' || typeof value === 'string') return JSON.stringify(value);
+  return JSON.stringify(sortedCopy(value));
+}
+
+function sortedCopy(value: unknown): unknown {
+  if (value === null || typeof value === 'boolean' || typeof value === 'string') return value;
   if (typeof value === 'number') {
     if (!Number.isFinite(value)) throw new RangeError(`canonical JSON: ${value} is not a finite number`);
-    return JSON.stringify(value);
+    return value;
   }
-  if (Array.isArray(value)) return `[${value.map((v: unknown) => canonicalJson(v)).join(',')}]`;
+  if (Array.isArray(value)) {
+    return value.map((v: unknown) => {
+      if (v === undefined) throw new TypeError('canonical JSON: undefined inside an array');
+      return sortedCopy(v);
+    });
+  }
   if (typeof value === 'object') {
     const record = value as Record<string, unknown>;
-    const parts: string[] = [];
+    const out: Record<string, unknown> = {};
     for (const key of Object.keys(record).sort()) {
       const v = record[key];
-      if (v === undefined) continue;
-      parts.push(`${JSON.stringify(key)}:${canonicalJson(v)}`);
+      if (v !== undefined) out[key] = sortedCopy(v);
     }
-    return `{${parts.join(',')}}`;
+    return out;
   }
   throw new TypeError(`canonical JSON: a ${typeof value} cannot be encoded`);
 }

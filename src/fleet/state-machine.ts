@@ -115,6 +115,13 @@ export interface FleetState {
   /** Sorted by name; O(n log n): for listings, not per decision. */
   vms(): readonly FleetVm[];
   vm(name: string): FleetVm | undefined;
+  /**
+   * The VMs whose assignment names this region, live and deleted (a
+   * tombstone keeps its assignment: the copy there is to be terminated),
+   * sorted by name: what one region's reconciler works through, without
+   * scanning the whole fleet.
+   */
+  vmsAssignedTo(region: string): readonly FleetVm[];
   /** Usage of one provider of a region; undefined when not registered. */
   usage(region: string, provider: string): ResourceAmounts | undefined;
   /** Usage summed over a region's providers. */
@@ -156,6 +163,8 @@ export class FleetStateMachine implements FleetState {
   #declarations = new Map<string, RegisterRegionCommand>();
   #sortedRegions: FleetRegion[] | null = null;
   #vms = new Map<string, MutableVm>();
+  /** Names of the VMs whose assignment is in each region (tombstones included). */
+  #byRegion = new Map<string, Set<string>>();
   #ledger = new CapacityLedger();
   #groups: Record<FleetGroupKind, Map<string, Map<string, number>>> = { 'anti-affinity': new Map(), spread: new Map() };
 
@@ -191,6 +200,15 @@ export class FleetStateMachine implements FleetState {
   vm(name: string): FleetVm | undefined {
     const vm = this.#vms.get(name);
     return vm === undefined ? undefined : copyVm(vm);
+  }
+
+  vmsAssignedTo(region: string): readonly FleetVm[] {
+    const names = [...(this.#byRegion.get(region) ?? [])].sort();
+    return names.map((name) => {
+      const vm = this.#vms.get(name);
+      invariant(vm !== undefined, () => `fleet: the region index of ${region} names ${name}, which has no record`);
+      return copyVm(vm);
+    });
   }
 
   usage(region: string, provider: string): ResourceAmounts | undefined {
@@ -241,6 +259,7 @@ export class FleetStateMachine implements FleetState {
         const vm = this.#vms.get(cmd.vm);
         if (vm === undefined) return reject('unknown_vm', `no VM named ${cmd.vm}`);
         if (!vm.deleted) return reject('not_deleted', `${cmd.vm} is not deleted; delete it before purging its record`);
+        if (vm.assignment !== null) this.#index(vm.name, vm.assignment.region, -1);
         this.#vms.delete(cmd.vm);
         return { ok: true, kind: cmd.kind, vm: cmd.vm };
       }
@@ -288,6 +307,7 @@ export class FleetStateMachine implements FleetState {
     if (old !== undefined && !old.deleted) return reject('name_taken', `a VM named ${spec.name} already exists`);
     if (old === undefined && this.#vms.size >= this.limits.maxVms) return reject('limit_reached', `the fleet holds ${this.#vms.size} VM records, its limit; purge deleted VMs or raise the limit`);
     // A new incarnation over a tombstone keeps the generation floor, so a copy of the old one is still fenced off.
+    if (old !== undefined && old.assignment !== null) this.#index(old.name, old.assignment.region, -1);
     this.#vms.set(spec.name, { name: spec.name, spec, power, assignment: null, generation: old?.generation ?? 0, deleted: false });
     return { ok: true, kind: 'create', vm: spec.name };
   }
@@ -312,7 +332,11 @@ export class FleetStateMachine implements FleetState {
     const credit = current !== null && current.region === regionName && current.provider === providerName ? demand : ZERO_AMOUNTS;
     const short = this.#ledger.check(regionName, providerName, demand, credit);
     if (short !== null) return reject('insufficient_capacity', `${regionName}/${providerName} cannot take ${name}: ${describeShortfall(short)}`);
-    if (current !== null) this.#unassign(vm, current);
+    if (current !== null) {
+      this.#unassign(vm, current);
+      this.#index(name, current.region, -1);
+    }
+    this.#index(name, regionName, +1);
     this.#ledger.reserve(regionName, providerName, demand);
     this.#count(vm.spec, regionName, +1);
     vm.assignment = { region: regionName, provider: providerName, generation };
@@ -334,6 +358,20 @@ export class FleetStateMachine implements FleetState {
   #unassign(vm: MutableVm, at: FleetAssignment): void {
     this.#ledger.release(at.region, at.provider, demandOf(vm.spec));
     this.#count(vm.spec, at.region, -1);
+  }
+
+  #index(name: string, region: string, delta: 1 | -1): void {
+    let names = this.#byRegion.get(region);
+    if (delta === 1) {
+      if (names === undefined) {
+        names = new Set();
+        this.#byRegion.set(region, names);
+      }
+      names.add(name);
+      return;
+    }
+    invariant(names?.delete(name) === true, () => `fleet: ${name} was not in the region index of ${region}`);
+    if (names.size === 0) this.#byRegion.delete(region);
   }
 
   #count(spec: FleetVmSpec, region: string, delta: 1 | -1): void {
@@ -398,6 +436,7 @@ export class FleetStateMachine implements FleetState {
       if (record.assignment !== null) {
         if (record.assignment.generation > record.generation) throw new FleetSnapshotError(`VM ${record.name} is assigned at generation ${record.assignment.generation}, above its generation ${record.generation}`);
         vm.assignment = { ...record.assignment };
+        machine.#index(record.name, record.assignment.region, +1);
         if (!record.deleted) {
           const { region, provider } = record.assignment;
           if (!machine.#ledger.has(region, provider)) throw new FleetSnapshotError(`VM ${record.name} is assigned to ${region}/${provider}, which is not registered`);

@@ -122,3 +122,12 @@ describe('fleet command encoding', () => {
     expect(() => canonicalJson({ a: Infinity })).toThrow('not a finite number');
   });
 });
+
+describe('canonical JSON and integer-like label keys', () => {
+  it('still gives one encoding that decodes', () => {
+    const cmd = { kind: 'create', spec: { name: 'a', vcpus: 1, memoryBytes: 1024 ** 3, image: 'b', labels: { b: '1', '10': 'x', '9': 'y' } } } as const;
+    const bytes = encodeFleetCommand(cmd);
+    expect(decodeFleetCommand(bytes).kind).toBe('create');
+    expect(encodeFleetCommand(decodeFleetCommand(bytes))).toEqual(bytes);
+  });
+});

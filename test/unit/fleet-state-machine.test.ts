@@ -28,6 +28,8 @@ describe('fleet state machine rules', () => {
     expect(m.regionUsage('us-east')).toEqual({ vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 });
     expect(m.vm('web1')).toMatchObject({ power: 'running', assignment: { region: 'eu-west', provider: 'local', generation: 1 }, generation: 1, deleted: false });
     expect(m.regions().map((r) => r.name)).toEqual(['eu-west', 'us-east']);
+    expect(m.vmsAssignedTo('eu-west').map((vm) => vm.name)).toEqual(['web1']);
+    expect(m.vmsAssignedTo('us-east')).toEqual([]);
     expect(m.region('us-east')?.providers.map((p) => [p.name, p.limits])).toEqual([
       ['aws', { vcpus: 4, memoryBytes: null, diskBytes: null, instances: 2 }],
       ['local', { vcpus: 8, memoryBytes: 16 * GIB, diskBytes: 1000 * GIB, instances: null }],
@@ -286,8 +288,14 @@ describe('the ledger never over-commits (property)', () => {
             lastGeneration.set(cmd.vm, cmd.generation);
           }
         }
+        // The per-region index agrees with the records.
+        for (const region of [...regions, 'r9']) {
+          expect(m.vmsAssignedTo(region).map((vm) => vm.name)).toEqual(m.vms().filter((vm) => vm.assignment?.region === region).map((vm) => vm.name));
+        }
         const bytes = m.snapshot();
-        expect(FleetStateMachine.restore(bytes).snapshot()).toEqual(bytes);
+        const restored = FleetStateMachine.restore(bytes);
+        expect(restored.snapshot()).toEqual(bytes);
+        for (const region of regions) expect(restored.vmsAssignedTo(region)).toEqual(m.vmsAssignedTo(region));
       }),
       { numRuns: 300 },
     );
