@@ -33,7 +33,9 @@
  * is the ledger's own check (shortfallOf), so a choice placement makes on a
  * view equal to the log's state is one the log accepts. Cost: O(regions ×
  * providers) per decision, nothing per VM: the view carries per-provider
- * usage and group counts, precomputed (buildPlacementView).
+ * usage and group counts, precomputed (buildPlacementView). Factor details
+ * are formatted when read (and by JSON.stringify), the rest of the
+ * explanation eagerly: see bench/RESULTS.md for what each costs.
  */
 import type { FleetConstraints, FleetVmSpec } from './spec.ts';
 import { FLEET_MAX_PRIORITY } from './spec.ts';
