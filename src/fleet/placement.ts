@@ -41,7 +41,7 @@ import type { FleetConstraints, FleetVmSpec } from './spec.ts';
 import { FLEET_MAX_PRIORITY } from './spec.ts';
 import type { FleetGroupKind, FleetState } from './state-machine.ts';
 import type { ProviderFacts, RegionFacts, Resource, ResourceAmounts, ResourceLimits } from './ledger.ts';
-import { RESOURCES, ZERO_AMOUNTS, demandOf, describeRegionConstraint, describeShortfall, failedRegionConstraint, formatAmount, formatUsd, hourlyUsd, providerConstraintProblem, shortfallOf } from './ledger.ts';
+import { RESOURCES, demandOf, describeRegionConstraint, describeShortfall, exceedsLimits, failedRegionConstraint, formatAmount, formatUsd, hourlyUsd, providerConstraintProblem, shortfallOf } from './ledger.ts';
 
 export const PLACEMENT_STRATEGIES = ['binpack', 'spread'] as const;
 export type PlacementStrategy = (typeof PLACEMENT_STRATEGIES)[number];
@@ -448,7 +448,7 @@ function scoreSurvivor(spec: FleetVmSpec, s: Survivor, cheapest: number, cheapes
 function largerThanEveryRegion(demand: ResourceAmounts, view: PlacementView): string | null {
   if (view.regions.length === 0) return 'cannot be placed: the fleet has no registered region';
   for (const region of view.regions) {
-    for (const p of region.providers) if (shortfallOf(p.limits, ZERO_AMOUNTS, demand) === null) return null;
+    for (const p of region.providers) if (exceedsLimits(p.limits, demand) === null) return null;
   }
   // Name the resource that fails at the largest provider for it.
   for (const r of RESOURCES) {
