@@ -1,27 +1,28 @@
 /**
- * The admin socket's Kv service (kv.proto) over KvService: checks each
- * request at the edge (key, scope, consistency, client id and sequence,
- * timeout; errors name the field), turns KvResult into the wire response,
- * and maps failures to gRPC codes (see call.ts): UNAVAILABLE when a retry may
+ * The admin socket's Kv service (kv.proto) over the KV router: parses each
+ * request at the edge (key, scope, consistency, numbers, timeout; errors name
+ * the field), turns the router's answers into wire responses, and maps
+ * failures to gRPC codes (see call.ts): UNAVAILABLE when a retry may
  * succeed (no leader, no quorum, deadline), FAILED_PRECONDITION when this
  * node cannot serve the scope, INVALID_ARGUMENT for a bad request.
  *
- * Consistency strong (and serializable, for reads) is the consensus log's
- * keyspace; quorum, local and eventual go to the geo-distributed store
- * (kv-geo.ts).
+ * Which keyspace and log a request goes to (scope × consistency), and what
+ * each can serve, is the router's (src/kv/router.ts): this adapter only
+ * parses the wire into a router request and renders the typed answer back,
+ * so the rules do not depend on how a request arrived.
  */
-import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
-import type { KvCommand, KvEntry, KvEntryMeta, KvOp } from '../kv/command.ts';
-import { KV_MAX_CLIENT_ID } from '../kv/command.ts';
+import type { KvEntry, KvEntryMeta } from '../kv/command.ts';
+import { KV_READ_LEVELS, KV_SCOPES, KV_WRITE_LEVELS, type KvScope } from '../kv/consistency.ts';
+import type { KvGeoItem } from '../kv/geo-keyspace.ts';
+import type { KvRouter, KvWriteAnswer, KvWriteOp } from '../kv/router.ts';
+import type { KvWriteOutcome } from '../kv/service.ts';
+import { KvServiceError } from '../kv/service.ts';
 import { FrameError } from '../net/framing.ts';
-import type { KvService, KvScope, KvWriteOutcome } from '../kv/service.ts';
-import { KV_SCOPES, KvServiceError } from '../kv/service.ts';
 import { KV_SERVICE, loadAdminPackage, type KvWriteOptions } from './client.ts';
 import { AdminCallError, asyncUnary, requireTimeout } from './call.ts';
-import type { GeoState } from '../state/geo-state.ts';
-import { KV_READ_LEVELS, KV_WRITE_LEVELS, KvGeo, isGeoLevel } from './kv-geo.ts';
+import { geoFailure } from './state-service.ts';
 import type { AdminServiceRegistration } from './server.ts';
 
 interface WireItem {
@@ -29,6 +30,9 @@ interface WireItem {
   value: Uint8Array;
   revision: number;
   create_revision: number;
+  /** Geo keyspace only. */
+  region?: string;
+  hlc?: string;
 }
 
 interface WireWriteResponse {
@@ -38,6 +42,16 @@ interface WireWriteResponse {
   current_revision: number;
   prev?: WireItem;
   leader: string;
+  consistency?: string;
+  regions_acked?: number;
+  regions_total?: number;
+}
+
+interface WireGetResponse {
+  items: WireItem[];
+  applied_index: number;
+  regions_answered?: number;
+  regions_total?: number;
 }
 
 /** uint64 arrives as a decimal string (longs: String). */
@@ -66,6 +80,23 @@ function item(key: string, meta: KvEntryMeta, value: Uint8Array = new Uint8Array
 
 function entryItem(e: KvEntry): WireItem {
   return item(e.key, e, e.value);
+}
+
+/** A geo item: no revisions (0), but the writing region and its HLC stamp as "wallMs.logical". */
+function geoItem(i: KvGeoItem): WireItem {
+  const { written } = i;
+  return { key: i.key, value: i.value, revision: 0, create_revision: 0, region: written?.region ?? '', hlc: written === null ? '' : `${written.wallMs}.${written.logical}` };
+}
+
+/** '' (not set on the wire) is no scope named. */
+function scopeOf(field: string, raw: string): KvScope | null {
+  return raw === '' ? null : oneOf(field, raw, KV_SCOPES, 'datacenter');
+}
+
+function answerOf(key: string, answer: KvWriteAnswer, nodeName: string): WireWriteResponse {
+  if (answer.keyspace === 'log') return writeResponse(key, answer);
+  const { level, acked, total } = answer;
+  return { ok: true, revision: 0, reason: '', current_revision: 0, leader: nodeName, consistency: level, regions_acked: acked, regions_total: total };
 }
 
 export function writeResponse(key: string, outcome: KvWriteOutcome): WireWriteResponse {
@@ -101,47 +132,32 @@ function failure(err: unknown): unknown {
   }
   // The command schema names the bad field (key too long, empty, not UTF-8...).
   if (err instanceof FrameError) return invalid(err.detail);
-  return err;
+  return geoFailure(err);
 }
 
 export interface KvAdminOptions {
-  service: KvService;
+  router: KvRouter;
   nodeName: string;
   defaultTimeoutMs: number;
   log: Logger;
-  /** The geo-distributed store behind the quorum, local and eventual levels; absent: those levels are refused. */
-  geo?: GeoState | null;
 }
 
 export function kvServiceRegistration(opts: KvAdminOptions): AdminServiceRegistration {
-  const { service, log } = opts;
-  let anonymous = 0;
-  const anonymousClient = `${opts.nodeName}-admin-${randomBytes(4).toString('hex')}`;
-  const geo = new KvGeo({ geo: opts.geo ?? null, nodeName: opts.nodeName, defaultTimeoutMs: opts.defaultTimeoutMs });
+  const { router, log } = opts;
 
-  async function write(key: string, op: KvOp, options: WireOptions | undefined): Promise<WireWriteResponse | Record<string, unknown>> {
+  async function write(key: string, op: KvWriteOp, options: WireOptions | undefined): Promise<WireWriteResponse> {
     const o = options ?? { scope: '', client_id: '', seq: '0', timeout_ms: 0 };
-    const level = oneOf('options.consistency', o.consistency ?? '', KV_WRITE_LEVELS, 'strong');
-    if (isGeoLevel(level)) {
-      if (op.op === 'cas') throw invalid(`options.consistency: compare-and-swap needs strong (geo keys have no revisions), not ${level}`);
-      return geo.write(key, op.op === 'put' ? op.value : null, level, o);
-    }
-    if (uint('options.ttl_ms', o.ttl_ms ?? 0) > 0) throw invalid('options.ttl_ms: only geo levels (quorum, local, eventual) expire values');
-    const scope: KvScope = oneOf('options.scope', o.scope, KV_SCOPES, 'datacenter');
-    if (o.client_id.length > KV_MAX_CLIENT_ID) throw invalid(`options.client_id: ${o.client_id.length} characters, above the ${KV_MAX_CLIENT_ID}-character limit`);
-    let identity: { clientId: string; seq: number };
-    if (o.client_id === '') {
-      // No retry safety across calls was asked for: a daemon-wide client with its own sequence.
-      identity = { clientId: anonymousClient, seq: ++anonymous };
-    } else {
-      const seq = uint('options.seq', o.seq);
-      if (seq < 1) throw invalid('options.seq: must be 1 or more with a client_id');
-      identity = { clientId: o.client_id, seq };
-    }
-    const command = { ...identity, ...op } as KvCommand;
-    const timeoutMs = requireTimeout(o.timeout_ms, opts.defaultTimeoutMs);
+    const request = {
+      op,
+      level: oneOf('options.consistency', o.consistency ?? '', KV_WRITE_LEVELS, 'strong'),
+      scope: scopeOf('options.scope', o.scope),
+      clientId: o.client_id,
+      seq: uint('options.seq', o.seq),
+      ttlMs: uint('options.ttl_ms', o.ttl_ms ?? 0),
+      timeoutMs: requireTimeout(o.timeout_ms, opts.defaultTimeoutMs),
+    };
     try {
-      return writeResponse(key, await service.write(command, scope, timeoutMs));
+      return answerOf(key, await router.write(request), opts.nodeName);
     } catch (err) {
       throw failure(err);
     }
@@ -156,26 +172,25 @@ export function kvServiceRegistration(opts: KvAdminOptions): AdminServiceRegistr
     name: KV_SERVICE,
     packageDefinition: loadAdminPackage(),
     implementation: {
-      Put: asyncUnary<Put, WireWriteResponse | Record<string, unknown>>(log, 'Put', (r) => write(r.key, { op: 'put', key: r.key, value: r.value }, r.options)),
-      Delete: asyncUnary<Del, WireWriteResponse | Record<string, unknown>>(log, 'Delete', (r) => write(r.key, { op: 'delete', key: r.key }, r.options)),
-      Cas: asyncUnary<Cas, WireWriteResponse | Record<string, unknown>>(log, 'Cas', (r) =>
+      Put: asyncUnary<Put, WireWriteResponse>(log, 'Put', (r) => write(r.key, { op: 'put', key: r.key, value: r.value }, r.options)),
+      Delete: asyncUnary<Del, WireWriteResponse>(log, 'Delete', (r) => write(r.key, { op: 'delete', key: r.key }, r.options)),
+      Cas: asyncUnary<Cas, WireWriteResponse>(log, 'Cas', (r) =>
         write(r.key, { op: 'cas', key: r.key, value: r.value, expectedRevision: uint('expected_revision', r.expected_revision) }, r.options),
       ),
-      Get: asyncUnary<Get, { items: WireItem[]; applied_index: number } | Record<string, unknown>>(log, 'Get', async (r) => {
+      Get: asyncUnary<Get, WireGetResponse>(log, 'Get', async (r) => {
         if (r.key === '' && !r.prefix) throw invalid('key: required (or set prefix to list keys)');
-        const level = oneOf('consistency', r.consistency, KV_READ_LEVELS, 'strong');
-        if (isGeoLevel(level)) return geo.read(r, level);
+        const request = {
+          key: r.key,
+          prefix: r.prefix,
+          limit: r.limit,
+          level: oneOf('consistency', r.consistency, KV_READ_LEVELS, 'strong'),
+          scope: scopeOf('scope', r.scope),
+          timeoutMs: requireTimeout(r.timeout_ms, opts.defaultTimeoutMs),
+        };
         try {
-          const out = await service.read({
-            key: r.key,
-            prefix: r.prefix,
-            limit: r.limit,
-            // serializable: this replica's applied state, without the leader's barrier.
-            consistency: level === 'serializable' ? 'local' : 'strong',
-            scope: oneOf('scope', r.scope, KV_SCOPES, 'datacenter'),
-            timeoutMs: requireTimeout(r.timeout_ms, opts.defaultTimeoutMs),
-          });
-          return { items: out.entries.map(entryItem), applied_index: out.appliedIndex };
+          const answer = await router.read(request);
+          if (answer.keyspace === 'log') return { items: answer.entries.map(entryItem), applied_index: answer.appliedIndex };
+          return { items: answer.items.map(geoItem), applied_index: 0, regions_answered: answer.answered, regions_total: answer.total };
         } catch (err) {
           throw failure(err);
         }
@@ -183,4 +198,3 @@ export function kvServiceRegistration(opts: KvAdminOptions): AdminServiceRegistr
     },
   };
 }
-

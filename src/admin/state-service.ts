@@ -20,7 +20,7 @@ import { canonicalJson, type JsonValue } from '../state/crdt/types.ts';
 import { CRDT_TYPES, entryKey, isCrdtType, splitKey, type CrdtType, type Entry } from '../state/entry.ts';
 import { GeoStateError, type GeoState } from '../state/geo-state.ts';
 import type { CrdtOp } from '../state/ops.ts';
-import { GEO_LEVELS, type GeoLevel } from '../state/replica.ts';
+import { GEO_LEVELS, type GeoLevel } from '../kv/consistency.ts';
 import type { TestFaults } from '../net/test-faults.ts';
 import { loadAdminPackage } from './client.ts';
 import { AdminCallError, asyncUnary, requireTimeout } from './call.ts';

@@ -3,7 +3,7 @@
  * Raft group behind it.
  *
  *   dwcpctl kv put KEY VALUE | get KEY | delete KEY | cas KEY VALUE --revision N
- *              [--consistency strong|quorum|local|eventual] [--ttl MS]
+ *              [--consistency strong|quorum|local|eventual] [--ttl MS]   (get: also serializable)
  *   dwcpctl raft status | members | add-member ID | remove-member ID | transfer-leader [ID]
  *
  * --consistency picks the keyspace (docs/state.md): strong (the default) is
@@ -24,14 +24,10 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { ParseArgsOptionsConfig } from 'node:util';
 import type { KvGetResponse, KvItem, KvWriteOptions, KvWriteResponse, RaftMembersResponse, RaftStatusResponse } from '../admin/client.ts';
+import { KV_READ_LEVELS, KV_SCOPES, KV_WRITE_LEVELS, isGeoLevel } from '../kv/consistency.ts';
 import { formatJson, renderFields, renderTable } from './format.ts';
 import type { Command, CommandContext } from './command.ts';
 import { UsageError } from './command.ts';
-
-const SCOPES = ['datacenter', 'federation'] as const;
-const GEO_LEVELS = ['quorum', 'local', 'eventual'] as const;
-const WRITE_LEVELS = ['strong', ...GEO_LEVELS] as const;
-const READ_LEVELS = ['strong', 'serializable', ...GEO_LEVELS] as const;
 
 const KV_OPTIONS = {
   scope: { type: 'string' },
@@ -41,10 +37,6 @@ const KV_OPTIONS = {
   limit: { type: 'string' },
   ttl: { type: 'string' },
 } as const satisfies ParseArgsOptionsConfig;
-
-function isGeo(level: string): boolean {
-  return (GEO_LEVELS as readonly string[]).includes(level);
-}
 
 /** The value of a flag that takes one of `values`; `fallback` when absent. */
 export function oneOf<const V extends readonly string[]>(flag: string, raw: unknown, values: V, fallback: V[number]): V[number] {
@@ -71,7 +63,7 @@ export function args(ctx: CommandContext, sub: string, names: readonly string[])
 
 /** --scope for the consensus keyspace; refused with a geo level, which has none. */
 function scopeFor(ctx: CommandContext, level: string): string {
-  if (!isGeo(level)) return oneOf('scope', ctx.flags.scope, SCOPES, 'datacenter');
+  if (!isGeoLevel(level)) return oneOf('scope', ctx.flags.scope, KV_SCOPES, 'datacenter');
   if (ctx.flags.scope !== undefined) throw new UsageError(`--scope applies to --consistency strong or serializable only, not ${level}`);
   return '';
 }
@@ -79,7 +71,7 @@ function scopeFor(ctx: CommandContext, level: string): string {
 /** --ttl in ms for a geo level (0: none); refused with strong, whose keys do not expire. */
 function ttlFor(ctx: CommandContext, level: string): number {
   if (ctx.flags.ttl === undefined) return 0;
-  if (!isGeo(level)) throw new UsageError(`--ttl applies to --consistency quorum, local or eventual, not ${level}`);
+  if (!isGeoLevel(level)) throw new UsageError(`--ttl applies to --consistency quorum, local or eventual, not ${level}`);
   return wholeNumber('ttl', ctx.flags.ttl, 1);
 }
 
@@ -112,7 +104,7 @@ export function describeGeoWrite(level: string, acked: number, total: number): s
 }
 
 function printWrite(ctx: CommandContext, op: string, key: string, res: KvWriteResponse): void {
-  if (isGeo(res.consistency)) {
+  if (isGeoLevel(res.consistency)) {
     const { ok, consistency, regions_acked, regions_total, leader } = res;
     ctx.io.stdout(ctx.json ? formatJson({ ok, consistency, regions_acked, regions_total, leader }) : `OK ${op} ${key} (${describeGeoWrite(consistency, regions_acked, regions_total)})\n`);
     return;
@@ -162,13 +154,13 @@ async function kv(ctx: CommandContext): Promise<void> {
   switch (sub) {
     case 'put': {
       const [key = '', value = ''] = args(ctx, 'kv put', ['KEY', 'VALUE']);
-      const options = writeOptions(ctx, oneOf('consistency', ctx.flags.consistency, WRITE_LEVELS, 'strong'));
+      const options = writeOptions(ctx, oneOf('consistency', ctx.flags.consistency, KV_WRITE_LEVELS, 'strong'));
       printWrite(ctx, 'put', key, await (await client()).put(key, encoder.encode(value), options));
       return;
     }
     case 'delete': {
       const [key = ''] = args(ctx, 'kv delete', ['KEY']);
-      const options = writeOptions(ctx, oneOf('consistency', ctx.flags.consistency, WRITE_LEVELS, 'strong'));
+      const options = writeOptions(ctx, oneOf('consistency', ctx.flags.consistency, KV_WRITE_LEVELS, 'strong'));
       printWrite(ctx, 'delete', key, await (await client()).delete(key, options));
       return;
     }
@@ -176,7 +168,7 @@ async function kv(ctx: CommandContext): Promise<void> {
       const [key = '', value = ''] = args(ctx, 'kv cas', ['KEY', 'VALUE']);
       if (ctx.flags.revision === undefined) throw new UsageError('kv cas needs --revision N (the revision the key must have; 0: must not exist)');
       const expected = wholeNumber('revision', ctx.flags.revision, 0);
-      const level = oneOf('consistency', ctx.flags.consistency, WRITE_LEVELS, 'strong');
+      const level = oneOf('consistency', ctx.flags.consistency, KV_WRITE_LEVELS, 'strong');
       if (level !== 'strong') throw new UsageError(`kv cas needs --consistency strong (geo keys have no revisions), not ${level}`);
       printWrite(ctx, 'cas', key, await (await client()).cas(key, expected, encoder.encode(value), writeOptions(ctx, level)));
       return;
@@ -184,7 +176,7 @@ async function kv(ctx: CommandContext): Promise<void> {
     case 'get': {
       const [key = ''] = args(ctx, 'kv get', ['KEY']);
       const prefix = ctx.flags.prefix === true;
-      const consistency = oneOf('consistency', ctx.flags.consistency, READ_LEVELS, 'strong');
+      const consistency = oneOf('consistency', ctx.flags.consistency, KV_READ_LEVELS, 'strong');
       if (ctx.flags.ttl !== undefined) throw new UsageError('--ttl applies to writes (put), not to get');
       const res = await (await client()).get({
         key,
@@ -194,7 +186,7 @@ async function kv(ctx: CommandContext): Promise<void> {
         limit: ctx.flags.limit === undefined ? 0 : wholeNumber('limit', ctx.flags.limit, 1),
         timeout_ms: ctx.timeoutMs,
       });
-      printGet(ctx, key, prefix, isGeo(consistency), res);
+      printGet(ctx, key, prefix, isGeoLevel(consistency), res);
       return;
     }
     default:

@@ -23,7 +23,12 @@ import { startAdminServer, type AdminServer } from '../admin/server.ts';
 import { MemberMesh } from '../net/mesh.ts';
 import { RaftGroup } from '../consensus/raft/group.ts';
 import { KV_MAX_COMMAND_BYTES, type KvResult } from '../kv/command.ts';
-import { KvReplica, KvService } from '../kv/service.ts';
+import { KvService } from '../kv/service.ts';
+import { KvRaftReplica } from '../kv/raft-replica.ts';
+import { KvPbftReplica } from '../kv/pbft-replica.ts';
+import { KvPbftLog } from '../kv/pbft-log.ts';
+import { KvGeoKeyspace } from '../kv/geo-keyspace.ts';
+import { KvRouter } from '../kv/router.ts';
 import { kvServiceRegistration } from '../admin/kv-service.ts';
 import { raftServiceRegistration } from '../admin/raft-service.ts';
 import { PbftGroup } from '../consensus/pbft/group.ts';
@@ -53,8 +58,11 @@ export class Daemon {
   /** This node's seat in the trusted members' Raft group; null on an untrusted node. */
   readonly raft: RaftGroup<KvResult> | null;
   /** This node's seat in the federation's PBFT group; null when every member is trusted. */
-  readonly pbft: PbftGroup | null;
+  readonly pbft: PbftGroup<KvPbftReplica> | null;
+  /** The Raft log's client path and the leader's side of write forwarding (/dwcp/kv/1.0.0). */
   readonly kv: KvService;
+  /** Where each key-value request goes: scope × consistency to the Raft log, the PBFT log or the geo keyspace. */
+  readonly kvRouter: KvRouter;
   /** The VMs of the configured cloud providers, synced periodically (src/cloud/inventory.ts). */
   readonly cloud: CloudInventory;
   /** Large values: the store under <dataDir>/blobs and /dwcp/blob/1.0.0 (src/blob/service.ts). */
@@ -83,8 +91,9 @@ export class Daemon {
     members: MemberDirectory;
     mesh: MemberMesh;
     raft: RaftGroup<KvResult> | null;
-    pbft: PbftGroup | null;
+    pbft: PbftGroup<KvPbftReplica> | null;
     kv: KvService;
+    kvRouter: KvRouter;
     cloud: CloudInventory;
     blob: BlobService;
     geo: GeoState;
@@ -100,6 +109,7 @@ export class Daemon {
     this.raft = parts.raft;
     this.pbft = parts.pbft;
     this.kv = parts.kv;
+    this.kvRouter = parts.kvRouter;
     this.cloud = parts.cloud;
     this.blob = parts.blob;
     this.geo = parts.geo;
@@ -121,7 +131,8 @@ export class Daemon {
     // DWCP_TEST_FAULTS=1 lets a test cut members off without changing the member list (src/net/test-faults.ts).
     const faults = TestFaults.fromEnv(process.env);
     const isConnected = (peerId: string) => mesh.isConnected(peerId) && !faults.blocks(peerId);
-    const replica = new KvReplica();
+    // The KV state machine, plugged into both logs: consensus knows only its interface.
+    const replica = new KvRaftReplica();
     const fatal = Promise.withResolvers<Error>();
     const raft = await RaftGroup.open<KvResult>({
       config,
@@ -140,6 +151,8 @@ export class Daemon {
       identity,
       members,
       isConnected,
+      machine: new KvPbftReplica(),
+      initialSnapshot: KvPbftReplica.genesis(),
       metrics,
       log: log.child({ component: 'pbft' }),
       onFatal: (err) => fatal.resolve(err),
@@ -147,8 +160,6 @@ export class Daemon {
     });
     const kv = new KvService({
       node: raft?.node ?? null,
-      pbft,
-      self: config.node.name,
       minorityGraceMs: 4 * config.raft.electionTicks * config.raft.tickMs,
       replica,
       host: mesh.host,
@@ -169,7 +180,14 @@ export class Daemon {
       onFatal: (err) => fatal.resolve(err),
       faults,
     });
-    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, pbft, kv, cloud, blob, geo, fatal: fatal.promise });
+    const kvRouter = new KvRouter({
+      raft: kv,
+      pbft: pbft === null ? null : new KvPbftLog(pbft, config.node.name),
+      geo: new KvGeoKeyspace(geo),
+      members,
+      nodeName: config.node.name,
+    });
+    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, pbft, kv, kvRouter, cloud, blob, geo, fatal: fatal.promise });
     try {
       await daemon.#serve();
     } catch (err) {
@@ -196,7 +214,7 @@ export class Daemon {
       logger: adminLog,
       metrics: this.metrics,
       services: [
-        kvServiceRegistration({ service: this.kv, nodeName: config.node.name, defaultTimeoutMs, log: adminLog, geo: this.geo }),
+        kvServiceRegistration({ router: this.kvRouter, nodeName: config.node.name, defaultTimeoutMs, log: adminLog }),
         stateServiceRegistration({ geo: this.geo, members: this.members, faults: this.geo.faults, defaultTimeoutMs: config.state.quorumTimeoutMs, log: adminLog }),
         raftServiceRegistration({ node: this.raft?.node ?? null, members: this.members, defaultTimeoutMs, log: adminLog }),
         pbftServiceRegistration({ group: this.pbft, log: adminLog }),
@@ -244,7 +262,7 @@ export class Daemon {
       startedAt: this.#startedAt.toISOString(),
       uptimeSeconds: (Date.now() - this.#startedAt.getTime()) / 1000,
       members: this.mesh.status().map((m) => ({ ...m, ...this.geo.health(m.peerId) })),
-      scopes: this.kv.scopePlan(),
+      scopes: this.kvRouter.scopePlan(),
     };
   }
 

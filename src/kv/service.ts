@@ -1,14 +1,13 @@
 /**
- * KvService: the client path of the replicated key-value store on one
- * daemon, and the router that picks the log for a request's scope:
- * `datacenter` is the Raft log of the trusted members; `federation` is the
- * PBFT log of every member when any member is untrusted, and the same Raft
- * log when all are trusted (scopePlan says which, for status).
+ * KvService: the client path of the key-value store's Raft log on one daemon
+ * (which scope runs on it is the router's choice, src/kv/router.ts), and the
+ * leader's side of write forwarding.
  *
- * Raft path: a write is proposed on the Raft leader: here if this node leads,
- * otherwise forwarded to the leader over `/dwcp/kv/1.0.0` (one long-lived
- * stream per leader, requests tagged with ids and answered in any order). A strong read waits for a ReadIndex barrier and
- * then reads this node's state machine; a local read skips the barrier.
+ * A write is proposed on the Raft leader: here if this node leads, otherwise
+ * forwarded to the leader over `/dwcp/kv/1.0.0` (one long-lived stream per
+ * leader, requests tagged with ids and answered in any order). A strong read
+ * waits for a ReadIndex barrier and then reads this node's state machine; a
+ * serializable read skips the barrier.
  *
  * Invariants:
  * - Every call ends by its deadline, with a result or a KvServiceError whose
@@ -28,49 +27,13 @@ import type { DwcpMetrics } from '../metrics/metrics.ts';
 import type { MemberDirectory } from '../federation/members.ts';
 import { FrameError, FramedStream, frameEventsFor, type FrameEvents } from '../net/framing.ts';
 import type { MessageSchema } from '../net/schema.ts';
-import type { RaftNode, RaftStateMachine } from '../consensus/raft/node.ts';
+import type { RaftNode } from '../consensus/raft/node.ts';
 import { RaftClientError } from '../consensus/raft/node.ts';
-import type { KvCommand, KvEntry, KvForwardErrorCode, KvForwardRequest, KvForwardResponse, KvResult } from './command.ts';
-import {
-  KV_FORWARD_MAX_FRAME_BYTES,
-  KV_FORWARD_MAX_TIMEOUT_MS,
-  KV_FORWARD_PROTOCOL,
-  KV_RANGE_MAX_LIMIT,
-  KvForwardRequestSchema,
-  KvForwardResponseSchema,
-  KvResultSchema,
-  encodeKvCommand,
-} from './command.ts';
-import { KvStateMachine } from './state-machine.ts';
-import type { KvPbftReplica } from './pbft-replica.ts';
-import type { ScopeStatus } from '../federation/status.ts';
-import { PbftClientError, type PbftClient } from '../consensus/pbft/client.ts';
-
-/** The KV state machine as Raft drives it; restore swaps in a new machine. */
-export class KvReplica implements RaftStateMachine<KvResult> {
-  machine: KvStateMachine;
-
-  constructor(machine = new KvStateMachine()) {
-    this.machine = machine;
-  }
-
-  apply(index: number, data: Uint8Array): KvResult {
-    return this.machine.apply(index, data);
-  }
-
-  snapshot(): Uint8Array {
-    return this.machine.snapshot();
-  }
-
-  restore(data: Uint8Array): void {
-    this.machine = KvStateMachine.restore(data);
-  }
-}
-
-export const KV_SCOPES = ['datacenter', 'federation'] as const;
-export type KvScope = (typeof KV_SCOPES)[number];
-export const KV_CONSISTENCIES = ['strong', 'local'] as const;
-export type KvConsistency = (typeof KV_CONSISTENCIES)[number];
+import type { KvCommand, KvForwardErrorCode, KvForwardRequest, KvForwardResponse, KvResult } from './command.ts';
+import { KV_FORWARD_MAX_FRAME_BYTES, KV_FORWARD_MAX_TIMEOUT_MS, KV_FORWARD_PROTOCOL, KvForwardRequestSchema, KvForwardResponseSchema, encodeKvCommand } from './command.ts';
+import type { ConsensusLevel } from './consistency.ts';
+import type { KvRaftReplica } from './raft-replica.ts';
+import { readMachine, type KvKeyRead, type KvReadOutcome } from './read.ts';
 
 export type KvServiceErrorCode = 'unavailable' | 'invalid' | 'unsupported';
 
@@ -87,44 +50,22 @@ export class KvServiceError extends Error {
 
 export interface KvWriteOutcome {
   result: KvResult;
-  /** The Raft node that committed the write. */
+  /** The node that committed the write: the Raft leader, or the PBFT primary. */
   leader: string;
 }
 
-export interface KvReadRequest {
-  key: string;
-  prefix: boolean;
-  limit: number;
-  consistency: KvConsistency;
-  scope: KvScope;
+/** A read of the log's keyspace; the limit is already resolved and checked (the router does it for every keyspace). */
+export interface KvLogRead extends KvKeyRead {
+  consistency: ConsensusLevel;
   timeoutMs: number;
 }
 
-export interface KvReadOutcome {
-  entries: KvEntry[];
-  appliedIndex: number;
-}
-
-/** The PBFT side of the federation scope (PbftGroup): this member's client, its replica's state, and the group. */
-export interface KvPbftPath {
-  readonly client: PbftClient;
-  readonly replica: KvPbftReplica;
-  /** The primary of the replica's current view, for answers. */
-  readonly primary: string;
-  /** Replicas of the PBFT group, for status. */
-  readonly replicas: number;
-}
-
 export interface KvServiceOptions {
-  /** Null on an untrusted node, which has no Raft group. */
+  /** Null on an untrusted node, which has no Raft group (it still answers forwards, with a refusal). */
   node: RaftNode<KvResult> | null;
-  /** Set when the federation has untrusted members: the federation scope runs on PBFT. */
-  pbft: KvPbftPath | null;
-  /** This node's member name (the client id of ordered reads). */
-  self: string;
   /** After start, how long a write without a leader waits before a minority partition fails it at once (a few election timeouts). */
   minorityGraceMs: number;
-  replica: KvReplica;
+  replica: KvRaftReplica;
   host: Libp2p;
   members: MemberDirectory;
   isConnected(peerId: string): boolean;
@@ -170,14 +111,14 @@ export class KvService {
     this.#links.clear();
   }
 
+  /** Whether this node holds a replica of the Raft log (it is trusted). */
+  get hasLog(): boolean {
+    return this.#opts.node !== null;
+  }
+
   /** Commits a write (put, delete or cas) and returns the state machine's result. */
-  async write(command: KvCommand, scope: KvScope, timeoutMs: number): Promise<KvWriteOutcome> {
-    const pbft = this.#pbftFor(scope);
-    if (pbft !== null) {
-      const result = await this.#order(pbft, encodeKvCommand(command), false, timeoutMs);
-      return { result, leader: pbft.primary };
-    }
-    const node = this.#nodeFor(scope);
+  async write(command: KvCommand, timeoutMs: number): Promise<KvWriteOutcome> {
+    const node = this.#node();
     const data = encodeKvCommand(command);
     const deadline = AbortSignal.timeout(timeoutMs);
     const started = performance.now();
@@ -203,17 +144,23 @@ export class KvService {
     }
   }
 
-  /** Reads one key (or a prefix) at the requested consistency. */
-  async read(req: KvReadRequest): Promise<KvReadOutcome> {
-    const pbft = this.#pbftFor(req.scope);
-    if (pbft !== null) return this.#pbftRead(pbft, req);
-    const node = this.#nodeFor(req.scope);
+  /**
+   * Reads one key (or a prefix): strong after a ReadIndex barrier, so it sees
+   * every write acknowledged before it began; serializable at once, from this
+   * node's replica (possibly stale, but served with no leader).
+   */
+  async read(req: KvLogRead): Promise<KvReadOutcome> {
+    const node = this.#node();
     if (req.consistency === 'strong') {
       try {
         await node.readBarrier(req.timeoutMs);
       } catch (err) {
         if (err instanceof RaftClientError) {
-          throw new KvServiceError('unavailable', `strong read not confirmed by a leader: ${err.message}; retry, or read with --consistency local`);
+          // serializable, not local: local is the geo keyspace, where a key written here does not exist.
+          throw new KvServiceError(
+            'unavailable',
+            `strong read not confirmed by a leader: ${err.message}; retry, or read this node's replica (possibly stale) with --consistency serializable`,
+          );
         }
         throw err;
       }
@@ -221,15 +168,9 @@ export class KvService {
     return readMachine(this.#opts.replica.machine, req, node.applied);
   }
 
-  /** Which log serves each scope on this node, and how many replicas it has. */
-  scopePlan(): ScopeStatus[] {
-    const { node, pbft } = this.#opts;
-    const raft: ScopeStatus['protocol'] = node !== null ? 'raft' : 'none';
-    const voters = node?.status().membership.voters.length ?? 0;
-    return [
-      { scope: 'datacenter', protocol: raft, replicas: voters },
-      pbft !== null ? { scope: 'federation', protocol: 'pbft', replicas: pbft.replicas } : { scope: 'federation', protocol: raft, replicas: voters },
-    ];
+  /** Voters of the Raft group (0 on an untrusted node), for status. */
+  get voters(): number {
+    return this.#opts.node?.status().membership.voters.length ?? 0;
   }
 
   /**
@@ -248,51 +189,10 @@ export class KvService {
     return reachable >= majority ? null : `no Raft quorum reachable: ${reachable} of ${voters.length} voters connected to ${node.id}, a majority is ${majority}`;
   }
 
-  /** The PBFT path when `scope` runs on PBFT here. */
-  #pbftFor(scope: KvScope): KvPbftPath | null {
-    return scope === 'federation' ? this.#opts.pbft : null;
-  }
-
-  /** Orders a command through PBFT and decodes the result f + 1 replicas agreed on. */
-  async #order(pbft: KvPbftPath, operation: Uint8Array, readOnly: boolean, timeoutMs: number): Promise<KvResult> {
-    if (this.#stopped) throw new KvServiceError('unavailable', 'the daemon is stopping');
-    let bytes: Uint8Array;
-    try {
-      bytes = await pbft.client.invoke(operation, readOnly, timeoutMs);
-    } catch (err) {
-      if (err instanceof PbftClientError) throw new KvServiceError(err.code === 'too_large' ? 'invalid' : 'unavailable', `federation scope (PBFT): ${err.message}`);
-      throw err;
-    }
-    // f + 1 replicas, at least one honest, sent exactly these bytes: a decoding failure is a bug, not an attack.
-    return KvResultSchema.decode(bytes);
-  }
-
-  async #pbftRead(pbft: KvPbftPath, req: KvReadRequest): Promise<KvReadOutcome> {
-    const limit = rangeLimit(req);
-    if (req.consistency === 'local') return readMachine(pbft.replica.machine, req, pbft.replica.machine.appliedIndex);
-    // Read-only requests are ordered like writes (no read-only optimisation; see the PBFT core).
-    const op: KvCommand = req.prefix
-      ? { clientId: this.#opts.self, seq: 1, op: 'range', prefix: req.key, limit, after: '' }
-      : { clientId: this.#opts.self, seq: 1, op: 'get', key: req.key };
-    const result = await this.#order(pbft, encodeKvCommand(op), true, req.timeoutMs);
-    if (result.ok && result.op === 'get') return { entries: result.entry === null ? [] : [result.entry], appliedIndex: result.revision };
-    if (result.ok && result.op === 'range') return { entries: [...result.entries], appliedIndex: result.revision };
-    throw new KvServiceError('invalid', `federation read answered ${JSON.stringify(result)}`);
-  }
-
-  #nodeFor(scope: KvScope): RaftNode<KvResult> {
+  #node(): RaftNode<KvResult> {
     const node = this.#opts.node;
     if (node === null) {
       throw new KvServiceError('unsupported', 'this node is untrusted and holds no replica of the trusted members\' Raft log; ask a trusted member');
-    }
-    if (scope === 'federation') {
-      const untrusted = this.#opts.members.list().filter((m) => m.trust !== 'trusted');
-      if (untrusted.length > 0) {
-        throw new KvServiceError(
-          'unsupported',
-          `scope federation includes untrusted members (${untrusted.map((m) => m.name).join(', ')}) and runs on PBFT, which this node has not started; restart it with the current member list`,
-        );
-      }
     }
     return node;
   }
@@ -396,21 +296,6 @@ export class KvService {
       }
     }
   }
-}
-
-/** A key or a prefix straight from a replica's state machine (no ordering, no barrier). */
-function readMachine(machine: KvStateMachine, req: KvReadRequest, appliedIndex: number): KvReadOutcome {
-  if (!req.prefix) {
-    const entry = machine.get(req.key);
-    return { entries: entry === null ? [] : [entry], appliedIndex };
-  }
-  return { entries: machine.range(req.key, rangeLimit(req)).entries, appliedIndex };
-}
-
-function rangeLimit(req: KvReadRequest): number {
-  const limit = req.limit === 0 ? KV_RANGE_MAX_LIMIT : req.limit;
-  if (limit > KV_RANGE_MAX_LIMIT) throw new KvServiceError('invalid', `limit ${limit} is above the ${KV_RANGE_MAX_LIMIT}-item maximum`);
-  return limit;
 }
 
 class ForwardError extends Error {

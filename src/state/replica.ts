@@ -52,9 +52,7 @@ import {
 import type { EntrySummary, EntryUpdate, EntryWant, Outbound, ReplicaStatus, SyncMessage } from './messages.ts';
 import { OP_TYPES, OpError, checkOp, opDelta, type CrdtOp } from './ops.ts';
 import { BucketIndex, DIGEST_BYTES, NUM_BUCKETS, planRound } from './reconcile.ts';
-
-export const GEO_LEVELS = ['quorum', 'local', 'eventual'] as const;
-export type GeoLevel = (typeof GEO_LEVELS)[number];
+import type { GeoLevel } from '../kv/consistency.ts';
 
 export interface ReplicaLimits {
   readonly maxBatchEntries: number;

@@ -1,8 +1,11 @@
 /**
  * PbftGroup: this node's seat in the federation's PBFT group, assembled from
  * the pieces: durable storage under `<data-dir>/pbft`, the PbftNode driver,
- * the libp2p transport, Ed25519 signing with the node key, the client lanes
- * the daemon sends requests through, and the KV state machine.
+ * the libp2p transport, Ed25519 signing with the node key, and the client
+ * lanes the daemon sends requests through. The state machine is the caller's
+ * (the daemon plugs in the KV replica, src/kv/pbft-replica.ts), as it is for
+ * RaftGroup: consensus knows only the PbftStateMachine interface, so it does
+ * not depend on what it replicates.
  *
  * Who takes part: when any member (this node included) is untrusted, every
  * member is a replica, trusted or not; replica ids are member names, sorted,
@@ -19,22 +22,24 @@ import type { MemberDirectory } from '../../federation/members.ts';
 import type { Logger } from '../../log.ts';
 import type { DwcpMetrics } from '../../metrics/metrics.ts';
 import type { Identity } from '../../daemon/identity.ts';
-import { KvPbftReplica } from '../../kv/pbft-replica.ts';
-import type { KvPbftPath } from '../../kv/service.ts';
 import { PbftClient } from './client.ts';
 import { MemberKeys, ed25519Signer } from './keys.ts';
-import { PbftNode, type ByzantineTestBehaviour } from './node.ts';
+import { PbftNode, type ByzantineTestBehaviour, type PbftStateMachine } from './node.ts';
 import { PbftStorage } from './storage.ts';
 import { PbftTransport } from './transport.ts';
 import { DEFAULT_PBFT_CONFIG, maxFaulty, resolvePbftConfig, type PbftConfig } from './types.ts';
 import { PBFT_MAX_FRAME_BYTES, PBFT_MAX_SNAPSHOT_BYTES, checkPbftConfigForWire } from './wire.ts';
 
-export interface PbftGroupOptions {
+export interface PbftGroupOptions<M extends PbftStateMachine> {
   config: DwcpConfig;
   host: Libp2p;
   identity: Identity;
   members: MemberDirectory;
   isConnected(peerId: string): boolean;
+  /** The replicated state machine; every replica must start it from the same state. */
+  machine: M;
+  /** The snapshot of that starting state (genesis): the machine starts from it when no stable checkpoint is on disk. */
+  initialSnapshot: Uint8Array;
   metrics: DwcpMetrics;
   log: Logger;
   onFatal?: (err: Error) => void;
@@ -50,23 +55,25 @@ export function federationNeedsPbft(config: DwcpConfig): boolean {
   return config.node.trust === 'untrusted' || config.members.some((m) => m.trust === 'untrusted');
 }
 
-export class PbftGroup implements KvPbftPath {
+/** M defaults to the bare interface for readers that only look at the node and the client (status). */
+export class PbftGroup<M extends PbftStateMachine = PbftStateMachine> {
   readonly node: PbftNode;
   readonly client: PbftClient;
-  readonly replica: KvPbftReplica;
+  /** The state machine the node executes committed requests on (the one given to open). */
+  readonly machine: M;
   readonly #storage: PbftStorage;
   readonly #transport: PbftTransport;
 
-  private constructor(node: PbftNode, client: PbftClient, replica: KvPbftReplica, storage: PbftStorage, transport: PbftTransport) {
+  private constructor(node: PbftNode, client: PbftClient, machine: M, storage: PbftStorage, transport: PbftTransport) {
     this.node = node;
     this.client = client;
-    this.replica = replica;
+    this.machine = machine;
     this.#storage = storage;
     this.#transport = transport;
   }
 
   /** Null when every member is trusted (the federation scope then runs on Raft). */
-  static async open(opts: PbftGroupOptions): Promise<PbftGroup | null> {
+  static async open<M extends PbftStateMachine>(opts: PbftGroupOptions<M>): Promise<PbftGroup<M> | null> {
     const { config, metrics, log, members, identity } = opts;
     if (!federationNeedsPbft(config)) return null;
     const self = config.node.name;
@@ -108,7 +115,6 @@ export class PbftGroup implements KvPbftPath {
         metrics,
         log,
       });
-      const replica = new KvPbftReplica();
       node = new PbftNode({
         id: self,
         members: replicas,
@@ -117,10 +123,10 @@ export class PbftGroup implements KvPbftPath {
         verify: keys.verify,
         config: core,
         persisted,
-        initialSnapshot: KvPbftReplica.genesis(),
+        initialSnapshot: opts.initialSnapshot,
         store: storage,
         sender: { send: (to, frame) => transport.send(to, [frame]) },
-        machine: replica,
+        machine: opts.machine,
         tickMs: pbft.tickMs,
         metrics: metrics.pbft,
         log,
@@ -146,7 +152,7 @@ export class PbftGroup implements KvPbftPath {
       const n = node;
       n.onReply = (reply) => client.onReply(reply);
       log.info({ replicas, f: n.f, view: n.status().view, lastExecuted: n.status().lastExecuted }, 'pbft: replica of the federation scope');
-      return new PbftGroup(n, client, replica, storage, transport);
+      return new PbftGroup(n, client, opts.machine, storage, transport);
     } catch (err) {
       await storage.close();
       throw err;
