@@ -18,8 +18,8 @@ import { formatJson, renderTable } from './format.ts';
 import type { Command, CommandContext } from './command.ts';
 import { UsageError } from './command.ts';
 import { args, describeGeoWrite, oneOf, wholeNumber } from './kv-raft.ts';
+import { GEO_LEVELS } from '../kv/consistency.ts';
 
-const LEVELS = ['quorum', 'local', 'eventual'] as const;
 const TYPES = ['lww-register', 'g-counter', 'pn-counter', 'g-set', 'or-set', 'yjs-record'] as const;
 
 const CRDT_OPTIONS = {
@@ -61,7 +61,7 @@ export function formatDigest(d: StateDigestResponse): string {
 async function crdt(ctx: CommandContext): Promise<void> {
   const sub = ctx.args[0];
   const type = ctx.flags.type === undefined ? '' : oneOf('type', ctx.flags.type, TYPES, 'pn-counter');
-  const consistency = oneOf('consistency', ctx.flags.consistency, LEVELS, 'local');
+  const consistency = oneOf('consistency', ctx.flags.consistency, GEO_LEVELS, 'local');
   const ttl = ctx.flags.ttl === undefined ? 0 : wholeNumber('ttl', ctx.flags.ttl, 1);
   const update = async (op: string, key: string, fields: { amount?: number; element?: string; field?: string; value_json?: string }) => {
     const request = { key, op, type, amount: 0, element: '', field: '', value_json: '', consistency, timeout_ms: ctx.timeoutMs, ttl_ms: ttl, ...fields };

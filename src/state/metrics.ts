@@ -8,8 +8,8 @@
  * zeroes from the start so rate() works at once).
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { GEO_LEVELS } from '../kv/consistency.ts';
 
-export const STATE_LEVELS = ['quorum', 'local', 'eventual'] as const;
 export const UPDATE_OUTCOMES = ['merged', 'stale', 'behind', 'expired'] as const;
 export const ROUND_OUTCOMES = ['done', 'timeout', 'peer_down'] as const;
 export const QUORUM_OPS = ['write', 'read'] as const;
@@ -104,7 +104,7 @@ export function createStateMetrics(registers: Registry[]): StateMetrics {
     }),
     collected: new Counter({ name: 'dwcp_state_collected_total', help: 'Expired entries dropped after their grace period.', registers }),
   };
-  for (const level of STATE_LEVELS) m.writes.inc({ level }, 0);
+  for (const level of GEO_LEVELS) m.writes.inc({ level }, 0);
   for (const op of QUORUM_OPS) m.quorumFailures.inc({ op }, 0);
   for (const outcome of UPDATE_OUTCOMES) m.updatesReceived.inc({ outcome }, 0);
   for (const outcome of ROUND_OUTCOMES) m.rounds.inc({ outcome }, 0);
