@@ -19,7 +19,7 @@ import type { KvGeoItem } from '../kv/geo-keyspace.ts';
 import type { KvRouter, KvWriteAnswer, KvWriteOp } from '../kv/router.ts';
 import type { KvWriteOutcome } from '../kv/service.ts';
 import { KvServiceError } from '../kv/service.ts';
-import { FrameError } from '../net/framing.ts';
+import { KvDecodeError } from '../kv/decode-error.ts';
 import { KV_SERVICE, loadAdminPackage, type KvWriteOptions } from './client.ts';
 import { AdminCallError, asyncUnary, requireTimeout } from './call.ts';
 import { geoFailure } from './state-service.ts';
@@ -131,7 +131,7 @@ function failure(err: unknown): unknown {
     return new AdminCallError(code, err.retryable ? `${err.message} (retryable)` : err.message);
   }
   // The command schema names the bad field (key too long, empty, not UTF-8...).
-  if (err instanceof FrameError) return invalid(err.detail);
+  if (err instanceof KvDecodeError) return invalid(err.message);
   return geoFailure(err);
 }
 

@@ -18,9 +18,9 @@
  */
 import { Buffer } from 'node:buffer';
 import type { Type } from 'protobufjs';
-import { FrameError } from '../net/framing.ts';
 import type { MessageSchema } from '../net/schema.ts';
 import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireMessages, requireString, requireUint, requireUint64 } from '../net/schema.ts';
+import { KvDecodeError, kvCodec, type KvCodec } from './decode-error.ts';
 
 export const KV_FORWARD_PROTOCOL = '/dwcp/kv/1.0.0';
 
@@ -256,14 +256,15 @@ function commandToWire({ clientId, seq, ...op }: KvCommand): object {
   return { clientId, seq, [name]: fields };
 }
 
-export const KvCommandSchema: MessageSchema<KvCommand> = reshapedSchema(kvProto.lookupType('dwcp.kv.v1.KvCommand'), commandToWire, validateKvCommand);
+/** A log entry's (or PBFT request's) command; not a frame of its own, so it throws KvDecodeError. */
+export const KvCommandSchema: KvCodec<KvCommand> = kvCodec(reshapedSchema(kvProto.lookupType('dwcp.kv.v1.KvCommand'), commandToWire, validateKvCommand));
 
-/** Throws FrameError('schema') naming the field when `cmd` is out of bounds. */
+/** Throws KvDecodeError naming the field when `cmd` is out of bounds. */
 export function encodeKvCommand(cmd: KvCommand): Uint8Array {
   return KvCommandSchema.encode(cmd);
 }
 
-/** Throws FrameError('schema') naming the field; values are views of `bytes`, not copies. */
+/** Throws KvDecodeError naming the field; values are views of `bytes`, not copies. */
 export function decodeKvCommand(bytes: Uint8Array): KvCommand {
   return KvCommandSchema.decode(bytes);
 }
@@ -357,7 +358,8 @@ export function kvResultToWire(result: KvResult): object {
   return { [OUTCOME_FIELDS[reason]]: fields };
 }
 
-export const KvResultSchema: MessageSchema<KvResult> = reshapedSchema(kvProto.lookupType('dwcp.kv.v1.KvResult'), kvResultToWire, validateKvResult);
+/** A state machine's result as a PBFT reply carries it; throws KvDecodeError. */
+export const KvResultSchema: KvCodec<KvResult> = kvCodec(reshapedSchema(kvProto.lookupType('dwcp.kv.v1.KvResult'), kvResultToWire, validateKvResult));
 
 // The forward exchange.
 
@@ -366,7 +368,7 @@ function validateForwardRequest(o: Record<string, unknown>): KvForwardRequest {
   try {
     decodeKvCommand(command);
   } catch (err) {
-    if (err instanceof FrameError) throw new FieldError('command', `is not a valid command (${err.detail})`);
+    if (err instanceof KvDecodeError) throw new FieldError('command', `is not a valid command (${err.message})`);
     throw err;
   }
   return { command, timeoutMs: requireUint(o, 'timeoutMs', { min: 1, max: KV_FORWARD_MAX_TIMEOUT_MS }), id: requireUint(o, 'id') };

@@ -16,8 +16,8 @@
  */
 import zlib from 'node:zlib';
 import { Buffer } from 'node:buffer';
-import { FrameError } from '../net/framing.ts';
 import { FieldError, requireMessage, requireMessages, requireUint } from '../net/schema.ts';
+import { KvDecodeError, kvCodec } from './decode-error.ts';
 import type { KvEntry, KvWriteResult } from './command.ts';
 import { compareKeys, isKvWriteResult, kvEntryFootprint, kvProto, kvResultToWire, requireClientId, requireCount, reshapedSchema, validateKvEntry, validateKvResult } from './command.ts';
 
@@ -137,7 +137,7 @@ function snapshotToWire({ appliedIndex, limits, entries, sessions }: KvSnapshotS
   return { appliedIndex, ...limits, entries, sessions: sessions.map((session) => ({ ...session, result: kvResultToWire(session.result) })) };
 }
 
-const KvSnapshotSchema = reshapedSchema(kvProto.lookupType('dwcp.kv.v1.KvSnapshot'), snapshotToWire, validateSnapshot);
+const KvSnapshotSchema = kvCodec(reshapedSchema(kvProto.lookupType('dwcp.kv.v1.KvSnapshot'), snapshotToWire, validateSnapshot));
 
 /** Throws KvSnapshotError if `state` breaks an invariant (which is a bug in the caller). */
 export function encodeKvSnapshot(state: KvSnapshotState): Uint8Array {
@@ -145,7 +145,7 @@ export function encodeKvSnapshot(state: KvSnapshotState): Uint8Array {
   try {
     body = KvSnapshotSchema.encode(state);
   } catch (err) {
-    if (err instanceof FrameError) throw new KvSnapshotError(`refusing to write an invalid state: ${err.detail}`);
+    if (err instanceof KvDecodeError) throw new KvSnapshotError(`refusing to write an invalid state: ${err.message}`);
     throw err;
   }
   const out = Buffer.allocUnsafe(HEADER_BYTES + body.byteLength + CHECKSUM_BYTES);
@@ -175,7 +175,7 @@ export function decodeKvSnapshot(bytes: Uint8Array): KvSnapshotState {
   try {
     return KvSnapshotSchema.decode(data.subarray(HEADER_BYTES, end));
   } catch (err) {
-    if (err instanceof FrameError) throw new KvSnapshotError(err.detail);
+    if (err instanceof KvDecodeError) throw new KvSnapshotError(err.message);
     throw err;
   }
 }

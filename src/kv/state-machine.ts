@@ -38,7 +38,6 @@
  */
 import { Buffer } from 'node:buffer';
 import type { KvCommand, KvEntry, KvEntryMeta, KvResult, KvWriteResult } from './command.ts';
-import { FrameError } from '../net/framing.ts';
 import { KV_MAX_MESSAGE, KV_RANGE_MAX_BYTES, KV_RANGE_MAX_LIMIT, compareKeys, decodeKvCommand, kvEntryFootprint } from './command.ts';
 import type { KvLimits, KvSession } from './snapshot.ts';
 import { decodeKvSnapshot, encodeKvSnapshot, resolveKvLimits } from './snapshot.ts';
@@ -86,7 +85,8 @@ function metaOf(stored: StoredValue | undefined): KvEntryMeta | null {
 }
 
 function invalidCommand(err: unknown): KvResult {
-  const text = err instanceof FrameError ? err.detail : err instanceof Error ? err.message : String(err);
+  // A KvDecodeError's message names the field; the text is part of the replicated result, so it must not depend on the node.
+  const text = err instanceof Error ? err.message : String(err);
   return { ok: false, reason: 'invalid_command', message: text.slice(0, KV_MAX_MESSAGE).toWellFormed() };
 }
 

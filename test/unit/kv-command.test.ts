@@ -1,14 +1,16 @@
 /**
  * The key-value wire schemas: commands, results and the forward exchange
  * round-trip in their flat TypeScript shapes; every bound is enforced on
- * encode and on decode with a schema FrameError naming the field; hostile
- * bytes never escape as anything but that error; key order is UTF-8 byte
- * order.
+ * encode and on decode with an error naming the field (KvDecodeError for
+ * commands and results, which are not frames; a schema FrameError for the
+ * forward exchange, which is); hostile bytes never escape as anything but
+ * that error; key order is UTF-8 byte order.
  */
 import { Buffer } from 'node:buffer';
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { FrameError } from '../../src/net/framing.ts';
+import { KvDecodeError } from '../../src/kv/decode-error.ts';
 import type { KvCommand, KvForwardResponse, KvResult } from '../../src/kv/command.ts';
 import {
   KV_FORWARD_MAX_FRAME_BYTES,
@@ -46,6 +48,16 @@ function schemaError(run: () => unknown): FrameError {
   throw new Error('expected a schema FrameError, nothing was thrown');
 }
 
+function decodeError(run: () => unknown): KvDecodeError {
+  try {
+    run();
+  } catch (err) {
+    expect(err).toBeInstanceOf(KvDecodeError);
+    return err as KvDecodeError;
+  }
+  throw new Error('expected a KvDecodeError, nothing was thrown');
+}
+
 describe('KvCommand schema', () => {
   const commands: KvCommand[] = [
     { clientId: 'c1', seq: 1, op: 'put', key: 'a/b', value: bytes('v') },
@@ -75,7 +87,7 @@ describe('KvCommand schema', () => {
     [{ clientId: 'c', seq: 1, op: 'range', prefix: 'p', limit: 0, after: '' }, /field range\.limit is 0, outside 1\.\.10000/],
     [{ clientId: 'c', seq: 1, op: 'range', prefix: 'p', limit: KV_RANGE_MAX_LIMIT + 1, after: '' }, /field range\.limit is 10001/],
   ] as [KvCommand, RegExp][])('refuses to encode an out-of-bounds command (%#)', (cmd, message) => {
-    expect(schemaError(() => encodeKvCommand(cmd)).message).toMatch(message);
+    expect(decodeError(() => encodeKvCommand(cmd)).message).toMatch(message);
   });
 
   it.each([
@@ -87,25 +99,24 @@ describe('KvCommand schema', () => {
     [{ seq: 1, delete: { key: 'k' } }, /field clientId is required/],
     [{ clientId: 'c', seq: 1, delete: {} }, /field delete\.key is required/],
   ])('rejects a hostile encoding naming the field (%#)', (wire, message) => {
-    expect(schemaError(() => decodeKvCommand(rawCommand(wire))).message).toMatch(message);
+    expect(decodeError(() => decodeKvCommand(rawCommand(wire))).message).toMatch(message);
   });
 
   it('rejects a key that is not valid UTF-8', () => {
     // KvCommand{client_id: "c", seq: 1, delete: {key: 0xff 0xfe}}
     const wire = Uint8Array.from([0x0a, 0x01, 0x63, 0x10, 0x01, 0x22, 0x04, 0x0a, 0x02, 0xff, 0xfe]);
-    expect(schemaError(() => decodeKvCommand(wire)).message).toMatch(/KvCommand: not a valid protobuf encoding/);
-    expect(schemaError(() => decodeKvCommand(Buffer.from(wire))).message).toMatch(/not valid for encoding utf-8/);
+    expect(decodeError(() => decodeKvCommand(wire)).message).toMatch(/KvCommand: not a valid protobuf encoding/);
+    expect(decodeError(() => decodeKvCommand(Buffer.from(wire))).message).toMatch(/not valid for encoding utf-8/);
   });
 
-  it('decodes random bytes into a command that round-trips, or a schema FrameError', () => {
+  it('decodes random bytes into a command that round-trips, or a KvDecodeError', () => {
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 64 }), (input) => {
         let cmd: KvCommand;
         try {
           cmd = decodeKvCommand(input);
         } catch (err) {
-          expect(err).toBeInstanceOf(FrameError);
-          expect((err as FrameError).reason).toBe('schema');
+          expect(err).toBeInstanceOf(KvDecodeError);
           return;
         }
         expect(decodeKvCommand(encodeKvCommand(cmd))).toEqual(cmd);
@@ -160,7 +171,7 @@ describe('KvResult schema', () => {
     [{ ok: true, op: 'cas', revision: 5, prev: { revision: 3, createRevision: 4 } }, /field cas\.prev\.createRevision is 4, after the revision 3/],
     [{ ok: true, op: 'range', revision: 5, entries: [{ key: '', value: bytes('v'), ...meta }], more: false }, /field range\.entries\[0\]\.key is required/],
   ] as [KvResult, RegExp][])('refuses an inconsistent result (%#)', (result, message) => {
-    expect(schemaError(() => KvResultSchema.encode(result)).message).toMatch(message);
+    expect(decodeError(() => KvResultSchema.encode(result)).message).toMatch(message);
   });
 });
 
