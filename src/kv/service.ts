@@ -27,7 +27,7 @@ import type { DwcpMetrics } from '../metrics/metrics.ts';
 import type { MemberDirectory } from '../federation/members.ts';
 import { FrameError, FramedStream, frameEventsFor, type FrameEvents } from '../net/framing.ts';
 import type { MessageSchema } from '../net/schema.ts';
-import type { RaftNode } from '../consensus/raft/node.ts';
+import type { Attempt, RaftNode } from '../consensus/raft/node.ts';
 import { RaftClientError } from '../consensus/raft/node.ts';
 import type { KvCommand, KvForwardErrorCode, KvForwardRequest, KvForwardResponse, KvResult } from './command.ts';
 import { KV_FORWARD_MAX_FRAME_BYTES, KV_FORWARD_MAX_TIMEOUT_MS, KV_FORWARD_PROTOCOL, KvForwardRequestSchema, KvForwardResponseSchema, encodeKvCommand } from './command.ts';
@@ -121,27 +121,24 @@ export class KvService {
     const node = this.#node();
     const data = encodeKvCommand(command);
     const deadline = AbortSignal.timeout(timeoutMs);
-    const started = performance.now();
-    let last: string | null = null;
-    for (;;) {
+    const remaining = remainingOf(timeoutMs);
+    // Each attempt goes where the leader is now; RaftNode.retry re-runs it at the next change (the one retry loop).
+    const attempt = async (): Promise<Attempt<KvWriteOutcome>> => {
       if (this.#stopped) throw new KvServiceError('unavailable', 'the daemon is stopping');
-      const remaining = () => Math.max(1, Math.ceil(timeoutMs - (performance.now() - started)));
       const leader = node.leader;
       try {
-        if (node.isLeader) return { result: await node.propose(data, remaining()), leader: node.id };
-        if (leader !== null) return { result: await this.#forward(leader, data, remaining(), deadline), leader };
-        last = 'no leader is known (election in progress, or no quorum reachable)';
-        const cutOff = this.#minority(node);
-        if (cutOff !== null) throw new KvServiceError('unavailable', `write refused at once: ${cutOff}; retry once the partition heals`);
+        if (node.isLeader) return { done: { result: await node.propose(data, remaining()), leader: node.id } };
+        if (leader !== null) return { done: { result: await this.#forward(leader, data, remaining(), deadline), leader } };
       } catch (err) {
         if (!(err instanceof RaftClientError || err instanceof ForwardError)) throw err;
         if (!err.retryable) throw new KvServiceError(err instanceof ForwardError ? 'invalid' : 'unavailable', err.message);
-        last = err.message;
+        return { retry: err.message };
       }
-      if (!(await node.waitForChange(deadline))) {
-        throw new KvServiceError('unavailable', `write not committed within ${timeoutMs} ms: ${last ?? 'no answer'}; retry`);
-      }
-    }
+      const cutOff = this.#minority(node);
+      if (cutOff !== null) throw new KvServiceError('unavailable', `write refused at once: ${cutOff}; retry once the partition heals`);
+      return { retry: 'no leader is known (election in progress, or no quorum reachable)' };
+    };
+    return node.retry(deadline, attempt, (last) => new KvServiceError('unavailable', `write not committed within ${timeoutMs} ms: ${last}; retry`));
   }
 
   /**
@@ -278,9 +275,22 @@ export class KvService {
       error: { code, message, leaderHint: node?.leader ?? '' },
     });
     if (node === null) return error('invalid', 'this node has no Raft group');
-    if (!node.isLeader) return error('not_leader', `${node.id} is not the leader`);
+    const deadline = AbortSignal.timeout(request.timeoutMs);
+    const remaining = remainingOf(request.timeoutMs);
+    // While this node leads, a refusal that clears by itself is waited out here, beside the leader's state,
+    // rather than sent back for the follower to retry across the network at every change.
+    const attempt = async (): Promise<Attempt<KvForwardResponse>> => {
+      if (!node.isLeader) return { done: error('not_leader', `${node.id} is not the leader`) };
+      try {
+        return { done: { id, kind: 'result', result: await node.propose(request.command, remaining()) } };
+      } catch (err) {
+        if (err instanceof RaftClientError && err.code === 'dropped') return { retry: err.message };
+        throw err;
+      }
+    };
+    const timedOut = (last: string) => new RaftClientError('timeout', `proposal not accepted within ${request.timeoutMs} ms (${last})`, node.leader);
     try {
-      return { id, kind: 'result', result: await node.propose(request.command, request.timeoutMs) };
+      return await node.retry(deadline, attempt, timedOut);
     } catch (err) {
       if (!(err instanceof RaftClientError)) return error('invalid', errorText(err));
       switch (err.code) {
@@ -296,6 +306,12 @@ export class KvService {
       }
     }
   }
+}
+
+/** Milliseconds left of `timeoutMs` from now on (at least 1, as a timeout must be positive). */
+function remainingOf(timeoutMs: number): () => number {
+  const started = performance.now();
+  return () => Math.max(1, Math.ceil(timeoutMs - (performance.now() - started)));
 }
 
 class ForwardError extends Error {

@@ -105,6 +105,9 @@ export interface RaftNodeStatus extends RaftStatus {
   readonly pendingReads: number;
 }
 
+/** One try of a request under RaftNode.retry: its outcome, or why to try again at the next change. */
+export type Attempt<T> = { readonly done: T } | { readonly retry: string };
+
 interface PendingProposal<R> {
   readonly term: number;
   resolve(result: R): void;
@@ -232,15 +235,38 @@ export class RaftNode<R> {
   }
 
   /**
-   * Proposes a command and resolves with the state machine's result once it
-   * is applied. Only the leader takes proposals; others fail `not_leader`
-   * (with the leader to forward to) or `no_leader`.
+   * Proposes a command once and resolves with the state machine's result
+   * once it is applied. Only the leader takes proposals; others fail
+   * `not_leader` (with the leader to forward to) or `no_leader`. A proposal
+   * the leader refuses for now (a transfer or config change in flight, a full
+   * uncommitted tail) fails `dropped` at once: the caller retries it under
+   * retry(), which also follows the leader when it moves.
    */
   async propose(data: Uint8Array, timeoutMs: number): Promise<R> {
+    this.#throwIfStopped();
     const deadline = AbortSignal.timeout(timeoutMs);
-    const submitted = await this.#retryTransient(deadline, 'proposal', timeoutMs, () => this.#core.propose(data));
+    const offered = this.#offer('proposal', this.#core.propose(data));
+    if ('retry' in offered) throw new RaftClientError('dropped', `proposal refused for now: ${offered.retry}`, this.#leader);
     this.#schedule();
-    return this.#awaitApplied(submitted, deadline, 'proposal', timeoutMs);
+    return this.#awaitApplied(offered.done, deadline, 'proposal', timeoutMs);
+  }
+
+  /**
+   * The one retry loop of the Raft client path: runs `attempt`, and again at
+   * each change a waiting client may care about (see waitForChange), until it
+   * is done or throws; once `deadline` passes, throws onTimeout(the last
+   * reason to retry). It lives here, beside the change signal it waits on, and
+   * callers pass single attempts (propose does not retry on its own): a write
+   * retried by two nested loops, one here for the leader's own refusals and
+   * one above for leader changes, waited twice on the same signal and could
+   * time out in either with a different story.
+   */
+  async retry<T>(deadline: AbortSignal, attempt: () => Attempt<T> | Promise<Attempt<T>>, onTimeout: (reason: string) => Error): Promise<T> {
+    for (;;) {
+      const outcome = await attempt();
+      if ('done' in outcome) return outcome.done;
+      if (!(await this.waitForChange(deadline))) throw onTimeout(outcome.retry);
+    }
   }
 
   /**
@@ -270,10 +296,21 @@ export class RaftNode<R> {
     }
   }
 
+  /** Proposes a membership change, waiting out refusals that clear by themselves (a learner catching up, another change in flight). */
   async changeMembership(change: ConfigChange, timeoutMs: number): Promise<void> {
     const deadline = AbortSignal.timeout(timeoutMs);
     const what = `${change.type} ${change.node}`;
-    const submitted = await this.#retryTransient(deadline, what, timeoutMs, () => this.#core.proposeConfigChange(change));
+    const submitted = await this.retry(
+      deadline,
+      () => {
+        this.#throwIfStopped();
+        return this.#offer(what, this.#core.proposeConfigChange(change));
+      },
+      (reason) => {
+        this.#countProposal('timeout');
+        return new RaftClientError('timeout', `${what} not accepted within ${timeoutMs} ms (${reason})`, this.#leader);
+      },
+    );
     this.#schedule();
     await this.#awaitApplied(submitted, deadline, what, timeoutMs);
   }
@@ -317,33 +354,20 @@ export class RaftNode<R> {
 
   // ---------------------------------------------------------------- clients
 
-  async #retryTransient(
-    deadline: AbortSignal,
-    what: string,
-    timeoutMs: number,
-    attempt: () => ProposeResult | ConfigChangeResult,
-  ): Promise<{ index: number; term: number }> {
-    for (;;) {
-      this.#throwIfStopped();
-      const result = attempt();
-      switch (result.kind) {
-        case 'accepted':
-          return result;
-        case 'not_leader':
-          this.#countProposal(result.leaderHint === null ? 'no_leader' : 'not_leader');
-          throw this.#notLeader(result.leaderHint);
-        case 'rejected':
-          throw new RaftClientError('rejected', `${what} rejected: ${result.reason}`);
-        case 'dropped':
-          if (!TRANSIENT_DROPS.has(result.reason)) {
-            this.#countProposal('dropped');
-            throw new RaftClientError('dropped', `${what} refused: ${result.reason}`);
-          }
-          await this.#waitForProgress(deadline, () => {
-            this.#countProposal('timeout');
-            return new RaftClientError('timeout', `${what} not accepted within ${timeoutMs} ms (${result.reason})`, this.#leader);
-          });
-      }
+  /** The core's answer to one proposal: its place in the log, a refusal that clears by itself (retry), or a RaftClientError. */
+  #offer(what: string, result: ProposeResult | ConfigChangeResult): Attempt<{ index: number; term: number }> {
+    switch (result.kind) {
+      case 'accepted':
+        return { done: result };
+      case 'not_leader':
+        this.#countProposal(result.leaderHint === null ? 'no_leader' : 'not_leader');
+        throw this.#notLeader(result.leaderHint);
+      case 'rejected':
+        throw new RaftClientError('rejected', `${what} rejected: ${result.reason}`);
+      case 'dropped':
+        if (TRANSIENT_DROPS.has(result.reason)) return { retry: result.reason };
+        this.#countProposal('dropped');
+        throw new RaftClientError('dropped', `${what} refused: ${result.reason}`);
     }
   }
 
