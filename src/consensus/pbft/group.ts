@@ -3,7 +3,7 @@
  * the pieces: durable storage under `<data-dir>/pbft`, the PbftNode driver,
  * the libp2p transport, Ed25519 signing with the node key, and the client
  * lanes the daemon sends requests through. The state machine is the caller's
- * (the daemon plugs in the KV replica, src/kv/pbft-replica.ts), as it is for
+ * (the daemon plugs in the KV replica, KvPbftReplica), as it is for
  * RaftGroup: consensus knows only the PbftStateMachine interface, so it does
  * not depend on what it replicates.
  *
