@@ -131,7 +131,7 @@ export class Daemon {
     // DWCP_TEST_FAULTS=1 lets a test cut members off without changing the member list (src/net/test-faults.ts).
     const faults = TestFaults.fromEnv(process.env);
     const isConnected = (peerId: string) => mesh.isConnected(peerId) && !faults.blocks(peerId);
-    // The KV state machine, plugged into both logs: consensus knows only its interface.
+    // The KV state machine is plugged into each log (Raft here, PBFT below): consensus knows only the interfaces.
     const replica = new KvRaftReplica();
     const fatal = Promise.withResolvers<Error>();
     const raft = await RaftGroup.open<KvResult>({
