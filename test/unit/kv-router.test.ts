@@ -9,7 +9,8 @@
  * where the key does not exist); and that advice works: the serializable
  * read on the same follower returns the value. Also the routing table itself:
  * which backend each scope × level reaches, and what is refused before
- * anything is written.
+ * anything is written; and the one retry loop of a write (RaftNode.retry),
+ * which waits out the leader's own refusals that clear by themselves.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
@@ -17,7 +18,7 @@ import type { Libp2p } from 'libp2p';
 import { kvServiceRegistration } from '../../src/admin/kv-service.ts';
 import { bootstrapState } from '../../src/consensus/raft/bootstrap.ts';
 import { RaftNode } from '../../src/consensus/raft/node.ts';
-import type { Message, NodeId } from '../../src/consensus/raft/types.ts';
+import type { Message, NodeId, RaftConfig } from '../../src/consensus/raft/types.ts';
 import { MemberDirectory } from '../../src/federation/members.ts';
 import { createLogger } from '../../src/log.ts';
 import { createMetrics } from '../../src/metrics/metrics.ts';
@@ -41,19 +42,21 @@ interface Seat {
 class Group {
   readonly seats = new Map<NodeId, Seat>();
   readonly cut = new Set<NodeId>();
+  /** While set, every node's persist waits for it (a slow disk): entries stay uncommitted. */
+  disk: Promise<void> | null = null;
 
-  constructor(ids: readonly NodeId[]) {
+  constructor(ids: readonly NodeId[], config: Partial<RaftConfig> = {}) {
     const metrics = createMetrics();
     for (const id of ids) {
       const replica = new KvRaftReplica();
       const node: RaftNode<KvResult> = new RaftNode<KvResult>({
         id,
         persisted: bootstrapState(ids),
-        store: { persist: async () => {}, saveSnapshot: async () => {} },
+        store: { persist: async () => void (await this.disk), saveSnapshot: async () => {} },
         sender: { send: (to, messages) => this.#deliver(id, to, messages) },
         machine: replica,
         random: Math.random,
-        config: { electionTicks: 10, heartbeatTicks: 1 },
+        config: { electionTicks: 10, heartbeatTicks: 1, ...config },
         tickMs: 10,
         snapshotEntries: 10_000,
         log,
@@ -188,5 +191,39 @@ describe('KvRouter over a Raft group', () => {
       { scope: 'datacenter', protocol: 'raft', replicas: 3 },
       { scope: 'federation', protocol: 'raft', replicas: 3 },
     ]);
+  });
+
+  it('retries a write the leader refuses for now until it is accepted, and names the refusal when the deadline passes first', async () => {
+    // One voter leads alone; an uncommitted tail of one entry makes the second write wait for the first to commit.
+    group = new Group(['solo'], { maxUncommittedEntries: 1 });
+    const { node, router } = await group.leader();
+    await applied(node, 2);
+    const slow = Promise.withResolvers<void>();
+    group.disk = slow.promise;
+    const first = router.write({ ...put('a', '1'), clientId: 'first' });
+    const second = router.write({ ...put('b', '2'), clientId: 'second' });
+    let settled = false;
+    void second.finally(() => (settled = true));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(settled).toBe(false);
+    group.disk = null;
+    slow.resolve();
+    const [a, b] = await Promise.all([first, second]);
+    expect([a.keyspace === 'log' && a.result.ok, b.keyspace === 'log' && b.result.ok]).toEqual([true, true]);
+
+    const stuck = Promise.withResolvers<void>();
+    group.disk = stuck.promise;
+    void router.write({ ...put('c', '3'), clientId: 'third' }).catch(() => {});
+    const late = await router.write({ ...put('d', '4'), clientId: 'fourth', timeoutMs: 200 }).then(
+      () => null,
+      (err: unknown) => err,
+    );
+    expect(late).toBeInstanceOf(KvServiceError);
+    expect([(late as KvServiceError).code, (late as KvServiceError).message]).toEqual([
+      'unavailable',
+      'write not committed within 200 ms: proposal refused for now: uncommitted_limit; retry',
+    ]);
+    group.disk = null;
+    stuck.resolve();
   });
 });
