@@ -79,10 +79,48 @@ const GcpCredentialsSchema = z.looseObject({ source: z.enum(['adc', 'keyFile']) 
   ]),
 );
 
+/**
+ * An on-premises provider's declared capacity (local now, qemu later): what
+ * the fleet's placement and capacity ledger count against.
+ */
+const OnPremCapacitySchema = z
+  .strictObject({
+    vcpus: z.number().int().min(1).max(1_000_000),
+    memoryGiB: z.number().positive().max(1_000_000).optional(),
+    memoryMiB: z.number().int().min(1).max(1_000_000_000).optional(),
+    diskGiB: z.number().int().min(1).max(1_000_000_000).default(1_000),
+  })
+  .superRefine((c, ctx) => {
+    if (c.memoryGiB !== undefined && c.memoryMiB !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['memoryMiB'], input: c.memoryMiB, params: { sentence: true }, message: 'must not be given with memoryGiB: give memory once' });
+    } else if (c.memoryGiB === undefined && c.memoryMiB === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['memoryGiB'], input: undefined, params: { sentence: true }, message: 'is required (the memory VMs may use in total, in GiB)' });
+    }
+  })
+  .transform((c) => {
+    const memoryMiB = c.memoryMiB ?? Math.round((c.memoryGiB ?? 0) * 1024);
+    return { vcpus: c.vcpus, memoryMiB, memoryGiB: memoryMiB / 1024, diskGiB: c.diskGiB };
+  });
+
+/** On-premises VMs have no catalog price: the operator states what a vCPU-hour and a GiB-hour of memory cost (USD). */
+export const DEFAULT_PRICE_PER_VCPU_HOUR = 0.02;
+export const DEFAULT_PRICE_PER_GIB_HOUR = 0.003;
+const onPremPrices = {
+  pricePerVcpuHour: z.number().min(0).max(1_000).default(DEFAULT_PRICE_PER_VCPU_HOUR),
+  pricePerGiBHour: z.number().min(0).max(1_000).default(DEFAULT_PRICE_PER_GIB_HOUR),
+};
+
+/** A cloud account's limits in the provider's region (the fleet reports them; the cloud enforces them). */
+const QuotaSchema = z.strictObject({
+  vcpus: z.number().int().min(1).max(100_000_000).optional(),
+  instances: z.number().int().min(1).max(100_000_000).optional(),
+});
+
 const AwsEntrySchema = z.strictObject({
   kind: z.literal('aws'),
   ...common,
   region: regionName,
+  quota: QuotaSchema.optional(),
   credentials: AwsCredentialsSchema.default({ source: 'default' }),
   /** EC2 endpoint override (VPC endpoint, test server). */
   endpoint: httpUrl.optional(),
@@ -104,6 +142,7 @@ const GcpEntrySchema = z.strictObject({
   ...common,
   project: z.string().regex(/^[a-z][a-z0-9-]{4,28}[a-z0-9]$/, 'a GCP project id (6 to 30 characters: a-z, 0-9, "-")'),
   region: regionName,
+  quota: QuotaSchema.optional(),
   credentials: GcpCredentialsSchema.default({ source: 'adc' }),
   /**
    * Compute endpoint override, all three or none: the client library always
@@ -120,8 +159,14 @@ const LocalEntrySchema = z.strictObject({
   kind: z.literal('local'),
   ...common,
   region: regionName.default('local'),
-  /** What the simulated VMs that are not stopped may use in total. */
-  capacity: z.strictObject({ vcpus: z.number().int().min(1).max(1_000_000), memoryMiB: z.number().int().min(1).max(1_000_000_000) }).optional(),
+  /**
+   * What the simulated VMs that are not stopped may use in total, and what the
+   * fleet publishes as this provider's capacity. Memory as memoryGiB (the
+   * fleet's unit) or memoryMiB (the older spelling), not both. Absent: the
+   * fleet declares the host's CPUs and memory (src/fleet/observed-publisher.ts).
+   */
+  capacity: OnPremCapacitySchema.optional(),
+  ...onPremPrices,
   /** How long simulated pending and stopping states last. */
   transitionDelayMs: millis(0, 600_000).default(500),
 });

@@ -182,6 +182,7 @@ export function resolveConfig(input: ResolveInput = {}): DwcpConfig {
     clouds: f.clouds,
     blob: f.blob,
     state: f.state,
+    fleet: f.fleet,
     configPath,
   };
 }

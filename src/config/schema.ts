@@ -13,6 +13,7 @@ import { multiaddr } from '@multiformats/multiaddr';
 import { CloudsSchema, type CloudsConfig } from '../cloud/config.ts';
 import { BlobSchema, type BlobSettings } from '../blob/config.ts';
 import { StateSchema, type StateSettings } from '../state/config.ts';
+import { FleetObservedSchema, type FleetObservedSettings } from '../fleet/observed-config.ts';
 
 export const PROVIDERS = ['onprem', 'private', 'aws', 'gcp', 'azure', 'oracle'] as const;
 export type Provider = (typeof PROVIDERS)[number];
@@ -64,11 +65,22 @@ const hostPort = z
 
 const millis = (max: number) => z.number().int().min(1).max(max);
 
+/** A region label's key and value: what placement constraints and policy match on. */
+const labelKey = z.string().regex(/^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$/, 'a label key (lowercase letters, digits, ".", "_", "/", "-"; at most 63 characters)');
+const labelValue = z.string().max(63).regex(/^[A-Za-z0-9._-]*$/, 'a label value (letters, digits, ".", "_", "-"; at most 63 characters)');
+const tag = z.string().regex(/^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$/, 'a lowercase word (a-z, 0-9, "-", at most 32 characters)');
+
 const NodeSchema = z.strictObject({
   name,
   region,
   provider: z.enum(PROVIDERS),
   trust: z.enum(TRUST_LEVELS).optional(),
+  /** Free key/values the fleet publishes for this region (placement constraints and policy match on them). */
+  labels: z.record(labelKey, labelValue).refine((l) => Object.keys(l).length <= 64, { message: 'at most 64 labels' }).default({}),
+  /** The legal area the region's data sits in, e.g. `eu`, `us`. */
+  jurisdiction: tag.optional(),
+  /** Compliance regimes the region is certified for, e.g. `gdpr`, `hipaa`, `soc2`. */
+  compliance: z.array(tag).max(32).default([]),
 });
 
 const MemberSchema = z.strictObject({
@@ -151,6 +163,7 @@ const ConfigFileObject = z.strictObject({
   clouds: CloudsSchema,
   blob: BlobSchema.default(BlobSchema.parse({})),
   state: StateSchema.default(StateSchema.parse({})),
+  fleet: FleetObservedSchema.default(FleetObservedSchema.parse({})),
 });
 
 export const ConfigFileSchema = ConfigFileObject.superRefine((cfg, ctx) => {
@@ -230,6 +243,10 @@ export interface NodeConfig {
   region: string;
   provider: Provider;
   trust: Trust;
+  /** Region labels (config `node.labels`, `node.jurisdiction`, `node.compliance`); absent in hand-built configs means none. */
+  labels?: Record<string, string>;
+  jurisdiction?: string | undefined;
+  compliance?: string[];
 }
 
 /** The fully resolved configuration: defaults, file, environment and flags merged and validated. */
@@ -251,6 +268,8 @@ export interface DwcpConfig {
   blob: BlobSettings;
   /** Geo-distributed state and failure detection (src/state/config.ts). */
   state: StateSettings;
+  /** Observed state: how often this region publishes its fleet records, when they count as stale (src/fleet/observed-config.ts). */
+  fleet: FleetObservedSettings;
   /** The file this came from, if any (SIGHUP re-reads it). */
   configPath: string | undefined;
 }
