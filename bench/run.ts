@@ -68,6 +68,10 @@ const BENCHES: Record<string, BenchEntry> = {
   },
   codec: { summary: 'our LZ4 and zstd (levels 1, 3, 9) vs the lz4 and zstd CLIs on VM-image-like data: MiB/s and ratio', load: async () => (await import('./codec.ts')).codecBench },
   delta: { summary: 'delta sync of a VM image between two daemons (wire and time vs a full sync), baseline cache hit ratio, bulk MiB/s vs raw TCP', load: async () => (await import('./delta.ts')).deltaBench },
+  'fleet-records': {
+    summary: 'memory per VM record of the observed fleet state on a geo store member (heap and RSS per entry) vs a 174-byte reference value; floor ≤ 1 KB',
+    load: async () => (await import('./fleet-records.ts')).fleetRecordsBench,
+  },
   sync: {
     summary: 'geo state on 5 local daemons: eventual propagation p50/p99, quorum put latency, convergence after a 2|3 partition, wire bytes per Yjs update',
     load: async () => (await import('./sync.ts')).syncBench,

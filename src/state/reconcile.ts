@@ -35,29 +35,49 @@ function xorInto(target: Uint8Array, offset: number, hash: Uint8Array): void {
   for (let i = 0; i < ENTRY_HASH_BYTES; i++) target[offset + i] = (target[offset + i] as number) ^ (hash[i] as number);
 }
 
-/** Per-bucket XOR digests and key sets of one store. */
+/** One byte per character: the cheapest way V8 holds 16 bytes per key (see BucketIndex). */
+function hashText(hash: Uint8Array): string {
+  return Buffer.from(hash.buffer, hash.byteOffset, ENTRY_HASH_BYTES).toString('latin1');
+}
+
+function hashBytes(text: string): Uint8Array {
+  return Buffer.from(text, 'latin1');
+}
+
+/**
+ * Per-bucket XOR digests and key sets of one store.
+ *
+ * Memory: an index holds one hash per entry of the store, so its per-entry
+ * cost is paid by every member for every key. A hash is kept as a 16-char
+ * latin1 string (≈ 40 bytes of heap) rather than the Uint8Array view
+ * createHash returns (≈ 200 bytes of heap for the view and its ArrayBuffer,
+ * plus a separately malloc'd backing store, several hundred bytes of RSS
+ * each: bench/fleet-records.ts measured it). hash() rebuilds bytes on demand,
+ * only for the keys a round or a merge looks at.
+ */
 export class BucketIndex {
   readonly #digests = new Uint8Array(DIGEST_BYTES);
   readonly #keys: Set<string>[] = Array.from({ length: NUM_BUCKETS }, () => new Set<string>());
-  readonly #hashes = new Map<string, Uint8Array>();
+  readonly #hashes = new Map<string, string>();
 
   /** Records `key`'s new hash (null: the key is gone). */
   set(key: string, hash: Uint8Array | null): void {
     const bucket = bucketOf(key);
     const old = this.#hashes.get(key);
-    if (old !== undefined) xorInto(this.#digests, bucket * ENTRY_HASH_BYTES, old);
+    if (old !== undefined) xorInto(this.#digests, bucket * ENTRY_HASH_BYTES, hashBytes(old));
     if (hash === null) {
       this.#hashes.delete(key);
       this.#keys[bucket]?.delete(key);
       return;
     }
     xorInto(this.#digests, bucket * ENTRY_HASH_BYTES, hash);
-    this.#hashes.set(key, hash);
+    this.#hashes.set(key, hashText(hash));
     this.#keys[bucket]?.add(key);
   }
 
   hash(key: string): Uint8Array | undefined {
-    return this.#hashes.get(key);
+    const text = this.#hashes.get(key);
+    return text === undefined ? undefined : hashBytes(text);
   }
 
   /** A copy of every bucket digest, bucket 0 first. */

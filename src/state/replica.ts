@@ -32,7 +32,7 @@
  *   and (but for one oversized entry) maxBatchBytes bytes.
  */
 import { HLC_ZERO, HlcDriftError, compareHlc, hlcReceive, hlcSend, maxHlc, type Hlc } from './clock/hlc.ts';
-import { dominates, mergeClocks, type VectorClock } from './clock/vector-clock.ts';
+import { compactClock, dominates, mergeClocks, type VectorClock } from './clock/vector-clock.ts';
 import type { LwwRegisterState } from './crdt/lww-register.ts';
 import { YjsRecord, type YjsRecordState } from './crdt/yjs-record.ts';
 import {
@@ -748,12 +748,21 @@ export class StateReplica {
   }
 
   #install(key: string, entry: Entry, hash = entryHash(key, entry)): void {
+    // Every member holds every entry: its clock is stored in its smallest form (a Dot when single-writer).
+    const clock = compactClock(entry.clock, this.#internRegion);
+    if (clock !== entry.clock) entry = { type: entry.type, state: entry.state, clock, expiresAt: entry.expiresAt };
     this.#entries.set(key, entry);
     if (this.#clock !== null) this.#clock = mergeClocks(this.#clock, entry.clock);
     this.#index.set(key, hash);
     if (entry.expiresAt === null) this.#expiring.delete(key);
     else this.#expiring.add(key);
   }
+
+  /** A region id as the one string this replica keeps for it (its own and its peers'; others as given). */
+  readonly #internRegion = (region: ReplicaId): ReplicaId => {
+    if (region === this.self) return this.self;
+    return this.#peers.find((p) => p === region) ?? region;
+  };
 
   #set(key: string, entry: Entry, hash?: Uint8Array): void {
     this.#install(key, entry, hash);

@@ -20,6 +20,57 @@ export type ClockOrder = 'before' | 'after' | 'equal' | 'concurrent';
 
 export const EMPTY_CLOCK: VectorClock = new Map();
 
+/**
+ * A clock with one region: a dot. Most entries of the geo store have a
+ * single writer (a region's own records), and a Map of one entry costs about
+ * 190 bytes of heap against about 40 for this, on every member for every
+ * key. Read-only like every VectorClock; functions that derive a new clock
+ * build a Map as before, and the replica compacts what it stores (compactClock).
+ */
+export class Dot implements ReadonlyMap<RegionId, number> {
+  readonly region: RegionId;
+  readonly counter: number;
+  constructor(region: RegionId, counter: number) {
+    this.region = region;
+    this.counter = counter;
+  }
+  get size(): number {
+    return 1;
+  }
+  get(region: RegionId): number | undefined {
+    return region === this.region ? this.counter : undefined;
+  }
+  has(region: RegionId): boolean {
+    return region === this.region;
+  }
+  forEach(fn: (counter: number, region: RegionId, clock: ReadonlyMap<RegionId, number>) => void, thisArg?: unknown): void {
+    fn.call(thisArg, this.counter, this.region, this);
+  }
+  *entries(): MapIterator<[RegionId, number]> {
+    yield [this.region, this.counter];
+  }
+  *keys(): MapIterator<RegionId> {
+    yield this.region;
+  }
+  *values(): MapIterator<number> {
+    yield this.counter;
+  }
+  [Symbol.iterator](): MapIterator<[RegionId, number]> {
+    return this.entries();
+  }
+}
+
+/**
+ * The same clock in its smallest form: a Dot when it has one region (with
+ * the region id taken from `intern`, so a member keeps one copy of each
+ * region's name rather than one per decoded entry), else the clock as it is.
+ */
+export function compactClock(clock: VectorClock, intern: (region: RegionId) => RegionId = (r) => r): VectorClock {
+  if (clock.size !== 1 || clock instanceof Dot) return clock;
+  for (const [region, counter] of clock) return new Dot(intern(region), counter);
+  return clock;
+}
+
 export function clockOf(entries: Iterable<readonly [RegionId, number]>): VectorClock {
   const clock = new Map<RegionId, number>();
   for (const [region, counter] of entries) {
