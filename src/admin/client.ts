@@ -19,6 +19,7 @@ import { probeSocket } from './socket.ts';
 import { VM_SERVICE, vmClient, type VmClient } from './vm-client.ts';
 import { BLOB_SERVICE, blobClient, type BlobClient } from './blob-client.ts';
 import { STATE_SERVICE, stateClient, type StateClient } from './state-client.ts';
+import { FLEET_SERVICE, fleetClient, type FleetClient } from './fleet-client.ts';
 
 /** Protobuf package of every admin service. */
 export const ADMIN_PACKAGE = 'dwcp.admin.v1';
@@ -28,7 +29,7 @@ export const RAFT_SERVICE = `${ADMIN_PACKAGE}.Raft`;
 export const PBFT_SERVICE = `${ADMIN_PACKAGE}.Pbft`;
 
 /** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
-export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto'];
+export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto'];
 
 /**
  * snake_case field names as in the .proto, int64 as strings (no silent
@@ -339,6 +340,7 @@ export interface AdminClient {
   readonly vm: VmClient;
   readonly blob: BlobClient;
   readonly state: StateClient;
+  readonly fleet: FleetClient;
   close(): void;
 }
 
@@ -494,6 +496,7 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
       timeoutMs: opts.timeoutMs,
     }),
     state: stateClient(serviceCall(STATE_SERVICE)),
+    fleet: fleetClient(serviceCall(FLEET_SERVICE)),
     close: () => client.close(),
   };
 }

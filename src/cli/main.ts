@@ -22,6 +22,7 @@ import { formatJson, formatMembers, formatStatus, wrapText } from './format.ts';
 import { KV_COMMAND, RAFT_COMMAND } from './kv-raft.ts';
 import { PBFT_COMMAND } from './pbft.ts';
 import { COST_COMMAND, VM_COMMAND } from './vm.ts';
+import { FLEET_COMMAND } from './fleet.ts';
 import { BLOB_COMMAND, CACHE_COMMAND } from './blob.ts';
 import { CRDT_COMMAND, STATE_COMMAND } from './state.ts';
 import { VERSION } from '../daemon/version.ts';
@@ -62,6 +63,7 @@ export const COMMANDS: readonly Command[] = [
   RAFT_COMMAND,
   PBFT_COMMAND,
   VM_COMMAND,
+  FLEET_COMMAND,
   COST_COMMAND,
   BLOB_COMMAND,
   CACHE_COMMAND,

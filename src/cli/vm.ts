@@ -3,6 +3,7 @@
  * manages, and what a type costs.
  *
  *   dwcpctl vm list [--provider P]... [--state S]... [--refresh] [--json]
+ *   dwcpctl vm list --all [--region R]... [--label k=v]... [--json]   (every region's VMs: fleet.ts)
  *   dwcpctl vm create --provider P --type T --image I [--zone Z] [--name N] [--tag k=v]... [--spot] [--json]
  *   dwcpctl vm start|stop|terminate ID [--provider P] [--json]
  *   dwcpctl vm types [--provider P]... [--json]
@@ -21,6 +22,7 @@ import type { EstimateCostResponse, ListInstancesResponse, VmInstance, VmInstanc
 import { formatDuration, formatJson, renderFields, renderTable } from './format.ts';
 import type { Command, CommandContext, FlagValues } from './command.ts';
 import { UsageError } from './command.ts';
+import { listAllVms } from './fleet.ts';
 
 const READ_TIMEOUT_MS = 30_000;
 const OPERATION_TIMEOUT_MS = 600_000;
@@ -36,6 +38,9 @@ const VM_OPTIONS = {
   name: { type: 'string' },
   tag: { type: 'string', multiple: true },
   spot: { type: 'boolean' },
+  all: { type: 'boolean' },
+  region: { type: 'string', multiple: true },
+  label: { type: 'string', multiple: true },
 } as const satisfies ParseArgsOptionsConfig;
 
 const COST_OPTIONS = {
@@ -197,6 +202,8 @@ async function vm(ctx: CommandContext): Promise<void> {
   switch (sub) {
     case 'list': {
       noArguments(ctx, 'vm list');
+      if (flags.all === true) return listAllVms(ctx);
+      if (flags.region !== undefined || flags.label !== undefined) throw new UsageError('--region and --label select among every region\'s VMs: give --all');
       const res = await (await client()).listInstances({
         providers: strings(flags, 'provider'),
         states: strings(flags, 'state'),
@@ -270,7 +277,7 @@ async function cost(ctx: CommandContext): Promise<void> {
 export const VM_COMMAND: Command = {
   name: 'vm',
   args: 'list | create | start ID | stop ID | terminate ID | types',
-  summary: 'VMs of the configured clouds (--provider P, --state S, --refresh; create: --type --image [--zone --name --tag k=v --spot])',
+  summary: "VMs of the configured clouds (--provider P, --state S, --refresh; --all: every region's, with --region R, --label k=v; create: --type --image [--zone --name --tag k=v --spot])",
   options: VM_OPTIONS,
   run: vm,
 };

@@ -41,6 +41,8 @@ import { blobServiceRegistration } from '../admin/blob-service.ts';
 import { GeoState } from '../state/geo-state.ts';
 import { TestFaults } from '../net/test-faults.ts';
 import { stateServiceRegistration } from '../admin/state-service.ts';
+import { ObservedPublisher } from '../fleet/observed-publisher.ts';
+import { fleetServiceRegistration } from '../admin/fleet-service.ts';
 import { loadOrCreateIdentity, type Identity } from './identity.ts';
 import { notifySystemd } from './notify.ts';
 import { VERSION } from './version.ts';
@@ -69,6 +71,8 @@ export class Daemon {
   readonly blob: BlobService;
   /** The geo-distributed store (CRDTs, quorum/local/eventual levels) and member failure detection (src/state/geo-state.ts). */
   readonly geo: GeoState;
+  /** This region's observed state in the geo store, and the whole fleet read back (src/fleet/observed-publisher.ts). */
+  readonly fleet: ObservedPublisher;
   /**
    * Settles if a component fails in a way the daemon cannot serve through
    * (the Raft node lost its storage or broke an invariant): the caller stops
@@ -113,6 +117,14 @@ export class Daemon {
     this.cloud = parts.cloud;
     this.blob = parts.blob;
     this.geo = parts.geo;
+    this.fleet = new ObservedPublisher({
+      config: parts.config,
+      inventory: parts.cloud,
+      geo: parts.geo,
+      members: () => this.mesh.status().map((m) => ({ name: m.name, location: m.region, ...this.geo.health(m.peerId) })),
+      log: parts.log.child({ component: 'fleet' }),
+    });
+    this.metrics.fleet.setSource(() => this.fleet.view());
   }
 
   get config(): DwcpConfig {
@@ -205,6 +217,7 @@ export class Daemon {
     await this.kv.start();
     await this.geo.start();
     this.cloud.start();
+    this.fleet.start();
     await this.blob.start();
     const adminLog = this.#log.child({ component: 'admin' });
     const defaultTimeoutMs = config.raft.requestTimeoutMs;
@@ -220,6 +233,7 @@ export class Daemon {
         pbftServiceRegistration({ group: this.pbft, log: adminLog }),
         vmServiceRegistration({ inventory: this.cloud, log: adminLog }),
         blobServiceRegistration({ service: this.blob, log: adminLog }),
+        fleetServiceRegistration({ view: () => this.fleet.view(), log: adminLog }),
       ],
     });
     this.#metricsServer = await startMetricsServer({
@@ -326,6 +340,7 @@ export class Daemon {
       }
     };
     // Cloud operations first: their callers get an answer before the admin socket closes.
+    await step('fleet', () => this.fleet.stop(), 500);
     await step('cloud', () => this.cloud.stop(), 500);
     // Raft first, while the mesh is still up: a leader hands over before it goes.
     await step('kv', () => this.kv.stop(), 500);

@@ -10,6 +10,7 @@ import { BYZANTINE_DROPS, DROP_KINDS } from '../consensus/pbft/types.ts';
 import { createCloudMetrics, type CloudMetrics } from '../cloud/metrics.ts';
 import { createBlobMetrics, type BlobMetrics } from '../blob/metrics.ts';
 import { createStateMetrics, type StateMetrics } from '../state/metrics.ts';
+import { createFleetMetrics, type FleetMetrics } from '../fleet/metrics.ts';
 
 /** Reasons a connection or peer is refused; bounded so label cardinality stays small. */
 export const REFUSAL_REASONS = ['not_member', 'hello_failed', 'federation_mismatch', 'identity_mismatch'] as const;
@@ -52,6 +53,7 @@ export interface DwcpMetrics extends MeshMetrics {
   cloud: CloudMetrics;
   blob: BlobMetrics;
   state: StateMetrics;
+  fleet: FleetMetrics;
 }
 
 /** Outcomes of a client proposal as the driver sees them; bounded for label cardinality. */
@@ -260,6 +262,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): DwcpMetr
     cloud: createCloudMetrics(registers),
     blob: createBlobMetrics(registers),
     state: createStateMetrics(registers),
+    fleet: createFleetMetrics(registers),
   };
   // Export zeroes for every bounded label value so rate() works from the first scrape.
   for (const reason of REFUSAL_REASONS) m.connectionsRefused.inc({ reason }, 0);

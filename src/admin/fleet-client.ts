@@ -1,0 +1,161 @@
+/**
+ * The Fleet admin service (fleet.proto) as the admin client exposes it:
+ * response types in the .proto's snake_case and the `.fleet` sub-client.
+ *
+ * Invariant (as for the rest of the admin client): every response has every
+ * field, proto3 `optional` fields absent on the wire become null, and each
+ * message is rebuilt field by field in .proto order.
+ */
+import type { ServiceCall } from './client.ts';
+
+export const FLEET_SERVICE = 'dwcp.admin.v1.Fleet';
+
+export interface FleetProvider {
+  name: string;
+  kind: string;
+  location: string;
+  capacity: { vcpus: number; memory_gib: number; disk_gib: number } | null;
+  quota: { vcpus: number | null; instances: number | null } | null;
+  used_vcpus: number;
+  used_memory_mib: number;
+  vms: number;
+  last_error: string | null;
+}
+
+export interface FleetRegion {
+  region: string;
+  location: string | null;
+  self: boolean;
+  phi: number | null;
+  health: string;
+  report: string;
+  report_age_seconds: number | null;
+  provider_health: string | null;
+  providers: FleetProvider[];
+  vms_by_state: { state: string; count: number }[];
+  vms: number;
+  vcpus_used: number;
+  vcpus_total: number | null;
+  memory_gib_used: number;
+  memory_gib_total: number | null;
+  price_per_hour: number;
+  labels: Record<string, string>;
+  jurisdiction: string | null;
+  compliance: string[];
+}
+
+export interface FleetStatusResponse {
+  self: string;
+  now: string;
+  stale_after_ms: number;
+  regions: FleetRegion[];
+}
+
+export interface FleetVmsRequest {
+  regions: string[];
+  labels: Record<string, string>;
+}
+
+export interface FleetVm {
+  region: string;
+  provider: string;
+  id: string;
+  name: string;
+  type: string;
+  zone: string;
+  vcpus: number | null;
+  memory_mib: number | null;
+  state: string;
+  last_state: string;
+  tags: Record<string, string>;
+  spot: boolean;
+  launched_at: string | null;
+  image: string | null;
+  desired_vm: string | null;
+  price_per_hour: number | null;
+  report_age_seconds: number | null;
+}
+
+export interface FleetClient {
+  status(): Promise<FleetStatusResponse>;
+  listVms(request: FleetVmsRequest): Promise<FleetVm[]>;
+}
+
+type Wire<T> = { [K in keyof T]?: T[K] | undefined };
+
+const opt = <T>(v: T | undefined | null): T | null => (v === undefined ? null : v);
+
+function providerFromWire(p: Wire<FleetProvider>): FleetProvider {
+  const c = p.capacity ?? null;
+  const q = p.quota ?? null;
+  return {
+    name: p.name ?? '',
+    kind: p.kind ?? '',
+    location: p.location ?? '',
+    capacity: c === null ? null : { vcpus: c.vcpus, memory_gib: c.memory_gib, disk_gib: c.disk_gib },
+    quota: q === null ? null : { vcpus: opt(q.vcpus), instances: opt(q.instances) },
+    used_vcpus: p.used_vcpus ?? 0,
+    used_memory_mib: p.used_memory_mib ?? 0,
+    vms: p.vms ?? 0,
+    last_error: opt(p.last_error),
+  };
+}
+
+function regionFromWire(r: Wire<FleetRegion>): FleetRegion {
+  return {
+    region: r.region ?? '',
+    location: opt(r.location),
+    self: r.self ?? false,
+    phi: opt(r.phi),
+    health: r.health ?? '',
+    report: r.report ?? '',
+    report_age_seconds: opt(r.report_age_seconds),
+    provider_health: opt(r.provider_health),
+    providers: (r.providers ?? []).map(providerFromWire),
+    vms_by_state: (r.vms_by_state ?? []).map((s) => ({ state: s.state, count: s.count })),
+    vms: r.vms ?? 0,
+    vcpus_used: r.vcpus_used ?? 0,
+    vcpus_total: opt(r.vcpus_total),
+    memory_gib_used: r.memory_gib_used ?? 0,
+    memory_gib_total: opt(r.memory_gib_total),
+    price_per_hour: r.price_per_hour ?? 0,
+    labels: { ...(r.labels ?? {}) },
+    jurisdiction: opt(r.jurisdiction),
+    compliance: [...(r.compliance ?? [])],
+  };
+}
+
+function vmFromWire(v: Wire<FleetVm>): FleetVm {
+  return {
+    region: v.region ?? '',
+    provider: v.provider ?? '',
+    id: v.id ?? '',
+    name: v.name ?? '',
+    type: v.type ?? '',
+    zone: v.zone ?? '',
+    vcpus: opt(v.vcpus),
+    memory_mib: opt(v.memory_mib),
+    state: v.state ?? '',
+    last_state: v.last_state ?? '',
+    tags: { ...(v.tags ?? {}) },
+    spot: v.spot ?? false,
+    launched_at: opt(v.launched_at),
+    image: opt(v.image),
+    desired_vm: opt(v.desired_vm),
+    price_per_hour: opt(v.price_per_hour),
+    report_age_seconds: opt(v.report_age_seconds),
+  };
+}
+
+export function fleetClient(call: ServiceCall): FleetClient {
+  return {
+    status: async () => {
+      const r = await call<Record<string, never>, Wire<Omit<FleetStatusResponse, 'regions'>> & { regions?: Wire<FleetRegion>[] }>('Status', {});
+      return { self: r.self ?? '', now: r.now ?? '', stale_after_ms: r.stale_after_ms ?? 0, regions: (r.regions ?? []).map(regionFromWire) };
+    },
+    listVms: async (request) => {
+      const r = await call<FleetVmsRequest, { vms?: Wire<FleetVm>[] }>('ListVms', request);
+      return (r.vms ?? []).map(vmFromWire);
+    },
+  };
+}
