@@ -48,6 +48,8 @@ export interface ClusterOptions {
   trust?: (i: number) => 'trusted' | 'untrusted';
   /** Extra environment of node i's processes (e.g. DWCP_TEST_BYZANTINE). */
   env?: (i: number) => NodeJS.ProcessEnv;
+  /** Extra config of node i, merged over the cluster's (its `node` fields over the node section). */
+  extra?: (i: number) => Record<string, unknown>;
 }
 
 /** Holds n distinct free ports at once, then frees them for the daemons to bind. */
@@ -171,7 +173,8 @@ export class RaftCluster {
           j === i ? [] : [{ name: m.name, peerId: m.peerId, region: `r-${m.name}`, provider: provider(j), trust: trust(j), addrs: [this.#address(j)] }],
         );
     const config = baseConfig(this.#node(i), { logLevel: 'info', listen: [this.#address(i)], members, raft: RAFT_TIMING, pbft: PBFT_TIMING });
-    return { ...config, node: { ...(config['node'] as object), provider: provider(i), trust: trust(i) } };
+    const extra = this.#opts.extra?.(i) ?? {};
+    return { ...config, ...extra, node: { ...(config['node'] as object), provider: provider(i), trust: trust(i), ...((extra['node'] as object | undefined) ?? {}) } };
   }
 
   async startNode(i: number): Promise<DaemonProcess> {
