@@ -37,7 +37,9 @@ describe('clouds config', () => {
     expect(resolve('').clouds).toEqual({
       pricingDir: undefined,
       spotRefreshMs: 3_600_000,
-      providers: [{ kind: 'local', name: 'local', region: 'local', zones: [], tags: { 'managed-by': 'dwcp' }, inventoryIntervalMs: 60_000, transitionDelayMs: 500 }],
+      providers: [
+        { kind: 'local', name: 'local', region: 'local', zones: [], tags: { 'managed-by': 'dwcp' }, inventoryIntervalMs: 60_000, transitionDelayMs: 500, pricePerVcpuHour: 0.02, pricePerGiBHour: 0.003 },
+      ],
     });
     expect(resolve('clouds: {providers: []}\n').clouds.providers).toEqual([]);
   });
