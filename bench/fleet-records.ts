@@ -20,6 +20,8 @@
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { defineBench, intFlag } from './run.ts';
@@ -150,10 +152,96 @@ if (process.argv[2] === CHILD_FLAG) {
   process.stdout.write(JSON.stringify(measureKind(kind, Number(process.argv[4]))));
 }
 
+/** Bytes of the geo store's LMDB files (the data file is mmapped: the pages a member touched count in its RSS). */
+function stateFileBytes(dataDir: string): number {
+  const dir = join(dataDir, 'state');
+  return readdirSync(dir).reduce((n, f) => n + statSync(join(dir, f)).size, 0);
+}
+
+function rssOf(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (m === null) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]) * 1024;
+}
+
+const MEMORY_METRICS = ['nodejs_heap_size_used_bytes', 'nodejs_heap_size_total_bytes', 'nodejs_external_memory_bytes', 'process_resident_memory_bytes'] as const;
+
+async function memoryOf(metricsUrl: string): Promise<Record<string, number>> {
+  const text = await (await fetch(metricsUrl)).text();
+  const out: Record<string, number> = {};
+  for (const name of MEMORY_METRICS) {
+    const m = new RegExp(`^${name} (\\S+)`, 'm').exec(text);
+    out[name] = m === null ? NaN : Number(m[1]);
+  }
+  return out;
+}
+
+async function entriesOf(metricsUrl: string): Promise<number> {
+  const text = await (await fetch(metricsUrl)).text();
+  const m = /^dwcp_state_entries (\d+)/m.exec(text);
+  return m === null ? 0 : Number(m[1]);
+}
+
+/**
+ * The issue's setup: 3 real dwcpd members; VM records put at eventual through
+ * one member's admin socket (`kv put --consistency eventual`, which stores
+ * the bytes as a base64 string in an LWW register); each member's RSS before
+ * and once every member holds every record, after SETTLE_MS for the heap to
+ * shrink back from the burst (V8 collects when it wants; a daemon cannot be
+ * asked to). RSS includes LMDB's touched mmapped pages.
+ */
+async function daemons(records: number): Promise<({ member: string; rssBytesPerEntry: number } & Record<string, number | string>)[]> {
+  const { startDwcpCluster } = await import('./dwcp-cluster.ts');
+  const { connectAdmin } = await import('../src/admin/client.ts');
+  const cluster = await startDwcpCluster({ members: 3 });
+  try {
+    const before = cluster.members.map((m) => rssOf(m.pid));
+    const memBefore = await Promise.all(cluster.members.map((m) => memoryOf(m.metricsUrl)));
+    const base = await Promise.all(cluster.members.map((m) => entriesOf(m.metricsUrl)));
+    const client = connectAdmin(cluster.members[0]!.adminSocket, { timeoutMs: 10_000 });
+    let next = 0;
+    const worker = async () => {
+      for (let i = next++; i < records; i = next++) {
+        const value = Buffer.from(encodeVmRecord(vmRecord(i)));
+        await client.kv.put(vmKey('dc-eu-1', 'local', `local-${(0x10000000 + i).toString(16)}`), value, { scope: 'datacenter', client_id: 'bench', seq: i + 1, timeout_ms: 10_000, consistency: 'eventual' });
+      }
+    };
+    await Promise.all(Array.from({ length: 16 }, worker));
+    client.close();
+    const deadline = Date.now() + 120_000;
+    for (;;) {
+      const now = await Promise.all(cluster.members.map((m) => entriesOf(m.metricsUrl)));
+      if (now.every((n, i) => n - (base[i] ?? 0) >= records)) break;
+      if (Date.now() > deadline) throw new Error(`members hold ${now.join(', ')} entries, not ${records} more each, after 120 s`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
+    const memAfter = await Promise.all(cluster.members.map((m) => memoryOf(m.metricsUrl)));
+    return cluster.members.map((m, i) => ({
+      member: m.name,
+      lmdbFileBytesPerEntry: Math.round(stateFileBytes(m.dataDir) / records),
+      rssBytesPerEntry: Math.round((rssOf(m.pid) - (before[i] ?? 0)) / records),
+      ...Object.fromEntries(MEMORY_METRICS.map((name) => [`${name}_per_entry`, Math.round(((memAfter[i]?.[name] ?? NaN) - (memBefore[i]?.[name] ?? NaN)) / records)])),
+    }));
+  } finally {
+    await cluster.stop();
+  }
+}
+
+const SETTLE_MS = 10_000;
+
 export const fleetRecordsBench = defineBench({
-  flags: { records: { default: '100000', description: 'VM records to put (and reference values)' } },
-  parse: (flags) => ({ records: intFlag(flags, 'records', 1_000) }),
-  async run({ records }) {
+  flags: {
+    records: { default: '100000', description: 'VM records to put (and reference values)' },
+    daemons: { default: '0', description: 'also put this many VM records into 3 real dwcpd members and report their RSS per record (0: skip)' },
+  },
+  parse: (flags) => ({ records: intFlag(flags, 'records', 1_000), daemonRecords: intFlag(flags, 'daemons', 0) }),
+  async run({ records, daemonRecords }) {
+    if (daemonRecords > 0) {
+      const rows = await daemons(daemonRecords);
+      for (const r of rows) console.error(`dwcpd ${r.member}: per VM record ${JSON.stringify(r)} (${daemonRecords} records, eventual, 3 members)`);
+      return { bench: 'fleet-records', daemonRecords, daemons: rows };
+    }
     const reference = inChild('reference', records);
     const fleet = inChild('fleet', records);
     const rows = [
