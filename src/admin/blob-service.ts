@@ -7,21 +7,24 @@
  *   mode 0600 and owned by the daemon's user, so only that user (or root)
  *   can ask; the path must be absolute, and the store refuses anything but a
  *   regular file and does not follow a symbolic link (docs/blob.md).
- * - Failures map to gRPC codes as in call.ts: INVALID_ARGUMENT for a bad
- *   request (the details name the field), NOT_FOUND for an unknown key or
- *   member, UNAVAILABLE when a retry may succeed (member not connected,
- *   connection lost beyond the resumes), FAILED_PRECONDITION when the member
- *   refused or failed the transfer; anything else is INTERNAL and logged.
+ * - Failures are DwcpErrors and travel as status.ts maps their codes:
+ *   INVALID_ARGUMENT for a bad request (the details name the field),
+ *   NOT_FOUND for an unknown key or member, UNAVAILABLE and retryable when a
+ *   retry may succeed (member not connected, connection lost beyond the
+ *   resumes), FAILED_PRECONDITION when the member refused or failed the
+ *   transfer; anything else is INTERNAL and logged.
  * - A client that cancels a Put (Ctrl-C) aborts its ingest or transfer; Get
  *   writes no faster than the client reads (the stream's back-pressure).
  */
 import { isAbsolute } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
-import { BlobServiceError, type BlobService, type SendOutcome } from '../blob/service.ts';
-import { BlobStoreError, type StoredValue } from '../blob/store.ts';
+import { DwcpError } from '../errors.ts';
+import type { BlobService, SendOutcome } from '../blob/service.ts';
+import type { StoredValue } from '../blob/store.ts';
 import type { TransferProgress } from '../blob/progress.ts';
-import { AdminCallError, asyncUnary } from './call.ts';
+import { asyncUnary } from './call.ts';
+import { toStatus } from './status.ts';
 import { BLOB_SERVICE } from './blob-client.ts';
 import { loadAdminPackage } from './client.ts';
 import type { AdminServiceRegistration } from './server.ts';
@@ -35,25 +38,14 @@ export interface BlobAdminOptions {
   log: Logger;
 }
 
-function statusOf(err: unknown): AdminCallError | null {
-  if (err instanceof AdminCallError) return err;
-  if (err instanceof BlobServiceError) {
-    const code = { 'not-found': grpc.status.NOT_FOUND, invalid: grpc.status.INVALID_ARGUMENT, unavailable: grpc.status.UNAVAILABLE, failed: grpc.status.FAILED_PRECONDITION }[err.code];
-    return new AdminCallError(code, err.message);
-  }
-  if (err instanceof BlobStoreError) {
-    const code = { invalid: grpc.status.INVALID_ARGUMENT, 'not-found': grpc.status.NOT_FOUND, 'too-large': grpc.status.INVALID_ARGUMENT, corrupt: grpc.status.DATA_LOSS, closed: grpc.status.UNAVAILABLE }[err.reason];
-    return new AdminCallError(code, err.message);
-  }
-  return null;
-}
-
-/** Sends a streaming call's failure as its status; unexpected errors are INTERNAL and logged. */
+/** Sends a streaming call's failure as its status (status.ts); unexpected errors are INTERNAL and logged. */
 function failStream(call: grpc.ServerWritableStream<unknown, unknown>, log: Logger, method: string, err: unknown): void {
-  const typed = statusOf(err);
-  if (typed === null) log.error({ method, err: err instanceof Error ? err.message : String(err) }, 'admin call failed');
-  const status: Partial<grpc.StatusObject> = typed === null ? { code: grpc.status.INTERNAL, details: `${method}: ${err instanceof Error ? err.message : String(err)}` } : { code: typed.code, details: typed.message };
-  call.emit('error', status);
+  if (err instanceof DwcpError) {
+    call.emit('error', toStatus(err));
+    return;
+  }
+  log.error({ method, err: err instanceof Error ? err.message : String(err) }, 'admin call failed');
+  call.emit('error', { code: grpc.status.INTERNAL, details: `${method}: ${err instanceof Error ? err.message : String(err)}` });
 }
 
 /** Writes one message, waiting for the client to take it when the stream's buffer is full. */
@@ -115,10 +107,10 @@ export function blobServiceRegistration(opts: BlobAdminOptions): AdminServiceReg
 
   const put = async (call: grpc.ServerWritableStream<PutRequest, unknown>): Promise<void> => {
     const r = call.request;
-    if (!isAbsolute(r.path)) throw new AdminCallError(grpc.status.INVALID_ARGUMENT, `path: ${JSON.stringify(r.path)} is not an absolute path`);
-    if (r.key === '') throw new AdminCallError(grpc.status.INVALID_ARGUMENT, 'key: required');
+    if (!isAbsolute(r.path)) throw new DwcpError('invalid', `path: ${JSON.stringify(r.path)} is not an absolute path`);
+    if (r.key === '') throw new DwcpError('invalid', 'key: required');
     const cancelled = new AbortController();
-    call.on('cancelled', () => cancelled.abort(new AdminCallError(grpc.status.CANCELLED, 'the client cancelled the put')));
+    call.on('cancelled', () => cancelled.abort(new DwcpError('cancelled', 'the client cancelled the put')));
     const live: { phase: string; progress: TransferProgress | null } = { phase: '', progress: null };
     const report = () => {
       if (live.progress !== null) call.write({ progress: progressMessage(live.phase, live.progress) });
@@ -144,7 +136,7 @@ export function blobServiceRegistration(opts: BlobAdminOptions): AdminServiceReg
   };
 
   const get = async (call: grpc.ServerWritableStream<{ key: string }, unknown>): Promise<void> => {
-    if (call.request.key === '') throw new AdminCallError(grpc.status.INVALID_ARGUMENT, 'key: required');
+    if (call.request.key === '') throw new DwcpError('invalid', 'key: required');
     const { value, read } = service.open(call.request.key);
     await send(call, { value: blobValue(value) });
     let parts: Uint8Array[] = [];
@@ -169,14 +161,7 @@ export function blobServiceRegistration(opts: BlobAdminOptions): AdminServiceReg
     };
   };
 
-  const unary = <Res>(method: string, fn: () => Promise<Res>) =>
-    asyncUnary<object, Res>(log, method, async () => {
-      try {
-        return await fn();
-      } catch (err) {
-        throw statusOf(err) ?? err;
-      }
-    });
+  const unary = <Res>(method: string, fn: () => Promise<Res>) => asyncUnary<object, Res>(log, method, fn);
 
   return {
     name: BLOB_SERVICE,

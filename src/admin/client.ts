@@ -16,6 +16,8 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { loadSync, type MethodDefinition, type Options, type PackageDefinition, type ServiceDefinition } from '@grpc/proto-loader';
 import { probeSocket } from './socket.ts';
+import { DwcpError, type DwcpErrorCode, type DwcpErrorOptions } from '../errors.ts';
+import { fromStatus } from './status.ts';
 import { VM_SERVICE, vmClient, type VmClient } from './vm-client.ts';
 import { BLOB_SERVICE, blobClient, type BlobClient } from './blob-client.ts';
 import { STATE_SERVICE, stateClient, type StateClient } from './state-client.ts';
@@ -300,12 +302,17 @@ export interface RaftClient {
   transferLeader(to: string, timeoutMs: number): Promise<{ leader: string }>;
 }
 
-export class AdminClientError extends Error {
+/**
+ * A failed admin call as the client sees it: the daemon's DwcpError (code,
+ * retryability, details read back from the status's trailers, status.ts) or
+ * the client's own verdict (no daemon, no answer in time), which is never
+ * retryable: the client cannot know whether the daemon acted.
+ */
+export class AdminClientError extends DwcpError {
   /** The gRPC status of the failed call, null when the failure was before any call. */
   readonly grpcCode: grpc.status | null;
-  constructor(message: string, grpcCode: grpc.status | null) {
-    super(message.replace(/\s*\n\s*/g, '; '));
-    this.name = 'AdminClientError';
+  constructor(code: DwcpErrorCode, message: string, grpcCode: grpc.status | null, options: DwcpErrorOptions = { retryable: false }) {
+    super(code, message.replace(/\s*\n\s*/g, '; '), options);
     this.grpcCode = grpcCode;
   }
 }
@@ -365,27 +372,30 @@ function isServiceError(err: unknown): err is grpc.ServiceError {
  * channel could not reach anything, so the socket itself is probed to say why.
  */
 async function explainFailure(err: unknown, socketPath: string, method: string, timeoutMs: number): Promise<AdminClientError> {
-  if (!isServiceError(err)) return new AdminClientError(`${method} failed: ${String(err)}`, null);
+  if (!isServiceError(err)) return new AdminClientError('internal', `${method} failed: ${String(err)}`, null);
   if (err.code === grpc.status.DEADLINE_EXCEEDED) {
-    return new AdminClientError(`daemon at ${socketPath} did not answer ${method} within ${timeoutMs} ms (deadline exceeded)`, err.code);
+    return new AdminClientError('timeout', `daemon at ${socketPath} did not answer ${method} within ${timeoutMs} ms (deadline exceeded)`, err.code);
   }
+  // The daemon's own verdict, when it gave one: code and retryability from the trailers, never from the text.
+  const verdict = fromStatus(err);
   if (err.code === grpc.status.UNAVAILABLE) {
     const probe = await probeSocket(socketPath);
+    const unreachable = (message: string) => new AdminClientError('unreachable', message, err.code);
     switch (probe.state) {
       case 'missing':
-        return new AdminClientError(`no daemon socket at ${socketPath} (is dwcpd running? set --socket or DWCP_SOCKET)`, err.code);
+        return unreachable(`no daemon socket at ${socketPath} (is dwcpd running? set --socket or DWCP_SOCKET)`);
       case 'stale':
-        return new AdminClientError(`daemon is not running: connection refused at ${socketPath} (socket left by a stopped dwcpd)`, err.code);
+        return unreachable(`daemon is not running: connection refused at ${socketPath} (socket left by a stopped dwcpd)`);
       case 'denied':
-        return new AdminClientError(`permission denied on admin socket ${socketPath} (run as the daemon's user or root)`, err.code);
+        return unreachable(`permission denied on admin socket ${socketPath} (run as the daemon's user or root)`);
       case 'not-socket':
-        return new AdminClientError(`${socketPath} is ${probe.kind}, not a daemon socket (set --socket or DWCP_SOCKET)`, err.code);
+        return unreachable(`${socketPath} is ${probe.kind}, not a daemon socket (set --socket or DWCP_SOCKET)`);
       default:
         // The daemon answered: UNAVAILABLE is its own verdict (no leader, no quorum), spelled out in the details.
-        return new AdminClientError(`${method}: ${err.details}`, err.code);
+        return new AdminClientError(verdict.code, `${method}: ${err.details}`, err.code, verdict);
     }
   }
-  return new AdminClientError(`${method} failed with ${grpc.status[err.code]}: ${err.details}`, err.code);
+  return new AdminClientError(verdict.code, `${method} failed with ${grpc.status[err.code]}: ${err.details}`, err.code, verdict);
 }
 
 /**
@@ -412,7 +422,7 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
    */
   function call<Req, Res>(service: string, methodName: string, request: Req, serverTimeoutMs?: number): Promise<Res> {
     const method = services.get(service)?.[methodName] as MethodDefinition<Req, Res> | undefined;
-    if (method === undefined) return Promise.reject(new AdminClientError(`${methodName} is not a method of ${service}`, null));
+    if (method === undefined) return Promise.reject(new AdminClientError('internal', `${methodName} is not a method of ${service}`, null));
     const deadlineMs = serverTimeoutMs === undefined ? opts.timeoutMs : serverTimeoutMs + SERVER_ANSWER_MARGIN_MS;
     return new Promise<Res>((resolve, reject) => {
       client.makeUnaryRequest(

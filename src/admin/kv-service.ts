@@ -1,28 +1,25 @@
 /**
  * The admin socket's Kv service (kv.proto) over the KV router: parses each
  * request at the edge (key, scope, consistency, numbers, timeout; errors name
- * the field), turns the router's answers into wire responses, and maps
- * failures to gRPC codes (see call.ts): UNAVAILABLE when a retry may
- * succeed (no leader, no quorum, deadline), FAILED_PRECONDITION when this
- * node cannot serve the scope, INVALID_ARGUMENT for a bad request.
+ * the field) and turns the router's answers into wire responses. Failures
+ * are DwcpErrors (the router's, the logs', the geo store's, a command's
+ * decode error) and travel as they are: call.ts sends each as its status,
+ * with its retryability.
  *
  * Which keyspace and log a request goes to (scope × consistency), and what
  * each can serve, is the router's (src/kv/router.ts): this adapter only
  * parses the wire into a router request and renders the typed answer back,
  * so the rules do not depend on how a request arrived.
  */
-import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
 import type { KvEntry, KvEntryMeta } from '../kv/command.ts';
 import { KV_READ_LEVELS, KV_SCOPES, KV_WRITE_LEVELS, type KvScope } from '../kv/consistency.ts';
 import type { KvGeoItem } from '../kv/geo-keyspace.ts';
 import type { KvRouter, KvWriteAnswer, KvWriteOp } from '../kv/router.ts';
 import type { KvWriteOutcome } from '../kv/service.ts';
-import { KvServiceError } from '../kv/service.ts';
-import { KvDecodeError } from '../kv/decode-error.ts';
+import { DwcpError } from '../errors.ts';
 import { KV_SERVICE, loadAdminPackage, type KvWriteOptions } from './client.ts';
-import { AdminCallError, asyncUnary, requireTimeout } from './call.ts';
-import { geoFailure } from './state-service.ts';
+import { asyncUnary, requireTimeout } from './call.ts';
 import type { AdminServiceRegistration } from './server.ts';
 
 interface WireItem {
@@ -57,8 +54,8 @@ interface WireGetResponse {
 /** uint64 arrives as a decimal string (longs: String). */
 type WireOptions = Omit<KvWriteOptions, 'seq' | 'ttl_ms'> & { seq: string; ttl_ms?: string };
 
-function invalid(message: string): AdminCallError {
-  return new AdminCallError(grpc.status.INVALID_ARGUMENT, message);
+function invalid(message: string): DwcpError {
+  return new DwcpError('invalid', message);
 }
 
 function oneOf<const V extends readonly string[]>(field: string, raw: string, values: V, fallback: V[number]): V[number] {
@@ -107,7 +104,7 @@ export function writeResponse(key: string, outcome: KvWriteOutcome): WireWriteRe
       case 'cas_mismatch':
         return { ...base, reason: result.reason, current_revision: result.currentRevision };
       case 'quota_exceeded':
-        throw new AdminCallError(grpc.status.RESOURCE_EXHAUSTED, `the store holds ${result.stateBytes} bytes; the write would pass its ${result.limitBytes}-byte limit`);
+        throw new DwcpError('exhausted', `the store holds ${result.stateBytes} bytes; the write would pass its ${result.limitBytes}-byte limit`);
       case 'stale_request':
         throw invalid(`options.seq: this client id already applied seq ${result.lastSeq}; use a higher seq`);
       case 'invalid_command':
@@ -121,18 +118,8 @@ export function writeResponse(key: string, outcome: KvWriteOutcome): WireWriteRe
     case 'delete':
       return { ...base, ok: true, revision: result.deleted ? result.revision : 0, ...(result.prev ? { prev: item(key, result.prev) } : {}) };
     default:
-      throw new AdminCallError(grpc.status.INTERNAL, `a write returned a ${result.op} result`);
+      throw new DwcpError('internal', `a write returned a ${result.op} result`);
   }
-}
-
-function failure(err: unknown): unknown {
-  if (err instanceof KvServiceError) {
-    const code = err.code === 'unavailable' ? grpc.status.UNAVAILABLE : err.code === 'unsupported' ? grpc.status.FAILED_PRECONDITION : grpc.status.INVALID_ARGUMENT;
-    return new AdminCallError(code, err.retryable ? `${err.message} (retryable)` : err.message);
-  }
-  // The command schema names the bad field (key too long, empty, not UTF-8...).
-  if (err instanceof KvDecodeError) return invalid(err.message);
-  return geoFailure(err);
 }
 
 export interface KvAdminOptions {
@@ -156,11 +143,7 @@ export function kvServiceRegistration(opts: KvAdminOptions): AdminServiceRegistr
       ttlMs: uint('options.ttl_ms', o.ttl_ms ?? 0),
       timeoutMs: requireTimeout(o.timeout_ms, opts.defaultTimeoutMs),
     };
-    try {
-      return answerOf(key, await router.write(request), opts.nodeName);
-    } catch (err) {
-      throw failure(err);
-    }
+    return answerOf(key, await router.write(request), opts.nodeName);
   }
 
   type Put = { key: string; value: Uint8Array; options?: WireOptions };
@@ -187,13 +170,9 @@ export function kvServiceRegistration(opts: KvAdminOptions): AdminServiceRegistr
           scope: scopeOf('scope', r.scope),
           timeoutMs: requireTimeout(r.timeout_ms, opts.defaultTimeoutMs),
         };
-        try {
-          const answer = await router.read(request);
-          if (answer.keyspace === 'log') return { items: answer.entries.map(entryItem), applied_index: answer.appliedIndex };
-          return { items: answer.items.map(geoItem), applied_index: 0, regions_answered: answer.answered, regions_total: answer.total };
-        } catch (err) {
-          throw failure(err);
-        }
+        const answer = await router.read(request);
+        if (answer.keyspace === 'log') return { items: answer.entries.map(entryItem), applied_index: answer.appliedIndex };
+        return { items: answer.items.map(geoItem), applied_index: 0, regions_answered: answer.answered, regions_total: answer.total };
       }),
     },
   };

@@ -5,9 +5,10 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
+import { DwcpError } from '../errors.ts';
 import type { PbftGroup } from '../consensus/pbft/group.ts';
 import { BYZANTINE_DROPS } from '../consensus/pbft/types.ts';
-import { AdminCallError, asyncUnary } from './call.ts';
+import { asyncUnary } from './call.ts';
 import { PBFT_SERVICE, loadAdminPackage, type PbftStatusResponse } from './client.ts';
 import type { AdminServiceRegistration } from './server.ts';
 
@@ -38,7 +39,7 @@ export function pbftServiceRegistration(opts: { group: PbftGroup | null; log: Lo
     implementation: {
       Status: asyncUnary<object, PbftStatusResponse>(opts.log, 'Status', async () => {
         if (opts.group === null) {
-          throw new AdminCallError(grpc.status.FAILED_PRECONDITION, 'every member is trusted: the federation scope runs on Raft, and this node runs no PBFT replica (see dwcpctl raft status)');
+          throw new DwcpError('unsupported', 'every member is trusted: the federation scope runs on Raft, and this node runs no PBFT replica (see dwcpctl raft status)');
         }
         return pbftStatusResponse(opts.group);
       }),

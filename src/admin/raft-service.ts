@@ -10,14 +10,15 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
+import { DwcpError } from '../errors.ts';
 import type { RaftNode } from '../consensus/raft/node.ts';
-import { AdminCallError, asyncUnary, requireTimeout } from './call.ts';
+import { asyncUnary, requireTimeout } from './call.ts';
 import type { MemberDirectory } from '../federation/members.ts';
 import { RAFT_SERVICE, loadAdminPackage, type RaftMembersResponse, type RaftStatusResponse } from './client.ts';
 import type { AdminServiceRegistration } from './server.ts';
 
-export function noRaftGroup(): AdminCallError {
-  return new AdminCallError(grpc.status.FAILED_PRECONDITION, 'this node is untrusted and takes no part in the Raft group of trusted members');
+export function noRaftGroup(): DwcpError {
+  return new DwcpError('unsupported', 'this node is untrusted and takes no part in the Raft group of trusted members');
 }
 
 function membersOf<R>(node: RaftNode<R>): RaftMembersResponse {
@@ -71,13 +72,13 @@ export function raftServiceRegistration<R>(opts: RaftServiceOptions<R>): AdminSe
     return opts.node;
   };
   const member = (id: string): string => {
-    if (id === '') throw new AdminCallError(grpc.status.INVALID_ARGUMENT, 'id: a member name is required');
+    if (id === '') throw new DwcpError('invalid', 'id: a member name is required');
     const m = members.list().find((x) => x.name === id);
     if (m === undefined && id !== node().id) {
-      throw new AdminCallError(grpc.status.INVALID_ARGUMENT, `id: ${id} is not in this node's member list (add it to the config and reload first)`);
+      throw new DwcpError('invalid', `id: ${id} is not in this node's member list (add it to the config and reload first)`);
     }
     if (m !== undefined && m.trust !== 'trusted') {
-      throw new AdminCallError(grpc.status.INVALID_ARGUMENT, `id: ${id} is untrusted; only trusted members join the Raft group`);
+      throw new DwcpError('invalid', `id: ${id} is untrusted; only trusted members join the Raft group`);
     }
     return id;
   };
@@ -103,7 +104,7 @@ export function raftServiceRegistration<R>(opts: RaftServiceOptions<R>): AdminSe
       }),
       RemoveMember: asyncUnary<ChangeRequest, RaftMembersResponse>(log, 'RemoveMember', async (req) => {
         const n = node();
-        if (req.id === '') throw new AdminCallError(grpc.status.INVALID_ARGUMENT, 'id: a member name is required');
+        if (req.id === '') throw new DwcpError('invalid', 'id: a member name is required');
         await n.changeMembership({ type: 'remove', node: req.id }, requireTimeout(req.timeout_ms, opts.defaultTimeoutMs));
         return membersOf(n);
       }),

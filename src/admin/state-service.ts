@@ -9,26 +9,26 @@
  * on a daemon started without it.
  *
  * The geo-level part of the Kv service (kv-service.ts) shares the level
- * parsing, entry rendering and error mapping defined here.
+ * parsing and entry rendering defined here.
  */
-import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
 import type { MemberDirectory } from '../federation/members.ts';
 import { clockCounters } from '../state/clock/vector-clock.ts';
 import { readJson, StateDecodeError } from '../state/crdt/decode.ts';
 import { canonicalJson, type JsonValue } from '../state/crdt/types.ts';
 import { CRDT_TYPES, entryKey, isCrdtType, splitKey, type CrdtType, type Entry } from '../state/entry.ts';
-import { GeoStateError, type GeoState } from '../state/geo-state.ts';
+import type { GeoState } from '../state/geo-state.ts';
+import { DwcpError } from '../errors.ts';
 import type { CrdtOp } from '../state/ops.ts';
 import { GEO_LEVELS, type GeoLevel } from '../kv/consistency.ts';
 import type { TestFaults } from '../net/test-faults.ts';
 import { loadAdminPackage } from './client.ts';
-import { AdminCallError, asyncUnary, requireTimeout } from './call.ts';
+import { asyncUnary, requireTimeout } from './call.ts';
 import type { AdminServiceRegistration } from './server.ts';
 import { STATE_SERVICE, type CrdtGetRequest, type CrdtUpdateRequest, type StateDigestResponse } from './state-client.ts';
 
-export function invalidArgument(message: string): AdminCallError {
-  return new AdminCallError(grpc.status.INVALID_ARGUMENT, message);
+export function invalidArgument(message: string): DwcpError {
+  return new DwcpError('invalid', message);
 }
 
 /** `raw` as a geo consistency level ('' = `fallback`), or INVALID_ARGUMENT naming `field`. */
@@ -44,13 +44,6 @@ export function wholeNumber(field: string, raw: string | number): number {
   const n = Number(raw);
   if (!Number.isSafeInteger(n) || n < 0) throw invalidArgument(`${field}: ${String(raw)} is not a whole number below 2^53`);
   return n;
-}
-
-/** GeoStateError -> the status an operator's retry logic keys on. */
-export function geoFailure(err: unknown): unknown {
-  if (!(err instanceof GeoStateError)) return err;
-  if (err.code === 'invalid') return invalidArgument(err.message);
-  return new AdminCallError(grpc.status.UNAVAILABLE, err.code === 'unavailable' ? `${err.message} (retryable)` : err.message);
 }
 
 /** An entry as CrdtEntry (uint64 counts as numbers; the proto loader encodes them). */
@@ -171,29 +164,19 @@ export function stateServiceRegistration(opts: StateAdminOptions): AdminServiceR
     try {
       opts.faults.partition(peerIds);
     } catch (err) {
-      throw new AdminCallError(grpc.status.FAILED_PRECONDITION, err instanceof Error ? err.message : String(err));
+      throw new DwcpError('rejected', err instanceof Error ? err.message : String(err));
     }
     log.warn({ blocked: r.members }, 'test partition set');
     return { blocked: r.members };
   }
 
-  const guarded =
-    <Req, Res>(fn: (r: Req) => Promise<Res>) =>
-    async (r: Req): Promise<Res> => {
-      try {
-        return await fn(r);
-      } catch (err) {
-        throw geoFailure(err);
-      }
-    };
-
   return {
     name: STATE_SERVICE,
     packageDefinition: loadAdminPackage(),
     implementation: {
-      Update: asyncUnary(log, 'Update', guarded(update)),
-      Get: asyncUnary(log, 'Get', guarded(get)),
-      Digest: asyncUnary(log, 'Digest', guarded(digest)),
+      Update: asyncUnary(log, 'Update', update),
+      Get: asyncUnary(log, 'Get', get),
+      Digest: asyncUnary(log, 'Digest', digest),
       SetTestPartition: asyncUnary(log, 'SetTestPartition', setTestPartition),
     },
   };

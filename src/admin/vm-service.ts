@@ -8,6 +8,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
+import { DwcpError } from '../errors.ts';
 import type { CloudInventory, InventoryEntry, ProviderStatus } from '../cloud/inventory.ts';
 import { InventoryError } from '../cloud/inventory.ts';
 import { JournalFullError } from '../cloud/create-journal.ts';
@@ -23,7 +24,7 @@ import {
   ProviderError,
   type InstanceState,
 } from '../cloud/provider.ts';
-import { AdminCallError, asyncUnary, requireTimeout } from './call.ts';
+import { asyncUnary, requireTimeout } from './call.ts';
 import { loadAdminPackage } from './client.ts';
 import type { AdminServiceRegistration } from './server.ts';
 import {
@@ -45,8 +46,8 @@ export interface VmServiceOptions {
   log: Logger;
 }
 
-function invalid(message: string): AdminCallError {
-  return new AdminCallError(grpc.status.INVALID_ARGUMENT, message);
+function invalid(message: string): DwcpError {
+  return new DwcpError('invalid', message);
 }
 
 /** proto3 `optional` fields are left out rather than sent as null. */
@@ -109,21 +110,21 @@ function required(field: string, value: string): string {
  * to tell a timeout from a daemon shutting down.
  */
 function failure(err: unknown, call?: { timeoutMs: number; signal: AbortSignal }): unknown {
-  if (err instanceof AdminCallError) return err;
-  if (err instanceof InventoryError) return new AdminCallError(err.reason === 'not_found' ? grpc.status.NOT_FOUND : grpc.status.INVALID_ARGUMENT, err.message);
-  if (err instanceof PricingError) return new AdminCallError(err.reason === 'unknown' ? grpc.status.NOT_FOUND : grpc.status.INVALID_ARGUMENT, err.message);
-  if (err instanceof JournalFullError) return new AdminCallError(grpc.status.RESOURCE_EXHAUSTED, err.message);
+  if (err instanceof DwcpError) return err;
+  if (err instanceof InventoryError) return new DwcpError(err.reason === 'not_found' ? 'not_found' : 'invalid', err.message);
+  if (err instanceof PricingError) return new DwcpError(err.reason === 'unknown' ? 'not_found' : 'invalid', err.message);
+  if (err instanceof JournalFullError) return new DwcpError('exhausted', err.message);
   if (!(err instanceof ProviderError)) return err;
-  if (err instanceof NotFound) return new AdminCallError(grpc.status.NOT_FOUND, err.message);
-  if (err instanceof InvalidRequestError) return new AdminCallError(grpc.status.INVALID_ARGUMENT, err.message);
-  if (err instanceof CapacityError) return new AdminCallError(grpc.status.RESOURCE_EXHAUSTED, err.message);
-  if (err instanceof IncorrectStateError || err instanceof CredentialsError) return new AdminCallError(grpc.status.FAILED_PRECONDITION, err.message);
+  if (err instanceof NotFound) return new DwcpError('not_found', err.message);
+  if (err instanceof InvalidRequestError) return new DwcpError('invalid', err.message);
+  if (err instanceof CapacityError) return new DwcpError('exhausted', err.message);
+  if (err instanceof IncorrectStateError || err instanceof CredentialsError) return new DwcpError('unsupported', err.message);
   if (err instanceof CancelledError && call !== undefined) {
     const timedOut = call.signal.reason instanceof DOMException && call.signal.reason.name === 'TimeoutError';
     const why = timedOut ? `did not finish within the ${call.timeoutMs} ms timeout` : 'was cut short: dwcpd is stopping';
-    return new AdminCallError(grpc.status.UNAVAILABLE, `${err.message}; the call ${why}, and anything the cloud accepted goes on (retryable)`);
+    return new DwcpError('unavailable', `${err.message}; the call ${why}, and anything the cloud accepted goes on`);
   }
-  return new AdminCallError(grpc.status.UNAVAILABLE, `${err.message} (retryable)`);
+  return new DwcpError('unavailable', err.message);
 }
 
 export function vmServiceRegistration(opts: VmServiceOptions): AdminServiceRegistration {

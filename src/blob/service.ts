@@ -39,7 +39,8 @@ import type { BlobSettings } from './config.ts';
 import type { BlobMetrics, TransferDirection, TransferKind } from './metrics.ts';
 import { TransferProgress, type ProgressSnapshot } from './progress.ts';
 import { BlobStore, type StoredValue } from './store.ts';
-import { BaselineRefusedError, BLOB_MAX_INBOUND_STREAMS, BlobReceiver, BlobTransferError, pushValue, type InboundStatus, type LinkInfo, type PushResult } from './transfer.ts';
+import { BaselineRefusedError, BLOB_MAX_INBOUND_STREAMS, BlobReceiver, pushValue, type InboundStatus, type LinkInfo, type PushResult } from './transfer.ts';
+import { DwcpError, type DwcpErrorCode } from '../errors.ts';
 import { BLOB_PROTOCOL } from './wire.ts';
 
 const RECENT_KEPT = 32;
@@ -54,16 +55,10 @@ export interface BaselineRef {
   version: string;
 }
 
-export type BlobServiceErrorCode = 'not-found' | 'invalid' | 'unavailable' | 'failed';
+export type BlobServiceErrorCode = Extract<DwcpErrorCode, 'not_found' | 'invalid' | 'unavailable'>;
 
-export class BlobServiceError extends Error {
-  readonly code: BlobServiceErrorCode;
-  constructor(code: BlobServiceErrorCode, message: string) {
-    super(message);
-    this.name = 'BlobServiceError';
-    this.code = code;
-  }
-}
+/** A refusal of the blob service itself; store and transfer failures pass through as they are. */
+export class BlobServiceError extends DwcpError<BlobServiceErrorCode> {}
 
 export interface TransferStatus extends ProgressSnapshot {
   transferId: string;
@@ -259,8 +254,8 @@ export class BlobService {
   async send(key: string, to: string, opts: { streams?: number; onStart?: (progress: TransferProgress) => void; onAck?: () => void; signal?: AbortSignal } = {}): Promise<SendOutcome> {
     const member = this.#member(to);
     const manifest = this.store.currentManifest(key);
-    if (manifest === undefined) throw new BlobServiceError('not-found', `no value stored under key ${JSON.stringify(key)}`);
-    if (!this.#opts.isConnected(member.peerId)) throw new BlobServiceError('unavailable', `member ${member.name} is not connected (retryable)`);
+    if (manifest === undefined) throw new BlobServiceError('not_found', `no value stored under key ${JSON.stringify(key)}`);
+    if (!this.#opts.isConnected(member.peerId)) throw new BlobServiceError('unavailable', `member ${member.name} is not connected`);
     const streams = opts.streams ?? this.streamsFor(member.peerId);
     if (!Number.isInteger(streams) || streams < 1 || streams > 16) throw new BlobServiceError('invalid', `streams: ${streams} is not a whole number from 1 to 16`);
     const hit = this.cache.get(member.region, key, this.#now());
@@ -339,9 +334,6 @@ export class BlobService {
     } catch (err) {
       metrics.transfers.inc({ direction: 'sent', kind, result: 'failed' });
       this.#finish(running, 'failed', errorText(err));
-      if (err instanceof BlobTransferError && !(err instanceof BaselineRefusedError)) {
-        throw new BlobServiceError(err.retryable ? 'unavailable' : 'failed', err.retryable ? `${err.message} (retryable)` : err.message);
-      }
       throw err;
     } finally {
       this.#outbound.delete(transferId);
@@ -379,7 +371,7 @@ export class BlobService {
   open(key: string): { value: StoredValue; manifest: Manifest; read: () => AsyncGenerator<Uint8Array> } {
     const value = this.store.current(key);
     const manifest = value === undefined ? undefined : this.store.manifest(value.version, key);
-    if (value === undefined || manifest === undefined) throw new BlobServiceError('not-found', `no value stored under key ${JSON.stringify(key)}`);
+    if (value === undefined || manifest === undefined) throw new BlobServiceError('not_found', `no value stored under key ${JSON.stringify(key)}`);
     return { value, manifest, read: () => this.store.readValue(manifest) };
   }
 
@@ -416,7 +408,7 @@ export class BlobService {
 
   #member(name: string): MemberConfig {
     const member = this.#opts.members.list().find((m) => m.name === name);
-    if (member === undefined) throw new BlobServiceError('not-found', `no member named ${JSON.stringify(name)} in the member list`);
+    if (member === undefined) throw new BlobServiceError('not_found', `no member named ${JSON.stringify(name)} in the member list`);
     return member;
   }
 

@@ -38,6 +38,7 @@ import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
 import type { Logger } from '../log.ts';
 import { chunkValue, validateChunking, type ChunkingOptions } from './chunker.ts';
 import { adoptHashList, chunkHashList, sameChunking, sha256Hex, valueHash, type ChunkRef, type Manifest } from './manifest.ts';
+import { DwcpError, type DwcpErrorCode } from '../errors.ts';
 
 const HASH_BYTES = 32;
 const RECORD_HEADER_BYTES = HASH_BYTES + 4;
@@ -56,11 +57,19 @@ export const BLOB_MAX_KEY_BYTES = 1024;
 
 export type BlobStoreErrorReason = 'invalid' | 'not-found' | 'too-large' | 'corrupt' | 'closed';
 
-export class BlobStoreError extends Error {
+const CODE_OF_REASON = {
+  invalid: 'invalid',
+  'not-found': 'not_found',
+  'too-large': 'too_large',
+  corrupt: 'corrupt',
+  closed: 'stopped',
+} as const satisfies Record<BlobStoreErrorReason, DwcpErrorCode>;
+
+/** `reason` is the store's own word (also a metrics label); the code is what a caller acts on. */
+export class BlobStoreError extends DwcpError<(typeof CODE_OF_REASON)[BlobStoreErrorReason]> {
   readonly reason: BlobStoreErrorReason;
   constructor(reason: BlobStoreErrorReason, message: string) {
-    super(message);
-    this.name = 'BlobStoreError';
+    super(CODE_OF_REASON[reason], message);
     this.reason = reason;
   }
 }

@@ -44,6 +44,7 @@ import { FrameError, FramedStream, type FrameEvents } from '../net/framing.ts';
 import type { StreamDialer } from '../net/host.ts';
 import { sameChunking, type ChunkRef, type Manifest } from './manifest.ts';
 import { BlobStoreError, checkBlobKey, type BlobStore, type StagedValue } from './store.ts';
+import { DwcpError } from '../errors.ts';
 import type { BlobMetrics, BlobRejectReason, TransferKind } from './metrics.ts';
 import { TransferProgress } from './progress.ts';
 import {
@@ -95,15 +96,16 @@ function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/** A transfer failed in a way a new attempt would not fix (or the receiver said so). */
-export class BlobTransferError extends Error {
-  readonly code: string;
-  readonly retryable: boolean;
-  constructor(code: string, message: string, retryable = false) {
-    super(message);
-    this.name = 'BlobTransferError';
-    this.code = code;
-    this.retryable = retryable;
+/**
+ * A transfer failed in a way a new attempt would not fix (or the receiver said
+ * so). `reason` is the transfer's own word (a receiver's reject code, or
+ * protocol, unreachable); the DwcpError code says only whether to retry.
+ */
+export class BlobTransferError extends DwcpError<'unavailable' | 'rejected'> {
+  readonly reason: string;
+  constructor(reason: string, message: string, retryable = false) {
+    super(retryable ? 'unavailable' : 'rejected', message);
+    this.reason = reason;
   }
 }
 
@@ -111,7 +113,6 @@ export class BlobTransferError extends Error {
 export class BaselineRefusedError extends BlobTransferError {
   constructor(message: string) {
     super('baseline_missing', message);
-    this.name = 'BaselineRefusedError';
   }
 }
 

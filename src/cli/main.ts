@@ -17,6 +17,7 @@
  */
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
 import { connectAdmin, type AdminClient } from '../admin/client.ts';
+import { DwcpError } from '../errors.ts';
 import { durationFlag, UsageError, type CliIo, type Command, type FlagValues } from './command.ts';
 import { formatJson, formatMembers, formatStatus, wrapText } from './format.ts';
 import { KV_COMMAND, RAFT_COMMAND } from './kv-raft.ts';
@@ -183,7 +184,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo): P
       return 2;
     }
     const reason = err instanceof Error ? err.message : String(err);
-    io.stderr(`dwcpctl: ${reason.replace(/\s*\n\s*/g, '; ')}\n`);
+    // Whether a retry may help is the daemon's structured verdict (AdminClientError.retryable, read from the status trailers), not part of its text.
+    const retry = err instanceof DwcpError && err.retryable ? ' (retryable)' : '';
+    io.stderr(`dwcpctl: ${reason.replace(/\s*\n\s*/g, '; ')}${retry}\n`);
     return 1;
   } finally {
     // The cast undoes TypeScript's narrowing to null: the assignment happens inside a closure.

@@ -14,11 +14,12 @@
  */
 import { FrameError } from '../net/framing.ts';
 import type { MessageSchema } from '../net/schema.ts';
+import { DwcpError } from '../errors.ts';
 
-export class KvDecodeError extends Error {
+/** A DwcpError 'invalid': the message names the bad field, as a request's error must. */
+export class KvDecodeError extends DwcpError<'invalid'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'KvDecodeError';
+    super('invalid', message);
   }
 }
 

@@ -5,9 +5,9 @@
  * replicas agreed on byte for byte. A serializable read is this member's own
  * replica, unordered (possibly stale, and only as honest as this member).
  *
- * Invariant: every call ends by its deadline, with a result or a
- * KvServiceError whose `retryable` says whether the same request may still
- * succeed (the PBFT client bounds the wait; see consensus/pbft/client.ts).
+ * Invariant: every call ends by its deadline, with a result or a DwcpError
+ * whose `retryable` says whether the same request may still succeed (the
+ * PBFT client bounds the wait; see consensus/pbft/client.ts).
  */
 import { PbftClientError, type PbftClient } from '../consensus/pbft/client.ts';
 import type { KvCommand, KvResult } from './command.ts';
@@ -62,9 +62,9 @@ export class KvPbftLog {
       bytes = await this.seat.client.invoke(operation, readOnly, timeoutMs);
     } catch (err) {
       if (!(err instanceof PbftClientError)) throw err;
-      if (err.code === 'too_large') throw new KvServiceError('invalid', `federation scope (PBFT): ${err.message}`);
-      const hint = readOnly ? '; retry, or read this member\'s replica with --consistency serializable' : '';
-      throw new KvServiceError('unavailable', `federation scope (PBFT): ${err.message}${hint}`);
+      // Said once, here, which log failed (and, for a read, what still works); the code and retryability stay PBFT's own.
+      const hint = readOnly && err.retryable ? '; retry, or read this member\'s replica with --consistency serializable' : '';
+      throw new PbftClientError(err.code, `federation scope (PBFT): ${err.message}${hint}`, { cause: err });
     }
     // f + 1 replicas, at least one honest, sent exactly these bytes: a decoding failure is a bug, not an attack.
     return KvResultSchema.decode(bytes);

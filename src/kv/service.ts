@@ -10,8 +10,8 @@
  * serializable read skips the barrier.
  *
  * Invariants:
- * - Every call ends by its deadline, with a result or a KvServiceError whose
- *   `retryable` says whether the same request may still succeed.
+ * - Every call ends by its deadline, with a result or a DwcpError (errors.ts)
+ *   whose `retryable` says whether the same request may still succeed.
  * - A write is retried inside its deadline across leader changes with the
  *   same (client id, seq), so the state machine applies it at most once.
  * - Only a trusted, connected member may forward to us; anything else on the
@@ -34,19 +34,12 @@ import { KV_FORWARD_MAX_FRAME_BYTES, KV_FORWARD_MAX_TIMEOUT_MS, KV_FORWARD_PROTO
 import type { ConsensusLevel } from './consistency.ts';
 import type { KvRaftReplica } from './raft-replica.ts';
 import { readMachine, type KvKeyRead, type KvReadOutcome } from './read.ts';
+import { DwcpError, type DwcpErrorCode } from '../errors.ts';
 
-export type KvServiceErrorCode = 'unavailable' | 'invalid' | 'unsupported';
+export type KvServiceErrorCode = Extract<DwcpErrorCode, 'unavailable' | 'invalid' | 'unsupported'>;
 
-export class KvServiceError extends Error {
-  readonly code: KvServiceErrorCode;
-  readonly retryable: boolean;
-  constructor(code: KvServiceErrorCode, message: string) {
-    super(message);
-    this.name = 'KvServiceError';
-    this.code = code;
-    this.retryable = code === 'unavailable';
-  }
-}
+/** A refusal of the KV path itself; failures of the logs beneath (RaftClientError, PbftClientError, a forward) pass through as they are. */
+export class KvServiceError extends DwcpError<KvServiceErrorCode> {}
 
 export interface KvWriteOutcome {
   result: KvResult;
@@ -130,8 +123,8 @@ export class KvService {
         if (node.isLeader) return { done: { result: await node.propose(data, remaining()), leader: node.id } };
         if (leader !== null) return { done: { result: await this.#forward(leader, data, remaining(), deadline), leader } };
       } catch (err) {
-        if (!(err instanceof RaftClientError || err instanceof ForwardError)) throw err;
-        if (!err.retryable) throw new KvServiceError(err instanceof ForwardError ? 'invalid' : 'unavailable', err.message);
+        // A leader change, a lost entry, a dropped forward: the next change runs the attempt again; anything else is the answer.
+        if (!(err instanceof DwcpError) || !err.retryable) throw err;
         return { retry: err.message };
       }
       const cutOff = this.#minority(node);
@@ -157,6 +150,7 @@ export class KvService {
           throw new KvServiceError(
             'unavailable',
             `strong read not confirmed by a leader: ${err.message}; retry, or read this node's replica (possibly stale) with --consistency serializable`,
+            { cause: err },
           );
         }
         throw err;
@@ -202,13 +196,13 @@ export class KvService {
 
   async #forward(leader: string, command: Uint8Array, timeoutMs: number, deadline: AbortSignal): Promise<KvResult> {
     const member = this.#opts.members.list().find((m) => m.name === leader);
-    if (member === undefined) throw new ForwardError('not_leader', `leader ${leader} is not in this node's member list`, true);
-    if (!this.#opts.isConnected(member.peerId)) throw new ForwardError('no_quorum', `leader ${leader} is not connected`, true);
+    if (member === undefined) throw new DwcpError('not_leader', `leader ${leader} is not in this node's member list`);
+    if (!this.#opts.isConnected(member.peerId)) throw new DwcpError('no_quorum', `leader ${leader} is not connected`);
     const link = await this.#linkTo(member.peerId, leader, deadline);
     const response = await link.request(command, Math.min(timeoutMs, KV_FORWARD_MAX_TIMEOUT_MS), deadline);
     if (response.kind === 'result') return response.result;
     const { code, message, leaderHint } = response.error;
-    throw new ForwardError(code, `leader ${leader} answered ${code}: ${message}${leaderHint ? ` (leader hint ${leaderHint})` : ''}`, code !== 'invalid');
+    throw new DwcpError(code, `leader ${leader} answered ${code}: ${message}${leaderHint ? ` (leader hint ${leaderHint})` : ''}`, leaderHint ? { details: { leader: leaderHint } } : {});
   }
 
   /** The shared stream to a leader, opened on first use and replaced once it fails. */
@@ -225,13 +219,13 @@ export class KvService {
           });
         } catch (err) {
           this.#links.delete(peerId);
-          throw new ForwardError('no_quorum', `cannot reach leader ${leader}: ${errorText(err)}`, true);
+          throw new DwcpError('no_quorum', `cannot reach leader ${leader}: ${errorText(err)}`);
         }
       })();
       this.#links.set(peerId, opening);
     }
     const { promise, resolve, reject } = Promise.withResolvers<ForwardLink>();
-    const abort = () => reject(new ForwardError('timeout', `no stream to leader ${leader} before the deadline`, true));
+    const abort = () => reject(new DwcpError('timeout', `no stream to leader ${leader} before the deadline`));
     deadline.addEventListener('abort', abort, { once: true });
     opening.then(resolve, reject).finally(() => deadline.removeEventListener('abort', abort));
     return promise;
@@ -314,17 +308,6 @@ function remainingOf(timeoutMs: number): () => number {
   return () => Math.max(1, Math.ceil(timeoutMs - (performance.now() - started)));
 }
 
-class ForwardError extends Error {
-  readonly code: KvForwardErrorCode;
-  readonly retryable: boolean;
-  constructor(code: KvForwardErrorCode, message: string, retryable: boolean) {
-    super(message);
-    this.name = 'ForwardError';
-    this.code = code;
-    this.retryable = retryable;
-  }
-}
-
 /**
  * Requests to one leader over one long-lived stream, each tagged with an id
  * and answered in any order: a forwarded write costs a frame each way, not a
@@ -348,23 +331,23 @@ class ForwardLink {
   }
 
   async request(command: Uint8Array, timeoutMs: number, deadline: AbortSignal): Promise<KvForwardResponse> {
-    if (this.#failure !== null) throw new ForwardError('no_quorum', `stream to leader ${this.#leader} failed: ${this.#failure.message}`, true);
+    if (this.#failure !== null) throw new DwcpError('no_quorum', `stream to leader ${this.#leader} failed: ${this.#failure.message}`);
     // Ids wrap at 2^32; a request is long answered or timed out before its id comes round again.
     const id = (this.#nextId = (this.#nextId + 1) >>> 0);
     const waiter = Promise.withResolvers<KvForwardResponse>();
     this.#pending.set(id, waiter);
     const abort = () => {
       this.#pending.delete(id);
-      waiter.reject(new ForwardError('timeout', `leader ${this.#leader} did not answer before the deadline`, true));
+      waiter.reject(new DwcpError('timeout', `leader ${this.#leader} did not answer before the deadline`));
     };
     deadline.addEventListener('abort', abort, { once: true });
     try {
       await this.#framed.write({ id, command, timeoutMs }, { signal: deadline });
       return await waiter.promise;
     } catch (err) {
-      if (err instanceof ForwardError) throw err;
+      if (err instanceof DwcpError) throw err;
       this.close(err instanceof Error ? err : new Error(String(err)));
-      throw new ForwardError('timeout', `forward to leader ${this.#leader} failed: ${errorText(err)}`, true);
+      throw new DwcpError('timeout', `forward to leader ${this.#leader} failed: ${errorText(err)}`);
     } finally {
       this.#pending.delete(id);
       deadline.removeEventListener('abort', abort);
@@ -376,7 +359,7 @@ class ForwardLink {
     this.#retire();
     this.#framed.stream.abort(err);
     for (const waiter of this.#pending.values()) {
-      waiter.reject(new ForwardError('no_quorum', `stream to leader ${this.#leader} failed: ${err.message}`, true));
+      waiter.reject(new DwcpError('no_quorum', `stream to leader ${this.#leader} failed: ${err.message}`));
     }
     this.#pending.clear();
   }

@@ -44,19 +44,11 @@ import { SyncTransport } from './anti-entropy.ts';
 import { ReadyLoop } from '../driver/ready-loop.ts';
 import type { SyncFrame } from './wire.ts';
 import { TestFaults } from '../net/test-faults.ts';
+import { DwcpError, type DwcpErrorCode } from '../errors.ts';
 
-export type GeoStateErrorCode = 'unavailable' | 'invalid' | 'stopped';
+export type GeoStateErrorCode = Extract<DwcpErrorCode, 'no_quorum' | 'unavailable' | 'invalid' | 'stopped'>;
 
-export class GeoStateError extends Error {
-  readonly code: GeoStateErrorCode;
-  readonly retryable: boolean;
-  constructor(code: GeoStateErrorCode, message: string) {
-    super(message);
-    this.name = 'GeoStateError';
-    this.code = code;
-    this.retryable = code === 'unavailable';
-  }
-}
+export class GeoStateError extends DwcpError<GeoStateErrorCode> {}
 
 /** What the geo store reads of the config: this node's name and region, where its store lives, the state: section. */
 export type GeoStateConfig = Pick<DwcpConfig, 'node' | 'dataDir' | 'state'>;
@@ -264,7 +256,7 @@ export class GeoState {
     if (!done.ok) {
       metrics.state.quorumFailures.inc({ op: 'write' });
       throw new GeoStateError(
-        'unavailable',
+        'no_quorum',
         `quorum write of ${out.key} not confirmed: ${done.answered} of ${done.total} regions hold it durably, a majority is ${this.#replica.majority} ` +
           `(${done.error}, timeout ${opts.timeoutMs} ms); it is durable here and will reach the others by anti-entropy`,
       );
@@ -291,7 +283,7 @@ export class GeoState {
     if (!done.ok) {
       this.#opts.metrics.state.quorumFailures.inc({ op: 'read' });
       throw new GeoStateError(
-        'unavailable',
+        'no_quorum',
         `quorum read of ${keys.length === 1 ? keys[0] : `${keys.length} keys`} not possible: ${done.answered} of ${done.total} regions answered, a majority is ${this.#replica.majority} (${done.error}, timeout ${timeoutMs} ms)`,
       );
     }

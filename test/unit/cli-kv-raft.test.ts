@@ -11,13 +11,17 @@ import * as grpc from '@grpc/grpc-js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KV_SERVICE, RAFT_SERVICE, loadAdminPackage } from '../../src/admin/client.ts';
+import { AdminClientError, KV_SERVICE, RAFT_SERVICE, connectAdmin, loadAdminPackage } from '../../src/admin/client.ts';
 import { STATE_SERVICE } from '../../src/admin/state-client.ts';
 import { startAdminServer, type AdminServer } from '../../src/admin/server.ts';
 import { main } from '../../src/cli/main.ts';
 import { createLogger } from '../../src/log.ts';
 import { createMetrics } from '../../src/metrics/metrics.ts';
 import { NODE_STATUS } from '../support/status-fixture.ts';
+import { toStatus } from '../../src/admin/status.ts';
+import { DwcpError } from '../../src/errors.ts';
+import { RaftClientError } from '../../src/consensus/raft/node.ts';
+import { GeoStateError } from '../../src/state/geo-state.ts';
 
 type Wire = Record<string, unknown>;
 type Answer = Wire | grpc.ServiceError;
@@ -28,6 +32,11 @@ const answers = new Map<string, Answer>();
 
 function failure(code: grpc.status, details: string): grpc.ServiceError {
   return Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
+}
+
+/** A daemon's DwcpError as the admin services send it: status, details and the code/retryable trailers. */
+function refusal(err: DwcpError): grpc.ServiceError {
+  return Object.assign(new Error(err.message), toStatus(err));
 }
 
 /** `prefix` tells apart methods of one name in two services (State.Get, Kv's Get). */
@@ -168,7 +177,7 @@ describe('dwcpctl kv', () => {
   });
 
   it('passes the daemon\'s reason through: retryable unavailability, and other refusals with their code', async () => {
-    answers.set('Put', failure(grpc.status.UNAVAILABLE, 'write not committed within 1500 ms: no leader is known; retry (retryable)'));
+    answers.set('Put', refusal(new DwcpError('unavailable', 'write not committed within 1500 ms: no leader is known; retry')));
     expect(await ctl('kv', 'put', 'k', 'v')).toEqual({
       code: 1,
       stdout: '',
@@ -176,6 +185,33 @@ describe('dwcpctl kv', () => {
     });
     answers.set('Get', failure(grpc.status.FAILED_PRECONDITION, 'this node is untrusted'));
     expect((await ctl('kv', 'get', 'k')).stderr).toBe('dwcpctl: Get failed with FAILED_PRECONDITION: this node is untrusted\n');
+  });
+
+  it('recognises a retryable failure from the status trailers, whatever the message says', async () => {
+    // A message that never mentions retrying: the verdict travels beside it.
+    answers.set('Put', refusal(new DwcpError('no_quorum', 'the moon is in the wrong phase')));
+    expect(await ctl('kv', 'put', 'k', 'v')).toEqual({ code: 1, stdout: '', stderr: 'dwcpctl: Put: the moon is in the wrong phase (retryable)\n' });
+    const client = connectAdmin(socket, { timeoutMs: 2000 });
+    try {
+      const err: unknown = await client.kv.put('k', new Uint8Array(0), { scope: '', client_id: '', seq: 0, timeout_ms: 0 }).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(AdminClientError);
+      expect(err).toMatchObject({ code: 'no_quorum', retryable: true, grpcCode: grpc.status.UNAVAILABLE, message: 'Put: the moon is in the wrong phase' });
+      // The same text with "(retryable)" in it but no trailer (a foreign server) is not read as retryable.
+      answers.set('Put', failure(grpc.status.UNAVAILABLE, 'no leader (retryable)'));
+      const textOnly: unknown = await client.kv.put('k', new Uint8Array(0), { scope: '', client_id: '', seq: 0, timeout_ms: 0 }).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(textOnly).toMatchObject({ code: 'unavailable', retryable: false });
+    } finally {
+      client.close();
+    }
+    // And a non-retryable code stays so, whatever its text.
+    answers.set('Put', refusal(new DwcpError('invalid', 'please retry later')));
+    expect((await ctl('kv', 'put', 'k', 'v')).stderr).toBe('dwcpctl: Put failed with INVALID_ARGUMENT: please retry later\n');
   });
 
   it('refuses bad usage with exit 2 before calling the daemon', async () => {
@@ -240,7 +276,7 @@ describe('dwcpctl kv at geo levels', () => {
   });
 
   it('passes a quorum failure through with the count of regions', async () => {
-    answers.set('Put', failure(grpc.status.UNAVAILABLE, 'quorum write of lww-register:k not confirmed: 2 of 5 regions hold it durably, a majority is 3 (retryable)'));
+    answers.set('Put', refusal(new GeoStateError('no_quorum', 'quorum write of lww-register:k not confirmed: 2 of 5 regions hold it durably, a majority is 3')));
     expect(await ctl('kv', 'put', 'k', 'v', '--consistency', 'quorum')).toEqual({
       code: 1,
       stdout: '',
@@ -389,7 +425,7 @@ describe('dwcpctl raft', () => {
   });
 
   it('passes "not the leader" through with the leader it names', async () => {
-    answers.set('AddMember', failure(grpc.status.FAILED_PRECONDITION, 'b is not the leader; the leader is a (retryable)'));
+    answers.set('AddMember', refusal(new RaftClientError('not_leader', 'b is not the leader; the leader is a', 'a')));
     expect(await ctl('raft', 'add-member', 'd')).toEqual({
       code: 1,
       stdout: '',

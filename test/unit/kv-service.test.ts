@@ -2,14 +2,17 @@
  * The admin edge of the KV store and the Raft group: how state machine
  * results become Kv responses (src/admin/kv-service.ts writeResponse) and how
  * each kind of failure becomes the gRPC status and one-line detail dwcpctl
- * shows (src/admin/call.ts). Operators and scripts key on these: UNAVAILABLE
- * and "(retryable)" mean try again; the rest mean a retry cannot help.
+ * shows (src/admin/call.ts, src/admin/status.ts). Operators and scripts key
+ * on these: the dwcp-retryable trailer says whether to try again, and the
+ * details are the operator's message alone.
  */
 import { describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { Writable } from 'node:stream';
 import { writeResponse } from '../../src/admin/kv-service.ts';
-import { AdminCallError, asyncUnary, raftErrorStatus, requireTimeout } from '../../src/admin/call.ts';
+import { asyncUnary, requireTimeout } from '../../src/admin/call.ts';
+import { fromStatus, grpcStatusOf } from '../../src/admin/status.ts';
+import { DwcpError } from '../../src/errors.ts';
 import { RaftClientError, type RaftClientErrorCode } from '../../src/consensus/raft/node.ts';
 import type { KvResult } from '../../src/kv/command.ts';
 import { createLogger } from '../../src/log.ts';
@@ -47,7 +50,7 @@ describe('writeResponse', () => {
       try {
         writeResponse('k', { result, leader: 'a' });
       } catch (err) {
-        return err instanceof AdminCallError ? [grpc.status[err.code], err.message] : err;
+        return err instanceof DwcpError ? [grpc.status[grpcStatusOf(err.code)], err.message] : err;
       }
       return 'no error';
     };
@@ -79,24 +82,36 @@ describe('admin call errors', () => {
         const { error } = await outcome(async () => {
           throw new RaftClientError(code, `${code} happened`);
         });
-        return [code, error?.code === undefined ? 'none' : grpc.status[error.code], error?.details];
+        const status = error?.code === undefined ? 'none' : grpc.status[error.code];
+        const retryable = error?.code === undefined ? null : fromStatus({ code: error.code, ...(error.metadata ? { metadata: error.metadata } : {}) }).retryable;
+        return [code, status, error?.details, retryable];
       }),
     );
     expect(mapped).toEqual([
-      ['not_leader', 'FAILED_PRECONDITION', 'not_leader happened (retryable)'],
-      ['no_leader', 'UNAVAILABLE', 'no_leader happened (retryable)'],
-      ['timeout', 'UNAVAILABLE', 'timeout happened (retryable)'],
-      ['dropped', 'UNAVAILABLE', 'dropped happened (retryable)'],
-      ['lost', 'UNAVAILABLE', 'lost happened (retryable)'],
-      ['rejected', 'FAILED_PRECONDITION', 'rejected happened'],
-      ['stopped', 'UNAVAILABLE', 'stopped happened'],
+      ['not_leader', 'FAILED_PRECONDITION', 'not_leader happened', true],
+      ['no_leader', 'UNAVAILABLE', 'no_leader happened', true],
+      ['timeout', 'UNAVAILABLE', 'timeout happened', true],
+      ['dropped', 'UNAVAILABLE', 'dropped happened', true],
+      ['lost', 'UNAVAILABLE', 'lost happened', true],
+      ['rejected', 'FAILED_PRECONDITION', 'rejected happened', false],
+      ['stopped', 'UNAVAILABLE', 'stopped happened', false],
     ]);
-    expect(raftErrorStatus(new RaftClientError('not_leader', 'x', 'a'))).toBe(grpc.status.FAILED_PRECONDITION);
+  });
+
+  it('sends the leader a not_leader error names as structured details', async () => {
+    const { error } = await outcome(async () => {
+      throw new RaftClientError('not_leader', 'b is not the leader', 'a');
+    });
+    expect(error?.metadata === undefined ? null : fromStatus({ code: grpc.status.FAILED_PRECONDITION, metadata: error.metadata })).toEqual({
+      code: 'not_leader',
+      retryable: true,
+      details: { leader: 'a' },
+    });
   });
 
   it('passes typed errors through with their status, and logs anything else as INTERNAL', async () => {
     const typed = await outcome(async () => {
-      throw new AdminCallError(grpc.status.INVALID_ARGUMENT, 'key: required');
+      throw new DwcpError('invalid', 'key: required');
     });
     expect(typed.error).toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: 'key: required' });
     expect(typed.logged).toEqual([]);

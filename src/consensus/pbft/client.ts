@@ -23,20 +23,14 @@
  *   primary on it).
  */
 import { requestBytes, seal } from './encoding.ts';
+import { DwcpError, type DwcpErrorCode } from '../../errors.ts';
 import { ReplyCollector } from './reply-collector.ts';
 import type { Verify } from './certificates.ts';
 import type { ClientRequest, ReplicaId, Reply, RequestResult } from './types.ts';
 
-export type PbftClientErrorCode = 'timeout' | 'busy' | 'stopped' | 'too_large';
+export type PbftClientErrorCode = Extract<DwcpErrorCode, 'timeout' | 'busy' | 'stopped' | 'too_large'>;
 
-export class PbftClientError extends Error {
-  readonly code: PbftClientErrorCode;
-  constructor(code: PbftClientErrorCode, message: string) {
-    super(message);
-    this.name = 'PbftClientError';
-    this.code = code;
-  }
-}
+export class PbftClientError extends DwcpError<PbftClientErrorCode> {}
 
 /** What the client needs from the local replica. */
 export interface PbftClientReplica {

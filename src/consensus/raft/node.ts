@@ -42,6 +42,7 @@ import type {
 } from './types.ts';
 import { RaftInputError, RaftInvariantError } from './types.ts';
 import { ReadyLoop } from '../../driver/ready-loop.ts';
+import { DwcpError, type DwcpErrorCode } from '../../errors.ts';
 
 /** The replicated state machine; must be deterministic. */
 export interface RaftStateMachine<R> {
@@ -62,22 +63,15 @@ export interface RaftSender {
   send(to: NodeId, messages: readonly Message[]): void;
 }
 
-export type RaftClientErrorCode = 'not_leader' | 'no_leader' | 'timeout' | 'dropped' | 'lost' | 'rejected' | 'stopped';
+export type RaftClientErrorCode = Extract<DwcpErrorCode, 'not_leader' | 'no_leader' | 'timeout' | 'dropped' | 'lost' | 'rejected' | 'stopped'>;
 
-const RETRYABLE: ReadonlySet<RaftClientErrorCode> = new Set(['not_leader', 'no_leader', 'timeout', 'dropped', 'lost']);
-
-export class RaftClientError extends Error {
-  readonly code: RaftClientErrorCode;
+/** Whether a retry can help is the code's (errors.ts): the same request may succeed later with the same client id and sequence, so it applies once. */
+export class RaftClientError extends DwcpError<RaftClientErrorCode> {
   readonly leaderHint: NodeId | null;
-  /** The same request may succeed later (with the same client id and sequence, so it applies once). */
-  readonly retryable: boolean;
 
   constructor(code: RaftClientErrorCode, message: string, leaderHint: NodeId | null = null) {
-    super(message);
-    this.name = 'RaftClientError';
-    this.code = code;
+    super(code, message, leaderHint === null ? {} : { details: { leader: leaderHint } });
     this.leaderHint = leaderHint;
-    this.retryable = RETRYABLE.has(code);
   }
 }
 
