@@ -33,7 +33,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { connectAdmin, type AdminClient } from '../src/admin/client.ts';
-import type { BlobPutResult } from '../src/admin/blob-client.ts';
+import type { BlobPutResult } from '../src/admin/schema.ts';
 import { BaselineCache } from '../src/blob/baseline-cache.ts';
 import { chunkingForAverage } from '../src/blob/chunker.ts';
 import { buildManifest, planDelta, type Manifest } from '../src/blob/manifest.ts';

@@ -25,8 +25,8 @@ import type { StoredValue } from '../blob/store.ts';
 import type { TransferProgress } from '../blob/progress.ts';
 import { asyncUnary } from './call.ts';
 import { toStatus } from './status.ts';
-import { BLOB_SERVICE } from './blob-client.ts';
-import { loadAdminPackage } from './client.ts';
+import { BLOB_SERVICE } from './schema.ts';
+import { loadAdminPackage } from './schema.ts';
 import type { AdminServiceRegistration } from './server.ts';
 
 const PROGRESS_EVERY_MS = 250;

@@ -1,112 +1,28 @@
 /**
- * The admin API's wire schema (loaded from the .proto files in this directory)
- * and a typed client for it, used by dwcpctl and by tests.
+ * The typed admin client, used by dwcpctl and by tests: one channel to the
+ * daemon's socket, and the messages of schema.ts as callers see them.
  *
  * Invariants: every response a caller sees has every field present, with
  * proto3 `optional` fields that were absent on the wire turned into null, so
  * "unknown" is explicit and never confused with 0 or "". Every call carries a
  * deadline. Every failure becomes one AdminClientError whose message is a
  * single line saying what went wrong in operator terms (missing socket,
- * daemon down, permission, timeout) rather than a raw gRPC status.
+ * daemon down, permission, timeout) rather than a raw gRPC status, and whose
+ * code and retryability are the daemon's own (status.ts), not read from text.
  *
- * The server imports the schema from here, not the other way round, so that
- * dwcpctl does not load the server's dependencies.
+ * The schema lives in schema.ts, which the services import too; this file
+ * imports no service, so dwcpctl does not load the server's dependencies.
  */
-import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import { loadSync, type MethodDefinition, type Options, type PackageDefinition, type ServiceDefinition } from '@grpc/proto-loader';
+import type { MethodDefinition } from '@grpc/proto-loader';
 import { probeSocket } from './socket.ts';
 import { DwcpError, type DwcpErrorCode, type DwcpErrorOptions } from '../errors.ts';
 import { fromStatus } from './status.ts';
-import { VM_SERVICE, vmClient, type VmClient } from './vm-client.ts';
-import { BLOB_SERVICE, blobClient, type BlobClient } from './blob-client.ts';
-import { STATE_SERVICE, stateClient, type StateClient } from './state-client.ts';
-import { FLEET_SERVICE, fleetClient, type FleetClient } from './fleet-client.ts';
-
-/** Protobuf package of every admin service. */
-export const ADMIN_PACKAGE = 'dwcp.admin.v1';
-export const ADMIN_SERVICE = `${ADMIN_PACKAGE}.Admin`;
-export const KV_SERVICE = `${ADMIN_PACKAGE}.Kv`;
-export const RAFT_SERVICE = `${ADMIN_PACKAGE}.Raft`;
-export const PBFT_SERVICE = `${ADMIN_PACKAGE}.Pbft`;
-
-/** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
-export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto'];
-
-/**
- * snake_case field names as in the .proto, int64 as strings (no silent
- * precision loss above 2^53), defaults filled in for every non-optional field.
- */
-export const PROTO_LOADER_OPTIONS: Options = {
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-};
-
-let adminPackage: PackageDefinition | undefined;
-
-/** Parsed once per process (~20 ms of CPU): every client and service registration shares it. */
-export function loadAdminPackage(): PackageDefinition {
-  adminPackage ??= loadSync(
-    ADMIN_PROTO_FILES.map((f) => fileURLToPath(new URL(f, import.meta.url))),
-    PROTO_LOADER_OPTIONS,
-  );
-  return adminPackage;
-}
-
-/** A service definition from a loaded package, or a clear error if the name is not a service there. */
-export function serviceDefinition(pkg: PackageDefinition, name: string): ServiceDefinition {
-  const def = pkg[name];
-  if (def === undefined || 'format' in def) throw new Error(`admin service ${name} is not defined in the loaded .proto files`);
-  return def as ServiceDefinition;
-}
-
-export interface MemberInfo {
-  name: string;
-  peer_id: string;
-  region: string;
-  provider: string;
-  trust: string;
-  addrs: string[];
-  connected: boolean;
-  rtt_ms: number | null;
-  link_mode: string;
-  last_seen: string | null;
-  last_error: string | null;
-  phi: number | null;
-  health: string;
-}
-
-export interface StatusResponse {
-  name: string;
-  peer_id: string;
-  region: string;
-  provider: string;
-  trust: string;
-  federation: string;
-  version: string;
-  listen_addrs: string[];
-  started_at: string;
-  uptime_seconds: number;
-  members: MemberInfo[];
-  scopes: ScopeInfo[];
-}
-
-/** Which log serves a write scope: raft | pbft | none. */
-export interface ScopeInfo {
-  scope: string;
-  protocol: string;
-  replicas: number;
-}
-
-export interface MembersResponse {
-  members: MemberInfo[];
-}
-
-export type StatusRequest = Record<string, never>;
-export type MembersRequest = Record<string, never>;
+import { vmClient, type VmClient } from './vm-client.ts';
+import { blobClient, type BlobClient } from './blob-client.ts';
+import { stateClient, type StateClient } from './state-client.ts';
+import { fleetClient, type FleetClient } from './fleet-client.ts';
+import { ADMIN_SERVICE, BLOB_SERVICE, FLEET_SERVICE, KV_SERVICE, PBFT_SERVICE, RAFT_SERVICE, STATE_SERVICE, VM_SERVICE, loadAdminPackage, serviceDefinition, type KvGetRequest, type KvGetResponse, type KvItem, type KvWriteOptions, type KvWriteResponse, type MemberInfo, type MembersRequest, type MembersResponse, type PbftStatusResponse, type RaftMembersResponse, type RaftProgress, type RaftStatusResponse, type ServiceCall, type StatusRequest, type StatusResponse } from './schema.ts';
 
 /** A member as proto-loader decodes it: optional fields are absent rather than null. */
 type WireMember = Omit<MemberInfo, 'rtt_ms' | 'last_seen' | 'last_error' | 'phi'> & {
@@ -160,92 +76,6 @@ function statusFromWire(s: WireStatus): StatusResponse {
 
 /** uint64 fields arrive as decimal strings (PROTO_LOADER_OPTIONS); log indices and revisions stay far below 2^53. */
 type Wire<T> = { [K in keyof T]: T[K] extends number ? string | number : T[K] };
-
-export interface KvWriteOptions {
-  scope: string;
-  client_id: string;
-  seq: number;
-  timeout_ms: number;
-  /** strong (default) | quorum | local | eventual: see kv.proto. */
-  consistency?: string;
-  /** Geo levels only: expire the value this many ms after the write (0: never). */
-  ttl_ms?: number;
-}
-
-export interface KvItem {
-  key: string;
-  value: Uint8Array;
-  revision: number;
-  create_revision: number;
-  /** Geo levels: the region whose write the value is, and its HLC stamp ("wallMs.logical"); "" otherwise. */
-  region: string;
-  hlc: string;
-}
-
-export interface KvWriteResponse {
-  ok: boolean;
-  revision: number;
-  reason: string;
-  current_revision: number;
-  prev: KvItem | null;
-  leader: string;
-  consistency: string;
-  /** Geo levels: regions holding the write durably when it returned, of all regions. */
-  regions_acked: number;
-  regions_total: number;
-}
-
-export interface KvGetRequest {
-  key: string;
-  consistency: string;
-  scope: string;
-  prefix: boolean;
-  limit: number;
-  timeout_ms: number;
-}
-
-export interface KvGetResponse {
-  items: KvItem[];
-  applied_index: number;
-  /** Geo levels: regions whose copies the answer merges, of all regions. */
-  regions_answered: number;
-  regions_total: number;
-}
-
-export interface RaftProgress {
-  id: string;
-  match: number;
-  next: number;
-  state: string;
-  learner: boolean;
-  recent_active: boolean;
-}
-
-export interface RaftStatusResponse {
-  id: string;
-  role: string;
-  term: number;
-  leader: string;
-  commit_index: number;
-  applied_index: number;
-  last_index: number;
-  last_term: number;
-  snapshot_index: number;
-  voters: string[];
-  learners: string[];
-  progress: RaftProgress[];
-  pending_proposals: number;
-}
-
-export interface RaftMember {
-  id: string;
-  role: string;
-  leader: boolean;
-}
-
-export interface RaftMembersResponse {
-  members: RaftMember[];
-}
 
 function num(value: string | number): number {
   return typeof value === 'number' ? value : Number(value);
@@ -317,22 +147,6 @@ export class AdminClientError extends DwcpError {
   }
 }
 
-export interface PbftStatusResponse {
-  id: string;
-  view: number;
-  active: boolean;
-  primary: string;
-  f: number;
-  replicas: string[];
-  last_executed: number;
-  stable_checkpoint: number;
-  high_watermark: number;
-  pending_requests: number;
-  view_changes: number;
-  client_in_flight: number;
-  drops: { kind: string; count: number; byzantine: boolean }[];
-}
-
 export interface PbftClient {
   status(): Promise<PbftStatusResponse>;
 }
@@ -397,13 +211,6 @@ async function explainFailure(err: unknown, socketPath: string, method: string, 
   }
   return new AdminClientError(verdict.code, `${method} failed with ${grpc.status[err.code]}: ${err.details}`, err.code, verdict);
 }
-
-/**
- * One unary call on one admin service, as a sub-client module (vm-client.ts,
- * blob-client.ts, state-client.ts) receives it; `serverTimeoutMs` is the
- * request's own timeout, when it carries one.
- */
-export type ServiceCall = <Req, Res>(method: string, request: Req, serverTimeoutMs?: number) => Promise<Res>;
 
 /** How much longer than a request's own timeout the client waits, so the daemon's explanation arrives first. */
 const SERVER_ANSWER_MARGIN_MS = 1000;

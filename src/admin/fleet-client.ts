@@ -6,75 +6,7 @@
  * field, proto3 `optional` fields absent on the wire become null, and each
  * message is rebuilt field by field in .proto order.
  */
-import type { ServiceCall } from './client.ts';
-
-export const FLEET_SERVICE = 'dwcp.admin.v1.Fleet';
-
-export interface FleetProvider {
-  name: string;
-  kind: string;
-  location: string;
-  capacity: { vcpus: number; memory_gib: number; disk_gib: number } | null;
-  quota: { vcpus: number | null; instances: number | null } | null;
-  used_vcpus: number;
-  used_memory_mib: number;
-  vms: number;
-  last_error: string | null;
-}
-
-export interface FleetRegion {
-  region: string;
-  location: string | null;
-  self: boolean;
-  phi: number | null;
-  health: string;
-  report: string;
-  report_age_seconds: number | null;
-  provider_health: string | null;
-  providers: FleetProvider[];
-  vms_by_state: { state: string; count: number }[];
-  vms: number;
-  vcpus_used: number;
-  vcpus_total: number | null;
-  memory_gib_used: number;
-  memory_gib_total: number | null;
-  price_per_hour: number;
-  labels: Record<string, string>;
-  jurisdiction: string | null;
-  compliance: string[];
-}
-
-export interface FleetStatusResponse {
-  self: string;
-  now: string;
-  stale_after_ms: number;
-  regions: FleetRegion[];
-}
-
-export interface FleetVmsRequest {
-  regions: string[];
-  labels: Record<string, string>;
-}
-
-export interface FleetVm {
-  region: string;
-  provider: string;
-  id: string;
-  name: string;
-  type: string;
-  zone: string;
-  vcpus: number | null;
-  memory_mib: number | null;
-  state: string;
-  last_state: string;
-  tags: Record<string, string>;
-  spot: boolean;
-  launched_at: string | null;
-  image: string | null;
-  desired_vm: string | null;
-  price_per_hour: number | null;
-  report_age_seconds: number | null;
-}
+import type { FleetProvider, FleetRegion, FleetStatusResponse, FleetVm, FleetVmsRequest, ServiceCall } from './schema.ts';
 
 export interface FleetClient {
   status(): Promise<FleetStatusResponse>;

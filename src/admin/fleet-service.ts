@@ -8,10 +8,10 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
 import { selectVms, type FleetView, type RegionView, type VmView } from '../fleet/fleet-view.ts';
-import { loadAdminPackage } from './client.ts';
-import { AdminCallError, asyncUnary } from './call.ts';
+import { FLEET_SERVICE, loadAdminPackage, type FleetVmsRequest } from './schema.ts';
+import { asyncUnary } from './call.ts';
+import { DwcpError } from '../errors.ts';
 import type { AdminServiceRegistration } from './server.ts';
-import { FLEET_SERVICE, type FleetVmsRequest } from './fleet-client.ts';
 
 export interface FleetAdminOptions {
   /** The fleet as this node sees it now (ObservedPublisher.view). */
@@ -21,8 +21,8 @@ export interface FleetAdminOptions {
 
 const MAX_FILTERS = 64;
 
-function invalid(message: string): AdminCallError {
-  return new AdminCallError(grpc.status.INVALID_ARGUMENT, message);
+function invalid(message: string): DwcpError {
+  return new DwcpError('invalid', message);
 }
 
 const undef = <T>(v: T | null): T | undefined => (v === null ? undefined : v);

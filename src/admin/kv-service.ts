@@ -18,38 +18,9 @@ import type { KvGeoItem } from '../kv/geo-keyspace.ts';
 import type { KvRouter, KvWriteAnswer, KvWriteOp } from '../kv/router.ts';
 import type { KvWriteOutcome } from '../kv/service.ts';
 import { DwcpError } from '../errors.ts';
-import { KV_SERVICE, loadAdminPackage, type KvWriteOptions } from './client.ts';
+import { KV_SERVICE, loadAdminPackage, type KvGetResponse, type KvItem, type KvWriteOptions, type KvWriteResponse } from './schema.ts';
 import { asyncUnary, requireTimeout } from './call.ts';
 import type { AdminServiceRegistration } from './server.ts';
-
-interface WireItem {
-  key: string;
-  value: Uint8Array;
-  revision: number;
-  create_revision: number;
-  /** Geo keyspace only. */
-  region?: string;
-  hlc?: string;
-}
-
-interface WireWriteResponse {
-  ok: boolean;
-  revision: number;
-  reason: string;
-  current_revision: number;
-  prev?: WireItem;
-  leader: string;
-  consistency?: string;
-  regions_acked?: number;
-  regions_total?: number;
-}
-
-interface WireGetResponse {
-  items: WireItem[];
-  applied_index: number;
-  regions_answered?: number;
-  regions_total?: number;
-}
 
 /** uint64 arrives as a decimal string (longs: String). */
 type WireOptions = Omit<KvWriteOptions, 'seq' | 'ttl_ms'> & { seq: string; ttl_ms?: string };
@@ -71,16 +42,16 @@ function uint(field: string, raw: string | number): number {
   return n;
 }
 
-function item(key: string, meta: KvEntryMeta, value: Uint8Array = new Uint8Array(0)): WireItem {
-  return { key, value, revision: meta.revision, create_revision: meta.createRevision };
+function item(key: string, meta: KvEntryMeta, value: Uint8Array = new Uint8Array(0)): KvItem {
+  return { key, value, revision: meta.revision, create_revision: meta.createRevision, region: '', hlc: '' };
 }
 
-function entryItem(e: KvEntry): WireItem {
+function entryItem(e: KvEntry): KvItem {
   return item(e.key, e, e.value);
 }
 
 /** A geo item: no revisions (0), but the writing region and its HLC stamp as "wallMs.logical". */
-function geoItem(i: KvGeoItem): WireItem {
+function geoItem(i: KvGeoItem): KvItem {
   const { written } = i;
   return { key: i.key, value: i.value, revision: 0, create_revision: 0, region: written?.region ?? '', hlc: written === null ? '' : `${written.wallMs}.${written.logical}` };
 }
@@ -90,15 +61,15 @@ function scopeOf(field: string, raw: string): KvScope | null {
   return raw === '' ? null : oneOf(field, raw, KV_SCOPES, 'datacenter');
 }
 
-function answerOf(key: string, answer: KvWriteAnswer, nodeName: string): WireWriteResponse {
+function answerOf(key: string, answer: KvWriteAnswer, nodeName: string): KvWriteResponse {
   if (answer.keyspace === 'log') return writeResponse(key, answer);
   const { level, acked, total } = answer;
-  return { ok: true, revision: 0, reason: '', current_revision: 0, leader: nodeName, consistency: level, regions_acked: acked, regions_total: total };
+  return { ok: true, revision: 0, reason: '', current_revision: 0, prev: null, leader: nodeName, consistency: level, regions_acked: acked, regions_total: total };
 }
 
-export function writeResponse(key: string, outcome: KvWriteOutcome): WireWriteResponse {
+export function writeResponse(key: string, outcome: KvWriteOutcome): KvWriteResponse {
   const { result, leader } = outcome;
-  const base = { ok: false, revision: 0, reason: '', current_revision: 0, leader };
+  const base: KvWriteResponse = { ok: false, revision: 0, reason: '', current_revision: 0, prev: null, leader, consistency: 'strong', regions_acked: 0, regions_total: 0 };
   if (!result.ok) {
     switch (result.reason) {
       case 'cas_mismatch':
@@ -114,9 +85,9 @@ export function writeResponse(key: string, outcome: KvWriteOutcome): WireWriteRe
   switch (result.op) {
     case 'put':
     case 'cas':
-      return { ...base, ok: true, revision: result.revision, ...(result.prev ? { prev: item(key, result.prev) } : {}) };
+      return { ...base, ok: true, revision: result.revision, prev: result.prev ? item(key, result.prev) : null };
     case 'delete':
-      return { ...base, ok: true, revision: result.deleted ? result.revision : 0, ...(result.prev ? { prev: item(key, result.prev) } : {}) };
+      return { ...base, ok: true, revision: result.deleted ? result.revision : 0, prev: result.prev ? item(key, result.prev) : null };
     default:
       throw new DwcpError('internal', `a write returned a ${result.op} result`);
   }
@@ -132,7 +103,7 @@ export interface KvAdminOptions {
 export function kvServiceRegistration(opts: KvAdminOptions): AdminServiceRegistration {
   const { router, log } = opts;
 
-  async function write(key: string, op: KvWriteOp, options: WireOptions | undefined): Promise<WireWriteResponse> {
+  async function write(key: string, op: KvWriteOp, options: WireOptions | undefined): Promise<KvWriteResponse> {
     const o = options ?? { scope: '', client_id: '', seq: '0', timeout_ms: 0 };
     const request = {
       op,
@@ -155,12 +126,12 @@ export function kvServiceRegistration(opts: KvAdminOptions): AdminServiceRegistr
     name: KV_SERVICE,
     packageDefinition: loadAdminPackage(),
     implementation: {
-      Put: asyncUnary<Put, WireWriteResponse>(log, 'Put', (r) => write(r.key, { op: 'put', key: r.key, value: r.value }, r.options)),
-      Delete: asyncUnary<Del, WireWriteResponse>(log, 'Delete', (r) => write(r.key, { op: 'delete', key: r.key }, r.options)),
-      Cas: asyncUnary<Cas, WireWriteResponse>(log, 'Cas', (r) =>
+      Put: asyncUnary<Put, KvWriteResponse>(log, 'Put', (r) => write(r.key, { op: 'put', key: r.key, value: r.value }, r.options)),
+      Delete: asyncUnary<Del, KvWriteResponse>(log, 'Delete', (r) => write(r.key, { op: 'delete', key: r.key }, r.options)),
+      Cas: asyncUnary<Cas, KvWriteResponse>(log, 'Cas', (r) =>
         write(r.key, { op: 'cas', key: r.key, value: r.value, expectedRevision: uint('expected_revision', r.expected_revision) }, r.options),
       ),
-      Get: asyncUnary<Get, WireGetResponse>(log, 'Get', async (r) => {
+      Get: asyncUnary<Get, KvGetResponse>(log, 'Get', async (r) => {
         if (r.key === '' && !r.prefix) throw invalid('key: required (or set prefix to list keys)');
         const request = {
           key: r.key,
@@ -171,7 +142,7 @@ export function kvServiceRegistration(opts: KvAdminOptions): AdminServiceRegistr
           timeoutMs: requireTimeout(r.timeout_ms, opts.defaultTimeoutMs),
         };
         const answer = await router.read(request);
-        if (answer.keyspace === 'log') return { items: answer.entries.map(entryItem), applied_index: answer.appliedIndex };
+        if (answer.keyspace === 'log') return { items: answer.entries.map(entryItem), applied_index: answer.appliedIndex, regions_answered: 0, regions_total: 0 };
         return { items: answer.items.map(geoItem), applied_index: 0, regions_answered: answer.answered, regions_total: answer.total };
       }),
     },

@@ -3,13 +3,12 @@
  * replica of the federation's PBFT group. FAILED_PRECONDITION when every
  * member is trusted (the federation scope then runs on Raft).
  */
-import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
 import { DwcpError } from '../errors.ts';
 import type { PbftGroup } from '../consensus/pbft/group.ts';
 import { BYZANTINE_DROPS } from '../consensus/pbft/types.ts';
 import { asyncUnary } from './call.ts';
-import { PBFT_SERVICE, loadAdminPackage, type PbftStatusResponse } from './client.ts';
+import { PBFT_SERVICE, loadAdminPackage, type PbftStatusResponse } from './schema.ts';
 import type { AdminServiceRegistration } from './server.ts';
 
 export function pbftStatusResponse(group: PbftGroup): PbftStatusResponse {

@@ -8,13 +8,12 @@
  * run on the leader; the details name it) and for an untrusted node with no
  * Raft group, INVALID_ARGUMENT for bad requests.
  */
-import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
 import { DwcpError } from '../errors.ts';
 import type { RaftNode } from '../consensus/raft/node.ts';
 import { asyncUnary, requireTimeout } from './call.ts';
 import type { MemberDirectory } from '../federation/members.ts';
-import { RAFT_SERVICE, loadAdminPackage, type RaftMembersResponse, type RaftStatusResponse } from './client.ts';
+import { RAFT_SERVICE, loadAdminPackage, type RaftMembersResponse, type RaftStatusResponse } from './schema.ts';
 import type { AdminServiceRegistration } from './server.ts';
 
 export function noRaftGroup(): DwcpError {

@@ -15,7 +15,7 @@
  *   still the one this server bound.
  *
  * Adding a service: load its .proto (add the file to ADMIN_PROTO_FILES in
- * client.ts if it is in package dwcp.admin.v1), and pass an
+ * schema.ts if it is in package dwcp.admin.v1), and pass an
  * AdminServiceRegistration in `services`; health, reflection and metrics
  * cover it with no further code.
  */
@@ -28,17 +28,7 @@ import { ReflectionService } from '@grpc/reflection';
 import type { Logger } from '../log.ts';
 import type { DwcpMetrics } from '../metrics/metrics.ts';
 import type { MemberStatus, NodeStatus } from '../federation/status.ts';
-import {
-  ADMIN_SERVICE,
-  PROTO_LOADER_OPTIONS,
-  loadAdminPackage,
-  serviceDefinition,
-  type MemberInfo,
-  type MembersRequest,
-  type MembersResponse,
-  type StatusRequest,
-  type StatusResponse,
-} from './client.ts';
+import { ADMIN_SERVICE, PROTO_LOADER_OPTIONS, loadAdminPackage, serviceDefinition, type MemberInfo, type MembersRequest, type MembersResponse, type StatusRequest, type StatusResponse } from './schema.ts';
 import { claimSocketPath } from './socket.ts';
 import { asyncUnary } from './call.ts';
 

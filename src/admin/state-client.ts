@@ -8,69 +8,7 @@
  * counts arrive as decimal strings and are returned as numbers (they stay far
  * below 2^53), and each message is rebuilt field by field in .proto order.
  */
-import type { ServiceCall } from './client.ts';
-
-export const STATE_SERVICE = 'dwcp.admin.v1.State';
-
-export interface RegionCount {
-  region: string;
-  count: number;
-}
-
-export interface CrdtEntry {
-  key: string;
-  type: string;
-  value_json: string;
-  clock: RegionCount[];
-  expires_at: string | null;
-}
-
-export interface CrdtUpdateRequest {
-  key: string;
-  op: string;
-  type: string;
-  amount: number;
-  element: string;
-  field: string;
-  value_json: string;
-  consistency: string;
-  timeout_ms: number;
-  ttl_ms: number;
-}
-
-export interface CrdtUpdateResponse {
-  entry: CrdtEntry;
-  consistency: string;
-  regions_acked: number;
-  regions_total: number;
-}
-
-export interface CrdtGetRequest {
-  key: string;
-  type: string;
-  consistency: string;
-  timeout_ms: number;
-}
-
-export interface CrdtGetResponse {
-  entries: CrdtEntry[];
-  regions_answered: number;
-  regions_total: number;
-}
-
-export interface RegionDigest {
-  name: string;
-  region: string;
-  answered: boolean;
-  digest: string;
-  entries: number;
-  clock: RegionCount[];
-}
-
-export interface StateDigestResponse {
-  regions: RegionDigest[];
-  converged: boolean;
-}
+import type { CrdtEntry, CrdtGetRequest, CrdtGetResponse, CrdtUpdateRequest, CrdtUpdateResponse, RegionCount, RegionDigest, ServiceCall, StateDigestResponse } from './schema.ts';
 
 export interface StateClient {
   update(request: CrdtUpdateRequest): Promise<CrdtUpdateResponse>;

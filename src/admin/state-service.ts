@@ -22,10 +22,10 @@ import { DwcpError } from '../errors.ts';
 import type { CrdtOp } from '../state/ops.ts';
 import { GEO_LEVELS, type GeoLevel } from '../kv/consistency.ts';
 import type { TestFaults } from '../net/test-faults.ts';
-import { loadAdminPackage } from './client.ts';
+import { loadAdminPackage } from './schema.ts';
 import { asyncUnary, requireTimeout } from './call.ts';
 import type { AdminServiceRegistration } from './server.ts';
-import { STATE_SERVICE, type CrdtGetRequest, type CrdtUpdateRequest, type StateDigestResponse } from './state-client.ts';
+import { STATE_SERVICE, type CrdtGetRequest, type CrdtUpdateRequest, type StateDigestResponse } from './schema.ts';
 
 export function invalidArgument(message: string): DwcpError {
   return new DwcpError('invalid', message);

@@ -6,7 +6,6 @@
  * operator's script can branch on (see vm.proto): the cloud's own message
  * travels verbatim in the details.
  */
-import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
 import { DwcpError } from '../errors.ts';
 import type { CloudInventory, InventoryEntry, ProviderStatus } from '../cloud/inventory.ts';
@@ -25,17 +24,9 @@ import {
   type InstanceState,
 } from '../cloud/provider.ts';
 import { asyncUnary, requireTimeout } from './call.ts';
-import { loadAdminPackage } from './client.ts';
+import { loadAdminPackage } from './schema.ts';
 import type { AdminServiceRegistration } from './server.ts';
-import {
-  VM_SERVICE,
-  type CreateInstanceRequest,
-  type EstimateCostRequest,
-  type EstimateCostResponse,
-  type ListInstancesRequest,
-  type ListTypesRequest,
-  type VmInstanceRequest,
-} from './vm-client.ts';
+import { VM_SERVICE, type CreateInstanceRequest, type EstimateCostRequest, type EstimateCostResponse, type ListInstancesRequest, type ListTypesRequest, type VmInstanceRequest } from './schema.ts';
 
 /** Reads answer from memory or one listing; long operations wait for a cloud state change. */
 export const DEFAULT_READ_TIMEOUT_MS = 30_000;

@@ -22,7 +22,7 @@ import { constants as fsConstants } from 'node:fs';
 import { access, open, rename, rm, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { ParseArgsOptionsConfig } from 'node:util';
-import type { BlobCacheStatsResponse, BlobProgress, BlobPutResult, BlobStatusResponse, BlobTransfer } from '../admin/blob-client.ts';
+import type { BlobCacheStatsResponse, BlobProgress, BlobPutResult, BlobStatusResponse, BlobTransfer } from '../admin/schema.ts';
 import { formatJson, renderFields, renderTable } from './format.ts';
 import type { CliIo, Command, CommandContext } from './command.ts';
 import { UsageError } from './command.ts';

@@ -9,7 +9,7 @@
  * fleet.staleAfterMs) shows its VMs as `unknown`, with the report's age in
  * the AGE column: never its last state as if it were current.
  */
-import type { FleetRegion, FleetStatusResponse, FleetVm } from '../admin/fleet-client.ts';
+import type { FleetRegion, FleetStatusResponse, FleetVm } from '../admin/schema.ts';
 import type { Command, CommandContext, FlagValues } from './command.ts';
 import { UsageError } from './command.ts';
 import { formatDuration, formatJson, formatPhi, renderTable } from './format.ts';

@@ -7,7 +7,7 @@
  * null for unknown values; tables have no trailing whitespace and show an
  * unknown value as "-" rather than a misleading 0.
  */
-import type { MemberInfo, ScopeInfo, StatusResponse } from '../admin/client.ts';
+import type { MemberInfo, ScopeInfo, StatusResponse } from '../admin/schema.ts';
 
 const COLUMN_GAP = '  ';
 const UNKNOWN = '-';

@@ -23,7 +23,7 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { ParseArgsOptionsConfig } from 'node:util';
-import type { KvGetResponse, KvItem, KvWriteOptions, KvWriteResponse, RaftMembersResponse, RaftStatusResponse } from '../admin/client.ts';
+import type { KvGetResponse, KvItem, KvWriteOptions, KvWriteResponse, RaftMembersResponse, RaftStatusResponse } from '../admin/schema.ts';
 import { KV_READ_LEVELS, KV_SCOPES, KV_WRITE_LEVELS, isGeoLevel } from '../kv/consistency.ts';
 import { formatJson, renderFields, renderTable } from './format.ts';
 import type { Command, CommandContext } from './command.ts';

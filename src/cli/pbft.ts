@@ -4,7 +4,7 @@
  *
  *   dwcpctl pbft status [--json]
  */
-import type { PbftStatusResponse } from '../admin/client.ts';
+import type { PbftStatusResponse } from '../admin/schema.ts';
 import { formatJson, renderFields, renderTable } from './format.ts';
 import type { Command, CommandContext } from './command.ts';
 import { UsageError } from './command.ts';

@@ -13,7 +13,7 @@
  * exits 0 whether or not the regions agree, and says which.
  */
 import type { ParseArgsOptionsConfig } from 'node:util';
-import type { CrdtEntry, CrdtUpdateResponse, RegionCount, StateDigestResponse } from '../admin/state-client.ts';
+import type { CrdtEntry, CrdtUpdateResponse, RegionCount, StateDigestResponse } from '../admin/schema.ts';
 import { formatJson, renderTable } from './format.ts';
 import type { Command, CommandContext } from './command.ts';
 import { UsageError } from './command.ts';

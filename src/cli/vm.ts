@@ -18,7 +18,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { ParseArgsOptionsConfig } from 'node:util';
-import type { EstimateCostResponse, ListInstancesResponse, VmInstance, VmInstanceType, VmProviderStatus } from '../admin/vm-client.ts';
+import type { EstimateCostResponse, ListInstancesResponse, VmInstance, VmInstanceType, VmProviderStatus } from '../admin/schema.ts';
 import { formatDuration, formatJson, renderFields, renderTable } from './format.ts';
 import type { Command, CommandContext, FlagValues } from './command.ts';
 import { UsageError } from './command.ts';

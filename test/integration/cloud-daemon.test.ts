@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeComputeServer } from '../../src/cloud/fake/compute-server.ts';
 import { FakeEc2Server } from '../../src/cloud/fake/ec2-server.ts';
-import type { ListInstancesResponse, VmInstanceResponse, EstimateCostResponse, ListTypesResponse } from '../../src/admin/vm-client.ts';
+import type { ListInstancesResponse, VmInstanceResponse, EstimateCostResponse, ListTypesResponse } from '../../src/admin/schema.ts';
 import { lintMetrics } from '../support/promtool.ts';
 import { baseConfig, metricValue, prepareNode, runCtl, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
 

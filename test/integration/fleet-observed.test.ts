@@ -18,7 +18,7 @@
  * are polled with a deadline.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FleetRegion, FleetStatusResponse, FleetVm } from '../../src/admin/fleet-client.ts';
+import type { FleetRegion, FleetStatusResponse, FleetVm } from '../../src/admin/schema.ts';
 import { RaftCluster } from './raft-cluster.ts';
 import { metricValue, runCtl, type CtlResult } from './harness.ts';
 import { lintMetrics } from '../support/promtool.ts';

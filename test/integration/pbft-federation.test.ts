@@ -18,7 +18,8 @@
  */
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { AdminClient, PbftStatusResponse } from '../../src/admin/client.ts';
+import type { AdminClient } from '../../src/admin/client.ts';
+import type { PbftStatusResponse } from '../../src/admin/schema.ts';
 import { metricValue, runCtl } from './harness.ts';
 import { PBFT_TIMING, RaftCluster, within } from './raft-cluster.ts';
 

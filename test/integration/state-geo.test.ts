@@ -25,7 +25,7 @@
  * (separate keyspaces).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { StateDigestResponse } from '../../src/admin/state-client.ts';
+import type { StateDigestResponse } from '../../src/admin/schema.ts';
 import { RaftCluster, within } from './raft-cluster.ts';
 import { metricValue, runCtl, type CtlResult } from './harness.ts';
 

@@ -10,7 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { MemberInfo, StatusResponse } from '../../src/admin/client.ts';
+import type { MemberInfo, StatusResponse } from '../../src/admin/schema.ts';
 import { startAdminServer, toStatusResponse, type AdminServer } from '../../src/admin/server.ts';
 import {
   formatDuration,

@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/main.ts';
 import { formatEstimate, formatInstance, formatInstances, providerLabel } from '../../src/cli/vm.ts';
-import type { VmInstance, VmProviderStatus } from '../../src/admin/vm-client.ts';
+import type { VmInstance, VmProviderStatus } from '../../src/admin/schema.ts';
 
 const NOW = new Date('2025-06-01T12:00:00Z');
 

@@ -20,7 +20,7 @@ import { createLogger } from '../../src/log.ts';
 const meta = (revision: number, createRevision = revision) => ({ revision, createRevision });
 
 describe('writeResponse', () => {
-  const base = { ok: true, reason: '', current_revision: 0, leader: 'a' };
+  const base = { ok: true, reason: '', current_revision: 0, prev: null, leader: 'a', consistency: 'strong', regions_acked: 0, regions_total: 0 };
 
   it('answers puts, swaps and deletes with the new revision and the previous item', () => {
     const at = (result: KvResult) => writeResponse('k', { result, leader: 'a' });
@@ -28,15 +28,16 @@ describe('writeResponse', () => {
     expect(at({ ok: true, op: 'cas', revision: 9, prev: meta(4, 2) })).toEqual({
       ...base,
       revision: 9,
-      prev: { key: 'k', value: new Uint8Array(0), revision: 4, create_revision: 2 },
+      prev: { key: 'k', value: new Uint8Array(0), revision: 4, create_revision: 2, region: '', hlc: '' },
     });
-    expect(at({ ok: true, op: 'delete', revision: 9, deleted: true, prev: meta(4) })).toMatchObject({ ...base, revision: 9 });
+    expect(at({ ok: true, op: 'delete', revision: 9, deleted: true, prev: meta(4) })).toMatchObject({ ...base, revision: 9, prev: { key: 'k', revision: 4 } });
     // A delete that found nothing created no revision.
     expect(at({ ok: true, op: 'delete', revision: 9, deleted: false, prev: null })).toEqual({ ...base, revision: 0 });
   });
 
   it('answers a compare-and-swap mismatch as a result, with the current revision', () => {
     expect(writeResponse('k', { result: { ok: false, reason: 'cas_mismatch', currentRevision: 12 }, leader: 'b' })).toEqual({
+      ...base,
       ok: false,
       revision: 0,
       reason: 'cas_mismatch',

@@ -1,0 +1,556 @@
+/**
+ * The admin API's schema, shared by the daemon's services and the admin
+ * client (dwcpctl, tests): the .proto files and the one parsed package, the
+ * service names, and every request and response message as TypeScript sees
+ * it, in the .proto's snake_case.
+ *
+ * Invariants:
+ * - One type per message. A response type is what the client returns: every
+ *   field present, proto3 `optional` fields absent on the wire as null,
+ *   uint64 as numbers (they stay far below 2^53). A service may send such a
+ *   value as it is (the loader encodes null as absent).
+ * - Imports nothing from the client or the services, so each side imports
+ *   this module and never the other (no import cycle among src/admin files),
+ *   and dwcpctl does not load the server's dependencies.
+ */
+import { fileURLToPath } from 'node:url';
+import { loadSync, type Options, type PackageDefinition, type ServiceDefinition } from '@grpc/proto-loader';
+
+/** Protobuf package of every admin service. */
+export const ADMIN_PACKAGE = 'dwcp.admin.v1';
+export const ADMIN_SERVICE = `${ADMIN_PACKAGE}.Admin`;
+export const KV_SERVICE = `${ADMIN_PACKAGE}.Kv`;
+export const RAFT_SERVICE = `${ADMIN_PACKAGE}.Raft`;
+export const PBFT_SERVICE = `${ADMIN_PACKAGE}.Pbft`;
+export const VM_SERVICE = `${ADMIN_PACKAGE}.Vm`;
+export const BLOB_SERVICE = `${ADMIN_PACKAGE}.Blob`;
+export const STATE_SERVICE = `${ADMIN_PACKAGE}.State`;
+export const FLEET_SERVICE = `${ADMIN_PACKAGE}.Fleet`;
+
+/** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
+export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto'];
+
+/**
+ * snake_case field names as in the .proto, int64 as strings (no silent
+ * precision loss above 2^53), defaults filled in for every non-optional field.
+ */
+export const PROTO_LOADER_OPTIONS: Options = {
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+};
+
+let adminPackage: PackageDefinition | undefined;
+
+/** Parsed once per process (~20 ms of CPU): every client and service registration shares it. */
+export function loadAdminPackage(): PackageDefinition {
+  adminPackage ??= loadSync(
+    ADMIN_PROTO_FILES.map((f) => fileURLToPath(new URL(f, import.meta.url))),
+    PROTO_LOADER_OPTIONS,
+  );
+  return adminPackage;
+}
+
+/** A service definition from a loaded package, or a clear error if the name is not a service there. */
+export function serviceDefinition(pkg: PackageDefinition, name: string): ServiceDefinition {
+  const def = pkg[name];
+  if (def === undefined || 'format' in def) throw new Error(`admin service ${name} is not defined in the loaded .proto files`);
+  return def as ServiceDefinition;
+}
+
+export interface MemberInfo {
+  name: string;
+  peer_id: string;
+  region: string;
+  provider: string;
+  trust: string;
+  addrs: string[];
+  connected: boolean;
+  rtt_ms: number | null;
+  link_mode: string;
+  last_seen: string | null;
+  last_error: string | null;
+  phi: number | null;
+  health: string;
+}
+
+export interface StatusResponse {
+  name: string;
+  peer_id: string;
+  region: string;
+  provider: string;
+  trust: string;
+  federation: string;
+  version: string;
+  listen_addrs: string[];
+  started_at: string;
+  uptime_seconds: number;
+  members: MemberInfo[];
+  scopes: ScopeInfo[];
+}
+
+/** Which log serves a write scope: raft | pbft | none. */
+export interface ScopeInfo {
+  scope: string;
+  protocol: string;
+  replicas: number;
+}
+
+export interface MembersResponse {
+  members: MemberInfo[];
+}
+
+export type StatusRequest = Record<string, never>;
+export type MembersRequest = Record<string, never>;
+
+/**
+ * One unary call on one admin service, as the client hands it to a
+ * sub-client (vm-client.ts, blob-client.ts, state-client.ts): the method's
+ * name, its request and response messages; `serverTimeoutMs` is the
+ * request's own timeout, when it carries one.
+ */
+export type ServiceCall = <Req, Res>(method: string, request: Req, serverTimeoutMs?: number) => Promise<Res>;
+
+// ---------------------------------------------------------------- Kv, Raft, Pbft
+
+export interface KvWriteOptions {
+  scope: string;
+  client_id: string;
+  seq: number;
+  timeout_ms: number;
+  /** strong (default) | quorum | local | eventual: see kv.proto. */
+  consistency?: string;
+  /** Geo levels only: expire the value this many ms after the write (0: never). */
+  ttl_ms?: number;
+}
+
+export interface KvItem {
+  key: string;
+  value: Uint8Array;
+  revision: number;
+  create_revision: number;
+  /** Geo levels: the region whose write the value is, and its HLC stamp ("wallMs.logical"); "" otherwise. */
+  region: string;
+  hlc: string;
+}
+
+export interface KvWriteResponse {
+  ok: boolean;
+  revision: number;
+  reason: string;
+  current_revision: number;
+  prev: KvItem | null;
+  leader: string;
+  consistency: string;
+  /** Geo levels: regions holding the write durably when it returned, of all regions. */
+  regions_acked: number;
+  regions_total: number;
+}
+
+export interface KvGetRequest {
+  key: string;
+  consistency: string;
+  scope: string;
+  prefix: boolean;
+  limit: number;
+  timeout_ms: number;
+}
+
+export interface KvGetResponse {
+  items: KvItem[];
+  applied_index: number;
+  /** Geo levels: regions whose copies the answer merges, of all regions. */
+  regions_answered: number;
+  regions_total: number;
+}
+
+export interface RaftProgress {
+  id: string;
+  match: number;
+  next: number;
+  state: string;
+  learner: boolean;
+  recent_active: boolean;
+}
+
+export interface RaftStatusResponse {
+  id: string;
+  role: string;
+  term: number;
+  leader: string;
+  commit_index: number;
+  applied_index: number;
+  last_index: number;
+  last_term: number;
+  snapshot_index: number;
+  voters: string[];
+  learners: string[];
+  progress: RaftProgress[];
+  pending_proposals: number;
+}
+
+export interface RaftMember {
+  id: string;
+  role: string;
+  leader: boolean;
+}
+
+export interface RaftMembersResponse {
+  members: RaftMember[];
+}
+
+export interface PbftStatusResponse {
+  id: string;
+  view: number;
+  active: boolean;
+  primary: string;
+  f: number;
+  replicas: string[];
+  last_executed: number;
+  stable_checkpoint: number;
+  high_watermark: number;
+  pending_requests: number;
+  view_changes: number;
+  client_in_flight: number;
+  drops: { kind: string; count: number; byzantine: boolean }[];
+}
+
+// ---------------------------------------------------------------- Vm
+
+export interface VmInstance {
+  provider: string;
+  kind: string;
+  id: string;
+  name: string;
+  region: string;
+  zone: string;
+  type: string;
+  vcpus: number | null;
+  memory_mib: number | null;
+  state: string;
+  provider_state: string;
+  tags: Record<string, string>;
+  spot: boolean;
+  launch_time: string | null;
+  image: string | null;
+  private_ip: string | null;
+  public_ip: string | null;
+}
+
+export interface VmProviderStatus {
+  name: string;
+  kind: string;
+  region: string;
+  description: string;
+  synced_at: string | null;
+  restored: boolean;
+  last_error: string | null;
+  instances: number;
+  pending_creates: number;
+}
+
+export interface ListInstancesRequest {
+  providers: string[];
+  states: string[];
+  refresh: boolean;
+  timeout_ms: number;
+}
+
+export interface ListInstancesResponse {
+  instances: VmInstance[];
+  providers: VmProviderStatus[];
+}
+
+export interface CreateInstanceRequest {
+  provider: string;
+  name: string;
+  type: string;
+  image: string;
+  zone: string;
+  tags: Record<string, string>;
+  spot: boolean;
+  user_data: string;
+  timeout_ms: number;
+}
+
+export interface VmInstanceRequest {
+  provider: string;
+  id: string;
+  timeout_ms: number;
+}
+
+export interface VmInstanceResponse {
+  instance: VmInstance;
+  warning: string | null;
+}
+
+export interface VmInstanceType {
+  provider: string;
+  kind: string;
+  region: string;
+  name: string;
+  vcpus: number;
+  memory_mib: number;
+  architectures: string[];
+  spot: boolean;
+  on_demand_hourly: number | null;
+}
+
+export interface ListTypesRequest {
+  providers: string[];
+  timeout_ms: number;
+}
+
+export interface ListTypesResponse {
+  types: VmInstanceType[];
+  failures: { provider: string; message: string }[];
+}
+
+export interface EstimateCostRequest {
+  provider: string;
+  region: string;
+  type: string;
+  model: string;
+  hours: number;
+}
+
+export interface EstimateCostResponse {
+  provider: string;
+  region: string;
+  type: string;
+  model: string;
+  currency: string;
+  hourly: number;
+  hours: number;
+  total: number;
+  monthly: number;
+  as_of: string;
+  source: string;
+  basis: string;
+  live: boolean;
+}
+
+// ---------------------------------------------------------------- State
+
+export interface RegionCount {
+  region: string;
+  count: number;
+}
+
+export interface CrdtEntry {
+  key: string;
+  type: string;
+  value_json: string;
+  clock: RegionCount[];
+  expires_at: string | null;
+}
+
+export interface CrdtUpdateRequest {
+  key: string;
+  op: string;
+  type: string;
+  amount: number;
+  element: string;
+  field: string;
+  value_json: string;
+  consistency: string;
+  timeout_ms: number;
+  ttl_ms: number;
+}
+
+export interface CrdtUpdateResponse {
+  entry: CrdtEntry;
+  consistency: string;
+  regions_acked: number;
+  regions_total: number;
+}
+
+export interface CrdtGetRequest {
+  key: string;
+  type: string;
+  consistency: string;
+  timeout_ms: number;
+}
+
+export interface CrdtGetResponse {
+  entries: CrdtEntry[];
+  regions_answered: number;
+  regions_total: number;
+}
+
+export interface RegionDigest {
+  name: string;
+  region: string;
+  answered: boolean;
+  digest: string;
+  entries: number;
+  clock: RegionCount[];
+}
+
+export interface StateDigestResponse {
+  regions: RegionDigest[];
+  converged: boolean;
+}
+
+// ---------------------------------------------------------------- Blob
+
+export interface BlobProgress {
+  phase: string;
+  bytes_done: number;
+  bytes_total: number;
+  wire_bytes: number;
+  rate_bytes_per_s: number | null;
+  eta_seconds: number | null;
+  elapsed_seconds: number;
+}
+
+export interface BlobValue {
+  key: string;
+  version: string;
+  size: number;
+  chunks: number;
+  stored_at: string;
+  source: string;
+}
+
+export interface BlobSendResult {
+  transfer_id: string;
+  member: string;
+  kind: string;
+  needed_bytes: number;
+  raw_bytes_sent: number;
+  wire_bytes_sent: number;
+  manifest_bytes_sent: number;
+  reused_bytes: number;
+  attempts: number;
+  resumed: number;
+  seconds: number;
+  baseline_refuted: boolean;
+  codecs: Record<string, number>;
+  phase_seconds: Record<string, number>;
+}
+
+export interface BlobPutResult {
+  stored: BlobValue;
+  ingest_seconds: number;
+  sent: BlobSendResult | null;
+}
+
+export interface BlobTransfer {
+  transfer_id: string;
+  direction: string;
+  member: string;
+  key: string;
+  version: string;
+  kind: string;
+  state: string;
+  bytes_done: number;
+  bytes_total: number;
+  wire_bytes: number;
+  rate_bytes_per_s: number | null;
+  eta_seconds: number | null;
+  elapsed_seconds: number;
+  attempt: number;
+  resumed: number;
+  started_at: string;
+  error: string | null;
+}
+
+export interface BlobStatusResponse {
+  transfers: BlobTransfer[];
+  values: BlobValue[];
+  pack_bytes: number;
+  packs: number;
+  chunks: number;
+}
+
+export interface BlobCacheStatsResponse {
+  hits: number;
+  misses: number;
+  evictions: number;
+  expiries: number;
+  refuted: number;
+  bytes_saved: number;
+  entries: number;
+  capacity: number;
+  ttl_ms: number;
+  persist: boolean;
+  hit_ratio: number | null;
+}
+
+export interface BlobPutRequest {
+  path: string;
+  key: string;
+  to: string;
+  streams: number;
+}
+
+// Fleet (fleet.proto): the fleet's observed state as every region sees it.
+
+export interface FleetProvider {
+  name: string;
+  kind: string;
+  location: string;
+  capacity: { vcpus: number; memory_gib: number; disk_gib: number } | null;
+  quota: { vcpus: number | null; instances: number | null } | null;
+  used_vcpus: number;
+  used_memory_mib: number;
+  vms: number;
+  last_error: string | null;
+}
+
+export interface FleetRegion {
+  region: string;
+  location: string | null;
+  self: boolean;
+  phi: number | null;
+  health: string;
+  report: string;
+  report_age_seconds: number | null;
+  provider_health: string | null;
+  providers: FleetProvider[];
+  vms_by_state: { state: string; count: number }[];
+  vms: number;
+  vcpus_used: number;
+  vcpus_total: number | null;
+  memory_gib_used: number;
+  memory_gib_total: number | null;
+  price_per_hour: number;
+  labels: Record<string, string>;
+  jurisdiction: string | null;
+  compliance: string[];
+}
+
+export interface FleetStatusResponse {
+  self: string;
+  now: string;
+  stale_after_ms: number;
+  regions: FleetRegion[];
+}
+
+export interface FleetVmsRequest {
+  regions: string[];
+  labels: Record<string, string>;
+}
+
+export interface FleetVm {
+  region: string;
+  provider: string;
+  id: string;
+  name: string;
+  type: string;
+  zone: string;
+  vcpus: number | null;
+  memory_mib: number | null;
+  state: string;
+  last_state: string;
+  tags: Record<string, string>;
+  spot: boolean;
+  launched_at: string | null;
+  image: string | null;
+  desired_vm: string | null;
+  price_per_hour: number | null;
+  report_age_seconds: number | null;
+}
