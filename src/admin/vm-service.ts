@@ -9,9 +9,7 @@
 import type { Logger } from '../log.ts';
 import { DwcpError } from '../errors.ts';
 import type { CloudInventory, InventoryEntry, ProviderStatus } from '../cloud/inventory.ts';
-import { InventoryError } from '../cloud/inventory.ts';
-import { JournalFullError } from '../cloud/create-journal.ts';
-import { HOURS_PER_MONTH, PRICING_MODELS, PricingError } from '../cloud/pricing/catalog.ts';
+import { HOURS_PER_MONTH, PRICING_MODELS } from '../cloud/pricing/catalog.ts';
 import {
   CancelledError,
   CapacityError,
@@ -101,11 +99,8 @@ function required(field: string, value: string): string {
  * to tell a timeout from a daemon shutting down.
  */
 function failure(err: unknown, call?: { timeoutMs: number; signal: AbortSignal }): unknown {
-  if (err instanceof DwcpError) return err;
-  if (err instanceof InventoryError) return new DwcpError(err.reason === 'not_found' ? 'not_found' : 'invalid', err.message);
-  if (err instanceof PricingError) return new DwcpError(err.reason === 'unknown' ? 'not_found' : 'invalid', err.message);
-  if (err instanceof JournalFullError) return new DwcpError('exhausted', err.message);
-  if (!(err instanceof ProviderError)) return err;
+  // Inventory, pricing and journal errors are DwcpErrors already.
+  if (err instanceof DwcpError || !(err instanceof ProviderError)) return err;
   if (err instanceof NotFound) return new DwcpError('not_found', err.message);
   if (err instanceof InvalidRequestError) return new DwcpError('invalid', err.message);
   if (err instanceof CapacityError) return new DwcpError('exhausted', err.message);

@@ -17,6 +17,7 @@
  */
 import { z } from 'zod';
 import { readStateFile, writeStateFile, WriteQueue } from './state-file.ts';
+import { DwcpError } from '../errors.ts';
 
 export const MAX_PENDING_CREATES = 1_000;
 
@@ -37,8 +38,10 @@ const FileSchema = z.object({ version: z.literal(1), pending: z.array(EntrySchem
 
 export type PendingCreate = z.infer<typeof EntrySchema>;
 
-export class JournalFullError extends Error {
-  override name = 'JournalFullError';
+export class JournalFullError extends DwcpError<'exhausted'> {
+  constructor(message: string) {
+    super('exhausted', message);
+  }
 }
 
 export class CreateJournal {

@@ -61,6 +61,7 @@ import {
   type ProviderKind,
   type Tags,
 } from './provider.ts';
+import { DwcpError } from '../errors.ts';
 
 /** How long a journal entry may wait for its VM to appear before it is dropped as "never launched". */
 export const PENDING_CREATE_GRACE_MS = 15 * 60_000;
@@ -69,12 +70,10 @@ const FIRST_SYNC_SPREAD_MS = 1_000;
 const JITTER = 0.2;
 
 /** A request the inventory cannot route: an unknown or ambiguous provider, an id it cannot place. */
-export class InventoryError extends Error {
-  override name = 'InventoryError';
-  readonly reason: 'not_found' | 'invalid';
-  constructor(reason: 'not_found' | 'invalid', message: string) {
-    super(message);
-    this.reason = reason;
+export class InventoryError extends DwcpError<'not_found' | 'invalid'> {
+  /** The code under the name callers of the inventory have always read. */
+  get reason(): 'not_found' | 'invalid' {
+    return this.code;
   }
 }
 

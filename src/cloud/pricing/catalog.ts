@@ -27,6 +27,7 @@ import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { ConfigError, formatIssue, readConfigFile } from '../../config/load.ts';
+import { DwcpError } from '../../errors.ts';
 
 export const PRICED_PROVIDERS = ['aws', 'gcp', 'azure', 'oracle'] as const;
 export type PricedProvider = (typeof PRICED_PROVIDERS)[number];
@@ -152,11 +153,10 @@ export interface LiveSpotPrice {
 }
 
 /** A question the catalog cannot answer (`unknown`: the message lists what it does know there) or a malformed one (`invalid`). */
-export class PricingError extends Error {
-  override name = 'PricingError';
+export class PricingError extends DwcpError<'not_found' | 'invalid'> {
   readonly reason: 'unknown' | 'invalid';
   constructor(reason: 'unknown' | 'invalid', message: string) {
-    super(message);
+    super(reason === 'unknown' ? 'not_found' : 'invalid', message);
     this.reason = reason;
   }
 }
