@@ -12,13 +12,7 @@ import type { CloudInventory, InventoryEntry, ProviderStatus } from '../cloud/in
 import { HOURS_PER_MONTH, PRICING_MODELS } from '../cloud/pricing/catalog.ts';
 import {
   CancelledError,
-  CapacityError,
-  CredentialsError,
-  IncorrectStateError,
   INSTANCE_STATES,
-  InvalidRequestError,
-  NotFound,
-  ProviderError,
   type InstanceState,
 } from '../cloud/provider.ts';
 import { asyncUnary, requireTimeout } from './call.ts';
@@ -94,23 +88,18 @@ function required(field: string, value: string): string {
 }
 
 /**
- * A provider, inventory or pricing failure as the status an operator can act
- * on; the cloud's message is kept. `call` is the request's timeout and signal,
- * to tell a timeout from a daemon shutting down.
+ * A failure as the status an operator can act on: provider, inventory and
+ * pricing errors are DwcpErrors and keep their code and the cloud's message;
+ * only a cancelled provider call is rephrased, since the signal was this
+ * call's own (its timeout, or the daemon stopping) and a retry may succeed.
+ * `call` is the request's timeout and signal, to say which.
  */
 function failure(err: unknown, call?: { timeoutMs: number; signal: AbortSignal }): unknown {
-  // Inventory, pricing and journal errors are DwcpErrors already.
-  if (err instanceof DwcpError || !(err instanceof ProviderError)) return err;
-  if (err instanceof NotFound) return new DwcpError('not_found', err.message);
-  if (err instanceof InvalidRequestError) return new DwcpError('invalid', err.message);
-  if (err instanceof CapacityError) return new DwcpError('exhausted', err.message);
-  if (err instanceof IncorrectStateError || err instanceof CredentialsError) return new DwcpError('unsupported', err.message);
-  if (err instanceof CancelledError && call !== undefined) {
-    const timedOut = call.signal.reason instanceof DOMException && call.signal.reason.name === 'TimeoutError';
-    const why = timedOut ? `did not finish within the ${call.timeoutMs} ms timeout` : 'was cut short: dwcpd is stopping';
-    return new DwcpError('unavailable', `${err.message}; the call ${why}, and anything the cloud accepted goes on`);
-  }
-  return new DwcpError('unavailable', err.message);
+  if (!(err instanceof CancelledError)) return err;
+  if (call === undefined) return new DwcpError('unavailable', err.message, { cause: err });
+  const timedOut = call.signal.reason instanceof DOMException && call.signal.reason.name === 'TimeoutError';
+  const why = timedOut ? `did not finish within the ${call.timeoutMs} ms timeout` : 'was cut short: dwcpd is stopping';
+  return new DwcpError('unavailable', `${err.message}; the call ${why}, and anything the cloud accepted goes on`, { cause: err });
 }
 
 export function vmServiceRegistration(opts: VmServiceOptions): AdminServiceRegistration {

@@ -352,7 +352,7 @@ export class CloudInventory {
       if (signal.aborted) return;
       slot.lastError = errorMessage(err);
       this.#metrics.syncErrors.inc({ provider: slot.name });
-      this.#log.warn({ provider: slot.name, err: slot.lastError, code: err instanceof ProviderError ? err.code : undefined }, 'inventory sync failed; keeping the previous inventory');
+      this.#log.warn({ provider: slot.name, err: slot.lastError, code: err instanceof ProviderError ? err.providerCode : undefined }, 'inventory sync failed; keeping the previous inventory');
       return;
     } finally {
       slot.listing = false;

@@ -19,6 +19,7 @@
  *   `CancelledError` and should re-read the instance.
  * - `setTags` merges: it adds or overwrites the given keys and leaves the others.
  */
+import { DwcpError, type DwcpErrorCode } from '../errors.ts';
 
 export const PROVIDER_KINDS = ['aws', 'gcp', 'local'] as const;
 export type ProviderKind = (typeof PROVIDER_KINDS)[number];
@@ -179,32 +180,39 @@ export interface ProviderErrorOptions {
   instanceId?: string;
 }
 
-/** Any failure of a provider call. `code` is the provider's own error code where it gave one. */
-export class ProviderError extends Error {
+/**
+ * Any failure of a provider call. `providerCode` is the provider's own error
+ * code where it gave one; the DwcpError `code` is what the failure means to a
+ * caller, one per class (`kind`), so the admin API maps it without knowing
+ * the classes: a plain ProviderError (a cloud outage, an odd answer) is
+ * `unavailable` and worth a retry.
+ */
+export class ProviderError extends DwcpError {
+  /** The DwcpError code of every error of this class. */
+  static readonly kind: DwcpErrorCode = 'unavailable';
   readonly provider: ProviderKind;
   readonly operation: string;
-  readonly code: string;
+  readonly providerCode: string;
   readonly httpStatus: number | undefined;
   readonly instanceId: string | undefined;
 
-  constructor(provider: ProviderKind, operation: string, code: string, message: string, options: ProviderErrorOptions = {}) {
-    super(`${provider} ${operation}: ${message} [${code}]`, { cause: options.cause });
-    this.name = 'ProviderError';
+  constructor(provider: ProviderKind, operation: string, providerCode: string, message: string, options: ProviderErrorOptions = {}) {
+    super((new.target as typeof ProviderError).kind, `${provider} ${operation}: ${message} [${providerCode}]`, { cause: options.cause });
     this.provider = provider;
     this.operation = operation;
-    this.code = code;
+    this.providerCode = providerCode;
     this.httpStatus = options.httpStatus;
     this.instanceId = options.instanceId;
   }
 }
 
 export class NotFound extends ProviderError {
-  override name = 'NotFound';
+  static override readonly kind = 'not_found';
 }
 
 /** The provider has no capacity for the request (`reason: 'capacity'`) or the account hit a limit (`'quota'`). */
 export class CapacityError extends ProviderError {
-  override name = 'CapacityError';
+  static override readonly kind = 'exhausted';
   readonly reason: 'capacity' | 'quota';
   constructor(provider: ProviderKind, operation: string, code: string, message: string, reason: 'capacity' | 'quota', options: ProviderErrorOptions = {}) {
     super(provider, operation, code, message, options);
@@ -214,12 +222,12 @@ export class CapacityError extends ProviderError {
 
 /** Still throttled after the SDK's own retries and back-off were used up. */
 export class ThrottledError extends ProviderError {
-  override name = 'ThrottledError';
+  static override readonly kind = 'unavailable';
 }
 
 /** Missing, invalid or expired credentials; `credentialSource` says where they were looked for. */
 export class CredentialsError extends ProviderError {
-  override name = 'CredentialsError';
+  static override readonly kind = 'rejected';
   readonly credentialSource: string;
   constructor(provider: ProviderKind, operation: string, code: string, message: string, credentialSource: string, options: ProviderErrorOptions = {}) {
     super(provider, operation, code, `${message} (credentials from ${credentialSource})`, options);
@@ -229,22 +237,22 @@ export class CredentialsError extends ProviderError {
 
 /** The request was refused as malformed, before or by the provider; the message names the field. */
 export class InvalidRequestError extends ProviderError {
-  override name = 'InvalidRequestError';
+  static override readonly kind = 'invalid';
 }
 
 /** The instance is in a state that does not allow the operation (e.g. start a terminated instance). */
 export class IncorrectStateError extends ProviderError {
-  override name = 'IncorrectStateError';
+  static override readonly kind = 'rejected';
 }
 
 /** The caller's AbortSignal fired. An operation the provider had accepted may still complete. */
 export class CancelledError extends ProviderError {
-  override name = 'CancelledError';
+  static override readonly kind = 'cancelled';
 }
 
 /** Waiting for a target state took longer than the configured maximum. */
 export class WaitTimeoutError extends ProviderError {
-  override name = 'WaitTimeoutError';
+  static override readonly kind = 'timeout';
 }
 
 // ---------------------------------------------------------------------------

@@ -168,7 +168,7 @@ describe('AWS provider failures', () => {
     server.faults.inject('DescribeInstances', 'throttle', 5);
     const error = await aws.list().catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ThrottledError);
-    expect(error).toMatchObject({ provider: 'aws', operation: 'list', code: 'RequestLimitExceeded', httpStatus: 503 });
+    expect(error).toMatchObject({ provider: 'aws', operation: 'list', providerCode: 'RequestLimitExceeded', httpStatus: 503 });
     expect((error as Error).message).toBe("aws list: Request limit exceeded. (still throttled after the SDK's retries) [RequestLimitExceeded]");
     expect(server.calls.count('DescribeInstances', 503)).toBe(2);
     expect(events.find((e) => e.call === 'DescribeInstances')).toMatchObject({ ok: false, code: 'RequestLimitExceeded', attempts: 2, throttledAttempts: 2 });
@@ -179,7 +179,7 @@ describe('AWS provider failures', () => {
     server.faults.inject('RunInstances', 'capacity', 2);
     const error = await aws.create({ name: 'big', type: 'm5.2xlarge', image: 'ami-0abc1234' }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(CapacityError);
-    expect(error).toMatchObject({ provider: 'aws', operation: 'create', code: 'InsufficientInstanceCapacity', reason: 'capacity', httpStatus: 500 });
+    expect(error).toMatchObject({ provider: 'aws', operation: 'create', providerCode: 'InsufficientInstanceCapacity', reason: 'capacity', httpStatus: 500 });
     expect((error as Error).message).toContain('We currently do not have sufficient capacity');
     expect(server.calls.count('RunInstances', 500)).toBe(2);
     expect(server.instances()).toHaveLength(0);
@@ -187,7 +187,7 @@ describe('AWS provider failures', () => {
 
   it('maps a missing instance to NotFound and a malformed id to InvalidRequestError', async () => {
     const aws = provider();
-    await expect(aws.get('i-0123456789abcdef0')).rejects.toSatisfy((e) => e instanceof NotFound && e.code === 'InvalidInstanceID.NotFound' && /does not exist/.test(e.message));
+    await expect(aws.get('i-0123456789abcdef0')).rejects.toSatisfy((e) => e instanceof NotFound && e.providerCode === 'InvalidInstanceID.NotFound' && /does not exist/.test(e.message));
     await expect(aws.stop('i-0123456789abcdef0')).rejects.toBeInstanceOf(NotFound);
     await expect(aws.start('web-1')).rejects.toBeInstanceOf(InvalidRequestError);
     expect(server.calls.count('StartInstances')).toBe(0);
@@ -197,7 +197,7 @@ describe('AWS provider failures', () => {
     const aws = provider();
     const [seeded] = server.seed(1);
     await aws.terminate(seeded?.instanceId ?? '');
-    await expect(aws.start(seeded?.instanceId ?? '')).rejects.toSatisfy((e) => e instanceof IncorrectStateError && e.code === 'IncorrectInstanceState');
+    await expect(aws.start(seeded?.instanceId ?? '')).rejects.toSatisfy((e) => e instanceof IncorrectStateError && e.providerCode === 'IncorrectInstanceState');
   });
 
   it('names the provider and the credential source when the default chain finds no credentials', async () => {
@@ -263,7 +263,7 @@ describe('AWS provider failures', () => {
     server.expireAccessKey(KEYS.accessKeyId);
     const error = await aws.list().catch((e: unknown) => e);
     expect(error).toBeInstanceOf(CredentialsError);
-    expect(error).toMatchObject({ code: 'RequestExpired', credentialSource: 'static access key AKID… from the dwcp config' });
+    expect(error).toMatchObject({ providerCode: 'RequestExpired', credentialSource: 'static access key AKID… from the dwcp config' });
     expect(server.calls.count('DescribeInstances')).toBe(1);
   });
 

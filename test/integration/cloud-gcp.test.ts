@@ -205,7 +205,7 @@ describe('GCP provider failures', () => {
     server.faults.inject('instances.insert', 'capacity');
     const error = await gcp.create({ name: 'big', type: 'n2-standard-8', image: IMAGE, zone: 'us-central1-a' }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(CapacityError);
-    expect(error).toMatchObject({ provider: 'gcp', operation: 'create', code: 'ZONE_RESOURCE_POOL_EXHAUSTED', reason: 'capacity', httpStatus: 503, instanceId: 'us-central1-a/big' });
+    expect(error).toMatchObject({ provider: 'gcp', operation: 'create', providerCode: 'ZONE_RESOURCE_POOL_EXHAUSTED', reason: 'capacity', httpStatus: 503, instanceId: 'us-central1-a/big' });
     expect((error as Error).message).toContain("does not have enough resources available to fulfill the request");
     expect(server.instances()).toHaveLength(0);
   });
