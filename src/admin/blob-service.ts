@@ -23,8 +23,7 @@ import { DwcpError } from '../errors.ts';
 import type { BlobService, SendOutcome } from '../blob/service.ts';
 import type { StoredValue } from '../blob/store.ts';
 import type { TransferProgress } from '../blob/progress.ts';
-import { asyncUnary } from './call.ts';
-import { toStatus } from './status.ts';
+import { asyncUnary, failureStatus } from './call.ts';
 import { BLOB_SERVICE } from './schema.ts';
 import { loadAdminPackage } from './schema.ts';
 import type { AdminServiceRegistration } from './server.ts';
@@ -38,14 +37,9 @@ export interface BlobAdminOptions {
   log: Logger;
 }
 
-/** Sends a streaming call's failure as its status (status.ts); unexpected errors are INTERNAL and logged. */
+/** Sends a streaming call's failure as its status (call.ts, as for unary calls). */
 function failStream(call: grpc.ServerWritableStream<unknown, unknown>, log: Logger, method: string, err: unknown): void {
-  if (err instanceof DwcpError) {
-    call.emit('error', toStatus(err));
-    return;
-  }
-  log.error({ method, err: err instanceof Error ? err.message : String(err) }, 'admin call failed');
-  call.emit('error', { code: grpc.status.INTERNAL, details: `${method}: ${err instanceof Error ? err.message : String(err)}` });
+  call.emit('error', failureStatus(log, method, err));
 }
 
 /** Writes one message, waiting for the client to take it when the stream's buffer is full. */

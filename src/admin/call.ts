@@ -3,27 +3,31 @@
  * ways the caller must tell apart: one wrapper sends every DwcpError as its
  * status (status.ts: the code's gRPC status, the operator's message as the
  * details, code and retryability as trailers), so each service states what
- * it does and not how errors travel. Anything else is INTERNAL and logged: a
- * failure nobody gave a code is a bug to look at.
+ * it does and not how errors travel. Anything else, and a DwcpError coded
+ * `internal` (a failed invariant), is INTERNAL and logged: a bug to look at.
  */
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
 import { DwcpError } from '../errors.ts';
 import { toStatus } from './status.ts';
 
+/**
+ * The status a failed call of `method` ends with: a DwcpError's own; a bug
+ * (no code, or `internal`: an invariant failed) is INTERNAL, named by the
+ * method and logged, since nobody on the client side can act on it.
+ */
+export function failureStatus(log: Logger, method: string, err: unknown): grpc.StatusObject | Partial<grpc.StatusObject> {
+  if (err instanceof DwcpError && err.code !== 'internal') return toStatus(err);
+  log.error({ method, err: err instanceof Error ? err.message : String(err) }, 'admin call failed');
+  return { code: grpc.status.INTERNAL, details: `${method}: ${err instanceof Error ? err.message : String(err)}` };
+}
+
 /** Wraps an async handler: typed errors become their status, anything else INTERNAL, logged. */
 export function asyncUnary<Req, Res>(log: Logger, method: string, fn: (request: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     fn(call.request).then(
       (res) => callback(null, res),
-      (err: unknown) => {
-        if (err instanceof DwcpError) {
-          callback(toStatus(err));
-        } else {
-          log.error({ method, err: err instanceof Error ? err.message : String(err) }, 'admin call failed');
-          callback({ code: grpc.status.INTERNAL, details: `${method}: ${err instanceof Error ? err.message : String(err)}` });
-        }
-      },
+      (err: unknown) => callback(failureStatus(log, method, err)),
     );
   };
 }

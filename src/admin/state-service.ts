@@ -14,7 +14,7 @@
 import type { Logger } from '../log.ts';
 import type { MemberDirectory } from '../federation/members.ts';
 import { clockCounters } from '../state/clock/vector-clock.ts';
-import { readJson, StateDecodeError } from '../state/crdt/decode.ts';
+import { readJson } from '../state/crdt/decode.ts';
 import { canonicalJson, type JsonValue } from '../state/crdt/types.ts';
 import { CRDT_TYPES, entryKey, isCrdtType, splitKey, type CrdtType, type Entry } from '../state/entry.ts';
 import type { GeoState } from '../state/geo-state.ts';
@@ -64,12 +64,8 @@ function parseJson(field: string, text: string): JsonValue {
   } catch (err) {
     throw invalidArgument(`${field}: not JSON (${err instanceof Error ? err.message : String(err)})`);
   }
-  try {
-    return readJson(raw, field);
-  } catch (err) {
-    if (err instanceof StateDecodeError) throw invalidArgument(err.message);
-    throw err;
-  }
+  // A StateDecodeError is a DwcpError 'invalid' naming the field: it travels as it is.
+  return readJson(raw, field);
 }
 
 function required(field: string, value: string): string {

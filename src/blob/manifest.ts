@@ -26,6 +26,7 @@
  */
 import { createHash } from 'node:crypto';
 import { chunkValue, DEFAULT_CHUNKING, type ChunkingOptions } from './chunker.ts';
+import { DwcpError } from '../errors.ts';
 
 export interface ChunkRef {
   offset: number;
@@ -145,11 +146,10 @@ export function planDelta(mine: Manifest, baseline: Manifest | undefined): Delta
 export const SYNC_ERROR_REASONS = ['missing-chunk', 'chunk-length', 'hash-mismatch'] as const;
 export type SyncErrorReason = (typeof SYNC_ERROR_REASONS)[number];
 
-export class SyncError extends Error {
+export class SyncError extends DwcpError<'corrupt'> {
   readonly reason: SyncErrorReason;
   constructor(reason: SyncErrorReason, message: string) {
-    super(message);
-    this.name = 'SyncError';
+    super('corrupt', message);
     this.reason = reason;
   }
 }

@@ -21,6 +21,7 @@ import { adoptHashList, chunkHashList, type ChunkRef, type Manifest } from './ma
 import type { MessageSchema } from '../net/schema.ts';
 import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
 import { FRAME_HEADER_BYTES } from '../codec/frame.ts';
+import { DwcpError } from '../errors.ts';
 
 export const BLOB_PROTOCOL = '/dwcp/blob/1.0.0';
 
@@ -275,10 +276,9 @@ export function encodeManifest(target: Manifest, baseline: Manifest | undefined)
   return { bytes: out.subarray(0, pos), reusedBytes };
 }
 
-export class ManifestDecodeError extends Error {
+export class ManifestDecodeError extends DwcpError<'corrupt'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'ManifestDecodeError';
+    super('corrupt', message);
   }
 }
 

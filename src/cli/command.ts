@@ -6,6 +6,7 @@
  */
 import type { ParseArgsOptionsConfig } from 'node:util';
 import type { AdminClient } from '../admin/client.ts';
+import { DwcpError } from '../errors.ts';
 
 export interface CliIo {
   stdout(text: string): void;
@@ -40,10 +41,9 @@ export interface Command {
 }
 
 /** A mistake in how dwcpctl was invoked: exit 2 with the usage hint. */
-export class UsageError extends Error {
+export class UsageError extends DwcpError<'invalid'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
+    super('invalid', message);
   }
 }
 

@@ -28,6 +28,7 @@
  */
 import { compress as lz4Compress, uncompress as lz4Uncompress } from 'lz4-napi';
 import { createRequire } from 'node:module';
+import { DwcpError } from '../errors.ts';
 
 /**
  * @mongodb-js/zstd 1.2.2's index.js drops the `level` argument before calling
@@ -79,11 +80,10 @@ export const CODEC_ERROR_REASONS = [
 export type CodecErrorReason = (typeof CODEC_ERROR_REASONS)[number];
 
 /** A refused frame or payload; `reason` is a fixed label (metrics use it), the message names the values. */
-export class CodecError extends Error {
+export class CodecError extends DwcpError<'corrupt'> {
   readonly reason: CodecErrorReason;
   constructor(reason: CodecErrorReason, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'CodecError';
+    super('corrupt', message, options);
     this.reason = reason;
   }
 }

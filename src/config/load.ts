@@ -12,6 +12,7 @@ import { parse as parseYaml, YAMLParseError } from 'yaml';
 import type { z } from 'zod';
 import { ConfigFileSchema, defaultTrust, type DwcpConfig } from './schema.ts';
 import { defaultAdminSocket, defaultDataDir } from './paths.ts';
+import { DwcpError } from '../errors.ts';
 
 export { defaultAdminSocket, defaultDataDir };
 
@@ -33,11 +34,10 @@ export const OVERRIDE_SOURCES: Record<keyof ConfigOverrides, { flag: string; env
   logLevel: { flag: '--log-level', env: 'DWCP_LOG_LEVEL' },
 };
 
-export class ConfigError extends Error {
+export class ConfigError extends DwcpError<'invalid'> {
   readonly problems: string[];
   constructor(source: string, problems: string[]) {
-    super(`invalid configuration (${source}):\n  ${problems.join('\n  ')}`);
-    this.name = 'ConfigError';
+    super('invalid', `invalid configuration (${source}):\n  ${problems.join('\n  ')}`);
     this.problems = problems;
   }
 }

@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import type { Ed25519PrivateKey, PeerId } from '@libp2p/interface';
+import { DwcpError } from '../errors.ts';
 
 export const KEY_FILE = 'node.key';
 
@@ -23,10 +24,9 @@ export interface Identity {
   created: boolean;
 }
 
-export class IdentityError extends Error {
+export class IdentityError extends DwcpError<'invalid'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'IdentityError';
+    super('invalid', message);
   }
 }
 

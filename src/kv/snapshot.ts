@@ -20,6 +20,7 @@ import { FieldError, requireMessage, requireMessages, requireUint } from '../net
 import { KvDecodeError, kvCodec } from './decode-error.ts';
 import type { KvEntry, KvWriteResult } from './command.ts';
 import { compareKeys, isKvWriteResult, kvEntryFootprint, kvProto, kvResultToWire, requireClientId, requireCount, reshapedSchema, validateKvEntry, validateKvResult } from './command.ts';
+import { DwcpError } from '../errors.ts';
 
 export const KV_SNAPSHOT_VERSION = 1;
 const MAGIC = Buffer.from('DWKV', 'ascii');
@@ -65,10 +66,9 @@ export interface KvSnapshotState {
   readonly sessions: readonly KvSession[];
 }
 
-export class KvSnapshotError extends Error {
+export class KvSnapshotError extends DwcpError<'corrupt'> {
   constructor(message: string) {
-    super(`kv snapshot: ${message}`);
-    this.name = 'KvSnapshotError';
+    super('corrupt', `kv snapshot: ${message}`);
   }
 }
 

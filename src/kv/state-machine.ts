@@ -41,6 +41,7 @@ import type { KvCommand, KvEntry, KvEntryMeta, KvResult, KvWriteResult } from '.
 import { KV_MAX_MESSAGE, KV_RANGE_MAX_BYTES, KV_RANGE_MAX_LIMIT, compareKeys, decodeKvCommand, kvEntryFootprint } from './command.ts';
 import type { KvLimits, KvSession } from './snapshot.ts';
 import { decodeKvSnapshot, encodeKvSnapshot, resolveKvLimits } from './snapshot.ts';
+import { DwcpError } from '../errors.ts';
 
 export interface KvStats {
   readonly keys: number;
@@ -69,10 +70,9 @@ type MutableSession = { -readonly [K in keyof KvSession]: KvSession[K] };
 type WriteCommand = Extract<KvCommand, { op: 'put' | 'delete' | 'cas' }>;
 
 /** A broken internal invariant: the state can no longer be trusted. */
-export class KvInvariantError extends Error {
+export class KvInvariantError extends DwcpError<'internal'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'KvInvariantError';
+    super('internal', message);
   }
 }
 

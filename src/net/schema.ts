@@ -23,6 +23,7 @@
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 import { FrameError } from './framing.ts';
+import { DwcpError } from '../errors.ts';
 
 export interface MessageSchema<T> {
   /** Fully qualified message type, e.g. dwcp.net.v1.Hello. */
@@ -32,13 +33,12 @@ export interface MessageSchema<T> {
 }
 
 /** Thrown by field validators; protoSchema turns it into a schema FrameError naming the message type. */
-export class FieldError extends Error {
+export class FieldError extends DwcpError<'invalid'> {
   readonly field: string;
   readonly problem: string;
 
   constructor(field: string, problem: string) {
-    super(`${field}: ${problem}`);
-    this.name = 'FieldError';
+    super('invalid', `${field}: ${problem}`);
     this.field = field;
     this.problem = problem;
   }

@@ -22,6 +22,7 @@ import { PNCounter, type PNCounterState } from './crdt/pn-counter.ts';
 import type { JsonValue } from './crdt/types.ts';
 import { YjsRecord, type YjsRecordState } from './crdt/yjs-record.ts';
 import { isExpired, type CrdtType, type Entry, type ReplicaId } from './entry.ts';
+import { DwcpError } from '../errors.ts';
 
 export type CrdtOp =
   | { readonly op: 'put'; readonly value: JsonValue }
@@ -50,10 +51,9 @@ export const OP_TYPES: Readonly<Record<CrdtOpName, readonly CrdtType[]>> = {
 /** Counters move by at most this per operation, so a sum over a few regions stays exact below 2^53. */
 export const MAX_STEP = 2 ** 40;
 
-export class OpError extends Error {
+export class OpError extends DwcpError<'invalid'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'OpError';
+    super('invalid', message);
   }
 }
 

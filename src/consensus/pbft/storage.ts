@@ -50,6 +50,7 @@ import type { Canonical } from './encoding.ts';
 import type { PbftMessage, PbftPersistedState, PersistDelta, SlotRecord, StableCheckpoint, ViewState } from './types.ts';
 import { PbftInputError } from './types.ts';
 import { messageProblem } from './validate.ts';
+import { DwcpError } from '../../errors.ts';
 
 export interface PbftStorageTimings {
   /** Encoding the deltas plus putting their records into the transaction. */
@@ -66,18 +67,17 @@ export interface PbftStorageOptions {
 }
 
 /** A stored record that fails its checks; `record` names it (e.g. "slot 37", "view state"). */
-export class PbftStorageCorruptionError extends Error {
+export class PbftStorageCorruptionError extends DwcpError<'corrupt'> {
   readonly dir: string;
   readonly record: string;
   readonly problem: string;
   constructor(dir: string, record: string, problem: string) {
-    super(
+    super('corrupt', 
       `pbft storage ${dir}: ${record} is damaged (${problem}). The replica cannot vouch for the votes it cast, ` +
         'and unlike a Raft log tail nothing here is safe to drop. To rejoin, remove ' +
         `${dir}: the replica restarts empty and state transfer refetches the state; until it has caught up past ` +
         'the slots it voted on, count it as one of the f faulty members.',
     );
-    this.name = 'PbftStorageCorruptionError';
     this.dir = dir;
     this.record = record;
     this.problem = problem;

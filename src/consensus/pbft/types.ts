@@ -14,6 +14,7 @@
  *   members[v mod n].
  * - Every queue, buffer and batch has an explicit bound in PbftConfig.
  */
+import { DwcpError } from '../../errors.ts';
 
 export type ReplicaId = string;
 export type ClientId = string;
@@ -400,18 +401,16 @@ export const DEFAULT_PBFT_CONFIG: PbftConfig = {
 };
 
 /** A broken internal invariant: the core's state can no longer be trusted. */
-export class PbftInvariantError extends Error {
+export class PbftInvariantError extends DwcpError<'internal'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'PbftInvariantError';
+    super('internal', message);
   }
 }
 
 /** Input that no correct caller produces (a bad argument, a bad configuration). */
-export class PbftInputError extends Error {
+export class PbftInputError extends DwcpError<'invalid'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'PbftInputError';
+    super('invalid', message);
   }
 }
 

@@ -57,6 +57,7 @@ import {
 } from '../../storage/lmdb-records.ts';
 import type { Entry, HardState, Membership, PersistedState, Ready, Snapshot, SnapshotMeta } from './types.ts';
 import { EMPTY_MEMBERSHIP, RaftInputError } from './types.ts';
+import { DwcpError } from '../../errors.ts';
 
 export interface StorageTimings {
   /** Encoding plus writing the records into the transaction. */
@@ -77,12 +78,11 @@ export interface RaftStorageOptions {
 }
 
 /** Stored data that fails its checks; `record` names it (e.g. "log entry 1234"). */
-export class StorageCorruptionError extends Error {
+export class StorageCorruptionError extends DwcpError<'corrupt'> {
   readonly record: string;
   readonly problem: string;
   constructor(record: string, problem: string) {
-    super(`raft storage ${record}: ${problem}`);
-    this.name = 'StorageCorruptionError';
+    super('corrupt', `raft storage ${record}: ${problem}`);
     this.record = record;
     this.problem = problem;
   }

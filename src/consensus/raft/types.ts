@@ -12,6 +12,7 @@
  *   after the Ready that produced it has been persisted (see Ready).
  * - Every queue and batch has an explicit bound in RaftConfig.
  */
+import { DwcpError } from '../../errors.ts';
 
 export type NodeId = string;
 
@@ -274,18 +275,16 @@ export const DEFAULT_RAFT_CONFIG: RaftConfig = {
 };
 
 /** A broken internal invariant: the core's state can no longer be trusted. */
-export class RaftInvariantError extends Error {
+export class RaftInvariantError extends DwcpError<'internal'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'RaftInvariantError';
+    super('internal', message);
   }
 }
 
 /** Input that no correct peer or caller produces (a malformed message, a bad argument). */
-export class RaftInputError extends Error {
+export class RaftInputError extends DwcpError<'invalid'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'RaftInputError';
+    super('invalid', message);
   }
 }
 

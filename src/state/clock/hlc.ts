@@ -17,6 +17,7 @@
  *   broken clock cannot drag every other region into the future.
  */
 import { readCount, readObject } from '../crdt/decode.ts';
+import { DwcpError } from '../../errors.ts';
 
 export interface Hlc {
   /** Milliseconds since the Unix epoch (the physical component). */
@@ -30,17 +31,16 @@ export const HLC_ZERO: Hlc = { wallMs: 0, logical: 0 };
 /** CockroachDB's default; regions with NTP stay well inside it. */
 export const DEFAULT_MAX_OFFSET_MS = 500;
 
-export class HlcDriftError extends Error {
+export class HlcDriftError extends DwcpError<'rejected'> {
   readonly remote: Hlc;
   readonly physicalMs: number;
   readonly maxOffsetMs: number;
 
   constructor(remote: Hlc, physicalMs: number, maxOffsetMs: number) {
-    super(
+    super('rejected', 
       `remote HLC wall time ${remote.wallMs} is ${remote.wallMs - physicalMs} ms ahead of local physical time ${physicalMs}; ` +
         `max offset is ${maxOffsetMs} ms`,
     );
-    this.name = 'HlcDriftError';
     this.remote = remote;
     this.physicalMs = physicalMs;
     this.maxOffsetMs = maxOffsetMs;

@@ -8,18 +8,18 @@
  * canonical bytes a well-behaved peer would have sent.
  */
 import type { JsonValue, RegionId } from './types.ts';
+import { DwcpError } from '../../errors.ts';
 
 /** Region ids are names from config; anything longer is garbage or an attack. */
 export const MAX_REGION_LENGTH = 128;
 /** Set elements are keys (VM ids, inventory names), not payloads. */
 export const MAX_ELEMENT_LENGTH = 1024;
 
-export class StateDecodeError extends Error {
+export class StateDecodeError extends DwcpError<'invalid'> {
   readonly field: string;
 
   constructor(field: string, problem: string) {
-    super(`${field}: ${problem}`);
-    this.name = 'StateDecodeError';
+    super('invalid', `${field}: ${problem}`);
     this.field = field;
   }
 }
