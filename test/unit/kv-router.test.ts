@@ -16,6 +16,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import type { Libp2p } from 'libp2p';
 import { kvServiceRegistration } from '../../src/admin/kv-service.ts';
+import { fromStatus } from '../../src/admin/status.ts';
 import { bootstrapState } from '../../src/consensus/raft/bootstrap.ts';
 import { RaftNode } from '../../src/consensus/raft/node.ts';
 import type { Message, NodeId, RaftConfig } from '../../src/consensus/raft/types.ts';
@@ -161,7 +162,9 @@ describe('KvRouter over a Raft group', () => {
       );
     const strong = await call('strong');
     expect(strong.error?.code).toBe(grpc.status.UNAVAILABLE);
-    expect(strong.error?.details).toMatch(/--consistency serializable \(retryable\)$/);
+    expect(strong.error?.details).toMatch(/--consistency serializable$/);
+    // Retryable as structured status (the trailers dwcpctl reads), not as text.
+    expect(fromStatus({ code: grpc.status.UNAVAILABLE, ...(strong.error?.metadata ? { metadata: strong.error.metadata } : {}) })).toMatchObject({ code: 'unavailable', retryable: true });
   });
 
   it('routes each scope and level to one backend, and refuses what a backend cannot serve before writing', async () => {
