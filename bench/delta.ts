@@ -33,7 +33,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { connectAdmin, type AdminClient } from '../src/admin/client.ts';
-import type { BlobPutResult } from '../src/admin/schema.ts';
+import type { BlobPutResult, BlobSendResult } from '../src/admin/schema.ts';
 import { BaselineCache } from '../src/blob/baseline-cache.ts';
 import { chunkingForAverage } from '../src/blob/chunker.ts';
 import { buildManifest, planDelta, type Manifest } from '../src/blob/manifest.ts';
@@ -63,17 +63,11 @@ export interface DeltaBenchOptions {
   workDir: string;
 }
 
-interface SyncFigures {
+/** One sync as the bench reports it: the daemon's send figures plus the two durations it measures. */
+type SyncFigures = Pick<BlobSendResult, 'kind' | 'raw_bytes_sent' | 'wire_bytes_sent' | 'manifest_bytes_sent' | 'reused_bytes' | 'codecs' | 'phase_seconds'> & {
   ingest_seconds: number;
   transfer_seconds: number;
-  kind: string;
-  raw_bytes_sent: number;
-  wire_bytes_sent: number;
-  manifest_bytes_sent: number;
-  reused_bytes: number;
-  codecs: Record<string, number>;
-  phase_seconds: Record<string, number>;
-}
+};
 
 export interface DeltaResult extends ReturnType<typeof machineFacts> {
   bench: 'delta';

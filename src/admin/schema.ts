@@ -396,14 +396,18 @@ export interface StateDigestResponse {
 
 // ---------------------------------------------------------------- Blob
 
-export interface BlobProgress {
-  phase: string;
+/** How far a put or a transfer has got: the figures a progress message and a transfer's status share. */
+export interface BlobProgressFigures {
   bytes_done: number;
   bytes_total: number;
   wire_bytes: number;
   rate_bytes_per_s: number | null;
   eta_seconds: number | null;
   elapsed_seconds: number;
+}
+
+export interface BlobProgress extends BlobProgressFigures {
+  phase: string;
 }
 
 export interface BlobValue {
@@ -438,7 +442,7 @@ export interface BlobPutResult {
   sent: BlobSendResult | null;
 }
 
-export interface BlobTransfer {
+export interface BlobTransfer extends BlobProgressFigures {
   transfer_id: string;
   direction: string;
   member: string;
@@ -446,12 +450,6 @@ export interface BlobTransfer {
   version: string;
   kind: string;
   state: string;
-  bytes_done: number;
-  bytes_total: number;
-  wire_bytes: number;
-  rate_bytes_per_s: number | null;
-  eta_seconds: number | null;
-  elapsed_seconds: number;
   attempt: number;
   resumed: number;
   started_at: string;
