@@ -5,7 +5,6 @@
  * only; requests are checked at the edge (region names, label pairs) and
  * errors name the field.
  */
-import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
 import { selectVms, type FleetView, type RegionView, type VmView } from '../fleet/fleet-view.ts';
 import { FLEET_SERVICE, loadAdminPackage, type FleetVmsRequest } from './schema.ts';
