@@ -1,0 +1,481 @@
+/**
+ * The per-region reconciler as a pure core: given this region's name, the
+ * desired state (the fleet log's state machine, through DesiredFleetView),
+ * this region's observed provider inventory, the reconciler's own memory
+ * (failures and back-off per VM and per copy, the status last reported),
+ * the outcomes of actions that finished since the last pass, which actions
+ * are still in flight, and the time, it returns the actions that move the
+ * region toward desired state, and its updated memory. A driver runs the
+ * actions against the providers and the log; a simulator runs them against
+ * simulated ones.
+ *
+ * Invariants (each one a rule of `reconcile`):
+ * - Level-triggered and deterministic: the same input gives the same actions
+ *   in the same order (VMs by name, copies by provider then id), whatever
+ *   happened before; the memory is an input, not hidden state.
+ * - Nothing is duplicated: an action whose key (actionKey) is in flight is
+ *   not emitted again, and a copy with an operation in flight gets no other.
+ * - Fencing first. A copy here is *current* only when desired state assigns
+ *   its VM to exactly (this region, its provider, its generation) and the VM
+ *   is not deleted. Every other managed copy of a known VM is *stale* (its
+ *   assignment moved to another region or provider, to a newer generation,
+ *   or - when the copy's generation is newer than this region's view - the
+ *   view is behind: a region runs only the generation it holds). A stale
+ *   copy is stopped (terminated when pending: a pending instance cannot be
+ *   stopped), then terminated; while any stale copy of a VM is not yet
+ *   stopped, no create or start is emitted for that VM. A deleted VM's copies
+ *   are terminated.
+ * - A region never starts or creates a copy at a generation it does not hold:
+ *   start and create are only emitted for the current assignment.
+ * - Failures back off exponentially (base × 2^(n-1), capped), with time as
+ *   input. After maxAttempts failed creates/starts for one assignment the VM
+ *   is reported failed with the provider's last reason and never retried for
+ *   that generation (a new assignment starts afresh). Fencing operations are
+ *   never given up (safety first): they retry at the capped back-off forever.
+ * - Managed copies (tag managed-by=dwcp) with no desired VM are reported as
+ *   orphans every pass and never touched. Unmanaged instances are ignored.
+ * - Memory stays bounded by the region's VMs and copies: entries for VMs and
+ *   copies that are gone are dropped each pass.
+ */
+import { createHash } from 'node:crypto';
+import type { PowerState } from './commands.ts';
+import type { FleetVmSpec } from './spec.ts';
+import type { FleetState, FleetVm } from './state-machine.ts';
+
+/** Tags the reconciler puts on every copy it creates, and reads back from inventory. */
+export const MANAGED_BY_TAG = 'managed-by';
+export const MANAGED_BY_VALUE = 'dwcp';
+export const VM_NAME_TAG = 'dwcp-vm';
+export const GENERATION_TAG = 'dwcp-generation';
+export const TOKEN_TAG = 'dwcp-token';
+
+export const OBSERVED_VM_STATES = ['pending', 'running', 'stopping', 'stopped', 'terminated'] as const;
+export type ObservedVmState = (typeof OBSERVED_VM_STATES)[number];
+
+/** One instance of this region's provider inventory, as the reconciler needs it. */
+export interface ObservedVm {
+  readonly provider: string;
+  readonly id: string;
+  /** The provider's display name. */
+  readonly name: string;
+  readonly state: ObservedVmState;
+  /** Carries managed-by=dwcp: dwcp created it, so it belongs to some desired VM or is an orphan. */
+  readonly managed: boolean;
+  /** The desired VM this copy belongs to (tag dwcp-vm). */
+  readonly vmName?: string;
+  /** The assignment generation it was created for (tag dwcp-generation). */
+  readonly generation?: number;
+}
+
+/** Reads an ObservedVm's fleet fields from provider tags; a malformed generation reads as absent (the copy is then stale). */
+export function observedFromTags(base: { provider: string; id: string; name: string; state: ObservedVmState }, tags: Readonly<Record<string, string>>): ObservedVm {
+  const generationText = tags[GENERATION_TAG];
+  const generation = generationText !== undefined && /^[1-9][0-9]{0,15}$/.test(generationText) ? Number(generationText) : undefined;
+  const vmName = tags[VM_NAME_TAG];
+  return {
+    ...base,
+    managed: tags[MANAGED_BY_TAG] === MANAGED_BY_VALUE,
+    ...(vmName === undefined ? {} : { vmName }),
+    ...(generation === undefined ? {} : { generation }),
+  };
+}
+
+/** What the reconciler reads of desired state. FleetState plus an index of the VMs assigned to a region (desiredViewOf builds one). */
+export interface DesiredFleetView {
+  vm(name: string): FleetVm | undefined;
+  /** The names of VMs (tombstones included) whose assignment names `region`. */
+  assignedTo(region: string): Iterable<string>;
+}
+
+/**
+ * A view over a FleetState with the per-region index built once: O(VMs) to
+ * build, so build it once per log position, not per VM. Simulators and
+ * drivers that follow the log may keep their own index instead.
+ */
+export function desiredViewOf(state: Pick<FleetState, 'vm' | 'vms'>): DesiredFleetView {
+  const byRegion = new Map<string, string[]>();
+  for (const vm of state.vms()) {
+    if (vm.assignment === null) continue;
+    let names = byRegion.get(vm.assignment.region);
+    if (names === undefined) byRegion.set(vm.assignment.region, (names = []));
+    names.push(vm.name);
+  }
+  return { vm: (name) => state.vm(name), assignedTo: (region) => byRegion.get(region) ?? [] };
+}
+
+/** The idempotency token of the create for (VM name, generation): a retry, by this or a restarted daemon, launches nothing new. */
+export function createToken(vmName: string, generation: number): string {
+  // 37 characters whatever the name's length: EC2's ClientToken allows 64, GCE's requestId wants a UUID-sized string.
+  return `dwcp-${createHash('sha256').update(`${vmName}\u0000${generation}`).digest('hex').slice(0, 32)}`;
+}
+
+/** The tags of a copy created for (VM, generation). */
+export function copyTags(vmName: string, generation: number): Readonly<Record<string, string>> {
+  return { [MANAGED_BY_TAG]: MANAGED_BY_VALUE, [VM_NAME_TAG]: vmName, [GENERATION_TAG]: String(generation), [TOKEN_TAG]: createToken(vmName, generation) };
+}
+
+/** Why a copy is being stopped or terminated. */
+export type FenceReason =
+  /** Its VM is assigned to another region or provider now. */
+  | 'reassigned'
+  /** Its generation is not the one this region holds for the VM. */
+  | 'stale-generation'
+  /** Another copy of the same (VM, generation) is kept. */
+  | 'duplicate'
+  /** The VM is deleted. */
+  | 'deleted';
+
+export type VmStatus = 'pending' | 'running' | 'stopped' | 'failed';
+
+export type ReconcileAction =
+  | {
+      readonly kind: 'create';
+      readonly provider: string;
+      readonly vm: string;
+      readonly spec: FleetVmSpec;
+      readonly generation: number;
+      readonly token: string;
+      readonly tags: Readonly<Record<string, string>>;
+    }
+  | { readonly kind: 'start'; readonly provider: string; readonly id: string; readonly vm: string; readonly generation: number }
+  /** `fence`: set when the copy is stale (the stop comes before anything else for its VM); absent for a stop to desired power. */
+  | { readonly kind: 'stop'; readonly provider: string; readonly id: string; readonly vm: string; readonly generation: number; readonly fence?: FenceReason }
+  /** `generation`: the copy's (0 when it carries none). */
+  | { readonly kind: 'terminate'; readonly provider: string; readonly id: string; readonly vm: string; readonly generation: number; readonly reason: FenceReason; readonly detail: string }
+  /** Observed status for the fleet's observed state; emitted when it changes. `reason`: the provider's, for failed. */
+  | { readonly kind: 'status'; readonly vm: string; readonly generation: number; readonly status: VmStatus; readonly reason?: string }
+  /** A managed copy with no desired VM: reported every pass, never deleted. */
+  | { readonly kind: 'orphan'; readonly provider: string; readonly id: string; readonly name: string; readonly state: ObservedVmState; readonly vmName?: string; readonly generation?: number };
+
+export type ReconcileActionKind = ReconcileAction['kind'];
+
+/**
+ * The in-flight key of an action: one create per (VM, generation), one
+ * operation per copy. Reports have no key (they are not in flight).
+ */
+export function actionKey(action: ReconcileAction): string | null {
+  switch (action.kind) {
+    case 'create':
+      return `create/${action.vm}/${action.generation}`;
+    case 'start':
+    case 'stop':
+    case 'terminate':
+      return copyKey(action.provider, action.id);
+    case 'status':
+    case 'orphan':
+      return null;
+  }
+}
+
+export function copyKey(provider: string, id: string): string {
+  return `copy/${provider}/${id}`;
+}
+
+/** The memory key an action's failures count under: per VM for create/start/stop-to-power, per copy for fencing. */
+export function attemptKey(action: ReconcileAction): string | null {
+  switch (action.kind) {
+    case 'create':
+    case 'start':
+      return `vm/${action.vm}`;
+    case 'stop':
+      return action.fence === undefined ? `vm/${action.vm}` : copyKey(action.provider, action.id);
+    case 'terminate':
+      return copyKey(action.provider, action.id);
+    case 'status':
+    case 'orphan':
+      return null;
+  }
+}
+
+/** Failures and back-off for one key. */
+export interface AttemptRecord {
+  /** The generation the failures count for: a new assignment starts afresh. For copies, the copy's. */
+  readonly generation: number;
+  readonly failures: number;
+  readonly lastError: string;
+  /** No retry before this time. */
+  readonly retryAt: number;
+  /** Given up (vm/ keys only): reported failed with lastError. */
+  readonly failed: boolean;
+}
+
+export interface ReconcilerMemory {
+  readonly attempts: ReadonlyMap<string, AttemptRecord>;
+  /** The status last reported per VM, `${status}@${generation}[:reason]`, so reports are sent on change only. */
+  readonly reported: ReadonlyMap<string, string>;
+}
+
+export const EMPTY_RECONCILER_MEMORY: ReconcilerMemory = { attempts: new Map(), reported: new Map() };
+
+/** The result of an action the driver ran: ok, or the provider's reason. */
+export interface ActionOutcome {
+  readonly action: ReconcileAction;
+  readonly ok: boolean;
+  /** The provider's reason when not ok (`InsufficientInstanceCapacity: ...`). */
+  readonly error?: string;
+  /** When it finished. */
+  readonly at: number;
+}
+
+export interface ReconcilerOptions {
+  /** Failed creates/starts of one assignment before the VM is marked failed. */
+  readonly maxAttempts: number;
+  readonly backoffBaseMs: number;
+  readonly backoffCapMs: number;
+}
+
+export const DEFAULT_RECONCILER_OPTIONS: ReconcilerOptions = { maxAttempts: 5, backoffBaseMs: 1_000, backoffCapMs: 60_000 };
+
+export interface ReconcileInput {
+  readonly region: string;
+  readonly desired: DesiredFleetView;
+  /** This region's inventory, every provider's instances. */
+  readonly observed: readonly ObservedVm[];
+  readonly memory: ReconcilerMemory;
+  /** Outcomes that arrived since the last pass (folded into memory first). */
+  readonly outcomes?: readonly ActionOutcome[];
+  /** Keys (actionKey) of actions still running. */
+  readonly inFlight: ReadonlySet<string>;
+  readonly now: number;
+  readonly options?: ReconcilerOptions;
+}
+
+export interface ReconcileResult {
+  readonly actions: readonly ReconcileAction[];
+  readonly memory: ReconcilerMemory;
+}
+
+/** The back-off after `failures` consecutive failures. */
+export function backoffMs(failures: number, options: ReconcilerOptions): number {
+  if (failures <= 0) return 0;
+  // 2^30 × any sane base is past every cap; bounding the exponent keeps the number finite.
+  return Math.min(options.backoffCapMs, options.backoffBaseMs * 2 ** Math.min(failures - 1, 30));
+}
+
+function generationOf(action: ReconcileAction): number {
+  return action.kind === 'orphan' ? 0 : action.generation;
+}
+
+/** Folds finished actions into the attempt records: success clears, failure counts and backs off. */
+export function recordOutcomes(memory: ReconcilerMemory, outcomes: readonly ActionOutcome[], options: ReconcilerOptions = DEFAULT_RECONCILER_OPTIONS): ReconcilerMemory {
+  if (outcomes.length === 0) return memory;
+  const attempts = new Map(memory.attempts);
+  for (const outcome of outcomes) {
+    const key = attemptKey(outcome.action);
+    if (key === null) continue;
+    const generation = generationOf(outcome.action);
+    if (outcome.ok) {
+      // A late success of an older generation's action says nothing about the current one.
+      const record = attempts.get(key);
+      if (record === undefined || record.generation === generation) attempts.delete(key);
+      continue;
+    }
+    const previous = attempts.get(key);
+    const failures = previous !== undefined && previous.generation === generation ? previous.failures + 1 : 1;
+    const givesUp = key.startsWith('vm/') && (outcome.action.kind === 'create' || outcome.action.kind === 'start') && failures >= options.maxAttempts;
+    attempts.set(key, {
+      generation,
+      failures,
+      lastError: outcome.error ?? 'the provider gave no reason',
+      retryAt: outcome.at + backoffMs(failures, options),
+      failed: givesUp || (previous?.failed === true && previous.generation === generation),
+    });
+  }
+  return { attempts, reported: memory.reported };
+}
+
+function compareText(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function compareCopies(a: ObservedVm, b: ObservedVm): number {
+  return compareText(a.provider, b.provider) || compareText(a.id, b.id);
+}
+
+/** Live states: terminated copies are gone and count for nothing. */
+function isLive(copy: ObservedVm): boolean {
+  return copy.state !== 'terminated';
+}
+
+/** Could be running or about to: what fencing must bring down before anything else happens to the VM. */
+function mayRun(copy: ObservedVm): boolean {
+  return copy.state === 'running' || copy.state === 'pending' || copy.state === 'stopping';
+}
+
+/** Whether desired state holds this copy as the VM's current one in `region`. */
+export function isCurrentCopy(region: string, vm: FleetVm | undefined, copy: ObservedVm): boolean {
+  if (vm === undefined || vm.deleted || vm.assignment === null) return false;
+  const a = vm.assignment;
+  return a.region === region && a.provider === copy.provider && copy.generation === a.generation;
+}
+
+function staleReason(region: string, vm: FleetVm, copy: ObservedVm): { reason: FenceReason; detail: string } {
+  if (vm.deleted) return { reason: 'deleted', detail: `${vm.name} is deleted` };
+  const a = vm.assignment;
+  const held = copy.generation === undefined ? 'no generation tag' : `generation ${copy.generation}`;
+  if (a === null) return { reason: 'stale-generation', detail: `${vm.name} is not assigned (this copy has ${held})` };
+  if (a.region !== region || a.provider !== copy.provider) {
+    return { reason: 'reassigned', detail: `${vm.name} is assigned to ${a.region}/${a.provider} at generation ${a.generation} (this copy has ${held})` };
+  }
+  return { reason: 'stale-generation', detail: `${vm.name} is at generation ${a.generation} here (this copy has ${held})` };
+}
+
+/**
+ * One pass. Order of the returned actions: orphans (by copy), then per VM by
+ * name: its fencing actions first, then create/start/stop, then its status.
+ */
+export function reconcile(input: ReconcileInput): ReconcileResult {
+  const { region, desired, now, inFlight } = input;
+  const options = input.options ?? DEFAULT_RECONCILER_OPTIONS;
+  const memory = recordOutcomes(input.memory, input.outcomes ?? [], options);
+  const attempts = new Map(memory.attempts);
+  const reported = new Map(memory.reported);
+  const actions: ReconcileAction[] = [];
+
+  // Copies by VM; orphans straight out.
+  const copiesOf = new Map<string, ObservedVm[]>();
+  const observed = [...input.observed].filter((c) => c.managed && isLive(c)).sort(compareCopies);
+  for (const copy of observed) {
+    const vm = copy.vmName === undefined ? undefined : desired.vm(copy.vmName);
+    if (vm === undefined || copy.vmName === undefined) {
+      actions.push({
+        kind: 'orphan',
+        provider: copy.provider,
+        id: copy.id,
+        name: copy.name,
+        state: copy.state,
+        ...(copy.vmName === undefined ? {} : { vmName: copy.vmName }),
+        ...(copy.generation === undefined ? {} : { generation: copy.generation }),
+      });
+      continue;
+    }
+    let list = copiesOf.get(vm.name);
+    if (list === undefined) copiesOf.set(vm.name, (list = []));
+    list.push(copy);
+  }
+
+  const names = new Set<string>(copiesOf.keys());
+  for (const name of desired.assignedTo(region)) names.add(name);
+  const liveKeys = new Set<string>();
+
+  for (const name of [...names].sort(compareText)) {
+    const vm = desired.vm(name);
+    if (vm === undefined) continue;
+    const copies = copiesOf.get(name) ?? [];
+    const current: ObservedVm[] = [];
+    let fencing = false;
+
+    // 1. Fencing: every stale copy comes down before anything else happens to this VM here.
+    for (const copy of copies) {
+      liveKeys.add(copyKey(copy.provider, copy.id));
+      if (isCurrentCopy(region, vm, copy)) {
+        current.push(copy);
+        continue;
+      }
+      if (mayRun(copy)) fencing = true;
+      const fence = staleReason(region, vm, copy);
+      emitFence(actions, attempts, inFlight, now, copy, vm.name, fence.reason, fence.detail, vm.deleted);
+    }
+
+    const a = vm.assignment;
+    const holdsAssignment = !vm.deleted && a !== null && a.region === region;
+    if (!holdsAssignment || a === null) {
+      // Not ours (any more): its copies were fenced above; nothing to report for it here.
+      reported.delete(name);
+      continue;
+    }
+
+    // 2. Duplicates of the current copy (a create that launched twice): keep one, running first, then by provider and id.
+    let keep: ObservedVm | undefined;
+    if (current.length > 0) {
+      keep = current.find((c) => c.state === 'running') ?? current[0];
+      for (const copy of current) {
+        if (copy === keep) continue;
+        if (mayRun(copy)) fencing = true;
+        emitFence(actions, attempts, inFlight, now, copy, vm.name, 'duplicate', `another copy of ${name} at generation ${a.generation} is kept (${keep?.provider}/${keep?.id})`, true);
+      }
+    }
+
+    // 3. Toward desired power, for the generation this region holds, once nothing stale may run.
+    const vmKey = `vm/${name}`;
+    let record = attempts.get(vmKey);
+    if (record !== undefined && record.generation !== a.generation) {
+      attempts.delete(vmKey);
+      record = undefined;
+    }
+    liveKeys.add(vmKey);
+    const backingOff = record !== undefined && now < record.retryAt;
+    const failed = record?.failed === true;
+    let status: VmStatus;
+    let reason: string | undefined;
+
+    if (keep === undefined) {
+      if (vm.power === 'stopped') status = 'stopped';
+      else if (failed) status = 'failed';
+      else {
+        status = 'pending';
+        const create: ReconcileAction = {
+          kind: 'create',
+          provider: a.provider,
+          vm: name,
+          spec: vm.spec,
+          generation: a.generation,
+          token: createToken(name, a.generation),
+          tags: copyTags(name, a.generation),
+        };
+        if (!fencing && !backingOff && !inFlight.has(actionKey(create) as string)) actions.push(create);
+      }
+    } else {
+      status = powerStatus(keep.state, vm.power, failed);
+      const busy = inFlight.has(copyKey(keep.provider, keep.id));
+      if (!busy && !backingOff && !failed && !fencing) {
+        if (vm.power === 'running' && keep.state === 'stopped') actions.push({ kind: 'start', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
+        else if (vm.power === 'stopped' && keep.state === 'running') actions.push({ kind: 'stop', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
+      }
+    }
+    if (status === 'failed') reason = record?.lastError ?? 'failed';
+    const word = `${status}@${a.generation}${reason === undefined ? '' : `:${reason}`}`;
+    if (reported.get(name) !== word) {
+      reported.set(name, word);
+      actions.push({ kind: 'status', vm: name, generation: a.generation, status, ...(reason === undefined ? {} : { reason }) });
+    }
+  }
+
+  // Bounded memory: forget what no longer exists here.
+  for (const key of attempts.keys()) if (!liveKeys.has(key)) attempts.delete(key);
+  for (const name of reported.keys()) if (!names.has(name)) reported.delete(name);
+  return { actions, memory: { attempts, reported } };
+}
+
+function powerStatus(state: ObservedVmState, power: PowerState, failed: boolean): VmStatus {
+  if (state === 'running') return 'running';
+  if (state === 'stopped') return power === 'stopped' ? 'stopped' : failed ? 'failed' : 'pending';
+  return 'pending';
+}
+
+/**
+ * The fencing step for one copy: a copy that may run is stopped (or, while
+ * pending, terminated); a stopped one is terminated. Nothing while its
+ * operation is in flight, or while it backs off after a failure.
+ */
+function emitFence(
+  actions: ReconcileAction[],
+  attempts: Map<string, AttemptRecord>,
+  inFlight: ReadonlySet<string>,
+  now: number,
+  copy: ObservedVm,
+  vm: string,
+  reason: FenceReason,
+  detail: string,
+  terminateAtOnce: boolean,
+): void {
+  const key = copyKey(copy.provider, copy.id);
+  if (inFlight.has(key)) return;
+  const record = attempts.get(key);
+  if (record !== undefined && now < record.retryAt) return;
+  if (copy.state === 'stopping') return; // already on its way down; terminate once stopped
+  // Deleted VMs and duplicates are terminated straight away; stale copies are stopped first, the fastest fence.
+  const generation = copy.generation ?? 0;
+  if (copy.state === 'running' && !terminateAtOnce) actions.push({ kind: 'stop', provider: copy.provider, id: copy.id, vm, generation, fence: reason });
+  else actions.push({ kind: 'terminate', provider: copy.provider, id: copy.id, vm, generation, reason, detail });
+}
