@@ -1,0 +1,157 @@
+/**
+ * The scheduler as a pure core: turns a create request into a plan (the
+ * create and assign commands to propose to the fleet log), chosen by
+ * placement on this scheduler's view, and judges what the log said about the
+ * plan: placed, re-plan on fresh state, or failed with the reasons.
+ *
+ * Schedulers run in any region, optimistically (Nomad's plan applier without
+ * a leader region): a plan is made on a view that may already be stale, and
+ * the log's state machine checks it at apply (capacity ledger, generations,
+ * anti-affinity). A refusal that another plan can cause (capacity taken,
+ * generation taken, the anti-affinity slot taken, the region re-declared) is
+ * re-planned on fresh state, at most maxAttempts plans in all; any other
+ * refusal fails at once. A failure carries every attempt's reason.
+ *
+ * Invariants:
+ * - Pure: state and observed views are inputs; no clock, no randomness.
+ * - A plan's assign names a generation one above the highest the VM ever had
+ *   in the state it was planned on, so two plans made on the same state for
+ *   one VM cannot both be accepted (the state machine refuses the second as
+ *   stale_generation), and generations only grow.
+ * - A re-plan after the create was accepted plans the assign alone: the VM
+ *   exists unassigned with this request's spec, and creating it again would
+ *   be refused as name_taken. A VM of that name with another spec, or
+ *   already placed, is somebody else's: the request fails with name_taken.
+ * - The scheduler never proposes what placement did not choose: the
+ *   assignment is placement's choice on the given view.
+ */
+import { canonicalJson, type FleetCommand, type FleetRejectCode, type FleetResult, type PowerState } from './commands.ts';
+import { DEFAULT_PLACEMENT_OPTIONS, buildPlacementView, place, type ObservedFleet, type PlacementDecision, type PlacementOptions, type ScoredCandidate } from './placement.ts';
+import type { FleetVmSpec } from './spec.ts';
+import type { FleetState } from './state-machine.ts';
+
+export const DEFAULT_SCHEDULER_ATTEMPTS = 5;
+/** The most plans one request may make: a bound on how long a busy fleet can keep a request re-planning. */
+export const SCHEDULER_MAX_ATTEMPTS = 100;
+
+/** Refusals another scheduler's plan can cause: worth a re-plan on fresh state. */
+export const REPLAN_CODES: readonly FleetRejectCode[] = ['insufficient_capacity', 'stale_generation', 'anti_affinity', 'constraint_violated', 'unknown_provider', 'name_taken'];
+
+export interface CreateRequest {
+  readonly spec: FleetVmSpec;
+  readonly power: PowerState;
+}
+
+export interface SchedulerOptions {
+  /** Plans in all, the first included. */
+  readonly maxAttempts: number;
+  readonly placement: PlacementOptions;
+}
+
+export const DEFAULT_SCHEDULER_OPTIONS: SchedulerOptions = { maxAttempts: DEFAULT_SCHEDULER_ATTEMPTS, placement: DEFAULT_PLACEMENT_OPTIONS };
+
+/** Where a request stands between plans. */
+export interface SchedulingProgress {
+  readonly request: CreateRequest;
+  /** Plans made so far. */
+  readonly attempts: number;
+  /** One line per refused plan, oldest first. */
+  readonly reasons: readonly string[];
+}
+
+export type SchedulerFailureCode = FleetRejectCode | 'no_fit' | 'too_large' | 'unknown_region' | 'attempts_exhausted';
+
+export type SchedulePlan =
+  | {
+      readonly kind: 'propose';
+      /** In log order: [create, assign], or [assign] when the VM exists already. */
+      readonly commands: readonly FleetCommand[];
+      readonly region: string;
+      readonly provider: string;
+      readonly generation: number;
+      readonly decision: Extract<PlacementDecision, { ok: true }>;
+      readonly progress: SchedulingProgress;
+    }
+  | { readonly kind: 'failed'; readonly code: SchedulerFailureCode; readonly reasons: readonly string[]; readonly decision?: PlacementDecision };
+
+export type PlanVerdict =
+  | { readonly kind: 'placed'; readonly vm: string; readonly region: string; readonly provider: string; readonly generation: number }
+  | { readonly kind: 'replan'; readonly progress: SchedulingProgress }
+  | { readonly kind: 'failed'; readonly code: SchedulerFailureCode; readonly reasons: readonly string[] };
+
+export function startScheduling(request: CreateRequest): SchedulingProgress {
+  return { request, attempts: 0, reasons: [] };
+}
+
+export function resolveSchedulerOptions(partial: Partial<SchedulerOptions> = {}): SchedulerOptions {
+  const options = { ...DEFAULT_SCHEDULER_OPTIONS, ...partial };
+  if (!Number.isSafeInteger(options.maxAttempts) || options.maxAttempts < 1 || options.maxAttempts > SCHEDULER_MAX_ATTEMPTS) {
+    throw new RangeError(`scheduler maxAttempts: ${options.maxAttempts} is not an integer from 1 to ${SCHEDULER_MAX_ATTEMPTS}`);
+  }
+  return options;
+}
+
+/**
+ * The next plan for a request, on `state` (this scheduler's latest view of
+ * the log) and `observed` (health and RTT). Fails when attempts are spent,
+ * when the name belongs to another VM, or when nothing fits.
+ */
+export function planCreate(progress: SchedulingProgress, state: FleetState, observed: ObservedFleet = {}, options: SchedulerOptions = DEFAULT_SCHEDULER_OPTIONS): SchedulePlan {
+  const { spec, power } = progress.request;
+  if (progress.attempts >= options.maxAttempts) {
+    return { kind: 'failed', code: 'attempts_exhausted', reasons: [...progress.reasons, `${spec.name}: gave up after ${progress.attempts} plans`] };
+  }
+  const existing = state.vm(spec.name);
+  let createFirst = true;
+  if (existing !== undefined && !existing.deleted) {
+    if (existing.assignment !== null || canonicalJson(existing.spec) !== canonicalJson(spec)) {
+      const where = existing.assignment === null ? 'with another spec' : `assigned to ${existing.assignment.region}/${existing.assignment.provider}`;
+      return { kind: 'failed', code: 'name_taken', reasons: [...progress.reasons, `a VM named ${spec.name} already exists ${where}`] };
+    }
+    // Our own create went through on an earlier plan; only the assignment is left.
+    createFirst = false;
+  }
+  const decision = place(spec, buildPlacementView(state, observed), options.placement);
+  if (!decision.ok) return { kind: 'failed', code: decision.code, reasons: [...progress.reasons, decision.message], decision };
+  const choice: ScoredCandidate = decision.choice;
+  const generation = (existing?.generation ?? 0) + 1;
+  const assign: FleetCommand = { kind: 'assign', vm: spec.name, region: choice.region, provider: choice.provider, generation };
+  const commands: FleetCommand[] = createFirst ? [{ kind: 'create', spec, power }, assign] : [assign];
+  return {
+    kind: 'propose',
+    commands,
+    region: choice.region,
+    provider: choice.provider,
+    generation,
+    decision,
+    progress: { request: progress.request, attempts: progress.attempts + 1, reasons: progress.reasons },
+  };
+}
+
+/**
+ * What the log's results for a proposed plan mean. `results` are in the
+ * plan's command order; a missing result (the log never answered) counts
+ * as a refusal to re-plan on fresh state, which is safe: a plan that did go
+ * through makes the re-plan fail with name_taken naming where it went.
+ */
+export function judgePlan(plan: Extract<SchedulePlan, { kind: 'propose' }>, results: readonly (FleetResult | undefined)[], options: SchedulerOptions = DEFAULT_SCHEDULER_OPTIONS): PlanVerdict {
+  const { progress } = plan;
+  const name = progress.request.spec.name;
+  let failure: Extract<FleetResult, { ok: false }> | null = null;
+  let unanswered = false;
+  for (let i = 0; i < plan.commands.length && failure === null; i++) {
+    const result = results[i];
+    if (result === undefined) unanswered = true;
+    // A refused create is fine when the VM is ours from an earlier plan; the assign's result decides.
+    else if (!result.ok && !(plan.commands[i]?.kind === 'create' && result.code === 'name_taken')) failure = result;
+  }
+  const assigned = results[plan.commands.length - 1];
+  if (failure === null && !unanswered && assigned !== undefined && assigned.ok) {
+    return { kind: 'placed', vm: name, region: plan.region, provider: plan.provider, generation: plan.generation };
+  }
+  const line = failure === null ? `plan ${progress.attempts} (${plan.region}/${plan.provider}): the log did not answer` : `plan ${progress.attempts} (${plan.region}/${plan.provider}): ${failure.code}: ${failure.message}`;
+  const reasons = [...progress.reasons, line];
+  if (failure !== null && !REPLAN_CODES.includes(failure.code)) return { kind: 'failed', code: failure.code, reasons };
+  if (progress.attempts >= options.maxAttempts) return { kind: 'failed', code: 'attempts_exhausted', reasons: [...reasons, `${name}: gave up after ${progress.attempts} plans`] };
+  return { kind: 'replan', progress: { request: progress.request, attempts: progress.attempts, reasons } };
+}
