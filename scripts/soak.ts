@@ -1,6 +1,7 @@
 /**
- * Long runs of the deterministic simulators: `npm run soak -- raft|pbft|state [--seeds N]
- * [--from S] [--trace]`. Seeds run in order from S; the first failure prints
+ * Long runs of the deterministic simulators: `npm run soak -- raft|pbft|state|fleet [--seeds N]
+ * [--from S] [--trace]`. The fleet runs at 200 regions × 5 000 VMs unless
+ * FLEET_SIM_SIZE=small (the size `npm test` runs). Seeds run in order from S; the first failure prints
  * its seed and replay command and exits non-zero. --trace prints every event
  * of the run (use with --seeds 1 to replay a failure).
  */
@@ -8,12 +9,14 @@ import { parseArgs } from 'node:util';
 import { RaftSimulation, SimFailure, scenarioForSeed } from '../test/sim/cluster.ts';
 import { PbftSimFailure, PbftSimulation, pbftScenarioForSeed } from '../test/sim/pbft-cluster.ts';
 import { StateSimFailure, StateSimulation, stateScenarioForSeed } from '../test/sim/state-cluster.ts';
+import { FleetSimFailure, FleetSimulation, fleetScenarioForSeed, fleetSimSizeFrom } from '../test/sim/fleet-harness.ts';
 
 /** Each simulator: run one seed (throwing its failure type, whose message names the seed and the replay command). */
 const SIMULATORS: Record<string, { run(seed: number, trace?: (line: string) => void): { events: number }; failure: new (...args: never[]) => Error }> = {
   raft: { run: (seed, trace) => new RaftSimulation(scenarioForSeed(seed, trace)).run(), failure: SimFailure },
   pbft: { run: (seed, trace) => new PbftSimulation(pbftScenarioForSeed(seed, trace)).run(), failure: PbftSimFailure },
   state: { run: (seed, trace) => new StateSimulation(stateScenarioForSeed(seed, trace)).run(), failure: StateSimFailure },
+  fleet: { run: (seed, trace) => new FleetSimulation(fleetScenarioForSeed(seed, fleetSimSizeFrom(process.env['FLEET_SIM_SIZE'], 'large'), trace)).run(), failure: FleetSimFailure },
 };
 
 const { positionals, values } = parseArgs({

@@ -1,0 +1,1098 @@
+/**
+ * Deterministic simulation of the fleet's control plane: the scheduler, the
+ * fleet state machine and the per-region reconciler cores together, in
+ * virtual time from one seeded PRNG (test/sim/prng.ts), against simulated
+ * providers, with region crashes, partitions and provider failures.
+ *
+ * The model:
+ * - The federation log is one FleetStateMachine. A proposal (a plan's
+ *   commands, or an operator's) commits after a random delay, its commands
+ *   contiguous and in order; proposals from different regions interleave, so
+ *   schedulers race for capacity and generations and the state machine
+ *   checks each plan at commit (optimistic concurrency). Only a region that
+ *   is up and can see the log proposes.
+ * - Schedulers run in several regions at once. Each takes create requests
+ *   from clients, plans on the log's state at plan time with the real
+ *   placement, and re-plans on refusals (src/fleet/scheduler.ts). A request
+ *   whose scheduler crashed is re-sent by its client to another scheduler
+ *   region (a client retry); the re-plan finds its create already applied.
+ * - Every region has a reconciler and one or two simulated providers.
+ *   Provider operations take virtual time and fail with seeded
+ *   probabilities (capacity errors on create, internal errors on any
+ *   operation); hosts fail (a running instance stops by itself). The
+ *   reconciler runs every ~passEveryMs on the log's current state while the
+ *   region sees the log; a partitioned region keeps running on the view it
+ *   had when it lost the log (frozen: it restarts its VMs from it, and knows
+ *   nothing of reassignments meanwhile); a crashed region does nothing,
+ *   loses its reconciler memory and in-flight bookkeeping, and its
+ *   provider's instances keep running (a daemon crash is not a host crash),
+ *   so a restarted region finds its old copies: the stale-copy fencing case.
+ * - Operators (in the sim, random commands during chaos): DR-like reassigns
+ *   of VMs to another region by placement, mostly away from crashed or
+ *   partitioned regions; power changes; deletes.
+ * - Then a quiet phase: partitions heal, crashed regions restart, no new
+ *   requests, no host failures (provider errors go on); the run ends when
+ *   nothing is in flight or after quiesceMs.
+ *
+ * Invariants, checked after every step (tick) unless said otherwise:
+ * 1. Ledger: the log's accounting never over-commits. A shadow ledger is kept
+ *    from the accepted commands alone (an assign reserves its spec at its
+ *    target and gives back the previous assignment's; a delete gives back);
+ *    after every command it must equal the state machine's usage for the
+ *    providers touched and stay within each provider's declared limits; at
+ *    the end it is recomputed from scratch from the VM records.
+ * 2. Generations: every accepted assign of a VM names a generation strictly
+ *    above every generation that VM name had before (so no two assignments
+ *    of one VM share a generation).
+ * 3. Never two running copies of one VM "where both regions acted on the
+ *    assignment they saw". Exactly: a copy counts as running when its
+ *    instance is pending or running. For every VM with two or more running
+ *    copies, every copy but the log's current one (region, provider,
+ *    generation) must be *excused*, i.e. its holder region:
+ *      - is down or cannot see the log (it acts on the view it had, which
+ *        CAP lets it: the log cannot reach it to tell it), or
+ *      - has not run a reconcile pass since the copy became stale (the
+ *        commit that reassigned or deleted the VM, or the moment the region
+ *        came back to the log, whichever is later), or
+ *      - has a fencing stop/terminate of that copy in flight, or backing off
+ *        after the provider refused one (fencing is retried forever: until
+ *        its first pass after the back-off ends), or an operation on that
+ *        copy (a start issued before the reassignment, a refused stop)
+ *        finished and its next pass has not read the outcome yet (one
+ *        operation per copy at a time: the fence waits for the start).
+ *    So a region that has seen the VM's newer assignment never leaves its
+ *    old copy running, and at most one copy is current. And when a region
+ *    executes a create or start, the view it acted on assigns exactly that
+ *    (region, provider, generation), and its own inventory holds no stale
+ *    copy of that VM that may still run (fencing first, checked at the
+ *    provider call). This is the invariant the design can keep: a region
+ *    that cannot hear the log cannot be told to stop, so during a partition
+ *    the new copy is not held back (see the report's "left out": a lease
+ *    with a watchdog would close that window at the cost of availability).
+ * 4. Once reconciled (the end of the quiet phase): every VM has at most one
+ *    running copy and it is the current one; deleted VMs and stale copies
+ *    have no live instance; every accepted create ends running (desired
+ *    running: exactly one running current copy; desired stopped: none) or
+ *    failed with a reason (its region reports `failed` with the provider's
+ *    reason, or its scheduler request failed with the log's reasons);
+ *    every client request ended placed or failed with reasons; the injected
+ *    orphan copy was reported and is still there.
+ */
+import { parseFleetCommand, type FleetCommand, type FleetResult } from '../../src/fleet/commands.ts';
+import { demandOf, RESOURCES, type ResourceAmounts } from '../../src/fleet/ledger.ts';
+import { buildPlacementView, place, DEFAULT_PLACEMENT_OPTIONS, type ObservedFleet, type RegionHealth } from '../../src/fleet/placement.ts';
+import {
+  DEFAULT_RECONCILER_OPTIONS,
+  EMPTY_RECONCILER_MEMORY,
+  actionKey,
+  copyKey,
+  isCurrentCopy,
+  reconcile,
+  type ActionOutcome,
+  type DesiredFleetView,
+  type ObservedVm,
+  type ObservedVmState,
+  type ReconcileAction,
+  type ReconcilerMemory,
+  type ReconcilerOptions,
+} from '../../src/fleet/reconciler.ts';
+import { judgePlan, planCreate, resolveSchedulerOptions, startScheduling, type SchedulePlan, type SchedulerOptions, type SchedulingProgress } from '../../src/fleet/scheduler.ts';
+import { parseFleetVmSpec, type FleetVmSpec } from '../../src/fleet/spec.ts';
+import { FleetStateMachine, type FleetVm } from '../../src/fleet/state-machine.ts';
+import { EventQueue } from './events.ts';
+import { Prng } from './prng.ts';
+
+const GIB = 1024 ** 3;
+
+export type FleetSimSize = 'small' | 'large';
+
+export interface FleetScenario {
+  readonly seed: number;
+  readonly size: FleetSimSize;
+  readonly regions: number;
+  readonly vms: number;
+  readonly schedulerRegions: number;
+  readonly tickMs: number;
+  readonly chaosMs: number;
+  readonly quiesceMs: number;
+  readonly passEveryMs: number;
+  readonly logDelayMs: readonly [number, number];
+  readonly opMs: readonly [number, number];
+  /** Probabilities per provider operation. */
+  readonly failure: { readonly capacity: number; readonly create: number; readonly start: number; readonly stop: number; readonly terminate: number };
+  /** Per running instance per second (chaos only). */
+  readonly hostFailurePerSecond: number;
+  /** Per region per second (chaos only). */
+  readonly crashPerSecond: number;
+  readonly partitionPerSecond: number;
+  readonly downMs: readonly [number, number];
+  /** Fleet-wide per second (chaos only). */
+  readonly reassignPerSecond: number;
+  readonly powerPerSecond: number;
+  readonly deletePerSecond: number;
+  readonly reconciler: ReconcilerOptions;
+  readonly scheduler: SchedulerOptions;
+  /** At most this many proposals wait for the log; more are refused (a bounded queue, like the real log's). */
+  readonly maxLogQueue: number;
+  readonly trace?: (line: string) => void;
+}
+
+export interface FleetSimReport {
+  readonly seed: number;
+  readonly size: FleetSimSize;
+  readonly regions: number;
+  readonly requests: number;
+  readonly placed: number;
+  readonly schedulingFailed: number;
+  readonly replans: number;
+  readonly running: number;
+  readonly failedVms: number;
+  readonly deleted: number;
+  readonly reassigns: number;
+  readonly crashes: number;
+  readonly partitions: number;
+  readonly fences: number;
+  readonly excusedDoubleRuns: number;
+  readonly providerErrors: number;
+  readonly hostFailures: number;
+  readonly orphanReports: number;
+  readonly commands: number;
+  readonly refusals: number;
+  readonly events: number;
+  readonly invariantChecks: number;
+  readonly virtualMs: number;
+}
+
+export class FleetSimFailure extends Error {
+  readonly seed: number;
+  constructor(seed: number, size: FleetSimSize, at: number, problem: string) {
+    super(`fleet simulation seed ${seed} (${size}) failed at ${at} ms: ${problem}\n  replay: FLEET_SIM_SIZE=${size} npm run soak -- fleet --from ${seed} --seeds 1 --trace`);
+    this.name = 'FleetSimFailure';
+    this.seed = seed;
+  }
+}
+
+export function fleetScenarioForSeed(seed: number, size: FleetSimSize = 'small', trace?: (line: string) => void): FleetScenario {
+  const rng = new Prng(seed ^ 0xf1ee7);
+  const small = size === 'small';
+  return {
+    seed,
+    size,
+    regions: small ? rng.between(3, 7) : 200,
+    vms: small ? rng.between(20, 60) : 5000,
+    schedulerRegions: small ? rng.between(2, 3) : 8,
+    tickMs: small ? 100 : 250,
+    chaosMs: small ? rng.between(20_000, 35_000) : 120_000,
+    quiesceMs: 90_000,
+    passEveryMs: 1_000,
+    logDelayMs: [50, rng.pick([200, 500, 1_500])],
+    opMs: [200, rng.pick([800, 2_000, 4_000])],
+    failure: {
+      capacity: rng.pick([0, 0.03, 0.1]),
+      create: rng.pick([0, 0.05, 0.2]),
+      start: rng.pick([0, 0.05, 0.2]),
+      stop: rng.pick([0, 0.05, 0.2]),
+      terminate: rng.pick([0, 0.05]),
+    },
+    hostFailurePerSecond: small ? 0.004 : 0.0002,
+    crashPerSecond: small ? 0.01 : 0.0005,
+    partitionPerSecond: small ? 0.01 : 0.0005,
+    downMs: [2_000, 12_000],
+    reassignPerSecond: small ? 0.3 : 2,
+    powerPerSecond: small ? 0.2 : 1,
+    deletePerSecond: small ? 0.1 : 0.5,
+    reconciler: { maxAttempts: rng.pick([2, 3, 4]), backoffBaseMs: 500, backoffCapMs: 4_000 },
+    scheduler: resolveSchedulerOptions({ maxAttempts: rng.pick([2, 3, 5]), placement: DEFAULT_PLACEMENT_OPTIONS }),
+    maxLogQueue: small ? 64 : 4096,
+    ...(trace === undefined ? {} : { trace }),
+  };
+}
+
+/** Fleet size: FLEET_SIM_SIZE=small|large (the soak's default is large: 200 regions × 5 000 VMs). */
+export function fleetSimSizeFrom(text: string | undefined, fallback: FleetSimSize): FleetSimSize {
+  if (text === undefined || text === '') return fallback;
+  if (text !== 'small' && text !== 'large') throw new RangeError(`FLEET_SIM_SIZE must be small or large, got ${JSON.stringify(text)}`);
+  return text;
+}
+
+interface SimInstance {
+  readonly provider: string;
+  readonly id: string;
+  readonly name: string;
+  state: ObservedVmState;
+  readonly managed: boolean;
+  readonly vmName?: string;
+  readonly generation?: number;
+  readonly token?: string;
+}
+
+interface InFlightOp {
+  readonly action: ReconcileAction;
+  /** The region's incarnation that issued it: a crash forgets it. */
+  readonly epoch: number;
+}
+
+interface SimRegion {
+  readonly name: string;
+  readonly providers: readonly string[];
+  /** Provider name → instances by id. Survives crashes. */
+  readonly instances: Map<string, Map<string, SimInstance>>;
+  /** Tokens of creates the provider accepted (idempotency), per provider. */
+  readonly tokens: Map<string, string>;
+  up: boolean;
+  /** Cannot see the log (nor propose) while true. */
+  partitioned: boolean;
+  /** When the region's down or partition ends (chaos only). */
+  until: number;
+  /** Incarnation: bumped by each crash; outcomes of older incarnations are dropped. */
+  epoch: number;
+  memory: ReconcilerMemory;
+  outcomes: ActionOutcome[];
+  inFlight: Map<string, InFlightOp>;
+  nextPassAt: number;
+  lastPassAt: number;
+  /** The last time the region came back to the log (restart or heal). */
+  visibleSince: number;
+  /** The view a partitioned region keeps acting on; null when it has none (crashed while cut off). */
+  frozen: DesiredFleetView | null;
+  /** Status last reported per VM (the observed state the region publishes). */
+  readonly statuses: Map<string, { status: string; generation: number; reason?: string }>;
+  readonly orphansSeen: Set<string>;
+  /** This region's scheduler: the requests it is working on (bounded by the client count). */
+  readonly requests: ClientRequest[];
+}
+
+interface ClientRequest {
+  readonly id: number;
+  progress: SchedulingProgress;
+  /** The proposal waiting for the log. */
+  waiting: { plan: Extract<SchedulePlan, { kind: 'propose' }>; proposal: number } | null;
+}
+
+interface Proposal {
+  readonly id: number;
+  readonly from: string;
+  readonly commands: readonly FleetCommand[];
+  readonly onResults: (results: readonly FleetResult[]) => void;
+}
+
+type SimEvent = { kind: 'commit'; proposal: Proposal } | { kind: 'op'; region: string; action: ReconcileAction; epoch: number; fail: string | null };
+
+function sortedNames(names: Iterable<string>): string[] {
+  return [...names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+export class FleetSimulation {
+  readonly #s: FleetScenario;
+  readonly #rng: Prng;
+  /** Separate streams: adding a draw in one place leaves the others alone. */
+  readonly #chaos: Prng;
+  readonly #providerRng: Prng;
+  readonly #log = new FleetStateMachine();
+  readonly #events = new EventQueue<SimEvent>();
+  readonly #regions: SimRegion[] = [];
+  readonly #byName = new Map<string, SimRegion>();
+  /** Region → names of VMs whose assignment names it (tombstones included): the live view's index. */
+  readonly #assigned = new Map<string, Set<string>>();
+  readonly #shadow = new Map<string, { vcpus: number; memoryBytes: number; diskBytes: number; instances: number }>();
+  readonly #lastGeneration = new Map<string, number>();
+  /** When each VM's assignment last changed or it was deleted: from then on, other copies are stale. */
+  readonly #changedAt = new Map<string, number>();
+  /** VM name → its instances that are pending or running. */
+  readonly #running = new Map<string, Set<SimInstance>>();
+  readonly #instanceRegion = new Map<SimInstance, SimRegion>();
+  readonly #schedulingFailures = new Map<string, readonly string[]>();
+  readonly #placed = new Set<string>();
+  #pendingProposals = 0;
+  #now = 0;
+  #nextId = 1;
+  #requestsMade = 0;
+  #pendingClients: ClientRequest[] = [];
+  #orphan: { region: string; provider: string; id: string } | null = null;
+  readonly #counts = {
+    replans: 0,
+    reassigns: 0,
+    crashes: 0,
+    partitions: 0,
+    fences: 0,
+    excusedDoubleRuns: 0,
+    providerErrors: 0,
+    hostFailures: 0,
+    orphanReports: 0,
+    commands: 0,
+    refusals: 0,
+    events: 0,
+    invariantChecks: 0,
+    deleted: 0,
+  };
+
+  constructor(scenario: FleetScenario) {
+    this.#s = scenario;
+    this.#rng = new Prng(scenario.seed);
+    this.#chaos = this.#rng.fork();
+    this.#providerRng = this.#rng.fork();
+  }
+
+  run(): FleetSimReport {
+    const s = this.#s;
+    this.#setUp();
+    const chaosTicks = Math.ceil(s.chaosMs / s.tickMs);
+    const createTicks = Math.ceil(chaosTicks * 0.7);
+    let owed = 0;
+    for (let tick = 0; tick < chaosTicks; tick++) {
+      this.#now += s.tickMs;
+      if (tick < createTicks) {
+        owed += s.vms / createTicks;
+        while (owed >= 1 && this.#requestsMade < s.vms) {
+          owed -= 1;
+          this.#newRequest();
+        }
+      }
+      this.#chaosStep();
+      this.#step(true);
+    }
+    while (this.#requestsMade < s.vms) this.#newRequest();
+    // Quiet phase: everyone back, no new trouble but provider errors.
+    for (const r of this.#regions) {
+      if (!r.up) this.#restart(r);
+      if (r.partitioned) this.#heal(r);
+    }
+    const end = this.#now + s.quiesceMs;
+    let quietSince = -1;
+    while (this.#now < end) {
+      this.#now += s.tickMs;
+      this.#step(false);
+      if (this.#settled()) {
+        if (quietSince < 0) quietSince = this.#now;
+        // Two pass intervals of nothing to do: every reconciler has looked and found nothing.
+        if (this.#now - quietSince >= 3 * s.passEveryMs) break;
+      } else quietSince = -1;
+    }
+    this.#checkFinal();
+    return this.#report();
+  }
+
+  // Set-up.
+
+  #setUp(): void {
+    const s = this.#s;
+    const rng = this.#rng;
+    const perRegionVcpus = Math.max(8, Math.ceil((s.vms * 2.5 * 1.3) / s.regions));
+    for (let i = 0; i < s.regions; i++) {
+      const name = `r${String(i).padStart(3, '0')}`;
+      const vcpus = Math.max(4, Math.round(perRegionVcpus * (0.5 + rng.next())));
+      const providers: { name: string; kind: 'local' | 'aws'; capacity?: object; quota?: object; prices: object; spot?: boolean }[] = [
+        { name: 'local', kind: 'local', capacity: { vcpus, memoryBytes: vcpus * 3 * GIB, diskBytes: vcpus * 100 * GIB }, prices: { vcpuHourUsd: 0.01 + rng.int(30) / 1000, memoryGiBHourUsd: 0.002 } },
+      ];
+      if (rng.chance(0.3)) {
+        providers.push({ name: 'cloud', kind: 'aws', quota: { vcpus: Math.ceil(vcpus / 2), instances: Math.ceil(vcpus / 6) }, prices: { vcpuHourUsd: 0.03 + rng.int(30) / 1000, memoryGiBHourUsd: 0.004 }, spot: rng.chance(0.3) });
+      }
+      const register = parseFleetCommand({
+        kind: 'register-region',
+        region: name,
+        jurisdiction: rng.pick(['eu', 'us']),
+        labels: { tier: rng.pick(['gold', 'silver']) },
+        providers,
+      });
+      const result = this.#log.apply(register);
+      if (!result.ok) throw new Error(`set-up: ${result.message}`);
+      const region: SimRegion = {
+        name,
+        providers: providers.map((p) => p.name).sort(),
+        instances: new Map(providers.map((p) => [p.name, new Map()])),
+        tokens: new Map(),
+        up: true,
+        partitioned: false,
+        until: 0,
+        epoch: 0,
+        memory: EMPTY_RECONCILER_MEMORY,
+        outcomes: [],
+        inFlight: new Map(),
+        nextPassAt: rng.int(s.passEveryMs),
+        lastPassAt: -1,
+        visibleSince: 0,
+        frozen: null,
+        statuses: new Map(),
+        orphansSeen: new Set(),
+        requests: [],
+      };
+      this.#regions.push(region);
+      this.#byName.set(name, region);
+      this.#assigned.set(name, new Set());
+      for (const p of providers) this.#shadow.set(`${name}/${p.name}`, { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 });
+    }
+    // An orphan: a managed copy whose VM the log never heard of. It must be reported and left alone.
+    const home = rng.pick(this.#regions);
+    const orphan: SimInstance = { provider: 'local', id: 'i-orphan', name: 'ghost', state: 'running', managed: true, vmName: 'ghost', generation: 3 };
+    home.instances.get('local')?.set(orphan.id, orphan);
+    this.#instanceRegion.set(orphan, home);
+    this.#orphan = { region: home.name, provider: 'local', id: orphan.id };
+    // And an unmanaged instance, which the reconciler must not even look at.
+    const stray: SimInstance = { provider: 'local', id: 'i-stray', name: 'by-hand', state: 'running', managed: false };
+    rng.pick(this.#regions).instances.get('local')?.set(stray.id, stray);
+  }
+
+  #randomSpec(name: string): FleetVmSpec {
+    const rng = this.#rng;
+    const vcpus = rng.pick([1, 1, 2, 2, 2, 4, 4, 8]);
+    const constraints: Record<string, unknown> = {};
+    const roll = rng.next();
+    if (roll < 0.1) constraints['jurisdictions'] = [rng.pick(['eu', 'us'])];
+    else if (roll < 0.15) constraints['antiAffinityGroup'] = `aa${rng.int(3)}`;
+    else if (roll < 0.25) constraints['spreadGroup'] = `sp${rng.int(3)}`;
+    else if (roll < 0.3) constraints['regionLabels'] = { tier: 'gold' };
+    return parseFleetVmSpec({ name, vcpus, memoryBytes: vcpus * rng.pick([1, 2, 2, 4]) * GIB, image: 'base', spot: rng.chance(0.2), priority: rng.int(1000), constraints });
+  }
+
+  #newRequest(): void {
+    const id = this.#requestsMade++;
+    const spec = this.#randomSpec(`vm${String(id).padStart(5, '0')}`);
+    const request: ClientRequest = { id, progress: startScheduling({ spec, power: 'running' }), waiting: null };
+    this.#pendingClients.push(request);
+    this.#handOut();
+  }
+
+  /** Clients send waiting requests to a scheduler region that is up and sees the log (the first schedulerRegions regions, by turns). */
+  #handOut(): void {
+    if (this.#pendingClients.length === 0) return;
+    const schedulers = this.#regions.slice(0, this.#s.schedulerRegions).filter((r) => r.up && !r.partitioned);
+    if (schedulers.length === 0) return;
+    for (const request of this.#pendingClients) schedulers[request.id % schedulers.length]?.requests.push(request);
+    this.#pendingClients = [];
+  }
+
+  // One step.
+
+  #step(chaos: boolean): void {
+    this.#counts.events++;
+    // The log commits what is due, then providers finish what is due, both in time order.
+    for (;;) {
+      const next = this.#events.pop();
+      if (next === undefined) break;
+      if (next.time > this.#now) {
+        this.#events.push(next.time, next.event);
+        break;
+      }
+      this.#counts.events++;
+      if (next.event.kind === 'commit') this.#commit(next.event.proposal);
+      else this.#finishOp(next.event.region, next.event.action, next.event.epoch, next.event.fail);
+    }
+    if (chaos) this.#hostFailures();
+    this.#handOut();
+    for (const r of this.#regions) if (r.up && !r.partitioned) this.#schedule(r);
+    for (const r of this.#regions) {
+      if (!r.up || this.#now < r.nextPassAt) continue;
+      r.nextPassAt = this.#now + this.#s.passEveryMs - this.#s.tickMs + this.#rng.int(2 * this.#s.tickMs + 1);
+      this.#pass(r);
+    }
+    this.#checkRunningCopies();
+  }
+
+  // The log.
+
+  #propose(from: string, commands: readonly FleetCommand[], onResults: (results: readonly FleetResult[]) => void): number | null {
+    if (this.#pendingProposals >= this.#s.maxLogQueue) return null;
+    const id = this.#nextId++;
+    this.#pendingProposals++;
+    const [lo, hi] = this.#s.logDelayMs;
+    this.#events.push(this.#now + this.#rng.between(lo, hi), { kind: 'commit', proposal: { id, from, commands, onResults } });
+    return id;
+  }
+
+  #commit(proposal: Proposal): void {
+    this.#pendingProposals--;
+    const results = proposal.commands.map((cmd) => this.#apply(cmd));
+    proposal.onResults(results);
+  }
+
+  #apply(cmd: FleetCommand): FleetResult {
+    this.#counts.commands++;
+    const name = cmd.kind === 'register-region' ? null : cmd.kind === 'create' ? cmd.spec.name : cmd.vm;
+    const before: FleetVm | undefined = name === null ? undefined : this.#log.vm(name);
+    const result = this.#log.apply(cmd);
+    if (!result.ok) {
+      this.#counts.refusals++;
+      this.#trace(`log ${cmd.kind} ${name ?? ''} refused: ${result.code}`);
+      return result;
+    }
+    this.#trace(`log ${cmd.kind} ${name ?? ''}${cmd.kind === 'assign' ? ` -> ${cmd.region}/${cmd.provider} g${cmd.generation}` : cmd.kind === 'set-power' ? ` ${cmd.power}` : ''}`);
+    if (name === null) return result;
+    const after = this.#log.vm(name);
+    if (after === undefined) return result;
+    const old = before?.assignment ?? null;
+    switch (cmd.kind) {
+      case 'assign': {
+        const last = this.#lastGeneration.get(name) ?? 0;
+        if (cmd.generation <= last) this.#fail(`invariant 2: ${name} accepted generation ${cmd.generation}, not above its earlier ${last}`);
+        this.#lastGeneration.set(name, cmd.generation);
+        if (old !== null && before !== undefined && !before.deleted) this.#shadowMove(old.region, old.provider, demandOf(before.spec), -1);
+        this.#shadowMove(cmd.region, cmd.provider, demandOf(after.spec), +1);
+        if (old !== null) this.#assigned.get(old.region)?.delete(name);
+        this.#assigned.get(cmd.region)?.add(name);
+        this.#changedAt.set(name, this.#now);
+        break;
+      }
+      case 'delete':
+        if (before !== undefined && !before.deleted) {
+          this.#counts.deleted++;
+          if (old !== null) this.#shadowMove(old.region, old.provider, demandOf(before.spec), -1);
+          this.#changedAt.set(name, this.#now);
+        }
+        break;
+      case 'create':
+        // A new incarnation over a tombstone is unassigned: the old copy's region no longer holds it.
+        if (old !== null) this.#assigned.get(old.region)?.delete(name);
+        this.#changedAt.set(name, this.#now);
+        break;
+      default:
+        break;
+    }
+    return result;
+  }
+
+  /** Invariant 1, per command: the shadow ledger moves with the accepted command, equals the machine's, and stays within the limits. */
+  #shadowMove(region: string, provider: string, demand: ResourceAmounts, sign: 1 | -1): void {
+    this.#counts.invariantChecks++;
+    const key = `${region}/${provider}`;
+    const shadow = this.#shadow.get(key);
+    const limits = this.#log.region(region)?.providers.find((p) => p.name === provider)?.limits;
+    const usage = this.#log.usage(region, provider);
+    if (shadow === undefined || limits === undefined || usage === undefined) return this.#fail(`invariant 1: ${key} is not registered`);
+    for (const r of RESOURCES) {
+      shadow[r] += sign * demand[r];
+      const limit = limits[r];
+      if (shadow[r] < 0) this.#fail(`invariant 1: ${key} ${r} usage went negative (${shadow[r]})`);
+      if (limit !== null && shadow[r] > limit) this.#fail(`invariant 1: ${key} over-committed: ${r} ${shadow[r]} above ${limit}`);
+      if (usage[r] !== shadow[r]) this.#fail(`invariant 1: ${key} ${r}: the log accounts ${usage[r]}, the accepted commands ${shadow[r]}`);
+    }
+  }
+
+  // Schedulers.
+
+  #health(): ObservedFleet {
+    const health = new Map<string, RegionHealth>();
+    for (const r of this.#regions) if (!r.up || r.partitioned) health.set(r.name, { phi: 12, suspected: true });
+    return { health };
+  }
+
+  #schedule(region: SimRegion): void {
+    if (region.requests.length === 0) return;
+    let observed: ObservedFleet | null = null;
+    for (const request of [...region.requests]) {
+      if (request.waiting !== null) continue;
+      observed ??= this.#health();
+      const plan = planCreate(request.progress, this.#log, observed, this.#s.scheduler);
+      if (plan.kind === 'failed') {
+        this.#finishRequest(region, request, plan.reasons);
+        continue;
+      }
+      const proposal = this.#propose(region.name, plan.commands, (results) => this.#judge(region, request, plan, results));
+      if (proposal === null) {
+        // The log's queue is full: the plan was never proposed; try again next step.
+        continue;
+      }
+      request.waiting = { plan, proposal };
+    }
+  }
+
+  #judge(region: SimRegion, request: ClientRequest, plan: Extract<SchedulePlan, { kind: 'propose' }>, results: readonly FleetResult[]): void {
+    // A scheduler that crashed or was cut off never hears the answer; its client re-sent the request elsewhere.
+    if (request.waiting?.proposal === undefined || !region.requests.includes(request)) return;
+    request.waiting = null;
+    const verdict = judgePlan(plan, results, this.#s.scheduler);
+    if (verdict.kind === 'placed') {
+      this.#placed.add(verdict.vm);
+      region.requests.splice(region.requests.indexOf(request), 1);
+      this.#trace(`${region.name} placed ${verdict.vm} at ${verdict.region}/${verdict.provider} g${verdict.generation}`);
+    } else if (verdict.kind === 'replan') {
+      this.#counts.replans++;
+      request.progress = verdict.progress;
+    } else this.#finishRequest(region, request, verdict.reasons);
+  }
+
+  #finishRequest(region: SimRegion, request: ClientRequest, reasons: readonly string[]): void {
+    region.requests.splice(region.requests.indexOf(request), 1);
+    if (reasons.length === 0) this.#fail(`scheduler failed ${request.progress.request.spec.name} without a reason`);
+    this.#schedulingFailures.set(request.progress.request.spec.name, reasons);
+    this.#trace(`${region.name} failed to place ${request.progress.request.spec.name}: ${reasons.join(' | ')}`);
+  }
+
+  // Reconcilers.
+
+  #liveView(): DesiredFleetView {
+    return { vm: (name) => this.#log.vm(name), assignedTo: (region) => this.#assigned.get(region) ?? [] };
+  }
+
+  /** What a region keeps of the log when it loses it: the VMs it holds or has copies of, as they were. */
+  #freeze(r: SimRegion): DesiredFleetView {
+    const names = new Set(this.#assigned.get(r.name) ?? []);
+    for (const byId of r.instances.values()) for (const inst of byId.values()) if (inst.vmName !== undefined) names.add(inst.vmName);
+    const vms = new Map<string, FleetVm>();
+    for (const name of names) {
+      const vm = this.#log.vm(name);
+      if (vm !== undefined) vms.set(name, vm);
+    }
+    const assigned = sortedNames([...vms.values()].filter((vm) => vm.assignment?.region === r.name).map((vm) => vm.name));
+    return { vm: (name) => vms.get(name), assignedTo: (region) => (region === r.name ? assigned : []) };
+  }
+
+  #observed(r: SimRegion): ObservedVm[] {
+    const out: ObservedVm[] = [];
+    for (const byId of r.instances.values()) {
+      for (const inst of byId.values()) {
+        out.push({
+          provider: inst.provider,
+          id: inst.id,
+          name: inst.name,
+          state: inst.state,
+          managed: inst.managed,
+          ...(inst.vmName === undefined ? {} : { vmName: inst.vmName }),
+          ...(inst.generation === undefined ? {} : { generation: inst.generation }),
+        });
+      }
+    }
+    return out;
+  }
+
+  #pass(r: SimRegion): void {
+    const view = r.partitioned ? r.frozen : this.#liveView();
+    if (view === null) return; // restarted while cut off: no view of desired state at all, so it acts on nothing
+    const outcomes = r.outcomes;
+    r.outcomes = [];
+    const observed = this.#observed(r);
+    const { actions, memory } = reconcile({ region: r.name, desired: view, observed, memory: r.memory, outcomes, inFlight: new Set(r.inFlight.keys()), now: this.#now, options: this.#s.reconciler });
+    r.memory = memory;
+    r.lastPassAt = this.#now;
+    for (const action of actions) this.#execute(r, view, action);
+  }
+
+  #execute(r: SimRegion, view: DesiredFleetView, action: ReconcileAction): void {
+    switch (action.kind) {
+      case 'status':
+        r.statuses.set(action.vm, { status: action.status, generation: action.generation, ...(action.reason === undefined ? {} : { reason: action.reason }) });
+        if (action.status === 'failed' && (action.reason === undefined || action.reason === '')) this.#fail(`${r.name} reported ${action.vm} failed without a reason`);
+        this.#trace(`${r.name} status ${action.vm} g${action.generation} ${action.status}${action.reason === undefined ? '' : ` (${action.reason})`}`);
+        return;
+      case 'orphan':
+        this.#counts.orphanReports++;
+        r.orphansSeen.add(copyKey(action.provider, action.id));
+        if (action.id === 'i-stray') this.#fail(`${r.name} reported the unmanaged instance as an orphan`);
+        return;
+      default:
+        break;
+    }
+    const key = actionKey(action);
+    if (key === null) return;
+    if (r.inFlight.has(key)) this.#fail(`${r.name} issued ${key} while it was in flight`);
+    if (action.kind === 'create' || action.kind === 'start') this.#checkSanctioned(r, view, action);
+    if (action.kind === 'terminate' && action.id === 'i-orphan') this.#fail(`${r.name} terminated the orphan`);
+    if ((action.kind === 'stop' && action.fence !== undefined) || action.kind === 'terminate') this.#counts.fences++;
+    this.#trace(`${r.name} ${action.kind} ${action.vm}${'id' in action ? ` ${action.provider}/${action.id}` : ` ${action.provider}`} g${action.generation}${action.kind === 'stop' && action.fence !== undefined ? ` (fence: ${action.fence})` : action.kind === 'terminate' ? ` (${action.reason})` : ''}`);
+    r.inFlight.set(key, { action, epoch: r.epoch });
+    this.#startOp(r, action);
+  }
+
+  /** Invariant 3 at the provider call: a start or create only for the generation the region's view holds, and fencing first. */
+  #checkSanctioned(r: SimRegion, view: DesiredFleetView, action: Extract<ReconcileAction, { kind: 'create' | 'start' }>): void {
+    this.#counts.invariantChecks++;
+    const vm = view.vm(action.vm);
+    const a = vm?.assignment ?? null;
+    if (vm === undefined || vm.deleted || a === null || a.region !== r.name || a.provider !== action.provider || a.generation !== action.generation) {
+      this.#fail(`invariant 3: ${r.name} ${action.kind}s ${action.vm} g${action.generation} on ${action.provider}, but its view assigns ${a === null ? 'nothing' : `${a.region}/${a.provider} g${a.generation}`}${vm?.deleted === true ? ' (deleted)' : ''}`);
+    }
+    for (const byId of r.instances.values()) {
+      for (const inst of byId.values()) {
+        if (inst.vmName !== action.vm || !inst.managed) continue;
+        const mayRun = inst.state === 'running' || inst.state === 'pending' || inst.state === 'stopping';
+        const current = isCurrentCopy(r.name, vm, { provider: inst.provider, id: inst.id, name: inst.name, state: inst.state, managed: true, ...(inst.generation === undefined ? {} : { generation: inst.generation }) });
+        if (mayRun && !current) this.#fail(`invariant 3: ${r.name} ${action.kind}s ${action.vm} g${action.generation} while its stale copy ${inst.provider}/${inst.id} (g${inst.generation ?? '?'}) is ${inst.state}`);
+      }
+    }
+  }
+
+  // Providers.
+
+  #setState(r: SimRegion, inst: SimInstance, state: ObservedVmState): void {
+    inst.state = state;
+    if (inst.vmName === undefined || !inst.managed) return;
+    let set = this.#running.get(inst.vmName);
+    if (state === 'running' || state === 'pending') {
+      if (set === undefined) this.#running.set(inst.vmName, (set = new Set()));
+      set.add(inst);
+      this.#instanceRegion.set(inst, r);
+    } else if (set !== undefined) {
+      set.delete(inst);
+      if (set.size === 0) this.#running.delete(inst.vmName);
+    }
+  }
+
+  #opTime(): number {
+    const [lo, hi] = this.#s.opMs;
+    return this.#now + this.#providerRng.between(lo, hi);
+  }
+
+  #startOp(r: SimRegion, action: ReconcileAction): void {
+    const rng = this.#providerRng;
+    const f = this.#s.failure;
+    let fail: string | null = null;
+    switch (action.kind) {
+      case 'create': {
+        if (r.tokens.has(action.token)) break; // an idempotent retry: the same instance, nothing new
+        if (rng.chance(f.capacity)) fail = `InsufficientInstanceCapacity: ${r.name}/${action.provider} has no capacity for ${action.spec.vcpus} vCPUs`;
+        else if (rng.chance(f.create)) fail = `InternalError: launch of ${action.vm} failed`;
+        else {
+          const inst: SimInstance = { provider: action.provider, id: `i-${this.#nextId++}`, name: action.vm, state: 'pending', managed: true, vmName: action.vm, generation: action.generation, token: action.token };
+          r.instances.get(action.provider)?.set(inst.id, inst);
+          r.tokens.set(action.token, inst.id);
+          this.#setState(r, inst, 'pending');
+        }
+        break;
+      }
+      case 'start': {
+        const inst = r.instances.get(action.provider)?.get(action.id);
+        if (inst === undefined || inst.state !== 'stopped') fail = `IncorrectInstanceState: ${action.id} is ${inst?.state ?? 'gone'}`;
+        else if (rng.chance(f.start)) fail = `InternalError: start of ${action.id} failed`;
+        else this.#setState(r, inst, 'pending');
+        break;
+      }
+      case 'stop': {
+        const inst = r.instances.get(action.provider)?.get(action.id);
+        if (inst === undefined || inst.state !== 'running') fail = `IncorrectInstanceState: ${action.id} is ${inst?.state ?? 'gone'}`;
+        else if (rng.chance(f.stop)) fail = `InternalError: stop of ${action.id} failed`;
+        else this.#setState(r, inst, 'stopping');
+        break;
+      }
+      case 'terminate': {
+        const inst = r.instances.get(action.provider)?.get(action.id);
+        if (inst === undefined) break; // already gone: terminating twice is fine
+        if (rng.chance(f.terminate)) fail = `InternalError: terminate of ${action.id} failed`;
+        // A stopped instance stays stopped until it is gone; a running one shuts down.
+        else if (inst.state !== 'stopped') this.#setState(r, inst, 'stopping');
+        break;
+      }
+      default:
+        return;
+    }
+    if (fail !== null) this.#counts.providerErrors++;
+    this.#events.push(this.#opTime(), { kind: 'op', region: r.name, action, epoch: r.epoch, fail });
+  }
+
+  #finishOp(regionName: string, action: ReconcileAction, epoch: number, fail: string | null): void {
+    const r = this.#byName.get(regionName);
+    if (r === undefined) return;
+    // The provider finishes whatever it accepted, whether or not the daemon that asked is still there.
+    if (fail === null) {
+      if (action.kind === 'create') {
+        const id = r.tokens.get(action.token);
+        const inst = id === undefined ? undefined : r.instances.get(action.provider)?.get(id);
+        if (inst !== undefined && inst.state === 'pending') this.#setState(r, inst, 'running');
+      } else if (action.kind === 'start' || action.kind === 'stop' || action.kind === 'terminate') {
+        const inst = r.instances.get(action.provider)?.get(action.id);
+        if (inst !== undefined) {
+          if (action.kind === 'start' && inst.state === 'pending') this.#setState(r, inst, 'running');
+          if (action.kind === 'stop' && inst.state === 'stopping') this.#setState(r, inst, 'stopped');
+          if (action.kind === 'terminate') {
+            this.#setState(r, inst, 'terminated');
+            r.instances.get(action.provider)?.delete(action.id);
+            if (inst.token !== undefined) r.tokens.delete(inst.token);
+          }
+        }
+      }
+    }
+    if (epoch !== r.epoch) return; // the daemon that asked crashed since: nobody hears the answer
+    const key = actionKey(action);
+    if (key !== null) r.inFlight.delete(key);
+    r.outcomes.push({ action, ok: fail === null, ...(fail === null ? {} : { error: fail }), at: this.#now });
+  }
+
+  #hostFailures(): void {
+    const p = (this.#s.hostFailurePerSecond * this.#s.tickMs) / 1000;
+    const rng = this.#chaos;
+    for (const [, set] of this.#running) {
+      for (const inst of set) {
+        if (inst.state !== 'running' || !rng.chance(p)) continue;
+        const r = this.#instanceRegion.get(inst);
+        if (r === undefined) continue;
+        this.#counts.hostFailures++;
+        this.#trace(`${r.name} host failure: ${inst.provider}/${inst.id} (${inst.vmName ?? ''}) stopped`);
+        this.#setState(r, inst, 'stopped');
+      }
+    }
+  }
+
+  // Chaos.
+
+  #chaosStep(): void {
+    const s = this.#s;
+    const rng = this.#chaos;
+    const seconds = s.tickMs / 1000;
+    for (const r of this.#regions) {
+      if (!r.up) {
+        if (this.#now >= r.until) this.#restart(r);
+        continue;
+      }
+      if (r.partitioned) {
+        if (this.#now >= r.until) this.#heal(r);
+        continue;
+      }
+      if (rng.chance(s.crashPerSecond * seconds)) this.#crash(r, this.#now + rng.between(s.downMs[0], s.downMs[1]));
+      else if (rng.chance(s.partitionPerSecond * seconds)) this.#partition(r, this.#now + rng.between(s.downMs[0], s.downMs[1]));
+    }
+    const operator = this.#regions.find((r) => r.up && !r.partitioned);
+    if (operator === undefined) return;
+    if (rng.chance(s.reassignPerSecond * seconds)) this.#reassign(operator.name);
+    if (rng.chance(s.powerPerSecond * seconds)) {
+      const vm = this.#randomVm();
+      if (vm !== undefined) this.#propose(operator.name, [{ kind: 'set-power', vm: vm.name, power: rng.chance(0.6) ? 'stopped' : 'running' }], () => undefined);
+    }
+    if (rng.chance(s.deletePerSecond * seconds)) {
+      const vm = this.#randomVm();
+      if (vm !== undefined) this.#propose(operator.name, [{ kind: 'delete', vm: vm.name }], () => undefined);
+    }
+  }
+
+  /** A random live, assigned VM: from a crashed or cut-off region most of the time (the DR case), else anywhere. */
+  #randomVm(preferTroubled = false): FleetVm | undefined {
+    const rng = this.#chaos;
+    const troubled = this.#regions.filter((r) => (!r.up || r.partitioned) && (this.#assigned.get(r.name)?.size ?? 0) > 0);
+    const pool = preferTroubled && troubled.length > 0 && rng.chance(0.8) ? troubled : this.#regions;
+    const region = rng.pick(pool);
+    const names = sortedNames(this.#assigned.get(region.name) ?? []);
+    if (names.length === 0) return undefined;
+    const vm = this.#log.vm(rng.pick(names));
+    return vm === undefined || vm.deleted ? undefined : vm;
+  }
+
+  #reassign(from: string): void {
+    const vm = this.#randomVm(true);
+    if (vm === undefined || vm.assignment === null) return;
+    const decision = place(vm.spec, buildPlacementView(this.#log, this.#health()), DEFAULT_PLACEMENT_OPTIONS);
+    if (!decision.ok) return;
+    const target = [decision.choice, ...decision.alternatives].find((c) => c.region !== vm.assignment?.region);
+    if (target === undefined) return;
+    this.#counts.reassigns++;
+    this.#trace(`operator reassigns ${vm.name} from ${vm.assignment.region} to ${target.region}/${target.provider} g${vm.generation + 1}`);
+    this.#propose(from, [{ kind: 'assign', vm: vm.name, region: target.region, provider: target.provider, generation: vm.generation + 1 }], () => undefined);
+  }
+
+  #dropScheduling(r: SimRegion): void {
+    // Its clients time out and re-send to another scheduler; a late answer to this one is ignored (#judge).
+    for (const request of r.requests) {
+      request.waiting = null;
+      this.#pendingClients.push(request);
+    }
+    r.requests.length = 0;
+  }
+
+  #crash(r: SimRegion, until: number): void {
+    this.#counts.crashes++;
+    this.#trace(`${r.name} crashed until ${until}`);
+    r.up = false;
+    r.until = until;
+    r.epoch++;
+    r.memory = EMPTY_RECONCILER_MEMORY;
+    r.outcomes = [];
+    r.inFlight.clear();
+    r.frozen = null;
+    this.#dropScheduling(r);
+  }
+
+  #restart(r: SimRegion): void {
+    this.#trace(`${r.name} restarted${r.partitioned ? ' (cut off)' : ''}`);
+    r.up = true;
+    r.visibleSince = this.#now;
+    r.lastPassAt = -1; // no pass since it came back, even one earlier at this same time
+    r.nextPassAt = this.#now;
+  }
+
+  #partition(r: SimRegion, until: number): void {
+    this.#counts.partitions++;
+    this.#trace(`${r.name} cut off from the log until ${until}`);
+    r.partitioned = true;
+    r.until = until;
+    r.frozen = this.#freeze(r);
+    this.#dropScheduling(r);
+  }
+
+  #heal(r: SimRegion): void {
+    this.#trace(`${r.name} sees the log again`);
+    r.partitioned = false;
+    r.frozen = null;
+    r.visibleSince = this.#now;
+    r.lastPassAt = -1; // its passes so far used the frozen view
+  }
+
+  // Invariants.
+
+  /** Invariant 3, every step: every running copy but the current one is excused. */
+  #checkRunningCopies(): void {
+    for (const [name, set] of this.#running) {
+      if (set.size < 2) continue;
+      this.#counts.invariantChecks++;
+      const vm = this.#log.vm(name);
+      let current = 0;
+      let excused = 0;
+      for (const inst of set) {
+        const r = this.#instanceRegion.get(inst);
+        if (r === undefined) continue;
+        const copy: ObservedVm = { provider: inst.provider, id: inst.id, name: inst.name, state: inst.state, managed: true, ...(inst.generation === undefined ? {} : { generation: inst.generation }) };
+        if (isCurrentCopy(r.name, vm, copy)) {
+          current++;
+          continue;
+        }
+        const staleSince = Math.max(this.#changedAt.get(name) ?? 0, r.visibleSince);
+        const key = copyKey(inst.provider, inst.id);
+        // A refused fence the reconciler has not read yet, or one it backs off from, is still being worked on.
+        // (Backing off lasts until the first pass after retryAt: passes are periodic, not timed to the back-off.)
+        const backingOff = r.lastPassAt < (r.memory.attempts.get(key)?.retryAt ?? -1) || r.outcomes.some((o) => actionKey(o.action) === key);
+        if (!r.up || r.partitioned || r.lastPassAt < staleSince || r.inFlight.has(key) || backingOff) {
+          excused++;
+          continue;
+        }
+        const a = vm?.assignment ?? null;
+        this.#fail(
+          `invariant 3: ${name} runs ${set.size} copies; ${r.name}'s ${inst.provider}/${inst.id} (g${inst.generation ?? '?'}, ${inst.state}) is stale ` +
+            `(the log: ${vm === undefined ? 'no VM' : vm.deleted ? 'deleted' : a === null ? 'unassigned' : `${a.region}/${a.provider} g${a.generation}`}, since ${staleSince} ms) ` +
+            `and ${r.name} passed at ${r.lastPassAt} ms without fencing it`,
+        );
+      }
+      if (current > 1) this.#fail(`invariant 3: ${name} has ${current} running copies at its current generation`);
+      if (excused > 0) this.#counts.excusedDoubleRuns++;
+    }
+  }
+
+  #settled(): boolean {
+    if (this.#pendingProposals > 0 || this.#pendingClients.length > 0) return false;
+    for (const r of this.#regions) {
+      if (r.inFlight.size > 0 || r.requests.length > 0 || r.outcomes.length > 0) return false;
+      for (const record of r.memory.attempts.values()) if (!record.failed && record.retryAt > this.#now - this.#s.passEveryMs) return false;
+    }
+    return true;
+  }
+
+  /** Invariants 1 and 4, once reconciled. */
+  #checkFinal(): void {
+    this.#counts.invariantChecks++;
+    // 1: the ledger from scratch.
+    const usage = new Map<string, { vcpus: number; memoryBytes: number; diskBytes: number; instances: number }>();
+    const vms = this.#log.vms();
+    for (const vm of vms) {
+      if (vm.deleted || vm.assignment === null) continue;
+      const key = `${vm.assignment.region}/${vm.assignment.provider}`;
+      const sum = usage.get(key) ?? { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 };
+      const d = demandOf(vm.spec);
+      for (const res of RESOURCES) sum[res] += d[res];
+      usage.set(key, sum);
+    }
+    for (const region of this.#log.regions()) {
+      for (const p of region.providers) {
+        const key = `${region.name}/${p.name}`;
+        const want = usage.get(key) ?? { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 };
+        const have = this.#log.usage(region.name, p.name);
+        for (const res of RESOURCES) {
+          if (have?.[res] !== want[res]) this.#fail(`invariant 1 (final): ${key} ${res}: the log accounts ${have?.[res]}, its VMs sum to ${want[res]}`);
+          const limit = p.limits[res];
+          if (limit !== null && want[res] > limit) this.#fail(`invariant 1 (final): ${key} over-committed: ${res} ${want[res]} above ${limit}`);
+        }
+      }
+    }
+    // 4: every copy accounted for.
+    const copies = new Map<string, { r: SimRegion; inst: SimInstance }[]>();
+    for (const r of this.#regions) {
+      for (const byId of r.instances.values()) {
+        for (const inst of byId.values()) {
+          if (!inst.managed || inst.vmName === undefined) continue;
+          let list = copies.get(inst.vmName);
+          if (list === undefined) copies.set(inst.vmName, (list = []));
+          list.push({ r, inst });
+        }
+      }
+    }
+    for (const [name, list] of copies) {
+      if (name === 'ghost') continue;
+      const vm = this.#log.vm(name);
+      for (const { r, inst } of list) {
+        const current = isCurrentCopy(r.name, vm, { provider: inst.provider, id: inst.id, name: inst.name, state: inst.state, managed: true, ...(inst.generation === undefined ? {} : { generation: inst.generation }) });
+        if (!current) this.#fail(`invariant 4: ${r.name} still holds a stale copy ${inst.provider}/${inst.id} of ${name} (g${inst.generation ?? '?'}, ${inst.state}) once reconciled`);
+      }
+    }
+    for (const vm of vms) {
+      if (vm.deleted) continue;
+      const a = vm.assignment;
+      if (a === null) {
+        if (!this.#schedulingFailures.has(vm.name)) this.#fail(`invariant 4: ${vm.name} was created and never placed, and no scheduler failed it with a reason`);
+        continue;
+      }
+      const list = copies.get(vm.name) ?? [];
+      const running = list.filter((c) => c.inst.state === 'running');
+      const status = this.#byName.get(a.region)?.statuses.get(vm.name);
+      const failed = status?.status === 'failed' && status.generation === a.generation && (status.reason ?? '') !== '';
+      if (vm.power === 'running') {
+        if (running.length !== 1 && !failed) {
+          this.#fail(`invariant 4: ${vm.name} (assigned ${a.region}/${a.provider} g${a.generation}, desired running) has ${running.length} running copies and is not reported failed (status ${status === undefined ? 'none' : `${status.status} g${status.generation}`}; copies ${list.map((c) => `${c.r.name}/${c.inst.id}:${c.inst.state}`).join(', ') || 'none'})`);
+        }
+      } else if (running.length !== 0) this.#fail(`invariant 4: ${vm.name} is desired stopped and has ${running.length} running copies`);
+    }
+    // Every client request ended.
+    for (const r of this.#regions) if (r.requests.length > 0) this.#fail(`invariant 4: ${r.name} still works on ${r.requests.length} requests`);
+    if (this.#pendingClients.length > 0) this.#fail(`invariant 4: ${this.#pendingClients.length} requests never reached a scheduler`);
+    for (let id = 0; id < this.#requestsMade; id++) {
+      const name = `vm${String(id).padStart(5, '0')}`;
+      if (!this.#placed.has(name) && !this.#schedulingFailures.has(name)) this.#fail(`invariant 4: request for ${name} neither placed nor failed`);
+    }
+    // The orphan: reported, and still there.
+    if (this.#orphan !== null) {
+      const home = this.#byName.get(this.#orphan.region);
+      if (home?.instances.get(this.#orphan.provider)?.get(this.#orphan.id) === undefined) this.#fail('invariant 4: the orphan copy was deleted');
+      if (home?.orphansSeen.has(copyKey(this.#orphan.provider, this.#orphan.id)) !== true) this.#fail('invariant 4: the orphan copy was never reported');
+    }
+  }
+
+  #report(): FleetSimReport {
+    let running = 0;
+    let failedVms = 0;
+    for (const r of this.#regions) {
+      for (const byId of r.instances.values()) for (const inst of byId.values()) if (inst.managed && inst.state === 'running' && inst.vmName !== 'ghost') running++;
+      for (const status of r.statuses.values()) if (status.status === 'failed') failedVms++;
+    }
+    const c = this.#counts;
+    return {
+      seed: this.#s.seed,
+      size: this.#s.size,
+      regions: this.#s.regions,
+      requests: this.#requestsMade,
+      placed: this.#placed.size,
+      schedulingFailed: this.#schedulingFailures.size,
+      replans: c.replans,
+      running,
+      failedVms,
+      deleted: c.deleted,
+      reassigns: c.reassigns,
+      crashes: c.crashes,
+      partitions: c.partitions,
+      fences: c.fences,
+      excusedDoubleRuns: c.excusedDoubleRuns,
+      providerErrors: c.providerErrors,
+      hostFailures: c.hostFailures,
+      orphanReports: c.orphanReports,
+      commands: c.commands,
+      refusals: c.refusals,
+      events: c.events,
+      invariantChecks: c.invariantChecks,
+      virtualMs: this.#now,
+    };
+  }
+
+  #trace(line: string): void {
+    this.#s.trace?.(`${String(this.#now).padStart(7)} ${line}`);
+  }
+
+  #fail(problem: string): never {
+    throw new FleetSimFailure(this.#s.seed, this.#s.size, this.#now, problem);
+  }
+}
+
+/** Runs one seed; throws FleetSimFailure naming the seed and the replay command. */
+export function runFleetSeed(seed: number, size: FleetSimSize = 'small', trace?: (line: string) => void): FleetSimReport {
+  return new FleetSimulation(fleetScenarioForSeed(seed, size, trace)).run();
+}

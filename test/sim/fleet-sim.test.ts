@@ -1,0 +1,54 @@
+/**
+ * The fleet's deterministic simulation (test/sim/fleet-harness.ts: the
+ * scheduler, the fleet state machine and the reconciler cores against
+ * simulated providers, with crashes, partitions, provider failures and
+ * operators reassigning VMs) over a few hundred small seeds (3 to 7 regions,
+ * 20 to 60 VMs each). FLEET_SIM_SEEDS runs more; `npm run soak -- fleet`
+ * runs the large fleet (200 regions × 5 000 VMs). A failing seed reports
+ * itself and its replay command. The last test checks that the runs
+ * exercised what they claim to, so the simulator cannot go quietly toothless.
+ */
+import { describe, expect, it } from 'vitest';
+import { FleetSimFailure, FleetSimulation, fleetScenarioForSeed, runFleetSeed, type FleetSimReport } from './fleet-harness.ts';
+
+const SEEDS = Number(process.env['FLEET_SIM_SEEDS'] ?? 300);
+const reports: FleetSimReport[] = [];
+
+describe('fleet deterministic simulation', () => {
+  it(`runs ${SEEDS} seeds with every invariant holding`, () => {
+    // One test for all seeds: a few hundred tiny tests cost more in vitest's bookkeeping than the runs themselves.
+    for (let seed = 1; seed <= SEEDS; seed++) reports.push(runFleetSeed(seed));
+  });
+
+  it('replays a seed exactly', () => {
+    const a = new FleetSimulation(fleetScenarioForSeed(7)).run();
+    expect(new FleetSimulation(fleetScenarioForSeed(7)).run()).toEqual(a);
+    expect(new FleetSimulation(fleetScenarioForSeed(8)).run()).not.toEqual(a);
+  });
+
+  it('names the seed and the replay command when a run fails', () => {
+    const failure = new FleetSimFailure(42, 'small', 1234, 'two running copies');
+    expect(failure.message).toContain('fleet simulation seed 42 (small) failed at 1234 ms: two running copies');
+    expect(failure.message).toContain('FLEET_SIM_SIZE=small npm run soak -- fleet --from 42 --seeds 1 --trace');
+  });
+
+  it('the runs exercised races, re-plans, fencing, crashes, partitions, provider failures and orphans', () => {
+    expect(reports).toHaveLength(SEEDS);
+    const sum = (pick: (r: FleetSimReport) => number): number => reports.reduce((total, r) => total + pick(r), 0);
+    expect(sum((r) => r.placed)).toBeGreaterThan(20 * SEEDS);
+    expect(sum((r) => r.replans)).toBeGreaterThan(SEEDS);
+    expect(sum((r) => r.schedulingFailed)).toBeGreaterThan(SEEDS / 2);
+    expect(sum((r) => r.reassigns)).toBeGreaterThan(2 * SEEDS);
+    expect(sum((r) => r.fences)).toBeGreaterThan(5 * SEEDS);
+    expect(sum((r) => r.excusedDoubleRuns)).toBeGreaterThan(SEEDS);
+    expect(sum((r) => r.crashes)).toBeGreaterThan(SEEDS / 2);
+    expect(sum((r) => r.partitions)).toBeGreaterThan(SEEDS / 2);
+    expect(sum((r) => r.providerErrors)).toBeGreaterThan(3 * SEEDS);
+    expect(sum((r) => r.failedVms)).toBeGreaterThan(SEEDS / 10);
+    expect(sum((r) => r.hostFailures)).toBeGreaterThan(SEEDS);
+    expect(sum((r) => r.deleted)).toBeGreaterThan(SEEDS);
+    expect(sum((r) => r.refusals)).toBeGreaterThan(SEEDS);
+    for (const r of reports) expect(r.orphanReports).toBeGreaterThan(0);
+    expect(sum((r) => r.running)).toBeGreaterThan(15 * SEEDS);
+  });
+});
