@@ -24,9 +24,14 @@
  *   already placed, is somebody else's: the request fails with name_taken.
  * - The scheduler never proposes what placement did not choose: the
  *   assignment is placement's choice on the given view.
+ * - A scheduler with several plans in flight plans on withPlansInFlight(state,
+ *   its plans): capacity its own unanswered plans will take counts as used,
+ *   so its plans do not all race for the same cheapest slot. This is only
+ *   advice to placement; the log's ledger remains the judge.
  */
 import { canonicalJson, type FleetCommand, type FleetRejectCode, type FleetResult, type PowerState } from './commands.ts';
 import { DEFAULT_PLACEMENT_OPTIONS, buildPlacementView, place, type ObservedFleet, type PlacementDecision, type PlacementOptions, type ScoredCandidate } from './placement.ts';
+import { RESOURCES, demandOf, type ResourceAmounts } from './ledger.ts';
 import type { FleetVmSpec } from './spec.ts';
 import type { FleetState } from './state-machine.ts';
 
@@ -154,4 +159,56 @@ export function judgePlan(plan: Extract<SchedulePlan, { kind: 'propose' }>, resu
   if (failure !== null && !REPLAN_CODES.includes(failure.code)) return { kind: 'failed', code: failure.code, reasons };
   if (progress.attempts >= options.maxAttempts) return { kind: 'failed', code: 'attempts_exhausted', reasons: [...reasons, `${name}: gave up after ${progress.attempts} plans`] };
   return { kind: 'replan', progress: { request: progress.request, attempts: progress.attempts, reasons } };
+}
+
+/** A plan this scheduler proposed and has not heard back about. */
+export interface PlanInFlight {
+  readonly region: string;
+  readonly provider: string;
+  readonly spec: FleetVmSpec;
+}
+
+/**
+ * `state` with the capacity of this scheduler's unanswered plans counted as
+ * used (usage and regionUsage); everything else reads through. O(plans) to
+ * build, O(1) per read.
+ */
+export function withPlansInFlight(state: FleetState, plans: Iterable<PlanInFlight>): FleetState {
+  const extra = new Map<string, Record<(typeof RESOURCES)[number], number>>();
+  const byRegion = new Map<string, Record<(typeof RESOURCES)[number], number>>();
+  const add = (map: Map<string, Record<(typeof RESOURCES)[number], number>>, key: string, demand: ResourceAmounts): void => {
+    let sum = map.get(key);
+    if (sum === undefined) map.set(key, (sum = { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 }));
+    for (const r of RESOURCES) sum[r] += demand[r];
+  };
+  for (const plan of plans) {
+    const demand = demandOf(plan.spec);
+    add(extra, `${plan.region}\u0000${plan.provider}`, demand);
+    add(byRegion, plan.region, demand);
+  }
+  if (extra.size === 0) return state;
+  const plus = (base: ResourceAmounts, more: ResourceAmounts | undefined): ResourceAmounts => {
+    if (more === undefined) return base;
+    return { vcpus: base.vcpus + more.vcpus, memoryBytes: base.memoryBytes + more.memoryBytes, diskBytes: base.diskBytes + more.diskBytes, instances: base.instances + more.instances };
+  };
+  return {
+    limits: state.limits,
+    get regionCount() {
+      return state.regionCount;
+    },
+    get vmCount() {
+      return state.vmCount;
+    },
+    regions: () => state.regions(),
+    region: (name) => state.region(name),
+    vms: () => state.vms(),
+    vm: (name) => state.vm(name),
+    vmsAssignedTo: (region) => state.vmsAssignedTo(region),
+    usage: (region, provider) => {
+      const base = state.usage(region, provider);
+      return base === undefined ? undefined : plus(base, extra.get(`${region}\u0000${provider}`));
+    },
+    regionUsage: (region) => plus(state.regionUsage(region), byRegion.get(region)),
+    groupCounts: (kind, group) => state.groupCounts(kind, group),
+  };
 }

@@ -96,7 +96,7 @@ import {
   type ReconcilerMemory,
   type ReconcilerOptions,
 } from '../../src/fleet/reconciler.ts';
-import { judgePlan, planCreate, resolveSchedulerOptions, startScheduling, type SchedulePlan, type SchedulerOptions, type SchedulingProgress } from '../../src/fleet/scheduler.ts';
+import { judgePlan, planCreate, resolveSchedulerOptions, startScheduling, withPlansInFlight, type SchedulePlan, type SchedulerOptions, type SchedulingProgress } from '../../src/fleet/scheduler.ts';
 import { parseFleetVmSpec, type FleetVmSpec } from '../../src/fleet/spec.ts';
 import { FleetStateMachine, type FleetVm } from '../../src/fleet/state-machine.ts';
 import { EventQueue } from './events.ts';
@@ -377,7 +377,8 @@ export class FleetSimulation {
   #setUp(): void {
     const s = this.#s;
     const rng = this.#rng;
-    const perRegionVcpus = Math.max(8, Math.ceil((s.vms * 2.5 * 1.3) / s.regions));
+    // About 1.2 times the mean demand (3 vCPUs a VM): full enough that late requests meet full regions.
+    const perRegionVcpus = Math.max(8, Math.ceil((s.vms * 3 * 1.2) / s.regions));
     for (let i = 0; i < s.regions; i++) {
       const name = `r${String(i).padStart(3, '0')}`;
       const vcpus = Math.max(4, Math.round(perRegionVcpus * (0.5 + rng.next())));
@@ -578,10 +579,12 @@ export class FleetSimulation {
   #schedule(region: SimRegion): void {
     if (region.requests.length === 0) return;
     let observed: ObservedFleet | null = null;
+    // Plans on the log's state with its own unanswered plans counted as used (withPlansInFlight): a real scheduler's view.
+    const inFlight = region.requests.flatMap((r) => (r.waiting === null ? [] : [{ region: r.waiting.plan.region, provider: r.waiting.plan.provider, spec: r.progress.request.spec }]));
     for (const request of [...region.requests]) {
       if (request.waiting !== null) continue;
       observed ??= this.#health();
-      const plan = planCreate(request.progress, this.#log, observed, this.#s.scheduler);
+      const plan = planCreate(request.progress, withPlansInFlight(this.#log, inFlight), observed, this.#s.scheduler);
       if (plan.kind === 'failed') {
         this.#finishRequest(region, request, plan.reasons);
         continue;
@@ -592,6 +595,7 @@ export class FleetSimulation {
         continue;
       }
       request.waiting = { plan, proposal };
+      inFlight.push({ region: plan.region, provider: plan.provider, spec: request.progress.request.spec });
     }
   }
 

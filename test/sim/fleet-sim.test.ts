@@ -36,7 +36,7 @@ describe('fleet deterministic simulation', () => {
     expect(reports).toHaveLength(SEEDS);
     const sum = (pick: (r: FleetSimReport) => number): number => reports.reduce((total, r) => total + pick(r), 0);
     expect(sum((r) => r.placed)).toBeGreaterThan(20 * SEEDS);
-    expect(sum((r) => r.replans)).toBeGreaterThan(SEEDS);
+    expect(sum((r) => r.replans)).toBeGreaterThan(SEEDS / 2);
     expect(sum((r) => r.schedulingFailed)).toBeGreaterThan(SEEDS / 2);
     expect(sum((r) => r.reassigns)).toBeGreaterThan(2 * SEEDS);
     expect(sum((r) => r.fences)).toBeGreaterThan(5 * SEEDS);
