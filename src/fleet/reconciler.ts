@@ -80,28 +80,13 @@ export function observedFromTags(base: { provider: string; id: string; name: str
   };
 }
 
-/** What the reconciler reads of desired state. FleetState plus an index of the VMs assigned to a region (desiredViewOf builds one). */
-export interface DesiredFleetView {
-  vm(name: string): FleetVm | undefined;
-  /** The names of VMs (tombstones included) whose assignment names `region`. */
-  assignedTo(region: string): Iterable<string>;
-}
-
 /**
- * A view over a FleetState with the per-region index built once: O(VMs) to
- * build, so build it once per log position, not per VM. Simulators and
- * drivers that follow the log may keep their own index instead.
+ * What the reconciler reads of desired state: a VM by name, and the VMs
+ * (tombstones included) assigned to this region, from the state machine's
+ * per-region index (FleetStateMachine is one; a partitioned region's frozen
+ * view in the simulator is another).
  */
-export function desiredViewOf(state: Pick<FleetState, 'vm' | 'vms'>): DesiredFleetView {
-  const byRegion = new Map<string, string[]>();
-  for (const vm of state.vms()) {
-    if (vm.assignment === null) continue;
-    let names = byRegion.get(vm.assignment.region);
-    if (names === undefined) byRegion.set(vm.assignment.region, (names = []));
-    names.push(vm.name);
-  }
-  return { vm: (name) => state.vm(name), assignedTo: (region) => byRegion.get(region) ?? [] };
-}
+export type DesiredFleetView = Pick<FleetState, 'vm' | 'vmsAssignedTo'>;
 
 /** The idempotency token of the create for (VM name, generation): a retry, by this or a restarted daemon, launches nothing new. */
 export function createToken(vmName: string, generation: number): string {
@@ -354,12 +339,13 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     list.push(copy);
   }
 
-  const names = new Set<string>(copiesOf.keys());
-  for (const name of desired.assignedTo(region)) names.add(name);
+  const assignedHere = new Map<string, FleetVm>();
+  for (const vm of desired.vmsAssignedTo(region)) assignedHere.set(vm.name, vm);
+  const names = new Set<string>([...copiesOf.keys(), ...assignedHere.keys()]);
   const liveKeys = new Set<string>();
 
   for (const name of [...names].sort(compareText)) {
-    const vm = desired.vm(name);
+    const vm = assignedHere.get(name) ?? desired.vm(name);
     if (vm === undefined) continue;
     const copies = copiesOf.get(name) ?? [];
     const current: ObservedVm[] = [];

@@ -292,7 +292,7 @@ export class FleetSimulation {
   readonly #events = new EventQueue<SimEvent>();
   readonly #regions: SimRegion[] = [];
   readonly #byName = new Map<string, SimRegion>();
-  /** Region → names of VMs whose assignment names it (tombstones included): the live view's index. */
+  /** Region → names of VMs whose assignment names it (tombstones included), kept from accepted commands: where chaos picks VMs from. */
   readonly #assigned = new Map<string, Set<string>>();
   readonly #shadow = new Map<string, { vcpus: number; memoryBytes: number; diskBytes: number; instances: number }>();
   readonly #lastGeneration = new Map<string, number>();
@@ -624,7 +624,7 @@ export class FleetSimulation {
   // Reconcilers.
 
   #liveView(): DesiredFleetView {
-    return { vm: (name) => this.#log.vm(name), assignedTo: (region) => this.#assigned.get(region) ?? [] };
+    return this.#log;
   }
 
   /** What a region keeps of the log when it loses it: the VMs it holds or has copies of, as they were. */
@@ -636,8 +636,8 @@ export class FleetSimulation {
       const vm = this.#log.vm(name);
       if (vm !== undefined) vms.set(name, vm);
     }
-    const assigned = sortedNames([...vms.values()].filter((vm) => vm.assignment?.region === r.name).map((vm) => vm.name));
-    return { vm: (name) => vms.get(name), assignedTo: (region) => (region === r.name ? assigned : []) };
+    const assigned = sortedNames([...vms.values()].filter((vm) => vm.assignment?.region === r.name).map((vm) => vm.name)).map((name) => vms.get(name) as FleetVm);
+    return { vm: (name) => vms.get(name), vmsAssignedTo: (region) => (region === r.name ? assigned : []) };
   }
 
   #observed(r: SimRegion): ObservedVm[] {
@@ -999,6 +999,12 @@ export class FleetSimulation {
           if (limit !== null && want[res] > limit) this.#fail(`invariant 1 (final): ${key} over-committed: ${res} ${want[res]} above ${limit}`);
         }
       }
+    }
+    // The log's per-region index (what reconcilers read) agrees with the accepted commands.
+    for (const r of this.#regions) {
+      const fromLog = this.#log.vmsAssignedTo(r.name).map((vm) => vm.name).join(',');
+      const fromCommands = sortedNames(this.#assigned.get(r.name) ?? []).join(',');
+      if (fromLog !== fromCommands) this.#fail(`the log's index of ${r.name} lists [${fromLog}], the accepted commands [${fromCommands}]`);
     }
     // 4: every copy accounted for.
     const copies = new Map<string, { r: SimRegion; inst: SimInstance }[]>();

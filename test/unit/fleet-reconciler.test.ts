@@ -11,7 +11,6 @@ import {
   copyKey,
   copyTags,
   createToken,
-  desiredViewOf,
   observedFromTags,
   reconcile,
   type ActionOutcome,
@@ -48,7 +47,7 @@ function copy(id: string, state: ObservedVm['state'], vmName: string | undefined
 }
 
 function pass(m: FleetStateMachine, observed: readonly ObservedVm[], extra: Partial<ReconcileInput> = {}) {
-  return reconcile({ region: 'eu', desired: desiredViewOf(m), observed, memory: EMPTY_RECONCILER_MEMORY, inFlight: new Set(), now: 0, options: OPTIONS, ...extra });
+  return reconcile({ region: 'eu', desired: m, observed, memory: EMPTY_RECONCILER_MEMORY, inFlight: new Set(), now: 0, options: OPTIONS, ...extra });
 }
 
 function kinds(actions: readonly ReconcileAction[]): string[] {
@@ -144,7 +143,7 @@ describe('reconciler: fencing', () => {
     // Once stopped, terminated.
     expect(pass(m, [copy('i-1', 'stopped', 'web1', 1)]).actions).toEqual([expect.objectContaining({ kind: 'terminate', id: 'i-1', reason: 'reassigned' })]);
     // The region that holds the assignment now.
-    expect(kinds(reconcile({ region: 'us', desired: desiredViewOf(m), observed: [], memory: EMPTY_RECONCILER_MEMORY, inFlight: new Set(), now: 0, options: OPTIONS }).actions)).toEqual(['create:web1', 'status:web1:pending']);
+    expect(kinds(reconcile({ region: 'us', desired: m, observed: [], memory: EMPTY_RECONCILER_MEMORY, inFlight: new Set(), now: 0, options: OPTIONS }).actions)).toEqual(['create:web1', 'status:web1:pending']);
   });
 
   it('fences a stale copy before creating the new generation in the same region', () => {
