@@ -20,8 +20,10 @@
  *   stale_generation), and generations only grow.
  * - A re-plan after the create was accepted plans the assign alone: the VM
  *   exists unassigned with this request's spec, and creating it again would
- *   be refused as name_taken. A VM of that name with another spec, or
- *   already placed, is somebody else's: the request fails with name_taken.
+ *   be refused as name_taken. A VM of that name and spec that is placed
+ *   already is this request done (a client's retry after its scheduler
+ *   died): `placed`. A VM of that name with another spec is somebody
+ *   else's: the request fails with name_taken.
  * - The scheduler never proposes what placement did not choose: the
  *   assignment is placement's choice on the given view.
  * - A scheduler with several plans in flight plans on withPlansInFlight(state,
@@ -51,9 +53,17 @@ export interface SchedulerOptions {
   /** Plans in all, the first included. */
   readonly maxAttempts: number;
   readonly placement: PlacementOptions;
+  /**
+   * Choose among placement's best this many (1 to 3: the choice and its two
+   * alternatives), by the caller's draw. 1: always placement's choice. More
+   * spreads concurrent schedulers that see the same state over several good
+   * regions instead of all racing for the one best slot ("power of two
+   * choices"), at the price of a slightly worse score per decision.
+   */
+  readonly choices: number;
 }
 
-export const DEFAULT_SCHEDULER_OPTIONS: SchedulerOptions = { maxAttempts: DEFAULT_SCHEDULER_ATTEMPTS, placement: DEFAULT_PLACEMENT_OPTIONS };
+export const DEFAULT_SCHEDULER_OPTIONS: SchedulerOptions = { maxAttempts: DEFAULT_SCHEDULER_ATTEMPTS, placement: DEFAULT_PLACEMENT_OPTIONS, choices: 1 };
 
 /** Where a request stands between plans. */
 export interface SchedulingProgress {
@@ -77,6 +87,8 @@ export type SchedulePlan =
       readonly decision: Extract<PlacementDecision, { ok: true }>;
       readonly progress: SchedulingProgress;
     }
+  /** The VM already exists with this very spec and is placed: an earlier plan of this request (or a client's retry of it) went through. */
+  | { readonly kind: 'placed'; readonly vm: string; readonly region: string; readonly provider: string; readonly generation: number }
   | { readonly kind: 'failed'; readonly code: SchedulerFailureCode; readonly reasons: readonly string[]; readonly decision?: PlacementDecision };
 
 export type PlanVerdict =
@@ -93,15 +105,18 @@ export function resolveSchedulerOptions(partial: Partial<SchedulerOptions> = {})
   if (!Number.isSafeInteger(options.maxAttempts) || options.maxAttempts < 1 || options.maxAttempts > SCHEDULER_MAX_ATTEMPTS) {
     throw new RangeError(`scheduler maxAttempts: ${options.maxAttempts} is not an integer from 1 to ${SCHEDULER_MAX_ATTEMPTS}`);
   }
+  if (!Number.isSafeInteger(options.choices) || options.choices < 1 || options.choices > 3) throw new RangeError(`scheduler choices: ${options.choices} is not 1, 2 or 3`);
   return options;
 }
 
 /**
  * The next plan for a request, on `state` (this scheduler's latest view of
  * the log) and `observed` (health and RTT). Fails when attempts are spent,
- * when the name belongs to another VM, or when nothing fits.
+ * when the name belongs to another VM, or when nothing fits. `draw`, in
+ * [0, 1), picks among the best options.choices candidates (randomness is
+ * the caller's: the same draw gives the same plan).
  */
-export function planCreate(progress: SchedulingProgress, state: FleetState, observed: ObservedFleet = {}, options: SchedulerOptions = DEFAULT_SCHEDULER_OPTIONS): SchedulePlan {
+export function planCreate(progress: SchedulingProgress, state: FleetState, observed: ObservedFleet = {}, options: SchedulerOptions = DEFAULT_SCHEDULER_OPTIONS, draw = 0): SchedulePlan {
   const { spec, power } = progress.request;
   if (progress.attempts >= options.maxAttempts) {
     return { kind: 'failed', code: 'attempts_exhausted', reasons: [...progress.reasons, `${spec.name}: gave up after ${progress.attempts} plans`] };
@@ -109,7 +124,13 @@ export function planCreate(progress: SchedulingProgress, state: FleetState, obse
   const existing = state.vm(spec.name);
   let createFirst = true;
   if (existing !== undefined && !existing.deleted) {
-    if (existing.assignment !== null || canonicalJson(existing.spec) !== canonicalJson(spec)) {
+    const sameSpec = canonicalJson(existing.spec) === canonicalJson(spec);
+    if (sameSpec && existing.assignment !== null) {
+      // Creating is idempotent per (name, spec): a retried request whose first plan went through is done.
+      const a = existing.assignment;
+      return { kind: 'placed', vm: spec.name, region: a.region, provider: a.provider, generation: a.generation };
+    }
+    if (!sameSpec || existing.assignment !== null) {
       const where = existing.assignment === null ? 'with another spec' : `assigned to ${existing.assignment.region}/${existing.assignment.provider}`;
       return { kind: 'failed', code: 'name_taken', reasons: [...progress.reasons, `a VM named ${spec.name} already exists ${where}`] };
     }
@@ -118,7 +139,8 @@ export function planCreate(progress: SchedulingProgress, state: FleetState, obse
   }
   const decision = place(spec, buildPlacementView(state, observed), options.placement);
   if (!decision.ok) return { kind: 'failed', code: decision.code, reasons: [...progress.reasons, decision.message], decision };
-  const choice: ScoredCandidate = decision.choice;
+  const best = [decision.choice, ...decision.alternatives].slice(0, options.choices);
+  const choice: ScoredCandidate = best[Math.min(best.length - 1, Math.floor(Math.max(0, draw) * best.length))] ?? decision.choice;
   const generation = (existing?.generation ?? 0) + 1;
   const assign: FleetCommand = { kind: 'assign', vm: spec.name, region: choice.region, provider: choice.provider, generation };
   const commands: FleetCommand[] = createFirst ? [{ kind: 'create', spec, power }, assign] : [assign];

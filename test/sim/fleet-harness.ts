@@ -67,8 +67,10 @@
  *    copy of that VM that may still run (fencing first, checked at the
  *    provider call). This is the invariant the design can keep: a region
  *    that cannot hear the log cannot be told to stop, so during a partition
- *    the new copy is not held back (see the report's "left out": a lease
- *    with a watchdog would close that window at the cost of availability).
+ *    the new copy is not held back (closing that window needs a lease
+ *    enforced by a watchdog at the provider, which stops a region's VMs
+ *    when its daemon loses the log: availability traded for it; not
+ *    modelled here).
  * 4. Once reconciled (the end of the quiet phase): every VM has at most one
  *    running copy and it is the current one; deleted VMs and stale copies
  *    have no live instance; every accepted create ends running (desired
@@ -144,6 +146,8 @@ export interface FleetSimReport {
   readonly requests: number;
   readonly placed: number;
   readonly schedulingFailed: number;
+  /** Scheduling failures by code (no_fit, attempts_exhausted, ...). */
+  readonly schedulingFailures: Readonly<Record<string, number>>;
   readonly replans: number;
   readonly running: number;
   readonly failedVms: number;
@@ -202,7 +206,7 @@ export function fleetScenarioForSeed(seed: number, size: FleetSimSize = 'small',
     powerPerSecond: small ? 0.2 : 1,
     deletePerSecond: small ? 0.1 : 0.5,
     reconciler: { maxAttempts: rng.pick([2, 3, 4]), backoffBaseMs: 500, backoffCapMs: 4_000 },
-    scheduler: resolveSchedulerOptions({ maxAttempts: rng.pick([2, 3, 5]), placement: DEFAULT_PLACEMENT_OPTIONS }),
+    scheduler: resolveSchedulerOptions({ maxAttempts: small ? rng.pick([2, 3, 5]) : 5, placement: DEFAULT_PLACEMENT_OPTIONS, choices: small ? rng.pick([1, 3]) : 3 }),
     maxLogQueue: small ? 64 : 4096,
     ...(trace === undefined ? {} : { trace }),
   };
@@ -302,6 +306,7 @@ export class FleetSimulation {
   readonly #running = new Map<string, Set<SimInstance>>();
   readonly #instanceRegion = new Map<SimInstance, SimRegion>();
   readonly #schedulingFailures = new Map<string, readonly string[]>();
+  readonly #failureCodes: Record<string, number> = {};
   readonly #placed = new Set<string>();
   #pendingProposals = 0;
   #now = 0;
@@ -333,7 +338,17 @@ export class FleetSimulation {
     this.#providerRng = this.#rng.fork();
   }
 
+  /** Any error of a run, the state machine's own invariant errors included, comes out as a FleetSimFailure naming the seed. */
   run(): FleetSimReport {
+    try {
+      return this.#run();
+    } catch (error) {
+      if (error instanceof FleetSimFailure) throw error;
+      throw new FleetSimFailure(this.#s.seed, this.#s.size, this.#now, `unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+    }
+  }
+
+  #run(): FleetSimReport {
     const s = this.#s;
     this.#setUp();
     const chaosTicks = Math.ceil(s.chaosMs / s.tickMs);
@@ -584,9 +599,14 @@ export class FleetSimulation {
     for (const request of [...region.requests]) {
       if (request.waiting !== null) continue;
       observed ??= this.#health();
-      const plan = planCreate(request.progress, withPlansInFlight(this.#log, inFlight), observed, this.#s.scheduler);
+      const plan = planCreate(request.progress, withPlansInFlight(this.#log, inFlight), observed, this.#s.scheduler, this.#rng.next());
       if (plan.kind === 'failed') {
-        this.#finishRequest(region, request, plan.reasons);
+        this.#finishRequest(region, request, plan.code, plan.reasons);
+        continue;
+      }
+      if (plan.kind === 'placed') {
+        this.#placed.add(plan.vm);
+        region.requests.splice(region.requests.indexOf(request), 1);
         continue;
       }
       const proposal = this.#propose(region.name, plan.commands, (results) => this.#judge(region, request, plan, results));
@@ -611,11 +631,12 @@ export class FleetSimulation {
     } else if (verdict.kind === 'replan') {
       this.#counts.replans++;
       request.progress = verdict.progress;
-    } else this.#finishRequest(region, request, verdict.reasons);
+    } else this.#finishRequest(region, request, verdict.code, verdict.reasons);
   }
 
-  #finishRequest(region: SimRegion, request: ClientRequest, reasons: readonly string[]): void {
+  #finishRequest(region: SimRegion, request: ClientRequest, code: string, reasons: readonly string[]): void {
     region.requests.splice(region.requests.indexOf(request), 1);
+    this.#failureCodes[code] = (this.#failureCodes[code] ?? 0) + 1;
     if (reasons.length === 0) this.#fail(`scheduler failed ${request.progress.request.spec.name} without a reason`);
     this.#schedulingFailures.set(request.progress.request.spec.name, reasons);
     this.#trace(`${region.name} failed to place ${request.progress.request.spec.name}: ${reasons.join(' | ')}`);
@@ -1073,6 +1094,7 @@ export class FleetSimulation {
       requests: this.#requestsMade,
       placed: this.#placed.size,
       schedulingFailed: this.#schedulingFailures.size,
+      schedulingFailures: Object.fromEntries(Object.entries(this.#failureCodes).sort(([a], [b]) => (a < b ? -1 : 1))),
       replans: c.replans,
       running,
       failedVms,

@@ -10,7 +10,7 @@ function twoRegions() {
 }
 
 function propose(plan: SchedulePlan): Extract<SchedulePlan, { kind: 'propose' }> {
-  if (plan.kind !== 'propose') throw new Error(`expected a plan, got ${plan.kind}: ${plan.reasons.join('; ')}`);
+  if (plan.kind !== 'propose') throw new Error(`expected a plan, got ${plan.kind}: ${plan.kind === 'failed' ? plan.reasons.join('; ') : plan.region}`);
   return plan;
 }
 
@@ -45,6 +45,15 @@ describe('scheduler', () => {
     expect(judgePlan(again, applyAll(m, again))).toMatchObject({ kind: 'placed', region: 'us' });
   });
 
+  it('picks among the best `choices` candidates by the caller\'s draw', () => {
+    const m = machineWith(registerRegion('a', [localProvider(8, 32, 0.01)]), registerRegion('b', [localProvider(8, 32, 0.02)]), registerRegion('c', [localProvider(8, 32, 0.03)]));
+    const progress = startScheduling({ spec: spec('web1'), power: 'running' });
+    const regionFor = (choices: number, draw: number): string => propose(planCreate(progress, m, {}, resolveSchedulerOptions({ choices }), draw)).region;
+    expect([0, 0.5, 0.99].map((d) => regionFor(1, d))).toEqual(['a', 'a', 'a']);
+    expect([0, 0.4, 0.99].map((d) => regionFor(3, d))).toEqual(['a', 'b', 'c']);
+    expect(() => resolveSchedulerOptions({ choices: 4 })).toThrow(/choices/);
+  });
+
   it('fails with every attempt\'s reason once the attempts are spent', () => {
     const m = twoRegions();
     const options = resolveSchedulerOptions({ maxAttempts: 1 });
@@ -67,10 +76,11 @@ describe('scheduler', () => {
     if (huge.kind === 'failed') expect(huge.reasons[0]).toContain('largest');
   });
 
-  it('refuses a name another VM holds, and counts a missing answer as a refusal to re-plan', () => {
+  it('refuses a name another VM holds, is done when a retry finds its VM placed, and counts a missing answer as a refusal to re-plan', () => {
     const m = twoRegions();
     for (const c of [create(spec('web1')), assign('web1', 'us', 1)]) m.apply(c);
-    expect(planCreate(startScheduling({ spec: spec('web1'), power: 'running' }), m)).toMatchObject({ kind: 'failed', code: 'name_taken' });
+    expect(planCreate(startScheduling({ spec: spec('web1', { vcpus: 1 }), power: 'running' }), m)).toMatchObject({ kind: 'failed', code: 'name_taken' });
+    expect(planCreate(startScheduling({ spec: spec('web1'), power: 'running' }), m)).toEqual({ kind: 'placed', vm: 'web1', region: 'us', provider: 'local', generation: 1 });
     const plan = propose(planCreate(startScheduling({ spec: spec('web2'), power: 'running' }), m));
     expect(judgePlan(plan, [])).toMatchObject({ kind: 'replan' });
     expect(() => resolveSchedulerOptions({ maxAttempts: 0 })).toThrow(/maxAttempts/);
