@@ -414,8 +414,9 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     } else {
       status = powerStatus(keep.state, vm.power, failed);
       const busy = inFlight.has(copyKey(keep.provider, keep.id));
-      if (!busy && !backingOff && !failed && !fencing) {
-        if (vm.power === 'running' && keep.state === 'stopped') actions.push({ kind: 'start', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
+      // Given up blocks starting only: a stop toward desired power is always allowed.
+      if (!busy && !backingOff && !fencing) {
+        if (vm.power === 'running' && keep.state === 'stopped' && !failed) actions.push({ kind: 'start', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
         else if (vm.power === 'stopped' && keep.state === 'running') actions.push({ kind: 'stop', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
       }
     }

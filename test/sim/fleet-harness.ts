@@ -136,6 +136,8 @@ export interface FleetScenario {
   readonly scheduler: SchedulerOptions;
   /** At most this many proposals wait for the log; more are refused (a bounded queue, like the real log's). */
   readonly maxLogQueue: number;
+  /** The reconciler core under test (tests swap in a broken one to show the invariants catch it). */
+  readonly reconcile?: typeof reconcile;
   readonly trace?: (line: string) => void;
 }
 
@@ -685,7 +687,7 @@ export class FleetSimulation {
     const outcomes = r.outcomes;
     r.outcomes = [];
     const observed = this.#observed(r);
-    const { actions, memory } = reconcile({ region: r.name, desired: view, observed, memory: r.memory, outcomes, inFlight: new Set(r.inFlight.keys()), now: this.#now, options: this.#s.reconciler });
+    const { actions, memory } = (this.#s.reconcile ?? reconcile)({ region: r.name, desired: view, observed, memory: r.memory, outcomes, inFlight: new Set(r.inFlight.keys()), now: this.#now, options: this.#s.reconciler });
     r.memory = memory;
     r.lastPassAt = this.#now;
     for (const action of actions) this.#execute(r, view, action);

@@ -9,7 +9,21 @@
  * exercised what they claim to, so the simulator cannot go quietly toothless.
  */
 import { describe, expect, it } from 'vitest';
+import { reconcile, type ReconcileInput } from '../../src/fleet/reconciler.ts';
 import { FleetSimFailure, FleetSimulation, fleetScenarioForSeed, runFleetSeed, type FleetSimReport } from './fleet-harness.ts';
+
+/** Runs seeds with a broken reconciler until one fails; returns the failure's message. */
+function firstFailure(broken: typeof reconcile): string {
+  for (let seed = 1; seed <= 50; seed++) {
+    try {
+      new FleetSimulation({ ...fleetScenarioForSeed(seed), reconcile: broken }).run();
+    } catch (error) {
+      if (error instanceof FleetSimFailure) return error.message;
+      throw error;
+    }
+  }
+  return 'no seed failed';
+}
 
 const SEEDS = Number(process.env['FLEET_SIM_SEEDS'] ?? 300);
 const reports: FleetSimReport[] = [];
@@ -24,6 +38,20 @@ describe('fleet deterministic simulation', () => {
     const a = new FleetSimulation(fleetScenarioForSeed(7)).run();
     expect(new FleetSimulation(fleetScenarioForSeed(7)).run()).toEqual(a);
     expect(new FleetSimulation(fleetScenarioForSeed(8)).run()).not.toEqual(a);
+  });
+
+  it('catches a reconciler that leaves stale copies running, one that creates before fencing, and one that never gives up', () => {
+    const noFencing = (input: ReconcileInput) => {
+      const result = reconcile(input);
+      return { ...result, actions: result.actions.filter((a) => !(a.kind === 'stop' && a.fence === 'reassigned')) };
+    };
+    expect(firstFailure(noFencing)).toMatch(/invariant 3: \S+ runs 2 copies; .* without fencing it/);
+    const createsAtOnce = (input: ReconcileInput) =>
+      // Shows stale running copies as stopped: the reconciler terminates them and creates the new copy in the same pass.
+      reconcile({ ...input, observed: input.observed.map((c) => (c.state === 'running' && input.desired.vm(c.vmName ?? '')?.assignment?.generation !== c.generation ? { ...c, state: 'stopped' as const } : c)) });
+    expect(firstFailure(createsAtOnce)).toMatch(/invariant 3: \S+ creates \S+ g\d+ while its stale copy .* is (running|stopping)/);
+    const neverFails = (input: ReconcileInput) => reconcile({ ...input, options: { maxAttempts: 1_000_000, backoffBaseMs: 60_000, backoffCapMs: 600_000 } });
+    expect(firstFailure(neverFails)).toMatch(/invariant 4: .* is not reported failed/);
   });
 
   it('names the seed and the replay command when a run fails', () => {
