@@ -38,19 +38,25 @@
  *   copies that are gone are dropped each pass.
  */
 import { createHash } from 'node:crypto';
+import { CREATE_TOKEN_TAG, MANAGED_BY_TAG } from '../cloud/config.ts';
+import { INSTANCE_STATES, type InstanceState } from '../cloud/provider.ts';
 import type { PowerState } from './commands.ts';
+import { DESIRED_VM_TAG } from './observed.ts';
 import type { FleetVmSpec } from './spec.ts';
 import type { FleetState, FleetVm } from './state-machine.ts';
 
-/** Tags the reconciler puts on every copy it creates, and reads back from inventory. */
-export const MANAGED_BY_TAG = 'managed-by';
+/**
+ * Tags the reconciler puts on every copy it creates, and reads back from
+ * inventory: the cloud layer's managed-by and create-token tags, the
+ * observed records' desired-VM tag, and the assignment generation.
+ */
+export { CREATE_TOKEN_TAG, DESIRED_VM_TAG, MANAGED_BY_TAG };
 export const MANAGED_BY_VALUE = 'dwcp';
-export const VM_NAME_TAG = 'dwcp-vm';
 export const GENERATION_TAG = 'dwcp-generation';
-export const TOKEN_TAG = 'dwcp-token';
 
-export const OBSERVED_VM_STATES = ['pending', 'running', 'stopping', 'stopped', 'terminated'] as const;
-export type ObservedVmState = (typeof OBSERVED_VM_STATES)[number];
+/** The cloud layer's normalised states. */
+export const OBSERVED_VM_STATES = INSTANCE_STATES;
+export type ObservedVmState = InstanceState;
 
 /** One instance of this region's provider inventory, as the reconciler needs it. */
 export interface ObservedVm {
@@ -71,7 +77,7 @@ export interface ObservedVm {
 export function observedFromTags(base: { provider: string; id: string; name: string; state: ObservedVmState }, tags: Readonly<Record<string, string>>): ObservedVm {
   const generationText = tags[GENERATION_TAG];
   const generation = generationText !== undefined && /^[1-9][0-9]{0,15}$/.test(generationText) ? Number(generationText) : undefined;
-  const vmName = tags[VM_NAME_TAG];
+  const vmName = tags[DESIRED_VM_TAG];
   return {
     ...base,
     managed: tags[MANAGED_BY_TAG] === MANAGED_BY_VALUE,
@@ -96,7 +102,7 @@ export function createToken(vmName: string, generation: number): string {
 
 /** The tags of a copy created for (VM, generation). */
 export function copyTags(vmName: string, generation: number): Readonly<Record<string, string>> {
-  return { [MANAGED_BY_TAG]: MANAGED_BY_VALUE, [VM_NAME_TAG]: vmName, [GENERATION_TAG]: String(generation), [TOKEN_TAG]: createToken(vmName, generation) };
+  return { [MANAGED_BY_TAG]: MANAGED_BY_VALUE, [DESIRED_VM_TAG]: vmName, [GENERATION_TAG]: String(generation), [CREATE_TOKEN_TAG]: createToken(vmName, generation) };
 }
 
 /** Why a copy is being stopped or terminated. */

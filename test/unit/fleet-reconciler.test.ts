@@ -5,7 +5,7 @@ import {
   EMPTY_RECONCILER_MEMORY,
   GENERATION_TAG,
   MANAGED_BY_TAG,
-  VM_NAME_TAG,
+  DESIRED_VM_TAG,
   actionKey,
   backoffMs,
   copyKey,
@@ -129,7 +129,7 @@ describe('reconciler: actions', () => {
   it('reads copies from provider tags', () => {
     const tags = { ...copyTags('web1', 7), other: 'x' };
     expect(observedFromTags({ provider: 'aws', id: 'i-1', name: 'web1', state: 'running' }, tags)).toEqual({ provider: 'aws', id: 'i-1', name: 'web1', state: 'running', managed: true, vmName: 'web1', generation: 7 });
-    const bad = observedFromTags({ provider: 'aws', id: 'i-2', name: 'x', state: 'running' }, { [MANAGED_BY_TAG]: 'dwcp', [VM_NAME_TAG]: 'web1', [GENERATION_TAG]: '07' });
+    const bad = observedFromTags({ provider: 'aws', id: 'i-2', name: 'x', state: 'running' }, { [MANAGED_BY_TAG]: 'dwcp', [DESIRED_VM_TAG]: 'web1', [GENERATION_TAG]: '07' });
     expect(bad).not.toHaveProperty('generation');
     expect(observedFromTags({ provider: 'aws', id: 'i-3', name: 'x', state: 'running' }, {}).managed).toBe(false);
   });
