@@ -158,7 +158,10 @@ export interface FleetSimReport {
   readonly crashes: number;
   readonly partitions: number;
   readonly fences: number;
+  /** Steps with two running copies of a VM, every extra one excused. */
   readonly excusedDoubleRuns: number;
+  /** The longest time (virtual ms) two copies of one VM ran at once, excused. */
+  readonly longestDoubleRunMs: number;
   readonly providerErrors: number;
   readonly hostFailures: number;
   readonly orphanReports: number;
@@ -316,6 +319,9 @@ export class FleetSimulation {
   #requestsMade = 0;
   #pendingClients: ClientRequest[] = [];
   #orphan: { region: string; provider: string; id: string } | null = null;
+  /** VM → when its current stretch of two running copies began. */
+  readonly #doubleSince = new Map<string, number>();
+  #longestDoubleRunMs = 0;
   readonly #counts = {
     replans: 0,
     reassigns: 0,
@@ -953,8 +959,14 @@ export class FleetSimulation {
 
   /** Invariant 3, every step: every running copy but the current one is excused. */
   #checkRunningCopies(): void {
+    for (const [name, since] of this.#doubleSince) {
+      if ((this.#running.get(name)?.size ?? 0) >= 2) continue;
+      this.#longestDoubleRunMs = Math.max(this.#longestDoubleRunMs, this.#now - since);
+      this.#doubleSince.delete(name);
+    }
     for (const [name, set] of this.#running) {
       if (set.size < 2) continue;
+      if (!this.#doubleSince.has(name)) this.#doubleSince.set(name, this.#now);
       this.#counts.invariantChecks++;
       const vm = this.#log.vm(name);
       let current = 0;
@@ -1106,6 +1118,7 @@ export class FleetSimulation {
       partitions: c.partitions,
       fences: c.fences,
       excusedDoubleRuns: c.excusedDoubleRuns,
+      longestDoubleRunMs: this.#longestDoubleRunMs,
       providerErrors: c.providerErrors,
       hostFailures: c.hostFailures,
       orphanReports: c.orphanReports,
