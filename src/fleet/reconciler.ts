@@ -114,7 +114,9 @@ export type FenceReason =
   /** Another copy of the same (VM, generation) is kept. */
   | 'duplicate'
   /** The VM is deleted. */
-  | 'deleted';
+  | 'deleted'
+  /** This region has not seen the log for longer than its lease: it stops what it runs (options.lease). */
+  | 'lease-expired';
 
 export type VmStatus = 'pending' | 'running' | 'stopped' | 'failed';
 
@@ -194,9 +196,11 @@ export interface ReconcilerMemory {
   readonly attempts: ReadonlyMap<string, AttemptRecord>;
   /** The status last reported per VM, `${status}@${generation}[:reason]`, so reports are sent on change only. */
   readonly reported: ReadonlyMap<string, string>;
+  /** When this region first saw each VM's current generation (options.lease: the handoff wait starts there). */
+  readonly firstSeen: ReadonlyMap<string, { readonly generation: number; readonly at: number }>;
 }
 
-export const EMPTY_RECONCILER_MEMORY: ReconcilerMemory = { attempts: new Map(), reported: new Map() };
+export const EMPTY_RECONCILER_MEMORY: ReconcilerMemory = { attempts: new Map(), reported: new Map(), firstSeen: new Map() };
 
 /** The result of an action the driver ran: ok, or the provider's reason. */
 export interface ActionOutcome {
@@ -213,6 +217,24 @@ export interface ReconcilerOptions {
   readonly maxAttempts: number;
   readonly backoffBaseMs: number;
   readonly backoffCapMs: number;
+  /** Optional lease fencing; without it a region that cannot see the log keeps running what it has. */
+  readonly lease?: ReconcilerLease;
+}
+
+/**
+ * Lease fencing, for the copy a region cannot be told to stop. A region whose
+ * view of the log is older than leaseMs stops every copy it runs and starts
+ * nothing (a crashed daemon's copies need the same from a watchdog at the
+ * provider); a region that holds a generation above 1 (the VM had a holder
+ * before, perhaps unreachable) starts it only handoffMs after it first saw
+ * that generation. With handoffMs above leaseMs plus the time a pass and a
+ * stop take, the old holder has stopped its copy, by the log or by its lease,
+ * before the new one starts: never two running copies, at the price of
+ * stopping a cut-off region's VMs after leaseMs and delaying a moved VM's start.
+ */
+export interface ReconcilerLease {
+  readonly leaseMs: number;
+  readonly handoffMs: number;
 }
 
 export const DEFAULT_RECONCILER_OPTIONS: ReconcilerOptions = { maxAttempts: 5, backoffBaseMs: 1_000, backoffCapMs: 60_000 };
@@ -229,6 +251,8 @@ export interface ReconcileInput {
   readonly inFlight: ReadonlySet<string>;
   readonly now: number;
   readonly options?: ReconcilerOptions;
+  /** When this region's view of the log was last known current (options.lease); `now` when absent. */
+  readonly logSeenAt?: number;
 }
 
 export interface ReconcileResult {
@@ -272,7 +296,7 @@ export function recordOutcomes(memory: ReconcilerMemory, outcomes: readonly Acti
       failed: givesUp || (previous?.failed === true && previous.generation === generation),
     });
   }
-  return { attempts, reported: memory.reported };
+  return { attempts, reported: memory.reported, firstSeen: memory.firstSeen };
 }
 
 function compareText(a: string, b: string): number {
@@ -321,6 +345,9 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
   const memory = recordOutcomes(input.memory, input.outcomes ?? [], options);
   const attempts = new Map(memory.attempts);
   const reported = new Map(memory.reported);
+  const firstSeen = new Map(memory.firstSeen);
+  const lease = options.lease;
+  const leaseExpired = lease !== undefined && now - (input.logSeenAt ?? now) > lease.leaseMs;
   const actions: ReconcileAction[] = [];
 
   // Copies by VM; orphans straight out.
@@ -398,6 +425,10 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     liveKeys.add(vmKey);
     const backingOff = record !== undefined && now < record.retryAt;
     const failed = record?.failed === true;
+    let seen = firstSeen.get(name);
+    if (seen === undefined || seen.generation !== a.generation) firstSeen.set(name, (seen = { generation: a.generation, at: now }));
+    // Starting is held back while the lease is out, and during the handoff of a VM that had a holder before.
+    const held = lease !== undefined && (leaseExpired || (a.generation > 1 && now < seen.at + lease.handoffMs));
     let status: VmStatus;
     let reason: string | undefined;
 
@@ -415,15 +446,20 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
           token: createToken(name, a.generation),
           tags: copyTags(name, a.generation),
         };
-        if (!fencing && !backingOff && !inFlight.has(actionKey(create) as string)) actions.push(create);
+        if (!fencing && !backingOff && !held && !inFlight.has(actionKey(create) as string)) actions.push(create);
       }
     } else {
       status = powerStatus(keep.state, vm.power, failed);
       const busy = inFlight.has(copyKey(keep.provider, keep.id));
+      if (leaseExpired && keep.state === 'running' && !busy) {
+        const key = copyKey(keep.provider, keep.id);
+        if ((attempts.get(key)?.retryAt ?? -Infinity) <= now) actions.push({ kind: 'stop', provider: keep.provider, id: keep.id, vm: name, generation: a.generation, fence: 'lease-expired' });
+        liveKeys.add(key);
+      }
       // Given up blocks starting only: a stop toward desired power is always allowed.
       if (!busy && !backingOff && !fencing) {
-        if (vm.power === 'running' && keep.state === 'stopped' && !failed) actions.push({ kind: 'start', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
-        else if (vm.power === 'stopped' && keep.state === 'running') actions.push({ kind: 'stop', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
+        if (vm.power === 'running' && keep.state === 'stopped' && !failed && !held) actions.push({ kind: 'start', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
+        else if (vm.power === 'stopped' && keep.state === 'running' && !leaseExpired) actions.push({ kind: 'stop', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
       }
     }
     if (status === 'failed') reason = record?.lastError ?? 'failed';
@@ -437,7 +473,8 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
   // Bounded memory: forget what no longer exists here.
   for (const key of attempts.keys()) if (!liveKeys.has(key)) attempts.delete(key);
   for (const name of reported.keys()) if (!names.has(name)) reported.delete(name);
-  return { actions, memory: { attempts, reported } };
+  for (const name of firstSeen.keys()) if (!assignedHere.has(name)) firstSeen.delete(name);
+  return { actions, memory: { attempts, reported, firstSeen } };
 }
 
 function powerStatus(state: ObservedVmState, power: PowerState, failed: boolean): VmStatus {

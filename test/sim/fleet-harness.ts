@@ -29,7 +29,9 @@
  *   so a restarted region finds its old copies: the stale-copy fencing case.
  * - Operators (in the sim, random commands during chaos): DR-like reassigns
  *   of VMs to another region by placement, mostly away from crashed or
- *   partitioned regions; power changes; deletes.
+ *   partitioned regions; renewals in place (same region and provider, next
+ *   generation: the region must fence its own old copy first); power
+ *   changes; deletes.
  * - Then a quiet phase: partitions heal, crashed regions restart, no new
  *   requests, no host failures (provider errors go on); the run ends when
  *   nothing is in flight or after quiesceMs.
@@ -71,6 +73,12 @@
  *    enforced by a watchdog at the provider, which stops a region's VMs
  *    when its daemon loses the log: availability traded for it; not
  *    modelled here).
+ *    With a lease (even seeds: ReconcilerOptions.lease, and a watchdog at
+ *    each provider that powers off the managed VMs of a region whose daemon
+ *    has been down longer than the lease), invariant 3 is strict: the only
+ *    excuse left is a fence the provider is still carrying out or refused
+ *    (in flight, backing off, outcome unread). So: never two running copies
+ *    of one VM, partitions and crashes included.
  * 4. Once reconciled (the end of the quiet phase): every VM has at most one
  *    running copy and it is the current one; deleted VMs and stale copies
  *    have no live instance; every accepted create ends running (desired
@@ -164,6 +172,8 @@ export interface FleetSimReport {
   readonly longestDoubleRunMs: number;
   readonly providerErrors: number;
   readonly hostFailures: number;
+  readonly lease: boolean;
+  readonly watchdogStops: number;
   readonly orphanReports: number;
   readonly commands: number;
   readonly refusals: number;
@@ -184,6 +194,7 @@ export class FleetSimFailure extends Error {
 export function fleetScenarioForSeed(seed: number, size: FleetSimSize = 'small', trace?: (line: string) => void): FleetScenario {
   const rng = new Prng(seed ^ 0xf1ee7);
   const small = size === 'small';
+  const opMax = rng.pick([800, 2_000, 4_000]);
   return {
     seed,
     size,
@@ -195,7 +206,7 @@ export function fleetScenarioForSeed(seed: number, size: FleetSimSize = 'small',
     quiesceMs: 90_000,
     passEveryMs: 1_000,
     logDelayMs: [50, rng.pick([200, 500, 1_500])],
-    opMs: [200, rng.pick([800, 2_000, 4_000])],
+    opMs: [200, opMax],
     failure: {
       capacity: rng.pick([0, 0.03, 0.1]),
       create: rng.pick([0, 0.05, 0.2]),
@@ -210,11 +221,24 @@ export function fleetScenarioForSeed(seed: number, size: FleetSimSize = 'small',
     reassignPerSecond: small ? 0.3 : 2,
     powerPerSecond: small ? 0.2 : 1,
     deletePerSecond: small ? 0.1 : 0.5,
-    reconciler: { maxAttempts: rng.pick([2, 3, 4]), backoffBaseMs: 500, backoffCapMs: 4_000 },
+    reconciler: leaseFor(seed, { maxAttempts: rng.pick([2, 3, 4]), backoffBaseMs: 500, backoffCapMs: 4_000 }, 1_000, opMax),
     scheduler: resolveSchedulerOptions({ maxAttempts: small ? rng.pick([2, 3, 5]) : 5, placement: DEFAULT_PLACEMENT_OPTIONS, choices: small ? rng.pick([1, 3]) : 3 }),
     maxLogQueue: small ? 64 : 4096,
     ...(trace === undefined ? {} : { trace }),
   };
+}
+
+/**
+ * Odd seeds run without a lease (a cut-off region keeps its VMs running:
+ * invariant 3's excused window), even seeds with one (invariant 3 strict):
+ * leaseMs 3 s, and a handoff long enough for the old holder to have stopped
+ * its copy either way: the lease, two passes and two provider operations
+ * (a start issued just before the lease ran out, then the stop), and a second.
+ */
+function leaseFor(seed: number, options: ReconcilerOptions, passEveryMs: number, opMaxMs: number): ReconcilerOptions {
+  if (seed % 2 !== 0) return options;
+  const leaseMs = 3_000;
+  return { ...options, lease: { leaseMs, handoffMs: leaseMs + 2 * (passEveryMs + 100 + opMaxMs) + 1_000 } };
 }
 
 /** Fleet size: FLEET_SIM_SIZE=small|large (the soak's default is large: 200 regions × 5 000 VMs). */
@@ -262,6 +286,10 @@ interface SimRegion {
   lastPassAt: number;
   /** The last time the region came back to the log (restart or heal). */
   visibleSince: number;
+  /** The last time its view of the log was current (its reconciler's lease input). */
+  logSeenAt: number;
+  /** When it crashed (the provider watchdog's clock, with a lease). */
+  downSince: number;
   /** The view a partitioned region keeps acting on; null when it has none (crashed while cut off). */
   frozen: DesiredFleetView | null;
   /** Status last reported per VM (the observed state the region publishes). */
@@ -331,6 +359,7 @@ export class FleetSimulation {
     excusedDoubleRuns: 0,
     providerErrors: 0,
     hostFailures: 0,
+    watchdogStops: 0,
     orphanReports: 0,
     commands: 0,
     refusals: 0,
@@ -435,6 +464,8 @@ export class FleetSimulation {
         nextPassAt: rng.int(s.passEveryMs),
         lastPassAt: -1,
         visibleSince: 0,
+        logSeenAt: 0,
+        downSince: 0,
         frozen: null,
         statuses: new Map(),
         orphansSeen: new Set(),
@@ -502,6 +533,7 @@ export class FleetSimulation {
       else this.#finishOp(next.event.region, next.event.action, next.event.epoch, next.event.fail);
     }
     if (chaos) this.#hostFailures();
+    this.#watchdogs();
     this.#handOut();
     for (const r of this.#regions) if (r.up && !r.partitioned) this.#schedule(r);
     for (const r of this.#regions) {
@@ -551,6 +583,8 @@ export class FleetSimulation {
         this.#lastGeneration.set(name, cmd.generation);
         if (old !== null && before !== undefined && !before.deleted) this.#shadowMove(old.region, old.provider, demandOf(before.spec), -1);
         this.#shadowMove(cmd.region, cmd.provider, demandOf(after.spec), +1);
+        if (old !== null) this.#shadowAgrees(old.region, old.provider);
+        this.#shadowAgrees(cmd.region, cmd.provider);
         if (old !== null) this.#assigned.get(old.region)?.delete(name);
         this.#assigned.get(cmd.region)?.add(name);
         this.#changedAt.set(name, this.#now);
@@ -559,7 +593,10 @@ export class FleetSimulation {
       case 'delete':
         if (before !== undefined && !before.deleted) {
           this.#counts.deleted++;
-          if (old !== null) this.#shadowMove(old.region, old.provider, demandOf(before.spec), -1);
+          if (old !== null) {
+            this.#shadowMove(old.region, old.provider, demandOf(before.spec), -1);
+            this.#shadowAgrees(old.region, old.provider);
+          }
           this.#changedAt.set(name, this.#now);
         }
         break;
@@ -574,21 +611,27 @@ export class FleetSimulation {
     return result;
   }
 
-  /** Invariant 1, per command: the shadow ledger moves with the accepted command, equals the machine's, and stays within the limits. */
+  /** Invariant 1, per command: the shadow ledger moves with the accepted command and stays within the limits (#shadowAgrees then compares it with the machine's). */
   #shadowMove(region: string, provider: string, demand: ResourceAmounts, sign: 1 | -1): void {
     this.#counts.invariantChecks++;
     const key = `${region}/${provider}`;
     const shadow = this.#shadow.get(key);
     const limits = this.#log.region(region)?.providers.find((p) => p.name === provider)?.limits;
-    const usage = this.#log.usage(region, provider);
-    if (shadow === undefined || limits === undefined || usage === undefined) return this.#fail(`invariant 1: ${key} is not registered`);
+    if (shadow === undefined || limits === undefined) return this.#fail(`invariant 1: ${key} is not registered`);
     for (const r of RESOURCES) {
       shadow[r] += sign * demand[r];
       const limit = limits[r];
       if (shadow[r] < 0) this.#fail(`invariant 1: ${key} ${r} usage went negative (${shadow[r]})`);
-      if (limit !== null && shadow[r] > limit) this.#fail(`invariant 1: ${key} over-committed: ${r} ${shadow[r]} above ${limit}`);
-      if (usage[r] !== shadow[r]) this.#fail(`invariant 1: ${key} ${r}: the log accounts ${usage[r]}, the accepted commands ${shadow[r]}`);
+      if (sign > 0 && limit !== null && shadow[r] > limit) this.#fail(`invariant 1: ${key} over-committed: ${r} ${shadow[r]} above ${limit}`);
     }
+  }
+
+  #shadowAgrees(region: string, provider: string): void {
+    const key = `${region}/${provider}`;
+    const shadow = this.#shadow.get(key);
+    const usage = this.#log.usage(region, provider);
+    if (shadow === undefined || usage === undefined) return this.#fail(`invariant 1: ${key} is not registered`);
+    for (const r of RESOURCES) if (usage[r] !== shadow[r]) this.#fail(`invariant 1: ${key} ${r}: the log accounts ${usage[r]}, the accepted commands ${shadow[r]}`);
   }
 
   // Schedulers.
@@ -693,7 +736,8 @@ export class FleetSimulation {
     const outcomes = r.outcomes;
     r.outcomes = [];
     const observed = this.#observed(r);
-    const { actions, memory } = (this.#s.reconcile ?? reconcile)({ region: r.name, desired: view, observed, memory: r.memory, outcomes, inFlight: new Set(r.inFlight.keys()), now: this.#now, options: this.#s.reconciler });
+    if (!r.partitioned) r.logSeenAt = this.#now;
+    const { actions, memory } = (this.#s.reconcile ?? reconcile)({ region: r.name, desired: view, observed, memory: r.memory, outcomes, inFlight: new Set(r.inFlight.keys()), now: this.#now, options: this.#s.reconciler, logSeenAt: r.logSeenAt });
     r.memory = memory;
     r.lastPassAt = this.#now;
     for (const action of actions) this.#execute(r, view, action);
@@ -853,6 +897,27 @@ export class FleetSimulation {
     }
   }
 
+  /**
+   * With a lease, the provider's watchdog powers off the managed VMs of a
+   * region whose daemon has been down longer than the lease (a daemon that
+   * crashed cannot stop them itself). A hard power-off: it does not fail.
+   */
+  #watchdogs(): void {
+    const lease = this.#s.reconciler.lease;
+    if (lease === undefined) return;
+    for (const r of this.#regions) {
+      if (r.up || this.#now - r.downSince <= lease.leaseMs) continue;
+      for (const byId of r.instances.values()) {
+        for (const inst of byId.values()) {
+          if (!inst.managed || (inst.state !== 'running' && inst.state !== 'pending')) continue;
+          this.#counts.watchdogStops++;
+          this.#trace(`${r.name} watchdog powers off ${inst.provider}/${inst.id} (${inst.vmName ?? ''})`);
+          this.#setState(r, inst, 'stopped');
+        }
+      }
+    }
+  }
+
   // Chaos.
 
   #chaosStep(): void {
@@ -899,6 +964,15 @@ export class FleetSimulation {
   #reassign(from: string): void {
     const vm = this.#randomVm(true);
     if (vm === undefined || vm.assignment === null) return;
+    if (this.#chaos.chance(0.25)) {
+      // A fresh copy in place (an operator replacing a wedged VM): the same region and provider, the next generation,
+      // so the region holds a stale copy of a VM assigned to itself and must fence it before creating the new one.
+      const { region, provider } = vm.assignment;
+      this.#counts.reassigns++;
+      this.#trace(`operator renews ${vm.name} in place at ${region}/${provider} g${vm.generation + 1}`);
+      this.#propose(from, [{ kind: 'assign', vm: vm.name, region, provider, generation: vm.generation + 1 }], () => undefined);
+      return;
+    }
     const decision = place(vm.spec, buildPlacementView(this.#log, this.#health()), DEFAULT_PLACEMENT_OPTIONS);
     if (!decision.ok) return;
     const target = [decision.choice, ...decision.alternatives].find((c) => c.region !== vm.assignment?.region);
@@ -921,6 +995,7 @@ export class FleetSimulation {
     this.#counts.crashes++;
     this.#trace(`${r.name} crashed until ${until}`);
     r.up = false;
+    r.downSince = this.#now;
     r.until = until;
     r.epoch++;
     r.memory = EMPTY_RECONCILER_MEMORY;
@@ -984,7 +1059,9 @@ export class FleetSimulation {
         // A refused fence the reconciler has not read yet, or one it backs off from, is still being worked on.
         // (Backing off lasts until the first pass after retryAt: passes are periodic, not timed to the back-off.)
         const backingOff = r.lastPassAt < (r.memory.attempts.get(key)?.retryAt ?? -1) || r.outcomes.some((o) => actionKey(o.action) === key);
-        if (!r.up || r.partitioned || r.lastPassAt < staleSince || r.inFlight.has(key) || backingOff) {
+        // With a lease nothing excuses a stale copy but a fence the provider is slow to carry out or refused.
+        const unreachable = this.#s.reconciler.lease === undefined && (!r.up || r.partitioned || r.lastPassAt < staleSince);
+        if (unreachable || r.inFlight.has(key) || backingOff) {
           excused++;
           continue;
         }
@@ -992,7 +1069,7 @@ export class FleetSimulation {
         this.#fail(
           `invariant 3: ${name} runs ${set.size} copies; ${r.name}'s ${inst.provider}/${inst.id} (g${inst.generation ?? '?'}, ${inst.state}) is stale ` +
             `(the log: ${vm === undefined ? 'no VM' : vm.deleted ? 'deleted' : a === null ? 'unassigned' : `${a.region}/${a.provider} g${a.generation}`}, since ${staleSince} ms) ` +
-            `and ${r.name} passed at ${r.lastPassAt} ms without fencing it`,
+            (this.#s.reconciler.lease === undefined ? `and ${r.name} passed at ${r.lastPassAt} ms without fencing it` : `and with a lease the new copy must not run before the old one is fenced (${r.name} ${r.up ? (r.partitioned ? 'cut off' : 'up') : 'down'}, passed at ${r.lastPassAt} ms)`),
         );
       }
       if (current > 1) this.#fail(`invariant 3: ${name} has ${current} running copies at its current generation`);
@@ -1005,6 +1082,9 @@ export class FleetSimulation {
     for (const r of this.#regions) {
       if (r.inFlight.size > 0 || r.requests.length > 0 || r.outcomes.length > 0) return false;
       for (const record of r.memory.attempts.values()) if (!record.failed && record.retryAt > this.#now - this.#s.passEveryMs) return false;
+      // A handoff still holding a start back is work to come.
+      const lease = this.#s.reconciler.lease;
+      if (lease !== undefined) for (const seen of r.memory.firstSeen.values()) if (seen.generation > 1 && seen.at + lease.handoffMs > this.#now - this.#s.passEveryMs) return false;
     }
     return true;
   }
@@ -1121,6 +1201,8 @@ export class FleetSimulation {
       longestDoubleRunMs: this.#longestDoubleRunMs,
       providerErrors: c.providerErrors,
       hostFailures: c.hostFailures,
+      lease: this.#s.reconciler.lease !== undefined,
+      watchdogStops: c.watchdogStops,
       orphanReports: c.orphanReports,
       commands: c.commands,
       refusals: c.refusals,

@@ -14,7 +14,7 @@ import { FleetSimFailure, FleetSimulation, fleetScenarioForSeed, runFleetSeed, t
 
 /** Runs seeds with a broken reconciler until one fails; returns the failure's message. */
 function firstFailure(broken: typeof reconcile): string {
-  for (let seed = 1; seed <= 50; seed++) {
+  for (let seed = 1; seed <= 100; seed++) {
     try {
       new FleetSimulation({ ...fleetScenarioForSeed(seed), reconcile: broken }).run();
     } catch (error) {
@@ -40,7 +40,7 @@ describe('fleet deterministic simulation', () => {
     expect(new FleetSimulation(fleetScenarioForSeed(8)).run()).not.toEqual(a);
   });
 
-  it('catches a reconciler that leaves stale copies running, one that creates before fencing, and one that never gives up', () => {
+  it('catches a reconciler that leaves stale copies running, one that creates before fencing, one that skips the lease handoff, and one that never gives up', () => {
     const noFencing = (input: ReconcileInput) => {
       const result = reconcile(input);
       return { ...result, actions: result.actions.filter((a) => !(a.kind === 'stop' && a.fence === 'reassigned')) };
@@ -50,6 +50,11 @@ describe('fleet deterministic simulation', () => {
       // Shows stale running copies as stopped: the reconciler terminates them and creates the new copy in the same pass.
       reconcile({ ...input, observed: input.observed.map((c) => (c.state === 'running' && input.desired.vm(c.vmName ?? '')?.assignment?.generation !== c.generation ? { ...c, state: 'stopped' as const } : c)) });
     expect(firstFailure(createsAtOnce)).toMatch(/invariant 3: \S+ creates \S+ g\d+ while its stale copy .* is (running|stopping)/);
+    const noHandoff = (input: ReconcileInput) => {
+      const lease = input.options?.lease;
+      return reconcile(lease === undefined || input.options === undefined ? input : { ...input, options: { ...input.options, lease: { ...lease, handoffMs: 0 } } });
+    };
+    expect(firstFailure(noHandoff)).toMatch(/invariant 3: .* with a lease the new copy must not run before the old one is fenced/);
     const neverFails = (input: ReconcileInput) => reconcile({ ...input, options: { maxAttempts: 1_000_000, backoffBaseMs: 60_000, backoffCapMs: 600_000 } });
     expect(firstFailure(neverFails)).toMatch(/invariant 4: .* is not reported failed/);
   });
@@ -74,6 +79,11 @@ describe('fleet deterministic simulation', () => {
     expect(sum((r) => r.providerErrors)).toBeGreaterThan(3 * SEEDS);
     expect(sum((r) => r.failedVms)).toBeGreaterThan(SEEDS / 10);
     expect(sum((r) => r.hostFailures)).toBeGreaterThan(SEEDS);
+    expect(reports.filter((r) => r.lease).length).toBe(Math.floor(SEEDS / 2));
+    expect(sum((r) => (r.lease ? r.watchdogStops : 0))).toBeGreaterThan(SEEDS / 10);
+    // Without a lease a cut-off region's stale copy runs beside the new one for a while; with one, never.
+    expect(sum((r) => (r.lease ? 0 : r.excusedDoubleRuns))).toBeGreaterThan(SEEDS / 2);
+    expect(Math.max(...reports.filter((r) => !r.lease).map((r) => r.longestDoubleRunMs))).toBeGreaterThan(5_000);
     expect(sum((r) => r.deleted)).toBeGreaterThan(SEEDS);
     expect(sum((r) => r.refusals)).toBeGreaterThan(SEEDS);
     for (const r of reports) expect(r.orphanReports).toBeGreaterThan(0);

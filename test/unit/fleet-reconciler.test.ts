@@ -235,7 +235,7 @@ describe('reconciler: in flight, back-off and giving up', () => {
     const start = pass(m, stopped).actions[0] as ReconcileAction;
     let memory: ReconcilerMemory = EMPTY_RECONCILER_MEMORY;
     for (let i = 1; i <= OPTIONS.maxAttempts; i++) memory = pass(m, stopped, { memory, outcomes: [failure(start, i * 10_000, 'IncorrectInstanceState')], now: i * 10_000 }).memory;
-    const last = pass(m, stopped, { now: 100_000, memory: { attempts: memory.attempts, reported: new Map() } });
+    const last = pass(m, stopped, { now: 100_000, memory: { ...memory, reported: new Map() } });
     expect(last.actions).toEqual([{ kind: 'status', vm: 'web1', generation: 1, status: 'failed', reason: 'IncorrectInstanceState' }]);
   });
 
@@ -269,6 +269,32 @@ describe('reconciler: in flight, back-off and giving up', () => {
     const gone = pass(m, [], { memory: failed.memory, now: 1 });
     expect(gone.memory.attempts.size).toBe(0);
     expect(gone.memory.reported.size).toBe(0);
+  });
+});
+
+describe('reconciler: lease', () => {
+  const LEASED: ReconcilerOptions = { ...OPTIONS, lease: { leaseMs: 3_000, handoffMs: 10_000 } };
+
+  it('a region whose view of the log is older than the lease stops what it runs and starts nothing', () => {
+    const m = ok(withWeb1(), create(spec('db1')), assign('db1', 'eu', 1));
+    const observed = [copy('i-1', 'running', 'web1', 1)];
+    const fresh = pass(m, observed, { options: LEASED, now: 10_000, logSeenAt: 7_000 });
+    expect(kinds(fresh.actions)).toEqual(['create:db1', 'status:db1:pending', 'status:web1:running']);
+    const expired = pass(m, observed, { options: LEASED, now: 10_001, logSeenAt: 7_000 });
+    expect(kinds(expired.actions)).toEqual(['status:db1:pending', 'stop:web1:i-1', 'status:web1:running']);
+    expect(expired.actions[1]).toMatchObject({ kind: 'stop', fence: 'lease-expired' });
+    expect(kinds(pass(m, [copy('i-1', 'stopped', 'web1', 1)], { options: LEASED, now: 10_001, logSeenAt: 7_000 }).actions)).toEqual(['status:db1:pending', 'status:web1:pending']);
+  });
+
+  it('holds the start of a VM that had a holder before for handoffMs after it first saw the generation', () => {
+    const m = ok(withWeb1(), assign('web1', 'eu', 2));
+    const first = pass(m, [], { options: LEASED, now: 1_000 });
+    expect(kinds(first.actions)).toEqual(['status:web1:pending']);
+    expect(first.memory.firstSeen.get('web1')).toEqual({ generation: 2, at: 1_000 });
+    expect(pass(m, [], { options: LEASED, memory: first.memory, now: 10_999 }).actions).toEqual([]);
+    expect(kinds(pass(m, [], { options: LEASED, memory: first.memory, now: 11_000 }).actions)).toEqual(['create:web1']);
+    // A first assignment (generation 1) has no previous holder: no wait.
+    expect(kinds(pass(withWeb1(), [], { options: LEASED, now: 0 }).actions)).toEqual(['create:web1', 'status:web1:pending']);
   });
 });
 
