@@ -34,6 +34,12 @@
  *   never given up (safety first): they retry at the capped back-off forever.
  * - Managed copies (tag managed-by=dwcp) with no desired VM are reported as
  *   orphans every pass and never touched. Unmanaged instances are ignored.
+ * - With options.lease (ReconcilerLease): a region whose view of the log is
+ *   older than leaseMs stops its copies and starts nothing, and a VM whose
+ *   generation is above 1 is started only handoffMs after the region first
+ *   saw that generation; with a watchdog at the provider for a crashed
+ *   daemon, never two running copies even across partitions. Without it, a
+ *   cut-off region keeps running what it has (availability first).
  * - Memory stays bounded by the region's VMs and copies: entries for VMs and
  *   copies that are gone are dropped each pass.
  */

@@ -67,12 +67,10 @@
  *    executes a create or start, the view it acted on assigns exactly that
  *    (region, provider, generation), and its own inventory holds no stale
  *    copy of that VM that may still run (fencing first, checked at the
- *    provider call). This is the invariant the design can keep: a region
- *    that cannot hear the log cannot be told to stop, so during a partition
- *    the new copy is not held back (closing that window needs a lease
- *    enforced by a watchdog at the provider, which stops a region's VMs
- *    when its daemon loses the log: availability traded for it; not
- *    modelled here).
+ *    provider call). Without a lease (odd seeds) this is what the design can
+ *    keep: a region that cannot hear the log cannot be told to stop, so
+ *    during a partition the new copy is not held back and both run until
+ *    the old holder hears the log again.
  *    With a lease (even seeds: ReconcilerOptions.lease, and a watchdog at
  *    each provider that powers off the managed VMs of a region whose daemon
  *    has been down longer than the lease), invariant 3 is strict: the only
