@@ -18,6 +18,8 @@
  */
 import { Buffer } from 'node:buffer';
 import type { Type } from 'protobufjs';
+import { FLEET_MAX_COMMAND_BYTES, decodeFleetCommand, type FleetResult } from '../fleet/commands.ts';
+import { decodeFleetResult, encodeFleetResult, FLEET_MAX_RESULT_BYTES } from '../fleet/result.ts';
 import type { MessageSchema } from '../net/schema.ts';
 import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireMessages, requireString, requireUint, requireUint64 } from '../net/schema.ts';
 import { KvDecodeError, kvCodec, type KvCodec } from './decode-error.ts';
@@ -74,19 +76,23 @@ export type KvOp =
   | { readonly op: 'cas'; readonly key: string; readonly expectedRevision: number; readonly value: Uint8Array }
   | { readonly op: 'get'; readonly key: string }
   /** `after` is exclusive; '' starts at the first key with the prefix. */
-  | { readonly op: 'range'; readonly prefix: string; readonly limit: number; readonly after: string };
+  | { readonly op: 'range'; readonly prefix: string; readonly limit: number; readonly after: string }
+  /** An encoded fleet command (src/fleet/commands.ts), applied by the fleet state machine; a write. */
+  | { readonly op: 'fleet'; readonly command: Uint8Array };
 
 export type KvCommand = { readonly clientId: string; readonly seq: number } & KvOp;
 
 export const KV_READ_OPS = ['get', 'range'] as const;
-export const KV_WRITE_OPS = ['put', 'delete', 'cas'] as const;
+export const KV_WRITE_OPS = ['put', 'delete', 'cas', 'fleet'] as const;
 const KV_OPS = [...KV_WRITE_OPS, ...KV_READ_OPS] as const;
 
 /** `revision` is the log index the command was applied at; for put and cas also the key's new revision. */
 export type KvWriteSuccess =
   | { readonly ok: true; readonly op: 'put' | 'cas'; readonly revision: number; readonly prev: KvEntryMeta | null }
   /** Deleting a missing key succeeds with deleted: false and prev: null. */
-  | { readonly ok: true; readonly op: 'delete'; readonly revision: number; readonly deleted: boolean; readonly prev: KvEntryMeta | null };
+  | { readonly ok: true; readonly op: 'delete'; readonly revision: number; readonly deleted: boolean; readonly prev: KvEntryMeta | null }
+  /** The fleet state machine's answer, which may itself be a refusal: the write applied, the command was judged. */
+  | { readonly ok: true; readonly op: 'fleet'; readonly revision: number; readonly result: FleetResult };
 
 export type KvWriteFailure =
   /** currentRevision 0: the key does not exist. */
@@ -111,7 +117,7 @@ export type KvFailureReason = Extract<KvResult, { ok: false }>['reason'];
 
 /** Whether a client session keeps this outcome (the outcome of a write that did not bounce off the session itself). */
 export function isKvWriteResult(result: KvResult): result is KvWriteResult {
-  return result.ok ? result.op === 'put' || result.op === 'cas' || result.op === 'delete' : result.reason === 'cas_mismatch' || result.reason === 'quota_exceeded';
+  return result.ok ? result.op === 'put' || result.op === 'cas' || result.op === 'delete' || result.op === 'fleet' : result.reason === 'cas_mismatch' || result.reason === 'quota_exceeded';
 }
 
 export const KV_FORWARD_ERROR_CODES = ['not_leader', 'no_quorum', 'timeout', 'dropped', 'invalid'] as const;
@@ -232,7 +238,19 @@ function validateRange(o: Record<string, unknown>): KvOp {
   };
 }
 
+/** The command must decode as a fleet command here, so no replica ever logs bytes the fleet machine cannot read. */
+function validateFleet(o: Record<string, unknown>): KvOp {
+  const command = requireBytes(o, 'command', { max: FLEET_MAX_COMMAND_BYTES });
+  try {
+    decodeFleetCommand(command);
+  } catch (err) {
+    throw new FieldError('command', `is not a valid fleet command (${err instanceof Error ? err.message : String(err)})`);
+  }
+  return { op: 'fleet', command };
+}
+
 const OP_VALIDATORS: Record<KvOp['op'], (o: Record<string, unknown>) => KvOp> = {
+  fleet: validateFleet,
   put: validatePut,
   delete: validateDelete,
   cas: validateCas,
@@ -283,6 +301,7 @@ const OUTCOME_FIELDS = {
   stale_request: 'staleRequest',
   quota_exceeded: 'quotaExceeded',
   invalid_command: 'invalidCommand',
+  fleet: 'fleet',
 } as const satisfies Record<Extract<KvResult, { ok: true }>['op'] | KvFailureReason, string>;
 
 const OUTCOMES = Object.values(OUTCOME_FIELDS);
@@ -346,10 +365,23 @@ export function validateKvResult(o: Record<string, unknown>): KvResult {
       };
     case 'invalidCommand':
       return { ok: false, reason: 'invalid_command', message: requireMessage(o, field, (m) => requireWellFormed(m, 'message', KV_MAX_MESSAGE)) };
+    case 'fleet':
+      return { ok: true, op: 'fleet', ...requireMessage(o, field, validateFleetOutcome) };
+  }
+}
+
+function validateFleetOutcome(o: Record<string, unknown>): { revision: number; result: FleetResult } {
+  const bytes = requireBytes(o, 'result', { max: FLEET_MAX_RESULT_BYTES });
+  try {
+    return { revision: requireCount(o, 'revision', 1), result: decodeFleetResult(bytes) };
+  } catch (err) {
+    if (err instanceof FieldError) throw err;
+    throw new FieldError('result', err instanceof Error ? err.message : String(err));
   }
 }
 
 export function kvResultToWire(result: KvResult): object {
+  if (result.ok && result.op === 'fleet') return { fleet: { revision: result.revision, result: encodeFleetResult(result.result) } };
   if (result.ok) {
     const { ok: _ok, op, ...fields } = result;
     return { [OUTCOME_FIELDS[op]]: fields };

@@ -112,6 +112,7 @@ export class KvRouter {
     const { op } = req;
     if (backend.kind === 'geo') {
       if (op.op === 'cas') throw new KvServiceError('invalid', `consistency: compare-and-swap needs strong (geo keys have no revisions), not ${backend.level}`);
+      if (op.op === 'fleet') throw new KvServiceError('invalid', `consistency: fleet commands go to the federation log (strong), not ${backend.level}`);
       const value = op.op === 'put' ? op.value : null;
       const out = await backend.keyspace.write(op.key, value, backend.level, { ttlMs: req.ttlMs === 0 ? null : req.ttlMs, timeoutMs: req.timeoutMs });
       return { keyspace: 'geo', ...out };

@@ -16,13 +16,15 @@
  */
 import zlib from 'node:zlib';
 import { Buffer } from 'node:buffer';
-import { FieldError, requireMessage, requireMessages, requireUint } from '../net/schema.ts';
+import { FieldError, requireBytes, requireMessage, requireMessages, requireUint } from '../net/schema.ts';
 import { KvDecodeError, kvCodec } from './decode-error.ts';
 import type { KvEntry, KvWriteResult } from './command.ts';
 import { compareKeys, isKvWriteResult, kvEntryFootprint, kvProto, kvResultToWire, requireClientId, requireCount, reshapedSchema, validateKvEntry, validateKvResult } from './command.ts';
 import { DwcpError } from '../errors.ts';
 
 export const KV_SNAPSHOT_VERSION = 1;
+/** The fleet's share of a snapshot: about 1 KiB per VM record at the fleet's default limit of a million VMs fits with room. */
+export const KV_SNAPSHOT_MAX_FLEET_BYTES = 1024 * 1024 * 1024;
 const MAGIC = Buffer.from('DWKV', 'ascii');
 const HEADER_BYTES = MAGIC.byteLength + 1;
 const CHECKSUM_BYTES = 4;
@@ -64,6 +66,8 @@ export interface KvSnapshotState {
   readonly entries: readonly KvEntry[];
   /** In lastIndex order, least recently used first. */
   readonly sessions: readonly KvSession[];
+  /** The fleet state machine's snapshot (src/fleet/state-machine.ts); empty when it never applied a fleet command. */
+  readonly fleet: Uint8Array;
 }
 
 export class KvSnapshotError extends DwcpError<'corrupt'> {
@@ -130,11 +134,13 @@ function validateSnapshot(o: Record<string, unknown>): KvSnapshotState {
     if (clientIds.has(session.clientId)) throw new FieldError(`sessions[${i}].clientId`, `repeats "${session.clientId}"`);
     clientIds.add(session.clientId);
   });
-  return { appliedIndex, limits, entries, sessions };
+  // Checked by FleetStateMachine.restore, which knows its format; bounded here.
+  const fleet = requireBytes(o, 'fleet', { max: KV_SNAPSHOT_MAX_FLEET_BYTES, optional: true });
+  return { appliedIndex, limits, entries, sessions, fleet };
 }
 
-function snapshotToWire({ appliedIndex, limits, entries, sessions }: KvSnapshotState): object {
-  return { appliedIndex, ...limits, entries, sessions: sessions.map((session) => ({ ...session, result: kvResultToWire(session.result) })) };
+function snapshotToWire({ appliedIndex, limits, entries, sessions, fleet }: KvSnapshotState): object {
+  return { appliedIndex, ...limits, entries, sessions: sessions.map((session) => ({ ...session, result: kvResultToWire(session.result) })), fleet };
 }
 
 const KvSnapshotSchema = kvCodec(reshapedSchema(kvProto.lookupType('dwcp.kv.v1.KvSnapshot'), snapshotToWire, validateSnapshot));

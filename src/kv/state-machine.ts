@@ -40,8 +40,9 @@ import { Buffer } from 'node:buffer';
 import type { KvCommand, KvEntry, KvEntryMeta, KvResult, KvWriteResult } from './command.ts';
 import { KV_MAX_MESSAGE, KV_RANGE_MAX_BYTES, KV_RANGE_MAX_LIMIT, compareKeys, decodeKvCommand, kvEntryFootprint } from './command.ts';
 import type { KvLimits, KvSession } from './snapshot.ts';
-import { decodeKvSnapshot, encodeKvSnapshot, resolveKvLimits } from './snapshot.ts';
+import { decodeKvSnapshot, encodeKvSnapshot, KvSnapshotError, resolveKvLimits } from './snapshot.ts';
 import { DwcpError } from '../errors.ts';
+import { FleetStateMachine, type FleetState } from '../fleet/state-machine.ts';
 
 export interface KvStats {
   readonly keys: number;
@@ -67,7 +68,7 @@ interface StoredValue {
 /** The state machine's own copy of a session, updated in place as the client writes. */
 type MutableSession = { -readonly [K in keyof KvSession]: KvSession[K] };
 
-type WriteCommand = Extract<KvCommand, { op: 'put' | 'delete' | 'cas' }>;
+type WriteCommand = Extract<KvCommand, { op: 'put' | 'delete' | 'cas' | 'fleet' }>;
 
 /** A broken internal invariant: the state can no longer be trusted. */
 export class KvInvariantError extends DwcpError<'internal'> {
@@ -99,9 +100,22 @@ export class KvStateMachine {
   #sessions = new Map<string, MutableSession>();
   #appliedIndex = 0;
   #bytes = 0;
+  /**
+   * The fleet's desired state (src/fleet/state-machine.ts), carried by the
+   * same log: fleet commands are writes with sessions like put, so a retried
+   * command gets its first answer. Its size is the fleet's own limits', not
+   * the KV quota's: the control plane must not fail because user keys filled
+   * the store.
+   */
+  #fleet = new FleetStateMachine();
 
   constructor(limits: Partial<KvLimits> = {}) {
     this.limits = resolveKvLimits(limits);
+  }
+
+  /** The fleet's desired state as of the applied index (read-only: change it only through fleet commands in the log). */
+  get fleet(): FleetState {
+    return this.#fleet;
   }
 
   get appliedIndex(): number {
@@ -170,7 +184,7 @@ export class KvStateMachine {
       return { key, value: stored.value, revision: stored.revision, createRevision: stored.createRevision };
     });
     const sessions = [...this.#sessions.values()].sort((a, b) => a.lastIndex - b.lastIndex);
-    return encodeKvSnapshot({ appliedIndex: this.#appliedIndex, limits: this.limits, entries, sessions });
+    return encodeKvSnapshot({ appliedIndex: this.#appliedIndex, limits: this.limits, entries, sessions, fleet: this.#fleet.regions().length === 0 && this.#fleet.vms().length === 0 ? new Uint8Array(0) : this.#fleet.snapshot() });
   }
 
   /** Throws KvSnapshotError naming what is wrong with `data`. */
@@ -186,6 +200,13 @@ export class KvStateMachine {
       machine.#bytes += stored.footprint;
     }
     for (const session of state.sessions) machine.#sessions.set(session.clientId, { ...session });
+    if (state.fleet.byteLength > 0) {
+      try {
+        machine.#fleet = FleetStateMachine.restore(state.fleet);
+      } catch (err) {
+        throw new KvSnapshotError(err instanceof Error ? err.message : String(err));
+      }
+    }
     return machine;
   }
 
@@ -225,6 +246,8 @@ export class KvStateMachine {
         if (currentRevision !== cmd.expectedRevision) return { ok: false, reason: 'cas_mismatch', currentRevision };
         return this.#write(index, 'cas', cmd.key, cmd.value);
       }
+      case 'fleet':
+        return { ok: true, op: 'fleet', revision: index, result: this.#fleet.applyEntry(cmd.command) };
       case 'delete': {
         const prev = this.#values.get(cmd.key);
         if (prev !== undefined) {

@@ -95,7 +95,7 @@ describe('KvCommand schema', () => {
     [{ clientId: 'c', seq: 1, put: { key: 'k', value: new Uint8Array(KV_MAX_VALUE_BYTES + 1) } }, /field put\.value is 1048577 bytes long/],
     [{ clientId: 'c', seq: '18446744073709551615', delete: { key: 'k' } }, /field seq is 18446744073709551615, outside 1\.\.9007199254740991/],
     [{ clientId: 'c', seq: 1, cas: { key: 'k', expectedRevision: '9007199254740992', value: bytes('v') } }, /field cas\.expectedRevision is 9007199254740992/],
-    [{ clientId: 'c', seq: 1 }, /field op is required \(one of put, delete, cas, get, range\)/],
+    [{ clientId: 'c', seq: 1 }, /field op is required \(one of put, delete, cas, fleet, get, range\)/],
     [{ seq: 1, delete: { key: 'k' } }, /field clientId is required/],
     [{ clientId: 'c', seq: 1, delete: {} }, /field delete\.key is required/],
   ])('rejects a hostile encoding naming the field (%#)', (wire, message) => {

@@ -369,7 +369,7 @@ interface ModelState {
 }
 
 function modelApply(state: ModelState, index: number, cmd: KvCommand): KvResult {
-  if (cmd.op === 'get' || cmd.op === 'range') throw new Error('the model covers writes only');
+  if (cmd.op === 'get' || cmd.op === 'range' || cmd.op === 'fleet') throw new Error('the model covers KV writes only (fleet commands have their own tests)');
   const session = state.sessions.get(cmd.clientId);
   if (session !== undefined && cmd.seq < session.seq) return { ok: false, reason: 'stale_request', lastSeq: session.seq };
   if (session !== undefined && cmd.seq === session.seq) return session.result;
