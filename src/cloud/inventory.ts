@@ -106,6 +106,13 @@ export interface VmCreateRequest {
   tags?: Tags;
   spot?: boolean;
   userData?: string;
+  /**
+   * The create's idempotency token; a fresh UUID when absent. A caller that
+   * derives it from what the VM is (the fleet: VM name and generation) makes
+   * a create retried after a crash find the first launch instead of making a
+   * second VM. GCE wants a UUID here.
+   */
+  idempotencyToken?: string;
 }
 
 export interface VmCreateResult {
@@ -475,7 +482,7 @@ export class CloudInventory {
       }
       const wanted: Record<string, string> = { ...slot.entry.tags, ...request.tags };
       const commit = Object.fromEntries(Object.keys(slot.entry.tags).map((k) => [k, wanted[k] ?? '']));
-      const token = randomUUID();
+      const token = request.idempotencyToken ?? randomUUID();
       const launchTags: Record<string, string> = { [CREATE_TOKEN_TAG]: token };
       for (const [k, v] of Object.entries(wanted)) if (!(k in commit)) launchTags[k] = v;
       this.#inFlight.add(token);

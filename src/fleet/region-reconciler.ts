@@ -1,0 +1,290 @@
+/**
+ * RegionReconciler: the driver of this region's reconciler core
+ * (reconciler.ts). Each pass reads the desired state from this node's replica
+ * of the fleet log, the region's inventory from the cloud providers, feeds the
+ * core with the outcomes that finished since the last pass, and runs the
+ * actions it returns against the providers.
+ *
+ * Invariants:
+ * - One pass at a time; a pass is triggered by the interval, by a finished
+ *   action, or by `kick()` (a fleet command committed here); triggers during
+ *   a pass coalesce into one more pass.
+ * - An action runs at most once at a time (its key is in flight until its
+ *   outcome is recorded); the core is told which keys are in flight.
+ * - Creates carry the idempotency token the core derives from (VM name,
+ *   generation), so a create retried by this or a restarted daemon launches
+ *   nothing new.
+ * - Bounded: at most `maxInFlight` provider calls at once; the rest wait for
+ *   a later pass (the core emits them again: it is level-triggered).
+ */
+import { createHash } from 'node:crypto';
+import type { Counter } from 'prom-client';
+import type { VmCreateRequest, VmCreateResult, InventoryEntry, InstanceTypeRow } from '../cloud/inventory.ts';
+import type { Logger } from '../log.ts';
+import type { FleetVmSpec } from './spec.ts';
+import type { FleetState } from './state-machine.ts';
+import {
+  DEFAULT_RECONCILER_OPTIONS,
+  EMPTY_RECONCILER_MEMORY,
+  actionKey,
+  desiredViewOf,
+  observedFromTags,
+  reconcile,
+  type ActionOutcome,
+  type ObservedVm,
+  type ReconcileAction,
+  type ReconcilerMemory,
+  type ReconcilerOptions,
+  type VmStatus,
+} from './reconciler.ts';
+
+/** The slice of the cloud inventory the reconciler uses. */
+export interface ReconcilerInventory {
+  list(query: { refresh?: boolean }): Promise<{ instances: InventoryEntry[] }>;
+  create(provider: string, request: VmCreateRequest): Promise<VmCreateResult>;
+  change(operation: 'start' | 'stop' | 'terminate', id: string, options: { provider?: string }): Promise<InventoryEntry>;
+  types(query: { providers?: readonly string[] }): Promise<{ types: InstanceTypeRow[] }>;
+}
+
+export interface ReconcilerMetrics {
+  /** dwcp_fleet_reconcile_actions_total{action,result} */
+  readonly reconcileActions: Pick<Counter<'action' | 'result'>, 'inc'>;
+}
+
+/** What this region last reported for one desired VM. */
+export interface VmReport {
+  readonly status: VmStatus;
+  readonly generation: number;
+  /** The provider's reason, for failed. */
+  readonly reason?: string;
+}
+
+/** A managed copy with no desired VM. */
+export interface OrphanReport {
+  readonly provider: string;
+  readonly id: string;
+  readonly name: string;
+  readonly state: string;
+  readonly vmName?: string;
+}
+
+export interface RegionReconcilerOptions {
+  readonly region: string;
+  /** This node's replica of the desired state. */
+  readonly desired: () => FleetState;
+  readonly inventory: ReconcilerInventory;
+  readonly metrics: ReconcilerMetrics;
+  readonly log: Logger;
+  /** Passes at least this often, for drift the providers cause (a VM stopped by hand). */
+  readonly intervalMs: number;
+  readonly core?: ReconcilerOptions;
+  readonly maxInFlight?: number;
+  readonly now?: () => number;
+}
+
+const DEFAULT_MAX_IN_FLIGHT = 32;
+
+export class RegionReconciler {
+  readonly #o: RegionReconcilerOptions;
+  #memory: ReconcilerMemory = EMPTY_RECONCILER_MEMORY;
+  #outcomes: ActionOutcome[] = [];
+  readonly #inFlight = new Set<string>();
+  readonly #reports = new Map<string, VmReport>();
+  #orphans: OrphanReport[] = [];
+  readonly #types = new Map<string, InstanceTypeRow[]>();
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<void> | null = null;
+  #again = false;
+  #stopped = true;
+  readonly #passListeners = new Set<() => void>();
+
+  constructor(options: RegionReconcilerOptions) {
+    this.#o = options;
+  }
+
+  start(): void {
+    this.#stopped = false;
+    this.kick();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    await this.#running;
+  }
+
+  /** Asks for a pass now (coalesced with one already running). */
+  kick(): void {
+    if (this.#stopped) return;
+    if (this.#running !== null) {
+      this.#again = true;
+      return;
+    }
+    clearTimeout(this.#timer);
+    this.#running = this.#pass()
+      .catch((err: unknown) => this.#o.log.warn({ err: errorText(err) }, 'fleet reconcile pass failed; retrying at the next interval'))
+      .finally(() => {
+        this.#running = null;
+        for (const listener of this.#passListeners) listener();
+        if (this.#stopped) return;
+        if (this.#again) {
+          this.#again = false;
+          this.kick();
+          return;
+        }
+        this.#timer = setTimeout(() => this.kick(), this.#o.intervalMs);
+        this.#timer.unref();
+      });
+  }
+
+  /** Resolves after the next pass that starts after this call has finished (tests and `vm create --wait` await it). */
+  nextPass(): Promise<void> {
+    return new Promise((resolve) => {
+      let seen = this.#running !== null;
+      const listener = () => {
+        // A pass already running when we were called may have read state older than the caller's: wait for the one after it.
+        if (seen) {
+          seen = false;
+          return;
+        }
+        this.#passListeners.delete(listener);
+        resolve();
+      };
+      this.#passListeners.add(listener);
+      this.kick();
+    });
+  }
+
+  /** The status this region last reported per desired VM assigned here. */
+  reports(): ReadonlyMap<string, VmReport> {
+    return this.#reports;
+  }
+
+  /** Managed copies in this region with no desired VM, as of the last pass. */
+  orphans(): readonly OrphanReport[] {
+    return this.#orphans;
+  }
+
+  async #pass(): Promise<void> {
+    const now = this.#o.now ?? Date.now;
+    const { instances } = await this.#o.inventory.list({});
+    const observed: ObservedVm[] = instances.map((e) =>
+      observedFromTags({ provider: e.provider, id: e.instance.id, name: e.instance.name, state: e.instance.state }, e.instance.tags),
+    );
+    const outcomes = this.#outcomes;
+    this.#outcomes = [];
+    const result = reconcile({
+      region: this.#o.region,
+      desired: desiredViewOf(this.#o.desired()),
+      observed,
+      memory: this.#memory,
+      outcomes,
+      inFlight: this.#inFlight,
+      now: now(),
+      options: this.#o.core ?? DEFAULT_RECONCILER_OPTIONS,
+    });
+    this.#memory = result.memory;
+    const orphans: OrphanReport[] = [];
+    const maxInFlight = this.#o.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
+    for (const action of result.actions) {
+      switch (action.kind) {
+        case 'status':
+          this.#reports.set(action.vm, { status: action.status, generation: action.generation, ...(action.reason === undefined ? {} : { reason: action.reason }) });
+          if (action.status === 'failed') this.#o.log.warn({ vm: action.vm, generation: action.generation, err: action.reason }, 'fleet VM failed; not retried for this assignment');
+          break;
+        case 'orphan':
+          orphans.push({ provider: action.provider, id: action.id, name: action.name, state: action.state, ...(action.vmName === undefined ? {} : { vmName: action.vmName }) });
+          break;
+        default: {
+          const key = actionKey(action);
+          if (key === null || this.#inFlight.has(key) || this.#inFlight.size >= maxInFlight) break;
+          this.#inFlight.add(key);
+          void this.#run(action).then((outcome) => {
+            this.#inFlight.delete(key);
+            this.#outcomes.push(outcome);
+            this.#o.metrics.reconcileActions.inc({ action: action.kind, result: outcome.ok ? 'ok' : 'error' });
+            this.kick();
+          });
+        }
+      }
+    }
+    this.#orphans = orphans;
+    // Drop reports of VMs no longer assigned here (the core stops reporting them).
+    const desired = this.#o.desired();
+    for (const vm of this.#reports.keys()) {
+      const assignment = desired.vm(vm)?.assignment;
+      if (assignment === undefined || assignment === null || assignment.region !== this.#o.region) this.#reports.delete(vm);
+    }
+  }
+
+  async #run(action: Exclude<ReconcileAction, { kind: 'status' | 'orphan' }>): Promise<ActionOutcome> {
+    const now = this.#o.now ?? Date.now;
+    const log = this.#o.log;
+    try {
+      switch (action.kind) {
+        case 'create': {
+          const type = await this.#typeFor(action.provider, action.spec);
+          const created = await this.#o.inventory.create(action.provider, {
+            name: action.vm,
+            type,
+            image: action.spec.image,
+            tags: action.tags,
+            // Spot only on capacity the region declared as spot (placement sends only spot-tolerant specs there).
+            spot: this.#o.desired().region(this.#o.region)?.providers.find((p) => p.name === action.provider)?.spot === true,
+            idempotencyToken: uuidFromToken(action.token),
+          });
+          log.info({ vm: action.vm, generation: action.generation, provider: action.provider, instanceId: created.instance.id, type }, 'fleet VM created');
+          break;
+        }
+        case 'start':
+        case 'stop':
+          await this.#o.inventory.change(action.kind, action.id, { provider: action.provider });
+          if (action.kind === 'stop' && action.fence !== undefined) {
+            log.warn({ vm: action.vm, provider: action.provider, instanceId: action.id, generation: action.generation, fence: action.fence }, 'fleet stopped a stale copy (fencing)');
+          }
+          break;
+        case 'terminate':
+          await this.#o.inventory.change('terminate', action.id, { provider: action.provider });
+          log.info({ vm: action.vm, provider: action.provider, instanceId: action.id, reason: action.reason, detail: action.detail }, 'fleet terminated a copy');
+          break;
+      }
+      return { action, ok: true, at: now() };
+    } catch (err) {
+      log.info({ vm: action.vm, action: action.kind, provider: action.provider, err: errorText(err) }, 'fleet action failed; backing off');
+      return { action, ok: false, error: errorText(err), at: now() };
+    }
+  }
+
+  /** The provider's smallest instance type that holds the spec (fewest vCPUs, then least memory, then name). */
+  async #typeFor(provider: string, spec: FleetVmSpec): Promise<string> {
+    let rows = this.#types.get(provider);
+    if (rows === undefined) {
+      rows = (await this.#o.inventory.types({ providers: [provider] })).types;
+      this.#types.set(provider, rows);
+    }
+    const memoryMiB = Math.ceil(spec.memoryBytes / (1024 * 1024));
+    const fits = rows
+      .map((r) => r.type)
+      .filter((t) => t.vcpus >= spec.vcpus && t.memoryMiB >= memoryMiB)
+      .sort((a, b) => a.vcpus - b.vcpus || a.memoryMiB - b.memoryMiB || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const best = fits[0];
+    if (best === undefined) {
+      throw new Error(`no instance type of provider ${provider} has ${spec.vcpus} vCPU and ${memoryMiB} MiB (it offers ${rows.map((r) => `${r.type.name} ${r.type.vcpus}/${r.type.memoryMiB}`).join(', ') || 'none'})`);
+    }
+    return best.name;
+  }
+}
+
+/**
+ * The create token as a UUID: GCE's requestId must be one; EC2's ClientToken
+ * and the local provider take any string. A hash of the core's token, so
+ * still a function of (VM name, generation) only.
+ */
+export function uuidFromToken(token: string): string {
+  const d = createHash('sha256').update(token).digest('hex');
+  return `${d.slice(0, 8)}-${d.slice(8, 12)}-4${d.slice(13, 16)}-8${d.slice(17, 20)}-${d.slice(20, 32)}`;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
