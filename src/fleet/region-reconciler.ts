@@ -27,7 +27,6 @@ import {
   DEFAULT_RECONCILER_OPTIONS,
   EMPTY_RECONCILER_MEMORY,
   actionKey,
-  desiredViewOf,
   observedFromTags,
   reconcile,
   type ActionOutcome,
@@ -175,7 +174,7 @@ export class RegionReconciler {
     this.#outcomes = [];
     const result = reconcile({
       region: this.#o.region,
-      desired: desiredViewOf(this.#o.desired()),
+      desired: this.#o.desired(),
       observed,
       memory: this.#memory,
       outcomes,
