@@ -25,6 +25,7 @@
  * must refuse. Semantic checks (names unique, capacity, generations) are the
  * state machine's, at apply time.
  */
+import { DwcpError } from '../errors.ts';
 import { z } from 'zod';
 import { formatIssue, pathString } from '../config/load.ts';
 import { FLEET_MAX_HOURLY_USD, FleetVmSpecSchema, fleetName, labels, normaliseSpec } from './spec.ts';
@@ -163,11 +164,10 @@ export type FleetResult =
   /** Nothing changed; `message` is a sentence for the operator, with the numbers that decided it. */
   | { readonly ok: false; readonly code: FleetRejectCode; readonly message: string };
 
-export class FleetCommandError extends Error {
+export class FleetCommandError extends DwcpError<'invalid'> {
   readonly problems: readonly string[];
   constructor(problems: readonly string[]) {
-    super(`invalid fleet command: ${problems.join('; ')}`);
-    this.name = 'FleetCommandError';
+    super('invalid', `invalid fleet command: ${problems.join('; ')}`);
     this.problems = problems;
   }
 }

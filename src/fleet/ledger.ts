@@ -15,6 +15,7 @@
  * - Constraint checks here use only declared state (regions, providers,
  *   labels, prices): observed inputs (health, RTT) are placement's.
  */
+import { DwcpError } from '../errors.ts';
 import type { FleetProviderKind, ProviderPrices, RegionProviderDeclaration } from './commands.ts';
 import type { FleetVmSpec } from './spec.ts';
 import { formatSize } from './spec.ts';
@@ -29,10 +30,9 @@ export type ResourceLimits = { readonly [R in Resource]: number | null };
 export const ZERO_AMOUNTS: ResourceAmounts = { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 };
 
 /** A broken internal invariant: the fleet state can no longer be trusted. */
-export class FleetInvariantError extends Error {
+export class FleetInvariantError extends DwcpError<'internal'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'FleetInvariantError';
+    super('internal', message);
   }
 }
 

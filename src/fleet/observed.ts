@@ -35,6 +35,7 @@
  * - Every string is bounded (VM name, tags, image), so one record stays
  *   below MAX_RECORD_BYTES whatever a provider returns.
  */
+import { DwcpError } from '../errors.ts';
 import { INSTANCE_STATES, type Instance, type InstanceState } from '../cloud/provider.ts';
 
 export const FLEET_PREFIX = 'fleet/';
@@ -48,11 +49,10 @@ export const MAX_RECORD_BYTES = 16 * 1024;
 const MAX_TAGS = 64;
 const MAX_TEXT = 256;
 
-export class ObservedRecordError extends Error {
+export class ObservedRecordError extends DwcpError<'corrupt'> {
   readonly field: string;
   constructor(field: string, problem: string) {
-    super(`${field}: ${problem}`);
-    this.name = 'ObservedRecordError';
+    super('corrupt', `${field}: ${problem}`);
     this.field = field;
   }
 }

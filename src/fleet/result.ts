@@ -7,6 +7,7 @@
  * Canonical JSON, so every replica stores the same bytes for the same result;
  * decoding validates the shape (a result from a peer is input like any other).
  */
+import { DwcpError } from '../errors.ts';
 import { z } from 'zod';
 import { FLEET_COMMAND_KINDS, FLEET_MAX_GENERATION, FLEET_MAX_MESSAGE, FLEET_REJECT_CODES, canonicalJson, type FleetResult } from './commands.ts';
 
@@ -24,10 +25,9 @@ const FleetResultSchema = z.union([
   z.strictObject({ ok: z.literal(false), code: z.enum(FLEET_REJECT_CODES), message: z.string().max(FLEET_MAX_MESSAGE * 2) }),
 ]);
 
-export class FleetResultError extends Error {
+export class FleetResultError extends DwcpError<'corrupt'> {
   constructor(problem: string) {
-    super(`fleet result ${problem}`);
-    this.name = 'FleetResultError';
+    super('corrupt', `fleet result ${problem}`);
   }
 }
 

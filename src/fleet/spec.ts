@@ -16,6 +16,7 @@
  *   CLI and refuses anything ambiguous with a sentence saying what it expects.
  * - Pure: no I/O, no clock.
  */
+import { DwcpError } from '../errors.ts';
 import { z } from 'zod';
 import { formatIssue, pathString } from '../config/load.ts';
 
@@ -100,11 +101,10 @@ export type FleetVmSpec = z.infer<typeof FleetVmSpecSchema>;
 export type FleetVmSpecInput = z.input<typeof FleetVmSpecSchema>;
 
 /** An invalid spec: each problem names its field (`spec.vcpus: 0 is too small: expected at least 1`). */
-export class FleetSpecError extends Error {
+export class FleetSpecError extends DwcpError<'invalid'> {
   readonly problems: readonly string[];
   constructor(problems: readonly string[]) {
-    super(`invalid VM spec: ${problems.join('; ')}`);
-    this.name = 'FleetSpecError';
+    super('invalid', `invalid VM spec: ${problems.join('; ')}`);
     this.problems = problems;
   }
 }
@@ -184,10 +184,9 @@ const SIZE_UNITS: Readonly<Record<string, number>> = {
   t: 1024 ** 4,
 };
 
-export class SizeError extends Error {
+export class SizeError extends DwcpError<'invalid'> {
   constructor(text: string, problem: string) {
-    super(`"${text}" ${problem}`);
-    this.name = 'SizeError';
+    super('invalid', `"${text}" ${problem}`);
   }
 }
 

@@ -35,6 +35,7 @@
  * record and rebuilds the ledger and group counts, refusing a snapshot whose
  * assignments would over-commit.
  */
+import { DwcpError } from '../errors.ts';
 import { z } from 'zod';
 import { formatIssue, pathString } from '../config/load.ts';
 import {
@@ -452,10 +453,9 @@ export class FleetStateMachine implements FleetState {
   }
 }
 
-export class FleetSnapshotError extends Error {
+export class FleetSnapshotError extends DwcpError<'corrupt'> {
   constructor(problem: string) {
-    super(`fleet snapshot ${problem}`);
-    this.name = 'FleetSnapshotError';
+    super('corrupt', `fleet snapshot ${problem}`);
   }
 }
 
