@@ -6,11 +6,33 @@
  * field, proto3 `optional` fields absent on the wire become null, and each
  * message is rebuilt field by field in .proto order.
  */
-import type { FleetProvider, FleetRegion, FleetStatusResponse, FleetVm, FleetVmsRequest, ServiceCall } from './schema.ts';
+import type { FleetCreateRequest, FleetCreateResponse, FleetDesiredVm, FleetPlaceRequest, FleetPlaceResponse, FleetPowerRequest, FleetProvider, FleetRegion, FleetStatusResponse, FleetVm, FleetVmRef, FleetVmsRequest, ServiceCall } from './schema.ts';
 
 export interface FleetClient {
   status(): Promise<FleetStatusResponse>;
   listVms(request: FleetVmsRequest): Promise<FleetVm[]>;
+  place(request: FleetPlaceRequest): Promise<FleetPlaceResponse>;
+  create(request: FleetCreateRequest): Promise<FleetCreateResponse>;
+  setPower(request: FleetPowerRequest): Promise<FleetDesiredVm>;
+  delete(request: FleetVmRef): Promise<FleetDesiredVm>;
+  listDesired(vms: string[]): Promise<FleetDesiredVm[]>;
+}
+
+function desiredFromWire(v: Wire<FleetDesiredVm>): FleetDesiredVm {
+  return {
+    name: v.name ?? '',
+    vcpus: v.vcpus ?? 0,
+    memory_bytes: v.memory_bytes ?? '0',
+    image: v.image ?? '',
+    power: v.power ?? '',
+    region: v.region ?? '',
+    provider: v.provider ?? '',
+    generation: v.generation ?? '0',
+    deleted: v.deleted ?? false,
+    status: v.status ?? '',
+    reason: opt(v.reason),
+    labels: { ...(v.labels ?? {}) },
+  };
 }
 
 type Wire<T> = { [K in keyof T]?: T[K] | undefined };
@@ -89,5 +111,16 @@ export function fleetClient(call: ServiceCall): FleetClient {
       const r = await call<FleetVmsRequest, { vms?: Wire<FleetVm>[] }>('ListVms', request);
       return (r.vms ?? []).map(vmFromWire);
     },
+    place: async (request) => {
+      const r = await call<FleetPlaceRequest, Wire<FleetPlaceResponse>>('Place', request);
+      return { ok: r.ok ?? false, region: r.region ?? '', provider: r.provider ?? '', code: r.code ?? '', message: r.message ?? '', explain: [...(r.explain ?? [])], decision_json: r.decision_json ?? '' };
+    },
+    create: async (request) => {
+      const r = await call<FleetCreateRequest, Wire<FleetCreateResponse>>('Create', request);
+      return { vm: r.vm ?? '', region: r.region ?? '', provider: r.provider ?? '', generation: r.generation ?? '0', attempts: r.attempts ?? 0, explain: [...(r.explain ?? [])] };
+    },
+    setPower: async (request) => desiredFromWire(await call<FleetPowerRequest, Wire<FleetDesiredVm>>('SetPower', request)),
+    delete: async (request) => desiredFromWire(await call<FleetVmRef, Wire<FleetDesiredVm>>('Delete', request)),
+    listDesired: async (vms) => ((await call<{ vms: string[] }, { vms?: Wire<FleetDesiredVm>[] }>('ListDesired', { vms })).vms ?? []).map(desiredFromWire),
   };
 }

@@ -11,10 +11,22 @@ import { FLEET_SERVICE, loadAdminPackage, type FleetVmsRequest } from './schema.
 import { asyncUnary } from './call.ts';
 import { DwcpError } from '../errors.ts';
 import type { AdminServiceRegistration } from './server.ts';
+import { requireTimeout } from './call.ts';
+import { POWER_STATES, type FleetResult, type PowerState } from '../fleet/commands.ts';
+import { formatPlacement, type PlacementDecision } from '../fleet/placement.ts';
+import type { ScheduleOutcome } from '../fleet/fleet-scheduler.ts';
+import type { FleetSeat } from '../fleet/seat.ts';
+import { checkFleetVmSpec, type FleetVmSpec } from '../fleet/spec.ts';
+import type { FleetVm as DesiredVm } from '../fleet/state-machine.ts';
+import type { FleetCreateRequest, FleetDesiredRequest, FleetPlaceRequest, FleetPowerRequest, FleetVmRef } from './schema.ts';
 
 export interface FleetAdminOptions {
   /** The fleet as this node sees it now (ObservedPublisher.view). */
   view(): FleetView;
+  /** This node's part in desired state; null when it holds no replica of the federation log. */
+  seat: FleetSeat | null;
+  /** For calls that name no timeout. */
+  defaultTimeoutMs: number;
   log: Logger;
 }
 
@@ -84,7 +96,132 @@ function vmToWire(v: VmView): Record<string, unknown> {
   };
 }
 
+/** The spec of a request, checked against the fleet's spec schema; refusals name `spec.<field>`. */
+function specOf(json: string): FleetVmSpec {
+  let input: unknown;
+  try {
+    input = JSON.parse(json);
+  } catch (err) {
+    throw invalid(`spec_json: not JSON (${err instanceof Error ? err.message : String(err)})`);
+  }
+  const checked = checkFleetVmSpec(input);
+  if (!checked.ok) throw invalid(checked.problems.join('; '));
+  return checked.spec;
+}
+
+function powerOf(raw: string, fallback: PowerState | null): PowerState {
+  if (raw === '' && fallback !== null) return fallback;
+  if ((POWER_STATES as readonly string[]).includes(raw)) return raw as PowerState;
+  throw invalid(`power: ${JSON.stringify(raw)} is not one of ${POWER_STATES.join(', ')}`);
+}
+
+/** Why a schedule failed, as the coded error dwcpctl prints in one line. */
+function scheduleFailure(vm: string, outcome: Extract<ScheduleOutcome, { ok: false }>): DwcpError {
+  const text = `${vm} not placed (${outcome.code}): ${outcome.reasons.join('; ')}`;
+  switch (outcome.code) {
+    case 'unknown_region':
+    case 'invalid_command':
+      return new DwcpError('invalid', text);
+    case 'no_fit':
+    case 'too_large':
+    case 'insufficient_capacity':
+      return new DwcpError('exhausted', text);
+    case 'attempts_exhausted':
+      // Other schedulers kept winning: a later try may find room.
+      return new DwcpError('rejected', text, { retryable: true });
+    default:
+      return new DwcpError('rejected', text);
+  }
+}
+
+function refusal(result: Extract<FleetResult, { ok: false }>): DwcpError {
+  return new DwcpError(result.code === 'unknown_vm' ? 'not_found' : 'rejected', `${result.code}: ${result.message}`);
+}
+
+function explainLines(decision: PlacementDecision | undefined): string[] {
+  return decision === undefined ? [] : formatPlacement(decision);
+}
+
 export function fleetServiceRegistration(opts: FleetAdminOptions): AdminServiceRegistration {
+  function seat(): FleetSeat {
+    if (opts.seat === null) throw new DwcpError('unsupported', 'this node holds no replica of the federation log, so it cannot schedule or change desired VMs');
+    return opts.seat;
+  }
+
+  /** A desired VM with what is observed of its copy: the region's own report when it is this node, else the fleet view. */
+  function desiredToWire(vm: DesiredVm, view: FleetView): Record<string, unknown> {
+    const s = seat();
+    const a = vm.assignment;
+    let status = 'absent';
+    let reason: string | undefined;
+    if (a !== null && !vm.deleted) {
+      const copy = view.vms.find((v) => v.region === a.region && v.desiredVm === vm.name);
+      if (copy !== undefined) status = copy.shownState;
+      const report = a.region === s.region ? s.reconciler.reports().get(vm.name) : undefined;
+      if (report !== undefined && report.generation === a.generation && (report.status === 'failed' || copy === undefined)) {
+        status = report.status;
+        reason = report.reason;
+      }
+    }
+    return {
+      name: vm.name,
+      vcpus: vm.spec.vcpus,
+      memory_bytes: vm.spec.memoryBytes,
+      image: vm.spec.image,
+      power: vm.power,
+      region: a?.region ?? '',
+      provider: a?.provider ?? '',
+      generation: a?.generation ?? 0,
+      deleted: vm.deleted,
+      status,
+      reason,
+      labels: vm.spec.labels,
+    };
+  }
+
+  function desiredVm(name: string): Record<string, unknown> {
+    const vm = seat().state.vm(name);
+    if (vm === undefined) throw new DwcpError('not_found', `vm: no desired VM named ${name}`);
+    return desiredToWire(vm, opts.view());
+  }
+
+  async function placeVm(r: FleetPlaceRequest): Promise<Record<string, unknown>> {
+    const decision = seat().place(specOf(r.spec_json));
+    const base = { explain: explainLines(decision), decision_json: JSON.stringify(decision) };
+    return decision.ok
+      ? { ok: true, region: decision.choice.region, provider: decision.choice.provider, code: '', message: '', ...base }
+      : { ok: false, region: '', provider: '', code: decision.code, message: decision.message, ...base };
+  }
+
+  async function create(r: FleetCreateRequest): Promise<Record<string, unknown>> {
+    const spec = specOf(r.spec_json);
+    const outcome = await seat().create(spec, powerOf(r.power, 'running'), requireTimeout(r.timeout_ms, opts.defaultTimeoutMs));
+    if (!outcome.ok) throw scheduleFailure(spec.name, outcome);
+    return { vm: outcome.vm, region: outcome.region, provider: outcome.provider, generation: String(outcome.generation), attempts: outcome.attempts, explain: explainLines(outcome.decision) };
+  }
+
+  async function setPower(r: FleetPowerRequest): Promise<Record<string, unknown>> {
+    if (r.vm === '') throw invalid('vm: a VM name is required');
+    const result = await seat().command({ kind: 'set-power', vm: r.vm, power: powerOf(r.power, null) }, requireTimeout(r.timeout_ms, opts.defaultTimeoutMs));
+    if (!result.ok) throw refusal(result);
+    return desiredVm(r.vm);
+  }
+
+  async function remove(r: FleetVmRef): Promise<Record<string, unknown>> {
+    if (r.vm === '') throw invalid('vm: a VM name is required');
+    const result = await seat().command({ kind: 'delete', vm: r.vm }, requireTimeout(r.timeout_ms, opts.defaultTimeoutMs));
+    if (!result.ok) throw refusal(result);
+    return desiredVm(r.vm);
+  }
+
+  async function listDesired(r: FleetDesiredRequest): Promise<Record<string, unknown>> {
+    if (r.vms.length > MAX_FILTERS) throw invalid(`vms: at most ${MAX_FILTERS}`);
+    const state = seat().state;
+    const view = opts.view();
+    const vms = r.vms.length === 0 ? state.vms() : r.vms.map((name) => state.vm(name)).filter((v): v is DesiredVm => v !== undefined);
+    return { vms: vms.map((vm) => desiredToWire(vm, view)) };
+  }
+
   async function status(): Promise<Record<string, unknown>> {
     const view = opts.view();
     return { self: view.self, now: new Date(view.nowMs).toISOString(), stale_after_ms: view.staleAfterMs, regions: view.regions.map(regionToWire) };
@@ -108,6 +245,11 @@ export function fleetServiceRegistration(opts: FleetAdminOptions): AdminServiceR
     implementation: {
       Status: asyncUnary(opts.log, 'Status', status),
       ListVms: asyncUnary(opts.log, 'ListVms', listVms),
+      Place: asyncUnary(opts.log, 'Place', placeVm),
+      Create: asyncUnary(opts.log, 'Create', create),
+      SetPower: asyncUnary(opts.log, 'SetPower', setPower),
+      Delete: asyncUnary(opts.log, 'Delete', remove),
+      ListDesired: asyncUnary(opts.log, 'ListDesired', listDesired),
     },
   };
 }

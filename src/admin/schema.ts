@@ -552,3 +552,66 @@ export interface FleetVm {
   price_per_hour: number | null;
   report_age_seconds: number | null;
 }
+
+// Fleet desired state (fleet.proto Place/Create/SetPower/Delete/ListDesired).
+
+export interface FleetPlaceRequest {
+  spec_json: string;
+}
+
+export interface FleetPlaceResponse {
+  ok: boolean;
+  region: string;
+  provider: string;
+  code: string;
+  message: string;
+  explain: string[];
+  decision_json: string;
+}
+
+export interface FleetCreateRequest {
+  spec_json: string;
+  power: string;
+  timeout_ms: number;
+}
+
+export interface FleetCreateResponse {
+  vm: string;
+  region: string;
+  provider: string;
+  /** uint64 as a decimal string (proto-loader longs: String). */
+  generation: string;
+  attempts: number;
+  explain: string[];
+}
+
+export interface FleetPowerRequest {
+  vm: string;
+  power: string;
+  timeout_ms: number;
+}
+
+export interface FleetVmRef {
+  vm: string;
+  timeout_ms: number;
+}
+
+export interface FleetDesiredRequest {
+  vms: string[];
+}
+
+export interface FleetDesiredVm {
+  name: string;
+  vcpus: number;
+  /** uint64 as a decimal string. */
+  memory_bytes: string;
+  image: string;
+  power: string;
+  region: string;
+  provider: string;
+  generation: string;
+  deleted: boolean;
+  status: string;
+  reason: string | null;
+  labels: Record<string, string>;
+}

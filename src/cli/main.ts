@@ -22,7 +22,7 @@ import { durationFlag, UsageError, type CliIo, type Command, type FlagValues } f
 import { formatJson, formatMembers, formatStatus, wrapText } from './format.ts';
 import { KV_COMMAND, RAFT_COMMAND } from './kv-raft.ts';
 import { PBFT_COMMAND } from './pbft.ts';
-import { COST_COMMAND, VM_COMMAND } from './vm.ts';
+import { COST_COMMAND, PLACE_COMMAND, VM_COMMAND } from './vm.ts';
 import { FLEET_COMMAND } from './fleet.ts';
 import { BLOB_COMMAND, CACHE_COMMAND } from './blob.ts';
 import { CRDT_COMMAND, STATE_COMMAND } from './state.ts';
@@ -64,6 +64,7 @@ export const COMMANDS: readonly Command[] = [
   RAFT_COMMAND,
   PBFT_COMMAND,
   VM_COMMAND,
+  PLACE_COMMAND,
   FLEET_COMMAND,
   COST_COMMAND,
   BLOB_COMMAND,

@@ -23,6 +23,7 @@ import { formatDuration, formatJson, renderFields, renderTable } from './format.
 import type { Command, CommandContext, FlagValues } from './command.ts';
 import { UsageError } from './command.ts';
 import { listAllVms } from './fleet.ts';
+import { MANAGED_VM_OPTIONS, createManaged, listDesired, powerManaged } from './fleet-vm.ts';
 
 const READ_TIMEOUT_MS = 30_000;
 const OPERATION_TIMEOUT_MS = 600_000;
@@ -41,6 +42,7 @@ const VM_OPTIONS = {
   all: { type: 'boolean' },
   region: { type: 'string', multiple: true },
   label: { type: 'string', multiple: true },
+  ...MANAGED_VM_OPTIONS,
 } as const satisfies ParseArgsOptionsConfig;
 
 const COST_OPTIONS = {
@@ -201,6 +203,7 @@ async function vm(ctx: CommandContext): Promise<void> {
   const { flags } = ctx;
   switch (sub) {
     case 'list': {
+      if (flags.desired === true) return listDesired(ctx);
       noArguments(ctx, 'vm list');
       if (flags.all === true) return listAllVms(ctx);
       if (flags.region !== undefined || flags.label !== undefined) throw new UsageError('--region and --label select among every region\'s VMs: give --all');
@@ -215,6 +218,8 @@ async function vm(ctx: CommandContext): Promise<void> {
       return;
     }
     case 'create': {
+      // A name and a size make a managed VM (the fleet places it); --provider with --type is one instance, unmanaged.
+      if (flags.type === undefined) return createManaged(ctx, false);
       noArguments(ctx, 'vm create');
       const res = await (await client()).createInstance({
         provider: single(flags, 'provider') ?? '',
@@ -234,8 +239,9 @@ async function vm(ctx: CommandContext): Promise<void> {
     case 'start':
     case 'stop':
     case 'terminate': {
+      if (flags.provider === undefined && (await powerManaged(ctx, sub))) return;
       const [id, extra] = ctx.args.slice(1);
-      if (id === undefined || extra !== undefined) throw new UsageError(`vm ${sub} takes one argument, the instance ID`);
+      if (id === undefined || extra !== undefined) throw new UsageError(`vm ${sub} takes one argument, a managed VM's name or an instance ID`);
       const request = { provider: single(flags, 'provider') ?? '', id, timeout_ms: timeout(ctx, OPERATION_TIMEOUT_MS) };
       const c = await client();
       const res = await (sub === 'start' ? c.startInstance(request) : sub === 'stop' ? c.stopInstance(request) : c.terminateInstance(request));
@@ -276,10 +282,21 @@ async function cost(ctx: CommandContext): Promise<void> {
 
 export const VM_COMMAND: Command = {
   name: 'vm',
-  args: 'list | create | start ID | stop ID | terminate ID | types',
-  summary: "VMs of the configured clouds (--provider P, --state S, --refresh; --all: every region's, with --region R, --label k=v; create: --type --image [--zone --name --tag k=v --spot])",
+  args: 'list | create [NAME] | start NAME|ID | stop NAME|ID | terminate NAME|ID | types',
+  summary:
+    "VMs: create NAME --cpu N --memory 4GiB --image I [--region R | --placement auto] [--constraint K=V] [--label k=v] [--dry-run] [--explain] places a managed VM; " +
+    "list (--provider P, --state S, --refresh; --all: every region's, --region R, --label k=v; --desired: managed VMs); " +
+    'create --provider P --type T --image I: one unmanaged instance',
   options: VM_OPTIONS,
   run: vm,
+};
+
+export const PLACE_COMMAND: Command = {
+  name: 'place',
+  args: 'NAME',
+  summary: 'where the fleet would place a VM, every region explained (the flags of vm create; nothing is created)',
+  options: VM_OPTIONS,
+  run: (ctx) => createManaged(ctx, true),
 };
 
 export const COST_COMMAND: Command = {

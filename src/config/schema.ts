@@ -13,7 +13,7 @@ import { multiaddr } from '@multiformats/multiaddr';
 import { CloudsSchema, type CloudsConfig } from '../cloud/config.ts';
 import { BlobSchema, type BlobSettings } from '../blob/config.ts';
 import { StateSchema, type StateSettings } from '../state/config.ts';
-import { FleetObservedSchema, type FleetObservedSettings } from '../fleet/observed-config.ts';
+import { FleetSettingsSchema, type FleetSettings } from '../fleet/config.ts';
 
 export const PROVIDERS = ['onprem', 'private', 'aws', 'gcp', 'azure', 'oracle'] as const;
 export type Provider = (typeof PROVIDERS)[number];
@@ -163,7 +163,7 @@ const ConfigFileObject = z.strictObject({
   clouds: CloudsSchema,
   blob: BlobSchema.default(BlobSchema.parse({})),
   state: StateSchema.default(StateSchema.parse({})),
-  fleet: FleetObservedSchema.default(FleetObservedSchema.parse({})),
+  fleet: FleetSettingsSchema.default(FleetSettingsSchema.parse({})),
 });
 
 export const ConfigFileSchema = ConfigFileObject.superRefine((cfg, ctx) => {
@@ -268,8 +268,8 @@ export interface DwcpConfig {
   blob: BlobSettings;
   /** Geo-distributed state and failure detection (src/state/config.ts). */
   state: StateSettings;
-  /** Observed state: how often this region publishes its fleet records, when they count as stale (src/fleet/observed-config.ts). */
-  fleet: FleetObservedSettings;
+  /** The fleet: observed-state publishing, the reconciler and the scheduler (src/fleet/config.ts). */
+  fleet: FleetSettings;
   /** The file this came from, if any (SIGHUP re-reads it). */
   configPath: string | undefined;
 }

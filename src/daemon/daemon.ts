@@ -43,6 +43,11 @@ import { TestFaults } from '../net/test-faults.ts';
 import { stateServiceRegistration } from '../admin/state-service.ts';
 import { ObservedPublisher } from '../fleet/observed-publisher.ts';
 import { fleetServiceRegistration } from '../admin/fleet-service.ts';
+import { FleetSeat } from '../fleet/seat.ts';
+import { regionDeclaration } from '../fleet/region-declaration.ts';
+import type { ObservedFleet, RegionHealth } from '../fleet/placement.ts';
+import { KvFleetPort } from '../kv/fleet-port.ts';
+import { randomBytes } from 'node:crypto';
 import { loadOrCreateIdentity, type Identity } from './identity.ts';
 import { notifySystemd } from './notify.ts';
 import { VERSION } from './version.ts';
@@ -73,6 +78,8 @@ export class Daemon {
   readonly geo: GeoState;
   /** This region's observed state in the geo store, and the whole fleet read back (src/fleet/observed-publisher.ts). */
   readonly fleet: ObservedPublisher;
+  /** This region's part in the fleet's desired state: declaration, scheduling, the reconciler (src/fleet/seat.ts). */
+  readonly seat: FleetSeat;
   /**
    * Settles if a component fails in a way the daemon cannot serve through
    * (the Raft node lost its storage or broke an invariant): the caller stops
@@ -98,6 +105,7 @@ export class Daemon {
     pbft: PbftGroup<KvPbftReplica> | null;
     kv: KvService;
     kvRouter: KvRouter;
+    raftReplica: KvRaftReplica;
     cloud: CloudInventory;
     blob: BlobService;
     geo: GeoState;
@@ -125,6 +133,35 @@ export class Daemon {
       log: parts.log.child({ component: 'fleet' }),
     });
     this.metrics.fleet.setSource(() => this.fleet.view());
+    const config = parts.config;
+    // The fleet's desired state is in the federation scope's log: PBFT's replica when any member is untrusted, else Raft's.
+    const federationReplica = () => (parts.pbft !== null ? parts.pbft.machine : parts.raft !== null ? parts.raftReplica : null);
+    this.seat = new FleetSeat({
+      region: config.node.name,
+      settings: config.fleet,
+      port: new KvFleetPort(parts.kvRouter, federationReplica),
+      clientId: `${config.node.name}-fleet-${randomBytes(4).toString('hex')}`,
+      inventory: parts.cloud,
+      observed: () => this.#observedFleet(),
+      declaration: () => regionDeclaration({ node: this.#config.node, providers: this.#config.clouds.providers }, parts.cloud.catalog),
+      metrics: this.metrics.fleet,
+      log: parts.log.child({ component: 'fleet' }),
+      commitTimeoutMs: config.raft.requestTimeoutMs,
+    });
+  }
+
+  /** Health and RTT of every region as this node sees them, for placement. */
+  #observedFleet(): ObservedFleet {
+    const self = this.#config.node.name;
+    const health = new Map<string, RegionHealth>([[self, { phi: 0, suspected: false }]]);
+    const rtt = new Map<string, number>([[self, 0]]);
+    for (const m of this.mesh.status()) {
+      const h = this.geo.health(m.peerId);
+      // Never heard from yet (just started) is not suspicion; a member that went quiet is.
+      health.set(m.name, { phi: h.phi ?? 0, suspected: h.health === 'suspected' });
+      if (m.rttMs !== null) rtt.set(m.name, m.rttMs);
+    }
+    return { health, rttMs: new Map([[self, rtt]]) };
   }
 
   get config(): DwcpConfig {
@@ -199,7 +236,7 @@ export class Daemon {
       members,
       nodeName: config.node.name,
     });
-    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, pbft, kv, kvRouter, cloud, blob, geo, fatal: fatal.promise });
+    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, pbft, kv, kvRouter, raftReplica: replica, cloud, blob, geo, fatal: fatal.promise });
     try {
       await daemon.#serve();
     } catch (err) {
@@ -218,6 +255,7 @@ export class Daemon {
     await this.geo.start();
     this.cloud.start();
     this.fleet.start();
+    this.seat.start();
     await this.blob.start();
     const adminLog = this.#log.child({ component: 'admin' });
     const defaultTimeoutMs = config.raft.requestTimeoutMs;
@@ -233,7 +271,7 @@ export class Daemon {
         pbftServiceRegistration({ group: this.pbft, log: adminLog }),
         vmServiceRegistration({ inventory: this.cloud, log: adminLog }),
         blobServiceRegistration({ service: this.blob, log: adminLog }),
-        fleetServiceRegistration({ view: () => this.fleet.view(), log: adminLog }),
+        fleetServiceRegistration({ view: () => this.fleet.view(), seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
       ],
     });
     this.#metricsServer = await startMetricsServer({
@@ -340,6 +378,7 @@ export class Daemon {
       }
     };
     // Cloud operations first: their callers get an answer before the admin socket closes.
+    await step('fleet reconciler', () => this.seat.stop(), 500);
     await step('fleet', () => this.fleet.stop(), 500);
     await step('cloud', () => this.cloud.stop(), 500);
     // Raft first, while the mesh is still up: a leader hands over before it goes.

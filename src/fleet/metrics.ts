@@ -10,7 +10,7 @@
  * exported for every region (zeroes included) so a state that empties reads
  * 0 rather than vanishing.
  */
-import { Gauge, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { INSTANCE_STATES } from '../cloud/provider.ts';
 import type { FleetView } from './fleet-view.ts';
 
@@ -19,6 +19,12 @@ export const FLEET_VM_STATES = [...INSTANCE_STATES, 'unknown'] as const;
 export interface FleetMetrics {
   vms: Gauge<'region' | 'state'>;
   reportAge: Gauge<'region'>;
+  /** Creates scheduled here, by outcome: placed | failed. */
+  placements: Counter<'result'>;
+  /** One pure placement decision (the scheduler's plan or a dry run). */
+  placementDuration: Histogram;
+  /** Provider calls this region's reconciler made, by action (create, start, stop, terminate) and result (ok, error). */
+  reconcileActions: Counter<'action' | 'result'>;
   /** Where the gauges read the fleet from at scrape time; until set they export nothing. */
   setSource(view: () => FleetView): void;
 }
@@ -56,9 +62,25 @@ export function createFleetMetrics(registers: Registry[]): FleetMetrics {
       for (const r of view.regions) if (r.reportAgeSeconds !== null) this.set({ region: r.region }, r.reportAgeSeconds);
     },
   });
+  const placements = new Counter({ name: 'dwcp_fleet_placements_total', help: 'VM creates scheduled on this node, by outcome (placed, failed).', labelNames: ['result'], registers });
+  const placementDuration = new Histogram({
+    name: 'dwcp_fleet_placement_duration_seconds',
+    help: 'Time of one placement decision (filters and scores over every region), as this node computed it.',
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
+    registers,
+  });
+  const reconcileActions = new Counter({
+    name: 'dwcp_fleet_reconcile_actions_total',
+    help: "Provider calls this region's fleet reconciler made, by action and result.",
+    labelNames: ['action', 'result'],
+    registers,
+  });
   return {
     vms,
     reportAge,
+    placements,
+    placementDuration,
+    reconcileActions,
     setSource(view) {
       source = view;
     },

@@ -1,0 +1,65 @@
+/**
+ * The `fleet:` config section.
+ *
+ * Observed state: how often each daemon republishes its region record (the
+ * heartbeat that makes a report's age meaningful) and its changed VM
+ * records, and how old a region's report may be before its VMs read as
+ * `unknown`.
+ *
+ * Desired state: how often this region's reconciler passes over its VMs
+ * (it also runs at once after a fleet command committed here and after each
+ * provider call finishes), its back-off and give-up rule, and the
+ * scheduler's placement strategy, factor weights and re-plan bound.
+ *
+ * Invariant: every setting has a default and a hard range; staleAfterMs is
+ * refused below twice the publish interval (one late heartbeat must not
+ * blank a healthy region), and every refusal names the field.
+ */
+import { z } from 'zod';
+import { DEFAULT_PLACEMENT_WEIGHTS, PLACEMENT_FACTORS, PLACEMENT_STRATEGIES, type PlacementFactor } from './placement.ts';
+import { DEFAULT_RECONCILER_OPTIONS } from './reconciler.ts';
+import { DEFAULT_SCHEDULER_ATTEMPTS, SCHEDULER_MAX_ATTEMPTS } from './scheduler.ts';
+
+const weight = z.number().min(0).max(100);
+const WeightsSchema = z.strictObject(Object.fromEntries(PLACEMENT_FACTORS.map((f) => [f, weight.optional()])) as Record<PlacementFactor, z.ZodOptional<typeof weight>>);
+
+export const FleetSettingsSchema = z
+  .strictObject({
+    /** The region record is republished this often (and changed VM records at the latest then). */
+    publishIntervalMs: z.number().int().min(100).max(3_600_000).default(5_000),
+    /** A region whose last report is older than this shows its VMs as `unknown`. Default: 3× publishIntervalMs. */
+    staleAfterMs: z.number().int().min(200).max(86_400_000).optional(),
+    /** The reconciler passes at least this often, to catch drift the providers cause. */
+    reconcileIntervalMs: z.number().int().min(100).max(3_600_000).default(2_000),
+    /** Failed creates or starts of one assignment before the VM is marked failed. */
+    maxAttempts: z.number().int().min(1).max(100).default(DEFAULT_RECONCILER_OPTIONS.maxAttempts),
+    backoffBaseMs: z.number().int().min(10).max(3_600_000).default(DEFAULT_RECONCILER_OPTIONS.backoffBaseMs),
+    backoffCapMs: z.number().int().min(10).max(86_400_000).default(DEFAULT_RECONCILER_OPTIONS.backoffCapMs),
+    placement: z
+      .strictObject({
+        strategy: z.enum(PLACEMENT_STRATEGIES).default('binpack'),
+        weights: WeightsSchema.default({}),
+        /** Plans one create may make when other schedulers keep taking the capacity first. */
+        attempts: z.number().int().min(1).max(SCHEDULER_MAX_ATTEMPTS).default(DEFAULT_SCHEDULER_ATTEMPTS),
+      })
+      .default({ strategy: 'binpack', weights: {}, attempts: DEFAULT_SCHEDULER_ATTEMPTS }),
+  })
+  .superRefine((f, ctx) => {
+    if (f.staleAfterMs !== undefined && f.staleAfterMs < 2 * f.publishIntervalMs) {
+      ctx.addIssue({ code: 'custom', path: ['staleAfterMs'], input: f.staleAfterMs, params: { sentence: true }, message: `must be at least twice fleet.publishIntervalMs (${2 * f.publishIntervalMs})` });
+    }
+    if (f.backoffCapMs < f.backoffBaseMs) {
+      ctx.addIssue({ code: 'custom', path: ['backoffCapMs'], input: f.backoffCapMs, params: { sentence: true }, message: `must be at least fleet.backoffBaseMs (${f.backoffBaseMs})` });
+    }
+  })
+  .transform((f) => ({
+    ...f,
+    staleAfterMs: f.staleAfterMs ?? 3 * f.publishIntervalMs,
+    placement: {
+      strategy: f.placement.strategy,
+      attempts: f.placement.attempts,
+      weights: Object.fromEntries(PLACEMENT_FACTORS.map((k) => [k, f.placement.weights[k] ?? DEFAULT_PLACEMENT_WEIGHTS[k]])) as Record<PlacementFactor, number>,
+    },
+  }));
+
+export type FleetSettings = z.infer<typeof FleetSettingsSchema>;
