@@ -158,8 +158,8 @@ export function specFrom(name: string, flags: FlagValues): Record<string, unknow
   };
 }
 
-function vmName(ctx: CommandContext, what: string): string {
-  const [name, extra] = ctx.args.slice(1);
+function vmName(ctx: CommandContext, what: string, skip: number): string {
+  const [name, extra] = ctx.args.slice(skip);
   if (name === undefined || extra !== undefined) throw new UsageError(`${what} takes one argument, the VM's name`);
   return name;
 }
@@ -175,7 +175,8 @@ export function formatPlace(res: FleetPlaceResponse): string {
 
 /** `vm create NAME ...` (managed) and `place NAME ...`. */
 export async function createManaged(ctx: CommandContext, dryRun: boolean): Promise<void> {
-  const name = vmName(ctx, dryRun && ctx.args[0] !== 'create' ? 'place' : 'vm create');
+  // `place NAME` has no subcommand before the name; `vm create NAME` has one.
+  const name = dryRun ? vmName(ctx, 'place', 0) : vmName(ctx, 'vm create', 1);
   const spec = specFrom(name, ctx.flags);
   const fleet = (await ctx.admin()).fleet;
   if (dryRun || ctx.flags['dry-run'] === true) {

@@ -27,7 +27,7 @@
  */
 import { DwcpError } from '../errors.ts';
 import { z } from 'zod';
-import { formatIssue, pathString } from '../config/load.ts';
+import { formatIssue, pathString } from '../config/issues.ts';
 import { FLEET_MAX_HOURLY_USD, FleetVmSpecSchema, fleetName, labels, normaliseSpec } from './spec.ts';
 
 /** 0x00 'f' 'l' 't' and the encoding version. */

@@ -70,7 +70,8 @@ export class FleetScheduler {
       lastDecision = plan.decision;
       const results: (FleetResult | undefined)[] = [];
       for (const command of plan.commands) {
-        const remaining = deadline - performance.now();
+        // Whole milliseconds: the log's deadlines are timers.
+        const remaining = Math.ceil(deadline - performance.now());
         if (remaining <= 0) break;
         const result = await this.#o.log.commit(command, remaining);
         results.push(result);
@@ -94,7 +95,7 @@ export class FleetScheduler {
     this.#o.metrics.placements.inc({ result: 'failed' });
     if (created) {
       // Best effort within the request's time: a VM left unplaced would only hold its name.
-      const remaining = Math.max(1000, deadline - performance.now());
+      const remaining = Math.max(1000, Math.ceil(deadline - performance.now()));
       const deleted = await this.#o.log.commit({ kind: 'delete', vm }, remaining).catch(() => null);
       if (deleted?.ok === true) await this.#o.log.commit({ kind: 'purge', vm }, remaining).catch(() => null);
     }

@@ -79,6 +79,12 @@ export interface RegionReconcilerOptions {
   readonly core?: ReconcilerOptions;
   readonly maxInFlight?: number;
   readonly now?: () => number;
+  /**
+   * Drops a deleted VM's record from desired state (a purge command) once no
+   * copy of it is left here; the reconciler calls it at most once at a time
+   * per VM, and again on a later pass if it failed.
+   */
+  readonly purge?: (vm: string) => Promise<void>;
 }
 
 const DEFAULT_MAX_IN_FLIGHT = 32;
@@ -96,6 +102,7 @@ export class RegionReconciler {
   #again = false;
   #stopped = true;
   readonly #passListeners = new Set<() => void>();
+  readonly #purging = new Set<string>();
 
   constructor(options: RegionReconcilerOptions) {
     this.#o = options;
@@ -208,11 +215,27 @@ export class RegionReconciler {
       }
     }
     this.#orphans = orphans;
-    // Drop reports of VMs no longer assigned here (the core stops reporting them).
     const desired = this.#o.desired();
+    this.#purgeGone(desired, observed);
+    // Drop reports of VMs no longer assigned here (the core stops reporting them).
     for (const vm of this.#reports.keys()) {
       const assignment = desired.vm(vm)?.assignment;
       if (assignment === undefined || assignment === null || assignment.region !== this.#o.region) this.#reports.delete(vm);
+    }
+  }
+
+  /** Deleted VMs assigned here with no copy left that is not terminated: their records can go. */
+  #purgeGone(desired: FleetState, observed: readonly ObservedVm[]): void {
+    const purge = this.#o.purge;
+    if (purge === undefined) return;
+    const live = new Set(observed.filter((o) => o.state !== 'terminated' && o.vmName !== undefined).map((o) => o.vmName));
+    for (const vm of desired.vmsAssignedTo(this.#o.region)) {
+      const name = vm.name;
+      if (!vm.deleted || live.has(name) || this.#purging.has(name)) continue;
+      this.#purging.add(name);
+      void purge(name)
+        .catch((err: unknown) => this.#o.log.info({ vm: name, err: errorText(err) }, 'fleet purge of a deleted VM failed; retrying at the next pass'))
+        .finally(() => this.#purging.delete(name));
     }
   }
 

@@ -75,6 +75,10 @@ export class FleetSeat {
       log: options.log,
       intervalMs: settings.reconcileIntervalMs,
       core: { maxAttempts: settings.maxAttempts, backoffBaseMs: settings.backoffBaseMs, backoffCapMs: settings.backoffCapMs },
+      purge: async (vm) => {
+        const result = await this.log.commit({ kind: 'purge', vm }, options.commitTimeoutMs);
+        if (result.ok) options.log.info({ vm }, 'fleet VM purged: deleted and no copy left');
+      },
     });
   }
 

@@ -18,7 +18,7 @@
  */
 import { DwcpError } from '../errors.ts';
 import { z } from 'zod';
-import { formatIssue, pathString } from '../config/load.ts';
+import { formatIssue, pathString } from '../config/issues.ts';
 
 export const FLEET_MAX_NAME_LENGTH = 63;
 export const FLEET_MAX_IMAGE_LENGTH = 256;

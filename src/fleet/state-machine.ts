@@ -37,7 +37,7 @@
  */
 import { DwcpError } from '../errors.ts';
 import { z } from 'zod';
-import { formatIssue, pathString } from '../config/load.ts';
+import { formatIssue, pathString } from '../config/issues.ts';
 import {
   FLEET_MAX_GENERATION,
   FLEET_MAX_MESSAGE,
