@@ -1,0 +1,160 @@
+/**
+ * The fleet's desired state with real processes: three dwcpd daemons (Raft
+ * carries the federation log), each a region with a local provider of
+ * declared capacity and its own price:
+ *
+ *   n1: 4 vCPU at $0.03/vCPU-h, eu      n2: 4 vCPU at $0.01, us      n3: 8 vCPU at $0.02, eu
+ *
+ * What it proves, through dwcpctl only:
+ * - `vm create --placement auto` lands where the score says (the cheapest
+ *   region that fits), a constrained one where allowed, and reaches running;
+ *   `vm list --desired` agrees from every node;
+ * - a full region sends the next VM elsewhere; a VM that fits nowhere is
+ *   refused with each region's reason; one larger than every region names
+ *   the largest capacity; a bad spec names the field; an unknown region is
+ *   an error;
+ * - two schedulers racing for the last slot of a region: one wins, the other
+ *   is refused with the reason, never both in the full region;
+ * - kill -9 of the Raft leader's daemon: a create sent to a survivor
+ *   succeeds within 10 s of the new leader and reaches running.
+ *
+ * No sleeps as synchronisation: log lines are awaited, states polled with a
+ * deadline.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FleetDesiredVm } from '../../src/admin/schema.ts';
+import { RaftCluster } from './raft-cluster.ts';
+import { runCtl, type CtlResult } from './harness.ts';
+
+/** From a committed create until its region reports it running, on a loaded 2-core machine. */
+const RUNNING_MS = 30_000;
+const POLL_MS = 150;
+
+let cluster: RaftCluster;
+
+function ctl(i: number, ...args: string[]): Promise<CtlResult> {
+  return runCtl(['--socket', cluster.nodes[i]!.socket, '--timeout', '20s', ...args]);
+}
+
+async function desired(i: number): Promise<FleetDesiredVm[]> {
+  const res = await ctl(i, 'vm', 'list', '--desired', '--json');
+  expect(res.stderr, `n${i + 1}: vm list --desired`).toBe('');
+  return (JSON.parse(res.stdout) as { vms: FleetDesiredVm[] }).vms;
+}
+
+async function eventually<T>(what: string, ms: number, check: () => Promise<T | undefined>): Promise<T> {
+  const deadline = performance.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (performance.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms`);
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
+async function create(i: number, name: string, cpu: number, ...extra: string[]): Promise<{ vm: string; region: string; provider: string; generation: string; attempts: number }> {
+  const res = await ctl(i, 'vm', 'create', name, '--cpu', String(cpu), '--memory', '1GiB', '--image', 'base', ...extra, '--json');
+  expect(res.stderr, `n${i + 1}: vm create ${name}`).toBe('');
+  expect(res.code).toBe(0);
+  return JSON.parse(res.stdout) as { vm: string; region: string; provider: string; generation: string; attempts: number };
+}
+
+async function running(i: number, name: string): Promise<FleetDesiredVm> {
+  return eventually(`${name} running (seen from n${i + 1})`, RUNNING_MS, async () => (await desired(i)).find((v) => v.name === name && v.status === 'running'));
+}
+
+beforeAll(async () => {
+  const vcpus = [4, 4, 8];
+  const price = [0.03, 0.01, 0.02];
+  cluster = await RaftCluster.start('fleetd', 3, {
+    extra: (i) => ({
+      node: { jurisdiction: i === 1 ? 'us' : 'eu' },
+      clouds: {
+        providers: [
+          { kind: 'local', region: `dc${i + 1}`, capacity: { vcpus: vcpus[i], memoryGiB: 32, diskGiB: 500 }, pricePerVcpuHour: price[i], pricePerGiBHour: 0, inventoryIntervalMs: 500, transitionDelayMs: 0 },
+        ],
+      },
+      fleet: { publishIntervalMs: 500, staleAfterMs: 5_000, reconcileIntervalMs: 500 },
+    }),
+  });
+  await Promise.all([0, 1, 2].map((i) => cluster.daemon(i).waitForLog((l) => l.msg === 'fleet region declared', `n${i + 1} declares its region`)));
+}, 90_000);
+
+afterAll(async () => {
+  await cluster?.destroy();
+});
+
+describe('fleet desired state, 3 regions', () => {
+  it('places on the cheapest region that fits, a constrained VM where allowed, and both reach running; every node agrees', async () => {
+    expect(await create(0, 'web1', 2, '--placement', 'auto')).toMatchObject({ vm: 'web1', region: 'n2', provider: 'local', generation: '1' });
+    // eu only: n3 ($0.02) beats n1 ($0.03).
+    expect(await create(0, 'eu1', 2, '--constraint', 'jurisdiction=eu')).toMatchObject({ region: 'n3' });
+    await running(1, 'web1');
+    await running(2, 'eu1');
+    const views = await Promise.all([0, 1, 2].map(async (i) => (await desired(i)).map((v) => ({ name: v.name, region: v.region, generation: v.generation, power: v.power }))));
+    expect(views[1]).toEqual(views[0]);
+    expect(views[2]).toEqual(views[0]);
+    // The copy carries the fleet's tags: the observed side links it to its desired VM.
+    const all = JSON.parse((await ctl(2, 'vm', 'list', '--all', '--json')).stdout) as { vms: { region: string; desired_vm: string | null; state: string }[] };
+    expect(all.vms.filter((v) => v.desired_vm === 'web1').map((v) => v.region)).toEqual(['n2']);
+  }, 90_000);
+
+  it('sends the next VM elsewhere once the cheapest region is full, and refuses what fits nowhere with every reason', async () => {
+    expect(await create(1, 'web2', 2)).toMatchObject({ region: 'n2' });
+    // n2 is full (4 of 4 vCPUs): n3 is the cheapest left.
+    expect(await create(1, 'web3', 2)).toMatchObject({ region: 'n3' });
+
+    const tooBig = await ctl(0, 'vm', 'create', 'huge', '--cpu', '16', '--memory', '1GiB', '--image', 'base');
+    expect(tooBig.code).toBe(1);
+    expect(tooBig.stderr).toMatch(/huge not placed \(too_large\).*largest is n3\/local with 8 vCPUs/);
+
+    const nowhere = await ctl(0, 'vm', 'create', 'us2', '--cpu', '2', '--memory', '1GiB', '--image', 'base', '--constraint', 'jurisdiction=us');
+    expect(nowhere.code).toBe(1);
+    expect(nowhere.stderr).toMatch(/us2 not placed \(no_fit\)/);
+    expect(nowhere.stderr).toContain('n2');
+    const explained = await ctl(0, 'place', 'us2', '--cpu', '2', '--memory', '1GiB', '--image', 'base', '--constraint', 'jurisdiction=us');
+    expect(explained.stdout).toMatch(/n1: excluded by constraint: jurisdiction eu/);
+    expect(explained.stdout).toMatch(/n2: excluded by capacity/);
+    // Nothing was left behind by the refused creates.
+    expect((await desired(0)).map((v) => v.name).sort()).toEqual(['eu1', 'web1', 'web2', 'web3']);
+  }, 90_000);
+
+  it('names the field of a bad spec and refuses an unknown region', async () => {
+    const bad = await ctl(0, 'vm', 'create', 'tiny', '--cpu', '1', '--memory', '1KiB', '--image', 'base');
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/spec\.memoryBytes: 1024 is too small/);
+    const unknown = await ctl(0, 'vm', 'create', 'lost', '--cpu', '1', '--memory', '1GiB', '--image', 'base', '--region', 'atlantis');
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/unknown region atlantis/);
+  }, 30_000);
+
+  it('two schedulers racing for the last slot of a region: one wins, the other is refused, never both', async () => {
+    // n3 holds eu1 and web3 (4 of 8 vCPUs): room for exactly one 4-vCPU VM.
+    const [a, b] = await Promise.all([
+      ctl(0, 'vm', 'create', 'race-a', '--cpu', '4', '--memory', '1GiB', '--image', 'base', '--region', 'n3', '--json'),
+      ctl(1, 'vm', 'create', 'race-b', '--cpu', '4', '--memory', '1GiB', '--image', 'base', '--region', 'n3', '--json'),
+    ]);
+    const results = [a, b];
+    expect(results.filter((r) => r.code === 0)).toHaveLength(1);
+    const loser = results.find((r) => r.code !== 0)!;
+    expect(loser.stderr).toMatch(/not placed.*(capacity|n3)/);
+    const onN3 = (await desired(2)).filter((v) => v.region === 'n3' && !v.deleted);
+    expect(onN3.reduce((sum, v) => sum + v.vcpus, 0)).toBeLessThanOrEqual(8);
+  }, 60_000);
+
+  it('a create sent to a survivor after kill -9 of the leader succeeds within 10 s of a new leader and reaches running', async () => {
+    // Free a slot on n2 and on n3 (delete gives the capacity back in the log at once): every survivor has room.
+    for (const vm of ['web2', 'web3']) expect((await ctl(0, 'vm', 'terminate', vm)).code).toBe(0);
+    const leader = await cluster.waitForLeader();
+    await cluster.stopNode(leader.index, 'SIGKILL');
+    const survivors = [0, 1, 2].filter((i) => i !== leader.index);
+    await cluster.waitForLeader(leader.term, survivors);
+    const started = performance.now();
+    // Pinned to a survivor: the dead region cannot run it (and still holds its declared capacity in the log).
+    const target = `n${survivors[1]! + 1}`;
+    const placed = await create(survivors[0]!, 'after-kill', 1, '--region', target);
+    expect(performance.now() - started).toBeLessThan(10_000);
+    expect(placed.region).toBe(target);
+    await running(survivors[1]!, 'after-kill');
+  }, 90_000);
+});
