@@ -67,6 +67,11 @@ export class FleetScheduler {
       const plan = planCreate(progress, this.#o.log.state, this.#o.observed(), this.#o.options);
       this.#o.metrics.placementDuration.observe((performance.now() - started) / 1000);
       if (plan.kind === 'failed') return this.#fail(spec.name, created, plan.code, plan.reasons, plan.decision ?? lastDecision, deadline);
+      if (plan.kind === 'placed') {
+        // A retry of a request whose earlier plan went through: the VM is ours and placed.
+        this.#o.metrics.placements.inc({ result: 'placed' });
+        return { ok: true, vm: plan.vm, region: plan.region, provider: plan.provider, generation: plan.generation, decision: lastDecision ?? this.place(spec), attempts: progress.attempts };
+      }
       lastDecision = plan.decision;
       const results: (FleetResult | undefined)[] = [];
       for (const command of plan.commands) {

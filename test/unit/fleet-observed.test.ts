@@ -200,7 +200,7 @@ describe('config: capacity, prices, quota, labels', () => {
     const c = resolve(node);
     expect(c.node).toMatchObject({ labels: {}, compliance: [] });
     expect(c.node.jurisdiction).toBeUndefined();
-    expect(c.fleet).toEqual({ publishIntervalMs: 5_000, staleAfterMs: 15_000 });
+    expect(c.fleet).toMatchObject({ publishIntervalMs: 5_000, staleAfterMs: 15_000, reconcileIntervalMs: 2_000, maxAttempts: 5, placement: { strategy: 'binpack', attempts: 5 } });
     expect(c.clouds.providers[0]).toMatchObject({ kind: 'local', pricePerVcpuHour: 0.02, pricePerGiBHour: 0.003 });
   });
 
@@ -214,7 +214,7 @@ clouds:
     - {kind: aws, region: eu-west-1, quota: {vcpus: 256, instances: 50}}
 `);
     expect(c.node).toMatchObject({ labels: { tier: 'gold', rack: 'r12' }, jurisdiction: 'eu', compliance: ['gdpr', 'soc2'] });
-    expect(c.fleet).toEqual({ publishIntervalMs: 1_000, staleAfterMs: 3_000 });
+    expect(c.fleet).toMatchObject({ publishIntervalMs: 1_000, staleAfterMs: 3_000 });
     const [a, b, aws] = c.clouds.providers;
     expect(a).toMatchObject({ capacity: { vcpus: 32, memoryGiB: 128, memoryMiB: 131072, diskGiB: 2000 }, pricePerVcpuHour: 0.015, pricePerGiBHour: 0.001 });
     expect(b).toMatchObject({ capacity: { vcpus: 4, memoryGiB: 8, memoryMiB: 8192, diskGiB: 1000 } });
@@ -232,5 +232,8 @@ clouds:
     expect(problems('node: {name: n1, region: r1, provider: onprem, jurisdiction: "E U"}\n').join('\n')).toMatch(/node\.jurisdiction/);
     expect(problems('node: {name: n1, region: r1, provider: onprem, compliance: [GDPR]}\n').join('\n')).toMatch(/node\.compliance\[0\]/);
     expect(problems(`${node}fleet: {publishIntervalMs: 1000, staleAfterMs: 1500}\n`).join('\n')).toMatch(/fleet\.staleAfterMs.*at least twice/);
+    expect(problems(`${node}fleet: {placement: {strategy: pack}}\n`).join('\n')).toMatch(/fleet\.placement\.strategy: "pack" is not one of binpack\|spread/);
+    expect(problems(`${node}fleet: {placement: {weights: {cheapness: 1}}}\n`).join('\n')).toMatch(/fleet\.placement\.weights\.cheapness: unknown key/);
+    expect(problems(`${node}fleet: {backoffBaseMs: 5000, backoffCapMs: 1000}\n`).join('\n')).toMatch(/fleet\.backoffCapMs.*at least fleet\.backoffBaseMs/);
   });
 });
