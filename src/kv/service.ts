@@ -125,7 +125,7 @@ export class KvService {
       } catch (err) {
         // A leader change, a lost entry, a dropped forward: the next change runs the attempt again; anything else is the answer.
         if (!(err instanceof DwcpError) || !err.retryable) throw err;
-        return { retry: err.message };
+        return { retry: err.message, refused: err instanceof RaftClientError && err.refusedForNow };
       }
       const cutOff = this.#minority(node);
       if (cutOff !== null) throw new KvServiceError('unavailable', `write refused at once: ${cutOff}; retry once the partition heals`);
@@ -278,7 +278,7 @@ export class KvService {
       try {
         return { done: { id, kind: 'result', result: await node.propose(request.command, remaining()) } };
       } catch (err) {
-        if (err instanceof RaftClientError && err.code === 'dropped') return { retry: err.message };
+        if (err instanceof RaftClientError && err.code === 'dropped') return { retry: err.message, refused: err.refusedForNow };
         throw err;
       }
     };

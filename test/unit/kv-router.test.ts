@@ -22,7 +22,7 @@ import { RaftNode } from '../../src/consensus/raft/node.ts';
 import type { Message, NodeId, RaftConfig } from '../../src/consensus/raft/types.ts';
 import { MemberDirectory } from '../../src/federation/members.ts';
 import { createLogger } from '../../src/log.ts';
-import { createMetrics } from '../../src/metrics/metrics.ts';
+import { createMetrics, type DwcpMetrics } from '../../src/metrics/metrics.ts';
 import type { KvResult } from '../../src/kv/command.ts';
 import { KvRaftReplica } from '../../src/kv/raft-replica.ts';
 import { KvRouter } from '../../src/kv/router.ts';
@@ -37,6 +37,7 @@ interface Seat {
   id: NodeId;
   node: RaftNode<KvResult>;
   router: KvRouter;
+  metrics: DwcpMetrics;
 }
 
 /** Three founding voters; messages to or from a cut member are dropped (both ways, like a partition). */
@@ -47,8 +48,8 @@ class Group {
   disk: Promise<void> | null = null;
 
   constructor(ids: readonly NodeId[], config: Partial<RaftConfig> = {}) {
-    const metrics = createMetrics();
     for (const id of ids) {
+      const metrics = createMetrics();
       const replica = new KvRaftReplica();
       const node: RaftNode<KvResult> = new RaftNode<KvResult>({
         id,
@@ -60,12 +61,13 @@ class Group {
         config: { electionTicks: 10, heartbeatTicks: 1, ...config },
         tickMs: 10,
         snapshotEntries: 10_000,
+        metrics: metrics.raft,
         log,
       });
       const members = new MemberDirectory([]);
       // No libp2p host: these tests write on the leader, so nothing is forwarded, and the service is never started.
       const raft = new KvService({ node, minorityGraceMs: 0, replica, host: {} as Libp2p, members, isConnected: () => true, metrics, log });
-      this.seats.set(id, { id, node, router: new KvRouter({ raft, pbft: null, geo: null, members, nodeName: id }) });
+      this.seats.set(id, { id, node, router: new KvRouter({ raft, pbft: null, geo: null, members, nodeName: id }), metrics });
     }
     for (const seat of this.seats.values()) seat.node.start();
   }
@@ -113,6 +115,12 @@ afterEach(async () => {
   await group?.stop();
   group = undefined;
 });
+
+/** dwcp_raft_proposals_total{result} of one member. */
+async function proposals(seat: Seat, result: string): Promise<number> {
+  const { values } = await seat.metrics.raft.proposals.get();
+  return values.find((v) => v.labels.result === result)?.value ?? 0;
+}
 
 const put = (key: string, value: string) => ({ op: { op: 'put', key, value: encoder.encode(value) } as const, level: 'strong' as const, scope: null, clientId: 'test', seq: 1, ttlMs: 0, timeoutMs: 5_000 });
 const get = (key: string, level: 'strong' | 'serializable', timeoutMs: number) => ({ key, prefix: false, limit: 0, level, scope: null, timeoutMs });
@@ -228,5 +236,35 @@ describe('KvRouter over a Raft group', () => {
     ]);
     group.disk = null;
     stuck.resolve();
+  });
+
+  it('counts a write whose deadline passes on the leader\'s refusal once as a proposal timeout, however often the one loop retried it', async () => {
+    group = new Group(['solo'], { maxUncommittedEntries: 1 });
+    const seat = await group.leader();
+    await applied(seat.node, 2);
+    const stuck = Promise.withResolvers<void>();
+    group.disk = stuck.promise;
+    void seat.router.write({ ...put('a', '1'), clientId: 'first' }).catch(() => {});
+    const late = [1, 2].map((n) => seat.router.write({ ...put(`late${n}`, 'x'), clientId: `late${n}`, timeoutMs: 200 }).then(() => null, (err: unknown) => err));
+    for (const err of await Promise.all(late)) expect((err as KvServiceError).message).toMatch(/proposal refused for now: uncommitted_limit/);
+    expect(await proposals(seat, 'timeout')).toBe(2);
+    group.disk = null;
+    stuck.resolve();
+    await applied(seat.node, 3);
+
+    // Once per request, not per attempt: an attempt refused at every change (each commit wakes the loop) until the deadline counts one timeout.
+    let attempts = 0;
+    const refusedEach = seat.node.retry(
+      AbortSignal.timeout(200),
+      async () => {
+        attempts++;
+        void seat.node.propose(encoder.encode('noise'), 1_000).catch(() => {});
+        return { retry: 'refused for the test', refused: true };
+      },
+      (last) => new Error(last),
+    );
+    await expect(refusedEach).rejects.toThrow('refused for the test');
+    expect(attempts).toBeGreaterThan(1);
+    expect(await proposals(seat, 'timeout')).toBe(3);
   });
 });

@@ -68,10 +68,13 @@ export type RaftClientErrorCode = Extract<DwcpErrorCode, 'not_leader' | 'no_lead
 /** Whether a retry can help is the code's (errors.ts): the same request may succeed later with the same client id and sequence, so it applies once. */
 export class RaftClientError extends DwcpError<RaftClientErrorCode> {
   readonly leaderHint: NodeId | null;
+  /** A `dropped` proposal this node's core refused for a reason that clears by itself: the caller waits it out under retry() (an Attempt marked `refused`). */
+  readonly refusedForNow: boolean;
 
-  constructor(code: RaftClientErrorCode, message: string, leaderHint: NodeId | null = null) {
+  constructor(code: RaftClientErrorCode, message: string, leaderHint: NodeId | null = null, refusedForNow = false) {
     super(code, message, leaderHint === null ? {} : { details: { leader: leaderHint } });
     this.leaderHint = leaderHint;
+    this.refusedForNow = refusedForNow;
   }
 }
 
@@ -99,8 +102,13 @@ export interface RaftNodeStatus extends RaftStatus {
   readonly pendingReads: number;
 }
 
-/** One try of a request under RaftNode.retry: its outcome, or why to try again at the next change. */
-export type Attempt<T> = { readonly done: T } | { readonly retry: string };
+/**
+ * One try of a request under RaftNode.retry: its outcome, or why to try again
+ * at the next change. `refused`: this node's core refused the proposal for a
+ * reason that clears by itself; a request whose deadline passes on such a
+ * refusal is counted once as a proposal timeout (result="timeout").
+ */
+export type Attempt<T> = { readonly done: T } | { readonly retry: string; readonly refused?: boolean };
 
 interface PendingProposal<R> {
   readonly term: number;
@@ -240,7 +248,7 @@ export class RaftNode<R> {
     this.#throwIfStopped();
     const deadline = AbortSignal.timeout(timeoutMs);
     const offered = this.#offer('proposal', this.#core.propose(data));
-    if ('retry' in offered) throw new RaftClientError('dropped', `proposal refused for now: ${offered.retry}`, this.#leader);
+    if ('retry' in offered) throw new RaftClientError('dropped', `proposal refused for now: ${offered.retry}`, this.#leader, true);
     this.#schedule();
     return this.#awaitApplied(offered.done, deadline, 'proposal', timeoutMs);
   }
@@ -253,13 +261,17 @@ export class RaftNode<R> {
    * callers pass single attempts (propose does not retry on its own): a write
    * retried by two nested loops, one here for the leader's own refusals and
    * one above for leader changes, waited twice on the same signal and could
-   * time out in either with a different story.
+   * time out in either with a different story. A request that times out on
+   * this node's own refusal (`refused`) is counted here, once, not per attempt.
    */
   async retry<T>(deadline: AbortSignal, attempt: () => Attempt<T> | Promise<Attempt<T>>, onTimeout: (reason: string) => Error): Promise<T> {
     for (;;) {
       const outcome = await attempt();
       if ('done' in outcome) return outcome.done;
-      if (!(await this.waitForChange(deadline))) throw onTimeout(outcome.retry);
+      if (!(await this.waitForChange(deadline))) {
+        if (outcome.refused === true) this.#countProposal('timeout');
+        throw onTimeout(outcome.retry);
+      }
     }
   }
 
@@ -300,10 +312,7 @@ export class RaftNode<R> {
         this.#throwIfStopped();
         return this.#offer(what, this.#core.proposeConfigChange(change));
       },
-      (reason) => {
-        this.#countProposal('timeout');
-        return new RaftClientError('timeout', `${what} not accepted within ${timeoutMs} ms (${reason})`, this.#leader);
-      },
+      (reason) => new RaftClientError('timeout', `${what} not accepted within ${timeoutMs} ms (${reason})`, this.#leader),
     );
     this.#schedule();
     await this.#awaitApplied(submitted, deadline, what, timeoutMs);
@@ -359,7 +368,7 @@ export class RaftNode<R> {
       case 'rejected':
         throw new RaftClientError('rejected', `${what} rejected: ${result.reason}`);
       case 'dropped':
-        if (TRANSIENT_DROPS.has(result.reason)) return { retry: result.reason };
+        if (TRANSIENT_DROPS.has(result.reason)) return { retry: result.reason, refused: true };
         this.#countProposal('dropped');
         throw new RaftClientError('dropped', `${what} refused: ${result.reason}`);
     }
