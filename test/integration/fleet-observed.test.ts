@@ -20,7 +20,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FleetRegion, FleetStatusResponse, FleetVm } from '../../src/admin/schema.ts';
 import { RaftCluster } from './raft-cluster.ts';
-import { metricValue, runCtl, type CtlResult } from './harness.ts';
+import { eventually, metricValue, type CtlResult } from './harness.ts';
 import { lintMetrics } from '../support/promtool.ts';
 
 const PUBLISH_MS = 500;
@@ -31,30 +31,13 @@ const POLL_MS = 150;
 
 let cluster: RaftCluster;
 
-function ctl(i: number, ...args: string[]): Promise<CtlResult> {
-  return runCtl(['--socket', cluster.nodes[i]!.socket, ...args]);
-}
+const ctl = (i: number, ...args: string[]): Promise<CtlResult> => cluster.ctl(i, ...args);
 
 async function json<T>(i: number, ...args: string[]): Promise<T> {
   const res = await ctl(i, ...args, '--json');
   expect(res.stderr, `n${i + 1}: dwcpctl ${args.join(' ')}`).toBe('');
   expect(res.code).toBe(0);
   return JSON.parse(res.stdout) as T;
-}
-
-async function eventually<T>(what: string, ms: number, check: () => Promise<T | undefined>): Promise<T> {
-  const deadline = performance.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value !== undefined) return value;
-    } catch (err) {
-      last = err;
-    }
-    if (performance.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms${last === undefined ? '' : `: ${String(last)}`}`);
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-  }
 }
 
 /** What two converged nodes must agree on (ages, phi and "this node" differ by who answers). */
@@ -112,7 +95,7 @@ describe('observed fleet, 3 daemons', () => {
       const vm = await eventually(`n${i + 1} lists web-1 running`, CONVERGENCE_MS, async () => {
         const { vms } = await json<{ vms: FleetVm[] }>(i, 'vm', 'list', '--all');
         return vms.find((v) => v.id === id && v.state === 'running');
-      });
+      }, POLL_MS);
       expect(vm).toMatchObject({ region: 'n1', provider: 'local', name: 'web-1', type: 'local.medium', vcpus: 2, memory_mib: 4096, last_state: 'running' });
       // 2 vCPU × $0.01 + 4 GiB × $0.002
       expect(vm.price_per_hour).toBeCloseTo(0.028, 6);
@@ -125,7 +108,7 @@ describe('observed fleet, 3 daemons', () => {
       const all = await Promise.all([0, 1, 2].map((i) => json<FleetStatusResponse>(i, 'fleet', 'status')));
       const first = JSON.stringify(agreed(all[0]!));
       return all.every((s) => JSON.stringify(agreed(s)) === first && s.regions.every((r) => r.report === 'current')) ? all : undefined;
-    });
+    }, POLL_MS);
     const n1 = views[1]!.regions.find((r) => r.region === 'n1')!;
     expect(n1).toMatchObject({
       location: 'r-n1',
@@ -167,7 +150,7 @@ describe('observed fleet, 3 daemons', () => {
       const vm = await eventually(`n${i + 1} shows web-1 unknown`, CONVERGENCE_MS, async () => {
         const { vms } = await json<{ vms: FleetVm[] }>(i, 'vm', 'list', '--all');
         return vms.find((v) => v.id === id && v.state === 'unknown');
-      });
+      }, POLL_MS);
       expect(vm.last_state).toBe('running');
       expect(vm.report_age_seconds).not.toBeNull();
       const status = await json<FleetStatusResponse>(i, 'fleet', 'status');

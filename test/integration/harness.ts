@@ -163,6 +163,26 @@ export async function tempRoot(prefix: string): Promise<{ path: string; remove: 
   return { path, remove: () => rm(path, { recursive: true, force: true }) };
 }
 
+/**
+ * Polls `check` every `pollMs` until it returns a value, or throws once `ms`
+ * pass, naming what did not happen and the last error `check` threw (there
+ * is no event to wait on for another daemon's view).
+ */
+export async function eventually<T>(what: string, ms: number, check: () => Promise<T | undefined>, pollMs = 100): Promise<T> {
+  const deadline = performance.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (err) {
+      last = err;
+    }
+    if (performance.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms${last === undefined ? '' : `: ${String(last)}`}`);
+    await new Promise((resolve) => setTimeout(resolve, pollMs));
+  }
+}
+
 /** Reads one sample's value from Prometheus text, e.g. metric('dwcp_members_connected'). */
 export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
   const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);

@@ -29,7 +29,7 @@ import * as grpc from '@grpc/grpc-js';
 import { connectAdmin, AdminClientError, type AdminClient } from '../../src/admin/client.ts';
 import type { RegisterOp } from '../sim/linearizability.ts';
 import { Prng } from '../sim/prng.ts';
-import { baseConfig, DaemonProcess, prepareNode, startDaemon, tempRoot, writeConfig, type LogLine, type NodeFiles } from './harness.ts';
+import { baseConfig, DaemonProcess, prepareNode, runCtl, startDaemon, tempRoot, writeConfig, type CtlResult, type LogLine, type NodeFiles } from './harness.ts';
 
 /** Fast elections: a follower campaigns after 500–1000 ms without a leader. */
 export const RAFT_TIMING = { tickMs: 50, electionTicks: 10, heartbeatTicks: 1 } as const;
@@ -145,6 +145,11 @@ export class RaftCluster {
   /** Indexes of the nodes whose current process has served (running or paused), in index order. */
   get up(): number[] {
     return this.nodes.flatMap((_, i) => (this.#current[i] === null ? [] : [i]));
+  }
+
+  /** dwcpctl against node i's admin socket. */
+  ctl(i: number, ...args: string[]): Promise<CtlResult> {
+    return runCtl(['--socket', this.#node(i).socket, ...args]);
   }
 
   daemon(i: number): DaemonProcess {

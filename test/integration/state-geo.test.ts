@@ -27,41 +27,22 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StateDigestResponse } from '../../src/admin/schema.ts';
 import { RaftCluster, within } from './raft-cluster.ts';
-import { metricValue, runCtl, type CtlResult } from './harness.ts';
+import { eventually, metricValue, type CtlResult } from './harness.ts';
 
 /** From the heal until every region reports the same digest, on a loaded 2-core machine (typically well under 5 s). */
 const CONVERGENCE_BOUND_MS = 20_000;
 /** Deadline of the calls expected to fail on the minority side. */
 const FAIL_TIMEOUT_MS = 1_500;
-const POLL_MS = 100;
 
 let cluster: RaftCluster;
 
-function ctl(i: number, ...args: string[]): Promise<CtlResult> {
-  return runCtl(['--socket', cluster.nodes[i]!.socket, ...args]);
-}
+const ctl = (i: number, ...args: string[]): Promise<CtlResult> => cluster.ctl(i, ...args);
 
 async function ok(i: number, ...args: string[]): Promise<string> {
   const res = await ctl(i, ...args);
   expect(res.stderr, `n${i + 1}: dwcpctl ${args.join(' ')}`).toBe('');
   expect(res.code).toBe(0);
   return res.stdout;
-}
-
-/** Polls `check` until it returns a value or `ms` pass (there is no event to wait on for another daemon's view). */
-async function eventually<T>(what: string, ms: number, check: () => Promise<T | undefined>): Promise<T> {
-  const deadline = performance.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value !== undefined) return value;
-    } catch (err) {
-      last = err;
-    }
-    if (performance.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms${last === undefined ? '' : `: ${String(last)}`}`);
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-  }
 }
 
 async function partition(groups: readonly (readonly number[])[]): Promise<void> {
