@@ -3,28 +3,8 @@
  * tiny sizes and checks the JSON document on stdout, and that bad flags are
  * refused by name. Says nothing about performance.
  */
-import { execFile } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-
-const RUN = fileURLToPath(new URL('../../bench/run.ts', import.meta.url));
-
-interface BenchOutcome {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function bench(args: string[]): Promise<BenchOutcome> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [RUN, ...args], { timeout: 20_000 }, (err, stdout, stderr) => {
-      if (err !== null && typeof err.code !== 'number') reject(err);
-      else resolve({ code: err === null ? 0 : Number(err.code), stdout, stderr });
-    });
-  });
-}
-
-const positive = expect.toSatisfy((v: unknown) => typeof v === 'number' && Number.isFinite(v) && v > 0);
+import { positive, runBench } from '../support/bench-cli.ts';
 
 /** Ratios and their inputs are rounded to a few significant digits, so compare within 1 %. */
 function expectRatio(ratio: number, numerator: number, denominator: number): void {
@@ -33,7 +13,7 @@ function expectRatio(ratio: number, numerator: number, denominator: number): voi
 
 describe('bench transport', () => {
   it('prints one JSON document with a case per size and the latency ratios', async () => {
-    const { code, stdout, stderr } = await bench(['transport', '--total-mb', '0.25', '--sizes', '1k,64k', '--rounds', '20', '--repeat', '1']);
+    const { code, stdout, stderr } = await runBench(['transport', '--total-mb', '0.25', '--sizes', '1k,64k', '--rounds', '20', '--repeat', '1']);
     expect(code, stderr).toBe(0);
     const result: unknown = JSON.parse(stdout);
     expect(result).toMatchObject({
@@ -72,14 +52,14 @@ describe('bench transport', () => {
   });
 
   it('refuses a bad flag value, naming the flag', async () => {
-    const { code, stdout, stderr } = await bench(['transport', '--sizes', '1k,0']);
+    const { code, stdout, stderr } = await runBench(['transport', '--sizes', '1k,0']);
     expect(code).toBe(2);
     expect(stdout).toBe('');
     expect(stderr).toContain('--sizes: "0" is not a byte size');
   });
 
   it('refuses an unknown bench, listing the known ones', async () => {
-    const { code, stderr } = await bench(['no-such-bench']);
+    const { code, stderr } = await runBench(['no-such-bench']);
     expect(code).toBe(2);
     expect(stderr).toMatch(/unknown bench "no-such-bench"[\s\S]*transport/);
   });

@@ -5,26 +5,12 @@
  * nothing about performance: the floors are for the 1 GiB run
  * (bench/RESULTS.md).
  */
-import { execFile } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-
-const RUN = fileURLToPath(new URL('../../bench/run.ts', import.meta.url));
-
-function bench(args: string[], timeout: number): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [RUN, ...args], { timeout, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err !== null && typeof err.code !== 'number') reject(err);
-      else resolve({ code: err === null ? 0 : Number(err.code), stdout, stderr });
-    });
-  });
-}
-
-const positive = expect.toSatisfy((v: unknown) => typeof v === 'number' && Number.isFinite(v) && v > 0);
+import { positive, runBench } from '../support/bench-cli.ts';
 
 describe('bench delta', () => {
   it('prints one JSON document with the delta, cache and bulk parts', async () => {
-    const { code, stdout, stderr } = await bench(['delta', '--size-mb', '4', '--repeat', '1', '--bulk-mb', '1', '--streams', '2', '--cache-keys', '20', '--cache-rounds', '5'], 90_000);
+    const { code, stdout, stderr } = await runBench(['delta', '--size-mb', '4', '--repeat', '1', '--bulk-mb', '1', '--streams', '2', '--cache-keys', '20', '--cache-rounds', '5'], { timeout: 90_000, maxBuffer: 16 * 1024 * 1024 });
     expect(code, stderr).toBe(0);
     type Figures = { kind: string; transfer_seconds: number; wire_bytes_sent: number; manifest_bytes_sent: number };
     const r = JSON.parse(stdout) as {

@@ -4,11 +4,9 @@
  * (Debian packages); without them the test is skipped with a warning, except
  * under CI=true, where their absence is a failure. Says nothing about speed.
  */
-import { execFile, execFileSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-
-const RUN = fileURLToPath(new URL('../../bench/run.ts', import.meta.url));
+import { positive, runBench } from '../support/bench-cli.ts';
 
 function hasTool(tool: string): boolean {
   try {
@@ -23,20 +21,9 @@ const missing = ['lz4', 'zstd'].filter((t) => !hasTool(t));
 const skip = missing.length > 0 && process.env.CI !== 'true';
 if (skip) console.warn(`codec bench smoke test SKIPPED: ${missing.join(', ')} not installed (apt-get install lz4 zstd)`);
 
-function bench(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [RUN, ...args], { timeout: 20_000 }, (err, stdout, stderr) => {
-      if (err !== null && typeof err.code !== 'number') reject(err);
-      else resolve({ code: err === null ? 0 : Number(err.code), stdout, stderr });
-    });
-  });
-}
-
-const positive = expect.toSatisfy((v: unknown) => typeof v === 'number' && Number.isFinite(v) && v > 0);
-
 describe('bench codec', () => {
   it.skipIf(skip)('prints one JSON document with ours vs CLI for lz4 and each zstd level', async () => {
-    const { code, stdout, stderr } = await bench(['codec', '--size-mb', '0.5', '--block-mb', '0.125', '--zstd-levels', '1,9', '--repeat', '1']);
+    const { code, stdout, stderr } = await runBench(['codec', '--size-mb', '0.5', '--block-mb', '0.125', '--zstd-levels', '1,9', '--repeat', '1']);
     expect(code, stderr).toBe(0);
     const result = JSON.parse(stdout) as { cases: { speed_ratio_compress: number; ours_compress_mib_s: number; cli_compress_mib_s: number }[] };
     const oneCase = {
@@ -65,7 +52,7 @@ describe('bench codec', () => {
   });
 
   it('refuses a bad zstd level by flag name', async () => {
-    const { code, stderr } = await bench(['codec', '--zstd-levels', '1,30']);
+    const { code, stderr } = await runBench(['codec', '--zstd-levels', '1,30']);
     expect(code).toBe(2);
     expect(stderr).toContain('--zstd-levels');
   });

@@ -3,27 +3,14 @@
  * small sizes and checks the JSON document, and that a bad flag is refused
  * by name. Says nothing about speed.
  */
-import { execFile } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { positive, runBench } from '../support/bench-cli.ts';
 
-const RUN = fileURLToPath(new URL('../../bench/run.ts', import.meta.url));
-
-function bench(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [RUN, ...args], { timeout: 20_000 }, (err, stdout, stderr) => {
-      if (err !== null && typeof err.code !== 'number') reject(err);
-      else resolve({ code: err === null ? 0 : Number(err.code), stdout, stderr });
-    });
-  });
-}
-
-const positive = expect.toSatisfy((v: unknown) => typeof v === 'number' && Number.isFinite(v) && v > 0);
 const count = expect.toSatisfy((v: unknown) => typeof v === 'number' && Number.isInteger(v) && v >= 0);
 
 describe('bench placement', () => {
   it('prints one JSON document with a case per region count and strategy', async () => {
-    const { code, stdout, stderr } = await bench(['placement', '--regions', '5,12', '--vms', '300', '--decisions', '50', '--warmup', '5']);
+    const { code, stdout, stderr } = await runBench(['placement', '--regions', '5,12', '--vms', '300', '--decisions', '50', '--warmup', '5']);
     expect(code, stderr).toBe(0);
     const result = JSON.parse(stdout) as { cases: { placed: number; refused: number; decisions: number }[] };
     const oneCase = {
@@ -56,7 +43,7 @@ describe('bench placement', () => {
   });
 
   it('refuses a bad flag by name', async () => {
-    const { code, stderr } = await bench(['placement', '--regions', '0']);
+    const { code, stderr } = await runBench(['placement', '--regions', '0']);
     expect(code).toBe(2);
     expect(stderr).toContain('--regions: region counts must be whole numbers from 1 to 5000');
   });
