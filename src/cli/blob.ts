@@ -25,7 +25,7 @@ import type { ParseArgsOptionsConfig } from 'node:util';
 import type { BlobCacheStatsResponse, BlobProgress, BlobPutResult, BlobStatusResponse, BlobTransfer } from '../admin/schema.ts';
 import { formatJson, renderFields, renderTable } from './format.ts';
 import type { CliIo, Command, CommandContext } from './command.ts';
-import { UsageError } from './command.ts';
+import { UsageError, positional, subcommandError } from './command.ts';
 
 const BLOB_OPTIONS = {
   key: { type: 'string' },
@@ -96,14 +96,6 @@ class ProgressLine {
 
 function progressLine(ctx: CommandContext): ProgressLine {
   return new ProgressLine(ctx.io, process.stderr.isTTY === true);
-}
-
-function positional(ctx: CommandContext, sub: string, names: readonly string[]): string[] {
-  const given = ctx.args.slice(1);
-  if (given.length !== names.length) {
-    throw new UsageError(`${sub} takes ${names.length === 0 ? 'no arguments' : names.join(' ')} (got ${given.length} argument${given.length === 1 ? '' : 's'})`);
-  }
-  return given;
 }
 
 function stringFlag(ctx: CommandContext, flag: string, sub: string): string {
@@ -258,13 +250,13 @@ async function blob(ctx: CommandContext): Promise<void> {
       return;
     }
     default:
-      throw new UsageError(`blob needs a subcommand: put, get or status${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`);
+      throw subcommandError('blob', 'put, get or status', sub);
   }
 }
 
 async function cache(ctx: CommandContext): Promise<void> {
   const sub = ctx.args[0];
-  if (sub !== 'stats') throw new UsageError(`cache needs a subcommand: stats${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`);
+  if (sub !== 'stats') throw subcommandError('cache', 'stats', sub);
   positional(ctx, 'cache stats', []);
   const c = await (await ctx.admin()).blob.cacheStats();
   ctx.io.stdout(ctx.json ? formatJson(c) : formatCacheStats(c));

@@ -47,6 +47,20 @@ export class UsageError extends DwcpError<'invalid'> {
   }
 }
 
+/** `command` given no subcommand, or one it does not have (`expected`: the ones it has, in words). */
+export function subcommandError(command: string, expected: string, got: string | undefined): UsageError {
+  return new UsageError(`${command} needs a subcommand: ${expected}${got === undefined ? '' : ` (got ${JSON.stringify(got)})`}`);
+}
+
+/** Exactly the positional arguments `names` after the subcommand. */
+export function positional(ctx: CommandContext, sub: string, names: readonly string[]): string[] {
+  const given = ctx.args.slice(1);
+  if (given.length !== names.length) {
+    throw new UsageError(`${sub} takes ${names.length === 0 ? 'no arguments' : names.join(' ')} (got ${given.length} argument${given.length === 1 ? '' : 's'})`);
+  }
+  return given;
+}
+
 
 const DURATION_UNITS_MS: Readonly<Record<string, number>> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
 

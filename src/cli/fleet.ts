@@ -11,7 +11,7 @@
  */
 import type { FleetRegion, FleetStatusResponse, FleetVm } from '../admin/schema.ts';
 import type { Command, CommandContext, FlagValues } from './command.ts';
-import { UsageError } from './command.ts';
+import { UsageError, subcommandError } from './command.ts';
 import { formatDuration, formatJson, formatPhi, renderTable } from './format.ts';
 
 const UNKNOWN = '-';
@@ -101,7 +101,7 @@ export async function listAllVms(ctx: CommandContext): Promise<void> {
 
 async function fleet(ctx: CommandContext): Promise<void> {
   const sub = ctx.args[0];
-  if (sub !== 'status') throw new UsageError(`fleet needs a subcommand: status${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`);
+  if (sub !== 'status') throw subcommandError('fleet', 'status', sub);
   if (ctx.args.length > 1) throw new UsageError(`fleet status takes no arguments (got ${JSON.stringify(ctx.args[1])})`);
   const res = await (await ctx.admin()).fleet.status();
   ctx.io.stdout(ctx.json ? formatJson(res) : formatFleetStatus(res));

@@ -27,7 +27,7 @@ import type { KvGetResponse, KvItem, KvWriteOptions, KvWriteResponse, RaftMember
 import { KV_READ_LEVELS, KV_SCOPES, KV_WRITE_LEVELS, isGeoLevel } from '../kv/consistency.ts';
 import { formatJson, renderFields, renderTable } from './format.ts';
 import type { Command, CommandContext } from './command.ts';
-import { UsageError } from './command.ts';
+import { UsageError, positional, subcommandError } from './command.ts';
 
 const KV_OPTIONS = {
   scope: { type: 'string' },
@@ -52,14 +52,6 @@ export function wholeNumber(flag: string, raw: unknown, min: number): number {
   return n;
 }
 
-/** Exactly the positional arguments `names` after the subcommand. */
-export function args(ctx: CommandContext, sub: string, names: readonly string[]): string[] {
-  const given = ctx.args.slice(1);
-  if (given.length !== names.length) {
-    throw new UsageError(`${sub} takes ${names.length === 0 ? 'no arguments' : names.join(' ')} (got ${given.length} argument${given.length === 1 ? '' : 's'})`);
-  }
-  return given;
-}
 
 /** --scope for the consensus keyspace; refused with a geo level, which has none. */
 function scopeFor(ctx: CommandContext, level: string): string {
@@ -153,19 +145,19 @@ async function kv(ctx: CommandContext): Promise<void> {
   const client = async () => (await ctx.admin()).kv;
   switch (sub) {
     case 'put': {
-      const [key = '', value = ''] = args(ctx, 'kv put', ['KEY', 'VALUE']);
+      const [key = '', value = ''] = positional(ctx, 'kv put', ['KEY', 'VALUE']);
       const options = writeOptions(ctx, oneOf('consistency', ctx.flags.consistency, KV_WRITE_LEVELS, 'strong'));
       printWrite(ctx, 'put', key, await (await client()).put(key, encoder.encode(value), options));
       return;
     }
     case 'delete': {
-      const [key = ''] = args(ctx, 'kv delete', ['KEY']);
+      const [key = ''] = positional(ctx, 'kv delete', ['KEY']);
       const options = writeOptions(ctx, oneOf('consistency', ctx.flags.consistency, KV_WRITE_LEVELS, 'strong'));
       printWrite(ctx, 'delete', key, await (await client()).delete(key, options));
       return;
     }
     case 'cas': {
-      const [key = '', value = ''] = args(ctx, 'kv cas', ['KEY', 'VALUE']);
+      const [key = '', value = ''] = positional(ctx, 'kv cas', ['KEY', 'VALUE']);
       if (ctx.flags.revision === undefined) throw new UsageError('kv cas needs --revision N (the revision the key must have; 0: must not exist)');
       const expected = wholeNumber('revision', ctx.flags.revision, 0);
       const level = oneOf('consistency', ctx.flags.consistency, KV_WRITE_LEVELS, 'strong');
@@ -174,7 +166,7 @@ async function kv(ctx: CommandContext): Promise<void> {
       return;
     }
     case 'get': {
-      const [key = ''] = args(ctx, 'kv get', ['KEY']);
+      const [key = ''] = positional(ctx, 'kv get', ['KEY']);
       const prefix = ctx.flags.prefix === true;
       const consistency = oneOf('consistency', ctx.flags.consistency, KV_READ_LEVELS, 'strong');
       if (ctx.flags.ttl !== undefined) throw new UsageError('--ttl applies to writes (put), not to get');
@@ -190,7 +182,7 @@ async function kv(ctx: CommandContext): Promise<void> {
       return;
     }
     default:
-      throw new UsageError(`kv needs a subcommand: put, get, delete or cas${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`);
+      throw subcommandError('kv', 'put, get, delete or cas', sub);
   }
 }
 
@@ -222,20 +214,20 @@ async function raft(ctx: CommandContext): Promise<void> {
   const print = <T>(value: T, table: (v: T) => string) => ctx.io.stdout(ctx.json ? formatJson(value) : table(value));
   switch (sub) {
     case 'status':
-      args(ctx, 'raft status', []);
+      positional(ctx, 'raft status', []);
       print(await (await client()).status(), formatRaftStatus);
       return;
     case 'members':
-      args(ctx, 'raft members', []);
+      positional(ctx, 'raft members', []);
       print(await (await client()).members(), formatRaftMembers);
       return;
     case 'add-member': {
-      const [id = ''] = args(ctx, 'raft add-member', ['ID']);
+      const [id = ''] = positional(ctx, 'raft add-member', ['ID']);
       print(await (await client()).addMember(id, ctx.timeoutMs), formatRaftMembers);
       return;
     }
     case 'remove-member': {
-      const [id = ''] = args(ctx, 'raft remove-member', ['ID']);
+      const [id = ''] = positional(ctx, 'raft remove-member', ['ID']);
       print(await (await client()).removeMember(id, ctx.timeoutMs), formatRaftMembers);
       return;
     }
@@ -246,9 +238,7 @@ async function raft(ctx: CommandContext): Promise<void> {
       return;
     }
     default:
-      throw new UsageError(
-        `raft needs a subcommand: status, members, add-member, remove-member or transfer-leader${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`,
-      );
+      throw subcommandError('raft', 'status, members, add-member, remove-member or transfer-leader', sub);
   }
 }
 

@@ -7,7 +7,7 @@
 import type { PbftStatusResponse } from '../admin/schema.ts';
 import { formatJson, renderFields, renderTable } from './format.ts';
 import type { Command, CommandContext } from './command.ts';
-import { UsageError } from './command.ts';
+import { UsageError, subcommandError } from './command.ts';
 
 export function formatPbftStatus(s: PbftStatusResponse): string {
   const fields = renderFields([
@@ -27,7 +27,7 @@ export function formatPbftStatus(s: PbftStatusResponse): string {
 
 async function pbft(ctx: CommandContext): Promise<void> {
   const [sub, ...rest] = ctx.args;
-  if (sub !== 'status') throw new UsageError(`pbft needs a subcommand: status${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`);
+  if (sub !== 'status') throw subcommandError('pbft', 'status', sub);
   if (rest.length > 0) throw new UsageError(`pbft status takes no arguments (got ${rest.length})`);
   const s = await (await ctx.admin()).pbft.status();
   ctx.io.stdout(ctx.json ? formatJson(s) : formatPbftStatus(s));

@@ -16,8 +16,8 @@ import type { ParseArgsOptionsConfig } from 'node:util';
 import type { CrdtEntry, CrdtUpdateResponse, RegionCount, StateDigestResponse } from '../admin/schema.ts';
 import { formatJson, renderTable } from './format.ts';
 import type { Command, CommandContext } from './command.ts';
-import { UsageError } from './command.ts';
-import { args, describeGeoWrite, oneOf, wholeNumber } from './kv-raft.ts';
+import { UsageError, positional, subcommandError } from './command.ts';
+import { describeGeoWrite, oneOf, wholeNumber } from './kv-raft.ts';
 import { GEO_LEVELS } from '../kv/consistency.ts';
 
 const TYPES = ['lww-register', 'g-counter', 'pn-counter', 'g-set', 'or-set', 'yjs-record'] as const;
@@ -72,18 +72,18 @@ async function crdt(ctx: CommandContext): Promise<void> {
     case 'incr':
     case 'decr': {
       const given = ctx.args.slice(1);
-      const [key = '', amount] = given.length === 1 ? [given[0]] : args(ctx, `crdt ${sub}`, ['KEY', '[N]']);
+      const [key = '', amount] = given.length === 1 ? [given[0]] : positional(ctx, `crdt ${sub}`, ['KEY', '[N]']);
       await update(sub, key, { amount: amount === undefined ? 1 : wholeNumber('amount', amount, 1) });
       return;
     }
     case 'add':
     case 'remove': {
-      const [key = '', element = ''] = args(ctx, `crdt ${sub}`, ['KEY', 'ELEMENT']);
+      const [key = '', element = ''] = positional(ctx, `crdt ${sub}`, ['KEY', 'ELEMENT']);
       await update(sub, key, { element });
       return;
     }
     case 'set': {
-      const [key = '', field = '', json = ''] = args(ctx, 'crdt set', ['KEY', 'FIELD', 'JSON']);
+      const [key = '', field = '', json = ''] = positional(ctx, 'crdt set', ['KEY', 'FIELD', 'JSON']);
       try {
         JSON.parse(json);
       } catch {
@@ -93,12 +93,12 @@ async function crdt(ctx: CommandContext): Promise<void> {
       return;
     }
     case 'unset': {
-      const [key = '', field = ''] = args(ctx, 'crdt unset', ['KEY', 'FIELD']);
+      const [key = '', field = ''] = positional(ctx, 'crdt unset', ['KEY', 'FIELD']);
       await update('unset', key, { field });
       return;
     }
     case 'get': {
-      const [key = ''] = args(ctx, 'crdt get', ['KEY']);
+      const [key = ''] = positional(ctx, 'crdt get', ['KEY']);
       if (ctx.flags.ttl !== undefined) throw new UsageError('--ttl applies to writes, not to get');
       const res = await (await ctx.admin()).state.get({ key, type, consistency, timeout_ms: ctx.timeoutMs });
       ctx.io.stdout(ctx.json ? formatJson(res) : res.entries.length === 0 ? '' : formatEntries(res.entries));
@@ -106,14 +106,14 @@ async function crdt(ctx: CommandContext): Promise<void> {
       return;
     }
     default:
-      throw new UsageError(`crdt needs a subcommand: incr, decr, add, remove, set, unset or get${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`);
+      throw subcommandError('crdt', 'incr, decr, add, remove, set, unset or get', sub);
   }
 }
 
 async function state(ctx: CommandContext): Promise<void> {
   const sub = ctx.args[0];
-  if (sub !== 'digest') throw new UsageError(`state needs a subcommand: digest${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`);
-  args(ctx, 'state digest', []);
+  if (sub !== 'digest') throw subcommandError('state', 'digest', sub);
+  positional(ctx, 'state digest', []);
   const res = await (await ctx.admin()).state.digest(ctx.timeoutMs);
   ctx.io.stdout(ctx.json ? formatJson(res) : formatDigest(res));
 }

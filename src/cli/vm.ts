@@ -21,7 +21,7 @@ import type { ParseArgsOptionsConfig } from 'node:util';
 import type { EstimateCostResponse, ListInstancesResponse, VmInstance, VmInstanceType, VmProviderStatus } from '../admin/schema.ts';
 import { formatDuration, formatJson, renderFields, renderTable } from './format.ts';
 import type { Command, CommandContext, FlagValues } from './command.ts';
-import { UsageError } from './command.ts';
+import { UsageError, subcommandError } from './command.ts';
 import { listAllVms } from './fleet.ts';
 import { MANAGED_VM_OPTIONS, createManaged, listDesired, powerManaged } from './fleet-vm.ts';
 
@@ -257,13 +257,13 @@ async function vm(ctx: CommandContext): Promise<void> {
       return;
     }
     default:
-      throw new UsageError(`vm needs a subcommand: list, create, start, stop, terminate or types${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`);
+      throw subcommandError('vm', 'list, create, start, stop, terminate or types', sub);
   }
 }
 
 async function cost(ctx: CommandContext): Promise<void> {
   const sub = ctx.args[0];
-  if (sub !== 'estimate') throw new UsageError(`cost needs a subcommand: estimate${sub === undefined ? '' : ` (got ${JSON.stringify(sub)})`}`);
+  if (sub !== 'estimate') throw subcommandError('cost', 'estimate', sub);
   noArguments(ctx, 'cost estimate');
   const { flags } = ctx;
   if (flags.spot === true && flags.reserved === true) throw new UsageError('--spot and --reserved exclude each other');
