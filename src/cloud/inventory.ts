@@ -55,6 +55,7 @@ import {
   InvalidRequestError,
   ProviderError,
   type CloudProvider,
+  type CreateInstanceRequest,
   type Instance,
   type InstanceState,
   type InstanceTypeInfo,
@@ -98,22 +99,14 @@ export interface InventoryEntry {
   instance: Instance;
 }
 
-export interface VmCreateRequest {
-  name: string;
-  type: string;
-  image: string;
-  zone?: string;
-  tags?: Tags;
-  spot?: boolean;
-  userData?: string;
-  /**
-   * The create's idempotency token; a fresh UUID when absent. A caller that
-   * derives it from what the VM is (the fleet: VM name and generation) makes
-   * a create retried after a crash find the first launch instead of making a
-   * second VM. GCE wants a UUID here.
-   */
-  idempotencyToken?: string;
-}
+/**
+ * A provider's create request, as the inventory takes it. The idempotency
+ * token is a fresh UUID when absent; a caller that derives it from what the
+ * VM is (the fleet: VM name and generation) makes a create retried after a
+ * crash find the first launch instead of making a second VM. GCE wants a
+ * UUID here.
+ */
+export type VmCreateRequest = CreateInstanceRequest;
 
 export interface VmCreateResult {
   provider: string;
