@@ -104,8 +104,8 @@ function vmFromWire(v: Wire<FleetVm>): FleetVm {
 export function fleetClient(call: ServiceCall): FleetClient {
   return {
     status: async () => {
-      const r = await call<Record<string, never>, Wire<Omit<FleetStatusResponse, 'regions'>> & { regions?: Wire<FleetRegion>[] }>('Status', {});
-      return { self: r.self ?? '', now: r.now ?? '', stale_after_ms: r.stale_after_ms ?? 0, regions: (r.regions ?? []).map(regionFromWire) };
+      const r = await call<Record<string, never>, Wire<Omit<FleetStatusResponse, 'regions' | 'orphans'>> & { regions?: Wire<FleetRegion>[]; orphans?: Wire<FleetVm>[] }>('Status', {});
+      return { self: r.self ?? '', now: r.now ?? '', stale_after_ms: r.stale_after_ms ?? 0, regions: (r.regions ?? []).map(regionFromWire), orphans: (r.orphans ?? []).map(vmFromWire) };
     },
     listVms: async (request) => {
       const r = await call<FleetVmsRequest, { vms?: Wire<FleetVm>[] }>('ListVms', request);

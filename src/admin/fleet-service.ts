@@ -16,8 +16,9 @@ import { POWER_STATES, type FleetResult, type PowerState } from '../fleet/comman
 import { formatPlacement, type PlacementDecision } from '../fleet/placement.ts';
 import type { ScheduleOutcome } from '../fleet/fleet-scheduler.ts';
 import type { FleetSeat } from '../fleet/seat.ts';
+import { MANAGED_BY_TAG, MANAGED_BY_VALUE } from '../fleet/reconciler.ts';
 import { checkFleetVmSpec, type FleetVmSpec } from '../fleet/spec.ts';
-import type { FleetVm as DesiredVm } from '../fleet/state-machine.ts';
+import type { FleetState, FleetVm as DesiredVm } from '../fleet/state-machine.ts';
 import type { FleetCreateRequest, FleetDesiredRequest, FleetPlaceRequest, FleetPowerRequest, FleetVmRef } from './schema.ts';
 
 export interface FleetAdminOptions {
@@ -224,7 +225,15 @@ export function fleetServiceRegistration(opts: FleetAdminOptions): AdminServiceR
 
   async function status(): Promise<Record<string, unknown>> {
     const view = opts.view();
-    return { self: view.self, now: new Date(view.nowMs).toISOString(), stale_after_ms: view.staleAfterMs, regions: view.regions.map(regionToWire) };
+    let desired: FleetState | undefined;
+    try {
+      desired = opts.seat?.state;
+    } catch {
+      desired = undefined;
+    }
+    // Without a replica of the log this node cannot tell an orphan from a managed VM: it reports none rather than guess.
+    const orphans = desired === undefined ? [] : view.vms.filter((v) => v.tags[MANAGED_BY_TAG] === MANAGED_BY_VALUE && (v.desiredVm === null || desired.vm(v.desiredVm) === undefined));
+    return { self: view.self, now: new Date(view.nowMs).toISOString(), stale_after_ms: view.staleAfterMs, regions: view.regions.map(regionToWire), orphans: orphans.map(vmToWire) };
   }
 
   async function listVms(r: FleetVmsRequest): Promise<Record<string, unknown>> {

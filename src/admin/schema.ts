@@ -526,6 +526,7 @@ export interface FleetStatusResponse {
   now: string;
   stale_after_ms: number;
   regions: FleetRegion[];
+  orphans: FleetVm[];
 }
 
 export interface FleetVmsRequest {

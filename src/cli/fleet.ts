@@ -104,7 +104,12 @@ async function fleet(ctx: CommandContext): Promise<void> {
   if (sub !== 'status') throw subcommandError('fleet', 'status', sub);
   if (ctx.args.length > 1) throw new UsageError(`fleet status takes no arguments (got ${JSON.stringify(ctx.args[1])})`);
   const res = await (await ctx.admin()).fleet.status();
-  ctx.io.stdout(ctx.json ? formatJson(res) : formatFleetStatus(res));
+  if (ctx.json) {
+    ctx.io.stdout(formatJson(res));
+    return;
+  }
+  ctx.io.stdout(formatFleetStatus(res));
+  if (res.orphans.length > 0) ctx.io.stdout(`\nOrphans (managed by dwcp, no desired VM; never deleted by the fleet):\n${formatFleetVms(res.orphans)}`);
 }
 
 export const FLEET_COMMAND: Command = {

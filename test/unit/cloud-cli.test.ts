@@ -114,7 +114,7 @@ describe('vm and cost usage errors', () => {
   it('exits 2 naming the mistake, before talking to any daemon', async () => {
     const cases: [string[], string][] = [
       [['vm'], 'vm needs a subcommand: list, create, start, stop, terminate or types'],
-      [['vm', 'stop'], 'vm stop takes one argument, the instance ID'],
+      [['vm', 'stop'], "vm stop takes one argument, a managed VM's name or an instance ID"],
       [['vm', 'list', 'extra'], 'vm list takes no arguments (got "extra")'],
       [['vm', 'create', '--image', 'x'], '--type is required (the instance type, e.g. t3.medium; see dwcpctl vm types)'],
       [['vm', 'create', '--type', 't', '--image', 'x', '--tag', 'novalue'], '--tag "novalue": expected KEY=VALUE'],

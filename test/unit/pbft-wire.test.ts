@@ -363,6 +363,19 @@ describe('pbft wire: hostile frames', () => {
     expect(encodePbftFrames(forwarded)).toHaveLength(1);
   });
 
+  it("lets a member forward the checkpoints proving its stable checkpoint (the answer to a fetch below it), in one frame with its own messages", () => {
+    // Seen in a real 4-daemon run: every replica failed to encode this answer to a restarted primary ("messages[2].from is r1, but the frame is from r3").
+    const answer = { messages: [checkpoint('r3'), checkpoint('r2'), checkpoint('r1'), vote('prepare', 'r1')], replies: [] };
+    const frames = encodePbftFrames(answer);
+    expect(frames).toHaveLength(1);
+    expect(decodePbftFrame(frames[0]!, { from: 'r1' }).messages.map((m) => [m.type, m.from])).toEqual([
+      ['checkpoint', 'r3'],
+      ['checkpoint', 'r2'],
+      ['checkpoint', 'r1'],
+      ['prepare', 'r1'],
+    ]);
+  });
+
   it('refuses more items than a frame may carry', () => {
     const prepare = vote('prepare', 'r1');
     const over = { messages: Array.from({ length: PBFT_MAX_FRAME_ITEMS }, () => prepare), replies: [reply('r1', 1)] };

@@ -121,12 +121,17 @@ function schemaError(detail: string): FrameError {
 }
 
 /**
- * Top-level messages a replica forwards on another's behalf: a new-view is
- * sent on to peers that missed it by whoever holds it, signed by the primary
- * that made it (and carrying the 2f + 1 view-changes that justify it), all of
- * which the core verifies. Every other top-level message is the sender's own.
+ * Top-level messages a replica forwards on another's behalf, each signed by
+ * its author and verified by the core against the author's key, not the
+ * sender's:
+ * - a new-view is sent on to peers that missed it by whoever holds it
+ *   (carrying the 2f + 1 view-changes that justify it);
+ * - checkpoints: a replica asked to fetch a slot it has already collected
+ *   answers with the 2f + 1 checkpoints that prove its stable checkpoint,
+ *   which sends the asker to state transfer.
+ * Every other top-level message is the sender's own.
  */
-const FORWARDED_TYPES: ReadonlySet<string> = new Set(['new_view']);
+const FORWARDED_TYPES: ReadonlySet<string> = new Set(['new_view', 'checkpoint']);
 
 /**
  * Checks each item's shape and that every top-level `from` is `sender`
