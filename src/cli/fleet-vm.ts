@@ -176,6 +176,9 @@ export function formatPlace(res: FleetPlaceResponse): string {
 /** `vm create NAME ...` (managed) and `place NAME ...`. */
 export async function createManaged(ctx: CommandContext, dryRun: boolean): Promise<void> {
   // `place NAME` has no subcommand before the name; `vm create NAME` has one.
+  if (!dryRun && ctx.args.length === 1) {
+    throw new UsageError('vm create needs a NAME (a managed VM: NAME --cpu N --memory SIZE --image I) or --type (one unmanaged instance: --provider P --type T --image I)');
+  }
   const name = dryRun ? vmName(ctx, 'place', 0) : vmName(ctx, 'vm create', 1);
   const spec = specFrom(name, ctx.flags);
   const fleet = (await ctx.admin()).fleet;
