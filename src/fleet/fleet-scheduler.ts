@@ -21,6 +21,7 @@ import type { FleetLog } from './log.ts';
 import { buildPlacementView, place, type ObservedFleet, type PlacementDecision } from './placement.ts';
 import { judgePlan, planCreate, startScheduling, type SchedulerFailureCode, type SchedulerOptions } from './scheduler.ts';
 import type { FleetVmSpec } from './spec.ts';
+import type { FleetState } from './state-machine.ts';
 
 export interface SchedulerMetrics {
   /** dwcp_fleet_placements_total{result}: placed | failed */
@@ -48,10 +49,23 @@ export class FleetScheduler {
     this.#o = options;
   }
 
+  /**
+   * The options for a plan on `state`: RTT is scored from this node's region
+   * once the log knows it; before its declaration commits, from nowhere
+   * (an origin placement does not know is an unknown region, not a reason to
+   * refuse every request).
+   */
+  #options(state: FleetState): SchedulerOptions {
+    const { origin } = this.#o.options.placement;
+    if (origin === null || state.region(origin) !== undefined) return this.#o.options;
+    return { ...this.#o.options, placement: { ...this.#o.options.placement, origin: null } };
+  }
+
   /** Placement alone, on the current view: `--dry-run`, `--explain` and `dwcpctl place`. */
   place(spec: FleetVmSpec): PlacementDecision {
     const started = performance.now();
-    const decision = place(spec, buildPlacementView(this.#o.log.state, this.#o.observed()), this.#o.options.placement);
+    const state = this.#o.log.state;
+    const decision = place(spec, buildPlacementView(state, this.#o.observed()), this.#options(state).placement);
     this.#o.metrics.placementDuration.observe((performance.now() - started) / 1000);
     return decision;
   }
@@ -64,7 +78,8 @@ export class FleetScheduler {
     let lastDecision: PlacementDecision | undefined;
     for (;;) {
       const started = performance.now();
-      const plan = planCreate(progress, this.#o.log.state, this.#o.observed(), this.#o.options);
+      const state = this.#o.log.state;
+      const plan = planCreate(progress, state, this.#o.observed(), this.#options(state));
       this.#o.metrics.placementDuration.observe((performance.now() - started) / 1000);
       if (plan.kind === 'failed') return this.#fail(spec.name, created, plan.code, plan.reasons, plan.decision ?? lastDecision, deadline);
       if (plan.kind === 'placed') {

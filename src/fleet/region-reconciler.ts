@@ -24,6 +24,7 @@ import type { Logger } from '../log.ts';
 import type { FleetVmSpec } from './spec.ts';
 import type { FleetState } from './state-machine.ts';
 import {
+  CREATE_TOKEN_TAG,
   DEFAULT_RECONCILER_OPTIONS,
   EMPTY_RECONCILER_MEMORY,
   actionKey,
@@ -246,11 +247,13 @@ export class RegionReconciler {
       switch (action.kind) {
         case 'create': {
           const type = await this.#typeFor(action.provider, action.spec);
+          // The inventory tags the launch with its create token itself (from idempotencyToken: the UUID form of the core's token).
+          const { [CREATE_TOKEN_TAG]: _token, ...tags } = action.tags;
           const created = await this.#o.inventory.create(action.provider, {
             name: action.vm,
             type,
             image: action.spec.image,
-            tags: action.tags,
+            tags,
             // Spot only on capacity the region declared as spot (placement sends only spot-tolerant specs there).
             spot: this.#o.desired().region(this.#o.region)?.providers.find((p) => p.name === action.provider)?.spot === true,
             idempotencyToken: uuidFromToken(action.token),

@@ -149,37 +149,38 @@ describe('fleet desired state, 3 regions', () => {
   }, 60_000);
 
   it('reports a managed copy with no desired VM as an orphan on every node, and leaves it running', async () => {
-    const made = await ctl(2, 'vm', 'create', '--provider', 'local', '--type', 'local.small', '--image', 'base', '--name', 'ghost', '--tag', 'managed-by=dwcp', '--tag', 'dwcp-vm=ghost', '--json');
+    const made = await ctl(0, 'vm', 'create', '--provider', 'local', '--type', 'local.small', '--image', 'base', '--name', 'ghost', '--tag', 'managed-by=dwcp', '--tag', 'dwcp-vm=ghost', '--json');
     expect(made.code, made.stderr).toBe(0);
     const id = (JSON.parse(made.stdout) as { instance: { id: string } }).instance.id;
-    for (const i of [0, 1]) {
+    for (const i of [1, 2]) {
       await eventually(`n${i + 1} reports the orphan`, RUNNING_MS, async () => {
         const status = JSON.parse((await ctl(i, 'fleet', 'status', '--json')).stdout) as { orphans: { id: string; region: string; state: string }[] };
-        return status.orphans.find((o) => o.id === id && o.region === 'n3' && o.state === 'running');
+        return status.orphans.find((o) => o.id === id && o.region === 'n1' && o.state === 'running');
       });
     }
-    expect((await ctl(0, 'fleet', 'status')).stdout).toMatch(/Orphans \(managed by dwcp, no desired VM; never deleted by the fleet\):[\s\S]*ghost/);
-    // n3's reconciler passes over it: a managed VM placed on n3 after the orphan appeared reaches running there, and the orphan still runs.
-    expect((await ctl(0, 'vm', 'terminate', 'web3')).code).toBe(0);
-    expect(await create(0, 'probe', 1, '--region', 'n3')).toMatchObject({ region: 'n3' });
-    await running(2, 'probe');
-    const list = JSON.parse((await ctl(2, 'vm', 'list', '--json')).stdout) as { instances: { id: string; state: string }[] };
+    expect((await ctl(2, 'fleet', 'status')).stdout).toMatch(/Orphans \(managed by dwcp, no desired VM; never deleted by the fleet\):[\s\S]*ghost/);
+    // n1's reconciler passes over it: a managed VM placed on n1 after the orphan appeared reaches running there, and the orphan still runs.
+    expect(await create(1, 'probe', 1, '--region', 'n1')).toMatchObject({ region: 'n1' });
+    await running(0, 'probe');
+    const list = JSON.parse((await ctl(0, 'vm', 'list', '--json')).stdout) as { instances: { id: string; state: string }[] };
     expect(list.instances.find((v) => v.id === id)?.state).toBe('running');
   }, 60_000);
 
   it('a create sent to a survivor after kill -9 of the leader succeeds within 10 s of a new leader and reaches running', async () => {
-    // Free a slot on n2 (delete gives the capacity back in the log at once): every survivor has room (n1 4 vCPUs, n2 2, n3 1).
+    // Free a slot on n2 (delete gives the capacity back in the log at once): n1 and n2 have room, n3 is full.
     expect((await ctl(0, 'vm', 'terminate', 'web2')).code).toBe(0);
     const leader = await cluster.waitForLeader();
     await cluster.stopNode(leader.index, 'SIGKILL');
     const survivors = [0, 1, 2].filter((i) => i !== leader.index);
     await cluster.waitForLeader(leader.term, survivors);
     const started = performance.now();
-    // Pinned to a survivor: the dead region cannot run it (and still holds its declared capacity in the log).
-    const target = `n${survivors[1]! + 1}`;
-    const placed = await create(survivors[0]!, 'after-kill', 1, '--region', target);
+    // Pinned to a survivor with room (the dead region still holds its declared capacity in the log, but cannot run it), sent through the other survivor.
+    const region = survivors.find((i) => i !== 2)!;
+    const sender = survivors.find((i) => i !== region)!;
+    const target = `n${region + 1}`;
+    const placed = await create(sender, 'after-kill', 1, '--region', target);
     expect(performance.now() - started).toBeLessThan(10_000);
     expect(placed.region).toBe(target);
-    await running(survivors[1]!, 'after-kill');
+    await running(region, 'after-kill');
   }, 90_000);
 });
