@@ -7,7 +7,8 @@
  * scored from nowhere).
  */
 import { describe, expect, it } from 'vitest';
-import { FleetScheduler } from '../../src/fleet/fleet-scheduler.ts';
+import { Counter, Histogram, Registry } from 'prom-client';
+import { FleetScheduler, type SchedulerMetrics } from '../../src/fleet/fleet-scheduler.ts';
 import { FleetLog, type FleetLogPort } from '../../src/fleet/log.ts';
 import { DEFAULT_PLACEMENT_OPTIONS } from '../../src/fleet/placement.ts';
 import { resolveSchedulerOptions } from '../../src/fleet/scheduler.ts';
@@ -26,10 +27,14 @@ function logOver(machine: FleetStateMachine, before?: (n: number) => void): Flee
   return new FleetLog(port, 'test-client');
 }
 
-const metrics = () => {
-  const seen: string[] = [];
-  return { seen, placements: { inc: (l: { result: string }) => void seen.push(l.result) }, placementDuration: { observe: () => undefined } };
-};
+/** Real prom-client metrics on a registry of their own; `seen` reads the placements counter back. */
+function metrics(): SchedulerMetrics & { seen: () => Promise<string[]> } {
+  const registers = [new Registry()];
+  const placements = new Counter({ name: 'dwcp_fleet_placements_total', help: 'test', labelNames: ['result'], registers });
+  const placementDuration = new Histogram({ name: 'dwcp_fleet_placement_duration_seconds', help: 'test', registers });
+  const seen = async () => (await placements.get()).values.flatMap((v) => Array.from({ length: v.value }, () => String(v.labels.result)));
+  return { placements, placementDuration, seen };
+}
 
 function scheduler(log: FleetLog, origin: string | null, m = metrics()): FleetScheduler {
   return new FleetScheduler({ log, observed: () => ({}), options: resolveSchedulerOptions({ placement: { ...DEFAULT_PLACEMENT_OPTIONS, origin } }), metrics: m });
@@ -42,7 +47,7 @@ describe('FleetScheduler (driver)', () => {
     const outcome = await scheduler(logOver(machine), 'a', m).create(spec('web1'), 'running', 5_000);
     expect(outcome).toMatchObject({ ok: true, region: 'b', generation: 1, attempts: 1 });
     expect(machine.vm('web1')?.assignment).toMatchObject({ region: 'b', generation: 1 });
-    expect(m.seen).toEqual(['placed']);
+    expect(await m.seen()).toEqual(['placed']);
   });
 
   it('re-plans on fresh state when another scheduler took the capacity between plan and commit', async () => {
