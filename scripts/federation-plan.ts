@@ -5,6 +5,14 @@
  * known. No I/O here, so the launcher's choices are testable without starting
  * anything.
  *
+ * Each node is also a fleet region with one local provider, and the nodes
+ * differ so that placement has real choices: by default node i (from 0)
+ * costs $0.01×(i+1) per vCPU-hour and $0.001×(i+1) per GiB-hour, holds
+ * 4×(i+1) vCPUs, 8×(i+1) GiB and 100×(i+1) GiB of disk, is in jurisdiction
+ * eu (even i, with compliance gdpr) or us (odd i), and carries the label
+ * tier=bronze|silver|gold in turn. A plan file (`--plan`) replaces any of
+ * these fields per node name; `--label [NODE:]KEY=VALUE` then adds labels.
+ *
  * Invariants: trusted nodes come first and every node's index is the same in
  * the name order and the port order (listen P+i, metrics P+1000+i); every path
  * is absolute; a plan whose ports leave 1..65535 or whose admin socket path
@@ -12,8 +20,12 @@
  * offending value, before any file is written.
  */
 import { isAbsolute, join } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
 import { MAX_SOCKET_PATH_BYTES } from '../src/admin/socket.ts';
-import { defaultTrust, type Provider, type Trust } from '../src/config/schema.ts';
+import { OnPremCapacitySchema, onPremPrices } from '../src/cloud/config.ts';
+import { formatIssue, pathString } from '../src/config/issues.ts';
+import { NodeSchema, defaultTrust, type Provider, type Trust } from '../src/config/schema.ts';
 
 export const FEDERATION_ID = 'local-fed';
 export const DEFAULT_BASE_PORT = 4800;
@@ -41,12 +53,110 @@ export class PlanError extends Error {
   }
 }
 
+/** What a node declares to the fleet as its region: labels, jurisdiction, compliance, and its local provider's capacity and prices. */
+export interface RegionFacts {
+  labels: Record<string, string>;
+  jurisdiction?: string;
+  compliance: string[];
+  capacity: { vcpus: number; memoryGiB: number; diskGiB: number };
+  pricePerVcpuHour: number;
+  pricePerGiBHour: number;
+}
+
+const TIERS = ['bronze', 'silver', 'gold'] as const;
+
+/** Money without binary-fraction noise: 0.03, not 0.030000000000000002. */
+function usd(x: number): number {
+  return Number(x.toFixed(6));
+}
+
+/** The built-in spread for the node at index i (launch order, from 0). */
+export function defaultRegionFacts(i: number): RegionFacts {
+  const eu = i % 2 === 0;
+  return {
+    labels: { tier: TIERS[i % TIERS.length]! },
+    jurisdiction: eu ? 'eu' : 'us',
+    compliance: eu ? ['gdpr'] : [],
+    capacity: { vcpus: 4 * (i + 1), memoryGiB: 8 * (i + 1), diskGiB: 100 * (i + 1) },
+    pricePerVcpuHour: usd(0.01 * (i + 1)),
+    pricePerGiBHour: usd(0.001 * (i + 1)),
+  };
+}
+
+/** One node's entry in a plan file: every field optional, each replacing the built-in value whole. */
+const PlanEntrySchema = z.strictObject({
+  labels: NodeSchema.shape.labels.unwrap().optional(),
+  /** null: no jurisdiction. */
+  jurisdiction: NodeSchema.shape.jurisdiction.unwrap().nullable().optional(),
+  compliance: NodeSchema.shape.compliance.unwrap().optional(),
+  capacity: OnPremCapacitySchema.optional(),
+  pricePerVcpuHour: onPremPrices.pricePerVcpuHour.unwrap().optional(),
+  pricePerGiBHour: onPremPrices.pricePerGiBHour.unwrap().optional(),
+});
+
+const PlanFileSchema = z.record(z.string(), PlanEntrySchema);
+
+/** A parsed plan file: per node name, the fields it sets. */
+export type PlanFile = z.infer<typeof PlanFileSchema>;
+
+/**
+ * A plan file's text (YAML, or JSON, which is YAML) as per-node settings.
+ * source names the file in errors: `--plan fed.yaml: dc1.capacity.vcpus: 0 is too small: expected at least 1`.
+ */
+export function parsePlanFile(text: string, source: string): PlanFile {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    throw new PlanError(`--plan ${source}: not YAML or JSON: ${(err as Error).message.split('\n')[0]}`);
+  }
+  if (doc === null || doc === undefined) throw new PlanError(`--plan ${source}: empty; expected a mapping from node name (dc1, ...) to its labels, jurisdiction, compliance, capacity, pricePerVcpuHour, pricePerGiBHour`);
+  const parsed = PlanFileSchema.safeParse(doc, { reportInput: true });
+  if (!parsed.success) throw new PlanError(`--plan ${source}: ${parsed.error.issues.map((i) => formatIssue(i, pathString)).join('; ')}`);
+  return parsed.data;
+}
+
+/** A `--label [NODE:]KEY=VALUE` flag: a label for one node, or for all when node is absent. */
+export interface LabelFlag {
+  node?: string;
+  key: string;
+  value: string;
+}
+
+const LabelsSchema = NodeSchema.shape.labels.unwrap();
+
+export function parseLabelFlag(raw: string): LabelFlag {
+  const eq = raw.indexOf('=');
+  if (eq < 1) throw new PlanError(`--label ${JSON.stringify(raw)}: expected [NODE:]KEY=VALUE, e.g. tier=gold or dc2:tier=gold`);
+  const lhs = raw.slice(0, eq);
+  const colon = lhs.indexOf(':');
+  const flag: LabelFlag = colon < 0 ? { key: lhs, value: raw.slice(eq + 1) } : { node: lhs.slice(0, colon), key: lhs.slice(colon + 1), value: raw.slice(eq + 1) };
+  if (flag.node === '' || flag.key === '') throw new PlanError(`--label ${JSON.stringify(raw)}: expected [NODE:]KEY=VALUE, e.g. tier=gold or dc2:tier=gold`);
+  const parsed = LabelsSchema.safeParse({ [flag.key]: flag.value }, { reportInput: true });
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    // zod reports a bad record key as "Invalid key in record"; say what a key may be instead.
+    const what =
+      issue.code === 'invalid_key'
+        ? `${JSON.stringify(flag.key)} is not a label key (lowercase letters, digits, ".", "_", "/", "-"; at most 63 characters)`
+        : `${JSON.stringify(flag.value)} is not a label value (letters, digits, ".", "_", "-"; at most 63 characters)`;
+    throw new PlanError(`--label ${JSON.stringify(raw)}: ${what}`);
+  }
+  return flag;
+}
+
 export interface PlanInput {
   nodes: number;
   untrusted: number;
   /** Absolute: the plan's paths end up in configs read by daemons with another cwd. */
   dir: string;
   basePort: number;
+  /** Per-node settings from `--plan FILE` (parsePlanFile); a name that is not a node is refused. */
+  planFile?: PlanFile;
+  /** Where planFile came from, for errors. */
+  planSource?: string;
+  /** `--label` flags, applied after the plan file. */
+  labels?: readonly LabelFlag[];
 }
 
 export interface PlannedNode {
@@ -63,18 +173,21 @@ export interface PlannedNode {
   listen: string;
   metricsListen: string;
   metricsUrl: string;
+  /** What the node declares to the fleet (its local provider's capacity and prices, its labels). */
+  facts: RegionFacts;
 }
 
 /** What the launcher writes to `<dir>/<name>/dwcpd.yaml`; a subset of the daemon's ConfigFile. */
 export interface LocalNodeConfig {
   federation: string;
-  node: { name: string; region: string; provider: Provider; trust: Trust };
+  node: { name: string; region: string; provider: Provider; trust: Trust; labels: Record<string, string>; jurisdiction?: string; compliance: string[] };
   listen: string[];
   metricsListen: string;
   adminSocket: string;
   dataDir: string;
   logLevel: 'info';
   members: { name: string; peerId: string; region: string; provider: Provider; trust: Trust; addrs: string[] }[];
+  clouds: { providers: { kind: 'local'; capacity: RegionFacts['capacity']; pricePerVcpuHour: number; pricePerGiBHour: number }[] };
 }
 
 function requireInt(field: string, value: number, min: number, max: number): void {
@@ -106,6 +219,15 @@ export function planFederation(input: PlanInput): PlannedNode[] {
   if (!isAbsolute(dir)) throw new PlanError(`--dir: ${JSON.stringify(dir)} must be an absolute path`);
 
   const trusted = nodes - untrusted;
+  const names = Array.from({ length: nodes }, (_, i) => (i < trusted ? `dc${i + 1}` : `cloud${i - trusted + 1}`));
+  const known = (name: string) => names.includes(name);
+  const listed = nodes <= 6 ? names.join(', ') : `${names.slice(0, 3).join(', ')}, ..., ${names.at(-1)}`;
+  for (const name of Object.keys(input.planFile ?? {})) {
+    if (!known(name)) throw new PlanError(`--plan ${input.planSource ?? 'FILE'}: ${name}: no such node in this federation (${listed})`);
+  }
+  for (const l of input.labels ?? []) {
+    if (l.node !== undefined && !known(l.node)) throw new PlanError(`--label ${l.node}:${l.key}=${l.value}: ${l.node}: no such node in this federation (${listed})`);
+  }
   return Array.from({ length: nodes }, (_, i) => {
     const placement = i < trusted ? { name: `dc${i + 1}`, provider: 'onprem' as const, region: `dc${i + 1}` } : { name: `cloud${i - trusted + 1}`, ...cloudPlacement(i - trusted) };
     const nodeDir = join(dir, placement.name);
@@ -128,8 +250,26 @@ export function planFederation(input: PlanInput): PlannedNode[] {
       listen: `/ip4/127.0.0.1/tcp/${basePort + i}`,
       metricsListen,
       metricsUrl: `http://${metricsListen}/metrics`,
+      facts: regionFacts(i, placement.name, input),
     };
   });
+}
+
+/** The built-in spread for node i, then its plan file entry, then the --label flags for it. */
+function regionFacts(i: number, name: string, input: PlanInput): RegionFacts {
+  const facts = defaultRegionFacts(i);
+  const entry = input.planFile?.[name];
+  if (entry !== undefined) {
+    if (entry.labels !== undefined) facts.labels = { ...entry.labels };
+    if (entry.jurisdiction === null) delete facts.jurisdiction;
+    else if (entry.jurisdiction !== undefined) facts.jurisdiction = entry.jurisdiction;
+    if (entry.compliance !== undefined) facts.compliance = [...entry.compliance];
+    if (entry.capacity !== undefined) facts.capacity = { vcpus: entry.capacity.vcpus, memoryGiB: entry.capacity.memoryGiB, diskGiB: entry.capacity.diskGiB };
+    if (entry.pricePerVcpuHour !== undefined) facts.pricePerVcpuHour = entry.pricePerVcpuHour;
+    if (entry.pricePerGiBHour !== undefined) facts.pricePerGiBHour = entry.pricePerGiBHour;
+  }
+  for (const l of input.labels ?? []) if (l.node === undefined || l.node === name) facts.labels[l.key] = l.value;
+  return facts;
 }
 
 /** The config of plan[index]: every other node is a member. peerIds[i] is plan[i]'s peer ID. */
@@ -139,7 +279,15 @@ export function nodeConfig(plan: readonly PlannedNode[], peerIds: readonly strin
   if (self === undefined) throw new PlanError(`nodeConfig: no node at index ${index} of ${plan.length}`);
   return {
     federation: FEDERATION_ID,
-    node: { name: self.name, region: self.region, provider: self.provider, trust: self.trust },
+    node: {
+      name: self.name,
+      region: self.region,
+      provider: self.provider,
+      trust: self.trust,
+      labels: self.facts.labels,
+      ...(self.facts.jurisdiction === undefined ? {} : { jurisdiction: self.facts.jurisdiction }),
+      compliance: self.facts.compliance,
+    },
     listen: [self.listen],
     metricsListen: self.metricsListen,
     adminSocket: self.adminSocket,
@@ -148,5 +296,7 @@ export function nodeConfig(plan: readonly PlannedNode[], peerIds: readonly strin
     members: plan.flatMap((m, i) =>
       i === index ? [] : [{ name: m.name, peerId: peerIds[i]!, region: m.region, provider: m.provider, trust: m.trust, addrs: [m.listen] }],
     ),
+    // One simulated provider per node, with the node's capacity and prices: the fleet's choices across the federation.
+    clouds: { providers: [{ kind: 'local', capacity: self.facts.capacity, pricePerVcpuHour: self.facts.pricePerVcpuHour, pricePerGiBHour: self.facts.pricePerGiBHour }] },
   };
 }

@@ -24,7 +24,19 @@ import { stringify } from 'yaml';
 import { resolveConfig } from '../src/config/load.ts';
 import type { DwcpConfig } from '../src/config/schema.ts';
 import { loadOrCreateIdentity } from '../src/daemon/identity.ts';
-import { CONFIG_FILE, DEFAULT_BASE_PORT, PID_FILE, PlanError, SOCKET_FILE, nodeConfig, planFederation, type PlannedNode } from './federation-plan.ts';
+import {
+  CONFIG_FILE,
+  DEFAULT_BASE_PORT,
+  PID_FILE,
+  PlanError,
+  SOCKET_FILE,
+  nodeConfig,
+  parseLabelFlag,
+  parsePlanFile,
+  planFederation,
+  type PlanFile,
+  type PlannedNode,
+} from './federation-plan.ts';
 
 const DAEMON_MAIN = fileURLToPath(new URL('../src/daemon/main.ts', import.meta.url));
 
@@ -39,13 +51,21 @@ const LOG_TAIL_LINES = 8;
 const LOG_LINE_CHARS = 400;
 
 const USAGE = `usage: npm run federation -- up --nodes N [--untrusted M] --dir DIR [--base-port P] [--timeout-ms T]
+                                   [--plan FILE] [--label [NODE:]KEY=VALUE]...
        npm run federation -- down --dir DIR
        npm run federation -- status --dir DIR
 
   up      create DIR/<name>/ for N nodes (trusted dc1.., then M untrusted cloud1..), start a dwcpd
           in each and wait until every node has all N-1 members connected; prints a JSON array of
-          {name, socket, metrics, peerId, pid}. Ports: libp2p P+i, metrics P+1000+i (P default ${DEFAULT_BASE_PORT}).
+          {name, socket, metrics, peerId, pid, fleet}. Ports: libp2p P+i, metrics P+1000+i (P default ${DEFAULT_BASE_PORT}).
           On failure the daemons are left running for inspection: run "down" afterwards.
+          Each node is a fleet region with one local provider; by default node i (from 0) gets
+          $0.01×(i+1)/vCPU-h and $0.001×(i+1)/GiB-h, 4×(i+1) vCPUs, 8×(i+1) GiB, 100×(i+1) GiB disk,
+          jurisdiction eu (even i, compliance gdpr) or us (odd i), and label tier=bronze|silver|gold.
+  --plan  a YAML or JSON file mapping node names to any of labels, jurisdiction (null: none),
+          compliance, capacity {vcpus, memoryGiB, diskGiB}, pricePerVcpuHour, pricePerGiBHour;
+          each field given replaces the default for that node.
+  --label add a label to every node (KEY=VALUE) or to one (NODE:KEY=VALUE), after the plan file; repeatable.
   down    SIGTERM every daemon of DIR, SIGKILL those still running after ${GRACEFUL_STOP_MS / 1000} s; prints a JSON summary.
   status  per node: whether its pid is running and how many members it has connected (JSON).`;
 
@@ -55,6 +75,8 @@ const OPTIONS = {
   dir: { type: 'string' },
   'base-port': { type: 'string' },
   'timeout-ms': { type: 'string' },
+  plan: { type: 'string' },
+  label: { type: 'string', multiple: true },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -88,6 +110,19 @@ function onlyFlags(command: string, flags: Flags, allowed: (keyof Flags)[]): voi
 function dirFlag(flags: Flags): string {
   if (flags.dir === undefined || flags.dir === '') throw new UsageError('--dir is required');
   return flags.dir;
+}
+
+/** --plan FILE read and checked, before anything is created. */
+async function planFileFlag(flags: Flags): Promise<{ planFile?: PlanFile; planSource?: string }> {
+  if (flags.plan === undefined) return {};
+  if (flags.plan === '') throw new UsageError('--plan: expected a file name');
+  let text: string;
+  try {
+    text = await readFile(flags.plan, 'utf8');
+  } catch (err) {
+    throw new UsageError(`--plan ${flags.plan}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  return { planFile: parsePlanFile(text, flags.plan), planSource: flags.plan };
 }
 
 /** The directory a federation lives in, symlinks resolved so that every command names the same paths. */
@@ -330,7 +365,7 @@ async function refuseIfRunning(dir: string): Promise<void> {
 }
 
 async function up(flags: Flags): Promise<string> {
-  onlyFlags('up', flags, ['nodes', 'untrusted', 'dir', 'base-port', 'timeout-ms']);
+  onlyFlags('up', flags, ['nodes', 'untrusted', 'dir', 'base-port', 'timeout-ms', 'plan', 'label']);
   const nodes = intFlag(flags, 'nodes');
   const untrusted = intFlag(flags, 'untrusted', 0);
   const basePort = intFlag(flags, 'base-port', DEFAULT_BASE_PORT);
@@ -338,9 +373,10 @@ async function up(flags: Flags): Promise<string> {
   if (timeoutMs < 1) throw new UsageError('--timeout-ms: must be at least 1');
   // Bad counts, ports or a too-long path are refused before anything is created; the real path may be longer.
   const dirArg = dirFlag(flags);
-  planFederation({ nodes, untrusted, dir: resolve(dirArg), basePort });
+  const regions = { ...(await planFileFlag(flags)), labels: (flags.label ?? []).map(parseLabelFlag) };
+  planFederation({ nodes, untrusted, dir: resolve(dirArg), basePort, ...regions });
   const dir = await federationDir(dirArg, true);
-  const plan = planFederation({ nodes, untrusted, dir, basePort });
+  const plan = planFederation({ nodes, untrusted, dir, basePort, ...regions });
   await refuseIfRunning(dir);
 
   const peerIds: string[] = [];
@@ -383,7 +419,7 @@ async function up(flags: Flags): Promise<string> {
     await Promise.race([sleep(Math.min(POLL_MS, left)), firstExit]);
   }
   for (const s of started) s.child.removeAllListeners('exit');
-  return JSON.stringify(started.map((s) => ({ name: s.node.name, socket: s.node.adminSocket, metrics: s.node.metricsUrl, peerId: s.peerId, pid: s.pid })));
+  return JSON.stringify(started.map((s) => ({ name: s.node.name, socket: s.node.adminSocket, metrics: s.node.metricsUrl, peerId: s.peerId, pid: s.pid, fleet: s.node.facts })));
 }
 
 // ---------------------------------------------------------------- down

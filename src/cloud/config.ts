@@ -83,7 +83,7 @@ const GcpCredentialsSchema = z.looseObject({ source: z.enum(['adc', 'keyFile']) 
  * An on-premises provider's declared capacity (local now, qemu later): what
  * the fleet's placement and capacity ledger count against.
  */
-const OnPremCapacitySchema = z
+export const OnPremCapacitySchema = z
   .strictObject({
     vcpus: z.number().int().min(1).max(1_000_000),
     memoryGiB: z.number().positive().max(1_000_000).optional(),
@@ -105,7 +105,7 @@ const OnPremCapacitySchema = z
 /** On-premises VMs have no catalog price: the operator states what a vCPU-hour and a GiB-hour of memory cost (USD). */
 export const DEFAULT_PRICE_PER_VCPU_HOUR = 0.02;
 export const DEFAULT_PRICE_PER_GIB_HOUR = 0.003;
-const onPremPrices = {
+export const onPremPrices = {
   pricePerVcpuHour: z.number().min(0).max(1_000).default(DEFAULT_PRICE_PER_VCPU_HOUR),
   pricePerGiBHour: z.number().min(0).max(1_000).default(DEFAULT_PRICE_PER_GIB_HOUR),
 };

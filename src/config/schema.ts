@@ -70,7 +70,7 @@ const labelKey = z.string().regex(/^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$/, 'a 
 const labelValue = z.string().max(63).regex(/^[A-Za-z0-9._-]*$/, 'a label value (letters, digits, ".", "_", "-"; at most 63 characters)');
 const tag = z.string().regex(/^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$/, 'a lowercase word (a-z, 0-9, "-", at most 32 characters)');
 
-const NodeSchema = z.strictObject({
+export const NodeSchema = z.strictObject({
   name,
   region,
   provider: z.enum(PROVIDERS),
