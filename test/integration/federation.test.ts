@@ -5,6 +5,11 @@
  * socket behind; plus the plan (names, trust, ports, generated configs) and
  * the refusals, checked without starting anything where possible.
  *
+ * The nodes differ (prices, capacity, jurisdiction, labels: the built-in
+ * spread, a plan file, --label) so that after `up` the fleet's placement has
+ * real choices: `place` explains all three regions and `vm create
+ * --placement auto` lands on the cheapest.
+ *
  * Every directory a test launches into is brought `down` in afterAll, so a
  * failing assertion never leaves daemons behind.
  */
@@ -20,7 +25,8 @@ import { stringify } from 'yaml';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { resolveConfig } from '../../src/config/load.ts';
-import { FEDERATION_ID, nodeConfig, planFederation } from '../../scripts/federation-plan.ts';
+import { FEDERATION_ID, nodeConfig, parseLabelFlag, parsePlanFile, planFederation } from '../../scripts/federation-plan.ts';
+import { runCtl } from './harness.ts';
 
 const LAUNCHER = fileURLToPath(new URL('../../scripts/federation.ts', import.meta.url));
 
@@ -146,6 +152,32 @@ describe('federation plan', () => {
     }
   });
 
+  it('spreads prices, capacity, jurisdiction and labels; a plan file replaces fields per node, --label adds labels', () => {
+    const plan = planFederation({ nodes: 3, untrusted: 0, dir: '/srv/fed', basePort: 4800 });
+    expect(plan.map((n) => [n.facts.pricePerVcpuHour, n.facts.capacity.vcpus, n.facts.jurisdiction, n.facts.labels.tier])).toEqual([
+      [0.01, 4, 'eu', 'bronze'],
+      [0.02, 8, 'us', 'silver'],
+      [0.03, 12, 'eu', 'gold'],
+    ]);
+    const planFile = parsePlanFile('dc2: {jurisdiction: null, labels: {gpu: "yes"}, capacity: {vcpus: 2, memoryMiB: 2048}, pricePerVcpuHour: 0.5}\n', 'fed.yaml');
+    const custom = planFederation({ nodes: 3, untrusted: 0, dir: '/srv/fed', basePort: 4800, planFile, labels: [parseLabelFlag('team=web'), parseLabelFlag('dc2:tier=spare')] });
+    expect(custom[1]!.facts).toEqual({ labels: { gpu: 'yes', team: 'web', tier: 'spare' }, compliance: [], capacity: { vcpus: 2, memoryGiB: 2, diskGiB: 1000 }, pricePerVcpuHour: 0.5, pricePerGiBHour: 0.002 });
+    expect(custom[0]!.facts.labels).toEqual({ tier: 'bronze', team: 'web' });
+    const config = nodeConfig(custom, ['a', 'b', 'c'], 1);
+    expect(config.node).not.toHaveProperty('jurisdiction');
+    expect(config.clouds.providers).toEqual([{ kind: 'local', capacity: { vcpus: 2, memoryGiB: 2, diskGiB: 1000 }, pricePerVcpuHour: 0.5, pricePerGiBHour: 0.002 }]);
+
+    expect(() => parsePlanFile('dc1: {capacity: {vcpus: 0, memoryGiB: 1}, colour: red}', 'fed.yaml')).toThrow(
+      '--plan fed.yaml: dc1.capacity.vcpus: 0 is too small: expected at least 1; dc1.colour: unknown key (not part of the schema)',
+    );
+    expect(() => parsePlanFile('dc1: {pricePerVcpuHour: cheap}', 'fed.yaml')).toThrow('--plan fed.yaml: dc1.pricePerVcpuHour: "cheap" is not a number');
+    expect(() => planFederation({ nodes: 2, untrusted: 0, dir: '/srv/fed', basePort: 4800, planFile: parsePlanFile('dc3: {}', 'fed.yaml'), planSource: 'fed.yaml' })).toThrow(
+      '--plan fed.yaml: dc3: no such node in this federation (dc1, dc2)',
+    );
+    expect(() => parseLabelFlag('Tier=x')).toThrow('--label "Tier=x": "Tier" is not a label key');
+    expect(() => parseLabelFlag('tier')).toThrow('--label "tier": expected [NODE:]KEY=VALUE');
+  });
+
   it('refuses impossible counts, ports and socket paths, naming the flag and the limit', () => {
     const ok = { nodes: 3, untrusted: 0, dir: '/srv/fed', basePort: 4800 };
     expect(() => planFederation({ ...ok, untrusted: 4 })).toThrow('--untrusted: 4 is not an integer from 0 to 3');
@@ -160,27 +192,38 @@ describe('federation plan', () => {
 describe('federation launcher', () => {
   it('answers bad usage with exit 2 and the usage text, starting nothing', { timeout: 10_000 }, async () => {
     const dir = await federationDir();
-    const runs = await Promise.all([launcher([]), launcher(['up', '--dir', dir]), launcher(['up', '--nodes', '3', '--untrusted', '4', '--dir', join(dir, 'fed')]), launcher(['up', '--nodes', 'three', '--dir', dir])]);
-    expect(runs.map((r) => r.code)).toEqual([2, 2, 2, 2]);
+    const badPlan = join(dir, 'plan.yaml');
+    await writeFile(badPlan, 'dc1: {jurisdiction: EU}\n');
+    const runs = await Promise.all([
+      launcher([]),
+      launcher(['up', '--dir', dir]),
+      launcher(['up', '--nodes', '3', '--untrusted', '4', '--dir', join(dir, 'fed')]),
+      launcher(['up', '--nodes', 'three', '--dir', dir]),
+      launcher(['up', '--nodes', '3', '--dir', join(dir, 'fed'), '--plan', badPlan]),
+      launcher(['up', '--nodes', '3', '--dir', join(dir, 'fed'), '--label', 'dc4:tier=x']),
+    ]);
+    expect(runs.map((r) => r.code)).toEqual([2, 2, 2, 2, 2, 2]);
     expect(runs.map((r) => r.stderr.split('\n')[0])).toEqual([
       'federation: a command is required',
       'federation: --nodes is required',
       'federation: --untrusted: 4 is not an integer from 0 to 3',
       'federation: --nodes: "three" is not a non-negative integer',
+      `federation: --plan ${badPlan}: dc1.jurisdiction: "EU" is not a lowercase word (a-z, 0-9, "-", at most 32 characters)`,
+      'federation: --label dc4:tier=x: dc4: no such node in this federation (dc1, dc2, dc3)',
     ]);
     for (const r of runs) expect(r.stderr).toContain('usage: npm run federation -- up --nodes N');
     expect(existsSync(join(dir, 'dc1'))).toBe(false);
     expect(existsSync(join(dir, 'fed'))).toBe(false);
   });
 
-  it('brings 3 nodes to all-members-connected within 10 s, refuses a second up, and stops them all', { timeout: 30_000 }, async () => {
+  it('brings 3 nodes to all-members-connected within 10 s, places on the cheapest, refuses a second up, and stops them all', { timeout: 45_000 }, async () => {
     const dir = await federationDir();
     const basePort = await freeBasePort(3);
     const started = Date.now();
     const up = await launcher(['up', '--nodes', '3', '--dir', dir, '--base-port', String(basePort), '--timeout-ms', '10000']);
     expect(up.stderr).toBe('');
     expect(up.code).toBe(0);
-    const nodes = JSON.parse(up.stdout) as { name: string; socket: string; metrics: string; peerId: string; pid: number }[];
+    const nodes = JSON.parse(up.stdout) as { name: string; socket: string; metrics: string; peerId: string; pid: number; fleet: { pricePerVcpuHour: number } }[];
     expect(nodes.map((n) => n.name)).toEqual(['dc1', 'dc2', 'dc3']);
     expect(new Set(nodes.map((n) => n.peerId)).size).toBe(3);
     for (const n of nodes) {
@@ -190,6 +233,24 @@ describe('federation launcher', () => {
       expect(isRunning(n.pid)).toBe(true);
     }
     expect(Date.now() - started).toBeLessThan(10_000);
+    expect(nodes.map((n) => n.fleet.pricePerVcpuHour)).toEqual([0.01, 0.02, 0.03]);
+
+    // Placement has real choices: asked on dc2, three regions at three prices, and the cheapest (dc1) wins.
+    const ctl = (...args: string[]) => runCtl(['--socket', nodes[1]!.socket, '--timeout', '20s', ...args]);
+    const deadline = Date.now() + 10_000;
+    let explained = await ctl('place', 'x', '--cpu', '1', '--memory', '1GiB', '--image', 'base');
+    // Each region declares itself once the log has a leader: wait until all three are in the answer.
+    while (!/dc3\/local score/.test(explained.stdout) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+      explained = await ctl('place', 'x', '--cpu', '1', '--memory', '1GiB', '--image', 'base');
+    }
+    expect(explained.stdout).toMatch(/^would place on dc1\/local$/m);
+    expect(explained.stdout).toMatch(/^ {2}dc1\/local score [\d.]+ \(\$0\.011\/h\)/m);
+    expect(explained.stdout).toMatch(/^ {2}dc2\/local score [\d.]+ \(\$0\.022\/h\)/m);
+    expect(explained.stdout).toMatch(/^ {2}dc3\/local score [\d.]+ \(\$0\.033\/h\)/m);
+    const created = await ctl('vm', 'create', 'web1', '--cpu', '1', '--memory', '1GiB', '--image', 'base', '--placement', 'auto', '--json');
+    expect(created.stderr).toBe('');
+    expect(JSON.parse(created.stdout)).toMatchObject({ vm: 'web1', region: 'dc1', provider: 'local' });
 
     const status = await launcher(['status', '--dir', dir]);
     expect(JSON.parse(status.stdout)).toEqual(
