@@ -2,7 +2,8 @@
 /**
  * The local federation launcher: `up` starts N dwcpd processes on 127.0.0.1,
  * each a member of all the others, and waits until every one reports all its
- * members connected; `down` stops them; `status` reports on them. Each node
+ * members connected and has its fleet region declared in the federation log
+ * (its log says so; placement needs the region); `down` stops them; `status` reports on them. Each node
  * lives in `<dir>/<name>/` (key, dwcpd.yaml, dwcpd.log, dwcpd.pid, admin.sock),
  * so a federation is found again from its directory alone.
  *
@@ -56,7 +57,8 @@ const USAGE = `usage: npm run federation -- up --nodes N [--untrusted M] --dir D
        npm run federation -- status --dir DIR
 
   up      create DIR/<name>/ for N nodes (trusted dc1.., then M untrusted cloud1..), start a dwcpd
-          in each and wait until every node has all N-1 members connected; prints a JSON array of
+          in each and wait until every node has all N-1 members connected and its fleet region
+          declared in the federation log; prints a JSON array of
           {name, socket, metrics, peerId, pid, fleet}. Ports: libp2p P+i, metrics P+1000+i (P default ${DEFAULT_BASE_PORT}).
           On failure the daemons are left running for inspection: run "down" afterwards.
           Each node is a fleet region with one local provider; by default node i (from 0) gets
@@ -335,6 +337,23 @@ async function logTail(started: StartedNode): Promise<{ lines: string[]; reason:
   return { lines: lines.slice(-LOG_TAIL_LINES).map((l) => (l.length > LOG_LINE_CHARS ? `${l.slice(0, LOG_LINE_CHARS)}…` : l)), reason };
 }
 
+/**
+ * Whether this run's log of the node says the federation log answered its
+ * region declaration: declared, or refused (a shrink below what is assigned;
+ * the previous declaration stays in force, so the region is known either way).
+ */
+async function regionDeclared(started: StartedNode): Promise<boolean> {
+  const fh = await open(started.node.logPath, 'r');
+  try {
+    const { size } = await fh.stat();
+    const buf = Buffer.alloc(Math.max(0, size - started.logOffset));
+    await fh.read(buf, 0, buf.length, started.logOffset);
+    return /"msg":"fleet region (declared|declaration refused)/.test(buf.toString('utf8'));
+  } finally {
+    await fh.close();
+  }
+}
+
 /** An error message on one line: stack frames dropped, the rest joined. */
 function condense(text: string): string {
   return text
@@ -401,6 +420,7 @@ async function up(flags: Flags): Promise<string> {
   }
 
   const deadline = Date.now() + timeoutMs;
+  const declared = plan.map(() => false);
   for (;;) {
     const scrapes = await Promise.all(plan.map((n) => scrapeConnected(n.metricsUrl)));
     if (exited) throw await exitFailure(exited, dir);
@@ -408,11 +428,18 @@ async function up(flags: Flags): Promise<string> {
       const s = scrapes[i]!;
       return 'connected' in s && s.connected === nodes - 1 ? [] : [`${n.name} (${describeScrape(s, nodes - 1)})`];
     });
-    if (behind.length === 0) break;
+    // Then every node's fleet region in the log: before that, placement on it answers "unknown region".
+    if (behind.length === 0) {
+      for (const [i, s] of started.entries()) declared[i] ||= await regionDeclared(s);
+      if (declared.every(Boolean)) break;
+    }
     const left = deadline - Date.now();
     if (left <= 0) {
+      const undeclared = behind.length > 0 ? [] : plan.flatMap((n, i) => (declared[i] ? [] : [n.name]));
       throw new LaunchError(
-        `not every node had its ${nodes - 1} other members connected within ${timeoutMs} ms: ${behind.join(', ')}; ` +
+        (behind.length > 0
+          ? `not every node had its ${nodes - 1} other members connected within ${timeoutMs} ms: ${behind.join(', ')}; `
+          : `not every node had its fleet region declared in the federation log within ${timeoutMs} ms: ${undeclared.join(', ')} (no "fleet region declared" in its log yet); `) +
           `the daemons are left running (logs in ${dir}/<name>/dwcpd.log), ${downHint(dir)}`,
       );
     }
