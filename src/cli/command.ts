@@ -78,3 +78,24 @@ export function durationFlag(flag: string, raw: unknown, min: number, max: numbe
   }
   return ms;
 }
+
+/** Every string value of a flag that may repeat (none: []). */
+export function flagStrings(flags: FlagValues, name: string): string[] {
+  const raw = flags[name];
+  if (raw === undefined) return [];
+  return (Array.isArray(raw) ? raw : [raw]).filter((v): v is string => typeof v === 'string');
+}
+
+/** A flag given at most once. */
+export function singleFlag(flags: FlagValues, name: string): string | undefined {
+  const values = flagStrings(flags, name);
+  if (values.length > 1) throw new UsageError(`--${name} given ${values.length} times; give it once`);
+  return values[0];
+}
+
+/** A flag that must be given once, non-empty; `what` says what it takes. */
+export function requiredFlag(flags: FlagValues, name: string, what: string): string {
+  const value = singleFlag(flags, name);
+  if (value === undefined || value === '') throw new UsageError(`--${name} is required (${what})`);
+  return value;
+}

@@ -20,7 +20,7 @@
 import type { ParseArgsOptionsConfig } from 'node:util';
 import type { FleetDesiredVm, FleetPlaceResponse } from '../admin/schema.ts';
 import type { CommandContext, FlagValues } from './command.ts';
-import { UsageError } from './command.ts';
+import { flagStrings, requiredFlag, singleFlag, UsageError } from './command.ts';
 import { formatJson, renderTable } from './format.ts';
 import { parseSize } from '../fleet/spec.ts';
 
@@ -39,24 +39,6 @@ export const MANAGED_VM_OPTIONS = {
 } as const satisfies ParseArgsOptionsConfig;
 
 const CREATE_TIMEOUT_MS = 60_000;
-
-function list(flags: FlagValues, name: string): string[] {
-  const raw = flags[name];
-  if (raw === undefined) return [];
-  return (Array.isArray(raw) ? raw : [raw]).filter((v): v is string => typeof v === 'string');
-}
-
-function one(flags: FlagValues, name: string): string | undefined {
-  const values = list(flags, name);
-  if (values.length > 1) throw new UsageError(`--${name} given ${values.length} times; give it once`);
-  return values[0];
-}
-
-function required(flags: FlagValues, name: string, what: string): string {
-  const value = one(flags, name);
-  if (value === undefined || value === '') throw new UsageError(`--${name} is required (${what})`);
-  return value;
-}
 
 function size(flag: string, text: string): number {
   try {
@@ -84,8 +66,8 @@ function names(value: string): string[] {
 export function constraintsFrom(flags: FlagValues): Record<string, unknown> {
   const c: Record<string, unknown> = {};
   const regionLabels: Record<string, string> = {};
-  const regions = list(flags, 'region').flatMap(names);
-  for (const raw of list(flags, 'constraint')) {
+  const regions = flagStrings(flags, 'region').flatMap(names);
+  for (const raw of flagStrings(flags, 'constraint')) {
     const eq = raw.indexOf('=');
     if (eq < 1) throw new UsageError(`--constraint ${JSON.stringify(raw)}: expected KIND=VALUE (region, provider, jurisdiction, compliance, label:KEY, max-price, max-rtt, anti-affinity, spread)`);
     const kind = raw.slice(0, eq);
@@ -136,22 +118,22 @@ export function constraintsFrom(flags: FlagValues): Record<string, unknown> {
 
 /** The spec the flags describe; the daemon validates it. */
 export function specFrom(name: string, flags: FlagValues): Record<string, unknown> {
-  const placement = one(flags, 'placement');
+  const placement = singleFlag(flags, 'placement');
   if (placement !== undefined && placement !== 'auto') throw new UsageError(`--placement: ${JSON.stringify(placement)} is not auto (pin a region with --region R)`);
   if (placement === 'auto' && flags.region !== undefined) throw new UsageError('--placement auto and --region exclude each other');
-  const cpu = Number(required(flags, 'cpu', 'vCPUs, e.g. 2'));
-  if (!Number.isInteger(cpu) || cpu < 1) throw new UsageError(`--cpu: ${JSON.stringify(one(flags, 'cpu'))} is not a whole number of vCPUs from 1`);
-  const priorityText = one(flags, 'priority');
+  const cpu = Number(requiredFlag(flags, 'cpu', 'vCPUs, e.g. 2'));
+  if (!Number.isInteger(cpu) || cpu < 1) throw new UsageError(`--cpu: ${JSON.stringify(singleFlag(flags, 'cpu'))} is not a whole number of vCPUs from 1`);
+  const priorityText = singleFlag(flags, 'priority');
   const priority = priorityText === undefined ? 0 : Number(priorityText);
   if (!Number.isInteger(priority) || priority < 0) throw new UsageError(`--priority: ${JSON.stringify(priorityText)} is not a whole number from 0`);
-  const disk = one(flags, 'disk');
+  const disk = singleFlag(flags, 'disk');
   return {
     name,
     vcpus: cpu,
-    memoryBytes: size('memory', required(flags, 'memory', 'e.g. 4GiB')),
+    memoryBytes: size('memory', requiredFlag(flags, 'memory', 'e.g. 4GiB')),
     ...(disk === undefined ? {} : { diskBytes: size('disk', disk) }),
-    image: required(flags, 'image', 'the image to boot'),
-    labels: pairs('label', list(flags, 'label')),
+    image: requiredFlag(flags, 'image', 'the image to boot'),
+    labels: pairs('label', flagStrings(flags, 'label')),
     spot: flags.spot === true,
     priority,
     constraints: constraintsFrom(flags),

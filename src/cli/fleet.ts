@@ -11,21 +11,14 @@
  */
 import type { FleetRegion, FleetStatusResponse, FleetVm } from '../admin/schema.ts';
 import type { Command, CommandContext, FlagValues } from './command.ts';
-import { UsageError, subcommandError } from './command.ts';
+import { flagStrings, UsageError, subcommandError } from './command.ts';
 import { formatDuration, formatJson, formatPhi, renderTable } from './format.ts';
 
 const UNKNOWN = '-';
 
-function strings(flags: FlagValues, name: string): string[] {
-  const raw = flags[name];
-  if (raw === undefined) return [];
-  return (Array.isArray(raw) ? raw : [raw]).filter((v): v is string => typeof v === 'string');
-}
-
-/** --label k=v pairs; a malformed one is a usage error naming it. */
 export function labelFlags(flags: FlagValues): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const raw of strings(flags, 'label')) {
+  for (const raw of flagStrings(flags, 'label')) {
     const eq = raw.indexOf('=');
     if (eq < 1) throw new UsageError(`--label ${JSON.stringify(raw)}: expected KEY=VALUE`);
     out[raw.slice(0, eq)] = raw.slice(eq + 1);
@@ -95,7 +88,7 @@ export function formatFleetVms(vms: readonly FleetVm[]): string {
 
 /** `vm list --all`: every region's VMs (vm.ts hands over when --all is given). */
 export async function listAllVms(ctx: CommandContext): Promise<void> {
-  const vms = await (await ctx.admin()).fleet.listVms({ regions: strings(ctx.flags, 'region'), labels: labelFlags(ctx.flags) });
+  const vms = await (await ctx.admin()).fleet.listVms({ regions: flagStrings(ctx.flags, 'region'), labels: labelFlags(ctx.flags) });
   ctx.io.stdout(ctx.json ? formatJson({ vms }) : formatFleetVms(vms));
 }
 

@@ -21,7 +21,7 @@ import type { ParseArgsOptionsConfig } from 'node:util';
 import type { EstimateCostResponse, ListInstancesResponse, VmInstance, VmInstanceType, VmProviderStatus } from '../admin/schema.ts';
 import { formatDuration, formatJson, renderFields, renderTable } from './format.ts';
 import type { Command, CommandContext, FlagValues } from './command.ts';
-import { UsageError, subcommandError } from './command.ts';
+import { flagStrings, requiredFlag, singleFlag, UsageError, subcommandError } from './command.ts';
 import { listAllVms } from './fleet.ts';
 import { MANAGED_VM_OPTIONS, createManaged, listDesired, powerManaged } from './fleet-vm.ts';
 
@@ -59,31 +59,13 @@ function timeout(ctx: CommandContext, fallbackMs: number): number {
   return ctx.flags.timeout === undefined ? fallbackMs : ctx.timeoutMs;
 }
 
-function strings(flags: FlagValues, name: string): string[] {
-  const raw = flags[name];
-  if (raw === undefined) return [];
-  return (Array.isArray(raw) ? raw : [raw]).filter((v): v is string => typeof v === 'string');
-}
-
-function single(flags: FlagValues, name: string): string | undefined {
-  const values = strings(flags, name);
-  if (values.length > 1) throw new UsageError(`--${name} given ${values.length} times; give it once`);
-  return values[0];
-}
-
-function needed(flags: FlagValues, name: string, what: string): string {
-  const value = single(flags, name);
-  if (value === undefined || value === '') throw new UsageError(`--${name} is required (${what})`);
-  return value;
-}
-
 function noArguments(ctx: CommandContext, sub: string): void {
   if (ctx.args.length > 1) throw new UsageError(`${sub} takes no arguments (got ${JSON.stringify(ctx.args[1])})`);
 }
 
 function tags(flags: FlagValues): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const raw of strings(flags, 'tag')) {
+  for (const raw of flagStrings(flags, 'tag')) {
     const eq = raw.indexOf('=');
     if (eq < 1) throw new UsageError(`--tag ${JSON.stringify(raw)}: expected KEY=VALUE`);
     out[raw.slice(0, eq)] = raw.slice(eq + 1);
@@ -208,8 +190,8 @@ async function vm(ctx: CommandContext): Promise<void> {
       if (flags.all === true) return listAllVms(ctx);
       if (flags.region !== undefined || flags.label !== undefined) throw new UsageError('--region and --label select among every region\'s VMs: give --all');
       const res = await (await client()).listInstances({
-        providers: strings(flags, 'provider'),
-        states: strings(flags, 'state'),
+        providers: flagStrings(flags, 'provider'),
+        states: flagStrings(flags, 'state'),
         refresh: flags.refresh === true,
         timeout_ms: timeout(ctx, READ_TIMEOUT_MS),
       });
@@ -222,11 +204,11 @@ async function vm(ctx: CommandContext): Promise<void> {
       if (flags.type === undefined) return createManaged(ctx, false);
       noArguments(ctx, 'vm create');
       const res = await (await client()).createInstance({
-        provider: single(flags, 'provider') ?? '',
-        name: single(flags, 'name') ?? `dwcp-${randomBytes(3).toString('hex')}`,
-        type: needed(flags, 'type', 'the instance type, e.g. t3.medium; see dwcpctl vm types'),
-        image: needed(flags, 'image', 'an AMI id on AWS, an image on GCP, anything on local'),
-        zone: single(flags, 'zone') ?? '',
+        provider: singleFlag(flags, 'provider') ?? '',
+        name: singleFlag(flags, 'name') ?? `dwcp-${randomBytes(3).toString('hex')}`,
+        type: requiredFlag(flags, 'type', 'the instance type, e.g. t3.medium; see dwcpctl vm types'),
+        image: requiredFlag(flags, 'image', 'an AMI id on AWS, an image on GCP, anything on local'),
+        zone: singleFlag(flags, 'zone') ?? '',
         tags: tags(flags),
         spot: flags.spot === true,
         user_data: '',
@@ -242,7 +224,7 @@ async function vm(ctx: CommandContext): Promise<void> {
       if (flags.provider === undefined && (await powerManaged(ctx, sub))) return;
       const [id, extra] = ctx.args.slice(1);
       if (id === undefined || extra !== undefined) throw new UsageError(`vm ${sub} takes one argument, a managed VM's name or an instance ID`);
-      const request = { provider: single(flags, 'provider') ?? '', id, timeout_ms: timeout(ctx, OPERATION_TIMEOUT_MS) };
+      const request = { provider: singleFlag(flags, 'provider') ?? '', id, timeout_ms: timeout(ctx, OPERATION_TIMEOUT_MS) };
       const c = await client();
       const res = await (sub === 'start' ? c.startInstance(request) : sub === 'stop' ? c.stopInstance(request) : c.terminateInstance(request));
       const i = res.instance;
@@ -251,7 +233,7 @@ async function vm(ctx: CommandContext): Promise<void> {
     }
     case 'types': {
       noArguments(ctx, 'vm types');
-      const res = await (await client()).listTypes({ providers: strings(flags, 'provider'), timeout_ms: timeout(ctx, READ_TIMEOUT_MS) });
+      const res = await (await client()).listTypes({ providers: flagStrings(flags, 'provider'), timeout_ms: timeout(ctx, READ_TIMEOUT_MS) });
       ctx.io.stdout(ctx.json ? formatJson(res) : formatTypes(res.types));
       if (res.failures.length > 0) throw new Error(res.failures.map((f) => `${f.provider}: ${f.message}`).join('; '));
       return;
@@ -267,13 +249,13 @@ async function cost(ctx: CommandContext): Promise<void> {
   noArguments(ctx, 'cost estimate');
   const { flags } = ctx;
   if (flags.spot === true && flags.reserved === true) throw new UsageError('--spot and --reserved exclude each other');
-  const rawHours = single(flags, 'hours');
+  const rawHours = singleFlag(flags, 'hours');
   const hours = rawHours === undefined ? 0 : Number(rawHours);
   if (rawHours !== undefined && !(hours > 0 && Number.isFinite(hours))) throw new UsageError(`--hours: ${JSON.stringify(rawHours)} is not a number of hours above 0`);
   const res = await (await ctx.admin()).vm.estimateCost({
-    provider: needed(flags, 'provider', 'aws, gcp, azure or oracle'),
-    region: needed(flags, 'region', 'e.g. us-east-1'),
-    type: needed(flags, 'type', 'e.g. t3.medium'),
+    provider: requiredFlag(flags, 'provider', 'aws, gcp, azure or oracle'),
+    region: requiredFlag(flags, 'region', 'e.g. us-east-1'),
+    type: requiredFlag(flags, 'type', 'e.g. t3.medium'),
     model: flags.spot === true ? 'spot' : flags.reserved === true ? 'reserved' : 'on-demand',
     hours,
   });
