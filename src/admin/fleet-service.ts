@@ -158,9 +158,11 @@ export function fleetServiceRegistration(opts: FleetAdminOptions): AdminServiceR
     if (a !== null && !vm.deleted) {
       const copy = view.vms.find((v) => v.region === a.region && v.desiredVm === vm.name);
       if (copy !== undefined) status = copy.shownState;
-      const report = a.region === s.region ? s.reconciler.reports().get(vm.name) : undefined;
-      if (report !== undefined && report.generation === a.generation && (report.status === 'failed' || copy === undefined)) {
-        status = report.status;
+      // This region's reconciler knows first; another region says so in its record.
+      const report = a.region === s.region ? s.reconciler.reports().get(vm.name) : view.regions.find((r) => r.region === a.region)?.failed.find((f) => f.vm === vm.name);
+      const failed = report !== undefined && 'status' in report ? report.status === 'failed' : report !== undefined;
+      if (report !== undefined && report.generation === a.generation && (failed || copy === undefined)) {
+        status = 'status' in report ? report.status : 'failed';
         reason = report.reason;
       }
     }

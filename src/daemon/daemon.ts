@@ -148,6 +148,10 @@ export class Daemon {
       log: parts.log.child({ component: 'fleet' }),
       commitTimeoutMs: config.raft.requestTimeoutMs,
     });
+    // The region record carries what the reconciler gave up on, so every node can say why a VM is not running.
+    this.fleet.setFailures(() =>
+      [...this.seat.reconciler.reports()].filter(([, r]) => r.status === 'failed').map(([vm, r]) => ({ vm, generation: r.generation, reason: r.reason ?? 'the provider gave no reason' })),
+    );
   }
 
   /** Health and RTT of every region as this node sees them, for placement. */

@@ -18,7 +18,7 @@
  * - Regions, and VMs within a region, come in a deterministic order (name,
  *   then provider and id), so two converged nodes print the same thing.
  */
-import { holdsResources, type ProviderReport, type RegionRecord, type VmRecord } from './observed.ts';
+import { holdsResources, type FailedReport, type ProviderReport, type RegionRecord, type VmRecord } from './observed.ts';
 import type { InstanceState } from '../cloud/provider.ts';
 
 export type MemberHealth = 'alive' | 'suspected' | 'unknown';
@@ -70,6 +70,8 @@ export interface RegionView {
   readonly labels: Readonly<Record<string, string>>;
   readonly jurisdiction: string | null;
   readonly compliance: readonly string[];
+  /** Desired VMs this region's reconciler gave up on, with the provider's reason (from its last report). */
+  readonly failed: readonly FailedReport[];
 }
 
 export interface FleetView {
@@ -160,6 +162,7 @@ export function buildFleetView(input: FleetInput): FleetView {
       labels: record?.labels ?? {},
       jurisdiction: record?.jurisdiction ?? null,
       compliance: record?.compliance ?? [],
+      failed: record?.failed ?? [],
     });
   }
   return { self, nowMs, staleAfterMs, regions, vms };

@@ -46,7 +46,9 @@ import {
   regionVmPrefix,
   vmKey,
   vmRecordOf,
+  MAX_FAILED_REPORTS,
   type Capacity,
+  type FailedReport,
   type ProviderReport,
   type RegionRecord,
   type VmRecord,
@@ -88,6 +90,12 @@ export class ObservedPublisher {
   #running: Promise<void> | null = null;
   #stopped = false;
   #warnedCap = false;
+  #failures: (() => readonly FailedReport[]) | null = null;
+
+  /** Where the region record reads this region's failed desired VMs from (the reconciler, which exists after the publisher). */
+  setFailures(source: () => readonly FailedReport[]): void {
+    this.#failures = source;
+  }
 
   constructor(opts: ObservedPublisherOptions) {
     this.#opts = opts;
@@ -256,6 +264,9 @@ export class ObservedPublisher {
       jurisdiction: config.node.jurisdiction ?? null,
       compliance: config.node.compliance ?? [],
       health: providers.some((p) => p.lastError !== null) ? 'degraded' : 'ok',
+      failed: (this.#failures?.() ?? [])
+        .slice(0, MAX_FAILED_REPORTS)
+        .map((f) => ({ vm: f.vm, generation: f.generation, reason: f.reason.slice(0, 512) })),
     };
   }
 }

@@ -124,7 +124,23 @@ export interface RegionRecord {
   readonly compliance: readonly string[];
   /** ok: every provider's last sync succeeded; degraded: some failed. */
   readonly health: 'ok' | 'degraded';
+  /**
+   * Desired VMs assigned here that this region's reconciler gave up on, with
+   * the provider's reason: the one status no VM record can carry (there may
+   * be no copy at all). At most MAX_FAILED_REPORTS; absent in older records.
+   */
+  readonly failed: readonly FailedReport[];
 }
+
+/** A desired VM this region marked failed for one assignment generation. */
+export interface FailedReport {
+  readonly vm: string;
+  readonly generation: number;
+  readonly reason: string;
+}
+
+export const MAX_FAILED_REPORTS = 256;
+const MAX_FAILED_REASON = 512;
 
 // ---------------------------------------------------------------- keys
 
@@ -347,7 +363,17 @@ export function decodeRegionRecord(key: string, value: unknown): RegionRecord {
   if (health !== 'ok' && health !== 'degraded') throw new ObservedRecordError('region.health', `${JSON.stringify(health)} is not ok|degraded`);
   const compliance = r['compliance'];
   if (!Array.isArray(compliance) || compliance.length > 32) throw new ObservedRecordError('region.compliance', 'must be an array of at most 32 strings');
+  const failedRaw = r['failed'] ?? [];
+  if (!Array.isArray(failedRaw) || failedRaw.length > MAX_FAILED_REPORTS) throw new ObservedRecordError('region.failed', `must be an array of at most ${MAX_FAILED_REPORTS} reports`);
+  const failed = failedRaw.map((f: unknown, i): FailedReport => {
+    const field = `region.failed[${i}]`;
+    const o = object(f, field);
+    const reason = text(o['reason'], `${field}.reason`, false);
+    if (reason.length > MAX_FAILED_REASON) throw new ObservedRecordError(`${field}.reason`, `is ${reason.length} characters, above ${MAX_FAILED_REASON}`);
+    return { vm: text(o['vm'], `${field}.vm`, false), generation: count(o['generation'], `${field}.generation`, false), reason };
+  });
   return {
+    failed,
     region: at.region,
     location: text(r['location'], 'region.location', false),
     reportedAtMs: count(r['reportedAtMs'], 'region.reportedAtMs', false),

@@ -53,7 +53,8 @@ async function eventually<T>(what: string, ms: number, check: () => Promise<T | 
 }
 
 async function create(i: number, name: string, cpu: number, ...extra: string[]): Promise<{ vm: string; region: string; provider: string; generation: string; attempts: number }> {
-  const res = await ctl(i, 'vm', 'create', name, '--cpu', String(cpu), '--memory', '1GiB', '--image', 'base', ...extra, '--json');
+  const memory = extra.includes('--memory') ? [] : ['--memory', '1GiB'];
+  const res = await ctl(i, 'vm', 'create', name, '--cpu', String(cpu), ...memory, '--image', 'base', ...extra, '--json');
   expect(res.stderr, `n${i + 1}: vm create ${name}`).toBe('');
   expect(res.code).toBe(0);
   return JSON.parse(res.stdout) as { vm: string; region: string; provider: string; generation: string; attempts: number };
@@ -80,7 +81,7 @@ beforeAll(async () => {
           { kind: 'local', region: `dc${i + 1}`, capacity: { vcpus: vcpus[i], memoryGiB: 32, diskGiB: 500 }, pricePerVcpuHour: price[i], pricePerGiBHour: 0, inventoryIntervalMs: 500, transitionDelayMs: 0 },
         ],
       },
-      fleet: { publishIntervalMs: 500, staleAfterMs: 5_000, reconcileIntervalMs: 500 },
+      fleet: { publishIntervalMs: 500, staleAfterMs: 5_000, reconcileIntervalMs: 500, backoffBaseMs: 100, backoffCapMs: 400 },
     }),
   });
   await Promise.all([0, 1, 2].map((i) => cluster.daemon(i).waitForLog((l) => l.msg === 'fleet region declared', `n${i + 1} declares its region`)));
@@ -164,6 +165,16 @@ describe('fleet desired state, 3 regions', () => {
     await running(0, 'probe');
     const list = JSON.parse((await ctl(0, 'vm', 'list', '--json')).stdout) as { instances: { id: string; state: string }[] };
     expect(list.instances.find((v) => v.id === id)?.state).toBe('running');
+  }, 60_000);
+
+  it("marks a VM its provider cannot make failed after the attempts, with the provider's reason, seen from every node", async () => {
+    // The ledger has room (20 GiB of n1's 32), but no local instance type has 20 GiB.
+    expect(await create(1, 'bigmem', 1, '--region', 'n1', '--memory', '20GiB')).toMatchObject({ region: 'n1' });
+    for (const i of [0, 1, 2]) {
+      const vm = await eventually(`n${i + 1} sees bigmem failed`, RUNNING_MS, async () => (await desired(i)).find((v) => v.name === 'bigmem' && v.status === 'failed'));
+      expect(vm.reason).toMatch(/no instance type of provider local has 1 vCPU and 20480 MiB/);
+    }
+    expect((await ctl(2, 'vm', 'list', '--desired')).stdout).toMatch(/bigmem +n1 .* failed: no instance type/);
   }, 60_000);
 
   it('a create sent to a survivor after kill -9 of the leader succeeds within 10 s of a new leader and reaches running', async () => {

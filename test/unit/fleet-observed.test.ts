@@ -58,6 +58,7 @@ const region: RegionRecord = {
   labels: { tier: 'gold' },
   jurisdiction: 'eu',
   compliance: ['gdpr'],
+  failed: [{ vm: 'db1', generation: 3, reason: 'InsufficientInstanceCapacity: none left in eu-west-1a' }],
   health: 'degraded',
 };
 

@@ -20,6 +20,7 @@ function region(name: string, ageMs: number, patch: Partial<RegionRecord> = {}):
     providers: [{ name: 'local', kind: 'local', location: 'dc', capacity: { vcpus: 16, memoryGiB: 64, diskGiB: 1000 }, quota: null, usedVcpus: 0, usedMemoryMiB: 0, vms: 0, lastError: null }],
     labels: { tier: name === 'a' ? 'gold' : 'silver' },
     jurisdiction: 'eu',
+    failed: [],
     compliance: ['gdpr'],
     health: 'ok',
     ...patch,
