@@ -47,6 +47,8 @@ export interface PlacementE2eOptions {
   vms: number;
   reference: number;
   concurrency: number;
+  /** Pause of each in-flight slot after a create returns, before its next create. */
+  gapMs: number;
   pollMs: number;
   reconcileMs: number;
   publishMs: number;
@@ -162,9 +164,11 @@ async function runPhase(
     t.started = performance.now();
     await create(t);
     t.returned = performance.now();
+    if (opts.gapMs > 0) await delay(opts.gapMs);
   }).finally(() => {
     createsDone = true;
   });
+  // The gap after the last create is not part of the phase: the span ends at the last return.
   // Polling runs alongside the creates; a create failure ends the phase with that error.
   const polling = pollUntilRunning(items, opts.pollMs, opts.runningTimeoutMs + names.length * 5_000, check, periods, describe);
   await Promise.all([creating, polling.catch(async (err: unknown) => {
@@ -248,17 +252,17 @@ async function runPlacementE2e(opts: PlacementE2eOptions): Promise<object> {
       return new Set(res.instances.filter((i) => ids.has(i.id) && i.state === 'running').map((i) => i.name));
     };
 
-    progress('placement-e2e: warm-up (one managed and one reference VM per node, not counted)');
+    progress('placement-e2e: warm-up (one reference VM per node and one managed VM, not counted)');
     const warmPeriods: number[] = [];
-    await runPhase(['warm-0', 'warm-1', 'warm-2'], { ...opts, concurrency: NODES }, createRef, checkRef, warmPeriods);
+    await runPhase(['warm-0', 'warm-1', 'warm-2'], { ...opts, concurrency: NODES, gapMs: 0 }, createRef, checkRef, warmPeriods);
     // One managed warm-up VM only: the fleet's capacity has room for one beyond --vms.
-    await runPhase(['warm-m'], opts, createManaged, checkManaged, warmPeriods, (n) => lastSeen.get(n) ?? '');
+    await runPhase(['warm-m'], { ...opts, gapMs: 0 }, createManaged, checkManaged, warmPeriods, (n) => lastSeen.get(n) ?? '');
 
-    progress(`placement-e2e: reference, ${opts.reference} unmanaged creates on provider ref, ${opts.concurrency} in flight`);
+    progress(`placement-e2e: reference, ${opts.reference} unmanaged creates on provider ref, ${opts.concurrency} in flight, ${opts.gapMs} ms apart`);
     const refPeriods: number[] = [];
     const ref = await runPhase(Array.from({ length: opts.reference }, (_, k) => `ref-${k}`), opts, createRef, checkRef, refPeriods);
 
-    progress(`placement-e2e: ${opts.vms} creates --placement auto, ${opts.concurrency} in flight`);
+    progress(`placement-e2e: ${opts.vms} creates --placement auto, ${opts.concurrency} in flight, ${opts.gapMs} ms apart`);
     const periods: number[] = [];
     const managed = await runPhase(Array.from({ length: opts.vms }, (_, k) => `e2e-${k}`), opts, createManaged, checkManaged, periods, (n) => lastSeen.get(n) ?? '');
 
@@ -317,6 +321,7 @@ async function runPlacementE2e(opts: PlacementE2eOptions): Promise<object> {
         vms: opts.vms,
         reference: opts.reference,
         concurrency: opts.concurrency,
+        gap_ms: opts.gapMs,
         poll_ms: opts.pollMs,
         reconcile_interval_ms: opts.reconcileMs,
         publish_interval_ms: opts.publishMs,
@@ -382,6 +387,7 @@ export const placementE2eBench = defineBench<PlacementE2eOptions>({
     vms: { default: '50', description: 'managed creates (--placement auto), measured' },
     reference: { default: '50', description: 'unmanaged creates on the reference provider, measured' },
     concurrency: { default: '1', description: 'creates in flight at once (each phase)' },
+    'gap-ms': { default: '1000', description: 'pause after each create returns before that slot sends the next (0: back to back, the regions stay busy)' },
     'poll-ms': { default: '25', description: 'poll interval of listDesired / listInstances per node (the resolution)' },
     'reconcile-ms': { default: '500', description: 'fleet.reconcileIntervalMs of every daemon' },
     'publish-ms': { default: '500', description: 'fleet.publishIntervalMs of every daemon (changed VM records are checked at least every second)' },
@@ -393,6 +399,7 @@ export const placementE2eBench = defineBench<PlacementE2eOptions>({
     vms: intFlag(flags, 'vms'),
     reference: intFlag(flags, 'reference'),
     concurrency: intFlag(flags, 'concurrency'),
+    gapMs: intFlag(flags, 'gap-ms', 0),
     pollMs: intFlag(flags, 'poll-ms'),
     reconcileMs: intFlag(flags, 'reconcile-ms', 100),
     publishMs: intFlag(flags, 'publish-ms', 100),

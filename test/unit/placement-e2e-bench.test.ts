@@ -24,14 +24,14 @@ const stats = (n: number) => ({ n, p50_ms: positive, p99_ms: positive, max_ms: p
 
 describe('bench placement-e2e', () => {
   it('prints one JSON document; every managed and reference VM reached running', async () => {
-    const { code, stdout, stderr } = await bench(['placement-e2e', '--vms', '3', '--reference', '3', '--poll-ms', '50', '--running-timeout-ms', '10000'], 28_000);
+    const { code, stdout, stderr } = await bench(['placement-e2e', '--vms', '3', '--reference', '3', '--poll-ms', '50', '--gap-ms', '200', '--running-timeout-ms', '10000'], 28_000);
     expect(code, stderr).toBe(0);
     const result = JSON.parse(stdout) as { managed: { placed_by_region: Record<string, number>; running_entry_region: { n: number } | null; running_other_region: { n: number } | null } };
     expect(result).toMatchObject({
       bench: 'placement-e2e',
       loadavg: expect.any(Array),
       loadavg_after: expect.any(Array),
-      options: { vms: 3, reference: 3, concurrency: 1, poll_ms: 50, reconcile_interval_ms: 500, publish_interval_ms: 500, inventory_interval_ms: 500, transition_delay_ms: 0, regions: 3 },
+      options: { vms: 3, reference: 3, concurrency: 1, gap_ms: 200, poll_ms: 50, reconcile_interval_ms: 500, publish_interval_ms: 500, inventory_interval_ms: 500, transition_delay_ms: 0, regions: 3 },
       ratios: { running_p50: expect.any(String), running_p99: expect.any(String), placed_p50: expect.any(String) },
       resolution_ms: positive,
       managed: { vms: 3, vms_running: 3, creates_per_s: positive, running_per_s: positive, placed: stats(3), created: stats(3), running: stats(3) },
