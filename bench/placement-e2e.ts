@@ -32,6 +32,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { connectAdmin, type AdminClient } from '../src/admin/client.ts';
 import { RaftCluster } from '../test/integration/raft-cluster.ts';
+import { Prng } from '../test/sim/prng.ts';
 import { defineBench, intFlag, machineFacts, progress, quantile, renderTable, significant } from './run.ts';
 
 const NODES = 3;
@@ -157,6 +158,7 @@ async function runPhase(
   describe: (name: string) => string = () => '',
 ): Promise<PhaseResult> {
   const items: Tracked[] = names.map((name, k) => ({ name, node: k % NODES, startedAt: 0, started: 0 }));
+  const rng = new Prng(names.length);
   const t0 = performance.now();
   let createsDone = false;
   const creating = pool(items, opts.concurrency, async (t) => {
@@ -164,7 +166,8 @@ async function runPhase(
     t.started = performance.now();
     await create(t);
     t.returned = performance.now();
-    if (opts.gapMs > 0) await delay(opts.gapMs);
+    // Jittered (0.5 to 1.5 × the gap): a fixed period would lock onto the regions' reconcile timers and measure one phase of them.
+    if (opts.gapMs > 0) await delay(opts.gapMs * (0.5 + rng.next()));
   }).finally(() => {
     createsDone = true;
   });
@@ -387,7 +390,7 @@ export const placementE2eBench = defineBench<PlacementE2eOptions>({
     vms: { default: '50', description: 'managed creates (--placement auto), measured' },
     reference: { default: '50', description: 'unmanaged creates on the reference provider, measured' },
     concurrency: { default: '1', description: 'creates in flight at once (each phase)' },
-    'gap-ms': { default: '1000', description: 'pause after each create returns before that slot sends the next (0: back to back, the regions stay busy)' },
+    'gap-ms': { default: '1000', description: 'mean pause after each create returns before that slot sends the next, uniform in 0.5-1.5x (0: back to back, the regions stay busy)' },
     'poll-ms': { default: '25', description: 'poll interval of listDesired / listInstances per node (the resolution)' },
     'reconcile-ms': { default: '500', description: 'fleet.reconcileIntervalMs of every daemon' },
     'publish-ms': { default: '500', description: 'fleet.publishIntervalMs of every daemon (changed VM records are checked at least every second)' },
