@@ -221,6 +221,9 @@ export function withPlansInFlight(state: FleetState, plans: Iterable<PlanInFligh
     get vmCount() {
       return state.vmCount;
     },
+    get applied() {
+      return state.applied;
+    },
     regions: () => state.regions(),
     region: (name) => state.region(name),
     vms: () => state.vms(),

@@ -42,6 +42,13 @@ export interface FleetSeatOptions {
   readonly commitTimeoutMs: number;
 }
 
+/**
+ * How often the seat looks whether this node's replica applied fleet commands
+ * (a number compared, nothing read): a region learns of a VM assigned to it
+ * within this, not at its next reconcile interval. The replica has no apply
+ * event the seat could subscribe to that survives a snapshot restore.
+ */
+const APPLIED_POLL_MS = 50;
 const DECLARE_RETRY_MIN_MS = 500;
 const DECLARE_RETRY_MAX_MS = 10_000;
 
@@ -53,6 +60,8 @@ export class FleetSeat {
   #declareTimer: NodeJS.Timeout | undefined;
   #stopped = false;
   #declared: Promise<void> | null = null;
+  #watch: NodeJS.Timeout | undefined;
+  #seen: { state: FleetState | null; applied: number } = { state: null, applied: -1 };
 
   constructor(options: FleetSeatOptions) {
     this.#o = options;
@@ -95,12 +104,28 @@ export class FleetSeat {
     this.#stopped = false;
     this.declare();
     this.reconciler.start();
+    this.#watch = setInterval(() => this.#kickOnApply(), APPLIED_POLL_MS);
+    this.#watch.unref();
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
+    clearInterval(this.#watch);
     clearTimeout(this.#declareTimer);
     await this.reconciler.stop();
+  }
+
+  /** Kicks the reconciler when the replica applied fleet commands since the last look (or was replaced by a snapshot). */
+  #kickOnApply(): void {
+    let state: FleetState;
+    try {
+      state = this.state;
+    } catch {
+      return;
+    }
+    if (state === this.#seen.state && state.applied === this.#seen.applied) return;
+    this.#seen = { state, applied: state.applied };
+    this.reconciler.kick();
   }
 
   /** (Re-)declares the region until the log answers; resolves with that answer's outcome logged. */

@@ -110,6 +110,13 @@ export interface FleetState {
   readonly regionCount: number;
   /** VM records, tombstones included. */
   readonly vmCount: number;
+  /**
+   * Fleet commands applied by this machine (accepted or refused) since it was
+   * made or restored: a driver that sees it change knows desired state may
+   * have, without diffing it. Not replicated state: a restored machine starts
+   * again from 0.
+   */
+  readonly applied: number;
   /** Sorted by name. */
   regions(): readonly FleetRegion[];
   region(name: string): FleetRegion | undefined;
@@ -167,6 +174,7 @@ export class FleetStateMachine implements FleetState {
   /** Names of the VMs whose assignment is in each region (tombstones included). */
   #byRegion = new Map<string, Set<string>>();
   #ledger = new CapacityLedger();
+  #applied = 0;
   #groups: Record<FleetGroupKind, Map<string, Map<string, number>>> = { 'anti-affinity': new Map(), spread: new Map() };
 
   constructor(limits: Partial<FleetLimits> = {}) {
@@ -183,6 +191,10 @@ export class FleetStateMachine implements FleetState {
 
   get vmCount(): number {
     return this.#vms.size;
+  }
+
+  get applied(): number {
+    return this.#applied;
   }
 
   regions(): readonly FleetRegion[] {
@@ -241,6 +253,7 @@ export class FleetStateMachine implements FleetState {
    * checked here. Nothing changes when the result is a refusal.
    */
   apply(cmd: FleetCommand): FleetResult {
+    this.#applied++;
     switch (cmd.kind) {
       case 'register-region':
         return this.#registerRegion(cmd);

@@ -301,3 +301,17 @@ describe('the ledger never over-commits (property)', () => {
     );
   });
 });
+
+describe('applied', () => {
+  it('counts every command applied, refusals included, and starts again from 0 on a restored machine', async () => {
+    const { FleetStateMachine } = await import('../../src/fleet/state-machine.ts');
+    const { registerRegion, localProvider, create, spec } = await import('./fleet-fixtures.ts');
+    const m = new FleetStateMachine();
+    expect(m.applied).toBe(0);
+    m.apply(registerRegion('a', [localProvider(4, 8)]));
+    m.apply(create(spec('web1')));
+    m.apply(create(spec('web1')));
+    expect(m.applied).toBe(3);
+    expect(FleetStateMachine.restore(m.snapshot()).applied).toBe(0);
+  });
+});
