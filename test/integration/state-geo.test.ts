@@ -71,7 +71,9 @@ const MAJORITY = [2, 3, 4];
 
 describe('geo state across a 2 | 3 partition of five daemons', () => {
   beforeAll(async () => {
-    cluster = await RaftCluster.start('state-geo', 5, { env: () => ({ DWCP_TEST_FAULTS: '1' }) });
+    // The fleet's region heartbeat is a geo write every publish interval: at the default 5 s it lands between two
+    // digest checks that expect a quiet store. This test is about the store, so the heartbeat is made rare.
+    cluster = await RaftCluster.start('state-geo', 5, { env: () => ({ DWCP_TEST_FAULTS: '1' }), extra: () => ({ fleet: { publishIntervalMs: 3_600_000 } }) });
     await cluster.waitForLeader();
     // Every region hears every other's heartbeats before the test starts.
     await eventually('every member alive everywhere', 30_000, async () => {
@@ -160,7 +162,8 @@ describe('geo state across a 2 | 3 partition of five daemons', () => {
     const convergedMs = performance.now() - healed;
     expect(convergedMs).toBeLessThan(CONVERGENCE_BOUND_MS);
     expect(new Set(digest.regions.map((r) => r.digest)).size).toBe(1);
-    expect((await ok(1, 'state', 'digest')).split('\n').at(-2)).toBe('converged: all 5 regions hold the same entries');
+    // Through the node that just saw all five converge (n2 was cut off too, and may still be reconnecting to the majority).
+    expect((await ok(0, 'state', 'digest')).split('\n').at(-2)).toBe('converged: all 5 regions hold the same entries');
     // The register's winner is the same everywhere (the later write, the majority's quorum put), counters hold both sides.
     // Through the admin client: five dwcpctl processes per check would cost seconds on a loaded machine, and the CLI is shown above.
     for (let i = 0; i < 5; i++) {
