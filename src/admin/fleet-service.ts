@@ -150,13 +150,20 @@ export function fleetServiceRegistration(opts: FleetAdminOptions): AdminServiceR
   }
 
   /** A desired VM with what is observed of its copy: the region's own report when it is this node, else the fleet view. */
-  function desiredToWire(vm: DesiredVm, view: FleetView): Record<string, unknown> {
+  /** The observed copy of each desired VM, by `region \0 desired VM name`: built once per call, not scanned per VM. */
+  function copiesOf(view: FleetView): Map<string, VmView> {
+    const copies = new Map<string, VmView>();
+    for (const v of view.vms) if (v.desiredVm !== null) copies.set(`${v.region}\u0000${v.desiredVm}`, v);
+    return copies;
+  }
+
+  function desiredToWire(vm: DesiredVm, view: FleetView, copies: Map<string, VmView>): Record<string, unknown> {
     const s = seat();
     const a = vm.assignment;
     let status = 'absent';
     let reason: string | undefined;
     if (a !== null && !vm.deleted) {
-      const copy = view.vms.find((v) => v.region === a.region && v.desiredVm === vm.name);
+      const copy = copies.get(`${a.region}\u0000${vm.name}`);
       if (copy !== undefined) status = copy.shownState;
       // This region's reconciler knows first; another region says so in its record.
       const report = a.region === s.region ? s.reconciler.reports().get(vm.name) : view.regions.find((r) => r.region === a.region)?.failed.find((f) => f.vm === vm.name);
@@ -185,7 +192,8 @@ export function fleetServiceRegistration(opts: FleetAdminOptions): AdminServiceR
   function desiredVm(name: string): Record<string, unknown> {
     const vm = seat().state.vm(name);
     if (vm === undefined) throw new DwcpError('not_found', `vm: no desired VM named ${name}`);
-    return desiredToWire(vm, opts.view());
+    const view = opts.view();
+    return desiredToWire(vm, view, copiesOf(view));
   }
 
   async function placeVm(r: FleetPlaceRequest): Promise<Record<string, unknown>> {
@@ -222,7 +230,8 @@ export function fleetServiceRegistration(opts: FleetAdminOptions): AdminServiceR
     const state = seat().state;
     const view = opts.view();
     const vms = r.vms.length === 0 ? state.vms() : r.vms.map((name) => state.vm(name)).filter((v): v is DesiredVm => v !== undefined);
-    return { vms: vms.map((vm) => desiredToWire(vm, view)) };
+    const copies = copiesOf(view);
+    return { vms: vms.map((vm) => desiredToWire(vm, view, copies)) };
   }
 
   async function status(): Promise<Record<string, unknown>> {

@@ -32,7 +32,7 @@ export interface RegionFactsConfig {
 type RegisterRegionInput = Extract<FleetCommandInput, { kind: 'register-region' }>;
 type ProviderInput = RegisterRegionInput['providers'][number];
 
-export function regionDeclaration(config: RegionFactsConfig, catalog: Pick<PricingCatalog, 'types' | 'quote'>, kinds: ReadonlyMap<string, { vcpus: number }> = new Map()): RegisterRegionInput {
+export function regionDeclaration(config: RegionFactsConfig, catalog: Pick<PricingCatalog, 'types' | 'quote'>): RegisterRegionInput {
   const { node } = config;
   return {
     kind: 'register-region',
@@ -40,11 +40,11 @@ export function regionDeclaration(config: RegionFactsConfig, catalog: Pick<Prici
     ...(node.jurisdiction === undefined ? {} : { jurisdiction: node.jurisdiction }),
     compliance: [...(node.compliance ?? [])],
     labels: { ...(node.labels ?? {}) },
-    providers: config.providers.map((p) => providerDeclaration(p, catalog, kinds)),
+    providers: config.providers.map((p) => providerDeclaration(p, catalog)),
   };
 }
 
-function providerDeclaration(p: CloudProviderConfig, catalog: Pick<PricingCatalog, 'types' | 'quote'>, kinds: ReadonlyMap<string, { vcpus: number }>): ProviderInput {
+function providerDeclaration(p: CloudProviderConfig, catalog: Pick<PricingCatalog, 'types' | 'quote'>): ProviderInput {
   const kind: FleetProviderKind = p.kind;
   if (p.kind === 'local') {
     const c = p.capacity ?? hostCapacity();
@@ -60,15 +60,15 @@ function providerDeclaration(p: CloudProviderConfig, catalog: Pick<PricingCatalo
     name: p.name,
     kind,
     ...(quota === undefined ? {} : { quota }),
-    prices: { vcpuHourUsd: cheapestVcpuHour(p.kind, p.region, catalog, kinds), memoryGiBHourUsd: 0 },
+    prices: { vcpuHourUsd: cheapestVcpuHour(p.kind, p.region, catalog), memoryGiBHourUsd: 0 },
   };
 }
 
-/** The lowest on-demand $/vCPU-hour among the catalog's types of that provider and region whose size is known. */
-function cheapestVcpuHour(provider: string, region: string, catalog: Pick<PricingCatalog, 'types' | 'quote'>, sizes: ReadonlyMap<string, { vcpus: number }>): number {
+/** The lowest on-demand $/vCPU-hour among the catalog's types of that provider and region whose size the name tells. */
+function cheapestVcpuHour(provider: string, region: string, catalog: Pick<PricingCatalog, 'types' | 'quote'>): number {
   let best = Number.POSITIVE_INFINITY;
   for (const type of catalog.types(provider, region)) {
-    const vcpus = sizes.get(type)?.vcpus ?? vcpusFromTypeName(type);
+    const vcpus = vcpusFromTypeName(type);
     if (vcpus === null) continue;
     const hourly = catalog.quote({ provider, region, type, model: 'on-demand' }).hourly;
     best = Math.min(best, hourly / vcpus);
@@ -77,7 +77,7 @@ function cheapestVcpuHour(provider: string, region: string, catalog: Pick<Pricin
 }
 
 /**
- * The vCPUs a well-known type name encodes, when no inventory told us:
+ * The vCPUs a well-known type name encodes (the catalog prices types, it does not size them):
  * GCE's `e2-standard-4` (the trailing number), EC2's `m5.large` family sizes.
  */
 function vcpusFromTypeName(type: string): number | null {

@@ -180,9 +180,10 @@ export class RegionReconciler {
     );
     const outcomes = this.#outcomes;
     this.#outcomes = [];
+    const desired = this.#o.desired();
     const result = reconcile({
       region: this.#o.region,
-      desired: this.#o.desired(),
+      desired,
       observed,
       memory: this.#memory,
       outcomes,
@@ -216,7 +217,6 @@ export class RegionReconciler {
       }
     }
     this.#orphans = orphans;
-    const desired = this.#o.desired();
     this.#purgeGone(desired, observed);
     // Drop reports of VMs no longer assigned here (the core stops reporting them).
     for (const vm of this.#reports.keys()) {

@@ -24,32 +24,21 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FleetDesiredVm } from '../../src/admin/schema.ts';
 import { RaftCluster } from './raft-cluster.ts';
-import { runCtl, type CtlResult } from './harness.ts';
+import { eventually, type CtlResult } from './harness.ts';
 
 /** From a committed create until its region reports it running, on a loaded 2-core machine. */
 const RUNNING_MS = 30_000;
-const POLL_MS = 150;
 
 let cluster: RaftCluster;
 
 function ctl(i: number, ...args: string[]): Promise<CtlResult> {
-  return runCtl(['--socket', cluster.nodes[i]!.socket, '--timeout', '20s', ...args]);
+  return cluster.ctl(i, '--timeout', '20s', ...args);
 }
 
 async function desired(i: number): Promise<FleetDesiredVm[]> {
   const res = await ctl(i, 'vm', 'list', '--desired', '--json');
   expect(res.stderr, `n${i + 1}: vm list --desired`).toBe('');
   return (JSON.parse(res.stdout) as { vms: FleetDesiredVm[] }).vms;
-}
-
-async function eventually<T>(what: string, ms: number, check: () => Promise<T | undefined>): Promise<T> {
-  const deadline = performance.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (performance.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms`);
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-  }
 }
 
 async function create(i: number, name: string, cpu: number, ...extra: string[]): Promise<{ vm: string; region: string; provider: string; generation: string; attempts: number }> {
