@@ -229,7 +229,11 @@ export class BlobService {
   // ------------------------------------------------------------------ operations
 
   /** Stores a file under `key` and, with `to`, sends it to that member. */
-  async put(path: string, key: string, opts: { to?: string; streams?: number; signal?: AbortSignal; onPhase?: (phase: PutPhase, progress: TransferProgress) => void } = {}): Promise<PutOutcome> {
+  async put(
+    path: string,
+    key: string,
+    opts: { to?: string; streams?: number; signal?: AbortSignal; onPhase?: (phase: PutPhase, progress: TransferProgress) => void; onRead?: (bytes: Uint8Array) => void } = {},
+  ): Promise<PutOutcome> {
     const member = opts.to === undefined ? undefined : this.#member(opts.to);
     const signal = opts.signal === undefined ? this.#stopping.signal : AbortSignal.any([opts.signal, this.#stopping.signal]);
     const progress = new TransferProgress(0, performance.now());
@@ -237,6 +241,7 @@ export class BlobService {
     const t0 = performance.now();
     const stored = await this.store.ingestFile(key, path, {
       signal,
+      ...(opts.onRead ? { onRead: opts.onRead } : {}),
       onProgress: (p) => {
         progress.retarget(p.bytesTotal);
         progress.add(p.bytesDone - progress.bytesDone, 0, performance.now());
@@ -248,6 +253,16 @@ export class BlobService {
     const sent =
       member === undefined ? null : await this.send(key, member.name, { ...(opts.streams !== undefined ? { streams: opts.streams } : {}), signal, onStart: (p) => opts.onPhase?.('transfer', p) });
     return { stored, ingestSeconds, sent };
+  }
+
+  /** Drops `key` from the store (true if it held a value); its chunks go at the next GC unless another key names them. */
+  async remove(key: string): Promise<boolean> {
+    const removed = await this.store.remove(key);
+    if (removed) {
+      this.#opts.log.info({ blobKey: key }, 'blob removed');
+      this.#scheduleGc();
+    }
+    return removed;
   }
 
   /** Sends `key`'s current version to the member named `to`, as a delta when the cache knows what it holds. */

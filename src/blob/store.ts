@@ -574,8 +574,15 @@ export class BlobStore {
     });
   }
 
-  /** Reads `path` (a regular file), chunks and stores it, and makes it `key`'s current version. */
-  async ingestFile(key: string, path: string, opts: { onProgress?: (p: IngestProgress) => void; signal?: AbortSignal } = {}): Promise<StoredValue> {
+  /**
+   * Reads `path` (a regular file), chunks and stores it, and makes it `key`'s
+   * current version. `onRead` sees every byte read, in order, before it is
+   * chunked: a caller that needs more of the file than its chunks (a whole-file
+   * digest, a format check of its header) gets it from the same single pass,
+   * so what it checked is exactly what was stored; a throw from it abandons
+   * the ingest (nothing is committed).
+   */
+  async ingestFile(key: string, path: string, opts: { onProgress?: (p: IngestProgress) => void; onRead?: (bytes: Uint8Array) => void; signal?: AbortSignal } = {}): Promise<StoredValue> {
     checkBlobKey(key);
     let fh: FileHandle;
     try {
@@ -595,6 +602,7 @@ export class BlobStore {
       return await this.#ingest(key, total, async (into) => {
         opts.signal?.throwIfAborted();
         const { bytesRead } = await fh.read(into, 0, into.byteLength, offset);
+        if (bytesRead > 0) opts.onRead?.(into.subarray(0, bytesRead));
         offset += bytesRead;
         opts.onProgress?.({ bytesDone: offset, bytesTotal: total });
         return bytesRead;
@@ -651,6 +659,24 @@ export class BlobStore {
     } finally {
       staged.release();
     }
+  }
+
+  /**
+   * Forgets which version `key` holds (true if it held one). Its chunks and
+   * manifest become garbage for the next GC unless something else names them;
+   * a send or read already running has pinned what it reads.
+   */
+  async remove(key: string): Promise<boolean> {
+    checkBlobKey(key);
+    return this.#indexLock.run(async () => {
+      this.#checkOpen();
+      const keyBytes = Buffer.from(key, 'utf8');
+      if (this.#keys.getBinary(keyBytes) === undefined) return false;
+      await this.#root.transaction(() => {
+        this.#keys.removeSync(keyBytes);
+      });
+      return true;
+    });
   }
 
   // ------------------------------------------------------------------ garbage collection

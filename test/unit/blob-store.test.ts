@@ -73,6 +73,43 @@ describe('BlobStore', () => {
     expect(store.list().map((v) => v.key)).toEqual(['vm/a']);
   });
 
+  it('onRead sees every byte of the file once, in order; a throw from it commits nothing', async () => {
+    const store = await openStore();
+    const value = random(9 * MIB + 7, 11);
+    await writeFile(join(dir, 'v.img'), value);
+    const digest = createHash('sha256');
+    let seen = 0;
+    await store.ingestFile('vm/a', join(dir, 'v.img'), {
+      onRead: (bytes) => {
+        digest.update(bytes);
+        seen += bytes.byteLength;
+      },
+    });
+    expect(seen).toBe(value.byteLength);
+    expect(digest.digest('hex')).toBe(createHash('sha256').update(value).digest('hex'));
+    const refused = store.ingestFile('vm/b', join(dir, 'v.img'), {
+      onRead: () => {
+        throw new BlobStoreError('invalid', 'not this one');
+      },
+    });
+    await expect(refused).rejects.toThrow('not this one');
+    expect(store.current('vm/b')).toBeUndefined();
+  });
+
+  it('remove forgets a key; GC then drops the chunks no other key names', async () => {
+    const store = await openStore();
+    const shared = random(256 * KIB, 12);
+    await store.ingestBytes('a', shared);
+    await store.ingestBytes('b', Buffer.concat([shared, random(256 * KIB, 13)]));
+    expect(await store.remove('b')).toBe(true);
+    expect(await store.remove('b')).toBe(false);
+    expect(store.current('b')).toBeUndefined();
+    expect(store.list().map((v) => v.key)).toEqual(['a']);
+    const gc = await store.gc();
+    expect(gc.chunksDropped).toBeGreaterThan(0);
+    expect((await readBack(store, 'a')).equals(Buffer.from(shared))).toBe(true);
+  });
+
   it('writes each distinct chunk once, across values and within one (zero runs)', async () => {
     const store = await openStore();
     const value = random(MIB, 2);
