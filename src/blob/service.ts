@@ -228,10 +228,10 @@ export class BlobService {
 
   // ------------------------------------------------------------------ operations
 
-  /** Stores a file under `key` and, with `to`, sends it to that member. */
+  /** Stores a file under `key` (or the key `key()` names once the file is read) and, with `to`, sends it to that member. */
   async put(
     path: string,
-    key: string,
+    key: string | (() => string),
     opts: { to?: string; streams?: number; signal?: AbortSignal; onPhase?: (phase: PutPhase, progress: TransferProgress) => void; onRead?: (bytes: Uint8Array) => void } = {},
   ): Promise<PutOutcome> {
     const member = opts.to === undefined ? undefined : this.#member(opts.to);
@@ -248,10 +248,10 @@ export class BlobService {
       },
     });
     const ingestSeconds = (performance.now() - t0) / 1000;
-    this.#opts.log.info({ blobKey: key, version: stored.version, size: stored.size, chunks: stored.chunks, seconds: ingestSeconds }, 'blob stored');
+    this.#opts.log.info({ blobKey: stored.key, version: stored.version, size: stored.size, chunks: stored.chunks, seconds: ingestSeconds }, 'blob stored');
     this.#scheduleGc();
     const sent =
-      member === undefined ? null : await this.send(key, member.name, { ...(opts.streams !== undefined ? { streams: opts.streams } : {}), signal, onStart: (p) => opts.onPhase?.('transfer', p) });
+      member === undefined ? null : await this.send(stored.key, member.name, { ...(opts.streams !== undefined ? { streams: opts.streams } : {}), signal, onStart: (p) => opts.onPhase?.('transfer', p) });
     return { stored, ingestSeconds, sent };
   }
 

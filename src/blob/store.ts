@@ -580,10 +580,12 @@ export class BlobStore {
    * chunked: a caller that needs more of the file than its chunks (a whole-file
    * digest, a format check of its header) gets it from the same single pass,
    * so what it checked is exactly what was stored; a throw from it abandons
-   * the ingest (nothing is committed).
+   * the ingest (nothing is committed). `key` may be a function, called once
+   * after the last read and before the commit, for a key named after the
+   * content (a digest taken through onRead).
    */
-  async ingestFile(key: string, path: string, opts: { onProgress?: (p: IngestProgress) => void; onRead?: (bytes: Uint8Array) => void; signal?: AbortSignal } = {}): Promise<StoredValue> {
-    checkBlobKey(key);
+  async ingestFile(key: string | (() => string), path: string, opts: { onProgress?: (p: IngestProgress) => void; onRead?: (bytes: Uint8Array) => void; signal?: AbortSignal } = {}): Promise<StoredValue> {
+    if (typeof key === 'string') checkBlobKey(key);
     let fh: FileHandle;
     try {
       // O_NOFOLLOW: the caller named this file; a symlink swapped in meanwhile is refused, not followed.
@@ -626,7 +628,7 @@ export class BlobStore {
   }
 
   /** Chunks a value read window by window through `read` (0 = end), writing only chunks the store lacks. */
-  async #ingest(key: string, expected: number, read: (into: Uint8Array) => Promise<number>): Promise<StoredValue> {
+  async #ingest(keyOf: string | (() => string), expected: number, read: (into: Uint8Array) => Promise<number>): Promise<StoredValue> {
     const staged = this.stage();
     try {
       const window = Buffer.allocUnsafe(INGEST_WINDOW_BYTES + this.chunking.maxSize);
@@ -652,6 +654,8 @@ export class BlobStore {
         carried = filled - used;
         offset += used;
       }
+      const key = typeof keyOf === 'string' ? keyOf : keyOf();
+      checkBlobKey(key);
       if (offset !== expected) throw new BlobStoreError('invalid', `${key}: read ${offset} bytes, expected ${expected} (the file changed while it was read)`);
       const hash = valueHash(offset, chunks);
       const manifest: Manifest = { key, version: hash, size: offset, hash, chunking: { ...this.chunking }, chunks };

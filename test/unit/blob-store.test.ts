@@ -87,6 +87,11 @@ describe('BlobStore', () => {
     });
     expect(seen).toBe(value.byteLength);
     expect(digest.digest('hex')).toBe(createHash('sha256').update(value).digest('hex'));
+    // A key named after the content, known only once every byte was read.
+    const named = createHash('sha256');
+    const stored = await store.ingestFile(() => `by-sha/${named.digest('hex')}`, join(dir, 'v.img'), { onRead: (bytes) => named.update(bytes) });
+    expect(stored.key).toBe(`by-sha/${createHash('sha256').update(value).digest('hex')}`);
+    expect(store.current(stored.key)?.version).toBe(stored.version);
     const refused = store.ingestFile('vm/b', join(dir, 'v.img'), {
       onRead: () => {
         throw new BlobStoreError('invalid', 'not this one');
