@@ -13,7 +13,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { MethodDefinition } from '@grpc/proto-loader';
-import { BLOB_SERVICE, type BlobCacheStatsResponse, type BlobProgress, type BlobPutRequest, type BlobPutResult, type BlobSendResult, type BlobStatusResponse, type BlobTransfer, type BlobValue, type ServiceCall } from './schema.ts';
+import { type BlobCacheStatsResponse, type BlobProgress, type BlobPutRequest, type BlobPutResult, type BlobSendResult, type BlobStatusResponse, type BlobTransfer, type BlobValue, type ServiceCall } from './schema.ts';
 
 export interface BlobClient {
   /** Stores (and with `to`, sends) a file; `onProgress` sees each progress message. */
@@ -24,6 +24,7 @@ export interface BlobClient {
   cacheStats(): Promise<BlobCacheStatsResponse>;
 }
 
+/** One admin service's calls as a sub-client needs them (the Blob and Image services both stream). */
 export interface BlobClientTransport {
   client: grpc.Client;
   method(name: string): MethodDefinition<unknown, unknown> | undefined;
@@ -33,11 +34,11 @@ export interface BlobClientTransport {
   timeoutMs: number;
 }
 
-type Num = string | number;
+export type Num = string | number;
 /** As proto-loader decodes it: uint64 as a string, proto3 `optional` fields absent rather than null. */
-type WireOf<T> = { [K in keyof T]: null extends T[K] ? (NonNullable<T[K]> extends number ? Num : NonNullable<T[K]>) | undefined : T[K] extends number ? Num : T[K] };
+export type WireOf<T> = { [K in keyof T]: null extends T[K] ? (NonNullable<T[K]> extends number ? Num : NonNullable<T[K]>) | undefined : T[K] extends number ? Num : T[K] };
 
-function num(v: Num | undefined): number {
+export function num(v: Num | undefined): number {
   return typeof v === 'number' ? v : Number(v ?? 0);
 }
 
@@ -49,7 +50,7 @@ export function blobValueFromWire(v: WireOf<BlobValue>): BlobValue {
   return { key: v.key, version: v.version, size: num(v.size), chunks: num(v.chunks), stored_at: v.stored_at, source: v.source };
 }
 
-function progressFromWire(p: WireOf<BlobProgress>): BlobProgress {
+export function progressFromWire(p: WireOf<BlobProgress>): BlobProgress {
   return {
     phase: p.phase,
     bytes_done: num(p.bytes_done),
@@ -112,9 +113,9 @@ type WireGetPart = { part: 'value'; value: WireOf<BlobValue> } | { part: 'data';
  * may apply back-pressure by returning a promise); fails if the daemon is
  * silent for `timeoutMs` between two messages.
  */
-async function serverStream<Res>(t: BlobClientTransport, name: string, request: unknown, onMessage: (msg: Res) => Promise<void> | void): Promise<void> {
+export async function serverStream<Res>(t: BlobClientTransport, name: string, request: unknown, onMessage: (msg: Res) => Promise<void> | void): Promise<void> {
   const method = t.method(name);
-  if (method === undefined) throw new Error(`${name} is not a method of ${BLOB_SERVICE}`);
+  if (method === undefined) throw new Error(`${name} is not a method of the service`);
   const call = t.client.makeServerStreamRequest(method.path, method.requestSerialize, method.responseDeserialize as (b: Buffer) => Res, request, new grpc.Metadata(), {});
   let idle: NodeJS.Timeout | undefined;
   let silent = false;

@@ -23,7 +23,7 @@ import { DwcpError } from '../errors.ts';
 import type { BlobService, SendOutcome } from '../blob/service.ts';
 import type { StoredValue } from '../blob/store.ts';
 import type { TransferProgress } from '../blob/progress.ts';
-import { asyncUnary, failureStatus } from './call.ts';
+import { asyncServerStream, asyncUnary, writeMessage } from './call.ts';
 import { BLOB_SERVICE } from './schema.ts';
 import { loadAdminPackage } from './schema.ts';
 import type { AdminServiceRegistration } from './server.ts';
@@ -35,28 +35,6 @@ const GET_PART_BYTES = 1024 * 1024;
 export interface BlobAdminOptions {
   service: BlobService;
   log: Logger;
-}
-
-/** Sends a streaming call's failure as its status (call.ts, as for unary calls). */
-function failStream(call: grpc.ServerWritableStream<unknown, unknown>, log: Logger, method: string, err: unknown): void {
-  call.emit('error', failureStatus(log, method, err));
-}
-
-/** Writes one message, waiting for the client to take it when the stream's buffer is full. */
-async function send(call: grpc.ServerWritableStream<unknown, unknown>, message: unknown): Promise<void> {
-  if (call.write(message)) return;
-  await new Promise<void>((resolve, reject) => {
-    const onDrain = () => {
-      call.off('error', onError);
-      resolve();
-    };
-    const onError = (err: Error) => {
-      call.off('drain', onDrain);
-      reject(err);
-    };
-    call.once('drain', onDrain);
-    call.once('error', onError);
-  });
 }
 
 export function blobValue(v: StoredValue): Record<string, unknown> {
@@ -82,7 +60,7 @@ function sendResult(s: SendOutcome): Record<string, unknown> {
   };
 }
 
-function progressMessage(phase: string, p: TransferProgress): Record<string, unknown> {
+export function progressMessage(phase: string, p: TransferProgress): Record<string, unknown> {
   const s = p.snapshot(performance.now());
   return {
     phase,
@@ -92,6 +70,28 @@ function progressMessage(phase: string, p: TransferProgress): Record<string, unk
     ...(s.rateBytesPerS === null ? {} : { rate_bytes_per_s: s.rateBytesPerS }),
     ...(s.etaSeconds === null ? {} : { eta_seconds: s.etaSeconds }),
     elapsed_seconds: s.elapsedSeconds,
+  };
+}
+
+/**
+ * Progress messages of a long server-streaming call: `phase` switches to a
+ * new phase (reporting the last one's final figures first), the current one
+ * is sent every PROGRESS_EVERY_MS until `stop`.
+ */
+export function progressReporter(call: grpc.ServerWritableStream<unknown, unknown>): { phase(name: string, progress: TransferProgress): void; flush(): void; stop(): void } {
+  const live: { phase: string; progress: TransferProgress | null } = { phase: '', progress: null };
+  const flush = () => {
+    if (live.progress !== null) call.write({ progress: progressMessage(live.phase, live.progress) });
+  };
+  const tick = setInterval(flush, PROGRESS_EVERY_MS);
+  return {
+    phase: (name, progress) => {
+      flush();
+      live.phase = name;
+      live.progress = progress;
+    },
+    flush,
+    stop: () => clearInterval(tick),
   };
 }
 
@@ -105,34 +105,26 @@ export function blobServiceRegistration(opts: BlobAdminOptions): AdminServiceReg
     if (r.key === '') throw new DwcpError('invalid', 'key: required');
     const cancelled = new AbortController();
     call.on('cancelled', () => cancelled.abort(new DwcpError('cancelled', 'the client cancelled the put')));
-    const live: { phase: string; progress: TransferProgress | null } = { phase: '', progress: null };
-    const report = () => {
-      if (live.progress !== null) call.write({ progress: progressMessage(live.phase, live.progress) });
-    };
-    const tick = setInterval(report, PROGRESS_EVERY_MS);
+    const progress = progressReporter(call);
     try {
       const out = await service.put(r.path, r.key, {
         ...(r.to === '' ? {} : { to: r.to }),
         ...(r.streams === 0 ? {} : { streams: r.streams }),
         signal: cancelled.signal,
-        onPhase: (phase, progress) => {
-          report();
-          live.phase = phase;
-          live.progress = progress;
-        },
+        onPhase: (phase, p) => progress.phase(phase, p),
       });
-      report();
-      await send(call, { result: { stored: blobValue(out.stored), ingest_seconds: out.ingestSeconds, ...(out.sent === null ? {} : { sent: sendResult(out.sent) }) } });
+      progress.flush();
+      await writeMessage(call, { result: { stored: blobValue(out.stored), ingest_seconds: out.ingestSeconds, ...(out.sent === null ? {} : { sent: sendResult(out.sent) }) } });
       call.end();
     } finally {
-      clearInterval(tick);
+      progress.stop();
     }
   };
 
   const get = async (call: grpc.ServerWritableStream<{ key: string }, unknown>): Promise<void> => {
     if (call.request.key === '') throw new DwcpError('invalid', 'key: required');
     const { value, read } = service.open(call.request.key);
-    await send(call, { value: blobValue(value) });
+    await writeMessage(call, { value: blobValue(value) });
     let parts: Uint8Array[] = [];
     let bytes = 0;
     for await (const chunk of read()) {
@@ -140,20 +132,15 @@ export function blobServiceRegistration(opts: BlobAdminOptions): AdminServiceReg
       parts.push(chunk);
       bytes += chunk.byteLength;
       if (bytes >= GET_PART_BYTES) {
-        await send(call, { data: Buffer.concat(parts) });
+        await writeMessage(call, { data: Buffer.concat(parts) });
         parts = [];
         bytes = 0;
       }
     }
-    if (bytes > 0) await send(call, { data: Buffer.concat(parts) });
+    if (bytes > 0) await writeMessage(call, { data: Buffer.concat(parts) });
     call.end();
   };
 
-  const streaming = <Req>(method: string, run: (call: grpc.ServerWritableStream<Req, unknown>) => Promise<void>): grpc.handleServerStreamingCall<Req, unknown> => {
-    return (call) => {
-      run(call).catch((err: unknown) => failStream(call as grpc.ServerWritableStream<unknown, unknown>, log, method, err));
-    };
-  };
 
   const unary = <Res>(method: string, fn: () => Promise<Res>) => asyncUnary<object, Res>(log, method, fn);
 
@@ -161,8 +148,8 @@ export function blobServiceRegistration(opts: BlobAdminOptions): AdminServiceReg
     name: BLOB_SERVICE,
     packageDefinition: loadAdminPackage(),
     implementation: {
-      Put: streaming<PutRequest>('Put', put),
-      Get: streaming<{ key: string }>('Get', get),
+      Put: asyncServerStream<PutRequest>(log, 'Put', put),
+      Get: asyncServerStream<{ key: string }>(log, 'Get', get),
       Status: unary('Status', async () => {
         const s = await service.status();
         return {

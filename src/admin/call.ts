@@ -39,3 +39,31 @@ export function requireTimeout(raw: number, fallbackMs: number): number {
   }
   return raw;
 }
+
+/**
+ * Wraps a server-streaming handler as asyncUnary wraps a unary one: a
+ * failure ends the stream with its status (typed errors their own, anything
+ * else INTERNAL and logged).
+ */
+export function asyncServerStream<Req>(log: Logger, method: string, run: (call: grpc.ServerWritableStream<Req, unknown>) => Promise<void>): grpc.handleServerStreamingCall<Req, unknown> {
+  return (call) => {
+    run(call).catch((err: unknown) => call.emit('error', failureStatus(log, method, err)));
+  };
+}
+
+/** Writes one message of a server stream, waiting for the client to take it when the stream's buffer is full. */
+export async function writeMessage(call: grpc.ServerWritableStream<unknown, unknown>, message: unknown): Promise<void> {
+  if (call.write(message)) return;
+  await new Promise<void>((resolve, reject) => {
+    const onDrain = () => {
+      call.off('error', onError);
+      resolve();
+    };
+    const onError = (err: Error) => {
+      call.off('drain', onDrain);
+      reject(err);
+    };
+    call.once('drain', onDrain);
+    call.once('error', onError);
+  });
+}

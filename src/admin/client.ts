@@ -22,7 +22,8 @@ import { vmClient, type VmClient } from './vm-client.ts';
 import { blobClient, type BlobClient } from './blob-client.ts';
 import { stateClient, type StateClient } from './state-client.ts';
 import { fleetClient, type FleetClient } from './fleet-client.ts';
-import { ADMIN_SERVICE, BLOB_SERVICE, FLEET_SERVICE, KV_SERVICE, PBFT_SERVICE, RAFT_SERVICE, STATE_SERVICE, VM_SERVICE, loadAdminPackage, serviceDefinition, type KvGetRequest, type KvGetResponse, type KvItem, type KvWriteOptions, type KvWriteResponse, type MemberInfo, type MembersRequest, type MembersResponse, type PbftStatusResponse, type RaftMembersResponse, type RaftProgress, type RaftStatusResponse, type ServiceCall, type StatusRequest, type StatusResponse } from './schema.ts';
+import { imageClient, type ImageClient } from './image-client.ts';
+import { ADMIN_SERVICE, BLOB_SERVICE, FLEET_SERVICE, IMAGE_SERVICE, KV_SERVICE, PBFT_SERVICE, RAFT_SERVICE, STATE_SERVICE, VM_SERVICE, loadAdminPackage, serviceDefinition, type KvGetRequest, type KvGetResponse, type KvItem, type KvWriteOptions, type KvWriteResponse, type MemberInfo, type MembersRequest, type MembersResponse, type PbftStatusResponse, type RaftMembersResponse, type RaftProgress, type RaftStatusResponse, type ServiceCall, type StatusRequest, type StatusResponse } from './schema.ts';
 
 /** A member as proto-loader decodes it: optional fields are absent rather than null. */
 type WireMember = Omit<MemberInfo, 'rtt_ms' | 'last_seen' | 'last_error' | 'phi'> & {
@@ -162,6 +163,7 @@ export interface AdminClient {
   readonly blob: BlobClient;
   readonly state: StateClient;
   readonly fleet: FleetClient;
+  readonly image: ImageClient;
   close(): void;
 }
 
@@ -254,6 +256,13 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
     (service: string): ServiceCall =>
     (method, request, serverTimeoutMs) =>
       call(service, method, request, serverTimeoutMs);
+  const streamingTransport = (service: string) => ({
+    client,
+    method: (name: string) => services.get(service)?.[name] as MethodDefinition<unknown, unknown> | undefined,
+    unary: serviceCall(service),
+    explain: (err: unknown, method: string, timeoutMs: number) => explainFailure(err, socketPath, method, timeoutMs),
+    timeoutMs: opts.timeoutMs,
+  });
   const unary = <Req, Res>(methodName: string, request: Req) => call<Req, Res>(ADMIN_SERVICE, methodName, request);
   type WireWrite = Parameters<typeof writeFromWire>[0];
   const write = async <Req extends { key: string; options: KvWriteOptions }>(method: string, request: Req) =>
@@ -305,13 +314,8 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
       },
     },
     vm: vmClient(serviceCall(VM_SERVICE)),
-    blob: blobClient({
-      client,
-      method: (name) => services.get(BLOB_SERVICE)?.[name] as MethodDefinition<unknown, unknown> | undefined,
-      unary: serviceCall(BLOB_SERVICE),
-      explain: (err, method, timeoutMs) => explainFailure(err, socketPath, method, timeoutMs),
-      timeoutMs: opts.timeoutMs,
-    }),
+    blob: blobClient(streamingTransport(BLOB_SERVICE)),
+    image: imageClient(streamingTransport(IMAGE_SERVICE)),
     state: stateClient(serviceCall(STATE_SERVICE)),
     fleet: fleetClient(serviceCall(FLEET_SERVICE)),
     close: () => client.close(),

@@ -26,9 +26,10 @@ export const VM_SERVICE = `${ADMIN_PACKAGE}.Vm`;
 export const BLOB_SERVICE = `${ADMIN_PACKAGE}.Blob`;
 export const STATE_SERVICE = `${ADMIN_PACKAGE}.State`;
 export const FLEET_SERVICE = `${ADMIN_PACKAGE}.Fleet`;
+export const IMAGE_SERVICE = `${ADMIN_PACKAGE}.Image`;
 
 /** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
-export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto'];
+export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto', 'image.proto'];
 
 /**
  * snake_case field names as in the .proto, int64 as strings (no silent
@@ -48,7 +49,8 @@ let adminPackage: PackageDefinition | undefined;
 export function loadAdminPackage(): PackageDefinition {
   adminPackage ??= loadSync(
     ADMIN_PROTO_FILES.map((f) => fileURLToPath(new URL(f, import.meta.url))),
-    PROTO_LOADER_OPTIONS,
+    // includeDirs: image.proto imports blob.proto by its bare name.
+    { ...PROTO_LOADER_OPTIONS, includeDirs: [fileURLToPath(new URL('.', import.meta.url))] },
   );
   return adminPackage;
 }
@@ -615,4 +617,48 @@ export interface FleetDesiredVm {
   status: string;
   reason: string | null;
   labels: Record<string, string>;
+}
+
+// Image (image.proto): the federation's guest images.
+
+export interface ImageAddRequest {
+  name: string;
+  path: string;
+  format: string;
+  kernel: string;
+  initrd: string;
+  cmdline: string;
+  replace: boolean;
+}
+
+export interface ImagePartInfo {
+  role: string;
+  sha256: string;
+  size: number;
+  blob_version: string;
+  local: boolean;
+  path: string | null;
+}
+
+export interface ImageInfo {
+  name: string;
+  kind: string;
+  format: string;
+  sha256: string;
+  size: number;
+  virtual_size: number;
+  cmdline: string;
+  added_by: string;
+  added_at: string;
+  parts: ImagePartInfo[];
+  holders: string[];
+}
+
+export interface ImageListResponse {
+  images: ImageInfo[];
+}
+
+export interface ImagePullResponse {
+  image: ImageInfo;
+  seconds: number;
 }

@@ -71,7 +71,7 @@ export function renderProgress(p: Pick<BlobProgress, 'phase' | 'bytes_done' | 'b
 }
 
 /** Redraws one stderr line in place, at most 10 times a second; nothing at all when stderr is not a terminal. */
-class ProgressLine {
+export class ProgressLine {
   readonly #io: CliIo;
   readonly #enabled: boolean;
   #last = 0;
@@ -94,7 +94,7 @@ class ProgressLine {
   }
 }
 
-function progressLine(ctx: CommandContext): ProgressLine {
+export function progressLine(ctx: CommandContext): ProgressLine {
   return new ProgressLine(ctx.io, process.stderr.isTTY === true);
 }
 
@@ -125,6 +125,22 @@ export function describePut(r: BlobPutResult): string {
   return `${lines.join('\n')}\n`;
 }
 
+/**
+ * FILE as the absolute path the daemon is given, once this caller has shown
+ * it can read it: the daemon reads with its own privileges, so it is never
+ * asked to read what its caller could not.
+ */
+export async function readableFile(file: string): Promise<string> {
+  const path = resolve(file);
+  try {
+    await access(path, fsConstants.R_OK);
+    if (!(await stat(path)).isFile()) throw new Error('not a regular file');
+  } catch (err) {
+    throw new Error(`${path}: ${(err as NodeJS.ErrnoException).code === 'EACCES' ? 'permission denied' : (err as Error).message.replace(/^\w+: /, '')}`);
+  }
+  return path;
+}
+
 async function put(ctx: CommandContext): Promise<void> {
   const [file = ''] = positional(ctx, 'blob put', ['FILE']);
   notForThis(ctx, 'blob put', ['out']);
@@ -136,13 +152,7 @@ async function put(ctx: CommandContext): Promise<void> {
     streams = typeof raw === 'string' && /^\d+$/.test(raw) ? Number(raw) : NaN;
     if (!(streams >= 1 && streams <= 16)) throw new UsageError(`--streams: ${JSON.stringify(raw)} is not a whole number from 1 to 16`);
   }
-  const path = resolve(file);
-  try {
-    await access(path, fsConstants.R_OK);
-    if (!(await stat(path)).isFile()) throw new Error('not a regular file');
-  } catch (err) {
-    throw new Error(`${path}: ${(err as NodeJS.ErrnoException).code === 'EACCES' ? 'permission denied' : (err as Error).message.replace(/^\w+: /, '')}`);
-  }
+  const path = await readableFile(file);
   const bar = progressLine(ctx);
   let result: BlobPutResult;
   try {

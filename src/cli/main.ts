@@ -11,8 +11,8 @@
  * before or after the command.
  *
  * Commands are rows of COMMANDS (status, members, kv, raft, pbft, vm, cost,
- * blob, cache, crdt, state, version, help); each brings its own flags and
- * positional arguments (kv-raft.ts, pbft.ts, vm.ts, blob.ts, state.ts), so a
+ * blob, cache, image, crdt, state, version, help); each brings its own flags and
+ * positional arguments (kv-raft.ts, pbft.ts, vm.ts, blob.ts, image.ts, state.ts), so a
  * new command adds a row and nothing else changes.
  */
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
@@ -25,6 +25,7 @@ import { PBFT_COMMAND } from './pbft.ts';
 import { COST_COMMAND, PLACE_COMMAND, VM_COMMAND } from './vm.ts';
 import { FLEET_COMMAND } from './fleet.ts';
 import { BLOB_COMMAND, CACHE_COMMAND } from './blob.ts';
+import { IMAGE_COMMAND } from './image.ts';
 import { CRDT_COMMAND, STATE_COMMAND } from './state.ts';
 import { VERSION } from '../daemon/version.ts';
 import { defaultAdminSocket } from '../config/paths.ts';
@@ -69,6 +70,7 @@ export const COMMANDS: readonly Command[] = [
   COST_COMMAND,
   BLOB_COMMAND,
   CACHE_COMMAND,
+  IMAGE_COMMAND,
   CRDT_COMMAND,
   STATE_COMMAND,
   {

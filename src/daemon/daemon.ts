@@ -47,6 +47,11 @@ import { FleetSeat } from '../fleet/seat.ts';
 import { regionDeclaration } from '../fleet/region-declaration.ts';
 import type { ObservedFleet, RegionHealth } from '../fleet/placement.ts';
 import { KvFleetPort } from '../kv/fleet-port.ts';
+import { ImageCatalog } from '../image/catalog.ts';
+import { IMAGE_FETCH_PROTOCOL, ImageFetch } from '../image/fetch.ts';
+import { BlobImageSource, imagesDir } from '../image/source.ts';
+import { imageServiceRegistration } from '../admin/image-service.ts';
+import { frameEventsFor } from '../net/framing.ts';
 import { randomBytes } from 'node:crypto';
 import { loadOrCreateIdentity, type Identity } from './identity.ts';
 import { notifySystemd } from './notify.ts';
@@ -80,6 +85,16 @@ export class Daemon {
   readonly fleet: ObservedPublisher;
   /** This region's part in the fleet's desired state: declaration, scheduling, the reconciler (src/fleet/seat.ts). */
   readonly seat: FleetSeat;
+  /** The federation's guest images by name: records in the federation log, holders in the geo store (src/image/catalog.ts). */
+  readonly images: ImageCatalog;
+  /**
+   * Named images as checked files under <dataDir>/qemu/images, fetched from a
+   * holder when this node has none: the ImageSource a qemu provider takes
+   * (src/cloud/qemu/image-source.ts, src/image/source.ts).
+   */
+  readonly imageSource: BlobImageSource;
+  /** /dwcp/image/1.0.0: asks holders for image parts, and answers such asks (src/image/fetch.ts). */
+  readonly #imageFetch: ImageFetch;
   /**
    * Settles if a component fails in a way the daemon cannot serve through
    * (the Raft node lost its storage or broke an invariant): the caller stops
@@ -109,6 +124,9 @@ export class Daemon {
     cloud: CloudInventory;
     blob: BlobService;
     geo: GeoState;
+    images: ImageCatalog;
+    imageFetch: ImageFetch;
+    imageSource: BlobImageSource;
     fatal: Promise<Error>;
   }) {
     this.fatal = parts.fatal;
@@ -125,6 +143,9 @@ export class Daemon {
     this.cloud = parts.cloud;
     this.blob = parts.blob;
     this.geo = parts.geo;
+    this.images = parts.images;
+    this.#imageFetch = parts.imageFetch;
+    this.imageSource = parts.imageSource;
     this.fleet = new ObservedPublisher({
       config: parts.config,
       inventory: parts.cloud,
@@ -240,7 +261,23 @@ export class Daemon {
       members,
       nodeName: config.node.name,
     });
-    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, pbft, kv, kvRouter, raftReplica: replica, cloud, blob, geo, fatal: fatal.promise });
+    // Images: names in the federation log and holders in the geo store (both through the router), bytes in the blob store.
+    const imageLog = log.child({ component: 'image' });
+    const images = new ImageCatalog({ node: config.node.name, kv: kvRouter, blob, timeoutMs: config.raft.requestTimeoutMs, log: imageLog });
+    const imageFetch = new ImageFetch({ host: mesh.host, members, isConnected, blob, log: imageLog, events: frameEventsFor(metrics, IMAGE_FETCH_PROTOCOL) });
+    const imageSource = await BlobImageSource.open({
+      catalog: images,
+      store: blob.store,
+      fetch: imageFetch,
+      members: () => {
+        const links = new Map(mesh.status().map((m) => [m.peerId, m.rttMs]));
+        return members.list().map((member) => ({ member, connected: isConnected(member.peerId), rttMs: links.get(member.peerId) ?? null }));
+      },
+      dir: imagesDir(config.dataDir),
+      metrics: metrics.image,
+      log: imageLog,
+    });
+    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, pbft, kv, kvRouter, raftReplica: replica, cloud, blob, geo, images, imageFetch, imageSource, fatal: fatal.promise });
     try {
       await daemon.#serve();
     } catch (err) {
@@ -261,6 +298,7 @@ export class Daemon {
     this.fleet.start();
     this.seat.start();
     await this.blob.start();
+    await this.#imageFetch.start();
     const adminLog = this.#log.child({ component: 'admin' });
     const defaultTimeoutMs = config.raft.requestTimeoutMs;
     this.#admin = await startAdminServer({
@@ -275,6 +313,7 @@ export class Daemon {
         pbftServiceRegistration({ group: this.pbft, log: adminLog }),
         vmServiceRegistration({ inventory: this.cloud, log: adminLog }),
         blobServiceRegistration({ service: this.blob, log: adminLog }),
+        imageServiceRegistration({ catalog: this.images, source: this.imageSource, dir: imagesDir(config.dataDir), log: adminLog }),
         fleetServiceRegistration({ view: () => this.fleet.view(), seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
       ],
     });
@@ -390,6 +429,10 @@ export class Daemon {
     await step('pbft', async () => this.pbft?.stop(), 1_000);
     await step('raft', async () => this.raft?.stop(RAFT_TRANSFER_MS), RAFT_TRANSFER_MS + 1_000);
     await step('state', () => this.geo.stop(), 1_000);
+    await step('images', async () => {
+      this.imageSource.stop();
+      await this.#imageFetch.stop();
+    }, 500);
     await step('blob', () => this.blob.stop(), 1_000);
     await step('mesh', () => this.mesh.stop(), 2_500);
     await step('admin', async () => this.#admin?.close(), 2_000);

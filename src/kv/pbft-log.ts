@@ -50,8 +50,8 @@ export class KvPbftLog {
       ? { clientId: this.#self, seq: 1, op: 'range', prefix: req.key, limit: req.limit, after: '' }
       : { clientId: this.#self, seq: 1, op: 'get', key: req.key };
     const result = await this.#order(encodeKvCommand(op), true, req.timeoutMs);
-    if (result.ok && result.op === 'get') return { entries: result.entry === null ? [] : [result.entry], appliedIndex: result.revision };
-    if (result.ok && result.op === 'range') return { entries: [...result.entries], appliedIndex: result.revision };
+    if (result.ok && result.op === 'get') return { entries: result.entry === null ? [] : [result.entry], more: false, appliedIndex: result.revision };
+    if (result.ok && result.op === 'range') return { entries: [...result.entries], more: result.more, appliedIndex: result.revision };
     throw new KvServiceError('invalid', `federation read answered ${JSON.stringify(result)}`);
   }
 

@@ -16,6 +16,8 @@ export interface KvKeyRead {
 
 export interface KvReadOutcome {
   entries: KvEntry[];
+  /** A prefix read stopped at its limit or byte budget with keys left under the prefix. */
+  more: boolean;
   /** The log index (Raft) or request count (PBFT) the replica had applied when it answered. */
   appliedIndex: number;
 }
@@ -23,7 +25,8 @@ export interface KvReadOutcome {
 export function readMachine(machine: KvStateMachine, req: KvKeyRead, appliedIndex: number): KvReadOutcome {
   if (!req.prefix) {
     const entry = machine.get(req.key);
-    return { entries: entry === null ? [] : [entry], appliedIndex };
+    return { entries: entry === null ? [] : [entry], more: false, appliedIndex };
   }
-  return { entries: machine.range(req.key, req.limit).entries, appliedIndex };
+  const { entries, more } = machine.range(req.key, req.limit);
+  return { entries, more, appliedIndex };
 }

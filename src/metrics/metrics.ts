@@ -9,6 +9,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { BYZANTINE_DROPS, DROP_KINDS } from '../consensus/pbft/types.ts';
 import { createCloudMetrics, type CloudMetrics } from '../cloud/metrics.ts';
 import { createBlobMetrics, type BlobMetrics } from '../blob/metrics.ts';
+import { createImageMetrics, type ImageMetrics } from '../image/metrics.ts';
 import { createStateMetrics, type StateMetrics } from '../state/metrics.ts';
 import { createFleetMetrics, type FleetMetrics } from '../fleet/metrics.ts';
 
@@ -52,6 +53,7 @@ export interface DwcpMetrics extends MeshMetrics {
   pbft: PbftMetrics;
   cloud: CloudMetrics;
   blob: BlobMetrics;
+  image: ImageMetrics;
   state: StateMetrics;
   fleet: FleetMetrics;
 }
@@ -261,6 +263,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): DwcpMetr
     pbft: createPbftMetrics(registers, DROP_KINDS, [...BYZANTINE_DROPS]),
     cloud: createCloudMetrics(registers),
     blob: createBlobMetrics(registers),
+    image: createImageMetrics(registers),
     state: createStateMetrics(registers),
     fleet: createFleetMetrics(registers),
   };

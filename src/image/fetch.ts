@@ -1,0 +1,255 @@
+/**
+ * /dwcp/image/1.0.0 (proto/image.proto), both ends: `ImageFetch.fetch` asks a
+ * member that holds an image part to send it here; the holder's side checks
+ * the request and pushes the part's blob with the blob service's own
+ * transfer (delta against what this region is known to hold, resumable,
+ * every chunk verified on arrival), then answers. The blob protocol only
+ * pushes; this is the pull that lets a node that needs an image get it
+ * without an operator running `blob put --to` on the holder.
+ *
+ * Invariants:
+ * - Only image parts cross this way (keys `image/<name>/<role>/<sha256>`), only to a
+ *   configured, connected member, and only the version the asker names: a
+ *   holder whose copy is another version answers not_found rather than send
+ *   what the asker's record does not describe.
+ * - The answer comes after the asker's store committed the blob (the push
+ *   ends with the receiver's Committed), so a successful fetch means the
+ *   bytes are in the asker's store, checked against their chunk hashes.
+ * - The stream is never silent for more than PROGRESS_EVERY_MS while a push
+ *   runs (yamux resets streams idle for 120 s); the asker gives up after
+ *   IDLE_TIMEOUT_MS without a message, and a holder whose asker went away
+ *   (its end closed) cancels the push.
+ * - At most MAX_SENDS pushes run per holder at once; more are answered busy
+ *   (retryable), so a node booting many VMs cannot starve the holder.
+ */
+import type { Connection, Stream } from '@libp2p/interface';
+import { peerIdFromString } from '@libp2p/peer-id';
+import type { MemberConfig } from '../config/schema.ts';
+import type { MemberDirectory } from '../federation/members.ts';
+import type { Logger } from '../log.ts';
+import type { BlobService } from '../blob/service.ts';
+import { DwcpError, isDwcpErrorCode } from '../errors.ts';
+import { FrameError, FramedStream, type FrameEvents } from '../net/framing.ts';
+import type { ProtocolHost } from '../net/host.ts';
+import { FieldError, loadProto, protoSchema, requireEnum, requireMessage, requireString, requireUint64, type MessageSchema } from '../net/schema.ts';
+import { isImageBlobKey } from './record.ts';
+
+export const IMAGE_FETCH_PROTOCOL = '/dwcp/image/1.0.0';
+const MAX_FRAME_BYTES = 8 * 1024;
+const MAX_TEXT = 1024;
+const HEX64 = /^[0-9a-f]{64}$/;
+/** How often a holder reports while its push runs. */
+const PROGRESS_EVERY_MS = 5_000;
+/** An asker waits this long for the next message; several progress periods, for a loaded holder. */
+const IDLE_TIMEOUT_MS = 60_000;
+const OPEN_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 10_000;
+/** Pushes one holder runs at once. */
+export const MAX_SENDS = 4;
+/** Fetch streams one connection may have open to us. */
+const MAX_INBOUND_STREAMS = 32;
+
+export type FetchMessage =
+  | { kind: 'request'; request: { key: string; version: string } }
+  | { kind: 'progress'; progress: { bytesDone: number; bytesTotal: number } }
+  | { kind: 'result'; result: { code: string; message: string; kind: string; wireBytes: number } };
+
+const proto = loadProto(new URL('./proto/image.proto', import.meta.url));
+
+function safeUint64(o: Record<string, unknown>, field: string): number {
+  const value = requireUint64(o, field);
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw new FieldError(field, `is ${value}, above 2^53`);
+  return Number(value);
+}
+
+function validate(o: Record<string, unknown>): FetchMessage {
+  const kind = requireEnum(o, 'kind', ['request', 'progress', 'result']);
+  switch (kind) {
+    case 'request':
+      return {
+        kind,
+        request: requireMessage(o, kind, (m) => {
+          const key = requireString(m, 'key', { max: MAX_TEXT });
+          if (!isImageBlobKey(key)) throw new FieldError('key', `must be image/<name>/<disk|kernel|initrd>/<sha256>, got ${JSON.stringify(key)}`);
+          const version = requireString(m, 'version', { max: 64 });
+          if (!HEX64.test(version)) throw new FieldError('version', 'must be 64 hex digits (a blob version)');
+          return { key, version };
+        }),
+      };
+    case 'progress':
+      return { kind, progress: requireMessage(o, kind, (m) => ({ bytesDone: safeUint64(m, 'bytesDone'), bytesTotal: safeUint64(m, 'bytesTotal') })) };
+    case 'result':
+      return {
+        kind,
+        result: requireMessage(o, kind, (m) => {
+          const code = requireString(m, 'code', { max: 32, optional: true });
+          if (code !== '' && !isDwcpErrorCode(code)) throw new FieldError('code', `is ${JSON.stringify(code)}, not an error code`);
+          return { code, message: requireString(m, 'message', { max: MAX_TEXT, optional: true }), kind: requireString(m, 'kind', { max: 16, optional: true }), wireBytes: safeUint64(m, 'wireBytes') };
+        }),
+      };
+  }
+}
+
+export const FetchMessageSchema: MessageSchema<FetchMessage> = protoSchema(proto.lookupType('dwcp.image.v1.ImageFetchMessage'), validate, { strictFields: true });
+
+/** What one fetch moved: the push's kind and its bytes on the wire. */
+export interface FetchOutcome {
+  kind: string;
+  wireBytes: number;
+}
+
+export interface ImageFetchOptions {
+  host: ProtocolHost;
+  members: MemberDirectory;
+  isConnected(peerId: string): boolean;
+  blob: Pick<BlobService, 'send' | 'store'>;
+  log: Logger;
+  events?: FrameEvents;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function clip(text: string): string {
+  return text.length > MAX_TEXT ? `${text.slice(0, MAX_TEXT - 1)}…` : text;
+}
+
+export class ImageFetch {
+  readonly #opts: ImageFetchOptions;
+  readonly #stopping = new AbortController();
+  #sending = 0;
+
+  constructor(opts: ImageFetchOptions) {
+    this.#opts = opts;
+  }
+
+  async start(): Promise<void> {
+    await this.#opts.host.handle(IMAGE_FETCH_PROTOCOL, (stream, connection) => void this.#serve(stream, connection), { maxInboundStreams: MAX_INBOUND_STREAMS });
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping.abort(new DwcpError('stopped', 'the daemon is stopping'));
+    await this.#opts.host.unhandle(IMAGE_FETCH_PROTOCOL).catch(() => {});
+  }
+
+  #channel(stream: Stream): FramedStream<FetchMessage, FetchMessage> {
+    return new FramedStream(stream, { protocol: IMAGE_FETCH_PROTOCOL, maxFrameBytes: MAX_FRAME_BYTES, inbound: FetchMessageSchema, outbound: FetchMessageSchema, ...(this.#opts.events ? { events: this.#opts.events } : {}) });
+  }
+
+  /**
+   * Asks `holder` to send blob `key` at `version` here; resolves once this
+   * node's store has committed it. Failures are DwcpErrors naming the holder:
+   * its own answer (not_found, busy, …), or unavailable/timeout when it
+   * could not be reached or went silent.
+   */
+  async fetch(holder: MemberConfig, key: string, version: string, opts: { signal?: AbortSignal; onProgress?: (bytesDone: number, bytesTotal: number) => void } = {}): Promise<FetchOutcome> {
+    if (!this.#opts.isConnected(holder.peerId)) throw new DwcpError('unavailable', `${holder.name} is not connected`);
+    const signal = opts.signal === undefined ? this.#stopping.signal : AbortSignal.any([opts.signal, this.#stopping.signal]);
+    let stream: Stream;
+    try {
+      stream = await this.#opts.host.dialProtocol(peerIdFromString(holder.peerId), IMAGE_FETCH_PROTOCOL, { signal: AbortSignal.any([signal, AbortSignal.timeout(OPEN_TIMEOUT_MS)]) });
+    } catch (err) {
+      signal.throwIfAborted();
+      throw new DwcpError('unavailable', `cannot open ${IMAGE_FETCH_PROTOCOL} to ${holder.name}: ${errorText(err)}`);
+    }
+    const ch = this.#channel(stream);
+    try {
+      await ch.write({ kind: 'request', request: { key, version } }, { signal });
+      for (;;) {
+        let msg: FetchMessage | undefined;
+        try {
+          msg = await ch.read({ signal: AbortSignal.any([signal, AbortSignal.timeout(IDLE_TIMEOUT_MS)]) });
+        } catch (err) {
+          signal.throwIfAborted();
+          if (err instanceof FrameError && err.reason === 'timeout') throw new DwcpError('timeout', `${holder.name} sent nothing about ${key} for ${IDLE_TIMEOUT_MS / 1000} s`);
+          throw new DwcpError('unavailable', `${holder.name} broke off the fetch of ${key}: ${errorText(err)}`);
+        }
+        if (msg === undefined) throw new DwcpError('unavailable', `${holder.name} closed the fetch of ${key} without an answer`);
+        if (msg.kind === 'progress') {
+          opts.onProgress?.(msg.progress.bytesDone, msg.progress.bytesTotal);
+          continue;
+        }
+        if (msg.kind !== 'result') throw new DwcpError('unavailable', `${holder.name} answered the fetch of ${key} with a ${msg.kind}`);
+        const { code, message, kind, wireBytes } = msg.result;
+        if (code !== '' && isDwcpErrorCode(code)) throw new DwcpError(code, `${holder.name}: ${message}`);
+        return { kind, wireBytes };
+      }
+    } finally {
+      await ch.close().catch(() => ch.reset(new Error('fetch over')));
+    }
+  }
+
+  async #serve(stream: Stream, connection: Connection): Promise<void> {
+    const { log, members, isConnected } = this.#opts;
+    const peerId = connection.remotePeer.toString();
+    const member = members.get(peerId);
+    if (member === undefined || !isConnected(peerId)) {
+      log.warn({ peerId, member: member?.name }, 'image fetch from a peer that is not a connected member refused');
+      stream.abort(new Error('not a connected member'));
+      return;
+    }
+    const ch = this.#channel(stream);
+    let request: { key: string; version: string };
+    try {
+      const first = await ch.read({ signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+      if (first?.kind !== 'request') throw new FrameError('schema', `expected a request, got ${first === undefined ? 'the end of the stream' : first.kind}`);
+      request = first.request;
+    } catch (err) {
+      log.warn({ member: member.name, err: errorText(err) }, 'image fetch request refused');
+      ch.reset(err instanceof Error ? err : new Error(String(err)));
+      return;
+    }
+    const answer = async (code: string, message: string, kind = '', wireBytes = 0) => {
+      await ch.write({ kind: 'result', result: { code, message: clip(message), kind, wireBytes } });
+      await ch.close();
+    };
+    try {
+      const held = this.#opts.blob.store.current(request.key);
+      if (held === undefined || held.version !== request.version) {
+        const what = held === undefined ? 'no copy' : `version ${held.version.slice(0, 16)}, not ${request.version.slice(0, 16)}`;
+        await answer('not_found', `holds ${what} of ${request.key}`);
+        return;
+      }
+      if (this.#sending >= MAX_SENDS) {
+        await answer('busy', `already sending ${MAX_SENDS} image parts; ask again or ask another holder`);
+        return;
+      }
+      const outcome = await this.#send(ch, member, request.key);
+      await answer('', '', outcome.kind, outcome.wireBytes);
+    } catch (err) {
+      const code = err instanceof DwcpError ? err.code : 'internal';
+      log.warn({ member: member.name, blobKey: request.key, err: errorText(err) }, 'image part not sent');
+      await answer(code, errorText(err)).catch(() => ch.reset(new Error('answer not delivered')));
+    }
+  }
+
+  /** Pushes the part, reporting progress, and cancels the push if the asker goes away. */
+  async #send(ch: FramedStream<FetchMessage, FetchMessage>, member: MemberConfig, key: string): Promise<FetchOutcome> {
+    this.#sending++;
+    const gone = new AbortController();
+    // The asker sends nothing after its request: any end of its side (close, reset) means it gave up.
+    void ch.read().then(
+      () => gone.abort(new DwcpError('cancelled', `${member.name} gave up the fetch of ${key}`)),
+      () => gone.abort(new DwcpError('cancelled', `${member.name} gave up the fetch of ${key}`)),
+    );
+    let progress: { bytesDone: number; bytesTotal: number } | null = null;
+    const tick = setInterval(() => {
+      const p = progress ?? { bytesDone: 0, bytesTotal: 0 };
+      void ch.write({ kind: 'progress', progress: { bytesDone: p.bytesDone, bytesTotal: p.bytesTotal } }).catch(() => {});
+    }, PROGRESS_EVERY_MS);
+    try {
+      const sent = await this.#opts.blob.send(key, member.name, {
+        signal: AbortSignal.any([gone.signal, this.#stopping.signal]),
+        onStart: (p) => {
+          progress = p;
+        },
+      });
+      this.#opts.log.info({ member: member.name, blobKey: key, kind: sent.kind, size: sent.size, wireBytes: sent.wireBytesSent, seconds: sent.seconds }, 'image part sent on request');
+      return { kind: sent.kind, wireBytes: sent.wireBytesSent };
+    } finally {
+      clearInterval(tick);
+      this.#sending--;
+    }
+  }
+}
