@@ -50,7 +50,10 @@ export function imageClient(t: BlobClientTransport): ImageClient {
       if (image === null) throw new Error('Add: the daemon ended the call without the image');
       return image;
     },
-    list: async () => ({ images: (await t.unary<object, { images: WireImage[] }>('List', {})).images.map(imageFromWire) }),
+    list: async () => {
+      const r = await t.unary<object, { images: WireImage[]; problems: string[] }>('List', {});
+      return { images: r.images.map(imageFromWire), problems: r.problems };
+    },
     show: async (name) => imageFromWire(await t.unary<object, WireImage>('Show', { name })),
     pull: async (name, timeoutMs) => {
       const r = await t.unary<object, { image: WireImage; seconds: Num }>('Pull', { name, timeout_ms: timeoutMs }, timeoutMs === 0 ? PULL_DEFAULT_MS : timeoutMs);

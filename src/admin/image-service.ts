@@ -130,8 +130,8 @@ export function imageServiceRegistration(opts: ImageAdminOptions): AdminServiceR
     implementation: {
       Add: asyncServerStream<ImageAddRequest>(log, 'Add', add),
       List: unary('List', async () => {
-        const [records, holders] = await Promise.all([catalog.list(), catalog.holders()]);
-        return { images: await Promise.all(records.map((r) => info(r, holders.get(r.name)))) };
+        const [{ records, invalid }, holders] = await Promise.all([catalog.list(), catalog.holders()]);
+        return { images: await Promise.all(records.map((r) => info(r, holders.get(r.name)))), problems: invalid.map((i) => i.reason) };
       }),
       Show: unary('Show', async (r: Ref) => {
         const name = named(r);

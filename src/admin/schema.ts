@@ -656,6 +656,7 @@ export interface ImageInfo {
 
 export interface ImageListResponse {
   images: ImageInfo[];
+  problems: string[];
 }
 
 export interface ImagePullResponse {

@@ -52,12 +52,13 @@ function minute(iso: string): string {
   return iso.slice(0, 16).replace('T', ' ');
 }
 
-export function formatImageList(images: readonly ImageInfo[]): string {
-  if (images.length === 0) return '(no images; dwcpctl image add stores one)\n';
+export function formatImageList(images: readonly ImageInfo[], problems: readonly string[] = []): string {
+  const notes = problems.map((p) => `not listed: ${p}\n`).join('');
+  if (images.length === 0) return `(no images; dwcpctl image add stores one)\n${notes}`;
   return renderTable(
     ['NAME', 'KIND', 'SIZE', 'SHA256', 'ADDED', 'BY', 'HOLDERS', 'HERE'],
     images.map((i) => [i.name, kindOf(i), formatBytes(i.size), i.sha256.slice(0, 12), minute(i.added_at), i.added_by, i.holders.join(',') || '-', here(i)]),
-  );
+  ) + notes;
 }
 
 export function formatImage(i: ImageInfo): string {
@@ -114,8 +115,8 @@ async function image(ctx: CommandContext): Promise<void> {
   switch (sub) {
     case 'list': {
       positional(ctx, 'image list', []);
-      const { images } = await (await admin()).list();
-      ctx.io.stdout(ctx.json ? formatJson({ images }) : formatImageList(images));
+      const listed = await (await admin()).list();
+      ctx.io.stdout(ctx.json ? formatJson(listed) : formatImageList(listed.images, listed.problems));
       return;
     }
     case 'show': {

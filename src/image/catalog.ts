@@ -201,12 +201,26 @@ export class ImageCatalog {
     return bound.record;
   }
 
-  /** Every bound image, by name, read at consistency strong. */
-  async list(): Promise<ImageRecord[]> {
+  /**
+   * Every bound image, by name, read at consistency strong; a record that
+   * does not parse is left out and reported in `invalid` (one bad record must
+   * not hide the others).
+   */
+  async list(): Promise<{ records: ImageRecord[]; invalid: { name: string; reason: string }[] }> {
     const answer = await this.#opts.kv.read({ key: IMAGE_RECORD_PREFIX, prefix: true, limit: 0, level: 'strong', scope: 'federation', timeoutMs: this.#opts.timeoutMs });
     if (answer.keyspace !== 'log') throw new DwcpError('internal', 'image records were read outside the federation log');
     if (answer.more) throw new DwcpError('too_large', `more image records than one read of the federation log returns (${answer.entries.length}); listing them needs paging, which the catalog does not do yet`);
-    return answer.entries.map((e) => parseImageRecord(e.key.slice(IMAGE_RECORD_PREFIX.length), e.value));
+    const records: ImageRecord[] = [];
+    const invalid: { name: string; reason: string }[] = [];
+    for (const e of answer.entries) {
+      const name = e.key.slice(IMAGE_RECORD_PREFIX.length);
+      try {
+        records.push(parseImageRecord(name, e.value));
+      } catch (err) {
+        invalid.push({ name, reason: errorText(err) });
+      }
+    }
+    return { records, invalid };
   }
 
   /** Unbinds a name, forgets every holder of it and drops this node's copy; materialised files stay (guests may use them). */

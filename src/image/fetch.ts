@@ -139,19 +139,19 @@ export class ImageFetch {
 
   /**
    * Asks `holder` to send blob `key` at `version` here; resolves once this
-   * node's store has committed it. Failures are DwcpErrors naming the holder:
-   * its own answer (not_found, busy, …), or unavailable/timeout when it
-   * could not be reached or went silent.
+   * node's store has committed it. Failures are DwcpErrors whose message
+   * starts with the holder's name: its own answer (not_found, busy, …), or
+   * unavailable/timeout when it could not be reached or went silent.
    */
   async fetch(holder: MemberConfig, key: string, version: string, opts: { signal?: AbortSignal; onProgress?: (bytesDone: number, bytesTotal: number) => void } = {}): Promise<FetchOutcome> {
-    if (!this.#opts.isConnected(holder.peerId)) throw new DwcpError('unavailable', `${holder.name} is not connected`);
+    if (!this.#opts.isConnected(holder.peerId)) throw new DwcpError('unavailable', `${holder.name}: not connected`);
     const signal = opts.signal === undefined ? this.#stopping.signal : AbortSignal.any([opts.signal, this.#stopping.signal]);
     let stream: Stream;
     try {
       stream = await this.#opts.host.dialProtocol(peerIdFromString(holder.peerId), IMAGE_FETCH_PROTOCOL, { signal: AbortSignal.any([signal, AbortSignal.timeout(OPEN_TIMEOUT_MS)]) });
     } catch (err) {
       signal.throwIfAborted();
-      throw new DwcpError('unavailable', `cannot open ${IMAGE_FETCH_PROTOCOL} to ${holder.name}: ${errorText(err)}`);
+      throw new DwcpError('unavailable', `${holder.name}: cannot open ${IMAGE_FETCH_PROTOCOL}: ${errorText(err)}`);
     }
     const ch = this.#channel(stream);
     try {
@@ -162,15 +162,15 @@ export class ImageFetch {
           msg = await ch.read({ signal: AbortSignal.any([signal, AbortSignal.timeout(IDLE_TIMEOUT_MS)]) });
         } catch (err) {
           signal.throwIfAborted();
-          if (err instanceof FrameError && err.reason === 'timeout') throw new DwcpError('timeout', `${holder.name} sent nothing about ${key} for ${IDLE_TIMEOUT_MS / 1000} s`);
-          throw new DwcpError('unavailable', `${holder.name} broke off the fetch of ${key}: ${errorText(err)}`);
+          if (err instanceof FrameError && err.reason === 'timeout') throw new DwcpError('timeout', `${holder.name}: sent nothing about ${key} for ${IDLE_TIMEOUT_MS / 1000} s`);
+          throw new DwcpError('unavailable', `${holder.name}: broke off the fetch of ${key}: ${errorText(err)}`);
         }
-        if (msg === undefined) throw new DwcpError('unavailable', `${holder.name} closed the fetch of ${key} without an answer`);
+        if (msg === undefined) throw new DwcpError('unavailable', `${holder.name}: closed the fetch of ${key} without an answer`);
         if (msg.kind === 'progress') {
           opts.onProgress?.(msg.progress.bytesDone, msg.progress.bytesTotal);
           continue;
         }
-        if (msg.kind !== 'result') throw new DwcpError('unavailable', `${holder.name} answered the fetch of ${key} with a ${msg.kind}`);
+        if (msg.kind !== 'result') throw new DwcpError('unavailable', `${holder.name}: answered the fetch of ${key} with a ${msg.kind}`);
         const { code, message, kind, wireBytes } = msg.result;
         if (code !== '' && isDwcpErrorCode(code)) throw new DwcpError(code, `${holder.name}: ${message}`);
         return { kind, wireBytes };

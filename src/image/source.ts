@@ -256,7 +256,7 @@ export class BlobImageSource implements ImageSource {
       const started = performance.now();
       try {
         const out = await this.#opts.fetch.fetch(holder, key, part.blob, { signal: this.#stopping.signal });
-        if (!catalog.holdsPart(record.name, role, part)) throw new DwcpError('unavailable', `${holder.name} answered, but the ${role} is not in this node's store at version ${part.blob.slice(0, 16)}`);
+        if (!catalog.holdsPart(record.name, role, part)) throw new DwcpError('unavailable', `${holder.name}: answered, but the ${role} is not in this node's store at version ${part.blob.slice(0, 16)}`);
         log.info({ image: record.name, role, holder: holder.name, kind: out.kind, size: part.size, wireBytes: out.wireBytes, seconds: (performance.now() - started) / 1000 }, 'image part fetched');
         // Every part here now: this node is a holder the others may ask.
         if (imageParts(record).every(([r, p]) => catalog.holdsPart(record.name, r, p))) await catalog.announce(record);
