@@ -138,24 +138,3 @@ export function checkInitrd(file: string, header: Uint8Array): void {
   if (CPIO.some((m) => has(header, 0, m)) || COMPRESSED.some((c) => has(header, 0, c.magic))) return;
   throw new DwcpError('invalid', `${file}: is not an initramfs (neither a cpio archive nor gzip, xz, zstd, bzip2, lz4, lzo or lzma data)`, { details: { field: 'initrd' } });
 }
-
-/** Keeps the first HEADER_BYTES of a file read in pieces (copied: the reader reuses its buffer). */
-export class HeaderCollector {
-  readonly #parts: Uint8Array[] = [];
-  #bytes = 0;
-
-  add(bytes: Uint8Array): void {
-    if (this.#bytes >= HEADER_BYTES) return;
-    const take = bytes.subarray(0, HEADER_BYTES - this.#bytes);
-    this.#parts.push(Uint8Array.from(take));
-    this.#bytes += take.byteLength;
-  }
-
-  get length(): number {
-    return this.#bytes;
-  }
-
-  header(): Uint8Array {
-    return Buffer.concat(this.#parts);
-  }
-}
