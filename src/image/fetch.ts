@@ -16,12 +16,20 @@
  *   ends with the receiver's Committed), so a successful fetch means the
  *   bytes are in the asker's store, checked against their chunk hashes.
  * - The stream is never silent for more than PROGRESS_EVERY_MS while a push
- *   runs (yamux resets streams idle for 120 s); the asker gives up after
- *   IDLE_TIMEOUT_MS without a message, and a holder whose asker went away
- *   (its end closed) cancels the push.
+ *   runs (yamux resets streams idle for 120 s); the asker treats
+ *   IDLE_TIMEOUT_MS without a message as a broken stream.
+ * - A broken stream does not lose the push: a push runs on the holder apart
+ *   from the stream that asked for it (one per asker and key), the blob
+ *   transfer resumes over the next connection by itself, and the asker asks
+ *   again (ASK_ATTEMPTS, with back-off) and attaches to the running push. A
+ *   connection that drops under load (missed pings on a busy host) costs a
+ *   re-ask, not the transfer.
  * - At most MAX_SENDS pushes run per holder at once; more are answered busy
- *   (retryable), so a node booting many VMs cannot starve the holder.
+ *   (retryable), so a node booting many VMs cannot starve the holder. A push
+ *   whose asker gave up runs to its end (bounded by the blob transfer's own
+ *   deadlines and resumes).
  */
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Connection, Stream } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import type { MemberConfig } from '../config/schema.ts';
@@ -46,6 +54,10 @@ const OPEN_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 10_000;
 /** Pushes one holder runs at once. */
 export const MAX_SENDS = 4;
+/** Asks of one holder for one part when the fetch stream breaks, and the back-off between them (a reconnect takes about a second). */
+const ASK_ATTEMPTS = 6;
+const ASK_BACKOFF_MS = 250;
+const ASK_BACKOFF_MAX_MS = 4_000;
 /** Fetch streams one connection may have open to us. */
 const MAX_INBOUND_STREAMS = 32;
 
@@ -115,10 +127,19 @@ function clip(text: string): string {
   return text.length > MAX_TEXT ? `${text.slice(0, MAX_TEXT - 1)}…` : text;
 }
 
+/** A fetch stream that broke (the connection dropped, the holder went quiet): asking again may find the push still running. */
+class BrokenOff extends DwcpError<'unavailable' | 'timeout'> {}
+
+interface Push {
+  done: Promise<FetchOutcome>;
+  progress: { bytesDone: number; bytesTotal: number } | null;
+}
+
 export class ImageFetch {
   readonly #opts: ImageFetchOptions;
   readonly #stopping = new AbortController();
-  #sending = 0;
+  /** Pushes running on this holder, by asker and key: an asker that asks again attaches to its push. */
+  readonly #pushes = new Map<string, Push>();
 
   constructor(opts: ImageFetchOptions) {
     this.#opts = opts;
@@ -139,35 +160,62 @@ export class ImageFetch {
 
   /**
    * Asks `holder` to send blob `key` at `version` here; resolves once this
-   * node's store has committed it. Failures are DwcpErrors whose message
-   * starts with the holder's name: its own answer (not_found, busy, …), or
-   * unavailable/timeout when it could not be reached or went silent.
+   * node's store has committed it. A fetch stream that breaks (a dropped
+   * connection, a holder gone quiet) is asked again, up to ASK_ATTEMPTS times
+   * with back-off, unless `arrived()` says the blob is here meanwhile: the
+   * holder's push resumes over the new connection on its own, and the new
+   * ask attaches to it. Failures are DwcpErrors whose message starts with the
+   * holder's name: its own answer (not_found, busy, …), or unavailable /
+   * timeout once the asks ran out.
    */
-  async fetch(holder: MemberConfig, key: string, version: string, opts: { signal?: AbortSignal; onProgress?: (bytesDone: number, bytesTotal: number) => void } = {}): Promise<FetchOutcome> {
-    if (!this.#opts.isConnected(holder.peerId)) throw new DwcpError('unavailable', `${holder.name}: not connected`);
+  async fetch(
+    holder: MemberConfig,
+    key: string,
+    version: string,
+    opts: { signal?: AbortSignal; onProgress?: (bytesDone: number, bytesTotal: number) => void; arrived?: () => boolean } = {},
+  ): Promise<FetchOutcome> {
     const signal = opts.signal === undefined ? this.#stopping.signal : AbortSignal.any([opts.signal, this.#stopping.signal]);
+    for (let attempt = 1, backoffMs = ASK_BACKOFF_MS; ; attempt++, backoffMs = Math.min(2 * backoffMs, ASK_BACKOFF_MAX_MS)) {
+      try {
+        return await this.#ask(holder, key, version, signal, opts.onProgress);
+      } catch (err) {
+        if (!(err instanceof BrokenOff) || attempt >= ASK_ATTEMPTS) throw err;
+        this.#opts.log.info({ holder: holder.name, blobKey: key, attempt, err: err.message }, 'image fetch broken off; asking the holder again');
+        await delay(backoffMs, undefined, { signal });
+        if (opts.arrived?.() === true) return { kind: 'resumed', wireBytes: 0 };
+      }
+    }
+  }
+
+  async #ask(holder: MemberConfig, key: string, version: string, signal: AbortSignal, onProgress: ((bytesDone: number, bytesTotal: number) => void) | undefined): Promise<FetchOutcome> {
+    if (!this.#opts.isConnected(holder.peerId)) throw new BrokenOff('unavailable', `${holder.name}: not connected`);
     let stream: Stream;
     try {
       stream = await this.#opts.host.dialProtocol(peerIdFromString(holder.peerId), IMAGE_FETCH_PROTOCOL, { signal: AbortSignal.any([signal, AbortSignal.timeout(OPEN_TIMEOUT_MS)]) });
     } catch (err) {
       signal.throwIfAborted();
-      throw new DwcpError('unavailable', `${holder.name}: cannot open ${IMAGE_FETCH_PROTOCOL}: ${errorText(err)}`);
+      throw new BrokenOff('unavailable', `${holder.name}: cannot open ${IMAGE_FETCH_PROTOCOL}: ${errorText(err)}`);
     }
     const ch = this.#channel(stream);
     try {
-      await ch.write({ kind: 'request', request: { key, version } }, { signal });
+      try {
+        await ch.write({ kind: 'request', request: { key, version } }, { signal });
+      } catch (err) {
+        signal.throwIfAborted();
+        throw new BrokenOff('unavailable', `${holder.name}: could not ask for ${key}: ${errorText(err)}`);
+      }
       for (;;) {
         let msg: FetchMessage | undefined;
         try {
           msg = await ch.read({ signal: AbortSignal.any([signal, AbortSignal.timeout(IDLE_TIMEOUT_MS)]) });
         } catch (err) {
           signal.throwIfAborted();
-          if (err instanceof FrameError && err.reason === 'timeout') throw new DwcpError('timeout', `${holder.name}: sent nothing about ${key} for ${IDLE_TIMEOUT_MS / 1000} s`);
-          throw new DwcpError('unavailable', `${holder.name}: broke off the fetch of ${key}: ${errorText(err)}`);
+          if (err instanceof FrameError && err.reason === 'timeout') throw new BrokenOff('timeout', `${holder.name}: sent nothing about ${key} for ${IDLE_TIMEOUT_MS / 1000} s`);
+          throw new BrokenOff('unavailable', `${holder.name}: broke off the fetch of ${key}: ${errorText(err)}`);
         }
-        if (msg === undefined) throw new DwcpError('unavailable', `${holder.name}: closed the fetch of ${key} without an answer`);
+        if (msg === undefined) throw new BrokenOff('unavailable', `${holder.name}: closed the fetch of ${key} without an answer`);
         if (msg.kind === 'progress') {
-          opts.onProgress?.(msg.progress.bytesDone, msg.progress.bytesTotal);
+          onProgress?.(msg.progress.bytesDone, msg.progress.bytesTotal);
           continue;
         }
         if (msg.kind !== 'result') throw new DwcpError('unavailable', `${holder.name}: answered the fetch of ${key} with a ${msg.kind}`);
@@ -204,6 +252,7 @@ export class ImageFetch {
       await ch.write({ kind: 'result', result: { code, message: clip(message), kind, wireBytes } });
       await ch.close();
     };
+    let tick: NodeJS.Timeout | undefined;
     try {
       const held = this.#opts.blob.store.current(request.key);
       if (held === undefined || held.version !== request.version) {
@@ -211,45 +260,55 @@ export class ImageFetch {
         await answer('not_found', `holds ${what} of ${request.key}`);
         return;
       }
-      if (this.#sending >= MAX_SENDS) {
+      const push = this.#pushFor(member, request.key);
+      if (push === null) {
         await answer('busy', `already sending ${MAX_SENDS} image parts; ask again or ask another holder`);
         return;
       }
-      const outcome = await this.#send(ch, member, request.key);
+      tick = setInterval(() => {
+        const p = push.progress ?? { bytesDone: 0, bytesTotal: 0 };
+        void ch.write({ kind: 'progress', progress: { bytesDone: p.bytesDone, bytesTotal: p.bytesTotal } }).catch(() => {});
+      }, PROGRESS_EVERY_MS);
+      const outcome = await push.done;
       await answer('', '', outcome.kind, outcome.wireBytes);
     } catch (err) {
       const code = err instanceof DwcpError ? err.code : 'internal';
       log.warn({ member: member.name, blobKey: request.key, err: errorText(err) }, 'image part not sent');
       await answer(code, errorText(err)).catch(() => ch.reset(new Error('answer not delivered')));
+    } finally {
+      clearInterval(tick);
     }
   }
 
-  /** Pushes the part, reporting progress, and cancels the push if the asker goes away. */
-  async #send(ch: FramedStream<FetchMessage, FetchMessage>, member: MemberConfig, key: string): Promise<FetchOutcome> {
-    this.#sending++;
-    const gone = new AbortController();
-    // The asker sends nothing after its request: any end of its side (close, reset) means it gave up.
-    void ch.read().then(
-      () => gone.abort(new DwcpError('cancelled', `${member.name} gave up the fetch of ${key}`)),
-      () => gone.abort(new DwcpError('cancelled', `${member.name} gave up the fetch of ${key}`)),
-    );
-    let progress: { bytesDone: number; bytesTotal: number } | null = null;
-    const tick = setInterval(() => {
-      const p = progress ?? { bytesDone: 0, bytesTotal: 0 };
-      void ch.write({ kind: 'progress', progress: { bytesDone: p.bytesDone, bytesTotal: p.bytesTotal } }).catch(() => {});
-    }, PROGRESS_EVERY_MS);
-    try {
-      const sent = await this.#opts.blob.send(key, member.name, {
-        signal: AbortSignal.any([gone.signal, this.#stopping.signal]),
-        onStart: (p) => {
-          progress = p;
-        },
-      });
-      this.#opts.log.info({ member: member.name, blobKey: key, kind: sent.kind, size: sent.size, wireBytes: sent.wireBytesSent, seconds: sent.seconds }, 'image part sent on request');
-      return { kind: sent.kind, wireBytes: sent.wireBytesSent };
-    } finally {
-      clearInterval(tick);
-      this.#sending--;
-    }
+  /**
+   * The push of `key` to `member`: the one running, or a new one (null when
+   * MAX_SENDS run already). It is not tied to the asker's stream: the blob
+   * transfer resumes over a new connection by itself, and a dropped ask comes
+   * back and attaches to it.
+   */
+  #pushFor(member: MemberConfig, key: string): Push | null {
+    const id = `${member.name}\n${key}`;
+    const running = this.#pushes.get(id);
+    if (running !== undefined) return running;
+    if (this.#pushes.size >= MAX_SENDS) return null;
+    const push: Push = { done: Promise.resolve({ kind: '', wireBytes: 0 }), progress: null };
+    push.done = (async () => {
+      try {
+        const sent = await this.#opts.blob.send(key, member.name, {
+          signal: this.#stopping.signal,
+          onStart: (p) => {
+            push.progress = p;
+          },
+        });
+        this.#opts.log.info({ member: member.name, blobKey: key, kind: sent.kind, size: sent.size, wireBytes: sent.wireBytesSent, seconds: sent.seconds, resumed: sent.resumed }, 'image part sent on request');
+        return { kind: sent.kind, wireBytes: sent.wireBytesSent };
+      } finally {
+        this.#pushes.delete(id);
+      }
+    })();
+    // Nobody may be waiting when it fails (the asker gave up): the failure is logged by whoever attaches, not thrown at nobody.
+    push.done.catch(() => {});
+    this.#pushes.set(id, push);
+    return push;
   }
 }

@@ -219,6 +219,18 @@ describe('BlobImageSource.materialise', () => {
     }
   });
 
+  it("damage in this node's blob store is told apart from a record that does not match, and nothing is kept", async () => {
+    await fed.node('n1').catalog.add({ kind: 'disk', name: 'deb', path: await file('d', qcow2Header()) });
+    const pack = join(fed.node('n1').dir, 'blobs', 'packs', '00000001.pack');
+    const bytes = await readFile(pack);
+    bytes.writeUInt8(bytes.readUInt8(300_000) ^ 0xff, 300_000);
+    await writeFile(pack, bytes);
+    const err = await refusal(fed.node('n1').source.materialise('deb'));
+    expect(err.code).toBe('corrupt');
+    expect(err.message).toMatch(/^image deb: its disk is damaged in this node's blob store: .*chunk at offset \d+ reads back hashing to [0-9a-f]{64}, stored as [0-9a-f]{64}; the file was not kept$/);
+    expect(await readdir(join(fed.node('n1').dir, 'qemu', 'images'))).toEqual([]);
+  });
+
   it('fails naming the image: not_found, unavailable with each holder\'s reason', async () => {
     expect(await refusal(fed.node('n1').source.materialise('nope'))).toMatchObject({ code: 'not_found', message: expect.stringMatching(/^image nope is not in the catalog/) });
     await fed.node('n3').catalog.add({ kind: 'disk', name: 'deb', path: await file('d', qcow2Header()) });
