@@ -25,7 +25,7 @@ import type { ParseArgsOptionsConfig } from 'node:util';
 import type { BlobCacheStatsResponse, BlobProgress, BlobPutResult, BlobStatusResponse, BlobTransfer } from '../admin/schema.ts';
 import { formatJson, renderFields, renderTable } from './format.ts';
 import type { CliIo, Command, CommandContext } from './command.ts';
-import { UsageError, positional, subcommandError } from './command.ts';
+import { UsageError, notForThis, positional, subcommandError } from './command.ts';
 
 const BLOB_OPTIONS = {
   key: { type: 'string' },
@@ -102,10 +102,6 @@ function stringFlag(ctx: CommandContext, flag: string, sub: string): string {
   const value = ctx.flags[flag];
   if (typeof value !== 'string' || value === '') throw new UsageError(`${sub} needs --${flag}`);
   return value;
-}
-
-function notForThis(ctx: CommandContext, sub: string, flags: readonly string[]): void {
-  for (const f of flags) if (ctx.flags[f] !== undefined) throw new UsageError(`--${f} does not apply to ${sub}`);
 }
 
 export function describePut(r: BlobPutResult): string {

@@ -86,6 +86,11 @@ export function flagStrings(flags: FlagValues, name: string): string[] {
   return (Array.isArray(raw) ? raw : [raw]).filter((v): v is string => typeof v === 'string');
 }
 
+/** Refuses flags of the command that the subcommand `sub` does not take. */
+export function notForThis(ctx: CommandContext, sub: string, flags: readonly string[]): void {
+  for (const f of flags) if (ctx.flags[f] !== undefined) throw new UsageError(`--${f} does not apply to ${sub}`);
+}
+
 /** A flag given at most once. */
 export function singleFlag(flags: FlagValues, name: string): string | undefined {
   const values = flagStrings(flags, name);

@@ -18,7 +18,7 @@ import type { ParseArgsOptionsConfig } from 'node:util';
 import type { ImageInfo } from '../admin/schema.ts';
 import { formatBytes, progressLine, readableFile, renderProgress } from './blob.ts';
 import type { Command, CommandContext } from './command.ts';
-import { positional, requiredFlag, singleFlag, subcommandError, UsageError } from './command.ts';
+import { notForThis, positional, requiredFlag, singleFlag, subcommandError, UsageError } from './command.ts';
 import { formatJson, renderFields, renderTable } from './format.ts';
 
 const IMAGE_OPTIONS = {
@@ -31,10 +31,6 @@ const IMAGE_OPTIONS = {
 } as const satisfies ParseArgsOptionsConfig;
 
 const ADD_ONLY = ['name', 'format', 'kernel', 'initrd', 'cmdline', 'replace'] as const;
-
-function notForThis(ctx: CommandContext, sub: string, flags: readonly string[]): void {
-  for (const f of flags) if (ctx.flags[f] !== undefined) throw new UsageError(`--${f} does not apply to ${sub}`);
-}
 
 function kindOf(i: ImageInfo): string {
   return i.kind === 'disk' ? `disk/${i.format}` : i.kind;
