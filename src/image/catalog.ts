@@ -150,7 +150,9 @@ export class ImageCatalog {
         const verdict: DiskVerdict = judgeDisk(req.path, head.header, head.size, req.format);
         const disk = await this.#ingest(name, 'disk', req.path, head.header, opts);
         stored.push(['disk', disk]);
-        record = { kind: 'disk', ...common, sha256: disk.sha256, size: disk.size, format: verdict.format, virtualSize: verdict.virtualSize, disk };
+        // A raw disk is what the guest sees: its size as stored, not as it was when its header was judged.
+        const virtualSize = verdict.format === 'raw' ? disk.size : verdict.virtualSize;
+        record = { kind: 'disk', ...common, sha256: disk.sha256, size: disk.size, format: verdict.format, virtualSize, disk };
       } else {
         const kernelHead = await readHeader(req.kernel, 'kernel');
         checkKernel(req.kernel, kernelHead.header);

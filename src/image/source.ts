@@ -30,7 +30,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, statfs, type FileHandle } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readdir, rename, rm, stat, statfs, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { MemberConfig } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
@@ -193,7 +193,8 @@ export class BlobImageSource implements ImageSource {
   async #stillGood(record: ImageRecord, role: ImagePartRole, part: ImagePart, path: string): Promise<boolean> {
     let info;
     try {
-      info = await stat(path);
+      // lstat: a symbolic link put in place of a file is not the file (it fails the check and is removed).
+      info = await lstat(path);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
       throw err;
@@ -202,7 +203,10 @@ export class BlobImageSource implements ImageSource {
     if (seen !== undefined && seen.ino === info.ino && seen.size === info.size && seen.mtimeMs === info.mtimeMs && seen.ctimeMs === info.ctimeMs) return true;
     const actual = info.isFile() && info.size === part.size ? await this.#hashFile(path) : null;
     if (actual === part.sha256) {
-      this.#checked.set(path, { ino: info.ino, size: info.size, mtimeMs: info.mtimeMs, ctimeMs: info.ctimeMs });
+      // Read-only once materialised: a mode someone widened (the bytes checked out) is narrowed again.
+      if ((info.mode & 0o222) !== 0) await chmod(path, 0o444);
+      const now = await lstat(path);
+      this.#checked.set(path, { ino: now.ino, size: now.size, mtimeMs: now.mtimeMs, ctimeMs: now.ctimeMs });
       return true;
     }
     this.#checked.delete(path);

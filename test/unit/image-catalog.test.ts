@@ -15,7 +15,7 @@
  * - resolve falls back to this node's replica when the leader cannot be reached.
  */
 import { createHash } from 'node:crypto';
-import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DwcpError } from '../../src/errors.ts';
@@ -202,6 +202,21 @@ describe('BlobImageSource.materialise', () => {
     await fed.node('n1').source.materialise('deb');
     expect(sha256(await readFile(image.path))).toBe(sha256(bytes));
     expect((await fed.node('n1').metrics.filesRebuilt.get()).values[0]?.value).toBe(1);
+  });
+
+  it('a file whose mode was widened is narrowed again; a symbolic link in its place is replaced by the file', async () => {
+    const bytes = qcow2Header();
+    await fed.node('n1').catalog.add({ kind: 'disk', name: 'deb', path: await file('d', bytes) });
+    const image = await fed.node('n1').source.materialise('deb');
+    if (image.kind !== 'disk') throw new Error('not a disk');
+    await chmod(image.path, 0o664);
+    await fed.node('n1').source.materialise('deb');
+    expect((await stat(image.path)).mode & 0o777).toBe(0o444);
+    await rm(image.path, { force: true });
+    await symlink(join(files, 'd'), image.path);
+    await fed.node('n1').source.materialise('deb');
+    expect((await lstat(image.path)).isFile()).toBe(true);
+    expect(sha256(await readFile(image.path))).toBe(sha256(bytes));
   });
 
   it('bytes that do not hash to the record are refused and nothing is kept', async () => {
