@@ -12,10 +12,11 @@
  * `cutMidFrame` lets the next send() on the stream through only up to half
  * of its bytes and then cuts, so the other end is left inside a frame (every
  * protocol hands FramedStream's send() whole frames); `cutNow` cuts between
- * frames. Both resolve once the local end of the stream has closed.
+ * frames. Both resolve once the local end of the stream has closed; the
+ * half frame is on the connection before the cut.
  */
 import type { Socket } from 'node:net';
-import type { Connection, Stream } from '@libp2p/interface';
+import type { Connection, MessageStream, Stream } from '@libp2p/interface';
 
 export type CutKind = 'reset' | 'crash';
 
@@ -26,13 +27,18 @@ export interface MidFrameCut {
   frameBytes: number;
 }
 
-/** The TCP socket under a connection made by @libp2p/tcp (an implementation detail: fails loudly if it moves). */
-function socketOf(connection: Connection): Socket {
-  const socket = (connection as unknown as { maConn?: { socket?: Socket } }).maConn?.socket;
-  if (socket === undefined || typeof socket.end !== 'function') {
-    throw new Error('stream-cut: the connection has no TCP socket at .maConn.socket (did the libp2p TCP transport change?)');
+/**
+ * What lies under a connection made by @libp2p/tcp + Noise + Yamux, top down:
+ * the encrypted message stream the muxer writes to, the TCP connection, and
+ * its socket. Implementation details of libp2p 3: fails loudly if they move.
+ */
+function layersOf(connection: Connection): { buffers: MessageStream[]; socket: Socket } {
+  const c = connection as unknown as { muxer?: { maConn?: MessageStream }; maConn?: MessageStream & { socket?: Socket } };
+  const [encrypted, tcp, socket] = [c.muxer?.maConn, c.maConn, c.maConn?.socket];
+  if (encrypted === undefined || tcp === undefined || socket === undefined || typeof socket.end !== 'function') {
+    throw new Error('stream-cut: no .muxer.maConn, .maConn or .maConn.socket under the connection (did libp2p change?)');
   }
-  return socket;
+  return { buffers: [encrypted, tcp], socket };
 }
 
 function closed(stream: Stream): Promise<void> {
@@ -40,16 +46,41 @@ function closed(stream: Stream): Promise<void> {
   return new Promise((resolve) => stream.addEventListener('close', () => resolve(), { once: true }));
 }
 
-function cut(stream: Stream, connection: Connection, how: CutKind): void {
-  if (how === 'reset') stream.abort(new Error('stream-cut: reset by the test'));
-  else socketOf(connection).end();
+/** Resolves once `ms` has handed everything written to it to the layer below, or is gone. */
+function flushed(ms: MessageStream): Promise<void> {
+  if (ms.writeBufferLength === 0 || ms.status !== 'open') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      ms.removeEventListener('idle', done);
+      ms.removeEventListener('close', done);
+      resolve();
+    };
+    ms.addEventListener('idle', done);
+    ms.addEventListener('close', done);
+  });
+}
+
+/**
+ * Cuts once what `stream` was given is on the wire: bytes still waiting in a
+ * buffer (for send window, or for the socket to drain) would be dropped by
+ * either cut, and the other end left between frames after all.
+ */
+async function cut(stream: Stream, connection: Connection, how: CutKind): Promise<void> {
+  await flushed(stream);
+  if (how === 'reset') {
+    stream.abort(new Error('stream-cut: reset by the test'));
+    return;
+  }
+  const { buffers, socket } = layersOf(connection);
+  for (const b of buffers) await flushed(b);
+  // end() writes what the socket itself still holds, then the FIN.
+  socket.end();
 }
 
 /** Cuts `stream` between frames. */
 export async function cutNow(stream: Stream, connection: Connection, how: CutKind): Promise<void> {
-  const done = closed(stream);
-  cut(stream, connection, how);
-  await done;
+  await cut(stream, connection, how);
+  await closed(stream);
 }
 
 /**
@@ -66,14 +97,10 @@ export function cutMidFrame(stream: Stream, connection: Connection, how: CutKind
       stream.send = send;
       const half = bytes.subarray(0, Math.floor(bytes.byteLength / 2));
       const more = send(half);
-      const done = closed(stream);
-      try {
-        cut(stream, connection, how);
-      } catch (err) {
-        reject(err as Error);
-        return more;
-      }
-      void done.then(() => resolve({ sentBytes: half.byteLength, frameBytes: bytes.byteLength }));
+      void cut(stream, connection, how)
+        .then(() => closed(stream))
+        .then(() => resolve({ sentBytes: half.byteLength, frameBytes: bytes.byteLength }), reject);
+      // The writer waits for drain as usual; it learns of the cut from the stream.
       return more;
     };
   });
