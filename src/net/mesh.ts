@@ -354,7 +354,9 @@ export class MemberMesh {
       this.#opts.metrics.peerRtt.observe({ peer: link.member.name }, rtt / 1000);
     } catch (err) {
       this.#log.debug({ member: link.member.name, err: (err as Error).message }, 'ping failed');
-      this.#hangUpIfSilent(link);
+      // A peer that refused the protocol still answered (protocol negotiation is a round trip): alive, as libp2p's monitor also held.
+      if ((err as Error).name === 'UnsupportedProtocolError') link.lastAnswer = performance.now();
+      else this.#hangUpIfSilent(link);
     } finally {
       link.pinging = false;
     }
