@@ -49,6 +49,9 @@ import { HELLO_PROTOCOL, exchangeHello, type HelloContext, type HelloOutcome } f
 
 export type MeshServices = { identify: Identify; ping: Ping };
 
+/** Longest wait for one pong. */
+const PING_TIMEOUT_MS = 10_000;
+
 /** What the mesh reads of the config: where to listen, the network timings, and who this node says it is in hello. */
 export type MeshConfig = Pick<DwcpConfig, 'federation' | 'node' | 'listen' | 'network'>;
 
@@ -121,7 +124,7 @@ export class MemberMesh {
         // The mesh owns reconnection (with its own back-off and metrics).
         reconnectRetries: 0,
       },
-      services: { identify: identify(), ping: ping({ timeout: 10_000 }) },
+      services: { identify: identify(), ping: ping({ timeout: PING_TIMEOUT_MS }) },
     });
     return new MemberMesh(host, opts);
   }
@@ -346,7 +349,9 @@ export class MemberMesh {
     if (link.pinging) return;
     link.pinging = true;
     try {
-      const signal = AbortSignal.timeout(Math.min(10_000, this.#opts.config.network.pingIntervalMs));
+      // Not cut at the next tick: a late pong is still an answer (and a true RTT sample), and ticks that come while
+      // this ping waits are skipped. Only deadAfterMs without any answer costs the connection.
+      const signal = AbortSignal.timeout(Math.min(PING_TIMEOUT_MS, this.#opts.config.network.deadAfterMs));
       const rtt = await this.host.services.ping.ping(link.id, { signal });
       link.lastAnswer = performance.now();
       if (link.rtt.samples === 0) this.#log.debug({ member: link.member.name, rttMs: rtt }, 'member rtt');

@@ -66,7 +66,8 @@ function connectionTo(pair: MeshPair): Connection {
 
 describe('pings and the member connection', () => {
   it('keeps the connection and its streams through pings that go unanswered under load', { timeout: 90_000 }, async () => {
-    // The mesh pings every 200 ms with a 200 ms deadline: one of its pings is in flight nearly all the time.
+    // The mesh pings every 200 ms and waits up to 10 s for an answer: with none coming, one of its pings is in flight
+    // all the time (and deadAfterMs is far off).
     pair = await meshPair({ network: { pingIntervalMs: 200, deadAfterMs: 600_000 } });
     const { a, b } = pair;
     const { held } = await stallablePings(pair, () => true);
@@ -124,7 +125,7 @@ describe('pings and the member connection', () => {
     expect({ writeFailure, readFailure, closed }).toEqual({ writeFailure: undefined, readFailure: undefined, closed: [] });
     expect(received).toBe(sent);
     expect(sent).toBeGreaterThan(0);
-    expect(held.length, 'the mesh pinged (and went unanswered) throughout').toBeGreaterThan(10);
+    expect(held.length, 'the mesh pinged (and went unanswered) throughout').toBeGreaterThanOrEqual(2);
     expect(connection.status).toBe('open');
     expect(connectionTo(pair).id).toBe(connection.id);
     expect(a.mesh.isConnected(b.peerId) && b.mesh.isConnected(a.peerId)).toBe(true);
