@@ -693,8 +693,9 @@ export class BlobReceiver {
     try {
       first = await ch.read({ signal: limit.signal });
     } catch (err) {
-      // FramedStream counted a bad frame and reset the stream.
-      log.warn({ member: member.name, err: errorText(err) }, 'blob stream refused');
+      // FramedStream counted a bad frame and reset the stream; anything else is the stream lost (reset, or its connection gone).
+      if (err instanceof FrameError) log.warn({ member: member.name, err: errorText(err) }, 'blob stream refused');
+      else log.info({ member: member.name, err: errorText(err) }, 'blob stream lost before its first message');
       return;
     } finally {
       limit.done();

@@ -93,8 +93,16 @@ const MemberSchema = z.strictObject({
 });
 
 const NetworkSchema = z.strictObject({
-  /** How often each connected member is pinged for RTT. */
+  /** How often each connected member is pinged for RTT (and liveness, below). */
   pingIntervalMs: millis(3_600_000).default(5_000),
+  /**
+   * A connected member that has answered no ping for this long is hung up on
+   * and redialled: a peer that died behind a half-open TCP connection would
+   * otherwise look connected until the kernel gave up (~15 min). Keep it
+   * several ping intervals: a busy link or a starved CPU delays pongs, and a
+   * false verdict cuts every protocol on the connection.
+   */
+  deadAfterMs: millis(3_600_000).default(30_000),
   /** A dial (TCP + Noise + Yamux + hello) that takes longer is abandoned and retried. */
   dialTimeoutMs: millis(600_000).default(10_000),
   /** Time allowed for the hello exchange on a new connection. */

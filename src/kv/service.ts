@@ -257,6 +257,8 @@ export class KvService {
     } catch (err) {
       // FramedStream counted the rejection and reset the stream.
       if (err instanceof FrameError) log.warn({ peer: member.name, err: err.message }, 'kv forward request refused');
+      // Reset, or the connection went: answers still due are lost, and the forwarder retries them (same client id and seq).
+      else log.debug({ peer: member.name, err: errorText(err) }, 'kv forward stream lost');
     }
   }
 

@@ -12,6 +12,14 @@
  *   FrameEvents.onReject, the stream is reset, and the error is thrown to the
  *   reader. It never escapes as an unhandled rejection: errors reach only a
  *   caller that is awaiting read().
+ * - read() returns undefined (a clean end) only when the remote closed its
+ *   writable end (a yamux FIN) at a frame boundary. A stream the remote reset,
+ *   or whose connection went away under it (the remote process died, the TCP
+ *   connection broke: libp2p then ends the stream without an error, and on a
+ *   reset it emits 'end' before the 'close' that carries the error), is a
+ *   StreamLostError, whether or not it was inside a frame: the remote never
+ *   said it was done, so a reader must not take silence for completion. It is
+ *   not the remote's protocol error, so it is not counted as a reject.
  * - Reading is flow-controlled end to end: while decoded frames wait for a
  *   reader, the stream is paused, so the muxer (yamux) stops granting the
  *   remote send window and the remote's write() waits for drain. A write
@@ -25,6 +33,7 @@
  */
 import { Uint8ArrayList } from 'uint8arraylist';
 import type { Stream, StreamCloseEvent, StreamMessageEvent } from '@libp2p/interface';
+import { DwcpError } from '../errors.ts';
 import type { FrameMetrics, FrameRejectReason } from '../metrics/metrics.ts';
 import { FRAME_REJECT_REASONS } from '../metrics/metrics.ts';
 import type { MessageSchema } from './schema.ts';
@@ -62,6 +71,26 @@ export class FrameError extends Error {
 
   withProtocol(protocol: string): FrameError {
     return this.protocol === protocol ? this : new FrameError(this.reason, this.detail, protocol);
+  }
+}
+
+/**
+ * The stream ended without the remote closing it: reset by the remote, or its
+ * connection lost. Retryable: nothing says the remote refused anything, and a
+ * new stream (after a reconnect) may well succeed.
+ */
+export class StreamLostError extends DwcpError<'unavailable'> {
+  /** The libp2p protocol of the stream. */
+  readonly protocol: string;
+  /** Bytes of an unfinished frame that were received and dropped; 0 if the stream was lost between frames. */
+  readonly partialBytes: number;
+
+  constructor(protocol: string, detail: string, partialBytes: number, cause?: unknown) {
+    const where = partialBytes === 0 ? 'between frames' : `inside a frame, ${partialBytes} bytes of it received and dropped`;
+    super('unavailable', `${protocol}: ${detail} (${where})`, { cause });
+    this.name = 'StreamLostError';
+    this.protocol = protocol;
+    this.partialBytes = partialBytes;
   }
 }
 
@@ -225,6 +254,8 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
   /** Decoded frames no one has read yet; non-empty only while the stream is paused (plus one chunk's worth). */
   readonly #frames: Uint8Array[] = [];
   #ended = false;
+  /** The remote closed its writable end (FIN): the one way input ends cleanly. */
+  #remoteClosed = false;
   #failure: Error | undefined;
   #wake: (() => void) | undefined;
   #resuming = false;
@@ -242,12 +273,19 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
       this.#failure = new Error(`${this.protocol}: stream was already ${stream.status}`);
     }
     this.#ended = stream.readableEnded;
+    // A stream handed over already half-closed by the remote is taken at its word (streams are wrapped as they open).
+    this.#remoteClosed = stream.remoteWriteStatus === 'closed';
     stream.addEventListener('message', this.#onMessage);
+    stream.addEventListener('remoteCloseWrite', this.#onRemoteCloseWrite);
     stream.addEventListener('end', this.#onEnd);
     stream.addEventListener('close', this.#onClose);
   }
 
-  /** The next message, or undefined once the remote has closed its end at a frame boundary. */
+  /**
+   * The next message, or undefined once the remote has closed its end at a
+   * frame boundary; a StreamLostError if the stream was reset or its
+   * connection lost instead.
+   */
   async read(opts: FrameIoOptions = {}): Promise<In | undefined> {
     const frame = await this.#nextFrame(opts.signal);
     if (frame === undefined) return undefined;
@@ -313,6 +351,11 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
         return frame;
       }
       if (this.#ended) {
+        if (!this.#remoteClosed) {
+          // Input ended and the remote never closed its end: the connection went away under the stream.
+          this.#failWith(new StreamLostError(this.protocol, 'the connection closed before the remote ended the stream', this.#decoder.bufferedBytes));
+          continue;
+        }
         try {
           this.#decoder.end();
         } catch (err) {
@@ -435,6 +478,10 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
     }
   };
 
+  readonly #onRemoteCloseWrite = (): void => {
+    this.#remoteClosed = true;
+  };
+
   readonly #onEnd = (): void => {
     this.#ended = true;
     this.#wake?.();
@@ -442,7 +489,8 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
 
   readonly #onClose = (evt: StreamCloseEvent): void => {
     if (evt.error !== undefined) {
-      this.#failWith(evt.error);
+      // Our own abort keeps its reason; the remote's reset is named for what it is, with the protocol.
+      this.#failWith(evt.local ? evt.error : new StreamLostError(this.protocol, 'the remote reset the stream', this.#decoder.bufferedBytes, evt.error));
     } else if (this.stream.readBufferLength === 0) {
       // A clean close with nothing left to deliver is the end of input even if 'end' was not seen.
       this.#onEnd();

@@ -13,6 +13,17 @@
  * Other protocols reach libp2p through `host`, which the daemon hands them as
  * the few operations they use (src/net/host.ts), and should only open streams
  * to members `isConnected` reports.
+ *
+ * Liveness is the mesh's own: it pings every connected member each
+ * `pingIntervalMs` (for RTT), and a member that has answered none of them for
+ * `deadAfterMs` has its connections aborted and is redialled. libp2p's
+ * connection monitor is off: it pinged on the same /ipfs/ping/1.0.0, which
+ * allows one outbound stream per connection, so whenever the mesh's ping was
+ * in flight its own was refused, and it aborted the whole connection (every
+ * protocol on it) on that or on one ping slower than its timeout (adaptive,
+ * at least 5 s: a bulk transfer or a starved CPU is enough). Allowing two
+ * ping streams would have removed only the collision; one slow pong would
+ * still have cost every stream on the connection.
  */
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { tcp } from '@libp2p/tcp';
@@ -37,6 +48,9 @@ import { memberGater } from './gater.ts';
 import { HELLO_PROTOCOL, exchangeHello, type HelloContext, type HelloOutcome } from './hello.ts';
 
 export type MeshServices = { identify: Identify; ping: Ping };
+
+/** Longest wait for one pong. */
+const PING_TIMEOUT_MS = 10_000;
 
 /** What the mesh reads of the config: where to listen, the network timings, and who this node says it is in hello. */
 export type MeshConfig = Pick<DwcpConfig, 'federation' | 'node' | 'listen' | 'network'>;
@@ -64,6 +78,8 @@ interface MemberLink {
   redial: NodeJS.Timeout | undefined;
   dialing: boolean;
   pinging: boolean;
+  /** performance.now() of the last answered ping, or of the connection if none was answered since. */
+  lastAnswer: number;
 }
 
 export class MemberMesh {
@@ -100,13 +116,15 @@ export class MemberMesh {
       connectionEncrypters: [noise()],
       streamMuxers: [yamux({ streamOptions: MUXER_STREAM_OPTIONS })],
       connectionGater: memberGater(members, metrics, log),
+      // The mesh's own pings judge liveness (see the module comment for why not libp2p's monitor).
+      connectionMonitor: { enabled: false },
       connectionManager: {
         maxConnections: 64 + members.size * 4,
         dialTimeout: config.network.dialTimeoutMs,
         // The mesh owns reconnection (with its own back-off and metrics).
         reconnectRetries: 0,
       },
-      services: { identify: identify(), ping: ping({ timeout: 10_000 }) },
+      services: { identify: identify(), ping: ping({ timeout: PING_TIMEOUT_MS }) },
     });
     return new MemberMesh(host, opts);
   }
@@ -198,6 +216,7 @@ export class MemberMesh {
       redial: undefined,
       dialing: false,
       pinging: false,
+      lastAnswer: performance.now(),
     };
     this.#links.set(member.peerId, link);
     this.#scheduleDial(link, 0);
@@ -295,6 +314,7 @@ export class MemberMesh {
     link.failures = 0;
     clearTimeout(link.redial);
     if (!wasConnected) {
+      link.lastAnswer = performance.now();
       this.#log.info({ member: link.member.name, peerId, direction: connection.direction, remoteAddr: connection.remoteAddr.toString() }, 'member connected');
       this.#updateConnectedGauge();
       void this.#ping(link);
@@ -329,16 +349,33 @@ export class MemberMesh {
     if (link.pinging) return;
     link.pinging = true;
     try {
-      const signal = AbortSignal.timeout(Math.min(10_000, this.#opts.config.network.pingIntervalMs));
+      // Not cut at the next tick: a late pong is still an answer (and a true RTT sample), and ticks that come while
+      // this ping waits are skipped. Only deadAfterMs without any answer costs the connection.
+      const signal = AbortSignal.timeout(Math.min(PING_TIMEOUT_MS, this.#opts.config.network.deadAfterMs));
       const rtt = await this.host.services.ping.ping(link.id, { signal });
+      link.lastAnswer = performance.now();
       if (link.rtt.samples === 0) this.#log.debug({ member: link.member.name, rttMs: rtt }, 'member rtt');
       link.rtt.observe(rtt);
       this.#opts.metrics.peerRtt.observe({ peer: link.member.name }, rtt / 1000);
     } catch (err) {
       this.#log.debug({ member: link.member.name, err: (err as Error).message }, 'ping failed');
+      // A peer that refused the protocol still answered (protocol negotiation is a round trip): alive, as libp2p's monitor also held.
+      if ((err as Error).name === 'UnsupportedProtocolError') link.lastAnswer = performance.now();
+      else this.#hangUpIfSilent(link);
     } finally {
       link.pinging = false;
     }
+  }
+
+  /** Aborts the member's connections once it has answered no ping for deadAfterMs; the close redials it. */
+  #hangUpIfSilent(link: MemberLink): void {
+    const silentMs = Math.round(performance.now() - link.lastAnswer);
+    const { deadAfterMs } = this.#opts.config.network;
+    if (this.#stopping || link.verified.size === 0 || silentMs < deadAfterMs) return;
+    const err = new Error(`member ${link.member.name} answered no ping for ${silentMs} ms (network.deadAfterMs ${deadAfterMs})`);
+    this.#log.warn({ member: link.member.name, peerId: link.member.peerId, silentMs, deadAfterMs }, 'member answers no pings; hanging up to redial');
+    link.lastError = err.message;
+    for (const connection of this.host.getConnections(link.id)) connection.abort(err);
   }
 }
 

@@ -4,7 +4,10 @@
  * including one frame larger than the muxer window; a peer outside the
  * directory is refused on open; a malformed or spoofed frame from a member
  * resets that stream, is counted in dwcp_frames_rejected_total and logged
- * with the member's name, and the transport keeps working.
+ * with the member's name, and the transport keeps working; a member's stream
+ * lost inside a frame (reset, or its connection gone as a crashed process's)
+ * delivers nothing of that frame, is logged as lost and not counted as a
+ * rejected frame, and the next batch goes out on a new stream.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
@@ -22,6 +25,7 @@ import type { Prepare, ReplicaId, Reply, StateMessage } from '../../src/consensu
 import { PbftTransport } from '../../src/consensus/pbft/transport.ts';
 import { PBFT_MAX_FRAME_BYTES, PBFT_PROTOCOL, type PbftFrame } from '../../src/consensus/pbft/wire.ts';
 import { FakeKeys } from '../sim/pbft-harness.ts';
+import { cutMidFrame, streamsOf, type CutKind } from '../support/stream-cut.ts';
 import { metricValue, type LogLine } from './harness.ts';
 
 const keys = new FakeKeys('pbft-transport');
@@ -193,5 +197,26 @@ describe('PbftTransport over libp2p', () => {
     a.transport.send('b', [{ messages: [prepare('a', 10)], replies: [] }]);
     const got = await b.received.next((r) => r.from === 'a' && (r.frame.messages[0] as Prepare | undefined)?.seq === 10, 'frame after the resets', heard);
     expect(got.frame.messages).toHaveLength(1);
+  });
+  it.each<CutKind>(['reset', 'crash'])('a stream lost inside a frame (%s) delivers nothing of it, rejects nothing, and the next batch arrives', async (how) => {
+    const connection = a.host.getConnections(b.host.peerId).find((c) => streamsOf(c, PBFT_PROTOCOL, 'outbound').length > 0);
+    const stream = connection === undefined ? undefined : streamsOf(connection, PBFT_PROTOCOL, 'outbound')[0];
+    if (connection === undefined || stream === undefined) throw new Error("no open outbound pbft stream from a to b (the transport's own)");
+    const marks = b.logs.items.length;
+    const heard = b.received.items.length;
+    const cut = cutMidFrame(stream, connection, how);
+    a.transport.send('b', [{ messages: [prepare('a', 20)], replies: [] }]);
+    expect((await cut).sentBytes).toBeGreaterThan(0);
+    const line = await b.logs.next((l) => l.msg === 'pbft inbound stream ended', 'the lost stream logged', marks);
+    expect(line.peer).toBe('a');
+    expect(String(line.err)).toMatch(how === 'reset' ? /the remote reset the stream \(inside a frame/ : /the connection closed before the remote ended the stream \(inside a frame/);
+    const text = await b.metrics.registry.metrics();
+    expect(metricValue(text, 'dwcp_frames_rejected_total', { protocol: PBFT_PROTOCOL, reason: 'truncated' })).toBe(0);
+
+    // The transport opens a new stream for the next batch (over a new connection after the crash).
+    if (a.host.getConnections(b.host.peerId).length === 0) await a.host.dial(b.host.getMultiaddrs());
+    a.transport.send('b', [{ messages: [prepare('a', 21)], replies: [] }]);
+    await b.received.next((r) => r.from === 'a' && (r.frame.messages[0] as Prepare | undefined)?.seq === 21, 'the batch after the cut', heard);
+    expect(b.received.items.slice(heard).map((r) => (r.frame.messages[0] as Prepare | undefined)?.seq)).toEqual([21]);
   });
 });

@@ -4,7 +4,8 @@
  * cached baseline, and every way the cache can fail to help (miss, expiry,
  * eviction, a receiver that lost the baseline) ending in a full transfer
  * with the right value; a transfer resumed after its connection was cut
- * mid-way sends only what was not acknowledged; a member removed from the
+ * mid-way, or one of its data streams was reset or lost inside a batch,
+ * sends only what was not acknowledged; a member removed from the
  * list is refused on its next stream; the cache survives a restart when
  * persisted.
  */
@@ -14,7 +15,9 @@ import { Prng, vmImageLike } from '../../bench/codec.ts';
 import { chooseCodec, CodecMeasurements, DEFAULT_CODEC_CHOICE } from '../../src/codec/choice.ts';
 import { codecLabel } from '../../src/codec/codecs.ts';
 import type { SendOutcome } from '../../src/blob/service.ts';
+import { BLOB_PROTOCOL } from '../../src/blob/wire.ts';
 import { metricValue } from '../integration/harness.ts';
+import { cutMidFrame, streamsOf, type CutKind } from '../support/stream-cut.ts';
 import { blobPair, type BlobNode, type BlobPair } from './blob-pair.ts';
 
 const KIB = 1024;
@@ -235,5 +238,41 @@ describe('resuming after the connection is cut mid-transfer', () => {
     const status = await pair.b.service.status();
     expect(status.transfers[0]).toMatchObject({ direction: 'received', key: 'big', state: 'done' });
     expect(status.transfers[0]?.resumed).toBeGreaterThanOrEqual(1);
+  });
+
+  it.each<[CutKind, 'control' | 'data']>([
+    ['reset', 'control'],
+    ['crash', 'control'],
+    ['reset', 'data'],
+    ['crash', 'data'],
+  ])('a %s of the %s stream inside a frame is resumed, not refused: acknowledged batches are not sent again', async (how, which) => {
+    const key = `cut-${how}-${which}`;
+    const value = random(16 * MIB, key.length);
+    await pair.a.service.store.ingestBytes(key, value);
+    let acked = 0;
+    let cut: Promise<unknown> | undefined;
+    const out = await pair.a.service.send(key, 'b', {
+      streams: 3,
+      onAck: () => {
+        if (++acked !== 20 || cut !== undefined) return;
+        // The attempt's first outbound blob stream is its control stream, the newest a data stream. The control
+        // stream's next frame is its finish (the receiver sits reading it all along); a data stream's is a batch.
+        const connection = pair.a.mesh.host.getConnections(pair.b.mesh.host.peerId)[0];
+        const streams = connection === undefined ? [] : streamsOf(connection, BLOB_PROTOCOL, 'outbound');
+        const stream = which === 'control' ? streams[0] : streams.at(-1);
+        if (connection === undefined || stream === undefined) throw new Error(`no outbound blob ${which} stream to cut`);
+        cut = cutMidFrame(stream, connection, how);
+      },
+    });
+    expect(await cut).toMatchObject({ sentBytes: expect.any(Number) });
+    // The receiver kept the staging of the interrupted attempt and asked only for what it had not acknowledged
+    // (nothing at all when the finish was cut).
+    expect(out.resumed).toBeGreaterThanOrEqual(1);
+    expect(out.rawBytesSent - out.neededBytes).toBeLessThan(which === 'control' ? 1 : out.neededBytes / 2);
+    expect(sha(await held(pair.b, key))).toBe(sha(value));
+    // A lost stream is not hostile input: nothing refused, no frame counted as rejected.
+    const text = await pair.b.metrics.registry.metrics();
+    expect(metricValue(text, 'dwcp_frames_rejected_total', { protocol: BLOB_PROTOCOL, reason: 'truncated' })).toBe(0);
+    expect(text).not.toMatch(/^dwcp_blob_rejected_total\{[^}]*\} [1-9]/m);
   });
 });

@@ -136,6 +136,7 @@ describe('defaults', () => {
     });
     expect(config.node.name).toMatch(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/);
     expect(config.network.pingIntervalMs).toBe(5_000);
+    expect(config.network.deadAfterMs).toBe(30_000);
   });
 
   it('takes the file from DWCP_CONFIG, unless one is given explicitly', () => {

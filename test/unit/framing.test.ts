@@ -2,8 +2,9 @@
  * The framing layer: the pure decoder at every split point and at its limits,
  * the protobuf schemas and their field errors, and FramedStream over a real
  * pair of libp2p nodes (TCP + Noise + Yamux on 127.0.0.1): round trips, bad
- * frames resetting only their own stream and being counted, and back-pressure
- * in both directions.
+ * frames resetting only their own stream and being counted, back-pressure
+ * in both directions, and a stream the remote reset or whose connection died
+ * under it reported as lost, never as a clean end.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLibp2p, type Libp2p } from 'libp2p';
@@ -14,7 +15,17 @@ import type { Multiaddr } from '@multiformats/multiaddr';
 import type { Stream, StreamCloseEvent } from '@libp2p/interface';
 import { Uint8ArrayList } from 'uint8arraylist';
 import { createMetrics, type FrameRejectReason } from '../../src/metrics/metrics.ts';
-import { FrameDecoder, FrameError, FramedStream, MAX_FRAME_LENGTH, MUXER_STREAM_OPTIONS, encodeFrame, frameEventsFor, type FrameEvents } from '../../src/net/framing.ts';
+import {
+  FrameDecoder,
+  FrameError,
+  FramedStream,
+  MAX_FRAME_LENGTH,
+  MUXER_STREAM_OPTIONS,
+  StreamLostError,
+  encodeFrame,
+  frameEventsFor,
+  type FrameEvents,
+} from '../../src/net/framing.ts';
 import { BytesSchema, loadProto, type MessageSchema } from '../../src/net/schema.ts';
 import {
   HELLO_MAX_FRAME_BYTES,
@@ -25,6 +36,7 @@ import {
   type HelloFrame,
 } from '../../src/net/hello-schema.ts';
 import { frameErrorOf } from '../support/frame-error.ts';
+import { cutMidFrame, cutNow, type CutKind } from '../support/stream-cut.ts';
 
 const P = '/dwcp-test/frames/1.0.0';
 
@@ -466,5 +478,53 @@ describe('FramedStream over libp2p', () => {
     // ...and the slow receiver paused its stream rather than decoding ahead without bound.
     expect(serverPauses).toBeGreaterThan(0);
     expect(serverRaw?.status).not.toBe('reset');
+  });
+  it.each<[CutKind, 'inside a frame' | 'between frames']>([
+    ['reset', 'inside a frame'],
+    ['reset', 'between frames'],
+    ['crash', 'inside a frame'],
+    ['crash', 'between frames'],
+  ])('reports a stream whose remote went away (%s, %s) as lost, not as a clean end, and counts no reject', async (how, where) => {
+    const protocol = `/dwcp-test/lost-${how}-${where.replace(' ', '-')}/1.0.0`;
+    const received = queue<Uint8Array>();
+    const got: Uint8Array[] = [];
+    const svc = await serve(protocol, { maxFrameBytes: 64 * 1024, inbound: BytesSchema, outbound: BytesSchema }, async (framed) => {
+      for (;;) {
+        const frame = await framed.read();
+        if (frame === undefined) return;
+        got.push(frame);
+        received.push(frame);
+      }
+    });
+    const { raw, framed } = await svc.open();
+    const connection = client.getConnections().find((c) => c.streams.includes(raw));
+    if (connection === undefined) throw new Error('no connection carries the test stream');
+
+    // A whole frame first, read by the server before the cut: it must survive the cut.
+    await framed.write(bytes(1000, 1));
+    expect((await received.next()).byteLength).toBe(1000);
+    if (where === 'inside a frame') {
+      const cut = cutMidFrame(raw, connection, how);
+      await framed.write(bytes(40_000, 2)).catch(() => {});
+      expect((await cut).sentBytes).toBeGreaterThan(0);
+    } else {
+      await cutNow(raw, connection, how);
+    }
+
+    const err = await svc.outcomes.next();
+    expect(err, 'the server read a clean end').toBeInstanceOf(StreamLostError);
+    const lost = err as StreamLostError;
+    expect(lost.retryable).toBe(true);
+    expect(lost.message.startsWith(`${protocol}: ${how === 'reset' ? 'the remote reset the stream' : 'the connection closed before the remote ended the stream'}`)).toBe(true);
+    if (where === 'inside a frame') {
+      // Some of the second frame had arrived when the stream went: named, and dropped, not delivered.
+      expect(lost.partialBytes).toBeGreaterThan(0);
+      expect(lost.message).toContain(`inside a frame, ${lost.partialBytes} bytes of it received and dropped`);
+    } else {
+      expect(lost.message).toContain('(between frames)');
+    }
+    expect(got.map((f) => f.byteLength)).toEqual([1000]);
+    // Not the remote's protocol error: nothing counted as a rejected frame.
+    expect(svc.events.rejects).toEqual([]);
   });
 });
