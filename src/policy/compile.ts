@@ -17,23 +17,27 @@
  * Every problem of the set is reported, not only the first.
  *
  * Bounds (beyond the document's lengths), so that one evaluation is cheap
- * and bounded whatever an operator writes:
+ * and bounded whatever an operator writes (the library has no evaluation
+ * cost limit of its own, so these stand in for one, checked before a set is
+ * accepted):
  * - at most POLICY_MAX_AST_NODES nodes, nesting depth POLICY_MAX_DEPTH, list
  *   and map literals of POLICY_MAX_LITERAL_ITEMS;
- * - no comprehension (all, exists, exists_one, map, filter) inside another's
- *   predicate or transform, and no cel.bind: the inputs are bounded lists
- *   (≤ 64 compliance marks, ≤ 32 labels, literals ≤ 64 items), so without
- *   nesting an evaluation is linear in the expression's size times the
- *   largest list;
+ * - an estimated cost of at most POLICY_MAX_RULE_COST evaluation steps per
+ *   rule and POLICY_MAX_SET_COST for the whole set, estimated statically as
+ *   Kubernetes does for CEL: every node a step, a comprehension its list's
+ *   largest size times its body, a list concatenation its copy, `in` its
+ *   scan; the largest sizes are the facts' bounds (≤ 32 labels, ≤ 64
+ *   compliance marks, strings ≤ 256 characters). Measured here at ≤ ~115 ns
+ *   a step, so a rule costs at most ~0.6 ms and a set ~6 ms per candidate
+ *   (test/unit/policy-compile.test.ts times the costliest admitted rule);
+ *   the examples in config/policies cost 4 to 80 steps;
  * - no `matches` (regular expressions): JavaScript's engine backtracks, so a
- *   pattern can take exponential time; startsWith, endsWith, contains and
- *   `in` cover what placement rules need;
+ *   pattern can take exponential time whatever its input's size;
+ *   startsWith, endsWith, contains and `in` cover what placement rules need;
+ * - no cel.bind (a bound value is not sized by the estimate);
  * - a comprehension variable may not be named vm, region, cost or operation
  *   (it would hide the variable, and the read analysis below relies on
  *   those names meaning the variables).
- * The library has no evaluation cost limit of its own; these static bounds
- * stand in for one (test/unit/policy-compile.test.ts times the costliest
- * condition they allow).
  *
  * Read analysis: for each rule, whether the condition reads `vm`,
  * `operation`, `cost`, and which `region` fields (by `.field` or
@@ -59,6 +63,12 @@ export const POLICY_MAX_DEPTH = 32;
 export const POLICY_MAX_LITERAL_ITEMS = 64;
 
 const COMPREHENSIONS = new Set(['all', 'exists', 'exists_one', 'map', 'filter']);
+const MATCHES_REFUSED = 'matches() is not allowed in policies: a regular expression can take exponential time; use startsWith, endsWith, contains or in';
+
+/** Estimated evaluation steps one condition may cost (at most ~115 ns a step measured here: ~0.6 ms at the bound). */
+export const POLICY_MAX_RULE_COST = 5000;
+/** Estimated steps of all of a set's rules together: what the worst one (VM, candidate) evaluation can cost (~6 ms). */
+export const POLICY_MAX_SET_COST = 50_000;
 
 /** Where in a condition a problem is: 1-based line and column, and the 0-based offset. */
 export interface PolicyPosition {
@@ -68,6 +78,7 @@ export interface PolicyPosition {
 }
 
 export interface PolicyProblem {
+  /** '' (and rule '') for a problem of the whole set. */
   readonly policy: string;
   readonly rule: string;
   /** Absent when the problem is not located in the condition. */
@@ -77,6 +88,7 @@ export interface PolicyProblem {
 }
 
 export function formatPolicyProblem(p: PolicyProblem): string {
+  if (p.policy === '') return `policy set: ${p.problem}`;
   return `policy ${p.policy} rule ${p.rule}: condition${p.position === undefined ? '' : ` ${p.position.line}:${p.position.column}`}: ${p.problem}`;
 }
 
@@ -129,6 +141,8 @@ function errorOffset(err: ParseError | CelTypeError | Error): number | undefined
 
 interface Analysis {
   reads: RuleReads;
+  /** The estimated cost in evaluation steps (see estimate). */
+  cost: number;
   problems: { offset: number; problem: string }[];
 }
 
@@ -136,78 +150,153 @@ function isNode(value: unknown): value is ASTNode {
   return typeof value === 'object' && value !== null && 'op' in value && typeof (value as { op: unknown }).op === 'string';
 }
 
-/** Walks the parsed condition: the bounds above, and what it reads. */
+/**
+ * An upper bound of a subexpression: evaluation steps, the largest value it
+ * can produce (list or map entries, string characters; 1 for scalars), and
+ * what kind of value that is (a list's copy or scan costs steps per element;
+ * string work is native and counted as one step).
+ */
+interface Estimate {
+  readonly cost: number;
+  readonly size: number;
+  readonly kind: 'list' | 'string' | 'scalar';
+}
+
+const SCALAR_METHODS = new Set(['size', 'startsWith', 'endsWith', 'contains', 'indexOf', 'lastIndexOf']);
+
+/** The largest string any fact holds (an image name); what an unknown string's size is taken to be. */
+const MAX_STRING = 256;
+/** Largest values of the facts' fields (facts.ts; the fleet's schemas bound them). */
+const FIELD_SIZES: Readonly<Record<string, number>> = { labels: 32, tags: 32, compliance: 64 };
+const SCALAR_FIELDS = new Set(['vcpus', 'memoryBytes', 'diskBytes', 'priority', 'spot']);
+
+/**
+ * Walks the parsed condition: the read analysis, the refusals that do not
+ * depend on cost, and a static cost estimate, in the manner of Kubernetes'
+ * CEL cost estimation: every node is a step; a comprehension costs its
+ * range's largest size times its body; `+` on lists copies both sides; `in`
+ * scans its list. Sizes are the facts' bounds (labels ≤ 32, compliance ≤ 64,
+ * strings ≤ 256), literals' own sizes, and sums of them through `+`.
+ */
 function analyse(root: ASTNode): Analysis {
   const variables = new Set<PolicyVariable>();
   const regionFields = new Set<RegionField>();
   let wholeRegion = false;
   const problems: { offset: number; problem: string }[] = [];
+  /** Comprehension variables in scope, with the size of one element. */
+  const bound = new Map<string, number>();
 
-  const visit = (node: ASTNode, insideComprehension: boolean): void => {
+  const sum = (parts: Estimate[], kind: Estimate['kind'] = 'scalar'): Estimate => ({ cost: parts.reduce((n, e) => n + e.cost, 1), size: parts.reduce((n, e) => Math.max(n, e.size), 1), kind });
+
+  const visit = (node: ASTNode): Estimate => {
     const { op } = node;
+    if (op === 'value') {
+      const v: unknown = node.args;
+      if (typeof v === 'string') return { cost: 1, size: v.length, kind: 'string' };
+      return { cost: 1, size: v instanceof Uint8Array ? v.byteLength : 1, kind: 'scalar' };
+    }
     if (op === 'id') {
       const name = node.args as string;
+      const element = bound.get(name);
+      if (element !== undefined) return { cost: 1, size: element, kind: 'string' };
       if (name in POLICY_VARIABLES) {
         variables.add(name as PolicyVariable);
         if (name === 'region') wholeRegion = true;
       }
-      return;
+      return name === 'operation' ? { cost: 1, size: 16, kind: 'string' } : { cost: 1, size: 1, kind: 'scalar' };
     }
     if ((op === '.' || op === '[]') && Array.isArray(node.args)) {
       const [target, field] = node.args as [unknown, unknown];
       const name = op === '.' ? field : isNode(field) && field.op === 'value' ? field.args : undefined;
-      if (isNode(target) && target.op === 'id' && target.args === 'region' && typeof name === 'string' && (REGION_FIELD_NAMES as string[]).includes(name)) {
-        variables.add('region');
-        regionFields.add(name as RegionField);
-        if (op === '[]' && isNode(field)) visit(field, insideComprehension);
-        return;
+      if (isNode(target) && target.op === 'id' && (target.args === 'region' || target.args === 'vm') && !bound.has(target.args) && typeof name === 'string') {
+        variables.add(target.args);
+        if (target.args === 'region' && (REGION_FIELD_NAMES as string[]).includes(name)) regionFields.add(name as RegionField);
+        else if (target.args === 'region') wholeRegion = true;
+        const size = FIELD_SIZES[name];
+        if (size !== undefined) return { cost: 2, size, kind: 'list' };
+        return SCALAR_FIELDS.has(name) ? { cost: 2, size: 1, kind: 'scalar' } : { cost: 2, size: MAX_STRING, kind: 'string' };
       }
+      const parts = [isNode(target) ? visit(target).cost : 0, isNode(field) ? visit(field).cost : 0];
+      // An element of a list or map here is a string (label values, compliance marks) or a scalar.
+      return { cost: parts[0]! + parts[1]! + 1, size: MAX_STRING, kind: 'string' };
     }
     if (op === 'rcall' && Array.isArray(node.args)) {
       const [method, target, args] = node.args as [string, unknown, unknown[]];
-      if (method === 'matches') problems.push({ offset: node.pos, problem: 'matches() is not allowed in policies: a regular expression can take exponential time; use startsWith, endsWith, contains or in' });
+      if (method === 'matches') problems.push({ offset: node.pos, problem: MATCHES_REFUSED });
       if (method === 'bind' && isNode(target) && target.op === 'id' && target.args === 'cel') {
         problems.push({ offset: node.pos, problem: 'cel.bind is not allowed in policies (a bound value reused in its own binding can grow without bound); repeat the expression or split the rule' });
       }
+      const range: Estimate = isNode(target) ? visit(target) : { cost: 0, size: 1, kind: 'scalar' };
       if (COMPREHENSIONS.has(method)) {
-        if (insideComprehension) problems.push({ offset: node.pos, problem: `${method}() inside another comprehension's predicate is not allowed in policies (nested comprehensions multiply the cost); split the rule` });
-        const bound = args[0];
-        if (isNode(bound) && bound.op === 'id' && typeof bound.args === 'string' && bound.args in POLICY_VARIABLES) {
-          problems.push({ offset: bound.pos, problem: `a comprehension variable may not be named ${bound.args} (it would hide the variable of that name)` });
+        const variable = args[0];
+        const name = isNode(variable) && variable.op === 'id' && typeof variable.args === 'string' ? variable.args : undefined;
+        if (name !== undefined && name in POLICY_VARIABLES) {
+          problems.push({ offset: (variable as ASTNode).pos, problem: `a comprehension variable may not be named ${name} (it would hide the variable of that name)` });
         }
-        if (isNode(target)) visit(target, insideComprehension);
-        for (const a of args.slice(1)) if (isNode(a)) visit(a, true);
-        return;
+        const shadowed = name === undefined ? undefined : bound.get(name);
+        if (name !== undefined) bound.set(name, MAX_STRING);
+        const body = args.slice(1).filter(isNode).map(visit);
+        if (name !== undefined) {
+          if (shadowed === undefined) bound.delete(name);
+          else bound.set(name, shadowed);
+        }
+        const perElement = body.reduce((n, e) => n + e.cost, 1);
+        return method === 'map' || method === 'filter' ? { cost: range.cost + 1 + range.size * perElement, size: range.size, kind: 'list' } : { cost: range.cost + 1 + range.size * perElement, size: 1, kind: 'scalar' };
       }
-      if (isNode(target)) visit(target, insideComprehension);
-      for (const a of args) if (isNode(a)) visit(a, insideComprehension);
-      return;
+      const rest = args.filter(isNode).map(visit);
+      // A method's work is native, one step; split() makes a list of at most the string's length, join() a string of its parts.
+      const cost = range.cost + rest.reduce((n, e) => n + e.cost, 1);
+      if (SCALAR_METHODS.has(method)) return { cost, size: 1, kind: 'scalar' };
+      if (method === 'split') return { cost, size: range.size, kind: 'list' };
+      if (method === 'join') return { cost: cost + range.size, size: range.size * MAX_STRING, kind: 'string' };
+      return { cost, size: Math.max(range.size, ...rest.map((e) => e.size)), kind: range.kind };
     }
     if (op === 'call' && Array.isArray(node.args)) {
       const [fn, args] = node.args as [string, unknown[]];
-      if (fn === 'matches') problems.push({ offset: node.pos, problem: 'matches() is not allowed in policies: a regular expression can take exponential time; use startsWith, endsWith, contains or in' });
-      for (const a of args) if (isNode(a)) visit(a, insideComprehension);
-      return;
+      if (fn === 'matches') problems.push({ offset: node.pos, problem: MATCHES_REFUSED });
+      // Global functions here are conversions and size(): their result is no larger than their argument.
+      const parts = args.filter(isNode).map(visit);
+      return fn === 'size' ? sum(parts) : sum(parts, parts[0]?.kind ?? 'scalar');
+    }
+    if (op === '+' && Array.isArray(node.args)) {
+      const [a, b] = (node.args as unknown[]).filter(isNode).map(visit);
+      if (a === undefined || b === undefined) return { cost: 1, size: 1, kind: 'scalar' };
+      // List concatenation copies both sides; string and number addition is one native step (a string's size still grows).
+      const list = a.kind === 'list' || b.kind === 'list';
+      return { cost: a.cost + b.cost + (list ? a.size + b.size : 1), size: a.kind === 'scalar' && b.kind === 'scalar' ? 1 : a.size + b.size, kind: list ? 'list' : a.kind === 'string' || b.kind === 'string' ? 'string' : 'scalar' };
+    }
+    if ((op === 'in' || op === '==' || op === '!=') && Array.isArray(node.args)) {
+      const [a, b] = (node.args as unknown[]).filter(isNode).map(visit);
+      if (a === undefined || b === undefined) return { cost: 1, size: 1, kind: 'scalar' };
+      // Membership scans a list (a map lookup is cheaper: counted the same); equality of lists compares element by element.
+      const work = op === 'in' ? (b.kind === 'list' ? b.size : 1) : a.kind === 'list' && b.kind === 'list' ? Math.min(a.size, b.size) : 1;
+      return { cost: a.cost + b.cost + work, size: 1, kind: 'scalar' };
     }
     const args: unknown = node.args;
-    if (isNode(args)) visit(args, insideComprehension);
-    else if (Array.isArray(args)) {
+    if (isNode(args)) return sum([visit(args)]);
+    if (Array.isArray(args)) {
+      const parts: Estimate[] = [];
       for (const a of args) {
-        if (isNode(a)) visit(a, insideComprehension);
+        if (isNode(a)) parts.push(visit(a));
         // Map literal entries are [key, value] pairs.
-        else if (Array.isArray(a)) for (const b of a) if (isNode(b)) visit(b, insideComprehension);
+        else if (Array.isArray(a)) for (const b of a) if (isNode(b)) parts.push(visit(b));
       }
+      if (op === 'list' || op === 'map') return { cost: parts.reduce((n, e) => n + e.cost, 1), size: Math.max(1, args.length), kind: 'list' };
+      // ?: yields one of its branches; the rest (&&, ||, comparisons, arithmetic) yield scalars.
+      return op === '?:' ? { ...sum(parts), kind: parts[1]?.kind ?? 'scalar' } : sum(parts);
     }
+    return { cost: 1, size: 1, kind: 'scalar' };
   };
-  visit(root, false);
+  const { cost } = visit(root);
   const region: RuleReads['region'] = wholeRegion ? 'all' : [...regionFields].sort();
   return {
     reads: { vm: variables.has('vm'), operation: variables.has('operation'), cost: variables.has('cost'), region: variables.has('region') ? region : [] },
+    cost,
     problems,
   };
 }
 
-type CompiledCondition = { ok: true; program: (context: object) => unknown; reads: RuleReads } | { ok: false; problems: { offset?: number; problem: string }[] };
+type CompiledCondition = { ok: true; program: (context: object) => unknown; reads: RuleReads; cost: number } | { ok: false; problems: { offset?: number; problem: string }[] };
 
 /** One condition: parse, type-check (its type must be bool), bounds, reads. */
 export function compileCondition(condition: string): CompiledCondition {
@@ -219,15 +308,17 @@ export function compileCondition(condition: string): CompiledCondition {
   }
   if (checked.type !== 'bool') return { ok: false, problems: [{ offset: 0, problem: `is of type ${checked.type ?? 'unknown'}, expected bool (a condition states what must hold)` }] };
   const program = ENVIRONMENT.parse(condition);
-  const { reads, problems } = analyse(program.ast);
+  const { reads, cost, problems } = analyse(program.ast);
+  if (cost > POLICY_MAX_RULE_COST) problems.push({ offset: 0, problem: `is estimated to cost ${cost} evaluation steps, above the ${POLICY_MAX_RULE_COST} a rule may (comprehensions cost their list's largest size times their body: iterate over fewer or shorter lists, or split the rule)` });
   if (problems.length > 0) return { ok: false, problems };
-  return { ok: true, program: program as (context: object) => unknown, reads };
+  return { ok: true, program: program as (context: object) => unknown, reads, cost };
 }
 
 /** Compiles every rule of the set, or throws PolicyCompileError with every problem found. */
 export function compilePolicySet(set: PolicySet): PolicyEvaluator {
   const rules: CompiledRule[] = [];
   const problems: PolicyProblem[] = [];
+  let setCost = 0;
   for (const policy of set.policies) {
     for (const rule of policy.rules) {
       const compiled = compileCondition(rule.condition);
@@ -247,7 +338,11 @@ export function compilePolicySet(set: PolicySet): PolicyEvaluator {
         program: compiled.program,
         reads: compiled.reads,
       });
+      setCost += compiled.cost;
     }
+  }
+  if (setCost > POLICY_MAX_SET_COST) {
+    problems.push({ policy: '', rule: '', problem: `the set's rules are estimated to cost ${setCost} evaluation steps together, above the ${POLICY_MAX_SET_COST} a policy set may` });
   }
   if (problems.length > 0) throw new PolicyCompileError(problems);
   return new PolicyEvaluator(set.version, rules);
