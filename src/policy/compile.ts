@@ -39,6 +39,11 @@
  *   (it would hide the variable, and the read analysis below relies on
  *   those names meaning the variables).
  *
+ * Simple conditions (only leaves that cannot fail, joined by !, && and ||:
+ * `cost <= 2.0`, `region.jurisdiction == 'eu'`, `'hipaa' in
+ * region.compliance`) run as closures (native.ts), the rest through the CEL
+ * interpreter; both give the same answers (tested against each other).
+ *
  * Read analysis: for each rule, whether the condition reads `vm`,
  * `operation`, `cost`, and which `region` fields (by `.field` or
  * `['field']`); `region` used any other way counts as reading all of it.
@@ -57,6 +62,7 @@ import { type PolicySet } from './document.ts';
 import { POLICY_VARIABLES, PolicyRegion, PolicyVm, REGION_FIELDS, REGION_FIELD_NAMES, VM_FIELDS, type PolicyVariable, type RegionField } from './facts.ts';
 import { compileSelector } from './selector.ts';
 import { PolicyEvaluator, type CompiledRule, type RuleReads } from './evaluate.ts';
+import { nativeCondition } from './native.ts';
 
 export const POLICY_MAX_AST_NODES = 512;
 export const POLICY_MAX_DEPTH = 32;
@@ -296,7 +302,15 @@ function analyse(root: ASTNode): Analysis {
   };
 }
 
-type CompiledCondition = { ok: true; program: (context: object) => unknown; reads: RuleReads; cost: number } | { ok: false; problems: { offset?: number; problem: string }[] };
+type CompiledCondition =
+  /** `native`: evaluated by a closure (native.ts) rather than the CEL interpreter. */
+  | { ok: true; program: (context: object) => unknown; reads: RuleReads; cost: number; native: boolean }
+  | { ok: false; problems: { offset?: number; problem: string }[] };
+
+/** The CEL interpreter's program for a condition, without the policy checks: the reference native.ts is tested against. */
+export function interpretedCondition(condition: string): ((context: object) => unknown) & { readonly ast: ASTNode } {
+  return ENVIRONMENT.parse(condition);
+}
 
 /** One condition: parse, type-check (its type must be bool), bounds, reads. */
 export function compileCondition(condition: string): CompiledCondition {
@@ -309,9 +323,10 @@ export function compileCondition(condition: string): CompiledCondition {
   if (checked.type !== 'bool') return { ok: false, problems: [{ offset: 0, problem: `is of type ${checked.type ?? 'unknown'}, expected bool (a condition states what must hold)` }] };
   const program = ENVIRONMENT.parse(condition);
   const { reads, cost, problems } = analyse(program.ast);
+  const native = nativeCondition(program.ast);
   if (cost > POLICY_MAX_RULE_COST) problems.push({ offset: 0, problem: `is estimated to cost ${cost} evaluation steps, above the ${POLICY_MAX_RULE_COST} a rule may (comprehensions cost their list's largest size times their body: iterate over fewer or shorter lists, or split the rule)` });
   if (problems.length > 0) return { ok: false, problems };
-  return { ok: true, program: program as (context: object) => unknown, reads, cost };
+  return { ok: true, program: (native ?? program) as (context: object) => unknown, reads, cost, native: native !== null };
 }
 
 /** Compiles every rule of the set, or throws PolicyCompileError with every problem found. */

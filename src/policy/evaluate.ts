@@ -29,7 +29,8 @@
  *   distinct value of those fields (PolicyRegion.key), which is what keeps
  *   placement over 1 000 regions with 50 rules inside its budget. Rules that
  *   read `cost` or the whole `region` run per candidate.
- *   test/unit/policy-evaluate.test.ts checks shared and unshared agree.
+ *   test/unit/policy-evaluate.test.ts checks a scope's verdicts equal
+ *   evaluate()'s, which shares nothing.
  * - Bounded: at most POLICY_MAX_RULES rules per call, each bounded by
  *   compile.ts's static limits.
  */
@@ -127,6 +128,8 @@ function verdictOf(hits: HitWithOrdinal[]): PolicyVerdict {
 }
 
 interface RuleGroup {
+  /** The fields, comma-joined: names the group and its composite key. */
+  readonly signature: string;
   readonly fields: readonly RegionField[];
   readonly rules: CompiledRule[];
   readonly memo: Map<string, readonly HitWithOrdinal[]>;
@@ -161,7 +164,7 @@ export class PolicyScope {
         const signature = region.join(',');
         let group = groups.get(signature);
         if (group === undefined) {
-          group = { fields: region, rules: [], memo: new Map() };
+          group = { signature, fields: region, rules: [], memo: new Map() };
           groups.set(signature, group);
           this.#groups.push(group);
         }
@@ -173,24 +176,23 @@ export class PolicyScope {
 
   evaluate(region: PolicyRegion, cost: number): PolicyVerdict {
     if (this.applicable === 0) return ALLOWED;
+    // Placement calls this for every candidate: no closures, no arrays unless a rule fires.
     const context = { vm: this.#vm, region, cost, operation: this.#operation };
-    let hits: HitWithOrdinal[] | null = null;
-    const add = (more: readonly HitWithOrdinal[]): void => {
-      if (more.length > 0) (hits ??= []).push(...more);
-    };
-    if (this.#fixedHits === null) this.#fixedHits = this.#runAll(this.#fixedRules, context);
-    add(this.#fixedHits);
+    this.#fixedHits ??= this.#runAll(this.#fixedRules, context);
+    let hits: HitWithOrdinal[] | null = this.#fixedHits.length === 0 ? null : [...this.#fixedHits];
     for (const group of this.#groups) {
-      const f = group.fields;
-      const key = f.length === 1 ? region.key(f[0] as RegionField) : f.map((field) => region.key(field)).join('\u0002');
+      const key = region.keyOf(group.signature, group.fields);
       let outcome = group.memo.get(key);
       if (outcome === undefined) {
         outcome = this.#runAll(group.rules, context);
         group.memo.set(key, outcome);
       }
-      add(outcome);
+      if (outcome.length > 0) (hits ??= []).push(...outcome);
     }
-    if (this.#perCandidate.length > 0) add(this.#runAll(this.#perCandidate, context));
+    if (this.#perCandidate.length > 0) {
+      const outcome = this.#runAll(this.#perCandidate, context);
+      if (outcome.length > 0) (hits ??= []).push(...outcome);
+    }
     return hits === null ? ALLOWED : verdictOf(hits);
   }
 
@@ -224,24 +226,21 @@ export class PolicyEvaluator {
     return new PolicyScope(this.#rules, vm, operation);
   }
 
-  /** One (VM, candidate, operation). */
+  /**
+   * One (VM, candidate, operation), every applicable rule run afresh: what
+   * the state machine asks per assignment (a scope's sharing buys nothing
+   * for one candidate and costs its set-up), and the reference the sharing
+   * in PolicyScope is tested against.
+   */
   evaluate(input: PolicyInput): PolicyVerdict {
     if (this.#rules.length === 0) return ALLOWED;
-    return this.forVm(input.vm, input.operation).evaluate(input.region, input.cost);
-  }
-
-  /**
-   * The same verdict as evaluate(), computed rule by rule with nothing
-   * shared: the reference the sharing in PolicyScope is tested against.
-   */
-  evaluateUnshared(input: PolicyInput): PolicyVerdict {
-    const hits: HitWithOrdinal[] = [];
+    let hits: HitWithOrdinal[] | null = null;
     for (const rule of this.#rules) {
       if (!rule.selector(input.vm, input.operation)) continue;
       const hit = run(rule, input);
-      if (hit !== null) hits.push(hit);
+      if (hit !== null) (hits ??= []).push(hit);
     }
-    return verdictOf(hits);
+    return hits === null ? ALLOWED : verdictOf(hits);
   }
 }
 

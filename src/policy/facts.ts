@@ -134,6 +134,7 @@ export class PolicyRegion {
   readonly compliance: readonly string[];
   readonly labels: Readonly<Record<string, string>>;
   #keys: Partial<Record<RegionField, string>> = {};
+  #composite: Map<string, string> | undefined;
 
   constructor(region: PolicyRegionInput) {
     this.name = region.name;
@@ -144,6 +145,21 @@ export class PolicyRegion {
     this.jurisdiction = region.jurisdiction;
     this.compliance = region.compliance;
     this.labels = region.labels;
+  }
+
+  /**
+   * The key of several fields at once (`signature` names them, e.g.
+   * `compliance,jurisdiction`), cached: placement asks it of every candidate
+   * for every group of rules, and a region's facts outlive one decision.
+   */
+  keyOf(signature: string, fields: readonly RegionField[]): string {
+    if (fields.length === 1) return this.key(fields[0] as RegionField);
+    let cached = this.#composite?.get(signature);
+    if (cached === undefined) {
+      cached = fields.map((f) => this.key(f)).join('\u0002');
+      (this.#composite ??= new Map()).set(signature, cached);
+    }
+    return cached;
   }
 
   /** A string that is equal for two regions exactly when `field` is (lists and maps in their sorted order). */
