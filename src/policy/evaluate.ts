@@ -148,10 +148,12 @@ export class PolicyScope {
   readonly #perCandidate: CompiledRule[] = [];
   /** How many rules' selectors matched. */
   readonly applicable: number;
+  readonly #context: { readonly vm: PolicyVm; region: PolicyRegion | null; cost: number; readonly operation: PolicyOperation };
 
   constructor(rules: readonly CompiledRule[], vm: PolicyVm, operation: PolicyOperation) {
     this.#vm = vm;
     this.#operation = operation;
+    this.#context = { vm, region: null, cost: 0, operation };
     const groups = new Map<string, RuleGroup>();
     let applicable = 0;
     for (const rule of rules) {
@@ -176,8 +178,11 @@ export class PolicyScope {
 
   evaluate(region: PolicyRegion, cost: number): PolicyVerdict {
     if (this.applicable === 0) return ALLOWED;
-    // Placement calls this for every candidate: no closures, no arrays unless a rule fires.
-    const context = { vm: this.#vm, region, cost, operation: this.#operation };
+    // Placement calls this for every candidate: no allocation unless a rule fires. The context is reused:
+    // a condition reads it only while it runs.
+    const context = this.#context;
+    context.region = region;
+    context.cost = cost;
     this.#fixedHits ??= this.#runAll(this.#fixedRules, context);
     let hits: HitWithOrdinal[] | null = this.#fixedHits.length === 0 ? null : [...this.#fixedHits];
     for (const group of this.#groups) {

@@ -99,6 +99,11 @@ export function nativeCondition(node: ASTNode): NativeCondition | null {
     const v: unknown = node.args;
     return typeof v === 'boolean' ? () => v : null;
   }
+  if (op === '.') {
+    // A bool field on its own: `vm.spot`, `region.spot`.
+    const field = operand(node);
+    return field?.kind === 'bool' ? (ctx) => field.get(ctx) === true : null;
+  }
   if (op === '!_') {
     const inner = isNode(node.args) ? nativeCondition(node.args) : null;
     return inner === null ? null : (ctx) => !inner(ctx);
