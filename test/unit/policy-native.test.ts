@@ -33,7 +33,7 @@ const leaf: fc.Arbitrary<string> = fc.oneof(
   fc.subarray(['eu', 'us', 'ch']).map((l) => `region.jurisdiction in [${l.map((x) => `'${x}'`).join(', ')}]`),
   word.filter((w) => /^[a-z]+$/.test(w)).map((w) => `has(vm.tags.${w})`),
   word.filter((w) => /^[a-z]+$/.test(w)).map((w) => `has(region.labels.${w})`),
-  fc.constantFrom('true', 'false', 'region.trust == \'trusted\'', "vm.name != 'web1'"),
+  fc.constantFrom('true', 'false', 'region.trust == \'trusted\'', "vm.name != 'web1'", 'vm.spot', 'region.spot'),
 );
 
 const condition: fc.Arbitrary<string> = fc.letrec<{ c: string }>((tie) => ({
