@@ -28,7 +28,7 @@
 import { DwcpError } from '../errors.ts';
 import { z } from 'zod';
 import { formatIssue, pathString } from '../config/issues.ts';
-import { FLEET_MAX_HOURLY_USD, FleetVmSpecSchema, fleetName, labels, normaliseSpec } from './spec.ts';
+import { FLEET_MAX_HOURLY_USD, FleetVmSpecSchema, fleetName, labels, normaliseSpec, sortedRecord } from './spec.ts';
 import { POLICY_OPERATIONS, PoliciesSchema, normalisePolicies } from '../policy/document.ts';
 
 /** 0x00 'f' 'l' 't' and the encoding version. */
@@ -200,12 +200,6 @@ export class FleetCommandError extends DwcpError<'invalid'> {
     super('invalid', `invalid fleet command: ${problems.join('; ')}`);
     this.problems = problems;
   }
-}
-
-function sortedRecord(record: Readonly<Record<string, string>>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const key of Object.keys(record).sort()) out[key] = record[key] as string;
-  return out;
 }
 
 /** One command, one shape: defaults filled, lists and maps in a fixed order where order carries no meaning. */

@@ -104,19 +104,8 @@ export class PolicyVm {
   }
 }
 
-export interface PolicyRegionInput {
-  readonly name: string;
-  readonly provider: string;
-  readonly providerKind: string;
-  readonly spot: boolean;
-  readonly trust: PolicyTrust;
-  /** '' when none is declared. */
-  readonly jurisdiction: string;
-  /** Sorted. */
-  readonly compliance: readonly string[];
-  /** Sorted by key. */
-  readonly labels: Readonly<Record<string, string>>;
-}
+/** What a PolicyRegion is built from: its fields (jurisdiction '' when none is declared; compliance sorted; labels sorted by key). */
+export type PolicyRegionInput = Pick<PolicyRegion, RegionField>;
 
 /**
  * `region`: one candidate (region, provider)'s facts. Also carries, per

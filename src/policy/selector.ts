@@ -22,28 +22,12 @@
  * so it encodes one way.
  */
 import { z } from 'zod';
-import { fleetName, labelKey, labels, parseSize } from '../fleet/spec.ts';
+import { fleetName, labelKey, labels, nameSet, parseSize, sortedRecord } from '../fleet/spec.ts';
 import type { PolicyOperation } from './document.ts';
 import type { PolicyVm } from './facts.ts';
 
 /** Listed here rather than imported: document.ts imports this module. */
 const OPERATIONS = ['create', 'place', 'burst', 'migrate', 'failover', 'failback'] as const satisfies readonly PolicyOperation[];
-const MAX_ITEMS = 256;
-
-function distinct<T extends z.ZodType<string>>(item: T) {
-  return z
-    .array(item)
-    .min(1)
-    .max(MAX_ITEMS)
-    .superRefine((items, ctx) => {
-      const seen = new Set<string>();
-      items.forEach((v, i) => {
-        if (seen.has(v)) ctx.addIssue({ code: 'custom', path: [i], input: v, params: { sentence: true }, message: 'is listed twice' });
-        seen.add(v);
-      });
-    });
-}
-
 /** Bytes as a number, or a size string (`4GiB`) turned into bytes. */
 const size = z.union([
   z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
@@ -65,22 +49,16 @@ function range<T extends z.ZodType<number>>(bound: T) {
 }
 
 export const SelectorSchema = z.strictObject({
-  names: distinct(fleetName).optional(),
+  names: nameSet(fleetName).optional(),
   labels: labels.optional(),
-  hasLabels: distinct(labelKey).optional(),
-  operations: distinct(z.enum(OPERATIONS)).optional(),
+  hasLabels: nameSet(labelKey).optional(),
+  operations: nameSet(z.enum(OPERATIONS)).optional(),
   spot: z.boolean().optional(),
   vcpus: range(z.number().int().min(0).max(1_000_000)).optional(),
   memory: range(size).optional(),
 });
 
 export type Selector = z.infer<typeof SelectorSchema>;
-
-function sortedRecord(record: Readonly<Record<string, string>>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const key of Object.keys(record).sort()) out[key] = record[key] as string;
-  return out;
-}
 
 function bounds(r: { min?: number | undefined; max?: number | undefined }): { min?: number; max?: number } {
   return { ...(r.min === undefined ? {} : { min: r.min }), ...(r.max === undefined ? {} : { max: r.max }) };
