@@ -30,7 +30,7 @@
  *   compliance marks, strings ≤ 256 characters). Measured here at ≤ ~115 ns
  *   a step, so a rule costs at most ~0.6 ms and a set ~6 ms per candidate
  *   (test/unit/policy-compile.test.ts times the costliest admitted rule);
- *   the examples in config/policies cost 4 to 80 steps;
+ *   the examples in config/policies cost 3 to 71 steps;
  * - no `matches` (regular expressions): JavaScript's engine backtracks, so a
  *   pattern can take exponential time whatever its input's size;
  *   startsWith, endsWith, contains and `in` cover what placement rules need;
