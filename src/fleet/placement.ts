@@ -295,15 +295,18 @@ function unknownRegions(c: FleetConstraints, view: PlacementView, origin: string
 
 const NO_COUNTS: ReadonlyMap<string, number> = new Map();
 
-/** A candidate's policy facts, built once per provider of a view (a view is reused across decisions where it can be). */
-const regionFacts = new WeakMap<PlacementProviderView, PolicyRegion>();
+/**
+ * A candidate's policy facts, built once per (region, provider) of a view (a
+ * view is reused across decisions where it can be). Keyed by both objects:
+ * they are immutable, so the facts derived from the pair cannot go stale.
+ */
+const regionFacts = new WeakMap<PlacementRegionView, WeakMap<PlacementProviderView, PolicyRegion>>();
 
 function policyRegionFor(region: PlacementRegionView, provider: PlacementProviderView): PolicyRegion {
-  let facts = regionFacts.get(provider);
-  if (facts === undefined) {
-    facts = policyRegionOf(region, provider);
-    regionFacts.set(provider, facts);
-  }
+  let byProvider = regionFacts.get(region);
+  if (byProvider === undefined) regionFacts.set(region, (byProvider = new WeakMap()));
+  let facts = byProvider.get(provider);
+  if (facts === undefined) byProvider.set(provider, (facts = policyRegionOf(region, provider)));
   return facts;
 }
 
