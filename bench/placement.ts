@@ -4,7 +4,11 @@
  * VMs, with specs carrying 5 constraints (jurisdictions, compliance, max $/h,
  * max RTT to a named region, an anti-affinity group), under both strategies.
  * Reports decisions per second and p50/p99 per decision against the issue's
- * floor (≥ 1 000 decisions/s and p99 ≤ 5 ms at 1 000 regions).
+ * floor (≥ 1 000 decisions/s and p99 ≤ 5 ms at 1 000 regions), without
+ * policies and with each --rules count (default 0 and 50): the policy set of
+ * bench/policy.ts (every rule applies to every VM), put into the fleet by a
+ * set-policy through the state machine, so placement filters through the
+ * log's own compiled evaluator.
  *
  * Invariants:
  * - The fleet is built through the fleet state machine's own apply (register
@@ -23,12 +27,13 @@
 import { Prng } from '../test/sim/prng.ts';
 import type { FleetCommand, RegionProviderDeclaration } from '../src/fleet/commands.ts';
 import { parseFleetCommand } from '../src/fleet/commands.ts';
-import type { PlacementStrategy, PlacementView } from '../src/fleet/placement.ts';
+import type { ObservedFleet, PlacementStrategy, PlacementView } from '../src/fleet/placement.ts';
 import { PLACEMENT_STRATEGIES, buildPlacementView, place, resolvePlacementOptions } from '../src/fleet/placement.ts';
 import type { FleetVmSpec } from '../src/fleet/spec.ts';
 import { constraintCount, parseFleetVmSpec } from '../src/fleet/spec.ts';
 import { FleetStateMachine } from '../src/fleet/state-machine.ts';
 import { defineBench, FlagError, intFlag, machineFacts, progress, quantile, renderTable, significant } from './run.ts';
+import { benchPolicies } from './policy.ts';
 
 const GIB = 1024 ** 3;
 const FLOOR_DECISIONS_PER_S = 1000;
@@ -40,6 +45,8 @@ const ANTI_AFFINITY_GROUPS = 1000;
 
 export interface PlacementBenchOptions {
   regions: number[];
+  /** Policy rule counts, one set of cases each (0: no policy). */
+  rules: number[];
   vms: number;
   decisions: number;
   warmup: number;
@@ -49,6 +56,8 @@ export interface PlacementBenchOptions {
 export interface BenchFleet {
   state: FleetStateMachine;
   view: PlacementView;
+  /** Health and RTT, to rebuild the view after a policy change. */
+  observed: ObservedFleet;
   regionNames: string[];
   /** Time to apply every register-region, create and assign. */
   setupMs: number;
@@ -135,8 +144,9 @@ export function buildBenchFleet(regionCount: number, vmCount: number, seed: numb
   });
   const health = new Map(regionNames.map((name) => [name, { phi: significant(rng.next() * 3, 3), suspected: rng.chance(0.01) }]));
   const viewStarted = performance.now();
-  const view = buildPlacementView(state, { health, rttMs: rtt });
-  return { state, view, regionNames, setupMs, viewBuildMs: performance.now() - viewStarted };
+  const observed: ObservedFleet = { health, rttMs: rtt };
+  const view = buildPlacementView(state, observed);
+  return { state, view, observed, regionNames, setupMs, viewBuildMs: performance.now() - viewStarted };
 }
 
 function expectOk(result: ReturnType<FleetStateMachine['apply']>, what: string): void {
@@ -173,6 +183,8 @@ export function benchSpecs(regionNames: readonly string[], count: number, seed: 
 interface CaseResult {
   regions: number;
   strategy: PlacementStrategy;
+  /** Policy rules in force (all apply to every spec). */
+  rules: number;
   vms: number;
   vms_assigned: number;
   constraints: number;
@@ -189,6 +201,43 @@ interface CaseResult {
   view_build_ms: number;
 }
 
+/** Puts a policy set of `rules` rules (bench/policy.ts's mix; 0: none) into the fleet through the state machine, and rebuilds the view on it. */
+function setBenchPolicy(fleet: BenchFleet, rules: number): void {
+  const result = fleet.state.apply({ kind: 'set-policy', version: fleet.state.policy.version + 1, policies: rules === 0 ? [] : benchPolicies(rules) });
+  if (!result.ok) throw new Error(`bench policy: ${result.message}`);
+  const started = performance.now();
+  fleet.view = buildPlacementView(fleet.state, fleet.observed);
+  fleet.viewBuildMs = performance.now() - started;
+}
+
+/** Times `options.decisions` decisions on the fleet's current view. */
+function timeDecisions(fleet: BenchFleet, specs: readonly FleetVmSpec[], strategy: PlacementStrategy, options: PlacementBenchOptions) {
+  const placementOptions = resolvePlacementOptions({ strategy });
+  for (let i = 0; i < options.warmup; i++) place(specs[i % specs.length] as FleetVmSpec, fleet.view, placementOptions);
+  const times: number[] = [];
+  let placed = 0;
+  const cpuBefore = process.cpuUsage();
+  const started = process.hrtime.bigint();
+  for (let i = 0; i < options.decisions; i++) {
+    const t0 = process.hrtime.bigint();
+    const decision = place(specs[i % specs.length] as FleetVmSpec, fleet.view, placementOptions);
+    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    if (decision.ok) placed++;
+  }
+  const totalMs = Number(process.hrtime.bigint() - started) / 1e6;
+  const cpu = process.cpuUsage(cpuBefore);
+  return {
+    decisions: options.decisions,
+    placed,
+    refused: options.decisions - placed,
+    decisions_per_s: significant(options.decisions / (totalMs / 1000)),
+    p50_ms: significant(quantile(times, 0.5)),
+    p99_ms: significant(quantile(times, 0.99)),
+    max_ms: significant(Math.max(...times)),
+    cpu_ms_per_decision: significant((cpu.user + cpu.system) / 1000 / options.decisions),
+  };
+}
+
 async function runPlacementBench(options: PlacementBenchOptions): Promise<object> {
   const cases: CaseResult[] = [];
   for (const regionCount of options.regions) {
@@ -196,53 +245,37 @@ async function runPlacementBench(options: PlacementBenchOptions): Promise<object
     const fleet = buildBenchFleet(regionCount, options.vms, options.seed);
     const assigned = fleet.state.regions().reduce((n, r) => n + fleet.state.regionUsage(r.name).instances, 0);
     const specs = benchSpecs(fleet.regionNames, Math.min(1000, options.decisions), options.seed);
-    for (const strategy of PLACEMENT_STRATEGIES) {
-      const placementOptions = resolvePlacementOptions({ strategy });
-      for (let i = 0; i < options.warmup; i++) place(specs[i % specs.length] as FleetVmSpec, fleet.view, placementOptions);
-      const times: number[] = [];
-      let placed = 0;
-      const cpuBefore = process.cpuUsage();
-      const started = process.hrtime.bigint();
-      for (let i = 0; i < options.decisions; i++) {
-        const t0 = process.hrtime.bigint();
-        const decision = place(specs[i % specs.length] as FleetVmSpec, fleet.view, placementOptions);
-        times.push(Number(process.hrtime.bigint() - t0) / 1e6);
-        if (decision.ok) placed++;
+    for (const rules of options.rules) {
+      setBenchPolicy(fleet, rules);
+      for (const strategy of PLACEMENT_STRATEGIES) {
+        const timed = timeDecisions(fleet, specs, strategy, options);
+        cases.push({
+          regions: regionCount,
+          strategy,
+          rules,
+          vms: options.vms,
+          vms_assigned: assigned,
+          constraints: 5,
+          ...timed,
+          setup_ms: significant(fleet.setupMs),
+          view_build_ms: significant(fleet.viewBuildMs),
+        });
+        // Let the stderr progress through between cases.
+        await new Promise((resolve) => setImmediate(resolve));
       }
-      const totalMs = Number(process.hrtime.bigint() - started) / 1e6;
-      const cpu = process.cpuUsage(cpuBefore);
-      cases.push({
-        regions: regionCount,
-        strategy,
-        vms: options.vms,
-        vms_assigned: assigned,
-        constraints: 5,
-        decisions: options.decisions,
-        placed,
-        refused: options.decisions - placed,
-        decisions_per_s: significant(options.decisions / (totalMs / 1000)),
-        p50_ms: significant(quantile(times, 0.5)),
-        p99_ms: significant(quantile(times, 0.99)),
-        max_ms: significant(Math.max(...times)),
-        cpu_ms_per_decision: significant((cpu.user + cpu.system) / 1000 / options.decisions),
-        setup_ms: significant(fleet.setupMs),
-        view_build_ms: significant(fleet.viewBuildMs),
-      });
-      // Let the stderr progress through between cases.
-      await new Promise((resolve) => setImmediate(resolve));
     }
   }
   progress(
     renderTable(
-      ['regions', 'strategy', 'decisions/s', 'p50 ms', 'p99 ms', 'cpu ms', 'placed', 'view ms'],
-      cases.map((c) => [String(c.regions), c.strategy, String(c.decisions_per_s), String(c.p50_ms), String(c.p99_ms), String(c.cpu_ms_per_decision), `${c.placed}/${c.decisions}`, String(c.view_build_ms)]),
+      ['regions', 'strategy', 'rules', 'decisions/s', 'p50 ms', 'p99 ms', 'cpu ms', 'placed', 'view ms'],
+      cases.map((c) => [String(c.regions), c.strategy, String(c.rules), String(c.decisions_per_s), String(c.p50_ms), String(c.p99_ms), String(c.cpu_ms_per_decision), `${c.placed}/${c.decisions}`, String(c.view_build_ms)]),
     ),
   );
   const atFloor = cases.filter((c) => c.regions === FLOOR_REGIONS);
   return {
     bench: 'placement',
     ...machineFacts(),
-    options: { regions: options.regions, vms: options.vms, decisions: options.decisions, warmup: options.warmup, seed: options.seed, constraints: 5 },
+    options: { regions: options.regions, rules: options.rules, vms: options.vms, decisions: options.decisions, warmup: options.warmup, seed: options.seed, constraints: 5 },
     cases,
     floor: {
       regions: FLOOR_REGIONS,
@@ -257,6 +290,7 @@ async function runPlacementBench(options: PlacementBenchOptions): Promise<object
 export const placementBench = defineBench<PlacementBenchOptions>({
   flags: {
     regions: { default: '20,200,1000', description: 'region counts, comma-separated' },
+    rules: { default: '0,50', description: 'policy rule counts, comma-separated (0: no policy); each applies to every spec' },
     vms: { default: '100000', description: 'existing VMs in the fleet' },
     decisions: { default: '5000', description: 'timed decisions per case' },
     warmup: { default: '500', description: 'untimed decisions per case before timing' },
@@ -267,7 +301,11 @@ export const placementBench = defineBench<PlacementBenchOptions>({
     for (const n of regions) {
       if (!Number.isInteger(n) || n < 1 || n > 5000) throw new FlagError('regions', `region counts must be whole numbers from 1 to 5000, got "${flags.regions}"`);
     }
-    return { regions, vms: intFlag(flags, 'vms', 0), decisions: intFlag(flags, 'decisions'), warmup: intFlag(flags, 'warmup', 0), seed: intFlag(flags, 'seed', 0) };
+    const rules = (flags.rules ?? '').split(',').map((t) => Number(t.trim()));
+    for (const n of rules) {
+      if (!Number.isInteger(n) || n < 0 || n > 256) throw new FlagError('rules', `rule counts must be whole numbers from 0 to 256, got "${flags.rules}"`);
+    }
+    return { regions, rules, vms: intFlag(flags, 'vms', 0), decisions: intFlag(flags, 'decisions'), warmup: intFlag(flags, 'warmup', 0), seed: intFlag(flags, 'seed', 0) };
   },
   run: runPlacementBench,
 });

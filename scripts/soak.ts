@@ -1,7 +1,9 @@
 /**
- * Long runs of the deterministic simulators: `npm run soak -- raft|pbft|state|fleet [--seeds N]
+ * Long runs of the deterministic simulators: `npm run soak -- raft|pbft|state|fleet|policy [--seeds N]
  * [--from S] [--trace]`. The fleet runs at 200 regions × 5 000 VMs unless
- * FLEET_SIM_SIZE=small (the size `npm test` runs). Seeds run in order from S; the first failure prints
+ * FLEET_SIM_SIZE=small (the size `npm test` runs). `policy` runs one world of 100 random
+ * (spec, plan) cases per seed against its policy set (test/sim/policy-enforcement.ts):
+ * `--seeds 1000` is the issue's 100 000 cases. Seeds run in order from S; the first failure prints
  * its seed and replay command and exits non-zero. --trace prints every event
  * of the run (use with --seeds 1 to replay a failure).
  */
@@ -10,6 +12,7 @@ import { RaftSimulation, SimFailure, scenarioForSeed } from '../test/sim/cluster
 import { PbftSimFailure, PbftSimulation, pbftScenarioForSeed } from '../test/sim/pbft-cluster.ts';
 import { StateSimFailure, StateSimulation, stateScenarioForSeed } from '../test/sim/state-cluster.ts';
 import { FleetSimFailure, FleetSimulation, fleetScenarioForSeed, fleetSimSizeFrom } from '../test/sim/fleet-harness.ts';
+import { PolicyEnforcementFailure, runPolicySeed } from '../test/sim/policy-enforcement.ts';
 
 /** Each simulator: run one seed (throwing its failure type, whose message names the seed and the replay command). */
 const SIMULATORS: Record<string, { run(seed: number, trace?: (line: string) => void): { events: number }; failure: new (...args: never[]) => Error }> = {
@@ -17,6 +20,13 @@ const SIMULATORS: Record<string, { run(seed: number, trace?: (line: string) => v
   pbft: { run: (seed, trace) => new PbftSimulation(pbftScenarioForSeed(seed, trace)).run(), failure: PbftSimFailure },
   state: { run: (seed, trace) => new StateSimulation(stateScenarioForSeed(seed, trace)).run(), failure: StateSimFailure },
   fleet: { run: (seed, trace) => new FleetSimulation(fleetScenarioForSeed(seed, fleetSimSizeFrom(process.env['FLEET_SIM_SIZE'], 'large'), trace)).run(), failure: FleetSimFailure },
+  policy: {
+    run: (seed) => {
+      const report = runPolicySeed(seed);
+      return { ...report, events: report.assigns };
+    },
+    failure: PolicyEnforcementFailure,
+  },
 };
 
 const { positionals, values } = parseArgs({

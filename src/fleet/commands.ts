@@ -1,8 +1,8 @@
 /**
  * The fleet's log vocabulary: the typed commands that change desired state
  * (register a region's declared capacity, create a VM, assign it, set its
- * power state, delete it, purge its tombstone), their results, and one
- * deterministic encoding for log entries.
+ * power state, delete it, purge its tombstone, set the policy set), their
+ * results, and one deterministic encoding for log entries.
  *
  * Encoding: FLEET_ENTRY_MAGIC (5 bytes: 0x00 "flt" and a version byte) then
  * the command as canonical JSON (object keys sorted, no whitespace, no
@@ -28,7 +28,8 @@
 import { DwcpError } from '../errors.ts';
 import { z } from 'zod';
 import { formatIssue, pathString } from '../config/issues.ts';
-import { FLEET_MAX_HOURLY_USD, FleetVmSpecSchema, fleetName, labels, normaliseSpec } from './spec.ts';
+import { FLEET_MAX_HOURLY_USD, FleetVmSpecSchema, fleetName, labels, normaliseSpec, sortedRecord } from './spec.ts';
+import { POLICY_OPERATIONS, PoliciesSchema, normalisePolicies } from '../policy/document.ts';
 
 /** 0x00 'f' 'l' 't' and the encoding version. */
 export const FLEET_ENTRY_MAGIC: Uint8Array = Uint8Array.of(0x00, 0x66, 0x6c, 0x74, 0x01);
@@ -87,6 +88,12 @@ const RegisterRegionSchema = z
     kind: z.literal('register-region'),
     region: fleetName,
     jurisdiction: fleetName.optional(),
+    /**
+     * The node's trust level (config node.trust, defaulted from its provider):
+     * what policies see as region.trust. Optional, and without a default,
+     * so declarations logged before it existed still decode canonically.
+     */
+    trust: z.enum(['trusted', 'untrusted']).optional(),
     compliance: z.array(fleetName).max(64).default([]),
     labels: labels.default({}),
     providers: z.array(RegionProviderSchema).min(1).max(FLEET_MAX_PROVIDERS_PER_REGION),
@@ -121,24 +128,41 @@ const AssignSchema = z.strictObject({
   provider: fleetName,
   /** Must be above every generation this VM has had: a plan made on stale state loses. */
   generation: z.number().int().min(1).max(FLEET_MAX_GENERATION),
+  /**
+   * Why the VM goes there, as policies see it (`operation`): create or place
+   * for a VM's first assignment (which one follows from the spec, see
+   * src/fleet/policy-check.ts), burst, or migrate, failover or failback for
+   * a VM that is assigned. Absent (commands logged before policies existed,
+   * or a caller that does not say): the state machine derives it.
+   */
+  operation: z.enum(POLICY_OPERATIONS).optional(),
 });
 
 const SetPowerSchema = z.strictObject({ kind: z.literal('set-power'), vm: fleetName, power: z.enum(POWER_STATES) });
 const DeleteSchema = z.strictObject({ kind: z.literal('delete'), vm: fleetName });
 /** Drops a deleted VM's tombstone once its region confirmed the copy is gone. */
 const PurgeSchema = z.strictObject({ kind: z.literal('purge'), vm: fleetName });
+/**
+ * A new version of the fleet's policy set (src/policy/document.ts), replacing
+ * the whole set. It carries the policies themselves (conditions as CEL
+ * source), so every replica compiles the same thing at apply; `version` must
+ * be above the current one. An empty list clears every policy.
+ */
+const SetPolicySchema = z.strictObject({ kind: z.literal('set-policy'), version: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER), policies: PoliciesSchema });
 
-export const FleetCommandSchema = z.discriminatedUnion('kind', [RegisterRegionSchema, CreateSchema, AssignSchema, SetPowerSchema, DeleteSchema, PurgeSchema]);
+export const FleetCommandSchema = z.discriminatedUnion('kind', [RegisterRegionSchema, CreateSchema, AssignSchema, SetPowerSchema, DeleteSchema, PurgeSchema, SetPolicySchema]);
 
 export type FleetCommand = z.infer<typeof FleetCommandSchema>;
 export type FleetCommandInput = z.input<typeof FleetCommandSchema>;
 export type FleetCommandKind = FleetCommand['kind'];
 export type RegisterRegionCommand = Extract<FleetCommand, { kind: 'register-region' }>;
+export type SetPolicyCommand = Extract<FleetCommand, { kind: 'set-policy' }>;
+export type AssignCommand = Extract<FleetCommand, { kind: 'assign' }>;
 export type RegionProviderDeclaration = RegisterRegionCommand['providers'][number];
 export type ProviderPrices = z.infer<typeof PricesSchema>;
 export type DeclaredCapacity = z.infer<typeof CapacitySchema>;
 export type DeclaredQuota = z.infer<typeof QuotaSchema>;
-export const FLEET_COMMAND_KINDS = ['register-region', 'create', 'assign', 'set-power', 'delete', 'purge'] as const satisfies readonly FleetCommandKind[];
+export const FLEET_COMMAND_KINDS = ['register-region', 'create', 'assign', 'set-power', 'delete', 'purge', 'set-policy'] as const satisfies readonly FleetCommandKind[];
 
 /** Every way apply can refuse a command; stable words for callers and metrics. */
 export const FLEET_REJECT_CODES = [
@@ -156,11 +180,17 @@ export const FLEET_REJECT_CODES = [
   'capacity_below_usage',
   'provider_in_use',
   'not_deleted',
+  /** An enforced (deny) policy rule refuses the assignment; the message names the policy and rule. */
+  'policy_denied',
+  /** A set-policy whose policies do not compile; the message names policy, rule and position. */
+  'invalid_policy',
+  /** A set-policy whose version is not above the current one. */
+  'stale_policy_version',
 ] as const;
 export type FleetRejectCode = (typeof FLEET_REJECT_CODES)[number];
 
 export type FleetResult =
-  | { readonly ok: true; readonly kind: FleetCommandKind; readonly vm?: string; readonly region?: string; readonly generation?: number }
+  | { readonly ok: true; readonly kind: FleetCommandKind; readonly vm?: string; readonly region?: string; readonly generation?: number; readonly policyVersion?: number }
   /** Nothing changed; `message` is a sentence for the operator, with the numbers that decided it. */
   | { readonly ok: false; readonly code: FleetRejectCode; readonly message: string };
 
@@ -170,12 +200,6 @@ export class FleetCommandError extends DwcpError<'invalid'> {
     super('invalid', `invalid fleet command: ${problems.join('; ')}`);
     this.problems = problems;
   }
-}
-
-function sortedRecord(record: Readonly<Record<string, string>>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const key of Object.keys(record).sort()) out[key] = record[key] as string;
-  return out;
 }
 
 /** One command, one shape: defaults filled, lists and maps in a fixed order where order carries no meaning. */
@@ -199,8 +223,11 @@ function normaliseCommand(cmd: FleetCommand): FleetCommand {
           }),
       };
       if (cmd.jurisdiction !== undefined) out.jurisdiction = cmd.jurisdiction;
+      if (cmd.trust !== undefined) out.trust = cmd.trust;
       return out;
     }
+    case 'set-policy':
+      return { kind: 'set-policy', version: cmd.version, policies: normalisePolicies(cmd.policies) };
     default:
       return cmd;
   }

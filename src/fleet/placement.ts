@@ -12,7 +12,14 @@
  *    above options.maxPhi), rtt (maxRtt to the named region), anti-affinity
  *    (a VM of the group already there); then each provider of the region:
  *    constraint (allowed providers), spot, capacity (the ledger's shortfall),
- *    price (max $/h). A region survives with at least one provider.
+ *    price (max $/h), policy (an enforced rule of the view's policy set
+ *    denies the VM there under the operation: options.operation, or create /
+ *    place from the spec, src/fleet/policy-check.ts; the reason names the
+ *    policy, the rule and its message). A region survives with at least one
+ *    provider. Policy comes last because it is the dearest filter (CEL per
+ *    candidate); the state machine re-checks it at apply with the same
+ *    evaluator on the same facts, so a choice placement makes on the log's
+ *    state is one the log accepts.
  * 3. Scores each surviving (region, provider) as Σ weight × factor, each
  *    factor in [0, 1], higher better: cost (cheapest eligible $/h ÷ this $/h),
  *    rtt (1 − RTT ÷ scale, from the constraint's region or options.origin),
@@ -20,7 +27,8 @@
  *    scores 1 − that, spread scores it as is), health (1 − phi ÷ maxPhi),
  *    priority (spot capacity scores 1 − priority ÷ 1000: important VMs keep
  *    off spot), spread (1 ÷ (1 + VMs of the spec's spread group there)).
- *    A region's best provider represents it.
+ *    A region's best provider represents it. Audit and warn rules that fire
+ *    for a candidate do not exclude it; they ride along (`policy`).
  * 4. Chooses the highest score; ties go to the region name, then the
  *    provider name, in code-unit order. Returns the choice, the next two
  *    regions, and every region's explanation (excluded by what, or scored by
@@ -38,6 +46,10 @@
  * explanation eagerly: see bench/RESULTS.md for what each costs.
  */
 import type { FleetConstraints, FleetVmSpec } from './spec.ts';
+import type { PolicyOperation } from '../policy/document.ts';
+import { NO_POLICY, formatHit, type PolicyEvaluator, type PolicyHit, type PolicyScope, type PolicyVerdict } from '../policy/evaluate.ts';
+import type { PolicyRegion } from '../policy/facts.ts';
+import { describeDenial, firstAssignmentOperation, policyRegionOf, policyVmOf } from './policy-check.ts';
 import { FLEET_MAX_PRIORITY } from './spec.ts';
 import type { FleetGroupKind, FleetState } from './state-machine.ts';
 import type { ProviderFacts, RegionFacts, Resource, ResourceAmounts, ResourceLimits } from './ledger.ts';
@@ -50,7 +62,7 @@ export const PLACEMENT_FACTORS = ['cost', 'rtt', 'headroom', 'health', 'priority
 export type PlacementFactor = (typeof PLACEMENT_FACTORS)[number];
 export type PlacementWeights = { readonly [F in PlacementFactor]: number };
 
-export const PLACEMENT_FILTERS = ['constraint', 'health', 'rtt', 'anti-affinity', 'spot', 'capacity', 'price', 'providers'] as const;
+export const PLACEMENT_FILTERS = ['constraint', 'health', 'rtt', 'anti-affinity', 'spot', 'capacity', 'price', 'policy', 'providers'] as const;
 /** `providers`: the region's providers were excluded for different reasons (each is listed). */
 export type PlacementFilter = (typeof PLACEMENT_FILTERS)[number];
 
@@ -68,6 +80,8 @@ export interface PlacementOptions {
   readonly rttScaleMs: number;
   /** The region the request came from: RTT is scored from it when the spec names no maxRtt region. */
   readonly origin: string | null;
+  /** The operation policies see; absent: create or place, from the spec (a first assignment). */
+  readonly operation?: PolicyOperation;
 }
 
 export const DEFAULT_PLACEMENT_OPTIONS: PlacementOptions = { strategy: 'binpack', weights: DEFAULT_PLACEMENT_WEIGHTS, maxPhi: 8, rttScaleMs: 200, origin: null };
@@ -78,6 +92,8 @@ export interface PlacementProviderView extends ProviderFacts {
 }
 
 export interface PlacementRegionView extends RegionFacts {
+  /** The node's declared trust (policies' region.trust); absent or null: not declared. */
+  readonly trust?: 'trusted' | 'untrusted' | null;
   /** Sorted by name. */
   readonly providers: readonly PlacementProviderView[];
   /** The failure detector's phi for this region (0: heard from just now). */
@@ -95,6 +111,8 @@ export interface PlacementView {
   rttFrom(region: string): ReadonlyMap<string, number> | undefined;
   /** Live VMs of the group per region (anti-affinity and spread); read once per decision. */
   groupCounts(kind: FleetGroupKind, group: string): ReadonlyMap<string, number>;
+  /** The policy set candidates are filtered through (the log's, for a view of desired state). */
+  readonly policy: PolicyEvaluator;
 }
 
 export interface RegionHealth {
@@ -120,6 +138,7 @@ export function buildPlacementView(state: FleetState, observed: ObservedFleet = 
     return {
       name: region.name,
       jurisdiction: region.jurisdiction,
+      trust: region.trust,
       compliance: region.compliance,
       labels: region.labels,
       phi: health?.phi ?? 0,
@@ -127,7 +146,7 @@ export function buildPlacementView(state: FleetState, observed: ObservedFleet = 
       providers: region.providers.map((p) => ({ ...p, used: state.usage(region.name, p.name) ?? { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 } })),
     };
   });
-  return makePlacementView(regions, observed.rttMs ?? new Map(), (kind, group) => state.groupCounts(kind, group));
+  return makePlacementView(regions, observed.rttMs ?? new Map(), (kind, group) => state.groupCounts(kind, group), state.policy.evaluator);
 }
 
 /** A view from parts (tests, simulators, a driver with its own sources). Regions are sorted here. */
@@ -135,12 +154,13 @@ export function makePlacementView(
   regions: readonly PlacementRegionView[],
   rtt: ReadonlyMap<string, ReadonlyMap<string, number>>,
   groupCounts: (kind: FleetGroupKind, group: string) => ReadonlyMap<string, number>,
+  policy: PolicyEvaluator = NO_POLICY,
 ): PlacementView {
   if (regions.length > PLACEMENT_MAX_REGIONS) throw new RangeError(`placement view: ${regions.length} regions, above the ${PLACEMENT_MAX_REGIONS} limit`);
   const sorted = [...regions].sort((a, b) => compareNames(a.name, b.name));
   const byName = new Map(sorted.map((r) => [r.name, r]));
   if (byName.size !== sorted.length) throw new RangeError('placement view: two regions share a name');
-  return { regions: sorted, byName, rttFrom: (region) => rtt.get(region), groupCounts };
+  return { regions: sorted, byName, rttFrom: (region) => rtt.get(region), groupCounts, policy };
 }
 
 export interface FactorScore {
@@ -187,6 +207,8 @@ export interface ProviderExclusion {
   readonly provider: string;
   readonly filter: PlacementFilter;
   readonly reason: string;
+  /** Filter `policy`: the deny rules that fired, in the set's order. */
+  readonly denials?: readonly PolicyHit[];
 }
 
 export interface ScoredCandidate {
@@ -197,6 +219,8 @@ export interface ScoredCandidate {
   readonly factors: { readonly [F in PlacementFactor]: FactorScore };
   /** Other providers of the region: excluded (with why) or outscored. */
   readonly otherProviders: readonly (ProviderExclusion | { readonly provider: string; readonly score: number })[];
+  /** Audit and warn rules that fire for this candidate (present only when some do). */
+  readonly policy?: PolicyVerdict;
 }
 
 export interface ExcludedCandidate {
@@ -241,6 +265,7 @@ interface Survivor {
   headroom: number;
   headroomResource: Resource | null;
   rtt: number | undefined;
+  verdict: PolicyVerdict | null;
 }
 
 function compareNames(a: string, b: string): number {
@@ -270,6 +295,21 @@ function unknownRegions(c: FleetConstraints, view: PlacementView, origin: string
 
 const NO_COUNTS: ReadonlyMap<string, number> = new Map();
 
+/**
+ * A candidate's policy facts, built once per (region, provider) of a view (a
+ * view is reused across decisions where it can be). Keyed by both objects:
+ * they are immutable, so the facts derived from the pair cannot go stale.
+ */
+const regionFacts = new WeakMap<PlacementRegionView, WeakMap<PlacementProviderView, PolicyRegion>>();
+
+function policyRegionFor(region: PlacementRegionView, provider: PlacementProviderView): PolicyRegion {
+  let byProvider = regionFacts.get(region);
+  if (byProvider === undefined) regionFacts.set(region, (byProvider = new WeakMap()));
+  let facts = byProvider.get(provider);
+  if (facts === undefined) byProvider.set(provider, (facts = policyRegionOf(region, provider)));
+  return facts;
+}
+
 export function place(spec: FleetVmSpec, view: PlacementView, options: PlacementOptions = DEFAULT_PLACEMENT_OPTIONS): PlacementDecision {
   const c = spec.constraints;
   const unknown = unknownRegions(c, view, options.origin);
@@ -289,6 +329,7 @@ export function place(spec: FleetVmSpec, view: PlacementView, options: Placement
   const partial = new Map<number, ProviderExclusion[]>();
   let cheapest = Infinity;
   const constraintText = new Map<string, string>();
+  const scope: PolicyScope | null = view.policy.ruleCount === 0 ? null : view.policy.forVm(policyVmOf(spec), options.operation ?? firstAssignmentOperation(spec));
 
   for (let i = 0; i < view.regions.length; i++) {
     const region = view.regions[i] as PlacementRegionView;
@@ -346,6 +387,12 @@ export function place(spec: FleetVmSpec, view: PlacementView, options: Placement
         (out ??= []).push({ provider: provider.name, filter: problem.filter, reason: problem.reason });
         continue;
       }
+      const price = hourlyUsd(spec, provider.prices);
+      const verdict = scope === null ? null : scope.evaluate(policyRegionFor(region, provider), price);
+      if (verdict !== null && !verdict.allowed) {
+        (out ??= []).push({ provider: provider.name, filter: 'policy', reason: `${provider.name} ${describeDenial(verdict)}`, denials: verdict.denials });
+        continue;
+      }
       let headroom = 1;
       let headroomResource: Resource | null = null;
       for (const r of RESOURCES) {
@@ -357,9 +404,8 @@ export function place(spec: FleetVmSpec, view: PlacementView, options: Placement
           headroomResource = r;
         }
       }
-      const price = hourlyUsd(spec, provider.prices);
       if (price < cheapest) cheapest = price;
-      survivors.push({ regionIndex: i, region, provider, price, headroom, headroomResource, rtt });
+      survivors.push({ regionIndex: i, region, provider, price, headroom, headroomResource, rtt, verdict: verdict === null || verdict.audits.length + verdict.warnings.length === 0 ? null : verdict });
       kept++;
     }
     if (kept === 0) {
@@ -441,7 +487,8 @@ function scoreSurvivor(spec: FleetVmSpec, s: Survivor, cheapest: number, cheapes
   }
   // A fixed order of addition: the same inputs give the same float on every replica.
   const score = cost.contribution + rtt.contribution + headroom.contribution + health.contribution + priority.contribution + spread.contribution;
-  return { region: s.region.name, provider: s.provider.name, hourlyUsd: s.price, score, factors: { cost, rtt, headroom, health, priority, spread }, otherProviders: [] };
+  const candidate: ScoredCandidate = { region: s.region.name, provider: s.provider.name, hourlyUsd: s.price, score, factors: { cost, rtt, headroom, health, priority, spread }, otherProviders: [] };
+  return s.verdict === null ? candidate : { ...candidate, policy: s.verdict };
 }
 
 /** `needs 64 vCPUs, larger than every region's capacity: the largest is eu-west/local with 32 vCPUs`, or null when some provider could hold it empty. */
@@ -473,7 +520,8 @@ export function formatPlacement(decision: PlacementDecision): string[] {
   const lines: string[] = [];
   const scoredLine = (c: ScoredCandidate): string =>
     `${c.region}/${c.provider} score ${c.score.toFixed(3)} ($${formatUsd(c.hourlyUsd)}/h): ` +
-    PLACEMENT_FACTORS.map((f) => `${f} ${c.factors[f].contribution.toFixed(3)} (${c.factors[f].detail})`).join(', ');
+    PLACEMENT_FACTORS.map((f) => `${f} ${c.factors[f].contribution.toFixed(3)} (${c.factors[f].detail})`).join(', ') +
+    (c.policy === undefined ? '' : [...c.policy.audits, ...c.policy.warnings].map((h) => `; ${h.effect}: ${formatHit(h)}`).join(''));
   if (decision.ok) {
     lines.push(`choice: ${scoredLine(decision.choice)}`);
     decision.alternatives.forEach((a, i) => lines.push(`alternative ${i + 1}: ${scoredLine(a)}`));

@@ -1,7 +1,8 @@
 /**
  * What this region declares to the fleet log (register-region): its
  * providers with their capacity (on-premises) or quota (clouds), their
- * prices, and the region's labels, jurisdiction and compliance. A pure
+ * prices, and the region's labels, jurisdiction, compliance and trust (what
+ * policies see of the region, src/policy/facts.ts). A pure
  * function of the configuration and the pricing catalog, so every restart
  * declares the same thing and a changed config re-declares.
  *
@@ -25,7 +26,14 @@ export const UNPRICED_VCPU_HOUR_USD = 1;
 const GIB = 1024 ** 3;
 
 export interface RegionFactsConfig {
-  readonly node: { readonly name: string; readonly labels?: Readonly<Record<string, string>>; readonly jurisdiction?: string | undefined; readonly compliance?: readonly string[] };
+  readonly node: {
+    readonly name: string;
+    readonly labels?: Readonly<Record<string, string>>;
+    readonly jurisdiction?: string | undefined;
+    readonly compliance?: readonly string[];
+    /** Resolved by the config loader (node.trust, or from the node's provider). */
+    readonly trust?: 'trusted' | 'untrusted';
+  };
   readonly providers: readonly CloudProviderConfig[];
 }
 
@@ -38,6 +46,7 @@ export function regionDeclaration(config: RegionFactsConfig, catalog: Pick<Prici
     kind: 'register-region',
     region: node.name,
     ...(node.jurisdiction === undefined ? {} : { jurisdiction: node.jurisdiction }),
+    ...(node.trust === undefined ? {} : { trust: node.trust }),
     compliance: [...(node.compliance ?? [])],
     labels: { ...(node.labels ?? {}) },
     providers: config.providers.map((p) => providerDeclaration(p, catalog)),

@@ -25,7 +25,12 @@
  *   died): `placed`. A VM of that name with another spec is somebody
  *   else's: the request fails with name_taken.
  * - The scheduler never proposes what placement did not choose: the
- *   assignment is placement's choice on the given view.
+ *   assignment is placement's choice on the given view, policies included
+ *   (the view carries the log's policy set). The assign names its operation
+ *   (create when the spec pins one region, else place), which placement
+ *   evaluated and the state machine re-checks. A policy_denied refusal means
+ *   the policy set changed after the plan was made (a new version came
+ *   first): re-planned on fresh state like a capacity race.
  * - A scheduler with several plans in flight plans on withPlansInFlight(state,
  *   its plans): capacity its own unanswered plans will take counts as used,
  *   so its plans do not all race for the same cheapest slot. This is only
@@ -35,6 +40,7 @@ import { canonicalJson, type FleetCommand, type FleetRejectCode, type FleetResul
 import { DEFAULT_PLACEMENT_OPTIONS, buildPlacementView, place, type ObservedFleet, type PlacementDecision, type PlacementOptions, type ScoredCandidate } from './placement.ts';
 import { RESOURCES, demandOf, type ResourceAmounts } from './ledger.ts';
 import type { FleetVmSpec } from './spec.ts';
+import { firstAssignmentOperation } from './policy-check.ts';
 import type { FleetState } from './state-machine.ts';
 
 export const DEFAULT_SCHEDULER_ATTEMPTS = 5;
@@ -42,7 +48,7 @@ export const DEFAULT_SCHEDULER_ATTEMPTS = 5;
 export const SCHEDULER_MAX_ATTEMPTS = 100;
 
 /** Refusals another scheduler's plan can cause: worth a re-plan on fresh state. */
-export const REPLAN_CODES: readonly FleetRejectCode[] = ['insufficient_capacity', 'stale_generation', 'anti_affinity', 'constraint_violated', 'unknown_provider', 'name_taken'];
+export const REPLAN_CODES: readonly FleetRejectCode[] = ['insufficient_capacity', 'stale_generation', 'anti_affinity', 'constraint_violated', 'unknown_provider', 'name_taken', 'policy_denied'];
 
 export interface CreateRequest {
   readonly spec: FleetVmSpec;
@@ -142,7 +148,7 @@ export function planCreate(progress: SchedulingProgress, state: FleetState, obse
   const best = [decision.choice, ...decision.alternatives].slice(0, options.choices);
   const choice: ScoredCandidate = best[Math.min(best.length - 1, Math.floor(Math.max(0, draw) * best.length))] ?? decision.choice;
   const generation = (existing?.generation ?? 0) + 1;
-  const assign: FleetCommand = { kind: 'assign', vm: spec.name, region: choice.region, provider: choice.provider, generation };
+  const assign: FleetCommand = { kind: 'assign', vm: spec.name, region: choice.region, provider: choice.provider, generation, operation: firstAssignmentOperation(spec) };
   const commands: FleetCommand[] = createFirst ? [{ kind: 'create', spec, power }, assign] : [assign];
   return {
     kind: 'propose',
@@ -223,6 +229,9 @@ export function withPlansInFlight(state: FleetState, plans: Iterable<PlanInFligh
     },
     get applied() {
       return state.applied;
+    },
+    get policy() {
+      return state.policy;
     },
     regions: () => state.regions(),
     region: (name) => state.region(name),

@@ -45,8 +45,8 @@ export const labelValue = z.string().max(FLEET_MAX_LABEL_VALUE_LENGTH).regex(/^[
 
 export const labels = z.record(labelKey, labelValue).refine((l) => Object.keys(l).length <= FLEET_MAX_LABELS, { message: `a map of at most ${FLEET_MAX_LABELS} labels` });
 
-/** A list of distinct names; sorted by normaliseSpec so that order never changes the encoding. */
-function nameSet(item: z.ZodType<string>) {
+/** A list of distinct names (at most FLEET_MAX_CONSTRAINT_ITEMS); sorted by its normaliser so that order never changes the encoding. */
+export function nameSet<T extends z.ZodType<string>>(item: T) {
   return z
     .array(item)
     .min(1)
@@ -125,7 +125,8 @@ export function parseFleetVmSpec(input: unknown, root = 'spec'): FleetVmSpec {
   return checked.spec;
 }
 
-function sortedRecord(record: Readonly<Record<string, string>>): Record<string, string> {
+/** A copy with the keys in sorted order: one encoding for a map whose order carries no meaning. */
+export function sortedRecord(record: Readonly<Record<string, string>>): Record<string, string> {
   const out: Record<string, string> = {};
   for (const key of Object.keys(record).sort()) out[key] = record[key] as string;
   return out;

@@ -4,10 +4,11 @@
  * same order and reaches the same state and the same results.
  *
  * What it holds: the region catalogue (each region's declared providers,
- * capacity or quota, prices, labels, jurisdiction, compliance, registered by
- * register-region), the VMs (spec, desired power, current assignment, the
- * highest generation ever assigned, deleted or not), the capacity ledger and
- * per-group counts for anti-affinity and spread.
+ * capacity or quota, prices, labels, jurisdiction, compliance, trust,
+ * registered by register-region), the VMs (spec, desired power, current
+ * assignment, the highest generation ever assigned, deleted or not), the
+ * capacity ledger, per-group counts for anti-affinity and spread, and the
+ * policy set (its version, its policies, and their compiled evaluator).
  *
  * Rules enforced at apply (each refusal has a FleetRejectCode and a sentence):
  * - VM names are unique among live VMs; a create over a deleted VM's
@@ -19,6 +20,18 @@
  *   max $/h), keeps its anti-affinity group to one VM per region, and fits the
  *   ledger (declared limits minus what is assigned there, the VM's own current
  *   reservation given back first). So the ledger never over-commits.
+ * - Policy: every assignment (a first placement or a move) is re-checked
+ *   against the current policy set at apply, whatever its proposer
+ *   evaluated: an assignment an enforced (deny) rule refuses is rejected
+ *   policy_denied with the rule's message, so no path that picks a region
+ *   can bypass the policies. The assignment's operation (create, place,
+ *   burst, migrate, failover, failback) is the command's, checked against
+ *   the VM's state, or derived (src/fleet/policy-check.ts). Audit and warn
+ *   rules never refuse. A policy set that tightens later does not touch
+ *   VMs already assigned (continuous audit reports those).
+ * - set-policy: the version must be above the current one (versions only
+ *   grow); the policies must compile (invalid_policy names policy, rule and
+ *   position). Compiled once here, per version, never per command.
  * - A re-registration may not drop a provider that has VMs assigned nor
  *   shrink a limit below current usage.
  * - Bounds: limits.maxVms VM records (tombstones included), limits.maxRegions
@@ -53,10 +66,16 @@ import {
   type PowerState,
   type ProviderPrices,
   type RegisterRegionCommand,
+  type SetPolicyCommand,
+  type AssignCommand,
 } from './commands.ts';
 import type { ProviderFacts, RegionFacts, ResourceAmounts, ResourceLimits } from './ledger.ts';
-import { CapacityLedger, RESOURCES, ZERO_AMOUNTS, demandOf, describeShortfall, formatAmount, invariant, limitsOf, providerConstraintProblem, regionConstraintProblem } from './ledger.ts';
+import { CapacityLedger, RESOURCES, ZERO_AMOUNTS, demandOf, describeShortfall, formatAmount, hourlyUsd, invariant, limitsOf, providerConstraintProblem, regionConstraintProblem } from './ledger.ts';
 import { FleetVmSpecSchema, fleetName, normaliseSpec, type FleetVmSpec } from './spec.ts';
+import { EMPTY_POLICY_SET, PoliciesSchema, normalisePolicies, type PolicySpec } from '../policy/document.ts';
+import { PolicyCompileError, compilePolicySet } from '../policy/compile.ts';
+import { NO_POLICY, type PolicyEvaluator } from '../policy/evaluate.ts';
+import { assignmentOperation, describeDenial, policyRegionOf, policyVmOf } from './policy-check.ts';
 
 export const FLEET_DEFAULT_MAX_VMS = 1_048_576;
 export const FLEET_DEFAULT_MAX_REGIONS = 4096;
@@ -77,9 +96,23 @@ export interface FleetRegionProvider extends ProviderFacts {
 }
 
 export interface FleetRegion extends RegionFacts {
+  /** The node's trust level as declared; null for a declaration from before trust was declared. */
+  readonly trust: 'trusted' | 'untrusted' | null;
   /** Sorted by name. */
   readonly providers: readonly FleetRegionProvider[];
 }
+
+/** The fleet's current policy set. */
+export interface FleetPolicy {
+  /** 0 until a set-policy is applied; only grows. */
+  readonly version: number;
+  /** The policies of that version, normalised, in evaluation order. */
+  readonly policies: readonly PolicySpec[];
+  /** Compiled once when the version was applied or restored; what every check evaluates. */
+  readonly evaluator: PolicyEvaluator;
+}
+
+const NO_FLEET_POLICY: FleetPolicy = Object.freeze({ version: 0, policies: EMPTY_POLICY_SET.policies, evaluator: NO_POLICY });
 
 export interface FleetAssignment {
   readonly region: string;
@@ -117,6 +150,8 @@ export interface FleetState {
    * again from 0.
    */
   readonly applied: number;
+  /** The policy set every assignment is checked against (version 0: none). */
+  readonly policy: FleetPolicy;
   /** Sorted by name. */
   regions(): readonly FleetRegion[];
   region(name: string): FleetRegion | undefined;
@@ -154,6 +189,7 @@ function regionFromCommand(cmd: RegisterRegionCommand): FleetRegion {
   return {
     name: cmd.region,
     jurisdiction: cmd.jurisdiction ?? null,
+    trust: cmd.trust ?? null,
     compliance: [...cmd.compliance],
     labels: { ...cmd.labels },
     providers: cmd.providers.map((p) => ({ name: p.name, kind: p.kind, spot: p.spot, prices: { ...p.prices }, limits: limitsOf(p) })),
@@ -175,6 +211,7 @@ export class FleetStateMachine implements FleetState {
   #byRegion = new Map<string, Set<string>>();
   #ledger = new CapacityLedger();
   #applied = 0;
+  #policy: FleetPolicy = NO_FLEET_POLICY;
   #groups: Record<FleetGroupKind, Map<string, Map<string, number>>> = { 'anti-affinity': new Map(), spread: new Map() };
 
   constructor(limits: Partial<FleetLimits> = {}) {
@@ -195,6 +232,10 @@ export class FleetStateMachine implements FleetState {
 
   get applied(): number {
     return this.#applied;
+  }
+
+  get policy(): FleetPolicy {
+    return this.#policy;
   }
 
   regions(): readonly FleetRegion[] {
@@ -260,7 +301,9 @@ export class FleetStateMachine implements FleetState {
       case 'create':
         return this.#create(cmd.spec, cmd.power);
       case 'assign':
-        return this.#assign(cmd.vm, cmd.region, cmd.provider, cmd.generation);
+        return this.#assign(cmd);
+      case 'set-policy':
+        return this.#setPolicy(cmd);
       case 'set-power': {
         const vm = this.#live(cmd.vm);
         if ('code' in vm) return vm;
@@ -326,9 +369,13 @@ export class FleetStateMachine implements FleetState {
     return { ok: true, kind: 'create', vm: spec.name };
   }
 
-  #assign(name: string, regionName: string, providerName: string, generation: number): FleetResult {
+  #assign(cmd: AssignCommand): FleetResult {
+    const { vm: name, region: regionName, provider: providerName, generation } = cmd;
     const vm = this.#live(name);
     if ('code' in vm) return vm;
+    const current = vm.assignment;
+    const operation = assignmentOperation(vm.spec, current !== null, cmd.operation);
+    if (!operation.ok) return reject('invalid_command', operation.problem);
     if (generation <= vm.generation) return reject('stale_generation', `generation ${generation} is not above ${name}'s current generation ${vm.generation}`);
     const region = this.#regions.get(regionName);
     if (region === undefined) return reject('unknown_region', `no region named ${regionName} is registered`);
@@ -336,7 +383,11 @@ export class FleetStateMachine implements FleetState {
     if (provider === undefined) return reject('unknown_provider', `region ${regionName} has no provider ${providerName} (it has ${region.providers.map((p) => p.name).join(', ')})`);
     const problem = regionConstraintProblem(vm.spec, region) ?? providerConstraintProblem(vm.spec, provider)?.reason ?? null;
     if (problem !== null) return reject('constraint_violated', `${name} may not run in ${regionName}: ${problem}`);
-    const current = vm.assignment;
+    const { evaluator } = this.#policy;
+    if (evaluator.ruleCount > 0) {
+      const verdict = evaluator.evaluate({ vm: policyVmOf(vm.spec), region: policyRegionOf(region, provider), cost: hourlyUsd(vm.spec, provider.prices), operation: operation.operation });
+      if (!verdict.allowed) return reject('policy_denied', `${name} may not go to ${regionName}/${providerName} (${operation.operation}): ${describeDenial(verdict)}`);
+    }
     const group = vm.spec.constraints.antiAffinityGroup;
     if (group !== undefined) {
       const others = (this.groupCounts('anti-affinity', group).get(regionName) ?? 0) - (current?.region === regionName ? 1 : 0);
@@ -356,6 +407,20 @@ export class FleetStateMachine implements FleetState {
     vm.assignment = { region: regionName, provider: providerName, generation };
     vm.generation = generation;
     return { ok: true, kind: 'assign', vm: name, region: regionName, generation };
+  }
+
+  #setPolicy(cmd: SetPolicyCommand): FleetResult {
+    const current = this.#policy.version;
+    if (cmd.version <= current) return reject('stale_policy_version', `policy version ${cmd.version} is not above the current version ${current}`);
+    let evaluator: PolicyEvaluator;
+    try {
+      evaluator = compilePolicySet({ version: cmd.version, policies: cmd.policies });
+    } catch (err) {
+      if (err instanceof PolicyCompileError) return reject('invalid_policy', err.message);
+      throw err;
+    }
+    this.#policy = Object.freeze({ version: cmd.version, policies: cmd.policies, evaluator });
+    return { ok: true, kind: 'set-policy', policyVersion: cmd.version };
   }
 
   #delete(name: string): FleetResult {
@@ -413,7 +478,9 @@ export class FleetStateMachine implements FleetState {
   snapshot(): Uint8Array {
     const regions = [...this.#declarations.keys()].sort().map((name) => this.#declarations.get(name));
     const vms = [...this.#vms.keys()].sort().map((name) => this.#vms.get(name));
-    const body = new TextEncoder().encode(canonicalJson({ limits: this.limits, regions, vms }));
+    // The policy field only once a policy was set: a fleet without one snapshots as it did before policies existed.
+    const policy = this.#policy.version === 0 ? undefined : { version: this.#policy.version, policies: this.#policy.policies };
+    const body = new TextEncoder().encode(canonicalJson({ limits: this.limits, regions, vms, policy }));
     const bytes = new Uint8Array(FLEET_SNAPSHOT_MAGIC.byteLength + body.byteLength);
     bytes.set(FLEET_SNAPSHOT_MAGIC, 0);
     bytes.set(body, FLEET_SNAPSHOT_MAGIC.byteLength);
@@ -433,8 +500,16 @@ export class FleetStateMachine implements FleetState {
     }
     const parsed = SnapshotSchema.safeParse(raw, { reportInput: true });
     if (!parsed.success) throw new FleetSnapshotError(parsed.error.issues.map((issue) => formatIssue(issue, (path) => pathString(['snapshot', ...path]))).join('; '));
-    const { limits, regions, vms } = parsed.data;
+    const { limits, regions, vms, policy } = parsed.data;
     const machine = new FleetStateMachine(limits);
+    if (policy !== undefined) {
+      try {
+        machine.#policy = Object.freeze({ version: policy.version, policies: normalisePolicies(policy.policies), evaluator: compilePolicySet({ version: policy.version, policies: normalisePolicies(policy.policies) }) });
+      } catch (err) {
+        if (err instanceof PolicyCompileError) throw new FleetSnapshotError(`policy version ${policy.version}: ${err.message}`);
+        throw err;
+      }
+    }
     if (regions.length > limits.maxRegions || vms.length > limits.maxVms) throw new FleetSnapshotError(`holds ${regions.length} regions and ${vms.length} VMs, above its own limits`);
     for (const region of regions) {
       const result = machine.#registerRegion(parseFleetCommand(region) as RegisterRegionCommand);
@@ -485,4 +560,5 @@ const SnapshotSchema = z.strictObject({
   limits: z.strictObject({ maxVms: z.number().int().min(1), maxRegions: z.number().int().min(1) }),
   regions: z.array(FleetCommandSchema.refine((c) => c.kind === 'register-region', { message: 'a register-region declaration' })).transform((list) => list as RegisterRegionCommand[]),
   vms: z.array(SnapshotVmSchema),
+  policy: z.strictObject({ version: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER), policies: PoliciesSchema }).optional(),
 });

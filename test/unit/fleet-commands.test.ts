@@ -42,6 +42,28 @@ const commands: FleetCommandInput[] = [
   { kind: 'set-power', vm: 'web1', power: 'stopped' },
   { kind: 'delete', vm: 'web1' },
   { kind: 'purge', vm: 'web1' },
+  { kind: 'assign', vm: 'web1', region: 'eu-west', provider: 'local', generation: 4, operation: 'migrate' },
+  { kind: 'register-region', region: 'own', trust: 'trusted', providers: [localProvider(4, 8)] },
+  {
+    kind: 'set-policy',
+    version: 2,
+    policies: [
+      {
+        name: 'eu-residency',
+        description: 'Personal data stays in the EU.',
+        rules: [
+          {
+            name: 'personal-data-in-eu',
+            selector: { labels: { 'data-class': 'personal' }, operations: ['place', 'create'], memory: { min: '1GiB' } },
+            condition: "region.jurisdiction == 'eu'",
+            effect: 'deny',
+            message: 'personal data stays in EU regions',
+          },
+        ],
+      },
+    ],
+  },
+  { kind: 'set-policy', version: 3, policies: [] },
 ];
 
 const text = new TextDecoder();
@@ -63,6 +85,36 @@ describe('fleet command encoding', () => {
     const first = commands[0] as Extract<FleetCommandInput, { kind: 'register-region' }>;
     const reordered = { ...first, providers: [...first.providers].reverse(), compliance: ['gdpr', 'soc2'], labels: { zone: 'a', tier: 'gold' } };
     expect(encodeFleetCommand(reordered)).toEqual(encodeFleetCommand(first));
+  });
+
+  it('decodes commands logged before policies: an assign without operation, a register-region without trust', () => {
+    const assign = bytesOf('{"generation":1,"kind":"assign","provider":"local","region":"r","vm":"a"}');
+    expect(decodeFleetCommand(assign)).toEqual({ kind: 'assign', vm: 'a', region: 'r', provider: 'local', generation: 1 });
+    const region = bytesOf('{"compliance":[],"kind":"register-region","labels":{},"providers":[{"capacity":{"diskBytes":0,"memoryBytes":1073741824,"vcpus":1},"kind":"local","name":"local","prices":{"memoryGiBHourUsd":0,"vcpuHourUsd":0},"spot":false}],"region":"r"}');
+    expect(decodeFleetCommand(region)).not.toHaveProperty('trust');
+  });
+
+  it('a set-policy carries its policies in one normal form: sizes in bytes, selector lists sorted', () => {
+    const bytes = encodeFleetCommand({
+      kind: 'set-policy',
+      version: 1,
+      policies: [{ name: 'p', rules: [{ name: 'r', selector: { operations: ['place', 'create'], memory: { min: '1GiB' } }, condition: 'true', effect: 'warn', message: 'm' }] }],
+    });
+    expect(text.decode(bytes.subarray(5))).toBe(
+      '{"kind":"set-policy","policies":[{"name":"p","rules":[{"condition":"true","effect":"warn","message":"m","name":"r","selector":{"memory":{"min":1073741824},"operations":["create","place"]}}]}],"version":1}',
+    );
+  });
+
+  it('refuses a malformed policy set, naming the field', () => {
+    const policy = (rules: unknown[]): FleetCommandInput => ({ kind: 'set-policy', version: 1, policies: [{ name: 'p', rules }] } as FleetCommandInput);
+    expect(() => encodeFleetCommand(policy([{ name: 'r', condition: 'true', effect: 'block', message: 'm' }]))).toThrow('command.policies[0].rules[0].effect: "block" is not one of deny|audit|warn');
+    expect(() => encodeFleetCommand(policy([{ name: 'r', condition: 'true', effect: 'deny', message: 'm' }, { name: 'r', condition: 'true', effect: 'deny', message: 'm' }]))).toThrow(
+      'command.policies[0].rules[1].name: "r" names another rule of this policy too',
+    );
+    expect(() => encodeFleetCommand(policy([{ name: 'r', selector: { memory: { min: '4 parsecs' } }, condition: 'true', effect: 'deny', message: 'm' }]))).toThrow('command.policies[0].rules[0].selector.memory');
+    expect(() => encodeFleetCommand({ kind: 'set-policy', version: 0, policies: [] })).toThrow('command.version: 0 is too small');
+    const huge = Array.from({ length: 40 }, (_, i) => ({ name: `r${i}`, condition: `vm.name != '${'x'.repeat(1900)}'`, effect: 'deny', message: 'm' }));
+    expect(() => encodeFleetCommand(policy(huge))).toThrow(`above the ${FLEET_MAX_COMMAND_BYTES}-byte limit`);
   });
 
   it('stores the command as canonical JSON after the magic', () => {

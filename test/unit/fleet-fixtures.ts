@@ -19,7 +19,7 @@ export function localProvider(vcpus: number, memoryGiB: number, vcpuHourUsd = 0.
 export function registerRegion(
   region: string,
   providers: ProviderInput[],
-  facts: { jurisdiction?: string; compliance?: string[]; labels?: Record<string, string> } = {},
+  facts: { jurisdiction?: string; compliance?: string[]; labels?: Record<string, string>; trust?: 'trusted' | 'untrusted' } = {},
 ): FleetCommand {
   return parseFleetCommand({ kind: 'register-region', region, providers, ...facts });
 }
@@ -44,4 +44,16 @@ export function machineWith(...regions: FleetCommand[]): FleetStateMachine {
     if (!result.ok) throw new Error(`fixture: ${result.message}`);
   }
   return m;
+}
+
+type PolicyInput = Extract<FleetCommandInput, { kind: 'set-policy' }>['policies'][number];
+type RuleInput = PolicyInput['rules'][number];
+
+/** A set-policy command of one policy `p` with these rules (each deny unless it says). */
+export function setPolicy(version: number, rules: (Partial<RuleInput> & { condition: string })[], name = 'p'): FleetCommand {
+  return parseFleetCommand({
+    kind: 'set-policy',
+    version,
+    policies: rules.length === 0 ? [] : [{ name, rules: rules.map((r, i) => ({ name: `r${i + 1}`, effect: 'deny', message: `rule ${i + 1} fired`, ...r })) }],
+  });
 }

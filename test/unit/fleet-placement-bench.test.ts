@@ -9,8 +9,8 @@ import { positive, runBench } from '../support/bench-cli.ts';
 const count = expect.toSatisfy((v: unknown) => typeof v === 'number' && Number.isInteger(v) && v >= 0);
 
 describe('bench placement', () => {
-  it('prints one JSON document with a case per region count and strategy', async () => {
-    const { code, stdout, stderr } = await runBench(['placement', '--regions', '5,12', '--vms', '300', '--decisions', '50', '--warmup', '5']);
+  it('prints one JSON document with a case per region count, policy rule count and strategy', async () => {
+    const { code, stdout, stderr } = await runBench(['placement', '--regions', '5,12', '--rules', '0,50', '--vms', '300', '--decisions', '50', '--warmup', '5']);
     expect(code, stderr).toBe(0);
     const result = JSON.parse(stdout) as { cases: { placed: number; refused: number; decisions: number }[] };
     const oneCase = {
@@ -28,12 +28,16 @@ describe('bench placement', () => {
     expect(result).toMatchObject({
       bench: 'placement',
       loadavg: expect.any(Array),
-      options: { regions: [5, 12], vms: 300, decisions: 50, warmup: 5, seed: 1, constraints: 5 },
+      options: { regions: [5, 12], rules: [0, 50], vms: 300, decisions: 50, warmup: 5, seed: 1, constraints: 5 },
       cases: [
-        { regions: 5, strategy: 'binpack', ...oneCase },
-        { regions: 5, strategy: 'spread', ...oneCase },
-        { regions: 12, strategy: 'binpack', ...oneCase },
-        { regions: 12, strategy: 'spread', ...oneCase },
+        { regions: 5, strategy: 'binpack', rules: 0, ...oneCase },
+        { regions: 5, strategy: 'spread', rules: 0, ...oneCase },
+        { regions: 5, strategy: 'binpack', rules: 50, ...oneCase },
+        { regions: 5, strategy: 'spread', rules: 50, ...oneCase },
+        { regions: 12, strategy: 'binpack', rules: 0, ...oneCase },
+        { regions: 12, strategy: 'spread', rules: 0, ...oneCase },
+        { regions: 12, strategy: 'binpack', rules: 50, ...oneCase },
+        { regions: 12, strategy: 'spread', rules: 50, ...oneCase },
       ],
       floor: { regions: 1000, decisions_per_s: 1000, p99_ms: 5, met: null },
     });
@@ -46,5 +50,8 @@ describe('bench placement', () => {
     const { code, stderr } = await runBench(['placement', '--regions', '0']);
     expect(code).toBe(2);
     expect(stderr).toContain('--regions: region counts must be whole numbers from 1 to 5000');
+    const rules = await runBench(['placement', '--rules', '0,999']);
+    expect(rules.code).toBe(2);
+    expect(rules.stderr).toContain('--rules: rule counts must be whole numbers from 0 to 256');
   });
 });

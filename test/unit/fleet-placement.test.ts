@@ -4,7 +4,7 @@ import { parseFleetCommand } from '../../src/fleet/commands.ts';
 import type { CandidateExplanation, PlacementDecision, PlacementRegionView } from '../../src/fleet/placement.ts';
 import { buildPlacementView, formatPlacement, makePlacementView, place, resolvePlacementOptions } from '../../src/fleet/placement.ts';
 import { FleetStateMachine } from '../../src/fleet/state-machine.ts';
-import { GIB, assign, create, localProvider, machineWith, registerRegion, spec } from './fleet-fixtures.ts';
+import { GIB, assign, create, localProvider, machineWith, registerRegion, setPolicy, spec } from './fleet-fixtures.ts';
 
 /**
  * Three regions: cheap (small, eu, gdpr), mid (us, larger), pricey (eu, gold,
@@ -210,6 +210,57 @@ describe('placement', () => {
       }
       expect(m.apply(parseFleetCommand({ kind: 'assign', vm: s.name, region: decision.choice.region, provider: decision.choice.provider, generation: 1 }))).toMatchObject({ ok: true });
     }
+  });
+
+  it('policy filter: a region an enforced rule denies is excluded naming the policy, the rule and its message', () => {
+    const m = fleet();
+    m.apply(setPolicy(1, [{ selector: { labels: { 'data-class': 'personal' } }, condition: "region.jurisdiction == 'us'", message: 'personal data stays in the US' }], 'us-residency'));
+    const pii = spec('pii', { labels: { 'data-class': 'personal' } });
+    const decision = place(pii, buildPlacementView(m));
+    expect(chosen(decision)).toBe('mid/local');
+    expect(candidate(decision, 'cheap')).toEqual({
+      status: 'excluded',
+      region: 'cheap',
+      filter: 'policy',
+      reason: 'local denied by policy us-residency rule r1: personal data stays in the US',
+      providers: [{ provider: 'local', filter: 'policy', reason: 'local denied by policy us-residency rule r1: personal data stays in the US', denials: [{ policy: 'us-residency', rule: 'r1', effect: 'deny', message: 'personal data stays in the US' }] }],
+    });
+    expect(formatPlacement(decision)).toContain('  cheap: excluded by policy: local denied by policy us-residency rule r1: personal data stays in the US');
+    // The log accepts the choice and refuses what placement excluded.
+    m.apply(create(pii));
+    expect(m.apply(assign('pii', 'cheap', 1))).toMatchObject({ ok: false, code: 'policy_denied' });
+    expect(m.apply(assign('pii', 'mid', 1))).toMatchObject({ ok: true });
+    // A VM the selector does not match is placed as before.
+    expect(chosen(place(spec('web1'), buildPlacementView(m)))).toBe('cheap/local');
+  });
+
+  it('policy filter: when the allowed region is full, the failure names the rule for every other region', () => {
+    const m = fleet();
+    m.apply(setPolicy(1, [{ selector: { labels: { 'data-class': 'personal' } }, condition: "region.jurisdiction == 'us'", message: 'personal data stays in the US' }], 'us-residency'));
+    const decision = place(spec('pii', { vcpus: 40, labels: { 'data-class': 'personal' } }), buildPlacementView(m));
+    expect(decision).toMatchObject({ ok: false, code: 'no_fit' });
+    if (decision.ok) return;
+    expect(decision.message).toContain('mid: capacity: local needs 40 vCPUs, 32 vCPUs free of 32 vCPUs');
+    expect(decision.message).toContain('pricey: providers: provider aws is spot capacity and the spec does not allow spot; local denied by policy us-residency rule r1: personal data stays in the US');
+  });
+
+  it('policy filter: cost is the candidate provider\'s $/h, the operation create or place from the spec or the options', () => {
+    const m = fleet();
+    m.apply(setPolicy(1, [
+      { condition: 'cost <= 0.05', message: 'too dear' },
+      { condition: "operation == 'place'", effect: 'warn', message: 'pinned by hand' },
+    ]));
+    // 2 vCPUs, 4 GiB: cheap $0.028/h, mid $0.048/h, pricey $0.108/h.
+    const decision = place(spec('web1', { constraints: { regions: ['pricey'] } }), buildPlacementView(m));
+    expect(decision).toMatchObject({ ok: false, code: 'no_fit' });
+    const open = place(spec('web1'), buildPlacementView(m), resolvePlacementOptions({ strategy: 'spread' }));
+    expect(open.ok && open.candidates.map((c) => `${c.region}:${c.status === 'excluded' ? c.filter : 'eligible'}`)).toEqual(['cheap:eligible', 'mid:eligible', 'pricey:providers']);
+    // Warnings ride on the candidate (operation create: the spec pins one region) and show in --explain.
+    const pinned = place(spec('web1', { constraints: { regions: ['cheap'] } }), buildPlacementView(m));
+    expect(pinned.ok && pinned.choice.policy).toMatchObject({ allowed: true, warnings: [{ rule: 'r2', message: 'pinned by hand' }] });
+    expect(formatPlacement(pinned)[0]).toMatch(/; warn: policy p rule r2: pinned by hand$/);
+    const asPlace = place(spec('web1', { constraints: { regions: ['cheap'] } }), buildPlacementView(m), { ...resolvePlacementOptions(), operation: 'place' });
+    expect(asPlace.ok && asPlace.choice.policy).toBeUndefined();
   });
 
   it('makePlacementView refuses duplicate region names', () => {

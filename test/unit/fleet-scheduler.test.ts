@@ -24,7 +24,7 @@ describe('scheduler', () => {
     const plan = propose(planCreate(startScheduling({ spec: spec('web1'), power: 'running' }), m));
     expect(plan.commands).toEqual([
       { kind: 'create', spec: spec('web1'), power: 'running' },
-      { kind: 'assign', vm: 'web1', region: 'eu', provider: 'local', generation: 1 },
+      { kind: 'assign', vm: 'web1', region: 'eu', provider: 'local', generation: 1, operation: 'place' },
     ]);
     expect(plan.decision.choice.region).toBe('eu');
     expect(judgePlan(plan, applyAll(m, plan))).toEqual({ kind: 'placed', vm: 'web1', region: 'eu', provider: 'local', generation: 1 });
@@ -41,7 +41,7 @@ describe('scheduler', () => {
     if (verdict.kind !== 'replan') return;
     expect(verdict.progress.reasons[0]).toMatch(/^plan 1 \(eu\/local\): insufficient_capacity: /);
     const again = propose(planCreate(verdict.progress, m));
-    expect(again.commands).toEqual([{ kind: 'assign', vm: 'web1', region: 'us', provider: 'local', generation: 1 }]);
+    expect(again.commands).toEqual([{ kind: 'assign', vm: 'web1', region: 'us', provider: 'local', generation: 1, operation: 'place' }]);
     expect(judgePlan(again, applyAll(m, again))).toMatchObject({ kind: 'placed', region: 'us' });
   });
 

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { FLEET_REJECT_CODES, encodeFleetCommand, parseFleetCommand, type FleetCommand, type FleetRejectCode, type FleetResult } from '../../src/fleet/commands.ts';
 import { RESOURCES } from '../../src/fleet/ledger.ts';
 import { FleetSnapshotError, FleetStateMachine } from '../../src/fleet/state-machine.ts';
-import { GIB, assign, create, localProvider, machineWith, registerRegion, spec } from './fleet-fixtures.ts';
+import { GIB, assign, create, localProvider, machineWith, registerRegion, setPolicy, spec } from './fleet-fixtures.ts';
 
 function refused(result: FleetResult, code: FleetRejectCode, message?: string): void {
   expect(result).toMatchObject({ ok: false, code });
@@ -171,6 +171,80 @@ describe('fleet state machine rules', () => {
     expect(m.applyEntry(encodeFleetCommand({ kind: 'create', spec: { name: 'a', vcpus: 1, memoryBytes: GIB, image: 'b' } }))).toMatchObject({ ok: true });
   });
 
+  it('policy_denied: every assignment is re-checked against the policy set at apply, whatever was proposed', () => {
+    const m = machineWith(euWest, usEast);
+    expect(m.apply(setPolicy(1, [{ selector: { labels: { 'data-class': 'personal' } }, condition: "region.jurisdiction == 'eu'", message: 'personal data stays in the EU' }]))).toEqual({ ok: true, kind: 'set-policy', policyVersion: 1 });
+    m.apply(create(spec('pii', { labels: { 'data-class': 'personal' } })));
+    refused(m.apply(assign('pii', 'us-east', 1)), 'policy_denied', 'pii may not go to us-east/local (place): denied by policy p rule r1: personal data stays in the EU');
+    // Nothing changed: the refused assignment reserved nothing and did not use up the generation.
+    expect(m.vm('pii')).toMatchObject({ assignment: null, generation: 0 });
+    expect(m.usage('us-east', 'local')?.instances).toBe(0);
+    expect(m.apply(assign('pii', 'eu-west', 1))).toMatchObject({ ok: true, region: 'eu-west' });
+    // A move is checked too (derived as migrate when the command does not say).
+    refused(m.apply(assign('pii', 'us-east', 2)), 'policy_denied', '(migrate)');
+    // A VM the selector does not match goes anywhere.
+    m.apply(create(spec('web')));
+    expect(m.apply(assign('web', 'us-east', 1))).toMatchObject({ ok: true });
+  });
+
+  it('policy_denied: the operation is the command\'s when it fits the VM, and a rule can key on it', () => {
+    const m = machineWith(euWest, usEast);
+    m.apply(setPolicy(1, [{ condition: "operation != 'failover' || region.jurisdiction == 'eu'", message: 'fail over within the EU only' }]));
+    m.apply(create(spec('db')));
+    expect(m.apply(parseFleetCommand({ kind: 'assign', vm: 'db', region: 'us-east', provider: 'local', generation: 1, operation: 'place' }))).toMatchObject({ ok: true });
+    refused(m.apply(parseFleetCommand({ kind: 'assign', vm: 'db', region: 'us-east', provider: 'local', generation: 2, operation: 'failover' })), 'policy_denied', 'fail over within the EU only');
+    expect(m.apply(parseFleetCommand({ kind: 'assign', vm: 'db', region: 'eu-west', provider: 'local', generation: 2, operation: 'failover' }))).toMatchObject({ ok: true });
+  });
+
+  it('invalid_command: an operation that contradicts the VM\'s state cannot dodge a rule', () => {
+    const m = machineWith(euWest, usEast);
+    m.apply(create(spec('web')));
+    m.apply(create(spec('pinned', { constraints: { regions: ['us-east'] } })));
+    const op = (vm: string, generation: number, operation: string): FleetCommand => parseFleetCommand({ kind: 'assign', vm, region: 'us-east', provider: 'local', generation, operation });
+    refused(m.apply(op('web', 1, 'failover')), 'invalid_command', 'failover moves an assigned VM, and web is not assigned yet');
+    refused(m.apply(op('web', 1, 'create')), 'invalid_command', 'a first assignment is create when the spec pins exactly one region, else place (here: place)');
+    refused(m.apply(op('pinned', 1, 'place')), 'invalid_command', '(here: create)');
+    expect(m.apply(op('pinned', 1, 'create'))).toMatchObject({ ok: true });
+    refused(m.apply(op('pinned', 2, 'place')), 'invalid_command', 'pinned is assigned already');
+    expect(m.apply(op('web', 1, 'burst'))).toMatchObject({ ok: true });
+  });
+
+  it('policy_denied: a deny rule that cannot be evaluated denies; audit and warn rules never refuse', () => {
+    const m = machineWith(euWest, usEast);
+    m.apply(setPolicy(1, [
+      { condition: "vm.labels['owner'] != ''", message: 'needs an owner' },
+      { condition: 'cost <= 0.0001', effect: 'audit', message: 'dear' },
+      { condition: 'false', effect: 'warn', message: 'always warns' },
+    ]));
+    m.apply(create(spec('anon')));
+    refused(m.apply(assign('anon', 'eu-west', 1)), 'policy_denied', 'needs an owner (the condition could not be evaluated: No such key: owner)');
+    m.apply(create(spec('owned', { labels: { owner: 'ops' } })));
+    expect(m.apply(assign('owned', 'eu-west', 1))).toMatchObject({ ok: true });
+  });
+
+  it('invalid_policy and stale_policy_version: a set-policy must compile and raise the version', () => {
+    const m = machineWith(euWest);
+    expect(m.policy.version).toBe(0);
+    refused(m.apply(setPolicy(1, [{ condition: "regoin.name == 'x'" }])), 'invalid_policy', 'policy p rule r1: condition 1:1: Unknown variable: regoin');
+    expect(m.policy.version).toBe(0);
+    m.apply(setPolicy(3, [{ condition: 'true' }]));
+    refused(m.apply(setPolicy(3, [{ condition: 'true' }])), 'stale_policy_version', 'policy version 3 is not above the current version 3');
+    refused(m.apply(setPolicy(2, [])), 'stale_policy_version');
+    expect(m.apply(setPolicy(4, []))).toMatchObject({ ok: true, policyVersion: 4 });
+    expect(m.policy).toMatchObject({ version: 4, policies: [] });
+    expect(m.policy.evaluator.ruleCount).toBe(0);
+  });
+
+  it('region.trust is the declared trust, unknown for a declaration without it', () => {
+    const m = machineWith(registerRegion('own', [localProvider(8, 16)], { trust: 'trusted' }), registerRegion('old', [localProvider(8, 16)]));
+    expect(m.region('own')?.trust).toBe('trusted');
+    expect(m.region('old')?.trust).toBe(null);
+    m.apply(setPolicy(1, [{ condition: "region.trust == 'trusted'", message: 'trusted regions only' }]));
+    m.apply(create(spec('web')));
+    refused(m.apply(assign('web', 'old', 1)), 'policy_denied', 'trusted regions only');
+    expect(m.apply(assign('web', 'own', 1))).toMatchObject({ ok: true });
+  });
+
   it('every reject code is exercised by this file', async () => {
     const source = await import('node:fs/promises').then((fs) => fs.readFile(new URL(import.meta.url), 'utf8'));
     for (const code of FLEET_REJECT_CODES) expect(source, code).toContain(`'${code}'`);
@@ -202,6 +276,28 @@ describe('fleet snapshots', () => {
     expect(restored.groupCounts('spread', 's')).toEqual(new Map([['us-east', 1]]));
     // The restored machine keeps enforcing the rules.
     refused(restored.apply(assign('b', 'eu-west', 3)), 'stale_generation');
+  });
+
+  it('carries the policy set: restored, it has the same version and denies the same way; none set, no policy field', () => {
+    const m = busyMachine();
+    expect(new TextDecoder().decode(m.snapshot())).not.toContain('"policy"');
+    m.apply(setPolicy(7, [{ condition: "region.jurisdiction == 'eu'", message: 'EU only' }]));
+    m.apply(create(spec('d')));
+    const restored = FleetStateMachine.restore(m.snapshot());
+    expect(restored.snapshot()).toEqual(m.snapshot());
+    expect(restored.policy.version).toBe(7);
+    expect(restored.policy.policies).toEqual(m.policy.policies);
+    refused(restored.apply(assign('d', 'us-east', 1)), 'policy_denied', 'EU only');
+    refused(restored.apply(setPolicy(7, [])), 'stale_policy_version');
+  });
+
+  it('refuses a snapshot whose policy set does not compile, naming the rule', () => {
+    const m = busyMachine();
+    m.apply(setPolicy(2, [{ condition: "region.jurisdiction == 'eu'" }]));
+    const body = new TextDecoder().decode(m.snapshot().subarray(5)).replace("region.jurisdiction == 'eu'", "region.jurisdictoin == 'eu'");
+    const bytes = new Uint8Array([...m.snapshot().subarray(0, 5), ...new TextEncoder().encode(body)]);
+    expect(() => FleetStateMachine.restore(bytes)).toThrow(FleetSnapshotError);
+    expect(() => FleetStateMachine.restore(bytes)).toThrow('policy version 2: policy set does not compile: policy p rule r1: condition 1:8: No such key: jurisdictoin');
   });
 
   it('gives the same bytes for the same state reached in a different order', () => {
