@@ -49,6 +49,7 @@ import { instancesKey, readSnapshot, writeSnapshot } from './inventory-snapshot.
 import { apiCallObserver, initProviderMetrics, recordInstances, type CloudMetrics } from './metrics.ts';
 import { PricingCatalog, PRICED_PROVIDERS, type LiveSpotPrice } from './pricing/catalog.ts';
 import { buildProvider, providerDir, type ProviderBuilder } from './providers.ts';
+import type { ImageSource } from './qemu/image-source.ts';
 import {
   CapacityError,
   CredentialsError,
@@ -138,6 +139,8 @@ export interface CloudInventoryOptions {
   buildProvider?: ProviderBuilder;
   /** Default: loaded from clouds.pricingDir or the shipped catalog. */
   catalog?: PricingCatalog;
+  /** Where a qemu provider's guest images come from (the image catalog); absent: its config's imageDir. */
+  images?: ImageSource;
   /** [0, 1); default Math.random. Only jitters sync times. */
   random?: () => number;
 }
@@ -203,7 +206,7 @@ export class CloudInventory {
     const slots: Slot[] = [];
     try {
       for (const entry of clouds.providers) {
-        const provider = await build(entry, { dataDir, observer: apiCallObserver(metrics, entry.name), log });
+        const provider = await build(entry, { dataDir, observer: apiCallObserver(metrics, entry.name), log, qemuMetrics: metrics.qemu, ...(options.images === undefined ? {} : { images: options.images }) });
         slots.push(await CloudInventory.#slot(entry, provider, dataDir, log));
         initProviderMetrics(metrics, entry.name);
         metrics.pendingCreates.set({ provider: entry.name }, journal.list(entry.name).length);
@@ -619,6 +622,7 @@ const ID_SHAPES: Readonly<Record<ProviderKind, RegExp>> = {
   aws: /^i-[0-9a-f]{8,17}$/,
   gcp: /^[a-z0-9-]+\/[a-z]([-a-z0-9]{0,61}[a-z0-9])?$/,
   local: /^local-[0-9a-f]{12}$/,
+  qemu: /^qemu-[0-9a-f]{12}$/,
 };
 
 /**
