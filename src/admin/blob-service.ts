@@ -23,7 +23,7 @@ import { DwcpError } from '../errors.ts';
 import type { BlobService, SendOutcome } from '../blob/service.ts';
 import type { StoredValue } from '../blob/store.ts';
 import type { TransferProgress } from '../blob/progress.ts';
-import { asyncUnary, failureStatus } from './call.ts';
+import { asyncStreaming, asyncUnary, send } from './call.ts';
 import { BLOB_SERVICE } from './schema.ts';
 import { loadAdminPackage } from './schema.ts';
 import type { AdminServiceRegistration } from './server.ts';
@@ -35,28 +35,6 @@ const GET_PART_BYTES = 1024 * 1024;
 export interface BlobAdminOptions {
   service: BlobService;
   log: Logger;
-}
-
-/** Sends a streaming call's failure as its status (call.ts, as for unary calls). */
-function failStream(call: grpc.ServerWritableStream<unknown, unknown>, log: Logger, method: string, err: unknown): void {
-  call.emit('error', failureStatus(log, method, err));
-}
-
-/** Writes one message, waiting for the client to take it when the stream's buffer is full. */
-async function send(call: grpc.ServerWritableStream<unknown, unknown>, message: unknown): Promise<void> {
-  if (call.write(message)) return;
-  await new Promise<void>((resolve, reject) => {
-    const onDrain = () => {
-      call.off('error', onError);
-      resolve();
-    };
-    const onError = (err: Error) => {
-      call.off('drain', onDrain);
-      reject(err);
-    };
-    call.once('drain', onDrain);
-    call.once('error', onError);
-  });
 }
 
 export function blobValue(v: StoredValue): Record<string, unknown> {
@@ -149,20 +127,14 @@ export function blobServiceRegistration(opts: BlobAdminOptions): AdminServiceReg
     call.end();
   };
 
-  const streaming = <Req>(method: string, run: (call: grpc.ServerWritableStream<Req, unknown>) => Promise<void>): grpc.handleServerStreamingCall<Req, unknown> => {
-    return (call) => {
-      run(call).catch((err: unknown) => failStream(call as grpc.ServerWritableStream<unknown, unknown>, log, method, err));
-    };
-  };
-
   const unary = <Res>(method: string, fn: () => Promise<Res>) => asyncUnary<object, Res>(log, method, fn);
 
   return {
     name: BLOB_SERVICE,
     packageDefinition: loadAdminPackage(),
     implementation: {
-      Put: streaming<PutRequest>('Put', put),
-      Get: streaming<{ key: string }>('Get', get),
+      Put: asyncStreaming<PutRequest>(log, 'Put', put),
+      Get: asyncStreaming<{ key: string }>(log, 'Get', get),
       Status: unary('Status', async () => {
         const s = await service.status();
         return {

@@ -32,6 +32,30 @@ export function asyncUnary<Req, Res>(log: Logger, method: string, fn: (request: 
   };
 }
 
+/** Wraps an async server-streaming handler: its failure ends the stream with the status a unary call would get. */
+export function asyncStreaming<Req>(log: Logger, method: string, run: (call: grpc.ServerWritableStream<Req, unknown>) => Promise<void>): grpc.handleServerStreamingCall<Req, unknown> {
+  return (call) => {
+    run(call).catch((err: unknown) => call.emit('error', failureStatus(log, method, err)));
+  };
+}
+
+/** Writes one message of a stream, waiting for the client to take it when the stream's buffer is full. */
+export async function send(call: grpc.ServerWritableStream<unknown, unknown>, message: unknown): Promise<void> {
+  if (call.write(message)) return;
+  await new Promise<void>((resolve, reject) => {
+    const onDrain = () => {
+      call.off('error', onError);
+      resolve();
+    };
+    const onError = (err: Error) => {
+      call.off('drain', onDrain);
+      reject(err);
+    };
+    call.once('drain', onDrain);
+    call.once('error', onError);
+  });
+}
+
 export function requireTimeout(raw: number, fallbackMs: number): number {
   if (raw === 0) return fallbackMs;
   if (!Number.isInteger(raw) || raw < 1 || raw > 3_600_000) {

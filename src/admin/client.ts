@@ -20,6 +20,7 @@ import { DwcpError, type DwcpErrorCode, type DwcpErrorOptions } from '../errors.
 import { fromStatus } from './status.ts';
 import { vmClient, type VmClient } from './vm-client.ts';
 import { blobClient, type BlobClient } from './blob-client.ts';
+import type { StreamTransport } from './server-stream.ts';
 import { stateClient, type StateClient } from './state-client.ts';
 import { fleetClient, type FleetClient } from './fleet-client.ts';
 import { ADMIN_SERVICE, BLOB_SERVICE, FLEET_SERVICE, KV_SERVICE, PBFT_SERVICE, RAFT_SERVICE, STATE_SERVICE, VM_SERVICE, loadAdminPackage, serviceDefinition, type KvGetRequest, type KvGetResponse, type KvItem, type KvWriteOptions, type KvWriteResponse, type MemberInfo, type MembersRequest, type MembersResponse, type PbftStatusResponse, type RaftMembersResponse, type RaftProgress, type RaftStatusResponse, type ServiceCall, type StatusRequest, type StatusResponse } from './schema.ts';
@@ -250,6 +251,13 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
     });
   }
 
+  /** What a server-streaming call of `service` needs (server-stream.ts). */
+  const streamTransport = (service: string): StreamTransport => ({
+    client,
+    method: (name) => services.get(service)?.[name] as MethodDefinition<unknown, unknown> | undefined,
+    explain: (err, method, timeoutMs) => explainFailure(err, socketPath, method, timeoutMs),
+    timeoutMs: opts.timeoutMs,
+  });
   const serviceCall =
     (service: string): ServiceCall =>
     (method, request, serverTimeoutMs) =>
@@ -304,14 +312,8 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
         };
       },
     },
-    vm: vmClient(serviceCall(VM_SERVICE)),
-    blob: blobClient({
-      client,
-      method: (name) => services.get(BLOB_SERVICE)?.[name] as MethodDefinition<unknown, unknown> | undefined,
-      unary: serviceCall(BLOB_SERVICE),
-      explain: (err, method, timeoutMs) => explainFailure(err, socketPath, method, timeoutMs),
-      timeoutMs: opts.timeoutMs,
-    }),
+    vm: vmClient(serviceCall(VM_SERVICE), streamTransport(VM_SERVICE)),
+    blob: blobClient({ ...streamTransport(BLOB_SERVICE), unary: serviceCall(BLOB_SERVICE) }),
     state: stateClient(serviceCall(STATE_SERVICE)),
     fleet: fleetClient(serviceCall(FLEET_SERVICE)),
     close: () => client.close(),

@@ -53,7 +53,9 @@ import type { ImageSource } from './qemu/image-source.ts';
 import {
   CapacityError,
   CredentialsError,
+  hasSerialConsole,
   InvalidRequestError,
+  NotFound,
   ProviderError,
   type CloudProvider,
   type CreateInstanceRequest,
@@ -555,6 +557,31 @@ export class CloudInventory {
     } catch {
       return null;
     }
+  }
+
+  /**
+   * Where a VM's serial console is logged: the named provider (which must
+   * keep consoles), or the first provider that keeps consoles and knows the
+   * VM by id or name.
+   */
+  console(vm: string, options: { provider?: string } = {}): { provider: string; id: string; name: string; path: string } {
+    const named = options.provider !== undefined && options.provider !== '';
+    const slots = named ? [this.#one(options.provider ?? '')] : this.#slots;
+    const keeping = slots.filter((s) => hasSerialConsole(s.provider));
+    if (keeping.length === 0) {
+      throw new InventoryError('not_found', named ? `provider ${options.provider} keeps no serial consoles (qemu guests have them)` : 'no configured provider keeps serial consoles (qemu guests have them)');
+    }
+    let missing: unknown = null;
+    for (const slot of keeping) {
+      if (!hasSerialConsole(slot.provider)) continue;
+      try {
+        return { provider: slot.name, ...slot.provider.serialLog(vm) };
+      } catch (err) {
+        if (!(err instanceof NotFound)) throw err;
+        missing = err;
+      }
+    }
+    throw missing instanceof Error ? missing : new InventoryError('not_found', `no VM ${vm}`);
   }
 
   /** Runs `work` with a signal that fires on the caller's signal or on stop(); stop() waits for it. */

@@ -165,6 +165,19 @@ export interface CloudProvider {
   close(): Promise<void>;
 }
 
+/**
+ * A provider whose VMs have a serial console it keeps as a file (qemu): not
+ * part of CloudProvider, since the clouds keep theirs behind their own APIs.
+ */
+export interface SerialConsoleSource {
+  /** The console log of a VM named by id or by name; throws NotFound or InvalidRequestError (an ambiguous name). */
+  serialLog(idOrName: string): { id: string; name: string; path: string };
+}
+
+export function hasSerialConsole(provider: CloudProvider): provider is CloudProvider & SerialConsoleSource {
+  return typeof (provider as Partial<SerialConsoleSource>).serialLog === 'function';
+}
+
 // ---------------------------------------------------------------------------
 // Errors
 
