@@ -27,6 +27,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.ts';
 import { CapacityError, InvalidRequestError, ProviderError, type Instance } from '../../src/cloud/provider.ts';
 import { DirectoryImageSource, IMAGE_MANIFEST, sha256File, type ImageManifest } from '../../src/cloud/qemu/directory-images.ts';
+import { chooseAccel } from '../../src/cloud/qemu/accel.ts';
 import { QemuProvider, type QemuProviderOptions } from '../../src/cloud/qemu/qemu-provider.ts';
 import { vmFiles } from '../../src/cloud/qemu/vm-store.ts';
 import { GUEST_IMAGE, guestImagesDir } from '../support/qemu.ts';
@@ -207,6 +208,18 @@ describe('re-adoption', () => {
     expect((await second.stop(vm.id)).providerState).toBe('stopped: stopped by dwcp: the guest powered off');
     await second.terminate(vm.id);
   }, 300_000);
+});
+
+describe('accelerator', () => {
+  it('auto proves KVM by a probe boot or falls back to TCG saying why; kvm without a usable device is refused', async () => {
+    expect(await chooseAccel({ mode: 'tcg', binary: 'qemu-system-x86_64', probeTimeoutMs: 1_000 })).toEqual({ accel: 'tcg', reason: 'configured (accel: tcg)' });
+    expect(await chooseAccel({ mode: 'auto', binary: 'qemu-system-x86_64', probeTimeoutMs: 1_000, kvmDevice: '/nonexistent/kvm' })).toEqual({ accel: 'tcg', reason: '/nonexistent/kvm is not usable by this user (ENOENT): using TCG' });
+    expect(await chooseAccel({ mode: 'kvm', binary: 'qemu-system-x86_64', probeTimeoutMs: 1_000, kvmDevice: '/nonexistent/kvm' })).toEqual({ accel: null, reason: 'accel: kvm is configured but /nonexistent/kvm is not usable by this user (ENOENT)' });
+    // This host's own KVM: whichever way the probe goes, the choice says why (here, nested virtualisation: the probe times out).
+    const choice = await chooseAccel({ mode: 'auto', binary: 'qemu-system-x86_64', probeTimeoutMs: 5_000 });
+    if (choice.accel === 'kvm') expect(choice.reason).toMatch(/^a probe boot of \S+ under KVM finished in \d+ ms$/);
+    else expect(choice.reason).toMatch(/: using TCG$/);
+  }, 60_000);
 });
 
 describe('failures name the VM and the cause', () => {

@@ -211,7 +211,6 @@ export class QemuProvider implements CloudProvider {
     for (const record of loaded.records) provider.#guests.set(record.id, provider.#guest(record, true));
     await provider.#checkBinary();
     await Promise.all([...provider.#guests.values()].map((g) => provider.#refresh(g)));
-    provider.#updateGuestCounts();
     const every = options.utilisationIntervalMs ?? 15_000;
     if (every > 0) {
       provider.#sampler = setInterval(() => void provider.utilisation().catch(() => undefined), every);
@@ -296,7 +295,6 @@ export class QemuProvider implements CloudProvider {
     if (this.#binary?.ok === false) throw new ProviderError('qemu', 'list', 'QemuUnavailable', this.#binary.problem);
     await Promise.all([...this.#guests.values()].map((g) => this.#refresh(g)));
     await this.#purge();
-    this.#updateGuestCounts();
     return [...this.#guests.values()]
       .sort((a, b) => a.record.createdAt - b.record.createdAt || a.record.id.localeCompare(b.record.id))
       .map((g) => this.#instance(g))
@@ -410,7 +408,7 @@ export class QemuProvider implements CloudProvider {
     void qmp.closed.then(() => {
       if (g.qmp === qmp) g.qmp = null;
       // QEMU ended (or the socket broke): record how, unless an operation is handling it or dwcpd is stopping.
-      if (!this.#lifetime.signal.aborted) this.#track(this.#refresh(g).then(() => this.#updateGuestCounts()));
+      if (!this.#lifetime.signal.aborted) this.#track(this.#refresh(g));
     });
   }
 
@@ -442,6 +440,7 @@ export class QemuProvider implements CloudProvider {
   #setState(g: Guest, state: InstanceState, providerState: string): void {
     g.state = state;
     g.providerState = providerState;
+    this.#updateGuestCounts();
   }
 
   #instance(g: Guest): Instance {
@@ -473,6 +472,7 @@ export class QemuProvider implements CloudProvider {
       const at = g.record.terminatedAt;
       if (g.state !== 'terminated' || at === null || at + keep > Date.now() || g.busy) continue;
       this.#guests.delete(g.record.id);
+      this.#updateGuestCounts();
       await this.#store.remove(g.record.id);
     }
   }
@@ -659,7 +659,6 @@ export class QemuProvider implements CloudProvider {
         await complete(g);
       } finally {
         g.op = null;
-        this.#updateGuestCounts();
       }
     });
     await Promise.race([acceptance, work]);
