@@ -1,7 +1,9 @@
 /**
  * The qemu provider in a real dwcpd, driven by the real dwcpctl: one guest
  * (the test guest, TCG) is created, its serial console followed until it
- * ticks, its use exported as metrics (promtool-clean); then dwcpd is
+ * ticks, its use exported as metrics (promtool-clean); a fleet VM placed on
+ * the qemu provider (its declared capacity, its types) runs as a guest and
+ * its delete terminates it; then dwcpd is
  * restarted and the new daemon re-adopts the running guest (same QEMU pid)
  * and goes on managing it: a graceful stop and a start through it, then a
  * SIGKILL of its QEMU, which the next sync reports as stopped with that
@@ -9,7 +11,7 @@
  * reports its qemu provider failing with the path while its local provider
  * works.
  *
- * One guest boots twice in this file. Waits are on log lines, the console
+ * Two guests boot in this file, one of them twice. Waits are on log lines, the console
  * stream or polled daemon answers, with deadlines for a loaded machine.
  */
 import { spawn } from 'node:child_process';
@@ -133,6 +135,24 @@ describe('a qemu guest under dwcpd', () => {
     expect(metricValue(scraped, 'dwcp_qemu_qmp_duration_seconds_count', { command: 'query-status', result: 'ok' })).toBeGreaterThan(0);
     const verdict = lintMetrics(scraped, ctx);
     expect(verdict?.output).toBe('');
+  }, 300_000);
+
+  it('a fleet VM placed on the qemu provider runs as a guest, and its delete terminates it', async () => {
+    const placed = await ctl(node, 'vm', 'create', 'fleet1', '--cpu', '1', '--memory', '256MiB', '--image', GUEST_IMAGE, '--constraint', 'provider=qemu');
+    expect(placed, placed.stderr).toMatchObject({ code: 0 });
+    expect(placed.stdout).toContain('fleet1 placed on host/qemu');
+    const desired = () => ctlJson<{ vms: { name: string; status: string; provider: string; reason: string | null }[] }>(node, 'vm', 'list', '--desired', 'fleet1');
+    await eventually('fleet1 running on qemu', BOOT_MS, async () => ((await desired()).vms[0]?.status === 'running' ? true : undefined), 500);
+    const text = await followConsole(node, 'fleet1', '2 ticks', (t) => ticksAfterBoot(t, 1) >= 2);
+    expect(text).toMatch(/^tick 1 \d+$/m);
+    const listed = await ctlJson<ListInstancesResponse>(node, 'vm', 'list', '--provider', 'qemu');
+    expect(listed.instances.find((i) => i.name === 'fleet1')).toMatchObject({ type: 'qemu.micro', state: 'running', tags: expect.objectContaining({ 'dwcp-vm': 'fleet1' }) });
+
+    expect((await ctl(node, 'vm', 'terminate', 'fleet1')).code).toBe(0);
+    await eventually('fleet1 terminated', 120_000, async () => {
+      const res = await ctlJson<ListInstancesResponse>(node, 'vm', 'list', '--provider', 'qemu', '--refresh');
+      return res.instances.find((i) => i.name === 'fleet1')?.state === 'terminated' ? true : undefined;
+    }, 500);
   }, 300_000);
 
   it('re-adopts the running guest after a dwcpd restart and goes on managing it', async () => {

@@ -210,6 +210,8 @@ export class QemuProvider implements CloudProvider {
     for (const p of loaded.problems) provider.#log.warn({ dir: p.dir, problem: p.problem }, 'qemu guest directory skipped');
     for (const record of loaded.records) provider.#guests.set(record.id, provider.#guest(record, true));
     await provider.#checkBinary();
+    // The accelerator is chosen now, in the background (accel auto's probe boot takes up to kvmProbeTimeoutMs), so the first create need not wait for it.
+    provider.#track(provider.#usable('open'));
     await Promise.all([...provider.#guests.values()].map((g) => provider.#refresh(g)));
     const every = options.utilisationIntervalMs ?? 15_000;
     if (every > 0) {
