@@ -52,7 +52,8 @@ const HERE = new URL('.', import.meta.url).pathname;
 
 export class GuestImageError extends Error {}
 
-async function exists(path: string): Promise<boolean> {
+/** Whether `path` exists (any kind of file). */
+export async function exists(path: string): Promise<boolean> {
   try {
     await stat(path);
     return true;

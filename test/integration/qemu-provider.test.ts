@@ -7,8 +7,9 @@
  * with its disk deleted; a guest whose QEMU is killed with SIGKILL reads as
  * stopped with that reason; a busy guest (memory dirtied at 48 MiB/s) uses
  * more CPU than an idle one, measured from /proc; a new provider on the same
- * directory re-adopts a running guest, and leaves alone a pid that another
- * process reuses; and every failure names the VM and the cause: QEMU binary
+ * directory re-adopts a running guest, leaves alone a pid that another
+ * process reuses, and finishes a stop its predecessor recorded but did not
+ * finish; and every failure names the VM and the cause: QEMU binary
  * missing or not executable, image missing or with a wrong hash, a disk too
  * big for the capacity or the filesystem, a QMP socket that never answers,
  * a QEMU that exits at once.
@@ -181,7 +182,7 @@ function eventuallyState(provider: QemuProvider, id: string, state: string, ms =
 
 
 describe('re-adoption', () => {
-  it('a new provider on the same directory re-adopts a running guest and leaves a reused pid alone', async () => {
+  it('a new provider on the same directory re-adopts a running guest, leaves a reused pid alone, and finishes an unfinished stop', async () => {
     const dir = join(root, 'adopt');
     const first = await open(dir);
     const vm = await first.create({ name: 'survivor', type: 'qemu.micro', image: GUEST_IMAGE });
@@ -203,10 +204,16 @@ describe('re-adoption', () => {
     expect(reused.state).toBe('stopped');
     expect(reused.providerState).toMatch(new RegExp(`^stopped: QEMU is gone and pid ${process.pid} now belongs to another process .*not touched$`));
 
-    // And it manages the adopted guest: a stop through the new provider works (its QMP is the new one's).
+    // A stop accepted (recorded) but not finished when its dwcpd went away is finished by the next one that opens the directory.
     await serial(dir, vm.id, /^tick \d+/, 3);
-    expect((await second.stop(vm.id)).providerState).toBe('stopped: stopped by dwcp: the guest powered off');
-    await second.terminate(vm.id);
+    await closeProvider(second);
+    const recordPath = vmFiles(dir, vm.id).record;
+    const record = JSON.parse(await readFile(recordPath, 'utf8')) as Record<string, unknown>;
+    await writeFile(recordPath, JSON.stringify({ ...record, power: 'stopped' }));
+    const third = await open(dir);
+    const finished = await eventuallyState(third, vm.id, 'stopped', BOOT_MS);
+    expect(finished.providerState).toBe('stopped: stopped by dwcp: the guest powered off');
+    await third.terminate(vm.id);
   }, 300_000);
 });
 

@@ -7,10 +7,10 @@
  * Two workers may build at once: each builds into its own directory and
  * renames it into place; the loser's rename fails and it uses the winner's.
  */
-import { access, mkdir, rename, rm } from 'node:fs/promises';
+import { mkdir, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildGuestImage, guestSources, sourcesKey } from '../../scripts/guest-image/build.ts';
+import { buildGuestImage, exists, guestSources, sourcesKey } from '../../scripts/guest-image/build.ts';
 
 /** The image name the tests register the guest under. */
 export const GUEST_IMAGE = 'tiny';
@@ -36,15 +36,6 @@ export function guestImagesDir(): Promise<string> {
     return root;
   })();
   return built;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Resolves once `path` exists (QEMU creates its sockets and pid file a moment after it starts). */

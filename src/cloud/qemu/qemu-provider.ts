@@ -345,11 +345,17 @@ export class QemuProvider implements CloudProvider {
   async #observe(g: Guest, converge: boolean): Promise<void> {
     const r = g.record;
     if (r.power === 'terminated' && r.process === null) {
-      this.#setState(g, 'terminated', r.lastExit === null ? 'terminated' : `terminated: ${r.lastExit.reason}`);
+      if (r.terminatedAt !== null) {
+        this.#setState(g, 'terminated', endedState('terminated', r));
+        return;
+      }
+      // A terminate that dwcpd did not finish (QEMU is gone, its disk not yet): finish it.
+      this.#setState(g, 'stopping', 'stopping: finishing a terminate dwcpd did not finish');
+      if (converge) this.#track(this.terminate(r.id));
       return;
     }
     if (r.process === null) {
-      this.#setState(g, 'stopped', r.lastExit === null ? 'stopped' : `stopped: ${r.lastExit.reason}`);
+      this.#setState(g, 'stopped', endedState('stopped', r));
       return;
     }
     const seen = await recognise(r.process, r.id, g.files);
@@ -590,11 +596,15 @@ export class QemuProvider implements CloudProvider {
         await this.#recordEnd(g, `killed by dwcp: ${g.unmanaged}`);
       }
       await this.#usable('start');
-      await this.#reserveHost(() => this.#checkCapacity('start', `VM ${g.record.name} (${id})`, footprintOf(g.record), g, false));
-      g.record.image = imageRef(await this.#rematerialise(g));
+      const image = imageRef(await this.#rematerialise(g));
+      // Checked and taken in one step (pending counts against capacity), so a create cannot slip in between.
+      await this.#reserveHost(async () => {
+        await this.#checkCapacity('start', `VM ${g.record.name} (${id})`, footprintOf(g.record), g, false);
+        this.#setState(g, 'pending', 'pending: starting QEMU');
+      });
+      g.record.image = image;
       g.record.power = 'running';
       await this.#store.save(g.record);
-      this.#setState(g, 'pending', 'pending: starting QEMU');
       return true;
     }, async (g) => {
       try {
@@ -603,7 +613,7 @@ export class QemuProvider implements CloudProvider {
         g.record.power = 'stopped';
         g.record.lastExit = { at: Date.now(), reason: `start failed: ${errorText(err)}` };
         await this.#store.save(g.record);
-        this.#setState(g, 'stopped', `stopped: ${g.record.lastExit.reason}`);
+        this.#setState(g, 'stopped', endedState('stopped', g.record));
         throw this.#startFailure('start', g, err);
       }
     });
@@ -624,7 +634,7 @@ export class QemuProvider implements CloudProvider {
   terminate(id: string, options: LongOperationOptions & { keepDisk?: boolean } = {}): Promise<Instance> {
     return this.#operate('terminate', id, options, async (g) => {
       await this.#observe(g, false);
-      if (g.state === 'terminated') return false;
+      if (g.record.terminatedAt !== null) return false;
       g.record.power = 'terminated';
       await this.#store.save(g.record);
       this.#setState(g, 'stopping', 'stopping: terminating');
@@ -635,7 +645,7 @@ export class QemuProvider implements CloudProvider {
       g.record.terminatedAt = Date.now();
       await this.#store.save(g.record);
       await Promise.all([g.files.qmp, g.files.pid].map((f) => rm(f, { force: true })));
-      this.#setState(g, 'terminated', g.record.keptDisk === null ? 'terminated' : `terminated: disk kept at ${g.record.keptDisk}`);
+      this.#setState(g, 'terminated', endedState('terminated', g.record));
     });
   }
 
@@ -813,7 +823,7 @@ export class QemuProvider implements CloudProvider {
       if (!gone) throw new ProviderError('qemu', why, 'QemuWontDie', `qemu VM ${g.record.id} (${g.record.name}): QEMU pid ${ref.pid} still runs after SIGKILL`, { instanceId: g.record.id });
       await this.#recordEnd(g);
     }
-    if (why === 'stop') this.#setState(g, 'stopped', g.record.lastExit === null ? 'stopped' : `stopped: ${g.record.lastExit.reason}`);
+    if (why === 'stop') this.#setState(g, 'stopped', endedState('stopped', g.record));
   }
 
   /** dwcpd is stopping: an operation waiting on a guest ends here without escalating (the record's power makes the next dwcpd finish it). */
@@ -866,7 +876,7 @@ export class QemuProvider implements CloudProvider {
     g.record.lastExit = { at: Date.now(), reason: `create failed: ${reason}` };
     await rm(g.files.disk, { force: true });
     await this.#store.save(g.record);
-    this.#setState(g, 'terminated', `terminated: ${g.record.lastExit.reason}`);
+    this.#setState(g, 'terminated', endedState('terminated', g.record));
   }
 
   #wrongState(operation: string, g: Guest): IncorrectStateError {
@@ -961,6 +971,14 @@ export class QemuProvider implements CloudProvider {
     }
     await this.#store.flush();
   }
+}
+
+/** The provider state of a guest whose QEMU is not running: the state and how it last ended (and where a kept disk went). */
+function endedState(state: 'stopped' | 'terminated', r: QemuVmRecord): string {
+  const parts: string[] = [state];
+  if (r.lastExit !== null) parts.push(r.lastExit.reason);
+  if (state === 'terminated' && r.keptDisk !== null) parts.push(`disk kept at ${r.keptDisk}`);
+  return parts.join(': ');
 }
 
 function footprintOf(r: QemuVmRecord): Footprint {
