@@ -1,10 +1,12 @@
 /**
  * Handlers for admin services whose work is asynchronous and can fail in
- * ways the caller must tell apart: one wrapper sends every DwcpError as its
- * status (status.ts: the code's gRPC status, the operator's message as the
- * details, code and retryability as trailers), so each service states what
- * it does and not how errors travel. Anything else, and a DwcpError coded
- * `internal` (a failed invariant), is INTERNAL and logged: a bug to look at.
+ * ways the caller must tell apart: one wrapper per call shape (unary,
+ * server-streaming) sends every DwcpError as its status (status.ts: the
+ * code's gRPC status, the operator's message as the details, code and
+ * retryability as trailers), so each service states what it does and not how
+ * errors travel. Anything else, and a DwcpError coded `internal` (a failed
+ * invariant), is INTERNAL and logged: a bug to look at. A stream's messages
+ * go out at the pace the client takes them (`send`).
  */
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';

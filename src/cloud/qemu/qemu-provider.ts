@@ -139,8 +139,12 @@ const GIB = 1024 ** 3;
 /** The kernel command line is at most 2048 bytes on x86; the image's own leaves room for this much user data. */
 const MAX_USER_DATA = 1024;
 const BALLOON_POLL_SECONDS = 5;
-/** How long to wait for the shell to write the exit status once QEMU is gone. */
-const EXIT_STATUS_WAIT_MS = 2_000;
+/**
+ * How long to wait, at most, for the shell to write the exit status once QEMU
+ * is gone; only while the shell still runs, so normally a few milliseconds.
+ * Generous because a host at load 50 was seen to take over 2 s to schedule it.
+ */
+const EXIT_STATUS_WAIT_MS = 30_000;
 
 interface Guest {
   record: QemuVmRecord;
