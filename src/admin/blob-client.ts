@@ -11,8 +11,7 @@
  * daemon sends Put progress about every 250 ms), so a stuck daemon is
  * reported, not waited for.
  */
-import * as grpc from '@grpc/grpc-js';
-import type { MethodDefinition } from '@grpc/proto-loader';
+import { serverStream, type StreamTransport } from './server-stream.ts';
 import { type BlobCacheStatsResponse, type BlobProgress, type BlobPutRequest, type BlobPutResult, type BlobSendResult, type BlobStatusResponse, type BlobTransfer, type BlobValue, type ServiceCall } from './schema.ts';
 
 export interface BlobClient {
@@ -24,14 +23,8 @@ export interface BlobClient {
   cacheStats(): Promise<BlobCacheStatsResponse>;
 }
 
-/** One admin service's calls as a sub-client needs them (the Blob and Image services both stream). */
-export interface BlobClientTransport {
-  client: grpc.Client;
-  method(name: string): MethodDefinition<unknown, unknown> | undefined;
+export interface BlobClientTransport extends StreamTransport {
   unary: ServiceCall;
-  /** Turns a failed call into the client's one-line error. */
-  explain(err: unknown, method: string, timeoutMs: number): Promise<Error>;
-  timeoutMs: number;
 }
 
 export type Num = string | number;
@@ -107,40 +100,6 @@ type WirePutEvent =
   | { event: 'progress'; progress: WireOf<BlobProgress> }
   | { event: 'result'; result: { stored: WireOf<BlobValue>; ingest_seconds: Num; sent?: Parameters<typeof sendFromWire>[0] } };
 type WireGetPart = { part: 'value'; value: WireOf<BlobValue> } | { part: 'data'; data: Uint8Array };
-
-/**
- * Runs one server-streaming call, handing each message to `onMessage` (which
- * may apply back-pressure by returning a promise); fails if the daemon is
- * silent for `timeoutMs` between two messages.
- */
-export async function serverStream<Res>(t: BlobClientTransport, name: string, request: unknown, onMessage: (msg: Res) => Promise<void> | void): Promise<void> {
-  const method = t.method(name);
-  if (method === undefined) throw new Error(`${name} is not a method of the service`);
-  const call = t.client.makeServerStreamRequest(method.path, method.requestSerialize, method.responseDeserialize as (b: Buffer) => Res, request, new grpc.Metadata(), {});
-  let idle: NodeJS.Timeout | undefined;
-  let silent = false;
-  const arm = () => {
-    clearTimeout(idle);
-    idle = setTimeout(() => {
-      silent = true;
-      call.cancel();
-    }, t.timeoutMs);
-  };
-  try {
-    arm();
-    for await (const msg of call as AsyncIterable<Res>) {
-      clearTimeout(idle);
-      await onMessage(msg);
-      arm();
-    }
-  } catch (err) {
-    if (silent) throw await t.explain(Object.assign(new Error('silent'), { code: grpc.status.DEADLINE_EXCEEDED, details: 'no message', metadata: new grpc.Metadata() }), name, t.timeoutMs);
-    call.cancel();
-    throw await t.explain(err, name, t.timeoutMs);
-  } finally {
-    clearTimeout(idle);
-  }
-}
 
 export function blobClient(t: BlobClientTransport): BlobClient {
   return {

@@ -23,7 +23,7 @@ import { DwcpError } from '../errors.ts';
 import type { BlobService, SendOutcome } from '../blob/service.ts';
 import type { StoredValue } from '../blob/store.ts';
 import type { TransferProgress } from '../blob/progress.ts';
-import { asyncServerStream, asyncUnary, writeMessage } from './call.ts';
+import { asyncStreaming, asyncUnary, send } from './call.ts';
 import { BLOB_SERVICE } from './schema.ts';
 import { loadAdminPackage } from './schema.ts';
 import type { AdminServiceRegistration } from './server.ts';
@@ -114,7 +114,7 @@ export function blobServiceRegistration(opts: BlobAdminOptions): AdminServiceReg
         onPhase: (phase, p) => progress.phase(phase, p),
       });
       progress.flush();
-      await writeMessage(call, { result: { stored: blobValue(out.stored), ingest_seconds: out.ingestSeconds, ...(out.sent === null ? {} : { sent: sendResult(out.sent) }) } });
+      await send(call, { result: { stored: blobValue(out.stored), ingest_seconds: out.ingestSeconds, ...(out.sent === null ? {} : { sent: sendResult(out.sent) }) } });
       call.end();
     } finally {
       progress.stop();
@@ -124,7 +124,7 @@ export function blobServiceRegistration(opts: BlobAdminOptions): AdminServiceReg
   const get = async (call: grpc.ServerWritableStream<{ key: string }, unknown>): Promise<void> => {
     if (call.request.key === '') throw new DwcpError('invalid', 'key: required');
     const { value, read } = service.open(call.request.key);
-    await writeMessage(call, { value: blobValue(value) });
+    await send(call, { value: blobValue(value) });
     let parts: Uint8Array[] = [];
     let bytes = 0;
     for await (const chunk of read()) {
@@ -132,15 +132,14 @@ export function blobServiceRegistration(opts: BlobAdminOptions): AdminServiceReg
       parts.push(chunk);
       bytes += chunk.byteLength;
       if (bytes >= GET_PART_BYTES) {
-        await writeMessage(call, { data: Buffer.concat(parts) });
+        await send(call, { data: Buffer.concat(parts) });
         parts = [];
         bytes = 0;
       }
     }
-    if (bytes > 0) await writeMessage(call, { data: Buffer.concat(parts) });
+    if (bytes > 0) await send(call, { data: Buffer.concat(parts) });
     call.end();
   };
-
 
   const unary = <Res>(method: string, fn: () => Promise<Res>) => asyncUnary<object, Res>(log, method, fn);
 
@@ -148,8 +147,8 @@ export function blobServiceRegistration(opts: BlobAdminOptions): AdminServiceReg
     name: BLOB_SERVICE,
     packageDefinition: loadAdminPackage(),
     implementation: {
-      Put: asyncServerStream<PutRequest>(log, 'Put', put),
-      Get: asyncServerStream<{ key: string }>(log, 'Get', get),
+      Put: asyncStreaming<PutRequest>(log, 'Put', put),
+      Get: asyncStreaming<{ key: string }>(log, 'Get', get),
       Status: unary('Status', async () => {
         const s = await service.status();
         return {

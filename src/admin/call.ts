@@ -32,27 +32,15 @@ export function asyncUnary<Req, Res>(log: Logger, method: string, fn: (request: 
   };
 }
 
-export function requireTimeout(raw: number, fallbackMs: number): number {
-  if (raw === 0) return fallbackMs;
-  if (!Number.isInteger(raw) || raw < 1 || raw > 3_600_000) {
-    throw new DwcpError('invalid', `timeout_ms must be from 1 to 3600000, got ${raw}`);
-  }
-  return raw;
-}
-
-/**
- * Wraps a server-streaming handler as asyncUnary wraps a unary one: a
- * failure ends the stream with its status (typed errors their own, anything
- * else INTERNAL and logged).
- */
-export function asyncServerStream<Req>(log: Logger, method: string, run: (call: grpc.ServerWritableStream<Req, unknown>) => Promise<void>): grpc.handleServerStreamingCall<Req, unknown> {
+/** Wraps an async server-streaming handler: its failure ends the stream with the status a unary call would get. */
+export function asyncStreaming<Req>(log: Logger, method: string, run: (call: grpc.ServerWritableStream<Req, unknown>) => Promise<void>): grpc.handleServerStreamingCall<Req, unknown> {
   return (call) => {
     run(call).catch((err: unknown) => call.emit('error', failureStatus(log, method, err)));
   };
 }
 
-/** Writes one message of a server stream, waiting for the client to take it when the stream's buffer is full. */
-export async function writeMessage(call: grpc.ServerWritableStream<unknown, unknown>, message: unknown): Promise<void> {
+/** Writes one message of a stream, waiting for the client to take it when the stream's buffer is full. */
+export async function send(call: grpc.ServerWritableStream<unknown, unknown>, message: unknown): Promise<void> {
   if (call.write(message)) return;
   await new Promise<void>((resolve, reject) => {
     const onDrain = () => {
@@ -66,4 +54,12 @@ export async function writeMessage(call: grpc.ServerWritableStream<unknown, unkn
     call.once('drain', onDrain);
     call.once('error', onError);
   });
+}
+
+export function requireTimeout(raw: number, fallbackMs: number): number {
+  if (raw === 0) return fallbackMs;
+  if (!Number.isInteger(raw) || raw < 1 || raw > 3_600_000) {
+    throw new DwcpError('invalid', `timeout_ms must be from 1 to 3600000, got ${raw}`);
+  }
+  return raw;
 }

@@ -20,6 +20,7 @@ import { DwcpError, type DwcpErrorCode, type DwcpErrorOptions } from '../errors.
 import { fromStatus } from './status.ts';
 import { vmClient, type VmClient } from './vm-client.ts';
 import { blobClient, type BlobClient } from './blob-client.ts';
+import type { StreamTransport } from './server-stream.ts';
 import { stateClient, type StateClient } from './state-client.ts';
 import { fleetClient, type FleetClient } from './fleet-client.ts';
 import { imageClient, type ImageClient } from './image-client.ts';
@@ -252,17 +253,17 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
     });
   }
 
+  /** What a server-streaming call of `service` needs (server-stream.ts). */
+  const streamTransport = (service: string): StreamTransport => ({
+    client,
+    method: (name) => services.get(service)?.[name] as MethodDefinition<unknown, unknown> | undefined,
+    explain: (err, method, timeoutMs) => explainFailure(err, socketPath, method, timeoutMs),
+    timeoutMs: opts.timeoutMs,
+  });
   const serviceCall =
     (service: string): ServiceCall =>
     (method, request, serverTimeoutMs) =>
       call(service, method, request, serverTimeoutMs);
-  const streamingTransport = (service: string) => ({
-    client,
-    method: (name: string) => services.get(service)?.[name] as MethodDefinition<unknown, unknown> | undefined,
-    unary: serviceCall(service),
-    explain: (err: unknown, method: string, timeoutMs: number) => explainFailure(err, socketPath, method, timeoutMs),
-    timeoutMs: opts.timeoutMs,
-  });
   const unary = <Req, Res>(methodName: string, request: Req) => call<Req, Res>(ADMIN_SERVICE, methodName, request);
   type WireWrite = Parameters<typeof writeFromWire>[0];
   const write = async <Req extends { key: string; options: KvWriteOptions }>(method: string, request: Req) =>
@@ -313,9 +314,9 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
         };
       },
     },
-    vm: vmClient(serviceCall(VM_SERVICE)),
-    blob: blobClient(streamingTransport(BLOB_SERVICE)),
-    image: imageClient(streamingTransport(IMAGE_SERVICE)),
+    vm: vmClient(serviceCall(VM_SERVICE), streamTransport(VM_SERVICE)),
+    blob: blobClient({ ...streamTransport(BLOB_SERVICE), unary: serviceCall(BLOB_SERVICE) }),
+    image: imageClient({ ...streamTransport(IMAGE_SERVICE), unary: serviceCall(IMAGE_SERVICE) }),
     state: stateClient(serviceCall(STATE_SERVICE)),
     fleet: fleetClient(serviceCall(FLEET_SERVICE)),
     close: () => client.close(),

@@ -5,7 +5,8 @@
  * the wait between two messages); Pull carries its own timeout, which the
  * call's deadline leaves the daemon room to report.
  */
-import { num, progressFromWire, serverStream, type BlobClientTransport, type Num, type WireOf } from './blob-client.ts';
+import { num, progressFromWire, type BlobClientTransport, type Num, type WireOf } from './blob-client.ts';
+import { serverStream } from './server-stream.ts';
 import type { BlobProgress, ImageAddRequest, ImageInfo, ImageListResponse, ImagePartInfo, ImagePullResponse } from './schema.ts';
 
 export interface ImageClient {

@@ -24,7 +24,7 @@ import { DISK_FORMATS, type DiskFormat } from '../image/format.ts';
 import { imageParts, type HolderRecord, type ImageRecord } from '../image/record.ts';
 import { imageFilePath } from '../image/source.ts';
 import type { ImageSource } from '../cloud/qemu/image-source.ts';
-import { asyncServerStream, asyncUnary, requireTimeout, writeMessage } from './call.ts';
+import { asyncStreaming, asyncUnary, requireTimeout, send } from './call.ts';
 import { progressReporter } from './blob-service.ts';
 import { IMAGE_SERVICE, loadAdminPackage, type ImageAddRequest, type ImageInfo } from './schema.ts';
 import type { AdminServiceRegistration } from './server.ts';
@@ -110,7 +110,7 @@ export function imageServiceRegistration(opts: ImageAdminOptions): AdminServiceR
     try {
       const record = await catalog.add(request, { signal: cancelled.signal, onPart: (role, p) => progress.phase(role, p) });
       progress.flush();
-      await writeMessage(call, { image: await described(record) });
+      await send(call, { image: await described(record) });
       call.end();
     } finally {
       progress.stop();
@@ -128,7 +128,7 @@ export function imageServiceRegistration(opts: ImageAdminOptions): AdminServiceR
     name: IMAGE_SERVICE,
     packageDefinition: loadAdminPackage(),
     implementation: {
-      Add: asyncServerStream<ImageAddRequest>(log, 'Add', add),
+      Add: asyncStreaming<ImageAddRequest>(log, 'Add', add),
       List: unary('List', async () => {
         const [{ records, invalid }, holders] = await Promise.all([catalog.list(), catalog.holders()]);
         return { images: await Promise.all(records.map((r) => info(r, holders.get(r.name)))), problems: invalid.map((i) => i.reason) };

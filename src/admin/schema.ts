@@ -305,6 +305,16 @@ export interface ListTypesRequest {
   timeout_ms: number;
 }
 
+export interface VmConsoleRequest {
+  provider: string;
+  vm: string;
+  follow: boolean;
+  tail_bytes: number;
+}
+
+/** The first message names the VM; the rest carry what its serial console wrote. */
+export type VmConsoleMessage = { part: 'vm'; vm: { provider: string; id: string; name: string } } | { part: 'data'; data: Uint8Array };
+
 export interface ListTypesResponse {
   types: VmInstanceType[];
   failures: { provider: string; message: string }[];

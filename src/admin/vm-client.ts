@@ -8,7 +8,8 @@
  * decoder's extras (oneof markers) are dropped by rebuilding each message
  * field by field in .proto order.
  */
-import type { CreateInstanceRequest, EstimateCostRequest, EstimateCostResponse, ListInstancesRequest, ListInstancesResponse, ListTypesRequest, ListTypesResponse, ServiceCall, VmInstance, VmInstanceRequest, VmInstanceResponse, VmInstanceType, VmProviderStatus } from './schema.ts';
+import type { CreateInstanceRequest, EstimateCostRequest, EstimateCostResponse, ListInstancesRequest, ListInstancesResponse, ListTypesRequest, ListTypesResponse, ServiceCall, VmConsoleMessage, VmConsoleRequest, VmInstance, VmInstanceRequest, VmInstanceResponse, VmInstanceType, VmProviderStatus } from './schema.ts';
+import { serverStream, type StreamTransport } from './server-stream.ts';
 
 export interface VmClient {
   listInstances(request: ListInstancesRequest): Promise<ListInstancesResponse>;
@@ -18,6 +19,13 @@ export interface VmClient {
   terminateInstance(request: VmInstanceRequest): Promise<VmInstanceResponse>;
   listTypes(request: ListTypesRequest): Promise<ListTypesResponse>;
   estimateCost(request: EstimateCostRequest): Promise<EstimateCostResponse>;
+  /**
+   * A guest's serial console: `onVm` once with the VM it resolved to, then
+   * `onData` with each piece in order; resolves when the daemon ends the
+   * stream (at once without follow). A followed console may be silent for
+   * long, so only an unfollowed one has a deadline between messages.
+   */
+  console(request: VmConsoleRequest, onData: (bytes: Uint8Array) => Promise<void> | void, onVm?: (vm: { provider: string; id: string; name: string }) => void): Promise<void>;
 }
 
 /** A message as proto-loader decodes it: proto3 optional fields may be missing. */
@@ -77,7 +85,7 @@ function typeFromWire(t: Wire<VmInstanceType>): VmInstanceType {
   };
 }
 
-export function vmClient(call: ServiceCall): VmClient {
+export function vmClient(call: ServiceCall, stream: StreamTransport): VmClient {
   type InstanceWire = { instance: Wire<VmInstance>; warning?: string };
   const instanceCall = async <Req extends { timeout_ms: number }>(method: string, request: Req) =>
     instanceResponseFromWire(await call<Req, InstanceWire>(method, request, request.timeout_ms || undefined));
@@ -94,6 +102,17 @@ export function vmClient(call: ServiceCall): VmClient {
       const res = await call<ListTypesRequest, { types: Wire<VmInstanceType>[]; failures: { provider: string; message: string }[] }>('ListTypes', request, request.timeout_ms || undefined);
       return { types: res.types.map(typeFromWire), failures: res.failures.map((f) => ({ provider: f.provider, message: f.message })) };
     },
+    console: (request, onData, onVm) =>
+      serverStream<VmConsoleMessage>(
+        stream,
+        'Console',
+        request,
+        async (m) => {
+          if (m.part === 'vm') onVm?.({ provider: m.vm.provider, id: m.vm.id, name: m.vm.name });
+          else await onData(m.data);
+        },
+        request.follow ? null : stream.timeoutMs,
+      ),
     estimateCost: async (request) => {
       const r = await call<EstimateCostRequest, EstimateCostResponse>('EstimateCost', request);
       return {

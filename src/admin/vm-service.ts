@@ -4,7 +4,8 @@
  * errors name the field), bounds every call by its timeout (an AbortSignal
  * the providers honour), and turns provider failures into the gRPC status an
  * operator's script can branch on (see vm.proto): the cloud's own message
- * travels verbatim in the details.
+ * travels verbatim in the details. Console streams a guest's serial log
+ * (file-tail.ts) at the pace the client reads it, until the client cancels.
  */
 import type { Logger } from '../log.ts';
 import { DwcpError } from '../errors.ts';
@@ -15,10 +16,11 @@ import {
   INSTANCE_STATES,
   type InstanceState,
 } from '../cloud/provider.ts';
-import { asyncUnary, requireTimeout } from './call.ts';
+import { asyncStreaming, asyncUnary, requireTimeout, send } from './call.ts';
+import { tailFile } from './file-tail.ts';
 import { loadAdminPackage } from './schema.ts';
 import type { AdminServiceRegistration } from './server.ts';
-import { VM_SERVICE, type CreateInstanceRequest, type EstimateCostRequest, type EstimateCostResponse, type ListInstancesRequest, type ListTypesRequest, type VmInstanceRequest } from './schema.ts';
+import { VM_SERVICE, type CreateInstanceRequest, type EstimateCostRequest, type EstimateCostResponse, type ListInstancesRequest, type ListTypesRequest, type VmConsoleRequest, type VmInstanceRequest } from './schema.ts';
 
 /** Reads answer from memory or one listing; long operations wait for a cloud state change. */
 export const DEFAULT_READ_TIMEOUT_MS = 30_000;
@@ -171,6 +173,20 @@ export function vmServiceRegistration(opts: VmServiceOptions): AdminServiceRegis
           };
         }),
       ),
+      Console: asyncStreaming<Omit<VmConsoleRequest, 'tail_bytes'> & { tail_bytes: number | string }>(log, 'Console', async (call) => {
+        const r = call.request;
+        const tailBytes = Number(r.tail_bytes);
+        if (!Number.isSafeInteger(tailBytes) || tailBytes < 0) throw invalid(`tail_bytes: ${String(r.tail_bytes)} is not a byte count`);
+        const target = inventory.console(required('vm', r.vm), { provider: r.provider });
+        const ended = new AbortController();
+        call.on('cancelled', () => ended.abort());
+        await send(call, { vm: { provider: target.provider, id: target.id, name: target.name } });
+        for await (const data of tailFile(target.path, { tailBytes, follow: r.follow, signal: ended.signal })) {
+          if (call.cancelled) return;
+          await send(call, { data });
+        }
+        call.end();
+      }),
       EstimateCost: asyncUnary(log, 'EstimateCost', async (r: EstimateCostRequest): Promise<EstimateCostResponse> => {
         const model = r.model === '' ? 'on-demand' : PRICING_MODELS.find((m) => m === r.model);
         if (model === undefined) throw invalid(`model: ${JSON.stringify(r.model)} is not one of ${PRICING_MODELS.join('|')}`);

@@ -4,10 +4,14 @@
  *
  *   dwcpctl vm list [--provider P]... [--state S]... [--refresh] [--json]
  *   dwcpctl vm list --all [--region R]... [--label k=v]... [--json]   (every region's VMs: fleet.ts)
- *   dwcpctl vm create --provider P --type T --image I [--zone Z] [--name N] [--tag k=v]... [--spot] [--json]
+ *   dwcpctl vm create --provider P --type T --image I [--zone Z] [--name N] [--tag k=v]... [--spot] [--user-data TEXT] [--json]
  *   dwcpctl vm start|stop|terminate ID [--provider P] [--json]
  *   dwcpctl vm types [--provider P]... [--json]
+ *   dwcpctl vm console NAME|ID [--follow] [--tail BYTES] [--provider P]   (a qemu guest's serial console)
  *   dwcpctl cost estimate --provider aws --region us-east-1 --type t3.medium [--hours 720] [--spot|--reserved] [--json]
+ *
+ * `vm console` prints the guest's serial log as the guest wrote it; with
+ * --follow it goes on printing what the guest writes until interrupted.
  *
  * The `local` provider's VMs are simulated records, and every table says so
  * next to the provider name. Long operations wait for the target state, up
@@ -42,6 +46,9 @@ const VM_OPTIONS = {
   all: { type: 'boolean' },
   region: { type: 'string', multiple: true },
   label: { type: 'string', multiple: true },
+  follow: { type: 'boolean' },
+  tail: { type: 'string' },
+  'user-data': { type: 'string' },
   ...MANAGED_VM_OPTIONS,
 } as const satisfies ParseArgsOptionsConfig;
 
@@ -207,11 +214,11 @@ async function vm(ctx: CommandContext): Promise<void> {
         provider: singleFlag(flags, 'provider') ?? '',
         name: singleFlag(flags, 'name') ?? `dwcp-${randomBytes(3).toString('hex')}`,
         type: requiredFlag(flags, 'type', 'the instance type, e.g. t3.medium; see dwcpctl vm types'),
-        image: requiredFlag(flags, 'image', 'an AMI id on AWS, an image on GCP, anything on local'),
+        image: requiredFlag(flags, 'image', 'an AMI id on AWS, an image on GCP, an image of the catalog on qemu, anything on local'),
         zone: singleFlag(flags, 'zone') ?? '',
         tags: tags(flags),
         spot: flags.spot === true,
-        user_data: '',
+        user_data: singleFlag(flags, 'user-data') ?? '',
         timeout_ms: timeout(ctx, OPERATION_TIMEOUT_MS),
       });
       ctx.io.stdout(ctx.json ? formatJson(res) : formatInstance(res.instance));
@@ -238,9 +245,27 @@ async function vm(ctx: CommandContext): Promise<void> {
       if (res.failures.length > 0) throw new Error(res.failures.map((f) => `${f.provider}: ${f.message}`).join('; '));
       return;
     }
+    case 'console':
+      return consoleOf(ctx);
     default:
-      throw subcommandError('vm', 'list, create, start, stop, terminate or types', sub);
+      throw subcommandError('vm', 'list, create, start, stop, terminate, types or console', sub);
   }
+}
+
+/** `vm console NAME`: the serial log, as bytes decoded to text (a character split between two pieces stays whole). */
+async function consoleOf(ctx: CommandContext): Promise<void> {
+  const [vm, extra] = ctx.args.slice(1);
+  if (vm === undefined || extra !== undefined) throw new UsageError('vm console takes one argument, a VM\'s name or instance ID');
+  const rawTail = singleFlag(ctx.flags, 'tail');
+  const tail = rawTail === undefined ? 0 : Number(rawTail);
+  if (!Number.isSafeInteger(tail) || tail < 0) throw new UsageError(`--tail: ${JSON.stringify(rawTail)} is not a number of bytes`);
+  const decoder = new TextDecoder();
+  await (await ctx.admin()).vm.console(
+    { provider: singleFlag(ctx.flags, 'provider') ?? '', vm, follow: ctx.flags.follow === true, tail_bytes: tail },
+    (bytes) => ctx.io.stdout(decoder.decode(bytes, { stream: true })),
+  );
+  const rest = decoder.decode();
+  if (rest !== '') ctx.io.stdout(rest);
 }
 
 async function cost(ctx: CommandContext): Promise<void> {
@@ -264,11 +289,12 @@ async function cost(ctx: CommandContext): Promise<void> {
 
 export const VM_COMMAND: Command = {
   name: 'vm',
-  args: 'list | create [NAME] | start NAME|ID | stop NAME|ID | terminate NAME|ID | types',
+  args: 'list | create [NAME] | start NAME|ID | stop NAME|ID | terminate NAME|ID | types | console NAME|ID',
   summary:
     "VMs: create NAME --cpu N --memory 4GiB --image I [--region R | --placement auto] [--constraint K=V] [--label k=v] [--dry-run] [--explain] places a managed VM; " +
     "list (--provider P, --state S, --refresh; --all: every region's, --region R, --label k=v; --desired: managed VMs); " +
-    'create --provider P --type T --image I: one unmanaged instance',
+    'create --provider P --type T --image I: one unmanaged instance; ' +
+    'console NAME [--follow] [--tail BYTES]: a qemu guest\'s serial console',
   options: VM_OPTIONS,
   run: vm,
 };

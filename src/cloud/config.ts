@@ -14,12 +14,15 @@
  *   default tags always include `managed-by` (default value `dwcp`): that tag
  *   is what the inventory applies once a create is recorded, and what marks
  *   a VM as one this federation manages.
+ * - At most one `qemu` provider: it owns this host's guests (its data
+ *   directory is `<dataDir>/qemu`) and its capacity.
  * - With no `clouds:` section, one `local` provider is configured (simulated
  *   VMs, clearly labelled local), so `dwcpctl vm list` works on a fresh
  *   single node; `clouds: {providers: []}` turns cloud management off.
  * - Credentials never appear here: only where to find them (the AWS default
  *   chain, a named profile or the environment; Google ADC or a key file).
  */
+import { cpus, totalmem } from 'node:os';
 import { z } from 'zod';
 import { awsTagProblem } from './aws/tags.ts';
 import { gcpLabelProblem } from './gcp/labels.ts';
@@ -171,9 +174,53 @@ const LocalEntrySchema = z.strictObject({
   transitionDelayMs: millis(0, 600_000).default(500),
 });
 
+const QemuTypeSchema = z.strictObject({
+  vcpus: z.number().int().min(1).max(1_024),
+  memoryMiB: z.number().int().min(64).max(16 * 1024 * 1024),
+  /** The guest's disk: a blank data disk for kernel images, at least the base image's size for disk images. */
+  diskGiB: z.number().int().min(1).max(1_000_000).default(10),
+});
+
+const QemuEntrySchema = z.strictObject({
+  kind: z.literal('qemu'),
+  ...common,
+  region: regionName.default('onprem'),
+  /** The QEMU system emulator: a path, or a name looked up on PATH. */
+  binary: z.string().min(1).default('qemu-system-x86_64'),
+  qemuImg: z.string().min(1).default('qemu-img'),
+  /** auto: KVM when a probe boot proves it works (src/cloud/qemu/accel.ts), else TCG, with a log line saying why. */
+  accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
+  /** The kernel the KVM probe boots; default the newest /boot/vmlinuz-*. */
+  kvmProbeKernel: z.string().min(1).optional(),
+  kvmProbeTimeoutMs: millis(1_000, 600_000).default(10_000),
+  /**
+   * What the guests may use in total (vCPUs and memory of guests not stopped,
+   * disks of guests not terminated), and what the fleet publishes as this
+   * provider's capacity. Absent: the host's CPUs and memory, 100 GiB of disk.
+   */
+  capacity: OnPremCapacitySchema.optional(),
+  /** Instance types by name; absent: qemu.micro (1 vCPU, 256 MiB), qemu.small, qemu.medium, qemu.large. */
+  types: z.record(z.string().regex(/^[a-z0-9][a-z0-9.-]{0,62}$/, 'a type name (lowercase letters, digits, ".", "-")'), QemuTypeSchema).optional(),
+  ...onPremPrices,
+  /**
+   * Guest images as directories (`<imageDir>/<name>/image.json`, what
+   * `npm run guest-image -- --out` writes), used when the daemon has no image
+   * catalog to give the provider.
+   */
+  imageDir: z.string().min(1).optional(),
+  /** From spawning QEMU until its QMP socket answers. */
+  bootTimeoutMs: millis(1_000, 600_000).default(60_000),
+  /** How long a stop waits for the guest to power off (ACPI) before it quits QEMU. */
+  stopTimeoutMs: millis(0, 3_600_000).default(30_000),
+  /** One QMP command, and one QMP connection's greeting. */
+  qmpTimeoutMs: millis(100, 600_000).default(10_000),
+  /** How often each guest's CPU, memory and disk use is sampled for the metrics; 0: never in the background. */
+  utilisationIntervalMs: z.number().int().min(0).max(86_400_000).default(15_000),
+});
+
 const ProviderEntrySchema = z
   .looseObject({ kind: z.enum(PROVIDER_KINDS) })
-  .pipe(z.discriminatedUnion('kind', [AwsEntrySchema, GcpEntrySchema, LocalEntrySchema]));
+  .pipe(z.discriminatedUnion('kind', [AwsEntrySchema, GcpEntrySchema, LocalEntrySchema, QemuEntrySchema]));
 
 const CloudsObjectSchema = z
   .strictObject({
@@ -186,6 +233,7 @@ const CloudsObjectSchema = z
   .superRefine((clouds, ctx) => {
     const issue = (path: PropertyKey[], input: unknown, message: string) => ctx.addIssue({ code: 'custom', path, input, params: { sentence: true }, message });
     const names = new Map<string, number>();
+    let qemu: number | null = null;
     clouds.providers.forEach((entry, i) => {
       const at = ['providers', i];
       const name = entry.name ?? entry.kind;
@@ -195,7 +243,11 @@ const CloudsObjectSchema = z
       if (CREATE_TOKEN_TAG in entry.tags) issue([...at, 'tags', CREATE_TOKEN_TAG], entry.tags[CREATE_TOKEN_TAG], 'is reserved for the create token dwcp sets itself');
       const problem = entry.kind === 'aws' ? awsTagProblem(defaultTags(entry.tags)) : entry.kind === 'gcp' ? gcpLabelProblem(defaultTags(entry.tags)) : null;
       if (problem !== null) issue([...at, 'tags'], entry.tags, `is refused: ${problem}`);
-      if (entry.kind !== 'local') {
+      if (entry.kind === 'qemu') {
+        if (qemu !== null) issue([...at, 'kind'], entry.kind, `is given twice (providers[${qemu}] is the qemu provider already): one qemu provider runs a host's guests`);
+        qemu = i;
+      }
+      if (!isOnPrem(entry)) {
         entry.zones.forEach((zone, z) => {
           if (!zone.startsWith(entry.region)) issue([...at, 'zones', z], zone, `is not a zone of region ${entry.region}`);
         });
@@ -224,6 +276,18 @@ export type CloudProviderConfig = CloudsConfig['providers'][number];
 export type AwsCloudConfig = Extract<CloudProviderConfig, { kind: 'aws' }>;
 export type GcpCloudConfig = Extract<CloudProviderConfig, { kind: 'gcp' }>;
 export type LocalCloudConfig = Extract<CloudProviderConfig, { kind: 'local' }>;
+export type QemuCloudConfig = Extract<CloudProviderConfig, { kind: 'qemu' }>;
+export type OnPremCloudConfig = LocalCloudConfig | QemuCloudConfig;
+
+/** What an on-premises provider (local, qemu) without a configured capacity holds: this host's CPUs and memory, 100 GiB of disk. */
+export function hostCapacity(): { vcpus: number; memoryGiB: number; diskGiB: number } {
+  return { vcpus: Math.max(1, cpus().length), memoryGiB: Math.floor(totalmem() / 2 ** 30), diskGiB: 100 };
+}
+
+/** On-premises providers (local, qemu): capacity and prices come from the config, not from a cloud. */
+export function isOnPrem<T extends { kind: string }>(entry: T): entry is Extract<T, { kind: 'local' | 'qemu' }> {
+  return entry.kind === 'local' || entry.kind === 'qemu';
+}
 
 /** The configured tags with `managed-by: dwcp` unless they set managed-by themselves. */
 function defaultTags(tags: Record<string, string>): Record<string, string> {

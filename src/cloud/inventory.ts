@@ -49,10 +49,13 @@ import { instancesKey, readSnapshot, writeSnapshot } from './inventory-snapshot.
 import { apiCallObserver, initProviderMetrics, recordInstances, type CloudMetrics } from './metrics.ts';
 import { PricingCatalog, PRICED_PROVIDERS, type LiveSpotPrice } from './pricing/catalog.ts';
 import { buildProvider, providerDir, type ProviderBuilder } from './providers.ts';
+import type { ImageSource } from './qemu/image-source.ts';
 import {
   CapacityError,
   CredentialsError,
+  hasSerialConsole,
   InvalidRequestError,
+  NotFound,
   ProviderError,
   type CloudProvider,
   type CreateInstanceRequest,
@@ -138,6 +141,8 @@ export interface CloudInventoryOptions {
   buildProvider?: ProviderBuilder;
   /** Default: loaded from clouds.pricingDir or the shipped catalog. */
   catalog?: PricingCatalog;
+  /** Where a qemu provider's guest images come from (the image catalog); absent: its config's imageDir. */
+  images?: ImageSource;
   /** [0, 1); default Math.random. Only jitters sync times. */
   random?: () => number;
 }
@@ -203,7 +208,7 @@ export class CloudInventory {
     const slots: Slot[] = [];
     try {
       for (const entry of clouds.providers) {
-        const provider = await build(entry, { dataDir, observer: apiCallObserver(metrics, entry.name), log });
+        const provider = await build(entry, { dataDir, observer: apiCallObserver(metrics, entry.name), log, qemuMetrics: metrics.qemu, ...(options.images === undefined ? {} : { images: options.images }) });
         slots.push(await CloudInventory.#slot(entry, provider, dataDir, log));
         initProviderMetrics(metrics, entry.name);
         metrics.pendingCreates.set({ provider: entry.name }, journal.list(entry.name).length);
@@ -554,6 +559,31 @@ export class CloudInventory {
     }
   }
 
+  /**
+   * Where a VM's serial console is logged: the named provider (which must
+   * keep consoles), or the first provider that keeps consoles and knows the
+   * VM by id or name.
+   */
+  console(vm: string, options: { provider?: string } = {}): { provider: string; id: string; name: string; path: string } {
+    const named = options.provider !== undefined && options.provider !== '';
+    const slots = named ? [this.#one(options.provider ?? '')] : this.#slots;
+    const keeping = slots.filter((s) => hasSerialConsole(s.provider));
+    if (keeping.length === 0) {
+      throw new InventoryError('not_found', named ? `provider ${options.provider} keeps no serial consoles (qemu guests have them)` : 'no configured provider keeps serial consoles (qemu guests have them)');
+    }
+    let missing: unknown = null;
+    for (const slot of keeping) {
+      if (!hasSerialConsole(slot.provider)) continue;
+      try {
+        return { provider: slot.name, ...slot.provider.serialLog(vm) };
+      } catch (err) {
+        if (!(err instanceof NotFound)) throw err;
+        missing = err;
+      }
+    }
+    throw missing instanceof Error ? missing : new InventoryError('not_found', `no VM ${vm}`);
+  }
+
   /** Runs `work` with a signal that fires on the caller's signal or on stop(); stop() waits for it. */
   #operation<T>(work: (signal: AbortSignal) => Promise<T>, callerSignal: AbortSignal | undefined): Promise<T> {
     const signal = callerSignal ? AbortSignal.any([callerSignal, this.#lifetime.signal]) : this.#lifetime.signal;
@@ -619,6 +649,7 @@ const ID_SHAPES: Readonly<Record<ProviderKind, RegExp>> = {
   aws: /^i-[0-9a-f]{8,17}$/,
   gcp: /^[a-z0-9-]+\/[a-z]([-a-z0-9]{0,61}[a-z0-9])?$/,
   local: /^local-[0-9a-f]{12}$/,
+  qemu: /^qemu-[0-9a-f]{12}$/,
 };
 
 /**

@@ -13,6 +13,7 @@
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { INSTANCE_STATES, type ApiCallEvent, type ApiCallObserver, type Instance } from './provider.ts';
+import { createQemuMetrics, type QemuMetrics } from './qemu/metrics.ts';
 
 export interface CloudMetrics {
   apiCalls: Counter<'provider' | 'operation' | 'result'>;
@@ -24,6 +25,8 @@ export interface CloudMetrics {
   pendingCreates: Gauge<'provider'>;
   reconciledCreates: Counter<'provider'>;
   unreconciledInstances: Gauge<'provider'>;
+  /** The qemu provider's own (guests, QMP calls, per-guest use): src/cloud/qemu/metrics.ts. */
+  qemu: QemuMetrics;
 }
 
 /** Cloud API latencies: tens of milliseconds for a read to minutes for a call the SDK kept retrying. */
@@ -86,6 +89,7 @@ export function createCloudMetrics(registers: Registry[]): CloudMetrics {
       labelNames: ['provider'],
       registers,
     }),
+    qemu: createQemuMetrics(registers),
   };
 }
 

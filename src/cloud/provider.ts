@@ -1,6 +1,6 @@
 /**
  * The one interface every cloud provider implements (AWS EC2, Google Compute,
- * the `local` simulated provider), shaped by what the federation needs rather
+ * the `local` simulated provider, `qemu` real guests on this host), shaped by what the federation needs rather
  * than by one cloud's API: today the inventory and the VM lifecycle behind
  * `dwcpctl vm` and `cost`; placement, bursting and DR are the fleet control
  * plane's (issue 13) and will call the same interface.
@@ -21,7 +21,7 @@
  */
 import { DwcpError, type DwcpErrorCode } from '../errors.ts';
 
-export const PROVIDER_KINDS = ['aws', 'gcp', 'local'] as const;
+export const PROVIDER_KINDS = ['aws', 'gcp', 'local', 'qemu'] as const;
 export type ProviderKind = (typeof PROVIDER_KINDS)[number];
 
 export const INSTANCE_STATES = ['pending', 'running', 'stopping', 'stopped', 'terminated'] as const;
@@ -30,7 +30,7 @@ export type InstanceState = (typeof INSTANCE_STATES)[number];
 export type Tags = Readonly<Record<string, string>>;
 
 export interface Instance {
-  /** Unique within the provider and region and enough to address the instance: EC2 `i-…`, GCP `zone/name`, local `local-…`. */
+  /** Unique within the provider and region and enough to address the instance: EC2 `i-…`, GCP `zone/name`, local `local-…`, qemu `qemu-…`. */
   readonly id: string;
   readonly name: string;
   readonly provider: ProviderKind;
@@ -163,6 +163,19 @@ export interface CloudProvider {
   /** Current spot prices, where the provider publishes them through its API (AWS). */
   spotPrices?(query: SpotPriceQuery, options?: CallOptions): Promise<SpotPrice[]>;
   close(): Promise<void>;
+}
+
+/**
+ * A provider whose VMs have a serial console it keeps as a file (qemu): not
+ * part of CloudProvider, since the clouds keep theirs behind their own APIs.
+ */
+export interface SerialConsoleSource {
+  /** The console log of a VM named by id or by name; throws NotFound or InvalidRequestError (an ambiguous name). */
+  serialLog(idOrName: string): { id: string; name: string; path: string };
+}
+
+export function hasSerialConsole(provider: CloudProvider): provider is CloudProvider & SerialConsoleSource {
+  return typeof (provider as Partial<SerialConsoleSource>).serialLog === 'function';
 }
 
 // ---------------------------------------------------------------------------

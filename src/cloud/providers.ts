@@ -5,18 +5,32 @@
  * the local provider (every test daemon, every fresh node) must not pay.
  *
  * The local provider keeps its VMs in a file under the data directory, so
- * they survive restarts; the clouds keep their own.
+ * they survive restarts; the clouds keep their own. The qemu provider keeps
+ * its guests under `<dataDir>/qemu` and takes its images from the image
+ * source the daemon gives it (the image catalog), or from the directory its
+ * config names.
  */
 import { join } from 'node:path';
+import { DwcpError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { gcpEndpointUrl, type CloudProviderConfig } from './config.ts';
+import { gcpEndpointUrl, hostCapacity, type CloudProviderConfig, type QemuCloudConfig } from './config.ts';
 import { FileVmStore } from './local/file-store.ts';
 import type { ApiCallObserver, CloudProvider } from './provider.ts';
+import type { ImageSource } from './qemu/image-source.ts';
+import type { QemuMetrics } from './qemu/metrics.ts';
 
 export interface ProviderContext {
   dataDir: string;
   observer: ApiCallObserver;
   log: Logger;
+  /** Where the qemu provider's images come from; absent: the entry's imageDir, if any. */
+  images?: ImageSource;
+  qemuMetrics?: QemuMetrics;
+}
+
+/** Where the qemu provider keeps its guests. */
+export function qemuDir(dataDir: string): string {
+  return join(dataDir, 'qemu');
 }
 
 export type ProviderBuilder = (entry: CloudProviderConfig, context: ProviderContext) => Promise<CloudProvider>;
@@ -26,7 +40,8 @@ export function providerDir(dataDir: string, name: string): string {
   return join(dataDir, 'cloud', name);
 }
 
-export const buildProvider: ProviderBuilder = async (entry, { dataDir, observer, log }) => {
+export const buildProvider: ProviderBuilder = async (entry, context) => {
+  const { dataDir, observer, log } = context;
   switch (entry.kind) {
     case 'aws': {
       const { AwsProvider } = await import('./aws/aws-provider.ts');
@@ -66,5 +81,34 @@ export const buildProvider: ProviderBuilder = async (entry, { dataDir, observer,
         transitionDelayMs: entry.transitionDelayMs,
       });
     }
+    case 'qemu':
+      return buildQemuProvider(entry, context);
   }
+};
+
+async function buildQemuProvider(entry: QemuCloudConfig, { dataDir, log, images, qemuMetrics }: ProviderContext): Promise<CloudProvider> {
+  const [{ QemuProvider }, { DirectoryImageSource }] = await Promise.all([import('./qemu/qemu-provider.ts'), import('./qemu/directory-images.ts')]);
+  const capacity = entry.capacity ?? hostCapacity();
+  return QemuProvider.open({
+    region: entry.region,
+    zones: entry.zones,
+    dir: qemuDir(dataDir),
+    binary: entry.binary,
+    qemuImg: entry.qemuImg,
+    accel: entry.accel,
+    kvmProbeKernel: entry.kvmProbeKernel,
+    kvmProbeTimeoutMs: entry.kvmProbeTimeoutMs,
+    capacity: { vcpus: capacity.vcpus, memoryMiB: Math.round(capacity.memoryGiB * 1024), diskGiB: capacity.diskGiB },
+    ...(entry.types === undefined ? {} : { types: entry.types }),
+    images: images ?? (entry.imageDir !== undefined ? new DirectoryImageSource(entry.imageDir) : NO_IMAGES),
+    log: log.child({ provider: entry.name }),
+    ...(qemuMetrics === undefined ? {} : { metrics: qemuMetrics }),
+    timeouts: { bootMs: entry.bootTimeoutMs, powerdownMs: entry.stopTimeoutMs, qmpCallMs: entry.qmpTimeoutMs, qmpConnectMs: Math.min(entry.qmpTimeoutMs, 5_000) },
+    utilisationIntervalMs: entry.utilisationIntervalMs,
+  });
+}
+
+/** A qemu provider with neither an image catalog nor an imageDir has no images: every create says so. */
+const NO_IMAGES: ImageSource = {
+  materialise: (name) => Promise.reject(new DwcpError('not_found', `no image source is configured (no image catalog, and no imageDir in the qemu provider's config), so there is no image ${name}`)),
 };

@@ -23,10 +23,9 @@
  * - Ticks never overlap; a failed write leaves its key out of "published",
  *   so the next tick retries it. At most MAX_VM_RECORDS VMs are published.
  */
-import { cpus, totalmem } from 'node:os';
 import type { DwcpConfig } from '../config/schema.ts';
 import type { CloudInventory } from '../cloud/inventory.ts';
-import type { CloudProviderConfig } from '../cloud/config.ts';
+import { hostCapacity, isOnPrem, type CloudProviderConfig } from '../cloud/config.ts';
 import type { Logger } from '../log.ts';
 import { entryKey } from '../state/entry.ts';
 import type { GeoState } from '../state/geo-state.ts';
@@ -62,11 +61,6 @@ export const MAX_FLEET_RECORDS = 1_000_000;
 const CHANGE_POLL_MS = 1_000;
 const STORE_TYPE = 'lww-register';
 const WRITE_TIMEOUT_MS = 5_000;
-
-/** What the fleet declares for a local provider without a configured capacity: this host. */
-export function hostCapacity(): Capacity {
-  return { vcpus: Math.max(1, cpus().length), memoryGiB: Math.floor(totalmem() / 2 ** 30), diskGiB: 100 };
-}
 
 export interface ObservedPublisherOptions {
   config: DwcpConfig;
@@ -228,7 +222,7 @@ export class ObservedPublisher {
   /** USD per hour: the catalog for clouds (spot or on-demand), the configured prices on-premises; null when unknown. */
   #price(entry: CloudProviderConfig | undefined, instance: { vcpus: number | null; memoryMiB: number | null; type: string; spot: boolean; region: string }): number | null {
     if (entry === undefined) return null;
-    if (entry.kind === 'local') return onPremPrice(instance.vcpus, instance.memoryMiB, entry);
+    if (isOnPrem(entry)) return onPremPrice(instance.vcpus, instance.memoryMiB, entry);
     try {
       return this.#opts.inventory.catalog.quote({ provider: entry.kind, region: instance.region, type: instance.type, model: instance.spot ? 'spot' : 'on-demand' }).hourly;
     } catch {
@@ -246,8 +240,8 @@ export class ObservedPublisher {
         name: entry.name,
         kind: entry.kind,
         location: status?.region ?? entry.region,
-        capacity: entry.kind === 'local' ? declaredCapacity(entry.capacity) : null,
-        quota: entry.kind === 'local' || entry.quota === undefined ? null : { vcpus: entry.quota.vcpus ?? null, instances: entry.quota.instances ?? null },
+        capacity: isOnPrem(entry) ? declaredCapacity(entry.capacity) : null,
+        quota: isOnPrem(entry) || entry.quota === undefined ? null : { vcpus: entry.quota.vcpus ?? null, instances: entry.quota.instances ?? null },
         usedVcpus: holding.reduce((n, r) => n + (r.vcpus ?? 0), 0),
         usedMemoryMiB: holding.reduce((n, r) => n + (r.memoryMiB ?? 0), 0),
         vms: mine.length,

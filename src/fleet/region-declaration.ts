@@ -16,10 +16,9 @@
  * against on-premises, not a bill. A cloud region the catalog does not price
  * is declared at a high rate, so placement uses it last.
  */
-import type { CloudProviderConfig } from '../cloud/config.ts';
+import { hostCapacity, isOnPrem, type CloudProviderConfig } from '../cloud/config.ts';
 import type { PricingCatalog } from '../cloud/pricing/catalog.ts';
 import { FLEET_MAX_DECLARED_INSTANCES, FLEET_MAX_DECLARED_VCPUS, type FleetCommandInput, type FleetProviderKind } from './commands.ts';
-import { hostCapacity } from './observed-publisher.ts';
 
 /** What a cloud region without catalog prices is declared at, per vCPU-hour: dear enough to come last. */
 export const UNPRICED_VCPU_HOUR_USD = 1;
@@ -55,7 +54,7 @@ export function regionDeclaration(config: RegionFactsConfig, catalog: Pick<Prici
 
 function providerDeclaration(p: CloudProviderConfig, catalog: Pick<PricingCatalog, 'types' | 'quote'>): ProviderInput {
   const kind: FleetProviderKind = p.kind;
-  if (p.kind === 'local') {
+  if (isOnPrem(p)) {
     const c = p.capacity ?? hostCapacity();
     return {
       name: p.name,

@@ -113,7 +113,7 @@ describe('vm and cost usage errors', () => {
 
   it('exits 2 naming the mistake, before talking to any daemon', async () => {
     const cases: [string[], string][] = [
-      [['vm'], 'vm needs a subcommand: list, create, start, stop, terminate or types'],
+      [['vm'], 'vm needs a subcommand: list, create, start, stop, terminate, types or console'],
       [['vm', 'stop'], "vm stop takes one argument, a managed VM's name or an instance ID"],
       [['vm', 'list', 'extra'], 'vm list takes no arguments (got "extra")'],
       [['vm', 'create', '--image', 'x'], 'vm create needs a NAME (a managed VM: NAME --cpu N --memory SIZE --image I) or --type (one unmanaged instance: --provider P --type T --image I)'],

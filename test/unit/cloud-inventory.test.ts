@@ -144,7 +144,7 @@ async function setup(opts: { dir?: string; local?: Record<string, unknown>; prov
   return { inventory, flaky, metrics, dir };
 }
 
-async function metric(m: CloudMetrics, name: keyof CloudMetrics, provider = 'local'): Promise<number | undefined> {
+async function metric(m: CloudMetrics, name: Exclude<keyof CloudMetrics, 'qemu'>, provider = 'local'): Promise<number | undefined> {
   const values = (await m[name].get()).values as { labels: Record<string, string | number>; value: number }[];
   return values.find((v) => v.labels.provider === provider)?.value;
 }

@@ -1,0 +1,106 @@
+/**
+ * The command lines of one guest: QEMU's own, the small shell that starts it
+ * and records how it ended, and the test that a running process is this
+ * guest's QEMU. Pure: names and paths in, argv out.
+ *
+ * Invariants:
+ * - Nothing listens on the network: no VNC, no SPICE, no display
+ *   (`-display none`), no default devices (`-nodefaults`), no user config
+ *   files (`-no-user-config`). The only control channel is the QMP socket,
+ *   a Unix socket in the VM's directory.
+ * - `-sandbox on` (seccomp) with every restriction QEMU offers, when the
+ *   build has it: the guest's QEMU may not spawn, gain privileges or call
+ *   obsolete system calls.
+ * - `-name guest=<id>` and the QMP socket path make the command line unique
+ *   to the VM, so `isGuestCommandLine` can tell this VM's QEMU from any
+ *   other process, another VM's QEMU included.
+ * - The shell runs QEMU as its child (not exec), so it outlives it and writes
+ *   QEMU's exit status (128+N when killed by signal N) to the exit file,
+ *   even when dwcpd is not running; dwcpd reads how a guest ended from there.
+ */
+
+export type Accel = 'kvm' | 'tcg';
+
+export interface GuestPaths {
+  readonly qmp: string;
+  readonly serial: string;
+  readonly pid: string;
+  readonly disk: string;
+  /** Where the shell records QEMU's exit status. */
+  readonly exit: string;
+}
+
+export type GuestBoot = { readonly kind: 'kernel'; readonly kernel: string; readonly initrd: string; readonly cmdline: string } | { readonly kind: 'disk' };
+
+export interface GuestCommand {
+  readonly id: string;
+  readonly vcpus: number;
+  readonly memoryMiB: number;
+  readonly accel: Accel;
+  readonly sandbox: boolean;
+  readonly paths: GuestPaths;
+  readonly boot: GuestBoot;
+}
+
+/** The seccomp sandbox with every restriction on (QEMU 2.11+). */
+export const SANDBOX = 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny';
+
+/** A value inside a QEMU option list, where "," separates options: commas are doubled. */
+export function optionValue(value: string): string {
+  return value.replaceAll(',', ',,');
+}
+
+/** QEMU's arguments (without the binary) for one guest. */
+export function qemuArgs(g: GuestCommand): string[] {
+  const args = [
+    '-name', `guest=${g.id},process=dwcp-${g.id}`,
+    '-machine', 'pc',
+    '-accel', g.accel,
+    ...(g.accel === 'kvm' ? ['-cpu', 'host'] : []),
+    '-smp', String(g.vcpus),
+    '-m', `${g.memoryMiB}M`,
+    '-nodefaults',
+    '-no-user-config',
+    '-display', 'none',
+    ...(g.sandbox ? ['-sandbox', SANDBOX] : []),
+    '-chardev', `socket,id=qmp,path=${optionValue(g.paths.qmp)},server=on,wait=off`,
+    '-mon', 'chardev=qmp,mode=control',
+    '-chardev', `file,id=serial0,path=${optionValue(g.paths.serial)},append=on`,
+    '-serial', 'chardev:serial0',
+    '-pidfile', g.paths.pid,
+    '-blockdev', `driver=file,filename=${optionValue(g.paths.disk)},node-name=disk0-file`,
+    '-blockdev', 'driver=qcow2,file=disk0-file,node-name=disk0',
+    '-device', `virtio-blk-pci,drive=disk0,id=disk0-dev${g.boot.kind === 'disk' ? ',bootindex=0' : ''}`,
+    // A balloon device lets the guest report its memory use (query through qom-get guest-stats).
+    '-device', 'virtio-balloon-pci,id=balloon0',
+  ];
+  if (g.boot.kind === 'kernel') args.push('-kernel', g.boot.kernel, '-initrd', g.boot.initrd, '-append', g.boot.cmdline);
+  return args;
+}
+
+/**
+ * The shell that runs QEMU and writes "STATUS" to the exit file when it
+ * ends. Argument order: sh -c SCRIPT dwcp-qemu EXITFILE BINARY ARGS...
+ */
+export function shimArgs(binary: string, args: readonly string[], exitFile: string): string[] {
+  const script = 'f=$1; shift; "$@"; s=$?; printf "%s\\n" "$s" > "$f.tmp" && mv "$f.tmp" "$f"';
+  return ['-c', script, 'dwcp-qemu', exitFile, binary, ...args];
+}
+
+/** Whether `argv` (a live process's command line) is the QEMU of guest `id` with QMP socket `qmp`. */
+export function isGuestCommandLine(argv: readonly string[], id: string, qmp: string): boolean {
+  const name = argv.indexOf('-name');
+  if (name < 0 || argv[name + 1] !== `guest=${id},process=dwcp-${id}`) return false;
+  return argv.some((a, i) => argv[i - 1] === '-chardev' && a.startsWith('socket,id=qmp,') && a.includes(`path=${optionValue(qmp)},`));
+}
+
+/** How a process ended, from the shell's exit status: "exited with status 1", "killed by SIGKILL (signal 9)". */
+export function describeExitStatus(status: number): string {
+  if (status > 128 && status < 128 + 65) {
+    const n = status - 128;
+    return `killed by ${SIGNAL_NAMES[n] ?? 'signal'} (signal ${n})`;
+  }
+  return status === 0 ? 'exited normally (status 0)' : `exited with status ${status}`;
+}
+
+const SIGNAL_NAMES: Readonly<Record<number, string>> = { 1: 'SIGHUP', 2: 'SIGINT', 6: 'SIGABRT', 9: 'SIGKILL', 11: 'SIGSEGV', 15: 'SIGTERM' };

@@ -1,0 +1,48 @@
+/**
+ * What the qemu tests share: the test guest built once per machine (cached
+ * under the temp directory, keyed by what it is built from, so every test
+ * file and worker reuses one build), an image directory holding it for the
+ * DirectoryImageSource, and waits on files QEMU creates.
+ *
+ * Two workers may build at once: each builds into its own directory and
+ * renames it into place; the loser's rename fails and it uses the winner's.
+ */
+import { mkdir, rename, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildGuestImage, exists, guestSources, sourcesKey } from '../../scripts/guest-image/build.ts';
+
+/** The image name the tests register the guest under. */
+export const GUEST_IMAGE = 'tiny';
+
+let built: Promise<string> | undefined;
+
+/** A directory for DirectoryImageSource holding the test guest as `tiny` (read-only to tests: copy before changing). */
+export function guestImagesDir(): Promise<string> {
+  built ??= (async () => {
+    const sources = await guestSources();
+    const root = join(tmpdir(), 'dwcp-guest-image', await sourcesKey(sources));
+    const ready = join(root, GUEST_IMAGE, 'image.json');
+    if (await exists(ready)) return root;
+    await mkdir(join(tmpdir(), 'dwcp-guest-image'), { recursive: true });
+    const staging = `${root}.tmp-${process.pid}-${Math.random().toString(16).slice(2, 8)}`;
+    await buildGuestImage(join(staging, GUEST_IMAGE), sources);
+    try {
+      await rename(staging, root);
+    } catch (err) {
+      if (!(await exists(ready))) throw err;
+      await rm(staging, { recursive: true, force: true });
+    }
+    return root;
+  })();
+  return built;
+}
+
+/** Resolves once `path` exists (QEMU creates its sockets and pid file a moment after it starts). */
+export async function waitForPath(path: string, ms: number): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (!(await exists(path))) {
+    if (performance.now() > deadline) throw new Error(`${path} did not appear within ${ms} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
