@@ -113,9 +113,11 @@ describe('vm and cost usage errors', () => {
 
   it('exits 2 naming the mistake, before talking to any daemon', async () => {
     const cases: [string[], string][] = [
-      [['vm'], 'vm needs a subcommand: list, create, start, stop, terminate or types'],
+      [['vm'], 'vm needs a subcommand: list, create, start, stop, terminate, types or console'],
       [['vm', 'stop'], "vm stop takes one argument, a managed VM's name or an instance ID"],
       [['vm', 'list', 'extra'], 'vm list takes no arguments (got "extra")'],
+      [['vm', 'console'], "vm console takes one argument, a VM's name or instance ID"],
+      [['vm', 'console', 'web1', '--tail', 'lots'], '--tail: "lots" is not a number of bytes'],
       [['vm', 'create', '--image', 'x'], 'vm create needs a NAME (a managed VM: NAME --cpu N --memory SIZE --image I) or --type (one unmanaged instance: --provider P --type T --image I)'],
       [['vm', 'create', 'web1', '--memory', '1GiB', '--image', 'x'], '--cpu is required (vCPUs, e.g. 2)'],
       [['vm', 'create', 'web1', '--cpu', '1', '--memory', '4 bananas', '--image', 'x'], '--memory: "4 bananas" has an unknown unit "bananas": expected B, KiB, MiB, GiB, TiB (binary) or KB, MB, GB, TB (decimal)'],
