@@ -68,6 +68,8 @@ describe('vm tables', () => {
       ].join('\n'),
     );
     expect(formatInstances({ instances: [], providers: [] })).toMatch(/^\(no cloud providers configured/);
+    const killed = { ...vm, id: 'qemu-0123456789ab', kind: 'qemu', provider: 'qemu', state: 'stopped', provider_state: 'stopped: QEMU killed by SIGKILL (signal 9)' };
+    expect(formatInstances({ instances: [killed], providers: [status({ name: 'qemu', kind: 'qemu' })] }, NOW)).toContain('\nqemu-0123456789ab (db-1): stopped: QEMU killed by SIGKILL (signal 9)\n\nPROVIDER');
   });
 
   it('shows one instance and one estimate as fields', () => {
