@@ -117,7 +117,9 @@ export function formatInstances(res: ListInstancesResponse, now: Date = new Date
             i.public_ip ?? UNKNOWN,
           ]),
         );
-  return `${table}\n${formatProviders(res.providers, now)}`;
+  // A provider state that explains its state ("stopped: QEMU killed by SIGKILL (signal 9)", qemu's) is worth a line of its own.
+  const why = res.instances.filter((i) => i.provider_state.startsWith(`${i.state}: `)).map((i) => `${i.id} (${i.name}): ${i.provider_state}\n`);
+  return `${table}${why.length > 0 ? `\n${why.join('')}` : ''}\n${formatProviders(res.providers, now)}`;
 }
 
 export function formatProviders(providers: readonly VmProviderStatus[], now: Date = new Date()): string {

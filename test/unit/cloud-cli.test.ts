@@ -68,6 +68,8 @@ describe('vm tables', () => {
       ].join('\n'),
     );
     expect(formatInstances({ instances: [], providers: [] })).toMatch(/^\(no cloud providers configured/);
+    const killed = { ...vm, id: 'qemu-0123456789ab', kind: 'qemu', provider: 'qemu', state: 'stopped', provider_state: 'stopped: QEMU killed by SIGKILL (signal 9)' };
+    expect(formatInstances({ instances: [killed], providers: [status({ name: 'qemu', kind: 'qemu' })] }, NOW)).toContain('\nqemu-0123456789ab (db-1): stopped: QEMU killed by SIGKILL (signal 9)\n\nPROVIDER');
   });
 
   it('shows one instance and one estimate as fields', () => {
@@ -116,6 +118,8 @@ describe('vm and cost usage errors', () => {
       [['vm'], 'vm needs a subcommand: list, create, start, stop, terminate, types or console'],
       [['vm', 'stop'], "vm stop takes one argument, a managed VM's name or an instance ID"],
       [['vm', 'list', 'extra'], 'vm list takes no arguments (got "extra")'],
+      [['vm', 'console'], "vm console takes one argument, a VM's name or instance ID"],
+      [['vm', 'console', 'web1', '--tail', 'lots'], '--tail: "lots" is not a number of bytes'],
       [['vm', 'create', '--image', 'x'], 'vm create needs a NAME (a managed VM: NAME --cpu N --memory SIZE --image I) or --type (one unmanaged instance: --provider P --type T --image I)'],
       [['vm', 'create', 'web1', '--memory', '1GiB', '--image', 'x'], '--cpu is required (vCPUs, e.g. 2)'],
       [['vm', 'create', 'web1', '--cpu', '1', '--memory', '4 bananas', '--image', 'x'], '--memory: "4 bananas" has an unknown unit "bananas": expected B, KiB, MiB, GiB, TiB (binary) or KB, MB, GB, TB (decimal)'],
