@@ -141,7 +141,7 @@ export interface CloudInventoryOptions {
   buildProvider?: ProviderBuilder;
   /** Default: loaded from clouds.pricingDir or the shipped catalog. */
   catalog?: PricingCatalog;
-  /** Where a qemu provider's guest images come from (the image catalog); absent: its config's imageDir. */
+  /** Where a qemu provider's guest images come from (the image catalog), unless its config names an imageDir. */
   images?: ImageSource;
   /** [0, 1); default Math.random. Only jitters sync times. */
   random?: () => number;

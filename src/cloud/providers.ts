@@ -23,7 +23,7 @@ export interface ProviderContext {
   dataDir: string;
   observer: ApiCallObserver;
   log: Logger;
-  /** Where the qemu provider's images come from; absent: the entry's imageDir, if any. */
+  /** Where the qemu provider's images come from (the image catalog), unless the entry names an imageDir. */
   images?: ImageSource;
   qemuMetrics?: QemuMetrics;
 }
@@ -100,7 +100,8 @@ async function buildQemuProvider(entry: QemuCloudConfig, { dataDir, log, images,
     kvmProbeTimeoutMs: entry.kvmProbeTimeoutMs,
     capacity: { vcpus: capacity.vcpus, memoryMiB: Math.round(capacity.memoryGiB * 1024), diskGiB: capacity.diskGiB },
     ...(entry.types === undefined ? {} : { types: entry.types }),
-    images: images ?? (entry.imageDir !== undefined ? new DirectoryImageSource(entry.imageDir) : NO_IMAGES),
+    // An imageDir the operator configured wins over the catalog (tests and air-gapped hosts use it).
+    images: entry.imageDir !== undefined ? new DirectoryImageSource(entry.imageDir) : (images ?? NO_IMAGES),
     log: log.child({ provider: entry.name }),
     ...(qemuMetrics === undefined ? {} : { metrics: qemuMetrics }),
     timeouts: { bootMs: entry.bootTimeoutMs, powerdownMs: entry.stopTimeoutMs, qmpCallMs: entry.qmpTimeoutMs, qmpConnectMs: Math.min(entry.qmpTimeoutMs, 5_000) },

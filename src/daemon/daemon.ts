@@ -50,6 +50,7 @@ import { KvFleetPort } from '../kv/fleet-port.ts';
 import { ImageCatalog } from '../image/catalog.ts';
 import { IMAGE_FETCH_PROTOCOL, ImageFetch } from '../image/fetch.ts';
 import { BlobImageSource, imagesDir } from '../image/source.ts';
+import { LateImageSource } from '../cloud/qemu/late-image-source.ts';
 import { imageServiceRegistration } from '../admin/image-service.ts';
 import { frameEventsFor } from '../net/framing.ts';
 import { randomBytes } from 'node:crypto';
@@ -199,7 +200,9 @@ export class Daemon {
     const metrics = createMetrics();
     metrics.buildInfo.set({ version: VERSION, node: config.node.name, federation: config.federation }, 1);
     // First, so a bad pricing file stops the start before any port is bound.
-    const cloud = await CloudInventory.open({ clouds: config.clouds, dataDir: config.dataDir, metrics: metrics.cloud, log: log.child({ component: 'cloud' }) });
+    // The image catalog needs the mesh, blob store and router built below: qemu providers get a placeholder bound to it then.
+    const catalogImages = new LateImageSource();
+    const cloud = await CloudInventory.open({ clouds: config.clouds, dataDir: config.dataDir, metrics: metrics.cloud, log: log.child({ component: 'cloud' }), images: catalogImages });
     const members = new MemberDirectory(config.members);
     const mesh = await MemberMesh.create({ config, identity, members, metrics, log: log.child({ component: 'mesh' }) });
     // DWCP_TEST_FAULTS=1 lets a test cut members off without changing the member list (src/net/test-faults.ts).
@@ -277,6 +280,7 @@ export class Daemon {
       metrics: metrics.image,
       log: imageLog,
     });
+    catalogImages.bind(imageSource);
     const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, pbft, kv, kvRouter, raftReplica: replica, cloud, blob, geo, images, imageFetch, imageSource, fatal: fatal.promise });
     try {
       await daemon.#serve();
