@@ -105,6 +105,13 @@ const NetworkSchema = z.strictObject({
   deadAfterMs: millis(3_600_000).default(30_000),
   /** A dial (TCP + Noise + Yamux + hello) that takes longer is abandoned and retried. */
   dialTimeoutMs: millis(600_000).default(10_000),
+  /**
+   * Inbound connections accepted per second from one remote IP address; more
+   * are reset before Noise. Members are known only after the handshake, so
+   * this is what bounds the handshake work a single host can ask of us. Raise
+   * it when several members share one address (NAT, or all on one machine).
+   */
+  inboundConnectionsPerHostPerSecond: z.number().int().min(1).max(100_000).default(5),
   /** Time allowed for the hello exchange on a new connection. */
   helloTimeoutMs: millis(600_000).default(5_000),
   /** Reconnect back-off: doubles from initialMs to maxMs, with jitter. */

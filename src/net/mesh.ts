@@ -121,6 +121,7 @@ export class MemberMesh {
       connectionManager: {
         maxConnections: 64 + members.size * 4,
         dialTimeout: config.network.dialTimeoutMs,
+        inboundConnectionThreshold: config.network.inboundConnectionsPerHostPerSecond,
         // The mesh owns reconnection (with its own back-off and metrics).
         reconnectRetries: 0,
       },

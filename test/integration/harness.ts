@@ -47,7 +47,9 @@ export function baseConfig(node: NodeFiles, extra: Record<string, unknown> = {})
     metricsListen: '127.0.0.1:0',
     logLevel: 'debug',
     // Loopback RTT on a loaded 2-core CI machine can reach tens of ms: wide thresholds keep trusted links "datacenter".
-    network: { reconnectInitialMs: 100, reconnectMaxMs: 1_000, pingIntervalMs: 500, datacenterMaxRttMs: 1_000, internetMinRttMs: 5_000 },
+    // Every test member dials from 127.0.0.1, and a test that crashes and redials a member does so faster than
+    // the per-host default of 5 connections a second allows (the daemon resets the excess before Noise).
+    network: { inboundConnectionsPerHostPerSecond: 1_000, reconnectInitialMs: 100, reconnectMaxMs: 1_000, pingIntervalMs: 500, datacenterMaxRttMs: 1_000, internetMinRttMs: 5_000 },
     ...extra,
   };
 }
