@@ -6,6 +6,7 @@
  * what the fleet declares for it.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -35,6 +36,23 @@ describe('procfs', () => {
     expect(self?.argv[0]).toBe(process.execPath);
     expect(self?.rssBytes).toBeGreaterThan(0);
     expect(await readProcess(2 ** 22 + 7)).toBeNull();
+  });
+
+  it('reads a process caught exiting (memory released, cmdline empty, not yet a zombie) as gone, not as a stranger', async () => {
+    const proc = await mkdtemp(join(tmpdir(), 'dwcp-proc-'));
+    try {
+      const fields = Array.from({ length: 50 }, (_, i) => String(i + 3));
+      fields[0] = 'R';
+      await mkdir(join(proc, '4242'));
+      await writeFile(join(proc, '4242', 'stat'), `4242 (qemu-system-x86) ${fields.join(' ')}\n`);
+      await writeFile(join(proc, '4242', 'status'), 'Name:\tqemu-system-x86\n');
+      await writeFile(join(proc, '4242', 'cmdline'), '');
+      expect(await readProcess(4242, proc)).toBeNull();
+      await writeFile(join(proc, '4242', 'cmdline'), 'qemu\0-name\0');
+      expect((await readProcess(4242, proc))?.argv).toEqual(['qemu', '-name']);
+    } finally {
+      await rm(proc, { recursive: true, force: true });
+    }
   });
 });
 

@@ -9,7 +9,8 @@
  *
  * Invariants:
  * - A process that is gone, or a zombie (exited, not yet reaped: it holds no
- *   resources and will never answer), reads as null: never as alive.
+ *   resources and will never answer), or exiting (its memory, and with it
+ *   its command line, already released), reads as null: never as alive.
  * - `startTicks` (field 22 of stat, clock ticks since boot) with the pid
  *   names one process for the life of the host: a reused pid has a later
  *   start.
@@ -68,7 +69,13 @@ export function parseRss(status: string): number | null {
   return m ? Number(m[1]) * 1024 : null;
 }
 
-/** The process as /proc shows it now; null when it is gone or a zombie. */
+/**
+ * The process as /proc shows it now; null when it is gone, a zombie, or on
+ * its way to being one. A dying process gives up its memory (so its cmdline
+ * reads empty) before its state turns Z, and the three files are separate
+ * reads: an empty command line is taken as that window, never as a process
+ * we could recognise. (Kernel threads also have none; we never own one.)
+ */
 export async function readProcess(pid: number, proc = '/proc'): Promise<ProcessInfo | null> {
   if (!Number.isSafeInteger(pid) || pid <= 0) return null;
   try {
@@ -79,7 +86,9 @@ export async function readProcess(pid: number, proc = '/proc'): Promise<ProcessI
     ]);
     const parsed = parseStat(stat);
     if (parsed.state === 'Z' || parsed.state === 'X') return null;
-    return { pid, ...parsed, argv: parseCmdline(cmdline), rssBytes: parseRss(status) };
+    const argv = parseCmdline(cmdline);
+    if (argv.length === 0) return null;
+    return { pid, ...parsed, argv, rssBytes: parseRss(status) };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     // ENOENT: gone; ESRCH: went while being read.
