@@ -165,7 +165,7 @@ export class Daemon {
       clientId: `${config.node.name}-fleet-${randomBytes(4).toString('hex')}`,
       inventory: parts.cloud,
       observed: () => this.#observedFleet(),
-      declaration: () => regionDeclaration({ node: this.#config.node, providers: this.#config.clouds.providers }, parts.cloud.catalog),
+      declaration: () => regionDeclaration({ node: this.#config.node, providers: this.#config.clouds.providers, maxMigrations: this.#config.fleet.migration.maxConcurrentPerRegion }, parts.cloud.catalog),
       metrics: this.metrics.fleet,
       log: parts.log.child({ component: 'fleet' }),
       commitTimeoutMs: config.raft.requestTimeoutMs,

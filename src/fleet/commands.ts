@@ -1,7 +1,8 @@
 /**
  * The fleet's log vocabulary: the typed commands that change desired state
  * (register a region's declared capacity, create a VM, assign it, set its
- * power state, delete it, purge its tombstone, set the policy set), their
+ * power state, delete it, purge its tombstone, set the policy set, and the
+ * four steps of a migration, whose schemas live in migrations.ts), their
  * results, and one deterministic encoding for log entries.
  *
  * Encoding: FLEET_ENTRY_MAGIC (5 bytes: 0x00 "flt" and a version byte) then
@@ -30,6 +31,7 @@ import { z } from 'zod';
 import { formatIssue, pathString } from '../config/issues.ts';
 import { FLEET_MAX_HOURLY_USD, FleetVmSpecSchema, fleetName, labels, normaliseSpec, sortedRecord } from './spec.ts';
 import { POLICY_OPERATIONS, PoliciesSchema, normalisePolicies } from '../policy/document.ts';
+import { MAX_MIGRATIONS_PER_REGION, MigrationCutoverSchema, MigrationEndSchema, MigrationProgressSchema, MigrationStartSchema } from './migrations.ts';
 
 /** 0x00 'f' 'l' 't' and the encoding version. */
 export const FLEET_ENTRY_MAGIC: Uint8Array = Uint8Array.of(0x00, 0x66, 0x6c, 0x74, 0x01);
@@ -97,6 +99,8 @@ const RegisterRegionSchema = z
     compliance: z.array(fleetName).max(64).default([]),
     labels: labels.default({}),
     providers: z.array(RegionProviderSchema).min(1).max(FLEET_MAX_PROVIDERS_PER_REGION),
+    /** Migrations that may touch this region at once, as source or target (fleet.migration.maxConcurrentPerRegion); absent: the default. */
+    maxMigrations: z.number().int().min(1).max(MAX_MIGRATIONS_PER_REGION).optional(),
   })
   .superRefine((cmd, ctx) => {
     const names = new Set<string>();
@@ -150,7 +154,19 @@ const PurgeSchema = z.strictObject({ kind: z.literal('purge'), vm: fleetName });
  */
 const SetPolicySchema = z.strictObject({ kind: z.literal('set-policy'), version: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER), policies: PoliciesSchema });
 
-export const FleetCommandSchema = z.discriminatedUnion('kind', [RegisterRegionSchema, CreateSchema, AssignSchema, SetPowerSchema, DeleteSchema, PurgeSchema, SetPolicySchema]);
+export const FleetCommandSchema = z.discriminatedUnion('kind', [
+  RegisterRegionSchema,
+  CreateSchema,
+  AssignSchema,
+  SetPowerSchema,
+  DeleteSchema,
+  PurgeSchema,
+  SetPolicySchema,
+  MigrationStartSchema,
+  MigrationProgressSchema,
+  MigrationCutoverSchema,
+  MigrationEndSchema,
+]);
 
 export type FleetCommand = z.infer<typeof FleetCommandSchema>;
 export type FleetCommandInput = z.input<typeof FleetCommandSchema>;
@@ -162,7 +178,19 @@ export type RegionProviderDeclaration = RegisterRegionCommand['providers'][numbe
 export type ProviderPrices = z.infer<typeof PricesSchema>;
 export type DeclaredCapacity = z.infer<typeof CapacitySchema>;
 export type DeclaredQuota = z.infer<typeof QuotaSchema>;
-export const FLEET_COMMAND_KINDS = ['register-region', 'create', 'assign', 'set-power', 'delete', 'purge', 'set-policy'] as const satisfies readonly FleetCommandKind[];
+export const FLEET_COMMAND_KINDS = [
+  'register-region',
+  'create',
+  'assign',
+  'set-power',
+  'delete',
+  'purge',
+  'set-policy',
+  'migration-start',
+  'migration-progress',
+  'migration-cutover',
+  'migration-end',
+] as const satisfies readonly FleetCommandKind[];
 
 /** Every way apply can refuse a command; stable words for callers and metrics. */
 export const FLEET_REJECT_CODES = [
@@ -186,11 +214,17 @@ export const FLEET_REJECT_CODES = [
   'invalid_policy',
   /** A set-policy whose version is not above the current one. */
   'stale_policy_version',
+  'not_assigned',
+  'migration_active',
+  'migration_limit',
+  'migration_unsupported',
+  'unknown_migration',
+  'migration_phase',
 ] as const;
 export type FleetRejectCode = (typeof FLEET_REJECT_CODES)[number];
 
 export type FleetResult =
-  | { readonly ok: true; readonly kind: FleetCommandKind; readonly vm?: string; readonly region?: string; readonly generation?: number; readonly policyVersion?: number }
+  | { readonly ok: true; readonly kind: FleetCommandKind; readonly vm?: string; readonly region?: string; readonly generation?: number; readonly policyVersion?: number; readonly migration?: string }
   /** Nothing changed; `message` is a sentence for the operator, with the numbers that decided it. */
   | { readonly ok: false; readonly code: FleetRejectCode; readonly message: string };
 
@@ -224,6 +258,7 @@ function normaliseCommand(cmd: FleetCommand): FleetCommand {
       };
       if (cmd.jurisdiction !== undefined) out.jurisdiction = cmd.jurisdiction;
       if (cmd.trust !== undefined) out.trust = cmd.trust;
+      if (cmd.maxMigrations !== undefined) out.maxMigrations = cmd.maxMigrations;
       return out;
     }
     case 'set-policy':

@@ -8,8 +8,9 @@
  *
  * Desired state: how often this region's reconciler passes over its VMs
  * (it also runs at once after a fleet command committed here and after each
- * provider call finishes), its back-off and give-up rule, and the
- * scheduler's placement strategy, factor weights and re-plan bound.
+ * provider call finishes), its back-off and give-up rule, the
+ * scheduler's placement strategy, factor weights and re-plan bound, and the
+ * migrations this region takes at once and its coordinator's timeouts.
  *
  * Invariant: every setting has a default and a hard range; staleAfterMs is
  * refused below twice the publish interval (one late heartbeat must not
@@ -19,6 +20,8 @@ import { z } from 'zod';
 import { DEFAULT_PLACEMENT_WEIGHTS, PLACEMENT_FACTORS, PLACEMENT_STRATEGIES, type PlacementFactor } from './placement.ts';
 import { DEFAULT_RECONCILER_OPTIONS } from './reconciler.ts';
 import { DEFAULT_SCHEDULER_ATTEMPTS, SCHEDULER_MAX_ATTEMPTS } from './scheduler.ts';
+import { DEFAULT_MAX_MIGRATIONS_PER_REGION, MAX_MIGRATIONS_PER_REGION } from './migrations.ts';
+import { DEFAULT_COORDINATOR_OPTIONS } from '../migration/coordinator.ts';
 
 const weight = z.number().min(0).max(100);
 const WeightsSchema = z.strictObject(Object.fromEntries(PLACEMENT_FACTORS.map((f) => [f, weight.optional()])) as Record<PlacementFactor, z.ZodOptional<typeof weight>>);
@@ -43,6 +46,26 @@ export const FleetSettingsSchema = z
         attempts: z.number().int().min(1).max(SCHEDULER_MAX_ATTEMPTS).default(DEFAULT_SCHEDULER_ATTEMPTS),
       })
       .default({ strategy: 'binpack', weights: {}, attempts: DEFAULT_SCHEDULER_ATTEMPTS }),
+    migration: z
+      .strictObject({
+        /** Migrations that may touch this region at once, as source or target (declared to the log with the region). */
+        maxConcurrentPerRegion: z.number().int().min(1).max(MAX_MIGRATIONS_PER_REGION).default(DEFAULT_MAX_MIGRATIONS_PER_REGION),
+        /** How long the target may take to show its prepared copy before the migration rolls back. */
+        prepareTimeoutMs: z.number().int().min(100).max(3_600_000).default(DEFAULT_COORDINATOR_OPTIONS.prepareTimeoutMs),
+        /** How long a transfer may go without progress before the migration rolls back. */
+        transferIdleTimeoutMs: z.number().int().min(100).max(3_600_000).default(DEFAULT_COORDINATOR_OPTIONS.transferIdleTimeoutMs),
+        /** After cutover: how long the target may take to report the VM as desired before the migration ends failed. */
+        verifyTimeoutMs: z.number().int().min(100).max(3_600_000).default(DEFAULT_COORDINATOR_OPTIONS.verifyTimeoutMs),
+        /** How long the source copy may take to be gone before the migration ends completed anyway (its reconciler keeps fencing it). */
+        cleanupTimeoutMs: z.number().int().min(100).max(86_400_000).default(DEFAULT_COORDINATOR_OPTIONS.cleanupTimeoutMs),
+      })
+      .default({
+        maxConcurrentPerRegion: DEFAULT_MAX_MIGRATIONS_PER_REGION,
+        prepareTimeoutMs: DEFAULT_COORDINATOR_OPTIONS.prepareTimeoutMs,
+        transferIdleTimeoutMs: DEFAULT_COORDINATOR_OPTIONS.transferIdleTimeoutMs,
+        verifyTimeoutMs: DEFAULT_COORDINATOR_OPTIONS.verifyTimeoutMs,
+        cleanupTimeoutMs: DEFAULT_COORDINATOR_OPTIONS.cleanupTimeoutMs,
+      }),
   })
   .superRefine((f, ctx) => {
     if (f.staleAfterMs !== undefined && f.staleAfterMs < 2 * f.publishIntervalMs) {

@@ -1,8 +1,9 @@
 /**
  * What this region declares to the fleet log (register-region): its
  * providers with their capacity (on-premises) or quota (clouds), their
- * prices, and the region's labels, jurisdiction, compliance and trust (what
- * policies see of the region, src/policy/facts.ts). A pure
+ * prices, the region's labels, jurisdiction, compliance and trust (what
+ * policies see of the region, src/policy/facts.ts), and how many migrations
+ * may touch it at once. A pure
  * function of the configuration and the pricing catalog, so every restart
  * declares the same thing and a changed config re-declares.
  *
@@ -34,6 +35,8 @@ export interface RegionFactsConfig {
     readonly trust?: 'trusted' | 'untrusted';
   };
   readonly providers: readonly CloudProviderConfig[];
+  /** fleet.migration.maxConcurrentPerRegion: migrations that may touch this region at once. */
+  readonly maxMigrations?: number;
 }
 
 type RegisterRegionInput = Extract<FleetCommandInput, { kind: 'register-region' }>;
@@ -49,6 +52,7 @@ export function regionDeclaration(config: RegionFactsConfig, catalog: Pick<Prici
     compliance: [...(node.compliance ?? [])],
     labels: { ...(node.labels ?? {}) },
     providers: config.providers.map((p) => providerDeclaration(p, catalog)),
+    ...(config.maxMigrations === undefined ? {} : { maxMigrations: config.maxMigrations }),
   };
 }
 

@@ -22,6 +22,7 @@ const FleetResultSchema = z.union([
     region: z.string().max(256).optional(),
     generation: z.number().int().min(0).max(FLEET_MAX_GENERATION).optional(),
     policyVersion: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
+    migration: z.string().max(32).optional(),
   }),
   z.strictObject({ ok: z.literal(false), code: z.enum(FLEET_REJECT_CODES), message: z.string().max(FLEET_MAX_MESSAGE * 2) }),
 ]);

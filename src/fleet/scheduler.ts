@@ -244,5 +244,10 @@ export function withPlansInFlight(state: FleetState, plans: Iterable<PlanInFligh
     },
     regionUsage: (region) => plus(state.regionUsage(region), byRegion.get(region)),
     groupCounts: (kind, group) => state.groupCounts(kind, group),
+    migrations: () => state.migrations(),
+    migrationHistory: () => state.migrationHistory(),
+    migration: (id) => state.migration(id),
+    migrationOf: (vm) => state.migrationOf(vm),
+    migrationsInto: (region) => state.migrationsInto(region),
   };
 }

@@ -7,8 +7,10 @@
  * capacity or quota, prices, labels, jurisdiction, compliance, trust,
  * registered by register-region), the VMs (spec, desired power, current
  * assignment, the highest generation ever assigned, deleted or not), the
- * capacity ledger, per-group counts for anti-affinity and spread, and the
- * policy set (its version, its policies, and their compiled evaluator).
+ * migrations under way and a bounded history of ended ones (migrations.ts
+ * has their rules), the capacity ledger, per-group counts for anti-affinity
+ * and spread, and the policy set (its version, its policies, and their
+ * compiled evaluator).
  *
  * Rules enforced at apply (each refusal has a FleetRejectCode and a sentence):
  * - VM names are unique among live VMs; a create over a deleted VM's
@@ -34,6 +36,13 @@
  *   position). Compiled once here, per version, never per command.
  * - A re-registration may not drop a provider that has VMs assigned nor
  *   shrink a limit below current usage.
+ * - A migration reserves the side its VM is not assigned to (the target
+ *   before cutover, the source after) until it ends; while a VM migrates, it
+ *   cannot be assigned or have its power changed, and deleting it ends the
+ *   migration failed. Every choice of a region (assign, migration-start,
+ *   migration-cutover) passes the same constraint, policy and anti-affinity
+ *   checks (#choiceRefusal); a migration is checked as operation `migrate`,
+ *   at its start and again at its cutover.
  * - Bounds: limits.maxVms VM records (tombstones included), limits.maxRegions
  *   regions, FLEET_MAX_PROVIDERS_PER_REGION providers per region.
  *
@@ -43,10 +52,12 @@
  * state is already broken.
  *
  * Snapshot: FLEET_SNAPSHOT_MAGIC then canonical JSON of the limits, the
- * regions (as register-region commands, by name) and the VMs (by name). The
- * same state gives the same bytes on every replica; restore validates every
- * record and rebuilds the ledger and group counts, refusing a snapshot whose
- * assignments would over-commit.
+ * regions (as register-region commands, by name), the VMs (by name) and the
+ * migrations (the next id, the active ones and the history, by id; absent in
+ * snapshots written before migrations, read as none). The same state gives
+ * the same bytes on every replica; restore validates every record and
+ * rebuilds the ledger, group counts and migration indexes, refusing a
+ * snapshot whose assignments or reservations would over-commit.
  */
 import { DwcpError } from '../errors.ts';
 import { z } from 'zod';
@@ -76,6 +87,23 @@ import { EMPTY_POLICY_SET, PoliciesSchema, normalisePolicies, type PolicySpec } 
 import { PolicyCompileError, compilePolicySet } from '../policy/compile.ts';
 import { NO_POLICY, type PolicyEvaluator } from '../policy/evaluate.ts';
 import { assignmentOperation, describeDenial, policyRegionOf, policyVmOf } from './policy-check.ts';
+import type { PolicyOperation } from '../policy/document.ts';
+import {
+  DEFAULT_MAX_MIGRATIONS_PER_REGION,
+  FleetMigrationSchema,
+  MIGRATION_HISTORY,
+  compareMigrations,
+  endProblem,
+  isCutOver,
+  migrationNumber,
+  migrationSupportProblem,
+  progressProblem,
+  reservedAt,
+  type FleetMigration,
+  type MigrationFacts,
+  type MigrationResult,
+  type MigrationStartCommand,
+} from './migrations.ts';
 
 export const FLEET_DEFAULT_MAX_VMS = 1_048_576;
 export const FLEET_DEFAULT_MAX_REGIONS = 4096;
@@ -100,6 +128,8 @@ export interface FleetRegion extends RegionFacts {
   readonly trust: 'trusted' | 'untrusted' | null;
   /** Sorted by name. */
   readonly providers: readonly FleetRegionProvider[];
+  /** Migrations that may touch this region at once (as source or target). */
+  readonly maxMigrations: number;
 }
 
 /** The fleet's current policy set. */
@@ -175,6 +205,16 @@ export interface FleetState {
    * map per decision instead of copying it).
    */
   groupCounts(kind: FleetGroupKind, group: string): ReadonlyMap<string, number>;
+  /** Migrations under way, oldest first. */
+  migrations(): readonly FleetMigration[];
+  /** Ended migrations the log remembers (at most MIGRATION_HISTORY), oldest first. */
+  migrationHistory(): readonly FleetMigration[];
+  /** A migration under way or remembered, by id. */
+  migration(id: string): FleetMigration | undefined;
+  /** The migration of this VM under way, if any. */
+  migrationOf(vm: string): FleetMigration | undefined;
+  /** Migrations under way whose target is this region, oldest first: what its reconciler prepares copies for. */
+  migrationsInto(region: string): readonly FleetMigration[];
 }
 
 const NO_GROUP: ReadonlyMap<string, number> = new Map();
@@ -193,6 +233,7 @@ function regionFromCommand(cmd: RegisterRegionCommand): FleetRegion {
     compliance: [...cmd.compliance],
     labels: { ...cmd.labels },
     providers: cmd.providers.map((p) => ({ name: p.name, kind: p.kind, spot: p.spot, prices: { ...p.prices }, limits: limitsOf(p) })),
+    maxMigrations: cmd.maxMigrations ?? DEFAULT_MAX_MIGRATIONS_PER_REGION,
   };
 }
 
@@ -213,6 +254,14 @@ export class FleetStateMachine implements FleetState {
   #applied = 0;
   #policy: FleetPolicy = NO_FLEET_POLICY;
   #groups: Record<FleetGroupKind, Map<string, Map<string, number>>> = { 'anti-affinity': new Map(), spread: new Map() };
+  /** Migrations under way by id, and by VM. */
+  #migrations = new Map<string, FleetMigration>();
+  #migrationOfVm = new Map<string, string>();
+  /** Region → ids of the migrations under way that touch it (as source or target). */
+  #migrationsByRegion = new Map<string, Set<string>>();
+  /** Ended migrations, oldest first, at most MIGRATION_HISTORY. */
+  #history: FleetMigration[] = [];
+  #nextMigration = 1;
 
   constructor(limits: Partial<FleetLimits> = {}) {
     const resolved = { maxVms: limits.maxVms ?? FLEET_DEFAULT_MAX_VMS, maxRegions: limits.maxRegions ?? FLEET_DEFAULT_MAX_REGIONS };
@@ -277,6 +326,32 @@ export class FleetStateMachine implements FleetState {
     return this.#groups[kind].get(group) ?? NO_GROUP;
   }
 
+  migrations(): readonly FleetMigration[] {
+    return [...this.#migrations.values()].sort(compareMigrations);
+  }
+
+  migrationHistory(): readonly FleetMigration[] {
+    return [...this.#history];
+  }
+
+  migration(id: string): FleetMigration | undefined {
+    return this.#migrations.get(id) ?? this.#history.find((m) => m.id === id);
+  }
+
+  migrationOf(vm: string): FleetMigration | undefined {
+    const id = this.#migrationOfVm.get(vm);
+    return id === undefined ? undefined : this.#migrations.get(id);
+  }
+
+  migrationsInto(region: string): readonly FleetMigration[] {
+    const out: FleetMigration[] = [];
+    for (const id of this.#migrationsByRegion.get(region) ?? []) {
+      const m = this.#migrations.get(id);
+      if (m !== undefined && m.target.region === region) out.push(m);
+    }
+    return out.sort(compareMigrations);
+  }
+
   /** Applies one log entry: decodes it (an undecodable entry is refused as invalid_command) and applies it. */
   applyEntry(bytes: Uint8Array): FleetResult {
     let cmd: FleetCommand;
@@ -307,6 +382,8 @@ export class FleetStateMachine implements FleetState {
       case 'set-power': {
         const vm = this.#live(cmd.vm);
         if ('code' in vm) return vm;
+        const migrating = this.#migratingRefusal(vm.name, 'its desired power cannot change');
+        if (migrating !== null) return migrating;
         vm.power = cmd.power;
         return { ok: true, kind: cmd.kind, vm: vm.name };
       }
@@ -319,6 +396,33 @@ export class FleetStateMachine implements FleetState {
         if (vm.assignment !== null) this.#index(vm.name, vm.assignment.region, -1);
         this.#vms.delete(cmd.vm);
         return { ok: true, kind: cmd.kind, vm: cmd.vm };
+      }
+      case 'migration-start':
+        return this.#startMigration(cmd);
+      case 'migration-progress': {
+        const m = this.#activeMigration(cmd.id);
+        if ('code' in m) return m;
+        const problem = progressProblem(m.phase, cmd.phase);
+        if (problem !== null) return reject('migration_phase', `${m.id} (${m.vm}) cannot go to ${cmd.phase}: ${problem}`);
+        const reason = cmd.phase === 'rolling-back' ? (m.phase === 'rolling-back' ? m.reason : (cmd.reason ?? null)) : m.reason;
+        this.#migrations.set(m.id, { ...m, phase: cmd.phase, facts: mergeFacts(m.facts, cmd.facts), reason, updatedAt: cmd.at });
+        return { ok: true, kind: cmd.kind, vm: m.vm, migration: m.id };
+      }
+      case 'migration-cutover':
+        return this.#cutover(cmd.id, cmd.facts, cmd.at);
+      case 'migration-end': {
+        const ended = this.#history.find((h) => h.id === cmd.id);
+        if (ended !== undefined) {
+          // The same end again is a restarted coordinator repeating itself; another is a mistake.
+          if (ended.result === cmd.result) return { ok: true, kind: cmd.kind, vm: ended.vm, migration: ended.id };
+          return reject('migration_phase', `${cmd.id} (${ended.vm}) already ended ${ended.result ?? ''}`);
+        }
+        const m = this.#activeMigration(cmd.id);
+        if ('code' in m) return m;
+        const problem = endProblem(m.phase, cmd.result);
+        if (problem !== null) return reject('migration_phase', `${m.id} (${m.vm}) cannot end ${cmd.result}: ${problem}`);
+        this.#endMigration(m, cmd.result, cmd.reason ?? (cmd.result === 'completed' ? m.reason : null), mergeFacts(m.facts, cmd.facts), cmd.at);
+        return { ok: true, kind: cmd.kind, vm: m.vm, migration: m.id };
       }
     }
   }
@@ -341,7 +445,7 @@ export class FleetStateMachine implements FleetState {
       const used = this.#ledger.usage(cmd.region, old.name) ?? ZERO_AMOUNTS;
       const next = declared.get(old.name);
       if (next === undefined) {
-        if (used.instances > 0) return reject('provider_in_use', `${cmd.region}/${old.name} has ${used.instances} VMs assigned and cannot be dropped from the region`);
+        if (used.instances > 0) return reject('provider_in_use', `${cmd.region}/${old.name} has ${used.instances} VMs assigned or migrating there and cannot be dropped from the region`);
         continue;
       }
       for (const r of RESOURCES) {
@@ -369,30 +473,52 @@ export class FleetStateMachine implements FleetState {
     return { ok: true, kind: 'create', vm: spec.name };
   }
 
+  /** The registered provider a command names, or the refusal naming what is missing. */
+  #provider(regionName: string, providerName: string): { region: FleetRegion; provider: FleetRegionProvider } | Extract<FleetResult, { ok: false }> {
+    const region = this.#regions.get(regionName);
+    if (region === undefined) return { ok: false, code: 'unknown_region', message: `no region named ${regionName} is registered` };
+    const provider = region.providers.find((p) => p.name === providerName);
+    if (provider === undefined) return { ok: false, code: 'unknown_provider', message: `region ${regionName} has no provider ${providerName} (it has ${region.providers.map((p) => p.name).join(', ')})` };
+    return { region, provider };
+  }
+
+  /**
+   * Whether the VM may be put in (region, provider) for `operation`: the
+   * spec's declared-state constraints, the policy set (enforced rules), and
+   * its anti-affinity group (the VM itself not counted where it is assigned
+   * now). Every path that picks a region (assign, migration-start,
+   * migration-cutover) asks this. Null: allowed.
+   */
+  #choiceRefusal(vm: MutableVm, region: FleetRegion, provider: FleetRegionProvider, operation: PolicyOperation): Extract<FleetResult, { ok: false }> | null {
+    const problem = regionConstraintProblem(vm.spec, region) ?? providerConstraintProblem(vm.spec, provider)?.reason ?? null;
+    if (problem !== null) return { ok: false, code: 'constraint_violated', message: `${vm.name} may not run in ${region.name}: ${problem}` };
+    const { evaluator } = this.#policy;
+    if (evaluator.ruleCount > 0) {
+      const verdict = evaluator.evaluate({ vm: policyVmOf(vm.spec), region: policyRegionOf(region, provider), cost: hourlyUsd(vm.spec, provider.prices), operation });
+      if (!verdict.allowed) return { ok: false, code: 'policy_denied', message: `${vm.name} may not go to ${region.name}/${provider.name} (${operation}): ${describeDenial(verdict)}` };
+    }
+    const group = vm.spec.constraints.antiAffinityGroup;
+    if (group !== undefined) {
+      const others = (this.groupCounts('anti-affinity', group).get(region.name) ?? 0) - (vm.assignment?.region === region.name && !vm.deleted ? 1 : 0);
+      if (others > 0) return { ok: false, code: 'anti_affinity', message: `${region.name} already holds ${others} VM${others === 1 ? '' : 's'} of anti-affinity group ${group}` };
+    }
+    return null;
+  }
+
   #assign(cmd: AssignCommand): FleetResult {
     const { vm: name, region: regionName, provider: providerName, generation } = cmd;
     const vm = this.#live(name);
     if ('code' in vm) return vm;
+    const migrating = this.#migratingRefusal(name, 'it cannot be reassigned');
+    if (migrating !== null) return migrating;
     const current = vm.assignment;
     const operation = assignmentOperation(vm.spec, current !== null, cmd.operation);
     if (!operation.ok) return reject('invalid_command', operation.problem);
     if (generation <= vm.generation) return reject('stale_generation', `generation ${generation} is not above ${name}'s current generation ${vm.generation}`);
-    const region = this.#regions.get(regionName);
-    if (region === undefined) return reject('unknown_region', `no region named ${regionName} is registered`);
-    const provider = region.providers.find((p) => p.name === providerName);
-    if (provider === undefined) return reject('unknown_provider', `region ${regionName} has no provider ${providerName} (it has ${region.providers.map((p) => p.name).join(', ')})`);
-    const problem = regionConstraintProblem(vm.spec, region) ?? providerConstraintProblem(vm.spec, provider)?.reason ?? null;
-    if (problem !== null) return reject('constraint_violated', `${name} may not run in ${regionName}: ${problem}`);
-    const { evaluator } = this.#policy;
-    if (evaluator.ruleCount > 0) {
-      const verdict = evaluator.evaluate({ vm: policyVmOf(vm.spec), region: policyRegionOf(region, provider), cost: hourlyUsd(vm.spec, provider.prices), operation: operation.operation });
-      if (!verdict.allowed) return reject('policy_denied', `${name} may not go to ${regionName}/${providerName} (${operation.operation}): ${describeDenial(verdict)}`);
-    }
-    const group = vm.spec.constraints.antiAffinityGroup;
-    if (group !== undefined) {
-      const others = (this.groupCounts('anti-affinity', group).get(regionName) ?? 0) - (current?.region === regionName ? 1 : 0);
-      if (others > 0) return reject('anti_affinity', `${regionName} already holds ${others} VM${others === 1 ? '' : 's'} of anti-affinity group ${group}`);
-    }
+    const found = this.#provider(regionName, providerName);
+    if ('code' in found) return found;
+    const refused = this.#choiceRefusal(vm, found.region, found.provider, operation.operation);
+    if (refused !== null) return refused;
     const demand = demandOf(vm.spec);
     const credit = current !== null && current.region === regionName && current.provider === providerName ? demand : ZERO_AMOUNTS;
     const short = this.#ledger.check(regionName, providerName, demand, credit);
@@ -428,6 +554,9 @@ export class FleetStateMachine implements FleetState {
     if (vm === undefined) return reject('unknown_vm', `no VM named ${name}`);
     // Deleting twice is a retry, not a mistake.
     if (vm.deleted) return { ok: true, kind: 'delete', vm: name };
+    const migration = this.migrationOf(name);
+    // Ended first, releasing its reservation: every copy of a deleted VM is then stale everywhere, the incoming one included.
+    if (migration !== undefined) this.#endMigration(migration, 'failed', `${name} was deleted`, migration.facts, migration.updatedAt);
     if (vm.assignment !== null) this.#unassign(vm, vm.assignment);
     vm.deleted = true;
     return { ok: true, kind: 'delete', vm: name };
@@ -437,6 +566,126 @@ export class FleetStateMachine implements FleetState {
   #unassign(vm: MutableVm, at: FleetAssignment): void {
     this.#ledger.release(at.region, at.provider, demandOf(vm.spec));
     this.#count(vm.spec, at.region, -1);
+  }
+
+  // Migrations.
+
+  #migratingRefusal(vm: string, what: string): Extract<FleetResult, { ok: false }> | null {
+    const m = this.migrationOf(vm);
+    return m === undefined ? null : { ok: false, code: 'migration_active', message: `${vm} is migrating (${m.id}, ${m.phase}) and ${what}; cancel the migration or wait for it to end` };
+  }
+
+  #activeMigration(id: string): FleetMigration | Extract<FleetResult, { ok: false }> {
+    const m = this.#migrations.get(id);
+    if (m !== undefined) return m;
+    const ended = this.#history.find((h) => h.id === id);
+    if (ended !== undefined) return { ok: false, code: 'migration_phase', message: `${id} (${ended.vm}) already ended ${ended.result ?? ''}` };
+    return { ok: false, code: 'unknown_migration', message: `no migration ${id} is under way or remembered` };
+  }
+
+  #startMigration(cmd: MigrationStartCommand): FleetResult {
+    const vm = this.#live(cmd.vm);
+    if ('code' in vm) return vm;
+    const a = vm.assignment;
+    if (a === null) return reject('not_assigned', `${vm.name} is not placed; there is nothing to migrate`);
+    const migrating = this.#migratingRefusal(vm.name, 'cannot start another migration');
+    if (migrating !== null) return migrating;
+    if (a.generation !== cmd.generation) return reject('stale_generation', `${vm.name} is assigned at generation ${a.generation}, not ${cmd.generation}: plan the migration again on fresh state`);
+    const found = this.#provider(cmd.region, cmd.provider);
+    if ('code' in found) return found;
+    if (cmd.region === a.region) return reject('migration_unsupported', `${vm.name} already runs in ${a.region}; migrate it to another region`);
+    const source = this.#regions.get(a.region)?.providers.find((p) => p.name === a.provider);
+    invariant(source !== undefined, () => `fleet: ${vm.name} is assigned to ${a.region}/${a.provider}, which is not registered`);
+    const unsupported = migrationSupportProblem(cmd.mode, source.kind, found.provider.kind);
+    if (unsupported !== null) return reject('migration_unsupported', `${vm.name}: ${unsupported}`);
+    const refused = this.#choiceRefusal(vm, found.region, found.provider, 'migrate');
+    if (refused !== null) return refused;
+    for (const name of [a.region, cmd.region]) {
+      const under = this.#migrationsByRegion.get(name)?.size ?? 0;
+      const limit = this.#regions.get(name)?.maxMigrations ?? DEFAULT_MAX_MIGRATIONS_PER_REGION;
+      if (under >= limit) return reject('migration_limit', `${name} has ${under} migration${under === 1 ? '' : 's'} under way, its limit (fleet.migration.maxConcurrentPerRegion ${limit}); wait for one to end`);
+    }
+    const short = this.#ledger.check(cmd.region, cmd.provider, demandOf(vm.spec));
+    if (short !== null) return reject('insufficient_capacity', `${cmd.region}/${cmd.provider} cannot take ${vm.name} during its migration: ${describeShortfall(short)}`);
+    if (vm.generation >= FLEET_MAX_GENERATION) return reject('stale_generation', `${vm.name} has used every generation`);
+    const id = `m${this.#nextMigration++}`;
+    const generation = vm.generation + 1;
+    // The migration takes the next generation now: an incoming copy tagged with it can belong to nothing else.
+    vm.generation = generation;
+    const m: FleetMigration = {
+      id,
+      vm: vm.name,
+      mode: cmd.mode,
+      source: { region: a.region, provider: a.provider, generation: a.generation },
+      target: { region: cmd.region, provider: cmd.provider, generation },
+      maxDowntimeMs: cmd.maxDowntimeMs ?? null,
+      phase: 'prepare',
+      facts: {},
+      reason: null,
+      result: null,
+      startedAt: cmd.at,
+      updatedAt: cmd.at,
+      endedAt: null,
+    };
+    this.#track(m);
+    return { ok: true, kind: 'migration-start', vm: vm.name, region: cmd.region, generation, migration: id };
+  }
+
+  /** Records an active migration: the indexes and its reservation (the caller checked that it fits). */
+  #track(m: FleetMigration): void {
+    const vm = this.#vms.get(m.vm);
+    invariant(vm !== undefined, () => `fleet: migration ${m.id} names ${m.vm}, which has no record`);
+    const at = reservedAt(m);
+    this.#ledger.reserve(at.region, at.provider, demandOf(vm.spec));
+    this.#migrations.set(m.id, m);
+    this.#migrationOfVm.set(m.vm, m.id);
+    for (const region of new Set([m.source.region, m.target.region])) {
+      let ids = this.#migrationsByRegion.get(region);
+      if (ids === undefined) this.#migrationsByRegion.set(region, (ids = new Set()));
+      ids.add(m.id);
+    }
+  }
+
+  #cutover(id: string, facts: MigrationFacts | undefined, at: number): FleetResult {
+    const m = this.#activeMigration(id);
+    if ('code' in m) return m;
+    // A repeat from a coordinator that did not hear the first answer.
+    if (isCutOver(m.phase)) return { ok: true, kind: 'migration-cutover', vm: m.vm, region: m.target.region, generation: m.target.generation, migration: m.id };
+    if (m.phase !== 'cutover') return reject('migration_phase', `${m.id} (${m.vm}) is in ${m.phase}; it cuts over only from the cutover phase`);
+    const vm = this.#vms.get(m.vm);
+    invariant(vm !== undefined && !vm.deleted && vm.assignment !== null, () => `fleet: migration ${m.id} of ${m.vm} is under way but the VM is not live and assigned`);
+    const from = vm.assignment;
+    invariant(from.region === m.source.region && from.provider === m.source.provider && from.generation === m.source.generation, () => `fleet: ${m.vm} moved while migration ${m.id} was under way`);
+    const found = this.#provider(m.target.region, m.target.provider);
+    invariant(!('code' in found), () => `fleet: the target of migration ${m.id} is no longer registered`);
+    // The target may have been re-declared (labels, jurisdiction) or the policy changed since the start.
+    const refused = this.#choiceRefusal(vm, found.region, found.provider, 'migrate');
+    if (refused !== null) return refused;
+    // The ledger's sums do not move: the target's reservation becomes the assignment, the source's assignment the reservation.
+    this.#count(vm.spec, from.region, -1);
+    this.#index(vm.name, from.region, -1);
+    this.#index(vm.name, m.target.region, +1);
+    this.#count(vm.spec, m.target.region, +1);
+    vm.assignment = { region: m.target.region, provider: m.target.provider, generation: m.target.generation };
+    this.#migrations.set(m.id, { ...m, phase: 'verify', facts: mergeFacts(m.facts, facts), updatedAt: at });
+    return { ok: true, kind: 'migration-cutover', vm: vm.name, region: m.target.region, generation: m.target.generation, migration: m.id };
+  }
+
+  /** Ends a migration: releases its reservation, drops it from the indexes and keeps it in the history. */
+  #endMigration(m: FleetMigration, result: MigrationResult, reason: string | null, facts: MigrationFacts, at: number): void {
+    const vm = this.#vms.get(m.vm);
+    invariant(vm !== undefined, () => `fleet: migration ${m.id} names ${m.vm}, which has no record`);
+    const held = reservedAt(m);
+    this.#ledger.release(held.region, held.provider, demandOf(vm.spec));
+    this.#migrations.delete(m.id);
+    this.#migrationOfVm.delete(m.vm);
+    for (const region of new Set([m.source.region, m.target.region])) {
+      const ids = this.#migrationsByRegion.get(region);
+      ids?.delete(m.id);
+      if (ids?.size === 0) this.#migrationsByRegion.delete(region);
+    }
+    this.#history.push({ ...m, result, reason, facts, updatedAt: at, endedAt: at });
+    if (this.#history.length > MIGRATION_HISTORY) this.#history.shift();
   }
 
   #index(name: string, region: string, delta: 1 | -1): void {
@@ -478,9 +727,10 @@ export class FleetStateMachine implements FleetState {
   snapshot(): Uint8Array {
     const regions = [...this.#declarations.keys()].sort().map((name) => this.#declarations.get(name));
     const vms = [...this.#vms.keys()].sort().map((name) => this.#vms.get(name));
-    // The policy field only once a policy was set: a fleet without one snapshots as it did before policies existed.
+    // The policy and migrations fields only once set: a fleet without them snapshots as it did before they existed.
     const policy = this.#policy.version === 0 ? undefined : { version: this.#policy.version, policies: this.#policy.policies };
-    const body = new TextEncoder().encode(canonicalJson({ limits: this.limits, regions, vms, policy }));
+    const migrations = this.#nextMigration === 1 ? undefined : { next: this.#nextMigration, active: this.migrations(), history: this.#history };
+    const body = new TextEncoder().encode(canonicalJson({ limits: this.limits, regions, vms, policy, migrations }));
     const bytes = new Uint8Array(FLEET_SNAPSHOT_MAGIC.byteLength + body.byteLength);
     bytes.set(FLEET_SNAPSHOT_MAGIC, 0);
     bytes.set(body, FLEET_SNAPSHOT_MAGIC.byteLength);
@@ -500,7 +750,7 @@ export class FleetStateMachine implements FleetState {
     }
     const parsed = SnapshotSchema.safeParse(raw, { reportInput: true });
     if (!parsed.success) throw new FleetSnapshotError(parsed.error.issues.map((issue) => formatIssue(issue, (path) => pathString(['snapshot', ...path]))).join('; '));
-    const { limits, regions, vms, policy } = parsed.data;
+    const { limits, regions, vms, policy, migrations } = parsed.data;
     const machine = new FleetStateMachine(limits);
     if (policy !== undefined) {
       try {
@@ -537,7 +787,37 @@ export class FleetStateMachine implements FleetState {
       }
       machine.#vms.set(record.name, vm);
     }
+    if (migrations !== undefined) machine.#restoreMigrations(migrations);
     return machine;
+  }
+
+  /** Rebuilds the migrations of a snapshot, checking each against the VMs and the ledger. */
+  #restoreMigrations(snapshot: { next: number; active: FleetMigration[]; history: FleetMigration[] }): void {
+    const ids = new Set<string>();
+    for (const m of [...snapshot.active, ...snapshot.history]) {
+      if (ids.has(m.id)) throw new FleetSnapshotError(`migration ${m.id} is listed twice`);
+      ids.add(m.id);
+      if (migrationNumber(m.id) >= snapshot.next) throw new FleetSnapshotError(`migration ${m.id} is not below the next id m${snapshot.next}`);
+      if ((m.result === null) !== snapshot.active.includes(m)) throw new FleetSnapshotError(`migration ${m.id} is ${m.result === null ? 'unended in the history' : 'ended among the active ones'}`);
+    }
+    if (snapshot.history.length > MIGRATION_HISTORY) throw new FleetSnapshotError(`holds ${snapshot.history.length} ended migrations, above ${MIGRATION_HISTORY}`);
+    for (const m of snapshot.active) {
+      const vm = this.#vms.get(m.vm);
+      if (vm === undefined || vm.deleted || vm.assignment === null) throw new FleetSnapshotError(`migration ${m.id} names ${m.vm}, which is not a live assigned VM`);
+      if (this.#migrationOfVm.has(m.vm)) throw new FleetSnapshotError(`${m.vm} has two migrations under way`);
+      const assignedAt = isCutOver(m.phase) ? m.target : m.source;
+      const a = vm.assignment;
+      if (a.region !== assignedAt.region || a.provider !== assignedAt.provider || a.generation !== assignedAt.generation || vm.generation < m.target.generation) {
+        throw new FleetSnapshotError(`migration ${m.id} (${m.phase}) does not match ${m.vm}'s assignment ${a.region}/${a.provider} at generation ${a.generation}`);
+      }
+      const held = reservedAt(m);
+      if (!this.#ledger.has(held.region, held.provider)) throw new FleetSnapshotError(`migration ${m.id} reserves on ${held.region}/${held.provider}, which is not registered`);
+      const short = this.#ledger.check(held.region, held.provider, demandOf(vm.spec));
+      if (short !== null) throw new FleetSnapshotError(`migration ${m.id} over-commits ${held.region}/${held.provider}: ${describeShortfall(short)}`);
+      this.#track(m);
+    }
+    this.#history = [...snapshot.history];
+    this.#nextMigration = snapshot.next;
   }
 }
 
@@ -561,4 +841,17 @@ const SnapshotSchema = z.strictObject({
   regions: z.array(FleetCommandSchema.refine((c) => c.kind === 'register-region', { message: 'a register-region declaration' })).transform((list) => list as RegisterRegionCommand[]),
   vms: z.array(SnapshotVmSchema),
   policy: z.strictObject({ version: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER), policies: PoliciesSchema }).optional(),
+  /** Absent in snapshots written before migrations existed. */
+  migrations: z
+    .strictObject({
+      next: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+      active: z.array(FleetMigrationSchema),
+      history: z.array(FleetMigrationSchema),
+    })
+    .optional(),
 });
+
+/** Facts of a migration with the given ones replacing what was recorded. */
+function mergeFacts(recorded: MigrationFacts, given: MigrationFacts | undefined): MigrationFacts {
+  return given === undefined ? recorded : { ...recorded, ...given };
+}

@@ -561,7 +561,7 @@ export class FleetSimulation {
 
   #apply(cmd: FleetCommand): FleetResult {
     this.#counts.commands++;
-    const name = cmd.kind === 'register-region' || cmd.kind === 'set-policy' ? null : cmd.kind === 'create' ? cmd.spec.name : cmd.vm;
+    const name = cmd.kind === 'register-region' || cmd.kind === 'set-policy' ? null : cmd.kind === 'create' ? cmd.spec.name : 'vm' in cmd ? cmd.vm : (this.#log.migration(cmd.id)?.vm ?? null);
     const before: FleetVm | undefined = name === null ? undefined : this.#log.vm(name);
     const result = this.#log.apply(cmd);
     if (!result.ok) {
