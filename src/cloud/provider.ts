@@ -76,6 +76,15 @@ export interface CreateInstanceRequest {
    * instance instead of launching a second one (EC2 ClientToken, GCP requestId).
    */
   idempotencyToken?: string;
+  /**
+   * The id of a migration this instance receives (src/fleet/migrations.ts):
+   * create it prepared but not booted, in state `stopped`, and resolve once
+   * it is; it must not run until a migration completes into it or it is
+   * started. Only providers that can receive a migration take it (local:
+   * a stopped record; qemu: its disk, and QEMU waiting for the incoming
+   * stream); the others refuse it.
+   */
+  incoming?: string;
 }
 
 export interface CallOptions {
@@ -324,6 +333,9 @@ export function matchesFilter(instance: Instance, filter: InstanceFilter | undef
 }
 
 /** Input checks common to every provider; each provider adds its own limits. */
+/** Provider kinds that can create an instance to receive a migration (CreateInstanceRequest.incoming). */
+const MIGRATION_TARGET_KINDS: readonly string[] = ['local', 'qemu'];
+
 export function checkCreateRequest(provider: ProviderKind, request: CreateInstanceRequest): void {
   const invalid = (field: string, why: string): InvalidRequestError =>
     new InvalidRequestError(provider, 'create', 'InvalidParameterValue', `${field}: ${why}`);
@@ -332,6 +344,7 @@ export function checkCreateRequest(provider: ProviderKind, request: CreateInstan
     if (typeof value !== 'string' || value.trim() === '') throw invalid(field, 'required, a non-empty string');
   }
   if (request.zone !== undefined && (typeof request.zone !== 'string' || request.zone === '')) throw invalid('zone', 'must be a non-empty string when given');
+  if (request.incoming !== undefined && !MIGRATION_TARGET_KINDS.includes(provider)) throw invalid('incoming', `provider ${provider} cannot receive a migration (${MIGRATION_TARGET_KINDS.join(', ')} can)`);
   checkTags(provider, 'create', request.tags ?? {});
 }
 

@@ -26,7 +26,22 @@
  *   stopped, no create or start is emitted for that VM. A deleted VM's copies
  *   are terminated.
  * - A region never starts or creates a copy at a generation it does not hold:
- *   start and create are only emitted for the current assignment.
+ *   start and create are only emitted for the current assignment, with one
+ *   exception that is never started: the incoming copy of a migration.
+ * - Migrations (migrations.ts). While a migration of VM v into this region is
+ *   in prepare, transfer or cutover, a managed copy of v here at the
+ *   migration's target provider and generation, tagged dwcp-migration=<id>,
+ *   is *incoming*: it is neither current nor stale, so it is not fenced and
+ *   not started; if there is none, it is created prepared and not booted
+ *   (create with `incoming`, the provider leaves it stopped). Once the
+ *   migration cuts over, that copy is simply the current one (same region,
+ *   provider, generation) and is started like any other; once it rolls back
+ *   or ends without cutover, it is stale and fenced (reason `migration`): the
+ *   target's teardown. In the source region, while the migration has not
+ *   cut over, the current copy's power belongs to the migration: nothing is
+ *   started, stopped toward desired power or created for that VM (the
+ *   coordinator stops and resumes it); after cutover it is stale here and
+ *   fenced like any reassigned copy: that is the source's clean-up.
  * - Failures back off exponentially (base × 2^(n-1), capped), with time as
  *   input. After maxAttempts failed creates/starts for one assignment the VM
  *   is reported failed with the provider's last reason and never retried for
@@ -48,6 +63,7 @@ import { CREATE_TOKEN_TAG, MANAGED_BY_TAG } from '../cloud/config.ts';
 import { INSTANCE_STATES, type InstanceState } from '../cloud/provider.ts';
 import type { PowerState } from './commands.ts';
 import { DESIRED_VM_TAG } from './observed.ts';
+import { MIGRATION_TAG, wantsIncomingCopy, type FleetMigration } from './migrations.ts';
 import type { FleetVmSpec } from './spec.ts';
 import type { FleetState, FleetVm } from './state-machine.ts';
 
@@ -56,7 +72,7 @@ import type { FleetState, FleetVm } from './state-machine.ts';
  * inventory: the cloud layer's managed-by and create-token tags, the
  * observed records' desired-VM tag, and the assignment generation.
  */
-export { CREATE_TOKEN_TAG, DESIRED_VM_TAG, MANAGED_BY_TAG };
+export { CREATE_TOKEN_TAG, DESIRED_VM_TAG, MANAGED_BY_TAG, MIGRATION_TAG };
 export const MANAGED_BY_VALUE = 'dwcp';
 export const GENERATION_TAG = 'dwcp-generation';
 
@@ -77,6 +93,8 @@ export interface ObservedVm {
   readonly vmName?: string;
   /** The assignment generation it was created for (tag dwcp-generation). */
   readonly generation?: number;
+  /** The migration it was created for, as an incoming copy (tag dwcp-migration). */
+  readonly migration?: string;
 }
 
 /** Reads an ObservedVm's fleet fields from provider tags; a malformed generation reads as absent (the copy is then stale). */
@@ -84,21 +102,24 @@ export function observedFromTags(base: { provider: string; id: string; name: str
   const generationText = tags[GENERATION_TAG];
   const generation = generationText !== undefined && /^[1-9][0-9]{0,15}$/.test(generationText) ? Number(generationText) : undefined;
   const vmName = tags[DESIRED_VM_TAG];
+  const migration = tags[MIGRATION_TAG];
   return {
     ...base,
     managed: tags[MANAGED_BY_TAG] === MANAGED_BY_VALUE,
     ...(vmName === undefined ? {} : { vmName }),
     ...(generation === undefined ? {} : { generation }),
+    ...(migration === undefined ? {} : { migration }),
   };
 }
 
 /**
- * What the reconciler reads of desired state: a VM by name, and the VMs
+ * What the reconciler reads of desired state: a VM by name, the VMs
  * (tombstones included) assigned to this region, from the state machine's
- * per-region index (FleetStateMachine is one; a partitioned region's frozen
- * view in the simulator is another).
+ * per-region index, and the migrations under way (of a VM, and into this
+ * region). FleetStateMachine is one; a partitioned region's frozen view in
+ * the simulator is another.
  */
-export type DesiredFleetView = Pick<FleetState, 'vm' | 'vmsAssignedTo'>;
+export type DesiredFleetView = Pick<FleetState, 'vm' | 'vmsAssignedTo' | 'migrationOf' | 'migrationsInto'>;
 
 /** The idempotency token of the create for (VM name, generation): a retry, by this or a restarted daemon, launches nothing new. */
 export function createToken(vmName: string, generation: number): string {
@@ -106,9 +127,15 @@ export function createToken(vmName: string, generation: number): string {
   return `dwcp-${createHash('sha256').update(`${vmName}\u0000${generation}`).digest('hex').slice(0, 32)}`;
 }
 
-/** The tags of a copy created for (VM, generation). */
-export function copyTags(vmName: string, generation: number): Readonly<Record<string, string>> {
-  return { [MANAGED_BY_TAG]: MANAGED_BY_VALUE, [DESIRED_VM_TAG]: vmName, [GENERATION_TAG]: String(generation), [CREATE_TOKEN_TAG]: createToken(vmName, generation) };
+/** The tags of a copy created for (VM, generation), and for a migration's incoming copy its id. */
+export function copyTags(vmName: string, generation: number, migration?: string): Readonly<Record<string, string>> {
+  return {
+    [MANAGED_BY_TAG]: MANAGED_BY_VALUE,
+    [DESIRED_VM_TAG]: vmName,
+    [GENERATION_TAG]: String(generation),
+    [CREATE_TOKEN_TAG]: createToken(vmName, generation),
+    ...(migration === undefined ? {} : { [MIGRATION_TAG]: migration }),
+  };
 }
 
 /** Why a copy is being stopped or terminated. */
@@ -122,7 +149,9 @@ export type FenceReason =
   /** The VM is deleted. */
   | 'deleted'
   /** This region has not seen the log for longer than its lease: it stops what it runs (options.lease). */
-  | 'lease-expired';
+  | 'lease-expired'
+  /** An incoming copy of a migration that rolled back or ended without cutover. */
+  | 'migration';
 
 export type VmStatus = 'pending' | 'running' | 'stopped' | 'failed';
 
@@ -135,6 +164,8 @@ export type ReconcileAction =
       readonly generation: number;
       readonly token: string;
       readonly tags: Readonly<Record<string, string>>;
+      /** A migration's incoming copy: created prepared and not booted (the provider leaves it stopped). */
+      readonly incoming?: string;
     }
   | { readonly kind: 'start'; readonly provider: string; readonly id: string; readonly vm: string; readonly generation: number }
   /** `fence`: set when the copy is stale (the stop comes before anything else for its VM); absent for a stop to desired power. */
@@ -170,10 +201,11 @@ export function copyKey(provider: string, id: string): string {
   return `copy/${provider}/${id}`;
 }
 
-/** The memory key an action's failures count under: per VM for create/start/stop-to-power, per copy for fencing. */
+/** The memory key an action's failures count under: per VM for create/start/stop-to-power (per incoming VM for a migration's copy), per copy for fencing. */
 export function attemptKey(action: ReconcileAction): string | null {
   switch (action.kind) {
     case 'create':
+      return action.incoming === undefined ? `vm/${action.vm}` : `in/${action.vm}`;
     case 'start':
       return `vm/${action.vm}`;
     case 'stop':
@@ -323,6 +355,13 @@ function mayRun(copy: ObservedVm): boolean {
   return copy.state === 'running' || copy.state === 'pending' || copy.state === 'stopping';
 }
 
+/** Whether this copy is the incoming copy of `migration` in `region`, wanted and left alone (neither current nor stale). */
+export function isIncomingCopy(region: string, migration: FleetMigration | undefined, copy: ObservedVm): boolean {
+  if (migration === undefined || !wantsIncomingCopy(migration.phase)) return false;
+  const t = migration.target;
+  return t.region === region && t.provider === copy.provider && copy.generation === t.generation && copy.migration === migration.id;
+}
+
 /** Whether desired state holds this copy as the VM's current one in `region`. */
 export function isCurrentCopy(region: string, vm: FleetVm | undefined, copy: ObservedVm): boolean {
   if (vm === undefined || vm.deleted || vm.assignment === null) return false;
@@ -330,10 +369,14 @@ export function isCurrentCopy(region: string, vm: FleetVm | undefined, copy: Obs
   return a.region === region && a.provider === copy.provider && copy.generation === a.generation;
 }
 
-function staleReason(region: string, vm: FleetVm, copy: ObservedVm): { reason: FenceReason; detail: string } {
+function staleReason(region: string, vm: FleetVm, migration: FleetMigration | undefined, copy: ObservedVm): { reason: FenceReason; detail: string } {
   if (vm.deleted) return { reason: 'deleted', detail: `${vm.name} is deleted` };
   const a = vm.assignment;
   const held = copy.generation === undefined ? 'no generation tag' : `generation ${copy.generation}`;
+  if (copy.migration !== undefined) {
+    const why = migration?.id === copy.migration ? `is ${migration.phase}` : 'ended without cutting over';
+    return { reason: 'migration', detail: `the incoming copy of ${vm.name} for migration ${copy.migration}, which ${why} (this copy has ${held})` };
+  }
   if (a === null) return { reason: 'stale-generation', detail: `${vm.name} is not assigned (this copy has ${held})` };
   if (a.region !== region || a.provider !== copy.provider) {
     return { reason: 'reassigned', detail: `${vm.name} is assigned to ${a.region}/${a.provider} at generation ${a.generation} (this copy has ${held})` };
@@ -380,26 +423,48 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
 
   const assignedHere = new Map<string, FleetVm>();
   for (const vm of desired.vmsAssignedTo(region)) assignedHere.set(vm.name, vm);
-  const names = new Set<string>([...copiesOf.keys(), ...assignedHere.keys()]);
+  const incomingHere = desired.migrationsInto(region).filter((m) => wantsIncomingCopy(m.phase));
+  const names = new Set<string>([...copiesOf.keys(), ...assignedHere.keys(), ...incomingHere.map((m) => m.vm)]);
   const liveKeys = new Set<string>();
 
   for (const name of [...names].sort(compareText)) {
     const vm = assignedHere.get(name) ?? desired.vm(name);
     if (vm === undefined) continue;
     const copies = copiesOf.get(name) ?? [];
+    const migration = desired.migrationOf(name);
     const current: ObservedVm[] = [];
+    const incoming: ObservedVm[] = [];
     let fencing = false;
 
     // 1. Fencing: every stale copy comes down before anything else happens to this VM here.
     for (const copy of copies) {
       liveKeys.add(copyKey(copy.provider, copy.id));
+      if (isIncomingCopy(region, migration, copy)) {
+        incoming.push(copy);
+        continue;
+      }
       if (isCurrentCopy(region, vm, copy)) {
         current.push(copy);
         continue;
       }
       if (mayRun(copy)) fencing = true;
-      const fence = staleReason(region, vm, copy);
+      const fence = staleReason(region, vm, migration, copy);
       emitFence(actions, attempts, inFlight, now, copy, vm.name, fence.reason, fence.detail, vm.deleted);
+    }
+
+    // 1b. A migration into this region: its incoming copy is created (prepared, not booted) and otherwise left alone.
+    if (migration !== undefined && !vm.deleted && migration.target.region === region && wantsIncomingCopy(migration.phase)) {
+      const key = `in/${name}`;
+      liveKeys.add(key);
+      const [keep, ...extra] = incoming;
+      for (const copy of extra) emitFence(actions, attempts, inFlight, now, copy, name, 'duplicate', `another incoming copy of ${name} for ${migration.id} is kept (${keep?.provider}/${keep?.id})`, true);
+      const record = attempts.get(key);
+      const backingOff = record !== undefined && record.generation === migration.target.generation && now < record.retryAt;
+      if (keep === undefined && !fencing && !backingOff) {
+        const t = migration.target;
+        const create: ReconcileAction = { kind: 'create', provider: t.provider, vm: name, spec: vm.spec, generation: t.generation, token: createToken(name, t.generation), tags: copyTags(name, t.generation, migration.id), incoming: migration.id };
+        if (!inFlight.has(actionKey(create) as string)) actions.push(create);
+      }
     }
 
     const a = vm.assignment;
@@ -433,8 +498,12 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     const failed = record?.failed === true;
     let seen = firstSeen.get(name);
     if (seen === undefined || seen.generation !== a.generation) firstSeen.set(name, (seen = { generation: a.generation, at: now }));
+    // A migration cut over to here: its coordinator saw the source stop serving before it proposed the cutover, so no handoff wait.
+    const migratedHere = migration !== undefined && migration.target.region === region && migration.target.generation === a.generation;
     // Starting is held back while the lease is out, and during the handoff of a VM that had a holder before.
-    const held = lease !== undefined && (leaseExpired || (a.generation > 1 && now < seen.at + lease.handoffMs));
+    const held = lease !== undefined && (leaseExpired || (a.generation > 1 && !migratedHere && now < seen.at + lease.handoffMs));
+    // Migrating out and not cut over: the copy's power is the migration's (the coordinator stops and resumes it).
+    const migrating = migration !== undefined && migration.source.region === region && migration.source.generation === a.generation;
     let status: VmStatus;
     let reason: string | undefined;
 
@@ -452,7 +521,7 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
           token: createToken(name, a.generation),
           tags: copyTags(name, a.generation),
         };
-        if (!fencing && !backingOff && !held && !inFlight.has(actionKey(create) as string)) actions.push(create);
+        if (!fencing && !backingOff && !held && !migrating && !inFlight.has(actionKey(create) as string)) actions.push(create);
       }
     } else {
       status = powerStatus(keep.state, vm.power, failed);
@@ -463,7 +532,7 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
         liveKeys.add(key);
       }
       // Given up blocks starting only: a stop toward desired power is always allowed.
-      if (!busy && !backingOff && !fencing) {
+      if (!busy && !backingOff && !fencing && !migrating) {
         if (vm.power === 'running' && keep.state === 'stopped' && !failed && !held) actions.push({ kind: 'start', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
         else if (vm.power === 'stopped' && keep.state === 'running' && !leaseExpired) actions.push({ kind: 'stop', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
       }

@@ -257,8 +257,10 @@ export class RegionReconciler {
             // Spot only on capacity the region declared as spot (placement sends only spot-tolerant specs there).
             spot: this.#o.desired().region(this.#o.region)?.providers.find((p) => p.name === action.provider)?.spot === true,
             idempotencyToken: uuidFromToken(action.token),
+            ...(action.incoming === undefined ? {} : { incoming: action.incoming }),
           });
-          log.info({ vm: action.vm, generation: action.generation, provider: action.provider, instanceId: created.instance.id, type }, 'fleet VM created');
+          if (action.incoming === undefined) log.info({ vm: action.vm, generation: action.generation, provider: action.provider, instanceId: created.instance.id, type }, 'fleet VM created');
+          else log.info({ vm: action.vm, generation: action.generation, provider: action.provider, instanceId: created.instance.id, type, migration: action.incoming }, 'fleet prepared the incoming copy of a migration');
           break;
         }
         case 'start':

@@ -707,7 +707,9 @@ export class FleetSimulation {
       if (vm !== undefined) vms.set(name, vm);
     }
     const assigned = sortedNames([...vms.values()].filter((vm) => vm.assignment?.region === r.name).map((vm) => vm.name)).map((name) => vms.get(name) as FleetVm);
-    return { vm: (name) => vms.get(name), vmsAssignedTo: (region) => (region === r.name ? assigned : []) };
+    const migrations = new Map(this.#log.migrations().map((m) => [m.vm, m]));
+    const into = this.#log.migrationsInto(r.name);
+    return { vm: (name) => vms.get(name), vmsAssignedTo: (region) => (region === r.name ? assigned : []), migrationOf: (vm) => migrations.get(vm), migrationsInto: (region) => (region === r.name ? into : []) };
   }
 
   #observed(r: SimRegion): ObservedVm[] {

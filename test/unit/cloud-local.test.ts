@@ -43,6 +43,18 @@ describe('local provider', () => {
     expect(await local.list({ states: ['terminated'] })).toHaveLength(1);
   });
 
+  it('creates a migration\'s incoming copy prepared and stopped (no capacity taken until started), idempotently; a cloud refuses one', async () => {
+    const local = fast({ capacity: { vcpus: 1, memoryMiB: 1024 } });
+    await local.create({ name: 'busy', type: 'local.small', image: 'base' });
+    const incoming = await local.create({ name: 'web1', type: 'local.small', image: 'base', incoming: 'm1', idempotencyToken: 't-1' });
+    expect(incoming).toMatchObject({ state: 'stopped', launchTime: null });
+    expect((await local.get(incoming.id)).state).toBe('stopped');
+    expect((await local.create({ name: 'web1', type: 'local.small', image: 'base', incoming: 'm1', idempotencyToken: 't-1' })).id).toBe(incoming.id);
+    await expect(local.start(incoming.id)).rejects.toThrow(CapacityError);
+    const { checkCreateRequest } = await import('../../src/cloud/provider.ts');
+    expect(() => checkCreateRequest('aws', { name: 'x', type: 't3.micro', image: 'ami-1', incoming: 'm1' })).toThrow(/incoming: provider aws cannot receive a migration/);
+  });
+
   it('refuses work beyond its capacity, including a start of a stopped VM', async () => {
     const local = fast({ capacity: { vcpus: 4, memoryMiB: 8192 } });
     const big = await local.create({ name: 'big', type: 'local.large', image: 'img' });

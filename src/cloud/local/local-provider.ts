@@ -234,7 +234,7 @@ export class LocalProvider implements CloudProvider {
       const records = await this.#records();
       const existing = request.idempotencyToken ? records.find((r) => r.idempotencyToken === request.idempotencyToken) : undefined;
       if (existing) return existing;
-      this.#checkCapacity('create', zone, spec, records);
+      if (request.incoming === undefined) this.#checkCapacity('create', zone, spec, records);
       const now = this.#now();
       const created: LocalVmRecord = {
         id: `local-${randomBytes(6).toString('hex')}`,
@@ -246,8 +246,9 @@ export class LocalProvider implements CloudProvider {
         spot: request.spot ?? false,
         userData: request.userData ?? null,
         idempotencyToken: request.idempotencyToken ?? null,
-        state: 'pending',
-        transition: { to: 'running', at: now + this.#transitionMs },
+        // An incoming migration copy is a record prepared and not booted: stopped, taking no capacity until started.
+        state: request.incoming === undefined ? 'pending' : 'stopped',
+        transition: request.incoming === undefined ? { to: 'running', at: now + this.#transitionMs } : null,
         createdAt: now,
         stateSince: now,
         launchTime: null,
@@ -258,6 +259,10 @@ export class LocalProvider implements CloudProvider {
     });
     progress.setInstanceId(record.id);
     progress.report('accepted', record.state, record.state);
+    if (request.incoming !== undefined) {
+      progress.report('done', record.state, record.state);
+      return this.#toInstance(record);
+    }
     return this.#finish('create', record.id, progress, options);
   }
 
