@@ -259,16 +259,14 @@ function fold(memory: CoordinatorMemory, outcomes: readonly EffectOutcome[], opt
 export function coordinate(input: CoordinatorInput): CoordinatorResult {
   const options = input.options ?? DEFAULT_COORDINATOR_OPTIONS;
   const { migration: m, observed, now, inFlight } = input;
-  const memory = fold(input.memory, input.outcomes ?? [], options);
-  if (memory.phase !== m.phase) {
+  let before = input.memory;
+  if (before.phase !== m.phase) {
     // A new phase (or a restart): its timeout starts now; the transfer bookkeeping belongs to the transfer phase.
-    memory.phase = m.phase;
-    memory.phaseSince = now;
-    memory.cutoverRefused = null;
-    if (m.phase !== 'transfer') memory.steps = [];
     // A restarted coordinator that finds a live migration rolling back cannot know whether the transfer completed.
-    if (m.mode === 'live' && input.memory.phase === null && m.phase === 'rolling-back') memory.targetMayRun = true;
+    const unknowable = m.mode === 'live' && before.phase === null && m.phase === 'rolling-back';
+    before = { ...before, phase: m.phase, phaseSince: now, cutoverRefused: null, steps: m.phase === 'transfer' ? before.steps : [], targetMayRun: before.targetMayRun || unknowable };
   }
+  const memory = fold(before, input.outcomes ?? [], options);
   const effects: CoordinatorEffect[] = [];
   const wakes: number[] = [];
   const free = (key: string): boolean => {
