@@ -372,7 +372,8 @@ export function coordinate(input: CoordinatorInput): CoordinatorResult {
         break;
       }
       if (gone(source)) {
-        propose({ kind: 'migration-end', id: m.id, result: 'failed', reason: `${reason}; and the source copy in ${m.source.region} is gone (its reconciler creates it again)`, at: now });
+        const lost = `the source copy of ${m.vm} in ${m.source.region} is gone`;
+        propose({ kind: 'migration-end', id: m.id, result: 'failed', reason: `${reason.includes(lost) ? reason : `${reason}; and ${lost}`} (its reconciler creates it again)`, at: now });
         waiting = 'the log to end the migration';
         break;
       }

@@ -77,6 +77,23 @@
  *    excuse left is a fence the provider is still carrying out or refused
  *    (in flight, backing off, outcome unread). So: never two running copies
  *    of one VM, partitions and crashes included.
+ * 5. Migrations (src/fleet/migrations.ts, src/migration/coordinator.ts):
+ *    operators start cold, warm and (where the on-premises provider is
+ *    declared qemu) live migrations of random VMs and cancel some; each
+ *    source region runs the real coordinator core for its migrations at
+ *    every pass, against simulated transfers (which take time, fail, stall
+ *    when the target is unreachable; a live one ends with the source paused
+ *    and the target's incoming copy running, as QEMU does), with its
+ *    proposals lost now and then (dropped before the log, or the answer
+ *    lost), and the source or target region crashed at migration steps. Every
+ *    step: the source and target copies of one migration never both run (at
+ *    any time, after it ended too), and a cold or warm incoming copy never
+ *    runs before cutover; the shadow ledger counts each migration's
+ *    reservation (start reserves the target, cutover moves nothing, end
+ *    releases the side it held). Every end: completed leaves the VM at the
+ *    target, rolled-back at the source; a non-completed end says why. Once
+ *    reconciled: no migration is left under way (so no reservation leaks:
+ *    invariant 1's recount from the VM records must match the log).
  * 4. Once reconciled (the end of the quiet phase): every VM has at most one
  *    running copy and it is the current one; deleted VMs and stale copies
  *    have no live instance; every accepted create ends running (desired
@@ -87,6 +104,20 @@
  *    orphan copy was reported and is still there.
  */
 import { parseFleetCommand, type FleetCommand, type FleetResult } from '../../src/fleet/commands.ts';
+import { isCutOver, reservedAt, wantsIncomingCopy, type FleetMigration, type MigrationMode } from '../../src/fleet/migrations.ts';
+import {
+  EMPTY_COORDINATOR_MEMORY,
+  coordinate,
+  effectKey,
+  type CoordinatorEffect,
+  type CoordinatorMemory,
+  type CoordinatorOptions,
+  type EffectOutcome,
+  type SourceCopy,
+  type TargetCopy,
+  type TransferStatus,
+  type TransferStep,
+} from '../../src/migration/coordinator.ts';
 import { demandOf, RESOURCES, type ResourceAmounts } from '../../src/fleet/ledger.ts';
 import { buildPlacementView, place, DEFAULT_PLACEMENT_OPTIONS, type ObservedFleet, type RegionHealth } from '../../src/fleet/placement.ts';
 import {
@@ -144,6 +175,21 @@ export interface FleetScenario {
   readonly maxLogQueue: number;
   /** The reconciler core under test (tests swap in a broken one to show the invariants catch it). */
   readonly reconcile?: typeof reconcile;
+  /** The coordinator core under test (tests swap in a broken one). */
+  readonly coordinate?: typeof coordinate;
+  /** Fleet-wide per second (chaos only): migrations started, and cancels of migrations under way. */
+  readonly migratePerSecond: number;
+  readonly cancelPerSecond: number;
+  /** The on-premises provider's declared kind: qemu seeds can migrate live. */
+  readonly onPremKind: 'local' | 'qemu';
+  /** Per migration step committed (chaos only): the chance that its source or target region crashes right then. */
+  readonly migrationCrash: number;
+  /** Per coordinator proposal: the chance it is dropped before the log, or its answer lost. */
+  readonly proposalLoss: number;
+  readonly transferMs: readonly [number, number];
+  /** Per transfer step: the chance it fails midway. */
+  readonly transferFailure: number;
+  readonly coordinator: CoordinatorOptions;
   readonly trace?: (line: string) => void;
 }
 
@@ -178,6 +224,9 @@ export interface FleetSimReport {
   readonly events: number;
   readonly invariantChecks: number;
   readonly virtualMs: number;
+  readonly migrations: { readonly started: number; readonly completed: number; readonly rolledBack: number; readonly failed: number; readonly live: number; readonly cancels: number; readonly lostProposals: number; readonly transferFailures: number; readonly liveCompletions: number; readonly targetWaits: number };
+  /** Crashes of a migration's source or target region right at one of its steps, by `phase:side`. */
+  readonly migrationCrashes: Readonly<Record<string, number>>;
 }
 
 export class FleetSimFailure extends Error {
@@ -222,6 +271,15 @@ export function fleetScenarioForSeed(seed: number, size: FleetSimSize = 'small',
     reconciler: leaseFor(seed, { maxAttempts: rng.pick([2, 3, 4]), backoffBaseMs: 500, backoffCapMs: 4_000 }, 1_000, opMax),
     scheduler: resolveSchedulerOptions({ maxAttempts: small ? rng.pick([2, 3, 5]) : 5, placement: DEFAULT_PLACEMENT_OPTIONS, choices: small ? rng.pick([1, 3]) : 3 }),
     maxLogQueue: small ? 64 : 4096,
+    migratePerSecond: small ? 0.25 : 1,
+    cancelPerSecond: small ? 0.04 : 0.1,
+    onPremKind: seed % 4 < 2 ? 'qemu' : 'local',
+    migrationCrash: small ? 0.06 : 0.01,
+    proposalLoss: 0.05,
+    transferMs: [300, rng.pick([2_000, 5_000])],
+    transferFailure: rng.pick([0, 0.1, 0.25]),
+    // Timeouts short enough that a run exercises them, long enough for a pass, an operation and a report.
+    coordinator: { prepareTimeoutMs: 8_000, transferIdleTimeoutMs: 4_000, verifyTimeoutMs: 10_000, cleanupTimeoutMs: 20_000, retryMs: 500, maxAttempts: 3 },
     ...(trace === undefined ? {} : { trace }),
   };
 }
@@ -255,6 +313,38 @@ interface SimInstance {
   readonly vmName?: string;
   readonly generation?: number;
   readonly token?: string;
+  /** A migration's incoming copy (tag dwcp-migration). */
+  readonly migration?: string;
+  /** Running but paused (a live migration's source after its stop-and-copy): not counted as running. */
+  paused: boolean;
+}
+
+/** One migration's coordinator in a source region; lost with the daemon. */
+interface SimCoordinator {
+  memory: CoordinatorMemory;
+  readonly inFlight: Set<string>;
+  outcomes: EffectOutcome[];
+}
+
+/** A transfer step the source daemon runs; lost with it. */
+interface SimTransfer {
+  readonly id: string;
+  readonly step: TransferStep;
+  status: 'running' | 'done' | 'failed';
+  bytes: number;
+  rounds: number;
+  progressAt: number;
+  readonly doneAt: number;
+  readonly failAt: number | null;
+  error?: string;
+  targetMayRun: boolean;
+  downtimeMs?: number;
+}
+
+/** What a region last published of its copies (the geo store's fleet records, for other regions' coordinators). */
+interface SimReport {
+  readonly at: number;
+  readonly copies: readonly { readonly provider: string; readonly vmName: string; readonly generation?: number; readonly migration?: string; readonly state: ObservedVmState }[];
 }
 
 interface InFlightOp {
@@ -295,6 +385,12 @@ interface SimRegion {
   readonly orphansSeen: Set<string>;
   /** This region's scheduler: the requests it is working on (bounded by the client count). */
   readonly requests: ClientRequest[];
+  /** Coordinators of the migrations out of this region, and their transfers (lost on a crash). */
+  readonly coordinators: Map<string, SimCoordinator>;
+  readonly transfers: Map<string, SimTransfer>;
+  /** The migrations as they were when the region lost the log (its coordinators act on them meanwhile). */
+  frozenMigrations: readonly FleetMigration[] | null;
+  report: SimReport | null;
 }
 
 interface ClientRequest {
@@ -311,7 +407,13 @@ interface Proposal {
   readonly onResults: (results: readonly FleetResult[]) => void;
 }
 
-type SimEvent = { kind: 'commit'; proposal: Proposal } | { kind: 'op'; region: string; action: ReconcileAction; epoch: number; fail: string | null };
+type SimEvent =
+  | { kind: 'commit'; proposal: Proposal }
+  | { kind: 'op'; region: string; action: ReconcileAction; epoch: number; fail: string | null }
+  /** A coordinator's operation on its source copy finishing. */
+  | { kind: 'mop'; region: string; id: string; effect: CoordinatorEffect; epoch: number; fail: string | null }
+  /** A coordinator's proposal that never gets an answer: the error reaches it at this time. */
+  | { kind: 'lost'; region: string; id: string; effect: CoordinatorEffect; epoch: number };
 
 function sortedNames(names: Iterable<string>): string[] {
   return [...names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
@@ -365,12 +467,20 @@ export class FleetSimulation {
     invariantChecks: 0,
     deleted: 0,
   };
+  readonly #mig = { started: 0, completed: 0, rolledBack: 0, failed: 0, live: 0, cancels: 0, lostProposals: 0, transferFailures: 0, liveCompletions: 0, targetWaits: 0 };
+  readonly #migrationCrashes: Record<string, number> = {};
+  /** Every migration the log accepted, by VM: its source and target copies must never both run. */
+  readonly #migrationsOf = new Map<string, FleetMigration[]>();
+  /** Migrations this run: a separate stream, so the others' draws do not move. */
+  readonly #migRng: Prng;
+  #chaosOn = false;
 
   constructor(scenario: FleetScenario) {
     this.#s = scenario;
     this.#rng = new Prng(scenario.seed);
     this.#chaos = this.#rng.fork();
     this.#providerRng = this.#rng.fork();
+    this.#migRng = this.#rng.fork();
   }
 
   /** Any error of a run, the state machine's own invariant errors included, comes out as a FleetSimFailure naming the seed. */
@@ -389,6 +499,7 @@ export class FleetSimulation {
     const chaosTicks = Math.ceil(s.chaosMs / s.tickMs);
     const createTicks = Math.ceil(chaosTicks * 0.7);
     let owed = 0;
+    this.#chaosOn = true;
     for (let tick = 0; tick < chaosTicks; tick++) {
       this.#now += s.tickMs;
       if (tick < createTicks) {
@@ -402,6 +513,7 @@ export class FleetSimulation {
       this.#step(true);
     }
     while (this.#requestsMade < s.vms) this.#newRequest();
+    this.#chaosOn = false;
     // Quiet phase: everyone back, no new trouble but provider errors.
     for (const r of this.#regions) {
       if (!r.up) this.#restart(r);
@@ -432,8 +544,8 @@ export class FleetSimulation {
     for (let i = 0; i < s.regions; i++) {
       const name = `r${String(i).padStart(3, '0')}`;
       const vcpus = Math.max(4, Math.round(perRegionVcpus * (0.5 + rng.next())));
-      const providers: { name: string; kind: 'local' | 'aws'; capacity?: object; quota?: object; prices: object; spot?: boolean }[] = [
-        { name: 'local', kind: 'local', capacity: { vcpus, memoryBytes: vcpus * 3 * GIB, diskBytes: vcpus * 100 * GIB }, prices: { vcpuHourUsd: 0.01 + rng.int(30) / 1000, memoryGiBHourUsd: 0.002 } },
+      const providers: { name: string; kind: 'local' | 'qemu' | 'aws'; capacity?: object; quota?: object; prices: object; spot?: boolean }[] = [
+        { name: 'local', kind: s.onPremKind, capacity: { vcpus, memoryBytes: vcpus * 3 * GIB, diskBytes: vcpus * 100 * GIB }, prices: { vcpuHourUsd: 0.01 + rng.int(30) / 1000, memoryGiBHourUsd: 0.002 } },
       ];
       if (rng.chance(0.3)) {
         providers.push({ name: 'cloud', kind: 'aws', quota: { vcpus: Math.ceil(vcpus / 2), instances: Math.ceil(vcpus / 6) }, prices: { vcpuHourUsd: 0.03 + rng.int(30) / 1000, memoryGiBHourUsd: 0.004 }, spot: rng.chance(0.3) });
@@ -468,6 +580,10 @@ export class FleetSimulation {
         statuses: new Map(),
         orphansSeen: new Set(),
         requests: [],
+        coordinators: new Map(),
+        transfers: new Map(),
+        frozenMigrations: null,
+        report: null,
       };
       this.#regions.push(region);
       this.#byName.set(name, region);
@@ -476,12 +592,12 @@ export class FleetSimulation {
     }
     // An orphan: a managed copy whose VM the log never heard of. It must be reported and left alone.
     const home = rng.pick(this.#regions);
-    const orphan: SimInstance = { provider: 'local', id: 'i-orphan', name: 'ghost', state: 'running', managed: true, vmName: 'ghost', generation: 3 };
+    const orphan: SimInstance = { provider: 'local', id: 'i-orphan', name: 'ghost', state: 'running', managed: true, vmName: 'ghost', generation: 3, paused: false };
     home.instances.get('local')?.set(orphan.id, orphan);
     this.#instanceRegion.set(orphan, home);
     this.#orphan = { region: home.name, provider: 'local', id: orphan.id };
     // And an unmanaged instance, which the reconciler must not even look at.
-    const stray: SimInstance = { provider: 'local', id: 'i-stray', name: 'by-hand', state: 'running', managed: false };
+    const stray: SimInstance = { provider: 'local', id: 'i-stray', name: 'by-hand', state: 'running', managed: false, paused: false };
     rng.pick(this.#regions).instances.get('local')?.set(stray.id, stray);
   }
 
@@ -527,9 +643,13 @@ export class FleetSimulation {
         break;
       }
       this.#counts.events++;
-      if (next.event.kind === 'commit') this.#commit(next.event.proposal);
-      else this.#finishOp(next.event.region, next.event.action, next.event.epoch, next.event.fail);
+      const e = next.event;
+      if (e.kind === 'commit') this.#commit(e.proposal);
+      else if (e.kind === 'op') this.#finishOp(e.region, e.action, e.epoch, e.fail);
+      else if (e.kind === 'mop') this.#finishMigrationOp(e.region, e.id, e.effect, e.epoch, e.fail);
+      else this.#lostAnswer(e.region, e.id, e.effect, e.epoch);
     }
+    this.#advanceTransfers();
     if (chaos) this.#hostFailures();
     this.#watchdogs();
     this.#handOut();
@@ -563,13 +683,14 @@ export class FleetSimulation {
     this.#counts.commands++;
     const name = cmd.kind === 'register-region' || cmd.kind === 'set-policy' ? null : cmd.kind === 'create' ? cmd.spec.name : 'vm' in cmd ? cmd.vm : (this.#log.migration(cmd.id)?.vm ?? null);
     const before: FleetVm | undefined = name === null ? undefined : this.#log.vm(name);
+    const migrationBefore = name === null ? undefined : this.#log.migrationOf(name);
     const result = this.#log.apply(cmd);
     if (!result.ok) {
       this.#counts.refusals++;
-      this.#trace(`log ${cmd.kind} ${name ?? ''} refused: ${result.code}`);
+      this.#trace(`log ${cmd.kind} ${name ?? ''} refused: ${result.code}${'id' in cmd ? ` (${cmd.id}: ${result.message})` : ''}`);
       return result;
     }
-    this.#trace(`log ${cmd.kind} ${name ?? ''}${cmd.kind === 'assign' ? ` -> ${cmd.region}/${cmd.provider} g${cmd.generation}` : cmd.kind === 'set-power' ? ` ${cmd.power}` : ''}`);
+    this.#trace(`log ${cmd.kind} ${name ?? ''}${cmd.kind === 'assign' ? ` -> ${cmd.region}/${cmd.provider} g${cmd.generation}` : cmd.kind === 'set-power' ? ` ${cmd.power}` : ''}${result.migration === undefined ? '' : ` ${result.migration}`}${cmd.kind === 'migration-progress' ? ` ${cmd.phase}${cmd.reason === undefined ? '' : ` (${cmd.reason})`}` : cmd.kind === 'migration-end' ? ` ${cmd.result}${cmd.reason === undefined ? '' : ` (${cmd.reason})`}` : ''}`);
     if (name === null) return result;
     const after = this.#log.vm(name);
     if (after === undefined) return result;
@@ -595,9 +716,60 @@ export class FleetSimulation {
             this.#shadowMove(old.region, old.provider, demandOf(before.spec), -1);
             this.#shadowAgrees(old.region, old.provider);
           }
+          if (migrationBefore !== undefined) this.#migrationEnded(migrationBefore, demandOf(before.spec));
           this.#changedAt.set(name, this.#now);
         }
         break;
+      case 'migration-start': {
+        const m = this.#log.migrationOf(name);
+        if (m === undefined || old === null || result.migration !== m.id) return this.#fail(`migration-start of ${name} accepted but no migration is recorded`);
+        const last = this.#lastGeneration.get(name) ?? 0;
+        if (m.target.generation <= last) this.#fail(`invariant 2: ${name}'s migration ${m.id} took generation ${m.target.generation}, not above its earlier ${last}`);
+        this.#lastGeneration.set(name, m.target.generation);
+        this.#shadowMove(m.target.region, m.target.provider, demandOf(after.spec), +1);
+        this.#shadowAgrees(m.target.region, m.target.provider);
+        let list = this.#migrationsOf.get(name);
+        if (list === undefined) this.#migrationsOf.set(name, (list = []));
+        list.push(m);
+        this.#mig.started++;
+        if (m.mode === 'live') this.#mig.live++;
+        this.#crashAtStep(m, 'prepare');
+        break;
+      }
+      case 'migration-progress':
+        if (migrationBefore !== undefined && cmd.phase !== migrationBefore.phase) {
+          // Rolling back: the incoming copy is stale from now on.
+          if (cmd.phase === 'rolling-back') this.#changedAt.set(name, this.#now);
+          this.#crashAtStep(migrationBefore, cmd.phase);
+        }
+        break;
+      case 'migration-cutover': {
+        const m = this.#log.migrationOf(name);
+        if (m === undefined || migrationBefore === undefined || old === null) return this.#fail(`migration-cutover of ${name} accepted without a migration under way`);
+        if (isCutOver(migrationBefore.phase)) break;
+        const a = after.assignment;
+        if (a?.region !== m.target.region || a.provider !== m.target.provider || a.generation !== m.target.generation) this.#fail(`migration-cutover of ${name} (${m.id}) left it at ${a?.region}/${a?.provider} g${a?.generation}, not at its target`);
+        // The ledger's sums do not move: the reservation and the assignment swap sides.
+        this.#shadowAgrees(old.region, old.provider);
+        this.#shadowAgrees(m.target.region, m.target.provider);
+        this.#assigned.get(old.region)?.delete(name);
+        this.#assigned.get(m.target.region)?.add(name);
+        this.#changedAt.set(name, this.#now);
+        this.#crashAtStep(m, 'verify');
+        break;
+      }
+      case 'migration-end': {
+        if (migrationBefore === undefined || migrationBefore.id !== cmd.id) break; // a repeat of an end already applied
+        const a = after.assignment;
+        const want = cmd.result === 'completed' ? migrationBefore.target : cmd.result === 'rolled-back' ? migrationBefore.source : isCutOver(migrationBefore.phase) ? migrationBefore.target : migrationBefore.source;
+        if (a?.region !== want.region || a.generation !== want.generation) this.#fail(`${cmd.id} of ${name} ended ${cmd.result} with the VM at ${a?.region} g${a?.generation}, not at ${want.region} g${want.generation}`);
+        if (cmd.result !== 'completed' && (cmd.reason ?? '') === '') this.#fail(`${cmd.id} of ${name} ended ${cmd.result} without a reason`);
+        this.#migrationEnded(migrationBefore, demandOf(after.spec));
+        if (cmd.result === 'completed') this.#mig.completed++;
+        else if (cmd.result === 'rolled-back') this.#mig.rolledBack++;
+        else this.#mig.failed++;
+        break;
+      }
       case 'create':
         // A new incarnation over a tombstone is unassigned: the old copy's region no longer holds it.
         if (old !== null) this.#assigned.get(old.region)?.delete(name);
@@ -607,6 +779,25 @@ export class FleetSimulation {
         break;
     }
     return result;
+  }
+
+  /** A migration ended (or its VM was deleted): the shadow ledger gives back the side it held; its incoming copy is stale from now on. */
+  #migrationEnded(m: FleetMigration, demand: ResourceAmounts): void {
+    const held = reservedAt(m);
+    this.#shadowMove(held.region, held.provider, demand, -1);
+    this.#shadowAgrees(held.region, held.provider);
+    this.#changedAt.set(m.vm, this.#now);
+  }
+
+  /** During chaos, a migration step committed: now and then its source or target region crashes right at it. */
+  #crashAtStep(m: FleetMigration, phase: string): void {
+    if (!this.#chaosOn || !this.#migRng.chance(this.#s.migrationCrash)) return;
+    const side = this.#migRng.chance(0.5) ? 'source' : 'target';
+    const r = this.#byName.get(m[side].region);
+    if (r === undefined || !r.up) return;
+    const key = `${phase}:${side}`;
+    this.#migrationCrashes[key] = (this.#migrationCrashes[key] ?? 0) + 1;
+    this.#crash(r, this.#now + this.#migRng.between(this.#s.downMs[0], this.#s.downMs[1]));
   }
 
   /** Invariant 1, per command: the shadow ledger moves with the accepted command and stays within the limits (#shadowAgrees then compares it with the machine's). */
@@ -724,6 +915,7 @@ export class FleetSimulation {
           managed: inst.managed,
           ...(inst.vmName === undefined ? {} : { vmName: inst.vmName }),
           ...(inst.generation === undefined ? {} : { generation: inst.generation }),
+          ...(inst.migration === undefined ? {} : { migration: inst.migration }),
         });
       }
     }
@@ -741,6 +933,234 @@ export class FleetSimulation {
     r.memory = memory;
     r.lastPassAt = this.#now;
     for (const action of actions) this.#execute(r, view, action);
+    // What the region publishes of its copies (the geo store is not the log: it reaches others unless the region is cut off).
+    if (!r.partitioned) r.report = { at: this.#now, copies: this.#observed(r).filter((c) => c.managed && c.vmName !== undefined).map((c) => ({ provider: c.provider, vmName: c.vmName ?? '', state: c.state, ...(c.generation === undefined ? {} : { generation: c.generation }), ...(c.migration === undefined ? {} : { migration: c.migration }) })) };
+    this.#coordinate(r, view);
+  }
+
+  // Migrations.
+
+  /** Runs the coordinator of every migration out of this region on the region's view of the log (frozen while cut off). */
+  #coordinate(r: SimRegion, view: DesiredFleetView): void {
+    const migrations = (r.partitioned ? (r.frozenMigrations ?? []) : this.#log.migrations()).filter((m) => m.source.region === r.name);
+    const live = new Set(migrations.map((m) => m.id));
+    for (const id of r.coordinators.keys()) if (!live.has(id)) r.coordinators.delete(id);
+    for (const id of r.transfers.keys()) if (!live.has(id)) r.transfers.delete(id);
+    for (const m of migrations) {
+      let c = r.coordinators.get(m.id);
+      if (c === undefined) r.coordinators.set(m.id, (c = { memory: EMPTY_COORDINATOR_MEMORY, inFlight: new Set(), outcomes: [] }));
+      const outcomes = c.outcomes;
+      c.outcomes = [];
+      const result = (this.#s.coordinate ?? coordinate)({
+        migration: m,
+        power: view.vm(m.vm)?.power ?? 'running',
+        observed: { source: this.#sourceCopy(r, m), target: this.#targetCopy(m), transfer: this.#transferStatus(r, m.id) },
+        memory: c.memory,
+        outcomes,
+        inFlight: c.inFlight,
+        now: this.#now,
+        options: this.#s.coordinator,
+      });
+      if (m.phase === 'rolling-back' && result.memory.targetMayRun && result.effects.length === 0 && c.memory.phase === 'rolling-back') this.#mig.targetWaits++;
+      c.memory = result.memory;
+      for (const effect of result.effects) this.#runEffect(r, m, c, effect);
+    }
+  }
+
+  #sourceCopy(r: SimRegion, m: FleetMigration): SourceCopy {
+    const inst = r.instances.get(m.source.provider);
+    for (const i of inst?.values() ?? []) {
+      if (i.managed && i.vmName === m.vm && i.generation === m.source.generation && i.state !== 'terminated') return { state: i.state, paused: i.paused };
+    }
+    return 'absent';
+  }
+
+  /** The target's copy as its last report shows it: tagged with the migration before cutover, at the target generation after. */
+  #targetCopy(m: FleetMigration): TargetCopy {
+    const report = this.#byName.get(m.target.region)?.report ?? null;
+    if (report === null) return { state: null, asOf: 0 };
+    const staleAfter = 3 * this.#s.passEveryMs;
+    if (this.#now - report.at > staleAfter) return { state: null, asOf: report.at };
+    const copy = report.copies.find((c) => c.vmName === m.vm && c.provider === m.target.provider && c.generation === m.target.generation && (isCutOver(m.phase) || c.migration === m.id));
+    return { state: copy?.state ?? 'absent', asOf: report.at };
+  }
+
+  #transferStatus(r: SimRegion, id: string): TransferStatus | null {
+    const t = r.transfers.get(id);
+    if (t === undefined) return null;
+    return { step: t.step, status: t.status, bytes: t.bytes, rounds: t.rounds, progressAt: t.progressAt, targetMayRun: t.targetMayRun, ...(t.error === undefined ? {} : { error: t.error }), ...(t.downtimeMs === undefined ? {} : { downtimeMs: t.downtimeMs }) };
+  }
+
+  #runEffect(r: SimRegion, m: FleetMigration, c: SimCoordinator, effect: CoordinatorEffect): void {
+    const key = effectKey(effect);
+    if (c.inFlight.has(key)) this.#fail(`${r.name}'s coordinator of ${m.id} issued ${effect.kind} while its ${key} was in flight`);
+    this.#trace(`${r.name} coordinator ${m.id} ${effect.kind}${effect.kind === 'start-transfer' ? ` ${effect.step}` : effect.kind === 'propose' ? ` ${effect.command.kind}${'phase' in effect.command ? ` ${effect.command.phase}` : 'result' in effect.command ? ` ${effect.command.result}` : ''}` : ''}`);
+    const rng = this.#migRng;
+    const epoch = r.epoch;
+    switch (effect.kind) {
+      case 'propose': {
+        c.inFlight.add(key);
+        const lose = r.partitioned ? 'before' : rng.chance(this.#s.proposalLoss) ? (rng.chance(0.5) ? 'before' : 'answer') : null;
+        const lost = () => {
+          this.#mig.lostProposals++;
+          this.#events.push(this.#now + 3_000, { kind: 'lost', region: r.name, id: m.id, effect, epoch });
+        };
+        if (lose === 'before') return lost();
+        const proposal = this.#propose(r.name, [parseFleetCommand(effect.command)], (results) => {
+          if (lose === 'answer') return lost();
+          if (r.epoch !== epoch) return;
+          c.inFlight.delete(key);
+          const result = results[0];
+          c.outcomes.push({ effect, result: result?.ok === true ? 'ok' : 'refused', ...(result !== undefined && !result.ok ? { error: `${result.code}: ${result.message}` } : {}), at: this.#now });
+        });
+        if (proposal === null) lost();
+        return;
+      }
+      case 'stop-source':
+      case 'resume-source': {
+        c.inFlight.add(key);
+        const inst = [...(r.instances.get(m.source.provider)?.values() ?? [])].find((i) => i.managed && i.vmName === m.vm && i.generation === m.source.generation && i.state !== 'terminated');
+        const f = this.#s.failure;
+        let fail: string | null = null;
+        if (inst === undefined) fail = `the source copy of ${m.vm} is gone`;
+        else if (effect.kind === 'stop-source') {
+          if (inst.state !== 'running') fail = `IncorrectInstanceState: ${inst.id} is ${inst.state}`;
+          else if (this.#providerRng.chance(f.stop)) fail = `InternalError: stop of ${inst.id} failed`;
+          else this.#setState(r, inst, 'stopping');
+        } else if (inst.paused) {
+          // Resuming a paused source (QEMU's cont) is immediate.
+        } else if (inst.state !== 'stopped') fail = `IncorrectInstanceState: ${inst.id} is ${inst.state}`;
+        else if (this.#providerRng.chance(f.start)) fail = `InternalError: start of ${inst.id} failed`;
+        else this.#setState(r, inst, 'pending');
+        this.#events.push(this.#opTime(), { kind: 'mop', region: r.name, id: m.id, effect, epoch, fail });
+        return;
+      }
+      case 'start-transfer': {
+        const [lo, hi] = this.#s.transferMs;
+        const duration = rng.between(lo, hi);
+        const failAt = rng.chance(this.#s.transferFailure) ? this.#now + rng.int(duration) : null;
+        r.transfers.set(m.id, { id: m.id, step: effect.step, status: 'running', bytes: 0, rounds: 0, progressAt: this.#now, doneAt: this.#now + duration, failAt, targetMayRun: false });
+        c.outcomes.push({ effect, result: 'ok', at: this.#now });
+        return;
+      }
+      case 'cancel-transfer': {
+        const t = r.transfers.get(m.id);
+        if (t !== undefined && t.status === 'running') {
+          t.status = 'failed';
+          t.error = 'cancelled';
+        }
+        c.outcomes.push({ effect, result: 'ok', at: this.#now });
+        return;
+      }
+    }
+  }
+
+  /** A coordinator's operation on its source copy finished (the provider finishes it whether or not the daemon is still there). */
+  #finishMigrationOp(regionName: string, id: string, effect: CoordinatorEffect, epoch: number, fail: string | null): void {
+    const r = this.#byName.get(regionName);
+    if (r === undefined) return;
+    if (fail === null) {
+      const m = this.#log.migration(id) ?? r.frozenMigrations?.find((x) => x.id === id);
+      const inst = m === undefined ? undefined : [...(r.instances.get(m.source.provider)?.values() ?? [])].find((i) => i.managed && i.vmName === m.vm && i.generation === m.source.generation);
+      if (inst !== undefined) {
+        if (effect.kind === 'stop-source' && inst.state === 'stopping') this.#setState(r, inst, 'stopped');
+        if (effect.kind === 'resume-source' && inst.paused) this.#setState(r, inst, 'running');
+        else if (effect.kind === 'resume-source' && inst.state === 'pending') this.#setState(r, inst, 'running');
+      }
+    } else this.#counts.providerErrors++;
+    const c = r.coordinators.get(id);
+    if (epoch !== r.epoch || c === undefined) return;
+    c.inFlight.delete(effectKey(effect));
+    c.outcomes.push({ effect, result: fail === null ? 'ok' : 'error', ...(fail === null ? {} : { error: fail }), at: this.#now });
+  }
+
+  #lostAnswer(regionName: string, id: string, effect: CoordinatorEffect, epoch: number): void {
+    const r = this.#byName.get(regionName);
+    const c = r?.coordinators.get(id);
+    if (r === undefined || c === undefined || epoch !== r.epoch) return;
+    c.inFlight.delete(effectKey(effect));
+    c.outcomes.push({ effect, result: 'error', error: 'the log did not answer', at: this.#now });
+  }
+
+  /** Transfers move on: progress, fail, stall without the target, complete (a live one pausing the source and running the target's copy). */
+  #advanceTransfers(): void {
+    for (const r of this.#regions) {
+      if (!r.up) continue;
+      for (const t of r.transfers.values()) {
+        if (t.status !== 'running') continue;
+        const m = this.#log.migration(t.id) ?? r.frozenMigrations?.find((x) => x.id === t.id);
+        const target = m === undefined ? undefined : this.#byName.get(m.target.region);
+        if (m === undefined || target === undefined || !target.up || target.partitioned || r.partitioned) {
+          // The stream rides the mesh between the two daemons: no progress without both.
+          continue;
+        }
+        if (t.failAt !== null && this.#now >= t.failAt) {
+          t.status = 'failed';
+          t.error = 'the stream to the target broke';
+          this.#mig.transferFailures++;
+          continue;
+        }
+        t.bytes += 1 + this.#migRng.int(1 << 20);
+        t.rounds += t.step === 'final' ? 0 : 1;
+        t.progressAt = this.#now;
+        if (this.#now < t.doneAt) continue;
+        if (t.step === 'live') {
+          const src = [...(r.instances.get(m.source.provider)?.values() ?? [])].find((i) => i.managed && i.vmName === m.vm && i.generation === m.source.generation);
+          const dst = [...(target.instances.get(m.target.provider)?.values() ?? [])].find((i) => i.migration === m.id && i.generation === m.target.generation);
+          if (src === undefined || src.state !== 'running' || src.paused || dst === undefined || dst.state !== 'stopped') {
+            t.status = 'failed';
+            t.error = `the live transfer could not complete (source ${src?.state ?? 'gone'}, target ${dst?.state ?? 'gone'})`;
+            continue;
+          }
+          // QEMU's stop-and-copy: the source pauses, the target runs the guest.
+          this.#setState(r, src, 'running', true);
+          this.#setState(target, dst, 'running');
+          t.targetMayRun = true;
+          t.downtimeMs = this.#migRng.between(20, 300);
+          this.#mig.liveCompletions++;
+          this.#trace(`${r.name} live transfer of ${m.id} completed: ${r.name}/${src.id} paused, ${target.name}/${dst.id} runs`);
+          // The riskiest moment: both daemons hold a copy that can run. Crash one of them often here.
+          if (this.#chaosOn && this.#migRng.chance(0.3)) {
+            const side = this.#migRng.chance(0.5) ? 'source' : 'target';
+            const victim = side === 'source' ? r : target;
+            this.#migrationCrashes[`live-completed:${side}`] = (this.#migrationCrashes[`live-completed:${side}`] ?? 0) + 1;
+            t.status = 'done';
+            this.#crash(victim, this.#now + this.#migRng.between(this.#s.downMs[0], this.#s.downMs[1]));
+            continue;
+          }
+        }
+        t.status = 'done';
+      }
+    }
+  }
+
+  /** Chaos: an operator migrates a random VM to another region, or cancels a migration under way. */
+  #migrationChaos(operator: string): void {
+    const s = this.#s;
+    const rng = this.#migRng;
+    const seconds = s.tickMs / 1000;
+    if (rng.chance(s.migratePerSecond * seconds)) {
+      const region = rng.pick(this.#regions);
+      const names = sortedNames(this.#assigned.get(region.name) ?? []);
+      const vm = names.length === 0 ? undefined : this.#log.vm(rng.pick(names));
+      const a = vm?.assignment ?? null;
+      const targets = this.#regions.filter((t) => t.name !== region.name);
+      if (vm !== undefined && !vm.deleted && a !== null && a.provider === 'local' && targets.length > 0) {
+        const mode: MigrationMode = s.onPremKind === 'qemu' ? rng.pick(['live', 'live', 'live', 'warm', 'cold'] as const) : rng.pick(['warm', 'cold'] as const);
+        const target = rng.pick(targets);
+        this.#trace(`operator migrates ${vm.name} (${mode}) from ${a.region} to ${target.name}`);
+        this.#propose(operator, [parseFleetCommand({ kind: 'migration-start', vm: vm.name, generation: a.generation, region: target.name, provider: 'local', mode, at: this.#now })], () => undefined);
+      }
+    }
+    if (rng.chance(s.cancelPerSecond * seconds)) {
+      const under = this.#log.migrations().filter((m) => !isCutOver(m.phase) && m.phase !== 'rolling-back');
+      if (under.length > 0) {
+        const m = rng.pick(under);
+        this.#mig.cancels++;
+        this.#trace(`operator cancels ${m.id}`);
+        this.#propose(operator, [parseFleetCommand({ kind: 'migration-progress', id: m.id, phase: 'rolling-back', reason: 'cancelled by operator', at: this.#now })], () => undefined);
+      }
+    }
   }
 
   #execute(r: SimRegion, view: DesiredFleetView, action: ReconcileAction): void {
@@ -773,6 +1193,15 @@ export class FleetSimulation {
   #checkSanctioned(r: SimRegion, view: DesiredFleetView, action: Extract<ReconcileAction, { kind: 'create' | 'start' }>): void {
     this.#counts.invariantChecks++;
     const vm = view.vm(action.vm);
+    if (action.kind === 'create' && action.incoming !== undefined) {
+      // A migration's incoming copy: only for the migration the view has under way into here, at the generation it took.
+      const m = view.migrationOf(action.vm);
+      const t = m?.target;
+      if (m === undefined || m.id !== action.incoming || !wantsIncomingCopy(m.phase) || t?.region !== r.name || t.provider !== action.provider || t.generation !== action.generation) {
+        this.#fail(`invariant 5: ${r.name} creates an incoming copy of ${action.vm} for ${action.incoming} g${action.generation}, but its view has ${m === undefined ? 'no migration' : `${m.id} ${m.phase} to ${m.target.region} g${m.target.generation}`}`);
+      }
+      return;
+    }
     const a = vm?.assignment ?? null;
     if (vm === undefined || vm.deleted || a === null || a.region !== r.name || a.provider !== action.provider || a.generation !== action.generation) {
       this.#fail(`invariant 3: ${r.name} ${action.kind}s ${action.vm} g${action.generation} on ${action.provider}, but its view assigns ${a === null ? 'nothing' : `${a.region}/${a.provider} g${a.generation}`}${vm?.deleted === true ? ' (deleted)' : ''}`);
@@ -789,11 +1218,12 @@ export class FleetSimulation {
 
   // Providers.
 
-  #setState(r: SimRegion, inst: SimInstance, state: ObservedVmState): void {
+  #setState(r: SimRegion, inst: SimInstance, state: ObservedVmState, paused = false): void {
     inst.state = state;
+    inst.paused = state === 'running' && paused;
     if (inst.vmName === undefined || !inst.managed) return;
     let set = this.#running.get(inst.vmName);
-    if (state === 'running' || state === 'pending') {
+    if ((state === 'running' || state === 'pending') && !inst.paused) {
       if (set === undefined) this.#running.set(inst.vmName, (set = new Set()));
       set.add(inst);
       this.#instanceRegion.set(inst, r);
@@ -818,10 +1248,22 @@ export class FleetSimulation {
         if (rng.chance(f.capacity)) fail = `InsufficientInstanceCapacity: ${r.name}/${action.provider} has no capacity for ${action.spec.vcpus} vCPUs`;
         else if (rng.chance(f.create)) fail = `InternalError: launch of ${action.vm} failed`;
         else {
-          const inst: SimInstance = { provider: action.provider, id: `i-${this.#nextId++}`, name: action.vm, state: 'pending', managed: true, vmName: action.vm, generation: action.generation, token: action.token };
+          const inst: SimInstance = {
+            provider: action.provider,
+            id: `i-${this.#nextId++}`,
+            name: action.vm,
+            state: 'pending',
+            managed: true,
+            vmName: action.vm,
+            generation: action.generation,
+            token: action.token,
+            ...(action.incoming === undefined ? {} : { migration: action.incoming }),
+            paused: false,
+          };
           r.instances.get(action.provider)?.set(inst.id, inst);
           r.tokens.set(action.token, inst.id);
-          this.#setState(r, inst, 'pending');
+          // A migration's incoming copy is prepared, not booted: stopped from the start.
+          this.#setState(r, inst, action.incoming === undefined ? 'pending' : 'stopped');
         }
         break;
       }
@@ -938,6 +1380,7 @@ export class FleetSimulation {
     }
     const operator = this.#regions.find((r) => r.up && !r.partitioned);
     if (operator === undefined) return;
+    this.#migrationChaos(operator.name);
     if (rng.chance(s.reassignPerSecond * seconds)) this.#reassign(operator.name);
     if (rng.chance(s.powerPerSecond * seconds)) {
       const vm = this.#randomVm();
@@ -1002,6 +1445,10 @@ export class FleetSimulation {
     r.outcomes = [];
     r.inFlight.clear();
     r.frozen = null;
+    r.frozenMigrations = null;
+    // The coordinators and the transfers they ran die with the daemon (a live migration's stream through it breaks).
+    r.coordinators.clear();
+    r.transfers.clear();
     this.#dropScheduling(r);
   }
 
@@ -1019,6 +1466,7 @@ export class FleetSimulation {
     r.partitioned = true;
     r.until = until;
     r.frozen = this.#freeze(r);
+    r.frozenMigrations = this.#log.migrations();
     this.#dropScheduling(r);
   }
 
@@ -1026,11 +1474,39 @@ export class FleetSimulation {
     this.#trace(`${r.name} sees the log again`);
     r.partitioned = false;
     r.frozen = null;
+    r.frozenMigrations = null;
     r.visibleSince = this.#now;
     r.lastPassAt = -1; // its passes so far used the frozen view
   }
 
   // Invariants.
+
+  /**
+   * Invariant 5, every step: a migration's source and target copies never
+   * both run (at any time: after it ended too), and a cold or warm incoming
+   * copy never runs before cutover. No excuse: the coordinator stops or
+   * pauses the source before the target may run and resumes it only once
+   * the target cannot.
+   */
+  #checkMigrationCopies(name: string, set: ReadonlySet<SimInstance>): void {
+    const at = (inst: SimInstance) => `${this.#instanceRegion.get(inst)?.name}/${inst.id}`;
+    for (const inst of set) {
+      if (inst.migration === undefined) continue;
+      const m = this.#log.migrationOf(name);
+      if (m !== undefined && m.id === inst.migration && m.mode !== 'live' && !isCutOver(m.phase)) this.#fail(`invariant 5: the incoming copy ${at(inst)} of ${name} runs before ${m.id} (${m.mode}, ${m.phase}) cut over`);
+    }
+    if (set.size < 2) return;
+    for (const m of this.#migrationsOf.get(name) ?? []) {
+      this.#counts.invariantChecks++;
+      const side = (inst: SimInstance, end: FleetMigration['source']) => this.#instanceRegion.get(inst)?.name === end.region && inst.provider === end.provider && inst.generation === end.generation;
+      const source = [...set].find((i) => side(i, m.source));
+      const target = [...set].find((i) => side(i, m.target));
+      if (source !== undefined && target !== undefined) {
+        const now = this.#log.migration(m.id);
+        this.#fail(`invariant 5: ${name} runs both copies of ${m.id} (${m.mode}; now ${now === undefined ? 'forgotten' : now.result === null ? now.phase : `ended ${now.result}`}): the source ${at(source)} g${m.source.generation} and the target ${at(target)} g${m.target.generation}`);
+      }
+    }
+  }
 
   /** Invariant 3, every step: every running copy but the current one is excused. */
   #checkRunningCopies(): void {
@@ -1040,6 +1516,7 @@ export class FleetSimulation {
       this.#doubleSince.delete(name);
     }
     for (const [name, set] of this.#running) {
+      this.#checkMigrationCopies(name, set);
       if (set.size < 2) continue;
       if (!this.#doubleSince.has(name)) this.#doubleSince.set(name, this.#now);
       this.#counts.invariantChecks++;
@@ -1078,7 +1555,7 @@ export class FleetSimulation {
   }
 
   #settled(): boolean {
-    if (this.#pendingProposals > 0 || this.#pendingClients.length > 0) return false;
+    if (this.#pendingProposals > 0 || this.#pendingClients.length > 0 || this.#log.migrations().length > 0) return false;
     for (const r of this.#regions) {
       if (r.inFlight.size > 0 || r.requests.length > 0 || r.outcomes.length > 0) return false;
       for (const record of r.memory.attempts.values()) if (!record.failed && record.retryAt > this.#now - this.#s.passEveryMs) return false;
@@ -1089,9 +1566,10 @@ export class FleetSimulation {
     return true;
   }
 
-  /** Invariants 1 and 4, once reconciled. */
+  /** Invariants 1, 4 and 5, once reconciled. */
   #checkFinal(): void {
     this.#counts.invariantChecks++;
+    for (const m of this.#log.migrations()) this.#fail(`invariant 5: ${m.id} of ${m.vm} is still under way (${m.phase}) once reconciled: its reservation at ${reservedAt(m).region} leaks`);
     // 1: the ledger from scratch.
     const usage = new Map<string, { vcpus: number; memoryBytes: number; diskBytes: number; instances: number }>();
     const vms = this.#log.vms();
@@ -1209,6 +1687,8 @@ export class FleetSimulation {
       events: c.events,
       invariantChecks: c.invariantChecks,
       virtualMs: this.#now,
+      migrations: { ...this.#mig },
+      migrationCrashes: Object.fromEntries(Object.entries(this.#migrationCrashes).sort(([a], [b]) => (a < b ? -1 : 1))),
     };
   }
 

@@ -1,22 +1,25 @@
 /**
  * The fleet's deterministic simulation (test/sim/fleet-harness.ts: the
- * scheduler, the fleet state machine and the reconciler cores against
- * simulated providers, with crashes, partitions, provider failures and
- * operators reassigning VMs) over a few hundred small seeds (3 to 7 regions,
- * 20 to 60 VMs each). FLEET_SIM_SEEDS runs more; `npm run soak -- fleet`
+ * scheduler, the fleet state machine, the reconciler and the migration
+ * coordinator cores against simulated providers and transfers, with crashes
+ * (some right at migration steps), partitions, provider failures, lost
+ * proposals and operators reassigning, migrating and cancelling) over a few
+ * hundred small seeds (3 to 7 regions, 20 to 60 VMs each). FLEET_SIM_SEEDS runs more; `npm run soak -- fleet`
  * runs the large fleet (200 regions × 5 000 VMs). A failing seed reports
  * itself and its replay command. The last test checks that the runs
  * exercised what they claim to, so the simulator cannot go quietly toothless.
  */
 import { describe, expect, it } from 'vitest';
 import { reconcile, type ReconcileInput } from '../../src/fleet/reconciler.ts';
-import { FleetSimFailure, FleetSimulation, fleetScenarioForSeed, runFleetSeed, type FleetSimReport } from './fleet-harness.ts';
+import { coordinate, type CoordinatorInput } from '../../src/migration/coordinator.ts';
+import { FleetSimFailure, FleetSimulation, fleetScenarioForSeed, runFleetSeed, type FleetScenario, type FleetSimReport } from './fleet-harness.ts';
 
-/** Runs seeds with a broken reconciler until one fails; returns the failure's message. */
-function firstFailure(broken: typeof reconcile): string {
+/** Runs seeds with a broken core until one fails; returns the failure's message. */
+function firstFailure(broken: typeof reconcile | Pick<FleetScenario, 'reconcile' | 'coordinate'>): string {
+  const swap = typeof broken === 'function' ? { reconcile: broken } : broken;
   for (let seed = 1; seed <= 100; seed++) {
     try {
-      new FleetSimulation({ ...fleetScenarioForSeed(seed), reconcile: broken }).run();
+      new FleetSimulation({ ...fleetScenarioForSeed(seed), ...swap }).run();
     } catch (error) {
       if (error instanceof FleetSimFailure) return error.message;
       throw error;
@@ -45,7 +48,8 @@ describe('fleet deterministic simulation', () => {
       const result = reconcile(input);
       return { ...result, actions: result.actions.filter((a) => !(a.kind === 'stop' && a.fence === 'reassigned')) };
     };
-    expect(firstFailure(noFencing)).toMatch(/invariant 3: \S+ runs 2 copies; .* without fencing it/);
+    // Caught running beside the new copy, or (a live migration's paused source, which does not count as running) left behind once reconciled.
+    expect(firstFailure(noFencing)).toMatch(/invariant 3: \S+ runs 2 copies; .* without fencing it|invariant 4: \S+ still holds a stale copy .*, running\) once reconciled/);
     const createsAtOnce = (input: ReconcileInput) =>
       // Shows stale running copies as stopped: the reconciler terminates them and creates the new copy in the same pass.
       reconcile({ ...input, observed: input.observed.map((c) => (c.state === 'running' && input.desired.vm(c.vmName ?? '')?.assignment?.generation !== c.generation ? { ...c, state: 'stopped' as const } : c)) });
@@ -57,6 +61,31 @@ describe('fleet deterministic simulation', () => {
     expect(firstFailure(noHandoff)).toMatch(/invariant 3: .* with a lease the new copy must not run before the old one is fenced/);
     const neverFails = (input: ReconcileInput) => reconcile({ ...input, options: { maxAttempts: 1_000_000, backoffBaseMs: 60_000, backoffCapMs: 600_000 } });
     expect(firstFailure(neverFails)).toMatch(/invariant 4: .* is not reported failed/);
+  });
+
+  it('catches a coordinator that resumes a live source before the target is down, one that cuts over with the source running, and a reconciler that restarts a migrating source', () => {
+    const impatient = (input: CoordinatorInput) => {
+      const result = coordinate({ ...input, memory: { ...input.memory, targetMayRun: false } });
+      return { ...result, memory: { ...result.memory, targetMayRun: false } };
+    };
+    expect(firstFailure({ coordinate: impatient })).toMatch(/invariant 5: \S+ runs both copies of m\d+ \(live; now rolling-back\)/);
+    const blind = (input: CoordinatorInput) => coordinate({ ...input, observed: { ...input.observed, source: input.observed.source === 'absent' ? 'absent' : { state: 'stopped', paused: false } } });
+    expect(firstFailure({ coordinate: blind })).toMatch(/invariant 5: \S+ runs both copies of m\d+/);
+    const grabby = (input: ReconcileInput) =>
+      reconcile({
+        ...input,
+        desired: {
+          vm: (name) => input.desired.vm(name),
+          vmsAssignedTo: (region) => input.desired.vmsAssignedTo(region),
+          migrationsInto: (region) => input.desired.migrationsInto(region),
+          // The source forgets its VM migrates: it restarts the copy the coordinator stopped.
+          migrationOf: (vm) => {
+            const m = input.desired.migrationOf(vm);
+            return m?.source.region === input.region ? undefined : m;
+          },
+        },
+      });
+    expect(firstFailure({ reconcile: grabby })).toMatch(/invariant 5: /);
   });
 
   it('names the seed and the replay command when a run fails', () => {
@@ -88,5 +117,24 @@ describe('fleet deterministic simulation', () => {
     expect(sum((r) => r.refusals)).toBeGreaterThan(SEEDS);
     for (const r of reports) expect(r.orphanReports).toBeGreaterThan(0);
     expect(sum((r) => r.running)).toBeGreaterThan(15 * SEEDS);
+  });
+
+  it('the runs exercised migrations of every mode and result, cancels, lost proposals, failed transfers, live rollbacks that waited for the target, and crashes of both sides at every step', () => {
+    const sum = (pick: (r: FleetSimReport) => number): number => reports.reduce((total, r) => total + pick(r), 0);
+    expect(sum((r) => r.migrations.started)).toBeGreaterThan(2 * SEEDS);
+    expect(sum((r) => r.migrations.completed)).toBeGreaterThan(SEEDS);
+    expect(sum((r) => r.migrations.rolledBack)).toBeGreaterThan(SEEDS / 2);
+    expect(sum((r) => r.migrations.failed)).toBeGreaterThan(SEEDS / 10);
+    expect(sum((r) => r.migrations.live)).toBeGreaterThan(SEEDS / 2);
+    expect(sum((r) => r.migrations.liveCompletions)).toBeGreaterThan(SEEDS / 5);
+    expect(sum((r) => r.migrations.targetWaits)).toBeGreaterThan(SEEDS / 20);
+    expect(sum((r) => r.migrations.cancels)).toBeGreaterThan(SEEDS / 5);
+    expect(sum((r) => r.migrations.lostProposals)).toBeGreaterThan(SEEDS / 5);
+    expect(sum((r) => r.migrations.transferFailures)).toBeGreaterThan(SEEDS / 10);
+    const crashes = new Map<string, number>();
+    for (const r of reports) for (const [key, n] of Object.entries(r.migrationCrashes)) crashes.set(key, (crashes.get(key) ?? 0) + n);
+    for (const phase of ['prepare', 'transfer', 'cutover', 'verify', 'cleanup', 'rolling-back', 'live-completed']) {
+      for (const side of ['source', 'target']) expect(crashes.get(`${phase}:${side}`) ?? 0, `crashes of the ${side} at ${phase}`).toBeGreaterThan(0);
+    }
   });
 });
