@@ -24,7 +24,8 @@ import type { StreamTransport } from './server-stream.ts';
 import { stateClient, type StateClient } from './state-client.ts';
 import { fleetClient, type FleetClient } from './fleet-client.ts';
 import { imageClient, type ImageClient } from './image-client.ts';
-import { ADMIN_SERVICE, BLOB_SERVICE, FLEET_SERVICE, IMAGE_SERVICE, KV_SERVICE, PBFT_SERVICE, RAFT_SERVICE, STATE_SERVICE, VM_SERVICE, loadAdminPackage, serviceDefinition, type KvGetRequest, type KvGetResponse, type KvItem, type KvWriteOptions, type KvWriteResponse, type MemberInfo, type MembersRequest, type MembersResponse, type PbftStatusResponse, type RaftMembersResponse, type RaftProgress, type RaftStatusResponse, type ServiceCall, type StatusRequest, type StatusResponse } from './schema.ts';
+import { migrationClient, type MigrationClient } from './migration-client.ts';
+import { ADMIN_SERVICE, BLOB_SERVICE, FLEET_SERVICE, IMAGE_SERVICE, MIGRATION_SERVICE, KV_SERVICE, PBFT_SERVICE, RAFT_SERVICE, STATE_SERVICE, VM_SERVICE, loadAdminPackage, serviceDefinition, type KvGetRequest, type KvGetResponse, type KvItem, type KvWriteOptions, type KvWriteResponse, type MemberInfo, type MembersRequest, type MembersResponse, type PbftStatusResponse, type RaftMembersResponse, type RaftProgress, type RaftStatusResponse, type ServiceCall, type StatusRequest, type StatusResponse } from './schema.ts';
 
 /** A member as proto-loader decodes it: optional fields are absent rather than null. */
 type WireMember = Omit<MemberInfo, 'rtt_ms' | 'last_seen' | 'last_error' | 'phi'> & {
@@ -165,6 +166,7 @@ export interface AdminClient {
   readonly state: StateClient;
   readonly fleet: FleetClient;
   readonly image: ImageClient;
+  readonly migration: MigrationClient;
   close(): void;
 }
 
@@ -319,6 +321,7 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
     image: imageClient({ ...streamTransport(IMAGE_SERVICE), unary: serviceCall(IMAGE_SERVICE) }),
     state: stateClient(serviceCall(STATE_SERVICE)),
     fleet: fleetClient(serviceCall(FLEET_SERVICE)),
+    migration: migrationClient(serviceCall(MIGRATION_SERVICE)),
     close: () => client.close(),
   };
 }

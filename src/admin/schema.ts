@@ -27,9 +27,10 @@ export const BLOB_SERVICE = `${ADMIN_PACKAGE}.Blob`;
 export const STATE_SERVICE = `${ADMIN_PACKAGE}.State`;
 export const FLEET_SERVICE = `${ADMIN_PACKAGE}.Fleet`;
 export const IMAGE_SERVICE = `${ADMIN_PACKAGE}.Image`;
+export const MIGRATION_SERVICE = `${ADMIN_PACKAGE}.Migration`;
 
 /** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
-export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto', 'image.proto'];
+export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto', 'image.proto', 'migration.proto'];
 
 /**
  * snake_case field names as in the .proto, int64 as strings (no silent
@@ -672,4 +673,56 @@ export interface ImageListResponse {
 export interface ImagePullResponse {
   image: ImageInfo;
   seconds: number;
+}
+
+// Migrations (migration.proto).
+
+export interface MigrationStartRequest {
+  vm: string;
+  region: string;
+  provider: string;
+  mode: string;
+  max_downtime_ms: number;
+  dry_run: boolean;
+  timeout_ms: number;
+}
+
+export interface MigrationInfo {
+  id: string;
+  vm: string;
+  mode: string;
+  source_region: string;
+  source_provider: string;
+  /** uint64 as a decimal string. */
+  source_generation: string;
+  target_region: string;
+  target_provider: string;
+  target_generation: string;
+  phase: string;
+  result: string | null;
+  reason: string | null;
+  bytes: string;
+  rounds: number;
+  downtime_ms: string | null;
+  max_downtime_ms: number | null;
+  started_at: string;
+  updated_at: string;
+  ended_at: string | null;
+  waiting: string | null;
+  transfer_step: string | null;
+  transfer_status: string | null;
+  transfer_bytes: string | null;
+}
+
+export interface MigrationStartResponse {
+  ok: boolean;
+  migration: MigrationInfo | null;
+  code: string;
+  message: string;
+  plan: string[];
+}
+
+export interface MigrationRef {
+  id: string;
+  timeout_ms: number;
 }

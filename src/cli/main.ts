@@ -10,9 +10,9 @@
  * flag, bad flag value) exits 2 with a short usage hint. Global flags may come
  * before or after the command.
  *
- * Commands are rows of COMMANDS (status, members, kv, raft, pbft, vm, cost,
- * blob, cache, image, crdt, state, version, help); each brings its own flags and
- * positional arguments (kv-raft.ts, pbft.ts, vm.ts, blob.ts, image.ts, state.ts), so a
+ * Commands are rows of COMMANDS (status, members, kv, raft, pbft, vm, place,
+ * fleet, migration, cost, blob, cache, image, crdt, state, version, help); each brings its own flags and
+ * positional arguments (kv-raft.ts, pbft.ts, vm.ts, blob.ts, image.ts, state.ts, migration.ts), so a
  * new command adds a row and nothing else changes.
  */
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
@@ -24,6 +24,7 @@ import { KV_COMMAND, RAFT_COMMAND } from './kv-raft.ts';
 import { PBFT_COMMAND } from './pbft.ts';
 import { COST_COMMAND, PLACE_COMMAND, VM_COMMAND } from './vm.ts';
 import { FLEET_COMMAND } from './fleet.ts';
+import { MIGRATION_COMMAND } from './migration.ts';
 import { BLOB_COMMAND, CACHE_COMMAND } from './blob.ts';
 import { IMAGE_COMMAND } from './image.ts';
 import { CRDT_COMMAND, STATE_COMMAND } from './state.ts';
@@ -67,6 +68,7 @@ export const COMMANDS: readonly Command[] = [
   VM_COMMAND,
   PLACE_COMMAND,
   FLEET_COMMAND,
+  MIGRATION_COMMAND,
   COST_COMMAND,
   BLOB_COMMAND,
   CACHE_COMMAND,

@@ -43,6 +43,7 @@ import { TestFaults } from '../net/test-faults.ts';
 import { stateServiceRegistration } from '../admin/state-service.ts';
 import { ObservedPublisher } from '../fleet/observed-publisher.ts';
 import { fleetServiceRegistration } from '../admin/fleet-service.ts';
+import { migrationServiceRegistration } from '../admin/migration-service.ts';
 import { FleetSeat } from '../fleet/seat.ts';
 import { regionDeclaration } from '../fleet/region-declaration.ts';
 import type { ObservedFleet, RegionHealth } from '../fleet/placement.ts';
@@ -167,6 +168,8 @@ export class Daemon {
       observed: () => this.#observedFleet(),
       declaration: () => regionDeclaration({ node: this.#config.node, providers: this.#config.clouds.providers, maxMigrations: this.#config.fleet.migration.maxConcurrentPerRegion }, parts.cloud.catalog),
       metrics: this.metrics.fleet,
+      migrationMetrics: this.metrics.migration,
+      view: () => this.fleet.view(),
       log: parts.log.child({ component: 'fleet' }),
       commitTimeoutMs: config.raft.requestTimeoutMs,
     });
@@ -319,6 +322,7 @@ export class Daemon {
         blobServiceRegistration({ service: this.blob, log: adminLog }),
         imageServiceRegistration({ catalog: this.images, source: this.imageSource, dir: imagesDir(config.dataDir), log: adminLog }),
         fleetServiceRegistration({ view: () => this.fleet.view(), seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
+        migrationServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
       ],
     });
     this.#metricsServer = await startMetricsServer({

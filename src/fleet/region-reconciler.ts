@@ -6,9 +6,9 @@
  * actions it returns against the providers.
  *
  * Invariants:
- * - One pass at a time; a pass is triggered by the interval, by a finished
- *   action, or by `kick()` (a fleet command committed here); triggers during
- *   a pass coalesce into one more pass.
+ * - One pass at a time (PassLoop); a pass is triggered by the interval, by a
+ *   finished action, or by `kick()` (a fleet command committed here);
+ *   triggers during a pass coalesce into one more pass.
  * - An action runs at most once at a time (its key is in flight until its
  *   outcome is recorded); the core is told which keys are in flight.
  * - Creates carry the idempotency token the core derives from (VM name,
@@ -21,6 +21,7 @@ import { createHash } from 'node:crypto';
 import type { Counter } from 'prom-client';
 import type { VmCreateRequest, VmCreateResult, InventoryEntry, InstanceTypeRow } from '../cloud/inventory.ts';
 import type { Logger } from '../log.ts';
+import { PassLoop } from '../driver/pass-loop.ts';
 import type { FleetVmSpec } from './spec.ts';
 import type { FleetState } from './state-machine.ts';
 import {
@@ -98,68 +99,35 @@ export class RegionReconciler {
   readonly #reports = new Map<string, VmReport>();
   #orphans: OrphanReport[] = [];
   readonly #types = new Map<string, InstanceTypeRow[]>();
-  #timer: NodeJS.Timeout | undefined;
-  #running: Promise<void> | null = null;
-  #again = false;
-  #stopped = true;
-  readonly #passListeners = new Set<() => void>();
+  readonly #loop: PassLoop;
   readonly #purging = new Set<string>();
 
   constructor(options: RegionReconcilerOptions) {
     this.#o = options;
+    this.#loop = new PassLoop({
+      pass: () => this.#pass(),
+      intervalMs: options.intervalMs,
+      onError: (err) => options.log.warn({ err: errorText(err) }, 'fleet reconcile pass failed; retrying at the next interval'),
+      ...(options.now === undefined ? {} : { now: options.now }),
+    });
   }
 
   start(): void {
-    this.#stopped = false;
-    this.kick();
+    this.#loop.start();
   }
 
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    clearTimeout(this.#timer);
-    await this.#running;
+  stop(): Promise<void> {
+    return this.#loop.stop();
   }
 
   /** Asks for a pass now (coalesced with one already running). */
   kick(): void {
-    if (this.#stopped) return;
-    if (this.#running !== null) {
-      this.#again = true;
-      return;
-    }
-    clearTimeout(this.#timer);
-    this.#running = this.#pass()
-      .catch((err: unknown) => this.#o.log.warn({ err: errorText(err) }, 'fleet reconcile pass failed; retrying at the next interval'))
-      .finally(() => {
-        this.#running = null;
-        for (const listener of this.#passListeners) listener();
-        if (this.#stopped) return;
-        if (this.#again) {
-          this.#again = false;
-          this.kick();
-          return;
-        }
-        this.#timer = setTimeout(() => this.kick(), this.#o.intervalMs);
-        this.#timer.unref();
-      });
+    this.#loop.kick();
   }
 
   /** Resolves after the next pass that starts after this call has finished (tests and `vm create --wait` await it). */
   nextPass(): Promise<void> {
-    return new Promise((resolve) => {
-      let seen = this.#running !== null;
-      const listener = () => {
-        // A pass already running when we were called may have read state older than the caller's: wait for the one after it.
-        if (seen) {
-          seen = false;
-          return;
-        }
-        this.#passListeners.delete(listener);
-        resolve();
-      };
-      this.#passListeners.add(listener);
-      this.kick();
-    });
+    return this.#loop.nextPass();
   }
 
   /** The status this region last reported per desired VM assigned here. */

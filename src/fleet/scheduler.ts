@@ -249,5 +249,6 @@ export function withPlansInFlight(state: FleetState, plans: Iterable<PlanInFligh
     migration: (id) => state.migration(id),
     migrationOf: (vm) => state.migrationOf(vm),
     migrationsInto: (region) => state.migrationsInto(region),
+    migrationStartRefusal: (cmd) => state.migrationStartRefusal(cmd),
   };
 }

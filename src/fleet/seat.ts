@@ -2,8 +2,9 @@
  * FleetSeat: this daemon's part in the fleet's desired state. It declares
  * the region to the federation log (register-region, again on every start
  * and config change), schedules `vm create` requests that arrive here, turns
- * operator commands (start, stop, delete) into fleet commands, and runs this
- * region's reconciler.
+ * operator commands (start, stop, delete, migrate, cancel) into fleet
+ * commands, and runs this region's reconciler and the coordinator of the
+ * migrations out of this region (src/migration/migrator.ts).
  *
  * Invariants:
  * - The region declaration is retried until the log accepts or refuses it;
@@ -24,6 +25,11 @@ import type { FleetVmSpec } from './spec.ts';
 import type { FleetState } from './state-machine.ts';
 import { DEFAULT_PLACEMENT_OPTIONS } from './placement.ts';
 import type { FleetLogPort } from './log.ts';
+import type { FleetView } from './fleet-view.ts';
+import { Migrator, type MigrationProgress } from '../migration/migrator.ts';
+import type { MigrationMetrics } from '../migration/metrics.ts';
+import { planMigration, type MigrationPlan, type MigrationRequest } from '../migration/plan.ts';
+import { localTransfer, type MigrationTransfer } from '../migration/transfer.ts';
 
 export interface FleetSeatOptions {
   readonly region: string;
@@ -37,8 +43,13 @@ export interface FleetSeatOptions {
   /** The register-region command this config declares; read at start and on reload. */
   readonly declaration: () => Extract<FleetCommandInput, { kind: 'register-region' }>;
   readonly metrics: SchedulerMetrics & ReconcilerMetrics;
+  readonly migrationMetrics: MigrationMetrics;
+  /** The fleet as this node sees it (the observed side): the migrator reads target regions' reports there. */
+  readonly view: () => FleetView;
+  /** Migration transfers by provider kind, on top of the built-in `local` one (the qemu transport plugs in here). */
+  readonly transfers?: Readonly<Record<string, MigrationTransfer>>;
   readonly log: Logger;
-  /** How long one attempt to commit the declaration may take. */
+  /** How long one attempt to commit the declaration (or a migration step) may take. */
   readonly commitTimeoutMs: number;
 }
 
@@ -56,6 +67,7 @@ export class FleetSeat {
   readonly log: FleetLog;
   readonly scheduler: FleetScheduler;
   readonly reconciler: RegionReconciler;
+  readonly migrator: Migrator;
   readonly #o: FleetSeatOptions;
   #declareTimer: NodeJS.Timeout | undefined;
   #stopped = false;
@@ -89,6 +101,27 @@ export class FleetSeat {
         if (result.ok) options.log.info({ vm }, 'fleet VM purged: deleted and no copy left');
       },
     });
+    const { migration } = settings;
+    this.migrator = new Migrator({
+      region: options.region,
+      desired: () => this.state,
+      commit: (command, timeoutMs) => this.log.commit(command, timeoutMs),
+      inventory: options.inventory,
+      view: options.view,
+      transfers: { local: localTransfer(), ...options.transfers },
+      metrics: options.migrationMetrics,
+      log: options.log,
+      coordinator: {
+        prepareTimeoutMs: migration.prepareTimeoutMs,
+        transferIdleTimeoutMs: migration.transferIdleTimeoutMs,
+        verifyTimeoutMs: migration.verifyTimeoutMs,
+        cleanupTimeoutMs: migration.cleanupTimeoutMs,
+        retryMs: Math.min(settings.backoffBaseMs, 1_000),
+        maxAttempts: settings.maxAttempts,
+      },
+      intervalMs: settings.reconcileIntervalMs,
+      commitTimeoutMs: options.commitTimeoutMs,
+    });
   }
 
   get region(): string {
@@ -104,6 +137,7 @@ export class FleetSeat {
     this.#stopped = false;
     this.declare();
     this.reconciler.start();
+    this.migrator.start();
     this.#watch = setInterval(() => this.#kickOnApply(), APPLIED_POLL_MS);
     this.#watch.unref();
   }
@@ -112,7 +146,7 @@ export class FleetSeat {
     this.#stopped = true;
     clearInterval(this.#watch);
     clearTimeout(this.#declareTimer);
-    await this.reconciler.stop();
+    await Promise.all([this.reconciler.stop(), this.migrator.stop()]);
   }
 
   /** Kicks the reconciler when the replica applied fleet commands since the last look (or was replaced by a snapshot). */
@@ -126,6 +160,7 @@ export class FleetSeat {
     if (state === this.#seen.state && state.applied === this.#seen.applied) return;
     this.#seen = { state, applied: state.applied };
     this.reconciler.kick();
+    this.migrator.kick();
   }
 
   /** (Re-)declares the region until the log answers; resolves with that answer's outcome logged. */
@@ -169,6 +204,30 @@ export class FleetSeat {
     const outcome = await this.scheduler.create(spec, power, timeoutMs);
     if (outcome.ok && outcome.region === this.#o.region) this.reconciler.kick();
     return outcome;
+  }
+
+  /** A migration planned on this node's state: the command and the plan in words, or the refusal the log would give (a dry run). */
+  planMigration(request: MigrationRequest): MigrationPlan {
+    return planMigration(this.state, request, Date.now());
+  }
+
+  /** Plans and starts a migration; the source region's migrator takes it from the log. */
+  async migrate(request: MigrationRequest, timeoutMs: number): Promise<{ plan: MigrationPlan; result: FleetResult | null }> {
+    const plan = this.planMigration(request);
+    if (!plan.ok) return { plan, result: null };
+    const result = await this.log.commit(plan.command, timeoutMs);
+    this.migrator.kick();
+    return { plan, result };
+  }
+
+  /** Cancels a migration that has not cut over: it rolls back (from any node; the source's coordinator finishes it). */
+  cancelMigration(id: string, timeoutMs: number): Promise<FleetResult> {
+    return this.log.commit({ kind: 'migration-progress', id, phase: 'rolling-back', reason: `cancelled by operator (on ${this.#o.region})`, at: Date.now() }, timeoutMs);
+  }
+
+  /** What this daemon's coordinator knows of a migration out of this region (undefined elsewhere). */
+  migrationProgress(id: string): MigrationProgress | undefined {
+    return this.migrator.progress(id);
   }
 
   /** Commits an operator's command (set-power, delete, or a pinned create/assign) and wakes the reconciler. */

@@ -215,13 +215,18 @@ export interface FleetState {
   migrationOf(vm: string): FleetMigration | undefined;
   /** Migrations under way whose target is this region, oldest first: what its reconciler prepares copies for. */
   migrationsInto(region: string): readonly FleetMigration[];
+  /** What migration-start would answer on this state, changing nothing: the refusal, or null when it would be accepted (a dry run). */
+  migrationStartRefusal(cmd: MigrationStartCommand): Refusal | null;
 }
 
 const NO_GROUP: ReadonlyMap<string, number> = new Map();
 
 type MutableVm = { -readonly [K in keyof FleetVm]: FleetVm[K] };
 
-function reject(code: FleetRejectCode, message: string): FleetResult {
+/** A refusal: nothing changed, with a code and a sentence. */
+type Refusal = Extract<FleetResult, { ok: false }>;
+
+function reject(code: FleetRejectCode, message: string): Refusal {
   return { ok: false, code, message: message.length > FLEET_MAX_MESSAGE ? `${message.slice(0, FLEET_MAX_MESSAGE - 1)}…` : message };
 }
 
@@ -427,7 +432,7 @@ export class FleetStateMachine implements FleetState {
     }
   }
 
-  #live(name: string): MutableVm | Extract<FleetResult, { ok: false }> {
+  #live(name: string): MutableVm | Refusal {
     const vm = this.#vms.get(name);
     if (vm === undefined) return { ok: false, code: 'unknown_vm', message: `no VM named ${name}` };
     if (vm.deleted) return { ok: false, code: 'vm_deleted', message: `${name} is deleted` };
@@ -474,7 +479,7 @@ export class FleetStateMachine implements FleetState {
   }
 
   /** The registered provider a command names, or the refusal naming what is missing. */
-  #provider(regionName: string, providerName: string): { region: FleetRegion; provider: FleetRegionProvider } | Extract<FleetResult, { ok: false }> {
+  #provider(regionName: string, providerName: string): { region: FleetRegion; provider: FleetRegionProvider } | Refusal {
     const region = this.#regions.get(regionName);
     if (region === undefined) return { ok: false, code: 'unknown_region', message: `no region named ${regionName} is registered` };
     const provider = region.providers.find((p) => p.name === providerName);
@@ -489,7 +494,7 @@ export class FleetStateMachine implements FleetState {
    * now). Every path that picks a region (assign, migration-start,
    * migration-cutover) asks this. Null: allowed.
    */
-  #choiceRefusal(vm: MutableVm, region: FleetRegion, provider: FleetRegionProvider, operation: PolicyOperation): Extract<FleetResult, { ok: false }> | null {
+  #choiceRefusal(vm: MutableVm, region: FleetRegion, provider: FleetRegionProvider, operation: PolicyOperation): Refusal | null {
     const problem = regionConstraintProblem(vm.spec, region) ?? providerConstraintProblem(vm.spec, provider)?.reason ?? null;
     if (problem !== null) return { ok: false, code: 'constraint_violated', message: `${vm.name} may not run in ${region.name}: ${problem}` };
     const { evaluator } = this.#policy;
@@ -570,12 +575,12 @@ export class FleetStateMachine implements FleetState {
 
   // Migrations.
 
-  #migratingRefusal(vm: string, what: string): Extract<FleetResult, { ok: false }> | null {
+  #migratingRefusal(vm: string, what: string): Refusal | null {
     const m = this.migrationOf(vm);
     return m === undefined ? null : { ok: false, code: 'migration_active', message: `${vm} is migrating (${m.id}, ${m.phase}) and ${what}; cancel the migration or wait for it to end` };
   }
 
-  #activeMigration(id: string): FleetMigration | Extract<FleetResult, { ok: false }> {
+  #activeMigration(id: string): FleetMigration | Refusal {
     const m = this.#migrations.get(id);
     if (m !== undefined) return m;
     const ended = this.#history.find((h) => h.id === id);
@@ -583,11 +588,17 @@ export class FleetStateMachine implements FleetState {
     return { ok: false, code: 'unknown_migration', message: `no migration ${id} is under way or remembered` };
   }
 
-  #startMigration(cmd: MigrationStartCommand): FleetResult {
+  migrationStartRefusal(cmd: MigrationStartCommand): Refusal | null {
+    const checked = this.#checkMigrationStart(cmd);
+    return 'code' in checked ? checked : null;
+  }
+
+  /** Every rule of migration-start; the VM and its assignment when they all hold. */
+  #checkMigrationStart(cmd: MigrationStartCommand): { vm: MutableVm; a: FleetAssignment } | Refusal {
     const vm = this.#live(cmd.vm);
     if ('code' in vm) return vm;
     const a = vm.assignment;
-    if (a === null) return reject('not_assigned', `${vm.name} is not placed; there is nothing to migrate`);
+    if (a === null) return { ok: false, code: 'not_assigned', message: `${vm.name} is not placed; there is nothing to migrate` };
     const migrating = this.#migratingRefusal(vm.name, 'cannot start another migration');
     if (migrating !== null) return migrating;
     if (a.generation !== cmd.generation) return reject('stale_generation', `${vm.name} is assigned at generation ${a.generation}, not ${cmd.generation}: plan the migration again on fresh state`);
@@ -608,6 +619,13 @@ export class FleetStateMachine implements FleetState {
     const short = this.#ledger.check(cmd.region, cmd.provider, demandOf(vm.spec));
     if (short !== null) return reject('insufficient_capacity', `${cmd.region}/${cmd.provider} cannot take ${vm.name} during its migration: ${describeShortfall(short)}`);
     if (vm.generation >= FLEET_MAX_GENERATION) return reject('stale_generation', `${vm.name} has used every generation`);
+    return { vm, a };
+  }
+
+  #startMigration(cmd: MigrationStartCommand): FleetResult {
+    const checked = this.#checkMigrationStart(cmd);
+    if ('code' in checked) return checked;
+    const { vm, a } = checked;
     const id = `m${this.#nextMigration++}`;
     const generation = vm.generation + 1;
     // The migration takes the next generation now: an incoming copy tagged with it can belong to nothing else.

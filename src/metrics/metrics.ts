@@ -12,6 +12,7 @@ import { createBlobMetrics, type BlobMetrics } from '../blob/metrics.ts';
 import { createImageMetrics, type ImageMetrics } from '../image/metrics.ts';
 import { createStateMetrics, type StateMetrics } from '../state/metrics.ts';
 import { createFleetMetrics, type FleetMetrics } from '../fleet/metrics.ts';
+import { createMigrationMetrics, type MigrationMetrics } from '../migration/metrics.ts';
 
 /** Reasons a connection or peer is refused; bounded so label cardinality stays small. */
 export const REFUSAL_REASONS = ['not_member', 'hello_failed', 'federation_mismatch', 'identity_mismatch'] as const;
@@ -56,6 +57,7 @@ export interface DwcpMetrics extends MeshMetrics {
   image: ImageMetrics;
   state: StateMetrics;
   fleet: FleetMetrics;
+  migration: MigrationMetrics;
 }
 
 /** Outcomes of a client proposal as the driver sees them; bounded for label cardinality. */
@@ -266,6 +268,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): DwcpMetr
     image: createImageMetrics(registers),
     state: createStateMetrics(registers),
     fleet: createFleetMetrics(registers),
+    migration: createMigrationMetrics(registers),
   };
   // Export zeroes for every bounded label value so rate() works from the first scrape.
   for (const reason of REFUSAL_REASONS) m.connectionsRefused.inc({ reason }, 0);
