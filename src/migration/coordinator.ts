@@ -27,10 +27,16 @@
  *   delta ('final'). live: one 'live' transfer, at whose end the source is
  *   paused and the target runs (the hypervisor's stop-and-copy). Then
  *   → cutover, recording bytes, rounds and when the source stopped serving.
- *   A failed transfer, one without progress for transferIdleTimeoutMs, a
- *   source copy that vanished or a target copy that did → rolling-back.
+ *   The source is stopped only while the target's report is current (a
+ *   target whose daemon is gone is not worth the downtime). A failed
+ *   transfer, one without progress for transferIdleTimeoutMs, a source copy
+ *   that vanished or a target copy that did → rolling-back.
  * - cutover: propose migration-cutover (the log re-checks policy and
- *   constraints); refused → rolling-back with the log's reason.
+ *   constraints); refused → rolling-back with the log's reason. Cold and
+ *   warm cut over only while the target's report is current and shows its
+ *   copy (else wait, and roll back after prepareTimeoutMs); live cuts over
+ *   whatever the target's daemon reports, since the guest already runs
+ *   there.
  * - verify: the target's report shows the copy at the new generation in the
  *   desired power state → cleanup, with the downtime (from the source
  *   stopping to that report). Not within verifyTimeoutMs → end failed: the
@@ -326,6 +332,20 @@ export function coordinate(input: CoordinatorInput): CoordinatorResult {
         waiting = rollBack(`the cutover was refused: ${memory.cutoverRefused}`);
         break;
       }
+      if (target.state === 'absent' || target.state === 'terminated') {
+        waiting = rollBack(`the incoming copy at ${m.target.region} is gone`);
+        break;
+      }
+      // Cold and warm: the target has not run the VM yet; cutting over to a region that does not report would only move the downtime there.
+      // Live: the hypervisor already runs the guest at the target, so cutting over is the way forward whatever its daemon reports.
+      if (m.mode !== 'live' && target.state === null) {
+        if (deadline(options.prepareTimeoutMs)) {
+          waiting = rollBack(`${targetName} has not reported for ${seconds(now - memory.phaseSince)}; not cutting over to it`);
+          break;
+        }
+        waiting = `${m.target.region} to report again before cutting over`;
+        break;
+      }
       // The transfer's facts were recorded on the way into this phase.
       propose({ kind: 'migration-cutover', id: m.id, at: now });
       waiting = 'the log to cut over';
@@ -450,6 +470,12 @@ function transferStep(ctx: TransferContext): string {
   const stopSource = (): string => {
     const failed = memory.failures.get('source');
     if (failed !== undefined && failed.count >= options.maxAttempts) return rollBack(`the source copy did not stop: ${failed.error}`);
+    // The VM is not taken down for a target that does not report (its daemon may be gone): wait, and roll back after prepareTimeoutMs.
+    if (target.state === null) {
+      ctx.wake(memory.phaseSince + options.prepareTimeoutMs);
+      if (now >= memory.phaseSince + options.prepareTimeoutMs) return rollBack(`${m.target.region}/${m.target.provider} has not reported for ${seconds(now - memory.phaseSince)}; the source was not stopped`);
+      return `${m.target.region} to report again before the source stops`;
+    }
     if (source !== 'absent' && (source.state === 'running' || source.state === 'pending')) emit({ kind: 'stop-source' });
     return 'the source copy to stop';
   };

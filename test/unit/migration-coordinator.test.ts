@@ -165,6 +165,15 @@ describe('coordinator: transfer', () => {
     expect(proposed(step(m, { memory, now: 100_000 }).effects)).toMatchObject({ reason: 'the source copy did not stop: IncorrectInstanceState' });
   });
 
+  it('does not stop the source for a target that does not report (its daemon may be gone); rolls back after the prepare timeout', () => {
+    const m = migration('transfer', 'cold');
+    const waiting = step(m, { source: RUNNING, target: UNKNOWN });
+    expect(waiting.effects).toEqual([]);
+    expect(waiting.waiting).toBe('us to report again before the source stops');
+    expect(waiting.wakeAt).toBe(10_000);
+    expect(proposed(step(m, { source: RUNNING, target: UNKNOWN, memory: waiting.memory, now: 10_000 }).effects)).toMatchObject({ phase: 'rolling-back', reason: 'us/local has not reported for 10 s; the source was not stopped' });
+  });
+
   it('after a restart: cold transfers again from the start; live rolls back, treating the target as possibly running', () => {
     expect(short(step(migration('transfer', 'cold'), { source: STOPPED }).effects)).toEqual(['start-transfer:final']);
     expect(short(step(migration('transfer', 'warm'), { source: STOPPED }).effects)).toEqual(['start-transfer:final']);
@@ -179,6 +188,15 @@ describe('coordinator: cutover, verify, cleanup', () => {
     expect(proposed(step(migration('cutover')).effects)).toEqual({ kind: 'migration-cutover', id: 'm1', at: 0 });
     const refused = step(migration('cutover'), { outcomes: [{ effect: { kind: 'propose', command: { kind: 'migration-cutover', id: 'm1', at: 0 } }, result: 'refused', error: 'policy_denied: rule eu-only', at: 0 }], now: 5_000 });
     expect(proposed(refused.effects)).toMatchObject({ phase: 'rolling-back', reason: 'the cutover was refused: policy_denied: rule eu-only' });
+  });
+
+  it('cold and warm cut over only to a target that reports its copy; live cuts over whatever the target\'s daemon reports', () => {
+    const first = step(migration('cutover', 'cold'), { source: STOPPED, target: UNKNOWN });
+    expect(first.effects).toEqual([]);
+    expect(first.waiting).toBe('us to report again before cutting over');
+    expect(proposed(step(migration('cutover', 'cold'), { source: STOPPED, target: UNKNOWN, memory: first.memory, now: 10_000 }).effects)).toMatchObject({ phase: 'rolling-back', reason: 'us/local has not reported for 10 s; not cutting over to it' });
+    expect(proposed(step(migration('cutover', 'warm'), { source: STOPPED, target: { state: 'absent', asOf: 0 } }).effects)).toMatchObject({ phase: 'rolling-back', reason: 'the incoming copy at us is gone' });
+    expect(proposed(step(migration('cutover', 'live'), { source: PAUSED, target: UNKNOWN }).effects)).toMatchObject({ kind: 'migration-cutover' });
   });
 
   it('verify: the target reports the VM as desired → cleanup with the downtime from the source stopping to that report', () => {
