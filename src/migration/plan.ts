@@ -78,7 +78,7 @@ export function planMigration(state: FleetState, request: MigrationRequest, now:
     `  4. verify: ${target} reports ${vm.name} ${vm.power === 'running' ? 'running' : 'stopped'}`,
     `  5. clean up: ${source} fences its old copy`,
     `  any step before cutover can roll back: ${target} tears its copy down first, then ${vm.name} ${request.mode === 'live' ? 'resumes' : 'starts again'} at ${source}`,
-    `reserves ${RESOURCES.filter((r) => demand[r] > 0).map((r) => formatAmount(r, demand[r])).join(', ')} at ${target}/${command.provider} while it runs${free === null ? '' : ` (${free})`}`,
+    `reserves ${RESOURCES.filter((r) => r !== 'instances' && demand[r] > 0).map((r) => formatAmount(r, demand[r])).join(', ')} at ${target}/${command.provider} while it runs${free === null ? '' : ` (${free})`}`,
     `checked: ${sourceKind ?? '?'} → ${region?.providers.find((p) => p.name === command.provider)?.kind ?? '?'} supports ${request.mode}; constraints, anti-affinity and policy at ${target}; migrations under way (${source} ${under(state, source)}, ${target} ${under(state, target)}); capacity`,
   ];
   return { ok: true, command, lines };
