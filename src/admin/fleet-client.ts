@@ -6,7 +6,8 @@
  * field, proto3 `optional` fields absent on the wire become null, and each
  * message is rebuilt field by field in .proto order.
  */
-import type { FleetCreateRequest, FleetCreateResponse, FleetDesiredVm, FleetPlaceRequest, FleetPlaceResponse, FleetPowerRequest, FleetProvider, FleetRegion, FleetStatusResponse, FleetVm, FleetVmRef, FleetVmsRequest, ServiceCall } from './schema.ts';
+import type { FleetCreateRequest, FleetCreateResponse, FleetDesiredVm, FleetPlaceRequest, FleetPlaceResponse, FleetPowerRequest, FleetProvider, FleetRegion, FleetStatusResponse, FleetVm, FleetVmRef, FleetVmsRequest, ServiceCall, OptionalWire as Wire } from './schema.ts';
+import { nullIfAbsent as opt } from './schema.ts';
 
 export interface FleetClient {
   status(): Promise<FleetStatusResponse>;
@@ -34,10 +35,6 @@ function desiredFromWire(v: Wire<FleetDesiredVm>): FleetDesiredVm {
     labels: { ...(v.labels ?? {}) },
   };
 }
-
-type Wire<T> = { [K in keyof T]?: T[K] | undefined };
-
-const opt = <T>(v: T | undefined | null): T | null => (v === undefined ? null : v);
 
 function providerFromWire(p: Wire<FleetProvider>): FleetProvider {
   const c = p.capacity ?? null;

@@ -5,7 +5,8 @@
  * Invariant (as for the rest of the admin client): every response has every
  * field, proto3 `optional` fields absent on the wire become null.
  */
-import type { MigrationInfo, MigrationRef, MigrationStartRequest, MigrationStartResponse, ServiceCall } from './schema.ts';
+import type { MigrationInfo, MigrationRef, MigrationStartRequest, MigrationStartResponse, ServiceCall, OptionalWire as Wire } from './schema.ts';
+import { nullIfAbsent as opt } from './schema.ts';
 
 export interface MigrationClient {
   start(request: MigrationStartRequest): Promise<MigrationStartResponse>;
@@ -13,10 +14,6 @@ export interface MigrationClient {
   status(request: MigrationRef): Promise<MigrationInfo>;
   cancel(request: MigrationRef): Promise<MigrationInfo>;
 }
-
-type Wire<T> = { [K in keyof T]?: T[K] | undefined };
-
-const opt = <T>(v: T | undefined | null): T | null => (v === undefined ? null : v);
 
 function infoFromWire(m: Wire<MigrationInfo>): MigrationInfo {
   return {

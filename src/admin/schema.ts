@@ -63,6 +63,12 @@ export function serviceDefinition(pkg: PackageDefinition, name: string): Service
   return def as ServiceDefinition;
 }
 
+/** A response as proto-loader hands it over: any field may be absent (proto3 `optional`, or a message not set). */
+export type OptionalWire<T> = { [K in keyof T]?: T[K] | undefined };
+
+/** An absent proto3 `optional` field as the admin client's null. */
+export const nullIfAbsent = <T>(v: T | undefined | null): T | null => (v === undefined ? null : v);
+
 export interface MemberInfo {
   name: string;
   peer_id: string;

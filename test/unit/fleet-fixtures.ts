@@ -7,6 +7,8 @@ import { parseFleetCommand } from '../../src/fleet/commands.ts';
 import type { FleetVmSpec, FleetVmSpecInput } from '../../src/fleet/spec.ts';
 import { parseFleetVmSpec } from '../../src/fleet/spec.ts';
 import { FleetStateMachine } from '../../src/fleet/state-machine.ts';
+import { RESOURCES, ZERO_AMOUNTS, demandOf, type ResourceAmounts } from '../../src/fleet/ledger.ts';
+import { expect } from 'vitest';
 
 export const GIB = 1024 ** 3;
 
@@ -56,4 +58,31 @@ export function setPolicy(version: number, rules: (Partial<RuleInput> & { condit
     version,
     policies: rules.length === 0 ? [] : [{ name, rules: rules.map((r, i) => ({ name: `r${i + 1}`, effect: 'deny', message: `rule ${i + 1} fired`, ...r })) }],
   });
+}
+
+/** Independent accounting for the property tests: demands summed per `region/provider`. */
+export class DemandSums {
+  readonly #sums = new Map<string, { -readonly [R in keyof ResourceAmounts]: number }>();
+
+  add(region: string, provider: string, spec: FleetVmSpec): void {
+    const key = `${region}/${provider}`;
+    const sum = this.#sums.get(key) ?? { ...ZERO_AMOUNTS };
+    const demand = demandOf(spec);
+    for (const r of RESOURCES) sum[r] += demand[r];
+    this.#sums.set(key, sum);
+  }
+
+  /** Every provider's usage in the ledger equals the sums, and stays within its declared limits. */
+  expectLedger(m: FleetStateMachine): void {
+    for (const region of m.regions()) {
+      for (const provider of region.providers) {
+        const used = m.usage(region.name, provider.name);
+        expect(used).toEqual(this.#sums.get(`${region.name}/${provider.name}`) ?? ZERO_AMOUNTS);
+        for (const r of RESOURCES) {
+          const limit = provider.limits[r];
+          if (limit !== null) expect(used?.[r] ?? 0).toBeLessThanOrEqual(limit);
+        }
+      }
+    }
+  }
 }

@@ -12,7 +12,7 @@ import { FleetCommandError, decodeFleetCommand, encodeFleetCommand, parseFleetCo
 import { RESOURCES } from '../../src/fleet/ledger.ts';
 import { MIGRATION_HISTORY, endProblem, migrationSupportProblem, progressProblem, reservedAt, type MigrationMode } from '../../src/fleet/migrations.ts';
 import { FleetSnapshotError, FleetStateMachine } from '../../src/fleet/state-machine.ts';
-import { GIB, assign, create, localProvider, machineWith, registerRegion, setPolicy, spec } from './fleet-fixtures.ts';
+import { DemandSums, GIB, assign, create, localProvider, machineWith, registerRegion, setPolicy, spec } from './fleet-fixtures.ts';
 
 function refused(result: FleetResult, code: FleetRejectCode, message?: string): void {
   expect(result).toMatchObject({ ok: false, code });
@@ -355,34 +355,16 @@ describe('migrations never over-commit nor leak a reservation (property)', () =>
         const m = new FleetStateMachine();
         for (const c of commands) {
           const result = m.apply(c);
-          const sums = new Map<string, Record<string, number>>();
-          const add = (key: string, vcpus: number, memoryBytes: number, diskBytes: number) => {
-            const sum = sums.get(key) ?? { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 };
-            sum.vcpus = (sum.vcpus ?? 0) + vcpus;
-            sum.memoryBytes = (sum.memoryBytes ?? 0) + memoryBytes;
-            sum.diskBytes = (sum.diskBytes ?? 0) + diskBytes;
-            sum.instances = (sum.instances ?? 0) + 1;
-            sums.set(key, sum);
-          };
-          for (const vm of m.vms()) if (!vm.deleted && vm.assignment !== null) add(`${vm.assignment.region}/${vm.assignment.provider}`, vm.spec.vcpus, vm.spec.memoryBytes, vm.spec.diskBytes);
+          const sums = new DemandSums();
+          for (const vm of m.vms()) if (!vm.deleted && vm.assignment !== null) sums.add(vm.assignment.region, vm.assignment.provider, vm.spec);
           for (const mig of m.migrations()) {
             const vm = m.vm(mig.vm);
             expect(vm !== undefined && !vm.deleted, `${mig.id} of a live VM`).toBe(true);
             const at = reservedAt(mig);
-            const assignedAt = vm?.assignment;
-            expect(assignedAt?.region, `${mig.id} reserves the side the VM is not assigned to`).not.toBe(at.region);
-            if (vm !== undefined) add(`${at.region}/${at.provider}`, vm.spec.vcpus, vm.spec.memoryBytes, vm.spec.diskBytes);
+            expect(vm?.assignment?.region, `${mig.id} reserves the side the VM is not assigned to`).not.toBe(at.region);
+            if (vm !== undefined) sums.add(at.region, at.provider, vm.spec);
           }
-          for (const region of m.regions()) {
-            for (const provider of region.providers) {
-              const used = m.usage(region.name, provider.name);
-              expect(used).toEqual(sums.get(`${region.name}/${provider.name}`) ?? { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 });
-              for (const r of RESOURCES) {
-                const limit = provider.limits[r];
-                if (limit !== null) expect(used?.[r] ?? 0).toBeLessThanOrEqual(limit);
-              }
-            }
-          }
+          sums.expectLedger(m);
           if (result.ok && c.kind === 'migration-start') {
             // Accepted: both regions were below their bound (a later re-declaration may lower it under the count).
             for (const name of [m.migration(result.migration ?? '')?.source.region, c.region]) {

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { FLEET_REJECT_CODES, encodeFleetCommand, parseFleetCommand, type FleetCommand, type FleetRejectCode, type FleetResult } from '../../src/fleet/commands.ts';
 import { RESOURCES } from '../../src/fleet/ledger.ts';
 import { FleetSnapshotError, FleetStateMachine } from '../../src/fleet/state-machine.ts';
-import { GIB, assign, create, localProvider, machineWith, registerRegion, setPolicy, spec } from './fleet-fixtures.ts';
+import { DemandSums, GIB, assign, create, localProvider, machineWith, registerRegion, setPolicy, spec } from './fleet-fixtures.ts';
 
 function refused(result: FleetResult, code: FleetRejectCode, message?: string): void {
   expect(result).toMatchObject({ ok: false, code });
@@ -352,17 +352,11 @@ describe('the ledger never over-commits (property)', () => {
         for (const cmd of commands) {
           const result = m.apply(cmd);
           // Independent accounting from the VM records: the sum of live assigned specs per (region, provider).
-          const sums = new Map<string, Record<string, number>>();
+          const sums = new DemandSums();
           const groupRegions = new Set<string>();
           for (const vm of m.vms()) {
             if (vm.deleted || vm.assignment === null) continue;
-            const key = `${vm.assignment.region}/${vm.assignment.provider}`;
-            const sum = sums.get(key) ?? { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 };
-            sum.vcpus = (sum.vcpus ?? 0) + vm.spec.vcpus;
-            sum.memoryBytes = (sum.memoryBytes ?? 0) + vm.spec.memoryBytes;
-            sum.diskBytes = (sum.diskBytes ?? 0) + vm.spec.diskBytes;
-            sum.instances = (sum.instances ?? 0) + 1;
-            sums.set(key, sum);
+            sums.add(vm.assignment.region, vm.assignment.provider, vm.spec);
             const group = vm.spec.constraints.antiAffinityGroup;
             if (group !== undefined) {
               const at = `${group}@${vm.assignment.region}`;
@@ -370,16 +364,7 @@ describe('the ledger never over-commits (property)', () => {
               groupRegions.add(at);
             }
           }
-          for (const region of m.regions()) {
-            for (const provider of region.providers) {
-              const used = m.usage(region.name, provider.name);
-              expect(used).toEqual(sums.get(`${region.name}/${provider.name}`) ?? { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 });
-              for (const r of RESOURCES) {
-                const limit = provider.limits[r];
-                if (limit !== null) expect(used?.[r] ?? 0).toBeLessThanOrEqual(limit);
-              }
-            }
-          }
+          sums.expectLedger(m);
           if (result.ok && cmd.kind === 'assign') {
             expect(cmd.generation).toBeGreaterThan(lastGeneration.get(cmd.vm) ?? 0);
             lastGeneration.set(cmd.vm, cmd.generation);
