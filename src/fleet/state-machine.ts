@@ -53,8 +53,8 @@
  *
  * Snapshot: FLEET_SNAPSHOT_MAGIC then canonical JSON of the limits, the
  * regions (as register-region commands, by name), the VMs (by name) and the
- * migrations (the next id, the active ones and the history, by id; absent in
- * snapshots written before migrations, read as none). The same state gives
+ * migrations (the next id, the active ones and the history, by id; absent
+ * until a migration was started, read as none). The same state gives
  * the same bytes on every replica; restore validates every record and
  * rebuilds the ledger, group counts and migration indexes, refusing a
  * snapshot whose assignments or reservations would over-commit.

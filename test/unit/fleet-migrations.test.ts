@@ -307,11 +307,11 @@ describe('migration snapshots', () => {
     expect(restored.apply(start('old', 'eu-north'))).toMatchObject({ ok: true, migration: 'm4' });
   });
 
-  it('reads a snapshot written before migrations existed', () => {
+  it('snapshots a fleet that never migrated as before migrations existed, and reads it back', () => {
     const m = placed();
-    const body = new TextDecoder().decode(m.snapshot().subarray(5)).replace(/,"migrations":\{[^}]*\}/, '');
+    const body = new TextDecoder().decode(m.snapshot().subarray(5));
     expect(body).not.toContain('migrations');
-    const restored = FleetStateMachine.restore(new Uint8Array([...m.snapshot().subarray(0, 5), ...new TextEncoder().encode(body)]));
+    const restored = FleetStateMachine.restore(m.snapshot());
     expect(restored.vm('web1')).toEqual(m.vm('web1'));
     expect(restored.apply(start('web1', 'eu-north'))).toMatchObject({ ok: true, migration: 'm1' });
   });
