@@ -270,7 +270,8 @@ export function coordinate(input: CoordinatorInput): CoordinatorResult {
     // A new phase (or a restart): its timeout starts now; the transfer bookkeeping belongs to the transfer phase.
     // A restarted coordinator that finds a live migration rolling back cannot know whether the transfer completed.
     const unknowable = m.mode === 'live' && before.phase === null && m.phase === 'rolling-back';
-    before = { ...before, phase: m.phase, phaseSince: now, cutoverRefused: null, steps: m.phase === 'transfer' ? before.steps : [], targetMayRun: before.targetMayRun || unknowable };
+    // Failures count per phase: a stop that failed in transfer says nothing about a resume while rolling back.
+    before = { ...before, phase: m.phase, phaseSince: now, cutoverRefused: null, steps: m.phase === 'transfer' ? before.steps : [], targetMayRun: before.targetMayRun || unknowable, failures: new Map() };
   }
   const memory = fold(before, input.outcomes ?? [], options);
   const effects: CoordinatorEffect[] = [];
@@ -303,11 +304,13 @@ export function coordinate(input: CoordinatorInput): CoordinatorResult {
   const targetName = `${m.target.region}/${m.target.provider}`;
   if (transfer !== null && transfer.targetMayRun) memory.targetMayRun = true;
   if (m.facts.pausedAt !== undefined && memory.pausedAt === null) memory.pausedAt = m.facts.pausedAt;
+  // A VM desired stopped that never had a copy (created --stopped): there is nothing to move, only the assignment.
+  const nothingToMove = gone(source) && input.power === 'stopped';
   let waiting: string;
 
   switch (m.phase) {
     case 'prepare': {
-      if (gone(source)) {
+      if (gone(source) && !nothingToMove) {
         waiting = rollBack(`the source copy of ${m.vm} in ${m.source.region} is gone`);
         break;
       }
@@ -325,6 +328,11 @@ export function coordinate(input: CoordinatorInput): CoordinatorResult {
       break;
     }
     case 'transfer':
+      if (nothingToMove) {
+        propose({ kind: 'migration-progress', id: m.id, phase: 'cutover', facts: { bytes: 0, rounds: 0 }, at: now });
+        waiting = 'the log to record the cutover phase (nothing to move: the VM is stopped and has no copy)';
+        break;
+      }
       waiting = transferStep({ m, power: input.power, observed, memory, now, options, emit, propose, rollBack, wake: (at) => wakes.push(at) });
       break;
     case 'cutover': {
@@ -391,7 +399,7 @@ export function coordinate(input: CoordinatorInput): CoordinatorResult {
         waiting = `${m.target.region} to report its copy stopped (the transfer may have completed there) before the source resumes`;
         break;
       }
-      if (gone(source)) {
+      if (gone(source) && !nothingToMove) {
         const lost = `the source copy of ${m.vm} in ${m.source.region} is gone`;
         propose({ kind: 'migration-end', id: m.id, result: 'failed', reason: `${reason.includes(lost) ? reason : `${reason}; and ${lost}`} (its reconciler creates it again)`, at: now });
         waiting = 'the log to end the migration';

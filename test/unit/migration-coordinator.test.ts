@@ -183,6 +183,14 @@ describe('coordinator: transfer', () => {
   });
 });
 
+describe('coordinator: a VM desired stopped that never had a copy', () => {
+  it('moves only the assignment: nothing to transfer, no rollback for a missing source copy', () => {
+    expect(short(step(migration('prepare'), { source: 'absent', power: 'stopped' }).effects)).toEqual(['propose:transfer']);
+    expect(proposed(step(migration('transfer'), { source: 'absent', power: 'stopped' }).effects)).toEqual({ kind: 'migration-progress', id: 'm1', phase: 'cutover', facts: { bytes: 0, rounds: 0 }, at: 0 });
+    expect(proposed(step(migration('rolling-back'), { source: 'absent', power: 'stopped' }).effects)).toMatchObject({ result: 'rolled-back', reason: 'cancelled by operator' });
+  });
+});
+
 describe('coordinator: cutover, verify, cleanup', () => {
   it('proposes the cutover; a refusal rolls back with the log\'s reason', () => {
     expect(proposed(step(migration('cutover')).effects)).toEqual({ kind: 'migration-cutover', id: 'm1', at: 0 });
