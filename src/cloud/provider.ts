@@ -81,8 +81,8 @@ export interface CreateInstanceRequest {
    * create it prepared but not booted, in state `stopped`, and resolve once
    * it is; it must not run until a migration completes into it or it is
    * started. Only providers that can receive a migration take it (local:
-   * a stopped record; qemu: its disk, and QEMU waiting for the incoming
-   * stream); the others refuse it.
+   * a stopped record; qemu, once its transport lands: its disk, and QEMU
+   * waiting for the incoming stream); the others refuse it.
    */
   incoming?: string;
 }
@@ -333,8 +333,13 @@ export function matchesFilter(instance: Instance, filter: InstanceFilter | undef
 }
 
 /** Input checks common to every provider; each provider adds its own limits. */
-/** Provider kinds that can create an instance to receive a migration (CreateInstanceRequest.incoming). */
-const MIGRATION_TARGET_KINDS: readonly string[] = ['local', 'qemu'];
+/**
+ * Provider kinds that can create an instance to receive a migration
+ * (CreateInstanceRequest.incoming). qemu joins once its provider prepares an
+ * incoming guest (the qemu migration transport): until then it would boot
+ * the guest, so it refuses, and a qemu → qemu migration rolls back at prepare.
+ */
+const MIGRATION_TARGET_KINDS: readonly string[] = ['local'];
 
 export function checkCreateRequest(provider: ProviderKind, request: CreateInstanceRequest): void {
   const invalid = (field: string, why: string): InvalidRequestError =>
