@@ -9,10 +9,14 @@
  * through random single-server changes: add a spare as learner, promote a
  * learner, remove a learner or a voter (sometimes the leader), shutting
  * removed nodes down for good.
- * Each node's driver obeys the Ready contract, with a random fsync latency
- * between handing out a Ready and acting on it: a crash in that window loses
- * the Ready whole (its hard state, entries and messages), as a crash before
- * fsync would.
+ * Each node's driver obeys the Ready contract with asynchronous storage
+ * writes: it acts on a Ready at once (sends what may leave, applies what
+ * committed, advances) and queues its write, which lands after a random fsync
+ * latency, in queue order, while later Readys, messages and ticks go on; the
+ * messages that wait for durability (acks, votes) leave when the writes
+ * queued up to their Ready have landed. A crash loses every write still
+ * queued, and the messages waiting behind them; crash points around a write
+ * landing leave it on a minority of disks.
  *
  * Checked as it runs: the safety invariants (invariants.ts); that every sent
  * message is backed by the sender's disk (its term, a granted vote, an acked
@@ -25,7 +29,6 @@
 import { bootstrapState, joiningState } from '../../src/consensus/raft/bootstrap.ts';
 import { members } from '../../src/consensus/raft/membership.ts';
 import { RaftCore } from '../../src/consensus/raft/core.ts';
-import { sendsBeforePersist } from '../../src/consensus/raft/node.ts';
 import type {
   ConfigChange,
   Entry,
@@ -74,6 +77,12 @@ export interface SimReport {
   readonly configChanges: number;
   readonly transfers: number;
   readonly snapshotsInstalled: number;
+  /** Readys acted on while an earlier write of the same node was still under way (the pipeline). */
+  readonly pipelinedReadys: number;
+  /** Messages that waited for a write to land before they could leave. */
+  readonly heldMessages: number;
+  /** Deepest queue of writes one node had. */
+  readonly maxQueuedWrites: number;
   /** Virtual ms from the end of the chaos to the first commit. */
   readonly livenessMs: number;
   readonly config: string;
@@ -100,6 +109,14 @@ interface Disk {
   entries: Entry[];
 }
 
+/** A storage write under way (a Ready's, or a compaction's snapshot), and the messages that leave once it (and every earlier one) landed. */
+interface PendingWrite {
+  readonly ready: Ready | { readonly compacted: Snapshot };
+  /** Virtual time it lands; never before the previous write's. */
+  readonly at: number;
+  readonly release: Message[];
+}
+
 interface SimNode {
   readonly id: NodeId;
   readonly random: Prng;
@@ -109,10 +126,8 @@ interface SimNode {
   core: RaftCore;
   disk: Disk;
   kv: KvStore;
-  /** The Ready being persisted, if any. */
-  inFlight: Ready | null;
-  /** Messages of inFlight already sent before its persist. */
-  early: readonly Message[];
+  /** Storage writes queued and not yet landed, oldest first. */
+  writes: PendingWrite[];
 }
 
 type SimEvent =
@@ -151,6 +166,9 @@ export class RaftSimulation {
   #messages = 0;
   #crashes = 0;
   #snapshotsInstalled = 0;
+  #pipelinedReadys = 0;
+  #heldMessages = 0;
+  #maxQueuedWrites = 0;
   #calm = false;
   #calmAt = 0;
   #livenessAt: number | null = null;
@@ -185,7 +203,8 @@ export class RaftSimulation {
       maxLearnerLag: 8,
     };
     this.#snapshotEvery = rng.between(8, 60);
-    this.#fsyncMaxMs = rng.between(0, 5);
+    // Sometimes a slow disk, so that many writes queue up behind one another.
+    this.#fsyncMaxMs = rng.chance(0.3) ? rng.between(10, 40) : rng.between(0, 5);
     this.#crashPointRate = rng.pick([0, 0.001, 0.003, 0.01]);
     this.#net = new SimNetwork(rng.fork(), randomLinkFaults(this.#rng));
     this.#churn = rng.chance(0.5);
@@ -209,8 +228,7 @@ export class RaftSimulation {
         core: this.#startCore(id, disk, random),
         disk,
         kv: new KvStore(),
-        inFlight: null,
-        early: [],
+        writes: [],
       };
       this.#nodes.set(id, node);
       this.#queue.push(rng.int(TICK_MS), { kind: 'tick', node: id });
@@ -278,6 +296,9 @@ export class RaftSimulation {
       configChanges: this.#configChanges,
       transfers: this.#transfers,
       snapshotsInstalled: this.#snapshotsInstalled,
+      pipelinedReadys: this.#pipelinedReadys,
+      heldMessages: this.#heldMessages,
+      maxQueuedWrites: this.#maxQueuedWrites,
       livenessMs: (this.#livenessAt ?? Infinity) - this.#calmAt,
       config: JSON.stringify({
         ...this.#raftConfig,
@@ -337,12 +358,16 @@ export class RaftSimulation {
     return node;
   }
 
-  /** After any input to a node: check it, and hand its next Ready to the disk. */
+  /** After any input to a node: check it, and act on its Readys (queueing their writes). */
   #after(node: SimNode): void {
     this.#checker.observe(node.core);
-    if (!node.up || node.inFlight !== null) return;
-    const ready = node.core.ready();
-    if (ready === null) return;
+    for (let ready = node.up ? node.core.ready() : null; ready !== null; ready = node.up ? node.core.ready() : null) {
+      this.#act(node, ready);
+      this.#checker.observe(node.core);
+    }
+  }
+
+  #act(node: SimNode, ready: Ready): void {
     const first = ready.entries[0];
     if (first !== undefined) {
       const prevTerm = ready.snapshot !== null && first.index === ready.snapshot.meta.index + 1
@@ -350,37 +375,53 @@ export class RaftSimulation {
         : node.core.termAt(first.index - 1);
       this.#checker.observeEntries(node.id, ready.entries, prevTerm);
     }
-    node.inFlight = ready;
-    // What the driver sends while the disk write runs (a leader's appends and heartbeats).
-    const role = node.core.role;
-    node.early = ready.messages.filter((m) => sendsBeforePersist(role, m));
-    for (const message of node.early) this.#send(node, message);
-    const delay = ready.mustSync ? this.#rng.between(0, this.#fsyncMaxMs) : 0;
-    this.#queue.push(this.#now + delay, { kind: 'persisted', node: node.id, epoch: node.epoch });
-  }
-
-  #persisted(id: NodeId, epoch: number): void {
-    const node = this.#node(id);
-    const ready = node.inFlight;
-    if (!node.up || node.epoch !== epoch || ready === null) return;
-    node.inFlight = null;
-    // Crash points: die just before the write or between the write and the sends,
-    // which leaves entries on a minority of disks (the figure-8 set-ups).
-    const crashPoint = this.#calm ? 1 : this.#rng.next();
-    if (crashPoint < this.#crashPointRate) return this.#crashAndRestart(node);
-    this.#writeDisk(node.disk, ready);
-    if (crashPoint < 2 * this.#crashPointRate) return this.#crashAndRestart(node);
-    for (const message of ready.messages) if (!node.early.includes(message)) this.#send(node, message);
+    if (node.writes.length > 0) this.#pipelinedReadys++;
+    if (ready.mustSync) this.#queueWrite(node, ready);
+    // What may leave while the write runs (a leader's appends and heartbeats) goes now.
+    for (const message of ready.messages) this.#send(node, message);
+    const waiting = node.writes.at(-1);
+    if (waiting === undefined) for (const message of ready.persistMessages) this.#send(node, message);
+    else {
+      waiting.release.push(...ready.persistMessages);
+      this.#heldMessages += ready.persistMessages.length;
+    }
     if (ready.snapshot !== null) {
       node.kv = KvStore.restore(ready.snapshot.meta.index, ready.snapshot.data);
       this.#snapshotsInstalled++;
-      this.#trace(() => `${id} installs snapshot at ${ready.snapshot?.meta.index}`);
+      this.#trace(() => `${node.id} installs snapshot at ${ready.snapshot?.meta.index}`);
     }
     for (const entry of ready.committed) this.#apply(node, entry);
     for (const read of ready.readStates) this.#workload.readConfirmed(node.id, read.ctx, read.index);
     node.core.advance(ready);
     this.#maybeCompact(node);
     this.#workload.serveReads(node);
+  }
+
+  /** Writes land in queue order: a later one never before an earlier one. */
+  #queueWrite(node: SimNode, ready: PendingWrite['ready']): void {
+    const after = node.writes.at(-1)?.at ?? this.#now;
+    const at = Math.max(after, this.#now + this.#rng.between(0, this.#fsyncMaxMs));
+    node.writes.push({ ready, at, release: [] });
+    this.#maxQueuedWrites = Math.max(this.#maxQueuedWrites, node.writes.length);
+    this.#queue.push(at, { kind: 'persisted', node: node.id, epoch: node.epoch });
+  }
+
+  #persisted(id: NodeId, epoch: number): void {
+    const node = this.#node(id);
+    const write = node.writes[0];
+    if (!node.up || node.epoch !== epoch || write === undefined) return;
+    node.writes.shift();
+    // Crash points: die just before the write or between the write and the sends,
+    // which leaves entries on a minority of disks (the figure-8 set-ups).
+    const crashPoint = this.#calm ? 1 : this.#rng.next();
+    if (crashPoint < this.#crashPointRate) return this.#crashAndRestart(node);
+    const { ready } = write;
+    if ('compacted' in ready) this.#writeCompaction(node.disk, ready.compacted);
+    else this.#writeDisk(node.disk, ready);
+    if (crashPoint < 2 * this.#crashPointRate) return this.#crashAndRestart(node);
+    for (const message of write.release) this.#send(node, message);
+    if (!('compacted' in ready)) node.core.persisted(ready);
+    this.#maybeCompact(node);
     this.#after(node);
   }
 
@@ -455,14 +496,25 @@ export class RaftSimulation {
     this.#members = new Set(current);
   }
 
+  /** As the driver does: compact the core at once, queue the snapshot's write behind the log's. */
   #maybeCompact(node: SimNode): void {
     const applied = node.kv.applied;
-    if (applied - node.disk.snapshot.meta.index < this.#snapshotEvery) return;
+    if (applied - node.core.snapshotIndex < this.#snapshotEvery) return;
+    if (node.writes.some((w) => 'compacted' in w.ready)) return;
+    // Entries applied but not yet on this node's disk (committed on others') wait for their write.
+    if (applied > node.core.stableIndex) return;
     const data = node.kv.snapshot();
     const meta = node.core.compact(applied, data);
-    const disk = node.disk;
-    disk.entries = disk.entries.slice(applied - disk.snapshot.meta.index);
-    disk.snapshot = { meta, data };
+    this.#queueWrite(node, { compacted: { meta, data } });
+  }
+
+  #writeCompaction(disk: Disk, snapshot: Snapshot): void {
+    const drop = snapshot.meta.index - disk.snapshot.meta.index;
+    if (drop < 0 || drop > disk.entries.length) {
+      this.#fail(`compaction at ${snapshot.meta.index} does not fit a disk log after ${disk.snapshot.meta.index} with ${disk.entries.length} entries`);
+    }
+    disk.entries = disk.entries.slice(drop);
+    disk.snapshot = snapshot;
     disk.syncedHardState = disk.hardState; // the snapshot's fsync covers what was written before it
   }
 
@@ -519,7 +571,7 @@ export class RaftSimulation {
     this.#crashes++;
     node.up = false;
     node.epoch++;
-    node.inFlight = null;
+    node.writes = [];
     node.disk.hardState = node.disk.syncedHardState;
     this.#workload.nodeCrashed(node.id);
   }

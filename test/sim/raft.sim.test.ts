@@ -32,7 +32,7 @@ describe('raft deterministic simulation', () => {
     expect(failure.message).toContain('npm run soak -- raft --from 42 --seeds 1');
   });
 
-  it('the runs exercised crashes, elections, snapshots, membership changes, transfers and unknown outcomes', () => {
+  it('the runs exercised crashes, elections, snapshots, membership changes, transfers, unknown outcomes and pipelined writes', () => {
     expect(reports).toHaveLength(SEEDS);
     const total = (field: keyof SimReport): number => reports.reduce((sum, r) => sum + Number(r[field]), 0);
     expect(total('crashes')).toBeGreaterThan(SEEDS);
@@ -41,6 +41,10 @@ describe('raft deterministic simulation', () => {
     expect(total('configChanges')).toBeGreaterThan(SEEDS / 2);
     expect(total('transfers')).toBeGreaterThan(SEEDS / 2);
     expect(total('unknown')).toBeGreaterThan(0);
+    // Asynchronous storage: later Readys overtook writes still under way, and acks/votes waited for them.
+    expect(total('pipelinedReadys')).toBeGreaterThan(100 * SEEDS);
+    expect(total('heldMessages')).toBeGreaterThan(100 * SEEDS);
+    expect(Math.max(...reports.map((r) => r.maxQueuedWrites))).toBeGreaterThan(5);
     expect(total('puts')).toBeGreaterThan(100 * SEEDS);
     expect(total('gets')).toBeGreaterThan(100 * SEEDS);
     expect(Math.max(...reports.map((r) => r.livenessMs))).toBeLessThan(3000);

@@ -1,9 +1,10 @@
 /**
  * A hand-driven cluster for scripted interaction tests (etcd's style): no
  * clock and no randomness beyond what a test asks for. Every Ready is
- * persisted to the node's in-memory disk the moment it is taken, then its
- * messages join one shared in-flight list, which the test delivers,
- * filters, drops or reorders explicitly.
+ * persisted to the node's in-memory disk the moment it is taken (its write
+ * lands at once, so every message may leave), then its messages join one
+ * shared in-flight list, which the test delivers, filters, drops or reorders
+ * explicitly. Tests of writes still under way drive a core by hand.
  */
 import { bootstrapState, joiningState } from '../../src/consensus/raft/bootstrap.ts';
 import { RaftCore } from '../../src/consensus/raft/core.ts';
@@ -97,11 +98,13 @@ export class ScriptedCluster {
           disk.entries.push(...ready.entries);
         }
         if (ready.hardState !== null) disk.hardState = ready.hardState;
-        this.inFlight.push(...ready.messages);
-        this.sent.push(...ready.messages);
+        const messages = [...ready.messages, ...ready.persistMessages];
+        this.inFlight.push(...messages);
+        this.sent.push(...messages);
         for (const entry of ready.committed) node.applied.set(entry.index, entry);
         node.readStates.push(...ready.readStates);
         node.core.advance(ready);
+        if (ready.mustSync) node.core.persisted(ready);
       }
     }
   }

@@ -27,9 +27,26 @@ describe('raft log', () => {
     expect(log.maybeAppend(2, 1, 2, entries([3, 3], 3))).toBe(4);
     expect([log.term(3), log.term(4)]).toEqual([3, 3]);
     expect(log.stable).toBe(2);
-    expect(log.unstableEntries().map((e) => e.index)).toEqual([3, 4]);
+    expect(log.takeEntriesToPersist().map((e) => e.index)).toEqual([3, 4]);
+    expect(log.hasEntriesToPersist).toBe(false);
     expect(log.maybeAppend(2, 2, 2, [])).toBeNull();
     expect(() => log.maybeAppend(1, 1, 2, entries([5], 2))).toThrow(RaftInvariantError);
+  });
+
+  it('hands entries out for persisting once, marks them stable only when their write lands, and re-hands an overwritten tail', () => {
+    const log = new RaftLog(BASE, entries([1]), 1, 1);
+    log.maybeAppend(1, 1, 1, entries([2, 2, 2], 2));
+    const first = log.takeEntriesToPersist();
+    expect(first.map((e) => e.index)).toEqual([2, 3, 4]);
+    expect(log.takeEntriesToPersist()).toEqual([]);
+    // A new leader overwrites 3..4 while the write of 2..4 is still under way.
+    expect(log.maybeAppend(2, 2, 1, entries([3], 3))).toBe(3);
+    expect(log.takeEntriesToPersist().map((e) => [e.index, e.term])).toEqual([[3, 3]]);
+    // The older write lands first: its last entry is gone from the log, so nothing becomes stable.
+    log.stableTo(4, 2);
+    expect(log.stable).toBe(1);
+    log.stableTo(3, 3);
+    expect(log.stable).toBe(3);
   });
 
   it('compacts to a snapshot that remembers term and membership', () => {

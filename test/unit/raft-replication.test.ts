@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Message } from '../../src/consensus/raft/types.ts';
+import { RaftInvariantError } from '../../src/consensus/raft/types.ts';
 import { ScriptedCluster } from '../sim/scripted.ts';
 
 const FIVE = ['n1', 'n2', 'n3', 'n4', 'n5'];
@@ -23,23 +24,48 @@ describe('raft replication', () => {
     expect(c.node('n3').applied.get(index)?.kind).toBe('normal');
   });
 
-  it('a leader counts only what it has itself persisted, and no message leaves before its Ready is persisted', () => {
+  it('a leader replicates while its own write is under way, counts its copy only once persisted, and hands out the next Ready meanwhile', () => {
     const c = new ScriptedCluster(['n1', 'n2', 'n3']);
     c.elect('n1');
     const n1 = c.core('n1');
-    const result = n1.propose(new Uint8Array([7]));
-    expect(result.kind).toBe('accepted');
+    expect(n1.propose(new Uint8Array([7])).kind).toBe('accepted');
     const ready = n1.ready();
-    expect(ready?.entries.map((e) => e.index)).toEqual([3]);
-    expect(ready?.messages.filter((m) => m.type === 'append')).toHaveLength(2);
-    // While that Ready is out, no second Ready (and so no message) is handed out.
+    if (ready === null) throw new Error('no ready');
+    expect(ready.entries.map((e) => e.index)).toEqual([3]);
+    expect(ready.mustSync).toBe(true);
+    // The appends may leave before the leader's own write lands.
+    expect(ready.messages.filter((m) => m.type === 'append')).toHaveLength(2);
+    expect(ready.persistMessages).toEqual([]);
+    n1.advance(ready);
+    // The write is still under way: a second proposal goes out in the next Ready, with only the new entry.
+    expect(n1.propose(new Uint8Array([8])).kind).toBe('accepted');
+    const second = n1.ready();
+    expect(second?.entries.map((e) => e.index)).toEqual([4]);
+    if (second === null) throw new Error('no second ready');
+    n1.advance(second);
     // One follower's ack is not a majority of three without the leader's own (unpersisted) copy.
     n1.step({ type: 'append_response', from: 'n2', to: 'n1', term: n1.term, success: true, index: 3, hintIndex: 0, hintTerm: 0 });
-    expect(n1.ready()).toBeNull();
     expect(n1.commitIndex).toBe(2);
-    if (ready === null) throw new Error('no ready');
-    n1.advance(ready);
+    expect(() => n1.persisted(second)).toThrow(RaftInvariantError); // writes land in order
+    n1.persisted(ready);
     expect(n1.commitIndex).toBe(3);
+    // Two followers are a majority without the leader's copy (thesis 10.2.1).
+    n1.step({ type: 'append_response', from: 'n2', to: 'n1', term: n1.term, success: true, index: 4, hintIndex: 0, hintTerm: 0 });
+    n1.step({ type: 'append_response', from: 'n3', to: 'n1', term: n1.term, success: true, index: 4, hintIndex: 0, hintTerm: 0 });
+    expect(n1.commitIndex).toBe(4);
+  });
+
+  it("a follower's ack waits for its write: it is among the messages that leave only once the write is durable", () => {
+    const c = new ScriptedCluster(['n1', 'n2', 'n3']);
+    c.elect('n1');
+    const n2 = c.core('n2');
+    const last = n2.lastIndex;
+    const entry = { kind: 'normal' as const, index: last + 1, term: 2, data: new Uint8Array([1]) };
+    n2.step({ type: 'append', from: 'n1', to: 'n2', term: 2, prevIndex: last, prevTerm: 2, entries: [entry], commit: last });
+    const ready = n2.ready();
+    expect(ready?.mustSync).toBe(true);
+    expect(ready?.messages).toEqual([]);
+    expect(ready?.persistMessages).toEqual([expect.objectContaining({ type: 'append_response', success: true, index: last + 1 })]);
   });
 
   it('figure 8: an old-term entry on a majority is not committed until an entry of the current term is', () => {
@@ -189,7 +215,7 @@ describe('raft replication', () => {
     c.elect('n1');
     const n2 = c.core('n2');
     const last = n2.lastIndex;
-    // A Ready is out (being persisted) while more messages arrive.
+    // A Ready is out (its write under way) while more messages arrive.
     n2.step({ type: 'heartbeat', from: 'n1', to: 'n2', term: 2, commit: last, readSeq: 0 });
     const outstanding = n2.ready();
     if (outstanding === null) throw new Error('expected a Ready');
@@ -200,8 +226,32 @@ describe('raft replication', () => {
     n2.advance(outstanding);
     const next = n2.ready();
     expect(next?.entries).toEqual([fresh]);
-    const acks = next?.messages.filter((m) => m.type === 'append_response') ?? [];
+    const acks = [...(next?.messages ?? []), ...(next?.persistMessages ?? [])].filter((m) => m.type === 'append_response');
     expect(acks).toEqual([expect.objectContaining({ to: 'n3', term: 3, success: true, index: last + 1 })]);
+  });
+
+  it('an overwrite while the older write is under way: the newer write is handed out, the older landing marks nothing stable', () => {
+    const c = new ScriptedCluster(['n1', 'n2', 'n3']);
+    c.elect('n1');
+    const n2 = c.core('n2');
+    const last = n2.lastIndex;
+    const old = { kind: 'normal' as const, index: last + 1, term: 2, data: new Uint8Array([1]) };
+    n2.step({ type: 'append', from: 'n1', to: 'n2', term: 2, prevIndex: last, prevTerm: 2, entries: [old], commit: last });
+    const first = n2.ready();
+    if (first === null) throw new Error('expected a Ready');
+    n2.advance(first);
+    const fresh = { kind: 'normal' as const, index: last + 1, term: 3, data: new Uint8Array([2]) };
+    n2.step({ type: 'append', from: 'n3', to: 'n2', term: 3, prevIndex: last, prevTerm: 2, entries: [fresh], commit: last });
+    const second = n2.ready();
+    if (second === null) throw new Error('expected a Ready');
+    expect(second.entries).toEqual([fresh]);
+    expect(second.persistMessages).toEqual(expect.arrayContaining([expect.objectContaining({ type: 'append_response', to: 'n3', term: 3, index: last + 1 })]));
+    n2.advance(second);
+    n2.persisted(first);
+    expect(n2.stableIndex).toBe(last);
+    n2.persisted(second);
+    expect(n2.stableIndex).toBe(last + 1);
+    expect(n2.unpersisted).toBe(0);
   });
 
   it('snapshot: a follower far behind gets the snapshot in chunks, installs it and catches up', () => {

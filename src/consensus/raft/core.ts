@@ -3,9 +3,12 @@
  *
  * Inputs are tick(), step(message), propose(), proposeConfigChange(),
  * readIndex(), transferLeadership() and compact(); the only output is the
- * Ready batch (see types.ts for the persist-then-send-then-apply contract),
- * acknowledged by advance(). No clock, randomness, disk or network inside:
- * the election jitter comes from the injected `random`.
+ * Ready batch (see types.ts for the contract), acknowledged twice: advance()
+ * once the driver acted on it (applied, sent or queued its messages), and
+ * persisted() once its storage write is durable, which may be several Readys
+ * later (storage writes are asynchronous and pipelined, etcd's
+ * AsyncStorageWrites). No clock, randomness, disk or network inside: the
+ * election jitter comes from the injected `random`.
  *
  * Safety invariants, asserted (RaftInvariantError) rather than hoped for:
  * - the term never decreases and a vote is cast at most once per term;
@@ -35,6 +38,7 @@ import type {
   Heartbeat,
   Membership,
   Message,
+  MessageType,
   NodeId,
   Outgoing,
   PersistedState,
@@ -115,10 +119,14 @@ export class RaftCore {
   // Output waiting for the next Ready.
   #messages: Message[] = [];
   #readStates: ReadState[] = [];
-  #persisted: HardState;
+  /** The hard state last handed out in a Ready (persisted, or on its way). */
+  #handedHardState: HardState;
   #reportedRole: Role | null = null;
   #reportedLeader: NodeId | null = null;
+  /** Handed out and not yet advance()d: at most one. */
   #outstanding: Ready | null = null;
+  /** Handed out with mustSync and not yet persisted(), in order. */
+  readonly #unpersisted: Ready[] = [];
 
   constructor(options: RaftCoreOptions) {
     const { id, storage } = options;
@@ -140,7 +148,7 @@ export class RaftCore {
     this.#assembler = new SnapshotAssembler(this.#config.maxSnapshotBytes);
     this.#term = hardState.term;
     this.#vote = hardState.vote;
-    this.#persisted = { term: hardState.term, vote: hardState.vote, commit: this.#log.committed };
+    this.#handedHardState = { term: hardState.term, vote: hardState.vote, commit: this.#log.committed };
     this.#membership = this.#log.membership;
     this.#becomeFollower(this.#term, null);
   }
@@ -227,6 +235,7 @@ export class RaftCore {
   compact(index: number, data: Uint8Array): SnapshotMeta {
     if (!Number.isSafeInteger(index) || index < 0) throw new RaftInputError(`compact: index must be a non-negative integer, got ${index}`);
     if (index > this.#log.applied) throw new RaftInputError(`compact: index ${index} is past applied ${this.#log.applied}`);
+    if (index > this.#log.stable) throw new RaftInputError(`compact: index ${index} is past the persisted log (${this.#log.stable})`);
     this.#log.compact(index, data);
     return this.#log.snapshot.meta;
   }
@@ -239,35 +248,40 @@ export class RaftCore {
       this.#messages.length > 0 ||
       this.#readStates.length > 0 ||
       (this.#role === 'leader' && (this.#appendPending || this.#commitPending || this.#heartbeatPending)) ||
-      this.#log.hasPendingSnapshot ||
-      this.#log.stable < this.#log.lastIndex ||
+      this.#log.hasSnapshotToPersist ||
+      this.#log.hasEntriesToPersist ||
       this.#log.applied < this.#log.committed ||
-      !sameHardState(this.#hardState(), this.#persisted) ||
+      !sameHardState(this.#hardState(), this.#handedHardState) ||
       this.#role !== this.#reportedRole ||
       this.#leader !== this.#reportedLeader
     );
   }
 
-  /** The next batch of work, or null if there is none or the previous one is not advanced yet. */
+  /**
+   * The next batch of work, or null if there is none or the previous one is
+   * not advanced yet. Earlier Readys may still be being persisted: what this
+   * one hands out is only what they did not.
+   */
   ready(): Ready | null {
     if (this.#outstanding !== null || !this.hasReady()) return null;
     this.#flush();
     const hardState = this.#hardState();
-    const hardChanged = !sameHardState(hardState, this.#persisted);
+    const handed = this.#handedHardState;
+    const hardChanged = !sameHardState(hardState, handed);
     const softChanged = this.#role !== this.#reportedRole || this.#leader !== this.#reportedLeader;
-    const entries = this.#log.unstableEntries();
-    const snapshot = this.#log.hasPendingSnapshot ? this.#log.snapshot : null;
+    const snapshot = this.#log.takeSnapshotToPersist();
+    const entries = this.#log.takeEntriesToPersist();
+    const messages: Message[] = [];
+    const persistMessages: Message[] = [];
+    for (const m of this.#messages) (sendsBeforePersist(this.#role, m) ? messages : persistMessages).push(m);
     const ready: Ready = {
       hardState: hardChanged ? hardState : null,
       snapshot,
       entries,
-      mustSync:
-        entries.length > 0 ||
-        snapshot !== null ||
-        hardState.term !== this.#persisted.term ||
-        hardState.vote !== this.#persisted.vote,
+      mustSync: entries.length > 0 || snapshot !== null || hardState.term !== handed.term || hardState.vote !== handed.vote,
       committed: this.#log.nextCommitted(this.#config.maxApplyBytesPerReady),
-      messages: this.#messages,
+      messages,
+      persistMessages,
       readStates: this.#readStates,
       softState: softChanged ? { role: this.#role, leader: this.#leader } : null,
     };
@@ -275,23 +289,45 @@ export class RaftCore {
     this.#readStates = [];
     this.#reportedRole = this.#role;
     this.#reportedLeader = this.#leader;
+    if (hardChanged) this.#handedHardState = hardState;
     this.#outstanding = ready;
+    if (ready.mustSync) this.#unpersisted.push(ready);
     return ready;
   }
 
-  /** The driver persisted, sent and applied everything `ready` asked for. */
+  /** The driver applied `ready.committed` and sent (or queued behind the storage writes) its messages. */
   advance(ready: Ready): void {
     invariant(ready === this.#outstanding, () => 'advance() with a Ready that is not the outstanding one');
     this.#outstanding = null;
+    const applied = ready.committed.at(-1);
+    if (applied !== undefined) this.#log.appliedTo(applied.index);
+    this.#assertState();
+  }
+
+  /**
+   * The storage write of `ready` (one handed out with mustSync) is durable.
+   * Writes complete in the order their Readys were handed out, and so must
+   * these calls come. A Ready without mustSync is never reported.
+   */
+  persisted(ready: Ready): void {
+    invariant(this.#unpersisted[0] === ready, () => 'persisted() out of order, or with a Ready that had nothing to persist');
+    this.#unpersisted.shift();
     if (ready.snapshot !== null) this.#log.snapshotPersisted(ready.snapshot.meta.index);
     const last = ready.entries.at(-1);
     if (last !== undefined) this.#log.stableTo(last.index, last.term);
-    const applied = ready.committed.at(-1);
-    if (applied !== undefined) this.#log.appliedTo(applied.index);
-    if (ready.hardState !== null) this.#persisted = ready.hardState;
     // A leader's own share of a quorum is what it has persisted.
     if (this.#role === 'leader') this.#maybeCommit();
     this.#assertState();
+  }
+
+  /** Readys handed out with mustSync whose write is not yet reported durable. */
+  get unpersisted(): number {
+    return this.#unpersisted.length;
+  }
+
+  /** Highest index this node's storage holds durably (its own share of a quorum when it leads). */
+  get stableIndex(): number {
+    return this.#log.stable;
   }
 
   get role(): Role {
@@ -737,6 +773,22 @@ export class RaftCore {
       invariant(this.#log.lastTerm === this.#term, () => `leader's last entry term ${this.#log.lastTerm} is not its term ${this.#term}`);
     }
   }
+}
+
+/**
+ * Leader messages that carry no promise about the sender's durable state, so
+ * they leave while the Ready that made them is still being persisted (Raft
+ * thesis 10.2.1: the leader writes its log in parallel with replicating it,
+ * and counts its own copy only once durable). Everything else waits for every
+ * storage write handed out so far: a vote (granted or asked for oneself), an
+ * append or snapshot ack each promise something is on disk, and any message
+ * promises its term is.
+ */
+const SEND_BEFORE_PERSIST: ReadonlySet<MessageType> = new Set(['append', 'heartbeat', 'snapshot_chunk', 'timeout_now', 'read_index_response']);
+
+/** Whether a message queued while in `role` may leave before the storage writes handed out so far are durable. */
+export function sendsBeforePersist(role: Role, m: Message): boolean {
+  return role === 'leader' && SEND_BEFORE_PERSIST.has(m.type);
 }
 
 function sameHardState(a: HardState, b: HardState): boolean {

@@ -1,15 +1,22 @@
 /**
  * The core's in-memory view of its log: a snapshot base plus every entry
- * after it, split by `stable` into what the driver has persisted and what a
- * Ready still has to hand it.
+ * after it, split three ways: through `stable` the driver has persisted;
+ * through `inProgress` it has been handed them in a Ready whose write is
+ * still under way (storage writes are asynchronous, several may be queued);
+ * after that, the next Ready hands them out.
  *
  * Invariants (asserted):
  * - entries are contiguous from snapshot.index + 1 and their terms never decrease;
  * - snapshot.index <= applied <= committed <= lastIndex;
  * - committed entries are never truncated or overwritten;
  * - committed never decreases, and applied never decreases;
- * - stable <= lastIndex, and an overwrite below it pulls it back, so the next
- *   Ready re-persists from the first changed index.
+ * - stable <= lastIndex and inProgress <= lastIndex (stable may lag the
+ *   snapshot index while a snapshot from the leader is being persisted); an
+ *   overwrite below either
+ *   pulls it back, so the next Ready re-persists from the first changed index
+ *   (a write of the old entries still under way lands first, in queue order,
+ *   and the newer write replaces them; its completion then finds the log
+ *   changed there and marks nothing stable, see stableTo).
  * The membership in force is the latest config entry in the log, committed
  * or not (the dissertation's rule), falling back to the snapshot's.
  */
@@ -25,12 +32,16 @@ export class RaftLog {
   #snapshot: Snapshot;
   #entries: Entry[];
   #stable: number;
+  /** Last index handed to the driver for persisting (>= stable once the write is under way). */
+  #inProgress: number;
   #committed: number;
   #applied: number;
   /** Indices of the config entries in #entries, ascending. */
   #configIndices: number[] = [];
   /** A snapshot received from the leader that the driver has not persisted yet. */
   #pendingSnapshot = false;
+  /** That snapshot was handed out in a Ready (its write is under way). */
+  #snapshotInProgress = false;
 
   constructor(snapshot: Snapshot, entries: readonly Entry[], committed: number, applied: number) {
     this.#snapshot = snapshot;
@@ -49,6 +60,7 @@ export class RaftLog {
       term = entry.term;
     }
     this.#stable = this.lastIndex;
+    this.#inProgress = this.#stable;
     this.#applied = Math.max(applied, snapshot.meta.index);
     // Only committed entries are ever applied, so a durable state machine that
     // got ahead of a commit index written without fsync proves the commit.
@@ -90,6 +102,16 @@ export class RaftLog {
 
   get hasPendingSnapshot(): boolean {
     return this.#pendingSnapshot;
+  }
+
+  /** A received snapshot waits to be handed out for persisting. */
+  get hasSnapshotToPersist(): boolean {
+    return this.#pendingSnapshot && !this.#snapshotInProgress;
+  }
+
+  /** Entries wait to be handed out for persisting. */
+  get hasEntriesToPersist(): boolean {
+    return this.#inProgress < this.lastIndex;
   }
 
   /** Term of the entry at index, or undefined when compacted away or not yet there. */
@@ -183,6 +205,7 @@ export class RaftLog {
       this.#entries.length = first.index - this.firstIndex;
       while ((this.#configIndices.at(-1) ?? 0) >= first.index) this.#configIndices.pop();
       this.#stable = Math.min(this.#stable, first.index - 1);
+      this.#inProgress = Math.min(this.#inProgress, first.index - 1);
     }
     for (const entry of entries) {
       invariant(entry.term >= this.lastTerm, () => `entry term ${entry.term} at ${entry.index} below ${this.lastTerm}`);
@@ -201,8 +224,18 @@ export class RaftLog {
     this.#committed = index;
   }
 
-  unstableEntries(): Entry[] {
-    return this.#entries.slice(this.#stable + 1 - this.firstIndex);
+  /** Entries not yet handed out for persisting; they are in progress from now on. */
+  takeEntriesToPersist(): Entry[] {
+    const entries = this.#entries.slice(this.#inProgress + 1 - this.firstIndex);
+    this.#inProgress = this.lastIndex;
+    return entries;
+  }
+
+  /** The pending snapshot, handed out for persisting (null if none waits). */
+  takeSnapshotToPersist(): Snapshot | null {
+    if (!this.hasSnapshotToPersist) return null;
+    this.#snapshotInProgress = true;
+    return this.#snapshot;
   }
 
   /** The driver persisted entries through (index, term); ignored if the log has since changed there. */
@@ -212,7 +245,11 @@ export class RaftLog {
 
   /** The driver persisted the snapshot at `index`; a newer one received meanwhile stays pending. */
   snapshotPersisted(index: number): void {
-    if (this.#snapshot.meta.index === index) this.#pendingSnapshot = false;
+    if (this.#snapshot.meta.index === index && this.#snapshotInProgress) {
+      this.#pendingSnapshot = false;
+      this.#snapshotInProgress = false;
+      if (index > this.#stable) this.#stable = index;
+    }
   }
 
   /** Committed entries not yet handed to the state machine, bounded by maxBytes (at least one). */
@@ -242,13 +279,18 @@ export class RaftLog {
   restore(snapshot: Snapshot): void {
     const { index } = snapshot.meta;
     invariant(index > this.#committed, () => `restore of snapshot ${index} at or below commit ${this.#committed}`);
+    // Durable and still true of the new log: what was committed before (an
+    // uncommitted stored tail may differ from the snapshot). The snapshot
+    // counts as stable once its own write lands (snapshotPersisted).
+    this.#stable = Math.min(this.#stable, this.#committed);
     this.#snapshot = snapshot;
     this.#entries = [];
     this.#configIndices = [];
     this.#committed = index;
     this.#applied = index;
-    this.#stable = index;
+    this.#inProgress = index;
     this.#pendingSnapshot = true;
+    this.#snapshotInProgress = false;
   }
 
   get membership(): Membership {

@@ -3,12 +3,15 @@
  * log store, a transport and a state machine, and turns the core's batches
  * into answers for clients (a proposal's result, a linearizable read).
  *
- * One Ready is in flight at a time and its steps run in the order the core's
- * contract demands: persist (snapshot, entries, hard state; fsync'd when the
- * Ready says so), then send, then install/apply, then advance. Inputs that
- * arrive while a Ready is being persisted accumulate in the core and leave in
- * the next Ready: that is the group commit, one fsync for everything that
- * arrived during the previous one.
+ * Storage writes are asynchronous and pipelined (the core's contract,
+ * types.ts Ready): a Ready's write is queued and the driver moves on at once,
+ * so the next Ready's work (replicating new proposals, applying what
+ * committed, answering followers) overlaps the fsync. The store commits the
+ * writes queued while one is syncing together (group commit), in order; when
+ * one lands the driver tells the core (persisted(), which may let a leader
+ * commit on its own copy) and releases the messages that waited for it (acks,
+ * votes). Committed entries are applied as soon as a Ready names them: they
+ * are durable on a majority already.
  *
  * Client-facing invariants:
  * - Every wait is bounded by the caller's deadline and ends in a result or a
@@ -22,6 +25,7 @@
  *   before the read began.
  * - A storage failure is fatal: the node stops rather than send what it
  *   could not persist.
+ * - stop() waits for every queued write, so everything acknowledged is on disk.
  */
 import type { Logger } from '../../log.ts';
 import type { ProposalResult, RaftMetrics } from '../../metrics/metrics.ts';
@@ -31,7 +35,6 @@ import type {
   ConfigChange,
   DropReason,
   Message,
-  MessageType,
   NodeId,
   PersistedState,
   ProposeResult,
@@ -131,18 +134,6 @@ const TRANSIENT_DROPS: ReadonlySet<DropReason> = new Set([
   'learner_behind',
 ]);
 
-/**
- * Leader messages that carry no promise about the sender's durable state.
- * Everything else waits for the persist: a vote (granted or requested for
- * oneself) and an append or snapshot ack each promise something is on disk.
- */
-const SEND_BEFORE_PERSIST: ReadonlySet<MessageType> = new Set(['append', 'heartbeat', 'snapshot_chunk', 'timeout_now', 'read_index_response']);
-
-/** Whether a message of a Ready made in `role` may leave before that Ready is persisted (shared with the simulator). */
-export function sendsBeforePersist(role: Role, m: Message): boolean {
-  return role === 'leader' && SEND_BEFORE_PERSIST.has(m.type);
-}
-
 function deadlineError(what: string, ms: number, leader: NodeId | null): RaftClientError {
   const state = leader === null ? 'no leader is known (no quorum reachable?)' : `the leader is ${leader}`;
   return new RaftClientError('timeout', `${what} did not complete within ${ms} ms; ${state}`, leader);
@@ -167,6 +158,10 @@ export class RaftNode<R> {
   #progress = Promise.withResolvers<void>();
   #role: Role = 'follower';
   #leader: NodeId | null = null;
+  /** The last storage write queued (it settles after every earlier one); null once it landed. */
+  #lastWrite: Promise<void> | null = null;
+  /** A snapshot being saved; the next is not taken before it lands. */
+  #snapshotting: Promise<void> | null = null;
 
   constructor(opts: RaftNodeOptions<R>) {
     this.id = opts.id;
@@ -352,6 +347,8 @@ export class RaftNode<R> {
     this.#stopped = true;
     clearInterval(this.#ticker);
     await this.#loop.idle();
+    // What was acknowledged waits on these writes; let them land (a failure already stopped the node).
+    await Promise.allSettled([this.#lastWrite, this.#snapshotting]);
     this.#failAll(new RaftClientError('stopped', 'raft node is stopping'));
   }
 
@@ -500,23 +497,14 @@ export class RaftNode<R> {
 
   async #handle(ready: Ready): Promise<void> {
     if (ready.softState !== null) this.#onSoftState(ready.softState.role, ready.softState.leader);
-    // A Ready whose only change is the commit index is not written: the commit
-    // index may be lost in a crash (it is relearned from the leader, or from
-    // the applied index), and an fsync for it would delay the next batch of
-    // entries. It reaches disk with the next Ready that must sync.
-    const persisting = ready.snapshot !== null || ready.entries.length > 0 || (ready.hardState !== null && ready.mustSync);
-    if (persisting) {
-      // A leader's appends and heartbeats promise nothing about its own disk,
-      // so they go out while it syncs (Raft thesis 10.2.1): the followers'
-      // fsyncs overlap the leader's. Safe because the core counts the
-      // leader's own match only after advance(), i.e. after this persist.
-      const role = this.#role;
-      this.#sendAll(ready.messages.filter((m) => sendsBeforePersist(role, m)));
-      await this.#opts.store.persist(ready);
-      this.#sendAll(ready.messages.filter((m) => !sendsBeforePersist(role, m)));
-    } else {
-      this.#sendAll(ready.messages);
-    }
+    // A Ready without mustSync is not written: its hard state differs only in
+    // the commit index, which may be lost in a crash (it is relearned from the
+    // leader, or from the applied index). It reaches disk with the next write.
+    if (ready.mustSync) this.#queueWrite(ready);
+    // A leader's appends and heartbeats go out while its own write syncs (Raft
+    // thesis 10.2.1): the followers' fsyncs overlap the leader's.
+    this.#sendAll(ready.messages);
+    this.#sendAfterWrites(ready.persistMessages);
     if (ready.snapshot !== null) this.#install(ready.snapshot);
     for (const entry of ready.committed) {
       if (entry.kind === 'normal' && entry.data.length > 0) {
@@ -540,6 +528,37 @@ export class RaftNode<R> {
       m.appliedIndex.set(this.#applied);
     }
     if (ready.committed.length > 0 || ready.softState !== null || ready.readStates.length > 0) this.#signalProgress();
+  }
+
+  /** Queues the Ready's write; once it lands (after every earlier one) the core hears of it. */
+  #queueWrite(ready: Ready): void {
+    const write = this.#opts.store.persist(ready).then(() => {
+      if (this.#lastWrite === write) this.#lastWrite = null;
+      if (this.#failure !== null) return;
+      try {
+        this.#core.persisted(ready);
+      } catch (err) {
+        this.#fail(err);
+        return;
+      }
+      this.#schedule();
+    });
+    write.catch((err: unknown) => this.#fail(err));
+    this.#lastWrite = write;
+  }
+
+  /** Sends once every write queued so far is durable (at once if none is pending). */
+  #sendAfterWrites(messages: readonly Message[]): void {
+    if (messages.length === 0) return;
+    const pending = this.#lastWrite;
+    if (pending === null) {
+      this.#sendAll(messages);
+      return;
+    }
+    // A failed write stops the node: nothing that waited for it leaves.
+    pending.then(() => {
+      if (this.#failure === null) this.#sendAll(messages);
+    }, () => {});
   }
 
   #onSoftState(role: Role, leader: NodeId | null): void {
@@ -610,11 +629,20 @@ export class RaftNode<R> {
 
   async #maybeSnapshot(): Promise<void> {
     const applied = this.#applied;
-    if (applied - this.#core.snapshotIndex < this.#opts.snapshotEntries) return;
+    if (this.#snapshotting !== null || applied - this.#core.snapshotIndex < this.#opts.snapshotEntries) return;
+    // A follower may apply entries its own disk does not hold yet (they are
+    // durable on a majority); a snapshot at such an index would drop them
+    // from storage before they landed. The next batch tries again.
+    if (applied > this.#core.stableIndex) return;
     const data = this.#opts.machine.snapshot();
     const meta = this.#core.compact(applied, data);
-    await this.#opts.store.saveSnapshot({ meta, data });
-    this.#log.info({ index: meta.index, term: meta.term, bytes: data.byteLength }, 'raft snapshot taken; log compacted');
+    // Queued behind the log writes (storage keeps order); the Ready loop goes on meanwhile.
+    const saving = this.#opts.store.saveSnapshot({ meta, data }).then(() => {
+      this.#snapshotting = null;
+      this.#log.info({ index: meta.index, term: meta.term, bytes: data.byteLength }, 'raft snapshot taken; log compacted');
+    });
+    saving.catch((err: unknown) => this.#fail(err));
+    this.#snapshotting = saving;
   }
 
   #fail(err: unknown): void {

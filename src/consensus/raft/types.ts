@@ -8,8 +8,9 @@
  * - A config entry carries the whole membership it establishes, not a delta,
  *   so the membership in force at any index is the latest config entry at or
  *   before it (or the snapshot's), and truncating a log reverts it for free.
- * - Every message carries the sender's current term; a message is sent only
- *   after the Ready that produced it has been persisted (see Ready).
+ * - Every message carries the sender's current term; a message that
+ *   promises anything about the sender's disk is sent only once every storage
+ *   write handed out up to its Ready is durable (see Ready).
  * - Every queue and batch has an explicit bound in RaftConfig.
  */
 import { DwcpError } from '../../errors.ts';
@@ -180,14 +181,27 @@ export interface ReadState {
 }
 
 /**
- * One batch of work for the driver. The order is the contract:
- *  1. persist `snapshot` (it replaces the whole stored log), then `entries`
- *     (first deleting any stored entry with index >= entries[0].index), then
- *     `hardState`, durably when `mustSync`;
- *  2. only then send `messages` (a vote or an append ack promises durability);
- *  3. restore the state machine from `snapshot` if set, then apply
- *     `committed` in order, then serve `readStates` whose index is applied;
- *  4. call advance(ready) before asking for the next Ready.
+ * One batch of work for the driver. Storage writes are asynchronous: the
+ * driver starts a Ready's write and goes on to the next Ready without waiting
+ * for it (etcd's AsyncStorageWrites). The contract:
+ *  1. if `mustSync`, queue one durable write of `snapshot` (it replaces the
+ *     whole stored log), then `entries` (first deleting any stored entry with
+ *     index >= entries[0].index), then `hardState`. Writes land whole, in the
+ *     order their Readys were handed out (a crash loses a suffix of them).
+ *     Without mustSync nothing is written: `hardState` then differs only in
+ *     its commit index, which may be lost in a crash (it is relearned);
+ *  2. send `messages` now: a leader's appends, heartbeats and the like, which
+ *     promise nothing about its own disk;
+ *  3. send `persistMessages` only once this Ready's write and every earlier
+ *     one are durable (at once if none is pending): a vote, an append ack,
+ *     any message at a term the disk may not hold yet;
+ *  4. restore the state machine from `snapshot` if set, then apply
+ *     `committed` in order (committed entries are durable on a majority, not
+ *     necessarily here yet), then serve `readStates` whose index is applied;
+ *  5. call advance(ready) before asking for the next Ready, and
+ *     persisted(ready) once a mustSync Ready's write is durable, in order.
+ * The leader counts its own copy of an entry towards a quorum only once
+ * persisted() says it is durable.
  */
 export interface Ready {
   readonly hardState: HardState | null;
@@ -195,7 +209,10 @@ export interface Ready {
   readonly entries: readonly Entry[];
   readonly mustSync: boolean;
   readonly committed: readonly Entry[];
+  /** May leave at once. */
   readonly messages: readonly Message[];
+  /** Leave once every write handed out so far, this Ready's included, is durable. */
+  readonly persistMessages: readonly Message[];
   readonly readStates: readonly ReadState[];
   /** Set when role or known leader changed since the previous Ready (for status and metrics). */
   readonly softState: { readonly role: Role; readonly leader: NodeId | null } | null;
