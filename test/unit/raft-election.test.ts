@@ -42,6 +42,22 @@ describe('raft election', () => {
     expect(c.node('solo').applied.get(index)?.kind).toBe('normal');
   });
 
+  it('answers a vote request from an older term with its own term, so the candidate catches up instead of campaigning below it', () => {
+    const core = new RaftCore({ id: 'n3', storage: bootstrapState(IDS), random: () => 0, config: { preVote: false } });
+    for (let t = 0; t < 10; t++) core.tick(); // n3 campaigns: term 2
+    expect(core.term).toBe(2);
+    drain(core);
+    expect(core.role).toBe('candidate');
+    core.step({ type: 'vote_request', from: 'n1', to: 'n3', term: 1, preVote: false, transfer: false, lastIndex: 9, lastTerm: 1 });
+    const out = drain(core);
+    expect(out).toContainEqual(expect.objectContaining({ type: 'vote_response', to: 'n1', term: 2, granted: false, preVote: false }));
+    // The stale candidate steps down to the newer term on hearing it.
+    const n1 = new RaftCore({ id: 'n1', storage: bootstrapState(IDS), random: () => 0, config: { preVote: false } });
+    n1.step(out.find((m) => m.type === 'vote_response') as Parameters<RaftCore['step']>[0]);
+    expect(n1.term).toBe(2);
+    expect(n1.role).toBe('follower');
+  });
+
   it('PreVote: a partitioned node does not inflate its term or disrupt the leader when it returns', () => {
     const c = new ScriptedCluster(IDS);
     c.elect('n1');
@@ -182,3 +198,13 @@ describe('raft election', () => {
     expect(() => n2.step({ type: 'heartbeat', from: 'n1', to: 'n2', term: -1, commit: 0, readSeq: 0 })).toThrow(/term must be/);
   });
 });
+
+function drain(core: RaftCore): Parameters<RaftCore['step']>[0][] {
+  const out: Parameters<RaftCore['step']>[0][] = [];
+  for (let ready = core.ready(); ready !== null; ready = core.ready()) {
+    out.push(...ready.messages, ...ready.persistMessages);
+    core.advance(ready);
+    if (ready.mustSync) core.persisted(ready);
+  }
+  return out;
+}

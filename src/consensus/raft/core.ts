@@ -513,13 +513,21 @@ export class RaftCore {
     this.#messages.push({ ...m, from: this.id, term });
   }
 
-  /** A message from an older term: tell a stale leader or pre-candidate our term so it stands down. */
+  /**
+   * A message from an older term: tell a stale leader or (pre-)candidate our
+   * term so it stands down. A candidate must hear it even when we would never
+   * ask it for a vote: after a membership change two nodes can hold different
+   * configurations (each follows the latest config entry in its own log), and
+   * a candidate whose term lags one voter's, and whom that voter does not
+   * count as a voter, would otherwise campaign below that term for ever (the
+   * simulator found such a run). A refusal promises nothing.
+   */
   #answerStale(m: Message): void {
     const fromLeader = m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot_chunk';
     if (fromLeader && (this.#config.checkQuorum || this.#config.preVote)) {
       this.#send({ type: 'heartbeat_response', to: m.from, readSeq: 0 });
-    } else if (m.type === 'vote_request' && m.preVote) {
-      this.#send({ type: 'vote_response', to: m.from, preVote: true, granted: false });
+    } else if (m.type === 'vote_request') {
+      this.#send({ type: 'vote_response', to: m.from, preVote: m.preVote, granted: false });
     }
   }
 
