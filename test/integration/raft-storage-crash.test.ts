@@ -17,7 +17,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { RaftStorage } from '../../src/consensus/raft/storage.ts';
 import type { Entry, PersistedState } from '../../src/consensus/raft/types.ts';
 import { Prng } from '../sim/prng.ts';
-import { CRASH_VOTE, crashEntry, crashSnapshot, crashTerm } from '../support/raft-storage-writer.ts';
+import { CRASH_VOTE, crashEntry, crashSnapshot, crashTerm, SEGMENT_BYTES } from '../support/raft-storage-writer.ts';
 
 const WRITER = fileURLToPath(new URL('../support/raft-storage-writer.ts', import.meta.url));
 const ROUNDS = 8;
@@ -109,15 +109,16 @@ it(`keeps every acknowledged write across ${ROUNDS} SIGKILLs (seed ${SEED})`, { 
     const result = await runWriter(dir, killAfter, delayMs, acks);
     expect(result.signal, `${context}: the writer should die by SIGKILL; stderr: ${result.stderr}`).toBe('SIGKILL');
 
-    const storage = await RaftStorage.open(dir, { onRepair: (m) => repairs.push(m) });
+    const storage = await RaftStorage.open(dir, { segmentBytes: SEGMENT_BYTES, onRepair: (m) => repairs.push(m) });
     try {
       const state = storage.load();
       expect(shortfall(state, acks), `${context}: acked through ${acks.lastIndex}`).toBeNull();
     } finally {
       await storage.close();
     }
-    // LMDB commits are atomic: a kill leaves no torn record for load() to repair.
-    expect(repairs, context).toEqual([]);
+    // A kill may cut a write short (the kernel can stop a write to a file part-way for a fatal
+    // signal); what that leaves must be recognised as such, and nothing acked may be in it.
+    for (const repair of repairs.splice(0)) expect(repair, context).toMatch(/a write cut short by a crash, never acknowledged/);
   }
   expect(acks.lastIndex, `seed ${SEED}`).toBeGreaterThan(ROUNDS);
   expect(acks.snapshot, `seed ${SEED}: some round should have compacted`).toBeGreaterThan(0);

@@ -8,7 +8,8 @@
  * can check what it finds after any kill without being told what was written.
  * The workload exercises every write path: plain appends, overwrites of the
  * tail (same content, so acked entries stay right), two persist() calls
- * sharing a group commit, and saveSnapshot compaction.
+ * sharing a group commit, and saveSnapshot compaction, on small log segments
+ * so that new segments are started and old ones deleted all along.
  */
 import { fileURLToPath } from 'node:url';
 import { RaftStorage } from '../../src/consensus/raft/storage.ts';
@@ -18,6 +19,7 @@ export const CRASH_VOTE = 'n1';
 const MEMBERSHIP = { voters: ['n1', 'n2', 'n3'], learners: ['n4'] };
 const MAX_RUN_MS = 20_000;
 const MAX_INDEX = 200_000;
+export const SEGMENT_BYTES = 64 * 1024;
 
 export function crashTerm(index: number): number {
   return 1 + Math.floor(index / 40);
@@ -44,7 +46,8 @@ function entriesFrom(from: number, to: number): Entry[] {
 }
 
 async function run(dir: string): Promise<void> {
-  const storage = await RaftStorage.open(dir);
+  // Small segments, so that kills also land while a segment is started, filled or released.
+  const storage = await RaftStorage.open(dir, { segmentBytes: SEGMENT_BYTES });
   const state = storage.load();
   let snapshotIndex = state?.snapshot.meta.index ?? 0;
   let last = state?.entries.at(-1)?.index ?? snapshotIndex;

@@ -1,14 +1,14 @@
 /**
- * RaftStorage on a real LMDB environment in a temp dir: round trips, log
- * overwrite and compaction, reopen, load-time checks against records damaged
- * through a raw lmdb handle (bypassing the encoder), and group commit.
+ * RaftStorage on real files in a temp dir: round trips, log overwrite and
+ * compaction, segment rotation and release, reopen, open/load-time checks
+ * against log segments and snapshot files damaged in place (bypassing the
+ * encoder), and group commit.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { open } from 'lmdb';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { entryKey, RaftStorage, STORAGE_LAYOUT, StorageCorruptionError } from '../../src/consensus/raft/storage.ts';
+import { RaftStorage, STORAGE_LAYOUT, StorageCorruptionError } from '../../src/consensus/raft/storage.ts';
 import type { StorageTimings } from '../../src/consensus/raft/storage.ts';
 import type { Entry, HardState, PersistedState, Snapshot } from '../../src/consensus/raft/types.ts';
 import { RaftInputError } from '../../src/consensus/raft/types.ts';
@@ -28,6 +28,7 @@ afterEach(async () => {
 interface OpenOptions {
   onWrite?: (t: StorageTimings) => void;
   onRepair?: (message: string) => void;
+  segmentBytes?: number;
 }
 
 async function openStorage(options: OpenOptions = {}): Promise<RaftStorage> {
@@ -79,30 +80,51 @@ function indices(state: PersistedState | null): number[] {
   return (state?.entries ?? []).map((e) => e.index);
 }
 
-/** Edits stored records through a plain lmdb handle, as media damage or a stray writer would. */
-async function tamper(edit: (raw: RawTables) => void): Promise<void> {
-  const raw = rawTables(dir);
-  raw.root.transactionSync(() => edit(raw));
-  await raw.root.close();
+/** The frames of one segment file as stored: where each starts, its kind and (for entries) its index. */
+interface StoredFrame {
+  offset: number;
+  length: number;
+  kind: number;
+  index: number | null;
 }
 
-type RawTables = ReturnType<typeof rawTables>;
-
-function rawTables(path: string) {
-  const root = open<Buffer, string>(path, { encoding: 'binary', overlappingSync: false });
-  return {
-    root,
-    entries: root.openDB<Buffer, Buffer>(STORAGE_LAYOUT.entries, { keyEncoding: 'binary', encoding: 'binary' }),
-    meta: root.openDB<Buffer, string>(STORAGE_LAYOUT.meta, { encoding: 'binary' }),
-    snapshot: root.openDB<Buffer, number>(STORAGE_LAYOUT.snapshot, { keyEncoding: 'uint32', encoding: 'binary' }),
-  };
+async function segments(): Promise<string[]> {
+  return (await readdir(dir)).filter((n) => n.endsWith('.wal')).sort();
 }
 
-function flipLastByte(value: Buffer | undefined, what: string): Buffer {
-  if (value === undefined) throw new Error(`${what} is not stored`);
-  const copy = Buffer.from(value);
-  copy[copy.length - 1] = (copy[copy.length - 1] ?? 0) ^ 0x5a;
-  return copy;
+async function frames(segment: string): Promise<StoredFrame[]> {
+  const buf = await readFile(join(dir, segment));
+  const out: StoredFrame[] = [];
+  for (let at = 16; at + 8 <= buf.length; ) {
+    const length = buf.readUInt32BE(at);
+    if (length === 0) break;
+    const kind = buf[at + 8] ?? 0;
+    const index = kind === 1 || kind === 2 ? buf.readUInt32BE(at + 13) : null;
+    out.push({ offset: at, length, kind, index });
+    at += 8 + length;
+  }
+  return out;
+}
+
+/** Changes bytes of a stored file in place, as media damage or a torn write would. */
+async function edit(name: string, change: (buf: Buffer) => void): Promise<void> {
+  const path = join(dir, name);
+  const buf = await readFile(path);
+  change(buf);
+  await writeFile(path, buf);
+}
+
+async function frameOf(index: number): Promise<{ segment: string; frame: StoredFrame }> {
+  for (const segment of await segments()) {
+    const frame = (await frames(segment)).find((f) => f.index === index);
+    if (frame !== undefined) return { segment, frame };
+  }
+  throw new Error(`entry ${index} is not stored`);
+}
+
+function flipLastByte(buf: Buffer, frame: StoredFrame): void {
+  const at = frame.offset + 8 + frame.length - 1;
+  buf[at] = (buf[at] ?? 0) ^ 0x5a;
 }
 
 const HARD: HardState = { term: 3, vote: 'node-b', commit: 5 };
@@ -173,10 +195,10 @@ describe('RaftStorage log changes', () => {
     expect(sixth?.kind === 'normal' && new TextDecoder().decode(sixth.data)).toBe('new-6');
   });
 
-  it('compacts through saveSnapshot: entries up to the snapshot go, later ones stay', async () => {
+  it('compacts through saveSnapshot: entries up to the snapshot go, later ones stay, and only the newest snapshot file is kept', async () => {
     let storage = await openStorage();
     await storage.persist(persistOf(range(1, 10, 1), { term: 1, vote: null, commit: 8 }));
-    const snapshot = snapshotOf(6, 1, 2.5 * STORAGE_LAYOUT.snapshotChunkBytes); // three chunks
+    const snapshot = snapshotOf(6, 1, 2_500_000);
     await storage.saveSnapshot(snapshot);
     storage = await reopen(storage);
     let state = storage.load();
@@ -185,14 +207,44 @@ describe('RaftStorage log changes', () => {
     expect(indices(state)).toEqual([7, 8, 9, 10]);
     expect(state?.applied).toBe(6);
 
-    // A later, smaller snapshot leaves no chunk of the old one behind.
+    // A later, smaller snapshot replaces the file of the old one.
     const smaller = snapshotOf(9, 1, 100, 42);
     await storage.saveSnapshot(smaller);
     storage = await reopen(storage);
     state = storage.load();
     expect(Array.from(state?.snapshot.data ?? [])).toEqual(Array.from(smaller.data));
     expect(indices(state)).toEqual([10]);
-    await tamper(({ snapshot }) => expect([...snapshot.getKeys()]).toEqual([0, 1]));
+    expect((await readdir(dir)).filter((n) => n.endsWith('.snap'))).toEqual([STORAGE_LAYOUT.snapshotFile(9)]);
+  });
+
+  it('starts new segments when one is full, each repeating the durable base and hard state, and deletes those a snapshot covers', async () => {
+    let storage = await openStorage({ segmentBytes: 4096 });
+    for (let i = 1; i <= 60; i++) await storage.persist(persistOf([normal(i, 1, 'x'.repeat(100))], { term: 1, vote: 'b', commit: i - 1 }));
+    expect((await segments()).length).toBeGreaterThan(2);
+    await storage.saveSnapshot(snapshotOf(50, 1, 10));
+    const left = await segments();
+    // Only segments holding entries above 50 (and the active one) stay.
+    for (const segment of left.slice(0, -1)) expect(Math.max(...(await frames(segment)).map((f) => f.index ?? 0))).toBeGreaterThan(50);
+    for (let i = 61; i <= 80; i++) await storage.persist(persistOf([normal(i, 1, 'y'.repeat(100))], { term: 1, vote: 'b', commit: i - 1 }));
+    storage = await reopen(storage, { segmentBytes: 4096 });
+    const state = storage.load();
+    expect(state?.snapshot.meta.index).toBe(50);
+    expect(indices(state)).toEqual(Array.from({ length: 30 }, (_, i) => 51 + i));
+    expect(state?.hardState).toEqual({ term: 1, vote: 'b', commit: 79 });
+    // The newest segment begins with the base (kind 7) and the hard state (kind 3) durable before it.
+    const newest = await frames((await segments()).at(-1) ?? '');
+    expect(newest.slice(0, 2).map((f) => f.kind)).toEqual([7, 3]);
+  });
+
+  it('a snapshot installed from a Ready replaces the log even where the old log ran past it', async () => {
+    let storage = await openStorage();
+    await storage.persist(persistOf(range(1, 30, 1), { term: 1, vote: null, commit: 5 }));
+    const snapshot = snapshotOf(20, 3, 300);
+    await storage.persist(persistOf([normal(21, 3, 'after')], { term: 3, vote: null, commit: 20 }, snapshot));
+    storage = await reopen(storage);
+    const state = storage.load();
+    expect(state?.snapshot.meta.index).toBe(20);
+    expect(state?.entries.map((e) => [e.index, e.term])).toEqual([[21, 3]]);
   });
 
   it('rejects entries that are not contiguous, and text fields over the limit, naming them', async () => {
@@ -212,101 +264,112 @@ describe('RaftStorage log changes', () => {
   });
 });
 
-describe('RaftStorage load-time checks', () => {
+describe('RaftStorage open- and load-time checks', () => {
   async function storedLog(): Promise<void> {
     const storage = await RaftStorage.open(dir);
-    await storage.persist(persistOf(range(1, 10, 2), HARD)); // commit 5
+    for (let i = 1; i <= 10; i += 2) await storage.persist(persistOf(range(i, i + 1, 2), { ...HARD, commit: Math.min(5, i + 1) })); // commit 5
     await storage.close();
   }
 
-  it('drops a corrupt entry above the commit index and everything after it, durably, and says so', async () => {
-    await storedLog();
-    await tamper(({ entries }) => entries.putSync(entryKey(8), flipLastByte(entries.get(entryKey(8)), 'entry 8')));
+  /** What a crash in the middle of write() leaves: the frame's first bytes landed, the rest of it (whole sectors) did not. */
+  function tear(buf: Buffer, frame: StoredFrame): void {
+    const end = frame.offset + 8 + frame.length;
+    const firstSector = Math.ceil((frame.offset + 8) / 512) * 512;
+    buf.fill(0, Math.min(firstSector, end - 1));
+  }
+
+  it('drops a write cut short by a crash at the end of the log, durably, says so, and never reads the stale bytes behind the new end', async () => {
+    const storage0 = await RaftStorage.open(dir);
+    await storage0.persist(persistOf(range(1, 4, 2), { ...HARD, commit: 4 }));
+    // The last write: a large entry, so that its frame spans sectors.
+    await storage0.persist(persistOf([normal(5, 2, 'v'.repeat(3000)), normal(6, 2)], { ...HARD, commit: 4 }));
+    await storage0.close();
+    const { segment, frame } = await frameOf(5);
+    await edit(segment, (buf) => tear(buf, frame));
     const repairs: string[] = [];
     let storage = await openStorage({ onRepair: (m) => repairs.push(m) });
-    expect(indices(storage.load())).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(indices(storage.load())).toEqual([1, 2, 3, 4]);
     expect(repairs).toHaveLength(1);
-    expect(repairs[0]).toMatch(/log entry 8: checksum mismatch .*dropped the log from 8 on \(above the commit index 5\)/);
+    expect(repairs[0]).toMatch(/log segment 0+1\.wal at byte \d+: .*a write cut short by a crash, never acknowledged; dropped it \(the log ends at 4, at or above the commit index 4\)/);
+    // The rest of the segment was zeroed: nothing of the old write survives behind what comes next.
+    const raw = await readFile(join(dir, segment));
+    expect(raw.subarray(frame.offset).every((b) => b === 0)).toBe(true);
 
+    await storage.persist(persistOf([normal(5, 2, 'again')]));
     storage = await reopen(storage, { onRepair: (m) => repairs.push(m) });
-    expect(indices(storage.load())).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    const state = storage.load();
+    expect(indices(state)).toEqual([1, 2, 3, 4, 5]);
     expect(repairs).toHaveLength(1);
-    await storage.persist(persistOf([normal(8, 2, 'again')]));
+    const fifth = state?.entries.at(-1);
+    expect(fifth?.kind === 'normal' && new TextDecoder().decode(fifth.data)).toBe('again');
+  });
+
+  it('drops the pieces of a write whose first sector did not land', async () => {
+    await storedLog();
+    const { segment, frame } = await frameOf(9);
+    await edit(segment, (buf) => buf.fill(0, frame.offset, frame.offset + 8)); // its header never landed; the rest did
+    const repairs: string[] = [];
+    const storage = await openStorage({ onRepair: (m) => repairs.push(m) });
     expect(indices(storage.load())).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    expect(repairs[0]).toMatch(/data after the end of the log/);
   });
 
-  it('treats a gap above the commit index like damage', async () => {
+  it('throws StorageCorruptionError for a damaged record that is not a torn write, wherever it is', async () => {
     await storedLog();
-    await tamper(({ entries }) => entries.removeSync(entryKey(7)));
+    const { segment, frame } = await frameOf(9);
+    await edit(segment, (buf) => flipLastByte(buf, frame));
     const repairs: string[] = [];
-    const storage = await openStorage({ onRepair: (m) => repairs.push(m) });
-    expect(indices(storage.load())).toEqual([1, 2, 3, 4, 5, 6]);
-    expect(repairs[0]).toMatch(/log entry 7: missing \(the next stored entry is 8\)/);
-  });
-
-  it('catches a record stored under the wrong key', async () => {
-    await storedLog();
-    await tamper(({ entries }) => {
-      const ninth = entries.get(entryKey(9));
-      if (ninth === undefined) throw new Error('entry 9 is not stored');
-      entries.putSync(entryKey(8), ninth);
-    });
-    const repairs: string[] = [];
-    const storage = await openStorage({ onRepair: (m) => repairs.push(m) });
-    expect(indices(storage.load())).toEqual([1, 2, 3, 4, 5, 6, 7]);
-    expect(repairs[0]).toMatch(/log entry 8: record holds index 9/);
-  });
-
-  it('throws StorageCorruptionError naming the entry and the commit index when damage is at or below commit', async () => {
-    await storedLog();
-    await tamper(({ entries }) => entries.putSync(entryKey(5), flipLastByte(entries.get(entryKey(5)), 'entry 5')));
-    const repairs: string[] = [];
-    const storage = await openStorage({ onRepair: (m) => repairs.push(m) });
-    const error = (() => {
-      try {
-        storage.load();
-      } catch (e) {
-        return e;
-      }
-      return null;
-    })();
+    const error = await openStorage({ onRepair: (m) => repairs.push(m) }).then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(error).toBeInstanceOf(StorageCorruptionError);
-    expect((error as StorageCorruptionError).record).toBe('log entry 5');
-    expect((error as Error).message).toMatch(/log entry 5: checksum mismatch .*at or below the commit index 5/);
+    expect((error as Error).message).toMatch(/raft storage log segment 0+1\.wal: at byte \d+: checksum mismatch .*not a write cut short/);
     expect(repairs).toEqual([]);
   });
 
-  it('throws when committed entries are missing from the end of the log', async () => {
-    await storedLog();
-    await tamper(({ entries }) => {
-      for (const index of [4, 5, 6, 7, 8, 9, 10]) entries.removeSync(entryKey(index));
-    });
-    const storage = await openStorage();
-    expect(() => storage.load()).toThrow(/log entry 4: missing: the log ends at 3 but the commit index is 5/);
-  });
-
-  it('throws StorageCorruptionError for a damaged hard state', async () => {
-    await storedLog();
-    await tamper(({ meta }) => meta.putSync(STORAGE_LAYOUT.hardStateKey, flipLastByte(meta.get(STORAGE_LAYOUT.hardStateKey), 'hard state')));
-    const storage = await openStorage();
-    expect(() => storage.load()).toThrow(StorageCorruptionError);
-    expect(() => storage.load()).toThrow(/raft storage hard state: checksum mismatch/);
-  });
-
-  it('throws StorageCorruptionError for a damaged or missing snapshot chunk', async () => {
-    const storage = await openStorage();
-    await storage.persist(persistOf(range(1, 10, 1), { term: 1, vote: null, commit: 10 }));
-    await storage.saveSnapshot(snapshotOf(6, 1, 1.5 * STORAGE_LAYOUT.snapshotChunkBytes));
+  it('throws StorageCorruptionError for damage in a segment that is not the last', async () => {
+    const storage = await openStorage({ segmentBytes: 2048 });
+    for (let i = 1; i <= 40; i++) await storage.persist(persistOf([normal(i, 1, 'z'.repeat(100))], { term: 1, vote: null, commit: i - 1 }));
     await storage.close();
     opened.splice(0);
-    await tamper(({ snapshot }) => snapshot.putSync(2, flipLastByte(snapshot.get(2), 'chunk 2')));
-    let reopened = await openStorage();
-    expect(() => reopened.load()).toThrow(/raft storage snapshot 6 chunk 2 of 2: checksum mismatch/);
-    await reopened.close();
-    opened.splice(0);
-    await tamper(({ snapshot }) => snapshot.removeSync(2));
-    reopened = await openStorage();
-    expect(() => reopened.load()).toThrow(/raft storage snapshot 6 chunk 2 of 2: missing/);
+    const [first] = await segments();
+    const victim = (await frames(first ?? '')).at(-1);
+    if (first === undefined || victim === undefined) throw new Error('no frames');
+    await edit(first, (buf) => flipLastByte(buf, victim));
+    await expect(RaftStorage.open(dir, { segmentBytes: 2048 })).rejects.toThrow(/raft storage log segment 0+1\.wal: at byte \d+: checksum mismatch .*, in a segment that is not the last/);
+  });
+
+  it('throws when records do not fit together: a gap, or a term going down', async () => {
+    const storage = await openStorage();
+    await storage.persist(persistOf([normal(1, 2), normal(2, 2)], HARD));
+    // An entry record whose index skips one: written through the encoder, so only the order is wrong.
+    await storage.persist(persistOf([normal(4, 2)]));
+    expect(() => storage.load()).toThrow(/log entry 4: missing: the log ends at 2/);
+  });
+
+  it('throws StorageCorruptionError for a damaged, mismatched or missing snapshot file', async () => {
+    const storage = await openStorage();
+    await storage.persist(persistOf(range(1, 10, 1), { term: 1, vote: null, commit: 10 }));
+    await storage.saveSnapshot(snapshotOf(6, 1, 5000));
+    const name = STORAGE_LAYOUT.snapshotFile(6);
+    const original = await readFile(join(dir, name));
+    await edit(name, (buf) => {
+      buf[buf.length - 1] = (buf[buf.length - 1] ?? 0) ^ 1;
+    });
+    expect(() => storage.load()).toThrow(/raft storage snapshot 6 data: checksum mismatch/);
+    await edit(name, (buf) => {
+      original.copy(buf);
+      buf[20] = (buf[20] ?? 0) ^ 1; // inside the meta record
+    });
+    expect(() => storage.load()).toThrow(/raft storage snapshot 6 meta: checksum mismatch/);
+    await rm(join(dir, name));
+    expect(() => storage.load()).toThrow(/raft storage snapshot 6: missing: the log is based on it but snapshot-0+6\.snap does not exist/);
+  });
+
+  it('refuses a directory holding the LMDB log of an earlier version, saying what to do', async () => {
+    await writeFile(join(dir, 'data.mdb'), Buffer.alloc(16));
+    await expect(RaftStorage.open(dir)).rejects.toThrow(/holds an LMDB log \(data\.mdb\).*cannot read it/);
   });
 });
 
@@ -338,6 +401,7 @@ describe('RaftStorage group commit', () => {
     const rest = Array.from({ length: 50 }, (_, i) => storage.persist(persistOf([normal(i + 2, 1)])));
     await Promise.all([first, ...rest]);
     expect(writes.map((t) => t.entries)).toEqual([1, 50]);
+    expect(writes[1]?.syncSeconds).toBeGreaterThan(0);
     expect(indices(storage.load())).toHaveLength(51);
   });
 

@@ -1,68 +1,67 @@
 /**
- * Durable Raft storage: one LMDB environment holding one node's log, hard
- * state and latest snapshot, written in the order and with the durability the
- * Ready contract (types.ts) asks for, and read back whole at restart.
+ * Durable Raft storage: one node's log, hard state and latest snapshot in one
+ * directory, written in the order and with the durability the Ready contract
+ * (types.ts) asks for, and read back whole at restart. The log is a
+ * write-ahead log (src/storage/wal.ts: preallocated segments, one write and
+ * one fdatasync per group of Readys, as etcd's WAL); a snapshot is a file of
+ * its own, written and synced before the log record that refers to it.
  *
- * Layout (sub-databases of the environment at `dir`):
- * - `entries`: key = index as 8 bytes big-endian (so LMDB's byte order is log
- *   order), value = one entry record;
- * - `meta`: key "hard_state" = the hard state record;
- * - `snapshot`: key 0 = the snapshot meta record, keys 1..n = its data in
- *   1 MiB chunk records (a snapshot of hundreds of MB never needs one huge
- *   LMDB overflow run, and a damaged chunk is named by number).
- * Every record is `crc32 u32 | kind u8 | body`, big-endian, the CRC (zlib's
- * CRC-32) over kind and body (src/storage/lmdb-records.ts). Bodies (u64 = safe integer as two u32):
+ * Layout of `dir`:
+ * - `<seq>.wal`: the log's records, in the order they were persisted;
+ * - `snapshot-<index as 16 hex digits>.snap`: magic `DWCPSNP1`, one frame
+ *   (`length u32 | crc32 u32 | meta`) holding the snapshot meta record, then
+ *   the data. Only the snapshot the log refers to last is kept.
+ * A record is `kind u8 | body`, big-endian (the WAL frame checksums it).
+ * Bodies (u64 = safe integer as two u32):
  * - normal entry (kind 1): index u64, term u64, data (the rest);
  * - config entry (kind 2): index u64, term u64, membership;
  * - hard state (kind 3): term u64, commit u64, hasVote u8, [vote text];
- * - snapshot meta (kind 4): index u64, term u64, membership, dataBytes u64,
- *   chunks u32, dataCrc u32 (over the whole data);
- * - snapshot chunk (kind 5): snapshot index u64, chunk number u32, data;
+ * - snapshot meta (kind 4, in the snapshot file): index u64, term u64,
+ *   membership, dataBytes u64, dataCrc u32;
+ * - snapshot installed (kind 6): index u64, term u64: the log is replaced by
+ *   the snapshot at index (a leader's InstallSnapshot);
+ * - snapshot base (kind 7): index u64, term u64: entries up to index are
+ *   compacted into the snapshot at index (a compaction, or the start of a
+ *   segment, which repeats the base and the hard state durable so far);
  * - membership = voters count u32, texts, learners count u32, texts; text =
  *   u16 byte length + UTF-8.
+ * Replaying the records in order rebuilds the state: an entry at an index
+ * already in the log replaces it and everything after (an overwrite); one at
+ * or below the base is compacted and skipped; the last hard state wins.
  *
  * Invariants:
- * - A record carries its own index (entries, chunks), so one stored under the
- *   wrong key fails like a bad checksum does.
- * - One persist() or saveSnapshot() lands whole or not at all. The calls made
- *   in one event-loop turn, and those arriving while a commit is in flight,
- *   share one LMDB transaction and one fsync (group commit,
- *   src/storage/group-commit.ts); each resolves only once that transaction is
- *   on disk. The environment is opened without
- *   lmdb-js's overlappingSync, so its commit promise means "synced", not just
- *   "visible" (with overlappingSync the promise resolves before the fsync).
- * - Stored entries are contiguous from snapshot index + 1; a snapshot replaces
- *   every entry it covers.
- * - After a failed commit every later write is refused: what reached the disk
+ * - One persist() or saveSnapshot() lands whole or is lost whole with every
+ *   later one (a crash loses a suffix); each resolves only once durable, in
+ *   call order (a write waiting for its snapshot file holds back the later
+ *   ones, not only itself).
+ * - A snapshot file is synced, renamed into place and its directory synced
+ *   before the record naming it is written; it is deleted only once a record
+ *   naming a newer one is durable.
+ * - After a failed write every later write is refused: what reached the disk
  *   is then unknown, and a Raft node must not go on acknowledging on top of it.
- * - load() checks every record. Damage at or below the commit index throws
- *   StorageCorruptionError (committed data is gone); damage above it drops the
- *   log from there and says so through onRepair, because that is safe only if
- *   this node never acknowledged those entries, which storage cannot know.
+ * - open() checks every record. A torn write at the end of the log (a write
+ *   cut short by a crash, which was never acknowledged; see wal.ts for how it
+ *   is told from damage) is dropped, durably, and reported through onRepair,
+ *   unless the log would then end below the hard state's commit index
+ *   (StorageCorruptionError). Any other damage, a snapshot that fails its
+ *   checks or records that do not fit together are StorageCorruptionError:
+ *   nothing is guessed. (Unlike the LMDB layout before it, damage at the tail
+ *   is not dropped even above the commit index: the hard state that would
+ *   tell may be among what is damaged.)
  */
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
-import type { Database, RootDatabase } from 'lmdb';
-import { GroupCommit } from '../../storage/group-commit.ts';
-import type { CommitTimings } from '../../storage/group-commit.ts';
-import {
-  hex32,
-  openEnvironment,
-  RECORD_HEADER_BYTES,
-  recordBuffer,
-  recordHeaderProblem,
-  removeKeys,
-  stampChecksum,
-  u64FromKey,
-  u64Key,
-} from '../../storage/lmdb-records.ts';
+import { Wal, WalCorruptionError, type WalRecord, type WalTimings } from '../../storage/wal.ts';
 import type { Entry, HardState, Membership, PersistedState, Ready, Snapshot, SnapshotMeta } from './types.ts';
 import { EMPTY_MEMBERSHIP, RaftInputError } from './types.ts';
 import { DwcpError } from '../../errors.ts';
 
 export interface StorageTimings {
-  /** Encoding plus writing the records into the transaction. */
+  /** Encoding the records (and the group's buffer). */
   appendSeconds: number;
-  /** Committing the transaction, fsync included, until its promise resolved. */
+  /** write() and fdatasync() of the group, until both returned. */
   syncSeconds: number;
   entries: number;
   bytes: number;
@@ -71,10 +70,12 @@ export interface StorageTimings {
 export interface RaftStorageOptions {
   /** Skip fsync (tests, throwaway nodes): a crash of the machine may then lose acknowledged writes. */
   noSync?: boolean;
-  /** Called once per committed transaction. */
+  /** Called once per committed group. */
   onWrite?: (timings: StorageTimings) => void;
-  /** Called when load() drops a damaged log tail above the commit index; defaults to a process warning. */
+  /** Called when open() drops a damaged log tail above the commit index; defaults to a process warning. */
   onRepair?: (message: string) => void;
+  /** Size of a log segment; 16 MiB unless told (tests make it small to exercise rotation). */
+  segmentBytes?: number;
 }
 
 /** Stored data that fails its checks; `record` names it (e.g. "log entry 1234"). */
@@ -88,32 +89,31 @@ export class StorageCorruptionError extends DwcpError<'corrupt'> {
   }
 }
 
-/** Names and key shapes of the stored layout, for tools and tests that inspect it without the decoder. */
+/** Names in the stored layout, for tools and tests that inspect it without the decoder. */
 export const STORAGE_LAYOUT = {
-  entries: 'entries',
-  meta: 'meta',
-  snapshot: 'snapshot',
-  hardStateKey: 'hard_state',
-  snapshotMetaKey: 0,
-  snapshotChunkBytes: 1024 * 1024,
+  snapshotFile: (index: number) => `snapshot-${index.toString(16).padStart(16, '0')}.snap`,
+  snapshotMagic: 'DWCPSNP1',
+  segmentBytes: 16 * 1024 * 1024,
 } as const;
 
-const Kind = { normal: 1, config: 2, hardState: 3, snapshotMeta: 4, snapshotChunk: 5 } as const;
+const Kind = { normal: 1, config: 2, hardState: 3, snapshotMeta: 4, snapshotInstalled: 6, snapshotBase: 7 } as const;
 type Kind = (typeof Kind)[keyof typeof Kind];
 
 const MAX_TEXT_BYTES = 0xffff;
 const TWO_POW_32 = 2 ** 32;
-
-export const entryKey = u64Key;
+const SNAPSHOT_FILE = /^snapshot-([0-9a-f]{16})\.snap$/;
+/** The LMDB file of the layout before the write-ahead log. */
+const LEGACY_LMDB_FILE = 'data.mdb';
 
 // ------------------------------------------------------------------ records
 
 class RecordWriter {
   #buf: Buffer;
-  #pos = RECORD_HEADER_BYTES;
+  #pos = 1;
 
   constructor(kind: Kind, bodyBytesHint: number) {
-    this.#buf = recordBuffer(kind, bodyBytesHint);
+    this.#buf = Buffer.allocUnsafe(1 + bodyBytesHint);
+    this.#buf[0] = kind;
   }
 
   #reserve(bytes: number): void {
@@ -164,22 +164,20 @@ class RecordWriter {
   }
 
   finish(): Buffer {
-    return stampChecksum(this.#buf.subarray(0, this.#pos));
+    return this.#buf.subarray(0, this.#pos);
   }
 }
 
 class RecordReader {
-  readonly kind: Kind;
+  readonly kind: number;
   readonly #buf: Buffer;
   readonly #record: string;
-  #pos = RECORD_HEADER_BYTES;
+  #pos = 1;
 
-  constructor(buf: Buffer, record: string, kinds: readonly Kind[]) {
+  constructor(buf: Buffer, record: string) {
     this.#buf = buf;
     this.#record = record;
-    const problem = recordHeaderProblem(buf, kinds);
-    if (problem !== null) this.fail(problem);
-    this.kind = buf[4] as Kind;
+    this.kind = buf[0] ?? 0;
   }
 
   fail(problem: string): never {
@@ -269,13 +267,9 @@ function encodeEntry(entry: Entry): Buffer {
   return w.finish();
 }
 
-function decodeEntry(raw: Buffer, index: number): Entry {
-  const r = new RecordReader(raw, `log entry ${index}`, [Kind.normal, Kind.config]);
-  const stored = r.u64('index');
-  if (stored !== index) r.fail(`record holds index ${stored}`);
-  const term = r.u64('term');
-  if (term < 1) r.fail('term 0');
-  if (r.kind === Kind.normal) return { kind: 'normal', index, term, data: r.rest() };
+function decodeEntry(r: RecordReader, index: number, term: number): Entry {
+  // The record is copied out of the segment buffer: an entry kept in memory must not pin a whole segment.
+  if (r.kind === Kind.normal) return { kind: 'normal', index, term, data: Buffer.from(r.rest()) };
   const membership = r.membership('membership');
   r.end();
   return { kind: 'config', index, term, membership };
@@ -284,7 +278,7 @@ function decodeEntry(raw: Buffer, index: number): Entry {
 function encodeHardState(hs: HardState): Buffer {
   checkCount(hs.term, 'hard state term', 0);
   checkCount(hs.commit, 'hard state commit', 0);
-  const w = new RecordWriter(Kind.hardState, 19 + (hs.vote?.length ?? 0) * 3);
+  const w = new RecordWriter(Kind.hardState, 17 + (hs.vote?.length ?? 0) * 3 + 2);
   w.u64(hs.term);
   w.u64(hs.commit);
   w.u8(hs.vote === null ? 0 : 1);
@@ -292,8 +286,7 @@ function encodeHardState(hs: HardState): Buffer {
   return w.finish();
 }
 
-function decodeHardState(raw: Buffer): HardState {
-  const r = new RecordReader(raw, 'hard state', [Kind.hardState]);
+function decodeHardState(r: RecordReader): HardState {
   const term = r.u64('term');
   const commit = r.u64('commit');
   const hasVote = r.u8('vote flag');
@@ -303,219 +296,285 @@ function decodeHardState(raw: Buffer): HardState {
   return { term, vote, commit };
 }
 
-interface EncodedSnapshot {
-  readonly index: number;
-  readonly meta: Buffer;
-  /** Chunk records 1..n, encoded one at a time inside the transaction so a big snapshot is not copied whole. */
-  readonly chunks: () => Iterable<Buffer>;
-  readonly bytes: number;
+function encodeSnapshotMark(kind: typeof Kind.snapshotInstalled | typeof Kind.snapshotBase, index: number, term: number): Buffer {
+  const w = new RecordWriter(kind, 16);
+  w.u64(index);
+  w.u64(term);
+  return w.finish();
 }
 
-function encodeSnapshot(snapshot: Snapshot): EncodedSnapshot {
-  const { meta, data } = snapshot;
-  checkCount(meta.index, 'snapshot index', 0);
-  checkCount(meta.term, 'snapshot term', 0);
-  if (!(data instanceof Uint8Array)) throw new RaftInputError('raft storage: snapshot data must be a Uint8Array');
-  const chunkBytes = STORAGE_LAYOUT.snapshotChunkBytes;
-  const chunks = Math.ceil(data.length / chunkBytes);
-  const metaWriter = new RecordWriter(Kind.snapshotMeta, 32 + membershipHint(meta.membership));
-  metaWriter.u64(meta.index);
-  metaWriter.u64(meta.term);
-  metaWriter.membership(meta.membership, 'snapshot membership');
-  metaWriter.u64(data.length);
-  metaWriter.u32(chunks);
-  metaWriter.u32(crc32(data));
-  const metaRecord = metaWriter.finish();
-  function* chunkRecords(): Iterable<Buffer> {
-    for (let n = 1; n <= chunks; n++) {
-      const part = data.subarray((n - 1) * chunkBytes, n * chunkBytes);
-      const w = new RecordWriter(Kind.snapshotChunk, 12 + part.length);
-      w.u64(meta.index);
-      w.u32(n);
-      w.bytes(part);
-      yield w.finish();
-    }
-  }
-  const bytes = metaRecord.length + chunks * (RECORD_HEADER_BYTES + 12) + data.length;
-  return { index: meta.index, meta: metaRecord, chunks: chunkRecords, bytes };
+function encodeSnapshotMeta(meta: SnapshotMeta, data: Uint8Array): Buffer {
+  const w = new RecordWriter(Kind.snapshotMeta, 32 + membershipHint(meta.membership));
+  w.u64(meta.index);
+  w.u64(meta.term);
+  w.membership(meta.membership, 'snapshot membership');
+  w.u64(data.length);
+  w.u32(crc32(data));
+  return w.finish();
+}
+
+function checkSnapshot(snapshot: Snapshot): void {
+  checkCount(snapshot.meta.index, 'snapshot index', 0);
+  checkCount(snapshot.meta.term, 'snapshot term', 0);
+  if (!(snapshot.data instanceof Uint8Array)) throw new RaftInputError('raft storage: snapshot data must be a Uint8Array');
+}
+
+function hex32(value: number): string {
+  return value.toString(16).padStart(8, '0');
 }
 
 const EMPTY_SNAPSHOT: Snapshot = { meta: { index: 0, term: 0, membership: EMPTY_MEMBERSHIP }, data: new Uint8Array(0) };
 const ZERO_HARD_STATE: HardState = { term: 0, vote: null, commit: 0 };
 
+// ------------------------------------------------------------------ replay
+
+interface Replayed {
+  hardState: HardState | null;
+  /** The snapshot the log is based on (index 0: none). */
+  base: { index: number; term: number };
+  entries: Entry[];
+  /** Whether any record was found. */
+  any: boolean;
+  /** Per segment, the largest entry index it holds (what release() goes by). */
+  marks: Map<number, number>;
+}
+
+function recordName(record: WalRecord): string {
+  return `log record at segment ${record.segment} byte ${record.offset}`;
+}
+
+/**
+ * The snapshot the log is finally based on (the last marker's: markers never
+ * go down along the log), and the position of the last installed snapshot,
+ * before which no entry counts (it replaced the whole log).
+ */
+function finalBase(records: readonly WalRecord[]): { index: number; term: number; installedAt: number } {
+  let base: { index: number; term: number } | null = null;
+  for (let i = records.length - 1; i >= 0; i--) {
+    const record = records[i] as WalRecord;
+    const kind = record.body[0];
+    if (kind !== Kind.snapshotInstalled && kind !== Kind.snapshotBase) continue;
+    if (base === null) {
+      const r = new RecordReader(record.body, recordName(record));
+      base = { index: r.u64('snapshot index'), term: r.u64('snapshot term') };
+    }
+    if (kind === Kind.snapshotInstalled) return { ...base, installedAt: i };
+  }
+  return { ...(base ?? { index: 0, term: 0 }), installedAt: -1 };
+}
+
+/**
+ * Rebuilds the log from the records. It starts from the final base: segments
+ * before a compaction may have been deleted while a later one still holds
+ * entries at or below it, and those are covered by the snapshot.
+ */
+function replay(records: readonly WalRecord[]): Replayed {
+  const { installedAt, ...base } = finalBase(records);
+  const state: Replayed = { hardState: null, base, entries: [], any: records.length > 0, marks: new Map() };
+  for (const [position, record] of records.entries()) {
+    const r = new RecordReader(record.body, recordName(record));
+    switch (r.kind) {
+      case Kind.normal:
+      case Kind.config: {
+        const index = r.u64('index');
+        const term = r.u64('term');
+        if (term < 1) r.fail('term 0');
+        const entry = decodeEntry(r, index, term);
+        const name = `log entry ${index}`;
+        state.marks.set(record.segment, Math.max(state.marks.get(record.segment) ?? 0, index));
+        if (index <= state.base.index || position < installedAt) break;
+        const keep = index - state.base.index - 1;
+        if (keep > state.entries.length) {
+          throw new StorageCorruptionError(name, `missing: the log ends at ${state.base.index + state.entries.length} (${recordName(record)} holds ${index})`);
+        }
+        state.entries.length = keep;
+        const previousTerm = state.entries.at(-1)?.term ?? state.base.term;
+        if (term < previousTerm) throw new StorageCorruptionError(name, `term ${term} is below the previous entry's term ${previousTerm}`);
+        state.entries.push(entry);
+        break;
+      }
+      case Kind.hardState:
+        state.hardState = decodeHardState(r);
+        break;
+      case Kind.snapshotInstalled:
+      case Kind.snapshotBase: {
+        const index = r.u64('snapshot index');
+        const term = r.u64('snapshot term');
+        r.end();
+        if (index > base.index) r.fail(`names snapshot ${index}, past the last one named (${base.index})`);
+        break;
+      }
+      default:
+        r.fail(`record kind ${r.kind} is not one of a Raft log`);
+    }
+  }
+  return state;
+}
+
+function readSnapshotFile(dir: string, index: number, term: number): Snapshot {
+  const name = STORAGE_LAYOUT.snapshotFile(index);
+  const what = `snapshot ${index}`;
+  let raw: Buffer;
+  try {
+    raw = readFileSync(join(dir, name));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new StorageCorruptionError(what, `missing: the log is based on it but ${name} does not exist`);
+    throw err;
+  }
+  const magic = STORAGE_LAYOUT.snapshotMagic;
+  if (raw.length < magic.length + 8 || raw.toString('latin1', 0, magic.length) !== magic) throw new StorageCorruptionError(what, `${name} has no snapshot header`);
+  const length = raw.readUInt32BE(magic.length);
+  const stored = raw.readUInt32BE(magic.length + 4);
+  const metaAt = magic.length + 8;
+  if (metaAt + length > raw.length) throw new StorageCorruptionError(`${what} meta`, `runs past the end of ${name}`);
+  const metaRaw = raw.subarray(metaAt, metaAt + length);
+  const computedMeta = crc32(metaRaw);
+  if (computedMeta !== stored) throw new StorageCorruptionError(`${what} meta`, `checksum mismatch (stored 0x${hex32(stored)}, computed 0x${hex32(computedMeta)})`);
+  const r = new RecordReader(metaRaw, `${what} meta`);
+  if (r.kind !== Kind.snapshotMeta) r.fail(`record kind ${r.kind}, expected ${Kind.snapshotMeta}`);
+  const metaIndex = r.u64('index');
+  const metaTerm = r.u64('term');
+  const membership = r.membership('membership');
+  const dataBytes = r.u64('data length');
+  const dataCrc = r.u32('data checksum');
+  r.end();
+  if (metaIndex !== index || metaTerm !== term) r.fail(`holds (${metaIndex}, term ${metaTerm}), the log names (${index}, term ${term})`);
+  const data = raw.subarray(metaAt + length);
+  if (data.length !== dataBytes) throw new StorageCorruptionError(`${what} data`, `${data.length} bytes, the meta says ${dataBytes}`);
+  const computed = crc32(data);
+  if (computed !== dataCrc) throw new StorageCorruptionError(`${what} data`, `checksum mismatch (stored 0x${hex32(dataCrc)}, computed 0x${hex32(computed)})`);
+  return { meta: { index, term, membership }, data };
+}
+
+function snapshotFiles(dir: string): number[] {
+  const indices: number[] = [];
+  for (const name of readdirSync(dir)) {
+    const match = SNAPSHOT_FILE.exec(name);
+    if (match?.[1] !== undefined) indices.push(Number.parseInt(match[1], 16));
+  }
+  return indices;
+}
+
 // ------------------------------------------------------------------ storage
-
-interface Tables {
-  readonly entries: Database<Buffer, Buffer>;
-  readonly meta: Database<Buffer, string>;
-  readonly snapshot: Database<Buffer, number>;
-}
-
-/** One caller's write, encoded up front so the transaction callback cannot fail on bad input. */
-interface QueuedWrite {
-  readonly apply: (tables: Tables) => void;
-  readonly entries: number;
-  readonly bytes: number;
-  readonly encodeSeconds: number;
-}
 
 type PersistInput = Pick<Ready, 'hardState' | 'snapshot' | 'entries' | 'mustSync'>;
 
 export class RaftStorage {
   readonly #dir: string;
-  readonly #root: RootDatabase<Buffer, string>;
-  readonly #tables: Tables;
-  readonly #commits: GroupCommit<QueuedWrite>;
-  readonly #onRepair: (message: string) => void;
+  readonly #opts: RaftStorageOptions;
+  readonly #wal: Wal;
+  /** What a new segment starts with: the base and hard state already durable. */
+  #durableBase: Buffer | null;
+  #durableHardState: Buffer | null;
+  /** The snapshot index the durable log is based on (older snapshot files may go). */
+  #durableSnapshot: number;
+  /** Set while a snapshot file is being written: later writes queue behind it, in order. */
+  #gate: Promise<void> | null = null;
+  #encodeSeconds = 0;
   #closing: Promise<void> | null = null;
 
-  private constructor(dir: string, root: RootDatabase<Buffer, string>, options: RaftStorageOptions) {
+  private constructor(dir: string, opts: RaftStorageOptions, wal: Wal, loaded: Replayed) {
     this.#dir = dir;
-    this.#root = root;
-    this.#tables = {
-      entries: root.openDB<Buffer, Buffer>(STORAGE_LAYOUT.entries, { keyEncoding: 'binary', encoding: 'binary' }),
-      meta: root.openDB<Buffer, string>(STORAGE_LAYOUT.meta, { encoding: 'binary' }),
-      snapshot: root.openDB<Buffer, number>(STORAGE_LAYOUT.snapshot, { keyEncoding: 'uint32', encoding: 'binary' }),
-    };
-    const { onWrite } = options;
-    this.#commits = new GroupCommit<QueuedWrite>({
-      env: root,
-      label: `raft storage ${dir}`,
-      apply: (write) => write.apply(this.#tables),
-      ...(onWrite === undefined ? {} : { onCommit: (writes, timings) => onWrite(storageTimings(writes, timings)) }),
-    });
-    this.#onRepair = options.onRepair ?? ((message) => process.emitWarning(message, 'RaftStorageRepair'));
-  }
-
-  static async open(dir: string, options: RaftStorageOptions = {}): Promise<RaftStorage> {
-    const root = await openEnvironment(dir, options.noSync === true ? { noSync: true } : {});
-    return new RaftStorage(dir, root, options);
+    this.#opts = opts;
+    this.#wal = wal;
+    this.#durableBase = loaded.base.index > 0 ? encodeSnapshotMark(Kind.snapshotBase, loaded.base.index, loaded.base.term) : null;
+    this.#durableHardState = loaded.hardState === null ? null : encodeHardState(loaded.hardState);
+    this.#durableSnapshot = loaded.base.index;
   }
 
   /**
-   * null on a fresh directory; otherwise what RaftCore needs to restart (applied = snapshot index).
-   * Call it before the first write: a repair it makes commits synchronously.
+   * Opens the storage in `dir` (created if missing), checking what is stored
+   * and dropping a damaged log tail above the commit index (see the header).
    */
-  load(): PersistedState | null {
-    const hardRaw = this.#tables.meta.get(STORAGE_LAYOUT.hardStateKey);
-    const snapshotRaw = this.#tables.snapshot.get(STORAGE_LAYOUT.snapshotMetaKey);
-    const anyEntry = this.#tables.entries.getKeysCount({ limit: 1 }) > 0;
-    if (hardRaw === undefined && snapshotRaw === undefined && !anyEntry) return null;
-    const hardState = hardRaw === undefined ? ZERO_HARD_STATE : decodeHardState(hardRaw);
-    const snapshot = snapshotRaw === undefined ? EMPTY_SNAPSHOT : this.#loadSnapshot(snapshotRaw);
-    const entries = this.#loadEntries(snapshot.meta, hardState.commit);
-    return { hardState, snapshot, entries, applied: snapshot.meta.index };
-  }
-
-  #loadSnapshot(metaRaw: Buffer): Snapshot {
-    const r = new RecordReader(metaRaw, 'snapshot meta', [Kind.snapshotMeta]);
-    const index = r.u64('index');
-    const term = r.u64('term');
-    const membership = r.membership('membership');
-    const dataBytes = r.u64('data length');
-    const chunks = r.u32('chunk count');
-    const dataCrc = r.u32('data checksum');
-    r.end();
-    const chunkBytes = STORAGE_LAYOUT.snapshotChunkBytes;
-    if (chunks !== Math.ceil(dataBytes / chunkBytes)) r.fail(`${chunks} chunks cannot hold ${dataBytes} bytes`);
-    const data = Buffer.allocUnsafe(dataBytes);
-    for (let n = 1; n <= chunks; n++) {
-      const record = `snapshot ${index} chunk ${n} of ${chunks}`;
-      const raw = this.#tables.snapshot.get(n);
-      if (raw === undefined) throw new StorageCorruptionError(record, 'missing');
-      const c = new RecordReader(raw, record, [Kind.snapshotChunk]);
-      const owner = c.u64('snapshot index');
-      if (owner !== index) c.fail(`belongs to snapshot ${owner}`);
-      const number = c.u32('chunk number');
-      if (number !== n) c.fail(`record holds chunk number ${number}`);
-      const part = c.rest();
-      const expected = Math.min(chunkBytes, dataBytes - (n - 1) * chunkBytes);
-      if (part.length !== expected) c.fail(`${part.length} bytes, expected ${expected}`);
-      part.copy(data, (n - 1) * chunkBytes);
-    }
-    const computed = crc32(data);
-    if (computed !== dataCrc) {
-      throw new StorageCorruptionError(`snapshot ${index} data`, `checksum mismatch (stored 0x${hex32(dataCrc)}, computed 0x${hex32(computed)})`);
-    }
-    return { meta: { index, term, membership }, data };
-  }
-
-  #loadEntries(snapshot: SnapshotMeta, commit: number): Entry[] {
-    const entries: Entry[] = [];
-    let expected = snapshot.index + 1;
-    let lastTerm = snapshot.term;
-    let damage: { index: number; problem: string } | null = null;
-    // Entries at or below the snapshot index are covered by it; none should be stored, and none matters.
-    for (const { key, value } of this.#tables.entries.getRange({ start: entryKey(expected) })) {
-      const index = u64FromKey(key);
-      if (index === null) {
-        damage = { index: expected, problem: `missing (the next stored key, 0x${key.toString('hex')}, is malformed)` };
-        break;
-      }
-      if (index !== expected) {
-        damage = { index: expected, problem: `missing (the next stored entry is ${index})` };
-        break;
-      }
-      let entry: Entry;
-      try {
-        entry = decodeEntry(value, index);
-      } catch (error) {
-        if (!(error instanceof StorageCorruptionError)) throw error;
-        damage = { index, problem: error.problem };
-        break;
-      }
-      if (entry.term < lastTerm) {
-        damage = { index, problem: `term ${entry.term} is below the previous entry's term ${lastTerm}` };
-        break;
-      }
-      entries.push(entry);
-      lastTerm = entry.term;
-      expected++;
-    }
-    if (damage === null) {
-      const lastIndex = expected - 1;
-      if (lastIndex < commit) {
-        throw new StorageCorruptionError(`log entry ${expected}`, `missing: the log ends at ${lastIndex} but the commit index is ${commit}`);
-      }
-      return entries;
-    }
-    if (damage.index <= commit) {
-      throw new StorageCorruptionError(
-        `log entry ${damage.index}`,
-        `${damage.problem}; it is at or below the commit index ${commit}, so committed data is lost`,
+  static async open(dir: string, options: RaftStorageOptions = {}): Promise<RaftStorage> {
+    await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+    if (existsSync(join(dir, LEGACY_LMDB_FILE))) {
+      throw new DwcpError(
+        'unsupported',
+        `raft storage ${dir} holds an LMDB log (${LEGACY_LMDB_FILE}), the layout of dwcp before its write-ahead log; this version cannot read it. ` +
+          'Start the member with an empty raft directory and let it catch up from the leader (raft.join after removing it from the group), or run the version that wrote it',
       );
     }
-    this.#truncateFrom(damage.index);
-    this.#onRepair(
-      `raft storage ${this.#dir}: log entry ${damage.index}: ${damage.problem}; dropped the log from ${damage.index} on ` +
-        `(above the commit index ${commit}). Safe only if this node never acknowledged those entries; ` +
-        'the leader will send them again.',
+    const label = `raft storage ${dir}`;
+    const { state, torn } = RaftStorage.#read(dir, label);
+    if (torn !== null) {
+      const lastIndex = state.base.index + state.entries.length;
+      const commit = state.hardState?.commit ?? 0;
+      if (lastIndex < commit) {
+        throw new StorageCorruptionError(
+          `log segment ${torn.segment}`,
+          `${torn.problem} at byte ${torn.offset}; the log then ends at ${lastIndex}, below the commit index ${commit}, so committed data is lost`,
+        );
+      }
+      const onRepair = options.onRepair ?? ((message: string) => process.emitWarning(message, 'RaftStorageRepair'));
+      onRepair(
+        `${label}: log segment ${torn.segment} at byte ${torn.offset}: ${torn.problem}: a write cut short by a crash, never acknowledged; ` +
+          `dropped it (the log ends at ${lastIndex}, at or above the commit index ${commit})`,
+      );
+    }
+    const storage: { current: RaftStorage | null } = { current: null };
+    const wal = await Wal.open(
+      dir,
+      {
+        label,
+        segmentBytes: options.segmentBytes ?? STORAGE_LAYOUT.segmentBytes,
+        ...(options.noSync === true ? { noSync: true } : {}),
+        preamble: () => (storage.current === null ? [] : storage.current.#preamble()),
+        onCommit: (t) => {
+          if (storage.current !== null) storage.current.#committed(t);
+        },
+      },
+      state.marks,
     );
-    return entries;
+    storage.current = new RaftStorage(dir, options, wal, state);
+    return storage.current;
   }
 
-  /** Durably drops every stored entry from `index` on (load-time repair, before any write is queued). */
-  #truncateFrom(index: number): void {
-    const { entries } = this.#tables;
-    this.#root.transactionSync(() => {
-      for (const key of [...entries.getKeys({ start: entryKey(index) })]) entries.removeSync(key);
-    });
+  static #read(dir: string, label: string): { state: Replayed; torn: ReturnType<typeof Wal.read>['torn'] } {
+    let contents: ReturnType<typeof Wal.read>;
+    try {
+      contents = Wal.read(dir, label);
+    } catch (err) {
+      if (err instanceof WalCorruptionError) throw new StorageCorruptionError(`log segment ${err.segment}`, `at byte ${err.offset}: ${err.problem}`);
+      throw err;
+    }
+    return { state: replay(contents.records), torn: contents.torn };
   }
 
   /**
-   * Persists one Ready's snapshot, entries (first dropping stored ones from entries[0].index on) and
-   * hard state in one atomic step, and resolves once it is durable. Every write is synced, mustSync or
-   * not: lmdb-js has no per-transaction opt-out for queued commits, and a group shares its fsync anyway.
-   * Snapshot data must not change until the promise settles (it is copied into chunks at commit time).
+   * null on a fresh directory; otherwise what RaftCore needs to restart
+   * (applied = snapshot index). Reads the whole log and the snapshot from
+   * disk; throws StorageCorruptionError for anything that fails its checks.
+   */
+  load(): PersistedState | null {
+    const { state, torn } = RaftStorage.#read(this.#dir, `raft storage ${this.#dir}`);
+    if (!state.any) return null;
+    const hardState = state.hardState ?? ZERO_HARD_STATE;
+    const lastIndex = state.base.index + state.entries.length;
+    if (lastIndex < hardState.commit) {
+      const where = torn === null ? '' : ` (${torn.problem} in segment ${torn.segment} at byte ${torn.offset})`;
+      throw new StorageCorruptionError(`log entry ${lastIndex + 1}`, `missing: the log ends at ${lastIndex} but the commit index is ${hardState.commit}${where}`);
+    }
+    const snapshot = state.base.index === 0 ? EMPTY_SNAPSHOT : readSnapshotFile(this.#dir, state.base.index, state.base.term);
+    return { hardState, snapshot, entries: state.entries, applied: snapshot.meta.index };
+  }
+
+  /**
+   * Persists one Ready's snapshot (it replaces the whole log), entries (an
+   * entry at an index already stored replaces it and everything after) and
+   * hard state as one step, and resolves once it is durable. Writes resolve in
+   * call order. Snapshot data must not change until the promise settles.
    */
   async persist(ready: PersistInput): Promise<void> {
     const started = performance.now();
-    const snapshot = ready.snapshot === null ? null : encodeSnapshot(ready.snapshot);
+    const { snapshot } = ready;
+    if (snapshot !== null) checkSnapshot(snapshot);
     const first = ready.entries[0];
-    if (snapshot !== null && first !== undefined && first.index !== snapshot.index + 1) {
-      throw new RaftInputError(`raft storage: entries start at ${first.index}, not right after snapshot index ${snapshot.index}`);
+    if (snapshot !== null && first !== undefined && first.index !== snapshot.meta.index + 1) {
+      throw new RaftInputError(`raft storage: entries start at ${first.index}, not right after snapshot index ${snapshot.meta.index}`);
     }
     const records: Buffer[] = [];
+    if (snapshot !== null) records.push(encodeSnapshotMark(Kind.snapshotInstalled, snapshot.meta.index, snapshot.meta.term));
     let previous: Entry | undefined;
     for (const entry of ready.entries) {
       if (previous !== undefined && (entry.index !== previous.index + 1 || entry.term < previous.term)) {
@@ -527,68 +586,114 @@ export class RaftStorage {
       previous = entry;
     }
     const hardState = ready.hardState === null ? null : encodeHardState(ready.hardState);
-    let bytes = (snapshot?.bytes ?? 0) + (hardState?.length ?? 0);
-    for (const record of records) bytes += record.length;
-    return this.#enqueue(
-      (tables) => {
-        if (snapshot !== null) {
-          removeKeys(tables.entries, tables.entries.getKeys());
-          writeSnapshot(tables, snapshot);
-        }
-        if (first !== undefined) {
-          removeKeys(tables.entries, tables.entries.getKeys({ start: entryKey(first.index) }));
-          records.forEach((record, i) => tables.entries.putSync(entryKey(first.index + i), record));
-        }
-        if (hardState !== null) tables.meta.putSync(STORAGE_LAYOUT.hardStateKey, hardState);
-      },
-      records.length,
-      bytes,
-      (performance.now() - started) / 1000,
-    );
+    if (hardState !== null) records.push(hardState);
+    this.#encodeSeconds += (performance.now() - started) / 1000;
+    const base = snapshot === null ? null : encodeSnapshotMark(Kind.snapshotBase, snapshot.meta.index, snapshot.meta.term);
+    const mark = previous?.index ?? snapshot?.meta.index ?? 0;
+    await this.#write(records, { mark, count: ready.entries.length }, snapshot, async () => {
+      if (hardState !== null) this.#durableHardState = hardState;
+      if (base !== null && snapshot !== null) await this.#snapshotDurable(base, snapshot.meta.index);
+    });
   }
 
-  /** After RaftCore.compact(): stores the snapshot and drops the entries it covers, atomically (same data rule as persist). */
+  /**
+   * After RaftCore.compact(): stores the snapshot and drops the entries it
+   * covers (same ordering and data rule as persist); log segments that hold
+   * only compacted entries are deleted once it is durable.
+   */
   async saveSnapshot(snapshot: Snapshot): Promise<void> {
-    const started = performance.now();
-    const encoded = encodeSnapshot(snapshot);
-    return this.#enqueue(
-      (tables) => {
-        removeKeys(tables.entries, tables.entries.getKeys({ end: entryKey(encoded.index + 1) }));
-        writeSnapshot(tables, encoded);
-      },
-      0,
-      encoded.bytes,
-      (performance.now() - started) / 1000,
-    );
+    checkSnapshot(snapshot);
+    const base = encodeSnapshotMark(Kind.snapshotBase, snapshot.meta.index, snapshot.meta.term);
+    await this.#write([base], {}, snapshot, () => this.#snapshotDurable(base, snapshot.meta.index));
+    await this.#wal.release(snapshot.meta.index);
   }
 
-  /** Waits for queued writes, then closes the environment; later calls are refused. */
+  /** Waits for queued writes, then closes the log; later calls are refused. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      await this.#commits.close();
-      await this.#root.close();
+      await this.#gate?.catch(() => {});
+      await this.#wal.close();
     })();
     return this.#closing;
   }
 
-  #enqueue(apply: (tables: Tables) => void, entries: number, bytes: number, encodeSeconds: number): Promise<void> {
-    return this.#commits.enqueue({ apply, entries, bytes, encodeSeconds });
+  /**
+   * Appends `records` after every earlier write, the snapshot file first when
+   * there is one; `durable` runs once they are on disk, before the next
+   * group starts (it updates what a new segment's preamble repeats).
+   */
+  #write(records: readonly Buffer[], opts: { mark?: number; count?: number }, snapshot: Snapshot | null, durable: () => void | Promise<void>): Promise<void> {
+    if (this.#closing !== null) return Promise.reject(new Error(`raft storage ${this.#dir} is closed`));
+    const append = (): Promise<void> => this.#wal.append(records, opts).then(durable);
+    if (snapshot === null && this.#gate === null) return append();
+    const gate = (this.#gate ?? Promise.resolve()).then(() => (snapshot === null ? undefined : this.#writeSnapshotFile(snapshot)));
+    const written = gate.then(append);
+    // Later writes queue behind this one's file; once nothing waits, they go straight to the log again.
+    const next: Promise<void> = written.then(
+      () => {
+        if (this.#gate === next) this.#gate = null;
+      },
+      (err: unknown) => {
+        if (this.#gate === next) this.#gate = null;
+        throw err;
+      },
+    );
+    this.#gate = next;
+    next.catch(() => {});
+    return written;
   }
-}
 
-function storageTimings(writes: readonly QueuedWrite[], commit: CommitTimings): StorageTimings {
-  const timings: StorageTimings = { appendSeconds: commit.applySeconds, syncSeconds: commit.syncSeconds, entries: 0, bytes: 0 };
-  for (const write of writes) {
-    timings.appendSeconds += write.encodeSeconds;
-    timings.entries += write.entries;
-    timings.bytes += write.bytes;
+  async #writeSnapshotFile(snapshot: Snapshot): Promise<void> {
+    const name = STORAGE_LAYOUT.snapshotFile(snapshot.meta.index);
+    const tmp = join(this.#dir, `${name}.tmp`);
+    const meta = encodeSnapshotMeta(snapshot.meta, snapshot.data);
+    const header = Buffer.alloc(STORAGE_LAYOUT.snapshotMagic.length + 8);
+    header.write(STORAGE_LAYOUT.snapshotMagic, 0, 'latin1');
+    header.writeUInt32BE(meta.length, STORAGE_LAYOUT.snapshotMagic.length);
+    header.writeUInt32BE(crc32(meta), STORAGE_LAYOUT.snapshotMagic.length + 4);
+    const handle = await fs.open(tmp, 'w', 0o600);
+    try {
+      await handle.writev([header, meta, snapshot.data]);
+      if (this.#opts.noSync !== true) await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await fs.rename(tmp, join(this.#dir, name));
+    if (this.#opts.noSync !== true) {
+      const dir = await fs.open(this.#dir, 'r');
+      try {
+        await dir.sync();
+      } finally {
+        await dir.close();
+      }
+    }
   }
-  return timings;
-}
 
-function writeSnapshot(tables: Tables, snapshot: EncodedSnapshot): void {
-  removeKeys(tables.snapshot, tables.snapshot.getKeys());
-  tables.snapshot.putSync(STORAGE_LAYOUT.snapshotMetaKey, snapshot.meta);
-  let n = 1;
-  for (const record of snapshot.chunks()) tables.snapshot.putSync(n++, record);
+  /** A record naming the snapshot at `index` is durable: it is what new segments repeat, and older snapshot files may go. */
+  async #snapshotDurable(base: Buffer, index: number): Promise<void> {
+    // Synchronously first: a segment started from now on must repeat this base.
+    this.#durableBase = base;
+    this.#durableSnapshot = index;
+    for (const old of snapshotFiles(this.#dir)) {
+      if (old !== index) await fs.rm(join(this.#dir, STORAGE_LAYOUT.snapshotFile(old)), { force: true });
+    }
+  }
+
+  #preamble(): Buffer[] {
+    const records: Buffer[] = [];
+    if (this.#durableBase !== null) records.push(this.#durableBase);
+    if (this.#durableHardState !== null) records.push(this.#durableHardState);
+    return records;
+  }
+
+  #committed(t: WalTimings): void {
+    const encodeSeconds = this.#encodeSeconds;
+    this.#encodeSeconds = 0;
+    this.#opts.onWrite?.({ appendSeconds: encodeSeconds + t.encodeSeconds, syncSeconds: t.syncSeconds, entries: t.count, bytes: t.bytes });
+  }
+
+  /** The snapshot the durable log is based on (for tests and status). */
+  get snapshotIndex(): number {
+    return this.#durableSnapshot;
+  }
 }
