@@ -11,7 +11,9 @@
  * (zlib's CRC-32) over the body; the rest of a segment is zeros (a length of
  * 0 ends it). Segments are zero-filled and synced to their full size before
  * use (a spare is prepared in the background), so a data sync never has to
- * update the file's size or allocation: one device flush per group.
+ * update the file's size or allocation: one device flush per group. The
+ * segment being written is open with O_DSYNC, so a group's write returns
+ * once it is durable: one system call, one trip to the thread pool.
  *
  * Invariants:
  * - append() resolves only once its records are durable; appends resolve in
@@ -301,7 +303,7 @@ export class Wal {
           await syncDir(dir, opts.noSync);
           continue;
         }
-        segment.handle = await fs.open(path, constants.O_RDWR);
+        segment.handle = await fs.open(path, dataSyncFlags(opts.noSync));
         segment.end = scanned.end;
         if (scanned.problem !== null || scanned.garbage) await zeroFrom(segment.handle, scanned.end, scanned.size, opts.noSync);
       }
@@ -415,11 +417,8 @@ export class Wal {
       for (const r of preamble) put(r);
       for (const p of group) for (const r of p.records) put(r);
       const encoded = performance.now();
-      const handle = segment.handle as fs.FileHandle;
-      if (bytes > 0) {
-        await writeFully(handle, buf, segment.end);
-        if (this.#opts.noSync !== true) await handle.datasync();
-      }
+      // O_DSYNC: durable once the write returns.
+      if (bytes > 0) await writeFully(segment.handle as fs.FileHandle, buf, segment.end);
       segment.end += bytes;
       segment.mark = Math.max(segment.mark, mark);
       this.#opts.onCommit?.({ encodeSeconds: (encoded - started) / 1000, syncSeconds: (performance.now() - encoded) / 1000, records, count, bytes });
@@ -444,16 +443,18 @@ export class Wal {
   async #rotate(): Promise<Segment> {
     const previous = this.#segments.at(-1);
     const seq = (previous?.seq ?? 0) + 1;
-    const handle = await (this.#spare ?? this.#prepareSpare());
+    const spare = await (this.#spare ?? this.#prepareSpare());
     this.#spare = null;
+    await spare.close();
     const path = join(this.#dir, segmentName(seq));
+    await fs.rename(join(this.#dir, SPARE_NAME), path);
+    const handle = await fs.open(path, dataSyncFlags(this.#opts.noSync));
     const header = Buffer.alloc(HEADER_BYTES);
     MAGIC.copy(header, 0);
     header.writeUInt32BE(Math.floor(seq / 2 ** 32), 8);
     header.writeUInt32BE(seq >>> 0, 12);
     await writeFully(handle, header, 0);
-    if (this.#opts.noSync !== true) await handle.datasync();
-    await fs.rename(join(this.#dir, SPARE_NAME), path);
+    // The new name must be durable before anything written into the file is acknowledged.
     await syncDir(this.#dir, this.#opts.noSync);
     if (previous !== undefined) {
       await previous.handle?.close();
@@ -472,6 +473,11 @@ export class Wal {
     await zeroFrom(handle, 0, this.#opts.segmentBytes, this.#opts.noSync);
     return handle;
   }
+}
+
+/** How the segment being written is opened: every write durable when it returns, unless syncing is off. */
+function dataSyncFlags(noSync: boolean | undefined): number {
+  return noSync === true ? constants.O_RDWR : constants.O_RDWR | constants.O_DSYNC;
 }
 
 async function writeFully(handle: fs.FileHandle, buf: Buffer, position: number): Promise<void> {
