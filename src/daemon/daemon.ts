@@ -73,7 +73,7 @@ export class Daemon {
   readonly raft: RaftGroup<KvResult> | null;
   /** This node's seat in the federation's PBFT group; null when every member is trusted. */
   readonly pbft: PbftGroup<KvPbftReplica> | null;
-  /** The Raft log's client path and the leader's side of write forwarding (/dwcp/kv/1.0.0). */
+  /** The Raft log's client path and the leader's side of write forwarding (/dwcp/kv/2.0.0). */
   readonly kv: KvService;
   /** Where each key-value request goes: scope × consistency to the Raft log, the PBFT log or the geo keyspace. */
   readonly kvRouter: KvRouter;

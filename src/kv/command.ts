@@ -24,7 +24,7 @@ import type { MessageSchema } from '../net/schema.ts';
 import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireMessages, requireString, requireUint, requireUint64 } from '../net/schema.ts';
 import { KvDecodeError, kvCodec, type KvCodec } from './decode-error.ts';
 
-export const KV_FORWARD_PROTOCOL = '/dwcp/kv/1.0.0';
+export const KV_FORWARD_PROTOCOL = '/dwcp/kv/2.0.0';
 
 export const KV_MAX_KEY_BYTES = 1024;
 export const KV_MAX_VALUE_BYTES = 1024 * 1024;
@@ -56,6 +56,8 @@ export const KV_MAX_COMMAND_BYTES = KV_MAX_VALUE_BYTES + 2048;
  * error of 1024 + 256 characters (at most 3 UTF-8 bytes each).
  */
 export const KV_FORWARD_MAX_FRAME_BYTES = KV_MAX_VALUE_BYTES + 4096;
+/** Requests or responses one forward frame may carry (a sender splits larger batches, by count and by bytes). */
+export const KV_FORWARD_MAX_BATCH = 1024;
 
 export interface KvEntryMeta {
   /** Log index of the key's last modification. */
@@ -142,6 +144,31 @@ export type KvForwardResponse = { readonly id: number } & (
   | { readonly kind: 'result'; readonly result: KvResult }
   | { readonly kind: 'error'; readonly error: KvForwardError }
 );
+
+/** Protobuf bytes around one forwarded request or response besides its variable parts (tags, lengths, id, timeout, revisions). */
+const KV_FORWARD_ITEM_OVERHEAD_BYTES = 64;
+
+/** An upper bound of a forward request's encoded size, for batching under the frame limit. */
+export function forwardRequestBytes(request: KvForwardRequest): number {
+  return request.command.byteLength + KV_FORWARD_ITEM_OVERHEAD_BYTES;
+}
+
+/** An upper bound of a forward response's encoded size (strings at 3 bytes per UTF-16 unit). */
+export function forwardResponseBytes(response: KvForwardResponse): number {
+  if (response.kind === 'error') return 3 * (response.error.message.length + response.error.leaderHint.length) + KV_FORWARD_ITEM_OVERHEAD_BYTES;
+  const { result } = response;
+  if (!result.ok) return result.reason === 'invalid_command' ? 3 * result.message.length + KV_FORWARD_ITEM_OVERHEAD_BYTES : KV_FORWARD_ITEM_OVERHEAD_BYTES;
+  switch (result.op) {
+    case 'fleet':
+      return FLEET_MAX_RESULT_BYTES + KV_FORWARD_ITEM_OVERHEAD_BYTES;
+    case 'get':
+    case 'range':
+      // Reads are not forwarded; should one be, it travels alone.
+      return KV_FORWARD_MAX_FRAME_BYTES;
+    default:
+      return 2 * KV_FORWARD_ITEM_OVERHEAD_BYTES;
+  }
+}
 
 /** Bytes a key/value pair counts against the state quota and a range's budget: at least what it takes in a snapshot. */
 export function kvEntryFootprint(keyBytes: number, valueBytes: number): number {
@@ -425,10 +452,21 @@ function forwardResponseToWire(response: KvForwardResponse): object {
   return response.kind === 'result' ? { id: response.id, result: kvResultToWire(response.result) } : { id: response.id, error: response.error };
 }
 
-export const KvForwardRequestSchema: MessageSchema<KvForwardRequest> = protoSchema(kvProto.lookupType('dwcp.kv.v1.KvForwardRequest'), validateForwardRequest);
+function atLeastOne<T>(field: string, items: T[]): T[] {
+  if (items.length === 0) throw new FieldError(field, 'is empty; a frame carries at least one');
+  return items;
+}
 
-export const KvForwardResponseSchema: MessageSchema<KvForwardResponse> = reshapedSchema(
-  kvProto.lookupType('dwcp.kv.v1.KvForwardResponse'),
-  forwardResponseToWire,
-  validateForwardResponse,
+/** A follower's frame: the requests it had for the leader at one moment. */
+export const KvForwardRequestsSchema: MessageSchema<KvForwardRequest[]> = reshapedSchema(
+  kvProto.lookupType('dwcp.kv.v1.KvForwardRequests'),
+  (requests: KvForwardRequest[]) => ({ requests }),
+  (o) => atLeastOne('requests', requireMessages(o, 'requests', validateForwardRequest, { maxItems: KV_FORWARD_MAX_BATCH })),
+);
+
+/** The leader's frame: the responses it had for one follower at one moment. */
+export const KvForwardResponsesSchema: MessageSchema<KvForwardResponse[]> = reshapedSchema(
+  kvProto.lookupType('dwcp.kv.v1.KvForwardResponses'),
+  (responses: KvForwardResponse[]) => ({ responses: responses.map(forwardResponseToWire) }),
+  (o) => atLeastOne('responses', requireMessages(o, 'responses', validateForwardResponse, { maxItems: KV_FORWARD_MAX_BATCH })),
 );

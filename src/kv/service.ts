@@ -4,8 +4,10 @@
  * leader's side of write forwarding.
  *
  * A write is proposed on the Raft leader: here if this node leads, otherwise
- * forwarded to the leader over `/dwcp/kv/1.0.0` (one long-lived stream per
- * leader, requests tagged with ids and answered in any order). A strong read
+ * forwarded to the leader over `/dwcp/kv/2.0.0` (one long-lived stream per
+ * leader, requests tagged with ids and answered in any order; each frame
+ * carries every request, or response, one side had in one event-loop turn:
+ * forward-batch.ts). A strong read
  * waits for a ReadIndex barrier and then reads this node's state machine; a
  * serializable read skips the barrier.
  *
@@ -30,7 +32,18 @@ import type { MessageSchema } from '../net/schema.ts';
 import type { Attempt, RaftNode } from '../consensus/raft/node.ts';
 import { RaftClientError } from '../consensus/raft/node.ts';
 import type { KvCommand, KvForwardErrorCode, KvForwardRequest, KvForwardResponse, KvResult } from './command.ts';
-import { KV_FORWARD_MAX_FRAME_BYTES, KV_FORWARD_MAX_TIMEOUT_MS, KV_FORWARD_PROTOCOL, KvForwardRequestSchema, KvForwardResponseSchema, encodeKvCommand } from './command.ts';
+import {
+  forwardRequestBytes,
+  forwardResponseBytes,
+  KV_FORWARD_MAX_BATCH,
+  KV_FORWARD_MAX_FRAME_BYTES,
+  KV_FORWARD_MAX_TIMEOUT_MS,
+  KV_FORWARD_PROTOCOL,
+  KvForwardRequestsSchema,
+  KvForwardResponsesSchema,
+  encodeKvCommand,
+} from './command.ts';
+import { ForwardBatch } from './forward-batch.ts';
 import type { ConsensusLevel } from './consistency.ts';
 import type { KvRaftReplica } from './raft-replica.ts';
 import { readMachine, type KvKeyRead, type KvReadOutcome } from './read.ts';
@@ -68,6 +81,8 @@ export interface KvServiceOptions {
 
 
 const FORWARD_OPEN_TIMEOUT_MS = 5000;
+/** Room left in a frame for the batch's own tags and lengths. */
+const FORWARD_BATCH_BYTES = KV_FORWARD_MAX_FRAME_BYTES - 1024;
 /** Streams a peer may hold open to us; a healthy follower holds one per leader it forwards to. */
 const MAX_INBOUND_FORWARDS = 16;
 /** Forwarded writes one stream may have in flight; beyond it they are answered `dropped` at once. */
@@ -214,7 +229,7 @@ export class KvService {
           const stream = await this.#opts.host.dialProtocol(peerIdFromString(peerId), KV_FORWARD_PROTOCOL, {
             signal: AbortSignal.timeout(FORWARD_OPEN_TIMEOUT_MS),
           });
-          return new ForwardLink(this.#framed(stream, KvForwardResponseSchema, KvForwardRequestSchema), leader, () => {
+          return new ForwardLink(this.#framed(stream, KvForwardResponsesSchema, KvForwardRequestsSchema), leader, () => {
             if (this.#links.get(peerId) === opening) this.#links.delete(peerId);
           });
         } catch (err) {
@@ -240,19 +255,28 @@ export class KvService {
       stream.abort(new Error('not a trusted member'));
       return;
     }
-    const framed = this.#framed(stream, KvForwardRequestSchema, KvForwardResponseSchema);
+    const framed = this.#framed(stream, KvForwardRequestsSchema, KvForwardResponsesSchema);
+    const replies = new ForwardBatch<KvForwardResponse>({
+      write: (responses) => framed.write(responses),
+      maxItems: KV_FORWARD_MAX_BATCH,
+      maxBytes: FORWARD_BATCH_BYTES,
+      sizeOf: forwardResponseBytes,
+      failed: (err, responses) => log.debug({ peer: member.name, responses: responses.length, err: errorText(err) }, 'kv forward responses not delivered'),
+    });
     let inFlight = 0;
     try {
-      for await (const request of framed) {
-        if (inFlight >= MAX_FORWARDS_IN_FLIGHT) {
-          void framed.write({ id: request.id, kind: 'error', error: { code: 'dropped', message: `more than ${MAX_FORWARDS_IN_FLIGHT} forwarded writes in flight`, leaderHint: '' } }).catch(() => {});
-          continue;
+      for await (const requests of framed) {
+        for (const request of requests) {
+          if (inFlight >= MAX_FORWARDS_IN_FLIGHT) {
+            replies.push({ id: request.id, kind: 'error', error: { code: 'dropped', message: `more than ${MAX_FORWARDS_IN_FLIGHT} forwarded writes in flight`, leaderHint: '' } });
+            continue;
+          }
+          inFlight++;
+          void this.#serveForward(request)
+            .then((response) => replies.push(response))
+            .catch((err: unknown) => log.warn({ peer: member.name, err: errorText(err) }, 'kv forward not served'))
+            .finally(() => inFlight--);
         }
-        inFlight++;
-        void this.#serveForward(request)
-          .then((response) => framed.write(response))
-          .catch((err: unknown) => log.debug({ peer: member.name, err: errorText(err) }, 'kv forward response not delivered'))
-          .finally(() => inFlight--);
       }
     } catch (err) {
       // FramedStream counted the rejection and reset the stream.
@@ -312,23 +336,36 @@ function remainingOf(timeoutMs: number): () => number {
 
 /**
  * Requests to one leader over one long-lived stream, each tagged with an id
- * and answered in any order: a forwarded write costs a frame each way, not a
- * stream open (which costs a peer-store update and a protocol negotiation in
- * libp2p). Any failure of the stream fails every request on it (retryable)
- * and retires the link; the next request opens a new one.
+ * and answered in any order: a forwarded write costs a share of a frame each
+ * way (the requests of one turn travel together), not a stream open (which
+ * costs a peer-store update and a protocol negotiation in libp2p). Any
+ * failure of the stream fails every request on it (retryable) and retires
+ * the link; the next request opens a new one.
  */
 class ForwardLink {
-  readonly #framed: FramedStream<KvForwardResponse, KvForwardRequest>;
+  readonly #framed: FramedStream<KvForwardResponse[], KvForwardRequest[]>;
   readonly #leader: string;
   readonly #retire: () => void;
   readonly #pending = new Map<number, PromiseWithResolvers<KvForwardResponse>>();
+  readonly #outbox: ForwardBatch<KvForwardRequest>;
   #nextId = 0;
   #failure: Error | null = null;
 
-  constructor(framed: FramedStream<KvForwardResponse, KvForwardRequest>, leader: string, retire: () => void) {
+  constructor(framed: FramedStream<KvForwardResponse[], KvForwardRequest[]>, leader: string, retire: () => void) {
     this.#framed = framed;
     this.#leader = leader;
     this.#retire = retire;
+    this.#outbox = new ForwardBatch<KvForwardRequest>({
+      // A request whose caller gave up before the frame left is not sent.
+      write: (requests) => {
+        const live = requests.filter((r) => this.#pending.has(r.id));
+        return live.length === 0 ? Promise.resolve() : this.#framed.write(live);
+      },
+      maxItems: KV_FORWARD_MAX_BATCH,
+      maxBytes: FORWARD_BATCH_BYTES,
+      sizeOf: forwardRequestBytes,
+      failed: (err) => this.close(err instanceof Error ? err : new Error(String(err))),
+    });
     void this.#readLoop();
   }
 
@@ -344,12 +381,8 @@ class ForwardLink {
     };
     deadline.addEventListener('abort', abort, { once: true });
     try {
-      await this.#framed.write({ id, command, timeoutMs }, { signal: deadline });
+      this.#outbox.push({ id, command, timeoutMs });
       return await waiter.promise;
-    } catch (err) {
-      if (err instanceof DwcpError) throw err;
-      this.close(err instanceof Error ? err : new Error(String(err)));
-      throw new DwcpError('timeout', `forward to leader ${this.#leader} failed: ${errorText(err)}`);
     } finally {
       this.#pending.delete(id);
       deadline.removeEventListener('abort', abort);
@@ -368,7 +401,7 @@ class ForwardLink {
 
   async #readLoop(): Promise<void> {
     try {
-      for await (const response of this.#framed) this.#pending.get(response.id)?.resolve(response);
+      for await (const responses of this.#framed) for (const response of responses) this.#pending.get(response.id)?.resolve(response);
       this.close(new Error('leader closed the stream'));
     } catch (err) {
       this.close(err instanceof Error ? err : new Error(String(err)));

@@ -18,8 +18,11 @@ import {
   KV_MAX_KEY_BYTES,
   KV_MAX_VALUE_BYTES,
   KV_RANGE_MAX_LIMIT,
-  KvForwardRequestSchema,
-  KvForwardResponseSchema,
+  KvForwardRequestsSchema,
+  KvForwardResponsesSchema,
+  KV_FORWARD_MAX_BATCH,
+  forwardRequestBytes,
+  forwardResponseBytes,
   KvResultSchema,
   compareKeys,
   decodeKvCommand,
@@ -137,8 +140,10 @@ describe('KvCommand schema', () => {
     const command = encodeKvCommand(largest);
     expect(command.byteLength).toBeGreaterThan(KV_MAX_VALUE_BYTES + 1400);
     expect(command.byteLength).toBeLessThanOrEqual(KV_MAX_COMMAND_BYTES);
-    const request = KvForwardRequestSchema.encode({ command, timeoutMs: 60_000, id: 1 });
-    expect(request.byteLength).toBeLessThanOrEqual(KV_FORWARD_MAX_FRAME_BYTES);
+    const request = { command, timeoutMs: 60_000, id: 2 ** 32 - 1 };
+    const frame = KvForwardRequestsSchema.encode([request]);
+    expect(frame.byteLength).toBeLessThanOrEqual(KV_FORWARD_MAX_FRAME_BYTES);
+    expect(frame.byteLength).toBeLessThanOrEqual(forwardRequestBytes(request));
   });
 });
 
@@ -178,44 +183,55 @@ describe('KvResult schema', () => {
 describe('KvForward schemas', () => {
   const command = encodeKvCommand({ clientId: 'c', seq: 1, op: 'put', key: 'k', value: bytes('v') });
 
-  it('round-trips a request, keeping the command bytes as they are', () => {
-    const decoded = KvForwardRequestSchema.decode(KvForwardRequestSchema.encode({ command, timeoutMs: 2500, id: 1 }));
-    expect(Buffer.compare(Buffer.from(decoded.command), Buffer.from(command))).toBe(0);
-    expect(decoded.timeoutMs).toBe(2500);
+  it('round-trips a frame of requests in order, keeping the command bytes as they are', () => {
+    const decoded = KvForwardRequestsSchema.decode(KvForwardRequestsSchema.encode([{ command, timeoutMs: 2500, id: 1 }, { command, timeoutMs: 10, id: 2 }]));
+    expect(decoded.map((r) => [r.id, r.timeoutMs])).toEqual([[1, 2500], [2, 10]]);
+    expect(Buffer.compare(Buffer.from(decoded[0]?.command ?? []), Buffer.from(command))).toBe(0);
   });
 
-  it('rejects a request whose command does not decode, or without a timeout', () => {
-    expect(schemaError(() => KvForwardRequestSchema.encode({ command: Uint8Array.from([1, 2, 3]), timeoutMs: 10, id: 1 })).message).toMatch(
-      /KvForwardRequest: field command is not a valid command \(dwcp\.kv\.v1\.KvCommand: /,
+  it('rejects a request whose command does not decode, or without a timeout, naming it; and an empty or oversized frame', () => {
+    expect(schemaError(() => KvForwardRequestsSchema.encode([{ command, timeoutMs: 10, id: 1 }, { command: Uint8Array.from([1, 2, 3]), timeoutMs: 10, id: 2 }])).message).toMatch(
+      /KvForwardRequests: field requests\[1\]\.command is not a valid command \(dwcp\.kv\.v1\.KvCommand: /,
     );
-    expect(schemaError(() => KvForwardRequestSchema.encode({ command: new Uint8Array(), timeoutMs: 10, id: 1 })).message).toMatch(/field command is required/);
-    expect(schemaError(() => KvForwardRequestSchema.encode({ command, timeoutMs: 0, id: 1 })).message).toMatch(/field timeoutMs is 0, outside 1\.\.60000/);
+    expect(schemaError(() => KvForwardRequestsSchema.encode([{ command: new Uint8Array(), timeoutMs: 10, id: 1 }])).message).toMatch(/field requests\[0\]\.command is required/);
+    expect(schemaError(() => KvForwardRequestsSchema.encode([{ command, timeoutMs: 0, id: 1 }])).message).toMatch(/field requests\[0\]\.timeoutMs is 0, outside 1\.\.60000/);
+    expect(schemaError(() => KvForwardRequestsSchema.decode(new Uint8Array())).message).toMatch(/field requests is empty/);
+    const many = Array.from({ length: KV_FORWARD_MAX_BATCH + 1 }, (_, id) => ({ command, timeoutMs: 10, id }));
+    expect(schemaError(() => KvForwardRequestsSchema.encode(many)).message).toMatch(/field requests has 1025 entries, above the 1024-entry limit/);
   });
 
-  it.each<KvForwardResponse>([
+  const responses: KvForwardResponse[] = [
     { id: 7, kind: 'result', result: { ok: true, op: 'put', revision: 3, prev: meta } },
-    { id: 7, kind: 'result', result: { ok: false, reason: 'stale_request', lastSeq: 2 } },
-    { id: 7, kind: 'error', error: { code: 'not_leader', message: 'leader is elsewhere', leaderHint: '12D3KooWabc' } },
-    { id: 7, kind: 'error', error: { code: 'timeout', message: '', leaderHint: '' } },
-  ])('round-trips a response (%#)', (response) => {
-    expect(KvForwardResponseSchema.decode(KvForwardResponseSchema.encode(response))).toEqual(response);
+    { id: 8, kind: 'result', result: { ok: false, reason: 'stale_request', lastSeq: 2 } },
+    { id: 9, kind: 'error', error: { code: 'not_leader', message: 'leader is elsewhere', leaderHint: '12D3KooWabc' } },
+    { id: 10, kind: 'error', error: { code: 'timeout', message: '', leaderHint: '' } },
+  ];
+
+  it('round-trips a frame of responses', () => {
+    expect(KvForwardResponsesSchema.decode(KvForwardResponsesSchema.encode(responses))).toEqual(responses);
+  });
+
+  it('estimates each request and response at no less than its encoded size, so batches stay under the frame limit', () => {
+    for (const response of responses) expect(KvForwardResponsesSchema.encode([response]).byteLength).toBeLessThanOrEqual(forwardResponseBytes(response));
+    const longest: KvForwardResponse = { id: 2 ** 32 - 1, kind: 'error', error: { code: 'dropped', message: '\u0800'.repeat(1024), leaderHint: '\u0800'.repeat(256) } };
+    expect(KvForwardResponsesSchema.encode([longest]).byteLength).toBeLessThanOrEqual(forwardResponseBytes(longest));
   });
 
   it('rejects an unknown error code and an empty response, naming the field', () => {
-    const type = kvProto.lookupType('dwcp.kv.v1.KvForwardResponse');
-    const raw = (wire: object): Uint8Array => type.encode(type.fromObject(wire)).finish();
-    expect(schemaError(() => KvForwardResponseSchema.decode(raw({ error: { code: 'teapot' } }))).message).toMatch(/field error\.code is "teapot", not one of not_leader/);
-    expect(schemaError(() => KvForwardResponseSchema.decode(new Uint8Array())).message).toMatch(/field kind is required/);
-    expect(schemaError(() => KvForwardResponseSchema.decode(raw({ result: {} }))).message).toMatch(/field result\.outcome is required/);
+    const type = kvProto.lookupType('dwcp.kv.v1.KvForwardResponses');
+    const raw = (wire: object): Uint8Array => type.encode(type.fromObject({ responses: [wire] })).finish();
+    expect(schemaError(() => KvForwardResponsesSchema.decode(raw({ error: { code: 'teapot' } }))).message).toMatch(/field responses\[0\]\.error\.code is "teapot", not one of not_leader/);
+    expect(schemaError(() => KvForwardResponsesSchema.decode(raw({}))).message).toMatch(/field responses\[0\]\.kind is required/);
+    expect(schemaError(() => KvForwardResponsesSchema.decode(raw({ result: {} }))).message).toMatch(/field responses\[0\]\.result\.outcome is required/);
   });
 
-  it('fits the largest range or get result in a frame', () => {
+  it('fits the largest range or get result in a frame of its own', () => {
     const largest = { key: 'k'.repeat(KV_MAX_KEY_BYTES), value: new Uint8Array(KV_MAX_VALUE_BYTES), revision: Number.MAX_SAFE_INTEGER, createRevision: Number.MAX_SAFE_INTEGER };
     for (const result of [
       { ok: true, op: 'range', revision: Number.MAX_SAFE_INTEGER, entries: [largest], more: true },
       { ok: true, op: 'get', revision: Number.MAX_SAFE_INTEGER, entry: largest },
     ] as KvResult[]) {
-      expect(KvForwardResponseSchema.encode({ id: 2 ** 32 - 1, kind: 'result', result }).byteLength).toBeLessThanOrEqual(KV_FORWARD_MAX_FRAME_BYTES);
+      expect(KvForwardResponsesSchema.encode([{ id: 2 ** 32 - 1, kind: 'result', result }]).byteLength).toBeLessThanOrEqual(KV_FORWARD_MAX_FRAME_BYTES);
     }
   });
 });
