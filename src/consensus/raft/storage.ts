@@ -269,7 +269,7 @@ function encodeEntry(entry: Entry): Buffer {
 
 function decodeEntry(r: RecordReader, index: number, term: number): Entry {
   // The record is copied out of the segment buffer: an entry kept in memory must not pin a whole segment.
-  if (r.kind === Kind.normal) return { kind: 'normal', index, term, data: Buffer.from(r.rest()) };
+  if (r.kind === Kind.normal) return { kind: 'normal', index, term, data: new Uint8Array(r.rest()) };
   const membership = r.membership('membership');
   r.end();
   return { kind: 'config', index, term, membership };
