@@ -202,6 +202,7 @@ export async function dwcpKvTarget(cluster: DwcpCluster, name = 'dwcp'): Promise
     return {
       name,
       version,
+      pids: cluster.members.map((m) => m.pid),
       async put(key, value) {
         const client = clients[next++ % clients.length] as AdminClient;
         const session = idle.pop() ?? { clientId: `${run}-${sessions++}`, seq: 0 };

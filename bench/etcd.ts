@@ -222,6 +222,8 @@ export interface EtcdMember {
 
 export interface EtcdCluster {
   readonly members: readonly EtcdMember[];
+  /** Process IDs of the members, for memory sampling. */
+  readonly pids: readonly number[];
   readonly endpoints: readonly string[];
   /** The client endpoint of the member that is leader now, as the members report it. */
   leaderEndpoint(timeoutMs?: number): Promise<string>;
@@ -324,7 +326,8 @@ export async function startEtcdCluster(opts: EtcdClusterOptions): Promise<EtcdCl
     const deadline = Date.now() + (opts.readyTimeoutMs ?? 30_000);
     const endpoints = members.map((m) => m.endpoint);
     await awaitReady(processes, LABEL, (signal) => awaitWritable(endpoints, deadline, signal));
-    return { members, endpoints, leaderEndpoint: (timeoutMs = 5000) => leaderOf(endpoints, timeoutMs), stop };
+    const pids = processes.map((p) => p.child.pid ?? -1);
+    return { members, pids, endpoints, leaderEndpoint: (timeoutMs = 5000) => leaderOf(endpoints, timeoutMs), stop };
   } catch (err) {
     await stop();
     throw err;
@@ -359,6 +362,7 @@ export async function etcdKvTarget(cluster: EtcdCluster, mode: EtcdEndpointMode)
     return {
       name: 'etcd',
       version,
+      pids: cluster.pids,
       put(key, value) {
         const client = clients[next++ % clients.length] as EtcdClient;
         return client.put(encoder.encode(key), value, PUT_TIMEOUT_MS);

@@ -2,8 +2,9 @@
  * The raft bench: a 3-member dwcp cluster against a 3-member etcd cluster on
  * this machine, one after the other in one run, each driven by closed-loop
  * clients putting fixed-size values for a fixed time per concurrency level.
- * Reports ops/s and put latency percentiles per system and level, and the
- * dwcp/etcd ratios the issue's floor is stated in.
+ * Reports ops/s and put latency percentiles per system and level, each
+ * member's resident memory (peak and at the end of each level, sampled every
+ * second), and the dwcp/etcd ratios the issue's floors are stated in.
  *
  * Invariants:
  * - Closed loop: each client awaits its put before issuing the next, so
@@ -33,6 +34,8 @@ export interface KvTarget {
   name: string;
   /** Version of the system under test, when it can tell. */
   version?: string;
+  /** Its member processes, whose memory is sampled while it runs. */
+  pids?: readonly number[];
   /** Resolves once the put is durable as the system defines a successful write (committed, fsynced). */
   put(key: string, value: Uint8Array): Promise<void>;
   /** Releases clients and stops whatever the target started. */
@@ -133,6 +136,8 @@ export interface ClusterOptions {
   /** Parent of the cluster's temporary data dirs; both systems get the same one. */
   workDir: string;
   etcdEndpoints: EtcdEndpointMode;
+  /** When set, every dwcp member runs under node's --cpu-prof, writing here. */
+  profileDir?: string;
 }
 
 /**
@@ -142,7 +147,8 @@ export interface ClusterOptions {
  * the way etcd's puts are, and close() stops the members and removes their data.
  */
 export async function startDwcpTarget(options: ClusterOptions): Promise<KvTarget> {
-  const cluster = await startDwcpCluster({ members: options.members, workDir: options.workDir });
+  const nodeArgs = options.profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${options.profileDir}`];
+  const cluster = await startDwcpCluster({ members: options.members, workDir: options.workDir, nodeArgs });
   try {
     progress(`raft: dwcp leader is ${await cluster.leader()} (pids ${cluster.members.map((m) => `${m.name} ${m.pid}`).join(', ')})`);
   } catch (err) {
@@ -177,50 +183,125 @@ export interface RaftBenchOptions {
   cluster: ClusterOptions;
 }
 
+/** Resident memory of a system's members over one level, in MiB, per member in the order of its pids. */
+export interface MemberMemory {
+  peak_rss_mb: number[];
+  end_rss_mb: number[];
+}
+
+export type LevelResult = ClosedLoopResult & { memory: MemberMemory | null };
+
 export interface RatioRow {
   ratio: 'dwcp/etcd';
   clients: number;
   /** dwcp ops/s over etcd ops/s: below 1 means dwcp is slower. */
   throughput: number;
+  /** dwcp p50 over etcd p50: above 1 means dwcp is slower. */
+  p50: number | null;
   /** dwcp p99 over etcd p99: above 1 means dwcp is slower. */
   p99: number | null;
 }
 
-/** The issue's bar: at these levels dwcp's throughput is at least etcd's, and its p99 at most twice etcd's. */
-const FLOOR = { clients: [16, 64], minThroughput: 1, maxP99: 2 } as const;
+/**
+ * The issue's bars (issue 19): at 16 and 64 clients dwcp's throughput is at
+ * least etcd's and its p99 at most 1.5× etcd's; at 1 client its p50 at most
+ * 3× etcd's; with 16 clients for 150 s no dwcp member above 250 MiB RSS.
+ */
+const FLOOR = {
+  clients: [16, 64],
+  minThroughput: 1,
+  maxP99: 1.5,
+  latency: { clients: 1, maxP50: 3 },
+  memory: { clients: 16, minDurationMs: 150_000, maxRssMb: 250 },
+} as const;
 
-function ratioRows(results: readonly ClosedLoopResult[]): RatioRow[] {
+function ratio(a: number | null, b: number | null): number | null {
+  return a === null || b === null || b === 0 ? null : significant(a / b, 3);
+}
+
+export function ratioRows(results: readonly ClosedLoopResult[]): RatioRow[] {
   const rows: RatioRow[] = [];
   for (const dwcp of results.filter((r) => r.system === 'dwcp')) {
     const etcd = results.find((r) => r.system === 'etcd' && r.clients === dwcp.clients);
     if (etcd === undefined || etcd.ops_per_s === 0) continue;
-    const p99 = dwcp.p99_ms === null || etcd.p99_ms === null ? null : significant(dwcp.p99_ms / etcd.p99_ms, 3);
-    rows.push({ ratio: 'dwcp/etcd', clients: dwcp.clients, throughput: significant(dwcp.ops_per_s / etcd.ops_per_s, 3), p99 });
+    rows.push({ ratio: 'dwcp/etcd', clients: dwcp.clients, throughput: significant(dwcp.ops_per_s / etcd.ops_per_s, 3), p50: ratio(dwcp.p50_ms, etcd.p50_ms), p99: ratio(dwcp.p99_ms, etcd.p99_ms) });
   }
   return rows;
 }
 
-/** true/false once every floor level has a ratio; null (with the reason) while any is missing. */
-function floorVerdict(rows: readonly RatioRow[]): { met: boolean | null; reason: string } {
-  const missing = FLOOR.clients.filter((c) => !rows.some((r) => r.clients === c));
-  if (missing.length > 0) return { met: null, reason: `no dwcp/etcd ratio at ${missing.join(', ')} clients` };
-  const failing = rows.filter((r) => FLOOR.clients.some((c) => c === r.clients) && (r.throughput < FLOOR.minThroughput || r.p99 === null || r.p99 > FLOOR.maxP99));
-  return failing.length === 0
-    ? { met: true, reason: 'throughput and p99 within the floor at every floor level' }
-    : { met: false, reason: `outside the floor at ${failing.map((r) => `${r.clients} clients (throughput ${r.throughput}, p99 ${r.p99})`).join('; ')}` };
+export interface FloorCheck {
+  check: string;
+  /** null: not evaluated in this run (the reason says what is missing). */
+  met: boolean | null;
+  reason: string;
+}
+
+/** Each floor on its own, then true/false overall: false if any is missed, true if all were evaluated and met. */
+export function floorVerdict(rows: readonly RatioRow[], results: readonly LevelResult[], durationMs: number): { met: boolean | null; checks: FloorCheck[] } {
+  const checks: FloorCheck[] = [];
+  for (const clients of FLOOR.clients) {
+    const row = rows.find((r) => r.clients === clients);
+    const check = `${clients} clients: throughput >= ${FLOOR.minThroughput}x, p99 <= ${FLOOR.maxP99}x etcd's`;
+    if (row === undefined) checks.push({ check, met: null, reason: `no dwcp/etcd ratio at ${clients} clients` });
+    else checks.push({ check, met: row.throughput >= FLOOR.minThroughput && row.p99 !== null && row.p99 <= FLOOR.maxP99, reason: `throughput ${row.throughput}, p99 ${row.p99}` });
+  }
+  const { latency, memory } = FLOOR;
+  const one = rows.find((r) => r.clients === latency.clients);
+  const latencyCheck = `${latency.clients} client: p50 <= ${latency.maxP50}x etcd's`;
+  checks.push(one === undefined ? { check: latencyCheck, met: null, reason: `no dwcp/etcd ratio at ${latency.clients} client` } : { check: latencyCheck, met: one.p50 !== null && one.p50 <= latency.maxP50, reason: `p50 ${one.p50}` });
+  const memoryCheck = `${memory.clients} clients for ${memory.minDurationMs / 1000} s: every dwcp member <= ${memory.maxRssMb} MiB RSS`;
+  const level = results.find((r) => r.system === 'dwcp' && r.clients === memory.clients);
+  if (level?.memory == null || durationMs < memory.minDurationMs) {
+    checks.push({ check: memoryCheck, met: null, reason: `run --clients ${memory.clients} --duration-ms ${memory.minDurationMs} on Linux to evaluate` });
+  } else {
+    const peak = Math.max(...level.memory.peak_rss_mb);
+    checks.push({ check: memoryCheck, met: peak <= memory.maxRssMb, reason: `peak ${level.memory.peak_rss_mb.join(', ')} MiB` });
+  }
+  const met = checks.some((c) => c.met === false) ? false : checks.every((c) => c.met === true) ? true : null;
+  return { met, checks };
+}
+
+/** VmRSS of a process in MiB (Linux), or null where it cannot be read. */
+async function rssMb(pid: number): Promise<number | null> {
+  try {
+    const status = await fs.readFile(`/proc/${pid}/status`, 'utf8');
+    const kb = /^VmRSS:\s+(\d+) kB/m.exec(status)?.[1];
+    return kb === undefined ? null : significant(Number(kb) / 1024, 4);
+  } catch {
+    return null;
+  }
+}
+
+/** Samples every member's RSS once a second while `run` goes on; null when it cannot be read here. */
+async function withMemory<T>(pids: readonly number[] | undefined, run: Promise<T>): Promise<{ result: T; memory: MemberMemory | null }> {
+  if (pids === undefined || pids.length === 0 || (await rssMb(pids[0] as number)) === null) return { result: await run, memory: null };
+  const peak = pids.map(() => 0);
+  const sample = async (): Promise<number[]> => {
+    const now = await Promise.all(pids.map((pid) => rssMb(pid)));
+    now.forEach((mb, i) => (peak[i] = Math.max(peak[i] as number, mb ?? 0)));
+    return now.map((mb) => mb ?? 0);
+  };
+  const timer = setInterval(() => void sample(), 1000);
+  try {
+    const result = await run;
+    return { result, memory: { peak_rss_mb: peak, end_rss_mb: await sample() } };
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 const TMPFS_MAGIC = 0x01021994;
 
-async function measureSystem(name: SystemName, opts: RaftBenchOptions): Promise<{ results: ClosedLoopResult[]; version: string | null }> {
+async function measureSystem(name: SystemName, opts: RaftBenchOptions): Promise<{ results: LevelResult[]; version: string | null }> {
   progress(`raft: starting a ${opts.cluster.members}-member ${name} cluster`);
   const target = await SYSTEMS[name](opts.cluster);
   try {
-    const results: ClosedLoopResult[] = [];
+    const results: LevelResult[] = [];
     for (const clients of opts.clients) {
       const level = { clients, valueBytes: opts.valueBytes };
       if (opts.warmupMs > 0) await runClosedLoop(target, { ...level, durationMs: opts.warmupMs });
-      const result = await runClosedLoop(target, { ...level, durationMs: opts.durationMs });
+      const measured = await withMemory(target.pids, runClosedLoop(target, { ...level, durationMs: opts.durationMs }));
+      const result: LevelResult = { ...measured.result, memory: measured.memory };
       progress(JSON.stringify(result));
       if (result.errors > 0) progress(`raft: warning: ${result.errors} ${name} puts failed at ${clients} clients; first: ${result.first_error ?? ''}`);
       results.push(result);
@@ -243,7 +324,7 @@ export async function runRaftBench(opts: RaftBenchOptions) {
   if (workDirFs.type === TMPFS_MAGIC) {
     progress(`raft: warning: --work-dir ${opts.cluster.workDir} is tmpfs, where fsync costs nothing; the numbers will not reflect a disk`);
   }
-  const results: ClosedLoopResult[] = [];
+  const results: LevelResult[] = [];
   const versions: Record<string, string | null> = {};
   const skipped: { system: SystemName; reason: string }[] = [];
   for (const name of opts.systems) {
@@ -259,16 +340,24 @@ export async function runRaftBench(opts: RaftBenchOptions) {
   }
   const comparisons = ratioRows(results);
   for (const row of comparisons) progress(JSON.stringify(row));
-  const floor = floorVerdict(comparisons);
+  const floor = floorVerdict(comparisons, results, opts.durationMs);
 
   progress(
     `\nraft: closed-loop puts of ${opts.valueBytes} B, ${opts.durationMs} ms per level after ${opts.warmupMs} ms warm-up, ${opts.cluster.members} members, etcd clients to ${opts.cluster.etcdEndpoints === 'all' ? 'all members in turn' : 'the leader'}, ${facts.cpus} cpus, load ${facts.loadavg.join(' ')} -> ${machineFacts().loadavg.join(' ')}`,
   );
-  progress(renderTable(['system', 'clients', 'ops/s', 'p50 ms', 'p99 ms', 'errors'], results.map((r) => [r.system, String(r.clients), String(r.ops_per_s), cell(r.p50_ms), cell(r.p99_ms), String(r.errors)])));
+  const memoryCell = (m: MemberMemory | null) => (m === null ? '-' : `${m.peak_rss_mb.map((mb) => Math.round(mb)).join('/')}`);
+  progress(
+    renderTable(
+      ['system', 'clients', 'ops/s', 'p50 ms', 'p99 ms', 'errors', 'peak RSS MiB per member'],
+      results.map((r) => [r.system, String(r.clients), String(r.ops_per_s), cell(r.p50_ms), cell(r.p99_ms), String(r.errors), memoryCell(r.memory)]),
+    ),
+  );
   if (comparisons.length > 0) {
-    progress(`\n${renderTable(['dwcp/etcd', 'throughput (<1 = slower)', 'p99 (>1 = slower)'], comparisons.map((r) => [`${r.clients} clients`, String(r.throughput), cell(r.p99)]))}`);
+    progress(`\n${renderTable(['dwcp/etcd', 'throughput (<1 = slower)', 'p50 (>1 = slower)', 'p99 (>1 = slower)'], comparisons.map((r) => [`${r.clients} clients`, String(r.throughput), cell(r.p50), cell(r.p99)]))}`);
   }
-  progress(`floor (dwcp throughput >= etcd's and p99 <= 2x etcd's at ${FLOOR.clients.join(' and ')} clients): ${floor.met === null ? 'not evaluated' : floor.met ? 'met' : 'NOT met'}: ${floor.reason}`);
+  const verdict = (met: boolean | null) => (met === null ? 'not evaluated' : met ? 'met' : 'NOT met');
+  progress(`floors: ${verdict(floor.met)}`);
+  for (const c of floor.checks) progress(`  ${c.check}: ${verdict(c.met)} (${c.reason})`);
 
   return {
     bench: 'raft',
@@ -282,6 +371,7 @@ export async function runRaftBench(opts: RaftBenchOptions) {
       members: opts.cluster.members,
       etcd_endpoints: opts.cluster.etcdEndpoints,
       work_dir: opts.cluster.workDir,
+      profile_dir: opts.cluster.profileDir ?? null,
       fsync: true,
     },
     ratios: {
@@ -291,7 +381,14 @@ export async function runRaftBench(opts: RaftBenchOptions) {
     versions,
     results,
     comparisons,
-    floor: { clients: FLOOR.clients, min_throughput: FLOOR.minThroughput, max_p99: FLOOR.maxP99, ...floor },
+    floor: {
+      clients: FLOOR.clients,
+      min_throughput: FLOOR.minThroughput,
+      max_p99: FLOOR.maxP99,
+      max_p50_at_1_client: FLOOR.latency.maxP50,
+      max_rss_mb_at_16_clients_150_s: FLOOR.memory.maxRssMb,
+      ...floor,
+    },
     skipped,
     loadavg_after: machineFacts().loadavg,
   };
@@ -319,6 +416,7 @@ export const raftBench = defineBench<RaftBenchOptions>({
     'value-bytes': { default: '256', description: 'bytes per put value' },
     'etcd-endpoints': { default: 'all', description: 'where etcd puts go: all (members in turn, followers forward) or leader' },
     'work-dir': { default: os.tmpdir(), description: "parent of both clusters' data dirs; must be a real disk for fsync to count" },
+    'profile-dir': { default: '', description: 'when set, run every dwcp member under --cpu-prof, writing its profile here when it stops' },
   },
   parse(flags) {
     const only = oneOf(flags, 'only', ['both', 'dwcp', 'etcd'] as const);
@@ -329,7 +427,12 @@ export const raftBench = defineBench<RaftBenchOptions>({
       clients: [...new Set(levels)],
       systems: only === 'both' ? ['dwcp', 'etcd'] : [only],
       valueBytes: intFlag(flags, 'value-bytes'),
-      cluster: { members: 3, workDir: flags['work-dir'] ?? os.tmpdir(), etcdEndpoints: oneOf(flags, 'etcd-endpoints', ['all', 'leader'] as const) },
+      cluster: {
+        members: 3,
+        workDir: flags['work-dir'] ?? os.tmpdir(),
+        etcdEndpoints: oneOf(flags, 'etcd-endpoints', ['all', 'leader'] as const),
+        ...(flags['profile-dir'] ? { profileDir: flags['profile-dir'] } : {}),
+      },
     };
   },
   run: runRaftBench,

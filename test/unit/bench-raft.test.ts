@@ -13,7 +13,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { dwcpKvTarget, startDwcpCluster } from '../../bench/dwcp-cluster.ts';
 import { connectEtcd, etcdKvTarget, findEtcd, startEtcdCluster } from '../../bench/etcd.ts';
-import { runClosedLoop, type KvTarget } from '../../bench/raft.ts';
+import { floorVerdict, ratioRows, runClosedLoop, type KvTarget } from '../../bench/raft.ts';
 import { connectAdmin } from '../../src/admin/client.ts';
 
 /** A store that acknowledges each put on the next turn of the event loop, recording which keys it saw. */
@@ -164,5 +164,43 @@ describe('etcd target', () => {
     expect(result.p99_ms).toBeGreaterThan(0);
     // close() stopped the cluster it owns: its data dir is gone.
     expect(await fs.readdir(workDir)).toEqual([]);
+  });
+});
+
+describe('raft bench floors', () => {
+  const level = (system: string, clients: number, ops: number, p50: number, p99: number, peak: number[] | null = null) => ({
+    system,
+    clients,
+    ops_per_s: ops,
+    p50_ms: p50,
+    p99_ms: p99,
+    ops: 1,
+    errors: 0,
+    first_error: null,
+    memory: peak === null ? null : { peak_rss_mb: peak, end_rss_mb: peak },
+  });
+
+  it('judges each floor on its own: throughput and p99 at 16 and 64 clients, p50 at 1, memory only in a 150 s run at 16', () => {
+    const results = [
+      level('dwcp', 1, 300, 2.9, 10),
+      level('etcd', 1, 500, 1, 5),
+      level('dwcp', 16, 1000, 10, 30, [240, 251, 230]),
+      level('etcd', 16, 1000, 10, 20, [100, 100, 100]),
+      level('dwcp', 64, 4000, 10, 40),
+      level('etcd', 64, 3900, 10, 30),
+    ];
+    const rows = ratioRows(results);
+    expect(rows.map((r) => [r.clients, r.throughput, r.p50, r.p99])).toEqual([
+      [1, 0.6, 2.9, 2],
+      [16, 1, 1, 1.5],
+      [64, 1.03, 1, 1.33],
+    ]);
+    const short = floorVerdict(rows, results, 10_000);
+    expect(short.checks.map((c) => c.met)).toEqual([true, true, true, null]);
+    expect(short.met).toBeNull();
+    const long = floorVerdict(rows, results, 150_000);
+    expect(long.checks.map((c) => c.met)).toEqual([true, true, true, false]);
+    expect(long.checks[3]?.reason).toBe('peak 240, 251, 230 MiB');
+    expect(long.met).toBe(false);
   });
 });
