@@ -450,3 +450,47 @@ describe('KvStateMachine determinism (property)', () => {
     );
   });
 });
+
+describe('KvSnapshot encoding', () => {
+  const type = kvProto.lookupType('dwcp.kv.v1.KvSnapshot');
+  const keyArb = fc.string({ minLength: 1, maxLength: 40, unit: 'binary' }).filter((k) => k.isWellFormed() && Buffer.byteLength(k, 'utf8') <= 1024);
+  const stateArb = fc
+    .record({
+      appliedIndex: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }),
+      keys: fc.uniqueArray(keyArb, { maxLength: 30, selector: (k) => k }),
+      values: fc.array(fc.uint8Array({ maxLength: 300 }), { minLength: 30, maxLength: 30 }),
+      revisions: fc.array(fc.tuple(fc.double({ min: 0, max: 1, noNaN: true }), fc.double({ min: 0, max: 1, noNaN: true })), { minLength: 30, maxLength: 30 }),
+      maxSessions: fc.integer({ min: 1, max: 100_000 }),
+    })
+    .map(({ appliedIndex, keys, values, revisions, maxSessions }) => {
+      const sorted = [...keys].sort((a, b) => (Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'))));
+      const entries = sorted.map((key, i) => {
+        const [r, c] = revisions[i] ?? [0, 0];
+        const revision = 1 + Math.floor(r * (appliedIndex - 1));
+        return { key, value: values[i] ?? new Uint8Array(), revision, createRevision: 1 + Math.floor(c * (revision - 1)) };
+      });
+      return { appliedIndex, limits: { maxSessions, maxStateBytes: 512 * 1024 * 1024 }, entries, sessions: [], fleet: new Uint8Array() };
+    });
+
+  it('writes the entries to exactly the bytes protobufjs writes for the whole message', async () => {
+    const { encodeKvSnapshot } = await import('../../src/kv/snapshot.ts');
+    fc.assert(
+      fc.property(stateArb, (state) => {
+        const ours = Buffer.from(encodeKvSnapshot(state));
+        const reference = type.encode(type.fromObject({ appliedIndex: state.appliedIndex, ...state.limits, entries: state.entries, sessions: [], fleet: state.fleet })).finish();
+        expect(ours.subarray(5, -4).equals(Buffer.from(reference))).toBe(true);
+        expect(KvStateMachine.restore(ours).snapshot()).toEqual(ours);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('refuses to write entries out of order or with revisions past the applied index, naming the entry', async () => {
+    const { encodeKvSnapshot } = await import('../../src/kv/snapshot.ts');
+    const base = { appliedIndex: 10, limits: { maxSessions: 10, maxStateBytes: 1 << 20 }, sessions: [], fleet: new Uint8Array() };
+    const entry = (key: string, revision = 5) => ({ key, value: new Uint8Array([1]), revision, createRevision: 1 });
+    expect(() => encodeKvSnapshot({ ...base, entries: [entry('b'), entry('a')] })).toThrow(/entries\[1\]\.key is not after the previous key/);
+    expect(() => encodeKvSnapshot({ ...base, entries: [entry('a', 11)] })).toThrow(/entries\[0\] has revisions 1\.\.11 outside 1\.\.10/);
+    expect(() => encodeKvSnapshot({ ...base, limits: { ...base.limits, maxStateBytes: 10 }, entries: [entry('a')] })).toThrow(/above maxStateBytes 10/);
+  });
+});
