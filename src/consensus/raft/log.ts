@@ -19,9 +19,6 @@
  *   changed there and marks nothing stable, see stableTo).
  * The membership in force is the latest config entry in the log, committed
  * or not (the dissertation's rule), falling back to the snapshot's.
- * The log owns its entries' bytes: data that is a view into a larger buffer
- * (a received frame, a pooled allocation) is copied as it enters, so an entry
- * kept until the next compaction does not pin the frame it arrived in.
  */
 import type { Entry, Membership, Snapshot } from './types.ts';
 import { RaftInputError, entryBytes, invariant } from './types.ts';
@@ -217,7 +214,7 @@ export class RaftLog {
   }
 
   #push(entry: Entry): void {
-    this.#entries.push(owned(entry));
+    this.#entries.push(entry);
     if (entry.kind === 'config') this.#configIndices.push(entry.index);
   }
 
@@ -316,12 +313,4 @@ export class RaftLog {
     }
     return this.#snapshot.meta.membership;
   }
-}
-
-/** The entry itself, or a copy whose data has a buffer of its own when it was a view into a larger one. */
-function owned(entry: Entry): Entry {
-  if (entry.kind !== 'normal') return entry;
-  const { data } = entry;
-  if (data.byteOffset === 0 && data.byteLength === data.buffer.byteLength) return entry;
-  return { ...entry, data: new Uint8Array(data) };
 }

@@ -134,6 +134,16 @@ const TRANSIENT_DROPS: ReadonlySet<DropReason> = new Set([
   'learner_behind',
 ]);
 
+/**
+ * The log keeps a proposal until the next compaction: one that is a view into
+ * a larger buffer (a forwarded command inside its frame, a slice of a pooled
+ * slab) is copied, so it does not pin that buffer. (Entries a follower
+ * receives are copied per append by the wire decoder.)
+ */
+function ownBytes(data: Uint8Array): Uint8Array {
+  return data.byteOffset === 0 && data.byteLength === data.buffer.byteLength ? data : new Uint8Array(data);
+}
+
 function deadlineError(what: string, ms: number, leader: NodeId | null): RaftClientError {
   const state = leader === null ? 'no leader is known (no quorum reachable?)' : `the leader is ${leader}`;
   return new RaftClientError('timeout', `${what} did not complete within ${ms} ms; ${state}`, leader);
@@ -242,7 +252,7 @@ export class RaftNode<R> {
   async propose(data: Uint8Array, timeoutMs: number): Promise<R> {
     this.#throwIfStopped();
     const deadline = AbortSignal.timeout(timeoutMs);
-    const offered = this.#offer('proposal', this.#core.propose(data));
+    const offered = this.#offer('proposal', this.#core.propose(ownBytes(data)));
     if ('retry' in offered) throw new RaftClientError('dropped', `proposal refused for now: ${offered.retry}`, this.#leader, true);
     this.#schedule();
     return this.#awaitApplied(offered.done, deadline, 'proposal', timeoutMs);
