@@ -135,7 +135,7 @@ export class KvService {
       if (this.#stopped) throw new KvServiceError('unavailable', 'the daemon is stopping');
       const leader = node.leader;
       try {
-        if (node.isLeader) return { done: { result: await node.propose(data, remaining()), leader: node.id } };
+        if (node.isLeader) return { done: { result: await node.propose(data, remaining(), deadline), leader: node.id } };
         if (leader !== null) return { done: { result: await this.#forward(leader, data, remaining(), deadline), leader } };
       } catch (err) {
         // A leader change, a lost entry, a dropped forward: the next change runs the attempt again; anything else is the answer.
@@ -302,7 +302,7 @@ export class KvService {
     const attempt = async (): Promise<Attempt<KvForwardResponse>> => {
       if (!node.isLeader) return { done: error('not_leader', `${node.id} is not the leader`) };
       try {
-        return { done: { id, kind: 'result', result: await node.propose(request.command, remaining()) } };
+        return { done: { id, kind: 'result', result: await node.propose(request.command, remaining(), deadline) } };
       } catch (err) {
         if (err instanceof RaftClientError && err.code === 'dropped') return { retry: err.message, refused: err.refusedForNow };
         throw err;

@@ -247,11 +247,12 @@ export class RaftNode<R> {
    * `not_leader` (with the leader to forward to) or `no_leader`. A proposal
    * the leader refuses for now (a transfer or config change in flight, a full
    * uncommitted tail) fails `dropped` at once: the caller retries it under
-   * retry(), which also follows the leader when it moves.
+   * retry(), which also follows the leader when it moves. A caller that has
+   * a deadline of its own passes it (one timer per request, not two);
+   * timeoutMs then only words the error.
    */
-  async propose(data: Uint8Array, timeoutMs: number): Promise<R> {
+  async propose(data: Uint8Array, timeoutMs: number, deadline: AbortSignal = AbortSignal.timeout(timeoutMs)): Promise<R> {
     this.#throwIfStopped();
-    const deadline = AbortSignal.timeout(timeoutMs);
     const offered = this.#offer('proposal', this.#core.propose(ownBytes(data)));
     if ('retry' in offered) throw new RaftClientError('dropped', `proposal refused for now: ${offered.retry}`, this.#leader, true);
     this.#schedule();
