@@ -44,6 +44,7 @@ describe('raft deterministic simulation', () => {
     // Asynchronous storage: later Readys overtook writes still under way, and acks/votes waited for them.
     expect(total('pipelinedReadys')).toBeGreaterThan(100 * SEEDS);
     expect(total('heldMessages')).toBeGreaterThan(100 * SEEDS);
+    expect(total('heldReadys')).toBeGreaterThan(10 * SEEDS);
     expect(Math.max(...reports.map((r) => r.maxQueuedWrites))).toBeGreaterThan(5);
     expect(total('puts')).toBeGreaterThan(100 * SEEDS);
     expect(total('gets')).toBeGreaterThan(100 * SEEDS);

@@ -210,6 +210,28 @@ describe('raft replication', () => {
     expect(n2.applied.get(index)?.kind).toBe('normal');
   });
 
+  it("tells a follower's driver what may wait for a write under way: acks and new entries may, entries to apply and ReadIndex requests may not", () => {
+    const c = new ScriptedCluster(['n1', 'n2', 'n3']);
+    c.elect('n1');
+    const n2 = c.core('n2');
+    const last = n2.lastIndex;
+    const entry = (index: number) => ({ kind: 'normal' as const, index, term: 2, data: new Uint8Array([index]) });
+    n2.step({ type: 'append', from: 'n1', to: 'n2', term: 2, prevIndex: last, prevTerm: 2, entries: [entry(last + 1)], commit: last });
+    expect(n2.hasReady()).toBe(true);
+    expect(n2.hasUrgentReady()).toBe(false); // an entry to persist and its ack: both wait for the write anyway
+    // A ReadIndex request leaves at once (it promises nothing about n2's disk): urgent.
+    expect(n2.readIndex('r1').kind).toBe('pending');
+    expect(n2.hasUrgentReady()).toBe(true);
+    const ready = n2.ready();
+    expect(ready?.messages).toEqual([expect.objectContaining({ type: 'read_index', ctx: 'r1' })]);
+    expect(ready?.persistMessages).toEqual([expect.objectContaining({ type: 'append_response', index: last + 1 })]);
+    if (ready === null) throw new Error('expected a Ready');
+    n2.advance(ready);
+    // The leader's commit index arrives: something to apply is urgent.
+    n2.step({ type: 'heartbeat', from: 'n1', to: 'n2', term: 2, commit: last + 1, readSeq: 0 });
+    expect(n2.hasUrgentReady()).toBe(true);
+  });
+
   it('an ack queued in an old term never leaves after a newer leader overwrote what it acknowledged', () => {
     const c = new ScriptedCluster(['n1', 'n2', 'n3']);
     c.elect('n1');

@@ -258,6 +258,28 @@ export class RaftCore {
   }
 
   /**
+   * Whether a Ready now would carry something that should not wait for a
+   * storage write under way: committed entries to apply, confirmed reads, a
+   * role or leader change, a snapshot to install, or a message that may leave
+   * before persisting. What is left (entries to persist, acks and other
+   * messages that wait for the writes anyway) loses nothing by waiting for
+   * the write in flight to land, and then goes out in one Ready instead of
+   * several; a follower's driver uses this to batch (node.ts).
+   */
+  hasUrgentReady(): boolean {
+    if (this.#outstanding !== null) return false;
+    return (
+      this.#readStates.length > 0 ||
+      this.#log.applied < this.#log.committed ||
+      this.#log.hasSnapshotToPersist ||
+      this.#role !== this.#reportedRole ||
+      this.#leader !== this.#reportedLeader ||
+      (this.#role === 'leader' && (this.#appendPending || this.#commitPending || this.#heartbeatPending)) ||
+      this.#messages.some((m) => sendsBeforePersist(this.#role, m))
+    );
+  }
+
+  /**
    * The next batch of work, or null if there is none or the previous one is
    * not advanced yet. Earlier Readys may still be being persisted: what this
    * one hands out is only what they did not.
@@ -787,16 +809,20 @@ export class RaftCore {
  * Leader messages that carry no promise about the sender's durable state, so
  * they leave while the Ready that made them is still being persisted (Raft
  * thesis 10.2.1: the leader writes its log in parallel with replicating it,
- * and counts its own copy only once durable). Everything else waits for every
- * storage write handed out so far: a vote (granted or asked for oneself), an
- * append or snapshot ack each promise something is on disk, and any message
- * promises its term is.
+ * and counts its own copy only once durable). A follower's ReadIndex request
+ * promises nothing either. Everything else waits for every storage write
+ * handed out so far: a vote (granted or asked for oneself), an append or
+ * snapshot ack each promise something is on disk, and any other message
+ * promises its term is. (A heartbeat answer must wait too: a follower that
+ * confirmed a leader of a term its disk does not hold yet could crash back to
+ * the older term, help a deposed leader commit there, and leave the newer
+ * leader serving a ReadIndex read that misses that write.)
  */
-const SEND_BEFORE_PERSIST: ReadonlySet<MessageType> = new Set(['append', 'heartbeat', 'snapshot_chunk', 'timeout_now', 'read_index_response']);
+const LEADER_SENDS_BEFORE_PERSIST: ReadonlySet<MessageType> = new Set(['append', 'heartbeat', 'snapshot_chunk', 'timeout_now', 'read_index_response']);
 
 /** Whether a message queued while in `role` may leave before the storage writes handed out so far are durable. */
 export function sendsBeforePersist(role: Role, m: Message): boolean {
-  return role === 'leader' && SEND_BEFORE_PERSIST.has(m.type);
+  return m.type === 'read_index' || (role === 'leader' && LEADER_SENDS_BEFORE_PERSIST.has(m.type));
 }
 
 function sameHardState(a: HardState, b: HardState): boolean {

@@ -493,10 +493,10 @@ export class RaftNode<R> {
   // ---------------------------------------------------------------- the loop
 
   readonly #loop = new ReadyLoop<Ready>({
-    next: () => this.#core.ready(),
+    next: () => (this.#batching() ? null : this.#core.ready()),
     handle: (ready) => this.#handle(ready),
     afterBatch: () => this.#maybeSnapshot(),
-    pending: () => this.#core.hasReady(),
+    pending: () => !this.#batching() && this.#core.hasReady(),
     halted: () => this.#stopped || this.#failure !== null,
     failed: () => this.#failure !== null,
     fail: (err) => this.#fail(err),
@@ -504,6 +504,17 @@ export class RaftNode<R> {
 
   #schedule(): void {
     this.#loop.schedule();
+  }
+
+  /**
+   * A follower holds its next Ready while its own write is syncing, unless
+   * something in it is urgent (core.hasUrgentReady): its new entries would
+   * queue behind that write anyway and its acks wait for it, so one Ready (one
+   * write, one ack) when it lands does what several would. A leader does not:
+   * its Readys carry the appends that let followers write in parallel with it.
+   */
+  #batching(): boolean {
+    return this.#lastWrite !== null && this.#role !== 'leader' && !this.#core.hasUrgentReady();
   }
 
   async #handle(ready: Ready): Promise<void> {
