@@ -27,6 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { connectAdmin, type AdminClient } from '../src/admin/client.ts';
 import { loadOrCreateIdentity } from '../src/daemon/identity.ts';
+import { DAEMON_NODE_FLAGS } from '../src/daemon/node-flags.ts';
 import { DEFAULT_BASE_PORT, nodeConfig, planFederation, type PlannedNode } from '../scripts/federation-plan.ts';
 import { freePorts } from './etcd.ts';
 import { awaitReady, ownMembers, retryUntil, spawnLogged, stopMembers, type MemberLabel, type MemberProcess } from './member-process.ts';
@@ -98,7 +99,7 @@ async function planCluster(root: string, size: number, untrusted: number): Promi
 }
 
 function spawnMember(node: PlannedNode, nodeArgs: readonly string[]): MemberProcess<DwcpMember> {
-  const proc = spawnLogged(process.execPath, [...nodeArgs, DAEMON_MAIN, '--config', node.configPath], daemonEnv());
+  const proc = spawnLogged(process.execPath, [...DAEMON_NODE_FLAGS, ...nodeArgs, DAEMON_MAIN, '--config', node.configPath], daemonEnv());
   const member = { name: node.name, pid: proc.child.pid ?? -1, adminSocket: node.adminSocket, metricsUrl: node.metricsUrl, dataDir: node.dir };
   return { ...proc, member };
 }

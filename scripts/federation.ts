@@ -25,6 +25,7 @@ import { stringify } from 'yaml';
 import { resolveConfig } from '../src/config/load.ts';
 import type { DwcpConfig } from '../src/config/schema.ts';
 import { loadOrCreateIdentity } from '../src/daemon/identity.ts';
+import { DAEMON_NODE_FLAGS } from '../src/daemon/node-flags.ts';
 import {
   CONFIG_FILE,
   DEFAULT_BASE_PORT,
@@ -286,7 +287,7 @@ async function startNode(node: PlannedNode, peerId: string): Promise<StartedNode
   const logFd = openSync(node.logPath, 'a', 0o600);
   let child: ChildProcess;
   try {
-    child = spawn(process.execPath, [DAEMON_MAIN, '--config', node.configPath], {
+    child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, DAEMON_MAIN, '--config', node.configPath], {
       cwd: node.dir,
       detached: true,
       stdio: ['ignore', logFd, logFd],

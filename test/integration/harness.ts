@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { stringify } from 'yaml';
 import { loadOrCreateIdentity } from '../../src/daemon/identity.ts';
+import { DAEMON_NODE_FLAGS } from '../../src/daemon/node-flags.ts';
 
 export const ROOT = new URL('../../', import.meta.url).pathname;
 export const DWCPD = join(ROOT, 'src/daemon/main.ts');
@@ -118,7 +119,7 @@ export class DaemonProcess {
 /** Starts dwcpd on `config` written to the node's config file, or with no config file at all when it is null. */
 export async function startDaemon(node: NodeFiles, config: Record<string, unknown> | null, env: NodeJS.ProcessEnv = {}): Promise<DaemonProcess> {
   if (config) await writeConfig(node, config);
-  const child = spawn(process.execPath, [DWCPD, ...(config ? ['--config', node.configPath] : [])], {
+  const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, DWCPD, ...(config ? ['--config', node.configPath] : [])], {
     env: { ...cleanEnv(), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

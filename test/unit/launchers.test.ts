@@ -9,10 +9,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, rm, symlink, mkdir } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, symlink, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DAEMON_NODE_FLAGS } from '../../src/daemon/node-flags.ts';
 import { VERSION } from '../../src/daemon/version.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -88,6 +89,14 @@ describe('bin/dwcpctl', () => {
 });
 
 describe('bin/dwcpd', () => {
+  it('runs the daemon with the node flags every launcher passes (src/daemon/node-flags.ts), as the Dockerfile does', async () => {
+    const script = await readFile(DWCPD, 'utf8');
+    const exec = script.split('\n').find((line) => line.startsWith('exec '));
+    expect(exec).toBe(`exec "$node" ${DAEMON_NODE_FLAGS.join(' ')} "$root/src/daemon/main.ts" "$@"`);
+    const dockerfile = await readFile(join(ROOT, 'Dockerfile'), 'utf8');
+    expect(dockerfile).toContain(`ENTRYPOINT ${JSON.stringify(['node', ...DAEMON_NODE_FLAGS, 'src/daemon/main.ts']).replaceAll(',', ', ')}`);
+  });
+
   it('prints only its usage for --help and exits 0', async () => {
     const r = await run(DWCPD, ['--help']);
     expect(r.code).toBe(0);
