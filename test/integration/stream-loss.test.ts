@@ -33,7 +33,7 @@ import { BLOB_PROTOCOL } from '../../src/blob/wire.ts';
 import { RAFT_PROTOCOL } from '../../src/consensus/raft/wire.ts';
 import { loadIdentity } from '../../src/daemon/identity.ts';
 import { MemberDirectory } from '../../src/federation/members.ts';
-import { KV_FORWARD_MAX_FRAME_BYTES, KV_FORWARD_PROTOCOL, KvForwardRequestSchema, KvForwardResponseSchema, encodeKvCommand, type KvForwardResponse } from '../../src/kv/command.ts';
+import { KV_FORWARD_MAX_FRAME_BYTES, KV_FORWARD_PROTOCOL, KvForwardRequestsSchema, KvForwardResponsesSchema, encodeKvCommand, type KvForwardResponse } from '../../src/kv/command.ts';
 import { FramedStream, MUXER_STREAM_OPTIONS, encodeFrame } from '../../src/net/framing.ts';
 import { HELLO_MAX_FRAME_BYTES, HelloFrameSchema } from '../../src/net/hello-schema.ts';
 import { HELLO_PROTOCOL, exchangeHello, localHello, type HelloContext } from '../../src/net/hello.ts';
@@ -164,14 +164,15 @@ describe('a member stream lost inside a frame', () => {
       const framed = new FramedStream(await connection.newStream(KV_FORWARD_PROTOCOL), {
         protocol: KV_FORWARD_PROTOCOL,
         maxFrameBytes: KV_FORWARD_MAX_FRAME_BYTES,
-        inbound: KvForwardResponseSchema,
-        outbound: KvForwardRequestSchema,
+        inbound: KvForwardResponsesSchema,
+        outbound: KvForwardRequestsSchema,
       });
-      await framed.write({ id: seq, timeoutMs: 5_000, command: encodeKvCommand({ clientId: client, seq, op: 'cas', key, expectedRevision: 0, value: new TextEncoder().encode(key) }) });
-      const answer = await framed.read({ signal: AbortSignal.timeout(WAIT_MS) });
+      await framed.write([{ id: seq, timeoutMs: 5_000, command: encodeKvCommand({ clientId: client, seq, op: 'cas', key, expectedRevision: 0, value: new TextEncoder().encode(key) }) }]);
+      const answers = await framed.read({ signal: AbortSignal.timeout(WAIT_MS) });
       await framed.close();
-      if (answer === undefined) throw new Error('the leader closed the forward stream without an answer');
-      return answer;
+      if (answers === undefined) throw new Error('the leader closed the forward stream without an answer');
+      expect(answers).toHaveLength(1);
+      return answers[0]!;
     };
     const value = async (key: string): Promise<string | null> => {
       const got = await admin.kv.get({ key, consistency: 'strong', scope: 'datacenter', prefix: false, limit: 0, timeout_ms: 5_000 });
@@ -186,7 +187,7 @@ describe('a member stream lost inside a frame', () => {
     const stream = await connection.newStream(KV_FORWARD_PROTOCOL);
     const cut = cutMidFrame(stream, connection, how);
     const command = encodeKvCommand({ clientId: client, seq: 2, op: 'cas', key: `${client}/cut`, expectedRevision: 0, value: new TextEncoder().encode(`${client}/cut`) });
-    stream.send(encodeFrame(KvForwardRequestSchema.encode({ id: 2, timeoutMs: 5_000, command }), KV_FORWARD_MAX_FRAME_BYTES));
+    stream.send(encodeFrame(KvForwardRequestsSchema.encode([{ id: 2, timeoutMs: 5_000, command }]), KV_FORWARD_MAX_FRAME_BYTES));
     await cut;
 
     expect(await value(`${client}/answered`)).toBe(`${client}/answered`);
