@@ -22,11 +22,11 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { tcp } from '@libp2p/tcp';
-import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { Connection, Stream } from '@libp2p/interface';
 import { FramedStream, MUXER_STREAM_OPTIONS } from '../src/net/framing.ts';
+import { noiseChannel } from '../src/net/noise-channel.ts';
 import { BytesSchema } from '../src/net/schema.ts';
 import { defineBench, formatBytes, intFlag, machineFacts, median, positiveFlag, progress, quantile, renderTable, sizesFlag, significant } from './run.ts';
 
@@ -181,7 +181,7 @@ function benchHost(): Promise<Libp2p> {
       privateKey,
       addresses: { listen: [`/ip4/${LOOPBACK}/tcp/0`] },
       transports: [tcp()],
-      connectionEncrypters: [noise()],
+      connectionEncrypters: [noiseChannel()],
       streamMuxers: [yamux({ streamOptions: MUXER_STREAM_OPTIONS })],
     }),
   );
