@@ -109,21 +109,27 @@ function oversized(length: number, { protocol, maxFrameBytes }: FrameLimits): Fr
   return new FrameError('oversized', `frame of ${length} bytes exceeds the ${maxFrameBytes}-byte limit`, protocol);
 }
 
-/** Prefixes `payload` with its varint length; throws `oversized` rather than send what the peer must reject. */
-export function encodeFrame(payload: Uint8Array, maxFrameBytes: number, protocol = ''): Uint8Array {
+/** The varint length prefix of a `length`-byte payload; throws `oversized` rather than send what the peer must reject. */
+export function frameHeader(length: number, maxFrameBytes: number, protocol = ''): Uint8Array {
   const limits = { protocol, maxFrameBytes };
   checkLimits(limits);
-  if (payload.byteLength > maxFrameBytes) throw oversized(payload.byteLength, limits);
+  if (length > maxFrameBytes) throw oversized(length, limits);
   const header: number[] = [];
-  let rest = payload.byteLength;
+  let rest = length;
   while (rest >= 0x80) {
     header.push((rest % 0x80) | 0x80);
     rest = Math.floor(rest / 0x80);
   }
   header.push(rest);
-  const frame = new Uint8Array(header.length + payload.byteLength);
+  return Uint8Array.from(header);
+}
+
+/** Prefixes `payload` with its varint length, as one array. */
+export function encodeFrame(payload: Uint8Array, maxFrameBytes: number, protocol = ''): Uint8Array {
+  const header = frameHeader(payload.byteLength, maxFrameBytes, protocol);
+  const frame = new Uint8Array(header.byteLength + payload.byteLength);
   frame.set(header);
-  frame.set(payload, header.length);
+  frame.set(payload, header.byteLength);
   return frame;
 }
 
@@ -304,11 +310,16 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
    * Queues `msg` once the stream's send buffer has drained, so at most one
    * frame waits in it. Writes go out in call order, overlapping or not; a
    * rejected write (signal aborted, stream closed) was not queued.
+   *
+   * The frame is sent from the array the outbound schema's encode() returned,
+   * not from a copy (a copy per frame cost more than framing itself), so that
+   * array must not change once written: schemas encode into fresh arrays.
    */
   async write(msg: Out, opts: FrameIoOptions = {}): Promise<void> {
-    let frame: Uint8Array;
+    let frame: Uint8ArrayList;
     try {
-      frame = encodeFrame(this.#outbound.encode(msg), this.#maxFrameBytes, this.protocol);
+      const payload = this.#outbound.encode(msg);
+      frame = new Uint8ArrayList(frameHeader(payload.byteLength, this.#maxFrameBytes, this.protocol), payload);
     } catch (err) {
       throw err instanceof FrameError ? err.withProtocol(this.protocol) : err;
     }
