@@ -1,15 +1,14 @@
 /**
  * The framing layer: the pure decoder at every split point and at its limits,
  * the protobuf schemas and their field errors, and FramedStream over a real
- * pair of libp2p nodes (TCP + Noise + Yamux on 127.0.0.1): round trips, bad
- * frames resetting only their own stream and being counted, back-pressure
- * in both directions, and a stream the remote reset or whose connection died
- * under it reported as lost, never as a clean end.
+ * pair of libp2p nodes (TCP + the daemon's Noise channel + Yamux on 127.0.0.1):
+ * round trips, bad frames resetting only their own stream and being counted,
+ * back-pressure in both directions, and a stream the remote reset or whose
+ * connection died under it reported as lost, never as a clean end.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { tcp } from '@libp2p/tcp';
-import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import type { Multiaddr } from '@multiformats/multiaddr';
 import type { Stream, StreamCloseEvent } from '@libp2p/interface';
@@ -27,6 +26,7 @@ import {
   type FrameEvents,
 } from '../../src/net/framing.ts';
 import { BytesSchema, loadProto, type MessageSchema } from '../../src/net/schema.ts';
+import { noiseChannel } from '../../src/net/noise-channel.ts';
 import {
   HELLO_MAX_FRAME_BYTES,
   HelloFrameSchema,
@@ -261,7 +261,7 @@ describe('FramedStream over libp2p', () => {
     createLibp2p({
       addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
       transports: [tcp()],
-      connectionEncrypters: [noise()],
+      connectionEncrypters: [noiseChannel()],
       streamMuxers: [yamux({ streamOptions: MUXER_STREAM_OPTIONS })],
     });
 

@@ -1,0 +1,318 @@
+/**
+ * The daemon's Noise channel (src/net/noise-channel.ts, noise-stream.ts,
+ * noise-crypto.ts): its AEAD against node:crypto and the library's own, its
+ * message splitter at every cut, and real libp2p hosts on 127.0.0.1 talking
+ * through it: with each other, with the stock `@chainsafe/libp2p-noise` in
+ * both directions (a federation mid-upgrade), through a man in the middle who
+ * flips one ciphertext bit (the connection is dropped, nothing forged is
+ * read), and closing a connection right after a write (the batch goes first).
+ */
+import crypto from 'node:crypto';
+import net from 'node:net';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLibp2p, type Libp2p } from 'libp2p';
+import { tcp } from '@libp2p/tcp';
+import { noise } from '@chainsafe/libp2p-noise';
+import { defaultCrypto } from '@chainsafe/libp2p-noise/crypto';
+import { yamux } from '@chainsafe/libp2p-yamux';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import { multiaddr } from '@multiformats/multiaddr';
+import type { Connection, Stream } from '@libp2p/interface';
+import { Uint8ArrayList } from 'uint8arraylist';
+import { FramedStream, MUXER_STREAM_OPTIONS } from '../../src/net/framing.ts';
+import { BytesSchema } from '../../src/net/schema.ts';
+import { noiseChannel } from '../../src/net/noise-channel.ts';
+import { noiseCrypto, WASM_BELOW_BYTES } from '../../src/net/noise-crypto.ts';
+import { MAX_PLAINTEXT_BYTES, NoiseMessageDecoder, NoiseMessageError } from '../../src/net/noise-stream.ts';
+
+const LOOPBACK = '127.0.0.1';
+
+function bytesOf(list: Uint8Array | { subarray(): Uint8Array }): Buffer {
+  return Buffer.from(list instanceof Uint8Array ? list : list.subarray());
+}
+
+/** The library's byte type: its Uint8ArrayList is v2 of the package, ours v3; each recognises the other's lists at run time. */
+type Bytes = Parameters<typeof noiseCrypto.chaCha20Poly1305Encrypt>[0];
+
+/** A plaintext of `n` bytes, whole or as a list of parts of about `part` bytes. */
+function plaintext(n: number, part?: number): Bytes {
+  const all = crypto.randomBytes(n);
+  if (part === undefined) return all;
+  const list = new Uint8ArrayList();
+  for (let at = 0; at < n; at += part) list.append(all.subarray(at, Math.min(n, at + part)));
+  return list as unknown as Bytes;
+}
+
+describe('noiseCrypto: ChaCha20-Poly1305 as Noise uses it', () => {
+  const key = crypto.randomBytes(32);
+  const nonce = Buffer.from('000000000700000000000000', 'hex');
+  const ad = crypto.randomBytes(32);
+  const cases: [string, Bytes][] = [
+    ['empty', plaintext(0)],
+    ['below the WASM threshold', plaintext(WASM_BELOW_BYTES - 1)],
+    ['at the threshold', plaintext(WASM_BELOW_BYTES)],
+    ['a full Noise message', plaintext(MAX_PLAINTEXT_BYTES)],
+    ['many small parts', plaintext(20_000, 37)],
+    ['a few large parts', plaintext(MAX_PLAINTEXT_BYTES, 20_000)],
+  ];
+
+  it.each(cases)('%s: the same bytes as node:crypto and the library default, and each opens the other', (_name, pt) => {
+    const ours = bytesOf(noiseCrypto.chaCha20Poly1305Encrypt(pt, nonce, ad, key));
+    const stock = bytesOf(defaultCrypto.chaCha20Poly1305Encrypt(pt, nonce, ad, key));
+    const cipher = crypto.createCipheriv('chacha20-poly1305', key, nonce, { authTagLength: 16 });
+    cipher.setAAD(ad, { plaintextLength: pt.byteLength });
+    const reference = Buffer.concat([cipher.update(bytesOf(pt)), cipher.final(), cipher.getAuthTag()]);
+    expect(ours.equals(reference)).toBe(true);
+    expect(stock.equals(reference)).toBe(true);
+    expect(bytesOf(noiseCrypto.chaCha20Poly1305Decrypt(stock, nonce, ad, key)).equals(bytesOf(pt))).toBe(true);
+    expect(bytesOf(defaultCrypto.chaCha20Poly1305Decrypt(Buffer.from(ours), nonce, ad, key)).equals(bytesOf(pt))).toBe(true);
+    // Ciphertext split across parts (as it arrives from the socket) opens the same.
+    const split = new Uint8ArrayList(ours.subarray(0, 5), ours.subarray(5, ours.byteLength - 7), ours.subarray(ours.byteLength - 7)) as unknown as Bytes;
+    expect(bytesOf(noiseCrypto.chaCha20Poly1305Decrypt(split, nonce, ad, key)).equals(bytesOf(pt))).toBe(true);
+  });
+
+  it.each([
+    ['a ciphertext bit', (c: Buffer) => void (c[0] = (c[0] ?? 0) ^ 1)],
+    ['a tag bit', (c: Buffer) => void (c[c.byteLength - 1] = (c[c.byteLength - 1] ?? 0) ^ 0x80)],
+  ])('refuses a message with %s flipped, small and large', (_what, flip) => {
+    for (const n of [10, 5000]) {
+      const sealed = bytesOf(noiseCrypto.chaCha20Poly1305Encrypt(plaintext(n), nonce, ad, key));
+      flip(sealed);
+      expect(() => noiseCrypto.chaCha20Poly1305Decrypt(sealed, nonce, ad, key)).toThrow();
+    }
+  });
+
+  it('refuses a message under the wrong nonce, associated data or key', () => {
+    for (const n of [10, 5000]) {
+      const pt = plaintext(n);
+      const sealed = bytesOf(noiseCrypto.chaCha20Poly1305Encrypt(pt, nonce, ad, key));
+      const otherNonce = Buffer.from(nonce);
+      otherNonce[4] = 8;
+      expect(() => noiseCrypto.chaCha20Poly1305Decrypt(sealed, otherNonce, ad, key)).toThrow();
+      expect(() => noiseCrypto.chaCha20Poly1305Decrypt(sealed, nonce, crypto.randomBytes(32), key)).toThrow();
+      expect(() => noiseCrypto.chaCha20Poly1305Decrypt(sealed, nonce, ad, crypto.randomBytes(32))).toThrow();
+      expect(() => noiseCrypto.chaCha20Poly1305Decrypt(sealed.subarray(0, 10), nonce, ad, key)).toThrow();
+    }
+  });
+
+  it('never uses a cached key object for bytes that changed under it', () => {
+    const k = Buffer.from(key);
+    const pt = plaintext(5000);
+    const first = bytesOf(noiseCrypto.chaCha20Poly1305Encrypt(pt, nonce, ad, k));
+    k[0] = (k[0] ?? 0) ^ 1;
+    const second = bytesOf(noiseCrypto.chaCha20Poly1305Encrypt(pt, nonce, ad, k));
+    expect(second.equals(first)).toBe(false);
+    expect(second.equals(bytesOf(defaultCrypto.chaCha20Poly1305Encrypt(pt, nonce, ad, Buffer.from(k))))).toBe(true);
+  });
+});
+
+describe('NoiseMessageDecoder', () => {
+  const messages = [16, 17, 300, 65_535].map((n) => crypto.randomBytes(n));
+  const wire = Buffer.concat(messages.flatMap((m) => [Buffer.from([m.byteLength >> 8, m.byteLength & 0xff]), m]));
+
+  it('splits the same messages however the bytes are cut', () => {
+    for (const cut of [0, 1, 2, 3, 18, 19, 20, 500, wire.byteLength - 1, wire.byteLength]) {
+      const d = new NoiseMessageDecoder();
+      const got = [...d.push(wire.subarray(0, cut)), ...d.push(new Uint8ArrayList(wire.subarray(cut)))].map(bytesOf);
+      expect(got.map((m) => m.toString('hex'))).toEqual(messages.map((m) => m.toString('hex')));
+    }
+  });
+
+  it('refuses a length that cannot hold a tag', () => {
+    expect(() => new NoiseMessageDecoder().push(Uint8Array.of(0, 15))).toThrow(NoiseMessageError);
+  });
+});
+
+type Encrypter = 'channel' | 'stock';
+
+function host(encrypter: Encrypter): Promise<Libp2p> {
+  return generateKeyPair('Ed25519').then((privateKey) =>
+    createLibp2p({
+      privateKey,
+      addresses: { listen: [`/ip4/${LOOPBACK}/tcp/0`] },
+      transports: [tcp()],
+      connectionEncrypters: encrypter === 'channel' ? [noiseChannel()] : [noise()],
+      streamMuxers: [yamux({ streamOptions: MUXER_STREAM_OPTIONS })],
+    }),
+  );
+}
+
+const ECHO = '/dwcp-test/noise-echo/1.0.0';
+const MAX_FRAME = 1024 * 1024;
+
+function framed(stream: Stream): FramedStream<Uint8Array, Uint8Array> {
+  return new FramedStream(stream, { protocol: ECHO, maxFrameBytes: MAX_FRAME, inbound: BytesSchema, outbound: BytesSchema });
+}
+
+async function serveEcho(server: Libp2p): Promise<void> {
+  await server.handle(ECHO, (stream) => {
+    const f = framed(stream);
+    void (async () => {
+      for await (const msg of f) await f.write(msg);
+      await f.close();
+    })().catch(() => {});
+  });
+}
+
+/** Writes every message without waiting in between (one turn's worth where they are small), then reads the echoes. */
+async function echoes(connection: Connection, messages: Uint8Array[]): Promise<void> {
+  const f = framed(await connection.newStream(ECHO));
+  const writes = messages.map((m) => f.write(m));
+  const back: Uint8Array[] = [];
+  for (let i = 0; i < messages.length; i++) {
+    const msg = await f.read();
+    if (msg === undefined) throw new Error(`echo stream ended after ${i} of ${messages.length} messages`);
+    back.push(msg);
+  }
+  await Promise.all(writes);
+  await f.close();
+  expect(await f.read()).toBeUndefined();
+  expect(back.length).toBe(messages.length);
+  for (const [i, m] of messages.entries()) expect(Buffer.from(back[i] as Uint8Array).equals(m)).toBe(true);
+}
+
+const mixed = (): Uint8Array[] => [0, 1, 100, 1000, 65_519, 65_520, 200_000, 1_000_000, ...Array.from({ length: 200 }, (_, i) => i % 50)].map((n) => crypto.randomBytes(n));
+
+describe('the Noise channel between libp2p hosts', () => {
+  const hosts: Libp2p[] = [];
+  const start = async (encrypter: Encrypter): Promise<Libp2p> => {
+    const h = await host(encrypter);
+    hosts.push(h);
+    await serveEcho(h);
+    return h;
+  };
+  const dial = (from: Libp2p, to: Libp2p): Promise<Connection> => from.dial(to.getMultiaddrs()[0] as never);
+
+  afterAll(async () => {
+    await Promise.all(hosts.map((h) => h.stop()));
+  });
+
+  it.each<[Encrypter, Encrypter]>([
+    ['channel', 'channel'],
+    ['channel', 'stock'],
+    ['stock', 'channel'],
+  ])('%s dialling %s: messages of every size, many in one turn, arrive whole and in order both ways', async (a, b) => {
+    const [dialler, listener] = await Promise.all([start(a), start(b)]);
+    const connection = await dial(dialler, listener);
+    expect(connection.encryption).toBe('/noise');
+    await echoes(connection, mixed());
+    // And the other way round on the same connection, as the listener's own streams.
+    const back = listener.getConnections(dialler.peerId)[0];
+    if (back === undefined) throw new Error('the listener has no connection back');
+    await echoes(back, mixed());
+  });
+
+  it('sends what was written before a graceful close of the connection', async () => {
+    const [a, b] = await Promise.all([start('channel'), start('channel')]);
+    const received = Promise.withResolvers<Uint8Array[]>();
+    await b.handle('/dwcp-test/last-words/1.0.0', (stream) => {
+      const f = framed(stream);
+      void (async () => {
+        const got: Uint8Array[] = [];
+        for await (const msg of f) got.push(msg);
+        received.resolve(got);
+      })().catch(received.reject);
+    });
+    const connection = await dial(a, b);
+    const f = framed(await connection.newStream('/dwcp-test/last-words/1.0.0'));
+    const words = [crypto.randomBytes(10), crypto.randomBytes(3000)];
+    for (const w of words) await f.write(w);
+    await f.close();
+    // Same turn: the frames and the stream's FIN are still batched when the connection closes.
+    await connection.close();
+    const got = await received.promise;
+    expect(got.map((m) => Buffer.from(m).toString('hex'))).toEqual(words.map((w) => w.toString('hex')));
+  });
+});
+
+/**
+ * A TCP relay between a dialler and a listener that, once armed, flips one bit
+ * in the next chunk it forwards from the dialler: by then the handshake is
+ * over, so the bit lands in a transport-phase Noise message.
+ */
+async function bitFlipper(target: { host: string; port: number }): Promise<{ port: number; arm(): void; close(): Promise<void> }> {
+  let armed = false;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((inbound) => {
+    const outbound = net.connect(target);
+    sockets.add(inbound).add(outbound);
+    inbound.on('data', (chunk: Buffer) => {
+      if (armed && chunk.byteLength > 20) {
+        armed = false;
+        const flipped = Buffer.from(chunk);
+        flipped[flipped.byteLength - 5] = (flipped[flipped.byteLength - 5] ?? 0) ^ 0x10;
+        outbound.write(flipped);
+      } else {
+        outbound.write(chunk);
+      }
+    });
+    outbound.on('data', (chunk: Buffer) => inbound.write(chunk));
+    const end = (): void => {
+      inbound.destroy();
+      outbound.destroy();
+    };
+    inbound.on('close', end).on('error', end);
+    outbound.on('close', end).on('error', end);
+  });
+  server.listen(0, LOOPBACK);
+  await once(server, 'listening');
+  return {
+    port: (server.address() as AddressInfo).port,
+    arm: () => void (armed = true),
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+describe('a tampered Noise channel', () => {
+  let a: Libp2p;
+  let b: Libp2p;
+  beforeAll(async () => {
+    [a, b] = await Promise.all([host('channel'), host('channel')]);
+  });
+  afterAll(async () => {
+    await Promise.all([a?.stop(), b?.stop()]);
+  });
+
+  it.each<[Encrypter]>([['channel'], ['stock']])('is dropped by a %s receiver at the first forged message, and nothing after it is read', async (receiver) => {
+    const target = receiver === 'channel' ? b : await host('stock');
+    try {
+      const seen: Uint8Array[] = [];
+      const ended = Promise.withResolvers<unknown>();
+      await target.handle('/dwcp-test/tamper/1.0.0', (stream) => {
+        const f = framed(stream);
+        void (async () => {
+          for await (const msg of f) seen.push(msg);
+        })().then(() => ended.resolve(undefined), ended.resolve);
+      });
+      const addr = target.getMultiaddrs()[0];
+      if (addr === undefined) throw new Error('no listen address');
+      const relay = await bitFlipper({ host: LOOPBACK, port: Number(/\/tcp\/(\d+)/.exec(addr.toString())?.[1]) });
+      try {
+        const connection = await a.dial(multiaddr(`/ip4/${LOOPBACK}/tcp/${relay.port}/p2p/${target.peerId.toString()}`));
+        const f = framed(await connection.newStream('/dwcp-test/tamper/1.0.0'));
+        const clean = crypto.randomBytes(100);
+        await f.write(clean);
+        // The clean message must be through before the relay is armed, so the flip hits the next one.
+        await expect.poll(() => seen.length, { timeout: 20_000 }).toBe(1);
+        relay.arm();
+        await f.write(crypto.randomBytes(5000)).catch(() => {});
+        // The receiver's stream ends with the connection (libp2p reports a transport that was aborted to its
+        // streams as closed, so how it ends is FramedStream's business); what matters here is that it ends and
+        // that nothing after the forged message was read.
+        await ended.promise;
+        expect(seen.length).toBe(1);
+        expect(Buffer.from(seen[0] as Uint8Array).equals(clean)).toBe(true);
+        await expect.poll(() => target.getConnections(a.peerId).length, { timeout: 20_000 }).toBe(0);
+      } finally {
+        await relay.close();
+      }
+    } finally {
+      if (target !== b) await target.stop();
+    }
+  });
+});
