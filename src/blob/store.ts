@@ -49,6 +49,8 @@ export const PACK_BYTES = 128 * 1024 * 1024;
 const INGEST_WINDOW_BYTES = 8 * 1024 * 1024;
 /** Bytes read per step when streaming a value out. */
 const READ_RUN_BYTES = 4 * 1024 * 1024;
+/** Appended bytes after which the pack's dirty pages start going to disk, ahead of the commit's fsync. */
+const EARLY_SYNC_BYTES = 32 * 1024 * 1024;
 /** A pack whose live bytes fall below this share of its size is compacted. */
 const COMPACT_BELOW = 0.5;
 const MANIFEST_RECORD_VERSION = 1;
@@ -205,6 +207,28 @@ class Mutex {
   }
 }
 
+/** Buffers per writev call: well under the kernel's IOV_MAX (1024). */
+const WRITEV_BUFFERS = 512;
+
+/** Writes `parts` (`total` bytes) at `position`, in as few writev calls as the kernel takes; a short write continues where it stopped. */
+async function writeAllAt(fh: FileHandle, parts: readonly Uint8Array[], total: number, position: number, pack: number): Promise<void> {
+  let done = 0;
+  let queue = parts.filter((p) => p.byteLength > 0);
+  while (queue.length > 0) {
+    const batch = queue.slice(0, WRITEV_BUFFERS);
+    const { bytesWritten } = await fh.writev(batch, position + done);
+    if (bytesWritten === 0) throw new Error(`pack ${pack}: write made no progress at ${position + done} (${done} of ${total} bytes written)`);
+    done += bytesWritten;
+    // Drop what was written, keeping the unwritten tail of a part cut short.
+    let skip = bytesWritten;
+    let i = 0;
+    for (; i < queue.length && skip >= (queue[i] as Uint8Array).byteLength; i++) skip -= (queue[i] as Uint8Array).byteLength;
+    queue = queue.slice(i);
+    if (skip > 0 && queue[0] !== undefined) queue[0] = queue[0].subarray(skip);
+  }
+  if (done !== total) throw new Error(`short write to pack ${pack}: ${done} of ${total} bytes`);
+}
+
 function packName(n: number): string {
   return `${String(n).padStart(8, '0')}.pack`;
 }
@@ -237,6 +261,10 @@ export class BlobStore {
   readonly #indexLock = new Mutex();
   #active = 0;
   #activeSize = 0;
+  /** Bytes appended since the last early write-back started (#writeBackEarly). */
+  #unsyncedBytes = 0;
+  #earlySync: Promise<void> | undefined;
+  #earlySyncFailure: Error | undefined;
   #writes: Promise<void> = Promise.resolve();
   #closed = false;
 
@@ -474,28 +502,31 @@ export class BlobStore {
    * Appends records to the active pack, one write for all of them, and
    * publishes them as pending (one holder each) as soon as the write is done,
    * in the same step, so GC never sees a written chunk that is not pending.
+   * The chunks' bytes are written where they lie (writev), not copied.
    */
   #append(chunks: readonly HashedChunk[]): Promise<Location[]> {
     const total = chunks.reduce((sum, c) => sum + RECORD_HEADER_BYTES + c.bytes.byteLength, 0);
     const written = this.#writes.then(async () => {
       this.#checkOpen();
       if (this.#activeSize > 0 && this.#activeSize + total > PACK_BYTES) await this.#startPack(this.#active + 1);
-      const buf = Buffer.allocUnsafe(total);
+      const headers = Buffer.allocUnsafe(chunks.length * RECORD_HEADER_BYTES);
+      const parts: Uint8Array[] = [];
       const locs: Location[] = [];
       let at = 0;
-      for (const c of chunks) {
-        buf.write(c.hash, at, HASH_BYTES, 'hex');
-        buf.writeUInt32BE(c.bytes.byteLength, at + HASH_BYTES);
-        buf.set(c.bytes, at + RECORD_HEADER_BYTES);
+      for (const [i, c] of chunks.entries()) {
+        const header = headers.subarray(i * RECORD_HEADER_BYTES, (i + 1) * RECORD_HEADER_BYTES);
+        header.write(c.hash, 0, HASH_BYTES, 'hex');
+        header.writeUInt32BE(c.bytes.byteLength, HASH_BYTES);
+        parts.push(header, c.bytes);
         locs.push({ pack: this.#active, offset: this.#activeSize + at + RECORD_HEADER_BYTES, length: c.bytes.byteLength });
         at += RECORD_HEADER_BYTES + c.bytes.byteLength;
       }
       const fh = await this.#handle(this.#active);
-      const { bytesWritten } = await fh.write(buf, 0, buf.length, this.#activeSize);
-      if (bytesWritten !== buf.length) throw new Error(`short write to pack ${this.#active}: ${bytesWritten} of ${buf.length} bytes`);
+      await writeAllAt(fh, parts, total, this.#activeSize, this.#active);
       this.#activeSize += total;
       this.#dirtyPacks.add(this.#active);
       for (const [i, c] of chunks.entries()) this.#holdPending(c.hash, locs[i] as Location);
+      this.#writeBackEarly(fh, total);
       return locs;
     });
     this.#writes = written.then(
@@ -503,6 +534,30 @@ export class BlobStore {
       () => {},
     );
     return written;
+  }
+
+  /**
+   * Starts writing a pack's dirty pages to disk (a datasync nobody waits for)
+   * after every EARLY_SYNC_BYTES appended, so a large value's commit, whose
+   * fsync is what makes it durable, finds most of it on disk already instead
+   * of flushing the whole value at once. Durability is unchanged: commit still
+   * datasyncs every pack it wrote before it answers. A failed early sync is
+   * kept and thrown by the next commit's sync, as a failed commit sync would.
+   */
+  #writeBackEarly(fh: FileHandle, appended: number): void {
+    if (this.#opts.noSync === true) return;
+    this.#unsyncedBytes += appended;
+    if (this.#unsyncedBytes < EARLY_SYNC_BYTES || this.#earlySync !== undefined) return;
+    this.#unsyncedBytes = 0;
+    this.#earlySync = fh.datasync().then(
+      () => {
+        this.#earlySync = undefined;
+      },
+      (err: unknown) => {
+        this.#earlySync = undefined;
+        this.#earlySyncFailure ??= err instanceof Error ? err : new Error(String(err));
+      },
+    );
   }
 
   #dropPending(hash: string): void {
@@ -516,6 +571,10 @@ export class BlobStore {
     const dirty = [...this.#dirtyPacks];
     this.#dirtyPacks.clear();
     if (this.#opts.noSync === true) return;
+    await this.#earlySync;
+    const failed = this.#earlySyncFailure;
+    this.#earlySyncFailure = undefined;
+    if (failed !== undefined) throw failed;
     for (const pack of dirty) await (await this.#handle(pack)).datasync();
   }
 

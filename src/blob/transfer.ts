@@ -39,7 +39,7 @@ import type { LinkMode } from '../federation/link-mode.ts';
 import type { Logger } from '../log.ts';
 import { chooseCodec, type CodecChoiceOptions, type CodecMeasurements, type LinkEstimate } from '../codec/choice.ts';
 import { CodecError, codecFor, codecLabel, type CodecSpec } from '../codec/codecs.ts';
-import { decompressFrame, compressFrame, FRAME_HEADER_BYTES, frameFromPayload, readFrameHeader } from '../codec/frame.ts';
+import { decompressFrame, frameHeader, readFrameHeader } from '../codec/frame.ts';
 import { FrameError, FramedStream, type FrameEvents } from '../net/framing.ts';
 import type { StreamDialer } from '../net/host.ts';
 import { sameChunking, type ChunkRef, type Manifest } from './manifest.ts';
@@ -53,6 +53,7 @@ import {
   BLOB_MAX_FRAME_BYTES,
   BLOB_PROTOCOL,
   BlobMessageSchema,
+  BlobMessageOutSchema,
   bitmapBytes,
   decodeManifest,
   encodeManifest,
@@ -61,6 +62,7 @@ import {
   setBits,
   type Accept,
   type BlobMessage,
+  type BlobMessageOut,
   type BlobRejectCode,
   type Offer,
 } from './wire.ts';
@@ -81,10 +83,10 @@ const RESUME_BACKOFF_MAX_MS = 5_000;
 /** Streams one connection may open to us for blobs: a few transfers' worth. */
 export const BLOB_MAX_INBOUND_STREAMS = 128;
 
-export type BlobChannel = FramedStream<BlobMessage, BlobMessage>;
+export type BlobChannel = FramedStream<BlobMessage, BlobMessageOut>;
 
 export function blobChannel(stream: Stream, events: FrameEvents | undefined): BlobChannel {
-  return new FramedStream(stream, { protocol: BLOB_PROTOCOL, maxFrameBytes: BLOB_MAX_FRAME_BYTES, inbound: BlobMessageSchema, outbound: BlobMessageSchema, ...(events ? { events } : {}) });
+  return new FramedStream(stream, { protocol: BLOB_PROTOCOL, maxFrameBytes: BLOB_MAX_FRAME_BYTES, inbound: BlobMessageSchema, outbound: BlobMessageOutSchema, ...(events ? { events } : {}) });
 }
 
 export interface LinkInfo {
@@ -527,49 +529,55 @@ async function sendBatches(
   acks.catch(() => {});
   for (let batch = queue.shift(); batch !== undefined; batch = queue.shift()) {
     await window.acquire();
-    const { frame, codec } = await compressBatch(req, batch, skip);
+    const { frame, wireBytes, codec } = await compressBatch(req, batch, skip);
     result.codecs[codec] = (result.codecs[codec] ?? 0) + batch.rawBytes;
-    inFlight.set(batch.first, { count: batch.refs.length, raw: batch.rawBytes, wire: frame.byteLength });
+    inFlight.set(batch.first, { count: batch.refs.length, raw: batch.rawBytes, wire: wireBytes });
     await ch.write({ kind: 'batch', batch: { first: batch.first, count: batch.refs.length, frame } }, { signal: streamSignal });
     result.rawBytesSent += batch.rawBytes;
-    result.wireBytesSent += frame.byteLength;
+    result.wireBytesSent += wireBytes;
   }
   await window.drained();
   await ch.close({ signal: streamSignal });
   await acks;
 }
 
-/** One batch read from the store and framed with the codec its link calls for now; `codec` is the label actually used. */
-async function compressBatch(req: PushRequest, batch: PlannedBatch, skip: CompressionSkip): Promise<{ frame: Uint8Array; codec: string }> {
+/**
+ * One batch read from the store and framed with the codec its link calls for
+ * now; `codec` is the label actually used. The frame comes as parts, its
+ * header then its payload, and an uncompressed payload is the chunks as they
+ * lie in the store's read buffers: nothing is copied on the way to the stream.
+ */
+async function compressBatch(req: PushRequest, batch: PlannedBatch, skip: CompressionSkip): Promise<{ frame: Uint8Array[]; wireBytes: number; codec: string }> {
   const parts = await req.store.readChunks(batch.refs);
-  const raw = parts.length === 1 ? (parts[0] as Uint8Array) : Buffer.concat(parts);
   const link = req.link();
   if (link.rttMs !== null) req.estimate.observeRtt(link.rttMs);
   // chooseCodec's own "incompressible" verdict (a ratio EWMA over all traffic) is bypassed with probe: a random
   // stretch would hold it above the threshold long after the data turned compressible; CompressionSkip decides instead.
   const spec = skip.worthTrying()
-    ? chooseCodec({ mode: link.mode, payloadBytes: raw.byteLength, link: { bandwidth: req.estimate.bandwidth }, codecs: req.codecs, options: req.settings.codecChoice, probe: true })
+    ? chooseCodec({ mode: link.mode, payloadBytes: batch.rawBytes, link: { bandwidth: req.estimate.bandwidth }, codecs: req.codecs, options: req.settings.codecChoice, probe: true })
     : NONE;
-  const t0 = performance.now();
-  let frame = await compressFrame(raw, spec);
-  const seconds = (performance.now() - t0) / 1000;
+  let payload: Uint8Array[] = parts;
   let used = spec;
   if (spec.name !== 'none') {
+    const raw = parts.length === 1 ? (parts[0] as Uint8Array) : Buffer.concat(parts);
     const label = codecLabel(spec);
-    req.codecs.observe(spec, raw.byteLength, frame.byteLength - FRAME_HEADER_BYTES, seconds);
+    const t0 = performance.now();
+    const compressed = await codecFor(spec).compress(raw);
+    const seconds = (performance.now() - t0) / 1000;
+    req.codecs.observe(spec, raw.byteLength, compressed.byteLength, seconds);
     req.metrics.compressSeconds.observe({ codec: label }, seconds);
-    req.metrics.compressionRatio.observe({ codec: label }, (frame.byteLength - FRAME_HEADER_BYTES) / Math.max(1, raw.byteLength));
-    const shrank = frame.byteLength - FRAME_HEADER_BYTES < raw.byteLength * req.settings.codecChoice.incompressibleRatio;
-    skip.record(shrank);
-    if (frame.byteLength - FRAME_HEADER_BYTES >= raw.byteLength) {
-      frame = frameFromPayload(codecFor(NONE), raw.byteLength, raw);
-      used = NONE;
-    }
+    req.metrics.compressionRatio.observe({ codec: label }, compressed.byteLength / Math.max(1, raw.byteLength));
+    skip.record(compressed.byteLength < raw.byteLength * req.settings.codecChoice.incompressibleRatio);
+    if (compressed.byteLength >= raw.byteLength) used = NONE;
+    else payload = [compressed];
   }
+  const codec = codecFor(used);
+  const frame = [frameHeader(codec, batch.rawBytes, payload), ...payload];
+  const wireBytes = frame.reduce((sum, part) => sum + part.byteLength, 0);
   const label = codecLabel(used);
-  req.metrics.rawBytes.inc({ codec: label, link_mode: link.mode, direction: 'sent' }, raw.byteLength);
-  req.metrics.wireBytes.inc({ codec: label, link_mode: link.mode, direction: 'sent' }, frame.byteLength);
-  return { frame, codec: label };
+  req.metrics.rawBytes.inc({ codec: label, link_mode: link.mode, direction: 'sent' }, batch.rawBytes);
+  req.metrics.wireBytes.inc({ codec: label, link_mode: link.mode, direction: 'sent' }, wireBytes);
+  return { frame, wireBytes, codec: label };
 }
 
 // ================================================================== receiver

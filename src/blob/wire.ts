@@ -18,7 +18,9 @@
 import type { ChunkingOptions } from './chunker.ts';
 import { validateChunking } from './chunker.ts';
 import { adoptHashList, chunkHashList, type ChunkRef, type Manifest } from './manifest.ts';
+import protobuf from 'protobufjs';
 import type { MessageSchema } from '../net/schema.ts';
+import { FrameError } from '../net/framing.ts';
 import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
 import { FRAME_HEADER_BYTES } from '../codec/frame.ts';
 import { DwcpError } from '../errors.ts';
@@ -176,8 +178,60 @@ function validateBlobMessage(o: Record<string, unknown>): BlobMessage {
   }
 }
 
+const BLOB_MESSAGE = proto.lookupType('dwcp.blob.v1.BlobMessage');
+
 /** Both directions of both stream kinds share one union; each side checks the kinds it expects where it expects them. */
-export const BlobMessageSchema: MessageSchema<BlobMessage> = protoSchema(proto.lookupType('dwcp.blob.v1.BlobMessage'), validateBlobMessage, { strictFields: true });
+export const BlobMessageSchema: MessageSchema<BlobMessage> = protoSchema(BLOB_MESSAGE, validateBlobMessage, { strictFields: true });
+
+/**
+ * What a member writes: a BlobMessage, except that a batch's frame may be
+ * given as parts (the codec frame's header, then its payload as the chunks
+ * lie in the store's read buffer), which go to the stream without being
+ * copied into one array first. On the wire it is the same Batch.
+ */
+export type BlobMessageOut = Exclude<BlobMessage, { kind: 'batch' }> | { kind: 'batch'; batch: { first: number; count: number; frame: Uint8Array | readonly Uint8Array[] } };
+
+const MAX_BATCH_FRAME_BYTES = BLOB_MAX_BATCH_RAW_BYTES + FRAME_HEADER_BYTES;
+/** Protobuf tags (field number << 3 | wire type) of BlobMessage.batch and Batch's fields. */
+const TAG = { batch: (6 << 3) | 2, first: (1 << 3) | 0, count: (2 << 3) | 0, frame: (3 << 3) | 2 } as const;
+
+function batchField(field: string, problem: string): FrameError {
+  return new FrameError('schema', `${BLOB_MESSAGE.fullName.replace(/^\./, '')}: field batch.${field} ${problem}`);
+}
+
+/**
+ * A Batch's encoding as parts: the protobuf tags and lengths (what protobufjs
+ * would write, byte for byte: fields in number order, zeros left out), then the
+ * frame's parts as given. Checks what validateBlobMessage checks of a batch.
+ */
+function batchParts(batch: { first: number; count: number; frame: readonly Uint8Array[] }): Uint8Array[] {
+  const frameBytes = batch.frame.reduce((sum, part) => sum + part.byteLength, 0);
+  if (!Number.isSafeInteger(batch.first) || batch.first < 0 || batch.first > BLOB_MAX_CHUNKS) throw batchField('first', `is ${batch.first}, outside 0..${BLOB_MAX_CHUNKS}`);
+  if (!Number.isSafeInteger(batch.count) || batch.count < 1 || batch.count > BLOB_MAX_CHUNKS) throw batchField('count', `is ${batch.count}, outside 1..${BLOB_MAX_CHUNKS}`);
+  if (frameBytes === 0) throw batchField('frame', 'is required');
+  if (frameBytes > MAX_BATCH_FRAME_BYTES) throw batchField('frame', `is ${frameBytes} bytes long, above the ${MAX_BATCH_FRAME_BYTES}-byte limit`);
+  const writer = protobuf.Writer.create();
+  // proto3 leaves a field at its default (0) out, as protobufjs does.
+  if (batch.first !== 0) writer.uint32(TAG.first).uint32(batch.first);
+  const fields = writer.uint32(TAG.count).uint32(batch.count).uint32(TAG.frame).uint32(frameBytes).finish();
+  const head = protobuf.Writer.create().uint32(TAG.batch).uint32(fields.byteLength + frameBytes).finish();
+  const prefix = new Uint8Array(head.byteLength + fields.byteLength);
+  prefix.set(head);
+  prefix.set(fields, head.byteLength);
+  return [prefix, ...batch.frame];
+}
+
+/** The outbound schema of a blob channel: BlobMessageSchema, with batches written from their parts. */
+export const BlobMessageOutSchema: MessageSchema<BlobMessageOut> = {
+  name: BlobMessageSchema.name,
+  decode: (bytes) => BlobMessageSchema.decode(bytes),
+  encode: (msg) => Buffer.concat(BlobMessageOutSchema.encodeParts?.(msg) ?? []),
+  encodeParts: (msg) => {
+    if (msg.kind !== 'batch') return [BlobMessageSchema.encode(msg)];
+    const { frame } = msg.batch;
+    return batchParts({ ...msg.batch, frame: frame instanceof Uint8Array ? [frame] : frame });
+  },
+};
 
 // ------------------------------------------------------------------ chunk list encoding
 

@@ -51,8 +51,10 @@ export interface DecodedFrame {
   header: FrameHeader;
 }
 
-function frameChecksum(frame: Uint8Array, payload: Uint8Array): number {
-  return zlib.crc32(payload, zlib.crc32(frame.subarray(0, CHECKSUM_OFFSET)));
+function frameChecksum(frame: Uint8Array, payload: Uint8Array | readonly Uint8Array[]): number {
+  let crc = zlib.crc32(frame.subarray(0, CHECKSUM_OFFSET));
+  for (const part of payload instanceof Uint8Array ? [payload] : payload) crc = zlib.crc32(part, crc);
+  return crc;
 }
 
 /** Compresses `raw` with `spec` into a frame. */
@@ -61,20 +63,33 @@ export async function compressFrame(raw: Uint8Array, spec: CodecSpec): Promise<U
   return frameFromPayload(codec, raw.byteLength, await codec.compress(raw));
 }
 
-/** Wraps an already compressed payload; the bench and tests use it to build frames with chosen contents. */
-export function frameFromPayload(codec: Codec, rawLength: number, payload: Uint8Array): Uint8Array {
-  if (payload.byteLength > MAX_PAYLOAD_BYTES) throw new RangeError(`frame payload of ${payload.byteLength} bytes exceeds ${MAX_PAYLOAD_BYTES}`);
-  const frame = new Uint8Array(FRAME_HEADER_BYTES + payload.byteLength);
-  const view = new DataView(frame.buffer);
+/**
+ * The 24-byte header of a frame whose payload is `payload` (one array, or
+ * parts in order): header and payload together are the frame, so a sender
+ * can send the payload where it lies instead of copying it behind a header.
+ */
+export function frameHeader(codec: Codec, rawLength: number, payload: Uint8Array | readonly Uint8Array[]): Uint8Array {
+  const payloadLength = payload instanceof Uint8Array ? payload.byteLength : payload.reduce((sum, p) => sum + p.byteLength, 0);
+  if (payloadLength > MAX_PAYLOAD_BYTES) throw new RangeError(`frame payload of ${payloadLength} bytes exceeds ${MAX_PAYLOAD_BYTES}`);
+  const header = new Uint8Array(FRAME_HEADER_BYTES);
+  const view = new DataView(header.buffer);
   view.setUint32(0, FRAME_MAGIC, true);
   view.setUint8(4, FRAME_VERSION);
   view.setUint8(5, codec.id);
   view.setUint8(6, 0);
   view.setUint8(7, codec.level);
   view.setBigUint64(8, BigInt(rawLength), true);
-  view.setUint32(16, payload.byteLength, true);
+  view.setUint32(16, payloadLength, true);
+  view.setUint32(CHECKSUM_OFFSET, frameChecksum(header, payload), true);
+  return header;
+}
+
+/** Wraps an already compressed payload into one array; the bench and tests use it to build frames with chosen contents. */
+export function frameFromPayload(codec: Codec, rawLength: number, payload: Uint8Array): Uint8Array {
+  const header = frameHeader(codec, rawLength, payload);
+  const frame = new Uint8Array(FRAME_HEADER_BYTES + payload.byteLength);
+  frame.set(header);
   frame.set(payload, FRAME_HEADER_BYTES);
-  view.setUint32(CHECKSUM_OFFSET, frameChecksum(frame, payload), true);
   return frame;
 }
 

@@ -311,15 +311,18 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
    * frame waits in it. Writes go out in call order, overlapping or not; a
    * rejected write (signal aborted, stream closed) was not queued.
    *
-   * The frame is sent from the array the outbound schema's encode() returned,
-   * not from a copy (a copy per frame cost more than framing itself), so that
-   * array must not change once written: schemas encode into fresh arrays.
+   * The frame is sent from the arrays the outbound schema's encode() (or
+   * encodeParts()) returned, not from a copy (a copy per frame cost more than
+   * framing itself), so they must not change once written: schemas encode
+   * into fresh arrays, and a part that is the caller's own array (a bytes
+   * field) is the caller's to leave alone.
    */
   async write(msg: Out, opts: FrameIoOptions = {}): Promise<void> {
     let frame: Uint8ArrayList;
     try {
-      const payload = this.#outbound.encode(msg);
-      frame = new Uint8ArrayList(frameHeader(payload.byteLength, this.#maxFrameBytes, this.protocol), payload);
+      const payload = this.#outbound.encodeParts?.(msg) ?? [this.#outbound.encode(msg)];
+      const length = payload.reduce((sum, part) => sum + part.byteLength, 0);
+      frame = new Uint8ArrayList(frameHeader(length, this.#maxFrameBytes, this.protocol), ...payload);
     } catch (err) {
       throw err instanceof FrameError ? err.withProtocol(this.protocol) : err;
     }

@@ -30,6 +30,12 @@ export interface MessageSchema<T> {
   readonly name: string;
   encode(msg: T): Uint8Array;
   decode(bytes: Uint8Array): T;
+  /**
+   * Optional: the very bytes encode() returns, as parts in order that may be
+   * the message's own arrays (a large bytes field sent where it lies rather
+   * than copied into the encoding). FramedStream writes these when present.
+   */
+  encodeParts?(msg: T): readonly Uint8Array[];
 }
 
 /** Thrown by field validators; protoSchema turns it into a schema FrameError naming the message type. */
