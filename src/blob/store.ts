@@ -50,7 +50,7 @@ const INGEST_WINDOW_BYTES = 8 * 1024 * 1024;
 /** Bytes read per step when streaming a value out. */
 const READ_RUN_BYTES = 4 * 1024 * 1024;
 /** Appended bytes after which the pack's dirty pages start going to disk, ahead of the commit's fsync. */
-const EARLY_SYNC_BYTES = 32 * 1024 * 1024;
+export const EARLY_SYNC_BYTES = 32 * 1024 * 1024;
 /** A pack whose live bytes fall below this share of its size is compacted. */
 const COMPACT_BELOW = 0.5;
 const MANIFEST_RECORD_VERSION = 1;
@@ -114,6 +114,8 @@ export interface BlobStoreOptions {
   maxValueBytes: number;
   /** Skip fsync (tests): a machine crash may then lose committed values. */
   noSync?: boolean;
+  /** Appended bytes after which a pack's dirty pages start going to disk ahead of the commit (default EARLY_SYNC_BYTES; tests use less). */
+  earlySyncBytes?: number;
   /** Versions whose manifests must outlive their key's current version (the baseline cache's). */
   retainedVersions?: () => Iterable<string>;
   log?: Logger;
@@ -547,7 +549,7 @@ export class BlobStore {
   #writeBackEarly(fh: FileHandle, appended: number): void {
     if (this.#opts.noSync === true) return;
     this.#unsyncedBytes += appended;
-    if (this.#unsyncedBytes < EARLY_SYNC_BYTES || this.#earlySync !== undefined) return;
+    if (this.#unsyncedBytes < (this.#opts.earlySyncBytes ?? EARLY_SYNC_BYTES) || this.#earlySync !== undefined) return;
     this.#unsyncedBytes = 0;
     this.#earlySync = fh.datasync().then(
       () => {

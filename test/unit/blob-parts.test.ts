@@ -9,7 +9,7 @@ import { Registry } from 'prom-client';
 import { Prng, vmImageLike } from '../../bench/codec.ts';
 import { chunkingForAverage } from '../../src/blob/chunker.ts';
 import { buildManifest, type Manifest } from '../../src/blob/manifest.ts';
-import { BlobMessageSchema, bitmapBytes, decodeManifest, encodeManifest, setBit, setBits, type Offer } from '../../src/blob/wire.ts';
+import { BlobMessageOutSchema, BlobMessageSchema, bitmapBytes, decodeManifest, encodeManifest, setBit, setBits, type Offer } from '../../src/blob/wire.ts';
 import { TransferProgress } from '../../src/blob/progress.ts';
 import { CompressionSkip } from '../../src/blob/transfer.ts';
 import { createBlobMetrics } from '../../src/blob/metrics.ts';
@@ -105,6 +105,33 @@ describe('chunk list encoding', () => {
     expect(() => BlobMessageSchema.encode({ kind: 'offer', offer: bad })).toThrow(/field offer.chunkCount is 1, but a 524288-byte value/);
     const wire = BlobMessageSchema.encode({ kind: 'offer', offer: offerFor(m2, bytes) });
     expect(BlobMessageSchema.decode(wire)).toEqual({ kind: 'offer', offer: offerFor(m2, bytes) });
+  });
+});
+
+describe('a batch written from parts', () => {
+  it.each([
+    [0, 1, 30],
+    [5, 200, 70_000],
+    [127, 128, 100],
+    [2 ** 20, 16_384, 1000],
+  ])('first %i, count %i, %i frame bytes: the same bytes as the protobuf encoding, and they decode back', (first, count, n) => {
+    const rng = new Prng(n);
+    const frame = Uint8Array.from({ length: n }, () => rng.below(256));
+    const whole = BlobMessageSchema.encode({ kind: 'batch', batch: { first, count, frame } });
+    const parts = BlobMessageOutSchema.encodeParts?.({ kind: 'batch', batch: { first, count, frame: [frame.subarray(0, 7), frame.subarray(7)] } }) ?? [];
+    expect(Buffer.concat(parts).equals(Buffer.from(whole))).toBe(true);
+    // The frame's own parts are sent as they are, not copies.
+    expect(parts.at(-1)?.buffer).toBe(frame.buffer);
+    expect(BlobMessageSchema.decode(Buffer.concat(parts))).toEqual({ kind: 'batch', batch: { first, count, frame: Buffer.from(frame) } });
+  });
+
+  it('refuses what the receiver would refuse, as a schema error naming the field', () => {
+    const frame = [new Uint8Array(10)];
+    const encode = (batch: { first: number; count: number; frame: Uint8Array[] }) => BlobMessageOutSchema.encodeParts?.({ kind: 'batch', batch });
+    expect(() => encode({ first: -1, count: 1, frame })).toThrow(/field batch\.first is -1/);
+    expect(() => encode({ first: 0, count: 0, frame })).toThrow(/field batch\.count is 0/);
+    expect(() => encode({ first: 0, count: 1, frame: [] })).toThrow(/field batch\.frame is required/);
+    expect(() => encode({ first: 0, count: 1, frame: [new Uint8Array(4 * 1024 * 1024 + 25)] })).toThrow(FrameError);
   });
 });
 

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Prng, vmImageLike } from '../../bench/codec.ts';
 import { chunkingForAverage } from '../../src/blob/chunker.ts';
-import { buildManifest } from '../../src/blob/manifest.ts';
+import { buildManifest, valueHash } from '../../src/blob/manifest.ts';
 import { BlobStore, BlobStoreError, decodeManifestRecord, encodeManifestRecord } from '../../src/blob/store.ts';
 
 const KIB = 1024;
@@ -218,6 +218,35 @@ describe('BlobStore', () => {
     // Not committed: released, the chunk is garbage.
     staged.release();
     expect(store.hasChunk(hash)).toBe(false);
+  });
+
+  it('writes a batch of more chunks than one writev takes, and values past the early write-back, with fsync on', async () => {
+    const synced = { dir: join(dir, 'synced'), chunking: CHUNKING, maxValueBytes: 64 * MIB, earlySyncBytes: 256 * KIB, retainedVersions: () => retained };
+    const store = await BlobStore.open(synced);
+    stores.push(store);
+    // 600 chunks in one write: 1 200 buffers (header, bytes) in more than one writev call.
+    const chunks = Array.from({ length: 600 }, (_, i) => random(1000 + i, 100 + i));
+    const staged = store.stage();
+    await staged.writeVerified(chunks.map((bytes) => ({ hash: createHash('sha256').update(bytes).digest('hex'), bytes })));
+    const value = Buffer.concat(chunks);
+    let offset = 0;
+    const refs = chunks.map((bytes) => {
+      const ref = { offset, length: bytes.byteLength, hash: createHash('sha256').update(bytes).digest('hex') };
+      offset += bytes.byteLength;
+      return ref;
+    });
+    const manifest = { ...buildManifest('many', 'x', value, CHUNKING), chunks: refs };
+    manifest.hash = valueHash(value.byteLength, refs);
+    await staged.commit('many', manifest, 'test');
+    staged.release();
+    // Appends pass the early write-back threshold several times while the commit still syncs.
+    const big = random(2 * MIB, 7);
+    await store.ingestBytes('big', big);
+    await store.close();
+    const reopened = await BlobStore.open(synced);
+    stores.push(reopened);
+    expect((await readBack(reopened, 'many')).equals(value)).toBe(true);
+    expect((await readBack(reopened, 'big')).equals(Buffer.from(big))).toBe(true);
   });
 
   it('a commit naming a chunk the store does not hold is refused', async () => {

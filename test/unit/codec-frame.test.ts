@@ -8,7 +8,7 @@ import { compress as zstdLibraryCompress } from '@mongodb-js/zstd';
 import { compress as lz4Compress } from 'lz4-napi';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CodecError, codecById, codecFor, CODEC_IDS, type CodecErrorReason, type CodecSpec } from '../../src/codec/codecs.ts';
-import { decompressFrame, compressFrame, FRAME_HEADER_BYTES, frameFromPayload, readFrameHeader } from '../../src/codec/frame.ts';
+import { decompressFrame, compressFrame, FRAME_HEADER_BYTES, frameFromPayload, frameHeader, readFrameHeader } from '../../src/codec/frame.ts';
 import { vmImageLike } from '../../bench/codec.ts';
 
 const GIB = 1024 ** 3;
@@ -70,6 +70,16 @@ describe('frame round trips', () => {
   it.each(SPECS)('$name $level: an empty value round-trips', async (spec) => {
     const decoded = await decompressFrame(await compressFrame(new Uint8Array(0), spec));
     expect(decoded.raw.byteLength).toBe(0);
+  });
+
+  it('a header built for a payload in parts heads the same frame as the payload in one array', async () => {
+    const payload = vmImageLike(300_000, 3);
+    const parts = [payload.subarray(0, 1), payload.subarray(1, 4096), payload.subarray(4096)];
+    const header = frameHeader(codecFor({ name: 'none' }), payload.byteLength, parts);
+    const whole = frameFromPayload(codecFor({ name: 'none' }), payload.byteLength, payload);
+    expect(Buffer.from(header).equals(Buffer.from(whole.subarray(0, FRAME_HEADER_BYTES)))).toBe(true);
+    const decoded = await decompressFrame(Buffer.concat([header, ...parts]));
+    expect(Buffer.from(decoded.raw).equals(Buffer.from(payload))).toBe(true);
   });
 
   it('zstd levels really differ: level 9 is smaller than level 1 on the same data', async () => {
