@@ -29,7 +29,6 @@
  *   looked a chunk up just before retries once.
  * - A pack is at most 4 GiB (offsets are u32); a new one starts at PACK_BYTES.
  */
-import { createHash } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import { mkdir, open, readdir, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -919,7 +918,7 @@ export class StagedValue {
   /** Chunks from elsewhere: each is checked against its hash before anything is written. */
   async writeVerified(chunks: readonly HashedChunk[]): Promise<void> {
     for (const c of chunks) {
-      const actual = createHash('sha256').update(c.bytes).digest('hex');
+      const actual = sha256Hex(c.bytes);
       if (actual !== c.hash) throw new BlobStoreError('corrupt', `chunk ${c.hash} (${c.bytes.byteLength} bytes) hashes to ${actual}`);
     }
     await this.writeTrusted(chunks);
