@@ -8,7 +8,7 @@
  *   ratio compares CPU work per byte (and per round trip) on the same event
  *   loop, not two machines' network stacks.
  * - The libp2p hosts are built like MemberMesh builds the daemon's (same
- *   transport, encrypter and muxer with MUXER_STREAM_OPTIONS), minus what is
+ *   transport, encrypter (noiseChannel) and muxer with MUXER_STREAM_OPTIONS), minus what is
  *   not on the data path: identify, ping, the member gater and connection
  *   manager limits.
  * - Throughput counts payload bytes only (not length prefixes or TCP/Noise/
