@@ -72,6 +72,9 @@ async function cut(stream: Stream, connection: Connection, how: CutKind): Promis
     return;
   }
   const { buffers, socket } = layersOf(connection);
+  // The daemon's Noise channel (src/net/noise-stream.ts) gathers one event-loop turn's sends and seals them at the
+  // turn's end (a setImmediate queued before this one): after it, they are in the TCP layer's buffer or on the wire.
+  await new Promise<void>((resolve) => setImmediate(resolve));
   for (const b of buffers) await flushed(b);
   // end() writes what the socket itself still holds, then the FIN.
   socket.end();
