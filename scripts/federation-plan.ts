@@ -157,7 +157,16 @@ export interface PlanInput {
   planSource?: string;
   /** `--label` flags, applied after the plan file. */
   labels?: readonly LabelFlag[];
+  /** What runs the trusted (on-premises) nodes' VMs: simulated records (default) or real QEMU guests (`--provider qemu`). */
+  onPrem?: OnPremRuntime;
 }
+
+/** The provider entry of a trusted node: `local` simulates VMs; `qemu` runs them (docs/qemu.md). */
+export type OnPremRuntime = { kind: 'local' } | { kind: 'qemu'; accel: 'auto' | 'kvm' | 'tcg'; imageDir?: string };
+
+type ProviderEntry =
+  | { kind: 'local'; capacity: RegionFacts['capacity']; pricePerVcpuHour: number; pricePerGiBHour: number }
+  | { kind: 'qemu'; accel: 'auto' | 'kvm' | 'tcg'; imageDir?: string; capacity: RegionFacts['capacity']; pricePerVcpuHour: number; pricePerGiBHour: number };
 
 export interface PlannedNode {
   name: string;
@@ -175,6 +184,8 @@ export interface PlannedNode {
   metricsUrl: string;
   /** What the node declares to the fleet (its local provider's capacity and prices, its labels). */
   facts: RegionFacts;
+  /** What runs its VMs: untrusted (cloud) nodes always simulate them. */
+  runtime: OnPremRuntime;
 }
 
 /** What the launcher writes to `<dir>/<name>/dwcpd.yaml`; a subset of the daemon's ConfigFile. */
@@ -187,7 +198,7 @@ export interface LocalNodeConfig {
   dataDir: string;
   logLevel: 'info';
   members: { name: string; peerId: string; region: string; provider: Provider; trust: Trust; addrs: string[] }[];
-  clouds: { providers: { kind: 'local'; capacity: RegionFacts['capacity']; pricePerVcpuHour: number; pricePerGiBHour: number }[] };
+  clouds: { providers: ProviderEntry[] };
 }
 
 function requireInt(field: string, value: number, min: number, max: number): void {
@@ -251,6 +262,7 @@ export function planFederation(input: PlanInput): PlannedNode[] {
       metricsListen,
       metricsUrl: `http://${metricsListen}/metrics`,
       facts: regionFacts(i, placement.name, input),
+      runtime: i < trusted ? (input.onPrem ?? { kind: 'local' }) : { kind: 'local' },
     };
   });
 }
@@ -296,7 +308,7 @@ export function nodeConfig(plan: readonly PlannedNode[], peerIds: readonly strin
     members: plan.flatMap((m, i) =>
       i === index ? [] : [{ name: m.name, peerId: peerIds[i]!, region: m.region, provider: m.provider, trust: m.trust, addrs: [m.listen] }],
     ),
-    // One simulated provider per node, with the node's capacity and prices: the fleet's choices across the federation.
-    clouds: { providers: [{ kind: 'local', capacity: self.facts.capacity, pricePerVcpuHour: self.facts.pricePerVcpuHour, pricePerGiBHour: self.facts.pricePerGiBHour }] },
+    // One provider per node, with the node's capacity and prices: the fleet's choices across the federation.
+    clouds: { providers: [{ ...self.runtime, capacity: self.facts.capacity, pricePerVcpuHour: self.facts.pricePerVcpuHour, pricePerGiBHour: self.facts.pricePerGiBHour }] },
   };
 }

@@ -36,6 +36,7 @@ import {
   parseLabelFlag,
   parsePlanFile,
   planFederation,
+  type OnPremRuntime,
   type PlanFile,
   type PlannedNode,
 } from './federation-plan.ts';
@@ -54,6 +55,7 @@ const LOG_LINE_CHARS = 400;
 
 const USAGE = `usage: npm run federation -- up --nodes N [--untrusted M] --dir DIR [--base-port P] [--timeout-ms T]
                                    [--plan FILE] [--label [NODE:]KEY=VALUE]...
+                                   [--provider local|qemu [--accel auto|kvm|tcg] [--image-dir DIR]]
        npm run federation -- down --dir DIR
        npm run federation -- status --dir DIR
 
@@ -69,6 +71,10 @@ const USAGE = `usage: npm run federation -- up --nodes N [--untrusted M] --dir D
           compliance, capacity {vcpus, memoryGiB, diskGiB}, pricePerVcpuHour, pricePerGiBHour;
           each field given replaces the default for that node.
   --label add a label to every node (KEY=VALUE) or to one (NODE:KEY=VALUE), after the plan file; repeatable.
+  --provider  what runs the trusted nodes' VMs: local (simulated records, the default) or qemu (real guests,
+          docs/qemu.md; images from the catalog, "dwcpctl image add", or --image-dir, what
+          "npm run guest-image -- --out DIR" writes); --accel defaults to auto (a KVM probe, else TCG).
+          Untrusted (cloud) nodes always simulate.
   down    SIGTERM every daemon of DIR, SIGKILL those still running after ${GRACEFUL_STOP_MS / 1000} s; prints a JSON summary.
   status  per node: whether its pid is running and how many members it has connected (JSON).`;
 
@@ -80,6 +86,9 @@ const OPTIONS = {
   'timeout-ms': { type: 'string' },
   plan: { type: 'string' },
   label: { type: 'string', multiple: true },
+  provider: { type: 'string' },
+  accel: { type: 'string' },
+  'image-dir': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -113,6 +122,20 @@ function onlyFlags(command: string, flags: Flags, allowed: (keyof Flags)[]): voi
 function dirFlag(flags: Flags): string {
   if (flags.dir === undefined || flags.dir === '') throw new UsageError('--dir is required');
   return flags.dir;
+}
+
+/** --provider local|qemu with its --accel and --image-dir: what runs the trusted nodes' VMs. */
+function runtimeFlags(flags: Flags): OnPremRuntime {
+  const kind = flags.provider ?? 'local';
+  if (kind !== 'local' && kind !== 'qemu') throw new UsageError(`--provider: ${JSON.stringify(kind)} is not local or qemu`);
+  if (kind === 'local') {
+    for (const key of ['accel', 'image-dir'] as const) if (flags[key] !== undefined) throw new UsageError(`--${key}: only with --provider qemu`);
+    return { kind };
+  }
+  const accel = flags.accel ?? 'auto';
+  if (accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw new UsageError(`--accel: ${JSON.stringify(accel)} is not auto, kvm or tcg`);
+  if (flags['image-dir'] === '') throw new UsageError('--image-dir: expected a directory');
+  return { kind, accel, ...(flags['image-dir'] === undefined ? {} : { imageDir: resolve(flags['image-dir']) }) };
 }
 
 /** --plan FILE read and checked, before anything is created. */
@@ -385,7 +408,7 @@ async function refuseIfRunning(dir: string): Promise<void> {
 }
 
 async function up(flags: Flags): Promise<string> {
-  onlyFlags('up', flags, ['nodes', 'untrusted', 'dir', 'base-port', 'timeout-ms', 'plan', 'label']);
+  onlyFlags('up', flags, ['nodes', 'untrusted', 'dir', 'base-port', 'timeout-ms', 'plan', 'label', 'provider', 'accel', 'image-dir']);
   const nodes = intFlag(flags, 'nodes');
   const untrusted = intFlag(flags, 'untrusted', 0);
   const basePort = intFlag(flags, 'base-port', DEFAULT_BASE_PORT);
@@ -393,7 +416,7 @@ async function up(flags: Flags): Promise<string> {
   if (timeoutMs < 1) throw new UsageError('--timeout-ms: must be at least 1');
   // Bad counts, ports or a too-long path are refused before anything is created; the real path may be longer.
   const dirArg = dirFlag(flags);
-  const regions = { ...(await planFileFlag(flags)), labels: (flags.label ?? []).map(parseLabelFlag) };
+  const regions = { ...(await planFileFlag(flags)), labels: (flags.label ?? []).map(parseLabelFlag), onPrem: runtimeFlags(flags) };
   planFederation({ nodes, untrusted, dir: resolve(dirArg), basePort, ...regions });
   const dir = await federationDir(dirArg, true);
   const plan = planFederation({ nodes, untrusted, dir, basePort, ...regions });

@@ -152,6 +152,23 @@ describe('federation plan', () => {
     }
   });
 
+  it('--provider qemu gives the trusted nodes a qemu provider the daemon accepts (with their capacity and prices); cloud nodes still simulate', async () => {
+    const plan = planFederation({ nodes: 4, untrusted: 2, dir: '/srv/fed', basePort: 4800, onPrem: { kind: 'qemu', accel: 'tcg', imageDir: '/srv/images' } });
+    const ids = await peerIds(4);
+    const dir = await federationDir();
+    const kinds = [];
+    for (const [i, node] of plan.entries()) {
+      const configPath = join(dir, `${node.name}-qemu.yaml`);
+      await writeFile(configPath, stringify(nodeConfig(plan, ids, i)));
+      const provider = resolveConfig({ configPath, env: {} }).clouds.providers[0]!;
+      kinds.push(provider.kind);
+      if (provider.kind === 'qemu') {
+        expect(provider).toMatchObject({ accel: 'tcg', imageDir: '/srv/images', pricePerVcpuHour: node.facts.pricePerVcpuHour, capacity: { vcpus: node.facts.capacity.vcpus } });
+      }
+    }
+    expect(kinds).toEqual(['qemu', 'qemu', 'local', 'local']);
+  });
+
   it('spreads prices, capacity, jurisdiction and labels; a plan file replaces fields per node, --label adds labels', () => {
     const plan = planFederation({ nodes: 3, untrusted: 0, dir: '/srv/fed', basePort: 4800 });
     expect(plan.map((n) => [n.facts.pricePerVcpuHour, n.facts.capacity.vcpus, n.facts.jurisdiction, n.facts.labels.tier])).toEqual([
@@ -190,7 +207,8 @@ describe('federation plan', () => {
 });
 
 describe('federation launcher', () => {
-  it('answers bad usage with exit 2 and the usage text, starting nothing', { timeout: 10_000 }, async () => {
+  // Nine launcher processes start at once: at load 16 that took over 10 s.
+  it('answers bad usage with exit 2 and the usage text, starting nothing', { timeout: 60_000 }, async () => {
     const dir = await federationDir();
     const badPlan = join(dir, 'plan.yaml');
     await writeFile(badPlan, 'dc1: {jurisdiction: EU}\n');
@@ -201,8 +219,11 @@ describe('federation launcher', () => {
       launcher(['up', '--nodes', 'three', '--dir', dir]),
       launcher(['up', '--nodes', '3', '--dir', join(dir, 'fed'), '--plan', badPlan]),
       launcher(['up', '--nodes', '3', '--dir', join(dir, 'fed'), '--label', 'dc4:tier=x']),
+      launcher(['up', '--nodes', '3', '--dir', join(dir, 'fed'), '--provider', 'xen']),
+      launcher(['up', '--nodes', '3', '--dir', join(dir, 'fed'), '--accel', 'tcg']),
+      launcher(['up', '--nodes', '3', '--dir', join(dir, 'fed'), '--provider', 'qemu', '--accel', 'hvf']),
     ]);
-    expect(runs.map((r) => r.code)).toEqual([2, 2, 2, 2, 2, 2]);
+    expect(runs.map((r) => r.code)).toEqual([2, 2, 2, 2, 2, 2, 2, 2, 2]);
     expect(runs.map((r) => r.stderr.split('\n')[0])).toEqual([
       'federation: a command is required',
       'federation: --nodes is required',
@@ -210,6 +231,9 @@ describe('federation launcher', () => {
       'federation: --nodes: "three" is not a non-negative integer',
       `federation: --plan ${badPlan}: dc1.jurisdiction: "EU" is not a lowercase word (a-z, 0-9, "-", at most 32 characters)`,
       'federation: --label dc4:tier=x: dc4: no such node in this federation (dc1, dc2, dc3)',
+      'federation: --provider: "xen" is not local or qemu',
+      'federation: --accel: only with --provider qemu',
+      'federation: --accel: "hvf" is not auto, kvm or tcg',
     ]);
     for (const r of runs) expect(r.stderr).toContain('usage: npm run federation -- up --nodes N');
     expect(existsSync(join(dir, 'dc1'))).toBe(false);
