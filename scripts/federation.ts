@@ -26,6 +26,10 @@ import { resolveConfig } from '../src/config/load.ts';
 import type { DwcpConfig } from '../src/config/schema.ts';
 import { loadOrCreateIdentity } from '../src/daemon/identity.ts';
 import { DAEMON_NODE_FLAGS } from '../src/daemon/node-flags.ts';
+import { readProcess } from '../src/cloud/qemu/procfs.ts';
+import { isGuestCommandLine } from '../src/cloud/qemu/qemu-command.ts';
+import { vmFiles } from '../src/cloud/qemu/vm-store.ts';
+import { buildGuestImage, guestSources, GuestImageError } from './guest-image/build.ts';
 import {
   CONFIG_FILE,
   DEFAULT_BASE_PORT,
@@ -44,6 +48,8 @@ import {
 const DAEMON_MAIN = fileURLToPath(new URL('../src/daemon/main.ts', import.meta.url));
 
 const DEFAULT_TIMEOUT_MS = 30_000;
+/** The test guest's name in a federation's own image directory (`vm create --image tiny`). */
+const GUEST_IMAGE_NAME = 'tiny';
 /** Polling processes we do not control; there is no event to wait on. */
 const POLL_MS = 100;
 const SCRAPE_TIMEOUT_MS = 1_000;
@@ -72,10 +78,12 @@ const USAGE = `usage: npm run federation -- up --nodes N [--untrusted M] --dir D
           each field given replaces the default for that node.
   --label add a label to every node (KEY=VALUE) or to one (NODE:KEY=VALUE), after the plan file; repeatable.
   --provider  what runs the trusted nodes' VMs: local (simulated records, the default) or qemu (real guests,
-          docs/qemu.md; images from the catalog, "dwcpctl image add", or --image-dir, what
-          "npm run guest-image -- --out DIR" writes); --accel defaults to auto (a KVM probe, else TCG).
+          docs/qemu.md; images from --image-dir (<DIR>/<name>/ as "npm run guest-image -- --out" writes),
+          by default DIR/images with the test guest built as "tiny"); --accel defaults to auto (a KVM
+          probe, else TCG).
           Untrusted (cloud) nodes always simulate.
-  down    SIGTERM every daemon of DIR, SIGKILL those still running after ${GRACEFUL_STOP_MS / 1000} s; prints a JSON summary.
+  down    SIGTERM every daemon of DIR, SIGKILL those still running after ${GRACEFUL_STOP_MS / 1000} s, then stop the QEMU guests
+          they left running (--provider qemu); prints a JSON summary.
   status  per node: whether its pid is running and how many members it has connected (JSON).`;
 
 const OPTIONS = {
@@ -419,8 +427,21 @@ async function up(flags: Flags): Promise<string> {
   const regions = { ...(await planFileFlag(flags)), labels: (flags.label ?? []).map(parseLabelFlag), onPrem: runtimeFlags(flags) };
   planFederation({ nodes, untrusted, dir: resolve(dirArg), basePort, ...regions });
   const dir = await federationDir(dirArg, true);
-  const plan = planFederation({ nodes, untrusted, dir, basePort, ...regions });
   await refuseIfRunning(dir);
+  if (regions.onPrem.kind === 'qemu' && regions.onPrem.imageDir === undefined) {
+    // Real guests need an image: the test guest, built here once per federation directory (a few seconds, nothing downloaded).
+    const images = join(dir, 'images');
+    if (!existsSync(join(images, GUEST_IMAGE_NAME, 'image.json'))) {
+      try {
+        await buildGuestImage(join(images, GUEST_IMAGE_NAME), await guestSources({}));
+      } catch (err) {
+        if (err instanceof GuestImageError) throw new LaunchError(`--provider qemu: cannot build the test guest (${err.message}); or give --image-dir`);
+        throw err;
+      }
+    }
+    regions.onPrem = { ...regions.onPrem, imageDir: images };
+  }
+  const plan = planFederation({ nodes, untrusted, dir, basePort, ...regions });
 
   const peerIds: string[] = [];
   for (const node of plan) peerIds.push((await loadOrCreateIdentity(node.dir)).peerId.toString());
@@ -504,14 +525,46 @@ async function stopNode(node: NodeOnDisk): Promise<StopOutcome> {
   return 'killed';
 }
 
+/**
+ * The QEMU guests a node's qemu provider left running: they outlive dwcpd on
+ * purpose (the provider adopts them again at its next start), but a local
+ * federation brought down should leave no process behind. Only a pid that
+ * /proc shows running this guest's QEMU command line is signalled.
+ */
+async function stopGuests(node: NodeOnDisk): Promise<number> {
+  const root = join('error' in node.config ? node.dir : node.config.dataDir, 'qemu');
+  const ids = await readdir(join(root, 'vms')).catch(() => [] as string[]);
+  const stopped = await Promise.all(
+    ids.map(async (id) => {
+      const files = vmFiles(root, id);
+      const pid = Number((await readFile(files.pid, 'utf8').catch(() => '')).trim());
+      const info = await readProcess(pid);
+      if (info === null || !isGuestCommandLine(info.argv, id, files.qmp)) return false;
+      // QEMU quits on SIGTERM (its disk flushed); a guest still there after the grace period is killed.
+      process.kill(pid, 'SIGTERM');
+      if (!(await waitForExit(pid, KILL_WAIT_MS))) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // It exited between the last poll and the kill.
+        }
+      }
+      return true;
+    }),
+  );
+  return stopped.filter(Boolean).length;
+}
+
 async function down(flags: Flags): Promise<string> {
   onlyFlags('down', flags, ['dir']);
   const dir = await federationDir(dirFlag(flags), false);
   const nodes = await nodesOnDisk(dir);
   // All at once: each has its own deadline, so ten slow daemons cost 12 s, not 120 s.
   const outcomes = await Promise.all(nodes.map(stopNode));
+  // After the daemons: a daemon still running would start a stopped guest again.
+  const guests = await Promise.all(nodes.map(stopGuests));
   await Promise.all(nodes.map((n) => rm(n.pidPath, { force: true })));
-  return JSON.stringify(nodes.map((n, i) => ({ name: n.name, pid: n.pid, stopped: outcomes[i]! })));
+  return JSON.stringify(nodes.map((n, i) => ({ name: n.name, pid: n.pid, stopped: outcomes[i]!, ...(guests[i]! > 0 ? { guestsStopped: guests[i]! } : {}) })));
 }
 
 // ---------------------------------------------------------------- status

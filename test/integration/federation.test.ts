@@ -15,7 +15,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, realpath, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -90,6 +90,20 @@ async function freeBasePort(n: number): Promise<number> {
 }
 
 /** Gone, or exited and waiting to be reaped: PID 1 of a container may never reap the orphaned daemons. */
+/** Command lines of the running processes that name `text` (a QEMU names its guest's files). */
+function processesMentioning(text: string): string[] {
+  return readdirSync('/proc')
+    .filter((entry) => /^\d+$/.test(entry))
+    .flatMap((pid) => {
+      try {
+        const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+        return cmdline.includes(text) ? [cmdline] : [];
+      } catch {
+        return []; // gone while listed
+      }
+    });
+}
+
 function isRunning(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -293,6 +307,35 @@ describe('federation launcher', () => {
       expect(existsSync(n.socket)).toBe(false);
       expect(existsSync(join(dir, n.name, 'dwcpd.pid'))).toBe(false);
     }
+  });
+
+  it('--provider qemu: a trusted node runs a real guest (the test guest built into the federation directory), and down stops it with the daemon', { timeout: 240_000 }, async () => {
+    const dir = await federationDir();
+    const basePort = await freeBasePort(1);
+    const up = await launcher(['up', '--nodes', '1', '--dir', dir, '--base-port', String(basePort), '--timeout-ms', '120000', '--provider', 'qemu', '--accel', 'tcg']);
+    expect(up.stderr).toBe('');
+    const [node] = JSON.parse(up.stdout) as { socket: string; pid: number }[];
+    expect(existsSync(join(dir, 'images', 'tiny', 'image.json'))).toBe(true);
+    try {
+      const ctl = (...args: string[]) => runCtl(['--socket', node!.socket, '--timeout', '60s', ...args]);
+      const created = await ctl('vm', 'create', 'g1', '--cpu', '1', '--memory', '256MiB', '--image', 'tiny', '--placement', 'auto', '--json');
+      expect(created.stderr).toBe('');
+      expect(JSON.parse(created.stdout)).toMatchObject({ vm: 'g1', region: 'dc1', provider: 'qemu' });
+      // The guest boots under TCG (11 s quiet, 25 s loaded here) and then ticks on its serial console.
+      const deadline = Date.now() + 180_000;
+      let serial = '';
+      // (--tail is in bytes; the serial console ends its lines with CR LF.)
+      const ticking = /^tick \d+ \d+\r?$/m;
+      while (!ticking.test(serial) && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 1_000));
+        serial = (await ctl('vm', 'console', 'g1', '--tail', '400')).stdout;
+      }
+      expect(serial).toMatch(ticking);
+    } finally {
+      const down = await launcher(['down', '--dir', dir]);
+      expect(JSON.parse(down.stdout)).toEqual([{ name: 'dc1', pid: node!.pid, stopped: 'graceful', guestsStopped: 1 }]);
+    }
+    expect(processesMentioning(dir)).toEqual([]);
   });
 
   it('reports a daemon that cannot bind its port, with its log line, and leaves the rest for down', { timeout: 20_000 }, async () => {
