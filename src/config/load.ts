@@ -7,6 +7,7 @@
  * path, the value and what was expected, and says which flag or variable set it.
  */
 import { readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { hostname } from 'node:os';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import type { z } from 'zod';
@@ -14,6 +15,8 @@ import { ConfigFileSchema, defaultTrust, type DwcpConfig } from './schema.ts';
 import { defaultAdminSocket, defaultDataDir } from './paths.ts';
 import { DwcpError } from '../errors.ts';
 import { formatIssue, pathString } from './issues.ts';
+import { readPolicyFiles, type PolicyFileSet } from '../policy/files.ts';
+import { PolicyDocumentError } from '../policy/document.ts';
 
 export { formatIssue, pathString };
 
@@ -122,6 +125,7 @@ export function resolveConfig(input: ResolveInput = {}): DwcpConfig {
     throw new ConfigError(configPath ?? 'defaults', result.error.issues.map((i) => formatIssue(i, label)));
   }
   const f = result.data;
+  const policies = policyFiles(f.policies, configPath);
   return {
     federation: f.federation,
     node: { ...f.node, trust: f.node.trust ?? defaultTrust(f.node.provider) },
@@ -138,6 +142,17 @@ export function resolveConfig(input: ResolveInput = {}): DwcpConfig {
     blob: f.blob,
     state: f.state,
     fleet: f.fleet,
+    policies,
     configPath,
   };
+}
+
+/** The config's policy files, read and compiled; a problem is a ConfigError naming the file, policy, rule and position. */
+function policyFiles(paths: readonly string[], configPath: string | undefined): PolicyFileSet {
+  try {
+    return readPolicyFiles(paths, configPath === undefined ? process.cwd() : dirname(configPath));
+  } catch (err) {
+    if (err instanceof PolicyDocumentError) throw new ConfigError(configPath ?? 'defaults', err.problems.map((p) => `policies: ${p}`));
+    throw err;
+  }
 }

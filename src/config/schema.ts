@@ -14,6 +14,7 @@ import { CloudsSchema, type CloudsConfig } from '../cloud/config.ts';
 import { BlobSchema, type BlobSettings } from '../blob/config.ts';
 import { StateSchema, type StateSettings } from '../state/config.ts';
 import { FleetSettingsSchema, type FleetSettings } from '../fleet/config.ts';
+import { POLICY_MAX_DOCUMENTS, type PolicyFileSet } from '../policy/files.ts';
 
 export const PROVIDERS = ['onprem', 'private', 'aws', 'gcp', 'azure', 'oracle'] as const;
 export type Provider = (typeof PROVIDERS)[number];
@@ -179,6 +180,12 @@ const ConfigFileObject = z.strictObject({
   blob: BlobSchema.default(BlobSchema.parse({})),
   state: StateSchema.default(StateSchema.parse({})),
   fleet: FleetSettingsSchema.default(FleetSettingsSchema.parse({})),
+  /**
+   * Policy files (YAML or JSON, docs/policy.md) that bootstrap the fleet's
+   * policy set while the federation log holds none; relative paths are from
+   * the config file's directory. Read and compiled at load (src/policy/files.ts).
+   */
+  policies: z.array(z.string().min(1).max(4096)).max(POLICY_MAX_DOCUMENTS).default([]),
 });
 
 export const ConfigFileSchema = ConfigFileObject.superRefine((cfg, ctx) => {
@@ -285,6 +292,12 @@ export interface DwcpConfig {
   state: StateSettings;
   /** The fleet: observed-state publishing, the reconciler and the scheduler (src/fleet/config.ts). */
   fleet: FleetSettings;
+  /**
+   * The config's `policies:` files, read and compiled: proposed as the
+   * fleet's first policy version while the log has none (src/fleet/seat.ts).
+   * Absent (hand-built configs): none.
+   */
+  policies?: PolicyFileSet;
   /** The file this came from, if any (SIGHUP re-reads it). */
   configPath: string | undefined;
 }

@@ -59,6 +59,7 @@ import { loadOrCreateIdentity, type Identity } from './identity.ts';
 import { notifySystemd } from './notify.ts';
 import { VERSION } from './version.ts';
 import { planReload } from './reload.ts';
+import { NO_POLICY_FILES } from '../policy/files.ts';
 
 export const STOP_BUDGET_MS = 9_000;
 /** Part of the stop budget a Raft leader may spend handing leadership over. */
@@ -167,6 +168,7 @@ export class Daemon {
       inventory: parts.cloud,
       observed: () => this.#observedFleet(),
       declaration: () => regionDeclaration({ node: this.#config.node, providers: this.#config.clouds.providers, maxMigrations: this.#config.fleet.migration.maxConcurrentPerRegion }, parts.cloud.catalog),
+      policyFiles: () => this.#config.policies ?? NO_POLICY_FILES,
       metrics: this.metrics.fleet,
       migrationMetrics: this.metrics.migration,
       view: () => this.fleet.view(),
@@ -385,7 +387,9 @@ export class Daemon {
       return;
     }
     const { needRestart } = plan;
-    this.#config = { ...prev, logLevel: next.logLevel, members: next.members };
+    this.#config = { ...prev, logLevel: next.logLevel, members: next.members, policies: next.policies ?? NO_POLICY_FILES };
+    // Policy files only bootstrap a log without a policy version; the seat says whether new ones were used or ignored.
+    if (JSON.stringify(prev.policies ?? NO_POLICY_FILES) !== JSON.stringify(next.policies ?? NO_POLICY_FILES)) void this.seat.bootstrapPolicy();
     const changes = this.members.replace(next.members);
     await this.mesh.applyMemberChanges(changes);
     this.geo.applyMemberChanges();

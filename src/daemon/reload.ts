@@ -2,8 +2,9 @@
  * What a SIGHUP may change while the daemon runs, decided before anything is
  * applied, so a reload is either applied whole or refused whole.
  *
- * Applied live: the log level and the member list (the gater, the mesh and the
- * geo store follow at once). Raft membership lives in the Raft log, not in the
+ * Applied live: the log level, the member list (the gater, the mesh and the
+ * geo store follow at once) and the policy files (they only bootstrap a log
+ * that holds no policy version yet, src/fleet/seat.ts). Raft membership lives in the Raft log, not in the
  * file, so adding or removing a trusted member is a member-list change here and
  * a `dwcpctl raft add-member`/`remove-member` there.
  *

@@ -1,15 +1,20 @@
 /**
  * FleetSeat: this daemon's part in the fleet's desired state. It declares
  * the region to the federation log (register-region, again on every start
- * and config change), schedules `vm create` requests that arrive here, turns
- * operator commands (start, stop, delete, migrate, cancel) into fleet
- * commands, and runs this region's reconciler and the coordinator of the
- * migrations out of this region (src/migration/migrator.ts).
+ * and config change), bootstraps the policy set from the config's policy
+ * files while the log has none, schedules `vm create` requests that arrive
+ * here, turns operator commands (start, stop, delete, migrate, cancel) into
+ * fleet commands, and runs this region's reconciler and the coordinator of
+ * the migrations out of this region (src/migration/migrator.ts).
  *
  * Invariants:
  * - The region declaration is retried until the log accepts or refuses it;
  *   a refusal (a shrink below what is assigned) is logged with the log's
  *   reason and the previous declaration stays in force.
+ * - The policy files are proposed (as version 1) only while this node's
+ *   replica shows no policy version, retried until the log answers; once
+ *   the log holds a version it wins, and a node whose files differ logs
+ *   that they were ignored (src/fleet/policy-bootstrap.ts).
  * - Every command goes through the federation log; the seat keeps no
  *   desired state of its own.
  */
@@ -30,6 +35,8 @@ import { Migrator, type MigrationProgress } from '../migration/migrator.ts';
 import type { MigrationMetrics } from '../migration/metrics.ts';
 import { planMigration, type MigrationPlan, type MigrationRequest } from '../migration/plan.ts';
 import { localTransfer, type MigrationTransfer } from '../migration/transfer.ts';
+import { policyBootstrap } from './policy-bootstrap.ts';
+import { NO_POLICY_FILES, type PolicyFileSet } from '../policy/files.ts';
 
 export interface FleetSeatOptions {
   readonly region: string;
@@ -42,6 +49,8 @@ export interface FleetSeatOptions {
   readonly observed: () => ObservedFleet;
   /** The register-region command this config declares; read at start and on reload. */
   readonly declaration: () => Extract<FleetCommandInput, { kind: 'register-region' }>;
+  /** The config's policy files (read at start and on reload); absent: none. */
+  readonly policyFiles?: () => PolicyFileSet;
   readonly metrics: SchedulerMetrics & ReconcilerMetrics;
   readonly migrationMetrics: MigrationMetrics;
   /** The fleet as this node sees it (the observed side): the migrator reads target regions' reports there. */
@@ -60,6 +69,7 @@ export interface FleetSeatOptions {
  * event the seat could subscribe to that survives a snapshot restore.
  */
 const APPLIED_POLL_MS = 50;
+/** Back-off of commits retried until the log answers (declaration, policy bootstrap). */
 const DECLARE_RETRY_MIN_MS = 500;
 const DECLARE_RETRY_MAX_MS = 10_000;
 
@@ -69,9 +79,14 @@ export class FleetSeat {
   readonly reconciler: RegionReconciler;
   readonly migrator: Migrator;
   readonly #o: FleetSeatOptions;
-  #declareTimer: NodeJS.Timeout | undefined;
+  /** Back-off waits in progress, each with what ends it early (stop). */
+  #retryWaits = new Map<NodeJS.Timeout, () => void>();
   #stopped = false;
   #declared: Promise<void> | null = null;
+  #bootstrapped: Promise<void> | null = null;
+  /** Bumped by every declare() and bootstrapPolicy(): an older one still retrying gives up. */
+  #declareRound = 0;
+  #bootstrapRound = 0;
   #watch: NodeJS.Timeout | undefined;
   #seen: { state: FleetState | null; applied: number } = { state: null, applied: -1 };
 
@@ -136,6 +151,7 @@ export class FleetSeat {
   start(): void {
     this.#stopped = false;
     this.declare();
+    this.bootstrapPolicy();
     this.reconciler.start();
     this.migrator.start();
     this.#watch = setInterval(() => this.#kickOnApply(), APPLIED_POLL_MS);
@@ -145,7 +161,11 @@ export class FleetSeat {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearInterval(this.#watch);
-    clearTimeout(this.#declareTimer);
+    for (const [timer, end] of this.#retryWaits) {
+      clearTimeout(timer);
+      end();
+    }
+    this.#retryWaits.clear();
     await Promise.all([this.reconciler.stop(), this.migrator.stop()]);
   }
 
@@ -165,8 +185,7 @@ export class FleetSeat {
 
   /** (Re-)declares the region until the log answers; resolves with that answer's outcome logged. */
   declare(): Promise<void> {
-    clearTimeout(this.#declareTimer);
-    this.#declared = this.#declare(0);
+    this.#declared = this.#declare(++this.#declareRound);
     return this.#declared;
   }
 
@@ -175,22 +194,96 @@ export class FleetSeat {
     return this.#declared ?? Promise.resolve();
   }
 
-  async #declare(failures: number): Promise<void> {
-    if (this.#stopped) return;
+  async #declare(round: number): Promise<void> {
     const log = this.#o.log;
-    try {
-      const result = await this.log.commit(this.#o.declaration(), this.#o.commitTimeoutMs);
-      if (result.ok) log.info({ region: this.#o.region }, 'fleet region declared');
-      else log.error({ region: this.#o.region, code: result.code, err: result.message }, 'fleet region declaration refused; the previous declaration stays in force');
-      this.reconciler.kick();
-    } catch (err) {
-      const delay = Math.min(DECLARE_RETRY_MAX_MS, DECLARE_RETRY_MIN_MS * 2 ** Math.min(failures, 10));
-      log.info({ region: this.#o.region, err: err instanceof Error ? err.message : String(err), retryInMs: delay }, 'fleet region not declared yet (the federation log did not commit); retrying');
-      await new Promise<void>((resolve) => {
-        this.#declareTimer = setTimeout(resolve, delay);
-        this.#declareTimer.unref();
-      });
-      return this.#declare(failures + 1);
+    const region = this.#o.region;
+    const result = await this.#untilAnswered(
+      () => this.log.commit(this.#o.declaration(), this.#o.commitTimeoutMs),
+      (err, retryInMs) => log.info({ region, err, retryInMs }, 'fleet region not declared yet (the federation log did not commit); retrying'),
+      () => round !== this.#declareRound,
+    );
+    if (result === null) return;
+    if (result.ok) log.info({ region }, 'fleet region declared');
+    else log.error({ region, code: result.code, err: result.message }, 'fleet region declaration refused; the previous declaration stays in force');
+    this.reconciler.kick();
+  }
+
+  /**
+   * Proposes the config's policy files while the log holds no policy
+   * version (on start and on reload); once it holds one, says whether the
+   * files match it. Resolves when that is settled (or the seat stops).
+   */
+  bootstrapPolicy(): Promise<void> {
+    const round = ++this.#bootstrapRound;
+    this.#bootstrapped = this.#bootstrapPolicy(round);
+    return this.#bootstrapped;
+  }
+
+  /** Resolves once the current policy bootstrap settled (tests). */
+  whenPolicyBootstrapped(): Promise<void> {
+    return this.#bootstrapped ?? Promise.resolve();
+  }
+
+  async #bootstrapPolicy(round: number): Promise<void> {
+    const files = this.#o.policyFiles?.() ?? NO_POLICY_FILES;
+    const log = this.#o.log;
+    // At most twice round: a proposal refused stale means another version came first; the second look sees it.
+    for (let look = 0; look < 2 && round === this.#bootstrapRound && !this.#stopped; look++) {
+      const step = policyBootstrap(files, this.state.policy);
+      switch (step.kind) {
+        case 'none':
+          return;
+        case 'same':
+          log.info({ version: step.version, files: files.files }, 'fleet policy files match the federation log\'s policy version');
+          return;
+        case 'ignored':
+          log.warn(
+            { version: step.version, files: files.files },
+            "fleet policy files ignored: the federation log already holds a policy version, which wins over the config's files (dwcpctl policy apply puts a new one)",
+          );
+          return;
+        case 'propose': {
+          const result = await this.#untilAnswered(
+            () => this.log.commit(step.command, this.#o.commitTimeoutMs),
+            (err, retryInMs) => log.info({ err, retryInMs }, 'fleet policy files not proposed yet (the federation log did not commit); retrying'),
+            () => round !== this.#bootstrapRound,
+          );
+          if (result === null) return;
+          if (result.ok) {
+            log.info({ version: result.policyVersion, files: files.files, policies: files.policies.map((p) => p.name) }, "fleet policy set from the config's policy files");
+            return;
+          }
+          if (result.code !== 'stale_policy_version') {
+            log.error({ code: result.code, err: result.message, files: files.files }, "fleet policy files refused by the federation log");
+            return;
+          }
+        }
+      }
+    }
+  }
+
+  /**
+   * Runs `attempt` until it answers (a throw means the log could not commit
+   * in time: no quorum, no leader yet), backing off between tries; null
+   * once the seat stops or `abandon` says so.
+   */
+  async #untilAnswered<T>(attempt: () => Promise<T>, onRetry: (err: string, retryInMs: number) => void, abandon: () => boolean): Promise<T | null> {
+    for (let failures = 0; ; failures++) {
+      if (this.#stopped || abandon()) return null;
+      try {
+        return await attempt();
+      } catch (err) {
+        const delay = Math.min(DECLARE_RETRY_MAX_MS, DECLARE_RETRY_MIN_MS * 2 ** Math.min(failures, 10));
+        onRetry(err instanceof Error ? err.message : String(err), delay);
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(() => {
+            this.#retryWaits.delete(timer);
+            resolve();
+          }, delay);
+          timer.unref();
+          this.#retryWaits.set(timer, resolve);
+        });
+      }
     }
   }
 
