@@ -22,6 +22,8 @@ import { buildPlacementView, place, type ObservedFleet, type PlacementDecision }
 import { judgePlan, planCreate, startScheduling, type SchedulerFailureCode, type SchedulerOptions } from './scheduler.ts';
 import type { FleetVmSpec } from './spec.ts';
 import type { FleetState } from './state-machine.ts';
+import { firstAssignmentOperation } from './policy-check.ts';
+import { RequestDenials, type PolicyDecisionLog } from './policy-decisions.ts';
 
 export interface SchedulerMetrics {
   /** dwcp_fleet_placements_total{result}: placed | failed */
@@ -36,6 +38,8 @@ export interface FleetSchedulerOptions {
   readonly observed: () => ObservedFleet;
   readonly options: SchedulerOptions;
   readonly metrics: SchedulerMetrics;
+  /** Where the candidates a deny rule excluded are logged (src/fleet/policy-decisions.ts); absent: nowhere. */
+  readonly decisions?: PolicyDecisionLog;
 }
 
 export type ScheduleOutcome =
@@ -72,6 +76,15 @@ export class FleetScheduler {
 
   /** Plans, commits and re-plans until the VM is assigned, or fails with every plan's reason. */
   async create(spec: FleetVmSpec, power: PowerState, timeoutMs: number): Promise<ScheduleOutcome> {
+    const denials = this.#o.decisions === undefined ? null : new RequestDenials(this.#o.decisions, spec.name, firstAssignmentOperation(spec));
+    try {
+      return await this.#create(spec, power, timeoutMs, denials);
+    } finally {
+      denials?.finish();
+    }
+  }
+
+  async #create(spec: FleetVmSpec, power: PowerState, timeoutMs: number, denials: RequestDenials | null): Promise<ScheduleOutcome> {
     const deadline = performance.now() + timeoutMs;
     let progress = startScheduling({ spec, power });
     let created = false;
@@ -81,6 +94,8 @@ export class FleetScheduler {
       const state = this.#o.log.state;
       const plan = planCreate(progress, state, this.#o.observed(), this.#options(state));
       this.#o.metrics.placementDuration.observe((performance.now() - started) / 1000);
+      const decided = plan.kind === 'propose' ? plan.decision : plan.kind === 'failed' ? plan.decision : undefined;
+      if (denials !== null && decided !== undefined && state.policy.evaluator.ruleCount > 0) denials.record(decided, state.policy.version);
       if (plan.kind === 'failed') return this.#fail(spec.name, created, plan.code, plan.reasons, plan.decision ?? lastDecision, deadline);
       if (plan.kind === 'placed') {
         // A retry of a request whose earlier plan went through: the VM is ours and placed.

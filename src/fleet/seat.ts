@@ -4,8 +4,9 @@
  * and config change), bootstraps the policy set from the config's policy
  * files while the log has none, schedules `vm create` requests that arrive
  * here, turns operator commands (start, stop, delete, migrate, cancel) into
- * fleet commands, and runs this region's reconciler and the coordinator of
- * the migrations out of this region (src/migration/migrator.ts).
+ * fleet commands, and runs this region's reconciler, the coordinator of the
+ * migrations out of this region (src/migration/migrator.ts) and the
+ * continuous policy audit.
  *
  * Invariants:
  * - The region declaration is retried until the log accepts or refuses it;
@@ -36,6 +37,8 @@ import type { MigrationMetrics } from '../migration/metrics.ts';
 import { planMigration, type MigrationPlan, type MigrationRequest } from '../migration/plan.ts';
 import { localTransfer, type MigrationTransfer } from '../migration/transfer.ts';
 import { policyBootstrap } from './policy-bootstrap.ts';
+import { PolicyAuditor } from './policy-auditor.ts';
+import { PolicyDecisionLog } from './policy-decisions.ts';
 import { NO_POLICY_FILES, type PolicyFileSet } from '../policy/files.ts';
 
 export interface FleetSeatOptions {
@@ -58,6 +61,8 @@ export interface FleetSeatOptions {
   /** Migration transfers by provider kind, on top of the built-in `local` one (the qemu transport plugs in here). */
   readonly transfers?: Readonly<Record<string, MigrationTransfer>>;
   readonly log: Logger;
+  /** Where policy decisions are logged (src/fleet/policy-decisions.ts); absent: `log`. */
+  readonly decisionLog?: Logger;
   /** How long one attempt to commit the declaration (or a migration step) may take. */
   readonly commitTimeoutMs: number;
 }
@@ -78,6 +83,8 @@ export class FleetSeat {
   readonly scheduler: FleetScheduler;
   readonly reconciler: RegionReconciler;
   readonly migrator: Migrator;
+  /** The continuous policy audit of this node's replica (src/fleet/policy-auditor.ts). */
+  readonly auditor: PolicyAuditor;
   readonly #o: FleetSeatOptions;
   /** Back-off waits in progress, each with what ends it early (stop). */
   #retryWaits = new Map<NodeJS.Timeout, () => void>();
@@ -94,6 +101,8 @@ export class FleetSeat {
     this.#o = options;
     this.log = new FleetLog(options.port, options.clientId);
     const { settings } = options;
+    const decisions = new PolicyDecisionLog(options.decisionLog ?? options.log);
+    this.auditor = new PolicyAuditor({ region: options.region, state: () => this.state, decisions });
     this.scheduler = new FleetScheduler({
       log: this.log,
       observed: options.observed,
@@ -102,6 +111,7 @@ export class FleetSeat {
         placement: { ...DEFAULT_PLACEMENT_OPTIONS, strategy: settings.placement.strategy, weights: settings.placement.weights, origin: options.region },
       }),
       metrics: options.metrics,
+      decisions,
     });
     this.reconciler = new RegionReconciler({
       region: options.region,
@@ -154,6 +164,7 @@ export class FleetSeat {
     this.bootstrapPolicy();
     this.reconciler.start();
     this.migrator.start();
+    this.auditor.start();
     this.#watch = setInterval(() => this.#kickOnApply(), APPLIED_POLL_MS);
     this.#watch.unref();
   }
@@ -161,6 +172,7 @@ export class FleetSeat {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearInterval(this.#watch);
+    this.auditor.stop();
     for (const [timer, end] of this.#retryWaits) {
       clearTimeout(timer);
       end();

@@ -13,6 +13,7 @@ import { createImageMetrics, type ImageMetrics } from '../image/metrics.ts';
 import { createStateMetrics, type StateMetrics } from '../state/metrics.ts';
 import { createFleetMetrics, type FleetMetrics } from '../fleet/metrics.ts';
 import { createMigrationMetrics, type MigrationMetrics } from '../migration/metrics.ts';
+import { createPolicyMetrics, type PolicyMetrics } from '../fleet/policy-metrics.ts';
 
 /** Reasons a connection or peer is refused; bounded so label cardinality stays small. */
 export const REFUSAL_REASONS = ['not_member', 'hello_failed', 'federation_mismatch', 'identity_mismatch'] as const;
@@ -58,6 +59,7 @@ export interface DwcpMetrics extends MeshMetrics {
   state: StateMetrics;
   fleet: FleetMetrics;
   migration: MigrationMetrics;
+  policy: PolicyMetrics;
 }
 
 /** Outcomes of a client proposal as the driver sees them; bounded for label cardinality. */
@@ -269,6 +271,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): DwcpMetr
     state: createStateMetrics(registers),
     fleet: createFleetMetrics(registers),
     migration: createMigrationMetrics(registers),
+    policy: createPolicyMetrics(registers),
   };
   // Export zeroes for every bounded label value so rate() works from the first scrape.
   for (const reason of REFUSAL_REASONS) m.connectionsRefused.inc({ reason }, 0);

@@ -1,0 +1,137 @@
+/**
+ * The continuous audit: auditFleet flags placed VMs a (tightened) policy set
+ * forbids where they are, by deny and audit; the auditor recomputes only when
+ * the replica changed, exports dwcp_policy_violations{policy,effect} (zeroes
+ * included) and logs one decision line per violation of its own region when
+ * it appears and when it clears, never again while it stands; placement
+ * denials are logged once per (region, provider, rule) per request.
+ */
+import { Writable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { Registry } from 'prom-client';
+import { auditFleet } from '../../src/fleet/policy-audit.ts';
+import { PolicyAuditor } from '../../src/fleet/policy-auditor.ts';
+import { PolicyDecisionLog, RequestDenials, MAX_DENIAL_LINES_PER_REQUEST, placementDenials } from '../../src/fleet/policy-decisions.ts';
+import { createPolicyMetrics } from '../../src/fleet/policy-metrics.ts';
+import { buildPlacementView, place } from '../../src/fleet/placement.ts';
+import { compilePolicySet } from '../../src/policy/compile.ts';
+import { createLogger } from '../../src/log.ts';
+import { assign, create, localProvider, machineWith, registerRegion, setPolicy, spec } from './fleet-fixtures.ts';
+import type { FleetCommand } from '../../src/fleet/commands.ts';
+import type { FleetStateMachine } from '../../src/fleet/state-machine.ts';
+
+const EU_ONLY = { condition: "region.jurisdiction == 'eu'", selector: { labels: { 'data-class': 'personal' } }, message: 'personal data stays in the EU' };
+
+function must(m: FleetStateMachine, ...commands: FleetCommand[]): void {
+  for (const c of commands) {
+    const r = m.apply(c);
+    if (!r.ok) throw new Error(`${c.kind}: ${r.message}`);
+  }
+}
+
+/** eu and us; pii (personal) on us and web on us, placed before any policy. */
+function fleet(): FleetStateMachine {
+  const m = machineWith(registerRegion('eu', [localProvider(8, 32)], { jurisdiction: 'eu' }), registerRegion('us', [localProvider(8, 32)], { jurisdiction: 'us' }));
+  must(m, create(spec('pii', { labels: { 'data-class': 'personal' } })), assign('pii', 'us', 1), create(spec('web')), assign('web', 'us', 1));
+  return m;
+}
+
+function capture(): { lines: Record<string, unknown>[]; decisions: PolicyDecisionLog } {
+  const lines: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const line of chunk.toString().split('\n')) if (line) lines.push(JSON.parse(line) as Record<string, unknown>);
+      done();
+    },
+  });
+  return { lines, decisions: new PolicyDecisionLog(createLogger('info', sink)) };
+}
+
+describe('auditFleet', () => {
+  it('flags a VM placed before a policy that now forbids it, by effect; others and deleted VMs are not', () => {
+    const m = fleet();
+    expect(auditFleet(m, m.policy.evaluator)).toEqual([]);
+    must(m, setPolicy(1, [{ ...EU_ONLY, effect: 'audit' }, { condition: 'vm.vcpus <= 1', message: 'small only' }]));
+    expect(auditFleet(m, m.policy.evaluator)).toEqual([
+      { vm: 'pii', region: 'us', provider: 'local', generation: 1, operation: 'place', policy: 'p', rule: 'r2', effect: 'deny', message: 'small only' },
+      { vm: 'pii', region: 'us', provider: 'local', generation: 1, operation: 'place', policy: 'p', rule: 'r1', effect: 'audit', message: 'personal data stays in the EU' },
+      { vm: 'web', region: 'us', provider: 'local', generation: 1, operation: 'place', policy: 'p', rule: 'r2', effect: 'deny', message: 'small only' },
+    ]);
+    must(m, { kind: 'delete', vm: 'web' });
+    expect(auditFleet(m, m.policy.evaluator).map((v) => v.vm)).toEqual(['pii', 'pii']);
+  });
+
+  it('judges a proposed set without applying it (policy test), and a condition that errors flags with the error', () => {
+    const m = fleet();
+    const proposed = compilePolicySet({ version: 1, policies: [{ name: 'owner', rules: [{ name: 'team', selector: {}, condition: "vm.labels['team'] != ''", effect: 'deny', message: 'a team label' }] }] });
+    const v = auditFleet(m, proposed);
+    expect(v.map((x) => [x.vm, x.effect, x.error])).toEqual([
+      ['pii', 'deny', 'No such key: team'],
+      ['web', 'deny', 'No such key: team'],
+    ]);
+    expect(m.policy.version).toBe(0);
+  });
+});
+
+describe('PolicyAuditor', () => {
+  it('logs a violation of its own region when it appears and clears, once; the gauge counts the whole fleet with zeroes', async () => {
+    const m = fleet();
+    const { lines, decisions } = capture();
+    const auditor = new PolicyAuditor({ region: 'us', state: () => m, decisions });
+    const other = new PolicyAuditor({ region: 'eu', state: () => m, decisions });
+    const registry = new Registry();
+    const metrics = createPolicyMetrics([registry]);
+    metrics.setSource(() => auditor.current());
+    auditor.check();
+    expect(lines).toEqual([]);
+
+    must(m, setPolicy(1, [EU_ONLY], 'eu-residency'));
+    auditor.check();
+    other.check();
+    auditor.check();
+    expect(lines.map((l) => [l.msg, l.decision, l.source, l.vm, l.region, l.operation, l.policy, l.rule, l.effect, l.policyVersion])).toEqual([
+      ['policy decision', 'deny', 'audit', 'pii', 'us', 'place', 'eu-residency', 'r1', 'deny', 1],
+    ]);
+    const text = await registry.metrics();
+    expect(text).toContain('dwcp_policy_violations{policy="eu-residency",effect="deny"} 1');
+    expect(text).toContain('dwcp_policy_violations{policy="eu-residency",effect="audit"} 0');
+    expect(text).toContain('dwcp_policy_version 1');
+
+    // Moved to the EU: the violation clears, logged once.
+    must(m, { kind: 'assign', vm: 'pii', region: 'eu', provider: 'local', generation: 2 });
+    auditor.check();
+    auditor.check();
+    expect(lines.slice(1).map((l) => [l.decision, l.vm, l.region])).toEqual([['cleared', 'pii', 'us']]);
+    expect(await registry.metrics()).toContain('dwcp_policy_violations{policy="eu-residency",effect="deny"} 0');
+  });
+
+  it('does not audit again while the replica is unchanged', () => {
+    const m = fleet();
+    must(m, setPolicy(1, [EU_ONLY]));
+    let reads = 0;
+    const auditor = new PolicyAuditor({ region: 'us', state: () => (reads++, m), decisions: capture().decisions });
+    const first = auditor.current();
+    expect(auditor.current()).toBe(first);
+    expect(reads).toBe(2);
+  });
+});
+
+describe('placement denials in the decision log', () => {
+  it('one line per (region, provider, rule) per request, however often it re-plans, bounded', () => {
+    const regions = Array.from({ length: MAX_DENIAL_LINES_PER_REQUEST + 3 }, (_, i) => registerRegion(`us${String(i).padStart(2, '0')}`, [localProvider(8, 32)], { jurisdiction: 'us' }));
+    const m = machineWith(registerRegion('eu', [localProvider(8, 32)], { jurisdiction: 'eu' }), ...regions);
+    must(m, setPolicy(1, [EU_ONLY], 'eu-residency'));
+    const pii = spec('pii', { labels: { 'data-class': 'personal' } });
+    const decision = place(pii, buildPlacementView(m));
+    expect(decision.ok && decision.choice.region).toBe('eu');
+    expect(placementDenials(decision)).toHaveLength(regions.length);
+    const { lines, decisions } = capture();
+    const request = new RequestDenials(decisions, 'pii', 'place');
+    request.record(decision, 1);
+    request.record(decision, 1);
+    request.finish();
+    expect(lines).toHaveLength(MAX_DENIAL_LINES_PER_REQUEST + 1);
+    expect(lines[0]).toMatchObject({ msg: 'policy decision', decision: 'deny', source: 'placement', vm: 'pii', region: 'us00', provider: 'local', operation: 'place', policy: 'eu-residency', rule: 'r1', effect: 'deny', message: 'personal data stays in the EU', policyVersion: 1 });
+    expect(lines.at(-1)).toMatchObject({ vm: 'pii', suppressed: 3 });
+  });
+});
