@@ -28,9 +28,10 @@ export const STATE_SERVICE = `${ADMIN_PACKAGE}.State`;
 export const FLEET_SERVICE = `${ADMIN_PACKAGE}.Fleet`;
 export const IMAGE_SERVICE = `${ADMIN_PACKAGE}.Image`;
 export const MIGRATION_SERVICE = `${ADMIN_PACKAGE}.Migration`;
+export const POLICY_SERVICE = `${ADMIN_PACKAGE}.Policy`;
 
 /** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
-export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto', 'image.proto', 'migration.proto'];
+export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto', 'image.proto', 'migration.proto', 'policy.proto'];
 
 /**
  * snake_case field names as in the .proto, int64 as strings (no silent
@@ -731,4 +732,79 @@ export interface MigrationStartResponse {
 export interface MigrationRef {
   id: string;
   timeout_ms: number;
+}
+
+// Policy (policy.proto): the fleet's policy set, its dry run and its audit.
+
+export interface PolicyDocumentWire {
+  source: string;
+  text: string;
+}
+
+export interface PolicyApplyRequest {
+  documents: PolicyDocumentWire[];
+  timeout_ms: number;
+}
+
+export interface PolicyApplyResponse {
+  version: number;
+  unchanged: boolean;
+  policies: string[];
+  rules: number;
+}
+
+export interface PolicySummary {
+  name: string;
+  description: string;
+  rules: number;
+  deny: number;
+  audit: number;
+  warn: number;
+}
+
+export interface PolicyListResponse {
+  version: number;
+  policies: PolicySummary[];
+}
+
+export interface PolicyRuleInfo {
+  name: string;
+  selector_json: string;
+  condition: string;
+  effect: string;
+  message: string;
+}
+
+export interface PolicyInfo {
+  version: number;
+  name: string;
+  description: string;
+  rules: PolicyRuleInfo[];
+}
+
+export interface PolicyViolationInfo {
+  vm: string;
+  region: string;
+  provider: string;
+  generation: number;
+  operation: string;
+  policy: string;
+  rule: string;
+  effect: string;
+  message: string;
+  error: string | null;
+}
+
+export interface PolicyTestResponse {
+  current_version: number;
+  proposed_version: number;
+  vms: number;
+  violations: PolicyViolationInfo[];
+  already: number;
+}
+
+export interface PolicyViolationsResponse {
+  version: number;
+  vms: number;
+  violations: PolicyViolationInfo[];
 }

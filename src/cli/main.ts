@@ -11,8 +11,8 @@
  * before or after the command.
  *
  * Commands are rows of COMMANDS (status, members, kv, raft, pbft, vm, place,
- * fleet, migration, cost, blob, cache, image, crdt, state, version, help); each brings its own flags and
- * positional arguments (kv-raft.ts, pbft.ts, vm.ts, blob.ts, image.ts, state.ts, migration.ts), so a
+ * fleet, migration, policy, cost, blob, cache, image, crdt, state, version, help); each brings its own flags and
+ * positional arguments (kv-raft.ts, pbft.ts, vm.ts, blob.ts, image.ts, state.ts, migration.ts, policy.ts), so a
  * new command adds a row and nothing else changes.
  */
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
@@ -27,6 +27,7 @@ import { FLEET_COMMAND } from './fleet.ts';
 import { MIGRATION_COMMAND } from './migration.ts';
 import { BLOB_COMMAND, CACHE_COMMAND } from './blob.ts';
 import { IMAGE_COMMAND } from './image.ts';
+import { POLICY_COMMAND } from './policy.ts';
 import { CRDT_COMMAND, STATE_COMMAND } from './state.ts';
 import { VERSION } from '../daemon/version.ts';
 import { defaultAdminSocket } from '../config/paths.ts';
@@ -69,6 +70,7 @@ export const COMMANDS: readonly Command[] = [
   PLACE_COMMAND,
   FLEET_COMMAND,
   MIGRATION_COMMAND,
+  POLICY_COMMAND,
   COST_COMMAND,
   BLOB_COMMAND,
   CACHE_COMMAND,

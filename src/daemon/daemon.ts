@@ -44,6 +44,7 @@ import { stateServiceRegistration } from '../admin/state-service.ts';
 import { ObservedPublisher } from '../fleet/observed-publisher.ts';
 import { fleetServiceRegistration } from '../admin/fleet-service.ts';
 import { migrationServiceRegistration } from '../admin/migration-service.ts';
+import { policyServiceRegistration } from '../admin/policy-service.ts';
 import { FleetSeat } from '../fleet/seat.ts';
 import { regionDeclaration } from '../fleet/region-declaration.ts';
 import type { ObservedFleet, RegionHealth } from '../fleet/placement.ts';
@@ -173,8 +174,10 @@ export class Daemon {
       migrationMetrics: this.metrics.migration,
       view: () => this.fleet.view(),
       log: parts.log.child({ component: 'fleet' }),
+      decisionLog: parts.log.child({ component: 'policy' }),
       commitTimeoutMs: config.raft.requestTimeoutMs,
     });
+    this.metrics.policy.setSource(() => this.seat.auditor.current());
     // The region record carries what the reconciler gave up on, so every node can say why a VM is not running.
     this.fleet.setFailures(() =>
       [...this.seat.reconciler.reports()].filter(([, r]) => r.status === 'failed').map(([vm, r]) => ({ vm, generation: r.generation, reason: r.reason ?? 'the provider gave no reason' })),
@@ -325,6 +328,7 @@ export class Daemon {
         imageServiceRegistration({ catalog: this.images, source: this.imageSource, dir: imagesDir(config.dataDir), log: adminLog }),
         fleetServiceRegistration({ view: () => this.fleet.view(), seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         migrationServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
+        policyServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
       ],
     });
     this.#metricsServer = await startMetricsServer({
