@@ -23,7 +23,7 @@ import type { PolicyEffect, PolicyOperation } from '../policy/document.ts';
 import type { PolicyEvaluator, PolicyHit } from '../policy/evaluate.ts';
 import { hourlyUsd } from './ledger.ts';
 import { firstAssignmentOperation, policyRegionOf, policyVmOf } from './policy-check.ts';
-import type { FleetState } from './state-machine.ts';
+import type { FleetAssignment, FleetRegion, FleetState, FleetVm } from './state-machine.ts';
 
 export interface PolicyViolation {
   readonly vm: string;
@@ -49,20 +49,67 @@ function violation(vm: string, region: string, provider: string, generation: num
   return { vm, region, provider, generation, operation, policy: hit.policy, rule: hit.rule, effect, message: hit.message, ...(hit.error === undefined ? {} : { error: hit.error }) };
 }
 
-/** Every violation of `evaluator` by the placed VMs of `state` (its own policy set, or a proposed one). */
-export function auditFleet(state: FleetState, evaluator: PolicyEvaluator): PolicyViolation[] {
-  if (evaluator.ruleCount === 0) return [];
+/** One VM's judgement, with what it was judged on (all immutable objects of the state machine, compared by identity). */
+interface Judged {
+  readonly spec: unknown;
+  readonly assignment: unknown;
+  readonly region: unknown;
+  readonly evaluator: PolicyEvaluator;
+  readonly violations: readonly PolicyViolation[];
+}
+
+/**
+ * What the previous audit judged, by VM name: a VM whose spec, assignment,
+ * region declaration and policy set are the same objects as then is not
+ * evaluated again (the state machine replaces these objects when they
+ * change, and a verdict is a function of them alone). Owned by one caller;
+ * each audit keeps only the VMs it saw, so the memo is bounded by the fleet.
+ */
+export class AuditMemo {
+  judged = new Map<string, Judged>();
+}
+
+const NONE: readonly PolicyViolation[] = Object.freeze([]);
+
+/**
+ * Every violation of `evaluator` by the placed VMs of `state` (its own
+ * policy set, or a proposed one). With a memo, VMs unchanged since the
+ * previous audit with it reuse their judgement: same answer, less work.
+ */
+export function auditFleet(state: FleetState, evaluator: PolicyEvaluator, memo?: AuditMemo): PolicyViolation[] {
+  if (evaluator.ruleCount === 0) {
+    if (memo !== undefined) memo.judged = new Map();
+    return [];
+  }
   const out: PolicyViolation[] = [];
+  const next = new Map<string, Judged>();
   for (const vm of state.vms()) {
     const a = vm.assignment;
     if (a === null || vm.deleted) continue;
     const region = state.region(a.region);
-    const provider = region?.providers.find((p) => p.name === a.provider);
-    if (region === undefined || provider === undefined) continue;
-    const operation = firstAssignmentOperation(vm.spec);
-    const verdict = evaluator.evaluate({ vm: policyVmOf(vm.spec), region: policyRegionOf(region, provider), cost: hourlyUsd(vm.spec, provider.prices), operation });
-    for (const hit of verdict.denials) out.push(violation(vm.name, a.region, a.provider, a.generation, operation, hit, 'deny'));
-    for (const hit of verdict.audits) out.push(violation(vm.name, a.region, a.provider, a.generation, operation, hit, 'audit'));
+    if (region === undefined) continue;
+    const before = memo?.judged.get(vm.name);
+    let judged: Judged;
+    if (before !== undefined && before.spec === vm.spec && before.assignment === a && before.region === region && before.evaluator === evaluator) {
+      judged = before;
+    } else {
+      judged = { spec: vm.spec, assignment: a, region, evaluator, violations: judge(vm.name, vm.spec, a, region, evaluator) };
+    }
+    if (memo !== undefined) next.set(vm.name, judged);
+    for (const v of judged.violations) out.push(v);
   }
+  if (memo !== undefined) memo.judged = next;
   return out;
+}
+
+function judge(name: string, spec: FleetVm['spec'], a: FleetAssignment, region: FleetRegion, evaluator: PolicyEvaluator): readonly PolicyViolation[] {
+  const provider = region.providers.find((p) => p.name === a.provider);
+  if (provider === undefined) return NONE;
+  const operation = firstAssignmentOperation(spec);
+  const verdict = evaluator.evaluate({ vm: policyVmOf(spec), region: policyRegionOf(region, provider), cost: hourlyUsd(spec, provider.prices), operation });
+  if (verdict.allowed && verdict.audits.length === 0) return NONE;
+  return [
+    ...verdict.denials.map((hit) => violation(name, a.region, a.provider, a.generation, operation, hit, 'deny')),
+    ...verdict.audits.map((hit) => violation(name, a.region, a.provider, a.generation, operation, hit, 'audit')),
+  ];
 }

@@ -14,16 +14,24 @@
  * it clears (src/fleet/policy-decisions.ts), so the federation logs each
  * once and a standing violation is not logged again every pass.
  *
- * Bounds: at most one audit per APPLIED_POLL_MS, each O(placed VMs ×
- * applicable rules).
+ * Cost: an audit re-evaluates only the VMs whose spec, assignment or
+ * region changed since the previous one (all of them after a new policy
+ * version; AuditMemo), plus a pass over the placed VMs: measured ~13 µs a
+ * VM with 50 rules evaluated, and 73 ms for 100 000 VMs when one changed.
+ * Passes driven by the poll are spaced by at least AUDIT_SPACING times the
+ * last one's duration, so the audit takes at most ~1/AUDIT_SPACING of a
+ * core however fast the fleet changes; a caller of current() (an operator's
+ * `policy violations`) gets a fresh one at once.
  */
 import type { PolicyEvaluator } from '../policy/evaluate.ts';
-import { auditFleet, violationKey, type PolicyViolation } from './policy-audit.ts';
+import { AuditMemo, auditFleet, violationKey, type PolicyViolation } from './policy-audit.ts';
 import type { PolicyDecisionLog } from './policy-decisions.ts';
 import type { FleetState } from './state-machine.ts';
 
 /** How often the auditor looks whether the replica applied commands (a number compared, nothing read). */
 const APPLIED_POLL_MS = 200;
+/** A polled audit waits at least this many times the previous one's duration after it. */
+const AUDIT_SPACING = 10;
 
 export interface PolicyAudit {
   /** The policy version audited against (0: none set; no violations). */
@@ -50,6 +58,9 @@ export class PolicyAuditor {
   /** This region's standing violations by key, as last logged. */
   #logged = new Map<string, PolicyViolation>();
   #timer: NodeJS.Timeout | undefined;
+  readonly #memo = new AuditMemo();
+  /** performance.now() before which a polled audit waits (AUDIT_SPACING). */
+  #notBefore = 0;
 
   constructor(options: PolicyAuditorOptions) {
     this.#o = options;
@@ -57,7 +68,9 @@ export class PolicyAuditor {
 
   start(): void {
     this.check();
-    this.#timer = setInterval(() => this.check(), APPLIED_POLL_MS);
+    this.#timer = setInterval(() => {
+      if (performance.now() >= this.#notBefore) this.check();
+    }, APPLIED_POLL_MS);
     this.#timer.unref();
   }
 
@@ -81,9 +94,12 @@ export class PolicyAuditor {
     }
     if (state === this.#seen.state && state.applied === this.#seen.applied) return;
     this.#seen = { state, applied: state.applied };
+    const started = performance.now();
     const { policy } = state;
-    this.#audit = { version: policy.version, policies: policy.policies.map((p) => p.name), violations: auditFleet(state, policy.evaluator) };
+    this.#audit = { version: policy.version, policies: policy.policies.map((p) => p.name), violations: auditFleet(state, policy.evaluator, this.#memo) };
     this.#logChanges(policy.evaluator);
+    const ended = performance.now();
+    this.#notBefore = ended + AUDIT_SPACING * (ended - started);
   }
 
   #logChanges(evaluator: PolicyEvaluator): void {

@@ -9,7 +9,7 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { Registry } from 'prom-client';
-import { auditFleet } from '../../src/fleet/policy-audit.ts';
+import { AuditMemo, auditFleet } from '../../src/fleet/policy-audit.ts';
 import { PolicyAuditor } from '../../src/fleet/policy-auditor.ts';
 import { PolicyDecisionLog, RequestDenials, MAX_DENIAL_LINES_PER_REQUEST, placementDenials } from '../../src/fleet/policy-decisions.ts';
 import { createPolicyMetrics } from '../../src/fleet/policy-metrics.ts';
@@ -70,6 +70,30 @@ describe('auditFleet', () => {
       ['web', 'deny', 'No such key: team'],
     ]);
     expect(m.policy.version).toBe(0);
+  });
+});
+
+describe('auditFleet with a memo', () => {
+  it('answers as without one through moves, deletes, re-declarations and new versions, re-judging only what changed', () => {
+    const m = fleet();
+    const memo = new AuditMemo();
+    const same = () => expect(auditFleet(m, m.policy.evaluator, memo)).toEqual(auditFleet(m, m.policy.evaluator));
+    same();
+    must(m, setPolicy(1, [EU_ONLY, { condition: "region.labels['tier'] == 'gold'", effect: 'audit', message: 'gold only' }]));
+    same();
+    const judged = memo.judged.get('web');
+    must(m, { kind: 'assign', vm: 'pii', region: 'eu', provider: 'local', generation: 2 });
+    same();
+    // web did not change: its judgement is the very same object.
+    expect(memo.judged.get('web')).toBe(judged);
+    must(m, registerRegion('us', [localProvider(8, 32)], { jurisdiction: 'us', labels: { tier: 'gold' } }));
+    same();
+    expect(memo.judged.get('web')).not.toBe(judged);
+    must(m, { kind: 'delete', vm: 'web' });
+    same();
+    expect([...memo.judged.keys()]).toEqual(['pii']);
+    must(m, setPolicy(2, []));
+    same();
   });
 });
 
