@@ -18,6 +18,12 @@
  * (bench/placement.ts: jurisdictions eu|us|ap|sa, compliance marks, a tier
  * label, local and spot aws providers, random prices).
  *
+ * Then the continuous audit (src/fleet/policy-audit.ts) over a fleet of
+ * --audit-vms placed VMs with the same rules: a full audit (every VM judged:
+ * after a new policy version, or a start) and an incremental one (one VM
+ * moved since the previous audit: what the auditor does per change), median
+ * of a few runs each, wall clock and CPU.
+ *
  * Invariants: everything from --seed; each timed evaluation is one call
  * timed by process.hrtime.bigint (wall clock; CPU time per evaluation is
  * reported beside it).
@@ -30,6 +36,7 @@ import type { PolicyRegion } from '../src/policy/facts.ts';
 import { hourlyUsd } from '../src/fleet/ledger.ts';
 import { policyRegionOf, policyVmOf } from '../src/fleet/policy-check.ts';
 import { buildBenchFleet, benchSpecs } from './placement.ts';
+import { AuditMemo, auditFleet } from '../src/fleet/policy-audit.ts';
 import { defineBench, intFlag, machineFacts, progress, quantile, renderTable, significant } from './run.ts';
 
 const FLOOR_P99_MS = 0.1;
@@ -73,7 +80,49 @@ export interface PolicyBenchOptions {
   regions: number;
   vms: number;
   evaluations: number;
+  auditVms: number;
   seed: number;
+}
+
+/** Median wall and CPU milliseconds of `runs` calls of `fn` (each after `before`, untimed). */
+function medianMs(runs: number, fn: () => void, before: (k: number) => void = () => {}): { wall_ms: number; cpu_ms: number } {
+  const wall: number[] = [];
+  const cpu: number[] = [];
+  for (let k = 0; k < runs; k++) {
+    before(k);
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    fn();
+    wall.push(performance.now() - t0);
+    const c = process.cpuUsage(c0);
+    cpu.push((c.user + c.system) / 1000);
+  }
+  return { wall_ms: significant(quantile(wall, 0.5)), cpu_ms: significant(quantile(cpu, 0.5)) };
+}
+
+/** The continuous audit with `evaluator` over `vms` placed VMs: a full audit, and one after a single VM moved. */
+function auditCase(options: PolicyBenchOptions, evaluator: PolicyEvaluator): object {
+  progress(`policy: audit of ${options.auditVms} VMs over ${options.regions} regions`);
+  const fleet = buildBenchFleet(options.regions, options.auditVms, options.seed);
+  const placed = fleet.state.vms().filter((v) => v.assignment !== null);
+  let violations = 0;
+  const full = medianMs(3, () => (violations = auditFleet(fleet.state, evaluator).length));
+  const memo = new AuditMemo();
+  auditFleet(fleet.state, evaluator, memo);
+  const incremental = medianMs(
+    5,
+    () => auditFleet(fleet.state, evaluator, memo),
+    (k) => {
+      // One VM moves to the next region (any refusal, e.g. full, leaves it: the audit is timed the same).
+      const vm = placed[k % placed.length];
+      const a = vm?.assignment;
+      if (vm === undefined || a === null || a === undefined) return;
+      const next = fleet.regionNames[(fleet.regionNames.indexOf(a.region) + 1) % fleet.regionNames.length] as string;
+      fleet.state.apply({ kind: 'assign', vm: vm.name, region: next, provider: 'local', generation: (fleet.state.vm(vm.name)?.generation ?? 1) + 1 });
+    },
+  );
+  progress(renderTable(['audit', 'VMs', 'wall ms', 'cpu ms', 'violations'], [['full', String(placed.length), String(full.wall_ms), String(full.cpu_ms), String(violations)], ['one VM moved', String(placed.length), String(incremental.wall_ms), String(incremental.cpu_ms), '']]));
+  return { vms: placed.length, violations, full, incremental, us_per_vm_full: significant((full.wall_ms * 1000) / Math.max(1, placed.length)) };
 }
 
 interface Case {
@@ -133,6 +182,7 @@ async function runPolicyBench(options: PolicyBenchOptions): Promise<object> {
     await new Promise((resolve) => setImmediate(resolve));
   }
   const reference = cases.find((c) => c.mode === 'evaluate') as Case;
+  const audit = auditCase(options, evaluator);
   progress(
     renderTable(
       ['mode', 'p50 ms', 'p99 ms', 'max ms', 'cpu ms', 'denied', 'p99 / evaluate'],
@@ -153,6 +203,7 @@ async function runPolicyBench(options: PolicyBenchOptions): Promise<object> {
       /** null when not run with the floor's rule count. */
       met: options.rules !== FLOOR_RULES ? null : cases.every((c) => c.p99_ms < FLOOR_P99_MS),
     },
+    audit,
     loadavg_after: machineFacts().loadavg,
   };
 }
@@ -163,6 +214,7 @@ export const policyBench = defineBench<PolicyBenchOptions>({
     regions: { default: '1000', description: 'regions of the generated fleet (candidates: their providers)' },
     vms: { default: '1000', description: 'VM specs evaluated, one at a time against runs of candidates' },
     evaluations: { default: '200000', description: 'timed evaluations per mode' },
+    'audit-vms': { default: '100000', description: 'placed VMs of the fleet the continuous audit is timed over' },
     seed: { default: '1', description: 'seed of the fleet and specs' },
   },
   parse: (flags) => ({
@@ -170,6 +222,7 @@ export const policyBench = defineBench<PolicyBenchOptions>({
     regions: intFlag(flags, 'regions', 1),
     vms: intFlag(flags, 'vms', 1),
     evaluations: intFlag(flags, 'evaluations', 1),
+    auditVms: intFlag(flags, 'audit-vms', 1),
     seed: intFlag(flags, 'seed', 0),
   }),
   run: runPolicyBench,

@@ -9,20 +9,21 @@ import { benchPolicies } from '../../bench/policy.ts';
 
 describe('bench policy', () => {
   it('prints one JSON document with the state machine\'s and placement\'s evaluation, against the floor', async () => {
-    const { code, stdout, stderr } = await runBench(['policy', '--regions', '20', '--vms', '20', '--evaluations', '2000']);
+    const { code, stdout, stderr } = await runBench(['policy', '--regions', '20', '--vms', '20', '--evaluations', '2000', '--audit-vms', '200']);
     expect(code, stderr).toBe(0);
     const result = JSON.parse(stdout) as { cases: { mode: string; denied: number }[] };
     const oneCase = { evaluations: 2000, p50_ms: positive, p99_ms: positive, max_ms: positive, cpu_ms_per_evaluation: expect.any(Number), denied: expect.any(Number) };
     expect(result).toMatchObject({
       bench: 'policy',
       loadavg: expect.any(Array),
-      options: { rules: 50, regions: 20, vms: 20, evaluations: 2000, seed: 1, candidates: 30 },
+      options: { rules: 50, regions: 20, vms: 20, evaluations: 2000, auditVms: 200, seed: 1, candidates: 30 },
       cases: [
         { mode: 'evaluate', ...oneCase },
         { mode: 'scope', ...oneCase },
       ],
       ratio_p99: { evaluate: 1, scope: positive },
       floor: { rules: 50, p99_ms: 0.1, met: expect.any(Boolean) },
+      audit: { vms: positive, violations: expect.any(Number), full: { wall_ms: positive, cpu_ms: expect.any(Number) }, incremental: { wall_ms: positive, cpu_ms: expect.any(Number) }, us_per_vm_full: positive },
     });
     // Both ways see the same candidates in the same order: the same verdicts.
     expect(result.cases[0]?.denied).toBe(result.cases[1]?.denied);
