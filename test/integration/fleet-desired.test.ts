@@ -25,6 +25,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FleetDesiredVm } from '../../src/admin/schema.ts';
 import { RaftCluster } from './raft-cluster.ts';
 import { eventually, type CtlResult } from './harness.ts';
+import { localFleetRegion, regionsDeclared } from './fleet-region.ts';
 
 /** From a committed create until its region reports it running, on a loaded 2-core machine. */
 const RUNNING_MS = 30_000;
@@ -63,17 +64,9 @@ beforeAll(async () => {
   const vcpus = [4, 4, 8];
   const price = [0.03, 0.01, 0.02];
   cluster = await RaftCluster.start('fleetd', 3, {
-    extra: (i) => ({
-      node: { jurisdiction: i === 1 ? 'us' : 'eu' },
-      clouds: {
-        providers: [
-          { kind: 'local', region: `dc${i + 1}`, capacity: { vcpus: vcpus[i], memoryGiB: 32, diskGiB: 500 }, pricePerVcpuHour: price[i], pricePerGiBHour: 0, inventoryIntervalMs: 500, transitionDelayMs: 0 },
-        ],
-      },
-      fleet: { publishIntervalMs: 500, staleAfterMs: 5_000, reconcileIntervalMs: 500, backoffBaseMs: 100, backoffCapMs: 400 },
-    }),
+    extra: (i) => localFleetRegion(i, { vcpus: vcpus[i]!, pricePerVcpuHour: price[i]!, jurisdiction: i === 1 ? 'us' : 'eu' }),
   });
-  await Promise.all([0, 1, 2].map((i) => cluster.daemon(i).waitForLog((l) => l.msg === 'fleet region declared', `n${i + 1} declares its region`)));
+  await regionsDeclared(cluster);
 }, 90_000);
 
 afterAll(async () => {

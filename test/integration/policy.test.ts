@@ -31,6 +31,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FleetDesiredVm, PolicyListResponse, PolicyTestResponse, PolicyViolationsResponse } from '../../src/admin/schema.ts';
 import { RaftCluster } from './raft-cluster.ts';
+import { localFleetRegion, regionsDeclared } from './fleet-region.ts';
 import { baseConfig, eventually, metricValue, prepareNode, runDwcpd, writeConfig, ROOT, type CtlResult, type LogLine } from './harness.ts';
 
 /** From a committed create until its region reports it running, on a loaded 2-core machine. */
@@ -100,17 +101,11 @@ beforeAll(async () => {
   const price = [0.05, 0.01, 0.02];
   cluster = await RaftCluster.start('policyd', 3, {
     extra: (i) => ({
-      node: { jurisdiction: i === 0 ? 'eu' : 'us' },
-      clouds: {
-        providers: [
-          { kind: 'local', region: `dc${i + 1}`, capacity: { vcpus: vcpus[i], memoryGiB: 32, diskGiB: 500 }, pricePerVcpuHour: price[i], pricePerGiBHour: 0, inventoryIntervalMs: 500, transitionDelayMs: 0 },
-        ],
-      },
-      fleet: { publishIntervalMs: 500, staleAfterMs: 5_000, reconcileIntervalMs: 500, backoffBaseMs: 100, backoffCapMs: 400 },
+      ...localFleetRegion(i, { vcpus: vcpus[i]!, pricePerVcpuHour: price[i]!, jurisdiction: i === 0 ? 'eu' : 'us' }),
       ...(i < 2 ? { policies: [join(POLICIES, 'eu-residency.yaml')] } : {}),
     }),
   });
-  await Promise.all([0, 1, 2].map((i) => cluster.daemon(i).waitForLog((l) => l.msg === 'fleet region declared', `n${i + 1} declares its region`)));
+  await regionsDeclared(cluster);
 }, 90_000);
 
 afterAll(async () => {
