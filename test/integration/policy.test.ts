@@ -44,15 +44,8 @@ const RULE_MESSAGE = 'VMs labelled data-class=personal run only in regions of ju
 let cluster: RaftCluster;
 let scratch: string;
 
-function ctl(i: number, ...args: string[]): Promise<CtlResult> {
-  return cluster.ctl(i, '--timeout', '20s', ...args);
-}
-
-async function json<T>(i: number, ...args: string[]): Promise<T> {
-  const res = await ctl(i, ...args, '--json');
-  expect(res.stderr, `n${i + 1}: ${args.join(' ')}`).toBe('');
-  return JSON.parse(res.stdout) as T;
-}
+const ctl = (i: number, ...args: string[]): Promise<CtlResult> => cluster.ctl(i, '--timeout', '20s', ...args);
+const json = <T>(i: number, ...args: string[]): Promise<T> => cluster.ctlJson<T>(i, '--timeout', '20s', ...args);
 
 async function create(i: number, name: string, cpu: number, ...extra: string[]): Promise<CtlResult> {
   return ctl(i, 'vm', 'create', name, '--cpu', String(cpu), '--memory', '1GiB', '--image', 'base', ...extra, '--json');

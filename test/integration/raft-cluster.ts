@@ -152,6 +152,13 @@ export class RaftCluster {
     return runCtl(['--socket', this.#node(i).socket, ...args]);
   }
 
+  /** dwcpctl ARGS --json against node i, parsed; a failure (a non-zero exit, or anything on stderr) throws with what it said. */
+  async ctlJson<T>(i: number, ...args: string[]): Promise<T> {
+    const res = await this.ctl(i, ...args, '--json');
+    if (res.code !== 0 || res.stderr !== '') throw new Error(`n${i + 1}: dwcpctl ${args.join(' ')} exited ${res.code}: ${res.stderr}`);
+    return JSON.parse(res.stdout) as T;
+  }
+
   daemon(i: number): DaemonProcess {
     const d = this.#current[i];
     if (d === null || d === undefined) throw new Error(`node n${i + 1} is not running`);
