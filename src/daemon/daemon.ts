@@ -177,7 +177,7 @@ export class Daemon {
       decisionLog: parts.log.child({ component: 'policy' }),
       commitTimeoutMs: config.raft.requestTimeoutMs,
     });
-    this.metrics.policy.setSource(() => this.seat.auditor.current());
+    this.metrics.policy.setSource(() => this.seat.auditor.latest());
     // The region record carries what the reconciler gave up on, so every node can say why a VM is not running.
     this.fleet.setFailures(() =>
       [...this.seat.reconciler.reports()].filter(([, r]) => r.status === 'failed').map(([vm, r]) => ({ vm, generation: r.generation, reason: r.reason ?? 'the provider gave no reason' })),

@@ -77,29 +77,72 @@ const NONE: readonly PolicyViolation[] = Object.freeze([]);
  * previous audit with it reuse their judgement: same answer, less work.
  */
 export function auditFleet(state: FleetState, evaluator: PolicyEvaluator, memo?: AuditMemo): PolicyViolation[] {
-  if (evaluator.ruleCount === 0) {
-    if (memo !== undefined) memo.judged = new Map();
-    return [];
+  const run = new AuditRun(state, evaluator, memo);
+  run.step(Number.POSITIVE_INFINITY);
+  return run.finish();
+}
+
+/** Passing over a VM whose judgement the memo holds costs this fraction of judging one (measured: ~0.7 us against ~10 us with 50 rules). */
+const VISITS_PER_JUDGEMENT = 16;
+
+/**
+ * One audit done in steps, so a driver can yield between them (a full
+ * audit of 100 000 VMs takes about a second): the VM list is taken when the
+ * run starts (a consistent snapshot of records, each immutable), regions
+ * are looked up as the steps go. Stepped to the end, it answers exactly as
+ * auditFleet does; the memo is updated by finish() only.
+ */
+export class AuditRun {
+  readonly #state: FleetState;
+  readonly #evaluator: PolicyEvaluator;
+  readonly #memo: AuditMemo | undefined;
+  readonly #vms: readonly FleetVm[];
+  #next = 0;
+  readonly #out: PolicyViolation[] = [];
+  readonly #judged = new Map<string, Judged>();
+
+  constructor(state: FleetState, evaluator: PolicyEvaluator, memo?: AuditMemo) {
+    this.#state = state;
+    this.#evaluator = evaluator;
+    this.#memo = memo;
+    this.#vms = evaluator.ruleCount === 0 ? [] : state.vms();
   }
-  const out: PolicyViolation[] = [];
-  const next = new Map<string, Judged>();
-  for (const vm of state.vms()) {
-    const a = vm.assignment;
-    if (a === null || vm.deleted) continue;
-    const region = state.region(a.region);
-    if (region === undefined) continue;
-    const before = memo?.judged.get(vm.name);
-    let judged: Judged;
-    if (before !== undefined && before.spec === vm.spec && before.assignment === a && before.region === region && before.evaluator === evaluator) {
-      judged = before;
-    } else {
-      judged = { spec: vm.spec, assignment: a, region, evaluator, violations: judge(vm.name, vm.spec, a, region, evaluator) };
+
+  get done(): boolean {
+    return this.#next >= this.#vms.length;
+  }
+
+  /** Goes on until done or about `budget` VMs were judged afresh (memo hits count 1/16); returns whether done. */
+  step(budget: number): boolean {
+    const evaluator = this.#evaluator;
+    let spent = 0;
+    while (this.#next < this.#vms.length && spent < budget) {
+      const vm = this.#vms[this.#next++] as FleetVm;
+      const a = vm.assignment;
+      if (a === null || vm.deleted) continue;
+      const region = this.#state.region(a.region);
+      if (region === undefined) continue;
+      const before = this.#memo?.judged.get(vm.name);
+      let judged: Judged;
+      if (before !== undefined && before.spec === vm.spec && before.assignment === a && before.region === region && before.evaluator === evaluator) {
+        judged = before;
+        spent += 1 / VISITS_PER_JUDGEMENT;
+      } else {
+        judged = { spec: vm.spec, assignment: a, region, evaluator, violations: judge(vm.name, vm.spec, a, region, evaluator) };
+        spent += 1;
+      }
+      if (this.#memo !== undefined) this.#judged.set(vm.name, judged);
+      for (const v of judged.violations) this.#out.push(v);
     }
-    if (memo !== undefined) next.set(vm.name, judged);
-    for (const v of judged.violations) out.push(v);
+    return this.done;
   }
-  if (memo !== undefined) memo.judged = next;
-  return out;
+
+  /** The violations, once done; keeps this run's judgements in the memo. */
+  finish(): PolicyViolation[] {
+    if (!this.done) throw new Error('AuditRun.finish: the run is not done (step it to the end first)');
+    if (this.#memo !== undefined) this.#memo.judged = this.#judged;
+    return this.#out;
+  }
 }
 
 function judge(name: string, spec: FleetVm['spec'], a: FleetAssignment, region: FleetRegion, evaluator: PolicyEvaluator): readonly PolicyViolation[] {

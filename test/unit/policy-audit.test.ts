@@ -9,7 +9,7 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { Registry } from 'prom-client';
-import { AuditMemo, auditFleet } from '../../src/fleet/policy-audit.ts';
+import { AuditMemo, AuditRun, auditFleet } from '../../src/fleet/policy-audit.ts';
 import { PolicyAuditor } from '../../src/fleet/policy-auditor.ts';
 import { PolicyDecisionLog, RequestDenials, MAX_DENIAL_LINES_PER_REQUEST, placementDenials } from '../../src/fleet/policy-decisions.ts';
 import { createPolicyMetrics } from '../../src/fleet/policy-metrics.ts';
@@ -94,6 +94,44 @@ describe('auditFleet with a memo', () => {
     expect([...memo.judged.keys()]).toEqual(['pii']);
     must(m, setPolicy(2, []));
     same();
+  });
+});
+
+/** n VMs over eu and us, none of them allowed where it is by EU_ONLY (every one personal, on us). */
+function bigFleet(n: number): FleetStateMachine {
+  const m = machineWith(registerRegion('eu', [localProvider(100_000, 1_000_000)], { jurisdiction: 'eu' }), registerRegion('us', [localProvider(100_000, 1_000_000)], { jurisdiction: 'us' }));
+  for (let i = 0; i < n; i++) must(m, create(spec(`vm${i}`, { vcpus: 1, labels: { 'data-class': 'personal' } })), assign(`vm${i}`, i % 3 === 0 ? 'eu' : 'us', 1));
+  must(m, setPolicy(1, [EU_ONLY]));
+  return m;
+}
+
+describe('an audit in steps', () => {
+  it('answers as in one go, whatever the step size', () => {
+    const m = bigFleet(300);
+    const whole = auditFleet(m, m.policy.evaluator);
+    expect(whole).toHaveLength(200);
+    for (const budget of [1, 7, 64]) {
+      const run = new AuditRun(m, m.policy.evaluator, new AuditMemo());
+      let steps = 0;
+      while (!run.step(budget)) steps++;
+      expect(steps).toBeGreaterThan(0);
+      expect(run.finish()).toEqual(whole);
+    }
+    expect(() => new AuditRun(m, m.policy.evaluator).finish()).toThrow(/not done/);
+  });
+
+  it('the auditor yields to the event loop during a large audit, and completes it', async () => {
+    const m = bigFleet(2_500);
+    const auditor = new PolicyAuditor({ region: 'us', state: () => m, decisions: capture().decisions });
+    auditor.check();
+    // The first slice judged about 1 000 VMs: the rest waits for the event loop.
+    expect(auditor.latest().version).toBe(0);
+    await new Promise<void>((resolve) => {
+      const wait = () => (auditor.latest().version === 1 ? resolve() : setImmediate(wait));
+      wait();
+    });
+    expect(auditor.latest().violations).toEqual(auditFleet(m, m.policy.evaluator));
+    auditor.stop();
   });
 });
 
