@@ -16,6 +16,11 @@
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 
+// A bench stopped by a signal (a test's timeout, ^C) must not leave its clusters running: Node's default for these
+// ends the process without 'exit' handlers, and the member groups kill their processes and remove their data there.
+process.once('SIGTERM', () => process.exit(143));
+process.once('SIGINT', () => process.exit(130));
+
 export interface FlagSpec {
   /** Default value, as it would be typed on the command line. */
   default: string;

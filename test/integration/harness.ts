@@ -123,6 +123,10 @@ export async function startDaemon(node: NodeFiles, config: Record<string, unknow
     env: { ...cleanEnv(), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  // A test (or bench) process that ends without stopping its daemons, e.g. killed at its timeout, takes them with it.
+  const killOnExit = (): void => void child.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  child.once('exit', () => process.removeListener('exit', killOnExit));
   return new DaemonProcess(child, node);
 }
 
