@@ -216,6 +216,8 @@ const QemuEntrySchema = z.strictObject({
   qmpTimeoutMs: millis(100, 600_000).default(10_000),
   /** How often each guest's CPU, memory and disk use is sampled for the metrics; 0: never in the background. */
   utilisationIntervalMs: z.number().int().min(0).max(86_400_000).default(15_000),
+  /** A guest's serial log past this many bytes is rotated to serial.log.1 (checked every minute): at most ~2× this per guest. */
+  serialLogMaxBytes: z.number().int().min(4096).max(1024 ** 4).default(16 * 1024 * 1024),
 });
 
 const ProviderEntrySchema = z

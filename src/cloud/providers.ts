@@ -106,6 +106,7 @@ async function buildQemuProvider(entry: QemuCloudConfig, { dataDir, log, images,
     ...(qemuMetrics === undefined ? {} : { metrics: qemuMetrics }),
     timeouts: { bootMs: entry.bootTimeoutMs, powerdownMs: entry.stopTimeoutMs, qmpCallMs: entry.qmpTimeoutMs, qmpConnectMs: Math.min(entry.qmpTimeoutMs, 5_000) },
     utilisationIntervalMs: entry.utilisationIntervalMs,
+    serialLogMaxBytes: entry.serialLogMaxBytes,
   });
 }
 

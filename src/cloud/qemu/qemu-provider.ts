@@ -77,6 +77,7 @@ import type { GuestImage, ImageSource } from './image-source.ts';
 import type { QemuMetrics, VmUtilisation } from './metrics.ts';
 import { qemuArgs, SANDBOX, shimArgs, type Accel, type GuestBoot } from './qemu-command.ts';
 import { createDisk, virtualSize } from './qemu-img.ts';
+import { capSerialLog } from './serial-cap.ts';
 import { QmpClient, type QmpEvent } from './qmp.ts';
 import { VmStore, type ImageRef, type QemuVmRecord, type VmFiles } from './vm-store.ts';
 
@@ -132,7 +133,11 @@ export interface QemuProviderOptions {
   readonly terminatedRetentionMs?: number;
   /** How often utilisation is sampled for the metrics; 0: only on demand. Default 15 s. */
   readonly utilisationIntervalMs?: number;
+  /** A guest's serial log past this is rotated to serial.log.1 (serial-cap.ts), checked every minute. Default 16 MiB. */
+  readonly serialLogMaxBytes?: number;
 }
+
+const SERIAL_CHECK_MS = 60_000;
 
 const ID_RE = /^qemu-[0-9a-f]{12}$/;
 const GIB = 1024 ** 3;
@@ -194,6 +199,7 @@ export class QemuProvider implements CloudProvider {
   #binary: { ok: true; binary: string; version: string; sandbox: boolean } | { ok: false; problem: string } | null = null;
   #accel: Promise<AccelChoice> | null = null;
   #sampler: NodeJS.Timeout | undefined;
+  #serialCheck: NodeJS.Timeout | undefined;
   #latest: VmUtilisation[] = [];
 
   private constructor(options: QemuProviderOptions) {
@@ -222,7 +228,24 @@ export class QemuProvider implements CloudProvider {
       provider.#sampler = setInterval(() => void provider.utilisation().catch(() => undefined), every);
       provider.#sampler.unref();
     }
+    provider.#serialCheck = setInterval(() => void provider.capSerialLogs(), SERIAL_CHECK_MS);
+    provider.#serialCheck.unref();
     return provider;
+  }
+
+  /** Rotates every guest's serial log that passed serialLogMaxBytes; a failure is logged, never thrown. */
+  async capSerialLogs(): Promise<void> {
+    const maxBytes = this.#o.serialLogMaxBytes ?? 16 * 1024 * 1024;
+    await Promise.all(
+      [...this.#guests.values()].map(async (g) => {
+        try {
+          const moved = await capSerialLog(g.files.serial, maxBytes);
+          if (moved > 0) this.#log.info({ vm: g.record.name, id: g.record.id, bytes: moved, maxBytes }, 'qemu serial log rotated');
+        } catch (err) {
+          this.#log.warn({ vm: g.record.name, id: g.record.id, err: (err as Error).message }, 'qemu serial log could not be rotated');
+        }
+      }),
+    );
   }
 
   #guest(record: QemuVmRecord, adopted: boolean): Guest {
@@ -968,6 +991,7 @@ export class QemuProvider implements CloudProvider {
   async close(): Promise<void> {
     this.#lifetime.abort(new Error('dwcpd is stopping'));
     clearInterval(this.#sampler);
+    clearInterval(this.#serialCheck);
     await Promise.allSettled([...this.#background]);
     for (const g of this.#guests.values()) {
       g.qmp?.close('dwcpd is stopping (the guest runs on)');
