@@ -81,10 +81,12 @@ export interface CreateInstanceRequest {
    * create it prepared but not booted, in state `stopped`, and resolve once
    * it is; it must not run until a migration completes into it or it is
    * started. Only providers that can receive a migration take it (local:
-   * a stopped record; qemu, once its transport lands: its disk, and QEMU
+   * a stopped record; qemu: its disk, and for a live migration a QEMU
    * waiting for the incoming stream); the others refuse it.
    */
   incoming?: string;
+  /** With `incoming`: the migration's mode (qemu prepares a QEMU waiting for the stream only for `live`; cold and warm receive a disk). */
+  incomingMode?: 'live' | 'warm' | 'cold';
 }
 
 export interface CallOptions {
@@ -335,11 +337,10 @@ export function matchesFilter(instance: Instance, filter: InstanceFilter | undef
 /** Input checks common to every provider; each provider adds its own limits. */
 /**
  * Provider kinds that can create an instance to receive a migration
- * (CreateInstanceRequest.incoming). qemu joins once its provider prepares an
- * incoming guest (the qemu migration transport): until then it would boot
- * the guest, so it refuses, and a qemu → qemu migration rolls back at prepare.
+ * (CreateInstanceRequest.incoming): local (a stopped record) and qemu (its
+ * disk, and for live a QEMU started with `-incoming defer`, never booted).
  */
-const MIGRATION_TARGET_KINDS: readonly string[] = ['local'];
+const MIGRATION_TARGET_KINDS: readonly string[] = ['local', 'qemu'];
 
 export function checkCreateRequest(provider: ProviderKind, request: CreateInstanceRequest): void {
   const invalid = (field: string, why: string): InvalidRequestError =>

@@ -63,7 +63,7 @@ import { CREATE_TOKEN_TAG, MANAGED_BY_TAG } from '../cloud/config.ts';
 import { INSTANCE_STATES, type InstanceState } from '../cloud/provider.ts';
 import type { PowerState } from './commands.ts';
 import { DESIRED_VM_TAG } from './observed.ts';
-import { MIGRATION_TAG, wantsIncomingCopy, type FleetMigration } from './migrations.ts';
+import { MIGRATION_TAG, wantsIncomingCopy, type FleetMigration, type MigrationMode } from './migrations.ts';
 import type { FleetVmSpec } from './spec.ts';
 import type { FleetState, FleetVm } from './state-machine.ts';
 
@@ -166,6 +166,8 @@ export type ReconcileAction =
       readonly tags: Readonly<Record<string, string>>;
       /** A migration's incoming copy: created prepared and not booted (the provider leaves it stopped). */
       readonly incoming?: string;
+      /** With `incoming`: the migration's mode (a qemu destination waits for a live stream with a QEMU, takes a cold or warm one as a disk). */
+      readonly incomingMode?: MigrationMode;
     }
   | { readonly kind: 'start'; readonly provider: string; readonly id: string; readonly vm: string; readonly generation: number }
   /** `fence`: set when the copy is stale (the stop comes before anything else for its VM); absent for a stop to desired power. */
@@ -462,7 +464,7 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
       const backingOff = record !== undefined && record.generation === migration.target.generation && now < record.retryAt;
       if (keep === undefined && !fencing && !backingOff) {
         const t = migration.target;
-        const create: ReconcileAction = { kind: 'create', provider: t.provider, vm: name, spec: vm.spec, generation: t.generation, token: createToken(name, t.generation), tags: copyTags(name, t.generation, migration.id), incoming: migration.id };
+        const create: ReconcileAction = { kind: 'create', provider: t.provider, vm: name, spec: vm.spec, generation: t.generation, token: createToken(name, t.generation), tags: copyTags(name, t.generation, migration.id), incoming: migration.id, incomingMode: migration.mode };
         if (!inFlight.has(actionKey(create) as string)) actions.push(create);
       }
     }

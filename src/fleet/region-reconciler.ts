@@ -225,7 +225,7 @@ export class RegionReconciler {
             // Spot only on capacity the region declared as spot (placement sends only spot-tolerant specs there).
             spot: this.#o.desired().region(this.#o.region)?.providers.find((p) => p.name === action.provider)?.spot === true,
             idempotencyToken: uuidFromToken(action.token),
-            ...(action.incoming === undefined ? {} : { incoming: action.incoming }),
+            ...(action.incoming === undefined ? {} : { incoming: action.incoming, ...(action.incomingMode === undefined ? {} : { incomingMode: action.incomingMode }) }),
           });
           if (action.incoming === undefined) log.info({ vm: action.vm, generation: action.generation, provider: action.provider, instanceId: created.instance.id, type }, 'fleet VM created');
           else log.info({ vm: action.vm, generation: action.generation, provider: action.provider, instanceId: created.instance.id, type, migration: action.incoming }, 'fleet prepared the incoming copy of a migration');

@@ -40,6 +40,13 @@ export interface GuestCommand {
   readonly sandbox: boolean;
   readonly paths: GuestPaths;
   readonly boot: GuestBoot;
+  /**
+   * A migration's destination: `-incoming defer` (QEMU waits for a
+   * `migrate-incoming` over QMP and never boots the guest itself) and `-S`
+   * (it does not run the guest when the stream completes either: the
+   * provider continues it, once the disk export the stream needed is gone).
+   */
+  readonly incoming?: boolean;
 }
 
 /** The seccomp sandbox with every restriction on (QEMU 2.11+). */
@@ -75,6 +82,7 @@ export function qemuArgs(g: GuestCommand): string[] {
     '-device', 'virtio-balloon-pci,id=balloon0',
   ];
   if (g.boot.kind === 'kernel') args.push('-kernel', g.boot.kernel, '-initrd', g.boot.initrd, '-append', g.boot.cmdline);
+  if (g.incoming === true) args.push('-S', '-incoming', 'defer');
   return args;
 }
 

@@ -39,3 +39,8 @@ export async function virtualSize(qemuImg: string, path: string, format: 'qcow2'
   if (!parsed.success) throw new Error(`${qemuImg} info ${path}: no virtual-size in its answer`);
   return parsed.data['virtual-size'];
 }
+
+/** Points a qcow2 overlay at `base` without reading either (the same image, found at another path on this host). */
+export async function rebaseUnsafe(qemuImg: string, path: string, base: { path: string; format: 'qcow2' | 'raw' }): Promise<void> {
+  await run(qemuImg, ['rebase', '-q', '-u', '-f', 'qcow2', '-b', base.path, '-F', base.format, path]);
+}

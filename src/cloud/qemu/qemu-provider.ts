@@ -38,7 +38,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { execFile, type ChildProcess } from 'node:child_process';
-import { mkdir, rename, rm, statfs } from 'node:fs/promises';
+import { chmod, mkdir, rename, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { DwcpError } from '../../errors.ts';
@@ -76,7 +76,8 @@ import { killGuest, launch, logTail, readExitStatus, recognise, shellRunning } f
 import type { GuestImage, ImageSource } from './image-source.ts';
 import type { QemuMetrics, VmUtilisation } from './metrics.ts';
 import { qemuArgs, SANDBOX, shimArgs, type Accel, type GuestBoot } from './qemu-command.ts';
-import { createDisk, virtualSize } from './qemu-img.ts';
+import { exportDisk, listenForState, runReceived } from './migration-qmp.ts';
+import { createDisk, rebaseUnsafe, virtualSize } from './qemu-img.ts';
 import { capSerialLog } from './serial-cap.ts';
 import { QmpClient, type QmpEvent } from './qmp.ts';
 import { VmStore, type ImageRef, type QemuVmRecord, type VmFiles } from './vm-store.ts';
@@ -140,6 +141,8 @@ export interface QemuProviderOptions {
 const SERIAL_CHECK_MS = 60_000;
 
 const ID_RE = /^qemu-[0-9a-f]{12}$/;
+/** QEMU run states in which it holds the guest's CPUs stopped. */
+const PAUSED_STATUSES: ReadonlySet<string> = new Set(['paused', 'postmigrate', 'finish-migrate']);
 const GIB = 1024 ** 3;
 /** The kernel command line is at most 2048 bytes on x86; the image's own leaves room for this much user data. */
 const MAX_USER_DATA = 1024;
@@ -172,6 +175,32 @@ interface Guest {
   unmanaged: string | null;
   /** Whether the next successful QMP connection is an adoption (logged as such). */
   adopted: boolean;
+  /** An incoming guest's QEMU: which migration endpoints it was asked to open (state stream, disk export). */
+  readonly listening: Set<'state' | 'disk'>;
+  /** QEMU holds the guest's CPUs stopped (its STOP and RESUME events, and its run state when observed). */
+  vmPaused: boolean;
+}
+
+/** A migration channel a destination QEMU opens: the state stream, or its disk's NBD export. */
+export type IncomingChannel = 'state' | 'disk';
+
+/**
+ * What the qemu migration transport (src/migration/qemu-transfer.ts and
+ * migrate-service.ts) may do with this provider's guests, and nothing more.
+ */
+export interface QemuMigrationGuests {
+  /** A running guest, for the source of a live migration: its QMP connection and files. */
+  migrationSource(id: string): Promise<{ readonly qmp: QmpClient; readonly files: VmFiles; readonly name: string }>;
+  /** The socket the guest receiving `migration` listens on for `channel` (opened on first ask). */
+  incomingEndpoint(migration: string, channel: IncomingChannel): Promise<string>;
+  /** The disk file of a guest (a cold or warm source reads it). */
+  diskPath(id: string): string;
+  /** Writes the disk of the guest receiving `migration` (cold or warm; not running) through `write(path)`. */
+  receiveDisk(migration: string, write: (path: string) => Promise<void>): Promise<void>;
+  /** Whether the guest's QEMU holds it paused (a completed live migration leaves its source so), as QEMU last said. */
+  migrationPaused(id: string): boolean;
+  /** Continues a paused guest (`cont`): a live migration's source after a rollback. */
+  resumePaused(id: string): Promise<void>;
 }
 
 interface Usable {
@@ -181,7 +210,7 @@ interface Usable {
   readonly accel: Accel;
 }
 
-export class QemuProvider implements CloudProvider {
+export class QemuProvider implements CloudProvider, QemuMigrationGuests {
   readonly kind = 'qemu' as const;
   readonly region: string;
   readonly description = 'qemu (real QEMU guests on this host)';
@@ -263,6 +292,8 @@ export class QemuProvider implements CloudProvider {
       requested: null,
       unmanaged: null,
       adopted,
+      listening: new Set(),
+      vmPaused: false,
     };
   }
 
@@ -403,10 +434,36 @@ export class QemuProvider implements CloudProvider {
     if (qmp === null) return;
     try {
       const status = String(((await qmp.execute('query-status')) as { status?: unknown }).status ?? 'unknown');
+      if (r.incoming !== null) return await this.#observeIncoming(g, qmp, status);
+      g.vmPaused = PAUSED_STATUSES.has(status);
       this.#setState(g, stateOfRunStatus(status), status);
     } catch (err) {
       this.#setState(g, g.state, `${g.state} (QMP query-status failed: ${errorText(err)})`);
     }
+  }
+
+  /**
+   * A destination QEMU (`-S -incoming defer`): stopped while it waits for
+   * or takes the stream (it has never run the guest); once the stream
+   * completed (QEMU paused with the whole state) it is run here, whoever
+   * asked: the migration's end is the guest's own, not an escalation.
+   */
+  async #observeIncoming(g: Guest, qmp: QmpClient, status: string): Promise<void> {
+    const r = g.record;
+    const migration = r.incoming?.migration ?? '?';
+    if (status === 'paused') {
+      const answer = (await qmp.execute('query-migrate')) as { status?: unknown };
+      if (answer.status === 'completed') {
+        await runReceived(qmp);
+        r.incoming = null;
+        r.power = 'running';
+        await this.#store.save(r);
+        this.#log.info({ vm: r.id, name: r.name, migration }, 'qemu guest received its migration and runs');
+        this.#setState(g, 'running', 'running');
+        return;
+      }
+    }
+    this.#setState(g, 'stopped', `stopped: receiving migration ${migration} (QEMU ${status})`);
   }
 
   /** The guest's QMP connection, connecting (adopting) if needed; null when QMP does not answer (then reported stopped, unmanaged). */
@@ -437,6 +494,10 @@ export class QemuProvider implements CloudProvider {
     g.qmp = qmp;
     qmp.subscribe((e: QmpEvent) => {
       if (e.event === 'SHUTDOWN') g.shutdownCause = typeof e.data['reason'] === 'string' ? e.data['reason'] : 'unknown';
+      if (e.event === 'STOP') g.vmPaused = true;
+      if (e.event === 'RESUME') g.vmPaused = false;
+      // A destination whose stream completed runs at once (its observation continues it).
+      if (e.event === 'MIGRATION' && e.data['status'] === 'completed' && g.record.incoming !== null) this.#track(this.#refresh(g));
     });
     // The guest reports its memory through the balloon when asked to poll.
     qmp.execute('qom-set', { path: '/machine/peripheral/balloon0', property: 'guest-stats-polling-interval', value: BALLOON_POLL_SECONDS }).catch(() => undefined);
@@ -546,6 +607,9 @@ export class QemuProvider implements CloudProvider {
       }
     }
     const footprint = { vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskBytes };
+    const incoming = request.incoming === undefined ? null : { migration: request.incoming, mode: request.incomingMode ?? 'cold' };
+    // A live destination holds a QEMU (it must run to take the stream); a cold or warm one is only a disk until started.
+    const waits = incoming?.mode === 'live';
     const reserved = await this.#reserveHost(async () => {
       // Checked again under the reservation: a create with the same token may have got here first.
       const again = this.#byToken(request.idempotencyToken);
@@ -565,13 +629,14 @@ export class QemuProvider implements CloudProvider {
         tags: { ...request.tags },
         userData,
         idempotencyToken: request.idempotencyToken ?? null,
-        power: 'running',
+        power: incoming === null || waits ? 'running' : 'stopped',
         createdAt: Date.now(),
         launchTime: null,
         process: null,
         lastExit: null,
         terminatedAt: null,
         keptDisk: null,
+        incoming,
       };
       await this.#store.create(id);
       await this.#store.save(record);
@@ -588,7 +653,8 @@ export class QemuProvider implements CloudProvider {
       g.op = 'create';
       try {
         await createDisk(this.#o.qemuImg ?? 'qemu-img', g.files.disk, diskBytes, image.kind === 'disk' ? { path: image.path, format: image.format } : null);
-        await this.#boot(g, 'create');
+        if (incoming === null || waits) await this.#boot(g, 'create');
+        else this.#setState(g, 'stopped', `stopped: receiving migration ${incoming.migration} (its disk)`);
       } catch (err) {
         // A create that did not get its guest running leaves nothing behind but the record, terminated with the reason.
         await this.#abandon(g, errorText(err));
@@ -598,7 +664,7 @@ export class QemuProvider implements CloudProvider {
       }
     });
     progress.report('accepted', g.state, g.providerState);
-    return this.#await('create', g, progress, work, options);
+    return this.#await('create', g, progress, work, options, incoming === null ? undefined : 'stopped');
   }
 
   #byToken(token: string | undefined): Guest | undefined {
@@ -607,7 +673,7 @@ export class QemuProvider implements CloudProvider {
 
   /** A create retried with the token of an earlier one: that guest, once whatever runs on it has finished. */
   #rejoin(g: Guest, options: LongOperationOptions): Promise<Instance> {
-    return this.#await('create', g, progressReporter('create', g.record.id, options.onProgress), this.#locked(g, async () => undefined), options);
+    return this.#await('create', g, progressReporter('create', g.record.id, options.onProgress), this.#locked(g, async () => undefined), options, g.record.incoming === null ? undefined : 'stopped');
   }
 
   start(id: string, options: LongOperationOptions = {}): Promise<Instance> {
@@ -615,6 +681,9 @@ export class QemuProvider implements CloudProvider {
       await this.#observe(g, false);
       if (g.state === 'running' || g.state === 'pending') return false;
       if (g.state === 'terminated' || g.record.power === 'terminated') throw this.#wrongState('start', g);
+      if (g.record.incoming !== null && g.record.process !== null) {
+        throw new IncorrectStateError('qemu', 'start', 'IncorrectInstanceState', `qemu VM ${id} (${g.record.name}) waits for the stream of migration ${g.record.incoming.migration}; it runs once the stream completes, and cannot be booted meanwhile`, { instanceId: id });
+      }
       if (g.unmanaged !== null && g.record.process !== null) {
         // Its QEMU runs but does not answer: it cannot be managed, so it is replaced.
         this.#log.warn({ vm: id, pid: g.record.process.pid }, 'killing a qemu guest process that does not answer QMP, to start it afresh');
@@ -631,6 +700,8 @@ export class QemuProvider implements CloudProvider {
       });
       g.record.image = image;
       g.record.power = 'running';
+      // A cold or warm destination started (after the cutover): an ordinary guest from now on.
+      g.record.incoming = null;
       await this.#store.save(g.record);
       return true;
     }, async (g) => {
@@ -706,7 +777,7 @@ export class QemuProvider implements CloudProvider {
   }
 
   /** Waits for `work` unless the caller does not want to; an aborted wait leaves the work running. */
-  async #await(operation: LongOperation, g: Guest, progress: ReturnType<typeof progressReporter>, work: Promise<void>, options: LongOperationOptions): Promise<Instance> {
+  async #await(operation: LongOperation, g: Guest, progress: ReturnType<typeof progressReporter>, work: Promise<void>, options: LongOperationOptions, wanted?: InstanceState): Promise<Instance> {
     this.#track(work);
     if (options.wait === false) {
       work.catch((err: unknown) => this.#log.warn({ vm: g.record.id, operation, err: errorText(err) }, 'qemu operation failed after it was accepted'));
@@ -725,7 +796,7 @@ export class QemuProvider implements CloudProvider {
       await work;
     }
     if (!g.busy) await this.#refresh(g);
-    const target = TARGET_STATE[operation];
+    const target = wanted ?? TARGET_STATE[operation];
     if (g.state !== target) {
       throw new IncorrectStateError('qemu', operation, 'UnexpectedState', `qemu VM ${g.record.id} (${g.record.name}) is ${g.state} (${g.providerState}) after ${operation}, not ${target}`, { instanceId: g.record.id });
     }
@@ -759,7 +830,8 @@ export class QemuProvider implements CloudProvider {
       vm,
       want,
       newDisk,
-      running: others.filter((x) => x.state === 'pending' || x.state === 'running' || x.state === 'stopping').map((x) => footprintOf(x.record)),
+      // A destination QEMU waiting for its stream holds its guest's memory too.
+      running: others.filter((x) => x.state === 'pending' || x.state === 'running' || x.state === 'stopping' || (x.record.incoming !== null && x.record.process !== null)).map((x) => footprintOf(x.record)),
       disks: others.filter((x) => x.record.power !== 'terminated').map((x) => x.record.diskBytes),
       capacity: { vcpus: this.#o.capacity.vcpus, memoryMiB: this.#o.capacity.memoryMiB, diskBytes: this.#o.capacity.diskGiB * GIB },
       filesystemFreeBytes: free,
@@ -798,7 +870,8 @@ export class QemuProvider implements CloudProvider {
     const usable = await this.#usable(operation);
     const r = g.record;
     const boot: GuestBoot = r.image.kind === 'kernel' ? { kind: 'kernel', kernel: r.image.kernel, initrd: r.image.initrd, cmdline: [r.image.cmdline, r.userData ?? ''].join(' ').trim() } : { kind: 'disk' };
-    const args = qemuArgs({ id: r.id, vcpus: r.vcpus, memoryMiB: r.memoryMiB, accel: usable.accel, sandbox: usable.sandbox, paths: g.files, boot });
+    const incoming = r.incoming?.mode === 'live';
+    const args = qemuArgs({ id: r.id, vcpus: r.vcpus, memoryMiB: r.memoryMiB, accel: usable.accel, sandbox: usable.sandbox, paths: g.files, boot, incoming });
     this.#setState(g, 'pending', 'pending: starting QEMU');
     const launched = await launch({
       id: r.id,
@@ -817,9 +890,11 @@ export class QemuProvider implements CloudProvider {
     g.child = launched.child;
     g.shutdownCause = null;
     g.requested = null;
+    g.listening.clear();
     this.#attach(g, launched.qmp);
     const status = String(((await launched.qmp.execute('query-status')) as { status?: unknown }).status ?? 'unknown');
-    this.#setState(g, stateOfRunStatus(status), status);
+    if (incoming) this.#setState(g, 'stopped', `stopped: receiving migration ${r.incoming?.migration} (QEMU ${status})`);
+    else this.#setState(g, stateOfRunStatus(status), status);
     this.#log.info({ vm: r.id, name: r.name, pid: launched.ref.pid, accel: usable.accel, status }, 'qemu guest started');
   }
 
@@ -830,7 +905,8 @@ export class QemuProvider implements CloudProvider {
       g.requested = why;
       const qmp = g.qmp !== null && !g.qmp.isClosed ? g.qmp : await this.#connect(g);
       let gone = false;
-      if (why === 'stop' && qmp !== null) {
+      // A destination that never ran the guest, or a paused one (a live migration's source), cannot answer the power button.
+      if (why === 'stop' && qmp !== null && g.record.incoming === null && !g.vmPaused) {
         await qmp.execute('system_powerdown').catch(() => undefined);
         gone = await this.#waitGone(g, this.#timeouts.powerdownMs);
         this.#throwIfClosing(why, g);
@@ -973,6 +1049,77 @@ export class QemuProvider implements CloudProvider {
   /** The last utilisation sample, without asking the guests again. */
   lastUtilisation(): readonly VmUtilisation[] {
     return this.#latest;
+  }
+
+  // --- the migration transport's handles ------------------------------------------------
+
+  async migrationSource(id: string): Promise<{ qmp: QmpClient; files: VmFiles; name: string }> {
+    const g = this.#find(id, 'migrate');
+    await this.#refresh(g);
+    const qmp = g.state === 'running' && g.record.process !== null ? await this.#connect(g) : null;
+    if (qmp === null) throw new IncorrectStateError('qemu', 'migrate', 'IncorrectInstanceState', `qemu VM ${id} (${g.record.name}) is ${g.state} (${g.providerState}); only a running guest migrates live`, { instanceId: id });
+    return { qmp, files: g.files, name: g.record.name };
+  }
+
+  #incoming(migration: string): Guest {
+    const g = [...this.#guests.values()].find((x) => x.record.incoming?.migration === migration && x.record.power !== 'terminated');
+    if (g === undefined) throw new NotFound('qemu', 'migrate', 'InvalidInstanceID.NotFound', `no qemu VM here receives migration ${migration}`);
+    return g;
+  }
+
+  incomingEndpoint(migration: string, channel: IncomingChannel): Promise<string> {
+    const g = this.#incoming(migration);
+    return this.#locked(g, async () => {
+      const qmp = g.record.process === null || g.record.incoming?.mode !== 'live' ? null : await this.#connect(g);
+      if (qmp === null) throw new IncorrectStateError('qemu', 'migrate', 'IncorrectInstanceState', `qemu VM ${g.record.id} (${g.record.name}) has no QEMU waiting for migration ${migration} (${g.providerState})`, { instanceId: g.record.id });
+      const path = channel === 'state' ? g.files.migrateIn : g.files.nbd;
+      if (!g.listening.has(channel)) {
+        await rm(path, { force: true });
+        if (channel === 'state') await listenForState(qmp, path);
+        else await exportDisk(qmp, path);
+        g.listening.add(channel);
+        await chmod(path, 0o600);
+        this.#log.info({ vm: g.record.id, name: g.record.name, migration, channel }, 'qemu destination listens for its migration');
+      }
+      return path;
+    });
+  }
+
+  migrationPaused(id: string): boolean {
+    const g = this.#guests.get(id);
+    return g !== undefined && g.record.process !== null && g.record.incoming === null && g.vmPaused;
+  }
+
+  resumePaused(id: string): Promise<void> {
+    const g = this.#find(id, 'start');
+    return this.#locked(g, async () => {
+      const qmp = g.record.process === null ? null : await this.#connect(g);
+      if (qmp === null) throw this.#wrongState('start', g);
+      await qmp.execute('cont');
+      g.vmPaused = false;
+      await this.#observe(g, false);
+      this.#log.info({ vm: id, name: g.record.name, state: g.providerState }, 'qemu guest continued (its live migration rolled back)');
+    });
+  }
+
+  diskPath(id: string): string {
+    return this.#find(id, 'migrate').files.disk;
+  }
+
+  receiveDisk(migration: string, write: (path: string) => Promise<void>): Promise<void> {
+    const g = this.#incoming(migration);
+    return this.#locked(g, async () => {
+      if (g.record.process !== null || g.record.incoming?.mode === 'live') throw new IncorrectStateError('qemu', 'migrate', 'IncorrectInstanceState', `qemu VM ${g.record.id} (${g.record.name}) does not take a disk for migration ${migration} (${g.providerState})`, { instanceId: g.record.id });
+      const staged = `${g.files.disk}.incoming`;
+      try {
+        await write(staged);
+        // The source's overlay names the source's base image by its path there: point it at this node's copy of the same image.
+        if (g.record.image.kind === 'disk') await rebaseUnsafe(this.#o.qemuImg ?? 'qemu-img', staged, { path: g.record.image.path, format: g.record.image.format });
+        await rename(staged, g.files.disk);
+      } finally {
+        await rm(staged, { force: true });
+      }
+    });
   }
 
   /** The serial log of a guest named by id, or by name when one guest not terminated (else the newest) has it. */

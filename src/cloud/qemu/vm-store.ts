@@ -54,6 +54,13 @@ export const VmRecordSchema = z.object({
   terminatedAt: z.number().nullable(),
   /** Where the disk went when a terminate kept it. */
   keptDisk: z.string().nullable(),
+  /**
+   * A migration this guest receives and has not yet run: its id and mode
+   * (live: a QEMU waiting for the stream; cold, warm: a disk the transfer
+   * writes). Cleared once the guest runs (the stream completed, or it was
+   * started after the cutover).
+   */
+  incoming: z.object({ migration: z.string(), mode: z.enum(['live', 'warm', 'cold']) }).nullable().default(null),
 });
 export type QemuVmRecord = z.infer<typeof VmRecordSchema>;
 export type ImageRef = z.infer<typeof ImageRefSchema>;
@@ -63,6 +70,13 @@ export interface VmFiles extends GuestPaths {
   readonly record: string;
   /** QEMU's stdout and stderr (its error messages). */
   readonly log: string;
+  /** A live migration's destination QEMU listens here for the state stream (migrate-incoming unix:…). */
+  readonly migrateIn: string;
+  /** …and exports its disk here (NBD) for the source's mirror. */
+  readonly nbd: string;
+  /** A live migration's source: the daemon listens here for its QEMU's state stream (migrate unix:…), and its disk mirror (NBD client). */
+  readonly migrateOut: string;
+  readonly nbdOut: string;
 }
 
 export function vmFiles(root: string, id: string): VmFiles {
@@ -76,6 +90,10 @@ export function vmFiles(root: string, id: string): VmFiles {
     pid: join(dir, 'qemu.pid'),
     exit: join(dir, 'exit-status'),
     log: join(dir, 'qemu.log'),
+    migrateIn: join(dir, 'migrate-in.sock'),
+    nbd: join(dir, 'nbd.sock'),
+    migrateOut: join(dir, 'migrate-out.sock'),
+    nbdOut: join(dir, 'nbd-out.sock'),
   };
 }
 

@@ -1,0 +1,165 @@
+/**
+ * QEMU's side of a live migration, as QMP commands: the destination
+ * (started `-S -incoming defer`) listening for the state stream and
+ * exporting its disk over NBD, then continued once the stream completed;
+ * the source mirroring its disk to that export and migrating its state,
+ * watched through `query-migrate`. Every socket is a Unix socket in the
+ * guest's own directory (0700): the daemons carry the bytes between hosts
+ * (src/migration/migrate-service.ts), QEMU never listens on the network.
+ *
+ * Why the disk is mirrored (drive-mirror to the destination's NBD export,
+ * `copy-mode: write-blocking`) rather than sent as blob deltas: once the
+ * mirror is ready every guest write lands on both disks before it
+ * completes, so when QEMU pauses the source for its stop-and-copy the
+ * destination's disk is already identical and the pause carries no disk
+ * bytes at all; a final blob delta would have to read and hash the whole
+ * overlay inside the pause (downtime growing with the disk). It is also
+ * how libvirt migrates non-shared storage.
+ *
+ * Invariants: each function is one step the caller sequences; answers are
+ * parsed with zod at this edge; a step that QEMU refuses throws its
+ * QmpError (the caller names the VM).
+ */
+import { z } from 'zod';
+import type { QmpClient } from './qmp.ts';
+
+/** The node name of every guest's disk (qemu-command.ts) and so the NBD export's name. */
+export const DISK_NODE = 'disk0';
+const MIRROR_NODE = 'dwcp-migration-nbd';
+const MIRROR_JOB = 'dwcp-migration-mirror';
+
+// --- destination ---------------------------------------------------------------------
+
+/** Starts listening for the state stream at `path` (once per QEMU: QEMU refuses a second migrate-incoming). */
+export async function listenForState(qmp: QmpClient, path: string): Promise<void> {
+  await qmp.execute('migrate-incoming', { uri: `unix:${path}` });
+}
+
+/** Exports the disk, writable, at `path` for the source's mirror. */
+export async function exportDisk(qmp: QmpClient, path: string): Promise<void> {
+  await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path } } });
+  await qmp.execute('nbd-server-add', { device: DISK_NODE, writable: true });
+}
+
+/**
+ * Runs a destination whose stream completed: the export goes first (its
+ * write permission conflicts with the guest's own disk device once the
+ * disk is activated), then `cont`.
+ */
+export async function runReceived(qmp: QmpClient): Promise<void> {
+  await qmp.execute('nbd-server-stop').catch(() => undefined);
+  await qmp.execute('cont');
+}
+
+// --- source --------------------------------------------------------------------------
+
+/** Connects to the destination's export (through the daemon's socket at `path`) and mirrors the disk to it. */
+export async function startMirror(qmp: QmpClient, path: string): Promise<void> {
+  await qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': MIRROR_NODE, server: { type: 'unix', path }, export: DISK_NODE });
+  // sync top: the base image is the same file, by hash, at both ends; only the overlay's data moves.
+  await qmp.execute('blockdev-mirror', { 'job-id': MIRROR_JOB, device: DISK_NODE, target: MIRROR_NODE, sync: 'top', 'copy-mode': 'write-blocking' });
+}
+
+const JobsSchema = z.array(z.object({ device: z.string(), ready: z.boolean().optional(), offset: z.number(), len: z.number(), status: z.string().optional() }).passthrough());
+
+/** The mirror's progress: ready once every write goes to both disks. Null when there is no mirror job. */
+export async function mirrorState(qmp: QmpClient): Promise<{ ready: boolean; offset: number; len: number } | null> {
+  const jobs = JobsSchema.parse(await qmp.execute('query-block-jobs'));
+  const job = jobs.find((j) => j.device === MIRROR_JOB);
+  return job === undefined ? null : { ready: job.ready === true, offset: job.offset, len: job.len };
+}
+
+/**
+ * Ends the mirror and lets go of the export. After a completed migration
+ * (the source paused) `block-job-cancel` of a ready mirror leaves the
+ * destination a consistent copy; after an aborted one it just stops.
+ */
+export async function stopMirror(qmp: QmpClient, waitMs = 10_000): Promise<void> {
+  await qmp.execute('block-job-cancel', { device: MIRROR_JOB, force: true }).catch(() => undefined);
+  for (const until = performance.now() + waitMs; performance.now() < until; ) {
+    if ((await mirrorState(qmp).catch(() => null)) === null) break;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  await qmp.execute('blockdev-del', { 'node-name': MIRROR_NODE }).catch(() => undefined);
+}
+
+/**
+ * The throttle threshold while the migration is young: QEMU throttles the
+ * guest's CPUs (auto-converge) only when a round dirtied more than this
+ * percentage of what it sent; 100 holds throttling back until rounds truly
+ * lose ground. Lowered to QEMU's default (50) after K rounds without
+ * converging (convergence.ts).
+ */
+export const THROTTLE_HELD = 100;
+export const THROTTLE_ARMED = 50;
+
+/** Starts migrating the state to the daemon's socket at `path`, with the downtime QEMU may take for its stop-and-copy. */
+export async function startMigration(qmp: QmpClient, path: string, downtimeLimitMs: number): Promise<void> {
+  // Capabilities can only change between migrations; auto-converge is on from the start and held back by its threshold.
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'auto-converge', state: true }, { capability: 'events', state: true }] });
+  await qmp.execute('migrate-set-parameters', { 'downtime-limit': downtimeLimitMs, 'throttle-trigger-threshold': THROTTLE_HELD, 'max-bandwidth': 0 });
+  await qmp.execute('migrate', { uri: `unix:${path}` });
+}
+
+/** Lets QEMU throttle the guest (auto-converge) from now on. */
+export async function armThrottle(qmp: QmpClient): Promise<void> {
+  await qmp.execute('migrate-set-parameters', { 'throttle-trigger-threshold': THROTTLE_ARMED });
+}
+
+export async function cancelMigration(qmp: QmpClient): Promise<void> {
+  await qmp.execute('migrate_cancel');
+}
+
+const MigrateInfoSchema = z
+  .object({
+    status: z.string().optional(),
+    'total-time': z.number().optional(),
+    downtime: z.number().optional(),
+    'expected-downtime': z.number().optional(),
+    'error-desc': z.string().optional(),
+    'cpu-throttle-percentage': z.number().optional(),
+    ram: z
+      .object({
+        transferred: z.number(),
+        remaining: z.number(),
+        total: z.number(),
+        'dirty-sync-count': z.number(),
+        'dirty-pages-rate': z.number().optional(),
+        mbps: z.number().optional(),
+      })
+      .passthrough()
+      .optional(),
+  })
+  .passthrough();
+
+/** What `query-migrate` says, in the fields the transport reads. */
+export interface MigrationInfo {
+  /** none, setup, active, device, pre-switchover, completed, failed, cancelling, cancelled, … */
+  readonly status: string;
+  readonly transferredBytes: number;
+  readonly remainingBytes: number;
+  readonly totalBytes: number;
+  /** Dirty-bitmap syncs: one per pre-copy round. */
+  readonly rounds: number;
+  readonly dirtyPagesPerSecond: number;
+  readonly downtimeMs: number | null;
+  readonly totalTimeMs: number | null;
+  readonly throttlePercent: number;
+  readonly error: string | null;
+}
+
+export async function migrationInfo(qmp: QmpClient): Promise<MigrationInfo> {
+  const info = MigrateInfoSchema.parse(await qmp.execute('query-migrate'));
+  return {
+    status: info.status ?? 'none',
+    transferredBytes: info.ram?.transferred ?? 0,
+    remainingBytes: info.ram?.remaining ?? 0,
+    totalBytes: info.ram?.total ?? 0,
+    rounds: info.ram?.['dirty-sync-count'] ?? 0,
+    dirtyPagesPerSecond: info.ram?.['dirty-pages-rate'] ?? 0,
+    downtimeMs: info.downtime ?? null,
+    totalTimeMs: info['total-time'] ?? null,
+    throttlePercent: info['cpu-throttle-percentage'] ?? 0,
+    error: info['error-desc'] ?? null,
+  };
+}
