@@ -50,6 +50,7 @@ import { apiCallObserver, initProviderMetrics, recordInstances, type CloudMetric
 import { PricingCatalog, PRICED_PROVIDERS, type LiveSpotPrice } from './pricing/catalog.ts';
 import { buildProvider, providerDir, type ProviderBuilder } from './providers.ts';
 import type { ImageSource } from './qemu/image-source.ts';
+import type { QemuMigrationGuests } from './qemu/qemu-provider.ts';
 import {
   CapacityError,
   CredentialsError,
@@ -602,6 +603,12 @@ export class CloudInventory {
     recordInstances(this.#metrics, slot.name, slot.instances);
   }
 
+  /** The migration handles of the qemu provider configured as `name` (undefined for any other provider). */
+  migrationGuests(name: string): QemuMigrationGuests | undefined {
+    const provider = this.#slots.find((s) => s.name === name)?.provider;
+    return provider !== undefined && provider.kind === 'qemu' && isMigrationGuests(provider) ? provider : undefined;
+  }
+
   // --- routing -------------------------------------------------------------------
 
   #select(names: readonly string[] | undefined): Slot[] {
@@ -686,4 +693,8 @@ function untilAborted(work: Promise<unknown>, signal: AbortSignal | undefined): 
     signal.addEventListener('abort', done, { once: true });
     work.then(done, done);
   });
+}
+
+function isMigrationGuests(provider: CloudProvider): provider is CloudProvider & QemuMigrationGuests {
+  return 'incomingEndpoint' in provider && 'migrationSource' in provider;
 }

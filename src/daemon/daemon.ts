@@ -53,6 +53,8 @@ import { ImageCatalog } from '../image/catalog.ts';
 import { IMAGE_FETCH_PROTOCOL, ImageFetch } from '../image/fetch.ts';
 import { BlobImageSource, imagesDir } from '../image/source.ts';
 import { LateImageSource } from '../cloud/qemu/late-image-source.ts';
+import { MIGRATE_PROTOCOL, MigrateService } from '../migration/migrate-service.ts';
+import { QemuTransfer } from '../migration/qemu-transfer.ts';
 import { imageServiceRegistration } from '../admin/image-service.ts';
 import { frameEventsFor } from '../net/framing.ts';
 import { randomBytes } from 'node:crypto';
@@ -99,6 +101,8 @@ export class Daemon {
   readonly imageSource: BlobImageSource;
   /** /dwcp/image/1.0.0: asks holders for image parts, and answers such asks (src/image/fetch.ts). */
   readonly #imageFetch: ImageFetch;
+  /** /dwcp/migrate/1.0.0: a qemu migration's bytes to and from the other region's daemon (src/migration/migrate-service.ts). */
+  readonly #migrate: MigrateService;
   /**
    * Settles if a component fails in a way the daemon cannot serve through
    * (the Raft node lost its storage or broke an invariant): the caller stops
@@ -131,6 +135,7 @@ export class Daemon {
     images: ImageCatalog;
     imageFetch: ImageFetch;
     imageSource: BlobImageSource;
+    isConnected: (peerId: string) => boolean;
     fatal: Promise<Error>;
   }) {
     this.fatal = parts.fatal;
@@ -161,6 +166,25 @@ export class Daemon {
     const config = parts.config;
     // The fleet's desired state is in the federation scope's log: PBFT's replica when any member is untrusted, else Raft's.
     const federationReplica = () => (parts.pbft !== null ? parts.pbft.machine : parts.raft !== null ? parts.raftReplica : null);
+    const migrationLog = parts.log.child({ component: 'migration' });
+    this.#migrate = new MigrateService({
+      host: parts.mesh.host,
+      members: parts.members,
+      isConnected: parts.isConnected,
+      region: config.node.name,
+      migration: (id) => this.seat.state.migration(id),
+      qemu: (name) => parts.cloud.migrationGuests(name),
+      store: parts.blob.store,
+      log: migrationLog,
+      events: frameEventsFor(parts.metrics, MIGRATE_PROTOCOL),
+    });
+    const qemuTransfer = new QemuTransfer({
+      guests: (name) => parts.cloud.migrationGuests(name),
+      channels: this.#migrate,
+      blob: parts.blob,
+      convergence: { armAfterRounds: config.fleet.migration.autoConvergeAfterRounds, timeoutMs: config.fleet.migration.convergeTimeoutMs },
+      log: migrationLog,
+    });
     this.seat = new FleetSeat({
       region: config.node.name,
       settings: config.fleet,
@@ -173,6 +197,7 @@ export class Daemon {
       metrics: this.metrics.fleet,
       migrationMetrics: this.metrics.migration,
       view: () => this.fleet.view(),
+      transfers: { qemu: qemuTransfer },
       log: parts.log.child({ component: 'fleet' }),
       decisionLog: parts.log.child({ component: 'policy' }),
       commitTimeoutMs: config.raft.requestTimeoutMs,
@@ -289,7 +314,7 @@ export class Daemon {
       log: imageLog,
     });
     catalogImages.bind(imageSource);
-    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, pbft, kv, kvRouter, raftReplica: replica, cloud, blob, geo, images, imageFetch, imageSource, fatal: fatal.promise });
+    const daemon = new Daemon({ config, log, identity, metrics, members, mesh, raft, pbft, kv, kvRouter, raftReplica: replica, cloud, blob, geo, images, imageFetch, imageSource, isConnected, fatal: fatal.promise });
     try {
       await daemon.#serve();
     } catch (err) {
@@ -311,6 +336,7 @@ export class Daemon {
     this.seat.start();
     await this.blob.start();
     await this.#imageFetch.start();
+    await this.#migrate.start();
     const adminLog = this.#log.child({ component: 'admin' });
     const defaultTimeoutMs = config.raft.requestTimeoutMs;
     this.#admin = await startAdminServer({
@@ -445,6 +471,7 @@ export class Daemon {
     await step('pbft', async () => this.pbft?.stop(), 1_000);
     await step('raft', async () => this.raft?.stop(RAFT_TRANSFER_MS), RAFT_TRANSFER_MS + 1_000);
     await step('state', () => this.geo.stop(), 1_000);
+    await step('migrate', () => this.#migrate.stop(), 500);
     await step('images', async () => {
       this.imageSource.stop();
       await this.#imageFetch.stop();

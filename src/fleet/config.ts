@@ -22,6 +22,7 @@ import { DEFAULT_RECONCILER_OPTIONS } from './reconciler.ts';
 import { DEFAULT_SCHEDULER_ATTEMPTS, SCHEDULER_MAX_ATTEMPTS } from './scheduler.ts';
 import { DEFAULT_MAX_MIGRATIONS_PER_REGION, MAX_MIGRATIONS_PER_REGION } from './migrations.ts';
 import { DEFAULT_COORDINATOR_OPTIONS } from '../migration/coordinator.ts';
+import { DEFAULT_CONVERGENCE } from '../migration/convergence.ts';
 
 const weight = z.number().min(0).max(100);
 const WeightsSchema = z.strictObject(Object.fromEntries(PLACEMENT_FACTORS.map((f) => [f, weight.optional()])) as Record<PlacementFactor, z.ZodOptional<typeof weight>>);
@@ -58,6 +59,10 @@ export const FleetSettingsSchema = z
         verifyTimeoutMs: z.number().int().min(100).max(3_600_000).default(DEFAULT_COORDINATOR_OPTIONS.verifyTimeoutMs),
         /** How long the source copy may take to be gone before the migration ends completed anyway (its reconciler keeps fencing it). */
         cleanupTimeoutMs: z.number().int().min(100).max(86_400_000).default(DEFAULT_COORDINATOR_OPTIONS.cleanupTimeoutMs),
+        /** qemu live: pre-copy rounds without converging before auto-converge (CPU throttling) is armed. */
+        autoConvergeAfterRounds: z.number().int().min(1).max(1_000).default(DEFAULT_CONVERGENCE.armAfterRounds),
+        /** qemu live: from the migrate command to aborting (and rolling back) a migration that has not converged. */
+        convergeTimeoutMs: z.number().int().min(1_000).max(86_400_000).default(DEFAULT_CONVERGENCE.timeoutMs),
       })
       .default({
         maxConcurrentPerRegion: DEFAULT_MAX_MIGRATIONS_PER_REGION,
@@ -65,6 +70,8 @@ export const FleetSettingsSchema = z
         transferIdleTimeoutMs: DEFAULT_COORDINATOR_OPTIONS.transferIdleTimeoutMs,
         verifyTimeoutMs: DEFAULT_COORDINATOR_OPTIONS.verifyTimeoutMs,
         cleanupTimeoutMs: DEFAULT_COORDINATOR_OPTIONS.cleanupTimeoutMs,
+        autoConvergeAfterRounds: DEFAULT_CONVERGENCE.armAfterRounds,
+        convergeTimeoutMs: DEFAULT_CONVERGENCE.timeoutMs,
       }),
   })
   .superRefine((f, ctx) => {

@@ -1,0 +1,366 @@
+/**
+ * /dwcp/migrate/1.0.0 (proto/migrate.proto), both ends: a migration's bytes
+ * between the source region's daemon and the target region's, over the
+ * members' Noise connection. The source opens one stream per channel:
+ *
+ * - `state`: QEMU's migration stream. The source QEMU writes it to a Unix
+ *   socket the source daemon listens on (qemu-transfer.ts); this carries
+ *   it to the target daemon, which connects to the socket its destination
+ *   QEMU listens on (`migrate-incoming unix:…`) and feeds it.
+ * - `disk`: the NBD connection of the source's disk mirror, the same way
+ *   (the destination exports its disk over NBD, both directions carry).
+ * - `disk-image`: cold and warm. The disk's blob is already in the target's
+ *   store (the blob protocol sent it, as a delta against what the region
+ *   holds); the target writes it as the incoming guest's disk and answers.
+ *
+ * Invariants:
+ * - The target accepts a stream only from a configured, connected member,
+ *   for a migration its replica of the log shows under way from that
+ *   member's region into this one (prepare or transfer), into a qemu
+ *   provider here; anything else is refused with the reason, and no socket
+ *   is touched.
+ * - A pipe is flow-controlled end to end: a socket's reads pause while more
+ *   than PIPE_BUFFER_BYTES wait for the stream, and the stream's frames are
+ *   read only as fast as the socket takes them (FramedStream pauses the
+ *   muxer), so neither daemon buffers a whole migration.
+ * - End of file travels as the stream's half-close and back; a broken
+ *   stream or socket destroys the other side at once, so a QEMU never
+ *   waits on a peer that is gone (its migration fails, and says so).
+ */
+import { createConnection, type Socket } from 'node:net';
+import { open } from 'node:fs/promises';
+import type { Connection, Stream } from '@libp2p/interface';
+import { peerIdFromString } from '@libp2p/peer-id';
+import type { MemberDirectory } from '../federation/members.ts';
+import type { Logger } from '../log.ts';
+import type { BlobStore } from '../blob/store.ts';
+import type { QemuMigrationGuests } from '../cloud/qemu/qemu-provider.ts';
+import { DwcpError, isDwcpErrorCode } from '../errors.ts';
+import type { FleetMigration } from '../fleet/migrations.ts';
+import { FramedStream, type FrameEvents } from '../net/framing.ts';
+import type { ProtocolHost } from '../net/host.ts';
+import { FieldError, loadProto, protoSchema, requireBytes, requireEnum, requireMessage, requireString, type MessageSchema } from '../net/schema.ts';
+
+export const MIGRATE_PROTOCOL = '/dwcp/migrate/1.0.0';
+export const MIGRATE_CHANNELS = ['state', 'disk', 'disk-image'] as const;
+export type MigrateChannel = (typeof MIGRATE_CHANNELS)[number];
+
+/** Bytes of one Data frame at most. */
+const CHUNK_BYTES = 256 * 1024;
+const MAX_FRAME_BYTES = CHUNK_BYTES + 1024;
+const MAX_TEXT = 1024;
+/** A socket's reads pause while this much waits for its stream. */
+const PIPE_BUFFER_BYTES = 2 * 1024 * 1024;
+const OPEN_TIMEOUT_MS = 10_000;
+/** How long the target may take to answer an Open: a disk-image answer comes after the disk is written. */
+const ANSWER_TIMEOUT_MS = 600_000;
+const MAX_INBOUND_STREAMS = 16;
+
+export type MigrateMessage =
+  | { kind: 'open'; open: { migration: string; channel: MigrateChannel; key: string; version: string } }
+  | { kind: 'accept'; accept: Record<string, never> }
+  | { kind: 'refuse'; refuse: { code: string; message: string } }
+  | { kind: 'data'; data: { chunk: Uint8Array } };
+
+const proto = loadProto(new URL('./proto/migrate.proto', import.meta.url));
+
+function validate(o: Record<string, unknown>): MigrateMessage {
+  const kind = requireEnum(o, 'kind', ['open', 'accept', 'refuse', 'data']);
+  switch (kind) {
+    case 'open':
+      return {
+        kind,
+        open: requireMessage(o, kind, (m) => ({
+          migration: requireString(m, 'migration', { max: 128 }),
+          channel: requireEnum(m, 'channel', MIGRATE_CHANNELS),
+          key: requireString(m, 'key', { max: MAX_TEXT, optional: true }),
+          version: requireString(m, 'version', { max: 64, optional: true }),
+        })),
+      };
+    case 'accept':
+      return { kind, accept: {} };
+    case 'refuse':
+      return {
+        kind,
+        refuse: requireMessage(o, kind, (m) => {
+          const code = requireString(m, 'code', { max: 32 });
+          if (!isDwcpErrorCode(code)) throw new FieldError('code', `is ${JSON.stringify(code)}, not an error code`);
+          return { code, message: requireString(m, 'message', { max: MAX_TEXT, optional: true }) };
+        }),
+      };
+    case 'data':
+      return { kind, data: requireMessage(o, kind, (m) => ({ chunk: requireBytes(m, 'chunk', { max: CHUNK_BYTES }) })) };
+  }
+}
+
+export const MigrateMessageSchema: MessageSchema<MigrateMessage> = protoSchema(proto.lookupType('dwcp.migrate.v1.MigrateMessage'), validate, { strictFields: true });
+
+export interface MigrateServiceOptions {
+  readonly host: ProtocolHost;
+  readonly members: Pick<MemberDirectory, 'get' | 'list'>;
+  isConnected(peerId: string): boolean;
+  /** This daemon's region (its node name). */
+  readonly region: string;
+  /** The migration as this node's replica of the fleet log has it. */
+  migration(id: string): FleetMigration | undefined;
+  /** This node's qemu provider of that configured name, if it is one. */
+  qemu(provider: string): QemuMigrationGuests | undefined;
+  readonly store: Pick<BlobStore, 'current' | 'currentManifest' | 'readValue'>;
+  readonly log: Logger;
+  readonly events?: FrameEvents;
+}
+
+/** Bytes a pipe moved each way. */
+export interface PipeCounts {
+  sent: number;
+  received: number;
+}
+
+type Channel = FramedStream<MigrateMessage, MigrateMessage>;
+
+export class MigrateService {
+  readonly #o: MigrateServiceOptions;
+  readonly #stopping = new AbortController();
+
+  constructor(options: MigrateServiceOptions) {
+    this.#o = options;
+  }
+
+  async start(): Promise<void> {
+    await this.#o.host.handle(MIGRATE_PROTOCOL, (stream, connection) => void this.#serve(stream, connection), { maxInboundStreams: MAX_INBOUND_STREAMS });
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping.abort(new DwcpError('stopped', 'the daemon is stopping'));
+    await this.#o.host.unhandle(MIGRATE_PROTOCOL).catch(() => {});
+  }
+
+  #channel(stream: Stream): Channel {
+    return new FramedStream(stream, { protocol: MIGRATE_PROTOCOL, maxFrameBytes: MAX_FRAME_BYTES, inbound: MigrateMessageSchema, outbound: MigrateMessageSchema, ...(this.#o.events ? { events: this.#o.events } : {}) });
+  }
+
+  /**
+   * Opens `channel` of `migration` at the target region's daemon and waits
+   * for its answer: the open channel (state, disk: pipe it), or, for
+   * disk-image, once the disk is written. Throws a DwcpError naming the
+   * target: its refusal, or why it could not be reached.
+   */
+  async open(target: string, migration: string, channel: MigrateChannel, opts: { key?: string; version?: string; signal?: AbortSignal } = {}): Promise<Channel> {
+    const member = this.#o.members.list().find((m) => m.name === target);
+    if (member === undefined) throw new DwcpError('not_found', `${target}: not a member of this federation`);
+    if (!this.#o.isConnected(member.peerId)) throw new DwcpError('unavailable', `${target}: not connected`);
+    const signal = AbortSignal.any([this.#stopping.signal, ...(opts.signal === undefined ? [] : [opts.signal])]);
+    let stream: Stream;
+    try {
+      stream = await this.#o.host.dialProtocol(peerIdFromString(member.peerId), MIGRATE_PROTOCOL, { signal: AbortSignal.any([signal, AbortSignal.timeout(OPEN_TIMEOUT_MS)]) });
+    } catch (err) {
+      signal.throwIfAborted();
+      throw new DwcpError('unavailable', `${target}: cannot open ${MIGRATE_PROTOCOL}: ${errorText(err)}`);
+    }
+    const ch = this.#channel(stream);
+    try {
+      await ch.write({ kind: 'open', open: { migration, channel, key: opts.key ?? '', version: opts.version ?? '' } }, { signal });
+      const answer = await ch.read({ signal: AbortSignal.any([signal, AbortSignal.timeout(channel === 'disk-image' ? ANSWER_TIMEOUT_MS : OPEN_TIMEOUT_MS)]) });
+      if (answer?.kind === 'refuse') throw new DwcpError(isDwcpErrorCode(answer.refuse.code) ? answer.refuse.code : 'internal', `${target}: ${answer.refuse.message}`);
+      if (answer?.kind !== 'accept') throw new DwcpError('unavailable', `${target}: answered the ${channel} channel of ${migration} with ${answer === undefined ? 'the end of the stream' : `a ${answer.kind}`}`);
+      return ch;
+    } catch (err) {
+      ch.reset(err instanceof Error ? err : new Error(String(err)));
+      if (err instanceof DwcpError) throw err;
+      signal.throwIfAborted();
+      throw new DwcpError('unavailable', `${target}: the ${channel} channel of ${migration} broke: ${errorText(err)}`);
+    }
+  }
+
+  async #serve(stream: Stream, connection: Connection): Promise<void> {
+    const { log, members, isConnected } = this.#o;
+    const peerId = connection.remotePeer.toString();
+    const member = members.get(peerId);
+    if (member === undefined || !isConnected(peerId)) {
+      log.warn({ peerId, member: member?.name }, 'migration stream from a peer that is not a connected member refused');
+      stream.abort(new Error('not a connected member'));
+      return;
+    }
+    const ch = this.#channel(stream);
+    let open: Extract<MigrateMessage, { kind: 'open' }>['open'];
+    try {
+      const first = await ch.read({ signal: AbortSignal.timeout(OPEN_TIMEOUT_MS) });
+      if (first?.kind !== 'open') throw new DwcpError('invalid', `expected an open, got ${first === undefined ? 'the end of the stream' : first.kind}`);
+      open = first.open;
+    } catch (err) {
+      log.warn({ member: member.name, err: errorText(err) }, 'migration stream refused');
+      ch.reset(err instanceof Error ? err : new Error(String(err)));
+      return;
+    }
+    const refuse = async (code: string, message: string): Promise<void> => {
+      log.warn({ member: member.name, migration: open.migration, channel: open.channel, code, err: message }, 'migration channel refused');
+      await ch.write({ kind: 'refuse', refuse: { code, message: clip(message) } }).catch(() => undefined);
+      await ch.close().catch(() => ch.reset(new Error('refused')));
+    };
+    try {
+      const guests = this.#check(member.name, open.migration);
+      if (open.channel === 'disk-image') {
+        await this.#writeDisk(guests, open.migration, open.key, open.version);
+        log.info({ member: member.name, migration: open.migration, blobKey: open.key, version: open.version }, 'migration disk received');
+        await ch.write({ kind: 'accept', accept: {} });
+        await ch.close();
+        return;
+      }
+      const path = await guests.incomingEndpoint(open.migration, open.channel);
+      const socket = await connectUnix(path);
+      await ch.write({ kind: 'accept', accept: {} });
+      log.info({ member: member.name, migration: open.migration, channel: open.channel }, 'migration channel open');
+      const counts = await pipe(ch, socket);
+      log.info({ member: member.name, migration: open.migration, channel: open.channel, bytesIn: counts.received, bytesOut: counts.sent }, 'migration channel closed');
+    } catch (err) {
+      if (ch.stream.status !== 'open') {
+        log.warn({ member: member.name, migration: open.migration, channel: open.channel, err: errorText(err) }, 'migration channel broke');
+        return;
+      }
+      await refuse(err instanceof DwcpError ? err.code : 'internal', errorText(err));
+    }
+  }
+
+  /** The incoming guests of a migration from `from` into this region, or the DwcpError saying why not. */
+  #check(from: string, id: string): QemuMigrationGuests {
+    const m = this.#o.migration(id);
+    if (m === undefined) throw new DwcpError('not_found', `no migration ${id} in this node's log`);
+    if (m.target.region !== this.#o.region || m.source.region !== from) throw new DwcpError('invalid', `migration ${id} goes from ${m.source.region} to ${m.target.region}, not from ${from} to ${this.#o.region}`);
+    if (m.phase !== 'prepare' && m.phase !== 'transfer') throw new DwcpError('invalid', `migration ${id} is in ${m.phase}, not transferring`);
+    const guests = this.#o.qemu(m.target.provider);
+    if (guests === undefined) throw new DwcpError('invalid', `provider ${m.target.provider} here is not a qemu provider`);
+    return guests;
+  }
+
+  async #writeDisk(guests: QemuMigrationGuests, migration: string, key: string, version: string): Promise<void> {
+    const held = this.#o.store.current(key);
+    const manifest = this.#o.store.currentManifest(key);
+    if (held === undefined || manifest === undefined || held.version !== version) throw new DwcpError('not_found', `this node holds ${held === undefined ? 'no copy' : `version ${held.version.slice(0, 16)}`} of ${key}, not ${version.slice(0, 16)}`);
+    await guests.receiveDisk(migration, async (path) => {
+      const fh = await open(path, 'w', 0o600);
+      try {
+        for await (const bytes of this.#o.store.readValue(manifest)) await fh.write(bytes);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    });
+  }
+}
+
+function connectUnix(path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = createConnection(path);
+    socket.once('connect', () => {
+      socket.off('error', reject);
+      resolve(socket);
+    });
+    socket.once('error', (err) => reject(new DwcpError('unavailable', `cannot connect to ${path}: ${err.message}`)));
+  });
+}
+
+/**
+ * Carries a Unix socket's bytes over a migrate channel, both ways, until
+ * both ends closed; rejects (destroying both) when either breaks. `counts`
+ * is kept current as bytes move.
+ */
+export function pipe(ch: Channel, socket: Socket, counts: PipeCounts = { sent: 0, received: 0 }): Promise<PipeCounts> {
+  const fail = (err: unknown): never => {
+    const e = err instanceof Error ? err : new Error(String(err));
+    socket.destroy(e);
+    ch.reset(e);
+    throw e;
+  };
+  // Socket → stream: coalesced into frames, reads paused while the stream is behind.
+  const outbound = (async () => {
+    const queue: Buffer[] = [];
+    let queued = 0;
+    let ended = false;
+    let failed: Error | null = null;
+    let wake: (() => void) | null = null;
+    const notify = (): void => {
+      wake?.();
+      wake = null;
+    };
+    socket.on('data', (b: Buffer) => {
+      queue.push(b);
+      queued += b.byteLength;
+      if (queued > PIPE_BUFFER_BYTES) socket.pause();
+      notify();
+    });
+    socket.once('end', () => {
+      ended = true;
+      notify();
+    });
+    socket.once('close', () => {
+      if (!ended) failed ??= new Error('the socket closed without an end of file');
+      notify();
+    });
+    socket.once('error', (err) => {
+      failed = err;
+      notify();
+    });
+    for (;;) {
+      if (queue.length === 0) {
+        if (failed !== null) throw failed;
+        if (ended) break;
+        await new Promise<void>((resolve) => (wake = resolve));
+        continue;
+      }
+      const parts: Buffer[] = [];
+      let size = 0;
+      while (queue.length > 0 && size < CHUNK_BYTES) {
+        const head = queue[0] as Buffer;
+        const take = Math.min(head.byteLength, CHUNK_BYTES - size);
+        parts.push(head.subarray(0, take));
+        size += take;
+        if (take === head.byteLength) queue.shift();
+        else queue[0] = head.subarray(take);
+      }
+      queued -= size;
+      await ch.write({ kind: 'data', data: { chunk: parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, size) } });
+      counts.sent += size;
+      if (queued <= PIPE_BUFFER_BYTES && socket.isPaused()) socket.resume();
+    }
+    await ch.close();
+  })();
+  // Stream → socket: a frame is read only once the socket took the last one.
+  const inbound = (async () => {
+    for (;;) {
+      const msg = await ch.read();
+      if (msg === undefined) break;
+      if (msg.kind !== 'data') throw new DwcpError('invalid', `a ${msg.kind} inside the data of a migrate channel`);
+      counts.received += msg.data.chunk.byteLength;
+      if (!socket.write(msg.data.chunk)) {
+        await new Promise<void>((resolve, reject) => {
+          const onDrain = (): void => {
+            socket.off('close', onClose);
+            resolve();
+          };
+          const onClose = (): void => {
+            socket.off('drain', onDrain);
+            reject(new Error('the socket closed while data waited for it'));
+          };
+          socket.once('drain', onDrain);
+          socket.once('close', onClose);
+        });
+      }
+    }
+    socket.end();
+  })();
+  return Promise.all([outbound, inbound]).then(
+    () => {
+      socket.destroy();
+      return counts;
+    },
+    (err: unknown) => fail(err),
+  );
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function clip(text: string): string {
+  return text.length > MAX_TEXT ? `${text.slice(0, MAX_TEXT - 1)}…` : text;
+}

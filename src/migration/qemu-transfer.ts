@@ -1,0 +1,292 @@
+/**
+ * The transfer seam (transfer.ts) for qemu → qemu, on the source region's
+ * daemon. Each step runs in the background; its handle's status is what
+ * the migrator polls.
+ *
+ * - `live`: the disk is mirrored and the memory migrated by QEMU itself,
+ *   both carried over /dwcp/migrate/1.0.0 (migrate-service.ts): this daemon
+ *   listens on two Unix sockets in the guest's directory (0600), the source
+ *   QEMU connects its NBD mirror target and its `migrate` to them, and each
+ *   connection becomes a channel to the target daemon, which feeds its
+ *   destination QEMU (started `-S -incoming defer`). Order: mirror until
+ *   ready (from then on every write reaches both disks), then `migrate` with
+ *   `downtime-limit` from the migration's --max-downtime, watched through
+ *   `query-migrate` (convergence.ts: auto-converge after K rounds, abort at
+ *   the timeout), then, once QEMU says completed (the source paused), the
+ *   mirror is ended (the destination's disk is complete) and the step is
+ *   done once the state channel has delivered its last byte.
+ * - `precopy` (warm) and `final` (cold, warm): the disk's qcow2 overlay as
+ *   a blob, sent to the target as a delta against what its region holds
+ *   (the blob service's baseline cache: round 2 onwards sends only what
+ *   changed since round 1); `precopy` repeats while the guest runs until a
+ *   round moves under PRECOPY_DONE_FRACTION of the disk or after
+ *   `precopyRounds`; `final` (the guest stopped, its disk consistent) sends
+ *   the last delta and has the target write it as the incoming disk
+ *   (channel disk-image).
+ *
+ * Invariants:
+ * - `start` never throws; every failure is a status naming the VM and the
+ *   cause; `cancel` is idempotent, cancels QEMU's migration and mirror,
+ *   closes the sockets and channels.
+ * - `targetMayRun` is true once QEMU said completed, and whenever a step
+ *   that reached `migrate` ends without knowing the stream failed first
+ *   (the destination may hold the whole state): never false when unsure.
+ * - A source left paused by a completed live step is reported `paused` (by
+ *   QEMU's own run state, so a restarted daemon sees it too) and resumed
+ *   with `cont`.
+ */
+import { chmod, rm } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
+import type { BlobService } from '../blob/service.ts';
+import { armThrottle, cancelMigration, migrationInfo, mirrorState, startMigration, startMirror, stopMirror } from '../cloud/qemu/migration-qmp.ts';
+import type { QemuMigrationGuests } from '../cloud/qemu/qemu-provider.ts';
+import type { Logger } from '../log.ts';
+import type { TransferStatus, TransferStep } from './coordinator.ts';
+import { DEFAULT_CONVERGENCE, judgeConvergence, type ConvergenceOptions } from './convergence.ts';
+import { pipe, type MigrateChannel, type MigrateService, type PipeCounts } from './migrate-service.ts';
+import type { MigrationTransfer, TransferHandle, TransferRequest } from './transfer.ts';
+
+/** QEMU's own default downtime limit, used when the migration names none. */
+export const DEFAULT_DOWNTIME_LIMIT_MS = 300;
+/** A warm pre-copy round that moved less than this fraction of the disk ends the pre-copy. */
+const PRECOPY_DONE_FRACTION = 0.01;
+
+export interface QemuTransferOptions {
+  /** This node's qemu provider of a configured name. */
+  guests(provider: string): QemuMigrationGuests | undefined;
+  readonly channels: Pick<MigrateService, 'open'>;
+  readonly blob: Pick<BlobService, 'put' | 'remove'>;
+  readonly convergence?: ConvergenceOptions;
+  /** Warm: pre-copy rounds at most. */
+  readonly precopyRounds?: number;
+  /** How often query-migrate is asked. */
+  readonly pollMs?: number;
+  readonly log: Logger;
+  readonly now?: () => number;
+}
+
+class StepFailed extends Error {}
+
+export class QemuTransfer implements MigrationTransfer {
+  readonly #o: QemuTransferOptions;
+
+  constructor(options: QemuTransferOptions) {
+    this.#o = options;
+  }
+
+  start(request: TransferRequest): TransferHandle {
+    const run = new StepRun(request, this.#o);
+    run.begin();
+    return run;
+  }
+
+  paused(source: { readonly provider: string; readonly id: string }): boolean {
+    return this.#o.guests(source.provider)?.migrationPaused(source.id) === true;
+  }
+
+  async resume(source: { readonly provider: string; readonly id: string }): Promise<void> {
+    const guests = this.#o.guests(source.provider);
+    if (guests === undefined) throw new Error(`provider ${source.provider} is not a qemu provider here`);
+    await guests.resumePaused(source.id);
+  }
+}
+
+/** One step of one migration. */
+class StepRun implements TransferHandle {
+  readonly #r: TransferRequest;
+  readonly #o: QemuTransferOptions;
+  readonly #abort = new AbortController();
+  readonly #now: () => number;
+  #status: TransferStatus;
+  #cleanups: (() => Promise<void>)[] = [];
+
+  constructor(request: TransferRequest, options: QemuTransferOptions) {
+    this.#r = request;
+    this.#o = options;
+    this.#now = options.now ?? Date.now;
+    this.#status = { step: request.step, status: 'running', bytes: 0, rounds: 0, progressAt: this.#now(), targetMayRun: false };
+  }
+
+  status(): TransferStatus {
+    return this.#status;
+  }
+
+  cancel(): void {
+    if (this.#status.status === 'running') this.#abort.abort(new StepFailed('cancelled'));
+  }
+
+  begin(): void {
+    const m = this.#r.migration;
+    const work = this.#r.step === 'live' ? this.#live() : this.#disk(this.#r.step);
+    void work
+      .then(
+        () => this.#set({ status: 'done' }),
+        (err: unknown) => {
+          const why = this.#abort.signal.aborted && this.#abort.signal.reason instanceof StepFailed ? `${this.#abort.signal.reason.message}${err === this.#abort.signal.reason ? '' : ` (${errorText(err)})`}` : errorText(err);
+          this.#o.log.warn({ migration: m.id, vm: m.vm, step: this.#r.step, err: why }, 'qemu migration step failed');
+          this.#set({ status: 'failed', error: `${this.#r.step} transfer of ${m.vm}: ${why}` });
+        },
+      )
+      .finally(async () => {
+        for (const c of this.#cleanups.reverse()) await c().catch(() => undefined);
+      });
+  }
+
+  #set(change: Partial<TransferStatus>): void {
+    this.#status = { ...this.#status, ...change };
+  }
+
+  #progress(bytes: number, rounds = this.#status.rounds): void {
+    if (bytes !== this.#status.bytes || rounds !== this.#status.rounds) this.#set({ bytes, rounds, progressAt: this.#now() });
+  }
+
+  #guests(): QemuMigrationGuests {
+    const guests = this.#o.guests(this.#r.source.provider);
+    if (guests === undefined) throw new StepFailed(`provider ${this.#r.source.provider} is not a qemu provider on this node`);
+    return guests;
+  }
+
+  // --- live ----------------------------------------------------------------------------
+
+  async #live(): Promise<void> {
+    const m = this.#r.migration;
+    const { log } = this.#o;
+    const signal = this.#abort.signal;
+    const source = await this.#guests().migrationSource(this.#r.source.id);
+    const qmp = source.qmp;
+    const pipes: Promise<PipeCounts>[] = [];
+    const counts: PipeCounts[] = [];
+    const moved = (): number => counts.reduce((sum, c) => sum + c.sent + c.received, 0);
+    // A broken channel fails the step at once (QEMU would notice only when it next writes).
+    const broken = new Promise<never>((_, reject) => {
+      const relay = (channel: MigrateChannel) => async (socket: Socket) => {
+        try {
+          const ch = await this.#o.channels.open(m.target.region, m.id, channel, { signal });
+          const c: PipeCounts = { sent: 0, received: 0 };
+          counts.push(c);
+          const piped = pipe(ch, socket, c);
+          pipes.push(piped);
+          await piped;
+        } catch (err) {
+          socket.destroy();
+          reject(new StepFailed(`the ${channel} channel to ${m.target.region}: ${errorText(err)}`));
+        }
+      };
+      const listen = async (path: string, channel: MigrateChannel) => this.#listen(path, relay(channel));
+      void Promise.all([listen(source.files.nbdOut, 'disk'), listen(source.files.migrateOut, 'state')]).catch(reject);
+    });
+    broken.catch(() => undefined);
+    const aborted = new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }));
+    aborted.catch(() => undefined);
+    const race = <T>(p: Promise<T>): Promise<T> => Promise.race([p, broken, aborted]);
+
+    let migrating = false;
+    let completed = false;
+    this.#cleanups.push(async () => {
+      if (completed) return;
+      if (migrating) await cancelMigration(qmp).catch(() => undefined);
+      await stopMirror(qmp);
+    });
+    // Both sockets listen before QEMU is told about them.
+    await race(this.#listening);
+    await race(startMirror(qmp, source.files.nbdOut));
+    for (;;) {
+      const state = await race(mirrorState(qmp));
+      if (state === null) throw new StepFailed('the disk mirror ended before it was ready');
+      this.#progress(moved());
+      if (state.ready) break;
+      await race(delay(this.#o.pollMs ?? 100));
+    }
+    log.info({ migration: m.id, vm: m.vm, diskBytes: moved() }, 'qemu migration: disk mirrored, migrating memory');
+    const downtimeLimit = m.maxDowntimeMs ?? DEFAULT_DOWNTIME_LIMIT_MS;
+    const convergence = this.#o.convergence ?? DEFAULT_CONVERGENCE;
+    const startedAt = this.#now();
+    migrating = true;
+    await race(startMigration(qmp, source.files.migrateOut, downtimeLimit));
+    // From here the destination may receive the whole state: unsure counts as "may run".
+    let armed = false;
+    for (;;) {
+      let info;
+      try {
+        info = await race(migrationInfo(qmp));
+      } catch (err) {
+        this.#set({ targetMayRun: true });
+        throw err;
+      }
+      this.#progress(moved(), info.rounds);
+      const verdict = judgeConvergence(info, { startedAt, armed }, this.#now(), convergence);
+      if (verdict.kind === 'done') {
+        completed = true;
+        this.#set({ targetMayRun: true, ...(info.downtimeMs === null ? {} : { downtimeMs: info.downtimeMs }) });
+        log.info({ migration: m.id, vm: m.vm, downtimeMs: info.downtimeMs, totalMs: info.totalTimeMs, rounds: info.rounds, ramBytes: info.transferredBytes }, 'qemu migration completed: the source is paused');
+        break;
+      }
+      if (verdict.kind === 'failed') throw new StepFailed(verdict.why);
+      if (verdict.kind === 'abort') throw new StepFailed(verdict.why);
+      if (verdict.kind === 'arm-throttle') {
+        armed = true;
+        log.info({ migration: m.id, vm: m.vm, why: verdict.why }, 'qemu migration: auto-converge armed');
+        await race(armThrottle(qmp));
+      }
+      await race(delay(this.#o.pollMs ?? 100));
+    }
+    // The source is paused with every write mirrored: end the mirror (the destination's disk is complete), then wait for the state's last byte to arrive.
+    await stopMirror(qmp);
+    await race(Promise.all(pipes));
+    this.#progress(moved());
+  }
+
+  #listening: Promise<void> = Promise.resolve();
+
+  /** Listens on `path` (0600) for one connection from the source QEMU. */
+  #listen(path: string, onConnection: (socket: Socket) => Promise<void>): Promise<void> {
+    const ready = (async () => {
+      await rm(path, { force: true });
+      const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
+        server.close();
+        void onConnection(socket);
+      });
+      this.#cleanups.push(async () => {
+        server.close();
+        await rm(path, { force: true });
+      });
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(path, () => resolve());
+      });
+      await chmod(path, 0o600);
+    })();
+    this.#listening = Promise.all([this.#listening, ready]).then(() => undefined);
+    return ready;
+  }
+
+  // --- cold and warm -------------------------------------------------------------------
+
+  async #disk(step: TransferStep): Promise<void> {
+    const m = this.#r.migration;
+    const guests = this.#guests();
+    const path = guests.diskPath(this.#r.source.id);
+    const key = `migration/${m.id}/disk`;
+    const signal = this.#abort.signal;
+    const maxRounds = step === 'precopy' ? (this.#o.precopyRounds ?? 3) : 1;
+    let bytes = 0;
+    for (let round = 1; round <= maxRounds; round++) {
+      const put = await this.#o.blob.put(path, key, { to: m.target.region, signal });
+      const wire = put.sent?.wireBytesSent ?? 0;
+      bytes += wire;
+      this.#progress(bytes, round);
+      this.#o.log.info({ migration: m.id, vm: m.vm, step, round, diskBytes: put.stored.size, wireBytes: wire, kind: put.sent?.kind }, 'qemu migration: disk round sent');
+      if (step === 'final') {
+        await this.#o.channels.open(m.target.region, m.id, 'disk-image', { key, version: put.stored.version, signal }).then((ch) => ch.close().catch(() => undefined));
+        await this.#o.blob.remove(key).catch(() => undefined);
+        return;
+      }
+      if (wire < put.stored.size * PRECOPY_DONE_FRACTION) return;
+    }
+  }
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
