@@ -89,6 +89,10 @@ const BENCHES: Record<string, BenchEntry> = {
     summary: 'one policy evaluation per (VM, candidate) with 50 rules that all apply: p50/p99 as the state machine (evaluate) and placement (scope) run it, vs every rule afresh; floor p99 < 0.1 ms',
     load: async () => (await import('./policy.ts')).policyBench,
   },
+  migrate: {
+    summary: 'live migration of a TCG guest dirtying 0/10/50 MiB/s through the qemu transport (libp2p relay) vs QEMU direct between the same QEMUs: downtime (QEMU, tick gap), total time, converged',
+    load: async () => (await import('./migrate.ts')).migrateBench,
+  },
   'placement-e2e': {
     summary: 'vm create --placement auto to running on 3 real daemons (local providers, different prices) vs unmanaged vm create --provider on the same daemons: p50/p99 placed and running, creates/s',
     load: async () => (await import('./placement-e2e.ts')).placementE2eBench,

@@ -175,7 +175,8 @@ export function rawTcp(): Transport {
 const SINK_PROTOCOL = '/dwcp-bench/sink/1.0.0';
 const ECHO_PROTOCOL = '/dwcp-bench/echo/1.0.0';
 
-function benchHost(): Promise<Libp2p> {
+/** A libp2p host built like the mesh's (TCP + Noise + Yamux with MUXER_STREAM_OPTIONS) on loopback; other benches use it too. */
+export function benchHost(): Promise<Libp2p> {
   return generateKeyPair('Ed25519').then((privateKey) =>
     createLibp2p({
       privateKey,

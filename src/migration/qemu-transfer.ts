@@ -198,12 +198,12 @@ class StepRun implements TransferHandle {
       if (state.ready) break;
       await race(delay(this.#o.pollMs ?? 100));
     }
-    log.info({ migration: m.id, vm: m.vm, diskBytes: moved() }, 'qemu migration: disk mirrored, migrating memory');
     const downtimeLimit = m.maxDowntimeMs ?? DEFAULT_DOWNTIME_LIMIT_MS;
     const convergence = this.#o.convergence ?? DEFAULT_CONVERGENCE;
     const startedAt = this.#now();
     migrating = true;
     await race(startMigration(qmp, source.files.migrateOut, downtimeLimit));
+    log.info({ migration: m.id, vm: m.vm, diskBytes: moved(), downtimeLimitMs: downtimeLimit }, 'qemu migration: disk mirrored, migrating memory');
     // From here the destination may receive the whole state: unsure counts as "may run".
     let armed = false;
     for (;;) {

@@ -18,7 +18,8 @@
  * QEMU processes are found by their command line (`-name guest=<id>` under
  * each daemon's data directory), so "exactly one running" is the OS's word.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FleetDesiredVm, MigrationInfo } from '../../src/admin/schema.ts';
@@ -51,18 +52,21 @@ async function runningAt(i: number, name: string, region: string, generation: st
   }, 250);
 }
 
-/** The QEMU processes running under node i's data directory, by guest id. */
-async function qemus(i: number): Promise<string[]> {
-  const dir = join(cluster.nodes[i]?.dir ?? '', 'qemu', 'vms');
-  const found: string[] = [];
+/** The QEMU processes running under `dir` (a node's data directory, or the whole test's): guest id and pid. */
+async function qemuProcesses(dir: string): Promise<{ id: string; pid: number }[]> {
+  const found: { id: string; pid: number }[] = [];
   for (const entry of await readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const info = await readProcess(Number(entry)).catch(() => null);
     if (info === null || !(info.argv[0] ?? '').includes('qemu-system')) continue;
     const qmp = info.argv.find((a) => a.startsWith('socket,id=qmp,path='));
-    if (qmp?.includes(dir) === true) found.push(/guest=(qemu-[0-9a-f]{12})/.exec(info.argv.join(' '))?.[1] ?? '?');
+    if (qmp?.includes(`${dir}/`) === true) found.push({ id: /guest=(qemu-[0-9a-f]{12})/.exec(info.argv.join(' '))?.[1] ?? '?', pid: Number(entry) });
   }
   return found;
+}
+
+async function qemus(i: number): Promise<string[]> {
+  return (await qemuProcesses(cluster.nodes[i]?.dir ?? '/nonexistent')).map((q) => q.id);
 }
 
 /** Exactly one QEMU runs in the whole test, and it is node i's. */
@@ -79,8 +83,8 @@ async function oneQemuAt(i: number): Promise<string> {
 async function disksAt(i: number): Promise<string[]> {
   const dir = join(cluster.nodes[i]?.dir ?? '', 'qemu', 'vms');
   const out: string[] = [];
-  for (const id of await readdir(dir).catch(() => [])) {
-    const files = await readdir(join(dir, id)).catch(() => []);
+  for (const id of await readdir(dir).catch(() => [] as string[])) {
+    const files = await readdir(join(dir, id)).catch(() => [] as string[]);
     if (files.includes('disk.qcow2')) out.push(id);
   }
   return out;
@@ -105,8 +109,25 @@ async function migrate(i: number, ...args: string[]): Promise<{ id: string; run:
   return { id, run };
 }
 
+/** The test guest as `tiny`, and as `busy`: the same guest dirtying its memory (a live migration of it with a 1 ms downtime limit never converges). */
+async function testImages(root: string): Promise<string> {
+  const built = join(await guestImagesDir(), GUEST_IMAGE);
+  const dir = join(root, 'images');
+  await cp(built, join(dir, GUEST_IMAGE), { recursive: true });
+  await cp(built, join(dir, 'busy'), { recursive: true });
+  const manifest = JSON.parse(await readFile(join(built, 'image.json'), 'utf8')) as { cmdline: string };
+  await writeFile(join(dir, 'busy', 'image.json'), JSON.stringify({ ...manifest, cmdline: `${manifest.cmdline} dwcp.dirty_mib_s=${BUSY_DIRTY_MIB_S}` }));
+  return dir;
+}
+
+const BUSY_DIRTY_MIB_S = 20;
+
+/** Where the test's files are: every QEMU under it is the test's. */
+let root: string;
+
 beforeAll(async () => {
-  const images = await guestImagesDir();
+  root = await mkdtemp(join(tmpdir(), 'dwcp-migq-images-'));
+  const images = await testImages(root);
   const qemu = (i: number) => ({ kind: 'qemu', region: `dc${i + 1}`, accel: 'tcg', imageDir: images, capacity: { vcpus: 2, memoryGiB: 2, diskGiB: 20 }, inventoryIntervalMs: 500, utilisationIntervalMs: 0, stopTimeoutMs: 60_000 });
   cluster = await RaftCluster.start('migq', 3, {
     extra: (i) => ({
@@ -117,7 +138,8 @@ beforeAll(async () => {
         reconcileIntervalMs: 500,
         backoffBaseMs: 100,
         backoffCapMs: 1_000,
-        migration: { prepareTimeoutMs: 60_000, verifyTimeoutMs: 60_000, cleanupTimeoutMs: 120_000, transferIdleTimeoutMs: 60_000 },
+        // A live migration that does not converge holds in its transfer (the faults act on it there): auto-converge never arms.
+        migration: { prepareTimeoutMs: 60_000, verifyTimeoutMs: 60_000, cleanupTimeoutMs: 120_000, transferIdleTimeoutMs: 60_000, autoConvergeAfterRounds: 1_000, convergeTimeoutMs: 600_000 },
       },
     }),
   });
@@ -125,7 +147,11 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
+  const dirs = cluster?.nodes.map((n) => n.dir) ?? [];
   await cluster?.destroy();
+  // Guests outlive their daemons by design: every QEMU the test started goes with it.
+  for (const dir of dirs) for (const q of await qemuProcesses(dir)) process.kill(q.pid, 'SIGKILL');
+  await rm(root, { recursive: true, force: true });
 });
 
 describe('qemu → qemu migrations between real daemons (TCG guests)', () => {
@@ -163,5 +189,81 @@ describe('qemu → qemu migrations between real daemons (TCG guests)', () => {
     await eventually('the source holds no disk of web1', SETTLE_MS, async () => ((await disksAt(from)).length === 0 ? true : undefined), 250);
     const scraped = await cluster.daemon(from).scrape();
     expect(metricValue(scraped, 'dwcp_migrations_total', { mode: 'live', result: 'completed' })).toBe(1);
+  }, 600_000);
+
+  it('warm, back again: the disk moves as blob deltas, the guest boots at the destination, the old QEMU and disk are gone', async () => {
+    const at = (await desired(2, 'web1'))?.region;
+    const from = at === 'n1' ? 0 : 1;
+    const to = 1 - from;
+    const { id, run } = await migrate(2, 'web1', '--to', `n${to + 1}`, '--mode', 'warm');
+    const done = await run;
+    expect(done.code, `${done.stdout}\n${done.stderr}`).toBe(0);
+    await runningAt(2, 'web1', `n${to + 1}`, '3');
+    const target = await oneQemuAt(to);
+    // A warm migration restarts the guest: it boots at the target.
+    await eventually('the guest boots and ticks at the target', SETTLE_MS, async () => ((await ticks(to, target)).length >= 3 ? true : undefined), 250);
+    const m = await json<MigrationInfo>(2, 'migration', 'status', id);
+    expect(m).toMatchObject({ result: 'completed', mode: 'warm' });
+    expect(Number(m.rounds)).toBeGreaterThanOrEqual(1);
+    await eventually('the source holds no disk of web1', SETTLE_MS, async () => ((await disksAt(from)).length === 0 ? true : undefined), 250);
+    // web1 goes: the fault runs below need the host's CPU for their own guest.
+    expect((await ctl(2, 'vm', 'terminate', 'web1')).code).toBe(0);
+    await eventually('no QEMU left', SETTLE_MS, async () => ((await qemus(0)).length + (await qemus(1)).length === 0 ? true : undefined), 250);
+  }, 600_000);
+
+  /** web2 (the busy guest) running at its source: the index of its region, and its QEMU's guest id. */
+  async function busyGuest(): Promise<{ from: number; to: number; source: string }> {
+    let vm = await desired(2, 'web2');
+    if (vm === undefined) {
+      await json(0, 'vm', 'create', 'web2', '--cpu', '1', '--memory', '256MiB', '--image', 'busy', '--constraint', 'region=n1,n2');
+      vm = await eventually('web2 placed', SETTLE_MS, async () => ((await desired(2, 'web2'))?.region === '' ? undefined : desired(2, 'web2')), 250);
+    }
+    const from = vm?.region === 'n1' ? 0 : 1;
+    await runningAt(2, 'web2', `n${from + 1}`, vm?.generation ?? '1');
+    return { from, to: 1 - from, source: await oneQemuAt(from) };
+  }
+
+  /** A live migration of web2 that holds in its transfer (1 ms downtime limit, the guest dirtying its memory), its memory stream flowing. */
+  async function liveHolding(from: number, to: number): Promise<{ id: string; run: Promise<CtlResult> }> {
+    const after = cluster.daemon(from).lines.length;
+    const started = await migrate(2, 'web2', '--to', `n${to + 1}`, '--mode', 'live', '--max-downtime', '1ms');
+    await cluster.daemon(from).waitForLog((l) => l.msg === 'qemu migration: disk mirrored, migrating memory' && l.migration === started.id, `n${from + 1} migrates web2's memory`, after);
+    return started;
+  }
+
+  /** After a rollback: one QEMU, at the source, the same one, running (not left paused); with `teardown`, nothing of web2 left at the target. */
+  async function rolledBack(id: string, from: number, to: number, source: string, reason: RegExp, teardown: boolean): Promise<void> {
+    const ended = await eventually(`${id} ended`, SETTLE_MS, async () => {
+      const m = await json<MigrationInfo>(2, 'migration', 'status', id);
+      return m.result === null ? undefined : m;
+    }, 250);
+    expect(ended).toMatchObject({ result: 'rolled-back', reason: expect.stringMatching(reason) });
+    // The source's QEMU is the same process; the target's may wait for its daemon to tear it down.
+    if (teardown) expect(await oneQemuAt(from)).toBe(source);
+    else expect(await qemus(from)).toEqual([source]);
+    await runningAt(2, 'web2', `n${from + 1}`, ended.source_generation);
+    const ticking = (await ticks(from, source)).length;
+    await eventually('the source guest ticks on', SETTLE_MS, async () => ((await ticks(from, source)).length >= ticking + 5 ? true : undefined), 250);
+    if (teardown) await eventually(`no QEMU or disk of web2 left at n${to + 1}`, SETTLE_MS, async () => ((await disksAt(to)).length === 0 && (await qemus(to)).length === 0 ? true : undefined), 250);
+  }
+
+  it('kill -9 of the target daemon during a live transfer: the stream breaks, the migration rolls back, the source QEMU runs on; the target tears its copy down when it returns', async () => {
+    const { from, to, source } = await busyGuest();
+    const { id, run } = await liveHolding(from, to);
+    await cluster.stopNode(to, 'SIGKILL');
+    // Whatever the target's destination QEMU had received, it and its disk wait for its daemon.
+    await rolledBack(id, from, to, source, /live transfer of web2/, false);
+    expect((await run).code).toBe(1);
+    await cluster.startNode(to);
+    await rolledBack(id, from, to, source, /live transfer of web2/, true);
+  }, 600_000);
+
+  it('cancel during a live transfer: QEMU\'s migration is cancelled, the source runs on, the target\'s QEMU and disk are gone', async () => {
+    const { from, to, source } = await busyGuest();
+    const { id, run } = await liveHolding(from, to);
+    const cancelled = await cluster.admin(2, (c) => c.migration.cancel({ id, timeout_ms: 0 }));
+    expect(cancelled).toMatchObject({ phase: 'rolling-back' });
+    await rolledBack(id, from, to, source, /cancelled by operator/, true);
+    expect((await run).code).toBe(1);
   }, 600_000);
 });

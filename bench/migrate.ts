@@ -1,0 +1,361 @@
+/**
+ * `npm run bench -- migrate`: live migration of a real TCG guest through
+ * dwcp's qemu transport, against QEMU's own direct migration between the
+ * same two QEMU providers in the same run.
+ *
+ * - **Subject**: the source daemon's side of the transport as the daemon
+ *   runs it (src/migration/qemu-transfer.ts `live` step: disk mirror to the
+ *   destination's NBD export, then `migrate`, both carried by
+ *   /dwcp/migrate/1.0.0 (migrate-service.ts) over two libp2p hosts built
+ *   like the mesh's (TCP + Noise + Yamux) on loopback, each end relaying a
+ *   Unix socket), into a destination QEMU prepared by the qemu provider
+ *   (`-S -incoming defer`) and continued by it once the stream completed.
+ *   The fleet log and the coordinator are not in this path: it measures
+ *   the bytes' way and QEMU's, not the control plane's round trips.
+ * - **Reference**: the same QMP sequence (same mirror, same migrate, same
+ *   downtime limit) with the source QEMU connected straight to the
+ *   destination QEMU's sockets: no daemon, no libp2p.
+ *
+ * One guest per dirty rate (the test guest with `dwcp.dirty_mib_s=N`) goes
+ * back and forth between the two providers, each run the next of
+ * subject/reference, so both see the same guest in the same state. Per run:
+ * QEMU's downtime (`query-migrate`), the guest's: the largest gap between
+ * consecutive `tick` lines across the source and destination serial logs,
+ * as the guest's uptime says and as this process saw the lines appear
+ * (polled every `poll-ms`), the total time from the start to the
+ * destination running, whether it converged within the timeout, and the
+ * bytes the transport carried.
+ */
+import { mkdtemp, open, readFile, rm, writeFile, cp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import type { Libp2p } from 'libp2p';
+import { DirectoryImageSource } from '../src/cloud/qemu/directory-images.ts';
+import { armThrottle, cancelMigration, migrationInfo, mirrorState, startMigration, startMirror, stopMirror } from '../src/cloud/qemu/migration-qmp.ts';
+import { QemuProvider } from '../src/cloud/qemu/qemu-provider.ts';
+import type { FleetMigration } from '../src/fleet/migrations.ts';
+import { createLogger } from '../src/log.ts';
+import { DEFAULT_CONVERGENCE, judgeConvergence } from '../src/migration/convergence.ts';
+import { MigrateService } from '../src/migration/migrate-service.ts';
+import { QemuTransfer } from '../src/migration/qemu-transfer.ts';
+import { guestImagesDir, GUEST_IMAGE } from '../test/support/qemu.ts';
+import { defineBench, FlagError, intFlag, machineFacts, progress, quantile, renderTable, significant } from './run.ts';
+import { benchHost } from './transport.ts';
+
+export interface MigrateOptions {
+  runs: number;
+  rates: number[];
+  memoryMiB: number;
+  downtimeMs: number;
+  timeoutMs: number;
+  pollMs: number;
+}
+
+interface Run {
+  method: 'dwcp' | 'direct';
+  converged: boolean;
+  error: string | null;
+  totalMs: number;
+  qemuDowntimeMs: number | null;
+  tickGapGuestMs: number | null;
+  tickGapWallMs: number | null;
+  wireBytes: number;
+}
+
+interface Side {
+  readonly name: string;
+  readonly provider: QemuProvider;
+}
+
+const TYPE = 'bench.guest';
+/** The same convergence rule for both methods (the daemon's default). */
+const ARM_AFTER_ROUNDS = DEFAULT_CONVERGENCE.armAfterRounds;
+
+function stats(values: readonly number[]): { n: number; p50: number; p99: number; max: number } | null {
+  if (values.length === 0) return null;
+  return { n: values.length, p50: significant(quantile(values, 0.5)), p99: significant(quantile(values, 0.99)), max: significant(Math.max(...values)) };
+}
+
+/** The tick lines of serial logs as they appear: tick number → [guest uptime ms, wall ms first seen]. */
+class TickWatch {
+  readonly seen = new Map<number, [number, number]>();
+  readonly #offsets = new Map<string, number>();
+  #stop = false;
+  #done: Promise<void> = Promise.resolve();
+
+  watch(paths: () => string[], pollMs: number): void {
+    this.#done = (async () => {
+      while (!this.#stop) {
+        for (const path of paths()) await this.#read(path);
+        await delay(pollMs);
+      }
+    })();
+  }
+
+  async #read(path: string): Promise<void> {
+    const fh = await open(path, 'r').catch(() => null);
+    if (fh === null) return;
+    try {
+      const from = this.#offsets.get(path) ?? 0;
+      const { size } = await fh.stat();
+      if (size <= from) return;
+      const buf = Buffer.alloc(size - from);
+      await fh.read(buf, 0, buf.length, from);
+      const text = buf.toString('utf8');
+      const complete = text.lastIndexOf('\n') + 1;
+      this.#offsets.set(path, from + Buffer.byteLength(text.slice(0, complete)));
+      const now = performance.now();
+      for (const m of text.slice(0, complete).matchAll(/^tick (\d+) (\d+)$/gm)) if (!this.seen.has(Number(m[1]))) this.seen.set(Number(m[1]), [Number(m[2]), now]);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.#stop = true;
+    await this.#done;
+  }
+
+  /** The largest gap between consecutive ticks numbered from `from` on, in guest ms and in wall ms. */
+  gaps(from: number): { guest: number; wall: number } | null {
+    const ns = [...this.seen.keys()].filter((n) => n >= from).sort((a, b) => a - b);
+    let guest = 0;
+    let wall = 0;
+    for (let i = 1; i < ns.length; i++) {
+      const a = this.seen.get(ns[i - 1] as number);
+      const b = this.seen.get(ns[i] as number);
+      if (a === undefined || b === undefined || (ns[i] as number) !== (ns[i - 1] as number) + 1) continue;
+      guest = Math.max(guest, b[0] - a[0]);
+      wall = Math.max(wall, b[1] - a[1]);
+    }
+    return ns.length < 2 ? null : { guest, wall };
+  }
+
+  last(): number {
+    return Math.max(-1, ...this.seen.keys());
+  }
+}
+
+async function until<T>(what: string, ms: number, check: () => Promise<T | undefined>): Promise<T> {
+  const deadline = performance.now() + ms;
+  for (;;) {
+    const v = await check().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (performance.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms`);
+    await delay(50);
+  }
+}
+
+function fakeMigration(id: string, source: string, target: string, maxDowntimeMs: number): FleetMigration {
+  return {
+    id,
+    vm: 'bench',
+    mode: 'live',
+    source: { region: source, provider: 'qemu', generation: 1 },
+    target: { region: target, provider: 'qemu', generation: 2 },
+    phase: 'transfer',
+    result: null,
+    reason: null,
+    facts: {},
+    maxDowntimeMs,
+    startedAt: Date.now(),
+    updatedAt: Date.now(),
+    endedAt: null,
+  } as unknown as FleetMigration;
+}
+
+export async function runMigrateBench(o: MigrateOptions): Promise<object> {
+  const facts = machineFacts();
+  const root = await mkdtemp(join(tmpdir(), 'dwcp-bench-migrate-'));
+  const log = createLogger('warn');
+  const images = join(root, 'images');
+  const built = join(await guestImagesDir(), GUEST_IMAGE);
+  const manifest = JSON.parse(await readFile(join(built, 'image.json'), 'utf8')) as { cmdline: string };
+  for (const rate of o.rates) {
+    await cp(built, join(images, `d${rate}`), { recursive: true });
+    await writeFile(join(images, `d${rate}`, 'image.json'), JSON.stringify({ ...manifest, cmdline: `${manifest.cmdline} dwcp.dirty_mib_s=${rate}` }));
+  }
+  const types = { [TYPE]: { vcpus: 1, memoryMiB: o.memoryMiB, diskGiB: 1 } };
+  const open_ = (name: string) =>
+    QemuProvider.open({ region: name, dir: join(root, name), accel: 'tcg', capacity: { vcpus: 4, memoryMiB: 4 * o.memoryMiB, diskGiB: 10 }, types, images: new DirectoryImageSource(images), log, utilisationIntervalMs: 0 });
+  const sides: Side[] = [
+    { name: 'a', provider: await open_('a') },
+    { name: 'b', provider: await open_('b') },
+  ];
+  const [hostA, hostB] = (await Promise.all([benchHost(), benchHost()])) as [Libp2p, Libp2p];
+  const migrations = new Map<string, FleetMigration>();
+  const service = (self: Side, host: Libp2p, peer: Side, peerHost: Libp2p) =>
+    new MigrateService({
+      host,
+      members: {
+        get: (peerId) => (peerId === peerHost.peerId.toString() ? { name: peer.name, peerId } : undefined) as never,
+        list: () => [{ name: peer.name, peerId: peerHost.peerId.toString() }] as never,
+      },
+      isConnected: () => true,
+      region: self.name,
+      migration: (id) => migrations.get(id),
+      qemu: () => self.provider,
+      store: { current: () => undefined, currentManifest: () => undefined, readValue: async function* () {} } as never,
+      log,
+    });
+  const services = new Map<string, MigrateService>([
+    ['a', service(sides[0] as Side, hostA, sides[1] as Side, hostB)],
+    ['b', service(sides[1] as Side, hostB, sides[0] as Side, hostA)],
+  ]);
+  for (const s of services.values()) await s.start();
+  await hostA.dial(hostB.getMultiaddrs()[0] as never);
+  const transfers = new Map(
+    sides.map((side) => [side.name, new QemuTransfer({ guests: () => side.provider, channels: services.get(side.name) as MigrateService, blob: {} as never, convergence: { armAfterRounds: ARM_AFTER_ROUNDS, timeoutMs: o.timeoutMs }, log })]),
+  );
+
+  const results: { rate_mib_s: number; runs: Run[] }[] = [];
+  let serial = 0;
+  try {
+    for (const rate of o.rates) {
+      progress(`migrate: booting a ${o.memoryMiB} MiB guest dirtying ${rate} MiB/s`);
+      let at = 0;
+      let guest = await (sides[0] as Side).provider.create({ name: `bench-d${rate}`, type: TYPE, image: `d${rate}` });
+      const watch = new TickWatch();
+      const serials: string[] = [(sides[0] as Side).provider.serialLog(guest.id).path];
+      watch.watch(() => serials, o.pollMs);
+      await until('the guest ticks', 120_000, async () => (watch.last() >= 20 ? true : undefined));
+      const runs: Run[] = [];
+      for (let r = 0; r < 2 * o.runs; r++) {
+        const method = r % 2 === 0 ? 'dwcp' : 'direct';
+        const from = sides[at] as Side;
+        const to = sides[1 - at] as Side;
+        const id = `b${++serial}`;
+        const m = fakeMigration(id, from.name, to.name, o.downtimeMs);
+        migrations.set(id, m);
+        const incoming = await to.provider.create({ name: `bench-d${rate}`, type: TYPE, image: `d${rate}`, incoming: id, incomingMode: 'live' });
+        serials.push(to.provider.serialLog(incoming.id).path);
+        const firstTick = watch.last();
+        const t0 = performance.now();
+        let run: Run;
+        try {
+          const outcome = method === 'dwcp' ? await viaDwcp(transfers.get(from.name) as QemuTransfer, m, guest.id, o.timeoutMs) : await direct(from.provider, to.provider, guest.id, id, o);
+          await until('the destination running', 60_000, async () => ((await to.provider.get(incoming.id)).state === 'running' ? true : undefined));
+          const totalMs = performance.now() - t0;
+          await until('ticks at the destination', 60_000, async () => (watch.last() >= firstTick + 10 ? true : undefined));
+          const gaps = watch.gaps(firstTick);
+          run = { method, converged: true, error: null, totalMs, qemuDowntimeMs: outcome.downtimeMs, tickGapGuestMs: gaps?.guest ?? null, tickGapWallMs: gaps?.wall ?? null, wireBytes: outcome.bytes };
+          await from.provider.terminate(guest.id);
+          guest = incoming;
+          at = 1 - at;
+        } catch (err) {
+          run = { method, converged: false, error: err instanceof Error ? err.message : String(err), totalMs: performance.now() - t0, qemuDowntimeMs: null, tickGapGuestMs: null, tickGapWallMs: null, wireBytes: 0 };
+          await to.provider.terminate(incoming.id).catch(() => undefined);
+          // The source runs on (a failed pre-copy never paused it for good).
+          if (from.provider.migrationPaused(guest.id)) await from.provider.resumePaused(guest.id);
+        }
+        migrations.delete(id);
+        runs.push(run);
+        progress(`migrate: ${rate} MiB/s run ${r + 1}/${2 * o.runs} ${method}: ${run.converged ? `total ${run.totalMs.toFixed(0)} ms, QEMU downtime ${run.qemuDowntimeMs} ms, tick gap ${run.tickGapGuestMs} ms (guest) ${run.tickGapWallMs?.toFixed(0)} ms (wall)` : `failed: ${run.error}`}`);
+      }
+      await watch.stop();
+      await (sides[at] as Side).provider.terminate(guest.id).catch(() => undefined);
+      results.push({ rate_mib_s: rate, runs });
+    }
+  } finally {
+    for (const s of services.values()) await s.stop();
+    await Promise.all([hostA.stop(), hostB.stop()]);
+    for (const side of sides) {
+      for (const i of await side.provider.list().catch(() => [])) if (i.state !== 'terminated') await side.provider.terminate(i.id).catch(() => undefined);
+      await side.provider.close();
+    }
+    await rm(root, { recursive: true, force: true });
+  }
+
+  const summary = results.map(({ rate_mib_s, runs }) => {
+    const of = (method: Run['method']) => {
+      const ok = runs.filter((r) => r.method === method && r.converged);
+      const all = runs.filter((r) => r.method === method);
+      return {
+        runs: all.length,
+        converged: ok.length,
+        errors: all.filter((r) => !r.converged).map((r) => r.error),
+        total_ms: stats(ok.map((r) => r.totalMs)),
+        qemu_downtime_ms: stats(ok.flatMap((r) => (r.qemuDowntimeMs === null ? [] : [r.qemuDowntimeMs]))),
+        tick_gap_guest_ms: stats(ok.flatMap((r) => (r.tickGapGuestMs === null ? [] : [r.tickGapGuestMs]))),
+        tick_gap_wall_ms: stats(ok.flatMap((r) => (r.tickGapWallMs === null ? [] : [r.tickGapWallMs]))),
+        // dwcp: what the transport carried, both channels, both ways; direct: QEMU's RAM bytes (the disk mirror is not counted there).
+        wire_bytes: stats(ok.map((r) => r.wireBytes)),
+      };
+    };
+    const ours = of('dwcp');
+    const ref = of('direct');
+    const ratio = (a: { p50: number } | null, b: { p50: number } | null) => (a === null || b === null || b.p50 === 0 ? null : significant(a.p50 / b.p50, 3));
+    return { rate_mib_s, dwcp: ours, direct: ref, ratio: { total_p50: ratio(ours.total_ms, ref.total_ms), qemu_downtime_p50: ratio(ours.qemu_downtime_ms, ref.qemu_downtime_ms), tick_gap_wall_p50: ratio(ours.tick_gap_wall_ms, ref.tick_gap_wall_ms) } };
+  });
+  const fmt = (s: { p50: number; p99: number } | null) => (s === null ? '-' : `${s.p50}/${s.p99}`);
+  const rows = summary.flatMap((s) =>
+    (['dwcp', 'direct'] as const).map((k) => [`${s.rate_mib_s} MiB/s ${k}`, `${s[k].converged}/${s[k].runs}`, fmt(s[k].total_ms), fmt(s[k].qemu_downtime_ms), fmt(s[k].tick_gap_guest_ms), fmt(s[k].tick_gap_wall_ms), k === 'dwcp' ? `${s.ratio.total_p50 ?? '-'} / ${s.ratio.qemu_downtime_p50 ?? '-'}` : '']),
+  );
+  progress(renderTable(['case', 'converged', 'total p50/p99 ms', 'QEMU downtime p50/p99', 'tick gap guest', 'tick gap wall', 'ratio total / downtime'], rows));
+  return {
+    bench: 'migrate',
+    ...facts,
+    options: { runs: o.runs, rates_mib_s: o.rates, memory_mib: o.memoryMiB, downtime_limit_ms: o.downtimeMs, timeout_ms: o.timeoutMs, poll_ms: o.pollMs },
+    ratios: { total_p50: 'dwcp total time / direct total time (above 1: dwcp slower)', qemu_downtime_p50: 'dwcp QEMU downtime / direct (above 1: dwcp longer)', tick_gap_wall_p50: 'largest tick gap seen, dwcp / direct' },
+    results: summary,
+    loadavg_after: machineFacts().loadavg,
+  };
+}
+
+async function viaDwcp(transfer: QemuTransfer, m: FleetMigration, id: string, timeoutMs: number): Promise<{ downtimeMs: number | null; bytes: number }> {
+  const handle = transfer.start({ migration: m, step: 'live', source: { provider: 'qemu', id } });
+  const status = await until('the dwcp transfer', timeoutMs + 60_000, async () => {
+    const s = handle.status();
+    return s.status === 'running' ? undefined : s;
+  });
+  if (status.status === 'failed') throw new Error(status.error ?? 'failed');
+  return { downtimeMs: status.downtimeMs ?? null, bytes: status.bytes };
+}
+
+/** QEMU to QEMU: the same QMP sequence, the source connected to the destination's own sockets. */
+async function direct(from: QemuProvider, to: QemuProvider, id: string, migration: string, o: MigrateOptions): Promise<{ downtimeMs: number | null; bytes: number }> {
+  const { qmp } = await from.migrationSource(id);
+  const [nbd, state] = [await to.incomingEndpoint(migration, 'disk'), await to.incomingEndpoint(migration, 'state')];
+  await startMirror(qmp, nbd);
+  try {
+    await until('the mirror ready', 60_000, async () => ((await mirrorState(qmp))?.ready === true ? true : undefined));
+    const startedAt = Date.now();
+    await startMigration(qmp, state, o.downtimeMs);
+    let armed = false;
+    for (;;) {
+      const info = await migrationInfo(qmp);
+      const verdict = judgeConvergence(info, { startedAt, armed }, Date.now(), { armAfterRounds: ARM_AFTER_ROUNDS, timeoutMs: o.timeoutMs });
+      if (verdict.kind === 'done') return { downtimeMs: info.downtimeMs, bytes: info.transferredBytes };
+      if (verdict.kind === 'failed' || verdict.kind === 'abort') {
+        await cancelMigration(qmp).catch(() => undefined);
+        throw new Error(verdict.why);
+      }
+      if (verdict.kind === 'arm-throttle') {
+        armed = true;
+        await armThrottle(qmp);
+      }
+      await delay(100);
+    }
+  } finally {
+    await stopMirror(qmp);
+  }
+}
+
+export const migrateBench = defineBench<MigrateOptions>({
+  flags: {
+    runs: { default: '10', description: 'migrations per dirty rate and method (dwcp, direct), alternating' },
+    rates: { default: '0,10,50', description: 'guest dirty rates in MiB/s, comma-separated' },
+    'memory-mib': { default: '256', description: "the guest's memory" },
+    'downtime-ms': { default: '300', description: 'downtime limit (--max-downtime)' },
+    'timeout-ms': { default: '120000', description: 'a migration not converged by then is aborted (counted not converged)' },
+    'poll-ms': { default: '10', description: 'how often the serial logs are read for tick lines' },
+  },
+  parse(flags) {
+    const rates = (flags['rates'] ?? '').split(',').map((r) => Number(r.trim()));
+    if (rates.length === 0 || rates.some((r) => !Number.isInteger(r) || r < 0 || r > 1000)) throw new FlagError('rates', `must be whole MiB/s from 0 to 1000, comma-separated, got "${flags['rates']}"`);
+    const memoryMiB = intFlag(flags, 'memory-mib', 64);
+    return { runs: intFlag(flags, 'runs'), rates, memoryMiB, downtimeMs: intFlag(flags, 'downtime-ms'), timeoutMs: intFlag(flags, 'timeout-ms', 1000), pollMs: intFlag(flags, 'poll-ms') };
+  },
+  run: runMigrateBench,
+});
