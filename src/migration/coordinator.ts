@@ -177,7 +177,7 @@ export interface CoordinatorMemory {
   readonly phaseSince: number;
   /** Transfer steps finished in this phase, by this incarnation. */
   readonly steps: readonly TransferStep[];
-  /** The last transfer step's bytes and rounds (what the next transition records). */
+  /** The finished transfer steps' bytes and rounds, summed (what the next transition records). */
   readonly bytes: number;
   readonly rounds: number;
   /** When the source was seen to stop serving, in this incarnation. */
@@ -453,8 +453,9 @@ function transferStep(ctx: TransferContext): string {
     }
     if (transfer.status === 'done' && !steps.includes(transfer.step)) {
       memory.steps = [...steps, transfer.step];
-      memory.bytes = transfer.bytes;
-      memory.rounds = transfer.rounds;
+      // Every finished step's bytes count (warm: the pre-copy rounds and the final delta).
+      memory.bytes += transfer.bytes;
+      memory.rounds += transfer.rounds;
       if (transfer.downtimeMs !== undefined) memory.downtimeMs = transfer.downtimeMs;
     }
   }

@@ -12,12 +12,12 @@
  *   nothing to move: every step is done at once with 0 bytes. This makes the
  *   whole flow (log, coordinator, reconcilers, rollback, restarts) testable
  *   end to end with real daemons and no hypervisor.
- * - `qemu` (the next step, issue 16's transport): warm/cold move the disk
- *   as blob deltas, live carries QEMU's migration stream over
+ * - `qemu` (qemu-transfer.ts): warm/cold move the disk as blob deltas, live
+ *   carries QEMU's migration stream and its disk mirror over
  *   /dwcp/migrate/1.0.0 to the target daemon, which feeds its incoming QEMU.
- *   It implements this interface and `resume` (QEMU `cont` on a paused
- *   source) and reports `targetMayRun` honestly: true once QEMU says
- *   `completed`, or whenever it cannot tell.
+ *   It implements `paused` and `resume` (QEMU `cont` on a paused source) and
+ *   reports `targetMayRun` honestly: true once QEMU says `completed`, or
+ *   whenever it cannot tell.
  *
  * Invariants an implementation keeps: `start` never throws (a failure is a
  * status); a step can be started again from scratch after a failure or a

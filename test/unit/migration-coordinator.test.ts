@@ -128,7 +128,7 @@ describe('coordinator: transfer', () => {
     expect(proposed(done.effects)).toEqual({ kind: 'migration-progress', id: 'm1', phase: 'cutover', facts: { bytes: 4096, rounds: 1, pausedAt: 500 }, at: 900 });
   });
 
-  it('warm: pre-copies while the source runs, then stops it, then the final delta', () => {
+  it('warm: pre-copies while the source runs, then stops it, then the final delta; the facts sum both steps', () => {
     const m = migration('transfer', 'warm');
     const a = step(m, { source: RUNNING });
     expect(short(a.effects)).toEqual(['start-transfer:precopy']);
@@ -139,7 +139,8 @@ describe('coordinator: transfer', () => {
     const d = step(m, { source: STOPPED, transfer: transfer('precopy', 'done'), memory: c.memory, now: 100 });
     expect(short(d.effects)).toEqual(['start-transfer:final']);
     const e = step(m, { source: STOPPED, transfer: transfer('final', 'done', { bytes: 50, rounds: 4 }), memory: d.memory, now: 200 });
-    expect(proposed(e.effects)).toMatchObject({ phase: 'cutover', facts: { bytes: 50, rounds: 4, pausedAt: 100 } });
+    // The pre-copy's bytes and rounds count with the final delta's.
+    expect(proposed(e.effects)).toMatchObject({ phase: 'cutover', facts: { bytes: 1050, rounds: 7, pausedAt: 100 } });
   });
 
   it('live: one transfer while the source runs; at its end the hypervisor paused the source; the downtime it measured is recorded', () => {
