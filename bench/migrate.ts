@@ -37,7 +37,7 @@ import { QemuProvider } from '../src/cloud/qemu/qemu-provider.ts';
 import type { FleetMigration } from '../src/fleet/migrations.ts';
 import { createLogger } from '../src/log.ts';
 import { DEFAULT_CONVERGENCE, judgeConvergence } from '../src/migration/convergence.ts';
-import { MigrateService } from '../src/migration/migrate-service.ts';
+import { MigrateService, type LiveCodec } from '../src/migration/migrate-service.ts';
 import { QemuTransfer } from '../src/migration/qemu-transfer.ts';
 import { guestImagesDir, GUEST_IMAGE } from '../test/support/qemu.ts';
 import { defineBench, FlagError, intFlag, machineFacts, progress, quantile, renderTable, significant } from './run.ts';
@@ -50,6 +50,7 @@ export interface MigrateOptions {
   downtimeMs: number;
   timeoutMs: number;
   pollMs: number;
+  codec: LiveCodec;
 }
 
 interface Run {
@@ -198,6 +199,7 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
       qemu: () => self.provider,
       store: { current: () => undefined, currentManifest: () => undefined, readValue: async function* () {} } as never,
       log,
+      codec: o.codec,
     });
   const services = new Map<string, MigrateService>([
     ['a', service(sides[0] as Side, hostA, sides[1] as Side, hostB)],
@@ -206,7 +208,7 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
   for (const s of services.values()) await s.start();
   await hostA.dial(hostB.getMultiaddrs()[0] as never);
   const transfers = new Map(
-    sides.map((side) => [side.name, new QemuTransfer({ guests: () => side.provider, channels: services.get(side.name) as MigrateService, blob: {} as never, convergence: { armAfterRounds: ARM_AFTER_ROUNDS, timeoutMs: o.timeoutMs }, log })]),
+    sides.map((side) => [side.name, new QemuTransfer({ guests: () => side.provider, channels: services.get(side.name) as MigrateService, codec: o.codec, blob: {} as never, convergence: { armAfterRounds: ARM_AFTER_ROUNDS, timeoutMs: o.timeoutMs }, log })]),
   );
 
   const results: { rate_mib_s: number; runs: Run[] }[] = [];
@@ -296,7 +298,7 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
   return {
     bench: 'migrate',
     ...facts,
-    options: { runs: o.runs, rates_mib_s: o.rates, memory_mib: o.memoryMiB, downtime_limit_ms: o.downtimeMs, timeout_ms: o.timeoutMs, poll_ms: o.pollMs },
+    options: { runs: o.runs, codec: o.codec, rates_mib_s: o.rates, memory_mib: o.memoryMiB, downtime_limit_ms: o.downtimeMs, timeout_ms: o.timeoutMs, poll_ms: o.pollMs },
     ratios: { total_p50: 'dwcp total time / direct total time (above 1: dwcp slower)', qemu_downtime_p50: 'dwcp QEMU downtime / direct (above 1: dwcp longer)', tick_gap_wall_p50: 'largest tick gap seen, dwcp / direct' },
     results: summary,
     loadavg_after: machineFacts().loadavg,
@@ -350,12 +352,15 @@ export const migrateBench = defineBench<MigrateOptions>({
     'downtime-ms': { default: '300', description: 'downtime limit (--max-downtime)' },
     'timeout-ms': { default: '120000', description: 'a migration not converged by then is aborted (counted not converged)' },
     'poll-ms': { default: '10', description: 'how often the serial logs are read for tick lines' },
+    codec: { default: 'lz4', description: 'how the transport compresses the live channels: lz4 or none' },
   },
   parse(flags) {
     const rates = (flags['rates'] ?? '').split(',').map((r) => Number(r.trim()));
     if (rates.length === 0 || rates.some((r) => !Number.isInteger(r) || r < 0 || r > 1000)) throw new FlagError('rates', `must be whole MiB/s from 0 to 1000, comma-separated, got "${flags['rates']}"`);
     const memoryMiB = intFlag(flags, 'memory-mib', 64);
-    return { runs: intFlag(flags, 'runs'), rates, memoryMiB, downtimeMs: intFlag(flags, 'downtime-ms'), timeoutMs: intFlag(flags, 'timeout-ms', 1000), pollMs: intFlag(flags, 'poll-ms') };
+    const codec = flags['codec'];
+    if (codec !== 'lz4' && codec !== 'none') throw new FlagError('codec', `must be lz4 or none, got "${codec}"`);
+    return { runs: intFlag(flags, 'runs'), rates, memoryMiB, downtimeMs: intFlag(flags, 'downtime-ms'), timeoutMs: intFlag(flags, 'timeout-ms', 1000), pollMs: intFlag(flags, 'poll-ms'), codec };
   },
   run: runMigrateBench,
 });

@@ -177,10 +177,12 @@ export class Daemon {
       store: parts.blob.store,
       log: migrationLog,
       events: frameEventsFor(parts.metrics, MIGRATE_PROTOCOL),
+      codec: config.fleet.migration.liveCodec,
     });
     const qemuTransfer = new QemuTransfer({
       guests: (name) => parts.cloud.migrationGuests(name),
       channels: this.#migrate,
+      codec: config.fleet.migration.liveCodec,
       blob: parts.blob,
       convergence: { armAfterRounds: config.fleet.migration.autoConvergeAfterRounds, timeoutMs: config.fleet.migration.convergeTimeoutMs },
       log: migrationLog,

@@ -63,6 +63,8 @@ export const FleetSettingsSchema = z
         autoConvergeAfterRounds: z.number().int().min(1).max(1_000).default(DEFAULT_CONVERGENCE.armAfterRounds),
         /** qemu live: from the migrate command to aborting (and rolling back) a migration that has not converged. */
         convergeTimeoutMs: z.number().int().min(1_000).max(86_400_000).default(DEFAULT_CONVERGENCE.timeoutMs),
+        /** qemu live: how this daemon compresses the migration stream and disk mirror it sends (each frame says how, so the two ends may differ). */
+        liveCodec: z.enum(['lz4', 'none']).default('lz4'),
       })
       .default({
         maxConcurrentPerRegion: DEFAULT_MAX_MIGRATIONS_PER_REGION,
@@ -72,6 +74,7 @@ export const FleetSettingsSchema = z
         cleanupTimeoutMs: DEFAULT_COORDINATOR_OPTIONS.cleanupTimeoutMs,
         autoConvergeAfterRounds: DEFAULT_CONVERGENCE.armAfterRounds,
         convergeTimeoutMs: DEFAULT_CONVERGENCE.timeoutMs,
+        liveCodec: 'lz4',
       }),
   })
   .superRefine((f, ctx) => {

@@ -39,7 +39,8 @@ import { DwcpError, isDwcpErrorCode } from '../errors.ts';
 import type { FleetMigration } from '../fleet/migrations.ts';
 import { FramedStream, type FrameEvents } from '../net/framing.ts';
 import type { ProtocolHost } from '../net/host.ts';
-import { FieldError, loadProto, protoSchema, requireBytes, requireEnum, requireMessage, requireString, type MessageSchema } from '../net/schema.ts';
+import { FieldError, loadProto, protoSchema, requireBytes, requireEnum, requireMessage, requireString, requireUint, type MessageSchema } from '../net/schema.ts';
+import { codecFor, type CodecName } from '../codec/codecs.ts';
 
 export const MIGRATE_PROTOCOL = '/dwcp/migrate/1.0.0';
 export const MIGRATE_CHANNELS = ['state', 'disk', 'disk-image'] as const;
@@ -50,7 +51,7 @@ const CHUNK_BYTES = 256 * 1024;
 const MAX_FRAME_BYTES = CHUNK_BYTES + 1024;
 const MAX_TEXT = 1024;
 /** A socket's reads pause while this much waits for its stream. */
-const PIPE_BUFFER_BYTES = 2 * 1024 * 1024;
+const PIPE_BUFFER_BYTES = 512 * 1024;
 const OPEN_TIMEOUT_MS = 10_000;
 /** How long the target may take to answer an Open: a disk-image answer comes after the disk is written. */
 const ANSWER_TIMEOUT_MS = 600_000;
@@ -60,7 +61,7 @@ export type MigrateMessage =
   | { kind: 'open'; open: { migration: string; channel: MigrateChannel; key: string; version: string } }
   | { kind: 'accept'; accept: Record<string, never> }
   | { kind: 'refuse'; refuse: { code: string; message: string } }
-  | { kind: 'data'; data: { chunk: Uint8Array } };
+  | { kind: 'data'; data: { chunk: Uint8Array; rawLength: number } };
 
 const proto = loadProto(new URL('./proto/migrate.proto', import.meta.url));
 
@@ -89,7 +90,7 @@ function validate(o: Record<string, unknown>): MigrateMessage {
         }),
       };
     case 'data':
-      return { kind, data: requireMessage(o, kind, (m) => ({ chunk: requireBytes(m, 'chunk', { max: CHUNK_BYTES }) })) };
+      return { kind, data: requireMessage(o, kind, (m) => ({ chunk: requireBytes(m, 'chunk', { max: CHUNK_BYTES }), rawLength: requireUint(m, 'rawLength', { max: CHUNK_BYTES }) })) };
   }
 }
 
@@ -108,9 +109,14 @@ export interface MigrateServiceOptions {
   readonly store: Pick<BlobStore, 'current' | 'currentManifest' | 'readValue'>;
   readonly log: Logger;
   readonly events?: FrameEvents;
+  /** How the state and disk channels' Data frames are compressed by this end (each frame says how it was, so the ends may differ). */
+  readonly codec?: LiveCodec;
 }
 
-/** Bytes a pipe moved each way. */
+/** lz4: each Data frame LZ4-compressed when that makes it at least 1/8 smaller; none: as they are. */
+export type LiveCodec = Extract<CodecName, 'lz4' | 'none'>;
+
+/** Bytes a pipe moved each way (as the sockets saw them, before compression). */
 export interface PipeCounts {
   sent: number;
   received: number;
@@ -210,7 +216,7 @@ export class MigrateService {
       const socket = await connectUnix(path);
       await ch.write({ kind: 'accept', accept: {} });
       log.info({ member: member.name, migration: open.migration, channel: open.channel }, 'migration channel open');
-      const counts = await pipe(ch, socket);
+      const counts = await pipe(ch, socket, undefined, this.#o.codec);
       log.info({ member: member.name, migration: open.migration, channel: open.channel, bytesIn: counts.received, bytesOut: counts.sent }, 'migration channel closed');
     } catch (err) {
       if (ch.stream.status !== 'open') {
@@ -264,7 +270,8 @@ function connectUnix(path: string): Promise<Socket> {
  * both ends closed; rejects (destroying both) when either breaks. `counts`
  * is kept current as bytes move.
  */
-export function pipe(ch: Channel, socket: Socket, counts: PipeCounts = { sent: 0, received: 0 }): Promise<PipeCounts> {
+export function pipe(ch: Channel, socket: Socket, counts: PipeCounts = { sent: 0, received: 0 }, codec: LiveCodec = 'none'): Promise<PipeCounts> {
+  const lz4 = codecFor({ name: 'lz4' });
   const fail = (err: unknown): never => {
     const e = err instanceof Error ? err : new Error(String(err));
     socket.destroy(e);
@@ -318,7 +325,9 @@ export function pipe(ch: Channel, socket: Socket, counts: PipeCounts = { sent: 0
         else queue[0] = head.subarray(take);
       }
       queued -= size;
-      await ch.write({ kind: 'data', data: { chunk: parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, size) } });
+      const raw = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, size);
+      const packed = codec === 'lz4' ? await lz4.compress(raw) : null;
+      await ch.write({ kind: 'data', data: packed !== null && packed.byteLength <= size - size / 8 ? { chunk: packed, rawLength: size } : { chunk: raw, rawLength: 0 } });
       counts.sent += size;
       if (queued <= PIPE_BUFFER_BYTES && socket.isPaused()) socket.resume();
     }
@@ -330,8 +339,9 @@ export function pipe(ch: Channel, socket: Socket, counts: PipeCounts = { sent: 0
       const msg = await ch.read();
       if (msg === undefined) break;
       if (msg.kind !== 'data') throw new DwcpError('invalid', `a ${msg.kind} inside the data of a migrate channel`);
-      counts.received += msg.data.chunk.byteLength;
-      if (!socket.write(msg.data.chunk)) {
+      const bytes = msg.data.rawLength === 0 ? msg.data.chunk : await lz4.decompress(msg.data.chunk, msg.data.rawLength);
+      counts.received += bytes.byteLength;
+      if (!socket.write(bytes)) {
         await new Promise<void>((resolve, reject) => {
           const onDrain = (): void => {
             socket.off('close', onClose);

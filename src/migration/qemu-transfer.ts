@@ -44,7 +44,7 @@ import type { QemuMigrationGuests } from '../cloud/qemu/qemu-provider.ts';
 import type { Logger } from '../log.ts';
 import type { TransferStatus, TransferStep } from './coordinator.ts';
 import { DEFAULT_CONVERGENCE, judgeConvergence, type ConvergenceOptions } from './convergence.ts';
-import { pipe, type MigrateChannel, type MigrateService, type PipeCounts } from './migrate-service.ts';
+import { pipe, type LiveCodec, type MigrateChannel, type MigrateService, type PipeCounts } from './migrate-service.ts';
 import type { MigrationTransfer, TransferHandle, TransferRequest } from './transfer.ts';
 
 /** QEMU's own default downtime limit, used when the migration names none. */
@@ -56,6 +56,8 @@ export interface QemuTransferOptions {
   /** This node's qemu provider of a configured name. */
   guests(provider: string): QemuMigrationGuests | undefined;
   readonly channels: Pick<MigrateService, 'open'>;
+  /** How this end compresses the live channels' frames. */
+  readonly codec?: LiveCodec;
   readonly blob: Pick<BlobService, 'put' | 'remove'>;
   readonly convergence?: ConvergenceOptions;
   /** Warm: pre-copy rounds at most. */
@@ -165,7 +167,7 @@ class StepRun implements TransferHandle {
           const ch = await this.#o.channels.open(m.target.region, m.id, channel, { signal });
           const c: PipeCounts = { sent: 0, received: 0 };
           counts.push(c);
-          const piped = pipe(ch, socket, c);
+          const piped = pipe(ch, socket, c, this.#o.codec);
           pipes.push(piped);
           await piped;
         } catch (err) {

@@ -22,9 +22,10 @@ import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FleetDesiredVm, MigrationInfo } from '../../src/admin/schema.ts';
+import type { MigrationInfo } from '../../src/admin/schema.ts';
 import { readProcess } from '../../src/cloud/qemu/procfs.ts';
 import { GUEST_IMAGE, guestImagesDir } from '../support/qemu.ts';
+import { fleetCtl } from './fleet-ctl.ts';
 import { RaftCluster } from './raft-cluster.ts';
 import { eventually, metricValue, type CtlResult } from './harness.ts';
 
@@ -33,24 +34,7 @@ const SETTLE_MS = 120_000;
 
 let cluster: RaftCluster;
 
-function ctl(i: number, ...args: string[]): Promise<CtlResult> {
-  return cluster.ctl(i, '--timeout', '60s', ...args);
-}
-
-async function json<T>(i: number, ...args: string[]): Promise<T> {
-  const res = await ctl(i, ...args, '--json');
-  expect(res.stderr, `n${i + 1}: ${args.join(' ')}`).toBe('');
-  return JSON.parse(res.stdout) as T;
-}
-
-const desired = async (i: number, name: string): Promise<FleetDesiredVm | undefined> => (await json<{ vms: FleetDesiredVm[] }>(i, 'vm', 'list', '--desired', name)).vms[0];
-
-async function runningAt(i: number, name: string, region: string, generation: string): Promise<void> {
-  await eventually(`${name} running at ${region} g${generation} (seen from n${i + 1})`, SETTLE_MS, async () => {
-    const vm = await desired(i, name);
-    return vm?.region === region && vm.generation === generation && vm.status === 'running' ? vm : undefined;
-  }, 250);
-}
+const { ctl, json, desired, runningAt } = fleetCtl(() => cluster, SETTLE_MS);
 
 /** The QEMU processes running under `dir` (a node's data directory, or the whole test's): guest id and pid. */
 async function qemuProcesses(dir: string): Promise<{ id: string; pid: number }[]> {

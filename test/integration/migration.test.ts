@@ -23,9 +23,10 @@
  * with generous deadlines.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FleetDesiredVm, FleetVm, MigrationInfo } from '../../src/admin/schema.ts';
+import type { FleetVm, MigrationInfo } from '../../src/admin/schema.ts';
+import { fleetCtl } from './fleet-ctl.ts';
 import { RaftCluster } from './raft-cluster.ts';
-import { eventually, metricValue, type CtlResult } from './harness.ts';
+import { eventually, metricValue } from './harness.ts';
 
 /** Starts and stops at n1 take this long (the local provider's transition delay). */
 const SLOW_MS = 5_000;
@@ -34,17 +35,7 @@ const SETTLE_MS = 45_000;
 
 let cluster: RaftCluster;
 
-function ctl(i: number, ...args: string[]): Promise<CtlResult> {
-  return cluster.ctl(i, '--timeout', '60s', ...args);
-}
-
-async function json<T>(i: number, ...args: string[]): Promise<T> {
-  const res = await ctl(i, ...args, '--json');
-  expect(res.stderr, `n${i + 1}: ${args.join(' ')}`).toBe('');
-  return JSON.parse(res.stdout) as T;
-}
-
-const desired = async (i: number, name: string): Promise<FleetDesiredVm | undefined> => (await json<{ vms: FleetDesiredVm[] }>(i, 'vm', 'list', '--desired', name)).vms[0];
+const { ctl, json, desired, runningAt } = fleetCtl(() => cluster, SETTLE_MS);
 const status = (i: number, id: string): Promise<MigrationInfo> => json<MigrationInfo>(i, 'migration', 'status', id);
 /** Every region's copies of a VM, as node i sees the fleet. */
 const copies = async (i: number, name: string): Promise<FleetVm[]> => (await json<{ vms: FleetVm[] }>(i, 'vm', 'list', '--all')).vms.filter((v) => v.desired_vm === name);
@@ -54,12 +45,6 @@ async function create(i: number, name: string, regions: string): Promise<string>
   return res.region;
 }
 
-async function runningAt(i: number, name: string, region: string, generation: string): Promise<void> {
-  await eventually(`${name} running at ${region} g${generation} (seen from n${i + 1})`, SETTLE_MS, async () => {
-    const vm = await desired(i, name);
-    return vm?.region === region && vm.generation === generation && vm.status === 'running' ? vm : undefined;
-  });
-}
 
 /** Exactly one copy of the VM runs in the whole fleet, and it is at `region`; no other copy is left but terminated ones. */
 async function oneRunningCopy(i: number, name: string, region: string): Promise<void> {

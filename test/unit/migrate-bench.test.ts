@@ -5,27 +5,15 @@
  * the tick gap measured, the ratios formed) and that a bad flag is refused
  * by name. Says nothing about speed.
  */
-import { execFile } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-
-const RUN = fileURLToPath(new URL('../../bench/run.ts', import.meta.url));
-
-function bench(args: string[], timeout: number): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [RUN, ...args], { timeout }, (err, stdout, stderr) => {
-      if (err !== null && typeof err.code !== 'number') reject(err);
-      else resolve({ code: err === null ? 0 : Number(err.code), stdout, stderr });
-    });
-  });
-}
+import { runBench } from '../support/bench-cli.ts';
 
 const nonNegative = expect.toSatisfy((v: unknown) => typeof v === 'number' && Number.isFinite(v) && v >= 0);
 const stats = { n: 1, p50: nonNegative, p99: nonNegative, max: nonNegative };
 
 describe('bench migrate', () => {
   it('prints one JSON document: one live migration each way, through dwcp and direct, both converged and measured', async () => {
-    const { code, stdout, stderr } = await bench(['migrate', '--runs', '1', '--rates', '0', '--memory-mib', '128'], 280_000);
+    const { code, stdout, stderr } = await runBench(['migrate', '--runs', '1', '--rates', '0', '--memory-mib', '128'], { timeout: 280_000 });
     expect(code, stderr).toBe(0);
     const result = JSON.parse(stdout) as object;
     const side = { runs: 1, converged: 1, errors: [], total_ms: stats, qemu_downtime_ms: stats, tick_gap_guest_ms: stats, tick_gap_wall_ms: stats, wire_bytes: stats };
@@ -40,7 +28,7 @@ describe('bench migrate', () => {
   }, 300_000);
 
   it('refuses a bad flag by name', async () => {
-    const { code, stderr } = await bench(['migrate', '--rates', '5,x'], 20_000);
+    const { code, stderr } = await runBench(['migrate', '--rates', '5,x']);
     expect(code).toBe(2);
     expect(stderr).toContain('--rates: must be whole MiB/s from 0 to 1000');
   });

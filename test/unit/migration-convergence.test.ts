@@ -46,13 +46,13 @@ describe('/dwcp/migrate/1.0.0 messages', () => {
     expect(MigrateMessageSchema.decode(MigrateMessageSchema.encode(open))).toEqual(open);
     const refuse = { kind: 'refuse', refuse: { code: 'invalid', message: 'migration m1 is in cutover, not transferring' } } as const;
     expect(MigrateMessageSchema.decode(MigrateMessageSchema.encode(refuse))).toEqual(refuse);
-    const data = MigrateMessageSchema.decode(MigrateMessageSchema.encode({ kind: 'data', data: { chunk: new Uint8Array([1, 2, 3]) } }));
+    const data = MigrateMessageSchema.decode(MigrateMessageSchema.encode({ kind: 'data', data: { chunk: new Uint8Array([1, 2, 3]), rawLength: 0 } }));
     expect(data).toMatchObject({ kind: 'data' });
   });
 
   it('refuses an unknown channel, a chunk above the limit and a refusal with no error code, naming the field', () => {
     expect(() => MigrateMessageSchema.encode({ kind: 'open', open: { migration: 'm1', channel: 'memory' as 'state', key: '', version: '' } })).toThrow(/channel/);
-    expect(() => MigrateMessageSchema.encode({ kind: 'data', data: { chunk: new Uint8Array(256 * 1024 + 1) } })).toThrow(/field data.chunk is 262145 bytes long, above the 262144-byte limit/);
+    expect(() => MigrateMessageSchema.encode({ kind: 'data', data: { chunk: new Uint8Array(256 * 1024 + 1), rawLength: 0 } })).toThrow(/field data.chunk is 262145 bytes long, above the 262144-byte limit/);
     expect(() => MigrateMessageSchema.encode({ kind: 'refuse', refuse: { code: 'nope', message: '' } })).toThrow(/refuse.code is "nope", not an error code/);
   });
 });
