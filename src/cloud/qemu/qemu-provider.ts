@@ -35,6 +35,11 @@
  *   so installing QEMU needs no restart.
  * - close() lets go of the guests (QMP connections closed, waits abandoned)
  *   and never stops them: they run on until the next dwcpd adopts them.
+ * - A migration's incoming guest (create with `incoming`) never boots
+ *   before its migration says so: for live a QEMU started `-S -incoming
+ *   defer` (reported stopped, holding its memory) that runs only once its
+ *   stream completed; for cold and warm a disk and no process until a
+ *   start after the cutover (docs/qemu.md, Receiving a migration).
  */
 import { randomBytes } from 'node:crypto';
 import { execFile, type ChildProcess } from 'node:child_process';
