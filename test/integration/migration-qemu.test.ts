@@ -11,9 +11,10 @@
  *   where n1's stopped (no reboot), with QEMU's downtime recorded;
  * - warm n2 → n1: the disk moves as blob deltas, the guest boots at n1, the
  *   old QEMU is gone;
- * - faults: kill -9 of the target daemon during a live transfer, and a
- *   cancel during one, roll back: the source's QEMU runs on (never paused
- *   for good), the target's QEMU is gone, its disk and the reservation too.
+ * - faults: kill -9 of the target daemon during a live transfer, a cancel
+ *   during one, and a destination QEMU that fails to start, roll back: the
+ *   source's QEMU runs on (never paused for good), the target's QEMU is
+ *   gone, its disk and the reservation too.
  *
  * QEMU processes are found by their command line (`-name guest=<id>` under
  * each daemon's data directory), so "exactly one running" is the OS's word.
@@ -105,6 +106,7 @@ async function testImages(root: string): Promise<string> {
 }
 
 const BUSY_DIRTY_MIB_S = 20;
+const FAIL_INCOMING = 'fail-incoming';
 
 /** Where the test's files are: every QEMU under it is the test's. */
 let root: string;
@@ -112,7 +114,10 @@ let root: string;
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'dwcp-migq-images-'));
   const images = await testImages(root);
-  const qemu = (i: number) => ({ kind: 'qemu', region: `dc${i + 1}`, accel: 'tcg', imageDir: images, capacity: { vcpus: 2, memoryGiB: 2, diskGiB: 20 }, inventoryIntervalMs: 500, utilisationIntervalMs: 0, stopTimeoutMs: 60_000 });
+  // QEMU through a wrapper that refuses to start a migration's destination while the test says so (the file FAIL_INCOMING exists).
+  const wrapper = join(root, 'qemu-wrapper.sh');
+  await writeFile(wrapper, `#!/bin/sh\ncase " $* " in *" -incoming "*) if [ -e ${join(root, FAIL_INCOMING)} ]; then echo "qemu-wrapper: refusing a destination QEMU (test)" >&2; exit 1; fi;; esac\nexec qemu-system-x86_64 "$@"\n`, { mode: 0o755 });
+  const qemu = (i: number) => ({ kind: 'qemu', region: `dc${i + 1}`, binary: wrapper, accel: 'tcg', imageDir: images, capacity: { vcpus: 2, memoryGiB: 2, diskGiB: 20 }, inventoryIntervalMs: 500, utilisationIntervalMs: 0, stopTimeoutMs: 60_000 });
   cluster = await RaftCluster.start('migq', 3, {
     extra: (i) => ({
       clouds: { providers: i < 2 ? [qemu(i)] : [{ kind: 'local', region: 'dc3', capacity: { vcpus: 8, memoryGiB: 16, diskGiB: 100 }, inventoryIntervalMs: 500 }] },
@@ -123,7 +128,7 @@ beforeAll(async () => {
         backoffBaseMs: 100,
         backoffCapMs: 1_000,
         // A live migration that does not converge holds in its transfer (the faults act on it there): auto-converge never arms.
-        migration: { prepareTimeoutMs: 60_000, verifyTimeoutMs: 60_000, cleanupTimeoutMs: 120_000, transferIdleTimeoutMs: 60_000, autoConvergeAfterRounds: 1_000, convergeTimeoutMs: 600_000 },
+        migration: { prepareTimeoutMs: 30_000, verifyTimeoutMs: 60_000, cleanupTimeoutMs: 120_000, transferIdleTimeoutMs: 60_000, autoConvergeAfterRounds: 1_000, convergeTimeoutMs: 600_000 },
       },
     }),
   });
@@ -249,5 +254,19 @@ describe('qemu → qemu migrations between real daemons (TCG guests)', () => {
     expect(cancelled).toMatchObject({ phase: 'rolling-back' });
     await rolledBack(id, from, to, source, /cancelled by operator/, true);
     expect((await run).code).toBe(1);
+  }, 600_000);
+
+  it('the target QEMU fails to start: nothing is prepared, the migration rolls back, the source runs on, the target keeps no QEMU or disk', async () => {
+    const { from, to, source } = await busyGuest();
+    await writeFile(join(root, FAIL_INCOMING), '');
+    try {
+      const { id, run } = await migrate(2, 'web2', '--to', `n${to + 1}`, '--mode', 'live');
+      // Either the coordinator never saw a prepared copy, or it saw the create under way and its transfer found no destination: both roll back.
+      await rolledBack(id, from, to, source, /did not prepare a copy of web2 within 30 s|no qemu VM here receives migration/, true);
+      expect((await run).code).toBe(1);
+      await cluster.daemon(to).waitForLog((l) => String(l.err ?? l.reason ?? '').includes('qemu-wrapper: refusing a destination QEMU'), `n${to + 1} logs why its QEMU did not start`);
+    } finally {
+      await rm(join(root, FAIL_INCOMING), { force: true });
+    }
   }, 600_000);
 });
