@@ -1,8 +1,9 @@
 /**
  * The fleet's log vocabulary: the typed commands that change desired state
  * (register a region's declared capacity, create a VM, assign it, set its
- * power state, delete it, purge its tombstone, set the policy set, and the
- * four steps of a migration, whose schemas live in migrations.ts), their
+ * power state, delete it, purge its tombstone, set the policy set, the
+ * four steps of a migration, whose schemas live in migrations.ts, and DR
+ * protection and failover, whose schemas live in protection.ts), their
  * results, and one deterministic encoding for log entries.
  *
  * Encoding: FLEET_ENTRY_MAGIC (5 bytes: 0x00 "flt" and a version byte) then
@@ -32,6 +33,7 @@ import { formatIssue, pathString } from '../config/issues.ts';
 import { FLEET_MAX_HOURLY_USD, FleetVmSpecSchema, fleetName, labels, normaliseSpec, sortedRecord } from './spec.ts';
 import { POLICY_OPERATIONS, PoliciesSchema, normalisePolicies } from '../policy/document.ts';
 import { MAX_MIGRATIONS_PER_REGION, MigrationCutoverSchema, MigrationEndSchema, MigrationProgressSchema, MigrationStartSchema } from './migrations.ts';
+import { FailoverSchema, ProtectSchema, UnprotectSchema } from './protection.ts';
 
 /** 0x00 'f' 'l' 't' and the encoding version. */
 export const FLEET_ENTRY_MAGIC: Uint8Array = Uint8Array.of(0x00, 0x66, 0x6c, 0x74, 0x01);
@@ -166,6 +168,9 @@ export const FleetCommandSchema = z.discriminatedUnion('kind', [
   MigrationProgressSchema,
   MigrationCutoverSchema,
   MigrationEndSchema,
+  ProtectSchema,
+  UnprotectSchema,
+  FailoverSchema,
 ]);
 
 export type FleetCommand = z.infer<typeof FleetCommandSchema>;
@@ -190,6 +195,9 @@ export const FLEET_COMMAND_KINDS = [
   'migration-progress',
   'migration-cutover',
   'migration-end',
+  'protect',
+  'unprotect',
+  'failover',
 ] as const satisfies readonly FleetCommandKind[];
 
 /** Every way apply can refuse a command; stable words for callers and metrics. */
@@ -220,6 +228,8 @@ export const FLEET_REJECT_CODES = [
   'migration_unsupported',
   'unknown_migration',
   'migration_phase',
+  /** unprotect or failover of a VM that is not protected. */
+  'not_protected',
 ] as const;
 export type FleetRejectCode = (typeof FLEET_REJECT_CODES)[number];
 

@@ -100,6 +100,8 @@ export const MigrationStartSchema = z.strictObject({
   mode: z.enum(MIGRATION_MODES),
   /** live: the downtime QEMU may take for the final stop-and-copy. */
   maxDowntimeMs: z.number().int().min(1).max(MIGRATION_MAX_DOWNTIME_MS).optional(),
+  /** A DR failback (src/fleet/protection.ts): checked as policy operation failback; its cutover clears the failover record. */
+  purpose: z.literal('failback').optional(),
   at,
 });
 
@@ -157,6 +159,8 @@ export interface FleetMigration {
   readonly source: MigrationEndpoint;
   readonly target: MigrationEndpoint;
   readonly maxDowntimeMs: number | null;
+  /** Set for a DR failback; absent for an operator's migration. */
+  readonly purpose?: 'failback';
   readonly phase: MigrationPhase;
   readonly facts: MigrationFacts;
   /** Why it is rolling back or ended as it did; null while all goes well. */
@@ -179,6 +183,7 @@ export const FleetMigrationSchema = z.strictObject({
   source: MigrationEndpointSchema,
   target: MigrationEndpointSchema,
   maxDowntimeMs: z.number().int().min(1).max(MIGRATION_MAX_DOWNTIME_MS).nullable(),
+  purpose: z.literal('failback').optional(),
   phase: z.enum(MIGRATION_PHASES),
   facts: MigrationFactsSchema,
   reason: reason.nullable(),

@@ -43,6 +43,11 @@
  *   migration-cutover) passes the same constraint, policy and anti-affinity
  *   checks (#choiceRefusal); a migration is checked as operation `migrate`,
  *   at its start and again at its cutover.
+ * - DR (protection.ts): protect checks the DR region as policy operation
+ *   failover; failover moves a protected VM to its DR region at generation
+ *   + 1 and only from the generation its proposer saw (one proposal per loss
+ *   wins); a failback is a migration with purpose failback (operation
+ *   failback); any move clears the failover record.
  * - Bounds: limits.maxVms VM records (tombstones included), limits.maxRegions
  *   regions, FLEET_MAX_PROVIDERS_PER_REGION providers per region.
  *
@@ -104,6 +109,7 @@ import {
   type MigrationResult,
   type MigrationStartCommand,
 } from './migrations.ts';
+import { FleetProtectionSchema, resolveDrProvider, type FailoverCommand, type FleetProtection, type ProtectCommand } from './protection.ts';
 
 export const FLEET_DEFAULT_MAX_VMS = 1_048_576;
 export const FLEET_DEFAULT_MAX_REGIONS = 4096;
@@ -160,6 +166,8 @@ export interface FleetVm {
   readonly generation: number;
   /** Deleted: reserves nothing; the region's reconciler terminates the copy, then a purge drops the record. */
   readonly deleted: boolean;
+  /** DR protection (protection.ts); null when unprotected. */
+  readonly protection: FleetProtection | null;
 }
 
 export type FleetGroupKind = 'anti-affinity' | 'spread';
@@ -243,7 +251,7 @@ function regionFromCommand(cmd: RegisterRegionCommand): FleetRegion {
 }
 
 function copyVm(vm: MutableVm): FleetVm {
-  return { name: vm.name, spec: vm.spec, power: vm.power, assignment: vm.assignment, generation: vm.generation, deleted: vm.deleted };
+  return { name: vm.name, spec: vm.spec, power: vm.power, assignment: vm.assignment, generation: vm.generation, deleted: vm.deleted, protection: vm.protection };
 }
 
 export class FleetStateMachine implements FleetState {
@@ -415,6 +423,17 @@ export class FleetStateMachine implements FleetState {
       }
       case 'migration-cutover':
         return this.#cutover(cmd.id, cmd.facts, cmd.at);
+      case 'protect':
+        return this.#protect(cmd);
+      case 'unprotect': {
+        const vm = this.#live(cmd.vm);
+        if ('code' in vm) return vm;
+        // Unprotecting twice is a retry, not a mistake.
+        vm.protection = null;
+        return { ok: true, kind: cmd.kind, vm: vm.name };
+      }
+      case 'failover':
+        return this.#failover(cmd);
       case 'migration-end': {
         const ended = this.#history.find((h) => h.id === cmd.id);
         if (ended !== undefined) {
@@ -474,7 +493,7 @@ export class FleetStateMachine implements FleetState {
     if (old === undefined && this.#vms.size >= this.limits.maxVms) return reject('limit_reached', `the fleet holds ${this.#vms.size} VM records, its limit; purge deleted VMs or raise the limit`);
     // A new incarnation over a tombstone keeps the generation floor, so a copy of the old one is still fenced off.
     if (old !== undefined && old.assignment !== null) this.#index(old.name, old.assignment.region, -1);
-    this.#vms.set(spec.name, { name: spec.name, spec, power, assignment: null, generation: old?.generation ?? 0, deleted: false });
+    this.#vms.set(spec.name, { name: spec.name, spec, power, assignment: null, generation: old?.generation ?? 0, deleted: false, protection: null });
     return { ok: true, kind: 'create', vm: spec.name };
   }
 
@@ -524,20 +543,80 @@ export class FleetStateMachine implements FleetState {
     if ('code' in found) return found;
     const refused = this.#choiceRefusal(vm, found.region, found.provider, operation.operation);
     if (refused !== null) return refused;
+    const short = this.#move(vm, regionName, providerName, generation);
+    if (short !== null) return short;
+    return { ok: true, kind: 'assign', vm: name, region: regionName, generation };
+  }
+
+  /** Moves a live VM's assignment (the caller checked everything but capacity): the refusal when it does not fit. Clears a failover record: the VM is no longer where the failover put it. */
+  #move(vm: MutableVm, regionName: string, providerName: string, generation: number): Refusal | null {
+    const current = vm.assignment;
     const demand = demandOf(vm.spec);
     const credit = current !== null && current.region === regionName && current.provider === providerName ? demand : ZERO_AMOUNTS;
     const short = this.#ledger.check(regionName, providerName, demand, credit);
-    if (short !== null) return reject('insufficient_capacity', `${regionName}/${providerName} cannot take ${name}: ${describeShortfall(short)}`);
+    if (short !== null) return reject('insufficient_capacity', `${regionName}/${providerName} cannot take ${vm.name}: ${describeShortfall(short)}`);
     if (current !== null) {
       this.#unassign(vm, current);
-      this.#index(name, current.region, -1);
+      this.#index(vm.name, current.region, -1);
     }
-    this.#index(name, regionName, +1);
+    this.#index(vm.name, regionName, +1);
     this.#ledger.reserve(regionName, providerName, demand);
     this.#count(vm.spec, regionName, +1);
     vm.assignment = { region: regionName, provider: providerName, generation };
     vm.generation = generation;
-    return { ok: true, kind: 'assign', vm: name, region: regionName, generation };
+    if (vm.protection?.failedOver != null) vm.protection = { ...vm.protection, failedOver: null };
+    return null;
+  }
+
+  // DR protection (protection.ts).
+
+  #protect(cmd: ProtectCommand): FleetResult {
+    const vm = this.#live(cmd.vm);
+    if ('code' in vm) return vm;
+    const region = this.#regions.get(cmd.drRegion);
+    if (region === undefined) return reject('unknown_region', `no region named ${cmd.drRegion} is registered (the DR region of ${vm.name})`);
+    const a = vm.assignment;
+    const failedOver = vm.protection?.failedOver ?? null;
+    if (failedOver !== null && vm.protection?.drRegion !== cmd.drRegion) return reject('invalid_command', `${vm.name} is failed over to ${vm.protection?.drRegion}; fail it back before choosing another DR region`);
+    if (failedOver === null && a?.region === cmd.drRegion) return reject('invalid_command', `${vm.name} runs in ${cmd.drRegion}; its DR region must be another region`);
+    const currentKind = a === null ? undefined : this.#regions.get(a.region)?.providers.find((p) => p.name === a.provider)?.kind;
+    const drProvider = resolveDrProvider(region.providers, cmd.drProvider, currentKind);
+    const provider = region.providers.find((p) => p.name === drProvider);
+    if (provider === undefined) return reject('unknown_provider', `region ${cmd.drRegion} has no provider ${cmd.drProvider ?? ''} (it has ${region.providers.map((p) => p.name).join(', ')})`);
+    // Asked now, so a failover the policies would refuse is refused before the disaster, not during it.
+    const refused = this.#choiceRefusal(vm, region, provider, 'failover');
+    if (refused !== null) return refused;
+    vm.protection = { drRegion: cmd.drRegion, drProvider: provider.name, rpoMs: cmd.rpoMs, rtoMs: cmd.rtoMs, retentionMs: cmd.retentionMs, failback: cmd.failback, failedOver };
+    return { ok: true, kind: 'protect', vm: vm.name, region: cmd.drRegion };
+  }
+
+  #failover(cmd: FailoverCommand): FleetResult {
+    const vm = this.#live(cmd.vm);
+    if ('code' in vm) return vm;
+    const p = vm.protection;
+    if (p === null) return reject('not_protected', `${vm.name} is not protected; it has no DR region to fail over to`);
+    const a = vm.assignment;
+    if (a === null) return reject('not_assigned', `${vm.name} is not placed; there is nothing to fail over`);
+    // The losers of a race, and proposals made on stale state: the VM already moved on.
+    if (a.region !== cmd.region || a.generation !== cmd.generation) return reject('stale_generation', `${vm.name} is assigned to ${a.region} at generation ${a.generation}, not ${cmd.region} at ${cmd.generation} (failed over already, or moved)`);
+    if (a.region === p.drRegion) return reject('invalid_command', `${vm.name} already runs in its DR region ${p.drRegion}`);
+    const found = this.#provider(p.drRegion, p.drProvider);
+    if ('code' in found) return found;
+    const refused = this.#choiceRefusal(vm, found.region, found.provider, 'failover');
+    if (refused !== null) return refused;
+    const short = this.#ledger.check(p.drRegion, p.drProvider, demandOf(vm.spec));
+    if (short !== null) return reject('insufficient_capacity', `${p.drRegion}/${p.drProvider} cannot take ${vm.name} on failover: ${describeShortfall(short)}`);
+    if (vm.generation >= FLEET_MAX_GENERATION) return reject('stale_generation', `${vm.name} has used every generation`);
+    // A migration under way cannot finish with its source lost: ended first, releasing its reservation.
+    const migration = this.migrationOf(vm.name);
+    if (migration !== undefined) this.#endMigration(migration, 'failed', `${vm.name} failed over to ${p.drRegion}`, migration.facts, cmd.at);
+    const from = vm.assignment;
+    invariant(from !== null, () => `fleet: ${vm.name} lost its assignment while failing over`);
+    const generation = vm.generation + 1;
+    const moved = this.#move(vm, p.drRegion, p.drProvider, generation);
+    invariant(moved === null, () => `fleet: failover of ${vm.name} was checked to fit ${p.drRegion}/${p.drProvider}`);
+    vm.protection = { ...p, failedOver: { from: { region: from.region, provider: from.provider }, generation, reason: cmd.reason, at: cmd.at } };
+    return { ok: true, kind: 'failover', vm: vm.name, region: p.drRegion, generation };
   }
 
   #setPolicy(cmd: SetPolicyCommand): FleetResult {
@@ -602,6 +681,11 @@ export class FleetStateMachine implements FleetState {
     const migrating = this.#migratingRefusal(vm.name, 'cannot start another migration');
     if (migrating !== null) return migrating;
     if (a.generation !== cmd.generation) return reject('stale_generation', `${vm.name} is assigned at generation ${a.generation}, not ${cmd.generation}: plan the migration again on fresh state`);
+    if (cmd.purpose === 'failback') {
+      const f = vm.protection?.failedOver ?? null;
+      if (f === null || a.generation !== f.generation) return reject('not_protected', `${vm.name} is not failed over, so there is nothing to fail back`);
+      if (f.from.region !== cmd.region) return reject('invalid_command', `${vm.name} failed over from ${f.from.region}; a failback goes there, not to ${cmd.region}`);
+    }
     const found = this.#provider(cmd.region, cmd.provider);
     if ('code' in found) return found;
     if (cmd.region === a.region) return reject('migration_unsupported', `${vm.name} already runs in ${a.region}; migrate it to another region`);
@@ -609,7 +693,7 @@ export class FleetStateMachine implements FleetState {
     invariant(source !== undefined, () => `fleet: ${vm.name} is assigned to ${a.region}/${a.provider}, which is not registered`);
     const unsupported = migrationSupportProblem(cmd.mode, source.kind, found.provider.kind);
     if (unsupported !== null) return reject('migration_unsupported', `${vm.name}: ${unsupported}`);
-    const refused = this.#choiceRefusal(vm, found.region, found.provider, 'migrate');
+    const refused = this.#choiceRefusal(vm, found.region, found.provider, cmd.purpose ?? 'migrate');
     if (refused !== null) return refused;
     for (const name of [a.region, cmd.region]) {
       const under = this.#migrationsByRegion.get(name)?.size ?? 0;
@@ -637,6 +721,7 @@ export class FleetStateMachine implements FleetState {
       source: { region: a.region, provider: a.provider, generation: a.generation },
       target: { region: cmd.region, provider: cmd.provider, generation },
       maxDowntimeMs: cmd.maxDowntimeMs ?? null,
+      ...(cmd.purpose === undefined ? {} : { purpose: cmd.purpose }),
       phase: 'prepare',
       facts: {},
       reason: null,
@@ -677,7 +762,7 @@ export class FleetStateMachine implements FleetState {
     const found = this.#provider(m.target.region, m.target.provider);
     invariant(!('code' in found), () => `fleet: the target of migration ${m.id} is no longer registered`);
     // The target may have been re-declared (labels, jurisdiction) or the policy changed since the start.
-    const refused = this.#choiceRefusal(vm, found.region, found.provider, 'migrate');
+    const refused = this.#choiceRefusal(vm, found.region, found.provider, m.purpose ?? 'migrate');
     if (refused !== null) return refused;
     // The ledger's sums do not move: the target's reservation becomes the assignment, the source's assignment the reservation.
     this.#count(vm.spec, from.region, -1);
@@ -685,6 +770,8 @@ export class FleetStateMachine implements FleetState {
     this.#index(vm.name, m.target.region, +1);
     this.#count(vm.spec, m.target.region, +1);
     vm.assignment = { region: m.target.region, provider: m.target.provider, generation: m.target.generation };
+    // Failed back (or moved on by an operator): no longer where the failover put it.
+    if (vm.protection?.failedOver != null) vm.protection = { ...vm.protection, failedOver: null };
     this.#migrations.set(m.id, { ...m, phase: 'verify', facts: mergeFacts(m.facts, facts), updatedAt: at });
     return { ok: true, kind: 'migration-cutover', vm: vm.name, region: m.target.region, generation: m.target.generation, migration: m.id };
   }
@@ -744,7 +831,11 @@ export class FleetStateMachine implements FleetState {
 
   snapshot(): Uint8Array {
     const regions = [...this.#declarations.keys()].sort().map((name) => this.#declarations.get(name));
-    const vms = [...this.#vms.keys()].sort().map((name) => this.#vms.get(name));
+    // protection only when set: a fleet without DR snapshots as it did before DR existed.
+    const vms = [...this.#vms.keys()].sort().map((name) => {
+      const vm = this.#vms.get(name) as MutableVm;
+      return vm.protection === null ? { ...vm, protection: undefined } : vm;
+    });
     // The policy and migrations fields only once set: a fleet without them snapshots as it did before they existed.
     const policy = this.#policy.version === 0 ? undefined : { version: this.#policy.version, policies: this.#policy.policies };
     const migrations = this.#nextMigration === 1 ? undefined : { next: this.#nextMigration, active: this.migrations(), history: this.#history };
@@ -789,7 +880,9 @@ export class FleetStateMachine implements FleetState {
       previous = record.name;
       if (record.spec.name !== record.name) throw new FleetSnapshotError(`VM ${record.name} holds the spec of ${record.spec.name}`);
       const spec = normaliseSpec(record.spec);
-      const vm: MutableVm = { name: record.name, spec, power: record.power, assignment: null, generation: record.generation, deleted: record.deleted };
+      const vm: MutableVm = { name: record.name, spec, power: record.power, assignment: null, generation: record.generation, deleted: record.deleted, protection: record.protection ?? null };
+      const f = vm.protection?.failedOver ?? null;
+      if (f !== null && (record.assignment?.region !== vm.protection?.drRegion || record.assignment?.generation !== f.generation)) throw new FleetSnapshotError(`VM ${record.name} is recorded failed over at generation ${f.generation} but is assigned elsewhere`);
       if (record.assignment !== null) {
         if (record.assignment.generation > record.generation) throw new FleetSnapshotError(`VM ${record.name} is assigned at generation ${record.assignment.generation}, above its generation ${record.generation}`);
         vm.assignment = { ...record.assignment };
@@ -852,6 +945,8 @@ const SnapshotVmSchema = z.strictObject({
   assignment: z.strictObject({ region: fleetName, provider: fleetName, generation: z.number().int().min(1).max(FLEET_MAX_GENERATION) }).nullable(),
   generation: z.number().int().min(0).max(FLEET_MAX_GENERATION),
   deleted: z.boolean(),
+  /** Absent in snapshots written before DR existed, and for unprotected VMs. */
+  protection: FleetProtectionSchema.optional(),
 });
 
 const SnapshotSchema = z.strictObject({

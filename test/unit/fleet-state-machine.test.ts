@@ -245,9 +245,10 @@ describe('fleet state machine rules', () => {
     expect(m.apply(assign('web', 'own', 1))).toMatchObject({ ok: true });
   });
 
-  it('every reject code is exercised by this file or fleet-migrations.test.ts', async () => {
+  it('every reject code is exercised by this file, fleet-migrations.test.ts or fleet-protection.test.ts', async () => {
     const fs = await import('node:fs/promises');
-    const source = (await fs.readFile(new URL(import.meta.url), 'utf8')) + (await fs.readFile(new URL('./fleet-migrations.test.ts', import.meta.url), 'utf8'));
+    const read = (name: string) => fs.readFile(new URL(name, import.meta.url), 'utf8');
+    const source = (await fs.readFile(new URL(import.meta.url), 'utf8')) + (await read('./fleet-migrations.test.ts')) + (await read('./fleet-protection.test.ts'));
     for (const code of FLEET_REJECT_CODES) expect(source, code).toContain(`'${code}'`);
   });
 });
