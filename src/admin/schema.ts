@@ -29,9 +29,10 @@ export const FLEET_SERVICE = `${ADMIN_PACKAGE}.Fleet`;
 export const IMAGE_SERVICE = `${ADMIN_PACKAGE}.Image`;
 export const MIGRATION_SERVICE = `${ADMIN_PACKAGE}.Migration`;
 export const POLICY_SERVICE = `${ADMIN_PACKAGE}.Policy`;
+export const DR_SERVICE = `${ADMIN_PACKAGE}.Dr`;
 
 /** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
-export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto', 'image.proto', 'migration.proto', 'policy.proto'];
+export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto', 'image.proto', 'migration.proto', 'policy.proto', 'dr.proto'];
 
 /**
  * snake_case field names as in the .proto, int64 as strings (no silent
@@ -807,4 +808,49 @@ export interface PolicyViolationsResponse {
   version: number;
   vms: number;
   violations: PolicyViolationInfo[];
+}
+
+// Disaster recovery (dr.proto).
+
+export interface DrProtectRequest {
+  vm: string;
+  dr_region: string;
+  dr_provider: string;
+  /** uint64 as a decimal string (or a number from a caller); 0: the default. */
+  rpo_ms: string | number;
+  rto_ms: string | number;
+  retention_ms: string | number;
+  failback: string;
+  timeout_ms: number;
+}
+
+export interface DrVmRef {
+  vm: string;
+  timeout_ms: number;
+}
+
+export interface DrVmStatusInfo {
+  vm: string;
+  state: string;
+  region: string;
+  /** uint64 as a decimal string. */
+  generation: string;
+  dr_region: string;
+  dr_provider: string;
+  rpo_target_ms: string;
+  rto_target_ms: string;
+  retention_ms: string;
+  failback: string;
+  failed_over_from: string | null;
+  failover_reason: string | null;
+  failed_over_at: string | null;
+  last_backup_at: string | null;
+  rpo_now_ms: string | null;
+  rpo_over: boolean;
+  rto_measured_ms: string | null;
+}
+
+export interface DrStatusResponse {
+  vms: DrVmStatusInfo[];
+  at: string;
 }

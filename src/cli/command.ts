@@ -62,16 +62,16 @@ export function positional(ctx: CommandContext, sub: string, names: readonly str
 }
 
 
-const DURATION_UNITS_MS: Readonly<Record<string, number>> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
+const DURATION_UNITS_MS: Readonly<Record<string, number>> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 /**
- * A duration flag in milliseconds: `500ms`, `2s`, `1.5m`, `1h`, or a plain
+ * A duration flag in milliseconds: `500ms`, `2s`, `1.5m`, `1h`, `7d`, or a plain
  * whole number of milliseconds (what these flags took before units, so
  * scripts keep working). Refused, naming the flag, outside [min, max] or when
  * it is not a whole number of milliseconds.
  */
 export function durationFlag(flag: string, raw: unknown, min: number, max: number): number {
-  const m = typeof raw === 'string' ? /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(raw) : null;
+  const m = typeof raw === 'string' ? /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(raw) : null;
   const ms = m ? Number(m[1]) * (DURATION_UNITS_MS[m[2] ?? 'ms'] ?? NaN) : NaN;
   if (!(Number.isSafeInteger(ms) && ms >= min && ms <= max)) {
     throw new UsageError(`--${flag}: ${JSON.stringify(raw)} is not a duration from ${min} ms to ${max} ms (e.g. 500ms, 2s, 1m, or milliseconds)`);

@@ -11,8 +11,8 @@
  * before or after the command.
  *
  * Commands are rows of COMMANDS (status, members, kv, raft, pbft, vm, place,
- * fleet, migration, policy, cost, blob, cache, image, crdt, state, version, help); each brings its own flags and
- * positional arguments (kv-raft.ts, pbft.ts, vm.ts, blob.ts, image.ts, state.ts, migration.ts, policy.ts), so a
+ * fleet, migration, policy, dr, cost, blob, cache, image, crdt, state, version, help); each brings its own flags and
+ * positional arguments (kv-raft.ts, pbft.ts, vm.ts, blob.ts, image.ts, state.ts, migration.ts, policy.ts, dr.ts), so a
  * new command adds a row and nothing else changes.
  */
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
@@ -25,6 +25,7 @@ import { PBFT_COMMAND } from './pbft.ts';
 import { COST_COMMAND, PLACE_COMMAND, VM_COMMAND } from './vm.ts';
 import { FLEET_COMMAND } from './fleet.ts';
 import { MIGRATION_COMMAND } from './migration.ts';
+import { DR_COMMAND } from './dr.ts';
 import { BLOB_COMMAND, CACHE_COMMAND } from './blob.ts';
 import { IMAGE_COMMAND } from './image.ts';
 import { POLICY_COMMAND } from './policy.ts';
@@ -71,6 +72,7 @@ export const COMMANDS: readonly Command[] = [
   FLEET_COMMAND,
   MIGRATION_COMMAND,
   POLICY_COMMAND,
+  DR_COMMAND,
   COST_COMMAND,
   BLOB_COMMAND,
   CACHE_COMMAND,

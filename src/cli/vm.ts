@@ -9,6 +9,7 @@
  *   dwcpctl vm types [--provider P]... [--json]
  *   dwcpctl vm console NAME|ID [--follow] [--tail BYTES] [--provider P]   (a qemu guest's serial console)
  *   dwcpctl vm migrate NAME --to REGION [--mode live|warm|cold] [...]  (migration.ts)
+ *   dwcpctl vm protect NAME --dr-region R [--rpo 5m] [...] | vm unprotect NAME   (dr.ts)
  *   dwcpctl cost estimate --provider aws --region us-east-1 --type t3.medium [--hours 720] [--spot|--reserved] [--json]
  *
  * `vm console` prints the guest's serial log as the guest wrote it; with
@@ -30,6 +31,7 @@ import { flagStrings, requiredFlag, singleFlag, UsageError, subcommandError } fr
 import { listAllVms } from './fleet.ts';
 import { MANAGED_VM_OPTIONS, createManaged, listDesired, powerManaged } from './fleet-vm.ts';
 import { MIGRATE_OPTIONS, migrateVm } from './migration.ts';
+import { PROTECT_OPTIONS, protectVm, unprotectVm } from './dr.ts';
 
 const READ_TIMEOUT_MS = 30_000;
 const OPERATION_TIMEOUT_MS = 600_000;
@@ -53,6 +55,7 @@ const VM_OPTIONS = {
   'user-data': { type: 'string' },
   ...MANAGED_VM_OPTIONS,
   ...MIGRATE_OPTIONS,
+  ...PROTECT_OPTIONS,
 } as const satisfies ParseArgsOptionsConfig;
 
 const COST_OPTIONS = {
@@ -245,6 +248,10 @@ async function vm(ctx: CommandContext): Promise<void> {
     }
     case 'migrate':
       return migrateVm(ctx);
+    case 'protect':
+      return protectVm(ctx);
+    case 'unprotect':
+      return unprotectVm(ctx);
     case 'types': {
       noArguments(ctx, 'vm types');
       const res = await (await client()).listTypes({ providers: flagStrings(flags, 'provider'), timeout_ms: timeout(ctx, READ_TIMEOUT_MS) });
@@ -255,7 +262,7 @@ async function vm(ctx: CommandContext): Promise<void> {
     case 'console':
       return consoleOf(ctx);
     default:
-      throw subcommandError('vm', 'list, create, start, stop, terminate, migrate, types or console', sub);
+      throw subcommandError('vm', 'list, create, start, stop, terminate, migrate, protect, unprotect, types or console', sub);
   }
 }
 
@@ -296,12 +303,13 @@ async function cost(ctx: CommandContext): Promise<void> {
 
 export const VM_COMMAND: Command = {
   name: 'vm',
-  args: 'list | create [NAME] | start NAME|ID | stop NAME|ID | terminate NAME|ID | migrate NAME | types | console NAME|ID',
+  args: 'list | create [NAME] | start NAME|ID | stop NAME|ID | terminate NAME|ID | migrate NAME | protect NAME | unprotect NAME | types | console NAME|ID',
   summary:
     "VMs: create NAME --cpu N --memory 4GiB --image I [--region R | --placement auto] [--constraint K=V] [--label k=v] [--dry-run] [--explain] places a managed VM; " +
     "list (--provider P, --state S, --refresh; --all: every region's, --region R, --label k=v; --desired: managed VMs); " +
     'create --provider P --type T --image I: one unmanaged instance; ' +
     'migrate NAME --to REGION [--mode live|warm|cold] [--max-downtime 300ms] [--provider P] [--dry-run] [--detach]: moves a managed VM to another region; ' +
+    'protect NAME --dr-region R [--dr-provider P] [--rpo 5m] [--rto 10m] [--retention 7d] [--failback auto|manual], unprotect NAME: disaster recovery (dr status); ' +
     'console NAME [--follow] [--tail BYTES]: a qemu guest\'s serial console',
   options: VM_OPTIONS,
   run: vm,

@@ -45,6 +45,7 @@ import { ObservedPublisher } from '../fleet/observed-publisher.ts';
 import { fleetServiceRegistration } from '../admin/fleet-service.ts';
 import { migrationServiceRegistration } from '../admin/migration-service.ts';
 import { policyServiceRegistration } from '../admin/policy-service.ts';
+import { drServiceRegistration } from '../admin/dr-service.ts';
 import { FleetSeat } from '../fleet/seat.ts';
 import { regionDeclaration } from '../fleet/region-declaration.ts';
 import type { ObservedFleet, RegionHealth } from '../fleet/placement.ts';
@@ -357,6 +358,7 @@ export class Daemon {
         fleetServiceRegistration({ view: () => this.fleet.view(), seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         migrationServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         policyServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
+        drServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
       ],
     });
     this.#metricsServer = await startMetricsServer({

@@ -1,0 +1,48 @@
+/**
+ * The Dr admin service (dr.proto) as the admin client exposes it: the `.dr`
+ * sub-client, responses in the .proto's snake_case.
+ *
+ * Invariant (as for the rest of the admin client): every response has every
+ * field, proto3 `optional` fields absent on the wire become null.
+ */
+import type { DrProtectRequest, DrStatusResponse, DrVmRef, DrVmStatusInfo, ServiceCall, OptionalWire as Wire } from './schema.ts';
+import { nullIfAbsent as opt } from './schema.ts';
+
+export interface DrClient {
+  protect(request: DrProtectRequest): Promise<DrVmStatusInfo>;
+  unprotect(request: DrVmRef): Promise<DrVmStatusInfo>;
+  status(vms: string[]): Promise<DrStatusResponse>;
+}
+
+function statusFromWire(s: Wire<DrVmStatusInfo>): DrVmStatusInfo {
+  return {
+    vm: s.vm ?? '',
+    state: s.state ?? '',
+    region: s.region ?? '',
+    generation: s.generation ?? '0',
+    dr_region: s.dr_region ?? '',
+    dr_provider: s.dr_provider ?? '',
+    rpo_target_ms: s.rpo_target_ms ?? '0',
+    rto_target_ms: s.rto_target_ms ?? '0',
+    retention_ms: s.retention_ms ?? '0',
+    failback: s.failback ?? '',
+    failed_over_from: opt(s.failed_over_from),
+    failover_reason: opt(s.failover_reason),
+    failed_over_at: opt(s.failed_over_at),
+    last_backup_at: opt(s.last_backup_at),
+    rpo_now_ms: opt(s.rpo_now_ms),
+    rpo_over: s.rpo_over ?? false,
+    rto_measured_ms: opt(s.rto_measured_ms),
+  };
+}
+
+export function drClient(call: ServiceCall): DrClient {
+  return {
+    protect: async (request) => statusFromWire(await call<DrProtectRequest, Wire<DrVmStatusInfo>>('Protect', request)),
+    unprotect: async (request) => statusFromWire(await call<DrVmRef, Wire<DrVmStatusInfo>>('Unprotect', request)),
+    status: async (vms) => {
+      const r = await call<{ vms: string[] }, { vms?: Wire<DrVmStatusInfo>[]; at?: string }>('Status', { vms });
+      return { vms: (r.vms ?? []).map(statusFromWire), at: r.at ?? '' };
+    },
+  };
+}
