@@ -55,6 +55,10 @@
  *   saw that generation; with a watchdog at the provider for a crashed
  *   daemon, never two running copies even across partitions. Without it, a
  *   cut-off region keeps running what it has (availability first).
+ * - With options.dr (ReconcilerDrFence), the same for protected VMs only:
+ *   a region cut off from the log longer than fenceAfterMs stops their
+ *   copies (fence reason self-fence) and starts none; a failed-over copy
+ *   starts only fenceHoldMs after the region first saw the failover.
  * - Memory stays bounded by the region's VMs and copies: entries for VMs and
  *   copies that are gone are dropped each pass.
  */
@@ -151,7 +155,9 @@ export type FenceReason =
   /** This region has not seen the log for longer than its lease: it stops what it runs (options.lease). */
   | 'lease-expired'
   /** An incoming copy of a migration that rolled back or ended without cutover. */
-  | 'migration';
+  | 'migration'
+  /** A protected VM's copy in a region that lost the log for longer than options.dr.fenceAfterMs (DR self-fencing). */
+  | 'self-fence';
 
 export type VmStatus = 'pending' | 'running' | 'stopped' | 'failed';
 
@@ -237,7 +243,7 @@ export interface ReconcilerMemory {
   /** The status last reported per VM, `${status}@${generation}[:reason]`, so reports are sent on change only. */
   readonly reported: ReadonlyMap<string, string>;
   /** When this region first saw each VM's current generation (options.lease: the handoff wait starts there). */
-  readonly firstSeen: ReadonlyMap<string, { readonly generation: number; readonly at: number }>;
+  readonly firstSeen: ReadonlyMap<string, { readonly generation: number; readonly at: number; readonly migrated?: boolean }>;
 }
 
 export const EMPTY_RECONCILER_MEMORY: ReconcilerMemory = { attempts: new Map(), reported: new Map(), firstSeen: new Map() };
@@ -259,6 +265,27 @@ export interface ReconcilerOptions {
   readonly backoffCapMs: number;
   /** Optional lease fencing; without it a region that cannot see the log keeps running what it has. */
   readonly lease?: ReconcilerLease;
+  /** DR self-fencing of protected VMs (src/dr/): always on in the daemon. */
+  readonly dr?: ReconcilerDrFence;
+}
+
+/**
+ * DR self-fencing, for protected VMs only (src/fleet/protection.ts). A
+ * region whose view of the log is older than fenceAfterMs stops the copies
+ * of its protected VMs and starts none (it cannot know whether they were
+ * failed over meanwhile); a failed-over VM (its assignment is the one a
+ * failover made) is started at the DR region only fenceHoldMs after this
+ * region first saw that generation (any generation above 1 that did not
+ * come by migration: an operator's reassignment of a protected VM away from
+ * a cut-off region is held the same way). With fenceHoldMs above fenceAfterMs
+ * plus a pass and a stop, the lost region has stopped its copy, by the log
+ * or by this rule, before the DR copy starts: never two running copies of
+ * a protected VM, partitions included (a crashed daemon's guests need the
+ * per-guest lease watchdog for the same).
+ */
+export interface ReconcilerDrFence {
+  readonly fenceAfterMs: number;
+  readonly fenceHoldMs: number;
 }
 
 /**
@@ -399,6 +426,8 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
   const firstSeen = new Map(memory.firstSeen);
   const lease = options.lease;
   const leaseExpired = lease !== undefined && now - (input.logSeenAt ?? now) > lease.leaseMs;
+  const drFence = options.dr;
+  const cutOff = drFence !== undefined && now - (input.logSeenAt ?? now) > drFence.fenceAfterMs;
   const actions: ReconcileAction[] = [];
 
   // Copies by VM; orphans straight out.
@@ -459,6 +488,11 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
       const key = `in/${name}`;
       liveKeys.add(key);
       const [keep, ...extra] = incoming;
+      // Cut off, a protected VM's incoming copy (a live transfer's, running) is stopped too: the VM may have failed over meanwhile.
+      if (keep !== undefined && cutOff && vm.protection !== null && keep.state === 'running' && !inFlight.has(copyKey(keep.provider, keep.id))) {
+        actions.push({ kind: 'stop', provider: keep.provider, id: keep.id, vm: name, generation: keep.generation ?? 0, fence: 'self-fence' });
+        liveKeys.add(copyKey(keep.provider, keep.id));
+      }
       for (const copy of extra) emitFence(actions, attempts, inFlight, now, copy, name, 'duplicate', `another incoming copy of ${name} for ${migration.id} is kept (${keep?.provider}/${keep?.id})`, true);
       const record = attempts.get(key);
       const backingOff = record !== undefined && record.generation === migration.target.generation && now < record.retryAt;
@@ -498,12 +532,18 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     liveKeys.add(vmKey);
     const backingOff = record !== undefined && now < record.retryAt;
     const failed = record?.failed === true;
+    // A migration cut over to here: its coordinator saw the source stop serving before it proposed the cutover, so no handoff wait
+    // (remembered with the generation: the migration's record leaves desired state when it ends, the copy's right to run stays).
     let seen = firstSeen.get(name);
-    if (seen === undefined || seen.generation !== a.generation) firstSeen.set(name, (seen = { generation: a.generation, at: now }));
-    // A migration cut over to here: its coordinator saw the source stop serving before it proposed the cutover, so no handoff wait.
-    const migratedHere = migration !== undefined && migration.target.region === region && migration.target.generation === a.generation;
+    const migratedHere = (migration !== undefined && migration.target.region === region && migration.target.generation === a.generation) || (seen?.generation === a.generation && seen.migrated === true);
+    if (seen === undefined || seen.generation !== a.generation || (migratedHere && seen.migrated !== true)) firstSeen.set(name, (seen = { generation: a.generation, at: seen?.generation === a.generation ? seen.at : now, ...(migratedHere ? { migrated: true } : {}) }));
     // Starting is held back while the lease is out, and during the handoff of a VM that had a holder before.
-    const held = lease !== undefined && (leaseExpired || (a.generation > 1 && !migratedHere && now < seen.at + lease.handoffMs));
+    const leaseHeld = lease !== undefined && (leaseExpired || (a.generation > 1 && !migratedHere && now < seen.at + lease.handoffMs));
+    // A protected VM: stopped and held while this region is cut off; a failed-over copy held until the lost region has fenced itself.
+    const isProtected = drFence !== undefined && vm.protection !== null;
+    const selfFenced = isProtected && cutOff;
+    const held = leaseHeld || selfFenced || (isProtected && a.generation > 1 && !migratedHere && now < seen.at + drFence.fenceHoldMs);
+    const fenceRunning = leaseExpired || selfFenced;
     // Migrating out and not cut over: the copy's power is the migration's (the coordinator stops and resumes it).
     const migrating = migration !== undefined && migration.source.region === region && migration.source.generation === a.generation;
     let status: VmStatus;
@@ -528,15 +568,15 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     } else {
       status = powerStatus(keep.state, vm.power, failed);
       const busy = inFlight.has(copyKey(keep.provider, keep.id));
-      if (leaseExpired && keep.state === 'running' && !busy) {
+      if (fenceRunning && keep.state === 'running' && !busy) {
         const key = copyKey(keep.provider, keep.id);
-        if ((attempts.get(key)?.retryAt ?? -Infinity) <= now) actions.push({ kind: 'stop', provider: keep.provider, id: keep.id, vm: name, generation: a.generation, fence: 'lease-expired' });
+        if ((attempts.get(key)?.retryAt ?? -Infinity) <= now) actions.push({ kind: 'stop', provider: keep.provider, id: keep.id, vm: name, generation: a.generation, fence: leaseExpired ? 'lease-expired' : 'self-fence' });
         liveKeys.add(key);
       }
       // Given up blocks starting only: a stop toward desired power is always allowed.
       if (!busy && !backingOff && !fencing && !migrating) {
         if (vm.power === 'running' && keep.state === 'stopped' && !failed && !held) actions.push({ kind: 'start', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
-        else if (vm.power === 'stopped' && keep.state === 'running' && !leaseExpired) actions.push({ kind: 'stop', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
+        else if (vm.power === 'stopped' && keep.state === 'running' && !fenceRunning) actions.push({ kind: 'stop', provider: keep.provider, id: keep.id, vm: name, generation: a.generation });
       }
     }
     if (status === 'failed') reason = record?.lastError ?? 'failed';

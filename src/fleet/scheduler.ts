@@ -238,6 +238,7 @@ export function withPlansInFlight(state: FleetState, plans: Iterable<PlanInFligh
     vms: () => state.vms(),
     vm: (name) => state.vm(name),
     vmsAssignedTo: (region) => state.vmsAssignedTo(region),
+    protectedVms: () => state.protectedVms(),
     usage: (region, provider) => {
       const base = state.usage(region, provider);
       return base === undefined ? undefined : plus(base, extra.get(`${region}\u0000${provider}`));

@@ -203,6 +203,8 @@ export interface FleetState {
    * scanning the whole fleet.
    */
   vmsAssignedTo(region: string): readonly FleetVm[];
+  /** Live protected VMs (protection.ts), by name: what the DR controller works through. */
+  protectedVms(): readonly FleetVm[];
   /** Usage of one provider of a region; undefined when not registered. */
   usage(region: string, provider: string): ResourceAmounts | undefined;
   /** Usage summed over a region's providers. */
@@ -263,6 +265,8 @@ export class FleetStateMachine implements FleetState {
   #vms = new Map<string, MutableVm>();
   /** Names of the VMs whose assignment is in each region (tombstones included). */
   #byRegion = new Map<string, Set<string>>();
+  /** Names of the live VMs with protection set. */
+  #protected = new Set<string>();
   #ledger = new CapacityLedger();
   #applied = 0;
   #policy: FleetPolicy = NO_FLEET_POLICY;
@@ -323,6 +327,14 @@ export class FleetStateMachine implements FleetState {
     return names.map((name) => {
       const vm = this.#vms.get(name);
       invariant(vm !== undefined, () => `fleet: the region index of ${region} names ${name}, which has no record`);
+      return copyVm(vm);
+    });
+  }
+
+  protectedVms(): readonly FleetVm[] {
+    return [...this.#protected].sort().map((name) => {
+      const vm = this.#vms.get(name);
+      invariant(vm !== undefined && !vm.deleted && vm.protection !== null, () => `fleet: the protected index names ${name}, which is not a live protected VM`);
       return copyVm(vm);
     });
   }
@@ -430,6 +442,7 @@ export class FleetStateMachine implements FleetState {
         if ('code' in vm) return vm;
         // Unprotecting twice is a retry, not a mistake.
         vm.protection = null;
+        this.#protected.delete(vm.name);
         return { ok: true, kind: cmd.kind, vm: vm.name };
       }
       case 'failover':
@@ -587,6 +600,7 @@ export class FleetStateMachine implements FleetState {
     const refused = this.#choiceRefusal(vm, region, provider, 'failover');
     if (refused !== null) return refused;
     vm.protection = { drRegion: cmd.drRegion, drProvider: provider.name, rpoMs: cmd.rpoMs, rtoMs: cmd.rtoMs, retentionMs: cmd.retentionMs, failback: cmd.failback, failedOver };
+    this.#protected.add(vm.name);
     return { ok: true, kind: 'protect', vm: vm.name, region: cmd.drRegion };
   }
 
@@ -643,6 +657,7 @@ export class FleetStateMachine implements FleetState {
     if (migration !== undefined) this.#endMigration(migration, 'failed', `${name} was deleted`, migration.facts, migration.updatedAt);
     if (vm.assignment !== null) this.#unassign(vm, vm.assignment);
     vm.deleted = true;
+    this.#protected.delete(name);
     return { ok: true, kind: 'delete', vm: name };
   }
 
@@ -897,6 +912,7 @@ export class FleetStateMachine implements FleetState {
         }
       }
       machine.#vms.set(record.name, vm);
+      if (vm.protection !== null && !vm.deleted) machine.#protected.add(vm.name);
     }
     if (migrations !== undefined) machine.#restoreMigrations(migrations);
     return machine;

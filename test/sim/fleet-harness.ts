@@ -138,6 +138,8 @@ import {
 import { judgePlan, planCreate, resolveSchedulerOptions, startScheduling, withPlansInFlight, type SchedulePlan, type SchedulerOptions, type SchedulingProgress } from '../../src/fleet/scheduler.ts';
 import { parseFleetVmSpec, type FleetVmSpec } from '../../src/fleet/spec.ts';
 import { FleetStateMachine, type FleetVm } from '../../src/fleet/state-machine.ts';
+import { EMPTY_DR_MEMORY, stepDr, type DrMemory, type DrOptions } from '../../src/dr/controller.ts';
+import type { ReconcilerDrFence } from '../../src/fleet/reconciler.ts';
 import { EventQueue } from './events.ts';
 import { Prng } from './prng.ts';
 
@@ -190,7 +192,29 @@ export interface FleetScenario {
   /** Per transfer step: the chance it fails midway. */
   readonly transferFailure: number;
   readonly coordinator: CoordinatorOptions;
+  /** Disaster recovery (every third seed): protected VMs, the DR core in every region, region outages, blips, flapping, slow regions. */
+  readonly dr: DrSimOptions | null;
   readonly trace?: (line: string) => void;
+}
+
+export interface DrSimOptions {
+  readonly options: DrOptions;
+  /** The reconciler's self-fencing (also given as reconciler.dr) and the per-guest lease watchdog's deadline (fenceAfterMs). */
+  readonly fence: ReconcilerDrFence;
+  /** The chance a VM is protected when first placed. */
+  readonly protectShare: number;
+  /** Per second (chaos only): a region holding protected VMs is lost (crash or cut off) for outageMs. */
+  readonly outagePerSecond: number;
+  readonly outageMs: readonly [number, number];
+  /** Per second (chaos only): a region is cut off for less than (failAfterChecks - 1) checks: it must never be failed over. */
+  readonly blipPerSecond: number;
+  /** Per second (chaos only): a region starts flapping (cut off, back, cut off, each shorter than the stabilisation window). */
+  readonly flapPerSecond: number;
+  /** Regions whose provider operations take slowFactor times longer. */
+  readonly slowRegions: number;
+  readonly slowFactor: number;
+  /** The core under test (tests swap in a broken one). */
+  readonly controller?: typeof stepDr;
 }
 
 export interface FleetSimReport {
@@ -227,6 +251,27 @@ export interface FleetSimReport {
   readonly migrations: { readonly started: number; readonly completed: number; readonly rolledBack: number; readonly failed: number; readonly live: number; readonly cancels: number; readonly lostProposals: number; readonly transferFailures: number; readonly liveCompletions: number; readonly targetWaits: number };
   /** Crashes of a migration's source or target region right at one of its steps, by `phase:side`. */
   readonly migrationCrashes: Readonly<Record<string, number>>;
+  readonly dr: DrSimReport | null;
+}
+
+export interface DrSimReport {
+  readonly protected: number;
+  readonly outages: number;
+  readonly blips: number;
+  readonly flaps: number;
+  readonly regionFailures: number;
+  readonly failoverProposals: number;
+  readonly failovers: number;
+  readonly refusedFailovers: number;
+  readonly failbacksStarted: number;
+  readonly failbacksCompleted: number;
+  readonly selfFences: number;
+  readonly watchdogStops: number;
+  /** Failovers whose copy came up at the DR region, and the longest time from the region's loss to that (virtual ms). */
+  readonly recovered: number;
+  readonly longestRtoMs: number;
+  /** Steps with a protected VM's DR copy held while its lost region's copy was still up (the hold doing its job). */
+  readonly holds: number;
 }
 
 export class FleetSimFailure extends Error {
@@ -242,7 +287,7 @@ export function fleetScenarioForSeed(seed: number, size: FleetSimSize = 'small',
   const rng = new Prng(seed ^ 0xf1ee7);
   const small = size === 'small';
   const opMax = rng.pick([800, 2_000, 4_000]);
-  return {
+  const scenario: FleetScenario = {
     seed,
     size,
     regions: small ? rng.between(3, 7) : 200,
@@ -280,8 +325,40 @@ export function fleetScenarioForSeed(seed: number, size: FleetSimSize = 'small',
     transferFailure: rng.pick([0, 0.1, 0.25]),
     // Timeouts short enough that a run exercises them, long enough for a pass, an operation and a report.
     coordinator: { prepareTimeoutMs: 8_000, transferIdleTimeoutMs: 4_000, verifyTimeoutMs: 10_000, cleanupTimeoutMs: 20_000, retryMs: 500, maxAttempts: 3 },
+    dr: null,
     ...(trace === undefined ? {} : { trace }),
   };
+  return withDr(scenario, opMax);
+}
+
+/**
+ * Every third seed protects VMs and runs the DR core: checks every second,
+ * a region failed after 3; self-fencing after 2 s cut off; the DR copy held
+ * for the self-fence, two passes and two provider operations in the slowest
+ * region (a start issued just before the fence, then the stop) and a
+ * second; failback after 8 s of health. Its own PRNG, so the other seeds'
+ * draws do not move.
+ */
+function withDr(scenario: FleetScenario, opMax: number): FleetScenario {
+  if (scenario.seed % 3 !== 0) return scenario;
+  const rng = new Prng(scenario.seed ^ 0xd15a57e);
+  const options: DrOptions = { checkIntervalMs: 1_000, failAfterChecks: 3, stabilisationMs: 8_000, retryMs: 2_000 };
+  const slowFactor = rng.pick([1, 2, 3]);
+  const fenceAfterMs = 2_000;
+  const fence: ReconcilerDrFence = { fenceAfterMs, fenceHoldMs: fenceAfterMs + 2 * (scenario.passEveryMs + 100 + opMax * slowFactor) + 1_000 };
+  const dr: DrSimOptions = {
+    options,
+    fence,
+    protectShare: rng.pick([0.3, 0.6, 1]),
+    outagePerSecond: scenario.size === 'small' ? 0.03 : 0.002,
+    outageMs: [6_000, 20_000],
+    blipPerSecond: scenario.size === 'small' ? 0.03 : 0.002,
+    flapPerSecond: scenario.size === 'small' ? 0.01 : 0.001,
+    slowRegions: slowFactor === 1 ? 0 : 1,
+    slowFactor,
+  };
+  // Failbacks wait a window after every rolled-back attempt: the quiet phase has room for a few.
+  return { ...scenario, dr, quiesceMs: 4 * scenario.quiesceMs, reconciler: { ...scenario.reconciler, dr: fence } };
 }
 
 /**
@@ -391,6 +468,21 @@ interface SimRegion {
   /** The migrations as they were when the region lost the log (its coordinators act on them meanwhile). */
   frozenMigrations: readonly FleetMigration[] | null;
   report: SimReport | null;
+  /** DR: the core's memory and proposals waiting for the log (lost on a crash), the next check, the last checks' results per region. */
+  drMemory: DrMemory;
+  readonly drInFlight: Set<string>;
+  nextCheckAt: number;
+  /** Its last checks of each region: ok, failed, or cut-off (it could not see the log, so its failed checks count for nothing). */
+  readonly checks: Map<string, ('ok' | 'failed' | 'cut-off')[]>;
+  /** The protected VMs in its view when it crashed (or was cut off without a view): the guests whose leases lapse. */
+  protectedAtCrash: ReadonlySet<string>;
+  /** Provider operations take slowFactor times longer. */
+  slow: boolean;
+  /** Flapping until then: cut off again nextFlapAt after each heal. */
+  flapUntil: number;
+  nextFlapAt: number;
+  /** The current cut-off is a blip (shorter than failAfterChecks - 1 checks). */
+  blip: boolean;
 }
 
 interface ClientRequest {
@@ -474,6 +566,16 @@ export class FleetSimulation {
   /** Migrations this run: a separate stream, so the others' draws do not move. */
   readonly #migRng: Prng;
   #chaosOn = false;
+  /** DR: its own stream; ground truth of each region's health (up and not cut off) for the DR invariants. */
+  readonly #drRng: Prng;
+  readonly #unhealthySince = new Map<string, number>();
+  readonly #healthySince = new Map<string, number>();
+  /** Failovers committed whose DR copy is not running yet. */
+  /** When a failover of each VM was last refused for a reason other than losing the race, or could not be proposed (the log's queue full), and when it was protected. */
+  readonly #failoverTrouble = new Map<string, number>();
+  readonly #protectedAt = new Map<string, number>();
+  readonly #recovering = new Map<string, { readonly lostSince: number; readonly committedAt: number; readonly region: string; readonly provider: string; readonly generation: number }>();
+  readonly #drCounts = { protected: 0, outages: 0, blips: 0, flaps: 0, regionFailures: 0, failoverProposals: 0, failovers: 0, refusedFailovers: 0, failbacksStarted: 0, failbacksCompleted: 0, selfFences: 0, watchdogStops: 0, recovered: 0, longestRtoMs: 0, holds: 0 };
 
   constructor(scenario: FleetScenario) {
     this.#s = scenario;
@@ -481,6 +583,7 @@ export class FleetSimulation {
     this.#chaos = this.#rng.fork();
     this.#providerRng = this.#rng.fork();
     this.#migRng = this.#rng.fork();
+    this.#drRng = new Prng(scenario.seed ^ 0x0dd15a5);
   }
 
   /** Any error of a run, the state machine's own invariant errors included, comes out as a FleetSimFailure naming the seed. */
@@ -519,6 +622,7 @@ export class FleetSimulation {
       if (!r.up) this.#restart(r);
       if (r.partitioned) this.#heal(r);
     }
+    const chaosEnd = this.#now;
     const end = this.#now + s.quiesceMs;
     let quietSince = -1;
     while (this.#now < end) {
@@ -527,7 +631,10 @@ export class FleetSimulation {
       if (this.#settled()) {
         if (quietSince < 0) quietSince = this.#now;
         // Two pass intervals of nothing to do: every reconciler has looked and found nothing.
-        if (this.#now - quietSince >= 3 * s.passEveryMs) break;
+        // DR seeds wait out a stabilisation window first, so failbacks start (and settle) before the end.
+        // And a protected VM moved at the end of the chaos is held for fenceHoldMs before it starts.
+        const drQuiet = s.dr === null ? 0 : Math.max(s.dr.options.stabilisationMs + 4 * s.dr.options.checkIntervalMs, s.dr.fence.fenceHoldMs + 3 * s.passEveryMs);
+        if (this.#now - quietSince >= 3 * s.passEveryMs && this.#now - chaosEnd >= drQuiet) break;
       } else quietSince = -1;
     }
     this.#checkFinal();
@@ -584,9 +691,19 @@ export class FleetSimulation {
         transfers: new Map(),
         frozenMigrations: null,
         report: null,
+        drMemory: EMPTY_DR_MEMORY,
+        drInFlight: new Set(),
+        nextCheckAt: rng.int(1_000),
+        checks: new Map(),
+        protectedAtCrash: new Set(),
+        slow: i < (s.dr?.slowRegions ?? 0),
+        flapUntil: 0,
+        nextFlapAt: 0,
+        blip: false,
       };
       this.#regions.push(region);
       this.#byName.set(name, region);
+      this.#healthySince.set(name, 0);
       this.#assigned.set(name, new Set());
       for (const p of providers) this.#shadow.set(`${name}/${p.name}`, { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 });
     }
@@ -633,6 +750,7 @@ export class FleetSimulation {
   // One step.
 
   #step(chaos: boolean): void {
+    const s = this.#s;
     this.#counts.events++;
     // The log commits what is due, then providers finish what is due, both in time order.
     for (;;) {
@@ -658,6 +776,10 @@ export class FleetSimulation {
       if (!r.up || this.#now < r.nextPassAt) continue;
       r.nextPassAt = this.#now + this.#s.passEveryMs - this.#s.tickMs + this.#rng.int(2 * this.#s.tickMs + 1);
       this.#pass(r);
+    }
+    if (s.dr !== null) {
+      for (const r of this.#regions) if (r.up && this.#now >= r.nextCheckAt) this.#drStep(r, s.dr);
+      this.#checkRecovery(s.dr);
     }
     this.#checkRunningCopies();
   }
@@ -707,6 +829,7 @@ export class FleetSimulation {
         if (old !== null) this.#assigned.get(old.region)?.delete(name);
         this.#assigned.get(cmd.region)?.add(name);
         this.#changedAt.set(name, this.#now);
+        this.#maybeProtect(after, cmd.region);
         break;
       }
       case 'delete':
@@ -733,6 +856,7 @@ export class FleetSimulation {
         list.push(m);
         this.#mig.started++;
         if (m.mode === 'live') this.#mig.live++;
+        if (m.purpose === 'failback') this.#drCounts.failbacksStarted++;
         this.#crashAtStep(m, 'prepare');
         break;
       }
@@ -766,10 +890,37 @@ export class FleetSimulation {
         if (cmd.result !== 'completed' && (cmd.reason ?? '') === '') this.#fail(`${cmd.id} of ${name} ended ${cmd.result} without a reason`);
         this.#migrationEnded(migrationBefore, demandOf(after.spec));
         if (cmd.result === 'completed') this.#mig.completed++;
+        if (cmd.result === 'completed' && migrationBefore.purpose === 'failback') this.#drCounts.failbacksCompleted++;
         else if (cmd.result === 'rolled-back') this.#mig.rolledBack++;
         else this.#mig.failed++;
         break;
       }
+      case 'failover': {
+        if (old === null || before === undefined) return this.#fail(`failover of ${name} accepted for a VM that was not assigned`);
+        const a = after.assignment;
+        if (a === null || a.generation !== after.generation || a.region !== before.protection?.drRegion) this.#fail(`failover of ${name} left it at ${a?.region} g${a?.generation}, not at its DR region ${before.protection?.drRegion}`);
+        const last = this.#lastGeneration.get(name) ?? 0;
+        if (a === null || a.generation <= last) this.#fail(`invariant 2: ${name}'s failover took generation ${a?.generation}, not above its earlier ${last}`);
+        this.#lastGeneration.set(name, a.generation);
+        // The migration under way ends first (its reservation released), then the assignment moves; compared once all moved.
+        const held = migrationBefore === undefined ? null : reservedAt(migrationBefore);
+        if (held !== null) this.#shadowMove(held.region, held.provider, demandOf(before.spec), -1);
+        this.#shadowMove(old.region, old.provider, demandOf(before.spec), -1);
+        this.#shadowMove(a.region, a.provider, demandOf(after.spec), +1);
+        for (const at of [...(held === null ? [] : [held]), old, a]) this.#shadowAgrees(at.region, at.provider);
+        this.#assigned.get(old.region)?.delete(name);
+        this.#assigned.get(a.region)?.add(name);
+        this.#changedAt.set(name, this.#now);
+        this.#drCounts.failovers++;
+        this.#recovering.set(name, { lostSince: this.#unhealthySince.get(old.region) ?? this.#now, committedAt: this.#now, region: a.region, provider: a.provider, generation: a.generation });
+        break;
+      }
+      case 'protect':
+        if (before?.protection === null) {
+          this.#drCounts.protected++;
+          this.#protectedAt.set(name, this.#now);
+        }
+        break;
       case 'create':
         // A new incarnation over a tombstone is unassigned: the old copy's region no longer holds it.
         if (old !== null) this.#assigned.get(old.region)?.delete(name);
@@ -779,6 +930,16 @@ export class FleetSimulation {
         break;
     }
     return result;
+  }
+
+  /** DR seeds: an operator protects a share of the VMs as they are first placed, with a random other region as DR region. */
+  #maybeProtect(vm: FleetVm, region: string): void {
+    const dr = this.#s.dr;
+    if (dr === null || vm.protection !== null || vm.generation !== 1 || !this.#drRng.chance(dr.protectShare)) return;
+    const others = this.#regions.filter((r) => r.name !== region);
+    if (others.length === 0) return;
+    const drRegion = this.#drRng.pick(others).name;
+    this.#propose(region, [parseFleetCommand({ kind: 'protect', vm: vm.name, drRegion, failback: this.#drRng.chance(0.8) ? 'auto' : 'manual' })], () => undefined);
   }
 
   /** A migration ended (or its VM was deleted): the shadow ledger gives back the side it held; its incoming copy is stale from now on. */
@@ -1032,7 +1193,7 @@ export class FleetSimulation {
         } else if (inst.state !== 'stopped') fail = `IncorrectInstanceState: ${inst.id} is ${inst.state}`;
         else if (this.#providerRng.chance(f.start)) fail = `InternalError: start of ${inst.id} failed`;
         else this.#setState(r, inst, 'pending');
-        this.#events.push(this.#opTime(), { kind: 'mop', region: r.name, id: m.id, effect, epoch, fail });
+        this.#events.push(this.#opTime(r), { kind: 'mop', region: r.name, id: m.id, effect, epoch, fail });
         return;
       }
       case 'start-transfer': {
@@ -1184,6 +1345,7 @@ export class FleetSimulation {
     if (action.kind === 'create' || action.kind === 'start') this.#checkSanctioned(r, view, action);
     if (action.kind === 'terminate' && action.id === 'i-orphan') this.#fail(`${r.name} terminated the orphan`);
     if ((action.kind === 'stop' && action.fence !== undefined) || action.kind === 'terminate') this.#counts.fences++;
+    if (action.kind === 'stop' && action.fence === 'self-fence') this.#drCounts.selfFences++;
     this.#trace(`${r.name} ${action.kind} ${action.vm}${'id' in action ? ` ${action.provider}/${action.id}` : ` ${action.provider}`} g${action.generation}${action.kind === 'stop' && action.fence !== undefined ? ` (fence: ${action.fence})` : action.kind === 'terminate' ? ` (${action.reason})` : ''}`);
     r.inFlight.set(key, { action, epoch: r.epoch });
     this.#startOp(r, action);
@@ -1233,9 +1395,10 @@ export class FleetSimulation {
     }
   }
 
-  #opTime(): number {
+  #opTime(r?: SimRegion): number {
     const [lo, hi] = this.#s.opMs;
-    return this.#now + this.#providerRng.between(lo, hi);
+    const factor = r?.slow === true ? (this.#s.dr?.slowFactor ?? 1) : 1;
+    return this.#now + this.#providerRng.between(lo, hi) * factor;
   }
 
   #startOp(r: SimRegion, action: ReconcileAction): void {
@@ -1293,7 +1456,8 @@ export class FleetSimulation {
         return;
     }
     if (fail !== null) this.#counts.providerErrors++;
-    this.#events.push(this.#opTime(), { kind: 'op', region: r.name, action, epoch: r.epoch, fail });
+    if (fail !== null && action.kind !== 'terminate') this.#recovering.delete(action.vm);
+    this.#events.push(this.#opTime(r), { kind: 'op', region: r.name, action, epoch: r.epoch, fail });
   }
 
   #finishOp(regionName: string, action: ReconcileAction, epoch: number, fail: string | null): void {
@@ -1345,6 +1509,7 @@ export class FleetSimulation {
    * crashed cannot stop them itself). A hard power-off: it does not fail.
    */
   #watchdogs(): void {
+    this.#guestLeases();
     const lease = this.#s.reconciler.lease;
     if (lease === undefined) return;
     for (const r of this.#regions) {
@@ -1354,6 +1519,27 @@ export class FleetSimulation {
           if (!inst.managed || (inst.state !== 'running' && inst.state !== 'pending')) continue;
           this.#counts.watchdogStops++;
           this.#trace(`${r.name} watchdog powers off ${inst.provider}/${inst.id} (${inst.vmName ?? ''})`);
+          this.#setState(r, inst, 'stopped');
+        }
+      }
+    }
+  }
+
+  /**
+   * DR: each protected guest holds a lease its daemon renews; when the
+   * daemon has been down (or up without any view of the log) longer than
+   * fenceAfterMs, the guest's watchdog stops it. A hard stop: it does not fail.
+   */
+  #guestLeases(): void {
+    const dr = this.#s.dr;
+    if (dr === null) return;
+    for (const r of this.#regions) {
+      if ((r.up && !(r.partitioned && r.frozen === null)) || this.#now - r.downSince <= dr.fence.fenceAfterMs) continue;
+      for (const byId of r.instances.values()) {
+        for (const inst of byId.values()) {
+          if (!inst.managed || inst.vmName === undefined || !r.protectedAtCrash.has(inst.vmName) || (inst.state !== 'running' && inst.state !== 'pending')) continue;
+          this.#drCounts.watchdogStops++;
+          this.#trace(`${r.name} lease watchdog stops ${inst.provider}/${inst.id} (${inst.vmName})`);
           this.#setState(r, inst, 'stopped');
         }
       }
@@ -1372,12 +1558,17 @@ export class FleetSimulation {
         continue;
       }
       if (r.partitioned) {
-        if (this.#now >= r.until) this.#heal(r);
+        if (this.#now >= r.until) {
+          this.#heal(r);
+          // Back for less than the stabilisation window, then cut off again.
+          if (r.flapUntil > this.#now && s.dr !== null) r.nextFlapAt = this.#now + this.#drRng.between(s.dr.options.checkIntervalMs, s.dr.options.stabilisationMs / 2);
+        }
         continue;
       }
       if (rng.chance(s.crashPerSecond * seconds)) this.#crash(r, this.#now + rng.between(s.downMs[0], s.downMs[1]));
       else if (rng.chance(s.partitionPerSecond * seconds)) this.#partition(r, this.#now + rng.between(s.downMs[0], s.downMs[1]));
     }
+    if (s.dr !== null) this.#drChaos(s.dr);
     const operator = this.#regions.find((r) => r.up && !r.partitioned);
     if (operator === undefined) return;
     this.#migrationChaos(operator.name);
@@ -1437,6 +1628,7 @@ export class FleetSimulation {
   #crash(r: SimRegion, until: number): void {
     this.#counts.crashes++;
     this.#trace(`${r.name} crashed until ${until}`);
+    r.protectedAtCrash = this.#protectedInView(r);
     r.up = false;
     r.downSince = this.#now;
     r.until = until;
@@ -1449,7 +1641,11 @@ export class FleetSimulation {
     // The coordinators and the transfers they ran die with the daemon (a live migration's stream through it breaks).
     r.coordinators.clear();
     r.transfers.clear();
+    r.drMemory = EMPTY_DR_MEMORY;
+    r.drInFlight.clear();
+    r.checks.clear();
     this.#dropScheduling(r);
+    this.#healthChanged(r);
   }
 
   #restart(r: SimRegion): void {
@@ -1458,6 +1654,8 @@ export class FleetSimulation {
     r.visibleSince = this.#now;
     r.lastPassAt = -1; // no pass since it came back, even one earlier at this same time
     r.nextPassAt = this.#now;
+    r.nextCheckAt = this.#now;
+    this.#healthChanged(r);
   }
 
   #partition(r: SimRegion, until: number): void {
@@ -1467,7 +1665,9 @@ export class FleetSimulation {
     r.until = until;
     r.frozen = this.#freeze(r);
     r.frozenMigrations = this.#log.migrations();
+    r.blip = false;
     this.#dropScheduling(r);
+    this.#healthChanged(r);
   }
 
   #heal(r: SimRegion): void {
@@ -1477,6 +1677,202 @@ export class FleetSimulation {
     r.frozenMigrations = null;
     r.visibleSince = this.#now;
     r.lastPassAt = -1; // its passes so far used the frozen view
+    r.blip = false;
+    this.#healthChanged(r);
+  }
+
+
+  // Disaster recovery.
+
+  /**
+   * One DR step of a region, at its check interval: it checks every other
+   * region (a check fails when either end is down or cut off: the member
+   * failure detector hears nothing), runs the DR core on its view, and
+   * proposes what the core asks. Invariant DR-2 at each failover proposal:
+   * the proposer's own last failAfterChecks checks of that region all failed
+   * while it could see the log, and the region is not in a blip.
+   */
+  #drStep(r: SimRegion, dr: DrSimOptions): void {
+    const o = dr.options;
+    r.nextCheckAt = this.#now + o.checkIntervalMs;
+    const checks = [];
+    for (const other of this.#regions) {
+      if (other === r) continue;
+      const ok = !r.partitioned && other.up && !other.partitioned;
+      checks.push({ region: other.name, ok, at: this.#now, ...(ok ? {} : { detail: other.up ? 'cut off' : 'no answer' }) });
+      // What the proposer saw (a cut-off checker's failures say nothing of the other end): enough for both DR-2 and DR-4.
+      const history = r.checks.get(other.name) ?? [];
+      history.push(r.partitioned ? 'cut-off' : ok ? 'ok' : 'failed');
+      if (history.length > Math.max(o.failAfterChecks, Math.floor(o.stabilisationMs / o.checkIntervalMs))) history.shift();
+      r.checks.set(other.name, history);
+    }
+    const view = r.partitioned ? { protectedVms: () => [], migrationOf: () => undefined } : this.#log;
+    const local = { runningHere: (vm: string, generation: number) => [...r.instances.values()].some((byId) => [...byId.values()].some((i) => i.vmName === vm && i.generation === generation && i.state === 'running')) };
+    const result = (dr.controller ?? stepDr)({ self: r.name, now: this.#now, fleet: view, local, checks, logCurrent: !r.partitioned, memory: r.drMemory, inFlight: r.drInFlight, options: o });
+    r.drMemory = result.memory;
+    for (const effect of result.effects) {
+      if (effect.kind === 'region-failed') {
+        this.#drCounts.regionFailures++;
+        this.#trace(`${r.name} DR: ${effect.region} failed (${effect.detail})`);
+        continue;
+      }
+      if (effect.kind !== 'propose') continue;
+      const command = parseFleetCommand(effect.command);
+      if (command.kind === 'failover') {
+        this.#drCounts.failoverProposals++;
+        const seen = (r.checks.get(command.region) ?? []).slice(-o.failAfterChecks);
+        if (r.partitioned || seen.length < o.failAfterChecks || seen.some((c) => c !== 'failed')) this.#fail(`invariant DR-2: ${r.name} proposes to fail ${command.vm} over from ${command.region} after its checks [${seen.join(', ')}]${r.partitioned ? ' while cut off' : ''}`);
+        const lost = this.#byName.get(command.region);
+        if (lost?.blip === true) this.#fail(`invariant DR-2: ${r.name} proposes to fail ${command.vm} over from ${command.region}, which is only cut off for a blip`);
+      } else if (command.kind === 'migration-start') {
+        // Invariant DR-4: a failback only after every check of its home region in the whole window passed (the ground truth may hide a blip between two checks: no check can see it).
+        const window = Math.floor(o.stabilisationMs / o.checkIntervalMs);
+        const seen = (r.checks.get(command.region) ?? []).slice(-window);
+        const since = this.#healthySince.get(command.region);
+        if (seen.length < window || seen.some((c) => c !== 'ok') || since === undefined) this.#fail(`invariant DR-4: ${r.name} fails ${command.vm} back to ${command.region} after its checks [${seen.join(', ')}] (window ${o.stabilisationMs} ms, healthy ${since === undefined ? 'not at all' : `since ${since} ms`})`);
+      }
+      this.#trace(`${r.name} DR proposes ${command.kind} ${effect.vm}`);
+      const epoch = r.epoch;
+      const proposal = this.#propose(r.name, [command], ([result]) => {
+        if (r.epoch !== epoch) return;
+        r.drInFlight.delete(effect.vm);
+        if (result !== undefined && !result.ok && command.kind === 'failover' && result.code !== 'stale_generation') {
+          this.#drCounts.refusedFailovers++;
+          this.#failoverTrouble.set(command.vm, this.#now);
+          this.#trace(`${r.name} DR failover of ${command.vm} refused: ${result.code} ${result.message}`);
+          this.#recovering.delete(command.vm);
+        }
+      });
+      if (proposal !== null) r.drInFlight.add(effect.vm);
+      else this.#failoverTrouble.set(effect.vm, this.#now);
+    }
+  }
+
+  /** Ground truth of a region's health after it crashed, restarted, was cut off or healed. */
+  #healthChanged(r: SimRegion): void {
+    const healthy = r.up && !r.partitioned;
+    if (healthy && !this.#healthySince.has(r.name)) {
+      this.#healthySince.set(r.name, this.#now);
+      this.#unhealthySince.delete(r.name);
+    } else if (!healthy && !this.#unhealthySince.has(r.name)) {
+      this.#unhealthySince.set(r.name, this.#now);
+      this.#healthySince.delete(r.name);
+    }
+  }
+
+  /**
+   * Invariant DR-3, every step: a failover the log committed brings its VM
+   * up at the DR region within the hold (fenceHoldMs) plus two passes and
+   * two provider operations there, unless the DR region stopped being
+   * healthy, a provider call for the VM failed there, or the VM moved,
+   * stopped or went away meanwhile (then there is no bound to hold it to).
+   * The RTO (from the region's loss to the DR copy running) is recorded.
+   */
+  #checkRecovery(dr: DrSimOptions): void {
+    this.#checkDetection(dr);
+    const [, opMax] = this.#s.opMs;
+    const bound = dr.fence.fenceHoldMs + 2 * (this.#s.passEveryMs + this.#s.tickMs) + 2 * opMax * dr.slowFactor + 1_000;
+    for (const [name, f] of this.#recovering) {
+      const vm = this.#log.vm(name);
+      const a = vm?.assignment ?? null;
+      const region = this.#byName.get(f.region);
+      if (vm === undefined || vm.deleted || vm.power !== 'running' || a?.region !== f.region || a.generation !== f.generation || region === undefined || this.#unhealthySince.has(f.region)) {
+        this.#recovering.delete(name);
+        continue;
+      }
+      const running = [...(this.#running.get(name) ?? [])].some((i) => this.#instanceRegion.get(i) === region && i.generation === f.generation && i.state === 'running');
+      if (running) {
+        this.#recovering.delete(name);
+        this.#drCounts.recovered++;
+        this.#drCounts.longestRtoMs = Math.max(this.#drCounts.longestRtoMs, this.#now - f.lostSince);
+        continue;
+      }
+      const lost = [...(this.#running.get(name) ?? [])].some((i) => this.#instanceRegion.get(i) !== region);
+      if (lost) this.#drCounts.holds++;
+      if (this.#now - f.committedAt > bound) this.#fail(`invariant DR-3: ${name} failed over to ${f.region} g${f.generation} at ${f.committedAt} ms and is not running there ${this.#now - f.committedAt} ms later (bound ${bound} ms)`);
+    }
+  }
+
+  /**
+   * Invariant DR-3, detection: a protected VM whose region has been lost
+   * (down or cut off) since u, whose DR region has been healthy since
+   * before u (so its DR core has checked the lost region all along), is
+   * failed over by u + (failAfterChecks + 1) checks + retryMs + the log's
+   * delay, unless its failover was refused (the DR region full, say) or
+   * could not be proposed, or the VM changed meanwhile.
+   */
+  #checkDetection(dr: DrSimOptions): void {
+    const o = dr.options;
+    const slack = (o.failAfterChecks + 1) * o.checkIntervalMs + o.retryMs + this.#s.logDelayMs[1] + 2 * this.#s.tickMs;
+    for (const vm of this.#log.protectedVms()) {
+      const a = vm.assignment;
+      const p = vm.protection;
+      if (a === null || p === null || a.region === p.drRegion) continue;
+      const u = this.#unhealthySince.get(a.region);
+      const healthyDr = this.#healthySince.get(p.drRegion);
+      if (u === undefined || healthyDr === undefined || healthyDr > u - o.checkIntervalMs || this.#now <= u + slack) continue;
+      if ((this.#changedAt.get(vm.name) ?? 0) > u - o.checkIntervalMs || (this.#protectedAt.get(vm.name) ?? 0) > u - o.checkIntervalMs || (this.#failoverTrouble.get(vm.name) ?? -1) >= u) continue;
+      this.#fail(`invariant DR-3: ${vm.name} at ${a.region} g${a.generation} (lost since ${u} ms) is not failed over to ${p.drRegion} (healthy since ${healthyDr} ms) within ${slack} ms`);
+    }
+  }
+
+  /** Whether region r's view holds the VM as protected: what its self-fencing and its guests' leases act on. */
+  #knewProtected(r: SimRegion, name: string): boolean {
+    if (this.#s.dr === null) return false;
+    if (!r.up || (r.partitioned && r.frozen === null)) return r.protectedAtCrash.has(name);
+    if (r.partitioned) return (r.frozen?.vm(name)?.protection ?? null) !== null;
+    return (this.#log.vm(name)?.protection ?? null) !== null;
+  }
+
+  /** The protected VMs in r's view now (when its daemon dies, their guests' leases start to lapse). */
+  #protectedInView(r: SimRegion): ReadonlySet<string> {
+    if (r.partitioned && r.frozen === null) return r.protectedAtCrash;
+    const out = new Set<string>();
+    for (const byId of r.instances.values()) {
+      for (const inst of byId.values()) {
+        if (inst.vmName === undefined) continue;
+        const vm = r.partitioned ? r.frozen?.vm(inst.vmName) : this.#log.vm(inst.vmName);
+        if ((vm?.protection ?? null) !== null) out.add(inst.vmName);
+      }
+    }
+    return out;
+  }
+
+  /** DR chaos: long outages of regions holding protected VMs, blips, flapping. */
+  #drChaos(dr: DrSimOptions): void {
+    const rng = this.#drRng;
+    const seconds = this.#s.tickMs / 1000;
+    const healthy = this.#regions.filter((r) => r.up && !r.partitioned);
+    const o = dr.options;
+    for (const r of healthy) {
+      if (r.flapUntil > this.#now && this.#now >= r.nextFlapAt) this.#partition(r, this.#now + rng.between(o.checkIntervalMs, o.stabilisationMs / 2));
+    }
+    if (healthy.length < 2) return;
+    if (rng.chance(dr.outagePerSecond * seconds)) {
+      const holders = healthy.filter((r) => this.#log.protectedVms().some((vm) => vm.assignment?.region === r.name));
+      if (holders.length > 0) {
+        const r = rng.pick(holders);
+        this.#drCounts.outages++;
+        const until = this.#now + rng.between(dr.outageMs[0], dr.outageMs[1]);
+        if (rng.chance(0.5)) this.#crash(r, until);
+        else this.#partition(r, until);
+      }
+    }
+    if (rng.chance(dr.blipPerSecond * seconds)) {
+      const r = rng.pick(healthy);
+      this.#drCounts.blips++;
+      // At most failAfterChecks - 1 checks fall inside: failAfterChecks need (failAfterChecks - 1) intervals between the first and the last.
+      // A blip only after long enough up that every checker has seen it well (else it extends an outage the checks never saw end).
+      const wasUp = this.#now - (this.#healthySince.get(r.name) ?? this.#now) >= 2 * o.checkIntervalMs;
+      this.#partition(r, this.#now + rng.between(this.#s.tickMs, (o.failAfterChecks - 1) * o.checkIntervalMs - 2 * this.#s.tickMs));
+      r.blip = wasUp;
+    }
+    if (rng.chance(dr.flapPerSecond * seconds)) {
+      const r = rng.pick(healthy);
+      this.#drCounts.flaps++;
+      r.flapUntil = this.#now + 3 * o.stabilisationMs;
+      this.#partition(r, this.#now + rng.between(o.checkIntervalMs, o.stabilisationMs / 2));
+    }
   }
 
   // Invariants.
@@ -1537,7 +1933,9 @@ export class FleetSimulation {
         // (Backing off lasts until the first pass after retryAt: passes are periodic, not timed to the back-off.)
         const backingOff = r.lastPassAt < (r.memory.attempts.get(key)?.retryAt ?? -1) || r.outcomes.some((o) => actionKey(o.action) === key);
         // With a lease nothing excuses a stale copy but a fence the provider is slow to carry out or refused.
-        const unreachable = this.#s.reconciler.lease === undefined && (!r.up || r.partitioned || r.lastPassAt < staleSince);
+        // A protected VM known as such where its stale copy runs: its region fenced itself (cut off) or its guest's lease lapsed (daemon down).
+        const fencedByDr = (!r.up || r.partitioned) && this.#knewProtected(r, name);
+        const unreachable = this.#s.reconciler.lease === undefined && !fencedByDr && (!r.up || r.partitioned || r.lastPassAt < staleSince);
         if (unreachable || r.inFlight.has(key) || backingOff) {
           excused++;
           continue;
@@ -1689,6 +2087,7 @@ export class FleetSimulation {
       virtualMs: this.#now,
       migrations: { ...this.#mig },
       migrationCrashes: Object.fromEntries(Object.entries(this.#migrationCrashes).sort(([a], [b]) => (a < b ? -1 : 1))),
+      dr: this.#s.dr === null ? null : { ...this.#drCounts },
     };
   }
 

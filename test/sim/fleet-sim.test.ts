@@ -12,14 +12,15 @@
 import { describe, expect, it } from 'vitest';
 import { reconcile, type ReconcileInput } from '../../src/fleet/reconciler.ts';
 import { coordinate, type CoordinatorInput } from '../../src/migration/coordinator.ts';
+import { DEFAULT_DR_OPTIONS, stepDr, type DrInput } from '../../src/dr/controller.ts';
 import { FleetSimFailure, FleetSimulation, fleetScenarioForSeed, runFleetSeed, type FleetScenario, type FleetSimReport } from './fleet-harness.ts';
 
 /** Runs seeds with a broken core until one fails; returns the failure's message. */
-function firstFailure(broken: typeof reconcile | Pick<FleetScenario, 'reconcile' | 'coordinate'>): string {
+function firstFailure(broken: typeof reconcile | Pick<FleetScenario, 'reconcile' | 'coordinate'>, seeds: readonly number[] = Array.from({ length: 100 }, (_, i) => i + 1), adjust: (s: FleetScenario) => FleetScenario = (s) => s): string {
   const swap = typeof broken === 'function' ? { reconcile: broken } : broken;
-  for (let seed = 1; seed <= 100; seed++) {
+  for (const seed of seeds) {
     try {
-      new FleetSimulation({ ...fleetScenarioForSeed(seed), ...swap }).run();
+      new FleetSimulation(adjust({ ...fleetScenarioForSeed(seed), ...swap })).run();
     } catch (error) {
       if (error instanceof FleetSimFailure) return error.message;
       throw error;
@@ -88,6 +89,21 @@ describe('fleet deterministic simulation', () => {
     expect(firstFailure({ reconcile: grabby })).toMatch(/invariant 5: /);
   });
 
+  it('catches a DR core that fails over after 2 missed checks, one that fails back inside the window, one that never fails over, a reconciler that does not fence itself when cut off, and one that starts a failed-over copy at once', () => {
+    const drSeeds = Array.from({ length: 100 }, (_, i) => 3 * (i + 1));
+    const withCore = (core: typeof stepDr) => (sc: FleetScenario): FleetScenario => (sc.dr === null ? sc : { ...sc, dr: { ...sc.dr, controller: core } });
+    const hasty = (input: DrInput) => stepDr({ ...input, options: { ...(input.options ?? DEFAULT_DR_OPTIONS), failAfterChecks: 2 } });
+    expect(firstFailure({}, drSeeds, withCore(hasty))).toMatch(/invariant DR-2: \S+ proposes to fail \S+ over from \S+ after its checks \[(ok|cut-off), failed, failed\]|invariant DR-2: .* only cut off for a blip/);
+    const impatient = (input: DrInput) => stepDr({ ...input, options: { ...(input.options ?? DEFAULT_DR_OPTIONS), stabilisationMs: 1_000 } });
+    expect(firstFailure({}, drSeeds, withCore(impatient))).toMatch(/invariant DR-4: \S+ fails \S+ back to \S+ after its checks \[.*(failed|cut-off)/);
+    const idle = (input: DrInput) => ({ ...stepDr(input), effects: [] });
+    expect(firstFailure({}, drSeeds, withCore(idle))).toMatch(/invariant DR-3: \S+ at \S+ g\d+ \(lost since \d+ ms\) is not failed over/);
+    const noSelfFence = (input: ReconcileInput) => reconcile(input.options?.dr === undefined ? input : { ...input, options: { ...input.options, dr: { ...input.options.dr, fenceAfterMs: 1e9 } } });
+    expect(firstFailure(noSelfFence, drSeeds.filter((seed) => seed % 2 !== 0))).toMatch(/invariant 3: \S+ runs 2 copies/);
+    const noHold = (input: ReconcileInput) => reconcile(input.options?.dr === undefined ? input : { ...input, options: { ...input.options, dr: { ...input.options.dr, fenceHoldMs: 0 } } });
+    expect(firstFailure(noHold, drSeeds.filter((seed) => seed % 2 !== 0))).toMatch(/invariant 3: \S+ runs 2 copies/);
+  });
+
   it('names the seed and the replay command when a run fails', () => {
     const failure = new FleetSimFailure(42, 'small', 1234, 'two running copies');
     expect(failure.message).toContain('fleet simulation seed 42 (small) failed at 1234 ms: two running copies');
@@ -117,6 +133,24 @@ describe('fleet deterministic simulation', () => {
     expect(sum((r) => r.refusals)).toBeGreaterThan(SEEDS);
     for (const r of reports) expect(r.orphanReports).toBeGreaterThan(0);
     expect(sum((r) => r.running)).toBeGreaterThan(15 * SEEDS);
+  });
+
+  it('the DR seeds exercised protection, region failures, failovers and failbacks, blips, flapping, self-fencing, lease watchdogs and the hold', () => {
+    const dr = reports.flatMap((r) => (r.dr === null ? [] : [r.dr]));
+    expect(dr.length).toBe(Math.floor(SEEDS / 3));
+    const sum = (pick: (r: NonNullable<FleetSimReport['dr']>) => number): number => dr.reduce((total, r) => total + pick(r), 0);
+    expect(sum((r) => r.protected)).toBeGreaterThan(10 * dr.length);
+    expect(sum((r) => r.outages)).toBeGreaterThan(dr.length / 2);
+    expect(sum((r) => r.blips)).toBeGreaterThan(dr.length / 2);
+    expect(sum((r) => r.flaps)).toBeGreaterThan(dr.length / 10);
+    expect(sum((r) => r.regionFailures)).toBeGreaterThan(dr.length);
+    expect(sum((r) => r.failovers)).toBeGreaterThan(2 * dr.length);
+    expect(sum((r) => r.recovered)).toBeGreaterThan(dr.length);
+    expect(sum((r) => r.failbacksStarted)).toBeGreaterThan(dr.length);
+    expect(sum((r) => r.failbacksCompleted)).toBeGreaterThan(dr.length);
+    expect(sum((r) => r.selfFences)).toBeGreaterThan(dr.length / 2);
+    expect(sum((r) => r.watchdogStops)).toBeGreaterThan(dr.length / 2);
+    expect(sum((r) => r.holds)).toBeGreaterThan(dr.length / 2);
   });
 
   it('the runs exercised migrations of every mode and result, cancels, lost proposals, failed transfers, live rollbacks that waited for the target, and crashes of both sides at every step', () => {
