@@ -143,6 +143,7 @@ export function resolveConfig(input: ResolveInput = {}): DwcpConfig {
     state: f.state,
     fleet: f.fleet,
     policies,
+    dr: f.dr,
     configPath,
   };
 }

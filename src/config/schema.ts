@@ -15,6 +15,7 @@ import { BlobSchema, type BlobSettings } from '../blob/config.ts';
 import { StateSchema, type StateSettings } from '../state/config.ts';
 import { FleetSettingsSchema, type FleetSettings } from '../fleet/config.ts';
 import { POLICY_MAX_DOCUMENTS, type PolicyFileSet } from '../policy/files.ts';
+import { DrSettingsSchema, type DrSettings } from '../dr/config.ts';
 
 export const PROVIDERS = ['onprem', 'private', 'aws', 'gcp', 'azure', 'oracle'] as const;
 export type Provider = (typeof PROVIDERS)[number];
@@ -186,6 +187,7 @@ const ConfigFileObject = z.strictObject({
    * the config file's directory. Read and compiled at load (src/policy/files.ts).
    */
   policies: z.array(z.string().min(1).max(4096)).max(POLICY_MAX_DOCUMENTS).default([]),
+  dr: DrSettingsSchema.default(DrSettingsSchema.parse({})),
 });
 
 export const ConfigFileSchema = ConfigFileObject.superRefine((cfg, ctx) => {
@@ -298,6 +300,8 @@ export interface DwcpConfig {
    * Absent (hand-built configs): none.
    */
   policies?: PolicyFileSet;
+  /** Disaster recovery: region checks, self-fencing, failback (src/dr/config.ts, docs/dr.md). */
+  dr: DrSettings;
   /** The file this came from, if any (SIGHUP re-reads it). */
   configPath: string | undefined;
 }

@@ -46,6 +46,10 @@ import { fleetServiceRegistration } from '../admin/fleet-service.ts';
 import { migrationServiceRegistration } from '../admin/migration-service.ts';
 import { policyServiceRegistration } from '../admin/policy-service.ts';
 import { drServiceRegistration } from '../admin/dr-service.ts';
+import { DrDriver } from '../dr/driver.ts';
+
+/** The key the DR driver's barrier reads (any key does: a strong read answers only with the majority's consent). */
+const DR_BARRIER_KEY = 'dwcp/dr/barrier';
 import { FleetSeat } from '../fleet/seat.ts';
 import { regionDeclaration } from '../fleet/region-declaration.ts';
 import type { ObservedFleet, RegionHealth } from '../fleet/placement.ts';
@@ -92,6 +96,7 @@ export class Daemon {
   readonly fleet: ObservedPublisher;
   /** This region's part in the fleet's desired state: declaration, scheduling, the reconciler (src/fleet/seat.ts). */
   readonly seat: FleetSeat;
+  readonly dr: DrDriver;
   /** The federation's guest images by name: records in the federation log, holders in the geo store (src/image/catalog.ts). */
   readonly images: ImageCatalog;
   /**
@@ -204,6 +209,31 @@ export class Daemon {
       log: parts.log.child({ component: 'fleet' }),
       decisionLog: parts.log.child({ component: 'policy' }),
       commitTimeoutMs: config.raft.requestTimeoutMs,
+      drFence: { fenceAfterMs: config.dr.fenceAfterMs, fenceHoldMs: config.dr.fenceHoldMs },
+      logSeenAt: () => this.dr.logSeenAt(),
+    });
+    this.dr = new DrDriver({
+      region: config.node.name,
+      settings: config.dr,
+      state: () => this.seat.state,
+      commit: (command, timeoutMs) => this.seat.log.commit(command, timeoutMs),
+      // A linearizable read of the federation log: answered only while this node hears its majority.
+      barrier: async (timeoutMs) => {
+        await parts.kvRouter.read({ key: DR_BARRIER_KEY, prefix: false, limit: 0, level: 'strong', scope: 'federation', timeoutMs });
+      },
+      health: (region) => {
+        const m = this.mesh.status().find((s) => s.name === region);
+        if (m === undefined) return undefined;
+        const h = this.geo.health(m.peerId);
+        if (!m.connected) return { ok: false, detail: `not connected${m.lastError === null ? '' : ` (${m.lastError})`}` };
+        return h.health === 'suspected' ? { ok: false, detail: `suspected (phi ${h.phi?.toFixed(1) ?? '?'})` } : { ok: true };
+      },
+      runningHere: (vm, generation) => {
+        const r = this.seat.reconciler.reports().get(vm);
+        return r !== undefined && r.status === 'running' && r.generation === generation;
+      },
+      metrics: parts.metrics.dr,
+      log: parts.log.child({ component: 'dr' }),
     });
     this.metrics.policy.setSource(() => this.seat.auditor.latest());
     // The region record carries what the reconciler gave up on, so every node can say why a VM is not running.
@@ -337,6 +367,7 @@ export class Daemon {
     this.cloud.start();
     this.fleet.start();
     this.seat.start();
+    this.dr.start();
     await this.blob.start();
     await this.#imageFetch.start();
     await this.#migrate.start();
@@ -358,7 +389,7 @@ export class Daemon {
         fleetServiceRegistration({ view: () => this.fleet.view(), seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         migrationServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         policyServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
-        drServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
+        drServiceRegistration({ seat: this.seat, facts: (vm) => ({ lastBackupAt: null, rtoMeasuredMs: this.dr.rtoOf(vm) }), defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
       ],
     });
     this.#metricsServer = await startMetricsServer({
@@ -467,6 +498,7 @@ export class Daemon {
       }
     };
     // Cloud operations first: their callers get an answer before the admin socket closes.
+    this.dr.stop();
     await step('fleet reconciler', () => this.seat.stop(), 500);
     await step('fleet', () => this.fleet.stop(), 500);
     await step('cloud', () => this.cloud.stop(), 500);

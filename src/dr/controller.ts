@@ -189,7 +189,7 @@ export function stepDr(input: DrInput): DrResult {
         kind: 'propose',
         vm: vm.name,
         why: 'failover',
-        command: { kind: 'failover', vm: vm.name, region: a.region, generation: a.generation, reason: `${a.region} failed ${health.consecutiveFailures} consecutive checks from ${health.firstFailedAt ?? now} (seen from ${self})`, at: now },
+        command: { kind: 'failover', vm: vm.name, region: a.region, generation: a.generation, reason: `${a.region} failed ${health.consecutiveFailures} consecutive checks (seen from ${self})`, since: health.firstFailedAt ?? now, at: now },
       };
     } else if (failedOver && seen !== null && self === p.drRegion && p.failback === 'auto' && migration === undefined && input.local.runningHere(vm.name, a.generation)) {
       const from = p.failedOver?.from;

@@ -87,6 +87,8 @@ export const FailoverSchema = z.strictObject({
   generation,
   /** Why, for operators: `dc1 failed 3 consecutive checks (on dc2)`. */
   reason: z.string().min(1).max(1024),
+  /** The proposer's first failed check of the region (its clock): where the RTO is measured from. */
+  since: at,
   at,
 });
 
@@ -100,6 +102,7 @@ export const FailedOverSchema = z.strictObject({
   /** The generation the failover assigned at the DR region. */
   generation,
   reason: z.string().min(1).max(1024),
+  since: at,
   at,
 });
 

@@ -79,6 +79,8 @@ export interface RegionReconcilerOptions {
   /** Passes at least this often, for drift the providers cause (a VM stopped by hand). */
   readonly intervalMs: number;
   readonly core?: ReconcilerOptions;
+  /** When this node's view of the log was last known current (the core's lease and DR self-fencing input); absent: always now. */
+  readonly logSeenAt?: () => number;
   readonly maxInFlight?: number;
   readonly now?: () => number;
   /**
@@ -158,6 +160,7 @@ export class RegionReconciler {
       inFlight: this.#inFlight,
       now: now(),
       options: this.#o.core ?? DEFAULT_RECONCILER_OPTIONS,
+      ...(this.#o.logSeenAt === undefined ? {} : { logSeenAt: this.#o.logSeenAt() }),
     });
     this.#memory = result.memory;
     const orphans: OrphanReport[] = [];

@@ -26,6 +26,7 @@ import { FleetLog } from './log.ts';
 import { FleetScheduler, type ScheduleOutcome, type SchedulerMetrics } from './fleet-scheduler.ts';
 import type { ObservedFleet, PlacementDecision } from './placement.ts';
 import { RegionReconciler, type ReconcilerInventory, type ReconcilerMetrics } from './region-reconciler.ts';
+import type { ReconcilerDrFence } from './reconciler.ts';
 import { resolveSchedulerOptions } from './scheduler.ts';
 import type { FleetVmSpec } from './spec.ts';
 import type { FleetState } from './state-machine.ts';
@@ -65,6 +66,9 @@ export interface FleetSeatOptions {
   readonly decisionLog?: Logger;
   /** How long one attempt to commit the declaration (or a migration step) may take. */
   readonly commitTimeoutMs: number;
+  /** DR self-fencing of protected VMs (src/dr/): the deadline and hold, and when this node last saw the log current. */
+  readonly drFence?: ReconcilerDrFence;
+  readonly logSeenAt?: () => number;
 }
 
 /**
@@ -120,7 +124,8 @@ export class FleetSeat {
       metrics: options.metrics,
       log: options.log,
       intervalMs: settings.reconcileIntervalMs,
-      core: { maxAttempts: settings.maxAttempts, backoffBaseMs: settings.backoffBaseMs, backoffCapMs: settings.backoffCapMs },
+      core: { maxAttempts: settings.maxAttempts, backoffBaseMs: settings.backoffBaseMs, backoffCapMs: settings.backoffCapMs, ...(options.drFence === undefined ? {} : { dr: options.drFence }) },
+      ...(options.logSeenAt === undefined ? {} : { logSeenAt: options.logSeenAt }),
       purge: async (vm) => {
         const result = await this.log.commit({ kind: 'purge', vm }, options.commitTimeoutMs);
         if (result.ok) options.log.info({ vm }, 'fleet VM purged: deleted and no copy left');

@@ -629,7 +629,7 @@ export class FleetStateMachine implements FleetState {
     const generation = vm.generation + 1;
     const moved = this.#move(vm, p.drRegion, p.drProvider, generation);
     invariant(moved === null, () => `fleet: failover of ${vm.name} was checked to fit ${p.drRegion}/${p.drProvider}`);
-    vm.protection = { ...p, failedOver: { from: { region: from.region, provider: from.provider }, generation, reason: cmd.reason, at: cmd.at } };
+    vm.protection = { ...p, failedOver: { from: { region: from.region, provider: from.provider }, generation, reason: cmd.reason, since: cmd.since, at: cmd.at } };
     return { ok: true, kind: 'failover', vm: vm.name, region: p.drRegion, generation };
   }
 

@@ -14,6 +14,7 @@ import { createStateMetrics, type StateMetrics } from '../state/metrics.ts';
 import { createFleetMetrics, type FleetMetrics } from '../fleet/metrics.ts';
 import { createMigrationMetrics, type MigrationMetrics } from '../migration/metrics.ts';
 import { createPolicyMetrics, type PolicyMetrics } from '../fleet/policy-metrics.ts';
+import { createDrMetrics, type DrMetrics } from '../dr/metrics.ts';
 
 /** Reasons a connection or peer is refused; bounded so label cardinality stays small. */
 export const REFUSAL_REASONS = ['not_member', 'hello_failed', 'federation_mismatch', 'identity_mismatch'] as const;
@@ -60,6 +61,7 @@ export interface DwcpMetrics extends MeshMetrics {
   fleet: FleetMetrics;
   migration: MigrationMetrics;
   policy: PolicyMetrics;
+  dr: DrMetrics;
 }
 
 /** Outcomes of a client proposal as the driver sees them; bounded for label cardinality. */
@@ -272,6 +274,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): DwcpMetr
     fleet: createFleetMetrics(registers),
     migration: createMigrationMetrics(registers),
     policy: createPolicyMetrics(registers),
+    dr: createDrMetrics(registers),
   };
   // Export zeroes for every bounded label value so rate() works from the first scrape.
   for (const reason of REFUSAL_REASONS) m.connectionsRefused.inc({ reason }, 0);

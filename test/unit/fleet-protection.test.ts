@@ -20,7 +20,7 @@ function refused(result: FleetResult, code: FleetRejectCode, message?: string): 
 
 const cmd = (input: FleetCommandInput): FleetCommand => parseFleetCommand(input);
 const protect = (vm: string, drRegion: string, more: Record<string, unknown> = {}): FleetCommand => cmd({ kind: 'protect', vm, drRegion, ...more });
-const failover = (vm: string, region: string, generation: number): FleetCommand => cmd({ kind: 'failover', vm, region, generation, reason: `${region} failed 3 consecutive checks`, at: 5000 });
+const failover = (vm: string, region: string, generation: number): FleetCommand => cmd({ kind: 'failover', vm, region, generation, reason: `${region} failed 3 consecutive checks`, since: 4000, at: 5000 });
 const failback = (vm: string, region: string, generation: number): FleetCommand => cmd({ kind: 'migration-start', vm, region, provider: 'local', generation, mode: 'warm', purpose: 'failback', at: 6000 });
 
 const dc1 = registerRegion('dc1', [localProvider(8, 16)], { jurisdiction: 'eu' });
@@ -59,7 +59,7 @@ describe('protect and unprotect', () => {
     m.apply(setPolicy(1, [{ condition: "operation != 'failover' || region.jurisdiction == 'eu'", message: 'EU data fails over inside the EU' }]));
     refused(m.apply(protect('web1', 'dc3')), 'policy_denied', 'web1 may not go to dc3/local (failover)');
     expect(m.apply(protect('web1', 'dc2'))).toMatchObject({ ok: true });
-    refused(m.apply(cmd({ kind: 'failover', vm: 'ghost', region: 'dc1', generation: 1, reason: 'x', at: 1 })), 'unknown_vm');
+    refused(m.apply(cmd({ kind: 'failover', vm: 'ghost', region: 'dc1', generation: 1, reason: 'x', since: 1, at: 1 })), 'unknown_vm');
     m.apply(create(spec('db1')));
     m.apply(assign('db1', 'dc1', 1));
     refused(m.apply(failover('db1', 'dc1', 1)), 'not_protected', 'db1 is not protected');
@@ -68,7 +68,7 @@ describe('protect and unprotect', () => {
   it('schemas name the field: bounds on the targets, the failback mode', () => {
     expect(() => parseFleetCommand({ kind: 'protect', vm: 'web1', drRegion: 'dc2', rpoMs: 5 })).toThrow(/command\.rpoMs/);
     expect(() => parseFleetCommand({ kind: 'protect', vm: 'web1', drRegion: 'dc2', failback: 'sometimes' })).toThrow(FleetCommandError);
-    expect(() => parseFleetCommand({ kind: 'failover', vm: 'web1', region: 'dc1', generation: 0, reason: 'x', at: 0 })).toThrow(/command\.generation/);
+    expect(() => parseFleetCommand({ kind: 'failover', vm: 'web1', region: 'dc1', generation: 0, reason: 'x', since: 0, at: 0 })).toThrow(/command\.generation/);
     const bytes = encodeFleetCommand({ kind: 'protect', vm: 'web1', drRegion: 'dc2' });
     expect(decodeFleetCommand(bytes)).toMatchObject({ kind: 'protect', rpoMs: DR_DEFAULTS.rpoMs, failback: 'auto' });
   });
@@ -82,7 +82,7 @@ describe('failover', () => {
     refused(m.apply(failover('web1', 'dc1', 1)), 'stale_generation', 'assigned to dc2 at generation 2, not dc1 at 1');
     const vm = m.vm('web1');
     expect(vm?.assignment).toEqual({ region: 'dc2', provider: 'local', generation: 2 });
-    expect(vm?.protection?.failedOver).toEqual({ from: { region: 'dc1', provider: 'local' }, generation: 2, reason: 'dc1 failed 3 consecutive checks', at: 5000 });
+    expect(vm?.protection?.failedOver).toEqual({ from: { region: 'dc1', provider: 'local' }, generation: 2, reason: 'dc1 failed 3 consecutive checks', since: 4000, at: 5000 });
     expect(m.usage('dc1', 'local')?.vcpus).toBe(0);
     expect(m.usage('dc2', 'local')?.vcpus).toBe(2);
     // Failed over: the DR region cannot change until it fails back.

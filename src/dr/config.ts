@@ -1,0 +1,34 @@
+/**
+ * The `dr:` config section: how often regions are checked, after how many
+ * failed checks a region is failed, the self-fencing deadline and the DR
+ * copy's hold, and the failback window. Every key has a default and a
+ * range; a refusal names the field. Invariant: fenceHoldMs exceeds
+ * fenceAfterMs (the hold must outlast the lost region's own fencing), which
+ * is what keeps two copies of a protected VM from running at once.
+ */
+import { z } from 'zod';
+import { DEFAULT_DR_OPTIONS } from './controller.ts';
+
+export const DEFAULT_FENCE_AFTER_MS = 10_000;
+export const DEFAULT_FENCE_HOLD_MS = 20_000;
+
+export const DrSettingsSchema = z
+  .strictObject({
+    /** Each region is checked this often (the member failure detector's view of its daemon). */
+    checkIntervalMs: z.number().int().min(100).max(600_000).default(DEFAULT_DR_OPTIONS.checkIntervalMs),
+    /** Consecutive failed checks after which a region is failed and its protected VMs fail over. */
+    failAfterChecks: z.number().int().min(2).max(100).default(DEFAULT_DR_OPTIONS.failAfterChecks),
+    /** A region cut off from the federation log this long stops its protected VMs on its own. */
+    fenceAfterMs: z.number().int().min(100).max(3_600_000).default(DEFAULT_FENCE_AFTER_MS),
+    /** A failed-over copy starts only this long after its region first saw the failover: above fenceAfterMs plus a reconcile pass and a stop. */
+    fenceHoldMs: z.number().int().min(100).max(3_600_000).default(DEFAULT_FENCE_HOLD_MS),
+    /** How long a failed-over VM's home region must pass every check before it fails back (failback auto). */
+    stabilisationMs: z.number().int().min(100).max(86_400_000).default(DEFAULT_DR_OPTIONS.stabilisationMs),
+    /** A lost or refused DR proposal is made again after this long. */
+    retryMs: z.number().int().min(100).max(3_600_000).default(DEFAULT_DR_OPTIONS.retryMs),
+  })
+  .superRefine((d, ctx) => {
+    if (d.fenceHoldMs <= d.fenceAfterMs) ctx.addIssue({ code: 'custom', path: ['fenceHoldMs'], input: d.fenceHoldMs, params: { sentence: true }, message: `must be above dr.fenceAfterMs (${d.fenceAfterMs}) plus a reconcile pass and a stop, or a lost region's copy may still run when the DR copy starts` });
+  });
+
+export type DrSettings = z.infer<typeof DrSettingsSchema>;

@@ -1,0 +1,156 @@
+/**
+ * DrDriver: runs the DR core (controller.ts) on this daemon. Every
+ * dr.checkIntervalMs it (1) asks the federation log for a linearizable
+ * barrier (a strong read): when it answers, this node's view of the log was
+ * current when it was asked, which is what the region reconciler's
+ * self-fencing reads (logSeenAt); (2) checks every other registered region
+ * (its daemon connected and not suspected by the member failure detector);
+ * (3) steps the core and commits what it proposes (failovers, failback
+ * migrations), one proposal per VM at a time; and measures the RTO of
+ * failovers into this region when their copy first runs here.
+ *
+ * Invariants: the core decides, the driver only runs checks and commits;
+ * a proposal's answer is logged and counted, never acted on beyond that
+ * (the next step reads the applied state). Timers stop with stop().
+ */
+import type { Logger } from '../log.ts';
+import type { FleetCommandInput, FleetResult } from '../fleet/commands.ts';
+import type { FleetState } from '../fleet/state-machine.ts';
+import { EMPTY_DR_MEMORY, stepDr, type DrMemory, type DrOptions, type RegionCheck } from './controller.ts';
+import type { DrSettings } from './config.ts';
+import type { DrMetrics } from './metrics.ts';
+
+export interface DrDriverOptions {
+  readonly region: string;
+  readonly settings: DrSettings;
+  readonly state: () => FleetState;
+  readonly commit: (command: FleetCommandInput, timeoutMs: number) => Promise<FleetResult>;
+  /** Resolves when the federation log answered a linearizable read; throws when it cannot within timeoutMs. */
+  readonly barrier: (timeoutMs: number) => Promise<void>;
+  /** Each other region's health as this node sees it now (member name = region name); absent: not a member we know. */
+  readonly health: (region: string) => { readonly ok: boolean; readonly detail?: string } | undefined;
+  /** Whether this region's reconciler reports the VM running here at that generation. */
+  readonly runningHere: (vm: string, generation: number) => boolean;
+  readonly metrics: DrMetrics;
+  readonly log: Logger;
+  readonly now?: () => number;
+}
+
+export class DrDriver {
+  readonly #o: DrDriverOptions;
+  readonly #options: DrOptions;
+  readonly #now: () => number;
+  #memory: DrMemory = EMPTY_DR_MEMORY;
+  readonly #inFlight = new Set<string>();
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  #logSeenAt: number;
+  /** Failovers into this region whose RTO was measured (vm@generation), and the last RTO per VM. */
+  readonly #measured = new Set<string>();
+  readonly #rto = new Map<string, number>();
+
+  constructor(options: DrDriverOptions) {
+    this.#o = options;
+    const s = options.settings;
+    this.#options = { checkIntervalMs: s.checkIntervalMs, failAfterChecks: s.failAfterChecks, stabilisationMs: s.stabilisationMs, retryMs: s.retryMs };
+    this.#now = options.now ?? Date.now;
+    // A daemon that just started counts as having seen the log now: it fences itself only if the log stays silent fenceAfterMs.
+    this.#logSeenAt = this.#now();
+  }
+
+  /** When this node's view of the federation log was last known current (the reconciler's self-fencing input). */
+  logSeenAt(): number {
+    return this.#logSeenAt;
+  }
+
+  /** The last RTO this node measured for a VM failed over into this region (ms), if any. */
+  rtoOf(vm: string): number | null {
+    return this.#rto.get(vm) ?? null;
+  }
+
+  start(): void {
+    this.#schedule();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+  }
+
+  #schedule(): void {
+    if (this.#stopped) return;
+    this.#timer = setTimeout(() => void this.#tick().finally(() => this.#schedule()), this.#options.checkIntervalMs);
+    this.#timer.unref();
+  }
+
+  async #tick(): Promise<void> {
+    const asked = this.#now();
+    let logCurrent = false;
+    try {
+      await this.#o.barrier(this.#options.checkIntervalMs);
+      this.#logSeenAt = asked;
+      logCurrent = true;
+    } catch (err) {
+      this.#o.log.debug({ err: err instanceof Error ? err.message : String(err) }, 'DR: the federation log did not answer a barrier read');
+    }
+    if (this.#stopped) return;
+    this.#step(logCurrent);
+  }
+
+  /** One step of the core on this node's state (exposed for tests that drive time themselves). */
+  #step(logCurrent: boolean): void {
+    const now = this.#now();
+    const state = this.#o.state();
+    const checks: RegionCheck[] = [];
+    for (const region of state.regions()) {
+      if (region.name === this.#o.region) continue;
+      const h = this.#o.health(region.name);
+      checks.push({ region: region.name, ok: h?.ok ?? false, at: now, ...(h?.detail === undefined ? (h === undefined ? { detail: 'not a configured member' } : {}) : { detail: h.detail }) });
+    }
+    const result = stepDr({ self: this.#o.region, now, fleet: state, local: { runningHere: this.#o.runningHere }, checks, logCurrent, memory: this.#memory, inFlight: this.#inFlight, options: this.#options });
+    this.#memory = result.memory;
+    for (const effect of result.effects) {
+      if (effect.kind === 'region-failed') {
+        this.#o.metrics.regionFailures.inc({ region: effect.region });
+        this.#o.log.warn({ region: effect.region, firstFailedAt: new Date(effect.firstFailedAt).toISOString(), detail: effect.detail }, 'DR: region failed; its protected VMs fail over');
+      } else if (effect.kind === 'region-recovered') {
+        this.#o.log.info({ region: effect.region }, 'DR: region passes its checks again');
+      } else this.#propose(effect.vm, effect.why, effect.command);
+    }
+    this.#measureRto(state, now);
+  }
+
+  #propose(vm: string, kind: 'failover' | 'failback', command: FleetCommandInput): void {
+    this.#inFlight.add(vm);
+    this.#o.log.info({ vm, kind }, `DR: proposing ${kind}`);
+    void this.#o
+      .commit(command, Math.max(this.#options.checkIntervalMs, 5_000))
+      .then((result) => {
+        const outcome = result.ok ? 'ok' : result.code === 'stale_generation' ? 'lost' : 'refused';
+        this.#o.metrics.proposals.inc({ kind, result: outcome });
+        if (result.ok) this.#o.log.warn({ vm, kind, region: result.region, generation: result.generation }, `DR: ${kind} committed`);
+        else this.#o.log[outcome === 'lost' ? 'info' : 'warn']({ vm, kind, code: result.code, err: result.message }, `DR: ${kind} not committed`);
+      })
+      .catch((err: unknown) => {
+        this.#o.metrics.proposals.inc({ kind, result: 'error' });
+        this.#o.log.warn({ vm, kind, err: err instanceof Error ? err.message : String(err) }, `DR: ${kind} proposal failed; retried after dr.retryMs`);
+      })
+      .finally(() => this.#inFlight.delete(vm));
+  }
+
+  /** RTO of each failover into this region: from the lost region's first failed check to the copy first reported running here. */
+  #measureRto(state: FleetState, now: number): void {
+    for (const vm of state.protectedVms()) {
+      const f = vm.protection?.failedOver ?? null;
+      const a = vm.assignment;
+      if (f === null || a === null || a.region !== this.#o.region || a.generation !== f.generation) continue;
+      const key = `${vm.name}@${f.generation}`;
+      if (this.#measured.has(key) || !this.#o.runningHere(vm.name, f.generation)) continue;
+      this.#measured.add(key);
+      const rtoMs = Math.max(0, now - f.since);
+      this.#rto.set(vm.name, rtoMs);
+      this.#o.metrics.rto.observe(rtoMs / 1000);
+      this.#o.log.info({ vm: vm.name, from: f.from.region, rtoMs }, 'DR: failed-over VM running here');
+    }
+  }
+}

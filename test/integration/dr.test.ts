@@ -1,0 +1,119 @@
+/**
+ * Disaster recovery with real processes: three dwcpd daemons (Raft carries
+ * the federation log), each a region with a local provider (local VMs are
+ * records, so failover and failback run with no hypervisor), with DR's
+ * timings shortened (checks every 500 ms, a region failed after 3, a cut-off
+ * region fences itself after 1.5 s, the DR copy held 3.5 s).
+ *
+ * What it proves, through dwcpctl only:
+ * - `vm protect` stores the protection in desired state and `dr status`
+ *   shows it on every node; bad flags and an unknown DR region are refused
+ *   by name;
+ * - kill -9 of the protected VM's daemon: another region proposes the
+ *   failover, the log moves the VM to its DR region at generation 2, and it
+ *   runs there; the RTO the DR region measured (from the first failed check
+ *   to the copy running) is within the VM's RTO target and shown by
+ *   `dr status`;
+ * - the lost region's daemon comes back: it sees the newer generation and
+ *   terminates its stale copy without ever starting it; exactly one copy
+ *   runs, at the DR region.
+ *
+ * No sleeps as synchronisation: states and log lines are awaited with
+ * generous deadlines.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DrVmStatusInfo, FleetDesiredVm, FleetVm } from '../../src/admin/schema.ts';
+import { RaftCluster } from './raft-cluster.ts';
+import { eventually, type CtlResult } from './harness.ts';
+
+/** From a command to the state it leads to, on a loaded 2-core machine. */
+const SETTLE_MS = 45_000;
+const RTO_TARGET = '30s';
+
+let cluster: RaftCluster;
+
+function ctl(i: number, ...args: string[]): Promise<CtlResult> {
+  return cluster.ctl(i, '--timeout', '60s', ...args);
+}
+
+async function json<T>(i: number, ...args: string[]): Promise<T> {
+  const res = await ctl(i, ...args, '--json');
+  expect(res.stderr, `n${i + 1}: ${args.join(' ')}`).toBe('');
+  return JSON.parse(res.stdout) as T;
+}
+
+const desired = async (i: number, name: string): Promise<FleetDesiredVm | undefined> => (await json<{ vms: FleetDesiredVm[] }>(i, 'vm', 'list', '--desired', name)).vms[0];
+const copies = async (i: number, name: string): Promise<FleetVm[]> => (await json<{ vms: FleetVm[] }>(i, 'vm', 'list', '--all')).vms.filter((v) => v.desired_vm === name);
+const drStatus = async (i: number, name: string): Promise<DrVmStatusInfo | undefined> => (await cluster.admin(i, (c) => c.dr.status([name]))).vms[0];
+
+async function runningAt(i: number, name: string, region: string, generation: string): Promise<void> {
+  await eventually(`${name} running at ${region} g${generation} (seen from n${i + 1})`, SETTLE_MS, async () => {
+    const vm = await desired(i, name);
+    return vm?.region === region && vm.generation === generation && vm.status === 'running' ? vm : undefined;
+  });
+}
+
+beforeAll(async () => {
+  const price = [0.01, 0.02, 0.03];
+  cluster = await RaftCluster.start('dr', 3, {
+    extra: (i) => ({
+      clouds: { providers: [{ kind: 'local', region: `dc${i + 1}`, capacity: { vcpus: 8, memoryGiB: 16, diskGiB: 100 }, pricePerVcpuHour: price[i], pricePerGiBHour: 0, inventoryIntervalMs: 500 }] },
+      fleet: { publishIntervalMs: 250, staleAfterMs: 750, reconcileIntervalMs: 500, backoffBaseMs: 100, backoffCapMs: 400 },
+      dr: { checkIntervalMs: 500, failAfterChecks: 3, fenceAfterMs: 1_500, fenceHoldMs: 3_500, stabilisationMs: 4_000, retryMs: 1_000 },
+    }),
+  });
+  await Promise.all([0, 1, 2].map((i) => cluster.daemon(i).waitForLog((l) => l.msg === 'fleet region declared', `n${i + 1} declares its region`)));
+}, 90_000);
+
+afterAll(async () => {
+  await cluster?.destroy();
+});
+
+describe('disaster recovery, local providers, real daemons', () => {
+  it('protect: stored in desired state, shown by dr status on every node; bad requests refused by name', async () => {
+    const created = await json<{ region: string }>(1, 'vm', 'create', 'web1', '--cpu', '1', '--memory', '1GiB', '--image', 'base', '--constraint', 'region=n1,n2');
+    expect(created.region).toBe('n1');
+    await runningAt(0, 'web1', 'n1', '1');
+
+    const unknown = await ctl(2, 'vm', 'protect', 'web1', '--dr-region', 'mars');
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain('no region named mars is registered (the DR region of web1)');
+    const same = await ctl(2, 'vm', 'protect', 'web1', '--dr-region', 'n1');
+    expect(same.stderr).toContain('web1 runs in n1; its DR region must be another region');
+
+    const protect = await ctl(2, 'vm', 'protect', 'web1', '--dr-region', 'n2', '--rpo', '1m', '--rto', RTO_TARGET, '--retention', '1d', '--failback', 'manual');
+    expect(protect.code, protect.stderr).toBe(0);
+    expect(protect.stdout).toBe('web1 protected: fails over to n2/local (rpo 1m 0s, rto 30s, failback manual)\n');
+    for (const i of [0, 1, 2]) {
+      const s = await eventually(`n${i + 1} shows web1 protected`, SETTLE_MS, async () => {
+        const found = await drStatus(i, 'web1');
+        return found?.state === 'protected' ? found : undefined;
+      });
+      expect(s).toMatchObject({ region: 'n1', dr_region: 'n2', dr_provider: 'local', rpo_target_ms: '60000', rto_target_ms: '30000', failback: 'manual' });
+    }
+  }, 120_000);
+
+  it('kill -9 of the primary daemon: web1 fails over to n2 at generation 2 and runs there within its RTO; the returning region never starts its stale copy', async () => {
+    await cluster.stopNode(0, 'SIGKILL');
+    await cluster.daemon(2).waitForLog((l) => l.msg === 'DR: region failed; its protected VMs fail over' && l.region === 'n1', 'n3 sees n1 fail');
+    await runningAt(2, 'web1', 'n2', '2');
+    const s = await eventually('n2 measured the RTO', SETTLE_MS, async () => {
+      const found = await drStatus(1, 'web1');
+      return found?.rto_measured_ms !== null && found?.state === 'failed-over' ? found : undefined;
+    });
+    expect(s.failed_over_from).toBe('n1/local');
+    expect(s.failover_reason).toMatch(/n1 failed \d+ consecutive checks \(seen from n[23]\)/);
+    const rtoMs = Number(s.rto_measured_ms);
+    expect(rtoMs).toBeLessThan(30_000);
+    console.log(`DR: web1 failed over n1 → n2, RTO ${rtoMs} ms (checks 3 × 500 ms, hold 3.5 s)`);
+
+    // The lost region returns: its copy at generation 1 is stale; it is terminated, never started.
+    await cluster.startNode(0);
+    await cluster.daemon(0).waitForLog((l) => l.msg === 'fleet terminated a copy' && l.vm === 'web1' && l.reason === 'reassigned', 'n1 terminates its stale copy of web1');
+    expect(cluster.daemon(0).lines.some((l) => l.msg === 'fleet VM created' && l.vm === 'web1')).toBe(false);
+    await eventually('exactly one copy of web1, running at n2', SETTLE_MS, async () => {
+      const live = (await copies(1, 'web1')).filter((c) => c.state !== 'terminated');
+      return live.length === 1 && live[0]?.state === 'running' && live[0].region === 'n2' ? live : undefined;
+    });
+  }, 150_000);
+});
