@@ -1769,7 +1769,8 @@ export class FleetSimulation {
    * The RTO (from the region's loss to the DR copy running) is recorded.
    */
   #checkRecovery(dr: DrSimOptions): void {
-    this.#checkDetection(dr);
+    // Detection is a matter of whole checks: looked at once per check interval.
+    if (this.#now % dr.options.checkIntervalMs < this.#s.tickMs) this.#checkDetection(dr);
     const [, opMax] = this.#s.opMs;
     const bound = dr.fence.fenceHoldMs + 2 * (this.#s.passEveryMs + this.#s.tickMs) + 2 * opMax * dr.slowFactor + 1_000;
     for (const [name, f] of this.#recovering) {

@@ -36,7 +36,8 @@ describe('fleet deterministic simulation', () => {
   it(`runs ${SEEDS} seeds with every invariant holding`, () => {
     // One test for all seeds: a few hundred tiny tests cost more in vitest's bookkeeping than the runs themselves.
     for (let seed = 1; seed <= SEEDS; seed++) reports.push(runFleetSeed(seed));
-  });
+    // No waits inside: the bound is for a loaded machine (about 20 s on an idle one, half of it the DR seeds with their longer quiet phase).
+  }, 180_000);
 
   it('replays a seed exactly', () => {
     const a = new FleetSimulation(fleetScenarioForSeed(7)).run();
@@ -102,7 +103,7 @@ describe('fleet deterministic simulation', () => {
     expect(firstFailure(noSelfFence, drSeeds.filter((seed) => seed % 2 !== 0))).toMatch(/invariant 3: \S+ runs 2 copies/);
     const noHold = (input: ReconcileInput) => reconcile(input.options?.dr === undefined ? input : { ...input, options: { ...input.options, dr: { ...input.options.dr, fenceHoldMs: 0 } } });
     expect(firstFailure(noHold, drSeeds.filter((seed) => seed % 2 !== 0))).toMatch(/invariant 3: \S+ runs 2 copies/);
-  });
+  }, 120_000);
 
   it('names the seed and the replay command when a run fails', () => {
     const failure = new FleetSimFailure(42, 'small', 1234, 'two running copies');

@@ -29,10 +29,12 @@ class Node {
   memory: DrMemory = EMPTY_DR_MEMORY;
   inFlight = new Set<string>();
   running = new Set<string>();
-  constructor(
-    readonly self: string,
-    readonly m: FleetStateMachine,
-  ) {}
+  readonly self: string;
+  readonly m: FleetStateMachine;
+  constructor(self: string, m: FleetStateMachine) {
+    this.self = self;
+    this.m = m;
+  }
   step(at: number, checks: Record<string, boolean>, extra: Partial<DrInput> = {}): DrResult {
     const result = stepDr({
       self: this.self,
