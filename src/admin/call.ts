@@ -63,3 +63,17 @@ export function requireTimeout(raw: number, fallbackMs: number): number {
   }
   return raw;
 }
+
+const FLEET_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** A request's invalid argument, as the coded error every admin service refuses with. */
+export function invalidArgument(message: string): DwcpError {
+  return new DwcpError('invalid', message);
+}
+
+/** A request field that names a VM, region or provider (a lowercase DNS label); `optional`: empty is allowed. */
+export function nameField(field: string, value: string, optional = false): string {
+  if (value === '' && optional) return value;
+  if (!FLEET_NAME.test(value)) throw invalidArgument(`${field}: ${JSON.stringify(value)} is not a name (a lowercase DNS label)`);
+  return value;
+}

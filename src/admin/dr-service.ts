@@ -12,7 +12,7 @@ import type { FleetResult } from '../fleet/commands.ts';
 import { DR_FAILBACK_MODES, DR_RETENTION_RANGE_MS, DR_RPO_RANGE_MS, DR_RTO_RANGE_MS } from '../fleet/protection.ts';
 import type { FleetSeat } from '../fleet/seat.ts';
 import { drStatusOf, type DrFacts, type DrVmStatus } from '../dr/status.ts';
-import { asyncUnary, requireTimeout } from './call.ts';
+import { asyncUnary, invalidArgument as invalid, nameField as name, requireTimeout } from './call.ts';
 import type { AdminServiceRegistration } from './server.ts';
 import { DR_SERVICE, loadAdminPackage, type DrProtectRequest, type DrVmRef } from './schema.ts';
 
@@ -26,18 +26,8 @@ export interface DrAdminOptions {
 }
 
 const MAX_FILTERS = 256;
-const NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const NO_FACTS = { lastBackupAt: null, rtoMeasuredMs: null };
 
-function invalid(message: string): DwcpError {
-  return new DwcpError('invalid', message);
-}
-
-function name(field: string, value: string, optional = false): string {
-  if (value === '' && optional) return value;
-  if (!NAME.test(value)) throw invalid(`${field}: ${JSON.stringify(value)} is not a name (a lowercase DNS label)`);
-  return value;
-}
 
 /** A uint64 duration field (a decimal string on the wire): 0 means the default. */
 function duration(field: string, raw: string | number, range: readonly [number, number]): number | undefined {

@@ -10,7 +10,7 @@ import { DwcpError } from '../errors.ts';
 import type { FleetResult } from '../fleet/commands.ts';
 import { MIGRATION_MAX_DOWNTIME_MS, MIGRATION_MODES, compareMigrations, type FleetMigration, type MigrationMode } from '../fleet/migrations.ts';
 import type { FleetSeat } from '../fleet/seat.ts';
-import { asyncUnary, requireTimeout } from './call.ts';
+import { asyncUnary, invalidArgument as invalid, nameField as name, requireTimeout } from './call.ts';
 import type { AdminServiceRegistration } from './server.ts';
 import { MIGRATION_SERVICE, loadAdminPackage, type MigrationRef, type MigrationStartRequest } from './schema.ts';
 
@@ -22,18 +22,8 @@ export interface MigrationAdminOptions {
 }
 
 const MAX_FILTERS = 64;
-const NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const ID = /^m[1-9][0-9]{0,15}$/;
 
-function invalid(message: string): DwcpError {
-  return new DwcpError('invalid', message);
-}
-
-function name(field: string, value: string, optional = false): string {
-  if (value === '' && optional) return value;
-  if (!NAME.test(value)) throw invalid(`${field}: ${JSON.stringify(value)} is not a name (a lowercase DNS label)`);
-  return value;
-}
 
 function migrationRef(r: MigrationRef): string {
   if (!ID.test(r.id)) throw invalid(`id: ${JSON.stringify(r.id)} is not a migration id (m and a number, e.g. m12)`);

@@ -22,9 +22,10 @@
  * generous deadlines.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { DrVmStatusInfo, FleetDesiredVm, FleetVm } from '../../src/admin/schema.ts';
+import type { DrVmStatusInfo } from '../../src/admin/schema.ts';
 import { RaftCluster } from './raft-cluster.ts';
-import { eventually, type CtlResult } from './harness.ts';
+import { eventually } from './harness.ts';
+import { fleetCtl } from './fleet-ctl.ts';
 
 /** From a command to the state it leads to, on a loaded 2-core machine. */
 const SETTLE_MS = 45_000;
@@ -32,26 +33,8 @@ const RTO_TARGET = '30s';
 
 let cluster: RaftCluster;
 
-function ctl(i: number, ...args: string[]): Promise<CtlResult> {
-  return cluster.ctl(i, '--timeout', '60s', ...args);
-}
-
-async function json<T>(i: number, ...args: string[]): Promise<T> {
-  const res = await ctl(i, ...args, '--json');
-  expect(res.stderr, `n${i + 1}: ${args.join(' ')}`).toBe('');
-  return JSON.parse(res.stdout) as T;
-}
-
-const desired = async (i: number, name: string): Promise<FleetDesiredVm | undefined> => (await json<{ vms: FleetDesiredVm[] }>(i, 'vm', 'list', '--desired', name)).vms[0];
-const copies = async (i: number, name: string): Promise<FleetVm[]> => (await json<{ vms: FleetVm[] }>(i, 'vm', 'list', '--all')).vms.filter((v) => v.desired_vm === name);
+const { ctl, json, copies, runningAt } = fleetCtl(() => cluster, SETTLE_MS);
 const drStatus = async (i: number, name: string): Promise<DrVmStatusInfo | undefined> => (await cluster.admin(i, (c) => c.dr.status([name]))).vms[0];
-
-async function runningAt(i: number, name: string, region: string, generation: string): Promise<void> {
-  await eventually(`${name} running at ${region} g${generation} (seen from n${i + 1})`, SETTLE_MS, async () => {
-    const vm = await desired(i, name);
-    return vm?.region === region && vm.generation === generation && vm.status === 'running' ? vm : undefined;
-  });
-}
 
 beforeAll(async () => {
   const price = [0.01, 0.02, 0.03];

@@ -23,10 +23,10 @@
  * with generous deadlines.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FleetVm, MigrationInfo } from '../../src/admin/schema.ts';
-import { fleetCtl } from './fleet-ctl.ts';
+import type { MigrationInfo } from '../../src/admin/schema.ts';
 import { RaftCluster } from './raft-cluster.ts';
 import { eventually, metricValue } from './harness.ts';
+import { fleetCtl } from './fleet-ctl.ts';
 
 /** Starts and stops at n1 take this long (the local provider's transition delay). */
 const SLOW_MS = 5_000;
@@ -35,16 +35,13 @@ const SETTLE_MS = 45_000;
 
 let cluster: RaftCluster;
 
-const { ctl, json, desired, runningAt } = fleetCtl(() => cluster, SETTLE_MS);
+const { ctl, json, desired, copies, runningAt } = fleetCtl(() => cluster, SETTLE_MS);
 const status = (i: number, id: string): Promise<MigrationInfo> => json<MigrationInfo>(i, 'migration', 'status', id);
-/** Every region's copies of a VM, as node i sees the fleet. */
-const copies = async (i: number, name: string): Promise<FleetVm[]> => (await json<{ vms: FleetVm[] }>(i, 'vm', 'list', '--all')).vms.filter((v) => v.desired_vm === name);
 
 async function create(i: number, name: string, regions: string): Promise<string> {
   const res = await json<{ region: string }>(i, 'vm', 'create', name, '--cpu', '1', '--memory', '1GiB', '--image', 'base', '--constraint', `region=${regions}`);
   return res.region;
 }
-
 
 /** Exactly one copy of the VM runs in the whole fleet, and it is at `region`; no other copy is left but terminated ones. */
 async function oneRunningCopy(i: number, name: string, region: string): Promise<void> {
