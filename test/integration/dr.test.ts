@@ -32,6 +32,10 @@ const SETTLE_MS = 45_000;
 const RTO_TARGET = '30s';
 
 let cluster: RaftCluster;
+/** Where web1 is placed (n1 or n2) and its DR region (the other). */
+let primary = '';
+let dr = '';
+const node = (region: string): number => Number(region.slice(1)) - 1;
 
 const { ctl, json, copies, runningAt } = fleetCtl(() => cluster, SETTLE_MS);
 const drStatus = async (i: number, name: string): Promise<DrVmStatusInfo | undefined> => (await cluster.admin(i, (c) => c.dr.status([name]))).vms[0];
@@ -55,48 +59,52 @@ afterAll(async () => {
 describe('disaster recovery, local providers, real daemons', () => {
   it('protect: stored in desired state, shown by dr status on every node; bad requests refused by name', async () => {
     const created = await json<{ region: string }>(1, 'vm', 'create', 'web1', '--cpu', '1', '--memory', '1GiB', '--image', 'base', '--constraint', 'region=n1,n2');
-    expect(created.region).toBe('n1');
-    await runningAt(0, 'web1', 'n1', '1');
+    // Placement picks n1 or n2 (the constraint allows both, so the other can be its DR region).
+    expect(['n1', 'n2']).toContain(created.region);
+    primary = created.region;
+    dr = primary === 'n1' ? 'n2' : 'n1';
+    await runningAt(2, 'web1', primary, '1');
 
     const unknown = await ctl(2, 'vm', 'protect', 'web1', '--dr-region', 'mars');
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toContain('no region named mars is registered (the DR region of web1)');
-    const same = await ctl(2, 'vm', 'protect', 'web1', '--dr-region', 'n1');
-    expect(same.stderr).toContain('web1 runs in n1; its DR region must be another region');
+    const same = await ctl(2, 'vm', 'protect', 'web1', '--dr-region', primary);
+    expect(same.stderr).toContain(`web1 runs in ${primary}; its DR region must be another region`);
 
-    const protect = await ctl(2, 'vm', 'protect', 'web1', '--dr-region', 'n2', '--rpo', '1m', '--rto', RTO_TARGET, '--retention', '1d', '--failback', 'manual');
+    const protect = await ctl(2, 'vm', 'protect', 'web1', '--dr-region', dr, '--rpo', '1m', '--rto', RTO_TARGET, '--retention', '1d', '--failback', 'manual');
     expect(protect.code, protect.stderr).toBe(0);
-    expect(protect.stdout).toBe('web1 protected: fails over to n2/local (rpo 1m 0s, rto 30s, failback manual)\n');
+    expect(protect.stdout).toBe(`web1 protected: fails over to ${dr}/local (rpo 1m 0s, rto 30s, failback manual)\n`);
     for (const i of [0, 1, 2]) {
       const s = await eventually(`n${i + 1} shows web1 protected`, SETTLE_MS, async () => {
         const found = await drStatus(i, 'web1');
         return found?.state === 'protected' ? found : undefined;
       });
-      expect(s).toMatchObject({ region: 'n1', dr_region: 'n2', dr_provider: 'local', rpo_target_ms: '60000', rto_target_ms: '30000', failback: 'manual' });
+      expect(s).toMatchObject({ region: primary, dr_region: dr, dr_provider: 'local', rpo_target_ms: '60000', rto_target_ms: '30000', failback: 'manual' });
     }
   }, 120_000);
 
-  it('kill -9 of the primary daemon: web1 fails over to n2 at generation 2 and runs there within its RTO; the returning region never starts its stale copy', async () => {
-    await cluster.stopNode(0, 'SIGKILL');
-    await cluster.daemon(2).waitForLog((l) => l.msg === 'DR: region failed; its protected VMs fail over' && l.region === 'n1', 'n3 sees n1 fail');
-    await runningAt(2, 'web1', 'n2', '2');
-    const s = await eventually('n2 measured the RTO', SETTLE_MS, async () => {
-      const found = await drStatus(1, 'web1');
+  it('kill -9 of the primary daemon: web1 fails over to its DR region at generation 2 and runs there within its RTO; the returning region never starts its stale copy', async () => {
+    const p = node(primary);
+    await cluster.stopNode(p, 'SIGKILL');
+    await cluster.daemon(2).waitForLog((l) => l.msg === 'DR: region failed; its protected VMs fail over' && l.region === primary, `n3 sees ${primary} fail`);
+    await runningAt(2, 'web1', dr, '2');
+    const s = await eventually(`${dr} measured the RTO`, SETTLE_MS, async () => {
+      const found = await drStatus(node(dr), 'web1');
       return found?.rto_measured_ms !== null && found?.state === 'failed-over' ? found : undefined;
     });
-    expect(s.failed_over_from).toBe('n1/local');
-    expect(s.failover_reason).toMatch(/n1 failed \d+ consecutive checks \(seen from n[23]\)/);
+    expect(s.failed_over_from).toBe(`${primary}/local`);
+    expect(s.failover_reason).toMatch(new RegExp(`${primary} failed \\d+ consecutive checks \\(seen from n[123]\\)`));
     const rtoMs = Number(s.rto_measured_ms);
     expect(rtoMs).toBeLessThan(30_000);
-    console.log(`DR: web1 failed over n1 → n2, RTO ${rtoMs} ms (checks 3 × 500 ms, hold 3.5 s)`);
+    console.log(`DR: web1 failed over ${primary} → ${dr}, RTO ${rtoMs} ms (checks 3 × 500 ms, hold 3.5 s)`);
 
     // The lost region returns: its copy at generation 1 is stale; it is terminated, never started.
-    await cluster.startNode(0);
-    await cluster.daemon(0).waitForLog((l) => l.msg === 'fleet terminated a copy' && l.vm === 'web1' && l.reason === 'reassigned', 'n1 terminates its stale copy of web1');
-    expect(cluster.daemon(0).lines.some((l) => l.msg === 'fleet VM created' && l.vm === 'web1')).toBe(false);
-    await eventually('exactly one copy of web1, running at n2', SETTLE_MS, async () => {
-      const live = (await copies(1, 'web1')).filter((c) => c.state !== 'terminated');
-      return live.length === 1 && live[0]?.state === 'running' && live[0].region === 'n2' ? live : undefined;
+    await cluster.startNode(p);
+    await cluster.daemon(p).waitForLog((l) => l.msg === 'fleet terminated a copy' && l.vm === 'web1' && l.reason === 'reassigned', `${primary} terminates its stale copy of web1`);
+    expect(cluster.daemon(p).lines.some((l) => l.msg === 'fleet VM created' && l.vm === 'web1')).toBe(false);
+    await eventually(`exactly one copy of web1, running at ${dr}`, SETTLE_MS, async () => {
+      const live = (await copies(2, 'web1')).filter((c) => c.state !== 'terminated');
+      return live.length === 1 && live[0]?.state === 'running' && live[0].region === dr ? live : undefined;
     });
   }, 150_000);
 });
