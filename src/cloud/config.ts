@@ -24,6 +24,7 @@
  */
 import { cpus, totalmem } from 'node:os';
 import { z } from 'zod';
+import { SimulatedLoadSchema } from './local/simulated-load.ts';
 import { awsTagProblem } from './aws/tags.ts';
 import { gcpLabelProblem } from './gcp/labels.ts';
 import { PROVIDER_KINDS } from './provider.ts';
@@ -127,6 +128,8 @@ const AwsEntrySchema = z.strictObject({
   credentials: AwsCredentialsSchema.default({ source: 'default' }),
   /** EC2 endpoint override (VPC endpoint, test server). */
   endpoint: httpUrl.optional(),
+  /** CloudWatch endpoint override (utilisation; VPC endpoint, test server). */
+  cloudwatchEndpoint: httpUrl.optional(),
   /** Attempts per call including the first, for the SDK's standard retry mode (throttling back-off). */
   maxAttempts: z.number().int().min(1).max(20).default(5),
   /** The SDK waiters' polling for state changes. */
@@ -154,6 +157,8 @@ const GcpEntrySchema = z.strictObject({
   apiEndpoint: hostName.optional(),
   port: z.number().int().min(1).max(65_535).optional(),
   protocol: z.enum(['http', 'https']).optional(),
+  /** Cloud Monitoring endpoint override (utilisation; a test server), e.g. http://127.0.0.1:8086. */
+  monitoringEndpoint: httpUrl.optional(),
   /** Longest wait for one zone operation (create, start, stop, delete). */
   waitTimeoutMs: millis(1_000, 3_600_000).default(600_000),
 });
@@ -172,6 +177,8 @@ const LocalEntrySchema = z.strictObject({
   ...onPremPrices,
   /** How long simulated pending and stopping states last. */
   transitionDelayMs: millis(0, 600_000).default(500),
+  /** The simulated load its VMs report (constant, diurnal, bursty; src/cloud/local/simulated-load.ts); default a constant 20 % CPU. */
+  load: SimulatedLoadSchema.optional(),
 });
 
 const QemuTypeSchema = z.strictObject({

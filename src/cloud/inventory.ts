@@ -51,6 +51,7 @@ import { PricingCatalog, PRICED_PROVIDERS, type LiveSpotPrice } from './pricing/
 import { buildProvider, providerDir, type ProviderBuilder } from './providers.ts';
 import type { ImageSource } from './qemu/image-source.ts';
 import type { QemuMigrationGuests } from './qemu/qemu-provider.ts';
+import { hasUtilisation, type UtilisationSource } from './utilisation.ts';
 import {
   CapacityError,
   CredentialsError,
@@ -287,6 +288,11 @@ export class CloudInventory {
   }
 
   // --- reads --------------------------------------------------------------------
+
+  /** The configured providers that report utilisation (src/cloud/utilisation.ts), by configured name. */
+  usageSources(): { provider: string; kind: ProviderKind; source: UtilisationSource }[] {
+    return this.#slots.flatMap((s) => (hasUtilisation(s.provider) ? [{ provider: s.name, kind: s.entry.kind, source: s.provider }] : []));
+  }
 
   statuses(): ProviderStatus[] {
     return this.#slots.map((s) => this.#status(s));

@@ -49,6 +49,7 @@ export const buildProvider: ProviderBuilder = async (entry, context) => {
       return new AwsProvider({
         region: entry.region,
         endpoint: entry.endpoint,
+        ...(entry.cloudwatchEndpoint === undefined ? {} : { cloudwatchEndpoint: entry.cloudwatchEndpoint }),
         credentials,
         maxAttempts: entry.maxAttempts,
         waiter: entry.waiter,
@@ -64,6 +65,7 @@ export const buildProvider: ProviderBuilder = async (entry, context) => {
         defaultZone: entry.zones[0],
         credentials: entry.credentials.source === 'keyFile' ? { source: 'file', path: entry.credentials.path } : { source: 'adc' },
         endpoint: gcpEndpointUrl(entry),
+        ...(entry.monitoringEndpoint === undefined ? {} : { monitoringEndpoint: entry.monitoringEndpoint }),
         waitTimeoutMs: entry.waitTimeoutMs,
         observer,
       });
@@ -79,6 +81,7 @@ export const buildProvider: ProviderBuilder = async (entry, context) => {
         store,
         capacity: entry.capacity,
         transitionDelayMs: entry.transitionDelayMs,
+        ...(entry.load === undefined ? {} : { load: entry.load }),
       });
     }
     case 'qemu':

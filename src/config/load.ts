@@ -144,6 +144,8 @@ export function resolveConfig(input: ResolveInput = {}): DwcpConfig {
     fleet: f.fleet,
     policies,
     dr: f.dr,
+    cost: f.cost,
+    budgets: f.budgets,
     configPath,
   };
 }

@@ -16,6 +16,8 @@ import { StateSchema, type StateSettings } from '../state/config.ts';
 import { FleetSettingsSchema, type FleetSettings } from '../fleet/config.ts';
 import { POLICY_MAX_DOCUMENTS, type PolicyFileSet } from '../policy/files.ts';
 import { DrSettingsSchema, type DrSettings } from '../dr/config.ts';
+import { CostSettingsSchema, type CostSettings } from '../cost/config.ts';
+import { BudgetsConfigSchema, type BudgetSpec } from '../fleet/budgets.ts';
 
 export const PROVIDERS = ['onprem', 'private', 'aws', 'gcp', 'azure', 'oracle'] as const;
 export type Provider = (typeof PROVIDERS)[number];
@@ -188,6 +190,8 @@ const ConfigFileObject = z.strictObject({
    */
   policies: z.array(z.string().min(1).max(4096)).max(POLICY_MAX_DOCUMENTS).default([]),
   dr: DrSettingsSchema.default(DrSettingsSchema.parse({})),
+  cost: CostSettingsSchema.default(CostSettingsSchema.parse({})),
+  budgets: BudgetsConfigSchema,
 });
 
 export const ConfigFileSchema = ConfigFileObject.superRefine((cfg, ctx) => {
@@ -302,6 +306,10 @@ export interface DwcpConfig {
   policies?: PolicyFileSet;
   /** Disaster recovery: region checks, self-fencing, failback (src/dr/config.ts, docs/dr.md). */
   dr: DrSettings;
+  /** Cost accrual, reservations and utilisation collection (src/cost/config.ts). */
+  cost: CostSettings;
+  /** Budgets proposed to the federation log at start (src/fleet/budgets.ts). */
+  budgets: BudgetSpec[];
   /** The file this came from, if any (SIGHUP re-reads it). */
   configPath: string | undefined;
 }

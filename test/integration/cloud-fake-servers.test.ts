@@ -116,7 +116,7 @@ describe('fake Compute server wire format', () => {
 });
 
 describe('npm run fake-clouds', () => {
-  it('prints one JSON line with both endpoints, serves them, and exits 0 on SIGTERM', async () => {
+  it('prints one JSON line with the four endpoints, serves them, and exits 0 on SIGTERM', async () => {
     const script = fileURLToPath(new URL('../../scripts/fake-clouds.ts', import.meta.url));
     const child = spawn(process.execPath, [script, '--transition-ms', '20'], { stdio: ['ignore', 'pipe', 'pipe'] });
     const exited = once(child, 'exit');
@@ -126,14 +126,18 @@ describe('npm run fake-clouds', () => {
     try {
       const [first] = (await once(lines, 'line')) as [string];
       const endpoints = JSON.parse(first) as Record<string, string>;
-      expect(Object.keys(endpoints)).toEqual(['ec2', 'compute']);
-      expect(endpoints.ec2).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
-      expect(endpoints.compute).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+      expect(Object.keys(endpoints)).toEqual(['ec2', 'compute', 'cloudwatch', 'monitoring']);
+      for (const url of Object.values(endpoints)) expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
 
       const zones = await ec2Call(endpoints.ec2 ?? '', 'Action=DescribeAvailabilityZones&Version=2016-11-15');
       expect(zones.status).toBe(200);
       const gcpZones = await fetch(`${endpoints.compute}/compute/v1/projects/dwcp-dev/zones`, { headers: { authorization: 'Bearer dev' } });
       expect(((await gcpZones.json()) as { items: unknown[] }).items).toHaveLength(4);
+      // Monitoring answers (no instance yet: no series); CloudWatch refuses an unsigned call as AWS does.
+      const series = await fetch(`${endpoints.monitoring}/v3/projects/dwcp-dev/timeSeries?filter=${encodeURIComponent('metric.type = "compute.googleapis.com/instance/cpu/utilization"')}&interval.startTime=2026-01-01T00:00:00Z&interval.endTime=2026-01-01T01:00:00Z&aggregation.alignmentPeriod=300s`, { headers: { authorization: 'Bearer dev' } });
+      expect(await series.json()).toEqual({ timeSeries: [], unit: '10^2.%' });
+      const unsigned = await fetch(endpoints.cloudwatch ?? '', { method: 'POST', headers: { 'content-type': 'application/x-amz-json-1.0', 'x-amz-target': 'GraniteServiceVersion20100801.GetMetricData' }, body: '{}' });
+      expect(unsigned.status).toBe(403);
     } finally {
       child.kill('SIGTERM');
     }

@@ -78,6 +78,8 @@ import {
   type ZoneStatus,
   ProviderError,
 } from '../provider.ts';
+import type { UsageQuery, UsageSample } from '../utilisation.ts';
+import type { CloudWatchUsage } from './cloudwatch.ts';
 import { awsErrorCode, isCredentialsCode, mapAwsError, THROTTLING_CODES } from './errors.ts';
 import { checkAwsTags } from './tags.ts';
 
@@ -97,6 +99,8 @@ export interface AwsProviderOptions {
   region: string;
   /** Override the EC2 endpoint (VPC endpoint, test server), e.g. http://127.0.0.1:4566. */
   endpoint?: string;
+  /** Override the CloudWatch endpoint (utilisation: cloudwatch.ts). */
+  cloudwatchEndpoint?: string;
   credentials?: AwsCredentialSource;
   /** Total attempts per call including the first; default 5. */
   maxAttempts?: number;
@@ -154,6 +158,9 @@ export class AwsProvider implements CloudProvider {
   readonly #observer: ApiCallObserver | undefined;
   readonly #types = new Map<string, InstanceTypeInfo | null>();
   readonly #stateObservers = new Map<string, Set<StateObserver>>();
+  readonly #options: AwsProviderOptions;
+  /** CloudWatch, loaded on the first utilisation query (its SDK costs start-up time). */
+  #cloudwatch: Promise<CloudWatchUsage> | null = null;
 
   constructor(options: AwsProviderOptions) {
     if (!options.region) throw new InvalidRequestError('aws', 'configure', 'InvalidConfig', 'region: required');
@@ -166,6 +173,7 @@ export class AwsProvider implements CloudProvider {
     }
     this.#defaultZone = options.defaultZone;
     this.#observer = options.observer;
+    this.#options = options;
     const credentials = options.credentials ?? { source: 'chain' };
     this.#credentialSource = describeCredentialSource(credentials);
 
@@ -483,7 +491,24 @@ export class AwsProvider implements CloudProvider {
     });
   }
 
+  /** Utilisation of the instances asked about, from CloudWatch (cloudwatch.ts). */
+  async usage(query: UsageQuery, options: CallOptions = {}): Promise<UsageSample[]> {
+    this.#cloudwatch ??= import('./cloudwatch.ts').then(
+      ({ CloudWatchUsage }) =>
+        new CloudWatchUsage({
+          region: this.region,
+          credentials: this.client.config.credentials,
+          credentialSource: this.#credentialSource,
+          maxAttempts: this.#options.maxAttempts ?? DEFAULT_AWS_MAX_ATTEMPTS,
+          ...(this.#options.cloudwatchEndpoint === undefined ? {} : { endpoint: this.#options.cloudwatchEndpoint }),
+          ...(this.#observer === undefined ? {} : { observer: this.#observer }),
+        }),
+    );
+    return (await this.#cloudwatch).usage(query, options);
+  }
+
   async close(): Promise<void> {
+    void this.#cloudwatch?.then((c) => c.close());
     this.client.destroy();
   }
 

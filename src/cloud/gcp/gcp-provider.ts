@@ -62,6 +62,9 @@ import {
 } from '../provider.ts';
 import { gcpErrorCode, httpStatusOf, mapGcpError, mapOperationError } from './errors.ts';
 import { checkLabels } from './labels.ts';
+import { endpointOptions } from './endpoint.ts';
+import type { UsageQuery, UsageSample } from '../utilisation.ts';
+import type { MonitoringUsage } from './monitoring.ts';
 
 type IInstance = protos.google.cloud.compute.v1.IInstance;
 type IOperation = protos.google.cloud.compute.v1.IOperation;
@@ -84,6 +87,8 @@ export interface GcpProviderOptions {
   credentials?: GcpCredentialSource;
   /** Override the Compute endpoint, e.g. http://127.0.0.1:8085. */
   endpoint?: string;
+  /** Override the Cloud Monitoring endpoint (utilisation: monitoring.ts). */
+  monitoringEndpoint?: string;
   retry?: Partial<GcpRetryTuning>;
   /** Longest wait for one long operation; default 10 minutes. */
   waitTimeoutMs?: number;
@@ -184,6 +189,9 @@ export class GcpProvider implements CloudProvider {
   readonly #pageSize: number;
   readonly #network: string;
   readonly #observer: ApiCallObserver | undefined;
+  readonly #endpoint: string | undefined;
+  /** Cloud Monitoring, loaded on the first utilisation query. */
+  #monitoring: Promise<MonitoringUsage> | null = null;
   readonly #counters = new AsyncLocalStorage<CallCounter>();
   readonly #types = new Map<string, InstanceTypeInfo | null>(); // key zone/type
   #credentialsReady: Promise<void> | undefined;
@@ -202,6 +210,7 @@ export class GcpProvider implements CloudProvider {
     if (!Number.isInteger(this.#pageSize) || this.#pageSize < 1 || this.#pageSize > 500) throw fail(`pageSize: must be an integer from 1 to 500, got ${options.pageSize}`);
     this.#network = options.network ?? 'global/networks/default';
     this.#observer = options.observer;
+    this.#endpoint = options.monitoringEndpoint;
     const credentials = options.credentials ?? { source: 'adc' };
     this.#credentialSource =
       credentials.source === 'file'
@@ -482,8 +491,24 @@ export class GcpProvider implements CloudProvider {
       });
   }
 
+  /** Utilisation of the instances asked about, from Cloud Monitoring (monitoring.ts). */
+  async usage(query: UsageQuery, options: CallOptions = {}): Promise<UsageSample[]> {
+    this.#monitoring ??= import('./monitoring.ts').then(
+      ({ MonitoringUsage }) =>
+        new MonitoringUsage({
+          project: this.project,
+          auth: this.instances.auth,
+          credentialSource: this.#credentialSource,
+          ...(this.#endpoint === undefined ? {} : { endpoint: this.#endpoint }),
+          ...(this.#observer === undefined ? {} : { observer: this.#observer }),
+        }),
+    );
+    return (await this.#monitoring).usage(query, options);
+  }
+
   async close(): Promise<void> {
-    await Promise.all([this.instances.close(), this.machineTypes.close(), this.zones.close(), this.zoneOperations.close()]);
+    const monitoring = this.#monitoring;
+    await Promise.all([this.instances.close(), this.machineTypes.close(), this.zones.close(), this.zoneOperations.close(), monitoring?.then((m) => m.close())]);
   }
 
   // --- helpers -----------------------------------------------------------------------
@@ -576,18 +601,6 @@ export class GcpProvider implements CloudProvider {
 }
 
 /** `http://host:port` → the three options the client needs; the client sends a port even when none is given. */
-function endpointOptions(endpoint: string | undefined): { apiEndpoint?: string; port?: number; protocol?: string } {
-  if (!endpoint) return {};
-  let url: URL;
-  try {
-    url = new URL(endpoint);
-  } catch {
-    throw new InvalidRequestError('gcp', 'configure', 'InvalidConfig', `endpoint: ${JSON.stringify(endpoint)} is not a URL (e.g. http://127.0.0.1:8085)`);
-  }
-  const protocol = url.protocol.replace(':', '');
-  if (protocol !== 'http' && protocol !== 'https') throw new InvalidRequestError('gcp', 'configure', 'InvalidConfig', `endpoint: protocol must be http or https, got ${protocol}`);
-  return { apiEndpoint: url.hostname, port: url.port ? Number(url.port) : protocol === 'https' ? 443 : 80, protocol };
-}
 
 /** The GCE filter for an instance filter; null when nothing can match (only `terminated` asked for). */
 function filterExpression(filter: InstanceFilter | undefined): string | null | undefined {

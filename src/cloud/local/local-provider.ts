@@ -25,6 +25,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
+import type { UsageQuery, UsageSample } from '../utilisation.ts';
+import { DEFAULT_SIMULATED_LOAD, simulatedUsage, type SimulatedLoadConfig } from './simulated-load.ts';
 import {
   CancelledError,
   CapacityError,
@@ -129,6 +131,8 @@ export interface LocalProviderOptions {
   terminatedRetentionMs?: number;
   /** Clock (epoch ms), injectable for tests. */
   now?: () => number;
+  /** The simulated load its VMs report through usage() (simulated-load.ts); default: a constant 20 % CPU. */
+  load?: SimulatedLoadConfig;
 }
 
 const LOCAL_ID_RE = /^local-[0-9a-f]{12}$/;
@@ -145,6 +149,7 @@ export class LocalProvider implements CloudProvider {
   readonly #transitionMs: number;
   readonly #retentionMs: number;
   readonly #now: () => number;
+  readonly #load: SimulatedLoadConfig;
   readonly #zoneStatus = new Map<string, ZoneStatus>();
   #queue: Promise<unknown> = Promise.resolve();
 
@@ -158,6 +163,7 @@ export class LocalProvider implements CloudProvider {
     this.#transitionMs = options.transitionDelayMs ?? 500;
     this.#retentionMs = options.terminatedRetentionMs ?? 3_600_000;
     this.#now = options.now ?? Date.now;
+    this.#load = options.load ?? DEFAULT_SIMULATED_LOAD;
     for (const zone of this.zones) this.#zoneStatus.set(zone, 'available');
   }
 
@@ -380,6 +386,11 @@ export class LocalProvider implements CloudProvider {
     return Object.entries(this.#types)
       .filter(([name]) => !query.types || query.types.length === 0 || query.types.includes(name))
       .map(([name, spec]) => ({ name, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, architectures: [process.arch === 'arm64' ? 'arm64' : 'x86_64'], spot: true }));
+  }
+
+  /** The simulated load of the VMs asked about (simulated-load.ts): one sample per 5-minute slot ending in the window. */
+  async usage(query: UsageQuery): Promise<UsageSample[]> {
+    return simulatedUsage(this.#load, query.instances, query.sinceMs, query.untilMs);
   }
 
   async zoneHealth(): Promise<ZoneHealth[]> {

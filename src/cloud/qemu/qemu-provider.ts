@@ -80,6 +80,8 @@ import { capacityProblem, describeGuestEnd, stateOfRunStatus, type Footprint } f
 import { killGuest, launch, logTail, readExitStatus, recognise, shellRunning } from './guest-process.ts';
 import type { GuestImage, ImageSource } from './image-source.ts';
 import type { QemuMetrics, VmUtilisation } from './metrics.ts';
+import type { UsageQuery, UsageSample } from '../utilisation.ts';
+import { QemuUsageRates } from './qemu-utilisation.ts';
 import { qemuArgs, SANDBOX, shimArgs, type Accel, type GuestBoot } from './qemu-command.ts';
 import { exportDisk, listenForState, runReceived } from './migration-qmp.ts';
 import { createDisk, rebaseUnsafe, virtualSize } from './qemu-img.ts';
@@ -235,6 +237,7 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
   #sampler: NodeJS.Timeout | undefined;
   #serialCheck: NodeJS.Timeout | undefined;
   #latest: VmUtilisation[] = [];
+  readonly #rates = new QemuUsageRates();
 
   private constructor(options: QemuProviderOptions) {
     this.#o = options;
@@ -1049,6 +1052,17 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
     this.#latest = samples;
     this.#o.metrics?.setUtilisation(samples);
     return samples;
+  }
+
+  /**
+   * The provider-neutral utilisation (src/cloud/utilisation.ts) of the guests
+   * asked about: measured now, as rates since the previous call (the first
+   * call for a guest gives its baseline only: qemu-utilisation.ts).
+   */
+  async usage(query: UsageQuery): Promise<UsageSample[]> {
+    const wanted = new Set(query.instances.map((i) => i.id));
+    const samples = this.#rates.next(await this.utilisation(), (id) => this.#guests.get(id)?.record.memoryMiB ?? null);
+    return samples.filter((s) => wanted.has(s.instanceId));
   }
 
   /** The last utilisation sample, without asking the guests again. */
