@@ -32,7 +32,10 @@ export const POLICY_SERVICE = `${ADMIN_PACKAGE}.Policy`;
 export const DR_SERVICE = `${ADMIN_PACKAGE}.Dr`;
 
 /** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
-export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto', 'image.proto', 'migration.proto', 'policy.proto', 'dr.proto'];
+export const COST_SERVICE = `${ADMIN_PACKAGE}.Cost`;
+
+/** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
+export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto', 'image.proto', 'migration.proto', 'policy.proto', 'dr.proto', 'cost.proto'];
 
 /**
  * snake_case field names as in the .proto, int64 as strings (no silent
@@ -853,4 +856,30 @@ export interface DrVmStatusInfo {
 export interface DrStatusResponse {
   vms: DrVmStatusInfo[];
   at: string;
+}
+// ---------------------------------------------------------------------------
+// Cost and budgets (cost.proto).
+
+export interface CostReportRequest {
+  by: string;
+  month: string;
+  top: number;
+}
+
+export interface CostReportResponse {
+  report_json: string;
+}
+
+export interface BudgetSetRequest {
+  budget_json: string;
+  timeout_ms: number;
+}
+
+export interface BudgetInfo {
+  budget_json: string;
+}
+
+export interface BudgetRef {
+  name: string;
+  timeout_ms: number;
 }

@@ -22,7 +22,8 @@ import { durationFlag, UsageError, type CliIo, type Command, type FlagValues } f
 import { formatJson, formatMembers, formatStatus, wrapText } from './format.ts';
 import { KV_COMMAND, RAFT_COMMAND } from './kv-raft.ts';
 import { PBFT_COMMAND } from './pbft.ts';
-import { COST_COMMAND, PLACE_COMMAND, VM_COMMAND } from './vm.ts';
+import { PLACE_COMMAND, VM_COMMAND } from './vm.ts';
+import { BUDGET_COMMAND, COST_COMMAND } from './cost.ts';
 import { FLEET_COMMAND } from './fleet.ts';
 import { MIGRATION_COMMAND } from './migration.ts';
 import { DR_COMMAND } from './dr.ts';
@@ -74,6 +75,7 @@ export const COMMANDS: readonly Command[] = [
   POLICY_COMMAND,
   DR_COMMAND,
   COST_COMMAND,
+  BUDGET_COMMAND,
   BLOB_COMMAND,
   CACHE_COMMAND,
   IMAGE_COMMAND,

@@ -58,7 +58,7 @@ const VM_OPTIONS = {
   ...PROTECT_OPTIONS,
 } as const satisfies ParseArgsOptionsConfig;
 
-const COST_OPTIONS = {
+export const COST_ESTIMATE_OPTIONS = {
   provider: { type: 'string' },
   region: { type: 'string' },
   type: { type: 'string' },
@@ -282,9 +282,8 @@ async function consoleOf(ctx: CommandContext): Promise<void> {
   if (rest !== '') ctx.io.stdout(rest);
 }
 
-async function cost(ctx: CommandContext): Promise<void> {
-  const sub = ctx.args[0];
-  if (sub !== 'estimate') throw subcommandError('cost', 'estimate', sub);
+/** `dwcpctl cost estimate` (the rest of `cost` is src/cli/cost.ts). */
+export async function costEstimate(ctx: CommandContext): Promise<void> {
   noArguments(ctx, 'cost estimate');
   const { flags } = ctx;
   if (flags.spot === true && flags.reserved === true) throw new UsageError('--spot and --reserved exclude each other');
@@ -321,12 +320,4 @@ export const PLACE_COMMAND: Command = {
   summary: 'where the fleet would place a VM, every region explained (the flags of vm create; nothing is created)',
   options: VM_OPTIONS,
   run: (ctx) => createManaged(ctx, true),
-};
-
-export const COST_COMMAND: Command = {
-  name: 'cost',
-  args: 'estimate',
-  summary: 'cost of an instance type from the pricing catalog (--provider --region --type [--hours N] [--spot|--reserved])',
-  options: COST_OPTIONS,
-  run: cost,
 };

@@ -143,7 +143,7 @@ export function buildReport(q: ReportQuery): CostReport {
     .filter((l) => l.line.vm !== null)
     .sort((a, b) => b.line.usd - a.line.usd || (a.line.key < b.line.key ? -1 : 1))
     .slice(0, q.top ?? 10)
-    .map((l) => ({ vm: l.line.vm ?? '', region: l.region, provider: l.line.provider, type: l.line.type, model: l.line.model, hours: Math.round(l.line.hours * 1000) / 1000, mtdUsd: usd(l.line.usd), hourlyUsd: usd(l.line.hourlyUsd), projectedUsd: usd(l.projectedUsd) }));
+    .map((l) => ({ vm: l.line.vm ?? '', region: l.region, provider: l.line.provider, type: l.line.type, model: l.line.model, hours: Math.round(l.line.hours * 1000) / 1000, mtdUsd: usd(l.line.usd), hourlyUsd: Math.round(l.line.hourlyUsd * 1e6) / 1e6, projectedUsd: usd(l.projectedUsd) }));
   const start = monthStartMs(q.month);
   return {
     month: q.month,

@@ -17,6 +17,7 @@
  */
 import type { CloudInventory } from '../cloud/inventory.ts';
 import type { Logger } from '../log.ts';
+import type { CostMetrics } from './metrics.ts';
 import { UtilisationSeries, type SeriesShape } from './series.ts';
 
 export interface UtilisationCollectorOptions {
@@ -25,6 +26,7 @@ export interface UtilisationCollectorOptions {
   intervalMs: number;
   backfillMs: number;
   maxVms: number;
+  metrics?: Pick<CostMetrics, 'utilisationSamples' | 'utilisationSeries'>;
   log: Logger;
   now?: () => number;
 }
@@ -110,13 +112,16 @@ export class UtilisationCollector {
           const name = names.get(s.instanceId);
           if (name === undefined) continue;
           const tracked = this.#track(provider, s.instanceId, name);
-          tracked?.series.add(s);
+          if (tracked?.series.add(s) === true) this.#o.metrics?.utilisationSamples.inc({ provider });
         }
       } catch (err) {
         if (this.#stopped) return;
         this.#o.log.warn({ provider, err: err instanceof Error ? err.message : String(err) }, 'utilisation query failed; the next pass asks for the same window again');
       }
     }
+    const counts = new Map<string, number>();
+    for (const t of this.#series.values()) counts.set(t.provider, (counts.get(t.provider) ?? 0) + 1);
+    for (const { provider } of this.#o.inventory.usageSources()) this.#o.metrics?.utilisationSeries.set({ provider }, counts.get(provider) ?? 0);
   }
 
   #track(provider: string, id: string, name: string): TrackedVm | undefined {

@@ -50,6 +50,11 @@ import { DrDriver } from '../dr/driver.ts';
 
 /** The key the DR driver's barrier reads (any key does: a strong read answers only with the majority's consent). */
 const DR_BARRIER_KEY = 'dwcp/dr/barrier';
+import { costServiceRegistration } from '../admin/cost-service.ts';
+import { BudgetWatch } from '../cost/budget-watch.ts';
+import { CostTracker } from '../cost/cost-tracker.ts';
+import { DEFAULT_RESOLUTION_MS } from '../cost/series.ts';
+import { UtilisationCollector } from '../cost/utilisation-collector.ts';
 import { FleetSeat } from '../fleet/seat.ts';
 import { regionDeclaration } from '../fleet/region-declaration.ts';
 import type { ObservedFleet, RegionHealth } from '../fleet/placement.ts';
@@ -97,6 +102,12 @@ export class Daemon {
   /** This region's part in the fleet's desired state: declaration, scheduling, the reconciler (src/fleet/seat.ts). */
   readonly seat: FleetSeat;
   readonly dr: DrDriver;
+  /** This region's VMs' utilisation series (src/cost/utilisation-collector.ts): what the cost core and the optimiser read. */
+  readonly utilisation: UtilisationCollector;
+  /** This region's accrued cost, published for the federation-wide report (src/cost/cost-tracker.ts). */
+  readonly cost: CostTracker;
+  /** Budgets in the log against the federation's spend: gauges, alerts, hard stops (src/cost/budget-watch.ts). */
+  readonly budgets: BudgetWatch;
   /** The federation's guest images by name: records in the federation log, holders in the geo store (src/image/catalog.ts). */
   readonly images: ImageCatalog;
   /**
@@ -236,6 +247,40 @@ export class Daemon {
       log: parts.log.child({ component: 'dr' }),
     });
     this.metrics.policy.setSource(() => this.seat.auditor.latest());
+    // Cost: this region's VMs' utilisation and accrued cost, published for the federation-wide report; budgets from the log.
+    const costLog = parts.log.child({ component: 'cost' });
+    const usage = config.cost.utilisation;
+    this.utilisation = new UtilisationCollector({
+      inventory: parts.cloud,
+      shape: { resolutionMs: DEFAULT_RESOLUTION_MS, retentionMs: usage.retentionDays * 86_400_000 },
+      intervalMs: usage.intervalMs,
+      backfillMs: usage.backfillMs,
+      maxVms: usage.maxVms,
+      metrics: this.metrics.cost,
+      log: costLog,
+    });
+    this.cost = new CostTracker({
+      node: config.node.name,
+      providers: config.clouds.providers,
+      settings: config.cost,
+      dataDir: config.dataDir,
+      inventory: parts.cloud,
+      collector: this.utilisation,
+      fleetLabels: (vm) => this.seat.state.vm(vm)?.spec.labels,
+      geo: parts.geo,
+      metrics: this.metrics.cost,
+      log: costLog,
+    });
+    this.budgets = new BudgetWatch({
+      intervalMs: config.cost.intervalMs,
+      configured: config.budgets,
+      budgets: () => this.seat.state.budgets(),
+      records: () => this.cost.records(),
+      propose: (command) => this.seat.command(command, config.raft.requestTimeoutMs),
+      ready: () => this.seat.whenDeclared(),
+      metrics: this.metrics.cost,
+      log: costLog,
+    });
     // The region record carries what the reconciler gave up on, so every node can say why a VM is not running.
     this.fleet.setFailures(() =>
       [...this.seat.reconciler.reports()].filter(([, r]) => r.status === 'failed').map(([vm, r]) => ({ vm, generation: r.generation, reason: r.reason ?? 'the provider gave no reason' })),
@@ -368,6 +413,9 @@ export class Daemon {
     this.fleet.start();
     this.seat.start();
     this.dr.start();
+    this.utilisation.start();
+    await this.cost.start();
+    this.budgets.start();
     await this.blob.start();
     await this.#imageFetch.start();
     await this.#migrate.start();
@@ -390,6 +438,14 @@ export class Daemon {
         migrationServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         policyServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         drServiceRegistration({ seat: this.seat, facts: (vm) => ({ lastBackupAt: null, rtoMeasuredMs: this.dr.rtoOf(vm) }), defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
+        costServiceRegistration({
+          report: (query) => this.cost.report(query),
+          records: () => this.cost.records(),
+          budgets: () => this.seat.state.budgets(),
+          propose: (command, timeoutMs) => this.seat.command(command, timeoutMs),
+          defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000),
+          log: adminLog,
+        }),
       ],
     });
     this.#metricsServer = await startMetricsServer({
@@ -499,6 +555,10 @@ export class Daemon {
     };
     // Cloud operations first: their callers get an answer before the admin socket closes.
     this.dr.stop();
+    await step('cost', async () => {
+      this.budgets.stop();
+      await Promise.all([this.cost.stop(), this.utilisation.stop()]);
+    }, 500);
     await step('fleet reconciler', () => this.seat.stop(), 500);
     await step('fleet', () => this.fleet.stop(), 500);
     await step('cloud', () => this.cloud.stop(), 500);

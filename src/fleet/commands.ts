@@ -32,6 +32,7 @@ import { z } from 'zod';
 import { formatIssue, pathString } from '../config/issues.ts';
 import { FLEET_MAX_HOURLY_USD, FleetVmSpecSchema, fleetName, labels, normaliseSpec, sortedRecord } from './spec.ts';
 import { POLICY_OPERATIONS, PoliciesSchema, normalisePolicies } from '../policy/document.ts';
+import { BudgetSpecSchema } from './budgets.ts';
 import { MAX_MIGRATIONS_PER_REGION, MigrationCutoverSchema, MigrationEndSchema, MigrationProgressSchema, MigrationStartSchema } from './migrations.ts';
 import { FailoverSchema, ProtectSchema, UnprotectSchema } from './protection.ts';
 
@@ -156,6 +157,16 @@ const PurgeSchema = z.strictObject({ kind: z.literal('purge'), vm: fleetName });
  */
 const SetPolicySchema = z.strictObject({ kind: z.literal('set-policy'), version: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER), policies: PoliciesSchema });
 
+/** A budget, created or replaced whole (src/fleet/budgets.ts); replacing clears its spent mark until the budget driver sees it spent again. */
+const SetBudgetSchema = z.strictObject({ kind: z.literal('set-budget'), budget: BudgetSpecSchema });
+const DeleteBudgetSchema = z.strictObject({ kind: z.literal('delete-budget'), name: fleetName });
+/**
+ * A hard budget is spent for `month` (YYYY-MM), or no longer (null): from
+ * the budget driver of any node that saw it (src/cost/budget-watch.ts).
+ * Placement and the log refuse new placements under a spent hard budget.
+ */
+const BudgetSpentSchema = z.strictObject({ kind: z.literal('budget-spent'), name: fleetName, month: z.string().regex(/^\d{4}-(0[1-9]|1[0-2])$/, 'a month as YYYY-MM').nullable() });
+
 export const FleetCommandSchema = z.discriminatedUnion('kind', [
   RegisterRegionSchema,
   CreateSchema,
@@ -164,6 +175,9 @@ export const FleetCommandSchema = z.discriminatedUnion('kind', [
   DeleteSchema,
   PurgeSchema,
   SetPolicySchema,
+  SetBudgetSchema,
+  DeleteBudgetSchema,
+  BudgetSpentSchema,
   MigrationStartSchema,
   MigrationProgressSchema,
   MigrationCutoverSchema,
@@ -178,6 +192,7 @@ export type FleetCommandInput = z.input<typeof FleetCommandSchema>;
 export type FleetCommandKind = FleetCommand['kind'];
 export type RegisterRegionCommand = Extract<FleetCommand, { kind: 'register-region' }>;
 export type SetPolicyCommand = Extract<FleetCommand, { kind: 'set-policy' }>;
+export type SetBudgetCommand = Extract<FleetCommand, { kind: 'set-budget' }>;
 export type AssignCommand = Extract<FleetCommand, { kind: 'assign' }>;
 export type RegionProviderDeclaration = RegisterRegionCommand['providers'][number];
 export type ProviderPrices = z.infer<typeof PricesSchema>;
@@ -191,6 +206,9 @@ export const FLEET_COMMAND_KINDS = [
   'delete',
   'purge',
   'set-policy',
+  'set-budget',
+  'delete-budget',
+  'budget-spent',
   'migration-start',
   'migration-progress',
   'migration-cutover',
@@ -230,11 +248,14 @@ export const FLEET_REJECT_CODES = [
   'migration_phase',
   /** unprotect or failover of a VM that is not protected. */
   'not_protected',
+  /** A new placement under a spent hard budget; the message names the budget. */
+  'budget_spent',
+  'unknown_budget',
 ] as const;
 export type FleetRejectCode = (typeof FLEET_REJECT_CODES)[number];
 
 export type FleetResult =
-  | { readonly ok: true; readonly kind: FleetCommandKind; readonly vm?: string; readonly region?: string; readonly generation?: number; readonly policyVersion?: number; readonly migration?: string }
+  | { readonly ok: true; readonly kind: FleetCommandKind; readonly vm?: string; readonly region?: string; readonly generation?: number; readonly policyVersion?: number; readonly migration?: string; readonly budget?: string }
   /** Nothing changed; `message` is a sentence for the operator, with the numbers that decided it. */
   | { readonly ok: false; readonly code: FleetRejectCode; readonly message: string };
 

@@ -50,6 +50,7 @@ import type { PolicyOperation } from '../policy/document.ts';
 import { NO_POLICY, formatHit, type PolicyEvaluator, type PolicyHit, type PolicyScope, type PolicyVerdict } from '../policy/evaluate.ts';
 import type { PolicyRegion } from '../policy/facts.ts';
 import { describeDenial, firstAssignmentOperation, policyRegionOf, policyVmOf } from './policy-check.ts';
+import { hardBudgetDenial, type FleetBudget } from './budgets.ts';
 import { FLEET_MAX_PRIORITY } from './spec.ts';
 import type { FleetGroupKind, FleetState } from './state-machine.ts';
 import type { ProviderFacts, RegionFacts, Resource, ResourceAmounts, ResourceLimits } from './ledger.ts';
@@ -113,6 +114,8 @@ export interface PlacementView {
   groupCounts(kind: FleetGroupKind, group: string): ReadonlyMap<string, number>;
   /** The policy set candidates are filtered through (the log's, for a view of desired state). */
   readonly policy: PolicyEvaluator;
+  /** Budgets in the log: a spent hard one excludes new placements in its scope (filter `policy`; src/fleet/budgets.ts). */
+  readonly budgets: readonly FleetBudget[];
 }
 
 export interface RegionHealth {
@@ -146,7 +149,7 @@ export function buildPlacementView(state: FleetState, observed: ObservedFleet = 
       providers: region.providers.map((p) => ({ ...p, used: state.usage(region.name, p.name) ?? { vcpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0 } })),
     };
   });
-  return makePlacementView(regions, observed.rttMs ?? new Map(), (kind, group) => state.groupCounts(kind, group), state.policy.evaluator);
+  return makePlacementView(regions, observed.rttMs ?? new Map(), (kind, group) => state.groupCounts(kind, group), state.policy.evaluator, state.budgets());
 }
 
 /** A view from parts (tests, simulators, a driver with its own sources). Regions are sorted here. */
@@ -155,12 +158,13 @@ export function makePlacementView(
   rtt: ReadonlyMap<string, ReadonlyMap<string, number>>,
   groupCounts: (kind: FleetGroupKind, group: string) => ReadonlyMap<string, number>,
   policy: PolicyEvaluator = NO_POLICY,
+  budgets: readonly FleetBudget[] = [],
 ): PlacementView {
   if (regions.length > PLACEMENT_MAX_REGIONS) throw new RangeError(`placement view: ${regions.length} regions, above the ${PLACEMENT_MAX_REGIONS} limit`);
   const sorted = [...regions].sort((a, b) => compareNames(a.name, b.name));
   const byName = new Map(sorted.map((r) => [r.name, r]));
   if (byName.size !== sorted.length) throw new RangeError('placement view: two regions share a name');
-  return { regions: sorted, byName, rttFrom: (region) => rtt.get(region), groupCounts, policy };
+  return { regions: sorted, byName, rttFrom: (region) => rtt.get(region), groupCounts, policy, budgets };
 }
 
 export interface FactorScore {
@@ -329,7 +333,8 @@ export function place(spec: FleetVmSpec, view: PlacementView, options: Placement
   const partial = new Map<number, ProviderExclusion[]>();
   let cheapest = Infinity;
   const constraintText = new Map<string, string>();
-  const scope: PolicyScope | null = view.policy.ruleCount === 0 ? null : view.policy.forVm(policyVmOf(spec), options.operation ?? firstAssignmentOperation(spec));
+  const operation = options.operation ?? firstAssignmentOperation(spec);
+  const scope: PolicyScope | null = view.policy.ruleCount === 0 ? null : view.policy.forVm(policyVmOf(spec), operation);
 
   for (let i = 0; i < view.regions.length; i++) {
     const region = view.regions[i] as PlacementRegionView;
@@ -391,6 +396,11 @@ export function place(spec: FleetVmSpec, view: PlacementView, options: Placement
       const verdict = scope === null ? null : scope.evaluate(policyRegionFor(region, provider), price);
       if (verdict !== null && !verdict.allowed) {
         (out ??= []).push({ provider: provider.name, filter: 'policy', reason: `${provider.name} ${describeDenial(verdict)}`, denials: verdict.denials });
+        continue;
+      }
+      const spent = view.budgets.length === 0 ? null : hardBudgetDenial(view.budgets, operation, { region: region.name, provider: provider.name, labels: spec.labels });
+      if (spent !== null) {
+        (out ??= []).push({ provider: provider.name, filter: 'policy', reason: `${provider.name} ${spent}` });
         continue;
       }
       let headroom = 1;

@@ -233,6 +233,7 @@ export function withPlansInFlight(state: FleetState, plans: Iterable<PlanInFligh
     get policy() {
       return state.policy;
     },
+    budgets: () => state.budgets(),
     regions: () => state.regions(),
     region: (name) => state.region(name),
     vms: () => state.vms(),

@@ -92,6 +92,7 @@ import { EMPTY_POLICY_SET, PoliciesSchema, normalisePolicies, type PolicySpec } 
 import { PolicyCompileError, compilePolicySet } from '../policy/compile.ts';
 import { NO_POLICY, type PolicyEvaluator } from '../policy/evaluate.ts';
 import { assignmentOperation, describeDenial, policyRegionOf, policyVmOf } from './policy-check.ts';
+import { BudgetSpecSchema, MAX_BUDGETS, hardBudgetDenial, type FleetBudget } from './budgets.ts';
 import type { PolicyOperation } from '../policy/document.ts';
 import {
   DEFAULT_MAX_MIGRATIONS_PER_REGION,
@@ -190,6 +191,8 @@ export interface FleetState {
   readonly applied: number;
   /** The policy set every assignment is checked against (version 0: none). */
   readonly policy: FleetPolicy;
+  /** Budgets in the log, by name, with their spent mark (src/fleet/budgets.ts). */
+  budgets(): readonly FleetBudget[];
   /** Sorted by name. */
   regions(): readonly FleetRegion[];
   region(name: string): FleetRegion | undefined;
@@ -270,6 +273,8 @@ export class FleetStateMachine implements FleetState {
   #ledger = new CapacityLedger();
   #applied = 0;
   #policy: FleetPolicy = NO_FLEET_POLICY;
+  #budgets = new Map<string, FleetBudget>();
+  #sortedBudgets: FleetBudget[] | null = null;
   #groups: Record<FleetGroupKind, Map<string, Map<string, number>>> = { 'anti-affinity': new Map(), spread: new Map() };
   /** Migrations under way by id, and by VM. */
   #migrations = new Map<string, FleetMigration>();
@@ -302,6 +307,11 @@ export class FleetStateMachine implements FleetState {
 
   get policy(): FleetPolicy {
     return this.#policy;
+  }
+
+  budgets(): readonly FleetBudget[] {
+    this.#sortedBudgets ??= [...this.#budgets.values()].sort((a, b) => (a.spec.name < b.spec.name ? -1 : a.spec.name > b.spec.name ? 1 : 0));
+    return this.#sortedBudgets;
   }
 
   regions(): readonly FleetRegion[] {
@@ -404,6 +414,26 @@ export class FleetStateMachine implements FleetState {
         return this.#assign(cmd);
       case 'set-policy':
         return this.#setPolicy(cmd);
+      case 'set-budget': {
+        const old = this.#budgets.get(cmd.budget.name);
+        if (old === undefined && this.#budgets.size >= MAX_BUDGETS) return reject('limit_reached', `the fleet holds ${this.#budgets.size} budgets, its limit; delete one first`);
+        this.#budgets.set(cmd.budget.name, { spec: cmd.budget, spentMonth: null });
+        this.#sortedBudgets = null;
+        return { ok: true, kind: cmd.kind, budget: cmd.budget.name };
+      }
+      case 'delete-budget': {
+        // Deleting twice is a retry, not a mistake.
+        this.#budgets.delete(cmd.name);
+        this.#sortedBudgets = null;
+        return { ok: true, kind: cmd.kind, budget: cmd.name };
+      }
+      case 'budget-spent': {
+        const b = this.#budgets.get(cmd.name);
+        if (b === undefined) return reject('unknown_budget', `no budget named ${cmd.name}`);
+        this.#budgets.set(cmd.name, { spec: b.spec, spentMonth: cmd.month });
+        this.#sortedBudgets = null;
+        return { ok: true, kind: cmd.kind, budget: cmd.name };
+      }
       case 'set-power': {
         const vm = this.#live(cmd.vm);
         if ('code' in vm) return vm;
@@ -533,6 +563,10 @@ export class FleetStateMachine implements FleetState {
     if (evaluator.ruleCount > 0) {
       const verdict = evaluator.evaluate({ vm: policyVmOf(vm.spec), region: policyRegionOf(region, provider), cost: hourlyUsd(vm.spec, provider.prices), operation });
       if (!verdict.allowed) return { ok: false, code: 'policy_denied', message: `${vm.name} may not go to ${region.name}/${provider.name} (${operation}): ${describeDenial(verdict)}` };
+    }
+    if (this.#budgets.size > 0) {
+      const spent = hardBudgetDenial(this.budgets(), operation, { region: region.name, provider: provider.name, labels: vm.spec.labels });
+      if (spent !== null) return { ok: false, code: 'budget_spent', message: `${vm.name} may not go to ${region.name}/${provider.name} (${operation}): ${spent}` };
     }
     const group = vm.spec.constraints.antiAffinityGroup;
     if (group !== undefined) {
@@ -854,7 +888,8 @@ export class FleetStateMachine implements FleetState {
     // The policy and migrations fields only once set: a fleet without them snapshots as it did before they existed.
     const policy = this.#policy.version === 0 ? undefined : { version: this.#policy.version, policies: this.#policy.policies };
     const migrations = this.#nextMigration === 1 ? undefined : { next: this.#nextMigration, active: this.migrations(), history: this.#history };
-    const body = new TextEncoder().encode(canonicalJson({ limits: this.limits, regions, vms, policy, migrations }));
+    const budgets = this.#budgets.size === 0 ? undefined : this.budgets().map((b) => ({ spec: b.spec, spentMonth: b.spentMonth }));
+    const body = new TextEncoder().encode(canonicalJson({ limits: this.limits, regions, vms, policy, migrations, budgets }));
     const bytes = new Uint8Array(FLEET_SNAPSHOT_MAGIC.byteLength + body.byteLength);
     bytes.set(FLEET_SNAPSHOT_MAGIC, 0);
     bytes.set(body, FLEET_SNAPSHOT_MAGIC.byteLength);
@@ -874,7 +909,7 @@ export class FleetStateMachine implements FleetState {
     }
     const parsed = SnapshotSchema.safeParse(raw, { reportInput: true });
     if (!parsed.success) throw new FleetSnapshotError(parsed.error.issues.map((issue) => formatIssue(issue, (path) => pathString(['snapshot', ...path]))).join('; '));
-    const { limits, regions, vms, policy, migrations } = parsed.data;
+    const { limits, regions, vms, policy, migrations, budgets } = parsed.data;
     const machine = new FleetStateMachine(limits);
     if (policy !== undefined) {
       try {
@@ -915,6 +950,10 @@ export class FleetStateMachine implements FleetState {
       if (vm.protection !== null && !vm.deleted) machine.#protected.add(vm.name);
     }
     if (migrations !== undefined) machine.#restoreMigrations(migrations);
+    for (const b of budgets ?? []) {
+      if (machine.#budgets.has(b.spec.name)) throw new FleetSnapshotError(`budget ${b.spec.name} is listed twice`);
+      machine.#budgets.set(b.spec.name, { spec: b.spec, spentMonth: b.spentMonth });
+    }
     return machine;
   }
 
@@ -978,6 +1017,8 @@ const SnapshotSchema = z.strictObject({
       history: z.array(FleetMigrationSchema),
     })
     .optional(),
+  /** Absent in snapshots written before budgets existed, or with none. */
+  budgets: z.array(z.strictObject({ spec: BudgetSpecSchema, spentMonth: z.string().nullable() })).max(MAX_BUDGETS).optional(),
 });
 
 /** Facts of a migration with the given ones replacing what was recorded. */

@@ -12,6 +12,7 @@ import { createBlobMetrics, type BlobMetrics } from '../blob/metrics.ts';
 import { createImageMetrics, type ImageMetrics } from '../image/metrics.ts';
 import { createStateMetrics, type StateMetrics } from '../state/metrics.ts';
 import { createFleetMetrics, type FleetMetrics } from '../fleet/metrics.ts';
+import { createCostMetrics, type CostMetrics } from '../cost/metrics.ts';
 import { createMigrationMetrics, type MigrationMetrics } from '../migration/metrics.ts';
 import { createPolicyMetrics, type PolicyMetrics } from '../fleet/policy-metrics.ts';
 import { createDrMetrics, type DrMetrics } from '../dr/metrics.ts';
@@ -62,6 +63,7 @@ export interface DwcpMetrics extends MeshMetrics {
   migration: MigrationMetrics;
   policy: PolicyMetrics;
   dr: DrMetrics;
+  cost: CostMetrics;
 }
 
 /** Outcomes of a client proposal as the driver sees them; bounded for label cardinality. */
@@ -275,6 +277,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): DwcpMetr
     migration: createMigrationMetrics(registers),
     policy: createPolicyMetrics(registers),
     dr: createDrMetrics(registers),
+    cost: createCostMetrics(registers),
   };
   // Export zeroes for every bounded label value so rate() works from the first scrape.
   for (const reason of REFUSAL_REASONS) m.connectionsRefused.inc({ reason }, 0);

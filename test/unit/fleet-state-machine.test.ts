@@ -245,6 +245,35 @@ describe('fleet state machine rules', () => {
     expect(m.apply(assign('web', 'own', 1))).toMatchObject({ ok: true });
   });
 
+  it('budget_spent: a spent hard budget refuses new placements in its scope (create, place, burst), not moves; unknown_budget', () => {
+    const m = machineWith(euWest, usEast);
+    const budget = (name: string, scope: string, hard: boolean): FleetCommand => parseFleetCommand({ kind: 'set-budget', budget: { name, limitUsd: 100, scope, hard } });
+    expect(m.apply(budget('web', 'label:team=web', true))).toEqual({ ok: true, kind: 'set-budget', budget: 'web' });
+    m.apply(budget('soft', 'all', false));
+    m.apply(create(spec('w1', { labels: { team: 'web' } })));
+    expect(m.apply(assign('w1', 'eu-west', 1))).toMatchObject({ ok: true });
+    refused(m.apply(parseFleetCommand({ kind: 'budget-spent', name: 'nope', month: '2026-12' })), 'unknown_budget', 'no budget named nope');
+    expect(m.apply(parseFleetCommand({ kind: 'budget-spent', name: 'web', month: '2026-12' }))).toMatchObject({ ok: true });
+    expect(m.apply(parseFleetCommand({ kind: 'budget-spent', name: 'soft', month: '2026-12' }))).toMatchObject({ ok: true });
+    m.apply(create(spec('w2', { labels: { team: 'web' } })));
+    refused(m.apply(assign('w2', 'eu-west', 1)), 'budget_spent', 'w2 may not go to eu-west/local (place): hard budget web ($100.00/month, scope label:team=web) is spent for 2026-12');
+    refused(m.apply(parseFleetCommand({ kind: 'assign', vm: 'w2', region: 'eu-west', provider: 'local', generation: 1, operation: 'burst' })), 'budget_spent');
+    // A move of a VM already running adds no VM: allowed. A VM outside the scope is placed; a soft budget refuses nothing.
+    expect(m.apply(assign('w1', 'us-east', 2))).toMatchObject({ ok: true });
+    m.apply(create(spec('db1', { labels: { team: 'db' } })));
+    expect(m.apply(assign('db1', 'eu-west', 1))).toMatchObject({ ok: true });
+    // Raising the budget (a new set-budget) clears the mark until the driver sees it spent again.
+    m.apply(budget('web', 'label:team=web', true));
+    expect(m.apply(assign('w2', 'eu-west', 1))).toMatchObject({ ok: true });
+    // Budgets and marks survive a snapshot.
+    m.apply(parseFleetCommand({ kind: 'budget-spent', name: 'web', month: '2026-12' }));
+    const restored = FleetStateMachine.restore(m.snapshot());
+    expect(restored.budgets()).toEqual(m.budgets());
+    expect(restored.snapshot()).toEqual(m.snapshot());
+    expect(m.apply(parseFleetCommand({ kind: 'delete-budget', name: 'web' }))).toMatchObject({ ok: true });
+    expect(m.budgets().map((b) => b.spec.name)).toEqual(['soft']);
+  });
+
   it('every reject code is exercised by this file, fleet-migrations.test.ts or fleet-protection.test.ts', async () => {
     const fs = await import('node:fs/promises');
     const read = (name: string) => fs.readFile(new URL(name, import.meta.url), 'utf8');
