@@ -1,0 +1,249 @@
+/**
+ * Cost end to end: a real dwcpd with AWS and GCP providers against the fake
+ * EC2, Compute, CloudWatch and Cloud Monitoring servers (started here, so
+ * their state and metrics are set by the test) and a local on-premises
+ * provider as its home region, driven through the real dwcpctl; a real
+ * Prometheus scrapes it with the shipped rules.
+ *
+ * What it proves: utilisation reaches the daemon's series through the real
+ * CloudWatch and Monitoring SDKs; `cost report` matches a hand computation
+ * from the pricing catalog (each VM's billed hours × its catalog price, the
+ * idle line from the configured on-premises prices, the projection to month
+ * end); a budget crosses 50 %, the daemon logs it, exports the gauges, and
+ * the DwcpBudgetThresholdCrossed rule fires in Prometheus; a hard budget once
+ * spent makes placement refuse a new VM in its scope.
+ *
+ * Every wait polls a condition with a deadline; no fixed sleeps.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FakeCloudWatchServer } from '../../src/cloud/fake/cloudwatch-server.ts';
+import { FakeComputeServer } from '../../src/cloud/fake/compute-server.ts';
+import { FakeEc2Server } from '../../src/cloud/fake/ec2-server.ts';
+import { FakeMonitoringServer } from '../../src/cloud/fake/monitoring-server.ts';
+import type { CostReportView } from '../../src/admin/cost-client.ts';
+import type { BudgetView } from '../../src/cost/wire.ts';
+import { baseConfig, eventually, metricValue, prepareNode, ROOT, runCtl, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
+
+const HOUR = 3_600_000;
+const env = { AWS_ACCESS_KEY_ID: 'AKIDCOST00000001', AWS_SECRET_ACCESS_KEY: 'test-secret', AWS_SESSION_TOKEN: '', AWS_PROFILE: '' };
+
+let root: { path: string; remove: () => Promise<void> };
+let ec2: FakeEc2Server;
+let compute: FakeComputeServer;
+let cloudwatch: FakeCloudWatchServer;
+let monitoring: FakeMonitoringServer;
+let node: NodeFiles;
+let daemon: DaemonProcess;
+let prometheus: ChildProcess | undefined;
+
+function catalog(file: string, region: string, type: string): number {
+  const doc = parse(readFileSync(join(ROOT, 'config/pricing', file), 'utf8')) as { regions: Record<string, Record<string, { onDemand: number }>> };
+  const price = doc.regions[region]?.[type]?.onDemand;
+  if (price === undefined) throw new Error(`no ${type} in ${region} in ${file}`);
+  return price;
+}
+
+beforeAll(async () => {
+  root = await tempRoot('cost-daemon');
+  ec2 = await FakeEc2Server.start({ transitionDelayMs: 30 });
+  compute = await FakeComputeServer.start({ project: 'dwcp-test', region: 'us-central1', transitionDelayMs: 30 });
+  cloudwatch = await FakeCloudWatchServer.start({ region: 'us-east-1' });
+  monitoring = await FakeMonitoringServer.start({ project: 'dwcp-test' });
+  const [web] = ec2.seed(1, { instanceType: 't3.micro', tags: { team: 'web' } });
+  const [batch] = ec2.seed(1, { instanceType: 't3.small', tags: { team: 'batch' } });
+  const [gce] = compute.seed(1, { machineType: 'e2-small', labels: { team: 'web' } });
+  for (const [id, cpu] of [[web?.instanceId, 0.42], [batch?.instanceId, 0.07]] as const) {
+    cloudwatch.metrics.set(id ?? '', 'cpu', cpu);
+    cloudwatch.metrics.set(id ?? '', 'networkIn', 2_000_000);
+  }
+  monitoring.metrics.set(`${gce?.zone}/${gce?.name}`, 'cpu', 0.63);
+  const subjectToken = join(root.path, 'subject-token');
+  writeFileSync(subjectToken, 'fake-oidc-subject-token');
+  const gcpCredentials = join(root.path, 'gcp-external-account.json');
+  writeFileSync(
+    gcpCredentials,
+    JSON.stringify({
+      type: 'external_account',
+      audience: '//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/dwcp/providers/fake',
+      subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
+      token_url: compute.tokenUrl,
+      credential_source: { file: subjectToken },
+    }),
+  );
+  node = await prepareNode(root.path, 'home');
+  const computeUrl = new URL(compute.url);
+  const config = baseConfig(node, {
+    clouds: {
+      providers: [
+        { kind: 'aws', region: 'us-east-1', zones: ['us-east-1a'], endpoint: ec2.url, cloudwatchEndpoint: cloudwatch.url, credentials: { source: 'env' }, maxAttempts: 3, inventoryIntervalMs: 600_000 },
+        {
+          kind: 'gcp',
+          project: 'dwcp-test',
+          region: 'us-central1',
+          zones: ['us-central1-a'],
+          apiEndpoint: computeUrl.hostname,
+          port: Number(computeUrl.port),
+          protocol: 'http',
+          monitoringEndpoint: monitoring.url,
+          credentials: { source: 'keyFile', path: gcpCredentials },
+          inventoryIntervalMs: 600_000,
+        },
+        { kind: 'local', capacity: { vcpus: 4, memoryGiB: 8 }, pricePerVcpuHour: 0.01, pricePerGiBHour: 0.001, inventoryIntervalMs: 600_000 },
+      ],
+    },
+    cost: { intervalMs: 250, utilisation: { intervalMs: 500, backfillMs: HOUR } },
+    // A budget over the web team's VMs so small that it crosses 50 % within seconds: t3.micro + e2-small ≈ $0.027/h.
+    budgets: [{ name: 'web', limitUsd: 0.00005, scope: 'label:team=web', alerts: [50, 100] }],
+  });
+  daemon = await startDaemon(node, config, env);
+  await daemon.serving();
+}, 90_000);
+
+afterAll(async () => {
+  prometheus?.kill('SIGTERM');
+  await daemon?.stop();
+  await Promise.all([ec2?.close(), compute?.close(), cloudwatch?.close(), monitoring?.close()]);
+  await root?.remove();
+});
+
+function ctl(...args: string[]): Promise<CtlResult> {
+  return runCtl(['--socket', node.socket, ...args]);
+}
+
+async function ctlJson<T>(...args: string[]): Promise<T> {
+  const result = await ctl(...args, '--json');
+  expect(result, result.stderr).toMatchObject({ code: 0 });
+  return JSON.parse(result.stdout) as T;
+}
+
+describe('cost and budgets on a daemon with AWS, GCP and a local home region', () => {
+  it('collects utilisation through CloudWatch and Cloud Monitoring', async () => {
+    await eventually('utilisation series for the two EC2 and the GCE instance', 60_000, async () => {
+      const text = await daemon.scrape();
+      return metricValue(text, 'dwcp_utilisation_series', { provider: 'aws' }) === 2 && metricValue(text, 'dwcp_utilisation_series', { provider: 'gcp' }) === 1 ? true : undefined;
+    });
+    const text = await daemon.scrape();
+    // An hour of backfill: 12 five-minute samples per VM at least.
+    expect(metricValue(text, 'dwcp_utilisation_samples_total', { provider: 'aws' })).toBeGreaterThanOrEqual(24);
+    expect(metricValue(text, 'dwcp_utilisation_samples_total', { provider: 'gcp' })).toBeGreaterThanOrEqual(12);
+    expect(cloudwatch.calls.count('GetMetricData', 200)).toBeGreaterThan(0);
+    expect(monitoring.calls.count('timeSeries.list', 200)).toBeGreaterThan(0);
+  }, 90_000);
+
+  it('cost report matches a hand computation from the catalog', async () => {
+    const rates: Record<string, number> = {
+      [ec2.instances().find((i) => i.instanceType === 't3.micro')?.instanceId ?? '']: catalog('aws-2025-01.yaml', 'us-east-1', 't3.micro'),
+      [ec2.instances().find((i) => i.instanceType === 't3.small')?.instanceId ?? '']: catalog('aws-2025-01.yaml', 'us-east-1', 't3.small'),
+      [compute.instances()[0]?.name ?? '']: catalog('gcp-2025-01.yaml', 'us-central1', 'e2-small'),
+    };
+    const report = await eventually('a report with the three cloud VMs billed for a while', 60_000, async () => {
+      const r = await ctlJson<CostReportView>('cost', 'report', '--by', 'provider');
+      return r.top.length === 3 && r.top.every((t) => t.hours > 0.0005) ? r : undefined;
+    });
+    const idleRate = 4 * 0.01 + 8 * 0.001;
+    const monthEnd = Date.UTC(new Date(report.regions[0]?.asOfMs ?? 0).getUTCFullYear(), new Date(report.regions[0]?.asOfMs ?? 0).getUTCMonth() + 1, 1);
+    const asOf = report.regions[0]?.asOfMs ?? 0;
+    expect(report.regions.map((r) => r.region)).toEqual(['home']);
+    let total = 0;
+    let projected = 0;
+    for (const t of report.top) {
+      const rate = rates[t.vm];
+      expect(rate, `catalog price of ${t.vm}`).toBeDefined();
+      expect(t.hourlyUsd).toBeCloseTo(rate ?? 0, 6);
+      expect(t.model).toBe('on-demand');
+      // Billed hours × the catalog price (the report rounds USD to 1/100 of a cent and hours to 1/1000).
+      expect(Math.abs(t.mtdUsd - t.hours * (rate ?? 0))).toBeLessThan(0.0002);
+      total += t.mtdUsd;
+      projected += t.mtdUsd + (rate ?? 0) * ((monthEnd - asOf) / HOUR);
+    }
+    // Idle on-premises capacity: the local provider has no VM, so all of it, at 4 × $0.01 + 8 GiB × $0.001 an hour.
+    const hours = Math.max(...report.top.map((t) => t.hours));
+    expect(Math.abs(report.idleUsd - hours * idleRate)).toBeLessThan(0.0003);
+    total += report.idleUsd;
+    projected += report.idleUsd + idleRate * ((monthEnd - asOf) / HOUR);
+    expect(Math.abs(report.mtdUsd - total)).toBeLessThan(0.0005);
+    expect(Math.abs(report.projectedUsd - projected) / projected).toBeLessThan(0.001);
+    expect(report.groups.map((g) => g.key).sort()).toEqual(['aws', 'gcp', 'local']);
+
+    const table = await ctl('cost', 'report', '--by', 'label:team');
+    expect(table, table.stderr).toMatchObject({ code: 0 });
+    expect(table.stdout).toMatch(/^LABEL:TEAM +MONTH TO DATE +PROJECTED +VMS$/m);
+    expect(table.stdout).toMatch(/^web +\$\d+\.\d{2} +\$\d+\.\d{2} +2$/m);
+    expect(table.stdout).toMatch(/^\(idle\) /m);
+    const bad = await ctl('cost', 'report', '--by', 'colour');
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain('by: "colour" is not region, provider or label:KEY');
+  }, 120_000);
+
+  it('a budget crosses 50 %: logged, exported, and the shipped rule fires in a real Prometheus', async (ctx) => {
+    const web = await eventually('budget web (from the config) at 50 %', 60_000, async () => {
+      const list = await ctlJson<BudgetView[]>('budget', 'list');
+      const b = list.find((x) => x.spec.name === 'web');
+      return b !== undefined && b.spend.ratio >= 0.5 ? b : undefined;
+    });
+    expect(web.spec).toEqual({ name: 'web', limitUsd: 0.00005, scope: 'label:team=web', alerts: [50, 100], hard: false });
+    await eventually('the budget_threshold log event', 30_000, async () => (daemon.lines.some((l) => l.event === 'budget_threshold' && l.budget === 'web' && l.threshold === 50) ? true : undefined));
+    const text = await daemon.scrape();
+    expect(metricValue(text, 'dwcp_budget_used_ratio', { budget: 'web' })).toBeGreaterThanOrEqual(0.5);
+    expect(metricValue(text, 'dwcp_budget_limit_usd', { budget: 'web' })).toBe(0.00005);
+    expect(metricValue(text, 'dwcp_cost_usd_total', { region: 'home', provider: 'aws' })).toBeGreaterThan(0);
+
+    const target = new URL((await daemon.serving()).metrics).host;
+    const port = await freePort();
+    const prometheusDir = join(root.path, 'prometheus');
+    writeFileSync(
+      join(root.path, 'prometheus.yml'),
+      `global: {scrape_interval: 1s, evaluation_interval: 1s}\nrule_files: ['${join(ROOT, 'config/prometheus/dwcp-cost.rules.yml')}']\nscrape_configs:\n  - job_name: dwcp\n    static_configs: [{targets: ['${target}']}]\n`,
+    );
+    const proc = spawn('prometheus', [`--config.file=${join(root.path, 'prometheus.yml')}`, `--storage.tsdb.path=${prometheusDir}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const started = await new Promise<boolean>((resolve) => {
+      proc.once('error', () => resolve(false));
+      proc.once('spawn', () => resolve(true));
+    });
+    if (!started) {
+      if (process.env.CI === 'true') throw new Error('prometheus is required under CI=true (Debian package "prometheus")');
+      ctx.skip('prometheus not installed (Debian package "prometheus")');
+    }
+    prometheus = proc;
+    const firing = await eventually('DwcpBudgetThresholdCrossed firing in Prometheus', 90_000, async () => {
+      const res = await fetch(`http://127.0.0.1:${port}/api/v1/alerts`).catch(() => null);
+      if (res === null || !res.ok) return undefined;
+      const body = (await res.json()) as { data: { alerts: { labels: Record<string, string>; state: string; annotations: Record<string, string> }[] } };
+      return body.data.alerts.find((a) => a.labels.alertname === 'DwcpBudgetThresholdCrossed' && a.labels.budget === 'web' && a.state === 'firing');
+    }, 500);
+    expect(firing.annotations.summary).toMatch(/^Budget web crossed (50|100)% of its monthly limit$/);
+  }, 180_000);
+
+  it('a hard budget, once spent, makes placement refuse new VMs in its scope', async () => {
+    const set = await ctl('budget', 'set', 'capweb', '--limit', '0.00001', '--scope', 'label:team=web', '--hard', '--alerts', '100');
+    expect(set, set.stderr).toMatchObject({ code: 0 });
+    expect(set.stdout).toContain('budget capweb set: $0.00/month over label:team=web, alerts at 100%, hard');
+    await eventually('capweb marked spent in the log', 60_000, async () => {
+      const list = await ctlJson<BudgetView[]>('budget', 'list');
+      return list.find((b) => b.spec.name === 'capweb')?.spentMonth !== null && list.some((b) => b.spec.name === 'capweb') ? true : undefined;
+    });
+    const refused = await ctl('vm', 'create', 'web9', '--cpu', '1', '--memory', '512MiB', '--image', 'base', '--label', 'team=web', '--placement', 'auto');
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain('hard budget capweb');
+    const placed = await ctl('place', 'db9', '--cpu', '1', '--memory', '512MiB', '--image', 'base', '--label', 'team=db');
+    expect(placed, placed.stderr).toMatchObject({ code: 0 });
+    const deleted = await ctl('budget', 'delete', 'capweb');
+    expect(deleted, deleted.stderr).toMatchObject({ code: 0 });
+  }, 120_000);
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0));
+    });
+  });
+}
