@@ -25,6 +25,7 @@ import { FakeComputeServer } from '../../src/cloud/fake/compute-server.ts';
 import { FakeEc2Server } from '../../src/cloud/fake/ec2-server.ts';
 import type { ListInstancesResponse, VmInstanceResponse, EstimateCostResponse, ListTypesResponse } from '../../src/admin/schema.ts';
 import { lintMetrics } from '../support/promtool.ts';
+import { writeExternalAccount } from '../support/gcp-credentials.ts';
 import { baseConfig, metricValue, prepareNode, runCtl, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
 
 const ACCESS_KEY = 'AKIDDAEMON000001';
@@ -44,19 +45,7 @@ beforeAll(async () => {
   compute = await FakeComputeServer.start({ project: 'dwcp-test', region: 'us-central1', transitionDelayMs: 30 });
   ec2.seed(2, { tags: { env: 'prod' } });
   compute.seed(1, { labels: { env: 'prod' } });
-  const subjectToken = join(root.path, 'subject-token');
-  writeFileSync(subjectToken, 'fake-oidc-subject-token');
-  const gcpCredentials = join(root.path, 'gcp-external-account.json');
-  writeFileSync(
-    gcpCredentials,
-    JSON.stringify({
-      type: 'external_account',
-      audience: '//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/dwcp/providers/fake',
-      subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
-      token_url: compute.tokenUrl,
-      credential_source: { file: subjectToken },
-    }),
-  );
+  const gcpCredentials = writeExternalAccount(root.path, compute.tokenUrl);
   node = await prepareNode(root.path, 'cloudy');
   const computeUrl = new URL(compute.url);
   config = baseConfig(node, {

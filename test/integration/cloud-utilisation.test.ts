@@ -4,7 +4,7 @@
  * Cloud Monitoring timeSeries.list (@google-cloud/monitoring over REST, with
  * a real external_account credential exchanged at the fake Compute's STS).
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,6 +14,7 @@ import { FakeCloudWatchServer } from '../../src/cloud/fake/cloudwatch-server.ts'
 import { FakeComputeServer } from '../../src/cloud/fake/compute-server.ts';
 import { FakeMonitoringServer } from '../../src/cloud/fake/monitoring-server.ts';
 import { ThrottledError, ProviderError } from '../../src/cloud/provider.ts';
+import { writeExternalAccount } from '../support/gcp-credentials.ts';
 
 const P = 300_000;
 const now = Math.floor(Date.now() / P) * P;
@@ -73,18 +74,7 @@ describe('Cloud Monitoring timeSeries.list against the fake', () => {
     scratch = mkdtempSync(join(tmpdir(), 'dwcp-mon-'));
     compute = await FakeComputeServer.start({ project: 'dwcp-test', region: 'us-central1' });
     monitoring = await FakeMonitoringServer.start({ project: 'dwcp-test', pageSize: 2 });
-    writeFileSync(join(scratch, 'subject-token'), 'fake-oidc-subject-token');
-    const credentials = join(scratch, 'external-account.json');
-    writeFileSync(
-      credentials,
-      JSON.stringify({
-        type: 'external_account',
-        audience: '//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/dwcp/providers/fake',
-        subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
-        token_url: compute.tokenUrl,
-        credential_source: { file: join(scratch, 'subject-token') },
-      }),
-    );
+    const credentials = writeExternalAccount(scratch, compute.tokenUrl);
     gcp = new GcpProvider({ project: 'dwcp-test', region: 'us-central1', endpoint: compute.url, monitoringEndpoint: monitoring.url, credentials: { source: 'file', path: credentials } });
   });
   afterAll(async () => {

@@ -27,6 +27,7 @@ import { FakeEc2Server } from '../../src/cloud/fake/ec2-server.ts';
 import { FakeMonitoringServer } from '../../src/cloud/fake/monitoring-server.ts';
 import type { CostReportView } from '../../src/admin/cost-client.ts';
 import type { BudgetView } from '../../src/cost/wire.ts';
+import { writeExternalAccount } from '../support/gcp-credentials.ts';
 import { baseConfig, eventually, metricValue, prepareNode, ROOT, runCtl, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
 
 const HOUR = 3_600_000;
@@ -62,19 +63,7 @@ beforeAll(async () => {
     cloudwatch.metrics.set(id ?? '', 'networkIn', 2_000_000);
   }
   monitoring.metrics.set(`${gce?.zone}/${gce?.name}`, 'cpu', 0.63);
-  const subjectToken = join(root.path, 'subject-token');
-  writeFileSync(subjectToken, 'fake-oidc-subject-token');
-  const gcpCredentials = join(root.path, 'gcp-external-account.json');
-  writeFileSync(
-    gcpCredentials,
-    JSON.stringify({
-      type: 'external_account',
-      audience: '//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/dwcp/providers/fake',
-      subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
-      token_url: compute.tokenUrl,
-      credential_source: { file: subjectToken },
-    }),
-  );
+  const gcpCredentials = writeExternalAccount(root.path, compute.tokenUrl);
   node = await prepareNode(root.path, 'home');
   const computeUrl = new URL(compute.url);
   const config = baseConfig(node, {
