@@ -26,7 +26,7 @@ import { FakeEc2Server } from '../../src/cloud/fake/ec2-server.ts';
 import type { ListInstancesResponse, VmInstanceResponse, EstimateCostResponse, ListTypesResponse } from '../../src/admin/schema.ts';
 import { lintMetrics } from '../support/promtool.ts';
 import { writeExternalAccount } from '../support/gcp-credentials.ts';
-import { baseConfig, metricValue, prepareNode, runCtl, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
+import { baseConfig, ctlOn, metricValue, prepareNode, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
 
 const ACCESS_KEY = 'AKIDDAEMON000001';
 const IMAGE_GCP = 'projects/debian-cloud/global/images/family/debian-12';
@@ -87,15 +87,8 @@ afterAll(async () => {
   await root?.remove();
 });
 
-function ctl(...args: string[]): Promise<CtlResult> {
-  return runCtl(['--socket', node.socket, ...args]);
-}
-
-async function ctlJson<T>(...args: string[]): Promise<T> {
-  const result = await ctl(...args, '--json');
-  expect(result, result.stderr).toMatchObject({ code: 0 });
-  return JSON.parse(result.stdout) as T;
-}
+const ctl = (...args: string[]): Promise<CtlResult> => ctlOn(node.socket).ctl(...args);
+const ctlJson = <T>(...args: string[]): Promise<T> => ctlOn(node.socket).ctlJson<T>(...args);
 
 async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;

@@ -28,7 +28,7 @@ import { FakeMonitoringServer } from '../../src/cloud/fake/monitoring-server.ts'
 import type { CostReportView } from '../../src/admin/cost-client.ts';
 import type { BudgetView } from '../../src/cost/wire.ts';
 import { writeExternalAccount } from '../support/gcp-credentials.ts';
-import { baseConfig, eventually, metricValue, prepareNode, ROOT, runCtl, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
+import { baseConfig, ctlOn, eventually, metricValue, prepareNode, ROOT, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
 
 const HOUR = 3_600_000;
 const env = { AWS_ACCESS_KEY_ID: 'AKIDCOST00000001', AWS_SECRET_ACCESS_KEY: 'test-secret', AWS_SESSION_TOKEN: '', AWS_PROFILE: '' };
@@ -100,15 +100,8 @@ afterAll(async () => {
   await root?.remove();
 });
 
-function ctl(...args: string[]): Promise<CtlResult> {
-  return runCtl(['--socket', node.socket, ...args]);
-}
-
-async function ctlJson<T>(...args: string[]): Promise<T> {
-  const result = await ctl(...args, '--json');
-  expect(result, result.stderr).toMatchObject({ code: 0 });
-  return JSON.parse(result.stdout) as T;
-}
+const ctl = (...args: string[]): Promise<CtlResult> => ctlOn(node.socket).ctl(...args);
+const ctlJson = <T>(...args: string[]): Promise<T> => ctlOn(node.socket).ctlJson<T>(...args);
 
 describe('cost and budgets on a daemon with AWS, GCP and a local home region', () => {
   it('collects utilisation through CloudWatch and Cloud Monitoring', async () => {

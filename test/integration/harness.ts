@@ -149,6 +149,20 @@ export function runCtl(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Ctl
   return runNode(DWCPCTL, args, env);
 }
 
+/**
+ * dwcpctl bound to one node's socket: `ctl(...args)` runs it, `ctlJson(...args)`
+ * adds --json, requires exit 0 (the failure message carries its stderr) and parses stdout.
+ */
+export function ctlOn(socket: string): { ctl: (...args: string[]) => Promise<CtlResult>; ctlJson: <T>(...args: string[]) => Promise<T> } {
+  const ctl = (...args: string[]): Promise<CtlResult> => runCtl(['--socket', socket, ...args]);
+  const ctlJson = async <T>(...args: string[]): Promise<T> => {
+    const result = await ctl(...args, '--json');
+    if (result.code !== 0) throw new Error(`dwcpctl ${args.join(' ')} --json exited ${result.code}: ${result.stderr}`);
+    return JSON.parse(result.stdout) as T;
+  };
+  return { ctl, ctlJson };
+}
+
 export function runDwcpd(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CtlResult> {
   return runNode(DWCPD, args, env);
 }
