@@ -293,6 +293,8 @@ export interface VmInstanceRequest {
   provider: string;
   id: string;
   timeout_ms: number;
+  /** TerminateInstance only; absent from older clients (false). */
+  keep_disk?: boolean;
 }
 
 export interface VmInstanceResponse {

@@ -120,7 +120,7 @@ export function vmServiceRegistration(opts: VmServiceOptions): AdminServiceRegis
 
   const change = (operation: 'start' | 'stop' | 'terminate') => (r: VmInstanceRequest) =>
     bounded(r.timeout_ms, DEFAULT_OPERATION_TIMEOUT_MS, async (signal) => {
-      const entry = await inventory.change(operation, required('id', r.id), { provider: r.provider, signal });
+      const entry = await inventory.change(operation, required('id', r.id), { provider: r.provider, signal, ...(r.keep_disk === true ? { keepDisk: true } : {}) });
       return { instance: instanceToWire(entry) };
     });
 

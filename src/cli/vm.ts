@@ -52,6 +52,7 @@ const VM_OPTIONS = {
   label: { type: 'string', multiple: true },
   follow: { type: 'boolean' },
   tail: { type: 'string' },
+  'keep-disk': { type: 'boolean' },
   'user-data': { type: 'string' },
   ...MANAGED_VM_OPTIONS,
   ...MIGRATE_OPTIONS,
@@ -236,10 +237,14 @@ async function vm(ctx: CommandContext): Promise<void> {
     case 'start':
     case 'stop':
     case 'terminate': {
+      const keepDisk = flags['keep-disk'] === true;
+      if (keepDisk && sub !== 'terminate') throw new UsageError(`--keep-disk: only with vm terminate, not vm ${sub}`);
+      // A managed VM's copies belong to the fleet (its reconciler removes them): keeping a disk is an instance's business.
+      if (keepDisk && flags.provider === undefined) throw new UsageError('--keep-disk: name the instance\'s provider with --provider (a qemu provider)');
       if (flags.provider === undefined && (await powerManaged(ctx, sub))) return;
       const [id, extra] = ctx.args.slice(1);
       if (id === undefined || extra !== undefined) throw new UsageError(`vm ${sub} takes one argument, a managed VM's name or an instance ID`);
-      const request = { provider: singleFlag(flags, 'provider') ?? '', id, timeout_ms: timeout(ctx, OPERATION_TIMEOUT_MS) };
+      const request = { provider: singleFlag(flags, 'provider') ?? '', id, timeout_ms: timeout(ctx, OPERATION_TIMEOUT_MS), ...(keepDisk ? { keep_disk: true } : {}) };
       const c = await client();
       const res = await (sub === 'start' ? c.startInstance(request) : sub === 'stop' ? c.stopInstance(request) : c.terminateInstance(request));
       const i = res.instance;
@@ -309,6 +314,7 @@ export const VM_COMMAND: Command = {
     'create --provider P --type T --image I: one unmanaged instance; ' +
     'migrate NAME --to REGION [--mode live|warm|cold] [--max-downtime 300ms] [--provider P] [--dry-run] [--detach]: moves a managed VM to another region; ' +
     'protect NAME --dr-region R [--dr-provider P] [--rpo 5m] [--rto 10m] [--retention 7d] [--failback auto|manual], unprotect NAME: disaster recovery (dr status); ' +
+    'terminate ID --provider P --keep-disk: a qemu instance whose disk stays; ' +
     'console NAME [--follow] [--tail BYTES]: a qemu guest\'s serial console',
   options: VM_OPTIONS,
   run: vm,

@@ -531,10 +531,15 @@ export class CloudInventory {
   }
 
   /** Start, stop or terminate; the provider is found from the inventory or the id's shape when not named. */
-  change(operation: 'start' | 'stop' | 'terminate', id: string, options: { provider?: string; signal?: AbortSignal } = {}): Promise<InventoryEntry> {
+  change(operation: 'start' | 'stop' | 'terminate', id: string, options: { provider?: string; signal?: AbortSignal; keepDisk?: boolean } = {}): Promise<InventoryEntry> {
     return this.#operation(async (signal) => {
       const slot = this.#slotFor(options.provider, id);
-      const instance = await slot.provider[operation](id, { signal });
+      if (options.keepDisk === true) {
+        // Only a qemu guest's disk is a file of ours to keep; a cloud deletes or keeps its volumes by its own settings.
+        if (operation !== 'terminate') throw new InventoryError('invalid', `keep disk: only with terminate, not ${operation}`);
+        if (slot.entry.kind !== 'qemu') throw new InventoryError('invalid', `keep disk: provider ${slot.name} (${slot.entry.kind}) cannot keep a terminated VM's disk; only qemu can`);
+      }
+      const instance = await (operation === 'terminate' ? slot.provider.terminate(id, { signal, ...(options.keepDisk === true ? { keepDisk: true } : {}) }) : slot.provider[operation](id, { signal }));
       this.#remember(slot, instance);
       return { provider: slot.name, instance };
     }, options.signal);

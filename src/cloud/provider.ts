@@ -113,6 +113,11 @@ export interface LongOperationOptions extends CallOptions {
   wait?: boolean;
 }
 
+export interface TerminateOptions extends LongOperationOptions {
+  /** Keep the VM's disk (qemu: the overlay file). Only providers whose disks are files of ours honour it; the inventory refuses it for the others. */
+  keepDisk?: boolean;
+}
+
 export interface InstanceTypeInfo {
   name: string;
   vcpus: number;
@@ -167,7 +172,7 @@ export interface CloudProvider {
   start(id: string, options?: LongOperationOptions): Promise<Instance>;
   stop(id: string, options?: LongOperationOptions): Promise<Instance>;
   /** Resolves with the last record, state `terminated` (GCP deletes: the record is synthesised). */
-  terminate(id: string, options?: LongOperationOptions): Promise<Instance>;
+  terminate(id: string, options?: TerminateOptions): Promise<Instance>;
   setTags(id: string, tags: Tags, options?: CallOptions): Promise<void>;
   listInstanceTypes(query?: InstanceTypeQuery, options?: CallOptions): Promise<InstanceTypeInfo[]>;
   zoneHealth(options?: CallOptions): Promise<ZoneHealth[]>;

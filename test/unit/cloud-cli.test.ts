@@ -120,6 +120,8 @@ describe('vm and cost usage errors', () => {
       [['vm', 'list', 'extra'], 'vm list takes no arguments (got "extra")'],
       [['vm', 'console'], "vm console takes one argument, a VM's name or instance ID"],
       [['vm', 'console', 'web1', '--tail', 'lots'], '--tail: "lots" is not a number of bytes'],
+      [['vm', 'stop', 'web1', '--keep-disk'], '--keep-disk: only with vm terminate, not vm stop'],
+      [['vm', 'terminate', 'web1', '--keep-disk'], "--keep-disk: name the instance's provider with --provider (a qemu provider)"],
       [['vm', 'create', '--image', 'x'], 'vm create needs a NAME (a managed VM: NAME --cpu N --memory SIZE --image I) or --type (one unmanaged instance: --provider P --type T --image I)'],
       [['vm', 'create', 'web1', '--memory', '1GiB', '--image', 'x'], '--cpu is required (vCPUs, e.g. 2)'],
       [['vm', 'create', 'web1', '--cpu', '1', '--memory', '4 bananas', '--image', 'x'], '--memory: "4 bananas" has an unknown unit "bananas": expected B, KiB, MiB, GiB, TiB (binary) or KB, MB, GB, TB (decimal)'],

@@ -344,6 +344,9 @@ describe('routing', () => {
     await expect(inventory.create('aws', REQUEST)).rejects.toSatisfy((e) => e instanceof InventoryError && e.reason === 'not_found' && /configured: lab-a \(local\), lab-b \(local\)/.test(e.message));
     expect((await inventory.change('stop', a.instance.id)).instance.state).toBe('stopped');
     await expect(inventory.change('stop', 'local-000000000000')).rejects.toThrow(/cannot tell which provider holds "local-000000000000"; name one with --provider/);
+    // Keeping a disk is for providers whose disks are files of ours (qemu): refused here before the provider is asked, the VM untouched.
+    await expect(inventory.change('terminate', a.instance.id, { keepDisk: true })).rejects.toThrow(/keep disk: provider \S+ \(local\) cannot keep a terminated VM's disk; only qemu can/);
+    await expect(inventory.change('stop', a.instance.id, { keepDisk: true })).rejects.toThrow('keep disk: only with terminate, not stop');
     expect((await inventory.list({ providers: ['lab-b'] })).instances).toEqual([]);
     expect((await inventory.list({ providers: ['local'], states: ['stopped'] })).instances.map((e) => e.provider)).toEqual(['lab-a']);
   });
