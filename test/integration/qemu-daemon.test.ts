@@ -15,6 +15,7 @@
  * stream or polled daemon answers, with deadlines for a loaded machine.
  */
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -182,8 +183,11 @@ describe('a qemu guest under dwcpd', () => {
     });
     expect(killed.provider_state).toBe('stopped: QEMU killed by SIGKILL (signal 9)');
 
-    const gone = await ctlJson<VmInstanceResponse>(node, 'vm', 'terminate', id, '--provider', 'qemu');
+    // Terminated with --keep-disk: the overlay is moved aside (qemu/kept/ID.qcow2), not deleted.
+    const gone = await ctlJson<VmInstanceResponse>(node, 'vm', 'terminate', id, '--provider', 'qemu', '--keep-disk');
     expect(gone.instance.state).toBe('terminated');
+    expect(existsSync(files.disk)).toBe(false);
+    expect(existsSync(join(node.dir, 'qemu', 'kept', `${id}.qcow2`))).toBe(true);
   }, 300_000);
 });
 
