@@ -26,6 +26,7 @@
  * destination running, whether it converged within the timeout, and the
  * bytes the transport carried.
  */
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm, writeFile, cp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -166,9 +167,26 @@ function fakeMigration(id: string, source: string, target: string, maxDowntimeMs
   } as unknown as FleetMigration;
 }
 
+/** SIGKILLs every process whose command line names `text` (this run's directory), and removes the directory; synchronous, for 'exit'. */
+function killProcessesNaming(text: string): void {
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(text)) process.kill(Number(entry), 'SIGKILL');
+    } catch {
+      // Gone while listed, or not ours to signal.
+    }
+  }
+  rmSync(text, { recursive: true, force: true });
+}
+
 export async function runMigrateBench(o: MigrateOptions): Promise<object> {
   const facts = machineFacts();
   const root = await mkdtemp(join(tmpdir(), 'dwcp-bench-migrate-'));
+  // The guests are detached on purpose (they outlive a daemon); a bench ended by a signal (bench/run.ts exits through
+  // its handlers) or an error before its finally must not leave them running.
+  const killOnExit = (): void => killProcessesNaming(root);
+  process.once('exit', killOnExit);
   const log = createLogger('warn');
   const images = join(root, 'images');
   const built = join(await guestImagesDir(), GUEST_IMAGE);
@@ -267,6 +285,7 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
       await side.provider.close();
     }
     await rm(root, { recursive: true, force: true });
+    process.removeListener('exit', killOnExit);
   }
 
   const summary = results.map(({ rate_mib_s, runs }) => {
