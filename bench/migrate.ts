@@ -26,7 +26,7 @@
  * destination running, whether it converged within the timeout, and the
  * bytes the transport carried.
  */
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm, writeFile, cp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -35,6 +35,7 @@ import type { Libp2p } from 'libp2p';
 import { DirectoryImageSource } from '../src/cloud/qemu/directory-images.ts';
 import { armThrottle, cancelMigration, migrationInfo, mirrorState, startMigration, startMirror, stopMirror } from '../src/cloud/qemu/migration-qmp.ts';
 import { QemuProvider } from '../src/cloud/qemu/qemu-provider.ts';
+import { processesNaming } from '../src/cloud/qemu/procfs.ts';
 import type { FleetMigration } from '../src/fleet/migrations.ts';
 import { createLogger } from '../src/log.ts';
 import { DEFAULT_CONVERGENCE, judgeConvergence } from '../src/migration/convergence.ts';
@@ -167,17 +168,16 @@ function fakeMigration(id: string, source: string, target: string, maxDowntimeMs
   } as unknown as FleetMigration;
 }
 
-/** SIGKILLs every process whose command line names `text` (this run's directory), and removes the directory; synchronous, for 'exit'. */
-function killProcessesNaming(text: string): void {
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
+/** SIGKILLs every process whose command line names `dir` (this run's guests), and removes it; synchronous, for 'exit'. */
+function killProcessesNaming(dir: string): void {
+  for (const { pid } of processesNaming(dir)) {
     try {
-      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(text)) process.kill(Number(entry), 'SIGKILL');
+      process.kill(pid, 'SIGKILL');
     } catch {
-      // Gone while listed, or not ours to signal.
+      // Gone since it was listed.
     }
   }
-  rmSync(text, { recursive: true, force: true });
+  rmSync(dir, { recursive: true, force: true });
 }
 
 export async function runMigrateBench(o: MigrateOptions): Promise<object> {

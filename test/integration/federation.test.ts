@@ -15,7 +15,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, realpath, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -24,6 +24,7 @@ import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
+import { processesNaming } from '../../src/cloud/qemu/procfs.ts';
 import { resolveConfig } from '../../src/config/load.ts';
 import { FEDERATION_ID, nodeConfig, parseLabelFlag, parsePlanFile, planFederation } from '../../scripts/federation-plan.ts';
 import { runCtl } from './harness.ts';
@@ -90,20 +91,6 @@ async function freeBasePort(n: number): Promise<number> {
 }
 
 /** Gone, or exited and waiting to be reaped: PID 1 of a container may never reap the orphaned daemons. */
-/** Command lines of the running processes that name `text` (a QEMU names its guest's files). */
-function processesMentioning(text: string): string[] {
-  return readdirSync('/proc')
-    .filter((entry) => /^\d+$/.test(entry))
-    .flatMap((pid) => {
-      try {
-        const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
-        return cmdline.includes(text) ? [cmdline] : [];
-      } catch {
-        return []; // gone while listed
-      }
-    });
-}
-
 function isRunning(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -335,7 +322,7 @@ describe('federation launcher', () => {
       const down = await launcher(['down', '--dir', dir]);
       expect(JSON.parse(down.stdout)).toEqual([{ name: 'dc1', pid: node!.pid, stopped: 'graceful', guestsStopped: 1 }]);
     }
-    expect(processesMentioning(dir)).toEqual([]);
+    expect(processesNaming(dir).map((p) => p.cmdline)).toEqual([]);
   });
 
   it('reports a daemon that cannot bind its port, with its log line, and leaves the rest for down', { timeout: 20_000 }, async () => {

@@ -123,12 +123,16 @@ export async function startDaemon(node: NodeFiles, config: Record<string, unknow
     env: { ...cleanEnv(), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  // A test (or bench) process that ends without stopping its daemons, e.g. killed at its timeout, takes them with it.
-  const killOnExit = (): void => void child.kill('SIGKILL');
-  process.once('exit', killOnExit);
-  child.once('exit', () => process.removeListener('exit', killOnExit));
+  running.add(child);
+  child.once('exit', () => running.delete(child));
   return new DaemonProcess(child, node);
 }
+
+/** Daemons started and not yet exited: a test (or bench) process that ends without stopping them, e.g. killed at its timeout, takes them with it. */
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
 
 export async function writeConfig(node: NodeFiles, config: Record<string, unknown>): Promise<void> {
   await writeFile(node.configPath, stringify(config), { mode: 0o600 });

@@ -18,6 +18,7 @@
  *   which is 100 on every architecture Linux exports it for (a fixed ABI,
  *   unlike the kernel's internal HZ).
  */
+import { readdirSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 
 export const USER_HZ = 100;
@@ -95,4 +96,22 @@ export async function readProcess(pid: number, proc = '/proc'): Promise<ProcessI
     if (code === 'ENOENT' || code === 'ESRCH') return null;
     throw err;
   }
+}
+
+/**
+ * The processes whose command line contains `text` (a guest's or a run's
+ * directory), arguments joined by spaces. Synchronous, so that an 'exit'
+ * handler can find what it must stop; a process gone while listed is left out.
+ */
+export function processesNaming(text: string, proc = '/proc'): { pid: number; cmdline: string }[] {
+  return readdirSync(proc)
+    .filter((entry) => /^\d+$/.test(entry))
+    .flatMap((entry) => {
+      try {
+        const cmdline = parseCmdline(readFileSync(`${proc}/${entry}/cmdline`)).join(' ');
+        return cmdline.includes(text) ? [{ pid: Number(entry), cmdline }] : [];
+      } catch {
+        return [];
+      }
+    });
 }
