@@ -539,7 +539,7 @@ export class CloudInventory {
         if (operation !== 'terminate') throw new InventoryError('invalid', `keep disk: only with terminate, not ${operation}`);
         if (slot.entry.kind !== 'qemu') throw new InventoryError('invalid', `keep disk: provider ${slot.name} (${slot.entry.kind}) cannot keep a terminated VM's disk; only qemu can`);
       }
-      const instance = await (operation === 'terminate' ? slot.provider.terminate(id, { signal, ...(options.keepDisk === true ? { keepDisk: true } : {}) }) : slot.provider[operation](id, { signal }));
+      const instance = await slot.provider[operation](id, { signal, ...(options.keepDisk === true ? { keepDisk: true } : {}) });
       this.#remember(slot, instance);
       return { provider: slot.name, instance };
     }, options.signal);
