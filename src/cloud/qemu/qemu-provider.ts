@@ -274,7 +274,8 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
   async capSerialLogs(): Promise<void> {
     const maxBytes = this.#o.serialLogMaxBytes ?? 16 * 1024 * 1024;
     await Promise.all(
-      [...this.#guests.values()].map(async (g) => {
+      // A terminated guest's log no longer grows (its record is kept an hour only to be listed).
+      [...this.#guests.values()].filter((g) => g.record.power !== 'terminated').map(async (g) => {
         try {
           const moved = await capSerialLog(g.files.serial, maxBytes);
           if (moved > 0) this.#log.info({ vm: g.record.name, id: g.record.id, bytes: moved, maxBytes }, 'qemu serial log rotated');
