@@ -102,10 +102,10 @@ describe('PBFT among four untrusted daemons', () => {
     const c = cluster;
     for (let k = 0; k < 3; k++) expect((await put(c, 1, `before/${k}`, `b${k}`)).ok).toBe(true);
     // One replica's word is not enough: under load one may have started a view change alone (its status then names
-    // the next view's primary, which the others do not follow). Wait until all four agree on the view.
-    const agreed = await eventually('the four replicas agree on the view and its primary', 30_000, async () => {
+    // the next view's primary, which the others do not follow, and it may stay there). The view 2f + 1 = 3 agree on is the one in force.
+    const agreed = await eventually('three of the four replicas agree on the view and its primary', 30_000, async () => {
       const all = await Promise.all([0, 1, 2, 3].map((i) => pbftStatus(c, i)));
-      return all.every((s) => s.view === all[0]!.view && s.primary === all[0]!.primary) ? all[0]! : null;
+      return all.find((s) => all.filter((o) => o.view === s.view && o.primary === s.primary).length >= 3) ?? null;
     });
     const primary = agreed.primary;
     const p = Number(primary.slice(1)) - 1;
