@@ -62,6 +62,8 @@ function vmRecord(i: number): VmRecord {
     image: 'debian-12',
     desiredVm: `web-${i}`,
     pricePerHour: 0.0523,
+    cpu: 0.35,
+    memory: 0.6,
   };
 }
 

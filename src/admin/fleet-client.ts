@@ -66,6 +66,7 @@ function regionFromWire(r: Wire<FleetRegion>): FleetRegion {
     vms_by_state: (r.vms_by_state ?? []).map((s) => ({ state: s.state, count: s.count })),
     vms: r.vms ?? 0,
     vcpus_used: r.vcpus_used ?? 0,
+    vcpus_busy: opt(r.vcpus_busy),
     vcpus_total: opt(r.vcpus_total),
     memory_gib_used: r.memory_gib_used ?? 0,
     memory_gib_total: opt(r.memory_gib_total),
@@ -95,6 +96,8 @@ function vmFromWire(v: Wire<FleetVm>): FleetVm {
     desired_vm: opt(v.desired_vm),
     price_per_hour: opt(v.price_per_hour),
     report_age_seconds: opt(v.report_age_seconds),
+    cpu: opt(v.cpu),
+    memory: opt(v.memory),
   };
 }
 

@@ -65,6 +65,7 @@ function regionToWire(r: RegionView): Record<string, unknown> {
       .map(([state, count]) => ({ state, count })),
     vms: r.vms,
     vcpus_used: r.vcpusUsed,
+    vcpus_busy: undef(r.vcpusBusy),
     vcpus_total: undef(r.vcpusTotal),
     memory_gib_used: r.memoryGiBUsed,
     memory_gib_total: undef(r.memoryGiBTotal),
@@ -94,6 +95,8 @@ function vmToWire(v: VmView): Record<string, unknown> {
     desired_vm: undef(v.desiredVm),
     price_per_hour: undef(v.pricePerHour),
     report_age_seconds: undef(v.reportAgeSeconds),
+    cpu: undef(v.cpu),
+    memory: undef(v.memory),
   };
 }
 

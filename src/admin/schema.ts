@@ -538,6 +538,8 @@ export interface FleetRegion {
   vms_by_state: { state: string; count: number }[];
   vms: number;
   vcpus_used: number;
+  /** vCPUs' worth of CPU recently used; null when no VM reports usage. */
+  vcpus_busy: number | null;
   vcpus_total: number | null;
   memory_gib_used: number;
   memory_gib_total: number | null;
@@ -578,6 +580,9 @@ export interface FleetVm {
   desired_vm: string | null;
   price_per_hour: number | null;
   report_age_seconds: number | null;
+  /** Recent CPU and memory use as fractions (5 % steps); null when not measured. */
+  cpu: number | null;
+  memory: number | null;
 }
 
 // Fleet desired state (fleet.proto Place/Create/SetPower/Delete/ListDesired).

@@ -38,6 +38,10 @@ function usage(used: string, total: string | null): string {
   return total === null ? used : `${used}/${total}`;
 }
 
+function percent(fraction: number | null): string {
+  return fraction === null ? UNKNOWN : `${Math.round(fraction * 100)}%`;
+}
+
 function health(r: FleetRegion): string {
   if (r.health === 'self') return 'self';
   return r.phi === null ? r.health : `${r.health} (phi ${formatPhi(r.phi)})`;
@@ -52,7 +56,7 @@ function report(r: FleetRegion): string {
 export function formatFleetStatus(s: FleetStatusResponse): string {
   if (s.regions.length === 0) return '(no regions)\n';
   return renderTable(
-    ['REGION', 'LOCATION', 'HEALTH', 'PROVIDERS', 'VMS', 'VCPU', 'MEMORY GIB', '$/H', 'REPORT'],
+    ['REGION', 'LOCATION', 'HEALTH', 'PROVIDERS', 'VMS', 'VCPU', 'VCPU BUSY', 'MEMORY GIB', '$/H', 'REPORT'],
     s.regions.map((r) => [
       r.self ? `${r.region} (this node)` : r.region,
       r.location ?? UNKNOWN,
@@ -60,6 +64,7 @@ export function formatFleetStatus(s: FleetStatusResponse): string {
       r.providers.map((p) => (p.last_error === null ? p.name : `${p.name} (sync failed)`)).join(',') || UNKNOWN,
       r.vms_by_state.map((c) => `${c.state}=${c.count}`).join(' ') || '0',
       usage(String(r.vcpus_used), r.vcpus_total === null ? null : String(r.vcpus_total)),
+      r.vcpus_busy === null ? UNKNOWN : r.vcpus_busy.toFixed(1),
       usage(gib(r.memory_gib_used), r.memory_gib_total === null ? null : gib(r.memory_gib_total)),
       `$${r.price_per_hour.toFixed(4)}`,
       report(r),
@@ -70,7 +75,7 @@ export function formatFleetStatus(s: FleetStatusResponse): string {
 export function formatFleetVms(vms: readonly FleetVm[]): string {
   if (vms.length === 0) return '(no instances)\n';
   return renderTable(
-    ['REGION', 'PROVIDER', 'ID', 'NAME', 'TYPE', 'STATE', 'VCPU', 'MEMORY', '$/H', 'AGE'],
+    ['REGION', 'PROVIDER', 'ID', 'NAME', 'TYPE', 'STATE', 'VCPU', 'MEMORY', 'CPU', 'MEM USED', '$/H', 'AGE'],
     vms.map((v) => [
       v.region,
       v.provider,
@@ -80,6 +85,8 @@ export function formatFleetVms(vms: readonly FleetVm[]): string {
       v.state === v.last_state ? v.state : `${v.state} (last: ${v.last_state})`,
       v.vcpus === null ? UNKNOWN : String(v.vcpus),
       v.memory_mib === null ? UNKNOWN : `${gib(v.memory_mib / 1024)} GiB`,
+      percent(v.cpu),
+      percent(v.memory),
       v.price_per_hour === null ? UNKNOWN : `$${v.price_per_hour.toFixed(4)}`,
       age(v.report_age_seconds),
     ]),

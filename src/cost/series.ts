@@ -122,6 +122,25 @@ export class UtilisationSeries {
     }
   }
 
+  /** Mean CPU and memory fractions over the slots with data from `sinceMs` on; null where none measured it. */
+  mean(sinceMs: number): { cpu: number | null; memory: number | null } {
+    let cpu = 0;
+    let cpuN = 0;
+    let memory = 0;
+    let memoryN = 0;
+    this.forEach((p) => {
+      if (p.cpu !== null) {
+        cpu += p.cpu;
+        cpuN++;
+      }
+      if (p.memory !== null) {
+        memory += p.memory;
+        memoryN++;
+      }
+    }, sinceMs);
+    return { cpu: cpuN === 0 ? null : cpu / cpuN, memory: memoryN === 0 ? null : memory / memoryN };
+  }
+
   /** The newest slot with data, or null. */
   latest(): SeriesPoint | null {
     let last: SeriesPoint | null = null;

@@ -75,6 +75,9 @@ import { planReload } from './reload.ts';
 import { NO_POLICY_FILES } from '../policy/files.ts';
 
 export const STOP_BUDGET_MS = 9_000;
+/** The window of utilisation the fleet's VM records show. */
+const RECENT_USAGE_MS = 15 * 60_000;
+
 /** Part of the stop budget a Raft leader may spend handing leadership over. */
 const RAFT_TRANSFER_MS = 2_000;
 
@@ -259,6 +262,8 @@ export class Daemon {
       metrics: this.metrics.cost,
       log: costLog,
     });
+    // Fleet records carry each VM's use over the last quarter hour: three 5-minute slots, recent yet not one sample's noise.
+    this.fleet.setUsage((provider, id) => this.utilisation.series(provider, id)?.mean(Date.now() - RECENT_USAGE_MS));
     this.cost = new CostTracker({
       node: config.node.name,
       providers: config.clouds.providers,

@@ -61,6 +61,8 @@ export interface RegionView {
   readonly vmsByState: Readonly<Record<string, number>>;
   readonly vms: number;
   readonly vcpusUsed: number;
+  /** vCPUs' worth of CPU the region's VMs recently used (their published `cpu` × vCPUs); null when none reports usage. */
+  readonly vcpusBusy: number | null;
   /** Declared capacity summed over on-premises providers; null when none declares one. */
   readonly vcpusTotal: number | null;
   readonly memoryGiBUsed: number;
@@ -130,6 +132,7 @@ export function buildFleetView(input: FleetInput): FleetView {
     let vcpusUsed = 0;
     let memoryMiBUsed = 0;
     let pricePerHour = 0;
+    let vcpusBusy: number | null = null;
     for (const vm of mine) {
       const shownState: ShownState = current ? vm.state : 'unknown';
       vmsByState[shownState] = (vmsByState[shownState] ?? 0) + 1;
@@ -137,6 +140,7 @@ export function buildFleetView(input: FleetInput): FleetView {
         vcpusUsed += vm.vcpus ?? 0;
         memoryMiBUsed += vm.memoryMiB ?? 0;
         pricePerHour += vm.pricePerHour ?? 0;
+        if (vm.cpu !== null && vm.vcpus !== null) vcpusBusy = (vcpusBusy ?? 0) + vm.cpu * vm.vcpus;
       }
       vms.push({ ...vm, shownState, lastState: vm.state, reportAgeSeconds });
     }
@@ -155,6 +159,7 @@ export function buildFleetView(input: FleetInput): FleetView {
       vmsByState,
       vms: mine.length,
       vcpusUsed,
+      vcpusBusy: vcpusBusy === null ? null : Math.round(vcpusBusy * 100) / 100,
       vcpusTotal: declared.length === 0 ? null : declared.reduce((n, p) => n + (p.capacity?.vcpus ?? 0), 0),
       memoryGiBUsed: memoryMiBUsed / 1024,
       memoryGiBTotal: declared.length === 0 ? null : declared.reduce((n, p) => n + (p.capacity?.memoryGiB ?? 0), 0),

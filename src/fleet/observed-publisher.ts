@@ -43,6 +43,7 @@ import {
   parseKey,
   regionKey,
   regionVmPrefix,
+  shownUsage,
   vmKey,
   vmRecordOf,
   MAX_FAILED_REPORTS,
@@ -61,6 +62,9 @@ export const MAX_FLEET_RECORDS = 1_000_000;
 const CHANGE_POLL_MS = 1_000;
 const STORE_TYPE = 'lww-register';
 const WRITE_TIMEOUT_MS = 5_000;
+
+/** What a VM used recently (fractions of its vCPUs and memory), as the utilisation collector measured it. */
+export type RecentUsage = (provider: string, id: string) => { cpu: number | null; memory: number | null } | undefined;
 
 export interface ObservedPublisherOptions {
   config: DwcpConfig;
@@ -85,10 +89,18 @@ export class ObservedPublisher {
   #stopped = false;
   #warnedCap = false;
   #failures: (() => readonly FailedReport[]) | null = null;
+  #usage: RecentUsage | null = null;
+  /** Key -> the usage its published VM record holds (only records with some). */
+  readonly #usageOf = new Map<string, { cpu: number | null; memory: number | null }>();
 
   /** Where the region record reads this region's failed desired VMs from (the reconciler, which exists after the publisher). */
   setFailures(source: () => readonly FailedReport[]): void {
     this.#failures = source;
+  }
+
+  /** Where VM records read recent utilisation from (the collector, which exists after the publisher). */
+  setUsage(source: RecentUsage): void {
+    this.#usage = source;
   }
 
   constructor(opts: ObservedPublisherOptions) {
@@ -157,10 +169,10 @@ export class ObservedPublisher {
     for (const prefix of [regionVmPrefix(this.#self), regionKey(this.#self)]) {
       for (const [storeKey, entry] of geo.list(entryKey(STORE_TYPE, prefix), MAX_VM_RECORDS * 2)) {
         const value = geo.valueOf(entry);
-        if (typeof value === 'string') this.#published.set(storeKey.slice(STORE_TYPE.length + 1), value);
+        if (typeof value === 'string') this.#remember(storeKey.slice(STORE_TYPE.length + 1), value);
       }
     }
-    this.#published.delete(regionKey(this.#self));
+    this.#remember(regionKey(this.#self), undefined);
   }
 
   async #publish(): Promise<void> {
@@ -178,9 +190,10 @@ export class ObservedPublisher {
         this.#warnedCap = true;
         break;
       }
-      const record = vmRecordOf(this.#self, provider, instance, this.#price(providers.get(provider), instance));
+      const key = vmKey(this.#self, provider, instance.id);
+      const record = vmRecordOf(this.#self, provider, instance, this.#price(providers.get(provider), instance), this.#shownUsage(key, provider, instance));
       records.push(record);
-      wanted.set(vmKey(this.#self, provider, instance.id), encodeVmRecord(record));
+      wanted.set(key, encodeVmRecord(record));
     }
     // Providers not synced yet keep what they had published.
     const unsynced = statuses.filter((s) => s.syncedAt === null).map((s) => `${regionVmPrefix(this.#self)}${s.name}/`);
@@ -188,10 +201,10 @@ export class ObservedPublisher {
 
     const changes = diffRecords(this.#published, wanted);
     for (const [key, value] of changes.put) {
-      if (await this.#write(key, { op: 'put', value })) this.#published.set(key, value);
+      if (await this.#write(key, { op: 'put', value })) this.#remember(key, value);
     }
     for (const key of changes.remove) {
-      if (await this.#write(key, { op: 'delete' })) this.#published.delete(key);
+      if (await this.#write(key, { op: 'delete' })) this.#remember(key, undefined);
     }
     if (changes.put.size > 0 || changes.remove.length > 0) this.#log.debug({ written: changes.put.size, deleted: changes.remove.length }, 'fleet VM records published');
 
@@ -205,6 +218,35 @@ export class ObservedPublisher {
         this.#regionBody = bodyText;
         this.#regionAt = now;
       }
+    }
+  }
+
+  /** Recent usage in published steps, held against what this key last published (shownUsage's hysteresis); none unless running. */
+  #shownUsage(key: string, provider: string, instance: { id: string; state: string }): { cpu: number | null; memory: number | null } {
+    const measured = instance.state === 'running' ? this.#usage?.(provider, instance.id) : undefined;
+    if (measured === undefined) return { cpu: null, memory: null };
+    const before = this.#publishedUsage(key);
+    return { cpu: shownUsage(before.cpu, measured.cpu), memory: shownUsage(before.memory, measured.memory) };
+  }
+
+  #publishedUsage(key: string): { cpu: number | null; memory: number | null } {
+    return this.#usageOf.get(key) ?? { cpu: null, memory: null };
+  }
+
+  /** Notes what `key` now holds: its usage is what the next pass's hysteresis compares with. */
+  #remember(key: string, value: string | undefined): void {
+    if (value === undefined) {
+      this.#published.delete(key);
+      this.#usageOf.delete(key);
+      return;
+    }
+    this.#published.set(key, value);
+    try {
+      const r = decodeVmRecord(key, value);
+      if (r.cpu === null && r.memory === null) this.#usageOf.delete(key);
+      else this.#usageOf.set(key, { cpu: r.cpu, memory: r.memory });
+    } catch {
+      this.#usageOf.delete(key);
     }
   }
 

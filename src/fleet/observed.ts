@@ -81,6 +81,14 @@ export interface VmRecord {
   readonly desiredVm: string | null;
   /** USD per hour, from the pricing catalog or the on-prem prices; null when unknown. */
   readonly pricePerHour: number | null;
+  /**
+   * Recent CPU use as a fraction of the VM's vCPUs, and memory in use as a
+   * fraction of its memory, in USAGE_STEP steps (shownUsage); null when the
+   * region measured nothing recently (not running, or a provider without
+   * metrics). Coarse on purpose: a record is resent whenever it changes.
+   */
+  readonly cpu: number | null;
+  readonly memory: number | null;
 }
 
 export interface Capacity {
@@ -174,10 +182,28 @@ export function parseKey(key: string): { kind: 'vm'; region: string; provider: s
 // ---------------------------------------------------------------- VM records
 
 /** Positions of a VM record's array (after the version). */
-const VM_FIELDS = ['name', 'type', 'zone', 'vcpus', 'memoryMiB', 'state', 'tags', 'spot', 'launchedAtMs', 'image', 'desiredVm', 'pricePerHour'] as const;
+const VM_FIELDS = ['name', 'type', 'zone', 'vcpus', 'memoryMiB', 'state', 'tags', 'spot', 'launchedAtMs', 'image', 'desiredVm', 'pricePerHour', 'cpu', 'memory'] as const;
+/** Records from daemons before utilisation was published end at pricePerHour; read as "no usage measured". */
+const VM_FIELDS_WITHOUT_USAGE = VM_FIELDS.length - 2;
+
+/** Utilisation is published in steps of 5 %, so a record changes only when use does, not with every sample. */
+export const USAGE_STEP = 0.05;
+
+/**
+ * The usage fraction to publish, given the one published before and the one
+ * measured now. Rounds to USAGE_STEP, with hysteresis: a value within 3/4
+ * of a step of the published one keeps it, so a VM hovering at a step
+ * boundary (47.5 %) does not flip its record every sync. Pure.
+ */
+export function shownUsage(published: number | null, measured: number | null): number | null {
+  if (measured === null || !Number.isFinite(measured)) return null;
+  const m = Math.min(1, Math.max(0, measured));
+  if (published !== null && Math.abs(m - published) < USAGE_STEP * 0.75) return published;
+  return Math.round(Math.round(m / USAGE_STEP) * USAGE_STEP * 100) / 100;
+}
 
 /** An instance as the record its region publishes; `pricePerHour` is the caller's (catalog or on-prem prices). */
-export function vmRecordOf(region: string, provider: string, instance: Instance, pricePerHour: number | null): VmRecord {
+export function vmRecordOf(region: string, provider: string, instance: Instance, pricePerHour: number | null, usage: { cpu: number | null; memory: number | null } = NO_USAGE): VmRecord {
   return {
     region,
     provider,
@@ -194,8 +220,12 @@ export function vmRecordOf(region: string, provider: string, instance: Instance,
     image: instance.image,
     desiredVm: instance.tags[DESIRED_VM_TAG] ?? null,
     pricePerHour,
+    cpu: usage.cpu,
+    memory: usage.memory,
   };
 }
+
+const NO_USAGE = { cpu: null, memory: null } as const;
 
 /** Tags in key order, so equal tag sets encode to equal bytes and the diff sees no change. */
 function sortedTags(tags: Readonly<Record<string, string>>): Record<string, string> {
@@ -230,6 +260,8 @@ export function encodeVmRecord(r: VmRecord): string {
     rest.image === null ? null : clip(rest.image),
     r.desiredVm === null ? null : clip(r.desiredVm),
     roundPrice(rest.pricePerHour),
+    rest.cpu,
+    rest.memory,
   ];
   return JSON.stringify(body);
 }
@@ -267,6 +299,13 @@ function amount(raw: unknown, field: string, nullable: boolean): number | null {
   return raw;
 }
 
+/** A fraction 0..1 or null; absent (an older record) reads as null. */
+function fraction(raw: unknown, field: string): number | null {
+  if (raw === undefined || raw === null) return null;
+  if (typeof raw !== 'number' || !(raw >= 0 && raw <= 1)) throw new ObservedRecordError(field, `must be a fraction 0..1 or null, got ${JSON.stringify(raw)}`);
+  return raw;
+}
+
 function stringMap(raw: unknown, field: string): Record<string, string> {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ObservedRecordError(field, 'must be an object of strings');
   const entries = Object.entries(raw);
@@ -288,7 +327,9 @@ export function decodeVmRecord(key: string, value: unknown): VmRecord {
   const raw = parseText(value, 'vm');
   if (!Array.isArray(raw)) throw new ObservedRecordError('vm', 'must be a JSON array');
   if (raw[0] !== RECORD_VERSION) throw new ObservedRecordError('vm.version', `is ${JSON.stringify(raw[0])}, this daemon reads version ${RECORD_VERSION}`);
-  if (raw.length !== VM_FIELDS.length + 1) throw new ObservedRecordError('vm', `has ${raw.length - 1} fields, expected ${VM_FIELDS.length} (${VM_FIELDS.join(', ')})`);
+  if (raw.length !== VM_FIELDS.length + 1 && raw.length !== VM_FIELDS_WITHOUT_USAGE + 1) {
+    throw new ObservedRecordError('vm', `has ${raw.length - 1} fields, expected ${VM_FIELDS.length} (${VM_FIELDS.join(', ')}) or the first ${VM_FIELDS_WITHOUT_USAGE}`);
+  }
   const f = (i: number): unknown => raw[i + 1];
   const state = f(5);
   if (typeof state !== 'string' || !(INSTANCE_STATES as readonly string[]).includes(state)) throw new ObservedRecordError('vm.state', `${JSON.stringify(state)} is not one of ${INSTANCE_STATES.join('|')}`);
@@ -310,6 +351,8 @@ export function decodeVmRecord(key: string, value: unknown): VmRecord {
     image: text(f(9), 'vm.image', true),
     desiredVm: text(f(10), 'vm.desiredVm', true),
     pricePerHour: amount(f(11), 'vm.pricePerHour', true),
+    cpu: fraction(f(12), 'vm.cpu'),
+    memory: fraction(f(13), 'vm.memory'),
   };
 }
 

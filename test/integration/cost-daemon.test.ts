@@ -117,6 +117,24 @@ describe('cost and budgets on a daemon with AWS, GCP and a local home region', (
     expect(monitoring.calls.count('timeSeries.list', 200)).toBeGreaterThan(0);
   }, 90_000);
 
+  it("the fleet's VM records carry each VM's recent use, in 5 % steps", async () => {
+    const vms = await eventually('fleet records with the measured CPU', 60_000, async () => {
+      const { vms: all } = await ctlJson<{ vms: { provider: string; type: string; cpu: number | null; memory: number | null }[] }>('vm', 'list', '--all');
+      const cpu = (provider: string, type: string) => all.find((v) => v.provider === provider && v.type === type)?.cpu;
+      return cpu('aws', 't3.micro') != null && cpu('aws', 't3.small') != null && cpu('gcp', 'e2-small') != null ? all : undefined;
+    });
+    const byType = Object.fromEntries(vms.map((v) => [v.type, v.cpu]));
+    // The fakes report 42 % and 7 % for the two EC2 instances and 63 % for the GCE one.
+    expect(byType['t3.micro']).toBe(0.4);
+    expect(byType['t3.small']).toBe(0.05);
+    expect(byType['e2-small']).toBe(0.65);
+    const status = await ctlJson<{ regions: { region: string; vcpus_busy: number | null }[] }>('fleet', 'status');
+    expect(status.regions.find((r) => r.region === 'home')?.vcpus_busy).toBeGreaterThan(0);
+    const table = await ctl('vm', 'list', '--all');
+    expect(table.stdout).toMatch(/^REGION +PROVIDER +ID +NAME +TYPE +STATE +VCPU +MEMORY +CPU +MEM USED/m);
+    expect(table.stdout).toMatch(/ t3\.micro .* 40% /);
+  }, 90_000);
+
   it('cost report matches a hand computation from the catalog', async () => {
     const rates: Record<string, number> = {
       [ec2.instances().find((i) => i.instanceType === 't3.micro')?.instanceId ?? '']: catalog('aws-2025-01.yaml', 'us-east-1', 't3.micro'),

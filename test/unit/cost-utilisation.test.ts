@@ -31,6 +31,10 @@ describe('UtilisationSeries', () => {
       { atMs: t0 + 3 * P, cpu: 0.9, memory: 0.5, networkInBytes: 1, networkOutBytes: 1 },
     ]);
     expect(s.latest()?.atMs).toBe(t0 + 3 * P);
+    // The fleet's records show the mean over recent slots with data (gaps do not count as zero).
+    expect(s.mean(t0)).toEqual({ cpu: 0.6, memory: 0.5 });
+    expect(s.mean(t0 + P)).toEqual({ cpu: 0.9, memory: 0.5 });
+    expect(s.mean(t0 + 5 * P)).toEqual({ cpu: null, memory: null });
   });
 
   it('is a ring: past the bound the oldest slots go, and a sample older than the window is refused', () => {

@@ -18,6 +18,7 @@ import {
   diffRecords,
   encodeRegionRecord,
   encodeVmRecord,
+  shownUsage,
   onPremPrice,
   parseKey,
   regionKey,
@@ -95,6 +96,30 @@ describe('VM records', () => {
     expect(decodeVmRecord(key, encodeVmRecord(record))).toEqual({ ...record, pricePerHour: 0.028, tags: { ...instance.tags } });
   });
 
+  it('carry recent usage; a record from a daemon before usage was published reads as unmeasured', () => {
+    const key = vmKey('n1', 'local', instance.id);
+    const busy = vmRecordOf('n1', 'local', instance, 0.028, { cpu: 0.35, memory: 0.6 });
+    expect(decodeVmRecord(key, encodeVmRecord(busy))).toMatchObject({ cpu: 0.35, memory: 0.6 });
+    const older = JSON.stringify(vmValue(busy).slice(0, -2));
+    expect(decodeVmRecord(key, older)).toMatchObject({ cpu: null, memory: null, pricePerHour: 0.028 });
+  });
+
+  it('show usage in 5 % steps with hysteresis, so a VM at a step boundary does not rewrite its record every sync', () => {
+    expect(shownUsage(null, null)).toBeNull();
+    expect(shownUsage(0.4, null)).toBeNull();
+    expect(shownUsage(null, 0.123)).toBe(0.1);
+    expect(shownUsage(null, 0.126)).toBe(0.15);
+    expect(shownUsage(null, 1.7)).toBe(1);
+    expect(shownUsage(null, -0.2)).toBe(0);
+    // Hovering around 47.5 %: the published 0.45 holds until use is 3/4 of a step away.
+    for (const m of [0.474, 0.476, 0.48, 0.486]) expect(shownUsage(0.45, m), String(m)).toBe(0.45);
+    expect(shownUsage(0.45, 0.49)).toBe(0.5);
+    expect(shownUsage(0.5, 0.474)).toBe(0.5);
+    expect(shownUsage(0.5, 0.46)).toBe(0.45);
+    // Every shown value is an exact step, so equal use encodes to equal bytes.
+    for (let m = 0; m <= 1; m += 0.013) expect(Math.round(shownUsage(null, m)! * 100) % 5).toBe(0);
+  });
+
   it('encode canonically (tag order does not matter) and compactly (no field names, no id)', () => {
     const reordered = { ...record, tags: Object.fromEntries(Object.entries(record.tags).reverse()) };
     expect(encodeVmRecord(reordered)).toBe(encodeVmRecord(record));
@@ -112,7 +137,10 @@ describe('VM records', () => {
     expect(refusal(() => decodeVmRecord(key, '{')).field).toBe('vm');
     expect(refusal(() => decodeVmRecord(key, '{}')).field).toBe('vm');
     expect(refusal(() => decodeVmRecord(key, with_(0, 2))).field).toBe('vm.version');
-    expect(refusal(() => decodeVmRecord(key, JSON.stringify(good.slice(0, -1)))).message).toMatch(/^vm: has 11 fields, expected 12/);
+    expect(refusal(() => decodeVmRecord(key, JSON.stringify(good.slice(0, -1)))).message).toMatch(/^vm: has 13 fields, expected 14 .* or the first 12/);
+    expect(refusal(() => decodeVmRecord(key, JSON.stringify(good.slice(0, -3)))).message).toMatch(/^vm: has 11 fields/);
+    expect(refusal(() => decodeVmRecord(key, with_(13, 1.5))).field).toBe('vm.cpu');
+    expect(refusal(() => decodeVmRecord(key, with_(14, '50%'))).field).toBe('vm.memory');
     expect(refusal(() => decodeVmRecord(key, with_(4, -1))).field).toBe('vm.vcpus');
     expect(refusal(() => decodeVmRecord(key, with_(4, 1.5))).field).toBe('vm.vcpus');
     expect(refusal(() => decodeVmRecord(key, with_(5, '4096'))).field).toBe('vm.memoryMiB');

@@ -44,6 +44,8 @@ function vm(regionName: string, id: string, state: VmRecord['state'], patch: Par
     image: 'base',
     desiredVm: null,
     pricePerHour: 0.05,
+    cpu: null,
+    memory: null,
     ...patch,
   };
 }
@@ -94,6 +96,15 @@ describe('buildFleetView', () => {
       ['b2', 'pending'],
       ['c1', 'running'],
     ]);
+    // No VM reports usage: busy is unknown, not zero.
+    expect(a?.vcpusBusy).toBeNull();
+  });
+
+  it("sums the VMs' recent CPU use into the region's busy vCPUs (what holds resources and reports usage)", () => {
+    const base = input();
+    const vms = base.vms.map((v) => (v.id === 'b1' ? { ...v, cpu: 0.75 } : v.id === 'b2' ? { ...v, cpu: 0.25, vcpus: 4 } : v));
+    const b = buildFleetView({ ...base, vms }).regions.find((r) => r.region === 'b');
+    expect(b?.vcpusBusy).toBe(0.75 * 2 + 0.25 * 4);
   });
 
   it('a suspected region shows its VMs as unknown, with their last state kept apart and the report age', () => {
