@@ -18,6 +18,17 @@
  *   over to a region that stopped reporting; it rolls back, the VM runs
  *   again at n1, the log says why; once the target is back, its stale
  *   prepared copy is terminated: exactly one running copy at the end.
+ * - a connection cut mid-transfer (the target's gater drops every peer, its
+ *   process and copy alive): the same rollback, and once it hears the log
+ *   again the target tears its prepared copy down;
+ * - kill -9 of the source daemon mid-transfer and its restart: the restarted
+ *   coordinator takes the migration on from its recorded phase and ends it;
+ *   one copy runs where the log says;
+ * - a failed verification (the target's start outlasts the source's
+ *   verifyTimeoutMs): the migration ends failed with the reason, the VM
+ *   stays at the target, runs there, and the source's copy is fenced.
+ * In the last three, a watcher samples the fleet every 100 ms throughout:
+ * never two copies shown running at once.
  *
  * No sleeps as synchronisation: phases, states and log lines are awaited
  * with generous deadlines.
@@ -32,6 +43,9 @@ import { fleetCtl } from './fleet-ctl.ts';
 const SLOW_MS = 5_000;
 /** From a command to the state it leads to, on a loaded 2-core machine. */
 const SETTLE_MS = 45_000;
+
+/** n3's verification bound (see beforeAll). */
+const VERIFY_FAST_MS = 2_500;
 
 let cluster: RaftCluster;
 
@@ -65,6 +79,41 @@ async function phase(i: number, id: string, wanted: string): Promise<MigrationIn
   });
 }
 
+/**
+ * Watches, from node i, how many copies of `name` the fleet shows running at
+ * once (a copy shows running only while its region's report is current),
+ * until stopped; the fleet's invariant is that this never exceeds one.
+ */
+function watchRunningCopies(i: number, name: string): { stop(): Promise<{ max: number; samples: number; seen: string[] }> } {
+  let stopped = false;
+  let max = 0;
+  let samples = 0;
+  const seen: string[] = [];
+  const loop = (async () => {
+    while (!stopped) {
+      try {
+        const vms = await cluster.admin(i, (c) => c.fleet.listVms({ regions: [], labels: {} }));
+        const running = vms.filter((v) => v.desired_vm === name && v.state === 'running');
+        samples++;
+        if (running.length > max) {
+          max = running.length;
+          seen.push(running.map((v) => `${v.region}/${v.id}`).join(' + '));
+        }
+      } catch {
+        // A node restarting: the next sample.
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await loop;
+      return { max, samples, seen };
+    },
+  };
+}
+
 beforeAll(async () => {
   const price = [0.01, 0.02, 0.03];
   cluster = await RaftCluster.start('migrated', 3, {
@@ -81,7 +130,9 @@ beforeAll(async () => {
         reconcileIntervalMs: 500,
         backoffBaseMs: 100,
         backoffCapMs: 400,
-        migration: { prepareTimeoutMs: 6_000, verifyTimeoutMs: 20_000, cleanupTimeoutMs: 30_000 },
+        // n3's coordinator gives a target 2.5 s to report the VM running after cutover: n1 needs SLOW_MS to start it, so a
+        // migration n3 → n1 fails its verification whatever the load (the start alone outlasts the bound).
+        migration: { prepareTimeoutMs: 6_000, verifyTimeoutMs: i === 2 ? VERIFY_FAST_MS : 20_000, cleanupTimeoutMs: 30_000 },
       },
     }),
   });
@@ -169,5 +220,78 @@ describe('VM migration between regions, local providers, real daemons', () => {
     await cluster.daemon(2).waitForLog((l) => l.msg === 'fleet terminated a copy' && l.vm === 'web3' && l.reason === 'migration', "n3 tears down web3's prepared copy");
     await oneRunningCopy(1, 'web3', 'n1');
     expect((await desired(2, 'web3'))?.generation).toBe('1');
+  }, 150_000);
+
+  it('a connection cut mid-transfer (the target cuts every peer off, its process alive): no cutover, it rolls back, and once reconnected the target tears its prepared copy down', async () => {
+    expect(await create(2, 'web4', 'n1,n2')).toBe('n1');
+    await runningAt(0, 'web4', 'n1', '1');
+    const watch = watchRunningCopies(2, 'web4');
+    const started = await ctl(2, 'vm', 'migrate', 'web4', '--to', 'n2', '--detach', '--json');
+    expect(started.code, started.stderr).toBe(0);
+    const id = (JSON.parse(started.stdout.split('\n')[0] ?? '{}') as { migration: MigrationInfo }).migration.id;
+    await phase(2, id, 'transfer');
+    await cluster.setIsolated(1, true);
+
+    const ended = await eventually(`${id} ended`, SETTLE_MS, async () => {
+      const m = await status(2, id);
+      return m.result === null ? undefined : m;
+    });
+    expect(ended).toMatchObject({ result: 'rolled-back', reason: expect.stringMatching(/n2\/local has not reported for [\d.]+ s; not cutting over to it/) });
+    await runningAt(0, 'web4', 'n1', '1');
+
+    await cluster.setIsolated(1, false);
+    await cluster.daemon(1).waitForLog((l) => l.msg === 'fleet terminated a copy' && l.vm === 'web4' && l.reason === 'migration', "n2 tears down web4's prepared copy once it hears the log again");
+    await oneRunningCopy(2, 'web4', 'n1');
+    const { max, samples, seen } = await watch.stop();
+    expect(samples).toBeGreaterThan(10);
+    expect(max, `running copies seen at once: ${seen.join(', ')}`).toBeLessThanOrEqual(1);
+  }, 150_000);
+
+  it('kill -9 of the source daemon mid-transfer, then its restart: the coordinator picks the migration up from the recorded phase, and exactly one copy runs at the end, never two', async () => {
+    expect(await create(1, 'web5', 'n1,n3')).toBe('n1');
+    await runningAt(1, 'web5', 'n1', '1');
+    const watch = watchRunningCopies(1, 'web5');
+    const started = await ctl(1, 'vm', 'migrate', 'web5', '--to', 'n3', '--detach', '--json');
+    expect(started.code, started.stderr).toBe(0);
+    const id = (JSON.parse(started.stdout.split('\n')[0] ?? '{}') as { migration: MigrationInfo }).migration.id;
+    // n1 is stopping its copy (SLOW_MS): the coordinator that started the stop dies with its daemon.
+    await phase(1, id, 'transfer');
+    await cluster.stopNode(0, 'SIGKILL');
+    await cluster.startNode(0);
+
+    const ended = await eventually(`${id} ended after n1's restart`, SETTLE_MS * 2, async () => {
+      const m = await status(1, id);
+      return m.result === null ? undefined : m;
+    });
+    // Whichever way the restarted coordinator took it on, the outcome is one running copy where the log says.
+    expect(['completed', 'rolled-back']).toContain(ended.result);
+    const region = ended.result === 'completed' ? 'n3' : 'n1';
+    await runningAt(1, 'web5', region, ended.result === 'completed' ? '2' : '1');
+    await oneRunningCopy(1, 'web5', region);
+    await cluster.daemon(0).waitForLog((l) => l.msg === 'fleet migration ended' && l.migration === id, 'the restarted n1 ends the migration it coordinates');
+    const { max, samples, seen } = await watch.stop();
+    expect(samples).toBeGreaterThan(10);
+    expect(max, `running copies seen at once: ${seen.join(', ')}`).toBeLessThanOrEqual(1);
+  }, 240_000);
+
+  it('a failed verification (the target starts the VM later than the bound): the migration ends failed with the reason, the VM stays at the target and runs there, the source copy is gone', async () => {
+    // Placement picks the cheaper n1; a first migration brings it to n3 (whose start is instant), whence the failing one leaves.
+    expect(await create(0, 'web6', 'n1,n3')).toBe('n1');
+    await runningAt(2, 'web6', 'n1', '1');
+    const there = await ctl(1, 'vm', 'migrate', 'web6', '--to', 'n3');
+    expect(there.code, `${there.stdout}\n${there.stderr}`).toBe(0);
+    await runningAt(2, 'web6', 'n3', '2');
+    const watch = watchRunningCopies(1, 'web6');
+    const run = await ctl(1, 'vm', 'migrate', 'web6', '--to', 'n1');
+    expect(run.code, run.stdout).toBe(1);
+    const id = (await cluster.admin(2, (c) => c.migration.list(['web6']))).find((m) => m.target_region === 'n1')?.id ?? '';
+    const ended = await status(2, id);
+    expect(ended).toMatchObject({ result: 'failed', reason: expect.stringMatching(new RegExp(`cut over, but n1/local did not report web6 running within ${VERIFY_FAST_MS / 1000} s \\(its report shows it \\w+\\); its reconciler owns the VM now`)) });
+    expect(run.stderr).toContain(`${id} failed: cut over`);
+    // The log moved the VM: n1's reconciler owns it and finishes the start; n3 fences its old copy.
+    await runningAt(0, 'web6', 'n1', '3');
+    await oneRunningCopy(1, 'web6', 'n1');
+    const { max, seen } = await watch.stop();
+    expect(max, `running copies seen at once: ${seen.join(', ')}`).toBeLessThanOrEqual(1);
   }, 150_000);
 });
