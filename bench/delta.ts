@@ -28,7 +28,9 @@
  * daemons, their data dirs, the generated files) is gone when it returns,
  * and the daemons are killed if this process exits first (member-process.ts).
  */
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { promisify } from 'node:util';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -44,6 +46,7 @@ import { rawTcp } from './transport.ts';
 import { defineBench, FlagError, intFlag, machineFacts, median, positiveFlag, progress, renderTable, significant } from './run.ts';
 
 const MIB = 1024 ** 2;
+const execFileAsync = promisify(execFile);
 const BLOCK = 4096;
 const FLOORS = { wire: 0.03, time: 0.1, hitRatio: 0.95 };
 /** The admin calls' idle deadline: a put sends progress every 250 ms, so only a stuck daemon waits this long. */
@@ -61,6 +64,15 @@ export interface DeltaBenchOptions {
   cacheRounds: number;
   seed: number;
   workDir: string;
+  /**
+   * raw: the value is the image itself. qcow2: the image converted to a
+   * fully allocated qcow2 (what a qemu guest's overlay is, and what a warm
+   * migration sends), and the rewritten blocks written where that file maps
+   * them, as a guest's in-place overwrite of allocated clusters changes the
+   * file: the second sync is a warm migration's final delta, the first a
+   * cold migration's full copy.
+   */
+  format: 'raw' | 'qcow2';
 }
 
 /** One sync as the bench reports it: the daemon's send figures plus the two durations it measures. */
@@ -115,13 +127,66 @@ function randomBytes(size: number, seed: number): Uint8Array {
 
 /** Overwrites `fraction` of the 4 KiB blocks (distinct, chosen at random) with random bytes; returns how many. */
 export function rewriteBlocks(image: Uint8Array, fraction: number, seed: number): number {
+  return pickBlocks(image.byteLength, fraction, seed, (b, bytes) => image.set(bytes, b * BLOCK));
+}
+
+/** Chooses `fraction` of the 4 KiB blocks of `size` bytes (distinct, at random) and hands each with fresh random bytes to `write`. */
+function pickBlocks(size: number, fraction: number, seed: number, write: (block: number, bytes: Uint8Array) => void): number {
   const rng = new Prng(seed);
-  const blocks = Math.floor(image.byteLength / BLOCK);
+  const blocks = Math.floor(size / BLOCK);
   const picked = new Set<number>();
   const want = Math.min(blocks, Math.round(blocks * fraction));
   while (picked.size < want) picked.add(rng.below(blocks));
-  for (const b of picked) image.set(randomBytes(BLOCK, rng.next()), b * BLOCK);
+  for (const b of picked) write(b, randomBytes(BLOCK, rng.next()));
   return picked.size;
+}
+
+/** One extent of `qemu-img map --output=json`: guest bytes [start, start + length) live at host `offset` when `data`. */
+interface MapExtent {
+  start: number;
+  length: number;
+  data: boolean;
+  offset?: number;
+}
+
+async function qemuImg(args: string[]): Promise<string> {
+  const { stdout } = await execFileAsync('qemu-img', args, { maxBuffer: 256 * MIB });
+  return stdout;
+}
+
+/**
+ * Writes `raw` as a fully allocated qcow2 at `v1`, then a copy at `v2` in
+ * which `fraction` of the guest's 4 KiB blocks hold new random bytes at the
+ * host offsets the qcow2 maps them to (an in-place overwrite: the layout
+ * and metadata stay, as when a guest rewrites clusters it had written).
+ */
+async function qcow2Versions(raw: Uint8Array, dir: string, fraction: number, seed: number): Promise<{ v1: string; v2: string; rewritten: number; v2Hash: string; size: number }> {
+  const rawFile = path.join(dir, 'raw.img');
+  const v1 = path.join(dir, 'v1.qcow2');
+  const v2 = path.join(dir, 'v2.qcow2');
+  await fs.writeFile(rawFile, raw);
+  // -S 0: no sparse detection, every cluster allocated, so every rewritten block has a place in the file.
+  await qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', '-S', '0', rawFile, v1]);
+  await fs.rm(rawFile, { force: true });
+  const extents = JSON.parse(await qemuImg(['map', '--output=json', '-f', 'qcow2', v1])) as MapExtent[];
+  await fs.copyFile(v1, v2);
+  const fh = await fs.open(v2, 'r+');
+  const writes: Promise<unknown>[] = [];
+  let rewritten: number;
+  try {
+    rewritten = pickBlocks(raw.byteLength, fraction, seed, (block, bytes) => {
+      const guest = block * BLOCK;
+      const e = extents.find((x) => guest >= x.start && guest < x.start + x.length);
+      if (e === undefined || !e.data || e.offset === undefined) throw new Error(`delta bench: qemu-img map shows guest offset ${guest} unallocated in a -S 0 image`);
+      writes.push(fh.write(bytes, 0, BLOCK, e.offset + (guest - e.start)));
+    });
+    await Promise.all(writes);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  const v2Bytes = await fs.readFile(v2);
+  return { v1, v2, rewritten, v2Hash: sha256(v2Bytes), size: v2Bytes.byteLength };
 }
 
 function figures(r: BlobPutResult): SyncFigures {
@@ -165,13 +230,21 @@ async function deltaRound(ca: AdminClient, cb: AdminClient, to: string, opts: De
   const key = `vm/disk-${round}`;
   progress(`delta round ${round + 1}/${opts.repeat}: generating ${significant(opts.sizeBytes / MIB)} MiB of VM-image-like data and a copy with ${opts.rewrite * 100} % of its blocks rewritten`);
   const image = vmImageLike(opts.sizeBytes, opts.seed + round);
-  const v1 = path.join(dir, 'v1.img');
-  const v2 = path.join(dir, 'v2.img');
+  let v1 = path.join(dir, 'v1.img');
+  let v2 = path.join(dir, 'v2.img');
+  let size = opts.sizeBytes;
   try {
-    await fs.writeFile(v1, image);
-    const rewritten = rewriteBlocks(image, opts.rewrite, opts.seed + 1000 + round);
-    await fs.writeFile(v2, image);
-    const v2Hash = sha256(image);
+    let rewritten: number;
+    let v2Hash: string;
+    if (opts.format === 'qcow2') {
+      ({ v1, v2, rewritten, v2Hash, size } = await qcow2Versions(image, dir, opts.rewrite, opts.seed + 1000 + round));
+      progress(`  as qcow2: ${significant(size / MIB)} MiB file, ${rewritten} guest blocks rewritten in place`);
+    } else {
+      await fs.writeFile(v1, image);
+      rewritten = rewriteBlocks(image, opts.rewrite, opts.seed + 1000 + round);
+      await fs.writeFile(v2, image);
+      v2Hash = sha256(image);
+    }
     progress(`  first version → ${to} (no baseline: full transfer)`);
     const full = figures(await put(ca, v1, key, to));
     progress(`  full: ${full.transfer_seconds} s (${JSON.stringify(full.phase_seconds)}), ${full.wire_bytes_sent + full.manifest_bytes_sent} bytes on the wire`);
@@ -183,7 +256,7 @@ async function deltaRound(ca: AdminClient, cb: AdminClient, to: string, opts: De
       full,
       delta,
       rewritten,
-      wire_ratio: significant((delta.wire_bytes_sent + delta.manifest_bytes_sent) / opts.sizeBytes, 3),
+      wire_ratio: significant((delta.wire_bytes_sent + delta.manifest_bytes_sent) / size, 3),
       time_ratio: significant(delta.transfer_seconds / full.transfer_seconds, 3),
       end_to_end_time_ratio: significant((delta.ingest_seconds + delta.transfer_seconds) / (full.ingest_seconds + full.transfer_seconds), 3),
     };
@@ -359,6 +432,7 @@ export async function runDeltaBench(opts: DeltaBenchOptions): Promise<DeltaResul
         cache_keys: opts.cacheKeys,
         cache_rounds: opts.cacheRounds,
         seed: opts.seed,
+        format: opts.format,
       },
       ratios: {
         delta_wire: `delta.wire_ratio = second sync's (frame + chunk list) bytes / value size; the floor is ≤ ${FLOORS.wire}`,
@@ -379,6 +453,11 @@ export async function runDeltaBench(opts: DeltaBenchOptions): Promise<DeltaResul
   }
 }
 
+function formatFlag(raw: string | undefined): DeltaBenchOptions['format'] {
+  if (raw === undefined || raw === 'raw' || raw === 'qcow2') return raw ?? 'raw';
+  throw new FlagError('format', `must be raw or qcow2, got "${raw}"`);
+}
+
 export const deltaBench = defineBench<DeltaBenchOptions>({
   flags: {
     'size-mb': { default: '1024', description: 'MiB of the VM-image-like value synced twice' },
@@ -391,6 +470,7 @@ export const deltaBench = defineBench<DeltaBenchOptions>({
     'cache-rounds': { default: '40', description: 'rounds of syncs in the cache workload' },
     seed: { default: '1', description: 'seed of the generated data' },
     'work-dir': { default: os.tmpdir(), description: 'where the daemons and generated files live (needs ~4 × size-mb + bulk-mb × streams free)' },
+    format: { default: 'raw', description: "raw: the image is the value; qcow2: a fully allocated qcow2 of it, blocks rewritten in place (a warm migration's final delta against its cold full copy)" },
   },
   parse: (flags) => {
     const rewrite = positiveFlag(flags, 'rewrite');
@@ -408,6 +488,7 @@ export const deltaBench = defineBench<DeltaBenchOptions>({
       cacheRounds: intFlag(flags, 'cache-rounds'),
       seed: intFlag(flags, 'seed', 0),
       workDir: flags['work-dir'] ?? os.tmpdir(),
+      format: formatFlag(flags.format),
     };
   },
   run: runDeltaBench,
