@@ -5,7 +5,7 @@
  * is on disk (the environment must come from openEnvironment, which turns off
  * overlappingSync).
  *
- * Invariants:
+ * Invariants (the queueing is commit-queue.ts's, shared with the WAL):
  * - Writes apply, commit and resolve in the order they were queued; a barrier
  *   resolves only after every write queued before it is durable.
  * - At most one transaction is in flight.
@@ -13,6 +13,7 @@
  *   is then unknown, and a consensus node must not go on acknowledging on top
  *   of it.
  */
+import { CommitQueue } from './commit-queue.ts';
 
 export interface CommitTimings {
   /** Running the writes' apply() inside the transaction. */
@@ -24,13 +25,6 @@ export interface CommitTimings {
 /** The part of lmdb-js's RootDatabase a group commit needs. */
 export interface TransactionalEnvironment {
   childTransaction<T>(action: () => T): Promise<T>;
-}
-
-interface Queued<W> {
-  /** null for a barrier. */
-  readonly write: W | null;
-  readonly resolve: () => void;
-  readonly reject: (error: Error) => void;
 }
 
 export interface GroupCommitOptions<W> {
@@ -45,98 +39,38 @@ export interface GroupCommitOptions<W> {
 
 export class GroupCommit<W> {
   readonly #options: GroupCommitOptions<W>;
-  #pending: Queued<W>[] = [];
-  #flushScheduled = false;
-  #inFlight = false;
-  #drained: (() => void)[] = [];
-  #failure: Error | null = null;
-  #closed = false;
+  readonly #queue: CommitQueue<W>;
 
   constructor(options: GroupCommitOptions<W>) {
     this.#options = options;
+    this.#queue = new CommitQueue({ label: options.label, commit: (writes) => this.#commit(writes) });
   }
 
   /** Resolves once `write` is durable. */
   enqueue(write: W): Promise<void> {
-    return this.#queue(write);
+    return this.#queue.push(write);
   }
 
   /** Resolves once every write queued before it is durable (at once when none is outstanding). */
   barrier(): Promise<void> {
-    if (this.#closed || this.#failure !== null || this.#busy()) return this.#queue(null);
-    return Promise.resolve();
+    return this.#queue.barrier();
   }
 
   /** Refuses later writes and resolves once the queued ones have settled. */
-  async close(): Promise<void> {
-    this.#closed = true;
-    if (this.#busy()) await new Promise<void>((resolve) => this.#drained.push(resolve));
+  close(): Promise<void> {
+    return this.#queue.close();
   }
 
-  #busy(): boolean {
-    return this.#pending.length > 0 || this.#inFlight || this.#flushScheduled;
-  }
-
-  #queue(write: W | null): Promise<void> {
-    const { label } = this.#options;
-    if (this.#closed) return Promise.reject(new Error(`${label} is closed`));
-    if (this.#failure !== null) {
-      return Promise.reject(new Error(`${label} refuses writes after a failed commit: ${this.#failure.message}`));
-    }
-    return new Promise<void>((resolve, reject) => {
-      this.#pending.push({ write, resolve, reject });
-      this.#scheduleFlush();
-    });
-  }
-
-  #scheduleFlush(): void {
-    if (this.#flushScheduled || this.#inFlight) return;
-    this.#flushScheduled = true;
-    // setImmediate, not a microtask: writes issued anywhere in this turn, including after awaits
-    // that resolve within it, join the same transaction.
-    setImmediate(() => {
-      this.#flushScheduled = false;
-      void this.#flush();
-    });
-  }
-
-  async #flush(): Promise<void> {
-    const group = this.#pending;
-    this.#pending = [];
-    const writes: W[] = [];
-    for (const queued of group) if (queued.write !== null) writes.push(queued.write);
-    if (writes.length === 0) {
-      // Only barriers: everything before them is already durable.
-      for (const queued of group) queued.resolve();
-      return this.#settle();
-    }
-    this.#inFlight = true;
+  /** One transaction for the group: apply every write inside it, then its commit (the fsync). */
+  async #commit(writes: W[]): Promise<void> {
     let applySeconds = 0;
     let appliedAt = 0;
-    try {
-      await this.#options.env.childTransaction(() => {
-        const started = performance.now();
-        for (const write of writes) this.#options.apply(write);
-        appliedAt = performance.now();
-        applySeconds = (appliedAt - started) / 1000;
-      });
-    } catch (error) {
-      this.#failure = error instanceof Error ? error : new Error(String(error));
-      for (const queued of [...group, ...this.#pending.splice(0)]) queued.reject(this.#failure);
-      this.#inFlight = false;
-      this.#settle();
-      return;
-    }
-    const timings: CommitTimings = { applySeconds, syncSeconds: (performance.now() - appliedAt) / 1000 };
-    for (const queued of group) queued.resolve();
-    this.#inFlight = false;
-    if (this.#pending.length > 0) this.#scheduleFlush();
-    else this.#settle();
-    this.#options.onCommit?.(writes, timings);
-  }
-
-  #settle(): void {
-    if (this.#busy()) return;
-    for (const resolve of this.#drained.splice(0)) resolve();
+    await this.#options.env.childTransaction(() => {
+      const started = performance.now();
+      for (const write of writes) this.#options.apply(write);
+      appliedAt = performance.now();
+      applySeconds = (appliedAt - started) / 1000;
+    });
+    this.#options.onCommit?.(writes, { applySeconds, syncSeconds: (performance.now() - appliedAt) / 1000 });
   }
 }

@@ -43,6 +43,7 @@ import fs from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DwcpError } from '../errors.ts';
+import { CommitQueue } from './commit-queue.ts';
 
 const MAGIC = Buffer.from('DWCPWAL1', 'latin1');
 const HEADER_BYTES = 16;
@@ -129,12 +130,11 @@ interface Segment {
   mark: number;
 }
 
+/** One append waiting for its group. */
 interface Pending {
   readonly records: readonly Uint8Array[];
   readonly mark: number;
   readonly count: number;
-  readonly resolve: () => void;
-  readonly reject: (err: Error) => void;
 }
 
 function segmentName(seq: number): string {
@@ -241,12 +241,9 @@ export class Wal {
   readonly #dir: string;
   readonly #opts: WalOptions;
   readonly #segments: Segment[];
-  #pending: Pending[] = [];
-  #flushScheduled = false;
-  #inFlight = false;
-  #failure: Error | null = null;
-  #closed = false;
-  #drained: (() => void)[] = [];
+  /** Group commit: appends queued in one turn, or while a write is in flight, become one write. */
+  readonly #queue: CommitQueue<Pending>;
+  #closing = false;
   /** The next segment, zero-filled and synced, prepared in the background. */
   #spare: Promise<fs.FileHandle> | null = null;
 
@@ -254,6 +251,7 @@ export class Wal {
     this.#dir = dir;
     this.#opts = opts;
     this.#segments = segments;
+    this.#queue = new CommitQueue({ label: opts.label, commit: (group) => this.#write(group) });
   }
 
   /**
@@ -325,17 +323,14 @@ export class Wal {
   /** Queues `records`, resolving once they are durable. */
   append(records: readonly Uint8Array[], opts: AppendOptions = {}): Promise<void> {
     const { label } = this.#opts;
-    if (this.#closed) return Promise.reject(new Error(`${label} is closed`));
-    if (this.#failure !== null) return Promise.reject(new Error(`${label} refuses writes after a failed write: ${this.#failure.message}`));
+    const refused = this.#queue.refusal();
+    if (refused !== null) return Promise.reject(refused);
     for (const record of records) {
       if (record.byteLength === 0 || record.byteLength > WAL_MAX_RECORD_BYTES) {
         return Promise.reject(new RangeError(`${label}: a record must be 1 to ${WAL_MAX_RECORD_BYTES} bytes, got ${record.byteLength}`));
       }
     }
-    return new Promise<void>((resolve, reject) => {
-      this.#pending.push({ records, mark: opts.mark ?? 0, count: opts.count ?? 0, resolve, reject });
-      this.#scheduleFlush();
-    });
+    return this.#queue.push({ records, mark: opts.mark ?? 0, count: opts.count ?? 0 });
   }
 
   /**
@@ -356,9 +351,9 @@ export class Wal {
 
   /** Refuses later appends, waits for the queued ones, closes the files. */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    if (this.#busy()) await new Promise<void>((resolve) => this.#drained.push(resolve));
+    if (this.#closing) return;
+    this.#closing = true;
+    await this.#queue.close();
     for (const segment of this.#segments) await segment.handle?.close();
     const spare = this.#spare;
     this.#spare = null;
@@ -368,75 +363,42 @@ export class Wal {
     }
   }
 
-  #busy(): boolean {
-    return this.#pending.length > 0 || this.#inFlight || this.#flushScheduled;
-  }
-
-  #scheduleFlush(): void {
-    if (this.#flushScheduled || this.#inFlight) return;
-    this.#flushScheduled = true;
-    // setImmediate, not a microtask: appends made anywhere in this turn join the group.
-    setImmediate(() => {
-      this.#flushScheduled = false;
-      void this.#flush();
-    });
-  }
-
-  async #flush(): Promise<void> {
-    const group = this.#pending;
-    this.#pending = [];
-    if (group.length === 0) return this.#settle();
-    this.#inFlight = true;
+  /** Writes one group of appends as one O_DSYNC write (rotating first when it does not fit); the queue settles them. */
+  async #write(group: Pending[]): Promise<void> {
     const started = performance.now();
-    try {
-      let bytes = 0;
-      let records = 0;
-      let count = 0;
-      let mark = 0;
-      for (const p of group) {
-        for (const r of p.records) bytes += FRAME_HEADER_BYTES + r.byteLength;
-        records += p.records.length;
-        count += p.count;
-        mark = Math.max(mark, p.mark);
-      }
-      let segment = this.#segments.at(-1);
-      let preamble: Uint8Array[] = [];
-      if (segment === undefined || (bytes > 0 && segment.end + bytes > this.#opts.segmentBytes)) {
-        preamble = this.#opts.preamble();
-        segment = await this.#rotate();
-        for (const r of preamble) bytes += FRAME_HEADER_BYTES + r.byteLength;
-      }
-      const buf = Buffer.allocUnsafe(bytes);
-      let at = 0;
-      const put = (record: Uint8Array): void => {
-        buf.writeUInt32BE(record.byteLength, at);
-        buf.writeUInt32BE(crc32(record), at + 4);
-        buf.set(record, at + FRAME_HEADER_BYTES);
-        at += FRAME_HEADER_BYTES + record.byteLength;
-      };
-      for (const r of preamble) put(r);
-      for (const p of group) for (const r of p.records) put(r);
-      const encoded = performance.now();
-      // O_DSYNC: durable once the write returns.
-      if (bytes > 0) await writeFully(segment.handle as fs.FileHandle, buf, segment.end);
-      segment.end += bytes;
-      segment.mark = Math.max(segment.mark, mark);
-      this.#opts.onCommit?.({ encodeSeconds: (encoded - started) / 1000, syncSeconds: (performance.now() - encoded) / 1000, records, count, bytes });
-    } catch (error) {
-      this.#failure = error instanceof Error ? error : new Error(String(error));
-      for (const p of [...group, ...this.#pending.splice(0)]) p.reject(this.#failure);
-      this.#inFlight = false;
-      return this.#settle();
+    let bytes = 0;
+    let records = 0;
+    let count = 0;
+    let mark = 0;
+    for (const p of group) {
+      for (const r of p.records) bytes += FRAME_HEADER_BYTES + r.byteLength;
+      records += p.records.length;
+      count += p.count;
+      mark = Math.max(mark, p.mark);
     }
-    for (const p of group) p.resolve();
-    this.#inFlight = false;
-    if (this.#pending.length > 0) this.#scheduleFlush();
-    else this.#settle();
-  }
-
-  #settle(): void {
-    if (this.#busy()) return;
-    for (const resolve of this.#drained.splice(0)) resolve();
+    let segment = this.#segments.at(-1);
+    let preamble: Uint8Array[] = [];
+    if (segment === undefined || (bytes > 0 && segment.end + bytes > this.#opts.segmentBytes)) {
+      preamble = this.#opts.preamble();
+      segment = await this.#rotate();
+      for (const r of preamble) bytes += FRAME_HEADER_BYTES + r.byteLength;
+    }
+    const buf = Buffer.allocUnsafe(bytes);
+    let at = 0;
+    const put = (record: Uint8Array): void => {
+      buf.writeUInt32BE(record.byteLength, at);
+      buf.writeUInt32BE(crc32(record), at + 4);
+      buf.set(record, at + FRAME_HEADER_BYTES);
+      at += FRAME_HEADER_BYTES + record.byteLength;
+    };
+    for (const r of preamble) put(r);
+    for (const p of group) for (const r of p.records) put(r);
+    const encoded = performance.now();
+    // O_DSYNC: durable once the write returns.
+    if (bytes > 0) await writeFully(segment.handle as fs.FileHandle, buf, segment.end);
+    segment.end += bytes;
+    segment.mark = Math.max(segment.mark, mark);
+    this.#opts.onCommit?.({ encodeSeconds: (encoded - started) / 1000, syncSeconds: (performance.now() - encoded) / 1000, records, count, bytes });
   }
 
   /** Makes the spare the next segment (header written, directory synced) and starts preparing another. */
