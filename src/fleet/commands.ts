@@ -35,6 +35,7 @@ import { POLICY_OPERATIONS, PoliciesSchema, normalisePolicies } from '../policy/
 import { BudgetSpecSchema } from './budgets.ts';
 import { MAX_MIGRATIONS_PER_REGION, MigrationCutoverSchema, MigrationEndSchema, MigrationProgressSchema, MigrationStartSchema } from './migrations.ts';
 import { FailoverSchema, ProtectSchema, UnprotectSchema } from './protection.ts';
+import { BurstGroupSpecSchema, normaliseBurstGroup } from '../burst/group.ts';
 
 /** 0x00 'f' 'l' 't' and the encoding version. */
 export const FLEET_ENTRY_MAGIC: Uint8Array = Uint8Array.of(0x00, 0x66, 0x6c, 0x74, 0x01);
@@ -167,6 +168,11 @@ const DeleteBudgetSchema = z.strictObject({ kind: z.literal('delete-budget'), na
  */
 const BudgetSpentSchema = z.strictObject({ kind: z.literal('budget-spent'), name: fleetName, month: z.string().regex(/^\d{4}-(0[1-9]|1[0-2])$/, 'a month as YYYY-MM').nullable() });
 
+/** A burst group, created or replaced whole (src/burst/group.ts); its home region's node drives it. */
+const SetBurstGroupSchema = z.strictObject({ kind: z.literal('set-burst-group'), group: BurstGroupSpecSchema });
+/** Drops a burst group; its replicas stay as ordinary VMs (terminate them by name). */
+const DeleteBurstGroupSchema = z.strictObject({ kind: z.literal('delete-burst-group'), name: fleetName });
+
 export const FleetCommandSchema = z.discriminatedUnion('kind', [
   RegisterRegionSchema,
   CreateSchema,
@@ -185,6 +191,8 @@ export const FleetCommandSchema = z.discriminatedUnion('kind', [
   ProtectSchema,
   UnprotectSchema,
   FailoverSchema,
+  SetBurstGroupSchema,
+  DeleteBurstGroupSchema,
 ]);
 
 export type FleetCommand = z.infer<typeof FleetCommandSchema>;
@@ -193,6 +201,7 @@ export type FleetCommandKind = FleetCommand['kind'];
 export type RegisterRegionCommand = Extract<FleetCommand, { kind: 'register-region' }>;
 export type SetPolicyCommand = Extract<FleetCommand, { kind: 'set-policy' }>;
 export type SetBudgetCommand = Extract<FleetCommand, { kind: 'set-budget' }>;
+export type SetBurstGroupCommand = Extract<FleetCommand, { kind: 'set-burst-group' }>;
 export type AssignCommand = Extract<FleetCommand, { kind: 'assign' }>;
 export type RegionProviderDeclaration = RegisterRegionCommand['providers'][number];
 export type ProviderPrices = z.infer<typeof PricesSchema>;
@@ -216,6 +225,8 @@ export const FLEET_COMMAND_KINDS = [
   'protect',
   'unprotect',
   'failover',
+  'set-burst-group',
+  'delete-burst-group',
 ] as const satisfies readonly FleetCommandKind[];
 
 /** Every way apply can refuse a command; stable words for callers and metrics. */
@@ -251,11 +262,12 @@ export const FLEET_REJECT_CODES = [
   /** A new placement under a spent hard budget; the message names the budget. */
   'budget_spent',
   'unknown_budget',
+  'unknown_burst_group',
 ] as const;
 export type FleetRejectCode = (typeof FLEET_REJECT_CODES)[number];
 
 export type FleetResult =
-  | { readonly ok: true; readonly kind: FleetCommandKind; readonly vm?: string; readonly region?: string; readonly generation?: number; readonly policyVersion?: number; readonly migration?: string; readonly budget?: string }
+  | { readonly ok: true; readonly kind: FleetCommandKind; readonly vm?: string; readonly region?: string; readonly generation?: number; readonly policyVersion?: number; readonly migration?: string; readonly budget?: string; readonly burstGroup?: string }
   /** Nothing changed; `message` is a sentence for the operator, with the numbers that decided it. */
   | { readonly ok: false; readonly code: FleetRejectCode; readonly message: string };
 
@@ -294,6 +306,8 @@ function normaliseCommand(cmd: FleetCommand): FleetCommand {
     }
     case 'set-policy':
       return { kind: 'set-policy', version: cmd.version, policies: normalisePolicies(cmd.policies) };
+    case 'set-burst-group':
+      return { kind: 'set-burst-group', group: normaliseBurstGroup(cmd.group) };
     default:
       return cmd;
   }

@@ -75,18 +75,18 @@ export class FleetScheduler {
   }
 
   /** Plans, commits and re-plans until the VM is assigned, or fails with every plan's reason. */
-  async create(spec: FleetVmSpec, power: PowerState, timeoutMs: number): Promise<ScheduleOutcome> {
-    const denials = this.#o.decisions === undefined ? null : new RequestDenials(this.#o.decisions, spec.name, firstAssignmentOperation(spec));
+  async create(spec: FleetVmSpec, power: PowerState, timeoutMs: number, operation?: 'burst'): Promise<ScheduleOutcome> {
+    const denials = this.#o.decisions === undefined ? null : new RequestDenials(this.#o.decisions, spec.name, operation ?? firstAssignmentOperation(spec));
     try {
-      return await this.#create(spec, power, timeoutMs, denials);
+      return await this.#create(spec, power, timeoutMs, denials, operation);
     } finally {
       denials?.finish();
     }
   }
 
-  async #create(spec: FleetVmSpec, power: PowerState, timeoutMs: number, denials: RequestDenials | null): Promise<ScheduleOutcome> {
+  async #create(spec: FleetVmSpec, power: PowerState, timeoutMs: number, denials: RequestDenials | null, operation: 'burst' | undefined): Promise<ScheduleOutcome> {
     const deadline = performance.now() + timeoutMs;
-    let progress = startScheduling({ spec, power });
+    let progress = startScheduling(operation === undefined ? { spec, power } : { spec, power, operation });
     let created = false;
     let lastDecision: PlacementDecision | undefined;
     for (;;) {

@@ -53,6 +53,8 @@ export const REPLAN_CODES: readonly FleetRejectCode[] = ['insufficient_capacity'
 export interface CreateRequest {
   readonly spec: FleetVmSpec;
   readonly power: PowerState;
+  /** `burst`: the burst driver's replica (policies and hard budgets see a burst); absent: create or place, from the spec. */
+  readonly operation?: 'burst';
 }
 
 export interface SchedulerOptions {
@@ -143,12 +145,13 @@ export function planCreate(progress: SchedulingProgress, state: FleetState, obse
     // Our own create went through on an earlier plan; only the assignment is left.
     createFirst = false;
   }
-  const decision = place(spec, buildPlacementView(state, observed), options.placement);
+  const operation = progress.request.operation ?? firstAssignmentOperation(spec);
+  const decision = place(spec, buildPlacementView(state, observed), progress.request.operation === undefined ? options.placement : { ...options.placement, operation });
   if (!decision.ok) return { kind: 'failed', code: decision.code, reasons: [...progress.reasons, decision.message], decision };
   const best = [decision.choice, ...decision.alternatives].slice(0, options.choices);
   const choice: ScoredCandidate = best[Math.min(best.length - 1, Math.floor(Math.max(0, draw) * best.length))] ?? decision.choice;
   const generation = (existing?.generation ?? 0) + 1;
-  const assign: FleetCommand = { kind: 'assign', vm: spec.name, region: choice.region, provider: choice.provider, generation, operation: firstAssignmentOperation(spec) };
+  const assign: FleetCommand = { kind: 'assign', vm: spec.name, region: choice.region, provider: choice.provider, generation, operation };
   const commands: FleetCommand[] = createFirst ? [{ kind: 'create', spec, power }, assign] : [assign];
   return {
     kind: 'propose',
@@ -233,6 +236,7 @@ export function withPlansInFlight(state: FleetState, plans: Iterable<PlanInFligh
     get policy() {
       return state.policy;
     },
+    burstGroups: () => state.burstGroups(),
     budgets: () => state.budgets(),
     regions: () => state.regions(),
     region: (name) => state.region(name),

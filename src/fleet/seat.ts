@@ -310,8 +310,8 @@ export class FleetSeat {
   }
 
   /** Schedules a create here; the reconciler of the chosen region takes it from the log. */
-  async create(spec: FleetVmSpec, power: PowerState, timeoutMs: number): Promise<ScheduleOutcome> {
-    const outcome = await this.scheduler.create(spec, power, timeoutMs);
+  async create(spec: FleetVmSpec, power: PowerState, timeoutMs: number, operation?: 'burst'): Promise<ScheduleOutcome> {
+    const outcome = await this.scheduler.create(spec, power, timeoutMs, operation);
     if (outcome.ok && outcome.region === this.#o.region) this.reconciler.kick();
     return outcome;
   }

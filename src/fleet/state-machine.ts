@@ -93,6 +93,7 @@ import { PolicyCompileError, compilePolicySet } from '../policy/compile.ts';
 import { NO_POLICY, type PolicyEvaluator } from '../policy/evaluate.ts';
 import { assignmentOperation, describeDenial, policyRegionOf, policyVmOf } from './policy-check.ts';
 import { BudgetSpecSchema, MAX_BUDGETS, hardBudgetDenial, type FleetBudget } from './budgets.ts';
+import { BurstGroupSpecSchema, MAX_BURST_GROUPS, type BurstGroupSpec } from '../burst/group.ts';
 import type { PolicyOperation } from '../policy/document.ts';
 import {
   DEFAULT_MAX_MIGRATIONS_PER_REGION,
@@ -193,6 +194,8 @@ export interface FleetState {
   readonly policy: FleetPolicy;
   /** Budgets in the log, by name, with their spent mark (src/fleet/budgets.ts). */
   budgets(): readonly FleetBudget[];
+  /** Burst groups in the log, sorted by name (src/burst/group.ts). */
+  burstGroups(): readonly BurstGroupSpec[];
   /** Sorted by name. */
   regions(): readonly FleetRegion[];
   region(name: string): FleetRegion | undefined;
@@ -275,6 +278,8 @@ export class FleetStateMachine implements FleetState {
   #policy: FleetPolicy = NO_FLEET_POLICY;
   #budgets = new Map<string, FleetBudget>();
   #sortedBudgets: FleetBudget[] | null = null;
+  #burstGroups = new Map<string, BurstGroupSpec>();
+  #sortedBurstGroups: BurstGroupSpec[] | null = null;
   #groups: Record<FleetGroupKind, Map<string, Map<string, number>>> = { 'anti-affinity': new Map(), spread: new Map() };
   /** Migrations under way by id, and by VM. */
   #migrations = new Map<string, FleetMigration>();
@@ -312,6 +317,11 @@ export class FleetStateMachine implements FleetState {
   budgets(): readonly FleetBudget[] {
     this.#sortedBudgets ??= [...this.#budgets.values()].sort((a, b) => (a.spec.name < b.spec.name ? -1 : a.spec.name > b.spec.name ? 1 : 0));
     return this.#sortedBudgets;
+  }
+
+  burstGroups(): readonly BurstGroupSpec[] {
+    this.#sortedBurstGroups ??= [...this.#burstGroups.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return this.#sortedBurstGroups;
   }
 
   regions(): readonly FleetRegion[] {
@@ -433,6 +443,17 @@ export class FleetStateMachine implements FleetState {
         this.#budgets.set(cmd.name, { spec: b.spec, spentMonth: cmd.month });
         this.#sortedBudgets = null;
         return { ok: true, kind: cmd.kind, budget: cmd.name };
+      }
+      case 'set-burst-group': {
+        if (!this.#burstGroups.has(cmd.group.name) && this.#burstGroups.size >= MAX_BURST_GROUPS) return reject('limit_reached', `the fleet holds ${this.#burstGroups.size} burst groups, its limit; delete one first`);
+        this.#burstGroups.set(cmd.group.name, cmd.group);
+        this.#sortedBurstGroups = null;
+        return { ok: true, kind: cmd.kind, burstGroup: cmd.group.name };
+      }
+      case 'delete-burst-group': {
+        if (!this.#burstGroups.delete(cmd.name)) return reject('unknown_burst_group', `no burst group named ${cmd.name}`);
+        this.#sortedBurstGroups = null;
+        return { ok: true, kind: cmd.kind, burstGroup: cmd.name };
       }
       case 'set-power': {
         const vm = this.#live(cmd.vm);
@@ -889,7 +910,8 @@ export class FleetStateMachine implements FleetState {
     const policy = this.#policy.version === 0 ? undefined : { version: this.#policy.version, policies: this.#policy.policies };
     const migrations = this.#nextMigration === 1 ? undefined : { next: this.#nextMigration, active: this.migrations(), history: this.#history };
     const budgets = this.#budgets.size === 0 ? undefined : this.budgets().map((b) => ({ spec: b.spec, spentMonth: b.spentMonth }));
-    const body = new TextEncoder().encode(canonicalJson({ limits: this.limits, regions, vms, policy, migrations, budgets }));
+    const burstGroups = this.#burstGroups.size === 0 ? undefined : this.burstGroups();
+    const body = new TextEncoder().encode(canonicalJson({ limits: this.limits, regions, vms, policy, migrations, budgets, burstGroups }));
     const bytes = new Uint8Array(FLEET_SNAPSHOT_MAGIC.byteLength + body.byteLength);
     bytes.set(FLEET_SNAPSHOT_MAGIC, 0);
     bytes.set(body, FLEET_SNAPSHOT_MAGIC.byteLength);
@@ -909,7 +931,7 @@ export class FleetStateMachine implements FleetState {
     }
     const parsed = SnapshotSchema.safeParse(raw, { reportInput: true });
     if (!parsed.success) throw new FleetSnapshotError(parsed.error.issues.map((issue) => formatIssue(issue, (path) => pathString(['snapshot', ...path]))).join('; '));
-    const { limits, regions, vms, policy, migrations, budgets } = parsed.data;
+    const { limits, regions, vms, policy, migrations, budgets, burstGroups } = parsed.data;
     const machine = new FleetStateMachine(limits);
     if (policy !== undefined) {
       try {
@@ -953,6 +975,10 @@ export class FleetStateMachine implements FleetState {
     for (const b of budgets ?? []) {
       if (machine.#budgets.has(b.spec.name)) throw new FleetSnapshotError(`budget ${b.spec.name} is listed twice`);
       machine.#budgets.set(b.spec.name, { spec: b.spec, spentMonth: b.spentMonth });
+    }
+    for (const g of burstGroups ?? []) {
+      if (machine.#burstGroups.has(g.name)) throw new FleetSnapshotError(`burst group ${g.name} is listed twice`);
+      machine.#burstGroups.set(g.name, g);
     }
     return machine;
   }
@@ -1019,6 +1045,8 @@ const SnapshotSchema = z.strictObject({
     .optional(),
   /** Absent in snapshots written before budgets existed, or with none. */
   budgets: z.array(z.strictObject({ spec: BudgetSpecSchema, spentMonth: z.string().nullable() })).max(MAX_BUDGETS).optional(),
+  /** Absent in snapshots written before burst groups existed, or with none. */
+  burstGroups: z.array(BurstGroupSpecSchema).max(MAX_BURST_GROUPS).optional(),
 });
 
 /** Facts of a migration with the given ones replacing what was recorded. */

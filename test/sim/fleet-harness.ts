@@ -803,7 +803,7 @@ export class FleetSimulation {
 
   #apply(cmd: FleetCommand): FleetResult {
     this.#counts.commands++;
-    const name = cmd.kind === 'register-region' || cmd.kind === 'set-policy' || cmd.kind === 'set-budget' || cmd.kind === 'delete-budget' || cmd.kind === 'budget-spent' ? null : cmd.kind === 'create' ? cmd.spec.name : 'vm' in cmd ? cmd.vm : (this.#log.migration(cmd.id)?.vm ?? null);
+    const name = cmd.kind === 'register-region' || cmd.kind === 'set-policy' || cmd.kind === 'set-budget' || cmd.kind === 'delete-budget' || cmd.kind === 'budget-spent' || cmd.kind === 'set-burst-group' || cmd.kind === 'delete-burst-group' ? null : cmd.kind === 'create' ? cmd.spec.name : 'vm' in cmd ? cmd.vm : (this.#log.migration(cmd.id)?.vm ?? null);
     const before: FleetVm | undefined = name === null ? undefined : this.#log.vm(name);
     const migrationBefore = name === null ? undefined : this.#log.migrationOf(name);
     const result = this.#log.apply(cmd);
