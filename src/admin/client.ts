@@ -26,9 +26,10 @@ import { fleetClient, type FleetClient } from './fleet-client.ts';
 import { imageClient, type ImageClient } from './image-client.ts';
 import { migrationClient, type MigrationClient } from './migration-client.ts';
 import { policyClient, type PolicyClient } from './policy-client.ts';
-import { ADMIN_SERVICE, BLOB_SERVICE, FLEET_SERVICE, IMAGE_SERVICE, MIGRATION_SERVICE, DR_SERVICE, KV_SERVICE, POLICY_SERVICE, COST_SERVICE, PBFT_SERVICE, RAFT_SERVICE, STATE_SERVICE, VM_SERVICE, loadAdminPackage, serviceDefinition, type KvGetRequest, type KvGetResponse, type KvItem, type KvWriteOptions, type KvWriteResponse, type MemberInfo, type MembersRequest, type MembersResponse, type PbftStatusResponse, type RaftMembersResponse, type RaftProgress, type RaftStatusResponse, type ServiceCall, type StatusRequest, type StatusResponse } from './schema.ts';
+import { ADMIN_SERVICE, BLOB_SERVICE, FLEET_SERVICE, IMAGE_SERVICE, MIGRATION_SERVICE, DR_SERVICE, KV_SERVICE, POLICY_SERVICE, COST_SERVICE, BURST_SERVICE, PBFT_SERVICE, RAFT_SERVICE, STATE_SERVICE, VM_SERVICE, loadAdminPackage, serviceDefinition, type KvGetRequest, type KvGetResponse, type KvItem, type KvWriteOptions, type KvWriteResponse, type MemberInfo, type MembersRequest, type MembersResponse, type PbftStatusResponse, type RaftMembersResponse, type RaftProgress, type RaftStatusResponse, type ServiceCall, type StatusRequest, type StatusResponse } from './schema.ts';
 import { drClient, type DrClient } from './dr-client.ts';
 import { costClient, type CostClient } from './cost-client.ts';
+import { burstClient, type BurstClient } from './burst-client.ts';
 
 /** A member as proto-loader decodes it: optional fields are absent rather than null. */
 type WireMember = Omit<MemberInfo, 'rtt_ms' | 'last_seen' | 'last_error' | 'phi'> & {
@@ -173,6 +174,7 @@ export interface AdminClient {
   readonly policy: PolicyClient;
   readonly dr: DrClient;
   readonly cost: CostClient;
+  readonly burst: BurstClient;
   close(): void;
 }
 
@@ -331,6 +333,7 @@ export function connectAdmin(socketPath: string, opts: ConnectOptions): AdminCli
     policy: policyClient(serviceCall(POLICY_SERVICE)),
     dr: drClient(serviceCall(DR_SERVICE)),
     cost: costClient(serviceCall(COST_SERVICE)),
+    burst: burstClient(serviceCall(BURST_SERVICE)),
     close: () => client.close(),
   };
 }

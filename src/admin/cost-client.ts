@@ -3,7 +3,7 @@
  * `.cost` sub-client. The JSON payloads are validated here against their
  * schemas (src/cost/wire.ts), so callers get typed values or an error.
  */
-import { DwcpError } from '../errors.ts';
+import { parseReply } from './json-reply.ts';
 import { BudgetViewSchema, CostReportSchema, type BudgetView } from '../cost/wire.ts';
 import type { z } from 'zod';
 import type { BudgetInfo, BudgetRef, BudgetSetRequest, CostReportRequest, CostReportResponse, ServiceCall } from './schema.ts';
@@ -17,17 +17,7 @@ export interface CostClient {
   deleteBudget(request: BudgetRef): Promise<void>;
 }
 
-function parse<T>(schema: z.ZodType<T>, text: string | undefined, what: string): T {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text ?? '');
-  } catch {
-    throw new DwcpError('internal', `the daemon sent a ${what} that is not JSON`);
-  }
-  const parsed = schema.safeParse(raw);
-  if (!parsed.success) throw new DwcpError('internal', `the daemon sent a ${what} this dwcpctl does not understand: ${parsed.error.issues[0]?.message ?? ''}`);
-  return parsed.data;
-}
+const parse = parseReply;
 
 export function costClient(call: ServiceCall): CostClient {
   return {

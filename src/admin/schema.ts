@@ -33,9 +33,10 @@ export const DR_SERVICE = `${ADMIN_PACKAGE}.Dr`;
 
 /** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
 export const COST_SERVICE = `${ADMIN_PACKAGE}.Cost`;
+export const BURST_SERVICE = `${ADMIN_PACKAGE}.Burst`;
 
 /** The admin .proto files, relative to this directory; a new sibling service adds its file here. */
-export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto', 'image.proto', 'migration.proto', 'policy.proto', 'dr.proto', 'cost.proto'];
+export const ADMIN_PROTO_FILES = ['admin.proto', 'kv.proto', 'raft.proto', 'pbft.proto', 'vm.proto', 'blob.proto', 'state.proto', 'fleet.proto', 'image.proto', 'migration.proto', 'policy.proto', 'dr.proto', 'cost.proto', 'burst.proto'];
 
 /**
  * snake_case field names as in the .proto, int64 as strings (no silent
@@ -887,6 +888,23 @@ export interface BudgetInfo {
 }
 
 export interface BudgetRef {
+  name: string;
+  timeout_ms: number;
+}
+
+// ---------------------------------------------------------------------------
+// Cloud bursting (burst.proto).
+
+export interface BurstStatusResponse {
+  groups_json: string;
+}
+
+export interface BurstGroupSetRequest {
+  group_json: string;
+  timeout_ms: number;
+}
+
+export interface BurstGroupRef {
   name: string;
   timeout_ms: number;
 }

@@ -108,6 +108,8 @@ function decideGroup(g: GroupInput, w: TriggerWindows, memory: GroupMemory, nowM
     const decision: BurstDecision = { kind: 'scale-out', group: g.name, atMs: nowMs, count: Math.min(t.step, room), trigger: fire.trigger, reason: fire.reason };
     return { lastOutMs: nowMs, lastInMs: memory.lastInMs, last: decision, holding: 'scaled out' };
   }
+  const rising = heldFor(w.cpuHighSince, memory.lastOutMs, nowMs) ?? heldFor(w.memoryHighSince, memory.lastOutMs, nowMs);
+  if (rising !== null) return { ...memory, holding: `home above a scale-out threshold for ${Math.round(rising / 1000)} s, not yet a full window (counted from its start or the last scale-out)` };
   if (g.burst.length === 0) return { ...memory, holding: 'no trigger holds; no burst replicas' };
   const lastDecision = Math.max(memory.lastOutMs ?? Number.NEGATIVE_INFINITY, memory.lastInMs ?? Number.NEGATIVE_INFINITY);
   const quiet = heldFor(w.quietSince, Number.isFinite(lastDecision) ? lastDecision : null, nowMs);

@@ -11,7 +11,7 @@
  * before or after the command.
  *
  * Commands are rows of COMMANDS (status, members, kv, raft, pbft, vm, place,
- * fleet, migration, policy, dr, cost, blob, cache, image, crdt, state, version, help); each brings its own flags and
+ * fleet, migration, policy, dr, cost, burst, blob, cache, image, crdt, state, version, help); each brings its own flags and
  * positional arguments (kv-raft.ts, pbft.ts, vm.ts, blob.ts, image.ts, state.ts, migration.ts, policy.ts, dr.ts), so a
  * new command adds a row and nothing else changes.
  */
@@ -24,6 +24,7 @@ import { KV_COMMAND, RAFT_COMMAND } from './kv-raft.ts';
 import { PBFT_COMMAND } from './pbft.ts';
 import { PLACE_COMMAND, VM_COMMAND } from './vm.ts';
 import { BUDGET_COMMAND, COST_COMMAND } from './cost.ts';
+import { BURST_COMMAND } from './burst.ts';
 import { FLEET_COMMAND } from './fleet.ts';
 import { MIGRATION_COMMAND } from './migration.ts';
 import { DR_COMMAND } from './dr.ts';
@@ -76,6 +77,7 @@ export const COMMANDS: readonly Command[] = [
   DR_COMMAND,
   COST_COMMAND,
   BUDGET_COMMAND,
+  BURST_COMMAND,
   BLOB_COMMAND,
   CACHE_COMMAND,
   IMAGE_COMMAND,

@@ -146,6 +146,7 @@ export function resolveConfig(input: ResolveInput = {}): DwcpConfig {
     dr: f.dr,
     cost: f.cost,
     budgets: f.budgets,
+    burst: f.burst,
     configPath,
   };
 }

@@ -18,6 +18,7 @@ import { POLICY_MAX_DOCUMENTS, type PolicyFileSet } from '../policy/files.ts';
 import { DrSettingsSchema, type DrSettings } from '../dr/config.ts';
 import { CostSettingsSchema, type CostSettings } from '../cost/config.ts';
 import { BudgetsConfigSchema, type BudgetSpec } from '../fleet/budgets.ts';
+import { BurstSettingsSchema, type BurstSettings } from '../burst/config.ts';
 
 export const PROVIDERS = ['onprem', 'private', 'aws', 'gcp', 'azure', 'oracle'] as const;
 export type Provider = (typeof PROVIDERS)[number];
@@ -192,6 +193,8 @@ const ConfigFileObject = z.strictObject({
   dr: DrSettingsSchema.default(DrSettingsSchema.parse({})),
   cost: CostSettingsSchema.default(CostSettingsSchema.parse({})),
   budgets: BudgetsConfigSchema,
+  /** Cloud bursting: triggers, cooldown, and this node's burst groups (src/burst/config.ts). */
+  burst: BurstSettingsSchema.default(BurstSettingsSchema.parse({})),
 });
 
 export const ConfigFileSchema = ConfigFileObject.superRefine((cfg, ctx) => {
@@ -206,6 +209,10 @@ export const ConfigFileSchema = ConfigFileObject.superRefine((cfg, ctx) => {
       ctx.addIssue({ code: 'custom', path: ['members', i, 'peerId'], input: m.peerId, message: 'is already the peer ID of another member', params: { sentence: true } });
     }
     ids.set(m.peerId, i);
+  });
+  cfg.burst.groups.forEach((g, i) => {
+    // The home region's node drives a group, so a node's config declares only the groups it drives.
+    if (g.home !== cfg.node.name) refuse(ctx, ['burst', 'groups', i, 'home'], g.home, `must be this node's region (node.name ${cfg.node.name}): a node's config declares the burst groups it drives`);
   });
   if (cfg.network.reconnectInitialMs > cfg.network.reconnectMaxMs) {
     refuse(ctx, ['network', 'reconnectInitialMs'], cfg.network.reconnectInitialMs, `must not exceed network.reconnectMaxMs (${cfg.network.reconnectMaxMs})`);
@@ -310,6 +317,8 @@ export interface DwcpConfig {
   cost: CostSettings;
   /** Budgets proposed to the federation log at start (src/fleet/budgets.ts). */
   budgets: BudgetSpec[];
+  /** Cloud bursting (src/burst/config.ts). */
+  burst: BurstSettings;
   /** The file this came from, if any (SIGHUP re-reads it). */
   configPath: string | undefined;
 }

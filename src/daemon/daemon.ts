@@ -55,6 +55,9 @@ import { BudgetWatch } from '../cost/budget-watch.ts';
 import { CostTracker } from '../cost/cost-tracker.ts';
 import { DEFAULT_RESOLUTION_MS } from '../cost/series.ts';
 import { UtilisationCollector } from '../cost/utilisation-collector.ts';
+import { BurstDriver } from '../burst/driver.ts';
+import { homeProbe } from '../burst/home-probe.ts';
+import { burstServiceRegistration } from '../admin/burst-service.ts';
 import { FleetSeat } from '../fleet/seat.ts';
 import { regionDeclaration } from '../fleet/region-declaration.ts';
 import type { ObservedFleet, RegionHealth } from '../fleet/placement.ts';
@@ -111,6 +114,8 @@ export class Daemon {
   readonly cost: CostTracker;
   /** Budgets in the log against the federation's spend: gauges, alerts, hard stops (src/cost/budget-watch.ts). */
   readonly budgets: BudgetWatch;
+  /** The burst groups whose home is this region: triggers, scale-out into the clouds, scale-back (src/burst/driver.ts). */
+  readonly burst: BurstDriver;
   /** The federation's guest images by name: records in the federation log, holders in the geo store (src/image/catalog.ts). */
   readonly images: ImageCatalog;
   /**
@@ -286,6 +291,18 @@ export class Daemon {
       metrics: this.metrics.cost,
       log: costLog,
     });
+    const burstLog = parts.log.child({ component: 'burst' });
+    this.burst = new BurstDriver({
+      region: config.node.name,
+      settings: config.burst,
+      state: () => this.seat.state,
+      sample: homeProbe({ region: config.node.name, inventory: parts.cloud, state: () => this.seat.state, lookbackMs: config.burst.sampleMaxAgeMs, log: burstLog }),
+      schedule: (spec, power, timeoutMs, operation) => this.seat.create(spec, power, timeoutMs, operation),
+      commit: (command, timeoutMs) => this.seat.command(command, timeoutMs),
+      commitTimeoutMs: Math.max(config.raft.requestTimeoutMs, 30_000),
+      metrics: this.metrics.burst,
+      log: burstLog,
+    });
     // The region record carries what the reconciler gave up on, so every node can say why a VM is not running.
     this.fleet.setFailures(() =>
       [...this.seat.reconciler.reports()].filter(([, r]) => r.status === 'failed').map(([vm, r]) => ({ vm, generation: r.generation, reason: r.reason ?? 'the provider gave no reason' })),
@@ -421,6 +438,7 @@ export class Daemon {
     this.utilisation.start();
     await this.cost.start();
     this.budgets.start();
+    this.burst.start(() => this.seat.whenDeclared());
     await this.blob.start();
     await this.#imageFetch.start();
     await this.#migrate.start();
@@ -447,6 +465,13 @@ export class Daemon {
           report: (query) => this.cost.report(query),
           records: () => this.cost.records(),
           budgets: () => this.seat.state.budgets(),
+          propose: (command, timeoutMs) => this.seat.command(command, timeoutMs),
+          defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000),
+          log: adminLog,
+        }),
+        burstServiceRegistration({
+          status: () => this.burst.status(),
+          groups: () => this.seat.state.burstGroups(),
           propose: (command, timeoutMs) => this.seat.command(command, timeoutMs),
           defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000),
           log: adminLog,
@@ -560,6 +585,7 @@ export class Daemon {
     };
     // Cloud operations first: their callers get an answer before the admin socket closes.
     this.dr.stop();
+    await step('burst', () => this.burst.stop(), 500);
     await step('cost', async () => {
       this.budgets.stop();
       await Promise.all([this.cost.stop(), this.utilisation.stop()]);

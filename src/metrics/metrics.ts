@@ -13,6 +13,7 @@ import { createImageMetrics, type ImageMetrics } from '../image/metrics.ts';
 import { createStateMetrics, type StateMetrics } from '../state/metrics.ts';
 import { createFleetMetrics, type FleetMetrics } from '../fleet/metrics.ts';
 import { createCostMetrics, type CostMetrics } from '../cost/metrics.ts';
+import { createBurstMetrics, type BurstMetrics } from '../burst/metrics.ts';
 import { createMigrationMetrics, type MigrationMetrics } from '../migration/metrics.ts';
 import { createPolicyMetrics, type PolicyMetrics } from '../fleet/policy-metrics.ts';
 import { createDrMetrics, type DrMetrics } from '../dr/metrics.ts';
@@ -64,6 +65,7 @@ export interface DwcpMetrics extends MeshMetrics {
   policy: PolicyMetrics;
   dr: DrMetrics;
   cost: CostMetrics;
+  burst: BurstMetrics;
 }
 
 /** Outcomes of a client proposal as the driver sees them; bounded for label cardinality. */
@@ -278,6 +280,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): DwcpMetr
     policy: createPolicyMetrics(registers),
     dr: createDrMetrics(registers),
     cost: createCostMetrics(registers),
+    burst: createBurstMetrics(registers),
   };
   // Export zeroes for every bounded label value so rate() works from the first scrape.
   for (const reason of REFUSAL_REASONS) m.connectionsRefused.inc({ reason }, 0);

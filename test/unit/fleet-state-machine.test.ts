@@ -274,6 +274,22 @@ describe('fleet state machine rules', () => {
     expect(m.budgets().map((b) => b.spec.name)).toEqual(['soft']);
   });
 
+  it('burst groups: set, replace, survive a snapshot, delete; unknown_burst_group', () => {
+    const m = machineWith(euWest);
+    const group = { name: 'web', home: 'eu-west', template: { vcpus: 1, memoryBytes: GIB, image: 'base' }, min: 2, max: 6 };
+    expect(m.apply(parseFleetCommand({ kind: 'set-burst-group', group }))).toMatchObject({ ok: true, burstGroup: 'web' });
+    expect(m.apply(parseFleetCommand({ kind: 'set-burst-group', group: { ...group, max: 8 } }))).toMatchObject({ ok: true });
+    expect(m.burstGroups()).toMatchObject([{ name: 'web', max: 8, template: { labels: {}, spot: false } }]);
+    const restored = FleetStateMachine.restore(m.snapshot());
+    expect(restored.burstGroups()).toEqual(m.burstGroups());
+    expect(restored.snapshot()).toEqual(m.snapshot());
+    expect(m.apply(parseFleetCommand({ kind: 'delete-burst-group', name: 'web' }))).toMatchObject({ ok: true });
+    refused(m.apply(parseFleetCommand({ kind: 'delete-burst-group', name: 'web' })), 'unknown_burst_group', 'no burst group named web');
+    // A group the schema refuses names the field.
+    expect(() => parseFleetCommand({ kind: 'set-burst-group', group: { ...group, max: 1 } })).toThrow('command.group.max: 1 is below min (2)');
+    expect(() => parseFleetCommand({ kind: 'set-burst-group', group: { ...group, template: { ...group.template, constraints: { regions: ['x'] } } } })).toThrow('command.group.template.constraints.regions');
+  });
+
   it('every reject code is exercised by this file, fleet-migrations.test.ts or fleet-protection.test.ts', async () => {
     const fs = await import('node:fs/promises');
     const read = (name: string) => fs.readFile(new URL(name, import.meta.url), 'utf8');

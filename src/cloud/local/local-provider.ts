@@ -26,7 +26,9 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { UsageQuery, UsageSample } from '../utilisation.ts';
-import { DEFAULT_SIMULATED_LOAD, simulatedUsage, type SimulatedLoadConfig } from './simulated-load.ts';
+import { readFile } from 'node:fs/promises';
+import { formatIssue, pathString } from '../../config/issues.ts';
+import { DEFAULT_SIMULATED_LOAD, LoadOverridesSchema, simulatedUsage, withOverrides, type SimulatedLoadConfig } from './simulated-load.ts';
 import {
   CancelledError,
   CapacityError,
@@ -390,7 +392,29 @@ export class LocalProvider implements CloudProvider {
 
   /** The simulated load of the VMs asked about (simulated-load.ts): one sample per 5-minute slot ending in the window. */
   async usage(query: UsageQuery): Promise<UsageSample[]> {
-    return simulatedUsage(this.#load, query.instances, query.sinceMs, query.untilMs);
+    return simulatedUsage(await this.#currentLoad(), query.instances, query.sinceMs, query.untilMs);
+  }
+
+  /** The configured load, with the overrides file's shapes while it exists (simulated-load.ts). */
+  async #currentLoad(): Promise<SimulatedLoadConfig> {
+    const file = this.#load.overridesFile;
+    if (file === undefined) return this.#load;
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return this.#load;
+      throw new InvalidRequestError('local', 'usage', 'InvalidLoadFile', `load.overridesFile ${file}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    let raw: unknown;
+    try {
+      raw = JSON.parse(text);
+    } catch {
+      throw new InvalidRequestError('local', 'usage', 'InvalidLoadFile', `load.overridesFile ${file}: not JSON`);
+    }
+    const parsed = LoadOverridesSchema.safeParse(raw, { reportInput: true });
+    if (!parsed.success) throw new InvalidRequestError('local', 'usage', 'InvalidLoadFile', `load.overridesFile ${file}: ${parsed.error.issues.map((i) => formatIssue(i, pathString)).join('; ')}`);
+    return withOverrides(this.#load, parsed.data);
   }
 
   async zoneHealth(): Promise<ZoneHealth[]> {
