@@ -171,7 +171,7 @@ export class BurstDriver {
     const outcome = failures.length === 0 ? 'ok' : failures.join('; ');
     this.#last.set(g.name, { decision: d, vms: done, outcome });
     this.#o.metrics.decisions.inc({ group: g.name, decision: d.kind, result: failures.length === 0 ? 'ok' : 'failed' });
-    const fields = { group: g.name, decision: d.kind, reason: d.reason, vms: done, ...(failures.length > 0 ? { failures } : {}) };
+    const fields = { group: g.name, decision: d.kind, decidedAtMs: d.atMs, reason: d.reason, vms: done, ...(failures.length > 0 ? { failures } : {}) };
     if (failures.length === 0) this.#o.log.info(fields, `burst ${d.kind}: ${d.reason}`);
     else this.#o.log.warn(fields, `burst ${d.kind} not carried out in full: ${outcome}`);
   }

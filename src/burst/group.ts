@@ -7,8 +7,8 @@
  *
  * Replicas are ordinary fleet VMs, so placement, policy, budgets, the
  * reconciler and cost tracking treat them like any other:
- * - home replicas `<group>-h<i>` (i = 1..min), pinned to the home region
- *   (operation `create`). When home has no room, the record is created
+ * - home replicas `<group>-h<i>` (i = 1..min), pinned to the home region's
+ *   on-premises providers (kinds local and qemu; operation `create`). When home has no room, the record is created
  *   unassigned and waits: it is *queued* (the queue trigger counts these),
  *   never failed.
  * - burst replicas `<group>-b<seq>`, placed by the scheduler in the clouds
@@ -33,6 +33,8 @@ export const BURST_GROUP_LABEL = 'dwcp-burst-group';
 export const BURST_ROLE_LABEL = 'dwcp-burst-role';
 /** Where burst replicas go unless the template names providers: the clouds. */
 export const BURST_PROVIDER_KINDS = ['aws', 'gcp'] as const;
+/** Where home replicas go: the home region's on-premises capacity (a home node may configure cloud providers too). */
+export const HOME_PROVIDER_KINDS = ['local', 'qemu'] as const;
 
 export const BurstGroupSpecSchema = z
   .strictObject({
@@ -85,8 +87,12 @@ export function burstReplicaName(group: string, seq: number): string {
 export function replicaSpec(group: BurstGroupSpec, role: BurstRole, name: string): FleetVmSpec {
   const t = group.template;
   const constraints = { ...t.constraints };
-  if (role === 'home') constraints.regions = [group.home];
-  else constraints.providers ??= [...BURST_PROVIDER_KINDS];
+  if (role === 'home') {
+    constraints.regions = [group.home];
+    constraints.providers ??= [...HOME_PROVIDER_KINDS];
+  } else {
+    constraints.providers ??= [...BURST_PROVIDER_KINDS];
+  }
   return normaliseSpec({ ...t, name, labels: { ...t.labels, [BURST_GROUP_LABEL]: group.name, [BURST_ROLE_LABEL]: role }, constraints });
 }
 

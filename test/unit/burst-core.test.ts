@@ -103,7 +103,7 @@ describe('burst groups and config', () => {
   const g = BurstGroupSpecSchema.parse({ name: 'web', home: 'dc1', template: { vcpus: 1, memoryBytes: 1024 ** 3, image: 'base', labels: { team: 'a' } }, min: 1, max: 3 });
 
   it('home replicas are pinned home; burst replicas go to the clouds; both carry the group labels', () => {
-    expect(replicaSpec(g, 'home', 'web-h1')).toMatchObject({ name: 'web-h1', constraints: { regions: ['dc1'] }, labels: { team: 'a', 'dwcp-burst-group': 'web', 'dwcp-burst-role': 'home' } });
+    expect(replicaSpec(g, 'home', 'web-h1')).toMatchObject({ name: 'web-h1', constraints: { regions: ['dc1'], providers: ['local', 'qemu'] }, labels: { team: 'a', 'dwcp-burst-group': 'web', 'dwcp-burst-role': 'home' } });
     expect(replicaSpec(g, 'burst', 'web-b1')).toMatchObject({ constraints: { providers: ['aws', 'gcp'] }, labels: { 'dwcp-burst-role': 'burst' } });
   });
 
