@@ -13,7 +13,7 @@
  * Invariants:
  * - Only the home region's node drives a group (the group names its home;
  *   every other node skips it), so two nodes never decide for one group.
- * - Ticks never overlap; a failed tick (no sample, a log refusal, no cloud
+ * - Ticks never overlap (a PassLoop runs them); a failed tick (no sample, a log refusal, no cloud
  *   fit) is logged and counted and the next tick starts from the log again:
  *   the log, not this driver's memory, says which replicas exist.
  * - The core's memory (windows, last decisions) is this process's: after a
@@ -21,6 +21,7 @@
  *   might have, never sooner) and the cooldown counts from the restart.
  */
 import type { Logger } from '../log.ts';
+import { PassLoop } from '../driver/pass-loop.ts';
 import type { FleetCommandInput, FleetResult, PowerState } from '../fleet/commands.ts';
 import type { ScheduleOutcome } from '../fleet/fleet-scheduler.ts';
 import type { FleetVmSpec } from '../fleet/spec.ts';
@@ -60,20 +61,23 @@ export class BurstDriver {
   readonly #now: () => number;
   #core: BurstCoreState = EMPTY_BURST_STATE;
   readonly #last = new Map<string, Outcome>();
-  #timer: NodeJS.Timeout | undefined;
-  #running: Promise<void> | null = null;
+  readonly #loop: PassLoop;
   #stopped = false;
   #driven = new Set<string>();
 
   constructor(options: BurstDriverOptions) {
     this.#o = options;
     this.#now = options.now ?? Date.now;
+    this.#loop = new PassLoop({
+      pass: () => this.#tick(),
+      intervalMs: options.settings.evaluateIntervalMs,
+      onError: (err) => options.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'burst evaluation failed; retrying on the next tick'),
+    });
   }
 
   /** Proposes the configured groups the log does not hold as configured (once the log answers), then ticks. */
   start(ready: () => Promise<void>): void {
-    this.#timer = setInterval(() => void this.tick(), this.#o.settings.evaluateIntervalMs);
-    this.#timer.unref();
+    this.#loop.start();
     void ready()
       .then(() => this.#seed())
       .catch((err: unknown) => this.#o.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'burst groups from the config not proposed'));
@@ -88,24 +92,12 @@ export class BurstDriver {
       if (result.ok) this.#o.log.info({ group: g.name, home: g.home, min: g.min, max: g.max }, 'burst group from the config set in the federation log');
       else this.#o.log.warn({ group: g.name, code: result.code, reason: result.message }, 'burst group from the config refused by the federation log');
     }
-    void this.tick();
+    this.#loop.kick();
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
-    clearInterval(this.#timer);
-    await this.#running;
-  }
-
-  /** One evaluation now (or the one running). */
-  tick(): Promise<void> {
-    if (this.#stopped) return Promise.resolve();
-    this.#running ??= this.#tick()
-      .catch((err: unknown) => this.#o.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'burst evaluation failed; retrying on the next tick'))
-      .finally(() => {
-        this.#running = null;
-      });
-    return this.#running;
+    await this.#loop.stop();
   }
 
   #groups(): BurstGroupSpec[] {

@@ -20,22 +20,14 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
-import { FakeCloudWatchServer } from '../../src/cloud/fake/cloudwatch-server.ts';
-import { FakeComputeServer } from '../../src/cloud/fake/compute-server.ts';
-import { FakeEc2Server } from '../../src/cloud/fake/ec2-server.ts';
-import { FakeMonitoringServer } from '../../src/cloud/fake/monitoring-server.ts';
 import type { BurstGroupStatus } from '../../src/burst/status.ts';
-import { writeExternalAccount } from '../support/gcp-credentials.ts';
+import { fakeAwsEnv, fakeCloudProviders, startCloudFakes, type CloudFakes } from '../support/cloud-fakes.ts';
 import { baseConfig, ctlOn, eventually, metricValue, prepareNode, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
 
-const env = { AWS_ACCESS_KEY_ID: 'AKIDBURST0000001', AWS_SECRET_ACCESS_KEY: 'test-secret', AWS_SESSION_TOKEN: '', AWS_PROFILE: '' };
 const COOLDOWN_MS = 6_000;
 
 let root: { path: string; remove: () => Promise<void> };
-let ec2: FakeEc2Server;
-let compute: FakeComputeServer;
-let cloudwatch: FakeCloudWatchServer;
-let monitoring: FakeMonitoringServer;
+let fakes: CloudFakes;
 let node: NodeFiles;
 let daemon: DaemonProcess;
 let loadFile: string;
@@ -46,31 +38,14 @@ function setHomeLoad(cpu: number): void {
 
 beforeAll(async () => {
   root = await tempRoot('burst-daemon');
-  ec2 = await FakeEc2Server.start({ transitionDelayMs: 30 });
-  compute = await FakeComputeServer.start({ project: 'dwcp-test', region: 'us-central1', transitionDelayMs: 30 });
-  cloudwatch = await FakeCloudWatchServer.start({ region: 'us-east-1' });
-  monitoring = await FakeMonitoringServer.start({ project: 'dwcp-test' });
-  const gcpCredentials = writeExternalAccount(root.path, compute.tokenUrl);
+  fakes = await startCloudFakes(root.path);
   node = await prepareNode(root.path, 'home');
   loadFile = join(root.path, 'home-load.json');
   setHomeLoad(0.2);
-  const computeUrl = new URL(compute.url);
   const config = baseConfig(node, {
     clouds: {
       providers: [
-        { kind: 'aws', region: 'us-east-1', zones: ['us-east-1a'], endpoint: ec2.url, cloudwatchEndpoint: cloudwatch.url, credentials: { source: 'env' }, maxAttempts: 3, inventoryIntervalMs: 1_000 },
-        {
-          kind: 'gcp',
-          project: 'dwcp-test',
-          region: 'us-central1',
-          zones: ['us-central1-a'],
-          apiEndpoint: computeUrl.hostname,
-          port: Number(computeUrl.port),
-          protocol: 'http',
-          monitoringEndpoint: monitoring.url,
-          credentials: { source: 'keyFile', path: gcpCredentials },
-          inventoryIntervalMs: 1_000,
-        },
+        ...fakeCloudProviders(fakes, 1_000),
         // Room for exactly the two home replicas: two busy replicas are a full home.
         { kind: 'local', capacity: { vcpus: 2, memoryGiB: 4 }, inventoryIntervalMs: 500, load: { periodMs: 1_000, overridesFile: loadFile } },
       ],
@@ -84,13 +59,13 @@ beforeAll(async () => {
       groups: [{ name: 'web', home: 'home', template: { vcpus: 1, memoryBytes: 1024 ** 3, image: 'ami-0abc1234' }, min: 2, max: 4 }],
     },
   });
-  daemon = await startDaemon(node, config, env);
+  daemon = await startDaemon(node, config, fakeAwsEnv('AKIDBURST0000001'));
   await daemon.serving();
 }, 90_000);
 
 afterAll(async () => {
   await daemon?.stop();
-  await Promise.all([ec2?.close(), compute?.close(), cloudwatch?.close(), monitoring?.close()]);
+  await fakes?.close();
   await root?.remove();
 });
 
@@ -172,7 +147,7 @@ describe('cloud bursting on a daemon with a local home region, AWS and GCP', () 
       return b.length === 2 && b.every((r) => r.status === 'running') ? b : undefined;
     });
     expect(rows.map((r) => r.provider)).toEqual([cheaper, cheaper]);
-    const cloudCopies = cheaper === 'aws' ? ec2.instances().filter((i) => i.state === 'running').length : compute.instances().filter((i) => i.status === 'RUNNING').length;
+    const cloudCopies = cheaper === 'aws' ? fakes.ec2.instances().filter((i) => i.state === 'running').length : fakes.compute.instances().filter((i) => i.status === 'RUNNING').length;
     expect(cloudCopies).toBe(2);
     // Held at max: status says so while the load stays high.
     await eventually('status holding at max', 30_000, async () => ((await web()).holding?.includes('at max (4 replicas)') ? true : undefined));
@@ -204,7 +179,7 @@ describe('cloud bursting on a daemon with a local home region, AWS and GCP', () 
     expect((ins[1]?.time ?? 0) - (ins[0]?.time ?? 0)).toBeGreaterThanOrEqual(COOLDOWN_MS);
     await eventually('the burst replicas purged from desired state and their cloud copies terminated', 90_000, async () => {
       const list = await desired();
-      const live = cheaper === 'aws' ? ec2.instances().filter((i) => i.state !== 'terminated').length : compute.instances().length;
+      const live = cheaper === 'aws' ? fakes.ec2.instances().filter((i) => i.state !== 'terminated').length : fakes.compute.instances().length;
       return list.every((r) => !r.name.startsWith('web-b')) && live === 0 ? true : undefined;
     });
     const text = await daemon.scrape();

@@ -21,19 +21,20 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FakeCloudWatchServer } from '../../src/cloud/fake/cloudwatch-server.ts';
-import { FakeComputeServer } from '../../src/cloud/fake/compute-server.ts';
-import { FakeEc2Server } from '../../src/cloud/fake/ec2-server.ts';
-import { FakeMonitoringServer } from '../../src/cloud/fake/monitoring-server.ts';
+import type { FakeCloudWatchServer } from '../../src/cloud/fake/cloudwatch-server.ts';
+import type { FakeComputeServer } from '../../src/cloud/fake/compute-server.ts';
+import type { FakeEc2Server } from '../../src/cloud/fake/ec2-server.ts';
+import type { FakeMonitoringServer } from '../../src/cloud/fake/monitoring-server.ts';
 import type { CostReportView } from '../../src/admin/cost-client.ts';
 import type { BudgetView } from '../../src/cost/wire.ts';
-import { writeExternalAccount } from '../support/gcp-credentials.ts';
+import { fakeAwsEnv, fakeCloudProviders, startCloudFakes, type CloudFakes } from '../support/cloud-fakes.ts';
 import { baseConfig, ctlOn, eventually, metricValue, prepareNode, ROOT, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
 
 const HOUR = 3_600_000;
-const env = { AWS_ACCESS_KEY_ID: 'AKIDCOST00000001', AWS_SECRET_ACCESS_KEY: 'test-secret', AWS_SESSION_TOKEN: '', AWS_PROFILE: '' };
+const env = fakeAwsEnv('AKIDCOST00000001');
 
 let root: { path: string; remove: () => Promise<void> };
+let fakes: CloudFakes;
 let ec2: FakeEc2Server;
 let compute: FakeComputeServer;
 let cloudwatch: FakeCloudWatchServer;
@@ -51,10 +52,8 @@ function catalog(file: string, region: string, type: string): number {
 
 beforeAll(async () => {
   root = await tempRoot('cost-daemon');
-  ec2 = await FakeEc2Server.start({ transitionDelayMs: 30 });
-  compute = await FakeComputeServer.start({ project: 'dwcp-test', region: 'us-central1', transitionDelayMs: 30 });
-  cloudwatch = await FakeCloudWatchServer.start({ region: 'us-east-1' });
-  monitoring = await FakeMonitoringServer.start({ project: 'dwcp-test' });
+  fakes = await startCloudFakes(root.path);
+  ({ ec2, compute, cloudwatch, monitoring } = fakes);
   const [web] = ec2.seed(1, { instanceType: 't3.micro', tags: { team: 'web' } });
   const [batch] = ec2.seed(1, { instanceType: 't3.small', tags: { team: 'batch' } });
   const [gce] = compute.seed(1, { machineType: 'e2-small', labels: { team: 'web' } });
@@ -63,25 +62,11 @@ beforeAll(async () => {
     cloudwatch.metrics.set(id ?? '', 'networkIn', 2_000_000);
   }
   monitoring.metrics.set(`${gce?.zone}/${gce?.name}`, 'cpu', 0.63);
-  const gcpCredentials = writeExternalAccount(root.path, compute.tokenUrl);
   node = await prepareNode(root.path, 'home');
-  const computeUrl = new URL(compute.url);
   const config = baseConfig(node, {
     clouds: {
       providers: [
-        { kind: 'aws', region: 'us-east-1', zones: ['us-east-1a'], endpoint: ec2.url, cloudwatchEndpoint: cloudwatch.url, credentials: { source: 'env' }, maxAttempts: 3, inventoryIntervalMs: 600_000 },
-        {
-          kind: 'gcp',
-          project: 'dwcp-test',
-          region: 'us-central1',
-          zones: ['us-central1-a'],
-          apiEndpoint: computeUrl.hostname,
-          port: Number(computeUrl.port),
-          protocol: 'http',
-          monitoringEndpoint: monitoring.url,
-          credentials: { source: 'keyFile', path: gcpCredentials },
-          inventoryIntervalMs: 600_000,
-        },
+        ...fakeCloudProviders(fakes, 600_000),
         { kind: 'local', capacity: { vcpus: 4, memoryGiB: 8 }, pricePerVcpuHour: 0.01, pricePerGiBHour: 0.001, inventoryIntervalMs: 600_000 },
       ],
     },
@@ -96,7 +81,7 @@ beforeAll(async () => {
 afterAll(async () => {
   prometheus?.kill('SIGTERM');
   await daemon?.stop();
-  await Promise.all([ec2?.close(), compute?.close(), cloudwatch?.close(), monitoring?.close()]);
+  await fakes?.close();
   await root?.remove();
 });
 
