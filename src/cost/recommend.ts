@@ -56,6 +56,7 @@ export type Confidence = 'high' | 'medium' | 'low';
 const ID_PREFIX: Readonly<Record<RecommendationKind, string>> = { idle: 'idle', rightsize: 'rs', spot: 'spot', reserved: 'ri', arbitrage: 'mv' };
 const HOURS_PER_YEAR = 8_760;
 const GIB = 1024 ** 3;
+const EPSILON = 5e-5;
 
 /** One VM of this region, as the rules see it. */
 export interface VmFacts {
@@ -237,7 +238,8 @@ function idleRule(vm: VmFacts, stats: UsageStats | null, s: RecommendationSettin
     return { kind: 'insufficient', reason: `${measured.length} measured day${measured.length === 1 ? '' : 's'} of the last ${rule.windowDays} (the idle rule needs ${rule.days})` };
   }
   const cpuOnly = measured.some((d) => d.networkBytes === null);
-  const idleDays = measured.filter((d) => (d.cpuMean ?? 1) <= rule.cpu && (d.networkBytes === null || d.networkBytes <= rule.networkBytes));
+  // Means of 1/10 000 fractions carry float noise (0.1 × 288 ÷ 288 > 0.1): compare within half a step.
+  const idleDays = measured.filter((d) => (d.cpuMean ?? 1) <= rule.cpu + EPSILON && (d.networkBytes === null || d.networkBytes <= rule.networkBytes));
   if (idleDays.length < rule.days) return { kind: 'busy' };
   const maxCpu = Math.max(...idleDays.map((d) => d.cpuMean ?? 0));
   const maxNet = Math.max(...idleDays.map((d) => d.networkBytes ?? 0));
@@ -289,7 +291,7 @@ function rightsizeRule(vm: VmFacts, stats: UsageStats, input: RecommendInput, ba
   let best: { offer: TypeOffer; hourly: number } | null = null;
   for (const o of offers) {
     const hourly = priceOf(o);
-    if (hourly === null || o.name === vm.type || !sameArch(o) || o.vcpus < needVcpus || o.memoryMiB < needMemoryMiB || hourly >= vm.hourlyUsd) continue;
+    if (hourly === null || o.name === vm.type || !sameArch(o) || o.vcpus + EPSILON < needVcpus || o.memoryMiB + EPSILON < needMemoryMiB || hourly >= vm.hourlyUsd) continue;
     if (best === null || hourly < best.hourly || (hourly === best.hourly && (o.vcpus < best.offer.vcpus || (o.vcpus === best.offer.vcpus && o.name < best.offer.name)))) best = { offer: o, hourly };
   }
   if (best === null) return null;
