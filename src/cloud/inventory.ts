@@ -545,6 +545,17 @@ export class CloudInventory {
     }, options.signal);
   }
 
+  /** Changes a stopped VM's instance type (the provider refuses a running one); InventoryError `invalid` for a provider that cannot. */
+  setType(id: string, type: string, options: { provider?: string; signal?: AbortSignal } = {}): Promise<InventoryEntry> {
+    return this.#operation(async (signal) => {
+      const slot = this.#slotFor(options.provider, id);
+      if (slot.provider.setType === undefined) throw new InventoryError('invalid', `provider ${slot.name} (${slot.entry.kind}) cannot change a VM's type`);
+      const instance = await slot.provider.setType(id, type, { signal });
+      this.#remember(slot, instance);
+      return { provider: slot.name, instance };
+    }, options.signal);
+  }
+
   /** Instance types of the selected providers with their catalog on-demand price; a failing provider is reported, not fatal to the others. */
   async types(query: { providers?: readonly string[]; signal?: AbortSignal } = {}): Promise<{ types: InstanceTypeRow[]; failures: ProviderFailure[] }> {
     const slots = this.#select(query.providers);

@@ -176,6 +176,12 @@ export interface CloudProvider {
   setTags(id: string, tags: Tags, options?: CallOptions): Promise<void>;
   listInstanceTypes(query?: InstanceTypeQuery, options?: CallOptions): Promise<InstanceTypeInfo[]>;
   zoneHealth(options?: CallOptions): Promise<ZoneHealth[]>;
+  /**
+   * Changes a stopped instance's type (EC2 ModifyInstanceAttribute, GCE
+   * setMachineType); both clouds refuse it for a running instance, and so
+   * does every provider here. Absent: the provider cannot resize (qemu).
+   */
+  setType?(id: string, type: string, options?: CallOptions): Promise<Instance>;
   /** Current spot prices, where the provider publishes them through its API (AWS). */
   spotPrices?(query: SpotPriceQuery, options?: CallOptions): Promise<SpotPrice[]>;
   close(): Promise<void>;

@@ -21,12 +21,12 @@
  */
 import { join } from 'node:path';
 import { hostCapacity, type CloudProviderConfig } from '../cloud/config.ts';
-import type { CloudInventory } from '../cloud/inventory.ts';
+import type { CloudInventory, InventoryEntry } from '../cloud/inventory.ts';
 import { readStateFile, writeStateFile } from '../cloud/state-file.ts';
 import type { Logger } from '../log.ts';
 import { entryKey } from '../state/entry.ts';
 import type { GeoState } from '../state/geo-state.ts';
-import { CostLedger, LedgerStateSchema, monthOf } from './accrual.ts';
+import { CostLedger, LedgerStateSchema, monthOf, type CostObservation } from './accrual.ts';
 import type { CostSettings } from './config.ts';
 import type { CostMetrics } from './metrics.ts';
 import { RegionMonthSchema, buildReport, reportLines, type CostReport, type GroupBy, type RegionMonth } from './report.ts';
@@ -102,9 +102,30 @@ export class CostTracker {
   async #tick(): Promise<void> {
     const { instances } = await this.#o.inventory.list();
     const now = this.#now();
+    const observation = this.observe(instances, now);
+    const result = this.#ledger.observe(observation);
+    for (const s of result.unpriced) {
+      if (this.#warnedUnpriced.has(s.key)) continue;
+      this.#warnedUnpriced.add(s.key);
+      this.#o.log.warn({ provider: s.provider, vm: s.vm, type: s.type, location: s.location }, 'the pricing catalog has no price for this VM\'s type; it accrues no cost');
+    }
+    for (const [provider, usd] of result.byProvider) if (usd > 0) this.#o.metrics.costTotal.inc({ region: this.#o.node, provider }, usd);
+    if (this.#stopped) return;
+    await writeStateFile(this.#path, this.#ledger.toJSON());
+    const month = monthOf(now);
+    const mine: RegionMonth = { region: this.#o.node, month, asOfMs: now, lines: this.#ledger.lines(month) };
+    for (const provider of this.#o.providers) {
+      const projected = reportLines([mine], month, now).filter((l) => l.line.provider === provider.name).reduce((n, l) => n + l.projectedUsd, 0);
+      this.#o.metrics.projected.set({ region: this.#o.node, provider: provider.name }, projected);
+    }
+    await this.#publish(now);
+  }
+
+  /** This region's VMs at `atMs` as the cost core sees them: billed or not, the model each runs as, its rate and labels (the optimiser reads the same). */
+  observe(instances: readonly InventoryEntry[], atMs: number): CostObservation {
     const catalog = this.#o.inventory.catalog;
-    const observation = costObservation({
-      atMs: now,
+    return costObservation({
+      atMs,
       providers: this.#o.providers,
       instances,
       reservations: this.#o.settings.reservations,
@@ -122,22 +143,6 @@ export class CostTracker {
       },
       capacity: (entry) => ('capacity' in entry && entry.capacity !== undefined ? entry.capacity : hostCapacity()),
     });
-    const result = this.#ledger.observe(observation);
-    for (const s of result.unpriced) {
-      if (this.#warnedUnpriced.has(s.key)) continue;
-      this.#warnedUnpriced.add(s.key);
-      this.#o.log.warn({ provider: s.provider, vm: s.vm, type: s.type, location: s.location }, 'the pricing catalog has no price for this VM\'s type; it accrues no cost');
-    }
-    for (const [provider, usd] of result.byProvider) if (usd > 0) this.#o.metrics.costTotal.inc({ region: this.#o.node, provider }, usd);
-    if (this.#stopped) return;
-    await writeStateFile(this.#path, this.#ledger.toJSON());
-    const month = monthOf(now);
-    const mine: RegionMonth = { region: this.#o.node, month, asOfMs: now, lines: this.#ledger.lines(month) };
-    for (const provider of this.#o.providers) {
-      const projected = reportLines([mine], month, now).filter((l) => l.line.provider === provider.name).reduce((n, l) => n + l.projectedUsd, 0);
-      this.#o.metrics.projected.set({ region: this.#o.node, provider: provider.name }, projected);
-    }
-    await this.#publish(now);
   }
 
   async #publish(nowMs: number): Promise<void> {

@@ -30,6 +30,7 @@ import {
   DescribeInstancesCommand,
   DescribeInstanceTypesCommand,
   EC2Client,
+  ModifyInstanceAttributeCommand,
   paginateDescribeInstances,
   paginateDescribeInstanceTypes,
   paginateDescribeSpotPriceHistory,
@@ -434,6 +435,12 @@ export class AwsProvider implements CloudProvider {
     checkAwsTags('setTags', tags);
     if (Object.keys(tags).length === 0) return;
     await this.#call('setTags', options.signal, () => this.client.send(new CreateTagsCommand({ Resources: [id], Tags: toAwsTags(tags) }), { abortSignal: options.signal }));
+  }
+
+  async setType(id: string, type: string, options: CallOptions = {}): Promise<Instance> {
+    checkInstanceId(id, 'setType');
+    await this.#call('setType', options.signal, () => this.client.send(new ModifyInstanceAttributeCommand({ InstanceId: id, InstanceType: { Value: type } }), { abortSignal: options.signal }));
+    return this.get(id, options);
   }
 
   async listInstanceTypes(query: InstanceTypeQuery = {}, options: CallOptions = {}): Promise<InstanceTypeInfo[]> {

@@ -55,6 +55,7 @@ export type ComputeMethod =
   | 'instances.stop'
   | 'instances.delete'
   | 'instances.setLabels'
+  | 'instances.setMachineType'
   | 'machineTypes.list'
   | 'machineTypes.get'
   | 'zones.list'
@@ -281,6 +282,7 @@ export class FakeComputeServer {
       route('POST', `${z}/instances/([^/]+)/start`, 'instances.start', ([zone = '', name = ''], url) => this.#start(zone, name, url)),
       route('POST', `${z}/instances/([^/]+)/stop`, 'instances.stop', ([zone = '', name = ''], url) => this.#stop(zone, name, url)),
       route('POST', `${z}/instances/([^/]+)/setLabels`, 'instances.setLabels', ([zone = '', name = ''], url, body) => this.#setLabels(zone, name, url, body)),
+      route('POST', `${z}/instances/([^/]+)/setMachineType`, 'instances.setMachineType', ([zone = '', name = ''], url, body) => this.#setMachineType(zone, name, url, body)),
       route('GET', `${z}/machineTypes`, 'machineTypes.list', ([zone = ''], url) => this.#machineTypes(zone, url)),
       route('GET', `${z}/machineTypes/([^/]+)`, 'machineTypes.get', ([zone = '', type = '']) => this.#machineType(zone, type)),
       route('GET', `${p}/zones`, 'zones.list', (_, url) => this.#zonesList(url)),
@@ -529,6 +531,22 @@ export class FakeComputeServer {
     record.labels = checkLabels(body.labels);
     record.labelFingerprint = fingerprint();
     const op = this.#newOperation(zone, 'setLabels', record, url);
+    this.#finishNow(op);
+    return this.#operationJson(op);
+  }
+
+  /** As GCE: only a TERMINATED (stopped) instance changes its machine type. */
+  #setMachineType(zone: string, name: string, url: URL, body: Json): Json {
+    const record = this.#find(zone, name);
+    const replay = this.#replay(url);
+    if (replay) return replay;
+    const machineType = lastSegment(typeof body.machineType === 'string' ? body.machineType : undefined);
+    if (!machineType || !GCE_MACHINE_TYPES[machineType]) throw invalid('machineType', `Machine type with name '${machineType ?? ''}' does not exist in zone '${zone}'.`);
+    if (record.status !== 'TERMINATED') {
+      throw new ComputeApiError({ status: 400, reason: 'resourceNotReady', message: `The resource 'projects/${this.project}/zones/${zone}/instances/${name}' is not ready: it must be stopped to change its machine type` });
+    }
+    record.machineType = machineType;
+    const op = this.#newOperation(zone, 'setMachineType', record, url);
     this.#finishNow(op);
     return this.#operationJson(op);
   }

@@ -327,6 +327,8 @@ export class FakeEc2Server {
         return this.#changeState(params, 'terminate');
       case 'CreateTags':
         return this.#createTags(params);
+      case 'ModifyInstanceAttribute':
+        return this.#modifyInstanceAttribute(params);
       case 'DescribeInstanceTypes':
         return this.#describeInstanceTypes(params);
       case 'DescribeAvailabilityZones':
@@ -490,6 +492,22 @@ export class FakeEc2Server {
         instance.launchTime = new Date();
       }
     });
+  }
+
+  /** Only the instance type, as EC2: the instance must be stopped and the type one EC2 knows. */
+  #modifyInstanceAttribute(params: QueryNode): Record<string, XmlNode> {
+    const id = params.str('InstanceId');
+    if (id === undefined) throw missingParameter('InstanceId');
+    const type = params.children.get('InstanceType')?.str('Value');
+    if (type === undefined) throw new Ec2ApiError({ code: 'InvalidParameterCombination', message: 'This fake modifies only InstanceType.Value', status: 400 });
+    const [instance] = this.#findInstances([id]);
+    if (instance === undefined) throw missingParameter('InstanceId');
+    if (!EC2_INSTANCE_TYPES[type]) throw new Ec2ApiError({ code: 'InvalidInstanceAttributeValue', message: `Value (${type}) for parameter instanceType is invalid.`, status: 400 });
+    if (instance.state !== 'stopped') {
+      throw new Ec2ApiError({ code: 'IncorrectInstanceState', message: `The instance '${instance.instanceId}' is not in the 'stopped' state.`, status: 400 });
+    }
+    instance.instanceType = type;
+    return { return: true };
   }
 
   #createTags(params: QueryNode): Record<string, XmlNode> {

@@ -454,6 +454,15 @@ export class GcpProvider implements CloudProvider {
     }
   }
 
+  async setType(id: string, type: string, options: CallOptions = {}): Promise<Instance> {
+    const { zone, name } = this.#parseId(id, 'setType');
+    const [lro] = await this.#call('setType', 'instances.setMachineType', options.signal, () =>
+      this.instances.setMachineType({ project: this.project, zone, instance: name, requestId: randomUUID(), instancesSetMachineTypeRequestResource: { machineType: `zones/${zone}/machineTypes/${type}` } }),
+    );
+    await this.#waitOperation('setType', lro.latestResponse as IOperation, undefined, options.signal);
+    return this.get(id, options);
+  }
+
   async listInstanceTypes(query: InstanceTypeQuery = {}, options: CallOptions = {}): Promise<InstanceTypeInfo[]> {
     const zone = query.zone ?? (await this.#zoneOrDefault(options.signal));
     const wanted = query.types && query.types.length > 0 ? new Set(query.types) : undefined;

@@ -384,6 +384,19 @@ export class LocalProvider implements CloudProvider {
     });
   }
 
+  async setType(id: string, type: string, options: CallOptions = {}): Promise<Instance> {
+    throwIfAborted(options.signal, 'local', 'setType');
+    if (!this.#types[type]) throw new InvalidRequestError('local', 'setType', 'InvalidInstanceType', `type: ${type} is not one of ${Object.keys(this.#types).join(', ')}`);
+    return this.#exclusive(async () => {
+      const record = await this.#record(id, 'setType');
+      // As on EC2 and GCE: only a stopped VM changes its type.
+      if (record.state !== 'stopped') throw this.#wrongState('setType', record);
+      record.type = type;
+      await this.#store.put(record);
+      return this.#toInstance(record);
+    });
+  }
+
   async listInstanceTypes(query: InstanceTypeQuery = {}): Promise<InstanceTypeInfo[]> {
     return Object.entries(this.#types)
       .filter(([name]) => !query.types || query.types.length === 0 || query.types.includes(name))
