@@ -4,9 +4,9 @@
  * schemas (src/cost/wire.ts), so callers get typed values or an error.
  */
 import { parseReply } from './json-reply.ts';
-import { BudgetViewSchema, CostReportSchema, type BudgetView } from '../cost/wire.ts';
+import { ApplyResultSchema, BudgetViewSchema, CostReportSchema, RecommendationsViewSchema, type ApplyResult, type BudgetView, type RecommendationsView } from '../cost/wire.ts';
 import type { z } from 'zod';
-import type { BudgetInfo, BudgetRef, BudgetSetRequest, CostReportRequest, CostReportResponse, ServiceCall } from './schema.ts';
+import type { BudgetInfo, BudgetRef, BudgetSetRequest, CostApplyRequest, CostApplyResponse, CostReportRequest, CostReportResponse, RecommendationsRequest, RecommendationsResponse, ServiceCall } from './schema.ts';
 
 export type CostReportView = z.infer<typeof CostReportSchema>;
 
@@ -15,6 +15,8 @@ export interface CostClient {
   setBudget(request: BudgetSetRequest): Promise<BudgetView>;
   listBudgets(): Promise<BudgetView[]>;
   deleteBudget(request: BudgetRef): Promise<void>;
+  recommendations(request: RecommendationsRequest): Promise<RecommendationsView>;
+  apply(request: CostApplyRequest): Promise<ApplyResult>;
 }
 
 const parse = parseReply;
@@ -27,5 +29,7 @@ export function costClient(call: ServiceCall): CostClient {
     deleteBudget: async (request) => {
       await call<BudgetRef, unknown>('DeleteBudget', request);
     },
+    recommendations: async (request) => parse(RecommendationsViewSchema, (await call<RecommendationsRequest, Partial<RecommendationsResponse>>('Recommendations', request)).recommendations_json, 'recommendations'),
+    apply: async (request) => parse(ApplyResultSchema, (await call<CostApplyRequest, Partial<CostApplyResponse>>('Apply', request)).result_json, 'apply result'),
   };
 }

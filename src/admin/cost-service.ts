@@ -3,19 +3,20 @@
  * report and the budgets in the federation log, on any node. Requests are
  * checked at the edge (grouping, month, the budget against its schema) and
  * refusals name the field; the log's refusals come back as coded errors with
- * its sentence.
+ * its sentence. Also the optimiser's recommendations (every region's, read on
+ * any node) and `apply`, which acts on this node's region only.
  */
 import { DwcpError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { monthOf } from '../cost/accrual.ts';
 import { budgetSpend, parseGroupBy, type CostReport, type GroupBy, type RegionMonth } from '../cost/report.ts';
-import type { BudgetView } from '../cost/wire.ts';
+import type { ApplyResult, BudgetView, RecommendationsView } from '../cost/wire.ts';
 import { BudgetSpecSchema, type FleetBudget } from '../fleet/budgets.ts';
 import type { FleetCommandInput, FleetResult } from '../fleet/commands.ts';
 import { formatIssue, pathString } from '../config/issues.ts';
 import { asyncUnary, requireTimeout } from './call.ts';
 import type { AdminServiceRegistration } from './server.ts';
-import { COST_SERVICE, loadAdminPackage, type BudgetRef, type BudgetSetRequest, type CostReportRequest } from './schema.ts';
+import { COST_SERVICE, loadAdminPackage, type BudgetRef, type BudgetSetRequest, type CostApplyRequest, type CostReportRequest, type RecommendationsRequest } from './schema.ts';
 
 export interface CostAdminOptions {
   report(query: { month?: string; by: GroupBy | null; top?: number }): CostReport;
@@ -23,10 +24,16 @@ export interface CostAdminOptions {
   budgets(): readonly FleetBudget[];
   /** Proposes a fleet command to the federation log. */
   propose(command: FleetCommandInput, timeoutMs: number): Promise<FleetResult>;
+  /** The optimiser: every region's recommendations, a fresh pass of this region's, and carrying one out. */
+  recommendations(): RecommendationsView;
+  refreshRecommendations(): Promise<void>;
+  apply(request: { id: string; confirm: boolean; timeoutMs: number }): Promise<ApplyResult>;
   defaultTimeoutMs: number;
   now?: () => number;
   log: Logger;
 }
+
+const RECOMMENDATION_ID = /^[a-z]+-[0-9a-f]{10}$/;
 
 const NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
@@ -83,6 +90,17 @@ export function costServiceRegistration(opts: CostAdminOptions): AdminServiceReg
     return { name: r.name, timeout_ms: 0 };
   }
 
+  async function recommendations(r: RecommendationsRequest): Promise<Record<string, unknown>> {
+    if (r.refresh) await opts.refreshRecommendations();
+    return { recommendations_json: JSON.stringify(opts.recommendations()) };
+  }
+
+  async function apply(r: CostApplyRequest): Promise<Record<string, unknown>> {
+    if (!RECOMMENDATION_ID.test(r.id)) throw invalid(`id: ${JSON.stringify(r.id)} is not a recommendation id (a kind and 10 hex digits, e.g. rs-0123456789: see dwcpctl cost recommendations)`);
+    const result = await opts.apply({ id: r.id, confirm: r.confirm, timeoutMs: requireTimeout(r.timeout_ms, opts.defaultTimeoutMs) });
+    return { result_json: JSON.stringify(result) };
+  }
+
   return {
     name: COST_SERVICE,
     packageDefinition: loadAdminPackage(),
@@ -91,6 +109,8 @@ export function costServiceRegistration(opts: CostAdminOptions): AdminServiceReg
       SetBudget: asyncUnary(opts.log, 'SetBudget', setBudget),
       ListBudgets: asyncUnary(opts.log, 'ListBudgets', list),
       DeleteBudget: asyncUnary(opts.log, 'DeleteBudget', remove),
+      Recommendations: asyncUnary(opts.log, 'Recommendations', recommendations),
+      Apply: asyncUnary(opts.log, 'Apply', apply),
     },
   };
 }

@@ -908,3 +908,24 @@ export interface BurstGroupRef {
   name: string;
   timeout_ms: number;
 }
+
+// ---------------------------------------------------------------------------
+// Cost optimiser (cost.proto Recommendations/Apply).
+
+export interface RecommendationsRequest {
+  refresh: boolean;
+}
+
+export interface RecommendationsResponse {
+  recommendations_json: string;
+}
+
+export interface CostApplyRequest {
+  id: string;
+  confirm: boolean;
+  timeout_ms: number;
+}
+
+export interface CostApplyResponse {
+  result_json: string;
+}

@@ -3,16 +3,19 @@
  *
  *   dwcpctl cost estimate --provider aws --region us-east-1 --type t3.medium [--hours N] [--spot|--reserved] [--json]
  *   dwcpctl cost report [--by region|provider|label:KEY] [--month YYYY-MM] [--top N] [--json]
+ *   dwcpctl cost recommendations [--refresh] [--json]
+ *   dwcpctl cost apply ID [--confirm] [--json]
  *   dwcpctl budget set NAME --limit 5000 [--scope label:team=web] [--alerts 50,75,90,100] [--hard] [--json]
  *   dwcpctl budget list [--json]
  *   dwcpctl budget delete NAME
  *
- * The report is federation-wide from any node (every region's published
- * cost records); budgets live in the federation log.
+ * The report and the recommendations are federation-wide from any node
+ * (every region's published records); `cost apply` acts on the node's own
+ * region; budgets live in the federation log.
  */
 import type { ParseArgsOptionsConfig } from 'node:util';
 import type { CostReportView } from '../admin/cost-client.ts';
-import type { BudgetView } from '../cost/wire.ts';
+import type { ApplyResult, BudgetView, RecommendationsView } from '../cost/wire.ts';
 import { positional, singleFlag, subcommandError, notForThis, requiredFlag, UsageError, type Command, type CommandContext } from './command.ts';
 import { formatJson, renderTable } from './format.ts';
 import { COST_ESTIMATE_OPTIONS, costEstimate } from './vm.ts';
@@ -22,6 +25,8 @@ const COST_OPTIONS = {
   by: { type: 'string' },
   month: { type: 'string' },
   top: { type: 'string' },
+  refresh: { type: 'boolean' },
+  confirm: { type: 'boolean' },
 } as const satisfies ParseArgsOptionsConfig;
 
 const BUDGET_OPTIONS = {
@@ -81,16 +86,79 @@ export function formatBudgets(budgets: readonly BudgetView[]): string {
   );
 }
 
+function action(r: RecommendationsView['recommendations'][number]): string {
+  const a = r.action;
+  switch (a.kind) {
+    case 'stop':
+      return 'stop';
+    case 'resize':
+      return `resize to ${a.toType}`;
+    case 'spot':
+      return 'run as spot';
+    case 'reserve':
+      return `reserve ${a.type} (1 year)`;
+    case 'move':
+      return `migrate to ${a.region}/${a.provider}`;
+  }
+}
+
+export function formatRecommendations(v: RecommendationsView): string {
+  const total = v.recommendations.reduce((n, r) => n + r.savingsMonthlyUsd, 0);
+  const lines = [
+    `${v.recommendations.length} recommendation${v.recommendations.length === 1 ? '' : 's'}, ${dollars(total)}/month of savings in all (not additive where one VM has several)`,
+    '',
+    renderTable(
+      ['REGION', 'SCANNED', 'AS OF', 'TOO LITTLE DATA'],
+      v.regions.map((r) => [r.region, String(r.scanned), when(r.generatedAtMs), String(r.insufficientCount)]),
+    ).trimEnd(),
+  ];
+  if (v.recommendations.length > 0) {
+    lines.push(
+      '',
+      renderTable(
+        ['ID', 'KIND', 'VM', 'REGION', 'PROVIDER', 'TYPE', 'ACTION', 'NOW/MO', 'THEN/MO', 'SAVES/MO', 'CONFIDENCE'],
+        v.recommendations.map((r) => [r.id, r.kind, r.vm, r.region, r.provider, r.type, action(r), dollars(r.currentMonthlyUsd), dollars(r.projectedMonthlyUsd), dollars(r.savingsMonthlyUsd), r.confidence]),
+      ).trimEnd(),
+      '',
+      'why:',
+      ...v.recommendations.map((r) => `  ${r.id}  ${r.vm}: ${r.summary}`),
+    );
+  }
+  const thin = v.regions.flatMap((r) => r.insufficient.map((i) => `  ${r.region}/${i.provider} ${i.vm}: ${i.reason}`));
+  if (thin.length > 0) lines.push('', 'no recommendation yet (too little data):', ...thin);
+  return `${lines.join('\n')}\n`;
+}
+
+function formatApplied(r: ApplyResult): string {
+  return `${r.id} (${r.kind}) applied to ${r.vm}:\n${r.done.map((d) => `  ${d}`).join('\n')}\n`;
+}
+
 async function cost(ctx: CommandContext): Promise<void> {
   const sub = ctx.args[0];
+  const reportFlags = ['by', 'month', 'top'];
+  const optimiserFlags = ['refresh', 'confirm'];
   if (sub === 'estimate') {
-    notForThis(ctx, 'cost estimate', ['by', 'month', 'top']);
+    notForThis(ctx, 'cost estimate', [...reportFlags, ...optimiserFlags]);
     await costEstimate(ctx);
     return;
   }
-  if (sub !== 'report') throw subcommandError('cost', 'estimate or report', sub);
+  if (sub === 'recommendations') {
+    positional(ctx, 'cost recommendations', []);
+    notForThis(ctx, 'cost recommendations', [...Object.keys(COST_ESTIMATE_OPTIONS), ...reportFlags, 'confirm']);
+    const view = await (await ctx.admin()).cost.recommendations({ refresh: ctx.flags.refresh === true });
+    ctx.io.stdout(ctx.json ? formatJson(view) : formatRecommendations(view));
+    return;
+  }
+  if (sub === 'apply') {
+    const [id = ''] = positional(ctx, 'cost apply', ['ID']);
+    notForThis(ctx, 'cost apply', [...Object.keys(COST_ESTIMATE_OPTIONS), ...reportFlags, 'refresh']);
+    const result = await (await ctx.admin()).cost.apply({ id, confirm: ctx.flags.confirm === true, timeout_ms: ctx.timeoutMs });
+    ctx.io.stdout(ctx.json ? formatJson(result) : formatApplied(result));
+    return;
+  }
+  if (sub !== 'report') throw subcommandError('cost', 'estimate, report, recommendations or apply', sub);
   positional(ctx, 'cost report', []);
-  notForThis(ctx, 'cost report', Object.keys(COST_ESTIMATE_OPTIONS));
+  notForThis(ctx, 'cost report', [...Object.keys(COST_ESTIMATE_OPTIONS), ...optimiserFlags]);
   const rawTop = singleFlag(ctx.flags, 'top');
   const top = rawTop === undefined ? 0 : Number(rawTop);
   if (!Number.isInteger(top) || top < 0 || top > 1000) throw new UsageError(`--top: ${JSON.stringify(rawTop)} is not a number from 0 to 1000`);
@@ -136,10 +204,12 @@ async function budget(ctx: CommandContext): Promise<void> {
 
 export const COST_COMMAND: Command = {
   name: 'cost',
-  args: 'estimate | report',
+  args: 'estimate | report | recommendations | apply ID',
   summary:
     'estimate --provider --region --type [--hours N] [--spot|--reserved]: a type\'s price from the catalog; ' +
-    'report [--by region|provider|label:KEY] [--month YYYY-MM] [--top N]: the federation\'s spend, month to date and projected',
+    'report [--by region|provider|label:KEY] [--month YYYY-MM] [--top N]: the federation\'s spend, month to date and projected; ' +
+    'recommendations [--refresh]: rightsizing, idle, spot, reserved and arbitrage advice from every region; ' +
+    'apply ID [--confirm]: carry one out (resize, stop, migrate) on its region\'s node',
   options: COST_OPTIONS,
   run: cost,
 };

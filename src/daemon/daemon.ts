@@ -58,6 +58,7 @@ import { UtilisationCollector } from '../cost/utilisation-collector.ts';
 import { BurstDriver } from '../burst/driver.ts';
 import { homeProbe } from '../burst/home-probe.ts';
 import { burstServiceRegistration } from '../admin/burst-service.ts';
+import { Optimiser } from '../cost/optimiser.ts';
 import { FleetSeat } from '../fleet/seat.ts';
 import { regionDeclaration } from '../fleet/region-declaration.ts';
 import type { ObservedFleet, RegionHealth } from '../fleet/placement.ts';
@@ -116,6 +117,8 @@ export class Daemon {
   readonly budgets: BudgetWatch;
   /** The burst groups whose home is this region: triggers, scale-out into the clouds, scale-back (src/burst/driver.ts). */
   readonly burst: BurstDriver;
+  /** This region's VMs' cost recommendations, published for every node to read, and their apply (src/cost/optimiser.ts). */
+  readonly optimiser: Optimiser;
   /** The federation's guest images by name: records in the federation log, holders in the geo store (src/image/catalog.ts). */
   readonly images: ImageCatalog;
   /**
@@ -281,6 +284,19 @@ export class Daemon {
       metrics: this.metrics.cost,
       log: costLog,
     });
+    this.optimiser = new Optimiser({
+      node: config.node.name,
+      providers: config.clouds.providers,
+      settings: config.cost.recommendations,
+      inventory: parts.cloud,
+      collector: this.utilisation,
+      observe: (instances, atMs) => this.cost.observe(instances, atMs),
+      fleet: () => this.seat.state,
+      command: (command, timeoutMs) => this.seat.command(command, timeoutMs),
+      migrate: (request, timeoutMs) => this.seat.migrate(request, timeoutMs),
+      geo: parts.geo,
+      log: costLog,
+    });
     this.budgets = new BudgetWatch({
       intervalMs: config.cost.intervalMs,
       configured: config.budgets,
@@ -439,6 +455,7 @@ export class Daemon {
     await this.cost.start();
     this.budgets.start();
     this.burst.start(() => this.seat.whenDeclared());
+    this.optimiser.start();
     await this.blob.start();
     await this.#imageFetch.start();
     await this.#migrate.start();
@@ -466,6 +483,9 @@ export class Daemon {
           records: () => this.cost.records(),
           budgets: () => this.seat.state.budgets(),
           propose: (command, timeoutMs) => this.seat.command(command, timeoutMs),
+          recommendations: () => this.optimiser.recommendations(),
+          refreshRecommendations: () => this.optimiser.pass(),
+          apply: (request) => this.optimiser.apply(request),
           defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000),
           log: adminLog,
         }),
@@ -588,7 +608,7 @@ export class Daemon {
     await step('burst', () => this.burst.stop(), 500);
     await step('cost', async () => {
       this.budgets.stop();
-      await Promise.all([this.cost.stop(), this.utilisation.stop()]);
+      await Promise.all([this.cost.stop(), this.utilisation.stop(), this.optimiser.stop()]);
     }, 500);
     await step('fleet reconciler', () => this.seat.stop(), 500);
     await step('fleet', () => this.fleet.stop(), 500);
