@@ -30,6 +30,6 @@ export function costClient(call: ServiceCall): CostClient {
       await call<BudgetRef, unknown>('DeleteBudget', request);
     },
     recommendations: async (request) => parse(RecommendationsViewSchema, (await call<RecommendationsRequest, Partial<RecommendationsResponse>>('Recommendations', request)).recommendations_json, 'recommendations'),
-    apply: async (request) => parse(ApplyResultSchema, (await call<CostApplyRequest, Partial<CostApplyResponse>>('Apply', request)).result_json, 'apply result'),
+    apply: async (request) => parse(ApplyResultSchema, (await call<CostApplyRequest, Partial<CostApplyResponse>>('Apply', request, request.timeout_ms)).result_json, 'apply result'),
   };
 }

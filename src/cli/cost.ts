@@ -36,6 +36,8 @@ const BUDGET_OPTIONS = {
   hard: { type: 'boolean' },
 } as const satisfies ParseArgsOptionsConfig;
 
+const APPLY_TIMEOUT_MS = 600_000;
+
 export function dollars(usd: number): string {
   return `$${usd.toFixed(2)}`;
 }
@@ -152,7 +154,9 @@ async function cost(ctx: CommandContext): Promise<void> {
   if (sub === 'apply') {
     const [id = ''] = positional(ctx, 'cost apply', ['ID']);
     notForThis(ctx, 'cost apply', [...Object.keys(COST_ESTIMATE_OPTIONS), ...reportFlags, 'refresh']);
-    const result = await (await ctx.admin()).cost.apply({ id, confirm: ctx.flags.confirm === true, timeout_ms: ctx.timeoutMs });
+    // A resize waits for a stop and a start: the provider's time, not a read's (--timeout overrides).
+    const timeoutMs = ctx.flags.timeout === undefined ? APPLY_TIMEOUT_MS : ctx.timeoutMs;
+    const result = await (await ctx.admin()).cost.apply({ id, confirm: ctx.flags.confirm === true, timeout_ms: timeoutMs });
     ctx.io.stdout(ctx.json ? formatJson(result) : formatApplied(result));
     return;
   }
