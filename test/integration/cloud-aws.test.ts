@@ -81,9 +81,12 @@ describe('AWS provider lifecycle', () => {
     expect(events.some((e) => e.phase === 'waiting')).toBe(true);
     expect(events.at(-1)).toMatchObject({ phase: 'done', state: 'running' });
 
+    // ModifyInstanceAttribute: refused while running (as EC2), done once stopped.
+    await expect(aws.setType(created.id, 't3.small')).rejects.toThrow(/IncorrectInstanceState/);
     const stopped = await aws.stop(created.id);
     expect(stopped.state).toBe('stopped');
     expect(stopped.publicIp).toBeNull();
+    expect(await aws.setType(created.id, 't3.small')).toMatchObject({ type: 't3.small', vcpus: 2, memoryMiB: 2048, state: 'stopped' });
     expect((await aws.start(created.id)).state).toBe('running');
 
     await aws.setTags(created.id, { team: 'infra', 'managed-by': 'dwcp-v2' });

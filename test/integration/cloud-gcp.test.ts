@@ -108,8 +108,11 @@ describe('GCP provider lifecycle', () => {
     expect(events.at(-1)).toMatchObject({ phase: 'done', state: 'running', percent: 100 });
     expect(server.calls.count('zoneOperations.wait')).toBeGreaterThanOrEqual(1);
 
+    // setMachineType: refused while running (as GCE), done once stopped.
+    await expect(gcp.setType(created.id, 'e2-small')).rejects.toThrow(/must be stopped to change its machine type/);
     const stopped = await gcp.stop(created.id);
     expect(stopped).toMatchObject({ state: 'stopped', providerState: 'TERMINATED', publicIp: null });
+    expect(await gcp.setType(created.id, 'e2-small')).toMatchObject({ type: 'e2-small', vcpus: 2, memoryMiB: 2048, state: 'stopped' });
     expect((await gcp.start(created.id)).state).toBe('running');
 
     await gcp.setTags(created.id, { team: 'infra', 'managed-by': 'dwcp-v2' });
