@@ -24,17 +24,16 @@ import { hostCapacity, type CloudProviderConfig } from '../cloud/config.ts';
 import type { CloudInventory, InventoryEntry } from '../cloud/inventory.ts';
 import { readStateFile, writeStateFile } from '../cloud/state-file.ts';
 import type { Logger } from '../log.ts';
-import { entryKey } from '../state/entry.ts';
 import type { GeoState } from '../state/geo-state.ts';
 import { CostLedger, LedgerStateSchema, monthOf, type CostObservation } from './accrual.ts';
 import type { CostSettings } from './config.ts';
 import type { CostMetrics } from './metrics.ts';
 import { RegionMonthSchema, buildReport, reportLines, type CostReport, type GroupBy, type RegionMonth } from './report.ts';
 import { costObservation } from './subjects.ts';
+import { COST_STORE_TYPE, readGeoRecords } from './geo-records.ts';
 import type { UtilisationCollector } from './utilisation-collector.ts';
 
 export const COST_PREFIX = 'cost/';
-const STORE_TYPE = 'lww-register';
 const WRITE_TIMEOUT_MS = 5_000;
 /** Regions × months a reader takes at most (4 096 regions × 13 months). */
 const MAX_RECORDS = 4_096 * 13;
@@ -163,7 +162,7 @@ export class CostTracker {
 
   async #write(key: string, op: { op: 'put'; value: string } | { op: 'delete' }): Promise<boolean> {
     try {
-      await this.#o.geo.update(key, STORE_TYPE, op, 'eventual', { ttlMs: null, timeoutMs: WRITE_TIMEOUT_MS });
+      await this.#o.geo.update(key, COST_STORE_TYPE, op, 'eventual', { ttlMs: null, timeoutMs: WRITE_TIMEOUT_MS });
       return true;
     } catch (err) {
       if (!this.#stopped) this.#o.log.warn({ key, err: err instanceof Error ? err.message : String(err) }, 'cost record not written; retrying on the next tick');
@@ -173,19 +172,7 @@ export class CostTracker {
 
   /** Every region's published month records this node holds (its own included). */
   records(): RegionMonth[] {
-    const out: RegionMonth[] = [];
-    for (const [storeKey, entry] of this.#o.geo.list(entryKey(STORE_TYPE, COST_PREFIX), MAX_RECORDS)) {
-      const value = this.#o.geo.valueOf(entry);
-      if (typeof value !== 'string') continue;
-      try {
-        const parsed = RegionMonthSchema.safeParse(JSON.parse(value));
-        if (parsed.success) out.push(parsed.data);
-        else this.#o.log.debug({ key: storeKey }, 'cost record does not match its schema; skipped');
-      } catch {
-        this.#o.log.debug({ key: storeKey }, 'cost record is not JSON; skipped');
-      }
-    }
-    return out;
+    return readGeoRecords(this.#o.geo, COST_PREFIX, RegionMonthSchema, MAX_RECORDS, this.#o.log);
   }
 
   report(query: { month?: string; by: GroupBy | null; top?: number }): CostReport {

@@ -32,17 +32,16 @@ import type { FleetCommandInput, FleetResult } from '../fleet/commands.ts';
 import type { FleetState } from '../fleet/state-machine.ts';
 import type { Logger } from '../log.ts';
 import type { MigrationPlan, MigrationRequest } from '../migration/plan.ts';
-import { entryKey } from '../state/entry.ts';
 import type { GeoState } from '../state/geo-state.ts';
 import type { CostObservation } from './accrual.ts';
 import type { RecommendationSettings } from './config.ts';
 import { moveRefusal, moveTargets, type FleetFacts } from './move-targets.ts';
 import { recommend, type Recommendation, type RecommendResult, type TypeOffer, type VmFacts } from './recommend.ts';
 import type { UtilisationCollector } from './utilisation-collector.ts';
+import { COST_STORE_TYPE, readGeoRecords } from './geo-records.ts';
 import { RegionRecommendationsSchema, type ApplyResult, type RecommendationsView, type RegionRecommendations } from './wire.ts';
 
 export const RECOMMENDATIONS_PREFIX = 'cost-recommendations/';
-const STORE_TYPE = 'lww-register';
 const WRITE_TIMEOUT_MS = 5_000;
 const MAX_REGIONS = 4_096;
 const MAX_INSUFFICIENT = 200;
@@ -207,9 +206,10 @@ export class Optimiser {
     for (const f of failures) this.#o.log.warn({ provider: f.provider, err: f.message }, 'instance types not listed; rightsizing skips this provider until they are');
   }
 
-  async #publish(result: RecommendResult): Promise<void> {
+  /** This region's record of a pass: the largest savings first, at most `maxPublished`. */
+  #record(result: RecommendResult): RegionRecommendations {
     const max = this.#o.settings.maxPublished;
-    const record: RegionRecommendations = {
+    return {
       region: this.#o.node,
       generatedAtMs: result.generatedAtMs,
       scanned: result.scanned,
@@ -218,8 +218,11 @@ export class Optimiser {
       insufficient: result.insufficient.slice(0, MAX_INSUFFICIENT),
       insufficientCount: result.insufficient.length,
     };
+  }
+
+  async #publish(result: RecommendResult): Promise<void> {
     try {
-      await this.#o.geo.update(`${RECOMMENDATIONS_PREFIX}${this.#o.node}`, STORE_TYPE, { op: 'put', value: JSON.stringify(record) }, 'eventual', { ttlMs: null, timeoutMs: WRITE_TIMEOUT_MS });
+      await this.#o.geo.update(`${RECOMMENDATIONS_PREFIX}${this.#o.node}`, COST_STORE_TYPE, { op: 'put', value: JSON.stringify(this.#record(result)) }, 'eventual', { ttlMs: null, timeoutMs: WRITE_TIMEOUT_MS });
     } catch (err) {
       if (!this.#stopped) this.#o.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'recommendations not published; retrying on the next pass');
     }
@@ -227,31 +230,8 @@ export class Optimiser {
 
   /** Every region's published recommendations (this node's own from its latest pass), sorted by savings. */
   recommendations(): RecommendationsView {
-    const records = new Map<string, RegionRecommendations>();
-    for (const [storeKey, entry] of this.#o.geo.list(entryKey(STORE_TYPE, RECOMMENDATIONS_PREFIX), MAX_REGIONS)) {
-      const value = this.#o.geo.valueOf(entry);
-      if (typeof value !== 'string') continue;
-      try {
-        const parsed = RegionRecommendationsSchema.safeParse(JSON.parse(value));
-        if (parsed.success) records.set(parsed.data.region, parsed.data);
-        else this.#o.log.debug({ key: storeKey }, 'recommendations record does not match its schema; skipped');
-      } catch {
-        this.#o.log.debug({ key: storeKey }, 'recommendations record is not JSON; skipped');
-      }
-    }
-    const own = this.#latest;
-    if (own !== null) {
-      const max = this.#o.settings.maxPublished;
-      records.set(this.#o.node, {
-        region: this.#o.node,
-        generatedAtMs: own.generatedAtMs,
-        scanned: own.scanned,
-        omitted: Math.max(0, own.recommendations.length - max),
-        recommendations: own.recommendations.slice(0, max),
-        insufficient: own.insufficient.slice(0, MAX_INSUFFICIENT),
-        insufficientCount: own.insufficient.length,
-      });
-    }
+    const records = new Map(readGeoRecords(this.#o.geo, RECOMMENDATIONS_PREFIX, RegionRecommendationsSchema, MAX_REGIONS, this.#o.log).map((r) => [r.region, r]));
+    if (this.#latest !== null) records.set(this.#o.node, this.#record(this.#latest));
     const regions = [...records.values()].sort((a, b) => (a.region < b.region ? -1 : 1));
     return {
       regions: regions.map(({ recommendations: _r, ...rest }) => rest),
