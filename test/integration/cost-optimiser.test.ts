@@ -17,11 +17,12 @@
  * Every wait polls a condition with a deadline; no fixed sleeps.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FakeCloudWatchServer } from '../../src/cloud/fake/cloudwatch-server.ts';
-import { FakeComputeServer } from '../../src/cloud/fake/compute-server.ts';
-import { FakeEc2Server } from '../../src/cloud/fake/ec2-server.ts';
-import { FakeMonitoringServer } from '../../src/cloud/fake/monitoring-server.ts';
+import type { FakeCloudWatchServer } from '../../src/cloud/fake/cloudwatch-server.ts';
+import type { FakeComputeServer } from '../../src/cloud/fake/compute-server.ts';
+import type { FakeEc2Server } from '../../src/cloud/fake/ec2-server.ts';
+import type { FakeMonitoringServer } from '../../src/cloud/fake/monitoring-server.ts';
 import type { ApplyResult, RecommendationsView } from '../../src/cost/wire.ts';
+import { fakeCloudProviders, startFakeClouds, type FakeClouds } from '../support/fake-cloud-providers.ts';
 import { writeExternalAccount } from '../support/gcp-credentials.ts';
 import { baseConfig, ctlOn, eventually, prepareNode, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
 
@@ -33,6 +34,7 @@ let ec2: FakeEc2Server;
 let compute: FakeComputeServer;
 let cloudwatch: FakeCloudWatchServer;
 let monitoring: FakeMonitoringServer;
+let clouds: FakeClouds;
 let node: NodeFiles;
 let daemon: DaemonProcess;
 let idleId = '';
@@ -41,10 +43,8 @@ let busyName = '';
 
 beforeAll(async () => {
   root = await tempRoot('cost-optimiser');
-  ec2 = await FakeEc2Server.start({ transitionDelayMs: 30 });
-  compute = await FakeComputeServer.start({ project: 'dwcp-test', region: 'us-central1', transitionDelayMs: 30 });
-  cloudwatch = await FakeCloudWatchServer.start({ region: 'us-east-1' });
-  monitoring = await FakeMonitoringServer.start({ project: 'dwcp-test' });
+  clouds = await startFakeClouds();
+  ({ ec2, compute, cloudwatch, monitoring } = clouds);
   const [idle] = ec2.seed(1, { instanceType: 't3.medium', tags: { Name: 'idle1' } });
   const [big] = ec2.seed(1, { instanceType: 'm5.xlarge', tags: { Name: 'big1' } });
   const [busy] = compute.seed(1, { machineType: 'e2-medium', namePrefix: 'busy' });
@@ -64,27 +64,8 @@ beforeAll(async () => {
   monitoring.metrics.set(gce, 'networkOut', 5_000_000, since);
   const gcpCredentials = writeExternalAccount(root.path, compute.tokenUrl);
   node = await prepareNode(root.path, 'home');
-  const computeUrl = new URL(compute.url);
   const config = baseConfig(node, {
-    clouds: {
-      providers: [
-        { kind: 'aws', region: 'us-east-1', zones: ['us-east-1a'], endpoint: ec2.url, cloudwatchEndpoint: cloudwatch.url, credentials: { source: 'env' }, maxAttempts: 3, inventoryIntervalMs: 600_000 },
-        {
-          kind: 'gcp',
-          project: 'dwcp-test',
-          region: 'us-central1',
-          zones: ['us-central1-a'],
-          apiEndpoint: computeUrl.hostname,
-          port: Number(computeUrl.port),
-          protocol: 'http',
-          monitoringEndpoint: monitoring.url,
-          credentials: { source: 'keyFile', path: gcpCredentials },
-          inventoryIntervalMs: 600_000,
-        },
-        { kind: 'local', capacity: { vcpus: 4, memoryGiB: 8 }, pricePerVcpuHour: 0.01, pricePerGiBHour: 0.001, inventoryIntervalMs: 600_000 },
-      ],
-    },
-    // Five days of backfill: enough for rightsizing (30 h) and the idle rule (4 measured days), not for a reservation (90 % of 14 days).
+    clouds: { providers: fakeCloudProviders({ ec2: ec2.url, cloudwatch: cloudwatch.url, compute: compute.url, monitoring: monitoring.url, gcpCredentials }) },
     cost: { intervalMs: 1_000, utilisation: { intervalMs: 2_000, backfillMs: 5 * DAY }, recommendations: { intervalMs: 2_000 } },
   });
   daemon = await startDaemon(node, config, env);
@@ -93,7 +74,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await daemon?.stop();
-  await Promise.all([ec2?.close(), compute?.close(), cloudwatch?.close(), monitoring?.close()]);
+  await clouds?.close();
   await root?.remove();
 });
 
