@@ -22,19 +22,18 @@ import type { FakeComputeServer } from '../../src/cloud/fake/compute-server.ts';
 import type { FakeEc2Server } from '../../src/cloud/fake/ec2-server.ts';
 import type { FakeMonitoringServer } from '../../src/cloud/fake/monitoring-server.ts';
 import type { ApplyResult, RecommendationsView } from '../../src/cost/wire.ts';
-import { fakeCloudProviders, startFakeClouds, type FakeClouds } from '../support/fake-cloud-providers.ts';
-import { writeExternalAccount } from '../support/gcp-credentials.ts';
+import { fakeAwsEnv, fakeCloudProviders, startCloudFakes, type CloudFakes } from '../support/cloud-fakes.ts';
 import { baseConfig, ctlOn, eventually, prepareNode, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
 
 const DAY = 86_400_000;
-const env = { AWS_ACCESS_KEY_ID: 'AKIDOPTIMISER0001', AWS_SECRET_ACCESS_KEY: 'test-secret', AWS_SESSION_TOKEN: '', AWS_PROFILE: '' };
+const env = fakeAwsEnv('AKIDOPTIMISER0001');
 
 let root: { path: string; remove: () => Promise<void> };
 let ec2: FakeEc2Server;
 let compute: FakeComputeServer;
 let cloudwatch: FakeCloudWatchServer;
 let monitoring: FakeMonitoringServer;
-let clouds: FakeClouds;
+let clouds: CloudFakes;
 let node: NodeFiles;
 let daemon: DaemonProcess;
 let idleId = '';
@@ -43,7 +42,7 @@ let busyName = '';
 
 beforeAll(async () => {
   root = await tempRoot('cost-optimiser');
-  clouds = await startFakeClouds();
+  clouds = await startCloudFakes(root.path);
   ({ ec2, compute, cloudwatch, monitoring } = clouds);
   const [idle] = ec2.seed(1, { instanceType: 't3.medium', tags: { Name: 'idle1' } });
   const [big] = ec2.seed(1, { instanceType: 'm5.xlarge', tags: { Name: 'big1' } });
@@ -62,10 +61,14 @@ beforeAll(async () => {
   monitoring.metrics.set(gce, 'cpu', 0.7, since);
   monitoring.metrics.set(gce, 'networkIn', 5_000_000, since);
   monitoring.metrics.set(gce, 'networkOut', 5_000_000, since);
-  const gcpCredentials = writeExternalAccount(root.path, compute.tokenUrl);
   node = await prepareNode(root.path, 'home');
   const config = baseConfig(node, {
-    clouds: { providers: fakeCloudProviders({ ec2: ec2.url, cloudwatch: cloudwatch.url, compute: compute.url, monitoring: monitoring.url, gcpCredentials }) },
+    clouds: {
+      providers: [
+        ...fakeCloudProviders(clouds, 600_000),
+        { kind: 'local', capacity: { vcpus: 4, memoryGiB: 8 }, pricePerVcpuHour: 0.01, pricePerGiBHour: 0.001, inventoryIntervalMs: 600_000 },
+      ],
+    },
     cost: { intervalMs: 1_000, utilisation: { intervalMs: 2_000, backfillMs: 5 * DAY }, recommendations: { intervalMs: 2_000 } },
   });
   daemon = await startDaemon(node, config, env);
