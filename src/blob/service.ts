@@ -232,7 +232,7 @@ export class BlobService {
   async put(
     path: string,
     key: string | (() => string),
-    opts: { to?: string; streams?: number; signal?: AbortSignal; onPhase?: (phase: PutPhase, progress: TransferProgress) => void; onRead?: (bytes: Uint8Array) => void } = {},
+    opts: { to?: string; streams?: number; baselineKey?: string; signal?: AbortSignal; onPhase?: (phase: PutPhase, progress: TransferProgress) => void; onRead?: (bytes: Uint8Array) => void } = {},
   ): Promise<PutOutcome> {
     const member = opts.to === undefined ? undefined : this.#member(opts.to);
     const signal = opts.signal === undefined ? this.#stopping.signal : AbortSignal.any([opts.signal, this.#stopping.signal]);
@@ -251,7 +251,9 @@ export class BlobService {
     this.#opts.log.info({ blobKey: stored.key, version: stored.version, size: stored.size, chunks: stored.chunks, seconds: ingestSeconds }, 'blob stored');
     this.#scheduleGc();
     const sent =
-      member === undefined ? null : await this.send(stored.key, member.name, { ...(opts.streams !== undefined ? { streams: opts.streams } : {}), signal, onStart: (p) => opts.onPhase?.('transfer', p) });
+      member === undefined
+        ? null
+        : await this.send(stored.key, member.name, { ...(opts.streams !== undefined ? { streams: opts.streams } : {}), ...(opts.baselineKey !== undefined ? { baselineKey: opts.baselineKey } : {}), signal, onStart: (p) => opts.onPhase?.('transfer', p) });
     return { stored, ingestSeconds, sent };
   }
 
@@ -265,18 +267,23 @@ export class BlobService {
     return removed;
   }
 
-  /** Sends `key`'s current version to the member named `to`, as a delta when the cache knows what it holds. */
-  async send(key: string, to: string, opts: { streams?: number; onStart?: (progress: TransferProgress) => void; onAck?: () => void; signal?: AbortSignal } = {}): Promise<SendOutcome> {
+  /**
+   * Sends `key`'s current version to the member named `to`, as a delta when the cache knows what it holds.
+   * `baselineKey`: look the baseline up under that key instead (a series of values under their own keys,
+   * each a delta against the one before it: DR backups); the receiver takes any version it holds under any key.
+   */
+  async send(key: string, to: string, opts: { streams?: number; baselineKey?: string; onStart?: (progress: TransferProgress) => void; onAck?: () => void; signal?: AbortSignal } = {}): Promise<SendOutcome> {
     const member = this.#member(to);
     const manifest = this.store.currentManifest(key);
     if (manifest === undefined) throw new BlobServiceError('not_found', `no value stored under key ${JSON.stringify(key)}`);
     if (!this.#opts.isConnected(member.peerId)) throw new BlobServiceError('unavailable', `member ${member.name} is not connected`);
     const streams = opts.streams ?? this.streamsFor(member.peerId);
     if (!Number.isInteger(streams) || streams < 1 || streams > 16) throw new BlobServiceError('invalid', `streams: ${streams} is not a whole number from 1 to 16`);
-    const hit = this.cache.get(member.region, key, this.#now());
+    const baselineKey = opts.baselineKey ?? key;
+    const hit = this.cache.get(member.region, baselineKey, this.#now());
     let baseline: Manifest | undefined = hit === undefined ? undefined : this.store.manifest(hit.version, key);
     if (hit !== undefined && (baseline === undefined || !this.store.chunksAlike(baseline))) {
-      this.cache.refute(member.region, key);
+      this.cache.refute(member.region, baselineKey);
       baseline = undefined;
     }
     this.#cacheChanged();
@@ -287,7 +294,7 @@ export class BlobService {
     } catch (err) {
       if (!(err instanceof BaselineRefusedError)) throw err;
       this.#opts.log.info({ member: member.name, blobKey: key, baseline: baseline?.hash, err: err.message }, 'receiver does not hold the cached baseline; sending the whole value');
-      this.cache.refute(member.region, key);
+      this.cache.refute(member.region, baselineKey);
       this.#cacheChanged();
       refuted = true;
       result = await this.#push(member, manifest, undefined, streams, opts);

@@ -378,6 +378,12 @@ export class BlobStore {
     if (this.#decoded.size > DECODED_MANIFESTS_KEPT) this.#decoded.delete(this.#decoded.keys().next().value as string);
   }
 
+  /** Whether some key holds `version` now (its manifest and chunks are then committed and indexed). */
+  holdsVersion(version: string): boolean {
+    for (const { value } of this.#keys.getRange({})) if ((JSON.parse(value.toString('utf8')) as KeyRecord).version === version) return true;
+    return false;
+  }
+
   list(): StoredValue[] {
     const out: StoredValue[] = [];
     for (const { key, value } of this.#keys.getRange({})) out.push({ key: key.toString('utf8'), ...(JSON.parse(value.toString('utf8')) as KeyRecord) });

@@ -34,8 +34,8 @@ import { FLEET_MAX_HOURLY_USD, FleetVmSpecSchema, fleetName, labels, normaliseSp
 import { POLICY_OPERATIONS, PoliciesSchema, normalisePolicies } from '../policy/document.ts';
 import { BudgetSpecSchema } from './budgets.ts';
 import { MAX_MIGRATIONS_PER_REGION, MigrationCutoverSchema, MigrationEndSchema, MigrationProgressSchema, MigrationStartSchema } from './migrations.ts';
-import { FailoverSchema, ProtectSchema, UnprotectSchema } from './protection.ts';
 import { BurstGroupSpecSchema, normaliseBurstGroup } from '../burst/group.ts';
+import { BackupSchema, FailoverSchema, ProtectSchema, UnprotectSchema } from './protection.ts';
 
 /** 0x00 'f' 'l' 't' and the encoding version. */
 export const FLEET_ENTRY_MAGIC: Uint8Array = Uint8Array.of(0x00, 0x66, 0x6c, 0x74, 0x01);
@@ -193,6 +193,7 @@ export const FleetCommandSchema = z.discriminatedUnion('kind', [
   FailoverSchema,
   SetBurstGroupSchema,
   DeleteBurstGroupSchema,
+  BackupSchema,
 ]);
 
 export type FleetCommand = z.infer<typeof FleetCommandSchema>;
@@ -227,6 +228,7 @@ export const FLEET_COMMAND_KINDS = [
   'failover',
   'set-burst-group',
   'delete-burst-group',
+  'backup',
 ] as const satisfies readonly FleetCommandKind[];
 
 /** Every way apply can refuse a command; stable words for callers and metrics. */

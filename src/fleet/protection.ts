@@ -32,6 +32,11 @@
  *   failover's). Any later move (a failback migration's cutover, an
  *   operator's assign or migration) clears it: `failedOver !== null` implies
  *   the VM is assigned at the DR region at that generation.
+ * - backup: records a backup committed at the DR region (its manifest) as
+ *   the VM's lastBackup, from the VM's current copy only and only forward
+ *   in time; a failover records the lastBackup of that moment as the one
+ *   the DR region restores. A protect that changes the DR region forgets
+ *   the lastBackup (its blobs are in the old DR region).
  * - A failback is a migration (warm) from the DR region back to the region
  *   failed over from, started with purpose `failback` (policy operation
  *   `failback` at its start and cutover).
@@ -92,7 +97,30 @@ export const FailoverSchema = z.strictObject({
   at,
 });
 
+/** A backup the VM's region committed at the DR region (the blob store there acknowledged it fsync'd): its manifest. */
+export const BackupRecordSchema = z.strictObject({
+  /** The region the backup was taken in and the generation of the copy it was taken from. */
+  region: fleetName,
+  generation,
+  /** When the snapshot was taken (the taking region's clock): the recovery point. */
+  takenAt: at,
+  /** Its blob key and version (value hash) in both regions' blob stores, and its size in bytes. */
+  key: z.string().min(1).max(1024),
+  version: z.string().regex(/^[0-9a-f]{64}$/, 'a version (64 hex digits)'),
+  size: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+});
+
+/**
+ * A backup committed at the DR region, recorded by the region that took it.
+ * Accepted only from the VM's current copy (region and generation) while it
+ * is protected and not failed over; an older or equal takenAt changes
+ * nothing (a retry, or a late proposal).
+ */
+export const BackupSchema = z.strictObject({ kind: z.literal('backup'), vm: fleetName, backup: BackupRecordSchema });
+
 export type ProtectCommand = z.infer<typeof ProtectSchema>;
+export type BackupCommand = z.infer<typeof BackupSchema>;
+export type BackupRecord = z.infer<typeof BackupRecordSchema>;
 export type UnprotectCommand = z.infer<typeof UnprotectSchema>;
 export type FailoverCommand = z.infer<typeof FailoverSchema>;
 
@@ -104,6 +132,8 @@ export const FailedOverSchema = z.strictObject({
   reason: z.string().min(1).max(1024),
   since: at,
   at,
+  /** The newest backup recorded when the failover committed: what the DR region restores (absent: none, it starts from its image). */
+  restore: BackupRecordSchema.optional(),
 });
 
 /** A protected VM's record (in the VM record, and in snapshots). */
@@ -115,6 +145,8 @@ export const FleetProtectionSchema = z.strictObject({
   retentionMs: within(DR_RETENTION_RANGE_MS, 'a retention'),
   failback: z.enum(DR_FAILBACK_MODES),
   failedOver: FailedOverSchema.nullable(),
+  /** The newest backup committed at the DR region (absent: none yet; cleared when the DR region changes). */
+  lastBackup: BackupRecordSchema.optional(),
 });
 
 export type FleetProtection = z.infer<typeof FleetProtectionSchema>;

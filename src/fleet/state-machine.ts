@@ -111,7 +111,7 @@ import {
   type MigrationResult,
   type MigrationStartCommand,
 } from './migrations.ts';
-import { FleetProtectionSchema, resolveDrProvider, type FailoverCommand, type FleetProtection, type ProtectCommand } from './protection.ts';
+import { FleetProtectionSchema, resolveDrProvider, type BackupCommand, type FailoverCommand, type FleetProtection, type ProtectCommand } from './protection.ts';
 
 export const FLEET_DEFAULT_MAX_VMS = 1_048_576;
 export const FLEET_DEFAULT_MAX_REGIONS = 4096;
@@ -498,6 +498,8 @@ export class FleetStateMachine implements FleetState {
       }
       case 'failover':
         return this.#failover(cmd);
+      case 'backup':
+        return this.#backup(cmd);
       case 'migration-end': {
         const ended = this.#history.find((h) => h.id === cmd.id);
         if (ended !== undefined) {
@@ -654,7 +656,9 @@ export class FleetStateMachine implements FleetState {
     // Asked now, so a failover the policies would refuse is refused before the disaster, not during it.
     const refused = this.#choiceRefusal(vm, region, provider, 'failover');
     if (refused !== null) return refused;
-    vm.protection = { drRegion: cmd.drRegion, drProvider: provider.name, rpoMs: cmd.rpoMs, rtoMs: cmd.rtoMs, retentionMs: cmd.retentionMs, failback: cmd.failback, failedOver };
+    // The backups are in the DR region's blob store: a new DR region has none of them.
+    const lastBackup = vm.protection?.drRegion === cmd.drRegion ? vm.protection.lastBackup : undefined;
+    vm.protection = { drRegion: cmd.drRegion, drProvider: provider.name, rpoMs: cmd.rpoMs, rtoMs: cmd.rtoMs, retentionMs: cmd.retentionMs, failback: cmd.failback, failedOver, ...(lastBackup === undefined ? {} : { lastBackup }) };
     this.#protected.add(vm.name);
     return { ok: true, kind: 'protect', vm: vm.name, region: cmd.drRegion };
   }
@@ -684,8 +688,23 @@ export class FleetStateMachine implements FleetState {
     const generation = vm.generation + 1;
     const moved = this.#move(vm, p.drRegion, p.drProvider, generation);
     invariant(moved === null, () => `fleet: failover of ${vm.name} was checked to fit ${p.drRegion}/${p.drProvider}`);
-    vm.protection = { ...p, failedOver: { from: { region: from.region, provider: from.provider }, generation, reason: cmd.reason, since: cmd.since, at: cmd.at } };
+    vm.protection = { ...p, failedOver: { from: { region: from.region, provider: from.provider }, generation, reason: cmd.reason, since: cmd.since, at: cmd.at, ...(p.lastBackup === undefined ? {} : { restore: p.lastBackup }) } };
     return { ok: true, kind: 'failover', vm: vm.name, region: p.drRegion, generation };
+  }
+
+  #backup(cmd: BackupCommand): FleetResult {
+    const vm = this.#live(cmd.vm);
+    if ('code' in vm) return vm;
+    const p = vm.protection;
+    if (p === null) return reject('not_protected', `${vm.name} is not protected; its backups are not recorded`);
+    const a = vm.assignment;
+    const b = cmd.backup;
+    if (a === null || a.region !== b.region || a.generation !== b.generation) return reject('stale_generation', `${vm.name} is assigned to ${a?.region ?? 'no region'} at generation ${a?.generation ?? 0}, not ${b.region} at ${b.generation}: the backup is not of its current copy`);
+    if (a.region === p.drRegion) return reject('invalid_command', `${vm.name} runs in its DR region ${p.drRegion}; it has no backups there`);
+    // A retry or a late proposal: the newer backup stands.
+    if (p.lastBackup !== undefined && p.lastBackup.takenAt >= b.takenAt) return { ok: true, kind: 'backup', vm: vm.name, region: p.drRegion };
+    vm.protection = { ...p, lastBackup: b };
+    return { ok: true, kind: 'backup', vm: vm.name, region: p.drRegion };
   }
 
   #setPolicy(cmd: SetPolicyCommand): FleetResult {
