@@ -52,7 +52,9 @@ import { buildProvider, providerDir, type ProviderBuilder } from './providers.ts
 import type { ImageSource } from './qemu/image-source.ts';
 import type { QemuMigrationGuests } from './qemu/qemu-provider.ts';
 import { hasUtilisation, type UtilisationSource } from './utilisation.ts';
+
 import {
+  BACKUP_KINDS,
   CapacityError,
   CredentialsError,
   hasSerialConsole,
@@ -75,6 +77,10 @@ export const PENDING_CREATE_GRACE_MS = 15 * 60_000;
 const FIRST_SYNC_SPREAD_MS = 1_000;
 const JITTER = 0.2;
 
+/** Providers whose instances DR backs up (local, qemu). */
+interface BackupDisks {
+  backupDisk(id: string, target: string): Promise<void>;
+}
 /** A request the inventory cannot route: an unknown or ambiguous provider, an id it cannot place. */
 export class InventoryError extends DwcpError<'not_found' | 'invalid'> {
   /** The code under the name callers of the inventory have always read. */
@@ -623,6 +629,21 @@ export class CloudInventory {
     const others = (slot.instances ?? []).filter((i) => i.id !== instance.id);
     slot.instances = [...others, instance];
     recordInstances(this.#metrics, slot.name, slot.instances);
+  }
+
+  /**
+   * A DR backup of instance `id` of provider `name` at `target` (a file this
+   * call creates): qemu a crash-consistent copy of the running guest's disk,
+   * local a small stand-in; the other providers cannot yet (an `unsupported`
+   * DwcpError saying so).
+   */
+  async backupDisk(name: string, id: string, target: string): Promise<void> {
+    const slot = this.#one(name);
+    const provider = slot.provider as Partial<BackupDisks>;
+    if (!BACKUP_KINDS.includes(slot.entry.kind) || typeof provider.backupDisk !== 'function') {
+      throw new DwcpError('unsupported', `provider ${slot.name} (${slot.entry.kind}) cannot take DR backups yet (${BACKUP_KINDS.join(', ')} can)`);
+    }
+    await provider.backupDisk(id, target);
   }
 
   /** The migration handles of the qemu provider configured as `name` (undefined for any other provider). */

@@ -87,6 +87,13 @@ export interface CreateInstanceRequest {
   incoming?: string;
   /** With `incoming`: the migration's mode (qemu prepares a QEMU waiting for the stream only for `live`; cold and warm receive a disk). */
   incomingMode?: 'live' | 'warm' | 'cold';
+  /**
+   * A DR backup to start from (src/dr/): the path of a disk file restored
+   * from it, which the create takes over (qemu: the guest's disk, moved into
+   * place; local: nothing to restore, its record carries the backup's tag).
+   * Only local and qemu take it; the others refuse it.
+   */
+  restoreDisk?: string;
 }
 
 export interface CallOptions {
@@ -353,6 +360,9 @@ export function matchesFilter(instance: Instance, filter: InstanceFilter | undef
  */
 const MIGRATION_TARGET_KINDS: readonly string[] = ['local', 'qemu'];
 
+/** Provider kinds that take DR backups of their instances and start from one (src/dr/backup-driver.ts). */
+export const BACKUP_KINDS: readonly string[] = ['local', 'qemu'];
+
 export function checkCreateRequest(provider: ProviderKind, request: CreateInstanceRequest): void {
   const invalid = (field: string, why: string): InvalidRequestError =>
     new InvalidRequestError(provider, 'create', 'InvalidParameterValue', `${field}: ${why}`);
@@ -362,6 +372,7 @@ export function checkCreateRequest(provider: ProviderKind, request: CreateInstan
   }
   if (request.zone !== undefined && (typeof request.zone !== 'string' || request.zone === '')) throw invalid('zone', 'must be a non-empty string when given');
   if (request.incoming !== undefined && !MIGRATION_TARGET_KINDS.includes(provider)) throw invalid('incoming', `provider ${provider} cannot receive a migration (${MIGRATION_TARGET_KINDS.join(', ')} can)`);
+  if (request.restoreDisk !== undefined && !BACKUP_KINDS.includes(provider)) throw invalid('restoreDisk', `provider ${provider} cannot start from a DR backup yet (${BACKUP_KINDS.join(', ')} can)`);
   checkTags(provider, 'create', request.tags ?? {});
 }
 

@@ -46,6 +46,9 @@ import { fleetServiceRegistration } from '../admin/fleet-service.ts';
 import { migrationServiceRegistration } from '../admin/migration-service.ts';
 import { policyServiceRegistration } from '../admin/policy-service.ts';
 import { drServiceRegistration } from '../admin/dr-service.ts';
+import { join } from 'node:path';
+import { DESIRED_VM_TAG, GENERATION_TAG } from '../fleet/reconciler.ts';
+import { BackupDriver } from '../dr/backup-driver.ts';
 import { DrDriver } from '../dr/driver.ts';
 
 /** The key the DR driver's barrier reads (any key does: a strong read answers only with the majority's consent). */
@@ -109,6 +112,8 @@ export class Daemon {
   /** This region's part in the fleet's desired state: declaration, scheduling, the reconciler (src/fleet/seat.ts). */
   readonly seat: FleetSeat;
   readonly dr: DrDriver;
+  /** DR backups of the protected VMs running here, the RPO of those whose DR region this is, restores (src/dr/backup-driver.ts). */
+  readonly backups: BackupDriver;
   /** This region's VMs' utilisation series (src/cost/utilisation-collector.ts): what the cost core and the optimiser read. */
   readonly utilisation: UtilisationCollector;
   /** This region's accrued cost, published for the federation-wide report (src/cost/cost-tracker.ts). */
@@ -233,6 +238,7 @@ export class Daemon {
       commitTimeoutMs: config.raft.requestTimeoutMs,
       drFence: { fenceAfterMs: config.dr.fenceAfterMs, fenceHoldMs: config.dr.fenceHoldMs },
       logSeenAt: () => this.dr.logSeenAt(),
+      restore: (vm, generation, backup) => this.backups.restore(vm, generation, backup),
     });
     this.dr = new DrDriver({
       region: config.node.name,
@@ -254,6 +260,22 @@ export class Daemon {
         const r = this.seat.reconciler.reports().get(vm);
         return r !== undefined && r.status === 'running' && r.generation === generation;
       },
+      metrics: parts.metrics.dr,
+      log: parts.log.child({ component: 'dr' }),
+    });
+    this.backups = new BackupDriver({
+      region: config.node.name,
+      state: () => this.seat.state,
+      commit: (command, timeoutMs) => this.seat.log.commit(command, timeoutMs),
+      copy: async (vm, generation) => {
+        const { instances } = await parts.cloud.list({ states: ['running'] });
+        const found = instances.find((e) => e.instance.tags[DESIRED_VM_TAG] === vm && e.instance.tags[GENERATION_TAG] === String(generation));
+        return found === undefined ? undefined : { provider: found.provider, id: found.instance.id };
+      },
+      backupDisk: (provider, id, target) => parts.cloud.backupDisk(provider, id, target),
+      blob: parts.blob,
+      dir: join(config.dataDir, 'dr'),
+      commitTimeoutMs: config.raft.requestTimeoutMs,
       metrics: parts.metrics.dr,
       log: parts.log.child({ component: 'dr' }),
     });
@@ -451,6 +473,7 @@ export class Daemon {
     this.fleet.start();
     this.seat.start();
     this.dr.start();
+    await this.backups.start();
     this.utilisation.start();
     await this.cost.start();
     this.budgets.start();
@@ -477,7 +500,7 @@ export class Daemon {
         fleetServiceRegistration({ view: () => this.fleet.view(), seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         migrationServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         policyServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
-        drServiceRegistration({ seat: this.seat, facts: (vm) => ({ lastBackupAt: null, rtoMeasuredMs: this.dr.rtoOf(vm) }), defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
+        drServiceRegistration({ seat: this.seat, facts: (vm) => ({ lastBackupAt: this.backups.lastBackupAt(vm), rtoMeasuredMs: this.dr.rtoOf(vm) }), defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         costServiceRegistration({
           report: (query) => this.cost.report(query),
           records: () => this.cost.records(),
@@ -605,6 +628,7 @@ export class Daemon {
     };
     // Cloud operations first: their callers get an answer before the admin socket closes.
     this.dr.stop();
+    this.backups.stop();
     await step('burst', () => this.burst.stop(), 500);
     await step('cost', async () => {
       this.budgets.stop();

@@ -68,6 +68,7 @@ import { INSTANCE_STATES, type InstanceState } from '../cloud/provider.ts';
 import type { PowerState } from './commands.ts';
 import { DESIRED_VM_TAG } from './observed.ts';
 import { MIGRATION_TAG, wantsIncomingCopy, type FleetMigration, type MigrationMode } from './migrations.ts';
+import type { BackupRecord, FleetProtection } from './protection.ts';
 import type { FleetVmSpec } from './spec.ts';
 import type { FleetState, FleetVm } from './state-machine.ts';
 
@@ -174,6 +175,8 @@ export type ReconcileAction =
       readonly incoming?: string;
       /** With `incoming`: the migration's mode (a qemu destination waits for a live stream with a QEMU, takes a cold or warm one as a disk). */
       readonly incomingMode?: MigrationMode;
+      /** A failed-over copy: the backup it starts from (the one the failover recorded). */
+      readonly restore?: BackupRecord;
     }
   | { readonly kind: 'start'; readonly provider: string; readonly id: string; readonly vm: string; readonly generation: number }
   /** `fence`: set when the copy is stale (the stop comes before anything else for its VM); absent for a stop to desired power. */
@@ -562,6 +565,7 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
           generation: a.generation,
           token: createToken(name, a.generation),
           tags: copyTags(name, a.generation),
+          ...(restoreOf(vm, a) === undefined ? {} : { restore: restoreOf(vm, a) }),
         };
         if (!fencing && !backingOff && !held && !migrating && !inFlight.has(actionKey(create) as string)) actions.push(create);
       }
@@ -592,6 +596,12 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
   for (const name of reported.keys()) if (!names.has(name)) reported.delete(name);
   for (const name of firstSeen.keys()) if (!assignedHere.has(name)) firstSeen.delete(name);
   return { actions, memory: { attempts, reported, firstSeen } };
+}
+
+/** The backup a failed-over copy at this assignment starts from, if the failover recorded one. */
+function restoreOf(vm: { readonly protection: FleetProtection | null }, a: { readonly region: string; readonly generation: number }): BackupRecord | undefined {
+  const f = vm.protection?.failedOver ?? null;
+  return f !== null && vm.protection?.drRegion === a.region && f.generation === a.generation ? f.restore : undefined;
 }
 
 function powerStatus(state: ObservedVmState, power: PowerState, failed: boolean): VmStatus {

@@ -18,10 +18,12 @@
  *   a later pass (the core emits them again: it is level-triggered).
  */
 import { createHash } from 'node:crypto';
+import { rm } from 'node:fs/promises';
 import type { Counter } from 'prom-client';
 import type { VmCreateRequest, VmCreateResult, InventoryEntry, InstanceTypeRow } from '../cloud/inventory.ts';
 import type { Logger } from '../log.ts';
 import { PassLoop } from '../driver/pass-loop.ts';
+import type { BackupRecord } from './protection.ts';
 import type { FleetVmSpec } from './spec.ts';
 import type { FleetState } from './state-machine.ts';
 import {
@@ -89,7 +91,12 @@ export interface RegionReconcilerOptions {
    * per VM, and again on a later pass if it failed.
    */
   readonly purge?: (vm: string) => Promise<void>;
+  /** Writes the DR backup a failed-over copy starts from into a disk file and returns its path (src/dr/backup-driver.ts); absent: copies start from their image. */
+  readonly restore?: (vm: string, generation: number, backup: BackupRecord) => Promise<string>;
 }
+
+/** The tag a copy started from a DR backup carries: the backup's key (what `vm show` and `dr status` can name). */
+export const RESTORED_FROM_TAG = 'dwcp-restored-from';
 
 const DEFAULT_MAX_IN_FLIGHT = 32;
 
@@ -220,16 +227,23 @@ export class RegionReconciler {
           const type = await this.#typeFor(action.provider, action.spec);
           // The inventory tags the launch with its create token itself (from idempotencyToken: the UUID form of the core's token).
           const { [CREATE_TOKEN_TAG]: _token, ...tags } = action.tags;
-          const created = await this.#o.inventory.create(action.provider, {
+          const restore = action.restore === undefined || this.#o.restore === undefined ? undefined : action.restore;
+          const restoreDisk = restore === undefined ? undefined : await this.#o.restore?.(action.vm, action.generation, restore);
+          const created = await this.#o.inventory
+            .create(action.provider, {
             name: action.vm,
             type,
             image: action.spec.image,
-            tags,
+            tags: restore === undefined ? tags : { ...tags, [RESTORED_FROM_TAG]: restore.key },
             // Spot only on capacity the region declared as spot (placement sends only spot-tolerant specs there).
             spot: this.#o.desired().region(this.#o.region)?.providers.find((p) => p.name === action.provider)?.spot === true,
             idempotencyToken: uuidFromToken(action.token),
             ...(action.incoming === undefined ? {} : { incoming: action.incoming, ...(action.incomingMode === undefined ? {} : { incomingMode: action.incomingMode }) }),
-          });
+            ...(restoreDisk === undefined ? {} : { restoreDisk }),
+          })
+            // The create took the restored file over (qemu moved it) or did not need it: never left behind.
+            .finally(() => (restoreDisk === undefined ? undefined : rm(restoreDisk, { force: true })));
+          if (restore !== undefined) log.warn({ vm: action.vm, generation: action.generation, backup: restore.key, takenAt: new Date(restore.takenAt).toISOString() }, 'fleet VM created from its DR backup');
           if (action.incoming === undefined) log.info({ vm: action.vm, generation: action.generation, provider: action.provider, instanceId: created.instance.id, type }, 'fleet VM created');
           else log.info({ vm: action.vm, generation: action.generation, provider: action.provider, instanceId: created.instance.id, type, migration: action.incoming }, 'fleet prepared the incoming copy of a migration');
           break;

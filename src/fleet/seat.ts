@@ -41,6 +41,7 @@ import { policyBootstrap } from './policy-bootstrap.ts';
 import { PolicyAuditor } from './policy-auditor.ts';
 import { PolicyDecisionLog } from './policy-decisions.ts';
 import { NO_POLICY_FILES, type PolicyFileSet } from '../policy/files.ts';
+import type { BackupRecord } from './protection.ts';
 
 export interface FleetSeatOptions {
   readonly region: string;
@@ -69,6 +70,8 @@ export interface FleetSeatOptions {
   /** DR self-fencing of protected VMs (src/dr/): the deadline and hold, and when this node last saw the log current. */
   readonly drFence?: ReconcilerDrFence;
   readonly logSeenAt?: () => number;
+  /** Restores a failed-over copy's DR backup into a disk file (RegionReconcilerOptions.restore). */
+  readonly restore?: (vm: string, generation: number, backup: BackupRecord) => Promise<string>;
 }
 
 /**
@@ -126,6 +129,7 @@ export class FleetSeat {
       intervalMs: settings.reconcileIntervalMs,
       core: { maxAttempts: settings.maxAttempts, backoffBaseMs: settings.backoffBaseMs, backoffCapMs: settings.backoffCapMs, ...(options.drFence === undefined ? {} : { dr: options.drFence }) },
       ...(options.logSeenAt === undefined ? {} : { logSeenAt: options.logSeenAt }),
+      ...(options.restore === undefined ? {} : { restore: options.restore }),
       purge: async (vm) => {
         const result = await this.log.commit({ kind: 'purge', vm }, options.commitTimeoutMs);
         if (result.ok) options.log.info({ vm }, 'fleet VM purged: deleted and no copy left');

@@ -24,6 +24,7 @@
  *   no settle overwrites a newer change.
  */
 import { randomBytes } from 'node:crypto';
+import { open } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { UsageQuery, UsageSample } from '../utilisation.ts';
 import { readFile } from 'node:fs/promises';
@@ -367,6 +368,27 @@ export class LocalProvider implements CloudProvider {
         `not enough local capacity: would use ${vcpus}/${this.#capacity.vcpus} vCPUs and ${memoryMiB}/${this.#capacity.memoryMiB} MiB`,
         'capacity',
       );
+    }
+  }
+
+  /**
+   * A DR backup of a running local VM (src/dr/backup-driver.ts). A local VM
+   * has no disk, so the backup is a small stand-in that depends only on the
+   * VM (its id, name, image, type): written and fsync'd at `target`, so the
+   * backup path around it (blob store, replication as deltas, retention,
+   * restore) is the real one.
+   */
+  async backupDisk(id: string, target: string): Promise<void> {
+    const record = await this.#exclusive(() => this.#record(id, 'backup'));
+    if (record.state !== 'running') throw this.#wrongState('backup', record);
+    const lines = [`dwcp local VM backup`, `id ${record.id}`, `name ${record.name}`, `image ${record.image}`, `type ${record.type}`];
+    const block = Buffer.from(`${lines.join('\n')}\n`.padEnd(4096, '.'), 'utf8');
+    const fh = await open(target, 'wx', 0o600);
+    try {
+      for (let i = 0; i < 16; i++) await fh.write(block);
+      await fh.sync();
+    } finally {
+      await fh.close();
     }
   }
 

@@ -43,7 +43,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { execFile, type ChildProcess } from 'node:child_process';
-import { chmod, mkdir, rename, rm, statfs } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, rename, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { DwcpError } from '../../errors.ts';
@@ -83,6 +83,7 @@ import type { QemuMetrics, VmUtilisation } from './metrics.ts';
 import type { UsageQuery, UsageSample } from '../utilisation.ts';
 import { QemuUsageRates } from './qemu-utilisation.ts';
 import { qemuArgs, SANDBOX, shimArgs, type Accel, type GuestBoot } from './qemu-command.ts';
+import { backupDisk } from './backup-qmp.ts';
 import { exportDisk, listenForState, runReceived } from './migration-qmp.ts';
 import { createDisk, rebaseUnsafe, virtualSize } from './qemu-img.ts';
 import { capSerialLog } from './serial-cap.ts';
@@ -146,6 +147,8 @@ export interface QemuProviderOptions {
 }
 
 const SERIAL_CHECK_MS = 60_000;
+/** One DR backup of one guest's disk, at most (its copy runs alongside the guest). */
+const BACKUP_TIMEOUT_MS = 10 * 60_000;
 
 const ID_RE = /^qemu-[0-9a-f]{12}$/;
 /** QEMU run states in which it holds the guest's CPUs stopped. */
@@ -661,7 +664,8 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
     const work = this.#locked(g, async () => {
       g.op = 'create';
       try {
-        await createDisk(this.#o.qemuImg ?? 'qemu-img', g.files.disk, diskBytes, image.kind === 'disk' ? { path: image.path, format: image.format } : null);
+        if (request.restoreDisk === undefined) await createDisk(this.#o.qemuImg ?? 'qemu-img', g.files.disk, diskBytes, image.kind === 'disk' ? { path: image.path, format: image.format } : null);
+        else await this.#takeRestoredDisk(g, request.restoreDisk);
         if (incoming === null || waits) await this.#boot(g, 'create');
         else this.#setState(g, 'stopped', `stopped: receiving migration ${incoming.migration} (its disk)`);
       } catch (err) {
@@ -674,6 +678,36 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
     });
     progress.report('accepted', g.state, g.providerState);
     return this.#await('create', g, progress, work, options, incoming === null ? undefined : 'stopped');
+  }
+
+  /** A DR backup's disk (backup-qmp.ts copies, restored from the blob store) becomes the guest's: moved into place, its backing pointed at this node's base image. */
+  async #takeRestoredDisk(g: Guest, path: string): Promise<void> {
+    const staged = `${g.files.disk}.restored`;
+    try {
+      await rename(path, staged);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+      await copyFile(path, staged);
+    }
+    if (g.record.image.kind === 'disk') await rebaseUnsafe(this.#o.qemuImg ?? 'qemu-img', staged, { path: g.record.image.path, format: g.record.image.format });
+    await rename(staged, g.files.disk);
+    this.#log.info({ vm: g.record.id, name: g.record.name }, 'qemu guest disk restored from a DR backup');
+  }
+
+  /**
+   * A crash-consistent copy of a running guest's disk at `target`, taken
+   * without stopping it (backup-qmp.ts): a qcow2 file holding what the
+   * guest's overlay held at that moment, on the same base image.
+   */
+  backupDisk(id: string, target: string): Promise<void> {
+    const g = this.#find(id, 'backup');
+    return this.#locked(g, async () => {
+      const qmp = g.record.process !== null && g.state === 'running' && g.record.incoming === null ? await this.#connect(g) : null;
+      if (qmp === null) throw new IncorrectStateError('qemu', 'backup', 'IncorrectInstanceState', `qemu VM ${id} (${g.record.name}) is ${g.state} (${g.providerState}); only a running guest is backed up`, { instanceId: id });
+      const r = g.record;
+      await createDisk(this.#o.qemuImg ?? 'qemu-img', target, r.diskBytes, r.image.kind === 'disk' ? { path: r.image.path, format: r.image.format } : null);
+      await backupDisk(qmp, target, { timeoutMs: BACKUP_TIMEOUT_MS });
+    });
   }
 
   #byToken(token: string | undefined): Guest | undefined {
