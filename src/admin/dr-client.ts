@@ -33,6 +33,9 @@ function statusFromWire(s: Wire<DrVmStatusInfo>): DrVmStatusInfo {
     rpo_now_ms: opt(s.rpo_now_ms),
     rpo_over: s.rpo_over ?? false,
     rto_measured_ms: opt(s.rto_measured_ms),
+    restored_backup: opt(s.restored_backup),
+    restored_backup_at: opt(s.restored_backup_at),
+    data_loss_ms: opt(s.data_loss_ms),
   };
 }
 

@@ -65,6 +65,9 @@ export function drStatusToWire(s: DrVmStatus): Record<string, unknown> {
     rpo_now_ms: s.rpoNowMs === null ? undefined : String(s.rpoNowMs),
     rpo_over: s.rpoOver,
     rto_measured_ms: s.rtoMeasuredMs === null ? undefined : String(s.rtoMeasuredMs),
+    restored_backup: s.restored?.key,
+    restored_backup_at: s.restored === null ? undefined : iso(s.restored.takenAt),
+    data_loss_ms: s.restored === null ? undefined : String(s.restored.dataLossMs),
   };
 }
 

@@ -859,6 +859,9 @@ export interface DrVmStatusInfo {
   rpo_now_ms: string | null;
   rpo_over: boolean;
   rto_measured_ms: string | null;
+  restored_backup: string | null;
+  restored_backup_at: string | null;
+  data_loss_ms: string | null;
 }
 
 export interface DrStatusResponse {

@@ -55,12 +55,14 @@ export function formatDrVm(s: DrVmStatusInfo): string {
     ['State', s.state],
     ['Region', s.region === '' ? '(unplaced)' : `${s.region} (generation ${s.generation})`],
     ['DR region', `${s.dr_region}/${s.dr_provider}`],
+    ['Last backup', s.last_backup_at ?? '(none)'],
     ['RPO', rpoCell(s)],
     ['RTO target', seconds(s.rto_target_ms)],
     ['Retention', seconds(s.retention_ms)],
     ['Failback', s.failback],
     ...(s.failed_over_from === null ? [] : [['Failed over from', `${s.failed_over_from} at ${s.failed_over_at ?? '?'}: ${s.failover_reason ?? ''}`] as const]),
     ...(s.rto_measured_ms === null ? [] : [['Last RTO', seconds(s.rto_measured_ms)] as const]),
+    ...(s.restored_backup === null ? [] : [['Restored backup', `${s.restored_backup} taken ${s.restored_backup_at ?? '?'} (data loss ${seconds(s.data_loss_ms)})`] as const]),
   ]);
 }
 

@@ -26,6 +26,8 @@ export interface DrVmStatus {
   readonly retentionMs: number;
   readonly failback: string;
   readonly failedOver: { readonly from: string; readonly reason: string; readonly at: number } | null;
+  /** Failed over from a backup: which, when it was taken, and the data lost (the failover's first failed check minus that). */
+  readonly restored: { readonly key: string; readonly takenAt: number; readonly dataLossMs: number } | null;
   /** The newest backup committed at the DR region; null: none. */
   readonly lastBackupAt: number | null;
   readonly rpoNowMs: number | null;
@@ -62,6 +64,7 @@ export function drStatusOf(vm: FleetVm, migration: FleetMigration | undefined, f
     retentionMs: p?.retentionMs ?? 0,
     failback: p?.failback ?? '',
     failedOver: f === null ? null : { from: `${f.from.region}/${f.from.provider}`, reason: f.reason, at: f.at },
+    restored: f?.restore === undefined ? null : { key: f.restore.key, takenAt: f.restore.takenAt, dataLossMs: Math.max(0, f.since - f.restore.takenAt) },
     lastBackupAt: facts.lastBackupAt,
     rpoNowMs,
     rpoOver: p !== null && (rpoNowMs === null || rpoNowMs > p.rpoMs),

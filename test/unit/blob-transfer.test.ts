@@ -144,6 +144,22 @@ describe('round trips, deltas and the baseline cache', () => {
     expect(stats.bytesSaved).toBeGreaterThan(v2.byteLength);
   });
 
+  it('a series of keys (DR backups) goes as deltas, each against the one before it under its own key (baselineKey)', async () => {
+    const v1 = vmImageLike(2 * MIB, 30);
+    expect((await sendAndCheck(pair, 'series/1', v1)).kind).toBe('full');
+    const v2 = rewriteBlocks(v1, 0.01, 31);
+    const delta = await sendAndCheck(pair, 'series/2', v2, { baselineKey: 'series/1' });
+    expect(delta.kind).toBe('delta');
+    expect(delta.rawBytesSent).toBeLessThan(v2.byteLength * 0.15);
+    // Both stay at the receiver, each under its own key.
+    expect(pair.b.service.store.current('series/1')).toBeDefined();
+    // A baseline key the receiver no longer holds: refuted, sent in full, right.
+    await pair.b.service.store.remove('series/2');
+    await pair.b.service.store.remove('series/1');
+    const out = await sendAndCheck(pair, 'series/3', rewriteBlocks(v2, 0.01, 32), { baselineKey: 'series/2' });
+    expect(out).toMatchObject({ kind: 'full', baselineRefuted: true });
+  });
+
   it('an expired baseline means a full transfer, with the right value', async () => {
     const v1 = vmImageLike(MIB, 8);
     await sendAndCheck(pair, 'expiring', v1);

@@ -33,6 +33,9 @@ const S: DrVmStatusInfo = {
   rpo_now_ms: '420000',
   rpo_over: true,
   rto_measured_ms: '21000',
+  restored_backup: 'dr/backup/web1/000001796529540000-g1',
+  restored_backup_at: '2026-12-06T09:59:00.000Z',
+  data_loss_ms: '55000',
 };
 
 describe('dwcpctl vm protect and dr status', () => {
@@ -61,5 +64,7 @@ describe('dwcpctl vm protect and dr status', () => {
     const one = formatDrVm(S);
     expect(one).toMatch(/Failed over from: +dc1\/local at 2026-12-06T10:00:00.000Z: dc1 failed 3 consecutive checks/);
     expect(one).toMatch(/Last RTO: +21s/);
+    expect(one).toMatch(/Last backup: +2026-12-06T09:59:00.000Z/);
+    expect(one).toMatch(/Restored backup: +dr\/backup\/web1\/000001796529540000-g1 taken 2026-12-06T09:59:00.000Z \(data loss 55s\)/);
   });
 });
