@@ -22,6 +22,7 @@ import {
   rpoSeconds,
 } from '../../src/dr/backup-plan.ts';
 import { drStatusOf } from '../../src/dr/status.ts';
+import { checkShippedRules } from '../support/promtool.ts';
 import { assign, create, localProvider, machineWith, registerRegion, spec } from './fleet-fixtures.ts';
 
 const HOUR = 3_600_000;
@@ -135,5 +136,11 @@ describe('the fleet backup command', () => {
     expect(createAction).toMatchObject({ kind: 'create', vm: 'web1', generation: 2, restore: { key: backupKey('web1', 40_000, 1), version: VERSION } });
     const status = drStatusOf(vm!, undefined, { now: 100_000, lastBackupAt: 40_000, rtoMeasuredMs: null });
     expect(status.restored).toEqual({ key: backupKey('web1', 40_000, 1), takenAt: 40_000, dataLossMs: 10_000 });
+  });
+});
+
+describe('the shipped DR alert rule (config/prometheus/dwcp-dr.rules.yml)', () => {
+  it('passes promtool check rules and promtool test rules: a VM over its RPO target for a minute, or with no backup at all, alerts', (ctx) => {
+    checkShippedRules(ctx, 'dwcp-dr.rules.yml', 1);
   });
 });
