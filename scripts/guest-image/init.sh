@@ -8,8 +8,12 @@
 # dwcp.dirty_mib_s=R on the kernel command line it also rewrites R MiB of
 # memory per second (random bytes, so a migration cannot send them as zero
 # pages) over a working set of dwcp.dirty_set_mib MiB (default 32),
-# catching up on time it lost, so live migration has real work. The ACPI
-# power button (QMP system_powerdown) powers the guest off.
+# catching up on time it lost, so live migration has real work. With
+# dwcp.disk_marker=1 it first says what the start of its disk (/dev/vda)
+# holds ("dwcp-guest: disk marker: ..."), then writes "dwcp-marker N" there
+# with every tick (synced), so a copy of the disk (a DR backup) shows how
+# far the guest had come when it was taken. The ACPI power button (QMP
+# system_powerdown) powers the guest off.
 #
 # Everything it says besides the ticks starts with "dwcp-guest:".
 /bin/busybox mkdir -p /proc /sys /dev /tmp
@@ -27,8 +31,10 @@ acpid -c /etc/acpi -l /tmp/acpid.log
 
 rate=0
 set_mib=32
+marker=0
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
+    dwcp.disk_marker=1) marker=1 ;;
     dwcp.dirty_mib_s=*) rate=${arg#dwcp.dirty_mib_s=} ;;
     dwcp.dirty_set_mib=*) set_mib=${arg#dwcp.dirty_set_mib=} ;;
   esac
@@ -77,10 +83,16 @@ dirty() {
 echo "dwcp-guest: up, dirtying $rate MiB/s over $set_mib MiB"
 [ "$rate" -gt 0 ] && dirty &
 
+if [ "$marker" = 1 ]; then
+  found=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | tr -d '\000' | head -n 1)
+  echo "dwcp-guest: disk marker: ${found:-none}"
+fi
+
 n=0
 while :; do
   now_ms
   echo "tick $n $ms"
+  [ "$marker" = 1 ] && printf 'dwcp-marker %s\n' "$n" | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null
   n=$((n + 1))
   sleep 0.1
 done
