@@ -43,8 +43,8 @@ let dr = 1;
 const { ctl, json, runningAt } = fleetCtl(() => cluster, SETTLE_MS);
 const drStatus = async (i: number): Promise<DrVmStatusInfo | undefined> => (await cluster.admin(i, (c) => c.dr.status(['web1']))).vms[0];
 
-/** The QEMU processes of node i (their command lines name its data directory). */
-const qemus = (i: number): number[] => processesNaming(`${cluster.nodes[i]?.dir ?? '/nonexistent'}/`).filter((p) => p.cmdline.includes('qemu-system')).map((p) => p.pid);
+/** The QEMU processes of node i (their command lines name its data directory; not the shell that waits for each). */
+const qemus = (i: number): number[] => processesNaming(`${cluster.nodes[i]?.dir ?? '/nonexistent'}/`).filter((p) => (p.cmdline.split(' ')[0] ?? '').includes('qemu-system')).map((p) => p.pid);
 
 /** The serial logs of node i's guests. */
 async function serialLogs(i: number): Promise<string[]> {
