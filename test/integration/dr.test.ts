@@ -8,12 +8,13 @@
  * What it proves, through dwcpctl only:
  * - `vm protect` stores the protection in desired state and `dr status`
  *   shows it on every node; bad flags and an unknown DR region are refused
- *   by name;
+ *   by name; backups replicate to the DR region (every node shows the last
+ *   one within the RPO, the DR region's RPO metric too);
  * - kill -9 of the protected VM's daemon: another region proposes the
  *   failover, the log moves the VM to its DR region at generation 2, and it
  *   runs there; the RTO the DR region measured (from the first failed check
  *   to the copy running) is within the VM's RTO target and shown by
- *   `dr status`;
+ *   `dr status`, as is the backup it started from (its copy's tag too);
  * - the lost region's daemon comes back: it sees the newer generation and
  *   terminates its stale copy without ever starting it; exactly one copy
  *   runs, at the DR region.
@@ -24,7 +25,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DrVmStatusInfo } from '../../src/admin/schema.ts';
 import { RaftCluster } from './raft-cluster.ts';
-import { eventually } from './harness.ts';
+import { eventually, metricValue } from './harness.ts';
 import { fleetCtl } from './fleet-ctl.ts';
 
 /** From a command to the state it leads to, on a loaded 2-core machine. */
@@ -71,16 +72,27 @@ describe('disaster recovery, local providers, real daemons', () => {
     const same = await ctl(2, 'vm', 'protect', 'web1', '--dr-region', primary);
     expect(same.stderr).toContain(`web1 runs in ${primary}; its DR region must be another region`);
 
-    const protect = await ctl(2, 'vm', 'protect', 'web1', '--dr-region', dr, '--rpo', '1m', '--rto', RTO_TARGET, '--retention', '1d', '--failback', 'manual');
+    const protect = await ctl(2, 'vm', 'protect', 'web1', '--dr-region', dr, '--rpo', '10s', '--rto', RTO_TARGET, '--retention', '1d', '--failback', 'manual');
     expect(protect.code, protect.stderr).toBe(0);
-    expect(protect.stdout).toBe(`web1 protected: fails over to ${dr}/local (rpo 1m 0s, rto 30s, failback manual)\n`);
+    expect(protect.stdout).toBe(`web1 protected: fails over to ${dr}/local (rpo 10s, rto 30s, failback manual)\n`);
     for (const i of [0, 1, 2]) {
       const s = await eventually(`n${i + 1} shows web1 protected`, SETTLE_MS, async () => {
         const found = await drStatus(i, 'web1');
         return found?.state === 'protected' ? found : undefined;
       });
-      expect(s).toMatchObject({ region: primary, dr_region: dr, dr_provider: 'local', rpo_target_ms: '60000', rto_target_ms: '30000', failback: 'manual' });
+      expect(s).toMatchObject({ region: primary, dr_region: dr, dr_provider: 'local', rpo_target_ms: '10000', rto_target_ms: '30000', failback: 'manual' });
     }
+    // Backups (a local VM's stand-in) replicate to the DR region: every node shows one within the RPO, and dr status exits 0.
+    for (const i of [0, 1, 2]) {
+      await eventually(`n${i + 1} shows a backup of web1 within its RPO`, SETTLE_MS, async () => {
+        const found = await drStatus(i, 'web1');
+        return found?.last_backup_at !== null && found?.rpo_over === false ? found : undefined;
+      });
+    }
+    const status = await ctl(node(dr), 'dr', 'status');
+    expect(status.code, status.stderr).toBe(0);
+    const rpo = metricValue(await cluster.daemon(node(dr)).scrape(), 'dwcp_dr_rpo_seconds', { vm: 'web1' });
+    expect(rpo).toBeLessThan(10);
   }, 120_000);
 
   it('kill -9 of the primary daemon: web1 fails over to its DR region at generation 2 and runs there within its RTO; the returning region never starts its stale copy', async () => {
@@ -93,6 +105,10 @@ describe('disaster recovery, local providers, real daemons', () => {
       return found?.rto_measured_ms !== null && found?.state === 'failed-over' ? found : undefined;
     });
     expect(s.failed_over_from).toBe(`${primary}/local`);
+    // Started from the newest backup the log recorded: dr status and the copy's tag name it.
+    expect(s.restored_backup).toMatch(/^dr\/backup\/web1\/\d{15}-g1$/);
+    const restored = (await copies(2, 'web1')).find((c) => c.region === dr && c.state !== 'terminated');
+    expect(restored?.tags['dwcp-restored-from']).toBe(s.restored_backup);
     expect(s.failover_reason).toMatch(new RegExp(`${primary} failed \\d+ consecutive checks \\(seen from n[123]\\)`));
     const rtoMs = Number(s.rto_measured_ms);
     expect(rtoMs).toBeLessThan(30_000);
