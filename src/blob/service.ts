@@ -270,7 +270,7 @@ export class BlobService {
   /**
    * Sends `key`'s current version to the member named `to`, as a delta when the cache knows what it holds.
    * `baselineKey`: look the baseline up under that key instead (a series of values under their own keys,
-   * each a delta against the one before it: DR backups); the receiver takes any version it holds under any key.
+   * each a delta against the one before it: DR backups); the receiver takes a version it holds under any key of the same folder.
    */
   async send(key: string, to: string, opts: { streams?: number; baselineKey?: string; onStart?: (progress: TransferProgress) => void; onAck?: () => void; signal?: AbortSignal } = {}): Promise<SendOutcome> {
     const member = this.#member(to);

@@ -378,15 +378,19 @@ export class BlobStore {
     if (this.#decoded.size > DECODED_MANIFESTS_KEPT) this.#decoded.delete(this.#decoded.keys().next().value as string);
   }
 
-  /** Whether some key holds `version` now (its manifest and chunks are then committed and indexed). */
-  holdsVersion(version: string): boolean {
-    for (const { value } of this.#keys.getRange({})) if ((JSON.parse(value.toString('utf8')) as KeyRecord).version === version) return true;
-    return false;
+  /** Whether a key starting with `prefix` holds `version` now (its manifest and chunks are then committed and indexed). */
+  holdsVersion(version: string, prefix: string): boolean {
+    return this.list(prefix).some((v) => v.version === version);
   }
 
-  list(): StoredValue[] {
+  /** The stored values, in key order; with `prefix`, only the keys that start with it (a range read, not a scan). */
+  list(prefix = ''): StoredValue[] {
     const out: StoredValue[] = [];
-    for (const { key, value } of this.#keys.getRange({})) out.push({ key: key.toString('utf8'), ...(JSON.parse(value.toString('utf8')) as KeyRecord) });
+    const start = Buffer.from(prefix, 'utf8');
+    for (const { key, value } of this.#keys.getRange(prefix === '' ? {} : { start })) {
+      if (!key.subarray(0, start.length).equals(start)) break;
+      out.push({ key: key.toString('utf8'), ...(JSON.parse(value.toString('utf8')) as KeyRecord) });
+    }
     return out;
   }
 

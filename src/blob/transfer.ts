@@ -753,8 +753,9 @@ export class BlobReceiver {
       let baseline: Manifest | undefined;
       if (offer.baselineVersion !== '') {
         const held = store.current(offer.key);
-        // The key's own version, or one held under another key (a sender's series of keys, each a delta against the one before).
-        baseline = held?.version === offer.baselineVersion || store.holdsVersion(offer.baselineVersion) ? store.manifest(offer.baselineVersion, offer.key) : undefined;
+        // The key's own version, or one held under another key of its folder (a series of keys, each a delta against the one before: DR backups).
+        const folder = offer.key.slice(0, offer.key.lastIndexOf('/') + 1);
+        baseline = held?.version === offer.baselineVersion || (folder !== '' && store.holdsVersion(offer.baselineVersion, folder)) ? store.manifest(offer.baselineVersion, offer.key) : undefined;
         if (baseline === undefined || !sameChunking(baseline.chunking, offer.chunking)) {
           await this.#reject(ch, 'baseline_missing', `${offer.key}: this member holds ${held === undefined ? 'no version' : `version ${held.version}`}, not baseline ${offer.baselineVersion}`);
           return;

@@ -90,8 +90,7 @@ export class BackupDriver {
   /** The backups of `vm` this node's store holds, oldest first. */
   stored(vm: string): { key: string; takenAt: number; version: string; size: number }[] {
     const out: { key: string; takenAt: number; version: string; size: number }[] = [];
-    for (const v of this.#o.blob.store.list()) {
-      if (!v.key.startsWith(`${BACKUP_KEY_PREFIX}${vm}/`)) continue;
+    for (const v of this.#o.blob.store.list(`${BACKUP_KEY_PREFIX}${vm}/`)) {
       const parts = parseBackupKey(v.key);
       if (parts !== null) out.push({ key: v.key, takenAt: parts.takenAt, version: v.version, size: v.size });
     }
@@ -195,10 +194,12 @@ export class BackupDriver {
   /** Drops backups past their VM's retention from this node's store, keeping the newest committed one (backup-plan.ts). */
   async #retention(state: FleetState, now: number): Promise<void> {
     const byVm = new Map<string, { key: string; takenAt: number }[]>();
-    for (const v of this.#o.blob.store.list()) {
+    for (const v of this.#o.blob.store.list(BACKUP_KEY_PREFIX)) {
       const parts = parseBackupKey(v.key);
       if (parts === null) continue;
-      byVm.set(parts.vm, [...(byVm.get(parts.vm) ?? []), { key: v.key, takenAt: parts.takenAt }]);
+      const list = byVm.get(parts.vm) ?? [];
+      list.push({ key: v.key, takenAt: parts.takenAt });
+      byVm.set(parts.vm, list);
     }
     for (const [vm, backups] of byVm) {
       if (this.#running.has(vm)) continue;
