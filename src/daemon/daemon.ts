@@ -628,7 +628,7 @@ export class Daemon {
     };
     // Cloud operations first: their callers get an answer before the admin socket closes.
     this.dr.stop();
-    this.backups.stop();
+    await step('dr backups', () => this.backups.stop(), 500);
     await step('burst', () => this.burst.stop(), 500);
     await step('cost', async () => {
       this.budgets.stop();

@@ -21,11 +21,13 @@
  *
  * Invariants: one backup per VM at a time, at most MAX_PARALLEL at once;
  * a failed backup leaves nothing in the log and its key is removed here; a
- * snapshot file lives only until its ingest; timers stop with stop().
+ * snapshot file lives only until its ingest; passes run one at a time
+ * (PassLoop) and stop with stop().
  */
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BlobService } from '../blob/service.ts';
+import { PassLoop } from '../driver/pass-loop.ts';
 import { DwcpError } from '../errors.ts';
 import type { FleetCommandInput, FleetResult } from '../fleet/commands.ts';
 import { DR_DEFAULTS, isFailedOver, type BackupRecord } from '../fleet/protection.ts';
@@ -63,28 +65,27 @@ export class BackupDriver {
   readonly #running = new Set<string>();
   readonly #exported = new Set<string>();
   #retentionAt = 0;
-  #timer: NodeJS.Timeout | undefined;
-  #stopped = false;
+  readonly #loop: PassLoop;
 
   constructor(options: BackupDriverOptions) {
     this.#o = options;
     this.#now = options.now ?? Date.now;
+    this.#loop = new PassLoop({
+      pass: () => this.#tick(),
+      intervalMs: TICK_MS,
+      onError: (err) => options.log.warn({ err: errorText(err) }, 'DR backup pass failed; retrying at the next'),
+      ...(options.now === undefined ? {} : { now: options.now }),
+    });
   }
 
   async start(): Promise<void> {
     await mkdir(this.#o.dir, { recursive: true, mode: 0o700 });
-    this.#schedule();
+    this.#loop.start();
   }
 
-  stop(): void {
-    this.#stopped = true;
-    clearTimeout(this.#timer);
-  }
-
-  #schedule(): void {
-    if (this.#stopped) return;
-    this.#timer = setTimeout(() => void this.#tick().finally(() => this.#schedule()), TICK_MS);
-    this.#timer.unref();
+  /** Stops taking backups (one under way runs to its end or fails with the blob service's stop). */
+  stop(): Promise<void> {
+    return this.#loop.stop();
   }
 
   /** The backups of `vm` this node's store holds, oldest first. */
