@@ -83,6 +83,11 @@ export class BackupDriver {
     this.#loop.start();
   }
 
+  /** Resolves after the next pass that starts after this call has finished (tests). */
+  nextPass(): Promise<void> {
+    return this.#loop.nextPass();
+  }
+
   /** Stops taking backups (one under way runs to its end or fails with the blob service's stop). */
   stop(): Promise<void> {
     return this.#loop.stop();
@@ -202,8 +207,8 @@ export class BackupDriver {
       list.push({ key: v.key, takenAt: parts.takenAt });
       byVm.set(parts.vm, list);
     }
+    // A backup under way is safe: its own key is the newest (kept), and a send pins the baseline it reads.
     for (const [vm, backups] of byVm) {
-      if (this.#running.has(vm)) continue;
       const record = state.vm(vm);
       const p = record?.protection ?? null;
       // The newest committed: the log's (what a failover restores), else this node's own commit; a DR region holds only committed backups.
