@@ -47,6 +47,8 @@ import { migrationServiceRegistration } from '../admin/migration-service.ts';
 import { policyServiceRegistration } from '../admin/policy-service.ts';
 import { drServiceRegistration } from '../admin/dr-service.ts';
 import { DrDriver } from '../dr/driver.ts';
+import { leasePlan } from '../dr/lease-plan.ts';
+import { observedOf } from '../fleet/region-reconciler.ts';
 
 /** The key the DR driver's barrier reads (any key does: a strong read answers only with the majority's consent). */
 const DR_BARRIER_KEY = 'dwcp/dr/barrier';
@@ -63,6 +65,7 @@ import { ImageCatalog } from '../image/catalog.ts';
 import { IMAGE_FETCH_PROTOCOL, ImageFetch } from '../image/fetch.ts';
 import { BlobImageSource, imagesDir } from '../image/source.ts';
 import { LateImageSource } from '../cloud/qemu/late-image-source.ts';
+import { watchdogPollMs } from '../cloud/qemu/guest-lease.ts';
 import { MIGRATE_PROTOCOL, MigrateService } from '../migration/migrate-service.ts';
 import { QemuTransfer } from '../migration/qemu-transfer.ts';
 import { imageServiceRegistration } from '../admin/image-service.ts';
@@ -246,6 +249,14 @@ export class Daemon {
         const r = this.seat.reconciler.reports().get(vm);
         return r !== undefined && r.status === 'running' && r.generation === generation;
       },
+      renewLeases: async (logSeenAt, leaseMs) => {
+        const providers = parts.cloud.guestLeases();
+        if (providers.size === 0) return;
+        const { instances } = await parts.cloud.list({});
+        const copies = instances.filter((e) => providers.has(e.provider)).map(observedOf);
+        const plan = leasePlan({ region: config.node.name, state: this.seat.state, copies, logSeenAt, leaseMs });
+        await Promise.all([...plan].map(([provider, p]) => providers.get(provider)?.renewLeases(p.renew, p.release)));
+      },
       metrics: parts.metrics.dr,
       log: parts.log.child({ component: 'dr' }),
     });
@@ -318,7 +329,7 @@ export class Daemon {
     // First, so a bad pricing file stops the start before any port is bound.
     // The image catalog needs the mesh, blob store and router built below: qemu providers get a placeholder bound to it then.
     const catalogImages = new LateImageSource();
-    const cloud = await CloudInventory.open({ clouds: config.clouds, dataDir: config.dataDir, metrics: metrics.cloud, log: log.child({ component: 'cloud' }), images: catalogImages });
+    const cloud = await CloudInventory.open({ clouds: config.clouds, dataDir: config.dataDir, metrics: metrics.cloud, log: log.child({ component: 'cloud' }), images: catalogImages, leasePollMs: watchdogPollMs(config.dr.leaseMs) });
     const members = new MemberDirectory(config.members);
     const mesh = await MemberMesh.create({ config, identity, members, metrics, log: log.child({ component: 'mesh' }) });
     // DWCP_TEST_FAULTS=1 lets a test cut members off without changing the member list (src/net/test-faults.ts).

@@ -39,6 +39,11 @@ import {
   type VmStatus,
 } from './reconciler.ts';
 
+/** An inventory entry as the reconciler (and the DR lease plan) reads it. */
+export function observedOf(e: InventoryEntry): ObservedVm {
+  return observedFromTags({ provider: e.provider, id: e.instance.id, name: e.instance.name, state: e.instance.state }, e.instance.tags);
+}
+
 /** The slice of the cloud inventory the reconciler uses. */
 export interface ReconcilerInventory {
   list(query: { refresh?: boolean }): Promise<{ instances: InventoryEntry[] }>;
@@ -145,9 +150,7 @@ export class RegionReconciler {
   async #pass(): Promise<void> {
     const now = this.#o.now ?? Date.now;
     const { instances } = await this.#o.inventory.list({});
-    const observed: ObservedVm[] = instances.map((e) =>
-      observedFromTags({ provider: e.provider, id: e.instance.id, name: e.instance.name, state: e.instance.state }, e.instance.tags),
-    );
+    const observed: ObservedVm[] = instances.map(observedOf);
     const outcomes = this.#outcomes;
     this.#outcomes = [];
     const desired = this.#o.desired();
