@@ -228,6 +228,7 @@ export class Daemon {
       commitTimeoutMs: config.raft.requestTimeoutMs,
       drFence: { fenceAfterMs: config.dr.fenceAfterMs, fenceHoldMs: config.dr.fenceHoldMs },
       logSeenAt: () => this.dr.logSeenAt(),
+      logConfirmed: () => this.dr.logConfirmed(),
     });
     this.dr = new DrDriver({
       region: config.node.name,

@@ -53,6 +53,7 @@ export class DrDriver {
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   #logSeenAt: number;
+  #confirmed = false;
   /** A lease renewal under way (a slow disk): the next one waits for it rather than piling up. */
   #renewing: Promise<void> | null = null;
   /** Failovers into this region whose RTO was measured (vm@generation), and the last RTO per VM. */
@@ -66,6 +67,16 @@ export class DrDriver {
     this.#now = options.now ?? Date.now;
     // A daemon that just started counts as having seen the log now: it fences itself only if the log stays silent fenceAfterMs.
     this.#logSeenAt = this.#now();
+  }
+
+  /**
+   * Whether a barrier answered since this daemon started: until then its
+   * desired state may be what it was when it went down (a failover it missed),
+   * so the reconciler starts no protected VM (a restarted region must not
+   * start the stale copy its lease watchdog just killed).
+   */
+  logConfirmed(): boolean {
+    return this.#confirmed;
   }
 
   /** When this node's view of the federation log was last known current (the reconciler's self-fencing input). */
@@ -99,6 +110,7 @@ export class DrDriver {
     try {
       await this.#o.barrier(this.#options.checkIntervalMs);
       this.#logSeenAt = asked;
+      this.#confirmed = true;
       logCurrent = true;
       this.#renew(asked);
     } catch (err) {

@@ -58,7 +58,9 @@
  * - With options.dr (ReconcilerDrFence), the same for protected VMs only:
  *   a region cut off from the log longer than fenceAfterMs stops their
  *   copies (fence reason self-fence) and starts none; a failed-over copy
- *   starts only fenceHoldMs after the region first saw the failover.
+ *   starts only fenceHoldMs after the region first saw the failover; and a
+ *   daemon that has not yet proven its view current since it started
+ *   (logConfirmed false) starts none either.
  * - Memory stays bounded by the region's VMs and copies: entries for VMs and
  *   copies that are gone are dropped each pass.
  */
@@ -320,6 +322,12 @@ export interface ReconcileInput {
   readonly options?: ReconcilerOptions;
   /** When this region's view of the log was last known current (options.lease); `now` when absent. */
   readonly logSeenAt?: number;
+  /**
+   * Whether this region's view of the log was proven current since its
+   * daemon started (options.dr): until then no protected VM is started or
+   * created (its desired state may predate a failover). Absent: true.
+   */
+  readonly logConfirmed?: boolean;
 }
 
 export interface ReconcileResult {
@@ -542,7 +550,7 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     // A protected VM: stopped and held while this region is cut off; a failed-over copy held until the lost region has fenced itself.
     const isProtected = drFence !== undefined && vm.protection !== null;
     const selfFenced = isProtected && cutOff;
-    const held = leaseHeld || selfFenced || (isProtected && a.generation > 1 && !migratedHere && now < seen.at + drFence.fenceHoldMs);
+    const held = leaseHeld || selfFenced || (isProtected && input.logConfirmed === false) || (isProtected && a.generation > 1 && !migratedHere && now < seen.at + drFence.fenceHoldMs);
     const fenceRunning = leaseExpired || selfFenced;
     // Migrating out and not cut over: the copy's power is the migration's (the coordinator stops and resumes it).
     const migrating = migration !== undefined && migration.source.region === region && migration.source.generation === a.generation;

@@ -86,6 +86,8 @@ export interface RegionReconcilerOptions {
   readonly core?: ReconcilerOptions;
   /** When this node's view of the log was last known current (the core's lease and DR self-fencing input); absent: always now. */
   readonly logSeenAt?: () => number;
+  /** Whether this node's view of the log was proven current since it started (protected VMs start only then); absent: always. */
+  readonly logConfirmed?: () => boolean;
   readonly maxInFlight?: number;
   readonly now?: () => number;
   /**
@@ -164,6 +166,7 @@ export class RegionReconciler {
       now: now(),
       options: this.#o.core ?? DEFAULT_RECONCILER_OPTIONS,
       ...(this.#o.logSeenAt === undefined ? {} : { logSeenAt: this.#o.logSeenAt() }),
+      ...(this.#o.logConfirmed === undefined ? {} : { logConfirmed: this.#o.logConfirmed() }),
     });
     this.#memory = result.memory;
     const orphans: OrphanReport[] = [];

@@ -69,6 +69,7 @@ export interface FleetSeatOptions {
   /** DR self-fencing of protected VMs (src/dr/): the deadline and hold, and when this node last saw the log current. */
   readonly drFence?: ReconcilerDrFence;
   readonly logSeenAt?: () => number;
+  readonly logConfirmed?: () => boolean;
 }
 
 /**
@@ -126,6 +127,7 @@ export class FleetSeat {
       intervalMs: settings.reconcileIntervalMs,
       core: { maxAttempts: settings.maxAttempts, backoffBaseMs: settings.backoffBaseMs, backoffCapMs: settings.backoffCapMs, ...(options.drFence === undefined ? {} : { dr: options.drFence }) },
       ...(options.logSeenAt === undefined ? {} : { logSeenAt: options.logSeenAt }),
+      ...(options.logConfirmed === undefined ? {} : { logConfirmed: options.logConfirmed }),
       purge: async (vm) => {
         const result = await this.log.commit({ kind: 'purge', vm }, options.commitTimeoutMs);
         if (result.ok) options.log.info({ vm }, 'fleet VM purged: deleted and no copy left');
