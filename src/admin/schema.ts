@@ -703,6 +703,8 @@ export interface MigrationStartRequest {
   max_downtime_ms: number;
   dry_run: boolean;
   timeout_ms: number;
+  /** "" or "failback" (then region and provider default to where the VM failed over from). */
+  purpose: string;
 }
 
 export interface MigrationInfo {
