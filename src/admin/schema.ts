@@ -866,6 +866,20 @@ export interface DrStatusResponse {
   vms: DrVmStatusInfo[];
   at: string;
 }
+
+export interface DrTestResponse {
+  vm: string;
+  test_vm: string;
+  region: string;
+  provider: string;
+  restored_from: string;
+  /** uint64 as a decimal string. */
+  rto_ms: string;
+  liveness: string;
+  torn_down: boolean;
+  production_untouched: boolean;
+  network: string;
+}
 // ---------------------------------------------------------------------------
 // Cost and budgets (cost.proto).
 

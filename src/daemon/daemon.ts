@@ -454,7 +454,7 @@ export class Daemon {
         fleetServiceRegistration({ view: () => this.fleet.view(), seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         migrationServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         policyServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
-        drServiceRegistration({ seat: this.seat, facts: (vm) => ({ lastBackupAt: null, rtoMeasuredMs: this.dr.rtoOf(vm) }), defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
+        drServiceRegistration({ seat: this.seat, view: () => this.fleet.view(), facts: (vm) => ({ lastBackupAt: null, rtoMeasuredMs: this.dr.rtoOf(vm) }), defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         costServiceRegistration({
           report: (query) => this.cost.report(query),
           records: () => this.cost.records(),

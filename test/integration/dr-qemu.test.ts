@@ -13,6 +13,8 @@
  * What it proves, with the processes themselves as witnesses:
  * - the guest's lease is renewed while its daemon hears the log; its QMP
  *   socket stays 0600; its watchdog is a shell, a few MiB at most;
+ * - `dr test`: an isolated copy boots at the DR region (a second QEMU
+ *   there, torn down after), the production guest untouched;
  * - kill -9 of the daemon and an immediate restart (inside the lease): the
  *   same QEMU runs on (re-adopted), the lease is renewed again, no kill;
  * - kill -9 of the daemon alone (its guest left running): the watchdog kills
@@ -26,6 +28,7 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DrTestResponse } from '../../src/admin/schema.ts';
 import { leaseFilesOf } from '../../src/cloud/qemu/guest-lease.ts';
 import { readProcess } from '../../src/cloud/qemu/procfs.ts';
 import { GUEST_IMAGE, guestImagesDir, qemuProcesses, serialTicks } from '../support/qemu.ts';
@@ -108,6 +111,15 @@ describe('the per-guest lease of a protected qemu guest (real daemons, TCG)', ()
     expect(rss).toHaveLength(2);
     for (const kb of rss) expect(kb).toBeLessThan(4_096);
     console.log(`lease watchdog: guest shell and watchdog resident ${rss.join(' kB, ')} kB`);
+  }, 300_000);
+
+  it('dr test: an isolated qemu copy boots at the DR region and is torn down; the production guest is the same QEMU throughout', async () => {
+    const before = await oneQemu(primary);
+    const t = await json<DrTestResponse>(2, 'dr', 'test', 'web1', '--timeout', '5m');
+    expect(t).toMatchObject({ vm: 'web1', region: `n${dr + 1}`, provider: 'qemu', torn_down: true, production_untouched: true });
+    console.log(`DR test (qemu, TCG): ${t.test_vm} running at n${dr + 1} ${t.rto_ms} ms after the request`);
+    await eventually(`no QEMU left at n${dr + 1}`, SETTLE_MS, async () => ((await qemuProcesses(cluster.nodes[dr]?.dir ?? '')).length === 0 ? true : undefined), 250);
+    expect(await oneQemu(primary)).toEqual(before);
   }, 300_000);
 
   it('kill -9 of the daemon and a restart inside the lease: the same QEMU runs on and its lease is renewed again', async () => {

@@ -17,6 +17,9 @@
  * - the lost region's daemon comes back: it sees the newer generation and
  *   terminates its stale copy without ever starting it; exactly one copy
  *   runs, at the DR region;
+ * - dr test: an isolated copy runs in the DR region, measured and torn
+ *   down, while web1's desired record, DR record and copies stay as they
+ *   were;
  * - failback: web2 (failback auto) goes home by a warm migration once its
  *   home passed every check for the (4 s) stabilisation window; web1
  *   (manual) stays failed over until `vm failback web1`, which moves it home
@@ -26,7 +29,7 @@
  * generous deadlines.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { DrVmStatusInfo } from '../../src/admin/schema.ts';
+import type { DrTestResponse, DrVmStatusInfo } from '../../src/admin/schema.ts';
 import { RaftCluster } from './raft-cluster.ts';
 import { eventually } from './harness.ts';
 import { fleetCtl } from './fleet-ctl.ts';
@@ -43,7 +46,7 @@ let dr = '';
 let web2Generation = 1;
 const node = (region: string): number => Number(region.slice(1)) - 1;
 
-const { ctl, json, copies, runningAt } = fleetCtl(() => cluster, SETTLE_MS);
+const { ctl, json, desired, copies, runningAt } = fleetCtl(() => cluster, SETTLE_MS);
 const drStatus = async (i: number, name: string): Promise<DrVmStatusInfo | undefined> => (await cluster.admin(i, (c) => c.dr.status([name]))).vms[0];
 
 beforeAll(async () => {
@@ -101,6 +104,30 @@ describe('disaster recovery, local providers, real daemons', () => {
     expect(auto.code, auto.stderr).toBe(0);
     await eventually(`${primary} knows web2 is protected`, SETTLE_MS, async () => ((await drStatus(node(primary), 'web2'))?.state === 'protected' ? true : undefined));
   }, 120_000);
+
+  it('dr test: an isolated copy of web1 runs in its DR region, is measured and torn down; web1, its assignment and its DR record are untouched', async () => {
+    const before = await desired(2, 'web1');
+    const drBefore = await drStatus(2, 'web1');
+    const t = await json<DrTestResponse>(2, 'dr', 'test', 'web1');
+    expect(t).toMatchObject({ vm: 'web1', region: dr, provider: 'local', torn_down: true, production_untouched: true });
+    expect(t.test_vm).toMatch(/^web1-drtest-[0-9a-f]{4}$/);
+    expect(t.restored_from).toBe('image base (no backups in this build)');
+    expect(Number(t.rto_ms)).toBeGreaterThan(0);
+    console.log(`DR test: ${t.test_vm} running at ${dr} ${t.rto_ms} ms after the request`);
+    // Production, as the test itself saw it: the same desired record (region, generation, power), the same DR record, one copy.
+    expect(await desired(2, 'web1')).toEqual(before);
+    expect(await drStatus(2, 'web1')).toEqual(drBefore);
+    expect((await copies(2, 'web1')).filter((c) => c.state !== 'terminated').map((c) => c.region)).toEqual([primary]);
+    await eventually(`${t.test_vm} gone from desired state or deleted`, SETTLE_MS, async () => {
+      const d = await desired(2, t.test_vm);
+      return d === undefined || d.deleted ? true : undefined;
+    });
+    const plain = await ctl(2, 'dr', 'test', 'web1');
+    expect(plain.code, plain.stderr).toBe(0);
+    expect(plain.stdout).toContain(`production web1 untouched`);
+    const unprotected = await ctl(2, 'dr', 'test', 'nosuch');
+    expect(unprotected.stderr).toContain('no VM named nosuch');
+  }, 150_000);
 
   it('kill -9 of the primary daemon: web1 fails over to its DR region at generation 2 and runs there within its RTO; the returning region never starts its stale copy', async () => {
     const p = node(primary);
