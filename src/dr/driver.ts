@@ -71,9 +71,10 @@ export class DrDriver {
 
   /**
    * Whether a barrier answered since this daemon started: until then its
-   * desired state may be what it was when it went down (a failover it missed),
-   * so the reconciler starts no protected VM (a restarted region must not
-   * start the stale copy its lease watchdog just killed).
+   * desired state may be mid-replay or what it was when it went down (a
+   * failover it missed), so the reconciler changes nothing (a restarted
+   * region must neither stop a copy it holds nor start the stale copy its
+   * lease watchdog just killed).
    */
   logConfirmed(): boolean {
     return this.#confirmed;

@@ -58,9 +58,11 @@
  * - With options.dr (ReconcilerDrFence), the same for protected VMs only:
  *   a region cut off from the log longer than fenceAfterMs stops their
  *   copies (fence reason self-fence) and starts none; a failed-over copy
- *   starts only fenceHoldMs after the region first saw the failover; and a
- *   daemon that has not yet proven its view current since it started
- *   (logConfirmed false) starts none either.
+ *   starts only fenceHoldMs after the region first saw the failover.
+ * - A daemon that has not yet proven its view of the log current since it
+ *   started (input.logConfirmed false) changes nothing but self-fencing: a
+ *   restart must neither fence a copy on a half-replayed state nor start one
+ *   a failover it missed made stale.
  * - Memory stays bounded by the region's VMs and copies: entries for VMs and
  *   copies that are gone are dropped each pass.
  */
@@ -324,8 +326,9 @@ export interface ReconcileInput {
   readonly logSeenAt?: number;
   /**
    * Whether this region's view of the log was proven current since its
-   * daemon started (options.dr): until then no protected VM is started or
-   * created (its desired state may predate a failover). Absent: true.
+   * daemon started: until then the pass emits no create, start, stop or
+   * terminate (its desired state may be mid-replay, or predate a failover
+   * it missed), only reports and self-fencing. Absent: true.
    */
   readonly logConfirmed?: boolean;
 }
@@ -550,7 +553,7 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     // A protected VM: stopped and held while this region is cut off; a failed-over copy held until the lost region has fenced itself.
     const isProtected = drFence !== undefined && vm.protection !== null;
     const selfFenced = isProtected && cutOff;
-    const held = leaseHeld || selfFenced || (isProtected && input.logConfirmed === false) || (isProtected && a.generation > 1 && !migratedHere && now < seen.at + drFence.fenceHoldMs);
+    const held = leaseHeld || selfFenced || (isProtected && a.generation > 1 && !migratedHere && now < seen.at + drFence.fenceHoldMs);
     const fenceRunning = leaseExpired || selfFenced;
     // Migrating out and not cut over: the copy's power is the migration's (the coordinator stops and resumes it).
     const migrating = migration !== undefined && migration.source.region === region && migration.source.generation === a.generation;
@@ -599,7 +602,10 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
   for (const key of attempts.keys()) if (!liveKeys.has(key)) attempts.delete(key);
   for (const name of reported.keys()) if (!names.has(name)) reported.delete(name);
   for (const name of firstSeen.keys()) if (!assignedHere.has(name)) firstSeen.delete(name);
-  return { actions, memory: { attempts, reported, firstSeen } };
+  // Not yet confirmed current since the daemon started: its desired state may be mid-replay or predate what it missed, so it
+  // acts on none of it (no create, start, stop or terminate); it reports, and a cut-off region still fences itself.
+  const confirmed = input.logConfirmed !== false ? actions : actions.filter((a) => a.kind === 'status' || a.kind === 'orphan' || (a.kind === 'stop' && (a.fence === 'self-fence' || a.fence === 'lease-expired')));
+  return { actions: confirmed, memory: { attempts, reported, firstSeen } };
 }
 
 function powerStatus(state: ObservedVmState, power: PowerState, failed: boolean): VmStatus {

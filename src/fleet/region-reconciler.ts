@@ -86,7 +86,7 @@ export interface RegionReconcilerOptions {
   readonly core?: ReconcilerOptions;
   /** When this node's view of the log was last known current (the core's lease and DR self-fencing input); absent: always now. */
   readonly logSeenAt?: () => number;
-  /** Whether this node's view of the log was proven current since it started (protected VMs start only then); absent: always. */
+  /** Whether this node's view of the log was proven current since it started (the pass acts only then); absent: always. */
   readonly logConfirmed?: () => boolean;
   readonly maxInFlight?: number;
   readonly now?: () => number;
