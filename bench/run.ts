@@ -93,6 +93,10 @@ const BENCHES: Record<string, BenchEntry> = {
     summary: 'live migration of a TCG guest dirtying 0/10/50 MiB/s through the qemu transport (libp2p relay) vs QEMU direct between the same QEMUs: downtime (QEMU, tick gap), total time, converged',
     load: async () => (await import('./migrate.ts')).migrateBench,
   },
+  dr: {
+    summary: 'disaster recovery on 3 real dwcpd: N protected VMs (local provider) in a region that is lost (kill -9): detection, all assigned and running at the DR region, p50/p99 RTO; a 2-check blip fails nothing over; no double-running copy',
+    load: async () => (await import('./dr.ts')).drBench,
+  },
   'placement-e2e': {
     summary: 'vm create --placement auto to running on 3 real daemons (local providers, different prices) vs unmanaged vm create --provider on the same daemons: p50/p99 placed and running, creates/s',
     load: async () => (await import('./placement-e2e.ts')).placementE2eBench,
@@ -189,6 +193,16 @@ export function renderTable(header: readonly string[], rows: readonly (readonly 
   const line = (cells: readonly string[]): string =>
     cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+}
+
+/** Runs `work` for each item with at most `limit` in flight. */
+export async function pool<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) await work(items[next++] as T);
+    }),
+  );
 }
 
 export function progress(message: string): void {

@@ -6,8 +6,8 @@
  * fenceAfterMs (the hold must outlast the lost region's own fencing), and
  * leaseMs plus its watchdog's poll stays below fenceHoldMs (the hold must
  * outlast a dead daemon's guests too), which is what keeps two copies of a
- * protected VM from running at once; leaseMs is at least three checks (it
- * is renewed once per check).
+ * protected VM from running at once; leaseMs is at least two checks (it
+ * is renewed once per check, and a barrier may take a whole check).
  */
 import { z } from 'zod';
 import { watchdogPollMs } from '../cloud/qemu/guest-lease.ts';
@@ -41,7 +41,7 @@ export const DrSettingsSchema = z
   .superRefine((d, ctx) => {
     const poll = watchdogPollMs(d.leaseMs);
     if (d.leaseMs + poll >= d.fenceHoldMs) ctx.addIssue({ code: 'custom', path: ['leaseMs'], input: d.leaseMs, params: { sentence: true }, message: `plus its watchdog's poll (${poll} ms) must be below dr.fenceHoldMs (${d.fenceHoldMs}), or a dead daemon's guest may still run when its DR copy starts` });
-    if (d.leaseMs < 3 * d.checkIntervalMs) ctx.addIssue({ code: 'custom', path: ['leaseMs'], input: d.leaseMs, params: { sentence: true }, message: `must be at least 3 × dr.checkIntervalMs (${3 * d.checkIntervalMs}): it is renewed once per check, and one slow check must not kill a guest` });
+    if (d.leaseMs < 2 * d.checkIntervalMs) ctx.addIssue({ code: 'custom', path: ['leaseMs'], input: d.leaseMs, params: { sentence: true }, message: `must be at least 2 × dr.checkIntervalMs (${2 * d.checkIntervalMs}): it is renewed once per check, and one slow check must not kill a guest` });
     if (d.fenceHoldMs <= d.fenceAfterMs) ctx.addIssue({ code: 'custom', path: ['fenceHoldMs'], input: d.fenceHoldMs, params: { sentence: true }, message: `must be above dr.fenceAfterMs (${d.fenceAfterMs}) plus a reconcile pass and a stop, or a lost region's copy may still run when the DR copy starts` });
   });
 

@@ -38,14 +38,14 @@ describe('lease rules', () => {
     expect(watchdogPollMs(500)).toBe(100);
   });
 
-  it('config: the lease defaults to three quarters of the hold; with its poll it must end before the hold, and span three checks', () => {
+  it('config: the lease defaults to three quarters of the hold; with its poll it must end before the hold, and span two checks', () => {
     expect(DrSettingsSchema.parse({}).leaseMs).toBe(15_000);
     expect(DrSettingsSchema.parse({ checkIntervalMs: 500, fenceAfterMs: 1_500, fenceHoldMs: 3_500 }).leaseMs).toBe(2_625);
     const late = DrSettingsSchema.safeParse({ fenceHoldMs: 20_000, leaseMs: 19_500 });
     expect(late.success).toBe(false);
     expect(JSON.stringify(late.error?.issues)).toContain('must be below dr.fenceHoldMs (20000)');
-    const short = DrSettingsSchema.safeParse({ checkIntervalMs: 5_000, leaseMs: 10_000 });
-    expect(JSON.stringify(short.error?.issues)).toContain('at least 3 × dr.checkIntervalMs (15000)');
+    const short = DrSettingsSchema.safeParse({ checkIntervalMs: 5_000, leaseMs: 9_000 });
+    expect(JSON.stringify(short.error?.issues)).toContain('at least 2 × dr.checkIntervalMs (10000)');
   });
 });
 
