@@ -31,7 +31,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DrTestResponse } from '../../src/admin/schema.ts';
 import { leaseFilesOf } from '../../src/cloud/qemu/guest-lease.ts';
 import { readProcess } from '../../src/cloud/qemu/procfs.ts';
-import { GUEST_IMAGE, guestImagesDir, qemuProcesses, serialTicks } from '../support/qemu.ts';
+import { destroyWithGuests, GUEST_IMAGE, guestImagesDir, qemuProcesses, serialTicks } from '../support/qemu.ts';
 import { fleetCtl } from './fleet-ctl.ts';
 import { eventually } from './harness.ts';
 import { RaftCluster } from './raft-cluster.ts';
@@ -88,10 +88,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  const dirs = cluster?.nodes.map((n) => n.dir) ?? [];
-  await cluster?.destroy();
-  // Guests outlive their daemons by design: every QEMU the test started goes with it.
-  for (const dir of dirs) for (const q of await qemuProcesses(dir)) process.kill(q.pid, 'SIGKILL');
+  await destroyWithGuests(cluster);
 });
 
 describe('the per-guest lease of a protected qemu guest (real daemons, TCG)', () => {

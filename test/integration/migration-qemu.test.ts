@@ -24,7 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationInfo } from '../../src/admin/schema.ts';
-import { GUEST_IMAGE, guestImagesDir, qemuProcesses, serialTicks } from '../support/qemu.ts';
+import { destroyWithGuests, GUEST_IMAGE, guestImagesDir, qemuProcesses, serialTicks } from '../support/qemu.ts';
 import { fleetCtl } from './fleet-ctl.ts';
 import { RaftCluster } from './raft-cluster.ts';
 import { eventually, metricValue, type CtlResult } from './harness.ts';
@@ -121,10 +121,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  const dirs = cluster?.nodes.map((n) => n.dir) ?? [];
-  await cluster?.destroy();
-  // Guests outlive their daemons by design: every QEMU the test started goes with it.
-  for (const dir of dirs) for (const q of await qemuProcesses(dir)) process.kill(q.pid, 'SIGKILL');
+  await destroyWithGuests(cluster);
   await rm(root, { recursive: true, force: true });
 });
 

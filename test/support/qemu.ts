@@ -67,3 +67,10 @@ export async function serialTicks(serialLog: string): Promise<[number, number][]
   const text = await readFile(serialLog, 'utf8').catch(() => '');
   return [...text.matchAll(/^tick (\d+) (\d+)$/gm)].map((m) => [Number(m[1]), Number(m[2])]);
 }
+
+/** Stops a test's daemons, then kills every QEMU under their data directories: guests outlive their daemons by design. */
+export async function destroyWithGuests(cluster: { readonly nodes: readonly { readonly dir: string }[]; destroy(): Promise<void> } | undefined): Promise<void> {
+  const dirs = cluster?.nodes.map((n) => n.dir) ?? [];
+  await cluster?.destroy();
+  for (const dir of dirs) for (const q of await qemuProcesses(dir)) process.kill(q.pid, 'SIGKILL');
+}
