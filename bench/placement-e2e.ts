@@ -33,7 +33,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { connectAdmin, type AdminClient } from '../src/admin/client.ts';
 import { RaftCluster } from '../test/integration/raft-cluster.ts';
 import { Prng } from '../test/sim/prng.ts';
-import { defineBench, intFlag, machineFacts, progress, quantile, renderTable, significant } from './run.ts';
+import { defineBench, intFlag, machineFacts, pool, progress, quantile, renderTable, significant } from './run.ts';
 
 const NODES = 3;
 /** $/vCPU-h of node i's fleet provider: n2 cheapest, then n3, then n1. */
@@ -85,16 +85,6 @@ interface Tracked {
   attempts?: number;
   /** Managed: ms from the create call to the region daemon's 'fleet VM created' log line. */
   createdLogMs?: number;
-}
-
-/** Runs `work` for each item with at most `limit` in flight. */
-async function pool<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(limit, items.length) }, async () => {
-      while (next < items.length) await work(items[next++] as T);
-    }),
-  );
 }
 
 /**

@@ -97,6 +97,10 @@ const BENCHES: Record<string, BenchEntry> = {
     summary: 'the optimiser (rightsizing, idle, spot, reserved, arbitrage) over 10 000 VMs × 14 days of 5-minute samples (40 M points) vs a bare scan of the same points: seconds, RSS and heap; floor < 60 s',
     load: async () => (await import('./cost.ts')).costBench,
   },
+  dr: {
+    summary: 'disaster recovery on 3 real dwcpd: N protected VMs (local provider) in a region that is lost (kill -9): detection, all assigned and running at the DR region, p50/p99 RTO; a 2-check blip fails nothing over; no double-running copy',
+    load: async () => (await import('./dr.ts')).drBench,
+  },
   'placement-e2e': {
     summary: 'vm create --placement auto to running on 3 real daemons (local providers, different prices) vs unmanaged vm create --provider on the same daemons: p50/p99 placed and running, creates/s',
     load: async () => (await import('./placement-e2e.ts')).placementE2eBench,
@@ -193,6 +197,16 @@ export function renderTable(header: readonly string[], rows: readonly (readonly 
   const line = (cells: readonly string[]): string =>
     cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+}
+
+/** Runs `work` for each item with at most `limit` in flight. */
+export async function pool<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) await work(items[next++] as T);
+    }),
+  );
 }
 
 export function progress(message: string): void {

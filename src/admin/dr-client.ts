@@ -5,13 +5,14 @@
  * Invariant (as for the rest of the admin client): every response has every
  * field, proto3 `optional` fields absent on the wire become null.
  */
-import type { DrProtectRequest, DrStatusResponse, DrVmRef, DrVmStatusInfo, ServiceCall, OptionalWire as Wire } from './schema.ts';
+import type { DrProtectRequest, DrStatusResponse, DrTestResponse, DrVmRef, DrVmStatusInfo, ServiceCall, OptionalWire as Wire } from './schema.ts';
 import { nullIfAbsent as opt } from './schema.ts';
 
 export interface DrClient {
   protect(request: DrProtectRequest): Promise<DrVmStatusInfo>;
   unprotect(request: DrVmRef): Promise<DrVmStatusInfo>;
   status(vms: string[]): Promise<DrStatusResponse>;
+  test(request: DrVmRef): Promise<DrTestResponse>;
 }
 
 function statusFromWire(s: Wire<DrVmStatusInfo>): DrVmStatusInfo {
@@ -46,6 +47,21 @@ export function drClient(call: ServiceCall): DrClient {
     status: async (vms) => {
       const r = await call<{ vms: string[] }, { vms?: Wire<DrVmStatusInfo>[]; at?: string }>('Status', { vms });
       return { vms: (r.vms ?? []).map(statusFromWire), at: r.at ?? '' };
+    },
+    test: async (request) => {
+      const r = await call<DrVmRef, Partial<DrTestResponse>>('Test', request);
+      return {
+        vm: r.vm ?? '',
+        test_vm: r.test_vm ?? '',
+        region: r.region ?? '',
+        provider: r.provider ?? '',
+        restored_from: r.restored_from ?? '',
+        rto_ms: r.rto_ms ?? '0',
+        liveness: r.liveness ?? '',
+        torn_down: r.torn_down ?? false,
+        production_untouched: r.production_untouched ?? false,
+        network: r.network ?? '',
+      };
     },
   };
 }

@@ -84,13 +84,18 @@ export function migrationServiceRegistration(opts: MigrationAdminOptions): Admin
 
   async function start(r: MigrationStartRequest): Promise<Record<string, unknown>> {
     const vm = name('vm', r.vm);
-    const region = name('region', r.region);
-    const provider = name('provider', r.provider, true);
+    if (r.purpose !== '' && r.purpose !== 'failback') throw invalid(`purpose: ${JSON.stringify(r.purpose)} is not failback (or empty)`);
+    const failback = r.purpose === 'failback';
+    // A failback goes where the VM failed over from: the region (and provider) may be left to the log's record.
+    const home = failback ? seat().state.vm(vm)?.protection?.failedOver?.from : undefined;
+    if (failback && home === undefined) throw new DwcpError('rejected', `vm: ${vm} is not failed over (nothing to fail back)`);
+    const region = name('region', r.region === '' && home !== undefined ? home.region : r.region);
+    const provider = name('provider', r.provider === '' && home !== undefined && region === home.region ? home.provider : r.provider, true);
     const mode = (r.mode === '' ? 'cold' : r.mode) as MigrationMode;
     if (!MIGRATION_MODES.includes(mode)) throw invalid(`mode: ${JSON.stringify(r.mode)} is not one of ${MIGRATION_MODES.join(', ')}`);
     if (r.max_downtime_ms !== 0 && mode !== 'live') throw invalid(`max_downtime_ms: only a live migration has a downtime limit (mode is ${mode})`);
     if (r.max_downtime_ms < 0 || r.max_downtime_ms > MIGRATION_MAX_DOWNTIME_MS) throw invalid(`max_downtime_ms: ${r.max_downtime_ms} is not from 1 to ${MIGRATION_MAX_DOWNTIME_MS}`);
-    const request = { vm, region, mode, ...(provider === '' ? {} : { provider }), ...(r.max_downtime_ms === 0 ? {} : { maxDowntimeMs: r.max_downtime_ms }) };
+    const request = { vm, region, mode, ...(provider === '' ? {} : { provider }), ...(r.max_downtime_ms === 0 ? {} : { maxDowntimeMs: r.max_downtime_ms }), ...(failback ? { purpose: 'failback' as const } : {}) };
     if (r.dry_run) {
       const plan = seat().planMigration(request);
       return plan.ok ? { ok: true, code: '', message: '', plan: plan.lines } : { ok: false, code: plan.code, message: plan.message, plan: plan.lines };

@@ -704,6 +704,8 @@ export interface MigrationStartRequest {
   max_downtime_ms: number;
   dry_run: boolean;
   timeout_ms: number;
+  /** "" or "failback" (then region and provider default to where the VM failed over from). */
+  purpose: string;
 }
 
 export interface MigrationInfo {
@@ -867,6 +869,20 @@ export interface DrVmStatusInfo {
 export interface DrStatusResponse {
   vms: DrVmStatusInfo[];
   at: string;
+}
+
+export interface DrTestResponse {
+  vm: string;
+  test_vm: string;
+  region: string;
+  provider: string;
+  restored_from: string;
+  /** uint64 as a decimal string. */
+  rto_ms: string;
+  liveness: string;
+  torn_down: boolean;
+  production_untouched: boolean;
+  network: string;
 }
 // ---------------------------------------------------------------------------
 // Cost and budgets (cost.proto).

@@ -5,6 +5,7 @@
  *       [--retention 7d] [--failback auto|manual] [--json]
  *   dwcpctl vm unprotect NAME [--json]
  *   dwcpctl dr status [VM]... [--json]
+ *   dwcpctl dr test VM [--json] [--timeout 10m]
  *
  * `vm protect` stores the protection in desired state (the log checks the DR
  * region, its provider and the policies, operation failover) and prints the
@@ -68,7 +69,7 @@ export function formatDrVm(s: DrVmStatusInfo): string {
 
 function oneName(ctx: CommandContext, sub: string): string {
   const [name, extra] = ctx.args.slice(1);
-  if (name === undefined || extra !== undefined) throw new UsageError(`vm ${sub} takes one argument, the managed VM's name`);
+  if (name === undefined || extra !== undefined) throw new UsageError(`${sub.startsWith('dr ') ? sub : `vm ${sub}`} takes one argument, the managed VM's name`);
   return name;
 }
 
@@ -98,9 +99,25 @@ export async function unprotectVm(ctx: CommandContext): Promise<void> {
   ctx.io.stdout(ctx.json ? formatJson(s) : `${s.vm} unprotected (it stays in ${s.region === '' ? 'no region' : s.region})\n`);
 }
 
+/** `dr test NAME`: the daemon restores, boots, measures and tears down; this prints it and fails unless production was left alone. */
+async function drTest(ctx: CommandContext): Promise<void> {
+  const name = oneName(ctx, 'dr test');
+  const t = await (await ctx.admin()).dr.test({ vm: name, timeout_ms: ctx.flags.timeout === undefined ? 0 : ctx.timeoutMs });
+  ctx.io.stdout(
+    ctx.json
+      ? formatJson(t)
+      : `dr test of ${t.vm}: ${t.test_vm} at ${t.region}/${t.provider}, restored from ${t.restored_from}, network ${t.network}\n` +
+          `  running after ${seconds(t.rto_ms)} (restore and boot; a real failover adds detection and the fence hold)\n` +
+          `  liveness: ${t.liveness}\n` +
+          `  ${t.torn_down ? 'torn down' : 'NOT torn down yet (deleted; its region has not terminated it)'}; production ${t.vm} ${t.production_untouched ? 'untouched' : 'CHANGED during the test'}\n`,
+  );
+  if (!t.torn_down || !t.production_untouched) throw new Error(`dr test of ${t.vm}: ${!t.torn_down ? `${t.test_vm} is not torn down yet` : `${t.vm}'s record changed during the test`}`);
+}
+
 async function dr(ctx: CommandContext): Promise<void> {
   const sub = ctx.args[0];
-  if (sub !== 'status') throw subcommandError('dr', 'status', sub);
+  if (sub === 'test') return drTest(ctx);
+  if (sub !== 'status') throw subcommandError('dr', 'status or test', sub);
   const res = await (await ctx.admin()).dr.status(ctx.args.slice(1));
   ctx.io.stdout(ctx.json ? formatJson(res) : res.vms.length === 1 && ctx.args.length === 2 ? formatDrVm(res.vms[0] as DrVmStatusInfo) : formatDrStatus(res.vms));
   const over = res.vms.filter((s) => s.rpo_over && s.state !== 'unprotected');
@@ -109,7 +126,7 @@ async function dr(ctx: CommandContext): Promise<void> {
 
 export const DR_COMMAND: Command = {
   name: 'dr',
-  args: 'status [VM]...',
-  summary: 'disaster recovery: the DR state of protected VMs (protect one with vm protect); exits 1 when a VM is over its RPO target',
+  args: 'status [VM]... | test VM',
+  summary: 'disaster recovery: the DR state of protected VMs (protect one with vm protect), exiting 1 when a VM is over its RPO target; test VM: an isolated copy restored in the DR region, booted, measured, torn down',
   run: dr,
 };

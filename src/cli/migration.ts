@@ -108,16 +108,39 @@ export async function migrateVm(ctx: CommandContext): Promise<void> {
   const rawDowntime = singleFlag(flags, 'max-downtime');
   if (rawDowntime !== undefined && mode !== 'live') throw new UsageError(`--max-downtime: only a live migration has a downtime limit (--mode is ${mode})`);
   const maxDowntimeMs = rawDowntime === undefined ? 0 : durationFlag('max-downtime', rawDowntime, 1, 3_600_000);
+  await startAndFollow(ctx, { vm: name, region, mode, maxDowntimeMs, purpose: '' });
+}
+
+/**
+ * `vm failback NAME [--mode warm|cold|live] [--detach] [--dry-run]`: a
+ * failed-over VM goes home (where it failed over from) by a migration with
+ * purpose failback, warm unless --mode says otherwise; the log checks it is
+ * failed over and goes exactly there, as policy operation failback.
+ */
+export async function failbackVm(ctx: CommandContext): Promise<void> {
+  const [name, extra] = ctx.args.slice(1);
+  if (name === undefined || extra !== undefined) throw new UsageError('vm failback takes one argument, the failed-over VM\'s name');
+  if (ctx.flags.to !== undefined) throw new UsageError('--to: a failback goes where the VM failed over from; use vm migrate to go elsewhere');
+  const mode = singleFlag(ctx.flags, 'mode') ?? 'warm';
+  if (!MODES.includes(mode)) throw new UsageError(`--mode: ${JSON.stringify(mode)} is not one of ${MODES.join(', ')}`);
+  await startAndFollow(ctx, { vm: name, region: '', mode, maxDowntimeMs: 0, purpose: 'failback' });
+}
+
+/** Starts (or plans, --dry-run) a migration, then follows it unless --detach. */
+async function startAndFollow(ctx: CommandContext, m: { vm: string; region: string; mode: string; maxDowntimeMs: number; purpose: string }): Promise<void> {
+  const { flags } = ctx;
+  const name = m.vm;
   const dryRun = flags['dry-run'] === true;
   const client = (await ctx.admin()).migration;
   const res = await client.start({
     vm: name,
-    region,
+    region: m.region,
     provider: singleFlag(flags, 'provider') ?? '',
-    mode,
-    max_downtime_ms: maxDowntimeMs,
+    mode: m.mode,
+    max_downtime_ms: m.maxDowntimeMs,
     dry_run: dryRun,
     timeout_ms: ctx.flags.timeout === undefined ? START_TIMEOUT_MS : ctx.timeoutMs,
+    purpose: m.purpose,
   });
   if (dryRun) {
     ctx.io.stdout(ctx.json ? formatJson(res) : `${res.plan.join('\n')}\n`);

@@ -9,6 +9,7 @@
  *   dwcpctl vm types [--provider P]... [--json]
  *   dwcpctl vm console NAME|ID [--follow] [--tail BYTES] [--provider P]   (a qemu guest's serial console)
  *   dwcpctl vm migrate NAME --to REGION [--mode live|warm|cold] [...]  (migration.ts)
+ *   dwcpctl vm failback NAME [--mode warm|cold|live] [--detach]   (a DR failback, migration.ts)
  *   dwcpctl vm protect NAME --dr-region R [--rpo 5m] [...] | vm unprotect NAME   (dr.ts)
  *   dwcpctl cost estimate --provider aws --region us-east-1 --type t3.medium [--hours 720] [--spot|--reserved] [--json]
  *
@@ -30,7 +31,7 @@ import type { Command, CommandContext, FlagValues } from './command.ts';
 import { flagStrings, requiredFlag, singleFlag, UsageError, subcommandError } from './command.ts';
 import { listAllVms } from './fleet.ts';
 import { MANAGED_VM_OPTIONS, createManaged, listDesired, powerManaged } from './fleet-vm.ts';
-import { MIGRATE_OPTIONS, migrateVm } from './migration.ts';
+import { failbackVm, MIGRATE_OPTIONS, migrateVm } from './migration.ts';
 import { PROTECT_OPTIONS, protectVm, unprotectVm } from './dr.ts';
 
 const READ_TIMEOUT_MS = 30_000;
@@ -253,6 +254,8 @@ async function vm(ctx: CommandContext): Promise<void> {
     }
     case 'migrate':
       return migrateVm(ctx);
+    case 'failback':
+      return failbackVm(ctx);
     case 'protect':
       return protectVm(ctx);
     case 'unprotect':
@@ -267,7 +270,7 @@ async function vm(ctx: CommandContext): Promise<void> {
     case 'console':
       return consoleOf(ctx);
     default:
-      throw subcommandError('vm', 'list, create, start, stop, terminate, migrate, protect, unprotect, types or console', sub);
+      throw subcommandError('vm', 'list, create, start, stop, terminate, migrate, failback, protect, unprotect, types or console', sub);
   }
 }
 
@@ -307,12 +310,13 @@ export async function costEstimate(ctx: CommandContext): Promise<void> {
 
 export const VM_COMMAND: Command = {
   name: 'vm',
-  args: 'list | create [NAME] | start NAME|ID | stop NAME|ID | terminate NAME|ID | migrate NAME | protect NAME | unprotect NAME | types | console NAME|ID',
+  args: 'list | create [NAME] | start NAME|ID | stop NAME|ID | terminate NAME|ID | migrate NAME | failback NAME | protect NAME | unprotect NAME | types | console NAME|ID',
   summary:
     "VMs: create NAME --cpu N --memory 4GiB --image I [--region R | --placement auto] [--constraint K=V] [--label k=v] [--dry-run] [--explain] places a managed VM; " +
     "list (--provider P, --state S, --refresh; --all: every region's, --region R, --label k=v; --desired: managed VMs); " +
     'create --provider P --type T --image I: one unmanaged instance; ' +
     'migrate NAME --to REGION [--mode live|warm|cold] [--max-downtime 300ms] [--provider P] [--dry-run] [--detach]: moves a managed VM to another region; ' +
+    'failback NAME [--mode warm|cold|live] [--dry-run] [--detach]: a failed-over VM goes home (warm migration); ' +
     'protect NAME --dr-region R [--dr-provider P] [--rpo 5m] [--rto 10m] [--retention 7d] [--failback auto|manual], unprotect NAME: disaster recovery (dr status); ' +
     'terminate ID --provider P --keep-disk: a qemu instance whose disk stays; ' +
     'console NAME [--follow] [--tail BYTES]: a qemu guest\'s serial console',

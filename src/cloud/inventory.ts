@@ -153,6 +153,8 @@ export interface CloudInventoryOptions {
   images?: ImageSource;
   /** [0, 1); default Math.random. Only jitters sync times. */
   random?: () => number;
+  /** How often a qemu guest's lease watchdog reads its lease (the DR lease, src/cloud/qemu/guest-lease.ts). */
+  leasePollMs?: number;
 }
 
 interface Slot {
@@ -216,7 +218,7 @@ export class CloudInventory {
     const slots: Slot[] = [];
     try {
       for (const entry of clouds.providers) {
-        const provider = await build(entry, { dataDir, observer: apiCallObserver(metrics, entry.name), log, qemuMetrics: metrics.qemu, ...(options.images === undefined ? {} : { images: options.images }) });
+        const provider = await build(entry, { dataDir, observer: apiCallObserver(metrics, entry.name), log, qemuMetrics: metrics.qemu, ...(options.images === undefined ? {} : { images: options.images }), ...(options.leasePollMs === undefined ? {} : { leasePollMs: options.leasePollMs }) });
         slots.push(await CloudInventory.#slot(entry, provider, dataDir, log));
         initProviderMetrics(metrics, entry.name);
         metrics.pendingCreates.set({ provider: entry.name }, journal.list(entry.name).length);
@@ -652,6 +654,13 @@ export class CloudInventory {
     return provider !== undefined && provider.kind === 'qemu' && isMigrationGuests(provider) ? provider : undefined;
   }
 
+  /** The providers whose guests hold leases (qemu), by configured name. */
+  guestLeases(): ReadonlyMap<string, GuestLeases> {
+    const out = new Map<string, GuestLeases>();
+    for (const slot of this.#slots) if (isGuestLeases(slot.provider)) out.set(slot.name, slot.provider);
+    return out;
+  }
+
   // --- routing -------------------------------------------------------------------
 
   #select(names: readonly string[] | undefined): Slot[] {
@@ -736,6 +745,15 @@ function untilAborted(work: Promise<unknown>, signal: AbortSignal | undefined): 
     signal.addEventListener('abort', done, { once: true });
     work.then(done, done);
   });
+}
+
+/** A provider whose guests carry a lease their daemon renews and a watchdog that kills them when it lapses (qemu). */
+export interface GuestLeases {
+  renewLeases(renew: ReadonlyMap<string, { readonly untilMs: number; readonly vm: string }>, release: readonly string[]): Promise<void>;
+}
+
+function isGuestLeases(provider: CloudProvider): provider is CloudProvider & GuestLeases {
+  return 'renewLeases' in provider && typeof provider.renewLeases === 'function';
 }
 
 function isMigrationGuests(provider: CloudProvider): provider is CloudProvider & QemuMigrationGuests {

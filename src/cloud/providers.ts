@@ -26,6 +26,7 @@ export interface ProviderContext {
   /** Where the qemu provider's images come from (the image catalog), unless the entry names an imageDir. */
   images?: ImageSource;
   qemuMetrics?: QemuMetrics;
+  leasePollMs?: number;
 }
 
 /** Where the qemu provider keeps its guests. */
@@ -89,7 +90,7 @@ export const buildProvider: ProviderBuilder = async (entry, context) => {
   }
 };
 
-async function buildQemuProvider(entry: QemuCloudConfig, { dataDir, log, images, qemuMetrics }: ProviderContext): Promise<CloudProvider> {
+async function buildQemuProvider(entry: QemuCloudConfig, { dataDir, log, images, qemuMetrics, leasePollMs }: ProviderContext): Promise<CloudProvider> {
   const [{ QemuProvider }, { DirectoryImageSource }] = await Promise.all([import('./qemu/qemu-provider.ts'), import('./qemu/directory-images.ts')]);
   const capacity = entry.capacity ?? hostCapacity();
   return QemuProvider.open({
@@ -110,6 +111,7 @@ async function buildQemuProvider(entry: QemuCloudConfig, { dataDir, log, images,
     timeouts: { bootMs: entry.bootTimeoutMs, powerdownMs: entry.stopTimeoutMs, qmpCallMs: entry.qmpTimeoutMs, qmpConnectMs: Math.min(entry.qmpTimeoutMs, 5_000) },
     utilisationIntervalMs: entry.utilisationIntervalMs,
     serialLogMaxBytes: entry.serialLogMaxBytes,
+    ...(leasePollMs === undefined ? {} : { leasePollMs }),
   });
 }
 

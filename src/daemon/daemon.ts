@@ -50,6 +50,8 @@ import { join } from 'node:path';
 import { DESIRED_VM_TAG, GENERATION_TAG } from '../fleet/reconciler.ts';
 import { BackupDriver } from '../dr/backup-driver.ts';
 import { DrDriver } from '../dr/driver.ts';
+import { leasePlan } from '../dr/lease-plan.ts';
+import { observedOf } from '../fleet/region-reconciler.ts';
 
 /** The key the DR driver's barrier reads (any key does: a strong read answers only with the majority's consent). */
 const DR_BARRIER_KEY = 'dwcp/dr/barrier';
@@ -70,6 +72,7 @@ import { ImageCatalog } from '../image/catalog.ts';
 import { IMAGE_FETCH_PROTOCOL, ImageFetch } from '../image/fetch.ts';
 import { BlobImageSource, imagesDir } from '../image/source.ts';
 import { LateImageSource } from '../cloud/qemu/late-image-source.ts';
+import { watchdogPollMs } from '../cloud/qemu/guest-lease.ts';
 import { MIGRATE_PROTOCOL, MigrateService } from '../migration/migrate-service.ts';
 import { QemuTransfer } from '../migration/qemu-transfer.ts';
 import { imageServiceRegistration } from '../admin/image-service.ts';
@@ -239,6 +242,7 @@ export class Daemon {
       drFence: { fenceAfterMs: config.dr.fenceAfterMs, fenceHoldMs: config.dr.fenceHoldMs },
       logSeenAt: () => this.dr.logSeenAt(),
       restore: (vm, generation, backup) => this.backups.restore(vm, generation, backup),
+      logConfirmed: () => this.dr.logConfirmed(),
     });
     this.dr = new DrDriver({
       region: config.node.name,
@@ -259,6 +263,14 @@ export class Daemon {
       runningHere: (vm, generation) => {
         const r = this.seat.reconciler.reports().get(vm);
         return r !== undefined && r.status === 'running' && r.generation === generation;
+      },
+      renewLeases: async (logSeenAt, leaseMs) => {
+        const providers = parts.cloud.guestLeases();
+        if (providers.size === 0) return;
+        const { instances } = await parts.cloud.list({});
+        const copies = instances.filter((e) => providers.has(e.provider)).map(observedOf);
+        const plan = leasePlan({ region: config.node.name, state: this.seat.state, copies, logSeenAt, leaseMs });
+        await Promise.all([...plan].map(([provider, p]) => providers.get(provider)?.renewLeases(p.renew, p.release)));
       },
       metrics: parts.metrics.dr,
       log: parts.log.child({ component: 'dr' }),
@@ -373,7 +385,7 @@ export class Daemon {
     // First, so a bad pricing file stops the start before any port is bound.
     // The image catalog needs the mesh, blob store and router built below: qemu providers get a placeholder bound to it then.
     const catalogImages = new LateImageSource();
-    const cloud = await CloudInventory.open({ clouds: config.clouds, dataDir: config.dataDir, metrics: metrics.cloud, log: log.child({ component: 'cloud' }), images: catalogImages });
+    const cloud = await CloudInventory.open({ clouds: config.clouds, dataDir: config.dataDir, metrics: metrics.cloud, log: log.child({ component: 'cloud' }), images: catalogImages, leasePollMs: watchdogPollMs(config.dr.leaseMs) });
     const members = new MemberDirectory(config.members);
     const mesh = await MemberMesh.create({ config, identity, members, metrics, log: log.child({ component: 'mesh' }) });
     // DWCP_TEST_FAULTS=1 lets a test cut members off without changing the member list (src/net/test-faults.ts).
@@ -500,7 +512,7 @@ export class Daemon {
         fleetServiceRegistration({ view: () => this.fleet.view(), seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         migrationServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         policyServiceRegistration({ seat: this.seat, defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
-        drServiceRegistration({ seat: this.seat, facts: (vm) => ({ lastBackupAt: this.backups.lastBackupAt(vm), rtoMeasuredMs: this.dr.rtoOf(vm) }), defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
+        drServiceRegistration({ seat: this.seat, view: () => this.fleet.view(), facts: (vm) => ({ lastBackupAt: this.backups.lastBackupAt(vm), rtoMeasuredMs: this.dr.rtoOf(vm) }), defaultTimeoutMs: Math.max(defaultTimeoutMs, 30_000), log: adminLog }),
         costServiceRegistration({
           report: (query) => this.cost.report(query),
           records: () => this.cost.records(),

@@ -6,8 +6,10 @@
  * self-fencing reads (logSeenAt); (2) checks every other registered region
  * (its daemon connected and not suspected by the member failure detector);
  * (3) steps the core and commits what it proposes (failovers, failback
- * migrations), one proposal per VM at a time; and measures the RTO of
- * failovers into this region when their copy first runs here.
+ * migrations), one proposal per VM at a time; renews the leases of this
+ * region's protected guests after each barrier that answered (so a lease
+ * is never renewed past what the log's last answer justifies); and measures
+ * the RTO of failovers into this region when their copy first runs here.
  *
  * Invariants: the core decides, the driver only runs checks and commits;
  * a proposal's answer is logged and counted, never acted on beyond that
@@ -31,6 +33,12 @@ export interface DrDriverOptions {
   readonly health: (region: string) => { readonly ok: boolean; readonly detail?: string } | undefined;
   /** Whether this region's reconciler reports the VM running here at that generation. */
   readonly runningHere: (vm: string, generation: number) => boolean;
+  /**
+   * Renews the leases of this region's protected guests up to
+   * logSeenAt + dr.leaseMs (src/dr/lease-plan.ts), after each barrier that
+   * answered; absent: no provider holds leases.
+   */
+  readonly renewLeases?: (logSeenAt: number, leaseMs: number) => Promise<void>;
   readonly metrics: DrMetrics;
   readonly log: Logger;
   readonly now?: () => number;
@@ -45,6 +53,9 @@ export class DrDriver {
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   #logSeenAt: number;
+  #confirmed = false;
+  /** A lease renewal under way (a slow disk): the next one waits for it rather than piling up. */
+  #renewing: Promise<void> | null = null;
   /** Failovers into this region whose RTO was measured (vm@generation), and the last RTO per VM. */
   readonly #measured = new Set<string>();
   readonly #rto = new Map<string, number>();
@@ -56,6 +67,17 @@ export class DrDriver {
     this.#now = options.now ?? Date.now;
     // A daemon that just started counts as having seen the log now: it fences itself only if the log stays silent fenceAfterMs.
     this.#logSeenAt = this.#now();
+  }
+
+  /**
+   * Whether a barrier answered since this daemon started: until then its
+   * desired state may be mid-replay or what it was when it went down (a
+   * failover it missed), so the reconciler changes nothing (a restarted
+   * region must neither stop a copy it holds nor start the stale copy its
+   * lease watchdog just killed).
+   */
+  logConfirmed(): boolean {
+    return this.#confirmed;
   }
 
   /** When this node's view of the federation log was last known current (the reconciler's self-fencing input). */
@@ -89,12 +111,22 @@ export class DrDriver {
     try {
       await this.#o.barrier(this.#options.checkIntervalMs);
       this.#logSeenAt = asked;
+      this.#confirmed = true;
       logCurrent = true;
+      this.#renew(asked);
     } catch (err) {
       this.#o.log.debug({ err: err instanceof Error ? err.message : String(err) }, 'DR: the federation log did not answer a barrier read');
     }
     if (this.#stopped) return;
     this.#step(logCurrent);
+  }
+
+  #renew(logSeenAt: number): void {
+    const renew = this.#o.renewLeases;
+    if (renew === undefined || this.#renewing !== null) return;
+    this.#renewing = renew(logSeenAt, this.#o.settings.leaseMs)
+      .catch((err: unknown) => this.#o.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'DR: renewing the guests\' leases failed; retried at the next check (a lease that lapses stops its guest)'))
+      .finally(() => (this.#renewing = null));
   }
 
   /** One step of the core on this node's state (exposed for tests that drive time themselves). */

@@ -59,6 +59,10 @@
  *   a region cut off from the log longer than fenceAfterMs stops their
  *   copies (fence reason self-fence) and starts none; a failed-over copy
  *   starts only fenceHoldMs after the region first saw the failover.
+ * - A daemon that has not yet proven its view of the log current since it
+ *   started (input.logConfirmed false) changes nothing but self-fencing: a
+ *   restart must neither fence a copy on a half-replayed state nor start one
+ *   a failover it missed made stale.
  * - Memory stays bounded by the region's VMs and copies: entries for VMs and
  *   copies that are gone are dropped each pass.
  */
@@ -323,6 +327,13 @@ export interface ReconcileInput {
   readonly options?: ReconcilerOptions;
   /** When this region's view of the log was last known current (options.lease); `now` when absent. */
   readonly logSeenAt?: number;
+  /**
+   * Whether this region's view of the log was proven current since its
+   * daemon started: until then the pass emits no create, start, stop or
+   * terminate (its desired state may be mid-replay, or predate a failover
+   * it missed), only reports and self-fencing. Absent: true.
+   */
+  readonly logConfirmed?: boolean;
 }
 
 export interface ReconcileResult {
@@ -595,7 +606,10 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
   for (const key of attempts.keys()) if (!liveKeys.has(key)) attempts.delete(key);
   for (const name of reported.keys()) if (!names.has(name)) reported.delete(name);
   for (const name of firstSeen.keys()) if (!assignedHere.has(name)) firstSeen.delete(name);
-  return { actions, memory: { attempts, reported, firstSeen } };
+  // Not yet confirmed current since the daemon started: its desired state may be mid-replay or predate what it missed, so it
+  // acts on none of it (no create, start, stop or terminate); it reports, and a cut-off region still fences itself.
+  const confirmed = input.logConfirmed !== false ? actions : actions.filter((a) => a.kind === 'status' || a.kind === 'orphan' || (a.kind === 'stop' && (a.fence === 'self-fence' || a.fence === 'lease-expired')));
+  return { actions: confirmed, memory: { attempts, reported, firstSeen } };
 }
 
 /** The backup a failed-over copy at this assignment starts from, if the failover recorded one. */

@@ -41,6 +41,11 @@ import {
   type VmStatus,
 } from './reconciler.ts';
 
+/** An inventory entry as the reconciler (and the DR lease plan) reads it. */
+export function observedOf(e: InventoryEntry): ObservedVm {
+  return observedFromTags({ provider: e.provider, id: e.instance.id, name: e.instance.name, state: e.instance.state }, e.instance.tags);
+}
+
 /** The slice of the cloud inventory the reconciler uses. */
 export interface ReconcilerInventory {
   list(query: { refresh?: boolean }): Promise<{ instances: InventoryEntry[] }>;
@@ -83,6 +88,8 @@ export interface RegionReconcilerOptions {
   readonly core?: ReconcilerOptions;
   /** When this node's view of the log was last known current (the core's lease and DR self-fencing input); absent: always now. */
   readonly logSeenAt?: () => number;
+  /** Whether this node's view of the log was proven current since it started (the pass acts only then); absent: always. */
+  readonly logConfirmed?: () => boolean;
   readonly maxInFlight?: number;
   readonly now?: () => number;
   /**
@@ -152,9 +159,7 @@ export class RegionReconciler {
   async #pass(): Promise<void> {
     const now = this.#o.now ?? Date.now;
     const { instances } = await this.#o.inventory.list({});
-    const observed: ObservedVm[] = instances.map((e) =>
-      observedFromTags({ provider: e.provider, id: e.instance.id, name: e.instance.name, state: e.instance.state }, e.instance.tags),
-    );
+    const observed: ObservedVm[] = instances.map(observedOf);
     const outcomes = this.#outcomes;
     this.#outcomes = [];
     const desired = this.#o.desired();
@@ -168,6 +173,7 @@ export class RegionReconciler {
       now: now(),
       options: this.#o.core ?? DEFAULT_RECONCILER_OPTIONS,
       ...(this.#o.logSeenAt === undefined ? {} : { logSeenAt: this.#o.logSeenAt() }),
+      ...(this.#o.logConfirmed === undefined ? {} : { logConfirmed: this.#o.logConfirmed() }),
     });
     this.#memory = result.memory;
     const orphans: OrphanReport[] = [];

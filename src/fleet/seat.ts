@@ -72,6 +72,8 @@ export interface FleetSeatOptions {
   readonly logSeenAt?: () => number;
   /** Restores a failed-over copy's DR backup into a disk file (RegionReconcilerOptions.restore). */
   readonly restore?: (vm: string, generation: number, backup: BackupRecord) => Promise<string>;
+  /** Whether this node has read the log since it started (a restarted reconciler changes nothing but self-fencing before). */
+  readonly logConfirmed?: () => boolean;
 }
 
 /**
@@ -130,6 +132,7 @@ export class FleetSeat {
       core: { maxAttempts: settings.maxAttempts, backoffBaseMs: settings.backoffBaseMs, backoffCapMs: settings.backoffCapMs, ...(options.drFence === undefined ? {} : { dr: options.drFence }) },
       ...(options.logSeenAt === undefined ? {} : { logSeenAt: options.logSeenAt }),
       ...(options.restore === undefined ? {} : { restore: options.restore }),
+      ...(options.logConfirmed === undefined ? {} : { logConfirmed: options.logConfirmed }),
       purge: async (vm) => {
         const result = await this.log.commit({ kind: 'purge', vm }, options.commitTimeoutMs);
         if (result.ok) options.log.info({ vm }, 'fleet VM purged: deleted and no copy left');

@@ -28,6 +28,8 @@ export interface MigrationRequest {
   readonly provider?: string;
   readonly mode: MigrationMode;
   readonly maxDowntimeMs?: number;
+  /** A DR failback (the log checks it goes back where the VM failed over from, as policy operation failback). */
+  readonly purpose?: 'failback';
 }
 
 export type MigrationPlan =
@@ -50,6 +52,7 @@ export function planMigration(state: FleetState, request: MigrationRequest, now:
     provider,
     mode: request.mode,
     ...(request.maxDowntimeMs === undefined ? {} : { maxDowntimeMs: request.maxDowntimeMs }),
+    ...(request.purpose === undefined ? {} : { purpose: request.purpose }),
     at: now,
   });
   const tried = candidates.map((provider) => ({ command: commandFor(provider), refusal: state.migrationStartRefusal(commandFor(provider)) }));

@@ -17,13 +17,20 @@
  *   `dr status`, as is the backup it started from (its copy's tag too);
  * - the lost region's daemon comes back: it sees the newer generation and
  *   terminates its stale copy without ever starting it; exactly one copy
- *   runs, at the DR region.
+ *   runs, at the DR region;
+ * - dr test: an isolated copy runs in the DR region, measured and torn
+ *   down, while web1's desired record, DR record and copies stay as they
+ *   were;
+ * - failback: web2 (failback auto) goes home by a warm migration once its
+ *   home passed every check for the (4 s) stabilisation window; web1
+ *   (manual) stays failed over until `vm failback web1`, which moves it home
+ *   the same way; a failback of a VM that is not failed over is refused.
  *
  * No sleeps as synchronisation: states and log lines are awaited with
  * generous deadlines.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { DrVmStatusInfo } from '../../src/admin/schema.ts';
+import type { DrTestResponse, DrVmStatusInfo } from '../../src/admin/schema.ts';
 import { RaftCluster } from './raft-cluster.ts';
 import { eventually, metricValue } from './harness.ts';
 import { fleetCtl } from './fleet-ctl.ts';
@@ -36,9 +43,11 @@ let cluster: RaftCluster;
 /** Where web1 is placed (n1 or n2) and its DR region (the other). */
 let primary = '';
 let dr = '';
+/** web2's generation at its primary (placement may put it elsewhere first; it is moved there). */
+let web2Generation = 1;
 const node = (region: string): number => Number(region.slice(1)) - 1;
 
-const { ctl, json, copies, runningAt } = fleetCtl(() => cluster, SETTLE_MS);
+const { ctl, json, desired, copies, runningAt } = fleetCtl(() => cluster, SETTLE_MS);
 const drStatus = async (i: number, name: string): Promise<DrVmStatusInfo | undefined> => (await cluster.admin(i, (c) => c.dr.status([name]))).vms[0];
 
 beforeAll(async () => {
@@ -93,13 +102,51 @@ describe('disaster recovery, local providers, real daemons', () => {
     expect(status.code, status.stderr).toBe(0);
     const rpo = metricValue(await cluster.daemon(node(dr)).scrape(), 'dwcp_dr_rpo_seconds', { vm: 'web1' });
     expect(rpo).toBeLessThan(10);
+    // web2 runs beside it and fails back on its own (failback auto).
+    const second = await json<{ region: string }>(2, 'vm', 'create', 'web2', '--cpu', '1', '--memory', '1GiB', '--image', 'base', '--constraint', 'region=n1,n2');
+    let generation = 1;
+    if (second.region !== primary) {
+      const moved = await ctl(2, 'vm', 'migrate', 'web2', '--to', primary, '--mode', 'cold');
+      expect(moved.code, moved.stderr).toBe(0);
+      generation = 2;
+    }
+    await runningAt(2, 'web2', primary, String(generation));
+    web2Generation = generation;
+    const auto = await ctl(2, 'vm', 'protect', 'web2', '--dr-region', dr, '--rto', RTO_TARGET, '--failback', 'auto');
+    expect(auto.code, auto.stderr).toBe(0);
+    await eventually(`${primary} knows web2 is protected`, SETTLE_MS, async () => ((await drStatus(node(primary), 'web2'))?.state === 'protected' ? true : undefined));
   }, 120_000);
+
+  it('dr test: an isolated copy of web1 runs in its DR region, is measured and torn down; web1, its assignment and its DR record are untouched', async () => {
+    const before = await desired(2, 'web1');
+    const drBefore = await drStatus(2, 'web1');
+    const t = await json<DrTestResponse>(2, 'dr', 'test', 'web1');
+    expect(t).toMatchObject({ vm: 'web1', region: dr, provider: 'local', torn_down: true, production_untouched: true });
+    expect(t.test_vm).toMatch(/^web1-drtest-[0-9a-f]{4}$/);
+    expect(t.restored_from).toBe('image base (no backups in this build)');
+    expect(Number(t.rto_ms)).toBeGreaterThan(0);
+    console.log(`DR test: ${t.test_vm} running at ${dr} ${t.rto_ms} ms after the request`);
+    // Production, as the test itself saw it: the same desired record (region, generation, power), the same DR record, one copy.
+    expect(await desired(2, 'web1')).toEqual(before);
+    expect(await drStatus(2, 'web1')).toEqual(drBefore);
+    expect((await copies(2, 'web1')).filter((c) => c.state !== 'terminated').map((c) => c.region)).toEqual([primary]);
+    await eventually(`${t.test_vm} gone from desired state or deleted`, SETTLE_MS, async () => {
+      const d = await desired(2, t.test_vm);
+      return d === undefined || d.deleted ? true : undefined;
+    });
+    const plain = await ctl(2, 'dr', 'test', 'web1');
+    expect(plain.code, plain.stderr).toBe(0);
+    expect(plain.stdout).toContain(`production web1 untouched`);
+    const unprotected = await ctl(2, 'dr', 'test', 'nosuch');
+    expect(unprotected.stderr).toContain('no VM named nosuch');
+  }, 150_000);
 
   it('kill -9 of the primary daemon: web1 fails over to its DR region at generation 2 and runs there within its RTO; the returning region never starts its stale copy', async () => {
     const p = node(primary);
     await cluster.stopNode(p, 'SIGKILL');
     await cluster.daemon(2).waitForLog((l) => l.msg === 'DR: region failed; its protected VMs fail over' && l.region === primary, `n3 sees ${primary} fail`);
     await runningAt(2, 'web1', dr, '2');
+    await runningAt(2, 'web2', dr, String(web2Generation + 1));
     const s = await eventually(`${dr} measured the RTO`, SETTLE_MS, async () => {
       const found = await drStatus(node(dr), 'web1');
       return found?.rto_measured_ms !== null && found?.state === 'failed-over' ? found : undefined;
@@ -121,6 +168,33 @@ describe('disaster recovery, local providers, real daemons', () => {
     await eventually(`exactly one copy of web1, running at ${dr}`, SETTLE_MS, async () => {
       const live = (await copies(2, 'web1')).filter((c) => c.state !== 'terminated');
       return live.length === 1 && live[0]?.state === 'running' && live[0].region === dr ? live : undefined;
+    });
+  }, 150_000);
+
+  it('failback: web2 (auto) goes home by itself after the stabilisation window; web1 (manual) stays until vm failback moves it home by warm migration', async () => {
+    const p = node(primary);
+    await runningAt(2, 'web2', primary, String(web2Generation + 2));
+    // web1 did not move: manual waits for the operator.
+    expect(await drStatus(2, 'web1')).toMatchObject({ state: 'failed-over', region: dr, generation: '2' });
+
+    const unknown = await ctl(2, 'vm', 'failback', 'nosuch');
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain('nosuch is not failed over');
+    const elsewhere = await ctl(2, 'vm', 'failback', 'web1', '--to', 'n3');
+    expect(elsewhere.stderr).toContain('--to: a failback goes where the VM failed over from');
+
+    const back = await ctl(2, 'vm', 'failback', 'web1');
+    expect(back.code, back.stderr).toBe(0);
+    expect(back.stdout).toMatch(new RegExp(`web1: warm migration from ${dr}/local \\(generation 2\\) to ${primary}/local \\(generation 3\\)`));
+    expect(back.stdout).toMatch(new RegExp(`web1 warm ${dr} → ${primary}: completed`));
+    await runningAt(2, 'web1', primary, '3');
+    for (const vm of ['web1', 'web2']) expect(await drStatus(p, vm)).toMatchObject({ state: 'protected', region: primary });
+    const again = await ctl(2, 'vm', 'failback', 'web1');
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain('web1 is not failed over (nothing to fail back)');
+    await eventually(`exactly one copy of web1, running at ${primary}`, SETTLE_MS, async () => {
+      const live = (await copies(2, 'web1')).filter((c) => c.state !== 'terminated');
+      return live.length === 1 && live[0]?.state === 'running' && live[0].region === primary ? live : undefined;
     });
   }, 150_000);
 });

@@ -24,8 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationInfo } from '../../src/admin/schema.ts';
-import { readProcess } from '../../src/cloud/qemu/procfs.ts';
-import { GUEST_IMAGE, guestImagesDir } from '../support/qemu.ts';
+import { destroyWithGuests, GUEST_IMAGE, guestImagesDir, qemuProcesses, serialTicks } from '../support/qemu.ts';
 import { fleetCtl } from './fleet-ctl.ts';
 import { RaftCluster } from './raft-cluster.ts';
 import { eventually, metricValue, type CtlResult } from './harness.ts';
@@ -36,19 +35,6 @@ const SETTLE_MS = 120_000;
 let cluster: RaftCluster;
 
 const { ctl, json, desired, runningAt } = fleetCtl(() => cluster, SETTLE_MS);
-
-/** The QEMU processes running under `dir` (a node's data directory, or the whole test's): guest id and pid. */
-async function qemuProcesses(dir: string): Promise<{ id: string; pid: number }[]> {
-  const found: { id: string; pid: number }[] = [];
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const info = await readProcess(Number(entry)).catch(() => null);
-    if (info === null || !(info.argv[0] ?? '').includes('qemu-system')) continue;
-    const qmp = info.argv.find((a) => a.startsWith('socket,id=qmp,path='));
-    if (qmp?.includes(`${dir}/`) === true) found.push({ id: /guest=(qemu-[0-9a-f]{12})/.exec(info.argv.join(' '))?.[1] ?? '?', pid: Number(entry) });
-  }
-  return found;
-}
 
 async function qemus(i: number): Promise<string[]> {
   return (await qemuProcesses(cluster.nodes[i]?.dir ?? '/nonexistent')).map((q) => q.id);
@@ -75,10 +61,9 @@ async function disksAt(i: number): Promise<string[]> {
   return out;
 }
 
-/** Tick lines of a serial log: [n, guest ms]. */
-async function ticks(i: number, id: string): Promise<[number, number][]> {
-  const text = await readFile(join(cluster.nodes[i]?.dir ?? '', 'qemu', 'vms', id, 'serial.log'), 'utf8').catch(() => '');
-  return [...text.matchAll(/^tick (\d+) (\d+)$/gm)].map((m) => [Number(m[1]), Number(m[2])]);
+/** Tick lines of node i's guest's serial log: [n, guest ms]. */
+function ticks(i: number, id: string): Promise<[number, number][]> {
+  return serialTicks(join(cluster.nodes[i]?.dir ?? '', 'qemu', 'vms', id, 'serial.log'));
 }
 
 async function migrate(i: number, ...args: string[]): Promise<{ id: string; run: Promise<CtlResult> }> {
@@ -136,10 +121,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  const dirs = cluster?.nodes.map((n) => n.dir) ?? [];
-  await cluster?.destroy();
-  // Guests outlive their daemons by design: every QEMU the test started goes with it.
-  for (const dir of dirs) for (const q of await qemuProcesses(dir)) process.kill(q.pid, 'SIGKILL');
+  await destroyWithGuests(cluster);
   await rm(root, { recursive: true, force: true });
 });
 

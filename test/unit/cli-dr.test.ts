@@ -47,7 +47,11 @@ describe('dwcpctl vm protect and dr status', () => {
     [['vm', 'protect', 'web1', '--dr-region', 'dc2', '--failback', 'sometimes'], '--failback: "sometimes" is not one of auto, manual'],
     [['vm', 'protect'], "vm protect takes one argument, the managed VM's name"],
     [['vm', 'unprotect', 'a', 'b'], "vm unprotect takes one argument, the managed VM's name"],
-    [['dr', 'failover'], 'dr needs a subcommand: status (got "failover")'],
+    [['dr', 'failover'], 'dr needs a subcommand: status or test (got "failover")'],
+    [['dr', 'test'], "dr test takes one argument, the managed VM's name"],
+    [['vm', 'failback'], "vm failback takes one argument, the failed-over VM's name"],
+    [['vm', 'failback', 'web1', '--to', 'dc3'], '--to: a failback goes where the VM failed over from'],
+    [['vm', 'failback', 'web1', '--mode', 'teleport'], '--mode: "teleport" is not one of live, warm, cold'],
   ])('refuses %j by name, before asking the daemon', async (argv, message) => {
     const res = await run(...argv);
     expect(res.code).toBe(2);

@@ -115,7 +115,7 @@ describe('vm and cost usage errors', () => {
 
   it('exits 2 naming the mistake, before talking to any daemon', async () => {
     const cases: [string[], string][] = [
-      [['vm'], 'vm needs a subcommand: list, create, start, stop, terminate, migrate, protect, unprotect, types or console'],
+      [['vm'], 'vm needs a subcommand: list, create, start, stop, terminate, migrate, failback, protect, unprotect, types or console'],
       [['vm', 'stop'], "vm stop takes one argument, a managed VM's name or an instance ID"],
       [['vm', 'list', 'extra'], 'vm list takes no arguments (got "extra")'],
       [['vm', 'console'], "vm console takes one argument, a VM's name or instance ID"],

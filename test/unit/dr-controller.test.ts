@@ -147,6 +147,23 @@ describe('reconciler DR self-fencing', () => {
     expect(reconcile({ ...base, observed: [copy('i-1', 'stopped', 1)], now: 30_000, logSeenAt: 29_000 }).actions.filter((a) => a.kind === 'start')).toHaveLength(1);
   });
 
+  it('a daemon that has not proven its view of the log current since it started changes nothing but self-fencing (its state may be mid-replay, or predate a failover)', () => {
+    const m = fleet();
+    m.apply(create(spec('db1')));
+    m.apply(assign('db1', 'dc1', 1));
+    const observed = [copy('i-1', 'stopped', 1), { ...copy('i-2', 'stopped', 1), name: 'db1', vmName: 'db1' }];
+    const base = { region: 'dc1', desired: m, observed, memory: EMPTY_RECONCILER_MEMORY, inFlight: new Set<string>(), options: fence, now: 1_000, logSeenAt: 1_000 };
+    const starts = (logConfirmed: boolean) => reconcile({ ...base, logConfirmed }).actions.filter((a) => a.kind === 'start').map((a) => a.vm);
+    expect(starts(false)).toEqual([]);
+    expect(starts(true).sort()).toEqual(['db1', 'web1']);
+    // A copy its (stale) state calls stale is not fenced either; self-fencing still happens.
+    const stale = { ...base, observed: [copy('i-1', 'running', 1), copy('i-9', 'running', 7)] };
+    expect(reconcile({ ...stale, logConfirmed: false }).actions.filter((a) => a.kind === 'stop' || a.kind === 'terminate')).toEqual([]);
+    expect(reconcile({ ...stale, logConfirmed: true }).actions.filter((a) => a.kind === 'stop').map((a) => a.kind === 'stop' && a.id)).toEqual(['i-9']);
+    const cut = reconcile({ ...stale, logConfirmed: false, now: 30_000, logSeenAt: 1_000 });
+    expect(cut.actions.filter((a) => a.kind === 'stop').map((a) => a.kind === 'stop' && a.fence)).toEqual(['self-fence']);
+  });
+
   it('the DR region holds a failed-over copy for fenceHoldMs after it first saw the failover', () => {
     const m = fleet();
     m.apply(parseFleetCommand({ kind: 'failover', vm: 'web1', region: 'dc1', generation: 1, reason: 'lost', since: 0, at: 0 }));

@@ -89,8 +89,8 @@ describe('QEMU command line', () => {
   });
 
   it('runs QEMU as the shell\'s child and records its status', () => {
-    const sh = shimArgs('/usr/bin/qemu', ['-m', '1'], '/d/exit-status');
-    expect(sh.slice(2)).toEqual(['dwcp-qemu', '/d/exit-status', '/usr/bin/qemu', '-m', '1']);
+    const sh = shimArgs('/usr/bin/qemu', ['-m', '1'], '/d/exit-status', { file: '/d/lease', pollMs: 250 });
+    expect(sh.slice(2)).toEqual(['dwcp-qemu', '/d/exit-status', '/d/lease', '0.250', '/usr/bin/qemu', '-m', '1']);
     expect(sh[1]).not.toContain('exec ');
   });
 });

@@ -87,12 +87,36 @@ export function qemuArgs(g: GuestCommand): string[] {
 }
 
 /**
- * The shell that runs QEMU and writes "STATUS" to the exit file when it
- * ends. Argument order: sh -c SCRIPT dwcp-qemu EXITFILE BINARY ARGS...
+ * The shell that runs QEMU, watches its lease, and writes "STATUS" to the
+ * exit file when it ends. Argument order: sh -c SCRIPT dwcp-qemu EXITFILE
+ * LEASEFILE POLLSECONDS BINARY ARGS...
+ *
+ * The watchdog is a subshell of it (a forked dash: a few hundred KiB, no
+ * process per poll but `sleep`): every POLLSECONDS, while QEMU lives, it
+ * reads LEASEFILE's first word (a deadline on the boot clock, centiseconds)
+ * and /proc/uptime with shell builtins; past the deadline (or on a deadline
+ * that is not a number) it notes why in LEASEFILE.lapsed and SIGKILLs QEMU.
+ * No lease file (or an empty one, or one gone
+ * between the test and the read): not leased, nothing happens (guest-lease.ts leaseState is
+ * the same rule). It kills rather than pauses because pausing needs QMP, and
+ * QEMU's monitor serves one client: the wedged dwcpd the lease is for may
+ * still hold it.
  */
-export function shimArgs(binary: string, args: readonly string[], exitFile: string): string[] {
-  const script = 'f=$1; shift; "$@"; s=$?; printf "%s\\n" "$s" > "$f.tmp" && mv "$f.tmp" "$f"';
-  return ['-c', script, 'dwcp-qemu', exitFile, binary, ...args];
+export function shimArgs(binary: string, args: readonly string[], exitFile: string, lease: { readonly file: string; readonly pollMs: number }): string[] {
+  const watchdog = [
+    'while kill -0 $q 2>/dev/null; do',
+    ' if [ -e "$l" ]; then',
+    '  d=; read d r < "$l" 2>/dev/null',
+    '  if [ -n "$d" ]; then read u i < /proc/uptime; n=${u%.*}${u#*.}',
+    '   case $d in *[!0-9]*) d=-1;; esac',
+    '   if [ "$n" -gt "$d" ]; then printf "lease lapsed: deadline %s, boot clock %s (centiseconds)\\n" "$d" "$n" > "$l.lapsed"; kill -KILL $q; exit 0; fi',
+    '  fi',
+    ' fi',
+    ' sleep $p',
+    'done',
+  ].join('\n');
+  const script = `f=$1; l=$2; p=$3; shift 3; "$@" & q=$!; ( ${watchdog} ) </dev/null >/dev/null 2>&1 & w=$!; wait $q; s=$?; kill $w 2>/dev/null; printf "%s\\n" "$s" > "$f.tmp" && mv "$f.tmp" "$f"`;
+  return ['-c', script, 'dwcp-qemu', exitFile, lease.file, (lease.pollMs / 1000).toFixed(3), binary, ...args];
 }
 
 /** Whether `argv` (a live process's command line) is the QEMU of guest `id` with QMP socket `qmp`. */

@@ -82,6 +82,7 @@ import type { GuestImage, ImageSource } from './image-source.ts';
 import type { QemuMetrics, VmUtilisation } from './metrics.ts';
 import type { UsageQuery, UsageSample } from '../utilisation.ts';
 import { QemuUsageRates } from './qemu-utilisation.ts';
+import { bootClockCs, dropLease, leaseFilesOf, leaseText, prepareLeaseForLaunch, readLapsedNote, writeLease } from './guest-lease.ts';
 import { qemuArgs, SANDBOX, shimArgs, type Accel, type GuestBoot } from './qemu-command.ts';
 import { backupDisk } from './backup-qmp.ts';
 import { exportDisk, listenForState, runReceived } from './migration-qmp.ts';
@@ -144,6 +145,8 @@ export interface QemuProviderOptions {
   readonly utilisationIntervalMs?: number;
   /** A guest's serial log past this is rotated to serial.log.1 (serial-cap.ts), checked every minute. Default 16 MiB. */
   readonly serialLogMaxBytes?: number;
+  /** How often each guest's lease watchdog reads its lease (guest-lease.ts); default 1 s. */
+  readonly leasePollMs?: number;
 }
 
 const SERIAL_CHECK_MS = 60_000;
@@ -157,6 +160,9 @@ const GIB = 1024 ** 3;
 /** The kernel command line is at most 2048 bytes on x86; the image's own leaves room for this much user data. */
 const MAX_USER_DATA = 1024;
 const BALLOON_POLL_SECONDS = 5;
+const DEFAULT_LEASE_POLL_MS = 1_000;
+/** The shell's exit status of a QEMU killed by SIGKILL (128 + 9): what the lease watchdog does. */
+const SIGKILLED = 137;
 /**
  * How long to wait, at most, for the shell to write the exit status once QEMU
  * is gone; only while the shell still runs, so normally a few milliseconds.
@@ -532,6 +538,8 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
         status = await readExitStatus(g.files.exit);
       }
       reason = describeGuestEnd({ exitStatus: status, shutdownCause: g.shutdownCause, requested: g.requested, logTail: status === null || status === 0 ? null : await logTail(g.files.log) });
+      const lapsed = status === SIGKILLED ? await readLapsedNote(leaseFilesOf(g.files.dir)) : null;
+      if (lapsed !== null) reason = `killed by its lease watchdog: its daemon did not renew the lease (${lapsed})`;
     }
     g.qmp?.close('QEMU ended');
     g.qmp = null;
@@ -916,12 +924,13 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
     const incoming = r.incoming?.mode === 'live';
     const args = qemuArgs({ id: r.id, vcpus: r.vcpus, memoryMiB: r.memoryMiB, accel: usable.accel, sandbox: usable.sandbox, paths: g.files, boot, incoming });
     this.#setState(g, 'pending', 'pending: starting QEMU');
+    await prepareLeaseForLaunch(leaseFilesOf(g.files.dir));
     const launched = await launch({
       id: r.id,
       shell: this.#o.shell ?? '/bin/sh',
       binary: usable.binary,
       args,
-      shimArgs: shimArgs(usable.binary, args, g.files.exit),
+      shimArgs: shimArgs(usable.binary, args, g.files.exit, { file: leaseFilesOf(g.files.dir).lease, pollMs: this.#o.leasePollMs ?? DEFAULT_LEASE_POLL_MS }),
       files: g.files,
       deadlineMs: this.#timeouts.bootMs,
       qmp: { connectTimeoutMs: this.#timeouts.qmpConnectMs, callTimeoutMs: this.#timeouts.qmpCallMs, onCall: this.#onQmpCall },
@@ -1106,6 +1115,32 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
   }
 
   // --- the migration transport's handles ------------------------------------------------
+
+  /**
+   * Renews the leases of `renew` (instance id → until when, epoch ms, and
+   * the VM's name) and drops those of `release`: one boot-clock reading,
+   * then each guest's lease file written atomically and fsynced. Unknown and
+   * terminated guests are skipped. The daemon calls it after each read that
+   * proved its view of the federation log current (src/dr/driver.ts).
+   */
+  async renewLeases(renew: ReadonlyMap<string, { readonly untilMs: number; readonly vm: string }>, release: readonly string[]): Promise<void> {
+    const nowCs = await bootClockCs();
+    const wall = Date.now();
+    const live = (id: string): Guest | undefined => {
+      const g = this.#guests.get(id);
+      return g === undefined || g.record.power === 'terminated' ? undefined : g;
+    };
+    await Promise.all([
+      ...[...renew].map(async ([id, lease]) => {
+        const g = live(id);
+        if (g !== undefined) await writeLease(leaseFilesOf(g.files.dir), leaseText(nowCs + Math.max(0, Math.floor((lease.untilMs - wall) / 10)), lease.untilMs, lease.vm));
+      }),
+      ...release.map(async (id) => {
+        const g = live(id);
+        if (g !== undefined) await dropLease(leaseFilesOf(g.files.dir));
+      }),
+    ]);
+  }
 
   async migrationSource(id: string): Promise<{ qmp: QmpClient; files: VmFiles; name: string }> {
     const g = this.#find(id, 'migrate');
