@@ -17,7 +17,7 @@
  *    none (a double-running copy: a create or a start by n1 after its
  *    return: its log and its dwcp_fleet_reconcile_actions_total). Its records from before the kill still read
  *    `running` until it fences them (local VMs are records, with no lease:
- *    qemu guests have one, test/integration/dr-qemu.test.ts); counted and
+ *    qemu guests have one, test/integration/dr-lease-qemu.test.ts); counted and
  *    reported apart.
  *
  * DR timings: checks every --check-ms (5 s), failed after 3, self-fencing
