@@ -16,9 +16,10 @@
  *   qemu provider's guests have none, local VMs are records) run a test; a
  *   cloud provider would give the copy the production network, so it is
  *   refused until isolation is built.
- * - Restored from: the VM's image (backups do not exist yet in this build;
- *   the newest backup at the DR region replaces it once they do). The
- *   report says which.
+ * - Restored from: the VM's newest recorded backup at its DR region (the
+ *   reconciler there restores it into the test copy's disk, as it would for
+ *   a failover: src/fleet/reconciler.ts restoreOf), or its image while it has
+ *   none yet. The report says which, and how old the backup is.
  */
 import { DwcpError } from '../errors.ts';
 import type { FleetVmSpec } from '../fleet/spec.ts';
@@ -65,7 +66,9 @@ export function planDrTest(vm: FleetVm | undefined, name: string, providerKind: 
     priority: 0,
     constraints: { regions: [p.drRegion], providers: [p.drProvider] },
   };
-  return { spec, region: p.drRegion, provider: p.drProvider, restoredFrom: `image ${s.image} (no backups in this build)` };
+  const b = p.lastBackup;
+  const restoredFrom = b === undefined ? `image ${s.image} (no backup recorded yet)` : `backup ${b.key} taken ${new Date(b.takenAt).toISOString()}`;
+  return { spec, region: p.drRegion, provider: p.drProvider, restoredFrom };
 }
 
 /** What a DR test must leave exactly as it was: the production VM's whole record, as JSON. */

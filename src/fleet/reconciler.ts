@@ -75,6 +75,7 @@ import { MIGRATION_TAG, wantsIncomingCopy, type FleetMigration, type MigrationMo
 import type { BackupRecord, FleetProtection } from './protection.ts';
 import type { FleetVmSpec } from './spec.ts';
 import type { FleetState, FleetVm } from './state-machine.ts';
+import { DR_TEST_LABEL } from '../dr/drill.ts';
 
 /**
  * Tags the reconciler puts on every copy it creates, and reads back from
@@ -576,7 +577,7 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
           generation: a.generation,
           token: createToken(name, a.generation),
           tags: copyTags(name, a.generation),
-          ...(restoreOf(vm, a) === undefined ? {} : { restore: restoreOf(vm, a) }),
+          ...(restoreOf(vm, a, desired) === undefined ? {} : { restore: restoreOf(vm, a, desired) }),
         };
         if (!fencing && !backingOff && !held && !migrating && !inFlight.has(actionKey(create) as string)) actions.push(create);
       }
@@ -613,9 +614,18 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
 }
 
 /** The backup a failed-over copy at this assignment starts from, if the failover recorded one. */
-function restoreOf(vm: { readonly protection: FleetProtection | null }, a: { readonly region: string; readonly generation: number }): BackupRecord | undefined {
+/**
+ * The DR backup a new copy starts from: a failed-over copy's, the backup its
+ * failover recorded; a DR test's copy (src/dr/drill.ts, labelled with the VM
+ * it tests) created in that VM's DR region, the VM's newest recorded backup,
+ * so the drill restores what a failover would. Otherwise none (the image).
+ */
+function restoreOf(vm: FleetVm, a: { readonly region: string; readonly generation: number }, desired: Pick<DesiredFleetView, 'vm'>): BackupRecord | undefined {
   const f = vm.protection?.failedOver ?? null;
-  return f !== null && vm.protection?.drRegion === a.region && f.generation === a.generation ? f.restore : undefined;
+  if (f !== null) return vm.protection?.drRegion === a.region && f.generation === a.generation ? f.restore : undefined;
+  const tested = vm.spec.labels[DR_TEST_LABEL];
+  const p = tested === undefined ? null : (desired.vm(tested)?.protection ?? null);
+  return p !== null && p.drRegion === a.region ? p.lastBackup : undefined;
 }
 
 function powerStatus(state: ObservedVmState, power: PowerState, failed: boolean): VmStatus {

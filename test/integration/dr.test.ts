@@ -123,7 +123,8 @@ describe('disaster recovery, local providers, real daemons', () => {
     const t = await json<DrTestResponse>(2, 'dr', 'test', 'web1');
     expect(t).toMatchObject({ vm: 'web1', region: dr, provider: 'local', torn_down: true, production_untouched: true });
     expect(t.test_vm).toMatch(/^web1-drtest-[0-9a-f]{4}$/);
-    expect(t.restored_from).toBe('image base (no backups in this build)');
+    // The backups replicated above: the drill restores the newest, as a failover would (its copy carries the backup's key).
+    expect(t.restored_from).toMatch(/^backup dr\/backup\/web1\/\S+ taken \d{4}-\d\d-\d\dT/);
     expect(Number(t.rto_ms)).toBeGreaterThan(0);
     console.log(`DR test: ${t.test_vm} running at ${dr} ${t.rto_ms} ms after the request`);
     // Production, as the test itself saw it: the same desired record (region, generation, power), the same DR record, one copy.

@@ -27,7 +27,7 @@ describe('DR test plan', () => {
   it('copies size and image, pins the DR region and provider, labels it, protects nothing', () => {
     const m = fleet();
     const plan = planDrTest(m.vm('web1'), 'web1', kindOf('qemu'), 'ab12');
-    expect(plan).toMatchObject({ region: 'dc2', provider: 'local', restoredFrom: 'image tiny (no backups in this build)' });
+    expect(plan).toMatchObject({ region: 'dc2', provider: 'local', restoredFrom: 'image tiny (no backup recorded yet)' });
     expect(plan.spec).toMatchObject({ name: 'web1-drtest-ab12', image: 'tiny', labels: { 'dwcp-dr-test': 'web1' }, constraints: { regions: ['dc2'], providers: ['local'] } });
     expect(plan.spec.vcpus).toBe(m.vm('web1')?.spec.vcpus);
   });
