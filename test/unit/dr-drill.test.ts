@@ -38,6 +38,12 @@ describe('DR test plan', () => {
     expect(() => planDrTest(m.vm('db1'), 'db1', kindOf('local'), 'ab12')).toThrow('db1 is not protected');
     expect(() => planDrTest(m.vm('web1'), 'web1', kindOf('aws'), 'ab12')).toThrow(/DR provider dc2\/local is aws: a test copy there would get a network/);
     const before = productionOf(m.vm('web1'));
+    // A backup recorded while the drill runs is the schedule's, not the drill's: production still compares equal, and the
+    // drill restores from it.
+    const backup = { region: 'dc1', generation: 1, takenAt: 5_000, key: 'dr/backup/web1/5000-g1', version: 'a'.repeat(64), size: 4096 };
+    expect(m.apply(parseFleetCommand({ kind: 'backup', vm: 'web1', backup }))).toMatchObject({ ok: true });
+    expect(productionOf(m.vm('web1'))).toBe(before);
+    expect(planDrTest(m.vm('web1'), 'web1', kindOf('local'), 'ab12').restoredFrom).toBe('backup dr/backup/web1/5000-g1 taken 1970-01-01T00:00:05.000Z');
     m.apply(parseFleetCommand({ kind: 'failover', vm: 'web1', region: 'dc1', generation: 1, reason: 'lost', since: 0, at: 0 }));
     expect(productionOf(m.vm('web1'))).not.toBe(before);
     expect(() => planDrTest(m.vm('web1'), 'web1', kindOf('local'), 'ab12')).toThrow('web1 is failed over to dc2');
