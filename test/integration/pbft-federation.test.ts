@@ -68,34 +68,49 @@ async function eventually<T>(what: string, budgetMs: number, check: () => Promis
 
 describe('PBFT among four untrusted daemons', () => {
   it('keeps committing through an equivocating primary, and the honest three agree', async () => {
-    cluster = await RaftCluster.start('pbft-byz', 4, {
-      trust: () => 'untrusted',
-      env: (i) => (i === 0 ? { DWCP_TEST_BYZANTINE: 'equivocate' } : {}),
-    });
-    const c = cluster;
-    expect((await pbftStatus(c, 1)).primary).toBe('n1');
-    const keys = Array.from({ length: 12 }, (_, k) => `byz/${k}`);
-    for (const [k, key] of keys.entries()) {
-      const res = await put(c, 1 + (k % 3), key, `v${k}`);
-      expect(res.ok, key).toBe(true);
+    // The equivocator must be the primary when the first request arrives. A start slowed by load can change the view
+    // before that (an honest primary then serves, and nothing Byzantine happens): such a run proves nothing about
+    // equivocation and is started again, up to three times. Safety (the honest three agree on every value) is checked
+    // on every run, whatever happened.
+    for (let attempt = 1; ; attempt++) {
+      cluster = await RaftCluster.start('pbft-byz', 4, {
+        trust: () => 'untrusted',
+        env: (i) => (i === 0 ? { DWCP_TEST_BYZANTINE: 'equivocate' } : {}),
+      });
+      const c = cluster;
+      // Every member connected to the other three before the first request: a request forwarded to a primary the
+      // backups cannot reach yet is what times their view-change timers out on a loaded machine.
+      await eventually('all four members connected to each other', 60_000, async () => {
+        const counts = await Promise.all([0, 1, 2, 3].map(async (i) => metricValue(await c.daemon(i).scrape(), 'dwcp_members_connected')));
+        return counts.every((n) => n === 3) ? true : null;
+      });
+      const keys = Array.from({ length: 12 }, (_, k) => `byz${attempt}/${k}`);
+      for (const [k, key] of keys.entries()) {
+        const res = await put(c, 1 + (k % 3), key, `v${k}`);
+        expect(res.ok, key).toBe(true);
+      }
+      // The honest replicas converge on one executed sequence number and the same values.
+      const honest = [1, 2, 3];
+      const executed = await eventually('honest replicas at one executed sequence', 30_000, async () => {
+        const seqs = await Promise.all(honest.map((i) => pbftStatus(c, i).then((s) => s.last_executed)));
+        return seqs.every((s) => s === seqs[0]) && (seqs[0] ?? 0) >= keys.length / 2 ? seqs[0] ?? null : null;
+      });
+      expect(executed).toBeGreaterThan(0);
+      for (const i of honest) {
+        const values = await Promise.all(keys.map((key) => localValue(c, i, key)));
+        expect(values, `n${i + 1}`).toEqual(keys.map((_, k) => `v${k}`));
+      }
+      expect(c.processes[0]?.lines.some((l) => /PBFT TEST MODE/.test(String(l.msg)))).toBe(true);
+      expect(c.problems().filter((p) => !p.startsWith('n1'))).toEqual([]);
+      // It did equivocate. (Whether an honest member can prove it depends on timing: a fetched commit
+      // certificate proves it, a state transfer past the slot does not; test/unit/pbft-node.test.ts checks the proof.)
+      const equivocated = c.processes[0]?.lines.filter((l) => l.msg === 'pbft test mode: sending conflicting pre-prepares').length ?? 0;
+      if (equivocated > 0) break;
+      if (attempt === 3) throw new Error('in three runs n1 never sent a pre-prepare as primary: the view moved on before every first request');
+      console.log(`pbft-byz: run ${attempt}: the view moved past n1 before its first pre-prepare; starting again`);
+      await cluster.destroy();
     }
-    // The honest replicas converge on one executed sequence number and the same values.
-    const honest = [1, 2, 3];
-    const executed = await eventually('honest replicas at one executed sequence', 30_000, async () => {
-      const seqs = await Promise.all(honest.map((i) => pbftStatus(c, i).then((s) => s.last_executed)));
-      return seqs.every((s) => s === seqs[0]) && (seqs[0] ?? 0) >= keys.length / 2 ? seqs[0] ?? null : null;
-    });
-    expect(executed).toBeGreaterThan(0);
-    for (const i of honest) {
-      const values = await Promise.all(keys.map((key) => localValue(c, i, key)));
-      expect(values, `n${i + 1}`).toEqual(keys.map((_, k) => `v${k}`));
-    }
-    // It did equivocate. (Whether an honest member can prove it depends on timing: a fetched commit
-    // certificate proves it, a state transfer past the slot does not; test/unit/pbft-node.test.ts checks the proof.)
-    expect(c.processes[0]?.lines.filter((l) => l.msg === 'pbft test mode: sending conflicting pre-prepares').length).toBeGreaterThan(0);
-    expect(c.processes[0]?.lines.some((l) => /PBFT TEST MODE/.test(String(l.msg)))).toBe(true);
-    expect(c.problems().filter((p) => !p.startsWith('n1'))).toEqual([]);
-  }, 120_000);
+  }, 300_000);
 
   it('changes view when the primary is killed, and the restarted primary catches up by state transfer', async () => {
     cluster = await RaftCluster.start('pbft-kill', 4, { trust: () => 'untrusted' });
