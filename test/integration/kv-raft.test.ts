@@ -277,6 +277,9 @@ async function drained(stream: Stream): Promise<void> {
   }
 }
 
+/** The one-node cases run some twenty dwcpctl processes each; at load 12 a process start alone can take a second. */
+const CLI_HEAVY_MS = 90_000;
+
 describe('one node', () => {
   const scope = cleanupScope();
   let cluster: Cluster;
@@ -346,7 +349,7 @@ describe('one node', () => {
     expect([again.code, again.stdout]).toEqual([0, 'delete greeting: key did not exist\n']);
     expect([missing.code, missing.stdout, missing.stderr]).toEqual([1, '', 'dwcpctl: key "greeting" not found\n']);
     expect([missingJson.code, JSON.parse(missingJson.stdout).items]).toEqual([1, []]);
-  });
+  }, CLI_HEAVY_MS);
 
   it('lists a prefix and refuses bad usage with exit 2, sending nothing', async () => {
     const w = new Writer(n, scope);
@@ -385,7 +388,7 @@ describe('one node', () => {
     for (const u of usage) expect(u.stderr).toContain('usage: dwcpctl');
     // Nothing reached the log.
     expect((await w.client.raft.status()).applied_index).toBe(appliedBefore);
-  });
+  }, CLI_HEAVY_MS);
 
   it('resets and counts a garbage frame from a connected member on the Raft and the KV protocol, and keeps serving', async () => {
     const [h, m] = [cluster.node('solo'), cluster.node('m')];
