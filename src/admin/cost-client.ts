@@ -19,17 +19,15 @@ export interface CostClient {
   apply(request: CostApplyRequest): Promise<ApplyResult>;
 }
 
-const parse = parseReply;
-
 export function costClient(call: ServiceCall): CostClient {
   return {
-    report: async (request) => parse(CostReportSchema, (await call<CostReportRequest, Partial<CostReportResponse>>('Report', request)).report_json, 'cost report'),
-    setBudget: async (request) => parse(BudgetViewSchema, (await call<BudgetSetRequest, Partial<BudgetInfo>>('SetBudget', request)).budget_json, 'budget'),
-    listBudgets: async () => ((await call<Record<string, never>, { budgets?: Partial<BudgetInfo>[] }>('ListBudgets', {})).budgets ?? []).map((b) => parse(BudgetViewSchema, b.budget_json, 'budget')),
+    report: async (request) => parseReply(CostReportSchema, (await call<CostReportRequest, Partial<CostReportResponse>>('Report', request)).report_json, 'cost report'),
+    setBudget: async (request) => parseReply(BudgetViewSchema, (await call<BudgetSetRequest, Partial<BudgetInfo>>('SetBudget', request)).budget_json, 'budget'),
+    listBudgets: async () => ((await call<Record<string, never>, { budgets?: Partial<BudgetInfo>[] }>('ListBudgets', {})).budgets ?? []).map((b) => parseReply(BudgetViewSchema, b.budget_json, 'budget')),
     deleteBudget: async (request) => {
       await call<BudgetRef, unknown>('DeleteBudget', request);
     },
-    recommendations: async (request) => parse(RecommendationsViewSchema, (await call<RecommendationsRequest, Partial<RecommendationsResponse>>('Recommendations', request)).recommendations_json, 'recommendations'),
-    apply: async (request) => parse(ApplyResultSchema, (await call<CostApplyRequest, Partial<CostApplyResponse>>('Apply', request, request.timeout_ms)).result_json, 'apply result'),
+    recommendations: async (request) => parseReply(RecommendationsViewSchema, (await call<RecommendationsRequest, Partial<RecommendationsResponse>>('Recommendations', request)).recommendations_json, 'recommendations'),
+    apply: async (request) => parseReply(ApplyResultSchema, (await call<CostApplyRequest, Partial<CostApplyResponse>>('Apply', request, request.timeout_ms)).result_json, 'apply result'),
   };
 }

@@ -225,12 +225,8 @@ export class ObservedPublisher {
   #shownUsage(key: string, provider: string, instance: { id: string; state: string }): { cpu: number | null; memory: number | null } {
     const measured = instance.state === 'running' ? this.#usage?.(provider, instance.id) : undefined;
     if (measured === undefined) return { cpu: null, memory: null };
-    const before = this.#publishedUsage(key);
+    const before = this.#usageOf.get(key) ?? { cpu: null, memory: null };
     return { cpu: shownUsage(before.cpu, measured.cpu), memory: shownUsage(before.memory, measured.memory) };
-  }
-
-  #publishedUsage(key: string): { cpu: number | null; memory: number | null } {
-    return this.#usageOf.get(key) ?? { cpu: null, memory: null };
   }
 
   /** Notes what `key` now holds: its usage is what the next pass's hysteresis compares with. */

@@ -26,6 +26,7 @@ import { FakeEc2Server } from '../../src/cloud/fake/ec2-server.ts';
 import type { ListInstancesResponse, VmInstanceResponse, EstimateCostResponse, ListTypesResponse } from '../../src/admin/schema.ts';
 import { lintMetrics } from '../support/promtool.ts';
 import { writeExternalAccount } from '../support/gcp-credentials.ts';
+import { fakeAwsEnv } from '../support/cloud-fakes.ts';
 import { baseConfig, ctlOn, metricValue, prepareNode, startDaemon, tempRoot, type CtlResult, type DaemonProcess, type NodeFiles } from './harness.ts';
 
 const ACCESS_KEY = 'AKIDDAEMON000001';
@@ -37,7 +38,7 @@ let compute: FakeComputeServer;
 let node: NodeFiles;
 let daemon: DaemonProcess;
 let config: Record<string, unknown>;
-const env = { AWS_ACCESS_KEY_ID: ACCESS_KEY, AWS_SECRET_ACCESS_KEY: 'test-secret', AWS_SESSION_TOKEN: '', AWS_PROFILE: '' };
+const env = fakeAwsEnv(ACCESS_KEY);
 
 beforeAll(async () => {
   root = await tempRoot('cloud-daemon');
