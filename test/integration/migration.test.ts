@@ -79,6 +79,21 @@ async function phase(i: number, id: string, wanted: string): Promise<MigrationIn
   });
 }
 
+/** `vm migrate VM --to REGION --detach` on node i; the started migration's id. */
+async function startDetached(i: number, vm: string, to: string): Promise<string> {
+  const started = await ctl(i, 'vm', 'migrate', vm, '--to', to, '--detach', '--json');
+  expect(started.code, started.stderr).toBe(0);
+  return (JSON.parse(started.stdout.split('\n')[0] ?? '{}') as { migration: MigrationInfo }).migration.id;
+}
+
+/** The migration once it has ended, as node i's log shows it. */
+function endOf(i: number, id: string, what: string, budgetMs: number): Promise<MigrationInfo> {
+  return eventually(what, budgetMs, async () => {
+    const m = await status(i, id);
+    return m.result === null ? undefined : m;
+  });
+}
+
 /**
  * Watches, from node i, how many copies of `name` the fleet shows running at
  * once (a copy shows running only while its region's report is current),
@@ -201,16 +216,11 @@ describe('VM migration between regions, local providers, real daemons', () => {
   it('kill -9 of the target daemon mid-transfer: no cutover to a region that stopped reporting; it rolls back, the log says why, and one copy runs at the end', async () => {
     expect(await create(1, 'web3', 'n1,n3')).toBe('n1');
     await runningAt(0, 'web3', 'n1', '1');
-    const started = await ctl(1, 'vm', 'migrate', 'web3', '--to', 'n3', '--detach', '--json');
-    expect(started.code, started.stderr).toBe(0);
-    const id = (JSON.parse(started.stdout.split('\n')[0] ?? '{}') as { migration: MigrationInfo }).migration.id;
+    const id = await startDetached(1, 'web3', 'n3');
     await phase(1, id, 'transfer');
     await cluster.stopNode(2, 'SIGKILL');
 
-    const ended = await eventually(`${id} ended`, SETTLE_MS, async () => {
-      const m = await status(1, id);
-      return m.result === null ? undefined : m;
-    });
+    const ended = await endOf(1, id, `${id} ended`, SETTLE_MS);
     expect(ended).toMatchObject({ result: 'rolled-back', reason: expect.stringMatching(/n3\/local has not reported for [\d.]+ s; not cutting over to it/) });
     await cluster.daemon(0).waitForLog((l) => l.msg === 'fleet migration rolling back' && l.migration === id && String(l.reason).includes('not cutting over'), 'n1 logs why it rolls back');
     await runningAt(0, 'web3', 'n1', '1');
@@ -226,16 +236,11 @@ describe('VM migration between regions, local providers, real daemons', () => {
     expect(await create(2, 'web4', 'n1,n2')).toBe('n1');
     await runningAt(0, 'web4', 'n1', '1');
     const watch = watchRunningCopies(2, 'web4');
-    const started = await ctl(2, 'vm', 'migrate', 'web4', '--to', 'n2', '--detach', '--json');
-    expect(started.code, started.stderr).toBe(0);
-    const id = (JSON.parse(started.stdout.split('\n')[0] ?? '{}') as { migration: MigrationInfo }).migration.id;
+    const id = await startDetached(2, 'web4', 'n2');
     await phase(2, id, 'transfer');
     await cluster.setIsolated(1, true);
 
-    const ended = await eventually(`${id} ended`, SETTLE_MS, async () => {
-      const m = await status(2, id);
-      return m.result === null ? undefined : m;
-    });
+    const ended = await endOf(2, id, `${id} ended`, SETTLE_MS);
     expect(ended).toMatchObject({ result: 'rolled-back', reason: expect.stringMatching(/n2\/local has not reported for [\d.]+ s; not cutting over to it/) });
     await runningAt(0, 'web4', 'n1', '1');
 
@@ -251,18 +256,13 @@ describe('VM migration between regions, local providers, real daemons', () => {
     expect(await create(1, 'web5', 'n1,n3')).toBe('n1');
     await runningAt(1, 'web5', 'n1', '1');
     const watch = watchRunningCopies(1, 'web5');
-    const started = await ctl(1, 'vm', 'migrate', 'web5', '--to', 'n3', '--detach', '--json');
-    expect(started.code, started.stderr).toBe(0);
-    const id = (JSON.parse(started.stdout.split('\n')[0] ?? '{}') as { migration: MigrationInfo }).migration.id;
+    const id = await startDetached(1, 'web5', 'n3');
     // n1 is stopping its copy (SLOW_MS): the coordinator that started the stop dies with its daemon.
     await phase(1, id, 'transfer');
     await cluster.stopNode(0, 'SIGKILL');
     await cluster.startNode(0);
 
-    const ended = await eventually(`${id} ended after n1's restart`, SETTLE_MS * 2, async () => {
-      const m = await status(1, id);
-      return m.result === null ? undefined : m;
-    });
+    const ended = await endOf(1, id, `${id} ended after n1's restart`, SETTLE_MS * 2);
     // Whichever way the restarted coordinator took it on, the outcome is one running copy where the log says.
     expect(['completed', 'rolled-back']).toContain(ended.result);
     const region = ended.result === 'completed' ? 'n3' : 'n1';
