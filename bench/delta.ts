@@ -30,6 +30,7 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { promisify } from 'node:util';
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -185,8 +186,14 @@ async function qcow2Versions(raw: Uint8Array, dir: string, fraction: number, see
   } finally {
     await fh.close();
   }
-  const v2Bytes = await fs.readFile(v2);
-  return { v1, v2, rewritten, v2Hash: sha256(v2Bytes), size: v2Bytes.byteLength };
+  // Hashed as a stream: the image is already in memory once, the file need not be a second time.
+  const hash = createHash('sha256');
+  let size = 0;
+  for await (const chunk of createReadStream(v2)) {
+    hash.update(chunk as Buffer);
+    size += (chunk as Buffer).byteLength;
+  }
+  return { v1, v2, rewritten, v2Hash: hash.digest('hex'), size };
 }
 
 function figures(r: BlobPutResult): SyncFigures {
