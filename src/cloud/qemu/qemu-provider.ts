@@ -532,10 +532,13 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
     const ref = r.process;
     let reason = override;
     if (reason === undefined && ref !== null) {
-      let status = await readExitStatus(g.files.exit);
-      for (const until = performance.now() + EXIT_STATUS_WAIT_MS; status === null && performance.now() < until && (await shellRunning(ref, g.files)); ) {
-        await delay(50);
+      // The file is read after each liveness check, never before it: a shell that wrote the status and exited between
+      // a read and the check would otherwise read as "no status" (a CI failure showed exactly that).
+      let status: number | null = null;
+      for (const until = performance.now() + EXIT_STATUS_WAIT_MS; ; await delay(50)) {
+        const shellLives = await shellRunning(ref, g.files);
         status = await readExitStatus(g.files.exit);
+        if (status !== null || !shellLives || performance.now() >= until) break;
       }
       reason = describeGuestEnd({ exitStatus: status, shutdownCause: g.shutdownCause, requested: g.requested, logTail: status === null || status === 0 ? null : await logTail(g.files.log) });
       const lapsed = status === SIGKILLED ? await readLapsedNote(leaseFilesOf(g.files.dir)) : null;
