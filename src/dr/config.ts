@@ -36,9 +36,23 @@ export const DrSettingsSchema = z
      * the log current. Default: three quarters of fenceHoldMs.
      */
     leaseMs: z.number().int().min(100).max(3_600_000).optional(),
+    /**
+     * How often, between checks, this daemon proves its view of the log
+     * current (a barrier read). Self-fencing counts from the last proof, so
+     * proving more often than checking keeps a short pause (a blip, a GC, a
+     * slow disk) from looking like a partition. It changes no safety bound:
+     * a proof asked before a failover committed still fences by then + fenceAfterMs.
+     * Default: a tenth of fenceAfterMs, at least 250 ms, at most checkIntervalMs.
+     */
+    proveIntervalMs: z.number().int().min(100).max(600_000).optional(),
   })
-  .transform((d) => ({ ...d, leaseMs: d.leaseMs ?? Math.floor((d.fenceHoldMs * 3) / 4) }))
+  .transform((d) => ({
+    ...d,
+    leaseMs: d.leaseMs ?? Math.floor((d.fenceHoldMs * 3) / 4),
+    proveIntervalMs: d.proveIntervalMs ?? Math.min(d.checkIntervalMs, Math.max(250, Math.floor(d.fenceAfterMs / 10))),
+  }))
   .superRefine((d, ctx) => {
+    if (d.proveIntervalMs > d.checkIntervalMs) ctx.addIssue({ code: 'custom', path: ['proveIntervalMs'], input: d.proveIntervalMs, params: { sentence: true }, message: `must not exceed dr.checkIntervalMs (${d.checkIntervalMs}): every check proves the log current anyway` });
     const poll = watchdogPollMs(d.leaseMs);
     if (d.leaseMs + poll >= d.fenceHoldMs) ctx.addIssue({ code: 'custom', path: ['leaseMs'], input: d.leaseMs, params: { sentence: true }, message: `plus its watchdog's poll (${poll} ms) must be below dr.fenceHoldMs (${d.fenceHoldMs}), or a dead daemon's guest may still run when its DR copy starts` });
     if (d.leaseMs < 2 * d.checkIntervalMs) ctx.addIssue({ code: 'custom', path: ['leaseMs'], input: d.leaseMs, params: { sentence: true }, message: `must be at least 2 × dr.checkIntervalMs (${2 * d.checkIntervalMs}): it is renewed once per check, and one slow check must not kill a guest` });

@@ -3,7 +3,9 @@
  * dr.checkIntervalMs it (1) asks the federation log for a linearizable
  * barrier (a strong read): when it answers, this node's view of the log was
  * current when it was asked, which is what the region reconciler's
- * self-fencing reads (logSeenAt); (2) checks every other registered region
+ * self-fencing reads (logSeenAt; also proven every dr.proveIntervalMs
+ * between checks, so a pause shorter than fenceAfterMs minus that interval
+ * fences nothing); (2) checks every other registered region
  * (its daemon connected and not suspected by the member failure detector);
  * (3) steps the core and commits what it proposes (failovers, failback
  * migrations), one proposal per VM at a time; renews the leases of this
@@ -51,6 +53,7 @@ export class DrDriver {
   #memory: DrMemory = EMPTY_DR_MEMORY;
   readonly #inFlight = new Set<string>();
   #timer: NodeJS.Timeout | undefined;
+  #proofTimer: NodeJS.Timeout | undefined;
   #stopped = false;
   #logSeenAt: number;
   #confirmed = false;
@@ -92,11 +95,38 @@ export class DrDriver {
 
   start(): void {
     this.#schedule();
+    this.#scheduleProof();
   }
 
   stop(): void {
     this.#stopped = true;
     clearTimeout(this.#timer);
+    clearTimeout(this.#proofTimer);
+  }
+
+  /** Between checks: a barrier read that, when it answers, moves logSeenAt (and measures RTOs: a copy is seen running within this interval, not a check's). */
+  #scheduleProof(): void {
+    const every = this.#o.settings.proveIntervalMs;
+    if (this.#stopped || every >= this.#options.checkIntervalMs) return;
+    this.#proofTimer = setTimeout(() => void this.#prove(every).finally(() => this.#scheduleProof()), every);
+    this.#proofTimer.unref();
+  }
+
+  async #prove(timeoutMs: number): Promise<void> {
+    const asked = this.#now();
+    try {
+      await this.#o.barrier(timeoutMs);
+      this.#seen(asked);
+    } catch {
+      // The check's own barrier logs; a failed proof only leaves logSeenAt where it was.
+    }
+    if (!this.#stopped) this.#measureRto(this.#o.state(), this.#now());
+  }
+
+  /** A barrier asked at `asked` answered: logSeenAt never moves back (a slow check's barrier may answer after a later proof's). */
+  #seen(asked: number): void {
+    this.#logSeenAt = Math.max(this.#logSeenAt, asked);
+    this.#confirmed = true;
   }
 
   #schedule(): void {
@@ -110,8 +140,7 @@ export class DrDriver {
     let logCurrent = false;
     try {
       await this.#o.barrier(this.#options.checkIntervalMs);
-      this.#logSeenAt = asked;
-      this.#confirmed = true;
+      this.#seen(asked);
       logCurrent = true;
       this.#renew(asked);
     } catch (err) {
