@@ -16,7 +16,7 @@
  *   until syncs have resolved some, rather than the file growing unbounded.
  */
 import { z } from 'zod';
-import { readStateFile, writeStateFile, WriteQueue } from './state-file.ts';
+import { CoalescedWrites, readStateFile, writeStateFile } from './state-file.ts';
 import { DwcpError } from '../errors.ts';
 
 export const MAX_PENDING_CREATES = 1_000;
@@ -47,7 +47,8 @@ export class JournalFullError extends DwcpError<'exhausted'> {
 export class CreateJournal {
   readonly path: string;
   readonly #entries = new Map<string, PendingCreate>();
-  readonly #writes = new WriteQueue();
+  // Concurrent creates share writes (group commit): each change still resolves only once a write holding it is on disk.
+  readonly #writes = new CoalescedWrites(() => writeStateFile(this.path, { version: 1, pending: [...this.#entries.values()] }));
 
   private constructor(path: string, entries: PendingCreate[]) {
     this.path = path;
@@ -94,6 +95,6 @@ export class CreateJournal {
   }
 
   #save(): Promise<void> {
-    return this.#writes.run(() => writeStateFile(this.path, { version: 1, pending: [...this.#entries.values()] }));
+    return this.#writes.save();
   }
 }

@@ -4,7 +4,7 @@
  * loading them costs about 1 and 2.5 s of start-up, which a daemon with only
  * the local provider (every test daemon, every fresh node) must not pay.
  *
- * The local provider keeps its VMs in a file under the data directory, so
+ * The local provider keeps its VMs in a snapshot and a journal of changes under the data directory (local/file-store.ts), so
  * they survive restarts; the clouds keep their own. The qemu provider keeps
  * its guests under `<dataDir>/qemu` and takes its images from the image
  * source the daemon gives it (the image catalog), or from the directory its
@@ -74,8 +74,8 @@ export const buildProvider: ProviderBuilder = async (entry, context) => {
     case 'local': {
       const { LocalProvider } = await import('./local/local-provider.ts');
       const path = join(providerDir(dataDir, entry.name), 'vms.json');
-      const { store, corrupt } = await FileVmStore.open(path);
-      if (corrupt) log.error({ provider: entry.name, file: path, movedTo: corrupt.movedTo, reason: corrupt.reason }, 'local VM records unreadable; moved aside, starting with none');
+      const { store, problems } = await FileVmStore.open(path);
+      for (const p of problems) log.error({ provider: entry.name, file: p.file, movedTo: p.movedTo, reason: p.reason }, 'local VM records unreadable; moved aside, starting from what was read before it');
       return new LocalProvider({
         region: entry.region,
         zones: entry.zones.length > 0 ? entry.zones : undefined,

@@ -61,6 +61,44 @@ export async function writeStateFile(path: string, value: unknown): Promise<void
 }
 
 /**
+ * Group commit for a whole-file state: `save()` asks for a write of the
+ * state as it is now, and saves asked while a write is queued and not yet
+ * started share that one write (it reads the state when it starts, so it
+ * carries every change made before it). So N concurrent changes cost one or
+ * two writes (and fsyncs), not N, and still none resolves before a write
+ * that holds it is on disk. Writes never overlap; a failed write rejects the
+ * saves that shared it and does not stop the next one.
+ */
+export class CoalescedWrites {
+  readonly #write: () => Promise<void>;
+  #tail: Promise<void> = Promise.resolve();
+  /** The write queued and not yet started, which a new save joins. */
+  #queued: Promise<void> | null = null;
+
+  /** `write` must read the state synchronously when it is called (it is called when the write starts). */
+  constructor(write: () => Promise<void>) {
+    this.#write = write;
+  }
+
+  save(): Promise<void> {
+    if (this.#queued !== null) return this.#queued;
+    const run: Promise<void> = this.#tail.then(() => {
+      // Started: a change from now on may come after this write read the state, so it needs the next write.
+      this.#queued = null;
+      return this.#write();
+    });
+    this.#queued = run;
+    this.#tail = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Resolves once every write asked for so far has finished (failed ones included). */
+  drain(): Promise<void> {
+    return this.#tail;
+  }
+}
+
+/**
  * Runs writes to one file one after another, so an older write never lands
  * after a newer one; a failed write does not stop the ones queued behind it.
  */

@@ -123,6 +123,6 @@ describe('local provider', () => {
     expect((await second.get(vm.id)).state).toBe('terminated');
     clock += 60_000;
     expect(await second.list()).toEqual([]);
-    expect(await store.list()).toEqual([]);
+    expect(store.load()).toEqual([]);
   });
 });

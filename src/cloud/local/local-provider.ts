@@ -19,9 +19,19 @@
  *   is waiting until T.
  * - Capacity counts every VM that is not stopped or terminated, so a start of a
  *   stopped VM can fail for capacity, as on a real cloud.
- * - Every store access is serialised per provider (reads settle and write
- *   back too), so concurrent creates cannot both pass the capacity check and
- *   no settle overwrites a newer change.
+ * - The provider's records are in memory (loaded from the store once); every
+ *   check-and-change is one synchronous step (no await between reading the
+ *   records and changing them, and the change handed to the store in the
+ *   same step), so concurrent creates cannot both pass the capacity check,
+ *   no settle overwrites a newer change, and the store gets the changes in
+ *   the order they were made. Operations run concurrently otherwise: their
+ *   writes share the store's fsyncs (group commit).
+ * - Durable before told: an operation returns, and reports `accepted`, only
+ *   once its change is durable in the store, and a read answers only once
+ *   every change made before it has been written, so nothing is shown that
+ *   a crash could take back.
+ * - Per operation O(1) work besides the capacity check's scan of the records
+ *   (no copies or sorts of every record; only list sorts).
  */
 import { randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
@@ -76,14 +86,24 @@ export interface LocalVmRecord {
   privateIp: string;
 }
 
-/** Where local VM records live. Implementations must return copies, not live objects. */
+/**
+ * Where local VM records live. The provider reads them once (`load`) and
+ * then only hands changes over: each is taken at once, in call order (a
+ * copy of the record as it is at the call), and its promise resolves once
+ * it is durable.
+ */
 export interface LocalVmStore {
-  list(): Promise<LocalVmRecord[]>;
-  get(id: string): Promise<LocalVmRecord | undefined>;
+  /** The stored records, as copies. */
+  load(): LocalVmRecord[];
   put(record: LocalVmRecord): Promise<void>;
   delete(id: string): Promise<void>;
+  /** Resolves once every change handed over so far has been written or failed to be; never rejects. */
+  durable(): Promise<void>;
+  /** Waits for the writes under way and releases the store's files. */
+  close(): Promise<void>;
 }
 
+/** Records in memory only (tests; the base of FileVmStore). Stored objects are replaced on put, never changed in place. */
 export class MemoryVmStore implements LocalVmStore {
   readonly #records = new Map<string, LocalVmRecord>();
 
@@ -91,21 +111,39 @@ export class MemoryVmStore implements LocalVmStore {
     for (const r of records) this.#records.set(r.id, structuredClone(r));
   }
 
-  async list(): Promise<LocalVmRecord[]> {
+  load(): LocalVmRecord[] {
     return [...this.#records.values()].map((r) => structuredClone(r));
   }
 
-  async get(id: string): Promise<LocalVmRecord | undefined> {
-    const record = this.#records.get(id);
-    return record && structuredClone(record);
-  }
-
-  async put(record: LocalVmRecord): Promise<void> {
+  put(record: LocalVmRecord): Promise<void> {
     this.#records.set(record.id, structuredClone(record));
+    return Promise.resolve();
   }
 
-  async delete(id: string): Promise<void> {
+  delete(id: string): Promise<void> {
     this.#records.delete(id);
+    return Promise.resolve();
+  }
+
+  durable(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  get size(): number {
+    return this.#records.size;
+  }
+
+  has(id: string): boolean {
+    return this.#records.has(id);
+  }
+
+  /** The stored records as they are now: safe to serialise later, as a put replaces an object rather than changing it. */
+  protected snapshot(): LocalVmRecord[] {
+    return [...this.#records.values()];
   }
 }
 
@@ -154,7 +192,10 @@ export class LocalProvider implements CloudProvider {
   readonly #now: () => number;
   readonly #load: SimulatedLoadConfig;
   readonly #zoneStatus = new Map<string, ZoneStatus>();
-  #queue: Promise<unknown> = Promise.resolve();
+  /** Every record, by id: the working set (the store is written through, never read after construction). */
+  readonly #records = new Map<string, LocalVmRecord>();
+  /** Record id by idempotency token, for creates retried with the same token. */
+  readonly #byToken = new Map<string, string>();
 
   constructor(options: LocalProviderOptions = {}) {
     this.region = options.region ?? 'local';
@@ -168,6 +209,17 @@ export class LocalProvider implements CloudProvider {
     this.#now = options.now ?? Date.now;
     this.#load = options.load ?? DEFAULT_SIMULATED_LOAD;
     for (const zone of this.zones) this.#zoneStatus.set(zone, 'available');
+    for (const record of this.#store.load()) this.#add(record);
+  }
+
+  #add(record: LocalVmRecord): void {
+    this.#records.set(record.id, record);
+    if (record.idempotencyToken !== null) this.#byToken.set(record.idempotencyToken, record.id);
+  }
+
+  #remove(record: LocalVmRecord): void {
+    this.#records.delete(record.id);
+    if (record.idempotencyToken !== null && this.#byToken.get(record.idempotencyToken) === record.id) this.#byToken.delete(record.idempotencyToken);
   }
 
   /** Marks a zone impaired or unavailable: creates and starts there fail for capacity. */
@@ -176,17 +228,14 @@ export class LocalProvider implements CloudProvider {
     this.#zoneStatus.set(zone, status);
   }
 
-  /** Runs `work` after every earlier operation of this provider has finished. */
-  #exclusive<T>(work: () => Promise<T>): Promise<T> {
-    const result = this.#queue.then(work);
-    this.#queue = result.catch(() => undefined);
-    return result;
-  }
-
   // --- reads -------------------------------------------------------------------
 
-  /** Applies a due transition and the retention of terminated VMs; persists what changed. Undefined: purged. */
-  async #settle(record: LocalVmRecord): Promise<LocalVmRecord | undefined> {
+  /**
+   * Applies a due transition and the retention of terminated VMs, in memory
+   * and to the store (not awaited: both follow from what is stored, so a
+   * restart before the write settles the same way). Undefined: purged.
+   */
+  #settle(record: LocalVmRecord): LocalVmRecord | undefined {
     const now = this.#now();
     let changed = false;
     if (record.transition && record.transition.at <= now) {
@@ -197,36 +246,48 @@ export class LocalProvider implements CloudProvider {
       changed = true;
     }
     if (record.state === 'terminated' && record.stateSince + this.#retentionMs <= now) {
-      await this.#store.delete(record.id);
+      this.#remove(record);
+      this.#store.delete(record.id).catch(() => undefined);
       return undefined;
     }
-    if (changed) await this.#store.put(record);
+    if (changed) this.#store.put(record).catch(() => undefined);
     return record;
   }
 
-  async #records(): Promise<LocalVmRecord[]> {
-    const settled = await Promise.all((await this.#store.list()).map((r) => this.#settle(r)));
-    return settled.filter((r): r is LocalVmRecord => r !== undefined).sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id));
+  /** Every record, settled, in no particular order. */
+  *#settled(): Generator<LocalVmRecord> {
+    // Deleting the entry being visited (a purge) is safe while iterating a Map.
+    for (const stored of this.#records.values()) {
+      const record = this.#settle(stored);
+      if (record !== undefined) yield record;
+    }
   }
 
-  async #record(id: string, operation: string): Promise<LocalVmRecord> {
+  #record(id: string, operation: string): LocalVmRecord {
     if (typeof id !== 'string' || !LOCAL_ID_RE.test(id)) {
       throw new InvalidRequestError('local', operation, 'InvalidInstanceID.Malformed', `id: ${JSON.stringify(id)} is not a local VM id (local- and 12 hex digits)`);
     }
-    const stored = await this.#store.get(id);
-    const record = stored && (await this.#settle(stored));
+    const stored = this.#records.get(id);
+    const record = stored && this.#settle(stored);
     if (!record) throw new NotFound('local', operation, 'InvalidInstanceID.NotFound', `local VM ${id} does not exist`);
     return record;
   }
 
+  /** `value`, once every change made before this call is durable (a read never shows what a crash could take back). */
+  async #afterWrites<T>(value: T): Promise<T> {
+    await this.#store.durable();
+    return value;
+  }
+
   async list(filter?: InstanceFilter, options: CallOptions = {}): Promise<Instance[]> {
     throwIfAborted(options.signal, 'local', 'list');
-    return (await this.#exclusive(() => this.#records())).map((r) => this.#toInstance(r)).filter((i) => matchesFilter(i, filter));
+    const records = [...this.#settled()].sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    return this.#afterWrites(records.map((r) => this.#toInstance(r)).filter((i) => matchesFilter(i, filter)));
   }
 
   async get(id: string, options: CallOptions = {}): Promise<Instance> {
     throwIfAborted(options.signal, 'local', 'get');
-    return this.#toInstance(await this.#exclusive(() => this.#record(id, 'get')));
+    return this.#afterWrites(this.#toInstance(this.#record(id, 'get')));
   }
 
   // --- lifecycle -------------------------------------------------------------------
@@ -239,11 +300,13 @@ export class LocalProvider implements CloudProvider {
     const zone = request.zone ?? this.zones[0] ?? '';
     if (!this.#zoneStatus.has(zone)) throw new InvalidRequestError('local', 'create', 'InvalidZone', `zone: ${zone} is not one of ${this.zones.join(', ')}`);
     const progress = progressReporter('create', '', options.onProgress);
-    const record = await this.#exclusive(async () => {
-      const records = await this.#records();
-      const existing = request.idempotencyToken ? records.find((r) => r.idempotencyToken === request.idempotencyToken) : undefined;
-      if (existing) return existing;
-      if (request.incoming === undefined) this.#checkCapacity('create', zone, spec, records);
+    const record = await (async (): Promise<LocalVmRecord> => {
+      const existingId = request.idempotencyToken ? this.#byToken.get(request.idempotencyToken) : undefined;
+      const existing = existingId === undefined ? undefined : this.#records.get(existingId);
+      const settled = existing && this.#settle(existing);
+      // The first create with this token may still be writing its record: answer once it is durable.
+      if (settled) return this.#afterWrites(settled);
+      if (request.incoming === undefined) this.#checkCapacity('create', zone, spec);
       const now = this.#now();
       const created: LocalVmRecord = {
         id: `local-${randomBytes(6).toString('hex')}`,
@@ -263,9 +326,10 @@ export class LocalProvider implements CloudProvider {
         launchTime: null,
         privateIp: `10.200.${randomBytes(1)[0] ?? 0}.${((randomBytes(1)[0] ?? 0) % 250) + 2}`,
       };
+      this.#add(created);
       await this.#store.put(created);
       return created;
-    });
+    })();
     progress.setInstanceId(record.id);
     progress.report('accepted', record.state, record.state);
     if (request.incoming !== undefined) {
@@ -276,11 +340,11 @@ export class LocalProvider implements CloudProvider {
   }
 
   start(id: string, options: LongOperationOptions = {}): Promise<Instance> {
-    return this.#change('start', id, options, (record, records) => {
+    return this.#change('start', id, options, (record) => {
       if (record.state === 'running' || record.state === 'pending') return;
       if (record.state !== 'stopped') throw this.#wrongState('start', record);
       const spec = this.#types[record.type];
-      if (spec) this.#checkCapacity('start', record.zone, spec, records);
+      if (spec) this.#checkCapacity('start', record.zone, spec);
       return { now: 'pending', then: 'running' };
     });
   }
@@ -304,21 +368,18 @@ export class LocalProvider implements CloudProvider {
     operation: LongOperation,
     id: string,
     options: LongOperationOptions,
-    plan: (record: LocalVmRecord, all: LocalVmRecord[]) => { now: InstanceState; then: InstanceState } | undefined,
+    plan: (record: LocalVmRecord) => { now: InstanceState; then: InstanceState } | undefined,
   ): Promise<Instance> {
     throwIfAborted(options.signal, 'local', operation);
     const progress = progressReporter(operation, id, options.onProgress);
-    const record = await this.#exclusive(async () => {
-      const current = await this.#record(id, operation);
-      const step = plan(current, await this.#records());
-      if (step) {
-        current.state = step.now;
-        current.stateSince = this.#now();
-        current.transition = { to: step.then, at: this.#now() + this.#transitionMs };
-        await this.#store.put(current);
-      }
-      return current;
-    });
+    const record = this.#record(id, operation);
+    const step = plan(record);
+    if (step) {
+      record.state = step.now;
+      record.stateSince = this.#now();
+      record.transition = { to: step.then, at: this.#now() + this.#transitionMs };
+      await this.#store.put(record);
+    } else await this.#store.durable();
     progress.report('accepted', record.state, record.state);
     return this.#finish(operation, id, progress, options);
   }
@@ -330,7 +391,7 @@ export class LocalProvider implements CloudProvider {
       if (options.wait !== false && options.signal?.aborted) {
         throw new CancelledError('local', operation, 'Cancelled', `stopped waiting for ${id} to be ${target}; the request itself was accepted`, { cause: options.signal.reason, instanceId: id });
       }
-      const record = await this.#exclusive(() => this.#record(id, operation));
+      const record = await this.#afterWrites(this.#record(id, operation));
       if (options.wait === false) return this.#toInstance(record);
       if (record.state === target) {
         progress.report('done', record.state, record.state);
@@ -348,14 +409,14 @@ export class LocalProvider implements CloudProvider {
     }
   }
 
-  #checkCapacity(operation: string, zone: string, spec: LocalTypeSpec, records: LocalVmRecord[]): void {
+  #checkCapacity(operation: string, zone: string, spec: LocalTypeSpec): void {
     const status = this.#zoneStatus.get(zone);
     if (status !== 'available') {
       throw new CapacityError('local', operation, 'ZoneUnavailable', `zone ${zone} is ${status}: no new VMs are placed there`, 'capacity');
     }
     let vcpus = spec.vcpus;
     let memoryMiB = spec.memoryMiB;
-    for (const r of records) {
+    for (const r of this.#settled()) {
       if (r.state === 'stopped' || r.state === 'terminated') continue;
       vcpus += this.#types[r.type]?.vcpus ?? 0;
       memoryMiB += this.#types[r.type]?.memoryMiB ?? 0;
@@ -379,7 +440,7 @@ export class LocalProvider implements CloudProvider {
    * restore) is the real one.
    */
   async backupDisk(id: string, target: string): Promise<void> {
-    const record = await this.#exclusive(() => this.#record(id, 'backup'));
+    const record = await this.#afterWrites(this.#record(id, 'backup'));
     if (record.state !== 'running') throw this.#wrongState('backup', record);
     const lines = [`dwcp local VM backup`, `id ${record.id}`, `name ${record.name}`, `image ${record.image}`, `type ${record.type}`];
     const block = Buffer.from(`${lines.join('\n')}\n`.padEnd(4096, '.'), 'utf8');
@@ -398,25 +459,21 @@ export class LocalProvider implements CloudProvider {
 
   async setTags(id: string, tags: Tags, options: CallOptions = {}): Promise<void> {
     throwIfAborted(options.signal, 'local', 'setTags');
-    await this.#exclusive(async () => {
-      const record = await this.#record(id, 'setTags');
-      if (record.state === 'terminated') throw this.#wrongState('setTags', record);
-      record.tags = { ...record.tags, ...tags };
-      await this.#store.put(record);
-    });
+    const record = this.#record(id, 'setTags');
+    if (record.state === 'terminated') throw this.#wrongState('setTags', record);
+    record.tags = { ...record.tags, ...tags };
+    await this.#store.put(record);
   }
 
   async setType(id: string, type: string, options: CallOptions = {}): Promise<Instance> {
     throwIfAborted(options.signal, 'local', 'setType');
     if (!this.#types[type]) throw new InvalidRequestError('local', 'setType', 'InvalidInstanceType', `type: ${type} is not one of ${Object.keys(this.#types).join(', ')}`);
-    return this.#exclusive(async () => {
-      const record = await this.#record(id, 'setType');
-      // As on EC2 and GCE: only a stopped VM changes its type.
-      if (record.state !== 'stopped') throw this.#wrongState('setType', record);
-      record.type = type;
-      await this.#store.put(record);
-      return this.#toInstance(record);
-    });
+    const record = this.#record(id, 'setType');
+    // As on EC2 and GCE: only a stopped VM changes its type.
+    if (record.state !== 'stopped') throw this.#wrongState('setType', record);
+    record.type = type;
+    await this.#store.put(record);
+    return this.#toInstance(record);
   }
 
   async listInstanceTypes(query: InstanceTypeQuery = {}): Promise<InstanceTypeInfo[]> {
@@ -460,7 +517,7 @@ export class LocalProvider implements CloudProvider {
   }
 
   async close(): Promise<void> {
-    await this.#queue;
+    await this.#store.close();
   }
 
   #toInstance(r: LocalVmRecord): Instance {
