@@ -57,6 +57,7 @@ import {
   BACKUP_KINDS,
   CapacityError,
   CredentialsError,
+  DEFAULT_PROVIDER_CONCURRENCY,
   hasSerialConsole,
   InvalidRequestError,
   NotFound,
@@ -300,6 +301,11 @@ export class CloudInventory {
   /** The configured providers that report utilisation (src/cloud/utilisation.ts), by configured name. */
   usageSources(): { provider: string; kind: ProviderKind; source: UtilisationSource }[] {
     return this.#slots.flatMap((s) => (hasUtilisation(s.provider) ? [{ provider: s.name, kind: s.entry.kind, source: s.provider }] : []));
+  }
+
+  /** How many operations to run on the named provider at once (CloudProvider.concurrency). */
+  concurrency(name: string): number {
+    return this.#one(name).provider.concurrency ?? DEFAULT_PROVIDER_CONCURRENCY;
   }
 
   statuses(): ProviderStatus[] {

@@ -165,11 +165,21 @@ export interface SpotPriceQuery {
   zones?: readonly string[];
 }
 
+/** Operations in flight at once per provider unless it says otherwise (CloudProvider.concurrency). */
+export const DEFAULT_PROVIDER_CONCURRENCY = 32;
+
 export interface CloudProvider {
   readonly kind: ProviderKind;
   readonly region: string;
   /** Human label for logs and `dwcpctl`, e.g. "aws us-east-1" or "local (simulated VMs, no cloud)". */
   readonly description: string;
+  /**
+   * How many operations (creates, starts, stops, terminates) its drivers
+   * should have in flight at once; absent: DEFAULT_PROVIDER_CONCURRENCY. A
+   * cloud's API throttles beyond a few dozen; a provider whose operations
+   * cost little here and mostly wait (local) takes many more.
+   */
+  readonly concurrency?: number;
 
   list(filter?: InstanceFilter, options?: CallOptions): Promise<Instance[]>;
   /** Throws `NotFound` when the instance does not exist (GCP: was deleted). */

@@ -260,9 +260,9 @@ export class Daemon {
         if (!m.connected) return { ok: false, detail: `not connected${m.lastError === null ? '' : ` (${m.lastError})`}` };
         return h.health === 'suspected' ? { ok: false, detail: `suspected (phi ${h.phi?.toFixed(1) ?? '?'})` } : { ok: true };
       },
-      runningHere: (vm, generation) => {
+      runningSince: (vm, generation) => {
         const r = this.seat.reconciler.reports().get(vm);
-        return r !== undefined && r.status === 'running' && r.generation === generation;
+        return r !== undefined && r.status === 'running' && r.generation === generation ? r.since : null;
       },
       renewLeases: async (logSeenAt, leaseMs) => {
         const providers = parts.cloud.guestLeases();

@@ -33,8 +33,8 @@ export interface DrDriverOptions {
   readonly barrier: (timeoutMs: number) => Promise<void>;
   /** Each other region's health as this node sees it now (member name = region name); absent: not a member we know. */
   readonly health: (region: string) => { readonly ok: boolean; readonly detail?: string } | undefined;
-  /** Whether this region's reconciler reports the VM running here at that generation. */
-  readonly runningHere: (vm: string, generation: number) => boolean;
+  /** When this region's reconciler first reported the VM running here at that generation (epoch ms); null while it does not. */
+  readonly runningSince: (vm: string, generation: number) => number | null;
   /**
    * Renews the leases of this region's protected guests up to
    * logSeenAt + dr.leaseMs (src/dr/lease-plan.ts), after each barrier that
@@ -168,7 +168,7 @@ export class DrDriver {
       const h = this.#o.health(region.name);
       checks.push({ region: region.name, ok: h?.ok ?? false, at: now, ...(h?.detail === undefined ? (h === undefined ? { detail: 'not a configured member' } : {}) : { detail: h.detail }) });
     }
-    const result = stepDr({ self: this.#o.region, now, fleet: state, local: { runningHere: this.#o.runningHere }, checks, logCurrent, memory: this.#memory, inFlight: this.#inFlight, options: this.#options });
+    const result = stepDr({ self: this.#o.region, now, fleet: state, local: { runningHere: (vm, generation) => this.#o.runningSince(vm, generation) !== null }, checks, logCurrent, memory: this.#memory, inFlight: this.#inFlight, options: this.#options });
     this.#memory = result.memory;
     for (const effect of result.effects) {
       if (effect.kind === 'region-failed') {
@@ -178,7 +178,7 @@ export class DrDriver {
         this.#o.log.info({ region: effect.region }, 'DR: region passes its checks again');
       } else this.#propose(effect.vm, effect.why, effect.command);
     }
-    this.#measureRto(state, now);
+    this.#measureRto(state);
   }
 
   #propose(vm: string, kind: 'failover' | 'failback', command: FleetCommandInput): void {
@@ -199,16 +199,21 @@ export class DrDriver {
       .finally(() => this.#inFlight.delete(vm));
   }
 
-  /** RTO of each failover into this region: from the lost region's first failed check to the copy first reported running here. */
-  #measureRto(state: FleetState, now: number): void {
+  /**
+   * RTO of each failover into this region: from the lost region's first
+   * failed check to the reconciler pass that first saw the copy running here
+   * (its time, not this check's: the check comes up to checkIntervalMs later).
+   */
+  #measureRto(state: FleetState): void {
     for (const vm of state.protectedVms()) {
       const f = vm.protection?.failedOver ?? null;
       const a = vm.assignment;
       if (f === null || a === null || a.region !== this.#o.region || a.generation !== f.generation) continue;
       const key = `${vm.name}@${f.generation}`;
-      if (this.#measured.has(key) || !this.#o.runningHere(vm.name, f.generation)) continue;
+      const running = this.#measured.has(key) ? null : this.#o.runningSince(vm.name, f.generation);
+      if (running === null) continue;
       this.#measured.add(key);
-      const rtoMs = Math.max(0, now - f.since);
+      const rtoMs = Math.max(0, running - f.since);
       this.#rto.set(vm.name, rtoMs);
       this.#o.metrics.rto.observe(rtoMs / 1000);
       this.#o.log.info({ vm: vm.name, from: f.from.region, rtoMs }, 'DR: failed-over VM running here');

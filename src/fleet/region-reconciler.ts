@@ -14,13 +14,17 @@
  * - Creates carry the idempotency token the core derives from (VM name,
  *   generation), so a create retried by this or a restarted daemon launches
  *   nothing new.
- * - Bounded: at most `maxInFlight` provider calls at once; the rest wait for
- *   a later pass (the core emits them again: it is level-triggered).
+ * - Bounded: at most `maxInFlight`, else the provider's concurrency (from
+ *   the inventory), calls in flight per provider at once; the rest wait for a
+ *   later pass (the core emits them again: it is level-triggered). A cheap
+ *   provider (local: 256) thus brings a region's VMs up in a few rounds,
+ *   while a cloud keeps to what its API allows.
  */
 import { createHash } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import type { Counter } from 'prom-client';
 import type { VmCreateRequest, VmCreateResult, InventoryEntry, InstanceTypeRow } from '../cloud/inventory.ts';
+import { DEFAULT_PROVIDER_CONCURRENCY } from '../cloud/provider.ts';
 import type { Logger } from '../log.ts';
 import { PassLoop } from '../driver/pass-loop.ts';
 import type { BackupRecord } from './protection.ts';
@@ -52,6 +56,8 @@ export interface ReconcilerInventory {
   create(provider: string, request: VmCreateRequest): Promise<VmCreateResult>;
   change(operation: 'start' | 'stop' | 'terminate', id: string, options: { provider?: string }): Promise<InventoryEntry>;
   types(query: { providers?: readonly string[] }): Promise<{ types: InstanceTypeRow[] }>;
+  /** How many calls to run on the provider at once (absent: 32). */
+  concurrency?(provider: string): number;
 }
 
 export interface ReconcilerMetrics {
@@ -65,6 +71,8 @@ export interface VmReport {
   readonly generation: number;
   /** The provider's reason, for failed. */
   readonly reason?: string;
+  /** When this region first reported this status at this generation (epoch ms): the pass that saw it. */
+  readonly since: number;
 }
 
 /** A managed copy with no desired VM. */
@@ -90,6 +98,7 @@ export interface RegionReconcilerOptions {
   readonly logSeenAt?: () => number;
   /** Whether this node's view of the log was proven current since it started (the pass acts only then); absent: always. */
   readonly logConfirmed?: () => boolean;
+  /** Calls in flight per provider, overriding the inventory's concurrency (absent: the inventory's, else 32). */
   readonly maxInFlight?: number;
   readonly now?: () => number;
   /**
@@ -105,13 +114,15 @@ export interface RegionReconcilerOptions {
 /** The tag a copy started from a DR backup carries: the backup's key (what `vm show` and `dr status` can name). */
 export const RESTORED_FROM_TAG = 'dwcp-restored-from';
 
-const DEFAULT_MAX_IN_FLIGHT = 32;
+const DEFAULT_MAX_IN_FLIGHT = DEFAULT_PROVIDER_CONCURRENCY;
 
 export class RegionReconciler {
   readonly #o: RegionReconcilerOptions;
   #memory: ReconcilerMemory = EMPTY_RECONCILER_MEMORY;
   #outcomes: ActionOutcome[] = [];
   readonly #inFlight = new Set<string>();
+  /** Calls in flight per provider, for its bound. */
+  readonly #inFlightPer = new Map<string, number>();
   readonly #reports = new Map<string, VmReport>();
   #orphans: OrphanReport[] = [];
   readonly #types = new Map<string, InstanceTypeRow[]>();
@@ -159,6 +170,8 @@ export class RegionReconciler {
   async #pass(): Promise<void> {
     const now = this.#o.now ?? Date.now;
     const { instances } = await this.#o.inventory.list({});
+    // What the inventory showed was so by now at the latest: a status's time (a copy seen running was running then).
+    const passAt = now();
     const observed: ObservedVm[] = instances.map(observedOf);
     const outcomes = this.#outcomes;
     this.#outcomes = [];
@@ -170,18 +183,17 @@ export class RegionReconciler {
       memory: this.#memory,
       outcomes,
       inFlight: this.#inFlight,
-      now: now(),
+      now: passAt,
       options: this.#o.core ?? DEFAULT_RECONCILER_OPTIONS,
       ...(this.#o.logSeenAt === undefined ? {} : { logSeenAt: this.#o.logSeenAt() }),
       ...(this.#o.logConfirmed === undefined ? {} : { logConfirmed: this.#o.logConfirmed() }),
     });
     this.#memory = result.memory;
     const orphans: OrphanReport[] = [];
-    const maxInFlight = this.#o.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
     for (const action of result.actions) {
       switch (action.kind) {
         case 'status':
-          this.#reports.set(action.vm, { status: action.status, generation: action.generation, ...(action.reason === undefined ? {} : { reason: action.reason }) });
+          this.#reports.set(action.vm, { status: action.status, generation: action.generation, ...(action.reason === undefined ? {} : { reason: action.reason }), since: passAt });
           if (action.status === 'failed') this.#o.log.warn({ vm: action.vm, generation: action.generation, err: action.reason }, 'fleet VM failed; not retried for this assignment');
           break;
         case 'orphan':
@@ -189,10 +201,14 @@ export class RegionReconciler {
           break;
         default: {
           const key = actionKey(action);
-          if (key === null || this.#inFlight.has(key) || this.#inFlight.size >= maxInFlight) break;
+          const provider = action.provider;
+          const running = this.#inFlightPer.get(provider) ?? 0;
+          if (key === null || this.#inFlight.has(key) || running >= this.#limit(provider)) break;
           this.#inFlight.add(key);
+          this.#inFlightPer.set(provider, running + 1);
           void this.#run(action).then((outcome) => {
             this.#inFlight.delete(key);
+            this.#inFlightPer.set(provider, (this.#inFlightPer.get(provider) ?? 1) - 1);
             this.#outcomes.push(outcome);
             this.#o.metrics.reconcileActions.inc({ action: action.kind, result: outcome.ok ? 'ok' : 'error' });
             this.kick();
@@ -206,6 +222,16 @@ export class RegionReconciler {
     for (const vm of this.#reports.keys()) {
       const assignment = desired.vm(vm)?.assignment;
       if (assignment === undefined || assignment === null || assignment.region !== this.#o.region) this.#reports.delete(vm);
+    }
+  }
+
+  #limit(provider: string): number {
+    if (this.#o.maxInFlight !== undefined) return this.#o.maxInFlight;
+    try {
+      return this.#o.inventory.concurrency?.(provider) ?? DEFAULT_MAX_IN_FLIGHT;
+    } catch {
+      // A provider the inventory does not know: the action fails on its own, within the default bound.
+      return DEFAULT_MAX_IN_FLIGHT;
     }
   }
 

@@ -182,6 +182,13 @@ export class LocalProvider implements CloudProvider {
   readonly kind = 'local' as const;
   readonly region: string;
   readonly description = 'local (simulated VMs, no cloud)';
+  /**
+   * An operation here is a record change sharing a group-committed fsync,
+   * then a wait for its transition (transitionDelayMs): so many can be in
+   * flight. 256 lets a region bring 1 000 failed-over VMs up in four waits,
+   * and stays under the create journal's bound (MAX_PENDING_CREATES).
+   */
+  readonly concurrency = 256;
   readonly zones: readonly string[];
 
   readonly #store: LocalVmStore;
