@@ -36,7 +36,7 @@ import { INSTANCE_STATES } from '../provider.ts';
 import { readStateFile, writeStateFile } from '../state-file.ts';
 import { MemoryVmStore, type LocalVmRecord } from './local-provider.ts';
 
-/** Below this many journal lines no compaction runs, however few records there are. */
+/** Below this many journal lines no compaction runs, however few records there are (tests lower it). */
 export const COMPACT_MIN_LINES = 4_096;
 
 const state = z.enum(INSTANCE_STATES);
@@ -59,7 +59,9 @@ const RecordSchema = z.object({
 });
 /** `seq`: the last change the snapshot holds (absent in files written before the journal: 0). */
 const FileSchema = z.object({ version: z.literal(1), seq: z.number().int().nonnegative().default(0), vms: z.array(RecordSchema) });
-const ChangeSchema = z.union([z.object({ seq: z.number().int().positive(), put: RecordSchema }), z.object({ seq: z.number().int().positive(), delete: z.string() })]);
+const PutSchema = z.object({ seq: z.number().int().positive(), put: RecordSchema });
+const DeleteSchema = z.object({ seq: z.number().int().positive(), delete: z.string() });
+type Change = z.infer<typeof PutSchema> | z.infer<typeof DeleteSchema>;
 
 export interface FileVmStoreProblem {
   file: string;
@@ -83,18 +85,20 @@ export class FileVmStore extends MemoryVmStore {
   /** An append failed (the journal may end in a partial line): the next write compacts instead. */
   #compactNext = false;
   #closed = false;
+  readonly #compactMinLines: number;
 
-  private constructor(path: string, journalPath: string, journal: FileHandle, records: LocalVmRecord[], seq: number) {
+  private constructor(path: string, journalPath: string, journal: FileHandle, records: LocalVmRecord[], seq: number, compactMinLines: number) {
     super(records);
     this.path = path;
     this.journalPath = journalPath;
     this.#journal = journal;
     this.#seq = seq;
     this.#journalLines = 0;
+    this.#compactMinLines = compactMinLines;
   }
 
   /** `problems` say which file was unreadable, where it was moved and why; the store then starts from what it could read. */
-  static async open(path: string): Promise<{ store: FileVmStore; problems: FileVmStoreProblem[] }> {
+  static async open(path: string, options: { compactMinLines?: number } = {}): Promise<{ store: FileVmStore; problems: FileVmStoreProblem[] }> {
     const journalPath = path.endsWith('.json') ? `${path.slice(0, -'.json'.length)}.log` : `${path}.log`;
     const problems: FileVmStoreProblem[] = [];
     const snapshot = await readStateFile(path, FileSchema);
@@ -117,7 +121,7 @@ export class FileVmStore extends MemoryVmStore {
       if (replay.problem !== null) problems.push(replay.problem);
     }
     const journal = await openJournal(journalPath);
-    const store = new FileVmStore(path, journalPath, journal, [...records.values()], seq);
+    const store = new FileVmStore(path, journalPath, journal, [...records.values()], seq, options.compactMinLines ?? COMPACT_MIN_LINES);
     // One snapshot of what was read, so the journal starts empty (no torn line, nothing to replay twice).
     if (replayed || problems.length > 0) await store.#compact();
     return { store, problems };
@@ -148,7 +152,7 @@ export class FileVmStore extends MemoryVmStore {
     await this.#journal.close();
   }
 
-  #change(change: z.infer<typeof ChangeSchema>): Promise<void> {
+  #change(change: Change): Promise<void> {
     if (this.#closed) return Promise.reject(new Error(`local VM store ${this.path} is closed`));
     // Serialised now: the record may change in memory before the write runs.
     this.#pending.push(`${JSON.stringify(change)}\n`);
@@ -169,7 +173,7 @@ export class FileVmStore extends MemoryVmStore {
       this.#pending = [];
       this.#writing = batch.promise;
       try {
-        if (this.#compactNext || this.#journalLines + lines.length > Math.max(COMPACT_MIN_LINES, 2 * this.size)) await this.#compact();
+        if (this.#compactNext || this.#journalLines + lines.length > Math.max(this.#compactMinLines, 2 * this.size)) await this.#compact();
         else await this.#append(lines);
         batch.resolve();
       } catch (err) {
@@ -231,14 +235,17 @@ async function replayJournal(path: string, since: number, records: Map<string, L
   return { seq, nonEmpty: text.length > 0, problem: null };
 }
 
-function parseChange(line: string): z.infer<typeof ChangeSchema> | string {
+function parseChange(line: string): Change | string {
   let raw: unknown;
   try {
     raw = JSON.parse(line);
   } catch (err) {
     return `not JSON: ${(err as Error).message}`;
   }
-  const parsed = ChangeSchema.safeParse(raw);
+  // By its key, so an error names the field at fault rather than "matches neither".
+  const isPut = typeof raw === 'object' && raw !== null && 'put' in raw;
+  if (!isPut && !(typeof raw === 'object' && raw !== null && 'delete' in raw)) return 'neither a put nor a delete';
+  const parsed = isPut ? PutSchema.safeParse(raw) : DeleteSchema.safeParse(raw);
   if (parsed.success) return parsed.data;
   const first = parsed.error.issues[0];
   return first ? `${first.path.join('.') || '(top level)'}: ${first.message}` : 'not a change';
