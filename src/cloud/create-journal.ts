@@ -19,7 +19,8 @@ import { z } from 'zod';
 import { CoalescedWrites, readStateFile, writeStateFile } from './state-file.ts';
 import { DwcpError } from '../errors.ts';
 
-export const MAX_PENDING_CREATES = 1_000;
+/** Above the most creates a region runs at once (the local provider's 1 024), so a full region's failover fits. */
+export const MAX_PENDING_CREATES = 4_096;
 
 const EntrySchema = z.object({
   token: z.string().min(1),
@@ -64,6 +65,14 @@ export class CreateJournal {
 
   list(provider?: string): PendingCreate[] {
     return [...this.#entries.values()].filter((e) => provider === undefined || e.provider === provider).map((e) => ({ ...e, tags: { ...e.tags } }));
+  }
+
+  /** How many entries (of one provider): list().length without copying them. */
+  count(provider?: string): number {
+    if (provider === undefined) return this.#entries.size;
+    let n = 0;
+    for (const e of this.#entries.values()) if (e.provider === provider) n++;
+    return n;
   }
 
   has(token: string): boolean {

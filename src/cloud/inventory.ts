@@ -163,7 +163,8 @@ interface Slot {
   readonly entry: CloudProviderConfig;
   readonly provider: CloudProvider;
   readonly snapshotPath: string;
-  instances: Instance[] | null;
+  /** By id: an operation's result replaces one entry, not the list (O(1) per operation at thousands of VMs). */
+  instances: Map<string, Instance> | null;
   syncedAt: Date | null;
   restored: boolean;
   lastError: string | null;
@@ -222,7 +223,7 @@ export class CloudInventory {
         const provider = await build(entry, { dataDir, observer: apiCallObserver(metrics, entry.name), log, qemuMetrics: metrics.qemu, ...(options.images === undefined ? {} : { images: options.images }), ...(options.leasePollMs === undefined ? {} : { leasePollMs: options.leasePollMs }) });
         slots.push(await CloudInventory.#slot(entry, provider, dataDir, log));
         initProviderMetrics(metrics, entry.name);
-        metrics.pendingCreates.set({ provider: entry.name }, journal.list(entry.name).length);
+        metrics.pendingCreates.set({ provider: entry.name }, journal.count(entry.name));
       }
     } catch (err) {
       await Promise.allSettled(slots.map((s) => s.provider.close()));
@@ -256,7 +257,7 @@ export class CloudInventory {
     };
     const read = await readSnapshot(snapshotPath);
     if (read.state === 'ok') {
-      slot.instances = read.value.instances;
+      slot.instances = new Map(read.value.instances.map((i) => [i.id, i]));
       slot.syncedAt = read.value.syncedAt;
       slot.restored = true;
       slot.storedKey = instancesKey(read.value.instances);
@@ -321,8 +322,8 @@ export class CloudInventory {
       syncedAt: slot.syncedAt,
       restored: slot.restored,
       lastError: slot.lastError,
-      instances: slot.instances?.length ?? 0,
-      pendingCreates: this.#journal.list(slot.name).length,
+      instances: slot.instances?.size ?? 0,
+      pendingCreates: this.#journal.count(slot.name),
     };
   }
 
@@ -340,7 +341,7 @@ export class CloudInventory {
     );
     const states = query.states && query.states.length > 0 ? new Set(query.states) : null;
     const instances = slots.flatMap((s) =>
-      [...(s.instances ?? [])]
+      [...(s.instances?.values() ?? [])]
         .filter((i) => states === null || states.has(i.state))
         .sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id))
         .map((instance) => ({ provider: s.name, instance })),
@@ -365,14 +366,14 @@ export class CloudInventory {
     try {
       const listed = await slot.provider.list(undefined, { signal });
       const reconciled = await this.#reconcile(slot, listed, signal);
-      const instances = [...new Map([...reconciled, ...slot.changedDuringSync.values()].map((i) => [i.id, i])).values()];
+      const instances = new Map([...reconciled, ...slot.changedDuringSync.values()].map((i) => [i.id, i]));
       slot.instances = instances;
       slot.syncedAt = new Date();
       slot.restored = false;
       slot.lastError = null;
       this.#metrics.lastSync.set({ provider: slot.name }, slot.syncedAt.getTime() / 1000);
-      recordInstances(this.#metrics, slot.name, instances);
-      this.#log.debug({ provider: slot.name, instances: instances.length, ms: Math.round(performance.now() - started) }, 'inventory synced');
+      recordInstances(this.#metrics, slot.name, instances.values());
+      this.#log.debug({ provider: slot.name, instances: instances.size, ms: Math.round(performance.now() - started) }, 'inventory synced');
       await this.#persist(slot);
     } catch (err) {
       if (signal.aborted) return;
@@ -388,10 +389,11 @@ export class CloudInventory {
   }
 
   async #persist(slot: Slot): Promise<void> {
-    const key = instancesKey(slot.instances ?? []);
-    if (key === slot.storedKey || (slot.storedKey === null && slot.instances?.length === 0)) return;
+    const instances = [...(slot.instances?.values() ?? [])];
+    const key = instancesKey(instances);
+    if (key === slot.storedKey || (slot.storedKey === null && instances.length === 0)) return;
     try {
-      await writeSnapshot(slot.snapshotPath, { syncedAt: slot.syncedAt ?? new Date(), instances: slot.instances ?? [] });
+      await writeSnapshot(slot.snapshotPath, { syncedAt: slot.syncedAt ?? new Date(), instances });
       slot.storedKey = key;
     } catch (err) {
       this.#log.warn({ provider: slot.name, file: slot.snapshotPath, err: errorMessage(err) }, 'could not save the inventory; it stays in memory');
@@ -438,7 +440,7 @@ export class CloudInventory {
       this.#log.warn({ ...pendingFields(slot, entry), instanceId: found.id, tagsApplied: Object.keys(missing) }, 'completed a half-finished create: found its VM by the create token and tagged it');
     }
     this.#reportUnreconciled(slot, [...byId.values()]);
-    this.#metrics.pendingCreates.set({ provider: slot.name }, this.#journal.list(slot.name).length);
+    this.#metrics.pendingCreates.set({ provider: slot.name }, this.#journal.count(slot.name));
     return [...byId.values()];
   }
 
@@ -507,7 +509,7 @@ export class CloudInventory {
       this.#inFlight.add(token);
       try {
         await this.#journal.add({ token, provider: slot.name, name: request.name, type: request.type, tags: commit, requestedAt: new Date().toISOString(), instanceId: null });
-        this.#metrics.pendingCreates.set({ provider: slot.name }, this.#journal.list(slot.name).length);
+        this.#metrics.pendingCreates.set({ provider: slot.name }, this.#journal.count(slot.name));
         let instance: Instance;
         try {
           instance = await provider.create(
@@ -539,7 +541,7 @@ export class CloudInventory {
         return { provider: slot.name, instance, warning };
       } finally {
         this.#inFlight.delete(token);
-        this.#metrics.pendingCreates.set({ provider: slot.name }, this.#journal.list(slot.name).length);
+        this.#metrics.pendingCreates.set({ provider: slot.name }, this.#journal.count(slot.name));
       }
     }, options.signal);
   }
@@ -634,9 +636,9 @@ export class CloudInventory {
   /** Puts an operation's result into the inventory at once, so a list right after it shows it. */
   #remember(slot: Slot, instance: Instance): void {
     if (slot.listing) slot.changedDuringSync.set(instance.id, instance);
-    const others = (slot.instances ?? []).filter((i) => i.id !== instance.id);
-    slot.instances = [...others, instance];
-    recordInstances(this.#metrics, slot.name, slot.instances);
+    slot.instances ??= new Map();
+    slot.instances.set(instance.id, instance);
+    recordInstances(this.#metrics, slot.name, slot.instances.values());
   }
 
   /**
@@ -700,7 +702,7 @@ export class CloudInventory {
 
   #slotFor(name: string | undefined, id: string): Slot {
     if (name !== undefined && name !== '') return this.#one(name);
-    const holding = this.#slots.filter((s) => s.instances?.some((i) => i.id === id));
+    const holding = this.#slots.filter((s) => s.instances?.has(id) === true);
     if (holding.length === 1) return holding[0] as Slot;
     const byShape = this.#slots.filter((s) => ID_SHAPES[s.entry.kind].test(id));
     if (byShape.length === 1) return byShape[0] as Slot;

@@ -103,8 +103,10 @@ export function initProviderMetrics(metrics: CloudMetrics, provider: string): vo
   for (const state of INSTANCE_STATES) metrics.instances.set({ provider, state }, 0);
 }
 
-export function recordInstances(metrics: CloudMetrics, provider: string, instances: readonly Instance[]): void {
-  for (const state of INSTANCE_STATES) metrics.instances.set({ provider, state }, instances.filter((i) => i.state === state).length);
+export function recordInstances(metrics: CloudMetrics, provider: string, instances: Iterable<Instance>): void {
+  const counts = new Map<string, number>();
+  for (const i of instances) counts.set(i.state, (counts.get(i.state) ?? 0) + 1);
+  for (const state of INSTANCE_STATES) metrics.instances.set({ provider, state }, counts.get(state) ?? 0);
 }
 
 /**

@@ -125,7 +125,8 @@ export class RegionReconciler {
   readonly #inFlightPer = new Map<string, number>();
   readonly #reports = new Map<string, VmReport>();
   #orphans: OrphanReport[] = [];
-  readonly #types = new Map<string, InstanceTypeRow[]>();
+  /** Per provider, its instance types, asked once (the promise: a pass's concurrent creates share the one call). */
+  readonly #types = new Map<string, Promise<InstanceTypeRow[]>>();
   readonly #loop: PassLoop;
   readonly #purging = new Set<string>();
 
@@ -301,11 +302,14 @@ export class RegionReconciler {
 
   /** The provider's smallest instance type that holds the spec (fewest vCPUs, then least memory, then name). */
   async #typeFor(provider: string, spec: FleetVmSpec): Promise<string> {
-    let rows = this.#types.get(provider);
-    if (rows === undefined) {
-      rows = (await this.#o.inventory.types({ providers: [provider] })).types;
-      this.#types.set(provider, rows);
+    let asked = this.#types.get(provider);
+    if (asked === undefined) {
+      asked = this.#o.inventory.types({ providers: [provider] }).then((r) => r.types);
+      this.#types.set(provider, asked);
+      // A failed call is asked again by the next create, not remembered.
+      asked.catch(() => this.#types.delete(provider));
     }
+    const rows = await asked;
     const memoryMiB = Math.ceil(spec.memoryBytes / (1024 * 1024));
     const fits = rows
       .map((r) => r.type)
