@@ -340,6 +340,13 @@ export interface ReconcileInput {
 export interface ReconcileResult {
   readonly actions: readonly ReconcileAction[];
   readonly memory: ReconcilerMemory;
+  /**
+   * The earliest time a create or start held back now is due (a hold or
+   * handoff ends, a back-off runs out); Infinity when none waits. The driver
+   * passes again then rather than at its next interval: a failed-over copy
+   * is created when its hold ends, not up to an interval later (RTO).
+   */
+  readonly wakeAt: number;
 }
 
 /** The back-off after `failures` consecutive failures. */
@@ -444,6 +451,7 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
   const drFence = options.dr;
   const cutOff = drFence !== undefined && now - (input.logSeenAt ?? now) > drFence.fenceAfterMs;
   const actions: ReconcileAction[] = [];
+  let wakeAt = Number.POSITIVE_INFINITY;
 
   // Copies by VM; orphans straight out.
   const copiesOf = new Map<string, ObservedVm[]>();
@@ -553,11 +561,17 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     const migratedHere = (migration !== undefined && migration.target.region === region && migration.target.generation === a.generation) || (seen?.generation === a.generation && seen.migrated === true);
     if (seen === undefined || seen.generation !== a.generation || (migratedHere && seen.migrated !== true)) firstSeen.set(name, (seen = { generation: a.generation, at: seen?.generation === a.generation ? seen.at : now, ...(migratedHere ? { migrated: true } : {}) }));
     // Starting is held back while the lease is out, and during the handoff of a VM that had a holder before.
-    const leaseHeld = lease !== undefined && (leaseExpired || (a.generation > 1 && !migratedHere && now < seen.at + lease.handoffMs));
+    const handoffUntil = lease !== undefined && a.generation > 1 && !migratedHere ? seen.at + lease.handoffMs : -Infinity;
+    const leaseHeld = lease !== undefined && (leaseExpired || now < handoffUntil);
     // A protected VM: stopped and held while this region is cut off; a failed-over copy held until the lost region has fenced itself.
     const isProtected = drFence !== undefined && vm.protection !== null;
     const selfFenced = isProtected && cutOff;
-    const held = leaseHeld || selfFenced || (isProtected && a.generation > 1 && !migratedHere && now < seen.at + drFence.fenceHoldMs);
+    const holdUntil = isProtected && a.generation > 1 && !migratedHere ? seen.at + drFence.fenceHoldMs : -Infinity;
+    const held = leaseHeld || selfFenced || now < holdUntil;
+    // When what holds it now runs out (a cut-off region waits for the log instead, which no time brings).
+    if (vm.power === 'running' && !failed && !leaseExpired && !selfFenced) {
+      for (const until of [handoffUntil, holdUntil, backingOff ? (record?.retryAt ?? -Infinity) : -Infinity]) if (until > now) wakeAt = Math.min(wakeAt, until);
+    }
     const fenceRunning = leaseExpired || selfFenced;
     // Migrating out and not cut over: the copy's power is the migration's (the coordinator stops and resumes it).
     const migrating = migration !== undefined && migration.source.region === region && migration.source.generation === a.generation;
@@ -610,7 +624,7 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
   // Not yet confirmed current since the daemon started: its desired state may be mid-replay or predate what it missed, so it
   // acts on none of it (no create, start, stop or terminate); it reports, and a cut-off region still fences itself.
   const confirmed = input.logConfirmed !== false ? actions : actions.filter((a) => a.kind === 'status' || a.kind === 'orphan' || (a.kind === 'stop' && (a.fence === 'self-fence' || a.fence === 'lease-expired')));
-  return { actions: confirmed, memory: { attempts, reported, firstSeen } };
+  return { actions: confirmed, memory: { attempts, reported, firstSeen }, wakeAt };
 }
 
 /** The backup a failed-over copy at this assignment starts from, if the failover recorded one. */

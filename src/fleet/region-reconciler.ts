@@ -190,6 +190,7 @@ export class RegionReconciler {
       ...(this.#o.logConfirmed === undefined ? {} : { logConfirmed: this.#o.logConfirmed() }),
     });
     this.#memory = result.memory;
+    if (result.wakeAt !== Number.POSITIVE_INFINITY) this.#loop.wakeBy(result.wakeAt);
     const orphans: OrphanReport[] = [];
     for (const action of result.actions) {
       switch (action.kind) {

@@ -202,6 +202,9 @@ describe('reconciler: in flight, back-off and giving up', () => {
     // Failed at t=100: no retry before 1 100.
     const waiting = pass(m, [], { memory: first.memory, outcomes: [failure(create, 100)], now: 1_099 });
     expect(kinds(waiting.actions)).toEqual([]);
+    // The driver is told when to pass again: when the back-off runs out.
+    expect(waiting.wakeAt).toBe(1_100);
+    expect(first.wakeAt).toBe(Number.POSITIVE_INFINITY);
     const retry = pass(m, [], { memory: waiting.memory, now: 1_100 });
     expect(kinds(retry.actions)).toEqual(['create:web1']);
     // Second failure at 1 200: 2 s.
@@ -291,6 +294,8 @@ describe('reconciler: lease', () => {
     const first = pass(m, [], { options: LEASED, now: 1_000 });
     expect(kinds(first.actions)).toEqual(['status:web1:pending']);
     expect(first.memory.firstSeen.get('web1')).toEqual({ generation: 2, at: 1_000 });
+    // The pass that holds it says when the hold ends, so the create comes then, not at the driver's next interval.
+    expect(first.wakeAt).toBe(11_000);
     expect(pass(m, [], { options: LEASED, memory: first.memory, now: 10_999 }).actions).toEqual([]);
     expect(kinds(pass(m, [], { options: LEASED, memory: first.memory, now: 11_000 }).actions)).toEqual(['create:web1']);
     // A first assignment (generation 1) has no previous holder: no wait.
