@@ -20,9 +20,10 @@
  *   journal line that repeats a snapshot's change, replays to the same state.
  * - The journal is compacted (snapshot written, journal emptied) once it
  *   holds more than COMPACT_MIN_LINES lines and twice as many as there are
- *   records, at open when it holds anything, and after a failed append (the
- *   journal may end in a partial line then): so it stays O(records), and a
- *   torn line is never followed by good ones.
+ *   records, at open when it holds anything, and after a failed append or
+ *   compaction (the journal may end in a partial line then; nothing is
+ *   appended until it is empty again): so it stays O(records), and a torn
+ *   line is never followed by good ones.
  * - At open, a last line cut short (a crash mid-append: no newline) is a
  *   change never acknowledged and is dropped. An unreadable snapshot, or a
  *   journal line that is not a change, is moved aside (`<name>.corrupt-…`)
@@ -82,7 +83,7 @@ export class FileVmStore extends MemoryVmStore {
   /** The next write (not yet started), which new changes join; and the write under way. */
   #next: PromiseWithResolvers<void> | null = null;
   #writing: Promise<void> | null = null;
-  /** An append failed (the journal may end in a partial line): the next write compacts instead. */
+  /** An append or a compaction failed (the journal may end in a partial line): the next write compacts instead. */
   #compactNext = false;
   #closed = false;
   readonly #compactMinLines: number;
@@ -147,8 +148,8 @@ export class FileVmStore extends MemoryVmStore {
   /** Waits for the writes under way and closes the journal; changes after this are refused. */
   override async close(): Promise<void> {
     if (this.#closed) return;
-    await this.durable();
     this.#closed = true;
+    await this.durable();
     await this.#journal.close();
   }
 
@@ -198,13 +199,15 @@ export class FileVmStore extends MemoryVmStore {
   async #compact(): Promise<void> {
     // Read synchronously, before any await: `seq` and the records describe the same moment.
     const text = { version: 1, seq: this.#seq, vms: this.snapshot() };
+    // Until the journal is empty again nothing is appended: after a failed append it may end in a partial line, and a good
+    // line after that would be lost at replay (which stops at a bad line).
     this.#compactNext = true;
     await writeStateFile(this.path, text);
-    this.#compactNext = false;
-    // The snapshot holds every journal line (replay skips them by seq): emptying the journal is only for its size.
+    // The snapshot holds every journal line (replay skips them by seq): emptying the journal is for its size and any torn end.
     await this.#journal.truncate(0);
     await this.#journal.datasync();
     this.#journalLines = 0;
+    this.#compactNext = false;
   }
 }
 
