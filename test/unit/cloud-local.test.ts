@@ -106,6 +106,36 @@ describe('local provider', () => {
     expect(vm?.state).toBe('pending');
   });
 
+  it('reports a create accepted, and answers reads, only once its record is durable', async () => {
+    // A store whose writes finish only when the test says: durability is what the provider waits for.
+    const gates: (() => void)[] = [];
+    class GatedStore extends MemoryVmStore {
+      #last: Promise<void> = Promise.resolve();
+      override put(record: Parameters<MemoryVmStore['put']>[0]): Promise<void> {
+        void super.put(record);
+        this.#last = new Promise<void>((resolve) => gates.push(resolve));
+        return this.#last;
+      }
+      override durable(): Promise<void> {
+        return this.#last;
+      }
+    }
+    const local = fast({ store: new GatedStore(), transitionDelayMs: 60_000 });
+    const events: string[] = [];
+    const creating = local.create({ name: 'a', type: 'local.small', image: 'img' }, { wait: false, onProgress: (e) => events.push(e.phase) });
+    let listed: unknown = null;
+    const listing = local.list().then((l) => (listed = l));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(events).toEqual([]);
+    expect(listed).toBeNull();
+    expect(gates).toHaveLength(1);
+    gates.splice(0).forEach((open) => open());
+    expect((await creating).state).toBe('pending');
+    expect(events).toEqual(['accepted']);
+    await listing;
+    expect(listed).toHaveLength(1);
+  });
+
   it('settles stored transitions lazily, so a new provider on the same store sees them; purges terminated VMs after retention', async () => {
     let clock = 1_000_000;
     const store = new MemoryVmStore();
@@ -124,5 +154,6 @@ describe('local provider', () => {
     clock += 60_000;
     expect(await second.list()).toEqual([]);
     expect(store.load()).toEqual([]);
+    expect(await new LocalProvider(options).list()).toEqual([]);
   });
 });
