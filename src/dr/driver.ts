@@ -104,7 +104,7 @@ export class DrDriver {
     clearTimeout(this.#proofTimer);
   }
 
-  /** Between checks: a barrier read that, when it answers, moves logSeenAt (and measures RTOs: a copy is seen running within this interval, not a check's). */
+  /** Between checks: a barrier read that, when it answers, moves logSeenAt (and records RTOs, measured to the pass that saw the copy running, within this interval rather than a check). */
   #scheduleProof(): void {
     const every = this.#o.settings.proveIntervalMs;
     if (this.#stopped || every >= this.#options.checkIntervalMs) return;
@@ -120,7 +120,7 @@ export class DrDriver {
     } catch {
       // The check's own barrier logs; a failed proof only leaves logSeenAt where it was.
     }
-    if (!this.#stopped) this.#measureRto(this.#o.state(), this.#now());
+    if (!this.#stopped) this.#measureRto(this.#o.state());
   }
 
   /** A barrier asked at `asked` answered: logSeenAt never moves back (a slow check's barrier may answer after a later proof's). */

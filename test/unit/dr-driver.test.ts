@@ -21,7 +21,7 @@ function driver(barrier: (timeoutMs: number) => Promise<void>, now: () => number
     commit: () => Promise.reject(new Error('no commits in this test')),
     barrier,
     health: () => ({ ok: true }),
-    runningHere: () => false,
+    runningSince: () => null,
     metrics: createDrMetrics([new Registry()]),
     log: createLogger('silent'),
     now,
