@@ -89,7 +89,9 @@ export class CreateJournal {
 
   async setInstanceId(token: string, instanceId: string): Promise<void> {
     const entry = this.#entries.get(token);
-    if (!entry || entry.instanceId === instanceId) return;
+    if (!entry) return;
+    // Already set (by the create's progress event, not awaited): resolve once the write carrying it is done.
+    if (entry.instanceId === instanceId) return this.#writes.drain();
     entry.instanceId = instanceId;
     await this.#save();
   }
