@@ -39,62 +39,16 @@ import { DwcpError, isDwcpErrorCode } from '../errors.ts';
 import type { FleetMigration } from '../fleet/migrations.ts';
 import { FramedStream, type FrameEvents } from '../net/framing.ts';
 import type { ProtocolHost } from '../net/host.ts';
-import { FieldError, loadProto, protoSchema, requireBytes, requireEnum, requireMessage, requireString, requireUint, type MessageSchema } from '../net/schema.ts';
 import { codecFor, type CodecName } from '../codec/codecs.ts';
+import { MIGRATE_CHUNK_BYTES, MIGRATE_MAX_FRAME_BYTES, MIGRATE_MAX_TEXT, MigrateInboundSchema, MigrateOutboundSchema, type MigrateChannel, type MigrateMessage, type MigrateMessageOut } from './migrate-wire.ts';
 
 export const MIGRATE_PROTOCOL = '/dwcp/migrate/1.0.0';
-export const MIGRATE_CHANNELS = ['state', 'disk', 'disk-image'] as const;
-export type MigrateChannel = (typeof MIGRATE_CHANNELS)[number];
-
-/** Bytes of one Data frame at most. */
-const CHUNK_BYTES = 256 * 1024;
-const MAX_FRAME_BYTES = CHUNK_BYTES + 1024;
-const MAX_TEXT = 1024;
 /** A socket's reads pause while this much waits for its stream. */
 const PIPE_BUFFER_BYTES = 512 * 1024;
 const OPEN_TIMEOUT_MS = 10_000;
 /** How long the target may take to answer an Open: a disk-image answer comes after the disk is written. */
 const ANSWER_TIMEOUT_MS = 600_000;
 const MAX_INBOUND_STREAMS = 16;
-
-export type MigrateMessage =
-  | { kind: 'open'; open: { migration: string; channel: MigrateChannel; key: string; version: string } }
-  | { kind: 'accept'; accept: Record<string, never> }
-  | { kind: 'refuse'; refuse: { code: string; message: string } }
-  | { kind: 'data'; data: { chunk: Uint8Array; rawLength: number } };
-
-const proto = loadProto(new URL('./proto/migrate.proto', import.meta.url));
-
-function validate(o: Record<string, unknown>): MigrateMessage {
-  const kind = requireEnum(o, 'kind', ['open', 'accept', 'refuse', 'data']);
-  switch (kind) {
-    case 'open':
-      return {
-        kind,
-        open: requireMessage(o, kind, (m) => ({
-          migration: requireString(m, 'migration', { max: 128 }),
-          channel: requireEnum(m, 'channel', MIGRATE_CHANNELS),
-          key: requireString(m, 'key', { max: MAX_TEXT, optional: true }),
-          version: requireString(m, 'version', { max: 64, optional: true }),
-        })),
-      };
-    case 'accept':
-      return { kind, accept: {} };
-    case 'refuse':
-      return {
-        kind,
-        refuse: requireMessage(o, kind, (m) => {
-          const code = requireString(m, 'code', { max: 32 });
-          if (!isDwcpErrorCode(code)) throw new FieldError('code', `is ${JSON.stringify(code)}, not an error code`);
-          return { code, message: requireString(m, 'message', { max: MAX_TEXT, optional: true }) };
-        }),
-      };
-    case 'data':
-      return { kind, data: requireMessage(o, kind, (m) => ({ chunk: requireBytes(m, 'chunk', { max: CHUNK_BYTES }), rawLength: requireUint(m, 'rawLength', { max: CHUNK_BYTES }) })) };
-  }
-}
-
-export const MigrateMessageSchema: MessageSchema<MigrateMessage> = protoSchema(proto.lookupType('dwcp.migrate.v1.MigrateMessage'), validate, { strictFields: true });
 
 export interface MigrateServiceOptions {
   readonly host: ProtocolHost;
@@ -122,7 +76,7 @@ export interface PipeCounts {
   received: number;
 }
 
-type Channel = FramedStream<MigrateMessage, MigrateMessage>;
+type Channel = FramedStream<MigrateMessage, MigrateMessageOut>;
 
 export class MigrateService {
   readonly #o: MigrateServiceOptions;
@@ -142,7 +96,7 @@ export class MigrateService {
   }
 
   #channel(stream: Stream): Channel {
-    return new FramedStream(stream, { protocol: MIGRATE_PROTOCOL, maxFrameBytes: MAX_FRAME_BYTES, inbound: MigrateMessageSchema, outbound: MigrateMessageSchema, ...(this.#o.events ? { events: this.#o.events } : {}) });
+    return new FramedStream(stream, { protocol: MIGRATE_PROTOCOL, maxFrameBytes: MIGRATE_MAX_FRAME_BYTES, inbound: MigrateInboundSchema, outbound: MigrateOutboundSchema, ...(this.#o.events ? { events: this.#o.events } : {}) });
   }
 
   /**
@@ -316,18 +270,18 @@ export function pipe(ch: Channel, socket: Socket, counts: PipeCounts = { sent: 0
       }
       const parts: Buffer[] = [];
       let size = 0;
-      while (queue.length > 0 && size < CHUNK_BYTES) {
+      while (queue.length > 0 && size < MIGRATE_CHUNK_BYTES) {
         const head = queue[0] as Buffer;
-        const take = Math.min(head.byteLength, CHUNK_BYTES - size);
+        const take = Math.min(head.byteLength, MIGRATE_CHUNK_BYTES - size);
         parts.push(head.subarray(0, take));
         size += take;
         if (take === head.byteLength) queue.shift();
         else queue[0] = head.subarray(take);
       }
       queued -= size;
-      const raw = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, size);
-      const packed = codec === 'lz4' ? await lz4.compress(raw) : null;
-      await ch.write({ kind: 'data', data: packed !== null && packed.byteLength <= size - size / 8 ? { chunk: packed, rawLength: size } : { chunk: raw, rawLength: 0 } });
+      const packed = codec === 'lz4' ? await lz4.compress(parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, size)) : null;
+      // Uncompressed, the frame goes out from the socket's own buffers (migrate-wire.ts: no copy).
+      await ch.write({ kind: 'data', data: packed !== null && packed.byteLength <= size - size / 8 ? { chunk: packed, rawLength: size } : { chunk: parts, rawLength: 0 } });
       counts.sent += size;
       if (queued <= PIPE_BUFFER_BYTES && socket.isPaused()) socket.resume();
     }
@@ -372,5 +326,5 @@ function errorText(err: unknown): string {
 }
 
 function clip(text: string): string {
-  return text.length > MAX_TEXT ? `${text.slice(0, MAX_TEXT - 1)}…` : text;
+  return text.length > MIGRATE_MAX_TEXT ? `${text.slice(0, MIGRATE_MAX_TEXT - 1)}…` : text;
 }

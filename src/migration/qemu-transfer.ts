@@ -44,7 +44,8 @@ import type { QemuMigrationGuests } from '../cloud/qemu/qemu-provider.ts';
 import type { Logger } from '../log.ts';
 import type { TransferStatus, TransferStep } from './coordinator.ts';
 import { DEFAULT_CONVERGENCE, judgeConvergence, type ConvergenceOptions } from './convergence.ts';
-import { pipe, type LiveCodec, type MigrateChannel, type MigrateService, type PipeCounts } from './migrate-service.ts';
+import { pipe, type LiveCodec, type MigrateService, type PipeCounts } from './migrate-service.ts';
+import type { MigrateChannel } from './migrate-wire.ts';
 import type { MigrationTransfer, TransferHandle, TransferRequest } from './transfer.ts';
 
 /** QEMU's own default downtime limit, used when the migration names none. */

@@ -1,12 +1,12 @@
 /**
  * The live migration's convergence judgement (src/migration/convergence.ts)
- * and the /dwcp/migrate/1.0.0 messages at the edge (migrate-service.ts):
+ * and the /dwcp/migrate/1.0.0 messages at the edge (migrate-wire.ts):
  * what QEMU's query-migrate answers lead to, and what a peer may send.
  */
 import { describe, expect, it } from 'vitest';
 import type { MigrationInfo } from '../../src/cloud/qemu/migration-qmp.ts';
 import { judgeConvergence } from '../../src/migration/convergence.ts';
-import { MigrateMessageSchema } from '../../src/migration/migrate-service.ts';
+import { MigrateInboundSchema, MigrateMessageSchema, MigrateOutboundSchema } from '../../src/migration/migrate-wire.ts';
 
 const MiB = 1024 * 1024;
 const info = (over: Partial<MigrationInfo>): MigrationInfo => ({
@@ -54,5 +54,36 @@ describe('/dwcp/migrate/1.0.0 messages', () => {
     expect(() => MigrateMessageSchema.encode({ kind: 'open', open: { migration: 'm1', channel: 'memory' as 'state', key: '', version: '' } })).toThrow(/channel/);
     expect(() => MigrateMessageSchema.encode({ kind: 'data', data: { chunk: new Uint8Array(256 * 1024 + 1), rawLength: 0 } })).toThrow(/field data.chunk is 262145 bytes long, above the 262144-byte limit/);
     expect(() => MigrateMessageSchema.encode({ kind: 'refuse', refuse: { code: 'nope', message: '' } })).toThrow(/refuse.code is "nope", not an error code/);
+  });
+
+  it('writes a data frame from its parts as the protobuf decoder reads it, and reads protobufjs encodings of it', () => {
+    const parts = [new Uint8Array(300).fill(1), new Uint8Array(70_000).fill(2), new Uint8Array([3])];
+    const whole = Buffer.concat(parts);
+    for (const rawLength of [0, 5, 262_144]) {
+      const written = Buffer.concat(MigrateOutboundSchema.encodeParts?.({ kind: 'data', data: { chunk: parts, rawLength } }) ?? []);
+      // The strict protobuf path and the direct parse agree on what was written, and on protobufjs's own encoding (raw_length 0 written out).
+      expect(MigrateMessageSchema.decode(written)).toEqual({ kind: 'data', data: { chunk: whole, rawLength } });
+      expect(MigrateInboundSchema.decode(written)).toEqual({ kind: 'data', data: { chunk: whole, rawLength } });
+      expect(MigrateInboundSchema.decode(MigrateMessageSchema.encode({ kind: 'data', data: { chunk: whole, rawLength } }))).toEqual({ kind: 'data', data: { chunk: whole, rawLength } });
+    }
+    // The chunk's arrays are sent where they lie: no copy.
+    const sent = MigrateOutboundSchema.encodeParts?.({ kind: 'data', data: { chunk: parts, rawLength: 0 } }) ?? [];
+    expect(sent.slice(1)).toEqual(parts);
+    expect(sent[1]).toBe(parts[0]);
+  });
+
+  it('judges data frames of any other shape by the strict protobuf path, and refuses what it refuses', () => {
+    const chunk = Uint8Array.of(9, 9);
+    // raw_length before chunk: valid protobuf, decoded by the full path.
+    expect(MigrateInboundSchema.decode(Uint8Array.of(0x22, 6, 0x10, 2, 0x0a, 2, 9, 9))).toEqual({ kind: 'data', data: { chunk, rawLength: 2 } });
+    // chunk twice: protobuf keeps the last, the strict path refuses.
+    expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 8, 0x0a, 2, 9, 9, 0x0a, 2, 9, 9))).toThrow(/data.chunk/);
+    // an empty chunk, and a declared length past the end.
+    expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 2, 0x0a, 0))).toThrow(/data.chunk is required/);
+    expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 9, 0x0a, 7, 9, 9))).toThrow(/not a valid protobuf encoding/);
+    // raw_length (300 000) above the chunk limit.
+    expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 8, 0x0a, 2, 9, 9, 0x10, 0xe0, 0x93, 0x12))).toThrow(/data.rawLength/);
+    expect(() => MigrateOutboundSchema.encodeParts?.({ kind: 'data', data: { chunk: [new Uint8Array(200_000), new Uint8Array(70_000)], rawLength: 0 } })).toThrow(/field data.chunk is 270000 bytes long, above the 262144-byte limit/);
+    expect(() => MigrateOutboundSchema.encodeParts?.({ kind: 'data', data: { chunk: [], rawLength: 0 } })).toThrow(/field data.chunk is required/);
   });
 });

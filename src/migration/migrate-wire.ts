@@ -1,0 +1,179 @@
+/**
+ * The messages of /dwcp/migrate/1.0.0 (proto/migrate.proto) at the edge:
+ * one schema that validates every field of what arrives, and the outbound
+ * schema the channels write with.
+ *
+ * Data frames carry a live migration's bytes (QEMU's stream, the disk
+ * mirror's NBD connection), so they are most of what the channel moves and
+ * their cost per byte is the relay's: they are written from the socket's
+ * own buffers as parts (Data's protobuf tags and lengths, then the chunk's
+ * arrays where they lie: no concatenation, no protobuf writer, no copy),
+ * and read by a direct parse of that shape (raw_length present or left
+ * out), whose chunk is a view of the frame. Both are checked as the
+ * protobuf path checks them (the same validator); a Data frame in any other
+ * shape (fields in another order, repeated, unknown) is no error of its own:
+ * it goes through the full protobuf decode and its strict checks, which
+ * accept or refuse it as they would any message.
+ *
+ * Invariants: decode never returns an unvalidated message; encode and
+ * encodeParts refuse what the receiver would refuse (a chunk above
+ * MIGRATE_CHUNK_BYTES, an empty one), naming the field.
+ */
+import { isDwcpErrorCode } from '../errors.ts';
+import { FrameError } from '../net/framing.ts';
+import { FieldError, loadProto, protoSchema, requireBytes, requireEnum, requireMessage, requireString, requireUint, type MessageSchema } from '../net/schema.ts';
+
+export const MIGRATE_CHANNELS = ['state', 'disk', 'disk-image'] as const;
+export type MigrateChannel = (typeof MIGRATE_CHANNELS)[number];
+
+/** Bytes of one Data frame's chunk at most (raw or before LZ4). */
+export const MIGRATE_CHUNK_BYTES = 256 * 1024;
+/** A frame: a chunk and its tags and lengths. */
+export const MIGRATE_MAX_FRAME_BYTES = MIGRATE_CHUNK_BYTES + 1024;
+export const MIGRATE_MAX_TEXT = 1024;
+
+export type MigrateMessage =
+  | { kind: 'open'; open: { migration: string; channel: MigrateChannel; key: string; version: string } }
+  | { kind: 'accept'; accept: Record<string, never> }
+  | { kind: 'refuse'; refuse: { code: string; message: string } }
+  | { kind: 'data'; data: { chunk: Uint8Array; rawLength: number } };
+
+/** What a channel writes: a MigrateMessage, except that a Data chunk may be given as the arrays it lies in (on the wire, the same Data). */
+export type MigrateMessageOut = Exclude<MigrateMessage, { kind: 'data' }> | { kind: 'data'; data: { chunk: Uint8Array | readonly Uint8Array[]; rawLength: number } };
+
+const proto = loadProto(new URL('./proto/migrate.proto', import.meta.url));
+const MIGRATE_MESSAGE = proto.lookupType('dwcp.migrate.v1.MigrateMessage');
+
+function validate(o: Record<string, unknown>): MigrateMessage {
+  const kind = requireEnum(o, 'kind', ['open', 'accept', 'refuse', 'data']);
+  switch (kind) {
+    case 'open':
+      return {
+        kind,
+        open: requireMessage(o, kind, (m) => ({
+          migration: requireString(m, 'migration', { max: 128 }),
+          channel: requireEnum(m, 'channel', MIGRATE_CHANNELS),
+          key: requireString(m, 'key', { max: MIGRATE_MAX_TEXT, optional: true }),
+          version: requireString(m, 'version', { max: 64, optional: true }),
+        })),
+      };
+    case 'accept':
+      return { kind, accept: {} };
+    case 'refuse':
+      return {
+        kind,
+        refuse: requireMessage(o, kind, (m) => {
+          const code = requireString(m, 'code', { max: 32 });
+          if (!isDwcpErrorCode(code)) throw new FieldError('code', `is ${JSON.stringify(code)}, not an error code`);
+          return { code, message: requireString(m, 'message', { max: MIGRATE_MAX_TEXT, optional: true }) };
+        }),
+      };
+    case 'data':
+      return {
+        kind,
+        data: requireMessage(o, kind, (m) => ({ chunk: requireBytes(m, 'chunk', { max: MIGRATE_CHUNK_BYTES }), rawLength: requireUint(m, 'rawLength', { max: MIGRATE_CHUNK_BYTES }) })),
+      };
+  }
+}
+
+/** Every message, every field checked; what arrives is decoded by MigrateMessageOutSchema, which falls back to this. */
+export const MigrateMessageSchema: MessageSchema<MigrateMessage> = protoSchema(MIGRATE_MESSAGE, validate, { strictFields: true });
+
+/** Protobuf tags (field number << 3 | wire type) of MigrateMessage.data and Data's fields. */
+const TAG = { data: (4 << 3) | 2, chunk: (1 << 3) | 2, rawLength: (2 << 3) | 0 } as const;
+const MAX_VARINT_BYTES = 5;
+
+function varintLength(value: number): number {
+  let n = 1;
+  for (let rest = value; rest >= 0x80; rest = Math.floor(rest / 0x80)) n++;
+  return n;
+}
+
+function putVarint(out: Uint8Array, at: number, value: number): number {
+  let rest = value;
+  let pos = at;
+  while (rest >= 0x80) {
+    out[pos++] = (rest % 0x80) | 0x80;
+    rest = Math.floor(rest / 0x80);
+  }
+  out[pos++] = rest;
+  return pos;
+}
+
+/** The varint at `at` and the position after it, or undefined if it does not end within 5 bytes and `bytes`. */
+function getVarint(bytes: Uint8Array, at: number): [value: number, next: number] | undefined {
+  let value = 0;
+  for (let i = 0; i < MAX_VARINT_BYTES && at + i < bytes.byteLength; i++) {
+    const byte = bytes[at + i] as number;
+    value += (byte & 0x7f) * 2 ** (7 * i);
+    if (byte < 0x80) return [value, at + i + 1];
+  }
+  return undefined;
+}
+
+function dataField(field: string, problem: string): FrameError {
+  return new FrameError('schema', `${MigrateMessageSchema.name}: field data.${field} ${problem}`);
+}
+
+/** A Data message's encoding as parts: the tags and lengths, the chunk's arrays as given, then raw_length unless 0 (proto3 leaves it out). */
+function dataParts(chunk: readonly Uint8Array[], rawLength: number): Uint8Array[] {
+  const chunkBytes = chunk.reduce((sum, part) => sum + part.byteLength, 0);
+  if (chunkBytes === 0) throw dataField('chunk', 'is required');
+  if (chunkBytes > MIGRATE_CHUNK_BYTES) throw dataField('chunk', `is ${chunkBytes} bytes long, above the ${MIGRATE_CHUNK_BYTES}-byte limit`);
+  if (!Number.isSafeInteger(rawLength) || rawLength < 0 || rawLength > MIGRATE_CHUNK_BYTES) throw dataField('rawLength', `is ${rawLength}, outside 0..${MIGRATE_CHUNK_BYTES}`);
+  const tail = rawLength === 0 ? 0 : 1 + varintLength(rawLength);
+  const inner = 1 + varintLength(chunkBytes) + chunkBytes + tail;
+  const head = new Uint8Array(1 + varintLength(inner) + 1 + varintLength(chunkBytes));
+  let at = 0;
+  head[at++] = TAG.data;
+  at = putVarint(head, at, inner);
+  head[at++] = TAG.chunk;
+  putVarint(head, at, chunkBytes);
+  if (tail === 0) return [head, ...chunk];
+  const end = new Uint8Array(tail);
+  end[0] = TAG.rawLength;
+  putVarint(end, 1, rawLength);
+  return [head, ...chunk, end];
+}
+
+/** A Data message in exactly the shape dataParts writes, validated; undefined for anything else (the full decode judges it). */
+function parseData(bytes: Uint8Array): MigrateMessage | undefined {
+  if (bytes[0] !== TAG.data) return undefined;
+  const inner = getVarint(bytes, 1);
+  if (inner === undefined || inner[1] + inner[0] !== bytes.byteLength || bytes[inner[1]] !== TAG.chunk) return undefined;
+  const chunkLength = getVarint(bytes, inner[1] + 1);
+  if (chunkLength === undefined) return undefined;
+  const chunkEnd = chunkLength[1] + chunkLength[0];
+  if (chunkEnd > bytes.byteLength) return undefined;
+  let rawLength = 0;
+  if (chunkEnd < bytes.byteLength) {
+    if (bytes[chunkEnd] !== TAG.rawLength) return undefined;
+    const raw = getVarint(bytes, chunkEnd + 1);
+    if (raw === undefined || raw[1] !== bytes.byteLength) return undefined;
+    rawLength = raw[0];
+  }
+  const chunk = bytes.subarray(chunkLength[1], chunkEnd);
+  if (chunk.byteLength === 0 || chunk.byteLength > MIGRATE_CHUNK_BYTES || rawLength > MIGRATE_CHUNK_BYTES) return undefined;
+  return { kind: 'data', data: { chunk, rawLength } };
+}
+
+/** What a channel reads: MigrateMessageSchema, with Data frames in the shape dataParts writes parsed directly. */
+export const MigrateInboundSchema: MessageSchema<MigrateMessage> = {
+  name: MigrateMessageSchema.name,
+  decode: (bytes) => parseData(bytes) ?? MigrateMessageSchema.decode(bytes),
+  encode: (msg) => MigrateMessageSchema.encode(msg),
+};
+
+/** What a channel writes with: Data frames from their parts, every other message through MigrateMessageSchema. */
+export const MigrateOutboundSchema: MessageSchema<MigrateMessageOut> = {
+  name: MigrateMessageSchema.name,
+  decode: (bytes) => MigrateInboundSchema.decode(bytes),
+  encode: (msg) => Buffer.concat(encodeParts(msg)),
+  encodeParts,
+};
+
+function encodeParts(msg: MigrateMessageOut): readonly Uint8Array[] {
+  if (msg.kind !== 'data') return [MigrateMessageSchema.encode(msg)];
+  const { chunk, rawLength } = msg.data;
+  return dataParts(chunk instanceof Uint8Array ? [chunk] : chunk, rawLength);
+}
