@@ -19,13 +19,9 @@
  *   member's region into this one (prepare or transfer), into a qemu
  *   provider here; anything else is refused with the reason, and no socket
  *   is touched.
- * - A pipe is flow-controlled end to end: a socket's reads pause while more
- *   than PIPE_BUFFER_BYTES wait for the stream, and the stream's frames are
- *   read only as fast as the socket takes them (FramedStream pauses the
- *   muxer), so neither daemon buffers a whole migration.
- * - End of file travels as the stream's half-close and back; a broken
- *   stream or socket destroys the other side at once, so a QEMU never
- *   waits on a peer that is gone (its migration fails, and says so).
+ * - Both ends carry a channel's bytes with relay.ts (`pipe`: flow-controlled
+ *   end to end; end of file and breaks travel both ways), its messages as
+ *   migrate-wire.ts reads and writes them.
  */
 import { createConnection, type Socket } from 'node:net';
 import { open } from 'node:fs/promises';
@@ -39,12 +35,11 @@ import { DwcpError, isDwcpErrorCode } from '../errors.ts';
 import type { FleetMigration } from '../fleet/migrations.ts';
 import { FramedStream, type FrameEvents } from '../net/framing.ts';
 import type { ProtocolHost } from '../net/host.ts';
-import { codecFor, type CodecName } from '../codec/codecs.ts';
-import { MIGRATE_CHUNK_BYTES, MIGRATE_MAX_FRAME_BYTES, MIGRATE_MAX_TEXT, MigrateInboundSchema, MigrateOutboundSchema, type MigrateChannel, type MigrateMessage, type MigrateMessageOut } from './migrate-wire.ts';
+import type { LiveCodec } from './live-codec.ts';
+import { pipe } from './relay.ts';
+import { MIGRATE_MAX_FRAME_BYTES, MIGRATE_MAX_TEXT, MigrateInboundSchema, MigrateOutboundSchema, type MigrateChannel, type MigrateChannelStream, type MigrateMessage } from './migrate-wire.ts';
 
 export const MIGRATE_PROTOCOL = '/dwcp/migrate/1.0.0';
-/** A socket's reads pause while this much waits for its stream. */
-const PIPE_BUFFER_BYTES = 512 * 1024;
 const OPEN_TIMEOUT_MS = 10_000;
 /** How long the target may take to answer an Open: a disk-image answer comes after the disk is written. */
 const ANSWER_TIMEOUT_MS = 600_000;
@@ -67,16 +62,7 @@ export interface MigrateServiceOptions {
   readonly codec?: LiveCodec;
 }
 
-/** lz4: each Data frame LZ4-compressed when that makes it at least 1/8 smaller; none: as they are. */
-export type LiveCodec = Extract<CodecName, 'lz4' | 'none'>;
-
-/** Bytes a pipe moved each way (as the sockets saw them, before compression). */
-export interface PipeCounts {
-  sent: number;
-  received: number;
-}
-
-type Channel = FramedStream<MigrateMessage, MigrateMessageOut>;
+type Channel = MigrateChannelStream;
 
 export class MigrateService {
   readonly #o: MigrateServiceOptions;
@@ -217,108 +203,6 @@ function connectUnix(path: string): Promise<Socket> {
     });
     socket.once('error', (err) => reject(new DwcpError('unavailable', `cannot connect to ${path}: ${err.message}`)));
   });
-}
-
-/**
- * Carries a Unix socket's bytes over a migrate channel, both ways, until
- * both ends closed; rejects (destroying both) when either breaks. `counts`
- * is kept current as bytes move.
- */
-export function pipe(ch: Channel, socket: Socket, counts: PipeCounts = { sent: 0, received: 0 }, codec: LiveCodec = 'none'): Promise<PipeCounts> {
-  const lz4 = codecFor({ name: 'lz4' });
-  const fail = (err: unknown): never => {
-    const e = err instanceof Error ? err : new Error(String(err));
-    socket.destroy(e);
-    ch.reset(e);
-    throw e;
-  };
-  // Socket → stream: coalesced into frames, reads paused while the stream is behind.
-  const outbound = (async () => {
-    const queue: Buffer[] = [];
-    let queued = 0;
-    let ended = false;
-    let failed: Error | null = null;
-    let wake: (() => void) | null = null;
-    const notify = (): void => {
-      wake?.();
-      wake = null;
-    };
-    socket.on('data', (b: Buffer) => {
-      queue.push(b);
-      queued += b.byteLength;
-      if (queued > PIPE_BUFFER_BYTES) socket.pause();
-      notify();
-    });
-    socket.once('end', () => {
-      ended = true;
-      notify();
-    });
-    socket.once('close', () => {
-      if (!ended) failed ??= new Error('the socket closed without an end of file');
-      notify();
-    });
-    socket.once('error', (err) => {
-      failed = err;
-      notify();
-    });
-    for (;;) {
-      if (queue.length === 0) {
-        if (failed !== null) throw failed;
-        if (ended) break;
-        await new Promise<void>((resolve) => (wake = resolve));
-        continue;
-      }
-      const parts: Buffer[] = [];
-      let size = 0;
-      while (queue.length > 0 && size < MIGRATE_CHUNK_BYTES) {
-        const head = queue[0] as Buffer;
-        const take = Math.min(head.byteLength, MIGRATE_CHUNK_BYTES - size);
-        parts.push(head.subarray(0, take));
-        size += take;
-        if (take === head.byteLength) queue.shift();
-        else queue[0] = head.subarray(take);
-      }
-      queued -= size;
-      const packed = codec === 'lz4' ? await lz4.compress(parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, size)) : null;
-      // Uncompressed, the frame goes out from the socket's own buffers (migrate-wire.ts: no copy).
-      await ch.write({ kind: 'data', data: packed !== null && packed.byteLength <= size - size / 8 ? { chunk: packed, rawLength: size } : { chunk: parts, rawLength: 0 } });
-      counts.sent += size;
-      if (queued <= PIPE_BUFFER_BYTES && socket.isPaused()) socket.resume();
-    }
-    await ch.close();
-  })();
-  // Stream → socket: a frame is read only once the socket took the last one.
-  const inbound = (async () => {
-    for (;;) {
-      const msg = await ch.read();
-      if (msg === undefined) break;
-      if (msg.kind !== 'data') throw new DwcpError('invalid', `a ${msg.kind} inside the data of a migrate channel`);
-      const bytes = msg.data.rawLength === 0 ? msg.data.chunk : await lz4.decompress(msg.data.chunk, msg.data.rawLength);
-      counts.received += bytes.byteLength;
-      if (!socket.write(bytes)) {
-        await new Promise<void>((resolve, reject) => {
-          const onDrain = (): void => {
-            socket.off('close', onClose);
-            resolve();
-          };
-          const onClose = (): void => {
-            socket.off('drain', onDrain);
-            reject(new Error('the socket closed while data waited for it'));
-          };
-          socket.once('drain', onDrain);
-          socket.once('close', onClose);
-        });
-      }
-    }
-    socket.end();
-  })();
-  return Promise.all([outbound, inbound]).then(
-    () => {
-      socket.destroy();
-      return counts;
-    },
-    (err: unknown) => fail(err),
-  );
 }
 
 function errorText(err: unknown): string {

@@ -20,7 +20,7 @@
  * MIGRATE_CHUNK_BYTES, an empty one), naming the field.
  */
 import { isDwcpErrorCode } from '../errors.ts';
-import { FrameError } from '../net/framing.ts';
+import { FrameError, type FramedStream } from '../net/framing.ts';
 import { FieldError, loadProto, protoSchema, requireBytes, requireEnum, requireMessage, requireString, requireUint, type MessageSchema } from '../net/schema.ts';
 
 export const MIGRATE_CHANNELS = ['state', 'disk', 'disk-image'] as const;
@@ -37,6 +37,9 @@ export type MigrateMessage =
   | { kind: 'accept'; accept: Record<string, never> }
   | { kind: 'refuse'; refuse: { code: string; message: string } }
   | { kind: 'data'; data: { chunk: Uint8Array; rawLength: number } };
+
+/** A channel as both ends hold it. */
+export type MigrateChannelStream = FramedStream<MigrateMessage, MigrateMessageOut>;
 
 /** What a channel writes: a MigrateMessage, except that a Data chunk may be given as the arrays it lies in (on the wire, the same Data). */
 export type MigrateMessageOut = Exclude<MigrateMessage, { kind: 'data' }> | { kind: 'data'; data: { chunk: Uint8Array | readonly Uint8Array[]; rawLength: number } };

@@ -44,7 +44,9 @@ import type { QemuMigrationGuests } from '../cloud/qemu/qemu-provider.ts';
 import type { Logger } from '../log.ts';
 import type { TransferStatus, TransferStep } from './coordinator.ts';
 import { DEFAULT_CONVERGENCE, judgeConvergence, type ConvergenceOptions } from './convergence.ts';
-import { pipe, type LiveCodec, type MigrateService, type PipeCounts } from './migrate-service.ts';
+import type { LiveCodec } from './live-codec.ts';
+import type { MigrateService } from './migrate-service.ts';
+import { pipe, type PipeCounts } from './relay.ts';
 import type { MigrateChannel } from './migrate-wire.ts';
 import type { MigrationTransfer, TransferHandle, TransferRequest } from './transfer.ts';
 
@@ -191,6 +193,8 @@ class StepRun implements TransferHandle {
       if (migrating) await cancelMigration(qmp).catch(() => undefined);
       await stopMirror(qmp);
     });
+    // Where a live step's time goes, for the logs: mirror until ready, QEMU's pre-copy and stop-and-copy, the stream's drain.
+    const began = this.#now();
     // Both sockets listen before QEMU is told about them.
     await race(this.#listening);
     await race(startMirror(qmp, source.files.nbdOut));
@@ -206,7 +210,7 @@ class StepRun implements TransferHandle {
     const startedAt = this.#now();
     migrating = true;
     await race(startMigration(qmp, source.files.migrateOut, downtimeLimit));
-    log.info({ migration: m.id, vm: m.vm, diskBytes: moved(), downtimeLimitMs: downtimeLimit }, 'qemu migration: disk mirrored, migrating memory');
+    log.info({ migration: m.id, vm: m.vm, diskBytes: moved(), mirrorMs: startedAt - began, downtimeLimitMs: downtimeLimit }, 'qemu migration: disk mirrored, migrating memory');
     // From here the destination may receive the whole state: unsure counts as "may run".
     let armed = false;
     for (;;) {
@@ -235,9 +239,11 @@ class StepRun implements TransferHandle {
       await race(delay(this.#o.pollMs ?? 100));
     }
     // The source is paused with every write mirrored: end the mirror (the destination's disk is complete), then wait for the state's last byte to arrive.
+    const completedAt = this.#now();
     await stopMirror(qmp);
     await race(Promise.all(pipes));
     this.#progress(moved());
+    log.info({ migration: m.id, vm: m.vm, bytes: moved(), drainMs: this.#now() - completedAt, stepMs: this.#now() - began }, 'qemu migration: the stream reached the target');
   }
 
   #listening: Promise<void> = Promise.resolve();
