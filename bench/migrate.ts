@@ -11,7 +11,10 @@
  *   Unix socket), into a destination QEMU prepared by the qemu provider
  *   (`-S -incoming defer`) and continued by it once the stream completed.
  *   The fleet log and the coordinator are not in this path: it measures
- *   the bytes' way and QEMU's, not the control plane's round trips.
+ *   the bytes' way and QEMU's, not the control plane's round trips. The
+ *   two ends (bench/migrate-side.ts) run in two processes by default
+ *   (`--processes 2`), as two daemons do; `--processes 1` puts both on this
+ *   process's event loop, as the bench did before 2026-12-07.
  * - **Reference**: the same QMP sequence (same mirror, same migrate, same
  *   downtime limit) with the source QEMU connected straight to the
  *   destination QEMU's sockets: no daemon, no libp2p.
@@ -26,24 +29,19 @@
  * destination running, whether it converged within the timeout, and the
  * bytes the transport carried.
  */
+import type { ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm, writeFile, cp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import type { Libp2p } from 'libp2p';
-import { DirectoryImageSource } from '../src/cloud/qemu/directory-images.ts';
-import { armThrottle, cancelMigration, migrationInfo, mirrorState, startMigration, startMirror, stopMirror } from '../src/cloud/qemu/migration-qmp.ts';
-import { QemuProvider } from '../src/cloud/qemu/qemu-provider.ts';
 import { processesNaming } from '../src/cloud/qemu/procfs.ts';
 import type { FleetMigration } from '../src/fleet/migrations.ts';
-import { createLogger } from '../src/log.ts';
-import { DEFAULT_CONVERGENCE, judgeConvergence } from '../src/migration/convergence.ts';
-import { MigrateService, type LiveCodec } from '../src/migration/migrate-service.ts';
-import { QemuTransfer } from '../src/migration/qemu-transfer.ts';
+import { DEFAULT_CONVERGENCE } from '../src/migration/convergence.ts';
+import type { LiveCodec } from '../src/migration/live-codec.ts';
 import { guestImagesDir, GUEST_IMAGE } from '../test/support/qemu.ts';
+import { forkSide, LocalSide, until, type Side, type SideOptions } from './migrate-side.ts';
 import { defineBench, FlagError, intFlag, machineFacts, progress, quantile, renderTable, significant } from './run.ts';
-import { benchHost } from './transport.ts';
 
 export interface MigrateOptions {
   runs: number;
@@ -53,6 +51,7 @@ export interface MigrateOptions {
   timeoutMs: number;
   pollMs: number;
   codec: LiveCodec;
+  processes: 1 | 2;
 }
 
 interface Run {
@@ -66,12 +65,6 @@ interface Run {
   wireBytes: number;
 }
 
-interface Side {
-  readonly name: string;
-  readonly provider: QemuProvider;
-}
-
-const TYPE = 'bench.guest';
 /** The same convergence rule for both methods (the daemon's default). */
 const ARM_AFTER_ROUNDS = DEFAULT_CONVERGENCE.armAfterRounds;
 
@@ -140,16 +133,6 @@ class TickWatch {
   }
 }
 
-async function until<T>(what: string, ms: number, check: () => Promise<T | undefined>): Promise<T> {
-  const deadline = performance.now() + ms;
-  for (;;) {
-    const v = await check().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (performance.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms`);
-    await delay(50);
-  }
-}
-
 function fakeMigration(id: string, source: string, target: string, maxDowntimeMs: number): FleetMigration {
   return {
     id,
@@ -183,11 +166,14 @@ function killProcessesNaming(dir: string): void {
 export async function runMigrateBench(o: MigrateOptions): Promise<object> {
   const facts = machineFacts();
   const root = await mkdtemp(join(tmpdir(), 'dwcp-bench-migrate-'));
+  const children: ChildProcess[] = [];
   // The guests are detached on purpose (they outlive a daemon); a bench ended by a signal (bench/run.ts exits through
-  // its handlers) or an error before its finally must not leave them running.
-  const killOnExit = (): void => killProcessesNaming(root);
+  // its handlers) or an error before its finally must not leave them, or an end's process, running.
+  const killOnExit = (): void => {
+    for (const child of children) child.kill('SIGKILL');
+    killProcessesNaming(root);
+  };
   process.once('exit', killOnExit);
-  const log = createLogger('warn');
   const images = join(root, 'images');
   const built = join(await guestImagesDir(), GUEST_IMAGE);
   const manifest = JSON.parse(await readFile(join(built, 'image.json'), 'utf8')) as { cmdline: string };
@@ -195,39 +181,23 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
     await cp(built, join(images, `d${rate}`), { recursive: true });
     await writeFile(join(images, `d${rate}`, 'image.json'), JSON.stringify({ ...manifest, cmdline: `${manifest.cmdline} dwcp.dirty_mib_s=${rate}` }));
   }
-  const types = { [TYPE]: { vcpus: 1, memoryMiB: o.memoryMiB, diskGiB: 1 } };
-  const open_ = (name: string) =>
-    QemuProvider.open({ region: name, dir: join(root, name), accel: 'tcg', capacity: { vcpus: 4, memoryMiB: 4 * o.memoryMiB, diskGiB: 10 }, types, images: new DirectoryImageSource(images), log, utilisationIntervalMs: 0 });
-  const sides: Side[] = [
-    { name: 'a', provider: await open_('a') },
-    { name: 'b', provider: await open_('b') },
-  ];
-  const [hostA, hostB] = (await Promise.all([benchHost(), benchHost()])) as [Libp2p, Libp2p];
-  const migrations = new Map<string, FleetMigration>();
-  const service = (self: Side, host: Libp2p, peer: Side, peerHost: Libp2p) =>
-    new MigrateService({
-      host,
-      members: {
-        get: (peerId) => (peerId === peerHost.peerId.toString() ? { name: peer.name, peerId } : undefined) as never,
-        list: () => [{ name: peer.name, peerId: peerHost.peerId.toString() }] as never,
-      },
-      isConnected: () => true,
-      region: self.name,
-      migration: (id) => migrations.get(id),
-      qemu: () => self.provider,
-      store: { current: () => undefined, currentManifest: () => undefined, readValue: async function* () {} } as never,
-      log,
-      codec: o.codec,
-    });
-  const services = new Map<string, MigrateService>([
-    ['a', service(sides[0] as Side, hostA, sides[1] as Side, hostB)],
-    ['b', service(sides[1] as Side, hostB, sides[0] as Side, hostA)],
-  ]);
-  for (const s of services.values()) await s.start();
-  await hostA.dial(hostB.getMultiaddrs()[0] as never);
-  const transfers = new Map(
-    sides.map((side) => [side.name, new QemuTransfer({ guests: () => side.provider, channels: services.get(side.name) as MigrateService, codec: o.codec, blob: {} as never, convergence: { armAfterRounds: ARM_AFTER_ROUNDS, timeoutMs: o.timeoutMs }, log })]),
-  );
+  const sideOptions = (name: string): SideOptions => ({ name, dir: join(root, name), images, memoryMiB: o.memoryMiB, codec: o.codec, timeoutMs: o.timeoutMs, armAfterRounds: ARM_AFTER_ROUNDS });
+  // Side b in a process of its own (--processes 2): each migration's two relays on two event loops, as two daemons have them.
+  const sideA = await LocalSide.open(sideOptions('a'));
+  const sides: Side[] = [sideA];
+  try {
+    if (o.processes === 2) {
+      const b = await forkSide(sideOptions('b'));
+      children.push(b.child);
+      sides.push(b);
+    } else sides.push(await LocalSide.open(sideOptions('b')));
+    const [a, b] = sides as [Side, Side];
+    const [pa, pb] = [await a.p2p(), await b.p2p()];
+    await Promise.all([b.setPeer(a.name, pa.peerId), a.setPeer(b.name, pb.peerId, pb.addr)]);
+  } catch (err) {
+    for (const side of sides) await side.close().catch(() => undefined);
+    throw err;
+  }
 
   const results: { rate_mib_s: number; runs: Run[] }[] = [];
   let serial = 0;
@@ -235,9 +205,9 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
     for (const rate of o.rates) {
       progress(`migrate: booting a ${o.memoryMiB} MiB guest dirtying ${rate} MiB/s`);
       let at = 0;
-      let guest = await (sides[0] as Side).provider.create({ name: `bench-d${rate}`, type: TYPE, image: `d${rate}` });
+      let guest = await (sides[0] as Side).create(`bench-d${rate}`, `d${rate}`);
       const watch = new TickWatch();
-      const serials: string[] = [(sides[0] as Side).provider.serialLog(guest.id).path];
+      const serials: string[] = [await (sides[0] as Side).serialLog(guest)];
       watch.watch(() => serials, o.pollMs);
       await until('the guest ticks', 120_000, async () => (watch.last() >= 20 ? true : undefined));
       const runs: Run[] = [];
@@ -247,43 +217,38 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
         const to = sides[1 - at] as Side;
         const id = `b${++serial}`;
         const m = fakeMigration(id, from.name, to.name, o.downtimeMs);
-        migrations.set(id, m);
-        const incoming = await to.provider.create({ name: `bench-d${rate}`, type: TYPE, image: `d${rate}`, incoming: id, incomingMode: 'live' });
-        serials.push(to.provider.serialLog(incoming.id).path);
+        await to.setMigration(m, id);
+        const incoming = await to.create(`bench-d${rate}`, `d${rate}`, id);
+        serials.push(await to.serialLog(incoming));
         const firstTick = watch.last();
         const t0 = performance.now();
         let run: Run;
         try {
-          const outcome = method === 'dwcp' ? await viaDwcp(transfers.get(from.name) as QemuTransfer, m, guest.id, o.timeoutMs) : await direct(from.provider, to.provider, guest.id, id, o);
-          await until('the destination running', 60_000, async () => ((await to.provider.get(incoming.id)).state === 'running' ? true : undefined));
+          const outcome = method === 'dwcp' ? await from.live(m, guest) : await from.direct(guest, await to.incomingEndpoint(id, 'disk'), await to.incomingEndpoint(id, 'state'), o.downtimeMs);
+          await until('the destination running', 60_000, async () => ((await to.running(incoming)) ? true : undefined));
           const totalMs = performance.now() - t0;
           await until('ticks at the destination', 60_000, async () => (watch.last() >= firstTick + 10 ? true : undefined));
           const gaps = watch.gaps(firstTick);
           run = { method, converged: true, error: null, totalMs, qemuDowntimeMs: outcome.downtimeMs, tickGapGuestMs: gaps?.guest ?? null, tickGapWallMs: gaps?.wall ?? null, wireBytes: outcome.bytes };
-          await from.provider.terminate(guest.id);
+          await from.terminate(guest);
           guest = incoming;
           at = 1 - at;
         } catch (err) {
           run = { method, converged: false, error: err instanceof Error ? err.message : String(err), totalMs: performance.now() - t0, qemuDowntimeMs: null, tickGapGuestMs: null, tickGapWallMs: null, wireBytes: 0 };
-          await to.provider.terminate(incoming.id).catch(() => undefined);
+          await to.terminate(incoming).catch(() => undefined);
           // The source runs on (a failed pre-copy never paused it for good).
-          if (from.provider.migrationPaused(guest.id)) await from.provider.resumePaused(guest.id);
+          if (await from.paused(guest)) await from.resume(guest);
         }
-        migrations.delete(id);
+        await to.setMigration(null, id);
         runs.push(run);
         progress(`migrate: ${rate} MiB/s run ${r + 1}/${2 * o.runs} ${method}: ${run.converged ? `total ${run.totalMs.toFixed(0)} ms, QEMU downtime ${run.qemuDowntimeMs} ms, tick gap ${run.tickGapGuestMs} ms (guest) ${run.tickGapWallMs?.toFixed(0)} ms (wall)` : `failed: ${run.error}`}`);
       }
       await watch.stop();
-      await (sides[at] as Side).provider.terminate(guest.id).catch(() => undefined);
+      await (sides[at] as Side).terminate(guest).catch(() => undefined);
       results.push({ rate_mib_s: rate, runs });
     }
   } finally {
-    for (const s of services.values()) await s.stop();
-    await Promise.all([hostA.stop(), hostB.stop()]);
-    for (const side of sides) {
-      for (const i of await side.provider.list().catch(() => [])) if (i.state !== 'terminated') await side.provider.terminate(i.id).catch(() => undefined);
-      await side.provider.close();
-    }
+    for (const side of sides) await side.close().catch(() => undefined);
     await rm(root, { recursive: true, force: true });
     process.removeListener('exit', killOnExit);
   }
@@ -317,50 +282,11 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
   return {
     bench: 'migrate',
     ...facts,
-    options: { runs: o.runs, codec: o.codec, rates_mib_s: o.rates, memory_mib: o.memoryMiB, downtime_limit_ms: o.downtimeMs, timeout_ms: o.timeoutMs, poll_ms: o.pollMs },
+    options: { runs: o.runs, processes: o.processes, codec: o.codec, rates_mib_s: o.rates, memory_mib: o.memoryMiB, downtime_limit_ms: o.downtimeMs, timeout_ms: o.timeoutMs, poll_ms: o.pollMs },
     ratios: { total_p50: 'dwcp total time / direct total time (above 1: dwcp slower)', qemu_downtime_p50: 'dwcp QEMU downtime / direct (above 1: dwcp longer)', tick_gap_wall_p50: 'largest tick gap seen, dwcp / direct' },
     results: summary,
     loadavg_after: machineFacts().loadavg,
   };
-}
-
-async function viaDwcp(transfer: QemuTransfer, m: FleetMigration, id: string, timeoutMs: number): Promise<{ downtimeMs: number | null; bytes: number }> {
-  const handle = transfer.start({ migration: m, step: 'live', source: { provider: 'qemu', id } });
-  const status = await until('the dwcp transfer', timeoutMs + 60_000, async () => {
-    const s = handle.status();
-    return s.status === 'running' ? undefined : s;
-  });
-  if (status.status === 'failed') throw new Error(status.error ?? 'failed');
-  return { downtimeMs: status.downtimeMs ?? null, bytes: status.bytes };
-}
-
-/** QEMU to QEMU: the same QMP sequence, the source connected to the destination's own sockets. */
-async function direct(from: QemuProvider, to: QemuProvider, id: string, migration: string, o: MigrateOptions): Promise<{ downtimeMs: number | null; bytes: number }> {
-  const { qmp } = await from.migrationSource(id);
-  const [nbd, state] = [await to.incomingEndpoint(migration, 'disk'), await to.incomingEndpoint(migration, 'state')];
-  await startMirror(qmp, nbd);
-  try {
-    await until('the mirror ready', 60_000, async () => ((await mirrorState(qmp))?.ready === true ? true : undefined));
-    const startedAt = Date.now();
-    await startMigration(qmp, state, o.downtimeMs);
-    let armed = false;
-    for (;;) {
-      const info = await migrationInfo(qmp);
-      const verdict = judgeConvergence(info, { startedAt, armed }, Date.now(), { armAfterRounds: ARM_AFTER_ROUNDS, timeoutMs: o.timeoutMs });
-      if (verdict.kind === 'done') return { downtimeMs: info.downtimeMs, bytes: info.transferredBytes };
-      if (verdict.kind === 'failed' || verdict.kind === 'abort') {
-        await cancelMigration(qmp).catch(() => undefined);
-        throw new Error(verdict.why);
-      }
-      if (verdict.kind === 'arm-throttle') {
-        armed = true;
-        await armThrottle(qmp);
-      }
-      await delay(100);
-    }
-  } finally {
-    await stopMirror(qmp);
-  }
 }
 
 export const migrateBench = defineBench<MigrateOptions>({
@@ -372,6 +298,7 @@ export const migrateBench = defineBench<MigrateOptions>({
     'timeout-ms': { default: '120000', description: 'a migration not converged by then is aborted (counted not converged)' },
     'poll-ms': { default: '10', description: 'how often the serial logs are read for tick lines' },
     codec: { default: 'lz4', description: 'how the transport compresses the live channels: lz4 or none' },
+    processes: { default: '2', description: "1: both ends (providers, libp2p hosts, relays) in this process; 2: end b in a child process, so the two daemons' relays do not share an event loop" },
   },
   parse(flags) {
     const rates = (flags['rates'] ?? '').split(',').map((r) => Number(r.trim()));
@@ -379,7 +306,9 @@ export const migrateBench = defineBench<MigrateOptions>({
     const memoryMiB = intFlag(flags, 'memory-mib', 64);
     const codec = flags['codec'];
     if (codec !== 'lz4' && codec !== 'none') throw new FlagError('codec', `must be lz4 or none, got "${codec}"`);
-    return { runs: intFlag(flags, 'runs'), rates, memoryMiB, downtimeMs: intFlag(flags, 'downtime-ms'), timeoutMs: intFlag(flags, 'timeout-ms', 1000), pollMs: intFlag(flags, 'poll-ms'), codec };
+    const processes = intFlag(flags, 'processes');
+    if (processes !== 1 && processes !== 2) throw new FlagError('processes', `must be 1 or 2, got "${flags['processes']}"`);
+    return { runs: intFlag(flags, 'runs'), processes, rates, memoryMiB, downtimeMs: intFlag(flags, 'downtime-ms'), timeoutMs: intFlag(flags, 'timeout-ms', 1000), pollMs: intFlag(flags, 'poll-ms'), codec };
   },
   run: runMigrateBench,
 });
