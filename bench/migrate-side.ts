@@ -22,7 +22,7 @@ import type { Libp2p } from 'libp2p';
 import { multiaddr } from '@multiformats/multiaddr';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { DirectoryImageSource } from '../src/cloud/qemu/directory-images.ts';
-import { armThrottle, cancelMigration, migrationInfo, mirrorState, startMigration, startMirror, stopMirror } from '../src/cloud/qemu/migration-qmp.ts';
+import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, nextEvent, startMigration, startMirror, stopMirror } from '../src/cloud/qemu/migration-qmp.ts';
 import { QemuProvider } from '../src/cloud/qemu/qemu-provider.ts';
 import type { FleetMigration } from '../src/fleet/migrations.ts';
 import { createLogger } from '../src/log.ts';
@@ -202,7 +202,10 @@ export class LocalSide implements Side {
     const { qmp } = await this.#provider.migrationSource(id);
     await startMirror(qmp, nbd);
     try {
-      await until('the mirror ready', 60_000, async () => ((await mirrorState(qmp))?.ready === true ? true : undefined));
+      // Polled as the daemon's live step polls (qemu-transfer.ts): at QEMU's next event, at least every 100 ms.
+      for (const deadline = performance.now() + 60_000; (await mirrorState(qmp))?.ready !== true; await nextEvent(qmp, MIRROR_EVENTS, 100)) {
+        if (performance.now() > deadline) throw new Error('the mirror was not ready within 60000 ms');
+      }
       const startedAt = Date.now();
       await startMigration(qmp, state, downtimeMs);
       let armed = false;
@@ -218,7 +221,7 @@ export class LocalSide implements Side {
           armed = true;
           await armThrottle(qmp);
         }
-        await delay(100);
+        await nextEvent(qmp, MIGRATION_EVENTS, 100);
       }
     } finally {
       await stopMirror(qmp);

@@ -37,9 +37,8 @@
  */
 import { chmod, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
-import { setTimeout as delay } from 'node:timers/promises';
 import type { BlobService } from '../blob/service.ts';
-import { armThrottle, cancelMigration, migrationInfo, mirrorState, startMigration, startMirror, stopMirror } from '../cloud/qemu/migration-qmp.ts';
+import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, nextEvent, startMigration, startMirror, stopMirror } from '../cloud/qemu/migration-qmp.ts';
 import type { QemuMigrationGuests } from '../cloud/qemu/qemu-provider.ts';
 import type { Logger } from '../log.ts';
 import type { TransferStatus, TransferStep } from './coordinator.ts';
@@ -203,7 +202,7 @@ class StepRun implements TransferHandle {
       if (state === null) throw new StepFailed('the disk mirror ended before it was ready');
       this.#progress(moved());
       if (state.ready) break;
-      await race(delay(this.#o.pollMs ?? 100));
+      await race(nextEvent(qmp, MIRROR_EVENTS, this.#o.pollMs ?? 100));
     }
     const downtimeLimit = m.maxDowntimeMs ?? DEFAULT_DOWNTIME_LIMIT_MS;
     const convergence = this.#o.convergence ?? DEFAULT_CONVERGENCE;
@@ -236,7 +235,7 @@ class StepRun implements TransferHandle {
         log.info({ migration: m.id, vm: m.vm, why: verdict.why }, 'qemu migration: auto-converge armed');
         await race(armThrottle(qmp));
       }
-      await race(delay(this.#o.pollMs ?? 100));
+      await race(nextEvent(qmp, MIGRATION_EVENTS, this.#o.pollMs ?? 100));
     }
     // The source is paused with every write mirrored: end the mirror (the destination's disk is complete), then wait for the state's last byte to arrive.
     const completedAt = this.#now();

@@ -4,7 +4,8 @@
  * what QEMU's query-migrate answers lead to, and what a peer may send.
  */
 import { describe, expect, it } from 'vitest';
-import type { MigrationInfo } from '../../src/cloud/qemu/migration-qmp.ts';
+import { MIGRATION_EVENTS, nextEvent, type MigrationInfo } from '../../src/cloud/qemu/migration-qmp.ts';
+import type { QmpClient, QmpEvent } from '../../src/cloud/qemu/qmp.ts';
 import { judgeConvergence } from '../../src/migration/convergence.ts';
 import { MigrateInboundSchema, MigrateMessageSchema, MigrateOutboundSchema } from '../../src/migration/migrate-wire.ts';
 
@@ -85,5 +86,32 @@ describe('/dwcp/migrate/1.0.0 messages', () => {
     expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 8, 0x0a, 2, 9, 9, 0x10, 0xe0, 0x93, 0x12))).toThrow(/data.rawLength/);
     expect(() => MigrateOutboundSchema.encodeParts?.({ kind: 'data', data: { chunk: [new Uint8Array(200_000), new Uint8Array(70_000)], rawLength: 0 } })).toThrow(/field data.chunk is 270000 bytes long, above the 262144-byte limit/);
     expect(() => MigrateOutboundSchema.encodeParts?.({ kind: 'data', data: { chunk: [], rawLength: 0 } })).toThrow(/field data.chunk is required/);
+  });
+});
+
+describe("waiting for QEMU's next migration event", () => {
+  /** A QMP client that only delivers events (all nextEvent uses). */
+  function events(): { qmp: QmpClient; emit(event: string): void; listeners(): number } {
+    const listeners = new Set<(e: QmpEvent) => void>();
+    const qmp = { subscribe: (l: (e: QmpEvent) => void) => (listeners.add(l), () => listeners.delete(l)) } as unknown as QmpClient;
+    return { qmp, emit: (event) => [...listeners].forEach((l) => l({ event, data: {} } as QmpEvent)), listeners: () => listeners.size };
+  }
+
+  it('resolves at a named event, not at another, and unsubscribes', async () => {
+    const q = events();
+    let done = false;
+    const waiting = nextEvent(q.qmp, MIGRATION_EVENTS, 60_000).then(() => (done = true));
+    q.emit('BLOCK_JOB_READY');
+    await Promise.resolve();
+    expect(done).toBe(false);
+    q.emit('MIGRATION');
+    await waiting;
+    expect(q.listeners()).toBe(0);
+  });
+
+  it('resolves after the interval when no event comes, and unsubscribes', async () => {
+    const q = events();
+    await nextEvent(q.qmp, MIGRATION_EVENTS, 5);
+    expect(q.listeners()).toBe(0);
   });
 });

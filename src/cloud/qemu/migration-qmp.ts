@@ -21,7 +21,7 @@
  * QmpError (the caller names the VM).
  */
 import { z } from 'zod';
-import type { QmpClient } from './qmp.ts';
+import type { QmpClient, QmpEvent } from './qmp.ts';
 
 /** The node name of every guest's disk (qemu-command.ts) and so the NBD export's name. */
 export const DISK_NODE = 'disk0';
@@ -81,6 +81,31 @@ export async function stopMirror(qmp: QmpClient, waitMs = 10_000): Promise<void>
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   await qmp.execute('blockdev-del', { 'node-name': MIRROR_NODE }).catch(() => undefined);
+}
+
+/** The events that say a mirror (BLOCK_JOB_*) or a migration (MIGRATION: a status change; MIGRATION_PASS: a round) moved on. */
+export const MIRROR_EVENTS = ['BLOCK_JOB_READY', 'BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED', 'BLOCK_JOB_ERROR'] as const;
+export const MIGRATION_EVENTS = ['MIGRATION', 'MIGRATION_PASS'] as const;
+
+/**
+ * Resolves at QEMU's next event named in `events`, or after `ms`, whichever
+ * comes first: a watcher that polls query-block-jobs or query-migrate
+ * waits on this rather than a bare timer, so it answers a state change at
+ * once instead of up to a poll interval late (a live migration's total
+ * time includes that wait), and still looks again at least every `ms`.
+ */
+export function nextEvent(qmp: QmpClient, events: readonly string[], ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      unsubscribe();
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    const unsubscribe = qmp.subscribe((e: QmpEvent) => {
+      if (events.includes(e.event)) done();
+    });
+  });
 }
 
 /**
