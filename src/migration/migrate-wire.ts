@@ -19,6 +19,7 @@
  * encodeParts refuse what the receiver would refuse (a chunk above
  * MIGRATE_CHUNK_BYTES, an empty one), naming the field.
  */
+import protobuf from 'protobufjs';
 import { isDwcpErrorCode } from '../errors.ts';
 import { FrameError, type FramedStream } from '../net/framing.ts';
 import { FieldError, loadProto, protoSchema, requireBytes, requireEnum, requireMessage, requireString, requireUint, type MessageSchema } from '../net/schema.ts';
@@ -84,36 +85,6 @@ export const MigrateMessageSchema: MessageSchema<MigrateMessage> = protoSchema(M
 
 /** Protobuf tags (field number << 3 | wire type) of MigrateMessage.data and Data's fields. */
 const TAG = { data: (4 << 3) | 2, chunk: (1 << 3) | 2, rawLength: (2 << 3) | 0 } as const;
-const MAX_VARINT_BYTES = 5;
-
-function varintLength(value: number): number {
-  let n = 1;
-  for (let rest = value; rest >= 0x80; rest = Math.floor(rest / 0x80)) n++;
-  return n;
-}
-
-function putVarint(out: Uint8Array, at: number, value: number): number {
-  let rest = value;
-  let pos = at;
-  while (rest >= 0x80) {
-    out[pos++] = (rest % 0x80) | 0x80;
-    rest = Math.floor(rest / 0x80);
-  }
-  out[pos++] = rest;
-  return pos;
-}
-
-/** The varint at `at` and the position after it, or undefined if it does not end within 5 bytes and `bytes`. */
-function getVarint(bytes: Uint8Array, at: number): [value: number, next: number] | undefined {
-  let value = 0;
-  for (let i = 0; i < MAX_VARINT_BYTES && at + i < bytes.byteLength; i++) {
-    const byte = bytes[at + i] as number;
-    value += (byte & 0x7f) * 2 ** (7 * i);
-    if (byte < 0x80) return [value, at + i + 1];
-  }
-  return undefined;
-}
-
 function dataField(field: string, problem: string): FrameError {
   return new FrameError('schema', `${MigrateMessageSchema.name}: field data.${field} ${problem}`);
 }
@@ -124,40 +95,40 @@ function dataParts(chunk: readonly Uint8Array[], rawLength: number): Uint8Array[
   if (chunkBytes === 0) throw dataField('chunk', 'is required');
   if (chunkBytes > MIGRATE_CHUNK_BYTES) throw dataField('chunk', `is ${chunkBytes} bytes long, above the ${MIGRATE_CHUNK_BYTES}-byte limit`);
   if (!Number.isSafeInteger(rawLength) || rawLength < 0 || rawLength > MIGRATE_CHUNK_BYTES) throw dataField('rawLength', `is ${rawLength}, outside 0..${MIGRATE_CHUNK_BYTES}`);
-  const tail = rawLength === 0 ? 0 : 1 + varintLength(rawLength);
-  const inner = 1 + varintLength(chunkBytes) + chunkBytes + tail;
-  const head = new Uint8Array(1 + varintLength(inner) + 1 + varintLength(chunkBytes));
-  let at = 0;
-  head[at++] = TAG.data;
-  at = putVarint(head, at, inner);
-  head[at++] = TAG.chunk;
-  putVarint(head, at, chunkBytes);
-  if (tail === 0) return [head, ...chunk];
-  const end = new Uint8Array(tail);
-  end[0] = TAG.rawLength;
-  putVarint(end, 1, rawLength);
-  return [head, ...chunk, end];
+  const fields = protobuf.Writer.create().uint32(TAG.chunk).uint32(chunkBytes).finish();
+  const tail = rawLength === 0 ? null : protobuf.Writer.create().uint32(TAG.rawLength).uint32(rawLength).finish();
+  const head = protobuf.Writer.create()
+    .uint32(TAG.data)
+    .uint32(fields.byteLength + chunkBytes + (tail?.byteLength ?? 0))
+    .finish();
+  const prefix = new Uint8Array(head.byteLength + fields.byteLength);
+  prefix.set(head);
+  prefix.set(fields, head.byteLength);
+  return tail === null ? [prefix, ...chunk] : [prefix, ...chunk, tail];
 }
 
-/** A Data message in exactly the shape dataParts writes, validated; undefined for anything else (the full decode judges it). */
+/** A Data message in exactly the shape dataParts writes (raw_length written out or not), validated; undefined for anything else (the full decode judges it). */
 function parseData(bytes: Uint8Array): MigrateMessage | undefined {
   if (bytes[0] !== TAG.data) return undefined;
-  const inner = getVarint(bytes, 1);
-  if (inner === undefined || inner[1] + inner[0] !== bytes.byteLength || bytes[inner[1]] !== TAG.chunk) return undefined;
-  const chunkLength = getVarint(bytes, inner[1] + 1);
-  if (chunkLength === undefined) return undefined;
-  const chunkEnd = chunkLength[1] + chunkLength[0];
-  if (chunkEnd > bytes.byteLength) return undefined;
-  let rawLength = 0;
-  if (chunkEnd < bytes.byteLength) {
-    if (bytes[chunkEnd] !== TAG.rawLength) return undefined;
-    const raw = getVarint(bytes, chunkEnd + 1);
-    if (raw === undefined || raw[1] !== bytes.byteLength) return undefined;
-    rawLength = raw[0];
+  try {
+    const r = protobuf.Reader.create(bytes);
+    r.pos = 1;
+    if (r.uint32() !== bytes.byteLength - r.pos || r.uint32() !== TAG.chunk) return undefined;
+    const chunkEnd = r.uint32() + r.pos;
+    if (chunkEnd > bytes.byteLength) return undefined;
+    const chunk = bytes.subarray(r.pos, chunkEnd);
+    r.pos = chunkEnd;
+    let rawLength = 0;
+    if (r.pos < bytes.byteLength) {
+      if (r.uint32() !== TAG.rawLength) return undefined;
+      rawLength = r.uint32();
+    }
+    if (r.pos !== bytes.byteLength || chunk.byteLength === 0 || chunk.byteLength > MIGRATE_CHUNK_BYTES || rawLength > MIGRATE_CHUNK_BYTES) return undefined;
+    return { kind: 'data', data: { chunk, rawLength } };
+  } catch {
+    // A varint past the end: not the shape; the full decode says what is wrong.
+    return undefined;
   }
-  const chunk = bytes.subarray(chunkLength[1], chunkEnd);
-  if (chunk.byteLength === 0 || chunk.byteLength > MIGRATE_CHUNK_BYTES || rawLength > MIGRATE_CHUNK_BYTES) return undefined;
-  return { kind: 'data', data: { chunk, rawLength } };
 }
 
 /** What a channel reads: MigrateMessageSchema, with Data frames in the shape dataParts writes parsed directly. */

@@ -82,6 +82,9 @@ describe('/dwcp/migrate/1.0.0 messages', () => {
     // an empty chunk, and a declared length past the end.
     expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 2, 0x0a, 0))).toThrow(/data.chunk is required/);
     expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 9, 0x0a, 7, 9, 9))).toThrow(/not a valid protobuf encoding/);
+    // a trailing field tag without its value, and an unknown field after the chunk.
+    expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 5, 0x0a, 2, 9, 9, 0x18))).toThrow(/not a valid protobuf encoding/);
+    expect(MigrateInboundSchema.decode(Uint8Array.of(0x22, 6, 0x0a, 2, 9, 9, 0x18, 1))).toEqual({ kind: 'data', data: { chunk, rawLength: 0 } });
     // raw_length (300 000) above the chunk limit.
     expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 8, 0x0a, 2, 9, 9, 0x10, 0xe0, 0x93, 0x12))).toThrow(/data.rawLength/);
     expect(() => MigrateOutboundSchema.encodeParts?.({ kind: 'data', data: { chunk: [new Uint8Array(200_000), new Uint8Array(70_000)], rawLength: 0 } })).toThrow(/field data.chunk is 270000 bytes long, above the 262144-byte limit/);

@@ -4,15 +4,14 @@
  * and yamux on loopback): a Unix socket's bytes reach the Unix socket at the
  * other end whole and in order, both ways, whatever each end's codec, with
  * compressible and incompressible runs mixed (the skip rule and the frames
- * compressed in parallel must not reorder anything); and the skip rule
- * itself.
+ * compressed in parallel must not reorder anything). The skip rule is the
+ * blob transfer's (CompressionSkip, test/unit/blob-parts.test.ts).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.ts';
-import { MAX_SKIP_FRAMES, SkipRun } from '../../src/migration/live-codec.ts';
 import { MigrateService } from '../../src/migration/migrate-service.ts';
 import { pipe } from '../../src/migration/relay.ts';
 import { meshPair, type MeshPair } from '../support/mesh-pair.ts';
@@ -124,27 +123,4 @@ describe('the live relay', () => {
       else expect(wireIn).toBeGreaterThan(sent.byteLength);
     }, 60_000);
   }
-});
-
-describe('the live codec skip rule', () => {
-  it('tries every frame while frames pay, and after a miss skips a run that doubles up to the bound', () => {
-    const skip = new SkipRun();
-    const tried = (n: number): boolean[] => Array.from({ length: n }, () => skip.tryNext());
-    expect(tried(3)).toEqual([true, true, true]);
-    skip.verdict(true);
-    expect(skip.tryNext()).toBe(true);
-    skip.verdict(false);
-    expect(tried(2)).toEqual([false, true]);
-    skip.verdict(false);
-    expect(tried(3)).toEqual([false, false, true]);
-    skip.verdict(false);
-    expect(tried(5)).toEqual([false, false, false, false, true]);
-    for (let i = 0; i < 10; i++) skip.verdict(false);
-    const run = tried(MAX_SKIP_FRAMES + 1);
-    expect(run.filter((t) => !t)).toHaveLength(MAX_SKIP_FRAMES);
-    expect(run.at(-1)).toBe(true);
-    // A frame that pays ends the run at once.
-    skip.verdict(true);
-    expect(tried(2)).toEqual([true, true]);
-  });
 });
