@@ -100,8 +100,9 @@ describe('the watchdog shell (real processes)', () => {
   it('a lease left to lapse: the guest is killed after its deadline, never before, with a note and status 137', async () => {
     const g = await guest('lapse');
     const { files } = g;
-    await writeFor(files, 1_000);
+    // The deadline counts from before the write (writeFor reads the boot clock first; the write's fsyncs take time under load).
     const deadline = Date.now() + 1_000;
+    await writeFor(files, 1_000);
     const status = await g.ended;
     expect(Date.now()).toBeGreaterThanOrEqual(deadline - 10);
     expect(status).toBe(137);
@@ -122,8 +123,8 @@ describe('the watchdog shell (real processes)', () => {
     expect(ended).toBe(false);
     let lastDeadline = 0;
     for (let i = 0; i < 10; i++) {
-      await writeFor(files, 3_000);
       lastDeadline = Date.now() + 3_000;
+      await writeFor(files, 3_000);
       await observe(200);
     }
     expect(ended).toBe(false);
