@@ -14,7 +14,7 @@ import { generateKeyPairSync, sign, verify } from 'node:crypto';
 import os from 'node:os';
 import { dwcpKvTarget, startDwcpCluster, type BenchScope } from './dwcp-cluster.ts';
 import { runClosedLoop, type ClosedLoopResult } from './raft.ts';
-import { defineBench, intFlag, machineFacts, progress, renderTable, significant } from './run.ts';
+import { defineBench, intFlag, machineFacts, oneOf, progress, renderTable, significant } from './run.ts';
 
 export interface PbftBenchOptions {
   durationMs: number;
@@ -23,6 +23,10 @@ export interface PbftBenchOptions {
   valueBytes: number;
   workDir: string;
   verifyMs: number;
+  /** Which systems to run (the ratio needs both). */
+  only: 'both' | 'raft' | 'pbft';
+  /** When set, every daemon runs under node's --cpu-prof, writing its profile here when it stops. */
+  profileDir?: string;
 }
 
 const FLOOR = { clients: 64, minRatio: 0.3 } as const;
@@ -41,7 +45,8 @@ const SYSTEMS: readonly SystemPlan[] = [
 
 async function measure(plan: SystemPlan, opts: PbftBenchOptions): Promise<ClosedLoopResult[]> {
   progress(`pbft: starting ${plan.system}: ${plan.members} members (${plan.untrusted} untrusted), scope ${plan.scope}`);
-  const cluster = await startDwcpCluster({ members: plan.members, untrusted: plan.untrusted, scope: plan.scope, workDir: opts.workDir, readyTimeoutMs: 60_000 });
+  const nodeArgs = opts.profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${opts.profileDir}`];
+  const cluster = await startDwcpCluster({ members: plan.members, untrusted: plan.untrusted, scope: plan.scope, workDir: opts.workDir, readyTimeoutMs: 60_000, nodeArgs });
   const target = await dwcpKvTarget(cluster, plan.system);
   try {
     progress(`pbft: ${plan.system} is led by ${await cluster.leader()}`);
@@ -94,7 +99,7 @@ function cell(value: number | null): string {
 export async function runPbftBench(opts: PbftBenchOptions) {
   const facts = machineFacts();
   const results: ClosedLoopResult[] = [];
-  for (const plan of SYSTEMS) results.push(...(await measure(plan, opts)));
+  for (const plan of SYSTEMS) if (opts.only === 'both' || plan.system === `dwcp-${opts.only}`) results.push(...(await measure(plan, opts)));
   const ratios = opts.clients.flatMap((clients) => {
     const raft = results.find((r) => r.system === 'dwcp-raft' && r.clients === clients);
     const pbft = results.find((r) => r.system === 'dwcp-pbft' && r.clients === clients);
@@ -117,7 +122,7 @@ export async function runPbftBench(opts: PbftBenchOptions) {
   return {
     bench: 'pbft',
     ...facts,
-    options: { duration_ms: opts.durationMs, warmup_ms: opts.warmupMs, clients: opts.clients, value_bytes: opts.valueBytes, work_dir: opts.workDir, fsync: true },
+    options: { duration_ms: opts.durationMs, warmup_ms: opts.warmupMs, clients: opts.clients, value_bytes: opts.valueBytes, work_dir: opts.workDir, only: opts.only, profile_dir: opts.profileDir ?? null, fsync: true },
     systems: SYSTEMS,
     results,
     ratios,
@@ -135,6 +140,8 @@ export const pbftBench = defineBench<PbftBenchOptions>({
     'value-bytes': { default: '256', description: 'bytes per put value' },
     'verify-ms': { default: '2000', description: 'time spent measuring Ed25519 verifications per second, ms' },
     'work-dir': { default: os.tmpdir(), description: "parent of the clusters' data dirs; must be a real disk for fsync to count" },
+    only: { default: 'both', description: 'systems to run: both, raft or pbft (the ratio needs both)' },
+    'profile-dir': { default: '', description: 'when set, run every daemon under --cpu-prof, writing its profile here when it stops' },
   },
   parse(flags) {
     const levels = (flags['clients'] ?? '').split(',').map((item) => intFlag({ clients: item.trim() }, 'clients'));
@@ -145,6 +152,8 @@ export const pbftBench = defineBench<PbftBenchOptions>({
       valueBytes: intFlag(flags, 'value-bytes'),
       workDir: flags['work-dir'] ?? os.tmpdir(),
       verifyMs: intFlag(flags, 'verify-ms'),
+      only: oneOf(flags, 'only', ['both', 'raft', 'pbft'] as const),
+      ...(flags['profile-dir'] ? { profileDir: flags['profile-dir'] } : {}),
     };
   },
   run: runPbftBench,

@@ -27,7 +27,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import { dwcpKvTarget, startDwcpCluster } from './dwcp-cluster.ts';
 import { ensureEtcd, etcdKvTarget, startEtcdCluster, type EtcdEndpointMode } from './etcd.ts';
-import { defineBench, FlagError, intFlag, machineFacts, progress, quantile, renderTable, significant } from './run.ts';
+import { defineBench, intFlag, machineFacts, oneOf, progress, quantile, renderTable, significant } from './run.ts';
 
 /** A replicated key-value store as the load generator sees it. */
 export interface KvTarget {
@@ -400,12 +400,6 @@ function intListFlag(flags: Record<string, string>, flag: string): number[] {
   return items.map((item) => intFlag({ [flag]: item.trim() }, flag));
 }
 
-function oneOf<T extends string>(flags: Record<string, string>, flag: string, allowed: readonly T[]): T {
-  const value = flags[flag];
-  const match = allowed.find((a) => a === value);
-  if (match === undefined) throw new FlagError(flag, `must be one of ${allowed.join(', ')}, got "${value ?? ''}"`);
-  return match;
-}
 
 export const raftBench = defineBench<RaftBenchOptions>({
   flags: {

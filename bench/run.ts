@@ -120,6 +120,14 @@ function flagValue(flags: Record<string, string>, flag: string): string {
   return value;
 }
 
+/** One of `allowed`, e.g. `--only both`. */
+export function oneOf<T extends string>(flags: Record<string, string>, flag: string, allowed: readonly T[]): T {
+  const value = flags[flag];
+  const match = allowed.find((a) => a === value);
+  if (match === undefined) throw new FlagError(flag, `must be one of ${allowed.join(', ')}, got "${value ?? ''}"`);
+  return match;
+}
+
 /** A whole number from `min` up, e.g. `--repeat 3`. */
 export function intFlag(flags: Record<string, string>, flag: string, min = 1): number {
   const text = flagValue(flags, flag);

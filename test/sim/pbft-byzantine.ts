@@ -8,8 +8,11 @@
  * - wrong_digest: pre-prepares whose digest is not their batch's, votes and
  *   checkpoints for digests nobody proposed, view-changes that hide their
  *   prepared certificates, wrong results to clients;
- * - forge: messages in another member's name, corrupted signatures, client
- *   requests the client never signed;
+ * - forge: messages in another member's name (which the receiving side's
+ *   channel authentication, modelled by step()'s sender, must catch),
+ *   corrupted signatures (on votes too, which receivers count on their
+ *   channel's word and must catch when the votes become evidence), client
+ *   requests the client never signed (in pre-prepares and in relays);
  * - replay: old messages from anyone, re-sent to anyone;
  * - flood: bursts of junk every tick (future views, random sequence numbers,
  *   checkpoints, view-changes for far views, fetches);
@@ -29,6 +32,7 @@ import type {
   Prepare,
   ReplicaId,
   Reply,
+  SignedMessage,
   ViewChange,
 } from '../../src/consensus/pbft/types.ts';
 import type { Envelope, FakeKeys } from './pbft-harness.ts';
@@ -72,7 +76,7 @@ export class ByzantineBehaviour {
   }
 
   /** Sign as ourselves; any sender or signature fields in `body` (it may be a copy of a real message) are replaced. */
-  #as<M extends PbftMessage | Reply>(body: Omit<M, 'from' | 'signature'>): M {
+  #as<M extends SignedMessage>(body: Omit<M, 'from' | 'signature'>): M {
     const { signature: _signature, from: _from, ...rest } = body as Omit<M, 'from' | 'signature'> & { signature?: unknown; from?: unknown };
     return seal<M>({ ...rest, from: this.id } as unknown as Omit<M, 'signature'>, this.#sign);
   }
@@ -165,6 +169,11 @@ export class ByzantineBehaviour {
   #forge(m: PbftMessage): PbftMessage {
     const roll = this.#rng.int(3);
     if (roll === 0) return { ...m, from: this.#rng.pick(this.#others()) };
+    if (m.type === 'request') {
+      // A relayed request the client never made: its signature is the client's, and we cannot make that.
+      const forged: ClientRequest = { ...m.request, operation: new TextEncoder().encode('{"op":"put","key":"x","value":"forged"}') };
+      return { ...m, request: forged };
+    }
     if (roll === 1) {
       const signature = new Uint8Array(m.signature);
       const at = this.#rng.int(signature.length);
@@ -229,13 +238,13 @@ export class ByzantineBehaviour {
     return [];
   }
 
-  /** A reply to a client: sometimes a lie (validly signed), sometimes nothing. */
+  /** A reply to a client: sometimes a lie, sometimes in another member's name (which the channel must catch), sometimes nothing. */
   reply(r: Reply): Reply | null {
     const how = this.#pick();
     if (how === 'silent') return null;
-    if (how === 'wrong_digest' || how === 'equivocate') {
-      return this.#as<Reply>({ type: 'reply', view: r.view, client: r.client, timestamp: r.timestamp, result: new TextEncoder().encode('{"value":"lie"}') });
-    }
+    const lie = new TextEncoder().encode('{"value":"lie"}');
+    if (how === 'wrong_digest' || how === 'equivocate') return { ...r, result: lie };
+    if (how === 'forge') return { ...r, from: this.#rng.pick(this.#others()), result: lie };
     return r;
   }
 }

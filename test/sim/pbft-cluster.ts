@@ -70,6 +70,8 @@ export interface PbftSimReport {
   /** Most future-view messages any honest replica held for one peer, and the bound. */
   readonly maxFutureHeld: number;
   readonly maxCheckpointVotesHeld: number;
+  /** Replies in another member's name, dropped by the client's channel check. */
+  readonly forgedReplies: number;
   readonly config: string;
 }
 
@@ -107,7 +109,8 @@ interface SimClient {
 type SimEvent =
   | { kind: 'tick'; node: ReplicaId }
   | { kind: 'deliver'; envelope: Envelope }
-  | { kind: 'reply'; reply: Reply }
+  /** `sender`: the replica whose channel carried it (a reply naming another is dropped, as PbftNode.receive does). */
+  | { kind: 'reply'; sender: ReplicaId; reply: Reply }
   | { kind: 'client'; client: number; token: number }
   | { kind: 'fault' }
   | { kind: 'restart'; node: ReplicaId }
@@ -153,6 +156,7 @@ export class PbftSimulation {
   /** Probes done: no new requests. */
   #quiet = false;
   #maxFutureHeld = 0;
+  #forgedReplies = 0;
   #maxCheckpointVotesHeld = 0;
 
   constructor(options: PbftSimOptions) {
@@ -298,6 +302,7 @@ export class PbftSimulation {
       byzantineDetected: DROP_KINDS.filter((k) => BYZANTINE_DROPS.has(k)).reduce((sum, k) => sum + drops[k], 0),
       attempts,
       maxFutureHeld: this.#maxFutureHeld,
+      forgedReplies: this.#forgedReplies,
       maxCheckpointVotesHeld: this.#maxCheckpointVotesHeld,
       config: JSON.stringify(this.#config),
     };
@@ -310,7 +315,7 @@ export class PbftSimulation {
       case 'deliver':
         return this.#deliver(event.envelope);
       case 'reply':
-        return this.#onReply(event.reply);
+        return this.#onReply(event.sender, event.reply);
       case 'client':
         return this.#clientStep(event.client, event.token);
       case 'fault':
@@ -348,7 +353,7 @@ export class PbftSimulation {
     if (!node.up || !this.#net.reachable(e.from, e.to)) return;
     this.#trace(() => `${e.from}->${e.to} ${describe(e)}`);
     node.byzantine?.observe(e.message);
-    node.driver.core.step(e.message);
+    node.driver.core.step(e.message, e.from);
     this.#flush(node);
   }
 
@@ -365,7 +370,7 @@ export class PbftSimulation {
       const sent = node.byzantine === null ? reply : node.byzantine.reply(reply);
       if (sent === null) continue;
       if (!this.#calm && this.#rng.chance(this.#faults.dropRate)) continue;
-      this.#queue.push(this.#now + this.#rng.between(1, 5), { kind: 'reply', reply: sent });
+      this.#queue.push(this.#now + this.#rng.between(1, 5), { kind: 'reply', sender: node.id, reply: sent });
     }
   }
 
@@ -479,7 +484,7 @@ export class PbftSimulation {
       client.timestamp++;
       const request = makeRequest(this.#keys, client.id, client.timestamp, this.#randomOp(client));
       client.request = request;
-      client.collector = new ReplyCollector({ client: client.id, timestamp: request.timestamp, members: this.#ids, verify: this.#keys.verifier((id) => this.#ids.includes(id)) });
+      client.collector = new ReplyCollector({ client: client.id, timestamp: request.timestamp, members: this.#ids });
     }
     // Probes go through honest replicas (the client's own daemon); others through anyone.
     const candidates = [...this.#nodes.values()].filter((n) => n.up && (!client.probe || n.byzantine === null));
@@ -507,7 +512,11 @@ export class PbftSimulation {
     }
   }
 
-  #onReply(reply: Reply): void {
+  #onReply(sender: ReplicaId, reply: Reply): void {
+    if (reply.from !== sender) {
+      this.#forgedReplies++;
+      return;
+    }
     const index = this.#clients.findIndex((c) => c.id === reply.client);
     const client = this.#clients[index];
     if (client?.collector == null) return;

@@ -40,9 +40,10 @@ describe('pbft Byzantine deterministic simulation', () => {
     const kinds = new Set(reports.flatMap((r) => r.byzantine.map((b) => b.split(':')[1])));
     for (const behaviour of BEHAVIOURS) expect(kinds).toContain(behaviour);
     expect(reports.some((r) => r.nodes === 7 && r.byzantine.length === 2)).toBe(true);
-    for (const kind of ['equivocation', 'bad_signature', 'digest_mismatch', 'bad_request', 'invalid_certificate', 'buffer_full', 'stale_view', 'outside_watermarks'] as const) {
+    for (const kind of ['equivocation', 'bad_signature', 'wrong_sender', 'digest_mismatch', 'bad_request', 'invalid_certificate', 'buffer_full', 'stale_view', 'outside_watermarks'] as const) {
       expect(sum((r) => r.drops[kind]), kind).toBeGreaterThan(0);
     }
+    expect(sum((r) => r.forgedReplies)).toBeGreaterThan(0);
     expect(sum((r) => r.viewChanges)).toBeGreaterThan(SEEDS);
     expect(sum((r) => r.installs)).toBeGreaterThan(SEEDS / 2);
     expect(sum((r) => r.restarts)).toBeGreaterThan(SEEDS);

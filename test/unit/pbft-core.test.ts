@@ -4,7 +4,7 @@ import { PbftInputError } from '../../src/consensus/pbft/types.ts';
 import { seal } from '../../src/consensus/pbft/encoding.ts';
 import type { StateMessage } from '../../src/consensus/pbft/types.ts';
 import type { Envelope } from '../sim/pbft-harness.ts';
-import { FakeKeys, LockstepCluster, SMALL_PBFT_CONFIG, makeRequest, replicaIds } from '../sim/pbft-harness.ts';
+import { FakeKeys, LockstepCluster, SMALL_PBFT_CONFIG, deliver, makeRequest, replicaIds } from '../sim/pbft-harness.ts';
 
 const SMALL = SMALL_PBFT_CONFIG;
 
@@ -234,14 +234,14 @@ describe('pbft core: state transfer and restart', () => {
     if (stable === null) throw new Error('no stable checkpoint');
     const r3 = c.core('r3');
     // Let r3 commit seqs 1 and 2 from what it missed, and take the Ready that executes them.
-    for (const e of missed) if ('seq' in e.message && e.message.seq <= 2 && e.message.type !== 'checkpoint') r3.step(e.message);
+    for (const e of missed) if ('seq' in e.message && e.message.seq <= 2 && e.message.type !== 'checkpoint') deliver(r3, e.message);
     const outstanding = r3.ready();
     expect(outstanding?.execute.map((b) => b.seq)).toEqual([1, 2]);
     const state = seal<StateMessage>(
       { type: 'state', from: 'r1', checkpoint: { seq: stable.seq, digest: stable.digest }, proof: stable.proof, state: stable.state, entries: [] },
       c.keys.signer('r1'),
     );
-    expect(r3.step(state)).toBeNull();
+    expect(deliver(r3, state)).toBeNull();
     expect(r3.lastExecuted).toBe(16);
     if (outstanding === null) throw new Error('no Ready');
     r3.advance(outstanding, outstanding.execute.map((b) => ({ seq: b.seq, results: b.requests.map(() => new Uint8Array()), snapshot: null })));

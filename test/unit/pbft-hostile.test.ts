@@ -14,7 +14,7 @@ import type {
   StateMessage,
   ViewChange,
 } from '../../src/consensus/pbft/types.ts';
-import { LockstepCluster, SMALL_PBFT_CONFIG, makeRequest } from '../sim/pbft-harness.ts';
+import { LockstepCluster, SMALL_PBFT_CONFIG, deliver, makeRequest } from '../sim/pbft-harness.ts';
 
 const SMALL: Partial<PbftConfig> = { ...SMALL_PBFT_CONFIG, maxBufferedPerPeer: 16 };
 
@@ -44,18 +44,18 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
     const r1 = c.core('r1');
     const pp = prePrepare('r0', 0, 2, [request('b', 1)]);
     const forged = { ...vote('prepare', 'r3', pp), signature: c.keys.signer('r2')(new Uint8Array([1])) };
-    expect(r1.step(forged)).toBe('bad_signature');
+    expect(deliver(r1, forged)).toBe('bad_signature');
     c.clients.add('mallory');
-    expect(r1.step(as<Prepare>('mallory', { type: 'prepare', view: 0, seq: 2, digest: pp.digest }))).toBe('non_member');
-    expect(r1.step({ ...vote('prepare', 'r3', pp), seq: -1 } as Prepare)).toBe('malformed');
-    expect(r1.step({ type: 'gossip', from: 'r3' } as unknown as PbftMessage)).toBe('malformed');
-    expect(r1.step(pp)).toBeNull();
-    expect(r1.step(pp)).toBe('duplicate');
+    expect(deliver(r1, as<Prepare>('mallory', { type: 'prepare', view: 0, seq: 2, digest: pp.digest }))).toBe('non_member');
+    expect(deliver(r1, { ...vote('prepare', 'r3', pp), seq: -1 } as Prepare)).toBe('malformed');
+    expect(deliver(r1, { type: 'gossip', from: 'r3' } as unknown as PbftMessage)).toBe('malformed');
+    expect(deliver(r1, pp)).toBeNull();
+    expect(deliver(r1, pp)).toBe('duplicate');
     const prepare = vote('prepare', 'r3', pp);
-    expect(r1.step(prepare)).toBeNull();
-    expect(r1.step(prepare)).toBe('duplicate');
+    expect(deliver(r1, prepare)).toBeNull();
+    expect(deliver(r1, prepare)).toBe('duplicate');
     // Our own message played back to us.
-    expect(r1.step(vote('prepare', 'r1', pp))).toBe('duplicate');
+    expect(deliver(r1, vote('prepare', 'r1', pp))).toBe('duplicate');
     expect(r1.drops().get('bad_signature')).toBe(1);
     expect(r1.drops().get('non_member')).toBe(1);
     expect(r1.drops().get('malformed')).toBe(2);
@@ -65,17 +65,17 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
     const { c, prePrepare, vote, request } = setup();
     const r1 = c.core('r1');
     const far = prePrepare('r0', 0, 9, [request('b', 1)]); // h = 0, L = 8
-    expect(r1.step(far)).toBe('outside_watermarks');
-    expect(r1.step(vote('commit', 'r2', far))).toBe('outside_watermarks');
-    expect(r1.step(prePrepare('r2', 0, 2, [request('b', 1)]))).toBe('not_primary');
-    expect(r1.step(vote('prepare', 'r0', prePrepare('r0', 0, 2, [request('b', 2)])))).toBe('not_primary');
+    expect(deliver(r1, far)).toBe('outside_watermarks');
+    expect(deliver(r1, vote('commit', 'r2', far))).toBe('outside_watermarks');
+    expect(deliver(r1, prePrepare('r2', 0, 2, [request('b', 1)]))).toBe('not_primary');
+    expect(deliver(r1, vote('prepare', 'r0', prePrepare('r0', 0, 2, [request('b', 2)])))).toBe('not_primary');
     // Move everyone to view 1; a view-0 message is stale afterwards.
     c.down.add('r0');
     c.request('a', { op: 'add', key: 'x', by: 1 }, 'r1');
     c.stabilize();
     c.tickAll(13);
     expect(r1.view).toBe(1);
-    expect(r1.step(vote('prepare', 'r3', prePrepare('r0', 0, 3, [request('b', 3)])))).toBe('stale_view');
+    expect(deliver(r1, vote('prepare', 'r3', prePrepare('r0', 0, 3, [request('b', 3)])))).toBe('stale_view');
   });
 
   it('a pre-prepare whose digest does not match its batch, or with a forged client request', () => {
@@ -83,7 +83,7 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
     const r1 = c.core('r1');
     const batch = [request('b', 1)];
     const lying = as<PrePrepare>('r0', { type: 'pre_prepare', view: 0, seq: 2, digest: batchDigest([request('b', 2)]), batch });
-    expect(r1.step(lying)).toBe('digest_mismatch');
+    expect(deliver(r1, lying)).toBe('digest_mismatch');
     const forgedRequest = { ...request('b', 1), signature: new Uint8Array(32) };
     const withForgery = as<PrePrepare>('r0', {
       type: 'pre_prepare',
@@ -92,7 +92,7 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
       digest: batchDigest([forgedRequest]),
       batch: [forgedRequest],
     });
-    expect(r1.step(withForgery)).toBe('bad_request');
+    expect(deliver(r1, withForgery)).toBe('bad_request');
     expect(r1.request(forgedRequest)).toEqual({ kind: 'dropped', reason: 'bad_request' });
     // A genuine signature does not vouch for other content, even once its request was verified.
     const genuine = request('d', 1);
@@ -105,8 +105,8 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
   it('detects an equivocating primary (two pre-prepares for one view and seq) and starts a view change', () => {
     const { c, prePrepare, request } = setup();
     const r1 = c.core('r1');
-    expect(r1.step(prePrepare('r0', 0, 2, [request('b', 1)]))).toBeNull();
-    expect(r1.step(prePrepare('r0', 0, 2, [request('c', 1)]))).toBe('equivocation');
+    expect(deliver(r1, prePrepare('r0', 0, 2, [request('b', 1)]))).toBeNull();
+    expect(deliver(r1, prePrepare('r0', 0, 2, [request('c', 1)]))).toBe('equivocation');
     expect(r1.drops().get('equivocation')).toBe(1);
     expect(r1.view).toBe(1);
     expect(r1.active).toBe(false);
@@ -121,19 +121,19 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
     const genesis = stateDigest({ snapshot: new Uint8Array(0), clients: [] });
     const viewChange = (prepared: ViewChange['prepared']) =>
       as<ViewChange>('r3', { type: 'view_change', view: 1, checkpoint: { seq: 0, digest: genesis }, checkpointProof: [], prepared });
-    expect(r2.step(viewChange([fakePrepared]))).toBe('invalid_certificate');
+    expect(deliver(r2, viewChange([fakePrepared]))).toBe('invalid_certificate');
     const realPrepared = { prePrepare: pp, prepares: [vote('prepare', 'r3', pp) as Prepare, vote('prepare', 'r1', pp) as Prepare] };
-    expect(r2.step(viewChange([realPrepared]))).toBeNull();
+    expect(deliver(r2, viewChange([realPrepared]))).toBeNull();
     // A commit certificate two commits short of 2f + 1.
     const committed = as<Committed>('r3', {
       type: 'committed',
       certificate: { prePrepare: pp, commits: [vote('commit', 'r3', pp) as Commit, vote('commit', 'r0', pp) as Commit] },
     });
-    expect(r2.step(committed)).toBe('invalid_certificate');
+    expect(deliver(r2, committed)).toBe('invalid_certificate');
     // A new-view from the right primary but with no view-changes behind it.
     const nv = as<NewView>('r1', { type: 'new_view', view: 1, viewChanges: [], prePrepares: [] });
-    expect(r2.step(nv)).toBe('invalid_certificate');
-    expect(r2.step(as<NewView>('r3', { type: 'new_view', view: 1, viewChanges: [], prePrepares: [] }))).toBe('not_primary');
+    expect(deliver(r2, nv)).toBe('invalid_certificate');
+    expect(deliver(r2, as<NewView>('r3', { type: 'new_view', view: 1, viewChanges: [], prePrepares: [] }))).toBe('not_primary');
     expect(r2.view).toBe(0);
     expect(r2.lastExecuted).toBe(1);
   });
@@ -157,7 +157,7 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
       state: stable.state,
       entries: [],
     });
-    expect(r3.step(tampered)).toBe('invalid_certificate');
+    expect(deliver(r3, tampered)).toBe('invalid_certificate');
     const wrongState = as<StateMessage>('r1', {
       type: 'state',
       checkpoint: { seq: 4, digest: stable.digest },
@@ -165,7 +165,7 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
       state: { ...stable.state, snapshot: new TextEncoder().encode('[["x","1000"]]') },
       entries: [],
     });
-    expect(r3.step(wrongState)).toBe('digest_mismatch');
+    expect(deliver(r3, wrongState)).toBe('digest_mismatch');
     const selfProved = as<StateMessage>('r1', {
       type: 'state',
       checkpoint: { seq: 4, digest: ZERO },
@@ -173,12 +173,12 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
       state: stable.state,
       entries: [],
     });
-    expect(r3.step(selfProved)).toBe('invalid_certificate');
+    expect(deliver(r3, selfProved)).toBe('invalid_certificate');
     expect(r3.lastExecuted).toBe(1);
     const genuine = as<StateMessage>('r1', { type: 'state', checkpoint: { seq: 4, digest: stable.digest }, proof: stable.proof, state: stable.state, entries: [] });
-    expect(r3.step(genuine)).toBeNull();
+    expect(deliver(r3, genuine)).toBeNull();
     expect(r3.lastExecuted).toBe(4);
-    expect(r3.step(genuine)).toBe('duplicate');
+    expect(deliver(r3, genuine)).toBe('duplicate');
   });
 
   it('never throws on arbitrary input, only counts it', () => {
@@ -187,7 +187,7 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
     fc.assert(
       fc.property(fc.anything(), fc.constantFrom('request', 'pre_prepare', 'prepare', 'view_change', 'new_view', 'state', 'committed'), (junk, type) => {
         const m = { ...(typeof junk === 'object' && junk !== null ? junk : { junk }), type, from: 'r2' } as unknown as PbftMessage;
-        expect(r1.step(m)).toBeTypeOf('string');
+        expect(deliver(r1, m)).toBeTypeOf('string');
       }),
       { numRuns: 300 },
     );
@@ -201,9 +201,9 @@ describe('pbft core: flooding cannot grow memory past the per-peer bounds', () =
     const r1 = c.core('r1');
     const pp = prePrepare('r0', 0, 2, [request('b', 1)]);
     for (let i = 0; i < 5000; i++) {
-      r1.step(as<Prepare>('r3', { type: 'prepare', view: 2 + (i % 50), seq: 1 + (i % 8), digest: pp.digest }));
-      r1.step(as<Checkpoint>('r3', { type: 'checkpoint', seq: 4 * (1 + i), digest: ZERO }));
-      r1.step(vote('commit', 'r3', { ...pp, seq: 1 + (i % 200) }));
+      deliver(r1, as<Prepare>('r3', { type: 'prepare', view: 2 + (i % 50), seq: 1 + (i % 8), digest: pp.digest }));
+      deliver(r1, as<Checkpoint>('r3', { type: 'checkpoint', seq: 4 * (1 + i), digest: ZERO }));
+      deliver(r1, vote('commit', 'r3', { ...pp, seq: 1 + (i % 200) }));
     }
     const held = r1.heldFor('r3');
     expect(held.futureMessages).toBe(SMALL.maxBufferedPerPeer);
@@ -220,9 +220,9 @@ describe('pbft core: flooding cannot grow memory past the per-peer bounds', () =
   it('fetch, state and new-view answers are rate-limited per peer', () => {
     const { c, as } = setup();
     const r1 = c.core('r1');
-    expect(r1.step(as<PbftMessage>('r3', { type: 'fetch', seq: 1 } as Omit<PbftMessage, 'from' | 'signature'>))).toBeNull();
+    expect(deliver(r1, as<PbftMessage>('r3', { type: 'fetch', seq: 1 } as Omit<PbftMessage, 'from' | 'signature'>))).toBeNull();
     for (let i = 0; i < 100; i++) {
-      r1.step(as<PbftMessage>('r3', { type: 'fetch', seq: 1 } as Omit<PbftMessage, 'from' | 'signature'>));
+      deliver(r1, as<PbftMessage>('r3', { type: 'fetch', seq: 1 } as Omit<PbftMessage, 'from' | 'signature'>));
     }
     expect(r1.drops().get('rate_limited')).toBe(100);
     const answers = r1.ready()?.messages.filter((m) => m.to === 'r3') ?? [];

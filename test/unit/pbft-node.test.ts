@@ -199,7 +199,7 @@ class MemoryCluster {
     if (this.cut.has(from) || this.cut.has(to)) return;
     setImmediate(() => {
       if (this.cut.has(from) || this.cut.has(to)) return;
-      this.seats.get(to)?.node.receive(frame.messages, frame.replies);
+      this.seats.get(to)?.node.receive(from, frame.messages, frame.replies);
       this.changed();
     });
   }

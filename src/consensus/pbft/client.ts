@@ -3,7 +3,8 @@
  * dwcpctl (and of its own services). A request is signed with this member's
  * key, handed to the local replica (which relays it to every replica, so each
  * can time the primary on it) and accepted once f + 1 replicas sent the same
- * signed result (ReplyCollector): at least one of them is honest.
+ * result (ReplyCollector), each over its own authenticated channel: at least
+ * one of them is honest.
  *
  * Lanes: PBFT orders at most one outstanding request per client, so the
  * daemon is `lanes` clients at once, `<member>/0` … `<member>/<lanes-1>`,
@@ -25,7 +26,6 @@
 import { requestBytes, seal } from './encoding.ts';
 import { DwcpError, type DwcpErrorCode } from '../../errors.ts';
 import { ReplyCollector } from './reply-collector.ts';
-import type { Verify } from './certificates.ts';
 import type { ClientRequest, ReplicaId, Reply, RequestResult } from './types.ts';
 
 export type PbftClientErrorCode = Extract<DwcpErrorCode, 'timeout' | 'busy' | 'stopped' | 'too_large'>;
@@ -52,7 +52,6 @@ export interface PbftClientOptions {
   /** Replicas refuse larger requests (requestBytes in encoding.ts); refused here at once with a clear error. */
   readonly maxRequestBytes: number;
   readonly sign: (bytes: Uint8Array) => Uint8Array;
-  readonly verify: Verify;
   readonly replica: PbftClientReplica;
   readonly now?: () => number;
   readonly onResult?: (result: 'committed' | 'timeout' | 'dropped' | 'stopped', seconds: number) => void;
@@ -116,7 +115,7 @@ export class PbftClient {
     }
   }
 
-  /** A reply addressed to one of this member's lanes (from the local replica or a peer). */
+  /** A reply addressed to one of this member's lanes, from the local replica or from the peer its channel authenticated as `reply.from`. */
   onReply(reply: Reply): void {
     const lane = this.#lanes.get(reply.client);
     if (lane === undefined || lane.collector === null) return;
@@ -137,10 +136,10 @@ export class PbftClient {
   }
 
   async #run(lane: Lane, operation: Uint8Array, readOnly: boolean, deadline: AbortSignal, timeoutMs: number): Promise<Uint8Array> {
-    const { sign, verify, members, f, replica, retryMs } = this.#opts;
+    const { sign, members, f, replica, retryMs } = this.#opts;
     const timestamp = this.#nextTimestamp(lane);
     const request = seal<ClientRequest>({ client: lane.id, timestamp, operation, readOnly }, sign);
-    lane.collector = new ReplyCollector({ client: lane.id, timestamp, members, f, verify });
+    lane.collector = new ReplyCollector({ client: lane.id, timestamp, members, f });
     const { promise, resolve } = Promise.withResolvers<Uint8Array | null>();
     lane.done = resolve;
     const onAbort = () => resolve(null);

@@ -75,13 +75,14 @@ import type {
   ReplicaId,
   RequestMessage,
   RequestResult,
+  SignedMessage,
   SlotRecord,
   SoftState,
   StateMessage,
   StateRequest,
   ViewChange,
 } from './types.ts';
-import { DROP_KINDS, PbftInputError, invariant, maxFaulty, membersNeeded, resolvePbftConfig } from './types.ts';
+import { DROP_KINDS, FORWARDED_TYPES, PbftInputError, invariant, maxFaulty, membersNeeded, resolvePbftConfig } from './types.ts';
 import { clientRequestProblem, messageProblem } from './validate.ts';
 
 export interface PbftCoreOptions {
@@ -133,6 +134,14 @@ interface Stable {
 }
 
 type Agreement = PrePrepare | Prepare | Commit;
+
+/**
+ * Votes counted on the word of the channel they came on (the sender is
+ * authenticated, so it did cast them); their signatures are checked only
+ * when they become evidence (#provenVotes). A relayed request has no
+ * signature at all (its client's, inside, is checked on admission).
+ */
+const CHANNEL_VOUCHED: ReadonlySet<PbftMessage['type']> = new Set(['prepare', 'commit']);
 
 const EMPTY = new Uint8Array(0);
 
@@ -310,9 +319,13 @@ export class PbftCore {
     this.#broadcast(this.#beaconMessage);
   }
 
-  /** A message from a peer. Returns why it was dropped (also counted in drops()), or null if used. */
-  step(message: PbftMessage): DropKind | null {
-    const drop = this.#receive(message);
+  /**
+   * A message from peer `sender`, the member its channel authenticated (the
+   * driver's transport knows; a simulator must model it). Returns why it was
+   * dropped (also counted in drops()), or null if used.
+   */
+  step(message: PbftMessage, sender: ReplicaId): DropKind | null {
+    const drop = this.#receive(message, sender);
     if (drop !== null) this.#count(drop);
     this.#assertState();
     return drop;
@@ -323,7 +336,7 @@ export class PbftCore {
     if (clientRequestProblem(request) !== null) return this.#refuse('malformed');
     const outcome = this.#admit(request);
     if (outcome === 'accepted') {
-      this.#broadcast(this.#seal<RequestMessage>({ type: 'request', request }));
+      this.#broadcast(this.#relay(request));
       return { kind: 'accepted' };
     }
     if (outcome === 'replied') return { kind: 'replied' };
@@ -518,11 +531,12 @@ export class PbftCore {
     }
   }
 
-  #receive(m: PbftMessage): DropKind | null {
+  #receive(m: PbftMessage, sender: ReplicaId): DropKind | null {
     if (messageProblem(m) !== null) return 'malformed';
-    if (!this.#auth.isMember(m.from)) return 'non_member';
+    if (!this.#auth.isMember(m.from) || !this.#auth.isMember(sender)) return 'non_member';
+    if (m.from !== sender && !FORWARDED_TYPES.has(m.type)) return 'wrong_sender';
     if (this.#oversized(m)) return 'too_large';
-    if (!this.#auth.signed(m)) return 'bad_signature';
+    if (m.type !== 'request' && !CHANNEL_VOUCHED.has(m.type) && !this.#auth.signed(m)) return 'bad_signature';
     if (m.from === this.id) return 'duplicate';
     switch (m.type) {
       case 'request':
@@ -583,7 +597,11 @@ export class PbftCore {
   }
 
   #reply(client: ClientId, timestamp: number, result: Uint8Array): void {
-    this.#replies.push(this.#seal<Reply>({ type: 'reply', view: this.#view, client, timestamp, result }));
+    this.#replies.push({ type: 'reply', from: this.id, view: this.#view, client, timestamp, result });
+  }
+
+  #relay(request: ClientRequest): RequestMessage {
+    return { type: 'request', from: this.id, request };
   }
 
   /** A backup with requests the primary has not got executed. */
@@ -717,9 +735,10 @@ export class PbftCore {
     const pp = slot.prePrepare;
     if (pp === null) return;
     if (!slot.preparedHere) {
-      const prepares = slot.matchingPrepares();
-      if (prepares.length < 2 * this.f) return;
-      slot.prepared = { prePrepare: pp, prepares: prepares.slice(0, 2 * this.f) };
+      // Our commit says we hold a prepared certificate a view change can show: its prepares must verify.
+      const prepares = this.#provenVotes(slot.prepares, slot.matchingPrepares(), 2 * this.f);
+      if (prepares === null) return;
+      slot.prepared = { prePrepare: pp, prepares };
       this.#dirtySlots.add(slot.seq);
     }
     if (!slot.sentCommit) {
@@ -730,6 +749,28 @@ export class PbftCore {
       this.#broadcast(commit);
     }
     this.#checkCommitted(slot);
+  }
+
+  /**
+   * `count` of `votes` whose signatures verify, checking no more than it
+   * takes; null if there are not that many. Votes are counted on their
+   * channel's word as they arrive, and their signatures checked only here,
+   * where they become evidence: a vote that fails is forgotten (its sender
+   * may vote again) and counted as Byzantine.
+   */
+  #provenVotes<V extends Prepare | Commit>(held: Map<ReplicaId, V>, votes: readonly V[], count: number): V[] | null {
+    if (votes.length < count) return null;
+    const proven: V[] = [];
+    for (const vote of votes) {
+      if (proven.length === count) break;
+      if (this.#auth.signed(vote)) {
+        proven.push(vote);
+      } else {
+        if (held.get(vote.from) === vote) held.delete(vote.from);
+        this.#count('bad_signature');
+      }
+    }
+    return proven.length === count ? proven : null;
   }
 
   #checkCommitted(slot: Slot): void {
@@ -998,11 +1039,36 @@ export class PbftCore {
   #committedFrom(seq: number, limit: number): CommitCertificate[] {
     const certificates: CommitCertificate[] = [];
     for (let s = seq; certificates.length < limit; s++) {
-      const c = this.#slots.get(s)?.committed;
-      if (c == null) break;
+      const c = this.#provenCommit(s);
+      if (c === null) break;
       certificates.push(c);
     }
     return certificates;
+  }
+
+  /**
+   * The commit certificate of `seq` as evidence for a peer: every signature
+   * in it checked. This replica committed on its channels' word (the commits
+   * of its own certificate are unchecked); if one of them fails, the
+   * certificate is rebuilt from the commits that verify, or not shown at all.
+   */
+  #provenCommit(seq: number): CommitCertificate | null {
+    const slot = this.#slots.get(seq);
+    const certificate = slot?.committed;
+    if (slot === undefined || certificate == null) return null;
+    if (this.#auth.commitCertificate(certificate)) return certificate;
+    const pp = certificate.prePrepare;
+    const candidates = new Map<ReplicaId, Commit>();
+    for (const c of [...certificate.commits, ...slot.commits.values()]) {
+      if (c.view === pp.view && c.digest === pp.digest && !candidates.has(c.from)) candidates.set(c.from, c);
+    }
+    const commits = this.#provenVotes(slot.commits, [...candidates.values()], this.#auth.quorum);
+    if (commits === null) return null;
+    const proven = { prePrepare: pp, commits };
+    if (!this.#auth.commitCertificate(proven)) return null;
+    slot.replaceCommitted(proven);
+    this.#dirtySlots.add(seq);
+    return proven;
   }
 
   #onCommitted(certificate: CommitCertificate): DropKind | null {
@@ -1113,7 +1179,7 @@ export class PbftCore {
       let n = 0;
       for (const request of this.#pending.values()) {
         if (n++ >= this.#config.maxRetransmitSlots) break;
-        this.#sendTo(this.primary, this.#seal<RequestMessage>({ type: 'request', request }));
+        this.#sendTo(this.primary, this.#relay(request));
       }
     }
   }
@@ -1140,8 +1206,10 @@ export class PbftCore {
 
   // ---------------------------------------------------------------- plumbing
 
-  #seal<M extends PbftMessage | Reply>(body: Omit<M, 'from' | 'signature'>): M {
-    return seal<M>({ ...body, from: this.id } as Omit<M, 'signature'>, this.#sign);
+  #seal<M extends SignedMessage>(body: Omit<M, 'from' | 'signature'>): M {
+    const message = seal<M>({ ...body, from: this.id } as Omit<M, 'signature'>, this.#sign);
+    this.#auth.vouch(message);
+    return message;
   }
 
   #broadcast(message: PbftMessage): void {

@@ -13,7 +13,7 @@
  * SHA-256 comes from node:crypto's one-shot hash(), a pure function of its input.
  */
 import { hash } from 'node:crypto';
-import type { CheckpointState, ClientRequest, Digest, PbftMessage, Reply } from './types.ts';
+import type { CheckpointState, ClientRequest, Digest, SignedMessage } from './types.ts';
 
 export type Canonical =
   | null
@@ -258,7 +258,7 @@ export function sha256(bytes: Uint8Array): Digest {
 const SIGNING_DOMAIN = 'dwcp/pbft/v1';
 const signingCache = new WeakMap<object, Uint8Array>();
 
-type Signable = PbftMessage | Reply | ClientRequest;
+type Signable = SignedMessage | ClientRequest;
 
 function bodyBytes(kind: string, body: object): Uint8Array {
   return encodeCanonical({ domain: SIGNING_DOMAIN, kind, body: body as unknown as Canonical });

@@ -99,7 +99,7 @@ export class PbftGroup<M extends PbftStateMachine = PbftStateMachine> {
     const peerIdOf = (name: string): string | undefined =>
       name === self ? identity.peerId.toString() : members.list().find((m) => m.name === name)?.peerId;
     const keys = new MemberKeys(peerIdOf, (seconds) => metrics.pbft.verifyDuration.observe(seconds));
-    const sign = ed25519Signer(identity.privateKey);
+    const sign = keys.remembering(self, ed25519Signer(identity.privateKey));
     const storage = await PbftStorage.open(join(config.dataDir, 'pbft'));
     try {
       const persisted = storage.load();
@@ -111,7 +111,7 @@ export class PbftGroup<M extends PbftStateMachine = PbftStateMachine> {
           nameOf: (peerId) => members.get(peerId)?.name,
         },
         isConnected: opts.isConnected,
-        deliver: (_from, frame) => node?.receive(frame.messages, frame.replies),
+        deliver: (from, frame) => node?.receive(from, frame.messages, frame.replies),
         metrics,
         log,
       });
@@ -142,7 +142,6 @@ export class PbftGroup<M extends PbftStateMachine = PbftStateMachine> {
         retryMs: pbft.requestRetryMs,
         maxRequestBytes: resolved.maxRequestBytes,
         sign,
-        verify: keys.verify,
         replica: node,
         onResult: (result, seconds) => {
           metrics.pbft.requests.inc({ result });

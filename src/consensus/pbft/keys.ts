@@ -49,6 +49,10 @@ function publicKeyOf(peerId: string): KeyObject | null {
   }
 }
 
+function memoKey(peerId: string, bytes: Uint8Array, signature: Uint8Array): string {
+  return `${peerId}:${hash('sha256', bytes, 'base64')}:${Buffer.from(signature.buffer, signature.byteOffset, 64).toString('base64')}`;
+}
+
 /**
  * Verifies signatures of members, looked up by name through `peerIdOf` at
  * each call (so a reloaded member list applies at once); counts and times
@@ -84,7 +88,7 @@ export class MemberKeys {
       this.#keys.set(peerId, key);
     }
     if (key === null || signature.length !== 64) return false;
-    const memo = `${peerId}:${hash('sha256', bytes, 'base64')}:${Buffer.from(signature.buffer, signature.byteOffset, 64).toString('base64')}`;
+    const memo = memoKey(peerId, bytes, signature);
     if (this.#verified.delete(memo)) {
       this.#verified.set(memo, true);
       this.cacheHits++;
@@ -93,10 +97,27 @@ export class MemberKeys {
     const started = this.#observe === undefined ? 0 : performance.now();
     const ok = verify(null, bytes, key, signature);
     this.#observe?.((performance.now() - started) / 1000, ok);
-    if (ok) {
-      this.#verified.set(memo, true);
-      if (this.#verified.size > VERIFIED_CACHE_ENTRIES) this.#verified.delete(this.#verified.keys().next().value as string);
-    }
+    if (ok) this.#remember(memo);
     return ok;
   };
+
+  /**
+   * `sign` for `member` (this node), remembering each signature it makes as
+   * verified: the daemon's own client requests reach its own replica at once
+   * and come back inside pre-prepares, and a signature this process just
+   * made needs no Ed25519 check to be believed here.
+   */
+  remembering(member: string, sign: (bytes: Uint8Array) => Uint8Array): (bytes: Uint8Array) => Uint8Array {
+    return (bytes) => {
+      const signature = sign(bytes);
+      const peerId = this.#peerIdOf(member);
+      if (peerId !== undefined && signature.length === 64) this.#remember(memoKey(peerId, bytes, signature));
+      return signature;
+    };
+  }
+
+  #remember(memo: string): void {
+    this.#verified.set(memo, true);
+    if (this.#verified.size > VERIFIED_CACHE_ENTRIES) this.#verified.delete(this.#verified.keys().next().value as string);
+  }
 }

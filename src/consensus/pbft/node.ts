@@ -164,11 +164,16 @@ export class PbftNode {
     return this.#failure;
   }
 
-  /** Authenticated messages and replies from peer `from` (the transport checked `from` at top level). */
-  receive(messages: readonly PbftMessage[], replies: readonly Reply[]): void {
+  /**
+   * Messages and replies from member `from`, the one the channel
+   * authenticated: the core and the client take a vote, a relayed request or
+   * a reply on that word alone (types.ts), so a reply naming another sender
+   * is dropped here (the wire refuses such frames already).
+   */
+  receive(from: ReplicaId, messages: readonly PbftMessage[], replies: readonly Reply[]): void {
     if (this.#stopped) return;
-    for (const m of messages) this.#guard(() => this.#core.step(m));
-    for (const r of replies) if (signerMember(r.client) === this.id) this.onReply(r);
+    for (const m of messages) this.#guard(() => this.#core.step(m, from));
+    for (const r of replies) if (r.from === from && signerMember(r.client) === this.id) this.onReply(r);
     this.#schedule();
   }
 
@@ -183,7 +188,7 @@ export class PbftNode {
   /** Re-sends a client request to every other replica (the client's retransmission). */
   relay(request: ClientRequest): void {
     if (this.#stopped) return;
-    const message = seal<RequestMessage>({ type: 'request', from: this.id, request }, this.#opts.sign);
+    const message: RequestMessage = { type: 'request', from: this.id, request };
     for (const peer of this.members) if (peer !== this.id) this.#opts.sender.send(peer, { messages: [message], replies: [] });
   }
 

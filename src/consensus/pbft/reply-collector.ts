@@ -3,19 +3,23 @@
  * sent the same one for the request, since at least one of them is honest
  * and honest replicas only reply with what they executed.
  *
+ * A reply is unsigned (types.ts): its `from` must be the member whose
+ * authenticated channel delivered it (PbftNode.receive drops any other; the
+ * member's own replica hands its replies over directly). A reply is never
+ * shown to anyone else, so nothing but that channel needs to believe it.
+ *
  * Invariants: one collector per (client, timestamp); each member counts once
- * (its first validly signed reply; a later, different one is ignored, so a
- * Byzantine member cannot vote twice); memory is at most one reply per member.
+ * (its first reply; a later, different one is ignored, so a Byzantine member
+ * cannot vote twice); memory is at most one reply per member.
  */
-import type { Verify } from './certificates.ts';
-import { sha256, signingBytes } from './encoding.ts';
+import { sha256 } from './encoding.ts';
 import type { ClientId, Digest, ReplicaId, Reply } from './types.ts';
 import { PbftInputError, maxFaulty } from './types.ts';
 
 export type ReplyOutcome =
   | { readonly kind: 'pending'; readonly matching: number }
   | { readonly kind: 'done'; readonly result: Uint8Array }
-  | { readonly kind: 'ignored'; readonly reason: 'other_request' | 'non_member' | 'bad_signature' | 'duplicate' };
+  | { readonly kind: 'ignored'; readonly reason: 'other_request' | 'non_member' | 'duplicate' };
 
 export interface ReplyCollectorOptions {
   readonly client: ClientId;
@@ -23,7 +27,6 @@ export interface ReplyCollectorOptions {
   readonly members: readonly ReplicaId[];
   /** Defaults to the largest f the member count allows. */
   readonly f?: number;
-  readonly verify: Verify;
 }
 
 export class ReplyCollector {
@@ -31,7 +34,6 @@ export class ReplyCollector {
   readonly timestamp: number;
   readonly #members: ReadonlySet<ReplicaId>;
   readonly #needed: number;
-  readonly #verify: Verify;
   readonly #votes = new Map<ReplicaId, Digest>();
   readonly #tally = new Map<Digest, { count: number; result: Uint8Array }>();
   #result: Uint8Array | null = null;
@@ -45,7 +47,6 @@ export class ReplyCollector {
     this.timestamp = options.timestamp;
     this.#members = new Set(options.members);
     this.#needed = f + 1;
-    this.#verify = options.verify;
   }
 
   /** The accepted result, once there is one. */
@@ -58,13 +59,6 @@ export class ReplyCollector {
     if (reply.client !== this.client || reply.timestamp !== this.timestamp) return { kind: 'ignored', reason: 'other_request' };
     if (!this.#members.has(reply.from)) return { kind: 'ignored', reason: 'non_member' };
     if (this.#votes.has(reply.from)) return { kind: 'ignored', reason: 'duplicate' };
-    let valid: boolean;
-    try {
-      valid = this.#verify(reply.from, signingBytes(reply), reply.signature) === true;
-    } catch {
-      valid = false;
-    }
-    if (!valid) return { kind: 'ignored', reason: 'bad_signature' };
     const digest = sha256(reply.result);
     this.#votes.set(reply.from, digest);
     const entry = this.#tally.get(digest) ?? { count: 0, result: reply.result };

@@ -104,4 +104,14 @@ export class Slot {
     );
     this.committed ??= certificate;
   }
+
+  /** The same decision with other commits (ones whose signatures were checked, see PbftCore's #provenCommit). */
+  replaceCommitted(certificate: CommitCertificate): void {
+    const before = this.committed;
+    invariant(
+      before !== null && before.prePrepare.digest === certificate.prePrepare.digest,
+      () => `seq ${this.seq}: replacing commit certificate ${before?.prePrepare.digest} with ${certificate.prePrepare.digest}`,
+    );
+    this.committed = certificate;
+  }
 }

@@ -4,9 +4,14 @@
  * the Ready batch handed to a driver, and the tunables with their limits.
  *
  * Invariants the types carry (checked where messages arrive, see core.ts):
- * - Every message is signed by `from` over signingBytes(message) (encoding.ts)
- *   and is immutable once built, so a message may be forwarded as evidence
- *   (inside a certificate, or as a reply to a fetch) by anyone.
+ * - Every message is immutable once built and names its sender in `from`.
+ *   Messages that may be shown to a third party as evidence (everything but
+ *   a relayed request and a reply) are signed by `from` over
+ *   signingBytes(message) (encoding.ts), so anyone may forward them inside a
+ *   certificate or in answer to a fetch. A relayed request and a reply are
+ *   never forwarded: the channel they arrive on (Noise, keyed by the
+ *   member's libp2p key) authenticates `from`, and they carry no signature.
+ *   docs/consensus.md gives the safety argument.
  * - A digest is the lowercase hex SHA-256 of a canonical encoding, so equal
  *   digests mean equal content on every replica.
  * - Sequence numbers start at 1; 0 is the genesis checkpoint every replica
@@ -34,13 +39,22 @@ export interface ClientRequest {
   readonly signature: Uint8Array;
 }
 
-interface Signed {
+/** A message only its sender's authenticated channel vouches for: never evidence, never forwarded. */
+interface FromPeer {
   readonly from: ReplicaId;
+}
+
+/** A message that may become evidence: signed by `from`, so a third party can check it. */
+interface Signed extends FromPeer {
   readonly signature: Uint8Array;
 }
 
-/** A client request relayed between replicas, so every backup can time the primary on it. */
-export interface RequestMessage extends Signed {
+/**
+ * A client request relayed between replicas, so every backup can time the
+ * primary on it. Unsigned: the request inside carries the client's signature,
+ * which is what a pre-prepare later shows as evidence.
+ */
+export interface RequestMessage extends FromPeer {
   readonly type: 'request';
   readonly request: ClientRequest;
 }
@@ -168,8 +182,30 @@ export type PbftMessage =
 
 export type PbftMessageType = PbftMessage['type'];
 
-/** A replica's answer to a client; the client accepts a result once f + 1 replicas agree on it. */
-export interface Reply extends Signed {
+/**
+ * Top-level messages a replica passes on in another member's name, each
+ * signed by its author and checked against the author's key, not the
+ * sender's:
+ * - a new-view is sent on to peers that missed it by whoever holds it
+ *   (carrying the 2f + 1 view-changes that justify it);
+ * - checkpoints: a replica asked to fetch a slot it has already collected
+ *   answers with the 2f + 1 checkpoints that prove its stable checkpoint,
+ *   which sends the asker to state transfer.
+ * Every other top-level message is the sender's own: the wire and the core
+ * refuse one whose `from` is not the member its channel authenticated.
+ */
+export const FORWARDED_TYPES: ReadonlySet<PbftMessageType> = new Set<PbftMessageType>(['new_view', 'checkpoint']);
+
+/** The messages that carry a signature (see the invariants above). */
+export type SignedMessage = Exclude<PbftMessage, RequestMessage>;
+
+/**
+ * A replica's answer to a client; the client accepts a result once f + 1
+ * replicas agree on it. Unsigned: it reaches the client's member over the
+ * replica's authenticated channel (or from the member's own replica) and is
+ * never shown to anyone else.
+ */
+export interface Reply extends FromPeer {
   readonly type: 'reply';
   readonly view: number;
   readonly client: ClientId;
@@ -188,7 +224,7 @@ export interface ClientRecord {
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 /** A message as the core composes it; sender and signature are added when it is queued. */
-export type Unsigned<M extends { readonly from: ReplicaId; readonly signature: Uint8Array }> = DistributiveOmit<M, 'from' | 'signature'>;
+export type Unsigned<M extends { readonly from: ReplicaId }> = DistributiveOmit<M, 'from' | 'signature'>;
 
 /** A message to send: to one replica, or (to = null) to every other member. */
 export interface Outbound {
@@ -309,7 +345,9 @@ export type DropKind =
   | 'invalid_certificate'
   | 'buffer_full'
   | 'rate_limited'
-  | 'too_large';
+  | 'too_large'
+  /** A message naming a sender other than the member whose channel it came on (and not forwarded evidence). */
+  | 'wrong_sender';
 
 export const DROP_KINDS: readonly DropKind[] = [
   'malformed',
@@ -326,6 +364,7 @@ export const DROP_KINDS: readonly DropKind[] = [
   'buffer_full',
   'rate_limited',
   'too_large',
+  'wrong_sender',
 ];
 
 /** Drops no correct member causes (network faults and lagging peers explain the others). */
@@ -336,6 +375,7 @@ export const BYZANTINE_DROPS: ReadonlySet<DropKind> = new Set<DropKind>([
   'not_primary',
   'bad_request',
   'invalid_certificate',
+  'wrong_sender',
 ]);
 
 export type RequestResult =

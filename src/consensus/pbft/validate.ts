@@ -55,9 +55,18 @@ function first(...problems: Problem[]): Problem {
   return null;
 }
 
-function signed(m: Record<string, unknown>, field: string, type: string): Problem {
+function sender(m: Record<string, unknown>, field: string, type: string): Problem {
   if (m['type'] !== type) return `${field}.type must be ${type}`;
-  return first(text(m['from'], `${field}.from`), bytes(m['signature'], `${field}.signature`));
+  return text(m['from'], `${field}.from`);
+}
+
+function signed(m: Record<string, unknown>, field: string, type: string): Problem {
+  return first(sender(m, field, type), bytes(m['signature'], `${field}.signature`));
+}
+
+/** A relayed request or a reply: its channel authenticates the sender, so it has no signature (types.ts). */
+function fromPeer(m: Record<string, unknown>, field: string, type: string): Problem {
+  return first(sender(m, field, type), 'signature' in m ? `${field} carries a signature, which a ${type} does not have` : null);
 }
 
 export function clientRequestProblem(v: unknown, field = 'request'): Problem {
@@ -75,7 +84,7 @@ export function clientRequestProblem(v: unknown, field = 'request'): Problem {
 export function replyProblem(v: unknown, field = 'reply'): Problem {
   if (!isRecord(v)) return `${field} must be an object`;
   return first(
-    signed(v, field, 'reply'),
+    fromPeer(v, field, 'reply'),
     counter(v['view'], `${field}.view`),
     text(v['client'], `${field}.client`),
     counter(v['timestamp'], `${field}.timestamp`),
@@ -159,7 +168,7 @@ export function messageProblem(m: PbftMessage): Problem {
   const field = typeof type === 'string' ? type : 'message';
   switch (type) {
     case 'request':
-      return first(signed(v, field, type), clientRequestProblem(v['request'], `${field}.request`));
+      return first(fromPeer(v, field, type), clientRequestProblem(v['request'], `${field}.request`));
     case 'pre_prepare':
       return prePrepare(v, field);
     case 'prepare':

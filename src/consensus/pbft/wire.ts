@@ -1,5 +1,5 @@
 /**
- * The PBFT wire (protocol /dwcp/pbft/1.0.0): how what one Ready produced for
+ * The PBFT wire (protocol /dwcp/pbft/2.0.0): how what one Ready produced for
  * one peer becomes frames, and how a received frame becomes messages and
  * replies the driver may hand to the core. A frame's payload is the canonical
  * encoding (encoding.ts) of a PbftFrame `{ messages, replies }`: the format
@@ -23,10 +23,14 @@
 import { FrameError } from '../../net/framing.ts';
 import { decodeCanonical, encodeCanonical, type Canonical } from './encoding.ts';
 import type { PbftConfig, PbftMessage, ReplicaId, Reply } from './types.ts';
-import { PbftInputError } from './types.ts';
+import { FORWARDED_TYPES, PbftInputError } from './types.ts';
 import { messageProblem, replyProblem } from './validate.ts';
 
-export const PBFT_PROTOCOL = '/dwcp/pbft/1.0.0';
+/**
+ * 2.0.0: relayed requests and replies carry no signature (1.0.0 signed
+ * every message); the two do not talk to each other.
+ */
+export const PBFT_PROTOCOL = '/dwcp/pbft/2.0.0';
 
 /** What the driver hands the core as maxSnapshotBytes: the frame limit below is sized for it. */
 export const PBFT_MAX_SNAPSHOT_BYTES = 32 * 1024 * 1024;
@@ -121,19 +125,6 @@ function schemaError(detail: string): FrameError {
 }
 
 /**
- * Top-level messages a replica forwards on another's behalf, each signed by
- * its author and verified by the core against the author's key, not the
- * sender's:
- * - a new-view is sent on to peers that missed it by whoever holds it
- *   (carrying the 2f + 1 view-changes that justify it);
- * - checkpoints: a replica asked to fetch a slot it has already collected
- *   answers with the 2f + 1 checkpoints that prove its stable checkpoint,
- *   which sends the asker to state transfer.
- * Every other top-level message is the sender's own.
- */
-const FORWARDED_TYPES: ReadonlySet<string> = new Set(['new_view', 'checkpoint']);
-
-/**
  * Checks each item's shape and that every top-level `from` is `sender`
  * (when given; else that they all agree), forwarded evidence aside.
  * Throws FrameError('schema') naming the field.
@@ -145,7 +136,7 @@ function checkItems(messages: readonly unknown[], replies: readonly unknown[], s
       const problem = problemOf(item);
       if (problem !== null) throw schemaError(`field ${field}[${i}]: ${problem}`);
       const itemFrom = (item as { from: string }).from;
-      if (FORWARDED_TYPES.has((item as { type: string }).type)) continue;
+      if (FORWARDED_TYPES.has((item as { type: PbftMessage['type'] }).type)) continue;
       from ??= itemFrom;
       if (itemFrom !== from) {
         const who = sender === undefined ? 'the frame is from' : 'the authenticated sender is';
