@@ -1,16 +1,18 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { batchDigest, seal, stateDigest } from '../../src/consensus/pbft/encoding.ts';
+import { batchDigest, seal, signingBytes, stateDigest } from '../../src/consensus/pbft/encoding.ts';
 import type {
   Checkpoint,
   ClientRequest,
   Commit,
   Committed,
+  Fetch,
   NewView,
   PbftConfig,
   PbftMessage,
   PrePrepare,
   Prepare,
+  SignedMessage,
   StateMessage,
   ViewChange,
 } from '../../src/consensus/pbft/types.ts';
@@ -20,12 +22,16 @@ const SMALL: Partial<PbftConfig> = { ...SMALL_PBFT_CONFIG, maxBufferedPerPeer: 1
 
 const ZERO = '0'.repeat(64);
 
+function sealFetch(c: LockstepCluster, from: string, seq: number): Fetch {
+  return seal<Fetch>({ type: 'fetch', from, seq }, c.keys.signer(from));
+}
+
 /** A cluster with one request executed (seq 1) and helpers to speak as any member. */
 function setup() {
   const c = new LockstepCluster(4, SMALL);
   c.request('a', { op: 'add', key: 'x', by: 1 }, 'r1');
   c.stabilize();
-  const as = <M extends PbftMessage>(from: string, body: Omit<M, 'from' | 'signature'>): M =>
+  const as = <M extends SignedMessage>(from: string, body: Omit<M, 'from' | 'signature'>): M =>
     seal<M>({ ...body, from } as Omit<M, 'signature'>, c.keys.signer(from));
   const prePrepare = (from: string, view: number, seq: number, batch: ClientRequest[]): PrePrepare =>
     as<PrePrepare>(from, { type: 'pre_prepare', view, seq, digest: batchDigest(batch), batch });
@@ -39,14 +45,17 @@ function setup() {
 }
 
 describe('pbft core: hostile input is dropped and counted by kind', () => {
-  it('bad signature, non-member, malformed, duplicate', () => {
+  it('bad signature, wrong sender, non-member, malformed, duplicate', () => {
     const { c, as, prePrepare, vote, request } = setup();
     const r1 = c.core('r1');
     const pp = prePrepare('r0', 0, 2, [request('b', 1)]);
-    const forged = { ...vote('prepare', 'r3', pp), signature: c.keys.signer('r2')(new Uint8Array([1])) };
-    expect(deliver(r1, forged)).toBe('bad_signature');
+    expect(r1.step({ ...pp, signature: c.keys.signer('r2')(new Uint8Array([1])) }, 'r0')).toBe('bad_signature');
+    // The channel is r2's: r2 cannot speak for r3, signed or not, nor relay a request as r3.
+    expect(r1.step(vote('prepare', 'r3', pp), 'r2')).toBe('wrong_sender');
+    expect(r1.step({ type: 'request', from: 'r3', request: request('b', 1) }, 'r2')).toBe('wrong_sender');
     c.clients.add('mallory');
     expect(deliver(r1, as<Prepare>('mallory', { type: 'prepare', view: 0, seq: 2, digest: pp.digest }))).toBe('non_member');
+    expect(r1.step(vote('prepare', 'r3', pp), 'mallory')).toBe('non_member');
     expect(deliver(r1, { ...vote('prepare', 'r3', pp), seq: -1 } as Prepare)).toBe('malformed');
     expect(deliver(r1, { type: 'gossip', from: 'r3' } as unknown as PbftMessage)).toBe('malformed');
     expect(deliver(r1, pp)).toBeNull();
@@ -57,8 +66,44 @@ describe('pbft core: hostile input is dropped and counted by kind', () => {
     // Our own message played back to us.
     expect(deliver(r1, vote('prepare', 'r1', pp))).toBe('duplicate');
     expect(r1.drops().get('bad_signature')).toBe(1);
-    expect(r1.drops().get('non_member')).toBe(1);
+    expect(r1.drops().get('wrong_sender')).toBe(2);
+    expect(r1.drops().get('non_member')).toBe(2);
     expect(r1.drops().get('malformed')).toBe(2);
+  });
+
+  it('counts votes on their channel\'s word and catches a forged signature where the vote becomes evidence', () => {
+    const { c, prePrepare, vote, request } = setup();
+    const r1 = c.core('r1');
+    const d1 = c.driver('r1');
+    const verify = c.keys.verifier((id) => c.ids.includes(id) || c.clients.has(id));
+    const forge = <V extends Prepare | Commit>(v: V): V => ({ ...v, signature: c.keys.signer('r3')(new Uint8Array([9])) });
+    const sent = () => d1.pump().messages.map((o) => o.message);
+    const pp = prePrepare('r0', 0, 2, [request('b', 1)]);
+    expect(deliver(r1, pp)).toBeNull();
+    sent();
+    // r3's prepare arrives on r3's channel with a signature r3 did not make: counted, no check yet.
+    expect(deliver(r1, forge(vote('prepare', 'r3', pp)))).toBeNull();
+    // With ours it makes 2f, but a prepared certificate must convince a view change: it is checked, and fails.
+    expect(r1.drops().get('bad_signature')).toBe(1);
+    expect(sent().some((m) => m.type === 'commit')).toBe(false);
+    // The forged vote was forgotten, so r3 may vote again; a good one completes the certificate.
+    expect(deliver(r1, vote('prepare', 'r3', pp))).toBeNull();
+    expect(sent().filter((m) => m.type === 'commit').map((m) => m.from)).toEqual(['r1']);
+    // Commits are not checked to commit: a forged one from r3 counts (r3 did send it, over its channel)...
+    expect(deliver(r1, forge(vote('commit', 'r3', pp)))).toBeNull();
+    expect(deliver(r1, vote('commit', 'r0', pp))).toBeNull();
+    sent();
+    expect(r1.lastExecuted).toBe(2);
+    expect(r1.drops().get('bad_signature')).toBe(1);
+    expect(deliver(r1, vote('commit', 'r2', pp))).toBeNull();
+    // ...but the certificate r1 shows a peer that fetches seq 2 holds only commits that verify.
+    expect(deliver(r1, sealFetch(c, 'r2', 2))).toBeNull();
+    const answers = sent().filter((m): m is Committed => m.type === 'committed');
+    expect(answers).toHaveLength(1);
+    const commits = answers[0]?.certificate.commits ?? [];
+    expect(commits.map((m) => m.from).sort()).toEqual(['r0', 'r1', 'r2']);
+    for (const m of commits) expect(verify(m.from, signingBytes(m), m.signature)).toBe(true);
+    expect(r1.drops().get('bad_signature')).toBe(2);
   });
 
   it('outside the watermarks, stale view, not from the primary', () => {
@@ -220,9 +265,9 @@ describe('pbft core: flooding cannot grow memory past the per-peer bounds', () =
   it('fetch, state and new-view answers are rate-limited per peer', () => {
     const { c, as } = setup();
     const r1 = c.core('r1');
-    expect(deliver(r1, as<PbftMessage>('r3', { type: 'fetch', seq: 1 } as Omit<PbftMessage, 'from' | 'signature'>))).toBeNull();
+    expect(deliver(r1, as<Fetch>('r3', { type: 'fetch', seq: 1 }))).toBeNull();
     for (let i = 0; i < 100; i++) {
-      deliver(r1, as<PbftMessage>('r3', { type: 'fetch', seq: 1 } as Omit<PbftMessage, 'from' | 'signature'>));
+      deliver(r1, as<Fetch>('r3', { type: 'fetch', seq: 1 }));
     }
     expect(r1.drops().get('rate_limited')).toBe(100);
     const answers = r1.ready()?.messages.filter((m) => m.to === 'r3') ?? [];

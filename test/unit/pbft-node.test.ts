@@ -137,7 +137,6 @@ class MemoryCluster {
         retryMs: 250,
         maxRequestBytes,
         sign,
-        verify: keys.verify,
         replica: node,
       });
       const ownReplies: Reply[] = [];

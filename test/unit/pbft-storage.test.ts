@@ -16,7 +16,7 @@ import { encodeCanonical, signingBytes } from '../../src/consensus/pbft/encoding
 import type { Canonical } from '../../src/consensus/pbft/encoding.ts';
 import { PBFT_STORAGE_LAYOUT, PbftStorage, PbftStorageCorruptionError } from '../../src/consensus/pbft/storage.ts';
 import type { PbftStorageTimings } from '../../src/consensus/pbft/storage.ts';
-import type { PbftMessage, PbftPersistedState, PersistDelta, SlotRecord } from '../../src/consensus/pbft/types.ts';
+import type { PbftPersistedState, PersistDelta, SignedMessage, SlotRecord } from '../../src/consensus/pbft/types.ts';
 import { PbftInputError } from '../../src/consensus/pbft/types.ts';
 import { recordBuffer, stampChecksum, u64FromKey, u64Key } from '../../src/storage/lmdb-records.ts';
 import { LockstepCluster, SMALL_PBFT_CONFIG } from '../sim/pbft-harness.ts';
@@ -65,13 +65,13 @@ function seqs(state: PbftPersistedState | null): number[] {
 }
 
 /** Every signed message in a state, found by walking it. */
-function messagesIn(value: unknown, into: PbftMessage[] = []): PbftMessage[] {
+function messagesIn(value: unknown, into: SignedMessage[] = []): SignedMessage[] {
   if (value instanceof Uint8Array || typeof value !== 'object' || value === null) return into;
   if (Array.isArray(value)) {
     for (const item of value) messagesIn(item, into);
     return into;
   }
-  if ('signature' in value && 'type' in value) into.push(value as PbftMessage);
+  if ('signature' in value && 'type' in value) into.push(value as SignedMessage);
   for (const item of Object.values(value)) messagesIn(item, into);
   return into;
 }
