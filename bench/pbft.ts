@@ -11,7 +11,9 @@
  * The issue's floor: PBFT throughput at least 30 % of Raft's at 64 clients.
  */
 import { generateKeyPairSync, sign, verify } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import os from 'node:os';
+import { parseStat } from '../src/cloud/qemu/procfs.ts';
 import { dwcpKvTarget, startDwcpCluster, type BenchScope } from './dwcp-cluster.ts';
 import { runClosedLoop, type ClosedLoopResult } from './raft.ts';
 import { defineBench, intFlag, machineFacts, oneOf, progress, renderTable, significant } from './run.ts';
@@ -43,19 +45,39 @@ const SYSTEMS: readonly SystemPlan[] = [
   { system: 'dwcp-pbft', members: 4, untrusted: 4, scope: 'federation' },
 ];
 
-async function measure(plan: SystemPlan, opts: PbftBenchOptions): Promise<ClosedLoopResult[]> {
+/** A level's result and the CPU its members spent on it, per op: what a shared, loaded machine distorts least. */
+export type PbftLevelResult = ClosedLoopResult & { readonly cpu_ms_per_op: number | null };
+
+/** User + system CPU seconds of the member processes so far (a member gone away counts nothing). */
+async function membersCpuSeconds(pids: readonly number[]): Promise<number> {
+  let total = 0;
+  for (const pid of pids) {
+    try {
+      total += parseStat(await readFile(`/proc/${pid}/stat`, 'utf8')).cpuSeconds;
+    } catch {
+      // Exited mid-run: its puts fail too, and the run reports those errors.
+    }
+  }
+  return total;
+}
+
+async function measure(plan: SystemPlan, opts: PbftBenchOptions): Promise<PbftLevelResult[]> {
   progress(`pbft: starting ${plan.system}: ${plan.members} members (${plan.untrusted} untrusted), scope ${plan.scope}`);
   const nodeArgs = opts.profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${opts.profileDir}`];
   const cluster = await startDwcpCluster({ members: plan.members, untrusted: plan.untrusted, scope: plan.scope, workDir: opts.workDir, readyTimeoutMs: 60_000, nodeArgs });
   const target = await dwcpKvTarget(cluster, plan.system);
   try {
     progress(`pbft: ${plan.system} is led by ${await cluster.leader()}`);
-    const results: ClosedLoopResult[] = [];
+    const results: PbftLevelResult[] = [];
+    const pids = cluster.members.map((m) => m.pid);
     for (const clients of opts.clients) {
       const level = { clients, valueBytes: opts.valueBytes };
       if (opts.warmupMs > 0) await runClosedLoop(target, { ...level, durationMs: opts.warmupMs });
-      const result = await runClosedLoop(target, { ...level, durationMs: opts.durationMs });
-      progress(JSON.stringify({ system: result.system, clients, ops_per_s: result.ops_per_s, p50_ms: result.p50_ms, p99_ms: result.p99_ms }));
+      const cpuBefore = await membersCpuSeconds(pids);
+      const measured = await runClosedLoop(target, { ...level, durationMs: opts.durationMs });
+      const cpuSeconds = (await membersCpuSeconds(pids)) - cpuBefore;
+      const result = { ...measured, cpu_ms_per_op: measured.ops > 0 ? significant((1000 * cpuSeconds) / measured.ops, 3) : null };
+      progress(JSON.stringify({ system: result.system, clients, ops_per_s: result.ops_per_s, p50_ms: result.p50_ms, p99_ms: result.p99_ms, cpu_ms_per_op: result.cpu_ms_per_op }));
       if (result.errors > 0) progress(`pbft: warning: ${result.errors} ${plan.system} puts failed at ${clients} clients; first: ${result.first_error ?? ''}`);
       results.push(result);
     }
@@ -98,7 +120,7 @@ function cell(value: number | null): string {
 
 export async function runPbftBench(opts: PbftBenchOptions) {
   const facts = machineFacts();
-  const results: ClosedLoopResult[] = [];
+  const results: PbftLevelResult[] = [];
   for (const plan of SYSTEMS) if (opts.only === 'both' || plan.system === `dwcp-${opts.only}`) results.push(...(await measure(plan, opts)));
   const ratios = opts.clients.flatMap((clients) => {
     const raft = results.find((r) => r.system === 'dwcp-raft' && r.clients === clients);
@@ -114,7 +136,7 @@ export async function runPbftBench(opts: PbftBenchOptions) {
   const met = atFloor === undefined ? null : atFloor.throughput >= FLOOR.minRatio;
 
   progress(`\npbft: closed-loop puts of ${opts.valueBytes} B, ${opts.durationMs} ms per level after ${opts.warmupMs} ms warm-up, ${facts.cpus} cpus, load ${facts.loadavg.join(' ')} -> ${machineFacts().loadavg.join(' ')}`);
-  progress(renderTable(['system', 'clients', 'ops/s', 'p50 ms', 'p99 ms', 'errors'], results.map((r) => [r.system, String(r.clients), String(r.ops_per_s), cell(r.p50_ms), cell(r.p99_ms), String(r.errors)])));
+  progress(renderTable(['system', 'clients', 'ops/s', 'p50 ms', 'p99 ms', 'member CPU ms/op', 'errors'], results.map((r) => [r.system, String(r.clients), String(r.ops_per_s), cell(r.p50_ms), cell(r.p99_ms), cell(r.cpu_ms_per_op), String(r.errors)])));
   progress(`\n${renderTable(['pbft/raft', 'throughput', 'p99 (>1 = slower)'], ratios.map((r) => [`${r.clients} clients`, String(r.throughput), cell(r.p99)]))}`);
   progress(`ed25519 on one core: ${crypto.verifications_per_s} verifications/s, ${crypto.signs_per_s} signatures/s (${crypto.message_bytes}-byte messages)`);
   progress(`floor (PBFT throughput >= ${FLOOR.minRatio * 100} % of Raft's at ${FLOOR.clients} clients): ${met === null ? 'not evaluated' : met ? 'met' : 'NOT met'}${atFloor === undefined ? '' : ` (${atFloor.throughput})`}`);
