@@ -45,20 +45,44 @@ const SYSTEMS: readonly SystemPlan[] = [
   { system: 'dwcp-pbft', members: 4, untrusted: 4, scope: 'federation' },
 ];
 
-/** A level's result and the CPU its members spent on it, per op: what a shared, loaded machine distorts least. */
-export type PbftLevelResult = ClosedLoopResult & { readonly cpu_ms_per_op: number | null };
+/**
+ * A level's result; the CPU its members spent on it, per op (what a shared,
+ * loaded machine distorts least); and for PBFT its durable writes (one per
+ * Ready that persists anything) per op and their mean time, summed over the
+ * members from dwcp_pbft_persist_duration_seconds.
+ */
+export type PbftLevelResult = ClosedLoopResult & {
+  readonly cpu_ms_per_op: number | null;
+  readonly persists_per_op: number | null;
+  readonly persist_ms_mean: number | null;
+};
 
-/** User + system CPU seconds of the member processes so far (a member gone away counts nothing). */
-async function membersCpuSeconds(pids: readonly number[]): Promise<number> {
-  let total = 0;
-  for (const pid of pids) {
+interface MemberSample {
+  readonly cpuSeconds: number;
+  readonly persists: number;
+  readonly persistSeconds: number;
+}
+
+/** User + system CPU seconds of the members and their PBFT persist totals so far (a member gone away counts nothing). */
+async function sampleMembers(members: readonly { pid: number; metricsUrl: string }[]): Promise<MemberSample> {
+  let cpuSeconds = 0;
+  let persists = 0;
+  let persistSeconds = 0;
+  for (const m of members) {
     try {
-      total += parseStat(await readFile(`/proc/${pid}/stat`, 'utf8')).cpuSeconds;
+      cpuSeconds += parseStat(await readFile(`/proc/${m.pid}/stat`, 'utf8')).cpuSeconds;
+      const text = await (await fetch(m.metricsUrl)).text();
+      persists += Number(/^dwcp_pbft_persist_duration_seconds_count (\S+)/m.exec(text)?.[1] ?? 0);
+      persistSeconds += Number(/^dwcp_pbft_persist_duration_seconds_sum (\S+)/m.exec(text)?.[1] ?? 0);
     } catch {
       // Exited mid-run: its puts fail too, and the run reports those errors.
     }
   }
-  return total;
+  return { cpuSeconds, persists, persistSeconds };
+}
+
+function perOp(value: number, ops: number): number | null {
+  return ops > 0 ? significant(value / ops, 3) : null;
 }
 
 async function measure(plan: SystemPlan, opts: PbftBenchOptions): Promise<PbftLevelResult[]> {
@@ -69,15 +93,21 @@ async function measure(plan: SystemPlan, opts: PbftBenchOptions): Promise<PbftLe
   try {
     progress(`pbft: ${plan.system} is led by ${await cluster.leader()}`);
     const results: PbftLevelResult[] = [];
-    const pids = cluster.members.map((m) => m.pid);
     for (const clients of opts.clients) {
       const level = { clients, valueBytes: opts.valueBytes };
       if (opts.warmupMs > 0) await runClosedLoop(target, { ...level, durationMs: opts.warmupMs });
-      const cpuBefore = await membersCpuSeconds(pids);
+      const before = await sampleMembers(cluster.members);
       const measured = await runClosedLoop(target, { ...level, durationMs: opts.durationMs });
-      const cpuSeconds = (await membersCpuSeconds(pids)) - cpuBefore;
-      const result = { ...measured, cpu_ms_per_op: measured.ops > 0 ? significant((1000 * cpuSeconds) / measured.ops, 3) : null };
-      progress(JSON.stringify({ system: result.system, clients, ops_per_s: result.ops_per_s, p50_ms: result.p50_ms, p99_ms: result.p99_ms, cpu_ms_per_op: result.cpu_ms_per_op }));
+      const after = await sampleMembers(cluster.members);
+      const persists = after.persists - before.persists;
+      const result: PbftLevelResult = {
+        ...measured,
+        cpu_ms_per_op: perOp(1000 * (after.cpuSeconds - before.cpuSeconds), measured.ops),
+        persists_per_op: plan.system === 'dwcp-pbft' ? perOp(persists, measured.ops) : null,
+        persist_ms_mean: plan.system === 'dwcp-pbft' ? perOp(1000 * (after.persistSeconds - before.persistSeconds), persists) : null,
+      };
+      const { system, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean } = result;
+      progress(JSON.stringify({ system, clients, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean }));
       if (result.errors > 0) progress(`pbft: warning: ${result.errors} ${plan.system} puts failed at ${clients} clients; first: ${result.first_error ?? ''}`);
       results.push(result);
     }
