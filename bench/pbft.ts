@@ -55,12 +55,16 @@ export type PbftLevelResult = ClosedLoopResult & {
   readonly cpu_ms_per_op: number | null;
   readonly persists_per_op: number | null;
   readonly persist_ms_mean: number | null;
+  /** Requests per PBFT batch (sequence number), from dwcp_pbft_executed_seq. */
+  readonly ops_per_batch: number | null;
 };
 
 interface MemberSample {
   readonly cpuSeconds: number;
   readonly persists: number;
   readonly persistSeconds: number;
+  /** The highest PBFT sequence number any member executed. */
+  readonly executedSeq: number;
 }
 
 /** User + system CPU seconds of the members and their PBFT persist totals so far (a member gone away counts nothing). */
@@ -68,17 +72,19 @@ async function sampleMembers(members: readonly { pid: number; metricsUrl: string
   let cpuSeconds = 0;
   let persists = 0;
   let persistSeconds = 0;
+  let executedSeq = 0;
   for (const m of members) {
     try {
       cpuSeconds += parseStat(await readFile(`/proc/${m.pid}/stat`, 'utf8')).cpuSeconds;
       const text = await (await fetch(m.metricsUrl)).text();
       persists += Number(/^dwcp_pbft_persist_duration_seconds_count (\S+)/m.exec(text)?.[1] ?? 0);
       persistSeconds += Number(/^dwcp_pbft_persist_duration_seconds_sum (\S+)/m.exec(text)?.[1] ?? 0);
+      executedSeq = Math.max(executedSeq, Number(/^dwcp_pbft_executed_seq (\S+)/m.exec(text)?.[1] ?? 0));
     } catch {
       // Exited mid-run: its puts fail too, and the run reports those errors.
     }
   }
-  return { cpuSeconds, persists, persistSeconds };
+  return { cpuSeconds, persists, persistSeconds, executedSeq };
 }
 
 function perOp(value: number, ops: number): number | null {
@@ -105,9 +111,10 @@ async function measure(plan: SystemPlan, opts: PbftBenchOptions): Promise<PbftLe
         cpu_ms_per_op: perOp(1000 * (after.cpuSeconds - before.cpuSeconds), measured.ops),
         persists_per_op: plan.system === 'dwcp-pbft' ? perOp(persists, measured.ops) : null,
         persist_ms_mean: plan.system === 'dwcp-pbft' ? perOp(1000 * (after.persistSeconds - before.persistSeconds), persists) : null,
+        ops_per_batch: plan.system === 'dwcp-pbft' ? perOp(measured.ops, after.executedSeq - before.executedSeq) : null,
       };
-      const { system, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean } = result;
-      progress(JSON.stringify({ system, clients, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean }));
+      const { system, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch } = result;
+      progress(JSON.stringify({ system, clients, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch }));
       if (result.errors > 0) progress(`pbft: warning: ${result.errors} ${plan.system} puts failed at ${clients} clients; first: ${result.first_error ?? ''}`);
       results.push(result);
     }

@@ -24,12 +24,12 @@
  */
 import { PbftCore } from '../../src/consensus/pbft/core.ts';
 import { ReplyCollector } from '../../src/consensus/pbft/reply-collector.ts';
-import type { ClientRequest, DropKind, PbftConfig, PbftPersistedState, ReplicaId, Reply } from '../../src/consensus/pbft/types.ts';
+import type { ClientRequest, DropKind, PbftConfig, PbftMessage, PbftPersistedState, ReplicaId, Reply } from '../../src/consensus/pbft/types.ts';
 import { BYZANTINE_DROPS, DROP_KINDS, maxFaulty } from '../../src/consensus/pbft/types.ts';
 import { BEHAVIOURS, ByzantineBehaviour } from './pbft-byzantine.ts';
 import type { Attempts, BehaviourKind } from './pbft-byzantine.ts';
 import { SafetyChecker, SafetyViolation } from './pbft-checker.ts';
-import type { Envelope, KvOp } from './pbft-harness.ts';
+import type { Disk, Envelope, KvOp, Released } from './pbft-harness.ts';
 import { FakeKeys, ReplicaDriver, makeRequest, replicaIds } from './pbft-harness.ts';
 import { EventQueue } from './events.ts';
 import type { LinkFaults } from './network.ts';
@@ -72,7 +72,48 @@ export interface PbftSimReport {
   readonly maxCheckpointVotesHeld: number;
   /** Replies in another member's name, dropped by the client's channel check. */
   readonly forgedReplies: number;
+  /** Readys taken while earlier writes were still queued, at honest replicas. */
+  readonly pipelinedReadys: number;
+  /** Queued writes honest replicas lost in crashes. */
+  readonly lostWrites: number;
   readonly config: string;
+}
+
+/**
+ * Why `message`, leaving replica `id`, is not backed by its disk, or null: a
+ * vote, pre-prepare, view-change or new-view of its own must be on its disk
+ * before it leaves (a replica that forgets one after a crash may contradict
+ * it, or leave a prepared request out of a view change).
+ */
+function unbacked(id: ReplicaId, m: PbftMessage, disk: Disk): string | null {
+  if (m.from !== id) return null;
+  const h = disk.stableCheckpoint?.seq ?? 0;
+  const what = () => `${id} sent ${m.type} ${'view' in m ? `v${m.view} ` : ''}${'seq' in m ? `s${m.seq}` : ''}`;
+  switch (m.type) {
+    case 'pre_prepare':
+    case 'prepare':
+    case 'commit': {
+      if (m.seq <= h) return null;
+      const slot = disk.slots.get(m.seq);
+      const prepared = slot?.prepared ?? null;
+      // The prepared certificate a commit stands for must survive, this view's or a newer one (a view change carries it).
+      if (m.type === 'commit' && !(prepared !== null && (prepared.prePrepare.view > m.view || prepared.prePrepare.digest === m.digest) && prepared.prePrepare.view >= m.view)) {
+        return `${what()} without its prepared certificate on disk`;
+      }
+      // Having durably left the view, the replica never acts in it again: its votes there need no record.
+      if (disk.view.view > m.view) return null;
+      if (slot === undefined || slot.view !== m.view) return `${what()} with no slot record of that view on disk`;
+      if (m.type === 'pre_prepare' && slot.prePrepare?.digest !== m.digest) return `${what()} not on disk`;
+      if (m.type === 'prepare' && !(slot.sentPrepare && slot.prePrepare?.digest === m.digest)) return `${what()} not on disk`;
+      if (m.type === 'commit' && !slot.sentCommit) return `${what()} not on disk`;
+      return null;
+    }
+    case 'view_change':
+    case 'new_view':
+      return disk.view.view >= m.view ? null : `${what()} while the disk holds view ${disk.view.view}`;
+    default:
+      return null;
+  }
 }
 
 export class PbftSimFailure extends Error {
@@ -114,6 +155,8 @@ type SimEvent =
   | { kind: 'client'; client: number; token: number }
   | { kind: 'fault' }
   | { kind: 'restart'; node: ReplicaId }
+  /** The node's disk lands its queued writes up to index `upTo` (ignored while it is down: a crash loses them). */
+  | { kind: 'land'; node: ReplicaId; upTo: number }
   | { kind: 'calm' }
   | { kind: 'finish' };
 
@@ -221,9 +264,14 @@ export class PbftSimulation {
                 this.#checker.installed(replica, seq, snapshot);
               },
               onCheckpointSnapshot: (replica, seq, snapshot) => this.#checker.checkpoint(replica, seq, snapshot),
+              onSend: (replica, message, disk) => {
+                const problem = unbacked(replica, message, disk);
+                if (problem !== null) this.#fail(`disk: ${problem}`);
+              },
             }
           : {},
       );
+      driver.landAtOnce = false;
       const kind: BehaviourKind = rng.pick(BEHAVIOURS);
       this.#nodes.set(id, {
         id,
@@ -303,6 +351,8 @@ export class PbftSimulation {
       attempts,
       maxFutureHeld: this.#maxFutureHeld,
       forgedReplies: this.#forgedReplies,
+      pipelinedReadys: honest.reduce((sum, n) => sum + n.driver.stats.pipelined, 0),
+      lostWrites: honest.reduce((sum, n) => sum + n.driver.stats.lostWrites, 0),
       maxCheckpointVotesHeld: this.#maxCheckpointVotesHeld,
       config: JSON.stringify(this.#config),
     };
@@ -325,6 +375,11 @@ export class PbftSimulation {
         return;
       case 'restart':
         return this.#restart(this.#node(event.node));
+      case 'land': {
+        const node = this.#node(event.node);
+        if (node.up) this.#release(node, node.driver.land(event.upTo));
+        return;
+      }
       case 'calm':
         return this.#startCalm();
       case 'finish':
@@ -357,9 +412,22 @@ export class PbftSimulation {
     this.#flush(node);
   }
 
-  /** Run the node's Readys and put what it sends on the network (rewritten if it is Byzantine). */
+  /**
+   * Run the node's Readys and queue their writes: half the time the disk
+   * lands them at once, else within 1-40 ms (writes queued meanwhile wait
+   * behind them, and later Readys are taken in between, as PbftNode does).
+   */
   #flush(node: SimReplica): void {
-    const { messages, replies } = node.driver.pump();
+    const before = node.driver.written;
+    this.#release(node, node.driver.pump());
+    const written = node.driver.written;
+    if (written === before) return;
+    if (this.#rng.chance(0.5)) this.#release(node, node.driver.land(written));
+    else this.#queue.push(this.#now + this.#rng.between(1, 40), { kind: 'land', node: node.id, upTo: written });
+  }
+
+  /** Put what landed writes let leave on the network (rewritten if the node is Byzantine). */
+  #release(node: SimReplica, { messages, replies }: Released): void {
     for (const { to, message } of messages) {
       for (const target of to === null ? this.#ids.filter((x) => x !== node.id) : [to]) {
         const envelope: Envelope = { from: node.id, to: target, message };

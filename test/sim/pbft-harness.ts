@@ -8,8 +8,10 @@
  *   protocol relies on.
  * - KvMachine: the state machine (put / get / add on string keys) with a
  *   canonical snapshot, results that depend on history (so divergence shows).
- * - ReplicaDriver: obeys the Ready contract for one core (persist, send,
- *   install, execute, advance) and keeps the persisted state for restarts.
+ * - ReplicaDriver: obeys the Ready contract for one core (execute, advance,
+ *   queue the write; messages and replies leave when their write lands, in
+ *   order) and keeps the persisted state for restarts; a simulator may hold
+ *   writes back (a slow disk) and a crash loses those not landed.
  * - LockstepCluster: a hand-cranked cluster for scripted unit tests: messages
  *   queue until delivered, with optional filters to drop or tamper.
  */
@@ -128,16 +130,38 @@ export interface DriverHooks {
   onExecute?: (id: ReplicaId, batch: ExecuteBatch, results: readonly Uint8Array[]) => void;
   onInstall?: (id: ReplicaId, seq: number, snapshot: Uint8Array) => void;
   onCheckpointSnapshot?: (id: ReplicaId, seq: number, snapshot: Uint8Array) => void;
+  /** A message leaving, with the disk as it is once the write that held it landed (for the disk-backing check). */
+  onSend?: (id: ReplicaId, message: PbftMessage, disk: Disk) => void;
 }
 
-/** One replica's driver: the Ready contract, done synchronously. */
+/** A Ready's write, and what may leave only once it has landed. */
+interface QueuedWrite {
+  readonly index: number;
+  readonly persist: PbftReady['persist'];
+  readonly messages: readonly Outbound[];
+  readonly replies: readonly Reply[];
+}
+
+export interface Released {
+  messages: Outbound[];
+  replies: Reply[];
+}
+
+/** One replica's driver: the Ready contract, with writes landing at once or when the simulator says. */
 export class ReplicaDriver {
   readonly id: ReplicaId;
   core: PbftCore;
   readonly kv = new KvMachine();
   readonly disk: Disk = { view: { view: 0, active: true, newView: null }, stableCheckpoint: null, slots: new Map() };
+  /** False: writes wait for land() (a simulator's slow disk). True: pump() lands them at once. */
+  landAtOnce = true;
+  /** Readys taken while earlier writes were still queued, and writes a crash lost (for coverage checks). */
+  readonly stats = { pipelined: 0, lostWrites: 0 };
   readonly #make: (storage: PbftPersistedState | undefined) => PbftCore;
   readonly #hooks: DriverHooks;
+  readonly #queued: QueuedWrite[] = [];
+  /** Writes handed out so far, across restarts: land(upTo) names writes by this count. */
+  #written = 0;
 
   constructor(id: ReplicaId, make: (storage: PbftPersistedState | undefined) => PbftCore, hooks: DriverHooks = {}) {
     this.id = id;
@@ -146,21 +170,42 @@ export class ReplicaDriver {
     this.core = make(undefined);
   }
 
-  /** Process every Ready the core has; returns what to send. */
-  pump(): { messages: Outbound[]; replies: Reply[] } {
-    const messages: Outbound[] = [];
-    const replies: Reply[] = [];
+  /**
+   * Process every Ready the core has: execute and advance at once (volatile
+   * state only), queue its write. Returns what the writes landed now let leave.
+   */
+  pump(): Released {
     for (let ready = this.core.ready(); ready !== null; ready = this.core.ready()) {
-      this.#persist(ready);
-      messages.push(...ready.messages);
-      replies.push(...ready.replies);
+      if (this.#queued.length > 0) this.stats.pipelined++;
       this.core.advance(ready, this.#run(ready));
+      this.#queued.push({ index: ++this.#written, persist: ready.persist, messages: ready.messages, replies: ready.replies });
     }
-    return { messages, replies };
+    return this.landAtOnce ? this.land(this.#written) : { messages: [], replies: [] };
   }
 
-  #persist(ready: PbftReady): void {
-    const p = ready.persist;
+  /** Writes handed out so far (the index of the latest). */
+  get written(): number {
+    return this.#written;
+  }
+
+  get queuedWrites(): number {
+    return this.#queued.length;
+  }
+
+  /** Lands the queued writes up to index `upTo`, in order, and releases what each held back. */
+  land(upTo: number): Released {
+    const released: Released = { messages: [], replies: [] };
+    while (this.#queued.length > 0 && (this.#queued[0] as QueuedWrite).index <= upTo) {
+      const write = this.#queued.shift() as QueuedWrite;
+      this.#persist(write.persist);
+      for (const { message } of write.messages) this.#hooks.onSend?.(this.id, message, this.disk);
+      released.messages.push(...write.messages);
+      released.replies.push(...write.replies);
+    }
+    return released;
+  }
+
+  #persist(p: PbftReady['persist']): void {
     if (p.view !== null) this.disk.view = p.view;
     if (p.stableCheckpoint !== null) {
       this.disk.stableCheckpoint = p.stableCheckpoint;
@@ -183,8 +228,10 @@ export class ReplicaDriver {
     });
   }
 
-  /** Crash and restart from the disk: memory (the state machine included) is lost. */
+  /** Crash and restart from the disk: memory (the state machine included) and writes not landed are lost. */
   restart(): void {
+    this.stats.lostWrites += this.#queued.length;
+    this.#queued.length = 0;
     this.kv.restore(new Uint8Array(0));
     this.core = this.#make({
       view: this.disk.view,

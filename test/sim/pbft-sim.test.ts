@@ -44,6 +44,9 @@ describe('pbft Byzantine deterministic simulation', () => {
       expect(sum((r) => r.drops[kind]), kind).toBeGreaterThan(0);
     }
     expect(sum((r) => r.forgedReplies)).toBeGreaterThan(0);
+    // The pipelined write contract was exercised: Readys taken over queued writes, crashes losing some.
+    expect(sum((r) => r.pipelinedReadys)).toBeGreaterThan(100 * SEEDS);
+    expect(sum((r) => r.lostWrites)).toBeGreaterThan(SEEDS / 4);
     expect(sum((r) => r.viewChanges)).toBeGreaterThan(SEEDS);
     expect(sum((r) => r.installs)).toBeGreaterThan(SEEDS / 2);
     expect(sum((r) => r.restarts)).toBeGreaterThan(SEEDS);

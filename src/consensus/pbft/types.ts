@@ -307,15 +307,25 @@ export interface SoftState {
 }
 
 /**
- * One batch of work for the driver. The order is the contract:
- *  1. persist `persist` (durably: a vote sent and forgotten could be
- *     contradicted after a restart);
- *  2. only then send `messages` and `replies` (reply.client names the client);
+ * One batch of work for the driver. The contract (storage writes may be
+ * pipelined, as Raft's are):
+ *  1. hand `persist` to storage as one write; writes land whole and in the
+ *     order their Readys were handed out, and a crash loses a suffix of them;
+ *  2. send `messages` and `replies` (reply.client names the client) only once
+ *     this Ready's write, and so every earlier one, is durable: a vote sent
+ *     and forgotten could be contradicted after a restart;
  *  3. if `install` is set, restore the state machine from its snapshot (state
  *     transfer, or the stable checkpoint on restart); then execute `execute`
- *     in order, snapshotting after each batch marked `checkpoint`;
+ *     in order, snapshotting after each batch marked `checkpoint`. This may
+ *     run before the write is durable: it changes only volatile state;
  *  4. call advance(ready, results) with one ExecutionResult per batch before
- *     asking for the next Ready.
+ *     asking for the next Ready; the next Ready may be taken while earlier
+ *     writes are still syncing.
+ * Why that is as safe as persisting each Ready before the next: nothing
+ * leaves a replica ahead of its disk, so after a crash the world has seen
+ * exactly what it could have seen had the replica crashed, in the strict
+ * order, between persisting the last durable Ready and sending its messages
+ * (docs/consensus.md).
  */
 export interface PbftReady {
   readonly persist: PersistDelta;
