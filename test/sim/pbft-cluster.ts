@@ -7,9 +7,12 @@
  * wrong digests, forged or corrupted signatures, replays, floods, or a mix),
  * and stay so to the end. During the chaos phase the network drops,
  * duplicates, delays and reorders, partitions come and go, and honest
- * replicas crash and restart from what they persisted. Clients submit puts,
- * gets and adds at random replicas, retry elsewhere on silence, and accept a
- * result on f + 1 matching signed replies (ReplyCollector).
+ * replicas crash and restart from what they persisted. Writes land later
+ * than their Readys, in order, while later Readys are taken (the pipelined
+ * contract of types.ts PbftReady); a crash loses the writes not landed.
+ * Clients submit puts, gets and adds at random replicas, retry elsewhere on
+ * silence, and accept a result on f + 1 matching replies (ReplyCollector),
+ * each checked against the channel it came on.
  *
  * Checked at every execution (pbft-checker.ts): honest replicas agree on
  * every sequence number, execute gap-free and exactly once, install only
@@ -18,7 +21,9 @@
  * misbehaving), a probe request through an honest replica completes within
  * a bound derived from the view-change timeout and back-off, and a series
  * of probes keep completing; at the end every honest replica has executed
- * the same sequence. Each replica's bounded buffers are sampled throughout.
+ * the same sequence. Each replica's bounded buffers are sampled throughout,
+ * and every vote, pre-prepare, view-change and new-view an honest replica
+ * sends must be backed by its disk at that moment (unbacked()).
  *
  * Everything is a pure function of the seed: no wall clock, no Math.random.
  */
