@@ -57,6 +57,8 @@ export type PbftLevelResult = ClosedLoopResult & {
   readonly persist_ms_mean: number | null;
   /** Requests per PBFT batch (sequence number), from dwcp_pbft_executed_seq. */
   readonly ops_per_batch: number | null;
+  /** Ed25519 verifications (cache misses) per op over all members, from dwcp_pbft_signature_verify_duration_seconds. */
+  readonly verifies_per_op: number | null;
 };
 
 interface MemberSample {
@@ -65,6 +67,7 @@ interface MemberSample {
   readonly persistSeconds: number;
   /** The highest PBFT sequence number any member executed. */
   readonly executedSeq: number;
+  readonly verifies: number;
 }
 
 /** User + system CPU seconds of the members and their PBFT persist totals so far (a member gone away counts nothing). */
@@ -73,6 +76,7 @@ async function sampleMembers(members: readonly { pid: number; metricsUrl: string
   let persists = 0;
   let persistSeconds = 0;
   let executedSeq = 0;
+  let verifies = 0;
   for (const m of members) {
     try {
       cpuSeconds += parseStat(await readFile(`/proc/${m.pid}/stat`, 'utf8')).cpuSeconds;
@@ -80,11 +84,12 @@ async function sampleMembers(members: readonly { pid: number; metricsUrl: string
       persists += Number(/^dwcp_pbft_persist_duration_seconds_count (\S+)/m.exec(text)?.[1] ?? 0);
       persistSeconds += Number(/^dwcp_pbft_persist_duration_seconds_sum (\S+)/m.exec(text)?.[1] ?? 0);
       executedSeq = Math.max(executedSeq, Number(/^dwcp_pbft_executed_seq (\S+)/m.exec(text)?.[1] ?? 0));
+      verifies += Number(/^dwcp_pbft_signature_verify_duration_seconds_count (\S+)/m.exec(text)?.[1] ?? 0);
     } catch {
       // Exited mid-run: its puts fail too, and the run reports those errors.
     }
   }
-  return { cpuSeconds, persists, persistSeconds, executedSeq };
+  return { cpuSeconds, persists, persistSeconds, executedSeq, verifies };
 }
 
 function perOp(value: number, ops: number): number | null {
@@ -112,9 +117,10 @@ async function measure(plan: SystemPlan, opts: PbftBenchOptions): Promise<PbftLe
         persists_per_op: plan.system === 'dwcp-pbft' ? perOp(persists, measured.ops) : null,
         persist_ms_mean: plan.system === 'dwcp-pbft' ? perOp(1000 * (after.persistSeconds - before.persistSeconds), persists) : null,
         ops_per_batch: plan.system === 'dwcp-pbft' ? perOp(measured.ops, after.executedSeq - before.executedSeq) : null,
+        verifies_per_op: plan.system === 'dwcp-pbft' ? perOp(after.verifies - before.verifies, measured.ops) : null,
       };
-      const { system, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch } = result;
-      progress(JSON.stringify({ system, clients, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch }));
+      const { system, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch, verifies_per_op } = result;
+      progress(JSON.stringify({ system, clients, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch, verifies_per_op }));
       if (result.errors > 0) progress(`pbft: warning: ${result.errors} ${plan.system} puts failed at ${clients} clients; first: ${result.first_error ?? ''}`);
       results.push(result);
     }
