@@ -98,6 +98,22 @@ describe('pbft keys', () => {
     expect(keys.verify('alice', bytes, signature)).toBe(false);
   });
 
+  it('believes its own signatures without an Ed25519 check, and only for exactly what it signed', () => {
+    const seen: boolean[] = [];
+    const keys = memberKeys((_seconds, ok) => seen.push(ok));
+    const sign = keys.remembering('alice', ed25519Signer(alice));
+    const signature = sign(bytes);
+    expect(keys.verify('alice/2', bytes, signature)).toBe(true);
+    expect(keys.cacheHits).toBe(1);
+    expect(seen).toEqual([]);
+    // Anything else is checked as before: another signer's name, other bytes.
+    expect(keys.verify('bob', bytes, signature)).toBe(false);
+    const other = Uint8Array.from(bytes);
+    other[0] = (other[0] ?? 0) ^ 1;
+    expect(keys.verify('alice', other, signature)).toBe(false);
+    expect(seen).toEqual([false, false]);
+  });
+
   it('reports each verification\'s duration and outcome to observe', () => {
     const seen: Array<[number, boolean]> = [];
     const keys = memberKeys((seconds, ok) => seen.push([seconds, ok]));

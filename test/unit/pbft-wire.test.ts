@@ -320,6 +320,11 @@ describe('pbft wire: hostile frames', () => {
       'PbftFrame: field messages[0]: prepare.view must be a non-negative integer',
     );
     expect(schemaError({ messages: [{ ...prepare, signature: 'sig' }], replies: [] })).toBe('PbftFrame: field messages[0]: prepare.signature must be bytes');
+    // A relay is vouched for by its channel and carries no signature of its own (its client request does).
+    const relay = { type: 'request', from: 'r1', request };
+    expect(schemaError({ messages: [{ ...relay, signature: new Uint8Array(64) }], replies: [] })).toBe(
+      'PbftFrame: field messages[0]: request carries a signature, which a request does not have',
+    );
     expect(schemaError({ messages: [prepare, { ...prepare, type: 'gossip' }], replies: [] })).toBe('PbftFrame: field messages[1]: unknown message type "gossip"');
     expect(schemaError({ messages: [null], replies: [] })).toBe('PbftFrame: field messages[0]: message must be an object');
     const nested = { ...prePrepare, from: 'r1', batch: [{ ...request, timestamp: 1.5 }] };
