@@ -402,7 +402,14 @@ export interface PbftConfig {
   readonly maxBatchRequests: number;
   readonly maxBatchBytes: number;
   readonly maxRequestBytes: number;
-  /** Batches the primary keeps pre-prepared but not yet executed. */
+  /**
+   * Batches the primary keeps pre-prepared but not yet executed. Past it,
+   * requests wait and the next batch takes them all (up to
+   * maxBatchRequests), so batches grow with the load: with pipelined writes
+   * the primary cuts one per Ready, and 16 in flight left ~5 requests per
+   * batch at 64 clients where 4 gives ~9.5, fewer verifications and less
+   * CPU per request (bench/RESULTS.md, pbft).
+   */
   readonly maxInflightBatches: number;
   /** Requests waiting to be ordered, over all clients (one per client). */
   readonly maxPendingRequests: number;
@@ -435,7 +442,7 @@ export const DEFAULT_PBFT_CONFIG: PbftConfig = {
   maxBatchRequests: 64,
   maxBatchBytes: 1024 * 1024,
   maxRequestBytes: 256 * 1024,
-  maxInflightBatches: 16,
+  maxInflightBatches: 4,
   maxPendingRequests: 4096,
   viewChangeTicks: 20,
   maxBackoffShift: 5,
