@@ -60,6 +60,8 @@ export type PbftLevelResult = ClosedLoopResult & {
   readonly ops_per_batch: number | null;
   /** Ed25519 verifications (cache misses) per op over all members, from dwcp_pbft_signature_verify_duration_seconds. */
   readonly verifies_per_op: number | null;
+  /** View changes the members started or joined during the level (summed): a slow primary shows up here, not as an error. */
+  readonly view_changes: number | null;
 };
 
 interface MemberSample {
@@ -69,6 +71,7 @@ interface MemberSample {
   /** The highest PBFT sequence number any member executed. */
   readonly executedSeq: number;
   readonly verifies: number;
+  readonly viewChanges: number;
 }
 
 /** User + system CPU seconds of the members and their PBFT persist totals so far (a member gone away counts nothing). */
@@ -78,6 +81,7 @@ async function sampleMembers(members: readonly { pid: number; metricsUrl: string
   let persistSeconds = 0;
   let executedSeq = 0;
   let verifies = 0;
+  let viewChanges = 0;
   for (const m of members) {
     try {
       cpuSeconds += parseStat(await readFile(`/proc/${m.pid}/stat`, 'utf8')).cpuSeconds;
@@ -86,11 +90,12 @@ async function sampleMembers(members: readonly { pid: number; metricsUrl: string
       persistSeconds += Number(/^dwcp_pbft_persist_duration_seconds_sum (\S+)/m.exec(text)?.[1] ?? 0);
       executedSeq = Math.max(executedSeq, Number(/^dwcp_pbft_executed_seq (\S+)/m.exec(text)?.[1] ?? 0));
       verifies += Number(/^dwcp_pbft_signature_verify_duration_seconds_count (\S+)/m.exec(text)?.[1] ?? 0);
+      viewChanges += Number(/^dwcp_pbft_view_changes_total (\S+)/m.exec(text)?.[1] ?? 0);
     } catch {
       // Exited mid-run: its puts fail too, and the run reports those errors.
     }
   }
-  return { cpuSeconds, persists, persistSeconds, executedSeq, verifies };
+  return { cpuSeconds, persists, persistSeconds, executedSeq, verifies, viewChanges };
 }
 
 function perOp(value: number, ops: number): number | null {
@@ -119,9 +124,10 @@ async function measure(plan: SystemPlan, opts: PbftBenchOptions): Promise<PbftLe
         persist_ms_mean: plan.system === 'dwcp-pbft' ? perOp(1000 * (after.persistSeconds - before.persistSeconds), persists) : null,
         ops_per_batch: plan.system === 'dwcp-pbft' ? perOp(measured.ops, after.executedSeq - before.executedSeq) : null,
         verifies_per_op: plan.system === 'dwcp-pbft' ? perOp(after.verifies - before.verifies, measured.ops) : null,
+        view_changes: plan.system === 'dwcp-pbft' ? after.viewChanges - before.viewChanges : null,
       };
-      const { system, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch, verifies_per_op } = result;
-      progress(JSON.stringify({ system, clients, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch, verifies_per_op }));
+      const { system, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch, verifies_per_op, view_changes } = result;
+      progress(JSON.stringify({ system, clients, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch, verifies_per_op, view_changes }));
       if (result.errors > 0) progress(`pbft: warning: ${result.errors} ${plan.system} puts failed at ${clients} clients; first: ${result.first_error ?? ''}`);
       results.push(result);
     }
