@@ -113,6 +113,11 @@ export class DrDriver {
   }
 
   async #prove(timeoutMs: number): Promise<void> {
+    // Only a region holding protected VMs fences itself or measures an RTO: elsewhere a proof would only load the log
+    // (on a PBFT scope every barrier is an ordered request). The check's barrier still runs every check, so a region that
+    // becomes the home of a protected VM has a proof at most a check old then.
+    const self = this.#o.region;
+    if (!this.#o.state().protectedVms().some((vm) => vm.assignment?.region === self)) return;
     const asked = this.#now();
     try {
       await this.#o.barrier(timeoutMs);

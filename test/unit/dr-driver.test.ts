@@ -1,8 +1,10 @@
 /**
  * The DR driver's proof of log freshness between checks: with checks a
  * minute apart, barriers every dr.proveIntervalMs still move logSeenAt (what
- * self-fencing counts from), a failing barrier leaves it where it was, and
- * logSeenAt never moves back. And the setting's default and bounds.
+ * self-fencing counts from) in a region holding a protected VM, a failing
+ * barrier leaves it where it was, logSeenAt never moves back, and a region
+ * holding none proves nothing between checks. And the setting's default and
+ * bounds.
  */
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
@@ -10,10 +12,13 @@ import { DrSettingsSchema } from '../../src/dr/config.ts';
 import { DrDriver } from '../../src/dr/driver.ts';
 import { createDrMetrics } from '../../src/dr/metrics.ts';
 import { createLogger } from '../../src/log.ts';
-import { machineWith, localProvider, registerRegion } from './fleet-fixtures.ts';
+import { parseFleetCommand } from '../../src/fleet/commands.ts';
+import { assign, create, localProvider, machineWith, registerRegion, spec } from './fleet-fixtures.ts';
 
-function driver(barrier: (timeoutMs: number) => Promise<void>, now: () => number): DrDriver {
+/** dc1's driver; with `protectedHere`, dc1 runs web1, protected into dc2. */
+function driver(barrier: (timeoutMs: number) => Promise<void>, now: () => number, protectedHere = true): DrDriver {
   const m = machineWith(registerRegion('dc1', [localProvider(8, 16)]), registerRegion('dc2', [localProvider(8, 16)]));
+  if (protectedHere) for (const c of [create(spec('web1')), assign('web1', 'dc1', 1), parseFleetCommand({ kind: 'protect', vm: 'web1', drRegion: 'dc2' })]) expect(m.apply(c)).toMatchObject({ ok: true });
   return new DrDriver({
     region: 'dc1',
     settings: DrSettingsSchema.parse({ checkIntervalMs: 60_000, proveIntervalMs: 100, fenceAfterMs: 100_000, fenceHoldMs: 200_000 }),
@@ -72,6 +77,21 @@ describe('DR driver: proving the log current between checks', () => {
       await new Promise((resolve) => setImmediate(resolve));
       expect(d.logSeenAt()).toBe(start);
       expect(d.logConfirmed()).toBe(false);
+    } finally {
+      d.stop();
+    }
+  });
+
+  it('proves nothing between checks in a region that holds no protected VM (on PBFT every proof is an ordered request)', async () => {
+    let calls = 0;
+    const d = driver(async () => {
+      calls++;
+    }, Date.now, false);
+    d.start();
+    try {
+      // Ten proof intervals pass; the first check is a minute away.
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      expect(calls).toBe(0);
     } finally {
       d.stop();
     }
