@@ -400,7 +400,6 @@ function intListFlag(flags: Record<string, string>, flag: string): number[] {
   return items.map((item) => intFlag({ [flag]: item.trim() }, flag));
 }
 
-
 export const raftBench = defineBench<RaftBenchOptions>({
   flags: {
     'duration-ms': { default: '10000', description: 'measured time per system and client level, ms' },

@@ -78,10 +78,6 @@ export function planDrTest(vm: FleetVm | undefined, name: string, providerKind: 
  * none), so a newer one being recorded meanwhile is not the drill's change.
  */
 export function productionOf(vm: FleetVm | undefined): string {
-  if (vm === undefined) return JSON.stringify(null);
-  const p = vm.protection;
-  if (p === null || p.lastBackup === undefined) return JSON.stringify(vm);
-  const { lastBackup: _newest, ...rest } = p;
-  void _newest;
-  return JSON.stringify({ ...vm, protection: rest });
+  // JSON leaves out an undefined field: the record as it was, without its newest backup.
+  return JSON.stringify(vm === undefined || vm.protection === null ? (vm ?? null) : { ...vm, protection: { ...vm.protection, lastBackup: undefined } });
 }
