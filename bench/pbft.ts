@@ -15,6 +15,7 @@ import { generateKeyPairSync, sign, verify } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import { parseStat } from '../src/cloud/qemu/procfs.ts';
+import { metricValue } from '../test/integration/harness.ts';
 import { dwcpKvTarget, startDwcpCluster, type BenchScope } from './dwcp-cluster.ts';
 import { runClosedLoop, type ClosedLoopResult } from './raft.ts';
 import { defineBench, intFlag, machineFacts, oneOf, progress, renderTable, significant } from './run.ts';
@@ -86,11 +87,12 @@ async function sampleMembers(members: readonly { pid: number; metricsUrl: string
     try {
       cpuSeconds += parseStat(await readFile(`/proc/${m.pid}/stat`, 'utf8')).cpuSeconds;
       const text = await (await fetch(m.metricsUrl)).text();
-      persists += Number(/^dwcp_pbft_persist_duration_seconds_count (\S+)/m.exec(text)?.[1] ?? 0);
-      persistSeconds += Number(/^dwcp_pbft_persist_duration_seconds_sum (\S+)/m.exec(text)?.[1] ?? 0);
-      executedSeq = Math.max(executedSeq, Number(/^dwcp_pbft_executed_seq (\S+)/m.exec(text)?.[1] ?? 0));
-      verifies += Number(/^dwcp_pbft_signature_verify_duration_seconds_count (\S+)/m.exec(text)?.[1] ?? 0);
-      viewChanges += Number(/^dwcp_pbft_view_changes_total (\S+)/m.exec(text)?.[1] ?? 0);
+      const value = (name: string): number => metricValue(text, name) ?? 0;
+      persists += value('dwcp_pbft_persist_duration_seconds_count');
+      persistSeconds += value('dwcp_pbft_persist_duration_seconds_sum');
+      executedSeq = Math.max(executedSeq, value('dwcp_pbft_executed_seq'));
+      verifies += value('dwcp_pbft_signature_verify_duration_seconds_count');
+      viewChanges += value('dwcp_pbft_view_changes_total');
     } catch {
       // Exited mid-run: its puts fail too, and the run reports those errors.
     }
@@ -117,14 +119,15 @@ async function measure(plan: SystemPlan, opts: PbftBenchOptions): Promise<PbftLe
       const measured = await runClosedLoop(target, { ...level, durationMs: opts.durationMs });
       const after = await sampleMembers(cluster.members);
       const persists = after.persists - before.persists;
+      const pbft = plan.system === 'dwcp-pbft';
       const result: PbftLevelResult = {
         ...measured,
         cpu_ms_per_op: perOp(1000 * (after.cpuSeconds - before.cpuSeconds), measured.ops),
-        persists_per_op: plan.system === 'dwcp-pbft' ? perOp(persists, measured.ops) : null,
-        persist_ms_mean: plan.system === 'dwcp-pbft' ? perOp(1000 * (after.persistSeconds - before.persistSeconds), persists) : null,
-        ops_per_batch: plan.system === 'dwcp-pbft' ? perOp(measured.ops, after.executedSeq - before.executedSeq) : null,
-        verifies_per_op: plan.system === 'dwcp-pbft' ? perOp(after.verifies - before.verifies, measured.ops) : null,
-        view_changes: plan.system === 'dwcp-pbft' ? after.viewChanges - before.viewChanges : null,
+        persists_per_op: pbft ? perOp(persists, measured.ops) : null,
+        persist_ms_mean: pbft ? perOp(1000 * (after.persistSeconds - before.persistSeconds), persists) : null,
+        ops_per_batch: pbft ? perOp(measured.ops, after.executedSeq - before.executedSeq) : null,
+        verifies_per_op: pbft ? perOp(after.verifies - before.verifies, measured.ops) : null,
+        view_changes: pbft ? after.viewChanges - before.viewChanges : null,
       };
       const { system, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch, verifies_per_op, view_changes } = result;
       progress(JSON.stringify({ system, clients, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch, verifies_per_op, view_changes }));

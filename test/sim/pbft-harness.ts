@@ -188,10 +188,6 @@ export class ReplicaDriver {
     return this.#written;
   }
 
-  get queuedWrites(): number {
-    return this.#queued.length;
-  }
-
   /** Lands the queued writes up to index `upTo`, in order, and releases what each held back. */
   land(upTo: number): Released {
     const released: Released = { messages: [], replies: [] };
