@@ -24,9 +24,8 @@
 import { DwcpError } from '../errors.ts';
 import type { FleetVmSpec } from '../fleet/spec.ts';
 import type { FleetVm } from '../fleet/state-machine.ts';
-import { isFailedOver } from '../fleet/protection.ts';
+import { DR_TEST_LABEL, isFailedOver } from '../fleet/protection.ts';
 
-export const DR_TEST_LABEL = 'dwcp-dr-test';
 /** Provider kinds whose guests have no network interface at all. */
 export const NETWORKLESS_KINDS: readonly string[] = ['local', 'qemu'];
 const SUFFIX = '-drtest-';

@@ -47,6 +47,9 @@
 import { z } from 'zod';
 import { fleetName } from './spec.ts';
 
+/** The label a DR test's copy carries (src/dr/drill.ts): the name of the VM it tests. */
+export const DR_TEST_LABEL = 'dwcp-dr-test';
+
 export const DR_FAILBACK_MODES = ['auto', 'manual'] as const;
 export type DrFailbackMode = (typeof DR_FAILBACK_MODES)[number];
 

@@ -72,10 +72,9 @@ import { INSTANCE_STATES, type InstanceState } from '../cloud/provider.ts';
 import type { PowerState } from './commands.ts';
 import { DESIRED_VM_TAG } from './observed.ts';
 import { MIGRATION_TAG, wantsIncomingCopy, type FleetMigration, type MigrationMode } from './migrations.ts';
-import type { BackupRecord, FleetProtection } from './protection.ts';
+import { DR_TEST_LABEL, type BackupRecord, type FleetProtection } from './protection.ts';
 import type { FleetVmSpec } from './spec.ts';
 import type { FleetState, FleetVm } from './state-machine.ts';
-import { DR_TEST_LABEL } from '../dr/drill.ts';
 
 /**
  * Tags the reconciler puts on every copy it creates, and reads back from
@@ -583,6 +582,7 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
       else if (failed) status = 'failed';
       else {
         status = 'pending';
+        const restore = restoreOf(vm, a, desired);
         const create: ReconcileAction = {
           kind: 'create',
           provider: a.provider,
@@ -591,7 +591,7 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
           generation: a.generation,
           token: createToken(name, a.generation),
           tags: copyTags(name, a.generation),
-          ...(restoreOf(vm, a, desired) === undefined ? {} : { restore: restoreOf(vm, a, desired) }),
+          ...(restore === undefined ? {} : { restore }),
         };
         if (!fencing && !backingOff && !held && !migrating && !inFlight.has(actionKey(create) as string)) actions.push(create);
       }
@@ -627,7 +627,6 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
   return { actions: confirmed, memory: { attempts, reported, firstSeen }, wakeAt };
 }
 
-/** The backup a failed-over copy at this assignment starts from, if the failover recorded one. */
 /**
  * The DR backup a new copy starts from: a failed-over copy's, the backup its
  * failover recorded; a DR test's copy (src/dr/drill.ts, labelled with the VM

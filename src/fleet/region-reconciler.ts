@@ -114,8 +114,6 @@ export interface RegionReconcilerOptions {
 /** The tag a copy started from a DR backup carries: the backup's key (what `vm show` and `dr status` can name). */
 export const RESTORED_FROM_TAG = 'dwcp-restored-from';
 
-const DEFAULT_MAX_IN_FLIGHT = DEFAULT_PROVIDER_CONCURRENCY;
-
 export class RegionReconciler {
   readonly #o: RegionReconcilerOptions;
   #memory: ReconcilerMemory = EMPTY_RECONCILER_MEMORY;
@@ -230,10 +228,10 @@ export class RegionReconciler {
   #limit(provider: string): number {
     if (this.#o.maxInFlight !== undefined) return this.#o.maxInFlight;
     try {
-      return this.#o.inventory.concurrency?.(provider) ?? DEFAULT_MAX_IN_FLIGHT;
+      return this.#o.inventory.concurrency?.(provider) ?? DEFAULT_PROVIDER_CONCURRENCY;
     } catch {
       // A provider the inventory does not know: the action fails on its own, within the default bound.
-      return DEFAULT_MAX_IN_FLIGHT;
+      return DEFAULT_PROVIDER_CONCURRENCY;
     }
   }
 
