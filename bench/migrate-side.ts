@@ -184,18 +184,14 @@ export class LocalSide implements Side {
   }
 
   async live(m: FleetMigration, id: string): Promise<Outcome> {
-    this.#migrations.set(m.id, m);
-    try {
-      const handle = this.#transfer.start({ migration: m, step: 'live', source: { provider: 'qemu', id } });
-      const status = await until('the dwcp transfer', this.#o.timeoutMs + 60_000, async () => {
-        const s = handle.status();
-        return s.status === 'running' ? undefined : s;
-      });
-      if (status.status === 'failed') throw new Error(status.error ?? 'failed');
-      return { downtimeMs: status.downtimeMs ?? null, bytes: status.bytes };
-    } finally {
-      this.#migrations.delete(m.id);
-    }
+    // The migration's record matters at the target only (its service checks incoming channels against it): setMigration puts it there.
+    const handle = this.#transfer.start({ migration: m, step: 'live', source: { provider: 'qemu', id } });
+    const status = await until('the dwcp transfer', this.#o.timeoutMs + 60_000, async () => {
+      const s = handle.status();
+      return s.status === 'running' ? undefined : s;
+    });
+    if (status.status === 'failed') throw new Error(status.error ?? 'failed');
+    return { downtimeMs: status.downtimeMs ?? null, bytes: status.bytes };
   }
 
   async direct(id: string, nbd: string, state: string, downtimeMs: number): Promise<Outcome> {

@@ -21,7 +21,7 @@ import { adoptHashList, chunkHashList, type ChunkRef, type Manifest } from './ma
 import protobuf from 'protobufjs';
 import type { MessageSchema } from '../net/schema.ts';
 import { FrameError } from '../net/framing.ts';
-import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
+import { FieldError, loadProto, partsPrefix, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
 import { FRAME_HEADER_BYTES } from '../codec/frame.ts';
 import { DwcpError } from '../errors.ts';
 
@@ -214,11 +214,7 @@ function batchParts(batch: { first: number; count: number; frame: readonly Uint8
   // proto3 leaves a field at its default (0) out, as protobufjs does.
   if (batch.first !== 0) writer.uint32(TAG.first).uint32(batch.first);
   const fields = writer.uint32(TAG.count).uint32(batch.count).uint32(TAG.frame).uint32(frameBytes).finish();
-  const head = protobuf.Writer.create().uint32(TAG.batch).uint32(fields.byteLength + frameBytes).finish();
-  const prefix = new Uint8Array(head.byteLength + fields.byteLength);
-  prefix.set(head);
-  prefix.set(fields, head.byteLength);
-  return [prefix, ...batch.frame];
+  return [partsPrefix(TAG.batch, fields, frameBytes), ...batch.frame];
 }
 
 /** The outbound schema of a blob channel: BlobMessageSchema, with batches written from their parts. */

@@ -62,8 +62,6 @@ export interface MigrateServiceOptions {
   readonly codec?: LiveCodec;
 }
 
-type Channel = MigrateChannelStream;
-
 export class MigrateService {
   readonly #o: MigrateServiceOptions;
   readonly #stopping = new AbortController();
@@ -81,7 +79,7 @@ export class MigrateService {
     await this.#o.host.unhandle(MIGRATE_PROTOCOL).catch(() => {});
   }
 
-  #channel(stream: Stream): Channel {
+  #channel(stream: Stream): MigrateChannelStream {
     return new FramedStream(stream, { protocol: MIGRATE_PROTOCOL, maxFrameBytes: MIGRATE_MAX_FRAME_BYTES, inbound: MigrateInboundSchema, outbound: MigrateOutboundSchema, ...(this.#o.events ? { events: this.#o.events } : {}) });
   }
 
@@ -91,7 +89,7 @@ export class MigrateService {
    * disk-image, once the disk is written. Throws a DwcpError naming the
    * target: its refusal, or why it could not be reached.
    */
-  async open(target: string, migration: string, channel: MigrateChannel, opts: { key?: string; version?: string; signal?: AbortSignal } = {}): Promise<Channel> {
+  async open(target: string, migration: string, channel: MigrateChannel, opts: { key?: string; version?: string; signal?: AbortSignal } = {}): Promise<MigrateChannelStream> {
     const member = this.#o.members.list().find((m) => m.name === target);
     if (member === undefined) throw new DwcpError('not_found', `${target}: not a member of this federation`);
     if (!this.#o.isConnected(member.peerId)) throw new DwcpError('unavailable', `${target}: not connected`);

@@ -22,7 +22,7 @@
 import protobuf from 'protobufjs';
 import { isDwcpErrorCode } from '../errors.ts';
 import { FrameError, type FramedStream } from '../net/framing.ts';
-import { FieldError, loadProto, protoSchema, requireBytes, requireEnum, requireMessage, requireString, requireUint, type MessageSchema } from '../net/schema.ts';
+import { FieldError, loadProto, partsPrefix, protoSchema, requireBytes, requireEnum, requireMessage, requireString, requireUint, type MessageSchema } from '../net/schema.ts';
 
 export const MIGRATE_CHANNELS = ['state', 'disk', 'disk-image'] as const;
 export type MigrateChannel = (typeof MIGRATE_CHANNELS)[number];
@@ -80,7 +80,7 @@ function validate(o: Record<string, unknown>): MigrateMessage {
   }
 }
 
-/** Every message, every field checked; what arrives is decoded by MigrateMessageOutSchema, which falls back to this. */
+/** Every message, every field checked; what arrives is decoded by MigrateInboundSchema, which falls back to this. */
 export const MigrateMessageSchema: MessageSchema<MigrateMessage> = protoSchema(MIGRATE_MESSAGE, validate, { strictFields: true });
 
 /** Protobuf tags (field number << 3 | wire type) of MigrateMessage.data and Data's fields. */
@@ -97,13 +97,7 @@ function dataParts(chunk: readonly Uint8Array[], rawLength: number): Uint8Array[
   if (!Number.isSafeInteger(rawLength) || rawLength < 0 || rawLength > MIGRATE_CHUNK_BYTES) throw dataField('rawLength', `is ${rawLength}, outside 0..${MIGRATE_CHUNK_BYTES}`);
   const fields = protobuf.Writer.create().uint32(TAG.chunk).uint32(chunkBytes).finish();
   const tail = rawLength === 0 ? null : protobuf.Writer.create().uint32(TAG.rawLength).uint32(rawLength).finish();
-  const head = protobuf.Writer.create()
-    .uint32(TAG.data)
-    .uint32(fields.byteLength + chunkBytes + (tail?.byteLength ?? 0))
-    .finish();
-  const prefix = new Uint8Array(head.byteLength + fields.byteLength);
-  prefix.set(head);
-  prefix.set(fields, head.byteLength);
+  const prefix = partsPrefix(TAG.data, fields, chunkBytes + (tail?.byteLength ?? 0));
   return tail === null ? [prefix, ...chunk] : [prefix, ...chunk, tail];
 }
 

@@ -49,6 +49,8 @@ export interface PipeCounts {
  */
 export function pipe(ch: MigrateChannelStream, socket: Socket, counts: PipeCounts = { sent: 0, received: 0 }, codec: LiveCodec = 'none'): Promise<PipeCounts> {
   const packer = new LivePacker(codec);
+  // Uncompressed frames need no overlap: one in flight, the socket paused behind it.
+  const window = codec === 'none' ? 1 : MAX_FRAMES_IN_FLIGHT;
   const fail = (err: unknown): never => {
     const e = err instanceof Error ? err : new Error(String(err));
     socket.destroy(e);
@@ -113,7 +115,7 @@ export function pipe(ch: MigrateChannelStream, socket: Socket, counts: PipeCount
       // Each is awaited below or at the end; a failure must not go unhandled meanwhile.
       written.catch(() => undefined);
       inFlight.push(written);
-      if (codec === 'none' || inFlight.length >= MAX_FRAMES_IN_FLIGHT) await inFlight.shift();
+      if (inFlight.length >= window) await inFlight.shift();
       if (queued <= PIPE_BUFFER_BYTES && socket.isPaused()) socket.resume();
     }
     await written;

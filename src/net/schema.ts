@@ -89,6 +89,20 @@ function checked<T>(type: protobuf.Type, run: () => T): T {
   }
 }
 
+/**
+ * The head of a submessage sent as parts: its outer field's tag and length,
+ * then `fields` (its fields up to and including the tag and length of a bytes
+ * field whose `rest` bytes follow as separate arrays), as one array. What
+ * protobufjs would write before those bytes, byte for byte.
+ */
+export function partsPrefix(outerTag: number, fields: Uint8Array, rest: number): Uint8Array {
+  const head = protobuf.Writer.create().uint32(outerTag).uint32(fields.byteLength + rest).finish();
+  const prefix = new Uint8Array(head.byteLength + fields.byteLength);
+  prefix.set(head);
+  prefix.set(fields, head.byteLength);
+  return prefix;
+}
+
 /** The encoding of `msg` (in the JS shape fromObject takes), after checking it with the validator the receiver runs. */
 export function encodeProto(type: protobuf.Type, msg: Record<string, unknown>, validate: (obj: Record<string, unknown>) => unknown): Uint8Array {
   let wire: protobuf.Message;
