@@ -34,7 +34,7 @@ import { mkdir, open, readFile, rename, type FileHandle } from 'node:fs/promises
 import { dirname } from 'node:path';
 import { z } from 'zod';
 import { INSTANCE_STATES } from '../provider.ts';
-import { readStateFile, writeStateFile } from '../state-file.ts';
+import { CoalescedWrites, readStateFile, writeStateFile } from '../state-file.ts';
 import { MemoryVmStore, type LocalVmRecord } from './local-provider.ts';
 
 /** Below this many journal lines no compaction runs, however few records there are (tests lower it). */
@@ -80,9 +80,8 @@ export class FileVmStore extends MemoryVmStore {
   #journalLines: number;
   /** Changes not yet handed to a write. */
   #pending: string[] = [];
-  /** The next write (not yet started), which new changes join; and the write under way. */
-  #next: PromiseWithResolvers<void> | null = null;
-  #writing: Promise<void> | null = null;
+  /** Group commit: changes made while a write is under way share the next one, which takes #pending when it starts. */
+  readonly #writes = new CoalescedWrites(() => this.#write());
   /** An append or a compaction failed (the journal may end in a partial line): the next write compacts instead. */
   #compactNext = false;
   #closed = false;
@@ -141,8 +140,7 @@ export class FileVmStore extends MemoryVmStore {
 
   /** Resolves once every change so far has been written or has failed to be (reads wait for it; they never fail on it). */
   override durable(): Promise<void> {
-    const last = this.#next?.promise ?? this.#writing;
-    return last === null ? Promise.resolve() : last.catch(() => undefined);
+    return this.#writes.drain();
   }
 
   /** Waits for the writes under way and closes the journal; changes after this are refused. */
@@ -157,31 +155,15 @@ export class FileVmStore extends MemoryVmStore {
     if (this.#closed) return Promise.reject(new Error(`local VM store ${this.path} is closed`));
     // Serialised now: the record may change in memory before the write runs.
     this.#pending.push(`${JSON.stringify(change)}\n`);
-    if (this.#next !== null) return this.#next.promise;
-    const next = Promise.withResolvers<void>();
-    this.#next = next;
-    // Starts the write at once when none is under way (#drain takes the batch synchronously).
-    if (this.#writing === null) void this.#drain();
-    return next.promise;
+    return this.#writes.save();
   }
 
-  /** Runs the queued writes one after another until none is left. */
-  async #drain(): Promise<void> {
-    while (this.#next !== null) {
-      const batch = this.#next;
-      this.#next = null;
-      const lines = this.#pending;
-      this.#pending = [];
-      this.#writing = batch.promise;
-      try {
-        if (this.#compactNext || this.#journalLines + lines.length > Math.max(this.#compactMinLines, 2 * this.size)) await this.#compact();
-        else await this.#append(lines);
-        batch.resolve();
-      } catch (err) {
-        batch.reject(err);
-      }
-    }
-    this.#writing = null;
+  /** One write, called when it starts: the changes so far, appended, or a compaction (a snapshot holds them too). */
+  #write(): Promise<void> {
+    const lines = this.#pending;
+    this.#pending = [];
+    if (this.#compactNext || this.#journalLines + lines.length > Math.max(this.#compactMinLines, 2 * this.size)) return this.#compact();
+    return this.#append(lines);
   }
 
   async #append(lines: readonly string[]): Promise<void> {
