@@ -1,6 +1,6 @@
 /**
  * One end of the migrate bench (bench/migrate.ts): a qemu provider, a libp2p
- * host built like the mesh's, the /dwcp/migrate/1.0.0 service and the qemu
+ * host built like the mesh's, the /dwcp/migrate/2.0.0 service and the qemu
  * transfer, as a daemon of one region holds them, and the QMP sequence of
  * QEMU's direct migration (the reference) from its guests.
  *
@@ -22,7 +22,7 @@ import type { Libp2p } from 'libp2p';
 import { multiaddr } from '@multiformats/multiaddr';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { DirectoryImageSource } from '../src/cloud/qemu/directory-images.ts';
-import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, nextEvent, startMigration, startMirror, stopMirror } from '../src/cloud/qemu/migration-qmp.ts';
+import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, nextEvent, startMigration, startMirror, stopMirror, type Multifd } from '../src/cloud/qemu/migration-qmp.ts';
 import { QemuProvider } from '../src/cloud/qemu/qemu-provider.ts';
 import type { FleetMigration } from '../src/fleet/migrations.ts';
 import { createLogger } from '../src/log.ts';
@@ -42,6 +42,7 @@ export interface SideOptions {
   readonly images: string;
   readonly memoryMiB: number;
   readonly codec: LiveCodec;
+  readonly multifd: Multifd | null;
   readonly timeoutMs: number;
   readonly armAfterRounds: number;
 }
@@ -66,13 +67,13 @@ export interface Side {
   serialLog(id: string): Promise<string>;
   paused(id: string): Promise<boolean>;
   resume(id: string): Promise<void>;
-  incomingEndpoint(migration: string, channel: 'state' | 'disk'): Promise<string>;
+  incomingEndpoint(migration: string, channel: 'state' | 'disk', multifd?: Multifd | null): Promise<string>;
   /** The migration record this end's service checks incoming channels against. */
   setMigration(m: FleetMigration | null, id: string): Promise<void>;
   /** dwcp: the daemon's live step from guest `id`, to its end. */
   live(m: FleetMigration, id: string): Promise<Outcome>;
   /** The reference: QEMU to QEMU, the source connected to the destination's own sockets. */
-  direct(id: string, nbd: string, state: string, downtimeMs: number): Promise<Outcome>;
+  direct(id: string, nbd: string, state: string, downtimeMs: number, multifd?: Multifd | null): Promise<Outcome>;
   close(): Promise<void>;
 }
 
@@ -103,7 +104,7 @@ export class LocalSide implements Side {
     this.#o = o;
     this.#provider = provider;
     this.#host = host;
-    const log = createLogger('warn');
+    const log = createLogger(process.env.DWCP_BENCH_LOG === 'info' ? 'info' : 'warn');
     this.#service = new MigrateService({
       host,
       members: {
@@ -118,7 +119,7 @@ export class LocalSide implements Side {
       log,
       codec: o.codec,
     });
-    this.#transfer = new QemuTransfer({ guests: () => provider, channels: this.#service, codec: o.codec, blob: {} as never, convergence: { armAfterRounds: o.armAfterRounds, timeoutMs: o.timeoutMs }, log });
+    this.#transfer = new QemuTransfer({ guests: () => provider, channels: this.#service, codec: o.codec, multifd: o.multifd, blob: {} as never, convergence: { armAfterRounds: o.armAfterRounds, timeoutMs: o.timeoutMs }, log });
   }
 
   static async open(o: SideOptions): Promise<LocalSide> {
@@ -174,8 +175,8 @@ export class LocalSide implements Side {
     await this.#provider.resumePaused(id);
   }
 
-  async incomingEndpoint(migration: string, channel: 'state' | 'disk'): Promise<string> {
-    return this.#provider.incomingEndpoint(migration, channel);
+  async incomingEndpoint(migration: string, channel: 'state' | 'disk', multifd: Multifd | null = null): Promise<string> {
+    return this.#provider.incomingEndpoint(migration, channel, multifd);
   }
 
   async setMigration(m: FleetMigration | null, id: string): Promise<void> {
@@ -194,7 +195,7 @@ export class LocalSide implements Side {
     return { downtimeMs: status.downtimeMs ?? null, bytes: status.bytes };
   }
 
-  async direct(id: string, nbd: string, state: string, downtimeMs: number): Promise<Outcome> {
+  async direct(id: string, nbd: string, state: string, downtimeMs: number, multifd: Multifd | null = null): Promise<Outcome> {
     const { qmp } = await this.#provider.migrationSource(id);
     await startMirror(qmp, nbd);
     try {
@@ -203,7 +204,7 @@ export class LocalSide implements Side {
         if (performance.now() > deadline) throw new Error('the mirror was not ready within 60000 ms');
       }
       const startedAt = Date.now();
-      await startMigration(qmp, state, downtimeMs);
+      await startMigration(qmp, state, downtimeMs, multifd);
       let armed = false;
       for (;;) {
         const info = await migrationInfo(qmp);
@@ -276,10 +277,10 @@ export async function forkSide(o: SideOptions): Promise<Side & { readonly child:
     serialLog: (id) => call('serialLog', id),
     paused: (id) => call('paused', id),
     resume: (id) => call('resume', id),
-    incomingEndpoint: (migration, channel) => call('incomingEndpoint', migration, channel),
+    incomingEndpoint: (migration, channel, multifd) => call('incomingEndpoint', migration, channel, multifd ?? null),
     setMigration: (m, id) => call('setMigration', m, id),
     live: (m, id) => call('live', m, id),
-    direct: (id, nbd, state, downtimeMs) => call('direct', id, nbd, state, downtimeMs),
+    direct: (id, nbd, state, downtimeMs, multifd) => call('direct', id, nbd, state, downtimeMs, multifd ?? null),
     async close() {
       await call('close').catch(() => undefined);
       child.disconnect();

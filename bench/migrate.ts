@@ -6,7 +6,7 @@
  * - **Subject**: the source daemon's side of the transport as the daemon
  *   runs it (src/migration/qemu-transfer.ts `live` step: disk mirror to the
  *   destination's NBD export, then `migrate`, both carried by
- *   /dwcp/migrate/1.0.0 (migrate-service.ts) over two libp2p hosts built
+ *   /dwcp/migrate/2.0.0 (migrate-service.ts) over two libp2p hosts built
  *   like the mesh's (TCP + Noise + Yamux) on loopback, each end relaying a
  *   Unix socket), into a destination QEMU prepared by the qemu provider
  *   (`-S -incoming defer`) and continued by it once the stream completed.
@@ -35,6 +35,7 @@ import { mkdtemp, open, readFile, rm, writeFile, cp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
+import { DEFAULT_MULTIFD, MAX_MULTIFD_CHANNELS, MULTIFD_COMPRESSIONS, type Multifd } from '../src/cloud/qemu/migration-qmp.ts';
 import { processesNaming } from '../src/cloud/qemu/procfs.ts';
 import type { FleetMigration } from '../src/fleet/migrations.ts';
 import { DEFAULT_CONVERGENCE } from '../src/migration/convergence.ts';
@@ -52,6 +53,10 @@ export interface MigrateOptions {
   pollMs: number;
   codec: LiveCodec;
   processes: 1 | 2;
+  /** QEMU's multifd for dwcp's runs (null: one connection). */
+  multifd: Multifd | null;
+  /** The reference with the same multifd (else QEMU's defaults: one connection). */
+  directMultifd: boolean;
 }
 
 interface Run {
@@ -182,7 +187,8 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
     await cp(built, join(images, `d${rate}`), { recursive: true });
     await writeFile(join(images, `d${rate}`, 'image.json'), JSON.stringify({ ...manifest, cmdline: `${manifest.cmdline} dwcp.dirty_mib_s=${rate}` }));
   }
-  const sideOptions = (name: string): SideOptions => ({ name, dir: join(root, name), images, memoryMiB: o.memoryMiB, codec: o.codec, timeoutMs: o.timeoutMs, armAfterRounds: ARM_AFTER_ROUNDS });
+  const directMultifd = o.directMultifd ? o.multifd : null;
+  const sideOptions = (name: string): SideOptions => ({ name, dir: join(root, name), images, memoryMiB: o.memoryMiB, codec: o.codec, multifd: o.multifd, timeoutMs: o.timeoutMs, armAfterRounds: ARM_AFTER_ROUNDS });
   // Side b in a process of its own (--processes 2): each migration's two relays on two event loops, as two daemons have them.
   const sideA = await LocalSide.open(sideOptions('a'));
   const sides: Side[] = [sideA];
@@ -227,7 +233,7 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
         let outcome: Outcome | undefined;
         let totalMs: number | null = null;
         try {
-          outcome = method === 'dwcp' ? await from.live(m, guest) : await from.direct(guest, await to.incomingEndpoint(id, 'disk'), await to.incomingEndpoint(id, 'state'), o.downtimeMs);
+          outcome = method === 'dwcp' ? await from.live(m, guest) : await from.direct(guest, await to.incomingEndpoint(id, 'disk'), await to.incomingEndpoint(id, 'state', directMultifd), o.downtimeMs, directMultifd);
           await until('the destination running', 60_000, async () => ((await to.running(incoming)) ? true : undefined));
           totalMs = performance.now() - t0;
           await until('ticks at the destination', 60_000, async () => (watch.last() >= firstTick + 10 ? true : undefined));
@@ -290,7 +296,7 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
   return {
     bench: 'migrate',
     ...facts,
-    options: { runs: o.runs, processes: o.processes, codec: o.codec, rates_mib_s: o.rates, memory_mib: o.memoryMiB, downtime_limit_ms: o.downtimeMs, timeout_ms: o.timeoutMs, poll_ms: o.pollMs },
+    options: { runs: o.runs, processes: o.processes, codec: o.codec, multifd: o.multifd, direct_multifd: o.directMultifd, rates_mib_s: o.rates, memory_mib: o.memoryMiB, downtime_limit_ms: o.downtimeMs, timeout_ms: o.timeoutMs, poll_ms: o.pollMs },
     ratios: { total_p50: 'dwcp total time / direct total time (above 1: dwcp slower)', qemu_downtime_p50: 'dwcp QEMU downtime / direct (above 1: dwcp longer)', tick_gap_wall_p50: 'largest tick gap seen, dwcp / direct' },
     results: summary,
     loadavg_after: machineFacts().loadavg,
@@ -307,6 +313,9 @@ export const migrateBench = defineBench<MigrateOptions>({
     'poll-ms': { default: '10', description: 'how often the serial logs are read for tick lines' },
     codec: { default: 'lz4', description: 'how the transport compresses the live channels: lz4 or none' },
     processes: { default: '2', description: "1: both ends (providers, libp2p hosts, relays) in this process; 2: end b in a child process, so the two daemons' relays do not share an event loop" },
+    multifd: { default: String(DEFAULT_MULTIFD.channels), description: "QEMU's multifd channels for dwcp's runs (0: off), as fleet.migration.multifdChannels" },
+    'multifd-compression': { default: DEFAULT_MULTIFD.compression, description: 'how QEMU compresses the multifd channels: none, zlib or zstd' },
+    'direct-multifd': { default: 'no', description: "yes: the reference migrates with the same multifd; no: with QEMU's defaults (one connection)" },
   },
   parse(flags) {
     const rates = (flags['rates'] ?? '').split(',').map((r) => Number(r.trim()));
@@ -316,7 +325,14 @@ export const migrateBench = defineBench<MigrateOptions>({
     if (codec !== 'lz4' && codec !== 'none') throw new FlagError('codec', `must be lz4 or none, got "${codec}"`);
     const processes = intFlag(flags, 'processes');
     if (processes !== 1 && processes !== 2) throw new FlagError('processes', `must be 1 or 2, got "${flags['processes']}"`);
-    return { runs: intFlag(flags, 'runs'), processes, rates, memoryMiB, downtimeMs: intFlag(flags, 'downtime-ms'), timeoutMs: intFlag(flags, 'timeout-ms', 1000), pollMs: intFlag(flags, 'poll-ms'), codec };
+    const channels = intFlag(flags, 'multifd', 0);
+    if (channels > MAX_MULTIFD_CHANNELS) throw new FlagError('multifd', `must be 0..${MAX_MULTIFD_CHANNELS}, got ${channels}`);
+    const compression = MULTIFD_COMPRESSIONS.find((c) => c === flags['multifd-compression']);
+    if (compression === undefined) throw new FlagError('multifd-compression', `must be one of ${MULTIFD_COMPRESSIONS.join(', ')}, got "${flags['multifd-compression']}"`);
+    const directMultifd = flags['direct-multifd'];
+    if (directMultifd !== 'yes' && directMultifd !== 'no') throw new FlagError('direct-multifd', `must be yes or no, got "${directMultifd}"`);
+    const multifd = channels === 0 ? null : { channels, compression };
+    return { runs: intFlag(flags, 'runs'), processes, rates, memoryMiB, downtimeMs: intFlag(flags, 'downtime-ms'), timeoutMs: intFlag(flags, 'timeout-ms', 1000), pollMs: intFlag(flags, 'poll-ms'), codec, multifd, directMultifd: directMultifd === 'yes' };
   },
   run: runMigrateBench,
 });

@@ -137,7 +137,7 @@ export class Daemon {
   readonly imageSource: BlobImageSource;
   /** /dwcp/image/1.0.0: asks holders for image parts, and answers such asks (src/image/fetch.ts). */
   readonly #imageFetch: ImageFetch;
-  /** /dwcp/migrate/1.0.0: a qemu migration's bytes to and from the other region's daemon (src/migration/migrate-service.ts). */
+  /** /dwcp/migrate/2.0.0: a qemu migration's bytes to and from the other region's daemon (src/migration/migrate-service.ts). */
   readonly #migrate: MigrateService;
   /**
    * Settles if a component fails in a way the daemon cannot serve through
@@ -219,6 +219,7 @@ export class Daemon {
       guests: (name) => parts.cloud.migrationGuests(name),
       channels: this.#migrate,
       codec: config.fleet.migration.liveCodec,
+      multifd: config.fleet.migration.multifdChannels === 0 ? null : { channels: config.fleet.migration.multifdChannels, compression: config.fleet.migration.multifdCompression },
       blob: parts.blob,
       convergence: { armAfterRounds: config.fleet.migration.autoConvergeAfterRounds, timeoutMs: config.fleet.migration.convergeTimeoutMs },
       log: migrationLog,

@@ -22,9 +22,18 @@
  */
 import { CompressionSkip } from '../blob/transfer.ts';
 import { codecFor, type CodecName } from '../codec/codecs.ts';
+import type { MigrateOpen } from './migrate-wire.ts';
 
 /** How this end compresses the live channels' frames. */
 export type LiveCodec = Extract<CodecName, 'lz4' | 'none'>;
+
+/**
+ * How an end compresses a channel's frames: a multifd channel QEMU already
+ * compressed is sent as it is (LZ4 would only cost the relay CPU).
+ */
+export function liveCodecFor(open: Pick<MigrateOpen, 'stream' | 'multifd'>, codec: LiveCodec = 'none'): LiveCodec {
+  return open.multifd !== null && open.stream > 0 && open.multifd.compression !== 'none' ? 'none' : codec;
+}
 
 /** A Data frame's payload: the chunk as arrays (sent where they lie) or compressed, with its raw length (0: not compressed). */
 export interface PackedData {

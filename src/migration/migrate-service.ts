@@ -1,12 +1,16 @@
 /**
- * /dwcp/migrate/1.0.0 (proto/migrate.proto), both ends: a migration's bytes
+ * /dwcp/migrate/2.0.0 (proto/migrate.proto), both ends: a migration's bytes
  * between the source region's daemon and the target region's, over the
  * members' Noise connection. The source opens one stream per channel:
  *
  * - `state`: QEMU's migration stream. The source QEMU writes it to a Unix
  *   socket the source daemon listens on (qemu-transfer.ts); this carries
  *   it to the target daemon, which connects to the socket its destination
- *   QEMU listens on (`migrate-incoming unix:…`) and feeds it.
+ *   QEMU listens on (`migrate-incoming unix:…`) and feeds it. With QEMU's
+ *   multifd the stream is 1 + N connections, each a `state` stream of its
+ *   own, numbered: the target connects stream 0 (QEMU's main channel)
+ *   first, since its QEMU takes the first connection as the main one, and
+ *   the others once it has (or refuses them when it never does).
  * - `disk`: the NBD connection of the source's disk mirror, the same way
  *   (the destination exports its disk over NBD, both directions carry).
  * - `disk-image`: cold and warm. The disk's blob is already in the target's
@@ -30,20 +34,22 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import type { MemberDirectory } from '../federation/members.ts';
 import type { Logger } from '../log.ts';
 import type { BlobStore } from '../blob/store.ts';
+import type { Multifd } from '../cloud/qemu/migration-qmp.ts';
 import type { QemuMigrationGuests } from '../cloud/qemu/qemu-provider.ts';
 import { DwcpError, isDwcpErrorCode } from '../errors.ts';
 import type { FleetMigration } from '../fleet/migrations.ts';
 import { FramedStream, type FrameEvents } from '../net/framing.ts';
 import type { ProtocolHost } from '../net/host.ts';
-import type { LiveCodec } from './live-codec.ts';
+import { liveCodecFor, type LiveCodec } from './live-codec.ts';
 import { pipe } from './relay.ts';
-import { MIGRATE_MAX_FRAME_BYTES, MIGRATE_MAX_TEXT, MigrateInboundSchema, MigrateOutboundSchema, type MigrateChannel, type MigrateChannelStream, type MigrateMessage } from './migrate-wire.ts';
+import { MIGRATE_MAX_FRAME_BYTES, MIGRATE_MAX_TEXT, MigrateInboundSchema, MigrateOutboundSchema, type MigrateChannel, type MigrateChannelStream, type MigrateMessage, type MigrateOpen } from './migrate-wire.ts';
 
-export const MIGRATE_PROTOCOL = '/dwcp/migrate/1.0.0';
+export const MIGRATE_PROTOCOL = '/dwcp/migrate/2.0.0';
 const OPEN_TIMEOUT_MS = 10_000;
 /** How long the target may take to answer an Open: a disk-image answer comes after the disk is written. */
 const ANSWER_TIMEOUT_MS = 600_000;
-const MAX_INBOUND_STREAMS = 16;
+/** Per connection: a few concurrent migrations, each a disk stream and up to 1 + MAX_MULTIFD_CHANNELS state streams. */
+const MAX_INBOUND_STREAMS = 64;
 
 export interface MigrateServiceOptions {
   readonly host: ProtocolHost;
@@ -65,6 +71,8 @@ export interface MigrateServiceOptions {
 export class MigrateService {
   readonly #o: MigrateServiceOptions;
   readonly #stopping = new AbortController();
+  /** Per migration receiving multifd: the destination's state socket once its main stream connected. */
+  readonly #mainChannels = new Map<string, PromiseWithResolvers<string>>();
 
   constructor(options: MigrateServiceOptions) {
     this.#o = options;
@@ -89,7 +97,7 @@ export class MigrateService {
    * disk-image, once the disk is written. Throws a DwcpError naming the
    * target: its refusal, or why it could not be reached.
    */
-  async open(target: string, migration: string, channel: MigrateChannel, opts: { key?: string; version?: string; signal?: AbortSignal } = {}): Promise<MigrateChannelStream> {
+  async open(target: string, migration: string, channel: MigrateChannel, opts: { key?: string; version?: string; stream?: number; multifd?: Multifd | null; signal?: AbortSignal } = {}): Promise<MigrateChannelStream> {
     const member = this.#o.members.list().find((m) => m.name === target);
     if (member === undefined) throw new DwcpError('not_found', `${target}: not a member of this federation`);
     if (!this.#o.isConnected(member.peerId)) throw new DwcpError('unavailable', `${target}: not connected`);
@@ -103,7 +111,7 @@ export class MigrateService {
     }
     const ch = this.#channel(stream);
     try {
-      await ch.write({ kind: 'open', open: { migration, channel, key: opts.key ?? '', version: opts.version ?? '' } }, { signal });
+      await ch.write({ kind: 'open', open: { migration, channel, key: opts.key ?? '', version: opts.version ?? '', stream: opts.stream ?? 0, multifd: opts.multifd ?? null } }, { signal });
       const answer = await ch.read({ signal: AbortSignal.any([signal, AbortSignal.timeout(channel === 'disk-image' ? ANSWER_TIMEOUT_MS : OPEN_TIMEOUT_MS)]) });
       if (answer?.kind === 'refuse') throw new DwcpError(isDwcpErrorCode(answer.refuse.code) ? answer.refuse.code : 'internal', `${target}: ${answer.refuse.message}`);
       if (answer?.kind !== 'accept') throw new DwcpError('unavailable', `${target}: answered the ${channel} channel of ${migration} with ${answer === undefined ? 'the end of the stream' : `a ${answer.kind}`}`);
@@ -126,7 +134,7 @@ export class MigrateService {
       return;
     }
     const ch = this.#channel(stream);
-    let open: Extract<MigrateMessage, { kind: 'open' }>['open'];
+    let open: MigrateOpen;
     try {
       const first = await ch.read({ signal: AbortSignal.timeout(OPEN_TIMEOUT_MS) });
       if (first?.kind !== 'open') throw new DwcpError('invalid', `expected an open, got ${first === undefined ? 'the end of the stream' : first.kind}`);
@@ -150,12 +158,12 @@ export class MigrateService {
         await ch.close();
         return;
       }
-      const path = await guests.incomingEndpoint(open.migration, open.channel);
-      const socket = await connectUnix(path);
+      const socket = await this.#connectIncoming(guests, open);
       await ch.write({ kind: 'accept', accept: {} });
-      log.info({ member: member.name, migration: open.migration, channel: open.channel }, 'migration channel open');
-      const counts = await pipe(ch, socket, undefined, this.#o.codec);
-      log.info({ member: member.name, migration: open.migration, channel: open.channel, bytesIn: counts.received, bytesOut: counts.sent }, 'migration channel closed');
+      const at = { member: member.name, migration: open.migration, channel: open.channel, ...(open.multifd === null ? {} : { stream: open.stream }) };
+      log.info(at, 'migration channel open');
+      const counts = await pipe(ch, socket, undefined, liveCodecFor(open, this.#o.codec));
+      log.info({ ...at, bytesIn: counts.received, bytesOut: counts.sent }, 'migration channel closed');
     } catch (err) {
       if (ch.stream.status !== 'open') {
         log.warn({ member: member.name, migration: open.migration, channel: open.channel, err: errorText(err) }, 'migration channel broke');
@@ -163,6 +171,45 @@ export class MigrateService {
       }
       await refuse(err instanceof DwcpError ? err.code : 'internal', errorText(err));
     }
+  }
+
+  /**
+   * Connects to the destination QEMU's socket for `open`. A multifd state
+   * stream other than the main one waits until the main one connected
+   * (QEMU takes the first connection as the main channel), at most
+   * OPEN_TIMEOUT_MS.
+   */
+  async #connectIncoming(guests: QemuMigrationGuests, open: MigrateOpen): Promise<Socket> {
+    const channel = open.channel === 'disk' ? 'disk' : 'state';
+    if (open.multifd === null) return connectUnix(await guests.incomingEndpoint(open.migration, channel));
+    const key = open.migration;
+    let main = this.#mainChannels.get(key);
+    if (main === undefined) {
+      main = Promise.withResolvers<string>();
+      main.promise.catch(() => undefined);
+      this.#mainChannels.set(key, main);
+    }
+    if (open.stream === 0) {
+      try {
+        const path = await guests.incomingEndpoint(open.migration, 'state', open.multifd);
+        const socket = await connectUnix(path);
+        main.resolve(path);
+        // Later streams of this migration connect behind it; a retried migration gets a new id.
+        socket.once('close', () => this.#mainChannels.delete(key));
+        return socket;
+      } catch (err) {
+        main.reject(err);
+        this.#mainChannels.delete(key);
+        throw err;
+      }
+    }
+    this.#o.log.debug({ migration: key, stream: open.stream }, 'multifd state stream waits for its main stream to connect');
+    const timeout = AbortSignal.timeout(OPEN_TIMEOUT_MS);
+    const path = await Promise.race([
+      main.promise,
+      new Promise<never>((_, reject) => timeout.addEventListener('abort', () => reject(new DwcpError('unavailable', `the main state stream of migration ${key} did not connect within ${OPEN_TIMEOUT_MS} ms, so multifd stream ${open.stream} cannot`)), { once: true })),
+    ]);
+    return connectUnix(path);
   }
 
   /** The incoming guests of a migration from `from` into this region, or the DwcpError saying why not. */

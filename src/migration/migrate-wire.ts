@@ -1,5 +1,5 @@
 /**
- * The messages of /dwcp/migrate/1.0.0 (proto/migrate.proto) at the edge:
+ * The messages of /dwcp/migrate/2.0.0 (proto/migrate.proto) at the edge:
  * one schema that validates every field of what arrives, and the outbound
  * schema the channels write with.
  *
@@ -22,6 +22,7 @@
 import protobuf from 'protobufjs';
 import { isDwcpErrorCode } from '../errors.ts';
 import { FrameError, type FramedStream } from '../net/framing.ts';
+import { MAX_MULTIFD_CHANNELS, MULTIFD_COMPRESSIONS, type Multifd } from '../cloud/qemu/migration-qmp.ts';
 import { FieldError, loadProto, partsPrefix, protoSchema, requireBytes, requireEnum, requireMessage, requireString, requireUint, type MessageSchema } from '../net/schema.ts';
 
 export const MIGRATE_CHANNELS = ['state', 'disk', 'disk-image'] as const;
@@ -34,10 +35,25 @@ export const MIGRATE_MAX_FRAME_BYTES = MIGRATE_CHUNK_BYTES + 1024;
 export const MIGRATE_MAX_TEXT = 1024;
 
 export type MigrateMessage =
-  | { kind: 'open'; open: { migration: string; channel: MigrateChannel; key: string; version: string } }
+  | { kind: 'open'; open: MigrateOpen }
   | { kind: 'accept'; accept: Record<string, never> }
   | { kind: 'refuse'; refuse: { code: string; message: string } }
   | { kind: 'data'; data: { chunk: Uint8Array; rawLength: number } };
+
+/**
+ * What a channel is for. `stream` and `multifd` are the state channel's:
+ * which of QEMU's connections it carries (0: the main channel, 1..N:
+ * multifd) and QEMU's multifd settings (null: off), which the target gives
+ * its destination QEMU before it listens.
+ */
+export interface MigrateOpen {
+  migration: string;
+  channel: MigrateChannel;
+  key: string;
+  version: string;
+  stream: number;
+  multifd: Multifd | null;
+}
 
 /** A channel as both ends hold it. */
 export type MigrateChannelStream = FramedStream<MigrateMessage, MigrateMessageOut>;
@@ -52,15 +68,7 @@ function validate(o: Record<string, unknown>): MigrateMessage {
   const kind = requireEnum(o, 'kind', ['open', 'accept', 'refuse', 'data']);
   switch (kind) {
     case 'open':
-      return {
-        kind,
-        open: requireMessage(o, kind, (m) => ({
-          migration: requireString(m, 'migration', { max: 128 }),
-          channel: requireEnum(m, 'channel', MIGRATE_CHANNELS),
-          key: requireString(m, 'key', { max: MIGRATE_MAX_TEXT, optional: true }),
-          version: requireString(m, 'version', { max: 64, optional: true }),
-        })),
-      };
+      return { kind, open: requireMessage(o, kind, validateOpen) };
     case 'accept':
       return { kind, accept: {} };
     case 'refuse':
@@ -80,8 +88,34 @@ function validate(o: Record<string, unknown>): MigrateMessage {
   }
 }
 
+function validateOpen(m: Record<string, unknown>): MigrateOpen {
+  const channel = requireEnum(m, 'channel', MIGRATE_CHANNELS);
+  const channels = requireUint(m, 'multifdChannels', { max: MAX_MULTIFD_CHANNELS });
+  const stream = requireUint(m, 'stream', { max: channels });
+  const multifd = channels === 0 ? null : { channels, compression: requireEnum(m, 'multifdCompression', MULTIFD_COMPRESSIONS) };
+  if (multifd !== null && channel !== 'state') throw new FieldError('multifdChannels', `is ${channels} on a ${channel} channel; only the state channel is QEMU's migration stream`);
+  if (multifd === null && m['multifdCompression'] !== undefined && m['multifdCompression'] !== '') throw new FieldError('multifdCompression', 'is set while multifdChannels is 0');
+  return {
+    migration: requireString(m, 'migration', { max: 128 }),
+    channel,
+    key: requireString(m, 'key', { max: MIGRATE_MAX_TEXT, optional: true }),
+    version: requireString(m, 'version', { max: 64, optional: true }),
+    stream,
+    multifd,
+  };
+}
+
 /** Every message, every field checked; what arrives is decoded by MigrateInboundSchema, which falls back to this. */
-export const MigrateMessageSchema: MessageSchema<MigrateMessage> = protoSchema(MIGRATE_MESSAGE, validate, { strictFields: true });
+export const MigrateMessageSchema: MessageSchema<MigrateMessage> = (() => {
+  const schema = protoSchema(MIGRATE_MESSAGE, validate, { strictFields: true });
+  // Open's multifd is one field here and two on the wire (multifd_channels, multifd_compression).
+  const wire = (msg: MigrateMessage): MigrateMessage => {
+    if (msg.kind !== 'open') return msg;
+    const { multifd, ...rest } = msg.open;
+    return { kind: 'open', open: { ...rest, ...(multifd === null ? {} : { multifdChannels: multifd.channels, multifdCompression: multifd.compression }) } as unknown as MigrateOpen };
+  };
+  return { ...schema, encode: (msg) => schema.encode(wire(msg)) };
+})();
 
 /** Protobuf tags (field number << 3 | wire type) of MigrateMessage.data and Data's fields. */
 const TAG = { data: (4 << 3) | 2, chunk: (1 << 3) | 2, rawLength: (2 << 3) | 0 } as const;

@@ -4,11 +4,14 @@
  * the migrator polls.
  *
  * - `live`: the disk is mirrored and the memory migrated by QEMU itself,
- *   both carried over /dwcp/migrate/1.0.0 (migrate-service.ts): this daemon
+ *   both carried over /dwcp/migrate/2.0.0 (migrate-service.ts): this daemon
  *   listens on two Unix sockets in the guest's directory (0600), the source
  *   QEMU connects its NBD mirror target and its `migrate` to them, and each
  *   connection becomes a channel to the target daemon, which feeds its
- *   destination QEMU (started `-S -incoming defer`). Order: mirror until
+ *   destination QEMU (started `-S -incoming defer`). With multifd (the
+ *   default: `multifd` below), QEMU's `migrate` makes 1 + N connections,
+ *   each a state stream numbered in the order they came (the main channel
+ *   first), its RAM pages compressed by QEMU's threads. Order: mirror until
  *   ready (from then on every write reaches both disks), then `migrate` with
  *   `downtime-limit` from the migration's --max-downtime, watched through
  *   `query-migrate` (convergence.ts: auto-converge after K rounds, abort at
@@ -38,12 +41,12 @@
 import { chmod, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { BlobService } from '../blob/service.ts';
-import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, nextEvent, startMigration, startMirror, stopMirror } from '../cloud/qemu/migration-qmp.ts';
+import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, nextEvent, startMigration, startMirror, stopMirror, type Multifd } from '../cloud/qemu/migration-qmp.ts';
 import type { QemuMigrationGuests } from '../cloud/qemu/qemu-provider.ts';
 import type { Logger } from '../log.ts';
 import type { TransferStatus, TransferStep } from './coordinator.ts';
 import { DEFAULT_CONVERGENCE, judgeConvergence, type ConvergenceOptions } from './convergence.ts';
-import type { LiveCodec } from './live-codec.ts';
+import { liveCodecFor, type LiveCodec } from './live-codec.ts';
 import type { MigrateService } from './migrate-service.ts';
 import { pipe, type PipeCounts } from './relay.ts';
 import type { MigrateChannel } from './migrate-wire.ts';
@@ -60,6 +63,8 @@ export interface QemuTransferOptions {
   readonly channels: Pick<MigrateService, 'open'>;
   /** How this end compresses the live channels' frames. */
   readonly codec?: LiveCodec;
+  /** QEMU's multifd for the state stream (null or absent: one connection). */
+  readonly multifd?: Multifd | null;
   readonly blob: Pick<BlobService, 'put' | 'remove'>;
   readonly convergence?: ConvergenceOptions;
   /** Warm: pre-copy rounds at most. */
@@ -162,14 +167,15 @@ class StepRun implements TransferHandle {
     const pipes: Promise<PipeCounts>[] = [];
     const counts: PipeCounts[] = [];
     const moved = (): number => counts.reduce((sum, c) => sum + c.sent + c.received, 0);
+    const multifd = this.#o.multifd ?? null;
     // A broken channel fails the step at once (QEMU would notice only when it next writes).
     const broken = new Promise<never>((_, reject) => {
-      const relay = (channel: MigrateChannel) => async (socket: Socket) => {
+      const relay = (channel: MigrateChannel) => async (socket: Socket, stream: number) => {
         try {
-          const ch = await this.#o.channels.open(m.target.region, m.id, channel, { signal });
+          const ch = await this.#o.channels.open(m.target.region, m.id, channel, { signal, ...(channel === 'state' ? { stream, multifd } : {}) });
           const c: PipeCounts = { sent: 0, received: 0 };
           counts.push(c);
-          const piped = pipe(ch, socket, c, this.#o.codec);
+          const piped = pipe(ch, socket, c, channel === 'state' ? liveCodecFor({ stream, multifd }, this.#o.codec) : this.#o.codec);
           pipes.push(piped);
           await piped;
         } catch (err) {
@@ -177,8 +183,7 @@ class StepRun implements TransferHandle {
           reject(new StepFailed(`the ${channel} channel to ${m.target.region}: ${errorText(err)}`));
         }
       };
-      const listen = async (path: string, channel: MigrateChannel) => this.#listen(path, relay(channel));
-      void Promise.all([listen(source.files.nbdOut, 'disk'), listen(source.files.migrateOut, 'state')]).catch(reject);
+      void Promise.all([this.#listen(source.files.nbdOut, 1, relay('disk')), this.#listen(source.files.migrateOut, 1 + (multifd?.channels ?? 0), relay('state'))]).catch(reject);
     });
     broken.catch(() => undefined);
     const aborted = new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }));
@@ -208,8 +213,8 @@ class StepRun implements TransferHandle {
     const convergence = this.#o.convergence ?? DEFAULT_CONVERGENCE;
     const startedAt = this.#now();
     migrating = true;
-    await race(startMigration(qmp, source.files.migrateOut, downtimeLimit));
-    log.info({ migration: m.id, vm: m.vm, diskBytes: moved(), mirrorMs: startedAt - began, downtimeLimitMs: downtimeLimit }, 'qemu migration: disk mirrored, migrating memory');
+    await race(startMigration(qmp, source.files.migrateOut, downtimeLimit, multifd));
+    log.info({ migration: m.id, vm: m.vm, diskBytes: moved(), mirrorMs: startedAt - began, downtimeLimitMs: downtimeLimit, multifdChannels: multifd?.channels ?? 0 }, 'qemu migration: disk mirrored, migrating memory');
     // From here the destination may receive the whole state: unsure counts as "may run".
     let armed = false;
     for (;;) {
@@ -247,13 +252,14 @@ class StepRun implements TransferHandle {
 
   #listening: Promise<void> = Promise.resolve();
 
-  /** Listens on `path` (0600) for one connection from the source QEMU. */
-  #listen(path: string, onConnection: (socket: Socket) => Promise<void>): Promise<void> {
+  /** Listens on `path` (0600) for `connections` connections from the source QEMU, numbered in the order they came. */
+  #listen(path: string, connections: number, onConnection: (socket: Socket, index: number) => Promise<void>): Promise<void> {
     const ready = (async () => {
       await rm(path, { force: true });
+      let accepted = 0;
       const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
-        server.close();
-        void onConnection(socket);
+        if (++accepted === connections) server.close();
+        void onConnection(socket, accepted - 1);
       });
       this.#cleanups.push(async () => {
         server.close();

@@ -1,7 +1,7 @@
 /**
  * The relay at each end of a live migration's channel (migrate-service.ts):
  * a local Unix socket's bytes (QEMU's migration stream, the disk mirror's
- * NBD connection) carried both ways over a /dwcp/migrate/1.0.0 stream as
+ * NBD connection) carried both ways over a /dwcp/migrate/2.0.0 stream as
  * Data frames.
  *
  * Its cost per byte is the migration's speed (the relay is CPU-bound in

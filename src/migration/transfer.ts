@@ -14,7 +14,7 @@
  *   end to end with real daemons and no hypervisor.
  * - `qemu` (qemu-transfer.ts): warm/cold move the disk as blob deltas, live
  *   carries QEMU's migration stream and its disk mirror over
- *   /dwcp/migrate/1.0.0 to the target daemon, which feeds its incoming QEMU.
+ *   /dwcp/migrate/2.0.0 to the target daemon, which feeds its incoming QEMU.
  *   It implements `paused` and `resume` (QEMU `cont` on a paused source) and
  *   reports `targetMayRun` honestly: true once QEMU says `completed`, or
  *   whenever it cannot tell.

@@ -41,10 +41,12 @@ describe('judgeConvergence', () => {
   });
 });
 
-describe('/dwcp/migrate/1.0.0 messages', () => {
-  it('round-trips an open, a refusal and data', () => {
-    const open = { kind: 'open', open: { migration: 'm1', channel: 'state', key: '', version: '' } } as const;
+describe('/dwcp/migrate/2.0.0 messages', () => {
+  it('round-trips an open (with and without multifd), a refusal and data', () => {
+    const open = { kind: 'open', open: { migration: 'm1', channel: 'state', key: '', version: '', stream: 0, multifd: null } } as const;
     expect(MigrateMessageSchema.decode(MigrateMessageSchema.encode(open))).toEqual(open);
+    const multifd = { kind: 'open', open: { migration: 'm1', channel: 'state', key: '', version: '', stream: 2, multifd: { channels: 2, compression: 'zstd' } } } as const;
+    expect(MigrateMessageSchema.decode(MigrateMessageSchema.encode(multifd))).toEqual(multifd);
     const refuse = { kind: 'refuse', refuse: { code: 'invalid', message: 'migration m1 is in cutover, not transferring' } } as const;
     expect(MigrateMessageSchema.decode(MigrateMessageSchema.encode(refuse))).toEqual(refuse);
     const data = MigrateMessageSchema.decode(MigrateMessageSchema.encode({ kind: 'data', data: { chunk: new Uint8Array([1, 2, 3]), rawLength: 0 } }));
@@ -52,7 +54,13 @@ describe('/dwcp/migrate/1.0.0 messages', () => {
   });
 
   it('refuses an unknown channel, a chunk above the limit and a refusal with no error code, naming the field', () => {
-    expect(() => MigrateMessageSchema.encode({ kind: 'open', open: { migration: 'm1', channel: 'memory' as 'state', key: '', version: '' } })).toThrow(/channel/);
+    const open = { migration: 'm1', channel: 'state', key: '', version: '', stream: 0, multifd: null } as const;
+    expect(() => MigrateMessageSchema.encode({ kind: 'open', open: { ...open, channel: 'memory' as 'state' } })).toThrow(/channel/);
+    expect(() => MigrateMessageSchema.encode({ kind: 'open', open: { ...open, stream: 3, multifd: { channels: 2, compression: 'zstd' } } })).toThrow(/open.stream is 3, outside 0..2/);
+    expect(() => MigrateMessageSchema.encode({ kind: 'open', open: { ...open, multifd: { channels: 9, compression: 'zstd' } } })).toThrow(/open.multifdChannels is 9, outside 0..8/);
+    expect(() => MigrateMessageSchema.encode({ kind: 'open', open: { ...open, multifd: { channels: 2, compression: 'lzma' as 'zstd' } } })).toThrow(/open.multifdCompression is "lzma", not one of none, zlib, zstd/);
+    expect(() => MigrateMessageSchema.encode({ kind: 'open', open: { ...open, channel: 'disk', multifd: { channels: 2, compression: 'zstd' } } })).toThrow(/only the state channel/);
+    expect(() => MigrateMessageSchema.encode({ kind: 'open', open: { ...open, stream: 1 } })).toThrow(/open.stream is 1, outside 0..0/);
     expect(() => MigrateMessageSchema.encode({ kind: 'data', data: { chunk: new Uint8Array(256 * 1024 + 1), rawLength: 0 } })).toThrow(/field data.chunk is 262145 bytes long, above the 262144-byte limit/);
     expect(() => MigrateMessageSchema.encode({ kind: 'refuse', refuse: { code: 'nope', message: '' } })).toThrow(/refuse.code is "nope", not an error code/);
   });

@@ -25,6 +25,16 @@ function mixedStream(): Buffer {
   return Buffer.concat(runs);
 }
 
+/** Both ends of one Unix socket connection at `path`: the relay's (accepted) and QEMU's. */
+async function socketPair(path: string): Promise<[Socket, Socket]> {
+  const accepted = Promise.withResolvers<Socket>();
+  const server = await listen(path, (s) => accepted.resolve(s));
+  const client = createConnection(path);
+  const here = await accepted.promise;
+  server.close();
+  return [here, client];
+}
+
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 function listen(path: string, onSocket: (s: Socket) => void): Promise<Server> {
@@ -51,6 +61,9 @@ describe('the live relay', () => {
   let sinkServer: Server;
   /** Bytes the target's end received on its streams (frames, compressed or not). */
   let wireIn = 0;
+  /** What the target's service asked its provider for, in order. */
+  const endpoints: unknown[][] = [];
+  const targetLog: Record<string, unknown>[] = [];
 
   beforeAll(async () => {
     pair = await meshPair();
@@ -63,9 +76,15 @@ describe('the live relay', () => {
       isConnected: (peerId) => pair.b.mesh.isConnected(peerId),
       region: 'b',
       migration: () => ({ id: 'm1', source: { region: 'a' }, target: { region: 'b', provider: 'qemu' }, phase: 'transfer' }) as never,
-      qemu: () => ({ incomingEndpoint: async () => sinkPath }) as never,
+      qemu: () =>
+        ({
+          incomingEndpoint: async (...args: unknown[]) => {
+            endpoints.push(args);
+            return sinkPath;
+          },
+        }) as never,
       store: {} as never,
-      log: createLogger('silent'),
+      log: createLogger('debug', { write: (line: string) => void targetLog.push(JSON.parse(line) as Record<string, unknown>) }),
       events: { onBytesIn: (n) => (wireIn += n) },
       codec: 'none',
     }).start();
@@ -123,4 +142,51 @@ describe('the live relay', () => {
       else expect(wireIn).toBeGreaterThan(sent.byteLength);
     }, 60_000);
   }
+
+  it('multifd: the target connects the main state stream to its QEMU before any other, with the multifd settings, whatever order the streams open in', async () => {
+    const source = new MigrateService({
+      host: pair.a.mesh.host,
+      members: pair.a.members,
+      isConnected: (peerId) => pair.a.mesh.isConnected(peerId),
+      region: 'a',
+      migration: () => undefined,
+      qemu: () => undefined,
+      store: {} as never,
+      log: createLogger('silent'),
+      codec: 'lz4',
+    });
+    const multifd = { channels: 2, compression: 'zstd' } as const;
+    const before = sinks.length;
+    endpoints.length = 0;
+    // The multifd streams open first; the main one only once both wait for it at the target.
+    const later = [2, 1].map((stream) => source.open('b', 'm-mfd', 'state', { stream, multifd }));
+    const waiting = (): number => targetLog.filter((l) => l.migration === 'm-mfd' && String(l.msg).startsWith('multifd state stream waits')).length;
+    await expect.poll(waiting, { timeout: 30_000 }).toBe(2);
+    expect(sinks.length).toBe(before);
+    const main = await source.open('b', 'm-mfd', 'state', { stream: 0, multifd });
+    const channels = [main, ...(await Promise.all(later)).reverse()];
+    const piped = await Promise.all(
+      channels.map(async (ch, stream) => {
+        const [here, there] = await socketPair(join(pair.root, `mfd-${stream}.sock`));
+        const done = pipe(ch, here, undefined, 'none');
+        there.end(`stream ${stream}`);
+        there.resume();
+        return { done };
+      }),
+    );
+    await expect.poll(() => sinks.length, { timeout: 30_000 }).toBe(before + 3);
+    // A sink ends only after its end of file (the target's end connects without allowHalfOpen, as QEMU never half-closes first).
+    const got = await Promise.all(
+      sinks.slice(before).map(async (sink) => {
+        const bytes = await drain(sink);
+        sink.end();
+        return bytes.toString();
+      }),
+    );
+    // QEMU takes the first connection as the main channel: it must carry stream 0.
+    expect(got[0]).toBe('stream 0');
+    expect(got.slice(1).sort()).toEqual(['stream 1', 'stream 2']);
+    await Promise.all(piped.map((p) => p.done));
+    expect(endpoints[0]).toEqual(['m-mfd', 'state', multifd]);
+  }, 60_000);
 });

@@ -85,7 +85,7 @@ import { QemuUsageRates } from './qemu-utilisation.ts';
 import { bootClockCs, dropLease, leaseFilesOf, leaseText, prepareLeaseForLaunch, readLapsedNote, writeLease } from './guest-lease.ts';
 import { qemuArgs, SANDBOX, shimArgs, type Accel, type GuestBoot } from './qemu-command.ts';
 import { backupDisk } from './backup-qmp.ts';
-import { exportDisk, listenForState, runReceived } from './migration-qmp.ts';
+import { exportDisk, listenForState, runReceived, type Multifd } from './migration-qmp.ts';
 import { createDisk, rebaseUnsafe, virtualSize } from './qemu-img.ts';
 import { capSerialLog } from './serial-cap.ts';
 import { QmpClient, type QmpEvent } from './qmp.ts';
@@ -207,8 +207,8 @@ export type IncomingChannel = 'state' | 'disk';
 export interface QemuMigrationGuests {
   /** A running guest, for the source of a live migration: its QMP connection and files. */
   migrationSource(id: string): Promise<{ readonly qmp: QmpClient; readonly files: VmFiles; readonly name: string }>;
-  /** The socket the guest receiving `migration` listens on for `channel` (opened on first ask). */
-  incomingEndpoint(migration: string, channel: IncomingChannel): Promise<string>;
+  /** The socket the guest receiving `migration` listens on for `channel` (opened on first ask, the state channel with the source's multifd settings). */
+  incomingEndpoint(migration: string, channel: IncomingChannel, multifd?: Multifd | null): Promise<string>;
   /** The disk file of a guest (a cold or warm source reads it). */
   diskPath(id: string): string;
   /** Writes the disk of the guest receiving `migration` (cold or warm; not running) through `write(path)`. */
@@ -1159,7 +1159,7 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
     return g;
   }
 
-  incomingEndpoint(migration: string, channel: IncomingChannel): Promise<string> {
+  incomingEndpoint(migration: string, channel: IncomingChannel, multifd: Multifd | null = null): Promise<string> {
     const g = this.#incoming(migration);
     return this.#locked(g, async () => {
       const qmp = g.record.process === null || g.record.incoming?.mode !== 'live' ? null : await this.#connect(g);
@@ -1167,7 +1167,7 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
       const path = channel === 'state' ? g.files.migrateIn : g.files.nbd;
       if (!g.listening.has(channel)) {
         await rm(path, { force: true });
-        if (channel === 'state') await listenForState(qmp, path);
+        if (channel === 'state') await listenForState(qmp, path, multifd);
         else await exportDisk(qmp, path);
         g.listening.add(channel);
         await chmod(path, 0o600);
