@@ -166,11 +166,14 @@ class StepRun implements TransferHandle {
     const qmp = source.qmp;
     const pipes: Promise<PipeCounts>[] = [];
     const counts: PipeCounts[] = [];
+    /** QEMU's connections to this daemon: a step that ends without completing closes them (each pipe then resets its channel). */
+    const sockets: Socket[] = [];
     const moved = (): number => counts.reduce((sum, c) => sum + c.sent + c.received, 0);
     const multifd = this.#o.multifd ?? null;
     // A broken channel fails the step at once (QEMU would notice only when it next writes).
     const broken = new Promise<never>((_, reject) => {
       const relay = (channel: MigrateChannel) => async (socket: Socket, stream: number) => {
+        sockets.push(socket);
         try {
           const ch = await this.#o.channels.open(m.target.region, m.id, channel, { signal, ...(channel === 'state' ? { stream, multifd } : {}) });
           const c: PipeCounts = { sent: 0, received: 0 };
@@ -196,6 +199,8 @@ class StepRun implements TransferHandle {
       if (completed) return;
       if (migrating) await cancelMigration(qmp).catch(() => undefined);
       await stopMirror(qmp);
+      // QEMU's cancel does not wait on a relay that stopped reading (its multifd threads may sit in a write): close every connection.
+      for (const socket of sockets) socket.destroy();
     });
     // Where a live step's time goes, for the logs: mirror until ready, QEMU's pre-copy and stop-and-copy, the stream's drain.
     const began = this.#now();
