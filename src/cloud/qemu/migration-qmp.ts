@@ -114,7 +114,7 @@ export async function stopMirror(qmp: QmpClient, waitMs = 10_000): Promise<void>
   await qmp.execute('block-job-cancel', { device: MIRROR_JOB, force: true }).catch(() => undefined);
   for (const until = performance.now() + waitMs; performance.now() < until; ) {
     if ((await mirrorState(qmp).catch(() => null)) === null) break;
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    await nextEvent(qmp, MIRROR_EVENTS, 20);
   }
   await qmp.execute('blockdev-del', { 'node-name': MIRROR_NODE }).catch(() => undefined);
 }
