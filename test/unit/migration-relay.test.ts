@@ -12,6 +12,7 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.ts';
+import type { LiveCodec } from '../../src/migration/live-codec.ts';
 import { MigrateService } from '../../src/migration/migrate-service.ts';
 import { pipe } from '../../src/migration/relay.ts';
 import { meshPair, type MeshPair } from '../support/mesh-pair.ts';
@@ -90,6 +91,20 @@ describe('the live relay', () => {
     }).start();
   }, 60_000);
 
+  /** The source's end: opens channels only (the target's service answers them). */
+  const sourceService = (codec: LiveCodec): MigrateService =>
+    new MigrateService({
+      host: pair.a.mesh.host,
+      members: pair.a.members,
+      isConnected: (peerId) => pair.a.mesh.isConnected(peerId),
+      region: 'a',
+      migration: () => undefined,
+      qemu: () => undefined,
+      store: {} as never,
+      log: createLogger('silent'),
+      codec,
+    });
+
   afterAll(async () => {
     sinkServer?.close();
     await pair?.close();
@@ -97,17 +112,7 @@ describe('the live relay', () => {
 
   for (const codec of ['lz4', 'none'] as const) {
     it(`carries 12 MiB of mixed bytes one way and 3 MiB back, whole and in order (source ${codec}, target none)`, async () => {
-      const source = new MigrateService({
-        host: pair.a.mesh.host,
-        members: pair.a.members,
-        isConnected: (peerId) => pair.a.mesh.isConnected(peerId),
-        region: 'a',
-        migration: () => undefined,
-        qemu: () => undefined,
-        store: {} as never,
-        log: createLogger('silent'),
-        codec,
-      });
+      const source = sourceService(codec);
       const sent = mixedStream();
       const back = randomBytes(3 * MiB);
       const srcPath = join(pair.root, `src-${codec}.sock`);
@@ -144,17 +149,7 @@ describe('the live relay', () => {
   }
 
   it('multifd: the target connects the main state stream to its QEMU before any other, with the multifd settings, whatever order the streams open in', async () => {
-    const source = new MigrateService({
-      host: pair.a.mesh.host,
-      members: pair.a.members,
-      isConnected: (peerId) => pair.a.mesh.isConnected(peerId),
-      region: 'a',
-      migration: () => undefined,
-      qemu: () => undefined,
-      store: {} as never,
-      log: createLogger('silent'),
-      codec: 'lz4',
-    });
+    const source = sourceService('lz4');
     const multifd = { channels: 2, compression: 'zstd' } as const;
     const before = sinks.length;
     endpoints.length = 0;
