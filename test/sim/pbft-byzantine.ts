@@ -171,6 +171,10 @@ export class ByzantineBehaviour {
     if (roll === 0) return { ...m, from: this.#rng.pick(this.#others()) };
     if (m.type === 'request') {
       // A relayed request the client never made: its signature is the client's, and we cannot make that.
+      // Inside a client batch, the altered request no longer folds up to the signed root; nor does a genuine
+      // one whose path was cut or altered (a decoy of the batch cannot be smuggled in its place either).
+      const path = m.request.path;
+      if (roll === 2 && path !== undefined && path.length > 0) return { ...m, request: { ...m.request, path: path.slice(1) } };
       const forged: ClientRequest = { ...m.request, operation: new TextEncoder().encode('{"op":"put","key":"x","value":"forged"}') };
       return { ...m, request: forged };
     }

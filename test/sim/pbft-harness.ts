@@ -17,7 +17,7 @@
  */
 import { hash, timingSafeEqual } from 'node:crypto';
 import { PbftCore } from '../../src/consensus/pbft/core.ts';
-import { seal } from '../../src/consensus/pbft/encoding.ts';
+import { seal, sealClientBatch } from '../../src/consensus/pbft/encoding.ts';
 import { ReplyCollector } from '../../src/consensus/pbft/reply-collector.ts';
 import type {
   ClientRequest,
@@ -77,11 +77,22 @@ export function encodeOp(op: KvOp): Uint8Array {
   return encoder.encode(JSON.stringify(op));
 }
 
+/**
+ * A client's signed request, both ways a client signs (types.ts
+ * ClientRequest): every fourth timestamp alone, the others inside a client
+ * batch of two to four, with decoys (reads of the client's that are signed
+ * but never sent) at the other leaves, so paths of 0 to 2 entries and every
+ * position in a batch are exercised.
+ */
 export function makeRequest(keys: FakeKeys, client: string, timestamp: number, op: KvOp): ClientRequest {
-  return seal<ClientRequest>(
-    { client, timestamp, operation: encodeOp(op), readOnly: op.op === 'get' },
-    keys.signer(client),
+  const body = { client, timestamp, operation: encodeOp(op), readOnly: op.op === 'get' };
+  if (timestamp % 4 === 0) return seal<ClientRequest>(body, keys.signer(client));
+  const size = 1 + (timestamp % 4);
+  const at = timestamp % size;
+  const bodies = Array.from({ length: size }, (_, i) =>
+    i === at ? body : { client, timestamp, operation: encodeOp({ op: 'get', key: `decoy${i}` }), readOnly: true },
   );
+  return sealClientBatch(bodies, keys.signer(client))[at] as ClientRequest;
 }
 
 /** The state machine: results echo history (previous value, running sums) so a divergent replica answers differently. */

@@ -308,8 +308,9 @@ describe('pbft client: deadlines and retries', () => {
 describe('pbft client: refusals and stop', () => {
   it('refuses a request above maxRequestBytes before handing anything to the replica, naming the limit', async () => {
     const { client, replica, labels } = setup({ lanes: 2, maxRequestBytes: 200 });
-    // requestBytes: 64 + the longest lane id ('a/2' bounds it) + the operation + a 64-byte signature.
-    const err = await clientError(client.invoke(new Uint8Array(70), false, 10_000));
+    // requestBytes: 64 + the longest lane id ('a/2' bounds it) + the operation + a 64-byte signature
+    // + the longest client-batch path two lanes need (one 32-byte entry: 9 + 37 bytes).
+    const err = await clientError(client.invoke(new Uint8Array(24), false, 10_000));
     expect(err.code).toBe('too_large');
     expect(err.message).toBe('request of 201 bytes is above the 200-byte limit of a PBFT request in this federation');
     await settle();
@@ -317,7 +318,7 @@ describe('pbft client: refusals and stop', () => {
     expect(labels()).toEqual(['dropped']);
 
     // One byte less is exactly at the limit: allowed.
-    const call = client.invoke(new Uint8Array(69), false, 10_000);
+    const call = client.invoke(new Uint8Array(23), false, 10_000);
     answer(client, await replica.nth(0), 'ok');
     await call;
   });

@@ -10,7 +10,11 @@ import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { Ed25519PrivateKey } from '@libp2p/interface';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { Authenticator } from '../../src/consensus/pbft/certificates.ts';
+import { sealClientBatch } from '../../src/consensus/pbft/encoding.ts';
 import { MemberKeys, ed25519Signer, signerMember } from '../../src/consensus/pbft/keys.ts';
+import type { ClientRequest } from '../../src/consensus/pbft/types.ts';
+import { resolvePbftConfig } from '../../src/consensus/pbft/types.ts';
 
 const bytes = new TextEncoder().encode('pre_prepare view 0 seq 1');
 
@@ -125,5 +129,16 @@ describe('pbft keys', () => {
       expect(seconds).toBeGreaterThanOrEqual(0);
       expect(seconds).toBeLessThan(5);
     }
+  });
+
+  it('checks a client batch of all lanes with one Ed25519 verification at a replica, and refuses its requests in another member\'s name', () => {
+    const seen: boolean[] = [];
+    const keys = memberKeys((_seconds, ok) => seen.push(ok));
+    const auth = new Authenticator(['alice', 'bob', 'c', 'd'], 1, keys.verify, resolvePbftConfig(), { snapshot: new Uint8Array(0), clients: [] });
+    const lanes = Array.from({ length: 16 }, (_, i) => ({ client: `alice/${i}`, timestamp: 1, operation: bytes, readOnly: false }));
+    const requests = sealClientBatch(lanes, ed25519Signer(alice));
+    for (const r of requests) expect(auth.request(r), r.client).toBe(true);
+    expect(seen).toEqual([true]);
+    expect(auth.request({ ...(requests[0] as ClientRequest), client: 'bob/0' })).toBe(false);
   });
 });

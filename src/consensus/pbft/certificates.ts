@@ -17,7 +17,7 @@
  *   immutable), so evidence forwarded many times is verified once; client
  *   requests also by (content digest, signature), in a bounded cache.
  */
-import { batchDigest, requestBytes, sha256, signingBytes, stateDigest } from './encoding.ts';
+import { batchDigest, clientBatchRoot, clientBatchSigningBytes, requestBytes, sha256, signingBytes, stateDigest } from './encoding.ts';
 import type {
   Checkpoint,
   CheckpointRef,
@@ -107,21 +107,39 @@ export class Authenticator {
     this.#verified.add(m);
   }
 
-  /** A client request signed by its client. */
+  /**
+   * A client request signed by its client: alone, or as one of a client
+   * batch (its path folds its leaf up to the root the signature covers).
+   */
   request(r: ClientRequest): boolean {
     if (this.#verified.has(r)) return true;
+    const batched = r.path !== undefined;
     // A request reaches a replica several times as different objects (relayed,
-    // then inside a pre-prepare, maybe again after a view change): remember
-    // valid ones by content and signature, so each costs one verification.
-    const key = `${r.client}\u0000${sha256(signingBytes(r))}\u0000${Buffer.from(r.signature).toString('base64')}`;
-    if (this.#verifiedRequests.has(key)) return true;
-    if (!this.#check(r, r.client)) return false;
-    this.#verifiedRequests.add(key);
-    if (this.#verifiedRequests.size > this.#requestCacheSize) {
-      const oldest = this.#verifiedRequests.values().next().value;
-      if (oldest !== undefined) this.#verifiedRequests.delete(oldest);
+    // then inside a pre-prepare, maybe again after a view change), and a client
+    // batch's requests share one signature: remember valid signatures by what
+    // they cover, so each costs one verification.
+    const covered = batched ? clientBatchRoot(r).toString('hex') : sha256(signingBytes(r));
+    const key = `${r.client}\u0000${batched ? 'batch' : 'request'}\u0000${covered}\u0000${Buffer.from(r.signature).toString('base64')}`;
+    if (!this.#verifiedRequests.has(key)) {
+      if (!this.#checkRequest(r, batched)) return false;
+      this.#verifiedRequests.add(key);
+      if (this.#verifiedRequests.size > this.#requestCacheSize) {
+        const oldest = this.#verifiedRequests.values().next().value;
+        if (oldest !== undefined) this.#verifiedRequests.delete(oldest);
+      }
     }
+    this.#verified.add(r);
     return true;
+  }
+
+  #checkRequest(r: ClientRequest, batched: boolean): boolean {
+    if (!batched) return this.#check(r, r.client);
+    this.verifications++;
+    try {
+      return this.#verify(r.client, clientBatchSigningBytes(clientBatchRoot(r)), r.signature) === true;
+    } catch {
+      return false;
+    }
   }
 
   /** What is wrong with a pre-prepare's content (not its sender or view), or null. */

@@ -1,6 +1,6 @@
 /**
  * PbftTransport: carries PBFT frames between members over libp2p on
- * `/dwcp/pbft/2.0.0` (wire.ts), over FrameTransport's per-peer bounded
+ * `/dwcp/pbft/3.0.0` (wire.ts), over FrameTransport's per-peer bounded
  * outboxes and long-lived streams (src/net/frame-transport.ts).
  *
  * Delivery is best effort: the core retransmits, fetches and asks for state

@@ -30,6 +30,11 @@ export type Digest = string;
  * A client's operation, signed by the client. (client, timestamp) identifies
  * it: timestamps of one client increase, and a replica executes each at most
  * once. Read-only requests are ordered like writes (see core.ts).
+ *
+ * Two ways to sign: without `path`, `signature` covers signingBytes(request)
+ * (the request alone); with `path`, it covers the root of a client batch
+ * (encoding.ts sealClientBatch), which the request's leaf and `path` fold up
+ * to, so one signature serves every request the client sent in one turn.
  */
 export interface ClientRequest {
   readonly client: ClientId;
@@ -37,6 +42,8 @@ export interface ClientRequest {
   readonly operation: Uint8Array;
   readonly readOnly: boolean;
   readonly signature: Uint8Array;
+  /** Sibling hashes (32 bytes each) from this request's leaf to its client batch's signed root. */
+  readonly path?: readonly Uint8Array[];
 }
 
 /** A message only its sender's authenticated channel vouches for: never evidence, never forwarded. */

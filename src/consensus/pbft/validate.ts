@@ -19,6 +19,8 @@ import type {
   ViewChange,
 } from './types.ts';
 
+import { MAX_CLIENT_BATCH_DEPTH } from './encoding.ts';
+
 type Problem = string | null;
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -69,6 +71,11 @@ function fromPeer(m: Record<string, unknown>, field: string, type: string): Prob
   return first(sender(m, field, type), 'signature' in m ? `${field} carries a signature, which a ${type} does not have` : null);
 }
 
+function batchPath(v: unknown, field: string): Problem {
+  if (Array.isArray(v) && v.length > MAX_CLIENT_BATCH_DEPTH) return `${field} must have at most ${MAX_CLIENT_BATCH_DEPTH} entries`;
+  return list(v, field, (x, f) => (x instanceof Uint8Array && x.length === 32 ? null : `${f} must be 32 bytes`));
+}
+
 export function clientRequestProblem(v: unknown, field = 'request'): Problem {
   if (!isRecord(v)) return `${field} must be an object`;
   return first(
@@ -77,6 +84,7 @@ export function clientRequestProblem(v: unknown, field = 'request'): Problem {
     bytes(v['operation'], `${field}.operation`),
     typeof v['readOnly'] === 'boolean' ? null : `${field}.readOnly must be a boolean`,
     bytes(v['signature'], `${field}.signature`),
+    v['path'] === undefined ? null : batchPath(v['path'], `${field}.path`),
   );
 }
 

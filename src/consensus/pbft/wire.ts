@@ -1,5 +1,5 @@
 /**
- * The PBFT wire (protocol /dwcp/pbft/2.0.0): how what one Ready produced for
+ * The PBFT wire (protocol /dwcp/pbft/3.0.0): how what one Ready produced for
  * one peer becomes frames, and how a received frame becomes messages and
  * replies the driver may hand to the core. A frame's payload is the canonical
  * encoding (encoding.ts) of a PbftFrame `{ messages, replies }`: the format
@@ -27,10 +27,12 @@ import { FORWARDED_TYPES, PbftInputError } from './types.ts';
 import { messageProblem, replyProblem } from './validate.ts';
 
 /**
- * 2.0.0: relayed requests and replies carry no signature (1.0.0 signed
- * every message); the two do not talk to each other.
+ * 3.0.0: a client request may carry a `path` (one of a client batch, signed
+ * once for all: encoding.ts sealClientBatch), which 2.0.0 refuses as an
+ * unknown field. 2.0.0: relayed requests and replies carry no signature
+ * (1.0.0 signed every message). No two of them talk to each other.
  */
-export const PBFT_PROTOCOL = '/dwcp/pbft/2.0.0';
+export const PBFT_PROTOCOL = '/dwcp/pbft/3.0.0';
 
 /** What the driver hands the core as maxSnapshotBytes: the frame limit below is sized for it. */
 export const PBFT_MAX_SNAPSHOT_BYTES = 32 * 1024 * 1024;
