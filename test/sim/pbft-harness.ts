@@ -361,6 +361,16 @@ export class LockstepCluster {
     return request;
   }
 
+  /**
+   * The client's retransmission (PbftClient's relay every retryMs): `at`
+   * sends the request to every other replica. A request first goes to the
+   * primary alone, so backups learn of one the primary sits on only so.
+   */
+  retransmit(request: ClientRequest, at: ReplicaId = this.ids[0] as ReplicaId): void {
+    for (const to of this.ids) if (to !== at) this.queue.push({ from: at, to, message: { type: 'request', from: at, request } });
+    this.stabilize();
+  }
+
   /** The result f + 1 replicas agree on for the request, or null. */
   result(request: ClientRequest): string | null {
     const collector = new ReplyCollector({ client: request.client, timestamp: request.timestamp, members: this.ids });

@@ -70,7 +70,7 @@ describe('pbft canonical decoding (a wire format for the transport)', () => {
     c.stabilize();
     c.down.add('r0');
     const second = c.request('a', { op: 'put', key: 'k', value: 'w' }, 'r1');
-    c.stabilize();
+    c.retransmit(second, 'r1');
     c.tickAll(8);
     expect(c.result(second)).toBe('{"before":"v"}');
     expect(new Set(seen.map((m) => m.type))).toEqual(new Set(['request', 'pre_prepare', 'prepare', 'commit', 'view_change', 'new_view']));

@@ -155,8 +155,8 @@ describe('PbftStorage round trip', () => {
       c.stabilize();
     }
     c.down.add('r0');
-    c.request('client-0', { op: 'put', key: 'y', value: 'after the primary died' }, 'r1');
-    c.stabilize();
+    // Unanswered, the client retransmits: every backup then times the dead primary on it.
+    c.retransmit(c.request('client-0', { op: 'put', key: 'y', value: 'after the primary died' }, 'r1'), 'r1');
     c.tickAll(13);
     for (let i = 0; i < 2; i++) {
       c.request('client-1', { op: 'add', key: 'x', by: 1 }, 'r2');

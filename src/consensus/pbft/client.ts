@@ -1,8 +1,9 @@
 /**
  * PbftClient: the client side of PBFT as the daemon runs it on behalf of
  * dwcpctl (and of its own services). A request is signed with this member's
- * key, handed to the local replica (which relays it to every replica, so each
- * can time the primary on it) and accepted once f + 1 replicas sent the same
+ * key, handed to the local replica (which sends it on to the primary) and,
+ * while unanswered, relayed to every replica every retryMs (so each can time
+ * the primary on it), and accepted once f + 1 replicas sent the same
  * result (ReplyCollector), each over its own authenticated channel: at least
  * one of them is honest.
  *

@@ -9,8 +9,9 @@
  * is the driver's: the core hands out committed batches and gets results and
  * canonical snapshots back.
  *
- * Protocol: a request reaches every replica (the receiving one relays it, so
- * every backup can time the primary); the primary of view v (members[v mod
+ * Protocol: a request goes from the replica that took it to the primary
+ * (everyone, while no view is active); the client's retransmission brings it
+ * to every replica, so every backup can time a primary that sits on it; the primary of view v (members[v mod
  * n]) batches pending requests into pre-prepares numbered within the
  * watermarks (h, h + L]; backups prepare; 2f matching prepares from backups
  * make a slot prepared, 2f + 1 commits make it committed; committed slots run
@@ -336,7 +337,12 @@ export class PbftCore {
     if (clientRequestProblem(request) !== null) return this.#refuse('malformed');
     const outcome = this.#admit(request);
     if (outcome === 'accepted') {
-      this.#broadcast(this.#relay(request));
+      // First to the primary alone, as Castro–Liskov's client sends it: the backups get it inside the
+      // pre-prepare, so each request crosses the network and is decoded and admitted there once, not twice.
+      // If the primary sits on it, the client's retransmission (PbftClient's relay, every retryMs) brings it
+      // to every replica, which then times the primary on it. While no view is active, everyone gets it.
+      if (!this.#active) this.#broadcast(this.#relay(request));
+      else if (!this.isPrimary) this.#sendTo(this.primary, this.#relay(request));
       return { kind: 'accepted' };
     }
     if (outcome === 'replied') return { kind: 'replied' };
