@@ -15,6 +15,7 @@ import { generateKeyPairSync, sign, verify } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import { parseStat } from '../src/cloud/qemu/procfs.ts';
+import { PBFT_PROTOCOL } from '../src/consensus/pbft/wire.ts';
 import { metricValue } from '../test/integration/harness.ts';
 import { dwcpKvTarget, startDwcpCluster, type BenchScope } from './dwcp-cluster.ts';
 import { runClosedLoop, type ClosedLoopResult } from './raft.ts';
@@ -63,6 +64,8 @@ export type PbftLevelResult = ClosedLoopResult & {
   readonly verifies_per_op: number | null;
   /** View changes the members started or joined during the level (summed): a slow primary shows up here, not as an error. */
   readonly view_changes: number | null;
+  /** PBFT protocol bytes the members sent per op (framed, before Noise), from dwcp_protocol_sent_bytes_total. */
+  readonly pbft_bytes_per_op: number | null;
 };
 
 interface MemberSample {
@@ -73,6 +76,7 @@ interface MemberSample {
   readonly executedSeq: number;
   readonly verifies: number;
   readonly viewChanges: number;
+  readonly pbftBytes: number;
 }
 
 /** User + system CPU seconds of the members and their PBFT persist totals so far (a member gone away counts nothing). */
@@ -83,6 +87,7 @@ async function sampleMembers(members: readonly { pid: number; metricsUrl: string
   let executedSeq = 0;
   let verifies = 0;
   let viewChanges = 0;
+  let pbftBytes = 0;
   for (const m of members) {
     try {
       cpuSeconds += parseStat(await readFile(`/proc/${m.pid}/stat`, 'utf8')).cpuSeconds;
@@ -93,11 +98,12 @@ async function sampleMembers(members: readonly { pid: number; metricsUrl: string
       executedSeq = Math.max(executedSeq, value('dwcp_pbft_executed_seq'));
       verifies += value('dwcp_pbft_signature_verify_duration_seconds_count');
       viewChanges += value('dwcp_pbft_view_changes_total');
+      pbftBytes += metricValue(text, 'dwcp_protocol_sent_bytes_total', { protocol: PBFT_PROTOCOL }) ?? 0;
     } catch {
       // Exited mid-run: its puts fail too, and the run reports those errors.
     }
   }
-  return { cpuSeconds, persists, persistSeconds, executedSeq, verifies, viewChanges };
+  return { cpuSeconds, persists, persistSeconds, executedSeq, verifies, viewChanges, pbftBytes };
 }
 
 function perOp(value: number, ops: number): number | null {
@@ -128,9 +134,10 @@ async function measure(plan: SystemPlan, opts: PbftBenchOptions): Promise<PbftLe
         ops_per_batch: pbft ? perOp(measured.ops, after.executedSeq - before.executedSeq) : null,
         verifies_per_op: pbft ? perOp(after.verifies - before.verifies, measured.ops) : null,
         view_changes: pbft ? after.viewChanges - before.viewChanges : null,
+        pbft_bytes_per_op: pbft ? perOp(after.pbftBytes - before.pbftBytes, measured.ops) : null,
       };
-      const { system, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch, verifies_per_op, view_changes } = result;
-      progress(JSON.stringify({ system, clients, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch, verifies_per_op, view_changes }));
+      const { system, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch, verifies_per_op, view_changes, pbft_bytes_per_op } = result;
+      progress(JSON.stringify({ system, clients, ops_per_s, p50_ms, p99_ms, cpu_ms_per_op, persists_per_op, persist_ms_mean, ops_per_batch, verifies_per_op, view_changes, pbft_bytes_per_op }));
       if (result.errors > 0) progress(`pbft: warning: ${result.errors} ${plan.system} puts failed at ${clients} clients; first: ${result.first_error ?? ''}`);
       results.push(result);
     }
