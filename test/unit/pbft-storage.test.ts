@@ -56,7 +56,7 @@ function range(from: number, to: number): number[] {
 }
 
 /** The exact bytes of a state: equal iff every field, every byte and every signature came back. */
-function bytesOf(state: PbftPersistedState | null): string {
+function bytesOf(state: PbftPersistedState | SlotRecord | readonly SlotRecord[] | null | undefined): string {
   return Buffer.from(encodeCanonical(state as unknown as Canonical)).toString('hex');
 }
 
@@ -220,6 +220,38 @@ describe('PbftStorage round trip', () => {
     expect(shapes).toEqual(new Set(['true/false/false/3', 'true/true/false/3', 'true/true/true/3', 'false/true/false/4']));
   });
 
+  it('writes a pre-prepare its certificates share once, and still loads a slot written with every copy in full (kind 1)', async () => {
+    const prePrepare = fixturePrePrepare(2, 0);
+    const shared: SlotRecord = {
+      seq: 2,
+      view: 0,
+      prePrepare,
+      sentPrepare: true,
+      sentCommit: true,
+      prepared: { prePrepare, prepares: fixtureSlot(1, 0).prepared?.prepares ?? [] },
+      committed: { prePrepare, commits: fixtureSlot(2, 0).committed?.commits ?? [] },
+    };
+    expect(shared.committed?.prePrepare).toBe(prePrepare);
+    let bytes = 0;
+    let storage = await openStorage((t) => (bytes += t.bytes));
+    await storage.persist({ view: null, stableCheckpoint: null, slots: [shared] });
+    const full = wellSealed(1, shared).length;
+    const ppBytes = encodeCanonical(prePrepare as unknown as Canonical).length;
+    expect(bytes).toBeLessThan(full - 2 * ppBytes + 64);
+    storage = await reopen(storage);
+    const loaded = storage.load()?.slots[0];
+    expect(bytesOf(loaded)).toBe(bytesOf(shared));
+    // Loaded, the certificates hold the slot's own pre-prepare again (and the next write shares it again).
+    expect(loaded?.prepared?.prePrepare).toBe(loaded?.prePrepare);
+    expect(loaded?.committed?.prePrepare).toBe(loaded?.prePrepare);
+    await storage.close();
+
+    await tamper((raw) => raw.slots.putSync(u64Key(3), wellSealed(1, { ...shared, seq: 3, prePrepare: fixturePrePrepare(3, 0), prepared: null, committed: null })));
+    await tamper((raw) => raw.slots.putSync(u64Key(2), wellSealed(1, shared)));
+    storage = await openStorage();
+    expect(bytesOf(storage.load()?.slots)).toBe(bytesOf([shared, { ...shared, seq: 3, prePrepare: fixturePrePrepare(3, 0), prepared: null, committed: null }]));
+  });
+
   it('keeps the view state and checkpoint when later deltas carry none, and upserts slots by seq', async () => {
     let storage = await openStorage();
     await storage.persist({ view: fixtureView(1), stableCheckpoint: null, slots: [fixtureSlot(1, 0), fixtureSlot(2, 0)] });
@@ -315,7 +347,7 @@ describe('PbftStorage load-time checks', () => {
     opened.splice(0);
     await tamper(({ slots, meta }) => slots.putSync(u64Key(8), meta.get(PBFT_STORAGE_LAYOUT.viewKey) ?? Buffer.alloc(0)));
     storage = await openStorage();
-    expect(loadError(storage).problem).toBe('record kind 2, expected 1');
+    expect(loadError(storage).problem).toBe('record kind 2, expected 1 or 4');
   });
 
   it('validates the shape of records with a good checksum, naming the field', async () => {

@@ -12,7 +12,11 @@
  *   stable checkpoint record; no other key.
  * Every value is a record of src/storage/lmdb-records.ts (`crc32 | kind |
  * body`) whose body is encodeCanonical() of the object: signed messages keep
- * exactly the bytes their signatures cover, and bytes stay bytes.
+ * exactly the bytes their signatures cover, and bytes stay bytes. A slot is
+ * written as kind 4: a prepared or commit certificate whose pre-prepare is
+ * the slot's own leaves it out (sharedSlot below), so a batch is stored once
+ * per write, not up to three times; kind 1 (every copy in full, as written
+ * before) still loads.
  *
  * Invariants:
  * - One persist() lands whole or not at all, in one LMDB transaction; calls
@@ -47,7 +51,7 @@ import {
 } from '../../storage/lmdb-records.ts';
 import { decodeCanonical, encodeCanonical } from './encoding.ts';
 import type { Canonical } from './encoding.ts';
-import type { PbftMessage, PbftPersistedState, PersistDelta, SlotRecord, StableCheckpoint, ViewState } from './types.ts';
+import type { PbftMessage, PbftPersistedState, PrePrepare, PersistDelta, SlotRecord, StableCheckpoint, ViewState } from './types.ts';
 import { PbftInputError } from './types.ts';
 import { messageProblem } from './validate.ts';
 import { DwcpError } from '../../errors.ts';
@@ -92,7 +96,7 @@ export const PBFT_STORAGE_LAYOUT = {
   stableCheckpointKey: 'stable_checkpoint',
 } as const;
 
-const Kind = { slot: 1, view: 2, stableCheckpoint: 3 } as const;
+const Kind = { slot: 1, view: 2, stableCheckpoint: 3, sharedSlot: 4 } as const;
 type Kind = (typeof Kind)[keyof typeof Kind];
 
 /** Deeper than any record the core produces (a new-view inside the view state nests 10 deep). */
@@ -197,6 +201,32 @@ function slotProblem(v: Canonical, seq: number): Problem {
   );
 }
 
+/**
+ * A slot record as stored (kind sharedSlot): a certificate whose pre-prepare
+ * is the slot's own (the same message: a replica's prepared and commit
+ * certificates of the view it is in) leaves it out, so a batch is encoded
+ * and written once per record, not up to three times. unshared() puts it
+ * back before the shape checks; a kind-1 record (written before) holds
+ * every pre-prepare in full and loads as it is.
+ */
+function sharedSlot(slot: SlotRecord): object {
+  const pp = slot.prePrepare;
+  const share = <C extends { readonly prePrepare: PrePrepare }>(c: C | null): object | null => {
+    if (c === null || pp === null || c.prePrepare !== pp) return c;
+    const { prePrepare: _same, ...rest } = c;
+    return rest;
+  };
+  return { ...slot, prepared: share(slot.prepared), committed: share(slot.committed) };
+}
+
+function unshared(v: Canonical): Canonical {
+  if (!isObject(v)) return v;
+  const pp = v['prePrepare'];
+  const fill = (c: Canonical | undefined): Canonical | undefined =>
+    isObject(c) && c['prePrepare'] === undefined && pp !== undefined ? { ...c, prePrepare: pp } : c;
+  return { ...v, prepared: fill(v['prepared']), committed: fill(v['committed']) };
+}
+
 function viewProblem(v: Canonical): Problem {
   return first(
     () => fieldsProblem(v, 'view state', ['view', 'active', 'newView']),
@@ -265,7 +295,7 @@ function encodeDelta(delta: PersistDelta): EncodedDelta | null {
   for (const slot of delta.slots) {
     checkSeq(slot.seq, 'slot seq', 1);
     if (slot.seq <= below) continue;
-    slots.push({ key: u64Key(slot.seq), record: encodeRecord(Kind.slot, slot, `slot ${slot.seq}`) });
+    slots.push({ key: u64Key(slot.seq), record: encodeRecord(Kind.sharedSlot, sharedSlot(slot), `slot ${slot.seq}`) });
   }
   if (view === null && stableCheckpoint === null && slots.length === 0) return null;
   let bytes = (view?.length ?? 0) + (stableCheckpoint?.record.length ?? 0);
@@ -346,14 +376,14 @@ export class PbftStorage {
     for (const { key, value } of slots.getRange()) {
       const seq = u64FromKey(key);
       if (seq === null || seq === 0) this.#fail(`slot key 0x${key.toString('hex')}`, 'not a sequence number');
-      const record = this.#decode(value, Kind.slot, `slot ${seq}`, (v) => slotProblem(v, seq)) as unknown as SlotRecord;
+      const record = this.#decode(value, [Kind.slot, Kind.sharedSlot], `slot ${seq}`, (v) => slotProblem(v, seq)) as unknown as SlotRecord;
       if (seq > low) records.push(record);
     }
     return { view, stableCheckpoint, slots: records };
   }
 
-  #decode(raw: Buffer, kind: Kind, record: string, shapeProblem: (value: Canonical) => Problem): Canonical {
-    const headerProblem = recordHeaderProblem(raw, [kind]);
+  #decode(raw: Buffer, kind: Kind | readonly Kind[], record: string, shapeProblem: (value: Canonical) => Problem): Canonical {
+    const headerProblem = recordHeaderProblem(raw, typeof kind === 'number' ? [kind] : kind);
     if (headerProblem !== null) this.#fail(record, headerProblem);
     let value: Canonical;
     try {
@@ -361,6 +391,7 @@ export class PbftStorage {
     } catch (error) {
       return this.#fail(record, error instanceof Error ? error.message : String(error));
     }
+    if (raw[4] === Kind.sharedSlot) value = unshared(value);
     const problem = shapeProblem(value);
     if (problem !== null) this.#fail(record, problem);
     return value;
