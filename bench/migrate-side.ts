@@ -68,6 +68,8 @@ export interface Side {
   paused(id: string): Promise<boolean>;
   resume(id: string): Promise<void>;
   incomingEndpoint(migration: string, channel: 'state' | 'disk', multifd?: Multifd | null): Promise<string>;
+  /** CPU time (user + system, ms) of the process this end runs in, since it started. */
+  cpuMs(): Promise<number>;
   /** The migration record this end's service checks incoming channels against. */
   setMigration(m: FleetMigration | null, id: string): Promise<void>;
   /** dwcp: the daemon's live step from guest `id`, to its end. */
@@ -179,6 +181,11 @@ export class LocalSide implements Side {
     return this.#provider.incomingEndpoint(migration, channel, multifd);
   }
 
+  async cpuMs(): Promise<number> {
+    const { user, system } = process.cpuUsage();
+    return (user + system) / 1000;
+  }
+
   async setMigration(m: FleetMigration | null, id: string): Promise<void> {
     if (m === null) this.#migrations.delete(id);
     else this.#migrations.set(id, m);
@@ -279,6 +286,7 @@ export async function forkSide(o: SideOptions): Promise<Side & { readonly child:
     paused: (id) => call('paused', id),
     resume: (id) => call('resume', id),
     incomingEndpoint: (migration, channel, multifd) => call('incomingEndpoint', migration, channel, multifd ?? null),
+    cpuMs: () => call('cpuMs'),
     setMigration: (m, id) => call('setMigration', m, id),
     live: (m, id) => call('live', m, id),
     direct: (id, nbd, state, downtimeMs, multifd) => call('direct', id, nbd, state, downtimeMs, multifd ?? null),

@@ -69,6 +69,8 @@ interface Run {
   tickGapGuestMs: number | null;
   tickGapWallMs: number | null;
   wireBytes: number;
+  /** CPU both ends' processes spent during the run (ms): for dwcp the relays and QMP, for direct QMP alone; load-independent. */
+  cpuMs: number;
 }
 
 /** The same convergence rule for both methods (the daemon's default). */
@@ -228,20 +230,25 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
         const incoming = await to.create(`bench-d${rate}`, `d${rate}`, id);
         serials.push(await to.serialLog(incoming));
         const firstTick = watch.last();
+        // Each process once (with --processes 1 both ends share this one).
+        const cpuOf = async (): Promise<number> => (o.processes === 2 ? (await from.cpuMs()) + (await to.cpuMs()) : from.cpuMs());
+        const cpu0 = await cpuOf();
         const t0 = performance.now();
         let run: Run;
         let outcome: Outcome | undefined;
         let totalMs: number | null = null;
+        let cpuMs = 0;
         try {
           outcome = method === 'dwcp' ? await from.live(m, guest) : await from.direct(guest, await to.incomingEndpoint(id, 'disk'), await to.incomingEndpoint(id, 'state', directMultifd), o.downtimeMs, directMultifd);
           await until('the destination running', 60_000, async () => ((await to.running(incoming)) ? true : undefined));
           totalMs = performance.now() - t0;
+          cpuMs = (await cpuOf()) - cpu0;
           await until('ticks at the destination', 60_000, async () => (watch.last() >= firstTick + 10 ? true : undefined));
           const gaps = watch.gaps(firstTick);
-          run = { method, converged: true, error: null, totalMs, qemuDowntimeMs: outcome.downtimeMs, tickGapGuestMs: gaps?.guest ?? null, tickGapWallMs: gaps?.wall ?? null, wireBytes: outcome.bytes };
+          run = { method, converged: true, error: null, totalMs, qemuDowntimeMs: outcome.downtimeMs, tickGapGuestMs: gaps?.guest ?? null, tickGapWallMs: gaps?.wall ?? null, wireBytes: outcome.bytes, cpuMs };
         } catch (err) {
           // Converged means QEMU completed; a destination whose ticks did not show is counted apart (its error), not as a migration that did not converge.
-          run = { method, converged: outcome !== undefined, error: err instanceof Error ? err.message : String(err), totalMs, qemuDowntimeMs: outcome?.downtimeMs ?? null, tickGapGuestMs: null, tickGapWallMs: null, wireBytes: outcome?.bytes ?? 0 };
+          run = { method, converged: outcome !== undefined, error: err instanceof Error ? err.message : String(err), totalMs, qemuDowntimeMs: outcome?.downtimeMs ?? null, tickGapGuestMs: null, tickGapWallMs: null, wireBytes: outcome?.bytes ?? 0, cpuMs };
         }
         if (totalMs !== null) {
           // The guest runs at the destination (whatever its serial log showed): it goes on from there.
@@ -255,7 +262,7 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
         }
         await to.setMigration(null, id);
         runs.push(run);
-        progress(`migrate: ${rate} MiB/s run ${r + 1}/${2 * o.runs} ${method}: ${run.converged ? `total ${run.totalMs?.toFixed(0)} ms, QEMU downtime ${run.qemuDowntimeMs} ms, tick gap ${run.tickGapGuestMs} ms (guest) ${run.tickGapWallMs?.toFixed(0)} ms (wall)` : 'failed'}${run.error === null ? '' : `: ${run.error}`}`);
+        progress(`migrate: ${rate} MiB/s run ${r + 1}/${2 * o.runs} ${method}: ${run.converged ? `total ${run.totalMs?.toFixed(0)} ms, QEMU downtime ${run.qemuDowntimeMs} ms, tick gap ${run.tickGapGuestMs} ms (guest) ${run.tickGapWallMs?.toFixed(0)} ms (wall), ends' CPU ${run.cpuMs.toFixed(0)} ms, ${(run.wireBytes / 1e6).toFixed(1)} MB` : 'failed'}${run.error === null ? '' : `: ${run.error}`}`);
       }
       await watch.stop();
       await (sides[at] as Side).terminate(guest).catch(() => undefined);
@@ -281,6 +288,8 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
         tick_gap_wall_ms: stats(ok.flatMap((r) => (r.tickGapWallMs === null ? [] : [r.tickGapWallMs]))),
         // dwcp: what the transport carried, both channels, both ways; direct: QEMU's RAM bytes (the disk mirror is not counted there).
         wire_bytes: stats(ok.map((r) => r.wireBytes)),
+        // Both ends' processes, from the start to the destination running.
+        daemon_cpu_ms: stats(ok.map((r) => r.cpuMs)),
       };
     };
     const ours = of('dwcp');
@@ -290,9 +299,9 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
   });
   const fmt = (s: { p50: number; p99: number } | null) => (s === null ? '-' : `${s.p50}/${s.p99}`);
   const rows = summary.flatMap((s) =>
-    (['dwcp', 'direct'] as const).map((k) => [`${s.rate_mib_s} MiB/s ${k}`, `${s[k].converged}/${s[k].runs}`, fmt(s[k].total_ms), fmt(s[k].qemu_downtime_ms), fmt(s[k].tick_gap_guest_ms), fmt(s[k].tick_gap_wall_ms), k === 'dwcp' ? `${s.ratio.total_p50 ?? '-'} / ${s.ratio.qemu_downtime_p50 ?? '-'}` : '']),
+    (['dwcp', 'direct'] as const).map((k) => [`${s.rate_mib_s} MiB/s ${k}`, `${s[k].converged}/${s[k].runs}`, fmt(s[k].total_ms), fmt(s[k].qemu_downtime_ms), fmt(s[k].tick_gap_guest_ms), fmt(s[k].tick_gap_wall_ms), fmt(s[k].daemon_cpu_ms), k === 'dwcp' ? `${s.ratio.total_p50 ?? '-'} / ${s.ratio.qemu_downtime_p50 ?? '-'}` : '']),
   );
-  progress(renderTable(['case', 'converged', 'total p50/p99 ms', 'QEMU downtime p50/p99', 'tick gap guest', 'tick gap wall', 'ratio total / downtime'], rows));
+  progress(renderTable(['case', 'converged', 'total p50/p99 ms', 'QEMU downtime p50/p99', 'tick gap guest', 'tick gap wall', "ends' CPU ms", 'ratio total / downtime'], rows));
   return {
     bench: 'migrate',
     ...facts,

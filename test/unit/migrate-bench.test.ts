@@ -16,12 +16,12 @@ describe('bench migrate', () => {
     const { code, stdout, stderr } = await runBench(['migrate', '--runs', '1', '--rates', '0', '--memory-mib', '128'], { timeout: 280_000 });
     expect(code, stderr).toBe(0);
     const result = JSON.parse(stdout) as object;
-    const side = { runs: 1, converged: 1, errors: [], total_ms: stats, qemu_downtime_ms: stats, tick_gap_guest_ms: stats, tick_gap_wall_ms: stats, wire_bytes: stats };
+    const side = { runs: 1, converged: 1, errors: [], total_ms: stats, qemu_downtime_ms: stats, tick_gap_guest_ms: stats, tick_gap_wall_ms: stats, wire_bytes: stats, daemon_cpu_ms: stats };
     expect(result).toMatchObject({
       bench: 'migrate',
       loadavg: expect.any(Array),
       loadavg_after: expect.any(Array),
-      options: { runs: 1, rates_mib_s: [0], memory_mib: 128, downtime_limit_ms: 300 },
+      options: { runs: 1, rates_mib_s: [0], memory_mib: 128, downtime_limit_ms: 300, multifd: { channels: 2, compression: 'zstd' }, direct_multifd: false },
       ratios: { total_p50: expect.any(String) },
       results: [{ rate_mib_s: 0, dwcp: side, direct: side, ratio: { total_p50: nonNegative } }],
     });
@@ -31,5 +31,8 @@ describe('bench migrate', () => {
     const { code, stderr } = await runBench(['migrate', '--rates', '5,x']);
     expect(code).toBe(2);
     expect(stderr).toContain('--rates: must be whole MiB/s from 0 to 1000');
+    const multifd = await runBench(['migrate', '--multifd-compression', 'lzma']);
+    expect(multifd.code).toBe(2);
+    expect(multifd.stderr).toContain('--multifd-compression: must be one of none, zlib, zstd, got "lzma"');
   });
 });
