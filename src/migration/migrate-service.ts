@@ -159,7 +159,13 @@ export class MigrateService {
         return;
       }
       const socket = await this.#connectIncoming(guests, open);
-      await ch.write({ kind: 'accept', accept: {} });
+      try {
+        await ch.write({ kind: 'accept', accept: {} });
+      } catch (err) {
+        // The source gave up first (its answer timeout): leave QEMU no stray connection.
+        socket.destroy();
+        throw err;
+      }
       const at = { member: member.name, migration: open.migration, channel: open.channel, ...(open.multifd === null ? {} : { stream: open.stream }) };
       log.info(at, 'migration channel open');
       const counts = await pipe(ch, socket, undefined, liveCodecFor(open, this.#o.codec));
@@ -183,33 +189,39 @@ export class MigrateService {
     const channel = open.channel === 'disk' ? 'disk' : 'state';
     if (open.multifd === null) return connectUnix(await guests.incomingEndpoint(open.migration, channel));
     const key = open.migration;
-    let main = this.#mainChannels.get(key);
-    if (main === undefined) {
-      main = Promise.withResolvers<string>();
+    const main = this.#mainChannels.get(key) ?? Promise.withResolvers<string>();
+    if (!this.#mainChannels.has(key)) {
       main.promise.catch(() => undefined);
       this.#mainChannels.set(key, main);
     }
+    // Only this entry: a newer one (a retried stream 0) is not this one's to drop.
+    const forget = (): void => {
+      if (this.#mainChannels.get(key) === main) this.#mainChannels.delete(key);
+    };
     if (open.stream === 0) {
       try {
         const path = await guests.incomingEndpoint(open.migration, 'state', open.multifd);
         const socket = await connectUnix(path);
         main.resolve(path);
-        // Later streams of this migration connect behind it; a retried migration gets a new id.
-        socket.once('close', () => this.#mainChannels.delete(key));
+        // Later streams of this migration connect behind it while it lasts.
+        socket.once('close', forget);
         return socket;
       } catch (err) {
         main.reject(err);
-        this.#mainChannels.delete(key);
+        forget();
         throw err;
       }
     }
     this.#o.log.debug({ migration: key, stream: open.stream }, 'multifd state stream waits for its main stream to connect');
-    const timeout = AbortSignal.timeout(OPEN_TIMEOUT_MS);
-    const path = await Promise.race([
-      main.promise,
-      new Promise<never>((_, reject) => timeout.addEventListener('abort', () => reject(new DwcpError('unavailable', `the main state stream of migration ${key} did not connect within ${OPEN_TIMEOUT_MS} ms, so multifd stream ${open.stream} cannot`)), { once: true })),
-    ]);
-    return connectUnix(path);
+    const timer = setTimeout(() => main.reject(new DwcpError('unavailable', `the main state stream of migration ${key} did not connect within ${OPEN_TIMEOUT_MS} ms, so its multifd streams cannot`)), OPEN_TIMEOUT_MS);
+    try {
+      return await connectUnix(await main.promise);
+    } catch (err) {
+      forget();
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** The incoming guests of a migration from `from` into this region, or the DwcpError saying why not. */

@@ -77,6 +77,7 @@ describe('pbft client batches', () => {
       'path padded': { ...a, path: [...path, new Uint8Array(32)] },
       'signature of another batch': { ...a, signature: sealClientBatch(bodies('r1', 2), keys.signer('r1'))[0]?.signature ?? new Uint8Array(0) },
       'signed alone where the batch signed': { ...a, path: undefined },
+      'a field added that the leaf would not cover': { ...a, junk: new Uint8Array(1000) } as ClientRequest,
     };
     for (const [what, forged] of Object.entries(forgeries)) expect(auth.request(forged), what).toBe(false);
   });

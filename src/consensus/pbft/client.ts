@@ -162,10 +162,12 @@ export class PbftClient {
     const onAbort = () => resolve(null);
     deadline.addEventListener('abort', onAbort, { once: true });
     const retry = setInterval(() => {
-      // The local replica may have refused it (full) or lost it in a restart; peers may have missed the relay,
-      // or their replies may have been lost (a peer re-sends its cached reply only when the request reaches it
-      // again). Only an 'accepted' request was just broadcast by the local replica itself.
-      if (replica.request(request).kind !== 'accepted') replica.relay(request);
+      // The local replica may have refused it (full) or lost it in a restart; the primary may sit on it, or
+      // replies may have been lost (a peer re-sends its cached reply only when the request reaches it again).
+      // A retransmission goes to every replica: the local one sends an accepted request to the primary alone,
+      // and the backups must see it to time the primary on it.
+      replica.request(request);
+      replica.relay(request);
     }, retryMs);
     try {
       replica.request(request);

@@ -341,9 +341,15 @@ const NODE_PREFIX = Buffer.from([1]);
 /** What a client batch's leaf covers: the request without its signature and path. */
 type RequestBody = Pick<ClientRequest, 'client' | 'timestamp' | 'operation' | 'readOnly'>;
 
-function requestLeaf(r: RequestBody): Buffer {
-  const body = bodyBytes('client_request', { client: r.client, timestamp: r.timestamp, operation: r.operation, readOnly: r.readOnly });
-  return hash('sha256', Buffer.concat([LEAF_PREFIX, body]), 'buffer');
+/**
+ * The leaf of a request: every field but its signature and path, as a lone
+ * request's signing bytes cover every field but its signature. Naming the
+ * four fields instead would leave any other field a relay added uncovered
+ * (and outside requestBytes' limit).
+ */
+function requestLeaf(r: RequestBody | ClientRequest): Buffer {
+  const { signature: _signature, path: _path, ...body } = r as Partial<ClientRequest>;
+  return hash('sha256', Buffer.concat([LEAF_PREFIX, bodyBytes('client_request', body)]), 'buffer');
 }
 
 function merkleParent(a: Uint8Array, b: Uint8Array): Buffer {

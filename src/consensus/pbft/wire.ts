@@ -28,8 +28,8 @@ import { messageProblem, replyProblem } from './validate.ts';
 
 /**
  * 3.0.0: a client request may carry a `path` (one of a client batch, signed
- * once for all: encoding.ts sealClientBatch), which 2.0.0 refuses as an
- * unknown field. 2.0.0: relayed requests and replies carry no signature
+ * once for all: encoding.ts sealClientBatch), whose signature a 2.0.0
+ * replica would not verify (it checks the request as signed alone). 2.0.0: relayed requests and replies carry no signature
  * (1.0.0 signed every message). No two of them talk to each other.
  */
 export const PBFT_PROTOCOL = '/dwcp/pbft/3.0.0';
