@@ -1,6 +1,7 @@
 /**
  * The daemon's Noise channel (src/net/noise-channel.ts, noise-stream.ts,
- * noise-crypto.ts): its AEAD against node:crypto and the library's own, its
+ * noise-crypto.ts): its AEAD against node:crypto and the library's own (in
+ * place too), its
  * message splitter at every cut, and real libp2p hosts on 127.0.0.1 talking
  * through it: with each other, with the stock `@chainsafe/libp2p-noise` in
  * both directions (a federation mid-upgrade), through a man in the middle who
@@ -24,7 +25,7 @@ import { Uint8ArrayList } from 'uint8arraylist';
 import { FramedStream, MUXER_STREAM_OPTIONS } from '../../src/net/framing.ts';
 import { BytesSchema } from '../../src/net/schema.ts';
 import { noiseChannel } from '../../src/net/noise-channel.ts';
-import { noiseCrypto, WASM_BELOW_BYTES } from '../../src/net/noise-crypto.ts';
+import { noiseCrypto, sealInPlace, TAG_BYTES } from '../../src/net/noise-crypto.ts';
 import { MAX_PLAINTEXT_BYTES, NoiseMessageDecoder, NoiseMessageError } from '../../src/net/noise-stream.ts';
 
 const LOOPBACK = '127.0.0.1';
@@ -51,8 +52,8 @@ describe('noiseCrypto: ChaCha20-Poly1305 as Noise uses it', () => {
   const ad = crypto.randomBytes(32);
   const cases: [string, Bytes][] = [
     ['empty', plaintext(0)],
-    ['below the WASM threshold', plaintext(WASM_BELOW_BYTES - 1)],
-    ['at the threshold', plaintext(WASM_BELOW_BYTES)],
+    ['one byte', plaintext(1)],
+    ['a small message', plaintext(383)],
     ['a full Noise message', plaintext(MAX_PLAINTEXT_BYTES)],
     ['many small parts', plaintext(20_000, 37)],
     ['a few large parts', plaintext(MAX_PLAINTEXT_BYTES, 20_000)],
@@ -97,14 +98,39 @@ describe('noiseCrypto: ChaCha20-Poly1305 as Noise uses it', () => {
     }
   });
 
-  it('never uses a cached key object for bytes that changed under it', () => {
-    const k = Buffer.from(key);
-    const pt = plaintext(5000);
-    const first = bytesOf(noiseCrypto.chaCha20Poly1305Encrypt(pt, nonce, ad, k));
-    k[0] = (k[0] ?? 0) ^ 1;
-    const second = bytesOf(noiseCrypto.chaCha20Poly1305Encrypt(pt, nonce, ad, k));
-    expect(second.equals(first)).toBe(false);
-    expect(second.equals(bytesOf(defaultCrypto.chaCha20Poly1305Encrypt(pt, nonce, ad, Buffer.from(k))))).toBe(true);
+  it('seals in place and opens in place, the same bytes as a fresh array', () => {
+    for (const n of [0, 1, 5000, MAX_PLAINTEXT_BYTES]) {
+      const pt = bytesOf(plaintext(n));
+      const expected = bytesOf(noiseCrypto.chaCha20Poly1305Encrypt(pt, nonce, ad, key));
+      // Laid out as on the wire: a prefix before, the tag's room after, more bytes behind.
+      const wire = Buffer.alloc(2 + n + TAG_BYTES + 3, 0xee);
+      pt.copy(wire, 2);
+      const sealed = sealInPlace(wire.subarray(2, 2 + n), (p) => noiseCrypto.chaCha20Poly1305Encrypt(p, nonce, ad, key) as Uint8Array);
+      expect(sealed.buffer).toBe(wire.buffer);
+      expect(Buffer.from(sealed).equals(expected)).toBe(true);
+      expect(wire.subarray(2 + n + TAG_BYTES).equals(Buffer.alloc(3, 0xee))).toBe(true);
+      const opened = noiseCrypto.chaCha20Poly1305Decrypt(sealed, nonce, ad, key, sealed);
+      expect(opened.byteLength).toBe(n);
+      expect(bytesOf(opened).equals(pt)).toBe(true);
+      expect((opened as Uint8Array).buffer).toBe(wire.buffer);
+    }
+  });
+
+  it('refuses to seal in place without room for the tag, and encrypts into fresh arrays otherwise', () => {
+    const tight = Buffer.alloc(100).subarray(90);
+    expect(() => sealInPlace(tight, (p) => noiseCrypto.chaCha20Poly1305Encrypt(p, nonce, ad, key) as Uint8Array)).toThrow(RangeError);
+    const pt = Buffer.from(bytesOf(plaintext(100)));
+    const copy = Buffer.from(pt);
+    noiseCrypto.chaCha20Poly1305Encrypt(pt, nonce, ad, key);
+    expect(pt.equals(copy)).toBe(true);
+  });
+
+  it('opens nothing in place from a tampered message', () => {
+    const pt = bytesOf(plaintext(5000));
+    const sealed = Buffer.from(bytesOf(noiseCrypto.chaCha20Poly1305Encrypt(pt, nonce, ad, key)));
+    sealed[100] = (sealed[100] ?? 0) ^ 1;
+    expect(() => noiseCrypto.chaCha20Poly1305Decrypt(sealed, nonce, ad, key, sealed)).toThrow();
+    expect(sealed.subarray(0, 5000).equals(pt)).toBe(false);
   });
 });
 
