@@ -14,6 +14,9 @@
  * - Throughput counts payload bytes only (not length prefixes or TCP/Noise/
  *   Yamux headers), timed from just before the first write until the receiver
  *   has the last payload byte; connection and stream set-up are outside it.
+ * - CPU time (process.cpuUsage: both ends and V8's GC threads) is recorded
+ *   per run too: per MiB and per round trip it barely moves with other
+ *   processes' load, which the MiB/s of a shared machine do.
  * - Each case runs once as a discarded warm-up, then `repeat` times with the
  *   two transports interleaved, so load that drifts during the run hits both.
  */
@@ -51,6 +54,9 @@ export interface TransportCase {
   ratio: number;
   tcp_runs_mib_s: number[];
   framed_runs_mib_s: number[];
+  /** Median process CPU time per MiB moved (both ends, GC threads included). */
+  tcp_cpu_ms_per_mib: number;
+  framed_cpu_ms_per_mib: number;
 }
 
 export interface TransportLatency {
@@ -64,6 +70,9 @@ export interface TransportLatency {
   ratio_p50: number;
   /** framed_p99_us / tcp_p99_us: above 1 means the framed stream is slower. */
   ratio_p99: number;
+  /** Median process CPU time per round trip (both ends, GC threads included). */
+  tcp_cpu_us: number;
+  framed_cpu_us: number;
 }
 
 export interface TransportResult extends ReturnType<typeof machineFacts> {
@@ -275,6 +284,19 @@ async function framedLibp2p(): Promise<Transport> {
 
 const MIB = 1024 ** 2;
 
+/** Process CPU time (all threads) in milliseconds. */
+function cpuMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+}
+
+/** Runs `measure` and also returns the process CPU milliseconds it took. */
+async function withCpu<T>(measure: () => Promise<T>): Promise<{ value: T; cpuMs: number }> {
+  const before = cpuMs();
+  const value = await measure();
+  return { value, cpuMs: cpuMs() - before };
+}
+
 /** Runs `measure` once per transport as a warm-up, then `repeat` times interleaved; returns the kept results per transport. */
 async function interleaved<T>(transports: readonly Transport[], repeat: number, measure: (t: Transport) => Promise<T>): Promise<Map<Transport['name'], T[]>> {
   for (const t of transports) await measure(t);
@@ -294,9 +316,11 @@ function keptFor<T>(kept: Map<Transport['name'], T[]>, name: Transport['name']):
 async function measureCase(transports: readonly Transport[], size: number, opts: TransportOptions): Promise<TransportCase> {
   const messages = Math.max(1, Math.floor(opts.totalBytes / size));
   const bytes = messages * size;
-  const kept = await interleaved(transports, opts.repeat, async (t) => bytes / MIB / (await t.throughput(size, messages)));
-  const tcpRuns = keptFor(kept, 'tcp');
-  const framedRuns = keptFor(kept, 'framed');
+  const kept = await interleaved(transports, opts.repeat, (t) => withCpu(() => t.throughput(size, messages)));
+  const mibS = (name: Transport['name']): number[] => keptFor(kept, name).map((run) => bytes / MIB / run.value);
+  const cpuPerMib = (name: Transport['name']): number => significant(median(keptFor(kept, name).map((run) => run.cpuMs / (bytes / MIB))), 3);
+  const tcpRuns = mibS('tcp');
+  const framedRuns = mibS('framed');
   const result: TransportCase = {
     size,
     messages,
@@ -306,18 +330,22 @@ async function measureCase(transports: readonly Transport[], size: number, opts:
     ratio: significant(median(framedRuns) / median(tcpRuns), 3),
     tcp_runs_mib_s: tcpRuns.map((v) => significant(v)),
     framed_runs_mib_s: framedRuns.map((v) => significant(v)),
+    tcp_cpu_ms_per_mib: cpuPerMib('tcp'),
+    framed_cpu_ms_per_mib: cpuPerMib('framed'),
   };
-  progress(`  ${formatBytes(size)}: tcp ${result.tcp_mib_s} MiB/s, framed ${result.framed_mib_s} MiB/s, framed/tcp ${result.ratio}`);
+  progress(
+    `  ${formatBytes(size)}: tcp ${result.tcp_mib_s} MiB/s, framed ${result.framed_mib_s} MiB/s, framed/tcp ${result.ratio}; CPU ms/MiB tcp ${result.tcp_cpu_ms_per_mib}, framed ${result.framed_cpu_ms_per_mib}`,
+  );
   return result;
 }
 
 async function measureLatency(transports: readonly Transport[], opts: TransportOptions): Promise<TransportLatency> {
-  const percentiles = async (t: Transport): Promise<{ p50: number; p99: number }> => {
-    const samples = await t.pingPong(opts.rounds);
-    return { p50: quantile(samples, 0.5), p99: quantile(samples, 0.99) };
+  const percentiles = async (t: Transport): Promise<{ p50: number; p99: number; cpuUs: number }> => {
+    const { value: samples, cpuMs } = await withCpu(() => t.pingPong(opts.rounds));
+    return { p50: quantile(samples, 0.5), p99: quantile(samples, 0.99), cpuUs: (cpuMs * 1000) / opts.rounds };
   };
   const kept = await interleaved(transports, opts.repeat, percentiles);
-  const medianOf = (name: Transport['name'], p: 'p50' | 'p99'): number => median(keptFor(kept, name).map((run) => run[p]));
+  const medianOf = (name: Transport['name'], p: 'p50' | 'p99' | 'cpuUs'): number => median(keptFor(kept, name).map((run) => run[p]));
   const tcpP50 = medianOf('tcp', 'p50');
   const tcpP99 = medianOf('tcp', 'p99');
   const framedP50 = medianOf('framed', 'p50');
@@ -331,13 +359,15 @@ async function measureLatency(transports: readonly Transport[], opts: TransportO
     framed_p99_us: significant(framedP99),
     ratio_p50: significant(framedP50 / tcpP50, 3),
     ratio_p99: significant(framedP99 / tcpP99, 3),
+    tcp_cpu_us: significant(medianOf('tcp', 'cpuUs'), 3),
+    framed_cpu_us: significant(medianOf('framed', 'cpuUs'), 3),
   };
 }
 
 function report(result: TransportResult): string {
   const throughput = renderTable(
-    ['message', 'tcp MiB/s', 'framed MiB/s', 'framed/tcp (<1 = slower)'],
-    result.cases.map((c) => [formatBytes(c.size), String(c.tcp_mib_s), String(c.framed_mib_s), String(c.ratio)]),
+    ['message', 'tcp MiB/s', 'framed MiB/s', 'framed/tcp (<1 = slower)', 'CPU ms/MiB tcp', 'CPU ms/MiB framed'],
+    result.cases.map((c) => [formatBytes(c.size), String(c.tcp_mib_s), String(c.framed_mib_s), String(c.ratio), String(c.tcp_cpu_ms_per_mib), String(c.framed_cpu_ms_per_mib)]),
   );
   const l = result.latency;
   const latency = renderTable(
@@ -345,6 +375,7 @@ function report(result: TransportResult): string {
     [
       ['p50', String(l.tcp_p50_us), String(l.framed_p50_us), String(l.ratio_p50)],
       ['p99', String(l.tcp_p99_us), String(l.framed_p99_us), String(l.ratio_p99)],
+      ['CPU µs per round trip', String(l.tcp_cpu_us), String(l.framed_cpu_us), ''],
     ],
   );
   const { options: o } = result;

@@ -31,8 +31,9 @@
  *   the current turn (setImmediate), and a batch reaching MAX_PLAINTEXT_BYTES
  *   is sealed at once, so a batch is bounded in both time and size. Sent
  *   arrays are referenced, not copied, until sealed: senders must not reuse
- *   them within the turn (FramedStream copies every frame, so its users
- *   never can).
+ *   them within the turn (FramedStream sends fresh encodings; see its write()).
+ * - Received chunks are this stream's to overwrite (opening in place): the
+ *   raw connection hands each socket read over once and keeps no reference.
  * - Back-pressure is the raw connection's: a send reports "wait for drain"
  *   whenever the raw connection did.
  * - A message that fails to authenticate, or a length below the tag's 16
