@@ -27,7 +27,6 @@
  */
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { tcp } from '@libp2p/tcp';
-import { yamux } from '@chainsafe/libp2p-yamux';
 import { identify, type Identify } from '@libp2p/identify';
 import { ping, type Ping } from '@libp2p/ping';
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
@@ -44,6 +43,7 @@ import { backoffDelay } from './backoff.ts';
 import { RttEstimator } from './rtt.ts';
 import { MUXER_STREAM_OPTIONS, frameEventsFor } from './framing.ts';
 import { noiseChannel } from './noise-channel.ts';
+import { halfWindowYamux } from './yamux-window.ts';
 import { memberGater } from './gater.ts';
 import { HELLO_PROTOCOL, exchangeHello, type HelloContext, type HelloOutcome } from './hello.ts';
 
@@ -114,7 +114,7 @@ export class MemberMesh {
       addresses: { listen: config.listen },
       transports: [tcp()],
       connectionEncrypters: [noiseChannel()],
-      streamMuxers: [yamux({ streamOptions: MUXER_STREAM_OPTIONS })],
+      streamMuxers: [halfWindowYamux({ streamOptions: MUXER_STREAM_OPTIONS })],
       connectionGater: memberGater(members, metrics, log),
       // The mesh's own pings judge liveness (see the module comment for why not libp2p's monitor).
       connectionMonitor: { enabled: false },
