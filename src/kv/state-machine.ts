@@ -43,6 +43,7 @@ import type { KvLimits, KvSession } from './snapshot.ts';
 import { decodeKvSnapshot, encodeKvSnapshot, KvSnapshotError, resolveKvLimits } from './snapshot.ts';
 import { DwcpError } from '../errors.ts';
 import { FleetStateMachine, type FleetState } from '../fleet/state-machine.ts';
+import { ValueSlabs } from './value-slabs.ts';
 
 export interface KvStats {
   readonly keys: number;
@@ -94,6 +95,8 @@ function invalidCommand(err: unknown): KvResult {
 export class KvStateMachine {
   readonly limits: KvLimits;
   #values = new Map<string, StoredValue>();
+  /** Holds the values' bytes (value-slabs.ts): many small values share a buffer. */
+  readonly #slabs = new ValueSlabs();
   /** Every key of #values, in compareKeys order. */
   #keys: string[] = [];
   /** Iteration order is lastIndex order: touching a session moves it to the end. */
@@ -194,7 +197,7 @@ export class KvStateMachine {
     machine.#appliedIndex = state.appliedIndex;
     for (const { key, value, revision, createRevision } of state.entries) {
       // A copy, so the state does not pin the whole snapshot buffer.
-      const stored = { value: new Uint8Array(value), revision, createRevision, footprint: kvEntryFootprint(Buffer.byteLength(key, 'utf8'), value.byteLength) };
+      const stored = { value: machine.#slabs.copy(value), revision, createRevision, footprint: kvEntryFootprint(Buffer.byteLength(key, 'utf8'), value.byteLength) };
       machine.#values.set(key, stored);
       machine.#keys.push(key);
       machine.#bytes += stored.footprint;
@@ -254,6 +257,7 @@ export class KvStateMachine {
           this.#values.delete(cmd.key);
           this.#keys.splice(this.#indexOfKey(cmd.key), 1);
           this.#bytes -= prev.footprint;
+          this.#released(prev);
         }
         return { ok: true, op: 'delete', revision: index, deleted: prev !== undefined, prev: metaOf(prev) };
       }
@@ -266,10 +270,19 @@ export class KvStateMachine {
     const bytes = this.#bytes - (prev?.footprint ?? 0) + footprint;
     if (bytes > this.limits.maxStateBytes) return { ok: false, reason: 'quota_exceeded', stateBytes: this.#bytes, limitBytes: this.limits.maxStateBytes };
     // A copy: a decoded value is a view of the log entry's buffer.
-    this.#values.set(key, { value: new Uint8Array(value), revision: index, createRevision: prev?.createRevision ?? index, footprint });
+    this.#values.set(key, { value: this.#slabs.copy(value), revision: index, createRevision: prev?.createRevision ?? index, footprint });
     if (prev === undefined) this.#keys.splice(this.#lowerBound(key), 0, key);
+    else this.#released(prev);
     this.#bytes = bytes;
     return { ok: true, op, revision: index, prev: metaOf(prev) };
+  }
+
+  /** `stored` left the state; its slab space is reclaimed by a repack once the holes outweigh the live values. */
+  #released(stored: StoredValue): void {
+    this.#slabs.release(stored.value);
+    if (!this.#slabs.repackDue) return;
+    this.#slabs.restart();
+    for (const [key, s] of this.#values) this.#values.set(key, { ...s, value: this.#slabs.copy(s.value) });
   }
 
   /** First position whose key is not before `key`. */
