@@ -12,5 +12,15 @@
  * member held ~214 MiB RSS with the default, ~178 MiB with this (~188 MiB
  * with 16, ~165 MiB with 4, where minor collections run twice as often).
  * Issue 19 asks for at most 250 MiB per member under load.
+ *
+ * --optimize-for-size: V8 grows the old generation less eagerly, keeps the
+ * young one small and gives memory back sooner. Under load a member's RSS is
+ * mostly garbage and heap slack, not live data (a heap snapshot of a member
+ * after 5 000 puts held ~60 MiB of live JS, half of it module source and
+ * code, against a 90-140 MiB committed heap): 3-member Raft bench, 16
+ * clients for 60 s, peak RSS 187 MiB per member with it and 299-317 MiB
+ * without; at 1 and 64 clients 161-179 MiB against 192-277 MiB. The price is
+ * CPU: 64-client throughput was ~10 % lower in the same interleaved runs
+ * (bench/RESULTS.md, raft section, 2026-12-07 "memory"), 1 client unchanged.
  */
-export const DAEMON_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8'];
+export const DAEMON_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8', '--optimize-for-size'];
