@@ -17,10 +17,11 @@
  * young one small and gives memory back sooner. Under load a member's RSS is
  * mostly garbage and heap slack, not live data (a heap snapshot of a member
  * after 5 000 puts held ~60 MiB of live JS, half of it module source and
- * code, against a 90-140 MiB committed heap): 3-member Raft bench, 16
- * clients for 60 s, peak RSS 187 MiB per member with it and 299-317 MiB
- * without; at 1 and 64 clients 161-179 MiB against 192-277 MiB. The price is
- * CPU: 64-client throughput was ~10 % lower in the same interleaved runs
- * (bench/RESULTS.md, raft section, 2026-12-07 "memory"), 1 client unchanged.
+ * code, against a 90-140 MiB committed heap). 3-member Raft bench, 16
+ * clients for 150 s under the same load: peak RSS 204-207 MiB per member
+ * with it, 312-337 MiB without; at 1 and 64 clients 161-179 MiB against
+ * 192-277 MiB. The price is CPU: 64-client throughput was ~10 % lower in
+ * interleaved runs, 1 client unchanged (bench/RESULTS.md, raft section,
+ * "Where a 1-client put's time goes; fewer wake-ups; memory").
  */
 export const DAEMON_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8', '--optimize-for-size'];
