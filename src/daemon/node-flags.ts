@@ -13,15 +13,10 @@
  * with 16, ~165 MiB with 4, where minor collections run twice as often).
  * Issue 19 asks for at most 250 MiB per member under load.
  *
- * --optimize-for-size: V8 grows the old generation less eagerly, keeps the
- * young one small and gives memory back sooner. Under load a member's RSS is
- * mostly garbage and heap slack, not live data (a heap snapshot of a member
- * after 5 000 puts held ~60 MiB of live JS, half of it module source and
- * code, against a 90-140 MiB committed heap). 3-member Raft bench, 16
- * clients for 150 s under the same load: peak RSS 204-207 MiB per member
- * with it, 312-337 MiB without; at 1 and 64 clients 161-179 MiB against
- * 192-277 MiB. The price is CPU: 64-client throughput was ~10 % lower in
- * interleaved runs, 1 client unchanged (bench/RESULTS.md, raft section,
- * "Where a 1-client put's time goes; fewer wake-ups; memory").
+ * Not --optimize-for-size: it held a Raft member under load to ~205 MiB
+ * RSS (~300 MiB without), but on a quiet machine it halved the bulk blob
+ * transfer (40 against 105 MiB/s, 512 MiB on one stream) and cost Raft a
+ * third of its 64-client throughput: V8 collecting more eagerly costs most
+ * where buffers churn (bench/RESULTS.md, raft and delta sections).
  */
-export const DAEMON_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8', '--optimize-for-size'];
+export const DAEMON_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8'];
