@@ -240,7 +240,8 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
         let cpuMs = 0;
         try {
           outcome = method === 'dwcp' ? await from.live(m, guest) : await from.direct(guest, await to.incomingEndpoint(id, 'disk'), await to.incomingEndpoint(id, 'state', directMultifd), o.downtimeMs, directMultifd);
-          await until('the destination running', 60_000, async () => ((await to.running(incoming)) ? true : undefined));
+          // Polled often for both methods: the direct reference's destination is often still loading when its source completes.
+          await until('the destination running', 60_000, async () => ((await to.running(incoming)) ? true : undefined), 2);
           totalMs = performance.now() - t0;
           cpuMs = (await cpuOf()) - cpu0;
           await until('ticks at the destination', 60_000, async () => (watch.last() >= firstTick + 10 ? true : undefined));
