@@ -31,13 +31,10 @@
  * carries the batch's signature and its own Merkle path, and is still
  * checked, relayed, ordered and answered on its own.
  */
-import { MAX_CLIENT_BATCH_DEPTH, requestBytes, sealClientBatch } from './encoding.ts';
+import { MAX_CLIENT_BATCH_DEPTH, requestBytes, sealClientBatch, type RequestBody } from './encoding.ts';
 import { DwcpError, type DwcpErrorCode } from '../../errors.ts';
 import { ReplyCollector } from './reply-collector.ts';
 import type { ClientRequest, ReplicaId, Reply, RequestResult } from './types.ts';
-
-/** What a request is before it is signed. */
-type RequestBody = Pick<ClientRequest, 'client' | 'timestamp' | 'operation' | 'readOnly'>;
 
 export type PbftClientErrorCode = Extract<DwcpErrorCode, 'timeout' | 'busy' | 'stopped' | 'too_large'>;
 

@@ -338,8 +338,8 @@ export const MAX_CLIENT_BATCH_DEPTH = 16;
 const LEAF_PREFIX = Buffer.from([0]);
 const NODE_PREFIX = Buffer.from([1]);
 
-/** What a client batch's leaf covers: the request without its signature and path. */
-type RequestBody = Pick<ClientRequest, 'client' | 'timestamp' | 'operation' | 'readOnly'>;
+/** A client request before it is signed: what sealClientBatch takes. */
+export type RequestBody = Pick<ClientRequest, 'client' | 'timestamp' | 'operation' | 'readOnly'>;
 
 /**
  * The leaf of a request: every field but its signature and path, as a lone
