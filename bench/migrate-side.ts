@@ -32,7 +32,7 @@ import { MigrateService } from '../src/migration/migrate-service.ts';
 import { QemuTransfer } from '../src/migration/qemu-transfer.ts';
 import { benchHost } from './transport.ts';
 
-export const BENCH_TYPE = 'bench.guest';
+const BENCH_TYPE = 'bench.guest';
 
 export interface SideOptions {
   readonly name: string;
@@ -285,11 +285,11 @@ export async function forkSide(o: SideOptions): Promise<Side & { readonly child:
     serialLog: (id) => call('serialLog', id),
     paused: (id) => call('paused', id),
     resume: (id) => call('resume', id),
-    incomingEndpoint: (migration, channel, multifd) => call('incomingEndpoint', migration, channel, multifd ?? null),
+    incomingEndpoint: (migration, channel, multifd) => call('incomingEndpoint', migration, channel, multifd),
     cpuMs: () => call('cpuMs'),
     setMigration: (m, id) => call('setMigration', m, id),
     live: (m, id) => call('live', m, id),
-    direct: (id, nbd, state, downtimeMs, multifd) => call('direct', id, nbd, state, downtimeMs, multifd ?? null),
+    direct: (id, nbd, state, downtimeMs, multifd) => call('direct', id, nbd, state, downtimeMs, multifd),
     async close() {
       await call('close').catch(() => undefined);
       child.disconnect();

@@ -12,9 +12,7 @@
  * Issue 19's floor: PBFT throughput at least 50 % of Raft's at 64 clients.
  */
 import { generateKeyPairSync, sign, verify } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import os from 'node:os';
-import { parseStat } from '../src/cloud/qemu/procfs.ts';
 import { PBFT_PROTOCOL } from '../src/consensus/pbft/wire.ts';
 import { metricValue } from '../test/integration/harness.ts';
 import { dwcpKvTarget, startDwcpCluster, type BenchScope } from './dwcp-cluster.ts';
@@ -80,7 +78,7 @@ interface MemberSample {
 }
 
 /** User + system CPU seconds of the members and their PBFT persist totals so far (a member gone away counts nothing). */
-async function sampleMembers(members: readonly { pid: number; metricsUrl: string }[]): Promise<MemberSample> {
+async function sampleMembers(members: readonly { metricsUrl: string }[]): Promise<MemberSample> {
   let cpuSeconds = 0;
   let persists = 0;
   let persistSeconds = 0;
@@ -90,9 +88,10 @@ async function sampleMembers(members: readonly { pid: number; metricsUrl: string
   let pbftBytes = 0;
   for (const m of members) {
     try {
-      cpuSeconds += parseStat(await readFile(`/proc/${m.pid}/stat`, 'utf8')).cpuSeconds;
       const text = await (await fetch(m.metricsUrl)).text();
       const value = (name: string): number => metricValue(text, name) ?? 0;
+      // prom-client's default metric: user + system CPU of the member's process.
+      cpuSeconds += value('process_cpu_seconds_total');
       persists += value('dwcp_pbft_persist_duration_seconds_count');
       persistSeconds += value('dwcp_pbft_persist_duration_seconds_sum');
       executedSeq = Math.max(executedSeq, value('dwcp_pbft_executed_seq'));

@@ -284,17 +284,12 @@ async function framedLibp2p(): Promise<Transport> {
 
 const MIB = 1024 ** 2;
 
-/** Process CPU time (all threads) in milliseconds. */
-function cpuMs(): number {
-  const { user, system } = process.cpuUsage();
-  return (user + system) / 1000;
-}
-
-/** Runs `measure` and also returns the process CPU milliseconds it took. */
+/** Runs `measure` and also returns the process CPU milliseconds (all threads) it took. */
 async function withCpu<T>(measure: () => Promise<T>): Promise<{ value: T; cpuMs: number }> {
-  const before = cpuMs();
+  const before = process.cpuUsage();
   const value = await measure();
-  return { value, cpuMs: cpuMs() - before };
+  const { user, system } = process.cpuUsage(before);
+  return { value, cpuMs: (user + system) / 1000 };
 }
 
 /** Runs `measure` once per transport as a warm-up, then `repeat` times interleaved; returns the kept results per transport. */

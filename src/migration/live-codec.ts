@@ -36,7 +36,7 @@ export function liveCodecFor(open: Pick<MigrateOpen, 'stream' | 'multifd'>, code
 }
 
 /** A Data frame's payload: the chunk as arrays (sent where they lie) or compressed, with its raw length (0: not compressed). */
-export interface PackedData {
+interface PackedData {
   readonly chunk: Uint8Array | readonly Uint8Array[];
   readonly rawLength: number;
 }

@@ -46,8 +46,6 @@ import { AbstractMessageStream, type SendResult } from '@libp2p/utils';
 import { Uint8ArrayList } from 'uint8arraylist';
 import { sealInPlace, TAG_BYTES } from './noise-crypto.ts';
 
-export { TAG_BYTES };
-
 /** Largest Noise message, ciphertext and tag (the 2-byte length's range). */
 export const MAX_NOISE_MESSAGE_BYTES = 65_535;
 const LENGTH_BYTES = 2;
@@ -60,7 +58,7 @@ export const MAX_PLAINTEXT_BYTES = MAX_NOISE_MESSAGE_BYTES - TAG_BYTES;
  * each cost a contiguous copy; a message costs only ~0.6 µs of fixed AEAD
  * work. Peers may still send up to MAX_NOISE_MESSAGE_BYTES.
  */
-export const SEAL_PLAINTEXT_BYTES = 16_384 - LENGTH_BYTES - TAG_BYTES;
+const SEAL_PLAINTEXT_BYTES = 16_384 - LENGTH_BYTES - TAG_BYTES;
 
 /** Both directions of a channel's cipher states, as the Noise handshake returns them. */
 export interface NoiseCipher {
@@ -94,15 +92,6 @@ export class NoiseMessageDecoder {
     }
     return messages;
   }
-}
-
-/** The message's bytes as one array: the chunk it lies in when it lies in one (no copy), else a contiguous copy. */
-function contiguous(message: Uint8ArrayList): Uint8Array {
-  for (const part of message) {
-    if (part.byteLength === message.byteLength) return part;
-    break;
-  }
-  return message.subarray();
 }
 
 /** Wire bytes of a `total`-byte plaintext sealed into Noise messages of SEAL_PLAINTEXT_BYTES: prefixes and tags included. */
@@ -230,7 +219,8 @@ export class NoiseTransportStream extends AbstractMessageStream {
     const plaintext = new Uint8ArrayList();
     try {
       for (const message of this.#decoder.push(evt.data)) {
-        const sealed = contiguous(message);
+        // subarray(): the chunk itself when the message lies in one (no copy), else a contiguous copy.
+        const sealed = message.subarray();
         plaintext.append(this.#cipher.decrypt(sealed, sealed));
       }
     } catch (err) {
