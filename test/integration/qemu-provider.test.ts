@@ -30,6 +30,7 @@ import { CapacityError, InvalidRequestError, ProviderError, type Instance } from
 import { DirectoryImageSource, IMAGE_MANIFEST, sha256File, type ImageManifest } from '../../src/cloud/qemu/directory-images.ts';
 import { chooseAccel } from '../../src/cloud/qemu/accel.ts';
 import { QemuProvider, type QemuProviderOptions } from '../../src/cloud/qemu/qemu-provider.ts';
+import { DEFAULT_MULTIFD, migrationInfo, MIGRATION_EVENTS, nextEvent, startMigration } from '../../src/cloud/qemu/migration-qmp.ts';
 import { vmFiles } from '../../src/cloud/qemu/vm-store.ts';
 import { GUEST_IMAGE, guestImagesDir } from '../support/qemu.ts';
 import { eventually } from './harness.ts';
@@ -169,6 +170,30 @@ describe('qemu guests under TCG', () => {
     expect(gone.state).toBe('terminated');
     await expect(stat(files.disk)).rejects.toMatchObject({ code: 'ENOENT' });
     expect((await provider.list()).find((i) => i.id === id)?.state).toBe('terminated');
+  }, 300_000);
+});
+
+describe('a destination QEMU', () => {
+  it('runs the guest as soon as its incoming live migration completed, without anyone asking the provider', async () => {
+    const [fromDir, toDir] = [join(root, 'from'), join(root, 'to')];
+    const [from, to] = [await open(fromDir), await open(toDir)];
+    const source = await from.create({ name: 'mover', type: 'qemu.micro', image: GUEST_IMAGE });
+    await serial(fromDir, source.id, /^tick \d+/, 3);
+    const incoming = await to.create({ name: 'mover', type: 'qemu.micro', image: GUEST_IMAGE, incoming: 'm1', incomingMode: 'live' });
+    expect(incoming.state).toBe('stopped');
+    const path = await to.incomingEndpoint('m1', 'state', DEFAULT_MULTIFD);
+    // QEMU to QEMU over the destination's socket: no daemon, no relay, nothing that would poll the destination.
+    const { qmp } = await from.migrationSource(source.id);
+    await startMigration(qmp, path, 300, DEFAULT_MULTIFD);
+    for (const deadline = Date.now() + BOOT_MS; ; await nextEvent(qmp, MIGRATION_EVENTS, 500)) {
+      const info = await migrationInfo(qmp);
+      if (info.status === 'completed') break;
+      if (info.status === 'failed' || Date.now() > deadline) throw new Error(`the migration did not complete: ${info.status} ${info.error ?? ''}`);
+    }
+    // Only QEMU's MIGRATION event at the destination can have continued it: the provider was not asked since.
+    await serial(toDir, incoming.id, /^tick \d+/, 1, 60_000);
+    expect((await to.get(incoming.id)).state).toBe('running');
+    await Promise.all([from.terminate(source.id), to.terminate(incoming.id)]);
   }, 300_000);
 });
 

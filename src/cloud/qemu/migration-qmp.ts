@@ -65,9 +65,11 @@ async function setMultifd(qmp: QmpClient, multifd: Multifd | null, capabilities:
  * refuses a second migrate-incoming), with the source's multifd settings.
  * With multifd, the first connection to `path` is taken as the main
  * channel (QEMU 7.2 does not tell them apart by their first bytes).
+ * QEMU announces the stream's end (MIGRATION, completed) from here on.
  */
 export async function listenForState(qmp: QmpClient, path: string, multifd: Multifd | null): Promise<void> {
-  await setMultifd(qmp, multifd);
+  // `events`: QEMU says MIGRATION (completed) only with it, and that event is what runs the destination at once (qemu-provider #attach).
+  await setMultifd(qmp, multifd, [{ capability: 'events', state: true }]);
   await qmp.execute('migrate-incoming', { uri: `unix:${path}` });
 }
 
