@@ -15,13 +15,17 @@
  *   two ends (bench/migrate-side.ts) run in two processes by default
  *   (`--processes 2`), as two daemons do; `--processes 1` puts both on this
  *   process's event loop, as the bench did before 2026-12-07.
- * - **Reference**: the same QMP sequence (same mirror, same migrate, same
+ * - **References**: the same QMP sequence (same mirror, same migrate, same
  *   downtime limit) with the source QEMU connected straight to the
- *   destination QEMU's sockets: no daemon, no libp2p.
+ *   destination QEMU's sockets: no daemon, no libp2p. `direct` uses QEMU's
+ *   defaults (one connection, nothing compressed: the fastest way on
+ *   loopback, where bandwidth costs nothing); `direct-multifd` the same
+ *   multifd channels and compression as dwcp's runs, which separates what
+ *   the relay costs from what that choice costs here.
  *
  * One guest per dirty rate (the test guest with `dwcp.dirty_mib_s=N`) goes
  * back and forth between the two providers, each run the next of
- * subject/reference, so both see the same guest in the same state. Per run:
+ * subject/references in turn, so all see the same guest in the same state. Per run:
  * QEMU's downtime (`query-migrate`), the guest's: the largest gap between
  * consecutive `tick` lines across the source and destination serial logs,
  * as the guest's uptime says and as this process saw the lines appear
@@ -55,12 +59,16 @@ export interface MigrateOptions {
   processes: 1 | 2;
   /** QEMU's multifd for dwcp's runs (null: one connection). */
   multifd: Multifd | null;
-  /** The reference with the same multifd (else QEMU's defaults: one connection). */
-  directMultifd: boolean;
+  /** The references, each run in turn with dwcp: QEMU's defaults (one connection), and/or the same multifd as dwcp's runs. */
+  references: readonly Reference[];
 }
 
+/** `direct`: QEMU to QEMU with QEMU's defaults (one connection, no compression); `direct-multifd`: with dwcp's multifd settings. */
+type Reference = 'direct' | 'direct-multifd';
+const REFERENCES: readonly Reference[] = ['direct', 'direct-multifd'];
+
 interface Run {
-  method: 'dwcp' | 'direct';
+  method: 'dwcp' | Reference;
   converged: boolean;
   error: string | null;
   /** From the start to the destination running; null if it never ran. */
@@ -189,7 +197,7 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
     await cp(built, join(images, `d${rate}`), { recursive: true });
     await writeFile(join(images, `d${rate}`, 'image.json'), JSON.stringify({ ...manifest, cmdline: `${manifest.cmdline} dwcp.dirty_mib_s=${rate}` }));
   }
-  const directMultifd = o.directMultifd ? o.multifd : null;
+  const methods: readonly Run['method'][] = ['dwcp', ...o.references];
   const sideOptions = (name: string): SideOptions => ({ name, dir: join(root, name), images, memoryMiB: o.memoryMiB, codec: o.codec, multifd: o.multifd, timeoutMs: o.timeoutMs, armAfterRounds: ARM_AFTER_ROUNDS });
   // Side b in a process of its own (--processes 2): each migration's two relays on two event loops, as two daemons have them.
   const sideA = await LocalSide.open(sideOptions('a'));
@@ -220,8 +228,9 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
       watch.watch(() => serials, o.pollMs);
       await until('the guest ticks', 120_000, async () => (watch.last() >= 20 ? true : undefined));
       const runs: Run[] = [];
-      for (let r = 0; r < 2 * o.runs; r++) {
-        const method = r % 2 === 0 ? 'dwcp' : 'direct';
+      for (let r = 0; r < methods.length * o.runs; r++) {
+        const method = methods[r % methods.length] as Run['method'];
+        const directMultifd = method === 'direct-multifd' ? o.multifd : null;
         const from = sides[at] as Side;
         const to = sides[1 - at] as Side;
         const id = `b${++serial}`;
@@ -263,7 +272,7 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
         }
         await to.setMigration(null, id);
         runs.push(run);
-        progress(`migrate: ${rate} MiB/s run ${r + 1}/${2 * o.runs} ${method}: ${run.converged ? `total ${run.totalMs?.toFixed(0)} ms, QEMU downtime ${run.qemuDowntimeMs} ms, tick gap ${run.tickGapGuestMs} ms (guest) ${run.tickGapWallMs?.toFixed(0)} ms (wall), ends' CPU ${run.cpuMs.toFixed(0)} ms, ${(run.wireBytes / 1e6).toFixed(1)} MB` : 'failed'}${run.error === null ? '' : `: ${run.error}`}`);
+        progress(`migrate: ${rate} MiB/s run ${r + 1}/${methods.length * o.runs} ${method}: ${run.converged ? `total ${run.totalMs?.toFixed(0)} ms, QEMU downtime ${run.qemuDowntimeMs} ms, tick gap ${run.tickGapGuestMs} ms (guest) ${run.tickGapWallMs?.toFixed(0)} ms (wall), ends' CPU ${run.cpuMs.toFixed(0)} ms, ${(run.wireBytes / 1e6).toFixed(1)} MB` : 'failed'}${run.error === null ? '' : `: ${run.error}`}`);
       }
       await watch.stop();
       await (sides[at] as Side).terminate(guest).catch(() => undefined);
@@ -294,20 +303,32 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
       };
     };
     const ours = of('dwcp');
-    const ref = of('direct');
     const ratio = (a: { p50: number } | null, b: { p50: number } | null) => (a === null || b === null || b.p50 === 0 ? null : significant(a.p50 / b.p50, 3));
-    return { rate_mib_s, dwcp: ours, direct: ref, ratio: { total_p50: ratio(ours.total_ms, ref.total_ms), qemu_downtime_p50: ratio(ours.qemu_downtime_ms, ref.qemu_downtime_ms), tick_gap_wall_p50: ratio(ours.tick_gap_wall_ms, ref.tick_gap_wall_ms) } };
+    const references = o.references.map((k) => {
+      const ref = of(k);
+      return { method: k, ...ref, ratio: { total_p50: ratio(ours.total_ms, ref.total_ms), qemu_downtime_p50: ratio(ours.qemu_downtime_ms, ref.qemu_downtime_ms), tick_gap_wall_p50: ratio(ours.tick_gap_wall_ms, ref.tick_gap_wall_ms) } };
+    });
+    return { rate_mib_s, dwcp: ours, references };
   });
   const fmt = (s: { p50: number; p99: number } | null) => (s === null ? '-' : `${s.p50}/${s.p99}`);
   const rows = summary.flatMap((s) =>
-    (['dwcp', 'direct'] as const).map((k) => [`${s.rate_mib_s} MiB/s ${k}`, `${s[k].converged}/${s[k].runs}`, fmt(s[k].total_ms), fmt(s[k].qemu_downtime_ms), fmt(s[k].tick_gap_guest_ms), fmt(s[k].tick_gap_wall_ms), fmt(s[k].daemon_cpu_ms), k === 'dwcp' ? `${s.ratio.total_p50 ?? '-'} / ${s.ratio.qemu_downtime_p50 ?? '-'}` : '']),
+    [{ method: 'dwcp', ...s.dwcp, ratio: undefined }, ...s.references].map((m) => [
+      `${s.rate_mib_s} MiB/s ${m.method}`,
+      `${m.converged}/${m.runs}`,
+      fmt(m.total_ms),
+      fmt(m.qemu_downtime_ms),
+      fmt(m.tick_gap_guest_ms),
+      fmt(m.tick_gap_wall_ms),
+      fmt(m.daemon_cpu_ms),
+      m.ratio === undefined ? '' : `${m.ratio.total_p50 ?? '-'} / ${m.ratio.qemu_downtime_p50 ?? '-'}`,
+    ]),
   );
-  progress(renderTable(['case', 'converged', 'total p50/p99 ms', 'QEMU downtime p50/p99', 'tick gap guest', 'tick gap wall', "ends' CPU ms", 'ratio total / downtime'], rows));
+  progress(renderTable(['case', 'converged', 'total p50/p99 ms', 'QEMU downtime p50/p99', 'tick gap guest', 'tick gap wall', "ends' CPU ms", 'dwcp ÷ this: total / downtime'], rows));
   return {
     bench: 'migrate',
     ...facts,
-    options: { runs: o.runs, processes: o.processes, codec: o.codec, multifd: o.multifd, direct_multifd: o.directMultifd, rates_mib_s: o.rates, memory_mib: o.memoryMiB, downtime_limit_ms: o.downtimeMs, timeout_ms: o.timeoutMs, poll_ms: o.pollMs },
-    ratios: { total_p50: 'dwcp total time / direct total time (above 1: dwcp slower)', qemu_downtime_p50: 'dwcp QEMU downtime / direct (above 1: dwcp longer)', tick_gap_wall_p50: 'largest tick gap seen, dwcp / direct' },
+    options: { runs: o.runs, processes: o.processes, codec: o.codec, multifd: o.multifd, references: o.references, rates_mib_s: o.rates, memory_mib: o.memoryMiB, downtime_limit_ms: o.downtimeMs, timeout_ms: o.timeoutMs, poll_ms: o.pollMs },
+    ratios: { total_p50: "under each reference: dwcp total time / the reference's (above 1: dwcp slower)", qemu_downtime_p50: "dwcp QEMU downtime / the reference's (above 1: dwcp longer)", tick_gap_wall_p50: "largest tick gap seen, dwcp / the reference's" },
     results: summary,
     loadavg_after: machineFacts().loadavg,
   };
@@ -315,7 +336,7 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
 
 export const migrateBench = defineBench<MigrateOptions>({
   flags: {
-    runs: { default: '10', description: 'migrations per dirty rate and method (dwcp, direct), alternating' },
+    runs: { default: '10', description: 'migrations per dirty rate and method (dwcp and each reference), in turn' },
     rates: { default: '0,10,50', description: 'guest dirty rates in MiB/s, comma-separated' },
     'memory-mib': { default: '256', description: "the guest's memory" },
     'downtime-ms': { default: '300', description: 'downtime limit (--max-downtime)' },
@@ -325,7 +346,7 @@ export const migrateBench = defineBench<MigrateOptions>({
     processes: { default: '2', description: "1: both ends (providers, libp2p hosts, relays) in this process; 2: end b in a child process, so the two daemons' relays do not share an event loop" },
     multifd: { default: String(DEFAULT_MULTIFD.channels), description: "QEMU's multifd channels for dwcp's runs (0: off), as fleet.migration.multifdChannels" },
     'multifd-compression': { default: DEFAULT_MULTIFD.compression, description: 'how QEMU compresses the multifd channels: none, zlib or zstd' },
-    'direct-multifd': { default: 'no', description: "yes: the reference migrates with the same multifd; no: with QEMU's defaults (one connection)" },
+    references: { default: REFERENCES.join(','), description: "QEMU direct migrations to compare with, comma-separated: direct (QEMU's defaults: one connection, no compression), direct-multifd (dwcp's multifd settings; left out with --multifd 0)" },
   },
   parse(flags) {
     const rates = (flags['rates'] ?? '').split(',').map((r) => Number(r.trim()));
@@ -339,10 +360,12 @@ export const migrateBench = defineBench<MigrateOptions>({
     if (channels > MAX_MULTIFD_CHANNELS) throw new FlagError('multifd', `must be 0..${MAX_MULTIFD_CHANNELS}, got ${channels}`);
     const compression = MULTIFD_COMPRESSIONS.find((c) => c === flags['multifd-compression']);
     if (compression === undefined) throw new FlagError('multifd-compression', `must be one of ${MULTIFD_COMPRESSIONS.join(', ')}, got "${flags['multifd-compression']}"`);
-    const directMultifd = flags['direct-multifd'];
-    if (directMultifd !== 'yes' && directMultifd !== 'no') throw new FlagError('direct-multifd', `must be yes or no, got "${directMultifd}"`);
     const multifd = channels === 0 ? null : { channels, compression };
-    return { runs: intFlag(flags, 'runs'), processes, rates, memoryMiB, downtimeMs: intFlag(flags, 'downtime-ms'), timeoutMs: intFlag(flags, 'timeout-ms', 1000), pollMs: intFlag(flags, 'poll-ms'), codec, multifd, directMultifd: directMultifd === 'yes' };
+    const named = (flags['references'] ?? '').split(',').map((r) => r.trim());
+    const references = REFERENCES.filter((r) => named.includes(r) && (r !== 'direct-multifd' || multifd !== null));
+    const unknown = named.filter((r) => !(REFERENCES as readonly string[]).includes(r));
+    if (unknown.length > 0 || references.length === 0) throw new FlagError('references', `must name one or both of ${REFERENCES.join(', ')} (direct-multifd needs --multifd above 0), got "${flags['references']}"`);
+    return { runs: intFlag(flags, 'runs'), processes, rates, memoryMiB, downtimeMs: intFlag(flags, 'downtime-ms'), timeoutMs: intFlag(flags, 'timeout-ms', 1000), pollMs: intFlag(flags, 'poll-ms'), codec, multifd, references };
   },
   run: runMigrateBench,
 });
