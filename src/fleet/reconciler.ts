@@ -45,7 +45,9 @@
  * - Failures back off exponentially (base × 2^(n-1), capped), with time as
  *   input. After maxAttempts failed creates/starts for one assignment the VM
  *   is reported failed with the provider's last reason and never retried for
- *   that generation (a new assignment starts afresh). Fencing operations are
+ *   that generation (a new assignment starts afresh); after maxAttempts
+ *   failed creates of a migration's incoming copy the target refuses the
+ *   migration (it rolls back with that reason). Fencing operations are
  *   never given up (safety first): they retry at the capped back-off forever.
  * - Managed copies (tag managed-by=dwcp) with no desired VM are reported as
  *   orphans every pass and never touched. Unmanaged instances are ignored.
@@ -189,6 +191,13 @@ export type ReconcileAction =
   | { readonly kind: 'terminate'; readonly provider: string; readonly id: string; readonly vm: string; readonly generation: number; readonly reason: FenceReason; readonly detail: string }
   /** Observed status for the fleet's observed state; emitted when it changes. `reason`: the provider's, for failed. */
   | { readonly kind: 'status'; readonly vm: string; readonly generation: number; readonly status: VmStatus; readonly reason?: string }
+  /**
+   * A migration into this region whose incoming copy could not be created
+   * (maxAttempts creates failed, `reason` the provider's last): the target
+   * rolls it back instead of leaving the coordinator to wait out its prepare
+   * timeout. Emitted every pass while the migration is in prepare.
+   */
+  | { readonly kind: 'refuse-migration'; readonly vm: string; readonly migration: string; readonly reason: string }
   /** A managed copy with no desired VM: reported every pass, never deleted. */
   | { readonly kind: 'orphan'; readonly provider: string; readonly id: string; readonly name: string; readonly state: ObservedVmState; readonly vmName?: string; readonly generation?: number };
 
@@ -207,6 +216,7 @@ export function actionKey(action: ReconcileAction): string | null {
     case 'terminate':
       return copyKey(action.provider, action.id);
     case 'status':
+    case 'refuse-migration':
     case 'orphan':
       return null;
   }
@@ -228,6 +238,7 @@ export function attemptKey(action: ReconcileAction): string | null {
     case 'terminate':
       return copyKey(action.provider, action.id);
     case 'status':
+    case 'refuse-migration':
     case 'orphan':
       return null;
   }
@@ -241,7 +252,7 @@ export interface AttemptRecord {
   readonly lastError: string;
   /** No retry before this time. */
   readonly retryAt: number;
-  /** Given up (vm/ keys only): reported failed with lastError. */
+  /** Given up (creates and starts of a VM, creates of an incoming copy): reported failed, or the migration refused, with lastError. */
   readonly failed: boolean;
 }
 
@@ -356,7 +367,7 @@ export function backoffMs(failures: number, options: ReconcilerOptions): number 
 }
 
 function generationOf(action: ReconcileAction): number {
-  return action.kind === 'orphan' ? 0 : action.generation;
+  return 'generation' in action ? (action.generation ?? 0) : 0;
 }
 
 /** Folds finished actions into the attempt records: success clears, failure counts and backs off. */
@@ -375,7 +386,7 @@ export function recordOutcomes(memory: ReconcilerMemory, outcomes: readonly Acti
     }
     const previous = attempts.get(key);
     const failures = previous !== undefined && previous.generation === generation ? previous.failures + 1 : 1;
-    const givesUp = key.startsWith('vm/') && (outcome.action.kind === 'create' || outcome.action.kind === 'start') && failures >= options.maxAttempts;
+    const givesUp = (key.startsWith('vm/') || key.startsWith('in/')) && (outcome.action.kind === 'create' || outcome.action.kind === 'start') && failures >= options.maxAttempts;
     attempts.set(key, {
       generation,
       failures,
@@ -517,8 +528,11 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
       }
       for (const copy of extra) emitFence(actions, attempts, inFlight, now, copy, name, 'duplicate', `another incoming copy of ${name} for ${migration.id} is kept (${keep?.provider}/${keep?.id})`, true);
       const record = attempts.get(key);
-      const backingOff = record !== undefined && record.generation === migration.target.generation && now < record.retryAt;
-      if (keep === undefined && !fencing && !backingOff) {
+      const current = record !== undefined && record.generation === migration.target.generation;
+      const backingOff = current && now < record.retryAt;
+      const refused = current && record.failed;
+      if (keep === undefined && refused && migration.phase === 'prepare') actions.push({ kind: 'refuse-migration', vm: name, migration: migration.id, reason: record.lastError });
+      if (keep === undefined && !fencing && !backingOff && !refused) {
         const t = migration.target;
         const create: ReconcileAction = { kind: 'create', provider: t.provider, vm: name, spec: vm.spec, generation: t.generation, token: createToken(name, t.generation), tags: copyTags(name, t.generation, migration.id), incoming: migration.id, incomingMode: migration.mode };
         if (!inFlight.has(actionKey(create) as string)) actions.push(create);

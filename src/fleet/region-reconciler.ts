@@ -107,6 +107,12 @@ export interface RegionReconcilerOptions {
    * per VM, and again on a later pass if it failed.
    */
   readonly purge?: (vm: string) => Promise<void>;
+  /**
+   * Rolls back a migration into this region, with `reason` (a rolling-back
+   * command, as an operator's cancel), once the core has given up creating
+   * its incoming copy; at most once at a time per migration.
+   */
+  readonly refuseMigration?: (migration: string, reason: string) => Promise<void>;
   /** Writes the DR backup a failed-over copy starts from into a disk file and returns its path (src/dr/backup-driver.ts); absent: copies start from their image. */
   readonly restore?: (vm: string, generation: number, backup: BackupRecord) => Promise<string>;
 }
@@ -127,6 +133,7 @@ export class RegionReconciler {
   readonly #types = new Map<string, Promise<InstanceTypeRow[]>>();
   readonly #loop: PassLoop;
   readonly #purging = new Set<string>();
+  readonly #refusing = new Set<string>();
 
   constructor(options: RegionReconcilerOptions) {
     this.#o = options;
@@ -196,6 +203,9 @@ export class RegionReconciler {
           this.#reports.set(action.vm, { status: action.status, generation: action.generation, ...(action.reason === undefined ? {} : { reason: action.reason }), since: passAt });
           if (action.status === 'failed') this.#o.log.warn({ vm: action.vm, generation: action.generation, err: action.reason }, 'fleet VM failed; not retried for this assignment');
           break;
+        case 'refuse-migration':
+          this.#refuse(action);
+          break;
         case 'orphan':
           orphans.push({ provider: action.provider, id: action.id, name: action.name, state: action.state, ...(action.vmName === undefined ? {} : { vmName: action.vmName }) });
           break;
@@ -225,6 +235,18 @@ export class RegionReconciler {
     }
   }
 
+  /** Rolls back a migration into this region whose incoming copy could not be created: one proposal at a time per migration. */
+  #refuse(action: Extract<ReconcileAction, { kind: 'refuse-migration' }>): void {
+    const refuse = this.#o.refuseMigration;
+    if (refuse === undefined || this.#refusing.has(action.migration)) return;
+    this.#refusing.add(action.migration);
+    const reason = `${this.#o.region} could not prepare a copy of ${action.vm}: ${action.reason}`;
+    this.#o.log.warn({ vm: action.vm, migration: action.migration, err: action.reason }, 'fleet migration refused: its incoming copy could not be created');
+    void refuse(action.migration, reason)
+      .catch((err: unknown) => this.#o.log.info({ vm: action.vm, migration: action.migration, err: errorText(err) }, 'fleet migration refusal not recorded; retrying at the next pass'))
+      .finally(() => this.#refusing.delete(action.migration));
+  }
+
   #limit(provider: string): number {
     if (this.#o.maxInFlight !== undefined) return this.#o.maxInFlight;
     try {
@@ -250,7 +272,7 @@ export class RegionReconciler {
     }
   }
 
-  async #run(action: Exclude<ReconcileAction, { kind: 'status' | 'orphan' }>): Promise<ActionOutcome> {
+  async #run(action: Exclude<ReconcileAction, { kind: 'status' | 'refuse-migration' | 'orphan' }>): Promise<ActionOutcome> {
     const now = this.#o.now ?? Date.now;
     const log = this.#o.log;
     try {

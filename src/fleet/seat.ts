@@ -137,6 +137,11 @@ export class FleetSeat {
         const result = await this.log.commit({ kind: 'purge', vm }, options.commitTimeoutMs);
         if (result.ok) options.log.info({ vm }, 'fleet VM purged: deleted and no copy left');
       },
+      refuseMigration: async (id, reason) => {
+        // Refused by the log only if the migration moved on meanwhile (cut over, or already rolling back): nothing left to refuse.
+        await this.log.commit({ kind: 'migration-progress', id, phase: 'rolling-back', reason, at: Date.now() }, options.commitTimeoutMs);
+        this.migrator.kick();
+      },
     });
     const { migration } = settings;
     this.migrator = new Migrator({

@@ -248,7 +248,7 @@ export interface FleetSimReport {
   readonly events: number;
   readonly invariantChecks: number;
   readonly virtualMs: number;
-  readonly migrations: { readonly started: number; readonly completed: number; readonly rolledBack: number; readonly failed: number; readonly live: number; readonly cancels: number; readonly lostProposals: number; readonly transferFailures: number; readonly liveCompletions: number; readonly targetWaits: number };
+  readonly migrations: { readonly started: number; readonly completed: number; readonly rolledBack: number; readonly failed: number; readonly live: number; readonly cancels: number; readonly lostProposals: number; readonly transferFailures: number; readonly liveCompletions: number; readonly targetWaits: number; readonly refusedByTarget: number };
   /** Crashes of a migration's source or target region right at one of its steps, by `phase:side`. */
   readonly migrationCrashes: Readonly<Record<string, number>>;
   readonly dr: DrSimReport | null;
@@ -559,7 +559,9 @@ export class FleetSimulation {
     invariantChecks: 0,
     deleted: 0,
   };
-  readonly #mig = { started: 0, completed: 0, rolledBack: 0, failed: 0, live: 0, cancels: 0, lostProposals: 0, transferFailures: 0, liveCompletions: 0, targetWaits: 0 };
+  readonly #mig = { started: 0, completed: 0, rolledBack: 0, failed: 0, live: 0, cancels: 0, lostProposals: 0, transferFailures: 0, liveCompletions: 0, targetWaits: 0, refusedByTarget: 0 };
+  /** `${region}/${migration}`: a target's refusal waiting for the log (one at a time, as the daemon's driver has it). */
+  readonly #refusing = new Set<string>();
   readonly #migrationCrashes: Record<string, number> = {};
   /** Every migration the log accepted, by VM: its source and target copies must never both run. */
   readonly #migrationsOf = new Map<string, FleetMigration[]>();
@@ -1331,6 +1333,17 @@ export class FleetSimulation {
         if (action.status === 'failed' && (action.reason === undefined || action.reason === '')) this.#fail(`${r.name} reported ${action.vm} failed without a reason`);
         this.#trace(`${r.name} status ${action.vm} g${action.generation} ${action.status}${action.reason === undefined ? '' : ` (${action.reason})`}`);
         return;
+      case 'refuse-migration': {
+        const key = `${r.name}/${action.migration}`;
+        if (this.#refusing.has(key)) return;
+        if (action.reason === '') this.#fail(`${r.name} refused ${action.migration} without a reason`);
+        this.#trace(`${r.name} refuses ${action.migration} (${action.vm}): ${action.reason}`);
+        this.#mig.refusedByTarget++;
+        this.#refusing.add(key);
+        const proposal = this.#propose(r.name, [parseFleetCommand({ kind: 'migration-progress', id: action.migration, phase: 'rolling-back', reason: `${r.name} could not prepare a copy of ${action.vm}: ${action.reason}`, at: this.#now })], () => this.#refusing.delete(key));
+        if (proposal === null) this.#refusing.delete(key);
+        return;
+      }
       case 'orphan':
         this.#counts.orphanReports++;
         r.orphansSeen.add(copyKey(action.provider, action.id));

@@ -154,7 +154,7 @@ describe('fleet deterministic simulation', () => {
     expect(sum((r) => r.holds)).toBeGreaterThan(dr.length / 2);
   });
 
-  it('the runs exercised migrations of every mode and result, cancels, lost proposals, failed transfers, live rollbacks that waited for the target, and crashes of both sides at every step', () => {
+  it('the runs exercised migrations of every mode and result, cancels, lost proposals, failed transfers, targets that refused (their incoming copy could not be created), live rollbacks that waited for the target, and crashes of both sides at every step', () => {
     const sum = (pick: (r: FleetSimReport) => number): number => reports.reduce((total, r) => total + pick(r), 0);
     expect(sum((r) => r.migrations.started)).toBeGreaterThan(2 * SEEDS);
     expect(sum((r) => r.migrations.completed)).toBeGreaterThan(SEEDS);
@@ -166,6 +166,8 @@ describe('fleet deterministic simulation', () => {
     expect(sum((r) => r.migrations.cancels)).toBeGreaterThan(SEEDS / 5);
     expect(sum((r) => r.migrations.lostProposals)).toBeGreaterThan(SEEDS / 5);
     expect(sum((r) => r.migrations.transferFailures)).toBeGreaterThan(SEEDS / 10);
+    // Targets whose incoming creates kept failing refused their migrations (the provider's injected failures).
+    expect(sum((r) => r.migrations.refusedByTarget)).toBeGreaterThan(0);
     const crashes = new Map<string, number>();
     for (const r of reports) for (const [key, n] of Object.entries(r.migrationCrashes)) crashes.set(key, (crashes.get(key) ?? 0) + n);
     for (const phase of ['prepare', 'transfer', 'cutover', 'verify', 'cleanup', 'rolling-back', 'live-completed']) {

@@ -101,17 +101,26 @@ describe('reconciler: the target of a migration', () => {
     expect(pass('us', migrating('rolling-back'), []).actions).toEqual([]);
   });
 
-  it('a failed incoming create backs off and is retried, never given up (the coordinator times the prepare out)', () => {
+  it('a failed incoming create backs off and is retried; after maxAttempts the target refuses the migration with the last reason, every pass while in prepare', () => {
     const m = migrating('prepare');
     const first = pass('us', m, []);
     const action = first.actions[0] as ReconcileAction;
     let memory = first.memory;
-    for (let i = 0; i < 5; i++) {
-      const failed = pass('us', m, [], { memory, outcomes: [{ action, ok: false, error: 'no room', at: i * 10_000 }], now: i * 10_000 });
-      expect(failed.actions, `attempt ${i}`).toEqual([]);
+    for (let i = 0; i < OPTIONS.maxAttempts - 1; i++) {
+      const failed = pass('us', m, [], { memory, outcomes: [{ action, ok: false, error: `no room (${i + 1})`, at: i * 10_000 }], now: i * 10_000 });
+      expect(failed.actions, `attempt ${i + 1}`).toEqual([]);
       memory = failed.memory;
+      // Backed off, then retried.
+      expect(kinds(pass('us', m, [], { memory, now: i * 10_000 + 9_999 }).actions)).toEqual(['create']);
     }
-    expect(kinds(pass('us', m, [], { memory, now: 100_000 }).actions)).toEqual(['create']);
+    const last = pass('us', m, [], { memory, outcomes: [{ action, ok: false, error: 'qemu exited: no kernel', at: 50_000 }], now: 50_000 });
+    expect(last.actions).toEqual([{ kind: 'refuse-migration', vm: 'web1', migration: 'm1', reason: 'qemu exited: no kernel' }]);
+    // Level-triggered: again at the next pass, never another create.
+    expect(pass('us', m, [], { memory: last.memory, now: 500_000 }).actions).toEqual([{ kind: 'refuse-migration', vm: 'web1', migration: 'm1', reason: 'qemu exited: no kernel' }]);
+    // Not while this daemon's desired state is unconfirmed (it may be mid-replay).
+    expect(pass('us', m, [], { memory: last.memory, now: 500_000, logConfirmed: false }).actions).toEqual([]);
+    // Once the log says rolling back, nothing: no refusal, no create.
+    expect(pass('us', migrating('rolling-back'), [], { memory: last.memory, now: 500_000 }).actions).toEqual([]);
   });
 });
 
