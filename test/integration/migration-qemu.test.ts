@@ -11,8 +11,9 @@
  *   where n1's stopped (no reboot), with QEMU's downtime recorded;
  * - warm n2 → n1: the disk moves as blob deltas, the guest boots at n1, the
  *   old QEMU is gone;
- * - faults: kill -9 of the target daemon during a live transfer, a cancel
- *   during one, and a destination QEMU that fails to start, roll back: the
+ * - faults: kill -9 of the target daemon during a live transfer, kill -9 of
+ *   the source daemon during one (then its restart), a cancel during one,
+ *   and a destination QEMU that fails to start, roll back: the
  *   source's QEMU runs on (never paused for good), the target's QEMU is
  *   gone, its disk and the reservation too.
  *
@@ -230,6 +231,26 @@ describe('qemu → qemu migrations between real daemons (TCG guests)', () => {
     expect((await run).code).toBe(1);
     await cluster.startNode(to);
     await rolledBack(id, from, to, source, /live transfer of web2/, true);
+  }, 600_000);
+
+  it('kill -9 of the source daemon during a live transfer, then its restart: QEMU\'s migration fails with its relay, the guest never stops, the restarted daemon adopts the same QEMU and its coordinator picks the migration up; it ends rolled back, nothing left at the target', async () => {
+    const { from, to, source } = await busyGuest();
+    const { id, run } = await liveHolding(from, to);
+    await cluster.stopNode(from, 'SIGKILL');
+    // The guest's QEMU is detached from its daemon: it outlives it, and its migration fails with the relay it wrote to.
+    expect(await qemus(from)).toEqual([source]);
+    const ticking = (await ticks(from, source)).length;
+    await eventually('the source guest ticks on without its daemon', SETTLE_MS, async () => ((await ticks(from, source)).length >= ticking + 5 ? true : undefined), 250);
+    const restarted = await cluster.startNode(from);
+    // From the recorded phase (transfer) the restarted coordinator starts the live step again (the source serves), or
+    // rolls back if that step fails at once; a live step that holds again is cancelled.
+    const again = await Promise.race([
+      restarted.waitForLog((l) => l.msg === 'qemu migration: disk mirrored, migrating memory' && l.migration === id, `the restarted n${from + 1} migrates web2's memory again`).then(() => 'holding' as const),
+      eventually(`${id} ended`, SETTLE_MS, async () => ((await json<MigrationInfo>(2, 'migration', 'status', id)).result === null ? undefined : ('ended' as const)), 250),
+    ]);
+    if (again === 'holding') expect(await cluster.admin(2, (c) => c.migration.cancel({ id, timeout_ms: 0 }))).toMatchObject({ phase: 'rolling-back' });
+    await rolledBack(id, from, to, source, again === 'holding' ? /cancelled by operator/ : /live transfer of web2/, true);
+    expect((await run).code).toBe(1);
   }, 600_000);
 
   it('cancel during a live transfer: QEMU\'s migration is cancelled, the source runs on, the target\'s QEMU and disk are gone', async () => {
