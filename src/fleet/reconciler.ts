@@ -386,7 +386,8 @@ export function recordOutcomes(memory: ReconcilerMemory, outcomes: readonly Acti
     }
     const previous = attempts.get(key);
     const failures = previous !== undefined && previous.generation === generation ? previous.failures + 1 : 1;
-    const givesUp = (key.startsWith('vm/') || key.startsWith('in/')) && (outcome.action.kind === 'create' || outcome.action.kind === 'start') && failures >= options.maxAttempts;
+    // Creates and starts count per VM (vm/) or per incoming copy (in/); fencing (per copy) is never given up.
+    const givesUp = (outcome.action.kind === 'create' || outcome.action.kind === 'start') && failures >= options.maxAttempts;
     attempts.set(key, {
       generation,
       failures,
@@ -528,9 +529,9 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
       }
       for (const copy of extra) emitFence(actions, attempts, inFlight, now, copy, name, 'duplicate', `another incoming copy of ${name} for ${migration.id} is kept (${keep?.provider}/${keep?.id})`, true);
       const record = attempts.get(key);
-      const current = record !== undefined && record.generation === migration.target.generation;
-      const backingOff = current && now < record.retryAt;
-      const refused = current && record.failed;
+      const thisTarget = record !== undefined && record.generation === migration.target.generation;
+      const backingOff = thisTarget && now < record.retryAt;
+      const refused = thisTarget && record.failed;
       if (keep === undefined && refused && migration.phase === 'prepare') actions.push({ kind: 'refuse-migration', vm: name, migration: migration.id, reason: record.lastError });
       if (keep === undefined && !fencing && !backingOff && !refused) {
         const t = migration.target;

@@ -137,11 +137,8 @@ export class FleetSeat {
         const result = await this.log.commit({ kind: 'purge', vm }, options.commitTimeoutMs);
         if (result.ok) options.log.info({ vm }, 'fleet VM purged: deleted and no copy left');
       },
-      refuseMigration: async (id, reason) => {
-        // Refused by the log only if the migration moved on meanwhile (cut over, or already rolling back): nothing left to refuse.
-        await this.log.commit({ kind: 'migration-progress', id, phase: 'rolling-back', reason, at: Date.now() }, options.commitTimeoutMs);
-        this.migrator.kick();
-      },
+      // A no-op if it is already rolling back; refused by the log if it cut over or ended meanwhile: nothing left to refuse.
+      refuseMigration: async (id, reason) => void (await this.#rollBack(id, reason, options.commitTimeoutMs)),
     });
     const { migration } = settings;
     this.migrator = new Migrator({
@@ -344,7 +341,12 @@ export class FleetSeat {
 
   /** Cancels a migration that has not cut over: it rolls back (from any node; the source's coordinator finishes it). */
   cancelMigration(id: string, timeoutMs: number): Promise<FleetResult> {
-    return this.log.commit({ kind: 'migration-progress', id, phase: 'rolling-back', reason: `cancelled by operator (on ${this.#o.region})`, at: Date.now() }, timeoutMs);
+    return this.#rollBack(id, `cancelled by operator (on ${this.#o.region})`, timeoutMs);
+  }
+
+  /** Rolls a migration back with `reason` (an operator's cancel, or a target that cannot prepare it); its source's coordinator finishes it. */
+  #rollBack(id: string, reason: string, timeoutMs: number): Promise<FleetResult> {
+    return this.log.commit({ kind: 'migration-progress', id, phase: 'rolling-back', reason, at: Date.now() }, timeoutMs);
   }
 
   /** What this daemon's coordinator knows of a migration out of this region (undefined elsewhere). */
