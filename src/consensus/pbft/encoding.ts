@@ -111,7 +111,32 @@ class Writer {
   result(): Uint8Array {
     return new Uint8Array(this.#buf.subarray(0, this.#len));
   }
+
+  get length(): number {
+    return this.#len;
+  }
+
+  /** A copy of what was written from `start` on. */
+  since(start: number): Uint8Array {
+    return new Uint8Array(this.#buf.subarray(start, this.#len));
+  }
+
+  raw(bytes: Uint8Array): void {
+    this.#reserve(bytes.length);
+    this.#buf.set(bytes, this.#len);
+    this.#len += bytes.length;
+  }
 }
+
+/**
+ * Encodings of pre-prepares, by object. A pre-prepare carries its whole
+ * batch and is encoded again and again: once per peer frame at the primary
+ * and up to three times per slot record on every replica (pre-prepared,
+ * prepared, committed). An encoding depends on the value alone, never on
+ * where it is nested, and messages are immutable once built, so the bytes
+ * of the first encoding serve every later one.
+ */
+const prePrepareBytes = new WeakMap<object, Uint8Array>();
 
 function write(w: Writer, value: Canonical): void {
   if (value === null) return w.tag(TAG_NULL);
@@ -132,6 +157,14 @@ function write(w: Writer, value: Canonical): void {
     return;
   }
   const record = value as { readonly [key: string]: Canonical | undefined };
+  const known = record['type'] === 'pre_prepare' ? prePrepareBytes.get(record) : undefined;
+  if (known !== undefined) return w.raw(known);
+  const start = w.length;
+  writeObject(w, record);
+  if (record['type'] === 'pre_prepare') prePrepareBytes.set(record, w.since(start));
+}
+
+function writeObject(w: Writer, record: { readonly [key: string]: Canonical | undefined }): void {
   const keys = Object.keys(record).sort();
   let present = 0;
   for (const key of keys) if (record[key] !== undefined) present++;
