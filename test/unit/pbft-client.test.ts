@@ -142,6 +142,27 @@ describe('pbft client: f + 1 matching replies', () => {
     expect(client.inFlight).toBe(0);
   });
 
+  it('gathers a client batch until the local replica\'s queued writes are durable, then signs it once', async () => {
+    let land: () => void = () => {};
+    const replica = new FakeReplica();
+    const gated = Object.assign(replica, { durable: () => new Promise<void>((resolve) => (land = resolve)) });
+    const { client } = setup({ replica: gated, lanes: 4 });
+    const first = track(client.invoke(op('put a 1'), false, 10_000));
+    await settle(); // turns pass: the batch waits for the write, not for the turn's end
+    const second = track(client.invoke(op('put b 2'), false, 10_000));
+    await settle();
+    expect(replica.requests).toEqual([]);
+    land();
+    const [r0, r1] = [await replica.nth(0), await replica.nth(1)];
+    expect(r0.signature).toEqual(r1.signature);
+    expect(r0.path?.length).toBe(1);
+    for (const from of ['a', 'b']) {
+      client.onReply(reply(from, r0, 'x'));
+      client.onReply(reply(from, r1, 'y'));
+    }
+    expect([decoder.decode(await first.promise), decoder.decode(await second.promise)]).toEqual(['x', 'y']);
+  });
+
   it('does not count a late reply to a lane\'s previous request towards its next one', async () => {
     const { client, replica } = setup({ lanes: 1 });
     const first = client.invoke(op('1'), false, 10_000);

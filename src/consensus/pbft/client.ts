@@ -24,12 +24,17 @@
  *   (messages may be lost; a backup that never saw it cannot time the
  *   primary on it).
  *
- * Signing: the requests of all lanes that start within one turn of the event
- * loop are signed together as one client batch (encoding.ts
- * sealClientBatch), at the end of that turn (setImmediate), so each replica
- * verifies one signature per batch instead of one per request; a request
- * carries the batch's signature and its own Merkle path, and is still
- * checked, relayed, ordered and answered on its own.
+ * Signing: the requests of all lanes that start while a batch gathers are
+ * signed together as one client batch (encoding.ts sealClientBatch), so each
+ * replica verifies one signature per batch instead of one per request; a
+ * request carries the batch's signature and its own Merkle path, and is
+ * still checked, relayed, ordered and answered on its own. A batch gathers
+ * until the end of the turn its first request started in (setImmediate) and,
+ * when the local replica has storage writes queued, until those are durable:
+ * the replica's relay to the primary used to wait for those writes and now
+ * leaves at once instead (PbftNode), so a request reaches the primary no
+ * later, in a larger batch (at 64 clients in the bench, Ed25519
+ * verifications per put 1.9 -> 1.6-1.7).
  */
 import { MAX_CLIENT_BATCH_DEPTH, requestBytes, sealClientBatch, type RequestBody } from './encoding.ts';
 import { DwcpError, type DwcpErrorCode } from '../../errors.ts';
@@ -46,6 +51,11 @@ export interface PbftClientReplica {
   request(request: ClientRequest): RequestResult;
   /** Sends the request to every other replica again. */
   relay(request: ClientRequest): void;
+  /**
+   * Settles once every storage write the replica has queued so far is
+   * durable. Optional: without it a client batch is one turn's requests.
+   */
+  durable?(): Promise<void>;
 }
 
 export interface PbftClientOptions {
@@ -182,10 +192,16 @@ export class PbftClient {
     }
   }
 
-  /** `body` signed, with the others of this turn, at the turn's end. */
+  /** `body` signed with the others that start while its batch gathers (see Signing above). */
   #signed(body: RequestBody): Promise<ClientRequest> {
     const { promise, resolve, reject } = Promise.withResolvers<ClientRequest>();
-    if (this.#unsigned.length === 0) setImmediate(() => this.#signTurn());
+    if (this.#unsigned.length === 0) {
+      const durable = this.#opts.replica.durable?.();
+      const sign = () => setImmediate(() => this.#signTurn());
+      // A failed write is the replica's to report (it stops); the batch is signed regardless and its calls end as the replica's do.
+      if (durable === undefined) sign();
+      else durable.then(sign, sign);
+    }
     this.#unsigned.push({ body, signed: resolve, failed: reject });
     return promise;
   }

@@ -203,6 +203,11 @@ export class PbftNode {
     for (const peer of this.members) if (peer !== this.id) this.#opts.sender.send(peer, { messages: [message], replies: [] });
   }
 
+  /** Settles once every write queued so far is durable (and its Ready's messages sent); never rejects. */
+  durable(): Promise<void> {
+    return this.#written;
+  }
+
   status(): PbftStatus {
     return this.#core.status();
   }
@@ -246,6 +251,11 @@ export class PbftNode {
     const results = this.#execute(ready);
     this.#core.advance(ready, results);
     this.#updateGauges();
+    // A relayed client request promises nothing about this replica's disk (types.ts): it leaves now, so the
+    // client batch that waited for the writes in flight (PbftClient) does not wait for the next ones too.
+    const relays = ready.messages.filter((out) => out.message.type === 'request');
+    if (relays.length > 0) this.#send({ messages: relays, replies: [] });
+    const held = relays.length === 0 ? ready : { ...ready, messages: ready.messages.filter((out) => out.message.type !== 'request') };
     // What others see waits for this write and every earlier one (they land in order).
     const started = performance.now();
     const write = isEmpty(ready.persist) ? null : this.#opts.store.persist(ready.persist);
@@ -260,7 +270,7 @@ export class PbftNode {
           await write;
           this.#metrics?.persistDuration.observe((performance.now() - started) / 1000);
         }
-        if (this.#failure === null) this.#send(ready);
+        if (this.#failure === null) this.#send(held);
       } catch (err) {
         this.#fail(err);
       } finally {
@@ -270,7 +280,7 @@ export class PbftNode {
     if (this.#writesInFlight >= MAX_WRITES_IN_FLIGHT) await this.#written;
   }
 
-  #send(ready: PbftReady): void {
+  #send(ready: Pick<PbftReady, 'messages' | 'replies'>): void {
     const frames = new Map<ReplicaId, { messages: PbftMessage[]; replies: Reply[] }>();
     const frameFor = (peer: ReplicaId) => {
       let frame = frames.get(peer);

@@ -320,7 +320,10 @@ export interface SoftState {
  *     order their Readys were handed out, and a crash loses a suffix of them;
  *  2. send `messages` and `replies` (reply.client names the client) only once
  *     this Ready's write, and so every earlier one, is durable: a vote sent
- *     and forgotten could be contradicted after a restart;
+ *     and forgotten could be contradicted after a restart. A relayed client
+ *     request (type 'request') may leave at once: it is the client's signed
+ *     statement, not the replica's, and says nothing of the replica's state
+ *     (the client's own retransmission, PbftNode.relay, never waited either);
  *  3. if `install` is set, restore the state machine from its snapshot (state
  *     transfer, or the stable checkpoint on restart); then execute `execute`
  *     in order, snapshotting after each batch marked `checkpoint`. This may
