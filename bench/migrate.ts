@@ -39,7 +39,7 @@ import { mkdtemp, open, readFile, rm, writeFile, cp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { DEFAULT_MULTIFD, MAX_MULTIFD_CHANNELS, MULTIFD_COMPRESSIONS, type Multifd } from '../src/cloud/qemu/migration-qmp.ts';
+import { DEFAULT_MULTIFD_CHANNELS, MAX_MULTIFD_CHANNELS, MULTIFD_COMPRESSIONS, MULTIFD_ON, type Multifd } from '../src/cloud/qemu/migration-qmp.ts';
 import { processesNaming } from '../src/cloud/qemu/procfs.ts';
 import type { FleetMigration } from '../src/fleet/migrations.ts';
 import { DEFAULT_CONVERGENCE } from '../src/migration/convergence.ts';
@@ -93,6 +93,10 @@ function stats(values: readonly number[]): { n: number; p50: number; p99: number
 class TickWatch {
   readonly seen = new Map<number, [number, number]>();
   readonly #offsets = new Map<string, number>();
+  /** Tick lines per serial log: a guest that stopped ticking at the destination is not hidden by its source's ticks. */
+  readonly #counts = new Map<string, number>();
+  /** The first line of a guest kernel's crash report (an oops, BUG, panic, corrupted list) and the log it is in. */
+  crash: { path: string; line: string } | null = null;
   #stop = false;
   #done: Promise<void> = Promise.resolve();
 
@@ -118,7 +122,12 @@ class TickWatch {
       const complete = text.lastIndexOf('\n') + 1;
       this.#offsets.set(path, from + Buffer.byteLength(text.slice(0, complete)));
       const now = performance.now();
-      for (const m of text.slice(0, complete).matchAll(/^tick (\d+) (\d+)$/gm)) if (!this.seen.has(Number(m[1]))) this.seen.set(Number(m[1]), [Number(m[2]), now]);
+      const crash = /^\[\s*[\d.]+\] (.*(?:BUG|Oops|panic|corruption|general protection).*)$/m.exec(text.slice(0, complete));
+      if (crash !== null && this.crash === null) this.crash = { path, line: crash[1] as string };
+      for (const m of text.slice(0, complete).matchAll(/^tick (\d+) (\d+)$/gm)) {
+        this.#counts.set(path, (this.#counts.get(path) ?? 0) + 1);
+        if (!this.seen.has(Number(m[1]))) this.seen.set(Number(m[1]), [Number(m[2]), now]);
+      }
     } finally {
       await fh.close();
     }
@@ -146,6 +155,11 @@ class TickWatch {
 
   last(): number {
     return Math.max(-1, ...this.seen.keys());
+  }
+
+  /** Tick lines seen in the serial log at `path`. */
+  ticksIn(path: string): number {
+    return this.#counts.get(path) ?? 0;
   }
 }
 
@@ -229,6 +243,8 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
       await until('the guest ticks', 120_000, async () => (watch.last() >= 20 ? true : undefined));
       const runs: Run[] = [];
       for (let r = 0; r < methods.length * o.runs; r++) {
+        // A migration that broke the guest is the bench's failure, whatever its figures: say which run it followed.
+        if (watch.crash !== null) throw new Error(`the guest's kernel crashed after run ${r} at ${rate} MiB/s (${runs.at(-1)?.method ?? 'before the first'}): ${watch.crash.line} (${watch.crash.path})`);
         const method = methods[r % methods.length] as Run['method'];
         const directMultifd = method === 'direct-multifd' ? o.multifd : null;
         const from = sides[at] as Side;
@@ -237,7 +253,8 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
         const m = fakeMigration(id, from.name, to.name, o.downtimeMs);
         await to.setMigration(m, id);
         const incoming = await to.create(`bench-d${rate}`, `d${rate}`, id);
-        serials.push(await to.serialLog(incoming));
+        const incomingSerial = await to.serialLog(incoming);
+        serials.push(incomingSerial);
         const firstTick = watch.last();
         // Each process once (with --processes 1 both ends share this one).
         const cpuOf = async (): Promise<number> => (o.processes === 2 ? (await from.cpuMs()) + (await to.cpuMs()) : from.cpuMs());
@@ -253,7 +270,11 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
           await until('the destination running', 60_000, async () => ((await to.running(incoming)) ? true : undefined), 2);
           totalMs = performance.now() - t0;
           cpuMs = (await cpuOf()) - cpu0;
-          await until('ticks at the destination', 60_000, async () => (watch.last() >= firstTick + 10 ? true : undefined));
+          // In the destination's own log: the source ticks on through the pre-copy, and a guest broken by its migration may run without ticking.
+          await until('ticks at the destination', 60_000, async () => {
+            if (watch.crash !== null) throw new Error(`the guest's kernel crashed (${watch.crash.path}): ${watch.crash.line}`);
+            return watch.ticksIn(incomingSerial) >= 10 ? true : undefined;
+          });
           const gaps = watch.gaps(firstTick);
           run = { method, converged: true, error: null, totalMs, qemuDowntimeMs: outcome.downtimeMs, tickGapGuestMs: gaps?.guest ?? null, tickGapWallMs: gaps?.wall ?? null, wireBytes: outcome.bytes, cpuMs };
         } catch (err) {
@@ -344,8 +365,8 @@ export const migrateBench = defineBench<MigrateOptions>({
     'poll-ms': { default: '10', description: 'how often the serial logs are read for tick lines' },
     codec: { default: 'lz4', description: 'how the transport compresses the live channels: lz4 or none' },
     processes: { default: '2', description: "1: both ends (providers, libp2p hosts, relays) in this process; 2: end b in a child process, so the two daemons' relays do not share an event loop" },
-    multifd: { default: String(DEFAULT_MULTIFD.channels), description: "QEMU's multifd channels for dwcp's runs (0: off), as fleet.migration.multifdChannels" },
-    'multifd-compression': { default: DEFAULT_MULTIFD.compression, description: 'how QEMU compresses the multifd channels: none, zlib or zstd' },
+    multifd: { default: String(DEFAULT_MULTIFD_CHANNELS), description: "QEMU's multifd channels for dwcp's runs (0: off, the daemon's default), as fleet.migration.multifdChannels" },
+    'multifd-compression': { default: MULTIFD_ON.compression, description: 'how QEMU compresses the multifd channels: none, zlib or zstd' },
     references: { default: REFERENCES.join(','), description: "QEMU direct migrations to compare with, comma-separated: direct (QEMU's defaults: one connection, no compression), direct-multifd (dwcp's multifd settings; left out with --multifd 0)" },
   },
   parse(flags) {

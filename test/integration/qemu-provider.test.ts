@@ -30,7 +30,7 @@ import { CapacityError, InvalidRequestError, ProviderError, type Instance } from
 import { DirectoryImageSource, IMAGE_MANIFEST, sha256File, type ImageManifest } from '../../src/cloud/qemu/directory-images.ts';
 import { chooseAccel } from '../../src/cloud/qemu/accel.ts';
 import { QemuProvider, type QemuProviderOptions } from '../../src/cloud/qemu/qemu-provider.ts';
-import { DEFAULT_MULTIFD, migrationInfo, MIGRATION_EVENTS, nextEvent, startMigration } from '../../src/cloud/qemu/migration-qmp.ts';
+import { migrationInfo, MIGRATION_EVENTS, nextEvent, startMigration } from '../../src/cloud/qemu/migration-qmp.ts';
 import { vmFiles } from '../../src/cloud/qemu/vm-store.ts';
 import { GUEST_IMAGE, guestImagesDir } from '../support/qemu.ts';
 import { eventually } from './harness.ts';
@@ -181,10 +181,10 @@ describe('a destination QEMU', () => {
     await serial(fromDir, source.id, /^tick \d+/, 3);
     const incoming = await to.create({ name: 'mover', type: 'qemu.micro', image: GUEST_IMAGE, incoming: 'm1', incomingMode: 'live' });
     expect(incoming.state).toBe('stopped');
-    const path = await to.incomingEndpoint('m1', 'state', DEFAULT_MULTIFD);
+    const path = await to.incomingEndpoint('m1', 'state', null);
     // QEMU to QEMU over the destination's socket: no daemon, no relay, nothing that would poll the destination.
     const { qmp } = await from.migrationSource(source.id);
-    await startMigration(qmp, path, 300, DEFAULT_MULTIFD);
+    await startMigration(qmp, path, 300, null);
     for (const deadline = Date.now() + BOOT_MS; ; await nextEvent(qmp, MIGRATION_EVENTS, 500)) {
       const info = await migrationInfo(qmp);
       if (info.status === 'completed') break;
