@@ -30,17 +30,18 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { connectAdmin, type AdminClient } from '../src/admin/client.ts';
-import type { BlobPutResult, BlobSendResult } from '../src/admin/schema.ts';
+import type { BlobProgress, BlobPutResult, BlobSendResult } from '../src/admin/schema.ts';
 import { BaselineCache } from '../src/blob/baseline-cache.ts';
 import { chunkingForAverage } from '../src/blob/chunker.ts';
 import { buildManifest, planDelta, type Manifest } from '../src/blob/manifest.ts';
 import { DEFAULT_BLOB_SETTINGS } from '../src/blob/config.ts';
+import { parseStat } from '../src/cloud/qemu/procfs.ts';
 import { Prng, vmImageLike } from './codec.ts';
 import { startDwcpCluster, type DwcpCluster } from './dwcp-cluster.ts';
 import { rawTcp } from './transport.ts';
@@ -74,6 +75,8 @@ export interface DeltaBenchOptions {
    * cold migration's full copy.
    */
   format: 'raw' | 'qcow2';
+  /** When set, both daemons run under node's --cpu-prof, writing their profiles here when they stop. */
+  profileDir?: string;
 }
 
 /** One sync as the bench reports it: the daemon's send figures plus the two durations it measures. */
@@ -98,8 +101,23 @@ export interface DeltaResult extends ReturnType<typeof machineFacts> {
     meets_floor: { wire: boolean; time: boolean };
   };
   cache: { regions: number; keys: number; rounds: number; lookups: number; hits: number; misses: number; expiries: number; evictions: number; hit_ratio: number; bytes_saved: number; meets_floor: boolean };
-  bulk: { bytes: number; tcp_mib_s: number; runs: { streams: number; seconds: number; mib_s: number; ratio: number; attempts: number }[]; best_streams: number };
+  bulk: { bytes: number; tcp_mib_s: number; runs: BulkRun[]; best_streams: number };
   loadavg_after: number[];
+}
+
+interface BulkRun {
+  streams: number;
+  seconds: number;
+  mib_s: number;
+  ratio: number;
+  attempts: number;
+  /**
+   * CPU (user + system, every thread) each daemon spent per MiB moved, from
+   * the end of the sender's ingest to the put's answer: the load-independent
+   * figure, since on a shared machine MiB/s moves with everyone else's work.
+   */
+  sender_cpu_ms_per_mib: number;
+  receiver_cpu_ms_per_mib: number;
 }
 
 interface DeltaRound {
@@ -212,9 +230,10 @@ function figures(r: BlobPutResult): SyncFigures {
   };
 }
 
-async function put(client: AdminClient, file: string, key: string, to: string, streams = 0): Promise<BlobPutResult> {
+async function put(client: AdminClient, file: string, key: string, to: string, streams = 0, onProgress?: (p: BlobProgress) => void): Promise<BlobPutResult> {
   let last = 0;
   return client.blob.put({ path: file, key, to, streams }, (p) => {
+    onProgress?.(p);
     const now = Date.now();
     if (now - last < 2000) return;
     last = now;
@@ -361,25 +380,36 @@ async function bulkPart(cluster: DwcpCluster, opts: DeltaBenchOptions, dir: stri
   const tcpSeconds = await tcp.throughput(MIB, messages);
   const tcpMibS = (messages * MIB) / MIB / tcpSeconds;
   const ca = connectAdmin(a.adminSocket, { timeoutMs: CALL_IDLE_MS });
-  const runs: DeltaResult['bulk']['runs'] = [];
+  const runs: BulkRun[] = [];
+  const cpuSeconds = (pid: number): number => parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8')).cpuSeconds;
   try {
     for (const [i, streams] of opts.streams.entries()) {
       const file = path.join(dir, `bulk-${i}.bin`);
       // Fresh bytes and key each run: the receiver must hold nothing of it yet.
       await fs.writeFile(file, randomBytes(opts.bulkBytes, opts.seed * 7919 + i));
       progress(`bulk: ${streams} stream${streams === 1 ? '' : 's'} ${a.name} → ${b.name}`);
-      const r = await put(ca, file, `bulk/${i}`, b.name, streams);
+      // CPU at the last progress of the ingest (its final figures are sent the moment the transfer starts).
+      let atTransfer: { sender: number; receiver: number; us: bigint } | undefined;
+      let ingesting = true;
+      const r = await put(ca, file, `bulk/${i}`, b.name, streams, (p) => {
+        ingesting &&= p.phase === 'ingest';
+        if (ingesting) atTransfer = { sender: cpuSeconds(a.pid), receiver: cpuSeconds(b.pid), us: process.hrtime.bigint() / 1000n };
+      });
+      // The daemons' profiles count time on the same monotonic clock: this window picks the transfer out of them.
+      if (opts.profileDir !== undefined) progress(`  transfer window for the profiles: ${atTransfer?.us} to ${process.hrtime.bigint() / 1000n} µs (CLOCK_MONOTONIC)`);
+      const msPerMib = (before: number | undefined, pid: number): number => significant(((cpuSeconds(pid) - (before ?? NaN)) * 1000) / (opts.bulkBytes / MIB), 3);
+      const cpu = { sender: msPerMib(atTransfer?.sender, a.pid), receiver: msPerMib(atTransfer?.receiver, b.pid) };
       await fs.rm(file, { force: true });
       const seconds = r.sent?.seconds ?? NaN;
       const mibS = opts.bulkBytes / MIB / seconds;
       const attempts = r.sent?.attempts ?? 0;
-      runs.push({ streams, seconds: significant(seconds), mib_s: significant(mibS), ratio: significant(mibS / tcpMibS, 3), attempts });
-      progress(`  ${significant(mibS)} MiB/s (tcp ${significant(tcpMibS)} MiB/s)${attempts > 1 ? `; ${attempts} attempts (the connection stalled or dropped)` : ''}`);
+      runs.push({ streams, seconds: significant(seconds), mib_s: significant(mibS), ratio: significant(mibS / tcpMibS, 3), attempts, sender_cpu_ms_per_mib: cpu.sender, receiver_cpu_ms_per_mib: cpu.receiver });
+      progress(`  ${significant(mibS)} MiB/s (tcp ${significant(tcpMibS)} MiB/s), CPU ms per MiB: sender ${cpu.sender}, receiver ${cpu.receiver}${attempts > 1 ? `; ${attempts} attempts (the connection stalled or dropped)` : ''}`);
     }
   } finally {
     ca.close();
   }
-  const best = runs.reduce((x, y) => (y.mib_s > x.mib_s ? y : x), runs[0] as DeltaResult['bulk']['runs'][number]);
+  const best = runs.reduce((x, y) => (y.mib_s > x.mib_s ? y : x), runs[0] as BulkRun);
   return { bytes: opts.bulkBytes, tcp_mib_s: significant(tcpMibS), runs, best_streams: best.streams };
 }
 
@@ -408,7 +438,10 @@ function report(r: DeltaResult): string {
     `cache: ${r.cache.regions} regions × ${r.cache.keys} keys × ${r.cache.rounds} rounds: ${r.cache.hits} hits / ${r.cache.lookups} lookups = ${r.cache.hit_ratio} (floor ≥ ${FLOORS.hitRatio}: ${r.cache.meets_floor ? 'met' : 'NOT met'}); ${r.cache.expiries} expiries, ${r.cache.evictions} evictions`,
     '',
     `bulk: ${significant(r.bulk.bytes / MIB)} MiB of random bytes, raw TCP ${r.bulk.tcp_mib_s} MiB/s`,
-    renderTable(['streams', 'seconds', 'MiB/s', 'ratio to tcp', 'attempts'], r.bulk.runs.map((x) => [String(x.streams), String(x.seconds), String(x.mib_s), String(x.ratio), String(x.attempts)])),
+    renderTable(
+      ['streams', 'seconds', 'MiB/s', 'ratio to tcp', 'attempts', 'sender CPU ms/MiB', 'receiver CPU ms/MiB'],
+      r.bulk.runs.map((x) => [String(x.streams), String(x.seconds), String(x.mib_s), String(x.ratio), String(x.attempts), String(x.sender_cpu_ms_per_mib), String(x.receiver_cpu_ms_per_mib)]),
+    ),
     `best: ${r.bulk.best_streams} streams (the sender picks by bandwidth × RTT, at most blob.maxStreams = ${DEFAULT_BLOB_SETTINGS.maxStreams})`,
   ].join('\n');
 }
@@ -423,7 +456,8 @@ export async function runDeltaBench(opts: DeltaBenchOptions): Promise<DeltaResul
   try {
     progress('starting two dwcpd on loopback');
     // Two members on one machine are a datacenter link; a loaded machine's loopback RTT must not make it hybrid.
-    cluster = await startDwcpCluster({ members: 2, workDir: opts.workDir, readyTimeoutMs: 60_000, config: { network: { datacenterMaxRttMs: 1000, internetMinRttMs: 5000 } } });
+    const nodeArgs = opts.profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${opts.profileDir}`];
+    cluster = await startDwcpCluster({ members: 2, workDir: opts.workDir, readyTimeoutMs: 60_000, nodeArgs, config: { network: { datacenterMaxRttMs: 1000, internetMinRttMs: 5000 } } });
     const delta = await deltaPart(cluster, opts, dir);
     const bulk = await bulkPart(cluster, opts, dir);
     const result: DeltaResult = {
@@ -477,6 +511,7 @@ export const deltaBench = defineBench<DeltaBenchOptions>({
     'cache-rounds': { default: '40', description: 'rounds of syncs in the cache workload' },
     seed: { default: '1', description: 'seed of the generated data' },
     'work-dir': { default: os.tmpdir(), description: 'where the daemons and generated files live (needs ~4 × size-mb + bulk-mb × streams free)' },
+    'profile-dir': { default: '', description: 'when set, run both daemons under --cpu-prof, writing their profiles here when they stop' },
     format: { default: 'raw', description: "raw: the image is the value; qcow2: a fully allocated qcow2 of it, blocks rewritten in place (a warm migration's final delta against its cold full copy)" },
   },
   parse: (flags) => {
@@ -496,6 +531,7 @@ export const deltaBench = defineBench<DeltaBenchOptions>({
       seed: intFlag(flags, 'seed', 0),
       workDir: flags['work-dir'] ?? os.tmpdir(),
       format: formatFlag(flags.format),
+      ...(flags['profile-dir'] === undefined || flags['profile-dir'] === '' ? {} : { profileDir: path.resolve(flags['profile-dir']) }),
     };
   },
   run: runDeltaBench,
