@@ -20,10 +20,11 @@
  *   again (a new attempt) and the receiver, which keeps the staging of an
  *   interrupted transfer for `resumeIdleMs`, leaves out every chunk it
  *   already acknowledged. Only unacknowledged batches are sent again.
- * - Back-pressure end to end: a data stream has at most WINDOW batches
- *   unacknowledged, each FramedStream write waits for the stream to drain,
- *   and a receiver reads its next batch only after writing the last, so
- *   memory on both ends is bounded by streams × WINDOW × batch size.
+ * - Back-pressure end to end: a data stream has at most BLOB_SEND_WINDOW
+ *   batches unacknowledged, each FramedStream write waits for the stream to
+ *   drain, and a receiver has at most WRITES_IN_FLIGHT batches verified but
+ *   not yet written and acknowledged before it reads the next, so memory on
+ *   both ends is bounded by streams × window × batch size.
  * - Only a configured, connected member may open a blob stream, checked on
  *   every inbound stream (the gater already refuses strangers' connections).
  * - The codec of each batch follows the link's mode at the moment it is
@@ -67,8 +68,18 @@ import {
   type Offer,
 } from './wire.ts';
 
-/** Unacknowledged batches per data stream: enough to keep one compressing while another is on the wire. */
-const WINDOW = 3;
+/**
+ * Unacknowledged batches per data stream: enough that the receiver always has
+ * the next batch to verify while earlier ones are being written to its pack
+ * (with 3, both daemons sat idle a third of a loopback transfer).
+ */
+export const BLOB_SEND_WINDOW = 6;
+/**
+ * Batches a receiver's data stream verifies and writes before acknowledging
+ * the oldest: above the sender's window, so an honest sender never waits on
+ * it, while a sender that ignores the window cannot make it buffer more.
+ */
+const WRITES_IN_FLIGHT = BLOB_SEND_WINDOW + 2;
 /** Deadlines for a peer that stops answering mid-exchange (the connection itself may look fine). */
 const ANSWER_TIMEOUT_MS = 60_000;
 /** Batches in flight and none acknowledged for this long: the attempt is stuck; end it and resume. */
@@ -470,7 +481,7 @@ function checkedNeed(manifest: Manifest, accept: Accept, member: MemberConfig): 
 
 /**
  * One data stream: takes batches off the shared queue while it has fewer
- * than WINDOW unacknowledged, then half-closes; the receiver closes its end
+ * than BLOB_SEND_WINDOW unacknowledged, then half-closes; the receiver closes its end
  * after its last ack, which ends the ack reader.
  */
 async function sendBatches(
@@ -486,7 +497,7 @@ async function sendBatches(
   const stop = new AbortController();
   const streamSignal = AbortSignal.any([signal, stop.signal]);
   await ch.write({ kind: 'join', join }, { signal: streamSignal });
-  const window = new Window(WINDOW);
+  const window = new Window(BLOB_SEND_WINDOW);
   const inFlight = new Map<number, { count: number; raw: number; wire: number }>();
   let lastSample = performance.now();
   let sampleWire = 0;
@@ -894,8 +905,12 @@ export class BlobReceiver {
     t.channels.add(ch);
     const manifest = t.manifest;
     const mode = this.#opts.link(peerId).mode;
+    // Batches verified and being written, oldest first: each is acknowledged once written, in arrival order.
+    const writing: Promise<void>[] = [];
     try {
       for (;;) {
+        // Bounded whatever the sender does: past WRITES_IN_FLIGHT, the next read waits for the oldest write.
+        if (writing.length >= WRITES_IN_FLIGHT) await writing.shift();
         const msg = await ch.read();
         if (msg === undefined) break;
         if (msg.kind !== 'batch') throw new HostileInput('protocol', `data stream carried ${msg.kind}, only batches belong there`);
@@ -905,12 +920,23 @@ export class BlobReceiver {
         const expected = refs.reduce((sum, r) => sum + r.length, 0);
         if (expected > BLOB_MAX_BATCH_RAW_BYTES) throw new HostileInput('protocol', `batch ${first}+${count} holds ${expected} bytes, above the ${BLOB_MAX_BATCH_RAW_BYTES}-byte batch limit`);
         const chunks = await this.#unpack(frame, refs, expected, mode);
-        await t.staged.writeVerified(chunks);
-        for (const c of chunks) t.received.add(c.hash);
-        t.receivedBytes += expected;
-        t.status.progress.add(expected, frame.byteLength, performance.now());
-        await ch.write({ kind: 'ack', ack: { first, count } });
+        // Hashed before this call returns; the pack write goes on while the next batch is read and hashed.
+        const written = t.staged.writeVerified(chunks);
+        const previous = writing.at(-1);
+        const acked = (async () => {
+          await written;
+          await previous;
+          for (const c of chunks) t.received.add(c.hash);
+          t.receivedBytes += expected;
+          t.status.progress.add(expected, frame.byteLength, performance.now());
+          await ch.write({ kind: 'ack', ack: { first, count } });
+        })();
+        // A bad chunk or a failed write resets the stream, so a read waiting for the next batch throws it too
+        // (and the catch below sorts it like any other); it is also awaited in order, below or by the bound above.
+        acked.catch((err: unknown) => ch.reset(err instanceof Error ? err : new Error(String(err))));
+        writing.push(acked);
       }
+      for (const acked of writing.splice(0)) await acked;
       await ch.close().catch(() => {});
     } catch (err) {
       if (err instanceof CodecError) this.#fail(t, new HostileInput(err.reason, err.message), ch);
