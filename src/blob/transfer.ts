@@ -498,7 +498,11 @@ async function sendBatches(
   const streamSignal = AbortSignal.any([signal, stop.signal]);
   await ch.write({ kind: 'join', join }, { signal: streamSignal });
   const window = new Window(BLOB_SEND_WINDOW);
-  const inFlight = new Map<number, { count: number; raw: number; wire: number }>();
+  const inFlight = new Map<number, { count: number; raw: number; wire: number; buffer: Uint8Array }>();
+  // Read buffers, one per batch in flight, reused once the batch is acknowledged (its bytes have crossed by then,
+  // so nothing below still refers to them); the slack covers the pack's record headers between chunks.
+  const buffers: Uint8Array[] = [];
+  const bufferBytes = req.settings.batchBytes + (req.settings.batchBytes >> 3);
   let lastSample = performance.now();
   let sampleWire = 0;
   const acks = (async () => {
@@ -519,6 +523,7 @@ async function sendBatches(
         const sent = inFlight.get(msg.ack.first);
         if (sent === undefined || sent.count !== msg.ack.count) throw new ProtocolError(`acknowledged batch ${msg.ack.first}+${msg.ack.count}, which is not in flight on this stream`);
         inFlight.delete(msg.ack.first);
+        buffers.push(sent.buffer);
         const now = performance.now();
         req.progress.add(sent.raw, sent.wire, now);
         sampleWire += sent.wire;
@@ -540,9 +545,10 @@ async function sendBatches(
   acks.catch(() => {});
   for (let batch = queue.shift(); batch !== undefined; batch = queue.shift()) {
     await window.acquire();
-    const { frame, wireBytes, codec } = await compressBatch(req, batch, skip);
+    const buffer = buffers.pop() ?? Buffer.allocUnsafe(bufferBytes);
+    const { frame, wireBytes, codec } = await compressBatch(req, batch, skip, buffer);
     result.codecs[codec] = (result.codecs[codec] ?? 0) + batch.rawBytes;
-    inFlight.set(batch.first, { count: batch.refs.length, raw: batch.rawBytes, wire: wireBytes });
+    inFlight.set(batch.first, { count: batch.refs.length, raw: batch.rawBytes, wire: wireBytes, buffer });
     await ch.write({ kind: 'batch', batch: { first: batch.first, count: batch.refs.length, frame } }, { signal: streamSignal });
     result.rawBytesSent += batch.rawBytes;
     result.wireBytesSent += wireBytes;
@@ -553,13 +559,14 @@ async function sendBatches(
 }
 
 /**
- * One batch read from the store and framed with the codec its link calls for
- * now; `codec` is the label actually used. The frame comes as parts, its
- * header then its payload, and an uncompressed payload is the chunks as they
- * lie in the store's read buffers: nothing is copied on the way to the stream.
+ * One batch read from the store (into `into`, the caller's reused buffer) and
+ * framed with the codec its link calls for now; `codec` is the label actually
+ * used. The frame comes as parts, its header then its payload, and an
+ * uncompressed payload is the chunks as they lie in the read buffer: nothing
+ * is copied on the way to the stream.
  */
-async function compressBatch(req: PushRequest, batch: PlannedBatch, skip: CompressionSkip): Promise<{ frame: Uint8Array[]; wireBytes: number; codec: string }> {
-  const parts = await req.store.readChunks(batch.refs);
+async function compressBatch(req: PushRequest, batch: PlannedBatch, skip: CompressionSkip, into: Uint8Array): Promise<{ frame: Uint8Array[]; wireBytes: number; codec: string }> {
+  const parts = await req.store.readChunks(batch.refs, into);
   const link = req.link();
   if (link.rttMs !== null) req.estimate.observeRtt(link.rttMs);
   // chooseCodec's own "incompressible" verdict (a ratio EWMA over all traffic) is bypassed with probe: a random
