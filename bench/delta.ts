@@ -45,6 +45,7 @@ import { parseStat } from '../src/cloud/qemu/procfs.ts';
 import { Prng, vmImageLike } from './codec.ts';
 import { startDwcpCluster, type DwcpCluster } from './dwcp-cluster.ts';
 import { rawTcp } from './transport.ts';
+import { metricValue } from '../test/integration/harness.ts';
 import { defineBench, FlagError, intFlag, machineFacts, median, positiveFlag, progress, renderTable, significant } from './run.ts';
 
 const MIB = 1024 ** 2;
@@ -118,6 +119,15 @@ interface BulkRun {
    */
   sender_cpu_ms_per_mib: number;
   receiver_cpu_ms_per_mib: number;
+  /** Major (mark-compact) collections each daemon ran in the same span, and their main-thread ms (prom-client's nodejs_gc_duration_seconds). */
+  sender_major_gcs: string;
+  receiver_major_gcs: string;
+}
+
+/** A daemon's major GCs so far: count and seconds. */
+async function majorGcs(metricsUrl: string): Promise<{ n: number; s: number }> {
+  const text = await (await fetch(metricsUrl)).text();
+  return { n: metricValue(text, 'nodejs_gc_duration_seconds_count', { kind: 'major' }) ?? 0, s: metricValue(text, 'nodejs_gc_duration_seconds_sum', { kind: 'major' }) ?? 0 };
 }
 
 interface DeltaRound {
@@ -390,11 +400,17 @@ async function bulkPart(cluster: DwcpCluster, opts: DeltaBenchOptions, dir: stri
       progress(`bulk: ${streams} stream${streams === 1 ? '' : 's'} ${a.name} → ${b.name}`);
       // CPU at the last progress of the ingest (its final figures are sent the moment the transfer starts).
       let atTransfer: { sender: number; receiver: number; us: bigint } | undefined;
+      let gcAtTransfer: Promise<[{ n: number; s: number }, { n: number; s: number }]> | undefined;
       let ingesting = true;
       const r = await put(ca, file, `bulk/${i}`, b.name, streams, (p) => {
         ingesting &&= p.phase === 'ingest';
-        if (ingesting) atTransfer = { sender: cpuSeconds(a.pid), receiver: cpuSeconds(b.pid), us: process.hrtime.bigint() / 1000n };
+        if (!ingesting) return;
+        atTransfer = { sender: cpuSeconds(a.pid), receiver: cpuSeconds(b.pid), us: process.hrtime.bigint() / 1000n };
+        gcAtTransfer = Promise.all([majorGcs(a.metricsUrl), majorGcs(b.metricsUrl)]);
       });
+      const gcBefore = await gcAtTransfer;
+      const gcAfter = await Promise.all([majorGcs(a.metricsUrl), majorGcs(b.metricsUrl)]);
+      const gcs = (k: 0 | 1): string => `${gcAfter[k].n - (gcBefore?.[k].n ?? NaN)} / ${Math.round((gcAfter[k].s - (gcBefore?.[k].s ?? NaN)) * 1000)} ms`;
       // The daemons' profiles count time on the same monotonic clock: this window picks the transfer out of them.
       if (opts.profileDir !== undefined) progress(`  transfer window for the profiles: ${atTransfer?.us} to ${process.hrtime.bigint() / 1000n} µs (CLOCK_MONOTONIC)`);
       const msPerMib = (before: number | undefined, pid: number): number => significant(((cpuSeconds(pid) - (before ?? NaN)) * 1000) / (opts.bulkBytes / MIB), 3);
@@ -403,8 +419,8 @@ async function bulkPart(cluster: DwcpCluster, opts: DeltaBenchOptions, dir: stri
       const seconds = r.sent?.seconds ?? NaN;
       const mibS = opts.bulkBytes / MIB / seconds;
       const attempts = r.sent?.attempts ?? 0;
-      runs.push({ streams, seconds: significant(seconds), mib_s: significant(mibS), ratio: significant(mibS / tcpMibS, 3), attempts, sender_cpu_ms_per_mib: cpu.sender, receiver_cpu_ms_per_mib: cpu.receiver });
-      progress(`  ${significant(mibS)} MiB/s (tcp ${significant(tcpMibS)} MiB/s), CPU ms per MiB: sender ${cpu.sender}, receiver ${cpu.receiver}${attempts > 1 ? `; ${attempts} attempts (the connection stalled or dropped)` : ''}`);
+      runs.push({ streams, seconds: significant(seconds), mib_s: significant(mibS), ratio: significant(mibS / tcpMibS, 3), attempts, sender_cpu_ms_per_mib: cpu.sender, receiver_cpu_ms_per_mib: cpu.receiver, sender_major_gcs: gcs(0), receiver_major_gcs: gcs(1) });
+      progress(`  ${significant(mibS)} MiB/s (tcp ${significant(tcpMibS)} MiB/s), CPU ms per MiB: sender ${cpu.sender}, receiver ${cpu.receiver}; major GCs: sender ${gcs(0)}, receiver ${gcs(1)}${attempts > 1 ? `; ${attempts} attempts (the connection stalled or dropped)` : ''}`);
     }
   } finally {
     ca.close();
@@ -439,8 +455,8 @@ function report(r: DeltaResult): string {
     '',
     `bulk: ${significant(r.bulk.bytes / MIB)} MiB of random bytes, raw TCP ${r.bulk.tcp_mib_s} MiB/s`,
     renderTable(
-      ['streams', 'seconds', 'MiB/s', 'ratio to tcp', 'attempts', 'sender CPU ms/MiB', 'receiver CPU ms/MiB'],
-      r.bulk.runs.map((x) => [String(x.streams), String(x.seconds), String(x.mib_s), String(x.ratio), String(x.attempts), String(x.sender_cpu_ms_per_mib), String(x.receiver_cpu_ms_per_mib)]),
+      ['streams', 'seconds', 'MiB/s', 'ratio to tcp', 'attempts', 'CPU ms/MiB sender · receiver', 'major GCs sender · receiver'],
+      r.bulk.runs.map((x) => [String(x.streams), String(x.seconds), String(x.mib_s), String(x.ratio), String(x.attempts), `${x.sender_cpu_ms_per_mib} · ${x.receiver_cpu_ms_per_mib}`, `${x.sender_major_gcs} · ${x.receiver_major_gcs}`]),
     ),
     `best: ${r.bulk.best_streams} streams (the sender picks by bandwidth × RTT, at most blob.maxStreams = ${DEFAULT_BLOB_SETTINGS.maxStreams})`,
   ].join('\n');
