@@ -39,8 +39,8 @@ import type { MemberDirectory } from '../federation/members.ts';
 import type { LinkMode } from '../federation/link-mode.ts';
 import type { Logger } from '../log.ts';
 import { chooseCodec, type CodecChoiceOptions, type CodecMeasurements, type LinkEstimate } from '../codec/choice.ts';
-import { CodecError, codecFor, codecLabel, type CodecSpec } from '../codec/codecs.ts';
-import { decompressFrame, frameHeader, readFrameHeader } from '../codec/frame.ts';
+import { CodecError, codecById, codecFor, codecLabel, type Codec, type CodecSpec } from '../codec/codecs.ts';
+import { decompressFrame, FRAME_HEADER_BYTES, frameHeader, readFrameHeader } from '../codec/frame.ts';
 import { FrameError, FramedStream, type FrameEvents } from '../net/framing.ts';
 import type { StreamDialer } from '../net/host.ts';
 import { sameChunking, type ChunkRef, type Manifest } from './manifest.ts';
@@ -48,6 +48,7 @@ import { BlobStoreError, checkBlobKey, type BlobStore, type StagedValue } from '
 import { DwcpError } from '../errors.ts';
 import type { BlobMetrics, BlobRejectReason, TransferKind } from './metrics.ts';
 import { TransferProgress } from './progress.ts';
+import { ChunkVerifier } from './chunk-verifier.ts';
 import {
   BLOB_MANIFEST_PART_BYTES,
   BLOB_MAX_BATCH_RAW_BYTES,
@@ -678,6 +679,7 @@ interface Inbound {
 export class BlobReceiver {
   readonly #opts: BlobReceiverOptions;
   readonly #transfers = new Map<string, Inbound>();
+  readonly #verifier = new ChunkVerifier();
   #stopped = false;
 
   constructor(opts: BlobReceiverOptions) {
@@ -696,6 +698,7 @@ export class BlobReceiver {
   stop(): void {
     this.#stopped = true;
     for (const t of [...this.#transfers.values()]) this.#end(t, { ok: false, error: 'the daemon is stopping' }, 'stopping');
+    this.#verifier.close();
   }
 
   async #onStream(stream: Stream, connection: Connection): Promise<void> {
@@ -926,12 +929,17 @@ export class BlobReceiver {
         const refs = t.need.slice(first, first + count).map((i) => manifest.chunks[i] as ChunkRef);
         const expected = refs.reduce((sum, r) => sum + r.length, 0);
         if (expected > BLOB_MAX_BATCH_RAW_BYTES) throw new HostileInput('protocol', `batch ${first}+${count} holds ${expected} bytes, above the ${BLOB_MAX_BATCH_RAW_BYTES}-byte batch limit`);
-        const chunks = await this.#unpack(frame, refs, expected, mode);
-        // Hashed before this call returns; the pack write goes on while the next batch is read and hashed.
-        const written = t.staged.writeVerified(chunks);
+        const unpacked = await this.#unpack(frame, refs, expected, mode);
+        // Hashed on the verifier's thread while this one reads the next batch; written only once it checks out.
+        const verified = this.#verifier.verify(unpacked.bytes, refs, unpacked.frame);
         const previous = writing.at(-1);
         const acked = (async () => {
-          await written;
+          const { chunks, buffer } = await verified;
+          try {
+            await t.staged.writeTrusted(chunks);
+          } finally {
+            this.#verifier.release(buffer);
+          }
           await previous;
           for (const c of chunks) t.received.add(c.hash);
           t.receivedBytes += expected;
@@ -957,23 +965,31 @@ export class BlobReceiver {
     }
   }
 
-  /** Checks and decompresses one batch frame into its chunks (hashes still to be verified by the store). */
-  async #unpack(frame: Uint8Array, refs: readonly ChunkRef[], expected: number, mode: LinkMode): Promise<{ hash: string; bytes: Uint8Array }[]> {
+  /**
+   * Checks one batch frame and decompresses it: what is left for the chunk
+   * verifier, the chunks' bytes in order. A frame whose payload is the chunks
+   * as they are (codec none) goes to it whole, checksum unchecked: the
+   * verifier's thread checks it before the chunks' hashes, as decompressing
+   * would have, so the event loop never reads the batch's bytes.
+   */
+  async #unpack(frame: Uint8Array, refs: readonly ChunkRef[], expected: number, mode: LinkMode): Promise<{ bytes: Uint8Array; frame?: { chunksAt: number; checksum: number } }> {
     const header = readFrameHeader(frame, BLOB_MAX_BATCH_RAW_BYTES);
     if (header.rawLength !== expected) throw new CodecError('length-mismatch', `batch frame declares ${header.rawLength} raw bytes, its ${refs.length} chunks are ${expected}`);
+    const codec = codecById(header.codecId) as Codec;
     const t0 = performance.now();
-    const { raw, codec } = await decompressFrame(frame, BLOB_MAX_BATCH_RAW_BYTES);
+    let out: { bytes: Uint8Array; frame?: { chunksAt: number; checksum: number } };
+    if (codec.name === 'none') {
+      // Only its length, as decompressing checks it (a none payload is not read).
+      await codec.decompress(frame.subarray(FRAME_HEADER_BYTES), header.rawLength);
+      out = { bytes: frame, frame: { chunksAt: FRAME_HEADER_BYTES, checksum: header.checksum } };
+    } else {
+      out = { bytes: (await decompressFrame(frame, BLOB_MAX_BATCH_RAW_BYTES)).raw };
+    }
     const label = codecLabel({ name: codec.name, level: header.level === 0 ? undefined : header.level });
     const m = this.#opts.metrics;
     m.decompressSeconds.observe({ codec: label }, (performance.now() - t0) / 1000);
-    m.rawBytes.inc({ codec: label, link_mode: mode, direction: 'received' }, raw.byteLength);
+    m.rawBytes.inc({ codec: label, link_mode: mode, direction: 'received' }, expected);
     m.wireBytes.inc({ codec: label, link_mode: mode, direction: 'received' }, frame.byteLength);
-    const out: { hash: string; bytes: Uint8Array }[] = [];
-    let at = 0;
-    for (const r of refs) {
-      out.push({ hash: r.hash, bytes: raw.subarray(at, at + r.length) });
-      at += r.length;
-    }
     return out;
   }
 

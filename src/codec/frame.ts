@@ -23,13 +23,12 @@
  *   or truncated input is refused before a native decoder sees it; end-to-end
  *   integrity of a synced value is the whole-value hash (sync/manifest.ts).
  */
-import zlib from 'node:zlib';
 import { CodecError, codecById, codecFor, type Codec, type CodecSpec } from './codecs.ts';
+import { CHECKSUM_OFFSET, frameChecksum } from './frame-checksum.ts';
 
 export const FRAME_MAGIC = 0x46435744; // "DWCF" read little-endian
 export const FRAME_VERSION = 1;
 export const FRAME_HEADER_BYTES = 24;
-const CHECKSUM_OFFSET = 20;
 const MAX_PAYLOAD_BYTES = 0xffff_ffff;
 
 /** Default bound on a frame's raw length; larger values travel as chunks. */
@@ -51,10 +50,9 @@ export interface DecodedFrame {
   header: FrameHeader;
 }
 
-function frameChecksum(frame: Uint8Array, payload: Uint8Array | readonly Uint8Array[]): number {
-  let crc = zlib.crc32(frame.subarray(0, CHECKSUM_OFFSET));
-  for (const part of payload instanceof Uint8Array ? [payload] : payload) crc = zlib.crc32(part, crc);
-  return crc;
+/** The refusal of a frame whose checksum is `actual` where its header says `declared` (also raised off-thread, by the blob chunk verifier). */
+export function checksumMismatch(actual: number, declared: number): CodecError {
+  return new CodecError('bad-checksum', `frame checksum is 0x${actual.toString(16)}, its header says 0x${declared.toString(16)}`);
 }
 
 /** Compresses `raw` with `spec` into a frame. */
@@ -128,8 +126,6 @@ export async function decompressFrame(frame: Uint8Array, maxRawBytes: number = D
   const codec = codecById(header.codecId) as Codec;
   const payload = frame.subarray(FRAME_HEADER_BYTES);
   const actual = frameChecksum(frame, payload);
-  if (actual !== header.checksum) {
-    throw new CodecError('bad-checksum', `frame checksum is 0x${actual.toString(16)}, its header says 0x${header.checksum.toString(16)}`);
-  }
+  if (actual !== header.checksum) throw checksumMismatch(actual, header.checksum);
   return { raw: await codec.decompress(payload, header.rawLength), codec, header };
 }
