@@ -48,13 +48,18 @@ export class ChunkVerifier {
    * its checksum is checked first, and a mismatch rejects with the
    * CodecError `bad-checksum` that decompressing it would have raised.
    */
-  async verify(bytes: Uint8Array, refs: readonly { hash: string; length: number }[], frame?: { chunksAt: number; checksum: number }): Promise<{ chunks: HashedChunk[]; buffer: ArrayBuffer }> {
-    const lengths = Uint32Array.from(refs, (r) => r.length);
-    const hashes = refs.map((r) => r.hash).join('');
-    const chunksAt = frame?.chunksAt ?? 0;
+  verify(bytes: Uint8Array, refs: readonly { hash: string; length: number }[], frame?: { chunksAt: number; checksum: number }): Promise<{ chunks: HashedChunk[]; buffer: ArrayBuffer }> {
     const total = bytes.byteLength;
     const buffer = this.#take(total);
     new Uint8Array(buffer, 0, total).set(bytes);
+    // Not an async function itself: nothing that waits holds on to `bytes`, which the caller's frame should die young with.
+    return this.#check(buffer, total, refs, frame);
+  }
+
+  async #check(buffer: ArrayBuffer, total: number, refs: readonly { hash: string; length: number }[], frame: { chunksAt: number; checksum: number } | undefined): Promise<{ chunks: HashedChunk[]; buffer: ArrayBuffer }> {
+    const lengths = Uint32Array.from(refs, (r) => r.length);
+    const hashes = refs.map((r) => r.hash).join('');
+    const chunksAt = frame?.chunksAt ?? 0;
     let answer: Verdict & { buffer: ArrayBuffer };
     const worker = this.#ensureWorker();
     if (worker === undefined) answer = { buffer, ...checkBatch(new Uint8Array(buffer, 0, total), chunksAt, lengths, hashes, frame?.checksum) };

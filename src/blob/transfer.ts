@@ -560,14 +560,35 @@ async function sendBatches(
 }
 
 /**
+ * The chunks of a batch moved together at the front of `into`, where the
+ * store read them in order, apart by the packs' record headers: one array
+ * (one checksum call, one part for the codec and the stream) instead of one
+ * per chunk, for a memmove of the batch. Undefined, and nothing moved, when
+ * some chunk lies elsewhere (it did not fit in `into`).
+ */
+function packTogether(parts: readonly Uint8Array[], into: Uint8Array): Uint8Array | undefined {
+  if (parts.some((p) => p.buffer !== into.buffer)) return undefined;
+  let at = 0;
+  for (const p of parts) {
+    // Each chunk lies at or after `at` (in order, gaps only between them), so moving it down never overwrites one not yet moved.
+    const from = p.byteOffset - into.byteOffset;
+    if (from !== at) into.copyWithin(at, from, from + p.byteLength);
+    at += p.byteLength;
+  }
+  return into.subarray(0, at);
+}
+
+/**
  * One batch read from the store (into `into`, the caller's reused buffer) and
  * framed with the codec its link calls for now; `codec` is the label actually
  * used. The frame comes as parts, its header then its payload, and an
- * uncompressed payload is the chunks as they lie in the read buffer: nothing
- * is copied on the way to the stream.
+ * uncompressed payload is the chunks as they lie in the read buffer, moved
+ * together: nothing else is copied on the way to the stream.
  */
 async function compressBatch(req: PushRequest, batch: PlannedBatch, skip: CompressionSkip, into: Uint8Array): Promise<{ frame: Uint8Array[]; wireBytes: number; codec: string }> {
-  const parts = await req.store.readChunks(batch.refs, into);
+  const read = await req.store.readChunks(batch.refs, into);
+  const together = packTogether(read, into);
+  const parts = together === undefined ? read : [together];
   const link = req.link();
   if (link.rttMs !== null) req.estimate.observeRtt(link.rttMs);
   // chooseCodec's own "incompressible" verdict (a ratio EWMA over all traffic) is bypassed with probe: a random
@@ -932,6 +953,9 @@ export class BlobReceiver {
         const unpacked = await this.#unpack(frame, refs, expected, mode);
         // Hashed on the verifier's thread while this one reads the next batch; written only once it checks out.
         const verified = this.#verifier.verify(unpacked.bytes, refs, unpacked.frame);
+        // Only the size is kept: the frame's buffer must die young (a reference held until the write is done got it
+        // promoted, and each promoted MiB brings the next mark-compact nearer).
+        const wireBytes = frame.byteLength;
         const previous = writing.at(-1);
         const acked = (async () => {
           const { chunks, buffer } = await verified;
@@ -943,7 +967,7 @@ export class BlobReceiver {
           await previous;
           for (const c of chunks) t.received.add(c.hash);
           t.receivedBytes += expected;
-          t.status.progress.add(expected, frame.byteLength, performance.now());
+          t.status.progress.add(expected, wireBytes, performance.now());
           await ch.write({ kind: 'ack', ack: { first, count } });
         })();
         // A bad chunk or a failed write resets the stream, so a read waiting for the next batch throws it too
