@@ -94,7 +94,15 @@ export class ChunkVerifier {
 
   /** Hands a copy back for reuse; nothing may refer to its chunks any more. */
   release(buffer: ArrayBuffer): void {
-    if (this.#pool.length < POOL_BUFFERS && buffer.byteLength > 0) this.#pool.push(buffer);
+    if (buffer.byteLength === 0) return;
+    if (this.#pool.length < POOL_BUFFERS) {
+      this.#pool.push(buffer);
+      return;
+    }
+    // Full: keep the larger, so a few small last batches cannot crowd out the buffers full batches need.
+    let smallest = 0;
+    for (let i = 1; i < this.#pool.length; i++) if ((this.#pool[i] as ArrayBuffer).byteLength < (this.#pool[smallest] as ArrayBuffer).byteLength) smallest = i;
+    if ((this.#pool[smallest] as ArrayBuffer).byteLength < buffer.byteLength) this.#pool[smallest] = buffer;
   }
 
   close(): void {
