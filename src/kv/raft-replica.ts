@@ -6,6 +6,7 @@
  * takes `machine` afresh on every read.
  */
 import type { RaftStateMachine } from '../consensus/raft/node.ts';
+import type { SnapshotSource } from '../consensus/raft/types.ts';
 import type { KvResult } from './command.ts';
 import { KvStateMachine } from './state-machine.ts';
 
@@ -20,8 +21,8 @@ export class KvRaftReplica implements RaftStateMachine<KvResult> {
     return this.machine.apply(index, data);
   }
 
-  snapshot(): Uint8Array {
-    return this.machine.snapshot();
+  snapshot(): SnapshotSource {
+    return this.machine.snapshotSource();
   }
 
   restore(data: Uint8Array): void {

@@ -14,12 +14,14 @@
  * and snapshot → restore → snapshot is byte-identical; encode validates too,
  * so a snapshot this code writes is one it can restore.
  *
- * The entries (nearly all of a snapshot) are encoded by hand, in one pass
- * into one buffer of the exact size, to the bytes protobufjs would write for
- * them (a property test holds the two to byte equality): through protobufjs'
- * generic path, 100 000 keys took seconds of the event loop and ~90 MB of
- * transient memory per snapshot. The small rest (limits, sessions, fleet)
- * still goes through the schema, validation included.
+ * The entries (nearly all of a snapshot) are encoded by hand to the bytes
+ * protobufjs would write for them (a property test holds the two to byte
+ * equality): through protobufjs' generic path, 100 000 keys took seconds of
+ * the event loop and ~90 MB of transient memory per snapshot. The small rest
+ * (limits, sessions, fleet) still goes through the schema, validation
+ * included. kvSnapshotSource checks and sizes everything when it is called
+ * and encodes the entries later, a piece at a time into one reused buffer,
+ * so Raft writes a snapshot to disk without ever holding it whole.
  */
 import zlib from 'node:zlib';
 import { Buffer } from 'node:buffer';
@@ -41,6 +43,7 @@ import {
   validateKvResult,
 } from './command.ts';
 import { DwcpError } from '../errors.ts';
+import type { SnapshotSource } from '../consensus/raft/types.ts';
 
 export const KV_SNAPSHOT_VERSION = 1;
 /** The fleet's share of a snapshot: about 1 KiB per VM record at the fleet's default limit of a million VMs fits with room. */
@@ -89,6 +92,21 @@ export interface KvSnapshotState {
   /** The fleet state machine's snapshot (src/fleet/state-machine.ts); empty when it never applied a fleet command. */
   readonly fleet: Uint8Array;
 }
+
+/**
+ * The entries a snapshot is encoded from: an array, or a view that builds
+ * each entry when asked (a streamed snapshot then holds no KvEntry per key
+ * while its pieces are written).
+ */
+export interface KvEntryList {
+  readonly length: number;
+  at(index: number): KvEntry | undefined;
+}
+
+export type KvSnapshotInput = Omit<KvSnapshotState, 'entries'> & { readonly entries: KvEntryList };
+
+/** Size of the pieces kvSnapshotSource yields (an entry larger than this gets a piece of its own). */
+export const KV_SNAPSHOT_CHUNK_BYTES = 256 * 1024;
 
 export class KvSnapshotError extends DwcpError<'corrupt'> {
   constructor(message: string) {
@@ -185,11 +203,19 @@ function writeVarint(out: Buffer, at: number, value: number): number {
   return at;
 }
 
+function entryAt(entries: KvEntryList, i: number): KvEntry {
+  const entry = entries.at(i);
+  if (entry === undefined) throw new KvSnapshotError(`entries[${i}] is missing (the list has ${entries.length})`);
+  return entry;
+}
+
 /** Checks the entries as validateSnapshot would on the way in, and returns their UTF-8 key lengths and total state bytes. */
-function checkEntries(entries: readonly KvEntry[], appliedIndex: number, maxStateBytes: number): Uint32Array {
+function checkEntries(entries: KvEntryList, appliedIndex: number, maxStateBytes: number): Uint32Array {
   const keyBytes = new Uint32Array(entries.length);
   let stateBytes = 0;
-  entries.forEach((entry, i) => {
+  let previous: KvEntry | undefined;
+  for (let i = 0; i < entries.length; i++) {
+    const entry = entryAt(entries, i);
     const { key, value, revision, createRevision } = entry;
     const field = `entries[${i}]`;
     if (key === '' || !key.isWellFormed()) throw new KvSnapshotError(`refusing to write an invalid state: ${field}.key is empty or not well-formed Unicode`);
@@ -199,19 +225,33 @@ function checkEntries(entries: readonly KvEntry[], appliedIndex: number, maxStat
     if (!Number.isSafeInteger(createRevision) || createRevision < 1 || createRevision > revision || !Number.isSafeInteger(revision) || revision > appliedIndex) {
       throw new KvSnapshotError(`refusing to write an invalid state: ${field} has revisions ${createRevision}..${revision} outside 1..${appliedIndex}`);
     }
-    const previous = entries[i - 1];
     if (previous !== undefined && compareKeys(previous.key, key) >= 0) {
       throw new KvSnapshotError(`refusing to write an invalid state: ${field}.key is not after the previous key (keys must be unique, in UTF-8 byte order)`);
     }
     keyBytes[i] = bytes;
     stateBytes += kvEntryFootprint(bytes, value.byteLength);
-  });
+    previous = entry;
+  }
   if (stateBytes > maxStateBytes) throw new KvSnapshotError(`refusing to write an invalid state: entries take ${stateBytes} bytes, above maxStateBytes ${maxStateBytes}`);
   return keyBytes;
 }
 
 /** Throws KvSnapshotError if `state` breaks an invariant (which is a bug in the caller). */
-export function encodeKvSnapshot(state: KvSnapshotState): Uint8Array {
+export function encodeKvSnapshot(state: KvSnapshotInput): Uint8Array {
+  const source = kvSnapshotSource(state, Number.POSITIVE_INFINITY);
+  // One piece of the exact size: the encoder's own buffer, no copy.
+  const [whole, ...more] = [...source.chunks()];
+  if (whole === undefined || more.length > 0 || whole.byteLength !== source.byteLength) throw new KvSnapshotError('the encoder did not produce the snapshot in one piece');
+  return whole;
+}
+
+/**
+ * The snapshot of `state`, checked and sized now (throws KvSnapshotError if
+ * it breaks an invariant, a bug in the caller) and encoded when its chunks
+ * are read, in pieces of about chunkBytes. The entries are read then:
+ * `state.entries` must not change until the last piece is out.
+ */
+export function kvSnapshotSource(state: KvSnapshotInput, chunkBytes = KV_SNAPSHOT_CHUNK_BYTES): SnapshotSource {
   const { appliedIndex, limits, entries } = state;
   // Everything but the entries through the schema (validation included); a
   // message's encoding is its fields' encodings in field order, so the
@@ -228,43 +268,73 @@ export function encodeKvSnapshot(state: KvSnapshotState): Uint8Array {
   const keyBytes = checkEntries(entries, appliedIndex, limits.maxStateBytes);
   const entryBytes = new Float64Array(entries.length);
   let total = 0;
-  entries.forEach((entry, i) => {
+  for (let i = 0; i < entries.length; i++) {
+    const entry = entryAt(entries, i);
     const k = keyBytes[i] as number;
     const v = entry.value.byteLength;
     // As protobufjs does, an empty value is left out (it decodes to empty bytes all the same).
     const size = 1 + varintBytes(k) + k + (v === 0 ? 0 : 1 + varintBytes(v) + v) + 1 + varintBytes(entry.revision) + 1 + varintBytes(entry.createRevision);
     entryBytes[i] = size;
     total += 1 + varintBytes(size) + size;
-  });
-  const bodyBytes = rest.byteLength + total;
-  const out = Buffer.allocUnsafe(HEADER_BYTES + bodyBytes + CHECKSUM_BYTES);
-  MAGIC.copy(out, 0);
-  out[MAGIC.byteLength] = KV_SNAPSHOT_VERSION;
-  let at = HEADER_BYTES;
-  out.set(head, at);
-  at += head.byteLength;
-  entries.forEach((entry, i) => {
-    out[at++] = TAG.entries;
-    at = writeVarint(out, at, entryBytes[i] as number);
-    out[at++] = TAG.key;
-    at = writeVarint(out, at, keyBytes[i] as number);
-    at += out.write(entry.key, at, 'utf8');
-    if (entry.value.byteLength > 0) {
-      out[at++] = TAG.value;
-      at = writeVarint(out, at, entry.value.byteLength);
-      out.set(entry.value, at);
-      at += entry.value.byteLength;
+  }
+  const byteLength = HEADER_BYTES + rest.byteLength + total + CHECKSUM_BYTES;
+  const tail = rest.subarray(head.byteLength);
+
+  function* chunks(): Generator<Uint8Array> {
+    let out = Buffer.allocUnsafe(Math.min(chunkBytes, byteLength));
+    let at = 0;
+    let crc = 0;
+    let produced = 0;
+    // Makes room for `bytes` more: hands out what is filled first, when it must.
+    function* room(bytes: number): Generator<Uint8Array> {
+      if (at + bytes <= out.length) return;
+      if (at > 0) {
+        const piece = out.subarray(0, at);
+        crc = zlib.crc32(piece, crc);
+        produced += at;
+        yield piece;
+      }
+      at = 0;
+      if (bytes > out.length) out = Buffer.allocUnsafe(bytes);
     }
-    out[at++] = TAG.revision;
-    at = writeVarint(out, at, entry.revision);
-    out[at++] = TAG.createRevision;
-    at = writeVarint(out, at, entry.createRevision);
-  });
-  out.set(rest.subarray(head.byteLength), at);
-  at += rest.byteLength - head.byteLength;
-  if (at !== HEADER_BYTES + bodyBytes) throw new KvSnapshotError(`encoded ${at - HEADER_BYTES} body bytes, expected ${bodyBytes}`);
-  out.writeUInt32LE(zlib.crc32(out.subarray(0, at)), at);
-  return out;
+    yield* room(HEADER_BYTES + head.byteLength);
+    MAGIC.copy(out, at);
+    out[at + MAGIC.byteLength] = KV_SNAPSHOT_VERSION;
+    at += HEADER_BYTES;
+    out.set(head, at);
+    at += head.byteLength;
+    for (let i = 0; i < entries.length; i++) {
+      const entry = entryAt(entries, i);
+      const size = entryBytes[i] as number;
+      yield* room(1 + varintBytes(size) + size);
+      out[at++] = TAG.entries;
+      at = writeVarint(out, at, size);
+      out[at++] = TAG.key;
+      at = writeVarint(out, at, keyBytes[i] as number);
+      at += out.write(entry.key, at, 'utf8');
+      if (entry.value.byteLength > 0) {
+        out[at++] = TAG.value;
+        at = writeVarint(out, at, entry.value.byteLength);
+        out.set(entry.value, at);
+        at += entry.value.byteLength;
+      }
+      out[at++] = TAG.revision;
+      at = writeVarint(out, at, entry.revision);
+      out[at++] = TAG.createRevision;
+      at = writeVarint(out, at, entry.createRevision);
+    }
+    yield* room(tail.byteLength);
+    out.set(tail, at);
+    at += tail.byteLength;
+    // The checksum covers everything before it, in whichever pieces it went out.
+    const checksum = zlib.crc32(out.subarray(0, at), crc);
+    yield* room(CHECKSUM_BYTES);
+    out.writeUInt32LE(checksum, at);
+    at += CHECKSUM_BYTES;
+    if (produced + at !== byteLength) throw new KvSnapshotError(`encoded ${produced + at} bytes, expected ${byteLength}`);
+    yield out.subarray(0, at);
+  }
+  return { byteLength, chunks };
 }
 
 /** Throws KvSnapshotError naming what is wrong; entry values are views of `bytes`. */

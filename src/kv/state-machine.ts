@@ -39,8 +39,9 @@
 import { Buffer } from 'node:buffer';
 import type { KvCommand, KvEntry, KvEntryMeta, KvResult, KvWriteResult } from './command.ts';
 import { KV_MAX_MESSAGE, KV_RANGE_MAX_BYTES, KV_RANGE_MAX_LIMIT, compareKeys, decodeKvCommand, kvEntryFootprint } from './command.ts';
-import type { KvLimits, KvSession } from './snapshot.ts';
-import { decodeKvSnapshot, encodeKvSnapshot, KvSnapshotError, resolveKvLimits } from './snapshot.ts';
+import type { KvEntryList, KvLimits, KvSession, KvSnapshotInput } from './snapshot.ts';
+import { decodeKvSnapshot, encodeKvSnapshot, kvSnapshotSource, KvSnapshotError, resolveKvLimits } from './snapshot.ts';
+import type { SnapshotSource } from '../consensus/raft/types.ts';
 import { DwcpError } from '../errors.ts';
 import { FleetStateMachine, type FleetState } from '../fleet/state-machine.ts';
 import { ValueSlabs } from './value-slabs.ts';
@@ -182,12 +183,33 @@ export class KvStateMachine {
   }
 
   snapshot(): Uint8Array {
-    const entries = this.#keys.map((key): KvEntry => {
-      const stored = this.#stored(key);
-      return { key, value: stored.value, revision: stored.revision, createRevision: stored.createRevision };
-    });
+    return encodeKvSnapshot(this.#snapshotInput());
+  }
+
+  /**
+   * The state as of now, checked and sized now and encoded a piece at a time
+   * as its chunks are read, however far the machine has moved on by then:
+   * the sessions and fleet are encoded at once, and the entries are read
+   * from the stored records taken now, which later writes replace but never
+   * change (and whose values are views that never change, value-slabs.ts).
+   */
+  snapshotSource(chunkBytes?: number): SnapshotSource {
+    return kvSnapshotSource(this.#snapshotInput(), chunkBytes);
+  }
+
+  #snapshotInput(): KvSnapshotInput {
+    const keys = this.#keys.slice();
+    const records = keys.map((key) => this.#stored(key));
+    const entries: KvEntryList = {
+      length: keys.length,
+      at: (i) => {
+        const stored = records[i];
+        const key = keys[i];
+        return stored === undefined || key === undefined ? undefined : { key, value: stored.value, revision: stored.revision, createRevision: stored.createRevision };
+      },
+    };
     const sessions = [...this.#sessions.values()].sort((a, b) => a.lastIndex - b.lastIndex);
-    return encodeKvSnapshot({ appliedIndex: this.#appliedIndex, limits: this.limits, entries, sessions, fleet: this.#fleet.regions().length === 0 && this.#fleet.vms().length === 0 ? new Uint8Array(0) : this.#fleet.snapshot() });
+    return { appliedIndex: this.#appliedIndex, limits: this.limits, entries, sessions, fleet: this.#fleet.regions().length === 0 && this.#fleet.vms().length === 0 ? new Uint8Array(0) : this.#fleet.snapshot() };
   }
 
   /** Throws KvSnapshotError naming what is wrong with `data`. */

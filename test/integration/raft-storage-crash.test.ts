@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { RaftStorage } from '../../src/consensus/raft/storage.ts';
 import type { Entry, PersistedState } from '../../src/consensus/raft/types.ts';
+import { snapshotBytes } from '../../src/consensus/raft/types.ts';
 import { Prng } from '../sim/prng.ts';
 import { CRASH_VOTE, crashEntry, crashSnapshot, crashTerm, SEGMENT_BYTES } from '../support/raft-storage-writer.ts';
 
@@ -85,7 +86,7 @@ function shortfall(state: PersistedState | null, acks: Acks): string | null {
   if (snap < acks.snapshot) return `snapshot ${snap} is older than the acked snapshot ${acks.snapshot}`;
   if (snap > 0) {
     const want = crashSnapshot(snap);
-    if (snapshot.meta.term !== want.meta.term || !Buffer.from(snapshot.data).equals(Buffer.from(want.data))) return `snapshot ${snap} content differs`;
+    if (snapshot.meta.term !== want.meta.term || !Buffer.from(snapshotBytes(snapshot.data)).equals(Buffer.from(snapshotBytes(want.data)))) return `snapshot ${snap} content differs`;
   }
   let expected = snap + 1;
   for (const entry of entries) {

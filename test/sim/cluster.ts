@@ -41,6 +41,7 @@ import type {
   Ready,
   Snapshot,
 } from '../../src/consensus/raft/types.ts';
+import { snapshotBytes } from '../../src/consensus/raft/types.ts';
 import { EventQueue } from './events.ts';
 import { InvariantChecker, InvariantViolation } from './invariants.ts';
 import { KvStore, encodeCommand } from './kv.ts';
@@ -401,7 +402,7 @@ export class RaftSimulation {
       this.#heldMessages += ready.persistMessages.length;
     }
     if (ready.snapshot !== null) {
-      node.kv = KvStore.restore(ready.snapshot.meta.index, ready.snapshot.data);
+      node.kv = KvStore.restore(ready.snapshot.meta.index, snapshotBytes(ready.snapshot.data));
       this.#snapshotsInstalled++;
       this.#trace(() => `${node.id} installs snapshot at ${ready.snapshot?.meta.index}`);
     }
@@ -597,7 +598,7 @@ export class RaftSimulation {
     this.#trace(() => `restart ${node.id}`);
     node.up = true;
     node.core = this.#startCore(node.id, node.disk, node.random);
-    node.kv = KvStore.restore(node.disk.snapshot.meta.index, node.disk.snapshot.data);
+    node.kv = KvStore.restore(node.disk.snapshot.meta.index, snapshotBytes(node.disk.snapshot.data));
     this.#after(node);
   }
 

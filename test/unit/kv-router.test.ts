@@ -54,7 +54,11 @@ class Group {
       const node: RaftNode<KvResult> = new RaftNode<KvResult>({
         id,
         persisted: bootstrapState(ids),
-        store: { persist: async () => void (await this.disk), saveSnapshot: async () => {} },
+        store: {
+          persist: async () => void (await this.disk),
+          writeSnapshot: async (meta, source) => ({ meta, data: Buffer.concat(Array.from(source.chunks(), (piece) => Buffer.from(piece))) }),
+          saveSnapshot: async () => {},
+        },
         sender: { send: (to, messages) => this.#deliver(id, to, messages) },
         machine: replica,
         random: Math.random,

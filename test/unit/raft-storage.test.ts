@@ -11,7 +11,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { RaftStorage, STORAGE_LAYOUT, StorageCorruptionError } from '../../src/consensus/raft/storage.ts';
 import type { StorageTimings } from '../../src/consensus/raft/storage.ts';
 import type { Entry, HardState, PersistedState, Snapshot } from '../../src/consensus/raft/types.ts';
-import { RaftInputError } from '../../src/consensus/raft/types.ts';
+import { RaftInputError, snapshotBytes } from '../../src/consensus/raft/types.ts';
 
 let dir: string;
 const opened: RaftStorage[] = [];
@@ -71,7 +71,7 @@ function plain(state: PersistedState | null) {
   return {
     hardState: state.hardState,
     applied: state.applied,
-    snapshot: { meta: state.snapshot.meta, data: bytes(state.snapshot.data) },
+    snapshot: { meta: state.snapshot.meta, data: bytes(snapshotBytes(state.snapshot.data)) },
     entries: state.entries.map((e) => (e.kind === 'normal' ? { ...e, data: bytes(e.data) } : e)),
   };
 }
@@ -174,7 +174,7 @@ describe('RaftStorage round trip', () => {
     storage = await reopen(storage);
     const state = storage.load();
     expect(state?.snapshot.meta).toEqual(snapshot.meta);
-    expect(Buffer.from(state?.snapshot.data ?? []).equals(Buffer.from(snapshot.data))).toBe(true);
+    expect(Buffer.from(snapshotBytes(state?.snapshot.data ?? new Uint8Array())).equals(Buffer.from(snapshotBytes(snapshot.data)))).toBe(true);
     expect(indices(state)).toEqual([21, 22]);
     expect(state?.applied).toBe(20);
   });
@@ -203,7 +203,7 @@ describe('RaftStorage log changes', () => {
     storage = await reopen(storage);
     let state = storage.load();
     expect(state?.snapshot.meta).toEqual(snapshot.meta);
-    expect(Buffer.from(state?.snapshot.data ?? []).equals(Buffer.from(snapshot.data))).toBe(true);
+    expect(Buffer.from(snapshotBytes(state?.snapshot.data ?? new Uint8Array())).equals(Buffer.from(snapshotBytes(snapshot.data)))).toBe(true);
     expect(indices(state)).toEqual([7, 8, 9, 10]);
     expect(state?.applied).toBe(6);
 
@@ -212,9 +212,45 @@ describe('RaftStorage log changes', () => {
     await storage.saveSnapshot(smaller);
     storage = await reopen(storage);
     state = storage.load();
-    expect(Array.from(state?.snapshot.data ?? [])).toEqual(Array.from(smaller.data));
+    expect(Array.from(snapshotBytes(state?.snapshot.data ?? new Uint8Array()))).toEqual(Array.from(snapshotBytes(smaller.data)));
     expect(indices(state)).toEqual([10]);
     expect((await readdir(dir)).filter((n) => n.endsWith('.snap'))).toEqual([STORAGE_LAYOUT.snapshotFile(9)]);
+  });
+
+  it('writes a snapshot from its pieces beside the log, reads it back from the file a chunk at a time, and names it only when saved', async () => {
+    let storage = await openStorage();
+    await storage.persist(persistOf(range(1, 10, 1), { term: 1, vote: null, commit: 8 }));
+    const whole = snapshotOf(6, 1, 300_000);
+    const bytes = snapshotBytes(whole.data);
+    // Pieces from one reused buffer, as the KV encoder hands them out.
+    const reused = new Uint8Array(70_000);
+    const source = {
+      byteLength: bytes.byteLength,
+      *chunks() {
+        for (let at = 0; at < bytes.byteLength; at += reused.byteLength) {
+          const piece = bytes.subarray(at, at + reused.byteLength);
+          reused.set(piece);
+          yield reused.subarray(0, piece.byteLength);
+        }
+      },
+    };
+    const written = await storage.writeSnapshot(whole.meta, source);
+    expect(written.data).not.toBeInstanceOf(Uint8Array);
+    expect(Buffer.from(written.data.subarray(123_456, 200_000)).equals(Buffer.from(bytes.subarray(123_456, 200_000)))).toBe(true);
+    expect(written.data.subarray(299_990, 400_000).byteLength).toBe(10);
+    // Written but not named: a restart still sees the log it had.
+    storage = await reopen(storage);
+    expect(storage.load()?.snapshot.meta.index).toBe(0);
+    const again = await storage.writeSnapshot(whole.meta, source);
+    await storage.saveSnapshot(again);
+    storage = await reopen(storage);
+    const state = storage.load();
+    expect(state?.snapshot.meta).toEqual(whole.meta);
+    expect(Buffer.from(snapshotBytes(state?.snapshot.data ?? new Uint8Array())).equals(Buffer.from(bytes))).toBe(true);
+    expect(indices(state)).toEqual([7, 8, 9, 10]);
+    // A source that gives other than it announced is refused, and leaves nothing behind.
+    await expect(storage.writeSnapshot({ ...whole.meta, index: 8 }, { byteLength: 10, chunks: () => [new Uint8Array(9)] })).rejects.toThrow(/announced/);
+    expect((await readdir(dir)).filter((n) => n.includes('.snap'))).toEqual([STORAGE_LAYOUT.snapshotFile(6)]);
   });
 
   it('starts new segments when one is full, each repeating the durable base and hard state, and deletes those a snapshot covers', async () => {

@@ -49,6 +49,7 @@ import type {
   Ready,
   Role,
   SnapshotChunk,
+  SnapshotData,
   SnapshotMeta,
   TransferResult,
   VoteRequest,
@@ -227,17 +228,34 @@ export class RaftCore {
   }
 
   /**
-   * The driver persisted a state machine snapshot covering the log through
+   * The driver took a state machine snapshot covering the log through
    * `index` (<= applied): entries up to it are dropped and `data` is what a
-   * lagging follower will be sent. Returns the snapshot's metadata (term and
-   * membership at `index`), which the driver stores with the data.
+   * lagging follower will be sent (read a chunk at a time, so it may be the
+   * snapshot's file). Returns the snapshot's metadata (term and membership at
+   * `index`), which the driver stores with the data. Compacting at or below
+   * the current snapshot changes nothing (a newer one was installed meanwhile).
    */
-  compact(index: number, data: Uint8Array): SnapshotMeta {
-    if (!Number.isSafeInteger(index) || index < 0) throw new RaftInputError(`compact: index must be a non-negative integer, got ${index}`);
-    if (index > this.#log.applied) throw new RaftInputError(`compact: index ${index} is past applied ${this.#log.applied}`);
-    if (index > this.#log.stable) throw new RaftInputError(`compact: index ${index} is past the persisted log (${this.#log.stable})`);
+  compact(index: number, data: SnapshotData): SnapshotMeta {
+    this.#checkCompactable('compact', index);
     this.#log.compact(index, data);
     return this.#log.snapshot.meta;
+  }
+
+  /**
+   * The metadata a snapshot at `index` is stored with, for a driver that
+   * writes the snapshot's file before it compacts (compact then returns the
+   * same). `index` must be applied, persisted, and not compacted yet.
+   */
+  snapshotMeta(index: number): SnapshotMeta {
+    this.#checkCompactable('snapshotMeta', index);
+    if (index < this.#log.snapshot.meta.index) throw new RaftInputError(`snapshotMeta: index ${index} is compacted (the snapshot is at ${this.#log.snapshot.meta.index})`);
+    return this.#log.metaAt(index);
+  }
+
+  #checkCompactable(what: string, index: number): void {
+    if (!Number.isSafeInteger(index) || index < 0) throw new RaftInputError(`${what}: index must be a non-negative integer, got ${index}`);
+    if (index > this.#log.applied) throw new RaftInputError(`${what}: index ${index} is past applied ${this.#log.applied}`);
+    if (index > this.#log.stable) throw new RaftInputError(`${what}: index ${index} is past the persisted log (${this.#log.stable})`);
   }
 
   // ---------------------------------------------------------------- output

@@ -20,7 +20,7 @@
  * The membership in force is the latest config entry in the log, committed
  * or not (the dissertation's rule), falling back to the snapshot's.
  */
-import type { Entry, Membership, Snapshot } from './types.ts';
+import type { Entry, Membership, Snapshot, SnapshotData, SnapshotMeta } from './types.ts';
 import { RaftInputError, entryBytes, invariant } from './types.ts';
 
 export interface Slice {
@@ -263,16 +263,23 @@ export class RaftLog {
     if (index > this.#applied) this.#applied = index;
   }
 
+  /** What a snapshot at `index` (applied, still in the log or the current snapshot's) records besides the state. */
+  metaAt(index: number): SnapshotMeta {
+    invariant(index <= this.#applied, () => `snapshot meta at ${index} past applied ${this.#applied}`);
+    const term = this.term(index);
+    invariant(term !== undefined, () => `snapshot meta at ${index}: compacted (the log starts after ${this.#snapshot.meta.index})`);
+    return { index, term, membership: this.membershipAt(index) };
+  }
+
   /** The state machine snapshotted itself at `index`: drop the entries it covers. */
-  compact(index: number, data: Uint8Array): void {
+  compact(index: number, data: SnapshotData): void {
     invariant(index <= this.#applied, () => `compact at ${index} past applied ${this.#applied}`);
     invariant(index <= this.#stable, () => `compact at ${index} past stable ${this.#stable}`);
     if (index <= this.#snapshot.meta.index) return;
-    const term = this.term(index) as number;
-    const membership = this.membershipAt(index);
+    const meta = this.metaAt(index);
     this.#entries = this.#entries.slice(index + 1 - this.firstIndex);
     this.#configIndices = this.#configIndices.filter((i) => i > index);
-    this.#snapshot = { meta: { index, term, membership }, data };
+    this.#snapshot = { meta, data };
   }
 
   /** Replace the whole log with a snapshot from the leader (our log did not contain its last entry). */

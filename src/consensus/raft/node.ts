@@ -42,8 +42,10 @@ import type {
   Ready,
   Role,
   Snapshot,
+  SnapshotMeta,
+  SnapshotSource,
 } from './types.ts';
-import { RaftInputError, RaftInvariantError } from './types.ts';
+import { RaftInputError, RaftInvariantError, snapshotBytes } from './types.ts';
 import { ReadyLoop } from '../../driver/ready-loop.ts';
 import { DwcpError, type DwcpErrorCode } from '../../errors.ts';
 
@@ -51,13 +53,17 @@ import { DwcpError, type DwcpErrorCode } from '../../errors.ts';
 export interface RaftStateMachine<R> {
   /** Applies a committed command (never the leader's empty no-op). */
   apply(index: number, data: Uint8Array): R;
-  snapshot(): Uint8Array;
+  /** The state as of now, encoded lazily: its pieces are written while later entries apply (SnapshotSource). */
+  snapshot(): SnapshotSource;
   restore(data: Uint8Array): void;
 }
 
 /** The durable half of the driver (RaftStorage). */
 export interface RaftLogStore {
   persist(ready: Pick<Ready, 'hardState' | 'snapshot' | 'entries' | 'mustSync'>): Promise<void>;
+  /** Writes a snapshot's file from its source, alongside the log's writes; resolves once it is durable, with the snapshot reading from it. */
+  writeSnapshot(meta: SnapshotMeta, source: SnapshotSource): Promise<Snapshot>;
+  /** Names a written snapshot in the log, after every earlier write: the entries it covers are compacted. */
   saveSnapshot(snapshot: Snapshot): Promise<void>;
 }
 
@@ -180,7 +186,7 @@ export class RaftNode<R> {
     this.#metrics = opts.metrics;
     this.#core = new RaftCore({ id: opts.id, storage: opts.persisted, random: opts.random, config: opts.config });
     const snapshot = opts.persisted.snapshot;
-    if (snapshot.meta.index > 0) opts.machine.restore(snapshot.data);
+    if (snapshot.meta.index > 0) opts.machine.restore(snapshotBytes(snapshot.data));
     this.#applied = Math.max(snapshot.meta.index, opts.persisted.applied ?? 0);
     this.#metrics?.term.set(this.#core.term);
     this.#metrics?.isLeader.set(0);
@@ -613,7 +619,7 @@ export class RaftNode<R> {
   }
 
   #install(snapshot: Snapshot): void {
-    this.#opts.machine.restore(snapshot.data);
+    this.#opts.machine.restore(snapshotBytes(snapshot.data));
     this.#applied = snapshot.meta.index;
     this.#metrics?.snapshotsInstalled.inc();
     this.#log.info({ index: snapshot.meta.index, term: snapshot.meta.term, bytes: snapshot.data.byteLength }, 'raft snapshot installed');
@@ -649,6 +655,14 @@ export class RaftNode<R> {
     }
   }
 
+  /**
+   * Every snapshotEntries applied entries: the state machine's snapshot is
+   * written to its file (encoded a piece at a time while the node goes on),
+   * and once that is durable the core compacts onto it and the log names it.
+   * The core reads the snapshot from its file when a follower needs it, so
+   * no whole-state encoding is held in memory, and the log is compacted only
+   * onto a snapshot already on disk.
+   */
   async #maybeSnapshot(): Promise<void> {
     const applied = this.#applied;
     if (this.#snapshotting !== null || applied - this.#core.snapshotIndex < this.#opts.snapshotEntries) return;
@@ -656,14 +670,22 @@ export class RaftNode<R> {
     // durable on a majority); a snapshot at such an index would drop them
     // from storage before they landed. The next batch tries again.
     if (applied > this.#core.stableIndex) return;
-    const data = this.#opts.machine.snapshot();
-    const meta = this.#core.compact(applied, data);
-    // Queued behind the log writes (storage keeps order); the Ready loop goes on meanwhile.
-    const saving = this.#opts.store.saveSnapshot({ meta, data }).then(() => {
-      this.#snapshotting = null;
-      this.#log.info({ index: meta.index, term: meta.term, bytes: data.byteLength }, 'raft snapshot taken; log compacted');
-    });
-    saving.catch((err: unknown) => this.#fail(err));
+    const meta = this.#core.snapshotMeta(applied);
+    const source = this.#opts.machine.snapshot();
+    const saving = (async () => {
+      const snapshot = await this.#opts.store.writeSnapshot(meta, source);
+      // A leader's newer snapshot installed meanwhile covers this one: the
+      // file stays unnamed and goes with the next snapshot the log names.
+      if (this.#stopped || this.#core.snapshotIndex >= meta.index) return;
+      this.#core.compact(meta.index, snapshot.data);
+      // Queued behind the log writes (storage keeps order); the Ready loop goes on meanwhile.
+      await this.#opts.store.saveSnapshot(snapshot);
+      this.#log.info({ index: meta.index, term: meta.term, bytes: source.byteLength }, 'raft snapshot taken; log compacted');
+    })();
+    saving.then(
+      () => (this.#snapshotting = null),
+      (err: unknown) => this.#fail(err),
+    );
     this.#snapshotting = saving;
   }
 

@@ -129,7 +129,7 @@ export class Replicator {
     // Compacted again since the transfer began: start over with the newer snapshot.
     if (pr.snapshot === null || pr.snapshot.index !== snapshot.meta.index) pr.becomeSnapshot(snapshot.meta.index);
     const offset = pr.snapshot?.offset ?? 0;
-    if (offset > 0 && offset >= snapshot.data.length) return;
+    if (offset > 0 && offset >= snapshot.data.byteLength) return;
     this.#ctx.send({ type: 'snapshot_chunk', to, ...snapshotChunkAt(snapshot, offset, this.#ctx.config.snapshotChunkBytes) });
   }
 

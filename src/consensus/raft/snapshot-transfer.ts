@@ -21,12 +21,12 @@ export function snapshotChunkAt(snapshot: Snapshot, offset: number, chunkBytes: 
   data: Uint8Array;
 } {
   const { data } = snapshot;
-  const start = Math.min(offset, data.length);
+  const start = Math.min(offset, data.byteLength);
   return {
     meta: snapshot.meta,
     offset: start,
-    totalBytes: data.length,
-    data: data.subarray(start, Math.min(data.length, start + chunkBytes)),
+    totalBytes: data.byteLength,
+    data: data.subarray(start, Math.min(data.byteLength, start + chunkBytes)),
   };
 }
 

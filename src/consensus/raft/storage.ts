@@ -36,7 +36,11 @@
  *   ones, not only itself).
  * - A snapshot file is synced, renamed into place and its directory synced
  *   before the record naming it is written; it is deleted only once a record
- *   naming a newer one is durable.
+ *   naming a newer one is durable. A compaction's file is written from the
+ *   state machine's encoder a piece at a time (writeSnapshot), alongside the
+ *   log's writes, and the snapshot then reads from its file on demand
+ *   (SnapshotFile): a member never holds its whole state encoded in memory
+ *   (one received from a leader arrives whole, and is written whole).
  * - After a failed write every later write is refused: what reached the disk
  *   is then unknown, and a Raft node must not go on acknowledging on top of it.
  * - open() checks every record. A torn write at the end of the log (a write
@@ -49,13 +53,13 @@
  *   is not dropped even above the commit index: the hard state that would
  *   tell may be among what is damaged.)
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { Wal, WalCorruptionError, type WalRecord, type WalTimings } from '../../storage/wal.ts';
-import type { Entry, HardState, Membership, PersistedState, Ready, Snapshot, SnapshotMeta } from './types.ts';
-import { EMPTY_MEMBERSHIP, RaftInputError } from './types.ts';
+import type { Entry, HardState, Membership, PersistedState, Ready, Snapshot, SnapshotMeta, SnapshotSource } from './types.ts';
+import { EMPTY_MEMBERSHIP, RaftInputError, snapshotBytes } from './types.ts';
 import { DwcpError } from '../../errors.ts';
 
 export interface StorageTimings {
@@ -303,20 +307,79 @@ function encodeSnapshotMark(kind: typeof Kind.snapshotInstalled | typeof Kind.sn
   return w.finish();
 }
 
-function encodeSnapshotMeta(meta: SnapshotMeta, data: Uint8Array): Buffer {
+/** The file's head: magic, the meta frame (length, crc32, record). Its size does not depend on the data's length or checksum. */
+function snapshotHead(meta: SnapshotMeta, dataBytes: number, dataCrc: number): Buffer {
   const w = new RecordWriter(Kind.snapshotMeta, 32 + membershipHint(meta.membership));
   w.u64(meta.index);
   w.u64(meta.term);
   w.membership(meta.membership, 'snapshot membership');
-  w.u64(data.length);
-  w.u32(crc32(data));
-  return w.finish();
+  w.u64(dataBytes);
+  w.u32(dataCrc);
+  const record = w.finish();
+  const magic = STORAGE_LAYOUT.snapshotMagic.length;
+  const head = Buffer.allocUnsafe(magic + 8 + record.length);
+  head.write(STORAGE_LAYOUT.snapshotMagic, 0, 'latin1');
+  head.writeUInt32BE(record.length, magic);
+  head.writeUInt32BE(crc32(record), magic + 4);
+  record.copy(head, magic + 8);
+  return head;
+}
+
+function checkMeta(meta: SnapshotMeta): void {
+  checkCount(meta.index, 'snapshot index', 0);
+  checkCount(meta.term, 'snapshot term', 0);
 }
 
 function checkSnapshot(snapshot: Snapshot): void {
-  checkCount(snapshot.meta.index, 'snapshot index', 0);
-  checkCount(snapshot.meta.term, 'snapshot term', 0);
-  if (!(snapshot.data instanceof Uint8Array)) throw new RaftInputError('raft storage: snapshot data must be a Uint8Array');
+  checkMeta(snapshot.meta);
+  const { data } = snapshot;
+  if (data === null || typeof data !== 'object' || !Number.isSafeInteger(data.byteLength) || typeof data.subarray !== 'function') {
+    throw new RaftInputError('raft storage: snapshot data must be a Uint8Array or a SnapshotData');
+  }
+}
+
+/** Writes all of `bytes` at `position` (a file write may be short). */
+async function writeFully(handle: fs.FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+  for (let done = 0; done < bytes.byteLength; ) {
+    const { bytesWritten } = await handle.write(bytes, done, bytes.byteLength - done, position + done);
+    done += bytesWritten;
+  }
+}
+
+/**
+ * A stored snapshot's data, read from its file a chunk at a time (the core
+ * asks for one chunk per message to a follower that needs the snapshot). The
+ * file stays while the core can ask: it is deleted only once a newer snapshot
+ * is named in the log, and the core has replaced this one by then. A read
+ * that fails (the disk) throws: the node stops, as on any storage failure.
+ */
+export class SnapshotFile {
+  readonly path: string;
+  readonly byteLength: number;
+  /** Where the data starts in the file (after the head). */
+  readonly #at: number;
+
+  constructor(path: string, at: number, byteLength: number) {
+    this.path = path;
+    this.#at = at;
+    this.byteLength = byteLength;
+  }
+
+  subarray(start: number, end: number): Uint8Array {
+    const from = Math.max(0, Math.min(start, this.byteLength));
+    const out = Buffer.allocUnsafe(Math.max(0, Math.min(end, this.byteLength) - from));
+    const fd = openSync(this.path, 'r');
+    try {
+      for (let done = 0; done < out.length; ) {
+        const n = readSync(fd, out, done, out.length - done, this.#at + from + done);
+        if (n === 0) throw new StorageCorruptionError(`snapshot file ${this.path}`, `ends before byte ${this.#at + from + done}`);
+        done += n;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    return out;
+  }
 }
 
 function hex32(value: number): string {
@@ -443,7 +506,8 @@ function readSnapshotFile(dir: string, index: number, term: number): Snapshot {
   if (data.length !== dataBytes) throw new StorageCorruptionError(`${what} data`, `${data.length} bytes, the meta says ${dataBytes}`);
   const computed = crc32(data);
   if (computed !== dataCrc) throw new StorageCorruptionError(`${what} data`, `checksum mismatch (stored 0x${hex32(dataCrc)}, computed 0x${hex32(computed)})`);
-  return { meta: { index, term, membership }, data };
+  // Checked whole once; from now on it is read from the file as needed, not held.
+  return { meta: { index, term, membership }, data: new SnapshotFile(join(dir, name), metaAt + length, dataBytes) };
 }
 
 function snapshotFiles(dir: string): number[] {
@@ -597,14 +661,28 @@ export class RaftStorage {
   }
 
   /**
-   * After RaftCore.compact(): stores the snapshot and drops the entries it
-   * covers (same ordering and data rule as persist); log segments that hold
-   * only compacted entries are deleted once it is durable.
+   * Writes the file of a snapshot at `meta` from `source`, a piece at a time,
+   * alongside the log's writes (it changes nothing the log says until
+   * saveSnapshot names it), and resolves once the file is durable and in
+   * place, with the snapshot reading from it.
+   */
+  async writeSnapshot(meta: SnapshotMeta, source: SnapshotSource): Promise<Snapshot & { data: SnapshotFile }> {
+    checkMeta(meta);
+    if (this.#closing !== null) throw new Error(`raft storage ${this.#dir} is closed`);
+    return { meta, data: await this.#writeSnapshotFile(meta, source) };
+  }
+
+  /**
+   * After RaftCore.compact(): stores the snapshot (its file, unless
+   * writeSnapshot wrote it) and drops the entries it covers (same ordering
+   * and data rule as persist); log segments that hold only compacted entries
+   * are deleted once it is durable.
    */
   async saveSnapshot(snapshot: Snapshot): Promise<void> {
     checkSnapshot(snapshot);
     const base = encodeSnapshotMark(Kind.snapshotBase, snapshot.meta.index, snapshot.meta.term);
-    await this.#write([base], {}, snapshot, () => this.#snapshotDurable(base, snapshot.meta.index));
+    const written = snapshot.data instanceof SnapshotFile && snapshot.data.path === join(this.#dir, STORAGE_LAYOUT.snapshotFile(snapshot.meta.index));
+    await this.#write([base], {}, written ? null : snapshot, () => this.#snapshotDurable(base, snapshot.meta.index));
     await this.#wal.release(snapshot.meta.index);
   }
 
@@ -626,7 +704,11 @@ export class RaftStorage {
     if (this.#closing !== null) return Promise.reject(new Error(`raft storage ${this.#dir} is closed`));
     const append = (): Promise<void> => this.#wal.append(records, opts).then(durable);
     if (snapshot === null && this.#gate === null) return append();
-    const gate = (this.#gate ?? Promise.resolve()).then(() => (snapshot === null ? undefined : this.#writeSnapshotFile(snapshot)));
+    const gate = (this.#gate ?? Promise.resolve()).then(async () => {
+      if (snapshot === null) return;
+      const bytes = snapshotBytes(snapshot.data);
+      await this.#writeSnapshotFile(snapshot.meta, { byteLength: bytes.byteLength, chunks: () => [bytes] });
+    });
     const written = gate.then(append);
     // Later writes queue behind this one's file; once nothing waits, they go straight to the log again.
     const next: Promise<void> = written.then(
@@ -643,22 +725,37 @@ export class RaftStorage {
     return written;
   }
 
-  async #writeSnapshotFile(snapshot: Snapshot): Promise<void> {
-    const name = STORAGE_LAYOUT.snapshotFile(snapshot.meta.index);
-    const tmp = join(this.#dir, `${name}.tmp`);
-    const meta = encodeSnapshotMeta(snapshot.meta, snapshot.data);
-    const header = Buffer.alloc(STORAGE_LAYOUT.snapshotMagic.length + 8);
-    header.write(STORAGE_LAYOUT.snapshotMagic, 0, 'latin1');
-    header.writeUInt32BE(meta.length, STORAGE_LAYOUT.snapshotMagic.length);
-    header.writeUInt32BE(crc32(meta), STORAGE_LAYOUT.snapshotMagic.length + 4);
+  /**
+   * Writes `<name>.tmp` (the head with the data's checksum left for last,
+   * then the data as the source yields it), syncs it, renames it into place
+   * and syncs the directory.
+   */
+  async #writeSnapshotFile(meta: SnapshotMeta, source: SnapshotSource): Promise<SnapshotFile> {
+    const path = join(this.#dir, STORAGE_LAYOUT.snapshotFile(meta.index));
+    const tmp = `${path}.tmp`;
+    const dataAt = snapshotHead(meta, source.byteLength, 0).length;
     const handle = await fs.open(tmp, 'w', 0o600);
     try {
-      await handle.writev([header, meta, snapshot.data]);
+      let crc = 0;
+      let written = 0;
+      for (const chunk of source.chunks()) {
+        if (written + chunk.byteLength > source.byteLength) break;
+        crc = crc32(chunk, crc);
+        await writeFully(handle, chunk, dataAt + written);
+        written += chunk.byteLength;
+      }
+      if (written !== source.byteLength) {
+        throw new RaftInputError(`raft storage: snapshot ${meta.index}'s source gave other than the ${source.byteLength} bytes it announced`);
+      }
+      await writeFully(handle, snapshotHead(meta, written, crc), 0);
       if (this.#opts.noSync !== true) await handle.sync();
-    } finally {
+    } catch (err) {
       await handle.close();
+      await fs.rm(tmp, { force: true });
+      throw err;
     }
-    await fs.rename(tmp, join(this.#dir, name));
+    await handle.close();
+    await fs.rename(tmp, path);
     if (this.#opts.noSync !== true) {
       const dir = await fs.open(this.#dir, 'r');
       try {
@@ -667,6 +764,7 @@ export class RaftStorage {
         await dir.close();
       }
     }
+    return new SnapshotFile(path, dataAt, source.byteLength);
   }
 
   /** A record naming the snapshot at `index` is durable: it is what new segments repeat, and older snapshot files may go. */

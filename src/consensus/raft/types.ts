@@ -54,10 +54,41 @@ export interface SnapshotMeta {
   readonly membership: Membership;
 }
 
+/**
+ * A snapshot's bytes, which the core never looks into: it only slices chunks
+ * of them for a follower. A Uint8Array is one (the simulator's, and a
+ * snapshot received from a leader); so is a snapshot the driver keeps in its
+ * file and reads a chunk at a time (storage.ts), so that a member does not
+ * hold its whole state encoded in memory besides the state itself.
+ * subarray(start, end) returns bytes [start, end) (a view or a fresh copy)
+ * and the same bytes every time it is asked.
+ */
+export interface SnapshotData {
+  readonly byteLength: number;
+  subarray(start: number, end: number): Uint8Array;
+}
+
+/** All of a snapshot's bytes, for a consumer that needs them at once (a state machine's restore). */
+export function snapshotBytes(data: SnapshotData): Uint8Array {
+  return data instanceof Uint8Array ? data : data.subarray(0, data.byteLength);
+}
+
+/**
+ * A state machine's snapshot as the driver writes it: its exact size, then
+ * its bytes in order a piece at a time, each piece valid until the next is
+ * asked for (so an encoder can reuse one buffer). The pieces are produced
+ * while the machine goes on applying entries: they describe the state at the
+ * moment the source was taken.
+ */
+export interface SnapshotSource {
+  readonly byteLength: number;
+  chunks(): Iterable<Uint8Array>;
+}
+
 export interface Snapshot {
   readonly meta: SnapshotMeta;
   /** The state machine's own encoding; opaque to the core. */
-  readonly data: Uint8Array;
+  readonly data: SnapshotData;
 }
 
 /** What a driver loads from its disk to (re)start a core. */
