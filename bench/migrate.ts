@@ -232,12 +232,15 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
 
   const results: { rate_mib_s: number; runs: Run[] }[] = [];
   let serial = 0;
+  // The serial logs' watch of the rate under way: a run that throws must not leave it polling (it would keep the bench alive).
+  let watching: TickWatch | null = null;
   try {
     for (const rate of o.rates) {
       progress(`migrate: booting a ${o.memoryMiB} MiB guest dirtying ${rate} MiB/s`);
       let at = 0;
       let guest = await (sides[0] as Side).create(`bench-d${rate}`, `d${rate}`);
       const watch = new TickWatch();
+      watching = watch;
       const serials: string[] = [await (sides[0] as Side).serialLog(guest)];
       watch.watch(() => serials, o.pollMs);
       await until('the guest ticks', 120_000, async () => (watch.last() >= 20 ? true : undefined));
@@ -300,6 +303,7 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
       results.push({ rate_mib_s: rate, runs });
     }
   } finally {
+    await watching?.stop();
     for (const side of sides) await side.close().catch(() => undefined);
     await rm(root, { recursive: true, force: true });
     process.removeListener('exit', killOnExit);
