@@ -170,6 +170,17 @@ class StepRun implements TransferHandle {
     const sockets: Socket[] = [];
     const moved = (): number => counts.reduce((sum, c) => sum + c.sent + c.received, 0);
     const multifd = this.#o.multifd ?? null;
+    let migrating = false;
+    let completed = false;
+    /**
+     * Once QEMU completed, the disk channel has nothing left to carry: the
+     * mirror was ready (every guest write was on both disks before it
+     * completed) and the source is paused. The destination, running the
+     * guest as soon as its stream completed, stops its NBD export then, and
+     * whatever the mirror still says on the way out may meet a closed
+     * socket: that ends the disk channel, not the step.
+     */
+    const settled = (channel: MigrateChannel): boolean => channel === 'disk' && completed;
     // A broken channel fails the step at once (QEMU would notice only when it next writes).
     const broken = new Promise<never>((_, reject) => {
       const relay = (channel: MigrateChannel) => async (socket: Socket, stream: number) => {
@@ -179,11 +190,14 @@ class StepRun implements TransferHandle {
           const c: PipeCounts = { sent: 0, received: 0 };
           counts.push(c);
           const piped = pipe(ch, socket, c, channel === 'state' ? liveCodecFor({ stream, multifd }, this.#o.codec) : this.#o.codec);
-          pipes.push(piped);
+          const kept = piped.catch((err: unknown) => (settled(channel) ? c : Promise.reject(err)));
+          // Awaited at the step's end; a failure before then is the step's through `broken`, not an unhandled rejection.
+          kept.catch(() => undefined);
+          pipes.push(kept);
           await piped;
         } catch (err) {
           socket.destroy();
-          reject(new StepFailed(`the ${channel} channel to ${m.target.region}: ${errorText(err)}`));
+          if (!settled(channel)) reject(new StepFailed(`the ${channel} channel to ${m.target.region}: ${errorText(err)}`));
         }
       };
       void Promise.all([this.#listen(source.files.nbdOut, 1, relay('disk')), this.#listen(source.files.migrateOut, 1 + (multifd?.channels ?? 0), relay('state'))]).catch(reject);
@@ -193,8 +207,6 @@ class StepRun implements TransferHandle {
     aborted.catch(() => undefined);
     const race = <T>(p: Promise<T>): Promise<T> => Promise.race([p, broken, aborted]);
 
-    let migrating = false;
-    let completed = false;
     this.#cleanups.push(async () => {
       if (completed) return;
       if (migrating) await cancelMigration(qmp).catch(() => undefined);
