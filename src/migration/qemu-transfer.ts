@@ -189,15 +189,12 @@ class StepRun implements TransferHandle {
           const ch = await this.#o.channels.open(m.target.region, m.id, channel, { signal, ...(channel === 'state' ? { stream, multifd } : {}) });
           const c: PipeCounts = { sent: 0, received: 0 };
           counts.push(c);
-          const piped = pipe(ch, socket, c, channel === 'state' ? liveCodecFor({ stream, multifd }, this.#o.codec) : this.#o.codec);
-          const kept = piped.catch((err: unknown) => (settled(channel) ? c : Promise.reject(err)));
-          // Awaited at the step's end; a failure before then is the step's through `broken`, not an unhandled rejection.
-          kept.catch(() => undefined);
-          pipes.push(kept);
+          const piped = pipe(ch, socket, c, channel === 'state' ? liveCodecFor({ stream, multifd }, this.#o.codec) : this.#o.codec).catch((err: unknown) => (settled(channel) ? c : Promise.reject(err)));
+          pipes.push(piped);
           await piped;
         } catch (err) {
           socket.destroy();
-          if (!settled(channel)) reject(new StepFailed(`the ${channel} channel to ${m.target.region}: ${errorText(err)}`));
+          reject(new StepFailed(`the ${channel} channel to ${m.target.region}: ${errorText(err)}`));
         }
       };
       void Promise.all([this.#listen(source.files.nbdOut, 1, relay('disk')), this.#listen(source.files.migrateOut, 1 + (multifd?.channels ?? 0), relay('state'))]).catch(reject);

@@ -46,10 +46,10 @@ export const MAX_MULTIFD_CHANNELS = 8;
  * be set alike before the stream starts.
  *
  * Off by default (DEFAULT_MULTIFD_CHANNELS): with QEMU 7.2 under TCG, two of
- * about fifty multifd migrations (through the relay and QEMU to QEMU alike)
- * left a guest whose kernel soon died of corrupted memory (list_del
- * corruption), and none of fifty plain ones; the cause is not found. A
- * faster migration is not worth a broken guest.
+ * about 130 multifd migrations (through the relay and QEMU to QEMU alike,
+ * both under heavy load) left a guest whose kernel soon died of corrupted
+ * memory (list_del corruption), and none of about 80 plain ones; the cause
+ * is not found. A faster migration is not worth a broken guest.
  */
 export interface Multifd {
   readonly channels: number;
