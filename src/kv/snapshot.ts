@@ -209,9 +209,15 @@ function entryAt(entries: KvEntryList, i: number): KvEntry {
   return entry;
 }
 
-/** Checks the entries as validateSnapshot would on the way in, and returns their UTF-8 key lengths and total state bytes. */
-function checkEntries(entries: KvEntryList, appliedIndex: number, maxStateBytes: number): Uint32Array {
+/**
+ * Checks the entries as validateSnapshot would on the way in, and sizes
+ * them in the same pass: each entry's UTF-8 key length and encoded size,
+ * and the total the entries take in the snapshot.
+ */
+function checkEntries(entries: KvEntryList, appliedIndex: number, maxStateBytes: number): { keyBytes: Uint32Array; entryBytes: Float64Array; total: number } {
   const keyBytes = new Uint32Array(entries.length);
+  const entryBytes = new Float64Array(entries.length);
+  let total = 0;
   let stateBytes = 0;
   let previous: KvEntry | undefined;
   for (let i = 0; i < entries.length; i++) {
@@ -229,11 +235,16 @@ function checkEntries(entries: KvEntryList, appliedIndex: number, maxStateBytes:
       throw new KvSnapshotError(`refusing to write an invalid state: ${field}.key is not after the previous key (keys must be unique, in UTF-8 byte order)`);
     }
     keyBytes[i] = bytes;
-    stateBytes += kvEntryFootprint(bytes, value.byteLength);
+    const v = value.byteLength;
+    // As protobufjs does, an empty value is left out (it decodes to empty bytes all the same).
+    const size = 1 + varintBytes(bytes) + bytes + (v === 0 ? 0 : 1 + varintBytes(v) + v) + 1 + varintBytes(revision) + 1 + varintBytes(createRevision);
+    entryBytes[i] = size;
+    total += 1 + varintBytes(size) + size;
+    stateBytes += kvEntryFootprint(bytes, v);
     previous = entry;
   }
   if (stateBytes > maxStateBytes) throw new KvSnapshotError(`refusing to write an invalid state: entries take ${stateBytes} bytes, above maxStateBytes ${maxStateBytes}`);
-  return keyBytes;
+  return { keyBytes, entryBytes, total };
 }
 
 /** Throws KvSnapshotError if `state` breaks an invariant (which is a bug in the caller). */
@@ -265,18 +276,7 @@ export function kvSnapshotSource(state: KvSnapshotInput, chunkBytes = KV_SNAPSHO
   }
   const head = KvSnapshotType.encode(KvSnapshotType.fromObject({ appliedIndex, ...limits })).finish();
   if (!Buffer.from(rest.buffer, rest.byteOffset, head.byteLength).equals(head)) throw new KvSnapshotError('the encoded head of the snapshot is not where it was expected');
-  const keyBytes = checkEntries(entries, appliedIndex, limits.maxStateBytes);
-  const entryBytes = new Float64Array(entries.length);
-  let total = 0;
-  for (let i = 0; i < entries.length; i++) {
-    const entry = entryAt(entries, i);
-    const k = keyBytes[i] as number;
-    const v = entry.value.byteLength;
-    // As protobufjs does, an empty value is left out (it decodes to empty bytes all the same).
-    const size = 1 + varintBytes(k) + k + (v === 0 ? 0 : 1 + varintBytes(v) + v) + 1 + varintBytes(entry.revision) + 1 + varintBytes(entry.createRevision);
-    entryBytes[i] = size;
-    total += 1 + varintBytes(size) + size;
-  }
+  const { keyBytes, entryBytes, total } = checkEntries(entries, appliedIndex, limits.maxStateBytes);
   const byteLength = HEADER_BYTES + rest.byteLength + total + CHECKSUM_BYTES;
   const tail = rest.subarray(head.byteLength);
 

@@ -44,7 +44,7 @@ import { decodeKvSnapshot, encodeKvSnapshot, kvSnapshotSource, KvSnapshotError, 
 import type { SnapshotSource } from '../consensus/raft/types.ts';
 import { DwcpError } from '../errors.ts';
 import { FleetStateMachine, type FleetState } from '../fleet/state-machine.ts';
-import { ValueSlabs } from './value-slabs.ts';
+import { SLABBED_MAX_BYTES, ValueSlabs } from './value-slabs.ts';
 
 export interface KvStats {
   readonly keys: number;
@@ -304,7 +304,10 @@ export class KvStateMachine {
     this.#slabs.release(stored.value);
     if (!this.#slabs.repackDue) return;
     this.#slabs.restart();
-    for (const [key, s] of this.#values) this.#values.set(key, { ...s, value: this.#slabs.copy(s.value) });
+    for (const [key, s] of this.#values) {
+      // A value above SLABBED_MAX_BYTES has an array of its own, not in a slab: nothing to move.
+      if (s.value.byteLength <= SLABBED_MAX_BYTES) this.#values.set(key, { ...s, value: this.#slabs.copy(s.value) });
+    }
   }
 
   /** First position whose key is not before `key`. */
