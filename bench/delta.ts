@@ -406,6 +406,8 @@ async function bulkPart(cluster: DwcpCluster, opts: DeltaBenchOptions, dir: stri
         ingesting &&= p.phase === 'ingest';
         if (!ingesting) return;
         atTransfer = { sender: cpuSeconds(a.pid), receiver: cpuSeconds(b.pid), us: process.hrtime.bigint() / 1000n };
+        // Only the last progress's fetch is read: an earlier one that fails must not end the bench as an unhandled rejection.
+        gcAtTransfer?.catch(() => undefined);
         gcAtTransfer = Promise.all([majorGcs(a.metricsUrl), majorGcs(b.metricsUrl)]);
       });
       const gcBefore = await gcAtTransfer;

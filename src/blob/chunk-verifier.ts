@@ -29,8 +29,6 @@ import { BlobStoreError, type HashedChunk } from './store.ts';
 import { checksumMismatch } from '../codec/frame.ts';
 import { checkBatch, VERIFIER_WORKER_MARK, type Verdict, type VerifyAnswer, type VerifyRequest } from './chunk-verifier-worker.ts';
 
-/** Batch copies kept for reuse: a stream's batches in flight (the receiver's WRITES_IN_FLIGHT). */
-const POOL_BUFFERS = 8;
 /** With nothing to verify for this long, the worker ends and the pool is dropped: an idle daemon holds neither. */
 const IDLE_MS = 30_000;
 
@@ -40,6 +38,12 @@ export class ChunkVerifier {
   #next = 0;
   readonly #waiting = new Map<number, { resolve: (a: VerifyAnswer) => void; reject: (err: Error) => void }>();
   readonly #pool: ArrayBuffer[] = [];
+  /** Batch copies kept for reuse: a stream's batches in flight. */
+  readonly #poolBuffers: number;
+
+  constructor(poolBuffers = 8) {
+    this.#poolBuffers = poolBuffers;
+  }
   #idle: NodeJS.Timeout | undefined;
 
   /**
@@ -94,8 +98,7 @@ export class ChunkVerifier {
 
   /** Hands a copy back for reuse; nothing may refer to its chunks any more. */
   release(buffer: ArrayBuffer): void {
-    if (buffer.byteLength === 0) return;
-    if (this.#pool.length < POOL_BUFFERS) {
+    if (this.#pool.length < this.#poolBuffers) {
       this.#pool.push(buffer);
       return;
     }

@@ -700,7 +700,7 @@ interface Inbound {
 export class BlobReceiver {
   readonly #opts: BlobReceiverOptions;
   readonly #transfers = new Map<string, Inbound>();
-  readonly #verifier = new ChunkVerifier();
+  readonly #verifier = new ChunkVerifier(WRITES_IN_FLIGHT);
   #stopped = false;
 
   constructor(opts: BlobReceiverOptions) {
