@@ -21,9 +21,10 @@
  * maxStreamWindowSize, when the reading since the last update took at most
  * four RTTs), judged when an update is due, so small messages do not grow it.
  *
- * Only streams of muxers made by `halfWindowYamux` behave so (they carry a
- * mark the shared method checks); a stock `yamux()` in the same process, as
- * the interop tests run, keeps the library's behaviour. The wrapper reads
+ * Only streams of muxers made by `halfWindowYamux` behave so (each is given
+ * the method as its own as the muxer creates it; the library's prototype is
+ * left alone); a stock `yamux()` in the same process, as the interop tests
+ * run, keeps the library's behaviour. The wrapper reads
  * three of the library's private fields (StreamInternals below) and leaves
  * the update itself to the library: the version is pinned in package.json
  * and test/unit/yamux-window.test.ts fails if they change.
@@ -32,20 +33,17 @@ import { yamux, type YamuxMuxerInit } from '@chainsafe/libp2p-yamux';
 import { StreamState, YamuxStream } from '@chainsafe/libp2p-yamux/stream';
 import type { StreamMuxerFactory } from '@libp2p/interface';
 
-/** Marks a stream of a half-window muxer. */
-const HALF_WINDOW = Symbol('dwcp.yamuxHalfWindow');
+type SendWindowUpdate = (this: StreamInternals) => void;
 
-/** The library's private fields the update reads. */
+/** The library's private fields the update reads, and the method it calls on a stream (always as the stream's own). */
 interface StreamInternals {
-  [HALF_WINDOW]?: true;
   state: StreamState;
   recvWindow: number;
   recvWindowCapacity: number;
+  sendWindowUpdate: SendWindowUpdate;
 }
 
-type SendWindowUpdate = (this: StreamInternals) => void;
-const proto = YamuxStream.prototype as unknown as { sendWindowUpdate: SendWindowUpdate };
-const libraryUpdate = proto.sendWindowUpdate;
+const libraryUpdate = (YamuxStream.prototype as unknown as StreamInternals).sendWindowUpdate;
 
 /**
  * The library's update, held back while less than half the window is
@@ -59,11 +57,9 @@ const libraryUpdate = proto.sendWindowUpdate;
 function halfWindowUpdate(this: StreamInternals): void {
   const s = this.state;
   const quiet = s !== StreamState.Paused && s !== StreamState.Init && s !== StreamState.SYNReceived;
-  if (this[HALF_WINDOW] === true && quiet && this.recvWindow - this.recvWindowCapacity < this.recvWindow / 2) return;
+  if (quiet && this.recvWindow - this.recvWindowCapacity < this.recvWindow / 2) return;
   libraryUpdate.call(this);
 }
-
-proto.sendWindowUpdate = halfWindowUpdate;
 
 interface MuxerInternals {
   _newStream(...args: unknown[]): StreamInternals;
@@ -81,7 +77,8 @@ export function halfWindowYamux(init: YamuxMuxerInit = {}): () => StreamMuxerFac
       const newStream = internals._newStream.bind(muxer);
       internals._newStream = (...args) => {
         const stream = newStream(...args);
-        stream[HALF_WINDOW] = true;
+        // Before the library's first update (the SYN goes in a microtask after the stream is made).
+        stream.sendWindowUpdate = halfWindowUpdate;
         return stream;
       };
       return muxer;

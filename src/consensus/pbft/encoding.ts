@@ -157,11 +157,12 @@ function write(w: Writer, value: Canonical): void {
     return;
   }
   const record = value as { readonly [key: string]: Canonical | undefined };
-  const known = record['type'] === 'pre_prepare' ? prePrepareBytes.get(record) : undefined;
+  if (record['type'] !== 'pre_prepare') return writeObject(w, record);
+  const known = prePrepareBytes.get(record);
   if (known !== undefined) return w.raw(known);
   const start = w.length;
   writeObject(w, record);
-  if (record['type'] === 'pre_prepare') prePrepareBytes.set(record, w.since(start));
+  prePrepareBytes.set(record, w.since(start));
 }
 
 function writeObject(w: Writer, record: { readonly [key: string]: Canonical | undefined }): void {

@@ -253,9 +253,11 @@ export class PbftNode {
     this.#updateGauges();
     // A relayed client request promises nothing about this replica's disk (types.ts): it leaves now, so the
     // client batch that waited for the writes in flight (PbftClient) does not wait for the next ones too.
-    const relays = ready.messages.filter((out) => out.message.type === 'request');
+    const relays: PbftReady['messages'][number][] = [];
+    const rest: PbftReady['messages'][number][] = [];
+    for (const out of ready.messages) (out.message.type === 'request' ? relays : rest).push(out);
     if (relays.length > 0) this.#send({ messages: relays, replies: [] });
-    const held = relays.length === 0 ? ready : { ...ready, messages: ready.messages.filter((out) => out.message.type !== 'request') };
+    const held = { messages: rest, replies: ready.replies };
     // What others see waits for this write and every earlier one (they land in order).
     const started = performance.now();
     const write = isEmpty(ready.persist) ? null : this.#opts.store.persist(ready.persist);
