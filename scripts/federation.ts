@@ -26,7 +26,7 @@ import { resolveConfig } from '../src/config/load.ts';
 import type { DwcpConfig } from '../src/config/schema.ts';
 import { loadOrCreateIdentity } from '../src/daemon/identity.ts';
 import { DAEMON_NODE_FLAGS } from '../src/daemon/node-flags.ts';
-import { readProcess } from '../src/cloud/qemu/procfs.ts';
+import { processesNaming, readProcess } from '../src/cloud/qemu/procfs.ts';
 import { isGuestCommandLine } from '../src/cloud/qemu/qemu-command.ts';
 import { vmFiles } from '../src/cloud/qemu/vm-store.ts';
 import { buildGuestImage, guestSources, GuestImageError } from './guest-image/build.ts';
@@ -540,6 +540,8 @@ async function stopGuests(node: NodeOnDisk): Promise<number> {
       const pid = Number((await readFile(files.pid, 'utf8').catch(() => '')).trim());
       const info = await readProcess(pid);
       if (info === null || !isGuestCommandLine(info.argv, id, files.qmp)) return false;
+      // QEMU's wrapper shell (the lease watchdog) names the guest's directory too; it records QEMU's exit and ends just after it.
+      const wrappers = processesNaming(dirname(files.pid)).filter((p) => p.pid !== pid);
       // QEMU quits on SIGTERM (its disk flushed); a guest still there after the grace period is killed.
       process.kill(pid, 'SIGTERM');
       if (!(await waitForExit(pid, KILL_WAIT_MS))) {
@@ -549,6 +551,8 @@ async function stopGuests(node: NodeOnDisk): Promise<number> {
           // It exited between the last poll and the kill.
         }
       }
+      // Down leaves no process behind: wait for the wrapper to have written the exit status and gone.
+      await Promise.all(wrappers.map((w) => waitForExit(w.pid, KILL_WAIT_MS)));
       return true;
     }),
   );
