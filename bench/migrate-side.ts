@@ -28,6 +28,7 @@ import type { FleetMigration } from '../src/fleet/migrations.ts';
 import { createLogger } from '../src/log.ts';
 import { judgeConvergence } from '../src/migration/convergence.ts';
 import type { LiveCodec } from '../src/migration/live-codec.ts';
+import { DAEMON_NODE_FLAGS } from '../src/daemon/node-flags.ts';
 import { MigrateService } from '../src/migration/migrate-service.ts';
 import { QemuTransfer } from '../src/migration/qemu-transfer.ts';
 import { benchHost } from './transport.ts';
@@ -250,7 +251,9 @@ type Answer = { id: number; ok: true; value: unknown } | { id: number; ok: false
 
 /** An end in a child process of its own; its calls go over the IPC channel. */
 export async function forkSide(o: SideOptions): Promise<Side & { readonly child: ChildProcess }> {
-  const child = fork(join(import.meta.dirname, 'migrate-side.ts'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  // With the daemon's V8 flags (the young generation's size decides how often V8 collects while the relay churns
+  // buffers); flags given to the bench's own node come after, so they win: for trying others.
+  const child = fork(join(import.meta.dirname, 'migrate-side.ts'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [...DAEMON_NODE_FLAGS, ...process.execArgv] });
   const pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
   let next = 0;
   let gone: Error | null = null;

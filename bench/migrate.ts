@@ -12,9 +12,11 @@
  *   (`-S -incoming defer`) and continued by it once the stream completed.
  *   The fleet log and the coordinator are not in this path: it measures
  *   the bytes' way and QEMU's, not the control plane's round trips. The
- *   two ends (bench/migrate-side.ts) run in two processes by default
- *   (`--processes 2`), as two daemons do; `--processes 1` puts both on this
- *   process's event loop, as the bench did before 2026-12-07.
+ *   two ends (bench/migrate-side.ts) run in two processes of their own by
+ *   default (`--processes 2`), as two daemons do, with the daemon's V8
+ *   flags (src/daemon/node-flags.ts; until 2026-12-08 one end shared this
+ *   process and its tick watch, without them); `--processes 1` puts both on
+ *   this process's event loop.
  * - **References**: the same QMP sequence (same mirror, same migrate, same
  *   downtime limit) with the source QEMU connected straight to the
  *   destination QEMU's sockets: no daemon, no libp2p. `direct` uses QEMU's
@@ -163,6 +165,13 @@ class TickWatch {
   }
 }
 
+/** What a serial log said last besides its ticks (the guest kernel's messages, if any), for a run whose destination did not tick. */
+async function lastWords(path: string): Promise<string> {
+  const text = await readFile(path, 'utf8').catch(() => '');
+  const lines = text.split('\n').filter((l) => l.trim() !== '' && !/^tick \d+ \d+$/.test(l)).slice(-8);
+  return lines.length === 0 ? ' (the destination printed nothing besides ticks)' : ` (the destination's log ends: ${lines.join(' | ')})`;
+}
+
 function fakeMigration(id: string, source: string, target: string, maxDowntimeMs: number): FleetMigration {
   return {
     id,
@@ -213,15 +222,18 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
   }
   const methods: readonly Run['method'][] = ['dwcp', ...o.references];
   const sideOptions = (name: string): SideOptions => ({ name, dir: join(root, name), images, memoryMiB: o.memoryMiB, codec: o.codec, multifd: o.multifd, timeoutMs: o.timeoutMs, armAfterRounds: ARM_AFTER_ROUNDS });
-  // Side b in a process of its own (--processes 2): each migration's two relays on two event loops, as two daemons have them.
-  const sideA = await LocalSide.open(sideOptions('a'));
-  const sides: Side[] = [sideA];
+  // With --processes 2 each side in a process of its own, started with the daemon's V8 flags: each migration's two
+  // relays on two event loops, as two daemons have them, and neither shares its loop with this process's tick watch.
+  const sides: Side[] = [];
+  const openSide = async (name: string): Promise<Side> => {
+    if (o.processes === 1) return LocalSide.open(sideOptions(name));
+    const side = await forkSide(sideOptions(name));
+    children.push(side.child);
+    return side;
+  };
   try {
-    if (o.processes === 2) {
-      const b = await forkSide(sideOptions('b'));
-      children.push(b.child);
-      sides.push(b);
-    } else sides.push(await LocalSide.open(sideOptions('b')));
+    sides.push(await openSide('a'));
+    sides.push(await openSide('b'));
     const [a, b] = sides as [Side, Side];
     const [pa, pb] = [await a.p2p(), await b.p2p()];
     await Promise.all([b.setPeer(a.name, pa.peerId), a.setPeer(b.name, pb.peerId, pb.addr)]);
@@ -282,7 +294,8 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
           run = { method, converged: true, error: null, totalMs, qemuDowntimeMs: outcome.downtimeMs, tickGapGuestMs: gaps?.guest ?? null, tickGapWallMs: gaps?.wall ?? null, wireBytes: outcome.bytes, cpuMs };
         } catch (err) {
           // Converged means QEMU completed; a destination whose ticks did not show is counted apart (its error), not as a migration that did not converge.
-          run = { method, converged: outcome !== undefined, error: err instanceof Error ? err.message : String(err), totalMs, qemuDowntimeMs: outcome?.downtimeMs ?? null, tickGapGuestMs: null, tickGapWallMs: null, wireBytes: outcome?.bytes ?? 0, cpuMs };
+          const said = totalMs === null ? '' : await lastWords(incomingSerial);
+          run = { method, converged: outcome !== undefined, error: `${err instanceof Error ? err.message : String(err)}${said}`, totalMs, qemuDowntimeMs: outcome?.downtimeMs ?? null, tickGapGuestMs: null, tickGapWallMs: null, wireBytes: outcome?.bytes ?? 0, cpuMs };
         }
         if (totalMs !== null) {
           // The guest runs at the destination (whatever its serial log showed): it goes on from there.
