@@ -110,6 +110,14 @@ export const MigrationProgressSchema = z
     kind: z.literal('migration-progress'),
     id: migrationId,
     phase: z.enum(MIGRATION_PHASES).exclude(['verify']),
+    /**
+     * The phase the proposer decided on: when given, the command applies only
+     * while the migration is still in it (a compare-and-set). A target that
+     * refuses a migration it could not prepare says `prepare`, so a refusal
+     * that raced the coordinator's move to transfer is refused, not applied
+     * to a migration whose target did prepare after all.
+     */
+    from: z.enum(MIGRATION_PHASES).optional(),
     facts: MigrationFactsSchema.optional(),
     /** Why: required for rolling-back. */
     reason: reason.optional(),

@@ -42,6 +42,7 @@ import { PolicyAuditor } from './policy-auditor.ts';
 import { PolicyDecisionLog } from './policy-decisions.ts';
 import { NO_POLICY_FILES, type PolicyFileSet } from '../policy/files.ts';
 import type { BackupRecord } from './protection.ts';
+import type { MigrationPhase } from './migrations.ts';
 
 export interface FleetSeatOptions {
   readonly region: string;
@@ -138,7 +139,8 @@ export class FleetSeat {
         if (result.ok) options.log.info({ vm }, 'fleet VM purged: deleted and no copy left');
       },
       // A no-op if it is already rolling back; refused by the log if it cut over or ended meanwhile: nothing left to refuse.
-      refuseMigration: async (id, reason) => void (await this.#rollBack(id, reason, options.commitTimeoutMs)),
+      // Only from prepare: a refusal that raced the coordinator's move to transfer must not roll back a migration that went on.
+      refuseMigration: async (id, reason) => void (await this.#rollBack(id, reason, options.commitTimeoutMs, 'prepare')),
     });
     const { migration } = settings;
     this.migrator = new Migrator({
@@ -345,8 +347,8 @@ export class FleetSeat {
   }
 
   /** Rolls a migration back with `reason` (an operator's cancel, or a target that cannot prepare it); its source's coordinator finishes it. */
-  #rollBack(id: string, reason: string, timeoutMs: number): Promise<FleetResult> {
-    return this.log.commit({ kind: 'migration-progress', id, phase: 'rolling-back', reason, at: Date.now() }, timeoutMs);
+  #rollBack(id: string, reason: string, timeoutMs: number, from?: MigrationPhase): Promise<FleetResult> {
+    return this.log.commit({ kind: 'migration-progress', id, phase: 'rolling-back', ...(from === undefined ? {} : { from }), reason, at: Date.now() }, timeoutMs);
   }
 
   /** What this daemon's coordinator knows of a migration out of this region (undefined elsewhere). */

@@ -478,6 +478,7 @@ export class FleetStateMachine implements FleetState {
       case 'migration-progress': {
         const m = this.#activeMigration(cmd.id);
         if ('code' in m) return m;
+        if (cmd.from !== undefined && cmd.from !== m.phase) return reject('migration_phase', `${m.id} (${m.vm}) is in ${m.phase}, not ${cmd.from} as the proposer of ${cmd.phase} saw it`);
         const problem = progressProblem(m.phase, cmd.phase);
         if (problem !== null) return reject('migration_phase', `${m.id} (${m.vm}) cannot go to ${cmd.phase}: ${problem}`);
         const reason = cmd.phase === 'rolling-back' ? (m.phase === 'rolling-back' ? m.reason : (cmd.reason ?? null)) : m.reason;

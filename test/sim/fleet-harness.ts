@@ -1340,7 +1340,7 @@ export class FleetSimulation {
         this.#trace(`${r.name} refuses ${action.migration} (${action.vm}): ${action.reason}`);
         this.#mig.refusedByTarget++;
         this.#refusing.add(key);
-        const proposal = this.#propose(r.name, [parseFleetCommand({ kind: 'migration-progress', id: action.migration, phase: 'rolling-back', reason: `${r.name} could not prepare a copy of ${action.vm}: ${action.reason}`, at: this.#now })], () => this.#refusing.delete(key));
+        const proposal = this.#propose(r.name, [parseFleetCommand({ kind: 'migration-progress', id: action.migration, phase: 'rolling-back', from: 'prepare', reason: `${r.name} could not prepare a copy of ${action.vm}: ${action.reason}`, at: this.#now })], () => this.#refusing.delete(key));
         if (proposal === null) this.#refusing.delete(key);
         return;
       }

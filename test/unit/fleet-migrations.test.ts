@@ -153,6 +153,23 @@ describe('migration-progress, cutover and end', () => {
     expect(progressProblem('rolling-back', 'rolling-back')).toBeNull();
   });
 
+  it('a progress that names the phase it was decided in applies only while the migration is still there (a target refusal that raced the move to transfer is refused)', () => {
+    const m = placed();
+    m.apply(start('web1', 'eu-north'));
+    const refusal = cmd({ kind: 'migration-progress', id: 'm1', phase: 'rolling-back', from: 'prepare', reason: 'eu-north could not prepare a copy of web1: disk full', at: 2500 });
+    // The round trip through the log's encoding keeps the condition.
+    expect(decodeFleetCommand(encodeFleetCommand(refusal))).toEqual(refusal);
+    m.apply(progress('m1', 'transfer'));
+    refused(m.apply(refusal), 'migration_phase', 'm1 (web1) is in transfer, not prepare as the proposer of rolling-back saw it');
+    expect(m.migration('m1')).toMatchObject({ phase: 'transfer', reason: null });
+    // Where it was decided, it applies as any rolling back does.
+    const n = placed();
+    n.apply(start('web1', 'eu-north'));
+    expect(n.apply(refusal)).toMatchObject({ ok: true });
+    expect(n.migration('m1')).toMatchObject({ phase: 'rolling-back', reason: 'eu-north could not prepare a copy of web1: disk full' });
+    expect(() => cmd({ kind: 'migration-progress', id: 'm1', phase: 'transfer', from: 'nowhere' as never, at: 1 })).toThrow(/command.from/);
+  });
+
   it('cutover moves the assignment to the target at the taken generation in one command; the ledger sums do not move; the reservation is now at the source', () => {
     const m = placed();
     m.apply(start('web1', 'eu-north'));
