@@ -19,9 +19,11 @@
  * equality): through protobufjs' generic path, 100 000 keys took seconds of
  * the event loop and ~90 MB of transient memory per snapshot. The small rest
  * (limits, sessions, fleet) still goes through the schema, validation
- * included. kvSnapshotSource checks and sizes everything when it is called
- * and encodes the entries later, a piece at a time into one reused buffer,
- * so Raft writes a snapshot to disk without ever holding it whole.
+ * included. kvSnapshotSource sizes the snapshot when it is called and
+ * encodes the entries later, a piece at a time into one reused buffer, so
+ * Raft writes a snapshot to disk without ever holding it whole; a state
+ * machine that keeps count of its entries' encoded bytes is sized without a
+ * pass over them, and each entry is checked as it is encoded.
  */
 import zlib from 'node:zlib';
 import { Buffer } from 'node:buffer';
@@ -101,6 +103,15 @@ export interface KvSnapshotState {
 export interface KvEntryList {
   readonly length: number;
   at(index: number): KvEntry | undefined;
+  /**
+   * What the entries take in the snapshot (the sum of kvSnapshotEntryBytes),
+   * when the list's owner keeps that count: the source is then sized at once
+   * and each entry is checked as it is encoded, instead of every entry when
+   * the source is taken (a pass over the whole state that stalled a member).
+   */
+  readonly encodedBytes?: number;
+  /** Called once, when the source's pieces stop being read (the last one, a failure, or the reader giving up): the list may let go of what it kept for them. */
+  release?(): void;
 }
 
 export type KvSnapshotInput = Omit<KvSnapshotState, 'entries'> & { readonly entries: KvEntryList };
@@ -209,6 +220,39 @@ function entryAt(entries: KvEntryList, i: number): KvEntry {
   return entry;
 }
 
+/** Bytes of a KvEntry's own encoding (without the tag and length that frame it in the snapshot). */
+function entrySize(keyBytes: number, valueBytes: number, revision: number, createRevision: number): number {
+  // As protobufjs does, an empty value is left out (it decodes to empty bytes all the same).
+  return 1 + varintBytes(keyBytes) + keyBytes + (valueBytes === 0 ? 0 : 1 + varintBytes(valueBytes) + valueBytes) + 1 + varintBytes(revision) + 1 + varintBytes(createRevision);
+}
+
+/** Bytes one entry takes in a snapshot (its tag, length and encoding): what a KvEntryList's encodedBytes sums. */
+export function kvSnapshotEntryBytes(keyBytes: number, valueBytes: number, revision: number, createRevision: number): number {
+  const size = entrySize(keyBytes, valueBytes, revision, createRevision);
+  return 1 + varintBytes(size) + size;
+}
+
+/** Checks entry i (after `previous`) as validateSnapshot would on the way in; returns its key's UTF-8 length. */
+function checkEntry(entry: KvEntry, i: number, previous: KvEntry | undefined, appliedIndex: number): number {
+  const { key, value, revision, createRevision } = entry;
+  const field = `entries[${i}]`;
+  if (key === '' || !key.isWellFormed()) throw new KvSnapshotError(`refusing to write an invalid state: ${field}.key is empty or not well-formed Unicode`);
+  const bytes = Buffer.byteLength(key, 'utf8');
+  if (bytes > KV_MAX_KEY_BYTES) throw new KvSnapshotError(`refusing to write an invalid state: ${field}.key is ${bytes} bytes, above ${KV_MAX_KEY_BYTES}`);
+  if (value.byteLength > KV_MAX_VALUE_BYTES) throw new KvSnapshotError(`refusing to write an invalid state: ${field}.value is ${value.byteLength} bytes, above ${KV_MAX_VALUE_BYTES}`);
+  if (!Number.isSafeInteger(createRevision) || createRevision < 1 || createRevision > revision || !Number.isSafeInteger(revision) || revision > appliedIndex) {
+    throw new KvSnapshotError(`refusing to write an invalid state: ${field} has revisions ${createRevision}..${revision} outside 1..${appliedIndex}`);
+  }
+  if (previous !== undefined && compareKeys(previous.key, key) >= 0) {
+    throw new KvSnapshotError(`refusing to write an invalid state: ${field}.key is not after the previous key (keys must be unique, in UTF-8 byte order)`);
+  }
+  return bytes;
+}
+
+function checkStateBytes(stateBytes: number, maxStateBytes: number): void {
+  if (stateBytes > maxStateBytes) throw new KvSnapshotError(`refusing to write an invalid state: entries take ${stateBytes} bytes, above maxStateBytes ${maxStateBytes}`);
+}
+
 /**
  * Checks the entries as validateSnapshot would on the way in, and sizes
  * them in the same pass: each entry's UTF-8 key length and encoded size,
@@ -222,28 +266,15 @@ function checkEntries(entries: KvEntryList, appliedIndex: number, maxStateBytes:
   let previous: KvEntry | undefined;
   for (let i = 0; i < entries.length; i++) {
     const entry = entryAt(entries, i);
-    const { key, value, revision, createRevision } = entry;
-    const field = `entries[${i}]`;
-    if (key === '' || !key.isWellFormed()) throw new KvSnapshotError(`refusing to write an invalid state: ${field}.key is empty or not well-formed Unicode`);
-    const bytes = Buffer.byteLength(key, 'utf8');
-    if (bytes > KV_MAX_KEY_BYTES) throw new KvSnapshotError(`refusing to write an invalid state: ${field}.key is ${bytes} bytes, above ${KV_MAX_KEY_BYTES}`);
-    if (value.byteLength > KV_MAX_VALUE_BYTES) throw new KvSnapshotError(`refusing to write an invalid state: ${field}.value is ${value.byteLength} bytes, above ${KV_MAX_VALUE_BYTES}`);
-    if (!Number.isSafeInteger(createRevision) || createRevision < 1 || createRevision > revision || !Number.isSafeInteger(revision) || revision > appliedIndex) {
-      throw new KvSnapshotError(`refusing to write an invalid state: ${field} has revisions ${createRevision}..${revision} outside 1..${appliedIndex}`);
-    }
-    if (previous !== undefined && compareKeys(previous.key, key) >= 0) {
-      throw new KvSnapshotError(`refusing to write an invalid state: ${field}.key is not after the previous key (keys must be unique, in UTF-8 byte order)`);
-    }
+    const bytes = checkEntry(entry, i, previous, appliedIndex);
     keyBytes[i] = bytes;
-    const v = value.byteLength;
-    // As protobufjs does, an empty value is left out (it decodes to empty bytes all the same).
-    const size = 1 + varintBytes(bytes) + bytes + (v === 0 ? 0 : 1 + varintBytes(v) + v) + 1 + varintBytes(revision) + 1 + varintBytes(createRevision);
+    const size = entrySize(bytes, entry.value.byteLength, entry.revision, entry.createRevision);
     entryBytes[i] = size;
     total += 1 + varintBytes(size) + size;
-    stateBytes += kvEntryFootprint(bytes, v);
+    stateBytes += kvEntryFootprint(bytes, entry.value.byteLength);
     previous = entry;
   }
-  if (stateBytes > maxStateBytes) throw new KvSnapshotError(`refusing to write an invalid state: entries take ${stateBytes} bytes, above maxStateBytes ${maxStateBytes}`);
+  checkStateBytes(stateBytes, maxStateBytes);
   return { keyBytes, entryBytes, total };
 }
 
@@ -257,10 +288,13 @@ export function encodeKvSnapshot(state: KvSnapshotInput): Uint8Array {
 }
 
 /**
- * The snapshot of `state`, checked and sized now (throws KvSnapshotError if
- * it breaks an invariant, a bug in the caller) and encoded when its chunks
- * are read, in pieces of about chunkBytes. The entries are read then:
- * `state.entries` must not change until the last piece is out.
+ * The snapshot of `state`, encoded when its chunks are read, in pieces of
+ * about chunkBytes; the entries are read then: `state.entries` must not
+ * change until the last piece is out. Everything but the entries is checked
+ * now, and the entries now too unless their list keeps its encodedBytes
+ * count; then each is checked as it is encoded. Either way an invariant the
+ * state breaks (a bug in the caller) throws KvSnapshotError before the last
+ * piece, whose checksum completes the snapshot, is handed out.
  */
 export function kvSnapshotSource(state: KvSnapshotInput, chunkBytes = KV_SNAPSHOT_CHUNK_BYTES): SnapshotSource {
   const { appliedIndex, limits, entries } = state;
@@ -276,11 +310,21 @@ export function kvSnapshotSource(state: KvSnapshotInput, chunkBytes = KV_SNAPSHO
   }
   const head = KvSnapshotType.encode(KvSnapshotType.fromObject({ appliedIndex, ...limits })).finish();
   if (!Buffer.from(rest.buffer, rest.byteOffset, head.byteLength).equals(head)) throw new KvSnapshotError('the encoded head of the snapshot is not where it was expected');
-  const { keyBytes, entryBytes, total } = checkEntries(entries, appliedIndex, limits.maxStateBytes);
+  // Checked and sized now, or (a list that keeps count) checked as encoded.
+  const sized = entries.encodedBytes === undefined ? checkEntries(entries, appliedIndex, limits.maxStateBytes) : null;
+  const total = sized?.total ?? (entries.encodedBytes as number);
   const byteLength = HEADER_BYTES + rest.byteLength + total + CHECKSUM_BYTES;
   const tail = rest.subarray(head.byteLength);
 
   function* chunks(): Generator<Uint8Array> {
+    try {
+      yield* encode();
+    } finally {
+      entries.release?.();
+    }
+  }
+
+  function* encode(): Generator<Uint8Array> {
     let out = Buffer.allocUnsafe(Math.min(chunkBytes, byteLength));
     let at = 0;
     let crc = 0;
@@ -303,14 +347,28 @@ export function kvSnapshotSource(state: KvSnapshotInput, chunkBytes = KV_SNAPSHO
     at += HEADER_BYTES;
     out.set(head, at);
     at += head.byteLength;
+    let previous: KvEntry | undefined;
+    let stateBytes = 0;
+    let entriesBytes = 0;
     for (let i = 0; i < entries.length; i++) {
       const entry = entryAt(entries, i);
-      const size = entryBytes[i] as number;
+      let keyBytes: number;
+      let size: number;
+      if (sized !== null) {
+        keyBytes = sized.keyBytes[i] as number;
+        size = sized.entryBytes[i] as number;
+      } else {
+        keyBytes = checkEntry(entry, i, previous, appliedIndex);
+        size = entrySize(keyBytes, entry.value.byteLength, entry.revision, entry.createRevision);
+        stateBytes += kvEntryFootprint(keyBytes, entry.value.byteLength);
+        previous = entry;
+      }
+      entriesBytes += 1 + varintBytes(size) + size;
       yield* room(1 + varintBytes(size) + size);
       out[at++] = TAG.entries;
       at = writeVarint(out, at, size);
       out[at++] = TAG.key;
-      at = writeVarint(out, at, keyBytes[i] as number);
+      at = writeVarint(out, at, keyBytes);
       at += out.write(entry.key, at, 'utf8');
       if (entry.value.byteLength > 0) {
         out[at++] = TAG.value;
@@ -323,6 +381,8 @@ export function kvSnapshotSource(state: KvSnapshotInput, chunkBytes = KV_SNAPSHO
       out[at++] = TAG.createRevision;
       at = writeVarint(out, at, entry.createRevision);
     }
+    checkStateBytes(stateBytes, limits.maxStateBytes);
+    if (entriesBytes !== total) throw new KvSnapshotError(`the entries took ${entriesBytes} bytes, not the ${total} their list counted`);
     yield* room(tail.byteLength);
     out.set(tail, at);
     at += tail.byteLength;

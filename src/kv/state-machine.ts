@@ -40,7 +40,7 @@ import { Buffer } from 'node:buffer';
 import type { KvCommand, KvEntry, KvEntryMeta, KvResult, KvWriteResult } from './command.ts';
 import { KV_MAX_MESSAGE, KV_RANGE_MAX_BYTES, KV_RANGE_MAX_LIMIT, compareKeys, decodeKvCommand, kvEntryFootprint } from './command.ts';
 import type { KvEntryList, KvLimits, KvSession, KvSnapshotInput } from './snapshot.ts';
-import { decodeKvSnapshot, encodeKvSnapshot, kvSnapshotSource, KvSnapshotError, resolveKvLimits } from './snapshot.ts';
+import { decodeKvSnapshot, encodeKvSnapshot, kvSnapshotEntryBytes, kvSnapshotSource, KvSnapshotError, resolveKvLimits } from './snapshot.ts';
 import type { SnapshotSource } from '../consensus/raft/types.ts';
 import { DwcpError } from '../errors.ts';
 import { FleetStateMachine, type FleetState } from '../fleet/state-machine.ts';
@@ -104,6 +104,15 @@ export class KvStateMachine {
   #sessions = new Map<string, MutableSession>();
   #appliedIndex = 0;
   #bytes = 0;
+  /** Sum of kvSnapshotEntryBytes over the entries: a snapshot is sized without a pass over the state. */
+  #entriesBytes = 0;
+  /**
+   * One map per streamed snapshot still being read (snapshotSource): the
+   * record each key had when it was taken, kept at the key's first write or
+   * delete since, so the snapshot reads the state as of then while later
+   * entries apply.
+   */
+  readonly #taken = new Set<Map<string, StoredValue>>();
   /**
    * The fleet's desired state (src/fleet/state-machine.ts), carried by the
    * same log: fleet commands are writes with sessions like put, so a retried
@@ -187,11 +196,16 @@ export class KvStateMachine {
   }
 
   /**
-   * The state as of now, checked and sized now and encoded a piece at a time
-   * as its chunks are read, however far the machine has moved on by then:
-   * the sessions and fleet are encoded at once, and the entries are read
-   * from the stored records taken now, which later writes replace but never
-   * change (and whose values are views that never change, value-slabs.ts).
+   * The state as of now, encoded a piece at a time as its chunks are read,
+   * however far the machine has moved on by then. Taking it costs a copy of
+   * the key list and the encoding of the sessions and fleet, not a pass over
+   * the entries (it is sized from the running count, #entriesBytes): the
+   * record a key had is read from #taken if the key was written since, from
+   * the live map otherwise. Records are replaced, never changed, and their
+   * values are views that never change (value-slabs.ts). Each entry is
+   * checked as it is encoded. A source whose chunks are never read through
+   * keeps its map of earlier records growing until the machine is dropped:
+   * the driver writes each one at once.
    */
   snapshotSource(chunkBytes?: number): SnapshotSource {
     return kvSnapshotSource(this.#snapshotInput(), chunkBytes);
@@ -199,17 +213,36 @@ export class KvStateMachine {
 
   #snapshotInput(): KvSnapshotInput {
     const keys = this.#keys.slice();
-    const records = keys.map((key) => this.#stored(key));
+    const earlier = new Map<string, StoredValue>();
+    this.#taken.add(earlier);
+    let released = false;
     const entries: KvEntryList = {
       length: keys.length,
+      encodedBytes: this.#entriesBytes,
       at: (i) => {
-        const stored = records[i];
+        if (released) throw new KvSnapshotError('entries read after the snapshot was released');
         const key = keys[i];
-        return stored === undefined || key === undefined ? undefined : { key, value: stored.value, revision: stored.revision, createRevision: stored.createRevision };
+        if (key === undefined) return undefined;
+        const stored = earlier.get(key) ?? this.#values.get(key);
+        return stored === undefined ? undefined : { key, value: stored.value, revision: stored.revision, createRevision: stored.createRevision };
+      },
+      release: () => {
+        released = true;
+        this.#taken.delete(earlier);
       },
     };
     const sessions = [...this.#sessions.values()].sort((a, b) => a.lastIndex - b.lastIndex);
     return { appliedIndex: this.#appliedIndex, limits: this.limits, entries, sessions, fleet: this.#fleet.regions().length === 0 && this.#fleet.vms().length === 0 ? new Uint8Array(0) : this.#fleet.snapshot() };
+  }
+
+  /** `key`'s record is about to be replaced or dropped: every snapshot still being read keeps the one it was taken with. */
+  #replacing(key: string, stored: StoredValue): void {
+    for (const earlier of this.#taken) if (!earlier.has(key)) earlier.set(key, stored);
+  }
+
+  /** The entry's share of #entriesBytes. */
+  static #encodedBytes(keyBytes: number, stored: StoredValue): number {
+    return kvSnapshotEntryBytes(keyBytes, stored.value.byteLength, stored.revision, stored.createRevision);
   }
 
   /** Throws KvSnapshotError naming what is wrong with `data`. */
@@ -223,6 +256,7 @@ export class KvStateMachine {
       machine.#values.set(key, stored);
       machine.#keys.push(key);
       machine.#bytes += stored.footprint;
+      machine.#entriesBytes += KvStateMachine.#encodedBytes(Buffer.byteLength(key, 'utf8'), stored);
     }
     for (const session of state.sessions) machine.#sessions.set(session.clientId, { ...session });
     if (state.fleet.byteLength > 0) {
@@ -276,9 +310,11 @@ export class KvStateMachine {
       case 'delete': {
         const prev = this.#values.get(cmd.key);
         if (prev !== undefined) {
+          this.#replacing(cmd.key, prev);
           this.#values.delete(cmd.key);
           this.#keys.splice(this.#indexOfKey(cmd.key), 1);
           this.#bytes -= prev.footprint;
+          this.#entriesBytes -= KvStateMachine.#encodedBytes(Buffer.byteLength(cmd.key, 'utf8'), prev);
           this.#released(prev);
         }
         return { ok: true, op: 'delete', revision: index, deleted: prev !== undefined, prev: metaOf(prev) };
@@ -288,11 +324,15 @@ export class KvStateMachine {
 
   #write(index: number, op: 'put' | 'cas', key: string, value: Uint8Array): KvWriteResult {
     const prev = this.#values.get(key);
-    const footprint = kvEntryFootprint(Buffer.byteLength(key, 'utf8'), value.byteLength);
+    const keyBytes = Buffer.byteLength(key, 'utf8');
+    const footprint = kvEntryFootprint(keyBytes, value.byteLength);
     const bytes = this.#bytes - (prev?.footprint ?? 0) + footprint;
     if (bytes > this.limits.maxStateBytes) return { ok: false, reason: 'quota_exceeded', stateBytes: this.#bytes, limitBytes: this.limits.maxStateBytes };
+    if (prev !== undefined) this.#replacing(key, prev);
     // A copy: a decoded value is a view of the log entry's buffer.
-    this.#values.set(key, { value: this.#slabs.copy(value), revision: index, createRevision: prev?.createRevision ?? index, footprint });
+    const stored = { value: this.#slabs.copy(value), revision: index, createRevision: prev?.createRevision ?? index, footprint };
+    this.#values.set(key, stored);
+    this.#entriesBytes += KvStateMachine.#encodedBytes(keyBytes, stored) - (prev === undefined ? 0 : KvStateMachine.#encodedBytes(keyBytes, prev));
     if (prev === undefined) this.#keys.splice(this.#lowerBound(key), 0, key);
     else this.#released(prev);
     this.#bytes = bytes;
