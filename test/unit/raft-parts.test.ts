@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { bootstrapState } from '../../src/consensus/raft/bootstrap.ts';
 import { RaftCore } from '../../src/consensus/raft/core.ts';
 import { RaftLog } from '../../src/consensus/raft/log.ts';
+import { compactionDue, compactionPhase } from '../../src/consensus/raft/node.ts';
 import { Inflights, Progress } from '../../src/consensus/raft/progress.ts';
 import { quorumValue, voteOutcome } from '../../src/consensus/raft/quorum.ts';
 import { SnapshotAssembler } from '../../src/consensus/raft/snapshot-transfer.ts';
@@ -161,5 +162,43 @@ describe('raft configuration and persisted state', () => {
     if (ready === null) throw new Error('expected a Ready');
     core.advance(ready);
     expect(() => core.advance(ready)).toThrow(RaftInvariantError);
+  });
+});
+
+describe('compaction schedule', () => {
+  /** The indices at which a member with `phase` snapshots while `applied` climbs in batches of `step`. */
+  function snapshots(phase: number, every: number, upTo: number, step = 1, from = 0): number[] {
+    const taken: number[] = [];
+    let last = from;
+    for (let applied = from + step; applied <= upTo; applied += step) {
+      if (compactionDue(applied, last, every, phase)) taken.push((last = applied));
+    }
+    return taken;
+  }
+
+  it('spreads the members of a group evenly over the interval, whatever order their ids come in', () => {
+    const members = ['dc3', 'dc1', 'dc2'];
+    expect(members.map((id) => compactionPhase(id, members, 9000))).toEqual([6000, 0, 3000]);
+    expect(compactionPhase('dc1', ['dc1'], 9000)).toBe(0);
+    expect(compactionPhase('gone', members, 9000)).toBe(0);
+  });
+
+  it('takes one snapshot per interval at the phase, never two within half an interval, never more than an interval apart', () => {
+    // Phase 0 is the old schedule: every multiple of the interval.
+    expect(snapshots(0, 1000, 5000)).toEqual([1000, 2000, 3000, 4000, 5000]);
+    // Three members of one group never snapshot at the same index.
+    const [a, b, c] = [0, 333, 666].map((phase) => snapshots(phase, 1000, 5000));
+    expect(b).toEqual([500, 1333, 2333, 3333, 4333]);
+    expect(c).toEqual([666, 1666, 2666, 3666, 4666]);
+    expect(new Set([...(a ?? []), ...(b ?? []), ...(c ?? [])]).size).toBe(15);
+    // Batched applies and a snapshot installed off the phase (index 1950): gaps stay within [every/2, every + a batch].
+    for (const [phase, step, from] of [[0, 7, 0], [333, 13, 1950], [666, 1, 1950], [999, 40, 123]] as const) {
+      const taken = [from, ...snapshots(phase, 1000, 20_000, step, from)];
+      for (let i = 1; i < taken.length; i++) {
+        const gap = (taken[i] as number) - (taken[i - 1] as number);
+        expect(gap).toBeGreaterThanOrEqual(500);
+        expect(gap).toBeLessThanOrEqual(1000 + step);
+      }
+    }
   });
 });

@@ -390,6 +390,11 @@ export class RaftCore {
     return this.#log.lastIndex;
   }
 
+  /** The configuration in force (the last one appended, section 4.1 of the thesis). */
+  get membership(): Membership {
+    return this.#membership;
+  }
+
   get snapshotIndex(): number {
     return this.#log.snapshot.meta.index;
   }

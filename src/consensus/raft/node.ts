@@ -34,6 +34,7 @@ import { RaftCore } from './core.ts';
 import type {
   ConfigChange,
   DropReason,
+  Membership,
   Message,
   NodeId,
   PersistedState,
@@ -150,6 +151,28 @@ function ownBytes(data: Uint8Array): Uint8Array {
   return data.byteOffset === 0 && data.byteLength === data.buffer.byteLength ? data : new Uint8Array(data);
 }
 
+/**
+ * Whether a member whose latest snapshot is at `snapshotIndex` takes the next
+ * one at `applied`: once per `every` entries, at indices k·every + phase, and
+ * not within every/2 entries of the last (so the gap is every/2 to every, and
+ * `every` once in step). Each member of a group has a phase of its own
+ * (compactionPhase), so they encode their states one after another instead
+ * of all at the same index: an encoding costs a member CPU and disk in
+ * proportion to the whole state, and three at once on shared cores held up
+ * every put in flight.
+ */
+export function compactionDue(applied: number, snapshotIndex: number, every: number, phase: number): boolean {
+  if (applied - snapshotIndex < every / 2) return false;
+  return Math.floor((applied - phase) / every) > Math.floor((snapshotIndex - phase) / every);
+}
+
+/** `id`'s phase for compactionDue: its place among the group's members, spread evenly over `every`. */
+export function compactionPhase(id: NodeId, members: readonly NodeId[], every: number): number {
+  const sorted = [...new Set(members)].sort();
+  const rank = sorted.indexOf(id);
+  return rank < 0 ? 0 : Math.floor((rank * every) / sorted.length);
+}
+
 function deadlineError(what: string, ms: number, leader: NodeId | null): RaftClientError {
   const state = leader === null ? 'no leader is known (no quorum reachable?)' : `the leader is ${leader}`;
   return new RaftClientError('timeout', `${what} did not complete within ${ms} ms; ${state}`, leader);
@@ -178,6 +201,7 @@ export class RaftNode<R> {
   #lastWrite: Promise<void> | null = null;
   /** A snapshot being saved; the next is not taken before it lands. */
   #snapshotting: Promise<void> | null = null;
+  #phase: { membership: Membership; phase: number } | null = null;
 
   constructor(opts: RaftNodeOptions<R>) {
     this.id = opts.id;
@@ -656,7 +680,8 @@ export class RaftNode<R> {
   }
 
   /**
-   * Every snapshotEntries applied entries: the state machine's snapshot is
+   * Once per snapshotEntries applied entries, at this member's own phase
+   * (compactionDue): the state machine's snapshot is
    * written to its file (encoded a piece at a time while the node goes on),
    * and once that is durable the core compacts onto it and the log names it.
    * The core reads the snapshot from its file when a follower needs it, so
@@ -665,7 +690,8 @@ export class RaftNode<R> {
    */
   async #maybeSnapshot(): Promise<void> {
     const applied = this.#applied;
-    if (this.#snapshotting !== null || applied - this.#core.snapshotIndex < this.#opts.snapshotEntries) return;
+    if (this.#snapshotting !== null) return;
+    if (!compactionDue(applied, this.#core.snapshotIndex, this.#opts.snapshotEntries, this.#compactionPhase())) return;
     // A follower may apply entries its own disk does not hold yet (they are
     // durable on a majority); a snapshot at such an index would drop them
     // from storage before they landed. The next batch tries again.
@@ -687,6 +713,16 @@ export class RaftNode<R> {
       (err: unknown) => this.#fail(err),
     );
     this.#snapshotting = saving;
+  }
+
+  /** This member's compactionPhase under the membership in force (recomputed when it changes). */
+  #compactionPhase(): number {
+    const membership = this.#core.membership;
+    if (this.#phase?.membership !== membership) {
+      const every = this.#opts.snapshotEntries;
+      this.#phase = { membership, phase: compactionPhase(this.id, [...membership.voters, ...membership.learners], every) };
+    }
+    return this.#phase.phase;
   }
 
   #fail(err: unknown): void {
