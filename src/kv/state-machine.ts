@@ -44,7 +44,7 @@ import { decodeKvSnapshot, encodeKvSnapshot, kvSnapshotEntryBytes, kvSnapshotSou
 import type { SnapshotSource } from '../consensus/raft/types.ts';
 import { DwcpError } from '../errors.ts';
 import { FleetStateMachine, type FleetState } from '../fleet/state-machine.ts';
-import { SLABBED_MAX_BYTES, ValueSlabs } from './value-slabs.ts';
+import { NO_SLAB, SLABBED_MAX_BYTES, ValueSlabs, valueView, type ValuePlace } from './value-slabs.ts';
 
 export interface KvStats {
   readonly keys: number;
@@ -60,8 +60,14 @@ export interface KvRange {
   readonly more: boolean;
 }
 
-interface StoredValue {
-  readonly value: Uint8Array;
+/**
+ * A key's record: its revisions and where its value's bytes are (the
+ * ValuePlace's fields, not a view: value-slabs.ts says why). A write
+ * replaces the record; only a slab repack changes one, moving its value to
+ * identical bytes elsewhere, so a snapshot that took records reads the values
+ * they had.
+ */
+interface StoredValue extends ValuePlace {
   readonly revision: number;
   readonly createRevision: number;
   readonly footprint: number;
@@ -160,7 +166,7 @@ export class KvStateMachine {
   /** A copy: callers may keep or change it without touching the replicated state. */
   get(key: string): KvEntry | null {
     const stored = this.#values.get(key);
-    return stored === undefined ? null : { key, value: new Uint8Array(stored.value), revision: stored.revision, createRevision: stored.createRevision };
+    return stored === undefined ? null : { key, value: valueView(stored).slice(), revision: stored.revision, createRevision: stored.createRevision };
   }
 
   /**
@@ -182,7 +188,7 @@ export class KvStateMachine {
       const stored = this.#stored(key);
       if (entries.length === limit || (entries.length > 0 && bytes + stored.footprint > KV_RANGE_MAX_BYTES)) return { entries, more: true };
       bytes += stored.footprint;
-      entries.push({ key, value: new Uint8Array(stored.value), revision: stored.revision, createRevision: stored.createRevision });
+      entries.push({ key, value: valueView(stored).slice(), revision: stored.revision, createRevision: stored.createRevision });
     }
     return { entries, more: false };
   }
@@ -201,8 +207,8 @@ export class KvStateMachine {
    * the key list and the encoding of the sessions and fleet, not a pass over
    * the entries (it is sized from the running count, #entriesBytes): the
    * record a key had is read from #taken if the key was written since, from
-   * the live map otherwise. Records are replaced, never changed, and their
-   * values are views that never change (value-slabs.ts). Each entry is
+   * the live map otherwise. Records are replaced, and a slab repack moves a
+   * record's value only to identical bytes (value-slabs.ts). Each entry is
    * checked as it is encoded. A source whose chunks are never read through
    * keeps its map of earlier records growing until the machine is dropped:
    * the driver writes each one at once.
@@ -224,7 +230,7 @@ export class KvStateMachine {
         const key = keys[i];
         if (key === undefined) return undefined;
         const stored = earlier.get(key) ?? this.#values.get(key);
-        return stored === undefined ? undefined : { key, value: stored.value, revision: stored.revision, createRevision: stored.createRevision };
+        return stored === undefined ? undefined : { key, value: valueView(stored), revision: stored.revision, createRevision: stored.createRevision };
       },
       release: () => {
         released = true;
@@ -242,7 +248,7 @@ export class KvStateMachine {
 
   /** The entry's share of #entriesBytes. */
   static #encodedBytes(keyBytes: number, stored: StoredValue): number {
-    return kvSnapshotEntryBytes(keyBytes, stored.value.byteLength, stored.revision, stored.createRevision);
+    return kvSnapshotEntryBytes(keyBytes, stored.length, stored.revision, stored.createRevision);
   }
 
   /** Throws KvSnapshotError naming what is wrong with `data`. */
@@ -252,7 +258,7 @@ export class KvStateMachine {
     machine.#appliedIndex = state.appliedIndex;
     for (const { key, value, revision, createRevision } of state.entries) {
       // A copy, so the state does not pin the whole snapshot buffer.
-      const stored = { value: machine.#slabs.copy(value), revision, createRevision, footprint: kvEntryFootprint(Buffer.byteLength(key, 'utf8'), value.byteLength) };
+      const stored = machine.#store(value, revision, createRevision, kvEntryFootprint(Buffer.byteLength(key, 'utf8'), value.byteLength));
       machine.#values.set(key, stored);
       machine.#keys.push(key);
       machine.#bytes += stored.footprint;
@@ -330,7 +336,7 @@ export class KvStateMachine {
     if (bytes > this.limits.maxStateBytes) return { ok: false, reason: 'quota_exceeded', stateBytes: this.#bytes, limitBytes: this.limits.maxStateBytes };
     if (prev !== undefined) this.#replacing(key, prev);
     // A copy: a decoded value is a view of the log entry's buffer.
-    const stored = { value: this.#slabs.copy(value), revision: index, createRevision: prev?.createRevision ?? index, footprint };
+    const stored = this.#store(value, index, prev?.createRevision ?? index, footprint);
     this.#values.set(key, stored);
     this.#entriesBytes += KvStateMachine.#encodedBytes(keyBytes, stored) - (prev === undefined ? 0 : KvStateMachine.#encodedBytes(keyBytes, prev));
     if (prev === undefined) this.#keys.splice(this.#lowerBound(key), 0, key);
@@ -339,14 +345,23 @@ export class KvStateMachine {
     return { ok: true, op, revision: index, prev: metaOf(prev) };
   }
 
+  /** A record holding a copy of `value` in the slabs. */
+  #store(value: Uint8Array, revision: number, createRevision: number, footprint: number): StoredValue {
+    // Every field at once, in one order: one hidden class for all records.
+    const stored: StoredValue = { slab: NO_SLAB, offset: 0, length: value.byteLength, revision, createRevision, footprint };
+    this.#slabs.place(value, stored);
+    return stored;
+  }
+
   /** `stored` left the state; its slab space is reclaimed by a repack once the holes outweigh the live values. */
   #released(stored: StoredValue): void {
-    this.#slabs.release(stored.value);
+    this.#slabs.release(stored);
     if (!this.#slabs.repackDue) return;
     this.#slabs.restart();
-    for (const [key, s] of this.#values) {
+    for (const s of this.#values.values()) {
       // A value above SLABBED_MAX_BYTES has an array of its own, not in a slab: nothing to move.
-      if (s.value.byteLength <= SLABBED_MAX_BYTES) this.#values.set(key, { ...s, value: this.#slabs.copy(s.value) });
+      // In place: the record then reads the same bytes from the new slab (see StoredValue).
+      if (s.length <= SLABBED_MAX_BYTES) this.#slabs.place(valueView(s), s);
     }
   }
 

@@ -7,22 +7,45 @@
  * keys, plus allocator fragmentation: 56 MB more RSS than slabs held). Larger
  * values keep their own buffer, where that overhead is small.
  *
+ * A value is not handed back as a view (a Uint8Array object per value is
+ * ~100 bytes of V8 heap, 10 MiB at 100 000 keys, which every full collection
+ * marks and V8's heap growth multiplies): the owner keeps a ValuePlace
+ * (which slab, where in it, how long), usually as fields of its own record,
+ * and makes a view with valueView() only when it reads the value.
+ *
  * A slab stays allocated while any value in it lives, so overwritten and
  * deleted values leave holes. The slabs account for it: `release` counts a
  * value's bytes as waste, and once waste exceeds the live bytes (plus a few
  * slabs), `repackDue` tells the owner to copy every live value into fresh
- * slabs (`restart`, then copy each again), after which the old ones are garbage. Memory held is so at
- * most about twice the live values' bytes, and the copying is amortised: a
- * repack of L live bytes follows at least L bytes of released writes.
+ * slabs (`restart`, then `place` each value again), after which the old ones
+ * are garbage. Memory held is so at most about twice the live values' bytes,
+ * and the copying is amortised: a repack of L live bytes follows at least L
+ * bytes of released writes.
  *
- * Invariants: a returned view never changes afterwards (slabs are written
- * only past their fill mark); the caller must release exactly the views it
- * got from copy() and no longer stores.
+ * Invariants: the bytes at a place never change afterwards (slabs are written
+ * only past their fill mark), so a reader that took a place's fields (or a
+ * view) keeps reading the same value even after a repack moved it; the caller
+ * must release exactly the places it filled and no longer stores.
  */
 
 const SLAB_BYTES = 64 * 1024;
 /** Values above this get a buffer of their own. */
 export const SLABBED_MAX_BYTES = 4 * 1024;
+
+/** Where a value's bytes are: `length` bytes from `offset` of `slab` (a shared slab, or the value's own buffer when large). */
+export interface ValuePlace {
+  slab: Uint8Array;
+  offset: number;
+  readonly length: number;
+}
+
+/** What a ValuePlace points at before place() fills it. */
+export const NO_SLAB = new Uint8Array(0);
+
+/** A view of the value at `place` (no copy). */
+export function valueView(place: ValuePlace): Uint8Array {
+  return place.slab.subarray(place.offset, place.offset + place.length);
+}
 
 export class ValueSlabs {
   #slab = new Uint8Array(0);
@@ -32,25 +55,30 @@ export class ValueSlabs {
   /** Bytes of slabs handed out since the last repack that no live value uses (holes, and the tail of the current slab). */
   #waste = 0;
 
-  /** A copy of `value` the caller may keep (a view into a slab, or its own buffer when large). */
-  copy(value: Uint8Array): Uint8Array {
+  /** Copies `value` (of `place.length` bytes) into the slabs, or into a buffer of its own when large, and points `place` at the copy. */
+  place(value: Uint8Array, place: ValuePlace): void {
     const n = value.byteLength;
-    if (n > SLABBED_MAX_BYTES) return new Uint8Array(value);
+    if (n !== place.length) throw new RangeError(`value slabs: a ${n}-byte value for a place of ${place.length} bytes`);
+    if (n > SLABBED_MAX_BYTES) {
+      place.slab = new Uint8Array(value);
+      place.offset = 0;
+      return;
+    }
     if (this.#fill + n > this.#slab.byteLength) {
       this.#waste += this.#slab.byteLength - this.#fill;
       this.#slab = new Uint8Array(SLAB_BYTES);
       this.#fill = 0;
     }
-    const view = this.#slab.subarray(this.#fill, this.#fill + n);
-    view.set(value);
+    this.#slab.set(value, this.#fill);
+    place.slab = this.#slab;
+    place.offset = this.#fill;
     this.#fill += n;
     this.#live += n;
-    return view;
   }
 
-  /** A stored copy is no longer kept (overwritten or deleted). */
-  release(value: Uint8Array): void {
-    const n = value.byteLength;
+  /** A filled place is no longer kept (overwritten or deleted). */
+  release(place: ValuePlace): void {
+    const n = place.length;
     if (n > SLABBED_MAX_BYTES) return;
     this.#live -= n;
     this.#waste += n;
@@ -62,9 +90,10 @@ export class ValueSlabs {
   }
 
   /**
-   * Starts over with fresh slabs: the owner then copies every value it keeps
-   * again (copy) and stores the new views in place of the old ones, whose
-   * slabs become garbage once no old view is left.
+   * Starts over with fresh slabs: the owner then places every value it keeps
+   * again (in the same place object: the copy is made from the old slab
+   * before the place points at the new one), whose old slabs become garbage
+   * once nothing else reads them.
    */
   restart(): void {
     this.#slab = new Uint8Array(0);
