@@ -14,13 +14,18 @@
  * and makes a view with valueView() only when it reads the value.
  *
  * A slab stays allocated while any value in it lives, so overwritten and
- * deleted values leave holes. The slabs account for it: `release` counts a
- * value's bytes as waste, and once waste exceeds the live bytes (plus a few
+ * deleted values leave holes. The slabs account for it per slab: a slab whose
+ * last value is released is no longer held (it is garbage once no reader
+ * has it), so values that are overwritten in about the order they were
+ * written (a sweep over a key range, a batch rewritten together) free whole
+ * slabs and never call for a repack. The waste is what the held slabs hold
+ * beyond the live values; once it exceeds half the live bytes (plus a few
  * slabs), `repackDue` tells the owner to copy every live value into fresh
  * slabs (`restart`, then `place` each value again), after which the old ones
- * are garbage. Memory held is so at most about twice the live values' bytes,
- * and the copying is amortised: a repack of L live bytes follows at least L
- * bytes of released writes.
+ * are garbage. Memory held is so at most about 1.5× the live values' bytes
+ * (2.5× for the moment of a repack, until the old slabs are collected), and
+ * the copying is amortised: a repack of L live bytes follows at least L/2
+ * bytes of released writes, so it copies at most 2 bytes per byte written.
  *
  * Invariants: the bytes at a place never change afterwards (slabs are written
  * only past their fill mark), so a reader that took a place's fields (or a
@@ -52,8 +57,10 @@ export class ValueSlabs {
   #fill = 0;
   /** Bytes of the values this holds in slabs. */
   #live = 0;
-  /** Bytes of slabs handed out since the last repack that no live value uses (holes, and the tail of the current slab). */
-  #waste = 0;
+  /** Live bytes per slab that holds any (and the current one): a slab leaves when its last value is released. */
+  #slabLive = new Map<Uint8Array, number>();
+  /** Bytes of the slabs in #slabLive. */
+  #held = 0;
 
   /** Copies `value` (of `place.length` bytes) into the slabs, or into a buffer of its own when large, and points `place` at the copy. */
   place(value: Uint8Array, place: ValuePlace): void {
@@ -65,11 +72,14 @@ export class ValueSlabs {
       return;
     }
     if (this.#fill + n > this.#slab.byteLength) {
-      this.#waste += this.#slab.byteLength - this.#fill;
+      if (this.#slabLive.get(this.#slab) === 0) this.#drop(this.#slab);
       this.#slab = new Uint8Array(SLAB_BYTES);
       this.#fill = 0;
+      this.#slabLive.set(this.#slab, 0);
+      this.#held += SLAB_BYTES;
     }
     this.#slab.set(value, this.#fill);
+    this.#slabLive.set(this.#slab, (this.#slabLive.get(this.#slab) as number) + n);
     place.slab = this.#slab;
     place.offset = this.#fill;
     this.#fill += n;
@@ -80,13 +90,16 @@ export class ValueSlabs {
   release(place: ValuePlace): void {
     const n = place.length;
     if (n > SLABBED_MAX_BYTES) return;
+    const left = this.#slabLive.get(place.slab);
+    if (left === undefined || left < n) throw new RangeError(`value slabs: releasing ${n} bytes of a slab that holds ${left ?? 'none'} (released twice, or not placed here)`);
     this.#live -= n;
-    this.#waste += n;
+    this.#slabLive.set(place.slab, left - n);
+    if (left === n && place.slab !== this.#slab) this.#drop(place.slab);
   }
 
-  /** Whether the holes outweigh the live values: time to repack. */
+  /** Whether the holes in the held slabs outweigh half the live values: time to repack. */
   get repackDue(): boolean {
-    return this.#waste > this.#live + 4 * SLAB_BYTES;
+    return this.#held - this.#live > this.#live / 2 + 4 * SLAB_BYTES;
   }
 
   /**
@@ -99,11 +112,18 @@ export class ValueSlabs {
     this.#slab = new Uint8Array(0);
     this.#fill = 0;
     this.#live = 0;
-    this.#waste = 0;
+    this.#slabLive.clear();
+    this.#held = 0;
   }
 
-  /** For tests and status: live bytes in slabs, and the bytes they waste. */
-  get stats(): { live: number; waste: number } {
-    return { live: this.#live, waste: this.#waste };
+  /** For tests and status: live bytes in slabs, and the bytes the held slabs hold beyond them (holes, the current slab's tail). */
+  get stats(): { live: number; waste: number; slabs: number } {
+    return { live: this.#live, waste: this.#held - this.#live, slabs: this.#slabLive.size };
+  }
+
+  /** A slab no value lives in any more is no longer held. */
+  #drop(slab: Uint8Array): void {
+    this.#slabLive.delete(slab);
+    this.#held -= slab.byteLength;
   }
 }

@@ -117,9 +117,11 @@ describe('KvStateMachine semantics', () => {
     const d = new Driver();
     const expected = new Map<string, string>();
     let seq = 0;
-    // ~2 MB of writes over 200 keys: the slabs' holes outgrow the live values many times over.
-    for (let i = 0; i < 8000; i++) {
-      const key = `k${i % 200}`;
+    // ~4 MB of writes at random (a fixed LCG) over 2 000 keys: holes in every slab, several repacks.
+    let rand = 1;
+    for (let i = 0; i < 16_000; i++) {
+      rand = (rand * 1103515245 + 12345) % 2 ** 31;
+      const key = `k${rand % 2000}`;
       if (i % 7 === 3) {
         d.run('c', ++seq, del(key));
         expected.delete(key);
@@ -383,18 +385,25 @@ describe('KvStateMachine snapshots', () => {
 
   it('streams the values it was taken with also when slab repacks move them meanwhile', () => {
     const d = new Driver(new KvStateMachine());
-    for (let i = 0; i < 120; i++) d.run('c', i + 1, put(`k/${String(i).padStart(3, '0')}`, `${i}`.padEnd(200, 'v')));
+    const key = (i: number) => `k/${String(i).padStart(4, '0')}`;
+    for (let i = 0; i < 2000; i++) d.run('c', i + 1, put(key(i), `${i}`.padEnd(200, 'v')));
     const whole = Buffer.from(d.machine.snapshot());
     const source = d.machine.snapshotSource(1000);
     const pieces: Buffer[] = [];
     const chunks = source.chunks()[Symbol.iterator]();
     const first = chunks.next();
     if (!first.done) pieces.push(Buffer.from(first.value));
-    // ~2 MB of overwrites of the same keys: several repacks, each moving every live value to a fresh slab.
-    for (let i = 0; i < 10_000; i++) d.run('c', 200 + i, put(`k/${String(i % 120).padStart(3, '0')}`, `${i}`.padEnd(200, 'w')));
+    // ~4 MB of overwrites at random (a fixed LCG): several repacks, each moving every live value to a fresh slab.
+    let rand = 1;
+    const written = new Map<string, string>();
+    for (let i = 0; i < 20_000; i++) {
+      rand = (rand * 1103515245 + 12345) % 2 ** 31;
+      written.set(key(rand % 2000), `${i}`.padEnd(200, 'w'));
+      d.run('c', 3000 + i, put(key(rand % 2000), `${i}`.padEnd(200, 'w')));
+    }
     for (let next = chunks.next(); !next.done; next = chunks.next()) pieces.push(Buffer.from(next.value));
     expect(Buffer.concat(pieces).equals(whole)).toBe(true);
-    expect(text(d.machine.get('k/000')?.value)).toBe('9960'.padEnd(200, 'w'));
+    for (const [k, v] of written) expect(text(d.machine.get(k)?.value)).toBe(v);
   });
 
   it('starts with the version byte and ends with a CRC-32 of the rest', () => {

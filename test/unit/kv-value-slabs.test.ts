@@ -40,30 +40,62 @@ describe('ValueSlabs', () => {
     expect(() => slabs.place(bytes(10, 1), { slab: NO_SLAB, offset: 0, length: 9 })).toThrow(RangeError);
   });
 
-  it('asks for a repack once the released bytes outweigh the live ones; a repack moves each value in place, leaving the old bytes as they were', () => {
+  it('asks for a repack once the holes outweigh half the live bytes; a repack moves each value in place, leaving the old bytes as they were', () => {
     const slabs = new ValueSlabs();
     const kept = Array.from({ length: 1000 }, () => placed(slabs, bytes(256, 1)));
     expect(slabs.repackDue).toBe(false);
-    for (let i = 0; i < 5000 && !slabs.repackDue; i++) {
+    // Overwrites at random (a fixed LCG): slabs keep a few live values each long after most are gone.
+    let seed = 1;
+    for (let i = 0; i < 20_000 && !slabs.repackDue; i++) {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      const at = seed % kept.length;
       const next = placed(slabs, bytes(256, 2));
-      slabs.release(kept[i % kept.length] as ValuePlace);
-      kept[i % kept.length] = next;
+      slabs.release(kept[at] as ValuePlace);
+      kept[at] = next;
     }
     expect(slabs.repackDue).toBe(true);
+    // Due once the waste passed half the live bytes and four slabs, not before.
+    expect(slabs.stats.waste).toBeGreaterThan(256 * 1000 / 2 + 4 * 65536);
+    expect(slabs.stats.waste).toBeLessThan(256 * 1000 / 2 + 5 * 65536);
     const before = kept.map((p) => valueView(p));
     const oldSlab = (kept[0] as ValuePlace).slab;
     slabs.restart();
     for (const p of kept) slabs.place(valueView(p), p);
-    expect(slabs.stats).toEqual({ live: 256 * 1000, waste: 0 });
+    expect(slabs.stats).toEqual({ live: 256 * 1000, waste: 4 * 65536 - 256 * 1000, slabs: 4 });
     expect(slabs.repackDue).toBe(false);
     expect((kept[0] as ValuePlace).slab).not.toBe(oldSlab);
     kept.forEach((p, i) => expect(valueView(p)).toEqual(before[i]));
+  });
+
+  it('lets go of a slab once its last value is released, so overwrites in written order never call for a repack', () => {
+    const slabs = new ValueSlabs();
+    const kept = Array.from({ length: 1000 }, () => placed(slabs, bytes(256, 1)));
+    for (let i = 0; i < 20_000; i++) {
+      const at = i % kept.length;
+      const next = placed(slabs, bytes(256, 3));
+      slabs.release(kept[at] as ValuePlace);
+      kept[at] = next;
+      expect(slabs.repackDue).toBe(false);
+    }
+    // The live values' slabs, the one being filled and the one being emptied.
+    expect(slabs.stats.live).toBe(256 * 1000);
+    expect(slabs.stats.slabs).toBeLessThanOrEqual(6);
+  });
+
+  it('refuses to release a place it does not hold: another one\'s, or one whose slab it let go', () => {
+    const slabs = new ValueSlabs();
+    expect(() => slabs.release(placed(new ValueSlabs(), bytes(100, 1)))).toThrow(RangeError);
+    const full = Array.from({ length: 16 }, () => placed(slabs, bytes(4096, 1))); // one whole slab
+    for (const p of full) slabs.release(p);
+    placed(slabs, bytes(1, 2)); // a new current slab; the empty one is let go
+    expect(slabs.stats).toEqual({ live: 1, waste: 65535, slabs: 1 });
+    expect(() => slabs.release(full[0] as ValuePlace)).toThrow(RangeError);
   });
 
   it('does not count large values, which hold no slab space', () => {
     const slabs = new ValueSlabs();
     const big = placed(slabs, bytes(SLABBED_MAX_BYTES * 2, 1));
     slabs.release(big);
-    expect(slabs.stats).toEqual({ live: 0, waste: 0 });
+    expect(slabs.stats).toEqual({ live: 0, waste: 0, slabs: 0 });
   });
 });
