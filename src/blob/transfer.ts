@@ -49,6 +49,7 @@ import { DwcpError } from '../errors.ts';
 import type { BlobMetrics, BlobRejectReason, TransferKind } from './metrics.ts';
 import { TransferProgress } from './progress.ts';
 import { ChunkVerifier } from './chunk-verifier.ts';
+import { deadline } from '../deadline.ts';
 import {
   BLOB_MANIFEST_PART_BYTES,
   BLOB_MAX_BATCH_RAW_BYTES,
@@ -132,27 +133,6 @@ export class BaselineRefusedError extends BlobTransferError {
 
 /** What the receiver broke; the sender reports it and gives up. */
 class ProtocolError extends Error {}
-
-/**
- * A signal that aborts with a TimeoutError after `ms`, or with `parent`'s
- * reason; `done()` clears it. A plain timer on purpose: an AbortSignal.timeout
- * that only an AbortSignal.any refers to may be collected before it fires,
- * and a transfer must never wait forever.
- */
-function deadline(ms: number, parent?: AbortSignal): { signal: AbortSignal; done: () => void } {
-  const ctl = new AbortController();
-  const timer = setTimeout(() => ctl.abort(new DOMException(`no answer within ${ms} ms`, 'TimeoutError')), ms);
-  const onParent = (): void => ctl.abort(parent?.reason);
-  if (parent?.aborted === true) onParent();
-  else parent?.addEventListener('abort', onParent, { once: true });
-  return {
-    signal: ctl.signal,
-    done: () => {
-      clearTimeout(timer);
-      parent?.removeEventListener('abort', onParent);
-    },
-  };
-}
 
 async function readExpecting<K extends BlobMessage['kind']>(ch: BlobChannel, kinds: readonly K[], what: string, timeoutMs: number, signal?: AbortSignal): Promise<Extract<BlobMessage, { kind: K }>> {
   const limit = deadline(timeoutMs, signal);

@@ -48,6 +48,7 @@ import type { ConsensusLevel } from './consistency.ts';
 import type { KvRaftReplica } from './raft-replica.ts';
 import { readMachine, type KvKeyRead, type KvReadOutcome } from './read.ts';
 import { DwcpError, type DwcpErrorCode } from '../errors.ts';
+import { deadline } from '../deadline.ts';
 
 export type KvServiceErrorCode = Extract<DwcpErrorCode, 'unavailable' | 'invalid' | 'unsupported'>;
 
@@ -128,15 +129,16 @@ export class KvService {
   async write(command: KvCommand, timeoutMs: number): Promise<KvWriteOutcome> {
     const node = this.#node();
     const data = encodeKvCommand(command);
-    const deadline = AbortSignal.timeout(timeoutMs);
+    // Cleared when the write ends (deadline.ts: an AbortSignal.timeout kept every write's objects alive for timeoutMs).
+    const limit = deadline(timeoutMs);
     const remaining = remainingOf(timeoutMs);
     // Each attempt goes where the leader is now; RaftNode.retry re-runs it at the next change (the one retry loop).
     const attempt = async (): Promise<Attempt<KvWriteOutcome>> => {
       if (this.#stopped) throw new KvServiceError('unavailable', 'the daemon is stopping');
       const leader = node.leader;
       try {
-        if (node.isLeader) return { done: { result: await node.propose(data, remaining(), deadline), leader: node.id } };
-        if (leader !== null) return { done: { result: await this.#forward(leader, data, remaining(), deadline), leader } };
+        if (node.isLeader) return { done: { result: await node.propose(data, remaining(), limit.signal), leader: node.id } };
+        if (leader !== null) return { done: { result: await this.#forward(leader, data, remaining(), limit.signal), leader } };
       } catch (err) {
         // A leader change, a lost entry, a dropped forward: the next change runs the attempt again; anything else is the answer.
         if (!(err instanceof DwcpError) || !err.retryable) throw err;
@@ -146,7 +148,11 @@ export class KvService {
       if (cutOff !== null) throw new KvServiceError('unavailable', `write refused at once: ${cutOff}; retry once the partition heals`);
       return { retry: 'no leader is known (election in progress, or no quorum reachable)' };
     };
-    return node.retry(deadline, attempt, (last) => new KvServiceError('unavailable', `write not committed within ${timeoutMs} ms: ${last}; retry`));
+    try {
+      return await node.retry(limit.signal, attempt, (last) => new KvServiceError('unavailable', `write not committed within ${timeoutMs} ms: ${last}; retry`));
+    } finally {
+      limit.done();
+    }
   }
 
   /**
@@ -295,14 +301,14 @@ export class KvService {
       error: { code, message, leaderHint: node?.leader ?? '' },
     });
     if (node === null) return error('invalid', 'this node has no Raft group');
-    const deadline = AbortSignal.timeout(request.timeoutMs);
+    const limit = deadline(request.timeoutMs);
     const remaining = remainingOf(request.timeoutMs);
     // While this node leads, a refusal that clears by itself is waited out here, beside the leader's state,
     // rather than sent back for the follower to retry across the network at every change.
     const attempt = async (): Promise<Attempt<KvForwardResponse>> => {
       if (!node.isLeader) return { done: error('not_leader', `${node.id} is not the leader`) };
       try {
-        return { done: { id, kind: 'result', result: await node.propose(request.command, remaining(), deadline) } };
+        return { done: { id, kind: 'result', result: await node.propose(request.command, remaining(), limit.signal) } };
       } catch (err) {
         if (err instanceof RaftClientError && err.code === 'dropped') return { retry: err.message, refused: err.refusedForNow };
         throw err;
@@ -310,7 +316,7 @@ export class KvService {
     };
     const timedOut = (last: string) => new RaftClientError('timeout', `proposal not accepted within ${request.timeoutMs} ms (${last})`, node.leader);
     try {
-      return await node.retry(deadline, attempt, timedOut);
+      return await node.retry(limit.signal, attempt, timedOut);
     } catch (err) {
       if (!(err instanceof RaftClientError)) return error('invalid', errorText(err));
       switch (err.code) {
@@ -324,6 +330,8 @@ export class KvService {
         default:
           return error('dropped', err.message);
       }
+    } finally {
+      limit.done();
     }
   }
 }
