@@ -9,7 +9,7 @@
  * objects outlive the young generation and are promoted, to be found only by
  * a full collection: at ~1 000 writes/s, ~10 000 requests' worth of live
  * objects per member, which V8's heap growth then multiplies (see
- * bench/RESULTS.md, raft, "Memory: per-request deadlines"). Also, an
+ * bench/RESULTS.md, raft, "Memory: what a member's RSS is made of"). Also, an
  * AbortSignal.timeout that only an AbortSignal.any refers to may be collected
  * before it fires, and a transfer must never wait forever.
  *
