@@ -363,10 +363,18 @@ describe('KvStateMachine snapshots', () => {
     const first = d.machine.snapshotSource(1000);
     const firstPieces = first.chunks()[Symbol.iterator]();
     const head = Buffer.from(firstPieces.next().value as Uint8Array);
-    // Every key overwritten eight times over (the slabs' holes outweigh the live values: repacks), then
-    // some deleted and made again with other values, some deleted for good, some new.
-    // (~220 KB live, ~220 KB released a round: a repack every few rounds.)
-    for (let round = 0; round < 8; round++) for (let i = 0; i < 200; i++) d.run('w', ++seq, put(`k/${String(i).padStart(3, '0')}`, String(round).repeat(1000 + i)));
+    // Eight rounds of 200 overwrites at random keys (a fixed LCG: every slab keeps a few live values, so
+    // the holes outweigh half the live ones and the slabs repack; keys rewritten in the order they were
+    // written would free whole slabs instead), then some keys deleted and made again with other values,
+    // some deleted for good, some new.
+    let rand = 7;
+    for (let round = 0; round < 8; round++) {
+      for (let n = 0; n < 200; n++) {
+        rand = (rand * 1103515245 + 12345) % 2 ** 31;
+        const i = rand % 200;
+        d.run('w', ++seq, put(`k/${String(i).padStart(3, '0')}`, String(round).repeat(1000 + i)));
+      }
+    }
     const middle = Buffer.from(d.machine.snapshot());
     const second = d.machine.snapshotSource(1000);
     for (let i = 0; i < 200; i += 3) d.run('w', ++seq, del(`k/${String(i).padStart(3, '0')}`));
