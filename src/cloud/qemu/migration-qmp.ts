@@ -46,10 +46,11 @@ export const MAX_MULTIFD_CHANNELS = 8;
  * be set alike before the stream starts.
  *
  * Off by default (DEFAULT_MULTIFD_CHANNELS): with QEMU 7.2 under TCG, two of
- * about 130 multifd migrations (through the relay and QEMU to QEMU alike,
- * both under heavy load) left a guest whose kernel soon died of corrupted
- * memory (list_del corruption), and none of about 80 plain ones; the cause
- * is not found. A faster migration is not worth a broken guest.
+ * about 130 multifd migrations left a guest whose kernel soon died of
+ * corrupted memory. Later plain migrations did too, QEMU's own direct one
+ * among them: QEMU before 9.0 loses guest stores from the migration's dirty
+ * bitmap under TCG (upstream 03bfc2188f), so multifd is not the cause, but it
+ * stays off until the tests run on a QEMU with that fix (docs/migration.md).
  */
 export interface Multifd {
   readonly channels: number;
