@@ -66,6 +66,12 @@ export class ValueSlabs {
   place(value: Uint8Array, place: ValuePlace): void {
     const n = value.byteLength;
     if (n !== place.length) throw new RangeError(`value slabs: a ${n}-byte value for a place of ${place.length} bytes`);
+    if (n === 0) {
+      // No bytes to keep, so no slab: one counted in a slab would be released after that slab was let go.
+      place.slab = NO_SLAB;
+      place.offset = 0;
+      return;
+    }
     if (n > SLABBED_MAX_BYTES) {
       place.slab = new Uint8Array(value);
       place.offset = 0;
@@ -89,7 +95,7 @@ export class ValueSlabs {
   /** A filled place is no longer kept (overwritten or deleted). */
   release(place: ValuePlace): void {
     const n = place.length;
-    if (n > SLABBED_MAX_BYTES) return;
+    if (n === 0 || n > SLABBED_MAX_BYTES) return;
     const left = this.#slabLive.get(place.slab);
     if (left === undefined || left < n) throw new RangeError(`value slabs: releasing ${n} bytes of a slab that holds ${left ?? 'none'} (released twice, or not placed here)`);
     this.#live -= n;

@@ -140,6 +140,20 @@ describe('KvStateMachine semantics', () => {
     for (const [key, value] of expected) expect(text(restored.get(key)?.value)).toBe(value);
   });
 
+  it('overwrites an empty value that shared a slab with values since gone (it once threw: an entry every replica failed on)', () => {
+    const d = new Driver();
+    let seq = 0;
+    d.run('c', ++seq, put('a', 'a'.repeat(4000)));
+    d.run('c', ++seq, put('e', ''));
+    // Sixteen more fill the first slab and start a second; deleting every value of the first lets it go.
+    for (let f = 0; f < 17; f++) d.run('c', ++seq, put(`f${f}`, 'f'.repeat(4000)));
+    d.run('c', ++seq, del('a'));
+    for (let f = 0; f < 15; f++) d.run('c', ++seq, del(`f${f}`));
+    expect(d.run('c', ++seq, put('e', 'x'))).toMatchObject({ ok: true, op: 'put' });
+    expect(d.run('c', ++seq, del('e'))).toMatchObject({ ok: true, op: 'delete', deleted: true });
+    expect(text(d.machine.get('f16')?.value)).toBe('f'.repeat(4000));
+  });
+
   it('throws when the driver applies an index twice or out of order', () => {
     const d = new Driver();
     d.run('c', 1, put('a', '1'));

@@ -98,4 +98,17 @@ describe('ValueSlabs', () => {
     slabs.release(big);
     expect(slabs.stats).toEqual({ live: 0, waste: 0, slabs: 0 });
   });
+
+  it('keeps no slab for an empty value, so releasing it never meets a slab already let go', () => {
+    const slabs = new ValueSlabs();
+    const a = placed(slabs, bytes(4000, 1));
+    const empty = placed(slabs, bytes(0, 0));
+    const fillers = Array.from({ length: 16 }, () => placed(slabs, bytes(4000, 2)));
+    // Every non-empty value of a's slab released: the slab is let go.
+    for (const p of [a, ...fillers.filter((f) => f.slab === a.slab)]) slabs.release(p);
+    expect(slabs.stats.slabs).toBe(1);
+    expect(() => slabs.release(empty)).not.toThrow();
+    expect(valueView(empty).byteLength).toBe(0);
+    expect(slabs.stats).toEqual({ live: 4000, waste: 65536 - 4000, slabs: 1 });
+  });
 });
