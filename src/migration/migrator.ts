@@ -76,6 +76,8 @@ interface Tracked {
   readonly inFlight: Set<string>;
   outcomes: EffectOutcome[];
   transfer: TransferHandle | null;
+  /** The step already told to cancel: it may stay running while it winds down, and is not told (nor the loop kicked) again. */
+  cancelled: TransferHandle | null;
   /** The record as last logged (phase and reason). */
   logged: FleetMigration;
   waiting: string;
@@ -135,7 +137,7 @@ export class Migrator {
     for (const m of mine) {
       let t = this.#tracked.get(m.id);
       if (t === undefined) {
-        t = { memory: EMPTY_COORDINATOR_MEMORY, inFlight: new Set(), outcomes: [], transfer: null, logged: m, waiting: '' };
+        t = { memory: EMPTY_COORDINATOR_MEMORY, inFlight: new Set(), outcomes: [], transfer: null, cancelled: null, logged: m, waiting: '' };
         this.#tracked.set(m.id, t);
         this.#o.log.info({ migration: m.id, vm: m.vm, mode: m.mode, phase: m.phase, from: `${m.source.region}/${m.source.provider}`, to: `${m.target.region}/${m.target.provider}`, generation: m.target.generation }, 'fleet migration under way (coordinated here)');
       } else this.#logPhase(t, m);
@@ -247,7 +249,11 @@ export class Migrator {
         return finish('ok');
       }
       case 'cancel-transfer':
-        t.transfer?.cancel();
+        // Once per step. A cancelled live step stays running while it asks QEMU how its migration ended, and every pass
+        // meanwhile asks for the cancel again: answering each with a kick made the passes spin (and log) without a pause.
+        if (t.transfer === null || t.cancelled === t.transfer) return;
+        t.cancelled = t.transfer;
+        t.transfer.cancel();
         log.info({ migration: m.id, vm: m.vm }, 'fleet migration transfer cancelled');
         return finish('ok');
     }

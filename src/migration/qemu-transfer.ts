@@ -32,8 +32,10 @@
  *   cause; `cancel` is idempotent, cancels QEMU's migration and mirror,
  *   closes the sockets and channels.
  * - `targetMayRun` is true once QEMU said completed, and whenever a step
- *   that reached `migrate` ends without knowing the stream failed first
- *   (the destination may hold the whole state): never false when unsure.
+ *   that reached `migrate` fails and QEMU, asked after a cancel, does not
+ *   say its migration failed or was cancelled (the destination may hold
+ *   the whole state): never false when unsure, whichever wait the failure
+ *   interrupted.
  * - A source left paused by a completed live step is reported `paused` (by
  *   QEMU's own run state, so a restarted daemon sees it too) and resumed
  *   with `cont`.
@@ -41,7 +43,8 @@
 import { chmod, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { BlobService } from '../blob/service.ts';
-import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, nextEvent, startMigration, startMirror, stopMirror, type Multifd } from '../cloud/qemu/migration-qmp.ts';
+import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, nextEvent, startMigration, startMirror, stopMirror, type MigrationInfo, type Multifd } from '../cloud/qemu/migration-qmp.ts';
+import type { QmpClient } from '../cloud/qemu/qmp.ts';
 import type { QemuMigrationGuests } from '../cloud/qemu/qemu-provider.ts';
 import type { Logger } from '../log.ts';
 import type { TransferStatus, TransferStep } from './coordinator.ts';
@@ -224,28 +227,47 @@ class StepRun implements TransferHandle {
       await race(nextEvent(qmp, MIRROR_EVENTS, this.#o.pollMs ?? 100));
     }
     const downtimeLimit = m.maxDowntimeMs ?? DEFAULT_DOWNTIME_LIMIT_MS;
-    const convergence = this.#o.convergence ?? DEFAULT_CONVERGENCE;
     const startedAt = this.#now();
     migrating = true;
     await race(startMigration(qmp, source.files.migrateOut, downtimeLimit, multifd));
     log.info({ migration: m.id, vm: m.vm, diskBytes: moved(), mirrorMs: startedAt - began, downtimeLimitMs: downtimeLimit, multifdChannels: multifd?.channels ?? 0 }, 'qemu migration: disk mirrored, migrating memory');
-    // From here the destination may receive the whole state: unsure counts as "may run".
+    // From here the destination may receive the whole state: a step that fails before QEMU said completed asks QEMU
+    // itself whether it did (#mayHaveCompleted), whichever wait the failure interrupted; unsure counts as "may run".
+    try {
+      await this.#converge(qmp, race, moved, startedAt, (info) => {
+        completed = true;
+        this.#set({ targetMayRun: true, ...(info.downtimeMs === null ? {} : { downtimeMs: info.downtimeMs }) });
+      });
+    } catch (err) {
+      if (!completed) {
+        // Closed first, as the cleanup would: QEMU's cancel may otherwise wait on a relay that stopped reading.
+        for (const socket of sockets) socket.destroy();
+        this.#set({ targetMayRun: await mayHaveCompleted(qmp, this.#o.pollMs ?? 100) });
+      }
+      throw err;
+    }
+    // The source is paused with every write mirrored: end the mirror (the destination's disk is complete), then wait for the state's last byte to arrive.
+    const completedAt = this.#now();
+    await stopMirror(qmp);
+    await race(Promise.all(pipes));
+    this.#progress(moved());
+    log.info({ migration: m.id, vm: m.vm, bytes: moved(), drainMs: this.#now() - completedAt, stepMs: this.#now() - began }, 'qemu migration: the stream reached the target');
+  }
+
+  /** Watches QEMU's migration until it completes (`onCompleted`, then returns), fails, or must be aborted (throws). */
+  async #converge(qmp: QmpClient, race: <T>(p: Promise<T>) => Promise<T>, moved: () => number, startedAt: number, onCompleted: (info: MigrationInfo) => void): Promise<void> {
+    const m = this.#r.migration;
+    const { log } = this.#o;
+    const convergence = this.#o.convergence ?? DEFAULT_CONVERGENCE;
     let armed = false;
     for (;;) {
-      let info;
-      try {
-        info = await race(migrationInfo(qmp));
-      } catch (err) {
-        this.#set({ targetMayRun: true });
-        throw err;
-      }
+      const info = await race(migrationInfo(qmp));
       this.#progress(moved(), info.rounds);
       const verdict = judgeConvergence(info, { startedAt, armed }, this.#now(), convergence);
       if (verdict.kind === 'done') {
-        completed = true;
-        this.#set({ targetMayRun: true, ...(info.downtimeMs === null ? {} : { downtimeMs: info.downtimeMs }) });
+        onCompleted(info);
         log.info({ migration: m.id, vm: m.vm, downtimeMs: info.downtimeMs, totalMs: info.totalTimeMs, rounds: info.rounds, ramBytes: info.transferredBytes }, 'qemu migration completed: the source is paused');
-        break;
+        return;
       }
       if (verdict.kind === 'failed') throw new StepFailed(verdict.why);
       if (verdict.kind === 'abort') throw new StepFailed(verdict.why);
@@ -256,12 +278,6 @@ class StepRun implements TransferHandle {
       }
       await race(nextEvent(qmp, MIGRATION_EVENTS, this.#o.pollMs ?? 100));
     }
-    // The source is paused with every write mirrored: end the mirror (the destination's disk is complete), then wait for the state's last byte to arrive.
-    const completedAt = this.#now();
-    await stopMirror(qmp);
-    await race(Promise.all(pipes));
-    this.#progress(moved());
-    log.info({ migration: m.id, vm: m.vm, bytes: moved(), drainMs: this.#now() - completedAt, stepMs: this.#now() - began }, 'qemu migration: the stream reached the target');
   }
 
   #listening: Promise<void> = Promise.resolve();
@@ -312,6 +328,33 @@ class StepRun implements TransferHandle {
       }
       if (wire < put.stored.size * PRECOPY_DONE_FRACTION) return;
     }
+  }
+}
+
+/** How long a failed step waits for QEMU to settle its cancelled migration before counting the destination as "may run". */
+const SETTLE_CANCEL_MS = 10_000;
+
+/**
+ * Whether a migration that a failed step gives up on may still have given
+ * the destination the whole state. QEMU is asked to cancel first, so it
+ * cannot complete afterwards, and then watched until it says how it ended:
+ * only `completed` (or no answer within SETTLE_CANCEL_MS) means the
+ * destination may run; `failed`, `cancelled` and `none` (no migration) mean
+ * it cannot. Asked of QEMU directly, not of whichever wait the failure
+ * interrupted: a broken channel that lands while the step waits for QEMU's
+ * next event must not count as "the destination cannot run" if QEMU
+ * completed in that moment (that is how two copies would run).
+ */
+async function mayHaveCompleted(qmp: QmpClient, pollMs: number): Promise<boolean> {
+  await cancelMigration(qmp).catch(() => undefined);
+  const deadline = Date.now() + SETTLE_CANCEL_MS;
+  for (;;) {
+    const info = await migrationInfo(qmp).catch(() => null);
+    if (info === null) return true;
+    if (info.status === 'completed') return true;
+    if (info.status === 'failed' || info.status === 'cancelled' || info.status === 'none') return false;
+    if (Date.now() > deadline) return true;
+    await nextEvent(qmp, MIGRATION_EVENTS, pollMs);
   }
 }
 
