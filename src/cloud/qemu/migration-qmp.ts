@@ -49,8 +49,9 @@ export const MAX_MULTIFD_CHANNELS = 8;
  * about 130 multifd migrations left a guest whose kernel soon died of
  * corrupted memory. Later plain migrations did too, QEMU's own direct one
  * among them: QEMU before 9.0 loses guest stores from the migration's dirty
- * bitmap under TCG (upstream 03bfc2188f), so multifd is not the cause, but it
- * stays off until the tests run on a QEMU with that fix (docs/migration.md).
+ * bitmap under TCG (upstream 03bfc2188f), so multifd is not the cause; it
+ * stays off until a multifd soak on a QEMU with that fix (the tests now run
+ * on 10.0.2) says it is sound (docs/migration.md).
  */
 export interface Multifd {
   readonly channels: number;
