@@ -382,7 +382,7 @@ export const migrateBench = defineBench<MigrateOptions>({
     'poll-ms': { default: '10', description: 'how often the serial logs are read for tick lines' },
     codec: { default: 'lz4', description: 'how the transport compresses the live channels: lz4 or none' },
     processes: { default: '2', description: "1: both ends (providers, libp2p hosts, relays) in this process; 2: end b in a child process, so the two daemons' relays do not share an event loop" },
-    multifd: { default: String(DEFAULT_MULTIFD_CHANNELS), description: "QEMU's multifd channels for dwcp's runs (0: off, the daemon's default), as fleet.migration.multifdChannels" },
+    multifd: { default: String(DEFAULT_MULTIFD_CHANNELS), description: "QEMU's multifd channels for dwcp's runs (0: off; the daemon's default, as fleet.migration.multifdChannels)" },
     'multifd-compression': { default: MULTIFD_ON.compression, description: 'how QEMU compresses the multifd channels: none, zlib or zstd' },
     references: { default: REFERENCES.join(','), description: "QEMU direct migrations to compare with, comma-separated: direct (QEMU's defaults: one connection, no compression), direct-multifd (dwcp's multifd settings; left out with --multifd 0)" },
   },

@@ -7,13 +7,14 @@
  * nothing about speed.
  */
 import { describe, expect, it } from 'vitest';
+import { MULTIFD_ON } from '../../src/cloud/qemu/migration-qmp.ts';
 import { runBench } from '../support/bench-cli.ts';
 
 const nonNegative = expect.toSatisfy((v: unknown) => typeof v === 'number' && Number.isFinite(v) && v >= 0);
 const stats = { n: 1, p50: nonNegative, p99: nonNegative, max: nonNegative };
 
 describe('bench migrate', () => {
-  it('prints one JSON document: one live migration each through dwcp and direct (multifd off by default, so no multifd reference), both converged and measured', async () => {
+  it('prints one JSON document: one live migration each through dwcp, direct and direct-multifd (multifd on by default), all converged and measured', async () => {
     const { code, stdout, stderr } = await runBench(['migrate', '--runs', '1', '--rates', '0', '--memory-mib', '128'], { timeout: 280_000 });
     expect(code, stderr).toBe(0);
     const result = JSON.parse(stdout) as object;
@@ -22,9 +23,9 @@ describe('bench migrate', () => {
       bench: 'migrate',
       loadavg: expect.any(Array),
       loadavg_after: expect.any(Array),
-      options: { runs: 1, rates_mib_s: [0], memory_mib: 128, downtime_limit_ms: 300, multifd: null, references: ['direct'] },
+      options: { runs: 1, rates_mib_s: [0], memory_mib: 128, downtime_limit_ms: 300, multifd: MULTIFD_ON, references: ['direct', 'direct-multifd'] },
       ratios: { total_p50: expect.any(String) },
-      results: [{ rate_mib_s: 0, dwcp: side, references: [{ method: 'direct', ...side, ratio: { total_p50: nonNegative } }] }],
+      results: [{ rate_mib_s: 0, dwcp: side, references: [{ method: 'direct', ...side, ratio: { total_p50: nonNegative } }, { method: 'direct-multifd', ...side, ratio: { total_p50: nonNegative } }] }],
     });
   }, 300_000);
 

@@ -45,13 +45,14 @@ export const MAX_MULTIFD_CHANNELS = 8;
  * stay on the main channel as markers, as without multifd. Both QEMUs must
  * be set alike before the stream starts.
  *
- * Off by default (DEFAULT_MULTIFD_CHANNELS): with QEMU 7.2 under TCG, two of
- * about 130 multifd migrations left a guest whose kernel soon died of
- * corrupted memory. Later plain migrations did too, QEMU's own direct one
- * among them: QEMU before 9.0 loses guest stores from the migration's dirty
- * bitmap under TCG (upstream 03bfc2188f), so multifd is not the cause; it
- * stays off until a multifd soak on a QEMU with that fix (the tests now run
- * on 10.0.2) says it is sound (docs/migration.md).
+ * On by default (DEFAULT_MULTIFD_CHANNELS) since 2026-12-08. It was off for
+ * a day: with QEMU 7.2 under TCG, two of about 130 multifd migrations left a
+ * guest whose kernel soon died of corrupted memory. Plain migrations did
+ * too, QEMU's own direct one among them: QEMU before 9.0 loses guest stores
+ * from the migration's dirty bitmap under TCG (upstream 03bfc2188f), not a
+ * multifd fault. On QEMU 10.0.2, 30 multifd migrations through dwcp and 30
+ * direct ones broke no guest, and dwcp took 3.2x QEMU direct's total time
+ * against 10x without multifd (bench/RESULTS.md, migrate).
  */
 export interface Multifd {
   readonly channels: number;
@@ -60,8 +61,8 @@ export interface Multifd {
 
 /** What multifd is when turned on without more said (fleet.migration.multifdChannels, multifdCompression). */
 export const MULTIFD_ON: Multifd = { channels: 2, compression: 'zstd' };
-/** fleet.migration.multifdChannels unless configured: off (see Multifd). */
-export const DEFAULT_MULTIFD_CHANNELS = 0;
+/** fleet.migration.multifdChannels unless configured: on, MULTIFD_ON's channels (see Multifd). */
+export const DEFAULT_MULTIFD_CHANNELS = MULTIFD_ON.channels;
 
 async function setMultifd(qmp: QmpClient, multifd: Multifd | null, capabilities: { capability: string; state: boolean }[] = []): Promise<void> {
   await qmp.execute('migrate-set-capabilities', { capabilities: [...capabilities, { capability: 'multifd', state: multifd !== null }] });
