@@ -43,7 +43,7 @@
 import { chmod, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { BlobService } from '../blob/service.ts';
-import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, nextEvent, startMigration, startMirror, stopMirror, type MigrationInfo, type Multifd } from '../cloud/qemu/migration-qmp.ts';
+import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, nextEvent, startMigration, startMirror, stopMirror, type Multifd } from '../cloud/qemu/migration-qmp.ts';
 import type { QmpClient } from '../cloud/qemu/qmp.ts';
 import type { QemuMigrationGuests } from '../cloud/qemu/qemu-provider.ts';
 import type { Logger } from '../log.ts';
@@ -173,7 +173,6 @@ class StepRun implements TransferHandle {
     const sockets: Socket[] = [];
     const moved = (): number => counts.reduce((sum, c) => sum + c.sent + c.received, 0);
     const multifd = this.#o.multifd ?? null;
-    let migrating = false;
     let completed = false;
     /**
      * Once QEMU completed, the disk channel has nothing left to carry: the
@@ -208,8 +207,8 @@ class StepRun implements TransferHandle {
     const race = <T>(p: Promise<T>): Promise<T> => Promise.race([p, broken, aborted]);
 
     this.#cleanups.push(async () => {
+      // A step that issued `migrate` and did not complete cancelled QEMU's migration already (mayHaveCompleted below).
       if (completed) return;
-      if (migrating) await cancelMigration(qmp).catch(() => undefined);
       await stopMirror(qmp);
       // QEMU's cancel does not wait on a relay that stopped reading (its multifd threads may sit in a write): close every connection.
       for (const socket of sockets) socket.destroy();
@@ -227,23 +226,37 @@ class StepRun implements TransferHandle {
       await race(nextEvent(qmp, MIRROR_EVENTS, this.#o.pollMs ?? 100));
     }
     const downtimeLimit = m.maxDowntimeMs ?? DEFAULT_DOWNTIME_LIMIT_MS;
+    const convergence = this.#o.convergence ?? DEFAULT_CONVERGENCE;
     const startedAt = this.#now();
-    migrating = true;
-    await race(startMigration(qmp, source.files.migrateOut, downtimeLimit, multifd));
-    log.info({ migration: m.id, vm: m.vm, diskBytes: moved(), mirrorMs: startedAt - began, downtimeLimitMs: downtimeLimit, multifdChannels: multifd?.channels ?? 0 }, 'qemu migration: disk mirrored, migrating memory');
-    // From here the destination may receive the whole state: a step that fails before QEMU said completed asks QEMU
-    // itself whether it did (#mayHaveCompleted), whichever wait the failure interrupted; unsure counts as "may run".
+    // From `migrate` on the destination may receive the whole state: a step that fails before QEMU said completed asks
+    // QEMU itself whether it did (mayHaveCompleted), whichever wait the failure interrupted; unsure counts as "may run".
     try {
-      await this.#converge(qmp, race, moved, startedAt, (info) => {
-        completed = true;
-        this.#set({ targetMayRun: true, ...(info.downtimeMs === null ? {} : { downtimeMs: info.downtimeMs }) });
-      });
-    } catch (err) {
-      if (!completed) {
-        // Closed first, as the cleanup would: QEMU's cancel may otherwise wait on a relay that stopped reading.
-        for (const socket of sockets) socket.destroy();
-        this.#set({ targetMayRun: await mayHaveCompleted(qmp, this.#o.pollMs ?? 100) });
+      await race(startMigration(qmp, source.files.migrateOut, downtimeLimit, multifd));
+      log.info({ migration: m.id, vm: m.vm, diskBytes: moved(), mirrorMs: startedAt - began, downtimeLimitMs: downtimeLimit, multifdChannels: multifd?.channels ?? 0 }, 'qemu migration: disk mirrored, migrating memory');
+      let armed = false;
+      while (!completed) {
+        const info = await race(migrationInfo(qmp));
+        this.#progress(moved(), info.rounds);
+        const verdict = judgeConvergence(info, { startedAt, armed }, this.#now(), convergence);
+        if (verdict.kind === 'done') {
+          completed = true;
+          this.#set({ targetMayRun: true, ...(info.downtimeMs === null ? {} : { downtimeMs: info.downtimeMs }) });
+          log.info({ migration: m.id, vm: m.vm, downtimeMs: info.downtimeMs, totalMs: info.totalTimeMs, rounds: info.rounds, ramBytes: info.transferredBytes }, 'qemu migration completed: the source is paused');
+          break;
+        }
+        if (verdict.kind === 'failed') throw new StepFailed(verdict.why);
+        if (verdict.kind === 'abort') throw new StepFailed(verdict.why);
+        if (verdict.kind === 'arm-throttle') {
+          armed = true;
+          log.info({ migration: m.id, vm: m.vm, why: verdict.why }, 'qemu migration: auto-converge armed');
+          await race(armThrottle(qmp));
+        }
+        await race(nextEvent(qmp, MIGRATION_EVENTS, this.#o.pollMs ?? 100));
       }
+    } catch (err) {
+      // Closed first, as the cleanup would: QEMU's cancel may otherwise wait on a relay that stopped reading.
+      for (const socket of sockets) socket.destroy();
+      this.#set({ targetMayRun: await mayHaveCompleted(qmp, this.#o.pollMs ?? 100) });
       throw err;
     }
     // The source is paused with every write mirrored: end the mirror (the destination's disk is complete), then wait for the state's last byte to arrive.
@@ -252,32 +265,6 @@ class StepRun implements TransferHandle {
     await race(Promise.all(pipes));
     this.#progress(moved());
     log.info({ migration: m.id, vm: m.vm, bytes: moved(), drainMs: this.#now() - completedAt, stepMs: this.#now() - began }, 'qemu migration: the stream reached the target');
-  }
-
-  /** Watches QEMU's migration until it completes (`onCompleted`, then returns), fails, or must be aborted (throws). */
-  async #converge(qmp: QmpClient, race: <T>(p: Promise<T>) => Promise<T>, moved: () => number, startedAt: number, onCompleted: (info: MigrationInfo) => void): Promise<void> {
-    const m = this.#r.migration;
-    const { log } = this.#o;
-    const convergence = this.#o.convergence ?? DEFAULT_CONVERGENCE;
-    let armed = false;
-    for (;;) {
-      const info = await race(migrationInfo(qmp));
-      this.#progress(moved(), info.rounds);
-      const verdict = judgeConvergence(info, { startedAt, armed }, this.#now(), convergence);
-      if (verdict.kind === 'done') {
-        onCompleted(info);
-        log.info({ migration: m.id, vm: m.vm, downtimeMs: info.downtimeMs, totalMs: info.totalTimeMs, rounds: info.rounds, ramBytes: info.transferredBytes }, 'qemu migration completed: the source is paused');
-        return;
-      }
-      if (verdict.kind === 'failed') throw new StepFailed(verdict.why);
-      if (verdict.kind === 'abort') throw new StepFailed(verdict.why);
-      if (verdict.kind === 'arm-throttle') {
-        armed = true;
-        log.info({ migration: m.id, vm: m.vm, why: verdict.why }, 'qemu migration: auto-converge armed');
-        await race(armThrottle(qmp));
-      }
-      await race(nextEvent(qmp, MIGRATION_EVENTS, this.#o.pollMs ?? 100));
-    }
   }
 
   #listening: Promise<void> = Promise.resolve();
