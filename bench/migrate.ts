@@ -41,7 +41,7 @@ import { mkdtemp, open, readFile, rm, writeFile, cp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { DEFAULT_MULTIFD_CHANNELS, MAX_MULTIFD_CHANNELS, MULTIFD_COMPRESSIONS, MULTIFD_ON, type Multifd } from '../src/cloud/qemu/migration-qmp.ts';
+import { DEFAULT_MULTIFD, MAX_MULTIFD_CHANNELS, MULTIFD_COMPRESSIONS, type Multifd } from '../src/cloud/qemu/migration-qmp.ts';
 import { processesNaming } from '../src/cloud/qemu/procfs.ts';
 import type { FleetMigration } from '../src/fleet/migrations.ts';
 import { DEFAULT_CONVERGENCE } from '../src/migration/convergence.ts';
@@ -381,9 +381,9 @@ export const migrateBench = defineBench<MigrateOptions>({
     'timeout-ms': { default: '120000', description: 'a migration not converged by then is aborted (counted not converged)' },
     'poll-ms': { default: '10', description: 'how often the serial logs are read for tick lines' },
     codec: { default: 'lz4', description: 'how the transport compresses the live channels: lz4 or none' },
-    processes: { default: '2', description: "1: both ends (providers, libp2p hosts, relays) in this process; 2: end b in a child process, so the two daemons' relays do not share an event loop" },
-    multifd: { default: String(DEFAULT_MULTIFD_CHANNELS), description: "QEMU's multifd channels for dwcp's runs (0: off; the daemon's default, as fleet.migration.multifdChannels)" },
-    'multifd-compression': { default: MULTIFD_ON.compression, description: 'how QEMU compresses the multifd channels: none, zlib or zstd' },
+    processes: { default: '2', description: "1: both ends (providers, libp2p hosts, relays) in this process; 2: each end in a child process of its own with the daemon's V8 flags, so the two daemons' relays do not share an event loop" },
+    multifd: { default: String(DEFAULT_MULTIFD.channels), description: "QEMU's multifd channels for dwcp's runs (0: off), as fleet.migration.multifdChannels" },
+    'multifd-compression': { default: DEFAULT_MULTIFD.compression, description: 'how QEMU compresses the multifd channels: none, zlib or zstd' },
     references: { default: REFERENCES.join(','), description: "QEMU direct migrations to compare with, comma-separated: direct (QEMU's defaults: one connection, no compression), direct-multifd (dwcp's multifd settings; left out with --multifd 0)" },
   },
   parse(flags) {

@@ -23,7 +23,7 @@ import { DEFAULT_SCHEDULER_ATTEMPTS, SCHEDULER_MAX_ATTEMPTS } from './scheduler.
 import { DEFAULT_MAX_MIGRATIONS_PER_REGION, MAX_MIGRATIONS_PER_REGION } from './migrations.ts';
 import { DEFAULT_COORDINATOR_OPTIONS } from '../migration/coordinator.ts';
 import { DEFAULT_CONVERGENCE } from '../migration/convergence.ts';
-import { DEFAULT_MULTIFD_CHANNELS, MAX_MULTIFD_CHANNELS, MULTIFD_COMPRESSIONS, MULTIFD_ON } from '../cloud/qemu/migration-qmp.ts';
+import { DEFAULT_MULTIFD, MAX_MULTIFD_CHANNELS, MULTIFD_COMPRESSIONS } from '../cloud/qemu/migration-qmp.ts';
 
 const weight = z.number().min(0).max(100);
 const WeightsSchema = z.strictObject(Object.fromEntries(PLACEMENT_FACTORS.map((f) => [f, weight.optional()])) as Record<PlacementFactor, z.ZodOptional<typeof weight>>);
@@ -66,9 +66,9 @@ export const FleetSettingsSchema = z
         convergeTimeoutMs: z.number().int().min(1_000).max(86_400_000).default(DEFAULT_CONVERGENCE.timeoutMs),
         /** qemu live: how this daemon compresses the migration stream and disk mirror it sends (each frame says how, so the two ends may differ). */
         liveCodec: z.enum(['lz4', 'none']).default('lz4'),
-        /** qemu live: QEMU's multifd connections for the memory stream, beside the main one (0: off, the default: see migration-qmp.ts Multifd), and how QEMU compresses them. */
-        multifdChannels: z.number().int().min(0).max(MAX_MULTIFD_CHANNELS).default(DEFAULT_MULTIFD_CHANNELS),
-        multifdCompression: z.enum(MULTIFD_COMPRESSIONS).default(MULTIFD_ON.compression),
+        /** qemu live: QEMU's multifd connections for the memory stream, beside the main one (0: off), and how QEMU compresses them. */
+        multifdChannels: z.number().int().min(0).max(MAX_MULTIFD_CHANNELS).default(DEFAULT_MULTIFD.channels),
+        multifdCompression: z.enum(MULTIFD_COMPRESSIONS).default(DEFAULT_MULTIFD.compression),
       })
       .default({
         maxConcurrentPerRegion: DEFAULT_MAX_MIGRATIONS_PER_REGION,
@@ -79,8 +79,8 @@ export const FleetSettingsSchema = z
         autoConvergeAfterRounds: DEFAULT_CONVERGENCE.armAfterRounds,
         convergeTimeoutMs: DEFAULT_CONVERGENCE.timeoutMs,
         liveCodec: 'lz4',
-        multifdChannels: DEFAULT_MULTIFD_CHANNELS,
-        multifdCompression: MULTIFD_ON.compression,
+        multifdChannels: DEFAULT_MULTIFD.channels,
+        multifdCompression: DEFAULT_MULTIFD.compression,
       }),
   })
   .superRefine((f, ctx) => {

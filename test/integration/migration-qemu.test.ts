@@ -25,7 +25,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationInfo } from '../../src/admin/schema.ts';
-import { MULTIFD_ON } from '../../src/cloud/qemu/migration-qmp.ts';
+import { DEFAULT_MULTIFD } from '../../src/cloud/qemu/migration-qmp.ts';
 import { destroyWithGuests, GUEST_IMAGE, guestImagesDir, qemuProcesses, serialTicks } from '../support/qemu.ts';
 import { fleetCtl } from './fleet-ctl.ts';
 import { RaftCluster } from './raft-cluster.ts';
@@ -156,7 +156,7 @@ describe('qemu → qemu migrations between real daemons (TCG guests)', () => {
     expect(after[0]?.[0]).toBe((last?.[0] ?? 0) + 1);
     // QEMU's memory stream came as its main connection and the default multifd ones, each carried as a state stream of its own.
     const opens = cluster.daemon(to).lines.filter((l) => l.msg === 'migration channel open' && l.migration === id && l.channel === 'state');
-    expect(opens).toHaveLength(1 + MULTIFD_ON.channels);
+    expect(opens).toHaveLength(1 + DEFAULT_MULTIFD.channels);
     const m = await json<MigrationInfo>(2, 'migration', 'status', id);
     expect(m).toMatchObject({ result: 'completed', mode: 'live' });
     expect(Number(m.downtime_ms)).toBeGreaterThanOrEqual(0);

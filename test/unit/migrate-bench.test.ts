@@ -7,7 +7,7 @@
  * nothing about speed.
  */
 import { describe, expect, it } from 'vitest';
-import { MULTIFD_ON } from '../../src/cloud/qemu/migration-qmp.ts';
+import { DEFAULT_MULTIFD } from '../../src/cloud/qemu/migration-qmp.ts';
 import { runBench } from '../support/bench-cli.ts';
 
 const nonNegative = expect.toSatisfy((v: unknown) => typeof v === 'number' && Number.isFinite(v) && v >= 0);
@@ -23,7 +23,7 @@ describe('bench migrate', () => {
       bench: 'migrate',
       loadavg: expect.any(Array),
       loadavg_after: expect.any(Array),
-      options: { runs: 1, rates_mib_s: [0], memory_mib: 128, downtime_limit_ms: 300, multifd: MULTIFD_ON, references: ['direct', 'direct-multifd'] },
+      options: { runs: 1, rates_mib_s: [0], memory_mib: 128, downtime_limit_ms: 300, multifd: DEFAULT_MULTIFD, references: ['direct', 'direct-multifd'] },
       ratios: { total_p50: expect.any(String) },
       results: [{ rate_mib_s: 0, dwcp: side, references: [{ method: 'direct', ...side, ratio: { total_p50: nonNegative } }, { method: 'direct-multifd', ...side, ratio: { total_p50: nonNegative } }] }],
     });

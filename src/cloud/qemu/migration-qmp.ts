@@ -45,7 +45,7 @@ export const MAX_MULTIFD_CHANNELS = 8;
  * stay on the main channel as markers, as without multifd. Both QEMUs must
  * be set alike before the stream starts.
  *
- * On by default (DEFAULT_MULTIFD_CHANNELS) since 2026-12-08. It was off for
+ * On by default (DEFAULT_MULTIFD) again since 2026-12-08. It was off for
  * a day: with QEMU 7.2 under TCG, two of about 130 multifd migrations left a
  * guest whose kernel soon died of corrupted memory. Plain migrations did
  * too, QEMU's own direct one among them: QEMU before 9.0 loses guest stores
@@ -59,10 +59,8 @@ export interface Multifd {
   readonly compression: MultifdCompression;
 }
 
-/** What multifd is when turned on without more said (fleet.migration.multifdChannels, multifdCompression). */
-export const MULTIFD_ON: Multifd = { channels: 2, compression: 'zstd' };
-/** fleet.migration.multifdChannels unless configured: on, MULTIFD_ON's channels (see Multifd). */
-export const DEFAULT_MULTIFD_CHANNELS = MULTIFD_ON.channels;
+/** What a daemon uses unless configured otherwise (fleet.migration.multifdChannels, multifdCompression). */
+export const DEFAULT_MULTIFD: Multifd = { channels: 2, compression: 'zstd' };
 
 async function setMultifd(qmp: QmpClient, multifd: Multifd | null, capabilities: { capability: string; state: boolean }[] = []): Promise<void> {
   await qmp.execute('migrate-set-capabilities', { capabilities: [...capabilities, { capability: 'multifd', state: multifd !== null }] });
