@@ -228,7 +228,11 @@ function entrySize(keyBytes: number, valueBytes: number, revision: number, creat
 
 /** Bytes one entry takes in a snapshot (its tag, length and encoding): what a KvEntryList's encodedBytes sums. */
 export function kvSnapshotEntryBytes(keyBytes: number, valueBytes: number, revision: number, createRevision: number): number {
-  const size = entrySize(keyBytes, valueBytes, revision, createRevision);
+  return framedEntryBytes(entrySize(keyBytes, valueBytes, revision, createRevision));
+}
+
+/** An entry of `size` bytes with the tag and length that frame it in the snapshot. */
+function framedEntryBytes(size: number): number {
   return 1 + varintBytes(size) + size;
 }
 
@@ -270,7 +274,7 @@ function checkEntries(entries: KvEntryList, appliedIndex: number, maxStateBytes:
     keyBytes[i] = bytes;
     const size = entrySize(bytes, entry.value.byteLength, entry.revision, entry.createRevision);
     entryBytes[i] = size;
-    total += 1 + varintBytes(size) + size;
+    total += framedEntryBytes(size);
     stateBytes += kvEntryFootprint(bytes, entry.value.byteLength);
     previous = entry;
   }
@@ -363,8 +367,9 @@ export function kvSnapshotSource(state: KvSnapshotInput, chunkBytes = KV_SNAPSHO
         stateBytes += kvEntryFootprint(keyBytes, entry.value.byteLength);
         previous = entry;
       }
-      entriesBytes += 1 + varintBytes(size) + size;
-      yield* room(1 + varintBytes(size) + size);
+      const framed = framedEntryBytes(size);
+      entriesBytes += framed;
+      yield* room(framed);
       out[at++] = TAG.entries;
       at = writeVarint(out, at, size);
       out[at++] = TAG.key;
