@@ -258,11 +258,12 @@ export class KvStateMachine {
     machine.#appliedIndex = state.appliedIndex;
     for (const { key, value, revision, createRevision } of state.entries) {
       // A copy, so the state does not pin the whole snapshot buffer.
-      const stored = machine.#store(value, revision, createRevision, kvEntryFootprint(Buffer.byteLength(key, 'utf8'), value.byteLength));
+      const keyBytes = Buffer.byteLength(key, 'utf8');
+      const stored = machine.#store(value, revision, createRevision, kvEntryFootprint(keyBytes, value.byteLength));
       machine.#values.set(key, stored);
       machine.#keys.push(key);
       machine.#bytes += stored.footprint;
-      machine.#entriesBytes += KvStateMachine.#encodedBytes(Buffer.byteLength(key, 'utf8'), stored);
+      machine.#entriesBytes += KvStateMachine.#encodedBytes(keyBytes, stored);
     }
     for (const session of state.sessions) machine.#sessions.set(session.clientId, { ...session });
     if (state.fleet.byteLength > 0) {
