@@ -57,10 +57,8 @@ export class ValueSlabs {
   #fill = 0;
   /** Bytes of the values this holds in slabs. */
   #live = 0;
-  /** Live bytes per slab that holds any (and the current one): a slab leaves when its last value is released. */
+  /** Live bytes per slab that holds any (and the current one): a slab leaves when its last value is released. Every one is SLAB_BYTES long (#held). */
   #slabLive = new Map<Uint8Array, number>();
-  /** Bytes of the slabs in #slabLive. */
-  #held = 0;
 
   /** Copies `value` (of `place.length` bytes) into the slabs, or into a buffer of its own when large, and points `place` at the copy. */
   place(value: Uint8Array, place: ValuePlace): void {
@@ -78,11 +76,10 @@ export class ValueSlabs {
       return;
     }
     if (this.#fill + n > this.#slab.byteLength) {
-      if (this.#slabLive.get(this.#slab) === 0) this.#drop(this.#slab);
+      if (this.#slabLive.get(this.#slab) === 0) this.#slabLive.delete(this.#slab);
       this.#slab = new Uint8Array(SLAB_BYTES);
       this.#fill = 0;
       this.#slabLive.set(this.#slab, 0);
-      this.#held += SLAB_BYTES;
     }
     this.#slab.set(value, this.#fill);
     this.#slabLive.set(this.#slab, (this.#slabLive.get(this.#slab) as number) + n);
@@ -100,12 +97,13 @@ export class ValueSlabs {
     if (left === undefined || left < n) throw new RangeError(`value slabs: releasing ${n} bytes of a slab that holds ${left ?? 'none'} (released twice, or not placed here)`);
     this.#live -= n;
     this.#slabLive.set(place.slab, left - n);
-    if (left === n && place.slab !== this.#slab) this.#drop(place.slab);
+    // A slab no value lives in any more is no longer held.
+    if (left === n && place.slab !== this.#slab) this.#slabLive.delete(place.slab);
   }
 
   /** Whether the holes in the held slabs outweigh half the live values: time to repack. */
   get repackDue(): boolean {
-    return this.#held - this.#live > this.#live / 2 + 4 * SLAB_BYTES;
+    return this.#held() - this.#live > this.#live / 2 + 4 * SLAB_BYTES;
   }
 
   /**
@@ -119,17 +117,15 @@ export class ValueSlabs {
     this.#fill = 0;
     this.#live = 0;
     this.#slabLive.clear();
-    this.#held = 0;
   }
 
   /** For tests and status: live bytes in slabs, and the bytes the held slabs hold beyond them (holes, the current slab's tail). */
   get stats(): { live: number; waste: number; slabs: number } {
-    return { live: this.#live, waste: this.#held - this.#live, slabs: this.#slabLive.size };
+    return { live: this.#live, waste: this.#held() - this.#live, slabs: this.#slabLive.size };
   }
 
-  /** A slab no value lives in any more is no longer held. */
-  #drop(slab: Uint8Array): void {
-    this.#slabLive.delete(slab);
-    this.#held -= slab.byteLength;
+  /** Bytes of the held slabs (all of one size). */
+  #held(): number {
+    return this.#slabLive.size * SLAB_BYTES;
   }
 }
