@@ -10,7 +10,7 @@
  *   with chunks whose bytes hash to their names, as views of the bytes the
  *   worker hashed (a copy the caller's later reuse of `bytes` cannot touch);
  *   the first mismatch rejects with BlobStoreError `corrupt`, naming the
- *   chunk, as StagedValue.writeVerified does.
+ *   chunk (chunkMismatch), as StagedValue.writeVerified does.
  * - Results come back in call order (one worker, FIFO), and a worker that
  *   fails or exits rejects everything pending; later calls hash on the event
  *   loop instead, so a broken worker costs speed, never a transfer.
@@ -25,7 +25,7 @@
  *   should not.
  */
 import { Worker } from 'node:worker_threads';
-import { BlobStoreError, type HashedChunk } from './store.ts';
+import { chunkMismatch, type HashedChunk } from './store.ts';
 import { checksumMismatch } from '../codec/frame.ts';
 import { checkBatch, VERIFIER_WORKER_MARK, type Verdict, type VerifyAnswer, type VerifyRequest } from './chunk-verifier-worker.ts';
 
@@ -80,7 +80,7 @@ export class ChunkVerifier {
       this.release(answer.buffer);
       if (answer.checksum !== null) throw checksumMismatch(answer.checksum, frame?.checksum ?? 0);
       const ref = refs[answer.bad] as { hash: string; length: number };
-      throw new BlobStoreError('corrupt', `chunk ${ref.hash} (${ref.length} bytes) hashes to ${answer.actual}`);
+      throw chunkMismatch(ref.hash, ref.length, answer.actual);
     }
     const chunks: HashedChunk[] = [];
     let at = chunksAt;

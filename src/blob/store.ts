@@ -75,6 +75,11 @@ export class BlobStoreError extends DwcpError<(typeof CODE_OF_REASON)[BlobStoreE
   }
 }
 
+/** The refusal of a received chunk named `hash` (`length` bytes) whose bytes hash to `actual` (also raised by the blob chunk verifier). */
+export function chunkMismatch(hash: string, length: number, actual: string): BlobStoreError {
+  return new BlobStoreError('corrupt', `chunk ${hash} (${length} bytes) hashes to ${actual}`);
+}
+
 /** What a key holds now. */
 export interface StoredValue {
   key: string;
@@ -937,7 +942,7 @@ export class StagedValue {
   async writeVerified(chunks: readonly HashedChunk[]): Promise<void> {
     for (const c of chunks) {
       const actual = sha256Hex(c.bytes);
-      if (actual !== c.hash) throw new BlobStoreError('corrupt', `chunk ${c.hash} (${c.bytes.byteLength} bytes) hashes to ${actual}`);
+      if (actual !== c.hash) throw chunkMismatch(c.hash, c.bytes.byteLength, actual);
     }
     await this.writeTrusted(chunks);
   }
