@@ -32,6 +32,18 @@ import { checkBatch, VERIFIER_WORKER_MARK, type Verdict, type VerifyAnswer, type
 /** With nothing to verify for this long, the worker ends and the pool is dropped: an idle daemon holds neither. */
 const IDLE_MS = 30_000;
 
+/** A batch that is a whole codec frame (codec none): where its chunks start, and the checksum its header declares. */
+export interface BatchFrame {
+  chunksAt: number;
+  checksum: number;
+}
+
+/** Verified chunks, views of `buffer`, which goes back to the pool with `release` once they are written. */
+export interface VerifiedBatch {
+  chunks: HashedChunk[];
+  buffer: ArrayBuffer;
+}
+
 export class ChunkVerifier {
   #worker: Worker | undefined;
   #broken = false;
@@ -54,7 +66,7 @@ export class ChunkVerifier {
    * its checksum is checked first, and a mismatch rejects with the
    * CodecError `bad-checksum` that decompressing it would have raised.
    */
-  verify(bytes: Uint8Array, refs: readonly { hash: string; length: number }[], frame?: { chunksAt: number; checksum: number }): Promise<{ chunks: HashedChunk[]; buffer: ArrayBuffer }> {
+  verify(bytes: Uint8Array, refs: readonly { hash: string; length: number }[], frame?: BatchFrame): Promise<VerifiedBatch> {
     const total = bytes.byteLength;
     const buffer = this.#take(total);
     new Uint8Array(buffer, 0, total).set(bytes);
@@ -62,7 +74,7 @@ export class ChunkVerifier {
     return this.#check(buffer, total, refs, frame);
   }
 
-  async #check(buffer: ArrayBuffer, total: number, refs: readonly { hash: string; length: number }[], frame: { chunksAt: number; checksum: number } | undefined): Promise<{ chunks: HashedChunk[]; buffer: ArrayBuffer }> {
+  async #check(buffer: ArrayBuffer, total: number, refs: readonly { hash: string; length: number }[], frame: BatchFrame | undefined): Promise<VerifiedBatch> {
     const lengths = Uint32Array.from(refs, (r) => r.length);
     const hashes = refs.map((r) => r.hash).join('');
     const chunksAt = frame?.chunksAt ?? 0;

@@ -48,7 +48,7 @@ import { BlobStoreError, checkBlobKey, type BlobStore, type StagedValue } from '
 import { DwcpError } from '../errors.ts';
 import type { BlobMetrics, BlobRejectReason, TransferKind } from './metrics.ts';
 import { TransferProgress } from './progress.ts';
-import { ChunkVerifier } from './chunk-verifier.ts';
+import { ChunkVerifier, type BatchFrame } from './chunk-verifier.ts';
 import { deadline } from '../deadline.ts';
 import {
   BLOB_MANIFEST_PART_BYTES,
@@ -976,12 +976,12 @@ export class BlobReceiver {
    * verifier's thread checks it before the chunks' hashes, as decompressing
    * would have, so the event loop never reads the batch's bytes.
    */
-  async #unpack(frame: Uint8Array, refs: readonly ChunkRef[], expected: number, mode: LinkMode): Promise<{ bytes: Uint8Array; frame?: { chunksAt: number; checksum: number } }> {
+  async #unpack(frame: Uint8Array, refs: readonly ChunkRef[], expected: number, mode: LinkMode): Promise<{ bytes: Uint8Array; frame?: BatchFrame }> {
     const header = readFrameHeader(frame, BLOB_MAX_BATCH_RAW_BYTES);
     if (header.rawLength !== expected) throw new CodecError('length-mismatch', `batch frame declares ${header.rawLength} raw bytes, its ${refs.length} chunks are ${expected}`);
     const codec = codecById(header.codecId) as Codec;
     const t0 = performance.now();
-    let out: { bytes: Uint8Array; frame?: { chunksAt: number; checksum: number } };
+    let out: { bytes: Uint8Array; frame?: BatchFrame };
     if (codec.name === 'none') {
       // Only its length, as decompressing checks it (a none payload is not read).
       await codec.decompress(frame.subarray(FRAME_HEADER_BYTES), header.rawLength);
