@@ -442,9 +442,10 @@ function dataSyncFlags(noSync: boolean | undefined): number {
   return noSync === true ? constants.O_RDWR : constants.O_RDWR | constants.O_DSYNC;
 }
 
-async function writeFully(handle: fs.FileHandle, buf: Buffer, position: number): Promise<void> {
-  for (let done = 0; done < buf.length; ) {
-    const { bytesWritten } = await handle.write(buf, done, buf.length - done, position + done);
+/** Writes all of `buf` at `position` (a write may take fewer bytes than asked). */
+export async function writeFully(handle: fs.FileHandle, buf: Uint8Array, position: number): Promise<void> {
+  for (let done = 0; done < buf.byteLength; ) {
+    const { bytesWritten } = await handle.write(buf, done, buf.byteLength - done, position + done);
     done += bytesWritten;
   }
 }

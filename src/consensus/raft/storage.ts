@@ -57,7 +57,7 @@ import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync } 
 import fs from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
-import { Wal, WalCorruptionError, type WalRecord, type WalTimings } from '../../storage/wal.ts';
+import { Wal, WalCorruptionError, writeFully, type WalRecord, type WalTimings } from '../../storage/wal.ts';
 import type { Entry, HardState, Membership, PersistedState, Ready, Snapshot, SnapshotMeta, SnapshotSource } from './types.ts';
 import { EMPTY_MEMBERSHIP, RaftInputError, snapshotBytes } from './types.ts';
 import { DwcpError } from '../../errors.ts';
@@ -339,13 +339,6 @@ function checkSnapshot(snapshot: Snapshot): void {
 }
 
 /** Writes all of `bytes` at `position` (a file write may be short). */
-async function writeFully(handle: fs.FileHandle, bytes: Uint8Array, position: number): Promise<void> {
-  for (let done = 0; done < bytes.byteLength; ) {
-    const { bytesWritten } = await handle.write(bytes, done, bytes.byteLength - done, position + done);
-    done += bytesWritten;
-  }
-}
-
 /**
  * A stored snapshot's data, read from its file a chunk at a time (the core
  * asks for one chunk per message to a follower that needs the snapshot). The
