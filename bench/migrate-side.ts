@@ -22,7 +22,7 @@ import type { Libp2p } from 'libp2p';
 import { multiaddr } from '@multiformats/multiaddr';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { DirectoryImageSource } from '../src/cloud/qemu/directory-images.ts';
-import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, nextEvent, startMigration, startMirror, stopMirror, type Multifd } from '../src/cloud/qemu/migration-qmp.ts';
+import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, QmpEventWatch, startMigration, startMirror, stopMirror, type Multifd } from '../src/cloud/qemu/migration-qmp.ts';
 import { QemuProvider } from '../src/cloud/qemu/qemu-provider.ts';
 import type { FleetMigration } from '../src/fleet/migrations.ts';
 import { createLogger } from '../src/log.ts';
@@ -134,7 +134,7 @@ export class LocalSide implements Side {
       capacity: { vcpus: 4, memoryMiB: 4 * o.memoryMiB, diskGiB: 10 },
       types,
       images: new DirectoryImageSource(o.images),
-      log: createLogger('warn'),
+      log: createLogger(process.env.DWCP_BENCH_LOG === 'info' ? 'info' : 'warn'),
       utilisationIntervalMs: 0,
     });
     const side = new LocalSide(o, provider, await benchHost());
@@ -206,10 +206,11 @@ export class LocalSide implements Side {
 
   async direct(id: string, nbd: string, state: string, downtimeMs: number, multifd: Multifd | null = null): Promise<Outcome> {
     const { qmp } = await this.#provider.migrationSource(id);
+    // Polled as the daemon's live step polls (qemu-transfer.ts): at QEMU's next event, at least every 100 ms.
+    const events = new QmpEventWatch(qmp, [...MIRROR_EVENTS, ...MIGRATION_EVENTS]);
     await startMirror(qmp, nbd);
     try {
-      // Polled as the daemon's live step polls (qemu-transfer.ts): at QEMU's next event, at least every 100 ms.
-      for (const deadline = performance.now() + 60_000; (await mirrorState(qmp))?.ready !== true; await nextEvent(qmp, MIRROR_EVENTS, 100)) {
+      for (const deadline = performance.now() + 60_000; (await mirrorState(qmp))?.ready !== true; await events.next(100)) {
         if (performance.now() > deadline) throw new Error('the mirror was not ready within 60000 ms');
       }
       const startedAt = Date.now();
@@ -227,9 +228,10 @@ export class LocalSide implements Side {
           armed = true;
           await armThrottle(qmp);
         }
-        await nextEvent(qmp, MIGRATION_EVENTS, 100);
+        await events.next(100);
       }
     } finally {
+      events.close();
       await stopMirror(qmp);
     }
   }

@@ -30,7 +30,7 @@ import { CapacityError, InvalidRequestError, ProviderError, type Instance } from
 import { DirectoryImageSource, IMAGE_MANIFEST, sha256File, type ImageManifest } from '../../src/cloud/qemu/directory-images.ts';
 import { chooseAccel } from '../../src/cloud/qemu/accel.ts';
 import { QemuProvider, type QemuProviderOptions } from '../../src/cloud/qemu/qemu-provider.ts';
-import { migrationInfo, MIGRATION_EVENTS, nextEvent, startMigration } from '../../src/cloud/qemu/migration-qmp.ts';
+import { migrationInfo, MIGRATION_EVENTS, QmpEventWatch, startMigration } from '../../src/cloud/qemu/migration-qmp.ts';
 import { vmFiles } from '../../src/cloud/qemu/vm-store.ts';
 import { GUEST_IMAGE, guestImagesDir } from '../support/qemu.ts';
 import { eventually } from './harness.ts';
@@ -184,12 +184,14 @@ describe('a destination QEMU', () => {
     const path = await to.incomingEndpoint('m1', 'state', null);
     // QEMU to QEMU over the destination's socket: no daemon, no relay, nothing that would poll the destination.
     const { qmp } = await from.migrationSource(source.id);
+    const events = new QmpEventWatch(qmp, MIGRATION_EVENTS);
     await startMigration(qmp, path, 300, null);
-    for (const deadline = Date.now() + BOOT_MS; ; await nextEvent(qmp, MIGRATION_EVENTS, 500)) {
+    for (const deadline = Date.now() + BOOT_MS; ; await events.next(500)) {
       const info = await migrationInfo(qmp);
       if (info.status === 'completed') break;
       if (info.status === 'failed' || Date.now() > deadline) throw new Error(`the migration did not complete: ${info.status} ${info.error ?? ''}`);
     }
+    events.close();
     // Only QEMU's MIGRATION event at the destination can have continued it: the provider was not asked since.
     await serial(toDir, incoming.id, /^tick \d+/, 1, 60_000);
     expect((await to.get(incoming.id)).state).toBe('running');

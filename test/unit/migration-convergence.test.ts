@@ -4,7 +4,7 @@
  * what QEMU's query-migrate answers lead to, and what a peer may send.
  */
 import { describe, expect, it } from 'vitest';
-import { MIGRATION_EVENTS, nextEvent, type MigrationInfo } from '../../src/cloud/qemu/migration-qmp.ts';
+import { MIGRATION_EVENTS, QmpEventWatch, type MigrationInfo } from '../../src/cloud/qemu/migration-qmp.ts';
 import type { QmpClient, QmpEvent } from '../../src/cloud/qemu/qmp.ts';
 import { judgeConvergence } from '../../src/migration/convergence.ts';
 import { MigrateInboundSchema, MigrateMessageSchema, MigrateOutboundSchema } from '../../src/migration/migrate-wire.ts';
@@ -101,28 +101,49 @@ describe('/dwcp/migrate/2.0.0 messages', () => {
 });
 
 describe("waiting for QEMU's next migration event", () => {
-  /** A QMP client that only delivers events (all nextEvent uses). */
+  /** A QMP client that only delivers events (all a watch uses). */
   function events(): { qmp: QmpClient; emit(event: string): void; listeners(): number } {
     const listeners = new Set<(e: QmpEvent) => void>();
     const qmp = { subscribe: (l: (e: QmpEvent) => void) => (listeners.add(l), () => listeners.delete(l)) } as unknown as QmpClient;
     return { qmp, emit: (event) => [...listeners].forEach((l) => l({ event, data: {} } as QmpEvent)), listeners: () => listeners.size };
   }
 
-  it('resolves at a named event, not at another, and unsubscribes', async () => {
+  it('resolves at a named event, not at another', async () => {
     const q = events();
+    const watch = new QmpEventWatch(q.qmp, MIGRATION_EVENTS);
     let done = false;
-    const waiting = nextEvent(q.qmp, MIGRATION_EVENTS, 60_000).then(() => (done = true));
+    const waiting = watch.next(60_000).then(() => (done = true));
     q.emit('BLOCK_JOB_READY');
     await Promise.resolve();
     expect(done).toBe(false);
     q.emit('MIGRATION');
     await waiting;
+    watch.close();
     expect(q.listeners()).toBe(0);
   });
 
-  it('resolves after the interval when no event comes, and unsubscribes', async () => {
+  it('does not sleep through an event that came before the wait (while the query it follows was in flight)', async () => {
     const q = events();
-    await nextEvent(q.qmp, MIGRATION_EVENTS, 5);
+    const watch = new QmpEventWatch(q.qmp, MIGRATION_EVENTS);
+    q.emit('MIGRATION');
+    const t0 = performance.now();
+    await watch.next(60_000);
+    expect(performance.now() - t0).toBeLessThan(1_000);
+    // Taken once: the next wait waits again (here for its interval).
+    let done = false;
+    const waiting = watch.next(60_000).then(() => (done = true));
+    await Promise.resolve();
+    expect(done).toBe(false);
+    watch.close();
+    await waiting;
+    expect(q.listeners()).toBe(0);
+  });
+
+  it('resolves after the interval when no event comes', async () => {
+    const q = events();
+    const watch = new QmpEventWatch(q.qmp, MIGRATION_EVENTS);
+    await watch.next(5);
+    watch.close();
     expect(q.listeners()).toBe(0);
   });
 });

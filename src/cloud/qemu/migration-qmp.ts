@@ -122,11 +122,30 @@ export async function mirrorState(qmp: QmpClient): Promise<{ ready: boolean; off
  * destination a consistent copy; after an aborted one it just stops.
  */
 export async function stopMirror(qmp: QmpClient, waitMs = 10_000): Promise<void> {
-  await qmp.execute('block-job-cancel', { device: MIRROR_JOB, force: true }).catch(() => undefined);
-  for (const until = performance.now() + waitMs; performance.now() < until; ) {
-    if ((await mirrorState(qmp).catch(() => null)) === null) break;
-    await nextEvent(qmp, MIRROR_EVENTS, 20);
+  await cancelMirror(qmp, waitMs);
+  await releaseMirrorTarget(qmp);
+}
+
+/** The first half of stopMirror: cancels the mirror job and waits (at most `waitMs`) until QEMU no longer lists it. */
+export async function cancelMirror(qmp: QmpClient, waitMs = 10_000): Promise<void> {
+  const watch = new QmpEventWatch(qmp, MIRROR_EVENTS);
+  try {
+    await qmp.execute('block-job-cancel', { device: MIRROR_JOB, force: true }).catch(() => undefined);
+    for (const until = performance.now() + waitMs; performance.now() < until; await watch.next(20)) {
+      if ((await mirrorState(qmp).catch(() => null)) === null) break;
+    }
+  } finally {
+    watch.close();
   }
+}
+
+/**
+ * The second half: removes the mirror's NBD node, which closes its
+ * connection. Through a relay that can take a round trip through both
+ * daemons (QEMU's NBD client closes its connection politely), so a caller
+ * whose mirror is already cancelled need not wait for it.
+ */
+export async function releaseMirrorTarget(qmp: QmpClient): Promise<void> {
   await qmp.execute('blockdev-del', { 'node-name': MIRROR_NODE }).catch(() => undefined);
 }
 
@@ -135,24 +154,57 @@ export const MIRROR_EVENTS = ['BLOCK_JOB_READY', 'BLOCK_JOB_COMPLETED', 'BLOCK_J
 export const MIGRATION_EVENTS = ['MIGRATION', 'MIGRATION_PASS'] as const;
 
 /**
- * Resolves at QEMU's next event named in `events`, or after `ms`, whichever
- * comes first: a watcher that polls query-block-jobs or query-migrate
- * waits on this rather than a bare timer, so it answers a state change at
- * once instead of up to a poll interval late (a live migration's total
- * time includes that wait), and still looks again at least every `ms`.
+ * QEMU's events named in `events`, watched from the moment the watch is
+ * made: `next(ms)` resolves at once if one came since the last `next` (or
+ * since the watch was made), else at the next one or after `ms`, whichever
+ * comes first. A watcher that polls query-block-jobs or query-migrate waits
+ * on this rather than a bare timer, so it answers a state change at once
+ * instead of up to a poll interval late (a live migration's total time
+ * includes that wait), and still looks again at least every `ms`.
+ *
+ * Why a watch made before the first query and not a wait subscribed after
+ * each one: QEMU often says `completed` while the query-migrate that its
+ * previous MIGRATION_PASS woke is still in flight; a wait that subscribed
+ * only once that query answered ("active") slept through the event for the
+ * whole interval, ~100 ms of every live migration (bench/RESULTS.md,
+ * migrate, "A lost wake-up").
+ *
+ * One waiter at a time; `close` unsubscribes and ends a wait under way.
  */
-export function nextEvent(qmp: QmpClient, events: readonly string[], ms: number): Promise<void> {
-  return new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(timer);
-      unsubscribe();
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    const unsubscribe = qmp.subscribe((e: QmpEvent) => {
-      if (events.includes(e.event)) done();
+export class QmpEventWatch {
+  readonly #unsubscribe: () => void;
+  #seen = false;
+  #wake: (() => void) | null = null;
+
+  constructor(qmp: Pick<QmpClient, 'subscribe'>, events: readonly string[]) {
+    this.#unsubscribe = qmp.subscribe((e: QmpEvent) => {
+      if (!events.includes(e.event)) return;
+      this.#seen = true;
+      this.#wake?.();
     });
-  });
+  }
+
+  next(ms: number): Promise<void> {
+    if (this.#seen) {
+      this.#seen = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#wake = null;
+        this.#seen = false;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#wake = done;
+    });
+  }
+
+  close(): void {
+    this.#unsubscribe();
+    this.#wake?.();
+  }
 }
 
 /**
