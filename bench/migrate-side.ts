@@ -63,7 +63,8 @@ export interface Side {
   setPeer(name: string, peerId: string, addr?: string): Promise<void>;
   /** Creates a guest (an incoming one for a migration id, waiting for a live stream); resolves to its id. */
   create(name: string, image: string, incoming?: string): Promise<string>;
-  running(id: string): Promise<boolean>;
+  /** Resolves once the provider has run the guest (its own state, no QMP query per look), or throws after `ms`. */
+  waitRunning(id: string, ms: number): Promise<void>;
   terminate(id: string): Promise<void>;
   serialLog(id: string): Promise<string>;
   paused(id: string): Promise<boolean>;
@@ -158,8 +159,10 @@ export class LocalSide implements Side {
     return vm.id;
   }
 
-  async running(id: string): Promise<boolean> {
-    return (await this.#provider.get(id)).state === 'running';
+  async waitRunning(id: string, ms: number): Promise<void> {
+    // Looked at often and cheaply in this process: the total time includes this wait, and asking QEMU every
+    // millisecond (get()) would load the destination while it loads the state.
+    await until('the destination running', ms, async () => (this.#provider.observedState(id) === 'running' ? true : undefined), 1);
   }
 
   async terminate(id: string): Promise<void> {
@@ -285,7 +288,7 @@ export async function forkSide(o: SideOptions): Promise<Side & { readonly child:
     p2p: () => call('p2p'),
     setPeer: (name, peerId, addr) => call('setPeer', name, peerId, addr),
     create: (name, image, incoming) => call('create', name, image, incoming),
-    running: (id) => call('running', id),
+    waitRunning: (id, ms) => call('waitRunning', id, ms),
     terminate: (id) => call('terminate', id),
     serialLog: (id) => call('serialLog', id),
     paused: (id) => call('paused', id),

@@ -281,8 +281,8 @@ export async function runMigrateBench(o: MigrateOptions): Promise<object> {
         let cpuMs = 0;
         try {
           outcome = method === 'dwcp' ? await from.live(m, guest) : await from.direct(guest, await to.incomingEndpoint(id, 'disk'), await to.incomingEndpoint(id, 'state', directMultifd), o.downtimeMs, directMultifd);
-          // Polled often for both methods: the direct reference's destination is often still loading when its source completes.
-          await until('the destination running', 60_000, async () => ((await to.running(incoming)) ? true : undefined), 2);
+          // For both methods: the direct reference's destination is often still loading when its source completes.
+          await to.waitRunning(incoming, 60_000);
           totalMs = performance.now() - t0;
           cpuMs = (await cpuOf()) - cpu0;
           // In the destination's own log: the source ticks on through the pre-copy, and a guest broken by its migration may run without ticking.

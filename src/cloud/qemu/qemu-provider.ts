@@ -386,6 +386,18 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
     return this.#instance(g);
   }
 
+  /**
+   * The guest's state as last observed, without reading /proc or asking
+   * QEMU (get() does both, each time): for a caller that waits for a change
+   * the provider sees by itself (an incoming guest is run at QEMU's
+   * MIGRATION event) and must not load the host while it waits, as the
+   * migrate bench's wait for the destination does. Undefined for an id this
+   * provider does not hold.
+   */
+  observedState(id: string): InstanceState | undefined {
+    return this.#guests.get(id)?.state;
+  }
+
   #find(id: string, operation: string): Guest {
     if (typeof id !== 'string' || !ID_RE.test(id)) throw new InvalidRequestError('qemu', operation, 'InvalidInstanceID.Malformed', `id: ${JSON.stringify(id)} is not a qemu VM id (qemu- and 12 hex digits)`);
     const g = this.#guests.get(id);
