@@ -55,7 +55,7 @@ import { DEFAULT_CONVERGENCE, judgeConvergence, type ConvergenceOptions } from '
 import { liveCodecFor, type LiveCodec } from './live-codec.ts';
 import type { MigrateService } from './migrate-service.ts';
 import { pipe, type PipeCounts } from './relay.ts';
-import type { MigrateChannel } from './migrate-wire.ts';
+import type { MigrateChannel, MigrateChannelStream } from './migrate-wire.ts';
 import type { MigrationTransfer, TransferHandle, TransferRequest } from './transfer.ts';
 
 /** QEMU's own default downtime limit, used when the migration names none. */
@@ -187,23 +187,46 @@ class StepRun implements TransferHandle {
      * socket: that ends the disk channel, not the step.
      */
     const settled = (channel: MigrateChannel): boolean => channel === 'disk' && completed;
+    /**
+     * The disk channel is opened when the step starts, not when QEMU's
+     * blockdev-add connects: the target prepares its end meanwhile (the NBD
+     * export: QMP round trips to its QEMU), so the mirror does not wait for
+     * the channel's open and accept (15-80 ms, bench/RESULTS.md); the
+     * export's greeting waits in the stream until QEMU connects. The state
+     * channels are opened as QEMU connects: a destination QEMU with multifd
+     * reads the first bytes of every incoming connection to tell the main
+     * channel from the others, and it waits for them inside its main loop
+     * (QMP, the NBD export and all), so no state connection may reach it
+     * before the source QEMU has something to send on it. QEMU's k-th
+     * state connection takes the stream numbered k. A disk channel QEMU
+     * never took is reset when the step ends.
+     */
+    const open = (kind: MigrateChannel, stream: number): Promise<MigrateChannelStream> => this.#o.channels.open(m.target.region, m.id, kind, { signal, ...(kind === 'state' ? { stream, multifd } : {}) });
+    const disk = open('disk', 0);
+    let diskTaken = false;
     // A broken channel fails the step at once (QEMU would notice only when it next writes).
     const broken = new Promise<never>((_, reject) => {
-      const relay = (channel: MigrateChannel) => async (socket: Socket, stream: number) => {
+      const failed = (kind: MigrateChannel, err: unknown): void => reject(new StepFailed(`the ${kind} channel to ${m.target.region}: ${errorText(err)}`));
+      const relay = (kind: MigrateChannel) => async (socket: Socket, stream: number) => {
         sockets.push(socket);
         try {
-          const ch = await this.#o.channels.open(m.target.region, m.id, channel, { signal, ...(channel === 'state' ? { stream, multifd } : {}) });
+          if (kind === 'disk') diskTaken = true;
+          const ch = await (kind === 'disk' ? disk : open(kind, stream));
           const c: PipeCounts = { sent: 0, received: 0 };
           counts.push(c);
-          const piped = pipe(ch, socket, c, channel === 'state' ? liveCodecFor({ stream, multifd }, this.#o.codec) : this.#o.codec).catch((err: unknown) => (settled(channel) ? c : Promise.reject(err)));
-          if (channel === 'state') statePipes.push(piped);
+          const piped = pipe(ch, socket, c, kind === 'state' ? liveCodecFor({ stream, multifd }, this.#o.codec) : this.#o.codec).catch((err: unknown) => (settled(kind) ? c : Promise.reject(err)));
+          if (kind === 'state') statePipes.push(piped);
           await piped;
         } catch (err) {
           socket.destroy();
-          reject(new StepFailed(`the ${channel} channel to ${m.target.region}: ${errorText(err)}`));
+          failed(kind, err);
         }
       };
       void Promise.all([this.#listen(source.files.nbdOut, 1, relay('disk')), this.#listen(source.files.migrateOut, 1 + (multifd?.channels ?? 0), relay('state'))]).catch(reject);
+      disk.catch((err: unknown) => failed('disk', err));
+    });
+    this.#cleanups.push(async () => {
+      if (!diskTaken) await disk.then((ch) => ch.reset(new Error('the live step ended before QEMU took this channel')), () => undefined);
     });
     broken.catch(() => undefined);
     const aborted = new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }));
