@@ -23,6 +23,7 @@ import { decodeFleetResult, encodeFleetResult, FLEET_MAX_RESULT_BYTES } from '..
 import type { MessageSchema } from '../net/schema.ts';
 import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireMessages, requireString, requireUint, requireUint64 } from '../net/schema.ts';
 import { KvDecodeError, kvCodec, type KvCodec } from './decode-error.ts';
+import { WRITE_WIRE_BOUNDS, decodeWriteCommand, encodeWriteCommand } from './write-command-wire.ts';
 
 export const KV_FORWARD_PROTOCOL = '/dwcp/kv/2.0.0';
 
@@ -304,14 +305,22 @@ function commandToWire({ clientId, seq, ...op }: KvCommand): object {
 /** A log entry's (or PBFT request's) command; not a frame of its own, so it throws KvDecodeError. */
 export const KvCommandSchema: KvCodec<KvCommand> = kvCodec(reshapedSchema(kvProto.lookupType('dwcp.kv.v1.KvCommand'), commandToWire, validateKvCommand));
 
-/** Throws KvDecodeError naming the field when `cmd` is out of bounds. */
+if (WRITE_WIRE_BOUNDS.keyBytes !== KV_MAX_KEY_BYTES || WRITE_WIRE_BOUNDS.valueBytes !== KV_MAX_VALUE_BYTES || WRITE_WIRE_BOUNDS.clientIdUnits !== KV_MAX_CLIENT_ID) {
+  throw new Error('write-command-wire.ts bounds differ from command.ts');
+}
+
+/**
+ * Throws KvDecodeError naming the field when `cmd` is out of bounds. Puts,
+ * deletes and cas take the direct codec (write-command-wire.ts: the same
+ * bytes), everything else and every refusal the schema.
+ */
 export function encodeKvCommand(cmd: KvCommand): Uint8Array {
-  return KvCommandSchema.encode(cmd);
+  return encodeWriteCommand(cmd) ?? KvCommandSchema.encode(cmd);
 }
 
 /** Throws KvDecodeError naming the field; values are views of `bytes`, not copies. */
 export function decodeKvCommand(bytes: Uint8Array): KvCommand {
-  return KvCommandSchema.decode(bytes);
+  return decodeWriteCommand(bytes) ?? KvCommandSchema.decode(bytes);
 }
 
 // Results.

@@ -1,0 +1,193 @@
+/**
+ * The direct codec of the three write commands every client write takes (put,
+ * delete, cas): their protobuf bytes written and read by hand, without
+ * protobufjs' fromObject/toObject round trip, the decimal-string uint64s and
+ * the generic field validators. A put's command is encoded once and decoded
+ * four to five times (the follower checking what it forwards, the leader
+ * checking what it was forwarded, every member applying it), and the schema
+ * path took 5–10 % of a member's CPU at 64 clients (bench/RESULTS.md).
+ *
+ * Invariants (the schema path in command.ts stays the definition; this is a
+ * shortcut that must never disagree with it):
+ * - encodeWriteCommand returns exactly the bytes the schema path writes for
+ *   the same command (fields in field-number order, a proto3 default, the
+ *   empty value or a cas's revision 0, left out, as protobufjs does), or null for any command it does not handle
+ *   or that breaks a bound; the caller then takes the schema path, which
+ *   encodes it or throws the error naming the field.
+ * - decodeWriteCommand returns what the schema path's decode returns for the
+ *   same bytes (the same fields, in the same order, the value a view of the
+ *   input of the input's own type), or null for anything but the layout
+ *   encodeWriteCommand writes of a command within every bound: an unknown,
+ *   repeated, missing or reordered field, a non-minimal length, invalid
+ *   UTF-8, an empty (absent) value, a bound broken. Null sends the caller to the
+ *   schema path, which accepts what protobuf tolerates and names the error
+ *   of what it refuses, so the set of accepted encodings is unchanged.
+ */
+import { Buffer, isUtf8 } from 'node:buffer';
+import type { KvCommand } from './command.ts';
+
+/** Bounds of command.ts (KV_MAX_KEY_BYTES, KV_MAX_VALUE_BYTES, KV_MAX_CLIENT_ID), repeated here to keep this module free of a cycle; command.ts checks they agree. */
+export const WRITE_WIRE_BOUNDS = { keyBytes: 1024, valueBytes: 1024 * 1024, clientIdUnits: 128 } as const;
+
+// Tags: (field number << 3) | wire type; 2 = length-delimited, 0 = varint.
+const TAG_CLIENT_ID = 0x0a;
+const TAG_SEQ = 0x10;
+const TAG_PUT = 0x1a;
+const TAG_DELETE = 0x22;
+const TAG_CAS = 0x2a;
+const TAG_KEY = 0x0a;
+const TAG_PUT_VALUE = 0x12;
+const TAG_CAS_REVISION = 0x10;
+const TAG_CAS_VALUE = 0x1a;
+
+type WriteCommand = Extract<KvCommand, { op: 'put' | 'delete' | 'cas' }>;
+
+function varintBytes(n: number): number {
+  let bytes = 1;
+  for (let rest = n; rest >= 0x80; rest = Math.floor(rest / 0x80)) bytes++;
+  return bytes;
+}
+
+function writeVarint(buf: Uint8Array, at: number, n: number): number {
+  let rest = n;
+  while (rest >= 0x80) {
+    buf[at++] = (rest % 0x80) | 0x80;
+    rest = Math.floor(rest / 0x80);
+  }
+  buf[at++] = rest;
+  return at;
+}
+
+function validText(s: unknown, maxUnits: number): s is string {
+  return typeof s === 'string' && s !== '' && s.length <= maxUnits && s.isWellFormed();
+}
+
+/** The schema path's bytes for a put, delete or cas within bounds; null for anything else. */
+export function encodeWriteCommand(cmd: KvCommand): Buffer | null {
+  if (cmd.op !== 'put' && cmd.op !== 'delete' && cmd.op !== 'cas') return null;
+  const { clientId, seq, key } = cmd as WriteCommand;
+  if (!validText(clientId, WRITE_WIRE_BOUNDS.clientIdUnits) || !Number.isSafeInteger(seq) || seq < 1) return null;
+  if (!validText(key, Number.MAX_SAFE_INTEGER)) return null;
+  const keyBytes = Buffer.byteLength(key, 'utf8');
+  if (keyBytes > WRITE_WIRE_BOUNDS.keyBytes) return null;
+  let value: Uint8Array | null = null;
+  let revision = -1;
+  if (cmd.op !== 'delete') {
+    if (!(cmd.value instanceof Uint8Array) || cmd.value.byteLength > WRITE_WIRE_BOUNDS.valueBytes) return null;
+    // protobufjs leaves proto3 defaults (an empty bytes, a zero) out of the encoding.
+    if (cmd.value.byteLength > 0) value = cmd.value;
+  }
+  if (cmd.op === 'cas') {
+    if (!Number.isSafeInteger(cmd.expectedRevision) || cmd.expectedRevision < 0) return null;
+    if (cmd.expectedRevision > 0) revision = cmd.expectedRevision;
+  }
+  const idBytes = Buffer.byteLength(clientId, 'utf8');
+  let body = 1 + varintBytes(keyBytes) + keyBytes;
+  if (revision >= 0) body += 1 + varintBytes(revision);
+  if (value !== null) body += 1 + varintBytes(value.byteLength) + value.byteLength;
+  const total = 1 + varintBytes(idBytes) + idBytes + 1 + varintBytes(seq) + 1 + varintBytes(body) + body;
+  const out = Buffer.allocUnsafe(total);
+  out[0] = TAG_CLIENT_ID;
+  let at = writeVarint(out, 1, idBytes);
+  at += out.write(clientId, at, idBytes, 'utf8');
+  out[at++] = TAG_SEQ;
+  at = writeVarint(out, at, seq);
+  out[at++] = cmd.op === 'put' ? TAG_PUT : cmd.op === 'delete' ? TAG_DELETE : TAG_CAS;
+  at = writeVarint(out, at, body);
+  out[at++] = TAG_KEY;
+  at = writeVarint(out, at, keyBytes);
+  at += out.write(key, at, keyBytes, 'utf8');
+  if (revision >= 0) {
+    out[at++] = TAG_CAS_REVISION;
+    at = writeVarint(out, at, revision);
+  }
+  if (value !== null) {
+    out[at++] = cmd.op === 'put' ? TAG_PUT_VALUE : TAG_CAS_VALUE;
+    at = writeVarint(out, at, value.byteLength);
+    out.set(value, at);
+    at += value.byteLength;
+  }
+  return at === total ? out : null;
+}
+
+/** A cursor over the input; every read returns -1 (or null) on anything the direct path does not take. */
+class Cursor {
+  readonly bytes: Uint8Array;
+  at: number;
+  readonly end: number;
+  #text: Buffer | null = null;
+
+  constructor(bytes: Uint8Array, at: number, end: number) {
+    this.bytes = bytes;
+    this.at = at;
+    this.end = end;
+  }
+
+  /** A minimal varint below 2^53, or -1. */
+  varint(): number {
+    let value = 0;
+    let scale = 1;
+    for (let i = 0; i < 8 && this.at < this.end; i++) {
+      const b = this.bytes[this.at++]!;
+      value += (b & 0x7f) * scale;
+      if (b < 0x80) return (b === 0 && i > 0) || value > Number.MAX_SAFE_INTEGER ? -1 : value;
+      scale *= 0x80;
+    }
+    return -1;
+  }
+
+  /** The length of a length-delimited field that fits in what is left, or -1. */
+  length(): number {
+    const n = this.varint();
+    return n < 0 || n > this.end - this.at ? -1 : n;
+  }
+
+  tag(expected: number): boolean {
+    if (this.at >= this.end || this.bytes[this.at] !== expected) return false;
+    this.at++;
+    return true;
+  }
+
+  /** A non-empty, valid UTF-8 string of at most maxBytes bytes, or null. */
+  text(maxBytes: number): string | null {
+    const n = this.length();
+    if (n <= 0 || n > maxBytes) return null;
+    const start = this.at;
+    this.at += n;
+    const { bytes } = this;
+    this.#text ??= Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const view = this.#text.subarray(start, start + n);
+    return isUtf8(view) ? view.toString('utf8') : null;
+  }
+}
+
+/** What the schema path decodes from these bytes, when they are a put, delete or cas as encodeWriteCommand writes it; else null. */
+export function decodeWriteCommand(bytes: Uint8Array): WriteCommand | null {
+  const c = new Cursor(bytes, 0, bytes.byteLength);
+  if (!c.tag(TAG_CLIENT_ID)) return null;
+  // At most 3 UTF-8 bytes per UTF-16 unit; the unit count is checked on the string.
+  const clientId = c.text(3 * WRITE_WIRE_BOUNDS.clientIdUnits);
+  if (clientId === null || clientId.length > WRITE_WIRE_BOUNDS.clientIdUnits || !c.tag(TAG_SEQ)) return null;
+  const seq = c.varint();
+  if (seq < 1 || c.at >= c.end) return null;
+  const opTag = bytes[c.at++];
+  const op = opTag === TAG_PUT ? 'put' : opTag === TAG_DELETE ? 'delete' : opTag === TAG_CAS ? 'cas' : null;
+  if (op === null) return null;
+  const body = c.length();
+  // The op's message must end the command: anything after it is a field the direct path does not take.
+  if (body < 0 || c.at + body !== c.end || !c.tag(TAG_KEY)) return null;
+  const key = c.text(WRITE_WIRE_BOUNDS.keyBytes);
+  if (key === null || !key.isWellFormed()) return null;
+  if (op === 'delete') return c.at === c.end ? { clientId, seq, op, key } : null;
+  // A cas expecting revision 0 has no revision field (a proto3 default is not written).
+  let expectedRevision = 0;
+  if (op === 'cas' && c.tag(TAG_CAS_REVISION)) {
+    expectedRevision = c.varint();
+    if (expectedRevision < 0) return null;
+  }
+  if (!c.tag(op === 'put' ? TAG_PUT_VALUE : TAG_CAS_VALUE)) return null;
+  const n = c.length();
+  if (n <= 0 || n > WRITE_WIRE_BOUNDS.valueBytes || c.at + n !== c.end) return null;
+  const value = bytes.subarray(c.at, c.end);
+  return op === 'put' ? { clientId, seq, op, key, value } : { clientId, seq, op, key, expectedRevision, value };
+}
