@@ -189,7 +189,13 @@ export interface MemberMemory {
   end_rss_mb: number[];
 }
 
-export type LevelResult = ClosedLoopResult & { memory: MemberMemory | null };
+/**
+ * `cpu_ms_per_put`: the members' CPU time (user + system, all members summed,
+ * /proc/PID/stat) over the measured window, per successful put: the figure
+ * that does not move with the machine's load the way throughput does, since
+ * the members are CPU-bound on a small machine. null where /proc cannot be read.
+ */
+export type LevelResult = ClosedLoopResult & { memory: MemberMemory | null; cpu_ms_per_put: number | null };
 
 export interface RatioRow {
   ratio: 'dwcp/etcd';
@@ -290,6 +296,26 @@ async function withMemory<T>(pids: readonly number[] | undefined, run: Promise<T
   }
 }
 
+/** USER_HZ: the unit of /proc/PID/stat's times on every Linux this runs on. */
+const CLOCK_TICKS_PER_S = 100;
+
+/** User + system CPU of all `pids` in ms (Linux), or null where it cannot be read. */
+async function membersCpuMs(pids: readonly number[] | undefined): Promise<number | null> {
+  if (pids === undefined || pids.length === 0) return null;
+  try {
+    let ticks = 0;
+    for (const pid of pids) {
+      const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+      // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]);
+    }
+    return Number.isFinite(ticks) ? (ticks * 1000) / CLOCK_TICKS_PER_S : null;
+  } catch {
+    return null;
+  }
+}
+
 const TMPFS_MAGIC = 0x01021994;
 
 async function measureSystem(name: SystemName, opts: RaftBenchOptions): Promise<{ results: LevelResult[]; version: string | null }> {
@@ -300,8 +326,12 @@ async function measureSystem(name: SystemName, opts: RaftBenchOptions): Promise<
     for (const clients of opts.clients) {
       const level = { clients, valueBytes: opts.valueBytes };
       if (opts.warmupMs > 0) await runClosedLoop(target, { ...level, durationMs: opts.warmupMs });
+      const cpuBefore = await membersCpuMs(target.pids);
       const measured = await withMemory(target.pids, runClosedLoop(target, { ...level, durationMs: opts.durationMs }));
-      const result: LevelResult = { ...measured.result, memory: measured.memory };
+      const cpuAfter = await membersCpuMs(target.pids);
+      const { ops } = measured.result;
+      const cpuPerPut = cpuBefore === null || cpuAfter === null || ops === 0 ? null : significant((cpuAfter - cpuBefore) / ops, 3);
+      const result: LevelResult = { ...measured.result, memory: measured.memory, cpu_ms_per_put: cpuPerPut };
       progress(JSON.stringify(result));
       if (result.errors > 0) progress(`raft: warning: ${result.errors} ${name} puts failed at ${clients} clients; first: ${result.first_error ?? ''}`);
       results.push(result);
@@ -348,8 +378,8 @@ export async function runRaftBench(opts: RaftBenchOptions) {
   const memoryCell = (m: MemberMemory | null) => (m === null ? '-' : `${m.peak_rss_mb.map((mb) => Math.round(mb)).join('/')}`);
   progress(
     renderTable(
-      ['system', 'clients', 'ops/s', 'p50 ms', 'p99 ms', 'errors', 'peak RSS MiB per member'],
-      results.map((r) => [r.system, String(r.clients), String(r.ops_per_s), cell(r.p50_ms), cell(r.p99_ms), String(r.errors), memoryCell(r.memory)]),
+      ['system', 'clients', 'ops/s', 'p50 ms', 'p99 ms', 'errors', 'members CPU ms/put', 'peak RSS MiB per member'],
+      results.map((r) => [r.system, String(r.clients), String(r.ops_per_s), cell(r.p50_ms), cell(r.p99_ms), String(r.errors), cell(r.cpu_ms_per_put), memoryCell(r.memory)]),
     ),
   );
   if (comparisons.length > 0) {

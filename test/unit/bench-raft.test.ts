@@ -179,6 +179,7 @@ describe('raft bench floors', () => {
     errors: 0,
     first_error: null,
     memory: peak === null ? null : { peak_rss_mb: peak, end_rss_mb: peak },
+    cpu_ms_per_put: null,
   });
 
   it('judges each floor on its own: throughput and p99 at 16 and 64 clients, p50 at 1, memory only in a 150 s run at 16', () => {
