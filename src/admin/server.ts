@@ -121,25 +121,33 @@ function methodLabel(path: string): string {
 
 /**
  * Counts each call once, at the status the server sends or, if the client
- * goes away first (its deadline passed, it was killed), as CANCELLED.
+ * goes away first (its deadline passed, it was killed), as CANCELLED. Each
+ * (method, code) keeps its labelled counter: prom-client would otherwise
+ * hash the labels on every call, and every KV put is a call.
  */
 function countingInterceptor(metrics: DwcpMetrics): grpc.ServerInterceptor {
+  const counters = new Map<string, { inc(): void }>();
+  const counterOf = (method: string, code: grpc.status) => {
+    const key = `${code} ${method}`;
+    let counter = counters.get(key);
+    if (counter === undefined) counters.set(key, (counter = metrics.adminRequests.labels({ method, code: grpc.status[code] ?? String(code) })));
+    return counter;
+  };
   return (methodDescriptor, call) => {
     const method = methodLabel(methodDescriptor.path);
     let counted = false;
     const count = (code: grpc.status) => {
       if (counted) return;
       counted = true;
-      metrics.adminRequests.inc({ method, code: grpc.status[code] ?? String(code) });
+      counterOf(method, code).inc();
     };
-    const responder = new grpc.ResponderBuilder()
-      .withStart((next) => next(new grpc.ServerListenerBuilder().withOnCancel(() => count(grpc.status.CANCELLED)).build()))
-      .withSendStatus((status, next) => {
+    return new grpc.ServerInterceptingCall(call, {
+      start: (next) => next({ onCancel: () => count(grpc.status.CANCELLED) }),
+      sendStatus: (status, next) => {
         count(status.code);
         next(status);
-      })
-      .build();
-    return new grpc.ServerInterceptingCall(call, responder);
+      },
+    });
   };
 }
 
@@ -179,6 +187,7 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
 
   await claimSocketPath(socketPath, logger);
 
+  // channelz off: nothing here reads it, and it keeps per-call counters and timestamps on every call.
   const server = new grpc.Server({ interceptors: [countingInterceptor(metrics)] });
   for (const { registration, definition } of services) {
     server.addService(definition, registration.implementation);
