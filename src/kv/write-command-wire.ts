@@ -23,7 +23,8 @@
  *   schema path, which accepts what protobuf tolerates and names the error
  *   of what it refuses, so the set of accepted encodings is unchanged.
  */
-import { Buffer, isUtf8 } from 'node:buffer';
+import { Buffer } from 'node:buffer';
+import { WireCursor, varintBytes, writeVarint } from '../net/wire-cursor.ts';
 import type { KvCommand } from './command.ts';
 
 /** Bounds of command.ts (KV_MAX_KEY_BYTES, KV_MAX_VALUE_BYTES, KV_MAX_CLIENT_ID), repeated here to keep this module free of a cycle; command.ts checks they agree. */
@@ -41,22 +42,6 @@ const TAG_CAS_REVISION = 0x10;
 const TAG_CAS_VALUE = 0x1a;
 
 type WriteCommand = Extract<KvCommand, { op: 'put' | 'delete' | 'cas' }>;
-
-function varintBytes(n: number): number {
-  let bytes = 1;
-  for (let rest = n; rest >= 0x80; rest = Math.floor(rest / 0x80)) bytes++;
-  return bytes;
-}
-
-function writeVarint(buf: Uint8Array, at: number, n: number): number {
-  let rest = n;
-  while (rest >= 0x80) {
-    buf[at++] = (rest % 0x80) | 0x80;
-    rest = Math.floor(rest / 0x80);
-  }
-  buf[at++] = rest;
-  return at;
-}
 
 function validText(s: unknown, maxUnits: number): s is string {
   return typeof s === 'string' && s !== '' && s.length <= maxUnits && s.isWellFormed();
@@ -110,60 +95,9 @@ export function encodeWriteCommand(cmd: KvCommand): Buffer | null {
   return at === total ? out : null;
 }
 
-/** A cursor over the input; every read returns -1 (or null) on anything the direct path does not take. */
-class Cursor {
-  readonly bytes: Uint8Array;
-  at: number;
-  readonly end: number;
-  #text: Buffer | null = null;
-
-  constructor(bytes: Uint8Array, at: number, end: number) {
-    this.bytes = bytes;
-    this.at = at;
-    this.end = end;
-  }
-
-  /** A minimal varint below 2^53, or -1. */
-  varint(): number {
-    let value = 0;
-    let scale = 1;
-    for (let i = 0; i < 8 && this.at < this.end; i++) {
-      const b = this.bytes[this.at++]!;
-      value += (b & 0x7f) * scale;
-      if (b < 0x80) return (b === 0 && i > 0) || value > Number.MAX_SAFE_INTEGER ? -1 : value;
-      scale *= 0x80;
-    }
-    return -1;
-  }
-
-  /** The length of a length-delimited field that fits in what is left, or -1. */
-  length(): number {
-    const n = this.varint();
-    return n < 0 || n > this.end - this.at ? -1 : n;
-  }
-
-  tag(expected: number): boolean {
-    if (this.at >= this.end || this.bytes[this.at] !== expected) return false;
-    this.at++;
-    return true;
-  }
-
-  /** A non-empty, valid UTF-8 string of at most maxBytes bytes, or null. */
-  text(maxBytes: number): string | null {
-    const n = this.length();
-    if (n <= 0 || n > maxBytes) return null;
-    const start = this.at;
-    this.at += n;
-    const { bytes } = this;
-    this.#text ??= Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const view = this.#text.subarray(start, start + n);
-    return isUtf8(view) ? view.toString('utf8') : null;
-  }
-}
-
 /** What the schema path decodes from these bytes, when they are a put, delete or cas as encodeWriteCommand writes it; else null. */
 export function decodeWriteCommand(bytes: Uint8Array): WriteCommand | null {
-  const c = new Cursor(bytes, 0, bytes.byteLength);
+  const c = new WireCursor(bytes);
   if (!c.tag(TAG_CLIENT_ID)) return null;
   // At most 3 UTF-8 bytes per UTF-16 unit; the unit count is checked on the string.
   const clientId = c.text(3 * WRITE_WIRE_BOUNDS.clientIdUnits);

@@ -26,6 +26,8 @@ import {
   RaftBatchSchema,
   checkRaftConfigForWire,
   decodeBatch,
+  decodeHotBatch,
+  decodeSchemaBatch,
   encodeBatches,
   encodeHotMessage,
 } from '../../src/consensus/raft/wire.ts';
@@ -205,6 +207,39 @@ describe('round trips', () => {
       }),
       { numRuns: 500 },
     );
+  });
+
+  /** What a decoder answers, comparably: the messages, or the error's text. */
+  function answer(decode: () => { messages: Message[] } | null): unknown {
+    try {
+      const batch = decode();
+      return batch === null ? null : { messages: batch.messages.map((m) => ({ keys: Object.keys(m).join(), m })) };
+    } catch (err) {
+      return { error: String(err) };
+    }
+  }
+
+  it('reads hot frames by hand with the schema path\'s answer, and leaves every other frame to it', () => {
+    const hotOnly = batch.map((ms) => ms.filter((m) => encodeHotMessage(m) !== null)).filter((ms) => ms.length > 0);
+    const framed = fc.tuple(fc.oneof(hotOnly, batch), fc.boolean()).map(([ms, mutate]) => ({ ms, frame: encodeBatches(ms)[0] as Uint8Array, mutate }));
+    const edits = fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 3 });
+    let hot = 0;
+    fc.assert(
+      fc.property(framed, edits, fc.nat(), ({ ms, frame, mutate }, changes, cut) => {
+        const bytes = Uint8Array.from(frame);
+        if (mutate) for (const [at, b] of changes) bytes[at % bytes.length] = b;
+        const input = mutate && cut % 3 === 0 ? bytes.subarray(0, cut % bytes.length) : bytes;
+        const ends = { from: ms[0]?.from ?? '', to: ms[0]?.to ?? '' };
+        const direct = answer(() => decodeHotBatch(input, ends));
+        if (direct !== null) {
+          hot++;
+          expect(direct).toEqual(answer(() => decodeSchemaBatch(input, ends)));
+        }
+        if (!mutate) expect(direct !== null).toBe(ms.every((m) => encodeHotMessage(m) !== null));
+      }),
+      { numRuns: 1500 },
+    );
+    expect(hot).toBeGreaterThan(300);
   });
 
   it('keeps order and identity when arbitrary messages are split over small frames', () => {
