@@ -18,7 +18,9 @@ import type { KvGeoItem } from '../kv/geo-keyspace.ts';
 import type { KvRouter, KvWriteAnswer, KvWriteOp } from '../kv/router.ts';
 import type { KvWriteOutcome } from '../kv/service.ts';
 import { DwcpError } from '../errors.ts';
-import { KV_SERVICE, loadAdminPackage, type KvGetResponse, type KvItem, type KvWriteOptions, type KvWriteResponse } from './schema.ts';
+import type { MethodDefinition, PackageDefinition } from '@grpc/proto-loader';
+import { KV_SERVICE, loadAdminPackage, serviceDefinition, type KvGetResponse, type KvItem, type KvWriteOptions, type KvWriteResponse } from './schema.ts';
+import { decodePutRequest, encodeWriteResponse } from './kv-write-wire.ts';
 import { asyncUnary, requireTimeout } from './call.ts';
 import type { AdminServiceRegistration } from './server.ts';
 
@@ -93,6 +95,29 @@ export function writeResponse(key: string, outcome: KvWriteOutcome): KvWriteResp
   }
 }
 
+type Method = MethodDefinition<object, object>;
+
+/**
+ * The admin package with the Kv service's hot codecs (kv-write-wire.ts:
+ * Put's request, the write methods' response) in front of proto-loader's,
+ * which stay the fallback and the definition. Every client put is one call.
+ */
+function kvPackage(): PackageDefinition {
+  const pkg = loadAdminPackage();
+  const service = serviceDefinition(pkg, KV_SERVICE) as Record<string, Method>;
+  const write = (m: Method): Method => ({ ...m, responseSerialize: (r: object) => encodeWriteResponse(r as KvWriteResponse) ?? m.responseSerialize(r) });
+  const put = write(service['Put'] as Method);
+  return {
+    ...pkg,
+    [KV_SERVICE]: {
+      ...service,
+      Put: { ...put, requestDeserialize: (b: Buffer) => decodePutRequest(b) ?? put.requestDeserialize(b) },
+      Delete: write(service['Delete'] as Method),
+      Cas: write(service['Cas'] as Method),
+    },
+  };
+}
+
 export interface KvAdminOptions {
   router: KvRouter;
   nodeName: string;
@@ -124,7 +149,7 @@ export function kvServiceRegistration(opts: KvAdminOptions): AdminServiceRegistr
 
   return {
     name: KV_SERVICE,
-    packageDefinition: loadAdminPackage(),
+    packageDefinition: kvPackage(),
     implementation: {
       Put: asyncUnary<Put, KvWriteResponse>(log, 'Put', (r) => write(r.key, { op: 'put', key: r.key, value: r.value }, r.options)),
       Delete: asyncUnary<Del, KvWriteResponse>(log, 'Delete', (r) => write(r.key, { op: 'delete', key: r.key }, r.options)),
