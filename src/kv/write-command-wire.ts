@@ -5,23 +5,24 @@
  * the generic field validators. A put's command is encoded once and decoded
  * four to five times (the follower checking what it forwards, the leader
  * checking what it was forwarded, every member applying it), and the schema
- * path took 5–10 % of a member's CPU at 64 clients (bench/RESULTS.md).
+ * path took ~6 % of the members' CPU at 64 clients (bench/RESULTS.md).
  *
  * Invariants (the schema path in command.ts stays the definition; this is a
  * shortcut that must never disagree with it):
  * - encodeWriteCommand returns exactly the bytes the schema path writes for
- *   the same command (fields in field-number order, a proto3 default, the
- *   empty value or a cas's revision 0, left out, as protobufjs does), or null for any command it does not handle
- *   or that breaks a bound; the caller then takes the schema path, which
- *   encodes it or throws the error naming the field.
+ *   the same command (fields in field-number order; a proto3 default, the
+ *   empty value or a cas's revision 0, left out, as protobufjs does), or
+ *   null for any command it does not handle or that breaks a bound; the
+ *   caller then takes the schema path, which encodes it or throws the error
+ *   naming the field.
  * - decodeWriteCommand returns what the schema path's decode returns for the
  *   same bytes (the same fields, in the same order, the value a view of the
  *   input of the input's own type), or null for anything but the layout
  *   encodeWriteCommand writes of a command within every bound: an unknown,
  *   repeated, missing or reordered field, a non-minimal length, invalid
- *   UTF-8, an empty (absent) value, a bound broken. Null sends the caller to the
- *   schema path, which accepts what protobuf tolerates and names the error
- *   of what it refuses, so the set of accepted encodings is unchanged.
+ *   UTF-8, an empty (absent) value, a bound broken. Null sends the caller
+ *   to the schema path, which accepts what protobuf tolerates and names the
+ *   error of what it refuses, so the set of accepted encodings is unchanged.
  */
 import { Buffer } from 'node:buffer';
 import { WireCursor, varintBytes, writeVarint } from '../net/wire-cursor.ts';
