@@ -16,7 +16,7 @@ import { encodeCanonical, signingBytes } from '../../src/consensus/pbft/encoding
 import type { Canonical } from '../../src/consensus/pbft/encoding.ts';
 import { PBFT_STORAGE_LAYOUT, PbftStorage, PbftStorageCorruptionError } from '../../src/consensus/pbft/storage.ts';
 import type { PbftStorageTimings } from '../../src/consensus/pbft/storage.ts';
-import type { PbftPersistedState, PersistDelta, SignedMessage, SlotRecord } from '../../src/consensus/pbft/types.ts';
+import type { PbftPersistedState, PersistDelta, PrePrepare, SignedMessage, SlotRecord } from '../../src/consensus/pbft/types.ts';
 import { PbftInputError } from '../../src/consensus/pbft/types.ts';
 import { recordBuffer, stampChecksum, u64FromKey, u64Key } from '../../src/storage/lmdb-records.ts';
 import { LockstepCluster, SMALL_PBFT_CONFIG } from '../sim/pbft-harness.ts';
@@ -56,7 +56,7 @@ function range(from: number, to: number): number[] {
 }
 
 /** The exact bytes of a state: equal iff every field, every byte and every signature came back. */
-function bytesOf(state: PbftPersistedState | SlotRecord | readonly SlotRecord[] | null | undefined): string {
+function bytesOf(state: PbftPersistedState | SlotRecord | PrePrepare | readonly SlotRecord[] | null | undefined): string {
   return Buffer.from(encodeCanonical(state as unknown as Canonical)).toString('hex');
 }
 
@@ -97,6 +97,7 @@ function rawTables() {
   return {
     root,
     slots: root.openDB<Buffer, Buffer>(PBFT_STORAGE_LAYOUT.slots, { keyEncoding: 'binary', encoding: 'binary' }),
+    prePrepares: root.openDB<Buffer, Buffer>(PBFT_STORAGE_LAYOUT.prePrepares, { keyEncoding: 'binary', encoding: 'binary' }),
     meta: root.openDB<Buffer, string>(PBFT_STORAGE_LAYOUT.meta, { encoding: 'binary' }),
   };
 }
@@ -220,7 +221,7 @@ describe('PbftStorage round trip', () => {
     expect(shapes).toEqual(new Set(['true/false/false/3', 'true/true/false/3', 'true/true/true/3', 'false/true/false/4']));
   });
 
-  it('writes a pre-prepare its certificates share once, and still loads a slot written with every copy in full (kind 1)', async () => {
+  it('writes a pre-prepare its certificates share once, and still loads slots written with every copy in full (kind 1) or shared (kind 4)', async () => {
     const prePrepare = fixturePrePrepare(2, 0);
     const shared: SlotRecord = {
       seq: 2,
@@ -248,8 +249,104 @@ describe('PbftStorage round trip', () => {
 
     await tamper((raw) => raw.slots.putSync(u64Key(3), wellSealed(1, { ...shared, seq: 3, prePrepare: fixturePrePrepare(3, 0), prepared: null, committed: null })));
     await tamper((raw) => raw.slots.putSync(u64Key(2), wellSealed(1, shared)));
+    const { prePrepare: _apart, ...rest } = shared;
+    const kind4 = { ...rest, prePrepare, prepared: { prepares: shared.prepared?.prepares ?? [] }, committed: { commits: shared.committed?.commits ?? [] } };
+    await tamper((raw) => raw.slots.putSync(u64Key(4), wellSealed(4, { ...kind4, seq: 4, prePrepare: fixturePrePrepare(4, 0) })));
     storage = await openStorage();
-    expect(bytesOf(storage.load()?.slots)).toBe(bytesOf([shared, { ...shared, seq: 3, prePrepare: fixturePrePrepare(3, 0), prepared: null, committed: null }]));
+    expect(bytesOf(storage.load()?.slots)).toBe(
+      bytesOf([
+        shared,
+        { ...shared, seq: 3, prePrepare: fixturePrePrepare(3, 0), prepared: null, committed: null },
+        { ...shared, seq: 4, prePrepare: fixturePrePrepare(4, 0), prepared: { ...kind4.prepared, prePrepare: fixturePrePrepare(4, 0) }, committed: { ...kind4.committed, prePrepare: fixturePrePrepare(4, 0) } },
+      ]),
+    );
+  });
+
+  it('writes a slot\'s pre-prepare once: later writes of the slot carry its votes, not its batch again', async () => {
+    const prePrepare = fixturePrePrepare(2, 0);
+    const stages: SlotRecord[] = [
+      { seq: 2, view: 0, prePrepare, sentPrepare: true, sentCommit: false, prepared: null, committed: null },
+      { seq: 2, view: 0, prePrepare, sentPrepare: true, sentCommit: true, prepared: { prePrepare, prepares: fixtureSlot(2, 0).prepared?.prepares ?? [] }, committed: null },
+      {
+        seq: 2,
+        view: 0,
+        prePrepare,
+        sentPrepare: true,
+        sentCommit: true,
+        prepared: { prePrepare, prepares: fixtureSlot(2, 0).prepared?.prepares ?? [] },
+        committed: { prePrepare, commits: fixtureSlot(2, 0).committed?.commits ?? [] },
+      },
+    ];
+    const writes: number[] = [];
+    let storage = await openStorage((t) => writes.push(t.bytes));
+    for (const stage of stages) await storage.persist({ view: null, stableCheckpoint: null, slots: [stage] });
+    const ppBytes = encodeCanonical(prePrepare as unknown as Canonical).length;
+    // What a write holds without the batch: the slot's fields, its pre-prepare's digest and the votes.
+    const withoutBatch = (stage: SlotRecord): number =>
+      encodeCanonical({ ...stage, prePrepare: prePrepare.digest, prepared: stage.prepared?.prepares ?? null, committed: stage.committed?.commits ?? null } as unknown as Canonical).length + 64;
+    expect(writes[0]).toBeGreaterThan(ppBytes);
+    stages.slice(1).forEach((stage, i) => expect(writes[i + 1]).toBeLessThan(withoutBatch(stage)));
+    storage = await reopen(storage);
+    const loaded = storage.load()?.slots;
+    expect(bytesOf(loaded)).toBe(bytesOf(stages.slice(2)));
+    expect(loaded?.[0]?.committed?.prePrepare).toBe(loaded?.[0]?.prePrepare);
+    // Loaded, the store knows the pre-prepare is on disk: the next write of the slot does not carry it again.
+    const before = writes.length;
+    await storage.close();
+    opened.splice(0);
+    storage = await openStorage((t) => writes.push(t.bytes));
+    const again = storage.load()?.slots[0];
+    if (again === undefined) throw new Error('slot 2 not loaded');
+    await storage.persist({ view: null, stableCheckpoint: null, slots: [{ ...again, sentCommit: true }] });
+    expect(writes.length).toBe(before + 1);
+    expect(writes.at(-1)).toBeLessThan(withoutBatch(again));
+    // Another pre-prepare for the slot (a new view's) is written with it, and is what loads.
+    const next = fixturePrePrepare(2, 1);
+    await storage.persist({ view: null, stableCheckpoint: null, slots: [{ seq: 2, view: 1, prePrepare: next, sentPrepare: true, sentCommit: false, prepared: again.prepared, committed: null }] });
+    storage = await reopen(storage);
+    expect(bytesOf(storage.load()?.slots[0]?.prePrepare)).toBe(bytesOf(next));
+    expect(bytesOf(storage.load()?.slots[0]?.prepared?.prePrepare)).toBe(bytesOf(prePrepare));
+  });
+
+  it('refuses a slot whose pre-prepare is missing or another, and a pre-prepare stored without its slot; a checkpoint deletes both', async () => {
+    await storedFixtures();
+    await tamper(({ prePrepares }) => prePrepares.removeSync(u64Key(6)));
+    let storage = await openStorage();
+    expect(loadError(storage).message).toMatch(/slot 6 is damaged \(its pre-prepare [0-9a-f]{64} is not stored\)/);
+    await storage.close();
+    opened.splice(0);
+
+    await storedFixtures();
+    await tamper(({ prePrepares }) => prePrepares.putSync(u64Key(9), prePrepares.get(u64Key(6)) ?? Buffer.alloc(0)));
+    storage = await openStorage();
+    expect(loadError(storage).message).toMatch(/pre-prepare of slot 9 is damaged \(pre-prepare.seq is not the slot's seq 9\)/);
+    await storage.close();
+    opened.splice(0);
+
+    await storedFixtures();
+    await tamper(({ prePrepares }) => prePrepares.putSync(u64Key(9), wellSealed(6, { ...fixturePrePrepare(9, 2), digest: 'f'.repeat(64) })));
+    storage = await openStorage();
+    expect(loadError(storage).message).toMatch(/slot 9 is damaged \(names pre-prepare [0-9a-f]{64}, but f{64} is stored\)/);
+    await storage.close();
+    opened.splice(0);
+
+    await storedFixtures();
+    await tamper(({ prePrepares }) => prePrepares.putSync(u64Key(40), prePrepares.get(u64Key(6)) ?? Buffer.alloc(0)));
+    storage = await openStorage();
+    expect(loadError(storage).message).toMatch(/pre-prepare of slot 40 is damaged \(stored without its slot\)/);
+    await storage.close();
+    opened.splice(0);
+
+    await storedFixtures();
+    storage = await openStorage();
+    await storage.persist({ view: null, stableCheckpoint: fixtureCheckpoint(8), slots: [] });
+    await storage.close();
+    opened.splice(0);
+    const raw = rawTables();
+    const kept = [...raw.prePrepares.getKeys()].map((k) => u64FromKey(k as Buffer));
+    await raw.root.close();
+    expect(kept.every((seq) => seq !== null && seq > 8)).toBe(true);
+    expect(kept.length).toBeGreaterThan(0);
   });
 
   it('keeps the view state and checkpoint when later deltas carry none, and upserts slots by seq', async () => {
@@ -347,7 +444,7 @@ describe('PbftStorage load-time checks', () => {
     opened.splice(0);
     await tamper(({ slots, meta }) => slots.putSync(u64Key(8), meta.get(PBFT_STORAGE_LAYOUT.viewKey) ?? Buffer.alloc(0)));
     storage = await openStorage();
-    expect(loadError(storage).problem).toBe('record kind 2, expected 1 or 4');
+    expect(loadError(storage).problem).toBe('record kind 2, expected 1 or 4 or 5');
   });
 
   it('validates the shape of records with a good checksum, naming the field', async () => {
