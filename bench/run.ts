@@ -71,6 +71,10 @@ const BENCHES: Record<string, BenchEntry> = {
     summary: 'federation scope on PBFT (4 untrusted dwcpd) vs datacenter scope on Raft (3 trusted) on this machine: closed-loop puts at 1, 16, 64 clients, PBFT/Raft ratio, Ed25519 verifications/s per core',
     load: async () => (await import('./pbft.ts')).pbftBench,
   },
+  'pbft-storage': {
+    summary: "one PBFT replica's slot writes at the 64-client bench's rate (3 writes per batch, 4 batches in flight) on the real PbftStorage: process CPU per batch and put, bytes per batch, fsync ms",
+    load: async () => (await import('./pbft-storage.ts')).pbftStorageBench,
+  },
   codec: { summary: 'our LZ4 and zstd (levels 1, 3, 9) vs the lz4 and zstd CLIs on VM-image-like data: MiB/s and ratio', load: async () => (await import('./codec.ts')).codecBench },
   delta: { summary: 'delta sync of a VM image between two daemons (wire and time vs a full sync), baseline cache hit ratio, bulk MiB/s vs raw TCP', load: async () => (await import('./delta.ts')).deltaBench },
   'fleet-records': {

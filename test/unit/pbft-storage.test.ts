@@ -14,7 +14,7 @@ import { PbftCore } from '../../src/consensus/pbft/core.ts';
 import type { Verify } from '../../src/consensus/pbft/core.ts';
 import { encodeCanonical, signingBytes } from '../../src/consensus/pbft/encoding.ts';
 import type { Canonical } from '../../src/consensus/pbft/encoding.ts';
-import { PBFT_STORAGE_LAYOUT, PbftStorage, PbftStorageCorruptionError } from '../../src/consensus/pbft/storage.ts';
+import { PBFT_STORAGE_LAYOUT, PbftStorage, PbftStorageCorruptionError, prePrepareKey } from '../../src/consensus/pbft/storage.ts';
 import type { PbftStorageTimings } from '../../src/consensus/pbft/storage.ts';
 import type { PbftPersistedState, PersistDelta, PrePrepare, SignedMessage, SlotRecord } from '../../src/consensus/pbft/types.ts';
 import { PbftInputError } from '../../src/consensus/pbft/types.ts';
@@ -97,7 +97,6 @@ function rawTables() {
   return {
     root,
     slots: root.openDB<Buffer, Buffer>(PBFT_STORAGE_LAYOUT.slots, { keyEncoding: 'binary', encoding: 'binary' }),
-    prePrepares: root.openDB<Buffer, Buffer>(PBFT_STORAGE_LAYOUT.prePrepares, { keyEncoding: 'binary', encoding: 'binary' }),
     meta: root.openDB<Buffer, string>(PBFT_STORAGE_LAYOUT.meta, { encoding: 'binary' }),
   };
 }
@@ -310,28 +309,28 @@ describe('PbftStorage round trip', () => {
 
   it('refuses a slot whose pre-prepare is missing or another, and a pre-prepare stored without its slot; a checkpoint deletes both', async () => {
     await storedFixtures();
-    await tamper(({ prePrepares }) => prePrepares.removeSync(u64Key(6)));
+    await tamper(({ slots }) => slots.removeSync(prePrepareKey(6)));
     let storage = await openStorage();
     expect(loadError(storage).message).toMatch(/slot 6 is damaged \(its pre-prepare [0-9a-f]{64} is not stored\)/);
     await storage.close();
     opened.splice(0);
 
     await storedFixtures();
-    await tamper(({ prePrepares }) => prePrepares.putSync(u64Key(9), prePrepares.get(u64Key(6)) ?? Buffer.alloc(0)));
+    await tamper(({ slots }) => slots.putSync(prePrepareKey(9), slots.get(prePrepareKey(6)) ?? Buffer.alloc(0)));
     storage = await openStorage();
     expect(loadError(storage).message).toMatch(/pre-prepare of slot 9 is damaged \(pre-prepare.seq is not the slot's seq 9\)/);
     await storage.close();
     opened.splice(0);
 
     await storedFixtures();
-    await tamper(({ prePrepares }) => prePrepares.putSync(u64Key(9), wellSealed(6, { ...fixturePrePrepare(9, 2), digest: 'f'.repeat(64) })));
+    await tamper(({ slots }) => slots.putSync(prePrepareKey(9), wellSealed(6, { ...fixturePrePrepare(9, 2), digest: 'f'.repeat(64) })));
     storage = await openStorage();
     expect(loadError(storage).message).toMatch(/slot 9 is damaged \(names pre-prepare [0-9a-f]{64}, but f{64} is stored\)/);
     await storage.close();
     opened.splice(0);
 
     await storedFixtures();
-    await tamper(({ prePrepares }) => prePrepares.putSync(u64Key(40), prePrepares.get(u64Key(6)) ?? Buffer.alloc(0)));
+    await tamper(({ slots }) => slots.putSync(prePrepareKey(40), slots.get(prePrepareKey(6)) ?? Buffer.alloc(0)));
     storage = await openStorage();
     expect(loadError(storage).message).toMatch(/pre-prepare of slot 40 is damaged \(stored without its slot\)/);
     await storage.close();
@@ -343,7 +342,7 @@ describe('PbftStorage round trip', () => {
     await storage.close();
     opened.splice(0);
     const raw = rawTables();
-    const kept = [...raw.prePrepares.getKeys()].map((k) => u64FromKey(k as Buffer));
+    const kept = [...raw.slots.getKeys()].filter((k) => (k as Buffer).length === 9).map((k) => u64FromKey((k as Buffer).subarray(0, 8)));
     await raw.root.close();
     expect(kept.every((seq) => seq !== null && seq > 8)).toBe(true);
     expect(kept.length).toBeGreaterThan(0);
@@ -380,7 +379,7 @@ describe('PbftStorage stable checkpoint', () => {
     expect(seqs(loaded)).toEqual(range(5, 11));
     await storage.close();
     opened.splice(0);
-    await tamper(({ slots }) => expect([...slots.getKeys()].map((k) => u64FromKey(k))).toEqual(range(5, 11)));
+    await tamper(({ slots }) => expect([...slots.getKeys()].filter((k) => k.length === 8).map((k) => u64FromKey(k))).toEqual(range(5, 11)));
 
     // A later checkpoint replaces the earlier one.
     storage = await openStorage();

@@ -7,9 +7,11 @@
  *
  * Layout (sub-databases of the environment at `dir`):
  * - `slots`: key = seq as 8 bytes big-endian (LMDB's byte order is seq
- *   order), value = one slot record;
- * - `pre_prepares`: same keys, value = the slot's pre-prepare (kind 6), for
- *   slots written as kind 5;
+ *   order), value = one slot record; key = those 8 bytes and 0x01 (right
+ *   after its slot in key order), value = the slot's pre-prepare (kind 6),
+ *   for slots written as kind 5 (one tree, not a table of its own: a second
+ *   sub-database written in every transaction doubled the fsync time, see
+ *   bench/RESULTS.md, pbft);
  * - `meta`: key "view" = the view state record, key "stable_checkpoint" = the
  *   stable checkpoint record; no other key.
  * Every value is a record of src/storage/lmdb-records.ts (`crc32 | kind |
@@ -20,8 +22,8 @@
  * per write, not up to three times; kind 1 (every copy in full, as written
  * before) still loads.
  *
- * Slots are now written as kind 5: the pre-prepare (its whole batch) goes to
- * `pre_prepares` once, when the slot first holds it (or holds another), and
+ * Slots are now written as kind 5: the pre-prepare (its whole batch) is
+ * written under its own key once, when the slot first holds it (or holds another), and
  * the slot record names it by digest; the slot's later writes (prepared,
  * committed) are a few hundred bytes of votes instead of the batch again. A
  * slot is written up to three times per batch on every replica, so this cuts
@@ -105,7 +107,6 @@ export class PbftStorageCorruptionError extends DwcpError<'corrupt'> {
 /** Names of the stored layout, for tools and tests that inspect it without the decoder (slot keys: u64Key(seq)). */
 export const PBFT_STORAGE_LAYOUT = {
   slots: 'slots',
-  prePrepares: 'pre_prepares',
   meta: 'meta',
   viewKey: 'view',
   stableCheckpointKey: 'stable_checkpoint',
@@ -113,6 +114,13 @@ export const PBFT_STORAGE_LAYOUT = {
 
 const Kind = { slot: 1, view: 2, stableCheckpoint: 3, sharedSlot: 4, slotApart: 5, prePrepare: 6 } as const;
 type Kind = (typeof Kind)[keyof typeof Kind];
+
+/** Where the pre-prepare of a kind-5 slot record is stored, in the `slots` table (see the module comment). */
+export function prePrepareKey(seq: number): Buffer {
+  return Buffer.concat([u64Key(seq), PRE_PREPARE_SUFFIX]);
+}
+
+const PRE_PREPARE_SUFFIX = Buffer.from([1]);
 
 /** Deeper than any record the core produces (a new-view inside the view state nests 10 deep). */
 const MAX_RECORD_DEPTH = 24;
@@ -286,7 +294,6 @@ function stableCheckpointProblem(v: Canonical): Problem {
 
 interface Tables {
   readonly slots: Database<Buffer, Buffer>;
-  readonly prePrepares: Database<Buffer, Buffer>;
   readonly meta: Database<Buffer, string>;
 }
 
@@ -331,7 +338,7 @@ function encodeDelta(delta: PersistDelta, stored: Map<number, PrePrepare>): Enco
     const key = u64Key(slot.seq);
     const pp = slot.prePrepare;
     if (pp !== null && (written.get(slot.seq) ?? stored.get(slot.seq)) !== pp) {
-      prePrepares.push({ key, record: encodeRecord(Kind.prePrepare, pp, `pre-prepare of slot ${slot.seq}`) });
+      prePrepares.push({ key: prePrepareKey(slot.seq), record: encodeRecord(Kind.prePrepare, pp, `pre-prepare of slot ${slot.seq}`) });
       written.set(slot.seq, pp);
     }
     slots.push({ key, record: encodeRecord(Kind.slotApart, apartSlot(slot), `slot ${slot.seq}`) });
@@ -350,9 +357,8 @@ function applyDelta(tables: Tables, delta: EncodedDelta): void {
   if (delta.stableCheckpoint !== null) {
     tables.meta.putSync(PBFT_STORAGE_LAYOUT.stableCheckpointKey, delta.stableCheckpoint.record);
     removeKeys(tables.slots, tables.slots.getKeys({ end: u64Key(delta.stableCheckpoint.seq + 1) }));
-    removeKeys(tables.prePrepares, tables.prePrepares.getKeys({ end: u64Key(delta.stableCheckpoint.seq + 1) }));
   }
-  for (const pp of delta.prePrepares) tables.prePrepares.putSync(pp.key, pp.record);
+  for (const pp of delta.prePrepares) tables.slots.putSync(pp.key, pp.record);
   for (const slot of delta.slots) tables.slots.putSync(slot.key, slot.record);
 }
 
@@ -370,7 +376,6 @@ export class PbftStorage {
     this.#root = root;
     this.#tables = {
       slots: root.openDB<Buffer, Buffer>(PBFT_STORAGE_LAYOUT.slots, { keyEncoding: 'binary', encoding: 'binary' }),
-      prePrepares: root.openDB<Buffer, Buffer>(PBFT_STORAGE_LAYOUT.prePrepares, { keyEncoding: 'binary', encoding: 'binary' }),
       meta: root.openDB<Buffer, string>(PBFT_STORAGE_LAYOUT.meta, { encoding: 'binary' }),
     };
     const onWrite = options.onWrite?.bind(options);
@@ -404,14 +409,14 @@ export class PbftStorage {
    * PbftStorageCorruptionError, naming the record, for anything damaged, malformed or unknown.
    */
   load(): PbftPersistedState | null {
-    const { meta, slots, prePrepares } = this.#tables;
+    const { meta, slots } = this.#tables;
     const known: readonly string[] = [PBFT_STORAGE_LAYOUT.viewKey, PBFT_STORAGE_LAYOUT.stableCheckpointKey];
     for (const key of meta.getKeys()) {
       if (typeof key !== 'string' || !known.includes(key)) this.#fail(`meta key ${JSON.stringify(String(key))}`, 'not a key this store writes');
     }
     const viewRaw = meta.get(PBFT_STORAGE_LAYOUT.viewKey);
     const checkpointRaw = meta.get(PBFT_STORAGE_LAYOUT.stableCheckpointKey);
-    if (viewRaw === undefined && checkpointRaw === undefined && slots.getKeysCount({ limit: 1 }) === 0 && prePrepares.getKeysCount({ limit: 1 }) === 0) return null;
+    if (viewRaw === undefined && checkpointRaw === undefined && slots.getKeysCount({ limit: 1 }) === 0) return null;
 
     const view = viewRaw === undefined ? FRESH_VIEW : (this.#decode(viewRaw, Kind.view, 'view state', viewProblem) as unknown as ViewState);
     const stableCheckpoint =
@@ -420,17 +425,19 @@ export class PbftStorage {
         : (this.#decode(checkpointRaw, Kind.stableCheckpoint, 'stable checkpoint', stableCheckpointProblem) as unknown as StableCheckpoint);
     const low = stableCheckpoint?.seq ?? 0;
     const apart = new Map<number, Buffer>();
-    for (const { key, value } of prePrepares.getRange()) {
-      const seq = u64FromKey(key);
-      if (seq === null || seq === 0) this.#fail(`pre-prepare key 0x${key.toString('hex')}`, 'not a sequence number');
-      if (slots.get(key) === undefined) this.#fail(`pre-prepare of slot ${seq}`, 'stored without its slot');
-      apart.set(seq, value);
+    const stored: { seq: number; value: Buffer }[] = [];
+    for (const { key, value } of slots.getRange()) {
+      const isPrePrepare = key.length === 9 && key[8] === PRE_PREPARE_SUFFIX[0];
+      const seq = u64FromKey(isPrePrepare ? key.subarray(0, 8) : key);
+      if (seq === null || seq === 0) this.#fail(`slot key 0x${key.toString('hex')}`, 'not a sequence number');
+      if (isPrePrepare) apart.set(seq, value);
+      else stored.push({ seq, value });
     }
+    const slotSeqs = new Set(stored.map((s) => s.seq));
+    for (const seq of apart.keys()) if (!slotSeqs.has(seq)) this.#fail(`pre-prepare of slot ${seq}`, 'stored without its slot');
     this.#storedPrePrepares.clear();
     const records: SlotRecord[] = [];
-    for (const { key, value } of slots.getRange()) {
-      const seq = u64FromKey(key);
-      if (seq === null || seq === 0) this.#fail(`slot key 0x${key.toString('hex')}`, 'not a sequence number');
+    for (const { seq, value } of stored) {
       const record = this.#decode(value, [Kind.slot, Kind.sharedSlot, Kind.slotApart], `slot ${seq}`, (v) => slotProblem(v, seq), (v) =>
         this.#joined(v, seq, apart.get(seq)),
       ) as unknown as SlotRecord;
