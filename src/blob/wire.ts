@@ -24,6 +24,7 @@ import { FrameError } from '../net/framing.ts';
 import { FieldError, loadProto, partsPrefix, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
 import { FRAME_HEADER_BYTES } from '../codec/frame.ts';
 import { DwcpError } from '../errors.ts';
+import { writeVarint } from '../net/wire-cursor.ts';
 
 export const BLOB_PROTOCOL = '/dwcp/blob/1.0.0';
 
@@ -241,17 +242,6 @@ const HASH_BYTES = 32;
 /** One chunk in a hash list: length u32 | SHA-256. */
 const ENTRY_BYTES = 4 + HASH_BYTES;
 
-/** Writes `value` as an unsigned LEB128 varint at `at`; returns the position after it. */
-function writeVarint(out: Buffer, at: number, value: number): number {
-  let rest = value;
-  let pos = at;
-  while (rest >= 0x80) {
-    out[pos++] = (rest % 0x80) | 0x80;
-    rest = Math.floor(rest / 0x80);
-  }
-  out[pos++] = rest;
-  return pos;
-}
 
 /** Longest op: tag + two 8-byte varints (BASE) or tag + a 5-byte varint + a hash (NEW). */
 const MAX_OP_BYTES = 1 + 5 + HASH_BYTES;

@@ -29,6 +29,7 @@ import zlib from 'node:zlib';
 import { Buffer } from 'node:buffer';
 import { FieldError, requireBytes, requireMessage, requireMessages, requireUint } from '../net/schema.ts';
 import { KvDecodeError, kvCodec } from './decode-error.ts';
+import { varintBytes, writeVarint } from '../net/wire-cursor.ts';
 import type { KvEntry, KvWriteResult } from './command.ts';
 import {
   compareKeys,
@@ -198,21 +199,6 @@ const KvSnapshotSchema = kvCodec(reshapedSchema(KvSnapshotType, snapshotToWire, 
 /** Protobuf tags (field number << 3 | wire type) of KvSnapshot.entries and of KvEntry's fields. */
 const TAG = { entries: (4 << 3) | 2, key: (1 << 3) | 2, value: (2 << 3) | 2, revision: 3 << 3, createRevision: 4 << 3 } as const;
 
-function varintBytes(value: number): number {
-  let n = 1;
-  for (let v = value; v >= 128; v = Math.floor(v / 128)) n++;
-  return n;
-}
-
-function writeVarint(out: Buffer, at: number, value: number): number {
-  let v = value;
-  while (v >= 128) {
-    out[at++] = (v % 128) | 128;
-    v = Math.floor(v / 128);
-  }
-  out[at++] = v;
-  return at;
-}
 
 function entryAt(entries: KvEntryList, i: number): KvEntry {
   const entry = entries.at(i);
