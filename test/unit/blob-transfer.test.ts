@@ -275,11 +275,15 @@ describe('resuming after the connection is cut mid-transfer', () => {
         if (++acked !== 20 || cut !== undefined) return;
         // The attempt's first outbound blob stream is its control stream, the newest a data stream. The control
         // stream's next frame is its finish (the receiver sits reading it all along); a data stream's is a batch.
-        const connection = pair.a.mesh.host.getConnections(pair.b.mesh.host.peerId)[0];
-        const streams = connection === undefined ? [] : streamsOf(connection, BLOB_PROTOCOL, 'outbound');
-        const stream = which === 'control' ? streams[0] : streams.at(-1);
-        if (connection === undefined || stream === undefined) throw new Error(`no outbound blob ${which} stream to cut`);
-        cut = cutMidFrame(stream, connection, how);
+        // The connection that carries the transfer: after the previous test cut every connection, both ends may have
+        // dialled again at once, and the first connection listed need not be the one the attempt's streams are on.
+        const carrying = pair.a.mesh.host
+          .getConnections(pair.b.mesh.host.peerId)
+          .map((connection) => ({ connection, streams: streamsOf(connection, BLOB_PROTOCOL, 'outbound') }))
+          .find((c) => c.streams.length > 0);
+        const stream = carrying === undefined ? undefined : which === 'control' ? carrying.streams[0] : carrying.streams.at(-1);
+        if (carrying === undefined || stream === undefined) throw new Error(`no outbound blob ${which} stream to cut`);
+        cut = cutMidFrame(stream, carrying.connection, how);
       },
     });
     expect(await cut).toMatchObject({ sentBytes: expect.any(Number) });
