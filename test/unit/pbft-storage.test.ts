@@ -307,6 +307,38 @@ describe('PbftStorage round trip', () => {
     expect(bytesOf(storage.load()?.slots[0]?.prepared?.prePrepare)).toBe(bytesOf(prePrepare));
   });
 
+  // Review (issue 16): a store written before kind 5 holds its pre-prepares inside the slot records (kind 1
+  // or 4), not under prePrepareKey. load() must not count those as written apart, or the slot's next write
+  // (a kind-5 record naming the pre-prepare by digest) leaves a store that no longer loads.
+  it('rewrites a slot loaded from a kind-4 or kind-1 record with its pre-prepare apart, so the store still loads', async () => {
+    await storedFixtures();
+    await tamper((raw) => {
+      for (const [seq, kind] of [[6, 4], [7, 1]] as const) {
+        const slot = fixtureSlot(seq, 2);
+        // Kind 4 leaves out a certificate's pre-prepare when it is the slot's own (sharedSlot).
+        const own = (pp: PrePrepare | undefined) => pp !== undefined && bytesOf(pp) === bytesOf(slot.prePrepare);
+        const stored =
+          kind === 1
+            ? slot
+            : {
+                ...slot,
+                prepared: slot.prepared && (own(slot.prepared.prePrepare) ? { prepares: slot.prepared.prepares } : slot.prepared),
+                committed: slot.committed && (own(slot.committed.prePrepare) ? { commits: slot.committed.commits } : slot.committed),
+              };
+        raw.slots.removeSync(prePrepareKey(seq));
+        raw.slots.putSync(u64Key(seq), wellSealed(kind, stored));
+      }
+    });
+    let storage = await openStorage();
+    const loaded = storage.load()?.slots ?? [];
+    const old = loaded.filter((s) => s.seq === 6 || s.seq === 7);
+    expect(old.map((s) => s.seq)).toEqual([6, 7]);
+    // The core's next write of these slots: the same pre-prepare objects it was given, one more vote sent.
+    await storage.persist({ view: null, stableCheckpoint: null, slots: old.map((s) => ({ ...s, sentCommit: true })) });
+    storage = await reopen(storage);
+    expect(bytesOf(storage.load()?.slots.filter((s) => s.seq === 6 || s.seq === 7))).toBe(bytesOf(old.map((s) => ({ ...s, sentCommit: true }))));
+  });
+
   it('refuses a slot whose pre-prepare is missing or another, and a pre-prepare stored without its slot; a checkpoint deletes both', async () => {
     await storedFixtures();
     await tamper(({ slots }) => slots.removeSync(prePrepareKey(6)));

@@ -446,7 +446,9 @@ export class PbftStorage {
       ) as unknown as SlotRecord;
       if (seq <= low) continue;
       records.push(record);
-      if (record.prePrepare !== null) this.#storedPrePrepares.set(seq, record.prePrepare);
+      // Only a kind-5 record's pre-prepare is under prePrepareKey; one loaded from a kind-1 or kind-4
+      // record is inside that record, and must be written apart when the slot is next written as kind 5.
+      if (record.prePrepare !== null && value[4] === Kind.slotApart) this.#storedPrePrepares.set(seq, record.prePrepare);
     }
     return { view, stableCheckpoint, slots: records };
   }
