@@ -100,6 +100,18 @@ describe('pbft canonical decoding (a wire format for the transport)', () => {
       { numRuns: 2000 },
     );
   });
+
+  // Review: a TextDecoder strips a leading U+FEFF unless told not to, so a string (or object key) that
+  // begins with one decoded as another string, and the bytes with the BOM were accepted as an encoding
+  // of the string without it: decode(encode(v)) !== v, and a request or record holding such a key no
+  // longer matched its digest and signature once decoded.
+  it('keeps a leading U+FEFF in strings and keys: decode(encode(v)) is v', () => {
+    for (const v of [{ key: '\uFEFFk' }, { ['\uFEFFa']: 1, b: ['\uFEFF', '\uFEFF\uFEFFx'] }] as Canonical[]) {
+      const decoded = decodeCanonical(encodeCanonical(v));
+      expect(decoded).toEqual(v);
+      expect(encodeCanonical(decoded)).toEqual(encodeCanonical(v));
+    }
+  });
 });
 
 describe('pbft reply collector', () => {

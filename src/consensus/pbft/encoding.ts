@@ -186,7 +186,8 @@ export function encodeCanonical(value: Canonical): Uint8Array {
   return scratch.result();
 }
 
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: a TextDecoder otherwise drops a leading U+FEFF, decoding a string as another one.
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /**
  * The inverse of encodeCanonical, for a transport that wants this format on
