@@ -10,7 +10,8 @@
  * persists deltas forever (until killed, or a time and seq bound) and prints
  * `acked <lastSeq> <view> <stable>` after each persist resolves. The workload
  * covers every write path: new slots with the view state, rewrites of the
- * last acked slot (same content), two persists sharing a group commit, an
+ * last acked slot (same content, and the same objects, so its pre-prepare is
+ * not written again, also right after a restart), two persists sharing a group commit, an
  * empty delta, and stable checkpoints that delete the slots they cover.
  */
 import { fileURLToPath } from 'node:url';
@@ -140,11 +141,17 @@ async function run(dir: string): Promise<void> {
   const state = storage.load();
   let stable = state?.stableCheckpoint?.seq ?? 0;
   let last = state?.slots.at(-1)?.seq ?? stable;
+  // The slot objects last written or loaded: a rewrite passes the same objects again, as the core does, so
+  // the store's pre-prepare-once path (a slot rewritten without its pre-prepare) is crashed through too.
+  const kept = new Map<number, SlotRecord>((state?.slots ?? []).map((s) => [s.seq, s]));
   const deadline = Date.now() + MAX_RUN_MS;
   for (let batch = 1; Date.now() < deadline && last < MAX_SEQ; batch++) {
     const end = last + 1 + (batch % 6);
     const from = batch % 5 === 0 && last > stable ? last : last + 1;
-    const slots = Array.from({ length: end - from + 1 }, (_, i) => fixtureSlot(from + i, writerView(from + i)));
+    const slots = Array.from({ length: end - from + 1 }, (_, i) => kept.get(from + i) ?? fixtureSlot(from + i, writerView(from + i)));
+    kept.clear();
+    const top = slots.at(-1);
+    if (top !== undefined) kept.set(top.seq, top);
     const view = writerView(end) === writerView(last) ? null : fixtureView(writerView(end));
     if (batch % 7 === 0) {
       const half = Math.ceil(slots.length / 2);
