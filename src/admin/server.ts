@@ -187,7 +187,8 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
 
   await claimSocketPath(socketPath, logger);
 
-  // channelz off: nothing here reads it, and it keeps per-call counters and timestamps on every call.
+  // channelz stays on (grpc-js's default): with it off, grpc-js 1.14 no longer tracks sessions for forceShutdown, and
+  // stop() could not cut off calls past the grace period (admin.test.ts).
   const server = new grpc.Server({ interceptors: [countingInterceptor(metrics)] });
   for (const { registration, definition } of services) {
     server.addService(definition, registration.implementation);
