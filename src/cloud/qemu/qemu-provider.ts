@@ -487,9 +487,11 @@ export class QemuProvider implements CloudProvider, QemuMigrationGuests {
         await runReceived(qmp);
         r.incoming = null;
         r.power = 'running';
+        // Running from `cont` on, whatever the record's save costs: a get() meanwhile finds the guest busy and answers
+        // the state held here, and the guest may already have printed its first lines.
+        this.#setState(g, 'running', 'running');
         await this.#store.save(r);
         this.#log.info({ vm: r.id, name: r.name, migration }, 'qemu guest received its migration and runs');
-        this.#setState(g, 'running', 'running');
         return;
       }
     }
