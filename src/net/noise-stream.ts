@@ -11,11 +11,15 @@
  *   full Noise message: yamux hands over each frame as its own send (a data
  *   frame, and a window update for every data frame it receives), and sealing
  *   each alone cost one AEAD operation and two to four socket writes apiece.
- * - A flush is one array and one socket write: the batch's plaintext is
- *   copied once into an array laid out as the wire has it (length prefix,
- *   plaintext, room for the tag, next message) and sealed there in place
- *   (noise-crypto.ts's sealInPlace). Before, each message cost a ciphertext
- *   array, a tag array and a copy to gather the small pieces.
+ * - A flush is one array and one socket write per 256 KiB of wire: the
+ *   batch's plaintext is copied once into an array laid out as the wire has
+ *   it (length prefix, plaintext, room for the tag, next message) and sealed
+ *   there in place (noise-crypto.ts's sealInPlace). Before, each message cost
+ *   a ciphertext array, a tag array and a copy to gather the small pieces.
+ * - Those arrays are reused once the socket has written them
+ *   (wire-arrays.ts), so a bulk sender allocates no buffer per flush: a
+ *   fresh array per flush, held while the socket's queue backed up, was what
+ *   put a sending daemon into 10-25 mark-compacts per 512 MiB.
  * - Received messages are opened in place: a message that lies within one
  *   chunk from the socket is decrypted where it lies and its plaintext handed
  *   up as a view of that chunk, so only a message cut across two chunks costs
@@ -28,7 +32,7 @@
  *
  * Invariants:
  * - Bytes leave in the order they were sent. Nothing is held past the end of
- *   the current turn (setImmediate), and a batch reaching MAX_PLAINTEXT_BYTES
+ *   the current turn (setImmediate), and a batch reaching FLUSH_PLAINTEXT_BYTES
  *   is sealed at once, so a batch is bounded in both time and size. Sent
  *   arrays are referenced, not copied, until sealed: senders must not reuse
  *   them within the turn (FramedStream sends fresh encodings; see its write()).
@@ -45,6 +49,7 @@ import type { AbortOptions, MessageStream, StreamCloseEvent, StreamMessageEvent 
 import { AbstractMessageStream, type SendResult } from '@libp2p/utils';
 import { Uint8ArrayList } from 'uint8arraylist';
 import { sealInPlace, TAG_BYTES } from './noise-crypto.ts';
+import { WireArrays } from './wire-arrays.ts';
 
 /** Largest Noise message, ciphertext and tag (the 2-byte length's range). */
 export const MAX_NOISE_MESSAGE_BYTES = 65_535;
@@ -100,11 +105,27 @@ function wireSize(total: number): number {
   return total + messages * (LENGTH_BYTES + TAG_BYTES);
 }
 
+/**
+ * Plaintext sealed into one wire array and sent as one socket write: 16
+ * whole Noise messages, so the array is exactly WIRE_ARRAY_BYTES (256 KiB).
+ * A batch this large is flushed at once; a larger one (yamux hands over a
+ * data frame as large as the send window, up to 4 MiB, as one send) goes as
+ * several arrays, so every flush fits arrays that are reused once written
+ * (wire-arrays.ts). 16 rather than 4 messages per array: with 64 KiB
+ * messages a 64 KiB threshold flushed every message on its own, in two
+ * writes (~15 % more CPU per MiB, bench/RESULTS.md transport).
+ */
+const FLUSH_MESSAGES = 16;
+const FLUSH_PLAINTEXT_BYTES = FLUSH_MESSAGES * SEAL_PLAINTEXT_BYTES;
+const WIRE_ARRAY_BYTES = wireSize(FLUSH_PLAINTEXT_BYTES);
+
 export class NoiseTransportStream extends AbstractMessageStream {
   readonly #raw: MessageStream;
   readonly #cipher: NoiseCipher;
   readonly #decoder = new NoiseMessageDecoder();
   readonly #batch = new Uint8ArrayList();
+  /** Where flushes are sealed: arrays the socket has written are reused (wire-arrays.ts). */
+  readonly #arrays: WireArrays;
   #scheduled: NodeJS.Immediate | undefined;
   /** Set once the raw connection is closing: from then on every send is sealed and sent at once. */
   #direct = false;
@@ -118,6 +139,7 @@ export class NoiseTransportStream extends AbstractMessageStream {
     });
     this.#raw = raw;
     this.#cipher = cipher;
+    this.#arrays = new WireArrays(raw, WIRE_ARRAY_BYTES);
     raw.addEventListener('message', this.#onMessage);
     raw.addEventListener('drain', () => this.safeDispatchEvent('drain'));
     raw.addEventListener('remoteCloseWrite', () => this.onRemoteCloseWrite());
@@ -138,7 +160,7 @@ export class NoiseTransportStream extends AbstractMessageStream {
   sendData(data: Uint8ArrayList): SendResult {
     this.#batch.append(data);
     const sentBytes = data.byteLength;
-    if (this.#direct || this.#batch.byteLength >= MAX_PLAINTEXT_BYTES) return { sentBytes, canSendMore: this.#flush() };
+    if (this.#direct || this.#batch.byteLength >= FLUSH_PLAINTEXT_BYTES) return { sentBytes, canSendMore: this.#flush() };
     this.#scheduled ??= setImmediate(this.#onTurnEnd);
     return { sentBytes, canSendMore: true };
   }
@@ -171,15 +193,28 @@ export class NoiseTransportStream extends AbstractMessageStream {
     }
   };
 
-  /** Seals the batch into Noise messages and hands them to the raw connection as one send; false when it asks for a drain. */
+  /**
+   * Seals the batch into Noise messages and hands them to the raw connection,
+   * one send per FLUSH_PLAINTEXT_BYTES (one wire array); false when it asks
+   * for a drain.
+   */
   #flush(): boolean {
     if (this.#scheduled !== undefined) {
       clearImmediate(this.#scheduled);
       this.#scheduled = undefined;
     }
-    const total = this.#batch.byteLength;
-    if (total === 0) return !this.#raw.writableNeedsDrain;
-    const out = Buffer.allocUnsafe(wireSize(total));
+    let canSendMore = !this.#raw.writableNeedsDrain;
+    // Every array of the batch is sent, drain or not: the batch must leave in this call (a send past a "wait for
+    // drain" is queued by the raw connection, as one large send was before).
+    while (this.#batch.byteLength > 0) canSendMore = this.#sendArray(Math.min(this.#batch.byteLength, FLUSH_PLAINTEXT_BYTES));
+    return canSendMore;
+  }
+
+  /** Seals the batch's next `total` bytes into one wire array and sends it. */
+  #sendArray(total: number): boolean {
+    const wire = wireSize(total);
+    const array = this.#arrays.take(wire);
+    const out = array.byteLength === wire ? array : array.subarray(0, wire);
     const parts = this.#batch[Symbol.iterator]();
     let part: Uint8Array | undefined;
     let partAt = 0;
@@ -206,13 +241,16 @@ export class NoiseTransportStream extends AbstractMessageStream {
       at = body + length + TAG_BYTES;
     }
     this.#batch.consume(total);
-    return this.#raw.send(out);
+    const canSendMore = this.#raw.send(out);
+    this.#arrays.sent(array);
+    return canSendMore;
   }
 
   #drop(): void {
     if (this.#scheduled !== undefined) clearImmediate(this.#scheduled);
     this.#scheduled = undefined;
     this.#batch.consume(this.#batch.byteLength);
+    this.#arrays.forget();
   }
 
   readonly #onMessage = (evt: StreamMessageEvent): void => {

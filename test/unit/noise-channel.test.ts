@@ -6,7 +6,9 @@
  * through it: with each other, with the stock `@chainsafe/libp2p-noise` in
  * both directions (a federation mid-upgrade), through a man in the middle who
  * flips one ciphertext bit (the connection is dropped, nothing forged is
- * read), and closing a connection right after a write (the batch goes first).
+ * read), closing a connection right after a write (the batch goes first), and
+ * bulk streams whose socket backs up, so that sealed arrays are reused only
+ * once written (wire-arrays.ts: its rule alone, then the bytes end to end).
  */
 import crypto from 'node:crypto';
 import net from 'node:net';
@@ -27,6 +29,8 @@ import { BytesSchema } from '../../src/net/schema.ts';
 import { noiseChannel } from '../../src/net/noise-channel.ts';
 import { noiseCrypto, sealInPlace, TAG_BYTES } from '../../src/net/noise-crypto.ts';
 import { MAX_PLAINTEXT_BYTES, NoiseMessageDecoder, NoiseMessageError } from '../../src/net/noise-stream.ts';
+import { WireArrays, wireArrayCounts } from '../../src/net/wire-arrays.ts';
+import type { MessageStream } from '@libp2p/interface';
 
 const LOOPBACK = '127.0.0.1';
 
@@ -250,6 +254,104 @@ describe('the Noise channel between libp2p hosts', () => {
     await connection.close();
     const got = await received.promise;
     expect(got.map((m) => Buffer.from(m).toString('hex'))).toEqual(words.map((w) => w.toString('hex')));
+  });
+});
+
+describe('WireArrays: a sealed array is reused only once both write queues were seen empty', () => {
+  /** The two queues the rule reads, as a connection and its socket expose them; each test its own array size (the free lists are per size). */
+  const connection = (): { raw: MessageStream; socket: { writableLength: number; destroyed: boolean }; raw2: { writeBufferLength: number } } => {
+    const socket = { writableLength: 0, destroyed: false };
+    const raw2 = { writeBufferLength: 0, socket };
+    return { raw: raw2 as unknown as MessageStream, socket, raw2 };
+  };
+
+  it('reuses an array the socket wrote at once, and not one it still holds', () => {
+    const c = connection();
+    const arrays = new WireArrays(c.raw, 1001);
+    const first = arrays.take(1001);
+    arrays.sent(first); // nothing queued: written within write()
+    expect(arrays.take(500)).toBe(first);
+    c.socket.writableLength = 1001; // this write went to libuv's queue
+    arrays.sent(first);
+    const second = arrays.take(1001);
+    expect(second).not.toBe(first);
+    arrays.sent(second);
+    c.socket.writableLength = 0;
+    c.raw2.writeBufferLength = 7; // and the connection's own buffer holds the next
+    expect([first, second]).not.toContain(arrays.take(1001));
+    c.raw2.writeBufferLength = 0;
+    const free = [arrays.take(1001), arrays.take(1001)];
+    expect(free).toContain(first);
+    expect(free).toContain(second);
+  });
+
+  it('never reuses what a closed connection had in flight, nor arrays for a connection without a visible socket', () => {
+    const c = connection();
+    const arrays = new WireArrays(c.raw, 1002);
+    const held = arrays.take(1002);
+    c.socket.writableLength = 1002;
+    arrays.sent(held);
+    arrays.forget();
+    c.socket.writableLength = 0;
+    expect(arrays.take(1002)).not.toBe(held);
+    const destroyed = connection();
+    const onDestroyed = new WireArrays(destroyed.raw, 1003);
+    const last = onDestroyed.take(1003);
+    destroyed.socket.destroyed = true;
+    onDestroyed.sent(last);
+    expect(onDestroyed.take(1003)).not.toBe(last);
+    const memory = new WireArrays({ writeBufferLength: 0 } as unknown as MessageStream, 1004);
+    const a = memory.take(1004);
+    memory.sent(a);
+    expect(memory.take(1004)).not.toBe(a);
+    expect(arrays.take(5000).byteLength).toBe(5000); // larger than the pooled size: a one-off array
+  });
+});
+
+describe('bulk over the Noise channel with a backed-up socket', () => {
+  it('delivers every byte intact while sealed arrays are held by the socket and reused once written', async () => {
+    const [a, b] = await Promise.all([host('channel'), host('channel')]);
+    try {
+      const SINK = '/dwcp-test/noise-sink/1.0.0';
+      const received = new Map<number, string>();
+      await b.handle(SINK, (stream) => {
+        const f = framed(stream);
+        void (async () => {
+          const digest = crypto.createHash('sha256');
+          let index = -1;
+          for await (const msg of f) {
+            if (index < 0) index = msg[0] ?? 0;
+            digest.update(msg);
+          }
+          received.set(index, digest.digest('hex'));
+        })().catch(() => {});
+      });
+      const connection = await a.dial(b.getMultiaddrs()[0] as never);
+      const before = wireArrayCounts();
+      // Four streams of 12 MiB each in 1 MiB messages, all at once: past the kernel's socket buffers, so writes queue.
+      const pool = crypto.randomBytes(4 * 1024 * 1024);
+      const sent = await Promise.all(
+        [0, 1, 2, 3].map(async (s) => {
+          const f = framed(await connection.newStream(SINK));
+          const digest = crypto.createHash('sha256');
+          for (let i = 0; i < 12; i++) {
+            const msg = Buffer.from(pool.subarray((i * 331_337 + s * 1_000_003) % (3 * 1024 * 1024)).subarray(0, 1024 * 1024));
+            if (i === 0) msg[0] = s;
+            digest.update(msg);
+            await f.write(msg);
+          }
+          await f.close();
+          return digest.digest('hex');
+        }),
+      );
+      await expect.poll(() => received.size, { timeout: 30_000 }).toBe(4);
+      for (const [s, hex] of sent.entries()) expect(received.get(s)).toBe(hex);
+      const after = wireArrayCounts();
+      expect(after.reused - before.reused).toBeGreaterThan(0);
+      expect(after.held - before.held).toBeGreaterThan(0);
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+    }
   });
 });
 
