@@ -32,7 +32,7 @@
  *
  * Invariants:
  * - Bytes leave in the order they were sent. Nothing is held past the end of
- *   the current turn (setImmediate), and a batch reaching FLUSH_PLAINTEXT_BYTES
+ *   the current turn (setImmediate), and a batch reaching MAX_PLAINTEXT_BYTES
  *   is sealed at once, so a batch is bounded in both time and size. Sent
  *   arrays are referenced, not copied, until sealed: senders must not reuse
  *   them within the turn (FramedStream sends fresh encodings; see its write()).
@@ -108,16 +108,17 @@ function wireSize(total: number): number {
 /**
  * Plaintext sealed into one wire array and sent as one socket write: 16
  * whole Noise messages, so the array is exactly WIRE_ARRAY_BYTES (256 KiB).
- * A batch this large is flushed at once; a larger one (yamux hands over a
- * data frame as large as the send window, up to 4 MiB, as one send) goes as
- * several arrays, so every flush fits arrays that are reused once written
- * (wire-arrays.ts). 16 rather than 4 messages per array: with 64 KiB
- * messages a 64 KiB threshold flushed every message on its own, in two
- * writes (~15 % more CPU per MiB, bench/RESULTS.md transport).
+ * A larger flush (yamux hands over a data frame as large as the send window,
+ * up to 4 MiB, as one send) goes as several arrays, so every flush fits
+ * arrays that are reused once written (wire-arrays.ts). A batch is still
+ * flushed once it holds MAX_PLAINTEXT_BYTES, so a batch of small sends plus
+ * the one that crossed that line fits one array: letting batches grow to a
+ * whole array cost 1 KiB messages ~8 % more CPU per MiB (bench/RESULTS.md,
+ * transport), and 4-message arrays cut a 64 KiB batch into two writes.
  */
-const FLUSH_MESSAGES = 16;
-const FLUSH_PLAINTEXT_BYTES = FLUSH_MESSAGES * SEAL_PLAINTEXT_BYTES;
-const WIRE_ARRAY_BYTES = wireSize(FLUSH_PLAINTEXT_BYTES);
+const ARRAY_MESSAGES = 16;
+const ARRAY_PLAINTEXT_BYTES = ARRAY_MESSAGES * SEAL_PLAINTEXT_BYTES;
+const WIRE_ARRAY_BYTES = wireSize(ARRAY_PLAINTEXT_BYTES);
 
 export class NoiseTransportStream extends AbstractMessageStream {
   readonly #raw: MessageStream;
@@ -160,7 +161,7 @@ export class NoiseTransportStream extends AbstractMessageStream {
   sendData(data: Uint8ArrayList): SendResult {
     this.#batch.append(data);
     const sentBytes = data.byteLength;
-    if (this.#direct || this.#batch.byteLength >= FLUSH_PLAINTEXT_BYTES) return { sentBytes, canSendMore: this.#flush() };
+    if (this.#direct || this.#batch.byteLength >= MAX_PLAINTEXT_BYTES) return { sentBytes, canSendMore: this.#flush() };
     this.#scheduled ??= setImmediate(this.#onTurnEnd);
     return { sentBytes, canSendMore: true };
   }
@@ -195,7 +196,7 @@ export class NoiseTransportStream extends AbstractMessageStream {
 
   /**
    * Seals the batch into Noise messages and hands them to the raw connection,
-   * one send per FLUSH_PLAINTEXT_BYTES (one wire array); false when it asks
+   * one send per ARRAY_PLAINTEXT_BYTES (one wire array); false when it asks
    * for a drain.
    */
   #flush(): boolean {
@@ -206,7 +207,7 @@ export class NoiseTransportStream extends AbstractMessageStream {
     let canSendMore = !this.#raw.writableNeedsDrain;
     // Every array of the batch is sent, drain or not: the batch must leave in this call (a send past a "wait for
     // drain" is queued by the raw connection, as one large send was before).
-    while (this.#batch.byteLength > 0) canSendMore = this.#sendArray(Math.min(this.#batch.byteLength, FLUSH_PLAINTEXT_BYTES));
+    while (this.#batch.byteLength > 0) canSendMore = this.#sendArray(Math.min(this.#batch.byteLength, ARRAY_PLAINTEXT_BYTES));
     return canSendMore;
   }
 
