@@ -201,19 +201,24 @@ async function sendStream(connection: Connection, name: string, total: number): 
 
 describe('the Noise stream under concurrent bulk, stalls and cut connections', () => {
   it('delivers every byte of every surviving stream, both ways, while arrays are reused across connections', async () => {
-    const hosts = await Promise.all([host(), host(), host(), host()]);
-    const [a, direct, slow, doomed] = hosts as [Libp2p, Libp2p, Libp2p, Libp2p];
+    const hosts = await Promise.all([host(), host(), host(), host(), host()]);
+    const [a, direct, slow, doomed, dropped] = hosts as [Libp2p, Libp2p, Libp2p, Libp2p, Libp2p];
     const received = new Map<string, string>();
     for (const h of hosts) await serveSink(h, received);
     const portOf = (h: Libp2p): number => Number(/\/tcp\/(\d+)/.exec(h.getMultiaddrs()[0]?.toString() ?? '')?.[1]);
     const slowRelay = await relay(portOf(slow), true);
     const cutRelay = await relay(portOf(doomed), false);
     const aborted: string[] = [];
+    const relays = [slowRelay, cutRelay];
     try {
       const before = wireArrayCounts();
       const toDirect = await a.dial(direct.getMultiaddrs()[0] as never);
       const toSlow = await a.dial(multiaddr(`/ip4/${LOOPBACK}/tcp/${slowRelay.port}/p2p/${slow.peerId.toString()}`));
       const toDoomed = await a.dial(multiaddr(`/ip4/${LOOPBACK}/tcp/${cutRelay.port}/p2p/${doomed.peerId.toString()}`));
+      // Aborted locally (a TCP reset) mid-transfer, through a stalling relay so that its queues hold sealed arrays then.
+      const dropRelay = await relay(portOf(dropped), true);
+      relays.push(dropRelay);
+      const toDropped = await a.dial(multiaddr(`/ip4/${LOOPBACK}/tcp/${dropRelay.port}/p2p/${dropped.peerId.toString()}`));
       await expect.poll(() => direct.getConnections(a.peerId).length + slow.getConnections(a.peerId).length).toBe(2);
       const fromDirect = direct.getConnections(a.peerId)[0] as Connection;
       const fromSlow = slow.getConnections(a.peerId)[0] as Connection;
@@ -238,9 +243,22 @@ describe('the Noise stream under concurrent bulk, stalls and cut connections', (
         }
       }
       // The doomed connection: bulk that is cut mid-transfer, its arrays possibly still queued.
-      const doomedJobs = [0, 1, 2].map((s) => sendStream(toDoomed, `a>doomed#${s}`, 64 * 1024 * 1024).catch(() => undefined));
+      const doomedJobs = [0, 1, 2].flatMap((s) => [
+        sendStream(toDoomed, `a>doomed#${s}`, 64 * 1024 * 1024).catch(() => undefined),
+        sendStream(toDropped, `a>dropped#${s}`, 64 * 1024 * 1024).catch(() => undefined),
+      ]);
+      // Streams reset mid-transfer on the surviving connections: yamux drops them, the connection goes on.
+      const resets = [toDirect, toSlow, fromDirect].map(async (c, s) => {
+        const stream = await c.newStream(SINK);
+        const f = framed(stream);
+        await f.write(Buffer.from(`reset#${s}`));
+        for (let i = 0; i < 6; i++) await f.write(crypto.randomBytes(700_000));
+        stream.abort(new Error('reset mid-transfer on purpose'));
+      });
       setTimeout(() => cutRelay.cut(), 300);
+      setTimeout(() => toDropped.abort(new Error('aborted mid-transfer on purpose')), 400);
       const sent = await Promise.all(jobs);
+      await Promise.all(resets);
       const doomedSent = await Promise.all(doomedJobs);
       await expect.poll(() => sent.every(([name]) => received.has(name)), { timeout: 60_000 }).toBe(true);
       for (const [name, hex] of sent) expect(received.get(name), name).toBe(hex);
@@ -251,8 +269,7 @@ describe('the Noise stream under concurrent bulk, stalls and cut connections', (
       expect(after.reused - before.reused).toBeGreaterThan(0);
       expect(after.held - before.held).toBeGreaterThan(0);
     } finally {
-      await slowRelay.close();
-      await cutRelay.close();
+      for (const r of relays) await r.close();
       await Promise.all(hosts.map((h) => h.stop()));
     }
   }, 180_000);
