@@ -25,11 +25,14 @@ import { tcp } from '@libp2p/tcp';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { multiaddr } from '@multiformats/multiaddr';
-import type { Connection, Stream } from '@libp2p/interface';
+import type { Connection, MessageStream, Stream } from '@libp2p/interface';
+import { defaultLogger } from '@libp2p/logger';
 import { FramedStream, MUXER_STREAM_OPTIONS } from '../../src/net/framing.ts';
 import { BytesSchema } from '../../src/net/schema.ts';
 import { noiseChannel } from '../../src/net/noise-channel.ts';
 import { wireArrayCounts } from '../../src/net/wire-arrays.ts';
+import { NoiseTransportStream } from '../../src/net/noise-stream.ts';
+import { TAG_BYTES } from '../../src/net/noise-crypto.ts';
 
 const LOOPBACK = '127.0.0.1';
 const ARRAY = 256 * 1024;
@@ -273,4 +276,54 @@ describe('the Noise stream under concurrent bulk, stalls and cut connections', (
       await Promise.all(hosts.map((h) => h.stop()));
     }
   }, 180_000);
+});
+
+describe('memory a backed-up socket pins through wire arrays', () => {
+  it('a small flush to a socket still writing earlier bytes does not pin a whole 256 KiB array', async () => {
+    // libp2p's own TCP connection, not exported by the package: imported by path.
+    const { toMultiaddrConnection } = (await import('../../node_modules/@libp2p/tcp/dist/src/socket-to-conn.js' as string)) as {
+      toMultiaddrConnection(init: { socket: net.Socket; remoteAddr: unknown; direction: 'outbound'; log: unknown }): MessageStream;
+    };
+    const server = net.createServer();
+    server.listen(0, LOOPBACK);
+    await once(server, 'listening');
+    const port = (server.address() as AddressInfo).port;
+    const accepted = once(server, 'connection');
+    const sender = net.connect({ host: LOOPBACK, port });
+    await once(sender, 'connect');
+    const [reader] = (await accepted) as [net.Socket];
+    reader.pause(); // a peer that stopped reading (stalled, or behind a partition): the kernel's buffers fill
+    const raw = toMultiaddrConnection({ socket: sender, remoteAddr: multiaddr(`/ip4/${LOOPBACK}/tcp/${port}`), direction: 'outbound', log: defaultLogger().forComponent('test:wire-arrays') });
+    // Sealing is not what is measured: a cipher that seals in place with a blank tag.
+    const stream = new NoiseTransportStream(raw, {
+      encrypt: (p) => new Uint8Array((p as Uint8Array).buffer, (p as Uint8Array).byteOffset, p.byteLength + TAG_BYTES),
+      decrypt: () => {
+        throw new Error('nothing is received here');
+      },
+    });
+    try {
+      // Fill the kernel with 1 KiB writes straight to the socket, until one is left queued in the socket.
+      for (let i = 0; i < 100_000 && sender.writableLength === 0; i++) sender.write(Buffer.alloc(1024));
+      expect(sender.writableLength).toBeGreaterThan(0);
+      // 100 small flushes (a heartbeat, a window update, a KV op: one per turn), each 50 bytes of plaintext.
+      for (let i = 0; i < 100; i++) {
+        expect(stream.send(Buffer.alloc(50, i))).toBe(true);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      expect(sender.writableLength).toBeLessThan(sender.writableHighWaterMark); // still taking writes, no drain asked
+      const pinned = new Set<ArrayBufferLike>();
+      // Writable's queue (a documented-as-internal getter): entries of { chunk } that hold views of the sealed arrays.
+      const queued = (sender as unknown as { writableBuffer: { chunk: Uint8Array }[] }).writableBuffer;
+      expect(queued.length).toBeGreaterThan(50);
+      for (const { chunk } of queued) pinned.add(chunk.buffer);
+      const bytes = [...pinned].reduce((sum, b) => sum + b.byteLength, 0);
+      // The queue holds ~7 KB of wire; 1 MiB leaves room for Node's 8 KiB allocation slabs, not for 100 x 256 KiB.
+      expect(bytes).toBeLessThan(1024 * 1024);
+    } finally {
+      stream.abort(new Error('test over'));
+      sender.destroy();
+      reader.destroy();
+      server.close();
+    }
+  });
 });
