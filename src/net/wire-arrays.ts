@@ -24,6 +24,11 @@
  *   array, so nothing is ever overwritten while a queue may still hold it.
  * - A closed connection's arrays in flight are forgotten, never reused (a
  *   destroyed socket's queue says nothing about what libuv still holds).
+ * - A queue pins at most MAX_PINNED_PER_BYTE times the bytes it holds: a
+ *   small flush (a heartbeat, a window update) to a connection whose queues
+ *   are not empty gets an array of its own size, not a pooled one, or a
+ *   peer that stopped reading would pin 256 KiB per flush until the socket's
+ *   high-water mark (16 KiB of wire) asked for a drain.
  * - Bounded: at most FREE_ARRAYS arrays wait for reuse in the process
  *   (2 MiB of the Noise stream's 256 KiB arrays), and a connection tracks at most MAX_IN_FLIGHT; beyond that
  *   arrays are left to the collector as before.
@@ -34,6 +39,12 @@ import type { MessageStream } from '@libp2p/interface';
 const FREE_ARRAYS = 8;
 /** Arrays one connection tracks until its queues are seen empty; older ones are left to the collector. */
 const MAX_IN_FLIGHT = 16;
+/**
+ * Bytes of array a flush may pin in a busy queue per byte it sends: a flush
+ * under a quarter of a pooled array, to a connection whose queues are not
+ * empty, gets an array of its own size instead.
+ */
+const MAX_PINNED_PER_BYTE = 4;
 
 /** What of `net.Socket` is read: how many bytes it still holds. */
 interface SocketQueue {
@@ -92,6 +103,13 @@ export class WireArrays {
       return Buffer.allocUnsafe(bytes);
     }
     this.#reclaim();
+    // A flush into a busy queue stays there until the socket gets to it, and its view keeps the whole array alive:
+    // 50 bytes of heartbeat pinned 256 KiB, 100 such flushes to a stalled peer 25 MiB. So a small flush only gets a
+    // pooled array when the queues are empty (it is then almost always written within write() and back at once).
+    if (bytes * MAX_PINNED_PER_BYTE < this.#size && !this.#queuesEmpty()) {
+      counts.unpooled++;
+      return Buffer.allocUnsafe(bytes);
+    }
     const array = this.#free.pop();
     if (array !== undefined) {
       counts.reused++;
@@ -114,10 +132,16 @@ export class WireArrays {
     this.#inFlight = [];
   }
 
+  /** Whether neither the connection's write buffer nor a live socket holds anything: every array sent before has left both. */
+  #queuesEmpty(): boolean {
+    const socket = this.#socket;
+    return socket !== undefined && !socket.destroyed && this.#raw.writeBufferLength === 0 && socket.writableLength === 0;
+  }
+
   #reclaim(): void {
     const socket = this.#socket;
     if (this.#inFlight.length === 0 || socket === undefined || socket.destroyed) return;
-    if (this.#raw.writeBufferLength !== 0 || socket.writableLength !== 0) {
+    if (!this.#queuesEmpty()) {
       counts.held++;
       return;
     }
