@@ -285,6 +285,20 @@ describe('WireArrays: a sealed array is reused only once both write queues were 
     expect(free).toContain(second);
   });
 
+  it('gives a small flush into a busy queue an array of its own size, and one into idle queues a pooled array', () => {
+    const c = connection();
+    const arrays = new WireArrays(c.raw, 4000);
+    c.socket.writableLength = 10; // the socket still writes an earlier flush
+    const small = arrays.take(999);
+    expect(small.byteLength).toBe(999); // a pooled array here would stay pinned, 4x its bytes or more, until written
+    expect(arrays.take(1000).byteLength).toBe(4000); // a quarter of an array and up: pooled
+    c.socket.writableLength = 0;
+    c.raw2.writeBufferLength = 1; // the connection's own buffer counts as busy too
+    expect(arrays.take(999).byteLength).toBe(999);
+    c.raw2.writeBufferLength = 0;
+    expect(arrays.take(999).byteLength).toBe(4000);
+  });
+
   it('never reuses what a closed connection had in flight, nor arrays for a connection without a visible socket', () => {
     const c = connection();
     const arrays = new WireArrays(c.raw, 1002);
