@@ -23,14 +23,11 @@
 import net from 'node:net';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { createLibp2p, type Libp2p } from 'libp2p';
-import { tcp } from '@libp2p/tcp';
-import { yamux } from '@chainsafe/libp2p-yamux';
-import { generateKeyPair } from '@libp2p/crypto/keys';
+import type { Libp2p } from 'libp2p';
 import type { Connection, Stream } from '@libp2p/interface';
-import { FramedStream, MUXER_STREAM_OPTIONS } from '../src/net/framing.ts';
-import { noiseChannel } from '../src/net/noise-channel.ts';
+import { FramedStream } from '../src/net/framing.ts';
 import { BytesSchema } from '../src/net/schema.ts';
+import { meshLikeHost } from '../test/support/mesh-host.ts';
 import { defineBench, formatBytes, intFlag, machineFacts, median, positiveFlag, progress, quantile, renderTable, sizesFlag, significant } from './run.ts';
 
 export interface TransportOptions {
@@ -185,17 +182,7 @@ const SINK_PROTOCOL = '/dwcp-bench/sink/1.0.0';
 const ECHO_PROTOCOL = '/dwcp-bench/echo/1.0.0';
 
 /** A libp2p host built like the mesh's (TCP + Noise + Yamux with MUXER_STREAM_OPTIONS) on loopback; other benches use it too. */
-export function benchHost(): Promise<Libp2p> {
-  return generateKeyPair('Ed25519').then((privateKey) =>
-    createLibp2p({
-      privateKey,
-      addresses: { listen: [`/ip4/${LOOPBACK}/tcp/0`] },
-      transports: [tcp()],
-      connectionEncrypters: [noiseChannel()],
-      streamMuxers: [yamux({ streamOptions: MUXER_STREAM_OPTIONS })],
-    }),
-  );
-}
+export const benchHost = meshLikeHost;
 
 function framedBytes(stream: Stream, protocol: string, maxFrameBytes: number): FramedStream<Uint8Array, Uint8Array> {
   return new FramedStream(stream, { protocol, maxFrameBytes, inbound: BytesSchema, outbound: BytesSchema });

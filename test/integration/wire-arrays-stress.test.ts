@@ -20,16 +20,13 @@ import net from 'node:net';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { createLibp2p, type Libp2p } from 'libp2p';
-import { tcp } from '@libp2p/tcp';
-import { yamux } from '@chainsafe/libp2p-yamux';
-import { generateKeyPair } from '@libp2p/crypto/keys';
+import type { Libp2p } from 'libp2p';
 import { multiaddr } from '@multiformats/multiaddr';
 import type { Connection, MessageStream, Stream } from '@libp2p/interface';
 import { defaultLogger } from '@libp2p/logger';
-import { FramedStream, MUXER_STREAM_OPTIONS } from '../../src/net/framing.ts';
+import { FramedStream } from '../../src/net/framing.ts';
 import { BytesSchema } from '../../src/net/schema.ts';
-import { noiseChannel } from '../../src/net/noise-channel.ts';
+import { meshLikeHost } from '../support/mesh-host.ts';
 import { wireArrayCounts } from '../../src/net/wire-arrays.ts';
 import { NoiseTransportStream } from '../../src/net/noise-stream.ts';
 import { TAG_BYTES } from '../../src/net/noise-crypto.ts';
@@ -156,17 +153,7 @@ function framed(stream: Stream): FramedStream<Uint8Array, Uint8Array> {
   return new FramedStream(stream, { protocol: SINK, maxFrameBytes: MAX_FRAME, inbound: BytesSchema, outbound: BytesSchema });
 }
 
-function host(): Promise<Libp2p> {
-  return generateKeyPair('Ed25519').then((privateKey) =>
-    createLibp2p({
-      privateKey,
-      addresses: { listen: [`/ip4/${LOOPBACK}/tcp/0`] },
-      transports: [tcp()],
-      connectionEncrypters: [noiseChannel()],
-      streamMuxers: [yamux({ streamOptions: MUXER_STREAM_OPTIONS })],
-    }),
-  );
-}
+const host = meshLikeHost;
 
 /** Every host sinks SINK streams: the first message names the stream, the hash of all is kept under that name. */
 async function serveSink(h: Libp2p, received: Map<string, string>): Promise<void> {
