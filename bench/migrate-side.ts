@@ -25,6 +25,7 @@ import { DirectoryImageSource } from '../src/cloud/qemu/directory-images.ts';
 import { armThrottle, cancelMigration, MIGRATION_EVENTS, migrationInfo, MIRROR_EVENTS, mirrorState, QmpEventWatch, startMigration, startMirror, stopMirror, type Multifd } from '../src/cloud/qemu/migration-qmp.ts';
 import { QemuProvider } from '../src/cloud/qemu/qemu-provider.ts';
 import type { FleetMigration } from '../src/fleet/migrations.ts';
+import { pino } from 'pino';
 import { createLogger } from '../src/log.ts';
 import { judgeConvergence } from '../src/migration/convergence.ts';
 import type { LiveCodec } from '../src/migration/live-codec.ts';
@@ -92,6 +93,11 @@ export async function until<T>(what: string, ms: number, check: () => Promise<T 
   }
 }
 
+/** An end's logs: warnings (DWCP_BENCH_LOG=info: everything), on stderr: stdout is the bench's one JSON document. */
+function benchLog(): ReturnType<typeof createLogger> {
+  return createLogger(process.env.DWCP_BENCH_LOG === 'info' ? 'info' : 'warn', pino.destination({ dest: 2, sync: true }));
+}
+
 export class LocalSide implements Side {
   readonly name: string;
   readonly #o: SideOptions;
@@ -108,7 +114,7 @@ export class LocalSide implements Side {
     this.#o = o;
     this.#provider = provider;
     this.#host = host;
-    const log = createLogger(process.env.DWCP_BENCH_LOG === 'info' ? 'info' : 'warn');
+    const log = benchLog();
     this.#service = new MigrateService({
       host,
       members: {
@@ -135,7 +141,7 @@ export class LocalSide implements Side {
       capacity: { vcpus: 4, memoryMiB: 4 * o.memoryMiB, diskGiB: 10 },
       types,
       images: new DirectoryImageSource(o.images),
-      log: createLogger(process.env.DWCP_BENCH_LOG === 'info' ? 'info' : 'warn'),
+      log: benchLog(),
       utilisationIntervalMs: 0,
     });
     const side = new LocalSide(o, provider, await benchHost());

@@ -235,10 +235,14 @@ class StepRun implements TransferHandle {
 
     this.#cleanups.push(async () => {
       // A completed step cancelled the mirror already and left only its NBD node, whose removal may take a round trip
-      // through both relays: done here, after the step's outcome is out, not on the way to it.
-      if (completed) await releaseMirrorTarget(qmp);
+      // through both relays: done here, after the step's outcome is out, not on the way to it. Its connection then
+      // closes politely and the disk channel ends on its own (cut here, the target would log a broken channel).
+      if (completed) {
+        await releaseMirrorTarget(qmp);
+        return;
+      }
       // A step that issued `migrate` and did not complete cancelled QEMU's migration already (mayHaveCompleted below).
-      else await stopMirror(qmp);
+      await stopMirror(qmp);
       // QEMU's cancel does not wait on a relay that stopped reading (its multifd threads may sit in a write): close every connection.
       for (const socket of sockets) socket.destroy();
     });
