@@ -18,7 +18,7 @@
  *   or null for an object outside the shapes kv-service.ts builds.
  */
 import { Buffer } from 'node:buffer';
-import { WireCursor, varintBytes, writeVarint } from '../net/wire-cursor.ts';
+import { WireCursor, WireWriter, varintBytes } from '../net/wire-cursor.ts';
 import type { KvItem, KvWriteOptions, KvWriteResponse } from './schema.ts';
 
 /** What proto-loader's deserializer gives for KvPutRequest (uint64s as strings). */
@@ -111,35 +111,23 @@ export function encodeWriteResponse(r: KvWriteResponse): Buffer | null {
     2 + 1 + varintBytes(r.revision) + textField(0x1a, r.reason) + 1 + varintBytes(r.current_revision) +
     (prev === null ? 0 : 1 + varintBytes(prevBytes) + prevBytes) +
     textField(0x32, r.leader) + textField(0x3a, r.consistency) + 1 + varintBytes(r.regions_acked) + 1 + varintBytes(r.regions_total);
-  const out = Buffer.allocUnsafe(total);
-  let at = 0;
-  const count = (tag: number, n: number) => {
-    out[at++] = tag;
-    at = writeVarint(out, at, n);
-  };
-  const text = (tag: number, s: string) => {
-    const n = Buffer.byteLength(s, 'utf8');
-    count(tag, n);
-    at += out.write(s, at, n, 'utf8');
-  };
-  count(0x08, r.ok ? 1 : 0);
-  count(0x10, r.revision);
-  text(0x1a, r.reason);
-  count(0x20, r.current_revision);
+  const w = new WireWriter(Buffer.allocUnsafe(total));
+  w.count(0x08, r.ok ? 1 : 0);
+  w.count(0x10, r.revision);
+  w.text(0x1a, r.reason);
+  w.count(0x20, r.current_revision);
   if (prev !== null) {
-    count(0x2a, prevBytes);
-    text(0x0a, prev.key);
-    count(0x12, prev.value.byteLength);
-    out.set(prev.value, at);
-    at += prev.value.byteLength;
-    count(0x18, prev.revision);
-    count(0x20, prev.create_revision);
-    text(0x2a, prev.region);
-    text(0x32, prev.hlc);
+    w.count(0x2a, prevBytes);
+    w.text(0x0a, prev.key);
+    w.bytes(0x12, prev.value);
+    w.count(0x18, prev.revision);
+    w.count(0x20, prev.create_revision);
+    w.text(0x2a, prev.region);
+    w.text(0x32, prev.hlc);
   }
-  text(0x32, r.leader);
-  text(0x3a, r.consistency);
-  count(0x40, r.regions_acked);
-  count(0x48, r.regions_total);
-  return at === total ? out : null;
+  w.text(0x32, r.leader);
+  w.text(0x3a, r.consistency);
+  w.count(0x40, r.regions_acked);
+  w.count(0x48, r.regions_total);
+  return w.at === total ? w.out : null;
 }

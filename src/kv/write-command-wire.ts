@@ -25,7 +25,7 @@
  *   error of what it refuses, so the set of accepted encodings is unchanged.
  */
 import { Buffer } from 'node:buffer';
-import { WireCursor, varintBytes, writeVarint } from '../net/wire-cursor.ts';
+import { WireCursor, WireWriter, varintBytes } from '../net/wire-cursor.ts';
 import type { KvCommand } from './command.ts';
 
 /** Bounds of command.ts (KV_MAX_KEY_BYTES, KV_MAX_VALUE_BYTES, KV_MAX_CLIENT_ID), repeated here to keep this module free of a cycle; command.ts checks they agree. */
@@ -72,28 +72,14 @@ export function encodeWriteCommand(cmd: KvCommand): Buffer | null {
   if (revision >= 0) body += 1 + varintBytes(revision);
   if (value !== null) body += 1 + varintBytes(value.byteLength) + value.byteLength;
   const total = 1 + varintBytes(idBytes) + idBytes + 1 + varintBytes(seq) + 1 + varintBytes(body) + body;
-  const out = Buffer.allocUnsafe(total);
-  out[0] = TAG_CLIENT_ID;
-  let at = writeVarint(out, 1, idBytes);
-  at += out.write(clientId, at, idBytes, 'utf8');
-  out[at++] = TAG_SEQ;
-  at = writeVarint(out, at, seq);
-  out[at++] = cmd.op === 'put' ? TAG_PUT : cmd.op === 'delete' ? TAG_DELETE : TAG_CAS;
-  at = writeVarint(out, at, body);
-  out[at++] = TAG_KEY;
-  at = writeVarint(out, at, keyBytes);
-  at += out.write(key, at, keyBytes, 'utf8');
-  if (revision >= 0) {
-    out[at++] = TAG_CAS_REVISION;
-    at = writeVarint(out, at, revision);
-  }
-  if (value !== null) {
-    out[at++] = cmd.op === 'put' ? TAG_PUT_VALUE : TAG_CAS_VALUE;
-    at = writeVarint(out, at, value.byteLength);
-    out.set(value, at);
-    at += value.byteLength;
-  }
-  return at === total ? out : null;
+  const w = new WireWriter(Buffer.allocUnsafe(total));
+  w.text(TAG_CLIENT_ID, clientId, idBytes);
+  w.count(TAG_SEQ, seq);
+  w.count(cmd.op === 'put' ? TAG_PUT : cmd.op === 'delete' ? TAG_DELETE : TAG_CAS, body);
+  w.text(TAG_KEY, key, keyBytes);
+  if (revision >= 0) w.count(TAG_CAS_REVISION, revision);
+  if (value !== null) w.bytes(cmd.op === 'put' ? TAG_PUT_VALUE : TAG_CAS_VALUE, value);
+  return w.at === total ? w.out : null;
 }
 
 /** What the schema path decodes from these bytes, when they are a put, delete or cas as encodeWriteCommand writes it; else null. */

@@ -1,5 +1,5 @@
 /**
- * Protobuf varints and a read cursor for the hand-written codecs of hot
+ * Protobuf varints, a writer and a read cursor for the hand-written codecs of hot
  * messages (KV write commands, Raft's steady-state messages), which write and
  * read one canonical layout and leave everything else to the schema path
  * (src/net/schema.ts).
@@ -30,6 +30,43 @@ export function writeVarint(buf: Uint8Array, at: number, n: number): number {
   }
   buf[pos++] = rest;
   return pos;
+}
+
+/**
+ * Writes fields in order into an array its caller sized beforehand (with
+ * varintBytes); `at` is where the next byte goes, so the caller can check it
+ * ended exactly at the size it computed.
+ */
+export class WireWriter {
+  readonly out: Buffer;
+  at = 0;
+
+  constructor(out: Uint8Array) {
+    this.out = Buffer.isBuffer(out) ? out : Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+  }
+
+  varint(n: number): void {
+    this.at = writeVarint(this.out, this.at, n);
+  }
+
+  /** A varint field, written even when 0 (a caller that leaves proto3 zeros out checks first). */
+  count(tag: number, n: number): void {
+    this.out[this.at++] = tag;
+    this.varint(n);
+  }
+
+  /** A length-delimited field of `bytes`. */
+  bytes(tag: number, bytes: Uint8Array): void {
+    this.count(tag, bytes.byteLength);
+    this.out.set(bytes, this.at);
+    this.at += bytes.byteLength;
+  }
+
+  /** A length-delimited field of `s` in UTF-8, `n` its byte length. */
+  text(tag: number, s: string, n = Buffer.byteLength(s, 'utf8')): void {
+    this.count(tag, n);
+    this.at += this.out.write(s, this.at, n, 'utf8');
+  }
 }
 
 export class WireCursor {

@@ -21,7 +21,7 @@
  */
 import protobuf from 'protobufjs';
 import { FrameError } from '../../net/framing.ts';
-import { WireCursor, varintBytes, writeVarint } from '../../net/wire-cursor.ts';
+import { WireCursor, WireWriter, varintBytes } from '../../net/wire-cursor.ts';
 import type { MessageSchema } from '../../net/schema.ts';
 import {
   FieldError,
@@ -479,18 +479,13 @@ export function encodeHotMessage(m: Message): Uint8Array | null {
   const tag = HOT_TAG[m.type as keyof typeof HOT_TAG];
   const total = (m.term === 0 ? 0 : 1 + varintBytes(m.term)) + 1 + varintBytes(body) + body;
   const out = new Uint8Array(total);
-  let at = 0;
-  const varint = (n: number) => {
-    at = writeVarint(out, at, n);
-  };
+  const w = new WireWriter(out);
+  // protobufjs leaves a proto3 zero out.
   const count = (fieldTag: number, n: number) => {
-    if (n === 0) return;
-    out[at++] = fieldTag;
-    varint(n);
+    if (n !== 0) w.count(fieldTag, n);
   };
   count(0x08, m.term);
-  out[at++] = tag;
-  varint(body);
+  w.count(tag, body);
   switch (m.type) {
     case 'append':
       count(0x08, m.prevIndex);
@@ -498,22 +493,15 @@ export function encodeHotMessage(m: Message): Uint8Array | null {
       for (const e of m.entries) {
         if (e.kind !== 'normal') return null;
         const n = e.data.byteLength;
-        out[at++] = 0x1a;
-        varint((e.index === 0 ? 0 : 1 + varintBytes(e.index)) + (e.term === 0 ? 0 : 1 + varintBytes(e.term)) + 1 + varintBytes(n) + n);
+        w.count(0x1a, (e.index === 0 ? 0 : 1 + varintBytes(e.index)) + (e.term === 0 ? 0 : 1 + varintBytes(e.term)) + 1 + varintBytes(n) + n);
         count(0x08, e.index);
         count(0x10, e.term);
-        out[at++] = 0x1a;
-        varint(n);
-        out.set(e.data, at);
-        at += n;
+        w.bytes(0x1a, e.data);
       }
       count(0x20, m.commit);
       break;
     case 'append_response':
-      if (m.success) {
-        out[at++] = 0x08;
-        out[at++] = 1;
-      }
+      if (m.success) w.count(0x08, 1);
       count(0x10, m.index);
       count(0x18, m.hintIndex);
       count(0x20, m.hintTerm);
@@ -528,7 +516,7 @@ export function encodeHotMessage(m: Message): Uint8Array | null {
     default:
       return null;
   }
-  return at === total ? out : null;
+  return w.at === total ? out : null;
 }
 
 /**
