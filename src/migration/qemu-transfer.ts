@@ -292,7 +292,7 @@ class StepRun implements TransferHandle {
     } catch (err) {
       // Closed first, as the cleanup would: QEMU's cancel may otherwise wait on a relay that stopped reading.
       for (const socket of sockets) socket.destroy();
-      this.#set({ targetMayRun: await mayHaveCompleted(qmp, this.#o.pollMs ?? 100) });
+      this.#set({ targetMayRun: await mayHaveCompleted(qmp, events, this.#o.pollMs ?? 100) });
       throw err;
     }
     // The source is paused with every write mirrored: end the mirror (the destination's disk is complete), then wait for the state's last byte to arrive.
@@ -366,21 +366,17 @@ const SETTLE_CANCEL_MS = 10_000;
  * it cannot. Asked of QEMU directly, not of whichever wait the failure
  * interrupted: a broken channel that lands while the step waits for QEMU's
  * next event must not count as "the destination cannot run" if QEMU
- * completed in that moment (that is how two copies would run).
+ * completed in that moment (that is how two copies would run). `events` is
+ * the step's own watch (QEMU's MIGRATION events among its events).
  */
-async function mayHaveCompleted(qmp: QmpClient, pollMs: number): Promise<boolean> {
-  const events = new QmpEventWatch(qmp, MIGRATION_EVENTS);
-  try {
-    await cancelMigration(qmp).catch(() => undefined);
-    for (const deadline = Date.now() + SETTLE_CANCEL_MS; ; await events.next(pollMs)) {
-      const info = await migrationInfo(qmp).catch(() => null);
-      if (info === null) return true;
-      if (info.status === 'completed') return true;
-      if (info.status === 'failed' || info.status === 'cancelled' || info.status === 'none') return false;
-      if (Date.now() > deadline) return true;
-    }
-  } finally {
-    events.close();
+async function mayHaveCompleted(qmp: QmpClient, events: QmpEventWatch, pollMs: number): Promise<boolean> {
+  await cancelMigration(qmp).catch(() => undefined);
+  for (const deadline = Date.now() + SETTLE_CANCEL_MS; ; await events.next(pollMs)) {
+    const info = await migrationInfo(qmp).catch(() => null);
+    if (info === null) return true;
+    if (info.status === 'completed') return true;
+    if (info.status === 'failed' || info.status === 'cancelled' || info.status === 'none') return false;
+    if (Date.now() > deadline) return true;
   }
 }
 

@@ -167,7 +167,7 @@ export const MIGRATION_EVENTS = ['MIGRATION', 'MIGRATION_PASS'] as const;
  * previous MIGRATION_PASS woke is still in flight; a wait that subscribed
  * only once that query answered ("active") slept through the event for the
  * whole interval, ~100 ms of every live migration (bench/RESULTS.md,
- * migrate, "A lost wake-up").
+ * migrate, "where the live step's fixed time went").
  *
  * One waiter at a time; `close` unsubscribes and ends a wait under way.
  */
