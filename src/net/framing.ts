@@ -338,6 +338,9 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
 
   /** Closes the writable end once queued frames are sent; the remote's remaining frames can still be read. */
   async close(opts: FrameIoOptions = {}): Promise<void> {
+    // Writes not awaited by their callers are still in the chain (one may wait for a drain): they go first, or the
+    // stream would close under them and they would fail with "cannot write" (their bytes never sent).
+    await this.#writes;
     await this.stream.close(opts);
   }
 
