@@ -27,6 +27,7 @@ import { defaultLogger } from '@libp2p/logger';
 import { FramedStream } from '../../src/net/framing.ts';
 import { BytesSchema } from '../../src/net/schema.ts';
 import { meshLikeHost } from '../support/mesh-host.ts';
+import { tcpRelay, type TcpRelay } from '../support/tcp-relay.ts';
 import { wireArrayCounts } from '../../src/net/wire-arrays.ts';
 import { NoiseTransportStream } from '../../src/net/noise-stream.ts';
 import { TAG_BYTES } from '../../src/net/noise-crypto.ts';
@@ -34,44 +35,23 @@ import { TAG_BYTES } from '../../src/net/noise-crypto.ts';
 const LOOPBACK = '127.0.0.1';
 const ARRAY = 256 * 1024;
 
-/** A relay that forwards both ways; `stall` pauses reads from the dialler at random, `cut()` destroys every socket. */
-async function relay(target: number, stall: boolean): Promise<{ port: number; cut(): void; close(): Promise<void> }> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((inbound) => {
-    const outbound = net.connect({ host: LOOPBACK, port: target });
-    sockets.add(inbound).add(outbound);
-    const pipe = (from: net.Socket, to: net.Socket, slow: boolean): void => {
-      from.on('data', (chunk: Buffer) => {
-        if (!to.write(chunk)) {
-          from.pause();
-          to.once('drain', () => from.resume());
-        } else if (slow && Math.random() < 0.2) {
-          from.pause();
-          setTimeout(() => from.resume(), 1 + Math.floor(Math.random() * 15));
-        }
-      });
-    };
-    pipe(inbound, outbound, stall);
-    pipe(outbound, inbound, stall);
-    const end = (): void => {
-      inbound.destroy();
-      outbound.destroy();
-    };
-    inbound.on('close', end).on('error', end);
-    outbound.on('close', end).on('error', end);
-  });
-  server.listen(0, LOOPBACK);
-  await once(server, 'listening');
-  return {
-    port: (server.address() as AddressInfo).port,
-    cut: () => {
-      for (const s of sockets) s.destroy();
-    },
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
+/** A relay that forwards both ways; `stall` pauses reads from either side at random, `cut()` destroys every socket. */
+function relay(target: number, stall: boolean): Promise<TcpRelay> {
+  const pipe = (from: net.Socket, to: net.Socket): void => {
+    from.on('data', (chunk: Buffer) => {
+      if (!to.write(chunk)) {
+        from.pause();
+        to.once('drain', () => from.resume());
+      } else if (stall && Math.random() < 0.2) {
+        from.pause();
+        setTimeout(() => from.resume(), 1 + Math.floor(Math.random() * 15));
+      }
+    });
   };
+  return tcpRelay({ host: LOOPBACK, port: target }, (inbound, outbound) => {
+    pipe(inbound, outbound);
+    pipe(outbound, inbound);
+  });
 }
 
 describe("Node's socket: writableLength 0 after a write means the socket no longer needs the array", () => {

@@ -11,9 +11,6 @@
  * once written (wire-arrays.ts: its rule alone, then the bytes end to end).
  */
 import crypto from 'node:crypto';
-import net from 'node:net';
-import { once } from 'node:events';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { tcp } from '@libp2p/tcp';
@@ -29,6 +26,7 @@ import { BytesSchema } from '../../src/net/schema.ts';
 import { noiseChannel } from '../../src/net/noise-channel.ts';
 import { noiseCrypto, sealInPlace, TAG_BYTES } from '../../src/net/noise-crypto.ts';
 import { MAX_PLAINTEXT_BYTES, NoiseMessageDecoder, NoiseMessageError } from '../../src/net/noise-stream.ts';
+import { tcpRelay } from '../support/tcp-relay.ts';
 import { WireArrays, wireArrayCounts } from '../../src/net/wire-arrays.ts';
 import type { MessageStream } from '@libp2p/interface';
 
@@ -376,10 +374,7 @@ describe('bulk over the Noise channel with a backed-up socket', () => {
  */
 async function bitFlipper(target: { host: string; port: number }): Promise<{ port: number; arm(): void; close(): Promise<void> }> {
   let armed = false;
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((inbound) => {
-    const outbound = net.connect(target);
-    sockets.add(inbound).add(outbound);
+  const relay = await tcpRelay(target, (inbound, outbound) => {
     inbound.on('data', (chunk: Buffer) => {
       if (armed && chunk.byteLength > 20) {
         armed = false;
@@ -391,23 +386,8 @@ async function bitFlipper(target: { host: string; port: number }): Promise<{ por
       }
     });
     outbound.on('data', (chunk: Buffer) => inbound.write(chunk));
-    const end = (): void => {
-      inbound.destroy();
-      outbound.destroy();
-    };
-    inbound.on('close', end).on('error', end);
-    outbound.on('close', end).on('error', end);
   });
-  server.listen(0, LOOPBACK);
-  await once(server, 'listening');
-  return {
-    port: (server.address() as AddressInfo).port,
-    arm: () => void (armed = true),
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
+  return { port: relay.port, arm: () => void (armed = true), close: () => relay.close() };
 }
 
 describe('a tampered Noise channel', () => {
