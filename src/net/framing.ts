@@ -114,14 +114,16 @@ export function frameHeader(length: number, maxFrameBytes: number, protocol = ''
   const limits = { protocol, maxFrameBytes };
   checkLimits(limits);
   if (length > maxFrameBytes) throw oversized(length, limits);
-  const header: number[] = [];
+  let bytes = 1;
+  for (let rest = length; rest >= 0x80; rest = Math.floor(rest / 0x80)) bytes++;
+  const header = new Uint8Array(bytes);
   let rest = length;
-  while (rest >= 0x80) {
-    header.push((rest % 0x80) | 0x80);
+  for (let i = 0; i < bytes - 1; i++) {
+    header[i] = (rest % 0x80) | 0x80;
     rest = Math.floor(rest / 0x80);
   }
-  header.push(rest);
-  return Uint8Array.from(header);
+  header[bytes - 1] = rest;
+  return header;
 }
 
 /** Prefixes `payload` with its varint length, as one array. */
@@ -266,6 +268,8 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
   #wake: (() => void) | undefined;
   #resuming = false;
   #writes: Promise<void> = Promise.resolve();
+  /** Writes in the #writes chain not yet sent or failed; while any is, a new write must queue behind it. */
+  #queuedWrites = 0;
 
   constructor(stream: Stream, opts: FramedStreamOptions<In, Out>) {
     this.stream = stream;
@@ -326,14 +330,29 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
     } catch (err) {
       throw err instanceof FrameError ? err.withProtocol(this.protocol) : err;
     }
+    if (this.#queuedWrites === 0 && !this.stream.writableNeedsDrain) {
+      // Nothing queued before it and room in the send buffer: sent now, as the chain would send it, without
+      // the chain's microtask hops (a quarter of a small message's round trip). A closed stream throws here.
+      this.#send(frame);
+      return;
+    }
+    this.#queuedWrites++;
     const written = this.#writes.then(async () => {
-      await this.#drained(opts.signal);
-      this.stream.send(frame);
-      this.#events.onBytesOut?.(frame.byteLength);
+      try {
+        await this.#drained(opts.signal);
+        this.#send(frame);
+      } finally {
+        this.#queuedWrites--;
+      }
     });
     // The chain only orders writes; each caller sees its own failure through `written`.
     this.#writes = written.catch(() => {});
     await written;
+  }
+
+  #send(frame: Uint8ArrayList): void {
+    this.stream.send(frame);
+    this.#events.onBytesOut?.(frame.byteLength);
   }
 
   /** Closes the writable end once queued frames are sent; the remote's remaining frames can still be read. */
