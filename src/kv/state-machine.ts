@@ -26,8 +26,7 @@
  *   applied index.
  *
  * Determinism: no clock, no randomness; keys are kept in UTF-8 byte order in
- * a sorted array (ranges, snapshots; binary search, and a memmove to insert
- * or drop a key, which is cheap up to millions of keys) and the sessions map in LRU order, which
+ * a block-sorted list (sorted-keys.ts: ranges, snapshots) and the sessions map in LRU order, which
  * is a function of the log alone because indices only grow (and restore
  * rebuilds it from the snapshot's lastIndex order). Given the same entries,
  * every replica returns the same results and writes the same snapshot bytes.
@@ -44,6 +43,7 @@ import { decodeKvSnapshot, encodeKvSnapshot, kvSnapshotEntryBytes, kvSnapshotSou
 import type { SnapshotSource } from '../consensus/raft/types.ts';
 import { DwcpError } from '../errors.ts';
 import { FleetStateMachine, type FleetState } from '../fleet/state-machine.ts';
+import { SortedKeys } from './sorted-keys.ts';
 import { NO_SLAB, SLABBED_MAX_BYTES, ValueSlabs, valueView, type ValuePlace } from './value-slabs.ts';
 
 export interface KvStats {
@@ -105,7 +105,7 @@ export class KvStateMachine {
   /** Holds the values' bytes (value-slabs.ts): many small values share a buffer. */
   readonly #slabs = new ValueSlabs();
   /** Every key of #values, in compareKeys order. */
-  #keys: string[] = [];
+  #keys = new SortedKeys();
   /** Iteration order is lastIndex order: touching a session moves it to the end. */
   #sessions = new Map<string, MutableSession>();
   #appliedIndex = 0;
@@ -180,10 +180,9 @@ export class KvStateMachine {
     }
     const entries: KvEntry[] = [];
     let bytes = 0;
-    let i = this.#lowerBound(prefix);
-    if (after !== '') i = Math.max(i, this.#upperBound(after));
-    for (; i < this.#keys.length; i++) {
-      const key = this.#keyAt(i);
+    // Keys from `prefix` on and after `after`: whichever of the two starts later.
+    const afterLater = after !== '' && compareKeys(after, prefix) >= 0;
+    for (const key of this.#keys.from(afterLater ? after : prefix, afterLater)) {
       if (!key.startsWith(prefix)) break;
       const stored = this.#stored(key);
       if (entries.length === limit || (entries.length > 0 && bytes + stored.footprint > KV_RANGE_MAX_BYTES)) return { entries, more: true };
@@ -218,7 +217,7 @@ export class KvStateMachine {
   }
 
   #snapshotInput(): KvSnapshotInput {
-    const keys = this.#keys.slice();
+    const keys = this.#keys.toArray();
     const earlier = new Map<string, StoredValue>();
     this.#taken.add(earlier);
     let released = false;
@@ -261,7 +260,7 @@ export class KvStateMachine {
       const keyBytes = Buffer.byteLength(key, 'utf8');
       const stored = machine.#store(value, revision, createRevision, kvEntryFootprint(keyBytes, value.byteLength));
       machine.#values.set(key, stored);
-      machine.#keys.push(key);
+      machine.#keys.append(key);
       machine.#bytes += stored.footprint;
       machine.#entriesBytes += KvStateMachine.#encodedBytes(keyBytes, stored);
     }
@@ -319,7 +318,7 @@ export class KvStateMachine {
         if (prev !== undefined) {
           this.#replacing(cmd.key, prev);
           this.#values.delete(cmd.key);
-          this.#keys.splice(this.#indexOfKey(cmd.key), 1);
+          invariant(this.#keys.delete(cmd.key), () => `kv keys: "${cmd.key}" is stored but missing from the sorted key list`);
           this.#bytes -= prev.footprint;
           this.#entriesBytes -= KvStateMachine.#encodedBytes(Buffer.byteLength(cmd.key, 'utf8'), prev);
           this.#released(prev);
@@ -340,7 +339,7 @@ export class KvStateMachine {
     const stored = this.#store(value, index, prev?.createRevision ?? index, footprint);
     this.#values.set(key, stored);
     this.#entriesBytes += KvStateMachine.#encodedBytes(keyBytes, stored) - (prev === undefined ? 0 : KvStateMachine.#encodedBytes(keyBytes, prev));
-    if (prev === undefined) this.#keys.splice(this.#lowerBound(key), 0, key);
+    if (prev === undefined) invariant(this.#keys.insert(key), () => `kv keys: "${key}" is new but already in the sorted key list`);
     else this.#released(prev);
     this.#bytes = bytes;
     return { ok: true, op, revision: index, prev: metaOf(prev) };
@@ -364,40 +363,6 @@ export class KvStateMachine {
       // In place: the record then reads the same bytes from the new slab (see StoredValue).
       if (s.length <= SLABBED_MAX_BYTES) this.#slabs.place(valueView(s), s);
     }
-  }
-
-  /** First position whose key is not before `key`. */
-  #lowerBound(key: string): number {
-    return this.#search((probe) => compareKeys(probe, key) < 0);
-  }
-
-  /** First position whose key is after `key`. */
-  #upperBound(key: string): number {
-    return this.#search((probe) => compareKeys(probe, key) <= 0);
-  }
-
-  /** First position where `before` turns false (it is true on a prefix of #keys). */
-  #search(before: (probe: string) => boolean): number {
-    let lo = 0;
-    let hi = this.#keys.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (before(this.#keyAt(mid))) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  }
-
-  #indexOfKey(key: string): number {
-    const i = this.#lowerBound(key);
-    invariant(this.#keys[i] === key, () => `kv keys: "${key}" is stored but missing from the sorted key list`);
-    return i;
-  }
-
-  #keyAt(i: number): string {
-    const key = this.#keys[i];
-    invariant(key !== undefined, () => `kv keys: no key at position ${i} of ${this.#keys.length}`);
-    return key;
   }
 
   #stored(key: string): StoredValue {
