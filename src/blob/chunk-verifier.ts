@@ -25,6 +25,7 @@
  *   should not.
  */
 import { Worker } from 'node:worker_threads';
+import type { Uint8ArrayList } from 'uint8arraylist';
 import { chunkMismatch, type HashedChunk } from './store.ts';
 import { checksumMismatch } from '../codec/frame.ts';
 import { checkBatch, VERIFIER_WORKER_MARK, type Verdict, type VerifyAnswer, type VerifyRequest } from './chunk-verifier-worker.ts';
@@ -65,11 +66,21 @@ export class ChunkVerifier {
    * `bytes` is a whole codec frame whose payload is the chunks (codec none):
    * its checksum is checked first, and a mismatch rejects with the
    * CodecError `bad-checksum` that decompressing it would have raised.
+   * `bytes` may be the parts a frame arrived in: they are copied straight
+   * into the copy, which is the one copy a received batch costs.
    */
-  verify(bytes: Uint8Array, refs: readonly { hash: string; length: number }[], frame?: BatchFrame): Promise<VerifiedBatch> {
+  verify(bytes: Uint8Array | Uint8ArrayList, refs: readonly { hash: string; length: number }[], frame?: BatchFrame): Promise<VerifiedBatch> {
     const total = bytes.byteLength;
     const buffer = this.#take(total);
-    new Uint8Array(buffer, 0, total).set(bytes);
+    const copy = new Uint8Array(buffer, 0, total);
+    if (bytes instanceof Uint8Array) copy.set(bytes);
+    else {
+      let at = 0;
+      for (const part of bytes) {
+        copy.set(part, at);
+        at += part.byteLength;
+      }
+    }
     // Not an async function itself: nothing that waits holds on to `bytes`, which the caller's frame should die young with.
     return this.#check(buffer, total, refs, frame);
   }

@@ -39,7 +39,8 @@ import type { MemberDirectory } from '../federation/members.ts';
 import type { LinkMode } from '../federation/link-mode.ts';
 import type { Logger } from '../log.ts';
 import { chooseCodec, type CodecChoiceOptions, type CodecMeasurements, type LinkEstimate } from '../codec/choice.ts';
-import { CodecError, codecById, codecFor, codecLabel, type Codec, type CodecSpec } from '../codec/codecs.ts';
+import { CodecError, codecById, codecFor, codecLabel, expectRawLength, type Codec, type CodecSpec } from '../codec/codecs.ts';
+import type { Uint8ArrayList } from 'uint8arraylist';
 import { decompressFrame, FRAME_HEADER_BYTES, frameHeader, readFrameHeader } from '../codec/frame.ts';
 import { FrameError, FramedStream, type FrameEvents } from '../net/framing.ts';
 import type { StreamDialer } from '../net/host.ts';
@@ -55,7 +56,7 @@ import {
   BLOB_MAX_BATCH_RAW_BYTES,
   BLOB_MAX_FRAME_BYTES,
   BLOB_PROTOCOL,
-  BlobMessageSchema,
+  BlobMessageInSchema,
   BlobMessageOutSchema,
   bitmapBytes,
   decodeManifest,
@@ -64,7 +65,7 @@ import {
   setBit,
   setBits,
   type Accept,
-  type BlobMessage,
+  type BlobMessageIn,
   type BlobMessageOut,
   type BlobRejectCode,
   type Offer,
@@ -96,10 +97,10 @@ const RESUME_BACKOFF_MAX_MS = 5_000;
 /** Streams one connection may open to us for blobs: a few transfers' worth. */
 export const BLOB_MAX_INBOUND_STREAMS = 128;
 
-export type BlobChannel = FramedStream<BlobMessage, BlobMessageOut>;
+export type BlobChannel = FramedStream<BlobMessageIn, BlobMessageOut>;
 
 export function blobChannel(stream: Stream, events: FrameEvents | undefined): BlobChannel {
-  return new FramedStream(stream, { protocol: BLOB_PROTOCOL, maxFrameBytes: BLOB_MAX_FRAME_BYTES, inbound: BlobMessageSchema, outbound: BlobMessageOutSchema, ...(events ? { events } : {}) });
+  return new FramedStream(stream, { protocol: BLOB_PROTOCOL, maxFrameBytes: BLOB_MAX_FRAME_BYTES, inbound: BlobMessageInSchema, outbound: BlobMessageOutSchema, ...(events ? { events } : {}) });
 }
 
 export interface LinkInfo {
@@ -134,9 +135,9 @@ export class BaselineRefusedError extends BlobTransferError {
 /** What the receiver broke; the sender reports it and gives up. */
 class ProtocolError extends Error {}
 
-async function readExpecting<K extends BlobMessage['kind']>(ch: BlobChannel, kinds: readonly K[], what: string, timeoutMs: number, signal?: AbortSignal): Promise<Extract<BlobMessage, { kind: K }>> {
+async function readExpecting<K extends BlobMessageIn['kind']>(ch: BlobChannel, kinds: readonly K[], what: string, timeoutMs: number, signal?: AbortSignal): Promise<Extract<BlobMessageIn, { kind: K }>> {
   const limit = deadline(timeoutMs, signal);
-  let msg: BlobMessage | undefined;
+  let msg: BlobMessageIn | undefined;
   try {
     msg = await ch.read({ signal: limit.signal });
   } finally {
@@ -144,7 +145,7 @@ async function readExpecting<K extends BlobMessage['kind']>(ch: BlobChannel, kin
   }
   if (msg === undefined) throw new Error(`${what}: the stream ended`);
   if (!(kinds as readonly string[]).includes(msg.kind)) throw new ProtocolError(`${what}: got ${msg.kind}, expected ${kinds.join(' or ')}`);
-  return msg as Extract<BlobMessage, { kind: K }>;
+  return msg as Extract<BlobMessageIn, { kind: K }>;
 }
 
 /** At most `size` holders at once; `drained` resolves when none is held. */
@@ -490,7 +491,7 @@ async function sendBatches(
     try {
       for (;;) {
         const limit = deadline(ANSWER_TIMEOUT_MS, signal);
-        let msg: BlobMessage | undefined;
+        let msg: BlobMessageIn | undefined;
         try {
           msg = await ch.read({ signal: limit.signal });
         } finally {
@@ -718,7 +719,7 @@ export class BlobReceiver {
       await this.#reject(ch, 'busy', 'this connection has not passed the hello exchange yet');
       return;
     }
-    let first: BlobMessage | undefined;
+    let first: BlobMessageIn | undefined;
     const limit = deadline(FIRST_MESSAGE_TIMEOUT_MS);
     try {
       first = await ch.read({ signal: limit.signal });
@@ -972,22 +973,24 @@ export class BlobReceiver {
   /**
    * Checks one batch frame and decompresses it: what is left for the chunk
    * verifier, the chunks' bytes in order. A frame whose payload is the chunks
-   * as they are (codec none) goes to it whole, checksum unchecked: the
-   * verifier's thread checks it before the chunks' hashes, as decompressing
-   * would have, so the event loop never reads the batch's bytes.
+   * as they are (codec none) goes to it whole, checksum unchecked and still
+   * in the parts it arrived in: the verifier copies those once into its own
+   * buffer and its thread checks the checksum before the chunks' hashes, as
+   * decompressing would have, so the event loop neither reads nor
+   * reassembles the batch's bytes.
    */
-  async #unpack(frame: Uint8Array, refs: readonly ChunkRef[], expected: number, mode: LinkMode): Promise<{ bytes: Uint8Array; frame?: BatchFrame }> {
+  async #unpack(frame: Uint8ArrayList, refs: readonly ChunkRef[], expected: number, mode: LinkMode): Promise<{ bytes: Uint8Array | Uint8ArrayList; frame?: BatchFrame }> {
     const header = readFrameHeader(frame, BLOB_MAX_BATCH_RAW_BYTES);
     if (header.rawLength !== expected) throw new CodecError('length-mismatch', `batch frame declares ${header.rawLength} raw bytes, its ${refs.length} chunks are ${expected}`);
     const codec = codecById(header.codecId) as Codec;
     const t0 = performance.now();
-    let out: { bytes: Uint8Array; frame?: BatchFrame };
+    let out: { bytes: Uint8Array | Uint8ArrayList; frame?: BatchFrame };
     if (codec.name === 'none') {
-      // Only its length, as decompressing checks it (a none payload is not read).
-      await codec.decompress(frame.subarray(FRAME_HEADER_BYTES), header.rawLength);
+      // Only its length, as decompressing checks it (a none payload is not read, nor made one array).
+      expectRawLength(codec.name, header.payloadLength, header.rawLength);
       out = { bytes: frame, frame: { chunksAt: FRAME_HEADER_BYTES, checksum: header.checksum } };
     } else {
-      out = { bytes: (await decompressFrame(frame, BLOB_MAX_BATCH_RAW_BYTES)).raw };
+      out = { bytes: (await decompressFrame(frame.subarray(), BLOB_MAX_BATCH_RAW_BYTES)).raw };
     }
     const label = codecLabel({ name: codec.name, level: header.level === 0 ? undefined : header.level });
     const m = this.#opts.metrics;

@@ -19,6 +19,7 @@ import type { ChunkingOptions } from './chunker.ts';
 import { validateChunking } from './chunker.ts';
 import { adoptHashList, chunkHashList, type ChunkRef, type Manifest } from './manifest.ts';
 import protobuf from 'protobufjs';
+import { Uint8ArrayList } from 'uint8arraylist';
 import type { MessageSchema } from '../net/schema.ts';
 import { FrameError } from '../net/framing.ts';
 import { FieldError, loadProto, partsPrefix, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
@@ -217,6 +218,63 @@ function batchParts(batch: { first: number; count: number; frame: readonly Uint8
   const fields = writer.uint32(TAG.count).uint32(batch.count).uint32(TAG.frame).uint32(frameBytes).finish();
   return [partsPrefix(TAG.batch, fields, frameBytes), ...batch.frame];
 }
+
+/**
+ * What a member reads: a BlobMessage, except that a batch's frame is a list
+ * of the parts it arrived in (views of the stream's chunks, nothing copied),
+ * which the receiver copies once, into the chunk verifier's buffer.
+ */
+export type BlobMessageIn = Exclude<BlobMessage, { kind: 'batch' }> | { kind: 'batch'; batch: { first: number; count: number; frame: Uint8ArrayList } };
+
+/** Longest head of a Batch message before its frame's bytes: four tags and four 5-byte varints. */
+const MAX_BATCH_HEAD_BYTES = 4 * (1 + 5);
+
+/**
+ * A BlobMessage.batch in exactly the shape batchParts writes (first left out
+ * when 0), its frame a sublist of `frame`, validated as validateBlobMessage
+ * validates a batch; undefined for anything else, which the full decode and
+ * its strict checks then accept or refuse as they would any message.
+ */
+function parseBatch(frame: Uint8ArrayList): BlobMessageIn | undefined {
+  // A view when the first part holds the whole head (nearly always); a copy of at most 24 bytes when not.
+  const head = frame.subarray(0, Math.min(frame.byteLength, MAX_BATCH_HEAD_BYTES));
+  if (head[0] !== TAG.batch) return undefined;
+  try {
+    const r = protobuf.Reader.create(head);
+    r.pos = 1;
+    if (r.uint32() !== frame.byteLength - r.pos) return undefined;
+    let tag = r.uint32();
+    let first = 0;
+    if (tag === TAG.first) {
+      first = r.uint32();
+      // batchParts leaves a 0 out: a written-out 0 is not its shape.
+      if (first === 0) return undefined;
+      tag = r.uint32();
+    }
+    if (tag !== TAG.count) return undefined;
+    const count = r.uint32();
+    if (r.uint32() !== TAG.frame) return undefined;
+    const frameBytes = r.uint32();
+    if (frameBytes !== frame.byteLength - r.pos) return undefined;
+    if (first > BLOB_MAX_CHUNKS || count < 1 || count > BLOB_MAX_CHUNKS || frameBytes < 1 || frameBytes > MAX_BATCH_FRAME_BYTES) return undefined;
+    return { kind: 'batch', batch: { first, count, frame: frame.sublist(r.pos) } };
+  } catch {
+    // A varint past the head's end: not the shape; the full decode says what is wrong.
+    return undefined;
+  }
+}
+
+function asInbound(msg: BlobMessage): BlobMessageIn {
+  return msg.kind === 'batch' ? { kind: 'batch', batch: { ...msg.batch, frame: new Uint8ArrayList(msg.batch.frame) } } : msg;
+}
+
+/** The inbound schema of a blob channel: BlobMessageSchema, with batches in the shape batchParts writes parsed from their parts. */
+export const BlobMessageInSchema: MessageSchema<BlobMessageIn> = {
+  name: BlobMessageSchema.name,
+  decode: (bytes) => asInbound(BlobMessageSchema.decode(bytes)),
+  decodeList: (frame) => parseBatch(frame) ?? asInbound(BlobMessageSchema.decode(frame.subarray())),
+  encode: (msg) => BlobMessageSchema.encode(msg.kind === 'batch' ? { kind: 'batch', batch: { ...msg.batch, frame: msg.batch.frame.subarray() } } : msg),
+};
 
 /** The outbound schema of a blob channel: BlobMessageSchema, with batches written from their parts. */
 export const BlobMessageOutSchema: MessageSchema<BlobMessageOut> = {

@@ -101,10 +101,13 @@ async function nativeCall(codec: CodecName, what: string, call: () => Promise<Bu
   }
 }
 
+/** Refuses a decompressed length other than the frame's declared raw length (for `none`, the payload's own length). */
+export function expectRawLength(codec: CodecName, actual: number, rawLength: number): void {
+  if (actual !== rawLength) throw new CodecError('length-mismatch', `${codec}: decompressed to ${actual} bytes, the frame declared ${rawLength}`);
+}
+
 function expectLength(codec: CodecName, out: Uint8Array, rawLength: number): Uint8Array {
-  if (out.byteLength !== rawLength) {
-    throw new CodecError('length-mismatch', `${codec}: decompressed to ${out.byteLength} bytes, the frame declared ${rawLength}`);
-  }
+  expectRawLength(codec, out.byteLength, rawLength);
   return out;
 }
 

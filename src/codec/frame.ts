@@ -25,6 +25,7 @@
  */
 import { CodecError, codecById, codecFor, type Codec, type CodecSpec } from './codecs.ts';
 import { CHECKSUM_OFFSET, frameChecksum } from './frame-checksum.ts';
+import type { Uint8ArrayList } from 'uint8arraylist';
 
 export const FRAME_MAGIC = 0x46435744; // "DWCF" read little-endian
 export const FRAME_VERSION = 1;
@@ -92,11 +93,13 @@ export function frameFromPayload(codec: Codec, rawLength: number, payload: Uint8
 }
 
 /** Parses and checks the header alone: everything that can be refused without touching the payload. */
-export function readFrameHeader(frame: Uint8Array, maxRawBytes: number = DEFAULT_MAX_RAW_BYTES): FrameHeader {
+export function readFrameHeader(frame: Uint8Array | Uint8ArrayList, maxRawBytes: number = DEFAULT_MAX_RAW_BYTES): FrameHeader {
   if (frame.byteLength < FRAME_HEADER_BYTES) {
     throw new CodecError('truncated', `frame of ${frame.byteLength} bytes is shorter than the ${FRAME_HEADER_BYTES}-byte header`);
   }
-  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  // A frame still in the parts it arrived in: only its header is made contiguous (a view, or a copy of 24 bytes).
+  const head = frame instanceof Uint8Array ? frame : frame.subarray(0, FRAME_HEADER_BYTES);
+  const view = new DataView(head.buffer, head.byteOffset, FRAME_HEADER_BYTES);
   const magic = view.getUint32(0, true);
   if (magic !== FRAME_MAGIC) throw new CodecError('bad-magic', `frame magic is 0x${magic.toString(16)}, expected 0x${FRAME_MAGIC.toString(16)} ("DWCF")`);
   const header: FrameHeader = {

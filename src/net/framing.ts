@@ -172,18 +172,28 @@ export class FrameDecoder {
     return this.#buffer.byteLength;
   }
 
-  /** Returns every frame `chunk` completes, in order; the returned arrays may share memory with the chunks. */
+  /** Returns every frame `chunk` completes, in order, each as one array; they may share memory with the chunks. */
   push(chunk: Uint8Array | Uint8ArrayList): Uint8Array[] {
+    return this.pushLists(chunk).map((frame) => frame.subarray());
+  }
+
+  /**
+   * Returns every frame `chunk` completes, in order, each as the parts it
+   * arrived in: views of the chunks, nothing copied. A frame that spans
+   * several chunks (a 64 KiB or larger frame nearly always does) stays a list
+   * until whoever reads it decides whether it needs one array.
+   */
+  pushLists(chunk: Uint8Array | Uint8ArrayList): Uint8ArrayList[] {
     if (this.#failure !== undefined) throw this.#failure;
     this.#buffer.append(chunk);
-    const frames: Uint8Array[] = [];
+    const frames: Uint8ArrayList[] = [];
     try {
       for (;;) {
         const header = readHeader(this.#buffer, this.#limits);
         if (header === undefined) break;
         const end = header.headerBytes + header.length;
         if (this.#buffer.byteLength < end) break;
-        frames.push(this.#buffer.subarray(header.headerBytes, end));
+        frames.push(this.#buffer.sublist(header.headerBytes, end));
         this.#buffer.consume(end);
       }
     } catch (err) {
@@ -259,8 +269,8 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
   readonly #outbound: MessageSchema<Out>;
   readonly #events: FrameEvents;
   readonly #decoder: FrameDecoder;
-  /** Decoded frames no one has read yet; non-empty only while the stream is paused (plus one chunk's worth). */
-  readonly #frames: Uint8Array[] = [];
+  /** Decoded frames no one has read yet, as the parts they arrived in; non-empty only while the stream is paused (plus one chunk's worth). */
+  readonly #frames: Uint8ArrayList[] = [];
   #ended = false;
   /** The remote closed its writable end (FIN): the one way input ends cleanly. */
   #remoteClosed = false;
@@ -300,7 +310,8 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
     const frame = await this.#nextFrame(opts.signal);
     if (frame === undefined) return undefined;
     try {
-      return this.#inbound.decode(frame);
+      // A schema that takes the parts gets them (a bulk bytes field then needs no copy into one array); any other gets one array.
+      return this.#inbound.decodeList === undefined ? this.#inbound.decode(frame.subarray()) : this.#inbound.decodeList(frame);
     } catch (err) {
       const rejected =
         err instanceof FrameError
@@ -377,7 +388,7 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
     }
   }
 
-  async #nextFrame(signal: AbortSignal | undefined): Promise<Uint8Array | undefined> {
+  async #nextFrame(signal: AbortSignal | undefined): Promise<Uint8ArrayList | undefined> {
     for (;;) {
       if (signal?.aborted === true) throw this.#abortedRead(signal);
       if (this.#failure !== undefined) throw this.#failure;
@@ -498,9 +509,9 @@ export class FramedStream<In, Out> implements AsyncIterable<In> {
   readonly #onMessage = (evt: StreamMessageEvent): void => {
     this.#events.onBytesIn?.(evt.data.byteLength);
     if (this.#failure !== undefined) return;
-    let frames: Uint8Array[];
+    let frames: Uint8ArrayList[];
     try {
-      frames = this.#decoder.push(evt.data);
+      frames = this.#decoder.pushLists(evt.data);
     } catch (err) {
       // Only a FrameError is expected; anything else is a bug, and still must not escape into the muxer.
       if (err instanceof FrameError) this.#reject(err);

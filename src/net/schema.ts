@@ -22,6 +22,7 @@
  */
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
+import type { Uint8ArrayList } from 'uint8arraylist';
 import { FrameError } from './framing.ts';
 import { DwcpError } from '../errors.ts';
 
@@ -36,6 +37,15 @@ export interface MessageSchema<T> {
    * than copied into the encoding). FramedStream writes these when present.
    */
   encodeParts?(msg: T): readonly Uint8Array[];
+  /**
+   * Optional: decode() of a frame given as the parts it arrived in (views of
+   * the stream's chunks), which FramedStream calls instead of decode() when
+   * present. For messages that carry bulk bytes: such a field can be handed
+   * on as a list of those parts, where decode() of one array would first
+   * have every frame spanning several chunks (all bulk frames) copied whole.
+   * Same checks, same errors as decode().
+   */
+  decodeList?(frame: Uint8ArrayList): T;
 }
 
 /** Thrown by field validators; protoSchema turns it into a schema FrameError naming the message type. */

@@ -18,7 +18,7 @@ import { compressFrame, frameFromPayload, FRAME_HEADER_BYTES } from '../../src/c
 import { chunkingForAverage } from '../../src/blob/chunker.ts';
 import { buildManifest, type Manifest } from '../../src/blob/manifest.ts';
 import { blobChannel, type BlobChannel } from '../../src/blob/transfer.ts';
-import { BLOB_PROTOCOL, encodeManifest, setBits, type BlobMessage } from '../../src/blob/wire.ts';
+import { BLOB_PROTOCOL, encodeManifest, setBits, type BlobMessageIn } from '../../src/blob/wire.ts';
 import type { BlobRejectReason } from '../../src/blob/metrics.ts';
 import { metricValue } from '../integration/harness.ts';
 import { blobPair, type BlobPair } from './blob-pair.ts';
@@ -43,12 +43,12 @@ async function open(): Promise<BlobChannel> {
   return blobChannel(await pair.a.mesh.host.dialProtocol(peerIdFromString(pair.b.peerId), BLOB_PROTOCOL), undefined);
 }
 
-async function next(ch: BlobChannel): Promise<BlobMessage | undefined> {
+async function next(ch: BlobChannel): Promise<BlobMessageIn | undefined> {
   return ch.read({ signal: AbortSignal.timeout(10_000) });
 }
 
 /** Offers `m` (a full transfer) and returns the control stream, the transfer id and the chunk indices b asked for. */
-async function offer(m: Manifest, list: Uint8Array = encodeManifest(m, undefined).bytes): Promise<{ control: BlobChannel; transferId: string; need: number[]; answer: BlobMessage | undefined }> {
+async function offer(m: Manifest, list: Uint8Array = encodeManifest(m, undefined).bytes): Promise<{ control: BlobChannel; transferId: string; need: number[]; answer: BlobMessageIn | undefined }> {
   const control = await open();
   const transferId = randomBytes(16).toString('hex');
   await control.write({

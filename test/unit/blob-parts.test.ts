@@ -9,7 +9,8 @@ import { Registry } from 'prom-client';
 import { Prng, vmImageLike } from '../../bench/codec.ts';
 import { chunkingForAverage } from '../../src/blob/chunker.ts';
 import { buildManifest, type Manifest } from '../../src/blob/manifest.ts';
-import { BlobMessageOutSchema, BlobMessageSchema, bitmapBytes, decodeManifest, encodeManifest, setBit, setBits, type Offer } from '../../src/blob/wire.ts';
+import { Uint8ArrayList } from 'uint8arraylist';
+import { BlobMessageInSchema, BlobMessageOutSchema, BlobMessageSchema, bitmapBytes, decodeManifest, encodeManifest, setBit, setBits, type Offer } from '../../src/blob/wire.ts';
 import { TransferProgress } from '../../src/blob/progress.ts';
 import { CompressionSkip } from '../../src/blob/transfer.ts';
 import { createBlobMetrics } from '../../src/blob/metrics.ts';
@@ -123,6 +124,49 @@ describe('a batch written from parts', () => {
     // The frame's own parts are sent as they are, not copies.
     expect(parts.at(-1)?.buffer).toBe(frame.buffer);
     expect(BlobMessageSchema.decode(Buffer.concat(parts))).toEqual({ kind: 'batch', batch: { first, count, frame: Buffer.from(frame) } });
+  });
+
+  it('is read back from the parts it arrived in (decodeList): the frame a list of views of them, whatever the cuts', () => {
+    const rng = new Prng(7);
+    const frame = Uint8Array.from({ length: 3000 }, () => rng.below(256));
+    for (const first of [0, 300]) {
+      const wire = Buffer.concat(BlobMessageOutSchema.encodeParts?.({ kind: 'batch', batch: { first, count: 3, frame } }) ?? []);
+      for (const cut of [1, 2, 5, 9, 12, 100, wire.byteLength - 1]) {
+        const a = wire.slice(0, cut);
+        const b = wire.slice(cut);
+        const msg = BlobMessageInSchema.decodeList?.(new Uint8ArrayList(a, b));
+        if (msg?.kind !== 'batch') throw new Error(`cut at ${cut}: not a batch`);
+        expect({ first: msg.batch.first, count: msg.batch.count }).toEqual({ first, count: 3 });
+        expect(Buffer.from(msg.batch.frame.subarray()).equals(Buffer.from(frame)), `cut at ${cut}`).toBe(true);
+        // The frame's bytes were not copied: its last part is a view of the chunk it arrived in.
+        expect([...msg.batch.frame].at(-1)?.buffer).toBe(b.buffer);
+      }
+    }
+  });
+
+  it('decodeList takes any other shape through the full decode: same message, same refusals', () => {
+    const frame = Uint8Array.of(1, 2, 3);
+    // A batch's frame as its bytes, so that a list of one Buffer and one of a Uint8Array compare equal.
+    const viaList = (bytes: Uint8Array): unknown => {
+      const msg = BlobMessageInSchema.decodeList?.(new Uint8ArrayList(bytes.subarray(0, 3), bytes.subarray(3)));
+      return msg?.kind === 'batch' ? { ...msg, batch: { ...msg.batch, frame: [...msg.batch.frame.subarray()] } } : msg;
+    };
+    const batch = (fields: number[]): Uint8Array => Uint8Array.of(0x32, fields.length, ...fields);
+    const expected = (first: number, count: number) => ({ kind: 'batch', batch: { first, count, frame: [...frame] } });
+    // first written out as 0, fields in another order: protobuf accepts both, so the full decode does.
+    expect(viaList(batch([0x08, 0, 0x10, 2, 0x1a, 3, 1, 2, 3]))).toEqual(expected(0, 2));
+    expect(viaList(batch([0x10, 2, 0x1a, 3, 1, 2, 3, 0x08, 5]))).toEqual(expected(5, 2));
+    // A repeated field is refused by the strict checks, a zero count by the validator, as decode() refuses them.
+    const twice = batch([0x10, 2, 0x10, 2, 0x1a, 3, 1, 2, 3]);
+    expect(() => viaList(twice)).toThrow(/batch/);
+    expect(() => BlobMessageSchema.decode(twice)).toThrow(/batch/);
+    expect(() => viaList(batch([0x1a, 3, 1, 2, 3]))).toThrow(/batch\.count/);
+    expect(() => viaList(batch([0x10, 2, 0x1a, 0]))).toThrow(/batch\.frame/);
+    // A length that overruns the message: not the shape, and not a valid encoding.
+    expect(() => viaList(batch([0x10, 2, 0x1a, 9, 1, 2, 3]))).toThrow(/not a valid protobuf encoding/);
+    // Any other message, through decode() as before.
+    const ack = BlobMessageSchema.encode({ kind: 'ack', ack: { first: 1, count: 2 } });
+    expect(viaList(ack)).toEqual({ kind: 'ack', ack: { first: 1, count: 2 } });
   });
 
   it('refuses what the receiver would refuse, as a schema error naming the field', () => {

@@ -83,6 +83,21 @@ describe('FrameDecoder', () => {
     expect(frames).toEqual(payloads);
   });
 
+  it('hands a frame spanning several chunks on as views of them (pushLists), the same bytes push() copies into one array', () => {
+    const big = bytes(50_000, 3);
+    const input = encodeFrame(big, 65_536);
+    const chunks = [input.slice(0, 2), input.slice(2, 20_000), input.slice(20_000, 40_001), input.slice(40_001)];
+    const d = new FrameDecoder({ protocol: P, maxFrameBytes: 65_536 });
+    const frames = chunks.flatMap((c) => d.pushLists(c));
+    expect(frames).toHaveLength(1);
+    const parts = [...(frames[0] as Uint8ArrayList)];
+    // Nothing copied: each part lies in the chunk it arrived in.
+    expect(parts.map((p) => p.buffer)).toEqual(chunks.slice(1).map((c) => c.buffer));
+    expect(sameFrames([(frames[0] as Uint8ArrayList).subarray()], [big])).toBe(true);
+    const whole = new FrameDecoder({ protocol: P, maxFrameBytes: 65_536 });
+    expect(sameFrames(chunks.flatMap((c) => whole.push(c)), [big])).toBe(true);
+  });
+
   it('rejects a declared length above the limit from the header alone', () => {
     const header = encodeFrame(bytes(70_000, 0), MAX_FRAME_LENGTH).subarray(0, 3);
     const d = new FrameDecoder({ protocol: '/dwcp/hello/1.0.0', maxFrameBytes: 65_536 });
