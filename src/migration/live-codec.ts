@@ -23,6 +23,7 @@
 import { CompressionSkip } from '../blob/transfer.ts';
 import { codecFor, type CodecName } from '../codec/codecs.ts';
 import type { MigrateOpen } from './migrate-wire.ts';
+import type { Uint8ArrayList } from 'uint8arraylist';
 
 /** How this end compresses the live channels' frames. */
 export type LiveCodec = Extract<CodecName, 'lz4' | 'none'>;
@@ -59,8 +60,8 @@ export class LivePacker {
     return paid ? { chunk: packed, rawLength: size } : { chunk: parts, rawLength: 0 };
   }
 
-  /** The bytes of a received frame. */
-  async unpack(chunk: Uint8Array, rawLength: number): Promise<Uint8Array> {
-    return rawLength === 0 ? chunk : this.#lz4.decompress(chunk, rawLength);
+  /** The bytes of a received frame: an uncompressed chunk as the parts it arrived in, a compressed one decompressed. */
+  async unpack(chunk: Uint8ArrayList, rawLength: number): Promise<Uint8Array | Uint8ArrayList> {
+    return rawLength === 0 ? chunk : this.#lz4.decompress(chunk.subarray(), rawLength);
   }
 }

@@ -20,6 +20,7 @@
  * MIGRATE_CHUNK_BYTES, an empty one), naming the field.
  */
 import protobuf from 'protobufjs';
+import { Uint8ArrayList } from 'uint8arraylist';
 import { isDwcpErrorCode } from '../errors.ts';
 import { FrameError, type FramedStream } from '../net/framing.ts';
 import { MAX_MULTIFD_CHANNELS, MULTIFD_COMPRESSIONS, type Multifd } from '../cloud/qemu/migration-qmp.ts';
@@ -55,8 +56,11 @@ export interface MigrateOpen {
   multifd: Multifd | null;
 }
 
+/** What a channel reads: a MigrateMessage, except that a Data chunk is the list of parts it arrived in (views, not copies). */
+export type MigrateMessageIn = Exclude<MigrateMessage, { kind: 'data' }> | { kind: 'data'; data: { chunk: Uint8ArrayList; rawLength: number } };
+
 /** A channel as both ends hold it. */
-export type MigrateChannelStream = FramedStream<MigrateMessage, MigrateMessageOut>;
+export type MigrateChannelStream = FramedStream<MigrateMessageIn, MigrateMessageOut>;
 
 /** What a channel writes: a MigrateMessage, except that a Data chunk may be given as the arrays it lies in (on the wire, the same Data). */
 export type MigrateMessageOut = Exclude<MigrateMessage, { kind: 'data' }> | { kind: 'data'; data: { chunk: Uint8Array | readonly Uint8Array[]; rawLength: number } };
@@ -135,23 +139,37 @@ function dataParts(chunk: readonly Uint8Array[], rawLength: number): Uint8Array[
   return tail === null ? [prefix, ...chunk] : [prefix, ...chunk, tail];
 }
 
-/** A Data message in exactly the shape dataParts writes (raw_length written out or not), validated; undefined for anything else (the full decode judges it). */
-function parseData(bytes: Uint8Array): MigrateMessage | undefined {
-  if (bytes[0] !== TAG.data) return undefined;
+/** Longest head of a Data message before its chunk's bytes, and longest tail after them: tags and 5-byte varints. */
+const MAX_DATA_HEAD_BYTES = 2 * (1 + 5);
+const MAX_DATA_TAIL_BYTES = 1 + 5;
+
+/**
+ * A Data message in exactly the shape dataParts writes (raw_length written
+ * out or not), validated, its chunk a sublist of `frame` (the parts it
+ * arrived in: nothing copied); undefined for anything else (the full decode
+ * judges it).
+ */
+function parseData(frame: Uint8ArrayList): MigrateMessageIn | undefined {
+  const total = frame.byteLength;
+  // Views when the first part holds the head (nearly always); else a copy of at most 12 bytes, and 6 for the tail.
+  const head = frame.subarray(0, Math.min(total, MAX_DATA_HEAD_BYTES));
+  if (head[0] !== TAG.data) return undefined;
   try {
-    const r = protobuf.Reader.create(bytes);
+    const r = protobuf.Reader.create(head);
     r.pos = 1;
-    if (r.uint32() !== bytes.byteLength - r.pos || r.uint32() !== TAG.chunk) return undefined;
+    if (r.uint32() !== total - r.pos || r.uint32() !== TAG.chunk) return undefined;
     const chunkEnd = r.uint32() + r.pos;
-    if (chunkEnd > bytes.byteLength) return undefined;
-    const chunk = bytes.subarray(r.pos, chunkEnd);
-    r.pos = chunkEnd;
+    if (chunkEnd > total) return undefined;
+    const chunk = frame.sublist(r.pos, chunkEnd);
     let rawLength = 0;
-    if (r.pos < bytes.byteLength) {
-      if (r.uint32() !== TAG.rawLength) return undefined;
-      rawLength = r.uint32();
+    if (chunkEnd < total) {
+      if (total - chunkEnd > MAX_DATA_TAIL_BYTES) return undefined;
+      const t = protobuf.Reader.create(frame.subarray(chunkEnd, total));
+      if (t.uint32() !== TAG.rawLength) return undefined;
+      rawLength = t.uint32();
+      if (t.pos !== t.len) return undefined;
     }
-    if (r.pos !== bytes.byteLength || chunk.byteLength === 0 || chunk.byteLength > MIGRATE_CHUNK_BYTES || rawLength > MIGRATE_CHUNK_BYTES) return undefined;
+    if (chunk.byteLength === 0 || chunk.byteLength > MIGRATE_CHUNK_BYTES || rawLength > MIGRATE_CHUNK_BYTES) return undefined;
     return { kind: 'data', data: { chunk, rawLength } };
   } catch {
     // A varint past the end: not the shape; the full decode says what is wrong.
@@ -159,17 +177,27 @@ function parseData(bytes: Uint8Array): MigrateMessage | undefined {
   }
 }
 
-/** What a channel reads: MigrateMessageSchema, with Data frames in the shape dataParts writes parsed directly. */
-export const MigrateInboundSchema: MessageSchema<MigrateMessage> = {
+function asInbound(msg: MigrateMessage): MigrateMessageIn {
+  return msg.kind === 'data' ? { kind: 'data', data: { chunk: new Uint8ArrayList(msg.data.chunk), rawLength: msg.data.rawLength } } : msg;
+}
+
+/**
+ * What a channel reads: MigrateMessageSchema, with Data frames in the shape
+ * dataParts writes parsed directly from the parts they arrived in, their
+ * chunk handed on as those parts (the relay writes them to QEMU's socket
+ * where they lie).
+ */
+export const MigrateInboundSchema: MessageSchema<MigrateMessageIn> = {
   name: MigrateMessageSchema.name,
-  decode: (bytes) => parseData(bytes) ?? MigrateMessageSchema.decode(bytes),
-  encode: (msg) => MigrateMessageSchema.encode(msg),
+  decode: (bytes) => MigrateInboundSchema.decodeList?.(new Uint8ArrayList(bytes)) ?? asInbound(MigrateMessageSchema.decode(bytes)),
+  decodeList: (frame) => parseData(frame) ?? asInbound(MigrateMessageSchema.decode(frame.subarray())),
+  encode: (msg) => MigrateMessageSchema.encode(msg.kind === 'data' ? { kind: 'data', data: { chunk: msg.data.chunk.subarray(), rawLength: msg.data.rawLength } } : msg),
 };
 
 /** What a channel writes with: Data frames from their parts, every other message through MigrateMessageSchema. */
 export const MigrateOutboundSchema: MessageSchema<MigrateMessageOut> = {
   name: MigrateMessageSchema.name,
-  decode: (bytes) => MigrateInboundSchema.decode(bytes),
+  decode: (bytes) => MigrateMessageSchema.decode(bytes),
   encode: (msg) => Buffer.concat(encodeParts(msg)),
   encodeParts,
 };

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { MIGRATION_EVENTS, QmpEventWatch, type MigrationInfo } from '../../src/cloud/qemu/migration-qmp.ts';
 import type { QmpClient, QmpEvent } from '../../src/cloud/qemu/qmp.ts';
 import { judgeConvergence } from '../../src/migration/convergence.ts';
+import { Uint8ArrayList } from 'uint8arraylist';
 import { MigrateInboundSchema, MigrateMessageSchema, MigrateOutboundSchema } from '../../src/migration/migrate-wire.ts';
 
 const MiB = 1024 * 1024;
@@ -65,6 +66,29 @@ describe('/dwcp/migrate/2.0.0 messages', () => {
     expect(() => MigrateMessageSchema.encode({ kind: 'refuse', refuse: { code: 'nope', message: '' } })).toThrow(/refuse.code is "nope", not an error code/);
   });
 
+  /** What the inbound schema reads, a Data chunk made one Buffer so that it compares with what was written. */
+  function inbound(bytes: Uint8Array): unknown {
+    const msg = MigrateInboundSchema.decode(bytes);
+    return msg.kind === 'data' ? { kind: 'data', data: { chunk: Buffer.from(msg.data.chunk.subarray()), rawLength: msg.data.rawLength } } : msg;
+  }
+
+  it('reads a data frame from the parts it arrived in (decodeList), its chunk views of them, wherever they were cut', () => {
+    const chunk = Buffer.alloc(5000, 7);
+    for (const rawLength of [0, 9000]) {
+      const written = Buffer.concat(MigrateOutboundSchema.encodeParts?.({ kind: 'data', data: { chunk: [chunk], rawLength } }) ?? []);
+      for (const cut of [1, 2, 3, 4, 6, 100, written.byteLength - 2, written.byteLength - 1]) {
+        const a = written.slice(0, cut);
+        const b = written.slice(cut);
+        const msg = MigrateInboundSchema.decodeList?.(new Uint8ArrayList(a, b));
+        if (msg?.kind !== 'data') throw new Error(`cut at ${cut}: not data`);
+        expect(msg.data.rawLength).toBe(rawLength);
+        expect(Buffer.from(msg.data.chunk.subarray()).equals(chunk), `cut at ${cut}`).toBe(true);
+        // Not copied: every part of the chunk lies in one of the arrays it arrived in.
+        for (const part of msg.data.chunk) expect([a.buffer, b.buffer]).toContain(part.buffer);
+      }
+    }
+  });
+
   it('writes a data frame from its parts as the protobuf decoder reads it, and reads protobufjs encodings of it', () => {
     const parts = [new Uint8Array(300).fill(1), new Uint8Array(70_000).fill(2), new Uint8Array([3])];
     const whole = Buffer.concat(parts);
@@ -72,8 +96,8 @@ describe('/dwcp/migrate/2.0.0 messages', () => {
       const written = Buffer.concat(MigrateOutboundSchema.encodeParts?.({ kind: 'data', data: { chunk: parts, rawLength } }) ?? []);
       // The strict protobuf path and the direct parse agree on what was written, and on protobufjs's own encoding (raw_length 0 written out).
       expect(MigrateMessageSchema.decode(written)).toEqual({ kind: 'data', data: { chunk: whole, rawLength } });
-      expect(MigrateInboundSchema.decode(written)).toEqual({ kind: 'data', data: { chunk: whole, rawLength } });
-      expect(MigrateInboundSchema.decode(MigrateMessageSchema.encode({ kind: 'data', data: { chunk: whole, rawLength } }))).toEqual({ kind: 'data', data: { chunk: whole, rawLength } });
+      expect(inbound(written)).toEqual({ kind: 'data', data: { chunk: whole, rawLength } });
+      expect(inbound(MigrateMessageSchema.encode({ kind: 'data', data: { chunk: whole, rawLength } }))).toEqual({ kind: 'data', data: { chunk: whole, rawLength } });
     }
     // The chunk's arrays are sent where they lie: no copy.
     const sent = MigrateOutboundSchema.encodeParts?.({ kind: 'data', data: { chunk: parts, rawLength: 0 } }) ?? [];
@@ -82,9 +106,9 @@ describe('/dwcp/migrate/2.0.0 messages', () => {
   });
 
   it('judges data frames of any other shape by the strict protobuf path, and refuses what it refuses', () => {
-    const chunk = Uint8Array.of(9, 9);
+    const chunk = Buffer.of(9, 9);
     // raw_length before chunk: valid protobuf, decoded by the full path.
-    expect(MigrateInboundSchema.decode(Uint8Array.of(0x22, 6, 0x10, 2, 0x0a, 2, 9, 9))).toEqual({ kind: 'data', data: { chunk, rawLength: 2 } });
+    expect(inbound(Uint8Array.of(0x22, 6, 0x10, 2, 0x0a, 2, 9, 9))).toEqual({ kind: 'data', data: { chunk, rawLength: 2 } });
     // chunk twice: protobuf keeps the last, the strict path refuses.
     expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 8, 0x0a, 2, 9, 9, 0x0a, 2, 9, 9))).toThrow(/data.chunk/);
     // an empty chunk, and a declared length past the end.
@@ -92,7 +116,7 @@ describe('/dwcp/migrate/2.0.0 messages', () => {
     expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 9, 0x0a, 7, 9, 9))).toThrow(/not a valid protobuf encoding/);
     // a trailing field tag without its value, and an unknown field after the chunk.
     expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 5, 0x0a, 2, 9, 9, 0x18))).toThrow(/not a valid protobuf encoding/);
-    expect(MigrateInboundSchema.decode(Uint8Array.of(0x22, 6, 0x0a, 2, 9, 9, 0x18, 1))).toEqual({ kind: 'data', data: { chunk, rawLength: 0 } });
+    expect(inbound(Uint8Array.of(0x22, 6, 0x0a, 2, 9, 9, 0x18, 1))).toEqual({ kind: 'data', data: { chunk, rawLength: 0 } });
     // raw_length (300 000) above the chunk limit.
     expect(() => MigrateInboundSchema.decode(Uint8Array.of(0x22, 8, 0x0a, 2, 9, 9, 0x10, 0xe0, 0x93, 0x12))).toThrow(/data.rawLength/);
     expect(() => MigrateOutboundSchema.encodeParts?.({ kind: 'data', data: { chunk: [new Uint8Array(200_000), new Uint8Array(70_000)], rawLength: 0 } })).toThrow(/field data.chunk is 270000 bytes long, above the 262144-byte limit/);
