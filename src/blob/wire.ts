@@ -271,7 +271,7 @@ function asInbound(msg: BlobMessage): BlobMessageIn {
 /** The inbound schema of a blob channel: BlobMessageSchema, with batches in the shape batchParts writes parsed from their parts. */
 export const BlobMessageInSchema: MessageSchema<BlobMessageIn> = {
   name: BlobMessageSchema.name,
-  decode: (bytes) => asInbound(BlobMessageSchema.decode(bytes)),
+  decode: (bytes) => parseBatch(new Uint8ArrayList(bytes)) ?? asInbound(BlobMessageSchema.decode(bytes)),
   decodeList: (frame) => parseBatch(frame) ?? asInbound(BlobMessageSchema.decode(frame.subarray())),
   encode: (msg) => BlobMessageSchema.encode(msg.kind === 'batch' ? { kind: 'batch', batch: { ...msg.batch, frame: msg.batch.frame.subarray() } } : msg),
 };
