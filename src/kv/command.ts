@@ -24,6 +24,7 @@ import type { MessageSchema } from '../net/schema.ts';
 import { FieldError, loadProto, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireMessages, requireString, requireUint, requireUint64 } from '../net/schema.ts';
 import { KvDecodeError, kvCodec, type KvCodec } from './decode-error.ts';
 import { WRITE_WIRE_BOUNDS, decodeWriteCommand, encodeWriteCommand } from './write-command-wire.ts';
+import { FORWARD_WIRE_BOUNDS, decodeForwardRequests, decodeForwardResponses, encodeForwardRequests, encodeForwardResponses } from './forward-wire.ts';
 
 export const KV_FORWARD_PROTOCOL = '/dwcp/kv/2.0.0';
 
@@ -466,16 +467,45 @@ function atLeastOne<T>(field: string, items: T[]): T[] {
   return items;
 }
 
-/** A follower's frame: the requests it had for the leader at one moment. */
-export const KvForwardRequestsSchema: MessageSchema<KvForwardRequest[]> = reshapedSchema(
+/** The schema path of a follower's frame (the definition; forward-wire.ts shortcuts it). */
+export const KvForwardRequestsProtoSchema: MessageSchema<KvForwardRequest[]> = reshapedSchema(
   kvProto.lookupType('dwcp.kv.v1.KvForwardRequests'),
   (requests: KvForwardRequest[]) => ({ requests }),
   (o) => atLeastOne('requests', requireMessages(o, 'requests', validateForwardRequest, { maxItems: KV_FORWARD_MAX_BATCH })),
 );
 
-/** The leader's frame: the responses it had for one follower at one moment. */
-export const KvForwardResponsesSchema: MessageSchema<KvForwardResponse[]> = reshapedSchema(
+/** The schema path of the leader's frame (the definition; forward-wire.ts shortcuts it). */
+export const KvForwardResponsesProtoSchema: MessageSchema<KvForwardResponse[]> = reshapedSchema(
   kvProto.lookupType('dwcp.kv.v1.KvForwardResponses'),
   (responses: KvForwardResponse[]) => ({ responses: responses.map(forwardResponseToWire) }),
   (o) => atLeastOne('responses', requireMessages(o, 'responses', validateForwardResponse, { maxItems: KV_FORWARD_MAX_BATCH })),
 );
+
+if (FORWARD_WIRE_BOUNDS.commandBytes !== KV_MAX_COMMAND_BYTES || FORWARD_WIRE_BOUNDS.timeoutMs !== KV_FORWARD_MAX_TIMEOUT_MS || FORWARD_WIRE_BOUNDS.batch !== KV_FORWARD_MAX_BATCH) {
+  throw new Error('forward-wire.ts bounds differ from command.ts');
+}
+
+/** The check validateForwardRequest makes of a forwarded command, as a yes or no (the schema path then words the refusal). */
+function commandDecodes(command: Uint8Array): boolean {
+  try {
+    decodeKvCommand(command);
+    return true;
+  } catch (err) {
+    if (err instanceof KvDecodeError) return false;
+    throw err;
+  }
+}
+
+/** A follower's frame: the requests it had for the leader at one moment. */
+export const KvForwardRequestsSchema: MessageSchema<KvForwardRequest[]> = {
+  name: KvForwardRequestsProtoSchema.name,
+  encode: (requests) => encodeForwardRequests(requests, commandDecodes) ?? KvForwardRequestsProtoSchema.encode(requests),
+  decode: (bytes) => decodeForwardRequests(bytes, commandDecodes) ?? KvForwardRequestsProtoSchema.decode(bytes),
+};
+
+/** The leader's frame: the responses it had for one follower at one moment. */
+export const KvForwardResponsesSchema: MessageSchema<KvForwardResponse[]> = {
+  name: KvForwardResponsesProtoSchema.name,
+  encode: (responses) => encodeForwardResponses(responses) ?? KvForwardResponsesProtoSchema.encode(responses),
+  decode: (bytes) => decodeForwardResponses(bytes) ?? KvForwardResponsesProtoSchema.decode(bytes),
+};
