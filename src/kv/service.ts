@@ -98,6 +98,8 @@ export class KvService {
   readonly #events: FrameEvents;
   /** One multiplexed stream per leader we forward to, by peer ID (opening or open). */
   readonly #links = new Map<string, Promise<ForwardLink>>();
+  /** The same links once open, dropped when they fail (and checked per use): a write forwarded on one takes no promise or deadline listener to reach it. */
+  readonly #openLinks = new Map<string, ForwardLink>();
   #stopped = false;
   #startedAt = Number.POSITIVE_INFINITY;
 
@@ -118,6 +120,7 @@ export class KvService {
     await this.#opts.host.unhandle(KV_FORWARD_PROTOCOL).catch(() => {});
     for (const link of this.#links.values()) void link.then((l) => l.close(new Error('kv service stopping')), () => {});
     this.#links.clear();
+    this.#openLinks.clear();
   }
 
   /** Whether this node holds a replica of the Raft log (it is trusted). */
@@ -219,7 +222,8 @@ export class KvService {
     const member = this.#opts.members.list().find((m) => m.name === leader);
     if (member === undefined) throw new DwcpError('not_leader', `leader ${leader} is not in this node's member list`);
     if (!this.#opts.isConnected(member.peerId)) throw new DwcpError('no_quorum', `leader ${leader} is not connected`);
-    const link = await this.#linkTo(member.peerId, leader, deadline);
+    const open = this.#openLinks.get(member.peerId);
+    const link = open?.open === true ? open : await this.#linkTo(member.peerId, leader, deadline);
     const response = await link.request(command, Math.min(timeoutMs, KV_FORWARD_MAX_TIMEOUT_MS), deadline);
     if (response.kind === 'result') return response.result;
     const { code, message, leaderHint } = response.error;
@@ -235,9 +239,13 @@ export class KvService {
           const stream = await this.#opts.host.dialProtocol(peerIdFromString(peerId), KV_FORWARD_PROTOCOL, {
             signal: AbortSignal.timeout(FORWARD_OPEN_TIMEOUT_MS),
           });
-          return new ForwardLink(this.#framed(stream, KvForwardResponsesSchema, KvForwardRequestsSchema), leader, () => {
+          let open: ForwardLink | null = null;
+          const link = new ForwardLink(this.#framed(stream, KvForwardResponsesSchema, KvForwardRequestsSchema), leader, () => {
             if (this.#links.get(peerId) === opening) this.#links.delete(peerId);
+            if (open !== null && this.#openLinks.get(peerId) === open) this.#openLinks.delete(peerId);
           });
+          if (link.open && !this.#stopped) this.#openLinks.set(peerId, (open = link));
+          return link;
         } catch (err) {
           this.#links.delete(peerId);
           throw new DwcpError('no_quorum', `cannot reach leader ${leader}: ${errorText(err)}`);
@@ -375,6 +383,11 @@ class ForwardLink {
       failed: (err) => this.close(err instanceof Error ? err : new Error(String(err))),
     });
     void this.#readLoop();
+  }
+
+  /** False once the stream failed or was closed (it is then retired: a new write opens another). */
+  get open(): boolean {
+    return this.#failure === null;
   }
 
   async request(command: Uint8Array, timeoutMs: number, deadline: AbortSignal): Promise<KvForwardResponse> {
