@@ -20,6 +20,7 @@ import { validateChunking } from './chunker.ts';
 import { adoptHashList, chunkHashList, type ChunkRef, type Manifest } from './manifest.ts';
 import protobuf from 'protobufjs';
 import { Uint8ArrayList } from 'uint8arraylist';
+import { WireCursor } from '../net/wire-cursor.ts';
 import type { MessageSchema } from '../net/schema.ts';
 import { FrameError } from '../net/framing.ts';
 import { FieldError, loadProto, partsPrefix, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
@@ -238,30 +239,24 @@ const MAX_BATCH_HEAD_BYTES = 4 * (1 + 5);
 function parseBatch(frame: Uint8ArrayList): BlobMessageIn | undefined {
   // A view when the first part holds the whole head (nearly always); a copy of at most 24 bytes when not.
   const head = frame.subarray(0, Math.min(frame.byteLength, MAX_BATCH_HEAD_BYTES));
-  if (head[0] !== TAG.batch) return undefined;
-  try {
-    const r = protobuf.Reader.create(head);
-    r.pos = 1;
-    if (r.uint32() !== frame.byteLength - r.pos) return undefined;
-    let tag = r.uint32();
-    let first = 0;
-    if (tag === TAG.first) {
-      first = r.uint32();
-      // batchParts leaves a 0 out: a written-out 0 is not its shape.
-      if (first === 0) return undefined;
-      tag = r.uint32();
-    }
-    if (tag !== TAG.count) return undefined;
-    const count = r.uint32();
-    if (r.uint32() !== TAG.frame) return undefined;
-    const frameBytes = r.uint32();
-    if (frameBytes !== frame.byteLength - r.pos) return undefined;
-    if (first > BLOB_MAX_CHUNKS || count < 1 || count > BLOB_MAX_CHUNKS || frameBytes < 1 || frameBytes > MAX_BATCH_FRAME_BYTES) return undefined;
-    return { kind: 'batch', batch: { first, count, frame: frame.sublist(r.pos) } };
-  } catch {
-    // A varint past the head's end: not the shape; the full decode says what is wrong.
-    return undefined;
+  // Tags as single bytes, lengths and numbers as minimal varints (what batchParts writes): protobufjs' uint32()
+  // would also take a 6- to 10-byte or overflowing varint that its decode refuses as a length or a tag.
+  const c = new WireCursor(head);
+  if (!c.tag(TAG.batch) || c.varint() !== frame.byteLength - c.at) return undefined;
+  let first = 0;
+  if (c.tag(TAG.first)) {
+    first = c.varint();
+    // batchParts leaves a 0 out: a written-out 0 is not its shape (nor is -1, a varint that is not minimal).
+    if (first < 1) return undefined;
   }
+  if (!c.tag(TAG.count)) return undefined;
+  const count = c.varint();
+  if (!c.tag(TAG.frame)) return undefined;
+  const frameBytes = c.varint();
+  if (frameBytes !== frame.byteLength - c.at) return undefined;
+  // A varint past the head's end reads as -1: not the shape; the full decode says what is wrong.
+  if (first > BLOB_MAX_CHUNKS || count < 1 || count > BLOB_MAX_CHUNKS || frameBytes < 1 || frameBytes > MAX_BATCH_FRAME_BYTES) return undefined;
+  return { kind: 'batch', batch: { first, count, frame: frame.sublist(c.at) } };
 }
 
 function asInbound(msg: BlobMessage): BlobMessageIn {

@@ -21,6 +21,7 @@
  */
 import protobuf from 'protobufjs';
 import { Uint8ArrayList } from 'uint8arraylist';
+import { WireCursor } from '../net/wire-cursor.ts';
 import { isDwcpErrorCode } from '../errors.ts';
 import { FrameError, type FramedStream } from '../net/framing.ts';
 import { MAX_MULTIFD_CHANNELS, MULTIFD_COMPRESSIONS, type Multifd } from '../cloud/qemu/migration-qmp.ts';
@@ -153,28 +154,24 @@ function parseData(frame: Uint8ArrayList): MigrateMessageIn | undefined {
   const total = frame.byteLength;
   // Views when the first part holds the head (nearly always); else a copy of at most 12 bytes, and 6 for the tail.
   const head = frame.subarray(0, Math.min(total, MAX_DATA_HEAD_BYTES));
-  if (head[0] !== TAG.data) return undefined;
-  try {
-    const r = protobuf.Reader.create(head);
-    r.pos = 1;
-    if (r.uint32() !== total - r.pos || r.uint32() !== TAG.chunk) return undefined;
-    const chunkEnd = r.uint32() + r.pos;
-    if (chunkEnd > total) return undefined;
-    const chunk = frame.sublist(r.pos, chunkEnd);
-    let rawLength = 0;
-    if (chunkEnd < total) {
-      if (total - chunkEnd > MAX_DATA_TAIL_BYTES) return undefined;
-      const t = protobuf.Reader.create(frame.subarray(chunkEnd, total));
-      if (t.uint32() !== TAG.rawLength) return undefined;
-      rawLength = t.uint32();
-      if (t.pos !== t.len) return undefined;
-    }
-    if (chunk.byteLength === 0 || chunk.byteLength > MIGRATE_CHUNK_BYTES || rawLength > MIGRATE_CHUNK_BYTES) return undefined;
-    return { kind: 'data', data: { chunk, rawLength } };
-  } catch {
-    // A varint past the end: not the shape; the full decode says what is wrong.
-    return undefined;
+  // Tags as single bytes, lengths and numbers as minimal varints (what dataParts writes): protobufjs' uint32()
+  // would also take a 6- to 10-byte or overflowing varint that its decode refuses as a length or a tag.
+  // A varint that is not minimal, or runs past the head, reads as -1: not the shape; the full decode judges it.
+  const c = new WireCursor(head);
+  if (!c.tag(TAG.data) || c.varint() !== total - c.at || !c.tag(TAG.chunk)) return undefined;
+  const size = c.varint();
+  if (size < 1 || size > MIGRATE_CHUNK_BYTES || c.at + size > total) return undefined;
+  const chunkEnd = c.at + size;
+  let rawLength = 0;
+  if (chunkEnd < total) {
+    if (total - chunkEnd > MAX_DATA_TAIL_BYTES) return undefined;
+    const t = new WireCursor(frame.subarray(chunkEnd, total));
+    if (!t.tag(TAG.rawLength)) return undefined;
+    rawLength = t.varint();
+    if (rawLength < 0 || !t.done) return undefined;
   }
+  if (rawLength > MIGRATE_CHUNK_BYTES) return undefined;
+  return { kind: 'data', data: { chunk: frame.sublist(c.at, chunkEnd), rawLength } };
 }
 
 function asInbound(msg: MigrateMessage): MigrateMessageIn {
