@@ -208,3 +208,54 @@ describe('forward-wire', () => {
     expect(shape(decodeForwardResponses(resBytes!))).toEqual(shape(KvForwardResponsesProtoSchema.decode(resBytes!)));
   });
 });
+
+/** A varint's bytes (minimal). */
+function varintOf(n: number): number[] {
+  const out: number[] = [];
+  let rest = n;
+  while (rest >= 0x80) {
+    out.push((rest % 0x80) | 0x80);
+    rest = Math.floor(rest / 0x80);
+  }
+  out.push(rest);
+  return out;
+}
+
+/** A length-delimited field whose declared length is off by `delta` from its body's. */
+function lengthField(tag: number, body: number[], delta: number): number[] {
+  return [tag, ...varintOf(Math.max(0, body.length + delta)), ...body];
+}
+
+describe('forward-wire on nested lengths that do not fit their fields (review, issue 19)', () => {
+  // Response frames built by hand, every nested length (item, result, outcome, prev) possibly off by a little,
+  // so that a varint can run past the end of the message that should hold it.
+  const off = fc.oneof({ weight: 4, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: -3, max: 3 }) });
+  const builtResponse = fc
+    .record({ op: fc.constantFrom(0x0a, 0x1a), revision: revision, prev: validMeta, id: uint32, deltas: fc.tuple(off, off, off, off) })
+    .map(({ op, revision: rev, prev, id, deltas: [dItem, dResult, dBody, dPrev] }) => {
+      const prevBody = prev === null ? [] : [0x08, ...varintOf(prev.revision), 0x10, ...varintOf(prev.createRevision)];
+      const body = [0x08, ...varintOf(rev), ...(prev === null ? [] : lengthField(0x12, prevBody, dPrev))];
+      const item = [...lengthField(0x0a, lengthField(op, body, dBody), dResult), ...(id === 0 ? [] : [0x18, ...varintOf(id)])];
+      return lengthField(0x0a, item, dItem);
+    });
+
+  it('a revision varint that runs past its WriteResult is refused as the schema refuses it', () => {
+    // The WriteResult's length says 1 byte (the revision's tag); its varint (5) lies outside it, inside the item.
+    const bytes = Uint8Array.of(0x0a, 6, 0x0a, 3, 0x0a, 1, 0x08, 0x05);
+    expect(outcome(() => KvForwardResponsesProtoSchema.decode(bytes))).toEqual({ error: expect.stringMatching(/not a valid protobuf encoding/) });
+    expect(decodeForwardResponses(bytes)).toBeNull();
+    expect(outcome(() => KvForwardResponsesSchema.decode(bytes))).toEqual(outcome(() => KvForwardResponsesProtoSchema.decode(bytes)));
+  });
+
+  it('decodes any such frame as the schema does', () => {
+    fc.assert(
+      fc.property(fc.array(builtResponse, { minLength: 1, maxLength: 3 }), (items) => {
+        const bytes = Uint8Array.from(items.flat());
+        for (const input of [bytes, Buffer.from(bytes)]) {
+          expect(outcome(() => KvForwardResponsesSchema.decode(input))).toEqual(outcome(() => KvForwardResponsesProtoSchema.decode(input)));
+        }
+      }),
+      { numRuns: 5000 },
+    );
+  });
+});
