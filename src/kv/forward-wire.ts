@@ -216,9 +216,11 @@ export function decodeForwardResponses(bytes: Uint8Array): KvForwardResponse[] |
     const op = c.tag(TAG_OUTCOME_PUT) ? 'put' : c.tag(TAG_OUTCOME_CAS) ? 'cas' : null;
     if (op === null) return null;
     const body = c.length();
-    if (body < 0 || c.at + body !== resultEnd || !c.tag(TAG_REVISION)) return null;
+    // The WriteResult's fields must lie inside it: an empty one (body 0) or a revision whose varint runs past its
+    // end is the schema path's to refuse, not a revision read from the bytes after it.
+    if (body < 1 || c.at + body !== resultEnd || !c.tag(TAG_REVISION)) return null;
     const revision = c.varint();
-    if (revision < 1) return null;
+    if (revision < 1 || c.at > resultEnd) return null;
     let prev: KvEntryMeta | null = null;
     if (c.at < resultEnd) {
       if (!message(c, TAG_PREV, resultEnd) || !c.tag(TAG_REVISION)) return null;
