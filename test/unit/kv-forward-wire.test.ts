@@ -239,6 +239,25 @@ describe('forward-wire on nested lengths that do not fit their fields (review, i
       return lengthField(0x0a, item, dItem);
     });
 
+  const builtRequest = fc
+    .record({ command: validCommand, timeoutMs: fc.oneof(fc.constant(1), fc.integer({ min: 1, max: 60_000 })), id: uint32, deltas: fc.tuple(off, off) })
+    .map(({ command: cmd, timeoutMs, id, deltas: [dItem, dCommand] }) => {
+      const item = [...lengthField(0x0a, [...cmd], dCommand), 0x10, ...varintOf(timeoutMs), ...(id === 0 ? [] : [0x18, ...varintOf(id)])];
+      return lengthField(0x0a, item, dItem);
+    });
+
+  it('decodes any such request frame as the schema does', () => {
+    fc.assert(
+      fc.property(fc.array(builtRequest, { minLength: 1, maxLength: 3 }), (items) => {
+        const bytes = Uint8Array.from(items.flat());
+        for (const input of [bytes, Buffer.from(bytes)]) {
+          expect(outcome(() => KvForwardRequestsSchema.decode(input))).toEqual(outcome(() => KvForwardRequestsProtoSchema.decode(input)));
+        }
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
   it('a revision varint that runs past its WriteResult is refused as the schema refuses it', () => {
     // The WriteResult's length says 1 byte (the revision's tag); its varint (5) lies outside it, inside the item.
     const bytes = Uint8Array.of(0x0a, 6, 0x0a, 3, 0x0a, 1, 0x08, 0x05);
@@ -247,7 +266,7 @@ describe('forward-wire on nested lengths that do not fit their fields (review, i
     expect(outcome(() => KvForwardResponsesSchema.decode(bytes))).toEqual(outcome(() => KvForwardResponsesProtoSchema.decode(bytes)));
   });
 
-  it('decodes any such frame as the schema does', () => {
+  it('decodes any such response frame as the schema does', () => {
     fc.assert(
       fc.property(fc.array(builtResponse, { minLength: 1, maxLength: 3 }), (items) => {
         const bytes = Uint8Array.from(items.flat());
