@@ -494,6 +494,83 @@ describe('FramedStream over libp2p', () => {
     expect(serverPauses).toBeGreaterThan(0);
     expect(serverRaw?.status).not.toBe('reset');
   });
+  // Review (issue 19): the write fast path and the receive path's parts.
+
+  it('a write on the fast path never overtakes a queued one, a failed queued write leaves later ones on the fast path, and a closed stream refuses a write', async () => {
+    const big = 1024 * 1024;
+    const got: number[] = [];
+    const svc = await serve('/dwcp-test/write-order/1.0.0', { maxFrameBytes: big, inbound: BytesSchema, outbound: BytesSchema }, async (framed) => {
+      for await (const frame of framed) got.push(frame[0] as number);
+      await framed.close();
+    });
+    const clientEvents = recordingEvents();
+    const { raw, framed } = await svc.open(clientEvents);
+    const tagged = (tag: number, n: number) => bytes(n, tag);
+    // 1: a frame larger than yamux's initial 256 KiB window, sent at once, and the stream now needs a drain.
+    const first = framed.write(tagged(1, big));
+    expect(raw.writableNeedsDrain).toBe(true);
+    // 2: queued behind the drain, then aborted: it must fail, not be sent, and not leave the count of queued writes behind.
+    const abort = new AbortController();
+    const second = framed.write(tagged(2, 10), { signal: abort.signal });
+    abort.abort(new Error('caller gave up'));
+    // 3..40: small writes issued while 2 waits; none may take the fast path ahead of it or of each other.
+    const rest = Array.from({ length: 38 }, (_, i) => framed.write(tagged(3 + i, 1 + i)));
+    // 50: written the moment the stream drains, before the queued writes' continuations run: the send buffer has
+    // room then, but 3..40 are still queued, so it must queue behind them rather than be sent at once.
+    const late = new Promise<void>((resolve, reject) => raw.addEventListener('drain', () => void framed.write(tagged(50, 3)).then(resolve, reject), { once: true }));
+    await first;
+    await expect(second).rejects.toThrow('caller gave up');
+    await Promise.all([...rest, late]);
+    // Once everything queued is sent and the send buffer drained, a write goes out at once (the fast path), i.e. within write() itself.
+    if (raw.writableNeedsDrain) await new Promise((resolve) => raw.addEventListener('drain', resolve, { once: true }));
+    const before = clientEvents.bytesOut;
+    const last = framed.write(tagged(99, 5));
+    expect(clientEvents.bytesOut).toBe(before + 6);
+    await last;
+    await framed.close();
+    expect(await svc.outcomes.next()).toBeUndefined();
+    expect(got).toEqual([1, ...Array.from({ length: 38 }, (_, i) => 3 + i), 50, 99]);
+    // A write on a closed stream is refused to its caller (fast path or not), never dropped silently.
+    await expect(framed.write(tagged(7, 5))).rejects.toThrow(/closed|closing/);
+    const { raw: raw2, framed: framed2 } = await svc.open();
+    framed2.reset(new Error('gone'));
+    expect(raw2.writeStatus).toBe('closed');
+    await expect(framed2.write(tagged(8, 5))).rejects.toThrow();
+  });
+
+  it('a frame handed on as parts keeps its bytes while held: no buffer below (TCP reads, Noise decrypting in place, yamux) is reused', async () => {
+    // The schema hands the frame on as the very list FramedStream got (views of the decrypted Noise messages).
+    const ListSchema: MessageSchema<Uint8ArrayList> = {
+      name: 'list',
+      encode: (msg) => msg.subarray(),
+      decode: (b) => new Uint8ArrayList(b),
+      decodeList: (frame) => frame,
+    };
+    const sizes = Array.from({ length: 600 }, (_, i) => [1, 17, 700, 1150, 1300, 4000, 65_000, 70_000, 200_000][i % 9] as number);
+    const fill = (i: number, n: number) => Uint8Array.from({ length: n }, (_, j) => (i * 31 + j * 7) & 0xff);
+    const held: Uint8ArrayList[] = [];
+    let bad = -1;
+    const svc = await serve('/dwcp-test/held-parts/1.0.0', { maxFrameBytes: 256 * 1024, inbound: ListSchema, outbound: ListSchema }, async (framed) => {
+      // Hold every frame's parts until the last has arrived (a slow reader at first: frames also wait paused in FramedStream).
+      for await (const frame of framed) {
+        if (held.length < 50) await new Promise((resolve) => setImmediate(resolve));
+        held.push(frame);
+      }
+      for (let i = 0; i < held.length && bad < 0; i++) {
+        if (!Buffer.from((held[i] as Uint8ArrayList).subarray()).equals(Buffer.from(fill(i, sizes[i] as number)))) bad = i;
+      }
+      await framed.close();
+    });
+    const { framed } = await svc.open();
+    for (let i = 0; i < sizes.length; i++) void framed.write(new Uint8ArrayList(fill(i, sizes[i] as number)));
+    await framed.close();
+    expect(await svc.outcomes.next()).toBeUndefined();
+    expect(held).toHaveLength(sizes.length);
+    // Frames did arrive as several parts (the case this is about), and none changed while held.
+    expect(held.some((f) => [...f].length > 1)).toBe(true);
+    expect(bad).toBe(-1);
+  });
+
   it.each<[CutKind, 'inside a frame' | 'between frames']>([
     ['reset', 'inside a frame'],
     ['reset', 'between frames'],
