@@ -392,6 +392,8 @@ class ForwardLink {
 
   async request(command: Uint8Array, timeoutMs: number, deadline: AbortSignal): Promise<KvForwardResponse> {
     if (this.#failure !== null) throw new DwcpError('no_quorum', `stream to leader ${this.#leader} failed: ${this.#failure.message}`);
+    // A listener added to a signal that already fired never runs: a deadline spent on the way here would never end the wait.
+    if (deadline.aborted) throw new DwcpError('timeout', `the deadline passed before the write was forwarded to leader ${this.#leader}`);
     // Ids wrap at 2^32; a request is long answered or timed out before its id comes round again.
     const id = (this.#nextId = (this.#nextId + 1) >>> 0);
     const waiter = Promise.withResolvers<KvForwardResponse>();
