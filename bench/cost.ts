@@ -22,6 +22,7 @@ import { RecommendationSettingsSchema } from '../src/cost/config.ts';
 import { recommend, type MoveTarget, type TypeOffer, type VmFacts } from '../src/cost/recommend.ts';
 import { DEFAULT_RESOLUTION_MS, UtilisationSeries, seriesBytes } from '../src/cost/series.ts';
 import { defineBench, intFlag, machineFacts, progress, renderTable, significant } from './run.ts';
+import { mulberry32 as prng } from '../test/support/prng.ts';
 
 export const FLOOR_MS = 60_000;
 const DAY_MS = 86_400_000;
@@ -33,17 +34,6 @@ interface CostOptions {
   seed: number;
 }
 
-/** mulberry32: a small seeded PRNG, so a run is repeatable from its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
 
 function offers(catalog: PricingCatalog): TypeOffer[] {
   return Object.entries(EC2_INSTANCE_TYPES).flatMap(([name, t]) => {

@@ -18,21 +18,11 @@ import type { MethodDefinition } from '@grpc/proto-loader';
 import { KV_SERVICE, loadAdminPackage, serviceDefinition } from '../../src/admin/schema.ts';
 import { decodePutRequest } from '../../src/admin/kv-write-wire.ts';
 import type { Message } from '../../src/consensus/raft/types.ts';
+import { varint } from '../support/wire-fuzz.ts';
 
 /** One protobuf field: a varint (value, extra padding bytes) or length-delimited bytes. */
 type Field = { n: number; kind: 'varint'; value: bigint; pad: number } | { n: number; kind: 'bytes'; bytes: Uint8Array } | { n: number; kind: 'fixed32' };
 
-function varint(value: bigint, pad = 0): number[] {
-  const out: number[] = [];
-  let v = value;
-  do {
-    out.push(Number(v & 0x7fn) | 0x80);
-    v >>= 7n;
-  } while (v > 0n);
-  for (let i = 0; i < pad && out.length < 10; i++) out.push(0x80);
-  out[out.length - 1] = (out[out.length - 1] as number) & 0x7f;
-  return out;
-}
 
 function encodeFields(fields: readonly Field[]): Uint8Array {
   const out: Uint8Array[] = [];

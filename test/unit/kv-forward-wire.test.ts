@@ -23,6 +23,7 @@ import {
   type KvResult,
 } from '../../src/kv/command.ts';
 import { decodeForwardRequests, decodeForwardResponses, encodeForwardRequests, encodeForwardResponses } from '../../src/kv/forward-wire.ts';
+import { mutatedBytes } from '../support/wire-fuzz.ts';
 
 const RequestsType = kvProto.lookupType('dwcp.kv.v1.KvForwardRequests');
 const ResponsesType = kvProto.lookupType('dwcp.kv.v1.KvForwardResponses');
@@ -106,11 +107,7 @@ function encodings<T>(items: fc.Arbitrary<T[]>, encode: (items: T[]) => Uint8Arr
       }
     }
   });
-  const mutated = fc.tuple(encoded, fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 3 }), fc.nat(), fc.boolean()).map(([bytes, edits, cut, doCut]) => {
-    const out = Uint8Array.from(bytes);
-    for (const [at, b] of edits) if (out.length > 0) out[at % out.length] = b;
-    return doCut && out.length > 0 ? out.subarray(0, cut % out.length) : out;
-  });
+  const mutated = mutatedBytes(encoded);
   return fc.oneof(encoded, mutated, fc.uint8Array({ maxLength: 40 }));
 }
 

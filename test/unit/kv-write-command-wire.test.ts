@@ -11,6 +11,7 @@ import fc from 'fast-check';
 import type { KvCommand } from '../../src/kv/command.ts';
 import { KV_MAX_KEY_BYTES, KvCommandSchema, decodeKvCommand, encodeKvCommand, kvProto } from '../../src/kv/command.ts';
 import { decodeWriteCommand, encodeWriteCommand } from '../../src/kv/write-command-wire.ts';
+import { mutatedBytes } from '../support/wire-fuzz.ts';
 
 const KvCommandType = kvProto.lookupType('dwcp.kv.v1.KvCommand');
 
@@ -98,11 +99,7 @@ describe('write-command-wire', () => {
         }
       }
     });
-    const mutated = fc.tuple(encoded, fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 3 }), fc.nat(), fc.boolean()).map(([bytes, edits, cut, doCut]) => {
-      const out = Uint8Array.from(bytes);
-      for (const [at, b] of edits) if (out.length > 0) out[at % out.length] = b;
-      return doCut && out.length > 0 ? out.subarray(0, cut % out.length) : out;
-    });
+    const mutated = mutatedBytes(encoded);
     fc.assert(
       fc.property(fc.oneof(encoded, mutated, fc.uint8Array({ maxLength: 40 })), (bytes) => {
         for (const input of [bytes, Buffer.from(bytes)]) {

@@ -8,18 +8,8 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { compareKeys } from '../../src/kv/command.ts';
 import { SortedKeys } from '../../src/kv/sorted-keys.ts';
+import { mulberry32 } from '../support/prng.ts';
 
-/** Deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Units that sort differently in UTF-16 and UTF-8 (a surrogate pair, U+E000, U+FFFF) beside ASCII. */
 const UNITS = ['a', 'b', 'z', '/', '\u00e9', '\ud83d\ude00', '\ue000', '\uffff'];
@@ -66,7 +56,7 @@ function take(it: Iterable<string>, n: number): string[] {
 
 describe('SortedKeys', () => {
   it.each([1, 2, 3])('matches a sorted array through 12 000 random inserts and deletes (seed %i)', (seed) => {
-    const next = rng(seed);
+    const next = mulberry32(seed);
     const keys = new SortedKeys();
     const model = new Model();
     // Phase 1 grows (splits), phase 2 shrinks (joins and empty blocks), phase 3 mixes.

@@ -19,18 +19,8 @@ import { FRAME_HEADER_BYTES } from '../../src/codec/frame.ts';
 import { MIGRATE_CHUNK_BYTES, MigrateInboundSchema, MigrateMessageSchema } from '../../src/migration/migrate-wire.ts';
 import { FrameDecoder, FrameError, encodeFrame } from '../../src/net/framing.ts';
 import type { MessageSchema } from '../../src/net/schema.ts';
+import { varint } from '../support/wire-fuzz.ts';
 
-function varint(value: number, pad = 0): number[] {
-  const out: number[] = [];
-  let v = BigInt(value);
-  do {
-    out.push(Number(v & 0x7fn) | 0x80);
-    v >>= 7n;
-  } while (v > 0n);
-  for (let i = 0; i < pad && out.length < 10; i++) out.push(0x80);
-  out[out.length - 1] = (out[out.length - 1] as number) & 0x7f;
-  return out;
-}
 
 /** One field as built: a varint or length-delimited bytes whose declared length may be off by `delta`. */
 type Field = { n: number; wire: 0; value: number; pad: number } | { n: number; wire: 2; bytes: Uint8Array; delta: number; pad: number } | { n: number; wire: 5 };
