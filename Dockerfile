@@ -53,4 +53,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 # default grace period; give `docker run --stop-timeout 15` for a margin.
 STOPSIGNAL SIGTERM
 # --max-semi-space-size: the V8 flags of src/daemon/node-flags.ts, which says why.
-ENTRYPOINT ["node", "--max-semi-space-size=8", "src/daemon/main.ts"]
+ENTRYPOINT ["node", "--max-semi-space-size=8", "--expose-gc", "src/daemon/main.ts"]

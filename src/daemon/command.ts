@@ -13,6 +13,7 @@ import { stringify } from 'yaml';
 import { ConfigError, defaultConfigFile, defaultDataDir, resolveConfig, DEFAULT_LISTEN, type ConfigOverrides } from '../config/load.ts';
 import { createLogger } from '../log.ts';
 import { Daemon, STOP_BUDGET_MS } from './daemon.ts';
+import { startHeapBudget } from './heap-budget.ts';
 import { loadOrCreateIdentity } from './identity.ts';
 import { VERSION } from './version.ts';
 
@@ -110,6 +111,10 @@ async function run(flags: Flags): Promise<number> {
       log.error({ err: (err as Error).message }, 'reload refused: the configuration is invalid; keeping the running one');
     }
   });
+
+  // Per process, not per Daemon (tests host several daemons in one process): see heap-budget.ts.
+  const heapBudget = startHeapBudget(log);
+  void stopped.promise.then(() => heapBudget?.stop());
 
   try {
     daemon = await Daemon.start(config, log);
