@@ -52,5 +52,5 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 # dwcpd stops gracefully on SIGTERM within 10 s, which is exactly Docker's
 # default grace period; give `docker run --stop-timeout 15` for a margin.
 STOPSIGNAL SIGTERM
-# --max-semi-space-size: the V8 flags of src/daemon/node-flags.ts, which says why.
+# --max-semi-space-size, --expose-gc: the V8 flags of src/daemon/node-flags.ts, which says why.
 ENTRYPOINT ["node", "--max-semi-space-size=8", "--expose-gc", "src/daemon/main.ts"]

@@ -134,6 +134,7 @@ export function resolveConfig(input: ResolveInput = {}): DwcpConfig {
     adminSocket: f.adminSocket ?? defaultAdminSocket(env),
     metricsListen: f.metricsListen ?? DEFAULT_METRICS_LISTEN,
     logLevel: f.logLevel ?? 'info',
+    gcBudgetMiB: f.gcBudgetMiB,
     members: f.members.map((m) => ({ ...m, trust: m.trust ?? defaultTrust(m.provider) })),
     network: f.network,
     raft: f.raft,

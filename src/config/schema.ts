@@ -176,6 +176,13 @@ const ConfigFileObject = z.strictObject({
   adminSocket: z.string().min(1).optional(),
   metricsListen: hostPort.optional(),
   logLevel: z.enum(LOG_LEVELS).optional(),
+  /**
+   * The garbage budget (src/daemon/heap-budget.ts): a full collection once the
+   * V8 heap plus external memory has grown this many MiB past the last full
+   * collection; 0 leaves collection to V8 alone. Less is less memory under
+   * load for more CPU and event-loop pauses (bench/RESULTS.md, raft).
+   */
+  gcBudgetMiB: z.number().int().min(0).max(65_536).default(48),
   members: z.array(MemberSchema).default([]),
   network: NetworkSchema.default(NetworkSchema.parse({})),
   raft: RaftSchema.default(RaftSchema.parse({})),
@@ -293,6 +300,8 @@ export interface DwcpConfig {
   adminSocket: string;
   metricsListen: string;
   logLevel: LogLevel;
+  /** MiB of heap + external growth between full collections the daemon allows; 0: V8 decides alone (src/daemon/heap-budget.ts). */
+  gcBudgetMiB: number;
   members: MemberConfig[];
   network: NetworkConfig;
   raft: RaftSettings;

@@ -12,13 +12,16 @@
  * at ~2x the live heap and ~64 MiB of dead buffers in malloc's heap, which
  * glibc keeps resident afterwards. Issue 19 bounds a member at 250 MiB RSS;
  * a peak of 390-400 MiB was mostly that garbage (bench/RESULTS.md, raft,
- * "Memory: a garbage budget").
+ * "Memory: where a member's RSS is at the peak, and a garbage budget").
  *
  * What it costs: each collection it starts is a full, atomic one (gc() is the
  * only way a program can ask V8 for one), so it pauses the event loop for the
  * whole mark-compact (tens of ms at a member's ~100 MiB) and spends the CPU
  * V8's concurrent marking would have spread over helper threads. The budget
- * sets the trade: smaller is less memory, more pauses.
+ * sets the trade: smaller is less memory, more pauses. Measured at the
+ * issue's load: 48 MiB took ~80-100 MiB off each member's peak and cost the
+ * members ~1.3-1.5 s of CPU a minute, most of it in those pauses, and 10-14 %
+ * of the puts. The budget is the config's gcBudgetMiB; 0 turns this off.
  *
  * Invariants:
  * - The decision (HeapBudget) is pure: the load after the last full
@@ -32,10 +35,7 @@ import v8 from 'node:v8';
 import { PerformanceObserver, constants, type PerformanceEntry } from 'node:perf_hooks';
 import type { Logger } from '../log.ts';
 
-/**
- * 48 MiB: at the issue's 16-client load, peak RSS ~220-240 MiB per member
- * against ~300 MiB without, at the same number of puts (bench/RESULTS.md).
- */
+/** The config's default (gcBudgetMiB: 48): what bench/RESULTS.md measured, against 32 and 96. */
 export const GC_BUDGET_BYTES = 48 * 1024 * 1024;
 /** How often the load is read: a read costs ~0.6 µs; a Raft leader's load grew ~27 KB per put under the bench, so at ~2 000 puts/s 100 ms lets it overshoot the budget by ~5 MiB. */
 export const GC_BUDGET_CHECK_MS = 100;

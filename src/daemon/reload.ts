@@ -25,7 +25,7 @@ import type { DwcpConfig } from '../config/schema.ts';
 import { federationNeedsPbft } from '../consensus/pbft/group.ts';
 
 /** Top-level settings that apply only at start; a reload that changes them reports them. */
-const RESTART_ONLY = ['federation', 'node', 'listen', 'dataDir', 'adminSocket', 'metricsListen', 'network', 'raft', 'pbft', 'clouds', 'blob', 'state'] as const;
+const RESTART_ONLY = ['federation', 'node', 'listen', 'dataDir', 'adminSocket', 'metricsListen', 'gcBudgetMiB', 'network', 'raft', 'pbft', 'clouds', 'blob', 'state'] as const;
 
 export type ReloadPlan =
   | { kind: 'apply'; needRestart: (typeof RESTART_ONLY)[number][] }

@@ -35,6 +35,12 @@ describe('planReload', () => {
     expect(planReload(config('tt'), config('tt', 'raft: {electionTicks: 20}\npbft: {logWindow: 256}\n'))).toEqual({ kind: 'apply', needRestart: ['raft', 'pbft'] });
   });
 
+  it('names a changed garbage budget as needing a restart (the driver is started once per process)', () => {
+    expect(config('tt').gcBudgetMiB).toBe(48);
+    expect(planReload(config('tt'), config('tt', 'gcBudgetMiB: 0\n'))).toEqual({ kind: 'apply', needRestart: ['gcBudgetMiB'] });
+    expect(() => config('tt', 'gcBudgetMiB: -1\n')).toThrow(/gcBudgetMiB/);
+  });
+
   it('refuses a member whose trust flips, and the switch of the federation scope it causes', () => {
     expect(planReload(config('ttt'), config('ttu'))).toEqual({ kind: 'refuse', changes: ['member m3: trust trusted -> untrusted', 'federation scope: Raft -> PBFT'] });
     expect(planReload(config('ttu'), config('ttt'))).toEqual({ kind: 'refuse', changes: ['member m3: trust untrusted -> trusted', 'federation scope: PBFT -> Raft'] });
