@@ -179,10 +179,12 @@ const ConfigFileObject = z.strictObject({
   /**
    * The garbage budget (src/daemon/heap-budget.ts): a full collection once the
    * V8 heap plus external memory has grown this many MiB past the last full
-   * collection; 0 leaves collection to V8 alone. Less is less memory under
-   * load for more CPU and event-loop pauses (bench/RESULTS.md, raft).
+   * collection; 0 (the default) leaves collection to V8 alone. Less is less
+   * memory under load for more CPU and event-loop pauses: 48 took ~100 MiB
+   * off a Raft member's peak for 11-22 % more CPU per put (bench/RESULTS.md,
+   * raft), above the 5 % a default may cost, so it is the operator's choice.
    */
-  gcBudgetMiB: z.number().int().min(0).max(65_536).default(48),
+  gcBudgetMiB: z.number().int().min(0).max(65_536).default(0),
   members: z.array(MemberSchema).default([]),
   network: NetworkSchema.default(NetworkSchema.parse({})),
   raft: RaftSchema.default(RaftSchema.parse({})),

@@ -112,7 +112,7 @@ async function run(flags: Flags): Promise<number> {
     }
   });
 
-  // Per process, not per Daemon (tests host several daemons in one process): see heap-budget.ts.
+  // Per process, not per Daemon (tests host several daemons in one process): see heap-budget.ts. Off unless configured.
   const heapBudget = config.gcBudgetMiB === 0 ? null : startHeapBudget(log, config.gcBudgetMiB * 1024 * 1024);
   void stopped.promise.then(() => heapBudget?.stop());
 

@@ -19,9 +19,9 @@
  * whole mark-compact (tens of ms at a member's ~100 MiB) and spends the CPU
  * V8's concurrent marking would have spread over helper threads. The budget
  * sets the trade: smaller is less memory, more pauses. Measured at the
- * issue's load: 48 MiB took ~80-100 MiB off each member's peak and cost the
- * members ~1.3-1.5 s of CPU a minute, most of it in those pauses, and 10-14 %
- * of the puts. The budget is the config's gcBudgetMiB; 0 turns this off.
+ * issue's load: 48 MiB took ~95-110 MiB off each member's peak for 11 % more
+ * CPU per put at 16 clients and 15-22 % at 64 (bench/RESULTS.md). So it is off
+ * unless the config's gcBudgetMiB asks for it.
  *
  * Invariants:
  * - The decision (HeapBudget) is pure: the load after the last full
@@ -35,8 +35,6 @@ import v8 from 'node:v8';
 import { PerformanceObserver, constants, type PerformanceEntry } from 'node:perf_hooks';
 import type { Logger } from '../log.ts';
 
-/** The config's default (gcBudgetMiB: 48): what bench/RESULTS.md measured, against 32 and 96. */
-export const GC_BUDGET_BYTES = 48 * 1024 * 1024;
 /** How often the load is read: a read costs ~0.6 µs; a Raft leader's load grew ~27 KB per put under the bench, so at ~2 000 puts/s 100 ms lets it overshoot the budget by ~5 MiB. */
 export const GC_BUDGET_CHECK_MS = 100;
 
@@ -88,7 +86,7 @@ export interface HeapBudgetDriver {
  * Starts keeping this process's garbage within `budgetBytes`; returns null
  * (after one log line) when gc() is not exposed.
  */
-export function startHeapBudget(log: Logger, budgetBytes = GC_BUDGET_BYTES, checkMs = GC_BUDGET_CHECK_MS): HeapBudgetDriver | null {
+export function startHeapBudget(log: Logger, budgetBytes: number, checkMs = GC_BUDGET_CHECK_MS): HeapBudgetDriver | null {
   const gc = (globalThis as { gc?: () => void }).gc;
   if (typeof gc !== 'function') {
     log.warn({ budgetBytes }, 'node was started without --expose-gc: the garbage budget is off, and memory under load is bounded by V8 alone');

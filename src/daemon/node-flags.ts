@@ -13,10 +13,10 @@
  * with 16, ~165 MiB with 4, where minor collections run twice as often).
  * Issue 19 asks for at most 250 MiB per member under load.
  *
- * --expose-gc: gives the program gc(), which heap-budget.ts calls to keep
- * the garbage a daemon holds under load within a fixed budget (V8's own
- * triggers let a Raft member reach ~400 MiB RSS; the module says why and
- * what it costs). Nothing else calls it.
+ * --expose-gc: gives the program gc(), which heap-budget.ts calls, where
+ * the config sets gcBudgetMiB, to keep the garbage a daemon holds under load
+ * within that budget (V8's own triggers let a Raft member reach ~400 MiB
+ * RSS; the module says why and what it costs). Nothing else calls it.
  *
  * Not --optimize-for-size: it held a Raft member under load to ~205 MiB
  * RSS (~300 MiB without), but on a quiet machine it halved the bulk blob

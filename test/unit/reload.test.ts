@@ -36,8 +36,8 @@ describe('planReload', () => {
   });
 
   it('names a changed garbage budget as needing a restart (the driver is started once per process)', () => {
-    expect(config('tt').gcBudgetMiB).toBe(48);
-    expect(planReload(config('tt'), config('tt', 'gcBudgetMiB: 0\n'))).toEqual({ kind: 'apply', needRestart: ['gcBudgetMiB'] });
+    expect(config('tt').gcBudgetMiB).toBe(0);
+    expect(planReload(config('tt'), config('tt', 'gcBudgetMiB: 48\n'))).toEqual({ kind: 'apply', needRestart: ['gcBudgetMiB'] });
     expect(() => config('tt', 'gcBudgetMiB: -1\n')).toThrow(/gcBudgetMiB/);
   });
 
