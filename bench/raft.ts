@@ -138,6 +138,8 @@ export interface ClusterOptions {
   etcdEndpoints: EtcdEndpointMode;
   /** When set, every dwcp member runs under node's --cpu-prof, writing here. */
   profileDir?: string;
+  /** The dwcp members' gcBudgetMiB (src/daemon/heap-budget.ts); the config's default (0, off) unless set. */
+  gcBudgetMiB?: number;
 }
 
 /**
@@ -148,7 +150,8 @@ export interface ClusterOptions {
  */
 export async function startDwcpTarget(options: ClusterOptions): Promise<KvTarget> {
   const nodeArgs = options.profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${options.profileDir}`];
-  const cluster = await startDwcpCluster({ members: options.members, workDir: options.workDir, nodeArgs });
+  const config = options.gcBudgetMiB === undefined ? {} : { gcBudgetMiB: options.gcBudgetMiB };
+  const cluster = await startDwcpCluster({ members: options.members, workDir: options.workDir, nodeArgs, config });
   try {
     progress(`raft: dwcp leader is ${await cluster.leader()} (pids ${cluster.members.map((m) => `${m.name} ${m.pid}`).join(', ')})`);
   } catch (err) {
@@ -402,6 +405,7 @@ export async function runRaftBench(opts: RaftBenchOptions) {
       etcd_endpoints: opts.cluster.etcdEndpoints,
       work_dir: opts.cluster.workDir,
       profile_dir: opts.cluster.profileDir ?? null,
+      gc_budget_mib: opts.cluster.gcBudgetMiB ?? null,
       fsync: true,
     },
     ratios: {
@@ -440,6 +444,7 @@ export const raftBench = defineBench<RaftBenchOptions>({
     'etcd-endpoints': { default: 'all', description: 'where etcd puts go: all (members in turn, followers forward) or leader' },
     'work-dir': { default: os.tmpdir(), description: "parent of both clusters' data dirs; must be a real disk for fsync to count" },
     'profile-dir': { default: '', description: 'when set, run every dwcp member under --cpu-prof, writing its profile here when it stops' },
+    'gc-budget-mib': { default: '', description: "when set, the dwcp members' gcBudgetMiB (0 off): a full GC per that many MiB of heap + buffer growth" },
   },
   parse(flags) {
     const only = oneOf(flags, 'only', ['both', 'dwcp', 'etcd'] as const);
@@ -455,6 +460,7 @@ export const raftBench = defineBench<RaftBenchOptions>({
         workDir: flags['work-dir'] ?? os.tmpdir(),
         etcdEndpoints: oneOf(flags, 'etcd-endpoints', ['all', 'leader'] as const),
         ...(flags['profile-dir'] ? { profileDir: flags['profile-dir'] } : {}),
+        ...(flags['gc-budget-mib'] ? { gcBudgetMiB: intFlag(flags, 'gc-budget-mib', 0) } : {}),
       },
     };
   },
