@@ -24,8 +24,10 @@
  * unless the config's gcBudgetMiB asks for it.
  *
  * Invariants:
- * - The decision (HeapBudget) is pure: the load after the last full
- *   collection, whoever started it, plus the budget is the threshold.
+ * - The decision (HeapBudget) is pure: the lowest load seen since the last
+ *   full collection, whoever started it, plus the budget is the threshold.
+ * - Off unless configured (gcBudgetMiB > 0); started by the process's entry
+ *   (command.ts), never by a Daemon.
  * - The driver runs only where the process was started with --expose-gc
  *   (DAEMON_NODE_FLAGS); anywhere else (a test process hosting daemons) it
  *   does nothing and says so once, rather than collecting with a borrowed
