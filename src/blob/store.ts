@@ -23,7 +23,11 @@
  *   them (the baseline cache needs them to plan deltas), their chunks are not.
  * - Garbage collection (mark and sweep) runs under the same lock as commits,
  *   and never drops a chunk that an in-flight ingest, receive or send has
- *   pinned, so nothing it relies on disappears under it. Compaction copies a
+ *   pinned, nor touches a pack holding a pending (written, unindexed) chunk,
+ *   so nothing it relies on disappears under it. A staged value pins only the
+ *   indexed chunks it relies on; the ones it holds pending need no pin (their
+ *   bytes stay, and its commit indexes them again if GC dropped another
+ *   copy's index entry meanwhile). Compaction copies a
  *   mostly dead pack's live chunks into the active pack (fsync'd) before the
  *   index points at the copies and the old file is removed; a reader that
  *   looked a chunk up just before retries once.
@@ -245,6 +249,18 @@ export interface HashedChunk {
   bytes: Uint8Array;
 }
 
+/** A chunk with its hash also in binary (the index key and the pack record's header), converted once per write. */
+interface KeyedChunk extends HashedChunk {
+  key: Buffer;
+}
+
+/** A written chunk not yet indexed; `key` is its binary hash, kept so a commit does not convert the hex again. */
+interface PendingChunk {
+  loc: Location;
+  key: Buffer;
+  holders: number;
+}
+
 export class BlobStore {
   readonly dir: string;
   readonly chunking: ChunkingOptions;
@@ -257,7 +273,7 @@ export class BlobStore {
   readonly #packsDir: string;
   readonly #handles = new Map<number, FileHandle>();
   /** Written but not yet indexed: by hash, with how many staged writes hold it. */
-  readonly #pending = new Map<string, { loc: Location; holders: number }>();
+  readonly #pending = new Map<string, PendingChunk>();
   readonly #pins = new Map<string, number>();
   /** Whole manifests pinned (a value being sent or read, a baseline being relied on): O(1) to pin, expanded only by GC. */
   readonly #pinnedManifests = new Map<number, Manifest>();
@@ -528,7 +544,7 @@ export class BlobStore {
    * in the same step, so GC never sees a written chunk that is not pending.
    * The chunks' bytes are written where they lie (writev), not copied.
    */
-  #append(chunks: readonly HashedChunk[]): Promise<Location[]> {
+  #append(chunks: readonly KeyedChunk[]): Promise<Location[]> {
     const total = chunks.reduce((sum, c) => sum + RECORD_HEADER_BYTES + c.bytes.byteLength, 0);
     const written = this.#writes.then(async () => {
       this.#checkOpen();
@@ -539,7 +555,7 @@ export class BlobStore {
       let at = 0;
       for (const [i, c] of chunks.entries()) {
         const header = headers.subarray(i * RECORD_HEADER_BYTES, (i + 1) * RECORD_HEADER_BYTES);
-        header.write(c.hash, 0, HASH_BYTES, 'hex');
+        header.set(c.key, 0);
         header.writeUInt32BE(c.bytes.byteLength, HASH_BYTES);
         parts.push(header, c.bytes);
         locs.push({ pack: this.#active, offset: this.#activeSize + at + RECORD_HEADER_BYTES, length: c.bytes.byteLength });
@@ -549,7 +565,7 @@ export class BlobStore {
       await writeAllAt(fh, parts, total, this.#activeSize, this.#active);
       this.#activeSize += total;
       this.#dirtyPacks.add(this.#active);
-      for (const [i, c] of chunks.entries()) this.#holdPending(c.hash, locs[i] as Location);
+      for (const [i, c] of chunks.entries()) this.#holdPending(c, locs[i] as Location);
       this.#writeBackEarly(fh, total);
       return locs;
     });
@@ -602,9 +618,9 @@ export class BlobStore {
     for (const pack of dirty) await (await this.#handle(pack)).datasync();
   }
 
-  #holdPending(hash: string, loc: Location): void {
-    const p = this.#pending.get(hash);
-    if (p === undefined) this.#pending.set(hash, { loc, holders: 1 });
+  #holdPending(c: KeyedChunk, loc: Location): void {
+    const p = this.#pending.get(c.hash);
+    if (p === undefined) this.#pending.set(c.hash, { loc, key: c.key, holders: 1 });
     else p.holders++;
   }
 
@@ -612,7 +628,7 @@ export class BlobStore {
   stage(): StagedValue {
     this.#checkOpen();
     return new StagedValue({
-      indexed: (hash) => this.#chunks.doesExist(hashKey(hash)),
+      indexed: (key) => this.#chunks.doesExist(key),
       share: (hash) => {
         const p = this.#pending.get(hash);
         if (p === undefined) return false;
@@ -635,7 +651,7 @@ export class BlobStore {
     if (root !== manifest.hash) throw new BlobStoreError('corrupt', `${key}: the chunk list hashes to ${root}, the manifest says ${manifest.hash}`);
     return this.#indexLock.run(async () => {
       this.#checkOpen();
-      const fresh: [string, Location][] = [];
+      const fresh: [Buffer, Location][] = [];
       const seen = new Set<string>();
       for (const [i, c] of manifest.chunks.entries()) {
         if (known !== undefined && ((known[i >> 3] as number) & (1 << (i & 7))) !== 0) continue;
@@ -643,7 +659,7 @@ export class BlobStore {
         seen.add(c.hash);
         const p = this.#pending.get(c.hash);
         if (p !== undefined) {
-          if (!this.#chunks.doesExist(hashKey(c.hash))) fresh.push([c.hash, p.loc]);
+          if (!this.#chunks.doesExist(p.key)) fresh.push([p.key, p.loc]);
         } else if (!this.#chunks.doesExist(hashKey(c.hash))) {
           throw new BlobStoreError('not-found', `${key}: chunk ${c.hash} at offset ${c.offset} is neither received nor in the store`);
         }
@@ -653,7 +669,7 @@ export class BlobStore {
       const keyBytes = Buffer.from(key, 'utf8');
       const previous = this.current(key)?.version;
       await this.#root.transaction(() => {
-        for (const [hash, loc] of fresh) this.#chunks.putSync(hashKey(hash), encodeLocation(loc));
+        for (const [chunkKey, loc] of fresh) this.#chunks.putSync(chunkKey, encodeLocation(loc));
         this.#manifests.putSync(hashKey(manifest.hash), encodeManifestRecord(manifest));
         this.#keys.putSync(keyBytes, Buffer.from(JSON.stringify(record), 'utf8'));
       });
@@ -847,7 +863,7 @@ export class BlobStore {
         bytes += m.loc.length;
       }
       const data = await this.#readChunksOnce(group.map((g) => ({ hash: g.hash, length: g.loc.length })));
-      const copies = group.map((g, k) => ({ hash: g.hash, bytes: data[k] as Uint8Array }));
+      const copies = group.map((g, k) => ({ hash: g.hash, key: g.key, bytes: data[k] as Uint8Array }));
       const locs = await this.#append(copies);
       for (const [k, g] of group.entries()) moved.push({ key: g.key, loc: locs[k] as Location });
       for (const c of copies) this.#dropPending(c.hash);
@@ -885,11 +901,12 @@ export class BlobStore {
 }
 
 interface StagingHooks {
-  indexed(hash: string): boolean;
+  /** Whether the index holds the chunk whose binary hash is `key`. */
+  indexed(key: Buffer): boolean;
   /** Adds a holder to a chunk another write has pending; false if none has. */
   share(hash: string): boolean;
   /** Writes the chunks and makes each pending with this write as a holder. */
-  append(chunks: readonly HashedChunk[]): Promise<Location[]>;
+  append(chunks: readonly KeyedChunk[]): Promise<Location[]>;
   drop(hash: string): void;
   pin(hashes: Iterable<string>): () => void;
   pinManifest(m: Manifest): () => void;
@@ -921,18 +938,29 @@ export class StagedValue {
   /** Chunks whose hashes the caller computed from the bytes itself. */
   async writeTrusted(chunks: readonly HashedChunk[]): Promise<void> {
     if (this.#released) throw new BlobStoreError('closed', 'this staged value was released');
-    this.#unpins.push(this.#hooks.pin(chunks.map((c) => c.hash)));
-    const fresh: HashedChunk[] = [];
+    // Each hash in binary once, all in one buffer: the index lookup's key, then the pack record's header.
+    const keys = Buffer.allocUnsafe(chunks.length * HASH_BYTES);
+    const fresh: KeyedChunk[] = [];
     const queued = new Set<string>();
-    for (const c of chunks) {
-      if (this.#held.has(c.hash) || queued.has(c.hash) || this.#hooks.indexed(c.hash)) continue;
+    const indexed: string[] = [];
+    for (const [i, c] of chunks.entries()) {
+      if (this.#held.has(c.hash) || queued.has(c.hash)) continue;
+      const key = keys.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
+      key.write(c.hash, 0, HASH_BYTES, 'hex');
+      if (this.#hooks.indexed(key)) {
+        indexed.push(c.hash);
+        continue;
+      }
       if (this.#hooks.share(c.hash)) {
         this.#held.add(c.hash);
         continue;
       }
       queued.add(c.hash);
-      fresh.push(c);
+      fresh.push({ hash: c.hash, key, bytes: c.bytes });
     }
+    // Only the chunks found indexed need a pin (taken in the same step as the lookup, so no GC comes between):
+    // the others are pending and held by this value, and GC never takes a pending chunk's bytes (see BlobStore.gc).
+    if (indexed.length > 0) this.#unpins.push(this.#hooks.pin(indexed));
     if (fresh.length === 0) return;
     await this.#hooks.append(fresh);
     for (const c of fresh) this.#held.add(c.hash);

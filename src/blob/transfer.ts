@@ -63,6 +63,7 @@ import {
   encodeManifest,
   ManifestDecodeError,
   setBit,
+  hasBit,
   setBits,
   type Accept,
   type BlobMessageIn,
@@ -663,8 +664,10 @@ interface Inbound {
   /** Bit i set: chunk i is taken from the baseline. */
   fromBaseline: Uint8Array;
   staged: StagedValue;
-  /** Hashes written and acknowledged, over all attempts. */
-  received: Set<string>;
+  /** Bit i set: chunk i was written and acknowledged, in any attempt (sized once the manifest is decoded). */
+  received: Uint8Array;
+  /** How many bits of `received` are set. */
+  receivedChunks: number;
   /** Chunk indices asked for in the current attempt, in order. */
   need: number[];
   attempt: number;
@@ -803,6 +806,7 @@ export class BlobReceiver {
       if (inbound.manifest === null) {
         try {
           ({ manifest: inbound.manifest, fromBaseline: inbound.fromBaseline } = decodeManifest(offer, bytes, inbound.baseline));
+          inbound.received = new Uint8Array(bitmapBytes(inbound.manifest.chunks.length));
         } catch (err) {
           if (err instanceof ManifestDecodeError) throw new HostileInput('manifest', err.message);
           throw err;
@@ -820,7 +824,7 @@ export class BlobReceiver {
       while (finish?.kind === 'keepAlive') finish = await ch.read();
       if (finish === undefined) throw new Error('control stream ended before finish');
       if (finish.kind !== 'finish') throw new HostileInput('protocol', `control stream carried ${finish.kind}, expected finish`);
-      const missing = inbound.need.filter((i) => !inbound.received.has((inbound.manifest?.chunks[i] as ChunkRef).hash));
+      const missing = inbound.need.filter((i) => !hasBit(inbound.received, i));
       if (missing.length > 0) throw new HostileInput('protocol', `finish with ${missing.length} needed chunks not received (first: chunk ${missing[0]})`);
       await this.#commit(inbound, ch);
     } catch (err) {
@@ -861,7 +865,8 @@ export class BlobReceiver {
       manifest: null,
       fromBaseline: new Uint8Array(0),
       staged,
-      received: new Set(),
+      received: new Uint8Array(0),
+      receivedChunks: 0,
       need: [],
       attempt: offer.attempt,
       channels: new Set(),
@@ -890,19 +895,21 @@ export class BlobReceiver {
     let needBytes = 0;
     let reused = 0;
     for (const [i, c] of manifest.chunks.entries()) {
-      if (((t.fromBaseline[i >> 3] as number) & (1 << (i & 7))) !== 0) {
+      if (hasBit(t.fromBaseline, i)) {
         reused += c.length;
         continue;
       }
-      if (seen.has(c.hash) || t.received.has(c.hash)) continue;
+      if (seen.has(c.hash)) continue;
       seen.add(c.hash);
+      // Received by index: a later chunk with the same hash is then not asked for either (seen above).
+      if (hasBit(t.received, i)) continue;
       setBit(need, i);
       t.need.push(i);
       needBytes += c.length;
     }
     t.reusedBytes = reused;
     t.status.progress.retarget(t.status.progress.bytesDone + needBytes);
-    return { need, resumed: t.received.size > 0, needChunks: t.need.length, needBytes };
+    return { need, resumed: t.receivedChunks > 0, needChunks: t.need.length, needBytes };
   }
 
   async #data(ch: BlobChannel, peerId: string, member: MemberConfig, join: { transferId: string; attempt: number }): Promise<void> {
@@ -928,7 +935,9 @@ export class BlobReceiver {
         if (msg.kind !== 'batch') throw new HostileInput('protocol', `data stream carried ${msg.kind}, only batches belong there`);
         const { first, count, frame } = msg.batch;
         if (first + count > t.need.length) throw new HostileInput('protocol', `batch ${first}+${count} is past the ${t.need.length} chunks asked for`);
-        const refs = t.need.slice(first, first + count).map((i) => manifest.chunks[i] as ChunkRef);
+        // The indices are kept for the acknowledgement: a resume replaces t.need while this batch is still being written.
+        const indices = t.need.slice(first, first + count);
+        const refs = indices.map((i) => manifest.chunks[i] as ChunkRef);
         const expected = refs.reduce((sum, r) => sum + r.length, 0);
         if (expected > BLOB_MAX_BATCH_RAW_BYTES) throw new HostileInput('protocol', `batch ${first}+${count} holds ${expected} bytes, above the ${BLOB_MAX_BATCH_RAW_BYTES}-byte batch limit`);
         const unpacked = await this.#unpack(frame, refs, expected, mode);
@@ -946,7 +955,11 @@ export class BlobReceiver {
             this.#verifier.release(buffer);
           }
           await previous;
-          for (const c of chunks) t.received.add(c.hash);
+          for (const i of indices) {
+            if (hasBit(t.received, i)) continue;
+            setBit(t.received, i);
+            t.receivedChunks++;
+          }
           t.receivedBytes += expected;
           t.status.progress.add(expected, wireBytes, performance.now());
           await ch.write({ kind: 'ack', ack: { first, count } });

@@ -458,6 +458,11 @@ export function setBit(map: Uint8Array, i: number): void {
   map[i >> 3] = (map[i >> 3] as number) | (1 << (i & 7));
 }
 
+/** Whether bit `i` is set (a bit past the map's end reads as clear). */
+export function hasBit(map: Uint8Array, i: number): boolean {
+  return (((map[i >> 3] ?? 0) >> (i & 7)) & 1) === 1;
+}
+
 /** The chunk indices whose bits are set, in order; bits past `count` must be clear. */
 export function setBits(map: Uint8Array, count: number): number[] {
   if (map.byteLength !== bitmapBytes(count)) throw new RangeError(`need bitmap is ${map.byteLength} bytes, ${count} chunks take ${bitmapBytes(count)}`);
