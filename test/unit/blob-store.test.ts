@@ -249,6 +249,27 @@ describe('BlobStore', () => {
     expect((await readBack(reopened, 'big')).equals(Buffer.from(big))).toBe(true);
   });
 
+  it('a chunk a staged value holds pending, unpinned, outlives GC of another copy\'s index entry: its commit indexes it again', async () => {
+    const store = await openStore();
+    const value = random(256 * KIB, 21);
+    const m = buildManifest('held', 'v', value, CHUNKING);
+    const staged = store.stage();
+    try {
+      await staged.writeVerified(m.chunks.map((c) => ({ hash: c.hash, bytes: value.subarray(c.offset, c.offset + c.length) })));
+      // Another value with the same bytes shares the pending chunks, indexes them at commit, then goes away.
+      await store.ingestBytes('other', value);
+      expect(await store.remove('other')).toBe(true);
+      // Nothing pins them (the staged value holds them pending), so GC drops their index entries ...
+      expect((await store.gc()).chunksDropped).toBe(m.chunks.length);
+      // ... and the staged value's commit indexes them again, where they still are.
+      await staged.commit('held', m, 'test');
+    } finally {
+      staged.release();
+    }
+    expect((await store.gc()).chunksDropped).toBe(0);
+    expect((await readBack(store, 'held')).equals(Buffer.from(value))).toBe(true);
+  });
+
   it('a commit naming a chunk the store does not hold is refused', async () => {
     const store = await openStore();
     const value = random(64 * KIB, 13);
