@@ -254,8 +254,14 @@ interface KeyedChunk extends HashedChunk {
   key: Buffer;
 }
 
-/** A written chunk not yet indexed; `key` is its binary hash, kept so a commit does not convert the hex again. */
+/**
+ * A written chunk not yet indexed; `key` is its binary hash, kept so a commit
+ * does not convert the hex again. Its holders keep the entry itself, not the
+ * hash, so letting go is no lookup; an entry is in the pending map exactly
+ * while holders > 0.
+ */
 interface PendingChunk {
+  hash: string;
   loc: Location;
   key: Buffer;
   holders: number;
@@ -544,7 +550,7 @@ export class BlobStore {
    * in the same step, so GC never sees a written chunk that is not pending.
    * The chunks' bytes are written where they lie (writev), not copied.
    */
-  #append(chunks: readonly KeyedChunk[]): Promise<Location[]> {
+  #append(chunks: readonly KeyedChunk[]): Promise<{ locs: Location[]; held: PendingChunk[] }> {
     const total = chunks.reduce((sum, c) => sum + RECORD_HEADER_BYTES + c.bytes.byteLength, 0);
     const written = this.#writes.then(async () => {
       this.#checkOpen();
@@ -565,9 +571,9 @@ export class BlobStore {
       await writeAllAt(fh, parts, total, this.#activeSize, this.#active);
       this.#activeSize += total;
       this.#dirtyPacks.add(this.#active);
-      for (const [i, c] of chunks.entries()) this.#holdPending(c, locs[i] as Location);
+      const held = chunks.map((c, i) => this.#holdPending(c, locs[i] as Location));
       this.#writeBackEarly(fh, total);
-      return locs;
+      return { locs, held };
     });
     this.#writes = written.then(
       () => {},
@@ -600,10 +606,9 @@ export class BlobStore {
     );
   }
 
-  #dropPending(hash: string): void {
-    const p = this.#pending.get(hash);
-    if (p === undefined) return;
-    if (--p.holders === 0) this.#pending.delete(hash);
+  #dropPending(p: PendingChunk): void {
+    if (p.holders === 0) return;
+    if (--p.holders === 0 && this.#pending.get(p.hash) === p) this.#pending.delete(p.hash);
   }
 
   async #syncPacks(): Promise<void> {
@@ -618,10 +623,11 @@ export class BlobStore {
     for (const pack of dirty) await (await this.#handle(pack)).datasync();
   }
 
-  #holdPending(c: KeyedChunk, loc: Location): void {
-    const p = this.#pending.get(c.hash);
-    if (p === undefined) this.#pending.set(c.hash, { loc, key: c.key, holders: 1 });
-    else p.holders++;
+  #holdPending(c: KeyedChunk, loc: Location): PendingChunk {
+    let p = this.#pending.get(c.hash);
+    if (p === undefined) this.#pending.set(c.hash, (p = { hash: c.hash, loc, key: c.key, holders: 0 }));
+    p.holders++;
+    return p;
   }
 
   /** A write of one new value: chunks go to packs as they come, the key changes only at commit. */
@@ -631,12 +637,11 @@ export class BlobStore {
       indexed: (key) => this.#chunks.doesExist(key),
       share: (hash) => {
         const p = this.#pending.get(hash);
-        if (p === undefined) return false;
-        p.holders++;
-        return true;
+        if (p !== undefined) p.holders++;
+        return p;
       },
-      append: (chunks) => this.#append(chunks),
-      drop: (hash) => this.#dropPending(hash),
+      append: async (chunks) => (await this.#append(chunks)).held,
+      drop: (p) => this.#dropPending(p),
       pin: (hashes) => this.pin(hashes),
       pinManifest: (m) => this.pinManifest(m),
       commit: (key, manifest, source, known) => this.#commit(key, manifest, source, known),
@@ -864,9 +869,9 @@ export class BlobStore {
       }
       const data = await this.#readChunksOnce(group.map((g) => ({ hash: g.hash, length: g.loc.length })));
       const copies = group.map((g, k) => ({ hash: g.hash, key: g.key, bytes: data[k] as Uint8Array }));
-      const locs = await this.#append(copies);
+      const { locs, held } = await this.#append(copies);
       for (const [k, g] of group.entries()) moved.push({ key: g.key, loc: locs[k] as Location });
-      for (const c of copies) this.#dropPending(c.hash);
+      for (const p of held) this.#dropPending(p);
     }
     await this.#syncPacks();
     await this.#root.transaction(() => {
@@ -903,11 +908,12 @@ export class BlobStore {
 interface StagingHooks {
   /** Whether the index holds the chunk whose binary hash is `key`. */
   indexed(key: Buffer): boolean;
-  /** Adds a holder to a chunk another write has pending; false if none has. */
-  share(hash: string): boolean;
-  /** Writes the chunks and makes each pending with this write as a holder. */
-  append(chunks: readonly KeyedChunk[]): Promise<Location[]>;
-  drop(hash: string): void;
+  /** Adds a holder to a chunk a write (another, or this one before) has pending; undefined if none has. */
+  share(hash: string): PendingChunk | undefined;
+  /** Writes the chunks and makes each pending with this write as a holder: the entries held, in order. */
+  append(chunks: readonly KeyedChunk[]): Promise<PendingChunk[]>;
+  /** Lets go of one hold. */
+  drop(p: PendingChunk): void;
   pin(hashes: Iterable<string>): () => void;
   pinManifest(m: Manifest): () => void;
   commit(key: string, manifest: Manifest, source: string, known: Uint8Array | undefined): Promise<StoredValue>;
@@ -922,7 +928,8 @@ interface StagingHooks {
  */
 export class StagedValue {
   readonly #hooks: StagingHooks;
-  readonly #held = new Set<string>();
+  /** One entry per hold taken (a chunk met again, in a later batch, is held twice and let go twice). */
+  readonly #held: PendingChunk[] = [];
   readonly #unpins: (() => void)[] = [];
   #released = false;
 
@@ -944,15 +951,16 @@ export class StagedValue {
     const queued = new Set<string>();
     const indexed: string[] = [];
     for (const [i, c] of chunks.entries()) {
-      if (this.#held.has(c.hash) || queued.has(c.hash)) continue;
+      if (queued.has(c.hash)) continue;
       const key = keys.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
       key.write(c.hash, 0, HASH_BYTES, 'hex');
       if (this.#hooks.indexed(key)) {
         indexed.push(c.hash);
         continue;
       }
-      if (this.#hooks.share(c.hash)) {
-        this.#held.add(c.hash);
+      const shared = this.#hooks.share(c.hash);
+      if (shared !== undefined) {
+        this.#held.push(shared);
         continue;
       }
       queued.add(c.hash);
@@ -962,8 +970,7 @@ export class StagedValue {
     // the others are pending and held by this value, and GC never takes a pending chunk's bytes (see BlobStore.gc).
     if (indexed.length > 0) this.#unpins.push(this.#hooks.pin(indexed));
     if (fresh.length === 0) return;
-    await this.#hooks.append(fresh);
-    for (const c of fresh) this.#held.add(c.hash);
+    for (const p of await this.#hooks.append(fresh)) this.#held.push(p);
   }
 
   /** Chunks from elsewhere: each is checked against its hash before anything is written. */
@@ -990,7 +997,7 @@ export class StagedValue {
   release(): void {
     if (this.#released) return;
     this.#released = true;
-    for (const h of this.#held) this.#hooks.drop(h);
+    for (const p of this.#held) this.#hooks.drop(p);
     for (const unpin of this.#unpins) unpin();
   }
 }
