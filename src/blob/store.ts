@@ -265,6 +265,8 @@ interface PendingChunk {
   loc: Location;
   key: Buffer;
   holders: number;
+  /** The number of the last commit that listed it (#commit's dedup, without a Set of every hash). */
+  listedBy: number;
 }
 
 export class BlobStore {
@@ -294,6 +296,8 @@ export class BlobStore {
   #earlySync: Promise<void> | undefined;
   #earlySyncFailure: Error | undefined;
   #writes: Promise<void> = Promise.resolve();
+  /** Commits begun, numbering them for PendingChunk.listedBy. */
+  #commits = 0;
   #closed = false;
 
   private constructor(opts: BlobStoreOptions, root: RootDatabase<Buffer, Buffer>) {
@@ -625,7 +629,7 @@ export class BlobStore {
 
   #holdPending(c: KeyedChunk, loc: Location): PendingChunk {
     let p = this.#pending.get(c.hash);
-    if (p === undefined) this.#pending.set(c.hash, (p = { hash: c.hash, loc, key: c.key, holders: 0 }));
+    if (p === undefined) this.#pending.set(c.hash, (p = { hash: c.hash, loc, key: c.key, holders: 0, listedBy: 0 }));
     p.holders++;
     return p;
   }
@@ -657,13 +661,15 @@ export class BlobStore {
     return this.#indexLock.run(async () => {
       this.#checkOpen();
       const fresh: [Buffer, Location][] = [];
-      const seen = new Set<string>();
+      // A chunk listed twice is indexed once: a pending one is marked with this commit's number (commits run one
+      // at a time, under the lock); an indexed one listed twice is only looked up twice.
+      const commit = ++this.#commits;
       for (const [i, c] of manifest.chunks.entries()) {
         if (known !== undefined && ((known[i >> 3] as number) & (1 << (i & 7))) !== 0) continue;
-        if (seen.has(c.hash)) continue;
-        seen.add(c.hash);
         const p = this.#pending.get(c.hash);
         if (p !== undefined) {
+          if (p.listedBy === commit) continue;
+          p.listedBy = commit;
           if (!this.#chunks.doesExist(p.key)) fresh.push([p.key, p.loc]);
         } else if (!this.#chunks.doesExist(hashKey(c.hash))) {
           throw new BlobStoreError('not-found', `${key}: chunk ${c.hash} at offset ${c.offset} is neither received nor in the store`);
