@@ -76,6 +76,10 @@ const BENCHES: Record<string, BenchEntry> = {
     load: async () => (await import('./pbft-storage.ts')).pbftStorageBench,
   },
   codec: { summary: 'our LZ4 and zstd (levels 1, 3, 9) vs the lz4 and zstd CLIs on VM-image-like data: MiB/s and ratio', load: async () => (await import('./codec.ts')).codecBench },
+  'blob-stage': {
+    summary: "the blob store's per-chunk bookkeeping on the receive path alone (staged writes of 64-byte chunks in batches of 128, commit, release): CPU µs per chunk per step; --src compares another checkout",
+    load: async () => (await import('./blob-stage.ts')).blobStageBench,
+  },
   delta: { summary: 'delta sync of a VM image between two daemons (wire and time vs a full sync), baseline cache hit ratio, bulk MiB/s vs raw TCP', load: async () => (await import('./delta.ts')).deltaBench },
   'fleet-records': {
     summary: 'memory per VM record of the observed fleet state on a geo store member (heap and RSS per entry) vs a 174-byte reference value; floor ≤ 1 KB',
