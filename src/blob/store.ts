@@ -24,7 +24,9 @@
  * - Garbage collection (mark and sweep) runs under the same lock as commits,
  *   and never drops a chunk that an in-flight ingest, receive or send has
  *   pinned, nor touches a pack holding a pending (written, unindexed) chunk,
- *   so nothing it relies on disappears under it. A staged value pins only the
+ *   so nothing it relies on disappears under it; an entry it has marked dead
+ *   and is removing counts as absent to a staged write's lookup (a pin taken
+ *   after the mark comes too late). A staged value pins only the
  *   indexed chunks it relies on; the ones it holds pending need no pin (their
  *   bytes stay, and its commit indexes them again if GC dropped another
  *   copy's index entry meanwhile). Compaction copies a
@@ -298,6 +300,12 @@ export class BlobStore {
   #writes: Promise<void> = Promise.resolve();
   /** Commits begun, numbering them for PendingChunk.listedBy. */
   #commits = 0;
+  /**
+   * Hex hashes of the index entries GC has marked dead and is removing (set from its mark until its transaction is
+   * done, else undefined): a staged write looking one up meanwhile must not take it as indexed, since its pin comes
+   * after the mark and the entry goes anyway.
+   */
+  #dropping: Set<string> | undefined;
   #closed = false;
 
   private constructor(opts: BlobStoreOptions, root: RootDatabase<Buffer, Buffer>) {
@@ -638,7 +646,7 @@ export class BlobStore {
   stage(): StagedValue {
     this.#checkOpen();
     return new StagedValue({
-      indexed: (key) => this.#chunks.doesExist(key),
+      indexed: (key) => this.#chunks.doesExist(key) && !(this.#dropping?.has(key.toString('hex')) ?? false),
       share: (hash) => {
         const p = this.#pending.get(hash);
         if (p !== undefined) p.holders++;
@@ -812,21 +820,30 @@ export class BlobStore {
       for (const version of currentVersions) for (const c of this.manifest(version)?.chunks ?? []) live.add(c.hash);
       for (const m of this.#pinnedManifests.values()) for (const c of m.chunks) live.add(c.hash);
       const deadChunks: Buffer[] = [];
+      const dropping = new Set<string>();
       const liveBytes = new Map<number, number>();
       for (const { key, value } of this.#chunks.getRange({})) {
         const hash = key.toString('hex');
         const loc = decodeLocation(value);
         if (live.has(hash) || this.#pins.has(hash)) liveBytes.set(loc.pack, (liveBytes.get(loc.pack) ?? 0) + RECORD_HEADER_BYTES + loc.length);
-        else deadChunks.push(Buffer.from(key));
+        else {
+          deadChunks.push(Buffer.from(key));
+          dropping.add(hash);
+        }
       }
+      this.#dropping = dropping;
       const deadManifests: Buffer[] = [];
       for (const key of this.#manifests.getKeys({})) if (!retained.has(key.toString('hex'))) deadManifests.push(Buffer.from(key));
-      if (deadChunks.length > 0 || deadManifests.length > 0) {
-        await this.#root.transaction(() => {
-          for (const k of deadChunks) this.#chunks.removeSync(k);
-          for (const k of deadManifests) this.#manifests.removeSync(k);
-        });
-        for (const k of deadManifests) this.#decoded.delete(k.toString('hex'));
+      try {
+        if (deadChunks.length > 0 || deadManifests.length > 0) {
+          await this.#root.transaction(() => {
+            for (const k of deadChunks) this.#chunks.removeSync(k);
+            for (const k of deadManifests) this.#manifests.removeSync(k);
+          });
+          for (const k of deadManifests) this.#decoded.delete(k.toString('hex'));
+        }
+      } finally {
+        this.#dropping = undefined;
       }
       result.chunksDropped = deadChunks.length;
       result.manifestsDropped = deadManifests.length;

@@ -169,4 +169,38 @@ describe('StagedValue against GC, in a sealed pack', () => {
     expect(store.current('k')?.version).toBe(m.hash);
     expect((await readBack(store, 'k')).equals(value)).toBe(true);
   });
+
+  it('a staged write that looks a chunk up between GC\'s mark and its index removal still commits', async () => {
+    // GC decides which index entries are dead in one synchronous pass, then removes them in an LMDB transaction it
+    // awaits; a staged write running meanwhile finds the doomed entries still there, pins them (too late: the mark
+    // is done) and does not write them, so its commit finds neither an index entry nor a pending copy.
+    let during: (() => void) | undefined;
+    const store = await nearlyFull(MIB, {
+      retainedVersions: () => {
+        // Called in GC's synchronous mark; the microtask runs at its first await, the index transaction.
+        if (during !== undefined) queueMicrotask(during);
+        during = undefined;
+        return [];
+      },
+    });
+    const value = randomBytes(256 * KIB);
+    const m = buildManifest('k', 'v', value, CHUNKING);
+    await store.ingestBytes('old', value);
+    await store.remove('old'); // its chunks are indexed and dead
+    await rotate(store);
+    const s = store.stage();
+    let written: Promise<void> | undefined;
+    during = () => {
+      written = s.writeVerified(chunksOf(m, value));
+    };
+    await store.gc();
+    expect(written).toBeDefined();
+    await written;
+    try {
+      await s.commit('k', m, 'test');
+    } finally {
+      s.release();
+    }
+    expect((await readBack(store, 'k')).equals(value)).toBe(true);
+  });
 });
