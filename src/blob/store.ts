@@ -993,7 +993,13 @@ export class StagedValue {
     // the others are pending and held by this value, and GC never takes a pending chunk's bytes (see BlobStore.gc).
     if (indexed.length > 0) this.#unpins.push(this.#hooks.pin(indexed));
     if (fresh.length === 0) return;
-    for (const p of await this.#hooks.append(fresh)) this.#held.push(p);
+    const held = await this.#hooks.append(fresh);
+    // A release while the write was in flight has let go of #held already (an aborted transfer's batches still
+    // being written): these holds go now, or the pending entries, and GC's hands off their pack, would last forever.
+    for (const p of held) {
+      if (this.#released) this.#hooks.drop(p);
+      else this.#held.push(p);
+    }
   }
 
   /** Chunks from elsewhere: each is checked against its hash before anything is written. */

@@ -203,4 +203,18 @@ describe('StagedValue against GC, in a sealed pack', () => {
     }
     expect((await readBack(store, 'k')).equals(value)).toBe(true);
   });
+
+  it('a release while a write is still in flight lets go of what that write then holds: the pack is reclaimed', async () => {
+    const store = await nearlyFull(MIB);
+    const value = randomBytes(256 * KIB);
+    const m = buildManifest('k', 'v', value, CHUNKING);
+    const s = store.stage();
+    const written = s.writeVerified(chunksOf(m, value));
+    s.release(); // an aborted transfer: #end releases while batches are being written
+    await written;
+    await rotate(store);
+    const gc = await store.gc();
+    expect(gc.packsRemoved + gc.packsCompacted).toBe(1); // pack 1 held only the released value's chunks
+    expect(store.hasChunk(m.chunks[0]!.hash)).toBe(false);
+  });
 });
