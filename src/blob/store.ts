@@ -628,11 +628,17 @@ export class BlobStore {
     const dirty = [...this.#dirtyPacks];
     this.#dirtyPacks.clear();
     if (this.#opts.noSync === true) return;
-    await this.#earlySync;
-    const failed = this.#earlySyncFailure;
-    this.#earlySyncFailure = undefined;
-    if (failed !== undefined) throw failed;
-    for (const pack of dirty) await (await this.#handle(pack)).datasync();
+    try {
+      await this.#earlySync;
+      const failed = this.#earlySyncFailure;
+      this.#earlySyncFailure = undefined;
+      if (failed !== undefined) throw failed;
+      for (const pack of dirty) await (await this.#handle(pack)).datasync();
+    } catch (err) {
+      // Still dirty: a retried commit (or the next one) must sync them again before it answers, not find none to sync.
+      for (const pack of dirty) this.#dirtyPacks.add(pack);
+      throw err;
+    }
   }
 
   #holdPending(c: KeyedChunk, loc: Location): PendingChunk {
@@ -872,6 +878,8 @@ export class BlobStore {
   async #removePack(pack: number): Promise<void> {
     await this.#handles.get(pack)?.close();
     this.#handles.delete(pack);
+    // Nothing in it is needed, so nothing to sync: left dirty, the next commit's sync would open a file that is gone.
+    this.#dirtyPacks.delete(pack);
     await rm(join(this.#packsDir, packName(pack)), { force: true });
   }
 

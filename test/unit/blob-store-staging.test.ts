@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, open as openFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { chunkingForAverage } from '../../src/blob/chunker.ts';
 import { buildManifest, valueHash, type Manifest } from '../../src/blob/manifest.ts';
 import { BlobStore, PACK_BYTES, type StagedValue } from '../../src/blob/store.ts';
@@ -216,5 +216,46 @@ describe('StagedValue against GC, in a sealed pack', () => {
     const gc = await store.gc();
     expect(gc.packsRemoved + gc.packsCompacted).toBe(1); // pack 1 held only the released value's chunks
     expect(store.hasChunk(m.chunks[0]!.hash)).toBe(false);
+  });
+
+  it('a commit whose pack sync failed syncs the pack again when retried, before it answers', async () => {
+    const store = await BlobStore.open({ dir: join(dir, 'blobs'), chunking: CHUNKING, maxValueBytes: 64 * MIB });
+    stores.push(store);
+    const value = randomBytes(256 * KIB);
+    const m = buildManifest('k', 'v', value, CHUNKING);
+    const s = await stageAll(store, m, value);
+    // The failure is injected at the OS call (an EIO from the disk); everything else is the real store.
+    const probe = await openFile(join(dir, 'blobs', 'packs', '00000001.pack'), 'r');
+    const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> };
+    await probe.close();
+    const datasync = vi.spyOn(proto, 'datasync').mockRejectedValueOnce(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+    try {
+      await expect(s.commit('k', m, 'test')).rejects.toThrow(/EIO/);
+      const before = datasync.mock.calls.length;
+      await s.commit('k', m, 'test');
+      expect(datasync.mock.calls.length).toBeGreaterThan(before); // the written pack, synced this time
+    } finally {
+      datasync.mockRestore();
+      s.release();
+    }
+  });
+
+  it('GC removing a pack written since the last sync does not fail the next commit\'s sync', async () => {
+    // fsync on; pack 1 nearly full, written since the last sync by aborted values only, then sealed by another's write.
+    const first = await BlobStore.open({ dir: join(dir, 'blobs'), chunking: CHUNKING, maxValueBytes: 64 * MIB });
+    await first.close();
+    const fh = await openFile(join(dir, 'blobs', 'packs', '00000001.pack'), 'r+');
+    await fh.truncate(PACK_BYTES - MIB);
+    await fh.close();
+    const store = await BlobStore.open({ dir: join(dir, 'blobs'), chunking: CHUNKING, maxValueBytes: 64 * MIB });
+    stores.push(store);
+    for (const size of [256 * KIB, 6 * MIB]) {
+      const v = randomBytes(size);
+      const aborted = await stageAll(store, buildManifest('x', 'v', v, CHUNKING), v);
+      aborted.release();
+    }
+    expect((await store.gc()).packsRemoved).toBe(1);
+    await store.ingestBytes('after', randomBytes(64 * KIB));
+    expect((await readBack(store, 'after')).byteLength).toBe(64 * KIB);
   });
 });
