@@ -14,6 +14,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { chunkingForAverage } from '../../src/blob/chunker.ts';
 import { buildManifest, valueHash, type Manifest } from '../../src/blob/manifest.ts';
 import { BlobStore, PACK_BYTES, type StagedValue } from '../../src/blob/store.ts';
+import { readBack } from '../support/blob-read.ts';
 
 const KIB = 1024;
 const MIB = 1024 * KIB;
@@ -47,13 +48,6 @@ async function rotate(store: BlobStore): Promise<void> {
   expect((await readdir(join(dir, 'blobs', 'packs'))).length).toBeGreaterThan(1);
 }
 
-async function readBack(store: BlobStore, key: string): Promise<Buffer> {
-  const m = store.currentManifest(key);
-  if (m === undefined) throw new Error(`no ${key}`);
-  const parts: Uint8Array[] = [];
-  for await (const p of store.readValue(m)) parts.push(p);
-  return Buffer.concat(parts);
-}
 
 function chunksOf(m: Manifest, value: Uint8Array) {
   return m.chunks.map((c) => ({ hash: c.hash, bytes: value.subarray(c.offset, c.offset + c.length) }));

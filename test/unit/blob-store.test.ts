@@ -15,6 +15,7 @@ import { Prng, vmImageLike } from '../../bench/codec.ts';
 import { chunkingForAverage } from '../../src/blob/chunker.ts';
 import { buildManifest, valueHash } from '../../src/blob/manifest.ts';
 import { BlobStore, BlobStoreError, decodeManifestRecord, encodeManifestRecord } from '../../src/blob/store.ts';
+import { readBack } from '../support/blob-read.ts';
 
 const KIB = 1024;
 const MIB = 1024 * KIB;
@@ -30,13 +31,6 @@ async function openStore(maxValueBytes = 64 * MIB): Promise<BlobStore> {
   return store;
 }
 
-async function readBack(store: BlobStore, key: string): Promise<Buffer> {
-  const m = store.currentManifest(key);
-  if (m === undefined) throw new Error(`no ${key}`);
-  const parts: Uint8Array[] = [];
-  for await (const p of store.readValue(m)) parts.push(p);
-  return Buffer.concat(parts);
-}
 
 function random(size: number, seed: number): Uint8Array {
   const rng = new Prng(seed);
