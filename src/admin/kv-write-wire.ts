@@ -18,7 +18,7 @@
  *   or null for an object outside the shapes kv-service.ts builds.
  */
 import { Buffer } from 'node:buffer';
-import { WireCursor, WireWriter, varintBytes } from '../net/wire-cursor.ts';
+import { WireCursor, WireWriter, countFieldBytes, fieldBytes } from '../net/wire-cursor.ts';
 import type { KvItem, KvWriteOptions, KvWriteResponse } from './schema.ts';
 
 /** What proto-loader's deserializer gives for KvPutRequest (uint64s as strings). */
@@ -77,19 +77,19 @@ function isCount(n: unknown): n is number {
   return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
 }
 
-function textField(tag: number, s: string): number {
-  const n = Buffer.byteLength(s, 'utf8');
-  return varintBytes(tag) + varintBytes(n) + n;
+/** Bytes of a string field (one-byte tag). */
+function textField(s: string): number {
+  return fieldBytes(Buffer.byteLength(s, 'utf8'));
 }
 
 function itemBytes(item: KvItem): number {
   return (
-    textField(0x0a, item.key) +
-    1 + varintBytes(item.value.byteLength) + item.value.byteLength +
-    1 + varintBytes(item.revision) +
-    1 + varintBytes(item.create_revision) +
-    textField(0x2a, item.region) +
-    textField(0x32, item.hlc)
+    textField(item.key) +
+    fieldBytes(item.value.byteLength) +
+    countFieldBytes(item.revision) +
+    countFieldBytes(item.create_revision) +
+    textField(item.region) +
+    textField(item.hlc)
   );
 }
 
@@ -108,9 +108,9 @@ export function encodeWriteResponse(r: KvWriteResponse): Buffer | null {
   if (prev !== null && (typeof prev !== 'object' || !validItem(prev))) return null;
   const prevBytes = prev === null ? -1 : itemBytes(prev);
   const total =
-    2 + 1 + varintBytes(r.revision) + textField(0x1a, r.reason) + 1 + varintBytes(r.current_revision) +
-    (prev === null ? 0 : 1 + varintBytes(prevBytes) + prevBytes) +
-    textField(0x32, r.leader) + textField(0x3a, r.consistency) + 1 + varintBytes(r.regions_acked) + 1 + varintBytes(r.regions_total);
+    2 + countFieldBytes(r.revision) + textField(r.reason) + countFieldBytes(r.current_revision) +
+    (prev === null ? 0 : fieldBytes(prevBytes)) +
+    textField(r.leader) + textField(r.consistency) + countFieldBytes(r.regions_acked) + countFieldBytes(r.regions_total);
   const w = new WireWriter(Buffer.allocUnsafe(total));
   w.count(0x08, r.ok ? 1 : 0);
   w.count(0x10, r.revision);

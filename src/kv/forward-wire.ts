@@ -28,7 +28,7 @@
  *   errors are unchanged.
  */
 import { Buffer } from 'node:buffer';
-import { WireCursor, WireWriter, varintBytes } from '../net/wire-cursor.ts';
+import { WireCursor, WireWriter, countFieldBytes, fieldBytes } from '../net/wire-cursor.ts';
 import type { KvEntryMeta, KvForwardRequest, KvForwardResponse } from './command.ts';
 
 /** Bounds of command.ts (KV_MAX_COMMAND_BYTES, KV_FORWARD_MAX_TIMEOUT_MS, KV_FORWARD_MAX_BATCH), repeated here to keep this module free of a cycle; command.ts checks they agree. */
@@ -59,14 +59,9 @@ function isRevision(n: unknown): n is number {
   return typeof n === 'number' && Number.isSafeInteger(n) && n >= 1;
 }
 
-/** A length-delimited field's size: its tag, its length's varint and its body. */
-function fieldBytes(body: number): number {
-  return 1 + varintBytes(body) + body;
-}
-
 /** The id's field: protobufjs leaves a proto3 zero out, so id 0 takes no bytes. */
 function idBytes(id: number): number {
-  return id === 0 ? 0 : 1 + varintBytes(id);
+  return id === 0 ? 0 : countFieldBytes(id);
 }
 
 function writeId(w: WireWriter, id: number): void {
@@ -84,7 +79,7 @@ function readId(c: WireCursor, end: number): number {
 }
 
 function requestBytes(r: KvForwardRequest): number {
-  return fieldBytes(r.command.byteLength) + 1 + varintBytes(r.timeoutMs) + idBytes(r.id);
+  return fieldBytes(r.command.byteLength) + countFieldBytes(r.timeoutMs) + idBytes(r.id);
 }
 
 /** The schema path's bytes for a frame of valid requests; null for anything else. */
@@ -151,11 +146,11 @@ function writeSuccess(response: KvForwardResponse): WriteSuccess | null {
 }
 
 function prevBytes(prev: KvEntryMeta): number {
-  return 1 + varintBytes(prev.revision) + 1 + varintBytes(prev.createRevision);
+  return countFieldBytes(prev.revision) + countFieldBytes(prev.createRevision);
 }
 
 function writeResultBytes(s: WriteSuccess): number {
-  return 1 + varintBytes(s.revision) + (s.prev === null ? 0 : fieldBytes(prevBytes(s.prev)));
+  return countFieldBytes(s.revision) + (s.prev === null ? 0 : fieldBytes(prevBytes(s.prev)));
 }
 
 /** KvForwardResponse: the KvResult (one outcome field around the WriteResult), then the id. */

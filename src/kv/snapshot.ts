@@ -29,7 +29,7 @@ import zlib from 'node:zlib';
 import { Buffer } from 'node:buffer';
 import { FieldError, requireBytes, requireMessage, requireMessages, requireUint } from '../net/schema.ts';
 import { KvDecodeError, kvCodec } from './decode-error.ts';
-import { varintBytes, writeVarint } from '../net/wire-cursor.ts';
+import { countFieldBytes, fieldBytes, writeVarint } from '../net/wire-cursor.ts';
 import type { KvEntry, KvWriteResult } from './command.ts';
 import {
   compareKeys,
@@ -209,17 +209,12 @@ function entryAt(entries: KvEntryList, i: number): KvEntry {
 /** Bytes of a KvEntry's own encoding (without the tag and length that frame it in the snapshot). */
 function entrySize(keyBytes: number, valueBytes: number, revision: number, createRevision: number): number {
   // As protobufjs does, an empty value is left out (it decodes to empty bytes all the same).
-  return 1 + varintBytes(keyBytes) + keyBytes + (valueBytes === 0 ? 0 : 1 + varintBytes(valueBytes) + valueBytes) + 1 + varintBytes(revision) + 1 + varintBytes(createRevision);
+  return fieldBytes(keyBytes) + (valueBytes === 0 ? 0 : fieldBytes(valueBytes)) + countFieldBytes(revision) + countFieldBytes(createRevision);
 }
 
 /** Bytes one entry takes in a snapshot (its tag, length and encoding): what a KvEntryList's encodedBytes sums. */
 export function kvSnapshotEntryBytes(keyBytes: number, valueBytes: number, revision: number, createRevision: number): number {
-  return framedEntryBytes(entrySize(keyBytes, valueBytes, revision, createRevision));
-}
-
-/** An entry of `size` bytes with the tag and length that frame it in the snapshot. */
-function framedEntryBytes(size: number): number {
-  return 1 + varintBytes(size) + size;
+  return fieldBytes(entrySize(keyBytes, valueBytes, revision, createRevision));
 }
 
 /** Checks entry i (after `previous`) as validateSnapshot would on the way in; returns its key's UTF-8 length. */
@@ -260,7 +255,7 @@ function checkEntries(entries: KvEntryList, appliedIndex: number, maxStateBytes:
     keyBytes[i] = bytes;
     const size = entrySize(bytes, entry.value.byteLength, entry.revision, entry.createRevision);
     entryBytes[i] = size;
-    total += framedEntryBytes(size);
+    total += fieldBytes(size);
     stateBytes += kvEntryFootprint(bytes, entry.value.byteLength);
     previous = entry;
   }
@@ -353,7 +348,7 @@ export function kvSnapshotSource(state: KvSnapshotInput, chunkBytes = KV_SNAPSHO
         stateBytes += kvEntryFootprint(keyBytes, entry.value.byteLength);
         previous = entry;
       }
-      const framed = framedEntryBytes(size);
+      const framed = fieldBytes(size);
       entriesBytes += framed;
       yield* room(framed);
       out[at++] = TAG.entries;

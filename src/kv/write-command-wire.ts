@@ -25,7 +25,7 @@
  *   error of what it refuses, so the set of accepted encodings is unchanged.
  */
 import { Buffer } from 'node:buffer';
-import { WireCursor, WireWriter, varintBytes } from '../net/wire-cursor.ts';
+import { WireCursor, WireWriter, countFieldBytes, fieldBytes } from '../net/wire-cursor.ts';
 import type { KvCommand } from './command.ts';
 
 /** Bounds of command.ts (KV_MAX_KEY_BYTES, KV_MAX_VALUE_BYTES, KV_MAX_CLIENT_ID), repeated here to keep this module free of a cycle; command.ts checks they agree. */
@@ -68,10 +68,10 @@ export function encodeWriteCommand(cmd: KvCommand): Buffer | null {
     if (cmd.expectedRevision > 0) revision = cmd.expectedRevision;
   }
   const idBytes = Buffer.byteLength(clientId, 'utf8');
-  let body = 1 + varintBytes(keyBytes) + keyBytes;
-  if (revision >= 0) body += 1 + varintBytes(revision);
-  if (value !== null) body += 1 + varintBytes(value.byteLength) + value.byteLength;
-  const total = 1 + varintBytes(idBytes) + idBytes + 1 + varintBytes(seq) + 1 + varintBytes(body) + body;
+  let body = fieldBytes(keyBytes);
+  if (revision >= 0) body += countFieldBytes(revision);
+  if (value !== null) body += fieldBytes(value.byteLength);
+  const total = fieldBytes(idBytes) + countFieldBytes(seq) + fieldBytes(body);
   const w = new WireWriter(Buffer.allocUnsafe(total));
   w.text(TAG_CLIENT_ID, clientId, idBytes);
   w.count(TAG_SEQ, seq);

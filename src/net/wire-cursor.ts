@@ -20,6 +20,16 @@ export function varintBytes(n: number): number {
   return bytes;
 }
 
+/** Bytes of a varint field with a one-byte tag: the tag and `n` as a varint. */
+export function countFieldBytes(n: number): number {
+  return 1 + varintBytes(n);
+}
+
+/** Bytes of a length-delimited field with a one-byte tag: the tag, the length's varint and the `body` bytes. */
+export function fieldBytes(body: number): number {
+  return 1 + varintBytes(body) + body;
+}
+
 /** Writes `n` as a varint at `at`; returns the position after it. */
 export function writeVarint(buf: Uint8Array, at: number, n: number): number {
   let pos = at;
