@@ -104,15 +104,27 @@ export function encodeForwardRequests(requests: readonly KvForwardRequest[], com
   return w.at === total ? w.out : null;
 }
 
-/** What the schema path decodes from a frame of requests as encodeForwardRequests writes it; else null. */
-export function decodeForwardRequests(bytes: Uint8Array, commandOk: CommandCheck): KvForwardRequest[] | null {
+/**
+ * The items of a frame (1..batch of them, each a length-delimited field TAG_ITEM), each read by `read` from the
+ * cursor up to its item's `end`; null as soon as the frame or an item is not in the layout the encoders write.
+ */
+function readItems<T>(bytes: Uint8Array, read: (c: WireCursor, end: number) => T | null): T[] | null {
   const c = new WireCursor(bytes);
-  const requests: KvForwardRequest[] = [];
+  const items: T[] = [];
   while (!c.done) {
-    if (requests.length === FORWARD_WIRE_BOUNDS.batch || !c.tag(TAG_ITEM)) return null;
+    if (items.length === FORWARD_WIRE_BOUNDS.batch || !c.tag(TAG_ITEM)) return null;
     const n = c.length();
     if (n < 0) return null;
-    const end = c.at + n;
+    const item = read(c, c.at + n);
+    if (item === null) return null;
+    items.push(item);
+  }
+  return items.length > 0 ? items : null;
+}
+
+/** What the schema path decodes from a frame of requests as encodeForwardRequests writes it; else null. */
+export function decodeForwardRequests(bytes: Uint8Array, commandOk: CommandCheck): KvForwardRequest[] | null {
+  return readItems(bytes, (c, end) => {
     if (!c.tag(TAG_COMMAND)) return null;
     const size = c.length();
     if (size <= 0 || size > FORWARD_WIRE_BOUNDS.commandBytes) return null;
@@ -123,9 +135,8 @@ export function decodeForwardRequests(bytes: Uint8Array, commandOk: CommandCheck
     if (timeoutMs < 1 || timeoutMs > FORWARD_WIRE_BOUNDS.timeoutMs) return null;
     const id = readId(c, end);
     if (id < 0 || !commandOk(command)) return null;
-    requests.push({ command, timeoutMs, id });
-  }
-  return requests.length > 0 ? requests : null;
+    return { command, timeoutMs, id };
+  });
 }
 
 /** A write's success as the direct path carries it: a put's or a cas's revision and the key's previous revisions. */
@@ -197,13 +208,7 @@ function message(c: WireCursor, tag: number, end: number): boolean {
 
 /** What the schema path decodes from a frame of put and cas successes as encodeForwardResponses writes it; else null. */
 export function decodeForwardResponses(bytes: Uint8Array): KvForwardResponse[] | null {
-  const c = new WireCursor(bytes);
-  const responses: KvForwardResponse[] = [];
-  while (!c.done) {
-    if (responses.length === FORWARD_WIRE_BOUNDS.batch || !c.tag(TAG_ITEM)) return null;
-    const n = c.length();
-    if (n < 0) return null;
-    const end = c.at + n;
+  return readItems(bytes, (c, end) => {
     if (!c.tag(TAG_RESULT)) return null;
     const resultBytes = c.length();
     if (resultBytes < 0 || c.at + resultBytes > end) return null;
@@ -227,7 +232,6 @@ export function decodeForwardResponses(bytes: Uint8Array): KvForwardResponse[] |
     }
     const id = readId(c, end);
     if (id < 0) return null;
-    responses.push({ id, kind: 'result', result: { ok: true, op, revision, prev } });
-  }
-  return responses.length > 0 ? responses : null;
+    return { id, kind: 'result', result: { ok: true, op, revision, prev } };
+  });
 }
