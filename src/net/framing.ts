@@ -37,6 +37,7 @@ import { DwcpError } from '../errors.ts';
 import type { FrameMetrics, FrameRejectReason } from '../metrics/metrics.ts';
 import { FRAME_REJECT_REASONS } from '../metrics/metrics.ts';
 import type { MessageSchema } from './schema.ts';
+import { varintBytes, writeVarint } from './wire-cursor.ts';
 
 /** Longest length prefix: 5 varint bytes carry 35 bits, of which 32 may be used. */
 export const MAX_HEADER_BYTES = 5;
@@ -114,15 +115,8 @@ export function frameHeader(length: number, maxFrameBytes: number, protocol = ''
   const limits = { protocol, maxFrameBytes };
   checkLimits(limits);
   if (length > maxFrameBytes) throw oversized(length, limits);
-  let bytes = 1;
-  for (let rest = length; rest >= 0x80; rest = Math.floor(rest / 0x80)) bytes++;
-  const header = new Uint8Array(bytes);
-  let rest = length;
-  for (let i = 0; i < bytes - 1; i++) {
-    header[i] = (rest % 0x80) | 0x80;
-    rest = Math.floor(rest / 0x80);
-  }
-  header[bytes - 1] = rest;
+  const header = new Uint8Array(varintBytes(length));
+  writeVarint(header, 0, length);
   return header;
 }
 
