@@ -23,7 +23,7 @@ import { Uint8ArrayList } from 'uint8arraylist';
 import { WireCursor } from '../net/wire-cursor.ts';
 import type { MessageSchema } from '../net/schema.ts';
 import { FrameError } from '../net/framing.ts';
-import { FieldError, loadProto, partsPrefix, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
+import { FieldError, loadProto, partsPrefix, partsSchema, protoSchema, requireBool, requireBytes, requireEnum, requireMessage, requireString, requireUint, requireUint64 } from '../net/schema.ts';
 import { FRAME_HEADER_BYTES } from '../codec/frame.ts';
 import { DwcpError } from '../errors.ts';
 import { writeVarint } from '../net/wire-cursor.ts';
@@ -264,12 +264,9 @@ function asInbound(msg: BlobMessage): BlobMessageIn {
 }
 
 /** The inbound schema of a blob channel: BlobMessageSchema, with batches in the shape batchParts writes parsed from their parts. */
-export const BlobMessageInSchema: MessageSchema<BlobMessageIn> = {
-  name: BlobMessageSchema.name,
-  decode: (bytes) => parseBatch(new Uint8ArrayList(bytes)) ?? asInbound(BlobMessageSchema.decode(bytes)),
-  decodeList: (frame) => parseBatch(frame) ?? asInbound(BlobMessageSchema.decode(frame.subarray())),
-  encode: (msg) => BlobMessageSchema.encode(msg.kind === 'batch' ? { kind: 'batch', batch: { ...msg.batch, frame: msg.batch.frame.subarray() } } : msg),
-};
+export const BlobMessageInSchema: MessageSchema<BlobMessageIn> = partsSchema(BlobMessageSchema, parseBatch, asInbound, (msg): BlobMessage =>
+  msg.kind === 'batch' ? { kind: 'batch', batch: { ...msg.batch, frame: msg.batch.frame.subarray() } } : msg,
+);
 
 /** The outbound schema of a blob channel: BlobMessageSchema, with batches written from their parts. */
 export const BlobMessageOutSchema: MessageSchema<BlobMessageOut> = {

@@ -25,7 +25,7 @@ import { WireCursor } from '../net/wire-cursor.ts';
 import { isDwcpErrorCode } from '../errors.ts';
 import { FrameError, type FramedStream } from '../net/framing.ts';
 import { MAX_MULTIFD_CHANNELS, MULTIFD_COMPRESSIONS, type Multifd } from '../cloud/qemu/migration-qmp.ts';
-import { FieldError, loadProto, partsPrefix, protoSchema, requireBytes, requireEnum, requireMessage, requireString, requireUint, type MessageSchema } from '../net/schema.ts';
+import { FieldError, loadProto, partsPrefix, partsSchema, protoSchema, requireBytes, requireEnum, requireMessage, requireString, requireUint, type MessageSchema } from '../net/schema.ts';
 
 export const MIGRATE_CHANNELS = ['state', 'disk', 'disk-image'] as const;
 export type MigrateChannel = (typeof MIGRATE_CHANNELS)[number];
@@ -184,12 +184,9 @@ function asInbound(msg: MigrateMessage): MigrateMessageIn {
  * chunk handed on as those parts (the relay writes them to QEMU's socket
  * where they lie).
  */
-export const MigrateInboundSchema: MessageSchema<MigrateMessageIn> = {
-  name: MigrateMessageSchema.name,
-  decode: (bytes) => MigrateInboundSchema.decodeList?.(new Uint8ArrayList(bytes)) ?? asInbound(MigrateMessageSchema.decode(bytes)),
-  decodeList: (frame) => parseData(frame) ?? asInbound(MigrateMessageSchema.decode(frame.subarray())),
-  encode: (msg) => MigrateMessageSchema.encode(msg.kind === 'data' ? { kind: 'data', data: { chunk: msg.data.chunk.subarray(), rawLength: msg.data.rawLength } } : msg),
-};
+export const MigrateInboundSchema: MessageSchema<MigrateMessageIn> = partsSchema(MigrateMessageSchema, parseData, asInbound, (msg): MigrateMessage =>
+  msg.kind === 'data' ? { kind: 'data', data: { chunk: msg.data.chunk.subarray(), rawLength: msg.data.rawLength } } : msg,
+);
 
 /** What a channel writes with: Data frames from their parts, every other message through MigrateMessageSchema. */
 export const MigrateOutboundSchema: MessageSchema<MigrateMessageOut> = {

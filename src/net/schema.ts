@@ -22,7 +22,7 @@
  */
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
-import type { Uint8ArrayList } from 'uint8arraylist';
+import { Uint8ArrayList } from 'uint8arraylist';
 import { FrameError } from './framing.ts';
 import { DwcpError } from '../errors.ts';
 
@@ -46,6 +46,23 @@ export interface MessageSchema<T> {
    * Same checks, same errors as decode().
    */
   decodeList?(frame: Uint8ArrayList): T;
+}
+
+/**
+ * A reading schema over `strict` whose messages carry a bulk bytes field as
+ * the parts it arrived in: `parse` reads the one layout the sender writes
+ * straight from the frame's parts and answers undefined for anything else,
+ * which `strict` then accepts or refuses as it would any message (its result
+ * given the parts form by `toParts`); `fromParts` turns a message back for
+ * encoding. decode() of one array takes the same way.
+ */
+export function partsSchema<T, In>(strict: MessageSchema<T>, parse: (frame: Uint8ArrayList) => In | undefined, toParts: (msg: T) => In, fromParts: (msg: In) => T): MessageSchema<In> {
+  return {
+    name: strict.name,
+    decode: (bytes) => parse(new Uint8ArrayList(bytes)) ?? toParts(strict.decode(bytes)),
+    decodeList: (frame) => parse(frame) ?? toParts(strict.decode(frame.subarray())),
+    encode: (msg) => strict.encode(fromParts(msg)),
+  };
 }
 
 /** Thrown by field validators; protoSchema turns it into a schema FrameError naming the message type. */
