@@ -666,8 +666,6 @@ interface Inbound {
   staged: StagedValue;
   /** Bit i set: chunk i was written and acknowledged, in any attempt (sized once the manifest is decoded). */
   received: Uint8Array;
-  /** How many bits of `received` are set. */
-  receivedChunks: number;
   /** Chunk indices asked for in the current attempt, in order. */
   need: number[];
   attempt: number;
@@ -866,7 +864,6 @@ export class BlobReceiver {
       fromBaseline: new Uint8Array(0),
       staged,
       received: new Uint8Array(0),
-      receivedChunks: 0,
       need: [],
       attempt: offer.attempt,
       channels: new Set(),
@@ -909,7 +906,7 @@ export class BlobReceiver {
     }
     t.reusedBytes = reused;
     t.status.progress.retarget(t.status.progress.bytesDone + needBytes);
-    return { need, resumed: t.receivedChunks > 0, needChunks: t.need.length, needBytes };
+    return { need, resumed: t.received.some((byte) => byte !== 0), needChunks: t.need.length, needBytes };
   }
 
   async #data(ch: BlobChannel, peerId: string, member: MemberConfig, join: { transferId: string; attempt: number }): Promise<void> {
@@ -955,11 +952,7 @@ export class BlobReceiver {
             this.#verifier.release(buffer);
           }
           await previous;
-          for (const i of indices) {
-            if (hasBit(t.received, i)) continue;
-            setBit(t.received, i);
-            t.receivedChunks++;
-          }
+          for (const i of indices) setBit(t.received, i);
           t.receivedBytes += expected;
           t.status.progress.add(expected, wireBytes, performance.now());
           await ch.write({ kind: 'ack', ack: { first, count } });
